@@ -1,0 +1,3 @@
+from faber_core.cli import main
+
+main()

@@ -1,0 +1,164 @@
+"""The project's configuration: ``.fractary/plugins/faber-db/config.json``.
+
+Example::
+
+    {"database": {
+        "migration_tool": "prisma",
+        "prisma": {"migrations_dir": "prisma/migrations"},
+        "environments": {
+            "production": {"database_url_env": "PROD_DATABASE_URL", "protected": true,
+                           "backup_before_migrate": true, "require_approval": true,
+                           "auto_rollback": true}}}}
+
+Settings left out take the defaults of the environment's name: ``dev`` and ``test`` run in dev
+mode with no backup or approval; every other name (``staging``, ``production``, ...) is deploy
+mode, protected, backed up first, approval required and rolled back automatically on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from faber_core.errors import ConfigError
+
+CONFIG_PATH = Path(".fractary/plugins/faber-db/config.json")
+DEV_MODE_ENVIRONMENTS = frozenset({"dev", "test"})
+EMBEDDED_ENVIRONMENT = "dev"
+_ENVIRONMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+class BackupSettings(BaseModel):
+    """Which provider backs this environment up; provider-specific keys sit beside ``provider``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    provider: str = Field("pg_dump", description="Backup provider name, e.g. pg_dump or rds-snapshot.")
+
+
+class EnvironmentSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    database_url_env: str | None = Field(
+        None,
+        description="Name of the environment variable holding the database URL. "
+        "Leave it out for `dev` to use the embedded PostgreSQL under .faber/.",
+    )
+    mode: Literal["dev", "deploy"] | None = Field(
+        None, description="dev: may use the tool's interactive dev command. deploy: applies committed migrations only."
+    )
+    protected: bool | None = Field(None, description="Protected environments get backups, approval and rollback.")
+    backup_before_migrate: bool | None = None
+    require_approval: bool | None = None
+    auto_rollback: bool | None = Field(
+        None, description="Restore the pre-migration backup when a migration or the post-deployment health check fails."
+    )
+    health_checks: list[str] = Field(
+        default_factory=lambda: ["connectivity", "schema", "migrations"],
+        description="Checks run before and after deploying.",
+    )
+    lock_wait_seconds: float = Field(
+        60.0, ge=0, description="How long to wait for another faber run on the same database to finish."
+    )
+    connect_timeout_seconds: int = Field(10, ge=1, le=600)
+    backup: BackupSettings = Field(default_factory=BackupSettings)
+
+    def resolved(self, name: str) -> EnvironmentSettings:
+        """A copy with every unset setting filled in from the defaults for ``name``."""
+        mode = self.mode or ("dev" if name in DEV_MODE_ENVIRONMENTS else "deploy")
+        protected = self.protected if self.protected is not None else mode == "deploy"
+
+        def pick(value: bool | None) -> bool:
+            return protected if value is None else value
+
+        return self.model_copy(
+            update={
+                "mode": mode,
+                "protected": protected,
+                "backup_before_migrate": pick(self.backup_before_migrate),
+                "require_approval": pick(self.require_approval),
+                "auto_rollback": pick(self.auto_rollback),
+            }
+        )
+
+
+class DatabaseConfig(BaseModel):
+    """Sections named after a tool (``prisma``, ``typeorm``, ...) are passed to that tool's handler."""
+
+    model_config = ConfigDict(extra="allow")
+
+    migration_tool: str = Field("prisma", description="The migration tool handler, e.g. prisma, typeorm, sequelize.")
+    environments: dict[str, EnvironmentSettings] = Field(default_factory=dict)
+    faber_schema: str = Field(
+        "faber", description="Schema for faber's own tables; never included in backups or touched by a restore."
+    )
+
+    def tool_options(self, tool: str) -> dict[str, Any]:
+        section = (self.model_extra or {}).get(tool, {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"config: `database.{tool}` must be an object")
+        return section
+
+
+class FaberConfig(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+
+    def environment(self, name: str) -> EnvironmentSettings:
+        """The resolved settings of ``name``; ``dev`` exists even when not configured."""
+        if not _ENVIRONMENT_NAME.match(name):
+            raise ConfigError(
+                f"Invalid environment name: {name!r}",
+                suggestions=["Environment names use letters, digits, '.', '_' and '-'"],
+            )
+        settings = self.database.environments.get(name)
+        if settings is None:
+            if name != EMBEDDED_ENVIRONMENT:
+                known = sorted({*self.database.environments, EMBEDDED_ENVIRONMENT})
+                raise ConfigError(
+                    f"Unknown environment: {name}",
+                    suggestions=[
+                        f"Configured environments: {', '.join(known)}",
+                        f"Add it under database.environments in {CONFIG_PATH}",
+                    ],
+                )
+            settings = EnvironmentSettings()
+        return settings.resolved(name)
+
+
+def config_file(project_dir: Path) -> Path:
+    return project_dir / CONFIG_PATH
+
+
+def load_config(project_dir: Path) -> FaberConfig:
+    path = config_file(project_dir)
+    if not path.is_file():
+        raise ConfigError(
+            f"No faber configuration found at {path}",
+            suggestions=["Create one with: faber init", "Or point at your project with --cwd DIR or FABER_DB_CWD"],
+        )
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"Malformed configuration {CONFIG_PATH}: {exc.msg} at line {exc.lineno}, column {exc.colno}",
+            suggestions=["Fix the JSON syntax", "Check the format with: faber config schema"],
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"Cannot read {CONFIG_PATH}: {exc}") from None
+    try:
+        return FaberConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(part) for part in error['loc']) or '(root)'}: {error['msg']}" for error in exc.errors()
+        ]
+        raise ConfigError(
+            f"Invalid configuration {CONFIG_PATH}: " + "; ".join(problems),
+            suggestions=["See the accepted settings with: faber config schema"],
+            result={"problems": problems},
+        ) from None

@@ -1,0 +1,214 @@
+"""What a hook receives: the run's context and its database target."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from faber_core.config import EnvironmentSettings, FaberConfig
+from faber_core.errors import ConfigError
+from faber_core.models import AuditEvent
+from faber_core.secrets import Redactor, Secret
+
+if TYPE_CHECKING:
+    import psycopg
+
+STATE_DIR = ".faber"
+
+# libpq's connection parameters and the environment variables that carry them to subprocesses.
+_LIBPQ_ENV = {
+    "host": "PGHOST",
+    "hostaddr": "PGHOSTADDR",
+    "port": "PGPORT",
+    "dbname": "PGDATABASE",
+    "user": "PGUSER",
+    "password": "PGPASSWORD",
+    "passfile": "PGPASSFILE",
+    "channel_binding": "PGCHANNELBINDING",
+    "service": "PGSERVICE",
+    "options": "PGOPTIONS",
+    "application_name": "PGAPPNAME",
+    "sslmode": "PGSSLMODE",
+    "sslnegotiation": "PGSSLNEGOTIATION",
+    "sslcompression": "PGSSLCOMPRESSION",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "sslcertmode": "PGSSLCERTMODE",
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcrl": "PGSSLCRL",
+    "sslcrldir": "PGSSLCRLDIR",
+    "sslsni": "PGSSLSNI",
+    "requirepeer": "PGREQUIREPEER",
+    "ssl_min_protocol_version": "PGSSLMINPROTOCOLVERSION",
+    "ssl_max_protocol_version": "PGSSLMAXPROTOCOLVERSION",
+    "gssencmode": "PGGSSENCMODE",
+    "krbsrvname": "PGKRBSRVNAME",
+    "gsslib": "PGGSSLIB",
+    "gssdelegation": "PGGSSDELEGATION",
+    "connect_timeout": "PGCONNECT_TIMEOUT",
+    "client_encoding": "PGCLIENTENCODING",
+    "target_session_attrs": "PGTARGETSESSIONATTRS",
+    "load_balance_hosts": "PGLOADBALANCEHOSTS",
+}
+_LIBPQ_ONLY_PARAMS = {"keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout",
+                      "fallback_application_name", "replication", "requiressl"}
+
+
+class Database:
+    """A PostgreSQL target whose URL is a :class:`Secret`.
+
+    Query parameters libpq does not know (Prisma's ``schema``, ``connection_limit``, ...) are
+    taken out of the URL before it reaches libpq; ``schema`` is kept as :attr:`schema`.
+    """
+
+    def __init__(self, url: Secret, *, source: str, connect_timeout: int = 10) -> None:
+        raw = url.reveal()
+        parts = urlsplit(raw)
+        if parts.scheme not in ("postgres", "postgresql"):
+            raise ConfigError(
+                f"The database URL from {source} is not a PostgreSQL URL",
+                suggestions=["Use the form postgresql://USER:PASSWORD@HOST:PORT/DATABASE"],
+            )
+        params = parse_qsl(parts.query, keep_blank_values=True)
+        self.schema = next((value for key, value in params if key == "schema"), None) or "public"
+        libpq_params = [(k, v) for k, v in params if k in _LIBPQ_ENV or k in _LIBPQ_ONLY_PARAMS]
+        self.url = Secret(urlunsplit(parts._replace(query=urlencode(libpq_params))))
+        self.source = source
+        self.connect_timeout = connect_timeout
+        self.name = (parts.path or "/").lstrip("/") or None
+
+    @property
+    def name_for_display(self) -> str:
+        return self.name or "(default database)"
+
+    def connect(self, *, autocommit: bool = True, application_name: str = "faber") -> psycopg.Connection:
+        import psycopg
+
+        return psycopg.connect(
+            self.url.reveal(),
+            autocommit=autocommit,
+            connect_timeout=self.connect_timeout,
+            application_name=application_name,
+        )
+
+    def conninfo_params(self) -> dict[str, Any]:
+        from psycopg.conninfo import conninfo_to_dict
+
+        return conninfo_to_dict(self.url.reveal())
+
+    def libpq_env(self) -> dict[str, str]:
+        """Environment variables that connect libpq programs (pg_dump, psql) to this database."""
+        env = {_LIBPQ_ENV[k]: str(v) for k, v in self.conninfo_params().items() if k in _LIBPQ_ENV and v is not None}
+        env.setdefault("PGCONNECT_TIMEOUT", str(self.connect_timeout))
+        return env
+
+
+@dataclass
+class RunContext:
+    """Everything a hook implementation may need about the current run."""
+
+    operation: str
+    environment: str
+    settings: EnvironmentSettings
+    config: FaberConfig
+    project_dir: Path
+    database: Database
+    redactor: Redactor
+    listeners: list[Callable[[AuditEvent], None]] = field(default_factory=list)
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @property
+    def tool(self) -> str:
+        return self.config.database.migration_tool
+
+    @property
+    def tool_options(self) -> dict[str, Any]:
+        return self.config.database.tool_options(self.tool)
+
+    @property
+    def mode(self) -> str:
+        return self.settings.mode or "deploy"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.project_dir / STATE_DIR
+
+    def emit(self, kind: str, **data: Any) -> AuditEvent:
+        """Tell every listener (progress output, audit sinks, spans) that something happened."""
+        event = AuditEvent(
+            run_id=self.run_id,
+            kind=kind,
+            environment=self.environment,
+            operation=self.operation,
+            timestamp=_dt.datetime.now(_dt.timezone.utc),
+            data=data,
+        )
+        for listener in self.listeners:
+            listener(event)
+        return event
+
+
+def resolve_project_dir(cwd: str | Path | None) -> Path:
+    """``--cwd``, else ``FABER_DB_CWD``, else the current directory."""
+    import os
+
+    chosen = cwd or os.environ.get("FABER_DB_CWD") or "."
+    path = Path(chosen).expanduser().resolve()
+    if not path.is_dir():
+        raise ConfigError(f"Project directory does not exist: {chosen}")
+    return path
+
+
+def open_context(
+    project_dir: Path,
+    environment: str,
+    operation: str,
+    *,
+    listeners: list[Callable[[AuditEvent], None]] | None = None,
+) -> RunContext:
+    """Load the config, resolve the environment and its database URL into a :class:`RunContext`."""
+    import os
+
+    from faber_core.config import EMBEDDED_ENVIRONMENT, load_config
+
+    config = load_config(project_dir)
+    settings = config.environment(environment)
+    redactor = Redactor()
+    if settings.database_url_env:
+        value = os.environ.get(settings.database_url_env, "").strip()
+        if not value:
+            raise ConfigError(
+                f"Environment variable {settings.database_url_env} is not set",
+                suggestions=[
+                    f"Export {settings.database_url_env} with the {environment} database URL",
+                    f"Or change database.environments.{environment}.database_url_env in the config",
+                ],
+            )
+        source = f"${settings.database_url_env}"
+    elif environment == EMBEDDED_ENVIRONMENT:
+        from faber_core.postgres.embedded import embedded_database_url
+
+        value = embedded_database_url(project_dir / STATE_DIR / "embedded")
+        source = "the embedded PostgreSQL"
+    else:
+        raise ConfigError(
+            f"Environment {environment} has no database_url_env",
+            suggestions=[f"Set database.environments.{environment}.database_url_env to the name of an env var"],
+        )
+    redactor.add(value)
+    database = Database(Secret(value), source=source, connect_timeout=settings.connect_timeout_seconds)
+    redactor.add(database.url)
+    return RunContext(
+        operation=operation,
+        environment=environment,
+        settings=settings,
+        config=config,
+        project_dir=project_dir,
+        database=database,
+        redactor=redactor,
+        listeners=list(listeners or []),
+    )

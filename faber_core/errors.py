@@ -1,0 +1,73 @@
+"""Error types: each has a stable code, a message, recovery suggestions and one exit code.
+
+The CLI maps an error to its exit code through ``EXIT_CODES`` and nowhere else, so CI scripts
+can branch on the code (see docs/exit-codes.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class FaberError(Exception):
+    """Base class of every error faber reports as a structured result."""
+
+    code = "INTERNAL_ERROR"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        suggestions: list[str] | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.suggestions = list(suggestions or [])
+        self.result = dict(result or {})
+
+
+class ConfigError(FaberError):
+    """Invalid input: bad arguments, malformed config, unknown environment or tool, missing env var."""
+
+    code = "CONFIG_INVALID"
+
+
+class HealthCheckFailed(FaberError):
+    code = "HEALTH_CHECK_FAILED"
+
+
+class BackupFailed(FaberError):
+    code = "BACKUP_FAILED"
+
+
+class ApprovalRequired(FaberError):
+    code = "APPROVAL_REQUIRED"
+
+
+class MigrationFailed(FaberError):
+    code = "MIGRATION_FAILED"
+
+
+class Locked(FaberError):
+    code = "LOCKED"
+
+
+class RestoreFailed(FaberError):
+    code = "RESTORE_FAILED"
+
+
+EXIT_CODES: dict[str, int] = {
+    "INTERNAL_ERROR": 1,
+    ConfigError.code: 2,
+    HealthCheckFailed.code: 3,
+    BackupFailed.code: 4,
+    ApprovalRequired.code: 5,
+    MigrationFailed.code: 6,
+    Locked.code: 7,
+    RestoreFailed.code: 8,
+}
+
+
+def exit_code_for(code: str) -> int:
+    return EXIT_CODES.get(code, 1)

@@ -1,0 +1,176 @@
+"""The plugin author's reference: every hook faber calls, when, with what, and what it returns.
+
+A plugin is a module (or object) with functions named like the hooks below, decorated with
+``faber_core.hookimpl``, registered through the ``faber`` entry point group::
+
+    # pyproject.toml
+    [project.entry-points.faber]
+    mytool = "faber_mytool.plugin"
+
+Dispatch hooks (status, preview, apply, dev, backup create/list/restore) are ``firstresult``:
+faber calls them with the configured name (``tool`` or ``provider``); the plugin that owns the
+name answers, every other plugin returns ``None``. ``faber_migration_tools`` and
+``faber_backup_providers`` declare those names, so faber can list them and report two plugins
+claiming one name.
+
+The order of a deploy (see docs/hooks.md for the diagram)::
+
+    faber_health_checks(before) -> faber_migration_status -> [faber_migration_preview; stop]
+    -> approval -> faber_backup_create -> faber_migration_apply | faber_migration_dev
+    -> faber_health_checks(after) -> faber_migration_status (verify)
+    -> on failure: faber_backup_restore -> faber_migration_status (verify restore)
+
+``faber_audit_event`` is called for every event along the way.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from faber_core.context import RunContext
+    from faber_core.models import (
+        ApplyOutcome,
+        AuditEvent,
+        BackupProviderInfo,
+        BackupRecord,
+        HealthCheckResult,
+        LocalMigration,
+        MigrationPreview,
+        MigrationState,
+        RestoreOutcome,
+        ToolInfo,
+    )
+
+hookspec = pluggy.HookspecMarker("faber")
+
+
+@hookspec
+def faber_migration_tools() -> list[ToolInfo]:
+    """Declare the migration tools this plugin drives.
+
+    Called when faber collects its plugins (``faber plugins``, and before any run to check that
+    the configured ``database.migration_tool`` has a handler).
+
+    Returns a list of :class:`~faber_core.models.ToolInfo`, e.g.
+    ``[ToolInfo(name="prisma", description="Prisma migration folders")]``.
+    """
+
+
+@hookspec(firstresult=True)
+def faber_migration_status(tool: str, context: RunContext) -> MigrationState | None:
+    """Read the local migrations and the database's migration bookkeeping.
+
+    Called before deploying (pending migrations, the ``migrations`` health check), after it (to
+    verify every migration is applied) and after a restore (to verify the restore).
+
+    Receives the configured tool name and the run context; answer only when ``tool`` is yours.
+    Must not change the database: a missing bookkeeping table means nothing is applied yet.
+
+    Returns :class:`~faber_core.models.MigrationState`: ``local`` in apply order and ``records``
+    from the database. faber derives pending, failed, missing-locally and edited migrations.
+    """
+
+
+@hookspec(firstresult=True)
+def faber_migration_preview(
+    tool: str, context: RunContext, pending: list[LocalMigration]
+) -> list[MigrationPreview] | None:
+    """Describe what applying ``pending`` would do, without changing the target database.
+
+    Called for ``faber migrate ENV --dry-run``.
+
+    Returns one :class:`~faber_core.models.MigrationPreview` per pending migration, in order,
+    with its SQL and an estimated duration.
+    """
+
+
+@hookspec(firstresult=True)
+def faber_migration_apply(tool: str, context: RunContext, pending: list[LocalMigration]) -> ApplyOutcome | None:
+    """Apply ``pending`` in order, stopping at the first failure.
+
+    Called in deploy mode (and in dev mode when ``faber_migration_dev`` declines) while faber
+    holds its advisory lock on the database, after the health check, the approval and the
+    backup. Apply each migration in its own transaction when its SQL allows it, together with
+    its bookkeeping row, so a failure leaves nothing of that migration behind. Call
+    ``context.emit("migration.started", name=...)`` and ``context.emit("migration.applied",
+    name=..., duration_seconds=...)`` as you go so the user sees progress.
+
+    Returns :class:`~faber_core.models.ApplyOutcome`: the migrations committed and, if one
+    failed, a :class:`~faber_core.models.MigrationFailure` saying whether its transaction rolled
+    back. Do not raise for a failing migration; raise :class:`faber_core.errors.FaberError` only
+    for a broken setup (missing files, a tool that will not start).
+    """
+
+
+@hookspec(firstresult=True)
+def faber_migration_dev(tool: str, context: RunContext) -> ApplyOutcome | None:
+    """Run the tool's own interactive development command (e.g. ``prisma migrate dev``).
+
+    Called instead of ``faber_migration_apply`` when the environment is in dev mode. Return
+    ``None`` to decline (the tool's CLI is not installed, or it has no such command); faber
+    then applies pending migrations with ``faber_migration_apply``.
+    """
+
+
+@hookspec
+def faber_backup_providers() -> list[BackupProviderInfo]:
+    """Declare the backup providers this plugin offers (``environments.<env>.backup.provider``)."""
+
+
+@hookspec(firstresult=True)
+def faber_backup_create(
+    provider: str, context: RunContext, reason: str, migrations: list[tuple[str, str | None]]
+) -> BackupRecord | None:
+    """Create a restore point of the environment's database.
+
+    Called before applying migrations where ``backup_before_migrate`` is on, and by
+    ``faber backup ENV``. ``migrations`` are the applied migrations (name, checksum) at this
+    moment; store them with the backup so a restore can be verified. Never include the
+    ``config.database.faber_schema`` schema: a restore must not erase faber's own history.
+
+    Returns the :class:`~faber_core.models.BackupRecord`; raise
+    :class:`faber_core.errors.BackupFailed` with suggestions when the backup cannot be made.
+    """
+
+
+@hookspec(firstresult=True)
+def faber_backup_list(provider: str, context: RunContext) -> list[BackupRecord] | None:
+    """List this environment's backups made by faber, newest first (``faber backups ENV``)."""
+
+
+@hookspec(firstresult=True)
+def faber_backup_restore(provider: str, context: RunContext, backup: BackupRecord) -> RestoreOutcome | None:
+    """Bring the environment's database back to ``backup``.
+
+    Called by ``faber rollback ENV`` and by automatic rollback after a failed deploy, while faber
+    holds its advisory lock. The database must end as it was at backup time (objects created
+    since are removed), except the faber schema. faber verifies the migration bookkeeping
+    against ``backup.migrations`` afterwards.
+
+    Returns :class:`~faber_core.models.RestoreOutcome`; raise
+    :class:`faber_core.errors.RestoreFailed` with the manual recovery steps when it fails midway.
+    """
+
+
+@hookspec
+def faber_health_checks(context: RunContext, checks: list[str]) -> list[HealthCheckResult]:
+    """Run the named health checks this plugin knows, before and after deploying.
+
+    ``checks`` are the environment's ``health_checks`` (default ``connectivity``, ``schema``,
+    ``migrations``). Return a result for each name you implement and ignore the others. The
+    built-in PostgreSQL plugin implements ``connectivity`` (and that the server accepts writes)
+    and ``schema``; faber itself implements ``migrations`` from the migration status.
+    """
+
+
+@hookspec
+def faber_audit_event(event: AuditEvent) -> None:
+    """Receive every event of a run, in order: steps started and finished, each migration,
+    the backup, approval, rollback, and the final result.
+
+    For logging and audit plugins. Called synchronously; keep it fast and never raise. Event
+    data has already passed through the redactor.
+    """

@@ -1,0 +1,168 @@
+"""The one place that builds faber's PluginManager, and the typed facade the core calls.
+
+Core code never touches ``pm.hook.*`` directly: :class:`Plugins` gives it one method per hook,
+checks that the configured tool or provider exists, and validates what plugins return.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import pluggy
+
+from faber_core import hookspecs
+from faber_core.context import RunContext
+from faber_core.errors import ConfigError
+from faber_core.models import (
+    ApplyOutcome,
+    AuditEvent,
+    BackupProviderInfo,
+    BackupRecord,
+    HealthCheckResult,
+    LocalMigration,
+    MigrationPreview,
+    MigrationState,
+    RestoreOutcome,
+    ToolInfo,
+)
+
+BUILTIN_PLUGINS = ("faber_core.postgres.health", "faber_core.backup.pg_dump")
+NO_PLUGINS_ENV = "FABER_NO_PLUGINS"
+
+
+def build_plugin_manager(*plugins: object, load_entrypoints: bool = True) -> pluggy.PluginManager:
+    """Specs, the built-in plugins, ``plugins``, then (unless disabled) installed entry points."""
+    import importlib
+
+    pm = pluggy.PluginManager("faber")
+    pm.add_hookspecs(hookspecs)
+    for name in BUILTIN_PLUGINS:
+        pm.register(importlib.import_module(name), name=name)
+    for plugin in plugins:
+        pm.register(plugin)
+    if load_entrypoints and not os.environ.get(NO_PLUGINS_ENV):
+        pm.load_setuptools_entrypoints("faber")
+    pm.check_pending()
+    return pm
+
+
+@functools.cache
+def get_plugin_manager() -> pluggy.PluginManager:
+    return build_plugin_manager()
+
+
+def _owner(pm: pluggy.PluginManager, plugin: object) -> str:
+    for plugin_obj, dist in pm.list_plugin_distinfo():
+        if plugin_obj is plugin:
+            return f"{dist.project_name} {dist.version}"
+    return pm.get_name(plugin) or repr(plugin)
+
+
+class Plugins:
+    """Typed access to the hooks for the workflow."""
+
+    def __init__(self, pm: pluggy.PluginManager | None = None) -> None:
+        self.pm = pm or get_plugin_manager()
+
+    def _collect(self, hook_name: str, model: type[Any]) -> dict[str, tuple[Any, str]]:
+        """Names declared through a listing hook, each with the package that declared it."""
+        hook = getattr(self.pm.hook, hook_name)
+        found: dict[str, tuple[Any, str]] = {}
+        for impl in hook.get_hookimpls():
+            for item in impl.function() or []:
+                info = model.model_validate(item)
+                owner = _owner(self.pm, impl.plugin)
+                if info.name in found and found[info.name][1] != owner:
+                    raise ConfigError(
+                        f"Conflicting plugins: {found[info.name][1]} and {owner} both provide {info.name!r}",
+                        suggestions=["Uninstall one of them, or run with FABER_NO_PLUGINS=1 to debug"],
+                    )
+                found[info.name] = (info, owner)
+        return found
+
+    def tools(self) -> dict[str, tuple[ToolInfo, str]]:
+        return self._collect("faber_migration_tools", ToolInfo)
+
+    def backup_providers(self) -> dict[str, tuple[BackupProviderInfo, str]]:
+        return self._collect("faber_backup_providers", BackupProviderInfo)
+
+    def require_tool(self, tool: str) -> None:
+        tools = self.tools()
+        if tool not in tools:
+            installed = ", ".join(sorted(tools)) or "none"
+            raise ConfigError(
+                f"No installed plugin provides the migration tool {tool!r} (installed: {installed})",
+                suggestions=[
+                    f"Install its plugin, e.g. pip install faber-{tool}",
+                    "Or set database.migration_tool to one of the installed tools",
+                ],
+            )
+
+    def require_backup_provider(self, provider: str) -> None:
+        providers = self.backup_providers()
+        if provider not in providers:
+            installed = ", ".join(sorted(providers)) or "none"
+            raise ConfigError(
+                f"No installed plugin provides the backup provider {provider!r} (installed: {installed})",
+                suggestions=[f"Install its plugin, or set backup.provider to one of: {installed}"],
+            )
+
+    def migration_status(self, context: RunContext) -> MigrationState:
+        return MigrationState.model_validate(self._dispatch("faber_migration_status", context.tool, context=context))
+
+    def migration_preview(self, context: RunContext, pending: list[LocalMigration]) -> list[MigrationPreview]:
+        answer = self._dispatch("faber_migration_preview", context.tool, context=context, pending=pending)
+        return [MigrationPreview.model_validate(item) for item in answer]
+
+    def migration_apply(self, context: RunContext, pending: list[LocalMigration]) -> ApplyOutcome:
+        answer = self._dispatch("faber_migration_apply", context.tool, context=context, pending=pending)
+        return ApplyOutcome.model_validate(answer)
+
+    def migration_dev(self, context: RunContext) -> ApplyOutcome | None:
+        answer = self.pm.hook.faber_migration_dev(tool=context.tool, context=context)
+        return None if answer is None else ApplyOutcome.model_validate(answer)
+
+    def backup_create(
+        self, context: RunContext, reason: str, migrations: list[tuple[str, str | None]]
+    ) -> BackupRecord:
+        provider = context.settings.backup.provider
+        answer = self._dispatch(
+            "faber_backup_create", provider, key="provider", context=context, reason=reason, migrations=migrations
+        )
+        return BackupRecord.model_validate(answer)
+
+    def backup_list(self, context: RunContext) -> list[BackupRecord]:
+        answer = self._dispatch("faber_backup_list", context.settings.backup.provider, key="provider", context=context)
+        return [BackupRecord.model_validate(item) for item in answer]
+
+    def backup_restore(self, context: RunContext, backup: BackupRecord) -> RestoreOutcome:
+        answer = self._dispatch(
+            "faber_backup_restore", context.settings.backup.provider, key="provider", context=context, backup=backup
+        )
+        return RestoreOutcome.model_validate(answer)
+
+    def health_checks(self, context: RunContext, checks: list[str]) -> list[HealthCheckResult]:
+        results = self.pm.hook.faber_health_checks(context=context, checks=checks)
+        return [HealthCheckResult.model_validate(item) for batch in results for item in batch or []]
+
+    def audit_event(self, event: AuditEvent) -> None:
+        self.pm.hook.faber_audit_event(event=event)
+
+    def _dispatch(self, hook_name: str, name: str, *, key: str = "tool", **kwargs: Any) -> Any:
+        answer = getattr(self.pm.hook, hook_name)(**{key: name}, **kwargs)
+        if answer is None:
+            raise ConfigError(
+                f"No installed plugin answers {hook_name} for {key} {name!r}",
+                suggestions=["Run `faber plugins` to see what is installed"],
+            )
+        return answer
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every registered plugin with its package, version and the hooks it implements."""
+        rows = []
+        for plugin in self.pm.get_plugins():
+            hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
+            rows.append({"name": self.pm.get_name(plugin), "package": _owner(self.pm, plugin), "hooks": hooks})
+        return sorted(rows, key=lambda row: row["name"] or "")

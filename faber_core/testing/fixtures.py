@@ -1,0 +1,159 @@
+"""pytest fixtures for faber and its plugins (registered through the ``pytest11`` entry point).
+
+- ``postgres_admin_url``: a real PostgreSQL for the test session: the server at
+  127.0.0.1:5432 when one answers (or ``FABER_TEST_ADMIN_URL``), otherwise an embedded one.
+- ``database_url``: a fresh, empty database for one test, dropped afterwards.
+- ``faber_project``: a project directory with a faber config, built from a dict.
+- ``run_faber``: runs the ``faber`` command in a subprocess and parses ``--json`` output.
+- ``plugin_manager``: a PluginManager with only the built-in plugins, for registering test plugins.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CANARY_PASSWORD = "canary-Pw-7f3a9c1e"
+LOCAL_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _reachable(url: str) -> bool:
+    import psycopg
+
+    try:
+        with psycopg.connect(url, connect_timeout=3):
+            return True
+    except psycopg.Error:
+        return False
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A superuser URL of a running PostgreSQL server."""
+    configured = os.environ.get("FABER_TEST_ADMIN_URL")
+    if configured:
+        yield configured
+        return
+    if _reachable(LOCAL_SERVER_URL):
+        yield LOCAL_SERVER_URL
+        return
+    from faber_core.postgres.embedded import start_embedded_server
+
+    yield start_embedded_server(tmp_path_factory.mktemp("embedded-pg"))
+
+
+def create_database(admin_url: str, prefix: str = "faber_test") -> str:
+    """Create an empty database on the admin URL's server and return its name."""
+    import psycopg
+    from psycopg import sql
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return name
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def database_url_for(admin_url: str, name: str, password: str | None = None) -> str:
+    """The admin URL pointed at database ``name``, optionally carrying ``password``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(admin_url)
+    netloc = parts.netloc
+    if password is not None:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0] or "postgres"
+        netloc = f"{user}:{password}@{hostport}"
+    return urlunsplit(parts._replace(netloc=netloc, path=f"/{name}"))
+
+
+@pytest.fixture
+def database_url(postgres_admin_url: str) -> Iterator[str]:
+    """A fresh database for this test; its URL carries the canary password (trust auth ignores it)."""
+    name = create_database(postgres_admin_url)
+    try:
+        yield database_url_for(postgres_admin_url, name, password=CANARY_PASSWORD)
+    finally:
+        drop_database(postgres_admin_url, name)
+
+
+@pytest.fixture
+def faber_project(tmp_path: Path):
+    """Return ``make(config: dict, **files) -> Path``: a project dir with the config and files written."""
+
+    def make(config: dict[str, Any], files: dict[str, str] | None = None, root: Path | None = None) -> Path:
+        project = root or tmp_path / "project"
+        config_path = project / ".fractary/plugins/faber-db/config.json"
+        config_path.parent.mkdir(parents=True, exist_ok=True)
+        config_path.write_text(json.dumps(config, indent=2))
+        for relative, content in (files or {}).items():
+            target = project / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(content)
+        return project
+
+    return make
+
+
+@dataclass
+class FaberRun:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+@pytest.fixture
+def run_faber():
+    """Return ``run(*args, env={...}, cwd=None, input=None, timeout=300) -> FaberRun``.
+
+    Runs ``python -m faber_core`` in a subprocess with no terminal on stdin, so approval prompts
+    behave as in CI.
+    """
+
+    def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+            input: str | None = None, timeout: float = 300) -> FaberRun:
+        full_env = {**os.environ, **(env or {})}
+        proc = subprocess.run(
+            [sys.executable, "-m", "faber_core", *args],
+            cwd=cwd,
+            env=full_env,
+            input=input if input is not None else "",
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        return FaberRun(proc.returncode, proc.stdout, proc.stderr)
+
+    return run
+
+
+@pytest.fixture
+def plugin_manager():
+    """A PluginManager with the built-in plugins only; tests register their own plugins on it."""
+    from faber_core.plugins import build_plugin_manager
+
+    return build_plugin_manager(load_entrypoints=False)
