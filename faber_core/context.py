@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,7 +146,7 @@ class RunContext:
             environment=self.environment,
             operation=self.operation,
             timestamp=_dt.datetime.now(_dt.timezone.utc),
-            data=data,
+            data=json.loads(self.redactor.redact(json.dumps(data, default=str))),
         )
         for listener in self.listeners:
             listener(event)

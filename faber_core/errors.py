@@ -20,11 +20,15 @@ class FaberError(Exception):
         *,
         suggestions: list[str] | None = None,
         result: dict[str, Any] | None = None,
+        backup_id: str | None = None,
+        tool_output: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.suggestions = list(suggestions or [])
         self.result = dict(result or {})
+        self.backup_id = backup_id
+        self.tool_output = tool_output
 
 
 class ConfigError(FaberError):

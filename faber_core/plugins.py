@@ -30,15 +30,21 @@ from faber_core.models import (
 
 BUILTIN_PLUGINS = ("faber_core.postgres.health", "faber_core.backup.pg_dump")
 NO_PLUGINS_ENV = "FABER_NO_PLUGINS"
+EXTRA_PLUGINS_ENV = "FABER_PLUGINS"
 
 
 def build_plugin_manager(*plugins: object, load_entrypoints: bool = True) -> pluggy.PluginManager:
-    """Specs, the built-in plugins, ``plugins``, then (unless disabled) installed entry points."""
+    """Specs, the built-in plugins, ``plugins``, then (unless disabled) installed entry points.
+
+    ``FABER_PLUGINS`` (comma-separated module names) loads extra plugin modules, for developing
+    a plugin before it is packaged; ``FABER_NO_PLUGINS=1`` loads no installed plugin.
+    """
     import importlib
 
     pm = pluggy.PluginManager("faber")
     pm.add_hookspecs(hookspecs)
-    for name in BUILTIN_PLUGINS:
+    extra = [m.strip() for m in os.environ.get(EXTRA_PLUGINS_ENV, "").split(",") if m.strip()]
+    for name in (*BUILTIN_PLUGINS, *(extra if load_entrypoints else ())):
         pm.register(importlib.import_module(name), name=name)
     for plugin in plugins:
         pm.register(plugin)

@@ -10,11 +10,13 @@ created after the backup are gone afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import psycopg
@@ -65,7 +67,7 @@ def find_client_dir(server_major: int) -> Path:
     candidates: list[Path] = []
     on_path = shutil.which("pg_dump")
     if on_path:
-        candidates.append(Path(on_path).resolve().parent)
+        candidates.append(Path(on_path).parent)
     candidates += embedded_bin_dirs()
     seen: list[str] = []
     for directory in candidates:
@@ -222,25 +224,35 @@ def faber_backup_restore(provider: str, context: RunContext, backup: BackupRecor
         )
     with context.database.connect() as conn:
         major = conn.info.server_version // 10000
-        prelude = _restore_prelude(conn, backup.model_extra.get("excluded_schema") or context.config.database.faber_schema)
+        keep = (backup.model_extra or {}).get("excluded_schema") or context.config.database.faber_schema
+        prelude = _restore_prelude(conn, keep)
     tools = find_client_dir(major)
     env = child_environment(context.database.libpq_env())
-    psql = subprocess.Popen(
-        [str(tools / "psql"), "-X", "-q", "--single-transaction", "-v", "ON_ERROR_STOP=1", "-f", "-"],
-        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-    )
-    restore = subprocess.Popen(
-        [str(tools / "pg_restore"), "--file=-", str(archive)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
-    )
-    assert psql.stdin and restore.stdout
-    try:
-        psql.stdin.write(prelude.encode())
-        shutil.copyfileobj(restore.stdout, psql.stdin, 1 << 20)
-        psql.stdin.close()
-    except BrokenPipeError:
-        pass  # psql stopped at an error; its stderr says which
-    restore_err = restore.communicate()[1].decode(errors="replace")
-    psql_err = psql.communicate()[1].decode(errors="replace")
+    with tempfile.TemporaryFile() as psql_errors, tempfile.TemporaryFile() as restore_errors:
+        psql = subprocess.Popen(
+            [str(tools / "psql"), "-X", "-q", "--single-transaction", "-v", "ON_ERROR_STOP=1", "-f", "-"],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=psql_errors, env=env,
+        )
+        restore = subprocess.Popen(
+            [str(tools / "pg_restore"), "--file=-", str(archive)], stdout=subprocess.PIPE, stderr=restore_errors,
+            env=env,
+        )
+        assert psql.stdin and restore.stdout
+        try:
+            psql.stdin.write(prelude.encode())
+            shutil.copyfileobj(restore.stdout, psql.stdin, 1 << 20)
+        except BrokenPipeError:
+            pass  # psql stopped at an error; its stderr says which
+        finally:
+            with contextlib.suppress(BrokenPipeError):
+                psql.stdin.close()
+            restore.stdout.close()
+        restore.wait()
+        psql.wait()
+        psql_errors.seek(0)
+        restore_errors.seek(0)
+        psql_err = psql_errors.read().decode(errors="replace")
+        restore_err = restore_errors.read().decode(errors="replace")
     if restore.returncode != 0 or psql.returncode != 0:
         detail = context.redactor.redact((psql_err or restore_err).strip())
         raise RestoreFailed(f"Restore of {backup.id} failed and was rolled back: {detail}", suggestions=manual)

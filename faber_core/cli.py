@@ -1,0 +1,304 @@
+"""The ``faber`` command: parse arguments, call the workflow, render its result. Nothing else.
+
+Exit codes (docs/exit-codes.md): 0 success, 1 internal error, 2 invalid input or config,
+3 health check failed, 4 backup failed, 5 approval missing, 6 migration failed,
+7 another run holds the lock, 8 restore failed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from faber_core import __version__
+from faber_core.errors import EXIT_CODES, FaberError, exit_code_for
+
+if TYPE_CHECKING:
+    from faber_core.context import RunContext
+    from faber_core.plugins import Plugins
+    from faber_core.results import Success
+
+app = typer.Typer(
+    name="faber",
+    help="Deploy database migrations safely: health checks, backups, approval, apply, verify, rollback.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Inspect faber's configuration format.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+Environment = Annotated[str, typer.Argument(help="Environment name from the config, e.g. dev, staging, production.")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print exactly one JSON document on stdout.")]
+CwdOption = Annotated[
+    Optional[Path],
+    typer.Option("--cwd", help="Project directory (default: $FABER_DB_CWD, else the current directory)."),
+]
+YesFlag = Annotated[bool, typer.Option("--yes", "-y", help="Approve without a prompt (for CI).")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"faber {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
+) -> None:
+    """Deploy database migrations safely across environments."""
+
+
+def _approver() -> Callable[[str], bool] | None:
+    if not sys.stdin.isatty():
+        return None
+    return lambda question: typer.confirm(question, default=False, err=True)
+
+
+def _run(
+    operation: str,
+    environment: str | None,
+    json_output: bool,
+    cwd: Path | None,
+    body: Callable[[RunContext, Plugins], Success],
+) -> None:
+    """Build the context, run ``body``, render the result or the error, exit with its code."""
+    from faber_core.context import open_context, resolve_project_dir
+    from faber_core.plugins import Plugins
+    from faber_core.render import ProgressPrinter, render_human, render_json
+    from faber_core.results import ErrorDocument
+    from faber_core.secrets import Redactor
+
+    redactor = Redactor()
+    tool = None
+    try:
+        project = resolve_project_dir(cwd)
+        plugins = Plugins()
+        context = open_context(project, environment or "", operation)
+        redactor = context.redactor
+        tool = context.tool
+        context.listeners += [ProgressPrinter(sys.stderr, redactor), plugins.audit_event]
+        document = body(context, plugins)
+        code = 0
+    except FaberError as exc:
+        document = ErrorDocument.from_error(exc, operation=operation, environment=environment, tool=tool)
+        code = exit_code_for(exc.code)
+    except KeyboardInterrupt:
+        document = ErrorDocument.from_error(
+            FaberError("Interrupted", suggestions=[f"Check the state with: faber status {environment}"]),
+            operation=operation, environment=environment,
+        )
+        code = 130
+    except Exception as exc:  # a bug or an unexpected failure: still one structured document
+        if os.environ.get("FABER_DEBUG"):
+            raise
+        document = ErrorDocument.from_error(
+            FaberError(
+                f"Unexpected error: {type(exc).__name__}: {exc}",
+                suggestions=["Re-run with FABER_DEBUG=1 for a traceback", "Please report this as a bug"],
+            ),
+            operation=operation, environment=environment, tool=tool,
+        )
+        code = EXIT_CODES["INTERNAL_ERROR"]
+    render = render_json if json_output else render_human
+    typer.echo(render(document, redactor))
+    raise typer.Exit(code)
+
+
+@app.command()
+def migrate(
+    environment: Environment,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Preview pending migrations and their SQL; change nothing.")] = False,
+    skip_backup: Annotated[bool, typer.Option("--skip-backup", help="Do not back up first (NOT recommended for protected environments).")] = False,
+    skip_health_check: Annotated[bool, typer.Option("--skip-health-check", help="Skip the health checks before and after.")] = False,
+    yes: YesFlag = False,
+    json_output: JsonFlag = False,
+    cwd: CwdOption = None,
+) -> None:
+    """Apply pending migrations to ENVIRONMENT.
+
+    Health check, backup (protected environments), approval, apply each migration, health
+    check again, verify. On failure in an auto-rollback environment the backup is restored
+    and verified.
+    """
+    from faber_core.workflow import DEPLOY, PREVIEW, DeployOptions, migrate as run_migrate
+
+    options = DeployOptions(dry_run=dry_run, skip_backup=skip_backup, skip_health_check=skip_health_check,
+                            assume_yes=yes, approver=_approver())
+    _run(PREVIEW if dry_run else DEPLOY, environment, json_output, cwd,
+         lambda context, plugins: run_migrate(context, plugins, options))
+
+
+@app.command()
+def status(environment: Environment, json_output: JsonFlag = False, cwd: CwdOption = None) -> None:
+    """Show applied, pending, failed and edited migrations of ENVIRONMENT."""
+    from faber_core.results import Success
+    from faber_core.workflow import read_status
+
+    def body(context: RunContext, plugins: Plugins) -> Success:
+        plugins.require_tool(context.tool)
+        state = read_status(context, plugins, quiet=True)
+        return Success(
+            operation="migration-status",
+            environment=environment,
+            result=state.model_dump(mode="json", include={"tool", "applied", "pending", "failed",
+                                                          "missing_locally", "checksum_mismatches"}),
+            message=f"{len(state.applied)} applied, {len(state.pending)} pending",
+        )
+
+    _run("migration-status", environment, json_output, cwd, body)
+
+
+@app.command()
+def health(environment: Environment, json_output: JsonFlag = False, cwd: CwdOption = None) -> None:
+    """Run ENVIRONMENT's health checks (connectivity, schema, migrations). Exit 3 when one fails."""
+    from faber_core.errors import HealthCheckFailed
+    from faber_core.results import Success
+    from faber_core.workflow import overall_health, run_health_checks
+
+    def body(context: RunContext, plugins: Plugins) -> Success:
+        plugins.require_tool(context.tool)
+        results = run_health_checks(context, plugins)
+        checks = [r.model_dump() for r in results]
+        status_ = overall_health(results)
+        if status_ == "failed":
+            raise HealthCheckFailed(
+                "Health check failed",
+                result={"health_check": "failed", "checks": checks,
+                        "details": "; ".join(r.details for r in results if r.status == "failed")},
+                suggestions=[f"Inspect migrations with: faber status {environment}"],
+            )
+        return Success(operation="health-check", environment=environment,
+                       result={"health_check": status_, "checks": checks}, message=f"Health check {status_}")
+
+    _run("health-check", environment, json_output, cwd, body)
+
+
+@app.command()
+def backup(
+    environment: Environment,
+    reason: Annotated[str, typer.Option("--reason", help="Why, recorded with the backup.")] = "manual backup",
+    json_output: JsonFlag = False,
+    cwd: CwdOption = None,
+) -> None:
+    """Create a backup of ENVIRONMENT's database now."""
+    from faber_core.results import Success
+    from faber_core.workflow import read_status
+
+    def body(context: RunContext, plugins: Plugins) -> Success:
+        plugins.require_tool(context.tool)
+        plugins.require_backup_provider(context.settings.backup.provider)
+        state = read_status(context, plugins, quiet=True)
+        context.emit("backup.started", provider=context.settings.backup.provider)
+        record = plugins.backup_create(context, reason, state.applied_fingerprint())
+        context.emit("backup.created", backup_id=record.id, size_bytes=record.size_bytes)
+        return Success(operation="create-backup", environment=environment,
+                       result=record.model_dump(mode="json"), message=f"Backup created: {record.id}")
+
+    _run("create-backup", environment, json_output, cwd, body)
+
+
+@app.command()
+def backups(environment: Environment, json_output: JsonFlag = False, cwd: CwdOption = None) -> None:
+    """List ENVIRONMENT's backups, newest first."""
+    from faber_core.results import Success
+
+    def body(context: RunContext, plugins: Plugins) -> Success:
+        plugins.require_backup_provider(context.settings.backup.provider)
+        records = plugins.backup_list(context)
+        return Success(operation="list-backups", environment=environment,
+                       result={"backups": [r.model_dump(mode="json") for r in records]},
+                       message=f"{len(records)} backup(s)")
+
+    _run("list-backups", environment, json_output, cwd, body)
+
+
+@app.command()
+def rollback(
+    environment: Environment,
+    to: Annotated[Optional[str], typer.Option("--to", help="Backup id (default: the newest).")] = None,
+    yes: YesFlag = False,
+    json_output: JsonFlag = False,
+    cwd: CwdOption = None,
+) -> None:
+    """Restore ENVIRONMENT from a backup and verify the migration history matches it."""
+    from faber_core.workflow import DeployOptions, rollback as run_rollback
+
+    options = DeployOptions(assume_yes=yes, approver=_approver())
+    _run("rollback", environment, json_output, cwd,
+         lambda context, plugins: run_rollback(context, plugins, to, options))
+
+
+@app.command()
+def plugins(json_output: JsonFlag = False) -> None:
+    """List installed plugins, the hooks they implement, and the tools and backup providers they offer."""
+    import json
+
+    from faber_core.plugins import Plugins
+
+    found = Plugins()
+    try:
+        report = {
+            "plugins": found.describe(),
+            "migration_tools": {name: owner for name, (_, owner) in found.tools().items()},
+            "backup_providers": {name: owner for name, (_, owner) in found.backup_providers().items()},
+        }
+    except FaberError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(exit_code_for(exc.code)) from None
+    if json_output:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    for row in report["plugins"]:
+        typer.echo(f"{row['name']}  [{row['package']}]  hooks: {', '.join(row['hooks'])}")
+    typer.echo(f"migration tools: {', '.join(sorted(report['migration_tools'])) or 'none'}")
+    typer.echo(f"backup providers: {', '.join(sorted(report['backup_providers']))}")
+
+
+@app.command()
+def init(
+    tool: Annotated[str, typer.Option("--tool", help="Migration tool: prisma, typeorm or sequelize.")] = "prisma",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing config.")] = False,
+    json_output: JsonFlag = False,
+    cwd: CwdOption = None,
+) -> None:
+    """Write a starter config (dev on the embedded PostgreSQL, staging, production) and an example migration."""
+    import json
+
+    from faber_core.context import resolve_project_dir
+    from faber_core.scaffold import write_starter_project
+
+    try:
+        written = write_starter_project(resolve_project_dir(cwd), tool, force=force)
+    except FaberError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        for suggestion in exc.suggestions:
+            typer.echo(f"  - {suggestion}", err=True)
+        raise typer.Exit(exit_code_for(exc.code)) from None
+    if json_output:
+        typer.echo(json.dumps({"status": "success", "operation": "init", "result": {"written": written},
+                               "message": "Project initialised"}, indent=2))
+        return
+    for path in written:
+        typer.echo(f"✓ wrote {path}")
+    typer.echo("Next: faber migrate dev")
+
+
+@config_app.command("schema")
+def config_schema() -> None:
+    """Print the JSON Schema of the config file."""
+    import json
+
+    from faber_core.config import FaberConfig
+
+    typer.echo(json.dumps(FaberConfig.model_json_schema(), indent=2))
+
+
+def main() -> None:
+    app()

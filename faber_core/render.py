@@ -1,0 +1,195 @@
+"""Turning events and results into what people and CI read.
+
+Progress lines go to stderr as events happen; the final document goes to stdout, either as
+the human end message or, with ``--json``, as exactly one JSON document. Both pass through
+the run's redactor.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TextIO
+
+from faber_core.models import AuditEvent
+from faber_core.results import ErrorDocument, Success
+from faber_core.secrets import Redactor
+
+RULE = "─" * 39
+_TITLES = {
+    "deploy-migrations": "Migration Deployer",
+    "preview-migrations": "Migration Preview",
+    "rollback": "Rollback",
+}
+_PHASES = {"before": "Pre-deployment", "after": "Post-deployment"}
+
+
+def title(operation: str) -> str:
+    return _TITLES.get(operation, operation.replace("-", " ").capitalize())
+
+
+def mode_description(mode: str, tool: str, dry_run: bool) -> str:
+    if dry_run:
+        return "preview (dry run, no changes)"
+    return "dev (development mode)" if mode == "dev" else "deploy (production mode)"
+
+
+class ProgressPrinter:
+    """An event listener printing the spec's step lines (``✓ Backup created: ...``)."""
+
+    def __init__(self, stream: TextIO, redactor: Redactor) -> None:
+        self.stream = stream
+        self.redactor = redactor
+
+    def __call__(self, event: AuditEvent) -> None:
+        handler = getattr(self, "on_" + event.kind.replace(".", "_"), None)
+        if handler is not None:
+            handler(event)
+
+    def line(self, text: str) -> None:
+        self.stream.write(self.redactor.redact(text) + "\n")
+        self.stream.flush()
+
+    def on_run_started(self, event: AuditEvent) -> None:
+        data = event.data
+        operation = "preview-migrations" if data.get("dry_run") else event.operation or ""
+        self.line(f"🎯 STARTING: {title(operation)}")
+        self.line(f"Environment: {event.environment}")
+        self.line(f"Mode: {mode_description(data['mode'], data['tool'], data.get('dry_run', False))}")
+        self.line(RULE)
+        self.line("✓ Configuration loaded")
+        self.line(f"✓ Environment validated: {event.environment} (database {data['database']} from {data['source']})")
+        command = "migrate dev" if data["mode"] == "dev" else "migrate deploy"
+        label = "development" if data["mode"] == "dev" else "production"
+        self.line(f"✓ Migration mode: {label} ({data['tool']} {command})")
+
+    def on_health_finished(self, event: AuditEvent) -> None:
+        phase = _PHASES.get(event.data["phase"], event.data["phase"])
+        status = event.data["status"]
+        mark = {"passed": "✓", "skipped": "⚠", "warning": "⚠"}.get(status, "✗")
+        self.line(f"{mark} {phase} health check: {status}")
+        for check in event.data.get("checks", []):
+            if check["status"] in ("failed", "warning"):
+                self.line(f"    {check['name']}: {check['details']}")
+
+    def on_status_read(self, event: AuditEvent) -> None:
+        self.line(f"✓ Pending migrations: {len(event.data['pending'])} found")
+
+    def on_approval_granted(self, event: AuditEvent) -> None:
+        self.line(f"✓ Approval confirmed ({event.data['by']})")
+
+    def on_backup_started(self, event: AuditEvent) -> None:
+        self.line(f"… Creating backup ({event.data['provider']})")
+
+    def on_backup_progress(self, event: AuditEvent) -> None:
+        self.line(f"    {event.data.get('message', '')}")
+
+    def on_backup_created(self, event: AuditEvent) -> None:
+        self.line(f"✓ Backup created: {event.data['backup_id']}")
+
+    def on_backup_skipped(self, event: AuditEvent) -> None:
+        self.line(f"⚠ Backup skipped ({event.data['reason']}): no automatic rollback is possible")
+
+    def on_migration_started(self, event: AuditEvent) -> None:
+        self.line(f"… Deploying migration: {event.data['name']}")
+
+    def on_migration_applied(self, event: AuditEvent) -> None:
+        self.line(f"✓ Deploying migration: {event.data['name']} ({event.data['duration_seconds']:.1f}s)")
+
+    def on_migration_failed(self, event: AuditEvent) -> None:
+        self.line(f"✗ Migration {event.data['name']} failed: {event.data['error']}")
+
+    def on_rollback_skipped(self, event: AuditEvent) -> None:
+        self.line(f"✓ No rollback needed: {event.data['reason']}")
+
+    def on_rollback_started(self, event: AuditEvent) -> None:
+        self.line(f"↺ Restoring backup {event.data['backup_id']}")
+
+    def on_rollback_finished(self, event: AuditEvent) -> None:
+        self.line(f"✓ Restored {event.data['backup_id']}; migration history matches the backup")
+
+    def on_verify_passed(self, event: AuditEvent) -> None:
+        self.line("✓ Verification: All migrations applied")
+
+
+def render_json(document: Success | ErrorDocument, redactor: Redactor) -> str:
+    return redactor.redact(json.dumps(document.model_dump(mode="json"), indent=2))
+
+
+def render_human(document: Success | ErrorDocument, redactor: Redactor) -> str:
+    if isinstance(document, ErrorDocument):
+        lines = _error_lines(document)
+    else:
+        lines = _success_lines(document, document.model_dump(mode="json")["result"])
+    return redactor.redact("\n".join(lines))
+
+
+def _success_lines(document: Success, result: Any) -> list[str]:
+    env = document.environment
+    if document.operation == "preview-migrations":
+        lines = ["✅ COMPLETED: Migration Preview", f"Environment: {env}",
+                 f"Pending Migrations: {result['pending_migrations']}"]
+        for index, migration in enumerate(result["migrations"], 1):
+            lines.append(f"{index}. {migration['name']} ({_summary(migration['sql'])})")
+            lines += [f"   note: {note}" for note in migration.get("notes", [])]
+        lines += [f"Estimated Duration: ~{result['total_estimated_duration_seconds']} seconds", RULE,
+                  f"To apply: faber migrate {env}"]
+        return lines
+    if document.operation == "deploy-migrations" and result.get("migrations_applied") == 0:
+        return ["✅ COMPLETED: Migration Deployer", f"Environment: {env}", "No pending migrations", RULE]
+    if document.operation == "deploy-migrations":
+        healthy = result["health_check_after"]
+        lines = ["✅ COMPLETED: Migration Deployer", f"Environment: {env}",
+                 f"Migrations Applied: {result['migrations_applied']}",
+                 f"Duration: {result['total_duration_seconds']} seconds",
+                 f"Backup ID: {result['backup_id'] or 'none'}",
+                 f"Status: {'✓ Healthy' if healthy == 'passed' else healthy}", RULE,
+                 "Next: Monitor application for issues"]
+        if result["backup_id"]:
+            lines.append(f"Rollback available: faber rollback {env} --to {result['backup_id']}")
+        return lines
+    return [f"✅ {document.message}", *_key_values(result)]
+
+
+def _error_lines(document: ErrorDocument) -> list[str]:
+    lines = [f"❌ FAILED: {title(document.operation)}"]
+    if document.environment:
+        lines.append(f"Environment: {document.environment}")
+    lines.append(f"Error: {document.error}")
+    lines += _key_values({k: v for k, v in document.result.items() if k != "checks"})
+    output = document.tool_output
+    if output:
+        lines += [f"{document.tool or 'tool'} output:", *[f"  {line}" for line in output.strip().splitlines()]]
+    lines.append(RULE)
+    if document.recovery.suggestions:
+        lines.append("Recovery:")
+        lines += [f"  - {suggestion}" for suggestion in document.recovery.suggestions]
+    if document.recovery.rollback_command:
+        lines.append(f"Rollback: {document.recovery.rollback_command}")
+    return lines
+
+
+def _key_values(data: Any) -> list[str]:
+    if not isinstance(data, dict):
+        return [str(data)]
+    lines = []
+    for key, value in data.items():
+        label = key.replace("_", " ").capitalize()
+        if isinstance(value, list):
+            lines.append(f"{label}: {', '.join(_short(v) for v in value) if value else 'none'}")
+        elif isinstance(value, dict):
+            lines.append(f"{label}: " + ", ".join(f"{k}={_short(v)}" for k, v in value.items()))
+        else:
+            lines.append(f"{label}: {value}")
+    return lines
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, dict):
+        return value.get("name") or value.get("id") or json.dumps(value, default=str)
+    return str(value)
+
+
+def _summary(sql: str) -> str:
+    code = " ".join(line for line in sql.splitlines() if not line.strip().startswith("--"))
+    statement = " ".join(code.split(";", 1)[0].split())
+    return statement[:40] + "..." if len(statement) > 40 else statement

@@ -1,0 +1,96 @@
+"""The result documents of every command, shaped as the spec's JSON.
+
+One envelope for success (``status``, ``operation``, ``environment``, ``result``, ``message``)
+and one for errors (plus ``error``, ``code``, ``recovery``). The human renderer and ``--json``
+read the same objects.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, model_serializer
+
+from faber_core.errors import FaberError
+from faber_core.models import AppliedMigration, MigrationPreview
+
+
+class DeployResult(BaseModel):
+    migrations_applied: int
+    migrations: list[AppliedMigration]
+    total_duration_seconds: float
+    backup_id: str | None
+    health_check_before: str
+    health_check_after: str
+    mode: str
+
+
+class NoPendingResult(BaseModel):
+    migrations_applied: Literal[0] = 0
+    message: str = "No pending migrations"
+    health_check_before: str
+    mode: str
+
+
+class PreviewResult(BaseModel):
+    pending_migrations: int
+    migrations: list[MigrationPreview]
+    total_estimated_duration_seconds: float
+
+
+class Success(BaseModel):
+    status: Literal["success"] = "success"
+    operation: str
+    environment: str | None = None
+    result: Any
+    message: str
+
+
+class Recovery(BaseModel):
+    backup_id: str | None = None
+    rollback_command: str | None = None
+    suggestions: list[str] = Field(default_factory=list)
+
+    @model_serializer(mode="wrap")
+    def _drop_unset(self, handler: Any) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class ErrorDocument(BaseModel):
+    status: Literal["error"] = "error"
+    operation: str
+    environment: str | None = None
+    code: str
+    error: str
+    result: dict[str, Any] = Field(default_factory=dict)
+    recovery: Recovery
+    tool: str | None = Field(None, exclude=True)
+    tool_output: str | None = Field(None, exclude=True)
+
+    @model_serializer(mode="wrap")
+    def _tool_output_key(self, handler: Any) -> dict[str, Any]:
+        """The spec names the tool's own error text after the tool, e.g. ``prisma_output``."""
+        data = handler(self)
+        if self.tool_output:
+            data[f"{self.tool or 'tool'}_output"] = self.tool_output
+        return data
+
+    @classmethod
+    def from_error(
+        cls, error: FaberError, *, operation: str, environment: str | None, tool: str | None = None
+    ) -> ErrorDocument:
+        rollback_command = None
+        if error.backup_id and environment:
+            rollback_command = f"faber rollback {environment} --to {error.backup_id}"
+        return cls(
+            operation=operation,
+            environment=environment,
+            code=error.code,
+            error=error.message,
+            result=error.result,
+            recovery=Recovery(
+                backup_id=error.backup_id, rollback_command=rollback_command, suggestions=error.suggestions
+            ),
+            tool=tool,
+            tool_output=error.tool_output,
+        )

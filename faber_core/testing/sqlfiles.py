@@ -1,0 +1,94 @@
+"""``sqlfiles``: a minimal migration handler, for faber's own tests and as an example plugin.
+
+It applies ``migrations/*.sql`` in name order, each in one transaction with its bookkeeping row
+in ``sqlfiles_migrations``. Load it with ``FABER_PLUGINS=faber_core.testing.sqlfiles``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import psycopg
+
+from faber_core import hookimpl
+from faber_core.context import RunContext
+from faber_core.models import (
+    AppliedMigration,
+    ApplyOutcome,
+    LocalMigration,
+    MigrationFailure,
+    MigrationPreview,
+    MigrationRecord,
+    MigrationState,
+    ToolInfo,
+)
+
+TOOL = "sqlfiles"
+BOOKKEEPING = "CREATE TABLE IF NOT EXISTS sqlfiles_migrations (name text PRIMARY KEY, checksum text NOT NULL)"
+
+
+def _local(context: RunContext) -> list[tuple[LocalMigration, str]]:
+    directory = context.project_dir / "migrations"
+    found = []
+    for path in sorted(directory.glob("*.sql")):
+        data = path.read_bytes()
+        found.append((LocalMigration(name=path.stem, checksum=hashlib.sha256(data).hexdigest(),
+                                     path=str(path.relative_to(context.project_dir))), data.decode()))
+    return found
+
+
+@hookimpl
+def faber_migration_tools() -> list[ToolInfo]:
+    return [ToolInfo(name=TOOL, description="migrations/*.sql, one transaction each")]
+
+
+@hookimpl
+def faber_migration_status(tool: str, context: RunContext) -> MigrationState | None:
+    if tool != TOOL:
+        return None
+    with context.database.connect() as conn:
+        exists = conn.execute("SELECT to_regclass('sqlfiles_migrations')").fetchone()[0]
+        rows = conn.execute("SELECT name, checksum FROM sqlfiles_migrations ORDER BY name").fetchall() if exists else []
+    return MigrationState(
+        tool=TOOL,
+        local=[m for m, _ in _local(context)],
+        records=[MigrationRecord(name=n, checksum=c, state="applied") for n, c in rows],
+    )
+
+
+@hookimpl
+def faber_migration_preview(
+    tool: str, context: RunContext, pending: list[LocalMigration]
+) -> list[MigrationPreview] | None:
+    if tool != TOOL:
+        return None
+    sql = {m.name: text for m, text in _local(context)}
+    return [MigrationPreview(name=m.name, sql=sql[m.name], estimated_duration_seconds=0.1, transactional=True)
+            for m in pending]
+
+
+@hookimpl
+def faber_migration_apply(tool: str, context: RunContext, pending: list[LocalMigration]) -> ApplyOutcome | None:
+    if tool != TOOL:
+        return None
+    sql = {m.name: text for m, text in _local(context)}
+    outcome = ApplyOutcome()
+    with context.database.connect() as conn:
+        conn.execute(BOOKKEEPING)
+        for migration in pending:
+            context.emit("migration.started", name=migration.name)
+            started = time.monotonic()
+            try:
+                with conn.transaction():
+                    conn.execute(sql[migration.name])
+                    conn.execute("INSERT INTO sqlfiles_migrations VALUES (%s, %s)",
+                                 [migration.name, migration.checksum])
+            except psycopg.Error as exc:
+                outcome.failure = MigrationFailure(name=migration.name, error=context.redactor.redact(str(exc)), path=migration.path,
+                                                   transaction_rolled_back=True)
+                return outcome
+            duration = round(time.monotonic() - started, 3)
+            outcome.applied.append(AppliedMigration(name=migration.name, duration_seconds=duration))
+            context.emit("migration.applied", name=migration.name, duration_seconds=duration)
+    return outcome

@@ -1,0 +1,503 @@
+"""The deploy workflow, step by step as in the spec (docs/workflow.md maps each step).
+
+1-6   validate the request, load config, resolve the environment and its mode  (``open_context``)
+      take faber's lock on the database (one deploy at a time)
+7     pre-deployment health check
+9     read the migration status: what is pending
+10    dry run: preview and stop                     (touches nothing: no lock, no backup)
+      nothing pending: stop                         (no backup either)
+11    approval for protected environments
+8     backup, once there is something to apply and it is approved
+12    apply, through the handler
+13    post-deployment health check
+14    verify everything is applied
+15-16 the result document (rendered by the CLI)
+      on a failed migration or health check: restore the backup, verify the restore
+
+Backup comes after approval (the spec lists it before): a preview, a no-op run or a refused
+approval then leaves no backup behind, and every backup belongs to a deploy that really ran.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import psycopg
+
+from faber_core.context import RunContext
+from faber_core.errors import (
+    ApprovalRequired,
+    ConfigError,
+    FaberError,
+    HealthCheckFailed,
+    MigrationFailed,
+    RestoreFailed,
+)
+from faber_core.models import ApplyOutcome, BackupRecord, HealthCheckResult, MigrationState
+from faber_core.plugins import Plugins
+from faber_core.postgres.health import describe_connection_error
+from faber_core.postgres.locks import advisory_lock, faber_lock_key
+from faber_core.results import DeployResult, NoPendingResult, PreviewResult, Success
+from faber_core.telemetry import step
+
+DEPLOY = "deploy-migrations"
+PREVIEW = "preview-migrations"
+
+Approver = Callable[[str], bool]
+
+
+@dataclass
+class DeployOptions:
+    dry_run: bool = False
+    skip_backup: bool = False
+    skip_health_check: bool = False
+    assume_yes: bool = False
+    approver: Approver | None = None
+    """Asks a person to confirm; None when nobody can be asked (no terminal)."""
+
+
+def migrate(context: RunContext, plugins: Plugins, options: DeployOptions) -> Success:
+    started = time.monotonic()
+    validate(context, plugins, options)
+    if options.dry_run:
+        check_health(context, plugins, "before", options)
+        return preview(context, plugins, read_status(context, plugins))
+    with deploy_lock(context):
+        health_before = check_health(context, plugins, "before", options)
+        state = read_status(context, plugins)
+        pending = state.pending_migrations()
+        if not pending:
+            return no_pending(context, health_before)
+        approve(context, options, len(pending))
+        backup = create_backup(context, plugins, options, state)
+        outcome = apply(context, plugins, state)
+        if outcome.failure:
+            handle_failed_migration(context, plugins, outcome, backup)
+        health_after = check_health(context, plugins, "after", options)
+        if health_after == "failed":
+            handle_unhealthy_deploy(context, plugins, outcome, backup)
+        verify_applied(context, plugins)
+    return deployed(context, outcome, backup, health_before, health_after, time.monotonic() - started)
+
+
+# 1-6: request, configuration, environment, mode ------------------------------------------
+
+
+def validate(context: RunContext, plugins: Plugins, options: DeployOptions) -> None:
+    plugins.require_tool(context.tool)
+    if wants_backup(context, options):
+        plugins.require_backup_provider(context.settings.backup.provider)
+    context.emit(
+        "run.started",
+        mode=context.mode,
+        tool=context.tool,
+        dry_run=options.dry_run,
+        database=context.database.name_for_display,
+        source=context.database.source,
+    )
+
+
+def wants_backup(context: RunContext, options: DeployOptions) -> bool:
+    return bool(context.settings.backup_before_migrate) and not options.skip_backup and not options.dry_run
+
+
+@contextmanager
+def deploy_lock(context: RunContext) -> Iterator[None]:
+    """faber's advisory lock on a connection of its own, held for the whole run."""
+    with step(context, "lock"):
+        try:
+            conn = context.database.connect(application_name=f"faber {context.operation} {context.environment}")
+        except psycopg.Error as exc:
+            raise connection_failed(context, exc) from None
+    with conn:
+        with advisory_lock(
+            conn, faber_lock_key(context.database.name), wait_seconds=context.settings.lock_wait_seconds,
+            purpose="faber run",
+        ):
+            context.emit("lock.acquired")
+            yield
+
+
+def connection_failed(context: RunContext, exc: psycopg.Error) -> HealthCheckFailed:
+    env_var = context.settings.database_url_env
+    return HealthCheckFailed(
+        "Pre-deployment health check failed",
+        result={"health_check": "failed", "details": context.redactor.redact(describe_connection_error(exc))},
+        suggestions=[
+            "Verify database is running",
+            *([f"Check connection string: {env_var}", f"Test connection: psql ${env_var}"] if env_var else []),
+            f"Retry when issue resolved: faber migrate {context.environment}",
+        ],
+    )
+
+
+# 7 and 13: health checks ---------------------------------------------------------------
+
+
+def check_health(context: RunContext, plugins: Plugins, phase: str, options: DeployOptions) -> str:
+    """Run the environment's checks; return "passed", "warning" or "skipped".
+
+    Before deploying, a failure aborts. After deploying, "failed" is returned for the caller
+    to roll back.
+    """
+    if options.skip_health_check:
+        context.emit("health.finished", phase=phase, status="skipped", checks=[])
+        return "skipped"
+    with step(context, f"health_check_{phase}"):
+        results = run_health_checks(context, plugins)
+    failed = [r for r in results if r.status == "failed"]
+    status = overall_health(results)
+    context.emit("health.finished", phase=phase, status=status, checks=[r.model_dump() for r in results])
+    if failed and phase == "before":
+        first = failed[0]
+        raise HealthCheckFailed(
+            "Pre-deployment health check failed",
+            result={"health_check": "failed", "details": "; ".join(r.details for r in failed),
+                    "checks": [r.model_dump() for r in results]},
+            suggestions=health_suggestions(context, first),
+        )
+    return status
+
+
+def run_health_checks(context: RunContext, plugins: Plugins) -> list[HealthCheckResult]:
+    names = context.settings.health_checks
+    results = plugins.health_checks(context, [n for n in names if n != "migrations"])
+    if "migrations" in names:
+        results.append(migrations_check(context, read_status(context, plugins, quiet=True)))
+    unknown = [n for n in names if n not in {r.name for r in results}]
+    return results + [HealthCheckResult(name=n, status="skipped", details="no plugin implements it") for n in unknown]
+
+
+def overall_health(results: list[HealthCheckResult]) -> str:
+    statuses = {r.status for r in results}
+    return "failed" if "failed" in statuses else "warning" if "warning" in statuses else "passed"
+
+
+def migrations_check(context: RunContext, state: MigrationState) -> HealthCheckResult:
+    """No failed migration, and every applied migration present locally and unedited."""
+    problems = []
+    if state.failed:
+        problems.append(f"failed migrations not rolled back: {', '.join(state.failed)}")
+    if state.checksum_mismatches:
+        problems.append(f"applied migrations edited since: {', '.join(state.checksum_mismatches)}")
+    if state.missing_locally:
+        problems.append(f"applied migrations missing locally: {', '.join(state.missing_locally)}")
+    if not problems:
+        return HealthCheckResult(
+            name="migrations", status="passed", details=f"{len(state.applied)} applied, {len(state.pending)} pending"
+        )
+    # A developer editing a migration in dev mode is expected; a deploy must not build on it.
+    severe = bool(state.failed) or context.mode == "deploy"
+    return HealthCheckResult(name="migrations", status="failed" if severe else "warning", details="; ".join(problems))
+
+
+def health_suggestions(context: RunContext, failed: HealthCheckResult) -> list[str]:
+    env = context.environment
+    env_var = context.settings.database_url_env
+    if failed.name == "migrations":
+        return [
+            "Resolve the migration history before deploying: "
+            "a failed migration must be fixed and marked rolled back, an edited one restored to what was applied",
+            f"Inspect it with: faber status {env}",
+            f"Retry when issue resolved: faber migrate {env}",
+        ]
+    return [
+        "Verify database is running",
+        *([f"Check connection string: {env_var}", f"Test connection: psql ${env_var}"] if env_var else []),
+        f"Retry when issue resolved: faber migrate {env}",
+    ]
+
+
+# 9: migration status -------------------------------------------------------------------
+
+
+def read_status(context: RunContext, plugins: Plugins, *, quiet: bool = False) -> MigrationState:
+    with step(context, "status"):
+        try:
+            state = plugins.migration_status(context)
+        except psycopg.OperationalError as exc:
+            raise connection_failed(context, exc) from None
+    if not quiet:
+        context.emit("status.read", pending=state.pending, applied=len(state.applied))
+    return state
+
+
+# 10: dry run ---------------------------------------------------------------------------
+
+
+def preview(context: RunContext, plugins: Plugins, state: MigrationState) -> Success:
+    pending = state.pending_migrations()
+    with step(context, "preview"):
+        previews = plugins.migration_preview(context, pending) if pending else []
+    total = round(sum(p.estimated_duration_seconds for p in previews), 2)
+    context.emit("preview.ready", pending=len(previews), total_estimated_duration_seconds=total)
+    return Success(
+        operation=PREVIEW,
+        environment=context.environment,
+        result=PreviewResult(pending_migrations=len(previews), migrations=previews,
+                             total_estimated_duration_seconds=total),
+        message="Preview only - no changes applied",
+    )
+
+
+def no_pending(context: RunContext, health_before: str) -> Success:
+    return Success(
+        operation=DEPLOY,
+        environment=context.environment,
+        result=NoPendingResult(health_check_before=health_before, mode=context.mode),
+        message="No pending migrations",
+    )
+
+
+# 11: approval --------------------------------------------------------------------------
+
+
+def approve(context: RunContext, options: DeployOptions, pending: int) -> None:
+    if not context.settings.require_approval:
+        return
+    if options.assume_yes:
+        context.emit("approval.granted", by="--yes")
+        return
+    question = f"Apply {pending} migration(s) to {context.environment}?"
+    if options.approver is None:
+        raise ApprovalRequired(
+            f"Approval required to migrate {context.environment}, and there is no terminal to ask",
+            result={"pending_migrations": pending},
+            suggestions=[
+                f"Approve non-interactively (e.g. in CI): faber migrate {context.environment} --yes",
+                "Or run in a terminal to confirm at the prompt",
+            ],
+        )
+    if not options.approver(question):
+        raise ApprovalRequired(
+            f"Deployment to {context.environment} was not approved",
+            result={"pending_migrations": pending},
+            suggestions=["Nothing was applied", f"Preview what would run: faber migrate {context.environment} --dry-run"],
+        )
+    context.emit("approval.granted", by="prompt")
+
+
+# 8: backup -----------------------------------------------------------------------------
+
+
+def create_backup(
+    context: RunContext, plugins: Plugins, options: DeployOptions, state: MigrationState
+) -> BackupRecord | None:
+    if not wants_backup(context, options):
+        if context.settings.backup_before_migrate:
+            context.emit("backup.skipped", reason="--skip-backup")
+        return None
+    with step(context, "backup", **{"faber.backup.provider": context.settings.backup.provider}) as span:
+        context.emit("backup.started", provider=context.settings.backup.provider)
+        record = plugins.backup_create(context, "pre-migration backup", state.applied_fingerprint())
+        span.set_attribute("faber.backup.id", record.id)
+    context.emit("backup.created", backup_id=record.id, size_bytes=record.size_bytes)
+    return record
+
+
+# 12: apply -----------------------------------------------------------------------------
+
+
+def apply(context: RunContext, plugins: Plugins, state: MigrationState) -> ApplyOutcome:
+    with step(context, "apply"):
+        outcome = plugins.migration_dev(context) if context.mode == "dev" else None
+        if outcome is None:
+            outcome = plugins.migration_apply(context, state.pending_migrations())
+    if outcome.failure:
+        context.emit("migration.failed", name=outcome.failure.name, error=outcome.failure.error)
+    return outcome
+
+
+def handle_failed_migration(
+    context: RunContext, plugins: Plugins, outcome: ApplyOutcome, backup: BackupRecord | None
+) -> None:
+    """Put the database back the way it was, if it is not already, then raise the error."""
+    failure = outcome.failure
+    assert failure is not None
+    applied = len(outcome.applied)
+    result: dict[str, object] = {
+        "failed_migration": failure.name,
+        "backup_id": backup.id if backup else None,
+        "migrations_applied_before_failure": applied,
+        "applied_migrations": [m.name for m in outcome.applied],
+        "transaction_rolled_back": failure.transaction_rolled_back,
+    }
+    review = f"Review migration: {failure.path}" if failure.path else f"Review migration {failure.name}"
+    if failure.transaction_rolled_back and applied == 0:
+        reason = (
+            f"{failure.name} ran in a transaction that rolled back and nothing else of this run was committed: "
+            "the database is as it was before the run, so no restore was needed "
+            "(a restore would also discard writes made since the backup)"
+        )
+        context.emit("rollback.skipped", reason=reason)
+        result.update(rollback_initiated=False, rollback_status="not_needed", rollback_reason=reason)
+        suggestions = [
+            "Database unchanged: the failed migration's transaction rolled back",
+            review,
+            "Fix migration and retry",
+        ]
+    else:
+        suggestions = [review, "Fix migration and retry"]
+        suggestions = rollback_after_failure(context, plugins, backup, result, suggestions)
+    raise MigrationFailed(
+        f"Migration {failure.name} failed: {first_line(failure.error)}",
+        result=result,
+        suggestions=suggestions,
+        backup_id=backup.id if backup else None,
+        tool_output=failure.output,
+    )
+
+
+def handle_unhealthy_deploy(
+    context: RunContext, plugins: Plugins, outcome: ApplyOutcome, backup: BackupRecord | None
+) -> None:
+    result: dict[str, object] = {
+        "migrations_applied": len(outcome.applied),
+        "health_check_after": "failed",
+        "backup_id": backup.id if backup else None,
+    }
+    suggestions = rollback_after_failure(
+        context, plugins, backup, result, ["Migrations applied but database unhealthy"]
+    )
+    result["auto_rollback_triggered"] = result["rollback_initiated"]
+    raise HealthCheckFailed(
+        "Post-deployment health check failed",
+        result=result,
+        suggestions=[*suggestions, f"Verify database status: faber status {context.environment}",
+                     "Check application logs for errors"],
+        backup_id=backup.id if backup else None,
+    )
+
+
+def rollback_after_failure(
+    context: RunContext, plugins: Plugins, backup: BackupRecord | None, result: dict[str, object],
+    suggestions: list[str],
+) -> list[str]:
+    """Restore ``backup`` if the environment rolls back automatically; record what happened in ``result``."""
+    env = context.environment
+    if not context.settings.auto_rollback:
+        result.update(rollback_initiated=False, rollback_status="disabled")
+        if backup:
+            return [*suggestions, f"Rollback using backup: faber rollback {env} --to {backup.id}"]
+        return [*suggestions, "No backup was taken; restore from your own backups if needed"]
+    if backup is None:
+        result.update(rollback_initiated=False, rollback_status="no_backup")
+        return [*suggestions, "Automatic rollback impossible: no backup was taken (backup disabled or skipped)"]
+    result["rollback_initiated"] = True
+    try:
+        restore_backup(context, plugins, backup)
+    except FaberError as exc:
+        result["rollback_status"] = "failed"
+        raise RestoreFailed(
+            f"Deploy failed and the automatic rollback to {backup.id} failed: {exc.message}",
+            result=result | {"rollback_error": exc.message},
+            suggestions=[*exc.suggestions, f"Retry the rollback: faber rollback {env} --to {backup.id}"],
+            backup_id=backup.id,
+        ) from None
+    result["rollback_status"] = "success"
+    return [f"Database rolled back to {backup.id}", *suggestions, f"Or use manual rollback: faber rollback {env}"]
+
+
+def restore_backup(context: RunContext, plugins: Plugins, backup: BackupRecord) -> None:
+    """Restore, then prove it: the migration bookkeeping must equal the backup's manifest."""
+    with step(context, "rollback", **{"faber.backup.id": backup.id}):
+        context.emit("rollback.started", backup_id=backup.id)
+        outcome = plugins.backup_restore(context, backup)
+        if outcome.status != "success":
+            raise RestoreFailed(f"Restore of {backup.id} failed: {outcome.details}", backup_id=backup.id)
+        state = read_status(context, plugins, quiet=True)
+    expected = [tuple(item) for item in backup.migrations]
+    if state.applied_fingerprint() != expected:
+        raise RestoreFailed(
+            f"Restore of {backup.id} finished but the migration history does not match the backup's manifest",
+            result={"expected_applied": [n for n, _ in expected], "actual_applied": state.applied},
+            suggestions=[f"Inspect with: faber status {context.environment}"],
+            backup_id=backup.id,
+        )
+    context.emit("rollback.finished", backup_id=backup.id, status="success")
+
+
+# 14: verify ----------------------------------------------------------------------------
+
+
+def verify_applied(context: RunContext, plugins: Plugins) -> None:
+    state = read_status(context, plugins, quiet=True)
+    if state.pending or state.failed:
+        raise MigrationFailed(
+            "Verification failed: not every migration is applied",
+            result={"pending": state.pending, "failed": state.failed},
+            suggestions=[f"Inspect with: faber status {context.environment}"],
+        )
+    context.emit("verify.passed", applied=len(state.applied))
+
+
+# 15-16: result -------------------------------------------------------------------------
+
+
+def deployed(
+    context: RunContext, outcome: ApplyOutcome, backup: BackupRecord | None, health_before: str,
+    health_after: str, duration: float,
+) -> Success:
+    count = len(outcome.applied)
+    return Success(
+        operation=DEPLOY,
+        environment=context.environment,
+        result=DeployResult(
+            migrations_applied=count,
+            migrations=outcome.applied,
+            total_duration_seconds=round(duration, 3),
+            backup_id=backup.id if backup else None,
+            health_check_before=health_before,
+            health_check_after=health_after,
+            mode=context.mode,
+        ),
+        message=f"Successfully applied {count} migration{'s' if count != 1 else ''} to {context.environment}",
+    )
+
+
+def first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), text)
+
+
+# Other commands ------------------------------------------------------------------------
+
+
+def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, options: DeployOptions) -> Success:
+    """``faber rollback ENV [--to ID]``: restore a backup (the newest by default) and verify it."""
+    plugins.require_backup_provider(context.settings.backup.provider)
+    context.emit("run.started", mode=context.mode, tool=context.tool, dry_run=False,
+                 database=context.database.name_for_display, source=context.database.source)
+    backups = [b for b in plugins.backup_list(context) if b.status in ("available", "completed")]
+    if backup_id:
+        chosen = next((b for b in backups if b.id == backup_id), None)
+        if chosen is None:
+            raise ConfigError(
+                f"No usable backup {backup_id} for {context.environment}",
+                suggestions=[f"List backups with: faber backups {context.environment}"],
+            )
+    elif backups:
+        chosen = backups[0]
+    else:
+        raise ConfigError(
+            f"No backups found for {context.environment}",
+            suggestions=[f"Create one with: faber backup {context.environment}"],
+        )
+    with deploy_lock(context):
+        if context.settings.protected and not options.assume_yes:
+            question = f"Restore {context.environment} to {chosen.id}? Writes made since then are lost."
+            if options.approver is None or not options.approver(question):
+                raise ApprovalRequired(
+                    f"Rollback of {context.environment} to {chosen.id} was not approved",
+                    suggestions=[f"Approve non-interactively: faber rollback {context.environment} --to {chosen.id} --yes"],
+                )
+        restore_backup(context, plugins, chosen)
+    return Success(
+        operation="rollback",
+        environment=context.environment,
+        result={"backup_id": chosen.id, "rollback_status": "success", "verified": True,
+                "migrations": [name for name, _ in chosen.migrations]},
+        message=f"Rolled back {context.environment} to {chosen.id}",
+    )
