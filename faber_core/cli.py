@@ -75,37 +75,45 @@ def _run(
     from faber_core.results import ErrorDocument
     from faber_core.secrets import Redactor
 
+    from faber_core.telemetry import command_span
+
     redactor = Redactor()
     tool = None
-    try:
-        project = resolve_project_dir(cwd)
-        plugins = Plugins()
-        context = open_context(project, environment or "", operation)
-        redactor = context.redactor
-        tool = context.tool
-        context.listeners += [ProgressPrinter(sys.stderr, redactor), plugins.audit_event]
-        document = body(context, plugins)
-        code = 0
-    except FaberError as exc:
-        document = ErrorDocument.from_error(exc, operation=operation, environment=environment, tool=tool)
-        code = exit_code_for(exc.code)
-    except KeyboardInterrupt:
-        document = ErrorDocument.from_error(
-            FaberError("Interrupted", suggestions=[f"Check the state with: faber status {environment}"]),
-            operation=operation, environment=environment,
-        )
-        code = 130
-    except Exception as exc:  # a bug or an unexpected failure: still one structured document
-        if os.environ.get("FABER_DEBUG"):
-            raise
-        document = ErrorDocument.from_error(
-            FaberError(
-                f"Unexpected error: {type(exc).__name__}: {exc}",
-                suggestions=["Re-run with FABER_DEBUG=1 for a traceback", "Please report this as a bug"],
-            ),
-            operation=operation, environment=environment, tool=tool,
-        )
-        code = EXIT_CODES["INTERNAL_ERROR"]
+    context = None
+    with command_span(operation, environment) as span:
+        try:
+            project = resolve_project_dir(cwd)
+            plugins = Plugins()
+            context = open_context(project, environment or "", operation)
+            redactor = context.redactor
+            tool = context.tool
+            context.listeners += [ProgressPrinter(sys.stderr, redactor), plugins.audit_listener(context)]
+            document = body(context, plugins)
+            code = 0
+        except FaberError as exc:
+            document = ErrorDocument.from_error(exc, operation=operation, environment=environment, tool=tool)
+            code = exit_code_for(exc.code)
+        except KeyboardInterrupt:
+            document = ErrorDocument.from_error(
+                FaberError("Interrupted", suggestions=[f"Check the state with: faber status {environment}"]),
+                operation=operation, environment=environment,
+            )
+            code = 130
+        except Exception as exc:  # a bug or an unexpected failure: still one structured document
+            if os.environ.get("FABER_DEBUG"):
+                raise
+            document = ErrorDocument.from_error(
+                FaberError(
+                    f"Unexpected error: {type(exc).__name__}: {exc}",
+                    suggestions=["Re-run with FABER_DEBUG=1 for a traceback", "Please report this as a bug"],
+                ),
+                operation=operation, environment=environment, tool=tool,
+            )
+            code = EXIT_CODES["INTERNAL_ERROR"]
+        if context is not None:
+            context.emit("run.finished", status=document.status, exit_code=code,
+                         document=document.model_dump(mode="json"))
+        span.set_attribute("faber.exit_code", code)
     render = render_json if json_output else render_human
     typer.echo(render(document, redactor))
     raise typer.Exit(code)

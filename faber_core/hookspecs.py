@@ -167,10 +167,11 @@ def faber_health_checks(context: RunContext, checks: list[str]) -> list[HealthCh
 
 
 @hookspec
-def faber_audit_event(event: AuditEvent) -> None:
-    """Receive every event of a run, in order: steps started and finished, each migration,
-    the backup, approval, rollback, and the final result.
+def faber_audit_event(event: AuditEvent, context: RunContext) -> None:
+    """Receive every event of a run, in order: ``run.started``, steps started and finished,
+    each migration, the backup, approval, rollback, and ``run.finished`` (whose data holds the
+    result document and the exit code).
 
     For logging and audit plugins. Called synchronously; keep it fast and never raise. Event
-    data has already passed through the redactor.
+    data has already passed through the redactor; ``context`` gives the environment and database.
     """

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from typing import Any
 
 import pluggy
@@ -153,8 +154,9 @@ class Plugins:
         results = self.pm.hook.faber_health_checks(context=context, checks=checks)
         return [HealthCheckResult.model_validate(item) for batch in results for item in batch or []]
 
-    def audit_event(self, event: AuditEvent) -> None:
-        self.pm.hook.faber_audit_event(event=event)
+    def audit_listener(self, context: RunContext) -> Callable[[AuditEvent], None]:
+        """A context listener that hands every event to the ``faber_audit_event`` hook."""
+        return lambda event: self.pm.hook.faber_audit_event(event=event, context=context)
 
     def _dispatch(self, hook_name: str, name: str, *, key: str = "tool", **kwargs: Any) -> Any:
         answer = getattr(self.pm.hook, hook_name)(**{key: name}, **kwargs)

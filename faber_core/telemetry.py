@@ -33,3 +33,13 @@ def step(context: RunContext, name: str, **attributes: Any) -> Iterator[trace.Sp
             context.emit(
                 "step.finished", step=name, outcome=outcome, duration_seconds=round(time.monotonic() - started, 3)
             )
+
+
+@contextmanager
+def command_span(operation: str, environment: str | None) -> Iterator[trace.Span]:
+    """The root span of one faber command; step spans nest under it."""
+    attributes = {"faber.operation": operation}
+    if environment:
+        attributes["faber.environment"] = environment
+    with tracer.start_as_current_span(f"faber.{operation}", attributes=attributes) as span:
+        yield span
