@@ -1,0 +1,186 @@
+"""The faber command as CI runs it: a subprocess, no terminal, JSON on stdout, exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from faber_core.errors import EXIT_CODES
+from faber_core.testing.fixtures import CANARY_PASSWORD
+
+SQLFILES = {"FABER_PLUGINS": "faber_core.testing.sqlfiles"}
+USERS = "CREATE TABLE users (id serial PRIMARY KEY, email text NOT NULL);"
+BROKEN = "ALTER TABLE users ADD COLUMN email text;"
+
+
+@pytest.fixture
+def cli_project(faber_project, database_url):
+    def make(migrations: dict[str, str], **settings) -> tuple[Path, dict[str, str]]:
+        env_settings = {"database_url_env": "APP_DATABASE_URL", "lock_wait_seconds": 1, **settings}
+        project = faber_project(
+            {"database": {"migration_tool": "sqlfiles", "environments": {"production": env_settings}}},
+            {f"migrations/{name}.sql": sql for name, sql in migrations.items()},
+        )
+        return project, {**SQLFILES, "APP_DATABASE_URL": database_url}
+
+    return make
+
+
+def assert_no_canary(run, project: Path) -> None:
+    assert CANARY_PASSWORD not in run.stdout + run.stderr
+    for path in project.rglob("*"):
+        if path.is_file() and ".faber/embedded" not in str(path):
+            assert CANARY_PASSWORD.encode() not in path.read_bytes(), path
+
+
+def test_migrate_json_is_one_document_and_progress_goes_to_stderr(cli_project, run_faber):
+    project, env = cli_project({"001_users": USERS})
+
+    run = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
+
+    assert run.returncode == 0, run.output
+    document = run.json
+    assert document["status"] == "success" and document["result"]["migrations_applied"] == 1
+    assert "🎯 STARTING: Migration Deployer" in run.stderr
+    assert "✓ Deploying migration: 001_users" in run.stderr
+    assert f"✓ Backup created: {document['result']['backup_id']}" in run.stderr
+    assert_no_canary(run, project)
+
+
+def test_human_output_ends_with_the_summary(cli_project, run_faber):
+    project, env = cli_project({"001_users": USERS})
+
+    run = run_faber("migrate", "production", "--yes", "--cwd", str(project), env=env)
+
+    assert run.returncode == 0, run.output
+    assert run.stdout.startswith("✅ COMPLETED: Migration Deployer")
+    assert "Migrations Applied: 1" in run.stdout and "Rollback available: faber rollback production --to" in run.stdout
+
+
+def test_cwd_comes_from_faber_db_cwd(cli_project, run_faber, tmp_path):
+    project, env = cli_project({"001_users": USERS})
+
+    run = run_faber("status", "production", "--json", env={**env, "FABER_DB_CWD": str(project)}, cwd=tmp_path)
+
+    assert run.returncode == 0, run.output
+    assert run.json["result"]["pending"] == ["001_users"]
+
+
+def test_no_terminal_and_no_yes_is_refused_with_its_own_exit_code(cli_project, run_faber):
+    project, env = cli_project({"001_users": USERS})
+
+    run = run_faber("migrate", "production", "--json", "--cwd", str(project), env=env)
+
+    assert run.returncode == EXIT_CODES["APPROVAL_REQUIRED"]
+    assert run.json["code"] == "APPROVAL_REQUIRED"
+    status = run_faber("status", "production", "--json", "--cwd", str(project), env=env)
+    assert status.json["result"]["applied"] == []
+
+
+def test_failed_migration_exit_code_and_recovery(cli_project, run_faber):
+    project, env = cli_project({"001_users": USERS, "002_broken": BROKEN})
+
+    run = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
+
+    assert run.returncode == EXIT_CODES["MIGRATION_FAILED"], run.output
+    document = run.json
+    assert document["status"] == "error" and document["operation"] == "deploy-migrations"
+    assert document["error"].startswith("Migration 002_broken failed")
+    assert document["result"]["failed_migration"] == "002_broken"
+    assert document["result"]["migrations_applied_before_failure"] == 1
+    assert document["result"]["rollback_initiated"] is True and document["result"]["rollback_status"] == "success"
+    backup_id = document["result"]["backup_id"]
+    assert document["recovery"]["backup_id"] == backup_id
+    assert document["recovery"]["rollback_command"] == f"faber rollback production --to {backup_id}"
+    assert_no_canary(run, project)
+
+
+def test_unreachable_database(faber_project, run_faber):
+    project = faber_project({"database": {"migration_tool": "sqlfiles", "environments": {
+        "production": {"database_url_env": "APP_DATABASE_URL", "connect_timeout_seconds": 2}}}})
+    url = f"postgresql://app:{CANARY_PASSWORD}@127.0.0.1:1/app"
+
+    run = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project),
+                    env={**SQLFILES, "APP_DATABASE_URL": url})
+
+    assert run.returncode == EXIT_CODES["HEALTH_CHECK_FAILED"]
+    assert run.json["error"] == "Pre-deployment health check failed"
+    assert run.json["result"] == {"health_check": "failed", "details": "Database connection refused"}
+    assert_no_canary(run, project)
+
+
+@pytest.mark.parametrize(
+    ("config_text", "environment", "env", "message"),
+    [
+        ("{not json", "production", {}, "Malformed configuration"),
+        ('{"database": {"environments": {"production": {"protectd": true}}}}', "production", {}, "protectd"),
+        ('{"database": {"environments": {}}}', "qa", {}, "Unknown environment: qa"),
+        ('{"database": {"environments": {"production": {"database_url_env": "NOPE_URL"}}}}', "production", {},
+         "Environment variable NOPE_URL is not set"),
+        ('{"database": {"migration_tool": "flyway", "environments": {"production": {"database_url_env": "U"}}}}',
+         "production", {"U": "postgresql://x@127.0.0.1:1/x"}, "'flyway'"),
+    ],
+)
+def test_bad_input_is_a_structured_error_with_exit_code_2(tmp_path, run_faber, config_text, environment, env, message):
+    config = tmp_path / ".fractary/plugins/faber-db/config.json"
+    config.parent.mkdir(parents=True)
+    config.write_text(config_text)
+
+    run = run_faber("migrate", environment, "--json", "--cwd", str(tmp_path), env={**SQLFILES, **env})
+
+    assert run.returncode == EXIT_CODES["CONFIG_INVALID"], run.output
+    assert run.json["code"] == "CONFIG_INVALID" and message in run.json["error"]
+    assert "Traceback" not in run.stderr
+
+
+def test_missing_config_suggests_init(tmp_path, run_faber):
+    run = run_faber("status", "dev", "--cwd", str(tmp_path))
+
+    assert run.returncode == 2
+    assert "faber init" in run.stdout and "Traceback" not in run.output
+
+
+def test_config_schema_is_json_schema(run_faber):
+    run = run_faber("config", "schema")
+
+    schema = json.loads(run.stdout)
+    assert "database" in schema["properties"]
+    assert "EnvironmentSettings" in schema["$defs"]
+
+
+def test_backup_backups_and_rollback(cli_project, run_faber):
+    project, env = cli_project({"001_users": USERS})
+    base = ["--json", "--cwd", str(project)]
+    created = run_faber("backup", "production", "--reason", "before release", *base, env=env)
+    assert created.returncode == 0, created.output
+    run_faber("migrate", "production", "--yes", *base, env=env)
+
+    listed = run_faber("backups", "production", *base, env=env).json["result"]["backups"]
+    refused = run_faber("rollback", "production", "--to", created.json["result"]["id"], *base, env=env)
+    restored = run_faber("rollback", "production", "--to", created.json["result"]["id"], "--yes", *base, env=env)
+
+    assert [b["reason"] for b in listed] == ["pre-migration backup", "before release"]
+    assert refused.returncode == EXIT_CODES["APPROVAL_REQUIRED"]
+    assert restored.returncode == 0, restored.output
+    status = run_faber("status", "production", *base, env=env).json["result"]
+    assert status["applied"] == [] and status["pending"] == ["001_users"]
+
+
+def test_health_command_reports_each_check(cli_project, run_faber):
+    project, env = cli_project({"001_users": USERS})
+
+    run = run_faber("health", "production", "--json", "--cwd", str(project), env=env)
+
+    assert run.returncode == 0, run.output
+    checks = {c["name"]: c["status"] for c in run.json["result"]["checks"]}
+    assert checks == {"connectivity": "passed", "schema": "passed", "migrations": "passed"}
+
+
+def test_plugins_lists_builtin_and_loaded_plugins(run_faber):
+    run = run_faber("plugins", "--json", env=SQLFILES)
+
+    report = json.loads(run.stdout)
+    assert "sqlfiles" in report["migration_tools"] and "pg_dump" in report["backup_providers"]
+    assert any("faber_health_checks" in p["hooks"] for p in report["plugins"])

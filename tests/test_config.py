@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import pytest
+
+from faber_core.config import FaberConfig
+from faber_core.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("name", "mode", "protected"),
+    [("dev", "dev", False), ("test", "dev", False), ("staging", "deploy", True), ("production", "deploy", True),
+     ("qa", "deploy", True)],
+)
+def test_environment_defaults_follow_the_name(name, mode, protected):
+    config = FaberConfig.model_validate({"database": {"environments": {name: {"database_url_env": "X"}}}})
+
+    settings = config.environment(name)
+
+    assert settings.mode == mode and settings.protected is protected
+    assert settings.backup_before_migrate is protected
+    assert settings.require_approval is protected and settings.auto_rollback is protected
+
+
+def test_explicit_settings_win_over_defaults():
+    config = FaberConfig.model_validate({"database": {"environments": {
+        "production": {"database_url_env": "X", "require_approval": False}}}})
+
+    settings = config.environment("production")
+
+    assert settings.require_approval is False and settings.backup_before_migrate is True
+
+
+def test_dev_exists_without_configuration_and_others_do_not():
+    config = FaberConfig()
+
+    assert config.environment("dev").database_url_env is None
+    with pytest.raises(ConfigError, match="Unknown environment: production") as raised:
+        config.environment("production")
+    assert "Configured environments: dev" in raised.value.suggestions[0]
+
+
+def test_environment_names_are_validated():
+    with pytest.raises(ConfigError, match="Invalid environment name"):
+        FaberConfig().environment("../etc")
+
+
+def test_tool_sections_reach_the_handler():
+    config = FaberConfig.model_validate({"database": {"migration_tool": "prisma",
+                                                      "prisma": {"migrations_dir": "db/migrations"}}})
+
+    assert config.database.tool_options("prisma") == {"migrations_dir": "db/migrations"}
+    assert config.database.tool_options("typeorm") == {}
