@@ -283,6 +283,8 @@ def init(
     from faber_core.scaffold import write_starter_project
 
     try:
+        if cwd is not None:
+            cwd.mkdir(parents=True, exist_ok=True)
         written = write_starter_project(resolve_project_dir(cwd), tool, force=force)
     except FaberError as exc:
         typer.echo(f"error: {exc.message}", err=True)
