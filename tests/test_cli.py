@@ -184,3 +184,35 @@ def test_plugins_lists_builtin_and_loaded_plugins(run_faber):
     report = json.loads(run.stdout)
     assert "sqlfiles" in report["migration_tools"] and "pg_dump" in report["backup_providers"]
     assert any("faber_health_checks" in p["hooks"] for p in report["plugins"])
+
+
+def test_concurrent_run_fails_with_the_lock_exit_code(cli_project, run_faber, database_url):
+    import psycopg
+
+    from faber_core.context import Database
+    from faber_core.postgres.locks import faber_lock_key
+    from faber_core.secrets import Secret
+
+    project, env = cli_project({"001_users": USERS})
+    key = faber_lock_key(Database(Secret(database_url), source="test").name)
+    with psycopg.connect(database_url, autocommit=True, application_name="faber migrate production") as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", [key])
+        run = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
+        pid = holder.info.backend_pid
+
+    assert run.returncode == EXIT_CODES["LOCKED"], run.output
+    assert f"server pid {pid}" in run.json["error"]
+
+
+def test_skip_backup_and_skip_health_check(cli_project, run_faber):
+    project, env = cli_project({"001_users": USERS})
+
+    run = run_faber("migrate", "production", "--yes", "--skip-backup", "--skip-health-check", "--json",
+                    "--cwd", str(project), env=env)
+
+    assert run.returncode == 0, run.output
+    result = run.json["result"]
+    assert result["backup_id"] is None
+    assert result["health_check_before"] == "skipped" and result["health_check_after"] == "skipped"
+    assert "Backup skipped (--skip-backup)" in run.stderr
+    assert not (project / ".faber/backups").exists()
