@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -36,7 +36,7 @@ app.add_typer(config_app, name="config")
 Environment = Annotated[str, typer.Argument(help="Environment name from the config, e.g. dev, staging, production.")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print exactly one JSON document on stdout.")]
 CwdOption = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--cwd", help="Project directory (default: $FABER_DB_CWD, else the current directory)."),
 ]
 YesFlag = Annotated[bool, typer.Option("--yes", "-y", help="Approve without a prompt (for CI).")]
@@ -74,7 +74,6 @@ def _run(
     from faber_core.render import ProgressPrinter, render_human, render_json
     from faber_core.results import ErrorDocument
     from faber_core.secrets import Redactor
-
     from faber_core.telemetry import command_span
 
     redactor = Redactor()
@@ -131,11 +130,12 @@ def migrate(
 ) -> None:
     """Apply pending migrations to ENVIRONMENT.
 
-    Health check, backup (protected environments), approval, apply each migration, health
-    check again, verify. On failure in an auto-rollback environment the backup is restored
-    and verified.
-    """
-    from faber_core.workflow import DEPLOY, PREVIEW, DeployOptions, migrate as run_migrate
+    Health check, backup (protected environments), approval, apply each migration, health check again, verify. On failure in an auto-rollback environment the backup is restored and verified.
+
+    Exit codes: 0 ok, 2 invalid input/config, 3 health check failed, 4 backup failed, 5 approval missing, 6 migration failed, 7 locked, 8 restore failed.
+    """  # noqa: E501
+    from faber_core.workflow import DEPLOY, PREVIEW, DeployOptions
+    from faber_core.workflow import migrate as run_migrate
 
     options = DeployOptions(dry_run=dry_run, skip_backup=skip_backup, skip_health_check=skip_health_check,
                             assume_yes=yes, approver=_approver())
@@ -230,13 +230,14 @@ def backups(environment: Environment, json_output: JsonFlag = False, cwd: CwdOpt
 @app.command()
 def rollback(
     environment: Environment,
-    to: Annotated[Optional[str], typer.Option("--to", help="Backup id (default: the newest).")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="Backup id (default: the newest).")] = None,
     yes: YesFlag = False,
     json_output: JsonFlag = False,
     cwd: CwdOption = None,
 ) -> None:
     """Restore ENVIRONMENT from a backup and verify the migration history matches it."""
-    from faber_core.workflow import DeployOptions, rollback as run_rollback
+    from faber_core.workflow import DeployOptions
+    from faber_core.workflow import rollback as run_rollback
 
     options = DeployOptions(assume_yes=yes, approver=_approver())
     _run("rollback", environment, json_output, cwd,
