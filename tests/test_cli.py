@@ -216,3 +216,36 @@ def test_skip_backup_and_skip_health_check(cli_project, run_faber):
     assert result["health_check_before"] == "skipped" and result["health_check_after"] == "skipped"
     assert "Backup skipped (--skip-backup)" in run.stderr
     assert not (project / ".faber/backups").exists()
+
+
+def run_in_terminal(args: list[str], env: dict[str, str], answer: str) -> tuple[int, str]:
+    """Run faber with a pseudo-terminal on stdin, answer its prompt, return (exit code, terminal text)."""
+    import os
+    import pty
+    import subprocess
+    import sys
+    import time
+
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "faber_core", *args], stdin=secondary, stdout=subprocess.PIPE,
+                            stderr=secondary, env={**os.environ, **env})
+    os.close(secondary)
+    seen = b""
+    deadline = time.monotonic() + 60
+    while b"[y/N]" not in seen and time.monotonic() < deadline:
+        seen += os.read(primary, 1024)
+    os.write(primary, answer.encode() + b"\n")
+    stdout, _ = proc.communicate(timeout=120)
+    os.close(primary)
+    return proc.returncode, seen.decode(errors="replace") + stdout.decode()
+
+
+@pytest.mark.parametrize(("answer", "exit_code", "applied"), [("y", 0, ["001_users"]), ("n", 5, [])])
+def test_terminal_prompt_asks_before_applying(cli_project, run_faber, answer, exit_code, applied):
+    project, env = cli_project({"001_users": USERS})
+
+    code, text = run_in_terminal(["migrate", "production", "--cwd", str(project)], env, answer)
+
+    assert "Apply 1 migration(s) to production? [y/N]" in text
+    assert code == exit_code, text
+    assert run_faber("status", "production", "--json", "--cwd", str(project), env=env).json["result"]["applied"] == applied
