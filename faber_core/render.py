@@ -58,6 +58,8 @@ class ProgressPrinter:
         self.line(RULE)
         self.line("✓ Configuration loaded")
         self.line(f"✓ Environment validated: {event.environment} (database {data['database']} from {data['source']})")
+        if event.operation == "rollback":
+            return
         command = "migrate dev" if data["mode"] == "dev" else "migrate deploy"
         label = "development" if data["mode"] == "dev" else "production"
         self.line(f"✓ Migration mode: {label} ({data['tool']} {command})")

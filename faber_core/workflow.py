@@ -409,8 +409,8 @@ def restore_backup(context: RunContext, plugins: Plugins, backup: BackupRecord) 
         if outcome.status != "success":
             raise RestoreFailed(f"Restore of {backup.id} failed: {outcome.details}", backup_id=backup.id)
         state = read_status(context, plugins, quiet=True)
-    expected = [tuple(item) for item in backup.migrations]
-    if state.applied_fingerprint() != expected:
+    expected = sorted(tuple(item) for item in backup.migrations)
+    if sorted(state.applied_fingerprint()) != expected:
         raise RestoreFailed(
             f"Restore of {backup.id} finished but the migration history does not match the backup's manifest",
             result={"expected_applied": [n for n, _ in expected], "actual_applied": state.applied},

@@ -5,6 +5,7 @@ A session lock dies with its connection, so a killed faber never leaves one behi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Iterator
@@ -68,5 +69,6 @@ def advisory_lock(conn: psycopg.Connection, key: int, *, wait_seconds: float, pu
     try:
         yield
     finally:
-        if not conn.closed:
+        # A broken connection has already dropped the lock; do not hide the original error.
+        with contextlib.suppress(psycopg.Error):
             conn.execute("SELECT pg_advisory_unlock(%s)", [key])
