@@ -245,6 +245,31 @@ def rollback(
 
 
 @app.command()
+def resolve(
+    environment: Environment,
+    rolled_back: Annotated[
+        str | None, typer.Option("--rolled-back", help="NAME failed and its changes are gone: apply it again next time.")
+    ] = None,
+    applied: Annotated[
+        str | None, typer.Option("--applied", help="NAME failed but was completed by hand: never apply it.")
+    ] = None,
+    json_output: JsonFlag = False,
+    cwd: CwdOption = None,
+) -> None:
+    """Mark a failed migration as rolled back or applied after repairing the database by hand."""
+    from faber_core.errors import ConfigError
+    from faber_core.workflow import resolve as run_resolve
+
+    def body(context: RunContext, plugins: Plugins) -> Success:
+        if bool(rolled_back) == bool(applied):
+            raise ConfigError("Give exactly one of --rolled-back NAME or --applied NAME")
+        name, resolution = (rolled_back, "rolled_back") if rolled_back else (applied, "applied")
+        return run_resolve(context, plugins, name, resolution)
+
+    _run("resolve-migration", environment, json_output, cwd, body)
+
+
+@app.command()
 def plugins(json_output: JsonFlag = False) -> None:
     """List installed plugins, the hooks they implement, and the tools and backup providers they offer."""
     import json

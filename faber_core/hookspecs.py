@@ -115,6 +115,19 @@ def faber_migration_dev(tool: str, context: RunContext) -> ApplyOutcome | None:
     """
 
 
+@hookspec(firstresult=True)
+def faber_migration_resolve(tool: str, context: RunContext, name: str, resolution: str) -> MigrationState | None:
+    """Mark a failed migration by hand, after a person has repaired the database.
+
+    Called by ``faber resolve ENV --rolled-back NAME`` (``resolution`` = ``"rolled_back"``: the
+    migration's changes are gone, apply it again on the next deploy) or ``--applied NAME``
+    (``"applied"``: its changes were completed by hand, never apply it). faber holds its lock.
+    Raise :class:`faber_core.errors.ConfigError` when ``name`` is not a failed migration.
+
+    Returns the :class:`~faber_core.models.MigrationState` afterwards.
+    """
+
+
 @hookspec
 def faber_backup_providers() -> list[BackupProviderInfo]:
     """Declare the backup providers this plugin offers (``environments.<env>.backup.provider``)."""

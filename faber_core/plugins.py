@@ -127,6 +127,12 @@ class Plugins:
         answer = self._dispatch("faber_migration_apply", context.tool, context=context, pending=pending)
         return ApplyOutcome.model_validate(answer)
 
+    def migration_resolve(self, context: RunContext, name: str, resolution: str) -> MigrationState:
+        answer = self._dispatch(
+            "faber_migration_resolve", context.tool, context=context, name=name, resolution=resolution
+        )
+        return MigrationState.model_validate(answer)
+
     def migration_dev(self, context: RunContext) -> ApplyOutcome | None:
         answer = self.pm.hook.faber_migration_dev(tool=context.tool, context=context)
         return None if answer is None else ApplyOutcome.model_validate(answer)

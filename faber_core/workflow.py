@@ -199,9 +199,10 @@ def health_suggestions(context: RunContext, failed: HealthCheckResult) -> list[s
     env_var = context.settings.database_url_env
     if failed.name == "migrations":
         return [
-            "Resolve the migration history before deploying: "
-            "a failed migration must be fixed and marked rolled back, an edited one restored to what was applied",
-            f"Inspect it with: faber status {env}",
+            f"Inspect the history: faber status {env}",
+            "A failed migration: undo what it left behind, then: "
+            f"faber resolve {env} --rolled-back NAME (or --applied NAME if you completed it by hand)",
+            "An edited migration: restore the file to what was applied, and put the change in a new migration",
             f"Retry when issue resolved: faber migrate {env}",
         ]
     return [
@@ -500,4 +501,18 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
         result={"backup_id": chosen.id, "rollback_status": "success", "verified": True,
                 "migrations": [name for name, _ in chosen.migrations]},
         message=f"Rolled back {context.environment} to {chosen.id}",
+    )
+
+
+def resolve(context: RunContext, plugins: Plugins, name: str, resolution: str) -> Success:
+    """``faber resolve ENV``: record how a failed migration was repaired, so deploys can go on."""
+    plugins.require_tool(context.tool)
+    with deploy_lock(context):
+        state = plugins.migration_resolve(context, name, resolution)
+    context.emit("migration.resolved", name=name, resolution=resolution)
+    return Success(
+        operation="resolve-migration",
+        environment=context.environment,
+        result={"migration": name, "resolution": resolution, "failed": state.failed, "pending": state.pending},
+        message=f"Marked {name} as {resolution.replace('_', ' ')}",
     )
