@@ -1,0 +1,3 @@
+"""faber's Prisma handler: deploys ``prisma/migrations`` without Node, interchangeably with ``prisma migrate deploy``."""
+
+TOOL = "prisma"

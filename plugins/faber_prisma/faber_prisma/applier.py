@@ -1,0 +1,258 @@
+"""Applying pending Prisma migrations without Node, interchangeably with ``prisma migrate deploy``.
+
+The whole run holds Prisma's own advisory lock, so a concurrent ``prisma migrate deploy`` waits
+for it (and it for that). A migration whose SQL allows it runs in one transaction together with
+its history row, so a failure leaves nothing of it behind; one that cannot run in a transaction
+(``CREATE INDEX CONCURRENTLY``, ...) runs statement by statement, as Prisma would run it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+
+import psycopg
+from pglast.parser import ParseError
+from psycopg import sql
+
+from faber_core.context import RunContext
+from faber_core.errors import ConfigError, MigrationFailed
+from faber_core.models import AppliedMigration, ApplyOutcome, LocalMigration, MigrationFailure, MigrationRecord
+from faber_core.postgres.locks import PRISMA_LOCK_KEY, advisory_lock
+from faber_core.postgres.sql import is_transactional, split_statements
+from faber_prisma.history import History
+from faber_prisma.migrations import MigrationFolder, read_migrations, require_scripts
+
+RESOLVE_HELP = "https://pris.ly/d/migrate-resolve"
+P3018_TEXT = (
+    "A migration failed to apply. New migrations cannot be applied before the error is recovered from. "
+    f"Read more about how to resolve migration issues in a production database: {RESOLVE_HELP}"
+)
+P3009_TEXT = (
+    "migrate found failed migrations in the target database, new migrations will not be applied. "
+    f"Read more about how to resolve migration issues in a production database: {RESOLVE_HELP}"
+)
+
+
+def apply_pending(context: RunContext, pending: list[LocalMigration]) -> ApplyOutcome:
+    """Apply ``pending`` in order under Prisma's lock, stopping at the first failure."""
+    folders = _folders_for(context, pending)
+    require_scripts(context, folders)
+    outcome = ApplyOutcome()
+    with _locked_history(context, "faber prisma apply") as history:
+        records = history.records()
+        refuse_failed_migrations(context, records)
+        history.create()
+        # A `prisma migrate deploy` may have applied some since faber read the status.
+        already_applied = {record.name for record in records if record.state == "applied"}
+        for folder in folders:
+            if folder.name in already_applied:
+                continue
+            context.emit("migration.started", name=folder.name)
+            started = time.monotonic()
+            failure = _apply_one(context, history, folder)
+            if failure is not None:
+                outcome.failure = failure
+                break
+            duration = round(time.monotonic() - started, 3)
+            outcome.applied.append(AppliedMigration(name=folder.name, duration_seconds=duration))
+            context.emit("migration.applied", name=folder.name, duration_seconds=duration)
+    return outcome
+
+
+def resolve(context: RunContext, name: str, resolution: str) -> None:
+    """``prisma migrate resolve``: mark the failed migration ``name`` rolled back or applied."""
+    with _locked_history(context, "faber prisma resolve") as history:
+        failed = {record.name for record in history.records() if record.state == "failed"}
+        if name not in failed:
+            raise ConfigError(
+                f"{name} is not a failed migration",
+                suggestions=[f"Failed migrations: {', '.join(sorted(failed))}" if failed else "No migration is failed"],
+            )
+        if resolution == "rolled_back":
+            history.mark_rolled_back(name)
+        elif resolution == "applied":
+            folder = next((f for f in read_migrations(context) if f.name == name), None)
+            if folder is None or folder.checksum is None:
+                raise ConfigError(f"{name} has no migration.sql in the project, so it cannot be marked applied")
+            history.mark_applied(name, folder.checksum)
+        else:
+            raise ConfigError(f"Unknown resolution {resolution!r}: use rolled_back or applied")
+
+
+def refuse_failed_migrations(context: RunContext, records: list[MigrationRecord]) -> None:
+    """Refuse to apply anything while a failed attempt is unresolved, as Prisma does (P3009)."""
+    failed = [record for record in records if record.state == "failed"]
+    if not failed:
+        return
+    names = [record.name for record in failed]
+    details = "\n".join(
+        f"The `{record.name}` migration started at {record.started_at} failed"
+        + (f" with the following logs:\n{record.logs.strip()}" if record.logs and record.logs.strip() else "")
+        for record in failed
+    )
+    first = names[0]
+    raise MigrationFailed(
+        f"The database has failed migrations that were never rolled back: {', '.join(names)}",
+        suggestions=[
+            f"Repair the database by hand, then mark the migration rolled back: npx prisma migrate resolve "
+            f"--rolled-back {first} (or: faber resolve {context.environment} --rolled-back {first})",
+            f"If its changes were completed by hand instead: npx prisma migrate resolve --applied {first} "
+            f"(or: faber resolve {context.environment} --applied {first})",
+        ],
+        result={"failed_migrations": names},
+        tool_output=context.redactor.redact(f"Error: P3009\n\n{P3009_TEXT}\n{details}"),
+    )
+
+
+def _folders_for(context: RunContext, pending: list[LocalMigration]) -> list[MigrationFolder]:
+    by_name = {folder.name: folder for folder in read_migrations(context)}
+    missing = [migration.name for migration in pending if migration.name not in by_name]
+    if missing:
+        raise ConfigError(
+            f"Pending migrations not found in the migrations directory: {', '.join(missing)}",
+            suggestions=["Check database.prisma.migrations_dir in the config"],
+        )
+    return [by_name[migration.name] for migration in pending]
+
+
+@contextmanager
+def _locked_history(context: RunContext, application_name: str) -> Iterator[History]:
+    """The schema's history on a connection holding Prisma's advisory lock, its search_path set
+    to the Prisma schema (Prisma's migrations name their tables unqualified)."""
+    try:
+        conn = context.database.connect(application_name=application_name)
+    except psycopg.Error as exc:
+        raise MigrationFailed(
+            f"Cannot connect to apply migrations: {context.redactor.redact(str(exc).strip())}",
+            suggestions=["Nothing was applied", f"Check the database of {context.environment}, then retry"],
+        ) from None
+    with conn, advisory_lock(
+        conn, PRISMA_LOCK_KEY, wait_seconds=context.settings.lock_wait_seconds,
+        purpose="Prisma migration run (faber or prisma migrate)",
+    ):
+        conn.execute("SELECT set_config('search_path', %s, false)",
+                     [sql.Identifier(context.database.schema).as_string(conn)])
+        yield History(conn, context.database.schema)
+
+
+def _apply_one(context: RunContext, history: History, folder: MigrationFolder) -> MigrationFailure | None:
+    try:
+        transactional = is_transactional(folder.sql)
+    except ParseError as exc:
+        return MigrationFailure(
+            name=folder.name,
+            error=f"The SQL could not be parsed, nothing was run: {context.redactor.redact(str(exc))}",
+            path=folder.relative_path(context.project_dir),
+            transaction_rolled_back=True,
+        )
+    if transactional:
+        return _apply_in_transaction(context, history, folder)
+    return _apply_statement_by_statement(context, history, folder)
+
+
+def _apply_in_transaction(context: RunContext, history: History, folder: MigrationFolder) -> MigrationFailure | None:
+    assert folder.checksum is not None
+    started_at = datetime.now(timezone.utc)
+    try:
+        with history.conn.transaction():
+            migration_id = history.start(folder.name, folder.checksum)
+            if split_statements(folder.sql):
+                history.conn.execute(folder.sql)
+            history.finish(migration_id)
+    except psycopg.Error as exc:
+        logs = prisma_logs(context, folder.name, exc)
+        unrecorded = _record(
+            context, lambda: history.record_rolled_back_attempt(folder.name, folder.checksum, started_at, logs)
+        )
+        return MigrationFailure(
+            name=folder.name,
+            error=database_error_summary(context, exc) + unrecorded,
+            output=f"Error: P3018\n\n{logs}",
+            path=folder.relative_path(context.project_dir),
+            transaction_rolled_back=True,
+        )
+    return None
+
+
+def _apply_statement_by_statement(
+    context: RunContext, history: History, folder: MigrationFolder
+) -> MigrationFailure | None:
+    assert folder.checksum is not None
+    statements = split_statements(folder.sql)
+    migration_id = history.start(folder.name, folder.checksum)
+    for number, statement in enumerate(statements, start=1):
+        try:
+            history.conn.execute(statement)
+        except psycopg.Error as exc:
+            _end_aborted_transaction(history.conn)
+            logs = prisma_logs(context, folder.name, exc)
+            unrecorded = _record(context, lambda: history.fail(migration_id, logs))
+            return MigrationFailure(
+                name=folder.name,
+                error=database_error_summary(context, exc)
+                + f"\nStatement {number} of {len(statements)} failed. The migration runs outside a transaction: "
+                + _already_ran(context, statements[: number - 1])
+                + unrecorded,
+                output=f"Error: P3018\n\n{logs}",
+                path=folder.relative_path(context.project_dir),
+                transaction_rolled_back=False,
+            )
+    history.finish(migration_id)
+    return None
+
+
+def _already_ran(context: RunContext, statements: list[str]) -> str:
+    if not statements:
+        return "no statement of it had run, but its failed record stays until resolved."
+    described = "; ".join(f"{n}: {_one_line(s)}" for n, s in enumerate(statements, start=1))
+    return f"statements already run and committed (not undone): {context.redactor.redact(described)}"
+
+
+def _one_line(statement: str, width: int = 80) -> str:
+    text = " ".join(statement.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _end_aborted_transaction(conn: psycopg.Connection) -> None:
+    """A script's own BEGIN may leave the session in an aborted transaction; end it so the
+    history row can still be written."""
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        conn.execute("ROLLBACK")
+
+
+def _record(context: RunContext, write: Callable[[], None]) -> str:
+    """Write the failure to the history; if even that fails, say so instead of hiding the first error."""
+    try:
+        write()
+    except psycopg.Error as exc:
+        return f"\nThe failure could not be recorded in _prisma_migrations: {context.redactor.redact(str(exc).strip())}"
+    return ""
+
+
+def database_error(exc: psycopg.Error) -> str:
+    """The error as PostgreSQL reports it: ``ERROR: ...`` with its DETAIL and HINT lines."""
+    diag = exc.diag
+    if not diag.message_primary:
+        return str(exc).strip()
+    lines = [f"{diag.severity or 'ERROR'}: {diag.message_primary}"]
+    lines += [f"DETAIL: {diag.message_detail}"] if diag.message_detail else []
+    lines += [f"HINT: {diag.message_hint}"] if diag.message_hint else []
+    return "\n".join(lines)
+
+
+def database_error_summary(context: RunContext, exc: psycopg.Error) -> str:
+    primary = exc.diag.message_primary or str(exc).strip().splitlines()[0]
+    code = f" (SQLSTATE {exc.sqlstate})" if exc.sqlstate else ""
+    return context.redactor.redact(f"{primary}{code}")
+
+
+def prisma_logs(context: RunContext, name: str, exc: psycopg.Error) -> str:
+    """The ``logs`` Prisma writes for a failed migration (P3018), redacted."""
+    parts = [P3018_TEXT, f"Migration name: {name}"]
+    if exc.sqlstate:
+        parts.append(f"Database error code: {exc.sqlstate}")
+    parts.append(f"Database error:\n{database_error(exc)}")
+    return context.redactor.redact("\n\n".join(parts))

@@ -1,0 +1,124 @@
+"""``_prisma_migrations``, Prisma's migration history, read and written exactly as Prisma does.
+
+A row per attempt: ``finished_at`` set means applied; ``rolled_back_at`` set means the attempt
+no longer counts (``prisma migrate deploy`` applies that migration again); neither set means a
+failed migration that blocks every deploy until someone resolves it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import psycopg
+from psycopg import sql
+
+from faber_core.models import MigrationRecord
+
+TABLE = "_prisma_migrations"
+
+# Prisma's own DDL (schema engine, PostgreSQL flavour), so `prisma migrate` finds the table it expects.
+_CREATE_TABLE = """
+CREATE TABLE IF NOT EXISTS {table} (
+    id                      VARCHAR(36) PRIMARY KEY NOT NULL,
+    checksum                VARCHAR(64) NOT NULL,
+    finished_at             TIMESTAMPTZ,
+    migration_name          VARCHAR(255) NOT NULL,
+    logs                    TEXT,
+    rolled_back_at          TIMESTAMPTZ,
+    started_at              TIMESTAMPTZ NOT NULL DEFAULT now(),
+    applied_steps_count     INTEGER NOT NULL DEFAULT 0
+)
+"""
+
+
+def _state(finished_at: object, rolled_back_at: object) -> str:
+    if rolled_back_at is not None:
+        return "rolled_back"
+    return "applied" if finished_at is not None else "failed"
+
+
+class History:
+    """The history table of one schema, on one connection.
+
+    Timestamps come from ``clock_timestamp()`` so a migration's ``started_at`` and
+    ``finished_at`` differ even inside its one transaction.
+    """
+
+    def __init__(self, conn: psycopg.Connection, schema: str) -> None:
+        self.conn = conn
+        self.schema = schema
+        self.table = sql.Identifier(schema, TABLE)
+
+    def _run(self, query: str, params: dict[str, object] | None = None) -> psycopg.Cursor:
+        return self.conn.execute(sql.SQL(query).format(table=self.table), params)
+
+    def exists(self) -> bool:
+        return self.conn.execute("SELECT to_regclass(%s)", [self.table.as_string(self.conn)]).fetchone()[0] is not None
+
+    def records(self) -> list[MigrationRecord]:
+        """Every row, oldest first; none when the table does not exist (nothing applied yet)."""
+        if not self.exists():
+            return []
+        rows = self._run(
+            "SELECT migration_name, checksum, started_at, finished_at, rolled_back_at, logs"
+            " FROM {table} ORDER BY started_at, migration_name"
+        ).fetchall()
+        return [
+            MigrationRecord(name=name, checksum=checksum, state=_state(finished, rolled_back),
+                            started_at=started, finished_at=finished, logs=logs)
+            for name, checksum, started, finished, rolled_back, logs in rows
+        ]
+
+    def create(self) -> None:
+        """Create the schema and the table if missing, as ``prisma migrate deploy`` does."""
+        self.conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
+        self._run(_CREATE_TABLE)
+
+    def start(self, name: str, checksum: str, started_at: datetime | None = None) -> str:
+        """Insert the row of an attempt that has begun (now, unless ``started_at``); return its id."""
+        migration_id = str(uuid.uuid4())
+        self._run(
+            "INSERT INTO {table} (id, checksum, started_at, migration_name, applied_steps_count)"
+            " VALUES (%(id)s, %(checksum)s, coalesce(%(started_at)s, clock_timestamp()), %(name)s, 0)",
+            {"id": migration_id, "checksum": checksum, "name": name, "started_at": started_at},
+        )
+        return migration_id
+
+    def finish(self, migration_id: str) -> None:
+        self._run(
+            "UPDATE {table} SET finished_at = clock_timestamp(), applied_steps_count = applied_steps_count + 1"
+            " WHERE id = %(id)s",
+            {"id": migration_id},
+        )
+
+    def fail(self, migration_id: str, logs: str) -> None:
+        self._run("UPDATE {table} SET logs = %(logs)s WHERE id = %(id)s", {"id": migration_id, "logs": logs})
+
+    def record_rolled_back_attempt(self, name: str, checksum: str, started_at: datetime, logs: str) -> None:
+        """The row of an attempt whose transaction rolled back: failed, with its logs, and marked
+        rolled back so the next deploy applies the migration again."""
+        migration_id = self.start(name, checksum, started_at)
+        self._run(
+            "UPDATE {table} SET logs = %(logs)s, rolled_back_at = clock_timestamp() WHERE id = %(id)s",
+            {"id": migration_id, "logs": logs},
+        )
+
+    def mark_rolled_back(self, name: str) -> int:
+        """``prisma migrate resolve --rolled-back``: the failed attempts of ``name`` stop counting."""
+        return self._run(
+            "UPDATE {table} SET rolled_back_at = clock_timestamp()"
+            " WHERE migration_name = %(name)s AND finished_at IS NULL AND rolled_back_at IS NULL",
+            {"name": name},
+        ).rowcount
+
+    def mark_applied(self, name: str, checksum: str) -> None:
+        """``prisma migrate resolve --applied``: the failed attempts are rolled back and a finished
+        row with no applied steps says the changes were completed by hand."""
+        self.mark_rolled_back(name)
+        migration_id = str(uuid.uuid4())
+        self._run(
+            "INSERT INTO {table} (id, checksum, started_at, finished_at, migration_name, applied_steps_count)"
+            " VALUES (%(id)s, %(checksum)s, clock_timestamp(), clock_timestamp(), %(name)s, 0)",
+            {"id": migration_id, "checksum": checksum, "name": name},
+        )

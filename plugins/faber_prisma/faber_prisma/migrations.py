@@ -1,0 +1,104 @@
+"""The project's Prisma migration folders, read the way Prisma reads them.
+
+Every subfolder of the migrations directory is a migration named after the folder, applied in
+name order; its script is ``migration.sql``. Prisma counts a folder without ``migration.sql`` as
+a migration too (``migrate status`` lists it as pending, ``migrate deploy`` stops at it with
+P3015), so it is listed here with no script and :func:`require_scripts` refuses to apply it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from faber_core.context import RunContext
+from faber_core.errors import ConfigError
+from faber_core.models import LocalMigration
+
+DEFAULT_MIGRATIONS_DIR = "prisma/migrations"
+SCRIPT_NAME = "migration.sql"
+
+
+def checksum(script: bytes) -> str:
+    """Prisma's checksum: lowercase sha256 hex of the script."""
+    return hashlib.sha256(script).hexdigest()
+
+
+def equivalent_checksums(script: bytes) -> set[str]:
+    """Checksums Prisma accepts for ``script``: git may have changed its line endings, and old
+    Prisma versions wrote checksums without zero padding."""
+    variants = {script, script.replace(b"\r\n", b"\n"), script.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")}
+    digests = [hashlib.sha256(variant).digest() for variant in variants]
+    return {digest.hex() for digest in digests} | {"".join(f"{byte:x}" for byte in digest) for digest in digests}
+
+
+@dataclass(frozen=True)
+class MigrationFolder:
+    name: str
+    directory: Path
+    script: bytes | None
+
+    @property
+    def sql(self) -> str:
+        return (self.script or b"").decode("utf-8", errors="replace")
+
+    @property
+    def checksum(self) -> str | None:
+        return checksum(self.script) if self.script is not None else None
+
+    def relative_path(self, project_dir: Path) -> str:
+        target = self.directory / SCRIPT_NAME if self.script is not None else self.directory
+        try:
+            return str(target.relative_to(project_dir))
+        except ValueError:
+            return str(target)
+
+    def as_local(self, project_dir: Path) -> LocalMigration:
+        return LocalMigration(name=self.name, checksum=self.checksum, path=self.relative_path(project_dir))
+
+
+def migrations_dir(context: RunContext) -> Path:
+    configured = context.tool_options.get("migrations_dir", DEFAULT_MIGRATIONS_DIR)
+    if not isinstance(configured, str) or not configured.strip():
+        raise ConfigError(
+            "config: `database.prisma.migrations_dir` must be a non-empty path",
+            suggestions=[f"Use a path relative to the project, e.g. {DEFAULT_MIGRATIONS_DIR}"],
+        )
+    return context.project_dir / configured
+
+
+def read_migrations(context: RunContext) -> list[MigrationFolder]:
+    """The migration folders in apply order; none when the directory does not exist."""
+    directory = migrations_dir(context)
+    if not directory.is_dir():
+        return []
+    folders = []
+    for entry in sorted(directory.iterdir(), key=lambda path: path.name):
+        if not entry.is_dir():
+            continue
+        script_path = entry / SCRIPT_NAME
+        try:
+            script = script_path.read_bytes()
+        except FileNotFoundError:
+            script = None
+        except OSError as exc:
+            raise ConfigError(f"Cannot read {script_path}: {exc.strerror}") from None
+        folders.append(MigrationFolder(name=entry.name, directory=entry, script=script))
+    return folders
+
+
+def require_scripts(context: RunContext, folders: list[MigrationFolder]) -> None:
+    """Refuse, before anything runs, to apply a migration folder that has no script."""
+    missing = [folder for folder in folders if folder.script is None]
+    if missing:
+        paths = ", ".join(folder.relative_path(context.project_dir) for folder in missing)
+        raise ConfigError(
+            f"Migration folder without {SCRIPT_NAME}: {paths}",
+            suggestions=[
+                f"Restore its {SCRIPT_NAME}, or delete the folder (Prisma stops there too, with P3015)",
+                f"Keep only migration folders in {context.tool_options.get('migrations_dir', DEFAULT_MIGRATIONS_DIR)}",
+            ],
+            tool_output=f"Error: P3015\n\nCould not find the migration file at {SCRIPT_NAME}. "
+            "Please delete the directory or restore the migration file.",
+        )

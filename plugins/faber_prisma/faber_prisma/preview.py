@@ -1,0 +1,44 @@
+"""What applying pending migrations would do, read from the files alone (no database access)."""
+
+from __future__ import annotations
+
+from pglast.parser import ParseError
+
+from faber_core.context import RunContext
+from faber_core.models import LocalMigration, MigrationPreview
+from faber_core.postgres.estimate import estimate_seconds
+from faber_core.postgres.sql import is_transactional
+from faber_prisma.migrations import SCRIPT_NAME, MigrationFolder, read_migrations
+
+NON_TRANSACTIONAL_NOTE = (
+    "Runs outside a transaction (it has a statement PostgreSQL refuses in a transaction block, such as "
+    "CREATE INDEX CONCURRENTLY): if a statement fails, the statements before it stay applied"
+)
+
+
+def preview(context: RunContext, pending: list[LocalMigration]) -> list[MigrationPreview]:
+    folders = {folder.name: folder for folder in read_migrations(context)}
+    return [_preview_one(context, migration, folders.get(migration.name)) for migration in pending]
+
+
+def _preview_one(context: RunContext, migration: LocalMigration, folder: MigrationFolder | None) -> MigrationPreview:
+    if folder is None or folder.script is None:
+        return MigrationPreview(
+            name=migration.name, sql="", estimated_duration_seconds=0, transactional=None,
+            notes=[f"{SCRIPT_NAME} is missing: the deploy will refuse to run until it is restored or the folder removed"],
+        )
+    notes = []
+    try:
+        transactional: bool | None = is_transactional(folder.sql)
+    except ParseError as exc:
+        transactional = None
+        notes.append(f"The SQL does not parse, applying it will fail: {context.redactor.redact(str(exc))}")
+    if transactional is False:
+        notes.append(NON_TRANSACTIONAL_NOTE)
+    return MigrationPreview(
+        name=folder.name,
+        sql=folder.sql,
+        estimated_duration_seconds=estimate_seconds(folder.sql),
+        transactional=transactional,
+        notes=notes,
+    )

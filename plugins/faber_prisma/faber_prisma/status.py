@@ -1,0 +1,42 @@
+"""The migration state: local folders against ``_prisma_migrations``, read without changing anything."""
+
+from __future__ import annotations
+
+from faber_core.context import RunContext
+from faber_core.models import LocalMigration, MigrationRecord, MigrationState
+from faber_prisma import TOOL
+from faber_prisma.history import History
+from faber_prisma.migrations import MigrationFolder, equivalent_checksums, read_migrations
+
+
+def build_state(context: RunContext, folders: list[MigrationFolder], records: list[MigrationRecord]) -> MigrationState:
+    return MigrationState(tool=TOOL, local=local_migrations(context, folders, records), records=records)
+
+
+def local_migrations(
+    context: RunContext, folders: list[MigrationFolder], records: list[MigrationRecord]
+) -> list[LocalMigration]:
+    """The folders as local migrations.
+
+    Where Prisma would accept an applied row's checksum for the file (same script, other line
+    endings or an old unpadded checksum), the local checksum is reported as that row's, so the
+    migration does not count as edited when Prisma itself does not think so.
+    """
+    applied = {record.name: record.checksum for record in records if record.state == "applied"}
+    local = []
+    for folder in folders:
+        migration = folder.as_local(context.project_dir)
+        recorded = applied.get(folder.name)
+        if folder.script is not None and recorded and recorded != migration.checksum:
+            if recorded in equivalent_checksums(folder.script):
+                migration = migration.model_copy(update={"checksum": recorded})
+        local.append(migration)
+    return local
+
+
+def read_state(context: RunContext) -> MigrationState:
+    """Local migrations and the history rows of ``context.database.schema``."""
+    folders = read_migrations(context)
+    with context.database.connect(application_name="faber prisma status") as conn:
+        records = History(conn, context.database.schema).records()
+    return build_state(context, folders, records)

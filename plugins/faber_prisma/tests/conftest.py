@@ -1,0 +1,78 @@
+"""Fixtures for the Prisma handler: a project with Prisma migration folders and a context on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from faber_core.context import RunContext, open_context
+from faber_core.plugins import Plugins
+from faber_prisma import plugin
+
+ENVIRONMENT = "staging"
+URL_ENV = "PRISMA_TEST_DATABASE_URL"
+
+
+@pytest.fixture
+def prisma_plugins(plugin_manager) -> Plugins:
+    plugin_manager.register(plugin, name="faber_prisma")
+    return Plugins(plugin_manager)
+
+
+@pytest.fixture
+def prisma_project(faber_project, database_url, monkeypatch):
+    """``make(migrations: {name: sql}, url_suffix="", prisma_options=None, **settings) -> Path``.
+
+    Writes ``prisma/migrations/<name>/migration.sql`` and a config whose `staging` environment
+    reads the test database URL (plus ``url_suffix``, e.g. ``?schema=app``).
+    """
+
+    def make(migrations: dict[str, str], *, url_suffix: str = "", prisma_options: dict | None = None,
+             **settings) -> Path:
+        monkeypatch.setenv(URL_ENV, database_url + url_suffix)
+        environment = {"database_url_env": URL_ENV, "lock_wait_seconds": 1, "backup_before_migrate": False,
+                       **settings}
+        config = {"database": {"migration_tool": "prisma", "environments": {ENVIRONMENT: environment}}}
+        if prisma_options is not None:
+            config["database"]["prisma"] = prisma_options
+        directory = (prisma_options or {}).get("migrations_dir", "prisma/migrations")
+        files = {f"{directory}/{name}/migration.sql": sql for name, sql in migrations.items()}
+        return faber_project(config, files)
+
+    return make
+
+
+@pytest.fixture
+def prisma_context():
+    def make(project_dir: Path, events: list | None = None, environment: str = ENVIRONMENT) -> RunContext:
+        listeners = [events.append] if events is not None else []
+        return open_context(project_dir, environment, "deploy-migrations", listeners=listeners)
+
+    return make
+
+
+@pytest.fixture
+def query(database_url):
+    """``query(sql, params=None) -> list[tuple]`` on the test database."""
+
+    def run(sql: str, params: list | None = None) -> list[tuple]:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            cursor = conn.execute(sql, params)
+            return cursor.fetchall() if cursor.description else []
+
+    return run
+
+
+@pytest.fixture
+def add_migration():
+    """``add(project_dir, name, sql) -> Path``: write one more migration folder."""
+
+    def add(project_dir: Path, name: str, sql: str, directory: str = "prisma/migrations") -> Path:
+        path = project_dir / directory / name / "migration.sql"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(sql)
+        return path
+
+    return add
