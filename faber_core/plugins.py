@@ -164,7 +164,7 @@ class Plugins:
         """A context listener that hands every event to the ``faber_audit_event`` hook."""
         return lambda event: self.pm.hook.faber_audit_event(event=event, context=context)
 
-    def _dispatch(self, hook_name: str, name: str, *, key: str = "tool", **kwargs: Any) -> Any:
+    def _dispatch(self, hook_name: str, name: str, /, *, key: str = "tool", **kwargs: Any) -> Any:
         answer = getattr(self.pm.hook, hook_name)(**{key: name}, **kwargs)
         if answer is None:
             raise ConfigError(
