@@ -37,7 +37,8 @@ def _preview_one(context: RunContext, migration: LocalMigration, folder: Migrati
         notes.append(NON_TRANSACTIONAL_NOTE)
     return MigrationPreview(
         name=folder.name,
-        sql=folder.sql,
+        # A migration may create a role with a password; the preview is printed and logged.
+        sql=context.redactor.redact(folder.sql),
         estimated_duration_seconds=estimate_seconds(folder.sql),
         transactional=transactional,
         notes=notes,

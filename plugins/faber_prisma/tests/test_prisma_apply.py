@@ -1,0 +1,269 @@
+"""Apply: migrations and their `_prisma_migrations` rows, written as Prisma writes them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+
+import psycopg
+import pytest
+
+from faber_core.errors import ConfigError, FaberError, Locked, MigrationFailed
+from faber_core.postgres.locks import PRISMA_LOCK_KEY
+from faber_core.testing.fixtures import CANARY_PASSWORD
+
+INIT = 'CREATE TABLE "users" ("id" SERIAL PRIMARY KEY, "email" TEXT);\n'
+POSTS = 'CREATE TABLE "posts" ("id" SERIAL PRIMARY KEY, "title" TEXT);\n'
+# The second statement fails: "email" already exists (SQLSTATE 42701).
+DUPLICATE_COLUMN = 'CREATE TABLE "comments" ("id" SERIAL PRIMARY KEY);\nALTER TABLE "users" ADD COLUMN "email" TEXT;\n'
+CONCURRENT_INDEX = 'CREATE INDEX CONCURRENTLY "users_email_idx" ON "users" ("email");\n'
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def apply_pending(plugins, context):
+    return plugins.migration_apply(context, plugins.migration_status(context).pending_migrations())
+
+
+def history(query) -> list[dict]:
+    rows = query(
+        "SELECT id, checksum, finished_at, migration_name, logs, rolled_back_at, started_at, applied_steps_count"
+        " FROM _prisma_migrations ORDER BY started_at"
+    )
+    columns = ["id", "checksum", "finished_at", "migration_name", "logs", "rolled_back_at", "started_at",
+               "applied_steps_count"]
+    return [dict(zip(columns, row)) for row in rows]
+
+
+def test_apply_creates_prisma_table_and_rows_exactly_as_prisma(prisma_project, prisma_context, prisma_plugins, query):
+    events: list = []
+    context = prisma_context(prisma_project({"20240101000000_init": INIT, "20240102000000_posts": POSTS}), events)
+
+    outcome = apply_pending(prisma_plugins, context)
+
+    assert [m.name for m in outcome.applied] == ["20240101000000_init", "20240102000000_posts"]
+    assert outcome.failure is None
+    assert query(
+        "SELECT column_name, data_type, character_maximum_length, is_nullable, column_default"
+        " FROM information_schema.columns WHERE table_name = '_prisma_migrations' ORDER BY ordinal_position"
+    ) == [
+        ("id", "character varying", 36, "NO", None),
+        ("checksum", "character varying", 64, "NO", None),
+        ("finished_at", "timestamp with time zone", None, "YES", None),
+        ("migration_name", "character varying", 255, "NO", None),
+        ("logs", "text", None, "YES", None),
+        ("rolled_back_at", "timestamp with time zone", None, "YES", None),
+        ("started_at", "timestamp with time zone", None, "NO", "now()"),
+        ("applied_steps_count", "integer", None, "NO", "0"),
+    ]
+    assert query("SELECT indexname FROM pg_indexes WHERE tablename = '_prisma_migrations'") == [
+        ("_prisma_migrations_pkey",)
+    ]
+    rows = history(query)
+    assert [(r["migration_name"], r["checksum"], r["applied_steps_count"], r["logs"], r["rolled_back_at"])
+            for r in rows] == [
+        ("20240101000000_init", sha256(INIT), 1, None, None),
+        ("20240102000000_posts", sha256(POSTS), 1, None, None),
+    ]
+    for row in rows:
+        assert str(uuid.UUID(row["id"])) == row["id"]
+        assert row["finished_at"] is not None and row["finished_at"] >= row["started_at"]
+    assert query("SELECT to_regclass('users') IS NOT NULL, to_regclass('posts') IS NOT NULL") == [(True, True)]
+    assert [(e.kind, e.data["name"]) for e in events if e.kind.startswith("migration.")] == [
+        ("migration.started", "20240101000000_init"), ("migration.applied", "20240101000000_init"),
+        ("migration.started", "20240102000000_posts"), ("migration.applied", "20240102000000_posts"),
+    ]
+    assert all(e.data["duration_seconds"] >= 0 for e in events if e.kind == "migration.applied")
+
+
+def test_a_second_apply_is_a_no_op(prisma_project, prisma_context, prisma_plugins, query):
+    context = prisma_context(prisma_project({"0001_init": INIT, "0002_posts": POSTS}))
+    first_pending = prisma_plugins.migration_status(context).pending_migrations()
+    prisma_plugins.migration_apply(context, first_pending)
+
+    assert prisma_plugins.migration_status(context).pending == []
+    assert apply_pending(prisma_plugins, context).applied == []
+    # A stale pending list (read before someone else applied them) must not apply anything twice.
+    assert prisma_plugins.migration_apply(context, first_pending).applied == []
+    assert len(history(query)) == 2
+
+
+def test_a_failing_transactional_migration_leaves_nothing_and_is_recorded_rolled_back(
+    prisma_project, prisma_context, prisma_plugins, query
+):
+    project = prisma_project({"0001_init": INIT, "0002_comments": DUPLICATE_COLUMN, "0003_posts": POSTS})
+    context = prisma_context(project)
+
+    outcome = apply_pending(prisma_plugins, context)
+
+    assert [m.name for m in outcome.applied] == ["0001_init"]
+    failure = outcome.failure
+    assert failure.name == "0002_comments" and failure.transaction_rolled_back is True
+    assert failure.path == "prisma/migrations/0002_comments/migration.sql"
+    assert failure.error.startswith('column "email" of relation "users" already exists (SQLSTATE 42701)')
+    assert failure.output.startswith("Error: P3018\n\nA migration failed to apply.")
+    assert query("SELECT to_regclass('comments'), to_regclass('posts')") == [(None, None)]
+    row = history(query)[1]
+    assert (row["migration_name"], row["checksum"], row["finished_at"], row["applied_steps_count"]) == (
+        "0002_comments", sha256(DUPLICATE_COLUMN), None, 0)
+    assert row["rolled_back_at"] is not None
+    assert "Migration name: 0002_comments" in row["logs"]
+    assert "Database error code: 42701" in row["logs"]
+    assert 'ERROR: column "email" of relation "users" already exists' in row["logs"]
+
+    state = prisma_plugins.migration_status(context)
+    assert state.failed == [] and state.pending == ["0002_comments", "0003_posts"]
+
+    (project / "prisma/migrations/0002_comments/migration.sql").write_text('CREATE TABLE "comments" ("id" int);\n')
+    retried = apply_pending(prisma_plugins, context)
+    assert [m.name for m in retried.applied] == ["0002_comments", "0003_posts"] and retried.failure is None
+
+
+def test_sql_that_does_not_parse_fails_before_anything_runs(prisma_project, prisma_context, prisma_plugins, query):
+    context = prisma_context(prisma_project({"0001_init": INIT, "0002_typo": "CREAT TABLE oops (id int);"}))
+
+    outcome = apply_pending(prisma_plugins, context)
+
+    assert [m.name for m in outcome.applied] == ["0001_init"]
+    assert outcome.failure.name == "0002_typo" and outcome.failure.transaction_rolled_back is True
+    assert "could not be parsed" in outcome.failure.error
+    assert [r["migration_name"] for r in history(query)] == ["0001_init"]
+
+
+def test_create_index_concurrently_runs_outside_a_transaction(prisma_project, prisma_context, prisma_plugins, query):
+    # PostgreSQL refuses CREATE INDEX CONCURRENTLY inside a transaction block, so success proves it ran outside one.
+    context = prisma_context(prisma_project({"0001_init": INIT, "0002_index": CONCURRENT_INDEX}))
+
+    outcome = apply_pending(prisma_plugins, context)
+
+    assert [m.name for m in outcome.applied] == ["0001_init", "0002_index"] and outcome.failure is None
+    assert query("SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                 " WHERE c.relname = 'users_email_idx'") == [(True,)]
+    row = history(query)[1]
+    assert (row["applied_steps_count"], row["logs"], row["rolled_back_at"]) == (1, None, None)
+    assert row["finished_at"] is not None
+
+
+def test_a_failing_non_transactional_migration_stays_failed_and_blocks_apply(
+    prisma_project, prisma_context, prisma_plugins, query
+):
+    broken = 'CREATE TABLE "tags" ("id" int);\nCREATE INDEX CONCURRENTLY "users_nick_idx" ON "users" ("nick");\n'
+    project = prisma_project({"0001_init": INIT, "0002_index": broken, "0003_posts": POSTS})
+    context = prisma_context(project)
+
+    outcome = apply_pending(prisma_plugins, context)
+
+    failure = outcome.failure
+    assert failure.name == "0002_index" and failure.transaction_rolled_back is False
+    assert "Statement 2 of 2 failed" in failure.error
+    assert 'already run and committed (not undone): 1: CREATE TABLE "tags" ("id" int)' in failure.error
+    assert "Database error code: 42703" in failure.output
+    assert query("SELECT to_regclass('tags') IS NOT NULL, to_regclass('posts')") == [(True, None)]
+    row = history(query)[1]
+    assert (row["migration_name"], row["finished_at"], row["rolled_back_at"], row["applied_steps_count"]) == (
+        "0002_index", None, None, 0)
+    assert 'column "nick" does not exist' in row["logs"]
+    assert prisma_plugins.migration_status(context).failed == ["0002_index"]
+
+    with pytest.raises(MigrationFailed) as refused:
+        apply_pending(prisma_plugins, context)
+    assert "npx prisma migrate resolve --rolled-back 0002_index" in " ".join(refused.value.suggestions)
+    assert refused.value.tool_output.startswith("Error: P3009")
+    assert query("SELECT to_regclass('posts')") == [(None,)]
+
+
+def test_resolve_rolled_back_lets_the_repaired_migration_apply_again(
+    prisma_project, prisma_context, prisma_plugins, query
+):
+    broken = 'CREATE TABLE "tags" ("id" int);\nCREATE INDEX CONCURRENTLY "users_nick_idx" ON "users" ("nick");\n'
+    project = prisma_project({"0001_init": INIT, "0002_index": broken})
+    context = prisma_context(project)
+    apply_pending(prisma_plugins, context)
+
+    with pytest.raises(ConfigError):
+        prisma_plugins.migration_resolve(context, "0001_init", "rolled_back")
+    query('DROP TABLE "tags"')
+    state = prisma_plugins.migration_resolve(context, "0002_index", "rolled_back")
+
+    assert state.failed == [] and state.pending == ["0002_index"]
+    outcome = apply_pending(prisma_plugins, context)
+    assert [m.name for m in outcome.applied] == [] and outcome.failure.name == "0002_index"
+    query('DROP TABLE "tags"')
+    prisma_plugins.migration_resolve(context, "0002_index", "applied")
+    state = prisma_plugins.migration_status(context)
+    assert state.pending == [] and state.failed == []
+    assert [(r["migration_name"], r["applied_steps_count"], r["finished_at"] is not None, r["rolled_back_at"] is not None)
+            for r in history(query)][1:] == [
+        ("0002_index", 0, False, True), ("0002_index", 0, False, True), ("0002_index", 0, True, False),
+    ]
+
+
+def test_a_folder_without_migration_sql_stops_the_deploy_before_anything_runs(
+    prisma_project, prisma_context, prisma_plugins, query
+):
+    project = prisma_project({"0001_init": INIT})
+    (project / "prisma/migrations/0002_unfinished").mkdir()
+    context = prisma_context(project)
+
+    with pytest.raises(ConfigError) as refused:
+        apply_pending(prisma_plugins, context)
+
+    assert "prisma/migrations/0002_unfinished" in refused.value.message
+    assert "P3015" in refused.value.tool_output
+    assert query("SELECT to_regclass('users'), to_regclass('_prisma_migrations')") == [(None, None)]
+
+
+def test_apply_waits_for_prisma_lock_then_reports_locked(
+    prisma_project, prisma_context, prisma_plugins, query, database_url
+):
+    context = prisma_context(prisma_project({"0001_init": INIT}, lock_wait_seconds=0.5))
+    with psycopg.connect(database_url, autocommit=True, application_name="prisma-migrate") as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", [PRISMA_LOCK_KEY])
+
+        with pytest.raises(Locked) as locked:
+            apply_pending(prisma_plugins, context)
+
+    assert "prisma-migrate" in locked.value.message
+    assert query("SELECT to_regclass('users'), to_regclass('_prisma_migrations')") == [(None, None)]
+
+
+def test_the_lock_is_released_after_apply(prisma_project, prisma_context, prisma_plugins, database_url):
+    context = prisma_context(prisma_project({"0001_init": INIT}))
+    apply_pending(prisma_plugins, context)
+
+    with psycopg.connect(database_url, autocommit=True) as other:
+        assert other.execute("SELECT pg_try_advisory_lock(%s)", [PRISMA_LOCK_KEY]).fetchone() == (True,)
+
+
+def test_the_canary_password_never_appears_in_results_errors_or_logs(
+    prisma_project, prisma_context, prisma_plugins, query
+):
+    # Errors that quote the password: a cast of it, and a committed statement that names it.
+    leaky = f"SELECT '{CANARY_PASSWORD}'::int;\n"
+    leaky_concurrent = (f"COMMENT ON TABLE \"users\" IS '{CANARY_PASSWORD}';\n"
+                        f"CREATE INDEX CONCURRENTLY \"x\" ON \"users\" (\"{CANARY_PASSWORD}\");\n")
+    project = prisma_project({"0001_init": INIT, "0002_leaky": leaky})
+    context = prisma_context(project)
+    texts = []
+
+    state = prisma_plugins.migration_status(context)
+    texts.append(state.model_dump_json())
+    texts.append(json.dumps([p.model_dump() for p in prisma_plugins.migration_preview(context, state.pending_migrations())]))
+    outcome = prisma_plugins.migration_apply(context, state.pending_migrations())
+    assert outcome.failure is not None
+    texts.append(outcome.model_dump_json())
+    (project / "prisma/migrations/0002_leaky/migration.sql").write_text(leaky_concurrent)
+    outcome = apply_pending(prisma_plugins, context)
+    assert outcome.failure is not None and outcome.failure.transaction_rolled_back is False
+    texts.append(outcome.model_dump_json())
+    texts.append(prisma_plugins.migration_status(context).model_dump_json())
+    with pytest.raises(FaberError) as refused:
+        apply_pending(prisma_plugins, context)
+    texts += [str(refused.value), refused.value.tool_output, " ".join(refused.value.suggestions)]
+    texts += [row["logs"] or "" for row in history(query)]
+
+    assert all(CANARY_PASSWORD not in text for text in texts)
+    assert any("***" in text for text in texts)
