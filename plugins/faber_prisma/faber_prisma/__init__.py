@@ -1,3 +1,4 @@
-"""faber's Prisma handler: deploys ``prisma/migrations`` without Node, interchangeably with ``prisma migrate deploy``."""
+"""faber's Prisma handler: deploys ``prisma/migrations`` without Node, interchangeably with
+``prisma migrate deploy``."""
 
 TOOL = "prisma"

@@ -12,16 +12,17 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from typing import Any
 
 import psycopg
-from pglast.parser import ParseError
-from psycopg import sql
-
 from faber_core.context import RunContext
 from faber_core.errors import ConfigError, MigrationFailed
 from faber_core.models import AppliedMigration, ApplyOutcome, LocalMigration, MigrationFailure, MigrationRecord
 from faber_core.postgres.locks import PRISMA_LOCK_KEY, advisory_lock
 from faber_core.postgres.sql import is_transactional, split_statements
+from pglast.parser import ParseError
+from psycopg import sql
+
 from faber_prisma.history import History
 from faber_prisma.migrations import MigrationFolder, read_migrations, require_scripts
 
@@ -165,7 +166,7 @@ def _apply_in_transaction(context: RunContext, history: History, folder: Migrati
     except psycopg.Error as exc:
         logs = prisma_logs(context, folder.name, exc)
         unrecorded = _record(
-            context, lambda: history.record_rolled_back_attempt(folder.name, folder.checksum, started_at, logs)
+            context, history.record_rolled_back_attempt, folder.name, folder.checksum, started_at, logs
         )
         return MigrationFailure(
             name=folder.name,
@@ -189,7 +190,7 @@ def _apply_statement_by_statement(
         except psycopg.Error as exc:
             _end_aborted_transaction(history.conn)
             logs = prisma_logs(context, folder.name, exc)
-            unrecorded = _record(context, lambda: history.fail(migration_id, logs))
+            unrecorded = _record(context, history.fail, migration_id, logs)
             return MigrationFailure(
                 name=folder.name,
                 error=database_error_summary(context, exc)
@@ -223,10 +224,10 @@ def _end_aborted_transaction(conn: psycopg.Connection) -> None:
         conn.execute("ROLLBACK")
 
 
-def _record(context: RunContext, write: Callable[[], None]) -> str:
+def _record(context: RunContext, write: Callable[..., None], *args: Any) -> str:
     """Write the failure to the history; if even that fails, say so instead of hiding the first error."""
     try:
-        write()
+        write(*args)
     except psycopg.Error as exc:
         return f"\nThe failure could not be recorded in _prisma_migrations: {context.redactor.redact(str(exc).strip())}"
     return ""

@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from faber_core.context import RunContext
 from faber_core.models import AppliedMigration, ApplyOutcome, MigrationFailure, MigrationState
 from faber_core.processes import ToolRun, child_environment, run_tool
+
 from faber_prisma.status import read_state
 
 PRISMA_BIN = Path("node_modules/.bin/prisma")

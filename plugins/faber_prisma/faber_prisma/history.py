@@ -11,9 +11,8 @@ import uuid
 from datetime import datetime
 
 import psycopg
-from psycopg import sql
-
 from faber_core.models import MigrationRecord
+from psycopg import sql
 
 TABLE = "_prisma_migrations"
 

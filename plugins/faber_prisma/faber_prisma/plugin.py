@@ -5,6 +5,7 @@ from __future__ import annotations
 from faber_core import hookimpl
 from faber_core.context import RunContext
 from faber_core.models import ApplyOutcome, LocalMigration, MigrationPreview, MigrationState, ToolInfo
+
 from faber_prisma import TOOL, applier, cli, preview, status
 
 

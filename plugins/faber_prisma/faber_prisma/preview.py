@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pglast.parser import ParseError
-
 from faber_core.context import RunContext
 from faber_core.models import LocalMigration, MigrationPreview
 from faber_core.postgres.estimate import estimate_seconds
 from faber_core.postgres.sql import is_transactional
+from pglast.parser import ParseError
+
 from faber_prisma.migrations import SCRIPT_NAME, MigrationFolder, read_migrations
 
 NON_TRANSACTIONAL_NOTE = (
@@ -25,7 +25,7 @@ def _preview_one(context: RunContext, migration: LocalMigration, folder: Migrati
     if folder is None or folder.script is None:
         return MigrationPreview(
             name=migration.name, sql="", estimated_duration_seconds=0, transactional=None,
-            notes=[f"{SCRIPT_NAME} is missing: the deploy will refuse to run until it is restored or the folder removed"],
+            notes=[f"{SCRIPT_NAME} is missing: deploys refuse to run until it is restored or the folder removed"],
         )
     notes = []
     try:

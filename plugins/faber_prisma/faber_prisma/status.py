@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from faber_core.context import RunContext
 from faber_core.models import LocalMigration, MigrationRecord, MigrationState
+
 from faber_prisma import TOOL
 from faber_prisma.history import History
 from faber_prisma.migrations import MigrationFolder, equivalent_checksums, read_migrations

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import psycopg
 import pytest
-
 from faber_core.context import RunContext, open_context
 from faber_core.plugins import Plugins
+
 from faber_prisma import plugin
 
+PRISMA_CLI_FIXTURE = Path(__file__).parent / "fixtures" / "prisma-cli"
+RECIPE_FILES = ("package.json", "prisma.config.ts", "unref-wasm-timers.cjs", "prisma/schema.prisma")
 ENVIRONMENT = "staging"
 URL_ENV = "PRISMA_TEST_DATABASE_URL"
 
@@ -76,3 +80,31 @@ def add_migration():
         return path
 
     return add
+
+
+@pytest.fixture(scope="session")
+def prisma_cli() -> Path:
+    """The fixture Node project with its locked dependencies installed (``npm ci`` once)."""
+    if not (PRISMA_CLI_FIXTURE / "node_modules/.bin/prisma").is_file():
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.skip("npm is not installed: the Prisma interoperability tests need Node and npm")
+        installed = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=PRISMA_CLI_FIXTURE, capture_output=True,
+                                   text=True, timeout=600)
+        assert installed.returncode == 0, f"npm ci failed:\n{installed.stdout}\n{installed.stderr}"
+    return PRISMA_CLI_FIXTURE
+
+
+@pytest.fixture
+def interop_project(prisma_project, prisma_cli):
+    """A faber project that is also a Prisma project using the fixture's CLI."""
+
+    def make(migrations: dict[str, str], **kwargs) -> Path:
+        project = prisma_project(migrations, **kwargs)
+        for name in RECIPE_FILES:
+            (project / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(prisma_cli / name, project / name)
+        (project / "node_modules").symlink_to(prisma_cli / "node_modules", target_is_directory=True)
+        return project
+
+    return make

@@ -8,7 +8,6 @@ import uuid
 
 import psycopg
 import pytest
-
 from faber_core.errors import ConfigError, FaberError, Locked, MigrationFailed
 from faber_core.postgres.locks import PRISMA_LOCK_KEY
 from faber_core.testing.fixtures import CANARY_PASSWORD
@@ -35,7 +34,7 @@ def history(query) -> list[dict]:
     )
     columns = ["id", "checksum", "finished_at", "migration_name", "logs", "rolled_back_at", "started_at",
                "applied_steps_count"]
-    return [dict(zip(columns, row)) for row in rows]
+    return [dict(zip(columns, row, strict=True)) for row in rows]
 
 
 def test_apply_creates_prisma_table_and_rows_exactly_as_prisma(prisma_project, prisma_context, prisma_plugins, query):
@@ -195,8 +194,8 @@ def test_resolve_rolled_back_lets_the_repaired_migration_apply_again(
     prisma_plugins.migration_resolve(context, "0002_index", "applied")
     state = prisma_plugins.migration_status(context)
     assert state.pending == [] and state.failed == []
-    assert [(r["migration_name"], r["applied_steps_count"], r["finished_at"] is not None, r["rolled_back_at"] is not None)
-            for r in history(query)][1:] == [
+    assert [(r["migration_name"], r["applied_steps_count"], r["finished_at"] is not None,
+             r["rolled_back_at"] is not None) for r in history(query)][1:] == [
         ("0002_index", 0, False, True), ("0002_index", 0, False, True), ("0002_index", 0, True, False),
     ]
 
@@ -251,7 +250,8 @@ def test_the_canary_password_never_appears_in_results_errors_or_logs(
 
     state = prisma_plugins.migration_status(context)
     texts.append(state.model_dump_json())
-    texts.append(json.dumps([p.model_dump() for p in prisma_plugins.migration_preview(context, state.pending_migrations())]))
+    previews = prisma_plugins.migration_preview(context, state.pending_migrations())
+    texts.append(json.dumps([p.model_dump() for p in previews]))
     outcome = prisma_plugins.migration_apply(context, state.pending_migrations())
     assert outcome.failure is not None
     texts.append(outcome.model_dump_json())

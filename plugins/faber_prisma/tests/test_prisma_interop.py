@@ -8,17 +8,13 @@ splits scripts at every `;`, so these tests keep to simple statements.
 from __future__ import annotations
 
 import hashlib
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-
 from faber_core.processes import child_environment
-from faber_prisma.cli import with_schema
 
-FIXTURE = Path(__file__).parent / "fixtures" / "prisma-cli"
-RECIPE_FILES = ("package.json", "prisma.config.ts", "unref-wasm-timers.cjs", "prisma/schema.prisma")
+from faber_prisma.cli import with_schema
 
 INIT = 'CREATE TABLE "users" ("id" SERIAL PRIMARY KEY, "email" TEXT);\n'
 POSTS = 'CREATE TABLE "posts" ("id" SERIAL PRIMARY KEY, "title" TEXT);\n'
@@ -27,34 +23,6 @@ TAGS = 'CREATE TABLE "tags" ("id" SERIAL PRIMARY KEY, "label" TEXT);\n'
 
 def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-@pytest.fixture(scope="session")
-def prisma_cli() -> Path:
-    """The fixture Node project with its locked dependencies installed (``npm ci`` once)."""
-    if not (FIXTURE / "node_modules/.bin/prisma").is_file():
-        npm = shutil.which("npm")
-        if npm is None:
-            pytest.skip("npm is not installed: the Prisma interoperability tests need Node and npm")
-        installed = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=FIXTURE, capture_output=True,
-                                   text=True, timeout=600)
-        assert installed.returncode == 0, f"npm ci failed:\n{installed.stdout}\n{installed.stderr}"
-    return FIXTURE
-
-
-@pytest.fixture
-def interop_project(prisma_project, prisma_cli):
-    """A faber project that is also a Prisma project using the fixture's CLI."""
-
-    def make(migrations: dict[str, str], **kwargs) -> Path:
-        project = prisma_project(migrations, **kwargs)
-        for name in RECIPE_FILES:
-            (project / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(prisma_cli / name, project / name)
-        (project / "node_modules").symlink_to(prisma_cli / "node_modules", target_is_directory=True)
-        return project
-
-    return make
 
 
 @pytest.fixture
