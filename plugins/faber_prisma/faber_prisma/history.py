@@ -18,7 +18,7 @@ TABLE = "_prisma_migrations"
 
 # Prisma's own DDL (schema engine, PostgreSQL flavour), so `prisma migrate` finds the table it expects.
 _CREATE_TABLE = """
-CREATE TABLE IF NOT EXISTS {table} (
+CREATE TABLE {table} (
     id                      VARCHAR(36) PRIMARY KEY NOT NULL,
     checksum                VARCHAR(64) NOT NULL,
     finished_at             TIMESTAMPTZ,
@@ -70,8 +70,16 @@ class History:
         ]
 
     def create(self) -> None:
-        """Create the schema and the table if missing, as ``prisma migrate deploy`` does."""
-        self.conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
+        """Create the schema and the table if missing, as ``prisma migrate deploy`` does.
+
+        Checked first because PostgreSQL checks the CREATE privilege before ``IF NOT EXISTS``,
+        and a deploy role often may not create schemas.
+        """
+        if self.exists():
+            return
+        schema_exists = self.conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [self.schema]).fetchone()
+        if not schema_exists:
+            self.conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self.schema)))
         self._run(_CREATE_TABLE)
 
     def start(self, name: str, checksum: str, started_at: datetime | None = None) -> str:

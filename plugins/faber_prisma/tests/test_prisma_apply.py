@@ -267,3 +267,21 @@ def test_the_canary_password_never_appears_in_results_errors_or_logs(
 
     assert all(CANARY_PASSWORD not in text for text in texts)
     assert any("***" in text for text in texts)
+
+
+def test_a_role_that_may_not_create_schemas_can_deploy(
+    prisma_project, prisma_context, prisma_plugins, database_url, monkeypatch, query
+):
+    role = f"faber_deployer_{uuid.uuid4().hex[:8]}"
+    query(f"CREATE ROLE {role} LOGIN")
+    query(f"GRANT CREATE, USAGE ON SCHEMA public TO {role}")
+    try:
+        project = prisma_project({"0001_init": INIT})
+        monkeypatch.setenv("PRISMA_TEST_DATABASE_URL", database_url.replace("://postgres:", f"://{role}:", 1))
+
+        outcome = apply_pending(prisma_plugins, prisma_context(project))
+
+        assert [m.name for m in outcome.applied] == ["0001_init"] and outcome.failure is None
+    finally:
+        query(f"DROP OWNED BY {role}")
+        query(f"DROP ROLE {role}")
