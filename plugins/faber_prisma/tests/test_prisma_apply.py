@@ -285,3 +285,19 @@ def test_a_role_that_may_not_create_schemas_can_deploy(
     finally:
         query(f"DROP OWNED BY {role}")
         query(f"DROP ROLE {role}")
+
+
+def test_faber_migrate_reports_a_failed_prisma_migration_with_prisma_output(prisma_project, run_faber, query):
+    project = prisma_project({"0001_init": INIT, "0002_comments": DUPLICATE_COLUMN})
+
+    run = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+
+    assert run.returncode == 6, run.output
+    document = run.json
+    assert document["prisma_output"].startswith("Error: P3018")
+    assert "Database error code: 42701" in document["prisma_output"]
+    assert (document["code"], document["result"]["failed_migration"]) == ("MIGRATION_FAILED", "0002_comments")
+    assert document["result"]["transaction_rolled_back"] is True
+    assert CANARY_PASSWORD not in run.output
+    assert query("SELECT migration_name, finished_at IS NULL, rolled_back_at IS NOT NULL FROM _prisma_migrations"
+                 " ORDER BY started_at") == [("0001_init", False, False), ("0002_comments", True, True)]
