@@ -1,0 +1,19 @@
+"""The README's quick start on a machine with no database: `faber init` then `faber migrate dev`."""
+
+from __future__ import annotations
+
+
+def test_init_then_migrate_dev_on_the_embedded_database(tmp_path, run_faber):
+    project = tmp_path / "demo"
+
+    init = run_faber("init", "--cwd", str(project))
+    first = run_faber("migrate", "dev", "--json", "--cwd", str(project))
+    again = run_faber("migrate", "dev", "--json", "--cwd", str(project))
+    status = run_faber("status", "dev", "--json", "--cwd", str(project))
+
+    assert init.returncode == 0, init.output
+    assert first.returncode == 0, first.output
+    applied = first.json["result"]["migrations"]
+    assert len(applied) == 1 and applied[0]["name"].endswith("_create_example_items")
+    assert again.json["result"]["message"] == "No pending migrations"
+    assert status.json["result"]["applied"] == [applied[0]["name"]] and status.json["result"]["pending"] == []
