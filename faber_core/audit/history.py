@@ -1,0 +1,223 @@
+"""Deployment history in the target database: ``<faber_schema>.faber_deployments``.
+
+One row per deploy, preview and rollback run, written when the run finishes, so operators can
+answer from the database itself who deployed what, when, how long it took, which backup
+covered it and what failed. The faber schema is excluded from backups and restores, so a
+rollback never erases the record of the deploy it undid.
+
+Writing history never changes a command's result: a failure is a warning on stderr. A run that
+never reached the database (its error already says so) writes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from faber_core import __version__, hookimpl
+from faber_core.context import RunContext
+from faber_core.models import AuditEvent
+from faber_core.processes import run_tool
+
+TABLE = "faber_deployments"
+RECORDED_OPERATIONS = frozenset({"deploy-migrations", "preview-migrations", "rollback"})
+# Events that prove the run talked to its database.
+_REACHED = frozenset({"lock.acquired", "status.read"})
+# Who triggered a CI job, per CI system; the OS user otherwise.
+ACTOR_VARIABLES = ("GITHUB_ACTOR", "GITLAB_USER_LOGIN", "BUILDKITE_BUILD_CREATOR", "CIRCLE_USERNAME")
+COMMIT_VARIABLES = ("GITHUB_SHA", "CI_COMMIT_SHA", "BUILDKITE_COMMIT", "CIRCLE_SHA1")
+
+_CREATE_TABLE = """
+CREATE TABLE IF NOT EXISTS {table} (
+    id               text PRIMARY KEY,
+    environment      text NOT NULL,
+    operation        text NOT NULL,
+    status           text NOT NULL,
+    exit_code        integer NOT NULL,
+    started_at       timestamptz NOT NULL,
+    finished_at      timestamptz NOT NULL,
+    duration_seconds double precision NOT NULL,
+    migrations       jsonb NOT NULL DEFAULT '[]',
+    backup_id        text,
+    rollback_status  text,
+    tool             text,
+    actor            text,
+    faber_version    text NOT NULL,
+    git_commit       text,
+    error_code       text,
+    error_message    text
+)
+"""
+COLUMNS = ("id", "environment", "operation", "status", "exit_code", "started_at", "finished_at", "duration_seconds",
+           "migrations", "backup_id", "rollback_status", "tool", "actor", "faber_version", "git_commit",
+           "error_code", "error_message")
+
+
+@dataclass
+class _Run:
+    """What the events of one run tell the history row."""
+
+    started_at: dt.datetime
+    reached_database: bool = False
+    checksums: dict[str, str | None] = field(default_factory=dict)
+    migrations: list[dict[str, Any]] = field(default_factory=list)
+    backup_id: str | None = None
+
+
+_runs: dict[str, _Run] = {}
+
+
+@hookimpl
+def faber_audit_event(event: AuditEvent, context: RunContext) -> None:
+    if context.operation not in RECORDED_OPERATIONS:
+        return
+    run = _runs.setdefault(event.run_id, _Run(started_at=event.timestamp))
+    data = event.data
+    if event.kind in _REACHED or (event.kind == "health.finished" and _connectivity_passed(data)):
+        run.reached_database = True
+    elif event.kind == "apply.started":
+        run.checksums = {m["name"]: m.get("checksum") for m in data.get("migrations", [])}
+    elif event.kind == "migration.applied":
+        run.migrations.append(_migration(run, data["name"], "applied", data.get("duration_seconds")))
+    elif event.kind == "migration.failed":
+        run.migrations.append(_migration(run, data["name"], "failed", None))
+    elif event.kind in ("backup.created", "rollback.started"):
+        run.backup_id = data.get("backup_id")
+    elif event.kind == "run.finished":
+        _runs.pop(event.run_id, None)
+        if run.reached_database:
+            _record(context, event, run)
+
+
+def _connectivity_passed(data: dict[str, Any]) -> bool:
+    return any(c.get("name") == "connectivity" and c.get("status") == "passed" for c in data.get("checks", []))
+
+
+def _migration(run: _Run, name: str, status: str, duration: float | None) -> dict[str, Any]:
+    return {"name": name, "checksum": run.checksums.get(name), "status": status, "duration_seconds": duration}
+
+
+def _record(context: RunContext, event: AuditEvent, run: _Run) -> None:
+    row = deployment_row(context, event, run)
+    try:
+        with context.database.connect(application_name="faber history") as conn:
+            ensure_table(conn, context.config.database.faber_schema)
+            table = _table(context.config.database.faber_schema)
+            placeholders = sql.SQL(", ").join(sql.Placeholder(name) for name in COLUMNS)
+            conn.execute(
+                sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+                    table, sql.SQL(", ").join(map(sql.Identifier, COLUMNS)), placeholders
+                ),
+                row,
+            )
+    except Exception as exc:  # history is a record of the run, never a reason for it to fail
+        reason = context.redactor.redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        sys.stderr.write(f"warning: the deployment history was not recorded: {reason}\n")
+
+
+def deployment_row(context: RunContext, event: AuditEvent, run: _Run) -> dict[str, Any]:
+    """The history row of a finished run; every text passes through the run's redactor."""
+    document = event.data.get("document") or {}
+    result = document.get("result") if isinstance(document.get("result"), dict) else {}
+    migrations = run.migrations or _previewed(document)
+    redact = context.redactor.redact
+    return {
+        "id": event.run_id,
+        "environment": context.environment,
+        "operation": context.operation,
+        "status": document.get("status", event.data.get("status", "error")),
+        "exit_code": int(event.data.get("exit_code", 1)),
+        "started_at": run.started_at,
+        "finished_at": event.timestamp,
+        "duration_seconds": round((event.timestamp - run.started_at).total_seconds(), 3),
+        "migrations": redact(json.dumps(migrations)),
+        "backup_id": run.backup_id or result.get("backup_id") or (document.get("recovery") or {}).get("backup_id"),
+        "rollback_status": result.get("rollback_status"),
+        "tool": context.tool,
+        "actor": redact(actor()),
+        "faber_version": __version__,
+        "git_commit": git_commit(context),
+        "error_code": document.get("code"),
+        "error_message": redact(document["error"]) if document.get("error") else None,
+    }
+
+
+def _previewed(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """A preview applies nothing; its row lists what was pending."""
+    if document.get("operation") != "preview-migrations":
+        return []
+    previews = (document.get("result") or {}).get("migrations", [])
+    return [{"name": p["name"], "checksum": None, "status": "pending", "duration_seconds": None} for p in previews]
+
+
+def actor() -> str:
+    """The CI user who triggered the job, else the OS user."""
+    for variable in ACTOR_VARIABLES:
+        if os.environ.get(variable):
+            return os.environ[variable]
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def git_commit(context: RunContext) -> str | None:
+    """The commit the CI job builds, else the project's checked-out commit, else None."""
+    for variable in COMMIT_VARIABLES:
+        if os.environ.get(variable):
+            return os.environ[variable]
+    try:
+        run = run_tool(["git", "rev-parse", "--verify", "HEAD"], redactor=context.redactor, env={},
+                       cwd=context.project_dir, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = run.stdout.strip()
+    return commit if run.returncode == 0 and commit else None
+
+
+def _table(schema: str) -> sql.Composed:
+    return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(TABLE))
+
+
+def _table_exists(conn: psycopg.Connection, schema: str) -> bool:
+    query = "SELECT 1 FROM pg_tables WHERE schemaname = %s AND tablename = %s"
+    return conn.execute(query, [schema, TABLE]).fetchone() is not None
+
+
+def ensure_table(conn: psycopg.Connection, schema: str) -> None:
+    """Create the schema and table when missing (a deploy role may not be allowed to create schemas)."""
+    if not conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [schema]).fetchone():
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    if not _table_exists(conn, schema):
+        conn.execute(sql.SQL(_CREATE_TABLE).format(table=_table(schema)))
+        conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (environment, started_at DESC)").format(
+            sql.Identifier(f"{TABLE}_environment_started"), _table(schema)))
+
+
+def read_history(context: RunContext, limit: int) -> list[dict[str, Any]]:
+    """The environment's runs, newest first; empty when nothing was recorded yet."""
+    schema = context.config.database.faber_schema
+    with context.database.connect(application_name="faber history") as conn:
+        if not _table_exists(conn, schema):
+            return []
+        with conn.cursor(row_factory=dict_row) as cursor:
+            rows = cursor.execute(
+                sql.SQL("SELECT {} FROM {} WHERE environment = %s ORDER BY started_at DESC, finished_at DESC LIMIT %s")
+                .format(sql.SQL(", ").join(map(sql.Identifier, COLUMNS)), _table(schema)),
+                [context.environment, limit],
+            ).fetchall()
+    return [_jsonable(row) for row in rows]
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return {key: value.isoformat() if isinstance(value, dt.datetime) else value for key, value in row.items()}
