@@ -74,7 +74,7 @@ def _run(
     from faber_core.render import ProgressPrinter, render_human, render_json
     from faber_core.results import ErrorDocument
     from faber_core.secrets import Redactor
-    from faber_core.telemetry import command_span
+    from faber_core.telemetry import command_span, record_outcome
 
     redactor = Redactor()
     tool = None
@@ -112,7 +112,7 @@ def _run(
         if context is not None:
             context.emit("run.finished", status=document.status, exit_code=code,
                          document=document.model_dump(mode="json"))
-        span.set_attribute("faber.exit_code", code)
+        record_outcome(span, code, document, redactor)
     render = render_json if json_output else render_human
     typer.echo(render(document, redactor))
     raise typer.Exit(code)
@@ -267,6 +267,35 @@ def resolve(
         return run_resolve(context, plugins, name, resolution)
 
     _run("resolve-migration", environment, json_output, cwd, body)
+
+
+@app.command()
+def history(
+    environment: Environment,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Show at most N runs.")] = 20,
+    json_output: JsonFlag = False,
+    cwd: CwdOption = None,
+) -> None:
+    """Show ENVIRONMENT's recorded deploys, previews and rollbacks, newest first (from the database)."""
+    from faber_core.audit.history import read_history
+    from faber_core.results import Success
+
+    def body(context: RunContext, plugins: Plugins) -> Success:
+        import psycopg
+
+        from faber_core.errors import HealthCheckFailed
+        from faber_core.postgres.health import describe_connection_error
+
+        try:
+            runs = read_history(context, limit)
+        except psycopg.OperationalError as exc:
+            reason = context.redactor.redact(describe_connection_error(exc))
+            raise HealthCheckFailed(f"Cannot read the deployment history: {reason}",
+                                    suggestions=[f"Check the database: faber health {environment}"]) from None
+        return Success(operation="deployment-history", environment=environment, result={"deployments": runs},
+                       message=f"{len(runs)} recorded run(s) of {environment}")
+
+    _run("deployment-history", environment, json_output, cwd, body)
 
 
 @app.command()

@@ -29,7 +29,8 @@ from faber_core.models import (
     ToolInfo,
 )
 
-BUILTIN_PLUGINS = ("faber_core.postgres.health", "faber_core.backup.pg_dump")
+BUILTIN_PLUGINS = ("faber_core.postgres.health", "faber_core.backup.pg_dump", "faber_core.telemetry",
+                   "faber_core.audit.history", "faber_core.audit.jsonl")
 NO_PLUGINS_ENV = "FABER_NO_PLUGINS"
 EXTRA_PLUGINS_ENV = "FABER_PLUGINS"
 

@@ -149,7 +149,22 @@ def _success_lines(document: Success, result: Any) -> list[str]:
         if result["backup_id"]:
             lines.append(f"Rollback available: faber rollback {env} --to {result['backup_id']}")
         return lines
+    if document.operation == "deployment-history":
+        return [f"✅ {document.message}", *[_history_line(run) for run in result["deployments"]]]
     return [f"✅ {document.message}", *_key_values(result)]
+
+
+def _history_line(run: dict[str, Any]) -> str:
+    """One recorded run: when, what, outcome, by whom, which migrations and backup."""
+    mark = "✓" if run["status"] == "success" else "✗"
+    names = ", ".join(m["name"] for m in run["migrations"]) or "no migrations"
+    parts = [f"{mark} {run['started_at'][:19].replace('T', ' ')}", run["operation"], f"{run['duration_seconds']}s",
+             f"by {run['actor']}", names]
+    if run.get("backup_id"):
+        parts.append(f"backup {run['backup_id']}")
+    if run.get("error_code"):
+        parts.append(f"{run['error_code']}: {run['error_message']}")
+    return "  ".join(parts)
 
 
 def _error_lines(document: ErrorDocument) -> list[str]:

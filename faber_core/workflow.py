@@ -304,11 +304,14 @@ def create_backup(
 
 def apply(context: RunContext, plugins: Plugins, state: MigrationState) -> ApplyOutcome:
     with step(context, "apply"):
+        context.emit("apply.started", migrations=[m.model_dump(include={"name", "checksum"})
+                                                  for m in state.pending_migrations()])
         outcome = plugins.migration_dev(context) if context.mode == "dev" else None
         if outcome is None:
             outcome = plugins.migration_apply(context, state.pending_migrations())
-    if outcome.failure:
-        context.emit("migration.failed", name=outcome.failure.name, error=outcome.failure.error)
+        # Inside the step, so the failure is recorded on the apply span.
+        if outcome.failure:
+            context.emit("migration.failed", name=outcome.failure.name, error=outcome.failure.error)
     return outcome
 
 
