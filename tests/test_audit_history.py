@@ -1,0 +1,151 @@
+"""The deployment history table, written by real ``faber`` runs and read by ``faber history``."""
+
+from __future__ import annotations
+
+import subprocess
+
+import psycopg
+import pytest
+
+from faber_core import __version__
+from faber_core.audit.history import actor
+
+USERS = "CREATE TABLE users (id serial PRIMARY KEY, email text NOT NULL);"
+POSTS = "CREATE TABLE posts (id serial PRIMARY KEY, user_id int REFERENCES users(id));"
+BROKEN = "ALTER TABLE users ADD COLUMN email text;"  # the column exists: fails
+# CI variables of the machine running the tests must not leak into what the tests expect.
+NO_CI = {"GITHUB_ACTOR": "", "GITLAB_USER_LOGIN": "", "BUILDKITE_BUILD_CREATOR": "", "CIRCLE_USERNAME": "",
+         "GITHUB_SHA": "", "CI_COMMIT_SHA": "", "BUILDKITE_COMMIT": "", "CIRCLE_SHA1": ""}
+
+
+@pytest.fixture
+def history_project(faber_project, database_url):
+    """``make(migrations, faber_schema=None) -> (project, env)`` for a `production` environment."""
+
+    def make(migrations: dict[str, str], **database) -> tuple:
+        environment = {"database_url_env": "APP_DATABASE_URL", "lock_wait_seconds": 1}
+        project = faber_project(
+            {"database": {"migration_tool": "sqlfiles", "environments": {"production": environment}, **database}},
+            {f"migrations/{name}.sql": sql for name, sql in migrations.items()},
+        )
+        env = {**NO_CI, "FABER_PLUGINS": "faber_core.testing.sqlfiles", "APP_DATABASE_URL": database_url}
+        return project, env
+
+    return make
+
+
+def rows(database_url: str, schema: str = "faber") -> list[dict]:
+    with psycopg.connect(database_url) as conn:
+        cursor = conn.cursor(row_factory=psycopg.rows.dict_row)
+        return cursor.execute(f"SELECT * FROM {schema}.faber_deployments ORDER BY started_at").fetchall()
+
+
+def history(run_faber, project, env, *args: str) -> list[dict]:
+    run = run_faber("history", "production", "--json", "--cwd", str(project), *args, env=env)
+    assert run.returncode == 0, run.output
+    return run.json["result"]["deployments"]
+
+
+def test_a_deploy_is_recorded_with_its_migrations_backup_actor_and_commit(history_project, run_faber, database_url):
+    project, env = history_project({"001_users": USERS, "002_posts": POSTS})
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    subprocess.run(["git", "-C", str(project), "-c", "user.email=dev@example.com", "-c", "user.name=dev",
+                    "commit", "-q", "--allow-empty", "-m", "release"], check=True)
+    head = subprocess.run(["git", "-C", str(project), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+    run = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project),
+                    env={**env, "GITHUB_ACTOR": "octocat"})
+
+    assert run.returncode == 0, run.output
+    [row] = rows(database_url)
+    assert len(row["id"]) == 32
+    assert (row["environment"], row["operation"], row["status"], row["exit_code"]) == (
+        "production", "deploy-migrations", "success", 0)
+    assert row["started_at"] < row["finished_at"]
+    assert row["duration_seconds"] == pytest.approx((row["finished_at"] - row["started_at"]).total_seconds(), abs=0.01)
+    assert [(m["name"], m["status"]) for m in row["migrations"]] == [("001_users", "applied"), ("002_posts", "applied")]
+    assert all(len(m["checksum"]) == 64 and m["duration_seconds"] >= 0 for m in row["migrations"])
+    assert row["backup_id"] == run.json["result"]["backup_id"]
+    assert row["actor"] == "octocat" and row["git_commit"] == head
+    assert row["faber_version"] == __version__ and row["tool"] == "sqlfiles"
+    assert row["error_code"] is None and row["error_message"] is None and row["rollback_status"] is None
+
+
+def test_failed_deploy_rollback_and_preview_are_recorded_and_survive_the_restore(
+    history_project, run_faber, database_url
+):
+    project, env = history_project({"001_users": USERS})
+    assert run_faber("migrate", "production", "--yes", "--cwd", str(project), env=env).returncode == 0
+    (project / "migrations/002_posts.sql").write_text(POSTS)
+    (project / "migrations/003_broken.sql").write_text(BROKEN)
+
+    failed = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
+    preview = run_faber("migrate", "production", "--dry-run", "--json", "--cwd", str(project), env=env)
+    rollback = run_faber("rollback", "production", "--yes", "--json", "--cwd", str(project), env=env)
+
+    assert (failed.returncode, preview.returncode, rollback.returncode) == (6, 0, 0), failed.output + rollback.output
+    first, deploy, dry_run, restore = rows(database_url)
+    assert first["status"] == "success"  # written before the restore, kept through it
+    assert (deploy["status"], deploy["exit_code"], deploy["error_code"]) == ("error", 6, "MIGRATION_FAILED")
+    assert deploy["error_message"].startswith("Migration 003_broken failed")
+    assert deploy["rollback_status"] == "success" and deploy["backup_id"] == failed.json["recovery"]["backup_id"]
+    assert [(m["name"], m["status"]) for m in deploy["migrations"]] == [("002_posts", "applied"),
+                                                                        ("003_broken", "failed")]
+    assert dry_run["operation"] == "preview-migrations" and dry_run["status"] == "success"
+    assert [(m["name"], m["status"]) for m in dry_run["migrations"]] == [("002_posts", "pending"),
+                                                                        ("003_broken", "pending")]
+    assert restore["operation"] == "rollback" and restore["backup_id"] == rollback.json["result"]["backup_id"]
+
+    listed = history(run_faber, project, env)
+    assert [r["id"] for r in listed] == [restore["id"], dry_run["id"], deploy["id"], first["id"]]
+    assert [r["id"] for r in history(run_faber, project, env, "--limit", "2")] == [restore["id"], dry_run["id"]]
+    human = run_faber("history", "production", "--cwd", str(project), env=env)
+    assert human.returncode == 0 and "4 recorded run(s) of production" in human.stdout
+    assert "MIGRATION_FAILED: Migration 003_broken failed" in human.stdout
+
+
+def test_other_commands_and_unreachable_databases_write_no_history(history_project, run_faber, database_url):
+    project, env = history_project({"001_users": USERS})
+    unreachable = {**env, "APP_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/nowhere"}
+
+    status = run_faber("status", "production", "--cwd", str(project), env=env)
+    down = run_faber("migrate", "production", "--yes", "--cwd", str(project), env=unreachable)
+
+    assert status.returncode == 0 and down.returncode == 3
+    assert "history" not in down.stderr
+    assert history(run_faber, project, env) == []
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT to_regclass('faber.faber_deployments')").fetchone()[0] is None
+
+
+def test_the_schema_is_configurable(history_project, run_faber, database_url):
+    project, env = history_project({"001_users": USERS}, faber_schema="deploy_audit")
+
+    run = run_faber("migrate", "production", "--yes", "--cwd", str(project), env=env)
+
+    assert run.returncode == 0, run.output
+    assert [r["status"] for r in rows(database_url, "deploy_audit")] == ["success"]
+    assert len(history(run_faber, project, env)) == 1
+
+
+def test_a_history_that_cannot_be_written_is_a_warning_not_a_failure(history_project, run_faber, database_url):
+    project, env = history_project({"001_users": USERS})
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA faber; CREATE TABLE faber.faber_deployments (id int PRIMARY KEY)")
+
+    run = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
+
+    assert run.returncode == 0 and run.json["status"] == "success"
+    assert "warning: the deployment history was not recorded: column" in run.stderr
+
+
+def test_actor_is_the_ci_user_else_the_os_user(monkeypatch):
+    import getpass
+
+    for name in NO_CI:
+        monkeypatch.delenv(name, raising=False)
+    assert actor() == getpass.getuser()
+    monkeypatch.setenv("GITLAB_USER_LOGIN", "maintainer")
+    assert actor() == "maintainer"
+    monkeypatch.setenv("BUILDKITE_BUILD_CREATOR", "Build Bot")
+    assert actor() == "maintainer"  # the first CI variable that is set wins
