@@ -71,7 +71,8 @@ def migrate(context: RunContext, plugins: Plugins, options: DeployOptions) -> Su
         pending = state.pending_migrations()
         if not pending:
             return no_pending(context, health_before)
-        approve(context, options, len(pending))
+        with step(context, "approval"):
+            approve(context, options, len(pending))
         backup = create_backup(context, plugins, options, state)
         outcome = apply(context, plugins, state)
         if outcome.failure:
@@ -79,7 +80,8 @@ def migrate(context: RunContext, plugins: Plugins, options: DeployOptions) -> Su
         health_after = check_health(context, plugins, "after", options)
         if health_after == "failed":
             handle_unhealthy_deploy(context, plugins, outcome, backup)
-        verify_applied(context, plugins)
+        with step(context, "verify"):
+            verify_applied(context, plugins)
     return deployed(context, outcome, backup, health_before, health_after, time.monotonic() - started)
 
 

@@ -92,8 +92,8 @@ def test_successful_deploy_is_one_trace_of_steps_and_migrations(faber, spans, da
     root = only(found, "faber.migrate")
     assert root.parent is None and {s.context.trace_id for s in finished} == {root.context.trace_id}
     assert children(finished, root) == [
-        "faber.step.lock", "faber.step.health_check_before", "faber.step.status", "faber.step.backup",
-        "faber.step.apply", "faber.step.health_check_after", "faber.step.status",
+        "faber.step.lock", "faber.step.health_check_before", "faber.step.status", "faber.step.approval",
+        "faber.step.backup", "faber.step.apply", "faber.step.health_check_after", "faber.step.verify",
     ]
     database_name = database_url.rsplit("/", 1)[1]
     assert root.status.status_code is StatusCode.OK
@@ -108,8 +108,9 @@ def test_successful_deploy_is_one_trace_of_steps_and_migrations(faber, spans, da
     assert backup.attributes["faber.backup.provider"] == "pg_dump"
     assert [e.name for e in root.events if e.name.startswith("faber.")] == [
         "faber.run.started", "faber.lock.acquired", "faber.health.finished", "faber.status.read",
-        "faber.approval.granted", "faber.backup.created", "faber.health.finished", "faber.verify.passed",
+        "faber.backup.created", "faber.health.finished",
     ]
+    assert [e.name for e in only(found, "faber.step.verify").events] == ["faber.verify.passed"]
 
     apply = only(found, "faber.step.apply")
     migrations = found["faber.migration"]
@@ -122,8 +123,10 @@ def test_successful_deploy_is_one_trace_of_steps_and_migrations(faber, spans, da
         assert migration.attributes["faber.migration.duration_seconds"] >= 0
         assert migration.attributes["db.namespace"] == database_name
     # Steps nest in time inside the root; the health check reads the status in its own span.
-    health = only(found, "faber.step.health_check_before")
-    assert children(finished, health) == ["faber.step.status"]
+    for step in ("faber.step.health_check_before", "faber.step.verify"):
+        assert children(finished, only(found, step)) == ["faber.step.status"]
+    approval = only(found, "faber.step.approval")
+    assert [e.name for e in approval.events] == ["faber.approval.granted"]
     assert all(root.start_time <= s.start_time and s.end_time <= root.end_time for s in finished)
     assert_no_canary(finished)
 
@@ -213,3 +216,14 @@ def test_a_config_error_before_any_context_still_ends_the_root_span_in_error(fab
     assert root.status.status_code is StatusCode.ERROR
     assert root.attributes["error.type"] == "CONFIG_INVALID" and root.attributes["faber.exit_code"] == 2
     assert "APP_DATABASE_URL is not set" in root.status.description
+
+
+def test_a_refused_approval_is_an_error_on_the_approval_step(faber, spans):
+    code, _ = faber({"001_users": USERS}, "migrate", "production")
+
+    assert code == 5
+    found = by_name(spans.get_finished_spans())
+    approval = only(found, "faber.step.approval")
+    assert approval.status.status_code is StatusCode.ERROR and approval.attributes["error.type"] == "APPROVAL_REQUIRED"
+    assert only(found, "faber.migrate").attributes["error.type"] == "APPROVAL_REQUIRED"
+    assert "faber.step.backup" not in found and "faber.step.apply" not in found
