@@ -51,7 +51,8 @@ def test_a_deploy_is_recorded_with_its_migrations_backup_actor_and_commit(histor
     subprocess.run(["git", "init", "-q", str(project)], check=True)
     subprocess.run(["git", "-C", str(project), "-c", "user.email=dev@example.com", "-c", "user.name=dev",
                     "commit", "-q", "--allow-empty", "-m", "release"], check=True)
-    head = subprocess.run(["git", "-C", str(project), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(["git", "-C", str(project), "rev-parse", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
 
     run = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project),
                     env={**env, "GITHUB_ACTOR": "octocat"})

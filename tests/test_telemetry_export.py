@@ -34,7 +34,8 @@ def cli_project(faber_project, database_url):
 
 def test_cli_exports_its_spans_over_otlp_http(cli_project, run_faber, otlp_receiver):
     project, env = cli_project
-    otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.endpoint, "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=ci"}
+    otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.endpoint,
+            "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=ci"}
 
     run = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env={**env, **otel})
 

@@ -46,7 +46,9 @@ def faber(plugin_manager, monkeypatch, faber_project, database_url):
     monkeypatch.setattr(faber_core.plugins, "get_plugin_manager", lambda: plugin_manager)
     monkeypatch.setenv("APP_DATABASE_URL", database_url)
     environment = {"database_url_env": "APP_DATABASE_URL", "lock_wait_seconds": 1}
-    project = faber_project({"database": {"migration_tool": sqlfiles.TOOL, "environments": {"production": environment}}})
+    project = faber_project(
+        {"database": {"migration_tool": sqlfiles.TOOL, "environments": {"production": environment}}}
+    )
 
     def run(migrations: dict[str, str], *args: str) -> tuple[int, str]:
         for name, sql in migrations.items():
