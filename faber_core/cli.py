@@ -50,7 +50,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_callback(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
 ) -> None:
     """Deploy database migrations safely across environments."""
 
@@ -95,7 +97,8 @@ def _run(
         except KeyboardInterrupt:
             document = ErrorDocument.from_error(
                 FaberError("Interrupted", suggestions=[f"Check the state with: faber status {environment}"]),
-                operation=operation, environment=environment,
+                operation=operation,
+                environment=environment,
             )
             code = 130
         except Exception as exc:  # a bug or an unexpected failure: still one structured document
@@ -106,12 +109,15 @@ def _run(
                     f"Unexpected error: {type(exc).__name__}: {exc}",
                     suggestions=["Re-run with FABER_DEBUG=1 for a traceback", "Please report this as a bug"],
                 ),
-                operation=operation, environment=environment, tool=tool,
+                operation=operation,
+                environment=environment,
+                tool=tool,
             )
             code = EXIT_CODES["INTERNAL_ERROR"]
         if context is not None:
-            context.emit("run.finished", status=document.status, exit_code=code,
-                         document=document.model_dump(mode="json"))
+            context.emit(
+                "run.finished", status=document.status, exit_code=code, document=document.model_dump(mode="json")
+            )
         record_outcome(span, code, document, redactor)
     render = render_json if json_output else render_human
     typer.echo(render(document, redactor))
@@ -121,9 +127,15 @@ def _run(
 @app.command()
 def migrate(
     environment: Environment,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Preview pending migrations and their SQL; change nothing.")] = False,
-    skip_backup: Annotated[bool, typer.Option("--skip-backup", help="Do not back up first (NOT recommended for protected environments).")] = False,
-    skip_health_check: Annotated[bool, typer.Option("--skip-health-check", help="Skip the health checks before and after.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Preview pending migrations and their SQL; change nothing.")
+    ] = False,
+    skip_backup: Annotated[
+        bool, typer.Option("--skip-backup", help="Do not back up first (NOT recommended for protected environments).")
+    ] = False,
+    skip_health_check: Annotated[
+        bool, typer.Option("--skip-health-check", help="Skip the health checks before and after.")
+    ] = False,
     yes: YesFlag = False,
     json_output: JsonFlag = False,
     cwd: CwdOption = None,
@@ -137,10 +149,20 @@ def migrate(
     from faber_core.workflow import DEPLOY, PREVIEW, DeployOptions
     from faber_core.workflow import migrate as run_migrate
 
-    options = DeployOptions(dry_run=dry_run, skip_backup=skip_backup, skip_health_check=skip_health_check,
-                            assume_yes=yes, approver=_approver())
-    _run(PREVIEW if dry_run else DEPLOY, environment, json_output, cwd,
-         lambda context, plugins: run_migrate(context, plugins, options))
+    options = DeployOptions(
+        dry_run=dry_run,
+        skip_backup=skip_backup,
+        skip_health_check=skip_health_check,
+        assume_yes=yes,
+        approver=_approver(),
+    )
+    _run(
+        PREVIEW if dry_run else DEPLOY,
+        environment,
+        json_output,
+        cwd,
+        lambda context, plugins: run_migrate(context, plugins, options),
+    )
 
 
 @app.command()
@@ -155,8 +177,9 @@ def status(environment: Environment, json_output: JsonFlag = False, cwd: CwdOpti
         return Success(
             operation="migration-status",
             environment=environment,
-            result=state.model_dump(mode="json", include={"tool", "applied", "pending", "failed",
-                                                          "missing_locally", "checksum_mismatches"}),
+            result=state.model_dump(
+                mode="json", include={"tool", "applied", "pending", "failed", "missing_locally", "checksum_mismatches"}
+            ),
             message=f"{len(state.applied)} applied, {len(state.pending)} pending",
         )
 
@@ -178,12 +201,19 @@ def health(environment: Environment, json_output: JsonFlag = False, cwd: CwdOpti
         if status_ == "failed":
             raise HealthCheckFailed(
                 "Health check failed",
-                result={"health_check": "failed", "checks": checks,
-                        "details": "; ".join(r.details for r in results if r.status == "failed")},
+                result={
+                    "health_check": "failed",
+                    "checks": checks,
+                    "details": "; ".join(r.details for r in results if r.status == "failed"),
+                },
                 suggestions=[f"Inspect migrations with: faber status {environment}"],
             )
-        return Success(operation="health-check", environment=environment,
-                       result={"health_check": status_, "checks": checks}, message=f"Health check {status_}")
+        return Success(
+            operation="health-check",
+            environment=environment,
+            result={"health_check": status_, "checks": checks},
+            message=f"Health check {status_}",
+        )
 
     _run("health-check", environment, json_output, cwd, body)
 
@@ -206,8 +236,12 @@ def backup(
         context.emit("backup.started", provider=context.settings.backup.provider)
         record = plugins.backup_create(context, reason, state.applied_fingerprint())
         context.emit("backup.created", backup_id=record.id, size_bytes=record.size_bytes)
-        return Success(operation="create-backup", environment=environment,
-                       result=record.model_dump(mode="json"), message=f"Backup created: {record.id}")
+        return Success(
+            operation="create-backup",
+            environment=environment,
+            result=record.model_dump(mode="json"),
+            message=f"Backup created: {record.id}",
+        )
 
     _run("create-backup", environment, json_output, cwd, body)
 
@@ -220,9 +254,12 @@ def backups(environment: Environment, json_output: JsonFlag = False, cwd: CwdOpt
     def body(context: RunContext, plugins: Plugins) -> Success:
         plugins.require_backup_provider(context.settings.backup.provider)
         records = plugins.backup_list(context)
-        return Success(operation="list-backups", environment=environment,
-                       result={"backups": [r.model_dump(mode="json") for r in records]},
-                       message=f"{len(records)} backup(s)")
+        return Success(
+            operation="list-backups",
+            environment=environment,
+            result={"backups": [r.model_dump(mode="json") for r in records]},
+            message=f"{len(records)} backup(s)",
+        )
 
     _run("list-backups", environment, json_output, cwd, body)
 
@@ -240,15 +277,17 @@ def rollback(
     from faber_core.workflow import rollback as run_rollback
 
     options = DeployOptions(assume_yes=yes, approver=_approver())
-    _run("rollback", environment, json_output, cwd,
-         lambda context, plugins: run_rollback(context, plugins, to, options))
+    _run(
+        "rollback", environment, json_output, cwd, lambda context, plugins: run_rollback(context, plugins, to, options)
+    )
 
 
 @app.command()
 def resolve(
     environment: Environment,
     rolled_back: Annotated[
-        str | None, typer.Option("--rolled-back", help="NAME failed and its changes are gone: apply it again next time.")
+        str | None,
+        typer.Option("--rolled-back", help="NAME failed and its changes are gone: apply it again next time."),
     ] = None,
     applied: Annotated[
         str | None, typer.Option("--applied", help="NAME failed but was completed by hand: never apply it.")
@@ -290,10 +329,16 @@ def history(
             runs = read_history(context, limit)
         except psycopg.OperationalError as exc:
             reason = context.redactor.redact(describe_connection_error(exc))
-            raise HealthCheckFailed(f"Cannot read the deployment history: {reason}",
-                                    suggestions=[f"Check the database: faber health {environment}"]) from None
-        return Success(operation="deployment-history", environment=environment, result={"deployments": runs},
-                       message=f"{len(runs)} recorded run(s) of {environment}")
+            raise HealthCheckFailed(
+                f"Cannot read the deployment history: {reason}",
+                suggestions=[f"Check the database: faber health {environment}"],
+            ) from None
+        return Success(
+            operation="deployment-history",
+            environment=environment,
+            result={"deployments": runs},
+            message=f"{len(runs)} recorded run(s) of {environment}",
+        )
 
     _run("deployment-history", environment, json_output, cwd, body)
 
@@ -347,8 +392,17 @@ def init(
             typer.echo(f"  - {suggestion}", err=True)
         raise typer.Exit(exit_code_for(exc.code)) from None
     if json_output:
-        typer.echo(json.dumps({"status": "success", "operation": "init", "result": {"written": written},
-                               "message": "Project initialised"}, indent=2))
+        typer.echo(
+            json.dumps(
+                {
+                    "status": "success",
+                    "operation": "init",
+                    "result": {"written": written},
+                    "message": "Project initialised",
+                },
+                indent=2,
+            )
+        )
         return
     for path in written:
         typer.echo(f"✓ wrote {path}")

@@ -56,8 +56,16 @@ _LIBPQ_ENV = {
     "target_session_attrs": "PGTARGETSESSIONATTRS",
     "load_balance_hosts": "PGLOADBALANCEHOSTS",
 }
-_LIBPQ_ONLY_PARAMS = {"keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout",
-                      "fallback_application_name", "replication", "requiressl"}
+_LIBPQ_ONLY_PARAMS = {
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+    "fallback_application_name",
+    "replication",
+    "requiressl",
+}
 
 
 class Database:

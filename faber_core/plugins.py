@@ -29,8 +29,13 @@ from faber_core.models import (
     ToolInfo,
 )
 
-BUILTIN_PLUGINS = ("faber_core.postgres.health", "faber_core.backup.pg_dump", "faber_core.telemetry",
-                   "faber_core.audit.history", "faber_core.audit.jsonl")
+BUILTIN_PLUGINS = (
+    "faber_core.postgres.health",
+    "faber_core.backup.pg_dump",
+    "faber_core.telemetry",
+    "faber_core.audit.history",
+    "faber_core.audit.jsonl",
+)
 NO_PLUGINS_ENV = "FABER_NO_PLUGINS"
 EXTRA_PLUGINS_ENV = "FABER_PLUGINS"
 
@@ -138,9 +143,7 @@ class Plugins:
         answer = self.pm.hook.faber_migration_dev(tool=context.tool, context=context)
         return None if answer is None else ApplyOutcome.model_validate(answer)
 
-    def backup_create(
-        self, context: RunContext, reason: str, migrations: list[tuple[str, str | None]]
-    ) -> BackupRecord:
+    def backup_create(self, context: RunContext, reason: str, migrations: list[tuple[str, str | None]]) -> BackupRecord:
         provider = context.settings.backup.provider
         answer = self._dispatch(
             "faber_backup_create", provider, key="provider", context=context, reason=reason, migrations=migrations

@@ -128,24 +128,34 @@ def render_human(document: Success | ErrorDocument, redactor: Redactor) -> str:
 def _success_lines(document: Success, result: Any) -> list[str]:
     env = document.environment
     if document.operation == "preview-migrations":
-        lines = ["✅ COMPLETED: Migration Preview", f"Environment: {env}",
-                 f"Pending Migrations: {result['pending_migrations']}"]
+        lines = [
+            "✅ COMPLETED: Migration Preview",
+            f"Environment: {env}",
+            f"Pending Migrations: {result['pending_migrations']}",
+        ]
         for index, migration in enumerate(result["migrations"], 1):
             lines.append(f"{index}. {migration['name']} ({_summary(migration['sql'])})")
             lines += [f"   note: {note}" for note in migration.get("notes", [])]
-        lines += [f"Estimated Duration: ~{result['total_estimated_duration_seconds']} seconds", RULE,
-                  f"To apply: faber migrate {env}"]
+        lines += [
+            f"Estimated Duration: ~{result['total_estimated_duration_seconds']} seconds",
+            RULE,
+            f"To apply: faber migrate {env}",
+        ]
         return lines
     if document.operation == "deploy-migrations" and result.get("migrations_applied") == 0:
         return ["✅ COMPLETED: Migration Deployer", f"Environment: {env}", "No pending migrations", RULE]
     if document.operation == "deploy-migrations":
         healthy = result["health_check_after"]
-        lines = ["✅ COMPLETED: Migration Deployer", f"Environment: {env}",
-                 f"Migrations Applied: {result['migrations_applied']}",
-                 f"Duration: {result['total_duration_seconds']} seconds",
-                 f"Backup ID: {result['backup_id'] or 'none'}",
-                 f"Status: {'✓ Healthy' if healthy == 'passed' else healthy}", RULE,
-                 "Next: Monitor application for issues"]
+        lines = [
+            "✅ COMPLETED: Migration Deployer",
+            f"Environment: {env}",
+            f"Migrations Applied: {result['migrations_applied']}",
+            f"Duration: {result['total_duration_seconds']} seconds",
+            f"Backup ID: {result['backup_id'] or 'none'}",
+            f"Status: {'✓ Healthy' if healthy == 'passed' else healthy}",
+            RULE,
+            "Next: Monitor application for issues",
+        ]
         if result["backup_id"]:
             lines.append(f"Rollback available: faber rollback {env} --to {result['backup_id']}")
         return lines
@@ -158,8 +168,13 @@ def _history_line(run: dict[str, Any]) -> str:
     """One recorded run: when, what, outcome, by whom, which migrations and backup."""
     mark = "✓" if run["status"] == "success" else "✗"
     names = ", ".join(m["name"] for m in run["migrations"]) or "no migrations"
-    parts = [f"{mark} {run['started_at'][:19].replace('T', ' ')}", run["operation"], f"{run['duration_seconds']}s",
-             f"by {run['actor']}", names]
+    parts = [
+        f"{mark} {run['started_at'][:19].replace('T', ' ')}",
+        run["operation"],
+        f"{run['duration_seconds']}s",
+        f"by {run['actor']}",
+        names,
+    ]
     if run.get("backup_id"):
         parts.append(f"backup {run['backup_id']}")
     if run.get("error_code"):

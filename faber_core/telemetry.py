@@ -52,8 +52,9 @@ COMMANDS = {
 DB_SYSTEM = "postgresql"
 MIGRATION_SPAN = "faber.migration"
 # Events that already have a span of their own, or are too large to attach to one.
-_EVENTS_NOT_ON_SPANS = frozenset({"step.started", "step.finished", "migration.started", "migration.applied",
-                                  "migration.failed", "run.finished"})
+_EVENTS_NOT_ON_SPANS = frozenset(
+    {"step.started", "step.finished", "migration.started", "migration.applied", "migration.failed", "run.finished"}
+)
 
 
 def command_name(operation: str) -> str:
@@ -126,11 +127,14 @@ def record_error(span: trace.Span, exc: BaseException, redactor: Redactor) -> No
     """An ``exception`` event and ERROR status, with the message and traceback redacted."""
     error_type = getattr(exc, "code", None) or type(exc).__qualname__
     message = redactor.redact(getattr(exc, "message", None) or str(exc))
-    span.add_event("exception", {
-        "exception.type": error_type,
-        "exception.message": message,
-        "exception.stacktrace": redactor.redact("".join(traceback.format_exception(exc))),
-    })
+    span.add_event(
+        "exception",
+        {
+            "exception.type": error_type,
+            "exception.message": message,
+            "exception.stacktrace": redactor.redact("".join(traceback.format_exception(exc))),
+        },
+    )
     span.set_attribute("error.type", error_type)
     span.set_status(Status(StatusCode.ERROR, message))
 
@@ -227,8 +231,14 @@ def _fail_migration(event: AuditEvent, context: RunContext) -> None:
 def _finish_run(event: AuditEvent, context: RunContext) -> None:
     """The root span learns the database and the run id; spans a handler left open end as errors."""
     root = trace.get_current_span()
-    root.set_attributes({**database_attributes(context), "faber.run_id": event.run_id,
-                         "faber.migration.tool": context.tool, "faber.mode": context.mode})
+    root.set_attributes(
+        {
+            **database_attributes(context),
+            "faber.run_id": event.run_id,
+            "faber.migration.tool": context.tool,
+            "faber.mode": context.mode,
+        }
+    )
     result = (event.data.get("document") or {}).get("result")
     if isinstance(result, dict) and result.get("backup_id"):
         root.set_attribute("faber.backup.id", str(result["backup_id"]))
@@ -301,8 +311,11 @@ def _exporter(name: str) -> Any:
     if name != "otlp":
         _warn(f"OTEL_TRACES_EXPORTER={name} is not supported (use otlp or console); its spans are dropped")
         return None
-    protocol = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-                or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf")
+    protocol = (
+        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
+    )
     try:
         if protocol == "grpc":
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter

@@ -116,7 +116,9 @@ def deploy_lock(context: RunContext) -> Iterator[None]:
             raise connection_failed(context, exc) from None
     with conn:
         with advisory_lock(
-            conn, faber_lock_key(context.database.name), wait_seconds=context.settings.lock_wait_seconds,
+            conn,
+            faber_lock_key(context.database.name),
+            wait_seconds=context.settings.lock_wait_seconds,
             purpose="faber run",
         ):
             context.emit("lock.acquired")
@@ -157,8 +159,11 @@ def check_health(context: RunContext, plugins: Plugins, phase: str, options: Dep
         first = failed[0]
         raise HealthCheckFailed(
             "Pre-deployment health check failed",
-            result={"health_check": "failed", "details": "; ".join(r.details for r in failed),
-                    "checks": [r.model_dump() for r in results]},
+            result={
+                "health_check": "failed",
+                "details": "; ".join(r.details for r in failed),
+                "checks": [r.model_dump() for r in results],
+            },
             suggestions=health_suggestions(context, first),
         )
     return status
@@ -240,8 +245,9 @@ def preview(context: RunContext, plugins: Plugins, state: MigrationState) -> Suc
     return Success(
         operation=PREVIEW,
         environment=context.environment,
-        result=PreviewResult(pending_migrations=len(previews), migrations=previews,
-                             total_estimated_duration_seconds=total),
+        result=PreviewResult(
+            pending_migrations=len(previews), migrations=previews, total_estimated_duration_seconds=total
+        ),
         message="Preview only - no changes applied",
     )
 
@@ -278,7 +284,10 @@ def approve(context: RunContext, options: DeployOptions, pending: int) -> None:
         raise ApprovalRequired(
             f"Deployment to {context.environment} was not approved",
             result={"pending_migrations": pending},
-            suggestions=["Nothing was applied", f"Preview what would run: faber migrate {context.environment} --dry-run"],
+            suggestions=[
+                "Nothing was applied",
+                f"Preview what would run: faber migrate {context.environment} --dry-run",
+            ],
         )
     context.emit("approval.granted", by="prompt")
 
@@ -306,8 +315,9 @@ def create_backup(
 
 def apply(context: RunContext, plugins: Plugins, state: MigrationState) -> ApplyOutcome:
     with step(context, "apply"):
-        context.emit("apply.started", migrations=[m.model_dump(include={"name", "checksum"})
-                                                  for m in state.pending_migrations()])
+        context.emit(
+            "apply.started", migrations=[m.model_dump(include={"name", "checksum"}) for m in state.pending_migrations()]
+        )
         outcome = plugins.migration_dev(context) if context.mode == "dev" else None
         if outcome is None:
             outcome = plugins.migration_apply(context, state.pending_migrations())
@@ -372,14 +382,20 @@ def handle_unhealthy_deploy(
     raise HealthCheckFailed(
         "Post-deployment health check failed",
         result=result,
-        suggestions=[*suggestions, f"Verify database status: faber status {context.environment}",
-                     "Check application logs for errors"],
+        suggestions=[
+            *suggestions,
+            f"Verify database status: faber status {context.environment}",
+            "Check application logs for errors",
+        ],
         backup_id=backup.id if backup else None,
     )
 
 
 def rollback_after_failure(
-    context: RunContext, plugins: Plugins, backup: BackupRecord | None, result: dict[str, object],
+    context: RunContext,
+    plugins: Plugins,
+    backup: BackupRecord | None,
+    result: dict[str, object],
     suggestions: list[str],
 ) -> list[str]:
     """Restore ``backup`` if the environment rolls back automatically; record what happened in ``result``."""
@@ -444,8 +460,12 @@ def verify_applied(context: RunContext, plugins: Plugins) -> None:
 
 
 def deployed(
-    context: RunContext, outcome: ApplyOutcome, backup: BackupRecord | None, health_before: str,
-    health_after: str, duration: float,
+    context: RunContext,
+    outcome: ApplyOutcome,
+    backup: BackupRecord | None,
+    health_before: str,
+    health_after: str,
+    duration: float,
 ) -> Success:
     count = len(outcome.applied)
     return Success(
@@ -474,8 +494,14 @@ def first_line(text: str) -> str:
 def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, options: DeployOptions) -> Success:
     """``faber rollback ENV [--to ID]``: restore a backup (the newest by default) and verify it."""
     plugins.require_backup_provider(context.settings.backup.provider)
-    context.emit("run.started", mode=context.mode, tool=context.tool, dry_run=False,
-                 database=context.database.name_for_display, source=context.database.source)
+    context.emit(
+        "run.started",
+        mode=context.mode,
+        tool=context.tool,
+        dry_run=False,
+        database=context.database.name_for_display,
+        source=context.database.source,
+    )
     backups = [b for b in plugins.backup_list(context) if b.status in ("available", "completed")]
     if backup_id:
         chosen = next((b for b in backups if b.id == backup_id), None)
@@ -497,14 +523,20 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
             if options.approver is None or not options.approver(question):
                 raise ApprovalRequired(
                     f"Rollback of {context.environment} to {chosen.id} was not approved",
-                    suggestions=[f"Approve non-interactively: faber rollback {context.environment} --to {chosen.id} --yes"],
+                    suggestions=[
+                        f"Approve non-interactively: faber rollback {context.environment} --to {chosen.id} --yes"
+                    ],
                 )
         restore_backup(context, plugins, chosen)
     return Success(
         operation="rollback",
         environment=context.environment,
-        result={"backup_id": chosen.id, "rollback_status": "success", "verified": True,
-                "migrations": [name for name, _ in chosen.migrations]},
+        result={
+            "backup_id": chosen.id,
+            "rollback_status": "success",
+            "verified": True,
+            "migrations": [name for name, _ in chosen.migrations],
+        },
         message=f"Rolled back {context.environment} to {chosen.id}",
     )
 

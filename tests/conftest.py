@@ -25,7 +25,9 @@ def project(faber_project, database_url, monkeypatch):
     def make(migrations: dict[str, str], **settings) -> Path:
         env = {"database_url_env": "TEST_DATABASE_URL", "lock_wait_seconds": 1, **settings}
         files = {f"migrations/{name}.sql": sql for name, sql in migrations.items()}
-        return faber_project({"database": {"migration_tool": sqlfiles.TOOL, "environments": {"production": env}}}, files)
+        return faber_project(
+            {"database": {"migration_tool": sqlfiles.TOOL, "environments": {"production": env}}}, files
+        )
 
     return make
 

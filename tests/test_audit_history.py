@@ -14,8 +14,16 @@ USERS = "CREATE TABLE users (id serial PRIMARY KEY, email text NOT NULL);"
 POSTS = "CREATE TABLE posts (id serial PRIMARY KEY, user_id int REFERENCES users(id));"
 BROKEN = "ALTER TABLE users ADD COLUMN email text;"  # the column exists: fails
 # CI variables of the machine running the tests must not leak into what the tests expect.
-NO_CI = {"GITHUB_ACTOR": "", "GITLAB_USER_LOGIN": "", "BUILDKITE_BUILD_CREATOR": "", "CIRCLE_USERNAME": "",
-         "GITHUB_SHA": "", "CI_COMMIT_SHA": "", "BUILDKITE_COMMIT": "", "CIRCLE_SHA1": ""}
+NO_CI = {
+    "GITHUB_ACTOR": "",
+    "GITLAB_USER_LOGIN": "",
+    "BUILDKITE_BUILD_CREATOR": "",
+    "CIRCLE_USERNAME": "",
+    "GITHUB_SHA": "",
+    "CI_COMMIT_SHA": "",
+    "BUILDKITE_COMMIT": "",
+    "CIRCLE_SHA1": "",
+}
 
 
 @pytest.fixture
@@ -49,19 +57,40 @@ def history(run_faber, project, env, *args: str) -> list[dict]:
 def test_a_deploy_is_recorded_with_its_migrations_backup_actor_and_commit(history_project, run_faber, database_url):
     project, env = history_project({"001_users": USERS, "002_posts": POSTS})
     subprocess.run(["git", "init", "-q", str(project)], check=True)
-    subprocess.run(["git", "-C", str(project), "-c", "user.email=dev@example.com", "-c", "user.name=dev",
-                    "commit", "-q", "--allow-empty", "-m", "release"], check=True)
-    head = subprocess.run(["git", "-C", str(project), "rev-parse", "HEAD"],
-                          capture_output=True, text=True).stdout.strip()
+    subprocess.run(
+        [
+            "git",
+            "-C",
+            str(project),
+            "-c",
+            "user.email=dev@example.com",
+            "-c",
+            "user.name=dev",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "release",
+        ],
+        check=True,
+    )
+    head = subprocess.run(
+        ["git", "-C", str(project), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
 
-    run = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project),
-                    env={**env, "GITHUB_ACTOR": "octocat"})
+    run = run_faber(
+        "migrate", "production", "--yes", "--json", "--cwd", str(project), env={**env, "GITHUB_ACTOR": "octocat"}
+    )
 
     assert run.returncode == 0, run.output
     [row] = rows(database_url)
     assert len(row["id"]) == 32
     assert (row["environment"], row["operation"], row["status"], row["exit_code"]) == (
-        "production", "deploy-migrations", "success", 0)
+        "production",
+        "deploy-migrations",
+        "success",
+        0,
+    )
     assert row["started_at"] < row["finished_at"]
     assert row["duration_seconds"] == pytest.approx((row["finished_at"] - row["started_at"]).total_seconds(), abs=0.01)
     assert [(m["name"], m["status"]) for m in row["migrations"]] == [("001_users", "applied"), ("002_posts", "applied")]
@@ -90,11 +119,15 @@ def test_failed_deploy_rollback_and_preview_are_recorded_and_survive_the_restore
     assert (deploy["status"], deploy["exit_code"], deploy["error_code"]) == ("error", 6, "MIGRATION_FAILED")
     assert deploy["error_message"].startswith("Migration 003_broken failed")
     assert deploy["rollback_status"] == "success" and deploy["backup_id"] == failed.json["recovery"]["backup_id"]
-    assert [(m["name"], m["status"]) for m in deploy["migrations"]] == [("002_posts", "applied"),
-                                                                        ("003_broken", "failed")]
+    assert [(m["name"], m["status"]) for m in deploy["migrations"]] == [
+        ("002_posts", "applied"),
+        ("003_broken", "failed"),
+    ]
     assert dry_run["operation"] == "preview-migrations" and dry_run["status"] == "success"
-    assert [(m["name"], m["status"]) for m in dry_run["migrations"]] == [("002_posts", "pending"),
-                                                                        ("003_broken", "pending")]
+    assert [(m["name"], m["status"]) for m in dry_run["migrations"]] == [
+        ("002_posts", "pending"),
+        ("003_broken", "pending"),
+    ]
     assert restore["operation"] == "rollback" and restore["backup_id"] == rollback.json["result"]["backup_id"]
 
     listed = history(run_faber, project, env)

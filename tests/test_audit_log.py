@@ -16,8 +16,12 @@ def events(project) -> list[AuditEvent]:
 
 def test_every_event_of_every_run_is_one_appended_line(faber_project, database_url, run_faber):
     project = faber_project(
-        {"database": {"migration_tool": "sqlfiles",
-                      "environments": {"production": {"database_url_env": "APP_DATABASE_URL"}}}},
+        {
+            "database": {
+                "migration_tool": "sqlfiles",
+                "environments": {"production": {"database_url_env": "APP_DATABASE_URL"}},
+            }
+        },
         {"migrations/001_users.sql": USERS},
     )
     env = {"FABER_PLUGINS": "faber_core.testing.sqlfiles", "APP_DATABASE_URL": database_url}
@@ -34,8 +38,17 @@ def test_every_event_of_every_run_is_one_appended_line(faber_project, database_u
     first = [e for e in logged if e.run_id == runs[0]]
     kinds = [e.kind for e in first]
     assert kinds[0] == "run.started" and kinds[-1] == "run.finished"
-    assert {"step.started", "step.finished", "lock.acquired", "approval.granted", "backup.created",
-            "apply.started", "migration.started", "migration.applied", "verify.passed"} <= set(kinds)
+    assert {
+        "step.started",
+        "step.finished",
+        "lock.acquired",
+        "approval.granted",
+        "backup.created",
+        "apply.started",
+        "migration.started",
+        "migration.applied",
+        "verify.passed",
+    } <= set(kinds)
     assert all(e.environment == "production" and e.operation == "deploy-migrations" for e in first)
     finished = first[-1].data
     assert finished["exit_code"] == 0 and finished["document"] == deploy.json
@@ -47,14 +60,24 @@ def test_every_event_of_every_run_is_one_appended_line(faber_project, database_u
 
 def test_an_unwritable_log_is_a_warning_not_a_failure(faber_project, database_url, run_faber):
     project = faber_project(
-        {"database": {"migration_tool": "sqlfiles",
-                      "environments": {"production": {"database_url_env": "APP_DATABASE_URL"}}}},
+        {
+            "database": {
+                "migration_tool": "sqlfiles",
+                "environments": {"production": {"database_url_env": "APP_DATABASE_URL"}},
+            }
+        },
         {"migrations/001_users.sql": USERS},
     )
     (project / ".faber/audit.log").mkdir(parents=True)
 
-    run = run_faber("status", "production", "--json", "--cwd", str(project),
-                    env={"FABER_PLUGINS": "faber_core.testing.sqlfiles", "APP_DATABASE_URL": database_url})
+    run = run_faber(
+        "status",
+        "production",
+        "--json",
+        "--cwd",
+        str(project),
+        env={"FABER_PLUGINS": "faber_core.testing.sqlfiles", "APP_DATABASE_URL": database_url},
+    )
 
     assert run.returncode == 0 and run.json["status"] == "success"
     assert run.stderr.count("warning: cannot append to") == 1

@@ -43,8 +43,12 @@ def cases(database_url: str) -> list[Case]:
         Case("dry run", ("migrate", "production", "--dry-run", "--json"), 0),
         Case("migrate", ("migrate", "production", "--yes", "--json"), 0),
         Case("no pending", ("migrate", "production", "--yes"), 0),
-        Case("dry run showing the SQL", ("migrate", "production", "--dry-run"), 0,
-             add_migrations={"002_posts": POSTS, "003_leaky": LEAKY}),
+        Case(
+            "dry run showing the SQL",
+            ("migrate", "production", "--dry-run"),
+            0,
+            add_migrations={"002_posts": POSTS, "003_leaky": LEAKY},
+        ),
         Case("failed migration, rolled back", ("migrate", "production", "--yes", "--json"), 6),
         Case("failed migration, human output", ("migrate", "production", "--yes"), 6),
         Case("approval refused", ("migrate", "production", "--json"), 5),
@@ -55,14 +59,30 @@ def cases(database_url: str) -> list[Case]:
         Case("rollback", ("rollback", "production", "--yes", "--json"), 0),
         Case("history", ("history", "production", "--json"), 0),
         Case("history, human output", ("history", "production"), 0),
-        Case("unreachable database", ("migrate", "production", "--yes", "--json"), 3,
-             env={"APP_DATABASE_URL": unreachable}),
-        Case("unreachable database, human output", ("rollback", "production", "--yes"), 3,
-             env={"APP_DATABASE_URL": unreachable}),
-        Case("missing database", ("migrate", "production", "--dry-run", "--json"), 3,
-             env={"APP_DATABASE_URL": missing_database}),
-        Case("missing env var", ("migrate", "production", "--yes", "--json"), 2,
-             env={"APP_DATABASE_URL": "", "DATABASE_URL": database_url}),
+        Case(
+            "unreachable database",
+            ("migrate", "production", "--yes", "--json"),
+            3,
+            env={"APP_DATABASE_URL": unreachable},
+        ),
+        Case(
+            "unreachable database, human output",
+            ("rollback", "production", "--yes"),
+            3,
+            env={"APP_DATABASE_URL": unreachable},
+        ),
+        Case(
+            "missing database",
+            ("migrate", "production", "--dry-run", "--json"),
+            3,
+            env={"APP_DATABASE_URL": missing_database},
+        ),
+        Case(
+            "missing env var",
+            ("migrate", "production", "--yes", "--json"),
+            2,
+            env={"APP_DATABASE_URL": "", "DATABASE_URL": database_url},
+        ),
         Case("status, missing env var", ("status", "production"), 2, env={"APP_DATABASE_URL": ""}),
     ]
 
@@ -159,8 +179,7 @@ def test_no_command_leaks_the_canary_password_anywhere(faber_project, database_u
         history = [row[0] for row in conn.execute("SELECT row_to_json(d)::text FROM faber.faber_deployments d")]
     channels["history table"] = "\n".join(history)
     channels["exported spans"] = "\n".join(
-        [body.decode(errors="replace") for body in receiver.bodies]
-        + [repr(span) for span in receiver.spans()]
+        [body.decode(errors="replace") for body in receiver.bodies] + [repr(span) for span in receiver.spans()]
     )
     channels["child process argv (wrappers)"] = argv_log.read_text()
     channels["process list"] = "\n".join(sorted(sampler.seen))
@@ -173,8 +192,15 @@ def test_no_command_leaks_the_canary_password_anywhere(faber_project, database_u
     assert any(path.suffix == ".json" for path in state_files) and any(path.suffix == ".dump" for path in state_files)
     assert len(history) >= 6
     roots = {span.name for span in receiver.spans() if not span.parent_span_id}
-    assert {"faber.migrate", "faber.status", "faber.health", "faber.backup", "faber.backups", "faber.rollback",
-            "faber.history"} <= roots
+    assert {
+        "faber.migrate",
+        "faber.status",
+        "faber.health",
+        "faber.backup",
+        "faber.backups",
+        "faber.rollback",
+        "faber.history",
+    } <= roots
     wrapped = channels["child process argv (wrappers)"]
     assert "[PGPASSWORD in env]" in wrapped and "/pg_dump " in wrapped and "/psql " in wrapped
     assert any("faber_core" in line for line in sampler.seen)

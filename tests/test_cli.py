@@ -98,12 +98,19 @@ def test_failed_migration_exit_code_and_recovery(cli_project, run_faber):
 
 
 def test_unreachable_database(faber_project, run_faber):
-    project = faber_project({"database": {"migration_tool": "sqlfiles", "environments": {
-        "production": {"database_url_env": "APP_DATABASE_URL", "connect_timeout_seconds": 2}}}})
+    project = faber_project(
+        {
+            "database": {
+                "migration_tool": "sqlfiles",
+                "environments": {"production": {"database_url_env": "APP_DATABASE_URL", "connect_timeout_seconds": 2}},
+            }
+        }
+    )
     url = f"postgresql://app:{CANARY_PASSWORD}@127.0.0.1:1/app"
 
-    run = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project),
-                    env={**SQLFILES, "APP_DATABASE_URL": url})
+    run = run_faber(
+        "migrate", "production", "--yes", "--json", "--cwd", str(project), env={**SQLFILES, "APP_DATABASE_URL": url}
+    )
 
     assert run.returncode == EXIT_CODES["HEALTH_CHECK_FAILED"]
     assert run.json["error"] == "Pre-deployment health check failed"
@@ -117,10 +124,18 @@ def test_unreachable_database(faber_project, run_faber):
         ("{not json", "production", {}, "Malformed configuration"),
         ('{"database": {"environments": {"production": {"protectd": true}}}}', "production", {}, "protectd"),
         ('{"database": {"environments": {}}}', "qa", {}, "Unknown environment: qa"),
-        ('{"database": {"environments": {"production": {"database_url_env": "NOPE_URL"}}}}', "production", {},
-         "Environment variable NOPE_URL is not set"),
-        ('{"database": {"migration_tool": "flyway", "environments": {"production": {"database_url_env": "U"}}}}',
-         "production", {"U": "postgresql://x@127.0.0.1:1/x"}, "'flyway'"),
+        (
+            '{"database": {"environments": {"production": {"database_url_env": "NOPE_URL"}}}}',
+            "production",
+            {},
+            "Environment variable NOPE_URL is not set",
+        ),
+        (
+            '{"database": {"migration_tool": "flyway", "environments": {"production": {"database_url_env": "U"}}}}',
+            "production",
+            {"U": "postgresql://x@127.0.0.1:1/x"},
+            "'flyway'",
+        ),
     ],
 )
 def test_bad_input_is_a_structured_error_with_exit_code_2(tmp_path, run_faber, config_text, environment, env, message):
@@ -207,8 +222,17 @@ def test_concurrent_run_fails_with_the_lock_exit_code(cli_project, run_faber, da
 def test_skip_backup_and_skip_health_check(cli_project, run_faber):
     project, env = cli_project({"001_users": USERS})
 
-    run = run_faber("migrate", "production", "--yes", "--skip-backup", "--skip-health-check", "--json",
-                    "--cwd", str(project), env=env)
+    run = run_faber(
+        "migrate",
+        "production",
+        "--yes",
+        "--skip-backup",
+        "--skip-health-check",
+        "--json",
+        "--cwd",
+        str(project),
+        env=env,
+    )
 
     assert run.returncode == 0, run.output
     result = run.json["result"]
@@ -227,8 +251,13 @@ def run_in_terminal(args: list[str], env: dict[str, str], answer: str) -> tuple[
     import time
 
     primary, secondary = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "faber_core", *args], stdin=secondary, stdout=subprocess.PIPE,
-                            stderr=secondary, env={**os.environ, **env})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "faber_core", *args],
+        stdin=secondary,
+        stdout=subprocess.PIPE,
+        stderr=secondary,
+        env={**os.environ, **env},
+    )
     os.close(secondary)
     seen = b""
     deadline = time.monotonic() + 60
@@ -248,4 +277,6 @@ def test_terminal_prompt_asks_before_applying(cli_project, run_faber, answer, ex
 
     assert "Apply 1 migration(s) to production? [y/N]" in text
     assert code == exit_code, text
-    assert run_faber("status", "production", "--json", "--cwd", str(project), env=env).json["result"]["applied"] == applied
+    assert (
+        run_faber("status", "production", "--json", "--cwd", str(project), env=env).json["result"]["applied"] == applied
+    )

@@ -8,8 +8,13 @@ from faber_core.errors import ConfigError
 
 @pytest.mark.parametrize(
     ("name", "mode", "protected"),
-    [("dev", "dev", False), ("test", "dev", False), ("staging", "deploy", True), ("production", "deploy", True),
-     ("qa", "deploy", True)],
+    [
+        ("dev", "dev", False),
+        ("test", "dev", False),
+        ("staging", "deploy", True),
+        ("production", "deploy", True),
+        ("qa", "deploy", True),
+    ],
 )
 def test_environment_defaults_follow_the_name(name, mode, protected):
     config = FaberConfig.model_validate({"database": {"environments": {name: {"database_url_env": "X"}}}})
@@ -22,8 +27,9 @@ def test_environment_defaults_follow_the_name(name, mode, protected):
 
 
 def test_explicit_settings_win_over_defaults():
-    config = FaberConfig.model_validate({"database": {"environments": {
-        "production": {"database_url_env": "X", "require_approval": False}}}})
+    config = FaberConfig.model_validate(
+        {"database": {"environments": {"production": {"database_url_env": "X", "require_approval": False}}}}
+    )
 
     settings = config.environment("production")
 
@@ -45,8 +51,9 @@ def test_environment_names_are_validated():
 
 
 def test_tool_sections_reach_the_handler():
-    config = FaberConfig.model_validate({"database": {"migration_tool": "prisma",
-                                                      "prisma": {"migrations_dir": "db/migrations"}}})
+    config = FaberConfig.model_validate(
+        {"database": {"migration_tool": "prisma", "prisma": {"migrations_dir": "db/migrations"}}}
+    )
 
     assert config.database.tool_options("prisma") == {"migrations_dir": "db/migrations"}
     assert config.database.tool_options("typeorm") == {}

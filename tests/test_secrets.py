@@ -30,8 +30,10 @@ def test_redactor_masks_any_url_userinfo_and_password_settings():
 
 
 def test_database_keeps_prisma_schema_but_hides_it_from_libpq():
-    database = Database(Secret("postgresql://app:pw@127.0.0.1:5432/app?schema=billing&connection_limit=5&sslmode=disable"),
-                        source="$URL")
+    database = Database(
+        Secret("postgresql://app:pw@127.0.0.1:5432/app?schema=billing&connection_limit=5&sslmode=disable"),
+        source="$URL",
+    )
 
     assert database.schema == "billing"
     assert "schema" not in database.url.reveal() and "sslmode=disable" in database.url.reveal()

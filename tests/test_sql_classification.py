@@ -7,8 +7,15 @@ from faber_core.postgres.sql import is_transactional, split_statements
 
 @pytest.mark.parametrize(
     "sql",
-    ["CREATE INDEX CONCURRENTLY i ON t (x)", "DROP INDEX CONCURRENTLY i", "REINDEX INDEX CONCURRENTLY i",
-     "VACUUM t", "ALTER SYSTEM SET work_mem = '8MB'", "CREATE DATABASE x", "BEGIN; SELECT 1; COMMIT;"],
+    [
+        "CREATE INDEX CONCURRENTLY i ON t (x)",
+        "DROP INDEX CONCURRENTLY i",
+        "REINDEX INDEX CONCURRENTLY i",
+        "VACUUM t",
+        "ALTER SYSTEM SET work_mem = '8MB'",
+        "CREATE DATABASE x",
+        "BEGIN; SELECT 1; COMMIT;",
+    ],
 )
 def test_statements_postgres_refuses_in_a_transaction(sql):
     assert is_transactional(sql) is False
@@ -16,8 +23,11 @@ def test_statements_postgres_refuses_in_a_transaction(sql):
 
 @pytest.mark.parametrize(
     "sql",
-    ["CREATE TABLE t (x int); CREATE INDEX i ON t (x);", "ALTER TABLE t ADD COLUMN y int",
-     "DO $$ BEGIN PERFORM 1; END $$;"],
+    [
+        "CREATE TABLE t (x int); CREATE INDEX i ON t (x);",
+        "ALTER TABLE t ADD COLUMN y int",
+        "DO $$ BEGIN PERFORM 1; END $$;",
+    ],
 )
 def test_ordinary_ddl_is_transactional(sql):
     assert is_transactional(sql) is True

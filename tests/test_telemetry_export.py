@@ -34,8 +34,10 @@ def cli_project(faber_project, database_url):
 
 def test_cli_exports_its_spans_over_otlp_http(cli_project, run_faber, otlp_receiver):
     project, env = cli_project
-    otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.endpoint,
-            "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=ci"}
+    otel = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.endpoint,
+        "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=ci",
+    }
 
     run = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env={**env, **otel})
 
@@ -57,8 +59,11 @@ def test_cli_exports_its_spans_over_otlp_http(cli_project, run_faber, otlp_recei
 
 def test_failed_command_exports_an_error_root_span(cli_project, run_faber, otlp_receiver):
     project, env = cli_project
-    otel = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{otlp_receiver.endpoint}/v1/traces",
-            "OTEL_SERVICE_NAME": "deploys"}
+    otel = {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{otlp_receiver.endpoint}/v1/traces",
+        "OTEL_SERVICE_NAME": "deploys",
+    }
     (project / "migrations/002_broken.sql").write_text("CREATE TABLE users (id int);")
 
     run = run_faber("migrate", "production", "--yes", "--cwd", str(project), env={**env, **otel})
@@ -94,8 +99,12 @@ def test_an_unreachable_collector_does_not_change_the_result(cli_project, run_fa
     ],
 )
 def test_exporters_come_from_the_standard_variables(monkeypatch, variables, expected):
-    for name in ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-                 "OTEL_SDK_DISABLED"):
+    for name in (
+        "OTEL_TRACES_EXPORTER",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_SDK_DISABLED",
+    ):
         monkeypatch.delenv(name, raising=False)
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
@@ -119,8 +128,9 @@ def test_with_nothing_configured_no_sdk_is_loaded(cli_project):
     )
     clean = {k: v for k, v in __import__("os").environ.items() if not k.startswith("OTEL_")}
 
-    proc = subprocess.run([sys.executable, "-c", probe, str(project)], env={**clean, **env},
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, str(project)], env={**clean, **env}, capture_output=True, text=True, timeout=120
+    )
 
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "LOADED []"

@@ -79,8 +79,15 @@ def children(finished, parent) -> list[str]:
 
 def assert_no_canary(finished) -> None:
     for span in finished:
-        text = json.dumps([span.name, dict(span.attributes), [(e.name, dict(e.attributes)) for e in span.events],
-                           span.status.description], default=str)
+        text = json.dumps(
+            [
+                span.name,
+                dict(span.attributes),
+                [(e.name, dict(e.attributes)) for e in span.events],
+                span.status.description,
+            ],
+            default=str,
+        )
         assert CANARY_PASSWORD not in text, span.name
 
 
@@ -94,8 +101,14 @@ def test_successful_deploy_is_one_trace_of_steps_and_migrations(faber, spans, da
     root = only(found, "faber.migrate")
     assert root.parent is None and {s.context.trace_id for s in finished} == {root.context.trace_id}
     assert children(finished, root) == [
-        "faber.step.lock", "faber.step.health_check_before", "faber.step.status", "faber.step.approval",
-        "faber.step.backup", "faber.step.apply", "faber.step.health_check_after", "faber.step.verify",
+        "faber.step.lock",
+        "faber.step.health_check_before",
+        "faber.step.status",
+        "faber.step.approval",
+        "faber.step.backup",
+        "faber.step.apply",
+        "faber.step.health_check_after",
+        "faber.step.verify",
     ]
     database_name = database_url.rsplit("/", 1)[1]
     assert root.status.status_code is StatusCode.OK
@@ -109,8 +122,12 @@ def test_successful_deploy_is_one_trace_of_steps_and_migrations(faber, spans, da
     assert backup.attributes["faber.backup.id"] == document["result"]["backup_id"]
     assert backup.attributes["faber.backup.provider"] == "pg_dump"
     assert [e.name for e in root.events if e.name.startswith("faber.")] == [
-        "faber.run.started", "faber.lock.acquired", "faber.health.finished", "faber.status.read",
-        "faber.backup.created", "faber.health.finished",
+        "faber.run.started",
+        "faber.lock.acquired",
+        "faber.health.finished",
+        "faber.status.read",
+        "faber.backup.created",
+        "faber.health.finished",
     ]
     assert [e.name for e in only(found, "faber.step.verify").events] == ["faber.verify.passed"]
 
@@ -134,8 +151,9 @@ def test_successful_deploy_is_one_trace_of_steps_and_migrations(faber, spans, da
 
 
 def test_failed_migration_marks_its_span_the_apply_step_and_the_root_and_shows_the_rollback(faber, spans):
-    code, stdout = faber({"001_users": USERS, "002_posts": POSTS, "003_broken": BROKEN},
-                         "migrate", "production", "--yes")
+    code, stdout = faber(
+        {"001_users": USERS, "002_posts": POSTS, "003_broken": BROKEN}, "migrate", "production", "--yes"
+    )
 
     assert code == 6, stdout
     document = json.loads(stdout)

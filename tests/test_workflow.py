@@ -24,7 +24,8 @@ YES = DeployOptions(assume_yes=True)
 def tables(url: str) -> set[str]:
     with psycopg.connect(url) as conn:
         rows = conn.execute(
-            "SELECT schemaname || '.' || tablename FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+            "SELECT schemaname || '.' || tablename FROM pg_tables"
+            " WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
         ).fetchall()
     return {row[0] for row in rows}
 
@@ -122,7 +123,9 @@ def test_failure_after_a_committed_migration_restores_the_backup(project, contex
     migrate(context_for(project_dir), plugins, YES)
     with psycopg.connect(database_url) as conn:
         conn.execute("INSERT INTO users (email) VALUES ('before@example.com')")
-        conn.execute("CREATE SCHEMA faber; CREATE TABLE faber.history (note text); INSERT INTO faber.history VALUES ('kept')")
+        conn.execute(
+            "CREATE SCHEMA faber; CREATE TABLE faber.history (note text); INSERT INTO faber.history VALUES ('kept')"
+        )
     (project_dir / "migrations/002_posts.sql").write_text(POSTS)
     (project_dir / "migrations/003_broken.sql").write_text(BROKEN)
 
@@ -179,8 +182,14 @@ def test_unhealthy_after_deploy_rolls_back(project, context_for, plugins, databa
 
 def test_unreachable_database_fails_the_health_check(faber_project, context_for, plugins, monkeypatch):
     monkeypatch.setenv("DOWN_URL", f"postgresql://app:{CANARY_PASSWORD}@127.0.0.1:1/nothing")
-    project_dir = faber_project({"database": {"migration_tool": "sqlfiles", "environments": {
-        "production": {"database_url_env": "DOWN_URL", "connect_timeout_seconds": 2}}}})
+    project_dir = faber_project(
+        {
+            "database": {
+                "migration_tool": "sqlfiles",
+                "environments": {"production": {"database_url_env": "DOWN_URL", "connect_timeout_seconds": 2}},
+            }
+        }
+    )
 
     with pytest.raises(HealthCheckFailed) as raised:
         migrate(context_for(project_dir), plugins, YES)
@@ -218,8 +227,14 @@ def test_second_run_waits_for_the_lock_then_reports_the_holder(project, context_
 
 def test_unknown_tool_lists_the_installed_ones(faber_project, context_for, plugins, monkeypatch, database_url):
     monkeypatch.setenv("TEST_DATABASE_URL", database_url)
-    project_dir = faber_project({"database": {"migration_tool": "liquibase", "environments": {
-        "production": {"database_url_env": "TEST_DATABASE_URL"}}}})
+    project_dir = faber_project(
+        {
+            "database": {
+                "migration_tool": "liquibase",
+                "environments": {"production": {"database_url_env": "TEST_DATABASE_URL"}},
+            }
+        }
+    )
 
     with pytest.raises(ConfigError) as raised:
         migrate(context_for(project_dir), plugins, YES)

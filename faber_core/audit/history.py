@@ -58,9 +58,25 @@ CREATE TABLE IF NOT EXISTS {table} (
     error_message    text
 )
 """
-COLUMNS = ("id", "environment", "operation", "status", "exit_code", "started_at", "finished_at", "duration_seconds",
-           "migrations", "backup_id", "rollback_status", "tool", "actor", "faber_version", "git_commit",
-           "error_code", "error_message")
+COLUMNS = (
+    "id",
+    "environment",
+    "operation",
+    "status",
+    "exit_code",
+    "started_at",
+    "finished_at",
+    "duration_seconds",
+    "migrations",
+    "backup_id",
+    "rollback_status",
+    "tool",
+    "actor",
+    "faber_version",
+    "git_commit",
+    "error_code",
+    "error_message",
+)
 
 
 @dataclass
@@ -177,8 +193,13 @@ def git_commit(context: RunContext) -> str | None:
         if os.environ.get(variable):
             return os.environ[variable]
     try:
-        run = run_tool(["git", "rev-parse", "--verify", "HEAD"], redactor=context.redactor, env={},
-                       cwd=context.project_dir, timeout=10)
+        run = run_tool(
+            ["git", "rev-parse", "--verify", "HEAD"],
+            redactor=context.redactor,
+            env={},
+            cwd=context.project_dir,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     commit = run.stdout.strip()
@@ -200,8 +221,11 @@ def ensure_table(conn: psycopg.Connection, schema: str) -> None:
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
     if not _table_exists(conn, schema):
         conn.execute(sql.SQL(_CREATE_TABLE).format(table=_table(schema)))
-        conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (environment, started_at DESC)").format(
-            sql.Identifier(f"{TABLE}_environment_started"), _table(schema)))
+        conn.execute(
+            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (environment, started_at DESC)").format(
+                sql.Identifier(f"{TABLE}_environment_started"), _table(schema)
+            )
+        )
 
 
 def read_history(context: RunContext, limit: int) -> list[dict[str, Any]]:
@@ -212,8 +236,9 @@ def read_history(context: RunContext, limit: int) -> list[dict[str, Any]]:
             return []
         with conn.cursor(row_factory=dict_row) as cursor:
             rows = cursor.execute(
-                sql.SQL("SELECT {} FROM {} WHERE environment = %s ORDER BY started_at DESC, finished_at DESC LIMIT %s")
-                .format(sql.SQL(", ").join(map(sql.Identifier, COLUMNS)), _table(schema)),
+                sql.SQL(
+                    "SELECT {} FROM {} WHERE environment = %s ORDER BY started_at DESC, finished_at DESC LIMIT %s"
+                ).format(sql.SQL(", ").join(map(sql.Identifier, COLUMNS)), _table(schema)),
                 [context.environment, limit],
             ).fetchall()
     return [_jsonable(row) for row in rows]

@@ -81,7 +81,8 @@ def find_client_dir(server_major: int) -> Path:
     raise BackupFailed(
         f"No pg_dump as new as the server (PostgreSQL {server_major}); found: {found}",
         suggestions=[
-            f"Install the PostgreSQL {server_major} client tools (e.g. apt-get install postgresql-client-{server_major})",
+            f"Install the PostgreSQL {server_major} client tools "
+            f"(e.g. apt-get install postgresql-client-{server_major})",
             "Or put a pg_dump of that version first on PATH",
         ],
         result={"backup_error": f"pg_dump older than server {server_major}"},
@@ -127,8 +128,12 @@ def faber_backup_create(
     archive = directory / f"{backup_id}.dump"
     partial = archive.with_suffix(".dump.partial")
     run = run_tool(
-        [tools / "pg_dump", "--format=custom", f"--exclude-schema={context.config.database.faber_schema}",
-         f"--file={partial}"],
+        [
+            tools / "pg_dump",
+            "--format=custom",
+            f"--exclude-schema={context.config.database.faber_schema}",
+            f"--file={partial}",
+        ],
         redactor=context.redactor,
         env=context.database.libpq_env(),
     )
@@ -231,10 +236,15 @@ def faber_backup_restore(provider: str, context: RunContext, backup: BackupRecor
     with tempfile.TemporaryFile() as psql_errors, tempfile.TemporaryFile() as restore_errors:
         psql = subprocess.Popen(
             [str(tools / "psql"), "-X", "-q", "--single-transaction", "-v", "ON_ERROR_STOP=1", "-f", "-"],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=psql_errors, env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=psql_errors,
+            env=env,
         )
         restore = subprocess.Popen(
-            [str(tools / "pg_restore"), "--file=-", str(archive)], stdout=subprocess.PIPE, stderr=restore_errors,
+            [str(tools / "pg_restore"), "--file=-", str(archive)],
+            stdout=subprocess.PIPE,
+            stderr=restore_errors,
             env=env,
         )
         assert psql.stdin and restore.stdout

@@ -6,8 +6,14 @@ import pglast
 from pglast import ast
 
 # Statements PostgreSQL refuses inside a transaction block.
-_NO_TRANSACTION_NODES = (ast.VacuumStmt, ast.AlterSystemStmt, ast.CreatedbStmt, ast.DropdbStmt,
-                         ast.CreateTableSpaceStmt, ast.DropTableSpaceStmt)
+_NO_TRANSACTION_NODES = (
+    ast.VacuumStmt,
+    ast.AlterSystemStmt,
+    ast.CreatedbStmt,
+    ast.DropdbStmt,
+    ast.CreateTableSpaceStmt,
+    ast.DropTableSpaceStmt,
+)
 
 
 def split_statements(sql: str) -> list[str]:

@@ -134,8 +134,13 @@ def run_faber():
     behave as in CI.
     """
 
-    def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-            input: str | None = None, timeout: float = 300) -> FaberRun:
+    def run(
+        *args: str,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        input: str | None = None,
+        timeout: float = 300,
+    ) -> FaberRun:
         full_env = {**os.environ, **(env or {})}
         proc = subprocess.run(
             [sys.executable, "-m", "faber_core", *args],

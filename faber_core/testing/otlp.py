@@ -102,15 +102,17 @@ class OtlpReceiver:
                 resource = _attributes(resource_spans.resource.attributes)
                 for scope_spans in resource_spans.scope_spans:
                     for span in scope_spans.spans:
-                        found.append(ReceivedSpan(
-                            name=span.name,
-                            trace_id=span.trace_id.hex(),
-                            span_id=span.span_id.hex(),
-                            parent_span_id=span.parent_span_id.hex(),
-                            status_code=span.status.code,
-                            status_message=span.status.message,
-                            attributes=_attributes(span.attributes),
-                            events=[(event.name, _attributes(event.attributes)) for event in span.events],
-                            resource=resource,
-                        ))
+                        found.append(
+                            ReceivedSpan(
+                                name=span.name,
+                                trace_id=span.trace_id.hex(),
+                                span_id=span.span_id.hex(),
+                                parent_span_id=span.parent_span_id.hex(),
+                                status_code=span.status.code,
+                                status_message=span.status.message,
+                                attributes=_attributes(span.attributes),
+                                events=[(event.name, _attributes(event.attributes)) for event in span.events],
+                                resource=resource,
+                            )
+                        )
         return found

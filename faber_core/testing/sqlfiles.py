@@ -33,8 +33,16 @@ def _local(context: RunContext) -> list[tuple[LocalMigration, str]]:
     found = []
     for path in sorted(directory.glob("*.sql")):
         data = path.read_bytes()
-        found.append((LocalMigration(name=path.stem, checksum=hashlib.sha256(data).hexdigest(),
-                                     path=str(path.relative_to(context.project_dir))), data.decode()))
+        found.append(
+            (
+                LocalMigration(
+                    name=path.stem,
+                    checksum=hashlib.sha256(data).hexdigest(),
+                    path=str(path.relative_to(context.project_dir)),
+                ),
+                data.decode(),
+            )
+        )
     return found
 
 
@@ -64,8 +72,10 @@ def faber_migration_preview(
     if tool != TOOL:
         return None
     sql = {m.name: text for m, text in _local(context)}
-    return [MigrationPreview(name=m.name, sql=sql[m.name], estimated_duration_seconds=0.1, transactional=True)
-            for m in pending]
+    return [
+        MigrationPreview(name=m.name, sql=sql[m.name], estimated_duration_seconds=0.1, transactional=True)
+        for m in pending
+    ]
 
 
 @hookimpl
@@ -82,11 +92,16 @@ def faber_migration_apply(tool: str, context: RunContext, pending: list[LocalMig
             try:
                 with conn.transaction():
                     conn.execute(sql[migration.name])
-                    conn.execute("INSERT INTO sqlfiles_migrations VALUES (%s, %s)",
-                                 [migration.name, migration.checksum])
+                    conn.execute(
+                        "INSERT INTO sqlfiles_migrations VALUES (%s, %s)", [migration.name, migration.checksum]
+                    )
             except psycopg.Error as exc:
-                outcome.failure = MigrationFailure(name=migration.name, error=context.redactor.redact(str(exc)), path=migration.path,
-                                                   transaction_rolled_back=True)
+                outcome.failure = MigrationFailure(
+                    name=migration.name,
+                    error=context.redactor.redact(str(exc)),
+                    path=migration.path,
+                    transaction_rolled_back=True,
+                )
                 return outcome
             duration = round(time.monotonic() - started, 3)
             outcome.applied.append(AppliedMigration(name=migration.name, duration_seconds=duration))
