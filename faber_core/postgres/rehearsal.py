@@ -1,0 +1,235 @@
+"""A rehearsal database: a throwaway copy of the target to try pending migrations on.
+
+Handlers whose migrations are code (TypeORM, Sequelize) cannot tell what SQL a migration runs
+without running it. :func:`rehearsal_database` gives them a database on the same server with the
+target's schema, the rows of the tables they name (their migration bookkeeping, so the ORM sees
+the same pending migrations) and, when the target is small or the caller asks, all of its data.
+The copy is always dropped afterwards, whatever happened inside the ``with`` block (an error,
+Ctrl-C); the target is only read, by ``pg_dump``.
+
+    with rehearsal_database(context, copy_rows_of=['"public"."migrations"']) as rehearsal:
+        run_migrations_against(rehearsal.database)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+
+from faber_core.context import Database, RunContext
+from faber_core.errors import BackupFailed, ConfigError, FaberError
+from faber_core.processes import run_tool
+from faber_core.secrets import Secret
+
+NAME_PREFIX = "faber_rehearsal_"
+AUTO_DATA_LIMIT_BYTES = 64 * 1024 * 1024
+"""Below this much table data, a rehearsal copies the rows too: closer to the real run, still quick."""
+
+
+@dataclass
+class Rehearsal:
+    """The throwaway database, what it holds, and what did not copy cleanly."""
+
+    name: str
+    database: Database
+    includes_data: bool
+    copied_rows_of: list[str]
+    warnings: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def rehearsal_database(
+    context: RunContext, *, copy_rows_of: Sequence[str] = (), include_data: bool | None = None
+) -> Iterator[Rehearsal]:
+    """Create a copy of the target's schema on its server, yield it, and drop it afterwards.
+
+    ``copy_rows_of`` names tables (as SQL, e.g. ``'"public"."SequelizeMeta"'`` or ``'migrations'``)
+    whose rows are copied even without the data; tables that do not exist are skipped.
+    ``include_data``: True copies every row, False none, None copies them when the target's
+    tables hold less than :data:`AUTO_DATA_LIMIT_BYTES`.
+    """
+    target = context.database
+    with _connect(context) as conn:
+        _require_createdb(conn, context)
+        tools = _client_tools(conn)
+        includes_data = _wants_data(conn, context, include_data)
+        tables = [] if includes_data else _existing_tables(conn, copy_rows_of)
+        name = f"{NAME_PREFIX}{dt.datetime.now(dt.timezone.utc):%Y%m%d%H%M%S}_{uuid.uuid4().hex[:8]}"
+        _create_database(conn, name, target)
+    rehearsal = Rehearsal(name=name, database=_database_named(target, name), includes_data=includes_data,
+                          copied_rows_of=tables)
+    context.emit("rehearsal.created", database=name, includes_data=includes_data, copied_rows_of=tables)
+    try:
+        _copy_target(context, tools, rehearsal)
+        yield rehearsal
+    except BaseException:
+        # The original error (or Ctrl-C) is what the user must see; a failed drop is only reported.
+        _drop(context, name, raise_on_failure=False)
+        raise
+    _drop(context, name)
+
+
+def _connect(context: RunContext) -> psycopg.Connection:
+    try:
+        return context.database.connect(application_name="faber rehearsal")
+    except psycopg.Error as exc:
+        raise FaberError(
+            f"Cannot connect to the {context.environment} database to prepare a rehearsal: "
+            + context.redactor.redact(str(exc).strip()),
+            suggestions=["Verify the database is reachable", f"Check {context.database.source}"],
+        ) from None
+
+
+def _require_createdb(conn: psycopg.Connection, context: RunContext) -> None:
+    role, allowed = conn.execute(
+        "SELECT current_user, rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user"
+    ).fetchone()
+    if allowed:
+        return
+    raise ConfigError(
+        f"The preview rehearses pending migrations in a throwaway database, but role {role} may not CREATE DATABASE",
+        suggestions=[
+            f"Grant it for previews: ALTER ROLE {sql.Identifier(role).as_string(conn)} CREATEDB",
+            f"Or point {context.database.source} at a role that may create databases when you preview",
+            "Or preview against a copy of the database (e.g. a staging restore) where that role is allowed",
+        ],
+    )
+
+
+def _client_tools(conn: psycopg.Connection) -> Path:
+    from faber_core.backup.pg_dump import find_client_dir
+
+    try:
+        return find_client_dir(conn.info.server_version // 10000)
+    except BackupFailed as exc:
+        raise ConfigError(f"A rehearsal needs pg_dump: {exc.message}", suggestions=exc.suggestions) from None
+
+
+def _wants_data(conn: psycopg.Connection, context: RunContext, include_data: bool | None) -> bool:
+    if include_data is not None:
+        return include_data
+    (size,) = conn.execute(
+        """
+        SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind IN ('r', 'm', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema', %s)
+          AND n.nspname NOT LIKE 'pg\\_toast%%'
+        """,
+        [context.config.database.faber_schema],
+    ).fetchone()
+    return size <= AUTO_DATA_LIMIT_BYTES
+
+
+def _existing_tables(conn: psycopg.Connection, references: Sequence[str]) -> list[str]:
+    """The named tables that exist, as pg_dump patterns (quoted schema and name)."""
+    patterns = []
+    for reference in references:
+        row = conn.execute(
+            """
+            SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.oid = to_regclass(%s)
+            """,
+            [reference],
+        ).fetchone()
+        if row:
+            patterns.append(".".join('"' + part.replace('"', '""') + '"' for part in row))
+    return patterns
+
+
+def _create_database(conn: psycopg.Connection, name: str, target: Database) -> None:
+    """An empty database with the target's encoding and locale, so the schema restores unchanged."""
+    encoding, collate, ctype = conn.execute(
+        "SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database WHERE datname = current_database()"
+    ).fetchone()
+    identifier = sql.Identifier(name)
+    try:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
+                identifier, sql.Literal(encoding), sql.Literal(collate), sql.Literal(ctype)
+            )
+        )
+    except psycopg.errors.InvalidParameterValue:
+        # The target's locale is not installed for template0's provider here; the server's default will do.
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING {}").format(
+            identifier, sql.Literal(encoding)))
+    conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+        identifier,
+        sql.Literal(f"faber rehearsal of {target.name_for_display}: a throwaway copy, safe to drop"),
+    ))
+
+
+def _database_named(target: Database, name: str) -> Database:
+    parts = urlsplit(target.url.reveal())
+    url = Secret(urlunsplit(parts._replace(path=f"/{name}")))
+    return Database(url, source=f"rehearsal copy of {target.source}", connect_timeout=target.connect_timeout)
+
+
+def _copy_target(context: RunContext, tools: Path, rehearsal: Rehearsal) -> None:
+    with tempfile.TemporaryDirectory(prefix="faber-rehearsal-") as scratch:
+        schema_archive = Path(scratch) / "schema.dump"
+        _dump(context, tools, schema_archive,
+              [] if rehearsal.includes_data else ["--schema-only"])
+        _restore(context, tools, schema_archive, rehearsal)
+        if rehearsal.copied_rows_of:
+            rows_archive = Path(scratch) / "rows.dump"
+            _dump(context, tools, rows_archive,
+                  ["--data-only", *(f"--table={pattern}" for pattern in rehearsal.copied_rows_of)])
+            _restore(context, tools, rows_archive, rehearsal)
+
+
+def _dump(context: RunContext, tools: Path, archive: Path, selection: list[str]) -> None:
+    run = run_tool(
+        [tools / "pg_dump", "--format=custom", f"--exclude-schema={context.config.database.faber_schema}",
+         *selection, f"--file={archive}"],
+        redactor=context.redactor,
+        env=context.database.libpq_env(),
+    )
+    if run.returncode != 0:
+        raise FaberError(
+            f"Could not copy the {context.environment} schema for a rehearsal: "
+            + (run.stderr.strip() or f"pg_dump exited with {run.returncode}"),
+            suggestions=["Check that the database user may read every table (pg_dump needs it)",
+                         "Nothing was changed in the target database"],
+        )
+
+
+def _restore(context: RunContext, tools: Path, archive: Path, rehearsal: Rehearsal) -> None:
+    # --no-owner: the objects belong to whoever runs the rehearsal, who may not be able to take
+    # the target's owner roles. Errors do not stop the restore (a comment on an extension the
+    # role does not own is harmless); they are passed on as warnings for the preview to show.
+    run = run_tool(
+        [tools / "pg_restore", "--no-owner", f"--dbname={rehearsal.name}", archive],
+        redactor=context.redactor,
+        env=rehearsal.database.libpq_env(),
+    )
+    if run.returncode != 0:
+        errors = [line for line in run.stderr.splitlines() if "error" in line.lower()]
+        rehearsal.warnings.append(
+            "The rehearsal copy may differ from the target: pg_restore reported "
+            + ("; ".join(errors[:5]) or f"exit code {run.returncode}")
+        )
+
+
+def _drop(context: RunContext, name: str, *, raise_on_failure: bool = True) -> None:
+    try:
+        with context.database.connect(application_name="faber rehearsal") as conn:
+            force = sql.SQL(" WITH (FORCE)") if conn.info.server_version >= 130000 else sql.SQL("")
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}{}").format(sql.Identifier(name), force))
+    except psycopg.Error as exc:
+        context.emit("rehearsal.drop_failed", database=name, error=context.redactor.redact(str(exc).strip()))
+        if not raise_on_failure:
+            return
+        raise FaberError(
+            f"Could not drop the rehearsal database {name}",
+            suggestions=[f"Drop it by hand: DROP DATABASE {name} WITH (FORCE)"],
+        ) from None
+    context.emit("rehearsal.dropped", database=name)
