@@ -62,6 +62,7 @@ def test_copies_the_schema_and_only_the_named_rows_then_drops_the_copy(context, 
         rows(copy, "INSERT INTO accounts (email) VALUES ('c@example.com')")
         rows(copy, "CREATE TABLE scratch (id int)")
         assert rehearsal.copied_rows_of == ['"public"."migrations"'] and not rehearsal.includes_data
+        assert rehearsal.warnings == []
 
     assert rehearsal_databases(postgres_admin_url) == before
     assert rows(target, "SELECT email FROM accounts ORDER BY id") == [("a@example.com",), ("b@example.com",)]
