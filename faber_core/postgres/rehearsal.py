@@ -65,8 +65,9 @@ def rehearsal_database(
         tables = [] if includes_data else _existing_tables(conn, copy_rows_of)
         name = f"{NAME_PREFIX}{dt.datetime.now(dt.timezone.utc):%Y%m%d%H%M%S}_{uuid.uuid4().hex[:8]}"
         _create_database(conn, name, target)
-    rehearsal = Rehearsal(name=name, database=_database_named(target, name), includes_data=includes_data,
-                          copied_rows_of=tables)
+    rehearsal = Rehearsal(
+        name=name, database=_database_named(target, name), includes_data=includes_data, copied_rows_of=tables
+    )
     context.emit("rehearsal.created", database=name, includes_data=includes_data, copied_rows_of=tables)
     try:
         _copy_target(context, tools, rehearsal)
@@ -159,12 +160,15 @@ def _create_database(conn: psycopg.Connection, name: str, target: Database) -> N
         )
     except psycopg.errors.InvalidParameterValue:
         # The target's locale is not installed for template0's provider here; the server's default will do.
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING {}").format(
-            identifier, sql.Literal(encoding)))
-    conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-        identifier,
-        sql.Literal(f"faber rehearsal of {target.name_for_display}: a throwaway copy, safe to drop"),
-    ))
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING {}").format(identifier, sql.Literal(encoding))
+        )
+    conn.execute(
+        sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+            identifier,
+            sql.Literal(f"faber rehearsal of {target.name_for_display}: a throwaway copy, safe to drop"),
+        )
+    )
 
 
 def _database_named(target: Database, name: str) -> Database:
@@ -176,20 +180,28 @@ def _database_named(target: Database, name: str) -> Database:
 def _copy_target(context: RunContext, tools: Path, rehearsal: Rehearsal) -> None:
     with tempfile.TemporaryDirectory(prefix="faber-rehearsal-") as scratch:
         schema_archive = Path(scratch) / "schema.dump"
-        _dump(context, tools, schema_archive,
-              [] if rehearsal.includes_data else ["--schema-only"])
+        _dump(context, tools, schema_archive, [] if rehearsal.includes_data else ["--schema-only"])
         _restore(context, tools, schema_archive, rehearsal)
         if rehearsal.copied_rows_of:
             rows_archive = Path(scratch) / "rows.dump"
-            _dump(context, tools, rows_archive,
-                  ["--data-only", *(f"--table={pattern}" for pattern in rehearsal.copied_rows_of)])
+            _dump(
+                context,
+                tools,
+                rows_archive,
+                ["--data-only", *(f"--table={pattern}" for pattern in rehearsal.copied_rows_of)],
+            )
             _restore(context, tools, rows_archive, rehearsal)
 
 
 def _dump(context: RunContext, tools: Path, archive: Path, selection: list[str]) -> None:
     run = run_tool(
-        [tools / "pg_dump", "--format=custom", f"--exclude-schema={context.config.database.faber_schema}",
-         *selection, f"--file={archive}"],
+        [
+            tools / "pg_dump",
+            "--format=custom",
+            f"--exclude-schema={context.config.database.faber_schema}",
+            *selection,
+            f"--file={archive}",
+        ],
         redactor=context.redactor,
         env=context.database.libpq_env(),
     )
@@ -197,8 +209,10 @@ def _dump(context: RunContext, tools: Path, archive: Path, selection: list[str])
         raise FaberError(
             f"Could not copy the {context.environment} schema for a rehearsal: "
             + (run.stderr.strip() or f"pg_dump exited with {run.returncode}"),
-            suggestions=["Check that the database user may read every table (pg_dump needs it)",
-                         "Nothing was changed in the target database"],
+            suggestions=[
+                "Check that the database user may read every table (pg_dump needs it)",
+                "Nothing was changed in the target database",
+            ],
         )
 
 

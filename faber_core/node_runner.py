@@ -1,0 +1,403 @@
+"""Driving a plugin's Node runner: the ORM's own migration API, reported as JSON lines.
+
+Handlers for JavaScript ORMs (TypeORM, Sequelize) ship a small Node script that loads the
+project's ORM from the project's ``node_modules`` and prints one JSON object per line on stdout::
+
+    {"event": "status", "local": [{"name": ..., "path": ..., "transactional": true}],
+     "records": [{"name": ...}], "bookkeeping_table": "\\"public\\".\\"migrations\\""}
+    {"event": "migration_started", "name": ...}
+    {"event": "query", "name": ..., "phase": "migration" | "bookkeeping", "sql": ..., "parameters": [...]}
+    {"event": "migration_finished", "name": ..., "duration_seconds": ...}
+    {"event": "migration_failed", "name": ..., "code": "42P07", "message": ..., "query": ...,
+     "transaction_rolled_back": true, "duration_seconds": ...}
+    {"event": "setup_error", "kind": "module_missing" | "typescript_loader_missing" | "load_failed"
+     | "not_found" | "unsupported" | "connection_failed", "message": ..., "module": ..., "file": ...}
+
+The database URL reaches the runner only as ``FABER_DATABASE_URL`` in its environment. Every
+string it prints is redacted before faber looks at it. Exit code 0: done; 1: a migration failed;
+2: the setup is broken (a ``setup_error`` says how).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from faber_core.context import Database, RunContext
+from faber_core.errors import ConfigError, FaberError, HealthCheckFailed
+from faber_core.models import (
+    AppliedMigration,
+    ApplyOutcome,
+    LocalMigration,
+    MigrationFailure,
+    MigrationPreview,
+    MigrationRecord,
+    MigrationState,
+)
+from faber_core.processes import child_environment
+from faber_core.secrets import Redactor
+
+URL_VARIABLE = "FABER_DATABASE_URL"
+MIGRATION_FAILED_EXIT = 1
+SETUP_ERROR_EXIT = 2
+STDERR_TAIL_CHARS = 4000
+
+Event = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class NodeTool:
+    """What faber needs to know about one ORM's runner."""
+
+    name: str
+    """The tool name in the config (``typeorm``), also the npm package the project must install."""
+    script: Path
+    """The runner shipped inside the plugin package."""
+    config_key: str
+    """Where its setting lives, for messages: ``database.typeorm.data_source``."""
+    install: str
+    """The npm command that installs what the project lacks: ``npm install typeorm pg``."""
+
+
+@dataclass
+class RunnerResult:
+    events: list[Event]
+    returncode: int
+    stderr: str
+
+    def of(self, kind: str) -> list[Event]:
+        return [event for event in self.events if event.get("event") == kind]
+
+    def first(self, kind: str) -> Event | None:
+        return next(iter(self.of(kind)), None)
+
+
+def node_executable() -> str:
+    node = shutil.which("node")
+    if node is None:
+        raise ConfigError(
+            "Node.js is not installed (no `node` on PATH): faber runs the project's own ORM with it",
+            suggestions=[
+                "Install Node.js 18 or newer (https://nodejs.org/ or your package manager)",
+                "Or put the directory holding `node` first on PATH for faber",
+            ],
+        )
+    return node
+
+
+def run_runner(
+    tool: NodeTool,
+    context: RunContext,
+    command: str,
+    args: Iterable[str],
+    *,
+    database: Database | None = None,
+    on_event: Callable[[Event], None] | None = None,
+) -> RunnerResult:
+    """Run ``node <runner> <command> <args>`` in the project directory, streaming its events.
+
+    Raises :class:`ConfigError` for a broken setup and :class:`FaberError` when the runner dies
+    without saying why; a failing migration is an event, not an exception.
+    """
+    target = database or context.database
+    argv = [node_executable(), str(tool.script), command, *args]
+    env = child_environment({URL_VARIABLE: target.url.reveal()})
+    events: list[Event] = []
+    with tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace") as stderr_file:
+        proc = subprocess.Popen(
+            argv,
+            cwd=context.project_dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr_file,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+        )
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                event = _parse(line, context.redactor)
+                if event is None:
+                    continue
+                events.append(event)
+                if on_event is not None:
+                    on_event(event)
+            returncode = proc.wait()
+        except BaseException:
+            # Ctrl-C or a failing listener: the child must not keep migrating on its own.
+            _stop(proc)
+            raise
+        stderr_file.seek(0)
+        stderr = context.redactor.redact(stderr_file.read())
+    result = RunnerResult(events, returncode, stderr)
+    setup_error = result.first("setup_error")
+    if setup_error is not None:
+        raise setup_failure(tool, context, setup_error, stderr)
+    if returncode not in (0, MIGRATION_FAILED_EXIT) or (returncode and not result.of("migration_failed")):
+        raise FaberError(
+            f"The {tool.name} runner stopped unexpectedly (exit code {returncode})",
+            suggestions=[
+                "Run again with the output below in hand; nothing more was applied after the last "
+                "migration reported as applied"
+            ],
+            tool_output=_tail(stderr),
+        )
+    return result
+
+
+def _parse(line: str, redactor: Redactor) -> Event | None:
+    """A protocol line as a dict, every string redacted; anything else the child printed is ignored."""
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        event = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(event, dict) or "event" not in event:
+        return None
+    return _redact(event, redactor)
+
+
+def _redact(value: Any, redactor: Redactor) -> Any:
+    if isinstance(value, str):
+        return redactor.redact(value)
+    if isinstance(value, list):
+        return [_redact(item, redactor) for item in value]
+    if isinstance(value, dict):
+        return {key: _redact(item, redactor) for key, item in value.items()}
+    return value
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _tail(text: str) -> str:
+    return text[-STDERR_TAIL_CHARS:].strip()
+
+
+def setup_failure(tool: NodeTool, context: RunContext, event: Event, stderr: str) -> FaberError:
+    kind = event.get("kind")
+    message = event.get("message") or "unknown error"
+    project = context.project_dir
+    if kind == "module_missing":
+        module = event.get("module") or tool.name
+        return ConfigError(
+            f"{module} is not installed in the project ({project}): faber runs the project's own {tool.name}",
+            suggestions=[
+                f"Install the project's dependencies in {project}: npm ci (or npm install)",
+                f"Or add it: {tool.install}",
+                "faber never falls back to npx: it would be slower and could install another version",
+            ],
+        )
+    if kind == "typescript_loader_missing":
+        file = event.get("file") or "the file"
+        return ConfigError(
+            f"{file} is TypeScript and ts-node is not installed in the project",
+            suggestions=[
+                "Install it: npm install --save-dev ts-node typescript",
+                f"Or compile the project and point {tool.config_key} at the JavaScript output (e.g. dist/...js)",
+            ],
+        )
+    if kind == "load_failed":
+        file = event.get("file") or "a project file"
+        return ConfigError(
+            f"Could not load {file}: {message}",
+            suggestions=[
+                f"Check that it runs on its own: node -e \"require('./{file}')\" in {project}",
+                f"Check {tool.config_key} in the faber config",
+            ],
+            tool_output=_tail(stderr) or None,
+        )
+    if kind == "connection_failed":
+        code = f" ({event['code']})" if event.get("code") else ""
+        return HealthCheckFailed(
+            f"{tool.name} could not connect to the {context.environment} database{code}: {message}",
+            result={"health_check": "failed", "details": message},
+            suggestions=["Verify the database is running and reachable", f"Check {context.database.source}"],
+        )
+    return ConfigError(
+        message,
+        suggestions=[f"Check {tool.config_key} and the project's {tool.name} setup"],
+        tool_output=_tail(stderr) or None,
+    )
+
+
+# Status ---------------------------------------------------------------------------------
+
+
+def read_state(tool: NodeTool, context: RunContext, args: Iterable[str]) -> MigrationState:
+    status = _status_event(tool, context, args)
+    return MigrationState(
+        tool=tool.name,
+        local=[LocalMigration(name=item["name"], path=item.get("path")) for item in status["local"]],
+        records=[MigrationRecord(name=item["name"], state="applied") for item in status["records"]],
+    )
+
+
+def _status_event(tool: NodeTool, context: RunContext, args: Iterable[str]) -> Event:
+    result = run_runner(tool, context, "status", args)
+    status = result.first("status")
+    if status is None:
+        raise FaberError(f"The {tool.name} runner reported no status", tool_output=_tail(result.stderr))
+    return status
+
+
+# Apply ----------------------------------------------------------------------------------
+
+
+def apply(tool: NodeTool, context: RunContext, pending: list[LocalMigration], args: Iterable[str]) -> ApplyOutcome:
+    """Apply every pending migration through the runner, telling listeners as each one goes."""
+
+    def progress(event: Event) -> None:
+        if event["event"] == "migration_started":
+            context.emit("migration.started", name=event["name"])
+        elif event["event"] == "migration_finished":
+            context.emit("migration.applied", name=event["name"], duration_seconds=event["duration_seconds"])
+
+    result = run_runner(tool, context, "apply", args, on_event=progress)
+    return outcome_of(result, {m.name: m.path for m in pending})
+
+
+def outcome_of(result: RunnerResult, paths: dict[str, str | None]) -> ApplyOutcome:
+    applied = [
+        AppliedMigration(name=e["name"], duration_seconds=round(e["duration_seconds"], 3))
+        for e in result.of("migration_finished")
+    ]
+    failed = result.first("migration_failed")
+    if failed is None:
+        return ApplyOutcome(applied=applied)
+    return ApplyOutcome(
+        applied=applied,
+        failure=MigrationFailure(
+            name=failed["name"],
+            error=failure_text(failed),
+            output=_failure_output(failed, result.stderr),
+            path=paths.get(failed["name"]) or failed.get("path"),
+            transaction_rolled_back=bool(failed.get("transaction_rolled_back")),
+        ),
+    )
+
+
+def failure_text(failed: Event) -> str:
+    code = failed.get("code")
+    return f"{failed.get('message') or 'failed'}" + (f" (SQLSTATE {code})" if code else "")
+
+
+def _failure_output(failed: Event, stderr: str) -> str:
+    parts = [
+        f"Database error code: {failed['code']}" if failed.get("code") else None,
+        failed.get("message"),
+        f"Query: {failed['query']}" if failed.get("query") else None,
+        _tail(stderr),
+    ]
+    return "\n".join(part for part in parts if part)
+
+
+# Preview by rehearsal --------------------------------------------------------------------
+
+
+@dataclass
+class Rehearsed:
+    """One migration as the rehearsal saw it."""
+
+    name: str
+    queries: list[str] = field(default_factory=list)
+    duration_seconds: float | None = None
+    transactional: bool | None = None
+    failure: Event | None = None
+
+
+def rehearse(
+    tool: NodeTool,
+    context: RunContext,
+    pending: list[LocalMigration],
+    args: Iterable[str],
+    *,
+    include_data: bool | None = None,
+    extra_notes: Callable[[Rehearsed], list[str]] = lambda _: [],
+) -> list[MigrationPreview]:
+    """Apply ``pending`` to a throwaway copy of the target and describe what each migration did there."""
+    from faber_core.postgres.rehearsal import rehearsal_database
+
+    args = list(args)
+    bookkeeping = _status_event(tool, context, args).get("bookkeeping_table")
+    with rehearsal_database(
+        context, copy_rows_of=[bookkeeping] if bookkeeping else [], include_data=include_data
+    ) as rehearsal:
+        result = run_runner(tool, context, "apply", args, database=rehearsal.database)
+    seen = _rehearsed(result)
+    copy = (
+        "a copy of the schema and data"
+        if rehearsal.includes_data
+        else ("a copy of the schema without the data (on real data it may take longer)")
+    )
+    previews = []
+    blocked_by: str | None = None
+    for migration in pending:
+        ran = seen.get(migration.name)
+        if ran is None:
+            reason = f"{blocked_by} fails first" if blocked_by else "the ORM did not run it"
+            previews.append(
+                MigrationPreview(
+                    name=migration.name, sql="", estimated_duration_seconds=0, notes=[f"Not rehearsed: {reason}"]
+                )
+            )
+            continue
+        notes = [*rehearsal.warnings, *extra_notes(ran)]
+        if ran.failure is not None:
+            blocked_by = blocked_by or migration.name
+            notes.insert(0, f"FAILS in rehearsal: {failure_text(ran.failure)}; deploying it would fail the same way")
+        else:
+            notes.append(f"Measured by applying it to {copy}")
+        previews.append(
+            MigrationPreview(
+                name=migration.name,
+                sql=";\n".join(ran.queries) + (";" if ran.queries else ""),
+                estimated_duration_seconds=round(ran.duration_seconds or 0.0, 3),
+                transactional=ran.transactional,
+                notes=notes,
+            )
+        )
+    return previews
+
+
+def _rehearsed(result: RunnerResult) -> dict[str, Rehearsed]:
+    seen: dict[str, Rehearsed] = {}
+    for event in result.events:
+        name = event.get("name")
+        if not name:
+            continue
+        kind = event["event"]
+        ran = seen.setdefault(name, Rehearsed(name))
+        if kind == "migration_started":
+            ran.transactional = event.get("transactional")
+        elif kind == "query" and event.get("phase") == "migration":
+            ran.queries.append(_statement(event))
+        elif kind == "migration_finished":
+            ran.duration_seconds = event["duration_seconds"]
+        elif kind == "migration_failed":
+            ran.failure = event
+            ran.duration_seconds = event.get("duration_seconds")
+    return seen
+
+
+def _statement(event: Event) -> str:
+    text = event["sql"].strip().rstrip(";")
+    if event.get("parameters"):
+        text += f" -- parameters: {json.dumps(event['parameters'], default=str)}"
+    return text

@@ -1,0 +1,3 @@
+"""faber handler for TypeORM migrations."""
+
+TOOL = "typeorm"

@@ -1,0 +1,314 @@
+"use strict";
+// faber's TypeORM runner. Loads the project's DataSource with the project's own TypeORM and
+// either reports the migration status or applies pending migrations through TypeORM's
+// MigrationExecutor, one transaction per migration. Speaks JSON lines on stdout (see
+// faber_core/node_runner.py); everything else anyone prints goes to stderr.
+//
+//   node runner.cjs status|apply --data-source data-source.js
+//
+// The database URL comes from FABER_DATABASE_URL and replaces the data source's connection options.
+
+const fs = require("fs");
+const path = require("path");
+const { pathToFileURL } = require("url");
+const { performance } = require("perf_hooks");
+
+const protocol = process.stdout;
+for (const method of ["log", "info", "debug"]) {
+  // Migrations and project modules may log; stdout belongs to the protocol.
+  console[method] = (...args) => console.error(...args);
+}
+
+const databaseUrl = process.env.FABER_DATABASE_URL;
+// Project code must not be able to print what it was never meant to see.
+delete process.env.FABER_DATABASE_URL;
+
+const SETUP_ERROR_EXIT = 2;
+const MIGRATION_FAILED_EXIT = 1;
+const CONNECTION_KEYS = ["url", "host", "port", "username", "password", "database", "replication", "socketPath"];
+const EXTRA_CONNECTION_KEYS = ["connectionString", "host", "port", "user", "password", "database"];
+const SUCCESS_LOG = /^Migration (.+) has been (?:\(fake\) )?executed successfully\.$/;
+
+function emit(event, fields = {}) {
+  protocol.write(JSON.stringify({ event, ...fields }) + "\n");
+}
+
+class SetupError extends Error {
+  constructor(kind, message, fields = {}) {
+    super(message);
+    this.kind = kind;
+    this.fields = fields;
+  }
+}
+
+function parseArgs(argv) {
+  const [command, ...rest] = argv;
+  const options = {};
+  for (let i = 0; i < rest.length; i += 2) options[rest[i].replace(/^--/, "")] = rest[i + 1];
+  return { command, options };
+}
+
+function projectRequire(projectDir, moduleName) {
+  let resolved;
+  try {
+    resolved = require.resolve(moduleName, { paths: [projectDir] });
+  } catch {
+    throw new SetupError("module_missing", `Cannot find module '${moduleName}' from ${projectDir}`, {
+      module: moduleName,
+    });
+  }
+  return require(resolved);
+}
+
+function registerTypeScript(projectDir, relative) {
+  if (!/\.[cm]?ts$/.test(relative) || process[Symbol.for("ts-node.register.instance")]) return;
+  let tsNode;
+  try {
+    tsNode = require(require.resolve("ts-node", { paths: [projectDir] }));
+  } catch {
+    throw new SetupError("typescript_loader_missing", `${relative} needs ts-node`, { file: relative });
+  }
+  tsNode.register({ transpileOnly: true });
+}
+
+async function loadModule(file) {
+  try {
+    return require(file);
+  } catch (error) {
+    if (error && error.code === "ERR_REQUIRE_ESM") return import(pathToFileURL(file).href);
+    throw error;
+  }
+}
+
+function isDataSource(value) {
+  return typeof value === "object" && value !== null && value["@instanceof"] === Symbol.for("DataSource");
+}
+
+function findDataSource(exported, relative) {
+  if (isDataSource(exported)) return exported;
+  if (exported && isDataSource(exported.default)) return exported.default;
+  const found = [...new Set(Object.values(exported || {}).filter(isDataSource))];
+  if (found.length === 1) return found[0];
+  const names = Object.keys(exported || {}).join(", ") || "nothing";
+  const problem = found.length === 0 ? "exports no DataSource" : `exports ${found.length} DataSources`;
+  throw new SetupError(
+    "not_found",
+    `${relative} ${problem} (exports: ${names}); export one DataSource, as its default export or its only export`,
+  );
+}
+
+async function loadDataSource(projectDir, relative) {
+  const file = path.resolve(projectDir, relative);
+  if (!fs.existsSync(file)) {
+    throw new SetupError("load_failed", `${relative} does not exist in ${projectDir}`, { file: relative });
+  }
+  projectRequire(projectDir, "typeorm");
+  registerTypeScript(projectDir, relative);
+  let exported;
+  try {
+    exported = await loadModule(file);
+  } catch (error) {
+    throw new SetupError("load_failed", String((error && error.message) || error), { file: relative });
+  }
+  return findDataSource(exported, relative);
+}
+
+// A new DataSource with the project's options, pointed at faber's database, never touching the
+// schema on its own (no synchronize, no migrationsRun, no dropSchema).
+function retarget(userDataSource, logger) {
+  const options = { ...userDataSource.options };
+  if (!["postgres", "aurora-postgres"].includes(options.type)) {
+    throw new SetupError("unsupported", `faber deploys to PostgreSQL; this DataSource is of type ${options.type}`);
+  }
+  for (const key of CONNECTION_KEYS) delete options[key];
+  if (options.extra) {
+    options.extra = { ...options.extra };
+    for (const key of EXTRA_CONNECTION_KEYS) delete options.extra[key];
+  }
+  Object.assign(options, {
+    type: "postgres",
+    url: databaseUrl,
+    logger,
+    logging: true,
+    synchronize: false,
+    migrationsRun: false,
+    dropSchema: false,
+    migrationsTransactionMode: "each",
+  });
+  return new userDataSource.constructor(options);
+}
+
+async function connect(dataSource) {
+  try {
+    await dataSource.initialize();
+  } catch (error) {
+    const code = error && (error.code || (error.driverError && error.driverError.code));
+    if (code && typeof code === "string" && /^(E[A-Z]+|[0-9A-Z]{5})$/.test(code)) {
+      throw new SetupError("connection_failed", String(error.message || error), { code });
+    }
+    throw new SetupError("load_failed", `TypeORM could not start: ${(error && error.message) || error}`);
+  }
+}
+
+function sourceFileOf(projectDir, migrationClass) {
+  for (const [file, cached] of Object.entries(require.cache)) {
+    const exported = cached && cached.exports;
+    if (exported === migrationClass || (exported && Object.values(exported).includes(migrationClass))) {
+      return path.relative(projectDir, file);
+    }
+  }
+  return null;
+}
+
+function isTransactional(instance) {
+  return instance.transaction !== false;
+}
+
+async function status(dataSource, projectDir) {
+  const executor = new (projectRequire(projectDir, "typeorm").MigrationExecutor)(dataSource);
+  const local = executor.getMigrations();
+  const queryRunner = dataSource.createQueryRunner();
+  try {
+    // TypeORM's getExecutedMigrations() creates the table in some versions; status must not.
+    const exists = await queryRunner.hasTable(executor.migrationsTable);
+    const records = exists ? await executor.loadExecutedMigrations(queryRunner) : [];
+    const schema = executor.migrationsSchema || (await queryRunner.getCurrentSchema());
+    emit("status", {
+      local: local.map((migration) => ({
+        name: migration.name,
+        path: sourceFileOf(projectDir, migration.instance.constructor),
+        transactional: isTransactional(migration.instance),
+      })),
+      // TypeORM reads them newest first (by id); faber wants them in the order they ran.
+      records: records.reverse().map((record) => ({ name: record.name })),
+      bookkeeping_table: `"${schema.replace(/"/g, '""')}"."${executor.migrationsTableName.replace(/"/g, '""')}"`,
+    });
+  } finally {
+    await queryRunner.release();
+  }
+}
+
+// Follows TypeORM's executor through its hooks: a migration starts when TypeORM calls its up(),
+// its queries run until TypeORM logs it as executed (after the bookkeeping row and the commit).
+function tracker() {
+  const state = { current: null, phase: null, started: 0, lastQuery: null, finished: new Set() };
+  const finish = () => {
+    if (!state.current) return;
+    emit("migration_finished", {
+      name: state.current.name,
+      duration_seconds: (performance.now() - state.started) / 1000,
+    });
+    state.finished.add(state.current.name);
+    state.current = null;
+  };
+  const logger = {
+    logQuery(query, parameters) {
+      state.lastQuery = query;
+      if (!state.current) return;
+      emit("query", { name: state.current.name, phase: state.phase, sql: query, parameters: parameters || [] });
+    },
+    logQueryError(error, query) {
+      state.lastQuery = query;
+    },
+    logQuerySlow() {},
+    logSchemaBuild(message) {
+      const match = SUCCESS_LOG.exec(String(message));
+      if (match && state.current && state.current.name === match[1]) finish();
+    },
+    logMigration(message) {
+      console.error(message);
+    },
+    log(level, message) {
+      if (level !== "info" && level !== "log") console.error(message);
+    },
+  };
+  const wrap = (migration) => {
+    const instance = migration.instance;
+    const up = instance.up.bind(instance);
+    instance.up = async (queryRunner) => {
+      finish();
+      state.current = migration;
+      state.phase = "migration";
+      state.started = performance.now();
+      emit("migration_started", { name: migration.name, transactional: isTransactional(instance) });
+      await up(queryRunner);
+      state.phase = "bookkeeping";
+    };
+  };
+  return { state, logger, wrap, finish };
+}
+
+function failureFields(error, state, pendingNames) {
+  const driverError = (error && error.driverError) || error || {};
+  const migration = state.current;
+  return {
+    // No migration running yet: TypeORM failed preparing (e.g. creating its table); the first
+    // pending migration is the one that could not be applied, and nothing of it ran.
+    name: migration ? migration.name : pendingNames.find((name) => !state.finished.has(name)),
+    code: typeof driverError.code === "string" ? driverError.code : null,
+    message: String((error && error.message) || error),
+    query: (error && error.query) || state.lastQuery,
+    transaction_rolled_back: migration ? isTransactional(migration.instance) : true,
+    duration_seconds: migration ? (performance.now() - state.started) / 1000 : 0,
+  };
+}
+
+async function apply(dataSource, projectDir, track) {
+  const executor = new (projectRequire(projectDir, "typeorm").MigrationExecutor)(dataSource);
+  executor.transaction = "each";
+  const pending = executor.getMigrations();
+  const queryRunner = dataSource.createQueryRunner();
+  let applied;
+  try {
+    const exists = await queryRunner.hasTable(executor.migrationsTable);
+    applied = new Set(exists ? (await executor.loadExecutedMigrations(queryRunner)).map((r) => r.name) : []);
+  } finally {
+    await queryRunner.release();
+  }
+  const pendingNames = pending.filter((m) => !applied.has(m.name)).map((m) => m.name);
+  emit("plan", { pending: pendingNames });
+  for (const migration of pending) track.wrap(migration);
+  try {
+    await executor.executePendingMigrations();
+    track.finish();
+    return 0;
+  } catch (error) {
+    emit("migration_failed", failureFields(error, track.state, pendingNames));
+    return MIGRATION_FAILED_EXIT;
+  }
+}
+
+async function main() {
+  const { command, options } = parseArgs(process.argv.slice(2));
+  const projectDir = process.cwd();
+  const userDataSource = await loadDataSource(projectDir, options["data-source"] || "data-source.js");
+  const track = tracker();
+  const dataSource = retarget(userDataSource, track.logger);
+  await connect(dataSource);
+  try {
+    if (command === "status") {
+      await status(dataSource, projectDir);
+      return 0;
+    }
+    if (command === "apply") return await apply(dataSource, projectDir, track);
+    throw new SetupError("unsupported", `Unknown runner command: ${command}`);
+  } finally {
+    await dataSource.destroy().catch(() => {});
+  }
+}
+
+function exit(code) {
+  protocol.write("", () => process.exit(code));
+}
+
+main().then(exit, (error) => {
+  if (error instanceof SetupError) {
+    emit("setup_error", { kind: error.kind, message: error.message, ...error.fields });
+    exit(SETUP_ERROR_EXIT);
+    return;
+  }
+  // An error TypeORM raised outside any migration (a duplicate or misnamed migration class, ...).
+  emit("setup_error", { kind: "invalid", message: String((error && error.message) || error) });
+  console.error(error && error.stack);
+  exit(SETUP_ERROR_EXIT);
+});

@@ -1,0 +1,115 @@
+"""Fixtures for the TypeORM handler: the fixture Node project installed once, copies of it per test."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import psycopg
+import pytest
+from faber_core.context import RunContext, open_context
+from faber_core.plugins import Plugins
+
+from faber_typeorm import plugin
+
+FIXTURE = Path(__file__).parent / "fixtures" / "typeorm-project"
+ENVIRONMENT = "staging"
+URL_ENV = "TYPEORM_TEST_DATABASE_URL"
+
+
+def migration_source(class_name: str, *statements: str, transaction: bool | None = None) -> str:
+    """A JavaScript TypeORM migration class running ``statements`` in order."""
+    body = "\n".join(f"    await queryRunner.query({json.dumps(sql)});" for sql in statements)
+    flag = f"\n  transaction = {json.dumps(transaction)};\n" if transaction is not None else ""
+    return (
+        f"module.exports = class {class_name} {{{flag}\n  async up(queryRunner) {{\n{body}\n  }}\n\n"
+        "  async down() {}\n};\n"
+    )
+
+
+@pytest.fixture
+def typeorm_migration():
+    """``typeorm_migration(class_name, *statements, transaction=None) -> str``: a migration's source."""
+    return migration_source
+
+
+@pytest.fixture(scope="session")
+def typeorm_node_modules() -> Path:
+    """The fixture project's locked dependencies, installed with ``npm ci`` once."""
+    if not (FIXTURE / "node_modules/typeorm/package.json").is_file():
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.skip("npm is not installed: the TypeORM tests need Node and npm")
+        installed = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund"], cwd=FIXTURE, capture_output=True, text=True, timeout=600
+        )
+        assert installed.returncode == 0, f"npm ci failed:\n{installed.stdout}\n{installed.stderr}"
+    return FIXTURE / "node_modules"
+
+
+@pytest.fixture
+def typeorm_plugins(plugin_manager) -> Plugins:
+    plugin_manager.register(plugin, name="faber_typeorm")
+    return Plugins(plugin_manager)
+
+
+@pytest.fixture
+def typeorm_project(faber_project, database_url, monkeypatch, typeorm_node_modules):
+    """``make(migrations=None, files=None, node_modules=True, typeorm=None, **settings) -> Path``.
+
+    A copy of the fixture project (its data source and migrations, ``node_modules`` linked) plus
+    ``migrations`` ({file name: source}) and ``files``; ``staging`` reads the test database URL.
+    """
+
+    def make(
+        migrations: dict[str, str] | None = None,
+        *,
+        files: dict[str, str] | None = None,
+        node_modules: bool = True,
+        typeorm: dict | None = None,
+        **settings,
+    ) -> Path:
+        monkeypatch.setenv(URL_ENV, database_url)
+        environment = {"database_url_env": URL_ENV, "lock_wait_seconds": 1, "backup_before_migrate": False, **settings}
+        config = {
+            "database": {
+                "migration_tool": "typeorm",
+                "typeorm": typeorm or {"data_source": "data-source.js"},
+                "environments": {ENVIRONMENT: environment},
+            }
+        }
+        sources = {
+            "data-source.js": (FIXTURE / "data-source.js").read_text(),
+            "package.json": (FIXTURE / "package.json").read_text(),
+        }
+        sources |= {f"migrations/{p.name}": p.read_text() for p in (FIXTURE / "migrations").glob("*.js")}
+        sources |= {f"migrations/{name}": source for name, source in (migrations or {}).items()}
+        project = faber_project(config, sources | (files or {}))
+        if node_modules:
+            (project / "node_modules").symlink_to(typeorm_node_modules, target_is_directory=True)
+        return project
+
+    return make
+
+
+@pytest.fixture
+def typeorm_context():
+    def make(project_dir: Path, events: list | None = None, environment: str = ENVIRONMENT) -> RunContext:
+        listeners = [events.append] if events is not None else []
+        return open_context(project_dir, environment, "deploy-migrations", listeners=listeners)
+
+    return make
+
+
+@pytest.fixture
+def query(database_url):
+    """``query(sql, params=None) -> list[tuple]`` on the test database."""
+
+    def run(sql: str, params: list | None = None) -> list[tuple]:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            cursor = conn.execute(sql, params)
+            return cursor.fetchall() if cursor.description else []
+
+    return run

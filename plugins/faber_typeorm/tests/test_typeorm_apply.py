@@ -1,0 +1,150 @@
+"""Status and apply through the project's own TypeORM against the real PostgreSQL."""
+
+from __future__ import annotations
+
+from faber_core.testing.fixtures import CANARY_PASSWORD
+
+CREATE_USERS = "CreateUsers1700000000000"
+ADD_USER_NAME = "AddUserName1700000100000"
+FIXTURE_MIGRATIONS = [CREATE_USERS, ADD_USER_NAME]
+
+
+def table_exists(query, name: str) -> bool:
+    return query("SELECT to_regclass(%s) IS NOT NULL", [name])[0][0]
+
+
+def test_status_lists_local_migrations_by_timestamp_and_creates_nothing(
+    typeorm_project, typeorm_migration, typeorm_context, typeorm_plugins, query
+):
+    # Written out of order on disk: TypeORM orders by the class name's timestamp.
+    project = typeorm_project({"0-early.js": typeorm_migration("Early1600000000000", "SELECT 1")})
+
+    state = typeorm_plugins.migration_status(typeorm_context(project))
+
+    assert [m.name for m in state.local] == ["Early1600000000000", *FIXTURE_MIGRATIONS]
+    assert state.local[1].path == "migrations/1700000000000-CreateUsers.js"
+    assert state.pending == ["Early1600000000000", *FIXTURE_MIGRATIONS] and state.records == []
+    assert all(m.checksum is None for m in state.local)
+    assert not table_exists(query, "migrations"), "status must not create TypeORM's table"
+
+
+def test_apply_runs_each_migration_and_records_it_as_typeorm_does(
+    typeorm_project, typeorm_context, typeorm_plugins, query
+):
+    project = typeorm_project()
+    events: list = []
+    context = typeorm_context(project, events)
+
+    outcome = typeorm_plugins.migration_apply(context, typeorm_plugins.migration_status(context).pending_migrations())
+
+    assert [m.name for m in outcome.applied] == FIXTURE_MIGRATIONS and outcome.failure is None
+    assert all(m.duration_seconds >= 0 for m in outcome.applied)
+    assert query('SELECT "timestamp", name FROM migrations ORDER BY id') == [
+        (1700000000000, CREATE_USERS),
+        (1700000100000, ADD_USER_NAME),
+    ]
+    assert query("SELECT column_name FROM information_schema.columns WHERE table_name = 'users' ORDER BY 1") == [
+        ("email",),
+        ("id",),
+        ("name",),
+    ]
+    progress = [(e.kind, e.data["name"]) for e in events if e.kind.startswith("migration.")]
+    assert progress == [
+        ("migration.started", CREATE_USERS),
+        ("migration.applied", CREATE_USERS),
+        ("migration.started", ADD_USER_NAME),
+        ("migration.applied", ADD_USER_NAME),
+    ]
+    state = typeorm_plugins.migration_status(context)
+    assert state.applied == FIXTURE_MIGRATIONS and state.pending == []
+
+
+def test_a_second_apply_is_a_no_op(typeorm_project, typeorm_context, typeorm_plugins, query):
+    context = typeorm_context(typeorm_project())
+    typeorm_plugins.migration_apply(context, typeorm_plugins.migration_status(context).pending_migrations())
+
+    again = typeorm_plugins.migration_apply(context, typeorm_plugins.migration_status(context).pending_migrations())
+
+    assert again.applied == [] and again.failure is None
+    assert query("SELECT count(*) FROM migrations") == [(2,)]
+
+
+def test_a_failure_in_the_middle_rolls_back_only_that_migration(
+    typeorm_project, typeorm_migration, typeorm_context, typeorm_plugins, query
+):
+    project = typeorm_project(
+        {
+            "1700000200000-AddPosts.js": typeorm_migration(
+                "AddPosts1700000200000",
+                'CREATE TABLE "posts" ("id" SERIAL PRIMARY KEY)',
+                'ALTER TABLE "users" ADD "email" varchar',
+            ),
+            "1700000300000-AddComments.js": typeorm_migration(
+                "AddComments1700000300000", 'CREATE TABLE "comments" (id int)'
+            ),
+        }
+    )
+    context = typeorm_context(project)
+
+    outcome = typeorm_plugins.migration_apply(context, typeorm_plugins.migration_status(context).pending_migrations())
+
+    assert [m.name for m in outcome.applied] == FIXTURE_MIGRATIONS
+    failure = outcome.failure
+    assert failure.name == "AddPosts1700000200000" and failure.transaction_rolled_back is True
+    assert "already exists" in failure.error and "42701" in failure.error
+    assert "Database error code: 42701" in failure.output and 'ALTER TABLE "users" ADD "email"' in failure.output
+    assert failure.path == "migrations/1700000200000-AddPosts.js"
+    assert not table_exists(query, "posts"), "the failed migration's transaction rolled back"
+    assert not table_exists(query, "comments"), "nothing after the failure runs"
+    assert [name for (name,) in query("SELECT name FROM migrations ORDER BY id")] == FIXTURE_MIGRATIONS
+    assert typeorm_plugins.migration_status(context).pending == ["AddPosts1700000200000", "AddComments1700000300000"]
+
+
+def test_a_migration_that_opts_out_of_transactions_leaves_its_earlier_statements(
+    typeorm_project, typeorm_migration, typeorm_context, typeorm_plugins, query
+):
+    project = typeorm_project(
+        {
+            "1700000200000-Concurrently.js": typeorm_migration(
+                "Concurrently1700000200000",
+                'CREATE INDEX CONCURRENTLY "users_email_idx" ON "users" ("email")',
+                "SELECT missing_column FROM users",
+                transaction=False,
+            )
+        }
+    )
+    context = typeorm_context(project)
+
+    outcome = typeorm_plugins.migration_apply(context, typeorm_plugins.migration_status(context).pending_migrations())
+
+    assert outcome.failure.name == "Concurrently1700000200000" and outcome.failure.transaction_rolled_back is False
+    assert table_exists(query, "users_email_idx")
+
+
+def test_missing_locally_is_reported_from_typeorm_bookkeeping(typeorm_project, typeorm_context, typeorm_plugins, query):
+    context = typeorm_context(typeorm_project())
+    typeorm_plugins.migration_apply(context, typeorm_plugins.migration_status(context).pending_migrations())
+    query("""INSERT INTO migrations ("timestamp", name) VALUES (1800000000000, 'Removed1800000000000')""")
+
+    assert typeorm_plugins.migration_status(context).missing_locally == ["Removed1800000000000"]
+
+
+def test_the_canary_password_never_appears_in_events_results_or_errors(
+    typeorm_project, typeorm_context, typeorm_plugins
+):
+    leaky = (
+        "module.exports = class Leaky1700000200000 {\n"
+        "  async up() { throw new Error('cannot use ' + (process.env.FABER_DATABASE_URL || 'no url') + ' "
+        f"password={CANARY_PASSWORD}'); }}\n"
+        "  async down() {}\n};\n"
+    )
+    project = typeorm_project({"1700000200000-Leaky.js": leaky})
+    events: list = []
+    context = typeorm_context(project, events)
+
+    outcome = typeorm_plugins.migration_apply(context, typeorm_plugins.migration_status(context).pending_migrations())
+
+    assert outcome.failure.name == "Leaky1700000200000"
+    assert "cannot use no url" in outcome.failure.error, "the runner hides the URL from project code"
+    text = outcome.model_dump_json() + "".join(e.model_dump_json() for e in events)
+    assert CANARY_PASSWORD not in text
