@@ -7,6 +7,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+
 from faber_core.context import open_context
 from faber_core.errors import ConfigError
 from faber_core.postgres.rehearsal import NAME_PREFIX, rehearsal_database
