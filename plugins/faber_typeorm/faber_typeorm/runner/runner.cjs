@@ -231,8 +231,12 @@ function tracker() {
       state.phase = "migration";
       state.started = performance.now();
       emit("migration_started", { name: migration.name, transactional: isTransactional(instance) });
-      await up(queryRunner);
-      state.phase = "bookkeeping";
+      try {
+        await up(queryRunner);
+      } finally {
+        // What follows is TypeORM's own: the bookkeeping row, COMMIT or ROLLBACK.
+        state.phase = "bookkeeping";
+      }
     };
   };
   return { state, logger, wrap, finish };

@@ -1,0 +1,109 @@
+"""Preview by rehearsal: each pending migration's real SQL and duration, the target untouched."""
+
+from __future__ import annotations
+
+from faber_core.postgres.rehearsal import NAME_PREFIX
+from faber_core.testing.fixtures import CANARY_PASSWORD
+
+
+def rehearsal_databases(query) -> list[str]:
+    return [name for (name,) in query("SELECT datname FROM pg_database WHERE datname LIKE %s", [f"{NAME_PREFIX}%"])]
+
+
+def preview(plugins, context):
+    return plugins.migration_preview(context, plugins.migration_status(context).pending_migrations())
+
+
+def test_preview_shows_the_sql_typeorm_runs_and_leaves_the_target_untouched(
+    typeorm_project, typeorm_context, typeorm_plugins, query
+):
+    before = rehearsal_databases(query)
+    events: list = []
+
+    previews = preview(typeorm_plugins, typeorm_context(typeorm_project(), events))
+
+    assert [p.name for p in previews] == ["CreateUsers1700000000000", "AddUserName1700000100000"]
+    create_users, add_name = previews
+    assert create_users.sql == 'CREATE TABLE "users" ("id" SERIAL PRIMARY KEY, "email" varchar NOT NULL UNIQUE);'
+    assert add_name.sql == 'ALTER TABLE "users" ADD "name" varchar;\nCREATE INDEX "users_name_idx" ON "users" ("name");'
+    assert all(p.transactional is True and p.estimated_duration_seconds >= 0 for p in previews)
+    assert any("Measured by applying it" in note for note in add_name.notes)
+    assert query("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)], "the target is unchanged"
+    assert rehearsal_databases(query) == before, "the rehearsal database is dropped"
+    assert [e.kind for e in events if e.kind.startswith("migration.")] == [], "a rehearsal applies nothing for real"
+
+
+def test_preview_only_rehearses_what_is_pending_on_the_target(
+    typeorm_project, typeorm_migration, typeorm_context, typeorm_plugins, query
+):
+    project = typeorm_project()
+    context = typeorm_context(project)
+    typeorm_plugins.migration_apply(context, typeorm_plugins.migration_status(context).pending_migrations())
+    (project / "migrations/1700000200000-AddPosts.js").write_text(
+        typeorm_migration("AddPosts1700000200000", 'CREATE TABLE "posts" ("author" int REFERENCES "users")')
+    )
+
+    previews = preview(typeorm_plugins, context)
+
+    assert [(p.name, p.sql) for p in previews] == [
+        ("AddPosts1700000200000", 'CREATE TABLE "posts" ("author" int REFERENCES "users");')
+    ]
+    assert query("SELECT to_regclass('posts')") == [(None,)]
+
+
+def test_a_migration_that_would_fail_is_reported_before_anything_is_deployed(
+    typeorm_project, typeorm_migration, typeorm_context, typeorm_plugins, query
+):
+    project = typeorm_project(
+        {
+            "1700000200000-Broken.js": typeorm_migration("Broken1700000200000", 'ALTER TABLE "users" ADD "email" text'),
+            "1700000300000-After.js": typeorm_migration("After1700000300000", 'CREATE TABLE "after" (id int)'),
+        }
+    )
+
+    previews = preview(typeorm_plugins, typeorm_context(project))
+
+    by_name = {p.name: p for p in previews}
+    broken = by_name["Broken1700000200000"]
+    assert broken.notes[0].startswith("FAILS in rehearsal:") and "42701" in broken.notes[0]
+    assert broken.sql == 'ALTER TABLE "users" ADD "email" text;'
+    assert by_name["After1700000300000"].notes == ["Not rehearsed: Broken1700000200000 fails first"]
+    assert by_name["CreateUsers1700000000000"].notes[-1].startswith("Measured")
+    assert query("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
+
+
+def test_preview_notes_a_migration_outside_a_transaction(
+    typeorm_project, typeorm_migration, typeorm_context, typeorm_plugins
+):
+    project = typeorm_project(
+        {
+            "1700000200000-Concurrently.js": typeorm_migration(
+                "Concurrently1700000200000",
+                'CREATE INDEX CONCURRENTLY "users_email_idx" ON "users" ("email")',
+                transaction=False,
+            )
+        }
+    )
+
+    concurrently = preview(typeorm_plugins, typeorm_context(project))[-1]
+
+    assert concurrently.transactional is False
+    assert any("outside a transaction" in note for note in concurrently.notes)
+
+
+def test_preview_output_never_carries_the_canary_password(
+    typeorm_project, typeorm_migration, typeorm_context, typeorm_plugins
+):
+    project = typeorm_project(
+        {
+            "1700000200000-Role.js": typeorm_migration(
+                "Role1700000200000", f"SELECT 'password={CANARY_PASSWORD}' AS leaked"
+            )
+        }
+    )
+    events: list = []
+
+    previews = preview(typeorm_plugins, typeorm_context(project, events))
+
+    text = "".join(p.model_dump_json() for p in previews) + "".join(e.model_dump_json() for e in events)
+    assert "leaked" in text and CANARY_PASSWORD not in text

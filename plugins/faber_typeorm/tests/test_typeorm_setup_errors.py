@@ -1,0 +1,97 @@
+"""A broken setup is a clear configuration error with the fix, and nothing is applied."""
+
+from __future__ import annotations
+
+import pytest
+from faber_core.errors import ConfigError, HealthCheckFailed
+from faber_core.testing.fixtures import CANARY_PASSWORD
+
+
+def setup_error(plugins, context, kind=ConfigError):
+    with pytest.raises(kind) as raised:
+        plugins.migration_apply(context, plugins.migration_status(context).pending_migrations())
+    return raised.value
+
+
+def nothing_applied(query) -> bool:
+    return query("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
+
+
+def test_node_missing(typeorm_project, typeorm_context, typeorm_plugins, monkeypatch, tmp_path, query):
+    context = typeorm_context(typeorm_project())
+    monkeypatch.setenv("PATH", str(tmp_path))
+
+    error = setup_error(typeorm_plugins, context)
+
+    assert "Node.js is not installed" in error.message
+    assert any("Install Node.js" in s for s in error.suggestions)
+    assert nothing_applied(query)
+
+
+def test_typeorm_missing_from_node_modules(typeorm_project, typeorm_context, typeorm_plugins, query):
+    context = typeorm_context(typeorm_project(node_modules=False))
+
+    error = setup_error(typeorm_plugins, context)
+
+    assert error.message.startswith("typeorm is not installed in the project")
+    assert any("npm ci" in s for s in error.suggestions) and any("npx" in s for s in error.suggestions)
+    assert nothing_applied(query)
+
+
+def test_a_data_source_that_throws_while_loading(typeorm_project, typeorm_context, typeorm_plugins, query):
+    broken = (
+        "throw new Error('cannot reach postgres://app:' + "
+        f"{CANARY_PASSWORD!r} + '@db/app (url in env: ' + Boolean(process.env.FABER_DATABASE_URL) + ')');\n"
+    )
+    context = typeorm_context(typeorm_project(files={"data-source.js": broken}))
+
+    error = setup_error(typeorm_plugins, context)
+
+    assert error.message.startswith("Could not load data-source.js: cannot reach postgres://app:***@db/app")
+    assert "(url in env: false)" in error.message
+    assert CANARY_PASSWORD not in error.message + str(error.tool_output)
+    assert nothing_applied(query)
+
+
+def test_a_module_without_a_data_source(typeorm_project, typeorm_context, typeorm_plugins):
+    context = typeorm_context(typeorm_project(files={"data-source.js": "module.exports = { options: {} };\n"}))
+
+    error = setup_error(typeorm_plugins, context)
+
+    assert "data-source.js exports no DataSource (exports: options)" in error.message
+
+
+def test_a_missing_data_source_file(typeorm_project, typeorm_context, typeorm_plugins):
+    context = typeorm_context(typeorm_project(typeorm={"data_source": "src/db.js"}))
+
+    error = setup_error(typeorm_plugins, context)
+
+    assert "src/db.js does not exist" in error.message
+    assert any("database.typeorm.data_source" in s for s in error.suggestions)
+
+
+def test_a_typescript_data_source_without_ts_node(typeorm_project, typeorm_context, typeorm_plugins, query):
+    source = 'import { DataSource } from "typeorm";\nexport default new DataSource({ type: "postgres" });\n'
+    context = typeorm_context(
+        typeorm_project(files={"src/data-source.ts": source}, typeorm={"data_source": "src/data-source.ts"})
+    )
+
+    error = setup_error(typeorm_plugins, context)
+
+    assert error.message == "src/data-source.ts is TypeScript and ts-node is not installed in the project"
+    assert any("npm install --save-dev ts-node typescript" in s for s in error.suggestions)
+    assert nothing_applied(query)
+
+
+def test_an_unreachable_database_fails_the_health_check_without_the_password(
+    typeorm_project, typeorm_context, typeorm_plugins, monkeypatch
+):
+    context = typeorm_context(typeorm_project())
+    monkeypatch.setenv("TYPEORM_TEST_DATABASE_URL", f"postgresql://app:{CANARY_PASSWORD}@127.0.0.1:1/app")
+    context = typeorm_context(context.project_dir)
+
+    with pytest.raises(HealthCheckFailed) as raised:
+        typeorm_plugins.migration_status(context)
+
+    assert "could not connect" in raised.value.message and "ECONNREFUSED" in raised.value.message
+    assert CANARY_PASSWORD not in raised.value.message
