@@ -11,9 +11,11 @@ project's ORM from the project's ``node_modules`` and prints one JSON object per
     {"event": "migration_failed", "name": ..., "code": "42P07", "message": ..., "query": ...,
      "transaction_rolled_back": true, "duration_seconds": ...}
     {"event": "setup_error", "kind": "module_missing" | "typescript_loader_missing" | "load_failed"
-     | "not_found" | "unsupported" | "connection_failed", "message": ..., "module": ..., "file": ...}
+     | "not_found" | "unsupported" | "plan_mismatch" | "connection_failed" | "invalid", "message": ...,
+     "module": ..., "file": ...}
 
-The database URL reaches the runner only as ``FABER_DATABASE_URL`` in its environment. Every
+The database URL reaches the runner only as ``FABER_DATABASE_URL`` in its environment; the
+migrations faber means to apply arrive as ``FABER_EXPECTED_MIGRATIONS`` (a JSON list). Every
 string it prints is redacted before faber looks at it. Exit code 0: done; 1: a migration failed;
 2: the setup is broken (a ``setup_error`` says how).
 """
@@ -44,6 +46,7 @@ from faber_core.processes import child_environment
 from faber_core.secrets import Redactor
 
 URL_VARIABLE = "FABER_DATABASE_URL"
+EXPECTED_VARIABLE = "FABER_EXPECTED_MIGRATIONS"
 MIGRATION_FAILED_EXIT = 1
 SETUP_ERROR_EXIT = 2
 STDERR_TAIL_CHARS = 4000
@@ -60,7 +63,7 @@ class NodeTool:
     script: Path
     """The runner shipped inside the plugin package."""
     config_key: str
-    """Where its setting lives, for messages: ``database.typeorm.data_source``."""
+    """Where the files it loads are named, for messages: ``database.typeorm.data_source``."""
     install: str
     """The npm command that installs what the project lacks: ``npm install typeorm pg``."""
 
@@ -98,16 +101,20 @@ def run_runner(
     args: Iterable[str],
     *,
     database: Database | None = None,
+    expected: list[str] | None = None,
     on_event: Callable[[Event], None] | None = None,
 ) -> RunnerResult:
     """Run ``node <runner> <command> <args>`` in the project directory, streaming its events.
 
-    Raises :class:`ConfigError` for a broken setup and :class:`FaberError` when the runner dies
-    without saying why; a failing migration is an event, not an exception.
+    ``expected``: the migrations faber means to apply; the runner refuses to start if the ORM's
+    own list differs. Raises :class:`ConfigError` for a broken setup and :class:`FaberError` when
+    the runner dies without saying why; a failing migration is an event, not an exception.
     """
     target = database or context.database
     argv = [node_executable(), str(tool.script), command, *args]
     env = child_environment({URL_VARIABLE: target.url.reveal()})
+    if expected is not None:
+        env[EXPECTED_VARIABLE] = json.dumps(expected)
     events: list[Event] = []
     with tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace") as stderr_file:
         proc = subprocess.Popen(
@@ -219,7 +226,7 @@ def setup_failure(tool: NodeTool, context: RunContext, event: Event, stderr: str
             f"Could not load {file}: {message}",
             suggestions=[
                 f"Check that it runs on its own: node -e \"require('./{file}')\" in {project}",
-                f"Check {tool.config_key} in the faber config",
+                f"Check {tool.config_key}",
             ],
             tool_output=_tail(stderr) or None,
         )
@@ -229,6 +236,14 @@ def setup_failure(tool: NodeTool, context: RunContext, event: Event, stderr: str
             f"{tool.name} could not connect to the {context.environment} database{code}: {message}",
             result={"health_check": "failed", "details": message},
             suggestions=["Verify the database is running and reachable", f"Check {context.database.source}"],
+        )
+    if kind == "plan_mismatch":
+        return ConfigError(
+            message,
+            suggestions=[
+                "Nothing was applied",
+                "The migration files or the database changed while faber ran: run the command again",
+            ],
         )
     return ConfigError(
         message,
@@ -269,7 +284,7 @@ def apply(tool: NodeTool, context: RunContext, pending: list[LocalMigration], ar
         elif event["event"] == "migration_finished":
             context.emit("migration.applied", name=event["name"], duration_seconds=event["duration_seconds"])
 
-    result = run_runner(tool, context, "apply", args, on_event=progress)
+    result = run_runner(tool, context, "apply", args, expected=[m.name for m in pending], on_event=progress)
     return outcome_of(result, {m.name: m.path for m in pending})
 
 
@@ -339,7 +354,9 @@ def rehearse(
     with rehearsal_database(
         context, copy_rows_of=[bookkeeping] if bookkeeping else [], include_data=include_data
     ) as rehearsal:
-        result = run_runner(tool, context, "apply", args, database=rehearsal.database)
+        result = run_runner(
+            tool, context, "apply", args, database=rehearsal.database, expected=[m.name for m in pending]
+        )
     seen = _rehearsed(result)
     copy = (
         "a copy of the schema and data"

@@ -95,3 +95,19 @@ def test_an_unreachable_database_fails_the_health_check_without_the_password(
 
     assert "could not connect" in raised.value.message and "ECONNREFUSED" in raised.value.message
     assert CANARY_PASSWORD not in raised.value.message
+
+
+def test_apply_refuses_when_typeorm_would_run_other_migrations_than_faber_approved(
+    typeorm_project, typeorm_context, typeorm_plugins, query
+):
+    context = typeorm_context(typeorm_project())
+    approved = typeorm_plugins.migration_status(context).pending_migrations()[:1]
+
+    with pytest.raises(ConfigError) as raised:
+        typeorm_plugins.migration_apply(context, approved)
+
+    assert raised.value.message == (
+        "faber expected to apply [CreateUsers1700000000000] but the ORM would apply "
+        "[CreateUsers1700000000000, AddUserName1700000100000]"
+    )
+    assert nothing_applied(query)

@@ -22,6 +22,7 @@ for (const method of ["log", "info", "debug"]) {
 const databaseUrl = process.env.FABER_DATABASE_URL;
 // Project code must not be able to print what it was never meant to see.
 delete process.env.FABER_DATABASE_URL;
+const expectedPlan = process.env.FABER_EXPECTED_MIGRATIONS;
 
 const SETUP_ERROR_EXIT = 2;
 const MIGRATION_FAILED_EXIT = 1;
@@ -38,6 +39,18 @@ class SetupError extends Error {
     super(message);
     this.kind = kind;
     this.fields = fields;
+  }
+}
+
+// faber shows and approves a list of migrations; exactly that list runs, or nothing does.
+function requireExpectedPlan(pendingNames) {
+  if (expectedPlan === undefined) return;
+  const expected = JSON.parse(expectedPlan);
+  if (JSON.stringify(expected) !== JSON.stringify(pendingNames)) {
+    throw new SetupError(
+      "plan_mismatch",
+      `faber expected to apply [${expected.join(", ")}] but the ORM would apply [${pendingNames.join(", ")}]`,
+    );
   }
 }
 
@@ -270,6 +283,7 @@ async function apply(dataSource, projectDir, track) {
     await queryRunner.release();
   }
   const pendingNames = pending.filter((m) => !applied.has(m.name)).map((m) => m.name);
+  requireExpectedPlan(pendingNames);
   emit("plan", { pending: pendingNames });
   for (const migration of pending) track.wrap(migration);
   try {

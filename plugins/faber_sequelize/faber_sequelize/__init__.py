@@ -1,0 +1,3 @@
+"""faber handler for Sequelize migrations."""
+
+TOOL = "sequelize"

@@ -1,0 +1,67 @@
+"""The Python side of the Sequelize runner: which config section to use, and what the runner reports.
+
+Every call starts ``node runner/runner.cjs`` in the project directory; the runner reads
+``.sequelizerc`` and the config as sequelize-cli does, opens the project's own Sequelize on the
+environment's database (``FABER_DATABASE_URL``, never argv) and keeps ``SequelizeMeta``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from faber_core import node_runner
+from faber_core.context import RunContext
+from faber_core.errors import ConfigError
+from faber_core.models import ApplyOutcome, LocalMigration, MigrationPreview, MigrationState
+
+from faber_sequelize import TOOL
+
+REHEARSAL_DATA = {"auto": None, "always": True, "never": False}
+NON_TRANSACTIONAL_NOTE = (
+    "Sequelize runs a migration without a transaction: if a statement fails, the statements before it stay "
+    "applied (protected environments rely on faber's backup and automatic rollback)"
+)
+
+RUNNER = node_runner.NodeTool(
+    name=TOOL,
+    script=Path(__file__).parent / "runner" / "runner.cjs",
+    config_key=".sequelizerc (config, migrations-path)",
+    install="npm install sequelize pg",
+)
+
+
+def runner_args(context: RunContext) -> list[str]:
+    """The faber environment's name picks the config section, unless ``database.sequelize.env`` names one."""
+    args = ["--environment", context.environment]
+    section = context.tool_options.get("env")
+    if section is not None:
+        if not isinstance(section, str) or not section:
+            raise ConfigError(f"config: `database.{TOOL}.env` must name a section of the Sequelize config")
+        args += ["--env", section]
+    return args
+
+
+def rehearsal_data(context: RunContext) -> bool | None:
+    choice = context.tool_options.get("rehearsal_data", "auto")
+    if choice not in REHEARSAL_DATA:
+        raise ConfigError(f"config: `database.{TOOL}.rehearsal_data` must be one of {', '.join(REHEARSAL_DATA)}")
+    return REHEARSAL_DATA[choice]
+
+
+def read_state(context: RunContext) -> MigrationState:
+    return node_runner.read_state(RUNNER, context, runner_args(context))
+
+
+def apply(context: RunContext, pending: list[LocalMigration]) -> ApplyOutcome:
+    return node_runner.apply(RUNNER, context, pending, runner_args(context))
+
+
+def preview(context: RunContext, pending: list[LocalMigration]) -> list[MigrationPreview]:
+    return node_runner.rehearse(
+        RUNNER,
+        context,
+        pending,
+        runner_args(context),
+        include_data=rehearsal_data(context),
+        extra_notes=lambda _: [NON_TRANSACTIONAL_NOTE],
+    )

@@ -1,0 +1,352 @@
+"use strict";
+// faber's Sequelize runner. Reads .sequelizerc and the config the way sequelize-cli does, opens
+// the project's own Sequelize on faber's database, and reports the migration status or applies
+// pending migrations, keeping the SequelizeMeta table exactly as sequelize-cli (umzug) keeps it.
+// Speaks JSON lines on stdout (see faber_core/node_runner.py); everything else goes to stderr.
+//
+//   node runner.cjs status|apply [--env NAME] [--environment FABER_ENV]
+//
+// The database URL comes from FABER_DATABASE_URL and replaces the config's connection options.
+//
+// The bookkeeping is written here with Sequelize itself rather than through umzug: every
+// Sequelize project has `sequelize`, while umzug is only a transitive dependency of
+// sequelize-cli (version 2, whose API differs from umzug 3); SequelizeMeta is one column.
+
+const fs = require("fs");
+const path = require("path");
+const { pathToFileURL } = require("url");
+const { performance } = require("perf_hooks");
+
+const protocol = process.stdout;
+for (const method of ["log", "info", "debug"]) {
+  // Migrations and project modules may log; stdout belongs to the protocol.
+  console[method] = (...args) => console.error(...args);
+}
+
+const databaseUrl = process.env.FABER_DATABASE_URL;
+// Project code must not be able to print what it was never meant to see.
+delete process.env.FABER_DATABASE_URL;
+const expectedPlan = process.env.FABER_EXPECTED_MIGRATIONS;
+
+const SETUP_ERROR_EXIT = 2;
+const MIGRATION_FAILED_EXIT = 1;
+// sequelize-cli's own pattern for migration files.
+const MIGRATION_FILE = /^(?!.*\.d\.ts$).*\.(cjs|js|cts|ts)$/;
+const CONNECTION_KEYS = ["username", "password", "database", "host", "port", "url", "use_env_variable", "replication"];
+const LOGGED_QUERY = /^Executing \([^)]*\): /s;
+
+function emit(event, fields = {}) {
+  protocol.write(JSON.stringify({ event, ...fields }) + "\n");
+}
+
+class SetupError extends Error {
+  constructor(kind, message, fields = {}) {
+    super(message);
+    this.kind = kind;
+    this.fields = fields;
+  }
+}
+
+// faber shows and approves a list of migrations; exactly that list runs, or nothing does.
+function requireExpectedPlan(pendingNames) {
+  if (expectedPlan === undefined) return;
+  const expected = JSON.parse(expectedPlan);
+  if (JSON.stringify(expected) !== JSON.stringify(pendingNames)) {
+    throw new SetupError(
+      "plan_mismatch",
+      `faber expected to apply [${expected.join(", ")}] but the ORM would apply [${pendingNames.join(", ")}]`,
+    );
+  }
+}
+
+function parseArgs(argv) {
+  const [command, ...rest] = argv;
+  const options = {};
+  for (let i = 0; i < rest.length; i += 2) options[rest[i].replace(/^--/, "")] = rest[i + 1];
+  return { command, options };
+}
+
+function projectRequire(projectDir, moduleName) {
+  let resolved;
+  try {
+    resolved = require.resolve(moduleName, { paths: [projectDir] });
+  } catch {
+    throw new SetupError("module_missing", `Cannot find module '${moduleName}' from ${projectDir}`, {
+      module: moduleName,
+    });
+  }
+  return require(resolved);
+}
+
+function registerTypeScript(projectDir, relative) {
+  if (!/\.[cm]?ts$/.test(relative) || process[Symbol.for("ts-node.register.instance")]) return;
+  let tsNode;
+  try {
+    tsNode = require(require.resolve("ts-node", { paths: [projectDir] }));
+  } catch {
+    throw new SetupError("typescript_loader_missing", `${relative} needs ts-node`, { file: relative });
+  }
+  tsNode.register({ transpileOnly: true });
+}
+
+async function loadModule(projectDir, file) {
+  const relative = path.relative(projectDir, file);
+  registerTypeScript(projectDir, relative);
+  try {
+    try {
+      return require(file);
+    } catch (error) {
+      if (error && error.code === "ERR_REQUIRE_ESM") return await import(pathToFileURL(file).href);
+      throw error;
+    }
+  } catch (error) {
+    if (error instanceof SetupError) throw error;
+    throw new SetupError("load_failed", String((error && error.message) || error), { file: relative });
+  }
+}
+
+// sequelize-cli: .sequelizerc may name the config file and the migrations directory.
+async function projectLayout(projectDir) {
+  const rcFile = path.join(projectDir, ".sequelizerc");
+  const rc = fs.existsSync(rcFile) ? await loadModule(projectDir, rcFile) : {};
+  const defaultConfig = path.join(projectDir, "config", "config.json");
+  const alternative = defaultConfig.replace(/\.json$/, ".js");
+  const configFile = rc.config
+    ? path.resolve(projectDir, rc.config)
+    : fs.existsSync(alternative)
+      ? alternative
+      : defaultConfig;
+  const migrationsDir = path.resolve(projectDir, rc["migrations-path"] || "migrations");
+  return { configFile, migrationsDir };
+}
+
+async function readConfig(projectDir, configFile) {
+  if (!fs.existsSync(configFile)) return {};
+  let config;
+  if (configFile.endsWith(".json")) {
+    try {
+      config = JSON.parse(fs.readFileSync(configFile, "utf8"));
+    } catch (error) {
+      throw new SetupError("load_failed", String(error.message), { file: path.relative(projectDir, configFile) });
+    }
+  } else {
+    const exported = await loadModule(projectDir, configFile);
+    config = exported && exported.__esModule && exported.default ? exported.default : exported;
+  }
+  return typeof config === "function" ? await config() : await config;
+}
+
+// The section sequelize-cli would use: --env, else the faber environment's own section, else development.
+function configSection(config, options) {
+  const name = options.env || [options.environment, "development"].find((candidate) => candidate in config);
+  if (options.env && !(options.env in config)) {
+    throw new SetupError("unsupported", `The Sequelize config has no "${options.env}" section`);
+  }
+  return name ? config[name] : {};
+}
+
+function storageOf(section) {
+  const storage = section.migrationStorage || "sequelize";
+  if (storage !== "sequelize") {
+    throw new SetupError(
+      "unsupported",
+      `migrationStorage "${storage}" is not supported: faber reads and writes the migration history in the ` +
+        `database (migrationStorage "sequelize"), where its lock and backups cover it`,
+    );
+  }
+  return {
+    tableName: section.migrationStorageTableName || "SequelizeMeta",
+    schema: section.migrationStorageTableSchema,
+    timestamps: Boolean(section.migrationTimestamps),
+  };
+}
+
+function openSequelize(projectDir, section, logging) {
+  const SequelizeModule = projectRequire(projectDir, "sequelize");
+  if (section.dialect && section.dialect !== "postgres") {
+    throw new SetupError("unsupported", `faber deploys to PostgreSQL; this config's dialect is ${section.dialect}`);
+  }
+  const options = { ...section };
+  for (const key of CONNECTION_KEYS) delete options[key];
+  Object.assign(options, { dialect: "postgres", logging, benchmark: false, logQueryParameters: false });
+  return { SequelizeModule, sequelize: new SequelizeModule.Sequelize(databaseUrl, options) };
+}
+
+async function connect(sequelize) {
+  try {
+    await sequelize.authenticate();
+  } catch (error) {
+    const original = (error && (error.original || error.parent)) || error || {};
+    throw new SetupError("connection_failed", String(error.message || error), { code: original.code || null });
+  }
+}
+
+function quoted(identifier) {
+  return `"${String(identifier).replace(/"/g, '""')}"`;
+}
+
+function localMigrations(projectDir, migrationsDir) {
+  if (!fs.existsSync(migrationsDir)) return [];
+  return fs
+    .readdirSync(migrationsDir)
+    .filter((file) => MIGRATION_FILE.test(file))
+    .sort()
+    .map((file) => ({ name: file, path: path.relative(projectDir, path.join(migrationsDir, file)) }));
+}
+
+async function bookkeepingTable(sequelize, storage) {
+  const schema =
+    storage.schema || (await sequelize.query("SELECT current_schema() AS schema", { plain: true })).schema;
+  return `${quoted(schema)}.${quoted(storage.tableName)}`;
+}
+
+async function tableExists(sequelize, table) {
+  const found = await sequelize.query("SELECT to_regclass(:table) IS NOT NULL AS exists", {
+    replacements: { table },
+    plain: true,
+  });
+  return found.exists;
+}
+
+async function appliedNames(sequelize, table) {
+  if (!(await tableExists(sequelize, table))) return [];
+  const rows = await sequelize.query(`SELECT name FROM ${table} ORDER BY name`, { type: "SELECT" });
+  return rows.map((row) => row.name);
+}
+
+// The model sequelize-cli's storage (umzug's SequelizeStorage) defines, so sync() creates the same table.
+function metaModel(sequelize, SequelizeModule, storage) {
+  return sequelize.define(
+    "SequelizeMeta",
+    {
+      name: {
+        type: SequelizeModule.DataTypes.STRING,
+        allowNull: false,
+        unique: true,
+        primaryKey: true,
+        autoIncrement: false,
+      },
+    },
+    { tableName: storage.tableName, schema: storage.schema, timestamps: storage.timestamps },
+  );
+}
+
+async function migrationSteps(projectDir, migration) {
+  const exported = await loadModule(projectDir, path.join(projectDir, migration.path));
+  const steps = exported && typeof exported.up !== "function" && exported.default ? exported.default : exported;
+  if (!steps || typeof steps.up !== "function") {
+    throw new SetupError("load_failed", "it exports no up() function", { file: migration.path });
+  }
+  return steps;
+}
+
+async function status(context) {
+  const { sequelize, storage, projectDir, migrationsDir } = context;
+  const table = await bookkeepingTable(sequelize, storage);
+  emit("status", {
+    local: localMigrations(projectDir, migrationsDir).map((m) => ({ ...m, transactional: false })),
+    records: (await appliedNames(sequelize, table)).map((name) => ({ name })),
+    bookkeeping_table: table,
+  });
+  return 0;
+}
+
+async function apply(context, track) {
+  const { sequelize, SequelizeModule, storage, projectDir, migrationsDir } = context;
+  const table = await bookkeepingTable(sequelize, storage);
+  const applied = new Set(await appliedNames(sequelize, table));
+  const pending = localMigrations(projectDir, migrationsDir).filter((m) => !applied.has(m.name));
+  requireExpectedPlan(pending.map((m) => m.name));
+  emit("plan", { pending: pending.map((m) => m.name) });
+  if (pending.length === 0) return 0;
+  // Every pending file loads before the first one runs: a file that cannot load is a broken setup,
+  // found before anything is applied.
+  for (const migration of pending) migration.steps = await migrationSteps(projectDir, migration);
+  const queryInterface = sequelize.getQueryInterface();
+  if (await tableExists(sequelize, table)) {
+    // As sequelize-cli: a history table that has timestamps keeps getting them.
+    const columns = await queryInterface.describeTable({ tableName: storage.tableName, schema: storage.schema });
+    storage.timestamps = storage.timestamps || "createdAt" in columns;
+  } else if (storage.schema) {
+    await queryInterface.createSchema(storage.schema);
+  }
+  const Meta = metaModel(sequelize, SequelizeModule, storage);
+  await Meta.sync();
+  for (const migration of pending) {
+    const started = performance.now();
+    track.current = migration.name;
+    track.phase = "migration";
+    emit("migration_started", { name: migration.name, transactional: false });
+    try {
+      await migration.steps.up(queryInterface, SequelizeModule);
+      track.phase = "bookkeeping";
+      await Meta.create({ name: migration.name });
+    } catch (error) {
+      const original = (error && (error.original || error.parent)) || {};
+      emit("migration_failed", {
+        name: migration.name,
+        code: typeof original.code === "string" ? original.code : null,
+        message: String((error && error.message) || error),
+        query: (error && error.sql) || track.lastQuery,
+        // sequelize-cli runs a migration without a transaction: what ran before the failure stays.
+        transaction_rolled_back: false,
+        duration_seconds: (performance.now() - started) / 1000,
+      });
+      return MIGRATION_FAILED_EXIT;
+    }
+    emit("migration_finished", { name: migration.name, duration_seconds: (performance.now() - started) / 1000 });
+    track.current = null;
+  }
+  return 0;
+}
+
+function tracker() {
+  const track = { current: null, phase: null, lastQuery: null };
+  track.logging = (message, options) => {
+    const sql = String(message).replace(LOGGED_QUERY, "");
+    track.lastQuery = sql;
+    if (!track.current) return;
+    const bind = options && options.bind;
+    emit("query", {
+      name: track.current,
+      phase: track.phase,
+      sql,
+      parameters: Array.isArray(bind) ? bind : bind ? Object.values(bind) : [],
+    });
+  };
+  return track;
+}
+
+async function main() {
+  const { command, options } = parseArgs(process.argv.slice(2));
+  const projectDir = process.cwd();
+  projectRequire(projectDir, "sequelize");
+  const { configFile, migrationsDir } = await projectLayout(projectDir);
+  const section = configSection(await readConfig(projectDir, configFile), options);
+  const storage = storageOf(section);
+  const track = tracker();
+  const { sequelize, SequelizeModule } = openSequelize(projectDir, section, track.logging);
+  try {
+    await connect(sequelize);
+    const context = { sequelize, SequelizeModule, storage, projectDir, migrationsDir };
+    if (command === "status") return await status(context);
+    if (command === "apply") return await apply(context, track);
+    throw new SetupError("unsupported", `Unknown runner command: ${command}`);
+  } finally {
+    await sequelize.close().catch(() => {});
+  }
+}
+
+function exit(code) {
+  protocol.write("", () => process.exit(code));
+}
+
+main().then(exit, (error) => {
+  if (error instanceof SetupError) {
+    emit("setup_error", { kind: error.kind, message: error.message, ...error.fields });
+  } else {
+    emit("setup_error", { kind: "invalid", message: String((error && error.message) || error) });
+    console.error(error && error.stack);
+  }
+  exit(SETUP_ERROR_EXIT);
+});

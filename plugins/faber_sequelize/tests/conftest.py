@@ -1,0 +1,108 @@
+"""Fixtures for the Sequelize handler: the fixture Node project installed once, copies of it per test."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import psycopg
+import pytest
+from faber_core.context import RunContext, open_context
+from faber_core.plugins import Plugins
+
+from faber_sequelize import plugin
+
+FIXTURE = Path(__file__).parent / "fixtures" / "sequelize-project"
+PROJECT_FILES = (".sequelizerc", "package.json", "db/config.json")
+ENVIRONMENT = "staging"
+URL_ENV = "SEQUELIZE_TEST_DATABASE_URL"
+
+
+def migration_source(*statements: str) -> str:
+    """A JavaScript sequelize-cli migration running ``statements`` in order through the QueryInterface."""
+    body = "\n".join(f"    await queryInterface.sequelize.query({json.dumps(sql)});" for sql in statements)
+    return (
+        '"use strict";\n\nmodule.exports = {\n  async up(queryInterface) {\n'
+        f"{body}\n  }},\n\n  async down() {{}},\n}};\n"
+    )
+
+
+@pytest.fixture
+def sequelize_migration():
+    """``sequelize_migration(*statements) -> str``: a migration file's source."""
+    return migration_source
+
+
+@pytest.fixture(scope="session")
+def sequelize_node_modules() -> Path:
+    """The fixture project's locked dependencies, installed with ``npm ci`` once."""
+    if not (FIXTURE / "node_modules/sequelize/package.json").is_file():
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.skip("npm is not installed: the Sequelize tests need Node and npm")
+        installed = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund"], cwd=FIXTURE, capture_output=True, text=True, timeout=600
+        )
+        assert installed.returncode == 0, f"npm ci failed:\n{installed.stdout}\n{installed.stderr}"
+    return FIXTURE / "node_modules"
+
+
+@pytest.fixture
+def sequelize_plugins(plugin_manager) -> Plugins:
+    plugin_manager.register(plugin, name="faber_sequelize")
+    return Plugins(plugin_manager)
+
+
+@pytest.fixture
+def sequelize_project(faber_project, database_url, monkeypatch, sequelize_node_modules):
+    """``make(migrations=None, files=None, node_modules=True, sequelize=None, **settings) -> Path``.
+
+    A copy of the fixture project (.sequelizerc, db/config.json, db/migrations, ``node_modules``
+    linked) plus ``migrations`` ({file name: source}) and ``files``; ``staging`` reads the test URL.
+    """
+
+    def make(
+        migrations: dict[str, str] | None = None,
+        *,
+        files: dict[str, str] | None = None,
+        node_modules: bool = True,
+        sequelize: dict | None = None,
+        **settings,
+    ) -> Path:
+        monkeypatch.setenv(URL_ENV, database_url)
+        environment = {"database_url_env": URL_ENV, "lock_wait_seconds": 1, "backup_before_migrate": False, **settings}
+        database = {"migration_tool": "sequelize", "environments": {ENVIRONMENT: environment}}
+        if sequelize is not None:
+            database["sequelize"] = sequelize
+        sources = {name: (FIXTURE / name).read_text() for name in PROJECT_FILES}
+        sources |= {f"db/migrations/{p.name}": p.read_text() for p in (FIXTURE / "db/migrations").glob("*.js")}
+        sources |= {f"db/migrations/{name}": source for name, source in (migrations or {}).items()}
+        project = faber_project({"database": database}, sources | (files or {}))
+        if node_modules:
+            (project / "node_modules").symlink_to(sequelize_node_modules, target_is_directory=True)
+        return project
+
+    return make
+
+
+@pytest.fixture
+def sequelize_context():
+    def make(project_dir: Path, events: list | None = None, environment: str = ENVIRONMENT) -> RunContext:
+        listeners = [events.append] if events is not None else []
+        return open_context(project_dir, environment, "deploy-migrations", listeners=listeners)
+
+    return make
+
+
+@pytest.fixture
+def query(database_url):
+    """``query(sql, params=None) -> list[tuple]`` on the test database."""
+
+    def run(sql: str, params: list | None = None) -> list[tuple]:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            cursor = conn.execute(sql, params)
+            return cursor.fetchall() if cursor.description else []
+
+    return run

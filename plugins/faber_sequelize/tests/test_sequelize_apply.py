@@ -1,0 +1,135 @@
+"""Status and apply through the project's own Sequelize against the real PostgreSQL."""
+
+from __future__ import annotations
+
+from faber_core.testing.fixtures import CANARY_PASSWORD
+
+CREATE_USERS = "20240101000000-create-users.js"
+ADD_USER_NAME = "20240102000000-add-user-name.js"
+FIXTURE_MIGRATIONS = [CREATE_USERS, ADD_USER_NAME]
+
+
+def table_exists(query, name: str) -> bool:
+    return query("SELECT to_regclass(%s) IS NOT NULL", [name])[0][0]
+
+
+def apply_pending(plugins, context):
+    return plugins.migration_apply(context, plugins.migration_status(context).pending_migrations())
+
+
+def test_status_reads_the_sequelizerc_layout_in_file_name_order_and_creates_nothing(
+    sequelize_project, sequelize_migration, sequelize_context, sequelize_plugins, query
+):
+    project = sequelize_project(
+        {
+            "20231231000000-early.cjs": sequelize_migration("SELECT 1"),
+            "types.d.ts": "export {};\n",
+            "README.md": "not a migration\n",
+        }
+    )
+
+    state = sequelize_plugins.migration_status(sequelize_context(project))
+
+    assert [m.name for m in state.local] == ["20231231000000-early.cjs", *FIXTURE_MIGRATIONS]
+    assert state.local[1].path == f"db/migrations/{CREATE_USERS}" and state.local[1].checksum is None
+    assert state.pending == ["20231231000000-early.cjs", *FIXTURE_MIGRATIONS] and state.records == []
+    assert not table_exists(query, '"SequelizeMeta"'), "status must not create SequelizeMeta"
+
+
+def test_apply_runs_each_migration_and_records_it_as_sequelize_cli_does(
+    sequelize_project, sequelize_context, sequelize_plugins, query
+):
+    events: list = []
+    context = sequelize_context(sequelize_project(), events)
+
+    outcome = apply_pending(sequelize_plugins, context)
+
+    assert [m.name for m in outcome.applied] == FIXTURE_MIGRATIONS and outcome.failure is None
+    assert query('SELECT name FROM "SequelizeMeta" ORDER BY name') == [(CREATE_USERS,), (ADD_USER_NAME,)]
+    assert query("""SELECT column_name, data_type, is_nullable FROM information_schema.columns
+                    WHERE table_name = 'SequelizeMeta'""") == [("name", "character varying", "NO")]
+    assert query("SELECT column_name FROM information_schema.columns WHERE table_name = 'users' ORDER BY 1") == [
+        ("email",),
+        ("id",),
+        ("name",),
+    ]
+    progress = [(e.kind, e.data["name"]) for e in events if e.kind.startswith("migration.")]
+    assert progress == [
+        ("migration.started", CREATE_USERS),
+        ("migration.applied", CREATE_USERS),
+        ("migration.started", ADD_USER_NAME),
+        ("migration.applied", ADD_USER_NAME),
+    ]
+    assert sequelize_plugins.migration_status(context).pending == []
+
+
+def test_a_second_apply_is_a_no_op(sequelize_project, sequelize_context, sequelize_plugins, query):
+    context = sequelize_context(sequelize_project())
+    apply_pending(sequelize_plugins, context)
+
+    again = apply_pending(sequelize_plugins, context)
+
+    assert again.applied == [] and again.failure is None
+    assert query('SELECT count(*) FROM "SequelizeMeta"') == [(2,)]
+
+
+def test_a_failure_in_the_middle_leaves_the_statements_before_it(
+    sequelize_project, sequelize_migration, sequelize_context, sequelize_plugins, query
+):
+    # Sequelize runs migrations outside a transaction: the first statement of the failing one stays.
+    project = sequelize_project(
+        {
+            "20240103000000-add-posts.js": sequelize_migration(
+                'CREATE TABLE "posts" ("id" SERIAL PRIMARY KEY)', 'ALTER TABLE "users" ADD "email" varchar'
+            ),
+            "20240104000000-add-comments.js": sequelize_migration('CREATE TABLE "comments" (id int)'),
+        }
+    )
+    context = sequelize_context(project)
+
+    outcome = apply_pending(sequelize_plugins, context)
+
+    assert [m.name for m in outcome.applied] == FIXTURE_MIGRATIONS
+    failure = outcome.failure
+    assert failure.name == "20240103000000-add-posts.js" and failure.transaction_rolled_back is False
+    assert "already exists" in failure.error and "42701" in failure.error
+    assert 'ALTER TABLE "users" ADD "email"' in failure.output
+    assert failure.path == "db/migrations/20240103000000-add-posts.js"
+    assert table_exists(query, "posts"), "half of the failed migration stays applied"
+    assert not table_exists(query, "comments")
+    assert query('SELECT name FROM "SequelizeMeta" ORDER BY name') == [(CREATE_USERS,), (ADD_USER_NAME,)]
+    assert sequelize_plugins.migration_status(context).pending == [
+        "20240103000000-add-posts.js",
+        "20240104000000-add-comments.js",
+    ]
+
+
+def test_the_config_can_move_the_history_table(sequelize_project, sequelize_context, sequelize_plugins, query):
+    config = (
+        '{"staging": {"dialect": "postgres", "migrationStorageTableName": "sequelize_history",'
+        ' "migrationStorageTableSchema": "meta"}}'
+    )
+    context = sequelize_context(sequelize_project(files={"db/config.json": config}))
+
+    apply_pending(sequelize_plugins, context)
+
+    assert query("SELECT name FROM meta.sequelize_history ORDER BY name") == [(CREATE_USERS,), (ADD_USER_NAME,)]
+    assert sequelize_plugins.migration_status(context).pending == []
+
+
+def test_the_canary_password_never_appears_in_events_results_or_errors(
+    sequelize_project, sequelize_context, sequelize_plugins
+):
+    leaky = (
+        "module.exports = { async up() { throw new Error('cannot use ' + (process.env.FABER_DATABASE_URL || 'no url')"
+        f" + ' password={CANARY_PASSWORD}'); }}, async down() {{}} }};\n"
+    )
+    events: list = []
+    context = sequelize_context(sequelize_project({"20240103000000-leaky.js": leaky}), events)
+
+    outcome = apply_pending(sequelize_plugins, context)
+
+    assert outcome.failure.name == "20240103000000-leaky.js"
+    assert "cannot use no url" in outcome.failure.error, "the runner hides the URL from project code"
+    text = outcome.model_dump_json() + "".join(e.model_dump_json() for e in events)
+    assert CANARY_PASSWORD not in text

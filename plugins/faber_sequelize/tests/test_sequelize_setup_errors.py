@@ -1,0 +1,67 @@
+"""A broken Sequelize setup is a clear configuration error with the fix, and nothing is applied."""
+
+from __future__ import annotations
+
+import pytest
+from faber_core.errors import ConfigError
+from faber_core.testing.fixtures import CANARY_PASSWORD
+
+
+def setup_error(plugins, context):
+    with pytest.raises(ConfigError) as raised:
+        plugins.migration_apply(context, plugins.migration_status(context).pending_migrations())
+    return raised.value
+
+
+def nothing_applied(query) -> bool:
+    return query("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
+
+
+def test_node_missing(sequelize_project, sequelize_context, sequelize_plugins, monkeypatch, tmp_path, query):
+    context = sequelize_context(sequelize_project())
+    monkeypatch.setenv("PATH", str(tmp_path))
+
+    assert "Node.js is not installed" in setup_error(sequelize_plugins, context).message
+    assert nothing_applied(query)
+
+
+def test_sequelize_missing_from_node_modules(sequelize_project, sequelize_context, sequelize_plugins, query):
+    error = setup_error(sequelize_plugins, sequelize_context(sequelize_project(node_modules=False)))
+
+    assert error.message.startswith("sequelize is not installed in the project")
+    assert any("npm install sequelize pg" in s for s in error.suggestions)
+    assert nothing_applied(query)
+
+
+def test_a_config_that_does_not_load(sequelize_project, sequelize_context, sequelize_plugins, query):
+    rc = 'module.exports = { config: require("path").resolve("db", "config.js") };\n'
+    config = f"throw new Error('no secrets file for postgres://app:{CANARY_PASSWORD}@db/app');\n"
+    context = sequelize_context(sequelize_project(files={".sequelizerc": rc, "db/config.js": config}))
+
+    error = setup_error(sequelize_plugins, context)
+
+    assert error.message.startswith("Could not load db/config.js: no secrets file for postgres://app:***@db/app")
+    assert CANARY_PASSWORD not in error.message + str(error.tool_output)
+    assert nothing_applied(query)
+
+
+def test_a_typescript_migration_without_ts_node(sequelize_project, sequelize_context, sequelize_plugins, query):
+    source = "export async function up() {}\nexport async function down() {}\n"
+    context = sequelize_context(sequelize_project({"20240103000000-typed.ts": source}))
+
+    error = setup_error(sequelize_plugins, context)
+
+    assert (
+        error.message
+        == "db/migrations/20240103000000-typed.ts is TypeScript and ts-node is not installed in the project"
+    )
+
+
+def test_json_migration_storage_is_refused(sequelize_project, sequelize_context, sequelize_plugins, query):
+    config = '{"staging": {"dialect": "postgres", "migrationStorage": "json"}}'
+    context = sequelize_context(sequelize_project(files={"db/config.json": config}))
+
+    error = setup_error(sequelize_plugins, context)
+
+    assert 'migrationStorage "json" is not supported' in error.message
+    assert nothing_applied(query)
