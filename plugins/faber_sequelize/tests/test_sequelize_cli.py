@@ -1,0 +1,57 @@
+"""`faber migrate` end to end on a Sequelize project: deploy, preview, and a half-applied failure rolled back."""
+
+from __future__ import annotations
+
+from faber_core.testing.fixtures import CANARY_PASSWORD
+
+FIXTURE_MIGRATIONS = ["20240101000000-create-users.js", "20240102000000-add-user-name.js"]
+
+
+def test_faber_migrate_deploys_and_a_second_run_has_nothing_to_do(sequelize_project, run_faber, query):
+    project = sequelize_project()
+
+    first = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+    again = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+
+    assert first.returncode == 0, first.output
+    assert [m["name"] for m in first.json["result"]["migrations"]] == FIXTURE_MIGRATIONS
+    assert [name for (name,) in query('SELECT name FROM "SequelizeMeta" ORDER BY name')] == FIXTURE_MIGRATIONS
+    assert again.returncode == 0 and again.json["message"] == "No pending migrations"
+    assert CANARY_PASSWORD not in first.output + again.output
+
+
+def test_faber_migrate_dry_run_shows_the_real_sql_and_says_it_is_not_transactional(sequelize_project, run_faber, query):
+    run = run_faber("migrate", "staging", "--dry-run", "--json", "--cwd", str(sequelize_project()))
+
+    assert run.returncode == 0, run.output
+    migrations = run.json["result"]["migrations"]
+    assert migrations[0]["sql"].startswith('CREATE TABLE IF NOT EXISTS "users"')
+    assert all(m["transactional"] is False for m in migrations)
+    assert query("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
+    assert CANARY_PASSWORD not in run.output
+
+
+def test_a_half_applied_migration_in_a_protected_environment_is_rolled_back_to_the_backup(
+    sequelize_project, sequelize_migration, run_faber, query
+):
+    project = sequelize_project(backup_before_migrate=True, auto_rollback=True, protected=True)
+    assert run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project)).returncode == 0
+    query("INSERT INTO users (email) VALUES ('kept@example.com')")
+    migrations = project / "db/migrations"
+    (migrations / "20240103000000-add-posts.js").write_text(sequelize_migration('CREATE TABLE "posts" (id int)'))
+    (migrations / "20240104000000-broken.js").write_text(
+        sequelize_migration('CREATE TABLE "half" (id int)', 'ALTER TABLE "users" ADD "email" text')
+    )
+
+    run = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+
+    assert run.returncode == 6, run.output
+    result = run.json["result"]
+    assert result["failed_migration"] == "20240104000000-broken.js"
+    assert result["applied_migrations"] == ["20240103000000-add-posts.js"]
+    assert result["transaction_rolled_back"] is False
+    assert (result["rollback_initiated"], result["rollback_status"]) == (True, "success")
+    assert [name for (name,) in query('SELECT name FROM "SequelizeMeta" ORDER BY name')] == FIXTURE_MIGRATIONS
+    assert query("SELECT to_regclass('posts'), to_regclass('half')") == [(None, None)], "the half-applied table is gone"
+    assert query("SELECT email FROM users") == [("kept@example.com",)]
+    assert CANARY_PASSWORD not in run.output

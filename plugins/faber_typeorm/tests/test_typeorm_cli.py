@@ -1,0 +1,68 @@
+"""`faber migrate` end to end on a TypeORM project: deploy, preview, and a failed deploy rolled back."""
+
+from __future__ import annotations
+
+from faber_core.testing.fixtures import CANARY_PASSWORD
+
+FIXTURE_MIGRATIONS = ["CreateUsers1700000000000", "AddUserName1700000100000"]
+
+
+def test_faber_migrate_deploys_and_a_second_run_has_nothing_to_do(typeorm_project, run_faber, query):
+    project = typeorm_project()
+
+    first = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+    again = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+
+    assert first.returncode == 0, first.output
+    result = first.json["result"]
+    assert [m["name"] for m in result["migrations"]] == FIXTURE_MIGRATIONS
+    assert all(m["status"] == "applied" and m["duration_seconds"] >= 0 for m in result["migrations"])
+    assert [name for (name,) in query("SELECT name FROM migrations ORDER BY id")] == FIXTURE_MIGRATIONS
+    assert again.returncode == 0 and again.json["message"] == "No pending migrations"
+    assert CANARY_PASSWORD not in first.output + again.output
+
+
+def test_faber_migrate_dry_run_shows_the_real_sql_and_changes_nothing(typeorm_project, run_faber, query):
+    project = typeorm_project()
+
+    run = run_faber("migrate", "staging", "--dry-run", "--json", "--cwd", str(project))
+
+    assert run.returncode == 0, run.output
+    document = run.json
+    assert document["operation"] == "preview-migrations" and document["result"]["pending_migrations"] == 2
+    create_users = document["result"]["migrations"][0]
+    assert create_users["sql"].startswith('CREATE TABLE "users"') and create_users["transactional"] is True
+    assert query("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
+    assert CANARY_PASSWORD not in run.output
+
+
+def test_a_failing_migration_in_a_protected_environment_is_rolled_back_to_the_backup(
+    typeorm_project, typeorm_migration, run_faber, query
+):
+    project = typeorm_project(backup_before_migrate=True, auto_rollback=True, protected=True)
+    assert run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project)).returncode == 0
+    query("INSERT INTO users (email) VALUES ('kept@example.com')")
+    migrations = project / "migrations"
+    (migrations / "1700000200000-AddPosts.js").write_text(
+        typeorm_migration("AddPosts1700000200000", 'CREATE TABLE "posts" (id int)')
+    )
+    (migrations / "1700000300000-Broken.js").write_text(
+        typeorm_migration("Broken1700000300000", 'ALTER TABLE "users" ADD "email" text')
+    )
+    (migrations / "1700000400000-Later.js").write_text(
+        typeorm_migration("Later1700000400000", 'CREATE TABLE "later" (id int)')
+    )
+
+    run = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+
+    assert run.returncode == 6, run.output
+    document = run.json
+    result = document["result"]
+    assert (document["code"], result["failed_migration"]) == ("MIGRATION_FAILED", "Broken1700000300000")
+    assert result["applied_migrations"] == ["AddPosts1700000200000"]
+    assert result["transaction_rolled_back"] is True
+    assert (result["rollback_initiated"], result["rollback_status"]) == (True, "success")
+    assert [name for (name,) in query("SELECT name FROM migrations ORDER BY id")] == FIXTURE_MIGRATIONS
+    assert query("SELECT to_regclass('posts'), to_regclass('later')") == [(None, None)]
+    assert query("SELECT email FROM users") == [("kept@example.com",)]
+    assert CANARY_PASSWORD not in run.output
