@@ -55,6 +55,7 @@ def test_a_typescript_migration_without_ts_node(sequelize_project, sequelize_con
         error.message
         == "db/migrations/20240103000000-typed.ts is TypeScript and ts-node is not installed in the project"
     )
+    assert nothing_applied(query), "every pending file loads before the first one runs"
 
 
 def test_json_migration_storage_is_refused(sequelize_project, sequelize_context, sequelize_plugins, query):
