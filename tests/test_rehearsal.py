@@ -48,13 +48,11 @@ def rows(url: str, statement: str) -> list[tuple]:
         return cursor.fetchall() if cursor.description else []
 
 
-def rehearsal_databases(admin_url: str) -> list[str]:
-    return [name for (name,) in rows(admin_url, f"SELECT datname FROM pg_database WHERE datname LIKE '{NAME_PREFIX}%'")]
+def database_exists(admin_url: str, name: str) -> bool:
+    return bool(rows(admin_url, f"SELECT 1 FROM pg_database WHERE datname = '{name}'"))
 
 
 def test_copies_the_schema_and_only_the_named_rows_then_drops_the_copy(context, target, postgres_admin_url):
-    before = rehearsal_databases(postgres_admin_url)
-
     with rehearsal_database(context(), copy_rows_of=["migrations", "missing_table"], include_data=False) as rehearsal:
         copy = rehearsal.database.url.reveal()
         assert rows(copy, "SELECT name FROM migrations ORDER BY id") == [("first",), ("second",)]
@@ -64,8 +62,9 @@ def test_copies_the_schema_and_only_the_named_rows_then_drops_the_copy(context, 
         rows(copy, "CREATE TABLE scratch (id int)")
         assert rehearsal.copied_rows_of == ['"public"."migrations"'] and not rehearsal.includes_data
         assert rehearsal.warnings == []
+        assert rehearsal.name.startswith(NAME_PREFIX) and database_exists(postgres_admin_url, rehearsal.name)
 
-    assert rehearsal_databases(postgres_admin_url) == before
+    assert not database_exists(postgres_admin_url, rehearsal.name)
     assert rows(target, "SELECT email FROM accounts ORDER BY id") == [("a@example.com",), ("b@example.com",)]
     assert rows(target, "SELECT to_regclass('scratch')") == [(None,)]
 
@@ -79,16 +78,15 @@ def test_copies_all_data_when_asked_and_by_default_for_a_small_target(context):
 
 
 def test_the_copy_is_dropped_after_an_error_and_after_ctrl_c(context, postgres_admin_url):
-    before = rehearsal_databases(postgres_admin_url)
     events: list = []
 
     for interruption in (RuntimeError("migration blew up"), KeyboardInterrupt()):
         with pytest.raises(type(interruption)):
-            with rehearsal_database(context(events=events), include_data=False):
-                assert len(rehearsal_databases(postgres_admin_url)) == len(before) + 1
+            with rehearsal_database(context(events=events), include_data=False) as rehearsal:
+                assert database_exists(postgres_admin_url, rehearsal.name)
                 raise interruption
+        assert not database_exists(postgres_admin_url, rehearsal.name)
 
-    assert rehearsal_databases(postgres_admin_url) == before
     kinds = [event.kind for event in events]
     assert kinds == ["rehearsal.created", "rehearsal.dropped"] * 2
 

@@ -12,9 +12,9 @@ def preview(plugins, context):
 def test_preview_shows_the_sql_sequelize_runs_and_leaves_the_target_untouched(
     sequelize_project, sequelize_context, sequelize_plugins, query
 ):
-    before = query("SELECT datname FROM pg_database WHERE datname LIKE %s", [f"{NAME_PREFIX}%"])
+    events: list = []
 
-    previews = preview(sequelize_plugins, sequelize_context(sequelize_project()))
+    previews = preview(sequelize_plugins, sequelize_context(sequelize_project(), events))
 
     create_users, add_name = previews
     assert create_users.sql == (
@@ -27,7 +27,9 @@ def test_preview_shows_the_sql_sequelize_runs_and_leaves_the_target_untouched(
     assert all(p.transactional is False for p in previews)
     assert all(any("without a transaction" in note for note in p.notes) for p in previews)
     assert query("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
-    assert query("SELECT datname FROM pg_database WHERE datname LIKE %s", [f"{NAME_PREFIX}%"]) == before
+    (rehearsal,) = [e.data["database"] for e in events if e.kind == "rehearsal.created"]
+    assert rehearsal.startswith(NAME_PREFIX)
+    assert query("SELECT count(*) FROM pg_database WHERE datname = %s", [rehearsal]) == [(0,)], "it is dropped"
 
 
 def test_a_migration_that_would_fail_is_reported_with_what_it_would_leave_behind(

@@ -6,8 +6,11 @@ from faber_core.postgres.rehearsal import NAME_PREFIX
 from faber_core.testing.fixtures import CANARY_PASSWORD
 
 
-def rehearsal_databases(query) -> list[str]:
-    return [name for (name,) in query("SELECT datname FROM pg_database WHERE datname LIKE %s", [f"{NAME_PREFIX}%"])]
+def rehearsals_left(query, events) -> list[str]:
+    """The rehearsal databases this run created that still exist."""
+    created = [e.data["database"] for e in events if e.kind == "rehearsal.created"]
+    assert created and all(name.startswith(NAME_PREFIX) for name in created)
+    return [name for (name,) in query("SELECT datname FROM pg_database WHERE datname = ANY(%s)", [created])]
 
 
 def preview(plugins, context):
@@ -17,7 +20,6 @@ def preview(plugins, context):
 def test_preview_shows_the_sql_typeorm_runs_and_leaves_the_target_untouched(
     typeorm_project, typeorm_context, typeorm_plugins, query
 ):
-    before = rehearsal_databases(query)
     events: list = []
 
     previews = preview(typeorm_plugins, typeorm_context(typeorm_project(), events))
@@ -29,7 +31,7 @@ def test_preview_shows_the_sql_typeorm_runs_and_leaves_the_target_untouched(
     assert all(p.transactional is True and p.estimated_duration_seconds >= 0 for p in previews)
     assert any("Measured by applying it" in note for note in add_name.notes)
     assert query("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)], "the target is unchanged"
-    assert rehearsal_databases(query) == before, "the rehearsal database is dropped"
+    assert rehearsals_left(query, events) == [], "the rehearsal database is dropped"
     assert [e.kind for e in events if e.kind.startswith("migration.")] == [], "a rehearsal applies nothing for real"
 
 
