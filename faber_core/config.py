@@ -40,6 +40,16 @@ class BackupSettings(BaseModel):
     provider: str = Field("pg_dump", description="Backup provider name, e.g. pg_dump or rds-snapshot.")
 
 
+class LockRetrySettings(BaseModel):
+    """How a transactional migration that hit ``lock_timeout`` is tried again (docs/safety.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    retries: int = Field(5, ge=0, le=100, description="Further attempts after the first lock timeout.")
+    backoff_seconds: float = Field(1.0, ge=0, description="Wait before the first retry; doubles on each retry.")
+    max_backoff_seconds: float = Field(30.0, ge=0, description="Upper bound of one wait between attempts.")
+
+
 class EnvironmentSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -66,6 +76,36 @@ class EnvironmentSettings(BaseModel):
     )
     connect_timeout_seconds: int = Field(10, ge=1, le=600)
     backup: BackupSettings = Field(default_factory=BackupSettings)
+    lint: Literal["block", "warn", "off"] | None = Field(
+        None,
+        description="Lint pending migrations with squawk. block: lock-risk errors stop the deploy; "
+        "warn: report only. Default: block in protected environments, warn elsewhere.",
+    )
+    lock_timeout_seconds: float | None = Field(
+        None,
+        ge=0,
+        description="lock_timeout of every migration session; 0 turns it off. "
+        "Default: 2 in protected environments, off elsewhere.",
+    )
+    statement_timeout_seconds: float | None = Field(
+        None, ge=0, description="statement_timeout of every migration session; off when unset or 0."
+    )
+    lock_retry: LockRetrySettings = Field(default_factory=LockRetrySettings)
+    preflight: Literal["warn", "wait", "abort", "off"] = Field(
+        "warn",
+        description="Sessions that hold locks on the tables the migrations touch, or long transactions: "
+        "warn reports them and proceeds under lock_timeout and retry; wait waits up to "
+        "preflight_wait_seconds for them to end; abort stops before anything is applied.",
+    )
+    preflight_wait_seconds: float = Field(60.0, ge=0)
+    long_transaction_seconds: float = Field(
+        5.0, ge=0, description="A transaction open this long counts as a blocker even without locks on the tables."
+    )
+    requires_success_in: str | None = Field(
+        None,
+        description="An environment (e.g. staging) in which every pending migration, with the same checksum, "
+        "must have been deployed successfully first.",
+    )
 
     def resolved(self, name: str) -> EnvironmentSettings:
         """A copy with every unset setting filled in from the defaults for ``name``."""
@@ -82,6 +122,10 @@ class EnvironmentSettings(BaseModel):
                 "backup_before_migrate": pick(self.backup_before_migrate),
                 "require_approval": pick(self.require_approval),
                 "auto_rollback": pick(self.auto_rollback),
+                "lint": self.lint or ("block" if protected else "warn"),
+                "lock_timeout_seconds": (2.0 if protected else 0.0)
+                if self.lock_timeout_seconds is None
+                else self.lock_timeout_seconds,
             }
         )
 

@@ -147,6 +147,18 @@ class RunContext:
     def state_dir(self) -> Path:
         return self.project_dir / STATE_DIR
 
+    def apply_session_timeouts(self, conn: psycopg.Connection) -> None:
+        """Give a migration session the environment's ``lock_timeout``/``statement_timeout`` (docs/safety.md)."""
+        from faber_core.safety.timeouts import apply_session_timeouts
+
+        apply_session_timeouts(conn, self.settings)
+
+    def session_timeout_env(self, inherited_pgoptions: str | None = None) -> dict[str, str]:
+        """``PGOPTIONS`` for a subprocess that applies migrations, carrying the same timeouts."""
+        from faber_core.safety.timeouts import timeout_env
+
+        return timeout_env(self.settings, inherited_pgoptions)
+
     def emit(self, kind: str, **data: Any) -> AuditEvent:
         """Tell every listener (progress output, audit sinks, spans) that something happened."""
         event = AuditEvent(

@@ -61,6 +61,24 @@ class RestoreFailed(FaberError):
     code = "RESTORE_FAILED"
 
 
+class LintBlocked(FaberError):
+    """The lint found lock-risk errors in a pending migration, in an environment whose policy blocks."""
+
+    code = "LINT_BLOCKED"
+
+
+class StagingProofMissing(FaberError):
+    """A pending migration has not been deployed successfully in the environment that must come first."""
+
+    code = "STAGING_PROOF_MISSING"
+
+
+class PreflightBlocked(FaberError):
+    """Sessions holding locks on the migrations' tables, in an environment whose preflight aborts or waits."""
+
+    code = "PREFLIGHT_BLOCKED"
+
+
 EXIT_CODES: dict[str, int] = {
     "INTERNAL_ERROR": 1,
     ConfigError.code: 2,
@@ -70,6 +88,9 @@ EXIT_CODES: dict[str, int] = {
     MigrationFailed.code: 6,
     Locked.code: 7,
     RestoreFailed.code: 8,
+    LintBlocked.code: 9,
+    StagingProofMissing.code: 10,
+    PreflightBlocked.code: 11,
 }
 
 

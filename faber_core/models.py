@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
+from faber_core.safety.models import LintFinding
+
 
 class ToolInfo(BaseModel):
     """A migration tool a plugin can drive, e.g. ``prisma``."""
@@ -113,6 +115,12 @@ class MigrationPreview(BaseModel):
     estimated_duration_seconds: float
     transactional: bool | None = Field(None, description="Whether it runs in one transaction; None when unknown.")
     notes: list[str] = Field(default_factory=list)
+    basis: str | None = Field(
+        None,
+        description="How the estimate was made. Leave None and faber estimates from table statistics; "
+        "set it when the handler measured the duration itself.",
+    )
+    lint: list[LintFinding] = Field(default_factory=list, description="Filled in by faber's lint (docs/safety.md).")
 
 
 class AppliedMigration(BaseModel):
@@ -130,6 +138,9 @@ class MigrationFailure(BaseModel):
     path: str | None = None
     transaction_rolled_back: bool = Field(
         description="True when the migration ran in a transaction that rolled back, so none of it remains."
+    )
+    sqlstate: str | None = Field(
+        None, description="PostgreSQL's error code when known; 55P03 (lock timeout) makes faber retry."
     )
 
 

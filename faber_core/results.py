@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, model_serializer
 
 from faber_core.errors import FaberError
 from faber_core.models import AppliedMigration, MigrationPreview
+from faber_core.safety.models import LintFinding, PreflightReport
 
 
 class DeployResult(BaseModel):
@@ -23,6 +24,9 @@ class DeployResult(BaseModel):
     health_check_before: str
     health_check_after: str
     mode: str
+    lint: dict[str, list[LintFinding]] | None = Field(None, description="Findings that did not block, by migration.")
+    preflight: PreflightReport | None = None
+    staging_proof: dict[str, Any] | None = None
 
 
 class NoPendingResult(BaseModel):
@@ -36,6 +40,7 @@ class PreviewResult(BaseModel):
     pending_migrations: int
     migrations: list[MigrationPreview]
     total_estimated_duration_seconds: float
+    preflight: PreflightReport | None = None
 
 
 class Success(BaseModel):

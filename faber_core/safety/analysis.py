@@ -1,0 +1,164 @@
+"""What each statement of a migration does to its table, read with PostgreSQL's own parser.
+
+The kind of a statement decides how long it holds its lock: a metadata-only change is instant
+whatever the table's size; a full scan (``SET NOT NULL``, validating a constraint), an index
+build or a table rewrite (most column type changes, a volatile default) grows with the table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pglast
+from pglast import ast
+from pglast.enums import AlterTableType, ConstrType
+from pglast.visitors import Visitor
+
+Kind = Literal["metadata", "scan", "index", "rewrite", "update", "other"]
+TableName = tuple[str | None, str]
+"""(schema or None when unqualified, table) exactly as the SQL names it."""
+
+# Defaults PostgreSQL evaluates once per ALTER (stable or constant): adding such a column is
+# metadata-only since PostgreSQL 11. Anything else (random(), gen_random_uuid(), nextval(), ...)
+# is evaluated per row and rewrites the table.
+_ONCE_EVALUATED_FUNCTIONS = frozenset(
+    {"now", "statement_timestamp", "transaction_timestamp", "current_timestamp", "current_date", "localtimestamp"}
+)
+_SERIAL_TYPES = frozenset({"serial", "serial4", "bigserial", "serial8", "smallserial", "serial2"})
+_SCANNING_CONSTRAINTS = (ConstrType.CONSTR_CHECK, ConstrType.CONSTR_FOREIGN)
+_INDEXING_CONSTRAINTS = (ConstrType.CONSTR_PRIMARY, ConstrType.CONSTR_UNIQUE, ConstrType.CONSTR_EXCLUSION)
+_REWRITING_SUBTYPES = (AlterTableType.AT_AlterColumnType, AlterTableType.AT_SetLogged, AlterTableType.AT_SetUnLogged)
+
+
+@dataclass
+class StatementEffect:
+    """One statement: its text, what it does, and to which table."""
+
+    sql: str
+    kind: Kind
+    table: TableName | None
+    concurrent: bool = False
+    tables_touched: list[TableName] = field(default_factory=list)
+
+
+def analyse(sql: str) -> list[StatementEffect]:
+    """Every statement of ``sql`` with its effect; raises ``pglast.parser.ParseError`` for bad SQL."""
+    effects = []
+    for raw in pglast.parse_sql(sql):
+        text = _statement_text(sql, raw)
+        kind, table, concurrent = _classify(raw.stmt)
+        effects.append(StatementEffect(text, kind, table, concurrent, tables_touched(raw.stmt)))
+    return effects
+
+
+def _statement_text(sql: str, raw: ast.RawStmt) -> str:
+    data = sql.encode()
+    start = raw.stmt_location or 0
+    end = start + raw.stmt_len if raw.stmt_len else len(data)
+    return data[start:end].decode(errors="replace").strip()
+
+
+def qualified(range_var: ast.RangeVar) -> TableName:
+    return (range_var.schemaname or None, range_var.relname)
+
+
+class _RangeVars(Visitor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[TableName] = []
+
+    def visit_RangeVar(self, ancestors: object, node: ast.RangeVar) -> None:
+        name = qualified(node)
+        if name not in self.found:
+            self.found.append(name)
+
+
+def tables_touched(node: ast.Node) -> list[TableName]:
+    """Every table a statement names (a foreign key's referenced table locks too)."""
+    visitor = _RangeVars()
+    visitor(node)
+    return visitor.found
+
+
+def _classify(node: ast.Node) -> tuple[Kind, TableName | None, bool]:
+    if isinstance(node, ast.AlterTableStmt):
+        kinds = [_alter_kind(cmd) for cmd in node.cmds or ()]
+        return _heaviest(kinds), qualified(node.relation), False
+    if isinstance(node, ast.IndexStmt):
+        return "index", qualified(node.relation), bool(node.concurrent)
+    if isinstance(node, (ast.UpdateStmt, ast.DeleteStmt)):
+        return "update", qualified(node.relation), False
+    if isinstance(node, ast.ClusterStmt) and node.relation is not None:
+        return "rewrite", qualified(node.relation), False
+    if isinstance(node, ast.VacuumStmt):
+        full = any(getattr(option, "defname", None) == "full" for option in node.options or ())
+        relation = node.rels[0].relation if node.rels else None
+        return ("rewrite" if full else "scan"), qualified(relation) if relation else None, False
+    if isinstance(node, (ast.InsertStmt, ast.CreateTableAsStmt, ast.RefreshMatViewStmt)):
+        return "other", None, False
+    return "metadata", None, False
+
+
+_WEIGHT = {"metadata": 0, "other": 1, "scan": 2, "index": 3, "update": 4, "rewrite": 5}
+
+
+def _heaviest(kinds: list[Kind]) -> Kind:
+    return max(kinds, key=_WEIGHT.__getitem__, default="metadata")
+
+
+def _alter_kind(cmd: ast.Node) -> Kind:
+    if not isinstance(cmd, ast.AlterTableCmd):
+        return "metadata"
+    subtype = cmd.subtype
+    if subtype in _REWRITING_SUBTYPES:
+        return "rewrite"
+    if subtype == AlterTableType.AT_SetNotNull or subtype == AlterTableType.AT_ValidateConstraint:
+        return "scan"
+    if subtype == AlterTableType.AT_AddConstraint and isinstance(cmd.def_, ast.Constraint):
+        return _constraint_kind(cmd.def_)
+    if subtype == AlterTableType.AT_AddColumn and isinstance(cmd.def_, ast.ColumnDef):
+        return _new_column_kind(cmd.def_)
+    return "metadata"
+
+
+def _constraint_kind(constraint: ast.Constraint) -> Kind:
+    if constraint.contype in _INDEXING_CONSTRAINTS and not constraint.indexname:
+        return "index"
+    if constraint.contype in _SCANNING_CONSTRAINTS and not constraint.skip_validation:
+        return "scan"
+    return "metadata"
+
+
+def _new_column_kind(column: ast.ColumnDef) -> Kind:
+    type_name = column.typeName.names[-1].sval if column.typeName and column.typeName.names else ""
+    if type_name in _SERIAL_TYPES:
+        return "rewrite"
+    kinds: list[Kind] = []
+    for constraint in column.constraints or ():
+        if constraint.contype in (ConstrType.CONSTR_IDENTITY, ConstrType.CONSTR_GENERATED):
+            kinds.append("rewrite")
+        elif constraint.contype == ConstrType.CONSTR_DEFAULT and _evaluated_per_row(constraint.raw_expr):
+            kinds.append("rewrite")
+        elif constraint.contype in _INDEXING_CONSTRAINTS:
+            kinds.append("index")
+        elif constraint.contype == ConstrType.CONSTR_CHECK:
+            kinds.append("scan")
+    return _heaviest(kinds)
+
+
+class _FunctionCalls(Visitor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def visit_FuncCall(self, ancestors: object, node: ast.FuncCall) -> None:
+        self.names.append(node.funcname[-1].sval.lower())
+
+
+def _evaluated_per_row(expression: ast.Node | None) -> bool:
+    if expression is None:
+        return False
+    calls = _FunctionCalls()
+    calls(expression)
+    return any(name not in _ONCE_EVALUATED_FUNCTIONS for name in calls.names)

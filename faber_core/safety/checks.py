@@ -1,0 +1,272 @@
+"""The safety steps of a run, as the workflow calls them (docs/safety.md).
+
+Deploy:  lint and staging proof (before approval: a refusal needs no one's approval and takes no
+         backup) -> approval -> preflight (just before the backup and apply) -> apply under
+         lock_timeout, retrying lock timeouts.
+Preview: every pending migration gets its lint findings, an estimate with its basis (measured
+         on a throwaway copy with ``--rehearse``), and the preflight's blockers are reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import psycopg
+from pglast.parser import ParseError
+
+from faber_core.context import RunContext
+from faber_core.errors import LintBlocked
+from faber_core.models import LocalMigration, MigrationPreview, MigrationState
+from faber_core.postgres.sql import is_transactional
+from faber_core.safety import lint, preflight, staging_proof
+from faber_core.safety.analysis import analyse
+from faber_core.safety.catalog import find_tables
+from faber_core.safety.estimate import Estimator
+from faber_core.safety.history import applied_by_successful_deploys
+from faber_core.safety.models import Blocker, LintFinding, PreflightReport
+from faber_core.telemetry import step
+
+if TYPE_CHECKING:
+    from faber_core.plugins import Plugins
+
+
+@dataclass
+class Review:
+    """What the checks found before approval, carried on to the preflight and the result."""
+
+    sql: dict[str, str]
+    lint: dict[str, list[LintFinding]] = field(default_factory=dict)
+    staging_proof: dict[str, object] | None = None
+    preflight: PreflightReport | None = None
+
+
+def migration_sql(context: RunContext, migration: LocalMigration) -> str | None:
+    """The SQL of a migration kept as a ``.sql`` file (Prisma, plain SQL); None for code migrations,
+    whose SQL is only known by rehearsing them (the preview does)."""
+    if not migration.path or not migration.path.endswith(".sql"):
+        return None
+    path = context.project_dir / migration.path
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+
+
+def transactional(sql: str) -> bool | None:
+    try:
+        return is_transactional(sql)
+    except ParseError:
+        return None
+
+
+# Deploy ----------------------------------------------------------------------------------
+
+
+def review_before_approval(context: RunContext, pending: list[LocalMigration], *, skip_staging_proof: bool) -> Review:
+    sources = {m.name: sql for m in pending if (sql := migration_sql(context, m)) is not None}
+    review = Review(sql=sources)
+    if context.settings.lint != "off":
+        with step(context, "lint"):
+            unknown = [m.name for m in pending if m.name not in sources]
+            if unknown:
+                context.emit("lint.skipped", migrations=unknown, reason="no SQL file; --dry-run lints their rehearsal")
+            review.lint = lint_sources(context, sources, server_version(context))
+            context.emit("lint.finished", findings=_counts(review.lint))
+        refuse_lint_errors(context, review.lint)
+    if context.settings.requires_success_in:
+        with step(context, "staging_proof"):
+            review.staging_proof = staging_proof.check(context, pending, skip=skip_staging_proof)
+    return review
+
+
+def lint_sources(context: RunContext, sources: dict[str, str], version: str | None) -> dict[str, list[LintFinding]]:
+    findings = lint.lint_migrations(
+        {name: (sql, transactional(sql)) for name, sql in sources.items()},
+        project_dir=context.project_dir,
+        server_version=version,
+    )
+    return {
+        name: [f.model_copy(update={"statement": context.redactor.redact(f.statement or "") or None}) for f in items]
+        for name, items in findings.items()
+    }
+
+
+def refuse_lint_errors(context: RunContext, findings: dict[str, list[LintFinding]]) -> None:
+    errors = {name: [f for f in items if f.severity == "error"] for name, items in findings.items()}
+    errors = {name: items for name, items in errors.items() if items}
+    if context.settings.lint != "block" or not errors:
+        return
+    first_name, first = next(iter(errors.items()))
+    count = sum(len(items) for items in errors.values())
+    raise LintBlocked(
+        f"The lint found {count} lock-risk error(s) in {len(errors)} pending migration(s), e.g. {first_name} line "
+        f"{first[0].line}: {first[0].rule}. Nothing was applied",
+        result={"lint": {name: [f.model_dump() for f in items] for name, items in findings.items() if items}},
+        suggestions=[
+            "Rewrite the statements as each finding's help says (a new migration, if this one was applied elsewhere)",
+            "Or, after review, acknowledge a finding in the migration on the line before the statement: "
+            "-- squawk-ignore <rule>",
+            f'Or set "lint": "warn" for {context.environment} to report findings without blocking',
+        ],
+    )
+
+
+def preflight_before_apply(context: RunContext, review: Review) -> PreflightReport | None:
+    policy = context.settings.preflight
+    if policy == "off":
+        return None
+    with step(context, "preflight"), _connect(context, "faber preflight") as conn:
+        tables, concurrent = _touched_tables(context, conn, review.sql.values())
+        blockers, waited = preflight.enforce(
+            policy,
+            lambda: _blockers(context, conn, tables, concurrent),
+            wait_seconds=context.settings.preflight_wait_seconds,
+            environment=context.environment,
+            on_wait=lambda found: context.emit("preflight.waiting", blockers=[b.model_dump() for b in found]),
+        )
+        review.preflight = PreflightReport(
+            policy=policy, tables=sorted(tables.values()), blockers=blockers, waited_seconds=waited
+        )
+        context.emit("preflight.finished", **review.preflight.model_dump())
+    return review.preflight
+
+
+# Preview ---------------------------------------------------------------------------------
+
+
+def annotate_preview(
+    context: RunContext,
+    plugins: Plugins,
+    state: MigrationState,
+    previews: list[MigrationPreview],
+    *,
+    rehearse: bool,
+) -> PreflightReport | None:
+    """Fill in each preview's lint and estimate (in place); return the preflight's report."""
+    with _connect(context, "faber preview") as conn:
+        _estimate(context, conn, state, previews)
+        if context.settings.lint != "off":
+            _lint_previews(context, previews, _version(conn))
+        report = _preview_preflight(context, conn, previews)
+    if rehearse:
+        _measure(context, plugins, state, previews)
+    return report
+
+
+def _estimate(
+    context: RunContext, conn: psycopg.Connection, state: MigrationState, previews: list[MigrationPreview]
+) -> None:
+    estimator = Estimator(conn, context.database.schema)
+    estimator.calibrate(calibration_samples(context, conn, state))
+    for item in previews:
+        if item.basis is None and item.sql:
+            estimate = estimator.estimate(item.sql)
+            item.estimated_duration_seconds, item.basis = estimate.seconds, estimate.basis
+
+
+def calibration_samples(
+    context: RunContext, conn: psycopg.Connection, state: MigrationState
+) -> list[tuple[str, float]]:
+    """(SQL, measured seconds) of the migrations faber applied to this database before."""
+    local = {(m.name, m.checksum): m for m in state.local}
+    samples = []
+    try:
+        recorded = applied_by_successful_deploys(conn, context.config.database.faber_schema, context.environment)
+    except psycopg.Error:
+        return []
+    for name, checksum, duration in recorded:
+        migration = local.get((name, checksum))
+        sql = migration_sql(context, migration) if migration else None
+        if sql and duration:
+            samples.append((sql, duration))
+    return samples
+
+
+def _lint_previews(context: RunContext, previews: list[MigrationPreview], version: str | None) -> None:
+    findings = lint_sources(context, {p.name: p.sql for p in previews if p.sql}, version)
+    for item in previews:
+        item.lint = findings.get(item.name, [])
+        errors = sum(1 for f in item.lint if f.severity == "error")
+        if errors and context.settings.lint == "block":
+            item.notes.append(f"lint: {errors} lock-risk error(s) would block the deploy to {context.environment}")
+
+
+def _preview_preflight(
+    context: RunContext, conn: psycopg.Connection, previews: list[MigrationPreview]
+) -> PreflightReport | None:
+    policy = context.settings.preflight
+    if policy == "off":
+        return None
+    tables, concurrent = _touched_tables(context, conn, [p.sql for p in previews if p.sql])
+    blockers = _blockers(context, conn, tables, concurrent)
+    return PreflightReport(policy=policy, tables=sorted(tables.values()), blockers=blockers)
+
+
+def _measure(context: RunContext, plugins: Plugins, state: MigrationState, previews: list[MigrationPreview]) -> None:
+    from faber_core.safety.rehearse import measure
+
+    with step(context, "rehearse"):
+        measured = measure(context, plugins, state.pending_migrations())
+    for item in previews:
+        if item.name in measured.durations:
+            item.estimated_duration_seconds = measured.durations[item.name]
+            item.basis = "measured: applied to a throwaway copy of the database with its data"
+        elif item.name == measured.failed:
+            item.notes.append(f"rehearsal: this migration failed on the copy: {measured.error}")
+    context.emit("rehearsal.measured", durations=measured.durations, failed=measured.failed)
+
+
+# Shared ----------------------------------------------------------------------------------
+
+
+def _connect(context: RunContext, application_name: str) -> psycopg.Connection:
+    return context.database.connect(application_name=application_name)
+
+
+def server_version(context: RunContext) -> str | None:
+    try:
+        with _connect(context, "faber lint") as conn:
+            return _version(conn)
+    except psycopg.Error:
+        return None
+
+
+def _version(conn: psycopg.Connection) -> str:
+    number = conn.info.server_version
+    return f"{number // 10000}.{number % 10000}"
+
+
+def _touched_tables(
+    context: RunContext, conn: psycopg.Connection, sources: Iterable[str]
+) -> tuple[dict[int, str], bool]:
+    """oid -> name of the existing tables the SQL names, and whether it builds an index concurrently."""
+    names = []
+    concurrent = False
+    for sql in sources:
+        try:
+            effects = analyse(sql)
+        except ParseError:
+            continue
+        names += [table for effect in effects for table in effect.tables_touched]
+        concurrent = concurrent or any(e.kind == "index" and e.concurrent for e in effects)
+    found = find_tables(conn, names, context.database.schema)
+    return {stats.oid: stats.name for stats in found.values()}, concurrent
+
+
+def _blockers(context: RunContext, conn: psycopg.Connection, tables: dict[int, str], concurrent: bool) -> list[Blocker]:
+    return preflight.find_blockers(
+        conn,
+        tables,
+        long_transaction_seconds=context.settings.long_transaction_seconds,
+        concurrent_index_build=concurrent,
+        redactor=context.redactor,
+    )
+
+
+def _counts(findings: dict[str, list[LintFinding]]) -> dict[str, int]:
+    return {
+        "errors": sum(1 for items in findings.values() for f in items if f.severity == "error"),
+        "warnings": sum(1 for items in findings.values() for f in items if f.severity == "warning"),
+    }

@@ -1,0 +1,144 @@
+"""Lint pending migrations with squawk, configured for what faber already guarantees.
+
+squawk knows which statements take locks that stop live traffic (a blocking index build, a table
+rewrite, a validating constraint, ...). Some of its rules ask for things faber does itself:
+every migration session runs with ``lock_timeout`` (and ``statement_timeout`` when configured),
+and a transactional migration runs in one transaction, so those rules are turned off.
+
+faber gives each finding a severity of its own: rules about locks, rewrites and breaking changes
+are errors (a ``block`` environment refuses to deploy them); style rules are warnings. A reviewed
+exception is acknowledged in the migration, on the line before the statement::
+
+    -- squawk-ignore require-concurrent-index-creation
+    CREATE INDEX users_email ON users (email);
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from faber_core.errors import ConfigError
+from faber_core.safety.models import LintFinding
+
+SQUAWK = "squawk"
+RULES_FABER_SATISFIES = (
+    "require-timeout-settings",
+    "require-lock-timeout",
+    "require-statement-timeout",
+    "prefer-robust-stmts",
+)
+STYLE_RULES = frozenset(
+    {
+        "prefer-bigint-over-int",
+        "prefer-bigint-over-smallint",
+        "prefer-big-int",
+        "prefer-identity",
+        "prefer-text-field",
+        "prefer-timestamp-tz",
+        "prefer-timestamptz",
+        "ban-char-field",
+        "require-enum-value-ordering",
+        "identifier-too-long",
+        "unused-ignore",
+        "require-table-schema",
+        "prefer-repack",
+    }
+)
+PROJECT_CONFIG = ".squawk.toml"
+_TIMEOUT_SECONDS = 120
+
+
+def severity(rule: str, squawk_level: str) -> str:
+    """Errors are what can take production down; an unknown rule counts as one until reviewed."""
+    if squawk_level.lower() == "error":
+        return "error"
+    return "warning" if rule in STYLE_RULES else "error"
+
+
+def lint_migrations(
+    migrations: dict[str, tuple[str, bool | None]], *, project_dir: Path, server_version: str | None
+) -> dict[str, list[LintFinding]]:
+    """Findings per migration name; ``migrations`` maps a name to (SQL, runs in a transaction)."""
+    if not migrations:
+        return {}
+    binary = shutil.which(SQUAWK)
+    if binary is None:
+        raise ConfigError(
+            "The migration lint needs squawk, which is not installed",
+            suggestions=["pip install squawk-cli", 'Or set "lint": "off" for this environment'],
+        )
+    findings: dict[str, list[LintFinding]] = {name: [] for name in migrations}
+    with tempfile.TemporaryDirectory(prefix="faber-lint-") as scratch:
+        for in_transaction in (True, False):
+            batch = {
+                name: sql
+                for name, (sql, transactional) in migrations.items()
+                if (transactional is not False) is in_transaction
+            }
+            files = _write(Path(scratch) / str(in_transaction), batch)
+            for path, items in _run_squawk(binary, files, project_dir, server_version, in_transaction).items():
+                findings[files[path]] += [_finding(item, batch[files[path]]) for item in items]
+    return findings
+
+
+def _write(directory: Path, batch: dict[str, str]) -> dict[str, str]:
+    """One file per migration; returns file path -> migration name."""
+    directory.mkdir()
+    files = {}
+    for number, (name, sql) in enumerate(batch.items()):
+        path = directory / f"{number:05d}.sql"
+        path.write_text(sql, encoding="utf-8")
+        files[str(path)] = name
+    return files
+
+
+def _run_squawk(
+    binary: str, files: dict[str, str], project_dir: Path, server_version: str | None, in_transaction: bool
+) -> dict[str, list[dict]]:
+    if not files:
+        return {}
+    args = [binary, "--reporter=json", f"--exclude={','.join(RULES_FABER_SATISFIES)}"]
+    args.append("--assume-in-transaction" if in_transaction else "--no-assume-in-transaction")
+    if server_version:
+        args.append(f"--pg-version={server_version}")
+    if (project_dir / PROJECT_CONFIG).is_file():
+        args.append(f"--config={project_dir / PROJECT_CONFIG}")
+    completed = subprocess.run(
+        [*args, *files], capture_output=True, text=True, timeout=_TIMEOUT_SECONDS, cwd=project_dir, env={}
+    )
+    try:
+        reported = json.loads(completed.stdout or "[]")
+    except json.JSONDecodeError:
+        raise ConfigError(
+            "squawk did not produce a report: " + (completed.stderr.strip().splitlines() or ["no output"])[-1],
+            suggestions=["Run it by hand to see why: squawk path/to/migration.sql"],
+        ) from None
+    by_file: dict[str, list[dict]] = {}
+    for item in reported:
+        by_file.setdefault(item["file"], []).append(item)
+    return by_file
+
+
+def _finding(item: dict, sql: str) -> LintFinding:
+    rule = item.get("rule_name") or "unknown"
+    line = item.get("line")
+    return LintFinding(
+        rule=rule,
+        severity=severity(rule, item.get("level", "warning")),
+        message=item.get("message", ""),
+        help=item.get("help"),
+        line=line + 1 if isinstance(line, int) else None,
+        statement=_line_text(sql, line),
+    )
+
+
+def _line_text(sql: str, line: int | None, width: int = 120) -> str | None:
+    lines = sql.splitlines()
+    if not isinstance(line, int) or not 0 <= line < len(lines):
+        return None
+    text = " ".join(lines[line].split())
+    return text if len(text) <= width else text[: width - 3] + "..."

@@ -1,0 +1,127 @@
+"""Before applying: who would the migration wait for?
+
+A metadata-only ``ALTER TABLE`` still needs an ACCESS EXCLUSIVE lock. Waiting for it behind a
+session that holds any lock on the table (an idle-in-transaction connection that read a row is
+enough) queues every later query on that table behind the ALTER. The preflight finds those
+sessions in ``pg_locks``/``pg_stat_activity`` before anything is applied, reports them and acts
+by the environment's ``preflight`` policy.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+
+import psycopg
+
+from faber_core.errors import PreflightBlocked
+from faber_core.safety.models import Blocker
+from faber_core.secrets import Redactor
+
+POLL_SECONDS = 0.5
+QUERY_WIDTH = 200
+_STRING_LITERAL = re.compile(r"'(?:[^']|'')*'")
+
+_SESSIONS = """
+SELECT a.pid,
+       extract(epoch FROM now() - coalesce(a.xact_start, a.query_start))::float8,
+       a.state,
+       a.application_name,
+       a.query,
+       coalesce(array_agg(DISTINCT l.relation::int) FILTER (WHERE l.relation = ANY(%(oids)s)), '{}'),
+       coalesce(array_agg(DISTINCT l.mode) FILTER (WHERE l.relation = ANY(%(oids)s)), '{}'),
+       a.xact_start IS NOT NULL AND now() - a.xact_start > make_interval(secs => %(long)s)
+FROM pg_stat_activity a
+LEFT JOIN pg_locks l ON l.pid = a.pid AND l.granted AND l.locktype = 'relation'
+WHERE a.pid <> pg_backend_pid() AND a.datname = current_database() AND a.backend_type = 'client backend'
+GROUP BY a.pid, a.xact_start, a.query_start, a.state, a.application_name, a.query
+"""
+
+
+def scrub_query(text: str | None, redactor: Redactor) -> str:
+    """Another session's statement, without its string literals (they may hold personal data)."""
+    scrubbed = _STRING_LITERAL.sub("'…'", redactor.redact(" ".join((text or "").split())))
+    return scrubbed if len(scrubbed) <= QUERY_WIDTH else scrubbed[: QUERY_WIDTH - 1] + "…"
+
+
+def find_blockers(
+    conn: psycopg.Connection,
+    tables: dict[int, str],
+    *,
+    long_transaction_seconds: float,
+    concurrent_index_build: bool,
+    redactor: Redactor,
+) -> list[Blocker]:
+    """Sessions holding locks on ``tables`` (oid -> name), and transactions open longer than
+    ``long_transaction_seconds``; those last block the migration only when it builds an index
+    concurrently (the build waits for every older snapshot)."""
+    rows = conn.execute(_SESSIONS, {"oids": list(tables), "long": long_transaction_seconds}).fetchall()
+    blockers = []
+    for pid, age, state, application, query, oids, modes, long_running in rows:
+        locked = [tables[oid] for oid in oids if oid in tables]
+        if not locked and not long_running:
+            continue
+        reason = (
+            f"holds {', '.join(sorted(modes))} on {', '.join(locked)}" if locked else f"transaction open for {age:.0f}s"
+        )
+        blockers.append(
+            Blocker(
+                pid=pid,
+                age_seconds=round(age or 0.0, 1),
+                state=state,
+                application_name=redactor.redact(application or "") or None,
+                query=scrub_query(query, redactor),
+                tables=locked,
+                lock_modes=sorted(modes),
+                reason=reason,
+                blocks_migration=bool(locked) or concurrent_index_build,
+            )
+        )
+    return sorted(blockers, key=lambda blocker: -blocker.age_seconds)
+
+
+def enforce(
+    policy: str,
+    check: Callable[[], list[Blocker]],
+    *,
+    wait_seconds: float,
+    environment: str,
+    on_wait: Callable[[list[Blocker]], None],
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[list[Blocker], float]:
+    """Apply ``policy`` to the blockers ``check`` finds; returns the last blockers seen and how
+    long it waited. ``abort`` raises at once, ``wait`` after ``wait_seconds``, ``warn`` never."""
+    started = time.monotonic()
+    blockers = check()
+    if policy == "wait" and _blocking(blockers):
+        on_wait(_blocking(blockers))
+        while _blocking(blockers) and time.monotonic() - started < wait_seconds:
+            sleep(POLL_SECONDS)
+            blockers = check()
+    waited = round(time.monotonic() - started, 1) if policy == "wait" else 0.0
+    if policy in ("abort", "wait") and _blocking(blockers):
+        raise _blocked(policy, _blocking(blockers), environment, waited)
+    return blockers, waited
+
+
+def _blocking(blockers: list[Blocker]) -> list[Blocker]:
+    return [blocker for blocker in blockers if blocker.blocks_migration]
+
+
+def _blocked(policy: str, blockers: list[Blocker], environment: str, waited: float) -> PreflightBlocked:
+    first = blockers[0]
+    summary = f"pid {first.pid} ({first.state or 'unknown state'}, {first.age_seconds:.0f}s): {first.reason}"
+    more = f" and {len(blockers) - 1} more" if len(blockers) > 1 else ""
+    still = f" after waiting {waited:.0f}s" if policy == "wait" else ""
+    return PreflightBlocked(
+        f"Sessions would block the migration{still}: {summary}{more}. Nothing was applied",
+        result={
+            "preflight": {"policy": policy, "waited_seconds": waited, "blockers": [b.model_dump() for b in blockers]}
+        },
+        suggestions=[
+            "Let the listed sessions finish (or commit/roll back), then retry",
+            "If a session is stuck, end it: SELECT pg_terminate_backend(<pid>)",
+            f'Or set "preflight": "warn" for {environment} to proceed under lock_timeout and retry',
+        ],
+    )

@@ -1,0 +1,107 @@
+"""Bounded lock waits for migration sessions, and retrying a migration that hit one.
+
+A migration's ``ALTER TABLE`` waiting for its lock behind a long transaction makes every query on
+that table queue behind it: an outage, though the change itself is instant. With ``lock_timeout``
+the migration gives up after a bounded time instead, and a transactional migration (which left
+nothing behind) is simply tried again a little later. A non-transactional migration may have
+committed statements before the one that timed out, so it is never retried blindly.
+
+Handlers call :func:`apply_session_timeouts` (``context.apply_session_timeouts(conn)``) on the
+connection that runs migrations, or pass :func:`timeout_env` (``context.session_timeout_env()``)
+to the environment of a subprocess that connects through libpq or node-postgres.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import psycopg
+
+from faber_core.config import EnvironmentSettings
+from faber_core.context import RunContext
+from faber_core.models import ApplyOutcome, LocalMigration, MigrationFailure
+
+LOCK_NOT_AVAILABLE = "55P03"
+_LOCK_TIMEOUT_TEXT = "canceling statement due to lock timeout"
+
+
+def session_timeouts(settings: EnvironmentSettings) -> dict[str, str]:
+    """The settings a migration session runs with, as PostgreSQL values (milliseconds)."""
+    values = {"lock_timeout": settings.lock_timeout_seconds, "statement_timeout": settings.statement_timeout_seconds}
+    return {name: f"{round(seconds * 1000)}ms" for name, seconds in values.items() if seconds}
+
+
+def apply_session_timeouts(conn: psycopg.Connection, settings: EnvironmentSettings) -> None:
+    """Set the environment's timeouts for the whole session of ``conn`` (outside any transaction
+    block, so a rolled-back migration does not undo them)."""
+    for name, value in session_timeouts(settings).items():
+        conn.execute("SELECT set_config(%s, %s, false)", [name, value])
+
+
+def timeout_env(settings: EnvironmentSettings, inherited: str | None = None) -> dict[str, str]:
+    """``PGOPTIONS`` carrying the timeouts to a subprocess, after any options it already had."""
+    options = [f"-c {name}={value}" for name, value in session_timeouts(settings).items()]
+    if not options:
+        return {}
+    return {"PGOPTIONS": " ".join([*([inherited] if inherited else []), *options])}
+
+
+def is_lock_timeout(failure: MigrationFailure) -> bool:
+    """Whether the migration failed because it waited too long for a lock."""
+    if failure.sqlstate:
+        return failure.sqlstate == LOCK_NOT_AVAILABLE
+    text = f"{failure.error}\n{failure.output or ''}"
+    return LOCK_NOT_AVAILABLE in text or _LOCK_TIMEOUT_TEXT in text.lower()
+
+
+def backoff_seconds(settings: EnvironmentSettings, retry: int) -> float:
+    policy = settings.lock_retry
+    return min(policy.backoff_seconds * 2 ** (retry - 1), policy.max_backoff_seconds)
+
+
+def apply_with_lock_retry(
+    context: RunContext,
+    run_apply: Callable[[list[LocalMigration]], ApplyOutcome],
+    pending: list[LocalMigration],
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+) -> ApplyOutcome:
+    """Apply ``pending``; when a transactional migration times out on a lock, wait and apply the
+    rest again, up to ``lock_retry.retries`` times. Every retry is reported as ``migration.retry``."""
+    outcome = ApplyOutcome()
+    remaining = list(pending)
+    retry = 0
+    while True:
+        attempt = run_apply(remaining)
+        outcome.applied += attempt.applied
+        outcome.failure = attempt.failure
+        failure = attempt.failure
+        if failure is None or not _retryable(context, failure, retry):
+            return outcome
+        retry += 1
+        wait = backoff_seconds(context.settings, retry)
+        context.emit(
+            "migration.retry",
+            name=failure.name,
+            attempt=retry + 1,
+            of=context.settings.lock_retry.retries + 1,
+            wait_seconds=wait,
+            error=failure.error,
+        )
+        sleep(wait)
+        done = {m.name for m in outcome.applied}
+        remaining = [m for m in pending if m.name not in done]
+
+
+def _retryable(context: RunContext, failure: MigrationFailure, retries_so_far: int) -> bool:
+    if not is_lock_timeout(failure):
+        return False
+    if not failure.transaction_rolled_back:
+        context.emit(
+            "migration.retry_refused",
+            name=failure.name,
+            reason="it runs outside a transaction and may have committed statements before the lock timeout",
+        )
+        return False
+    return retries_so_far < context.settings.lock_retry.retries
