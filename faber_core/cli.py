@@ -2,7 +2,8 @@
 
 Exit codes (docs/exit-codes.md): 0 success, 1 internal error, 2 invalid input or config,
 3 health check failed, 4 backup failed, 5 approval missing, 6 migration failed,
-7 another run holds the lock, 8 restore failed.
+7 another run holds the lock, 8 restore failed, 9 lint blocked, 10 staging proof missing,
+11 preflight found blocking sessions.
 """
 
 from __future__ import annotations
@@ -137,6 +138,20 @@ def migrate(
         bool, typer.Option("--skip-health-check", help="Skip the health checks before and after.")
     ] = False,
     yes: YesFlag = False,
+    rehearse: Annotated[
+        bool,
+        typer.Option(
+            "--rehearse",
+            help="With --dry-run: measure each migration on a throwaway copy of the database instead of estimating.",
+        ),
+    ] = False,
+    skip_staging_proof: Annotated[
+        bool,
+        typer.Option(
+            "--skip-staging-proof",
+            help="Deploy migrations not proven in the requires_success_in environment (recorded in the audit trail).",
+        ),
+    ] = False,
     json_output: JsonFlag = False,
     cwd: CwdOption = None,
 ) -> None:
@@ -144,7 +159,7 @@ def migrate(
 
     Health check, backup (protected environments), approval, apply each migration, health check again, verify. On failure in an auto-rollback environment the backup is restored and verified.
 
-    Exit codes: 0 ok, 2 invalid input/config, 3 health check failed, 4 backup failed, 5 approval missing, 6 migration failed, 7 locked, 8 restore failed.
+    Exit codes: 0 ok, 2 invalid input/config, 3 health check failed, 4 backup failed, 5 approval missing, 6 migration failed, 7 locked, 8 restore failed, 9 lint blocked, 10 staging proof missing, 11 preflight blocked.
     """  # noqa: E501
     from faber_core.workflow import DEPLOY, PREVIEW, DeployOptions
     from faber_core.workflow import migrate as run_migrate
@@ -155,6 +170,8 @@ def migrate(
         skip_health_check=skip_health_check,
         assume_yes=yes,
         approver=_approver(),
+        rehearse=rehearse,
+        skip_staging_proof=skip_staging_proof,
     )
     _run(
         PREVIEW if dry_run else DEPLOY,

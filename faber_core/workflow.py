@@ -41,6 +41,8 @@ from faber_core.plugins import Plugins
 from faber_core.postgres.health import describe_connection_error
 from faber_core.postgres.locks import advisory_lock, faber_lock_key
 from faber_core.results import DeployResult, NoPendingResult, PreviewResult, Success
+from faber_core.safety import checks as safety
+from faber_core.safety.timeouts import apply_with_lock_retry
 from faber_core.telemetry import step
 
 DEPLOY = "deploy-migrations"
@@ -57,6 +59,9 @@ class DeployOptions:
     assume_yes: bool = False
     approver: Approver | None = None
     """Asks a person to confirm; None when nobody can be asked (no terminal)."""
+    rehearse: bool = False
+    """Preview only: measure the migrations on a throwaway copy instead of estimating."""
+    skip_staging_proof: bool = False
 
 
 def migrate(context: RunContext, plugins: Plugins, options: DeployOptions) -> Success:
@@ -64,15 +69,17 @@ def migrate(context: RunContext, plugins: Plugins, options: DeployOptions) -> Su
     validate(context, plugins, options)
     if options.dry_run:
         check_health(context, plugins, "before", options)
-        return preview(context, plugins, read_status(context, plugins))
+        return preview(context, plugins, read_status(context, plugins), rehearse=options.rehearse)
     with deploy_lock(context):
         health_before = check_health(context, plugins, "before", options)
         state = read_status(context, plugins)
         pending = state.pending_migrations()
         if not pending:
             return no_pending(context, health_before)
+        review = safety.review_before_approval(context, pending, skip_staging_proof=options.skip_staging_proof)
         with step(context, "approval"):
             approve(context, options, len(pending))
+        safety.preflight_before_apply(context, review)
         backup = create_backup(context, plugins, options, state)
         outcome = apply(context, plugins, state)
         if outcome.failure:
@@ -82,7 +89,7 @@ def migrate(context: RunContext, plugins: Plugins, options: DeployOptions) -> Su
             handle_unhealthy_deploy(context, plugins, outcome, backup)
         with step(context, "verify"):
             verify_applied(context, plugins)
-    return deployed(context, outcome, backup, health_before, health_after, time.monotonic() - started)
+    return deployed(context, outcome, backup, health_before, health_after, time.monotonic() - started, review)
 
 
 # 1-6: request, configuration, environment, mode ------------------------------------------
@@ -90,6 +97,11 @@ def migrate(context: RunContext, plugins: Plugins, options: DeployOptions) -> Su
 
 def validate(context: RunContext, plugins: Plugins, options: DeployOptions) -> None:
     plugins.require_tool(context.tool)
+    if options.rehearse and not options.dry_run:
+        raise ConfigError(
+            "--rehearse measures the migrations in a preview",
+            suggestions=["Add --dry-run: faber migrate ENV --dry-run --rehearse"],
+        )
     if wants_backup(context, options):
         plugins.require_backup_provider(context.settings.backup.provider)
     context.emit(
@@ -236,17 +248,21 @@ def read_status(context: RunContext, plugins: Plugins, *, quiet: bool = False) -
 # 10: dry run ---------------------------------------------------------------------------
 
 
-def preview(context: RunContext, plugins: Plugins, state: MigrationState) -> Success:
+def preview(context: RunContext, plugins: Plugins, state: MigrationState, *, rehearse: bool = False) -> Success:
     pending = state.pending_migrations()
     with step(context, "preview"):
         previews = plugins.migration_preview(context, pending) if pending else []
+        preflight = safety.annotate_preview(context, plugins, state, previews, rehearse=rehearse) if previews else None
     total = round(sum(p.estimated_duration_seconds for p in previews), 2)
     context.emit("preview.ready", pending=len(previews), total_estimated_duration_seconds=total)
     return Success(
         operation=PREVIEW,
         environment=context.environment,
         result=PreviewResult(
-            pending_migrations=len(previews), migrations=previews, total_estimated_duration_seconds=total
+            pending_migrations=len(previews),
+            migrations=previews,
+            total_estimated_duration_seconds=total,
+            preflight=preflight,
         ),
         message="Preview only - no changes applied",
     )
@@ -320,7 +336,9 @@ def apply(context: RunContext, plugins: Plugins, state: MigrationState) -> Apply
         )
         outcome = plugins.migration_dev(context) if context.mode == "dev" else None
         if outcome is None:
-            outcome = plugins.migration_apply(context, state.pending_migrations())
+            outcome = apply_with_lock_retry(
+                context, lambda remaining: plugins.migration_apply(context, remaining), state.pending_migrations()
+            )
         # Inside the step, so the failure is recorded on the apply span.
         if outcome.failure:
             context.emit("migration.failed", name=outcome.failure.name, error=outcome.failure.error)
@@ -466,6 +484,7 @@ def deployed(
     health_before: str,
     health_after: str,
     duration: float,
+    review: safety.Review,
 ) -> Success:
     count = len(outcome.applied)
     return Success(
@@ -479,6 +498,9 @@ def deployed(
             health_check_before=health_before,
             health_check_after=health_after,
             mode=context.mode,
+            lint={name: findings for name, findings in review.lint.items() if findings} or None,
+            preflight=review.preflight,
+            staging_proof=review.staging_proof,
         ),
         message=f"Successfully applied {count} migration{'s' if count != 1 else ''} to {context.environment}",
     )

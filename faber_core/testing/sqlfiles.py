@@ -84,8 +84,10 @@ def faber_migration_apply(tool: str, context: RunContext, pending: list[LocalMig
         return None
     sql = {m.name: text for m, text in _local(context)}
     outcome = ApplyOutcome()
-    with context.database.connect() as conn:
+    with context.database.connect(application_name="faber sqlfiles apply") as conn:
         conn.execute(BOOKKEEPING)
+        # lock_timeout (and statement_timeout) for the migrations, as every handler should.
+        context.apply_session_timeouts(conn)
         for migration in pending:
             context.emit("migration.started", name=migration.name)
             started = time.monotonic()
@@ -101,6 +103,7 @@ def faber_migration_apply(tool: str, context: RunContext, pending: list[LocalMig
                     error=context.redactor.redact(str(exc)),
                     path=migration.path,
                     transaction_rolled_back=True,
+                    sqlstate=exc.sqlstate,
                 )
                 return outcome
             duration = round(time.monotonic() - started, 3)
