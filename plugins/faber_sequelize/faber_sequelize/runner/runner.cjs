@@ -257,7 +257,6 @@ async function apply(context, track) {
   const applied = new Set(await appliedNames(sequelize, table));
   const pending = localMigrations(projectDir, migrationsDir).filter((m) => !applied.has(m.name));
   requireExpectedPlan(pending.map((m) => m.name));
-  emit("plan", { pending: pending.map((m) => m.name) });
   if (pending.length === 0) return 0;
   // Every pending file loads before the first one runs: a file that cannot load is a broken setup,
   // found before anything is applied.

@@ -284,7 +284,6 @@ async function apply(dataSource, projectDir, track) {
   }
   const pendingNames = pending.filter((m) => !applied.has(m.name)).map((m) => m.name);
   requireExpectedPlan(pendingNames);
-  emit("plan", { pending: pendingNames });
   for (const migration of pending) track.wrap(migration);
   try {
     await executor.executePendingMigrations();
