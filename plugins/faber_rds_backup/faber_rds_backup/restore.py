@@ -1,0 +1,278 @@
+"""Roll an environment back to one of faber's snapshots.
+
+RDS cannot restore a snapshot into an existing instance, so faber restores it to a new instance
+(or Aurora cluster) beside the original and waits for it. Then, in ``swap`` mode, it renames the
+original to ``<id>-pre-rollback-<ts>`` and the restored copy to the original's identifier: the
+endpoint the application uses (derived from the identifier) now serves the restored data, and the
+old database stays available for inspection. In ``side-by-side`` mode it stops after the
+restore and reports the new endpoint.
+
+Each step is reported as it finishes. When one fails, :class:`RestoreFailed` says exactly where
+things stand and gives the ``aws rds`` commands that finish or undo the swap by hand.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from faber_core.context import RunContext
+from faber_core.errors import FaberError, RestoreFailed
+from faber_core.models import BackupRecord, RestoreOutcome
+
+from faber_rds_backup import naming, snapshots
+from faber_rds_backup.aws import NOT_FOUND, aws_failure
+from faber_rds_backup.errors import explain
+from faber_rds_backup.settings import RdsBackupSettings
+from faber_rds_backup.targets import Target
+from faber_rds_backup.waiting import WaitFailed, WaitTimedOut, wait_until_available
+
+RESTORED_FROM_TAG = "faber:restored-from"
+
+
+@dataclass
+class Plan:
+    """The identifiers of one restore, and what has been done so far."""
+
+    backup_id: str
+    original: str
+    restored: str
+    previous: str
+    steps: list[str] = field(default_factory=list)
+
+
+def restore(context: RunContext, backup: BackupRecord) -> RestoreOutcome:
+    settings, target = snapshots.open_target(context)
+    now = dt.datetime.now(dt.timezone.utc)
+    plan = Plan(
+        backup_id=backup.id,
+        original=target.identifier,
+        restored=naming.restored_identifier(target.identifier, now),
+        previous=naming.pre_rollback_identifier(target.identifier, now),
+    )
+    run = _Runner(context, settings, target, plan)
+    original = run.step("checked the snapshot and the current database", _unchanged, lambda: _prepare(context, target, plan))
+    run.step(
+        f"started restoring {plan.backup_id} to new {target.noun} {plan.restored}",
+        _unchanged,
+        lambda: target.restore(plan.backup_id, plan.restored, original, _restored_tags(original, plan)),
+    )
+    run.step(f"{plan.restored} is available", _restored_beside, lambda: run.wait_serving(plan.restored))
+    if settings.restore_mode == "side-by-side":
+        return _side_by_side(target, plan)
+    run.step(f"{plan.original} is ready to be renamed", _restored_beside, lambda: run.wait(plan.original))
+    run.step(
+        f"renamed {plan.original} to {plan.previous}",
+        _restored_beside,
+        lambda: target.rename(plan.original, plan.previous),
+    )
+    run.step(f"{plan.previous} is available", _original_moved, lambda: run.wait(plan.previous))
+    run.step(
+        f"renamed {plan.restored} to {plan.original}",
+        _original_moved,
+        lambda: target.rename(plan.restored, plan.original),
+    )
+    run.step(f"{plan.original} serves the restored data", _swapped_pending, lambda: run.wait_serving(plan.original))
+    return RestoreOutcome(
+        backup_id=plan.backup_id,
+        status="success",
+        details=f"{plan.original} now serves snapshot {plan.backup_id}; the previous database is kept as "
+        f"{plan.previous}",
+        steps=plan.steps,
+        extra={
+            "mode": "swap",
+            "snapshot_id": plan.backup_id,
+            target.kind: plan.original,
+            "previous_" + target.kind: plan.previous,
+            "endpoint": target.endpoint(plan.original),
+            "cleanup": f"When satisfied, delete the previous database: {target.delete_command(plan.previous)}",
+        },
+    )
+
+
+def _prepare(context: RunContext, target: Target, plan: Plan) -> dict[str, Any]:
+    snapshot = snapshots.find(context, target, plan.backup_id)
+    if snapshot.status != "available":
+        raise RestoreFailed(
+            f"Snapshot {plan.backup_id} is {snapshot.status}, not available",
+            suggestions=[f"Wait for it, or pick another: faber backups {context.environment}"],
+        )
+    return target.describe()
+
+
+def _restored_tags(original: dict[str, Any], plan: Plan) -> dict[str, str]:
+    tags = {item["Key"]: item.get("Value", "") for item in original.get("TagList") or []}
+    return {**tags, RESTORED_FROM_TAG: plan.backup_id}
+
+
+def _side_by_side(target: Target, plan: Plan) -> RestoreOutcome:
+    endpoint = target.endpoint(plan.restored)
+    return RestoreOutcome(
+        backup_id=plan.backup_id,
+        status="success",
+        details=f"Restored {plan.backup_id} to {target.noun} {plan.restored} at {endpoint}; "
+        f"{plan.original} is unchanged. Point the application at the new endpoint to use it.",
+        steps=plan.steps,
+        extra={
+            "mode": "side-by-side",
+            "snapshot_id": plan.backup_id,
+            "restored_" + target.kind: plan.restored,
+            "endpoint": endpoint,
+            "original_unchanged": True,
+            "swap_commands": _swap_commands(target, plan),
+        },
+    )
+
+
+class _Runner:
+    """Runs the restore's steps in order, reporting each; a failing step raises RestoreFailed."""
+
+    def __init__(self, context: RunContext, settings: RdsBackupSettings, target: Target, plan: Plan) -> None:
+        self.context = context
+        self.settings = settings
+        self.target = target
+        self.plan = plan
+
+    def step(self, done: str, state: Callable[[Target, Plan], tuple[str, list[str]]], action: Callable[[], Any]) -> Any:
+        try:
+            result = action()
+        except Exception as exc:
+            reason = self._reason(exc)
+            where, commands = state(self.target, self.plan)
+            self.context.emit("backup.restore_step", step=done, status="failed", error=reason)
+            raise RestoreFailed(
+                f"Restore of {self.plan.backup_id} stopped before: {done}. {reason}",
+                result={
+                    "steps_completed": self.plan.steps,
+                    "failed_step": done,
+                    "state": where,
+                    "restored_identifier": self.plan.restored,
+                    "previous_identifier": self.plan.previous,
+                },
+                suggestions=[where, *commands],
+                backup_id=self.plan.backup_id,
+            ) from None
+        self.plan.steps.append(done)
+        self.context.emit("backup.restore_step", step=done, status="done")
+        return result
+
+    def _reason(self, exc: Exception) -> str:
+        if isinstance(exc, FaberError):
+            return exc.message
+        if isinstance(exc, WaitTimedOut | WaitFailed):
+            return str(exc)
+        failure = aws_failure(exc)
+        if failure is None:
+            raise exc
+        summary, _ = explain(self.context, self.settings, failure, [])
+        return f"{summary} ({self.context.redactor.redact(failure.summary)})"
+
+    def wait(self, identifier: str) -> None:
+        wait_until_available(
+            self.context,
+            identifier,
+            lambda: (self._status(identifier, self.target.status), None),
+            timeout_seconds=self.settings.wait_timeout_seconds,
+            poll_interval_seconds=self.settings.poll_interval_seconds,
+            event="backup.progress",
+        )
+
+    def wait_serving(self, identifier: str) -> None:
+        """Wait for ``identifier`` and, for a cluster, every instance in it."""
+        self.wait(identifier)
+        for member in self.target.members(identifier):
+            wait_until_available(
+                self.context,
+                member,
+                lambda member=member: (self._status(member, self.target.member_status), None),
+                timeout_seconds=self.settings.wait_timeout_seconds,
+                poll_interval_seconds=self.settings.poll_interval_seconds,
+                event="backup.progress",
+            )
+
+    @staticmethod
+    def _status(identifier: str, read: Callable[[str], str]) -> str:
+        # Right after a rename, RDS may not answer to the new name yet.
+        try:
+            return read(identifier)
+        except Exception as exc:
+            failure = aws_failure(exc)
+            if failure is not None and failure.code in NOT_FOUND:
+                return "not-found-yet"
+            raise
+
+
+# Where a failed restore leaves things, and the commands that take it from there --------------
+
+
+def _unchanged(target: Target, plan: Plan) -> tuple[str, list[str]]:
+    return (
+        f"Nothing was changed: {plan.original} still serves the database.",
+        [
+            f"Restore by hand: {_restore_command(target, plan)}",
+        ],
+    )
+
+
+def _restored_beside(target: Target, plan: Plan) -> tuple[str, list[str]]:
+    return (
+        f"{plan.original} is unchanged and still serves the database; {plan.restored} is being restored from "
+        f"{plan.backup_id} beside it.",
+        [
+            f"Watch it until its status is available: {target.describe_command(plan.restored)}",
+            *_swap_commands(target, plan),
+            f"Or give up and remove the copy: {target.delete_command(plan.restored)}",
+        ],
+    )
+
+
+def _original_moved(target: Target, plan: Plan) -> tuple[str, list[str]]:
+    return (
+        f"{plan.original} was renamed to {plan.previous}; no database answers at {plan.original}'s endpoint "
+        f"until the swap is finished or undone. The restored copy is {plan.restored}.",
+        [
+            f"Wait until {plan.previous} is available: {target.describe_command(plan.previous)}",
+            f"Finish the swap: {target.rename_command(plan.restored, plan.original)}",
+            f"Or undo it: {target.rename_command(plan.previous, plan.original)}",
+        ],
+    )
+
+
+def _swapped_pending(target: Target, plan: Plan) -> tuple[str, list[str]]:
+    return (
+        f"{plan.restored} was renamed to {plan.original} and is still coming up; the previous database is "
+        f"{plan.previous}.",
+        [
+            f"Watch it until its status is available: {target.describe_command(plan.original)}",
+            f"When satisfied, delete the previous database: {target.delete_command(plan.previous)}",
+        ],
+    )
+
+
+def _swap_commands(target: Target, plan: Plan) -> list[str]:
+    return [
+        f"Swap it in: {target.rename_command(plan.original, plan.previous)}",
+        f"then, once {plan.previous} is available: {target.rename_command(plan.restored, plan.original)}",
+    ]
+
+
+def _restore_command(target: Target, plan: Plan) -> str:
+    if target.kind == "cluster":
+        return target.cli(
+            "restore-db-cluster-from-snapshot",
+            "--db-cluster-identifier",
+            plan.restored,
+            "--snapshot-identifier",
+            plan.backup_id,
+            "--engine",
+            "<engine of " + plan.original + ">",
+        )
+    return target.cli(
+        "restore-db-instance-from-db-snapshot",
+        "--db-instance-identifier",
+        plan.restored,
+        "--db-snapshot-identifier",
+        plan.backup_id,
+    )

@@ -1,0 +1,218 @@
+"""Create, list and prune faber's snapshots of one environment's RDS instance or Aurora cluster.
+
+A snapshot is faber's when it carries ``created-by=faber`` and ``faber:environment=<env>``;
+retention never touches any other. The applied migrations at backup time do not fit in RDS tags
+(256 characters a value), so they live in a manifest beside pg_dump's, ``.faber/backups/<env>/
+<snapshot id>.json``; the snapshot itself is the source of truth for status and size.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+
+from faber_core.context import RunContext
+from faber_core.errors import BackupFailed
+from faber_core.models import BackupRecord
+
+from faber_rds_backup import naming
+from faber_rds_backup.aws import ALREADY_EXISTS, aws_failure, rds_client
+from faber_rds_backup.errors import backup_failed, wait_failed
+from faber_rds_backup.settings import PROVIDER, RdsBackupSettings, load_settings
+from faber_rds_backup.targets import Snapshot, Target, target_for
+from faber_rds_backup.waiting import WaitFailed, WaitTimedOut, wait_until_available
+
+CREATED_BY = "created-by"
+ENVIRONMENT_TAG = "faber:environment"
+REASON_TAG = "faber:reason"
+DEPLOY_ID_TAG = "faber:deploy-id"
+_GIB = 1024**3
+_TAG_VALUE_LIMIT = 256
+_MAX_NAME_ATTEMPTS = 5
+
+
+def open_target(context: RunContext) -> tuple[RdsBackupSettings, Target]:
+    settings = load_settings(context)
+    return settings, target_for(rds_client(settings), settings)
+
+
+def manifest_dir(context: RunContext) -> Path:
+    return context.state_dir / "backups" / context.environment
+
+
+def _tag_value(text: str) -> str:
+    """RDS tag values allow letters, digits, spaces and ``_.:/=+-@``; anything else becomes ``-``."""
+    return re.sub(r"[^\w\s.:/=+\-@]", "-", text)[:_TAG_VALUE_LIMIT]
+
+
+def faber_tags(context: RunContext, reason: str) -> dict[str, str]:
+    return {
+        CREATED_BY: "faber",
+        ENVIRONMENT_TAG: _tag_value(context.environment),
+        REASON_TAG: _tag_value(reason),
+        DEPLOY_ID_TAG: _tag_value(context.run_id),
+    }
+
+
+def is_fabers(snapshot: Snapshot, environment: str) -> bool:
+    return snapshot.tags.get(CREATED_BY) == "faber" and snapshot.tags.get(ENVIRONMENT_TAG) == _tag_value(environment)
+
+
+def create(context: RunContext, reason: str, migrations: list[tuple[str, str | None]]) -> BackupRecord:
+    settings, target = open_target(context)
+    now = dt.datetime.now(dt.timezone.utc)
+    try:
+        snapshot_id = _start_snapshot(context, target, now, reason)
+    except Exception as exc:
+        raise backup_failed(context, settings, exc) from None
+    context.emit("backup.progress", target=snapshot_id, status="creating", source=target.identifier)
+    try:
+        wait_until_available(
+            context,
+            snapshot_id,
+            lambda: _progress(target.snapshot(snapshot_id)),
+            timeout_seconds=settings.wait_timeout_seconds,
+            poll_interval_seconds=settings.poll_interval_seconds,
+            event="backup.progress",
+        )
+        snapshot = target.snapshot(snapshot_id)
+    except (WaitTimedOut, WaitFailed) as exc:
+        raise wait_failed(context, target, snapshot_id, exc) from None
+    except Exception as exc:
+        raise backup_failed(context, settings, exc) from None
+    record = _record(context, target, snapshot, reason, migrations)
+    _write_manifest(context, record)
+    prune(context, settings, target)
+    return record
+
+
+def _start_snapshot(context: RunContext, target: Target, now: dt.datetime, reason: str) -> str:
+    """Ask RDS for the snapshot; a second backup within the same second takes the next free name."""
+    tags = faber_tags(context, reason)
+    for attempt in range(1, _MAX_NAME_ATTEMPTS):
+        snapshot_id = naming.snapshot_identifier(context.environment, now, attempt)
+        try:
+            target.create_snapshot(snapshot_id, tags)
+            return snapshot_id
+        except Exception as exc:
+            if not _name_taken(exc):
+                raise
+    snapshot_id = naming.snapshot_identifier(context.environment, now, _MAX_NAME_ATTEMPTS)
+    target.create_snapshot(snapshot_id, tags)
+    return snapshot_id
+
+
+def _name_taken(exc: Exception) -> bool:
+    failure = aws_failure(exc)
+    return failure is not None and failure.code in ALREADY_EXISTS
+
+
+def _progress(snapshot: Snapshot) -> tuple[str, int | None]:
+    return snapshot.status, snapshot.percent_progress
+
+
+def _record(
+    context: RunContext,
+    target: Target,
+    snapshot: Snapshot,
+    reason: str,
+    migrations: list[tuple[str, str | None]],
+) -> BackupRecord:
+    return BackupRecord(
+        id=snapshot.id,
+        provider=PROVIDER,
+        environment=context.environment,
+        created_at=snapshot.created_at,
+        reason=reason,
+        status=snapshot.status,
+        size_bytes=snapshot.size_gib * _GIB if snapshot.size_gib is not None else None,
+        location=f"rds:{target.kind}-snapshot:{target.settings.region}:{snapshot.id}",
+        database=context.database.name,
+        migrations=migrations,
+        source_identifier=target.identifier,
+        source_kind=target.kind,
+        region=target.settings.region,
+        deploy_id=snapshot.tags.get(DEPLOY_ID_TAG, context.run_id),
+        allocated_storage_gib=snapshot.size_gib,
+    )
+
+
+def _write_manifest(context: RunContext, record: BackupRecord) -> None:
+    directory = manifest_dir(context)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{record.id}.json").write_text(context.redactor.redact(record.model_dump_json(indent=2)) + "\n")
+
+
+def _read_manifest(context: RunContext, snapshot_id: str) -> BackupRecord | None:
+    path = manifest_dir(context) / f"{snapshot_id}.json"
+    return BackupRecord.model_validate_json(path.read_text()) if path.is_file() else None
+
+
+def list_backups(context: RunContext) -> list[BackupRecord]:
+    settings, target = open_target(context)
+    try:
+        snapshots = [s for s in target.snapshots() if is_fabers(s, context.environment)]
+    except Exception as exc:
+        raise backup_failed(context, settings, exc, operation="list") from None
+    records = []
+    for snapshot in sorted(snapshots, key=lambda s: s.created_at, reverse=True):
+        manifest = _read_manifest(context, snapshot.id)
+        record = _record(
+            context, target, snapshot, snapshot.tags.get(REASON_TAG, ""), manifest.migrations if manifest else []
+        )
+        record.manifest = manifest is not None
+        records.append(record)
+    return records
+
+
+def prune(context: RunContext, settings: RdsBackupSettings, target: Target) -> list[str]:
+    """Delete faber's snapshots of this environment that no retention rule keeps; never fails the backup."""
+    if not settings.retention.enabled:
+        return []
+    try:
+        doomed = expired(
+            [s for s in target.snapshots() if is_fabers(s, context.environment)],
+            settings,
+            dt.datetime.now(dt.timezone.utc),
+        )
+        deleted = []
+        for snapshot in doomed:
+            target.delete_snapshot(snapshot.id)
+            (manifest_dir(context) / f"{snapshot.id}.json").unlink(missing_ok=True)
+            deleted.append(snapshot.id)
+            context.emit("backup.pruned", backup_id=snapshot.id, created_at=snapshot.created_at.isoformat())
+        return deleted
+    except Exception as exc:
+        failure = aws_failure(exc)
+        if failure is None:
+            raise
+        context.emit("backup.prune_failed", error=context.redactor.redact(failure.summary))
+        return []
+
+
+def expired(snapshots: list[Snapshot], settings: RdsBackupSettings, now: dt.datetime) -> list[Snapshot]:
+    """The available snapshots beyond the newest ``keep_last`` and older than ``max_age_days``.
+
+    A rule left unset keeps nothing by itself, so with only ``keep_last`` age does not matter and
+    with only ``max_age_days`` the count does not.
+    """
+    retention = settings.retention
+    newest_first = sorted((s for s in snapshots if s.status == "available"), key=lambda s: s.created_at, reverse=True)
+    kept_by_count = set(s.id for s in newest_first[: retention.keep_last or 0])
+    oldest_kept = now - dt.timedelta(days=retention.max_age_days) if retention.max_age_days else None
+    return [
+        s
+        for s in newest_first
+        if s.id not in kept_by_count and (oldest_kept is None or s.created_at < oldest_kept)
+    ]
+
+
+def find(context: RunContext, target: Target, backup_id: str) -> Snapshot:
+    snapshot = target.snapshot(backup_id)
+    if not is_fabers(snapshot, context.environment):
+        raise BackupFailed(
+            f"Snapshot {backup_id} was not made by faber for {context.environment}",
+            suggestions=[f"List faber's snapshots: faber backups {context.environment}"],
+        )
+    return snapshot
