@@ -1,0 +1,96 @@
+"""Lint policies on a real PostgreSQL: block, warn, off, an acknowledged finding, the preview's findings."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from faber_core.errors import LintBlocked
+from faber_core.workflow import DeployOptions, migrate
+
+YES = DeployOptions(assume_yes=True)
+USERS = "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL);\n"
+BLOCKING_INDEX = "-- a plain index build blocks writes\nCREATE INDEX users_email ON users (email);\n"
+ACKNOWLEDGED = (
+    "-- reviewed: users is small and written rarely\n"
+    "-- squawk-ignore require-concurrent-index-creation\n"
+    "CREATE INDEX users_email ON users (email);\n"
+)
+
+
+def indexes(url: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        return {row[0] for row in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'users'")}
+
+
+@pytest.fixture
+def deployed_users(project, context_for, plugins):
+    """``make(second_migration, **settings)``: users exists in production, the second migration is pending."""
+
+    def make(second: str, **settings):
+        project_dir = project({"001_users": USERS}, **settings)
+        migrate(context_for(project_dir), plugins, YES)
+        (project_dir / "migrations/002_index.sql").write_text(second)
+        return project_dir
+
+    return make
+
+
+def test_block_refuses_a_lock_risk_error_before_approval_and_backup(deployed_users, context_for, plugins, database_url):
+    project_dir = deployed_users(BLOCKING_INDEX)
+    backups_before = set((project_dir / ".faber/backups/production").glob("*.dump"))
+    events: list = []
+
+    with pytest.raises(LintBlocked) as raised:
+        migrate(context_for(project_dir, events=events), plugins, DeployOptions(approver=None))
+
+    finding = raised.value.result["lint"]["002_index"][0]
+    assert finding["rule"] == "require-concurrent-index-creation" and finding["severity"] == "error"
+    assert finding["line"] == 2 and "CREATE INDEX users_email" in finding["statement"]
+    assert "concurrently" in finding["help"].lower()
+    assert "squawk-ignore" in " ".join(raised.value.suggestions)
+    assert indexes(database_url) == {"users_pkey"}
+    assert set((project_dir / ".faber/backups/production").glob("*.dump")) == backups_before
+    assert "approval.granted" not in [e.kind for e in events]
+
+
+def test_warn_reports_the_finding_and_deploys(deployed_users, context_for, plugins, database_url):
+    project_dir = deployed_users(BLOCKING_INDEX, lint="warn")
+
+    result = migrate(context_for(project_dir), plugins, YES).model_dump(mode="json")["result"]
+
+    assert result["migrations_applied"] == 1
+    assert [f["rule"] for f in result["lint"]["002_index"]] == ["require-concurrent-index-creation"]
+    assert "users_email" in indexes(database_url)
+
+
+def test_off_does_not_lint(deployed_users, context_for, plugins, database_url):
+    project_dir = deployed_users(BLOCKING_INDEX, lint="off")
+    events: list = []
+
+    result = migrate(context_for(project_dir, events=events), plugins, YES).model_dump(mode="json")["result"]
+
+    assert result["lint"] is None and "lint.finished" not in [e.kind for e in events]
+    assert "users_email" in indexes(database_url)
+
+
+def test_an_acknowledged_finding_passes_a_blocking_environment(deployed_users, context_for, plugins, database_url):
+    project_dir = deployed_users(ACKNOWLEDGED)
+
+    result = migrate(context_for(project_dir), plugins, YES).model_dump(mode="json")["result"]
+
+    assert result["migrations_applied"] == 1 and result["lint"] is None
+    assert "users_email" in indexes(database_url)
+
+
+def test_preview_lists_findings_per_migration_and_says_the_deploy_would_block(deployed_users, context_for, plugins):
+    project_dir = deployed_users(BLOCKING_INDEX)
+    (project_dir / "migrations/003_age.sql").write_text("ALTER TABLE users ADD COLUMN age integer;\n")
+
+    preview = migrate(context_for(project_dir, "preview-migrations"), plugins, DeployOptions(dry_run=True))
+
+    index, age = preview.model_dump(mode="json")["result"]["migrations"]
+    assert set(index["lint"][0]) >= {"rule", "severity", "message", "help", "line"}
+    assert any("would block the deploy to production" in note for note in index["notes"])
+    assert [(f["rule"], f["severity"], f["line"]) for f in age["lint"]] == [("prefer-bigint-over-int", "warning", 1)]
+    assert not any("would block" in note for note in age["notes"])
