@@ -29,7 +29,7 @@ def test_preview_shows_the_sql_typeorm_runs_and_leaves_the_target_untouched(
     assert create_users.sql == 'CREATE TABLE "users" ("id" SERIAL PRIMARY KEY, "email" varchar NOT NULL UNIQUE);'
     assert add_name.sql == 'ALTER TABLE "users" ADD "name" varchar;\nCREATE INDEX "users_name_idx" ON "users" ("name");'
     assert all(p.transactional is True and p.estimated_duration_seconds >= 0 for p in previews)
-    assert any("Measured by applying it" in note for note in add_name.notes)
+    assert all(p.basis == "measured: applied to a rehearsal copy of the schema and data" for p in previews)
     assert query("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)], "the target is unchanged"
     assert rehearsals_left(query, events) == [], "the rehearsal database is dropped"
     assert [e.kind for e in events if e.kind.startswith("migration.")] == [], "a rehearsal applies nothing for real"
@@ -70,7 +70,7 @@ def test_a_migration_that_would_fail_is_reported_before_anything_is_deployed(
     assert broken.notes[0].startswith("FAILS in rehearsal:") and "42701" in broken.notes[0]
     assert broken.sql == 'ALTER TABLE "users" ADD "email" text;'
     assert by_name["After1700000300000"].notes == ["Not rehearsed: Broken1700000200000 fails first"]
-    assert by_name["CreateUsers1700000000000"].notes[-1].startswith("Measured")
+    assert by_name["CreateUsers1700000000000"].notes == []
     assert query("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
 
 
@@ -109,3 +109,13 @@ def test_preview_output_never_carries_the_canary_password(
 
     text = "".join(p.model_dump_json() for p in previews) + "".join(e.model_dump_json() for e in events)
     assert "leaked" in text and CANARY_PASSWORD not in text
+
+
+def test_without_the_data_the_preview_leaves_the_estimate_to_faber(typeorm_project, typeorm_context, typeorm_plugins):
+    project = typeorm_project(typeorm={"data_source": "data-source.js", "rehearsal_data": "never"})
+
+    previews = preview(typeorm_plugins, typeorm_context(project))
+
+    assert all(p.basis is None for p in previews), "a duration measured on empty tables is no estimate"
+    assert all(p.notes == ["Rehearsed on a copy of the schema without the data"] for p in previews)
+    assert previews[0].sql.startswith('CREATE TABLE "users"')
