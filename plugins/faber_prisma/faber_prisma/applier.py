@@ -136,6 +136,7 @@ def _locked_history(context: RunContext, application_name: str) -> Iterator[Hist
     ):
         conn.execute("SELECT set_config('search_path', %s, false)",
                      [sql.Identifier(context.database.schema).as_string(conn)])
+        context.apply_session_timeouts(conn)
         yield History(conn, context.database.schema)
 
 
@@ -174,6 +175,7 @@ def _apply_in_transaction(context: RunContext, history: History, folder: Migrati
             output=f"Error: P3018\n\n{logs}",
             path=folder.relative_path(context.project_dir),
             transaction_rolled_back=True,
+            sqlstate=exc.sqlstate,
         )
     return None
 
@@ -200,6 +202,7 @@ def _apply_statement_by_statement(
                 output=f"Error: P3018\n\n{logs}",
                 path=folder.relative_path(context.project_dir),
                 transaction_rolled_back=False,
+                sqlstate=exc.sqlstate,
             )
     history.finish(migration_id)
     return None
