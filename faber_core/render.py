@@ -112,6 +112,32 @@ class ProgressPrinter:
     def on_verify_passed(self, event: AuditEvent) -> None:
         self.line("✓ Verification: All migrations applied")
 
+    def on_lint_finished(self, event: AuditEvent) -> None:
+        counts = event.data["findings"]
+        mark = "⚠" if counts["errors"] or counts["warnings"] else "✓"
+        self.line(f"{mark} Lint: {counts['errors']} error(s), {counts['warnings']} warning(s)")
+
+    def on_staging_proof_passed(self, event: AuditEvent) -> None:
+        self.line(f"✓ Staging proof: every pending migration succeeded in {event.data['predecessor']}")
+
+    def on_staging_proof_skipped(self, event: AuditEvent) -> None:
+        self.line(f"⚠ Staging proof skipped (--skip-staging-proof): not proven in {event.data['predecessor']}")
+
+    def on_preflight_waiting(self, event: AuditEvent) -> None:
+        self.line(f"… Preflight: waiting for {len(event.data['blockers'])} blocking session(s) to finish")
+
+    def on_preflight_finished(self, event: AuditEvent) -> None:
+        blockers = event.data["blockers"]
+        self.line(f"{'⚠' if blockers else '✓'} Preflight: {len(blockers)} session(s) may block the migrations")
+        for blocker in blockers:
+            self.line(f"    {_blocker(blocker)}")
+
+    def on_migration_retry(self, event: AuditEvent) -> None:
+        data = event.data
+        self.line(
+            f"↻ {data['name']}: lock timeout, attempt {data['attempt']} of {data['of']} in {data['wait_seconds']:.1f}s"
+        )
+
 
 def render_json(document: Success | ErrorDocument, redactor: Redactor) -> str:
     return redactor.redact(json.dumps(document.model_dump(mode="json"), indent=2))
@@ -136,6 +162,11 @@ def _success_lines(document: Success, result: Any) -> list[str]:
         for index, migration in enumerate(result["migrations"], 1):
             lines.append(f"{index}. {migration['name']} ({_summary(migration['sql'])})")
             lines += [f"   note: {note}" for note in migration.get("notes", [])]
+            if migration.get("basis"):
+                lines.append(f"   estimate: ~{migration['estimated_duration_seconds']}s ({migration['basis']})")
+            lines += [f"   lint {_finding(finding)}" for finding in migration.get("lint", [])]
+        preflight = result.get("preflight") or {}
+        lines += [f"Blocking session: {_blocker(blocker)}" for blocker in preflight.get("blockers", [])]
         lines += [
             f"Estimated Duration: ~{result['total_estimated_duration_seconds']} seconds",
             RULE,
@@ -219,6 +250,18 @@ def _short(value: Any) -> str:
     if isinstance(value, dict):
         return value.get("name") or value.get("id") or json.dumps(value, default=str)
     return str(value)
+
+
+def _finding(finding: dict[str, Any]) -> str:
+    text = f"{finding['severity']} {finding['rule']} (line {finding['line']}): {finding['message']}"
+    return text + (f" Help: {finding['help']}" if finding.get("help") else "")
+
+
+def _blocker(blocker: dict[str, Any]) -> str:
+    return (
+        f"pid {blocker['pid']} ({blocker.get('state') or 'unknown'}, {blocker['age_seconds']:.0f}s, "
+        f"{blocker.get('application_name') or 'no application name'}): {blocker['reason']}; {blocker['query']}"
+    )
 
 
 def _summary(sql: str) -> str:
