@@ -82,9 +82,9 @@ def explain(
             *fallbacks,
         ]
     if failure.code in THROTTLED:
-        return f"AWS throttled the RDS API ({settings.max_attempts} attempts with backoff)", [
+        return f"AWS throttled the RDS API (retried {settings.max_attempts} times with backoff)", [
             "Retry in a few minutes",
-            'Or allow more attempts: backup.max_attempts, or backup.retry_mode "adaptive"',
+            'Or allow more retries: backup.max_attempts, or backup.retry_mode "adaptive"',
             *fallbacks,
         ]
     return f"AWS error {failure.code}: {context.redactor.redact(failure.message)}", [

@@ -51,7 +51,9 @@ class RdsBackupSettings(BaseModel):
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     restore_mode: Literal["swap", "side-by-side"] = "swap"
     retry_mode: Literal["standard", "adaptive"] = Field("standard", description="botocore's retry mode.")
-    max_attempts: int = Field(8, ge=1, le=50, description="botocore's attempts per call, throttling included.")
+    max_attempts: int = Field(
+        8, ge=0, le=50, description="botocore's retries of a throttled or failed call, after the first attempt."
+    )
     endpoint_url: str | None = Field(None, description="Another RDS endpoint (a VPC endpoint, or a test server).")
 
     @field_validator("db_instance_identifier", "db_cluster_identifier")

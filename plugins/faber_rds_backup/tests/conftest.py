@@ -66,6 +66,34 @@ def set_iam_enforcement(endpoint: str, *, enforced: bool) -> None:
 
 
 @pytest.fixture
+def iam_user(aws, moto_endpoint: str, monkeypatch: pytest.MonkeyPatch):
+    """``become(actions)``: create a moto IAM user allowed exactly ``actions`` (on any resource), put its
+    keys in the environment for boto3's credential chain, and switch IAM enforcement on.
+    ``become(None)`` switches enforcement off again (the fake keys still work then)."""
+
+    def become(actions: list[str] | None) -> None:
+        if actions is None:
+            set_iam_enforcement(moto_endpoint, enforced=False)
+            return
+        iam = aws("iam")
+        name = f"deployer-{len(iam.list_users()['Users'])}"
+        iam.create_user(UserName=name)
+        statement = {"Effect": "Allow", "Action": actions, "Resource": "*"}
+        iam.put_user_policy(
+            UserName=name,
+            PolicyName="faber",
+            PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [statement]}),
+        )
+        key = iam.create_access_key(UserName=name)["AccessKey"]
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+        monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+        set_iam_enforcement(moto_endpoint, enforced=True)
+
+    return become
+
+
+@pytest.fixture
 def aws(moto_endpoint: str):
     """``aws(service) -> client`` on the moto server, with the fake test credentials."""
 

@@ -1,0 +1,186 @@
+"""Each way AWS can refuse, produced by moto's server (for throttling, RDS's own error on the wire)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from faber_core.errors import BackupFailed, ConfigError, RestoreFailed
+
+DOCS = Path(__file__).resolve().parents[3] / "docs" / "rds-backup.md"
+SNAPSHOT_READS = ["rds:DescribeDBInstances", "rds:DescribeDBSnapshots"]
+
+
+def documented_instance_actions() -> list[str]:
+    """The actions of the instance policy in docs/rds-backup.md (the first JSON block of its IAM section).
+
+    moto evaluates actions but not RDS resource ARNs or tag conditions, so the test grants these
+    actions on every resource.
+    """
+    section = DOCS.read_text().split("## IAM policy", 1)[1]
+    policy = json.loads(re.search(r"```json\n(.*?)```", section, re.S).group(1))
+    actions: set[str] = set()
+    for statement in policy["Statement"]:
+        listed = statement["Action"]
+        actions.update([listed] if isinstance(listed, str) else listed)
+    return sorted(actions)
+
+
+def manual_snapshots(rds) -> list[str]:
+    return [s["DBSnapshotIdentifier"] for s in rds.describe_db_snapshots(SnapshotType="manual")["DBSnapshots"]]
+
+
+def test_access_denied_is_the_specs_backup_creation_failed_error(
+    rds, rds_instance, rds_context, rds_plugins, iam_user
+):
+    iam_user(SNAPSHOT_READS)
+    context = rds_context()
+
+    with pytest.raises(BackupFailed) as caught:
+        rds_plugins.backup_create(context, "pre-migration backup", [])
+
+    iam_user(None)
+    error = caught.value
+    assert error.message == "Failed to create pre-migration backup"
+    assert error.result["backup_error"] == "Insufficient AWS permissions for RDS snapshot"
+    assert "AccessDenied" in error.result["aws_error"] and "CreateDBSnapshot" in error.result["aws_error"]
+    assert error.suggestions == [
+        "Verify AWS credentials have RDS snapshot permissions (the IAM policy in docs/rds-backup.md)",
+        "Or skip backup (NOT recommended): faber migrate production --skip-backup",
+        "Or create manual backup first: faber backup production",
+    ]
+    assert manual_snapshots(rds) == []
+
+
+def test_the_documented_policy_is_enough_to_back_up_prune_list_and_swap(
+    rds, rds_instance, rds_context, rds_plugins, iam_user
+):
+    iam_user(documented_instance_actions())
+    context = rds_context(retention={"keep_last": 1})
+    first = rds_plugins.backup_create(context, "first", [])
+    second = rds_plugins.backup_create(context, "second", [])
+    assert [b.id for b in rds_plugins.backup_list(context)] == [second.id]
+
+    outcome = rds_plugins.backup_restore(context, second)
+
+    iam_user(None)
+    assert outcome.status == "success"
+    assert first.id not in manual_snapshots(rds)
+    assert {db["DBInstanceIdentifier"] for db in rds.describe_db_instances()["DBInstances"]} == {
+        "prod-db",
+        outcome.extra["previous_instance"],
+    }
+
+
+def test_a_restore_denied_the_rename_stops_with_the_copy_beside_the_untouched_original(
+    rds, rds_instance, rds_context, rds_plugins, iam_user
+):
+    context = rds_context()
+    backup = rds_plugins.backup_create(context, "manual", [])
+    iam_user([a for a in documented_instance_actions() if a != "rds:ModifyDBInstance"])
+
+    with pytest.raises(RestoreFailed) as caught:
+        rds_plugins.backup_restore(context, backup)
+
+    iam_user(None)
+    error = caught.value
+    restored = error.result["restored_identifier"]
+    assert error.result["failed_step"] == f"renamed prod-db to {error.result['previous_identifier']}"
+    assert "Insufficient AWS permissions" in error.message and "ModifyDBInstance" in error.message
+    assert error.suggestions[0].startswith("prod-db is unchanged and still serves the database")
+    assert {db["DBInstanceIdentifier"] for db in rds.describe_db_instances()["DBInstances"]} == {"prod-db", restored}
+
+
+def test_credentials_aws_does_not_know_are_reported_as_such(rds_instance, rds_context, rds_plugins, iam_user):
+    iam_user(SNAPSHOT_READS)
+    context = rds_context()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AWS_ACCESS_KEY_ID", "AKIAUNKNOWNKEY000000")
+        with pytest.raises(BackupFailed) as caught:
+            rds_plugins.backup_create(context, "pre-migration backup", [])
+
+    iam_user(None)
+    assert caught.value.result["backup_error"] == "AWS credentials are missing, expired or invalid"
+    assert "aws sts get-caller-identity" in " ".join(caught.value.suggestions)
+
+
+def test_an_unknown_instance_is_named_with_its_region(rds_instance, rds_context, rds_plugins):
+    context = rds_context(db_instance_identifier="missing-db")
+
+    with pytest.raises(BackupFailed) as caught:
+        rds_plugins.backup_create(context, "pre-migration backup", [])
+
+    assert caught.value.result["backup_error"] == "RDS DB instance missing-db not found in eu-west-1"
+    assert "db_instance_identifier" in caught.value.suggestions[0]
+    assert "aws rds describe-db-instances" in caught.value.suggestions[1]
+
+
+def test_an_unknown_cluster_is_named_too(rds_context, rds_plugins):
+    context = rds_context(db_instance_identifier=None, db_cluster_identifier="missing-aurora")
+
+    with pytest.raises(BackupFailed) as caught:
+        rds_plugins.backup_create(context, "pre-migration backup", [])
+
+    assert caught.value.result["backup_error"] == "RDS DB cluster missing-aurora not found in eu-west-1"
+
+
+def test_snapshot_quota_exceeded_suggests_retention(rds, rds_instance, rds_context, rds_plugins, monkeypatch):
+    rds.create_db_snapshot(DBSnapshotIdentifier="hand-made", DBInstanceIdentifier="prod-db")
+    existing = len(rds.describe_db_snapshots()["DBSnapshots"])  # the automated one counts too
+    monkeypatch.setenv("MOTO_RDS_SNAPSHOT_LIMIT", str(existing))  # read by the in-process moto server per call
+
+    with pytest.raises(BackupFailed) as caught:
+        rds_plugins.backup_create(rds_context(), "pre-migration backup", [])
+
+    error = caught.value
+    assert error.result["backup_error"] == "RDS manual snapshot quota reached in eu-west-1"
+    assert "SnapshotQuotaExceeded" in error.result["aws_error"]
+    assert "backup.retention" in error.suggestions[0]
+    assert "--skip-backup" in error.suggestions[-2]
+
+
+def test_throttling_is_retried_by_botocore_with_backoff(rds, rds_instance, rds_context, rds_plugins, throttling_proxy):
+    throttling_proxy.throttle("CreateDBSnapshot", 2)
+    context = rds_context(endpoint_url=throttling_proxy.url, max_attempts=4)
+
+    record = rds_plugins.backup_create(context, "pre-migration backup", [])
+
+    assert throttling_proxy.throttled == 2
+    assert throttling_proxy.forwarded.count("CreateDBSnapshot") == 1
+    assert manual_snapshots(rds) == [record.id]
+
+
+def test_throttling_that_outlasts_the_attempts_is_a_clear_error(
+    rds, rds_instance, rds_context, rds_plugins, throttling_proxy
+):
+    throttling_proxy.throttle("CreateDBSnapshot", 10)
+    context = rds_context(endpoint_url=throttling_proxy.url, max_attempts=2)
+
+    with pytest.raises(BackupFailed) as caught:
+        rds_plugins.backup_create(context, "pre-migration backup", [])
+
+    assert throttling_proxy.throttled == 3, "the first attempt and two retries"
+    assert caught.value.result["backup_error"] == "AWS throttled the RDS API (retried 2 times with backoff)"
+    assert manual_snapshots(rds) == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "complaint"),
+    [
+        ({"db_cluster_identifier": "prod-aurora"}, "set exactly one of db_instance_identifier and db_cluster_identifier"),
+        ({"db_instance_identifier": None}, "set exactly one of"),
+        ({"db_instance_identifier": "prod--db"}, "backup.db_instance_identifier: Value error, not an RDS identifier"),
+        ({"region": "Ireland"}, "backup.region: String should match pattern"),
+        ({"restore_mode": "replace"}, "backup.restore_mode: Input should be 'swap' or 'side-by-side'"),
+        ({"retention": {"keep_last": 0}}, "backup.retention.keep_last: Input should be greater than or equal to 1"),
+        ({"aws_secret_access_key": "x"}, "backup.aws_secret_access_key: Extra inputs are not permitted"),
+    ],
+)
+def test_bad_settings_are_config_errors_naming_the_key(rds_context, rds_plugins, overrides, complaint):
+    with pytest.raises(ConfigError) as caught:
+        rds_plugins.backup_list(rds_context(**overrides))
+    assert complaint in caught.value.message
+    assert caught.value.message.startswith("Invalid rds-snapshot backup settings for production")
