@@ -27,7 +27,7 @@ def title(operation: str) -> str:
     return _TITLES.get(operation, operation.replace("-", " ").capitalize())
 
 
-def mode_description(mode: str, tool: str, dry_run: bool) -> str:
+def mode_description(mode: str, dry_run: bool) -> str:
     if dry_run:
         return "preview (dry run, no changes)"
     return "dev (development mode)" if mode == "dev" else "deploy (production mode)"
@@ -54,15 +54,16 @@ class ProgressPrinter:
         operation = "preview-migrations" if data.get("dry_run") else event.operation or ""
         self.line(f"🎯 STARTING: {title(operation)}")
         self.line(f"Environment: {event.environment}")
-        self.line(f"Mode: {mode_description(data['mode'], data['tool'], data.get('dry_run', False))}")
+        self.line(f"Mode: {mode_description(data['mode'], data.get('dry_run', False))}")
         self.line(RULE)
         self.line("✓ Configuration loaded")
         self.line(f"✓ Environment validated: {event.environment} (database {data['database']} from {data['source']})")
         if event.operation == "rollback":
             return
-        command = "migrate dev" if data["mode"] == "dev" else "migrate deploy"
-        label = "development" if data["mode"] == "dev" else "production"
-        self.line(f"✓ Migration mode: {label} ({data['tool']} {command})")
+        if data["mode"] == "dev":
+            self.line(f"✓ Migration mode: development ({data['tool']}, dev mode)")
+        else:
+            self.line(f"✓ Migration mode: production ({data['tool']}, deploy mode: committed migrations only)")
 
     def on_health_finished(self, event: AuditEvent) -> None:
         phase = _PHASES.get(event.data["phase"], event.data["phase"])
@@ -90,6 +91,9 @@ class ProgressPrinter:
 
     def on_backup_skipped(self, event: AuditEvent) -> None:
         self.line(f"⚠ Backup skipped ({event.data['reason']}): no automatic rollback is possible")
+
+    def on_dev_fallback(self, event: AuditEvent) -> None:
+        self.line(f"ℹ {event.data['tool']} has no separate dev command here: applying pending migrations as committed")
 
     def on_migration_started(self, event: AuditEvent) -> None:
         self.line(f"… Deploying migration: {event.data['name']}")

@@ -335,6 +335,8 @@ def apply(context: RunContext, plugins: Plugins, state: MigrationState) -> Apply
             "apply.started", migrations=[m.model_dump(include={"name", "checksum"}) for m in state.pending_migrations()]
         )
         outcome = plugins.migration_dev(context) if context.mode == "dev" else None
+        if outcome is None and context.mode == "dev":
+            context.emit("dev.fallback", tool=context.tool)
         if outcome is None:
             outcome = apply_with_lock_retry(
                 context, lambda remaining: plugins.migration_apply(context, remaining), state.pending_migrations()
