@@ -1,0 +1,106 @@
+"""``faber migrate production`` end to end with rds-snapshot backups: the database is the local
+PostgreSQL, the RDS instance a moto one, the migrations a Prisma project (faber-prisma)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from faber_core.testing.fixtures import CANARY_PASSWORD
+
+pytest.importorskip("faber_prisma", reason="the end-to-end deploy drives the Prisma handler")
+
+URL_ENV = "RDS_E2E_DATABASE_URL"
+INIT = 'CREATE TABLE "User" ("id" SERIAL PRIMARY KEY, "email" TEXT NOT NULL);\n'
+ADD_NAME = 'ALTER TABLE "User" ADD COLUMN "name" TEXT;\n'
+# Runs outside a transaction, so faber cannot know the database is untouched and rolls back.
+FAILING_CONCURRENT_INDEX = 'CREATE INDEX CONCURRENTLY "User_nope_idx" ON "User" ("nope");\n'
+
+
+@pytest.fixture
+def prisma_rds_project(faber_project, database_url, backup_settings, monkeypatch):
+    """``make(migrations) -> Path``: a Prisma project whose production backs up to the moto RDS instance."""
+    monkeypatch.setenv(URL_ENV, database_url)
+
+    def make(migrations: dict[str, str]):
+        production = {"database_url_env": URL_ENV, "lock_wait_seconds": 5, "backup": backup_settings()}
+        config = {"database": {"migration_tool": "prisma", "environments": {"production": production}}}
+        files = {f"prisma/migrations/{name}/migration.sql": sql for name, sql in migrations.items()}
+        return faber_project(config, files)
+
+    return make
+
+
+def deploy(run_faber, project):
+    return run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project))
+
+
+def test_migrate_production_snapshots_the_rds_instance_first(rds, rds_instance, prisma_rds_project, run_faber):
+    project = prisma_rds_project({"0001_init": INIT})
+    assert deploy(run_faber, project).returncode == 0
+    prisma_rds_project({"0001_init": INIT, "0002_name": ADD_NAME})
+
+    run = deploy(run_faber, project)
+
+    assert run.returncode == 0, run.output
+    backup_id = run.json["result"]["backup_id"]
+    assert re.fullmatch(r"faber-production-\d{8}-\d{6}(-\d)?", backup_id)
+    [snapshot] = [
+        s for s in rds.describe_db_snapshots(DBInstanceIdentifier="prod-db")["DBSnapshots"]
+        if s["DBSnapshotIdentifier"] == backup_id
+    ]
+    assert snapshot["Status"] == "available"
+    listing = run_faber("backups", "production", "--json", "--cwd", str(project))
+    assert listing.returncode == 0, listing.output
+    backups = listing.json["result"]["backups"]
+    assert [b["id"] for b in backups][0] == backup_id
+    assert [m[0] for m in backups[0]["migrations"]] == ["0001_init"]
+    assert backups[0]["provider"] == "rds-snapshot" and backups[0]["size_bytes"] == 20 * 1024**3
+    assert CANARY_PASSWORD not in run.output + listing.output
+
+
+def test_a_failed_deploy_rolls_back_by_swapping_in_the_restored_instance(
+    rds, rds_instance, prisma_rds_project, run_faber
+):
+    project = prisma_rds_project({"0001_init": INIT})
+    assert deploy(run_faber, project).returncode == 0
+    prisma_rds_project({"0001_init": INIT, "0002_broken": FAILING_CONCURRENT_INDEX})
+
+    run = deploy(run_faber, project)
+
+    # The RDS side is moto's, so the restore changes the moto instance, not the local PostgreSQL;
+    # faber's verification (the migration history equals the backup's) holds because the failed
+    # migration committed nothing.
+    assert run.returncode == 6, run.output
+    result = run.json["result"]
+    assert result["failed_migration"] == "0002_broken"
+    assert (result["rollback_initiated"], result["rollback_status"]) == (True, "success")
+    identifiers = {db["DBInstanceIdentifier"] for db in rds.describe_db_instances()["DBInstances"]}
+    [previous] = [i for i in identifiers if i != "prod-db"]
+    assert re.fullmatch(r"prod-db-pre-rollback-\d{8}-\d{6}", previous)
+    arn = rds.describe_db_instances(DBInstanceIdentifier="prod-db")["DBInstances"][0]["DBInstanceArn"]
+    tags = {t["Key"]: t["Value"] for t in rds.list_tags_for_resource(ResourceName=arn)["TagList"]}
+    assert tags["faber:restored-from"] == result["backup_id"]
+    assert CANARY_PASSWORD not in run.output
+
+
+def test_access_denied_stops_the_deploy_before_anything_is_applied(
+    rds_instance, prisma_rds_project, run_faber, iam_user, database_url
+):
+    import psycopg
+
+    project = prisma_rds_project({"0001_init": INIT})
+    iam_user(["rds:DescribeDBInstances", "rds:DescribeDBSnapshots"])
+
+    run = deploy(run_faber, project)
+
+    iam_user(None)
+    assert run.returncode == 4, run.output
+    document = run.json
+    assert document["error"] == "Failed to create pre-migration backup"
+    assert document["result"]["backup_error"] == "Insufficient AWS permissions for RDS snapshot"
+    assert "Or skip backup (NOT recommended): faber migrate production --skip-backup" in (
+        document["recovery"]["suggestions"]
+    )
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT to_regclass('public.\"User\"')").fetchone() == (None,)
