@@ -75,9 +75,10 @@ def explain(
             *fallbacks,
         ]
     if failure.code in QUOTA_EXCEEDED:
+        listing = "describe-db-cluster-snapshots" if settings.is_cluster else "describe-db-snapshots"
         return f"RDS manual snapshot quota reached in {settings.region}", [
             f"Set backup.retention (keep_last, max_age_days) so faber prunes its old snapshots of {env}",
-            f"Delete manual snapshots you no longer need: {aws_cli(settings, 'describe-db-snapshots', '--snapshot-type', 'manual')}",
+            f"Delete manual snapshots you no longer need: {aws_cli(settings, listing, '--snapshot-type', 'manual')}",
             "Or ask AWS for a higher 'Manual DB instance snapshots' quota in Service Quotas",
             *fallbacks,
         ]
@@ -116,5 +117,9 @@ def wait_failed(context: RunContext, target: Target, snapshot_id: str, exc: Exce
     else:
         backup_error = str(exc)
         suggestions = [f"Inspect it with: {follow}", f"Retry: faber backup {context.environment}"]
-    return BackupFailed(CREATE_FAILED, result={"backup_error": backup_error, "snapshot_id": snapshot_id},
-                        suggestions=suggestions, backup_id=snapshot_id)
+    return BackupFailed(
+        CREATE_FAILED,
+        result={"backup_error": backup_error, "snapshot_id": snapshot_id},
+        suggestions=suggestions,
+        backup_id=snapshot_id,
+    )

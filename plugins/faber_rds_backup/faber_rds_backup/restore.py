@@ -53,7 +53,9 @@ def restore(context: RunContext, backup: BackupRecord) -> RestoreOutcome:
         previous=naming.pre_rollback_identifier(target.identifier, now),
     )
     run = _Runner(context, settings, target, plan)
-    original = run.step("checked the snapshot and the current database", _unchanged, lambda: _prepare(context, target, plan))
+    original = run.step(
+        "checked the snapshot and the current database", _unchanged, lambda: _prepare(context, target, plan)
+    )
     run.step(
         f"started restoring {plan.backup_id} to new {target.noun} {plan.restored}",
         _unchanged,
@@ -103,7 +105,12 @@ def _prepare(context: RunContext, target: Target, plan: Plan) -> dict[str, Any]:
 
 
 def _restored_tags(original: dict[str, Any], plan: Plan) -> dict[str, str]:
-    tags = {item["Key"]: item.get("Value", "") for item in original.get("TagList") or []}
+    # Keys under aws: belong to AWS and cannot be set by anyone else.
+    tags = {
+        item["Key"]: item.get("Value", "")
+        for item in original.get("TagList") or []
+        if not item["Key"].startswith("aws:")
+    }
     return {**tags, RESTORED_FROM_TAG: plan.backup_id}
 
 

@@ -14,10 +14,9 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
 from faber_core.context import RunContext
 from faber_core.errors import ConfigError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PROVIDER = "rds-snapshot"
 _IDENTIFIER = re.compile(r"^[A-Za-z](?!.*--)[A-Za-z0-9-]{0,62}(?<!-)$")
@@ -41,9 +40,7 @@ class RdsBackupSettings(BaseModel):
 
     provider: Literal["rds-snapshot"]
     db_instance_identifier: str | None = None
-    db_cluster_identifier: str | None = Field(
-        None, description="An Aurora cluster: faber takes cluster snapshots."
-    )
+    db_cluster_identifier: str | None = Field(None, description="An Aurora cluster: faber takes cluster snapshots.")
     region: str = Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")
     profile: str | None = Field(None, description="A profile of the shared AWS config, else the default chain.")
     wait_timeout_seconds: float = Field(3600, gt=0, description="How long to wait for a snapshot or an instance.")

@@ -133,7 +133,7 @@ def _record(
         source_identifier=target.identifier,
         source_kind=target.kind,
         region=target.settings.region,
-        deploy_id=snapshot.tags.get(DEPLOY_ID_TAG, context.run_id),
+        deploy_id=snapshot.tags.get(DEPLOY_ID_TAG),
         allocated_storage_gib=snapshot.size_gib,
     )
 
@@ -202,9 +202,7 @@ def expired(snapshots: list[Snapshot], settings: RdsBackupSettings, now: dt.date
     kept_by_count = set(s.id for s in newest_first[: retention.keep_last or 0])
     oldest_kept = now - dt.timedelta(days=retention.max_age_days) if retention.max_age_days else None
     return [
-        s
-        for s in newest_first
-        if s.id not in kept_by_count and (oldest_kept is None or s.created_at < oldest_kept)
+        s for s in newest_first if s.id not in kept_by_count and (oldest_kept is None or s.created_at < oldest_kept)
     ]
 
 

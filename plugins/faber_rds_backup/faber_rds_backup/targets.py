@@ -17,7 +17,14 @@ from faber_rds_backup.settings import RdsBackupSettings
 
 # Status values after which waiting is pointless (the resource will never become available).
 FAILED_STATES = frozenset(
-    {"failed", "deleted", "deleting", "incompatible-restore", "incompatible-parameters", "inaccessible-encryption-credentials"}
+    {
+        "failed",
+        "deleted",
+        "deleting",
+        "incompatible-restore",
+        "incompatible-parameters",
+        "inaccessible-encryption-credentials",
+    }
 )
 
 
@@ -157,6 +164,14 @@ class InstanceTarget(Target):
             "DBParameterGroupName": next(
                 (g["DBParameterGroupName"] for g in like.get("DBParameterGroups") or []), None
             ),
+            "OptionGroupName": next(
+                (
+                    g["OptionGroupName"]
+                    for g in like.get("OptionGroupMemberships") or []
+                    if not g["OptionGroupName"].startswith("default:")
+                ),
+                None,
+            ),
             "MultiAZ": like.get("MultiAZ"),
             "PubliclyAccessible": like.get("PubliclyAccessible"),
             "Port": (like.get("Endpoint") or {}).get("Port"),
@@ -189,9 +204,7 @@ class InstanceTarget(Target):
         return self.cli("describe-db-instances", "--db-instance-identifier", identifier)
 
     def delete_command(self, identifier: str) -> str:
-        return self.cli(
-            "delete-db-instance", "--db-instance-identifier", identifier, "--skip-final-snapshot"
-        )
+        return self.cli("delete-db-instance", "--db-instance-identifier", identifier, "--skip-final-snapshot")
 
 
 class ClusterTarget(Target):
@@ -292,9 +305,8 @@ class ClusterTarget(Target):
         return self.cli("describe-db-clusters", "--db-cluster-identifier", identifier)
 
     def delete_command(self, identifier: str) -> str:
-        return (
-            f"delete the instances listed by `{self.describe_command(identifier)}`, then "
-            + self.cli("delete-db-cluster", "--db-cluster-identifier", identifier, "--skip-final-snapshot")
+        return f"delete the instances listed by `{self.describe_command(identifier)}`, then " + self.cli(
+            "delete-db-cluster", "--db-cluster-identifier", identifier, "--skip-final-snapshot"
         )
 
 

@@ -44,8 +44,13 @@ def wait_until_available(
     while True:
         status, percent = read_status()
         if (status, percent) != last:
-            context.emit(event, target=what, status=status, percent_progress=percent,
-                         elapsed_seconds=round(time.monotonic() - started, 1))
+            context.emit(
+                event,
+                target=what,
+                status=status,
+                percent_progress=percent,
+                elapsed_seconds=round(time.monotonic() - started, 1),
+            )
             last = (status, percent)
         if status == "available":
             return

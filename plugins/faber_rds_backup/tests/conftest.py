@@ -122,6 +122,12 @@ def create_instance(rds: Any, identifier: str = "prod-db", **options: Any) -> di
 
 
 @pytest.fixture
+def new_instance(rds):
+    """``make(identifier="prod-db", **create_db_instance_options) -> dict``: a PostgreSQL instance in moto."""
+    return lambda identifier="prod-db", **options: create_instance(rds, identifier, **options)
+
+
+@pytest.fixture
 def rds_instance(rds) -> dict[str, Any]:
     return create_instance(rds)
 
@@ -192,9 +198,7 @@ class ThrottlingProxy:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                action = next(
-                    (p.split("=", 1)[1] for p in body.decode().split("&") if p.startswith("Action=")), ""
-                )
+                action = next((p.split("=", 1)[1] for p in body.decode().split("&") if p.startswith("Action=")), "")
                 if action == proxy.action and proxy.remaining > 0:
                     proxy.remaining -= 1
                     proxy.throttled += 1

@@ -32,9 +32,7 @@ def manual_snapshots(rds) -> list[str]:
     return [s["DBSnapshotIdentifier"] for s in rds.describe_db_snapshots(SnapshotType="manual")["DBSnapshots"]]
 
 
-def test_access_denied_is_the_specs_backup_creation_failed_error(
-    rds, rds_instance, rds_context, rds_plugins, iam_user
-):
+def test_access_denied_is_the_specs_backup_creation_failed_error(rds, rds_instance, rds_context, rds_plugins, iam_user):
     iam_user(SNAPSHOT_READS)
     context = rds_context()
 
@@ -170,7 +168,10 @@ def test_throttling_that_outlasts_the_attempts_is_a_clear_error(
 @pytest.mark.parametrize(
     ("overrides", "complaint"),
     [
-        ({"db_cluster_identifier": "prod-aurora"}, "set exactly one of db_instance_identifier and db_cluster_identifier"),
+        (
+            {"db_cluster_identifier": "prod-aurora"},
+            "set exactly one of db_instance_identifier and db_cluster_identifier",
+        ),
         ({"db_instance_identifier": None}, "set exactly one of"),
         ({"db_instance_identifier": "prod--db"}, "backup.db_instance_identifier: Value error, not an RDS identifier"),
         ({"region": "Ireland"}, "backup.region: String should match pattern"),

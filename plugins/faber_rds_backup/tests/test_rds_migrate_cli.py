@@ -46,7 +46,8 @@ def test_migrate_production_snapshots_the_rds_instance_first(rds, rds_instance, 
     backup_id = run.json["result"]["backup_id"]
     assert re.fullmatch(r"faber-production-\d{8}-\d{6}(-\d)?", backup_id)
     [snapshot] = [
-        s for s in rds.describe_db_snapshots(DBInstanceIdentifier="prod-db")["DBSnapshots"]
+        s
+        for s in rds.describe_db_snapshots(DBInstanceIdentifier="prod-db")["DBSnapshots"]
         if s["DBSnapshotIdentifier"] == backup_id
     ]
     assert snapshot["Status"] == "available"
@@ -99,8 +100,9 @@ def test_access_denied_stops_the_deploy_before_anything_is_applied(
     document = run.json
     assert document["error"] == "Failed to create pre-migration backup"
     assert document["result"]["backup_error"] == "Insufficient AWS permissions for RDS snapshot"
-    assert "Or skip backup (NOT recommended): faber migrate production --skip-backup" in (
-        document["recovery"]["suggestions"]
+    assert (
+        "Or skip backup (NOT recommended): faber migrate production --skip-backup"
+        in (document["recovery"]["suggestions"])
     )
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT to_regclass('public.\"User\"')").fetchone() == (None,)

@@ -149,3 +149,21 @@ def test_aurora_cluster_snapshot_restore_and_swap(rds, rds_context, rds_plugins)
     assert member["DBInstanceClass"] == "db.r6g.large" and member["Engine"] == "aurora-postgresql"
     assert outcome.extra["endpoint"].startswith("prod-aurora.cluster-")
     assert f"delete-db-cluster --db-cluster-identifier {previous}" in outcome.extra["cleanup"]
+
+
+def test_the_restored_instance_keeps_the_originals_parameter_group_and_network(
+    rds, new_instance, rds_context, rds_plugins
+):
+    rds.create_db_parameter_group(
+        DBParameterGroupName="prod-pg", DBParameterGroupFamily="postgres16", Description="tuned for prod"
+    )
+    new_instance(DBParameterGroupName="prod-pg", Port=6543, MultiAZ=True)
+    context = rds_context()
+    backup = rds_plugins.backup_create(context, "manual", [])
+
+    rds_plugins.backup_restore(context, backup)
+
+    serving = rds.describe_db_instances(DBInstanceIdentifier="prod-db")["DBInstances"][0]
+    assert tags_of(rds, serving["DBInstanceArn"]) == {"team": "payments", "faber:restored-from": backup.id}
+    assert [g["DBParameterGroupName"] for g in serving["DBParameterGroups"]] == ["prod-pg"]
+    assert serving["Endpoint"]["Port"] == 6543 and serving["MultiAZ"] is True

@@ -20,9 +20,7 @@ def snapshot_tags(rds, snapshot_id: str) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in rds.list_tags_for_resource(ResourceName=arn)["TagList"]}
 
 
-def test_create_takes_a_tagged_snapshot_waits_for_it_and_writes_a_manifest(
-    rds, rds_instance, rds_context, rds_plugins
-):
+def test_create_takes_a_tagged_snapshot_waits_for_it_and_writes_a_manifest(rds, rds_instance, rds_context, rds_plugins):
     events: list = []
     context = rds_context(events)
 
@@ -60,9 +58,7 @@ def test_two_backups_in_one_second_get_distinct_identifiers(rds, rds_instance, r
         assert re.fullmatch(r"faber-production-\d{8}-\d{6}(-\d)?", snapshot_id)
 
 
-def test_list_shows_only_fabers_snapshots_of_the_environment_newest_first(
-    rds, rds_instance, rds_context, rds_plugins
-):
+def test_list_shows_only_fabers_snapshots_of_the_environment_newest_first(rds, rds_instance, rds_context, rds_plugins):
     rds.create_db_snapshot(DBSnapshotIdentifier="hand-made", DBInstanceIdentifier="prod-db")
     staging = rds_plugins.backup_create(rds_context(environment="staging"), "other env", [])
     context = rds_context()
@@ -90,9 +86,7 @@ def test_a_snapshot_without_its_manifest_is_listed_with_no_migrations(rds, rds_i
     assert listed.migrations == [] and listed.manifest is False
 
 
-def test_keep_last_prunes_only_fabers_older_snapshots_of_this_environment(
-    rds, rds_instance, rds_context, rds_plugins
-):
+def test_keep_last_prunes_only_fabers_older_snapshots_of_this_environment(rds, rds_instance, rds_context, rds_plugins):
     rds.create_db_snapshot(DBSnapshotIdentifier="hand-made", DBInstanceIdentifier="prod-db")
     other_env = rds_plugins.backup_create(rds_context(environment="staging"), "other env", [])
     events: list = []
@@ -108,19 +102,26 @@ def test_keep_last_prunes_only_fabers_older_snapshots_of_this_environment(
 
 
 def _snapshot(name: str, age_days: float, now: dt.datetime, status: str = "available") -> Snapshot:
-    return Snapshot(id=name, status=status, created_at=now - dt.timedelta(days=age_days), size_gib=20,
-                    percent_progress=100)
+    return Snapshot(
+        id=name, status=status, created_at=now - dt.timedelta(days=age_days), size_gib=20, percent_progress=100
+    )
 
 
 def _retention(**retention) -> RdsBackupSettings:
-    return RdsBackupSettings(provider="rds-snapshot", db_instance_identifier="db", region="eu-west-1",
-                             retention=retention)
+    return RdsBackupSettings(
+        provider="rds-snapshot", db_instance_identifier="db", region="eu-west-1", retention=retention
+    )
 
 
 def test_retention_keeps_a_snapshot_when_either_rule_keeps_it():
     now = dt.datetime(2025, 6, 1, tzinfo=dt.timezone.utc)
-    snapshots = [_snapshot("d1", 1, now), _snapshot("d10", 10, now), _snapshot("d40", 40, now),
-                 _snapshot("d50", 50, now), _snapshot("d60-creating", 60, now, status="creating")]
+    snapshots = [
+        _snapshot("d1", 1, now),
+        _snapshot("d10", 10, now),
+        _snapshot("d40", 40, now),
+        _snapshot("d50", 50, now),
+        _snapshot("d60-creating", 60, now, status="creating"),
+    ]
 
     def doomed(**retention) -> list[str]:
         return [s.id for s in expired(snapshots, _retention(**retention), now)]
