@@ -111,7 +111,10 @@ class ProgressPrinter:
         self.line(f"↺ Restoring backup {event.data['backup_id']}")
 
     def on_rollback_finished(self, event: AuditEvent) -> None:
-        self.line(f"✓ Restored {event.data['backup_id']}; migration history matches the backup")
+        if event.data["status"] == "restored_side_by_side":
+            self.line(f"⚠ Restored {event.data['backup_id']} beside the database; the database itself is unchanged")
+        else:
+            self.line(f"✓ Restored {event.data['backup_id']}; migration history matches the backup")
 
     def on_verify_passed(self, event: AuditEvent) -> None:
         self.line("✓ Verification: All migrations applied")

@@ -36,7 +36,7 @@ from faber_core.errors import (
     MigrationFailed,
     RestoreFailed,
 )
-from faber_core.models import ApplyOutcome, BackupRecord, HealthCheckResult, MigrationState
+from faber_core.models import ApplyOutcome, BackupRecord, HealthCheckResult, MigrationState, RestoreOutcome
 from faber_core.plugins import Plugins
 from faber_core.postgres.health import describe_connection_error
 from faber_core.postgres.locks import advisory_lock, faber_lock_key
@@ -430,7 +430,7 @@ def rollback_after_failure(
         return [*suggestions, "Automatic rollback impossible: no backup was taken (backup disabled or skipped)"]
     result["rollback_initiated"] = True
     try:
-        restore_backup(context, plugins, backup)
+        outcome = restore_backup(context, plugins, backup)
     except FaberError as exc:
         result["rollback_status"] = "failed"
         raise RestoreFailed(
@@ -439,17 +439,30 @@ def rollback_after_failure(
             suggestions=[*exc.suggestions, f"Retry the rollback: faber rollback {env} --to {backup.id}"],
             backup_id=backup.id,
         ) from None
+    if restored_beside(outcome):
+        result.update(rollback_status="restored_side_by_side", restored_endpoint=outcome.extra.get("endpoint"))
+        return [
+            f"{backup.id} was restored beside the database, which still has this deploy's changes: {outcome.details}",
+            *suggestions,
+        ]
     result["rollback_status"] = "success"
     return [f"Database rolled back to {backup.id}", *suggestions, f"Or use manual rollback: faber rollback {env}"]
 
 
-def restore_backup(context: RunContext, plugins: Plugins, backup: BackupRecord) -> None:
-    """Restore, then prove it: the migration bookkeeping must equal the backup's manifest."""
+def restore_backup(context: RunContext, plugins: Plugins, backup: BackupRecord) -> RestoreOutcome:
+    """Restore, then prove it: the migration bookkeeping must equal the backup's manifest.
+
+    A provider that restores beside the database (``extra["original_unchanged"]``) leaves the
+    target as it is, so there is nothing to verify on it; the outcome says where the copy is.
+    """
     with step(context, "rollback", **{"faber.backup.id": backup.id}):
         context.emit("rollback.started", backup_id=backup.id)
         outcome = plugins.backup_restore(context, backup)
         if outcome.status != "success":
             raise RestoreFailed(f"Restore of {backup.id} failed: {outcome.details}", backup_id=backup.id)
+        if restored_beside(outcome):
+            context.emit("rollback.finished", backup_id=backup.id, status="restored_side_by_side")
+            return outcome
         state = read_status(context, plugins, quiet=True)
     expected = sorted(tuple(item) for item in backup.migrations)
     if sorted(state.applied_fingerprint()) != expected:
@@ -460,6 +473,11 @@ def restore_backup(context: RunContext, plugins: Plugins, backup: BackupRecord) 
             backup_id=backup.id,
         )
     context.emit("rollback.finished", backup_id=backup.id, status="success")
+    return outcome
+
+
+def restored_beside(outcome: RestoreOutcome) -> bool:
+    return bool(outcome.extra.get("original_unchanged"))
 
 
 # 14: verify ----------------------------------------------------------------------------
@@ -551,17 +569,20 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
                         f"Approve non-interactively: faber rollback {context.environment} --to {chosen.id} --yes"
                     ],
                 )
-        restore_backup(context, plugins, chosen)
+        outcome = restore_backup(context, plugins, chosen)
+    beside = restored_beside(outcome)
     return Success(
         operation="rollback",
         environment=context.environment,
         result={
             "backup_id": chosen.id,
-            "rollback_status": "success",
-            "verified": True,
+            "rollback_status": "restored_side_by_side" if beside else "success",
+            "verified": not beside,
             "migrations": [name for name, _ in chosen.migrations],
+            "details": outcome.details,
+            **outcome.extra,
         },
-        message=f"Rolled back {context.environment} to {chosen.id}",
+        message=outcome.details if beside else f"Rolled back {context.environment} to {chosen.id}",
     )
 
 

@@ -22,8 +22,9 @@ def prisma_rds_project(faber_project, database_url, backup_settings, monkeypatch
     """``make(migrations) -> Path``: a Prisma project whose production backs up to the moto RDS instance."""
     monkeypatch.setenv(URL_ENV, database_url)
 
-    def make(migrations: dict[str, str]):
-        production = {"database_url_env": URL_ENV, "lock_wait_seconds": 5, "backup": backup_settings()}
+    def make(migrations: dict[str, str], **backup_overrides):
+        backup = backup_settings(**backup_overrides)
+        production = {"database_url_env": URL_ENV, "lock_wait_seconds": 5, "backup": backup}
         config = {"database": {"migration_tool": "prisma", "environments": {"production": production}}}
         files = {f"prisma/migrations/{name}/migration.sql": sql for name, sql in migrations.items()}
         return faber_project(config, files)
@@ -106,3 +107,21 @@ def test_access_denied_stops_the_deploy_before_anything_is_applied(
     )
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT to_regclass('public.\"User\"')").fetchone() == (None,)
+
+
+def test_side_by_side_rollback_reports_the_copy_and_does_not_claim_a_verified_restore(
+    rds, rds_instance, prisma_rds_project, run_faber
+):
+    project = prisma_rds_project({"0001_init": INIT}, restore_mode="side-by-side")
+    backup = run_faber("backup", "production", "--json", "--cwd", str(project))
+    assert backup.returncode == 0, backup.output
+
+    run = run_faber("rollback", "production", "--yes", "--json", "--cwd", str(project))
+
+    assert run.returncode == 0, run.output
+    result = run.json["result"]
+    assert result["rollback_status"] == "restored_side_by_side" and result["verified"] is False
+    assert result["original_unchanged"] is True and result["endpoint"]
+    assert "beside the database; the database itself is unchanged" in run.stderr
+    identifiers = {db["DBInstanceIdentifier"] for db in rds.describe_db_instances()["DBInstances"]}
+    assert "prod-db" in identifiers and len(identifiers) == 2
