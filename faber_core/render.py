@@ -84,7 +84,10 @@ class ProgressPrinter:
         self.line(f"… Creating backup ({event.data['provider']})")
 
     def on_backup_progress(self, event: AuditEvent) -> None:
-        self.line(f"    {event.data.get('message', '')}")
+        data = event.data
+        percent = f" {data['percent_progress']}%" if data.get("percent_progress") is not None else ""
+        elapsed = f" after {data['elapsed_seconds']}s" if data.get("elapsed_seconds") is not None else ""
+        self.line(f"    {data.get('target', 'backup')}: {data.get('status', 'in progress')}{percent}{elapsed}")
 
     def on_backup_created(self, event: AuditEvent) -> None:
         self.line(f"✓ Backup created: {event.data['backup_id']}")
