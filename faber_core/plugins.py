@@ -56,9 +56,29 @@ def build_plugin_manager(*plugins: object, load_entrypoints: bool = True) -> plu
     for plugin in plugins:
         pm.register(plugin)
     if load_entrypoints and not os.environ.get(NO_PLUGINS_ENV):
-        pm.load_setuptools_entrypoints("faber")
+        load_installed_plugins(pm)
     pm.check_pending()
     return pm
+
+
+def load_installed_plugins(pm: pluggy.PluginManager) -> None:
+    """Load the ``faber`` entry points one by one, so one broken plugin cannot take the others down.
+
+    A plugin that fails to import is skipped with a warning on stderr; if the configuration
+    needs what it provides, the run then stops with the usual "not installed" error.
+    """
+    import sys
+    from importlib.metadata import entry_points
+
+    for entry_point in entry_points(group="faber"):
+        try:
+            pm.load_setuptools_entrypoints("faber", name=entry_point.name)
+        except Exception as exc:  # any import-time error of third-party code
+            package = entry_point.dist.name if entry_point.dist else entry_point.value
+            sys.stderr.write(
+                f"warning: faber plugin {entry_point.name!r} ({package}) failed to load and was skipped: "
+                f"{type(exc).__name__}: {exc}\n"
+            )
 
 
 @functools.cache

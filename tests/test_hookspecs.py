@@ -37,3 +37,19 @@ def test_a_misspelled_hook_implementation_is_rejected(plugin_manager):
 
     with pytest.raises(pluggy.PluginValidationError, match="faber_migration_stauts"):
         plugin_manager.check_pending()
+
+
+def test_a_plugin_that_fails_to_import_is_skipped_with_a_warning(tmp_path, run_faber):
+    package = tmp_path / "faber_broken-0.1.dist-info"
+    package.mkdir()
+    (package / "METADATA").write_text("Metadata-Version: 2.1\nName: faber-broken\nVersion: 0.1\n")
+    (package / "entry_points.txt").write_text("[faber]\nbroken = faber_broken_plugin\n")
+    (tmp_path / "faber_broken_plugin.py").write_text("raise RuntimeError('bad plugin setup')\n")
+
+    run = run_faber("plugins", "--json", env={"PYTHONPATH": str(tmp_path)})
+
+    assert run.returncode == 0, run.output
+    assert "faber plugin 'broken' (faber-broken) failed to load and was skipped: RuntimeError: bad plugin setup" in (
+        run.stderr
+    )
+    assert "pg_dump" in run.stdout
