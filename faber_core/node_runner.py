@@ -112,7 +112,8 @@ def run_runner(
     """
     target = database or context.database
     argv = [node_executable(), str(tool.script), command, *args]
-    env = child_environment({URL_VARIABLE: target.url.reveal()})
+    # node-postgres reads PGOPTIONS, so the ORM's sessions get faber's lock_timeout too.
+    env = child_environment({URL_VARIABLE: target.url.reveal(), **context.session_timeout_env()})
     if expected is not None:
         env[EXPECTED_VARIABLE] = json.dumps(expected)
     events: list[Event] = []
@@ -304,6 +305,7 @@ def outcome_of(result: RunnerResult, paths: dict[str, str | None]) -> ApplyOutco
             output=_failure_output(failed, result.stderr),
             path=paths.get(failed["name"]) or failed.get("path"),
             transaction_rolled_back=bool(failed.get("transaction_rolled_back")),
+            sqlstate=failed.get("code"),
         ),
     )
 

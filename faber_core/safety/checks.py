@@ -148,7 +148,7 @@ def annotate_preview(
     with _connect(context, "faber preview") as conn:
         _estimate(context, conn, state, previews)
         if context.settings.lint != "off":
-            _lint_previews(context, previews, _version(conn))
+            _lint_previews(context, state, previews, _version(conn))
         report = _preview_preflight(context, conn, previews)
     if rehearse:
         _measure(context, plugins, state, previews)
@@ -184,13 +184,24 @@ def calibration_samples(
     return samples
 
 
-def _lint_previews(context: RunContext, previews: list[MigrationPreview], version: str | None) -> None:
+def _lint_previews(
+    context: RunContext, state: MigrationState, previews: list[MigrationPreview], version: str | None
+) -> None:
     findings = lint_sources(context, {p.name: p.sql for p in previews if p.sql}, version)
+    linted_on_deploy = {m.name for m in state.local if migration_sql(context, m) is not None}
     for item in previews:
         item.lint = findings.get(item.name, [])
         errors = sum(1 for f in item.lint if f.severity == "error")
-        if errors and context.settings.lint == "block":
+        if not errors or context.settings.lint != "block":
+            continue
+        if item.name in linted_on_deploy:
             item.notes.append(f"lint: {errors} lock-risk error(s) would block the deploy to {context.environment}")
+        else:
+            # Code migrations' SQL is only known from this rehearsal; the deploy does not rehearse.
+            item.notes.append(
+                f"lint: {errors} lock-risk error(s) in the SQL this migration ran in rehearsal; the deploy does "
+                "not lint code migrations, so review them before deploying"
+            )
 
 
 def _preview_preflight(

@@ -148,3 +148,19 @@ def test_the_canary_password_never_appears_in_events_results_or_errors(
     assert "cannot use no url" in outcome.failure.error, "the runner hides the URL from project code"
     text = outcome.model_dump_json() + "".join(e.model_dump_json() for e in events)
     assert CANARY_PASSWORD not in text
+
+
+def test_typeorm_sessions_run_with_fabers_lock_timeout(
+    typeorm_project, typeorm_context, typeorm_plugins, typeorm_migration, query
+):
+    recorder = typeorm_migration(
+        "RecordTimeouts1700000200000",
+        "CREATE TABLE session_settings AS SELECT current_setting('lock_timeout') AS lock_timeout",
+    )
+    project = typeorm_project({"1700000200000-RecordTimeouts.js": recorder}, lock_timeout_seconds=3)
+    context = typeorm_context(project)
+
+    outcome = typeorm_plugins.migration_apply(context, typeorm_plugins.migration_status(context).pending_migrations())
+
+    assert outcome.failure is None, outcome.failure
+    assert query("SELECT lock_timeout FROM session_settings") == [("3s",)]
