@@ -4,11 +4,13 @@
       take faber's lock on the database (one deploy at a time)
 7     pre-deployment health check
 9     read the migration status: what is pending
-10    dry run: preview and stop                     (touches nothing: no lock, no backup)
+10    dry run: preview (SQL, lint, preflight, estimates) and stop   (touches nothing: no lock, no backup)
       nothing pending: stop                         (no backup either)
+      lint and staging proof                        (docs/safety.md)
 11    approval for protected environments
+      preflight: sessions that would block the migrations
 8     backup, once there is something to apply and it is approved
-12    apply, through the handler
+12    apply, through the handler, retried on lock timeouts where its transaction rolled back
 13    post-deployment health check
 14    verify everything is applied
 15-16 the result document (rendered by the CLI)
