@@ -47,6 +47,9 @@ from faber_core.secrets import Redactor
 
 URL_VARIABLE = "FABER_DATABASE_URL"
 EXPECTED_VARIABLE = "FABER_EXPECTED_MIGRATIONS"
+COMMON_VARIABLE = "FABER_RUNNER_COMMON"
+RUNNER_COMMON = Path(__file__).parent / "node" / "runner-common.cjs"
+"""The protocol and loading helpers every ORM runner requires, shipped with faber-core."""
 MIGRATION_FAILED_EXIT = 1
 SETUP_ERROR_EXIT = 2
 STDERR_TAIL_CHARS = 4000
@@ -113,7 +116,9 @@ def run_runner(
     target = database or context.database
     argv = [node_executable(), str(tool.script), command, *args]
     # node-postgres reads PGOPTIONS, so the ORM's sessions get faber's lock_timeout too.
-    env = child_environment({URL_VARIABLE: target.url.reveal(), **context.session_timeout_env()})
+    env = child_environment(
+        {URL_VARIABLE: target.url.reveal(), COMMON_VARIABLE: str(RUNNER_COMMON), **context.session_timeout_env()}
+    )
     if expected is not None:
         env[EXPECTED_VARIABLE] = json.dumps(expected)
     events: list[Event] = []

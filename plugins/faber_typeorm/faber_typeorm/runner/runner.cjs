@@ -13,76 +13,20 @@ const path = require("path");
 const { pathToFileURL } = require("url");
 const { performance } = require("perf_hooks");
 
-const protocol = process.stdout;
-for (const method of ["log", "info", "debug"]) {
-  // Migrations and project modules may log; stdout belongs to the protocol.
-  console[method] = (...args) => console.error(...args);
-}
-
-const databaseUrl = process.env.FABER_DATABASE_URL;
-// Project code must not be able to print what it was never meant to see.
-delete process.env.FABER_DATABASE_URL;
-const expectedPlan = process.env.FABER_EXPECTED_MIGRATIONS;
-
-const SETUP_ERROR_EXIT = 2;
-const MIGRATION_FAILED_EXIT = 1;
+const {
+  databaseUrl,
+  MIGRATION_FAILED_EXIT,
+  emit,
+  SetupError,
+  requireExpectedPlan,
+  parseArgs,
+  projectRequire,
+  registerTypeScript,
+  run,
+} = require(process.env.FABER_RUNNER_COMMON);
 const CONNECTION_KEYS = ["url", "host", "port", "username", "password", "database", "replication", "socketPath"];
 const EXTRA_CONNECTION_KEYS = ["connectionString", "host", "port", "user", "password", "database"];
 const SUCCESS_LOG = /^Migration (.+) has been (?:\(fake\) )?executed successfully\.$/;
-
-function emit(event, fields = {}) {
-  protocol.write(JSON.stringify({ event, ...fields }) + "\n");
-}
-
-class SetupError extends Error {
-  constructor(kind, message, fields = {}) {
-    super(message);
-    this.kind = kind;
-    this.fields = fields;
-  }
-}
-
-// faber shows and approves a list of migrations; exactly that list runs, or nothing does.
-function requireExpectedPlan(pendingNames) {
-  if (expectedPlan === undefined) return;
-  const expected = JSON.parse(expectedPlan);
-  if (JSON.stringify(expected) !== JSON.stringify(pendingNames)) {
-    throw new SetupError(
-      "plan_mismatch",
-      `faber expected to apply [${expected.join(", ")}] but the ORM would apply [${pendingNames.join(", ")}]`,
-    );
-  }
-}
-
-function parseArgs(argv) {
-  const [command, ...rest] = argv;
-  const options = {};
-  for (let i = 0; i < rest.length; i += 2) options[rest[i].replace(/^--/, "")] = rest[i + 1];
-  return { command, options };
-}
-
-function projectRequire(projectDir, moduleName) {
-  let resolved;
-  try {
-    resolved = require.resolve(moduleName, { paths: [projectDir] });
-  } catch {
-    throw new SetupError("module_missing", `Cannot find module '${moduleName}' from ${projectDir}`, {
-      module: moduleName,
-    });
-  }
-  return require(resolved);
-}
-
-function registerTypeScript(projectDir, relative) {
-  if (!/\.[cm]?ts$/.test(relative) || process[Symbol.for("ts-node.register.instance")]) return;
-  let tsNode;
-  try {
-    tsNode = require(require.resolve("ts-node", { paths: [projectDir] }));
-  } catch {
-    throw new SetupError("typescript_loader_missing", `${relative} needs ts-node`, { file: relative });
-  }
-  tsNode.register({ transpileOnly: true });
-}
 
 async function loadModule(file) {
   try {
@@ -314,18 +258,4 @@ async function main() {
   }
 }
 
-function exit(code) {
-  protocol.write("", () => process.exit(code));
-}
-
-main().then(exit, (error) => {
-  if (error instanceof SetupError) {
-    emit("setup_error", { kind: error.kind, message: error.message, ...error.fields });
-    exit(SETUP_ERROR_EXIT);
-    return;
-  }
-  // An error TypeORM raised outside any migration (a duplicate or misnamed migration class, ...).
-  emit("setup_error", { kind: "invalid", message: String((error && error.message) || error) });
-  console.error(error && error.stack);
-  exit(SETUP_ERROR_EXIT);
-});
+run(main);
