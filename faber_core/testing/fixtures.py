@@ -162,3 +162,21 @@ def plugin_manager():
     from faber_core.plugins import build_plugin_manager
 
     return build_plugin_manager(load_entrypoints=False)
+
+
+def install_node_project(directory: Path, installed_marker: str) -> Path:
+    """``npm ci`` in a fixture Node project unless ``installed_marker`` (a path inside it) exists.
+
+    Skips the calling test where npm is not installed; returns ``directory / "node_modules"``.
+    """
+    import shutil
+
+    if not (directory / installed_marker).exists():
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.skip(f"npm is not installed: {directory.name} needs Node and npm")
+        installed = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund"], cwd=directory, capture_output=True, text=True, timeout=600
+        )
+        assert installed.returncode == 0, f"npm ci failed:\n{installed.stdout}\n{installed.stderr}"
+    return directory / "node_modules"

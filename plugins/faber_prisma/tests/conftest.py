@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import psycopg
 import pytest
 from faber_core.context import RunContext, open_context
 from faber_core.plugins import Plugins
+from faber_core.testing.fixtures import install_node_project
 
 from faber_prisma import plugin
 
@@ -85,13 +85,7 @@ def add_migration():
 @pytest.fixture(scope="session")
 def prisma_cli() -> Path:
     """The fixture Node project with its locked dependencies installed (``npm ci`` once)."""
-    if not (PRISMA_CLI_FIXTURE / "node_modules/.bin/prisma").is_file():
-        npm = shutil.which("npm")
-        if npm is None:
-            pytest.skip("npm is not installed: the Prisma interoperability tests need Node and npm")
-        installed = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=PRISMA_CLI_FIXTURE, capture_output=True,
-                                   text=True, timeout=600)
-        assert installed.returncode == 0, f"npm ci failed:\n{installed.stdout}\n{installed.stderr}"
+    install_node_project(PRISMA_CLI_FIXTURE, "node_modules/.bin/prisma")
     return PRISMA_CLI_FIXTURE
 
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import psycopg
 import pytest
 from faber_core.context import RunContext, open_context
 from faber_core.plugins import Plugins
+from faber_core.testing.fixtures import install_node_project
 
 from faber_typeorm import plugin
 
@@ -38,15 +37,7 @@ def typeorm_migration():
 @pytest.fixture(scope="session")
 def typeorm_node_modules() -> Path:
     """The fixture project's locked dependencies, installed with ``npm ci`` once."""
-    if not (FIXTURE / "node_modules/typeorm/package.json").is_file():
-        npm = shutil.which("npm")
-        if npm is None:
-            pytest.skip("npm is not installed: the TypeORM tests need Node and npm")
-        installed = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund"], cwd=FIXTURE, capture_output=True, text=True, timeout=600
-        )
-        assert installed.returncode == 0, f"npm ci failed:\n{installed.stdout}\n{installed.stderr}"
-    return FIXTURE / "node_modules"
+    return install_node_project(FIXTURE, "node_modules/typeorm/package.json")
 
 
 @pytest.fixture
