@@ -13,6 +13,7 @@ Loopback only; takes about 2 x HOLD_SECONDS plus start-up.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -46,7 +47,7 @@ class Writer(threading.Thread):
 
     def longest_stall(self, start: float, end: float) -> float:
         times = [start, *[t for t in self.finished_at if start <= t <= end], end]
-        return max(b - a for a, b in zip(times, times[1:]))
+        return max(b - a for a, b in itertools.pairwise(times))
 
 
 def database_url(name: str) -> str:

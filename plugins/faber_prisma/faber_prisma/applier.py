@@ -130,12 +130,18 @@ def _locked_history(context: RunContext, application_name: str) -> Iterator[Hist
             f"Cannot connect to apply migrations: {context.redactor.redact(str(exc).strip())}",
             suggestions=["Nothing was applied", f"Check the database of {context.environment}, then retry"],
         ) from None
-    with conn, advisory_lock(
-        conn, PRISMA_LOCK_KEY, wait_seconds=context.settings.lock_wait_seconds,
-        purpose="Prisma migration run (faber or prisma migrate)",
+    with (
+        conn,
+        advisory_lock(
+            conn,
+            PRISMA_LOCK_KEY,
+            wait_seconds=context.settings.lock_wait_seconds,
+            purpose="Prisma migration run (faber or prisma migrate)",
+        ),
     ):
-        conn.execute("SELECT set_config('search_path', %s, false)",
-                     [sql.Identifier(context.database.schema).as_string(conn)])
+        conn.execute(
+            "SELECT set_config('search_path', %s, false)", [sql.Identifier(context.database.schema).as_string(conn)]
+        )
         context.apply_session_timeouts(conn)
         yield History(conn, context.database.schema)
 

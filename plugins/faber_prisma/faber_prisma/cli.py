@@ -42,8 +42,10 @@ def migrate_dev(context: RunContext) -> ApplyOutcome | None:
         return None
     before = read_state(context)
     env = {"DATABASE_URL": with_schema(context.database.url.reveal(), context.database.schema)}
-    run = _run_interactive(binary, context, env) if sys.stdin.isatty() else run_tool(
-        [binary, *MIGRATE_DEV], redactor=context.redactor, env=env, cwd=context.project_dir
+    run = (
+        _run_interactive(binary, context, env)
+        if sys.stdin.isatty()
+        else run_tool([binary, *MIGRATE_DEV], redactor=context.redactor, env=env, cwd=context.project_dir)
     )
     return outcome(before, read_state(context), run)
 

@@ -64,8 +64,14 @@ class History:
             " FROM {table} ORDER BY started_at, migration_name"
         ).fetchall()
         return [
-            MigrationRecord(name=name, checksum=checksum, state=_state(finished, rolled_back),
-                            started_at=started, finished_at=finished, logs=logs)
+            MigrationRecord(
+                name=name,
+                checksum=checksum,
+                state=_state(finished, rolled_back),
+                started_at=started,
+                finished_at=finished,
+                logs=logs,
+            )
             for name, checksum, started, finished, rolled_back, logs in rows
         ]
 

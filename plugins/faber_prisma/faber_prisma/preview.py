@@ -24,7 +24,10 @@ def preview(context: RunContext, pending: list[LocalMigration]) -> list[Migratio
 def _preview_one(context: RunContext, migration: LocalMigration, folder: MigrationFolder | None) -> MigrationPreview:
     if folder is None or folder.script is None:
         return MigrationPreview(
-            name=migration.name, sql="", estimated_duration_seconds=0, transactional=None,
+            name=migration.name,
+            sql="",
+            estimated_duration_seconds=0,
+            transactional=None,
             notes=[f"{SCRIPT_NAME} is missing: deploys refuse to run until it is restored or the folder removed"],
         )
     notes = []

@@ -33,11 +33,11 @@ def prisma_project(faber_project, database_url, monkeypatch):
     reads the test database URL (plus ``url_suffix``, e.g. ``?schema=app``).
     """
 
-    def make(migrations: dict[str, str], *, url_suffix: str = "", prisma_options: dict | None = None,
-             **settings) -> Path:
+    def make(
+        migrations: dict[str, str], *, url_suffix: str = "", prisma_options: dict | None = None, **settings
+    ) -> Path:
         monkeypatch.setenv(URL_ENV, database_url + url_suffix)
-        environment = {"database_url_env": URL_ENV, "lock_wait_seconds": 1, "backup_before_migrate": False,
-                       **settings}
+        environment = {"database_url_env": URL_ENV, "lock_wait_seconds": 1, "backup_before_migrate": False, **settings}
         config = {"database": {"migration_tool": "prisma", "environments": {ENVIRONMENT: environment}}}
         if prisma_options is not None:
             config["database"]["prisma"] = prisma_options

@@ -32,8 +32,16 @@ def history(query) -> list[dict]:
         "SELECT id, checksum, finished_at, migration_name, logs, rolled_back_at, started_at, applied_steps_count"
         " FROM _prisma_migrations ORDER BY started_at"
     )
-    columns = ["id", "checksum", "finished_at", "migration_name", "logs", "rolled_back_at", "started_at",
-               "applied_steps_count"]
+    columns = [
+        "id",
+        "checksum",
+        "finished_at",
+        "migration_name",
+        "logs",
+        "rolled_back_at",
+        "started_at",
+        "applied_steps_count",
+    ]
     return [dict(zip(columns, row, strict=True)) for row in rows]
 
 
@@ -62,8 +70,9 @@ def test_apply_creates_prisma_table_and_rows_exactly_as_prisma(prisma_project, p
         ("_prisma_migrations_pkey",)
     ]
     rows = history(query)
-    assert [(r["migration_name"], r["checksum"], r["applied_steps_count"], r["logs"], r["rolled_back_at"])
-            for r in rows] == [
+    assert [
+        (r["migration_name"], r["checksum"], r["applied_steps_count"], r["logs"], r["rolled_back_at"]) for r in rows
+    ] == [
         ("20240101000000_init", sha256(INIT), 1, None, None),
         ("20240102000000_posts", sha256(POSTS), 1, None, None),
     ]
@@ -72,8 +81,10 @@ def test_apply_creates_prisma_table_and_rows_exactly_as_prisma(prisma_project, p
         assert row["finished_at"] is not None and row["finished_at"] >= row["started_at"]
     assert query("SELECT to_regclass('users') IS NOT NULL, to_regclass('posts') IS NOT NULL") == [(True, True)]
     assert [(e.kind, e.data["name"]) for e in events if e.kind.startswith("migration.")] == [
-        ("migration.started", "20240101000000_init"), ("migration.applied", "20240101000000_init"),
-        ("migration.started", "20240102000000_posts"), ("migration.applied", "20240102000000_posts"),
+        ("migration.started", "20240101000000_init"),
+        ("migration.applied", "20240101000000_init"),
+        ("migration.started", "20240102000000_posts"),
+        ("migration.applied", "20240102000000_posts"),
     ]
     assert all(e.data["duration_seconds"] >= 0 for e in events if e.kind == "migration.applied")
 
@@ -107,7 +118,11 @@ def test_a_failing_transactional_migration_leaves_nothing_and_is_recorded_rolled
     assert query("SELECT to_regclass('comments'), to_regclass('posts')") == [(None, None)]
     row = history(query)[1]
     assert (row["migration_name"], row["checksum"], row["finished_at"], row["applied_steps_count"]) == (
-        "0002_comments", sha256(DUPLICATE_COLUMN), None, 0)
+        "0002_comments",
+        sha256(DUPLICATE_COLUMN),
+        None,
+        0,
+    )
     assert row["rolled_back_at"] is not None
     assert "Migration name: 0002_comments" in row["logs"]
     assert "Database error code: 42701" in row["logs"]
@@ -139,8 +154,10 @@ def test_create_index_concurrently_runs_outside_a_transaction(prisma_project, pr
     outcome = apply_pending(prisma_plugins, context)
 
     assert [m.name for m in outcome.applied] == ["0001_init", "0002_index"] and outcome.failure is None
-    assert query("SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-                 " WHERE c.relname = 'users_email_idx'") == [(True,)]
+    assert query(
+        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " WHERE c.relname = 'users_email_idx'"
+    ) == [(True,)]
     row = history(query)[1]
     assert (row["applied_steps_count"], row["logs"], row["rolled_back_at"]) == (1, None, None)
     assert row["finished_at"] is not None
@@ -163,7 +180,11 @@ def test_a_failing_non_transactional_migration_stays_failed_and_blocks_apply(
     assert query("SELECT to_regclass('tags') IS NOT NULL, to_regclass('posts')") == [(True, None)]
     row = history(query)[1]
     assert (row["migration_name"], row["finished_at"], row["rolled_back_at"], row["applied_steps_count"]) == (
-        "0002_index", None, None, 0)
+        "0002_index",
+        None,
+        None,
+        0,
+    )
     assert 'column "nick" does not exist' in row["logs"]
     assert prisma_plugins.migration_status(context).failed == ["0002_index"]
 
@@ -194,9 +215,13 @@ def test_resolve_rolled_back_lets_the_repaired_migration_apply_again(
     prisma_plugins.migration_resolve(context, "0002_index", "applied")
     state = prisma_plugins.migration_status(context)
     assert state.pending == [] and state.failed == []
-    assert [(r["migration_name"], r["applied_steps_count"], r["finished_at"] is not None,
-             r["rolled_back_at"] is not None) for r in history(query)][1:] == [
-        ("0002_index", 0, False, True), ("0002_index", 0, False, True), ("0002_index", 0, True, False),
+    assert [
+        (r["migration_name"], r["applied_steps_count"], r["finished_at"] is not None, r["rolled_back_at"] is not None)
+        for r in history(query)
+    ][1:] == [
+        ("0002_index", 0, False, True),
+        ("0002_index", 0, False, True),
+        ("0002_index", 0, True, False),
     ]
 
 
@@ -242,8 +267,10 @@ def test_the_canary_password_never_appears_in_results_errors_or_logs(
 ):
     # Errors that quote the password: a cast of it, and a committed statement that names it.
     leaky = f"SELECT '{CANARY_PASSWORD}'::int;\n"
-    leaky_concurrent = (f"COMMENT ON TABLE \"users\" IS '{CANARY_PASSWORD}';\n"
-                        f"CREATE INDEX CONCURRENTLY \"x\" ON \"users\" (\"{CANARY_PASSWORD}\");\n")
+    leaky_concurrent = (
+        f"COMMENT ON TABLE \"users\" IS '{CANARY_PASSWORD}';\n"
+        f'CREATE INDEX CONCURRENTLY "x" ON "users" ("{CANARY_PASSWORD}");\n'
+    )
     project = prisma_project({"0001_init": INIT, "0002_leaky": leaky})
     context = prisma_context(project)
     texts = []
@@ -299,5 +326,7 @@ def test_faber_migrate_reports_a_failed_prisma_migration_with_prisma_output(pris
     assert (document["code"], document["result"]["failed_migration"]) == ("MIGRATION_FAILED", "0002_comments")
     assert document["result"]["transaction_rolled_back"] is True
     assert CANARY_PASSWORD not in run.output
-    assert query("SELECT migration_name, finished_at IS NULL, rolled_back_at IS NOT NULL FROM _prisma_migrations"
-                 " ORDER BY started_at") == [("0001_init", False, False), ("0002_comments", True, True)]
+    assert query(
+        "SELECT migration_name, finished_at IS NULL, rolled_back_at IS NOT NULL FROM _prisma_migrations"
+        " ORDER BY started_at"
+    ) == [("0001_init", False, False), ("0002_comments", True, True)]

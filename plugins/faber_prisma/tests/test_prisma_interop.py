@@ -30,13 +30,21 @@ def prisma(database_url):
     """``prisma(project, "migrate", "status", schema="public") -> CompletedProcess`` with the real CLI."""
 
     def run(project: Path, *args: str, schema: str = "public") -> subprocess.CompletedProcess:
-        env = child_environment({
-            "DATABASE_URL": with_schema(database_url, schema),
-            "CHECKPOINT_DISABLE": "1",
-            "NODE_OPTIONS": f"--require {project / 'unref-wasm-timers.cjs'}",
-        })
-        return subprocess.run([str(project / "node_modules/.bin/prisma"), *args], cwd=project, env=env,
-                              capture_output=True, text=True, timeout=120)
+        env = child_environment(
+            {
+                "DATABASE_URL": with_schema(database_url, schema),
+                "CHECKPOINT_DISABLE": "1",
+                "NODE_OPTIONS": f"--require {project / 'unref-wasm-timers.cjs'}",
+            }
+        )
+        return subprocess.run(
+            [str(project / "node_modules/.bin/prisma"), *args],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     return run
 
@@ -45,9 +53,7 @@ def apply_pending(plugins, context):
     return plugins.migration_apply(context, plugins.migration_status(context).pending_migrations())
 
 
-def test_prisma_status_is_up_to_date_after_faber_applies(
-    interop_project, prisma_context, prisma_plugins, prisma
-):
+def test_prisma_status_is_up_to_date_after_faber_applies(interop_project, prisma_context, prisma_plugins, prisma):
     project = interop_project({"20240101000000_init": INIT, "20240102000000_posts": POSTS})
 
     outcome = apply_pending(prisma_plugins, prisma_context(project))
@@ -76,7 +82,9 @@ def test_faber_and_prisma_deploy_take_turns_on_one_history(
     assert state.applied == ["20240101000000_init", "20240102000000_posts", "20240103000000_tags"]
     assert (state.pending, state.failed, state.checksum_mismatches) == ([], [], [])
     assert {r.name: r.checksum for r in state.records} == {
-        "20240101000000_init": sha256(INIT), "20240102000000_posts": sha256(POSTS), "20240103000000_tags": sha256(TAGS),
+        "20240101000000_init": sha256(INIT),
+        "20240102000000_posts": sha256(POSTS),
+        "20240103000000_tags": sha256(TAGS),
     }
     assert apply_pending(prisma_plugins, context).applied == []
     assert query("SELECT count(*) FROM _prisma_migrations") == [(3,)]
@@ -133,7 +141,10 @@ def test_faber_cli_and_prisma_agree(interop_project, prisma, run_faber, add_migr
     faber_status = run_faber("status", "staging", "--json", "--cwd", str(project))
     assert faber_status.returncode == 0, faber_status.output
     assert faber_status.json["result"]["applied"] == [
-        "20240101000000_init", "20240102000000_posts", "20240103000000_tags"]
+        "20240101000000_init",
+        "20240102000000_posts",
+        "20240103000000_tags",
+    ]
     assert faber_status.json["result"]["pending"] == []
     again = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
     assert again.returncode == 0, again.output

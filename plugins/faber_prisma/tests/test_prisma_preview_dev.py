@@ -29,7 +29,10 @@ def test_preview_describes_each_pending_migration_without_a_database(
     previews = prisma_plugins.migration_preview(context, pending)
 
     assert [(p.name, p.transactional) for p in previews] == [
-        ("0001_init", True), ("0002_index", False), ("0003_typo", None), ("0004_unfinished", None),
+        ("0001_init", True),
+        ("0002_index", False),
+        ("0003_typo", None),
+        ("0004_unfinished", None),
     ]
     init, index, typo, unfinished = previews
     assert (init.sql, init.estimated_duration_seconds, init.notes) == (INIT, estimate_seconds(INIT), [])
@@ -38,9 +41,7 @@ def test_preview_describes_each_pending_migration_without_a_database(
     assert unfinished.sql == "" and "migration.sql is missing" in unfinished.notes[0]
 
 
-def test_dev_hook_declines_in_deploy_mode_and_without_the_prisma_cli(
-    prisma_project, prisma_context, prisma_plugins
-):
+def test_dev_hook_declines_in_deploy_mode_and_without_the_prisma_cli(prisma_project, prisma_context, prisma_plugins):
     deploy_project = prisma_project({"0001_init": INIT})
     (deploy_project / "node_modules/.bin").mkdir(parents=True)
     (deploy_project / "node_modules/.bin/prisma").write_text("#!/bin/sh\nexit 99\n")
@@ -72,10 +73,16 @@ def test_dev_mode_runs_the_projects_prisma_with_the_url_in_its_environment(
 def test_dev_outcome_is_what_changed_between_the_two_statuses():
     started = datetime(2024, 1, 1, tzinfo=timezone.utc)
     before = MigrationState(tool="prisma", local=[LocalMigration(name="0001_init")], records=[])
-    after = MigrationState(tool="prisma", local=[LocalMigration(name="0001_init"), LocalMigration(name="0002_new")],
-                           records=[MigrationRecord(name="0001_init", state="applied", started_at=started,
-                                                    finished_at=started + timedelta(seconds=2)),
-                                    MigrationRecord(name="0002_new", state="failed", started_at=started)])
+    after = MigrationState(
+        tool="prisma",
+        local=[LocalMigration(name="0001_init"), LocalMigration(name="0002_new")],
+        records=[
+            MigrationRecord(
+                name="0001_init", state="applied", started_at=started, finished_at=started + timedelta(seconds=2)
+            ),
+            MigrationRecord(name="0002_new", state="failed", started_at=started),
+        ],
+    )
 
     succeeded = outcome(before, after.model_copy(update={"records": after.records[:1]}), ToolRun(0, "done", ""))
     failed = outcome(before, after, ToolRun(1, "", "Error: P3018\n\nA migration failed to apply."))
@@ -89,5 +96,6 @@ def test_dev_outcome_is_what_changed_between_the_two_statuses():
 
 def test_the_url_given_to_prisma_carries_its_schema_parameter():
     assert with_schema("postgresql://u@h:5432/db?sslmode=require", "app") == (
-        "postgresql://u@h:5432/db?sslmode=require&schema=app")
+        "postgresql://u@h:5432/db?sslmode=require&schema=app"
+    )
     assert with_schema("postgresql://u@h/db?schema=old", "public") == "postgresql://u@h/db?schema=public"

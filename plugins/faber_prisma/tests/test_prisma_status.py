@@ -70,7 +70,9 @@ def test_record_states_follow_finished_at_and_rolled_back_at(prisma_project, pri
     state = prisma_plugins.migration_status(context)
 
     assert [(r.name, r.state) for r in state.records] == [
-        ("0001_init", "applied"), ("0002_posts", "rolled_back"), ("0003_failed", "failed"),
+        ("0001_init", "applied"),
+        ("0002_posts", "rolled_back"),
+        ("0003_failed", "failed"),
     ]
     assert state.failed == ["0003_failed"]
     assert state.pending == ["0002_posts", "0003_failed"]
@@ -114,8 +116,10 @@ def test_status_reads_the_schema_named_in_the_url(prisma_project, prisma_context
     prisma_plugins.migration_apply(context, prisma_plugins.migration_status(context).pending_migrations())
 
     assert prisma_plugins.migration_status(context).applied == ["0001_init"]
-    assert query("SELECT to_regclass('app._prisma_migrations') IS NOT NULL, to_regclass('app.users') IS NOT NULL,"
-                 " to_regclass('public._prisma_migrations') IS NULL") == [(True, True, True)]
+    assert query(
+        "SELECT to_regclass('app._prisma_migrations') IS NOT NULL, to_regclass('app.users') IS NOT NULL,"
+        " to_regclass('public._prisma_migrations') IS NULL"
+    ) == [(True, True, True)]
 
 
 def test_other_tools_get_no_answer(prisma_project, prisma_context):
