@@ -12,7 +12,7 @@ from faber_core.errors import ConfigError
 
 EXAMPLE_MIGRATION = """-- An example migration written by `faber init`. Replace it with your own.
 CREATE TABLE "example_items" (
-    "id" SERIAL PRIMARY KEY,
+    "id" BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     "name" TEXT NOT NULL,
     "created_at" TIMESTAMPTZ NOT NULL DEFAULT now()
 );

@@ -17,3 +17,14 @@ def test_init_then_migrate_dev_on_the_embedded_database(tmp_path, run_faber):
     assert len(applied) == 1 and applied[0]["name"].endswith("_create_example_items")
     assert again.json["result"]["message"] == "No pending migrations"
     assert status.json["result"]["applied"] == [applied[0]["name"]] and status.json["result"]["pending"] == []
+
+
+def test_the_example_migration_passes_the_lint(tmp_path, run_faber):
+    project = tmp_path / "demo"
+    run_faber("init", "--cwd", str(project))
+
+    preview = run_faber("migrate", "dev", "--dry-run", "--json", "--cwd", str(project))
+
+    assert preview.returncode == 0, preview.output
+    [migration] = preview.json["result"]["migrations"]
+    assert migration["lint"] == []
