@@ -344,19 +344,30 @@ class Rehearsed:
     failure: Event | None = None
 
 
+REHEARSAL_DATA = {"auto": None, "always": True, "never": False}
+
+
+def rehearsal_data(tool: NodeTool, context: RunContext) -> bool | None:
+    """``database.<tool>.rehearsal_data``: copy the rows into the rehearsal always, never, or when small."""
+    choice = context.tool_options.get("rehearsal_data", "auto")
+    if choice not in REHEARSAL_DATA:
+        raise ConfigError(f"config: `database.{tool.name}.rehearsal_data` must be one of {', '.join(REHEARSAL_DATA)}")
+    return REHEARSAL_DATA[choice]
+
+
 def rehearse(
     tool: NodeTool,
     context: RunContext,
     pending: list[LocalMigration],
     args: Iterable[str],
     *,
-    include_data: bool | None = None,
     extra_notes: Callable[[Rehearsed], list[str]] = lambda _: [],
 ) -> list[MigrationPreview]:
     """Apply ``pending`` to a throwaway copy of the target and describe what each migration did there."""
     from faber_core.postgres.rehearsal import rehearsal_database
 
     args = list(args)
+    include_data = rehearsal_data(tool, context)
     bookkeeping = _status_event(tool, context, args).get("bookkeeping_table")
     with rehearsal_database(
         context, copy_rows_of=[bookkeeping] if bookkeeping else [], include_data=include_data

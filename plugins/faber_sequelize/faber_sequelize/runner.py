@@ -16,7 +16,6 @@ from faber_core.models import ApplyOutcome, LocalMigration, MigrationPreview, Mi
 
 from faber_sequelize import TOOL
 
-REHEARSAL_DATA = {"auto": None, "always": True, "never": False}
 NON_TRANSACTIONAL_NOTE = (
     "Sequelize runs a migration without a transaction: if a statement fails, the statements before it stay "
     "applied (protected environments rely on faber's backup and automatic rollback)"
@@ -41,13 +40,6 @@ def runner_args(context: RunContext) -> list[str]:
     return args
 
 
-def rehearsal_data(context: RunContext) -> bool | None:
-    choice = context.tool_options.get("rehearsal_data", "auto")
-    if choice not in REHEARSAL_DATA:
-        raise ConfigError(f"config: `database.{TOOL}.rehearsal_data` must be one of {', '.join(REHEARSAL_DATA)}")
-    return REHEARSAL_DATA[choice]
-
-
 def read_state(context: RunContext) -> MigrationState:
     return node_runner.read_state(RUNNER, context, runner_args(context))
 
@@ -62,6 +54,5 @@ def preview(context: RunContext, pending: list[LocalMigration]) -> list[Migratio
         context,
         pending,
         runner_args(context),
-        include_data=rehearsal_data(context),
         extra_notes=lambda _: [NON_TRANSACTIONAL_NOTE],
     )

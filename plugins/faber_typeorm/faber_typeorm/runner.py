@@ -17,7 +17,6 @@ from faber_core.models import ApplyOutcome, LocalMigration, MigrationPreview, Mi
 from faber_typeorm import TOOL
 
 DEFAULT_DATA_SOURCE = "data-source.js"
-REHEARSAL_DATA = {"auto": None, "always": True, "never": False}
 NON_TRANSACTIONAL_NOTE = (
     "The migration sets `transaction = false`: TypeORM runs it outside a transaction, so if a statement "
     "fails, the statements before it stay applied"
@@ -38,13 +37,6 @@ def runner_args(context: RunContext) -> list[str]:
     return ["--data-source", data_source]
 
 
-def rehearsal_data(context: RunContext) -> bool | None:
-    choice = context.tool_options.get("rehearsal_data", "auto")
-    if choice not in REHEARSAL_DATA:
-        raise ConfigError(f"config: `database.{TOOL}.rehearsal_data` must be one of {', '.join(REHEARSAL_DATA)}")
-    return REHEARSAL_DATA[choice]
-
-
 def read_state(context: RunContext) -> MigrationState:
     return node_runner.read_state(RUNNER, context, runner_args(context))
 
@@ -59,6 +51,5 @@ def preview(context: RunContext, pending: list[LocalMigration]) -> list[Migratio
         context,
         pending,
         runner_args(context),
-        include_data=rehearsal_data(context),
         extra_notes=lambda ran: [NON_TRANSACTIONAL_NOTE] if ran.transactional is False else [],
     )
