@@ -6,6 +6,7 @@
 - ``faber_project``: a project directory with a faber config, built from a dict.
 - ``run_faber``: runs the ``faber`` command in a subprocess and parses ``--json`` output.
 - ``plugin_manager``: a PluginManager with only the built-in plugins, for registering test plugins.
+- ``run_context``: a RunContext on a project; ``query``: run SQL on the test's database.
 """
 
 from __future__ import annotations
@@ -180,3 +181,36 @@ def install_node_project(directory: Path, installed_marker: str) -> Path:
         )
         assert installed.returncode == 0, f"npm ci failed:\n{installed.stdout}\n{installed.stderr}"
     return directory / "node_modules"
+
+
+@pytest.fixture
+def query(database_url):
+    """``query(sql, params=None) -> list[tuple]`` on the test's database."""
+    import psycopg
+
+    def run(sql: str, params: list | None = None) -> list[tuple]:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            cursor = conn.execute(sql, params)
+            return cursor.fetchall() if cursor.description else []
+
+    return run
+
+
+@pytest.fixture
+def run_context():
+    """``make(project_dir, events=None, environment="production", operation="deploy-migrations")``.
+
+    A :class:`~faber_core.context.RunContext` on a project, appending every event to ``events``.
+    """
+    from faber_core.context import open_context
+
+    def make(
+        project_dir: Path,
+        events: list | None = None,
+        environment: str = "production",
+        operation: str = "deploy-migrations",
+    ):
+        listeners = [events.append] if events is not None else []
+        return open_context(project_dir, environment, operation, listeners=listeners)
+
+    return make

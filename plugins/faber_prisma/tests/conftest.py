@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 
-import psycopg
 import pytest
-from faber_core.context import RunContext, open_context
 from faber_core.plugins import Plugins
 from faber_core.testing.fixtures import install_node_project
 
@@ -49,24 +48,9 @@ def prisma_project(faber_project, database_url, monkeypatch):
 
 
 @pytest.fixture
-def prisma_context():
-    def make(project_dir: Path, events: list | None = None, environment: str = ENVIRONMENT) -> RunContext:
-        listeners = [events.append] if events is not None else []
-        return open_context(project_dir, environment, "deploy-migrations", listeners=listeners)
-
-    return make
-
-
-@pytest.fixture
-def query(database_url):
-    """``query(sql, params=None) -> list[tuple]`` on the test database."""
-
-    def run(sql: str, params: list | None = None) -> list[tuple]:
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            cursor = conn.execute(sql, params)
-            return cursor.fetchall() if cursor.description else []
-
-    return run
+def prisma_context(run_context):
+    """``make(project_dir, events=None, environment=ENVIRONMENT)``: a run context on a project."""
+    return functools.partial(run_context, environment=ENVIRONMENT)
 
 
 @pytest.fixture
