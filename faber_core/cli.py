@@ -244,15 +244,12 @@ def backup(
 ) -> None:
     """Create a backup of ENVIRONMENT's database now."""
     from faber_core.results import Success
-    from faber_core.workflow import read_status
+    from faber_core.workflow import read_status, take_backup
 
     def body(context: RunContext, plugins: Plugins) -> Success:
         plugins.require_tool(context.tool)
         plugins.require_backup_provider(context.settings.backup.provider)
-        state = read_status(context, plugins, quiet=True)
-        context.emit("backup.started", provider=context.settings.backup.provider)
-        record = plugins.backup_create(context, reason, state.applied_fingerprint())
-        context.emit("backup.created", backup_id=record.id, size_bytes=record.size_bytes)
+        record = take_backup(context, plugins, reason, read_status(context, plugins, quiet=True))
         return Success(
             operation="create-backup",
             environment=environment,

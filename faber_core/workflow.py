@@ -140,16 +140,21 @@ def deploy_lock(context: RunContext) -> Iterator[None]:
 
 
 def connection_failed(context: RunContext, exc: psycopg.Error) -> HealthCheckFailed:
-    env_var = context.settings.database_url_env
     return HealthCheckFailed(
         "Pre-deployment health check failed",
         result={"health_check": "failed", "details": context.redactor.redact(describe_connection_error(exc))},
-        suggestions=[
-            "Verify database is running",
-            *([f"Check connection string: {env_var}", f"Test connection: psql ${env_var}"] if env_var else []),
-            f"Retry when issue resolved: faber migrate {context.environment}",
-        ],
+        suggestions=database_suggestions(context),
     )
+
+
+def database_suggestions(context: RunContext) -> list[str]:
+    """The spec's recovery steps for a database that is down or unreachable."""
+    env_var = context.settings.database_url_env
+    return [
+        "Verify database is running",
+        *([f"Check connection string: {env_var}", f"Test connection: psql ${env_var}"] if env_var else []),
+        f"Retry when issue resolved: faber migrate {context.environment}",
+    ]
 
 
 # 7 and 13: health checks ---------------------------------------------------------------
@@ -217,7 +222,6 @@ def migrations_check(context: RunContext, state: MigrationState) -> HealthCheckR
 
 def health_suggestions(context: RunContext, failed: HealthCheckResult) -> list[str]:
     env = context.environment
-    env_var = context.settings.database_url_env
     if failed.name == "migrations":
         return [
             f"Inspect the history: faber status {env}",
@@ -226,11 +230,7 @@ def health_suggestions(context: RunContext, failed: HealthCheckResult) -> list[s
             "An edited migration: restore the file to what was applied, and put the change in a new migration",
             f"Retry when issue resolved: faber migrate {env}",
         ]
-    return [
-        "Verify database is running",
-        *([f"Check connection string: {env_var}", f"Test connection: psql ${env_var}"] if env_var else []),
-        f"Retry when issue resolved: faber migrate {env}",
-    ]
+    return database_suggestions(context)
 
 
 # 9: migration status -------------------------------------------------------------------
@@ -320,9 +320,14 @@ def create_backup(
         if context.settings.backup_before_migrate:
             context.emit("backup.skipped", reason="--skip-backup")
         return None
+    return take_backup(context, plugins, "pre-migration backup", state)
+
+
+def take_backup(context: RunContext, plugins: Plugins, reason: str, state: MigrationState) -> BackupRecord:
+    """A backup now, recording the applied migrations it covers (also ``faber backup ENV``)."""
     with step(context, "backup", **{"faber.backup.provider": context.settings.backup.provider}) as span:
         context.emit("backup.started", provider=context.settings.backup.provider)
-        record = plugins.backup_create(context, "pre-migration backup", state.applied_fingerprint())
+        record = plugins.backup_create(context, reason, state.applied_fingerprint())
         span.set_attribute("faber.backup.id", record.id)
     context.emit("backup.created", backup_id=record.id, size_bytes=record.size_bytes)
     return record
