@@ -19,6 +19,7 @@ import uuid
 import psycopg
 from psycopg import sql
 
+from faber_core.safety.catalog import Catalog
 from faber_core.safety.estimate import Estimator
 
 ADMIN_URL = os.environ.get("FABER_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -41,7 +42,7 @@ def fill(conn: psycopg.Connection, rows: int) -> None:
 
 
 def measure(conn: psycopg.Connection, statement: str) -> tuple[float, float]:
-    estimated = Estimator(conn, "public").estimate(statement).seconds
+    estimated = Estimator(Catalog(conn, "public")).estimate(statement).seconds
     started = time.monotonic()
     conn.execute(statement)
     return estimated, time.monotonic() - started

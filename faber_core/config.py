@@ -81,6 +81,12 @@ class EnvironmentSettings(BaseModel):
         description="Lint pending migrations with squawk. block: lock-risk errors stop the deploy; "
         "warn: report only. Default: block in protected environments, warn elsewhere.",
     )
+    lint_small_table_rows: int = Field(
+        10_000,
+        ge=0,
+        description="A lock-risk lint finding on a table that statistics show holds at most this many rows, or on "
+        "a table created earlier in the same deploy, is informational: its lock is brief (docs/safety.md).",
+    )
     lock_timeout_seconds: float | None = Field(
         None,
         ge=0,

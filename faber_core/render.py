@@ -125,7 +125,8 @@ class ProgressPrinter:
     def on_lint_finished(self, event: AuditEvent) -> None:
         counts = event.data["findings"]
         mark = "⚠" if counts["errors"] or counts["warnings"] else "✓"
-        self.line(f"{mark} Lint: {counts['errors']} error(s), {counts['warnings']} warning(s)")
+        informational = f", {counts['informational']} informational" if counts.get("informational") else ""
+        self.line(f"{mark} Lint: {counts['errors']} error(s), {counts['warnings']} warning(s){informational}")
 
     def on_staging_proof_passed(self, event: AuditEvent) -> None:
         self.line(f"✓ Staging proof: every pending migration succeeded in {event.data['predecessor']}")
@@ -264,6 +265,8 @@ def _short(value: Any) -> str:
 
 def _finding(finding: dict[str, Any]) -> str:
     text = f"{finding['severity']} {finding['rule']} (line {finding['line']}): {finding['message']}"
+    if finding.get("reason"):
+        return f"{text} Informational: {finding['reason']}"
     return text + (f" Help: {finding['help']}" if finding.get("help") else "")
 
 

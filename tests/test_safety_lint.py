@@ -23,13 +23,22 @@ def indexes(url: str) -> set[str]:
         return {row[0] for row in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'users'")}
 
 
+def populate(url: str, table: str = "users", rows: int = 20_000) -> None:
+    """Rows beyond lint_small_table_rows (10,000), analysed, so lock risks on the table stay errors."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"INSERT INTO {table} SELECT g, 'user' || g || '@example.com' FROM generate_series(1, {rows}) g")
+        conn.execute(f"ANALYZE {table}")
+
+
 @pytest.fixture
-def deployed_users(project, context_for, plugins):
-    """``make(second_migration, **settings)``: users exists in production, the second migration is pending."""
+def deployed_users(project, context_for, plugins, database_url):
+    """``make(second_migration, **settings)``: a populated users table exists in production, the
+    second migration is pending."""
 
     def make(second: str, **settings):
         project_dir = project({"001_users": USERS}, **settings)
         migrate(context_for(project_dir), plugins, YES)
+        populate(database_url)
         (project_dir / "migrations/002_index.sql").write_text(second)
         return project_dir
 

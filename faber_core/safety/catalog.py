@@ -8,9 +8,11 @@ import psycopg
 
 from faber_core.safety.analysis import TableName
 
-# Bytes per row assumed for a table never analysed (reltuples = -1): the estimate then scales
-# with the table's size instead of reporting it empty.
-_BYTES_PER_ROW_UNANALYSED = 100
+# Bytes per row assumed for a table whose statistics do not describe its current size (never
+# analysed, or analysed while empty and filled since): the least a row takes on disk (a 24-byte
+# header, a 4-byte line pointer, 4 bytes of data), so the count is an upper bound and a table
+# filled since its last ANALYZE is never taken for a small one.
+_BYTES_PER_ROW_UNANALYSED = 32
 
 
 @dataclass(frozen=True)
@@ -22,10 +24,12 @@ class TableStats:
     table_bytes: int
     index_count: int
     analysed: bool
+    """False when ``rows`` comes from the table's size because its statistics are missing or stale."""
 
 
 _LOOKUP = """
-SELECT c.oid, n.nspname || '.' || c.relname, c.reltuples, pg_table_size(c.oid),
+SELECT c.oid, n.nspname || '.' || c.relname, c.reltuples, c.relpages,
+       pg_relation_size(c.oid) / current_setting('block_size')::int, pg_table_size(c.oid),
        (SELECT count(*) FROM pg_index i WHERE i.indrelid = c.oid)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relname = %(name)s AND n.nspname = ANY(%(schemas)s) AND c.relkind IN ('r', 'p', 'm')
@@ -33,18 +37,92 @@ ORDER BY array_position(%(schemas)s, n.nspname::text)
 LIMIT 1
 """
 
+_INDEX_TABLE = """
+SELECT tn.nspname, t.relname
+FROM pg_index i
+JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace tn ON tn.oid = t.relnamespace
+WHERE c.relname = %(name)s AND n.nspname = ANY(%(schemas)s)
+ORDER BY array_position(%(schemas)s, n.nspname::text)
+LIMIT 1
+"""
+
+
+def _schemas(schema: str | None, default_schema: str) -> list[str]:
+    return [schema] if schema else list(dict.fromkeys([default_schema, "public"]))
+
 
 def find_tables(conn: psycopg.Connection, names: list[TableName], default_schema: str) -> dict[TableName, TableStats]:
     """The named tables that exist; an unqualified name is looked up in ``default_schema``, then
-    ``public``. Tables the migrations are about to create are simply absent."""
+    ``public``. Tables the migrations are about to create are simply absent.
+
+    The row count is the planner's: ``reltuples`` scaled to the table's current number of pages,
+    so a table that grew since it was last analysed is not taken for its old size."""
     found = {}
     for schema, name in dict.fromkeys(names):
-        schemas = [schema] if schema else list(dict.fromkeys([default_schema, "public"]))
-        row = conn.execute(_LOOKUP, {"name": name, "schemas": schemas}).fetchone()
+        row = conn.execute(_LOOKUP, {"name": name, "schemas": _schemas(schema, default_schema)}).fetchone()
         if row is None:
             continue
-        oid, display, reltuples, table_bytes, index_count = row
-        analysed = reltuples >= 0
-        rows = reltuples if analysed else table_bytes / _BYTES_PER_ROW_UNANALYSED
+        oid, display, reltuples, relpages, pages, table_bytes, index_count = row
+        if reltuples >= 0 and relpages > 0:
+            rows, analysed = reltuples / relpages * pages, True
+        elif reltuples >= 0 and pages == 0:
+            rows, analysed = 0.0, True
+        else:
+            rows, analysed = table_bytes / _BYTES_PER_ROW_UNANALYSED, False
         found[(schema, name)] = TableStats(oid, display, float(rows), int(table_bytes), int(index_count), analysed)
     return found
+
+
+def index_table(conn: psycopg.Connection, index: TableName, default_schema: str) -> TableName | None:
+    """The table an existing index belongs to, as (schema, table); None when there is no such index."""
+    schema, name = index
+    row = conn.execute(_INDEX_TABLE, {"name": name, "schemas": _schemas(schema, default_schema)}).fetchone()
+    return (row[0], row[1]) if row else None
+
+
+_EXISTS = {
+    "relation": "SELECT 1 FROM pg_class o JOIN pg_namespace n ON n.oid = o.relnamespace WHERE o.relname = %(name)s",
+    "type": "SELECT 1 FROM pg_type o JOIN pg_namespace n ON n.oid = o.typnamespace WHERE o.typname = %(name)s",
+    "function": "SELECT 1 FROM pg_proc o JOIN pg_namespace n ON n.oid = o.pronamespace WHERE o.proname = %(name)s",
+}
+
+
+def object_exists(conn: psycopg.Connection, namespace: str, name: TableName, default_schema: str) -> bool:
+    """Whether a relation (table, index, sequence, view), type or function of that name exists."""
+    schema, relation = name
+    query = _EXISTS[namespace] + " AND n.nspname = ANY(%(schemas)s) LIMIT 1"
+    return conn.execute(query, {"name": relation, "schemas": _schemas(schema, default_schema)}).fetchone() is not None
+
+
+class Catalog:
+    """The target's catalog on one connection, each lookup made once: the duration estimates and
+    the lint's severity read the same table statistics. Without a connection nothing is found."""
+
+    def __init__(self, conn: psycopg.Connection | None, default_schema: str) -> None:
+        self.conn = conn
+        self.default_schema = default_schema
+        self._stats: dict[TableName, TableStats | None] = {}
+        self._index_tables: dict[TableName, TableName | None] = {}
+        self._exists: dict[tuple[str, TableName], bool] = {}
+
+    def __call__(self, names: list[TableName]) -> dict[TableName, TableStats]:
+        """The statistics of the named tables that exist."""
+        missing = [name for name in names if name not in self._stats]
+        if missing:
+            found = find_tables(self.conn, missing, self.default_schema) if self.conn is not None else {}
+            self._stats.update({name: found.get(name) for name in missing})
+        return {name: stats for name in names if (stats := self._stats.get(name)) is not None}
+
+    def index_table(self, index: TableName) -> TableName | None:
+        if index not in self._index_tables:
+            found = index_table(self.conn, index, self.default_schema) if self.conn is not None else None
+            self._index_tables[index] = found
+        return self._index_tables[index]
+
+    def exists(self, namespace: str, name: TableName) -> bool:
+        """``namespace``: relation, type or function. Without a connection everything may exist."""
+        if (namespace, name) not in self._exists:
+            found = object_exists(self.conn, namespace, name, self.default_schema) if self.conn is not None else True
+            self._exists[(namespace, name)] = found
+        return self._exists[(namespace, name)]

@@ -22,10 +22,11 @@ from faber_core.models import LocalMigration, MigrationPreview, MigrationState
 from faber_core.postgres.sql import is_transactional
 from faber_core.safety import lint, preflight, staging_proof
 from faber_core.safety.analysis import analyse
-from faber_core.safety.catalog import find_tables
+from faber_core.safety.catalog import Catalog, find_tables
 from faber_core.safety.estimate import Estimator
 from faber_core.safety.history import applied_by_successful_deploys
 from faber_core.safety.models import Blocker, LintFinding, PreflightReport
+from faber_core.safety.severity import Judge
 from faber_core.telemetry import step
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ def review_before_approval(context: RunContext, pending: list[LocalMigration], *
             unknown = [m.name for m in pending if m.name not in sources]
             if unknown:
                 context.emit("lint.skipped", migrations=unknown, reason="no SQL file; --dry-run lints their rehearsal")
-            review.lint = lint_sources(context, sources, server_version(context))
+            review.lint = _lint_on_target(context, sources)
             context.emit("lint.finished", findings=_counts(review.lint))
         refuse_lint_errors(context, review.lint)
     if context.settings.requires_success_in:
@@ -81,15 +82,36 @@ def review_before_approval(context: RunContext, pending: list[LocalMigration], *
     return review
 
 
-def lint_sources(context: RunContext, sources: dict[str, str], version: str | None) -> dict[str, list[LintFinding]]:
+def _lint_on_target(context: RunContext, sources: dict[str, str]) -> dict[str, list[LintFinding]]:
+    try:
+        conn = _connect(context, "faber lint")
+    except psycopg.Error:
+        # Without the target's statistics nothing is judged small: findings keep their severity.
+        return lint_sources(context, sources, Catalog(None, context.database.schema), None)
+    with conn:
+        return lint_sources(context, sources, Catalog(conn, context.database.schema), _version(conn))
+
+
+def lint_sources(
+    context: RunContext, sources: dict[str, str], tables: Catalog, version: str | None
+) -> dict[str, list[LintFinding]]:
+    """Lint ``sources`` (name -> SQL, in apply order) and judge each finding by its table's size in
+    ``tables`` and by what the earlier pending migrations create."""
     findings = lint.lint_migrations(
         {name: (sql, transactional(sql)) for name, sql in sources.items()},
         project_dir=context.project_dir,
         server_version=version,
     )
+    judge = Judge(
+        tables,
+        tables.index_table,
+        tables.exists,
+        default_schema=context.database.schema,
+        small_table_rows=context.settings.lint_small_table_rows,
+    )
     return {
         name: [f.model_copy(update={"statement": context.redactor.redact(f.statement or "") or None}) for f in items]
-        for name, items in findings.items()
+        for name, items in judge.judge(sources, findings).items()
     }
 
 
@@ -146,9 +168,10 @@ def annotate_preview(
 ) -> PreflightReport | None:
     """Fill in each preview's lint and estimate (in place); return the preflight's report."""
     with _connect(context, "faber preview") as conn:
-        _estimate(context, conn, state, previews)
+        tables = Catalog(conn, context.database.schema)
+        _estimate(context, conn, state, previews, tables)
         if context.settings.lint != "off":
-            _lint_previews(context, state, previews, _version(conn))
+            _lint_previews(context, state, previews, tables, _version(conn))
         report = _preview_preflight(context, conn, previews)
     if rehearse:
         _measure(context, plugins, state, previews)
@@ -156,9 +179,13 @@ def annotate_preview(
 
 
 def _estimate(
-    context: RunContext, conn: psycopg.Connection, state: MigrationState, previews: list[MigrationPreview]
+    context: RunContext,
+    conn: psycopg.Connection,
+    state: MigrationState,
+    previews: list[MigrationPreview],
+    tables: Catalog,
 ) -> None:
-    estimator = Estimator(conn, context.database.schema)
+    estimator = Estimator(tables)
     estimator.calibrate(calibration_samples(context, conn, state))
     for item in previews:
         if item.basis is None and item.sql:
@@ -185,9 +212,13 @@ def calibration_samples(
 
 
 def _lint_previews(
-    context: RunContext, state: MigrationState, previews: list[MigrationPreview], version: str | None
+    context: RunContext,
+    state: MigrationState,
+    previews: list[MigrationPreview],
+    tables: Catalog,
+    version: str | None,
 ) -> None:
-    findings = lint_sources(context, {p.name: p.sql for p in previews if p.sql}, version)
+    findings = lint_sources(context, {p.name: p.sql for p in previews if p.sql}, tables, version)
     linted_on_deploy = {m.name for m in state.local if migration_sql(context, m) is not None}
     for item in previews:
         item.lint = findings.get(item.name, [])
@@ -236,14 +267,6 @@ def _connect(context: RunContext, application_name: str) -> psycopg.Connection:
     return context.database.connect(application_name=application_name)
 
 
-def server_version(context: RunContext) -> str | None:
-    try:
-        with _connect(context, "faber lint") as conn:
-            return _version(conn)
-    except psycopg.Error:
-        return None
-
-
 def _version(conn: psycopg.Connection) -> str:
     number = conn.info.server_version
     return f"{number // 10000}.{number % 10000}"
@@ -277,7 +300,9 @@ def _blockers(context: RunContext, conn: psycopg.Connection, tables: dict[int, s
 
 
 def _counts(findings: dict[str, list[LintFinding]]) -> dict[str, int]:
+    severities = [f.severity for items in findings.values() for f in items]
     return {
-        "errors": sum(1 for items in findings.values() for f in items if f.severity == "error"),
-        "warnings": sum(1 for items in findings.values() for f in items if f.severity == "warning"),
+        "errors": severities.count("error"),
+        "warnings": severities.count("warning"),
+        "informational": severities.count("info"),
     }

@@ -12,12 +12,11 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-import psycopg
 from pglast.parser import ParseError
 
 from faber_core.postgres.estimate import estimate_seconds
 from faber_core.safety.analysis import StatementEffect, TableName, analyse
-from faber_core.safety.catalog import TableStats, find_tables
+from faber_core.safety.catalog import Catalog, TableStats
 
 SCAN_BYTES_PER_SECOND = 800e6
 REWRITE_BYTES_PER_SECOND = 50e6
@@ -81,11 +80,9 @@ def statement_seconds(effect: StatementEffect, stats: TableStats | None) -> floa
 class Estimator:
     """Estimates migrations against one database connection, caching table statistics."""
 
-    def __init__(self, conn: psycopg.Connection, default_schema: str) -> None:
-        self.conn = conn
-        self.default_schema = default_schema
+    def __init__(self, tables: Catalog) -> None:
+        self.tables = tables
         self.calibration: Calibration | None = None
-        self._stats: dict[TableName, TableStats] = {}
 
     def model_seconds(self, sql: str) -> tuple[float, str] | None:
         """The uncalibrated estimate and its basis; None when the SQL does not parse."""
@@ -93,10 +90,10 @@ class Estimator:
             effects = analyse(sql)
         except ParseError:
             return None
-        self._load([effect.table for effect in effects if effect.table])
-        costed = [(statement_seconds(e, self._stats.get(e.table) if e.table else None), e) for e in effects]
+        stats = self.tables([effect.table for effect in effects if effect.table])
+        costed = [(statement_seconds(e, stats.get(e.table) if e.table else None), e) for e in effects]
         total = sum(seconds for seconds, _ in costed)
-        return total, self._basis(costed)
+        return total, self._basis(costed, stats)
 
     def estimate(self, sql: str) -> Estimate:
         modelled = self.model_seconds(sql)
@@ -120,17 +117,12 @@ class Estimator:
             low, high = CALIBRATION_BOUNDS
             self.calibration = Calibration(min(max(statistics.median(ratios), low), high), len(ratios))
 
-    def _load(self, names: list[TableName]) -> None:
-        missing = [name for name in names if name not in self._stats]
-        if missing:
-            self._stats.update(find_tables(self.conn, missing, self.default_schema))
-
-    def _basis(self, costed: list[tuple[float, StatementEffect]]) -> str:
+    def _basis(self, costed: list[tuple[float, StatementEffect]], found: dict[TableName, TableStats]) -> str:
         if not costed:
             return "statistics: no statements"
         seconds, heaviest = max(costed, key=lambda item: item[0])
         kinds = sorted({_DESCRIPTIONS[effect.kind] for _, effect in costed})
-        stats = self._stats.get(heaviest.table) if heaviest.table else None
+        stats = found.get(heaviest.table) if heaviest.table else None
         if stats is None or heaviest.kind == "metadata":
             return f"statistics: {', '.join(kinds)}"
         rows = f"{stats.rows:,.0f} rows" + ("" if stats.analysed else " (from its size: never analysed)")

@@ -1,13 +1,18 @@
-"""Lint pending migrations with squawk, configured for what faber already guarantees.
+"""Lint pending migrations with squawk and faber's own rules, configured for what faber already guarantees.
 
 squawk knows which statements take locks that stop live traffic (a blocking index build, a table
 rewrite, a validating constraint, ...). Some of its rules ask for things faber does itself:
 every migration session runs with ``lock_timeout`` (and ``statement_timeout`` when configured),
 and a transactional migration runs in one transaction, so those rules are turned off.
 
+squawk misses statements that lock a whole table without saying so (``VACUUM FULL``, ``LOCK
+TABLE``, ``CLUSTER``, ...); faber's own rules (:mod:`faber_core.safety.rules`) flag those, and
+squawk's ``require-concurrent-reindex`` is left to faber's rule of the same name.
+
 faber gives each finding a severity of its own: rules about locks, rewrites and breaking changes
 are errors (a ``block`` environment refuses to deploy them); style rules are warnings. A reviewed
-exception is acknowledged in the migration, on the line before the statement::
+exception is acknowledged in the migration, on the line before the statement (for faber's
+rules too)::
 
     -- squawk-ignore require-concurrent-index-creation
     CREATE INDEX users_email ON users (email);
@@ -21,8 +26,12 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from pglast.parser import ParseError
+
 from faber_core.errors import ConfigError
+from faber_core.safety import rules
 from faber_core.safety.models import LintFinding
+from faber_core.safety.statements import located_statements
 
 SQUAWK = "squawk"
 RULES_FABER_SATISFIES = (
@@ -31,6 +40,8 @@ RULES_FABER_SATISFIES = (
     "require-statement-timeout",
     "prefer-robust-stmts",
 )
+RULES_FABER_CHECKS_ITSELF = ("require-concurrent-reindex",)
+_UNKNOWN_IGNORE = "unknown name "
 STYLE_RULES = frozenset(
     {
         "prefer-bigint-over-int",
@@ -81,8 +92,40 @@ def lint_migrations(
             }
             files = _write(Path(scratch) / str(in_transaction), batch)
             for path, items in _run_squawk(binary, files, project_dir, server_version, in_transaction).items():
-                findings[files[path]] += [_finding(item, batch[files[path]]) for item in items]
+                name = files[path]
+                findings[name] += [_finding(item, batch[name]) for item in items if not _about_faber_rule(item)]
+    for name, (sql, _) in migrations.items():
+        findings[name] = sorted(findings[name] + faber_findings(sql), key=lambda f: f.line or 0)
     return findings
+
+
+def faber_findings(sql: str) -> list[LintFinding]:
+    """The findings of faber's own rules; none for SQL that does not parse (squawk reports that)."""
+    try:
+        statements = located_statements(sql)
+    except ParseError:
+        return []
+    return [
+        LintFinding(
+            rule=rule.name,
+            severity="error",
+            message=message,
+            help=rule.help,
+            line=statement.first_line + 1,
+            statement=_line_text(sql, statement.first_line),
+        )
+        for statement, rule, message in rules.check(statements)
+    ]
+
+
+def _about_faber_rule(item: dict) -> bool:
+    """squawk calls an acknowledgement of one of faber's rules an unknown name; it is not."""
+    message = item.get("message") or ""
+    return (
+        item.get("rule_name") == "unused-ignore"
+        and message.startswith(_UNKNOWN_IGNORE)
+        and (message[len(_UNKNOWN_IGNORE) :].strip() in rules.RULE_NAMES)
+    )
 
 
 def _write(directory: Path, batch: dict[str, str]) -> dict[str, str]:
@@ -101,7 +144,7 @@ def _run_squawk(
 ) -> dict[str, list[dict]]:
     if not files:
         return {}
-    args = [binary, "--reporter=json", f"--exclude={','.join(RULES_FABER_SATISFIES)}"]
+    args = [binary, "--reporter=json", f"--exclude={','.join(RULES_FABER_SATISFIES + RULES_FABER_CHECKS_ITSELF)}"]
     args.append("--assume-in-transaction" if in_transaction else "--no-assume-in-transaction")
     if server_version:
         args.append(f"--pg-version={server_version}")

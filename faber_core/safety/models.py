@@ -8,14 +8,19 @@ from pydantic import BaseModel, Field
 
 
 class LintFinding(BaseModel):
-    """One squawk finding on a migration's SQL."""
+    """One finding of squawk or of faber's own rules on a migration's SQL."""
 
     rule: str
-    severity: Literal["error", "warning"]
+    severity: Literal["error", "warning", "info"] = Field(
+        description="error: a lock risk or breaking change (a `block` environment refuses it); warning: style; "
+        "info: a lock risk that does not apply to this table (`reason` says why)."
+    )
     message: str
     help: str | None = Field(None, description="The safer alternative, when the linter names one.")
     line: int | None = Field(None, description="1-based line in the migration's SQL.")
     statement: str | None = Field(None, description="The start of the statement the finding is about.")
+    table: str | None = Field(None, description="The table the statement works on, when the severity was judged by it.")
+    reason: str | None = Field(None, description="Why the finding is informational here.")
 
 
 class Blocker(BaseModel):
