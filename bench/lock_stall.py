@@ -2,7 +2,8 @@
 
 A writer inserts into a table in a loop (a pgbench-style write load) while another session sits
 idle in a transaction holding a lock on that table. The same ``ALTER TABLE`` is then run twice in
-the same run: by ``faber migrate`` (lock_timeout + retry) and by a raw ``psql -f``. The blocking
+the same run: by ``faber migrate`` with its defaults for a protected environment (lock_timeout
+0.5 s, jittered retry) and by a raw ``psql -f``. The blocking
 transaction ends after HOLD_SECONDS both times. Printed: the longest gap between two completed
 inserts during each, and their ratio.
 
@@ -89,8 +90,7 @@ def faber_project(directory: Path) -> Path:
                 "production": {
                     "database_url_env": "BENCH_DATABASE_URL",
                     "backup_before_migrate": False,
-                    "lock_timeout_seconds": 0.5,
-                    "lock_retry": {"retries": 30, "backoff_seconds": 0.5, "max_backoff_seconds": 1},
+                    # lock_timeout and lock_retry: faber's defaults for a protected environment.
                 }
             },
         }
@@ -131,6 +131,7 @@ def main() -> None:
     print(f"faber migrate: longest write stall {faber_stall * 1000:8.0f} ms (migration took {faber_time:.1f}s)")
     print(f"psql -f:       longest write stall {psql_stall * 1000:8.0f} ms (migration took {psql_time:.1f}s)")
     print(f"ratio psql/faber: {psql_stall / faber_stall:.1f}x")
+    print(f"worst write stall with faber's defaults: {faber_stall:.2f}s (target <= 0.6s), migration applied")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,9 @@ from faber_core.errors import ConfigError
 CONFIG_PATH = Path(".fractary/plugins/faber-db/config.json")
 DEV_MODE_ENVIRONMENTS = frozenset({"dev", "test"})
 EMBEDDED_ENVIRONMENT = "dev"
+PROTECTED_LOCK_TIMEOUT_SECONDS = 0.5
+"""Live writes queue behind a migration waiting for its lock for at most this long (pgroll's default);
+the migration is retried with backoff instead (docs/safety.md)."""
 _ENVIRONMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -45,9 +48,11 @@ class LockRetrySettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    retries: int = Field(5, ge=0, le=100, description="Further attempts after the first lock timeout.")
-    backoff_seconds: float = Field(1.0, ge=0, description="Wait before the first retry; doubles on each retry.")
-    max_backoff_seconds: float = Field(30.0, ge=0, description="Upper bound of one wait between attempts.")
+    retries: int = Field(10, ge=0, le=100, description="Further attempts after the first lock timeout.")
+    backoff_seconds: float = Field(
+        0.5, ge=0, description="Wait before the first retry; doubles on each retry, half of it random (jitter)."
+    )
+    max_backoff_seconds: float = Field(10.0, ge=0, description="Upper bound of one wait between attempts.")
 
 
 class EnvironmentSettings(BaseModel):
@@ -91,7 +96,7 @@ class EnvironmentSettings(BaseModel):
         None,
         ge=0,
         description="lock_timeout of every migration session; 0 turns it off. "
-        "Default: 2 in protected environments, off elsewhere.",
+        "Default: 0.5 in protected environments, off elsewhere.",
     )
     statement_timeout_seconds: float | None = Field(
         None, ge=0, description="statement_timeout of every migration session; off when unset or 0."
@@ -129,7 +134,7 @@ class EnvironmentSettings(BaseModel):
                 "require_approval": pick(self.require_approval),
                 "auto_rollback": pick(self.auto_rollback),
                 "lint": self.lint or ("block" if protected else "warn"),
-                "lock_timeout_seconds": (2.0 if protected else 0.0)
+                "lock_timeout_seconds": (PROTECTED_LOCK_TIMEOUT_SECONDS if protected else 0.0)
                 if self.lock_timeout_seconds is None
                 else self.lock_timeout_seconds,
             }

@@ -160,5 +160,23 @@ def test_psycopg_sessions_get_the_timeouts(items_project, context_for):
     context = context_for(items_project(ADD_NOTE))
     with context.database.connect() as conn:
         context.apply_session_timeouts(conn)
-        assert conn.execute("SHOW lock_timeout").fetchone()[0] == "2s"
+        assert conn.execute("SHOW lock_timeout").fetchone()[0] == "500ms"
         assert conn.execute("SHOW statement_timeout").fetchone()[0] == "0"
+
+
+def test_protected_defaults_bound_the_stall_and_retry_with_jittered_backoff():
+    from faber_core.config import EnvironmentSettings
+    from faber_core.safety.timeouts import backoff_seconds
+
+    settings = EnvironmentSettings().resolved("production")
+    assert settings.lock_timeout_seconds == 0.5
+
+    lowest = [backoff_seconds(settings, retry, jitter=lambda: 0.0) for retry in range(1, 12)]
+    highest = [backoff_seconds(settings, retry, jitter=lambda: 1.0) for retry in range(1, 12)]
+    assert highest[:6] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0] and highest[-1] == 10.0
+    assert lowest == [wait / 2 for wait in highest]
+    some = {backoff_seconds(settings, 3) for _ in range(20)}
+    assert len(some) > 1 and all(1.0 <= wait <= 2.0 for wait in some)
+    # The shortest the default retries wait in total: a blocker shorter than this ends before faber gives up.
+    patience = sum(lowest[: settings.lock_retry.retries]) + settings.lock_timeout_seconds * settings.lock_retry.retries
+    assert patience > 30

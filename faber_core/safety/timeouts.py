@@ -13,6 +13,7 @@ to the environment of a subprocess that connects through libpq or node-postgres.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 
@@ -55,9 +56,14 @@ def is_lock_timeout(failure: MigrationFailure) -> bool:
     return LOCK_NOT_AVAILABLE in text or _LOCK_TIMEOUT_TEXT in text.lower()
 
 
-def backoff_seconds(settings: EnvironmentSettings, retry: int) -> float:
+def backoff_seconds(settings: EnvironmentSettings, retry: int, *, jitter: Callable[[], float] = random.random) -> float:
+    """The wait before retry number ``retry`` (from 1): ``backoff_seconds`` doubling up to
+    ``max_backoff_seconds``, of which a random half ("equal jitter"): deploys retrying against the
+    same blocker (a fleet of databases, several services) or a periodic job do not come back in step,
+    and each wait is still at least half the nominal one."""
     policy = settings.lock_retry
-    return min(policy.backoff_seconds * 2 ** (retry - 1), policy.max_backoff_seconds)
+    nominal = min(policy.backoff_seconds * 2 ** (retry - 1), policy.max_backoff_seconds)
+    return round(nominal / 2 + nominal / 2 * jitter(), 3)
 
 
 def apply_with_lock_retry(
