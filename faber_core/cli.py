@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from faber_core.context import RunContext
     from faber_core.plugins import Plugins
     from faber_core.results import Success
+    from faber_core.secrets import Redactor
 
 app = typer.Typer(
     name="faber",
@@ -64,6 +65,13 @@ def _approver() -> Callable[[str], bool] | None:
     return lambda question: typer.confirm(question, default=False, err=True)
 
 
+def _print_traceback(exc: BaseException, redactor: Redactor) -> None:
+    """``FABER_DEBUG=1``: the traceback on stderr, through the run's redactor like every output."""
+    import traceback
+
+    sys.stderr.write(redactor.redact("".join(traceback.format_exception(type(exc), exc, exc.__traceback__))))
+
+
 def _run(
     operation: str,
     environment: str | None,
@@ -86,8 +94,7 @@ def _run(
         try:
             project = resolve_project_dir(cwd)
             plugins = Plugins()
-            context = open_context(project, environment or "", operation)
-            redactor = context.redactor
+            context = open_context(project, environment or "", operation, redactor=redactor)
             tool = context.tool
             context.listeners += [ProgressPrinter(sys.stderr, redactor), plugins.audit_listener(context)]
             document = body(context, plugins)
@@ -104,7 +111,7 @@ def _run(
             code = 130
         except Exception as exc:  # a bug or an unexpected failure: still one structured document
             if os.environ.get("FABER_DEBUG"):
-                raise
+                _print_traceback(exc, redactor)
             document = ErrorDocument.from_error(
                 FaberError(
                     f"Unexpected error: {type(exc).__name__}: {exc}",

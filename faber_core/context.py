@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from faber_core.config import EnvironmentSettings, FaberConfig
 from faber_core.errors import ConfigError
@@ -66,30 +66,91 @@ _LIBPQ_ONLY_PARAMS = {
     "replication",
     "requiressl",
 }
+_LIBPQ_PARAMS = frozenset(_LIBPQ_ENV) | _LIBPQ_ONLY_PARAMS
+
+
+URL_PREFIXES = ("postgresql://", "postgres://")
+PERCENT_ENCODE_HINT = (
+    "Percent-encode special characters in the user name and password (@ as %40, / as %2F, : as %3A, "
+    "% as %25, ? as %3F, # as %23, [ as %5B, ] as %5D, a space as %20)"
+)
+
+
+@dataclass(frozen=True)
+class ParsedUrl:
+    """A database URL split once: what libpq gets, and what faber reads from it."""
+
+    libpq_url: str
+    """The URL without the query parameters libpq does not know (Prisma's ``schema``, ...)."""
+    params: dict[str, str]
+    """Every query parameter, percent-decoded (libpq does not read ``+`` as a space, nor does faber)."""
+    dbname: str | None
+
+
+def parse_database_url(raw: str, source: str) -> ParsedUrl:
+    """Split a PostgreSQL URL, refusing one that does not parse or that urllib and libpq would
+    read differently (a password with an unescaped ``@``, ``/``, ``?`` or ``#``).
+
+    The error never quotes the value, nor the parsers' messages, which would quote it.
+    """
+
+    def invalid(reason: str) -> ConfigError:
+        return ConfigError(
+            f"The database URL in {source} is not a valid PostgreSQL URL: {reason}",
+            suggestions=[PERCENT_ENCODE_HINT, "Use the form postgresql://USER:PASSWORD@HOST:PORT/DATABASE"],
+        )
+
+    if not raw.startswith(URL_PREFIXES):
+        raise invalid("it must start with postgresql:// or postgres://")
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in raw):
+        raise invalid("it contains a control character (a line break or tab?)")
+    if "#" in raw:
+        raise invalid("it contains an unescaped '#'")
+    try:
+        parts = urlsplit(raw)
+        if "," not in parts.netloc.rpartition("@")[2]:  # libpq's multi-host form has no single port
+            _ = parts.port
+    except ValueError:
+        raise invalid(
+            "its host or port does not parse (an IPv6 address goes in [brackets]; a port is a number)"
+        ) from None
+    pairs = [pair for pair in parts.query.split("&") if pair]
+    params = {unquote(key): unquote(value) for key, _, value in (pair.partition("=") for pair in pairs)}
+    kept = "&".join(pair for pair in pairs if unquote(pair.partition("=")[0]) in _LIBPQ_PARAMS)
+    libpq_url = f"{parts.scheme}://{parts.netloc}{parts.path}" + (f"?{kept}" if kept else "")
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        libpq = conninfo_to_dict(libpq_url)
+    except Exception:  # noqa: BLE001 - libpq's message quotes the value
+        raise invalid("libpq cannot parse it (a '%' that is not followed by two hex digits?)") from None
+    dbname = unquote(parts.path.lstrip("/")) or None
+    urllib_view = {
+        "user": unquote(parts.username) if parts.username else None,
+        "password": unquote(parts.password) if parts.password else None,
+        "dbname": dbname,
+    }
+    # Where the two parsers disagree, a character needed percent-encoding; ?user=... wins in libpq.
+    if any((libpq.get(key) or None) != value for key, value in urllib_view.items() if key not in params):
+        raise invalid("the user name, password or database name holds a character that must be percent-encoded")
+    return ParsedUrl(libpq_url=libpq_url, params=params, dbname=params.get("dbname") or dbname)
 
 
 class Database:
     """A PostgreSQL target whose URL is a :class:`Secret`.
 
     Query parameters libpq does not know (Prisma's ``schema``, ``connection_limit``, ...) are
-    taken out of the URL before it reaches libpq; ``schema`` is kept as :attr:`schema`.
+    taken out of the URL before it reaches libpq; ``schema`` is kept as :attr:`schema`. A URL
+    that does not parse, or parses two ways, is a :class:`ConfigError` that never quotes it.
     """
 
     def __init__(self, url: Secret, *, source: str, connect_timeout: int = 10) -> None:
-        raw = url.reveal()
-        parts = urlsplit(raw)
-        if parts.scheme not in ("postgres", "postgresql"):
-            raise ConfigError(
-                f"The database URL from {source} is not a PostgreSQL URL",
-                suggestions=["Use the form postgresql://USER:PASSWORD@HOST:PORT/DATABASE"],
-            )
-        params = parse_qsl(parts.query, keep_blank_values=True)
-        self.schema = next((value for key, value in params if key == "schema"), None) or "public"
-        libpq_params = [(k, v) for k, v in params if k in _LIBPQ_ENV or k in _LIBPQ_ONLY_PARAMS]
-        self.url = Secret(urlunsplit(parts._replace(query=urlencode(libpq_params))))
+        parsed = parse_database_url(url.reveal(), source)
+        self.schema = parsed.params.get("schema") or "public"
+        self.url = Secret(parsed.libpq_url)
         self.source = source
         self.connect_timeout = connect_timeout
-        self.name = (parts.path or "/").lstrip("/") or None
+        self.name = parsed.dbname
 
     @property
     def name_for_display(self) -> str:
@@ -191,15 +252,20 @@ def open_context(
     operation: str,
     *,
     listeners: list[Callable[[AuditEvent], None]] | None = None,
+    redactor: Redactor | None = None,
 ) -> RunContext:
-    """Load the config, resolve the environment and its database URL into a :class:`RunContext`."""
+    """Load the config, resolve the environment and its database URL into a :class:`RunContext`.
+
+    ``redactor`` (the caller's, so that its error output is covered too) learns the URL before
+    anything parses it.
+    """
     import os
 
     from faber_core.config import EMBEDDED_ENVIRONMENT, load_config
 
     config = load_config(project_dir)
     settings = config.environment(environment)
-    redactor = Redactor()
+    redactor = redactor if redactor is not None else Redactor()
     if settings.database_url_env:
         value = os.environ.get(settings.database_url_env, "").strip()
         if not value:

@@ -2,19 +2,29 @@
 
 A database URL is held as a :class:`Secret`, which never turns into its value by accident
 (``str``, ``repr``, f-strings, pydantic dumps and tracebacks all show ``***``). The one
-:class:`Redactor` of a run knows every secret value it has seen and also masks the userinfo of
-any URL, so text that did not come from faber (database errors, subprocess output) is safe to
-show once it has passed through ``redact``.
+:class:`Redactor` of a run learns each secret before anything parses it, together with every
+piece a parser could cut out of it and print (see :func:`secret_forms`), and also masks the
+userinfo of any URL and ``password=`` settings, so text that did not come from faber (database
+errors, subprocess output, tracebacks) is safe to show once it has passed through ``redact``.
 """
 
 from __future__ import annotations
 
+import json
 import re
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote
 
 MASK = "***"
-_URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:@/\s]*):(?P<password>[^@/\s]*)@")
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*:/+)(?P<user>[^:@/\s]*):(?P<password>[^@/\s]*)@")
 _KEYWORD_PASSWORD = re.compile(r"(?i)\b(password|passwd|pwd)(\s*[=:]\s*)('[^']*'|\"[^\"]*\"|\S+)")
+_SCHEME_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/*")
+# Where URL parsers (urllib, libpq) and their error messages cut a password that was not
+# percent-encoded: at the userinfo and path delimiters, the query and fragment marks, and '%'.
+_PIECE_SEPARATORS = re.compile(r"[@/:%?#&=\s\[\]]+")
+MIN_SECRET_LENGTH = 3
+"""Shorter forms are not masked: they would mask ordinary words in every output."""
+MIN_PIECE_LENGTH = 4
+"""A piece of a password shorter than this says little about it, and masking it would garble output."""
 
 
 class Secret:
@@ -40,33 +50,78 @@ class Secret:
         return hash(self._value)
 
 
+def _passwords(value: str) -> set[str]:
+    """Every text that some parser could take for the password of ``value``.
+
+    libpq ends the userinfo at the first ``@``, urllib at the last ``@`` before the first ``/``,
+    and a person who did not percent-encode a password meant the last ``@`` of all; so each ``@``
+    is taken as a possible end of the userinfo. A ``key=value`` connection string gives its
+    ``password`` setting.
+    """
+    found: set[str] = set()
+    prefix = _SCHEME_PREFIX.match(value)
+    if prefix is None:
+        found.update(match[3].strip("'\"") for match in _KEYWORD_PASSWORD.finditer(value))
+        return found
+    rest = value[prefix.end() :]
+    at = rest.find("@")
+    while at != -1:
+        _user, colon, password = rest[:at].partition(":")
+        if colon and password:
+            found.add(password)
+        at = rest.find("@", at + 1)
+    return found
+
+
+def _printed_forms(text: str) -> set[str]:
+    """``text`` as the channels print it: raw, JSON-escaped (ASCII or not), and Python's repr."""
+    return {text, json.dumps(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1], repr(text)[1:-1]}
+
+
+def secret_forms(value: str) -> set[str]:
+    """The secret ``value`` and every piece of it an output could carry.
+
+    The whole value; each possible password (:func:`_passwords`) raw,
+    percent-decoded and percent-encoded; the pieces of those split where parsers cut; each as
+    raw text, JSON-escaped and repr-escaped. Forms shorter than the minimum lengths are left out.
+    """
+    forms = set(_printed_forms(value)) if value else set()
+    for password in _passwords(value):
+        decoded = unquote(password)
+        for form in {password, decoded, quote(decoded, safe=""), quote(decoded)}:
+            if len(form) >= MIN_SECRET_LENGTH:
+                forms |= _printed_forms(form)
+            for piece in _PIECE_SEPARATORS.split(form):
+                if len(piece) >= MIN_PIECE_LENGTH:
+                    forms |= _printed_forms(piece)
+    return {form for form in forms if len(form) >= MIN_SECRET_LENGTH}
+
+
 class Redactor:
-    """Masks every known secret value and every URL password in text."""
+    """Masks every known secret value (in every form :func:`secret_forms` gives) and every URL
+    password in text."""
 
     def __init__(self) -> None:
         self._values: set[str] = set()
+        self._ordered: list[str] = []
 
     def add(self, value: str | Secret | None) -> None:
-        """Remember a secret; for a URL, its password (raw and percent-decoded) too."""
+        """Remember a secret; call it before anything parses the value, so that a parser's
+        error quoting any piece of it is masked too."""
         if value is None:
             return
         text = value.reveal() if isinstance(value, Secret) else value
-        if not text:
-            return
-        self._values.add(text)
-        try:
-            password = urlsplit(text).password
-        except ValueError:
-            password = None
-        if password:
-            for form in {password, unquote(password), quote(unquote(password), safe="")}:
-                if len(form) >= 3:
-                    self._values.add(form)
+        new = secret_forms(text) - self._values
+        if new:
+            self._values |= new
+            # Longest first, so a piece never leaves the rest of a longer form behind.
+            self._ordered = sorted(self._values, key=len, reverse=True)
 
     def redact(self, text: str) -> str:
         if not text:
             return text
-        for value in sorted(self._values, key=len, reverse=True):
-            text = text.replace(value, MASK)
+        for value in self._ordered:
+            if value in text:
+                text = text.replace(value, MASK)
         text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
         return _KEYWORD_PASSWORD.sub(lambda m: f"{m[1]}{m[2]}{MASK}", text)

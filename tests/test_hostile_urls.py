@@ -1,0 +1,158 @@
+"""Database URLs an operator in a hurry writes: never echoed, refused as CONFIG_INVALID (exit 2)
+with the hint to percent-encode, and no piece of the password in any channel."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from urllib.parse import quote
+
+import pytest
+
+from faber_core.context import Database
+from faber_core.errors import ConfigError
+from faber_core.secrets import Redactor, Secret, secret_forms
+
+PASSWORD_PIECES = ("Alpha-93xq", "Bravo-51kd", "Charlie-7z")
+
+
+def pieces_in(text: str) -> list[str]:
+    return [piece for piece in PASSWORD_PIECES if piece in text]
+
+
+# Each URL is refused; each carries password pieces that a parser would cut apart.
+BAD_URLS = {
+    "one slash": f"postgresql:/user:{PASSWORD_PIECES[0]}@127.0.0.1/db",
+    "unescaped @": f"postgresql://postgres:{PASSWORD_PIECES[0]}@{PASSWORD_PIECES[1]}@127.0.0.1/postgres",
+    "unescaped /": f"postgresql://postgres:{PASSWORD_PIECES[0]}/{PASSWORD_PIECES[1]}@127.0.0.1/postgres",
+    "unescaped ?": f"postgresql://postgres:{PASSWORD_PIECES[0]}?{PASSWORD_PIECES[1]}@127.0.0.1/postgres",
+    "unescaped #": f"postgresql://postgres:{PASSWORD_PIECES[0]}#{PASSWORD_PIECES[1]}@127.0.0.1/postgres",
+    "bad percent": f"postgresql://postgres:{PASSWORD_PIECES[0]}%zz{PASSWORD_PIECES[1]}@127.0.0.1/postgres",
+    "percent nul": f"postgresql://postgres:{PASSWORD_PIECES[0]}%00@127.0.0.1/postgres",
+    "broken IPv6": f"postgresql://u:{PASSWORD_PIECES[0]}@[::1/db",
+    "port not a number": f"postgresql://u:{PASSWORD_PIECES[0]}@127.0.0.1:{PASSWORD_PIECES[1]}/db",
+    "no host, password as port": f"postgresql://u:{PASSWORD_PIECES[0]}",
+    "line break": f"postgresql://u:{PASSWORD_PIECES[0]}\n@127.0.0.1/db",
+    "not a URL": f"host=127.0.0.1 password={PASSWORD_PIECES[0]}",
+}
+
+
+@pytest.mark.parametrize("url", BAD_URLS.values(), ids=BAD_URLS.keys())
+def test_a_url_that_does_not_parse_one_way_is_refused_without_echo(url):
+    with pytest.raises(ConfigError) as raised:
+        Database(Secret(url), source="$APP_DATABASE_URL")
+
+    error = raised.value
+    assert "$APP_DATABASE_URL" in error.message
+    assert any("Percent-encode" in suggestion for suggestion in error.suggestions)
+    assert pieces_in(error.message + "\n".join(error.suggestions)) == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:@h/db",
+        "postgresql:///db",
+        "postgresql://h1:5432,h2:5433/db?target_session_attrs=read-write",
+        "postgresql://u:p%40ss%2Fw%3Ford%25@[::1]:5432/db?schema=s&sslmode=disable",
+        "postgresql://u:p@/db?host=/var/run/postgresql",
+        "postgres://u:p@h/db?user=other",
+    ],
+)
+def test_valid_urls_still_parse(url):
+    database = Database(Secret(url), source="$X")
+
+    assert database.conninfo_params()
+
+
+def test_encoded_special_characters_reach_libpq_decoded():
+    password = "p@ss/w:rd?#%[]x y"
+    database = Database(
+        Secret(f"postgresql://app:{quote(password, safe='')}@127.0.0.1/app?schema=billing"), source="$X"
+    )
+
+    assert database.libpq_env()["PGPASSWORD"] == password
+    assert database.schema == "billing" and database.name == "app"
+
+
+def test_the_redactor_knows_every_piece_a_parser_can_cut():
+    url = f"postgresql://postgres:{PASSWORD_PIECES[0]}@{PASSWORD_PIECES[1]}/{PASSWORD_PIECES[2]}@127.0.0.1/db"
+    redactor = Redactor()
+    redactor.add(url)
+
+    messages = [
+        f"failed to resolve host '{PASSWORD_PIECES[1]}@127.0.0.1'",  # libpq: userinfo ends at the first @
+        f'invalid port number: "{PASSWORD_PIECES[0]}"',
+        f"Port could not be cast to integer value as '{PASSWORD_PIECES[2]}'",
+        json.dumps({"error": f"{PASSWORD_PIECES[1]}/{PASSWORD_PIECES[2]}"}),
+        quote(f"{PASSWORD_PIECES[0]}@{PASSWORD_PIECES[1]}", safe=""),
+    ]
+
+    assert [pieces_in(redactor.redact(message)) for message in messages] == [[]] * len(messages)
+    # The user name and host are not secrets: they stay readable.
+    assert redactor.redact("user postgres on 127.0.0.1") == "user postgres on 127.0.0.1"
+
+
+def test_json_and_repr_escaped_passwords_are_masked():
+    password = 'q"uo\\te-Échappé'
+    redactor = Redactor()
+    redactor.add(f"postgresql://u:{quote(password, safe='')}@h/db")
+
+    for text in (json.dumps({"p": password}), json.dumps({"p": password}, ensure_ascii=False), repr(password)):
+        assert "uo" not in redactor.redact(text), text
+    assert all(len(form) >= 3 for form in secret_forms("postgresql://u:ab@h/db"))
+
+
+@pytest.mark.parametrize("name", ["one slash", "unescaped @", "broken IPv6", "bad percent"])
+def test_the_cli_refuses_bad_urls_with_exit_2_in_every_channel(name, faber_project, run_faber):
+    project = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"production": {"database_url_env": "APP_URL"}}}},
+        {"migrations/001_users.sql": "CREATE TABLE users (id bigint);"},
+    )
+    env = {"FABER_PLUGINS": "faber_core.testing.sqlfiles", "APP_URL": BAD_URLS[name], "FABER_DEBUG": "1"}
+
+    as_json = run_faber("migrate", "production", "--dry-run", "--json", "--cwd", str(project), env=env)
+    human = run_faber("health", "production", "--cwd", str(project), env=env)
+
+    assert as_json.returncode == human.returncode == 2, as_json.output + human.output
+    assert as_json.json["code"] == "CONFIG_INVALID"
+    assert any("Percent-encode" in s for s in as_json.json["recovery"]["suggestions"])
+    audit = project / ".faber" / "audit.log"
+    channels = as_json.output + human.output + (audit.read_text() if audit.exists() else "")
+    assert pieces_in(channels) == [] and "Traceback" not in channels
+
+
+def test_debug_tracebacks_are_redacted(faber_project, run_faber, tmp_path, database_url):
+    """An unexpected error quoting the password, shown with FABER_DEBUG=1: a traceback, masked."""
+    password = f"{PASSWORD_PIECES[0]}%{PASSWORD_PIECES[1]}"
+    plugin_dir = tmp_path / "plugin"
+    plugin_dir.mkdir()
+    (plugin_dir / "faber_test_boom.py").write_text(
+        textwrap.dedent(
+            f"""
+            from faber_core import hookimpl
+
+            @hookimpl
+            def faber_health_checks(context, checks):
+                raise RuntimeError("cannot use password {password} or " + {password!r}.split("%")[1])
+            """
+        )
+    )
+    project = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"production": {"database_url_env": "APP_URL"}}}},
+        {"migrations/001_users.sql": "CREATE TABLE users (id bigint);"},
+    )
+    url = database_url.replace(":canary-Pw-7f3a9c1e@", f":{quote(password, safe='')}@")
+    env = {
+        "FABER_PLUGINS": "faber_core.testing.sqlfiles,faber_test_boom",
+        "PYTHONPATH": str(plugin_dir),
+        "APP_URL": url,
+        "FABER_DEBUG": "1",
+    }
+
+    run = run_faber("health", "production", "--json", "--cwd", str(project), env=env)
+
+    assert run.returncode == 1
+    assert "Traceback (most recent call last)" in run.stderr and "RuntimeError" in run.stderr
+    assert run.json["code"] == "INTERNAL_ERROR"
+    assert pieces_in(run.output) == [], run.output
