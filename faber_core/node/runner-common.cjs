@@ -3,6 +3,8 @@
 // database URL taken out of the environment before project code loads, the approved plan, and
 // loading modules from the project's own node_modules. See faber_core/node_runner.py.
 
+const { AsyncLocalStorage } = require("async_hooks");
+
 const protocol = process.stdout;
 for (const method of ["log", "info", "debug"]) {
   // Migrations and project modules may log; stdout belongs to the protocol.
@@ -89,6 +91,41 @@ function run(main) {
   });
 }
 
+// Every query a migration issues is attributed to it through the async context it started in, so
+// a query the migration did not await is still its own, not the bookkeeping's that happens to run
+// next. Queries still running when up() returns (not awaited) are waited for before the migration
+// counts as done, and the first of them to fail fails the migration, as sequelize-cli or TypeORM
+// would crash on the unhandled rejection.
+const migrationScope = new AsyncLocalStorage();
+
+function currentMigration() {
+  return migrationScope.getStore() || null;
+}
+
+async function runMigration(name, up) {
+  const scope = { name, inflight: new Set() };
+  await migrationScope.run(scope, up);
+  while (scope.inflight.size > 0) {
+    const outcomes = await Promise.allSettled([...scope.inflight]);
+    const failed = outcomes.find((outcome) => outcome.status === "rejected");
+    if (failed) throw failed.reason;
+  }
+}
+
+// Wraps a query function so that a migration knows the queries it started.
+function trackQueries(query) {
+  return function trackedQuery(...args) {
+    const promise = query.apply(this, args);
+    const scope = migrationScope.getStore();
+    if (scope && promise && typeof promise.then === "function") {
+      scope.inflight.add(promise);
+      const forget = () => scope.inflight.delete(promise);
+      promise.then(forget, forget);
+    }
+    return promise;
+  };
+}
+
 module.exports = {
   databaseUrl,
   MIGRATION_FAILED_EXIT,
@@ -99,4 +136,7 @@ module.exports = {
   projectRequire,
   registerTypeScript,
   run,
+  currentMigration,
+  runMigration,
+  trackQueries,
 };

@@ -62,6 +62,10 @@ def transactional(sql: str) -> bool | None:
         return None
 
 
+SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
+"""The ORMs' own catalog lookups name these; no migration waits for a lock on them."""
+
+
 # Deploy ----------------------------------------------------------------------------------
 
 
@@ -283,7 +287,7 @@ def _touched_tables(
             effects = analyse(sql)
         except ParseError:
             continue
-        names += [table for effect in effects for table in effect.tables_touched]
+        names += [table for effect in effects for table in effect.tables_touched if table[0] not in SYSTEM_SCHEMAS]
         concurrent = concurrent or any(e.kind == "index" and e.concurrent for e in effects)
     found = find_tables(conn, names, context.database.schema)
     return {stats.oid: stats.name for stats in found.values()}, concurrent

@@ -50,3 +50,75 @@ def test_a_migration_that_would_fail_is_reported_with_what_it_would_leave_behind
     assert broken.sql == 'CREATE TABLE "posts" (id int);\nALTER TABLE "users" ADD "email" text;'
     assert after.notes == ["Not rehearsed: 20240103000000-broken.js fails first"]
     assert query("SELECT to_regclass('posts')") == [(None,)], "the target is untouched"
+
+
+# A migration that starts its query without awaiting it (as outline's
+# 20250409184249-add-issueSources-to-integrations.js does): up() returns before the ALTER runs.
+NOT_AWAITED = """"use strict";
+
+module.exports = {
+  up: (queryInterface, Sequelize) => {
+    queryInterface.addColumn("users", "nickname", { type: Sequelize.STRING });
+    return Promise.resolve();
+  },
+  down: async () => {},
+};
+"""
+NOT_AWAITED_FAILING = NOT_AWAITED.replace('"nickname"', '"email"')
+
+
+def test_a_query_the_migration_does_not_await_is_attributed_to_it(
+    sequelize_project, sequelize_migration, sequelize_context, sequelize_plugins
+):
+    project = sequelize_project(
+        {
+            "20240103000000-not-awaited.js": NOT_AWAITED,
+            "20240104000000-after.js": sequelize_migration('CREATE TABLE "after" (id int)'),
+        }
+    )
+
+    *_, not_awaited, after = preview(sequelize_plugins, sequelize_context(project))
+
+    assert not_awaited.sql == 'ALTER TABLE "public"."users" ADD COLUMN "nickname" VARCHAR(255);'
+    assert after.sql == 'CREATE TABLE "after" (id int);'
+
+
+def test_an_unawaited_query_that_fails_fails_its_migration_before_it_is_recorded(
+    sequelize_project, sequelize_context, sequelize_plugins, query
+):
+    project = sequelize_project({"20240103000000-not-awaited.js": NOT_AWAITED_FAILING})
+    context = sequelize_context(project)
+    pending = sequelize_plugins.migration_status(context).pending_migrations()
+
+    outcome = sequelize_plugins.migration_apply(context, pending)
+
+    assert [m.name for m in outcome.applied] == ["20240101000000-create-users.js", "20240102000000-add-user-name.js"]
+    assert outcome.failure.name == "20240103000000-not-awaited.js" and outcome.failure.sqlstate == "42701"
+    assert query('SELECT name FROM "SequelizeMeta" WHERE name LIKE %s', ["%not-awaited%"]) == []
+
+
+def test_the_preflight_ignores_the_system_catalogs_sequelize_reads(
+    sequelize_project, sequelize_context, sequelize_plugins
+):
+    from faber_core.workflow import DeployOptions, migrate
+
+    looks_up = """"use strict";
+
+module.exports = {
+  async up(queryInterface, Sequelize) {
+    const columns = await queryInterface.describeTable("users");
+    if (!columns.nickname) await queryInterface.addColumn("users", "nickname", { type: Sequelize.STRING });
+  },
+  async down() {},
+};
+"""
+    project = sequelize_project()
+    context = sequelize_context(project)
+    sequelize_plugins.migration_apply(context, sequelize_plugins.migration_status(context).pending_migrations())
+    (project / "db/migrations/20240103000000-nickname.js").write_text(looks_up)
+
+    result = migrate(sequelize_context(project), sequelize_plugins, DeployOptions(dry_run=True)).result
+
+    (nickname,) = result.migrations
+    assert "information_schema" in nickname.sql or "pg_catalog" in nickname.sql, "Sequelize looked the table up"
+    assert result.preflight.tables == ["public.users"]

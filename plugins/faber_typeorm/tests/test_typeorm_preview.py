@@ -119,3 +119,29 @@ def test_without_the_data_the_preview_leaves_the_estimate_to_faber(typeorm_proje
     assert all(p.basis is None for p in previews), "a duration measured on empty tables is no estimate"
     assert all(p.notes == ["Rehearsed on a copy of the schema without the data"] for p in previews)
     assert previews[0].sql.startswith('CREATE TABLE "users"')
+
+
+NOT_AWAITED = """module.exports = class NotAwaited1700000300000 {
+  async up(queryRunner) {
+    queryRunner.query('ALTER TABLE "users" ADD "nickname" varchar');
+  }
+
+  async down() {}
+};
+"""
+
+
+def test_a_query_the_migration_does_not_await_is_attributed_to_it(
+    typeorm_project, typeorm_migration, typeorm_context, typeorm_plugins
+):
+    project = typeorm_project(
+        {
+            "1700000300000-NotAwaited.js": NOT_AWAITED,
+            "1700000400000-After.js": typeorm_migration("After1700000400000", 'CREATE TABLE "after" (id int)'),
+        }
+    )
+
+    *_, not_awaited, after = preview(typeorm_plugins, typeorm_context(project))
+
+    assert not_awaited.sql == 'ALTER TABLE "users" ADD "nickname" varchar;'
+    assert after.sql == 'CREATE TABLE "after" (id int);'

@@ -27,6 +27,9 @@ const {
   projectRequire,
   registerTypeScript,
   run,
+  currentMigration,
+  runMigration,
+  trackQueries,
 } = require(process.env.FABER_RUNNER_COMMON);
 // sequelize-cli's own pattern for migration files.
 const MIGRATION_FILE = /^(?!.*\.d\.ts$).*\.(cjs|js|cts|ts)$/;
@@ -221,7 +224,7 @@ async function apply(context, track) {
     track.phase = "migration";
     emit("migration_started", { name: migration.name, transactional: false });
     try {
-      await migration.steps.up(queryInterface, SequelizeModule);
+      await runMigration(migration.name, () => migration.steps.up(queryInterface, SequelizeModule));
       track.phase = "bookkeeping";
       await Meta.create({ name: migration.name });
     } catch (error) {
@@ -248,11 +251,14 @@ function tracker() {
   track.logging = (message, options) => {
     const sql = String(message).replace(LOGGED_QUERY, "");
     track.lastQuery = sql;
-    if (!track.current) return;
+    // The migration whose async context issued the query, awaited or not; else faber's bookkeeping.
+    const issuedBy = currentMigration();
+    const name = issuedBy ? issuedBy.name : track.current;
+    if (!name) return;
     const bind = options && options.bind;
     emit("query", {
-      name: track.current,
-      phase: track.phase,
+      name,
+      phase: issuedBy ? "migration" : track.phase,
       sql,
       parameters: Array.isArray(bind) ? bind : bind ? Object.values(bind) : [],
     });
@@ -269,6 +275,8 @@ async function main() {
   const storage = storageOf(section);
   const track = tracker();
   const { sequelize, SequelizeModule } = openSequelize(projectDir, section, track.logging);
+  // Every QueryInterface call ends in sequelize.query: the migration learns which queries it started.
+  sequelize.query = trackQueries(sequelize.query);
   try {
     await connect(sequelize);
     const context = { sequelize, SequelizeModule, storage, projectDir, migrationsDir };

@@ -23,6 +23,9 @@ const {
   projectRequire,
   registerTypeScript,
   run,
+  currentMigration,
+  runMigration,
+  trackQueries,
 } = require(process.env.FABER_RUNNER_COMMON);
 const CONNECTION_KEYS = ["url", "host", "port", "username", "password", "database", "replication", "socketPath"];
 const EXTRA_CONNECTION_KEYS = ["connectionString", "host", "port", "user", "password", "database"];
@@ -161,8 +164,12 @@ function tracker() {
   const logger = {
     logQuery(query, parameters) {
       state.lastQuery = query;
-      if (!state.current) return;
-      emit("query", { name: state.current.name, phase: state.phase, sql: query, parameters: parameters || [] });
+      // The migration whose async context issued the query, awaited or not; else TypeORM's bookkeeping.
+      const issuedBy = currentMigration();
+      const name = issuedBy ? issuedBy.name : state.current && state.current.name;
+      if (!name) return;
+      const phase = issuedBy ? "migration" : state.phase;
+      emit("query", { name, phase, sql: query, parameters: parameters || [] });
     },
     logQueryError(error, query) {
       state.lastQuery = query;
@@ -188,9 +195,14 @@ function tracker() {
       state.phase = "migration";
       state.started = performance.now();
       emit("migration_started", { name: migration.name, transactional: isTransactional(instance) });
+      // Schema builder calls and queryRunner.manager end in queryRunner.query as well.
+      const ownQuery = Object.prototype.hasOwnProperty.call(queryRunner, "query") ? queryRunner.query : null;
+      queryRunner.query = trackQueries(queryRunner.query);
       try {
-        await up(queryRunner);
+        await runMigration(migration.name, () => up(queryRunner));
       } finally {
+        if (ownQuery) queryRunner.query = ownQuery;
+        else delete queryRunner.query;
         // What follows is TypeORM's own: the bookkeeping row, COMMIT or ROLLBACK.
         state.phase = "bookkeeping";
       }
