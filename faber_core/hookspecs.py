@@ -185,6 +185,9 @@ def faber_audit_event(event: AuditEvent, context: RunContext) -> None:
     each migration, the backup, approval, rollback, and ``run.finished`` (whose data holds the
     result document and the exit code).
 
-    For logging and audit plugins. Called synchronously; keep it fast and never raise. Event
-    data has already passed through the redactor; ``context`` gives the environment and database.
+    For logging and audit plugins. Called synchronously, one implementation at a time; keep it
+    fast. An implementation that raises is reported once per run as a warning on stderr and never
+    stops the deploy or the other implementations (the built-in audit log still gets the event).
+    Event data has already passed through the redactor; ``context`` gives the environment and
+    database.
     """

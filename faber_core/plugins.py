@@ -185,8 +185,29 @@ class Plugins:
         return [HealthCheckResult.model_validate(item) for batch in results for item in batch or []]
 
     def audit_listener(self, context: RunContext) -> Callable[[AuditEvent], None]:
-        """A context listener that hands every event to the ``faber_audit_event`` hook."""
-        return lambda event: self.pm.hook.faber_audit_event(event=event, context=context)
+        """A context listener that hands every event to each ``faber_audit_event`` implementation.
+
+        Implementations are called one at a time, in pluggy's order: one that raises is reported
+        once per run as a warning on stderr, and the deploy and the other sinks (the built-in
+        audit log, the history table, the spans) carry on. An interrupt (Ctrl-C, SIGTERM) is not
+        an error of the sink and still propagates.
+        """
+        implementations = list(reversed(self.pm.hook.faber_audit_event.get_hookimpls()))
+        failed: set[str] = set()
+
+        def deliver(event: AuditEvent) -> None:
+            arguments = {"event": event, "context": context}
+            for impl in implementations:
+                try:
+                    # As pluggy calls it: an implementation may take a subset of the arguments.
+                    impl.function(*[arguments[name] for name in impl.argnames])
+                except Exception as exc:  # third-party code: a broken sink must not stop a deploy
+                    name = impl.plugin_name
+                    if name not in failed:
+                        failed.add(name)
+                        _warn_sink_failed(context, _owner(self.pm, impl.plugin), event, exc)
+
+        return deliver
 
     def _dispatch(self, hook_name: str, name: str, /, *, key: str = "tool", **kwargs: Any) -> Any:
         answer = getattr(self.pm.hook, hook_name)(**{key: name}, **kwargs)
@@ -204,3 +225,13 @@ class Plugins:
             hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
             rows.append({"name": self.pm.get_name(plugin), "package": _owner(self.pm, plugin), "hooks": hooks})
         return sorted(rows, key=lambda row: row["name"] or "")
+
+
+def _warn_sink_failed(context: RunContext, owner: str, event: AuditEvent, exc: Exception) -> None:
+    import sys
+
+    reason = context.redactor.redact(f"{type(exc).__name__}: {exc}".strip())
+    sys.stderr.write(
+        f"warning: audit plugin {owner} failed on the {event.kind} event: {reason} "
+        "(the deploy and the other audit sinks go on; its further failures in this run are not repeated)\n"
+    )

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from faber_core import hookimpl
 from faber_core.models import AuditEvent
+from faber_core.plugins import Plugins
+from faber_core.testing import sqlfiles
+from faber_core.testing.fixtures import CANARY_PASSWORD
+from faber_core.workflow import DeployOptions, migrate
 
 USERS = "CREATE TABLE users (id serial PRIMARY KEY);"
 
@@ -81,3 +88,78 @@ def test_an_unwritable_log_is_a_warning_not_a_failure(faber_project, database_ur
 
     assert run.returncode == 0 and run.json["status"] == "success"
     assert run.stderr.count("warning: cannot append to") == 1
+
+
+class BrokenSink:
+    """An audit plugin that raises on every migration it hears about."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @hookimpl
+    def faber_audit_event(self, event):
+        if event.kind.startswith("migration."):
+            self.calls += 1
+            raise RuntimeError(f"sink down ({CANARY_PASSWORD})")
+
+
+def test_a_raising_audit_plugin_is_a_warning_and_the_other_sinks_still_get_the_event(
+    faber_project, database_url, plugin_manager, run_context, monkeypatch, capsys
+):
+    monkeypatch.setenv("APP_DATABASE_URL", database_url)
+    project = faber_project(
+        {
+            "database": {
+                "migration_tool": "sqlfiles",
+                "environments": {"production": {"database_url_env": "APP_DATABASE_URL"}},
+            }
+        },
+        {"migrations/001_users.sql": USERS, "migrations/002_more.sql": "CREATE TABLE more (id int);"},
+    )
+    plugin_manager.register(sqlfiles, name="sqlfiles")
+    broken = BrokenSink()
+    plugin_manager.register(broken)  # registered last: pluggy calls it before the built-in sinks
+    plugins = Plugins(plugin_manager)
+    context = run_context(project)
+    context.listeners.append(plugins.audit_listener(context))
+
+    result = migrate(context, plugins, DeployOptions(assume_yes=True))
+
+    assert result.result.migrations_applied == 2
+    assert broken.calls == 4  # still called for every later event: it may recover
+    logged = [e for e in events(project) if e.kind in ("migration.started", "migration.applied")]
+    assert [(e.kind, e.data["name"]) for e in logged] == [
+        ("migration.started", "001_users"),
+        ("migration.applied", "001_users"),
+        ("migration.started", "002_more"),
+        ("migration.applied", "002_more"),
+    ]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: audit plugin")]
+    assert len(warnings) == 1
+    assert "migration.started" in warnings[0] and "RuntimeError: sink down" in warnings[0]
+    assert CANARY_PASSWORD not in warnings[0]
+
+
+def test_an_interrupt_inside_an_audit_plugin_is_not_swallowed(
+    faber_project, plugin_manager, run_context, database_url, monkeypatch
+):
+    monkeypatch.setenv("APP_DATABASE_URL", database_url)
+    project = faber_project(
+        {
+            "database": {
+                "migration_tool": "sqlfiles",
+                "environments": {"production": {"database_url_env": "APP_DATABASE_URL"}},
+            }
+        }
+    )
+
+    class Interrupting:
+        @hookimpl
+        def faber_audit_event(self, event, context):
+            raise KeyboardInterrupt
+
+    plugin_manager.register(Interrupting())
+    context = run_context(project)
+
+    with pytest.raises(KeyboardInterrupt):
+        Plugins(plugin_manager).audit_listener(context)(context.emit("run.started"))
