@@ -191,6 +191,7 @@ class RunContext:
     redactor: Redactor
     listeners: list[Callable[[AuditEvent], None]] = field(default_factory=list)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    _server_version: int | None = field(default=None, init=False, repr=False)
 
     @property
     def tool(self) -> str:
@@ -215,10 +216,23 @@ class RunContext:
         apply_session_timeouts(conn, self.settings)
 
     def session_timeout_env(self, inherited_pgoptions: str | None = None) -> dict[str, str]:
-        """``PGOPTIONS`` for a subprocess that applies migrations, carrying the same timeouts."""
+        """``PGOPTIONS`` for a subprocess that applies migrations, carrying the same settings."""
         from faber_core.safety.timeouts import timeout_env
 
-        return timeout_env(self.settings, inherited_pgoptions)
+        return timeout_env(self.settings, inherited_pgoptions, self.server_version())
+
+    def server_version(self) -> int | None:
+        """The target's ``server_version_num``, asked once per run; None when it cannot be reached
+        (the caller's own connection then reports why)."""
+        if self._server_version is None:
+            import psycopg
+
+            try:
+                with self.database.connect(application_name="faber") as conn:
+                    self._server_version = conn.info.server_version
+            except psycopg.Error:
+                return None
+        return self._server_version
 
     def emit(self, kind: str, **data: Any) -> AuditEvent:
         """Tell every listener (progress output, audit sinks, spans) that something happened."""
