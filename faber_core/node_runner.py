@@ -42,7 +42,7 @@ from faber_core.models import (
     MigrationRecord,
     MigrationState,
 )
-from faber_core.processes import child_environment
+from faber_core.processes import child_environment, spawn, stop
 from faber_core.secrets import Redactor
 
 URL_VARIABLE = "FABER_DATABASE_URL"
@@ -123,7 +123,7 @@ def run_runner(
         env[EXPECTED_VARIABLE] = json.dumps(expected)
     events: list[Event] = []
     with tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace") as stderr_file:
-        proc = subprocess.Popen(
+        proc = spawn(
             argv,
             cwd=context.project_dir,
             env=env,
@@ -146,7 +146,7 @@ def run_runner(
             returncode = proc.wait()
         except BaseException:
             # Ctrl-C or a failing listener: the child must not keep migrating on its own.
-            _stop(proc)
+            stop(proc)
             raise
         stderr_file.seek(0)
         stderr = context.redactor.redact(stderr_file.read())
@@ -188,15 +188,6 @@ def _redact(value: Any, redactor: Redactor) -> Any:
     if isinstance(value, dict):
         return {key: _redact(item, redactor) for key, item in value.items()}
     return value
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _tail(text: str) -> str:

@@ -1,21 +1,62 @@
-"""Running external programs (pg_dump, psql, Node, Prisma) without leaking credentials.
+"""Running external programs (pg_dump, psql, Node, Prisma): they die with faber and never leak credentials.
 
-Credentials travel only in the child's environment, never in argv (argv is visible to every
-user through the process list). Whatever the child prints is redacted before anyone sees it.
+Every child process faber starts goes through :func:`spawn`:
+
+- **It dies with faber.** On Linux the child asks the kernel for ``SIGKILL`` when faber dies
+  (``PR_SET_PDEATHSIG``), so a ``kill -9`` of faber during a backup leaves no ``pg_dump``
+  writing on, and a killed ``psql`` ends its server session, which rolls its transaction back.
+  The signal is tied to the thread that started the child: spawn from a thread that outlives it.
+- **It runs in its own session and process group.** Ctrl-C in a terminal reaches faber alone, which then
+  stops the child deliberately (:func:`stop` signals the whole group, grandchildren included),
+  instead of every process reacting at once. Programs that need the terminal (an interactive
+  ``prisma migrate dev``) stay in faber's group: ``spawn(..., own_group=False)``.
+- **Credentials travel only in the environment**, never in argv (argv is visible to every
+  user through the process list). Whatever the child prints is redacted before anyone sees it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from faber_core.secrets import Redactor
 
 # Inherited variables that would point a child at some other database.
 _CONNECTION_VARIABLES = ("DATABASE_URL",)
+STOP_GRACE_SECONDS = 5.0
+"""How long a child may take to exit after SIGTERM before it is killed."""
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+# Resolved once, before any fork: the child must only call it, not look it up.
+_prctl = _load_prctl()
+
+
+def _die_with(parent: int) -> Any:
+    def in_child() -> None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # faber died between fork and prctl
+            os._exit(1)
+
+    return in_child if _prctl is not None else None
 
 
 def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
@@ -23,6 +64,53 @@ def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG") and k not in _CONNECTION_VARIABLES}
     env.update(extra)
     return env
+
+
+def spawn(
+    argv: Sequence[str | Path], *, env: Mapping[str, str], own_group: bool = True, **popen: Any
+) -> subprocess.Popen:
+    """Start ``argv`` so it dies with faber; ``env`` is the child's whole environment.
+
+    ``popen`` takes the other :class:`subprocess.Popen` arguments (stdin, stdout, cwd, text, ...).
+    """
+    return subprocess.Popen(
+        [str(arg) for arg in argv],
+        env=dict(env),
+        preexec_fn=_die_with(os.getpid()),
+        start_new_session=own_group,
+        **popen,
+    )
+
+
+def stop(proc: subprocess.Popen, grace: float = STOP_GRACE_SECONDS) -> None:
+    """End ``proc`` (and its process group): SIGTERM, then SIGKILL after ``grace`` seconds."""
+    if proc.poll() is not None:
+        return
+    _signal(proc, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        _signal(proc, signal.SIGKILL)
+        proc.wait()
+
+
+def _signal(proc: subprocess.Popen, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if os.getpgid(proc.pid) == proc.pid:
+            os.killpg(proc.pid, signum)
+            return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signum)
+
+
+@contextlib.contextmanager
+def supervised(proc: subprocess.Popen) -> Iterator[subprocess.Popen]:
+    """Yield ``proc``; if the block raises (an error, Ctrl-C, SIGTERM), stop it before going on."""
+    try:
+        yield proc
+    except BaseException:
+        stop(proc)
+        raise
 
 
 @dataclass
@@ -36,6 +124,34 @@ class ToolRun:
         return "\n".join(part for part in (self.stdout.strip(), self.stderr.strip()) if part)
 
 
+def run_captured(
+    argv: Sequence[str | Path],
+    *,
+    env: Mapping[str, str],
+    cwd: Path | None = None,
+    input: str | None = None,
+    timeout: float | None = None,
+) -> ToolRun:
+    """Run a program to completion with ``env`` as its whole environment; return its text output.
+
+    On a timeout the program is stopped and :class:`subprocess.TimeoutExpired` raised.
+    """
+    proc = spawn(
+        argv,
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+    )
+    with supervised(proc):
+        stdout, stderr = proc.communicate(input, timeout=timeout)
+    return ToolRun(proc.returncode, stdout, stderr)
+
+
 def run_tool(
     argv: Sequence[str | Path],
     *,
@@ -45,14 +161,7 @@ def run_tool(
     input: str | None = None,
     timeout: float | None = None,
 ) -> ToolRun:
-    """Run a program to completion and return its redacted output."""
-    proc = subprocess.run(
-        [str(arg) for arg in argv],
-        cwd=cwd,
-        env=child_environment(env),
-        input=input,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    return ToolRun(proc.returncode, redactor.redact(proc.stdout), redactor.redact(proc.stderr))
+    """Run a program to completion (the current environment without connection settings, plus
+    ``env``) and return its redacted output."""
+    run = run_captured(argv, env=child_environment(env), cwd=cwd, input=input, timeout=timeout)
+    return ToolRun(run.returncode, redactor.redact(run.stdout), redactor.redact(run.stderr))

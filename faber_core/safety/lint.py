@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
 from pglast.parser import ParseError
 
 from faber_core.errors import ConfigError
+from faber_core.processes import run_captured
 from faber_core.safety import rules
 from faber_core.safety.models import LintFinding
 from faber_core.safety.statements import located_statements
@@ -150,9 +150,7 @@ def _run_squawk(
         args.append(f"--pg-version={server_version}")
     if (project_dir / PROJECT_CONFIG).is_file():
         args.append(f"--config={project_dir / PROJECT_CONFIG}")
-    completed = subprocess.run(
-        [*args, *files], capture_output=True, text=True, timeout=_TIMEOUT_SECONDS, cwd=project_dir, env={}
-    )
+    completed = run_captured([*args, *files], env={}, cwd=project_dir, timeout=_TIMEOUT_SECONDS)
     try:
         reported = json.loads(completed.stdout or "[]")
     except json.JSONDecodeError:

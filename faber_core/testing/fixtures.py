@@ -7,6 +7,9 @@
 - ``run_faber``: runs the ``faber`` command in a subprocess and parses ``--json`` output.
 - ``plugin_manager``: a PluginManager with only the built-in plugins, for registering test plugins.
 - ``run_context``: a RunContext on a project; ``query``: run SQL on the test's database.
+
+Helpers for tests that kill faber: :func:`start_faber` (a faber process to signal),
+:func:`wait_for` (poll a condition), :func:`process_alive` (Linux: running, not a zombie).
 """
 
 from __future__ import annotations
@@ -155,6 +158,40 @@ def run_faber():
         return FaberRun(proc.returncode, proc.stdout, proc.stderr)
 
     return run
+
+
+def start_faber(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``python -m faber_core ARGS`` in the background, no terminal, output captured: a run to signal."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "faber_core", *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def wait_for(condition: Any, what: str, timeout: float = 60) -> Any:
+    """Poll ``condition()`` every 0.1 s until it is truthy (returned) or ``timeout`` runs out (AssertionError)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (Linux ``/proc``); a zombie nobody reaped counts as dead."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ download and run whatever version it finds). The database URL reaches Prisma thr
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -15,7 +14,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from faber_core.context import RunContext
 from faber_core.models import AppliedMigration, ApplyOutcome, MigrationFailure, MigrationState
-from faber_core.processes import ToolRun, child_environment, run_tool
+from faber_core.processes import ToolRun, child_environment, run_tool, spawn, supervised
 
 from faber_prisma.status import read_state
 
@@ -52,8 +51,9 @@ def migrate_dev(context: RunContext) -> ApplyOutcome | None:
 
 def _run_interactive(binary: Path, context: RunContext, env: dict[str, str]) -> ToolRun:
     """On a terminal Prisma may ask questions (a migration name, a reset), so it gets the terminal."""
-    completed = subprocess.run([str(binary), *MIGRATE_DEV], cwd=context.project_dir, env=child_environment(env))
-    return ToolRun(completed.returncode, "", "")
+    proc = spawn([binary, *MIGRATE_DEV], env=child_environment(env), own_group=False, cwd=context.project_dir)
+    with supervised(proc):
+        return ToolRun(proc.wait(), "", "")
 
 
 def outcome(before: MigrationState, after: MigrationState, run: ToolRun) -> ApplyOutcome:
