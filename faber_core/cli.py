@@ -14,7 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from faber_core import __version__
 from faber_core.errors import EXIT_CODES, FaberError, exit_code_for
@@ -267,22 +269,69 @@ def backup(
     _run("create-backup", environment, json_output, cwd, body)
 
 
-@app.command()
+class _BackupsGroup(TyperGroup):
+    """``faber backups ENV`` lists (the ``list`` subcommand is implied); ``faber backups prune ENV`` prunes."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["list", *args]
+        return super().parse_args(ctx, args)
+
+
+backups_app = typer.Typer(
+    cls=_BackupsGroup,
+    help="List (faber backups ENV) or prune (faber backups prune ENV) an environment's backups.",
+    no_args_is_help=True,
+)
+app.add_typer(backups_app, name="backups")
+
+
+@backups_app.command("list")
 def backups(environment: Environment, json_output: JsonFlag = False, cwd: CwdOption = None) -> None:
-    """List ENVIRONMENT's backups, newest first."""
+    """List ENVIRONMENT's backups, newest first (`faber backups ENV` does the same).
+
+    A backup whose manifest cannot be read is listed with status "unreadable manifest" and its problem; it cannot be restored until the manifest is repaired.
+    """  # noqa: E501
     from faber_core.results import Success
 
     def body(context: RunContext, plugins: Plugins) -> Success:
         plugins.require_backup_provider(context.settings.backup.provider)
         records = plugins.backup_list(context)
+        unusable = [r for r in records if r.problem]
         return Success(
             operation="list-backups",
             environment=environment,
             result={"backups": [r.model_dump(mode="json") for r in records]},
-            message=f"{len(records)} backup(s)",
+            message=f"{len(records)} backup(s)" + (f", {len(unusable)} unusable" if unusable else ""),
         )
 
     _run("list-backups", environment, json_output, cwd, body)
+
+
+@backups_app.command("prune")
+def backups_prune(
+    environment: Environment,
+    keep: Annotated[
+        int | None,
+        typer.Option("--keep", min=1, help="Keep the newest N backups (default: the environment's backup.keep_last)."),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would be deleted; delete nothing.")] = False,
+    json_output: JsonFlag = False,
+    cwd: CwdOption = None,
+) -> None:
+    """Delete ENVIRONMENT's backups beyond the newest N.
+
+    Backups a running deploy or restore uses are kept, and so are backups whose manifest cannot be read (listed as unreadable, for a person to look at). The same retention (backup.keep_last, default 10) runs after each backup.
+    """  # noqa: E501
+    from faber_core.workflow import prune_backups
+
+    _run(
+        "prune-backups",
+        environment,
+        json_output,
+        cwd,
+        lambda context, plugins: prune_backups(context, plugins, keep, dry_run),
+    )
 
 
 @app.command()

@@ -41,6 +41,14 @@ class BackupSettings(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     provider: str = Field("pg_dump", description="Backup provider name, e.g. pg_dump or rds-snapshot.")
+    keep_last: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description="Keep this environment's newest N backups; older ones are deleted after each backup and by "
+        "`faber backups prune`. A backup a running deploy or restore uses is never deleted. "
+        "Default for pg_dump: 10.",
+    )
 
 
 class LockRetrySettings(BaseModel):

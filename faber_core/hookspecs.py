@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         ApplyOutcome,
         AuditEvent,
         BackupProviderInfo,
+        BackupPruneOutcome,
         BackupRecord,
         HealthCheckResult,
         LocalMigration,
@@ -152,6 +153,23 @@ def faber_backup_create(
 @hookspec(firstresult=True)
 def faber_backup_list(provider: str, context: RunContext) -> list[BackupRecord] | None:
     """List this environment's backups made by faber, newest first (``faber backups ENV``)."""
+
+
+@hookspec(firstresult=True)
+def faber_backup_prune(
+    provider: str, context: RunContext, keep_last: int | None, dry_run: bool
+) -> BackupPruneOutcome | None:
+    """Delete this environment's backups beyond the newest ``keep_last`` (``faber backups prune ENV``).
+
+    ``keep_last`` is ``--keep N`` or None for the environment's own setting
+    (``backup.keep_last``, or the provider's retention rules). Never delete a backup that a
+    running faber process is using: the backup a deploy just took, or one being restored. With
+    ``dry_run`` delete nothing and report what would go. Providers should apply the same
+    retention after each ``faber_backup_create``.
+
+    Returns :class:`~faber_core.models.BackupPruneOutcome`; a provider that cannot prune returns
+    None, and faber reports that it does not support pruning.
+    """
 
 
 @hookspec(firstresult=True)

@@ -176,6 +176,23 @@ class BackupRecord(BaseModel):
     migrations: list[tuple[str, str | None]] = Field(
         default_factory=list, description="Applied migrations (name, checksum) at backup time."
     )
+    problem: str | None = Field(None, description="Why the backup cannot be used, when its status says so.")
+
+
+class BackupPruneOutcome(BaseModel):
+    """What ``faber backups prune`` did (or, with ``dry_run``, would do) to an environment's backups."""
+
+    keep_last: int
+    dry_run: bool = False
+    pruned: list[str] = Field(default_factory=list, description="Backups deleted (or that would be).")
+    kept: list[str] = Field(default_factory=list, description="The newest ``keep_last`` usable backups.")
+    in_use: list[str] = Field(
+        default_factory=list, description="Beyond ``keep_last`` but kept: a running deploy or restore uses them."
+    )
+    unreadable: list[str] = Field(
+        default_factory=list, description="Backups whose manifest cannot be read: never pruned, left for a person."
+    )
+    freed_bytes: int = 0
 
 
 class RestoreOutcome(BaseModel):

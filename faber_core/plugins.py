@@ -20,6 +20,7 @@ from faber_core.models import (
     ApplyOutcome,
     AuditEvent,
     BackupProviderInfo,
+    BackupPruneOutcome,
     BackupRecord,
     HealthCheckResult,
     LocalMigration,
@@ -173,6 +174,21 @@ class Plugins:
     def backup_list(self, context: RunContext) -> list[BackupRecord]:
         answer = self._dispatch("faber_backup_list", context.settings.backup.provider, key="provider", context=context)
         return [BackupRecord.model_validate(item) for item in answer]
+
+    def backup_prune(self, context: RunContext, keep_last: int | None, dry_run: bool) -> BackupPruneOutcome:
+        provider = context.settings.backup.provider
+        answer = self.pm.hook.faber_backup_prune(
+            provider=provider, context=context, keep_last=keep_last, dry_run=dry_run
+        )
+        if answer is None:
+            raise ConfigError(
+                f"The backup provider {provider!r} does not support pruning",
+                suggestions=[
+                    "Delete old backups with the provider's own tools",
+                    f"List them with: faber backups {context.environment}",
+                ],
+            )
+        return BackupPruneOutcome.model_validate(answer)
 
     def backup_restore(self, context: RunContext, backup: BackupRecord) -> RestoreOutcome:
         answer = self._dispatch(

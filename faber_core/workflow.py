@@ -551,12 +551,15 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
         database=context.database.name_for_display,
         source=context.database.source,
     )
-    backups = [b for b in plugins.backup_list(context) if b.status in ("available", "completed")]
+    listed = plugins.backup_list(context)
+    backups = [b for b in listed if b.status in ("available", "completed")]
     if backup_id:
         chosen = next((b for b in backups if b.id == backup_id), None)
         if chosen is None:
+            unusable = next((b for b in listed if b.id == backup_id), None)
+            why = f": {unusable.problem or unusable.status}" if unusable else ""
             raise ConfigError(
-                f"No usable backup {backup_id} for {context.environment}",
+                f"No usable backup {backup_id} for {context.environment}{why}",
                 suggestions=[f"List backups with: faber backups {context.environment}"],
             )
     elif backups:
@@ -590,6 +593,22 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
             **outcome.extra,
         },
         message=outcome.details if beside else f"Rolled back {context.environment} to {chosen.id}",
+    )
+
+
+def prune_backups(context: RunContext, plugins: Plugins, keep_last: int | None, dry_run: bool) -> Success:
+    """``faber backups prune ENV``: delete backups beyond the newest ``keep_last``."""
+    plugins.require_backup_provider(context.settings.backup.provider)
+    outcome = plugins.backup_prune(context, keep_last, dry_run)
+    verb = "Would delete" if dry_run else "Deleted"
+    notes = [f"{len(outcome.in_use)} in use kept"] if outcome.in_use else []
+    notes += [f"{len(outcome.unreadable)} with an unreadable manifest left alone"] if outcome.unreadable else []
+    return Success(
+        operation="prune-backups",
+        environment=context.environment,
+        result=outcome.model_dump(mode="json"),
+        message=f"{verb} {len(outcome.pruned)} backup(s), kept the newest {len(outcome.kept)}"
+        + "".join(f"; {note}" for note in notes),
     )
 
 

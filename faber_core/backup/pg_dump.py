@@ -1,36 +1,39 @@
 """Built-in backup provider ``pg_dump``: custom-format archives under ``.faber/backups/<env>/``.
 
 Each backup is ``<id>.dump`` plus ``<id>.json``, its manifest (what the archive covers, its
-size and sha256, the applied migrations at backup time). Never the database URL.
+size and sha256, the applied migrations at backup time). Never the database URL. How the files
+survive crashes and how retention works: :mod:`faber_core.backup.store`.
 
-A restore runs as one ``psql --single-transaction`` script: drop every user schema except
-faber's own, then replay the archive. Either all of it happens or none of it does, and tables
-created after the backup are gone afterwards.
+A restore is one transaction that faber opens and commits itself (:mod:`faber_core.backup.restore`):
+an interrupted restore, however it is interrupted, leaves the database as it was.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import hashlib
 import re
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import psycopg
-from psycopg import sql
 
 from faber_core import hookimpl
+from faber_core.backup import store
+from faber_core.backup.restore import restore_archive
 from faber_core.context import RunContext
-from faber_core.errors import BackupFailed, RestoreFailed
-from faber_core.models import BackupProviderInfo, BackupRecord, RestoreOutcome
+from faber_core.errors import BackupFailed
+from faber_core.models import BackupProviderInfo, BackupPruneOutcome, BackupRecord, RestoreOutcome
 from faber_core.postgres.embedded import embedded_bin_dirs
-from faber_core.processes import child_environment, run_tool
+from faber_core.processes import child_environment, run_captured, spawn, supervised
+from faber_core.safety.timeouts import CONNECTION_CHECK_INTERVAL_MS, CONNECTION_CHECK_SINCE
 
 PROVIDER = "pg_dump"
 _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
+PROGRESS_INTERVAL_SECONDS = 5.0
+_NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded", "File too large")
 
 
 @hookimpl
@@ -39,7 +42,7 @@ def faber_backup_providers() -> list[BackupProviderInfo]:
 
 
 def backup_dir(context: RunContext) -> Path:
-    return context.state_dir / "backups" / context.environment
+    return store.backup_dir(context)
 
 
 def _server_major(context: RunContext) -> tuple[int, str]:
@@ -52,8 +55,8 @@ def _server_major(context: RunContext) -> tuple[int, str]:
 
 def _client_major(program: Path) -> int | None:
     try:
-        out = subprocess.run([str(program), "--version"], capture_output=True, text=True, timeout=30).stdout
-    except OSError:
+        out = run_captured([program, "--version"], env=child_environment({}), timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
         return None
     match = _VERSION.search(out)
     return int(match.group(1)) if match else None
@@ -89,21 +92,23 @@ def find_client_dir(server_major: int) -> Path:
     )
 
 
-def _new_backup_id(directory: Path, now: dt.datetime) -> str:
-    base = f"backup-{now:%Y%m%d-%H%M%S}"
-    candidate, n = base, 1
-    while (directory / f"{candidate}.json").exists():
-        n += 1
-        candidate = f"{base}-{n}"
-    return candidate
+def client_env(context: RunContext, server_major: int, **settings: str) -> dict[str, str]:
+    """The environment of a pg_dump/pg_restore/psql run: connection, plus server settings for its session.
+
+    Like migration sessions, these check that their client is alive: the server ends the session
+    of a killed pg_dump or psql (rolling back a restore) within seconds, even mid-statement,
+    instead of holding its locks until the statement ends.
+    """
+    env = context.database.libpq_env()
+    if server_major * 10000 >= CONNECTION_CHECK_SINCE:
+        settings = {"client_connection_check_interval": f"{CONNECTION_CHECK_INTERVAL_MS}ms", **settings}
+    options = [env.get("PGOPTIONS", ""), *(f"-c {name}={value}" for name, value in settings.items())]
+    env["PGOPTIONS"] = " ".join(option for option in options if option)
+    return child_environment(env)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def configured_keep_last(context: RunContext) -> int:
+    return context.settings.backup.keep_last or store.DEFAULT_KEEP_LAST
 
 
 @hookimpl
@@ -121,51 +126,112 @@ def faber_backup_create(
             suggestions=["Verify the database is reachable", f"Retry: faber backup {context.environment}"],
         ) from None
     tools = find_client_dir(major)
-    directory = backup_dir(context)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = store.private_backup_dir(context)
+    store.remove_leftovers(context, directory)
     now = dt.datetime.now(dt.timezone.utc)
-    backup_id = _new_backup_id(directory, now)
-    archive = directory / f"{backup_id}.dump"
-    partial = archive.with_suffix(".dump.partial")
-    run = run_tool(
-        [
-            tools / "pg_dump",
-            "--format=custom",
-            f"--exclude-schema={context.config.database.faber_schema}",
-            f"--file={partial}",
-        ],
-        redactor=context.redactor,
-        env=context.database.libpq_env(),
-    )
-    if run.returncode != 0:
-        partial.unlink(missing_ok=True)
-        raise BackupFailed(
-            "Failed to create pre-migration backup",
-            result={"backup_error": run.stderr.strip() or f"pg_dump exited with {run.returncode}"},
-            suggestions=[
-                "Check that the database user may read every table (pg_dump needs SELECT on all of them)",
-                f"Check free disk space under {directory}",
-                f"Or skip backup (NOT recommended): faber migrate {context.environment} --skip-backup",
-            ],
+    try:
+        reservation = store.reserve(directory, now)
+    except OSError as exc:
+        raise _write_failure(context, directory, exc) from None
+    try:
+        _dump(context, tools, major, reservation)
+        sha256 = store.seal_archive(reservation)
+        record = BackupRecord(
+            id=reservation.id,
+            provider=PROVIDER,
+            environment=context.environment,
+            created_at=now,
+            reason=reason,
+            size_bytes=reservation.archive.stat().st_size,
+            location=str(reservation.archive.relative_to(context.project_dir)),
+            server_version=version,
+            database=context.database.name,
+            sha256=sha256,
+            migrations=migrations,
+            excluded_schema=context.config.database.faber_schema,
         )
-    partial.rename(archive)
-    record = BackupRecord(
-        id=backup_id,
-        provider=PROVIDER,
-        environment=context.environment,
-        created_at=now,
-        reason=reason,
-        size_bytes=archive.stat().st_size,
-        location=str(archive.relative_to(context.project_dir)),
-        server_version=version,
-        database=context.database.name,
-        sha256=_sha256(archive),
-        migrations=migrations,
-        excluded_schema=context.config.database.faber_schema,
-    )
-    manifest = directory / f"{backup_id}.json"
-    manifest.write_text(context.redactor.redact(record.model_dump_json(indent=2)) + "\n")
+        store.write_manifest(reservation.manifest, context.redactor.redact(record.model_dump_json(indent=2)) + "\n")
+    except OSError as exc:
+        reservation.discard()
+        raise _write_failure(context, directory, exc) from None
+    except BaseException:
+        reservation.discard()
+        raise
+    store.hold_for_run(context, reservation.fd)
+    _prune_after_backup(context, directory)
     return record
+
+
+def _dump(context: RunContext, tools: Path, major: int, reservation: store.Reservation) -> None:
+    """pg_dump into the reserved partial file, reporting its size as it grows."""
+    directory = reservation.directory
+    with tempfile.TemporaryFile() as errors:
+        proc = spawn(
+            [
+                tools / "pg_dump",
+                "--format=custom",
+                f"--exclude-schema={context.config.database.faber_schema}",
+                f"--file={reservation.partial}",
+            ],
+            env=client_env(context, major),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+        )
+        started = time.monotonic()
+        with supervised(proc):
+            while True:
+                try:
+                    proc.wait(timeout=PROGRESS_INTERVAL_SECONDS)
+                    break
+                except subprocess.TimeoutExpired:
+                    context.emit(
+                        "backup.progress",
+                        target=reservation.id,
+                        status=f"pg_dump wrote {_size(reservation.partial)}",
+                        elapsed_seconds=round(time.monotonic() - started),
+                    )
+        errors.seek(0)
+        stderr = context.redactor.redact(errors.read().decode(errors="replace")).strip()
+    if proc.returncode == 0:
+        return
+    if any(text in stderr for text in _NO_SPACE_TEXT):
+        raise store.no_space(context, directory, stderr)
+    raise BackupFailed(
+        "Failed to create pre-migration backup",
+        result={"backup_error": stderr or f"pg_dump exited with {proc.returncode}"},
+        suggestions=[
+            "Check that the database user may read every table (pg_dump needs SELECT on all of them)",
+            f"Check free disk space under {directory}",
+            f"Or skip backup (NOT recommended): faber migrate {context.environment} --skip-backup",
+        ],
+    )
+
+
+def _size(path: Path) -> str:
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = 0
+    return f"{size / 1_048_576:.1f} MB"
+
+
+def _write_failure(context: RunContext, directory: Path, exc: OSError) -> BackupFailed:
+    if store.is_no_space(exc):
+        return store.no_space(context, directory, str(exc))
+    return BackupFailed(
+        f"Failed to create pre-migration backup: cannot write under {directory}: {exc.strerror or exc}",
+        result={"backup_error": context.redactor.redact(str(exc))},
+        suggestions=[f"Check the permissions and the disk of {directory}"],
+    )
+
+
+def _prune_after_backup(context: RunContext, directory: Path) -> None:
+    """Retention after each backup; a failure to prune is reported, never fails the backup."""
+    try:
+        store.prune(context, directory, configured_keep_last(context))
+    except OSError as exc:
+        context.emit("backup.prune_failed", error=context.redactor.redact(str(exc)))
 
 
 @hookimpl
@@ -173,102 +239,24 @@ def faber_backup_list(provider: str, context: RunContext) -> list[BackupRecord] 
     if provider != PROVIDER:
         return None
     directory = backup_dir(context)
-    records = []
-    for manifest in directory.glob("backup-*.json") if directory.is_dir() else []:
-        record = BackupRecord.model_validate_json(manifest.read_text())
-        if not (context.project_dir / (record.location or "")).is_file():
-            record.status = "missing archive"
-        records.append(record)
-    return sorted(records, key=lambda r: r.created_at, reverse=True)
+    store.remove_leftovers(context, directory)
+    return store.read_backups(context, directory)
 
 
-def _restore_prelude(conn: psycopg.Connection, keep_schema: str) -> str:
-    """SQL that empties the database of everything a restore will bring back."""
-    schemas = [
-        row[0]
-        for row in conn.execute(
-            """
-            SELECT n.nspname FROM pg_namespace n
-            WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname <> %s
-              AND n.nspname NOT LIKE 'pg\\_toast%%' AND n.nspname NOT LIKE 'pg\\_temp\\_%%'
-              AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_namespace'::regclass
-                              AND d.objid = n.oid AND d.deptype = 'e')
-            ORDER BY 1
-            """,
-            [keep_schema],
-        ).fetchall()
-    ]
-    statements = [sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE;").format(sql.Identifier(s)) for s in schemas]
-    # pg_dump never creates `public`; put it back as initdb made it, and the archive re-applies
-    # any privileges that differed from that.
-    if conn.info.server_version >= 150000:
-        statements.append(sql.SQL("CREATE SCHEMA public AUTHORIZATION pg_database_owner;"))
-        statements.append(sql.SQL("GRANT USAGE ON SCHEMA public TO PUBLIC;"))
-    else:
-        statements.append(sql.SQL("CREATE SCHEMA public;"))
-        statements.append(sql.SQL("GRANT USAGE, CREATE ON SCHEMA public TO PUBLIC;"))
-    statements.append(sql.SQL("COMMENT ON SCHEMA public IS 'standard public schema';"))
-    return "\n".join(s.as_string(conn) for s in statements) + "\n"
+@hookimpl
+def faber_backup_prune(
+    provider: str, context: RunContext, keep_last: int | None, dry_run: bool
+) -> BackupPruneOutcome | None:
+    if provider != PROVIDER:
+        return None
+    keep = keep_last if keep_last is not None else configured_keep_last(context)
+    return store.prune(context, backup_dir(context), keep, dry_run=dry_run)
 
 
 @hookimpl
 def faber_backup_restore(provider: str, context: RunContext, backup: BackupRecord) -> RestoreOutcome | None:
     if provider != PROVIDER:
         return None
-    archive = context.project_dir / (backup.location or "")
-    manual = [
-        f"The database is unchanged; restore by hand with: pg_restore --clean --if-exists -d <database> {archive}",
-        "Connection settings for pg_restore come from PGHOST/PGUSER/PGPASSWORD/PGDATABASE",
-    ]
-    if not archive.is_file():
-        raise RestoreFailed(f"Backup archive {backup.location} is missing", suggestions=manual[1:])
-    if backup.sha256 and _sha256(archive) != backup.sha256:
-        raise RestoreFailed(
-            f"Backup archive {backup.location} does not match its manifest checksum (corrupted?)",
-            suggestions=["Restore from another backup: faber backups " + context.environment],
-        )
     with context.database.connect() as conn:
         major = conn.info.server_version // 10000
-        keep = (backup.model_extra or {}).get("excluded_schema") or context.config.database.faber_schema
-        prelude = _restore_prelude(conn, keep)
-    tools = find_client_dir(major)
-    env = child_environment(context.database.libpq_env())
-    with tempfile.TemporaryFile() as psql_errors, tempfile.TemporaryFile() as restore_errors:
-        psql = subprocess.Popen(
-            [str(tools / "psql"), "-X", "-q", "--single-transaction", "-v", "ON_ERROR_STOP=1", "-f", "-"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=psql_errors,
-            env=env,
-        )
-        restore = subprocess.Popen(
-            [str(tools / "pg_restore"), "--file=-", str(archive)],
-            stdout=subprocess.PIPE,
-            stderr=restore_errors,
-            env=env,
-        )
-        assert psql.stdin and restore.stdout
-        try:
-            psql.stdin.write(prelude.encode())
-            shutil.copyfileobj(restore.stdout, psql.stdin, 1 << 20)
-        except BrokenPipeError:
-            pass  # psql stopped at an error; its stderr says which
-        finally:
-            with contextlib.suppress(BrokenPipeError):
-                psql.stdin.close()
-            restore.stdout.close()
-        restore.wait()
-        psql.wait()
-        psql_errors.seek(0)
-        restore_errors.seek(0)
-        psql_err = psql_errors.read().decode(errors="replace")
-        restore_err = restore_errors.read().decode(errors="replace")
-    if restore.returncode != 0 or psql.returncode != 0:
-        detail = context.redactor.redact((psql_err or restore_err).strip())
-        raise RestoreFailed(f"Restore of {backup.id} failed and was rolled back: {detail}", suggestions=manual)
-    return RestoreOutcome(
-        backup_id=backup.id,
-        status="success",
-        details=f"Restored {backup.id} ({backup.size_bytes} bytes) in one transaction",
-        steps=["dropped schemas changed since the backup", "replayed the archive"],
-    )
+    return restore_archive(context, backup, find_client_dir(major), major)

@@ -46,6 +46,7 @@ class RdsBackupSettings(BaseModel):
     wait_timeout_seconds: float = Field(3600, gt=0, description="How long to wait for a snapshot or an instance.")
     poll_interval_seconds: float = Field(15, gt=0, le=300, description="How often to ask AWS while waiting.")
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    keep_last: int | None = Field(None, ge=1, description="faber's common setting; the same as retention.keep_last.")
     restore_mode: Literal["swap", "side-by-side"] = "swap"
     retry_mode: Literal["standard", "adaptive"] = Field("standard", description="botocore's retry mode.")
     max_attempts: int = Field(
@@ -62,6 +63,14 @@ class RdsBackupSettings(BaseModel):
                 "no double or trailing hyphen)"
             )
         return value
+
+    @model_validator(mode="after")
+    def _keep_last_once(self) -> RdsBackupSettings:
+        if self.keep_last is not None:
+            if self.retention.keep_last not in (None, self.keep_last):
+                raise ValueError("keep_last and retention.keep_last differ: set one of them")
+            self.retention.keep_last = self.keep_last
+        return self
 
     @model_validator(mode="after")
     def _one_target(self) -> RdsBackupSettings:

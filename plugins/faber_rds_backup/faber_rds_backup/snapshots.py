@@ -12,6 +12,7 @@ import datetime as dt
 import re
 from pathlib import Path
 
+from faber_core.backup import store
 from faber_core.context import RunContext
 from faber_core.errors import BackupFailed
 from faber_core.models import BackupRecord
@@ -139,14 +140,22 @@ def _record(
 
 
 def _write_manifest(context: RunContext, record: BackupRecord) -> None:
-    directory = manifest_dir(context)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"{record.id}.json").write_text(context.redactor.redact(record.model_dump_json(indent=2)) + "\n")
+    directory = store.private_backup_dir(context)
+    store.write_manifest(
+        directory / f"{record.id}.json", context.redactor.redact(record.model_dump_json(indent=2)) + "\n"
+    )
 
 
 def _read_manifest(context: RunContext, snapshot_id: str) -> BackupRecord | None:
+    """The manifest's record; None when there is none or it cannot be read (reported as an event)."""
     path = manifest_dir(context) / f"{snapshot_id}.json"
-    return BackupRecord.model_validate_json(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return BackupRecord.model_validate_json(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        context.emit("backup.manifest_unreadable", backup_id=snapshot_id, problem=str(exc).splitlines()[0])
+        return None
 
 
 def list_backups(context: RunContext) -> list[BackupRecord]:

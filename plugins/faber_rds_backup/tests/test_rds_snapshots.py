@@ -86,6 +86,20 @@ def test_a_snapshot_without_its_manifest_is_listed_with_no_migrations(rds, rds_i
     assert listed.migrations == [] and listed.manifest is False
 
 
+def test_an_unreadable_manifest_is_reported_and_the_snapshot_still_listed(rds, rds_instance, rds_context, rds_plugins):
+    events: list = []
+    context = rds_context(events=events)
+    record = rds_plugins.backup_create(context, "manual", MIGRATIONS)
+    manifest = context.state_dir / "backups" / "production" / f"{record.id}.json"
+    assert oct(manifest.stat().st_mode & 0o777) == "0o600"
+    manifest.write_bytes(b"")  # a disk that filled up while an older faber wrote it
+
+    [listed] = rds_plugins.backup_list(context)
+
+    assert listed.id == record.id and listed.manifest is False
+    assert any(e.kind == "backup.manifest_unreadable" and e.data["backup_id"] == record.id for e in events)
+
+
 def test_keep_last_prunes_only_fabers_older_snapshots_of_this_environment(rds, rds_instance, rds_context, rds_plugins):
     rds.create_db_snapshot(DBSnapshotIdentifier="hand-made", DBInstanceIdentifier="prod-db")
     other_env = rds_plugins.backup_create(rds_context(environment="staging"), "other env", [])

@@ -1,0 +1,324 @@
+"""Restoring a pg_dump archive in place, in one transaction that only faber can commit.
+
+One ``psql`` session runs, in this order::
+
+    BEGIN;
+    <prelude>          drop what the archive brings back: event triggers, subscriptions,
+                       publications, large objects, foreign servers, user casts, every schema
+                       but faber's own, then the remaining extensions; recreate ``public``
+    <pg_restore -1>    the archive as SQL, minus its final COMMIT
+    ANALYZE            every restored table, so the planner has statistics at once
+    COMMIT;
+
+The COMMIT is sent only after ``pg_restore`` exited 0 and its script ended as expected. If faber
+is killed (SIGKILL included: its children die with it, see :mod:`faber_core.processes`),
+interrupted, or anything fails, ``psql`` reaches the end of its input, or dies, inside the open
+transaction, and the server rolls everything back: the database is exactly as before the
+restore. ``psql --single-transaction`` would not do: it commits whatever it read when its input
+ends early.
+
+Sessions carry ``client_connection_check_interval`` so the server notices a dead ``psql`` within
+seconds, even mid-statement; on an interrupt faber also terminates the session itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from faber_core.backup import store
+from faber_core.context import RunContext
+from faber_core.errors import RestoreFailed
+from faber_core.models import BackupRecord, RestoreOutcome
+from faber_core.processes import spawn, stop
+
+CHUNK = 1 << 20
+_TAIL_BYTES = 1 << 16
+# What pg_restore --single-transaction prints last: COMMIT, then comments and (15.14+) \unrestrict.
+_FINAL_COMMIT = re.compile(rb"(?:^|\n)COMMIT;\n((?:\n|--[^\n]*\n|\\unrestrict [^\n]*\n)*)\Z")
+PROGRESS_INTERVAL_SECONDS = 5.0
+
+ANALYZE_RESTORED = """
+DO $faber$
+DECLARE relation regclass;
+BEGIN
+  FOR relation IN
+    SELECT c.oid::regclass FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'm', 'p') AND n.nspname <> {keep}
+      AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'
+  LOOP
+    EXECUTE pg_catalog.format('ANALYZE %s', relation);
+  END LOOP;
+END
+$faber$;
+"""
+
+
+class _ScriptProblem(Exception):
+    """pg_restore's script did not end as expected; nothing is committed."""
+
+
+def restore_archive(context: RunContext, backup: BackupRecord, tools: Path, major: int) -> RestoreOutcome:
+    archive = context.project_dir / (backup.location or "")
+    manual = [
+        f"The database is unchanged; restore by hand with: pg_restore --clean --if-exists -d <database> {archive}",
+        "Connection settings for pg_restore come from PGHOST/PGUSER/PGPASSWORD/PGDATABASE",
+    ]
+    if not archive.is_file():
+        raise RestoreFailed(f"Backup archive {backup.location} is missing", suggestions=manual[1:])
+    keep = (backup.model_extra or {}).get("excluded_schema") or context.config.database.faber_schema
+    with store.reading(archive) as fd:
+        if backup.sha256 and _sha256(fd) != backup.sha256:
+            raise RestoreFailed(
+                f"Backup archive {backup.location} does not match its manifest checksum (corrupted?)",
+                suggestions=["Restore from another backup: faber backups " + context.environment],
+            )
+        with context.database.connect() as conn:
+            prelude = restore_prelude(conn, keep)
+            finish = sql.SQL(ANALYZE_RESTORED).format(keep=sql.Literal(keep)).as_string(conn)
+        _run_in_one_transaction(context, backup, tools, major, fd, prelude, finish, manual)
+    return RestoreOutcome(
+        backup_id=backup.id,
+        status="success",
+        details=f"Restored {backup.id} ({backup.size_bytes} bytes) in one transaction",
+        steps=[
+            "dropped what changed since the backup (schemas, large objects, publications, subscriptions, "
+            "event triggers, extensions)",
+            "replayed the archive",
+            "analyzed the restored tables",
+            "committed",
+        ],
+    )
+
+
+def _sha256(fd: int) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    os.lseek(fd, 0, os.SEEK_SET)
+    while chunk := os.read(fd, CHUNK):
+        digest.update(chunk)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return digest.hexdigest()
+
+
+def _run_in_one_transaction(
+    context: RunContext,
+    backup: BackupRecord,
+    tools: Path,
+    major: int,
+    archive_fd: int,
+    prelude: str,
+    finish: str,
+    manual: list[str],
+) -> None:
+    from faber_core.backup.pg_dump import client_env
+
+    application = f"faber restore {context.run_id}"
+    # The script's own BEGIN warns that a transaction is open (ours); keep that out of the errors.
+    psql_env = client_env(context, major, client_min_messages="error") | {"PGAPPNAME": application}
+    size = os.fstat(archive_fd).st_size
+    with tempfile.TemporaryFile() as psql_errors, tempfile.TemporaryFile() as restore_errors:
+        psql = spawn(
+            [tools / "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"],
+            env=psql_env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=psql_errors,
+        )
+        restore = spawn(
+            [tools / "pg_restore", "--single-transaction", "--file=-"],
+            env=client_env(context, major),
+            stdin=archive_fd,
+            stdout=subprocess.PIPE,
+            stderr=restore_errors,
+        )
+        assert psql.stdin and restore.stdout
+        problem: str | None = None
+        try:
+            try:
+                psql.stdin.write(b"BEGIN;\n" + prelude.encode())
+                tail = _forward_all_but_tail(context, backup, restore, psql, archive_fd, size)
+                if restore.wait() != 0:
+                    problem = "pg_restore failed"
+                else:
+                    psql.stdin.write(_without_final_commit(tail) + finish.encode() + b"COMMIT;\n")
+            except BrokenPipeError:
+                problem = "psql stopped"  # at an error: its stderr says which
+            except _ScriptProblem as exc:
+                problem = str(exc)
+            finally:
+                with contextlib.suppress(BrokenPipeError):
+                    psql.stdin.close()
+        except BaseException:
+            # Interrupted: end the transaction for sure before anything else happens.
+            stop(restore)
+            stop(psql)
+            _terminate_session(context, application)
+            raise
+        if problem is not None:
+            stop(restore)
+        restore.wait()
+        psql.wait()
+        psql_err = _read(psql_errors)
+        restore_err = _read(restore_errors)
+    if problem is None and psql.returncode == 0:
+        return
+    detail = context.redactor.redact(_first_error(psql_err) or _first_error(restore_err) or problem or "")
+    raise RestoreFailed(
+        f"Restore of {backup.id} failed and was rolled back: {detail}",
+        result={"restore_error": detail},
+        suggestions=manual,
+        backup_id=backup.id,
+    )
+
+
+def _forward_all_but_tail(
+    context: RunContext,
+    backup: BackupRecord,
+    restore: subprocess.Popen,
+    psql: subprocess.Popen,
+    archive_fd: int,
+    size: int,
+) -> bytes:
+    """Copy pg_restore's script into psql, keeping back its last bytes (where its COMMIT is)."""
+    assert restore.stdout and psql.stdin
+    held = b""
+    started = last_report = time.monotonic()
+    while chunk := restore.stdout.read1(CHUNK):
+        held += chunk
+        if len(held) > _TAIL_BYTES:
+            psql.stdin.write(held[:-_TAIL_BYTES])
+            held = held[-_TAIL_BYTES:]
+        now = time.monotonic()
+        if now - last_report >= PROGRESS_INTERVAL_SECONDS:
+            last_report = now
+            # pg_restore reads the archive through faber's descriptor: its offset is the progress.
+            read = os.lseek(archive_fd, 0, os.SEEK_CUR)
+            context.emit(
+                "backup.progress",
+                target=backup.id,
+                status="restoring",
+                percent_progress=min(99, round(100 * read / size)) if size else None,
+                elapsed_seconds=round(now - started),
+            )
+    return held
+
+
+def _without_final_commit(tail: bytes) -> bytes:
+    match = _FINAL_COMMIT.search(tail)
+    if match is None:
+        raise _ScriptProblem("pg_restore's script did not end with its COMMIT; nothing was committed")
+    return tail[: match.start()] + b"\n" + match.group(1)
+
+
+def _terminate_session(context: RunContext, application: str) -> None:
+    """End the restore's server session, so its transaction is rolled back now, not when noticed."""
+    with contextlib.suppress(psycopg.Error):
+        with context.database.connect(application_name="faber restore cleanup") as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
+                " WHERE application_name = %s AND datname = current_database()",
+                [application],
+            )
+
+
+def _read(handle: tempfile._TemporaryFileWrapper) -> str:  # type: ignore[name-defined]
+    handle.seek(0)
+    return handle.read().decode(errors="replace")
+
+
+def _first_error(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if "ERROR" in line or "error:" in line or "FATAL" in line]
+    return "; ".join(errors[:3]) or (lines[0] if lines else "")
+
+
+def restore_prelude(conn: psycopg.Connection, keep_schema: str) -> str:
+    """SQL that empties the database of everything a restore brings back, except ``keep_schema``.
+
+    Objects outside any schema (event triggers, publications, subscriptions, large objects,
+    foreign servers, casts) would otherwise make the archive's ``CREATE`` fail or survive the
+    restore; objects that belong to an extension go with their extension.
+    """
+    statements: list[sql.Composable] = []
+
+    def names(query: str, params: list | None = None) -> list[str]:
+        return [row[0] for row in conn.execute(query, params or []).fetchall()]
+
+    not_extension_member = (
+        "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = {catalog}::regclass"
+        " AND d.objid = {oid} AND d.deptype = 'e')"
+    )
+    # Event triggers first: they would fire on the restore's own DDL.
+    for name in names(
+        "SELECT evtname FROM pg_event_trigger e WHERE "
+        + not_extension_member.format(catalog="'pg_event_trigger'", oid="e.oid")
+    ):
+        statements.append(sql.SQL("DROP EVENT TRIGGER IF EXISTS {};").format(sql.Identifier(name)))
+    # A subscription with a replication slot cannot be dropped in a transaction: detach the slot
+    # first. The slot stays on the publisher, so the restored (disabled) subscription can resume.
+    for name in names(
+        "SELECT subname FROM pg_subscription WHERE subdbid = (SELECT oid FROM pg_database"
+        " WHERE datname = current_database())"
+    ):
+        subscription = sql.Identifier(name)
+        statements += [
+            sql.SQL("ALTER SUBSCRIPTION {} DISABLE;").format(subscription),
+            sql.SQL("ALTER SUBSCRIPTION {} SET (slot_name = NONE);").format(subscription),
+            sql.SQL("DROP SUBSCRIPTION {};").format(subscription),
+        ]
+    for name in names("SELECT pubname FROM pg_publication"):
+        statements.append(sql.SQL("DROP PUBLICATION IF EXISTS {};").format(sql.Identifier(name)))
+    if names("SELECT 1 FROM pg_largeobject_metadata LIMIT 1"):
+        statements.append(sql.SQL("SELECT count(pg_catalog.lo_unlink(oid)) FROM pg_catalog.pg_largeobject_metadata;"))
+    for name in names(
+        "SELECT srvname FROM pg_foreign_server s WHERE "
+        + not_extension_member.format(catalog="'pg_foreign_server'", oid="s.oid")
+    ):
+        statements.append(sql.SQL("DROP SERVER IF EXISTS {} CASCADE;").format(sql.Identifier(name)))
+    for source, target in conn.execute(
+        "SELECT format_type(castsource, NULL), format_type(casttarget, NULL) FROM pg_cast c WHERE c.oid >= 16384 AND "
+        + not_extension_member.format(catalog="'pg_cast'", oid="c.oid")
+    ).fetchall():
+        statements.append(sql.SQL("DROP CAST IF EXISTS ({} AS {});").format(sql.SQL(source), sql.SQL(target)))
+    schemas = names(
+        """
+        SELECT n.nspname FROM pg_namespace n
+        WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname <> %s
+          AND n.nspname NOT LIKE 'pg\\_toast%%' AND n.nspname NOT LIKE 'pg\\_temp\\_%%'
+          AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_namespace'::regclass
+                          AND d.objid = n.oid AND d.deptype = 'e')
+        ORDER BY 1
+        """,
+        [keep_schema],
+    )
+    statements += [sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE;").format(sql.Identifier(s)) for s in schemas]
+    # Extensions living elsewhere (pg_catalog, a schema of their own) survive the schema drops.
+    extensions = names(
+        "SELECT e.extname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace"
+        " WHERE e.extname <> 'plpgsql' AND n.nspname <> %s ORDER BY 1",
+        [keep_schema],
+    )
+    if extensions:
+        statements.append(
+            sql.SQL("DROP EXTENSION IF EXISTS {};").format(sql.SQL(", ").join(map(sql.Identifier, extensions)))
+        )
+    # pg_dump never creates `public`; put it back as initdb made it, and the archive re-applies
+    # any privileges that differed from that.
+    if conn.info.server_version >= 150000:
+        statements.append(sql.SQL("CREATE SCHEMA public AUTHORIZATION pg_database_owner;"))
+        statements.append(sql.SQL("GRANT USAGE ON SCHEMA public TO PUBLIC;"))
+    else:
+        statements.append(sql.SQL("CREATE SCHEMA public;"))
+        statements.append(sql.SQL("GRANT USAGE, CREATE ON SCHEMA public TO PUBLIC;"))
+    statements.append(sql.SQL("COMMENT ON SCHEMA public IS 'standard public schema';"))
+    return "\n".join(s.as_string(conn) for s in statements) + "\n"

@@ -1,0 +1,314 @@
+"""The backup folder of one environment, ``.faber/backups/<env>/``: private, crash-safe, pruned.
+
+Each backup is an archive ``<id>.dump`` and its manifest ``<id>.json``. The folder is 0700 and
+every file in it 0600: an archive holds all of the database's rows.
+
+Crash safety rests on three rules:
+
+- **Nothing is visible until it is whole.** The archive is written as ``<id>.dump.partial``,
+  fsynced, renamed; the manifest is written to ``<id>.json.partial``, fsynced, renamed, and the
+  folder fsynced. A backup exists when its manifest exists, and then its archive is complete.
+- **A file being worked on is locked.** The process that creates a backup holds an exclusive
+  ``flock`` on its archive until the manifest is written, then a shared one for the rest of its
+  run (so retention never deletes the backup of a running deploy); a restore holds a shared one
+  while it reads. The kernel drops these locks when the process dies, however it dies.
+- **Leftovers are removed by whoever comes next.** A partial file, a temporary manifest or an
+  archive without a manifest whose lock nobody holds belongs to a run that died: the next backup,
+  listing or prune removes it.
+
+A manifest that cannot be read (empty, truncated, not JSON) is reported, never fatal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import fcntl
+import hashlib
+import os
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from faber_core.context import RunContext
+from faber_core.errors import BackupFailed
+from faber_core.models import BackupPruneOutcome, BackupRecord
+
+ARCHIVE = ".dump"
+MANIFEST = ".json"
+PARTIAL = ".partial"
+FOLDER_MODE = 0o700
+FILE_MODE = 0o600
+DEFAULT_KEEP_LAST = 10
+UNREADABLE = "unreadable manifest"
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def backup_dir(context: RunContext) -> Path:
+    return context.state_dir / "backups" / context.environment
+
+
+def private_backup_dir(context: RunContext) -> Path:
+    """The environment's backup folder, created 0700 (its parent ``backups/`` too)."""
+    directory = backup_dir(context)
+    for folder in (directory.parent, directory):
+        folder.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
+        os.chmod(folder, FOLDER_MODE)
+    return directory
+
+
+def is_no_space(exc: OSError) -> bool:
+    return exc.errno in _NO_SPACE
+
+
+def no_space(context: RunContext, directory: Path, detail: str) -> BackupFailed:
+    return BackupFailed(
+        "Failed to create pre-migration backup: no space left on device",
+        result={"backup_error": context.redactor.redact(detail)},
+        suggestions=[
+            f"Free disk space under {directory} (faber backups prune {context.environment} removes old backups)",
+            f"Or lower backup.keep_last for {context.environment}",
+            f"Or skip backup (NOT recommended): faber migrate {context.environment} --skip-backup",
+        ],
+    )
+
+
+# Locks ----------------------------------------------------------------------------------
+
+
+def _try_lock(path: Path, operation: int) -> int | None:
+    """An open descriptor of ``path`` holding ``operation``; None when another process holds it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, operation | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def hold_for_run(context: RunContext, fd: int) -> None:
+    """Keep a shared lock on a backup's archive until ``context``'s run is over (or faber exits)."""
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    weakref.finalize(context, os.close, fd)
+
+
+@contextlib.contextmanager
+def reading(archive: Path) -> Iterator[int]:
+    """An open descriptor of ``archive`` with a shared lock, so retention leaves it alone."""
+    fd = os.open(archive, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+# Writing a backup -----------------------------------------------------------------------
+
+
+@dataclass
+class Reservation:
+    """A new backup id with its partial archive created (0600, empty) and locked exclusively."""
+
+    id: str
+    directory: Path
+    fd: int
+
+    @property
+    def partial(self) -> Path:
+        return self.directory / f"{self.id}{ARCHIVE}{PARTIAL}"
+
+    @property
+    def archive(self) -> Path:
+        return self.directory / f"{self.id}{ARCHIVE}"
+
+    @property
+    def manifest(self) -> Path:
+        return self.directory / f"{self.id}{MANIFEST}"
+
+    def discard(self) -> None:
+        """Remove everything of this backup (a failed or interrupted creation)."""
+        for path in (self.partial, self.archive, self.manifest, _partial(self.manifest)):
+            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+def reserve(directory: Path, now: dt.datetime) -> Reservation:
+    """Claim the first free ``backup-<timestamp>[-n]`` id, safely against a concurrent backup."""
+    base = f"backup-{now:%Y%m%d-%H%M%S}"
+    n = 1
+    while True:
+        backup_id = base if n == 1 else f"{base}-{n}"
+        n += 1
+        if (directory / f"{backup_id}{MANIFEST}").exists() or (directory / f"{backup_id}{ARCHIVE}").exists():
+            continue
+        try:
+            fd = os.open(directory / f"{backup_id}{ARCHIVE}{PARTIAL}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        except FileExistsError:
+            continue
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return Reservation(backup_id, directory, fd)
+
+
+def seal_archive(reservation: Reservation) -> str:
+    """Make the dumped archive durable and visible under its final name; return its sha256."""
+    digest = hashlib.sha256()
+    with open(reservation.partial, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    os.fsync(reservation.fd)
+    os.rename(reservation.partial, reservation.archive)
+    _fsync_dir(reservation.directory)
+    return digest.hexdigest()
+
+
+def write_manifest(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically: a reader sees the old file, the new one, or none."""
+    temporary = _partial(path)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    try:
+        data = text.encode()
+        while data:
+            data = data[os.write(fd, data) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(temporary, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _partial(path: Path) -> Path:
+    return path.with_name(path.name + PARTIAL)
+
+
+# Reading and cleaning up ----------------------------------------------------------------
+
+
+def remove_leftovers(context: RunContext, directory: Path) -> list[str]:
+    """Remove what dead runs left behind (see the module docstring); return the file names removed."""
+    removed: list[str] = []
+    if not directory.is_dir():
+        return removed
+    for path in sorted(directory.iterdir()):
+        name = path.name
+        if name.endswith(ARCHIVE + PARTIAL):
+            archive = path
+        elif name.endswith(ARCHIVE) and not path.with_suffix(MANIFEST).exists():
+            archive = path
+        elif name.endswith(MANIFEST + PARTIAL):
+            backup_id = name[: -len(MANIFEST + PARTIAL)]
+            archive = directory / f"{backup_id}{ARCHIVE}"
+            if not archive.exists():
+                archive = directory / f"{backup_id}{ARCHIVE}{PARTIAL}"
+        else:
+            continue
+        fd = _try_lock(archive, fcntl.LOCK_EX) if archive.exists() else None
+        if archive.exists() and fd is None:
+            continue  # a live run is writing this backup
+        try:
+            path.unlink(missing_ok=True)
+            removed.append(name)
+        finally:
+            if fd is not None:
+                os.close(fd)
+    if removed:
+        context.emit("backup.leftovers_removed", files=removed)
+    return removed
+
+
+def read_backups(context: RunContext, directory: Path) -> list[BackupRecord]:
+    """Every backup of the folder, newest first; an unreadable manifest becomes an unusable record."""
+    records = []
+    for manifest in directory.glob(f"backup-*{MANIFEST}") if directory.is_dir() else []:
+        record = _read_manifest(context, manifest)
+        if record.status != UNREADABLE and not (context.project_dir / (record.location or "")).is_file():
+            record.status = "missing archive"
+        records.append(record)
+    return sorted(records, key=lambda r: r.created_at, reverse=True)
+
+
+def _read_manifest(context: RunContext, manifest: Path) -> BackupRecord:
+    backup_id = manifest.name[: -len(MANIFEST)]
+    try:
+        raw = manifest.read_bytes()
+        if not raw.strip():
+            raise ValueError(f"empty ({len(raw)} bytes)")
+        return BackupRecord.model_validate_json(raw)
+    except (OSError, ValueError, ValidationError) as exc:
+        problem = _manifest_problem(exc)
+        context.emit("backup.manifest_unreadable", backup_id=backup_id, problem=problem)
+        archive = manifest.with_suffix(ARCHIVE)
+        stat = manifest.stat() if manifest.exists() else None
+        return BackupRecord(
+            id=backup_id,
+            provider="pg_dump",
+            environment=context.environment,
+            created_at=dt.datetime.fromtimestamp(stat.st_mtime if stat else 0, dt.timezone.utc),
+            status=UNREADABLE,
+            problem=f"manifest {manifest.name} is unreadable: {problem}",
+            location=str(archive.relative_to(context.project_dir)) if archive.exists() else None,
+        )
+
+
+def _manifest_problem(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        return f"{first['msg']} ({'.'.join(str(p) for p in first['loc']) or 'document'})"
+    return str(exc)
+
+
+# Retention ------------------------------------------------------------------------------
+
+
+def prune(context: RunContext, directory: Path, keep_last: int, *, dry_run: bool = False) -> BackupPruneOutcome:
+    """Delete the backups beyond the newest ``keep_last``, except those a running faber uses.
+
+    Unreadable manifests are never deleted (their archive may be all someone has); they are
+    reported instead, and do not count towards ``keep_last``.
+    """
+    if not dry_run:
+        remove_leftovers(context, directory)
+    records = read_backups(context, directory)
+    usable = [r for r in records if r.status != UNREADABLE]
+    outcome = BackupPruneOutcome(
+        keep_last=keep_last,
+        dry_run=dry_run,
+        kept=[r.id for r in usable[:keep_last]],
+        unreadable=[r.id for r in records if r.status == UNREADABLE],
+    )
+    for record in usable[keep_last:]:
+        archive = directory / f"{record.id}{ARCHIVE}"
+        fd = _try_lock(archive, fcntl.LOCK_EX)
+        if fd is None and archive.exists():
+            outcome.in_use.append(record.id)
+            continue
+        try:
+            outcome.pruned.append(record.id)
+            outcome.freed_bytes += archive.stat().st_size if archive.exists() else 0
+            if not dry_run:
+                # The manifest first: once it is gone the backup no longer exists, and an
+                # archive left by a crash right here is removed as a leftover next time.
+                (directory / f"{record.id}{MANIFEST}").unlink(missing_ok=True)
+                archive.unlink(missing_ok=True)
+                context.emit("backup.pruned", backup_id=record.id, created_at=record.created_at.isoformat())
+        finally:
+            if fd is not None:
+                os.close(fd)
+    return outcome

@@ -1,0 +1,272 @@
+"""The pg_dump restore on a real PostgreSQL: every object kind, statistics, and atomicity under kills.
+
+A kill test stops the restore at a known point inside its data load: the archive holds a table
+whose CHECK constraint waits for an advisory lock the test holds, so the restore's COPY of that
+table blocks after the tables before it were recreated and filled. faber is killed there, and the
+database must equal its state before the restore.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import psycopg
+import pytest
+
+from faber_core.backup import pg_dump
+from faber_core.errors import RestoreFailed
+from faber_core.models import MigrationState
+from faber_core.testing.fixtures import start_faber, wait_for
+from faber_core.workflow import take_backup
+
+SQLFILES = {"FABER_PLUGINS": "faber_core.testing.sqlfiles"}
+GATE_LOCK = 4242
+
+
+def database_state(url: str) -> dict[str, list]:
+    """What a restore must reproduce: tables with their rows, constraints, indexes, and every
+    database-level object pg_dump dumps."""
+    # faber's own schema is not restored (it records the runs, the interrupted one included).
+    user = "n.nspname NOT IN ('pg_catalog', 'information_schema', 'faber') AND n.nspname NOT LIKE 'pg\\_%'"
+    with psycopg.connect(url) as conn:
+
+        def rows(query: str) -> list:
+            return conn.execute(query).fetchall()
+
+        tables = [
+            t
+            for (t,) in rows(
+                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c"
+                f" JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND {user} ORDER BY 1"
+            )
+        ]
+        return {
+            "tables": [
+                (
+                    t,
+                    *conn.execute(
+                        f"SELECT count(*), md5(string_agg(x::text, ',' ORDER BY x::text)) FROM {t} x"
+                    ).fetchone(),
+                )
+                for t in tables
+            ],  # noqa: E501
+            "constraints": rows(
+                "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(c.oid) FROM pg_constraint c"
+                f" JOIN pg_namespace n ON n.oid = c.connamespace WHERE {user} ORDER BY 1, 2"
+            ),
+            "indexes": rows(
+                "SELECT indexrelid::regclass::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                f" JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {user} ORDER BY 1"
+            ),
+            "large_objects": rows("SELECT oid::bigint, md5(lo_get(oid)) FROM pg_largeobject_metadata ORDER BY 1"),
+            "publications": rows(
+                "SELECT p.pubname, (SELECT string_agg(t.schemaname || '.' || t.tablename, ',' ORDER BY 1)"
+                " FROM pg_publication_tables t WHERE t.pubname = p.pubname) FROM pg_publication p ORDER BY 1"
+            ),
+            "subscriptions": rows(
+                "SELECT subname, subenabled, subslotname, subpublications::text FROM pg_subscription"
+                " WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database()) ORDER BY 1"
+            ),
+            "event_triggers": rows("SELECT evtname, evtevent, evtenabled FROM pg_event_trigger ORDER BY 1"),
+            "extensions": rows("SELECT extname, extnamespace::regnamespace::text FROM pg_extension ORDER BY 1"),
+            "schemas": rows(f"SELECT nspname FROM pg_namespace n WHERE {user} ORDER BY 1"),
+        }
+
+
+def execute(url: str, script: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(script)
+
+
+def available_extensions(url: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        return {row[0] for row in conn.execute("SELECT name FROM pg_available_extensions").fetchall()}
+
+
+@pytest.fixture
+def production(project, context_for, plugins, database_url):
+    """``(context factory, backup)``: a project whose production database is ``database_url``."""
+    project_dir = project({})
+
+    def backup():
+        context = context_for(project_dir, "create-backup")
+        return take_backup(context, plugins, "test", MigrationState(tool="sqlfiles", local=[], records=[]))
+
+    return project_dir, backup
+
+
+def test_restore_brings_back_every_object_kind_pg_dump_dumps(production, context_for, plugins, database_url):
+    if not {"pgcrypto", "hstore", "citext"} <= available_extensions(database_url):
+        pytest.skip("the server lacks the contrib extensions pgcrypto, hstore and citext")
+    project_dir, backup = production
+    execute(
+        database_url,
+        """
+        CREATE EXTENSION pgcrypto;
+        CREATE SCHEMA ext; CREATE EXTENSION hstore SCHEMA ext;
+        CREATE TABLE accounts (id int PRIMARY KEY, secret bytea DEFAULT gen_random_bytes(4), tags ext.hstore);
+        CREATE TABLE orders (id int PRIMARY KEY, account int REFERENCES accounts(id));
+        INSERT INTO accounts (id, tags) SELECT g, 'a=>1' FROM generate_series(1, 50) g;
+        INSERT INTO orders SELECT g, g FROM generate_series(1, 50) g;
+        SELECT lo_from_bytea(0, 'the first large object'), lo_from_bytea(0, 'the second');
+        CREATE PUBLICATION accounts_pub FOR TABLE accounts;
+        CREATE SUBSCRIPTION mirror CONNECTION 'host=127.0.0.1 dbname=faber_nowhere' PUBLICATION elsewhere
+            WITH (connect = false);
+        CREATE FUNCTION note_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN END $$;
+        CREATE EVENT TRIGGER note_ddl ON ddl_command_end EXECUTE FUNCTION note_ddl();
+        """,
+    )
+    try:
+        at_backup = database_state(database_url)
+        record = backup()
+    except BaseException:
+        drop_subscriptions(database_url)
+        raise
+    # Everything changes afterwards, including an event trigger that refuses all DDL.
+    execute(
+        database_url,
+        """
+        SELECT lo_put(oid, 0, 'CHANGED') FROM pg_largeobject_metadata;
+        SELECT lo_from_bytea(0, 'a third, made after the backup');
+        DROP PUBLICATION accounts_pub; CREATE PUBLICATION accounts_pub FOR TABLE orders;
+        CREATE PUBLICATION later_pub;
+        ALTER SUBSCRIPTION mirror SET (slot_name = NONE);
+        CREATE SUBSCRIPTION later_sub CONNECTION 'host=127.0.0.1 dbname=faber_nowhere' PUBLICATION p
+            WITH (connect = false);
+        CREATE EXTENSION citext;
+        ALTER TABLE orders DROP CONSTRAINT orders_account_fkey;
+        DELETE FROM accounts WHERE id > 10;
+        CREATE FUNCTION refuse_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $$
+            BEGIN RAISE EXCEPTION 'no DDL allowed'; END $$;
+        CREATE EVENT TRIGGER refuse_ddl ON ddl_command_start EXECUTE FUNCTION refuse_ddl();
+        """,
+    )
+    assert database_state(database_url) != at_backup
+
+    try:
+        outcome = pg_dump.faber_backup_restore(
+            provider="pg_dump", context=context_for(project_dir, "rollback"), backup=record
+        )
+        restored = database_state(database_url)
+    finally:
+        drop_subscriptions(database_url)
+
+    assert outcome.status == "success"
+    assert restored == at_backup
+
+
+def drop_subscriptions(url: str) -> None:
+    """Subscriptions keep their database from being dropped after the test."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        for (name,) in conn.execute(
+            "SELECT subname FROM pg_subscription"
+            " WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        ).fetchall():
+            conn.execute(f'ALTER SUBSCRIPTION "{name}" DISABLE')
+            conn.execute(f'ALTER SUBSCRIPTION "{name}" SET (slot_name = NONE)')
+            conn.execute(f'DROP SUBSCRIPTION "{name}"')
+
+
+def test_restored_tables_have_planner_statistics(production, context_for, database_url):
+    project_dir, backup = production
+    execute(database_url, "CREATE TABLE items (id int); INSERT INTO items SELECT generate_series(1, 500)")
+    record = backup()
+
+    pg_dump.faber_backup_restore(provider="pg_dump", context=context_for(project_dir, "rollback"), backup=record)
+
+    with psycopg.connect(database_url) as conn:
+        reltuples = conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'items'::regclass").fetchone()[0]
+        stats = conn.execute("SELECT count(*) FROM pg_stats WHERE tablename = 'items'").fetchone()[0]
+    assert reltuples == 500 and stats == 1
+
+
+def test_a_failing_restore_changes_nothing_and_says_why(production, context_for, database_url):
+    project_dir, backup = production
+    owner = f"faber_test_owner_{os.getpid()}_{time.monotonic_ns()}"
+    execute(
+        database_url,
+        f"CREATE ROLE {owner}; CREATE TABLE items (id int PRIMARY KEY); ALTER TABLE items OWNER TO {owner};"
+        "INSERT INTO items VALUES (1)",
+    )
+    record = backup()
+    # The archive gives `items` to a role that no longer exists when it is restored.
+    try:
+        execute(
+            database_url,
+            f"INSERT INTO items VALUES (2); REASSIGN OWNED BY {owner} TO CURRENT_USER; DROP ROLE {owner};"
+            "CREATE TABLE since_backup (id int)",
+        )
+        before = database_state(database_url)
+
+        with pytest.raises(RestoreFailed) as raised:
+            pg_dump.faber_backup_restore(
+                provider="pg_dump", context=context_for(project_dir, "rollback"), backup=record
+            )
+    finally:
+        execute(database_url, f"DROP ROLE IF EXISTS {owner}")
+
+    assert "rolled back" in raised.value.message and f'role "{owner}" does not exist' in raised.value.message
+    assert database_state(database_url) == before
+
+
+# Kills ----------------------------------------------------------------------------------
+
+
+def restore_sessions(url: str) -> list[tuple]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT pid, wait_event_type, wait_event FROM pg_stat_activity"
+            " WHERE application_name LIKE 'faber restore %%' AND datname = current_database()"
+        ).fetchall()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_kill_in_the_middle_of_a_restore_leaves_the_database_as_before(
+    production, database_url, signum, postgres_admin_url
+):
+    project_dir, backup = production
+    execute(
+        database_url,
+        f"""
+        CREATE FUNCTION gate(int) RETURNS boolean LANGUAGE plpgsql AS $$
+            BEGIN PERFORM pg_advisory_xact_lock_shared({GATE_LOCK}); RETURN true; END $$;
+        CREATE TABLE accounts (id int PRIMARY KEY, email text NOT NULL);
+        CREATE TABLE orders (id int PRIMARY KEY, account int REFERENCES accounts(id));
+        CREATE TABLE zz_gated (id int CHECK (public.gate(id)));
+        INSERT INTO accounts SELECT g, 'user' || g FROM generate_series(1, 2000) g;
+        INSERT INTO orders SELECT g, g FROM generate_series(1, 2000) g;
+        INSERT INTO zz_gated VALUES (1), (2);
+        """,
+    )
+    record = backup()
+    execute(
+        database_url,
+        "DELETE FROM orders WHERE id > 1000; DELETE FROM accounts WHERE id > 1500;"
+        "CREATE TABLE since_backup (note text); INSERT INTO since_backup VALUES ('kept if the restore aborts')",
+    )
+    before = database_state(database_url)
+
+    with psycopg.connect(database_url, autocommit=True) as gate:
+        gate.execute("SELECT pg_advisory_lock(%s)", [GATE_LOCK])
+        faber = start_faber(
+            "rollback", "production", "--to", record.id, "--yes", "--json", cwd=project_dir, env=SQLFILES
+        )
+        try:
+            # The restore is inside its transaction, loading zz_gated after accounts and orders.
+            wait_for(
+                lambda: any(event == "advisory" for _, _, event in restore_sessions(database_url)),
+                "the restore to reach the gated table",
+            )
+            faber.send_signal(signum)
+            faber.wait(timeout=60)
+        finally:
+            if faber.poll() is None:
+                faber.kill()
+            faber.communicate()
+        # The server ends the killed client's session by itself (client_connection_check_interval).
+        wait_for(lambda: not restore_sessions(database_url), "the restore session to end", timeout=20)
+
+    assert faber.returncode != 0
+    assert database_state(database_url) == before

@@ -1,0 +1,254 @@
+"""The pg_dump backup folder: private files, atomic manifests, leftovers, retention, a full disk."""
+
+from __future__ import annotations
+
+import gc
+import json
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from faber_core.backup import store
+from faber_core.models import MigrationState
+from faber_core.testing.fixtures import process_alive, start_faber, wait_for
+from faber_core.workflow import take_backup
+
+SQLFILES = {"FABER_PLUGINS": "faber_core.testing.sqlfiles"}
+NO_MIGRATIONS = MigrationState(tool="sqlfiles", local=[], records=[])
+
+
+@pytest.fixture
+def production(project, context_for, plugins, monkeypatch):
+    """``(project_dir, backup)``; ``backup(**settings)`` takes a backup of the production database."""
+    for name, value in SQLFILES.items():
+        monkeypatch.setenv(name, value)
+    project_dir = project({})
+
+    def backup(context=None):
+        return take_backup(context or context_for(project_dir, "create-backup"), plugins, "test", NO_MIGRATIONS)
+
+    return project_dir, backup
+
+
+def folder(project_dir: Path) -> Path:
+    return project_dir / ".faber/backups/production"
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_archives_and_manifests_are_private(production):
+    project_dir, backup = production
+
+    record = backup()
+
+    assert mode(project_dir / ".faber/backups") == 0o700 and mode(folder(project_dir)) == 0o700
+    assert mode(folder(project_dir) / f"{record.id}.dump") == 0o600
+    assert mode(folder(project_dir) / f"{record.id}.json") == 0o600
+    assert sorted(p.name for p in folder(project_dir).iterdir()) == [f"{record.id}.dump", f"{record.id}.json"]
+
+
+DAMAGED_MANIFESTS = [b"", b'{"id": "backup-x", "provider": "pg_d', b"\x00\xff not json", b'{"id": 1}']
+
+
+def test_unreadable_manifests_are_reported_and_skipped(production, run_faber):
+    project_dir, backup = production
+    good = backup()
+    damaged = [backup().id for _ in DAMAGED_MANIFESTS]
+    for backup_id, damage in zip(damaged, DAMAGED_MANIFESTS, strict=True):
+        (folder(project_dir) / f"{backup_id}.json").write_bytes(damage)
+
+    listed = run_faber("backups", "production", "--json", cwd=project_dir)
+    to_damaged = run_faber("rollback", "production", "--to", damaged[0], "--yes", "--json", cwd=project_dir)
+    newest = run_faber("rollback", "production", "--yes", "--json", cwd=project_dir)
+
+    assert listed.returncode == 0, listed.output
+    by_id = {b["id"]: b for b in listed.json["result"]["backups"]}
+    assert by_id[good.id]["status"] == "available"
+    for backup_id in damaged:
+        assert by_id[backup_id]["status"] == "unreadable manifest"
+        assert f"manifest {backup_id}.json is unreadable" in by_id[backup_id]["problem"]
+    assert "4 unusable" in listed.json["message"]
+    assert to_damaged.returncode == 2 and "empty (0 bytes)" in to_damaged.json["error"], to_damaged.output
+    assert newest.returncode == 0 and newest.json["result"]["backup_id"] == good.id, newest.output
+
+
+def test_leftovers_of_dead_runs_are_removed_and_live_ones_kept(production, context_for):
+    project_dir, backup = production
+    record = backup()
+    directory = folder(project_dir)
+    stale = ["backup-20000101-000000.dump.partial", "backup-20000101-000001.dump", f"{record.id}.json.partial"]
+    for name in stale:
+        (directory / name).write_bytes(b"left by a killed run")
+    live = directory / "backup-20000101-000002.dump.partial"
+    live.write_bytes(b"being written")
+    with store.reading(live):  # another process holding its lock: a backup in progress
+        removed = store.remove_leftovers(context_for(project_dir, "list-backups"), directory)
+
+    assert sorted(removed) == sorted(stale)
+    assert live.exists() and (directory / f"{record.id}.dump").exists()
+
+
+def test_retention_keeps_the_newest_and_never_one_in_use(production, context_for, run_faber, plugins):
+    project_dir, backup = production
+    config = project_dir / ".fractary/plugins/faber-db/config.json"
+    settings = json.loads(config.read_text())
+    settings["database"]["environments"]["production"]["backup"] = {"keep_last": 2}
+    config.write_text(json.dumps(settings))
+
+    deploy = context_for(project_dir, "deploy-migrations")
+    of_running_deploy = backup(deploy)  # this run goes on: its backup must survive any prune
+    ids = [of_running_deploy.id] + [backup().id for _ in range(3)]
+    remaining = sorted(p.name for p in folder(project_dir).glob("*.json"))
+    dry = run_faber("backups", "prune", "production", "--keep", "1", "--dry-run", "--json", cwd=project_dir)
+    pruned = run_faber("backups", "prune", "production", "--keep", "1", "--json", cwd=project_dir)
+    del deploy
+    gc.collect()  # the deploy is over: its lock goes with it
+    after_deploy = run_faber("backups", "prune", "production", "--keep", "1", "--json", cwd=project_dir)
+
+    # keep_last 2 after each backup: the deploy's own backup stayed though it is the oldest.
+    assert remaining == sorted(f"{i}.json" for i in [ids[0], ids[2], ids[3]])
+    assert dry.returncode == 0 and dry.json["result"]["dry_run"] is True
+    assert dry.json["result"]["pruned"] == [ids[2]] and dry.json["result"]["in_use"] == [ids[0]]
+    assert pruned.json["result"]["pruned"] == [ids[2]] and pruned.json["result"]["kept"] == [ids[3]]
+    assert "Deleted 1 backup(s), kept the newest 1; 1 in use kept" == pruned.json["message"]
+    assert after_deploy.json["result"]["pruned"] == [ids[0]]
+    assert sorted(p.name for p in folder(project_dir).iterdir()) == [f"{ids[3]}.dump", f"{ids[3]}.json"]
+
+
+def test_prune_leaves_unreadable_manifests_alone(production, run_faber):
+    project_dir, backup = production
+    old = backup()
+    (folder(project_dir) / f"{old.id}.json").write_bytes(b"")
+    backup()
+
+    run = run_faber("backups", "prune", "production", "--keep", "1", "--json", cwd=project_dir)
+
+    assert run.json["result"]["unreadable"] == [old.id] and run.json["result"]["pruned"] == []
+    assert (folder(project_dir) / f"{old.id}.dump").exists()
+
+
+# A full disk, for real: a small tmpfs mounted over the backup folder (needs root) ----------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """``mount(path, size_bytes)``: a tmpfs of that size at ``path``, unmounted afterwards."""
+    mounted: list[Path] = []
+
+    def mount(path: Path, size: int) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        run = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+        if run.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {run.stderr.decode().strip()}")
+        mounted.append(path)
+
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(url: str, rows: int) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS filler (payload text)")
+        conn.execute(
+            "INSERT INTO filler SELECT md5(random()::text) || md5(random()::text) FROM generate_series(1, %s)", [rows]
+        )
+
+
+def test_a_full_disk_during_the_dump_is_backup_failed_and_leaves_nothing(
+    production, run_faber, small_disk, database_url
+):
+    project_dir, _ = production
+    fill(database_url, 20_000)  # about 700 kB compressed: larger than the disk
+    small_disk(project_dir / ".faber/backups", 64 * 1024)
+
+    run = run_faber("backup", "production", "--json", cwd=project_dir)
+
+    assert run.returncode == 4, run.output
+    assert run.json["code"] == "BACKUP_FAILED" and "no space left on device" in run.json["error"]
+    assert "No space left on device" in run.json["result"]["backup_error"]
+    assert list(folder(project_dir).iterdir()) == []
+
+
+def test_a_full_disk_when_writing_the_manifest_is_backup_failed_and_leaves_nothing(
+    production, run_faber, small_disk, database_url, tmp_path
+):
+    project_dir, backup = production
+    fill(database_url, 2_000)
+    size = backup().size_bytes  # the same database dumps to the same size again
+    for leftover in folder(project_dir).iterdir():
+        leftover.unlink()
+    page = 4096
+    small_disk(project_dir / ".faber/backups", -(-size // page) * page)  # room for the archive alone
+
+    run = run_faber("backup", "production", "--json", cwd=project_dir)
+
+    assert run.returncode == 4, run.output
+    assert run.json["code"] == "BACKUP_FAILED" and "no space left on device" in run.json["error"]
+    assert list(folder(project_dir).iterdir()) == []
+
+
+# Killing faber during pg_dump ------------------------------------------------------------
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def pg_dump_sessions(url: str) -> list[tuple]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'pg_dump' AND datname = current_database()"
+        ).fetchall()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_killing_faber_during_pg_dump_leaves_no_orphan_and_no_partial_file(production, database_url, run_faber, signum):
+    project_dir, _ = production
+    with psycopg.connect(database_url) as blocker:
+        # pg_dump waits for this table's lock: the backup is in progress for as long as needed.
+        blocker.execute("CREATE TABLE busy (id int)")
+        blocker.commit()
+        blocker.execute("LOCK TABLE busy IN ACCESS EXCLUSIVE MODE")
+        faber = start_faber("backup", "production", "--json", cwd=project_dir, env=SQLFILES)
+        try:
+            wait_for(lambda: pg_dump_sessions(database_url), "pg_dump to start")
+            dumpers = children(faber.pid)
+            partial = list(folder(project_dir).glob("*.dump.partial"))
+            assert dumpers and partial, "pg_dump did not start"
+            faber.send_signal(signum)
+            faber.wait(timeout=60)
+        finally:
+            if faber.poll() is None:
+                faber.kill()
+            faber.communicate()
+        # pg_dump dies with faber, and the server ends its session though it waits for a lock.
+        wait_for(lambda: not any(process_alive(pid) for pid in dumpers), "pg_dump to die", timeout=10)
+        wait_for(lambda: not pg_dump_sessions(database_url), "pg_dump's session to end", timeout=10)
+        blocker.rollback()
+
+    listed = run_faber("backups", "production", "--json", cwd=project_dir)
+
+    assert listed.returncode == 0 and listed.json["result"]["backups"] == []
+    assert list(folder(project_dir).iterdir()) == []
+
+
+def test_concurrent_backups_in_the_same_second_get_different_ids(tmp_path):
+    import datetime as dt
+
+    now = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
+    first = store.reserve(tmp_path, now)
+    second = store.reserve(tmp_path, now)
+
+    assert (first.id, second.id) == ("backup-20300101-000000", "backup-20300101-000000-2")
