@@ -201,6 +201,14 @@ def _success_lines(document: Success, result: Any) -> list[str]:
         if result["backup_id"]:
             lines.append(f"Rollback available: faber rollback {env} --to {result['backup_id']}")
         return lines
+    if document.operation == "list-plugins":
+        return [
+            *[f"{row['name']}  [{row['package']}]  hooks: {', '.join(row['hooks'])}" for row in result["plugins"]],
+            f"migration tools: {', '.join(sorted(result['migration_tools'])) or 'none'}",
+            f"backup providers: {', '.join(sorted(result['backup_providers'])) or 'none'}",
+        ]
+    if document.operation == "init":
+        return [*[f"✓ wrote {path}" for path in result["written"]], "Next: faber migrate dev"]
     if document.operation == "deployment-history":
         return [f"✅ {document.message}", *[_history_line(run) for run in result["deployments"]]]
     return [f"✅ {document.message}", *_key_values(result)]

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_serializer
 
-from faber_core.errors import FaberError
+from faber_core.errors import FaberError, exit_code_for
 from faber_core.models import AppliedMigration, MigrationPreview
 from faber_core.safety.models import LintFinding, PreflightReport
 
@@ -50,6 +50,10 @@ class Success(BaseModel):
     result: Any
     message: str
 
+    @property
+    def exit_code(self) -> int:
+        return 0
+
 
 class Recovery(BaseModel):
     backup_id: str | None = None
@@ -71,6 +75,7 @@ class ErrorDocument(BaseModel):
     recovery: Recovery
     tool: str | None = Field(None, exclude=True)
     tool_output: str | None = Field(None, exclude=True)
+    exit_code: int = Field(1, exclude=True, description="The CLI's exit code for this error (docs/exit-codes.md).")
 
     @model_serializer(mode="wrap")
     def _tool_output_key(self, handler: Any) -> dict[str, Any]:
@@ -98,4 +103,5 @@ class ErrorDocument(BaseModel):
             ),
             tool=tool,
             tool_output=error.tool_output,
+            exit_code=exit_code_for(error.code),
         )

@@ -196,7 +196,9 @@ def test_health_command_reports_each_check(cli_project, run_faber):
 def test_plugins_lists_builtin_and_loaded_plugins(run_faber):
     run = run_faber("plugins", "--json", env=SQLFILES)
 
-    report = json.loads(run.stdout)
+    document = run.json
+    assert document["status"] == "success" and document["operation"] == "list-plugins"
+    report = document["result"]
     assert "sqlfiles" in report["migration_tools"] and "pg_dump" in report["backup_providers"]
     assert any("faber_health_checks" in p["hooks"] for p in report["plugins"])
 

@@ -1,0 +1,488 @@
+"""faber as a Python library: every command of the ``faber`` CLI as a function.
+
+    from faber_core import api
+
+    document = api.deploy("production", working_directory="/srv/app", yes=True)
+    if document.status == "error":
+        print(document.code, document.error, document.recovery.suggestions)
+    else:
+        print(document.result.migrations_applied)
+
+Each function returns the document ``--json`` prints: a :class:`~faber_core.results.Success`
+or an :class:`~faber_core.results.ErrorDocument`. Whatever faber reports as an error (bad
+config, a failed health check, a failed migration, an unexpected exception) comes back as an
+``ErrorDocument``, never as an exception; ``document.exit_code`` is the exit code the CLI would
+use. Documents are redacted: no credential of the run is in them.
+
+Progress lines are written to ``progress`` (a text stream, e.g. ``sys.stderr``) when given;
+each of ``listeners`` receives every :class:`~faber_core.models.AuditEvent` of the run.
+
+The CLI is a thin layer over this module: it parses arguments, calls one of these functions and
+renders the document, so both take one path through faber.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO, TypeAlias, TypeVar
+
+from faber_core.errors import ConfigError, FaberError
+
+if TYPE_CHECKING:
+    from faber_core.context import RunContext
+    from faber_core.models import AuditEvent
+    from faber_core.plugins import Plugins
+    from faber_core.results import ErrorDocument, Success
+    from faber_core.secrets import Redactor
+
+    Document: TypeAlias = Success | ErrorDocument
+    Approver: TypeAlias = Callable[[str], bool]
+    Listener: TypeAlias = Callable[[AuditEvent], None]
+    Body: TypeAlias = Callable[[RunContext, Plugins], Success]
+
+# Importing this module stays cheap (``faber --help`` imports it): each function imports what it runs.
+
+DEPLOY = "deploy-migrations"
+PREVIEW = "preview-migrations"
+STATUS = "migration-status"
+HEALTH = "health-check"
+BACKUP = "create-backup"
+BACKUPS = "list-backups"
+PRUNE_BACKUPS = "prune-backups"
+ROLLBACK = "rollback"
+RESOLVE = "resolve-migration"
+HISTORY = "deployment-history"
+PLUGINS = "list-plugins"
+INIT = "init"
+CONFIG_SCHEMA = "config-schema"
+
+
+# Commands ------------------------------------------------------------------------------
+
+
+def deploy(
+    environment: str,
+    *,
+    working_directory: str | Path | None = None,
+    dry_run: bool = False,
+    skip_backup: bool = False,
+    skip_health_check: bool = False,
+    yes: bool = False,
+    approver: Approver | None = None,
+    rehearse: bool = False,
+    skip_staging_proof: bool = False,
+    progress: TextIO | None = None,
+    listeners: Iterable[Listener] = (),
+) -> Document:
+    """``faber migrate ENV``: apply pending migrations (with ``dry_run``, preview them).
+
+    ``yes`` approves a protected environment up front; otherwise ``approver(question)`` is asked,
+    and without an approver a deploy that needs approval stops with ``APPROVAL_REQUIRED``.
+    """
+    from faber_core.workflow import DeployOptions
+    from faber_core.workflow import migrate as run_migrate
+
+    options = DeployOptions(
+        dry_run=dry_run,
+        skip_backup=skip_backup,
+        skip_health_check=skip_health_check,
+        assume_yes=yes,
+        approver=approver,
+        rehearse=rehearse,
+        skip_staging_proof=skip_staging_proof,
+    )
+    return run_command(
+        PREVIEW if dry_run else DEPLOY,
+        environment,
+        lambda context, plugins: run_migrate(context, plugins, options),
+        working_directory=working_directory,
+        progress=progress,
+        listeners=listeners,
+    )
+
+
+def status(
+    environment: str,
+    *,
+    working_directory: str | Path | None = None,
+    progress: TextIO | None = None,
+    listeners: Iterable[Listener] = (),
+) -> Document:
+    """``faber status ENV``: applied, pending, failed and edited migrations."""
+    from faber_core.results import Success
+    from faber_core.workflow import read_status
+
+    def body(context: RunContext, plugins: Plugins) -> Success:
+        plugins.require_tool(context.tool)
+        state = read_status(context, plugins, quiet=True)
+        return Success(
+            operation=STATUS,
+            environment=environment,
+            result=state.model_dump(
+                mode="json", include={"tool", "applied", "pending", "failed", "missing_locally", "checksum_mismatches"}
+            ),
+            message=f"{len(state.applied)} applied, {len(state.pending)} pending",
+        )
+
+    return run_command(
+        STATUS, environment, body, working_directory=working_directory, progress=progress, listeners=listeners
+    )
+
+
+def health(
+    environment: str,
+    *,
+    working_directory: str | Path | None = None,
+    progress: TextIO | None = None,
+    listeners: Iterable[Listener] = (),
+) -> Document:
+    """``faber health ENV``: the environment's health checks; ``HEALTH_CHECK_FAILED`` when one fails."""
+    from faber_core.errors import HealthCheckFailed
+    from faber_core.results import Success
+    from faber_core.workflow import overall_health, run_health_checks
+
+    def body(context: RunContext, plugins: Plugins) -> Success:
+        plugins.require_tool(context.tool)
+        results = run_health_checks(context, plugins)
+        checks = [r.model_dump() for r in results]
+        status_ = overall_health(results)
+        if status_ == "failed":
+            raise HealthCheckFailed(
+                "Health check failed",
+                result={
+                    "health_check": "failed",
+                    "checks": checks,
+                    "details": "; ".join(r.details for r in results if r.status == "failed"),
+                },
+                suggestions=[f"Inspect migrations with: faber status {environment}"],
+            )
+        return Success(
+            operation=HEALTH,
+            environment=environment,
+            result={"health_check": status_, "checks": checks},
+            message=f"Health check {status_}",
+        )
+
+    return run_command(
+        HEALTH, environment, body, working_directory=working_directory, progress=progress, listeners=listeners
+    )
+
+
+def backup(
+    environment: str,
+    *,
+    reason: str = "manual backup",
+    working_directory: str | Path | None = None,
+    progress: TextIO | None = None,
+    listeners: Iterable[Listener] = (),
+) -> Document:
+    """``faber backup ENV``: a backup now, with ``reason`` recorded beside it."""
+    from faber_core.results import Success
+    from faber_core.workflow import read_status, take_backup
+
+    def body(context: RunContext, plugins: Plugins) -> Success:
+        plugins.require_tool(context.tool)
+        plugins.require_backup_provider(context.settings.backup.provider)
+        record = take_backup(context, plugins, reason, read_status(context, plugins, quiet=True))
+        return Success(
+            operation=BACKUP,
+            environment=environment,
+            result=record.model_dump(mode="json"),
+            message=f"Backup created: {record.id}",
+        )
+
+    return run_command(
+        BACKUP, environment, body, working_directory=working_directory, progress=progress, listeners=listeners
+    )
+
+
+def backups(
+    environment: str,
+    *,
+    working_directory: str | Path | None = None,
+    progress: TextIO | None = None,
+    listeners: Iterable[Listener] = (),
+) -> Document:
+    """``faber backups ENV``: the environment's backups, newest first."""
+    from faber_core.results import Success
+
+    def body(context: RunContext, plugins: Plugins) -> Success:
+        plugins.require_backup_provider(context.settings.backup.provider)
+        records = plugins.backup_list(context)
+        unusable = [r for r in records if r.problem]
+        return Success(
+            operation=BACKUPS,
+            environment=environment,
+            result={"backups": [r.model_dump(mode="json") for r in records]},
+            message=f"{len(records)} backup(s)" + (f", {len(unusable)} unusable" if unusable else ""),
+        )
+
+    return run_command(
+        BACKUPS, environment, body, working_directory=working_directory, progress=progress, listeners=listeners
+    )
+
+
+def prune_backups(
+    environment: str,
+    *,
+    keep: int | None = None,
+    dry_run: bool = False,
+    working_directory: str | Path | None = None,
+    progress: TextIO | None = None,
+    listeners: Iterable[Listener] = (),
+) -> Document:
+    """``faber backups prune ENV``: delete backups beyond the newest ``keep`` (default: ``backup.keep_last``)."""
+    from faber_core.workflow import prune_backups as run_prune
+
+    return run_command(
+        PRUNE_BACKUPS,
+        environment,
+        lambda context, plugins: run_prune(context, plugins, keep, dry_run),
+        working_directory=working_directory,
+        progress=progress,
+        listeners=listeners,
+    )
+
+
+def rollback(
+    environment: str,
+    *,
+    to: str | None = None,
+    yes: bool = False,
+    approver: Approver | None = None,
+    working_directory: str | Path | None = None,
+    progress: TextIO | None = None,
+    listeners: Iterable[Listener] = (),
+) -> Document:
+    """``faber rollback ENV``: restore backup ``to`` (default: the newest) and verify the history matches it."""
+    from faber_core.workflow import DeployOptions
+    from faber_core.workflow import rollback as run_rollback
+
+    options = DeployOptions(assume_yes=yes, approver=approver)
+    return run_command(
+        ROLLBACK,
+        environment,
+        lambda context, plugins: run_rollback(context, plugins, to, options),
+        working_directory=working_directory,
+        progress=progress,
+        listeners=listeners,
+    )
+
+
+def resolve(
+    environment: str,
+    *,
+    rolled_back: str | None = None,
+    applied: str | None = None,
+    working_directory: str | Path | None = None,
+    progress: TextIO | None = None,
+    listeners: Iterable[Listener] = (),
+) -> Document:
+    """``faber resolve ENV``: mark a failed migration as rolled back or applied (exactly one of the two)."""
+    from faber_core.workflow import resolve as run_resolve
+
+    def body(context: RunContext, plugins: Plugins) -> Success:
+        if bool(rolled_back) == bool(applied):
+            raise ConfigError("Give exactly one of --rolled-back NAME or --applied NAME")
+        name, resolution = (rolled_back, "rolled_back") if rolled_back else (applied, "applied")
+        return run_resolve(context, plugins, name, resolution)
+
+    return run_command(
+        RESOLVE, environment, body, working_directory=working_directory, progress=progress, listeners=listeners
+    )
+
+
+def history(
+    environment: str,
+    *,
+    limit: int = 20,
+    working_directory: str | Path | None = None,
+    progress: TextIO | None = None,
+    listeners: Iterable[Listener] = (),
+) -> Document:
+    """``faber history ENV``: recorded deploys, previews and rollbacks, newest first."""
+    from faber_core.audit.history import read_history
+    from faber_core.results import Success
+
+    def body(context: RunContext, plugins: Plugins) -> Success:
+        import psycopg
+
+        from faber_core.errors import HealthCheckFailed
+        from faber_core.postgres.health import describe_connection_error
+
+        try:
+            runs = read_history(context, limit)
+        except psycopg.OperationalError as exc:
+            reason = context.redactor.redact(describe_connection_error(exc))
+            raise HealthCheckFailed(
+                f"Cannot read the deployment history: {reason}",
+                suggestions=[f"Check the database: faber health {environment}"],
+            ) from None
+        return Success(
+            operation=HISTORY,
+            environment=environment,
+            result={"deployments": runs},
+            message=f"{len(runs)} recorded run(s) of {environment}",
+        )
+
+    return run_command(
+        HISTORY, environment, body, working_directory=working_directory, progress=progress, listeners=listeners
+    )
+
+
+def plugins() -> Document:
+    """``faber plugins``: installed plugins, their hooks, and the tools and backup providers they offer."""
+
+    from faber_core.results import Success
+
+    def body() -> Success:
+        from faber_core.plugins import Plugins
+
+        found = Plugins()
+        return Success(
+            operation=PLUGINS,
+            result={
+                "plugins": found.describe(),
+                "migration_tools": {name: owner for name, (_, owner) in found.tools().items()},
+                "backup_providers": {name: owner for name, (_, owner) in found.backup_providers().items()},
+            },
+            message="Installed plugins",
+        )
+
+    return run_guarded(PLUGINS, None, body)
+
+
+def init(tool: str = "prisma", *, force: bool = False, working_directory: str | Path | None = None) -> Document:
+    """``faber init``: a starter config (dev, staging, production) and, for Prisma, an example migration."""
+
+    from faber_core.results import Success
+
+    def body() -> Success:
+        from faber_core.context import resolve_project_dir
+        from faber_core.scaffold import write_starter_project
+
+        if working_directory is not None:
+            Path(working_directory).mkdir(parents=True, exist_ok=True)
+        written = write_starter_project(resolve_project_dir(working_directory), tool, force=force)
+        return Success(operation=INIT, result={"written": written}, message="Project initialised")
+
+    return run_guarded(INIT, None, body)
+
+
+# Running a command ---------------------------------------------------------------------
+
+
+def run_command(
+    operation: str,
+    environment: str,
+    body: Body,
+    *,
+    working_directory: str | Path | None = None,
+    progress: TextIO | None = None,
+    listeners: Iterable[Listener] = (),
+) -> Document:
+    """Open ``environment``'s context in the project, run ``body`` on it, and return its document."""
+    from faber_core.context import open_context, resolve_project_dir
+    from faber_core.plugins import Plugins
+    from faber_core.render import ProgressPrinter
+
+    def opened(run: _Run) -> Success:
+        project = resolve_project_dir(working_directory)
+        plugins_ = Plugins()
+        # The run's redactor, so that errors raised while the URL is parsed are masked too.
+        run.context = context = open_context(project, environment, operation, redactor=run.redactor)
+        if progress is not None:
+            context.listeners.append(ProgressPrinter(progress, context.redactor))
+        context.listeners += [*listeners, plugins_.audit_listener(context)]
+        return body(context, plugins_)
+
+    return _execute(operation, environment, opened)
+
+
+def run_guarded(operation: str, environment: str | None, body: Callable[[], Success]) -> Document:
+    """Run ``body``, which needs no environment, and turn its failures into an error document."""
+    return _execute(operation, environment, lambda run: body())
+
+
+@dataclass
+class _Run:
+    redactor: Redactor
+    context: RunContext | None = None
+
+
+def _execute(operation: str, environment: str | None, action: Callable[[_Run], Success]) -> Document:
+    """Run ``action`` under the command's span; every failure becomes an error document with its exit code."""
+    from faber_core.errors import EXIT_CODES
+    from faber_core.results import ErrorDocument
+    from faber_core.secrets import Redactor
+    from faber_core.telemetry import command_span, record_outcome
+
+    run = _Run(Redactor())
+    with command_span(operation, environment) as span:
+        try:
+            document: Document = action(run)
+        except FaberError as exc:
+            document = ErrorDocument.from_error(exc, operation=operation, environment=environment, tool=_tool(run))
+        except KeyboardInterrupt:
+            document = ErrorDocument.from_error(
+                FaberError("Interrupted", suggestions=[f"Check the state with: faber status {environment}"]),
+                operation=operation,
+                environment=environment,
+            )
+            document.exit_code = 130
+        except Exception as exc:  # a bug or an unexpected failure: still one structured document
+            if os.environ.get("FABER_DEBUG"):
+                _print_traceback(exc, run.redactor)
+            document = ErrorDocument.from_error(
+                FaberError(
+                    f"Unexpected error: {type(exc).__name__}: {exc}",
+                    suggestions=["Re-run with FABER_DEBUG=1 for a traceback", "Please report this as a bug"],
+                ),
+                operation=operation,
+                environment=environment,
+                tool=_tool(run),
+            )
+            document.exit_code = EXIT_CODES["INTERNAL_ERROR"]
+        if run.context is not None:
+            run.context.emit(
+                "run.finished",
+                status=document.status,
+                exit_code=document.exit_code,
+                document=document.model_dump(mode="json"),
+            )
+        record_outcome(span, document.exit_code, document, run.redactor)
+    return redacted(document, run.redactor)
+
+
+def _print_traceback(exc: BaseException, redactor: Redactor) -> None:
+    """``FABER_DEBUG=1``: the traceback on stderr, through the run's redactor like every output."""
+    import sys
+    import traceback
+
+    sys.stderr.write(redactor.redact("".join(traceback.format_exception(type(exc), exc, exc.__traceback__))))
+
+
+def _tool(run: _Run) -> str | None:
+    return run.context.tool if run.context else None
+
+
+Value = TypeVar("Value")
+
+
+def redacted(value: Value, redactor: Redactor) -> Value:
+    """A copy of ``value`` (a document, model, dict, list or string) with every string redacted."""
+    from pydantic import BaseModel
+
+    if isinstance(value, str):
+        return redactor.redact(value)  # type: ignore[return-value]
+    if isinstance(value, BaseModel):
+        names = [*type(value).model_fields, *(value.model_extra or {})]
+        return value.model_copy(update={name: redacted(getattr(value, name), redactor) for name in names})
+    if isinstance(value, dict):
+        return {redacted(k, redactor): redacted(v, redactor) for k, v in value.items()}  # type: ignore[return-value]
+    if isinstance(value, (list, tuple)):
+        return type(value)(redacted(item, redactor) for item in value)  # type: ignore[return-value]
+    return value
