@@ -333,31 +333,54 @@ def history(
     )
 
 
-def plugins() -> Document:
-    """``faber plugins``: installed plugins, their hooks, and the tools and backup providers they offer."""
+def plugins(*, working_directory: str | Path | None = None) -> Document:
+    """``faber plugins``: installed plugins, their hooks, and the tools and backup providers they offer.
 
+    In a project (``working_directory``, else found as for every command), ``result["project"]``
+    also says whether its migration tool and its environments' backup providers are installed.
+    """
     from faber_core.results import Success
 
     def body() -> Success:
+        from faber_core.config import config_file
+        from faber_core.context import find_project_dir
         from faber_core.plugins import Plugins
 
         found = Plugins()
-        return Success(
-            operation=PLUGINS,
-            result={
-                "plugins": found.describe(),
-                "migration_tools": {name: owner for name, (_, owner) in found.tools().items()},
-                "backup_providers": {name: owner for name, (_, owner) in found.backup_providers().items()},
-            },
-            message="Installed plugins",
-        )
+        tools = {name: owner for name, (_, owner) in found.tools().items()}
+        providers = {name: owner for name, (_, owner) in found.backup_providers().items()}
+        result: dict[str, object] = {
+            "plugins": found.describe(),
+            "migration_tools": tools,
+            "backup_providers": providers,
+        }
+        project = find_project_dir(working_directory, required=False)
+        if project is not None and config_file(project).is_file():
+            result["project"] = _project_plugins(project, tools, providers)
+        return Success(operation=PLUGINS, result=result, message="Installed plugins")
 
     return run_guarded(PLUGINS, None, body)
 
 
-def init(tool: str = "prisma", *, force: bool = False, working_directory: str | Path | None = None) -> Document:
-    """``faber init``: a starter config (dev, staging, production) and, for Prisma, an example migration."""
+def _project_plugins(project: Path, tools: dict[str, str], providers: dict[str, str]) -> dict[str, object]:
+    from faber_core.config import load_config
 
+    config = load_config(project)
+    tool = config.database.migration_tool
+    wanted = sorted({settings.backup.provider for settings in config.database.environments.values()} | {"pg_dump"})
+    return {
+        "directory": str(project),
+        "migration_tool": tool,
+        "migration_tool_installed": tool in tools,
+        "backup_providers": {name: name in providers for name in wanted},
+    }
+
+
+def init(tool: str = "prisma", *, force: bool = False, working_directory: str | Path | None = None) -> Document:
+    """``faber init``: a starter config (dev, staging, production) and, for Prisma, an example migration.
+
+    Written in ``working_directory`` (created if missing), else ``FABER_DB_CWD``, else the current directory.
+    """
     from faber_core.results import Success
 
     def body() -> Success:
@@ -366,10 +389,36 @@ def init(tool: str = "prisma", *, force: bool = False, working_directory: str | 
 
         if working_directory is not None:
             Path(working_directory).mkdir(parents=True, exist_ok=True)
-        written = write_starter_project(resolve_project_dir(working_directory), tool, force=force)
+        written = write_starter_project(resolve_project_dir(working_directory, discover=False), tool, force=force)
         return Success(operation=INIT, result={"written": written}, message="Project initialised")
 
     return run_guarded(INIT, None, body)
+
+
+def config_schema(*, working_directory: str | Path | None = None) -> Document:
+    """``faber config schema``: the JSON Schema of the config file (the same for every project)."""
+    from faber_core.results import Success
+
+    def body() -> Success:
+        from faber_core.config import CONFIG_PATH, FaberConfig
+        from faber_core.context import resolve_project_dir
+
+        if working_directory is not None:
+            resolve_project_dir(working_directory)
+        return Success(
+            operation=CONFIG_SCHEMA,
+            result=FaberConfig.model_json_schema(),
+            message=f"JSON Schema of {CONFIG_PATH}",
+        )
+
+    return run_guarded(CONFIG_SCHEMA, None, body)
+
+
+def error_document(error: FaberError, operation: str, environment: str | None = None) -> Document:
+    """The error document of ``error`` raised outside a run (e.g. a command line or request that did not parse)."""
+    from faber_core.results import ErrorDocument
+
+    return redacted(ErrorDocument.from_error(error, operation=operation, environment=environment), _Run().redactor)
 
 
 # Running a command ---------------------------------------------------------------------

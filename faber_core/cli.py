@@ -10,32 +10,75 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
-from typer.core import TyperGroup
+import typer.main
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from faber_core import __version__, api
 
 if TYPE_CHECKING:
     from faber_core.api import Document
 
+
+class _PlainFlags:
+    """Help shows no ``<bool>`` after plain on/off flags: they take no value."""
+
+    def get_params(self, ctx: typer.Context) -> list:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_bool_flag", False):
+                param.metavar = ""
+        return params
+
+
+class _Command(_PlainFlags, TyperCommand):
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        """Usage lines name arguments as ``faber migrate [OPTIONS] ENVIRONMENT``, optional ones in brackets."""
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = (param.metavar or param.name or "").upper()
+                pieces.append(name if param.required else f"[{name}]")
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
+
+class _Group(_PlainFlags, TyperGroup):
+    pass
+
+
 app = typer.Typer(
     name="faber",
+    cls=_Group,
     help="Deploy database migrations safely: health checks, backups, approval, apply, verify, rollback.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-config_app = typer.Typer(help="Inspect faber's configuration format.", no_args_is_help=True)
+config_app = typer.Typer(cls=_Group, help="Inspect faber's configuration format.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+command = partial(app.command, cls=_Command)
 
-Environment = Annotated[str, typer.Argument(help="Environment name from the config, e.g. dev, staging, production.")]
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print exactly one JSON document on stdout.")]
+Environment = Annotated[
+    str,
+    typer.Argument(metavar="ENVIRONMENT", help="Environment name from the config, e.g. dev, staging, production."),
+]
+JsonFlag = Annotated[
+    bool, typer.Option("--json", help="Print exactly one JSON document on stdout (errors too); progress on stderr.")
+]
 CwdOption = Annotated[
     Path | None,
-    typer.Option("--cwd", help="Project directory (default: $FABER_DB_CWD, else the current directory)."),
+    typer.Option(
+        "--cwd",
+        metavar="DIR",
+        help="Project directory (default: $FABER_DB_CWD, else the nearest directory holding the config, "
+        "from the current one up).",
+    ),
 ]
 YesFlag = Annotated[bool, typer.Option("--yes", "-y", help="Approve without a prompt (for CI).")]
 
@@ -63,15 +106,18 @@ def _approver() -> Callable[[str], bool] | None:
 
 def _finish(document: Document, json_output: bool) -> NoReturn:
     """Print the document (human summary or one JSON document) and exit with its code."""
-    from faber_core.render import render_human, render_json
-    from faber_core.secrets import Redactor
-
-    render = render_json if json_output else render_human
-    typer.echo(render(document, Redactor()))
+    typer.echo(_render(document, json_output))
     raise typer.Exit(document.exit_code)
 
 
-@app.command()
+def _render(document: Document, json_output: bool) -> str:
+    from faber_core.render import render_human, render_json
+    from faber_core.secrets import Redactor
+
+    return (render_json if json_output else render_human)(document, Redactor())
+
+
+@command()
 def migrate(
     environment: Environment,
     dry_run: Annotated[
@@ -122,19 +168,19 @@ def migrate(
     _finish(document, json_output)
 
 
-@app.command()
+@command()
 def status(environment: Environment, json_output: JsonFlag = False, cwd: CwdOption = None) -> None:
     """Show applied, pending, failed and edited migrations of ENVIRONMENT."""
     _finish(api.status(environment, working_directory=cwd, progress=sys.stderr), json_output)
 
 
-@app.command()
+@command()
 def health(environment: Environment, json_output: JsonFlag = False, cwd: CwdOption = None) -> None:
     """Run ENVIRONMENT's health checks (connectivity, schema, migrations). Exit 3 when one fails."""
     _finish(api.health(environment, working_directory=cwd, progress=sys.stderr), json_output)
 
 
-@app.command()
+@command()
 def backup(
     environment: Environment,
     reason: Annotated[str, typer.Option("--reason", help="Why, recorded with the backup.")] = "manual backup",
@@ -145,7 +191,7 @@ def backup(
     _finish(api.backup(environment, reason=reason, working_directory=cwd, progress=sys.stderr), json_output)
 
 
-class _BackupsGroup(TyperGroup):
+class _BackupsGroup(_Group):
     """``faber backups ENV`` lists (the ``list`` subcommand is implied); ``faber backups prune ENV`` prunes."""
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
@@ -162,7 +208,7 @@ backups_app = typer.Typer(
 app.add_typer(backups_app, name="backups")
 
 
-@backups_app.command("list")
+@backups_app.command("list", cls=_Command)
 def backups(environment: Environment, json_output: JsonFlag = False, cwd: CwdOption = None) -> None:
     """List ENVIRONMENT's backups, newest first (`faber backups ENV` does the same).
 
@@ -171,7 +217,7 @@ def backups(environment: Environment, json_output: JsonFlag = False, cwd: CwdOpt
     _finish(api.backups(environment, working_directory=cwd, progress=sys.stderr), json_output)
 
 
-@backups_app.command("prune")
+@backups_app.command("prune", cls=_Command)
 def backups_prune(
     environment: Environment,
     keep: Annotated[
@@ -190,7 +236,7 @@ def backups_prune(
     _finish(document, json_output)
 
 
-@app.command()
+@command()
 def rollback(
     environment: Environment,
     to: Annotated[str | None, typer.Option("--to", help="Backup id (default: the newest).")] = None,
@@ -205,7 +251,7 @@ def rollback(
     _finish(document, json_output)
 
 
-@app.command()
+@command()
 def resolve(
     environment: Environment,
     rolled_back: Annotated[
@@ -225,7 +271,7 @@ def resolve(
     _finish(document, json_output)
 
 
-@app.command()
+@command()
 def history(
     environment: Environment,
     limit: Annotated[int, typer.Option("--limit", min=1, help="Show at most N runs.")] = 20,
@@ -236,13 +282,16 @@ def history(
     _finish(api.history(environment, limit=limit, working_directory=cwd, progress=sys.stderr), json_output)
 
 
-@app.command()
-def plugins(json_output: JsonFlag = False) -> None:
-    """List installed plugins, the hooks they implement, and the tools and backup providers they offer."""
-    _finish(api.plugins(), json_output)
+@command()
+def plugins(json_output: JsonFlag = False, cwd: CwdOption = None) -> None:
+    """List installed plugins, the hooks they implement, and the tools and backup providers they offer.
+
+    In a project (or with --cwd), also whether its migration tool and backup providers are installed.
+    """
+    _finish(api.plugins(working_directory=cwd), json_output)
 
 
-@app.command()
+@command()
 def init(
     tool: Annotated[str, typer.Option("--tool", help="Migration tool: prisma, typeorm or sequelize.")] = "prisma",
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing config.")] = False,
@@ -253,15 +302,71 @@ def init(
     _finish(api.init(tool, force=force, working_directory=cwd), json_output)
 
 
-@config_app.command("schema")
-def config_schema() -> None:
-    """Print the JSON Schema of the config file."""
-    import json
+@config_app.command("schema", cls=_Command)
+def config_schema(json_output: JsonFlag = False, cwd: CwdOption = None) -> None:
+    """Print the JSON Schema of the config file (with --json, inside the standard envelope).
 
-    from faber_core.config import FaberConfig
+    The schema is the same for every project; --cwd is accepted like everywhere else.
+    """
+    _finish(api.config_schema(working_directory=cwd), json_output)
 
-    typer.echo(json.dumps(FaberConfig.model_json_schema(), indent=2))
+
+# Usage errors ----------------------------------------------------------------------------
+
+# The operation a command runs, for the error document of a command line that did not parse.
+_OPERATIONS = {
+    "migrate": api.DEPLOY,
+    "status": api.STATUS,
+    "health": api.HEALTH,
+    "backup": api.BACKUP,
+    "backups": api.BACKUPS,
+    "list": api.BACKUPS,
+    "prune": api.PRUNE_BACKUPS,
+    "rollback": api.ROLLBACK,
+    "resolve": api.RESOLVE,
+    "history": api.HISTORY,
+    "plugins": api.PLUGINS,
+    "init": api.INIT,
+    "schema": api.CONFIG_SCHEMA,
+}
+
+
+def _wants_json(args: list[str]) -> bool:
+    options = args[: args.index("--")] if "--" in args else args
+    return "--json" in options
+
+
+def _usage_error(error: typer.TyperException, args: list[str]) -> Document:
+    """The error document of a command line that did not parse: unknown option, missing argument, bad value."""
+    from faber_core.errors import ConfigError
+
+    ctx = getattr(error, "ctx", None)
+    words = [arg for arg in args if not arg.startswith("-")][:2]
+    # faber config schema, faber backups list|prune: two words name the command.
+    command_words = (
+        words if words[:1] in (["config"], ["backups"]) and words[1:] and words[1] in _OPERATIONS else words[:1]
+    )
+    if ctx is not None and ctx.command is not None and ctx.command.name in _OPERATIONS:
+        command_words = ctx.command_path.split()[1:]
+    operation = _OPERATIONS.get(command_words[-1] if command_words else "", "usage")
+    help_command = " ".join(["faber", *command_words]) if operation != "usage" else "faber"
+    if operation == api.DEPLOY and "--dry-run" in args:
+        operation = api.PREVIEW
+    return api.error_document(
+        ConfigError(error.format_message(), suggestions=[f"See the usage: {help_command} --help"]), operation
+    )
 
 
 def main() -> None:
-    app()
+    """``faber``: with --json, even a command line that does not parse answers with one JSON document."""
+    args = sys.argv[1:]
+    if not _wants_json(args):
+        app()
+        return
+    try:
+        code = typer.main.get_command(app).main(args=args, prog_name="faber", standalone_mode=False)
+    except typer.TyperException as error:  # click's usage errors: unknown option, missing argument, bad value
+        document = _usage_error(error, args)
+        typer.echo(_render(document, json_output=True))
+        code = document.exit_code
+    sys.exit(code or 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -249,15 +250,49 @@ class RunContext:
         return event
 
 
-def resolve_project_dir(cwd: str | Path | None) -> Path:
-    """``--cwd``, else ``FABER_DB_CWD``, else the current directory."""
-    import os
+def resolve_project_dir(cwd: str | Path | None, *, discover: bool = True) -> Path:
+    """``--cwd``, else ``FABER_DB_CWD``, else the nearest directory holding the config, from here up.
 
-    chosen = cwd or os.environ.get("FABER_DB_CWD") or "."
-    path = Path(chosen).expanduser().resolve()
-    if not path.is_dir():
-        raise ConfigError(f"Project directory does not exist: {chosen}")
-    return path
+    ``discover=False`` (``faber init``) takes the current directory instead of searching.
+    """
+    if not discover and not (cwd or os.environ.get("FABER_DB_CWD")):
+        return Path.cwd()
+    project = find_project_dir(cwd, required=True)
+    assert project is not None
+    return project
+
+
+def find_project_dir(cwd: str | Path | None, *, required: bool) -> Path | None:
+    """The project directory: ``cwd`` or ``FABER_DB_CWD`` as given, else found as git finds a repository.
+
+    The search goes from the current directory up to the first one holding the config file; it
+    stops at a repository root (a directory with ``.git``), at a file-system boundary and at the
+    root. Not found: ``None``, or a :class:`ConfigError` when ``required``.
+    """
+    from faber_core.config import CONFIG_PATH, config_file
+
+    chosen = cwd or os.environ.get("FABER_DB_CWD")
+    if chosen:
+        path = Path(chosen).expanduser().resolve()
+        if not path.is_dir():
+            raise ConfigError(f"Project directory does not exist: {chosen}")
+        return path
+    start = directory = Path.cwd()
+    device = start.stat().st_dev
+    while True:
+        if config_file(directory).is_file():
+            return directory
+        parent = directory.parent
+        if (directory / ".git").exists() or parent == directory or parent.stat().st_dev != device:
+            break
+        directory = parent
+    if not required:
+        return None
+    searched = str(start) if directory == start else f"{start} or any parent directory up to {directory}"
+    raise ConfigError(
+        f"No faber configuration ({CONFIG_PATH}) found in {searched}",
+        suggestions=["Create one with: faber init", "Or point at your project with --cwd DIR or FABER_DB_CWD"],
+    )
 
 
 def open_context(
@@ -273,8 +308,6 @@ def open_context(
     ``redactor`` (the caller's, so that its error output is covered too) learns the URL before
     anything parses it.
     """
-    import os
-
     from faber_core.config import EMBEDDED_ENVIRONMENT, load_config
 
     config = load_config(project_dir)

@@ -201,17 +201,35 @@ def _success_lines(document: Success, result: Any) -> list[str]:
         if result["backup_id"]:
             lines.append(f"Rollback available: faber rollback {env} --to {result['backup_id']}")
         return lines
+    if document.operation == "config-schema":
+        return [json.dumps(result, indent=2)]
     if document.operation == "list-plugins":
         return [
             *[f"{row['name']}  [{row['package']}]  hooks: {', '.join(row['hooks'])}" for row in result["plugins"]],
             f"migration tools: {', '.join(sorted(result['migration_tools'])) or 'none'}",
             f"backup providers: {', '.join(sorted(result['backup_providers'])) or 'none'}",
+            *_project_plugin_lines(result.get("project")),
         ]
     if document.operation == "init":
         return [*[f"✓ wrote {path}" for path in result["written"]], "Next: faber migrate dev"]
     if document.operation == "deployment-history":
         return [f"✅ {document.message}", *[_history_line(run) for run in result["deployments"]]]
     return [f"✅ {document.message}", *_key_values(result)]
+
+
+def _project_plugin_lines(project: dict[str, Any] | None) -> list[str]:
+    if not project:
+        return []
+
+    def installed(name: str, ok: bool) -> str:
+        return f"{'✓' if ok else '✗'} {name}{'' if ok else ' (not installed)'}"
+
+    providers = ", ".join(installed(name, ok) for name, ok in project["backup_providers"].items())
+    return [
+        f"project {project['directory']}:",
+        f"  migration tool: {installed(project['migration_tool'], project['migration_tool_installed'])}",
+        f"  backup providers: {providers}",
+    ]
 
 
 def _history_line(run: dict[str, Any]) -> str:

@@ -282,3 +282,114 @@ def test_terminal_prompt_asks_before_applying(cli_project, run_faber, answer, ex
     assert (
         run_faber("status", "production", "--json", "--cwd", str(project), env=env).json["result"]["applied"] == applied
     )
+
+
+def test_every_command_takes_json_and_cwd_and_answers_with_the_envelope(cli_project, run_faber, tmp_path):
+    project, env = cli_project({"001_users": USERS})
+    base = ["--json", "--cwd", str(project)]
+    commands = [
+        (["migrate", "production", "--yes"], "deploy-migrations"),
+        (["migrate", "production", "--dry-run"], "preview-migrations"),
+        (["status", "production"], "migration-status"),
+        (["health", "production"], "health-check"),
+        (["backup", "production"], "create-backup"),
+        (["backups", "production"], "list-backups"),
+        (["history", "production"], "deployment-history"),
+        (["rollback", "production", "--yes"], "rollback"),
+        (["resolve", "production", "--rolled-back", "001_users"], "resolve-migration"),
+        (["plugins"], "list-plugins"),
+        (["config", "schema"], "config-schema"),
+    ]
+    for args, operation in commands:
+        run = run_faber(*args, *base, env=env)
+        document = run.json  # exactly one JSON document, or this raises
+        assert document["operation"] == operation, run.output
+        assert set(document) >= {"status", "operation", "environment", "result"}, document
+        if operation != "resolve-migration":  # nothing failed, so there is nothing to resolve: an error document
+            assert document["status"] == "success" and run.returncode == 0, run.output
+    plugins = run_faber("plugins", *base, env=env).json["result"]["project"]
+    assert plugins == {
+        "directory": str(project.resolve()),
+        "migration_tool": "sqlfiles",
+        "migration_tool_installed": True,
+        "backup_providers": {"pg_dump": True},
+    }
+    created = run_faber("init", "--json", "--cwd", str(tmp_path / "new"))
+    assert created.returncode == 0 and created.json["result"]["written"][0].endswith("config.json")
+
+
+@pytest.mark.parametrize(
+    ("args", "operation", "message"),
+    [
+        (["migrate", "--json"], "deploy-migrations", "Missing argument 'ENVIRONMENT'"),
+        (["migrate", "production", "--dry-run", "--jsn", "--json"], "preview-migrations", "No such option: --jsn"),
+        (["history", "production", "--limit", "zero", "--json"], "deployment-history", "Invalid value for '--limit'"),
+        (["status", "--json", "production", "extra"], "migration-status", "unexpected extra argument"),
+        (["config", "schema", "--json", "--nope"], "config-schema", "No such option: --nope"),
+        (["rollback", "--json", "production", "--to"], "rollback", "requires an argument"),
+        (["migrat", "production", "--json"], "usage", "No such command 'migrat'"),
+    ],
+)
+def test_usage_errors_with_json_are_one_error_document(run_faber, args, operation, message):
+    run = run_faber(*args)
+
+    assert run.returncode == EXIT_CODES["CONFIG_INVALID"], run.output
+    document = run.json
+    assert document["status"] == "error" and document["code"] == "CONFIG_INVALID"
+    assert document["operation"] == operation and message in document["error"], document
+    assert document["recovery"]["suggestions"][0].startswith("See the usage: faber")
+    assert "Traceback" not in run.stderr
+
+
+def test_usage_errors_without_json_stay_human(run_faber):
+    run = run_faber("migrate", "production", "--jsn")
+
+    assert run.returncode == 2 and run.stdout == ""
+    assert "No such option: --jsn" in run.stderr
+
+
+def test_help_shows_no_bool_types_or_braces():
+    from typer.testing import CliRunner
+
+    from faber_core.cli import app
+
+    commands = [["migrate"], ["status"], ["health"], ["backup"], ["backups"], ["rollback"], ["resolve"]]
+    commands += [["history"], ["plugins"], ["init"], ["config", "schema"], []]
+    for args in commands:
+        text = CliRunner().invoke(app, [*args, "--help"], terminal_width=200).output
+        assert "<bool>" not in text and "{" not in text, text
+        assert "--json" in text or not args
+        if args and args[0] not in ("plugins", "init", "config"):
+            assert f"Usage: faber {args[0]} [OPTIONS] ENVIRONMENT" in text, text
+
+
+def test_config_is_found_from_a_subdirectory_and_cwd_still_wins(cli_project, run_faber, tmp_path):
+    project, env = cli_project({"001_users": USERS})
+    subdirectory = project / "migrations"
+
+    found = run_faber("status", "production", "--json", env=env, cwd=subdirectory)
+    other = tmp_path / "other"
+    other.mkdir()
+    given = run_faber("status", "production", "--json", "--cwd", str(other), env=env, cwd=subdirectory)
+    from_env = run_faber("status", "production", "--json", env={**env, "FABER_DB_CWD": str(other)}, cwd=subdirectory)
+
+    assert found.returncode == 0, found.output
+    assert found.json["result"]["pending"] == ["001_users"]
+    for run in (given, from_env):
+        assert run.returncode == 2 and str(other / ".fractary") in run.json["error"], run.output
+
+
+def test_config_search_stops_at_a_repository_root(cli_project, run_faber):
+    project, env = cli_project({"001_users": USERS})
+    repository = project / "vendor" / "lib"
+    (repository / ".git").mkdir(parents=True)
+    (repository / "src").mkdir()
+
+    run = run_faber("status", "production", "--json", env=env, cwd=repository / "src")
+
+    assert run.returncode == 2, run.output
+    assert run.json["error"] == (
+        f"No faber configuration (.fractary/plugins/faber-db/config.json) found in {repository / 'src'} "
+        f"or any parent directory up to {repository}"
+    )
+    assert "faber init" in run.json["recovery"]["suggestions"][0]
