@@ -111,19 +111,36 @@ def status(
     progress: TextIO | None = None,
     listeners: Iterable[Listener] = (),
 ) -> Document:
-    """``faber status ENV``: applied, pending, failed and edited migrations."""
+    """``faber status ENV``: applied, pending, failed and edited migrations.
+
+    A migration recorded as failed makes it an error document (``MIGRATION_FAILED``, exit 6)
+    with the same ``result``, so CI notices a database that no deploy can go on from.
+    """
+    from faber_core.errors import MigrationFailed
     from faber_core.results import Success
     from faber_core.workflow import read_status
 
     def body(context: RunContext, plugins: Plugins) -> Success:
         plugins.require_tool(context.tool)
         state = read_status(context, plugins, quiet=True)
+        result = state.model_dump(
+            mode="json", include={"tool", "applied", "pending", "failed", "missing_locally", "checksum_mismatches"}
+        )
+        if state.failed:
+            raise MigrationFailed(
+                f"{environment} has {len(state.failed)} failed migration(s): {', '.join(state.failed)}",
+                result=result,
+                suggestions=[
+                    f"If its changes are gone (rolled back, or undone by hand): faber resolve {environment} "
+                    f"--rolled-back {state.failed[0]}",
+                    f"If you completed it by hand: faber resolve {environment} --applied {state.failed[0]}",
+                    f"Then deploy again: faber migrate {environment}",
+                ],
+            )
         return Success(
             operation=STATUS,
             environment=environment,
-            result=state.model_dump(
-                mode="json", include={"tool", "applied", "pending", "failed", "missing_locally", "checksum_mismatches"}
-            ),
+            result=result,
             message=f"{len(state.applied)} applied, {len(state.pending)} pending",
         )
 
@@ -316,7 +333,7 @@ def history(
         try:
             runs = read_history(context, limit)
         except psycopg.OperationalError as exc:
-            reason = context.redactor.redact(describe_connection_error(exc))
+            reason = context.redactor.redact(describe_connection_error(exc, context.database))
             raise HealthCheckFailed(
                 f"Cannot read the deployment history: {reason}",
                 suggestions=[f"Check the database: faber health {environment}"],

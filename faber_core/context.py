@@ -152,14 +152,37 @@ class Database:
         self.source = source
         self.connect_timeout = connect_timeout
         self.name = parsed.dbname
+        self.before_first_connect: Callable[[], None] | None = None
+        """Called once, before the first connection attempt (the run's "Connecting to ..." line)."""
 
     @property
     def name_for_display(self) -> str:
         return self.name or "(default database)"
 
+    @property
+    def address(self) -> str:
+        """Where the server is, as ``host:port`` (``socket DIR:port`` for a Unix socket); never the password."""
+        params = self.conninfo_params()
+        host = params.get("host") or params.get("hostaddr") or "localhost"
+        port = params.get("port") or "5432"
+        return f"socket {host}:{port}" if host.startswith("/") else f"{host}:{port}"
+
+    @property
+    def user(self) -> str | None:
+        return self.conninfo_params().get("user") or None
+
+    @property
+    def target(self) -> str:
+        """``host:port/database as user``, for progress lines and connection errors."""
+        user = f" as {self.user}" if self.user else ""
+        return f"{self.address}/{self.name_for_display}{user}"
+
     def connect(self, *, autocommit: bool = True, application_name: str = "faber") -> psycopg.Connection:
         import psycopg
 
+        if self.before_first_connect is not None:
+            announce, self.before_first_connect = self.before_first_connect, None
+            announce()
         return psycopg.connect(
             self.url.reveal(),
             autocommit=autocommit,
@@ -337,7 +360,7 @@ def open_context(
     redactor.add(value)
     database = Database(Secret(value), source=source, connect_timeout=settings.connect_timeout_seconds)
     redactor.add(database.url)
-    return RunContext(
+    context = RunContext(
         operation=operation,
         environment=environment,
         settings=settings,
@@ -347,3 +370,5 @@ def open_context(
         redactor=redactor,
         listeners=list(listeners or []),
     )
+    database.before_first_connect = lambda: context.emit("database.connecting", target=database.target)
+    return context

@@ -121,6 +121,9 @@ class MigrationPreview(BaseModel):
         "set it when the handler measured the duration itself.",
     )
     lint: list[LintFinding] = Field(default_factory=list, description="Filled in by faber's lint (docs/safety.md).")
+    rehearsal_error: str | None = Field(
+        None, description="Filled in by --rehearse when this migration failed on the throwaway copy."
+    )
 
 
 class AppliedMigration(BaseModel):

@@ -65,6 +65,9 @@ class ProgressPrinter:
         else:
             self.line(f"✓ Migration mode: production ({data['tool']}, deploy mode: committed migrations only)")
 
+    def on_database_connecting(self, event: AuditEvent) -> None:
+        self.line(f"… Connecting to {event.data['target']}")
+
     def on_health_finished(self, event: AuditEvent) -> None:
         phase = _PHASES.get(event.data["phase"], event.data["phase"])
         status = event.data["status"]
@@ -155,66 +158,202 @@ def render_json(document: Success | ErrorDocument, redactor: Redactor) -> str:
 
 
 def render_human(document: Success | ErrorDocument, redactor: Redactor) -> str:
+    """The end message: one renderer per kind of result, and no Python repr anywhere."""
+    result = document.model_dump(mode="json")["result"]
     if isinstance(document, ErrorDocument):
-        lines = _error_lines(document)
+        lines = _error_lines(document, result)
     else:
-        lines = _success_lines(document, document.model_dump(mode="json")["result"])
+        render = _SUCCESS.get(document.operation, _generic_success)
+        lines = render(document, result)
     return redactor.redact("\n".join(lines))
 
 
-def _success_lines(document: Success, result: Any) -> list[str]:
+# Success, one renderer per operation -----------------------------------------------------
+
+SQL_LINES_SHOWN = 500
+"""Lines of each migration's SQL the human preview shows; ``--json`` has all of it."""
+
+
+def _preview(document: Success, result: dict[str, Any]) -> list[str]:
     env = document.environment
-    if document.operation == "preview-migrations":
-        lines = [
-            "✅ COMPLETED: Migration Preview",
-            f"Environment: {env}",
-            f"Pending Migrations: {result['pending_migrations']}",
-        ]
-        for index, migration in enumerate(result["migrations"], 1):
-            lines.append(f"{index}. {migration['name']} ({_summary(migration['sql'])})")
-            lines += [f"   note: {note}" for note in migration.get("notes", [])]
-            if migration.get("basis"):
-                lines.append(f"   estimate: ~{migration['estimated_duration_seconds']}s ({migration['basis']})")
-            lines += [f"   lint {_finding(finding)}" for finding in migration.get("lint", [])]
-        preflight = result.get("preflight") or {}
-        lines += [f"Blocking session: {_blocker(blocker)}" for blocker in preflight.get("blockers", [])]
-        lines += [
-            f"Estimated Duration: ~{result['total_estimated_duration_seconds']} seconds",
-            RULE,
-            f"To apply: faber migrate {env}",
-        ]
-        return lines
-    if document.operation == "deploy-migrations" and result.get("migrations_applied") == 0:
+    lines = [
+        "✅ COMPLETED: Migration Preview",
+        f"Environment: {env}",
+        f"Pending Migrations: {result['pending_migrations']}",
+    ]
+    for index, migration in enumerate(result["migrations"], 1):
+        lines += _preview_migration(index, migration, env)
+    lines += _preflight_lines(result.get("preflight"))
+    lines += [
+        f"Estimated Duration: ~{_number(result['total_estimated_duration_seconds'])} seconds",
+        RULE,
+        f"To apply: faber migrate {env}",
+    ]
+    return lines
+
+
+def _preview_migration(index: int, migration: dict[str, Any], env: str | None) -> list[str]:
+    transactional = {True: ", in one transaction", False: ", not in a transaction"}.get(migration.get("transactional"))
+    estimate = f"~{_number(migration['estimated_duration_seconds'])}s"
+    lines = [f"{index}. {migration['name']} ({estimate}{transactional or ''})"]
+    if migration.get("basis"):
+        lines.append(f"   estimate: {estimate} ({migration['basis']})")
+    lines += [f"   note: {note}" for note in migration.get("notes", [])]
+    lines += [f"   lint {_finding(finding)}" for finding in migration.get("lint", [])]
+    sql = migration["sql"].rstrip().splitlines()
+    lines += [f"   │ {line}" for line in sql[:SQL_LINES_SHOWN]]
+    if len(sql) > SQL_LINES_SHOWN:
+        lines.append(
+            f"   │ … {len(sql) - SQL_LINES_SHOWN} more lines (all of it: faber migrate {env} --dry-run --json)"
+        )
+    if not sql:
+        lines.append("   (no SQL: the tool runs this migration's code)")
+    return lines
+
+
+def _deployed(document: Success, result: dict[str, Any]) -> list[str]:
+    env = document.environment
+    if result.get("migrations_applied") == 0:
         return ["✅ COMPLETED: Migration Deployer", f"Environment: {env}", "No pending migrations", RULE]
-    if document.operation == "deploy-migrations":
-        healthy = result["health_check_after"]
-        lines = [
-            "✅ COMPLETED: Migration Deployer",
-            f"Environment: {env}",
-            f"Migrations Applied: {result['migrations_applied']}",
-            f"Duration: {result['total_duration_seconds']} seconds",
-            f"Backup ID: {result['backup_id'] or 'none'}",
-            f"Status: {'✓ Healthy' if healthy == 'passed' else healthy}",
-            RULE,
-            "Next: Monitor application for issues",
-        ]
-        if result["backup_id"]:
-            lines.append(f"Rollback available: faber rollback {env} --to {result['backup_id']}")
-        return lines
-    if document.operation == "config-schema":
-        return [json.dumps(result, indent=2)]
-    if document.operation == "list-plugins":
-        return [
-            *[f"{row['name']}  [{row['package']}]  hooks: {', '.join(row['hooks'])}" for row in result["plugins"]],
-            f"migration tools: {', '.join(sorted(result['migration_tools'])) or 'none'}",
-            f"backup providers: {', '.join(sorted(result['backup_providers'])) or 'none'}",
-            *_project_plugin_lines(result.get("project")),
-        ]
-    if document.operation == "init":
-        return [*[f"✓ wrote {path}" for path in result["written"]], "Next: faber migrate dev"]
-    if document.operation == "deployment-history":
-        return [f"✅ {document.message}", *[_history_line(run) for run in result["deployments"]]]
-    return [f"✅ {document.message}", *_key_values(result)]
+    healthy = result["health_check_after"]
+    lines = [
+        "✅ COMPLETED: Migration Deployer",
+        f"Environment: {env}",
+        f"Migrations Applied: {result['migrations_applied']}",
+        *[f"  ✓ {m['name']} ({_number(m['duration_seconds'])}s)" for m in result["migrations"]],
+        f"Duration: {_number(result['total_duration_seconds'])} seconds",
+        f"Backup ID: {result['backup_id'] or 'none'}",
+        f"Status: {'✓ Healthy' if healthy == 'passed' else healthy}",
+    ]
+    for name, findings in (result.get("lint") or {}).items():
+        lines += [f"Lint {name}: {_finding(finding)}" for finding in findings]
+    lines += _preflight_lines(result.get("preflight"))
+    if result.get("staging_proof"):
+        lines += _details({"staging_proof": result["staging_proof"]})
+    lines += [RULE, "Next: Monitor application for issues"]
+    if result["backup_id"]:
+        lines.append(f"Rollback available: faber rollback {env} --to {result['backup_id']}")
+    return lines
+
+
+def _status(document: Success | ErrorDocument, result: dict[str, Any]) -> list[str]:
+    """``faber status``: one line per migration, ✗ on the header while one is failed."""
+    env = document.environment
+    failed, applied, pending = result["failed"], result["applied"], result["pending"]
+    counts = f"{len(applied)} applied, {len(pending)} pending"
+    if failed:
+        header = f"✗ {env}: {len(failed)} failed migration(s); {counts}"
+    else:
+        header = f"✓ {env}: {counts}"
+    edited, missing = set(result["checksum_mismatches"]), set(result["missing_locally"])
+    lines = [f"{header} ({result['tool']})"]
+    for name in applied:
+        if name in edited:
+            lines.append(f"  ⚠ {name}  applied, but its file was edited since")
+        elif name in missing:
+            lines.append(f"  ⚠ {name}  applied, but missing locally")
+        else:
+            lines.append(f"  ✓ {name}  applied")
+    lines += [f"  ✗ {name}  failed" for name in failed]
+    lines += [f"  · {name}  pending" for name in pending]
+    return lines
+
+
+def _health(document: Success, result: dict[str, Any]) -> list[str]:
+    return [f"✅ {document.message}", *_check_lines(result["checks"])]
+
+
+def _backup_created(document: Success, result: dict[str, Any]) -> list[str]:
+    return [f"✅ {document.message}", *_backup_lines(result)]
+
+
+def _backup_lines(record: dict[str, Any]) -> list[str]:
+    names = [name for name, _ in record.get("migrations", [])]
+    lines = [
+        f"Created: {_timestamp(record['created_at'])}",
+        f"Provider: {record['provider']}",
+        f"Size: {_size(record.get('size_bytes'))}",
+        f"Reason: {record.get('reason') or 'none'}",
+        f"Migrations covered: {len(names)}" + (f" (up to {names[-1]})" if names else ""),
+    ]
+    if record.get("location"):
+        lines.append(f"Location: {record['location']}")
+    return lines
+
+
+def _backups(document: Success, result: dict[str, Any]) -> list[str]:
+    """``faber backups``: a table, newest first."""
+    records = result["backups"]
+    if not records:
+        return [f"No backups of {document.environment}", f"Create one with: faber backup {document.environment}"]
+    header = ("ID", "CREATED", "SIZE", "REASON", "MIGRATIONS")
+    rows = [
+        (
+            record["id"],
+            _timestamp(record["created_at"]),
+            _size(record.get("size_bytes")),
+            record.get("reason") or "",
+            _covered(record.get("migrations", [])),
+        )
+        for record in records
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    table = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in [header, *rows]]
+    return [f"{len(records)} backup(s) of {document.environment}, newest first", *[row.rstrip() for row in table]]
+
+
+def _covered(migrations: list[Any]) -> str:
+    if not migrations:
+        return "none"
+    return f"{len(migrations)}, up to {migrations[-1][0]}"
+
+
+def _rolled_back(document: Success, result: dict[str, Any]) -> list[str]:
+    lines = [f"✅ {document.message}"]
+    if result.get("verified"):
+        lines.append("Verified: the migration history matches the backup")
+    extra = {k: v for k, v in result.items() if k not in ("backup_id", "rollback_status", "verified", "details")}
+    return lines + _details(extra)
+
+
+def _history(document: Success, result: dict[str, Any]) -> list[str]:
+    return [f"✅ {document.message}", *[_history_line(run) for run in result["deployments"]]]
+
+
+def _plugins(document: Success, result: dict[str, Any]) -> list[str]:
+    return [
+        *[f"{row['name']}  [{row['package']}]  hooks: {', '.join(row['hooks'])}" for row in result["plugins"]],
+        f"migration tools: {', '.join(sorted(result['migration_tools'])) or 'none'}",
+        f"backup providers: {', '.join(sorted(result['backup_providers'])) or 'none'}",
+        *_project_plugin_lines(result.get("project")),
+    ]
+
+
+def _initialised(document: Success, result: dict[str, Any]) -> list[str]:
+    return [*[f"✓ wrote {path}" for path in result["written"]], "Next: faber migrate dev"]
+
+
+def _config_schema(document: Success, result: dict[str, Any]) -> list[str]:
+    return [json.dumps(result, indent=2)]
+
+
+def _generic_success(document: Success, result: Any) -> list[str]:
+    return [f"✅ {document.message}", *_details(result)]
+
+
+_SUCCESS = {
+    "preview-migrations": _preview,
+    "deploy-migrations": _deployed,
+    "migration-status": _status,
+    "health-check": _health,
+    "create-backup": _backup_created,
+    "list-backups": _backups,
+    "rollback": _rolled_back,
+    "deployment-history": _history,
+    "list-plugins": _plugins,
+    "init": _initialised,
+    "config-schema": _config_schema,
+}
 
 
 def _project_plugin_lines(project: dict[str, Any] | None) -> list[str]:
@@ -237,9 +376,9 @@ def _history_line(run: dict[str, Any]) -> str:
     mark = "✓" if run["status"] == "success" else "✗"
     names = ", ".join(m["name"] for m in run["migrations"]) or "no migrations"
     parts = [
-        f"{mark} {run['started_at'][:19].replace('T', ' ')}",
+        f"{mark} {_timestamp(run['started_at'])}",
         run["operation"],
-        f"{run['duration_seconds']}s",
+        f"{_number(run['duration_seconds'])}s",
         f"by {run['actor']}",
         names,
     ]
@@ -250,12 +389,19 @@ def _history_line(run: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
-def _error_lines(document: ErrorDocument) -> list[str]:
-    lines = [f"❌ FAILED: {title(document.operation)}"]
-    if document.environment:
-        lines.append(f"Environment: {document.environment}")
-    lines.append(f"Error: {document.error}")
-    lines += _key_values({k: v for k, v in document.result.items() if k != "checks"})
+# Errors ----------------------------------------------------------------------------------
+
+
+def _error_lines(document: ErrorDocument, result: dict[str, Any]) -> list[str]:
+    if document.operation == "migration-status" and "applied" in result:
+        lines = _status(document, result)
+    else:
+        lines = [f"❌ FAILED: {title(document.operation)}"]
+        if document.environment:
+            lines.append(f"Environment: {document.environment}")
+        lines.append(f"Error: {document.error}")
+        lines += _check_lines(result.get("checks", []))
+        lines += _details({k: v for k, v in result.items() if k != "checks"})
     output = document.tool_output
     if output:
         lines += [f"{document.tool or 'tool'} output:", *[f"  {line}" for line in output.strip().splitlines()]]
@@ -268,25 +414,85 @@ def _error_lines(document: ErrorDocument) -> list[str]:
     return lines
 
 
-def _key_values(data: Any) -> list[str]:
+def _check_lines(checks: list[dict[str, Any]]) -> list[str]:
+    marks = {"passed": "✓", "warning": "⚠", "skipped": "·"}
+    return [f"  {marks.get(c['status'], '✗')} {c['name']}: {c['details'] or c['status']}" for c in checks]
+
+
+# Values ----------------------------------------------------------------------------------
+
+
+def _details(data: Any, indent: str = "") -> list[str]:
+    """``Label: value`` lines for any JSON value: nested objects indent, lists of objects become items."""
     if not isinstance(data, dict):
-        return [str(data)]
+        return [f"{indent}{_scalar(data)}"] if not isinstance(data, list) else _items(data, indent)
     lines = []
     for key, value in data.items():
-        label = key.replace("_", " ").capitalize()
-        if isinstance(value, list):
-            lines.append(f"{label}: {', '.join(_short(v) for v in value) if value else 'none'}")
-        elif isinstance(value, dict):
-            lines.append(f"{label}: " + ", ".join(f"{k}={_short(v)}" for k, v in value.items()))
+        label = f"{indent}{key.replace('_', ' ').capitalize()}"
+        if isinstance(value, dict) and value:
+            lines += [f"{label}:", *_details(value, indent + "  ")]
+        elif isinstance(value, list) and any(isinstance(item, (dict, list)) for item in value):
+            lines += [f"{label}:", *_items(value, indent + "  ")]
         else:
-            lines.append(f"{label}: {value}")
+            lines.append(f"{label}: {_value(key, value)}")
     return lines
 
 
-def _short(value: Any) -> str:
+def _items(values: list[Any], indent: str) -> list[str]:
+    lines = []
+    for item in values:
+        if isinstance(item, dict):
+            key = next((k for k in ("name", "id", "rule") if item.get(k)), None)
+            rest = {k: v for k, v in item.items() if k != key and v not in (None, "", [], {})}
+            summary = ", ".join(f"{k.replace('_', ' ')}: {_value(k, v)}" for k, v in rest.items())
+            head = _scalar(item[key]) if key else ""
+            lines.append(f"{indent}- {head}{': ' if head and summary else ''}{summary}")
+        elif isinstance(item, list):
+            lines.append(f"{indent}- {_value('', item)}")
+        else:
+            lines.append(f"{indent}- {_scalar(item)}")
+    return lines
+
+
+def _value(key: str, value: Any) -> str:
+    if key.endswith("_bytes") and isinstance(value, int):
+        return _size(value)
     if isinstance(value, dict):
-        return value.get("name") or value.get("id") or json.dumps(value, default=str)
+        return "; ".join(f"{k.replace('_', ' ')}: {_value(k, v)}" for k, v in value.items()) or "none"
+    if isinstance(value, list):
+        return ", ".join(_value(key, v) for v in value) or "none"
+    return _scalar(value)
+
+
+def _scalar(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return _number(value)
     return str(value)
+
+
+def _number(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _size(size: int | None) -> str:
+    if size is None:
+        return "unknown"
+    amount = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if amount < 1024 or unit == "GiB":
+            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
+        amount /= 1024
+    raise AssertionError("unreachable")
+
+
+def _timestamp(value: str) -> str:
+    """An ISO timestamp as ``2026-01-24 10:30:00`` (to the second, as stored: UTC unless it says otherwise)."""
+    text = value[:19].replace("T", " ")
+    return f"{text} UTC" if value.endswith(("Z", "+00:00")) else text
 
 
 def _finding(finding: dict[str, Any]) -> str:
@@ -296,14 +502,12 @@ def _finding(finding: dict[str, Any]) -> str:
     return text + (f" Help: {finding['help']}" if finding.get("help") else "")
 
 
+def _preflight_lines(preflight: dict[str, Any] | None) -> list[str]:
+    return [f"Blocking session: {_blocker(blocker)}" for blocker in (preflight or {}).get("blockers", [])]
+
+
 def _blocker(blocker: dict[str, Any]) -> str:
     return (
         f"pid {blocker['pid']} ({blocker.get('state') or 'unknown'}, {blocker['age_seconds']:.0f}s, "
         f"{blocker.get('application_name') or 'no application name'}): {blocker['reason']}; {blocker['query']}"
     )
-
-
-def _summary(sql: str) -> str:
-    code = " ".join(line for line in sql.splitlines() if not line.strip().startswith("--"))
-    statement = " ".join(code.split(";", 1)[0].split())
-    return statement[:40] + "..." if len(statement) > 40 else statement

@@ -38,14 +38,22 @@ from faber_core.errors import (
     MigrationFailed,
     RestoreFailed,
 )
-from faber_core.models import ApplyOutcome, BackupRecord, HealthCheckResult, MigrationState, RestoreOutcome
+from faber_core.models import (
+    ApplyOutcome,
+    BackupRecord,
+    HealthCheckResult,
+    LocalMigration,
+    MigrationPreview,
+    MigrationState,
+    RestoreOutcome,
+)
 from faber_core.plugins import Plugins
 from faber_core.postgres.health import describe_connection_error
 from faber_core.postgres.locks import advisory_lock, faber_lock_key
 from faber_core.results import DeployResult, NoPendingResult, PreviewResult, Success
 from faber_core.safety import checks as safety
 from faber_core.safety.timeouts import apply_with_lock_retry
-from faber_core.telemetry import step
+from faber_core.telemetry import command_name, step
 
 DEPLOY = "deploy-migrations"
 PREVIEW = "preview-migrations"
@@ -140,10 +148,14 @@ def deploy_lock(context: RunContext) -> Iterator[None]:
 
 
 def connection_failed(context: RunContext, exc: psycopg.Error) -> HealthCheckFailed:
+    """A deploy reports the spec's pre-deployment failure; other commands say what they could not do."""
+    details = context.redactor.redact(describe_connection_error(exc, context.database))
+    if context.operation in (DEPLOY, PREVIEW):
+        message = "Pre-deployment health check failed"
+    else:
+        message = f"Cannot connect to the {context.environment} database: {details}"
     return HealthCheckFailed(
-        "Pre-deployment health check failed",
-        result={"health_check": "failed", "details": context.redactor.redact(describe_connection_error(exc))},
-        suggestions=database_suggestions(context),
+        message, result={"health_check": "failed", "details": details}, suggestions=database_suggestions(context)
     )
 
 
@@ -153,8 +165,14 @@ def database_suggestions(context: RunContext) -> list[str]:
     return [
         "Verify database is running",
         *([f"Check connection string: {env_var}", f"Test connection: psql ${env_var}"] if env_var else []),
-        f"Retry when issue resolved: faber migrate {context.environment}",
+        f"Retry when issue resolved: {rerun_command(context)}",
     ]
+
+
+def rerun_command(context: RunContext) -> str:
+    """The command that ran, to run it again: ``faber migrate production``, ``faber status production``, ..."""
+    dry_run = " --dry-run" if context.operation == PREVIEW else ""
+    return f"faber {command_name(context.operation)} {context.environment}{dry_run}"
 
 
 # 7 and 13: health checks ---------------------------------------------------------------
@@ -257,6 +275,9 @@ def preview(context: RunContext, plugins: Plugins, state: MigrationState, *, reh
         preflight = safety.annotate_preview(context, plugins, state, previews, rehearse=rehearse) if previews else None
     total = round(sum(p.estimated_duration_seconds for p in previews), 2)
     context.emit("preview.ready", pending=len(previews), total_estimated_duration_seconds=total)
+    failed = next((p for p in previews if p.rehearsal_error), None)
+    if failed is not None:
+        raise rehearsal_failed(context, failed, pending, previews.index(failed))
     return Success(
         operation=PREVIEW,
         environment=context.environment,
@@ -267,6 +288,29 @@ def preview(context: RunContext, plugins: Plugins, state: MigrationState, *, reh
             preflight=preflight,
         ),
         message="Preview only - no changes applied",
+    )
+
+
+def rehearsal_failed(
+    context: RunContext, failed: MigrationPreview, pending: list[LocalMigration], rehearsed_before: int
+) -> MigrationFailed:
+    """``--rehearse`` found a migration that fails: the deploy would fail the same way, so say so (exit 6)."""
+    error = failed.rehearsal_error or ""
+    path = next((m.path for m in pending if m.name == failed.name and m.path), None)
+    env = context.environment
+    return MigrationFailed(
+        f"Rehearsal failed: {failed.name} failed on a copy of {env}: {first_line(error)}",
+        result={
+            "failed_migration": failed.name,
+            "rehearsal_error": error,
+            "migrations_rehearsed_before_failure": rehearsed_before,
+            "database_changed": False,
+        },
+        suggestions=[
+            f"Nothing was changed: the migrations ran on a throwaway copy of {env}, since dropped",
+            f"Review migration: {path}" if path else f"Review migration {failed.name}",
+            f"Fix it, then rehearse again: faber migrate {env} --dry-run --rehearse",
+        ],
     )
 
 
@@ -572,12 +616,20 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
     with deploy_lock(context):
         if context.settings.protected and not options.assume_yes:
             question = f"Restore {context.environment} to {chosen.id}? Writes made since then are lost."
-            if options.approver is None or not options.approver(question):
+            approve_command = f"faber rollback {context.environment} --to {chosen.id} --yes"
+            if options.approver is None:
+                raise ApprovalRequired(
+                    f"Approval required to restore {context.environment} to {chosen.id}, "
+                    "and there is no terminal to ask",
+                    suggestions=[
+                        f"Approve non-interactively (e.g. in CI): {approve_command}",
+                        "Or run in a terminal to confirm at the prompt",
+                    ],
+                )
+            if not options.approver(question):
                 raise ApprovalRequired(
                     f"Rollback of {context.environment} to {chosen.id} was not approved",
-                    suggestions=[
-                        f"Approve non-interactively: faber rollback {context.environment} --to {chosen.id} --yes"
-                    ],
+                    suggestions=["Nothing was restored", f"Approve non-interactively: {approve_command}"],
                 )
         outcome = restore_backup(context, plugins, chosen)
     beside = restored_beside(outcome)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import struct
+import threading
 from pathlib import Path
 
 import pytest
@@ -114,7 +118,9 @@ def test_unreachable_database(faber_project, run_faber):
 
     assert run.returncode == EXIT_CODES["HEALTH_CHECK_FAILED"]
     assert run.json["error"] == "Pre-deployment health check failed"
-    assert run.json["result"] == {"health_check": "failed", "details": "Database connection refused"}
+    assert run.json["result"] == {"health_check": "failed", "details": "Database connection refused at 127.0.0.1:1"}
+    assert "Retry when issue resolved: faber migrate production" in run.json["recovery"]["suggestions"]
+    assert "… Connecting to 127.0.0.1:1/app as app" in run.stderr
     assert_no_canary(run, project)
 
 
@@ -393,3 +399,88 @@ def test_config_search_stops_at_a_repository_root(cli_project, run_faber):
         f"or any parent directory up to {repository}"
     )
     assert "faber init" in run.json["recovery"]["suggestions"][0]
+
+
+def _password_rejecting_server() -> socket.socket:
+    """A server speaking just enough of PostgreSQL's protocol to ask for a password and reject it."""
+
+    def receive(conn: socket.socket, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = conn.recv(size - len(data))
+            if not chunk:
+                raise ConnectionError
+            data += chunk
+        return data
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn, contextlib.suppress(OSError, ConnectionError):
+                while True:  # SSL and GSS encryption requests: refused, then the startup message
+                    length, code = struct.unpack("!ii", receive(conn, 8))
+                    receive(conn, length - 8)
+                    if code not in (80877103, 80877104):
+                        break
+                    conn.sendall(b"N")
+                conn.sendall(b"R" + struct.pack("!ii", 8, 3))  # AuthenticationCleartextPassword
+                _, length = struct.unpack("!ci", receive(conn, 5))
+                receive(conn, length - 4)
+                fields = b'SFATAL\0C28P01\0Mpassword authentication failed for user "app"\0\0'
+                conn.sendall(b"E" + struct.pack("!i", len(fields) + 4) + fields)
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    threading.Thread(target=serve, daemon=True).start()
+    return server
+
+
+@pytest.mark.parametrize("case", ["refused", "no database", "no user", "password rejected", "silent server"])
+def test_connection_errors_say_where_and_as_whom_never_the_password(faber_project, run_faber, database_url, case):
+    from urllib.parse import urlsplit
+
+    server = urlsplit(database_url)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(0)  # accepts the TCP handshake, never answers: a server that hangs
+    rejecting = _password_rejecting_server()
+    port_of = {"silent server": silent.getsockname()[1], "password rejected": rejecting.getsockname()[1]}
+    where, database, user = {
+        "refused": ("127.0.0.1:1", "app", "app"),
+        "no database": (f"127.0.0.1:{server.port}", "no_such_db", "postgres"),
+        "no user": (f"127.0.0.1:{server.port}", "postgres", "no_such_user"),
+    }.get(case, (f"127.0.0.1:{port_of.get(case)}", "app", "app"))
+    url = f"postgresql://{user}:{CANARY_PASSWORD}@{where}/{database}"
+    project = faber_project(
+        {
+            "database": {
+                "migration_tool": "sqlfiles",
+                "environments": {"production": {"database_url_env": "APP_DATABASE_URL", "connect_timeout_seconds": 2}},
+            }
+        }
+    )
+    expected = {
+        "refused": f"Database connection refused at {where}",
+        "no database": f'Database "no_such_db" does not exist on {where}',
+        "no user": f'Database user "no_such_user" does not exist on {where}',
+        "password rejected": f'Database authentication failed for user "app" at {where}',
+        "silent server": f"Database connection to {where} timed out after 2s (connect_timeout_seconds",
+    }[case]
+
+    try:
+        run = run_faber(
+            "status", "production", "--json", "--cwd", str(project), env={**SQLFILES, "APP_DATABASE_URL": url}
+        )
+    finally:
+        silent.close()
+        rejecting.close()
+
+    assert run.returncode == EXIT_CODES["HEALTH_CHECK_FAILED"], run.output
+    assert run.json["error"].startswith("Cannot connect to the production database: " + expected), run.json
+    assert f"… Connecting to {where}/{database} as {user}" in run.stderr
+    assert "Retry when issue resolved: faber status production" in run.json["recovery"]["suggestions"]
+    assert_no_canary(run, project)

@@ -196,7 +196,7 @@ def test_unreachable_database_fails_the_health_check(faber_project, context_for,
     with pytest.raises(HealthCheckFailed) as raised:
         migrate(context_for(project_dir), plugins, YES)
 
-    assert raised.value.result == {"health_check": "failed", "details": "Database connection refused"}
+    assert raised.value.result == {"health_check": "failed", "details": "Database connection refused at 127.0.0.1:1"}
     assert "Check connection string: DOWN_URL" in raised.value.suggestions
     assert CANARY_PASSWORD not in repr(raised.value.__dict__)
 

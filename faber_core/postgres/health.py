@@ -5,25 +5,36 @@ from __future__ import annotations
 import psycopg
 
 from faber_core import hookimpl
-from faber_core.context import RunContext
+from faber_core.context import Database, RunContext
 from faber_core.models import HealthCheckResult
 
 
-def describe_connection_error(exc: psycopg.Error) -> str:
-    """A one-line reason, e.g. 'Database connection refused'."""
+def describe_connection_error(exc: psycopg.Error, database: Database) -> str:
+    """A one-line reason naming what it is about, e.g. 'Database connection refused at db.internal:5432'.
+
+    Names the server's host and port, the database or the user as the error concerns them;
+    never the password. Not redacted: the caller passes it through the run's redactor.
+    """
     text = str(exc).strip()
     lowered = text.lower()
+    where = database.address
     if "connection refused" in lowered:
-        return "Database connection refused"
+        return f"Database connection refused at {where}"
     if "timeout expired" in lowered:
-        return "Database connection timed out"
-    if "does not exist" in lowered and "database" in lowered:
-        return "Database does not exist"
-    if "password authentication failed" in lowered or "authentication failed" in lowered:
-        return "Database authentication failed"
-    if "could not translate host name" in lowered:
-        return "Database host name could not be resolved"
-    return text.splitlines()[-1] if text else type(exc).__name__
+        return (
+            f"Database connection to {where} timed out after {database.connect_timeout}s "
+            "(connect_timeout_seconds in the environment's config)"
+        )
+    if "does not exist" in lowered and "database" in lowered and "role" not in lowered:
+        return f'Database "{database.name_for_display}" does not exist on {where}'
+    if "role" in lowered and "does not exist" in lowered:
+        return f'Database user "{database.user}" does not exist on {where}'
+    if "authentication failed" in lowered:
+        return f'Database authentication failed for user "{database.user}" at {where}'
+    if "could not translate host name" in lowered or "failed to resolve host" in lowered:
+        return f"Database host name could not be resolved: {where}"
+    reason = text.splitlines()[-1] if text else type(exc).__name__
+    return f"{reason} ({where})"
 
 
 def _connectivity(context: RunContext) -> HealthCheckResult:
@@ -34,7 +45,9 @@ def _connectivity(context: RunContext) -> HealthCheckResult:
                 " current_setting('default_transaction_read_only')"
             ).fetchone()
     except psycopg.Error as exc:
-        return HealthCheckResult(name="connectivity", status="failed", details=describe_connection_error(exc))
+        return HealthCheckResult(
+            name="connectivity", status="failed", details=describe_connection_error(exc, context.database)
+        )
     if in_recovery:
         return HealthCheckResult(
             name="connectivity", status="failed", details="Database is a read-only replica (in recovery)"
@@ -64,7 +77,9 @@ def _schema(context: RunContext) -> HealthCheckResult:
                 " AND n.nspname NOT LIKE 'pg_toast%%'"
             ).fetchone()[0]
     except psycopg.Error as exc:
-        return HealthCheckResult(name="schema", status="failed", details=describe_connection_error(exc))
+        return HealthCheckResult(
+            name="schema", status="failed", details=describe_connection_error(exc, context.database)
+        )
     if invalid:
         names = ", ".join(row[0] for row in invalid)
         return HealthCheckResult(

@@ -261,6 +261,7 @@ def _measure(context: RunContext, plugins: Plugins, state: MigrationState, previ
             item.basis = "measured: applied to a throwaway copy of the database with its data"
         elif item.name == measured.failed:
             item.notes.append(f"rehearsal: this migration failed on the copy: {measured.error}")
+            item.rehearsal_error = measured.error
     context.emit("rehearsal.measured", durations=measured.durations, failed=measured.failed)
 
 

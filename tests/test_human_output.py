@@ -1,0 +1,193 @@
+"""What people read: every kind of result document, rendered for humans, shows no Python repr.
+
+The documents come from real runs through ``faber_core.api`` (the ``sqlfiles`` handler, a real
+PostgreSQL); a hypothesis test feeds the generic renderer arbitrary JSON results.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import faber_core.plugins
+from faber_core import api, hookimpl
+from faber_core.errors import FaberError
+from faber_core.models import MigrationRecord, MigrationState
+from faber_core.render import render_human
+from faber_core.results import ErrorDocument, Success
+from faber_core.secrets import Redactor
+from faber_core.testing import sqlfiles
+
+USERS = "CREATE TABLE users (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, email text NOT NULL);"
+INDEX = "CREATE INDEX users_email_idx ON users (email);\n-- a second line of SQL\nSELECT 1;"
+POSTS = "CREATE TABLE posts (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY);"
+BROKEN = "ALTER TABLE users ADD COLUMN email text;"
+REPRS = re.compile(r"\bNone\b|\bTrue\b|\bFalse\b|\['|\{'")
+
+
+def human(document: Success | ErrorDocument) -> str:
+    text = render_human(document, Redactor())
+    assert not REPRS.search(text), f"{document.operation}: Python repr in\n{text}"
+    return text
+
+
+@pytest.fixture
+def faber(plugin_manager, monkeypatch, faber_project, database_url):
+    """A `production` project on the sqlfiles handler; ``faber.write(name, sql)`` adds a migration."""
+    plugin_manager.register(sqlfiles, name="sqlfiles")
+    monkeypatch.setattr(faber_core.plugins, "get_plugin_manager", lambda: plugin_manager)
+    monkeypatch.setenv("APP_DATABASE_URL", database_url)
+    monkeypatch.setenv("DOWN_DATABASE_URL", "postgresql://app:pw-secret@127.0.0.1:1/app")
+    environments = {
+        "production": {"database_url_env": "APP_DATABASE_URL", "lock_wait_seconds": 1, "lint": "warn"},
+        "down": {"database_url_env": "DOWN_DATABASE_URL", "connect_timeout_seconds": 1},
+    }
+    project = faber_project({"database": {"migration_tool": sqlfiles.TOOL, "environments": environments}})
+
+    class Faber:
+        directory = project
+        plugins = plugin_manager
+
+        @staticmethod
+        def write(name: str, sql: str) -> None:
+            (project / "migrations").mkdir(exist_ok=True)
+            (project / "migrations" / f"{name}.sql").write_text(sql)
+
+        @staticmethod
+        def remove(name: str) -> None:
+            (project / "migrations" / f"{name}.sql").unlink()
+
+    monkeypatch.chdir(project)
+    return Faber
+
+
+def test_every_result_renders_without_python_reprs(faber, tmp_path):
+    faber.write("001_users", USERS)
+    faber.write("002_idx", INDEX)
+    preview = api.deploy("production", dry_run=True)
+    deployed = api.deploy("production", yes=True)
+    nothing = api.deploy("production", yes=True)
+    backup = api.backup("production", reason="before release")
+    listed = api.backups("production")
+    documents = {
+        "preview": preview,
+        "deployed": deployed,
+        "no pending": nothing,
+        "status": api.status("production"),
+        "health": api.health("production"),
+        "backup": backup,
+        "backups": listed,
+        "history": api.history("production"),
+        "rollback": api.rollback("production", to=backup.result["id"], yes=True),
+        "rollback without a terminal": api.rollback("production", to=backup.result["id"]),
+        "resolve": api.resolve("production", rolled_back="002_idx"),
+        "plugins": api.plugins(),
+        "init": api.init(working_directory=tmp_path / "new"),
+        "unknown environment": api.status("qa"),
+        "unreachable health": api.health("down"),
+        "unreachable status": api.status("down"),
+        "unreachable deploy": api.deploy("down", yes=True),
+        "interrupted": api.run_guarded("rollback", "production", _raise(KeyboardInterrupt())),
+        "internal error": api.run_guarded("rollback", "production", _raise(RuntimeError("disk on fire"))),
+    }
+    faber.write("003_posts", POSTS)
+    faber.write("004_broken", BROKEN)
+    documents["failed, restored"] = api.deploy("production", yes=True)
+    faber.remove("003_posts")
+    documents["failed, not needed"] = api.deploy("production", yes=True)
+    documents["rehearsal failed"] = api.deploy("production", dry_run=True, rehearse=True)
+
+    texts = {name: human(document) for name, document in documents.items()}
+
+    assert [name for name, d in documents.items() if d.status == "error"] == [
+        "rollback without a terminal",
+        "resolve",
+        "unknown environment",
+        "unreachable health",
+        "unreachable status",
+        "unreachable deploy",
+        "interrupted",
+        "internal error",
+        "failed, restored",
+        "failed, not needed",
+        "rehearsal failed",
+    ]
+    assert "   │ -- a second line of SQL" in texts["preview"] and "   │ SELECT 1;" in texts["preview"]
+    assert "Lint 002_idx: " in texts["deployed"] and "require-concurrent-index-creation" in texts["deployed"]
+    assert "  ✓ 001_users  applied" in texts["status"]
+    assert "  ✓ connectivity: PostgreSQL" in texts["health"]
+    assert re.search(r"Size: \d+(\.\d)? (B|KiB|MiB)", texts["backup"]), texts["backup"]
+    header, row = texts["backups"].splitlines()[1:3]
+    assert header.split() == ["ID", "CREATED", "SIZE", "REASON", "MIGRATIONS"]
+    assert row.startswith(backup.result["id"]) and "before release" in row and "2, up to 002_idx" in row
+    assert "there is no terminal to ask" in texts["rollback without a terminal"]
+    assert "Transaction rolled back: yes" in texts["failed, restored"]
+    assert "Rollback status: success" in texts["failed, restored"]
+    assert "Rollback status: not_needed" in texts["failed, not needed"]
+    assert "Backup id: " in texts["failed, not needed"]
+    rehearsal = texts["rehearsal failed"]
+    assert rehearsal.startswith("❌ FAILED: Migration Preview") and "COMPLETED" not in rehearsal
+    assert "To apply" not in rehearsal and "Database changed: no" in rehearsal
+    assert documents["rehearsal failed"].exit_code == 6
+    assert (
+        "Cannot connect to the down database: Database connection refused at 127.0.0.1:1" in texts["unreachable status"]
+    )
+    assert "pw-secret" not in "".join(texts.values())
+
+
+def _raise(error: BaseException):
+    def body() -> Success:
+        raise error
+
+    return body
+
+
+class _FailedSecond:
+    """The sqlfiles state with 002 recorded as failed, as a tool records a migration that failed."""
+
+    @hookimpl(tryfirst=True)
+    def faber_migration_status(self, tool, context):
+        state = sqlfiles.faber_migration_status(tool, context)
+        records = [r for r in state.records if r.name != "002_posts"]
+        records.append(MigrationRecord(name="002_posts", state="failed"))
+        return MigrationState(tool=state.tool, local=state.local, records=records)
+
+
+def test_status_with_a_failed_migration_exits_6_and_shows_a_cross(faber):
+    from typer.testing import CliRunner
+
+    from faber_core.cli import app
+
+    faber.write("001_users", USERS)
+    faber.write("002_posts", POSTS)
+    faber.write("003_more", POSTS.replace("posts", "more"))
+    assert api.deploy("production", yes=True).status == "success"
+    faber.plugins.register(_FailedSecond(), name="failed-second")
+
+    run = CliRunner().invoke(app, ["status", "production"])
+    document = api.status("production")
+
+    assert run.exit_code == 6, run.output
+    assert run.stdout.splitlines()[0] == "✗ production: 1 failed migration(s); 2 applied, 1 pending (sqlfiles)"
+    assert "  ✗ 002_posts  failed" in run.stdout and "✅" not in run.stdout
+    assert document.code == "MIGRATION_FAILED" and document.result["failed"] == ["002_posts"]
+    assert "faber resolve production --rolled-back 002_posts" in document.recovery.suggestions[0]
+
+
+_json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text("abc xyz_")
+_json = st.recursive(
+    _json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text("abcdefg_", min_size=1), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(result=st.dictionaries(st.text("abcdefg_", min_size=1), _json, max_size=6))
+def test_any_json_result_renders_without_python_reprs(result):
+    error = FaberError("Something failed", result=result, suggestions=["Try again"])
+    human(ErrorDocument.from_error(error, operation="some-operation", environment="production"))
+    human(Success(operation="some-operation", environment="production", result=result, message="Done"))
