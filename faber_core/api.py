@@ -24,10 +24,10 @@ renders the document, so both take one path through faber.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeAlias, TypeVar
 
 from faber_core.errors import ConfigError, FaberError
 
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from faber_core.context import RunContext
     from faber_core.models import AuditEvent
     from faber_core.plugins import Plugins
+    from faber_core.request import Request
     from faber_core.results import ErrorDocument, Success
     from faber_core.secrets import Redactor
 
@@ -58,6 +59,7 @@ HISTORY = "deployment-history"
 PLUGINS = "list-plugins"
 INIT = "init"
 CONFIG_SCHEMA = "config-schema"
+REQUEST = "request"
 
 
 # Commands ------------------------------------------------------------------------------
@@ -347,6 +349,97 @@ def history(
 
     return run_command(
         HISTORY, environment, body, working_directory=working_directory, progress=progress, listeners=listeners
+    )
+
+
+def request(
+    document: Request | Mapping[str, Any] | str | bytes,
+    *,
+    yes: bool = False,
+    approver: Approver | None = None,
+    working_directory: str | Path | None = None,
+    progress: TextIO | None = None,
+    listeners: Iterable[Listener] = (),
+) -> Document:
+    """Answer the spec's request document (a :class:`~faber_core.request.Request`, a dict or JSON text).
+
+    ``deploy-migrations`` deploys (or previews, with ``"dry_run": true``); ``preview-migrations``
+    previews. The request's ``working_directory`` wins over ``working_directory`` here. Approval
+    works as for :func:`deploy`. A request that is not valid JSON or not a valid request is a
+    ``CONFIG_INVALID`` error document listing the problems.
+    """
+    try:
+        parsed = parse_request(document)
+    except ConfigError as error:
+        return error_document(error, *_operation_and_environment(document))
+    parameters = parsed.parameters
+    return deploy(
+        parameters.environment,
+        working_directory=parameters.working_directory or working_directory,
+        dry_run=parsed.dry_run,
+        skip_backup=parameters.skip_backup,
+        skip_health_check=parameters.skip_health_check,
+        yes=yes,
+        approver=approver,
+        progress=progress,
+        listeners=listeners,
+    )
+
+
+def parse_request(document: Request | Mapping[str, Any] | str | bytes) -> Request:
+    """The validated request; :class:`ConfigError` (with ``result["problems"]``) when it is not one."""
+    import json
+
+    from pydantic import ValidationError
+
+    from faber_core.request import Request
+
+    if isinstance(document, Request):
+        return document
+    if isinstance(document, (str, bytes)):
+        try:
+            document = json.loads(document)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"The request is not valid JSON: {exc}",
+                suggestions=['Send {"operation": "deploy-migrations", "parameters": {"environment": "..."}}'],
+            ) from None
+    try:
+        return Request.model_validate(document)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(part) for part in error['loc']) or '(request)'}: {error['msg']}" for error in exc.errors()
+        ]
+        raise ConfigError(
+            "Invalid request: " + "; ".join(problems),
+            result={"problems": problems},
+            suggestions=[
+                "operation: deploy-migrations or preview-migrations",
+                "parameters: environment (required), dry_run, skip_backup, skip_health_check (true/false), "
+                "working_directory",
+            ],
+        ) from None
+
+
+def _operation_and_environment(document: object) -> tuple[str, str | None]:
+    """What an invalid request asked for, as far as it can be told, for its error document."""
+    import json
+
+    from faber_core.request import OPERATIONS
+
+    if isinstance(document, (str, bytes)):
+        try:
+            document = json.loads(document)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return REQUEST, None
+    if not isinstance(document, Mapping):
+        return REQUEST, None
+    operation = document.get("operation")
+    parameters = document.get("parameters")
+    environment = parameters.get("environment") if isinstance(parameters, Mapping) else None
+    return (
+        operation if operation in OPERATIONS else REQUEST,
+        environment if isinstance(environment, str) else None,
     )
 
 

@@ -302,6 +302,48 @@ def init(
     _finish(api.init(tool, force=force, working_directory=cwd), json_output)
 
 
+@command()
+def request(
+    file: Annotated[
+        Path | None,
+        typer.Argument(metavar="FILE", help="The request document (default: read it from stdin; '-' too)."),
+    ] = None,
+    yes: YesFlag = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Accepted for consistency: the answer is always JSON.")
+    ] = False,
+    cwd: Annotated[
+        Path | None,
+        typer.Option("--cwd", metavar="DIR", help="Project directory when the request has no working_directory."),
+    ] = None,
+) -> None:
+    """Answer a request document, as the spec's callers send it, with the spec's JSON result.
+
+    {"operation": "deploy-migrations" | "preview-migrations", "parameters": {"environment": "production", "dry_run": false, "skip_backup": false, "skip_health_check": false, "working_directory": "/srv/app"}}
+
+    Exit codes as for faber migrate; an invalid request is a CONFIG_INVALID error document (exit 2).
+    """  # noqa: E501
+    from faber_core.errors import ConfigError
+
+    from_stdin = file is None or str(file) == "-"
+    try:
+        if from_stdin and sys.stdin.isatty():
+            raise ConfigError(
+                "No request: give a file or send the request on stdin",
+                suggestions=["faber request request.json", "echo '{...}' | faber request"],
+            )
+        text = sys.stdin.buffer.read() if from_stdin else file.read_bytes()
+    except ConfigError as error:
+        _finish(api.error_document(error, api.REQUEST), json_output=True)
+    except OSError as exc:
+        error = ConfigError(f"Cannot read the request file {file}: {exc.strerror or exc}")
+        _finish(api.error_document(error, api.REQUEST), json_output=True)
+    # Approval at a prompt needs stdin, which a request sent on stdin has used up.
+    approver = None if from_stdin else _approver()
+    document = api.request(text, yes=yes, approver=approver, working_directory=cwd, progress=sys.stderr)
+    _finish(document, json_output=True)
+
+
 @config_app.command("schema", cls=_Command)
 def config_schema(json_output: JsonFlag = False, cwd: CwdOption = None) -> None:
     """Print the JSON Schema of the config file (with --json, inside the standard envelope).
@@ -328,12 +370,15 @@ _OPERATIONS = {
     "plugins": api.PLUGINS,
     "init": api.INIT,
     "schema": api.CONFIG_SCHEMA,
+    "request": api.REQUEST,
 }
 
 
 def _wants_json(args: list[str]) -> bool:
+    """``--json`` given, or ``faber request``, whose answer is always JSON."""
     options = args[: args.index("--")] if "--" in args else args
-    return "--json" in options
+    words = [arg for arg in options if not arg.startswith("-")]
+    return "--json" in options or words[:1] == ["request"]
 
 
 def _usage_error(error: typer.TyperException, args: list[str]) -> Document:

@@ -1,0 +1,228 @@
+"""``faber request`` and ``faber_core.api``: the spec's request documents in, the spec's results out."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import faber_core.plugins
+from faber_core import api
+from faber_core.errors import EXIT_CODES
+from faber_core.results import DeployResult, PreviewResult
+from faber_core.testing import sqlfiles
+from faber_core.testing.fixtures import CANARY_PASSWORD
+
+SQLFILES = {"FABER_PLUGINS": "faber_core.testing.sqlfiles"}
+PROFILES = "CREATE TABLE user_profiles (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, bio text);"
+POSTS = "CREATE TABLE posts (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, title text);"
+BROKEN = "ALTER TABLE posts ADD COLUMN title text;"  # duplicate column name
+
+# The shapes of the spec's example results: every key it shows, recursively.
+SPEC_SUCCESS = {
+    "status": "success",
+    "operation": "deploy-migrations",
+    "environment": "production",
+    "result": {
+        "migrations_applied": 2,
+        "migrations": [{"name": str, "status": "applied", "duration_seconds": float}],
+        "total_duration_seconds": float,
+        "backup_id": str,
+        "health_check_before": "passed",
+        "health_check_after": "passed",
+    },
+    "message": "Successfully applied 2 migrations to production",
+}
+SPEC_PREVIEW = {
+    "status": "success",
+    "operation": "preview-migrations",
+    "environment": "production",
+    "result": {
+        "pending_migrations": 2,
+        "migrations": [{"name": str, "sql": str, "estimated_duration_seconds": float}],
+        "total_estimated_duration_seconds": float,
+    },
+    "message": "Preview only - no changes applied",
+}
+SPEC_NO_PENDING = {
+    "status": "success",
+    "operation": "deploy-migrations",
+    "result": {"migrations_applied": 0, "message": "No pending migrations"},
+}
+SPEC_MIGRATION_FAILED = {
+    "status": "error",
+    "operation": "deploy-migrations",
+    "environment": "production",
+    "error": str,
+    "result": {
+        "failed_migration": "20250124150000_add_posts_again",
+        "backup_id": str,
+        "migrations_applied_before_failure": 0,
+        "rollback_initiated": bool,
+        "rollback_status": str,
+    },
+    "recovery": {"backup_id": str, "suggestions": [str]},
+}
+SPEC_HEALTH_FAILED = {
+    "status": "error",
+    "error": "Pre-deployment health check failed",
+    "result": {"health_check": "failed", "details": str},
+    "recovery": {"suggestions": [str]},
+}
+
+
+def assert_shape(document, shape, where="document"):
+    """Every key of ``shape`` is in ``document``; a type means any value of it, anything else that value."""
+    if isinstance(shape, dict):
+        assert isinstance(document, dict), f"{where}: {document!r}"
+        for key, expected in shape.items():
+            assert key in document, f"{where}.{key} missing from {sorted(document)}"
+            assert_shape(document[key], expected, f"{where}.{key}")
+    elif isinstance(shape, list):
+        assert isinstance(document, list) and document, f"{where}: {document!r}"
+        for item in document:
+            assert_shape(item, shape[0], f"{where}[]")
+    elif isinstance(shape, type):
+        accepted = (int, float) if shape is float else shape
+        is_bool = isinstance(document, bool)
+        assert isinstance(document, accepted) and (shape is bool or not is_bool), f"{where}: {document!r}"
+    else:
+        assert document == shape, f"{where}: {document!r} != {shape!r}"
+
+
+@pytest.fixture
+def project(faber_project, database_url):
+    """A project with the spec's example migrations and a protected `production`."""
+    environments = {"production": {"database_url_env": "PROD_DATABASE_URL", "lock_wait_seconds": 1}}
+    directory = faber_project(
+        {"database": {"migration_tool": sqlfiles.TOOL, "environments": environments}},
+        {
+            "migrations/20250124140000_add_user_profiles.sql": PROFILES,
+            "migrations/20250124150000_add_posts.sql": POSTS,
+        },
+    )
+    return directory, {**SQLFILES, "PROD_DATABASE_URL": database_url}
+
+
+def spec_request(operation: str, working_directory, **parameters) -> str:
+    """The spec's example request, with this test's project as the working directory."""
+    defaults = {"environment": "production", "dry_run": False, "skip_backup": False, "skip_health_check": False}
+    body = {"operation": operation, "parameters": {**defaults, "working_directory": str(working_directory)}}
+    body["parameters"].update(parameters)
+    return json.dumps(body)
+
+
+def test_the_spec_example_requests_get_the_spec_shapes(project, run_faber, tmp_path):
+    directory, env = project
+
+    preview = run_faber("request", input=spec_request("preview-migrations", directory), env=env)
+    deployed = run_faber("request", "--yes", input=spec_request("deploy-migrations", directory), env=env)
+    again = run_faber("request", "--yes", input=spec_request("deploy-migrations", directory), env=env)
+    (directory / "migrations/20250124150000_add_posts_again.sql").write_text(BROKEN)
+    request_file = tmp_path / "request.json"
+    request_file.write_text(spec_request("deploy-migrations", directory))
+    failed = run_faber("request", str(request_file), "--yes", env=env)
+
+    assert preview.returncode == 0, preview.output
+    assert_shape(preview.json, SPEC_PREVIEW)
+    assert deployed.returncode == 0, deployed.output
+    assert_shape(deployed.json, SPEC_SUCCESS)
+    assert [m["name"] for m in deployed.json["result"]["migrations"]] == [
+        "20250124140000_add_user_profiles",
+        "20250124150000_add_posts",
+    ]
+    assert "🎯 STARTING: Migration Deployer" in deployed.stderr  # progress on stderr, as for faber migrate
+    assert again.returncode == 0 and again.json["result"]["migrations_applied"] == 0
+    assert_shape(again.json, SPEC_NO_PENDING)
+    assert failed.returncode == EXIT_CODES["MIGRATION_FAILED"], failed.output
+    assert_shape(failed.json, SPEC_MIGRATION_FAILED)
+    assert failed.json["error"].startswith("Migration 20250124150000_add_posts_again failed")
+
+
+def test_a_request_needs_approval_like_migrate_and_dry_run_changes_nothing(project, run_faber):
+    directory, env = project
+
+    refused = run_faber("request", input=spec_request("deploy-migrations", directory), env=env)
+    dry = run_faber("request", input=spec_request("deploy-migrations", directory, dry_run=True), env=env)
+    status = run_faber("status", "production", "--json", "--cwd", str(directory), env=env)
+
+    assert refused.returncode == EXIT_CODES["APPROVAL_REQUIRED"], refused.output
+    assert refused.json["code"] == "APPROVAL_REQUIRED" and "--yes" in refused.json["recovery"]["suggestions"][0]
+    assert dry.returncode == 0 and dry.json["operation"] == "preview-migrations"
+    assert status.json["result"]["applied"] == []
+
+
+def test_an_unreachable_database_gets_the_spec_health_check_error(faber_project, run_faber):
+    environments = {"production": {"database_url_env": "PROD_DATABASE_URL", "connect_timeout_seconds": 2}}
+    directory = faber_project({"database": {"migration_tool": sqlfiles.TOOL, "environments": environments}})
+    url = f"postgresql://app:{CANARY_PASSWORD}@127.0.0.1:1/app"
+
+    run = run_faber(
+        "request",
+        "--yes",
+        input=spec_request("deploy-migrations", directory),
+        env={**SQLFILES, "PROD_DATABASE_URL": url},
+    )
+
+    assert run.returncode == EXIT_CODES["HEALTH_CHECK_FAILED"], run.output
+    assert_shape(run.json, SPEC_HEALTH_FAILED)
+    assert CANARY_PASSWORD not in run.stdout + run.stderr
+
+
+@pytest.mark.parametrize(
+    ("request_text", "operation", "problem"),
+    [
+        ("this is not json", "request", "The request is not valid JSON"),
+        ("[1, 2]", "request", "(request): Input should be a valid dictionary"),
+        ('{"operation": "drop-database", "parameters": {"environment": "production"}}', "request", "operation:"),
+        ('{"operation": "deploy-migrations", "parameters": {}}', "deploy-migrations", "parameters.environment"),
+        (
+            '{"operation": "deploy-migrations", "parameters": {"environment": "production", "dry_run": "no"}}',
+            "deploy-migrations",
+            "parameters.dry_run: Input should be a valid boolean",
+        ),
+        (
+            '{"operation": "preview-migrations", "parameters": {"environment": "production", "dryrun": true}}',
+            "preview-migrations",
+            "parameters.dryrun: Extra inputs are not permitted",
+        ),
+    ],
+)
+def test_invalid_requests_are_config_invalid_documents(run_faber, request_text, operation, problem):
+    run = run_faber("request", "--yes", input=request_text)
+
+    assert run.returncode == EXIT_CODES["CONFIG_INVALID"], run.output
+    document = run.json
+    assert document["status"] == "error" and document["code"] == "CONFIG_INVALID"
+    assert document["operation"] == operation and problem in document["error"], document
+    assert "Traceback" not in run.stderr
+
+
+def test_a_missing_request_file_is_config_invalid(run_faber, tmp_path):
+    run = run_faber("request", str(tmp_path / "nope.json"))
+
+    assert run.returncode == 2 and run.json["error"].startswith("Cannot read the request file")
+
+
+def test_the_python_api_returns_the_result_models(project, plugin_manager, monkeypatch):
+    directory, env = project
+    plugin_manager.register(sqlfiles, name="sqlfiles")
+    monkeypatch.setattr(faber_core.plugins, "get_plugin_manager", lambda: plugin_manager)
+    monkeypatch.setenv("PROD_DATABASE_URL", env["PROD_DATABASE_URL"])
+    events = []
+
+    preview = api.request(
+        {"operation": "preview-migrations", "parameters": {"environment": "production"}}, working_directory=directory
+    )
+    refused = api.deploy("production", working_directory=directory, approver=lambda question: False)
+    deployed = api.deploy(
+        "production", working_directory=directory, approver=lambda question: True, listeners=[events.append]
+    )
+
+    assert isinstance(preview.result, PreviewResult) and preview.result.pending_migrations == 2
+    assert refused.code == "APPROVAL_REQUIRED" and refused.exit_code == 5
+    assert isinstance(deployed.result, DeployResult) and deployed.exit_code == 0
+    assert deployed.result.migrations_applied == 2 and deployed.result.backup_id
+    assert CANARY_PASSWORD not in deployed.model_dump_json()
+    kinds = [event.kind for event in events]
+    assert kinds[0] == "run.started" and "approval.granted" in kinds and kinds[-1] == "run.finished"
