@@ -35,4 +35,4 @@ def test_init_writes_a_starter_project(tmp_path, run_faber):
     assert any(path.endswith("/migration.sql") for path in written)
     assert (project / ".faber/.gitignore").read_text() == "*\n"
     again = run_faber("init", "--cwd", str(project))
-    assert again.returncode == 2 and "--force" in again.stderr
+    assert again.returncode == 2 and "--force" in again.stdout
