@@ -574,7 +574,6 @@ class _Run:
 
 def _execute(operation: str, environment: str | None, action: Callable[[_Run], Success]) -> Document:
     """Run ``action`` under the command's span; every failure becomes an error document with its exit code."""
-    from faber_core.errors import EXIT_CODES
     from faber_core.results import ErrorDocument
     from faber_core.secrets import Redactor
     from faber_core.telemetry import command_span, record_outcome
@@ -587,7 +586,10 @@ def _execute(operation: str, environment: str | None, action: Callable[[_Run], S
             document = ErrorDocument.from_error(exc, operation=operation, environment=environment, tool=_tool(run))
         except KeyboardInterrupt:
             document = ErrorDocument.from_error(
-                FaberError("Interrupted", suggestions=[f"Check the state with: faber status {environment}"]),
+                FaberError(
+                    "Interrupted",
+                    suggestions=[f"Check the state with: faber status {environment}"] if environment else [],
+                ),
                 operation=operation,
                 environment=environment,
             )
@@ -604,7 +606,6 @@ def _execute(operation: str, environment: str | None, action: Callable[[_Run], S
                 environment=environment,
                 tool=_tool(run),
             )
-            document.exit_code = EXIT_CODES["INTERNAL_ERROR"]
         if run.context is not None:
             run.context.emit(
                 "run.finished",
