@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeAlias, TypeVar
 
-from faber_core.errors import ConfigError, FaberError
+from faber_core.errors import ConfigError, FaberError, validation_problems
 
 if TYPE_CHECKING:
     from faber_core.context import RunContext
@@ -407,9 +407,7 @@ def parse_request(document: Request | Mapping[str, Any] | str | bytes) -> Reques
     try:
         return Request.model_validate(document)
     except ValidationError as exc:
-        problems = [
-            f"{'.'.join(str(part) for part in error['loc']) or '(request)'}: {error['msg']}" for error in exc.errors()
-        ]
+        problems = validation_problems(exc, "(request)")
         raise ConfigError(
             "Invalid request: " + "; ".join(problems),
             result={"problems": problems},

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from faber_core.errors import ConfigError
+from faber_core.errors import ConfigError, validation_problems
 
 CONFIG_PATH = Path(".fractary/plugins/faber-db/config.json")
 DEV_MODE_ENVIRONMENTS = frozenset({"dev", "test"})
@@ -217,9 +217,7 @@ def load_config(project_dir: Path) -> FaberConfig:
     try:
         return FaberConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = [
-            f"{'.'.join(str(part) for part in error['loc']) or '(root)'}: {error['msg']}" for error in exc.errors()
-        ]
+        problems = validation_problems(exc, "(root)")
         raise ConfigError(
             f"Invalid configuration {CONFIG_PATH}: " + "; ".join(problems),
             suggestions=["See the accepted settings with: faber config schema"],

@@ -6,7 +6,10 @@ can branch on the code (see docs/exit-codes.md).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 class FaberError(Exception):
@@ -96,3 +99,8 @@ EXIT_CODES: dict[str, int] = {
 
 def exit_code_for(code: str) -> int:
     return EXIT_CODES.get(code, 1)
+
+
+def validation_problems(error: ValidationError, root: str) -> list[str]:
+    """One ``dotted.path: message`` line per problem pydantic found; ``root`` names the document itself."""
+    return [f"{'.'.join(str(part) for part in problem['loc']) or root}: {problem['msg']}" for problem in error.errors()]
