@@ -496,7 +496,8 @@ def _timestamp(value: str) -> str:
 
 
 def _finding(finding: dict[str, Any]) -> str:
-    text = f"{finding['severity']} {finding['rule']} (line {finding['line']}): {finding['message']}"
+    line = f" (line {finding['line']})" if finding.get("line") is not None else ""
+    text = f"{finding['severity']} {finding['rule']}{line}: {finding['message']}"
     if finding.get("reason"):
         return f"{text} Informational: {finding['reason']}"
     return text + (f" Help: {finding['help']}" if finding.get("help") else "")
