@@ -161,7 +161,7 @@ def health(
     """``faber health ENV``: the environment's health checks; ``HEALTH_CHECK_FAILED`` when one fails."""
     from faber_core.errors import HealthCheckFailed
     from faber_core.results import Success
-    from faber_core.workflow import overall_health, run_health_checks
+    from faber_core.workflow import health_suggestions, overall_health, run_health_checks
 
     def body(context: RunContext, plugins: Plugins) -> Success:
         plugins.require_tool(context.tool)
@@ -169,14 +169,12 @@ def health(
         checks = [r.model_dump() for r in results]
         status_ = overall_health(results)
         if status_ == "failed":
+            failed = [r for r in results if r.status == "failed"]
             raise HealthCheckFailed(
-                "Health check failed",
-                result={
-                    "health_check": "failed",
-                    "checks": checks,
-                    "details": "; ".join(r.details for r in results if r.status == "failed"),
-                },
-                suggestions=[f"Inspect migrations with: faber status {environment}"],
+                f"Health check of {environment} failed: "
+                + "; ".join(f"{r.name}: {r.details}" if r.details else r.name for r in failed),
+                result={"health_check": "failed", "checks": checks, "details": "; ".join(r.details for r in failed)},
+                suggestions=health_suggestions(context, failed[0]),
             )
         return Success(
             operation=HEALTH,

@@ -246,7 +246,7 @@ def health_suggestions(context: RunContext, failed: HealthCheckResult) -> list[s
             "A failed migration: undo what it left behind, then: "
             f"faber resolve {env} --rolled-back NAME (or --applied NAME if you completed it by hand)",
             "An edited migration: restore the file to what was applied, and put the change in a new migration",
-            f"Retry when issue resolved: faber migrate {env}",
+            f"Retry when issue resolved: {rerun_command(context)}",
         ]
     return database_suggestions(context)
 

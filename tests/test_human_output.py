@@ -156,7 +156,7 @@ class _FailedSecond:
         return MigrationState(tool=state.tool, local=state.local, records=records)
 
 
-def test_status_with_a_failed_migration_exits_6_and_shows_a_cross(faber):
+def test_status_and_health_with_a_failed_migration_say_so_in_their_own_words(faber):
     from typer.testing import CliRunner
 
     from faber_core.cli import app
@@ -175,6 +175,12 @@ def test_status_with_a_failed_migration_exits_6_and_shows_a_cross(faber):
     assert "  ✗ 002_posts  failed" in run.stdout and "✅" not in run.stdout
     assert document.code == "MIGRATION_FAILED" and document.result["failed"] == ["002_posts"]
     assert "faber resolve production --rolled-back 002_posts" in document.recovery.suggestions[0]
+    health = api.health("production")
+    assert health.exit_code == 3 and health.error.startswith(
+        "Health check of production failed: migrations: failed migrations not rolled back: 002_posts"
+    )
+    assert health.recovery.suggestions[-1] == "Retry when issue resolved: faber health production"
+    assert "Pre-deployment" not in human(health)
 
 
 _json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text("abc xyz_")
