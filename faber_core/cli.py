@@ -99,9 +99,17 @@ def main_callback(
 
 
 def _approver() -> Callable[[str], bool] | None:
+    """A prompt on the terminal; None without one. End of input (Ctrl-D) at the prompt is a no."""
     if not sys.stdin.isatty():
         return None
-    return lambda question: typer.confirm(question, default=False, err=True)
+
+    def ask(question: str) -> bool:
+        try:
+            return typer.confirm(question, default=False, err=True)
+        except typer.Abort:
+            return False
+
+    return ask
 
 
 def _finish(document: Document, json_output: bool) -> NoReturn:

@@ -277,7 +277,9 @@ def run_in_terminal(args: list[str], env: dict[str, str], answer: str) -> tuple[
     return proc.returncode, seen.decode(errors="replace") + stdout.decode()
 
 
-@pytest.mark.parametrize(("answer", "exit_code", "applied"), [("y", 0, ["001_users"]), ("n", 5, [])])
+@pytest.mark.parametrize(
+    ("answer", "exit_code", "applied"), [("y", 0, ["001_users"]), ("n", 5, []), ("\x04", 5, [])], ids=["y", "n", "eof"]
+)
 def test_terminal_prompt_asks_before_applying(cli_project, run_faber, answer, exit_code, applied):
     project, env = cli_project({"001_users": USERS})
 
