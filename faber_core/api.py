@@ -523,8 +523,9 @@ def config_schema(*, working_directory: str | Path | None = None) -> Document:
 def error_document(error: FaberError, operation: str, environment: str | None = None) -> Document:
     """The error document of ``error`` raised outside a run (e.g. a command line or request that did not parse)."""
     from faber_core.results import ErrorDocument
+    from faber_core.secrets import Redactor
 
-    return redacted(ErrorDocument.from_error(error, operation=operation, environment=environment), _Run().redactor)
+    return redacted(ErrorDocument.from_error(error, operation=operation, environment=environment), Redactor())
 
 
 # Running a command ---------------------------------------------------------------------
