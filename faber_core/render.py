@@ -292,7 +292,7 @@ def _backups(document: Success, result: dict[str, Any]) -> list[str]:
             record["id"],
             _timestamp(record["created_at"]),
             _size(record.get("size_bytes")),
-            record.get("reason") or "",
+            f"✗ {record['status']}: {record['problem']}" if record.get("problem") else record.get("reason") or "",
             _covered(record.get("migrations", [])),
         )
         for record in records

@@ -302,6 +302,7 @@ def test_every_command_takes_json_and_cwd_and_answers_with_the_envelope(cli_proj
         (["health", "production"], "health-check"),
         (["backup", "production"], "create-backup"),
         (["backups", "production"], "list-backups"),
+        (["backups", "prune", "production", "--dry-run"], "prune-backups"),
         (["history", "production"], "deployment-history"),
         (["rollback", "production", "--yes"], "rollback"),
         (["resolve", "production", "--rolled-back", "001_users"], "resolve-migration"),
@@ -336,6 +337,7 @@ def test_every_command_takes_json_and_cwd_and_answers_with_the_envelope(cli_proj
         (["config", "schema", "--json", "--nope"], "config-schema", "No such option: --nope"),
         (["rollback", "--json", "production", "--to"], "rollback", "requires an argument"),
         (["migrat", "production", "--json"], "usage", "No such command 'migrat'"),
+        (["backups", "prune", "--json"], "prune-backups", "Missing argument 'ENVIRONMENT'"),
     ],
 )
 def test_usage_errors_with_json_are_one_error_document(run_faber, args, operation, message):
@@ -361,14 +363,16 @@ def test_help_shows_no_bool_types_or_braces():
 
     from faber_core.cli import app
 
-    commands = [["migrate"], ["status"], ["health"], ["backup"], ["backups"], ["rollback"], ["resolve"]]
-    commands += [["history"], ["plugins"], ["init"], ["config", "schema"], []]
-    for args in commands:
+    commands = [["migrate"], ["status"], ["health"], ["backup"], ["backups", "list"], ["backups", "prune"]]
+    commands += [["rollback"], ["resolve"], ["history"], ["plugins"], ["init"], ["config", "schema"], ["request"]]
+    for args in [*commands, [], ["backups"], ["config"]]:
         text = CliRunner().invoke(app, [*args, "--help"], terminal_width=200).output
-        assert "<bool>" not in text and "{" not in text, text
-        assert "--json" in text or not args
-        if args and args[0] not in ("plugins", "init", "config"):
-            assert f"Usage: faber {args[0]} [OPTIONS] ENVIRONMENT" in text, text
+        usage = next(line for line in text.splitlines() if "Usage:" in line)
+        assert "<bool>" not in text and "{" not in usage, text
+        if args in commands:
+            assert "--json" in text and "--cwd" in text, text
+        if args and args[0] not in ("plugins", "init", "config", "request") and args in commands:
+            assert f"Usage: faber {' '.join(args)} [OPTIONS] ENVIRONMENT" in text, text
 
 
 def test_config_is_found_from_a_subdirectory_and_cwd_still_wins(cli_project, run_faber, tmp_path):
