@@ -100,6 +100,13 @@ class EnvironmentSettings(BaseModel):
         description="A lock-risk lint finding on a table that statistics show holds at most this many rows, or on "
         "a table created earlier in the same deploy, is informational: its lock is brief (docs/safety.md).",
     )
+    lint_rehearsal_seconds: float = Field(
+        120.0,
+        ge=0,
+        description="A deploy lints code migrations (TypeORM, Sequelize) from the SQL they run on a throwaway "
+        "copy of the database; the rehearsal is stopped after this long and the lint reported as not run. "
+        "0: never rehearse at deploy.",
+    )
     lock_timeout_seconds: float | None = Field(
         None,
         ge=0,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -215,7 +216,14 @@ class RunContext:
     redactor: Redactor
     listeners: list[Callable[[AuditEvent], None]] = field(default_factory=list)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    deadline: float | None = None
+    """``time.monotonic()`` by which the programs this context starts must be done (the deploy's
+    lint rehearsal is bounded so); None: no limit."""
     _server_version: int | None = field(default=None, init=False, repr=False)
+
+    def seconds_left(self) -> float | None:
+        """Time left before :attr:`deadline`; None without one."""
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
 
     @property
     def tool(self) -> str:

@@ -26,6 +26,7 @@ import json
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,7 +112,8 @@ def run_runner(
 
     ``expected``: the migrations faber means to apply; the runner refuses to start if the ORM's
     own list differs. Raises :class:`ConfigError` for a broken setup and :class:`FaberError` when
-    the runner dies without saying why; a failing migration is an event, not an exception.
+    the runner dies without saying why or outlives the context's deadline (it is stopped then); a
+    failing migration is an event, not an exception.
     """
     target = database or context.database
     argv = [node_executable(), str(tool.script), command, *args]
@@ -134,6 +136,8 @@ def run_runner(
             encoding="utf-8",
             errors="replace",
         )
+        expired = threading.Event()
+        timer = _deadline_timer(context.seconds_left(), proc, expired)
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -148,8 +152,13 @@ def run_runner(
             # Ctrl-C or a failing listener: the child must not keep migrating on its own.
             stop(proc)
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
         stderr_file.seek(0)
         stderr = context.redactor.redact(stderr_file.read())
+    if expired.is_set():
+        raise FaberError(f"The {tool.name} runner did not finish in the time allowed and was stopped")
     result = RunnerResult(events, returncode, stderr)
     setup_error = result.first("setup_error")
     if setup_error is not None:
@@ -164,6 +173,20 @@ def run_runner(
             tool_output=_tail(stderr),
         )
     return result
+
+
+def _deadline_timer(seconds: float | None, proc: subprocess.Popen, expired: threading.Event) -> threading.Timer | None:
+    if seconds is None:
+        return None
+
+    def expire() -> None:
+        expired.set()
+        stop(proc)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def _parse(line: str, redactor: Redactor) -> Event | None:
@@ -336,6 +359,8 @@ class Rehearsed:
 
 
 REHEARSAL_DATA = {"auto": None, "always": True, "never": False}
+NOT_REHEARSED = "Not rehearsed"
+"""The start of the note on a pending migration the rehearsal did not reach."""
 
 
 def rehearsal_data(tool: NodeTool, context: RunContext) -> bool | None:
@@ -379,7 +404,7 @@ def rehearse(
             reason = f"{blocked_by} fails first" if blocked_by else "the ORM did not run it"
             previews.append(
                 MigrationPreview(
-                    name=migration.name, sql="", estimated_duration_seconds=0, notes=[f"Not rehearsed: {reason}"]
+                    name=migration.name, sql="", estimated_duration_seconds=0, notes=[f"{NOT_REHEARSED}: {reason}"]
                 )
             )
             continue

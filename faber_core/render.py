@@ -129,7 +129,14 @@ class ProgressPrinter:
         counts = event.data["findings"]
         mark = "⚠" if counts["errors"] or counts["warnings"] else "✓"
         informational = f", {counts['informational']} informational" if counts.get("informational") else ""
-        self.line(f"{mark} Lint: {counts['errors']} error(s), {counts['warnings']} warning(s){informational}")
+        rehearsed = event.data.get("rehearsed") or []
+        source = f" (code migrations linted from their rehearsal: {len(rehearsed)})" if rehearsed else ""
+        self.line(f"{mark} Lint: {counts['errors']} error(s), {counts['warnings']} warning(s){informational}{source}")
+
+    def on_lint_not_run(self, event: AuditEvent) -> None:
+        not_run = event.data["migrations"]
+        reasons = sorted(set(not_run.values()))
+        self.line(f"⚠ Lint: not run for {len(not_run)} migration(s): {'; '.join(reasons)}")
 
     def on_staging_proof_passed(self, event: AuditEvent) -> None:
         self.line(f"✓ Staging proof: every pending migration succeeded in {event.data['predecessor']}")
@@ -227,6 +234,8 @@ def _deployed(document: Success, result: dict[str, Any]) -> list[str]:
     ]
     for name, findings in (result.get("lint") or {}).items():
         lines += [f"Lint {name}: {_finding(finding)}" for finding in findings]
+    if result.get("lint_not_run"):
+        lines.append(f"Lint: not run for {', '.join(result['lint_not_run'])}")
     lines += _preflight_lines(result.get("preflight"))
     if result.get("staging_proof"):
         lines += _details({"staging_proof": result["staging_proof"]})

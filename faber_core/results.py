@@ -25,6 +25,9 @@ class DeployResult(BaseModel):
     health_check_after: str
     mode: str
     lint: dict[str, list[LintFinding]] | None = Field(None, description="Findings that did not block, by migration.")
+    lint_not_run: dict[str, str] | None = Field(
+        None, description="Migrations the lint did not check, with why (code migrations whose rehearsal failed)."
+    )
     preflight: PreflightReport | None = None
     staging_proof: dict[str, Any] | None = None
 

@@ -86,7 +86,7 @@ def migrate(context: RunContext, plugins: Plugins, options: DeployOptions) -> Su
         pending = state.pending_migrations()
         if not pending:
             return no_pending(context, health_before)
-        review = safety.review_before_approval(context, pending, skip_staging_proof=options.skip_staging_proof)
+        review = safety.review_before_approval(context, plugins, pending, skip_staging_proof=options.skip_staging_proof)
         with step(context, "approval"):
             approve(context, options, len(pending))
         safety.preflight_before_apply(context, review)
@@ -570,6 +570,7 @@ def deployed(
             health_check_after=health_after,
             mode=context.mode,
             lint={name: findings for name, findings in review.lint.items() if findings} or None,
+            lint_not_run=review.lint_not_run or None,
             preflight=review.preflight,
             staging_proof=review.staging_proof,
         ),

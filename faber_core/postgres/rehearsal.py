@@ -14,6 +14,7 @@ Ctrl-C); the target is only read, by ``pg_dump``.
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
@@ -193,18 +194,26 @@ def _copy_target(context: RunContext, tools: Path, rehearsal: Rehearsal) -> None
             _restore(context, tools, rows_archive, rehearsal)
 
 
+def _timed_out(program: str) -> FaberError:
+    return FaberError(f"{program} did not finish in the time allowed for the rehearsal and was stopped")
+
+
 def _dump(context: RunContext, tools: Path, archive: Path, selection: list[str]) -> None:
-    run = run_tool(
-        [
-            tools / "pg_dump",
-            "--format=custom",
-            f"--exclude-schema={context.config.database.faber_schema}",
-            *selection,
-            f"--file={archive}",
-        ],
-        redactor=context.redactor,
-        env=context.database.libpq_env(),
-    )
+    try:
+        run = run_tool(
+            [
+                tools / "pg_dump",
+                "--format=custom",
+                f"--exclude-schema={context.config.database.faber_schema}",
+                *selection,
+                f"--file={archive}",
+            ],
+            redactor=context.redactor,
+            env=context.database.libpq_env(),
+            timeout=context.seconds_left(),
+        )
+    except subprocess.TimeoutExpired:
+        raise _timed_out("pg_dump") from None
     if run.returncode != 0:
         raise FaberError(
             f"Could not copy the {context.environment} schema for a rehearsal: "
@@ -220,11 +229,15 @@ def _restore(context: RunContext, tools: Path, archive: Path, rehearsal: Rehears
     # --no-owner: the objects belong to whoever runs the rehearsal, who may not be able to take
     # the target's owner roles. Errors do not stop the restore (a comment on an extension the
     # role does not own is harmless); they are passed on as warnings for the preview to show.
-    run = run_tool(
-        [tools / "pg_restore", "--no-owner", f"--dbname={rehearsal.name}", archive],
-        redactor=context.redactor,
-        env=rehearsal.database.libpq_env(),
-    )
+    try:
+        run = run_tool(
+            [tools / "pg_restore", "--no-owner", f"--dbname={rehearsal.name}", archive],
+            redactor=context.redactor,
+            env=rehearsal.database.libpq_env(),
+            timeout=context.seconds_left(),
+        )
+    except subprocess.TimeoutExpired:
+        raise _timed_out("pg_restore") from None
     if run.returncode != 0:
         errors = [line for line in run.stderr.splitlines() if "error" in line.lower()]
         rehearsal.warnings.append(

@@ -9,6 +9,8 @@ Preview: every pending migration gets its lint findings, an estimate with its ba
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -17,8 +19,9 @@ import psycopg
 from pglast.parser import ParseError
 
 from faber_core.context import RunContext
-from faber_core.errors import LintBlocked
+from faber_core.errors import FaberError, LintBlocked
 from faber_core.models import LocalMigration, MigrationPreview, MigrationState
+from faber_core.node_runner import NOT_REHEARSED
 from faber_core.postgres.sql import is_transactional
 from faber_core.safety import lint, preflight, staging_proof
 from faber_core.safety.analysis import analyse
@@ -38,7 +41,10 @@ class Review:
     """What the checks found before approval, carried on to the preflight and the result."""
 
     sql: dict[str, str]
+    """Each pending migration's SQL: its file, or what its rehearsal ran (code migrations)."""
     lint: dict[str, list[LintFinding]] = field(default_factory=dict)
+    lint_not_run: dict[str, str] = field(default_factory=dict)
+    """Migrations the lint could not check, with why."""
     staging_proof: dict[str, object] | None = None
     preflight: PreflightReport | None = None
 
@@ -69,21 +75,58 @@ SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
 # Deploy ----------------------------------------------------------------------------------
 
 
-def review_before_approval(context: RunContext, pending: list[LocalMigration], *, skip_staging_proof: bool) -> Review:
-    sources = {m.name: sql for m in pending if (sql := migration_sql(context, m)) is not None}
-    review = Review(sql=sources)
+def review_before_approval(
+    context: RunContext, plugins: Plugins, pending: list[LocalMigration], *, skip_staging_proof: bool
+) -> Review:
+    files = {m.name: sql for m in pending if (sql := migration_sql(context, m)) is not None}
+    review = Review(sql=files)
     if context.settings.lint != "off":
         with step(context, "lint"):
-            unknown = [m.name for m in pending if m.name not in sources]
-            if unknown:
-                context.emit("lint.skipped", migrations=unknown, reason="no SQL file; --dry-run lints their rehearsal")
-            review.lint = _lint_on_target(context, sources)
-            context.emit("lint.finished", findings=_counts(review.lint))
+            code = [m.name for m in pending if m.name not in files]
+            rehearsed = _rehearse_code_migrations(context, plugins, pending, code, review) if code else {}
+            review.sql = {m.name: sql for m in pending if (sql := files.get(m.name, rehearsed.get(m.name))) is not None}
+            if review.lint_not_run:
+                context.emit("lint.not_run", migrations=review.lint_not_run)
+            if review.sql:
+                review.lint = _lint_on_target(context, review.sql)
+                context.emit("lint.finished", findings=_counts(review.lint), rehearsed=sorted(rehearsed))
         refuse_lint_errors(context, review.lint)
     if context.settings.requires_success_in:
         with step(context, "staging_proof"):
             review.staging_proof = staging_proof.check(context, pending, skip=skip_staging_proof)
     return review
+
+
+def _rehearse_code_migrations(
+    context: RunContext, plugins: Plugins, pending: list[LocalMigration], code: list[str], review: Review
+) -> dict[str, str]:
+    """The SQL each code migration runs, captured by the handler's preview: the pending migrations
+    applied to a throwaway copy of the database, within ``lint_rehearsal_seconds``. Migrations it
+    could not capture go to ``review.lint_not_run`` with the reason."""
+    limit = context.settings.lint_rehearsal_seconds
+    if not limit:
+        review.lint_not_run = dict.fromkeys(code, "lint_rehearsal_seconds is 0: code migrations are not rehearsed")
+        return {}
+    bounded = dataclasses.replace(context, deadline=time.monotonic() + limit)
+    try:
+        previews = plugins.migration_preview(bounded, pending)
+    except FaberError as exc:
+        reason = f"the rehearsal that captures their SQL did not run: {context.redactor.redact(exc.message)}"
+        review.lint_not_run = dict.fromkeys(code, reason)
+        return {}
+    captured = {}
+    for item in previews:
+        if item.name not in code:
+            continue
+        skipped = next((note for note in item.notes if note.startswith(NOT_REHEARSED)), None)
+        if skipped:
+            review.lint_not_run[item.name] = skipped
+        else:
+            captured[item.name] = item.sql
+    for name in code:
+        if name not in captured and name not in review.lint_not_run:
+            review.lint_not_run[name] = "the handler's preview did not describe it"
+    return captured
 
 
 def _lint_on_target(context: RunContext, sources: dict[str, str]) -> dict[str, list[LintFinding]]:
@@ -175,7 +218,7 @@ def annotate_preview(
         tables = Catalog(conn, context.database.schema)
         _estimate(context, conn, state, previews, tables)
         if context.settings.lint != "off":
-            _lint_previews(context, state, previews, tables, _version(conn))
+            _lint_previews(context, previews, tables, _version(conn))
         report = _preview_preflight(context, conn, previews)
     if rehearse:
         _measure(context, plugins, state, previews)
@@ -217,26 +260,16 @@ def calibration_samples(
 
 def _lint_previews(
     context: RunContext,
-    state: MigrationState,
     previews: list[MigrationPreview],
     tables: Catalog,
     version: str | None,
 ) -> None:
     findings = lint_sources(context, {p.name: p.sql for p in previews if p.sql}, tables, version)
-    linted_on_deploy = {m.name for m in state.local if migration_sql(context, m) is not None}
     for item in previews:
         item.lint = findings.get(item.name, [])
         errors = sum(1 for f in item.lint if f.severity == "error")
-        if not errors or context.settings.lint != "block":
-            continue
-        if item.name in linted_on_deploy:
+        if errors and context.settings.lint == "block":
             item.notes.append(f"lint: {errors} lock-risk error(s) would block the deploy to {context.environment}")
-        else:
-            # Code migrations' SQL is only known from this rehearsal; the deploy does not rehearse.
-            item.notes.append(
-                f"lint: {errors} lock-risk error(s) in the SQL this migration ran in rehearsal; the deploy does "
-                "not lint code migrations, so review them before deploying"
-            )
 
 
 def _preview_preflight(

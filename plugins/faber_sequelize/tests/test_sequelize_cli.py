@@ -55,3 +55,13 @@ def test_a_half_applied_migration_in_a_protected_environment_is_rolled_back_to_t
     assert query("SELECT to_regclass('posts'), to_regclass('half')") == [(None, None)], "the half-applied table is gone"
     assert query("SELECT email FROM users") == [("kept@example.com",)]
     assert CANARY_PASSWORD not in run.output
+
+
+def test_the_deploy_lints_the_sql_sequelize_runs_in_rehearsal(sequelize_project, run_faber):
+    project = sequelize_project()
+
+    run = run_faber("migrate", "staging", "--yes", "--cwd", str(project))
+
+    assert run.returncode == 0, run.output
+    assert "(code migrations linted from their rehearsal: 2)" in run.output
+    assert "Lint: not run" not in run.output

@@ -1,0 +1,65 @@
+"""A deploy lints TypeORM migrations from the SQL they run on a rehearsal copy, by the environment's
+policy, or says plainly that the lint did not run: never a pass it did not check."""
+
+from __future__ import annotations
+
+FIXTURE_MIGRATIONS = ["CreateUsers1700000000000", "AddUserName1700000100000"]
+
+
+def test_the_deploy_lints_what_the_migrations_run_and_judges_it_by_the_table(typeorm_project, run_faber):
+    project = typeorm_project()
+
+    run = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+
+    assert run.returncode == 0, run.output
+    result = run.json["result"]
+    assert result["lint_not_run"] is None
+    (index,) = [
+        f for f in result["lint"]["AddUserName1700000100000"] if f["rule"] == "require-concurrent-index-creation"
+    ]
+    assert (
+        index["severity"] == "info" and "created earlier in this deploy (CreateUsers1700000000000)" in index["reason"]
+    )
+
+
+def test_a_lock_risk_on_a_populated_table_blocks_the_deploy(typeorm_project, typeorm_migration, run_faber, query):
+    project = typeorm_project()
+    assert run_faber("migrate", "staging", "--yes", "--cwd", str(project)).returncode == 0
+    query("INSERT INTO users (email) SELECT 'user' || g || '@example.com' FROM generate_series(1, 20000) g")
+    query("ANALYZE users")
+    (project / "migrations/1700000200000-EmailLower.js").write_text(
+        typeorm_migration("EmailLower1700000200000", 'CREATE INDEX "users_email_lower" ON "users" (lower("email"))')
+    )
+
+    run = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+
+    assert run.returncode == 9, run.output
+    (finding,) = run.json["result"]["lint"]["EmailLower1700000200000"]
+    assert finding["rule"] == "require-concurrent-index-creation" and finding["severity"] == "error"
+    assert finding["table"] == "public.users"
+    assert query("SELECT to_regclass('users_email_lower')") == [(None,)], "nothing was applied"
+
+
+def test_when_the_rehearsal_does_not_finish_in_time_the_deploy_says_lint_not_run(
+    typeorm_project, typeorm_migration, run_faber, query
+):
+    # Reasons this bound exists: a role without CREATEDB, a copy too big to make in time; the
+    # deploy goes on under lock_timeout, and says which migrations nobody linted.
+    project = typeorm_project(lint_rehearsal_seconds=0.2)
+
+    human = run_faber("migrate", "staging", "--yes", "--cwd", str(project))
+
+    assert human.returncode == 0, human.output
+    assert "⚠ Lint: not run for 2 migration(s): the rehearsal that captures their SQL did not run" in human.output
+    assert "in the time allowed" in human.output
+    assert "✓ Lint" not in human.output and "Lint: 0 error(s)" not in human.output
+    assert "Lint: not run for CreateUsers1700000000000, AddUserName1700000100000" in human.stdout
+    (project / "migrations/1700000200000-AddPosts.js").write_text(
+        typeorm_migration("AddPosts1700000200000", 'CREATE TABLE "posts" (id int)')
+    )
+
+    document = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project)).json
+
+    result = document["result"]
+    assert list(result["lint_not_run"]) == ["AddPosts1700000200000"] and result["lint"] is None
+    assert query("SELECT to_regclass('posts')") == [("posts",)]
