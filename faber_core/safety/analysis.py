@@ -40,6 +40,8 @@ class StatementEffect:
     table: TableName | None
     concurrent: bool = False
     tables_touched: list[TableName] = field(default_factory=list)
+    sorted_columns: list[str] = field(default_factory=list)
+    """The columns an index build sorts (for an expression, the columns it reads)."""
 
 
 def analyse(sql: str) -> list[StatementEffect]:
@@ -48,7 +50,9 @@ def analyse(sql: str) -> list[StatementEffect]:
     for raw in pglast.parse_sql(sql):
         text = _statement_text(sql, raw)
         kind, table, concurrent = _classify(raw.stmt)
-        effects.append(StatementEffect(text, kind, table, concurrent, tables_touched(raw.stmt)))
+        effects.append(
+            StatementEffect(text, kind, table, concurrent, tables_touched(raw.stmt), _sorted_columns(raw.stmt))
+        )
     return effects
 
 
@@ -79,6 +83,31 @@ def tables_touched(node: ast.Node) -> list[TableName]:
     visitor = _RangeVars()
     visitor(node)
     return visitor.found
+
+
+class _ColumnRefs(Visitor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def visit_ColumnRef(self, ancestors: object, node: ast.ColumnRef) -> None:
+        last = node.fields[-1] if node.fields else None
+        if isinstance(last, ast.String):
+            self.names.append(last.sval)
+
+
+def _sorted_columns(node: ast.Node) -> list[str]:
+    if not isinstance(node, ast.IndexStmt):
+        return []
+    names = []
+    for element in node.indexParams or ():
+        if element.name:
+            names.append(element.name)
+        elif element.expr is not None:
+            refs = _ColumnRefs()
+            refs(element.expr)
+            names += refs.names
+    return names
 
 
 def _classify(node: ast.Node) -> tuple[Kind, TableName | None, bool]:

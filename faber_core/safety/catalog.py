@@ -25,12 +25,26 @@ class TableStats:
     index_count: int
     analysed: bool
     """False when ``rows`` comes from the table's size because its statistics are missing or stale."""
+    collated_columns: frozenset[str] = frozenset()
+    """Columns sorted by a linguistic collation (not C/POSIX): an index on them builds several times slower."""
+    collated_index_count: int = 0
 
 
-_LOOKUP = """
+# A collation sorts by byte value (cheaply) when it is C or POSIX, or the database default where
+# that is C or POSIX; any other (C.UTF-8 included) compares through the locale.
+_LINGUISTIC = """
+    {collation} NOT IN (0, 950, 951) AND NOT ({collation} = 100 AND
+    (SELECT datcollate IN ('C', 'POSIX') FROM pg_database WHERE datname = current_database()))
+"""
+_LOOKUP = f"""
 SELECT c.oid, n.nspname || '.' || c.relname, c.reltuples, c.relpages,
        pg_relation_size(c.oid) / current_setting('block_size')::int, pg_table_size(c.oid),
-       (SELECT count(*) FROM pg_index i WHERE i.indrelid = c.oid)
+       (SELECT count(*) FROM pg_index i WHERE i.indrelid = c.oid),
+       (SELECT coalesce(array_agg(a.attname::text), '{{}}') FROM pg_attribute a
+        WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+          AND {_LINGUISTIC.format(collation="a.attcollation")}),
+       (SELECT count(*) FROM pg_index i WHERE i.indrelid = c.oid AND EXISTS (
+          SELECT 1 FROM unnest(i.indcollation::oid[]) AS k(coll) WHERE {_LINGUISTIC.format(collation="k.coll")}))
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relname = %(name)s AND n.nspname = ANY(%(schemas)s) AND c.relkind IN ('r', 'p', 'm')
 ORDER BY array_position(%(schemas)s, n.nspname::text)
@@ -63,14 +77,23 @@ def find_tables(conn: psycopg.Connection, names: list[TableName], default_schema
         row = conn.execute(_LOOKUP, {"name": name, "schemas": _schemas(schema, default_schema)}).fetchone()
         if row is None:
             continue
-        oid, display, reltuples, relpages, pages, table_bytes, index_count = row
+        oid, display, reltuples, relpages, pages, table_bytes, index_count, collated, collated_indexes = row
         if reltuples >= 0 and relpages > 0:
             rows, analysed = reltuples / relpages * pages, True
         elif reltuples >= 0 and pages == 0:
             rows, analysed = 0.0, True
         else:
             rows, analysed = table_bytes / _BYTES_PER_ROW_UNANALYSED, False
-        found[(schema, name)] = TableStats(oid, display, float(rows), int(table_bytes), int(index_count), analysed)
+        found[(schema, name)] = TableStats(
+            oid,
+            display,
+            float(rows),
+            int(table_bytes),
+            int(index_count),
+            analysed,
+            frozenset(collated),
+            int(collated_indexes),
+        )
     return found
 
 
