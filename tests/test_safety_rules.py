@@ -50,11 +50,31 @@ def faber_rules_in(findings: list[dict]) -> dict[str, dict]:
     return {f["rule"]: f for f in findings if f["rule"] in DANGEROUS}
 
 
-def test_each_rule_blocks_on_a_populated_table(project, context_for, plugins, database_url):
-    project_dir = project({"001_base": BASE})
-    migrate(context_for(project_dir), plugins, YES)
-    fill(database_url, ROWS)
-    (project_dir / "migrations/002_maintenance.sql").write_text(migration(DANGEROUS))
+def assert_each_rule_informational(findings: list[dict], reason: str) -> None:
+    found = faber_rules_in(findings)
+    assert set(found) == set(DANGEROUS)
+    for rule, finding in found.items():
+        assert finding["severity"] == "info", rule
+        assert reason in finding["reason"], rule
+
+
+@pytest.fixture
+def deployed_base(project, context_for, plugins, database_url):
+    """``make(rows, second_migration)``: events (with ``rows`` rows, analysed) and its view are in
+    production; ``second_migration`` is pending."""
+
+    def make(rows: int, second: str):
+        project_dir = project({"001_base": BASE})
+        migrate(context_for(project_dir), plugins, YES)
+        fill(database_url, rows)
+        (project_dir / "migrations/002_maintenance.sql").write_text(second)
+        return project_dir
+
+    return make
+
+
+def test_each_rule_blocks_on_a_populated_table(deployed_base, context_for, plugins):
+    project_dir = deployed_base(ROWS, migration(DANGEROUS))
 
     with pytest.raises(LintBlocked) as raised:
         migrate(context_for(project_dir), plugins, YES)
@@ -73,12 +93,9 @@ def test_each_rule_blocks_on_a_populated_table(project, context_for, plugins, da
 def test_each_rule_is_informational_on_a_table_created_earlier_in_the_same_deploy(project, context_for, plugins):
     project_dir = project({"001_base": BASE, "002_maintenance": migration(DANGEROUS)})
 
-    found = faber_rules_in(previewed_findings(context_for, plugins, project_dir)["002_maintenance"])
+    findings = previewed_findings(context_for, plugins, project_dir)["002_maintenance"]
 
-    assert set(found) == set(DANGEROUS)
-    for rule, finding in found.items():
-        assert finding["severity"] == "info", rule
-        assert "is created earlier in this deploy (001_base)" in finding["reason"], rule
+    assert_each_rule_informational(findings, "is created earlier in this deploy (001_base)")
 
 
 def test_the_same_deploy_applies_under_the_blocking_default(project, context_for, plugins, database_url):
@@ -90,31 +107,22 @@ def test_the_same_deploy_applies_under_the_blocking_default(project, context_for
     assert {f["severity"] for f in faber_rules_in(result["lint"]["002_maintenance"]).values()} == {"info"}
 
 
-def test_each_rule_is_informational_on_a_table_statistics_show_empty(project, context_for, plugins, database_url):
-    project_dir = project({"001_base": BASE})
-    migrate(context_for(project_dir), plugins, YES)
-    fill(database_url, 0)
-    (project_dir / "migrations/002_maintenance.sql").write_text(migration(DANGEROUS))
+def test_each_rule_is_informational_on_a_table_statistics_show_empty(deployed_base, context_for, plugins):
+    project_dir = deployed_base(0, migration(DANGEROUS))
 
-    found = faber_rules_in(previewed_findings(context_for, plugins, project_dir)["002_maintenance"])
+    findings = previewed_findings(context_for, plugins, project_dir)["002_maintenance"]
 
-    assert set(found) == set(DANGEROUS)
-    for rule, finding in found.items():
-        assert finding["severity"] == "info", rule
-        assert "holds about 0 rows by its statistics" in finding["reason"], rule
+    assert_each_rule_informational(findings, "holds about 0 rows by its statistics")
 
 
-def test_a_rule_is_acknowledged_with_squawks_comment(project, context_for, plugins, database_url):
-    project_dir = project({"001_base": BASE})
-    migrate(context_for(project_dir), plugins, YES)
-    fill(database_url, ROWS)
+def test_a_rule_is_acknowledged_with_squawks_comment(deployed_base, context_for, plugins):
     acknowledged = (
         "-- reviewed: a short exclusive lock, outside business hours\n"
         "-- squawk-ignore ban-lock-table\n"
         "LOCK TABLE events IN SHARE MODE;\n"
         "ALTER TABLE events ADD COLUMN note text;\n"
     )
-    (project_dir / "migrations/002_lock.sql").write_text(acknowledged)
+    project_dir = deployed_base(ROWS, acknowledged)
 
     result = migrate(context_for(project_dir), plugins, YES).model_dump(mode="json")["result"]
 
