@@ -55,6 +55,7 @@ _OBJECT_KINDS: dict[ObjectType, Kind] = {
     ObjectType.OBJECT_FUNCTION: "function",
     ObjectType.OBJECT_PROCEDURE: "function",
 }
+_MAX_IDENTIFIER_BYTES = 63
 _SERIAL_TYPES = frozenset({"serial", "serial4", "bigserial", "serial8", "smallserial", "serial2"})
 
 
@@ -73,7 +74,9 @@ class Scope:
 
     def key(self, kind: Kind, name: TableName) -> Key:
         schema, relation = name
-        return (_NAMESPACE[kind], schema or self.default_schema, relation)
+        # PostgreSQL truncates identifiers to 63 bytes; later statements may spell either form.
+        truncated = relation.encode()[:_MAX_IDENTIFIER_BYTES].decode(errors="ignore")
+        return (_NAMESPACE[kind], schema or self.default_schema, truncated)
 
     def created_by(self, kind: Kind, name: TableName) -> str | None:
         return self.created.get(self.key(kind, name))
@@ -81,14 +84,8 @@ class Scope:
     def record(self, node: ast.Node, migration: str, exists: ObjectExists) -> None:
         for kind, name in _created(node, exists):
             self.created[self.key(kind, name)] = migration
-        if isinstance(node, ast.IndexStmt) and node.idxname:
-            index = (node.relation.schemaname or None, node.idxname)
-            self.index_tables[self.key("index", index)] = qualified(node.relation)
-        elif isinstance(node, ast.AlterTableStmt):
-            for constraint in _added_constraints(node):
-                if constraint.contype in (ConstrType.CONSTR_PRIMARY, ConstrType.CONSTR_UNIQUE) and constraint.conname:
-                    index = (node.relation.schemaname or None, constraint.conname)
-                    self.index_tables[self.key("index", index)] = qualified(node.relation)
+        for index, table in _indexes_created(node):
+            self.index_tables[self.key("index", index)] = table
         renamed = _renamed(node)
         if renamed is not None:
             (kind, old), new = renamed
@@ -96,6 +93,40 @@ class Scope:
                 self.created[self.key(kind, new)] = self.created.pop(self.key(kind, old))
             if kind == "index" and self.key(kind, old) in self.index_tables:
                 self.index_tables[self.key(kind, new)] = self.index_tables.pop(self.key(kind, old))
+            if kind == "table":
+                for index, table in self.index_tables.items():
+                    if self.key("table", table) == self.key("table", old):
+                        self.index_tables[index] = new
+
+
+def _indexes_created(node: ast.Node) -> list[tuple[TableName, TableName]]:
+    """(index, its table) for every index a statement creates, those behind primary keys and
+    unique constraints included (named as PostgreSQL names them when the SQL does not)."""
+    if isinstance(node, ast.IndexStmt) and node.idxname:
+        return [((node.relation.schemaname or None, node.idxname), qualified(node.relation))]
+    if isinstance(node, ast.AlterTableStmt) and node.relation is not None:
+        constraints = [(c, None) for c in _added_constraints(node)]
+    elif isinstance(node, ast.CreateStmt):
+        constraints = []
+        for element in node.tableElts or ():
+            if isinstance(element, ast.Constraint):
+                constraints.append((element, None))
+            elif isinstance(element, ast.ColumnDef):
+                constraints += [(c, element.colname) for c in element.constraints or ()]
+    else:
+        return []
+    table = qualified(node.relation)
+    found = []
+    for constraint, column in constraints:
+        if constraint.contype == ConstrType.CONSTR_PRIMARY:
+            name = constraint.conname or f"{table[1]}_pkey"
+        elif constraint.contype == ConstrType.CONSTR_UNIQUE:
+            keys = [column] if column else [key.sval for key in constraint.keys or ()]
+            name = constraint.conname or "_".join([table[1], *keys, "key"])
+        else:
+            continue
+        found.append(((table[0], name), table))
+    return found
 
 
 def _renamed(node: ast.Node) -> tuple[Subject, TableName] | None:
@@ -245,7 +276,21 @@ class Judge:
             if kind == "index":
                 table = self._table_of_index(name)
                 if table is None:
-                    return finding
+                    if self.exists("relation", name):
+                        return finding
+                    # Not in the database and not created by SQL faber read: either nothing is
+                    # dropped, or this deploy creates it in SQL it cannot read (a DO block).
+                    display = ".".join(self.scope.key(kind, name)[1:])
+                    names.append(display)
+                    reasons.append(
+                        f"{display} does not exist in the database: "
+                        + (
+                            "DROP ... IF EXISTS drops nothing"
+                            if if_exists
+                            else "an earlier statement of this deploy creates it"
+                        )
+                    )
+                    continue
                 kind, name = "table", table
             names.append(self._display(kind, name))
             reason = self._reason(kind, name, breaking=is_breaking(finding.rule), if_exists=if_exists)
