@@ -133,6 +133,10 @@ class ProgressPrinter:
         source = f" (code migrations linted from their rehearsal: {len(rehearsed)})" if rehearsed else ""
         self.line(f"{mark} Lint: {counts['errors']} error(s), {counts['warnings']} warning(s){informational}{source}")
 
+    def on_lint_rehearsing(self, event: AuditEvent) -> None:
+        count = len(event.data["migrations"])
+        self.line(f"… Lint: rehearsing {count} code migration(s) on a throwaway copy to read their SQL")
+
     def on_lint_not_run(self, event: AuditEvent) -> None:
         not_run = event.data["migrations"]
         reasons = sorted(set(not_run.values()))

@@ -108,6 +108,7 @@ def _rehearse_code_migrations(
         review.lint_not_run = dict.fromkeys(code, "lint_rehearsal_seconds is 0: code migrations are not rehearsed")
         return {}
     bounded = dataclasses.replace(context, deadline=time.monotonic() + limit)
+    context.emit("lint.rehearsing", migrations=code, limit_seconds=limit)
     try:
         previews = plugins.migration_preview(bounded, pending)
     except FaberError as exc:

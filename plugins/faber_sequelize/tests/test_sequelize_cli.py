@@ -63,5 +63,6 @@ def test_the_deploy_lints_the_sql_sequelize_runs_in_rehearsal(sequelize_project,
     run = run_faber("migrate", "staging", "--yes", "--cwd", str(project))
 
     assert run.returncode == 0, run.output
+    assert "… Lint: rehearsing 2 code migration(s) on a throwaway copy" in run.output
     assert "(code migrations linted from their rehearsal: 2)" in run.output
     assert "Lint: not run" not in run.output
