@@ -177,7 +177,7 @@ def refuse_lint_errors(context: RunContext, findings: dict[str, list[LintFinding
         suggestions=[
             "Rewrite the statements as each finding's help says (a new migration, if this one was applied elsewhere)",
             "Or, after review, acknowledge a finding in the migration on the line before the statement: "
-            "-- squawk-ignore <rule>",
+            "-- squawk-ignore <rule> (in a TypeORM or Sequelize migration: at the start of the query's SQL string)",
             f'Or set "lint": "warn" for {context.environment} to report findings without blocking',
         ],
     )

@@ -3,6 +3,7 @@ policy, or says plainly that the lint did not run: never a pass it did not check
 
 from __future__ import annotations
 
+INDEX = 'CREATE INDEX "users_email_lower" ON "users" (lower("email"))'
 FIXTURE_MIGRATIONS = ["CreateUsers1700000000000", "AddUserName1700000100000"]
 
 
@@ -27,9 +28,7 @@ def test_a_lock_risk_on_a_populated_table_blocks_the_deploy(typeorm_project, typ
     assert run_faber("migrate", "staging", "--yes", "--cwd", str(project)).returncode == 0
     query("INSERT INTO users (email) SELECT 'user' || g || '@example.com' FROM generate_series(1, 20000) g")
     query("ANALYZE users")
-    (project / "migrations/1700000200000-EmailLower.js").write_text(
-        typeorm_migration("EmailLower1700000200000", 'CREATE INDEX "users_email_lower" ON "users" (lower("email"))')
-    )
+    (project / "migrations/1700000200000-EmailLower.js").write_text(typeorm_migration("EmailLower1700000200000", INDEX))
 
     run = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
 
@@ -38,6 +37,16 @@ def test_a_lock_risk_on_a_populated_table_blocks_the_deploy(typeorm_project, typ
     assert finding["rule"] == "require-concurrent-index-creation" and finding["severity"] == "error"
     assert finding["table"] == "public.users"
     assert query("SELECT to_regclass('users_email_lower')") == [(None,)], "nothing was applied"
+    assert "at the start of the query's SQL string" in " ".join(run.json["recovery"]["suggestions"])
+    acknowledged = "-- squawk-ignore require-concurrent-index-creation\n" + INDEX
+    (project / "migrations/1700000200000-EmailLower.js").write_text(
+        typeorm_migration("EmailLower1700000200000", acknowledged)
+    )
+
+    again = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+
+    assert again.returncode == 0, again.output
+    assert query("SELECT to_regclass('users_email_lower')") == [("users_email_lower",)]
 
 
 def test_when_the_rehearsal_does_not_finish_in_time_the_deploy_says_lint_not_run(
