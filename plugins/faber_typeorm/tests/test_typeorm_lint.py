@@ -4,7 +4,6 @@ policy, or says plainly that the lint did not run: never a pass it did not check
 from __future__ import annotations
 
 INDEX = 'CREATE INDEX "users_email_lower" ON "users" (lower("email"))'
-FIXTURE_MIGRATIONS = ["CreateUsers1700000000000", "AddUserName1700000100000"]
 
 
 def test_the_deploy_lints_what_the_migrations_run_and_judges_it_by_the_table(typeorm_project, run_faber):
