@@ -194,6 +194,15 @@ def process_alive(pid: int) -> bool:
     return state != "Z"
 
 
+def pytest_terminal_summary(terminalreporter, config) -> None:
+    """How many fault-injection points the run covered (``faber_core.testing.faults``)."""
+    from faber_core.testing.faults import injection_summary
+
+    line = injection_summary(config)
+    if line:
+        terminalreporter.write_line(line)
+
+
 @pytest.fixture
 def plugin_manager():
     """A PluginManager with the built-in plugins only; tests register their own plugins on it."""

@@ -1,0 +1,506 @@
+"""Fault injection: kill a real ``faber`` at a real moment, then look at what it left behind.
+
+For faber's own crash-safety tests and for plugin authors who want the same proof for their
+handler or backup provider:
+
+- :class:`FaberProcess` runs the ``faber`` command in a subprocess (its own process session) and
+  reads the project's audit log (``.faber/audit.log``, one event per line, written as it happens)
+  while it runs, so a test waits for a step's event instead of sleeping, then sends a signal.
+  It remembers the child processes (pg_dump, psql, node) alive at the moment of the kill.
+- :func:`snapshot` takes a database's logical state: its user schemas as ``pg_dump --schema-only``
+  prints them, every constraint and index (with validity), and the row count of every table.
+- :func:`server_leftovers` lists the sessions and advisory locks still on a database.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+AUDIT_LOG = Path(".faber") / "audit.log"
+POLL_SECONDS = 0.01
+
+Event = dict[str, Any]
+
+
+class FaberExited(AssertionError):
+    """faber ended before the awaited moment came."""
+
+
+def event_matcher(kind: str, **data: Any) -> Callable[[Event], bool]:
+    """A predicate for events of ``kind`` whose data has every item of ``data``."""
+
+    def matches(event: Event) -> bool:
+        return event.get("kind") == kind and all(event.get("data", {}).get(k) == v for k, v in data.items())
+
+    matches.__name__ = f"{kind}{data or ''}"
+    return matches
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    pid: int
+    start_time: int
+    session: int
+    command: str
+
+    def alive(self) -> bool:
+        """Still running (the same process, not a new one that reused the pid) and not a zombie."""
+        now = _process(self.pid)
+        return now is not None and now.start_time == self.start_time and _state(self.pid) not in ("Z", "X", None)
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name is in parentheses and may itself contain spaces or parentheses.
+    return [text[: text.index("(")].strip(), *text[text.rindex(")") + 2 :].split()]
+
+
+def _state(pid: int) -> str | None:
+    fields = _stat_fields(pid)
+    return fields[1] if fields else None
+
+
+def _process(pid: int) -> ProcessInfo | None:
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        command = ""
+    # fields: pid, state, ppid, pgrp, session, ... starttime is the 22nd field of /proc/PID/stat.
+    return ProcessInfo(pid=pid, start_time=int(fields[20]), session=int(fields[4]), command=command)
+
+
+def _all_pids() -> list[int]:
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
+
+def descendants(pid: int) -> list[ProcessInfo]:
+    """Every living process below ``pid`` in the process tree."""
+    parents: dict[int, list[int]] = {}
+    for candidate in _all_pids():
+        fields = _stat_fields(candidate)
+        if fields is not None:
+            parents.setdefault(int(fields[2]), []).append(candidate)
+    found: list[ProcessInfo] = []
+    queue = list(parents.get(pid, []))
+    while queue:
+        child = queue.pop()
+        info = _process(child)
+        if info is not None and _state(child) != "Z":
+            found.append(info)
+        queue += parents.get(child, [])
+    return found
+
+
+def session_members(session: int) -> list[ProcessInfo]:
+    """Every living process of process session ``session``."""
+    members = []
+    for pid in _all_pids():
+        info = _process(pid)
+        if info is not None and info.session == session and _state(pid) != "Z":
+            members.append(info)
+    return members
+
+
+@dataclass
+class FaberProcess:
+    """One ``faber`` command running in the background, in a process session of its own.
+
+    Its events are the lines appended to the project's audit log after it started, so run one
+    command at a time per project directory (two projects may point at the same database).
+    """
+
+    project: Path
+    argv: list[str]
+    proc: subprocess.Popen
+    stdout_file: Any
+    stderr_file: Any
+    log_offset: int
+    events: list[Event] = field(default_factory=list)
+    children_at_kill: list[ProcessInfo] = field(default_factory=list)
+    signal_sent: int | None = None
+    _partial_line: bytes = b""
+
+    @classmethod
+    def start(cls, project: Path, *args: str, env: dict[str, str] | None = None) -> FaberProcess:
+        """Start ``faber ARGS --cwd PROJECT`` with no terminal (as in CI)."""
+        return cls.spawn(project, [sys.executable, "-m", "faber_core", *args, "--cwd", str(project)], env=env)
+
+    @classmethod
+    def spawn(cls, project: Path, argv: list[str], env: dict[str, str] | None = None) -> FaberProcess:
+        """Start ``argv`` (normally faber) in a session of its own, following ``project``'s audit log."""
+        log = project / AUDIT_LOG
+        offset = log.stat().st_size if log.exists() else 0
+        stdout, stderr = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+        return cls(project, argv, proc, stdout, stderr, offset)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    # Events -----------------------------------------------------------------------------
+
+    def read_events(self) -> list[Event]:
+        """Read what the run appended to the audit log since the last call; return all its events."""
+        log = self.project / AUDIT_LOG
+        if not log.exists():
+            return self.events
+        with log.open("rb") as handle:
+            handle.seek(self.log_offset)
+            chunk = handle.read()
+        self.log_offset += len(chunk)
+        lines = (self._partial_line + chunk).split(b"\n")
+        self._partial_line = lines.pop()
+        for line in lines:
+            if line.strip():
+                self.events.append(json.loads(line))
+        return self.events
+
+    def kinds(self) -> list[str]:
+        return [event["kind"] for event in self.read_events()]
+
+    def wait_for(
+        self, match: Callable[[Event], bool] | str, *, after: Event | None = None, timeout: float = 60
+    ) -> Event:
+        """Wait for the first event ``match`` accepts (an event kind, or a predicate), after the event
+        ``after`` if given."""
+        predicate = event_matcher(match) if isinstance(match, str) else match
+        deadline = time.monotonic() + timeout
+        while True:
+            events = self.read_events()
+            start = next(i for i, event in enumerate(events) if event is after) + 1 if after is not None else 0
+            found = next((event for event in events[start:] if predicate(event)), None)
+            if found is not None:
+                return found
+            self._check_running(f"event {getattr(predicate, '__name__', predicate)}", deadline)
+            time.sleep(POLL_SECONDS)
+
+    def wait_until(self, condition: Callable[[], Any], *, what: str, timeout: float = 30) -> Any:
+        """Wait, while faber runs, until ``condition()`` returns something true; return it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = condition()
+            if value:
+                return value
+            self._check_running(what, deadline)
+            time.sleep(POLL_SECONDS)
+
+    def _check_running(self, what: str, deadline: float) -> None:
+        if self.proc.poll() is not None:
+            self.read_events()
+            raise FaberExited(
+                f"faber exited with {self.proc.returncode} before {what}; events: {self.kinds()}\n"
+                f"stdout: {self.stdout()[-2000:]}\nstderr: {self.stderr()[-3000:]}"
+            )
+        if time.monotonic() > deadline:
+            raise FaberExited(f"timed out waiting for {what}; events so far: {self.kinds()}")
+
+    # Signals and the end ----------------------------------------------------------------
+
+    def kill(self, signum: int) -> None:
+        """Send ``signum`` to faber's pid only (as ``kill`` does), noting its children at that moment."""
+        self.children_at_kill = descendants(self.pid)
+        self.signal_sent = signum
+        os.kill(self.pid, signum)
+
+    def wait(self, timeout: float) -> int | None:
+        """faber's exit code (negative: killed by that signal), or None if it still runs after ``timeout``."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def finish(self, timeout: float = 300) -> int:
+        """Wait for faber to end by itself; its exit code."""
+        code = self.wait(timeout)
+        if code is None:
+            self.stop_everything()
+            raise FaberExited(f"faber {' '.join(self.argv[3:])} did not finish within {timeout}s")
+        return code
+
+    def stdout(self) -> str:
+        return _read_all(self.stdout_file)
+
+    def stderr(self) -> str:
+        return _read_all(self.stderr_file)
+
+    def surviving_children(self, within: float) -> list[ProcessInfo]:
+        """Children that were alive at the kill, or members of faber's session, still running after
+        ``within`` seconds (a moment to act on a signal is fair; more is an orphan)."""
+        deadline = time.monotonic() + within
+        while True:
+            survivors = {info.pid: info for info in self.children_at_kill if info.alive()}
+            survivors.update({info.pid: info for info in session_members(self.pid) if info.pid != self.pid})
+            if not survivors or time.monotonic() >= deadline:
+                return list(survivors.values())
+            time.sleep(0.05)
+
+    def stop_everything(self) -> None:
+        """Kill faber and every process it left behind (cleanup after a test, pass or fail)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for info in [*self.children_at_kill, *session_members(self.pid)]:
+            if info.alive():
+                try:
+                    os.kill(info.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def _read_all(handle: Any) -> str:
+    handle.flush()
+    handle.seek(0)
+    return handle.read().decode(errors="replace")
+
+
+# Migrations that hold still or fail on demand ---------------------------------------------
+
+HOLD_SECONDS = 60
+"""How long a held migration sleeps unless ``faults.hold_seconds`` says otherwise."""
+
+
+def holdable_migration(name: str, body: str) -> str:
+    """SQL for migration ``name``: ``body``, then a sleep while the session's ``faults.hold`` names
+    it (for ``faults.hold_seconds``, default :data:`HOLD_SECONDS`), then an error when
+    ``faults.fail`` names it. With neither set it is just ``body``.
+
+    Set them for every session of a database (``ALTER DATABASE ... SET faults.hold = '...'``) or
+    for one faber process (``PGOPTIONS='-c faults.hold=...'``, see :func:`session_settings`). The
+    first line, ``-- faults:NAME``, lets a test find the migration's session in pg_stat_activity.
+    """
+    return (
+        f"-- faults:{name}\n{body}\n"
+        f"SELECT pg_sleep(CASE current_setting('faults.hold', true) WHEN '{name}' THEN "
+        f"coalesce(nullif(current_setting('faults.hold_seconds', true), ''), '{HOLD_SECONDS}')::float8 "
+        "ELSE 0 END);\n"
+        f"DO $$ BEGIN IF current_setting('faults.fail', true) = '{name}' THEN "
+        f"RAISE EXCEPTION 'injected failure in {name}'; END IF; END $$;\n"
+    )
+
+
+def session_settings(**settings: str | float) -> dict[str, str]:
+    """``PGOPTIONS`` giving every session of one faber process ``faults.<key>`` settings."""
+    return {"PGOPTIONS": " ".join(f"-c faults.{key}={value}" for key, value in settings.items())}
+
+
+def migration_session(conn: psycopg.Connection, database: str, name: str) -> int | None:
+    """The pid of the session running (and held in) migration ``name`` on ``database``, if any."""
+    row = conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = %s AND state = 'active' AND wait_event = 'PgSleep'"
+        " AND query LIKE %s LIMIT 1",
+        [database, f"-- faults:{name}%"],
+    ).fetchone()
+    return row[0] if row else None
+
+
+# Counting what a suite covered -------------------------------------------------------------
+
+INJECTIONS = pytest.StashKey[list]()
+
+
+def record_injection(config: pytest.Config, point: str, signal_name: str, *, passed: bool) -> None:
+    """Note a kill that landed at ``point``; the session's summary counts them
+    (``pytest_terminal_summary`` in :mod:`faber_core.testing.fixtures`)."""
+    config.stash.setdefault(INJECTIONS, []).append((point, signal_name, passed))
+
+
+def injection_summary(config: pytest.Config) -> str | None:
+    kills = config.stash.get(INJECTIONS, [])
+    if not kills:
+        return None
+    points = {point for point, _, _ in kills}
+    by_signal = ", ".join(
+        f"{name} {sum(1 for _, s, _ in kills if s == name)}" for name in sorted({s for _, s, _ in kills})
+    )
+    passed = sum(1 for *_, ok in kills if ok)
+    return (
+        f"fault injection: {len(points)} injection points covered by {len(kills)} kills ({by_signal}); "
+        f"{passed} of them left a consistent, recoverable database and nothing behind"
+    )
+
+
+# Database state -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatabaseState:
+    """A database's logical state, comparable with ``==``; :meth:`differences` says how two differ."""
+
+    schema: str
+    constraints: tuple[tuple[str, str, str], ...]
+    indexes: tuple[tuple[str, str, bool], ...]
+    row_counts: tuple[tuple[str, int], ...]
+
+    def differences(self, other: DatabaseState) -> list[str]:
+        found = []
+        if self.schema != other.schema:
+            mine, theirs = set(self.schema.splitlines()), set(other.schema.splitlines())
+            only_mine = sorted(mine - theirs)[:8]
+            only_theirs = sorted(theirs - mine)[:8]
+            found.append(f"schema differs: only here {only_mine}, only there {only_theirs}")
+        for name, mine, theirs in (
+            ("constraints", self.constraints, other.constraints),
+            ("indexes", self.indexes, other.indexes),
+            ("row counts", self.row_counts, other.row_counts),
+        ):
+            if mine != theirs:
+                found.append(
+                    f"{name} differ: only here {sorted(set(mine) - set(theirs))}, "
+                    f"only there {sorted(set(theirs) - set(mine))}"
+                )
+        return found
+
+
+def pg_dump_program() -> str:
+    """pg_dump on PATH, else the one shipped with the embedded server."""
+    found = shutil.which("pg_dump")
+    if found:
+        return found
+    from faber_core.postgres.embedded import embedded_bin_dirs
+
+    for directory in embedded_bin_dirs():
+        if (directory / "pg_dump").exists():
+            return str(directory / "pg_dump")
+    raise RuntimeError("pg_dump not found")
+
+
+_USER_RELATIONS = """
+    n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname <> ALL(%(excluded)s)
+    AND n.nspname NOT LIKE 'pg\\_toast%%' AND n.nspname NOT LIKE 'pg\\_temp\\_%%'
+"""
+
+
+def snapshot(url: str, *, exclude_schemas: Iterable[str] = ("faber",)) -> DatabaseState:
+    """The logical state of the database at ``url``, without the excluded schemas (faber's own)."""
+    excluded = list(exclude_schemas)
+    dump = subprocess.run(
+        [
+            pg_dump_program(),
+            "--schema-only",
+            "--no-owner",
+            "--no-privileges",
+            *[f"--exclude-schema={name}" for name in excluded],
+            f"--dbname={url}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    # Comments, and the random key of pg_dump's \\restrict lines, differ between two dumps of one schema.
+    schema = "\n".join(line for line in dump.splitlines() if line.strip() and not line.startswith(("--", "\\")))
+    with psycopg.connect(url, autocommit=True) as conn:
+        constraints = conn.execute(
+            f"""
+            SELECT n.nspname || '.' || c.relname, k.conname, pg_get_constraintdef(k.oid)
+            FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE {_USER_RELATIONS} ORDER BY 1, 2
+            """,
+            {"excluded": excluded},
+        ).fetchall()
+        indexes = conn.execute(
+            f"""
+            SELECT n.nspname || '.' || t.relname, i.relname, x.indisvalid
+            FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid
+            JOIN pg_namespace n ON n.oid = t.relnamespace
+            WHERE {_USER_RELATIONS} ORDER BY 1, 2
+            """,
+            {"excluded": excluded},
+        ).fetchall()
+        tables = conn.execute(
+            f"""
+            SELECT format('%%I.%%I', n.nspname, c.relname), n.nspname || '.' || c.relname
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.relkind IN ('r', 'p') AND {_USER_RELATIONS} ORDER BY 2
+            """,
+            {"excluded": excluded},
+        ).fetchall()
+        counts = tuple((name, conn.execute(f"SELECT count(*) FROM {quoted}").fetchone()[0]) for quoted, name in tables)
+    return DatabaseState(schema, tuple(constraints), tuple(indexes), counts)
+
+
+def matching_state(state: DatabaseState, candidates: dict[str, DatabaseState]) -> str | None:
+    """The name of the candidate ``state`` equals, if any."""
+    return next((name for name, candidate in candidates.items() if candidate == state), None)
+
+
+def closest_differences(state: DatabaseState, candidates: dict[str, DatabaseState]) -> str:
+    """How ``state`` differs from each candidate, for a failure message."""
+    return "\n".join(f"  vs {name}: {'; '.join(state.differences(c))}" for name, c in candidates.items())
+
+
+# Server leftovers -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Leftovers:
+    sessions: list[tuple]
+    advisory_locks: list[tuple]
+
+    def __bool__(self) -> bool:
+        return bool(self.sessions or self.advisory_locks)
+
+    def __str__(self) -> str:
+        return f"sessions {self.sessions}, advisory locks {self.advisory_locks}"
+
+
+def server_leftovers(admin_url: str, database: str, *, ignore_pids: Iterable[int] = ()) -> Leftovers:
+    """Sessions connected to ``database`` and advisory locks held in it, except ``ignore_pids``."""
+    ignored = list(ignore_pids)
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        sessions = conn.execute(
+            """
+            SELECT pid, application_name, state, wait_event_type, left(query, 120)
+            FROM pg_stat_activity
+            WHERE datname = %s AND pid <> pg_backend_pid() AND pid <> ALL(%s) AND backend_type = 'client backend'
+            ORDER BY pid
+            """,
+            [database, ignored],
+        ).fetchall()
+        locks = conn.execute(
+            """
+            SELECT l.pid, l.classid, l.objid, l.granted FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+            WHERE l.locktype = 'advisory' AND d.datname = %s AND (l.pid IS NULL OR l.pid <> ALL(%s))
+            """,
+            [database, ignored],
+        ).fetchall()
+    return Leftovers(sessions, locks)
+
+
+def wait_for_server_release(
+    admin_url: str, database: str, *, within: float, ignore_pids: Iterable[int] = ()
+) -> Leftovers:
+    """What is still on the server after ``within`` seconds (empty as soon as nothing is)."""
+    deadline = time.monotonic() + within
+    while True:
+        found = server_leftovers(admin_url, database, ignore_pids=ignore_pids)
+        if not found or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.1)
