@@ -1,0 +1,155 @@
+"""faber killed while the Prisma handler applies a migration (faber_core.testing.faults)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+from faber_core.testing.faults import (
+    FaberProcess,
+    event_matcher,
+    holdable_migration,
+    session_settings,
+    wait_for_server_release,
+)
+
+ENVIRONMENT = "production"
+URL_ENV = "PRISMA_FAULTS_DATABASE_URL"
+INIT = (
+    'CREATE TABLE "accounts" ("id" SERIAL PRIMARY KEY, "email" TEXT NOT NULL);\n'
+    'INSERT INTO "accounts" ("email") SELECT \'user\' || g FROM generate_series(1, 1000) g;\n'
+)
+SERVER_BOUND = 5
+"""Seconds the server may take to notice a dead client and end its sessions and locks."""
+
+
+@pytest.fixture
+def project(faber_project, database_url):
+    """``make(migrations) -> Path``: a Prisma project on the test's database, 0_init deployed."""
+
+    def make(migrations: dict[str, str]) -> Path:
+        environment = {"database_url_env": URL_ENV, "lint": "warn", "backup_before_migrate": False}
+        config = {"database": {"migration_tool": "prisma", "environments": {ENVIRONMENT: environment}}}
+        directory = faber_project(config, {"prisma/migrations/0_init/migration.sql": INIT})
+        assert faber(directory, database_url, "migrate", ENVIRONMENT, "--yes", "--json").finish() == 0
+        for name, sql in migrations.items():
+            path = directory / "prisma/migrations" / name / "migration.sql"
+            path.parent.mkdir(parents=True)
+            path.write_text(sql)
+        return directory
+
+    return make
+
+
+def faber(project: Path, url: str, *args: str, env: dict[str, str] | None = None) -> FaberProcess:
+    return FaberProcess.start(project, *args, env={URL_ENV: url, **(env or {})})
+
+
+def database_name(url: str) -> str:
+    return urlsplit(url).path.lstrip("/")
+
+
+def kill_inside(run: FaberProcess, url: str, name: str) -> None:
+    """SIGKILL faber once migration ``name`` started and a session of it sleeps on the server."""
+    run.wait_for(event_matcher("migration.started", name=name))
+    with psycopg.connect(url, autocommit=True) as conn:
+        run.wait_until(lambda: sleeping_session(conn), what=f"{name} held")
+    run.kill(signal.SIGKILL)
+    assert run.wait(5) is not None
+
+
+def sleeping_session(conn: psycopg.Connection) -> bool:
+    query = "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep'"
+    return conn.execute(query).fetchone() is not None
+
+
+def prisma_rows(url: str) -> list[tuple]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT migration_name, finished_at IS NOT NULL, rolled_back_at IS NOT NULL FROM _prisma_migrations"
+            " ORDER BY started_at"
+        ).fetchall()
+
+
+def test_a_killed_transactional_migration_leaves_no_history_row_and_the_next_deploy_applies_it(project, database_url):
+    name = "1_tier"
+    directory = project({name: holdable_migration(name, 'ALTER TABLE "accounts" ADD COLUMN "tier" INTEGER;')})
+    run = faber(directory, database_url, "migrate", ENVIRONMENT, "--yes", "--json", env=session_settings(hold=name))
+    try:
+        kill_inside(run, database_url, name)
+    finally:
+        run.stop_everything()
+
+    assert not wait_for_server_release(database_url, database_name(database_url), within=SERVER_BOUND)
+    assert prisma_rows(database_url) == [("0_init", True, False)]
+    again = faber(directory, database_url, "migrate", ENVIRONMENT, "--yes", "--json")
+    assert again.finish() == 0, again.stdout()
+    assert prisma_rows(database_url) == [("0_init", True, False), (name, True, False)]
+
+
+def test_a_killed_non_transactional_migration_is_reported_with_what_a_person_must_do(project, database_url):
+    """``CREATE INDEX CONCURRENTLY`` cannot run in a transaction: killed inside it, it leaves an
+    unfinished history row (and possibly an invalid index). The next deploy must refuse and say
+    how to resolve it; done as told, the deploy after that converges."""
+    name = "1_email_index"
+    sql = (
+        f"-- faults:{name}\n"
+        'CREATE INDEX CONCURRENTLY "accounts_email_idx" ON "accounts" ("email");\n'
+        "SELECT pg_sleep(CASE current_setting('faults.hold', true) WHEN '1_email_index' THEN 60 ELSE 0 END);\n"
+    )
+    directory = project({name: sql})
+    run = faber(directory, database_url, "migrate", ENVIRONMENT, "--yes", "--json", env=session_settings(hold=name))
+    try:
+        kill_inside(run, database_url, name)
+    finally:
+        run.stop_everything()
+    assert not wait_for_server_release(database_url, database_name(database_url), within=SERVER_BOUND)
+
+    refused = faber(directory, database_url, "migrate", ENVIRONMENT, "--yes", "--json")
+    code = refused.finish()
+    document = json.loads(refused.stdout())
+    assert code in (3, 6), refused.stdout()
+    assert name in json.dumps(document), "the unfinished migration is not named"
+    advice = " ".join(document.get("recovery", {}).get("suggestions", []))
+    assert f"faber resolve {ENVIRONMENT} --rolled-back" in advice, advice
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute('DROP INDEX IF EXISTS "accounts_email_idx"')
+    resolved = faber(directory, database_url, "resolve", ENVIRONMENT, "--rolled-back", name, "--json")
+    assert resolved.finish() == 0, resolved.stdout()
+    again = faber(directory, database_url, "migrate", ENVIRONMENT, "--yes", "--json")
+    assert again.finish() == 0, again.stdout()
+    with psycopg.connect(database_url) as conn:
+        valid = conn.execute(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = 'accounts_email_idx'::regclass"
+        ).fetchone()
+    assert valid == (True,)
+
+
+LONG_ALTER = 'ALTER TABLE "accounts" ADD COLUMN "z" INTEGER; SELECT pg_sleep(20);'
+
+
+def test_reads_work_again_soon_after_faber_dies_inside_a_long_prisma_migration(project, database_url):
+    """Through the Prisma handler: the killed migration's session and its
+    ACCESS EXCLUSIVE lock must not outlive faber by the 20 s the statement would still run."""
+    directory = project({"1_long": LONG_ALTER})
+    run = faber(directory, database_url, "migrate", ENVIRONMENT, "--yes", "--json")
+    try:
+        kill_inside(run, database_url, "1_long")
+        started = time.monotonic()
+        readable = None
+        while readable is None and time.monotonic() - started < SERVER_BOUND:
+            try:
+                with psycopg.connect(database_url, autocommit=True, options="-c lock_timeout=300") as conn:
+                    conn.execute('SELECT count(*) FROM "accounts"')
+                readable = time.monotonic() - started
+            except psycopg.errors.LockNotAvailable:
+                pass
+    finally:
+        run.stop_everything()
+    assert readable is not None, f"accounts still locked {SERVER_BOUND}s after SIGKILL"

@@ -1,0 +1,102 @@
+"""Crash safety of one run at a time: a killed migration.
+
+Each test drives the real ``faber`` command on a real PostgreSQL and interrupts it at a moment
+found through its audit log and the server's view of its sessions. The sweep over every step is
+in test_fault_injection.py.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+
+from faber_core.testing.faults import (
+    FaberProcess,
+    event_matcher,
+    wait_for_server_release,
+)
+
+ENVIRONMENT = "production"
+URL_ENV = "FAULTS_DATABASE_URL"
+SQLFILES = "faber_core.testing.sqlfiles"
+BASE = """
+CREATE TABLE accounts (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, email text NOT NULL);
+INSERT INTO accounts (email) SELECT 'user' || g || '@example.com' FROM generate_series(1, 1000) g;
+"""
+SERVER_BOUND = 5
+"""Seconds the server may take to notice a dead client and end its sessions and locks."""
+EXIT_BOUND = 30
+"""Seconds faber may take to end after SIGTERM/SIGINT (it may roll back first)."""
+
+
+def database_name(url: str) -> str:
+    return urlsplit(url).path.lstrip("/")
+
+
+@pytest.fixture
+def project(faber_project, database_url):
+    """``make(migrations, root=None, **settings) -> Path``: a sqlfiles project on the test's database,
+    000_base deployed, ``migrations`` pending."""
+
+    def make(migrations: dict[str, str], root: Path | None = None, **settings) -> Path:
+        environment = {"database_url_env": URL_ENV, "lint": "warn", "lock_wait_seconds": 5, **settings}
+        config = {"database": {"migration_tool": "sqlfiles", "environments": {ENVIRONMENT: environment}}}
+        directory = faber_project(config, {"migrations/000_base.sql": BASE}, root=root)
+        base = start(directory, database_url, "migrate", ENVIRONMENT, "--yes", "--skip-backup", "--json")
+        assert base.finish() == 0, base.stdout() + base.stderr()
+        for name, sql in migrations.items():
+            (directory / "migrations" / f"{name}.sql").write_text(sql)
+        return directory
+
+    return make
+
+
+def start(project: Path, url: str, *args: str, env: dict[str, str] | None = None) -> FaberProcess:
+    return FaberProcess.start(project, *args, env={"FABER_PLUGINS": SQLFILES, URL_ENV: url, **(env or {})})
+
+
+# A killed migration's session and its locks end soon --------------------------------
+
+LONG_ALTER = "ALTER TABLE accounts ADD COLUMN z int; SELECT pg_sleep(20);"
+READ_BOUND = 5
+"""Seconds within which ``accounts`` must be readable again (the migration would sleep 20)."""
+
+
+def readable_within(url: str, seconds: float) -> float | None:
+    """Seconds until ``SELECT count(*) FROM accounts`` succeeds (each try waits 0.3 s for its lock)."""
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        try:
+            with psycopg.connect(url, autocommit=True, options="-c lock_timeout=300") as conn:
+                conn.execute("SELECT count(*) FROM accounts")
+            return time.monotonic() - started
+        except psycopg.errors.LockNotAvailable:
+            continue
+    return None
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_reads_work_again_soon_after_faber_dies_inside_a_long_migration(project, database_url, signum):
+    directory = project({"001_long": LONG_ALTER})
+    run = start(directory, database_url, "migrate", ENVIRONMENT, "--yes", "--json")
+    try:
+        run.wait_for(event_matcher("migration.started", name="001_long"))
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            run.wait_until(
+                lambda: conn.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep'"
+                ).fetchone(),
+                what="the migration sleeping",
+            )
+        run.kill(signum)
+        assert run.wait(EXIT_BOUND) is not None
+        waited = readable_within(database_url, READ_BOUND)
+    finally:
+        run.stop_everything()
+    assert waited is not None, f"accounts still locked {READ_BOUND}s after {signum.name}"
+    assert not wait_for_server_release(database_url, database_name(database_url), within=SERVER_BOUND)
