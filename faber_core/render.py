@@ -187,6 +187,8 @@ SQL_LINES_SHOWN = 500
 
 def _preview(document: Success, result: dict[str, Any]) -> list[str]:
     env = document.environment
+    if not result["pending_migrations"]:
+        return ["✅ COMPLETED: Migration Preview", f"Environment: {env}", "No pending migrations", RULE]
     lines = [
         "✅ COMPLETED: Migration Preview",
         f"Environment: {env}",
@@ -204,11 +206,13 @@ def _preview(document: Success, result: dict[str, Any]) -> list[str]:
 
 
 def _preview_migration(index: int, migration: dict[str, Any], env: str | None) -> list[str]:
-    transactional = {True: ", in one transaction", False: ", not in a transaction"}.get(migration.get("transactional"))
-    estimate = f"~{_number(migration['estimated_duration_seconds'])}s"
-    lines = [f"{index}. {migration['name']} ({estimate}{transactional or ''})"]
-    if migration.get("basis"):
-        lines.append(f"   estimate: {estimate} ({migration['basis']})")
+    in_transaction = {True: " (in one transaction)", False: " (not in a transaction)"}
+    transactional = in_transaction.get(migration.get("transactional"))
+    basis = f" ({migration['basis']})" if migration.get("basis") else ""
+    lines = [
+        f"{index}. {migration['name']}{transactional or ''}",
+        f"   estimate: ~{_number(migration['estimated_duration_seconds'])}s{basis}",
+    ]
     lines += [f"   note: {note}" for note in migration.get("notes", [])]
     lines += [f"   lint {_finding(finding)}" for finding in migration.get("lint", [])]
     sql = migration["sql"].rstrip().splitlines()

@@ -70,12 +70,14 @@ def test_every_result_renders_without_python_reprs(faber, tmp_path):
     preview = api.deploy("production", dry_run=True)
     deployed = api.deploy("production", yes=True)
     nothing = api.deploy("production", yes=True)
+    nothing_to_preview = api.deploy("production", dry_run=True)
     backup = api.backup("production", reason="before release")
     listed = api.backups("production")
     documents = {
         "preview": preview,
         "deployed": deployed,
         "no pending": nothing,
+        "nothing to preview": nothing_to_preview,
         "status": api.status("production"),
         "health": api.health("production"),
         "backup": backup,
@@ -117,6 +119,8 @@ def test_every_result_renders_without_python_reprs(faber, tmp_path):
     ]
     assert "   │ -- a second line of SQL" in texts["preview"] and "   │ SELECT 1;" in texts["preview"]
     assert "Lint 002_idx: " in texts["deployed"] and "require-concurrent-index-creation" in texts["deployed"]
+    assert texts["nothing to preview"].splitlines()[2] == "No pending migrations"
+    assert "To apply" not in texts["nothing to preview"]
     assert "  ✓ 001_users  applied" in texts["status"]
     assert "  ✓ connectivity: PostgreSQL" in texts["health"]
     assert re.search(r"Size: \d+(\.\d)? (B|KiB|MiB)", texts["backup"]), texts["backup"]
