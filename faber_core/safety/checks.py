@@ -20,6 +20,7 @@ from pglast.parser import ParseError
 
 from faber_core.context import RunContext
 from faber_core.errors import FaberError, LintBlocked
+from faber_core.migration_files import read_sql
 from faber_core.models import LocalMigration, MigrationPreview, MigrationState
 from faber_core.node_runner import NOT_REHEARSED
 from faber_core.postgres.sql import is_transactional
@@ -51,13 +52,17 @@ class Review:
 
 def migration_sql(context: RunContext, migration: LocalMigration) -> str | None:
     """The SQL of a migration kept as a ``.sql`` file (Prisma, plain SQL); None for code migrations,
-    whose SQL is only known by rehearsing them (the preview does)."""
+    whose SQL is only known by rehearsing them (the preview does), and for a file that is gone.
+
+    The file must be a regular file of UTF-8 text that resolves inside the folder holding it
+    (the handler has checked that folder lies in its migrations folder); otherwise ConfigError.
+    """
     if not migration.path or not migration.path.endswith(".sql"):
         return None
     path = context.project_dir / migration.path
     try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
+        return read_sql(path, path.parent, shown=migration.path)
+    except FileNotFoundError:
         return None
 
 

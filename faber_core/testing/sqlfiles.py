@@ -13,6 +13,7 @@ import psycopg
 
 from faber_core import hookimpl
 from faber_core.context import RunContext
+from faber_core.migration_files import decode_sql, migrations_folder, read_migration_file
 from faber_core.models import (
     AppliedMigration,
     ApplyOutcome,
@@ -29,20 +30,15 @@ BOOKKEEPING = "CREATE TABLE IF NOT EXISTS sqlfiles_migrations (name text PRIMARY
 
 
 def _local(context: RunContext) -> list[tuple[LocalMigration, str]]:
-    directory = context.project_dir / "migrations"
+    """Each ``migrations/*.sql`` with its SQL; files are checked as every handler should
+    (:mod:`faber_core.migration_files`)."""
+    directory = migrations_folder(context.project_dir, "migrations", "the project's migrations/ folder")
     found = []
     for path in sorted(directory.glob("*.sql")):
-        data = path.read_bytes()
-        found.append(
-            (
-                LocalMigration(
-                    name=path.stem,
-                    checksum=hashlib.sha256(data).hexdigest(),
-                    path=str(path.relative_to(context.project_dir)),
-                ),
-                data.decode(),
-            )
-        )
+        relative = str(path.relative_to(context.project_dir))
+        data = read_migration_file(path, directory, shown=relative)
+        migration = LocalMigration(name=path.stem, checksum=hashlib.sha256(data).hexdigest(), path=relative)
+        found.append((migration, decode_sql(data, relative)))
     return found
 
 

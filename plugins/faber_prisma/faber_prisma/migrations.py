@@ -4,6 +4,10 @@ Every subfolder of the migrations directory is a migration named after the folde
 name order; its script is ``migration.sql``. Prisma counts a folder without ``migration.sql`` as
 a migration too (``migrate status`` lists it as pending, ``migrate deploy`` stops at it with
 P3015), so it is listed here with no script and :func:`require_scripts` refuses to apply it.
+
+Each migration folder must resolve inside the migrations folder and its ``migration.sql`` inside
+the migration folder, a regular file of UTF-8 text (:mod:`faber_core.migration_files`); the
+migrations folder itself may live anywhere the config points, symlinked or not.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from pathlib import Path
 
 from faber_core.context import RunContext
 from faber_core.errors import ConfigError
+from faber_core.migration_files import decode_sql, inside, migrations_folder, read_migration_file
 from faber_core.models import LocalMigration
 
 DEFAULT_MIGRATIONS_DIR = "prisma/migrations"
@@ -38,54 +43,65 @@ class MigrationFolder:
     name: str
     directory: Path
     script: bytes | None
+    text: str | None = None
+    """The script decoded (strict UTF-8); None when there is no script."""
 
     @property
     def sql(self) -> str:
-        return (self.script or b"").decode("utf-8", errors="replace")
+        return self.text or ""
 
     @property
     def checksum(self) -> str | None:
         return checksum(self.script) if self.script is not None else None
 
     def relative_path(self, project_dir: Path) -> str:
-        target = self.directory / SCRIPT_NAME if self.script is not None else self.directory
-        try:
-            return str(target.relative_to(project_dir))
-        except ValueError:
-            return str(target)
+        return _relative(self.directory / SCRIPT_NAME if self.script is not None else self.directory, project_dir)
 
     def as_local(self, project_dir: Path) -> LocalMigration:
         return LocalMigration(name=self.name, checksum=self.checksum, path=self.relative_path(project_dir))
 
 
 def migrations_dir(context: RunContext) -> Path:
+    """The configured migrations folder; a ConfigError naming it when it does not exist."""
     configured = context.tool_options.get("migrations_dir", DEFAULT_MIGRATIONS_DIR)
     if not isinstance(configured, str) or not configured.strip():
         raise ConfigError(
             "config: `database.prisma.migrations_dir` must be a non-empty path",
             suggestions=[f"Use a path relative to the project, e.g. {DEFAULT_MIGRATIONS_DIR}"],
         )
-    return context.project_dir / configured
+    return migrations_folder(context.project_dir, configured, "database.prisma.migrations_dir")
 
 
 def read_migrations(context: RunContext) -> list[MigrationFolder]:
-    """The migration folders in apply order; none when the directory does not exist."""
+    """The migration folders in apply order, their scripts read and checked."""
     directory = migrations_dir(context)
-    if not directory.is_dir():
-        return []
     folders = []
     for entry in sorted(directory.iterdir(), key=lambda path: path.name):
         if not entry.is_dir():
             continue
+        shown = _relative(entry, context.project_dir)
+        if not inside(entry, directory):
+            raise ConfigError(
+                f"Migration folder {shown} resolves outside the migrations folder: refused",
+                suggestions=[f"Keep each migration folder inside {directory}"],
+            )
         script_path = entry / SCRIPT_NAME
+        shown_script = f"{shown}/{SCRIPT_NAME}"
         try:
-            script = script_path.read_bytes()
+            script = read_migration_file(script_path, entry, shown=shown_script)
         except FileNotFoundError:
-            script = None
-        except OSError as exc:
-            raise ConfigError(f"Cannot read {script_path}: {exc.strerror}") from None
-        folders.append(MigrationFolder(name=entry.name, directory=entry, script=script))
+            folders.append(MigrationFolder(name=entry.name, directory=entry, script=None))
+            continue
+        text = decode_sql(script, shown_script)
+        folders.append(MigrationFolder(name=entry.name, directory=entry, script=script, text=text))
     return folders
+
+
+def _relative(path: Path, project_dir: Path) -> str:
+    try:
+        return str(path.relative_to(project_dir))
+    except ValueError:
+        return str(path)
 
 
 def require_scripts(context: RunContext, folders: list[MigrationFolder]) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
+from faber_core.errors import ConfigError
+
 INIT = 'CREATE TABLE "users" ("id" SERIAL PRIMARY KEY, "email" TEXT);\n'
 POSTS = 'CREATE TABLE "posts" ("id" SERIAL PRIMARY KEY, "title" TEXT);\n'
 
@@ -12,13 +15,24 @@ def sha256(text: str | bytes) -> str:
     return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()
 
 
-def test_status_of_an_empty_database_and_no_migrations_directory(prisma_project, prisma_context, prisma_plugins, query):
-    context = prisma_context(prisma_project({}))
+def test_status_of_an_empty_database_and_an_empty_migrations_directory(
+    prisma_project, prisma_context, prisma_plugins, query
+):
+    project = prisma_project({})
+    (project / "prisma/migrations").mkdir(parents=True)
 
-    state = prisma_plugins.migration_status(context)
+    state = prisma_plugins.migration_status(prisma_context(project))
 
     assert (state.tool, state.local, state.records, state.pending) == ("prisma", [], [], [])
     assert query("SELECT to_regclass('_prisma_migrations')") == [(None,)]
+
+
+def test_a_missing_migrations_directory_is_a_config_error_naming_it(prisma_project, prisma_context, prisma_plugins):
+    """Not "no migrations": every applied migration would then look missing locally."""
+    context = prisma_context(prisma_project({}))
+
+    with pytest.raises(ConfigError, match="The migrations folder prisma/migrations does not exist"):
+        prisma_plugins.migration_status(context)
 
 
 def test_local_migrations_are_the_folders_in_name_order_with_their_checksums(

@@ -1,0 +1,114 @@
+"""Reading migration files safely, for every handler and for faber's own checks.
+
+A migration file is a regular file that resolves inside the folder holding it (a symlink may
+point elsewhere in that folder, never out of it: not to ``/proc/self/environ``, not to a FIFO
+or a device), and its text is UTF-8 without NUL bytes. Anything else is refused with the file's
+name and, for bad bytes, their offset, before any of it is parsed, shown or applied.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from faber_core.errors import ConfigError
+
+MAX_MIGRATION_BYTES = 2 * 1024**3
+"""Larger files are refused before they are read (faber holds a migration in memory)."""
+
+
+def migrations_folder(project_dir: Path, configured: str, setting: str) -> Path:
+    """The configured migrations folder, which must exist (it may live anywhere, symlinked or not)."""
+    folder = project_dir / configured
+    if not folder.is_dir():
+        shown = _shown(folder, project_dir)
+        raise ConfigError(
+            f"The migrations folder {shown} does not exist" + (" (it is not a folder)" if folder.exists() else ""),
+            suggestions=[f"Check {setting} in the config (relative to {project_dir})", f"Or create {shown}"],
+        )
+    return folder
+
+
+def inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` resolves (symlinks followed) to ``folder`` or a path under it."""
+    try:
+        return path.resolve(strict=True).is_relative_to(folder.resolve(strict=True))
+    except (OSError, RuntimeError):  # missing, a symlink loop
+        return False
+
+
+def read_migration_file(path: Path, folder: Path, *, shown: str | None = None) -> bytes:
+    """The bytes of ``path``, refused unless it is a regular file resolving inside ``folder``.
+
+    ``shown`` names the file in errors (default: the path as given). Raises FileNotFoundError
+    when it does not exist at all, so callers can treat a missing file their own way.
+    """
+    shown = shown or str(path)
+    if not path.exists() and not path.is_symlink():
+        raise FileNotFoundError(path)
+    if not inside(path, folder):
+        target = os.path.realpath(path)
+        raise ConfigError(
+            f"Migration file {shown} resolves outside its folder ({target}): refused",
+            suggestions=[f"A migration file must be a regular file inside {folder}; copy the SQL into it"],
+        )
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer before the check below refuses it.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        raise ConfigError(f"Cannot read migration file {shown}: {exc.strerror}") from None
+    with os.fdopen(descriptor, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(
+                f"Migration file {shown} is not a regular file (a FIFO, device or socket): refused",
+                suggestions=["A migration file must be a regular file holding the migration's SQL"],
+            )
+        if info.st_size > MAX_MIGRATION_BYTES:
+            raise ConfigError(f"Migration file {shown} is larger than {MAX_MIGRATION_BYTES // 1024**3} GiB: refused")
+        return handle.read()
+
+
+def decode_sql(data: bytes, shown: str) -> str:
+    """``data`` as text: UTF-8 (a byte order mark is dropped), no NUL bytes, else a ConfigError
+    naming the file and the byte offset."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line, column = _position(data, exc.start)
+        raise ConfigError(
+            f"Migration file {shown} is not valid UTF-8: byte 0x{data[exc.start]:02x} at byte offset {exc.start} "
+            f"(line {line}, column {column})",
+            suggestions=[
+                "Save the file as UTF-8 (PostgreSQL migration tools read migrations as UTF-8)",
+                "If it was already applied elsewhere, fix the encoding in a new migration rather than editing it",
+            ],
+        ) from None
+    nul = text.find("\0")
+    if nul != -1:
+        offset = len(text[:nul].encode())
+        line, column = _position(data, offset)
+        raise ConfigError(
+            f"Migration file {shown} contains a NUL byte at byte offset {offset} (line {line}, column {column}): "
+            "PostgreSQL cannot run it",
+            suggestions=["Remove the NUL byte; is the file binary or UTF-16?"],
+        )
+    return text.removeprefix("\ufeff")
+
+
+def read_sql(path: Path, folder: Path, *, shown: str | None = None) -> str:
+    """:func:`read_migration_file` then :func:`decode_sql`."""
+    return decode_sql(read_migration_file(path, folder, shown=shown), shown or str(path))
+
+
+def _position(data: bytes, offset: int) -> tuple[int, int]:
+    line_start = data.rfind(b"\n", 0, offset) + 1
+    return data.count(b"\n", 0, offset) + 1, offset - line_start + 1
+
+
+def _shown(path: Path, project_dir: Path) -> str:
+    try:
+        return str(path.relative_to(project_dir))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,145 @@
+"""Migration files an attacker plants: symlinks out of the migrations folder, FIFOs, bytes that
+are not UTF-8. Refused with the file (and byte offset) before anything reads, shows or applies them,
+wherever migration SQL is read: the Prisma plugin, faber's safety checks and the sqlfiles handler."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from faber_core.errors import ConfigError
+from faber_core.migration_files import decode_sql, read_sql
+
+SECRET = "ci-token-Zq81xw0"
+PRISMA_CONFIG = {
+    "database": {
+        "migration_tool": "prisma",
+        "prisma": {"migrations_dir": "prisma/migrations"},
+        "environments": {"production": {"database_url_env": "APP_URL", "lock_wait_seconds": 1}},
+    }
+}
+
+
+def test_a_symlink_out_of_the_folder_is_refused(tmp_path):
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    (tmp_path / "outside.sql").write_text("SELECT 1;")
+    (folder / "001.sql").symlink_to(tmp_path / "outside.sql")
+    (folder / "002.sql").symlink_to("/proc/self/environ")
+
+    for name in ("001.sql", "002.sql"):
+        with pytest.raises(ConfigError, match=f"Migration file {name} resolves outside its folder"):
+            read_sql(folder / name, folder, shown=name)
+
+
+def test_symlinks_inside_the_folder_and_a_symlinked_folder_are_fine(tmp_path):
+    real = tmp_path / "shared" / "migrations"
+    real.mkdir(parents=True)
+    (real / "base.sql").write_text("SELECT 1;")
+    (real / "001.sql").symlink_to("base.sql")
+    linked = tmp_path / "project-migrations"
+    linked.symlink_to(real)
+
+    assert read_sql(linked / "001.sql", linked) == "SELECT 1;"
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "001.sql")
+
+    with pytest.raises(ConfigError, match="not a regular file"):
+        read_sql(tmp_path / "001.sql", tmp_path)
+
+
+def test_bytes_that_are_not_utf8_are_refused_with_their_offset():
+    data = b"CREATE TABLE t (name text);\nINSERT INTO t VALUES ('Jos" + b"\xe9');\n"
+
+    with pytest.raises(ConfigError) as raised:
+        decode_sql(data, "m/001.sql")
+
+    assert "m/001.sql is not valid UTF-8: byte 0xe9 at byte offset 54 (line 2, column 27)" in raised.value.message
+    with pytest.raises(ConfigError, match="NUL byte at byte offset 7"):
+        decode_sql(b"SELECT \x00;", "m/002.sql")
+    assert decode_sql("\ufeffSELECT 'José';".encode(), "m/003.sql") == "SELECT 'José';"
+
+
+def prisma_project(faber_project, tmp_path, script_link=None, script_bytes=None):
+    project = faber_project(PRISMA_CONFIG, {"prisma/migrations/20240101000000_init/migration.sql": "SELECT 1;"})
+    script = project / "prisma/migrations/20240102000000_next/migration.sql"
+    script.parent.mkdir(parents=True)
+    if script_link:
+        script.symlink_to(script_link)
+    else:
+        script.write_bytes(script_bytes)
+    return project
+
+
+@pytest.mark.parametrize("command", [("migrate", "production", "--dry-run"), ("status", "production")])
+def test_prisma_refuses_a_migration_linked_to_the_process_environment(
+    faber_project, run_faber, database_url, tmp_path, command
+):
+    project = prisma_project(faber_project, tmp_path, script_link="/proc/self/environ")
+
+    run = run_faber(*command, "--json", "--cwd", str(project), env={"APP_URL": database_url, "CI_TOKEN": SECRET})
+
+    assert run.returncode == 2, run.output
+    assert "20240102000000_next/migration.sql resolves outside its folder" in run.json["error"]
+    assert SECRET not in run.output
+
+
+def test_prisma_refuses_a_migration_folder_linked_outside(faber_project, run_faber, database_url, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "migration.sql").write_text("SELECT 1;")
+    project = faber_project(PRISMA_CONFIG, {"prisma/migrations/20240101000000_init/migration.sql": "SELECT 1;"})
+    (project / "prisma/migrations/20240102000000_linked").symlink_to(elsewhere)
+
+    run = run_faber(
+        "migrate", "production", "--dry-run", "--json", "--cwd", str(project), env={"APP_URL": database_url}
+    )
+
+    assert run.returncode == 2 and "resolves outside the migrations folder" in run.json["error"]
+
+
+def test_prisma_refuses_latin1_instead_of_storing_replacement_characters(
+    faber_project, run_faber, database_url, tmp_path, query
+):
+    project = prisma_project(
+        faber_project,
+        tmp_path,
+        script_bytes=b"CREATE TABLE people (name text);\nINSERT INTO people VALUES ('Jos\xe9');",
+    )
+
+    run = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env={"APP_URL": database_url})
+
+    assert run.returncode == 2, run.output
+    assert "20240102000000_next/migration.sql is not valid UTF-8: byte 0xe9 at byte offset 64" in run.json["error"]
+    assert query("SELECT to_regclass('people'), to_regclass('_prisma_migrations')") == [(None, None)]
+
+
+def test_the_sqlfiles_handler_and_the_safety_checks_refuse_too(
+    faber_project, run_faber, database_url, tmp_path, monkeypatch
+):
+    """sqlfiles reads the file itself; the lint's migration_sql reads it again: both refuse it."""
+    from faber_core.context import open_context
+    from faber_core.models import LocalMigration
+    from faber_core.safety.checks import migration_sql
+
+    (tmp_path / "secret.sql").write_text(f"SELECT '{SECRET}';")
+    project = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"production": {"database_url_env": "APP_URL"}}}},
+        {"migrations/001_users.sql": "CREATE TABLE users (id bigint);"},
+    )
+    (project / "migrations/002_secret.sql").symlink_to(tmp_path / "secret.sql")
+
+    run = run_faber(
+        "migrate", "production", "--dry-run", "--json", "--cwd", str(project),
+        env={"APP_URL": database_url, "FABER_PLUGINS": "faber_core.testing.sqlfiles"},
+    )  # fmt: skip
+
+    assert run.returncode == 2 and "migrations/002_secret.sql resolves outside its folder" in run.json["error"]
+    assert SECRET not in run.output
+    monkeypatch.setenv("APP_URL", database_url)
+    context = open_context(project, "production", "preview-migrations")
+    with pytest.raises(ConfigError, match="resolves outside its folder"):
+        migration_sql(context, LocalMigration(name="002_secret", path="migrations/002_secret.sql"))
