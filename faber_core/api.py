@@ -459,6 +459,7 @@ def plugins(*, working_directory: str | Path | None = None) -> Document:
             "plugins": found.describe(),
             "migration_tools": tools,
             "backup_providers": providers,
+            "health_checks": {name: owner for name, (_, owner) in found.health_check_names().items()},
         }
         project = find_project_dir(working_directory, required=False)
         if project is not None and config_file(project).is_file():
@@ -550,6 +551,7 @@ def run_command(
         plugins_ = Plugins()
         # The run's redactor, so that errors raised while the URL is parsed are masked too.
         run.context = context = open_context(project, environment, operation, redactor=run.redactor)
+        plugins_.check_config(context)  # every name the config uses is installed, before anything runs
         if progress is not None:
             context.listeners.append(ProgressPrinter(progress, context.redactor))
         context.listeners += [*listeners, plugins_.audit_listener(context)]

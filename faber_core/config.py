@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import json
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from faber_core.errors import ConfigError, validation_problems
+from faber_core.errors import ConfigError
+from faber_core.suggest import did_you_mean
 
 CONFIG_PATH = Path(".fractary/plugins/faber-db/config.json")
 DEV_MODE_ENVIRONMENTS = frozenset({"dev", "test"})
@@ -33,12 +35,19 @@ PROTECTED_LOCK_TIMEOUT_SECONDS = 0.5
 """Live writes queue behind a migration waiting for its lock for at most this long (pgroll's default);
 the migration is retried with backoff instead (docs/safety.md)."""
 _ENVIRONMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_RESERVED_SCHEMAS = frozenset({"public", "information_schema"})
+_MAX_NESTING = 64
+"""No valid config nests deeper than a few levels; deeper input is refused before it is walked."""
+DAY_SECONDS = 86_400.0
+# Every model: unknown keys are errors, and numbers are finite (JSON's 1e999 is infinity).
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class BackupSettings(BaseModel):
-    """Which provider backs this environment up; provider-specific keys sit beside ``provider``."""
+    """Which provider backs this environment up; provider-specific keys sit beside ``provider``
+    and are the provider's to validate."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     provider: str = Field("pg_dump", description="Backup provider name, e.g. pg_dump or rds-snapshot.")
     keep_last: int | None = Field(
@@ -50,21 +59,32 @@ class BackupSettings(BaseModel):
         "Default for pg_dump: 10.",
     )
 
+    @model_validator(mode="after")
+    def _provider_not_misspelt(self) -> BackupSettings:
+        # A misspelt "provider" would silently fall back to pg_dump.
+        for key in self.model_extra or {}:
+            if key != "provider" and did_you_mean(key, ["provider"]):
+                raise ValueError(f"unknown setting {key!r}{did_you_mean(key, ['provider'])}")
+        return self
+
 
 class LockRetrySettings(BaseModel):
     """How a transactional migration that hit ``lock_timeout`` is tried again (docs/safety.md)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     retries: int = Field(10, ge=0, le=100, description="Further attempts after the first lock timeout.")
     backoff_seconds: float = Field(
-        0.5, ge=0, description="Wait before the first retry; doubles on each retry, half of it random (jitter)."
+        0.5,
+        ge=0,
+        le=3600,
+        description="Wait before the first retry; doubles on each retry, half of it random (jitter).",
     )
-    max_backoff_seconds: float = Field(10.0, ge=0, description="Upper bound of one wait between attempts.")
+    max_backoff_seconds: float = Field(10.0, ge=0, le=3600, description="Upper bound of one wait between attempts.")
 
 
 class EnvironmentSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     database_url_env: str | None = Field(
         None,
@@ -85,7 +105,10 @@ class EnvironmentSettings(BaseModel):
         description="Checks run before and after deploying.",
     )
     lock_wait_seconds: float = Field(
-        60.0, ge=0, description="How long to wait for another faber run on the same database to finish."
+        60.0,
+        ge=0,
+        le=DAY_SECONDS,
+        description="How long to wait for another faber run on the same database to finish.",
     )
     connect_timeout_seconds: int = Field(10, ge=1, le=600)
     backup: BackupSettings = Field(default_factory=BackupSettings)
@@ -97,6 +120,7 @@ class EnvironmentSettings(BaseModel):
     lint_small_table_rows: int = Field(
         10_000,
         ge=0,
+        le=10**12,
         description="A lock-risk lint finding on a table that statistics show holds at most this many rows, or on "
         "a table created earlier in the same deploy, is informational: its lock is brief (docs/safety.md).",
     )
@@ -110,11 +134,12 @@ class EnvironmentSettings(BaseModel):
     lock_timeout_seconds: float | None = Field(
         None,
         ge=0,
+        le=DAY_SECONDS,
         description="lock_timeout of every migration session; 0 turns it off. "
         "Default: 0.5 in protected environments, off elsewhere.",
     )
     statement_timeout_seconds: float | None = Field(
-        None, ge=0, description="statement_timeout of every migration session; off when unset or 0."
+        None, ge=0, le=7 * DAY_SECONDS, description="statement_timeout of every migration session; off when unset or 0."
     )
     lock_retry: LockRetrySettings = Field(default_factory=LockRetrySettings)
     preflight: Literal["warn", "wait", "abort", "off"] = Field(
@@ -123,9 +148,12 @@ class EnvironmentSettings(BaseModel):
         "warn reports them and proceeds under lock_timeout and retry; wait waits up to "
         "preflight_wait_seconds for them to end; abort stops before anything is applied.",
     )
-    preflight_wait_seconds: float = Field(60.0, ge=0)
+    preflight_wait_seconds: float = Field(60.0, ge=0, le=DAY_SECONDS)
     long_transaction_seconds: float = Field(
-        5.0, ge=0, description="A transaction open this long counts as a blocker even without locks on the tables."
+        5.0,
+        ge=0,
+        le=DAY_SECONDS,
+        description="A transaction open this long counts as a blocker even without locks on the tables.",
     )
     requires_success_in: str | None = Field(
         None,
@@ -157,25 +185,62 @@ class EnvironmentSettings(BaseModel):
 
 
 class DatabaseConfig(BaseModel):
-    """Sections named after a tool (``prisma``, ``typeorm``, ...) are passed to that tool's handler."""
+    """Sections named after a tool (``prisma``, ``typeorm``, ...) are passed to that tool's handler.
 
-    model_config = ConfigDict(extra="allow")
+    Which names are tools is known only once the plugins are loaded:
+    :meth:`faber_core.plugins.Plugins.check_config` refuses a section no installed tool owns.
+    """
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     migration_tool: str = Field("prisma", description="The migration tool handler, e.g. prisma, typeorm, sequelize.")
     environments: dict[str, EnvironmentSettings] = Field(default_factory=dict)
     faber_schema: str = Field(
-        "faber", description="Schema for faber's own tables; never included in backups or touched by a restore."
+        "faber",
+        description="Schema for faber's own tables; never included in backups or touched by a restore, "
+        "so it must hold nothing else (not public, not the application's schema).",
     )
 
+    @field_validator("environments")
+    @classmethod
+    def _environment_names(cls, value: dict[str, EnvironmentSettings]) -> dict[str, EnvironmentSettings]:
+        for name in value:
+            if not _ENVIRONMENT_NAME.match(name):
+                raise ValueError(f"invalid environment name {name!r}: use letters, digits, '.', '_' and '-'")
+        return value
+
+    @field_validator("faber_schema")
+    @classmethod
+    def _own_schema(cls, value: str) -> str:
+        if value in _RESERVED_SCHEMAS or value.startswith("pg_"):
+            raise ValueError(
+                f"{value!r} holds other objects, and backups leave faber's schema out: "
+                "use a schema of faber's own, e.g. faber"
+            )
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", value):
+            raise ValueError(f"{value!r} is not a plain schema name (letters, digits and '_', at most 63)")
+        return value
+
+    @model_validator(mode="after")
+    def _tool_sections_are_objects(self) -> DatabaseConfig:
+        for key, value in self.tool_sections().items():
+            hint = did_you_mean(key, type(self).model_fields)
+            if hint:
+                raise ValueError(f"unknown setting {key!r}{hint}")
+            if not isinstance(value, dict):
+                raise ValueError(f"{key!r} must be an object: the options of the {key} migration tool")
+        return self
+
+    def tool_sections(self) -> dict[str, Any]:
+        """Every key that is not a setting of faber's: a migration tool's options, by tool name."""
+        return dict(self.model_extra or {})
+
     def tool_options(self, tool: str) -> dict[str, Any]:
-        section = (self.model_extra or {}).get(tool, {})
-        if not isinstance(section, dict):
-            raise ConfigError(f"config: `database.{tool}` must be an object")
-        return section
+        return self.tool_sections().get(tool, {})
 
 
 class FaberConfig(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = _STRICT
 
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
 
@@ -206,6 +271,9 @@ def config_file(project_dir: Path) -> Path:
 
 
 def load_config(project_dir: Path) -> FaberConfig:
+    """Read and validate the config: JSON without duplicate keys, nested at most a few levels,
+    every key known (with a suggestion when misspelt), booleans and numbers as JSON types, numbers
+    finite and within bounds."""
     path = config_file(project_dir)
     if not path.is_file():
         raise ConfigError(
@@ -213,20 +281,83 @@ def load_config(project_dir: Path) -> FaberConfig:
             suggestions=["Create one with: faber init", "Or point at your project with --cwd DIR or FABER_DB_CWD"],
         )
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"Malformed configuration {CONFIG_PATH}: {exc.msg} at line {exc.lineno}, column {exc.colno}",
-            suggestions=["Fix the JSON syntax", "Check the format with: faber config schema"],
-        ) from None
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"Cannot read {CONFIG_PATH}: {exc}") from None
+    raw = _parse_json(text)
     try:
-        return FaberConfig.model_validate(raw)
+        return FaberConfig.model_validate(raw, strict=True)
     except ValidationError as exc:
-        problems = validation_problems(exc, "(root)")
+        problems = [_describe(error) for error in exc.errors()]
         raise ConfigError(
             f"Invalid configuration {CONFIG_PATH}: " + "; ".join(problems),
             suggestions=["See the accepted settings with: faber config schema"],
             result={"problems": problems},
         ) from None
+
+
+def _parse_json(text: str) -> Any:
+    def malformed(reason: str) -> ConfigError:
+        return ConfigError(
+            f"Malformed configuration {CONFIG_PATH}: {reason}",
+            suggestions=["Fix the JSON syntax", "Check the format with: faber config schema"],
+        )
+
+    if _nesting_depth(text) > _MAX_NESTING:
+        raise malformed(f"objects and arrays nested more than {_MAX_NESTING} levels deep")
+    try:
+        return json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
+    except json.JSONDecodeError as exc:
+        raise malformed(f"{exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+    except ValueError as exc:  # a duplicate key
+        raise malformed(str(exc)) from None
+
+
+def _nesting_depth(text: str) -> int:
+    """The deepest nesting of ``[``/``{`` outside strings, without recursing (a hostile file may
+    nest 100,000 levels, which would exhaust Python's recursion limit in ``json.loads``)."""
+    depth = deepest = 0
+    for token in re.finditer(r'"(?:[^"\\]|\\.)*(?:"|\Z)|[\[\]{}]', text):
+        char = token.group()
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"the key {key!r} appears twice in one object (which one was meant?)")
+        seen[key] = value
+    return seen
+
+
+def _describe(error: Any) -> str:
+    """One validation problem: where, and what is wrong (with a suggestion for a misspelt key)."""
+    location = ".".join(str(part) for part in error["loc"]) or "(root)"
+    if error["type"] == "extra_forbidden":
+        key = str(error["loc"][-1])
+        return f"{location}: unknown setting{did_you_mean(key, _known_keys(error['loc'][:-1]))}"
+    if error["type"] == "value_error":
+        return f"{location}: {error['ctx']['error']}"
+    return f"{location}: {error['msg']}"
+
+
+def _known_keys(location: tuple[Any, ...]) -> list[str]:
+    """The setting names accepted at ``location`` (a path of keys from the root)."""
+    annotation: Any = FaberConfig
+    for part in location:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(str(part))
+            if field is None:
+                return []
+            annotation = field.annotation
+        else:  # dict[str, Model]: the key is a name the user chose
+            annotation = typing.get_args(annotation)[-1] if typing.get_args(annotation) else None
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return list(annotation.model_fields)
+    return []

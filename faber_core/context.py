@@ -368,6 +368,12 @@ def open_context(
     redactor.add(value)
     database = Database(Secret(value), source=source, connect_timeout=settings.connect_timeout_seconds)
     redactor.add(database.url)
+    if database.schema == config.database.faber_schema:
+        raise ConfigError(
+            f"The database URL in {source} selects the schema {database.schema!r}, which is faber_schema: backups "
+            "leave faber's schema out, so the application's tables there could not be restored",
+            suggestions=["Set database.faber_schema to a schema of faber's own (the default is faber)"],
+        )
     context = RunContext(
         operation=operation,
         environment=environment,

@@ -10,7 +10,8 @@ A plugin is a module (or object) with functions named like the hooks below, deco
 Dispatch hooks (status, preview, apply, dev, backup create/list/restore) are ``firstresult``:
 faber calls them with the configured name (``tool`` or ``provider``); the plugin that owns the
 name answers, every other plugin returns ``None``. ``faber_migration_tools`` and
-``faber_backup_providers`` declare those names, so faber can list them and report two plugins
+``faber_backup_providers`` declare those names (``faber_health_check_names`` those of the health
+checks), so faber can list them, refuse a misspelt one in the config, and report two plugins
 claiming one name.
 
 The order of a deploy (see docs/hooks.md for the diagram)::
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
         BackupProviderInfo,
         BackupPruneOutcome,
         BackupRecord,
+        HealthCheckInfo,
         HealthCheckResult,
         LocalMigration,
         MigrationPreview,
@@ -183,6 +185,17 @@ def faber_backup_restore(provider: str, context: RunContext, backup: BackupRecor
 
     Returns :class:`~faber_core.models.RestoreOutcome`; raise
     :class:`faber_core.errors.RestoreFailed` with the manual recovery steps when it fails midway.
+    """
+
+
+@hookspec
+def faber_health_check_names() -> list[HealthCheckInfo]:
+    """Declare the health checks this plugin runs, by the names ``health_checks`` lists.
+
+    Called before every run: a name in an environment's ``health_checks`` that no plugin
+    declares is a configuration error (with the closest declared name as a suggestion), never a
+    check silently skipped. Returns e.g. ``[HealthCheckInfo(name="replication_lag",
+    description="replica lag under 10 s")]``.
     """
 
 

@@ -28,6 +28,13 @@ class BackupProviderInfo(BaseModel):
     description: str = ""
 
 
+class HealthCheckInfo(BaseModel):
+    """A health check a plugin runs, by the name ``health_checks`` lists it, e.g. ``connectivity``."""
+
+    name: str
+    description: str = ""
+
+
 class LocalMigration(BaseModel):
     """A migration as it exists in the project's source tree."""
 

@@ -22,6 +22,7 @@ from faber_core.models import (
     BackupProviderInfo,
     BackupPruneOutcome,
     BackupRecord,
+    HealthCheckInfo,
     HealthCheckResult,
     LocalMigration,
     MigrationPreview,
@@ -29,6 +30,7 @@ from faber_core.models import (
     RestoreOutcome,
     ToolInfo,
 )
+from faber_core.suggest import closest, did_you_mean
 
 BUILTIN_PLUGINS = (
     "faber_core.postgres.health",
@@ -122,13 +124,20 @@ class Plugins:
     def backup_providers(self) -> dict[str, tuple[BackupProviderInfo, str]]:
         return self._collect("faber_backup_providers", BackupProviderInfo)
 
+    def health_check_names(self) -> dict[str, tuple[HealthCheckInfo, str]]:
+        return self._collect("faber_health_check_names", HealthCheckInfo)
+
     def require_tool(self, tool: str) -> None:
         tools = self.tools()
         if tool not in tools:
             installed = ", ".join(sorted(tools)) or "none"
+            meant = closest(tool, tools)
             raise ConfigError(
-                f"No installed plugin provides the migration tool {tool!r} (installed: {installed})",
-                suggestions=[
+                f"No installed plugin provides the migration tool {tool!r} (installed: {installed})"
+                + (f"; did you mean {meant}?" if meant else ""),
+                suggestions=[f'Set "migration_tool": "{meant}" in the database section']
+                if meant
+                else [
                     f"Install its plugin, e.g. pip install faber-{tool}",
                     "Or set database.migration_tool to one of the installed tools",
                 ],
@@ -139,9 +148,34 @@ class Plugins:
         if provider not in providers:
             installed = ", ".join(sorted(providers)) or "none"
             raise ConfigError(
-                f"No installed plugin provides the backup provider {provider!r} (installed: {installed})",
+                f"No installed plugin provides the backup provider {provider!r} (installed: {installed})"
+                + did_you_mean(provider, providers),
                 suggestions=[f"Install its plugin, or set backup.provider to one of: {installed}"],
             )
+
+    def check_config(self, context: RunContext) -> None:
+        """Refuse, before anything runs, a config naming what no installed plugin provides: the
+        migration tool, a tool section, the environment's backup provider or a health check."""
+        self.require_tool(context.tool)
+        tools = self.tools()
+        for section in context.config.database.tool_sections():
+            if section not in tools:
+                installed = ", ".join(sorted(tools)) or "none"
+                raise ConfigError(
+                    f"config: database.{section} is not a setting nor the options of an installed migration tool "
+                    f"(installed: {installed}){did_you_mean(section, tools)}",
+                    suggestions=["Remove the section, or install the plugin of that tool"],
+                )
+            # Each tool's options model validates its section here once plugins declare one.
+        self.require_backup_provider(context.settings.backup.provider)
+        declared = self.health_check_names()
+        for name in context.settings.health_checks:
+            if name not in declared:
+                raise ConfigError(
+                    f"config: database.environments.{context.environment}.health_checks names {name!r}, which no "
+                    f"installed plugin runs{did_you_mean(name, declared)}",
+                    suggestions=[f"Health checks installed: {', '.join(sorted(declared)) or 'none'}"],
+                )
 
     def migration_status(self, context: RunContext) -> MigrationState:
         return MigrationState.model_validate(self._dispatch("faber_migration_status", context.tool, context=context))

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import psycopg
 
+from faber_core.audit.history import refuse_shared_faber_schema
 from faber_core.context import RunContext
 from faber_core.errors import (
     ApprovalRequired,
@@ -143,6 +144,8 @@ def deploy_lock(context: RunContext) -> Iterator[None]:
             wait_seconds=context.settings.lock_wait_seconds,
             purpose="faber run",
         ):
+            # Before anything is backed up or recorded: the backup would leave those objects out.
+            refuse_shared_faber_schema(conn, context.config.database.faber_schema)
             context.emit("lock.acquired")
             yield
 

@@ -183,3 +183,33 @@ def test_actor_is_the_ci_user_else_the_os_user(monkeypatch):
     assert actor() == "maintainer"
     monkeypatch.setenv("BUILDKITE_BUILD_CREATOR", "Build Bot")
     assert actor() == "maintainer"  # the first CI variable that is set wins
+
+
+def test_runs_refused_for_a_busy_lock_leave_no_row(history_project, run_faber, database_url, faber_project):
+    """Exit 7, whether faber's own lock or Prisma's is held: the refused run changed nothing."""
+    from faber_core.context import Database
+    from faber_core.postgres.locks import PRISMA_LOCK_KEY, faber_lock_key
+    from faber_core.secrets import Secret
+
+    project, env = history_project({"001_users": USERS})
+    assert run_faber("migrate", "production", "--yes", "--cwd", str(project), env=env).returncode == 0
+    (project / "migrations" / "002_posts.sql").write_text(POSTS)
+    prisma = faber_project(
+        {
+            "database": {
+                "migration_tool": "prisma",
+                "environments": {"production": {"database_url_env": "APP_DATABASE_URL", "lock_wait_seconds": 1}},
+            }
+        },
+        {"prisma/migrations/20240101000000_init/migration.sql": "CREATE TABLE accounts (id bigint PRIMARY KEY);"},
+        root=project.parent / "prisma-project",
+    )
+    faber_key = faber_lock_key(Database(Secret(database_url), source="test").name)
+
+    for held, target, extra_env in ((faber_key, project, {}), (PRISMA_LOCK_KEY, prisma, {"FABER_PLUGINS": ""})):
+        with psycopg.connect(database_url, autocommit=True) as holder:
+            holder.execute("SELECT pg_advisory_lock(%s)", [held])
+            run = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(target), env={**env, **extra_env})
+        assert run.returncode == 7, run.output
+
+    assert [row["exit_code"] for row in rows(database_url)] == [0]

@@ -126,7 +126,8 @@ def test_failure_after_a_committed_migration_restores_the_backup(project, contex
     with psycopg.connect(database_url) as conn:
         conn.execute("INSERT INTO users (email) VALUES ('before@example.com')")
         conn.execute(
-            "CREATE SCHEMA faber; CREATE TABLE faber.history (note text); INSERT INTO faber.history VALUES ('kept')"
+            "CREATE SCHEMA faber; CREATE TABLE faber.faber_notes (note text);"
+            "INSERT INTO faber.faber_notes VALUES ('kept')"
         )
     (project_dir / "migrations/002_posts.sql").write_text(POSTS)
     (project_dir / "migrations/003_broken.sql").write_text(BROKEN)
@@ -138,11 +139,11 @@ def test_failure_after_a_committed_migration_restores_the_backup(project, contex
     assert result["migrations_applied_before_failure"] == 1
     assert result["rollback_initiated"] is True and result["rollback_status"] == "success"
     assert raised.value.suggestions[0] == f"Database rolled back to {result['backup_id']}"
-    assert tables(database_url) == {"public.users", "public.sqlfiles_migrations", "faber.history"}
+    assert tables(database_url) == {"public.users", "public.sqlfiles_migrations", "faber.faber_notes"}
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT email FROM users").fetchall() == [("before@example.com",)]
         assert conn.execute("SELECT name FROM sqlfiles_migrations").fetchall() == [("001_users",)]
-        assert conn.execute("SELECT note FROM faber.history").fetchall() == [("kept",)]
+        assert conn.execute("SELECT note FROM faber.faber_notes").fetchall() == [("kept",)]
 
 
 def test_failure_without_auto_rollback_leaves_recovery_command(project, context_for, plugins, database_url):

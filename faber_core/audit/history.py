@@ -6,7 +6,9 @@ covered it and what failed. The faber schema is excluded from backups and restor
 rollback never erases the record of the deploy it undid.
 
 Writing history never changes a command's result: a failure is a warning on stderr. A run that
-never reached the database (its error already says so) writes nothing.
+never reached the database (its error already says so) writes nothing, nor does a run refused
+because another run held a lock (exit 7): it changed nothing, and the run holding the lock
+writes its own row.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from psycopg.rows import dict_row
 
 from faber_core import __version__, hookimpl
 from faber_core.context import RunContext
+from faber_core.errors import ConfigError, Locked
 from faber_core.models import AuditEvent
 from faber_core.processes import run_tool
 
@@ -111,7 +114,7 @@ def faber_audit_event(event: AuditEvent, context: RunContext) -> None:
         run.backup_id = data.get("backup_id")
     elif event.kind == "run.finished":
         _runs.pop(event.run_id, None)
-        if run.reached_database:
+        if run.reached_database and (data.get("document") or {}).get("code") != Locked.code:
             _record(context, event, run)
 
 
@@ -225,6 +228,32 @@ def ensure_table(conn: psycopg.Connection, schema: str) -> None:
             sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (environment, started_at DESC)").format(
                 sql.Identifier(f"{TABLE}_environment_started"), _table(schema)
             )
+        )
+
+
+def refuse_shared_faber_schema(conn: psycopg.Connection, schema: str) -> None:
+    """Refuse a faber schema that holds objects of the application's: backups leave that schema
+    out and restores never touch it, so those objects could not be recovered."""
+    others = conn.execute(
+        r"""
+        SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = %(schema)s AND c.relname NOT LIKE 'faber\_%%'
+        UNION ALL
+        SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = %(schema)s AND p.proname NOT LIKE 'faber\_%%'
+        UNION ALL
+        SELECT t.typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+        WHERE n.nspname = %(schema)s AND t.typrelid = 0 AND t.typelem = 0 AND t.typname NOT LIKE 'faber\_%%'
+        ORDER BY 1 LIMIT 6
+        """,
+        {"schema": schema},
+    ).fetchall()
+    if others:
+        names = ", ".join(row[0] for row in others[:5]) + (", ..." if len(others) > 5 else "")
+        raise ConfigError(
+            f"faber_schema {schema!r} holds objects that are not faber's ({names}): backups leave that schema out, "
+            "so they could not be restored. Nothing was done",
+            suggestions=['Set database.faber_schema to a schema of faber\'s own, e.g. "faber"'],
         )
 
 

@@ -6,7 +6,7 @@ import psycopg
 
 from faber_core import hookimpl
 from faber_core.context import Database, RunContext
-from faber_core.models import HealthCheckResult
+from faber_core.models import HealthCheckInfo, HealthCheckResult
 
 
 def describe_connection_error(exc: psycopg.Error, database: Database) -> str:
@@ -89,6 +89,16 @@ def _schema(context: RunContext) -> HealthCheckResult:
 
 
 _CHECKS = {"connectivity": _connectivity, "schema": _schema}
+
+
+@hookimpl
+def faber_health_check_names() -> list[HealthCheckInfo]:
+    return [
+        HealthCheckInfo(name="connectivity", description="the database answers and accepts writes"),
+        HealthCheckInfo(name="schema", description="no invalid index (a failed concurrent build)"),
+        # Run by the workflow itself from the migration status; declared here with the built-ins.
+        HealthCheckInfo(name="migrations", description="no failed, edited or locally missing migration"),
+    ]
 
 
 @hookimpl

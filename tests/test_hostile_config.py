@@ -1,0 +1,189 @@
+"""Configuration a hurried operator writes: every mistake is exit 2 with what to fix, never a
+setting silently ignored, never a traceback."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+import pytest
+
+from faber_core.config import CONFIG_PATH, load_config
+from faber_core.errors import ConfigError
+
+SQLFILES = {"FABER_PLUGINS": "faber_core.testing.sqlfiles"}
+
+
+def write_config(tmp_path, text: str):
+    path = tmp_path / CONFIG_PATH
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return tmp_path
+
+
+def production(**settings) -> dict:
+    return {"database": {"environments": {"production": {"database_url_env": "X", **settings}}}}
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({"database": {"migration_tol": "prisma"}}, "unknown setting 'migration_tol' (did you mean migration_tool?)"),
+        ({"database": {"enviroments": {"production": {}}}}, "(did you mean environments?)"),
+        ({"databse": {}}, "databse: unknown setting (did you mean database?)"),
+        (production(protectd=True), "production.protectd: unknown setting (did you mean protected?)"),
+        (production(lock_retry={"retrys": 2}), "lock_retry.retrys: unknown setting (did you mean retries?)"),
+        (production(backup={"provder": "rds-snapshot"}), "unknown setting 'provder' (did you mean provider?)"),
+        (production(protected="yes"), "production.protected: Input should be a valid boolean"),
+        (production(auto_rollback=1), "production.auto_rollback: Input should be a valid boolean"),
+        (production(lock_wait_seconds=1e999), "lock_wait_seconds: Input should be a finite number"),
+        (production(lock_wait_seconds=10**9), "lock_wait_seconds: Input should be less than or equal to 86400"),
+        (production(connect_timeout_seconds="10"), "connect_timeout_seconds: Input should be a valid integer"),
+        ({"database": {"faber_schema": "public"}}, "faber_schema: 'public' holds other objects"),
+        ({"database": {"faber_schema": "pg_catalog"}}, "faber_schema: 'pg_catalog' holds other objects"),
+        ({"database": {"prisma": "prisma/migrations"}}, "'prisma' must be an object"),
+        ({"database": {"environments": {"prod\x1b[2J": {}}}}, "invalid environment name 'prod\\x1b[2J'"),
+    ],
+)
+def test_config_mistakes_are_refused_with_what_to_fix(tmp_path, config, expected):
+    project = write_config(tmp_path, json.dumps(config))
+
+    with pytest.raises(ConfigError) as raised:
+        load_config(project)
+
+    assert expected in raised.value.message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested more than 64 levels deep"),
+        ('{"database": {"faber_schema": "a", "faber_schema": "b"}}', "the key 'faber_schema' appears twice"),
+        ('{"database": {"environments": {"production": {"lock_wait_seconds": NaN}}}}', "finite number"),
+        ('{"database": ', "Malformed configuration"),
+        ('"' + "\\" * 50_001, "Malformed configuration"),
+    ],
+)
+def test_hostile_json_is_refused_without_recursion(tmp_path, text, expected):
+    project = write_config(tmp_path, text)
+
+    with pytest.raises(ConfigError) as raised:
+        load_config(project)
+
+    assert expected in raised.value.message
+
+
+def sqlfiles_project(faber_project, **environment):
+    return faber_project(
+        {
+            "database": {
+                "migration_tool": "sqlfiles",
+                "environments": {"production": {"database_url_env": "APP_URL", "lock_wait_seconds": 1, **environment}},
+            }
+        },
+        {"migrations/001_users.sql": "CREATE TABLE users (id bigint PRIMARY KEY);"},
+    )
+
+
+def test_a_misspelt_tool_suggests_the_closest_installed_one(faber_project, run_faber, database_url):
+    project = faber_project(
+        {"database": {"migration_tool": "prism", "environments": {"production": {"database_url_env": "APP_URL"}}}}
+    )
+
+    run = run_faber("status", "production", "--json", "--cwd", str(project), env={"APP_URL": database_url})
+
+    assert run.returncode == 2, run.output
+    assert "did you mean prisma?" in run.json["error"]
+    assert run.json["recovery"]["suggestions"] == ['Set "migration_tool": "prisma" in the database section']
+
+
+def test_a_tool_section_no_installed_tool_owns_is_refused(faber_project, run_faber, database_url):
+    project = faber_project(
+        {
+            "database": {
+                "migration_tool": "prisma",
+                "prism": {"migrations_dir": "db"},
+                "environments": {"production": {"database_url_env": "APP_URL"}},
+            }
+        }
+    )
+
+    run = run_faber("status", "production", "--json", "--cwd", str(project), env={"APP_URL": database_url})
+
+    assert run.returncode == 2 and "database.prism is not a setting" in run.json["error"]
+    assert "(did you mean prisma?)" in run.json["error"]
+
+
+def test_an_unknown_backup_provider_fails_even_a_dry_run(faber_project, run_faber, database_url):
+    project = sqlfiles_project(faber_project, backup={"provider": "pgdump"})
+
+    run = run_faber(
+        "migrate", "production", "--dry-run", "--json", "--cwd", str(project), env={**SQLFILES, "APP_URL": database_url}
+    )
+
+    assert run.returncode == 2, run.output
+    assert "backup provider 'pgdump'" in run.json["error"] and "(did you mean pg_dump?)" in run.json["error"]
+
+
+def test_unknown_health_checks_are_a_config_error_not_a_pass(faber_project, run_faber, database_url):
+    project = sqlfiles_project(faber_project, health_checks=["conectivity", "shema"])
+    unreachable = database_url.replace("127.0.0.1:5432", "127.0.0.1:1")
+
+    run = run_faber("health", "production", "--json", "--cwd", str(project), env={**SQLFILES, "APP_URL": unreachable})
+
+    assert run.returncode == 2, run.output
+    assert "'conectivity'" in run.json["error"] and "(did you mean connectivity?)" in run.json["error"]
+
+
+def test_a_missing_migrations_folder_is_exit_2_naming_it(faber_project, run_faber, database_url):
+    project = faber_project(
+        {
+            "database": {
+                "migration_tool": "prisma",
+                "prisma": {"migrations_dir": "db/migratons"},
+                "environments": {"production": {"database_url_env": "APP_URL"}},
+            }
+        }
+    )
+
+    run = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env={"APP_URL": database_url})
+
+    assert run.returncode == 2, run.output
+    assert run.json["error"] == "The migrations folder db/migratons does not exist"
+
+
+def test_a_faber_schema_holding_application_objects_is_refused_before_anything(
+    faber_project, run_faber, database_url, query
+):
+    query("CREATE SCHEMA ops; CREATE TABLE ops.invoices (id int)")
+    project = sqlfiles_project(faber_project)
+    config_path = project / CONFIG_PATH
+    config = json.loads(config_path.read_text())
+    config["database"]["faber_schema"] = "ops"
+    config_path.write_text(json.dumps(config))
+
+    run = run_faber(
+        "migrate", "production", "--yes", "--json", "--cwd", str(project), env={**SQLFILES, "APP_URL": database_url}
+    )
+
+    assert run.returncode == 2, run.output
+    assert "holds objects that are not faber's (invoices)" in run.json["error"]
+    assert query("SELECT to_regclass('public.users')") == [(None,)]
+    assert not (project / ".faber" / "backups").exists()
+    with pytest.raises(psycopg.errors.UndefinedTable):
+        query("SELECT 1 FROM ops.faber_deployments")
+
+
+def test_the_application_schema_cannot_be_faber_schema(faber_project, run_faber, database_url):
+    project = sqlfiles_project(faber_project)
+
+    run = run_faber(
+        "status",
+        "production",
+        "--json",
+        "--cwd",
+        str(project),
+        env={**SQLFILES, "APP_URL": database_url + "?schema=faber"},
+    )
+
+    assert run.returncode == 2 and "which is faber_schema" in run.json["error"]
