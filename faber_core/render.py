@@ -2,12 +2,15 @@
 
 Progress lines go to stderr as events happen; the final document goes to stdout, either as
 the human end message or, with ``--json``, as exactly one JSON document. Both pass through
-the run's redactor.
+the run's redactor. Human text also has its control characters escaped (``\x1b`` for ESC), so a
+migration folder name, a file or a database message cannot move the cursor, recolour or clear
+the terminal, or forge lines of faber's own output.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, TextIO
 
 from faber_core.models import AuditEvent
@@ -21,6 +24,14 @@ _TITLES = {
     "rollback": "Rollback",
 }
 _PHASES = {"before": "Pre-deployment", "after": "Post-deployment"}
+# C0 and C1 control characters, DEL, and the bidirectional overrides that reorder what is shown;
+# line breaks and tabs are kept where faber's own layout puts them.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` safe for a terminal: control characters shown as escapes, e.g. ``\x1b[2J``."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1] if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", text)
 
 
 def title(operation: str) -> str:
@@ -46,7 +57,7 @@ class ProgressPrinter:
             handler(event)
 
     def line(self, text: str) -> None:
-        self.stream.write(self.redactor.redact(text) + "\n")
+        self.stream.write(escape_controls(self.redactor.redact(text)) + "\n")
         self.stream.flush()
 
     def on_run_started(self, event: AuditEvent) -> None:
@@ -176,7 +187,7 @@ def render_human(document: Success | ErrorDocument, redactor: Redactor) -> str:
     else:
         render = _SUCCESS.get(document.operation, _generic_success)
         lines = render(document, result)
-    return redactor.redact("\n".join(lines))
+    return escape_controls(redactor.redact("\n".join(lines)))
 
 
 # Success, one renderer per operation -----------------------------------------------------

@@ -1,0 +1,40 @@
+"""Text from files and the database reaches people's terminals escaped: a migration folder named
+with escape sequences cannot clear the screen, retitle the window or forge faber's output."""
+
+from __future__ import annotations
+
+from faber_core.render import escape_controls
+
+HOSTILE_NAME = "20240102000000_\x1b]0;pwned\x07\x1b[2J\x1b[1A\r✓ Backup created: fake\u202e"
+
+
+def test_control_characters_are_shown_as_escapes():
+    assert escape_controls("a\x1b[31mb\x07\x9b\u202ec\nd\te") == "a\\x1b[31mb\\x07\\x9b\\u202ec\nd\te"
+
+
+def test_a_hostile_migration_folder_name_is_escaped_in_human_output(faber_project, run_faber, database_url):
+    project = faber_project(
+        {
+            "database": {
+                "migration_tool": "prisma",
+                "environments": {"production": {"database_url_env": "APP_URL", "lock_wait_seconds": 5}},
+            }
+        },
+        {
+            "prisma/migrations/20240101000000_init/migration.sql": "CREATE TABLE users (id bigint PRIMARY KEY);",
+            f"prisma/migrations/{HOSTILE_NAME}/migration.sql": "CREATE TABLE posts (id bigint PRIMARY KEY);",
+        },
+    )
+    env = {"APP_URL": database_url}
+
+    runs = [
+        run_faber("migrate", "production", "--dry-run", "--cwd", str(project), env=env),
+        run_faber("migrate", "production", "--yes", "--skip-backup", "--cwd", str(project), env=env),
+        run_faber("status", "production", "--cwd", str(project), env=env),
+        run_faber("history", "production", "--cwd", str(project), env=env),
+    ]
+
+    assert [run.returncode for run in runs] == [0, 0, 0, 0], runs[1].output
+    for run in runs:
+        assert not any(char in run.output for char in "\x1b\x07\r\u202e"), run.output
+    assert "20240102000000_\\x1b]0;pwned\\x07\\x1b[2J\\x1b[1A\\r✓ Backup created: fake\\u202e" in runs[1].output
