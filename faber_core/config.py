@@ -61,10 +61,11 @@ class BackupSettings(BaseModel):
 
     @model_validator(mode="after")
     def _provider_not_misspelt(self) -> BackupSettings:
-        # A misspelt "provider" would silently fall back to pg_dump.
+        # A misspelt "provider" would silently fall back to pg_dump, a misspelt "keep_last" to 10.
         for key in self.model_extra or {}:
-            if key != "provider" and did_you_mean(key, ["provider"]):
-                raise ValueError(f"unknown setting {key!r}{did_you_mean(key, ['provider'])}")
+            hint = did_you_mean(key, type(self).model_fields)
+            if hint:
+                raise ValueError(f"unknown setting {key!r}{hint}")
         return self
 
 

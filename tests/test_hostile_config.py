@@ -34,6 +34,7 @@ def production(**settings) -> dict:
         (production(protectd=True), "production.protectd: unknown setting (did you mean protected?)"),
         (production(lock_retry={"retrys": 2}), "lock_retry.retrys: unknown setting (did you mean retries?)"),
         (production(backup={"provder": "rds-snapshot"}), "unknown setting 'provder' (did you mean provider?)"),
+        (production(backup={"keep_lst": 3}), "unknown setting 'keep_lst' (did you mean keep_last?)"),
         (production(protected="yes"), "production.protected: Input should be a valid boolean"),
         (production(auto_rollback=1), "production.auto_rollback: Input should be a valid boolean"),
         (production(lock_wait_seconds=1e999), "lock_wait_seconds: Input should be a finite number"),
