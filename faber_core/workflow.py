@@ -1,6 +1,7 @@
 """The deploy workflow, step by step as in the spec (docs/workflow.md maps each step).
 
 1-6   validate the request, load config, resolve the environment and its mode  (``open_context``)
+      analyse the pending SQL migrations (split, classify): unparsable SQL stops here
       take faber's lock on the database (one deploy at a time)
 7     pre-deployment health check
 9     read the migration status: what is pending
@@ -81,6 +82,9 @@ def migrate(context: RunContext, plugins: Plugins, options: DeployOptions) -> Su
     if options.dry_run:
         check_health(context, plugins, "before", options)
         return preview(context, plugins, read_status(context, plugins), rehearse=options.rehearse)
+    # Split and classify before the lock and the backup: SQL that cannot be analysed touches nothing.
+    with step(context, "analyse"):
+        safety.analyse_before_lock(context, read_status(context, plugins, quiet=True).pending_migrations())
     with deploy_lock(context):
         health_before = check_health(context, plugins, "before", options)
         state = read_status(context, plugins)

@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-import pglast
 from pglast import ast
 from pglast.enums import AlterTableType, ConstrType
 from pglast.visitors import Visitor
+
+from faber_core.postgres.sql import parse_script
 
 Kind = Literal["metadata", "scan", "index", "rewrite", "update", "other"]
 TableName = tuple[str | None, str]
@@ -31,11 +32,10 @@ _INDEXING_CONSTRAINTS = (ConstrType.CONSTR_PRIMARY, ConstrType.CONSTR_UNIQUE, Co
 _REWRITING_SUBTYPES = (AlterTableType.AT_AlterColumnType, AlterTableType.AT_SetLogged, AlterTableType.AT_SetUnLogged)
 
 
-@dataclass
+@dataclass(frozen=True)
 class StatementEffect:
-    """One statement: its text, what it does, and to which table."""
+    """What a statement does, and to which table (statements of one shape share one effect)."""
 
-    sql: str
     kind: Kind
     table: TableName | None
     concurrent: bool = False
@@ -45,22 +45,14 @@ class StatementEffect:
 
 
 def analyse(sql: str) -> list[StatementEffect]:
-    """Every statement of ``sql`` with its effect; raises ``pglast.parser.ParseError`` for bad SQL."""
-    effects = []
-    for raw in pglast.parse_sql(sql):
-        text = _statement_text(sql, raw)
-        kind, table, concurrent = _classify(raw.stmt)
-        effects.append(
-            StatementEffect(text, kind, table, concurrent, tables_touched(raw.stmt), _sorted_columns(raw.stmt))
-        )
-    return effects
-
-
-def _statement_text(sql: str, raw: ast.RawStmt) -> str:
-    data = sql.encode()
-    start = raw.stmt_location or 0
-    end = start + raw.stmt_len if raw.stmt_len else len(data)
-    return data[start:end].decode(errors="replace").strip()
+    """The effect of every statement of ``sql``, in order; raises ``pglast.parser.ParseError`` for
+    bad SQL. Linear in the size of ``sql``: each statement shape is classified once
+    (:func:`faber_core.postgres.sql.parse_script`)."""
+    script = parse_script(sql)
+    per_shape = [
+        StatementEffect(*_classify(node), tables_touched(node), _sorted_columns(node)) for node in script.nodes
+    ]
+    return [per_shape[shape] for shape in script.shapes]
 
 
 def qualified(range_var: ast.RangeVar) -> TableName:

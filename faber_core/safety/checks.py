@@ -19,7 +19,7 @@ import psycopg
 from pglast.parser import ParseError
 
 from faber_core.context import RunContext
-from faber_core.errors import FaberError, LintBlocked
+from faber_core.errors import FaberError, LintBlocked, MigrationFailed
 from faber_core.migration_files import read_sql
 from faber_core.models import LocalMigration, MigrationPreview, MigrationState
 from faber_core.node_runner import NOT_REHEARSED
@@ -64,6 +64,30 @@ def migration_sql(context: RunContext, migration: LocalMigration) -> str | None:
         return read_sql(path, path.parent, shown=migration.path)
     except FileNotFoundError:
         return None
+
+
+def analyse_before_lock(context: RunContext, pending: list[LocalMigration]) -> None:
+    """Split and classify every pending SQL migration before the run takes its lock or a backup:
+    one that cannot be analysed stops the run with nothing touched. The analysis is cached for
+    the later steps (lint, preflight, estimates, apply)."""
+    for migration in pending:
+        sql = migration_sql(context, migration)
+        if sql is None:
+            continue
+        try:
+            analyse(sql)
+        except ParseError as exc:
+            raise MigrationFailed(
+                f"Migration {migration.name} cannot be analysed: its SQL does not parse "
+                f"({context.redactor.redact(str(exc))}). Nothing was applied, no lock or backup was taken",
+                result={
+                    "failed_migration": migration.name,
+                    "migrations_applied_before_failure": 0,
+                    "rollback_initiated": False,
+                    "rollback_status": "not_needed",
+                },
+                suggestions=[f"Fix the SQL of {migration.path or migration.name}, then retry"],
+            ) from None
 
 
 def transactional(sql: str) -> bool | None:
@@ -327,9 +351,10 @@ def _touched_tables(
             effects = analyse(sql)
         except ParseError:
             continue
-        names += [table for effect in effects for table in effect.tables_touched if table[0] not in SYSTEM_SCHEMAS]
-        concurrent = concurrent or any(e.kind == "index" and e.concurrent for e in effects)
-    found = find_tables(conn, names, context.database.schema)
+        distinct = {id(effect): effect for effect in effects}.values()  # one per statement shape
+        names += [table for effect in distinct for table in effect.tables_touched if table[0] not in SYSTEM_SCHEMAS]
+        concurrent = concurrent or any(e.kind == "index" and e.concurrent for e in distinct)
+    found = find_tables(conn, list(dict.fromkeys(names)), context.database.schema)
     return {stats.oid: stats.name for stats in found.values()}, concurrent
 
 

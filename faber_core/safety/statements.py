@@ -16,8 +16,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import pglast
 from pglast import ast
+
+from faber_core.postgres.sql import parse_script
 
 _LINE_COMMENT = re.compile(r"--[^\n]*")
 _IGNORE = re.compile(r"^--\s*squawk-ignore(?P<file>-file)?(?:\s+(?P<rules>.*))?$")
@@ -42,22 +43,28 @@ class Statement:
 
 
 def located_statements(sql: str) -> list[Statement]:
-    """Every statement of ``sql`` in order; raises ``pglast.parser.ParseError`` for bad SQL."""
+    """Every statement of ``sql`` in order; raises ``pglast.parser.ParseError`` for bad SQL.
+
+    Linear in the size of ``sql`` (:func:`faber_core.postgres.sql.parse_script`): lines are
+    counted once, from one statement to the next. Data statements of one shape share a node.
+    """
     file_wide: set[str] = set()
     pieces = []
     previous_end = 0
-    for raw in pglast.parse_sql(sql):
-        # pglast reports character offsets of the statement's first token and its length.
-        start = raw.stmt_location or 0
-        end = start + raw.stmt_len if raw.stmt_len else len(sql)
+    line = 0
+    script = parse_script(sql)
+    for index in range(len(script)):
+        start, end = script.bounds[2 * index], script.bounds[2 * index + 1]
         local: set[str] = set()
         for comment in _LINE_COMMENT.findall(sql, previous_end, start):
             match = _IGNORE.match(comment.strip())
             if match:
                 (file_wide if match.group("file") else local).update(_rules(match.group("rules")))
         text = sql[start:end]
-        first_line = sql.count("\n", 0, start)
-        pieces.append((raw.stmt, text.strip(), first_line, first_line + text.rstrip().count("\n"), local))
+        line += sql.count("\n", previous_end, start)
+        last_line = line + text.count("\n")
+        pieces.append((script.node(index), text, line, last_line, local))
+        line = last_line
         previous_end = end
     return [
         Statement(node, text, first, last, frozenset(local | file_wide)) for node, text, first, last, local in pieces
