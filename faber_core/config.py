@@ -111,7 +111,22 @@ class EnvironmentSettings(BaseModel):
         le=DAY_SECONDS,
         description="How long to wait for another faber run on the same database to finish.",
     )
-    connect_timeout_seconds: int = Field(10, ge=1, le=600)
+    connect_timeout_seconds: int = Field(
+        10, ge=1, le=600, description="Connection timeout; after one attempt times out, the run does not wait again."
+    )
+    query_lock_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="lock_timeout of faber's own queries (health checks, status, history, locks, preflight): "
+        "blocked longer, they fail naming the session that blocks them. Migration sessions use lock_timeout_seconds.",
+    )
+    query_statement_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=DAY_SECONDS,
+        description="statement_timeout of faber's own queries. Migration sessions use statement_timeout_seconds.",
+    )
     backup: BackupSettings = Field(default_factory=BackupSettings)
     lint: Literal["block", "warn", "off"] | None = Field(
         None,

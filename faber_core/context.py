@@ -116,7 +116,11 @@ def parse_database_url(raw: str, source: str) -> ParsedUrl:
         raise invalid(
             "its host or port does not parse (an IPv6 address goes in [brackets]; a port is a number)"
         ) from None
+    if "@" in parts.path:
+        raise invalid("an '@' follows the host (a '/' in the password that was not percent-encoded?)")
     pairs = [pair for pair in parts.query.split("&") if pair]
+    if any("=" not in pair for pair in pairs):
+        raise invalid("a query parameter has no '=' (a '?' in the password that was not percent-encoded?)")
     params = {unquote(key): unquote(value) for key, _, value in (pair.partition("=") for pair in pairs)}
     kept = "&".join(pair for pair in pairs if unquote(pair.partition("=")[0]) in _LIBPQ_PARAMS)
     libpq_url = f"{parts.scheme}://{parts.netloc}{parts.path}" + (f"?{kept}" if kept else "")
@@ -138,6 +142,10 @@ def parse_database_url(raw: str, source: str) -> ParsedUrl:
     return ParsedUrl(libpq_url=libpq_url, params=params, dbname=params.get("dbname") or dbname)
 
 
+DEFAULT_QUERY_LOCK_TIMEOUT = 5.0
+DEFAULT_QUERY_STATEMENT_TIMEOUT = 60.0
+
+
 class Database:
     """A PostgreSQL target whose URL is a :class:`Secret`.
 
@@ -146,15 +154,26 @@ class Database:
     that does not parse, or parses two ways, is a :class:`ConfigError` that never quotes it.
     """
 
-    def __init__(self, url: Secret, *, source: str, connect_timeout: int = 10) -> None:
+    def __init__(
+        self,
+        url: Secret,
+        *,
+        source: str,
+        connect_timeout: int = 10,
+        lock_timeout: float = DEFAULT_QUERY_LOCK_TIMEOUT,
+        statement_timeout: float = DEFAULT_QUERY_STATEMENT_TIMEOUT,
+    ) -> None:
         parsed = parse_database_url(url.reveal(), source)
         self.schema = parsed.params.get("schema") or "public"
         self.url = Secret(parsed.libpq_url)
         self.source = source
         self.connect_timeout = connect_timeout
+        self.lock_timeout = lock_timeout
+        self.statement_timeout = statement_timeout
         self.name = parsed.dbname
         self.before_first_connect: Callable[[], None] | None = None
         """Called once, before the first connection attempt (the run's "Connecting to ..." line)."""
+        self._timed_out: tuple[float, str] | None = None
 
     @property
     def name_for_display(self) -> str:
@@ -178,18 +197,42 @@ class Database:
         user = f" as {self.user}" if self.user else ""
         return f"{self.address}/{self.name_for_display}{user}"
 
-    def connect(self, *, autocommit: bool = True, application_name: str = "faber") -> psycopg.Connection:
+    def connect(
+        self, *, autocommit: bool = True, application_name: str = "faber", migration_session: bool = False
+    ) -> psycopg.Connection:
+        """A connection whose every query waits at most ``lock_timeout`` for a lock and runs at
+        most ``statement_timeout`` (faber's own queries: health checks, status, history, locks).
+
+        ``migration_session=True`` leaves both to the session's own settings, which the handler
+        sets from the environment (:mod:`faber_core.safety.timeouts`). A connection attempt that
+        timed out makes the next attempts within ``connect_timeout`` fail at once with the same
+        error, so a silent server costs one timeout, not one per health check.
+        """
+        import time
+
         import psycopg
 
         if self.before_first_connect is not None:
             announce, self.before_first_connect = self.before_first_connect, None
             announce()
-        return psycopg.connect(
-            self.url.reveal(),
-            autocommit=autocommit,
-            connect_timeout=self.connect_timeout,
-            application_name=application_name,
-        )
+        if self._timed_out is not None and time.monotonic() - self._timed_out[0] < self.connect_timeout:
+            raise psycopg.OperationalError(self._timed_out[1])
+        options = self.conninfo_params().get("options") or ""
+        if not migration_session:
+            options += f" -c lock_timeout={round(self.lock_timeout * 1000)}ms"
+            options += f" -c statement_timeout={round(self.statement_timeout * 1000)}ms"
+        try:
+            return psycopg.connect(
+                self.url.reveal(),
+                autocommit=autocommit,
+                connect_timeout=self.connect_timeout,
+                application_name=application_name,
+                **({"options": options.strip()} if options.strip() else {}),
+            )
+        except psycopg.OperationalError as exc:
+            if "timeout expired" in str(exc).lower():
+                self._timed_out = (time.monotonic(), str(exc))
+            raise
 
     def conninfo_params(self) -> dict[str, Any]:
         from psycopg.conninfo import conninfo_to_dict
@@ -366,7 +409,13 @@ def open_context(
             suggestions=[f"Set database.environments.{environment}.database_url_env to the name of an env var"],
         )
     redactor.add(value)
-    database = Database(Secret(value), source=source, connect_timeout=settings.connect_timeout_seconds)
+    database = Database(
+        Secret(value),
+        source=source,
+        connect_timeout=settings.connect_timeout_seconds,
+        lock_timeout=settings.query_lock_timeout_seconds,
+        statement_timeout=settings.query_statement_timeout_seconds,
+    )
     redactor.add(database.url)
     if database.schema == config.database.faber_schema:
         raise ConfigError(

@@ -30,6 +30,7 @@ from faber_core import __version__, hookimpl
 from faber_core.context import RunContext
 from faber_core.errors import ConfigError, Locked
 from faber_core.models import AuditEvent
+from faber_core.postgres.locks import blocked_read_error
 from faber_core.processes import run_tool
 
 TABLE = "faber_deployments"
@@ -264,13 +265,22 @@ def read_history(context: RunContext, limit: int) -> list[dict[str, Any]]:
         if not _table_exists(conn, schema):
             return []
         with conn.cursor(row_factory=dict_row) as cursor:
-            rows = cursor.execute(
-                sql.SQL(
-                    "SELECT {} FROM {} WHERE environment = %s ORDER BY started_at DESC, finished_at DESC LIMIT %s"
-                ).format(sql.SQL(", ").join(map(sql.Identifier, COLUMNS)), _table(schema)),
-                [context.environment, limit],
-            ).fetchall()
+            try:
+                rows = _read_rows(cursor, schema, context.environment, limit)
+            except psycopg.errors.LockNotAvailable:
+                raise blocked_read_error(
+                    conn, _table(schema).as_string(conn), context.database.lock_timeout, context.redactor.redact
+                ) from None
     return [_jsonable(row) for row in rows]
+
+
+def _read_rows(cursor: psycopg.Cursor, schema: str, environment: str, limit: int) -> list[dict[str, Any]]:
+    return cursor.execute(
+        sql.SQL("SELECT {} FROM {} WHERE environment = %s ORDER BY started_at DESC, finished_at DESC LIMIT %s").format(
+            sql.SQL(", ").join(map(sql.Identifier, COLUMNS)), _table(schema)
+        ),
+        [environment, limit],
+    ).fetchall()
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:

@@ -8,12 +8,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import psycopg
 
-from faber_core.errors import Locked
+from faber_core.errors import HealthCheckFailed, Locked
 
 PRISMA_LOCK_KEY = 72707369
 _POLL_SECONDS = 0.2
@@ -44,6 +44,45 @@ def lock_holder(conn: psycopg.Connection, key: int) -> str:
         return "another session (it may have just finished)"
     pid, application, address, age = row
     return f"{application} (server pid {pid}, from {address}, connected {str(age).split('.')[0]} ago)"
+
+
+def sessions_locking(conn: psycopg.Connection, relation: str) -> list[str]:
+    """The other sessions that hold, or queue for, a lock on ``relation`` that stops a read of it
+    (ACCESS EXCLUSIVE: ALTER TABLE, LOCK TABLE, DROP, ...), described for an error message."""
+    rows = conn.execute(
+        """
+        SELECT a.pid, coalesce(nullif(a.application_name, ''), 'unknown client'), coalesce(a.state, 'unknown'),
+               extract(epoch FROM now() - coalesce(a.xact_start, a.query_start, a.backend_start))::int, l.granted
+        FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+        WHERE l.relation = to_regclass(%s) AND l.mode = 'AccessExclusiveLock' AND a.pid <> pg_backend_pid()
+        ORDER BY l.granted DESC, 4 DESC
+        """,
+        [relation],
+    ).fetchall()
+    return [
+        f"pid {pid} ({application}, {state}, {'holding' if granted else 'waiting for'} it for {seconds} s)"
+        for pid, application, state, seconds, granted in rows
+    ]
+
+
+def blocked_read_error(
+    conn: psycopg.Connection, relation: str, waited: float, redact: Callable[[str], str]
+) -> HealthCheckFailed:
+    """The error for a read of ``relation`` that timed out waiting for a lock, naming who blocks it."""
+    try:
+        holders = sessions_locking(conn, relation)
+    except psycopg.Error:
+        holders = []
+    who = "; ".join(holders) or "another session (it may have just finished)"
+    return HealthCheckFailed(
+        redact(f"Reading {relation} waited more than {waited:g} s for a lock held by {who}"),
+        suggestions=[
+            "Wait for that session to finish, then retry",
+            "If it is stuck, end it with: SELECT pg_terminate_backend(<pid>)",
+            "Or raise query_lock_timeout_seconds for this environment",
+        ],
+        result={"health_check": "failed", "blocked_by": [redact(holder) for holder in holders]},
+    )
 
 
 @contextmanager

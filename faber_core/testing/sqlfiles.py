@@ -13,7 +13,7 @@ import psycopg
 
 from faber_core import hookimpl
 from faber_core.context import RunContext
-from faber_core.migration_files import decode_sql, migrations_folder, read_migration_file
+from faber_core.migration_files import decode_sql, read_migration_file
 from faber_core.models import (
     AppliedMigration,
     ApplyOutcome,
@@ -30,9 +30,11 @@ BOOKKEEPING = "CREATE TABLE IF NOT EXISTS sqlfiles_migrations (name text PRIMARY
 
 
 def _local(context: RunContext) -> list[tuple[LocalMigration, str]]:
-    """Each ``migrations/*.sql`` with its SQL; files are checked as every handler should
-    (:mod:`faber_core.migration_files`)."""
-    directory = migrations_folder(context.project_dir, "migrations", "the project's migrations/ folder")
+    """Each ``migrations/*.sql`` with its SQL (none without the folder: it is not configurable);
+    files are checked as every handler should (:mod:`faber_core.migration_files`)."""
+    directory = context.project_dir / "migrations"
+    if not directory.is_dir():
+        return []
     found = []
     for path in sorted(directory.glob("*.sql")):
         relative = str(path.relative_to(context.project_dir))
@@ -80,7 +82,7 @@ def faber_migration_apply(tool: str, context: RunContext, pending: list[LocalMig
         return None
     sql = {m.name: text for m, text in _local(context)}
     outcome = ApplyOutcome()
-    with context.database.connect(application_name="faber sqlfiles apply") as conn:
+    with context.database.connect(application_name="faber sqlfiles apply", migration_session=True) as conn:
         conn.execute(BOOKKEEPING)
         # lock_timeout (and statement_timeout) for the migrations, as every handler should.
         context.apply_session_timeouts(conn)

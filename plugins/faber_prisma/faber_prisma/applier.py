@@ -19,7 +19,7 @@ from faber_core.context import RunContext
 from faber_core.errors import ConfigError, MigrationFailed
 from faber_core.models import AppliedMigration, ApplyOutcome, LocalMigration, MigrationFailure, MigrationRecord
 from faber_core.postgres.locks import PRISMA_LOCK_KEY, advisory_lock
-from faber_core.postgres.sql import is_transactional, split_statements
+from faber_core.postgres.sql import is_transactional, parse_script, split_statements
 from pglast.parser import ParseError
 from psycopg import sql
 
@@ -124,7 +124,7 @@ def _locked_history(context: RunContext, application_name: str) -> Iterator[Hist
     """The schema's history on a connection holding Prisma's advisory lock, its search_path set
     to the Prisma schema (Prisma's migrations name their tables unqualified)."""
     try:
-        conn = context.database.connect(application_name=application_name)
+        conn = context.database.connect(application_name=application_name, migration_session=True)
     except psycopg.Error as exc:
         raise MigrationFailed(
             f"Cannot connect to apply migrations: {context.redactor.redact(str(exc).strip())}",
@@ -167,7 +167,7 @@ def _apply_in_transaction(context: RunContext, history: History, folder: Migrati
     try:
         with history.conn.transaction():
             migration_id = history.start(folder.name, folder.checksum)
-            if split_statements(folder.sql):
+            if len(parse_script(folder.sql)):
                 history.conn.execute(folder.sql)
             history.finish(migration_id)
     except psycopg.Error as exc:

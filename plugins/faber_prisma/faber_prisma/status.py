@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import psycopg
 from faber_core.context import RunContext
 from faber_core.models import LocalMigration, MigrationRecord, MigrationState
+from faber_core.postgres.locks import blocked_read_error
 
 from faber_prisma import TOOL
 from faber_prisma.history import History
@@ -36,8 +38,18 @@ def local_migrations(
 
 
 def read_state(context: RunContext) -> MigrationState:
-    """Local migrations and the history rows of ``context.database.schema``."""
+    """Local migrations and the history rows of ``context.database.schema``.
+
+    A read blocked longer than ``query_lock_timeout_seconds`` (a session holding
+    ``_prisma_migrations`` locked) fails naming that session.
+    """
     folders = read_migrations(context)
     with context.database.connect(application_name="faber prisma status") as conn:
-        records = History(conn, context.database.schema).records()
+        history = History(conn, context.database.schema)
+        try:
+            records = history.records()
+        except psycopg.errors.LockNotAvailable:
+            raise blocked_read_error(
+                conn, history.table.as_string(conn), context.database.lock_timeout, context.redactor.redact
+            ) from None
     return build_state(context, folders, records)

@@ -1,0 +1,130 @@
+"""Every query faber runs on its own connections is bounded: a blocked health check or status read
+fails naming the session that blocks it, and a silent server costs one connect timeout, not one
+per check."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import psycopg
+import pytest
+
+from faber_core.context import Database
+from faber_core.secrets import Secret
+
+PRISMA_INIT = "CREATE TABLE users (id bigint PRIMARY KEY);"
+
+
+def test_faber_connections_have_lock_and_statement_timeouts_migration_sessions_do_not(database_url):
+    database = Database(
+        Secret(database_url + "?options=-c%20search_path%3Dpublic"),
+        source="$X",
+        lock_timeout=1.5,
+        statement_timeout=30,
+    )
+
+    with database.connect() as conn:
+        settings = conn.execute(
+            "SELECT current_setting('lock_timeout'), current_setting('statement_timeout'),"
+            " current_setting('search_path')"
+        ).fetchone()
+    with database.connect(migration_session=True) as conn:
+        migration = conn.execute(
+            "SELECT current_setting('lock_timeout'), current_setting('statement_timeout')"
+        ).fetchone()
+
+    assert settings == ("1500ms", "30s", "public")  # the URL's own options are kept
+    assert migration == ("0", "0")
+
+
+@pytest.fixture
+def prisma_project(faber_project):
+    return faber_project(
+        {
+            "database": {
+                "migration_tool": "prisma",
+                "environments": {
+                    "production": {
+                        "database_url_env": "APP_URL",
+                        "query_lock_timeout_seconds": 0.5,
+                        "lock_wait_seconds": 1,
+                    }
+                },
+            }
+        },
+        {"prisma/migrations/20240101000000_init/migration.sql": PRISMA_INIT},
+    )
+
+
+@pytest.mark.parametrize("command", ["status", "health"])
+def test_a_status_blocked_by_a_lock_on_the_history_fails_naming_the_blocker(
+    prisma_project, run_faber, database_url, command
+):
+    env = {"APP_URL": database_url}
+    assert (
+        run_faber("migrate", "production", "--yes", "--skip-backup", "--cwd", str(prisma_project), env=env).returncode
+        == 0
+    )
+    with psycopg.connect(database_url, application_name="nightly-report") as holder:
+        holder.execute("LOCK TABLE _prisma_migrations IN ACCESS EXCLUSIVE MODE")
+        run = run_faber(command, "production", "--json", "--cwd", str(prisma_project), env=env, timeout=60)
+        pid = holder.info.backend_pid
+
+    assert run.returncode == 3, run.output
+    text = run.json["error"] + " " + run.json["result"].get("details", "")
+    assert "_prisma_migrations" in text and "waited more than 0.5 s for a lock held by" in text
+    assert f"pid {pid} (nightly-report, idle in transaction, holding it for" in text
+
+
+class SilentServer:
+    """A TCP server that accepts connections and never answers: a hung database."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted.append(connection)
+
+    def __enter__(self) -> SilentServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.listener.close()
+        for connection in self.accepted:
+            connection.close()
+
+
+def test_a_silent_server_costs_one_connect_timeout_not_one_per_check(faber_project, run_faber):
+    project = faber_project(
+        {
+            "database": {
+                "migration_tool": "sqlfiles",
+                "environments": {"production": {"database_url_env": "APP_URL", "connect_timeout_seconds": 2}},
+            }
+        },
+        {"migrations/001_users.sql": "CREATE TABLE users (id bigint);"},
+    )
+
+    with SilentServer() as server:
+        url = f"postgresql://postgres:pw@127.0.0.1:{server.port}/app?sslmode=disable&gssencmode=disable"
+        run = run_faber(
+            "health", "production", "--json", "--cwd", str(project),
+            env={"APP_URL": url, "FABER_PLUGINS": "faber_core.testing.sqlfiles"}, timeout=60,
+        )  # fmt: skip
+        attempts = len(server.accepted)
+
+    assert run.returncode == 3, run.output
+    assert "timed out" in run.json["result"]["details"]
+    assert attempts == 1  # connectivity, schema and the migration status: one attempt, one timeout
