@@ -46,6 +46,11 @@ _TOKEN = re.compile(
     """,
     re.VERBOSE,
 )
+# A whole statement made of plain code and plain strings only (most of a bulk data migration),
+# matched in one step; anything else (comments, E'' or prefixed strings, quoted names, $) goes
+# token by token.
+_SIMPLE_STATEMENT = re.compile(r"""\s*+((?:[^;'"$/\-]++|(?<![\w$&])'[^']*+(?:''[^']*+)*+'|/(?!\*)|-(?!-))++);""")
+_PLAIN_STRING = re.compile(r"'[^']*(?:''[^']*)*'")
 _ESCAPE_STRING = re.compile(r"'[^'\\]*(?:(?:\\.|'')[^'\\]*)*'", re.DOTALL)
 _BLOCK_COMMENT_MARK = re.compile(r"/\*|\*/")
 # A numeric literal standing alone (not part of a name, a parameter $1 or a longer token).
@@ -151,7 +156,9 @@ class _Shapes:
             self.flush()
 
     def flush(self) -> None:
-        texts = _NUMBER.sub("0", "".join(self.parts)).split(_STATEMENT_END)[: self.pending]
+        # Plain strings are still whole in statements taken in one step; elsewhere they are ''.
+        texts = _NUMBER.sub("0", _PLAIN_STRING.sub("''", "".join(self.parts))).split(_STATEMENT_END)
+        texts = texts[: self.pending]
         first = len(self.bounds) // 2 - self.pending
         for number, text in enumerate(texts, start=first):
             if not _DATA_STATEMENT.match(text):
@@ -178,6 +185,9 @@ def _scan(sql: str) -> tuple[array, _Shapes]:
     position = 0
     length = len(sql)
     while position < length:
+        if start < 0 and code_from == position:
+            position = code_from = _simple_statements(sql, position, bounds, shapes)
+        restart = False
         for match in _TOKEN.finditer(sql, position):
             at = match.start()
             if at > code_from:
@@ -192,8 +202,9 @@ def _scan(sql: str) -> tuple[array, _Shapes]:
                     bounds.extend((start, _rstrip(sql, start, at)))
                     shapes.end_statement()
                 start = -1
-                code_from = match.end()
-                continue
+                position = code_from = match.end()
+                restart = True  # the next statements may be simple ones again
+                break
             if first == "-" and token.startswith("--"):
                 shape.append(" ")
                 code_from = match.end()
@@ -217,6 +228,8 @@ def _scan(sql: str) -> tuple[array, _Shapes]:
         else:
             position = length
             continue
+        if restart:
+            continue
         if first == "/":
             shape.append(" ")
         else:
@@ -236,6 +249,22 @@ def _scan(sql: str) -> tuple[array, _Shapes]:
     if len(shapes.of_statement) * 2 != len(bounds):
         raise _Unscannable
     return bounds, shapes
+
+
+def _simple_statements(sql: str, position: int, bounds: array, shapes: _Shapes) -> int:
+    """Take every simple statement (:data:`_SIMPLE_STATEMENT`) from ``position`` on, in one step
+    each; return where the first other one begins."""
+    match_simple = _SIMPLE_STATEMENT.match
+    parts = shapes.parts
+    while True:
+        match = match_simple(sql, position)
+        if match is None:
+            return position
+        start = match.start(1)
+        bounds.extend((start, _rstrip(sql, start, match.end() - 1)))
+        parts.append(match.group(1))
+        shapes.end_statement()
+        position = match.end()
 
 
 def _in_name(char: str) -> bool:
