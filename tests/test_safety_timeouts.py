@@ -158,7 +158,7 @@ def test_subprocess_tools_get_the_timeouts_through_pgoptions(items_project, cont
 
 def test_psycopg_sessions_get_the_timeouts(items_project, context_for):
     context = context_for(items_project(ADD_NOTE))
-    with context.database.connect() as conn:
+    with context.database.connect(migration_session=True) as conn:
         context.apply_session_timeouts(conn)
         assert conn.execute("SHOW lock_timeout").fetchone()[0] == "500ms"
         assert conn.execute("SHOW statement_timeout").fetchone()[0] == "0"
