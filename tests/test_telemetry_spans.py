@@ -101,6 +101,7 @@ def test_successful_deploy_is_one_trace_of_steps_and_migrations(faber, spans, da
     root = only(found, "faber.migrate")
     assert root.parent is None and {s.context.trace_id for s in finished} == {root.context.trace_id}
     assert children(finished, root) == [
+        "faber.step.analyse",
         "faber.step.lock",
         "faber.step.health_check_before",
         "faber.step.status",
@@ -216,7 +217,8 @@ def test_a_step_that_raises_records_the_error_and_every_command_has_its_root_spa
 
     assert code == 3
     found = by_name(spans.get_finished_spans())
-    lock = only(found, "faber.step.lock")
+    # The first step to need the database is the analysis of the pending migrations, before the lock.
+    lock = only(found, "faber.step.analyse")
     assert lock.status.status_code is StatusCode.ERROR and lock.attributes["faber.outcome"] == "error"
     assert lock.attributes["error.type"] == "HEALTH_CHECK_FAILED"
     assert lock.status.description == "Pre-deployment health check failed"
