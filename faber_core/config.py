@@ -62,8 +62,9 @@ class BackupSettings(BaseModel):
     @model_validator(mode="after")
     def _provider_not_misspelt(self) -> BackupSettings:
         # A misspelt "provider" would silently fall back to pg_dump, a misspelt "keep_last" to 10.
+        # Other keys are the provider's (rds-snapshot's "profile" is not a misspelt "provider").
         for key in self.model_extra or {}:
-            hint = did_you_mean(key, type(self).model_fields)
+            hint = did_you_mean(key, type(self).model_fields, cutoff=0.85)
             if hint:
                 raise ValueError(f"unknown setting {key!r}{hint}")
         return self

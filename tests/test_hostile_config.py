@@ -188,3 +188,14 @@ def test_the_application_schema_cannot_be_faber_schema(faber_project, run_faber,
     )
 
     assert run.returncode == 2 and "which is faber_schema" in run.json["error"]
+
+
+def test_provider_settings_beside_provider_are_left_to_the_provider(tmp_path):
+    """rds-snapshot's "profile" is close to "provider" but is its own setting, not a misspelling."""
+    project = write_config(
+        tmp_path, json.dumps(production(backup={"provider": "rds-snapshot", "profile": "ops", "region": "eu-west-1"}))
+    )
+
+    settings = load_config(project).environment("production")
+
+    assert settings.backup.provider == "rds-snapshot" and settings.backup.model_extra["profile"] == "ops"
