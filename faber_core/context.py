@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -72,6 +73,7 @@ _LIBPQ_PARAMS = frozenset(_LIBPQ_ENV) | _LIBPQ_ONLY_PARAMS
 
 
 URL_PREFIXES = ("postgresql://", "postgres://")
+_PARAMETER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 PERCENT_ENCODE_HINT = (
     "Percent-encode special characters in the user name and password (@ as %40, / as %2F, : as %3A, "
     "% as %25, ? as %3F, # as %23, [ as %5B, ] as %5D, a space as %20)"
@@ -119,8 +121,8 @@ def parse_database_url(raw: str, source: str) -> ParsedUrl:
     if "@" in parts.path:
         raise invalid("an '@' follows the host (a '/' in the password that was not percent-encoded?)")
     pairs = [pair for pair in parts.query.split("&") if pair]
-    if any("=" not in pair for pair in pairs):
-        raise invalid("a query parameter has no '=' (a '?' in the password that was not percent-encoded?)")
+    if any("=" not in pair or not _PARAMETER_NAME.fullmatch(pair.partition("=")[0]) for pair in pairs):
+        raise invalid("a query parameter is not name=value (a '?' in the password that was not percent-encoded?)")
     params = {unquote(key): unquote(value) for key, _, value in (pair.partition("=") for pair in pairs)}
     kept = "&".join(pair for pair in pairs if unquote(pair.partition("=")[0]) in _LIBPQ_PARAMS)
     libpq_url = f"{parts.scheme}://{parts.netloc}{parts.path}" + (f"?{kept}" if kept else "")
