@@ -257,6 +257,7 @@ AFTER_FAILURE = (STATE_AFTER["002_ledgers"], ROLLED_BACK)
 
 POINTS = [
     # faber migrate: every step, in order.
+    Point("analyse", "deploy", started("analyse"), NOTHING_YET, brake=FIRST),
     Point("lock", "deploy", started("lock"), NOTHING_YET, brake=FIRST),
     Point("health-before", "deploy", started("health_check_before"), NOTHING_YET, brake=FIRST),
     Point("status", "deploy", started("status"), NOTHING_YET, after=event_matcher("health.finished"), brake=FIRST),
