@@ -269,16 +269,21 @@ def rollback(
     *,
     to: str | None = None,
     yes: bool = False,
+    discard_app_writes: bool = False,
     approver: Approver | None = None,
     working_directory: str | Path | None = None,
     progress: TextIO | None = None,
     listeners: Iterable[Listener] = (),
 ) -> Document:
-    """``faber rollback ENV``: restore backup ``to`` (default: the newest) and verify the history matches it."""
+    """``faber rollback ENV``: restore backup ``to`` (default: the newest) and verify the history matches it.
+
+    ``discard_app_writes``: with ``yes``, restore even though others wrote rows since the backup
+    where the environment's ``restore_with_app_writes`` is ``refuse``.
+    """
     from faber_core.workflow import DeployOptions
     from faber_core.workflow import rollback as run_rollback
 
-    options = DeployOptions(assume_yes=yes, approver=approver)
+    options = DeployOptions(assume_yes=yes, approver=approver, discard_app_writes=discard_app_writes)
     return run_command(
         ROLLBACK,
         environment,

@@ -249,12 +249,29 @@ def rollback(
     environment: Environment,
     to: Annotated[str | None, typer.Option("--to", help="Backup id (default: the newest).")] = None,
     yes: YesFlag = False,
+    discard_app_writes: Annotated[
+        bool,
+        typer.Option(
+            "--discard-app-writes",
+            help="With --yes: restore even though the application wrote rows since the backup "
+            "(needed where restore_with_app_writes is refuse).",
+        ),
+    ] = False,
     json_output: JsonFlag = False,
     cwd: CwdOption = None,
 ) -> None:
-    """Restore ENVIRONMENT from a backup and verify the migration history matches it."""
+    """Restore ENVIRONMENT from a backup and verify the migration history matches it.
+
+    Before restoring, faber checks whether anything other than its migrations wrote rows since the backup (PostgreSQL's row counters) and names those tables: a restore discards those rows. Protected environments ask for confirmation (--yes in CI); where restore_with_app_writes is refuse (protected default) and such rows exist, --yes also needs --discard-app-writes.
+    """  # noqa: E501
     document = api.rollback(
-        environment, to=to, yes=yes, approver=_approver(), working_directory=cwd, progress=sys.stderr
+        environment,
+        to=to,
+        yes=yes,
+        discard_app_writes=discard_app_writes,
+        approver=_approver(),
+        working_directory=cwd,
+        progress=sys.stderr,
     )
     _finish(document, json_output)
 

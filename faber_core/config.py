@@ -177,6 +177,13 @@ class EnvironmentSettings(BaseModel):
         description="An environment (e.g. staging) in which every pending migration, with the same checksum, "
         "must have been deployed successfully first.",
     )
+    restore_with_app_writes: Literal["refuse", "warn", "allow"] | None = Field(
+        None,
+        description="When rows were written since the backup by anything but faber's migrations (the application), "
+        "a restore would discard them. refuse: no automatic restore; the error names the tables and the manual "
+        "commands, and `faber rollback` needs --discard-app-writes. warn: restore and report what was discarded. "
+        "allow: restore. Default: refuse in protected environments, warn elsewhere.",
+    )
 
     def resolved(self, name: str) -> EnvironmentSettings:
         """A copy with every unset setting filled in from the defaults for ``name``."""
@@ -194,6 +201,7 @@ class EnvironmentSettings(BaseModel):
                 "require_approval": pick(self.require_approval),
                 "auto_rollback": pick(self.auto_rollback),
                 "lint": self.lint or ("block" if protected else "warn"),
+                "restore_with_app_writes": self.restore_with_app_writes or ("refuse" if protected else "warn"),
                 "lock_timeout_seconds": (PROTECTED_LOCK_TIMEOUT_SECONDS if protected else 0.0)
                 if self.lock_timeout_seconds is None
                 else self.lock_timeout_seconds,

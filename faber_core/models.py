@@ -133,10 +133,19 @@ class MigrationPreview(BaseModel):
     )
 
 
+TABLE_WRITES_DESCRIPTION = (
+    "Rows the migration's transaction inserted, updated or deleted, per table ('schema.table'), as PostgreSQL "
+    "counted them (pg_stat_xact_user_tables) just before it ended, including the bookkeeping row and, for a "
+    "failed migration, the rows its rolled-back transaction touched. None when the handler does not measure: "
+    "faber then cannot tell its own writes from the application's (see faber_core.backup.writes)."
+)
+
+
 class AppliedMigration(BaseModel):
     name: str
     status: Literal["applied"] = "applied"
     duration_seconds: float
+    table_writes: dict[str, int] | None = Field(None, description=TABLE_WRITES_DESCRIPTION, exclude=True)
 
 
 class MigrationFailure(BaseModel):
@@ -152,6 +161,7 @@ class MigrationFailure(BaseModel):
     sqlstate: str | None = Field(
         None, description="PostgreSQL's error code when known; 55P03 (lock timeout) makes faber retry."
     )
+    table_writes: dict[str, int] | None = Field(None, description=TABLE_WRITES_DESCRIPTION)
 
 
 class ApplyOutcome(BaseModel):

@@ -124,6 +124,21 @@ class ProgressPrinter:
     def on_rollback_skipped(self, event: AuditEvent) -> None:
         self.line(f"✓ No rollback needed: {event.data['reason']}")
 
+    def on_writes_waiting(self, event: AuditEvent) -> None:
+        self.line(f"… Checking for writes since the backup (waiting {event.data['seconds']}s for row counters)")
+
+    def on_writes_checked(self, event: AuditEvent) -> None:
+        data = event.data
+        if data["status"] == "none":
+            self.line("✓ Writes since the backup: none but faber's own")
+        elif data["status"] == "unknown":
+            self.line(f"⚠ Writes since the backup unknown: {data['reason']}")
+        else:
+            tables = ", ".join(f"{t['table']} ({t['rows']} rows)" for t in data["tables"])
+            self.line(f"⚠ Rows written since the backup by others: {tables}")
+        if data.get("in_flight"):
+            self.line(f"    sessions writing right now: {'; '.join(data['in_flight'])}")
+
     def on_rollback_started(self, event: AuditEvent) -> None:
         self.line(f"↺ Restoring backup {event.data['backup_id']}")
 

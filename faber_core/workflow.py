@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import psycopg
 
 from faber_core.audit.history import refuse_shared_faber_schema
+from faber_core.backup import writes
 from faber_core.context import RunContext
 from faber_core.errors import (
     ApprovalRequired,
@@ -74,6 +75,8 @@ class DeployOptions:
     rehearse: bool = False
     """Preview only: measure the migrations on a throwaway copy instead of estimating."""
     skip_staging_proof: bool = False
+    discard_app_writes: bool = False
+    """``faber rollback``: restore even though others wrote rows since the backup (policy refuse)."""
 
 
 def migrate(context: RunContext, plugins: Plugins, options: DeployOptions) -> Success:
@@ -97,6 +100,7 @@ def migrate(context: RunContext, plugins: Plugins, options: DeployOptions) -> Su
         safety.preflight_before_apply(context, review)
         backup = create_backup(context, plugins, options, state)
         outcome = apply(context, plugins, state)
+        writes.record_faber_writes(context, outcome)  # so a restore tells them from the application's
         if outcome.failure:
             handle_failed_migration(context, plugins, outcome, backup)
         health_after = check_health(context, plugins, "after", options)
@@ -378,7 +382,11 @@ def take_backup(context: RunContext, plugins: Plugins, reason: str, state: Migra
     """A backup now, recording the applied migrations it covers (also ``faber backup ENV``)."""
     with step(context, "backup", **{"faber.backup.provider": context.settings.backup.provider}) as span:
         context.emit("backup.started", provider=context.settings.backup.provider)
+        # Read just before the backup starts: a write in between counts as "since the backup",
+        # the safe side (faber_core/backup/writes.py).
+        counters = writes.read_counters(context)
         record = plugins.backup_create(context, reason, state.applied_fingerprint())
+        writes.record_baseline(context, record, counters)
         span.set_attribute("faber.backup.id", record.id)
     context.emit("backup.created", backup_id=record.id, size_bytes=record.size_bytes)
     return record
@@ -622,23 +630,8 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
             suggestions=[f"Create one with: faber backup {context.environment}"],
         )
     with deploy_lock(context):
-        if context.settings.protected and not options.assume_yes:
-            question = f"Restore {context.environment} to {chosen.id}? Writes made since then are lost."
-            approve_command = f"faber rollback {context.environment} --to {chosen.id} --yes"
-            if options.approver is None:
-                raise ApprovalRequired(
-                    f"Approval required to restore {context.environment} to {chosen.id}, "
-                    "and there is no terminal to ask",
-                    suggestions=[
-                        f"Approve non-interactively (e.g. in CI): {approve_command}",
-                        "Or run in a terminal to confirm at the prompt",
-                    ],
-                )
-            if not options.approver(question):
-                raise ApprovalRequired(
-                    f"Rollback of {context.environment} to {chosen.id} was not approved",
-                    suggestions=["Nothing was restored", f"Approve non-interactively: {approve_command}"],
-                )
+        since = check_writes_since_backup(context, chosen)
+        confirm_rollback(context, options, chosen, since)
         outcome = restore_backup(context, plugins, chosen)
     beside = restored_beside(outcome)
     return Success(
@@ -650,6 +643,7 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
             "verified": not beside,
             "migrations": [name for name, _ in chosen.migrations],
             "details": outcome.details,
+            "writes_since_backup": since.model_dump(mode="json"),
             **outcome.extra,
         },
         message=outcome.details if beside else f"Rolled back {context.environment} to {chosen.id}",
@@ -670,6 +664,68 @@ def prune_backups(context: RunContext, plugins: Plugins, keep_last: int | None, 
         message=f"{verb} {len(outcome.pruned)} backup(s), kept the newest {len(outcome.kept)}"
         + "".join(f"; {note}" for note in notes),
     )
+
+
+def check_writes_since_backup(context: RunContext, backup: BackupRecord) -> writes.WritesSinceBackup:
+    """What a restore of ``backup`` would discard that faber did not write (faber_core/backup/writes.py)."""
+    since = writes.writes_since_backup(context, backup)
+    context.emit("writes.checked", **since.model_dump(mode="json"))
+    return since
+
+
+def confirm_rollback(
+    context: RunContext, options: DeployOptions, backup: BackupRecord, since: writes.WritesSinceBackup
+) -> None:
+    """A person's yes before ``faber rollback`` restores; naming the tables when others wrote to them.
+
+    On a terminal the question names them. Without one, ``--yes`` approves a protected
+    environment's rollback, but when others wrote since the backup and the policy is ``refuse``
+    it takes ``--discard-app-writes`` too: a ``--yes`` in a CI script must not discard the
+    application's rows unseen.
+    """
+    env = context.environment
+    discards = since.status == "found" and context.settings.restore_with_app_writes != "allow"
+    if not (context.settings.protected or discards):
+        return
+    warning = f" It discards {since.summary()}." if discards else " Writes made since then are lost."
+    question = f"Restore {env} to {backup.id}?{warning}"
+    if options.approver is not None:
+        if options.approver(question):
+            return
+        raise ApprovalRequired(
+            f"Rollback of {env} to {backup.id} was not approved",
+            result=writes_result(since),
+            suggestions=["Nothing was restored"],
+        )
+    needs_flag = discards and context.settings.restore_with_app_writes == "refuse"
+    if options.assume_yes and not (needs_flag and not options.discard_app_writes):
+        return
+    flags = "--yes --discard-app-writes" if needs_flag else "--yes"
+    raise ApprovalRequired(
+        f"Rollback of {env} to {backup.id} needs approval: {since.summary()}"
+        if discards
+        else f"Approval required to restore {env} to {backup.id}, and there is no terminal to ask",
+        result=writes_result(since),
+        suggestions=[
+            *(save_rows_commands(context, since) if discards else []),
+            f"Approve non-interactively (e.g. in CI): faber rollback {env} --to {backup.id} {flags}",
+            "Or run in a terminal to confirm at the prompt",
+        ],
+    )
+
+
+def writes_result(since: writes.WritesSinceBackup) -> dict[str, object]:
+    return {"writes_since_backup": since.model_dump(mode="json")}
+
+
+def save_rows_commands(context: RunContext, since: writes.WritesSinceBackup) -> list[str]:
+    """How to keep a copy of the rows a restore would discard, before restoring."""
+    url = f'"${context.settings.database_url_env}"' if context.settings.database_url_env else "<database URL>"
+    tables = " ".join(f"--table='{t.table}'" for t in since.tables)
+    return [
+        f"Save the tables others wrote to first: pg_dump --data-only {tables} --file=writes-since-backup.sql {url}",
+        "Then re-apply what must survive after the restore (the backup does not have those rows)",
+    ]
 
 
 def resolve(context: RunContext, plugins: Plugins, name: str, resolution: str) -> Success:

@@ -12,6 +12,7 @@ import time
 import psycopg
 
 from faber_core import hookimpl
+from faber_core.backup.writes import Measurement, measured_transaction
 from faber_core.context import RunContext
 from faber_core.migration_files import decode_sql, read_migration_file
 from faber_core.models import (
@@ -89,8 +90,10 @@ def faber_migration_apply(tool: str, context: RunContext, pending: list[LocalMig
         for migration in pending:
             context.emit("migration.started", name=migration.name)
             started = time.monotonic()
+            measured = Measurement()
             try:
-                with conn.transaction():
+                # Measured, so faber can tell these rows from the application's (docs/workflow.md).
+                with measured_transaction(conn, measured):
                     conn.execute(sql[migration.name])
                     conn.execute(
                         "INSERT INTO sqlfiles_migrations VALUES (%s, %s)", [migration.name, migration.checksum]
@@ -102,9 +105,12 @@ def faber_migration_apply(tool: str, context: RunContext, pending: list[LocalMig
                     path=migration.path,
                     transaction_rolled_back=True,
                     sqlstate=exc.sqlstate,
+                    table_writes=measured.rows,
                 )
                 return outcome
             duration = round(time.monotonic() - started, 3)
-            outcome.applied.append(AppliedMigration(name=migration.name, duration_seconds=duration))
+            outcome.applied.append(
+                AppliedMigration(name=migration.name, duration_seconds=duration, table_writes=measured.rows)
+            )
             context.emit("migration.applied", name=migration.name, duration_seconds=duration)
     return outcome

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import psycopg
+from faber_core.backup.writes import Measurement, measured_transaction
 from faber_core.context import RunContext
 from faber_core.errors import ConfigError, MigrationFailed
 from faber_core.models import AppliedMigration, ApplyOutcome, LocalMigration, MigrationFailure, MigrationRecord
@@ -53,12 +54,15 @@ def apply_pending(context: RunContext, pending: list[LocalMigration]) -> ApplyOu
                 continue
             context.emit("migration.started", name=folder.name)
             started = time.monotonic()
-            failure = _apply_one(context, history, folder)
+            measured = Measurement()  # faber's own row writes, told apart from the application's
+            failure = _apply_one(context, history, folder, measured)
             if failure is not None:
-                outcome.failure = failure
+                outcome.failure = failure.model_copy(update={"table_writes": measured.rows})
                 break
             duration = round(time.monotonic() - started, 3)
-            outcome.applied.append(AppliedMigration(name=folder.name, duration_seconds=duration))
+            outcome.applied.append(
+                AppliedMigration(name=folder.name, duration_seconds=duration, table_writes=measured.rows)
+            )
             context.emit("migration.applied", name=folder.name, duration_seconds=duration)
     return outcome
 
@@ -146,7 +150,9 @@ def _locked_history(context: RunContext, application_name: str) -> Iterator[Hist
         yield History(conn, context.database.schema)
 
 
-def _apply_one(context: RunContext, history: History, folder: MigrationFolder) -> MigrationFailure | None:
+def _apply_one(
+    context: RunContext, history: History, folder: MigrationFolder, measured: Measurement
+) -> MigrationFailure | None:
     try:
         transactional = is_transactional(folder.sql)
     except ParseError as exc:
@@ -157,24 +163,28 @@ def _apply_one(context: RunContext, history: History, folder: MigrationFolder) -
             transaction_rolled_back=True,
         )
     if transactional:
-        return _apply_in_transaction(context, history, folder)
+        return _apply_in_transaction(context, history, folder, measured)
+    measured.unmeasured()  # each statement commits on its own
     return _apply_statement_by_statement(context, history, folder)
 
 
-def _apply_in_transaction(context: RunContext, history: History, folder: MigrationFolder) -> MigrationFailure | None:
+def _apply_in_transaction(
+    context: RunContext, history: History, folder: MigrationFolder, measured: Measurement
+) -> MigrationFailure | None:
     assert folder.checksum is not None
     started_at = datetime.now(timezone.utc)
     try:
-        with history.conn.transaction():
+        with measured_transaction(history.conn, measured):
             migration_id = history.start(folder.name, folder.checksum)
             if len(parse_script(folder.sql)):
                 history.conn.execute(folder.sql)
             history.finish(migration_id)
     except psycopg.Error as exc:
         logs = prisma_logs(context, folder.name, exc)
-        unrecorded = _record(
-            context, history.record_rolled_back_attempt, folder.name, folder.checksum, started_at, logs
-        )
+        with measured_transaction(history.conn, measured):  # the attempt's row is faber's write too
+            unrecorded = _record(
+                context, history.record_rolled_back_attempt, folder.name, folder.checksum, started_at, logs
+            )
         return MigrationFailure(
             name=folder.name,
             error=database_error_summary(context, exc) + unrecorded,

@@ -1,0 +1,397 @@
+"""Writes since the backup: did anything other than faber change rows after the backup was taken?
+
+A restore brings every table back to the backup, so rows the application wrote since are
+discarded. Before restoring, faber compares PostgreSQL's row-change counters of every user
+table (``n_tup_ins + n_tup_upd + n_tup_del`` in ``pg_stat_user_tables``) with the counters it
+recorded just before the backup, and subtracts the rows faber's own migrations wrote (which
+handlers measure in each migration's transaction, ``pg_stat_xact_user_tables``). What remains
+was written by someone else.
+
+The baseline lives in faber's own schema (``<faber_schema>.faber_backup_baselines``), which
+restores never touch, so a ``faber rollback --to ID`` in another CI job finds it.
+
+What the counters can and cannot tell, and how faber errs:
+
+- **Flush delay.** Another session reports its counters when it disconnects, or when it goes
+  idle at most once a second; a session that went idle less than a second after its last report
+  reports within 10 s (PostgreSQL 15's ``PGSTAT_IDLE_INTERVAL``). faber therefore waits until
+  every idle session of the database has been idle for :data:`IDLE_FLUSH_SECONDS` (at most that
+  long, at least :data:`MIN_WAIT_SECONDS`). Writes of a transaction still open then are not
+  counted: sessions holding write locks on user tables at that moment are reported as
+  ``in_flight``, and a session busy without a pause can hold its counts back for up to a minute.
+- **Counted before the backup.** The baseline is read just before the backup starts, so
+  writes in between are counted as "since the backup" though the backup has them: a false
+  positive, the safe direction.
+- **Aborted transactions count.** A rolled-back insert still counts. faber's own failed
+  migration is measured by the handler too (after rolling back to a savepoint the counters stay
+  visible); an application's rolled-back writes show up as writes.
+- **Unknown attribution.** A handler that does not measure its migrations' writes (the ORM
+  runners, third-party handlers) makes faber's share unknown: every counted write is then
+  reported as possibly the application's (``attribution: "unknown"``), and the policy treats it
+  as an application write.
+- **Resets.** A server restart (a crash resets the counters), ``pg_stat_reset()``, or a table
+  recreated since the backup (a migration that dropped and recreated it, an earlier restore)
+  makes the counters incomparable: the result is ``unknown``, with the reason.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import psycopg
+from psycopg import sql
+from pydantic import BaseModel, Field
+
+from faber_core.context import RunContext
+from faber_core.models import ApplyOutcome, BackupRecord
+
+TABLE = "faber_backup_baselines"
+BASELINES_KEPT = 200
+"""Baselines kept per environment; restoring an older backup reports its writes as unknown."""
+IDLE_FLUSH_SECONDS = 10.5
+"""An idle session has reported its counters once it has been idle this long (PGSTAT_IDLE_INTERVAL + margin)."""
+MIN_WAIT_SECONDS = 1.1
+"""Busy sessions report at their next idle moment, at most once a second (PGSTAT_MIN_INTERVAL + margin)."""
+_LAST_IDLE = """
+SELECT extract(epoch FROM now() - max(state_change)) FROM pg_stat_activity
+WHERE datname = current_database() AND state = 'idle' AND backend_type = 'client backend'
+  AND pid <> pg_backend_pid() AND application_name NOT LIKE 'faber%%'
+"""
+
+_CREATE_TABLE = """
+CREATE TABLE IF NOT EXISTS {table} (
+    environment           text NOT NULL,
+    backup_id             text NOT NULL,
+    taken_at              timestamptz NOT NULL,
+    stats_reset           timestamptz,
+    server_started_at     timestamptz NOT NULL,
+    counters              jsonb NOT NULL,
+    faber_writes          jsonb NOT NULL DEFAULT '{{}}',
+    faber_writes_known    boolean NOT NULL DEFAULT true,
+    PRIMARY KEY (environment, backup_id)
+)
+"""
+_COUNTERS = """
+SELECT s.relid::bigint, format('%%I.%%I', s.schemaname, s.relname), s.n_tup_ins + s.n_tup_upd + s.n_tup_del
+FROM pg_stat_user_tables s WHERE s.schemaname <> %s
+"""
+_IN_FLIGHT = """
+SELECT DISTINCT a.pid, a.application_name, format('%%I.%%I', n.nspname, c.relname)
+FROM pg_locks l
+JOIN pg_stat_activity a ON a.pid = l.pid
+JOIN pg_class c ON c.oid = l.relation
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE l.locktype = 'relation' AND l.mode = 'RowExclusiveLock' AND l.granted AND l.database = (
+    SELECT oid FROM pg_database WHERE datname = current_database())
+  AND a.pid <> pg_backend_pid() AND a.application_name NOT LIKE 'faber%%'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema', %s) AND c.relkind IN ('r', 'p')
+ORDER BY 1, 3
+"""
+
+
+@dataclass
+class Counters:
+    """Row-change counters of every user table at one moment, with what would make them incomparable."""
+
+    tables: dict[int, tuple[str, int]]
+    """relid -> (qualified name, inserted + updated + deleted)"""
+    stats_reset: dt.datetime | None
+    server_started_at: dt.datetime
+
+
+class TableWrites(BaseModel):
+    table: str
+    rows: int = Field(description="Rows inserted, updated or deleted since the backup, faber's own writes excluded.")
+
+
+class WritesSinceBackup(BaseModel):
+    """What a restore of ``backup_id`` would discard, as far as PostgreSQL's counters tell."""
+
+    backup_id: str
+    status: Literal["none", "found", "unknown"]
+    tables: list[TableWrites] = Field(default_factory=list)
+    attribution: Literal["exact", "unknown"] = Field(
+        "exact", description="unknown: a handler did not report its migrations' writes, so faber's share is not known."
+    )
+    in_flight: list[str] = Field(
+        default_factory=list, description="Sessions holding write locks on user tables right now (pid, app, table)."
+    )
+    reason: str | None = Field(None, description="Why the result is unknown, or what it could not see.")
+
+    @property
+    def total_rows(self) -> int:
+        return sum(t.rows for t in self.tables)
+
+    def summary(self) -> str:
+        if self.status == "unknown":
+            return f"writes since {self.backup_id} unknown: {self.reason}"
+        if self.status == "none":
+            return f"no rows written since {self.backup_id} by anything but faber"
+        who = "the application (or faber's unmeasured migrations)" if self.attribution == "unknown" else "others"
+        listed = ", ".join(f"{t.table} ({t.rows} row{'s' if t.rows != 1 else ''})" for t in self.tables)
+        return f"rows written since {self.backup_id} by {who}: {listed}"
+
+
+# For handlers: measuring a migration's own writes ------------------------------------------
+
+_TRANSACTION_WRITES = """
+SELECT format('%I.%I', schemaname, relname), n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_xact_user_tables
+WHERE n_tup_ins + n_tup_upd + n_tup_del > 0
+"""
+
+
+@dataclass
+class Measurement:
+    """Rows written per table by the transactions measured into it; None once one could not be measured."""
+
+    rows: dict[str, int] | None = field(default_factory=dict)
+
+    def add(self, rows: dict[str, int] | None) -> None:
+        if rows is None or self.rows is None:
+            self.rows = None
+            return
+        for table, count in rows.items():
+            self.rows[table] = self.rows.get(table, 0) + count
+
+    def unmeasured(self) -> None:
+        """Writes happened that could not be measured (e.g. statements committed one by one)."""
+        self.rows = None
+
+
+@contextmanager
+def measured_transaction(conn: psycopg.Connection, into: Measurement | None = None) -> Iterator[Measurement]:
+    """A transaction on ``conn`` whose row writes are measured (added to ``into``), whether it commits or fails.
+
+    The work runs in a savepoint inside it: when it fails, the savepoint is rolled back, the
+    counts of what it tried stay visible to the transaction, are measured, and then everything
+    is rolled back as usual. Use it for a migration and its bookkeeping row::
+
+        measured = Measurement()
+        with measured_transaction(conn, measured):
+            conn.execute(migration_sql)
+            record_applied(conn)
+        AppliedMigration(..., table_writes=measured.rows)    # on failure too: MigrationFailure(table_writes=...)
+    """
+    measurement = into if into is not None else Measurement()
+    with conn.transaction():
+        try:
+            with conn.transaction():
+                yield measurement
+        except psycopg.Error:
+            measurement.add(_transaction_writes(conn))
+            raise
+        measurement.add(_transaction_writes(conn))
+
+
+def _transaction_writes(conn: psycopg.Connection) -> dict[str, int] | None:
+    try:
+        return {table: rows for table, rows in conn.execute(_TRANSACTION_WRITES).fetchall()}
+    except psycopg.Error:  # the connection is gone: nothing to measure with
+        return None
+
+
+# Baselines and the comparison ------------------------------------------------------------
+
+
+def read_counters(context: RunContext) -> Counters | None:
+    """The counters now, for a baseline; None (reported) when they cannot be read: the backup goes on."""
+    try:
+        with context.database.connect(application_name="faber backup baseline") as conn:
+            return _counters(conn, context.config.database.faber_schema)
+    except psycopg.Error as exc:
+        context.emit("backup.baseline_failed", error=context.redactor.redact(str(exc).strip()))
+        return None
+
+
+def _counters(conn: psycopg.Connection, faber_schema: str) -> Counters:
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    tables = {relid: (name, changes) for relid, name, changes in conn.execute(_COUNTERS, [faber_schema]).fetchall()}
+    stats_reset, started = conn.execute(
+        "SELECT (SELECT stats_reset FROM pg_stat_database WHERE datname = current_database()),"
+        " pg_postmaster_start_time()"
+    ).fetchone()
+    return Counters(tables, stats_reset, started)
+
+
+def _table(context: RunContext) -> sql.Composed:
+    return sql.SQL("{}.{}").format(sql.Identifier(context.config.database.faber_schema), sql.Identifier(TABLE))
+
+
+def record_baseline(context: RunContext, backup: BackupRecord, counters: Counters | None) -> None:
+    """Store ``counters`` (read just before ``backup`` started) for a later restore to compare with.
+
+    Never fails the backup: a failure is reported, and the restore will say the writes are unknown.
+    """
+    if counters is None:
+        return
+    schema = sql.Identifier(context.config.database.faber_schema)
+    try:
+        with context.database.connect(application_name="faber backup baseline") as conn, conn.transaction():
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
+            conn.execute(sql.SQL(_CREATE_TABLE).format(table=_table(context)))
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} (environment, backup_id, taken_at, stats_reset, server_started_at, counters)"
+                    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (environment, backup_id) DO NOTHING"
+                ).format(_table(context)),
+                [
+                    context.environment,
+                    backup.id,
+                    backup.created_at,
+                    counters.stats_reset,
+                    counters.server_started_at,
+                    json.dumps({str(relid): list(entry) for relid, entry in counters.tables.items()}),
+                ],
+            )
+            conn.execute(
+                sql.SQL(
+                    "DELETE FROM {table} WHERE environment = %s AND backup_id NOT IN ("
+                    "SELECT backup_id FROM {table} WHERE environment = %s ORDER BY taken_at DESC LIMIT %s)"
+                ).format(table=_table(context)),
+                [context.environment, context.environment, BASELINES_KEPT],
+            )
+    except psycopg.Error as exc:
+        context.emit("backup.baseline_failed", backup_id=backup.id, error=context.redactor.redact(str(exc).strip()))
+
+
+def record_faber_writes(context: RunContext, outcome: ApplyOutcome) -> None:
+    """Add the rows this run's migrations wrote (as their handlers measured them) to every baseline
+    of the environment: each was taken before this run, so a restore of any of them must not count
+    these rows as the application's. A migration not measured makes faber's share unknown."""
+    ran = [*outcome.applied, *([outcome.failure] if outcome.failure else [])]
+    if not ran:
+        return
+    measured: dict[str, int] = {}
+    for migration in ran:
+        for table, rows in (migration.table_writes or {}).items():
+            measured[table] = measured.get(table, 0) + rows
+    known = all(migration.table_writes is not None for migration in ran)
+    try:
+        with context.database.connect(application_name="faber backup baseline") as conn:
+            if conn.execute("SELECT to_regclass(%s)", [_table(context).as_string(conn)]).fetchone()[0] is None:
+                return
+            conn.execute(
+                sql.SQL(_ADD_FABER_WRITES).format(_table(context)), [json.dumps(measured), known, context.environment]
+            )
+    except psycopg.Error as exc:
+        context.emit("backup.baseline_failed", error=context.redactor.redact(str(exc).strip()))
+
+
+_ADD_FABER_WRITES = """
+UPDATE {} SET faber_writes = (
+        SELECT coalesce(jsonb_object_agg(key, total), '{{}}') FROM (
+            SELECT key, sum(value::bigint) AS total
+            FROM (SELECT * FROM jsonb_each_text(faber_writes) UNION ALL SELECT * FROM jsonb_each_text(%s::jsonb)) part
+            GROUP BY key) sums),
+    faber_writes_known = faber_writes_known AND %s
+WHERE environment = %s
+"""
+
+
+def writes_since_backup(context: RunContext, backup: BackupRecord) -> WritesSinceBackup:
+    """Compare the counters now with ``backup``'s baseline, minus faber's own writes."""
+    faber_schema = context.config.database.faber_schema
+    try:
+        with context.database.connect(application_name="faber writes check") as conn:
+            _wait_for_reports(context, conn)
+            baseline = _baseline(conn, context, backup)
+            now = _counters(conn, faber_schema)
+            in_flight = [
+                f"{pid} {app or '(no application_name)'} {table}"
+                for pid, app, table in conn.execute(_IN_FLIGHT, [faber_schema]).fetchall()
+            ]
+    except psycopg.Error as exc:
+        return WritesSinceBackup(
+            backup_id=backup.id,
+            status="unknown",
+            reason=f"cannot read the counters: {context.redactor.redact(str(exc).strip())}",
+        )
+    if baseline is None:
+        return WritesSinceBackup(
+            backup_id=backup.id,
+            status="unknown",
+            in_flight=in_flight,
+            reason="no baseline was recorded with this backup (taken by an older faber, or recording it failed)",
+        )
+    return compare(backup.id, baseline, now, in_flight)
+
+
+def _wait_for_reports(context: RunContext, conn: psycopg.Connection) -> None:
+    """Wait until other sessions' counters have reached the statistics (see the module docstring)."""
+    (idle_for,) = conn.execute(_LAST_IDLE).fetchone()
+    wait = MIN_WAIT_SECONDS if idle_for is None else max(MIN_WAIT_SECONDS, IDLE_FLUSH_SECONDS - float(idle_for))
+    wait = min(wait, IDLE_FLUSH_SECONDS)
+    context.emit("writes.waiting", seconds=round(wait, 1))
+    time.sleep(wait)
+
+
+@dataclass
+class Baseline:
+    counters: Counters
+    faber_writes: dict[str, int]
+    faber_writes_known: bool
+
+
+def _baseline(conn: psycopg.Connection, context: RunContext, backup: BackupRecord) -> Baseline | None:
+    exists = conn.execute("SELECT to_regclass(%s)", [_table(context).as_string(conn)]).fetchone()[0]
+    if exists is None:
+        return None
+    row = conn.execute(
+        sql.SQL(
+            "SELECT counters, stats_reset, server_started_at, faber_writes, faber_writes_known FROM {}"
+            " WHERE environment = %s AND backup_id = %s"
+        ).format(_table(context)),
+        [context.environment, backup.id],
+    ).fetchone()
+    if row is None:
+        return None
+    counters, stats_reset, started, faber_writes, known = row
+    tables = {int(relid): (entry[0], int(entry[1])) for relid, entry in counters.items()}
+    return Baseline(Counters(tables, stats_reset, started), dict(faber_writes), known)
+
+
+def compare(backup_id: str, baseline: Baseline, now: Counters, in_flight: list[str]) -> WritesSinceBackup:
+    def unknown(reason: str) -> WritesSinceBackup:
+        return WritesSinceBackup(backup_id=backup_id, status="unknown", in_flight=in_flight, reason=reason)
+
+    if now.stats_reset != baseline.counters.stats_reset:
+        return unknown("the database's statistics were reset since the backup (pg_stat_reset)")
+    if now.server_started_at != baseline.counters.server_started_at:
+        return unknown("the server restarted since the backup, and a crash resets the counters")
+    names_at_backup = {name: relid for relid, (name, _) in baseline.counters.tables.items()}
+    changes: dict[str, int] = {}
+    recreated = []
+    for relid, (name, count) in now.tables.items():
+        before = baseline.counters.tables.get(relid)
+        if before is None and name in names_at_backup:
+            recreated.append(name)  # dropped and created again (a migration, an earlier restore)
+        elif before is None:
+            changes[name] = count  # created since the backup: every row change is new
+        elif count < before[1]:
+            return unknown(f"the counters of {name} went back since the backup")
+        else:
+            changes[name] = count - before[1]
+    if recreated:
+        return unknown(f"recreated since the backup, so their counters started again: {', '.join(sorted(recreated))}")
+    tables = []
+    for name, rows in sorted(changes.items()):
+        others = rows - baseline.faber_writes.get(name, 0)
+        if others > 0:
+            tables.append(TableWrites(table=name, rows=others))
+    return WritesSinceBackup(
+        backup_id=backup_id,
+        status="found" if tables else "none",
+        tables=tables,
+        attribution="exact" if baseline.faber_writes_known else "unknown",
+        in_flight=in_flight,
+    )
+
+
+def as_result(report: WritesSinceBackup) -> dict[str, Any]:
+    return report.model_dump(mode="json")

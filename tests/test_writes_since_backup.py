@@ -1,0 +1,118 @@
+"""Rows written since the backup by anything but faber's migrations, found before a restore discards them."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+import pytest
+
+from faber_core.backup import writes
+from faber_core.workflow import DeployOptions, migrate
+
+YES = DeployOptions(assume_yes=True)
+SQLFILES = {"FABER_PLUGINS": "faber_core.testing.sqlfiles"}
+ORDERS = "CREATE TABLE orders (id serial PRIMARY KEY, note text);"
+BACKFILL = "INSERT INTO orders (note) SELECT 'migrated' FROM generate_series(1, 100); UPDATE orders SET note = 'x';"
+
+
+@pytest.fixture
+def deployed(project, context_for, plugins, database_url, monkeypatch):
+    """A production project with ``orders`` deployed, then a data-writing migration deployed on top
+    (so its backup has a baseline and faber's own 200 row writes to tell apart)."""
+    for name, value in SQLFILES.items():
+        monkeypatch.setenv(name, value)
+    project_dir = project({"001_orders": ORDERS})
+    migrate(context_for(project_dir), plugins, YES)
+    (project_dir / "migrations/002_backfill.sql").write_text(BACKFILL)
+    backup_id = migrate(context_for(project_dir), plugins, YES).model_dump(mode="json")["result"]["backup_id"]
+    return project_dir, backup_id
+
+
+def app_inserts(url: str, rows: int) -> psycopg.Connection:
+    """The application writes rows and stays connected: an idle session reports its counters
+    within 10 s, which faber waits for. (A session that disconnects reports at once.)"""
+    conn = psycopg.connect(url, autocommit=True)
+    conn.execute("INSERT INTO orders (note) SELECT 'from the app' FROM generate_series(1, %s)", [rows])
+    return conn
+
+
+def backup_record(project_dir, backup_id):
+    from faber_core.models import BackupRecord
+
+    path = project_dir / ".faber/backups/production" / f"{backup_id}.json"
+    return BackupRecord.model_validate_json(path.read_text())
+
+
+def set_policy(project_dir, policy: str) -> None:
+    path = project_dir / ".fractary/plugins/faber-db/config.json"
+    config = json.loads(path.read_text())
+    config["database"]["environments"]["production"]["restore_with_app_writes"] = policy
+    path.write_text(json.dumps(config))
+
+
+def test_a_data_writing_deploy_alone_is_no_write_by_others(deployed, context_for):
+    project_dir, backup_id = deployed
+
+    since = writes.writes_since_backup(context_for(project_dir, "rollback"), backup_record(project_dir, backup_id))
+
+    assert since.status == "none" and since.attribution == "exact", since
+    assert since.tables == []
+
+
+def test_the_applications_rows_are_counted_per_table_without_faber_s_own(deployed, context_for, database_url):
+    project_dir, backup_id = deployed
+    with app_inserts(database_url, 7) as app:
+        app.execute("UPDATE orders SET note = 'touched' WHERE id <= 3")
+
+        since = writes.writes_since_backup(context_for(project_dir, "rollback"), backup_record(project_dir, backup_id))
+
+    assert since.status == "found"
+    assert [(t.table, t.rows) for t in since.tables] == [("public.orders", 10)]
+    assert "public.orders (10 rows)" in since.summary()
+
+
+def test_without_a_baseline_the_result_is_unknown_and_says_why(deployed, context_for, database_url):
+    project_dir, backup_id = deployed
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM faber.faber_backup_baselines")
+
+    since = writes.writes_since_backup(context_for(project_dir, "rollback"), backup_record(project_dir, backup_id))
+
+    assert since.status == "unknown" and "no baseline" in since.reason
+
+
+def test_rollback_refuses_a_bare_yes_when_the_application_wrote_and_names_the_tables(deployed, run_faber, database_url):
+    project_dir, backup_id = deployed
+    app_inserts(database_url, 5).close()
+
+    refused = run_faber("rollback", "production", "--to", backup_id, "--yes", "--json", cwd=project_dir)
+    with psycopg.connect(database_url) as conn:
+        rows_after_refusal = conn.execute("SELECT count(*) FROM orders").fetchone()[0]
+    discarded = run_faber(
+        "rollback", "production", "--to", backup_id, "--yes", "--discard-app-writes", "--json", cwd=project_dir
+    )
+
+    assert refused.returncode == 5, refused.output
+    assert "public.orders (5 rows)" in refused.json["error"]
+    assert refused.json["result"]["writes_since_backup"]["tables"] == [{"table": "public.orders", "rows": 5}]
+    suggestions = refused.json["recovery"]["suggestions"]
+    assert any("pg_dump --data-only --table='public.orders'" in s and "$TEST_DATABASE_URL" in s for s in suggestions)
+    assert any(s.endswith(f"--to {backup_id} --yes --discard-app-writes") for s in suggestions)
+    assert rows_after_refusal == 105
+    assert discarded.returncode == 0, discarded.output
+    assert discarded.json["result"]["writes_since_backup"]["status"] == "found"
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("policy", ["warn", "allow"])
+def test_rollback_with_warn_or_allow_restores_on_yes_and_reports(deployed, run_faber, database_url, policy):
+    project_dir, backup_id = deployed
+    set_policy(project_dir, policy)
+    app_inserts(database_url, 3).close()
+
+    run = run_faber("rollback", "production", "--to", backup_id, "--yes", "--json", cwd=project_dir)
+
+    assert run.returncode == 0, run.output
+    assert run.json["result"]["writes_since_backup"]["tables"] == [{"table": "public.orders", "rows": 3}]
