@@ -151,21 +151,19 @@ def _run_in_one_transaction(
                     problem = "pg_restore failed"
                 else:
                     psql.stdin.write(_without_final_commit(tail) + finish.encode() + b"COMMIT;\n")
+                    psql.stdin.close()
             except BrokenPipeError:
                 problem = "psql stopped"  # at an error: its stderr says which
             except _ScriptProblem as exc:
                 problem = str(exc)
-            finally:
-                with contextlib.suppress(BrokenPipeError):
-                    psql.stdin.close()
         except BaseException:
             # Interrupted: end the transaction for sure before anything else happens.
-            stop(restore)
-            stop(psql)
-            _terminate_session(context, application)
+            _abandon(context, application, restore, psql)
             raise
         if problem is not None:
-            stop(restore)
+            # No COMMIT was sent. Stop psql rather than close its input: a psql waiting for a
+            # lock does not read, and flushing into its full pipe would wait as long.
+            _abandon(context, application, restore, psql)
         restore.wait()
         psql.wait()
         psql_err = _read(psql_errors)
@@ -218,6 +216,16 @@ def _without_final_commit(tail: bytes) -> bytes:
     if match is None:
         raise _ScriptProblem("pg_restore's script did not end with its COMMIT; nothing was committed")
     return tail[: match.start()] + b"\n" + match.group(1)
+
+
+def _abandon(context: RunContext, application: str, restore: subprocess.Popen, psql: subprocess.Popen) -> None:
+    """Stop both programs and end the restore's server session: its transaction rolls back now."""
+    stop(restore)
+    stop(psql)
+    assert psql.stdin
+    with contextlib.suppress(OSError, ValueError):
+        psql.stdin.close()  # psql is gone: nothing is flushed, nothing waits
+    _terminate_session(context, application)
 
 
 def _terminate_session(context: RunContext, application: str) -> None:
