@@ -23,7 +23,6 @@ string it prints is redacted before faber looks at it. Exit code 0: done; 1: a m
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import tempfile
 import threading
@@ -43,7 +42,7 @@ from faber_core.models import (
     MigrationRecord,
     MigrationState,
 )
-from faber_core.processes import child_environment, spawn, stop
+from faber_core.processes import child_environment, find_program, spawn, stop
 from faber_core.secrets import Redactor
 
 URL_VARIABLE = "FABER_DATABASE_URL"
@@ -86,16 +85,17 @@ class RunnerResult:
 
 
 def node_executable() -> str:
-    node = shutil.which("node")
+    node = find_program("node")
     if node is None:
         raise ConfigError(
-            "Node.js is not installed (no `node` on PATH): faber runs the project's own ORM with it",
+            "Node.js is not installed (no `node` on PATH or beside faber's Python): "
+            "faber runs the project's own ORM with it",
             suggestions=[
                 "Install Node.js 18 or newer (https://nodejs.org/ or your package manager)",
                 "Or put the directory holding `node` first on PATH for faber",
             ],
         )
-    return node
+    return str(node)
 
 
 def run_runner(

@@ -19,9 +19,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +59,22 @@ def _die_with(parent: int) -> Any:
             os._exit(1)
 
     return in_child if _prctl is not None else None
+
+
+def find_program(name: str) -> Path | None:
+    """The executable ``name``: on ``PATH``, else beside the Python running faber.
+
+    Programs installed with faber (squawk from ``squawk-cli``, a ``node`` from ``nodeenv``) land
+    in the environment's scripts directory, which is on ``PATH`` only while the environment is
+    activated; a CI job that runs ``/opt/venv/bin/faber`` directly must find them all the same.
+    """
+    found = shutil.which(name)
+    if found is None:
+        beside_python = os.pathsep.join(
+            dict.fromkeys([sysconfig.get_path("scripts"), str(Path(sys.executable).parent)])
+        )
+        found = shutil.which(name, path=beside_python)
+    return Path(found) if found else None
 
 
 def child_environment(extra: Mapping[str, str]) -> dict[str, str]:

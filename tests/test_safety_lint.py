@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sysconfig
+from pathlib import Path
+
 import psycopg
 import pytest
 
@@ -103,3 +109,36 @@ def test_preview_lists_findings_per_migration_and_says_the_deploy_would_block(de
     assert any("would block the deploy to production" in note for note in index["notes"])
     assert [(f["rule"], f["severity"], f["line"]) for f in age["lint"]] == [("prefer-bigint-over-int", "warning", 1)]
     assert not any("would block" in note for note in age["notes"])
+
+
+def test_faber_run_by_its_path_without_activation_finds_squawk_beside_its_python(faber_project, database_url):
+    """CI often runs ``/opt/venv/bin/faber`` without activating the environment: squawk, installed
+    with faber into that bin directory, is not on PATH then, and must be found all the same."""
+    scripts = Path(sysconfig.get_path("scripts"))
+    faber = scripts / "faber"
+    path_without_scripts = os.pathsep.join(
+        entry for entry in os.environ.get("PATH", "").split(os.pathsep) if entry and Path(entry) != scripts
+    )
+    assert faber.exists() and shutil.which("squawk", path=path_without_scripts) is None
+    project_dir = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"production": {"database_url_env": "APP_URL"}}}},
+        {"migrations/001_users.sql": USERS, "migrations/002_index.sql": BLOCKING_INDEX},
+    )
+    env = {
+        **os.environ,
+        "PATH": path_without_scripts,
+        "APP_URL": database_url,
+        "FABER_PLUGINS": "faber_core.testing.sqlfiles",
+    }
+
+    run = subprocess.run(
+        [faber, "migrate", "production", "--yes", "--json", "--cwd", project_dir],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    # squawk ran: its rule is reported (on an empty table the finding does not block)
+    assert "require-concurrent-index-creation" in run.stdout

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import shutil
 import subprocess
 import tempfile
 import time
@@ -27,7 +26,7 @@ from faber_core.context import RunContext
 from faber_core.errors import BackupFailed
 from faber_core.models import BackupProviderInfo, BackupPruneOutcome, BackupRecord, RestoreOutcome
 from faber_core.postgres.embedded import embedded_bin_dirs
-from faber_core.processes import child_environment, run_captured, spawn, supervised
+from faber_core.processes import child_environment, find_program, run_captured, spawn, supervised
 from faber_core.safety.timeouts import CONNECTION_CHECK_INTERVAL_MS, CONNECTION_CHECK_SINCE
 
 PROVIDER = "pg_dump"
@@ -68,9 +67,9 @@ def find_client_dir(server_major: int) -> Path:
     pg_dump refuses (or worse, misreads) a newer server, so the version is checked up front.
     """
     candidates: list[Path] = []
-    on_path = shutil.which("pg_dump")
-    if on_path:
-        candidates.append(Path(on_path).parent)
+    found = find_program("pg_dump")
+    if found:
+        candidates.append(found.parent)
     candidates += embedded_bin_dirs()
     seen: list[str] = []
     for directory in candidates:

@@ -21,14 +21,13 @@ rules too)::
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from pathlib import Path
 
 from pglast.parser import ParseError
 
 from faber_core.errors import ConfigError
-from faber_core.processes import run_captured
+from faber_core.processes import find_program, run_captured
 from faber_core.safety import rules
 from faber_core.safety.models import LintFinding
 from faber_core.safety.statements import located_statements
@@ -76,7 +75,7 @@ def lint_migrations(
     """Findings per migration name; ``migrations`` maps a name to (SQL, runs in a transaction)."""
     if not migrations:
         return {}
-    binary = shutil.which(SQUAWK)
+    binary = find_program(SQUAWK)
     if binary is None:
         raise ConfigError(
             "The migration lint needs squawk, which is not installed",

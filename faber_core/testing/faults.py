@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +28,8 @@ from typing import Any
 
 import psycopg
 import pytest
+
+from faber_core.processes import find_program
 
 AUDIT_LOG = Path(".faber") / "audit.log"
 POLL_SECONDS = 0.01
@@ -380,10 +381,10 @@ class DatabaseState:
 
 
 def pg_dump_program() -> str:
-    """pg_dump on PATH, else the one shipped with the embedded server."""
-    found = shutil.which("pg_dump")
+    """pg_dump where faber looks first (:func:`~faber_core.processes.find_program`), else the embedded server's."""
+    found = find_program("pg_dump")
     if found:
-        return found
+        return str(found)
     from faber_core.postgres.embedded import embedded_bin_dirs
 
     for directory in embedded_bin_dirs():
