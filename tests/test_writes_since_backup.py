@@ -116,3 +116,28 @@ def test_rollback_with_warn_or_allow_restores_on_yes_and_reports(deployed, run_f
 
     assert run.returncode == 0, run.output
     assert run.json["result"]["writes_since_backup"]["tables"] == [{"table": "public.orders", "rows": 3}]
+
+
+def test_a_measured_script_commits_in_one_message_and_counts_its_rows(database_url):
+    """The script's own result sets (a SELECT) and a trailing comment do not disturb the measurement."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (id int)")
+        measured = writes.Measurement()
+        script = "INSERT INTO items SELECT generate_series(1, 3);\nSELECT 42 AS answer;\n-- the end, no newline"
+        writes.run_measured_script(conn, script, measured)
+        assert measured.rows == {"public.items": 3}
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    with psycopg.connect(database_url) as other:
+        assert other.execute("SELECT count(*) FROM items").fetchone()[0] == 3
+
+
+def test_a_failing_measured_script_leaves_nothing_and_still_counts_what_it_tried(database_url):
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (id int)")
+        measured = writes.Measurement()
+        script = "INSERT INTO items VALUES (1), (2);\nINSERT INTO items VALUES ('x');\nINSERT INTO items VALUES (3)"
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation):
+            writes.run_measured_script(conn, script, measured)
+        assert measured.rows == {"public.items": 2}
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert conn.execute("SELECT count(*) FROM items").fetchone()[0] == 0

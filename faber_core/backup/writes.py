@@ -189,6 +189,61 @@ def measured_transaction(conn: psycopg.Connection, into: Measurement | None = No
         measurement.add(_transaction_writes(conn))
 
 
+_MEASURED = "faber_measured"
+"""The savepoint a measured script runs in, so what it tried can be measured after it failed."""
+
+
+def run_measured_script(conn: psycopg.Connection, script: str, into: Measurement) -> None:
+    """``script`` in one transaction whose row writes are added to ``into``, in one round trip.
+
+    The same guarantees as :func:`measured_transaction`, for a handler whose migration and
+    bookkeeping are SQL text: ``BEGIN``, a savepoint, ``script``, the measurement and ``COMMIT``
+    go to the server as one message (simple query protocol), so a migration costs one network
+    round trip instead of one per statement. ``script`` must not control transactions itself
+    (no ``BEGIN``, ``COMMIT``, ``SAVEPOINT``; :func:`faber_core.postgres.sql.is_transactional`).
+    ``conn`` must be in autocommit mode and outside a transaction.
+
+    When a statement fails the server skips the rest of the message, so nothing is committed;
+    one more round trip measures what was tried and rolls back; then the error is raised::
+
+        measured = Measurement()
+        run_measured_script(conn, f"{migration_sql}\n;\n{bookkeeping_sql}", measured)
+    """
+    cursor = conn.cursor()
+    message = (
+        f"BEGIN;\nSAVEPOINT {_MEASURED};\n{script}\n;\n"  # the newline ends a trailing -- comment
+        f"RELEASE SAVEPOINT {_MEASURED};\n{_TRANSACTION_WRITES};\nCOMMIT"
+    )
+    try:
+        cursor.execute(message)
+    except psycopg.Error:
+        into.add(_failed_script_writes(conn))
+        raise
+    measured: list[tuple[str, int]] = []
+    while True:  # the measurement is the last result with rows: only COMMIT follows it
+        if cursor.description is not None:
+            measured = cursor.fetchall()
+        if not cursor.nextset():
+            break
+    into.add(dict(measured))
+
+
+def _failed_script_writes(conn: psycopg.Connection) -> dict[str, int] | None:
+    """After a statement of :func:`run_measured_script` failed: the rows its transaction tried
+    to write, then that transaction rolled back."""
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
+        return None  # the connection is gone (the server rolls back), or nothing began
+    try:
+        cursor = conn.execute(f"ROLLBACK TO SAVEPOINT {_MEASURED};\n{_TRANSACTION_WRITES};\nROLLBACK")
+        while cursor.description is None and cursor.nextset():
+            pass
+        return dict(cursor.fetchall()) if cursor.description is not None else None
+    except psycopg.Error:
+        if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+            conn.execute("ROLLBACK")
+        return None
+
+
 def _transaction_writes(conn: psycopg.Connection) -> dict[str, int] | None:
     try:
         return {table: rows for table, rows in conn.execute(_TRANSACTION_WRITES).fetchall()}

@@ -15,12 +15,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 import psycopg
-from faber_core.backup.writes import Measurement, measured_transaction
+from faber_core.backup.writes import Measurement, measured_transaction, run_measured_script
 from faber_core.context import RunContext
 from faber_core.errors import ConfigError, MigrationFailed
 from faber_core.models import AppliedMigration, ApplyOutcome, LocalMigration, MigrationFailure, MigrationRecord
 from faber_core.postgres.locks import PRISMA_LOCK_KEY, advisory_lock
-from faber_core.postgres.sql import is_transactional, parse_script, split_statements
+from faber_core.postgres.sql import is_transactional, split_statements
 from pglast.parser import ParseError
 from psycopg import sql
 
@@ -171,14 +171,15 @@ def _apply_one(
 def _apply_in_transaction(
     context: RunContext, history: History, folder: MigrationFolder, measured: Measurement
 ) -> MigrationFailure | None:
+    """The migration and its history row in one transaction, sent as one message: the row's
+    INSERT, the script, the row's UPDATE (one round trip; a failing statement ends it, and the
+    whole transaction rolls back)."""
     assert folder.checksum is not None
     started_at = datetime.now(timezone.utc)
+    migration_id, record_start = history.start_statement(folder.name, folder.checksum)
+    script = f"{record_start};\n{folder.sql}\n;\n{history.finish_statement(migration_id)}"
     try:
-        with measured_transaction(history.conn, measured):
-            migration_id = history.start(folder.name, folder.checksum)
-            if len(parse_script(folder.sql)):
-                history.conn.execute(folder.sql)
-            history.finish(migration_id)
+        run_measured_script(history.conn, script, measured)
     except psycopg.Error as exc:
         logs = prisma_logs(context, folder.name, exc)
         with measured_transaction(history.conn, measured):  # the attempt's row is faber's write too

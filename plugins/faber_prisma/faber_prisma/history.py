@@ -90,20 +90,38 @@ class History:
 
     def start(self, name: str, checksum: str, started_at: datetime | None = None) -> str:
         """Insert the row of an attempt that has begun (now, unless ``started_at``); return its id."""
-        migration_id = str(uuid.uuid4())
-        self._run(
-            "INSERT INTO {table} (id, checksum, started_at, migration_name, applied_steps_count)"
-            " VALUES (%(id)s, %(checksum)s, coalesce(%(started_at)s, clock_timestamp()), %(name)s, 0)",
-            {"id": migration_id, "checksum": checksum, "name": name, "started_at": started_at},
-        )
+        migration_id, statement = self.start_statement(name, checksum, started_at)
+        self.conn.execute(statement)
         return migration_id
 
     def finish(self, migration_id: str) -> None:
-        self._run(
-            "UPDATE {table} SET finished_at = clock_timestamp(), applied_steps_count = applied_steps_count + 1"
-            " WHERE id = %(id)s",
-            {"id": migration_id},
+        self.conn.execute(self.finish_statement(migration_id))
+
+    def start_statement(self, name: str, checksum: str, started_at: datetime | None = None) -> tuple[str, str]:
+        """A new attempt's id, and the SQL text of :meth:`start` for it (values quoted in), to send
+        in one message with the migration."""
+        migration_id = str(uuid.uuid4())
+        statement = self._statement(
+            "INSERT INTO {table} (id, checksum, started_at, migration_name, applied_steps_count)"
+            " VALUES ({id}, {checksum}, coalesce({started_at}, clock_timestamp()), {name}, 0)",
+            id=migration_id,
+            checksum=checksum,
+            started_at=started_at,
+            name=name,
         )
+        return migration_id, statement
+
+    def finish_statement(self, migration_id: str) -> str:
+        """The SQL text of :meth:`finish`."""
+        return self._statement(
+            "UPDATE {table} SET finished_at = clock_timestamp(), applied_steps_count = applied_steps_count + 1"
+            " WHERE id = {id}",
+            id=migration_id,
+        )
+
+    def _statement(self, template: str, **values: object) -> str:
+        literals = {key: sql.Literal(value) for key, value in values.items()}
+        return sql.SQL(template).format(table=self.table, **literals).as_string(self.conn)
 
     def fail(self, migration_id: str, logs: str) -> None:
         self._run("UPDATE {table} SET logs = %(logs)s WHERE id = %(id)s", {"id": migration_id, "logs": logs})
