@@ -1,4 +1,13 @@
-"""pytest fixtures for faber and its plugins (registered through the ``pytest11`` entry point).
+"""pytest fixtures for faber and its plugins, for the test suites that ask for them.
+
+Installing faber adds nothing to a project's pytest session; a plugin's tests opt in, in their
+top-level ``conftest.py``::
+
+    pytest_plugins = ["faber_core.testing.fixtures"]
+
+(or ``pytest -p faber_core.testing.fixtures``). The test databases are named
+``<faber_database_prefix>_<random>``; the ini option ``faber_database_prefix`` (default
+``faber_test``) tells them apart from other suites' on a shared server.
 
 - ``postgres_admin_url``: a real PostgreSQL for the test session: the server at
   127.0.0.1:5432 when one answers (or ``FABER_TEST_ADMIN_URL``), otherwise an embedded one.
@@ -16,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -28,6 +38,28 @@ import pytest
 
 CANARY_PASSWORD = "canary-Pw-7f3a9c1e"
 LOCAL_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+DATABASE_PREFIX_OPTION = "faber_database_prefix"
+DEFAULT_DATABASE_PREFIX = "faber_test"
+# A database name is at most 63 bytes: the prefix, "_" and 12 random hex digits.
+_DATABASE_PREFIX = re.compile(r"[a-z_][a-z0-9_]{0,49}")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini(
+        DATABASE_PREFIX_OPTION,
+        "prefix of the databases the database_url fixture creates (lower-case letters, digits, _; "
+        "at most 50 characters)",
+        default=DEFAULT_DATABASE_PREFIX,
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    prefix = config.getini(DATABASE_PREFIX_OPTION)
+    if not _DATABASE_PREFIX.fullmatch(prefix):
+        raise pytest.UsageError(
+            f"{DATABASE_PREFIX_OPTION} = {prefix!r}: use lower-case letters, digits and _, "
+            "starting with a letter or _, at most 50 characters"
+        )
 
 
 def _reachable(url: str) -> bool:
@@ -55,7 +87,7 @@ def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
     yield start_embedded_server(tmp_path_factory.mktemp("embedded-pg"))
 
 
-def create_database(admin_url: str, prefix: str = "faber_test") -> str:
+def create_database(admin_url: str, prefix: str = DEFAULT_DATABASE_PREFIX) -> str:
     """Create an empty database on the admin URL's server and return its name."""
     import psycopg
     from psycopg import sql
@@ -88,9 +120,9 @@ def database_url_for(admin_url: str, name: str, password: str | None = None) -> 
 
 
 @pytest.fixture
-def database_url(postgres_admin_url: str) -> Iterator[str]:
+def database_url(postgres_admin_url: str, pytestconfig: pytest.Config) -> Iterator[str]:
     """A fresh database for this test; its URL carries the canary password (trust auth ignores it)."""
-    name = create_database(postgres_admin_url)
+    name = create_database(postgres_admin_url, pytestconfig.getini(DATABASE_PREFIX_OPTION))
     try:
         yield database_url_for(postgres_admin_url, name, password=CANARY_PASSWORD)
     finally:

@@ -1,0 +1,86 @@
+"""faber's pytest kit is opt-in: a project that installs faber keeps its own fixtures, and one that
+opts in names its test databases with its own prefix."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+USES_THE_KIT = '''
+def test_a_fresh_database(database_url, query):
+    assert database_url.rsplit("/", 1)[1].startswith("shop_test_")
+    assert query("SELECT current_database()")[0][0].startswith("shop_test_")
+'''
+
+PROJECT_QUERY_FIXTURE = '''
+import pytest
+
+@pytest.fixture
+def query():
+    return "the project's own"
+'''
+WITHOUT_THE_KIT = '''
+import pytest
+
+def test_the_projects_own_fixture(query):
+    assert query == "the project's own"
+
+def test_no_faber_fixture(request):
+    with pytest.raises(pytest.FixtureLookupError):
+        request.getfixturevalue("database_url")
+'''
+
+
+def run_pytest(project: Path, admin_url: str, *options: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *options, str(project)],
+        cwd=project,
+        env={**os.environ, "FABER_TEST_ADMIN_URL": admin_url},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def databases_named(admin_url: str, prefix: str) -> list[str]:
+    with psycopg.connect(admin_url) as conn:
+        rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [prefix + "%"]).fetchall()
+    return [row[0] for row in rows]
+
+
+def test_installing_faber_adds_no_fixture_to_another_projects_tests(tmp_path, postgres_admin_url):
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "conftest.py").write_text(PROJECT_QUERY_FIXTURE)
+    (tmp_path / "test_app.py").write_text(WITHOUT_THE_KIT)
+
+    run = run_pytest(tmp_path, postgres_admin_url)
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "2 passed" in run.stdout
+
+
+def test_a_suite_that_opts_in_gets_fresh_databases_under_its_own_prefix(tmp_path, postgres_admin_url):
+    (tmp_path / "pytest.ini").write_text("[pytest]\nfaber_database_prefix = shop_test\n")
+    (tmp_path / "conftest.py").write_text('pytest_plugins = ["faber_core.testing.fixtures"]\n')
+    (tmp_path / "test_app.py").write_text(USES_THE_KIT)
+
+    run = run_pytest(tmp_path, postgres_admin_url)
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "1 passed" in run.stdout
+    assert databases_named(postgres_admin_url, "shop_test_") == []  # dropped after the test
+
+
+def test_a_prefix_that_cannot_name_a_database_is_a_usage_error(tmp_path, postgres_admin_url):
+    (tmp_path / "pytest.ini").write_text('[pytest]\nfaber_database_prefix = shop-test"; DROP\n')
+    (tmp_path / "test_app.py").write_text(USES_THE_KIT)
+
+    run = run_pytest(tmp_path, postgres_admin_url, "-p", "faber_core.testing.fixtures")  # opted in on the command line
+
+    assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.stdout + run.stderr
+    assert "faber_database_prefix" in run.stderr and "lower-case letters, digits and _" in run.stderr
