@@ -12,9 +12,9 @@ shape does not parse and the whole script is split by the parser instead.
 
 from __future__ import annotations
 
-import functools
 import re
 from array import array
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -91,12 +91,47 @@ class Script:
         return not any(_needs_no_transaction(node) for node in self.nodes)
 
 
-@functools.lru_cache(maxsize=8)
+class _ScriptCache:
+    """The parsed scripts of the newest migrations, least recently used dropped first, while their
+    text totals at most ``max_chars``: every pending migration of a long history stays parsed
+    across the steps of a run (analysis, lint, preview, apply), and a few huge data migrations
+    are not all kept in memory at once."""
+
+    def __init__(self, max_chars: int) -> None:
+        self.max_chars = max_chars
+        self.scripts: OrderedDict[str, Script] = OrderedDict()
+        self.chars = 0
+
+    def get(self, sql: str) -> Script | None:
+        script = self.scripts.get(sql)
+        if script is not None:
+            self.scripts.move_to_end(sql)
+        return script
+
+    def put(self, script: Script) -> None:
+        self.scripts[script.sql] = script
+        self.chars += len(script.sql)
+        while self.chars > self.max_chars and len(self.scripts) > 1:
+            _, dropped = self.scripts.popitem(last=False)
+            self.chars -= len(dropped.sql)
+
+
+_parsed = _ScriptCache(max_chars=64 * 1024 * 1024)
+
+
 def parse_script(sql: str) -> Script:
     """``sql`` split and parsed (cached: the steps of one run read the same migrations).
 
     Raises ``pglast.parser.ParseError`` for SQL PostgreSQL would not parse.
     """
+    script = _parsed.get(sql)
+    if script is None:
+        script = _parse_script(sql)
+        _parsed.put(script)
+    return script
+
+
+def _parse_script(sql: str) -> Script:
     try:
         bounds, shapes = _scan(sql)
         nodes = tuple(_parse_one(shape) for shape in shapes.distinct)
