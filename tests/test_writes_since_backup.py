@@ -141,3 +141,19 @@ def test_a_failing_measured_script_leaves_nothing_and_still_counts_what_it_tried
         assert measured.rows == {"public.items": 2}
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         assert conn.execute("SELECT count(*) FROM items").fetchone()[0] == 0
+
+
+def test_each_measured_transaction_counts_only_its_own_rows(database_url):
+    """PostgreSQL's per-transaction counters also hold a session's earlier transactions until it
+    reports them (at most once a second): back-to-back migrations must not count each other's rows."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (id int)")
+        for _ in range(3):
+            measured = writes.Measurement()
+            writes.run_measured_script(conn, "INSERT INTO items SELECT generate_series(1, 5)", measured)
+            assert measured.rows == {"public.items": 5}
+        for _ in range(3):
+            measured = writes.Measurement()
+            with writes.measured_transaction(conn, measured):
+                conn.execute("INSERT INTO items SELECT generate_series(1, 5)")
+            assert measured.rows == {"public.items": 5}

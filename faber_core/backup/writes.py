@@ -140,7 +140,27 @@ class WritesSinceBackup(BaseModel):
 
 # For handlers: measuring a migration's own writes ------------------------------------------
 
-_TRANSACTION_WRITES = """
+# PostgreSQL's pg_stat_xact_* counters of a table include this session's earlier transactions
+# until the session reports them, which it does when idle and at most once a second. Asking for
+# that report in every measured transaction (PostgreSQL 15 and later) keeps each measurement to
+# its own transaction; before 15 nothing can ask for it, so migrations are not measured there
+# (faber's share is unknown: every counted write is treated as the application's, the safe side).
+_REPORT_AT_NEXT_IDLE = "SELECT pg_stat_force_next_flush()"
+_REPORTS_ON_REQUEST = 150000
+# Every table the transaction wrote to, it holds a lock on: looking only at those is cheap
+# however many tables the database has.
+_WRITES_TO_LOCKED_TABLES = """
+SELECT format('%I.%I', n.nspname, c.relname), w.rows FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace,
+LATERAL (SELECT pg_stat_get_xact_tuples_inserted(c.oid) + pg_stat_get_xact_tuples_updated(c.oid)
+                + pg_stat_get_xact_tuples_deleted(c.oid) AS rows) w
+WHERE c.oid IN (SELECT l.relation FROM pg_locks l WHERE l.locktype = 'relation' AND l.pid = pg_backend_pid()
+                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))
+  AND c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'
+  AND w.rows > 0
+"""
+# After a rollback to a savepoint the locks taken inside it are released, but its counts stay.
+_WRITES_TO_ANY_TABLE = """
 SELECT format('%I.%I', schemaname, relname), n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_xact_user_tables
 WHERE n_tup_ins + n_tup_upd + n_tup_del > 0
 """
@@ -184,9 +204,9 @@ def measured_transaction(conn: psycopg.Connection, into: Measurement | None = No
             with conn.transaction():
                 yield measurement
         except psycopg.Error:
-            measurement.add(_transaction_writes(conn))
+            measurement.add(_transaction_writes(conn, _WRITES_TO_ANY_TABLE))
             raise
-        measurement.add(_transaction_writes(conn))
+        measurement.add(_transaction_writes(conn, _WRITES_TO_LOCKED_TABLES))
 
 
 _MEASURED = "faber_measured"
@@ -209,23 +229,18 @@ def run_measured_script(conn: psycopg.Connection, script: str, into: Measurement
         measured = Measurement()
         run_measured_script(conn, f"{migration_sql}\n;\n{bookkeeping_sql}", measured)
     """
+    measurable = conn.info.server_version >= _REPORTS_ON_REQUEST
+    measurement = f"{_REPORT_AT_NEXT_IDLE};\n{_WRITES_TO_LOCKED_TABLES};\n" if measurable else ""
     cursor = conn.cursor()
-    message = (
-        f"BEGIN;\nSAVEPOINT {_MEASURED};\n{script}\n;\n"  # the newline ends a trailing -- comment
-        f"RELEASE SAVEPOINT {_MEASURED};\n{_TRANSACTION_WRITES};\nCOMMIT"
-    )
     try:
-        cursor.execute(message)
+        # The newline after the script ends a trailing -- comment.
+        cursor.execute(
+            f"BEGIN;\nSAVEPOINT {_MEASURED};\n{script}\n;\nRELEASE SAVEPOINT {_MEASURED};\n{measurement}COMMIT"
+        )
     except psycopg.Error:
-        into.add(_failed_script_writes(conn))
+        into.add(_failed_script_writes(conn) if measurable else None)
         raise
-    measured: list[tuple[str, int]] = []
-    while True:  # the measurement is the last result with rows: only COMMIT follows it
-        if cursor.description is not None:
-            measured = cursor.fetchall()
-        if not cursor.nextset():
-            break
-    into.add(dict(measured))
+    into.add(dict(_last_rows(cursor)) if measurable else None)
 
 
 def _failed_script_writes(conn: psycopg.Connection) -> dict[str, int] | None:
@@ -234,21 +249,33 @@ def _failed_script_writes(conn: psycopg.Connection) -> dict[str, int] | None:
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
         return None  # the connection is gone (the server rolls back), or nothing began
     try:
-        cursor = conn.execute(f"ROLLBACK TO SAVEPOINT {_MEASURED};\n{_TRANSACTION_WRITES};\nROLLBACK")
-        while cursor.description is None and cursor.nextset():
-            pass
-        return dict(cursor.fetchall()) if cursor.description is not None else None
+        cursor = conn.execute(
+            f"ROLLBACK TO SAVEPOINT {_MEASURED};\n{_REPORT_AT_NEXT_IDLE};\n{_WRITES_TO_ANY_TABLE};\nROLLBACK"
+        )
+        return dict(_last_rows(cursor))
     except psycopg.Error:
         if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
             conn.execute("ROLLBACK")
         return None
 
 
-def _transaction_writes(conn: psycopg.Connection) -> dict[str, int] | None:
+def _transaction_writes(conn: psycopg.Connection, query: str) -> dict[str, int] | None:
+    if conn.info.server_version < _REPORTS_ON_REQUEST:
+        return None
     try:
-        return {table: rows for table, rows in conn.execute(_TRANSACTION_WRITES).fetchall()}
+        return dict(_last_rows(conn.execute(f"{_REPORT_AT_NEXT_IDLE};\n{query}")))
     except psycopg.Error:  # the connection is gone: nothing to measure with
         return None
+
+
+def _last_rows(cursor: psycopg.Cursor) -> list[Any]:
+    """The rows of the last statement of a message that returned rows (psycopg keeps every result)."""
+    rows: list[Any] = []
+    while True:
+        if cursor.description is not None:
+            rows = cursor.fetchall()
+        if not cursor.nextset():
+            return rows
 
 
 # Baselines and the comparison ------------------------------------------------------------
