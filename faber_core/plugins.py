@@ -35,10 +35,13 @@ from faber_core.suggest import closest, did_you_mean
 BUILTIN_PLUGINS = (
     "faber_core.postgres.health",
     "faber_core.backup.pg_dump",
-    "faber_core.telemetry",
-    "faber_core.audit.history",
-    "faber_core.audit.jsonl",
+    "faber_core.telemetry:SpanBridge",
+    "faber_core.audit.history:DeploymentHistory",
+    "faber_core.audit.jsonl:AuditLog",
 )
+"""A module of hook functions, or ``module:Class`` for a plugin that remembers things between the
+events of a run: every plugin manager registers an instance of its own, so two managers in one
+process (an orchestrator's, a test's) never share a run's state."""
 NO_PLUGINS_ENV = "FABER_NO_PLUGINS"
 EXTRA_PLUGINS_ENV = "FABER_PLUGINS"
 
@@ -53,8 +56,12 @@ def build_plugin_manager(*plugins: object, load_entrypoints: bool = True) -> plu
 
     pm = pluggy.PluginManager("faber")
     pm.add_hookspecs(hookspecs)
+    for spec in BUILTIN_PLUGINS:
+        module_name, _, class_name = spec.partition(":")
+        module = importlib.import_module(module_name)
+        pm.register(getattr(module, class_name)() if class_name else module, name=module_name)
     extra = [m.strip() for m in os.environ.get(EXTRA_PLUGINS_ENV, "").split(",") if m.strip()]
-    for name in (*BUILTIN_PLUGINS, *(extra if load_entrypoints else ())):
+    for name in extra if load_entrypoints else ():
         pm.register(importlib.import_module(name), name=name)
     for plugin in plugins:
         pm.register(plugin)

@@ -5,7 +5,7 @@ one only when the standard ``OTEL_*`` variables ask for traces (``OTEL_TRACES_EX
 ``OTEL_EXPORTER_OTLP_ENDPOINT``, ...), importing the SDK and the exporter only then; with
 nothing configured a span costs next to nothing.
 
-This module is also a built-in plugin: its ``faber_audit_event`` turns the events a handler
+:class:`SpanBridge` is a built-in plugin: its ``faber_audit_event`` turns the events a handler
 emits (``migration.started`` / ``applied`` / ``failed``) into migration spans under the apply
 step, and records other events on the current span. Every attribute and event text comes from
 the run's redactor.
@@ -155,97 +155,96 @@ def database_attributes(context: RunContext) -> dict[str, Any]:
 
 # The audit-event bridge ----------------------------------------------------------------
 
-# Open migration spans per run id, by migration name.
-_open_migrations: dict[str, dict[str, trace.Span]] = {}
-# Checksums of the migrations an apply step is about to run, per run id.
-_checksums: dict[str, dict[str, str | None]] = {}
 
+class SpanBridge:
+    """Turns a run's events into spans; each plugin manager has its own, holding the open spans."""
 
-@hookimpl
-def faber_audit_event(event: AuditEvent, context: RunContext) -> None:
-    try:
-        _bridge(event, context)
-    except Exception as exc:  # tracing must never change a run's result
-        _warn(f"tracing: {context.redactor.redact(str(exc))}")
+    def __init__(self) -> None:
+        # Open migration spans per run id, by migration name.
+        self._open_migrations: dict[str, dict[str, trace.Span]] = {}
+        # Checksums of the migrations an apply step is about to run, per run id.
+        self._checksums: dict[str, dict[str, str | None]] = {}
 
+    @hookimpl
+    def faber_audit_event(self, event: AuditEvent, context: RunContext) -> None:
+        try:
+            self._bridge(event, context)
+        except Exception as exc:  # tracing must never change a run's result
+            _warn(f"tracing: {context.redactor.redact(str(exc))}")
 
-def _bridge(event: AuditEvent, context: RunContext) -> None:
-    kind = event.kind
-    if kind == "apply.started":
-        _checksums[event.run_id] = {m["name"]: m.get("checksum") for m in event.data.get("migrations", [])}
-    elif kind == "migration.started":
-        _start_migration(event, context)
-    elif kind == "migration.applied":
-        _finish_migration(event, context)
-    elif kind == "migration.failed":
-        _fail_migration(event, context)
-    elif kind == "run.finished":
-        _finish_run(event, context)
-    elif kind not in _EVENTS_NOT_ON_SPANS:
-        trace.get_current_span().add_event(f"faber.{kind}", _event_attributes(event.data, context.redactor))
+    def _bridge(self, event: AuditEvent, context: RunContext) -> None:
+        kind = event.kind
+        if kind == "apply.started":
+            self._checksums[event.run_id] = {m["name"]: m.get("checksum") for m in event.data.get("migrations", [])}
+        elif kind == "migration.started":
+            self._start_migration(event, context)
+        elif kind == "migration.applied":
+            self._finish_migration(event)
+        elif kind == "migration.failed":
+            self._fail_migration(event, context)
+        elif kind == "run.finished":
+            self._finish_run(event, context)
+        elif kind not in _EVENTS_NOT_ON_SPANS:
+            trace.get_current_span().add_event(f"faber.{kind}", _event_attributes(event.data, context.redactor))
 
-
-def _start_migration(event: AuditEvent, context: RunContext) -> trace.Span:
-    name = str(event.data.get("name"))
-    attributes = {
-        **database_attributes(context),
-        "faber.environment": context.environment,
-        "faber.migration.name": name,
-        "faber.migration.tool": context.tool,
-    }
-    checksum = _checksums.get(event.run_id, {}).get(name)
-    if checksum:
-        attributes["faber.migration.checksum"] = checksum
-    span = tracer.start_span(MIGRATION_SPAN, attributes=attributes)
-    _open_migrations.setdefault(event.run_id, {})[name] = span
-    return span
-
-
-def _finish_migration(event: AuditEvent, context: RunContext) -> None:
-    span = _open_migrations.get(event.run_id, {}).pop(str(event.data.get("name")), None)
-    if span is None:
-        return
-    if "duration_seconds" in event.data:
-        span.set_attribute("faber.migration.duration_seconds", float(event.data["duration_seconds"]))
-    span.set_attribute("faber.outcome", "applied")
-    span.set_status(StatusCode.OK)
-    span.end()
-
-
-def _fail_migration(event: AuditEvent, context: RunContext) -> None:
-    """End the failed migration's span with its error, and mark the apply step failed too."""
-    name = str(event.data.get("name"))
-    span = _open_migrations.get(event.run_id, {}).pop(name, None) or _start_migration(event, context)
-    message = context.redactor.redact(str(event.data.get("error", "")))
-    span.add_event("exception", {"exception.type": "MIGRATION_FAILED", "exception.message": message})
-    span.set_attribute("error.type", "MIGRATION_FAILED")
-    span.set_attribute("faber.outcome", "failed")
-    span.set_status(Status(StatusCode.ERROR, message))
-    span.end()
-    current = trace.get_current_span()
-    if current.is_recording():
-        current.set_attribute("error.type", "MIGRATION_FAILED")
-        current.set_status(Status(StatusCode.ERROR, f"Migration {name} failed"))
-
-
-def _finish_run(event: AuditEvent, context: RunContext) -> None:
-    """The root span learns the database and the run id; spans a handler left open end as errors."""
-    root = trace.get_current_span()
-    root.set_attributes(
-        {
+    def _start_migration(self, event: AuditEvent, context: RunContext) -> trace.Span:
+        name = str(event.data.get("name"))
+        attributes = {
             **database_attributes(context),
-            "faber.run_id": event.run_id,
+            "faber.environment": context.environment,
+            "faber.migration.name": name,
             "faber.migration.tool": context.tool,
-            "faber.mode": context.mode,
         }
-    )
-    result = (event.data.get("document") or {}).get("result")
-    if isinstance(result, dict) and result.get("backup_id"):
-        root.set_attribute("faber.backup.id", str(result["backup_id"]))
-    for span in _open_migrations.pop(event.run_id, {}).values():
-        span.set_status(Status(StatusCode.ERROR, "the migration did not report an outcome"))
+        checksum = self._checksums.get(event.run_id, {}).get(name)
+        if checksum:
+            attributes["faber.migration.checksum"] = checksum
+        span = tracer.start_span(MIGRATION_SPAN, attributes=attributes)
+        self._open_migrations.setdefault(event.run_id, {})[name] = span
+        return span
+
+    def _finish_migration(self, event: AuditEvent) -> None:
+        span = self._open_migrations.get(event.run_id, {}).pop(str(event.data.get("name")), None)
+        if span is None:
+            return
+        if "duration_seconds" in event.data:
+            span.set_attribute("faber.migration.duration_seconds", float(event.data["duration_seconds"]))
+        span.set_attribute("faber.outcome", "applied")
+        span.set_status(StatusCode.OK)
         span.end()
-    _checksums.pop(event.run_id, None)
+
+    def _fail_migration(self, event: AuditEvent, context: RunContext) -> None:
+        """End the failed migration's span with its error, and mark the apply step failed too."""
+        name = str(event.data.get("name"))
+        span = self._open_migrations.get(event.run_id, {}).pop(name, None) or self._start_migration(event, context)
+        message = context.redactor.redact(str(event.data.get("error", "")))
+        span.add_event("exception", {"exception.type": "MIGRATION_FAILED", "exception.message": message})
+        span.set_attribute("error.type", "MIGRATION_FAILED")
+        span.set_attribute("faber.outcome", "failed")
+        span.set_status(Status(StatusCode.ERROR, message))
+        span.end()
+        current = trace.get_current_span()
+        if current.is_recording():
+            current.set_attribute("error.type", "MIGRATION_FAILED")
+            current.set_status(Status(StatusCode.ERROR, f"Migration {name} failed"))
+
+    def _finish_run(self, event: AuditEvent, context: RunContext) -> None:
+        """The root span learns the database and the run id; spans a handler left open end as errors."""
+        root = trace.get_current_span()
+        root.set_attributes(
+            {
+                **database_attributes(context),
+                "faber.run_id": event.run_id,
+                "faber.migration.tool": context.tool,
+                "faber.mode": context.mode,
+            }
+        )
+        result = (event.data.get("document") or {}).get("result")
+        if isinstance(result, dict) and result.get("backup_id"):
+            root.set_attribute("faber.backup.id", str(result["backup_id"]))
+        for span in self._open_migrations.pop(event.run_id, {}).values():
+            span.set_status(Status(StatusCode.ERROR, "the migration did not report an outcome"))
+            span.end()
+        self._checksums.pop(event.run_id, None)
 
 
 def _event_attributes(data: dict[str, Any], redactor: Redactor) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 
 import psycopg
@@ -9,6 +10,9 @@ import pytest
 
 from faber_core import __version__
 from faber_core.audit.history import actor
+from faber_core.models import AuditEvent
+from faber_core.plugins import Plugins, build_plugin_manager
+from faber_core.testing import sqlfiles
 
 USERS = "CREATE TABLE users (id serial PRIMARY KEY, email text NOT NULL);"
 POSTS = "CREATE TABLE posts (id serial PRIMARY KEY, user_id int REFERENCES users(id));"
@@ -213,3 +217,40 @@ def test_runs_refused_for_a_busy_lock_leave_no_row(history_project, run_faber, d
         assert run.returncode == 7, run.output
 
     assert [row["exit_code"] for row in rows(database_url)] == [0]
+
+
+def test_two_plugin_managers_in_one_process_keep_their_runs_apart(
+    history_project, run_context, database_url, monkeypatch
+):
+    """Each plugin manager has its own history sink: a run one manager saw start is unknown to
+    another in the same process, which therefore records nothing when told the run finished."""
+    project, _ = history_project({"001_users": USERS})
+    monkeypatch.setenv("APP_DATABASE_URL", database_url)
+    context = run_context(project)
+    first, second = (Plugins(build_plugin_manager(sqlfiles, load_entrypoints=False)) for _ in range(2))
+    to_first, to_second = first.audit_listener(context), second.audit_listener(context)
+
+    def event(kind: str, **data) -> AuditEvent:
+        return AuditEvent(run_id=context.run_id, kind=kind, timestamp=dt.datetime.now(dt.timezone.utc), data=data)
+
+    for started in (
+        event("lock.acquired"),
+        event("apply.started", migrations=[{"name": "001_users", "checksum": "c0ffee"}]),
+        event("migration.applied", name="001_users", duration_seconds=0.5),
+    ):
+        to_first(started)
+    finished = event("run.finished", status="success", exit_code=0, document={"status": "success", "result": {}})
+
+    to_second(finished)
+    assert not history_table_exists(database_url)
+
+    to_first(finished)
+    [row] = rows(database_url)
+    assert row["id"] == context.run_id
+    applied = {"name": "001_users", "checksum": "c0ffee", "status": "applied", "duration_seconds": 0.5}
+    assert row["migrations"] == [applied]
+
+
+def history_table_exists(database_url: str) -> bool:
+    with psycopg.connect(database_url) as conn:
+        return conn.execute("SELECT to_regclass('faber.faber_deployments') IS NOT NULL").fetchone()[0]

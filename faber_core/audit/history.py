@@ -94,29 +94,32 @@ class _Run:
     backup_id: str | None = None
 
 
-_runs: dict[str, _Run] = {}
+class DeploymentHistory:
+    """The history sink; each plugin manager has its own, holding the runs it has seen start."""
 
+    def __init__(self) -> None:
+        self._runs: dict[str, _Run] = {}
 
-@hookimpl
-def faber_audit_event(event: AuditEvent, context: RunContext) -> None:
-    if context.operation not in RECORDED_OPERATIONS:
-        return
-    run = _runs.setdefault(event.run_id, _Run(started_at=event.timestamp))
-    data = event.data
-    if event.kind in _REACHED or (event.kind == "health.finished" and _connectivity_passed(data)):
-        run.reached_database = True
-    elif event.kind == "apply.started":
-        run.checksums = {m["name"]: m.get("checksum") for m in data.get("migrations", [])}
-    elif event.kind == "migration.applied":
-        run.migrations.append(_migration(run, data["name"], "applied", data.get("duration_seconds")))
-    elif event.kind == "migration.failed":
-        run.migrations.append(_migration(run, data["name"], "failed", None))
-    elif event.kind in ("backup.created", "rollback.started"):
-        run.backup_id = data.get("backup_id")
-    elif event.kind == "run.finished":
-        _runs.pop(event.run_id, None)
-        if run.reached_database and (data.get("document") or {}).get("code") != Locked.code:
-            _record(context, event, run)
+    @hookimpl
+    def faber_audit_event(self, event: AuditEvent, context: RunContext) -> None:
+        if context.operation not in RECORDED_OPERATIONS:
+            return
+        run = self._runs.setdefault(event.run_id, _Run(started_at=event.timestamp))
+        data = event.data
+        if event.kind in _REACHED or (event.kind == "health.finished" and _connectivity_passed(data)):
+            run.reached_database = True
+        elif event.kind == "apply.started":
+            run.checksums = {m["name"]: m.get("checksum") for m in data.get("migrations", [])}
+        elif event.kind == "migration.applied":
+            run.migrations.append(_migration(run, data["name"], "applied", data.get("duration_seconds")))
+        elif event.kind == "migration.failed":
+            run.migrations.append(_migration(run, data["name"], "failed", None))
+        elif event.kind in ("backup.created", "rollback.started"):
+            run.backup_id = data.get("backup_id")
+        elif event.kind == "run.finished":
+            self._runs.pop(event.run_id, None)
+            if run.reached_database and (data.get("document") or {}).get("code") != Locked.code:
+                _record(context, event, run)
 
 
 def _connectivity_passed(data: dict[str, Any]) -> bool:

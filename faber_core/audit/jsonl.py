@@ -15,22 +15,27 @@ from faber_core.context import RunContext
 from faber_core.models import AuditEvent
 
 LOG_NAME = "audit.log"
-_warned: set[str] = set()
 
 
-@hookimpl
-def faber_audit_event(event: AuditEvent, context: RunContext) -> None:
-    path = context.state_dir / LOG_NAME
-    line = context.redactor.redact(event.model_dump_json()) + "\n"
-    try:
-        context.state_dir.mkdir(parents=True, exist_ok=True)
-        # One write on an O_APPEND descriptor: concurrent runs never interleave within a line.
-        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+class AuditLog:
+    """The log sink; each plugin manager has its own, which remembers the runs it warned about."""
+
+    def __init__(self) -> None:
+        self._warned_runs: set[str] = set()
+
+    @hookimpl
+    def faber_audit_event(self, event: AuditEvent, context: RunContext) -> None:
+        path = context.state_dir / LOG_NAME
+        line = context.redactor.redact(event.model_dump_json()) + "\n"
         try:
-            os.write(descriptor, line.encode("utf-8"))
-        finally:
-            os.close(descriptor)
-    except OSError as exc:
-        if event.run_id not in _warned:
-            _warned.add(event.run_id)
-            sys.stderr.write(f"warning: cannot append to {path}: {exc.strerror or exc}\n")
+            context.state_dir.mkdir(parents=True, exist_ok=True)
+            # One write on an O_APPEND descriptor: concurrent runs never interleave within a line.
+            descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(descriptor, line.encode("utf-8"))
+            finally:
+                os.close(descriptor)
+        except OSError as exc:
+            if event.run_id not in self._warned_runs:
+                self._warned_runs.add(event.run_id)
+                sys.stderr.write(f"warning: cannot append to {path}: {exc.strerror or exc}\n")
