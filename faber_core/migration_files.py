@@ -32,6 +32,14 @@ def migrations_folder(project_dir: Path, configured: str, setting: str) -> Path:
 
 def inside(path: Path, folder: Path) -> bool:
     """Whether ``path`` resolves (symlinks followed) to ``folder`` or a path under it."""
+    if path.parent == folder and path.name not in ("", ".", ".."):
+        # An entry of the folder that is not a symlink is inside it wherever the folder itself
+        # resolves: one lstat instead of resolving both paths component by component.
+        try:
+            if not stat.S_ISLNK(os.lstat(path).st_mode):
+                return True
+        except OSError:  # missing
+            return False
     try:
         return path.resolve(strict=True).is_relative_to(folder.resolve(strict=True))
     except (OSError, RuntimeError):  # missing, a symlink loop
