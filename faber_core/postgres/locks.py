@@ -15,12 +15,11 @@ import psycopg
 
 from faber_core.errors import HealthCheckFailed, Locked
 
-PRISMA_LOCK_KEY = 72707369
 _POLL_SECONDS = 0.2
 
 
 def faber_lock_key(database_name: str | None) -> int:
-    """faber's own key for a database: stable, distinct from Prisma's, a signed 64-bit integer."""
+    """faber's own key for a database: stable, distinct from a migration tool's, a signed 64-bit integer."""
     digest = hashlib.sha256(f"faber-deploy:{database_name or ''}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 

@@ -19,7 +19,7 @@ from faber_core.backup.writes import Measurement, measured_transaction, run_meas
 from faber_core.context import RunContext
 from faber_core.errors import ConfigError, MigrationFailed
 from faber_core.models import AppliedMigration, ApplyOutcome, LocalMigration, MigrationFailure, MigrationRecord
-from faber_core.postgres.locks import PRISMA_LOCK_KEY, advisory_lock
+from faber_core.postgres.locks import advisory_lock
 from faber_core.postgres.sql import is_transactional, split_statements
 from pglast.parser import ParseError
 from psycopg import sql
@@ -27,6 +27,8 @@ from psycopg import sql
 from faber_prisma.history import History
 from faber_prisma.migrations import MigrationFolder, read_migrations, require_scripts
 
+PRISMA_LOCK_KEY = 72707369
+"""The advisory lock ``prisma migrate deploy`` holds for its whole run (Prisma's schema engine)."""
 RESOLVE_HELP = "https://pris.ly/d/migrate-resolve"
 P3018_TEXT = (
     "A migration failed to apply. New migrations cannot be applied before the error is recovered from. "

@@ -9,8 +9,9 @@ import uuid
 import psycopg
 import pytest
 from faber_core.errors import ConfigError, FaberError, Locked, MigrationFailed
-from faber_core.postgres.locks import PRISMA_LOCK_KEY
 from faber_core.testing.fixtures import CANARY_PASSWORD
+
+from faber_prisma.applier import PRISMA_LOCK_KEY
 
 INIT = 'CREATE TABLE "users" ("id" SERIAL PRIMARY KEY, "email" TEXT);\n'
 POSTS = 'CREATE TABLE "posts" ("id" SERIAL PRIMARY KEY, "title" TEXT);\n'
