@@ -218,7 +218,11 @@ class DatabaseConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
-    migration_tool: str = Field("prisma", description="The migration tool handler, e.g. prisma, typeorm, sequelize.")
+    migration_tool: str = Field(
+        None,  # type: ignore[assignment]  # _name_the_tool names it or refuses the config
+        description="The migration tool handler, e.g. prisma, typeorm, sequelize. May be left out when the "
+        "database section has exactly one tool section: its name is the tool.",
+    )
     environments: dict[str, EnvironmentSettings] = Field(default_factory=dict)
     faber_schema: str = Field(
         "faber",
@@ -256,6 +260,20 @@ class DatabaseConfig(BaseModel):
                 raise ValueError(f"{key!r} must be an object: the options of the {key} migration tool")
         return self
 
+    @model_validator(mode="after")
+    def _name_the_tool(self) -> DatabaseConfig:
+        """No default tool: faber does not guess which handler owns the project's migrations."""
+        if self.migration_tool is None:
+            sections = sorted(self.tool_sections())
+            if len(sections) != 1:
+                raise ValueError(
+                    'migration_tool is required: the project\'s migration tool, e.g. "migration_tool": "prisma" '
+                    "(faber plugins lists the installed tools)"
+                    + (f"; the sections {', '.join(sections)} do not say which" if sections else "")
+                )
+            self.migration_tool = sections[0]
+        return self
+
     def tool_sections(self) -> dict[str, Any]:
         """Every key that is not a setting of faber's: a migration tool's options, by tool name."""
         return dict(self.model_extra or {})
@@ -267,7 +285,7 @@ class DatabaseConfig(BaseModel):
 class FaberConfig(BaseModel):
     model_config = _STRICT
 
-    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    database: DatabaseConfig
 
     def environment(self, name: str) -> EnvironmentSettings:
         """The resolved settings of ``name``; ``dev`` exists even when not configured."""

@@ -129,9 +129,11 @@ def test_unreachable_database(faber_project, run_faber):
     [
         ("{not json", "production", {}, "Malformed configuration"),
         ('{"database": {"environments": {"production": {"protectd": true}}}}', "production", {}, "protectd"),
-        ('{"database": {"environments": {}}}', "qa", {}, "Unknown environment: qa"),
+        ('{"database": {"migration_tool": "prisma", "environments": {}}}', "qa", {}, "Unknown environment: qa"),
+        ('{"database": {"environments": {}}}', "production", {}, "migration_tool is required"),
         (
-            '{"database": {"environments": {"production": {"database_url_env": "NOPE_URL"}}}}',
+            '{"database": {"migration_tool": "prisma", '
+            '"environments": {"production": {"database_url_env": "NOPE_URL"}}}}',
             "production",
             {},
             "Environment variable NOPE_URL is not set",

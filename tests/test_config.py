@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from faber_core.config import FaberConfig
 from faber_core.errors import ConfigError
@@ -17,7 +18,9 @@ from faber_core.errors import ConfigError
     ],
 )
 def test_environment_defaults_follow_the_name(name, mode, protected):
-    config = FaberConfig.model_validate({"database": {"environments": {name: {"database_url_env": "X"}}}})
+    config = FaberConfig.model_validate(
+        {"database": {"migration_tool": "prisma", "environments": {name: {"database_url_env": "X"}}}}
+    )
 
     settings = config.environment(name)
 
@@ -28,7 +31,12 @@ def test_environment_defaults_follow_the_name(name, mode, protected):
 
 def test_explicit_settings_win_over_defaults():
     config = FaberConfig.model_validate(
-        {"database": {"environments": {"production": {"database_url_env": "X", "require_approval": False}}}}
+        {
+            "database": {
+                "migration_tool": "prisma",
+                "environments": {"production": {"database_url_env": "X", "require_approval": False}},
+            }
+        }
     )
 
     settings = config.environment("production")
@@ -37,7 +45,7 @@ def test_explicit_settings_win_over_defaults():
 
 
 def test_dev_exists_without_configuration_and_others_do_not():
-    config = FaberConfig()
+    config = FaberConfig.model_validate({"database": {"migration_tool": "prisma"}})
 
     assert config.environment("dev").database_url_env is None
     with pytest.raises(ConfigError, match="Unknown environment: production") as raised:
@@ -47,7 +55,7 @@ def test_dev_exists_without_configuration_and_others_do_not():
 
 def test_environment_names_are_validated():
     with pytest.raises(ConfigError, match="Invalid environment name"):
-        FaberConfig().environment("../etc")
+        FaberConfig.model_validate({"database": {"migration_tool": "prisma"}}).environment("../etc")
 
 
 def test_tool_sections_reach_the_handler():
@@ -57,3 +65,15 @@ def test_tool_sections_reach_the_handler():
 
     assert config.database.tool_options("prisma") == {"migrations_dir": "db/migrations"}
     assert config.database.tool_options("typeorm") == {}
+
+
+def test_the_tool_is_named_or_is_the_one_tool_section():
+    def tool(database: dict) -> str:
+        return FaberConfig.model_validate({"database": database}).database.migration_tool
+
+    assert tool({"migration_tool": "sequelize"}) == "sequelize"
+    assert tool({"typeorm": {"data_source": "src/data-source.js"}}) == "typeorm"
+    with pytest.raises(ValidationError, match="migration_tool is required"):
+        tool({"environments": {}})
+    with pytest.raises(ValidationError, match="the sections prisma, typeorm do not say which"):
+        tool({"typeorm": {}, "prisma": {}})

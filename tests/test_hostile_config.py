@@ -22,7 +22,8 @@ def write_config(tmp_path, text: str):
 
 
 def production(**settings) -> dict:
-    return {"database": {"environments": {"production": {"database_url_env": "X", **settings}}}}
+    environment = {"database_url_env": "X", **settings}
+    return {"database": {"migration_tool": "prisma", "environments": {"production": environment}}}
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,9 @@ def target(database_url):
 def context(faber_project, target, monkeypatch):
     def make(url: str = target, events: list | None = None):
         monkeypatch.setenv(URL_ENV, url)
-        project = faber_project({"database": {"environments": {"staging": {"database_url_env": URL_ENV}}}})
+        project = faber_project(
+            {"database": {"migration_tool": "sqlfiles", "environments": {"staging": {"database_url_env": URL_ENV}}}}
+        )
         listeners = [events.append] if events is not None else []
         return open_context(project, "staging", "preview-migrations", listeners=listeners)
 
