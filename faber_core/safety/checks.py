@@ -22,7 +22,7 @@ from faber_core.context import RunContext
 from faber_core.errors import FaberError, LintBlocked, MigrationFailed
 from faber_core.migration_files import read_sql
 from faber_core.models import LocalMigration, MigrationPreview, MigrationState
-from faber_core.node_runner import NOT_REHEARSED
+from faber_core.support.node import NOT_REHEARSED
 from faber_core.postgres.sql import is_transactional
 from faber_core.safety import lint, preflight, staging_proof
 from faber_core.safety.analysis import analyse

@@ -1,7 +1,20 @@
-"""Driving a plugin's Node runner: the ORM's own migration API, reported as JSON lines.
+"""Handlers for JavaScript ORMs: a Node script drives the ORM's own migration API, faber reads JSON lines.
 
-Handlers for JavaScript ORMs (TypeORM, Sequelize) ship a small Node script that loads the
-project's ORM from the project's ``node_modules`` and prints one JSON object per line on stdout::
+faber-typeorm and faber-sequelize are built on this module, and a handler for another Node ORM
+can be too. Its stable API:
+
+- :class:`NodeTool`: what faber needs to know about one ORM's runner script;
+- :class:`NodeHandler`: the hook implementations of a migration tool whose work a runner does
+  (status, preview by rehearsal on a throwaway copy, apply), registered as the plugin object
+  (``[project.entry-points.faber] mytool = "faber_mytool.plugin:handler"``);
+- :func:`run_runner` and :class:`RunnerResult`, :class:`Rehearsed`, :data:`NOT_REHEARSED`,
+  for a handler that needs more than :class:`NodeHandler` does;
+- ``runner-common.cjs``, which every runner script loads with
+  ``require(process.env.FABER_RUNNER_COMMON)``: the protocol below, setup errors, the approved
+  plan, loading modules from the project's ``node_modules``, and which migration issued a query.
+
+A runner loads the project's ORM from the project's ``node_modules`` and prints one JSON object
+per line on stdout::
 
     {"event": "status", "local": [{"name": ..., "path": ..., "transactional": true}],
      "records": [{"name": ...}], "bookkeeping_table": "\\"public\\".\\"migrations\\""}
@@ -31,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from faber_core import hookimpl
 from faber_core.context import Database, RunContext
 from faber_core.errors import ConfigError, FaberError, HealthCheckFailed
 from faber_core.models import (
@@ -41,6 +55,7 @@ from faber_core.models import (
     MigrationPreview,
     MigrationRecord,
     MigrationState,
+    ToolInfo,
 )
 from faber_core.processes import child_environment, find_program, spawn, stop
 from faber_core.secrets import Redactor
@@ -48,7 +63,7 @@ from faber_core.secrets import Redactor
 URL_VARIABLE = "FABER_DATABASE_URL"
 EXPECTED_VARIABLE = "FABER_EXPECTED_MIGRATIONS"
 COMMON_VARIABLE = "FABER_RUNNER_COMMON"
-RUNNER_COMMON = Path(__file__).parent / "node" / "runner-common.cjs"
+RUNNER_COMMON = Path(__file__).parent / "runner-common.cjs"
 """The protocol and loading helpers every ORM runner requires, shipped with faber-core."""
 MIGRATION_FAILED_EXIT = 1
 SETUP_ERROR_EXIT = 2
@@ -452,3 +467,48 @@ def _statement(event: Event) -> str:
     if event.get("parameters"):
         text += f" -- parameters: {json.dumps(event['parameters'], default=str)}"
     return text
+
+
+# The handler ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeHandler:
+    """A migration tool whose runner script does the work: an object of hook implementations.
+
+    ``arguments`` turns the run's config (``context.tool_options``) into the runner's command-line
+    options, raising :class:`~faber_core.errors.ConfigError` for a bad one; ``preview_notes`` adds
+    the tool's own notes to each rehearsed migration's preview. The tool has no interactive
+    development command: dev mode applies pending migrations as a deploy does.
+    """
+
+    runner: NodeTool
+    description: str
+    arguments: Callable[[RunContext], list[str]]
+    preview_notes: Callable[[Rehearsed], list[str]] = field(default=lambda _: [])
+
+    @hookimpl
+    def faber_migration_tools(self) -> list[ToolInfo]:
+        return [ToolInfo(name=self.runner.name, description=self.description)]
+
+    @hookimpl
+    def faber_migration_status(self, tool: str, context: RunContext) -> MigrationState | None:
+        if tool != self.runner.name:
+            return None
+        return read_state(self.runner, context, self.arguments(context))
+
+    @hookimpl
+    def faber_migration_preview(
+        self, tool: str, context: RunContext, pending: list[LocalMigration]
+    ) -> list[MigrationPreview] | None:
+        if tool != self.runner.name:
+            return None
+        return rehearse(self.runner, context, pending, self.arguments(context), extra_notes=self.preview_notes)
+
+    @hookimpl
+    def faber_migration_apply(
+        self, tool: str, context: RunContext, pending: list[LocalMigration]
+    ) -> ApplyOutcome | None:
+        if tool != self.runner.name:
+            return None
+        return apply(self.runner, context, pending, self.arguments(context))

@@ -1,7 +1,7 @@
 "use strict";
 // What every faber ORM runner shares: the JSON-lines protocol on stdout, setup errors, the
 // database URL taken out of the environment before project code loads, the approved plan, and
-// loading modules from the project's own node_modules. See faber_core/node_runner.py.
+// loading modules from the project's own node_modules. See faber_core/support/node/__init__.py.
 
 const { AsyncLocalStorage } = require("async_hooks");
 

@@ -1,43 +1,14 @@
-"""faber's hooks for Sequelize: answers when the configured ``database.migration_tool`` is ``sequelize``."""
+"""faber's hooks for Sequelize: a Node runner handler (faber_core.support.node), the entry point's object."""
 
 from __future__ import annotations
 
-from faber_core import hookimpl
-from faber_core.context import RunContext
-from faber_core.models import ApplyOutcome, LocalMigration, MigrationPreview, MigrationState, ToolInfo
+from faber_core.support.node import NodeHandler
 
-from faber_sequelize import TOOL, runner
+from faber_sequelize import runner
 
-
-@hookimpl
-def faber_migration_tools() -> list[ToolInfo]:
-    return [ToolInfo(name=TOOL, description="Sequelize migrations (sequelize-cli layout) and SequelizeMeta")]
-
-
-@hookimpl
-def faber_migration_status(tool: str, context: RunContext) -> MigrationState | None:
-    if tool != TOOL:
-        return None
-    return runner.read_state(context)
-
-
-@hookimpl
-def faber_migration_preview(
-    tool: str, context: RunContext, pending: list[LocalMigration]
-) -> list[MigrationPreview] | None:
-    if tool != TOOL:
-        return None
-    return runner.preview(context, pending)
-
-
-@hookimpl
-def faber_migration_apply(tool: str, context: RunContext, pending: list[LocalMigration]) -> ApplyOutcome | None:
-    if tool != TOOL:
-        return None
-    return runner.apply(context, pending)
-
-
-@hookimpl
-def faber_migration_dev(tool: str, context: RunContext) -> ApplyOutcome | None:
-    # Sequelize has no interactive development command: dev mode applies pending migrations too.
-    return None
+handler = NodeHandler(
+    runner.RUNNER,
+    description="Sequelize migrations (sequelize-cli layout) and SequelizeMeta",
+    arguments=runner.runner_args,
+    preview_notes=runner.preview_notes,
+)

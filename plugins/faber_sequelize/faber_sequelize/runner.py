@@ -1,4 +1,4 @@
-"""The Python side of the Sequelize runner: which config section to use, and what the runner reports.
+"""The Sequelize runner: which config section it uses, and the note every migration's preview carries.
 
 Every call starts ``node runner/runner.cjs`` in the project directory; the runner reads
 ``.sequelizerc`` and the config as sequelize-cli does, opens the project's own Sequelize on the
@@ -9,19 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from faber_core import node_runner
 from faber_core.context import RunContext
 from faber_core.errors import ConfigError
-from faber_core.models import ApplyOutcome, LocalMigration, MigrationPreview, MigrationState
+from faber_core.support.node import NodeTool, Rehearsed
 
 from faber_sequelize import TOOL
 
-NON_TRANSACTIONAL_NOTE = (
-    "Sequelize runs a migration without a transaction: if a statement fails, the statements before it stay "
-    "applied (protected environments rely on faber's backup and automatic rollback)"
-)
-
-RUNNER = node_runner.NodeTool(
+RUNNER = NodeTool(
     name=TOOL,
     script=Path(__file__).parent / "runner" / "runner.cjs",
     config_key=".sequelizerc (config, migrations-path)",
@@ -40,19 +34,11 @@ def runner_args(context: RunContext) -> list[str]:
     return args
 
 
-def read_state(context: RunContext) -> MigrationState:
-    return node_runner.read_state(RUNNER, context, runner_args(context))
+NON_TRANSACTIONAL_NOTE = (
+    "Sequelize runs a migration without a transaction: if a statement fails, the statements before it stay "
+    "applied (protected environments rely on faber's backup and automatic rollback)"
+)
 
 
-def apply(context: RunContext, pending: list[LocalMigration]) -> ApplyOutcome:
-    return node_runner.apply(RUNNER, context, pending, runner_args(context))
-
-
-def preview(context: RunContext, pending: list[LocalMigration]) -> list[MigrationPreview]:
-    return node_runner.rehearse(
-        RUNNER,
-        context,
-        pending,
-        runner_args(context),
-        extra_notes=lambda _: [NON_TRANSACTIONAL_NOTE],
-    )
+def preview_notes(ran: Rehearsed) -> list[str]:
+    return [NON_TRANSACTIONAL_NOTE]

@@ -41,7 +41,7 @@ def sequelize_node_modules() -> Path:
 
 @pytest.fixture
 def sequelize_plugins(plugin_manager) -> Plugins:
-    plugin_manager.register(plugin, name="faber_sequelize")
+    plugin_manager.register(plugin.handler, name="faber_sequelize")
     return Plugins(plugin_manager)
 
 

@@ -1,43 +1,14 @@
-"""faber's hooks for TypeORM: answers when the configured ``database.migration_tool`` is ``typeorm``."""
+"""faber's hooks for TypeORM: a Node runner handler (faber_core.support.node), the entry point's object."""
 
 from __future__ import annotations
 
-from faber_core import hookimpl
-from faber_core.context import RunContext
-from faber_core.models import ApplyOutcome, LocalMigration, MigrationPreview, MigrationState, ToolInfo
+from faber_core.support.node import NodeHandler
 
-from faber_typeorm import TOOL, runner
+from faber_typeorm import runner
 
-
-@hookimpl
-def faber_migration_tools() -> list[ToolInfo]:
-    return [ToolInfo(name=TOOL, description="TypeORM migrations through the project's own MigrationExecutor")]
-
-
-@hookimpl
-def faber_migration_status(tool: str, context: RunContext) -> MigrationState | None:
-    if tool != TOOL:
-        return None
-    return runner.read_state(context)
-
-
-@hookimpl
-def faber_migration_preview(
-    tool: str, context: RunContext, pending: list[LocalMigration]
-) -> list[MigrationPreview] | None:
-    if tool != TOOL:
-        return None
-    return runner.preview(context, pending)
-
-
-@hookimpl
-def faber_migration_apply(tool: str, context: RunContext, pending: list[LocalMigration]) -> ApplyOutcome | None:
-    if tool != TOOL:
-        return None
-    return runner.apply(context, pending)
-
-
-@hookimpl
-def faber_migration_dev(tool: str, context: RunContext) -> ApplyOutcome | None:
-    # TypeORM has no interactive development command: dev mode applies pending migrations too.
-    return None
+handler = NodeHandler(
+    runner.RUNNER,
+    description="TypeORM migrations through the project's own MigrationExecutor",
+    arguments=runner.runner_args,
+    preview_notes=runner.preview_notes,
+)

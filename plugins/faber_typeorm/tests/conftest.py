@@ -41,7 +41,7 @@ def typeorm_node_modules() -> Path:
 
 @pytest.fixture
 def typeorm_plugins(plugin_manager) -> Plugins:
-    plugin_manager.register(plugin, name="faber_typeorm")
+    plugin_manager.register(plugin.handler, name="faber_typeorm")
     return Plugins(plugin_manager)
 
 

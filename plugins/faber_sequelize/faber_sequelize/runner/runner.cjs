@@ -2,7 +2,7 @@
 // faber's Sequelize runner. Reads .sequelizerc and the config the way sequelize-cli does, opens
 // the project's own Sequelize on faber's database, and reports the migration status or applies
 // pending migrations, keeping the SequelizeMeta table exactly as sequelize-cli (umzug) keeps it.
-// Speaks JSON lines on stdout (see faber_core/node_runner.py); everything else goes to stderr.
+// Speaks JSON lines on stdout (see faber_core/support/node); everything else goes to stderr.
 //
 //   node runner.cjs status|apply [--env NAME] [--environment FABER_ENV]
 //
@@ -17,20 +17,7 @@ const path = require("path");
 const { pathToFileURL } = require("url");
 const { performance } = require("perf_hooks");
 
-const {
-  databaseUrl,
-  MIGRATION_FAILED_EXIT,
-  emit,
-  SetupError,
-  requireExpectedPlan,
-  parseArgs,
-  projectRequire,
-  registerTypeScript,
-  run,
-  currentMigration,
-  runMigration,
-  trackQueries,
-} = require(process.env.FABER_RUNNER_COMMON);
+const faber = require(process.env.FABER_RUNNER_COMMON); // faber_core/support/node/runner-common.cjs
 // sequelize-cli's own pattern for migration files.
 const MIGRATION_FILE = /^(?!.*\.d\.ts$).*\.(cjs|js|cts|ts)$/;
 const CONNECTION_KEYS = ["username", "password", "database", "host", "port", "url", "use_env_variable", "replication"];
@@ -38,7 +25,7 @@ const LOGGED_QUERY = /^Executing \([^)]*\): /s;
 
 async function loadModule(projectDir, file) {
   const relative = path.relative(projectDir, file);
-  registerTypeScript(projectDir, relative);
+  faber.registerTypeScript(projectDir, relative);
   try {
     try {
       return require(file);
@@ -47,8 +34,8 @@ async function loadModule(projectDir, file) {
       throw error;
     }
   } catch (error) {
-    if (error instanceof SetupError) throw error;
-    throw new SetupError("load_failed", String((error && error.message) || error), { file: relative });
+    if (error instanceof faber.SetupError) throw error;
+    throw new faber.SetupError("load_failed", String((error && error.message) || error), { file: relative });
   }
 }
 
@@ -74,7 +61,7 @@ async function readConfig(projectDir, configFile) {
     try {
       config = JSON.parse(fs.readFileSync(configFile, "utf8"));
     } catch (error) {
-      throw new SetupError("load_failed", String(error.message), { file: path.relative(projectDir, configFile) });
+      throw new faber.SetupError("load_failed", String(error.message), { file: path.relative(projectDir, configFile) });
     }
   } else {
     const exported = await loadModule(projectDir, configFile);
@@ -87,7 +74,7 @@ async function readConfig(projectDir, configFile) {
 function configSection(config, options) {
   const name = options.env || [options.environment, "development"].find((candidate) => candidate in config);
   if (options.env && !(options.env in config)) {
-    throw new SetupError("unsupported", `The Sequelize config has no "${options.env}" section`);
+    throw new faber.SetupError("unsupported", `The Sequelize config has no "${options.env}" section`);
   }
   return name ? config[name] : {};
 }
@@ -95,7 +82,7 @@ function configSection(config, options) {
 function storageOf(section) {
   const storage = section.migrationStorage || "sequelize";
   if (storage !== "sequelize") {
-    throw new SetupError(
+    throw new faber.SetupError(
       "unsupported",
       `migrationStorage "${storage}" is not supported: faber reads and writes the migration history in the ` +
         `database (migrationStorage "sequelize"), where its lock and backups cover it`,
@@ -109,14 +96,14 @@ function storageOf(section) {
 }
 
 function openSequelize(projectDir, section, logging) {
-  const SequelizeModule = projectRequire(projectDir, "sequelize");
+  const SequelizeModule = faber.projectRequire(projectDir, "sequelize");
   if (section.dialect && section.dialect !== "postgres") {
-    throw new SetupError("unsupported", `faber deploys to PostgreSQL; this config's dialect is ${section.dialect}`);
+    throw new faber.SetupError("unsupported", `faber deploys to PostgreSQL; this config's dialect is ${section.dialect}`);
   }
   const options = { ...section };
   for (const key of CONNECTION_KEYS) delete options[key];
   Object.assign(options, { dialect: "postgres", logging, benchmark: false, logQueryParameters: false });
-  return { SequelizeModule, sequelize: new SequelizeModule.Sequelize(databaseUrl, options) };
+  return { SequelizeModule, sequelize: new SequelizeModule.Sequelize(faber.databaseUrl, options) };
 }
 
 async function connect(sequelize) {
@@ -124,7 +111,7 @@ async function connect(sequelize) {
     await sequelize.authenticate();
   } catch (error) {
     const original = (error && (error.original || error.parent)) || error || {};
-    throw new SetupError("connection_failed", String(error.message || error), { code: original.code || null });
+    throw new faber.SetupError("connection_failed", String(error.message || error), { code: original.code || null });
   }
 }
 
@@ -182,7 +169,7 @@ async function migrationSteps(projectDir, migration) {
   const exported = await loadModule(projectDir, path.join(projectDir, migration.path));
   const steps = exported && typeof exported.up !== "function" && exported.default ? exported.default : exported;
   if (!steps || typeof steps.up !== "function") {
-    throw new SetupError("load_failed", "it exports no up() function", { file: migration.path });
+    throw new faber.SetupError("load_failed", "it exports no up() function", { file: migration.path });
   }
   return steps;
 }
@@ -190,7 +177,7 @@ async function migrationSteps(projectDir, migration) {
 async function status(context) {
   const { sequelize, storage, projectDir, migrationsDir } = context;
   const table = await bookkeepingTable(sequelize, storage);
-  emit("status", {
+  faber.emit("status", {
     local: localMigrations(projectDir, migrationsDir).map((m) => ({ ...m, transactional: false })),
     records: (await appliedNames(sequelize, table)).map((name) => ({ name })),
     bookkeeping_table: table,
@@ -203,7 +190,7 @@ async function apply(context, track) {
   const table = await bookkeepingTable(sequelize, storage);
   const applied = new Set(await appliedNames(sequelize, table));
   const pending = localMigrations(projectDir, migrationsDir).filter((m) => !applied.has(m.name));
-  requireExpectedPlan(pending.map((m) => m.name));
+  faber.requireExpectedPlan(pending.map((m) => m.name));
   if (pending.length === 0) return 0;
   // Every pending file loads before the first one runs: a file that cannot load is a broken setup,
   // found before anything is applied.
@@ -222,14 +209,14 @@ async function apply(context, track) {
     const started = performance.now();
     track.current = migration.name;
     track.phase = "migration";
-    emit("migration_started", { name: migration.name, transactional: false });
+    faber.emit("migration_started", { name: migration.name, transactional: false });
     try {
-      await runMigration(migration.name, () => migration.steps.up(queryInterface, SequelizeModule));
+      await faber.runMigration(migration.name, () => migration.steps.up(queryInterface, SequelizeModule));
       track.phase = "bookkeeping";
       await Meta.create({ name: migration.name });
     } catch (error) {
       const original = (error && (error.original || error.parent)) || {};
-      emit("migration_failed", {
+      faber.emit("migration_failed", {
         name: migration.name,
         code: typeof original.code === "string" ? original.code : null,
         message: String((error && error.message) || error),
@@ -238,9 +225,9 @@ async function apply(context, track) {
         transaction_rolled_back: false,
         duration_seconds: (performance.now() - started) / 1000,
       });
-      return MIGRATION_FAILED_EXIT;
+      return faber.MIGRATION_FAILED_EXIT;
     }
-    emit("migration_finished", { name: migration.name, duration_seconds: (performance.now() - started) / 1000 });
+    faber.emit("migration_finished", { name: migration.name, duration_seconds: (performance.now() - started) / 1000 });
     track.current = null;
   }
   return 0;
@@ -252,11 +239,11 @@ function tracker() {
     const sql = String(message).replace(LOGGED_QUERY, "");
     track.lastQuery = sql;
     // The migration whose async context issued the query, awaited or not; else faber's bookkeeping.
-    const issuedBy = currentMigration();
+    const issuedBy = faber.currentMigration();
     const name = issuedBy ? issuedBy.name : track.current;
     if (!name) return;
     const bind = options && options.bind;
-    emit("query", {
+    faber.emit("query", {
       name,
       phase: issuedBy ? "migration" : track.phase,
       sql,
@@ -267,25 +254,25 @@ function tracker() {
 }
 
 async function main() {
-  const { command, options } = parseArgs(process.argv.slice(2));
+  const { command, options } = faber.parseArgs(process.argv.slice(2));
   const projectDir = process.cwd();
-  projectRequire(projectDir, "sequelize");
+  faber.projectRequire(projectDir, "sequelize");
   const { configFile, migrationsDir } = await projectLayout(projectDir);
   const section = configSection(await readConfig(projectDir, configFile), options);
   const storage = storageOf(section);
   const track = tracker();
   const { sequelize, SequelizeModule } = openSequelize(projectDir, section, track.logging);
   // Every QueryInterface call ends in sequelize.query: the migration learns which queries it started.
-  sequelize.query = trackQueries(sequelize.query);
+  sequelize.query = faber.trackQueries(sequelize.query);
   try {
     await connect(sequelize);
     const context = { sequelize, SequelizeModule, storage, projectDir, migrationsDir };
     if (command === "status") return await status(context);
     if (command === "apply") return await apply(context, track);
-    throw new SetupError("unsupported", `Unknown runner command: ${command}`);
+    throw new faber.SetupError("unsupported", `Unknown runner command: ${command}`);
   } finally {
     await sequelize.close().catch(() => {});
   }
 }
 
-run(main);
+faber.run(main);

@@ -2,7 +2,7 @@
 // faber's TypeORM runner. Loads the project's DataSource with the project's own TypeORM and
 // either reports the migration status or applies pending migrations through TypeORM's
 // MigrationExecutor, one transaction per migration. Speaks JSON lines on stdout (see
-// faber_core/node_runner.py); everything else anyone prints goes to stderr.
+// faber_core/support/node); everything else anyone prints goes to stderr.
 //
 //   node runner.cjs status|apply --data-source data-source.js
 //
@@ -13,20 +13,7 @@ const path = require("path");
 const { pathToFileURL } = require("url");
 const { performance } = require("perf_hooks");
 
-const {
-  databaseUrl,
-  MIGRATION_FAILED_EXIT,
-  emit,
-  SetupError,
-  requireExpectedPlan,
-  parseArgs,
-  projectRequire,
-  registerTypeScript,
-  run,
-  currentMigration,
-  runMigration,
-  trackQueries,
-} = require(process.env.FABER_RUNNER_COMMON);
+const faber = require(process.env.FABER_RUNNER_COMMON); // faber_core/support/node/runner-common.cjs
 const CONNECTION_KEYS = ["url", "host", "port", "username", "password", "database", "replication", "socketPath"];
 const EXTRA_CONNECTION_KEYS = ["connectionString", "host", "port", "user", "password", "database"];
 const SUCCESS_LOG = /^Migration (.+) has been (?:\(fake\) )?executed successfully\.$/;
@@ -51,7 +38,7 @@ function findDataSource(exported, relative) {
   if (found.length === 1) return found[0];
   const names = Object.keys(exported || {}).join(", ") || "nothing";
   const problem = found.length === 0 ? "exports no DataSource" : `exports ${found.length} DataSources`;
-  throw new SetupError(
+  throw new faber.SetupError(
     "not_found",
     `${relative} ${problem} (exports: ${names}); export one DataSource, as its default export or its only export`,
   );
@@ -60,15 +47,15 @@ function findDataSource(exported, relative) {
 async function loadDataSource(projectDir, relative) {
   const file = path.resolve(projectDir, relative);
   if (!fs.existsSync(file)) {
-    throw new SetupError("load_failed", `${relative} does not exist in ${projectDir}`, { file: relative });
+    throw new faber.SetupError("load_failed", `${relative} does not exist in ${projectDir}`, { file: relative });
   }
-  projectRequire(projectDir, "typeorm");
-  registerTypeScript(projectDir, relative);
+  faber.projectRequire(projectDir, "typeorm");
+  faber.registerTypeScript(projectDir, relative);
   let exported;
   try {
     exported = await loadModule(file);
   } catch (error) {
-    throw new SetupError("load_failed", String((error && error.message) || error), { file: relative });
+    throw new faber.SetupError("load_failed", String((error && error.message) || error), { file: relative });
   }
   return findDataSource(exported, relative);
 }
@@ -78,7 +65,7 @@ async function loadDataSource(projectDir, relative) {
 function retarget(userDataSource, logger) {
   const options = { ...userDataSource.options };
   if (!["postgres", "aurora-postgres"].includes(options.type)) {
-    throw new SetupError("unsupported", `faber deploys to PostgreSQL; this DataSource is of type ${options.type}`);
+    throw new faber.SetupError("unsupported", `faber deploys to PostgreSQL; this DataSource is of type ${options.type}`);
   }
   for (const key of CONNECTION_KEYS) delete options[key];
   if (options.extra) {
@@ -87,7 +74,7 @@ function retarget(userDataSource, logger) {
   }
   Object.assign(options, {
     type: "postgres",
-    url: databaseUrl,
+    url: faber.databaseUrl,
     logger,
     logging: true,
     synchronize: false,
@@ -104,9 +91,9 @@ async function connect(dataSource) {
   } catch (error) {
     const code = error && (error.code || (error.driverError && error.driverError.code));
     if (code && typeof code === "string" && /^(E[A-Z]+|[0-9A-Z]{5})$/.test(code)) {
-      throw new SetupError("connection_failed", String(error.message || error), { code });
+      throw new faber.SetupError("connection_failed", String(error.message || error), { code });
     }
-    throw new SetupError("load_failed", `TypeORM could not start: ${(error && error.message) || error}`);
+    throw new faber.SetupError("load_failed", `TypeORM could not start: ${(error && error.message) || error}`);
   }
 }
 
@@ -125,7 +112,7 @@ function isTransactional(instance) {
 }
 
 async function status(dataSource, projectDir) {
-  const executor = new (projectRequire(projectDir, "typeorm").MigrationExecutor)(dataSource);
+  const executor = new (faber.projectRequire(projectDir, "typeorm").MigrationExecutor)(dataSource);
   const local = executor.getMigrations();
   const queryRunner = dataSource.createQueryRunner();
   try {
@@ -133,7 +120,7 @@ async function status(dataSource, projectDir) {
     const exists = await queryRunner.hasTable(executor.migrationsTable);
     const records = exists ? await executor.loadExecutedMigrations(queryRunner) : [];
     const schema = executor.migrationsSchema || (await queryRunner.getCurrentSchema());
-    emit("status", {
+    faber.emit("status", {
       local: local.map((migration) => ({
         name: migration.name,
         path: sourceFileOf(projectDir, migration.instance.constructor),
@@ -154,7 +141,7 @@ function tracker() {
   const state = { current: null, phase: null, started: 0, lastQuery: null, finished: new Set() };
   const finish = () => {
     if (!state.current) return;
-    emit("migration_finished", {
+    faber.emit("migration_finished", {
       name: state.current.name,
       duration_seconds: (performance.now() - state.started) / 1000,
     });
@@ -165,11 +152,11 @@ function tracker() {
     logQuery(query, parameters) {
       state.lastQuery = query;
       // The migration whose async context issued the query, awaited or not; else TypeORM's bookkeeping.
-      const issuedBy = currentMigration();
+      const issuedBy = faber.currentMigration();
       const name = issuedBy ? issuedBy.name : state.current && state.current.name;
       if (!name) return;
       const phase = issuedBy ? "migration" : state.phase;
-      emit("query", { name, phase, sql: query, parameters: parameters || [] });
+      faber.emit("query", { name, phase, sql: query, parameters: parameters || [] });
     },
     logQueryError(error, query) {
       state.lastQuery = query;
@@ -194,12 +181,12 @@ function tracker() {
       state.current = migration;
       state.phase = "migration";
       state.started = performance.now();
-      emit("migration_started", { name: migration.name, transactional: isTransactional(instance) });
+      faber.emit("migration_started", { name: migration.name, transactional: isTransactional(instance) });
       // Schema builder calls and queryRunner.manager end in queryRunner.query as well.
       const ownQuery = Object.prototype.hasOwnProperty.call(queryRunner, "query") ? queryRunner.query : null;
-      queryRunner.query = trackQueries(queryRunner.query);
+      queryRunner.query = faber.trackQueries(queryRunner.query);
       try {
-        await runMigration(migration.name, () => up(queryRunner));
+        await faber.runMigration(migration.name, () => up(queryRunner));
       } finally {
         if (ownQuery) queryRunner.query = ownQuery;
         else delete queryRunner.query;
@@ -227,7 +214,7 @@ function failureFields(error, state, pendingNames) {
 }
 
 async function apply(dataSource, projectDir, track) {
-  const executor = new (projectRequire(projectDir, "typeorm").MigrationExecutor)(dataSource);
+  const executor = new (faber.projectRequire(projectDir, "typeorm").MigrationExecutor)(dataSource);
   executor.transaction = "each";
   const pending = executor.getMigrations();
   const queryRunner = dataSource.createQueryRunner();
@@ -239,20 +226,20 @@ async function apply(dataSource, projectDir, track) {
     await queryRunner.release();
   }
   const pendingNames = pending.filter((m) => !applied.has(m.name)).map((m) => m.name);
-  requireExpectedPlan(pendingNames);
+  faber.requireExpectedPlan(pendingNames);
   for (const migration of pending) track.wrap(migration);
   try {
     await executor.executePendingMigrations();
     track.finish();
     return 0;
   } catch (error) {
-    emit("migration_failed", failureFields(error, track.state, pendingNames));
-    return MIGRATION_FAILED_EXIT;
+    faber.emit("migration_failed", failureFields(error, track.state, pendingNames));
+    return faber.MIGRATION_FAILED_EXIT;
   }
 }
 
 async function main() {
-  const { command, options } = parseArgs(process.argv.slice(2));
+  const { command, options } = faber.parseArgs(process.argv.slice(2));
   const projectDir = process.cwd();
   const userDataSource = await loadDataSource(projectDir, options["data-source"] || "data-source.js");
   const track = tracker();
@@ -264,10 +251,10 @@ async function main() {
       return 0;
     }
     if (command === "apply") return await apply(dataSource, projectDir, track);
-    throw new SetupError("unsupported", `Unknown runner command: ${command}`);
+    throw new faber.SetupError("unsupported", `Unknown runner command: ${command}`);
   } finally {
     await dataSource.destroy().catch(() => {});
   }
 }
 
-run(main);
+faber.run(main);
