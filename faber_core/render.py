@@ -10,7 +10,11 @@ the terminal, or forge lines of faber's own output.
 from __future__ import annotations
 
 import json
+import os
 import re
+import threading
+import time
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from faber_core.models import AuditEvent
@@ -44,12 +48,47 @@ def mode_description(mode: str, dry_run: bool) -> str:
     return "dev (development mode)" if mode == "dev" else "deploy (production mode)"
 
 
+PLAIN_PROGRESS_SECONDS = 5.0
+"""Without a terminal, a long step (a migration, a rehearsal) prints a line this often;
+``FABER_PROGRESS_SECONDS`` changes it."""
+LIVE_PROGRESS_SECONDS = 0.5
+"""On a terminal, the status line of a long step is redrawn this often."""
+_CLEAR_LINE = "\r\x1b[K"
+
+
+@dataclass
+class _Activity:
+    """A long step under way: what it is, since when, and how long it was expected to take."""
+
+    label: str
+    started: float
+    estimate: float | None = None
+    plain: bool = True
+    """Whether the ticker prints plain lines without a terminal (not when the step reports its own progress)."""
+    detail: str = ""
+    """The step's latest own report (bytes written, rate), shown in the live status line."""
+
+
 class ProgressPrinter:
-    """An event listener printing the spec's step lines (``✓ Backup created: ...``)."""
+    """An event listener printing the spec's step lines (``✓ Backup created: ...``).
+
+    While a migration or a rehearsal runs, a ticker shows that it still does: on a terminal one
+    status line redrawn in place (elapsed time against the estimate), otherwise a plain line
+    every :data:`PLAIN_PROGRESS_SECONDS`, so CI logs show a long migration is alive. Backups and
+    restores report their own progress (``backup.progress``: bytes, rate, percentage).
+    """
 
     def __init__(self, stream: TextIO, redactor: Redactor) -> None:
         self.stream = stream
         self.redactor = redactor
+        self.live = _is_terminal(stream)
+        self.interval = LIVE_PROGRESS_SECONDS if self.live else _plain_interval()
+        self.estimates: dict[str, float] = {}
+        self._activity: _Activity | None = None
+        self._status_shown = False
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._ticker: threading.Thread | None = None
 
     def __call__(self, event: AuditEvent) -> None:
         handler = getattr(self, "on_" + event.kind.replace(".", "_"), None)
@@ -57,8 +96,57 @@ class ProgressPrinter:
             handler(event)
 
     def line(self, text: str) -> None:
-        self.stream.write(escape_controls(self.redactor.redact(text)) + "\n")
+        with self._lock:
+            self._clear_status()
+            self.stream.write(escape_controls(self.redactor.redact(text)) + "\n")
+            self.stream.flush()
+
+    # Long steps --------------------------------------------------------------------------
+
+    def start_activity(self, label: str, estimate: float | None = None, *, plain: bool = True) -> None:
+        with self._lock:
+            self._activity = _Activity(label, time.monotonic(), estimate, plain)
+            if self._ticker is None:
+                self._ticker = threading.Thread(target=self._tick, name="faber-progress", daemon=True)
+                self._ticker.start()
+            self._wake.notify()
+
+    def end_activity(self) -> None:
+        with self._lock:
+            self._activity = None
+            self._clear_status()
+            self._wake.notify()
+
+    def _tick(self) -> None:
+        with self._lock:
+            while True:
+                activity = self._activity
+                if activity is None:
+                    self._wake.wait()
+                    continue
+                self._wake.wait(self.interval)
+                if self._activity is activity and (self.live or activity.plain):
+                    self._show(activity)
+
+    def _show(self, activity: _Activity) -> None:
+        elapsed = time.monotonic() - activity.started
+        estimate = f" (estimate ~{_number(activity.estimate)}s)" if activity.estimate is not None else ""
+        detail = f", {activity.detail}" if activity.detail else ""
+        shown = f"{elapsed:.1f}" if self.live else f"{elapsed:.0f}"
+        text = escape_controls(self.redactor.redact(f"{activity.label}: {shown}s elapsed{estimate}{detail}"))
+        if self.live:
+            self.stream.write(f"{_CLEAR_LINE}… {text}")
+            self._status_shown = True
+        else:
+            self.stream.write(f"    … {text}\n")
         self.stream.flush()
+
+    def _clear_status(self) -> None:
+        if self._status_shown:
+            self.stream.write(_CLEAR_LINE)
+            self._status_shown = False
+
+    # Events ------------------------------------------------------------------------------
 
     def on_run_started(self, event: AuditEvent) -> None:
         data = event.data
@@ -96,14 +184,25 @@ class ProgressPrinter:
 
     def on_backup_started(self, event: AuditEvent) -> None:
         self.line(f"… Creating backup ({event.data['provider']})")
+        self.start_activity("Creating backup", plain=False)
 
     def on_backup_progress(self, event: AuditEvent) -> None:
         data = event.data
         percent = f" {data['percent_progress']}%" if data.get("percent_progress") is not None else ""
-        elapsed = f" after {data['elapsed_seconds']}s" if data.get("elapsed_seconds") is not None else ""
-        self.line(f"    {data.get('target', 'backup')}: {data.get('status', 'in progress')}{percent}{elapsed}")
+        elapsed = data.get("elapsed_seconds")
+        after = f" after {elapsed}s" if elapsed is not None else ""
+        done = data.get("bytes")
+        amount = f", {_size(done)}" if done is not None else ""
+        rate = f" ({_size(round(done / elapsed))}/s)" if done is not None and elapsed else ""
+        status = data.get("status", "in progress")
+        activity = self._activity
+        if self.live and activity is not None:
+            activity.detail = f"{status}{percent}{amount}{rate}"
+            return
+        self.line(f"    {data.get('target', 'backup')}: {status}{percent}{after}{amount}{rate}")
 
     def on_backup_created(self, event: AuditEvent) -> None:
+        self.end_activity()
         self.line(f"✓ Backup created: {event.data['backup_id']}")
 
     def on_backup_skipped(self, event: AuditEvent) -> None:
@@ -112,14 +211,35 @@ class ProgressPrinter:
     def on_dev_fallback(self, event: AuditEvent) -> None:
         self.line(f"ℹ {event.data['tool']} has no separate dev command here: applying pending migrations as committed")
 
+    def on_apply_estimated(self, event: AuditEvent) -> None:
+        self.estimates.update(event.data["estimates"])
+
     def on_migration_started(self, event: AuditEvent) -> None:
-        self.line(f"… Deploying migration: {event.data['name']}")
+        name = event.data["name"]
+        self.line(f"… Deploying migration: {name}")
+        self.start_activity(f"Deploying migration: {name}", self.estimates.get(name))
 
     def on_migration_applied(self, event: AuditEvent) -> None:
+        self.end_activity()
         self.line(f"✓ Deploying migration: {event.data['name']} ({event.data['duration_seconds']:.1f}s)")
 
     def on_migration_failed(self, event: AuditEvent) -> None:
+        self.end_activity()
         self.line(f"✗ Migration {event.data['name']} failed: {event.data['error']}")
+
+    def on_rehearsal_created(self, event: AuditEvent) -> None:
+        data = " with its data" if event.data["includes_data"] else ""
+        self.line(f"… Rehearsing on a throwaway copy of the database{data}")
+        self.start_activity("Rehearsing")
+
+    def on_rehearsal_measured(self, event: AuditEvent) -> None:
+        self.end_activity()
+
+    def on_rehearsal_dropped(self, event: AuditEvent) -> None:
+        self.end_activity()
+
+    def on_run_finished(self, event: AuditEvent) -> None:
+        self.end_activity()
 
     def on_rollback_skipped(self, event: AuditEvent) -> None:
         self.line(f"✓ No rollback needed: {event.data['reason']}")
@@ -141,8 +261,10 @@ class ProgressPrinter:
 
     def on_rollback_started(self, event: AuditEvent) -> None:
         self.line(f"↺ Restoring backup {event.data['backup_id']}")
+        self.start_activity(f"Restoring {event.data['backup_id']}", plain=False)
 
     def on_rollback_finished(self, event: AuditEvent) -> None:
+        self.end_activity()
         if event.data["status"] == "restored_side_by_side":
             self.line(f"⚠ Restored {event.data['backup_id']} beside the database; the database itself is unchanged")
         else:
@@ -188,6 +310,20 @@ class ProgressPrinter:
         self.line(
             f"↻ {data['name']}: lock timeout, attempt {data['attempt']} of {data['of']} in {data['wait_seconds']:.1f}s"
         )
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or minimal stream
+        return False
+
+
+def _plain_interval() -> float:
+    try:
+        return max(0.1, float(os.environ.get("FABER_PROGRESS_SECONDS", PLAIN_PROGRESS_SECONDS)))
+    except ValueError:
+        return PLAIN_PROGRESS_SECONDS
 
 
 def render_json(document: Success | ErrorDocument, redactor: Redactor) -> str:

@@ -129,6 +129,7 @@ def test_successful_deploy_is_one_trace_of_steps_and_migrations(faber, spans, da
         "faber.lock.acquired",
         "faber.health.finished",
         "faber.status.read",
+        "faber.apply.estimated",
         "faber.backup.created",
         "faber.health.finished",
     ]

@@ -192,7 +192,8 @@ def _dump(context: RunContext, tools: Path, major: int, reservation: store.Reser
                     context.emit(
                         "backup.progress",
                         target=reservation.id,
-                        status=f"pg_dump wrote {_size(reservation.partial)}",
+                        status="pg_dump writing",
+                        bytes=_written(reservation.partial),
                         elapsed_seconds=round(time.monotonic() - started),
                     )
         errors.seek(0)
@@ -212,12 +213,11 @@ def _dump(context: RunContext, tools: Path, major: int, reservation: store.Reser
     )
 
 
-def _size(path: Path) -> str:
+def _written(path: Path) -> int:
     try:
-        size = path.stat().st_size
+        return path.stat().st_size
     except OSError:
-        size = 0
-    return f"{size / 1_048_576:.1f} MB"
+        return 0
 
 
 def _write_failure(context: RunContext, directory: Path, exc: OSError) -> BackupFailed:

@@ -206,6 +206,7 @@ def _forward_all_but_tail(
                 target=backup.id,
                 status="restoring",
                 percent_progress=min(99, round(100 * read / size)) if size else None,
+                bytes=read,
                 elapsed_seconds=round(now - started),
             )
     return held

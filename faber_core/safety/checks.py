@@ -25,7 +25,7 @@ from faber_core.models import LocalMigration, MigrationPreview, MigrationState
 from faber_core.support.node import NOT_REHEARSED
 from faber_core.postgres.sql import is_transactional
 from faber_core.safety import lint, preflight, staging_proof
-from faber_core.safety.analysis import analyse
+from faber_core.safety.analysis import StatementEffect, analyse
 from faber_core.safety.catalog import Catalog, find_tables
 from faber_core.safety.estimate import Estimator
 from faber_core.safety.history import applied_by_successful_deploys
@@ -213,6 +213,7 @@ def refuse_lint_errors(context: RunContext, findings: dict[str, list[LintFinding
 
 
 def preflight_before_apply(context: RunContext, review: Review) -> PreflightReport | None:
+    announce_estimates(context, review)
     policy = context.settings.preflight
     if policy == "off":
         return None
@@ -230,6 +231,32 @@ def preflight_before_apply(context: RunContext, review: Review) -> PreflightRepo
         )
         context.emit("preflight.finished", **review.preflight.model_dump())
     return review.preflight
+
+
+def announce_estimates(context: RunContext, review: Review) -> None:
+    """Each SQL migration's estimated duration (``apply.estimated``), so the progress of a long
+    migration shows its elapsed time against it. Statistics that cannot be read leave it out: an
+    estimate is never worth failing a deploy for."""
+    sources = {name: sql for name, sql in review.sql.items() if sql}
+    if not sources:
+        return
+    try:
+        with _connect(context, "faber estimate") as conn:
+            tables = Catalog(conn, context.database.schema)
+            estimator = Estimator(tables)
+            # One catalog query for every table the migrations name, not one per migration.
+            tables([effect.table for sql in sources.values() for effect in _effects(sql) if effect.table])
+            estimates = {name: estimator.estimate(sql).seconds for name, sql in sources.items()}
+    except psycopg.Error:
+        return
+    context.emit("apply.estimated", estimates=estimates)
+
+
+def _effects(sql: str) -> list[StatementEffect]:
+    try:
+        return analyse(sql)
+    except ParseError:
+        return []
 
 
 # Preview ---------------------------------------------------------------------------------

@@ -331,3 +331,19 @@ def test_faber_migrate_reports_a_failed_prisma_migration_with_prisma_output(pris
         "SELECT migration_name, finished_at IS NULL, rolled_back_at IS NOT NULL FROM _prisma_migrations"
         " ORDER BY started_at"
     ) == [("0001_init", False, False), ("0002_comments", True, True)]
+
+
+def test_a_long_migration_shows_periodic_progress_on_stderr_without_a_terminal(prisma_project, run_faber):
+    slow = 'SELECT pg_sleep(2.5);\nALTER TABLE "users" ADD COLUMN "nickname" TEXT;\n'
+    project = prisma_project({"0001_init": INIT, "0002_slow": slow})
+
+    run = run_faber(
+        "migrate", "staging", "--yes", "--json", "--cwd", str(project), env={"FABER_PROGRESS_SECONDS": "0.5"}
+    )
+
+    assert run.returncode == 0, run.output
+    ticks = [line for line in run.stderr.splitlines() if "Deploying migration: 0002_slow:" in line]
+    assert len(ticks) >= 2, run.stderr
+    assert all("s elapsed (estimate ~" in line for line in ticks), ticks
+    assert "\r" not in run.stderr and "\x1b" not in run.stderr
+    assert json.loads(run.stdout)["result"]["migrations_applied"] == 2
