@@ -14,7 +14,7 @@ name answers, every other plugin returns ``None``. ``faber_migration_tools`` and
 checks), so faber can list them, refuse a misspelt one in the config, and report two plugins
 claiming one name.
 
-The order of a deploy (see docs/hooks.md for the diagram)::
+The order of a deploy (docs/plugins.md has it as a diagram)::
 
     faber_health_checks(before) -> faber_migration_status -> [faber_migration_preview; stop]
     -> approval -> faber_backup_create -> faber_migration_apply | faber_migration_dev
