@@ -458,13 +458,13 @@ def plugins(*, working_directory: str | Path | None = None) -> Document:
         from faber_core.plugins import Plugins
 
         found = Plugins()
-        tools = {name: owner for name, (_, owner) in found.tools().items()}
-        providers = {name: owner for name, (_, owner) in found.backup_providers().items()}
+        tools = {name: declared.package for name, declared in found.tools().items()}
+        providers = {name: declared.package for name, declared in found.backup_providers().items()}
         result: dict[str, object] = {
             "plugins": found.describe(),
             "migration_tools": tools,
             "backup_providers": providers,
-            "health_checks": {name: owner for name, (_, owner) in found.health_check_names().items()},
+            "health_checks": {name: declared.package for name, declared in found.health_check_names().items()},
         }
         project = find_project_dir(working_directory, required=False)
         if project is not None and config_file(project).is_file():

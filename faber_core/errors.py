@@ -82,8 +82,17 @@ class PreflightBlocked(FaberError):
     code = "PREFLIGHT_BLOCKED"
 
 
+class PluginError(FaberError):
+    """A plugin broke its contract: it declares a tool or provider but lacks a hook for it or
+    answers nothing, or it answered something faber cannot use (a preview of other migrations).
+    A bug in that plugin, so exit 1 like faber's own bugs; the message names the package."""
+
+    code = "PLUGIN_ERROR"
+
+
 EXIT_CODES: dict[str, int] = {
     "INTERNAL_ERROR": 1,
+    PluginError.code: 1,
     ConfigError.code: 2,
     HealthCheckFailed.code: 3,
     BackupFailed.code: 4,

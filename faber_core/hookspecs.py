@@ -7,12 +7,24 @@ A plugin is a module (or object) with functions named like the hooks below, deco
     [project.entry-points.faber]
     mytool = "faber_mytool.plugin"
 
-Dispatch hooks (status, preview, apply, dev, backup create/list/restore) are ``firstresult``:
-faber calls them with the configured name (``tool`` or ``provider``); the plugin that owns the
-name answers, every other plugin returns ``None``. ``faber_migration_tools`` and
-``faber_backup_providers`` declare those names (``faber_health_check_names`` those of the health
-checks), so faber can list them, refuse a misspelt one in the config, and report two plugins
-claiming one name.
+Declaring hooks (``faber_migration_tools``, ``faber_backup_providers``,
+``faber_health_check_names``) name what a plugin offers. faber lists those names, refuses a
+misspelt one in the config, and reports two plugins claiming one name.
+
+Per-step hooks (migration status, preview, apply, dev, resolve; backup create, list, prune,
+restore) are called on the plugin that declared the configured name and on no other plugin, so
+an implementation never checks the name and never returns ``None`` to let another plugin
+answer. Each receives the configured name (``tool`` or ``provider``); like every hook argument it
+is optional, so take it only when your plugin declares several names::
+
+    @hookimpl
+    def faber_migration_status(context):          # faber calls it only for your tool
+        return MigrationState(tool="mytool", local=..., records=...)
+
+A plugin that declares a tool must implement status, preview and apply (resolve, dev optional);
+one that declares a backup provider must implement create, list and restore (prune optional).
+A missing one is reported by ``faber plugins`` and, when a run needs it, is a ``PLUGIN_ERROR``
+(exit 1) naming the package.
 
 The order of a deploy (docs/plugins.md has it as a diagram)::
 
@@ -63,13 +75,13 @@ def faber_migration_tools() -> list[ToolInfo]:
 
 
 @hookspec(firstresult=True)
-def faber_migration_status(tool: str, context: RunContext) -> MigrationState | None:
+def faber_migration_status(tool: str, context: RunContext) -> MigrationState:
     """Read the local migrations and the database's migration bookkeeping.
 
     Called before deploying (pending migrations, the ``migrations`` health check), after it (to
     verify every migration is applied) and after a restore (to verify the restore).
 
-    Receives the configured tool name and the run context; answer only when ``tool`` is yours.
+    Receives the configured tool name (one your plugin declared) and the run context.
     Must not change the database: a missing bookkeeping table means nothing is applied yet.
 
     Returns :class:`~faber_core.models.MigrationState`: ``local`` in apply order and ``records``
@@ -78,20 +90,19 @@ def faber_migration_status(tool: str, context: RunContext) -> MigrationState | N
 
 
 @hookspec(firstresult=True)
-def faber_migration_preview(
-    tool: str, context: RunContext, pending: list[LocalMigration]
-) -> list[MigrationPreview] | None:
+def faber_migration_preview(tool: str, context: RunContext, pending: list[LocalMigration]) -> list[MigrationPreview]:
     """Describe what applying ``pending`` would do, without changing the target database.
 
     Called for ``faber migrate ENV --dry-run``.
 
-    Returns one :class:`~faber_core.models.MigrationPreview` per pending migration, in order,
+    Returns one :class:`~faber_core.models.MigrationPreview` per pending migration, in the order
+    of ``pending`` and with the same names (faber refuses any other answer as a plugin error),
     with its SQL and an estimated duration.
     """
 
 
 @hookspec(firstresult=True)
-def faber_migration_apply(tool: str, context: RunContext, pending: list[LocalMigration]) -> ApplyOutcome | None:
+def faber_migration_apply(tool: str, context: RunContext, pending: list[LocalMigration]) -> ApplyOutcome:
     """Apply ``pending`` in order, stopping at the first failure.
 
     Called in deploy mode (and in dev mode when ``faber_migration_dev`` declines) while faber
@@ -112,14 +123,15 @@ def faber_migration_apply(tool: str, context: RunContext, pending: list[LocalMig
 def faber_migration_dev(tool: str, context: RunContext) -> ApplyOutcome | None:
     """Run the tool's own interactive development command (e.g. ``prisma migrate dev``).
 
-    Called instead of ``faber_migration_apply`` when the environment is in dev mode. Return
-    ``None`` to decline (the tool's CLI is not installed, or it has no such command); faber
-    then applies pending migrations with ``faber_migration_apply``.
+    Called instead of ``faber_migration_apply`` when the environment is in dev mode. Optional: a
+    tool without such a command does not implement it. Return ``None`` to decline at run time
+    (the tool's CLI is not installed); faber then applies pending migrations with
+    ``faber_migration_apply``.
     """
 
 
 @hookspec(firstresult=True)
-def faber_migration_resolve(tool: str, context: RunContext, name: str, resolution: str) -> MigrationState | None:
+def faber_migration_resolve(tool: str, context: RunContext, name: str, resolution: str) -> MigrationState:
     """Mark a failed migration by hand, after a person has repaired the database.
 
     Called by ``faber resolve ENV --rolled-back NAME`` (``resolution`` = ``"rolled_back"``: the
@@ -139,7 +151,7 @@ def faber_backup_providers() -> list[BackupProviderInfo]:
 @hookspec(firstresult=True)
 def faber_backup_create(
     provider: str, context: RunContext, reason: str, migrations: list[tuple[str, str | None]]
-) -> BackupRecord | None:
+) -> BackupRecord:
     """Create a restore point of the environment's database.
 
     Called before applying migrations where ``backup_before_migrate`` is on, and by
@@ -153,14 +165,12 @@ def faber_backup_create(
 
 
 @hookspec(firstresult=True)
-def faber_backup_list(provider: str, context: RunContext) -> list[BackupRecord] | None:
+def faber_backup_list(provider: str, context: RunContext) -> list[BackupRecord]:
     """List this environment's backups made by faber, newest first (``faber backups ENV``)."""
 
 
 @hookspec(firstresult=True)
-def faber_backup_prune(
-    provider: str, context: RunContext, keep_last: int | None, dry_run: bool
-) -> BackupPruneOutcome | None:
+def faber_backup_prune(provider: str, context: RunContext, keep_last: int | None, dry_run: bool) -> BackupPruneOutcome:
     """Delete this environment's backups beyond the newest ``keep_last`` (``faber backups prune ENV``).
 
     ``keep_last`` is ``--keep N`` or None for the environment's own setting
@@ -169,13 +179,13 @@ def faber_backup_prune(
     ``dry_run`` delete nothing and report what would go. Providers should apply the same
     retention after each ``faber_backup_create``.
 
-    Returns :class:`~faber_core.models.BackupPruneOutcome`; a provider that cannot prune returns
-    None, and faber reports that it does not support pruning.
+    Returns :class:`~faber_core.models.BackupPruneOutcome`. Optional: a provider that cannot
+    prune does not implement it, and faber reports that it does not support pruning.
     """
 
 
 @hookspec(firstresult=True)
-def faber_backup_restore(provider: str, context: RunContext, backup: BackupRecord) -> RestoreOutcome | None:
+def faber_backup_restore(provider: str, context: RunContext, backup: BackupRecord) -> RestoreOutcome:
     """Bring the environment's database back to ``backup``.
 
     Called by ``faber rollback ENV`` and by automatic rollback after a failed deploy, while faber

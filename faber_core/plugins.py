@@ -9,13 +9,14 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pluggy
 
 from faber_core import hookspecs
 from faber_core.context import RunContext
-from faber_core.errors import ConfigError
+from faber_core.errors import ConfigError, PluginError
 from faber_core.models import (
     ApplyOutcome,
     AuditEvent,
@@ -103,38 +104,53 @@ def _owner(pm: pluggy.PluginManager, plugin: object) -> str:
     return pm.get_name(plugin) or repr(plugin)
 
 
+@dataclass(frozen=True)
+class Declaration:
+    """A name a plugin declared (a migration tool, a backup provider, a health check), and who declared it."""
+
+    info: Any
+    plugin: object
+    package: str
+
+
 class Plugins:
-    """Typed access to the hooks for the workflow."""
+    """Typed access to the hooks for the workflow.
+
+    A per-step hook (status, preview, apply, backup create ...) is called on the plugin that
+    declared the configured tool or provider name, and on no other: through pluggy's
+    ``subset_hook_caller``, so the hooks stay per-step hookspecs that ``check_pending()`` checks,
+    while another plugin's answer (even ``[]``) can never stand in for the owner's.
+    """
 
     def __init__(self, pm: pluggy.PluginManager | None = None) -> None:
         self.pm = pm or get_plugin_manager()
 
-    def _collect(self, hook_name: str, model: type[Any]) -> dict[str, tuple[Any, str]]:
-        """Names declared through a listing hook, each with the package that declared it."""
+    def _collect(self, hook_name: str, model: type[Any]) -> dict[str, Declaration]:
+        """Names declared through a listing hook, each with the plugin and package that declared it."""
         hook = getattr(self.pm.hook, hook_name)
-        found: dict[str, tuple[Any, str]] = {}
+        found: dict[str, Declaration] = {}
         for impl in hook.get_hookimpls():
             for item in impl.function() or []:
                 info = model.model_validate(item)
                 owner = _owner(self.pm, impl.plugin)
-                if info.name in found and found[info.name][1] != owner:
+                if info.name in found and found[info.name].package != owner:
                     raise ConfigError(
-                        f"Conflicting plugins: {found[info.name][1]} and {owner} both provide {info.name!r}",
+                        f"Conflicting plugins: {found[info.name].package} and {owner} both provide {info.name!r}",
                         suggestions=["Uninstall one of them, or run with FABER_NO_PLUGINS=1 to debug"],
                     )
-                found[info.name] = (info, owner)
+                found[info.name] = Declaration(info, impl.plugin, owner)
         return found
 
-    def tools(self) -> dict[str, tuple[ToolInfo, str]]:
+    def tools(self) -> dict[str, Declaration]:
         return self._collect("faber_migration_tools", ToolInfo)
 
-    def backup_providers(self) -> dict[str, tuple[BackupProviderInfo, str]]:
+    def backup_providers(self) -> dict[str, Declaration]:
         return self._collect("faber_backup_providers", BackupProviderInfo)
 
-    def health_check_names(self) -> dict[str, tuple[HealthCheckInfo, str]]:
+    def health_check_names(self) -> dict[str, Declaration]:
         return self._collect("faber_health_check_names", HealthCheckInfo)
 
-    def require_tool(self, tool: str) -> None:
+    def require_tool(self, tool: str) -> Declaration:
         tools = self.tools()
         if tool not in tools:
             installed = ", ".join(sorted(tools)) or "none"
@@ -149,8 +165,9 @@ class Plugins:
                     "Or set database.migration_tool to one of the installed tools",
                 ],
             )
+        return tools[tool]
 
-    def require_backup_provider(self, provider: str) -> None:
+    def require_backup_provider(self, provider: str) -> Declaration:
         providers = self.backup_providers()
         if provider not in providers:
             installed = ", ".join(sorted(providers)) or "none"
@@ -159,6 +176,7 @@ class Plugins:
                 + did_you_mean(provider, providers),
                 suggestions=[f"Install its plugin, or set backup.provider to one of: {installed}"],
             )
+        return providers[provider]
 
     def check_config(self, context: RunContext) -> None:
         """Refuse, before anything runs, a config naming what no installed plugin provides: the
@@ -185,43 +203,48 @@ class Plugins:
                 )
 
     def migration_status(self, context: RunContext) -> MigrationState:
-        return MigrationState.model_validate(self._dispatch("faber_migration_status", context.tool, context=context))
+        answer = self._ask_handler("faber_migration_status", context)
+        return MigrationState.model_validate(answer)
 
     def migration_preview(self, context: RunContext, pending: list[LocalMigration]) -> list[MigrationPreview]:
-        answer = self._dispatch("faber_migration_preview", context.tool, context=context, pending=pending)
-        return [MigrationPreview.model_validate(item) for item in answer]
+        answer = self._ask_handler("faber_migration_preview", context, pending=pending)
+        previews = [MigrationPreview.model_validate(item) for item in answer]
+        described, expected = [p.name for p in previews], [m.name for m in pending]
+        if described != expected:
+            package = self.require_tool(context.tool).package
+            raise PluginError(
+                f"{package}: faber_migration_preview described {described or 'nothing'} for the pending "
+                f"migrations {expected}; a preview must describe each pending migration once, in order",
+                suggestions=["Report this to the plugin's authors; `faber migrate` without --dry-run is not affected"],
+            )
+        return previews
 
     def migration_apply(self, context: RunContext, pending: list[LocalMigration]) -> ApplyOutcome:
-        answer = self._dispatch("faber_migration_apply", context.tool, context=context, pending=pending)
+        answer = self._ask_handler("faber_migration_apply", context, pending=pending)
         return ApplyOutcome.model_validate(answer)
 
     def migration_resolve(self, context: RunContext, name: str, resolution: str) -> MigrationState:
-        answer = self._dispatch(
-            "faber_migration_resolve", context.tool, context=context, name=name, resolution=resolution
-        )
+        answer = self._ask_handler("faber_migration_resolve", context, name=name, resolution=resolution)
         return MigrationState.model_validate(answer)
 
     def migration_dev(self, context: RunContext) -> ApplyOutcome | None:
-        answer = self.pm.hook.faber_migration_dev(tool=context.tool, context=context)
+        """The tool's own development command, or None when its plugin has none or declines."""
+        owner = self.require_tool(context.tool)
+        answer = self._call_owner("faber_migration_dev", owner, tool=context.tool, context=context)
         return None if answer is None else ApplyOutcome.model_validate(answer)
 
     def backup_create(self, context: RunContext, reason: str, migrations: list[tuple[str, str | None]]) -> BackupRecord:
-        provider = context.settings.backup.provider
-        answer = self._dispatch(
-            "faber_backup_create", provider, key="provider", context=context, reason=reason, migrations=migrations
-        )
+        answer = self._ask_provider("faber_backup_create", context, reason=reason, migrations=migrations)
         return BackupRecord.model_validate(answer)
 
     def backup_list(self, context: RunContext) -> list[BackupRecord]:
-        answer = self._dispatch("faber_backup_list", context.settings.backup.provider, key="provider", context=context)
+        answer = self._ask_provider("faber_backup_list", context)
         return [BackupRecord.model_validate(item) for item in answer]
 
     def backup_prune(self, context: RunContext, keep_last: int | None, dry_run: bool) -> BackupPruneOutcome:
         provider = context.settings.backup.provider
-        answer = self.pm.hook.faber_backup_prune(
-            provider=provider, context=context, keep_last=keep_last, dry_run=dry_run
-        )
-        if answer is None:
+        owner = self.require_backup_provider(provider)
+        if not self._implements(owner, "faber_backup_prune"):
             raise ConfigError(
                 f"The backup provider {provider!r} does not support pruning",
                 suggestions=[
@@ -229,12 +252,11 @@ class Plugins:
                     f"List them with: faber backups {context.environment}",
                 ],
             )
+        answer = self._ask_provider("faber_backup_prune", context, keep_last=keep_last, dry_run=dry_run)
         return BackupPruneOutcome.model_validate(answer)
 
     def backup_restore(self, context: RunContext, backup: BackupRecord) -> RestoreOutcome:
-        answer = self._dispatch(
-            "faber_backup_restore", context.settings.backup.provider, key="provider", context=context, backup=backup
-        )
+        answer = self._ask_provider("faber_backup_restore", context, backup=backup)
         return RestoreOutcome.model_validate(answer)
 
     def health_checks(self, context: RunContext, checks: list[str]) -> list[HealthCheckResult]:
@@ -266,14 +288,33 @@ class Plugins:
 
         return deliver
 
-    def _dispatch(self, hook_name: str, name: str, /, *, key: str = "tool", **kwargs: Any) -> Any:
-        answer = getattr(self.pm.hook, hook_name)(**{key: name}, **kwargs)
+    def _ask_handler(self, hook_name: str, context: RunContext, /, **kwargs: Any) -> Any:
+        owner = self.require_tool(context.tool)
+        return self._require_answer(hook_name, "migration tool", context.tool, owner, context=context, **kwargs)
+
+    def _ask_provider(self, hook_name: str, context: RunContext, /, **kwargs: Any) -> Any:
+        provider = context.settings.backup.provider
+        owner = self.require_backup_provider(provider)
+        return self._require_answer(hook_name, "backup provider", provider, owner, context=context, **kwargs)
+
+    def _require_answer(self, hook_name: str, kind: str, name: str, owner: Declaration, /, **kwargs: Any) -> Any:
+        key = "tool" if kind == "migration tool" else "provider"
+        answer = self._call_owner(hook_name, owner, **{key: name}, **kwargs)
         if answer is None:
-            raise ConfigError(
-                f"No installed plugin answers {hook_name} for {key} {name!r}",
-                suggestions=["Run `faber plugins` to see what is installed"],
+            missing = "does not implement" if not self._implements(owner, hook_name) else "returned nothing from"
+            raise PluginError(
+                f"{owner.package} declares the {kind} {name!r} but {missing} {hook_name}",
+                suggestions=["Run `faber plugins` to see each plugin's hooks", "Report this to the plugin's authors"],
             )
         return answer
+
+    def _call_owner(self, hook_name: str, owner: Declaration, /, **kwargs: Any) -> Any:
+        """``hook_name`` called on the declaring plugin alone (its wrappers included)."""
+        others = [plugin for plugin in self.pm.get_plugins() if plugin is not owner.plugin]
+        return self.pm.subset_hook_caller(hook_name, remove_plugins=others)(**kwargs)
+
+    def _implements(self, owner: Declaration, hook_name: str) -> bool:
+        return any(impl.plugin is owner.plugin for impl in getattr(self.pm.hook, hook_name).get_hookimpls())
 
     def describe(self) -> list[dict[str, Any]]:
         """Every registered plugin with its package, version and the hooks it implements."""

@@ -146,9 +146,7 @@ def test_restore_brings_back_every_object_kind_pg_dump_dumps(production, context
     assert database_state(database_url) != at_backup
 
     try:
-        outcome = pg_dump.faber_backup_restore(
-            provider="pg_dump", context=context_for(project_dir, "rollback"), backup=record
-        )
+        outcome = pg_dump.faber_backup_restore(context=context_for(project_dir, "rollback"), backup=record)
         restored = database_state(database_url)
     finally:
         drop_subscriptions(database_url)
@@ -174,7 +172,7 @@ def test_restored_tables_have_planner_statistics(production, context_for, databa
     execute(database_url, "CREATE TABLE items (id int); INSERT INTO items SELECT generate_series(1, 500)")
     record = backup()
 
-    pg_dump.faber_backup_restore(provider="pg_dump", context=context_for(project_dir, "rollback"), backup=record)
+    pg_dump.faber_backup_restore(context=context_for(project_dir, "rollback"), backup=record)
 
     with psycopg.connect(database_url) as conn:
         reltuples = conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'items'::regclass").fetchone()[0]
@@ -201,9 +199,7 @@ def test_a_failing_restore_changes_nothing_and_says_why(production, context_for,
         before = database_state(database_url)
 
         with pytest.raises(RestoreFailed) as raised:
-            pg_dump.faber_backup_restore(
-                provider="pg_dump", context=context_for(project_dir, "rollback"), backup=record
-            )
+            pg_dump.faber_backup_restore(context=context_for(project_dir, "rollback"), backup=record)
     finally:
         execute(database_url, f"DROP ROLE IF EXISTS {owner}")
 

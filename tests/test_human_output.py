@@ -150,11 +150,15 @@ def _raise(error: BaseException):
 
 
 class _FailedSecond:
-    """The sqlfiles state with 002 recorded as failed, as a tool records a migration that failed."""
+    """The sqlfiles handler, with 002 recorded as failed, as a tool records a migration that failed."""
 
-    @hookimpl(tryfirst=True)
-    def faber_migration_status(self, tool, context):
-        state = sqlfiles.faber_migration_status(tool, context)
+    @hookimpl
+    def faber_migration_tools(self):
+        return sqlfiles.faber_migration_tools()
+
+    @hookimpl
+    def faber_migration_status(self, context):
+        state = sqlfiles.faber_migration_status(context)
         records = [r for r in state.records if r.name != "002_posts"]
         records.append(MigrationRecord(name="002_posts", state="failed"))
         return MigrationState(tool=state.tool, local=state.local, records=records)
@@ -169,6 +173,7 @@ def test_status_and_health_with_a_failed_migration_say_so_in_their_own_words(fab
     faber.write("002_posts", POSTS)
     faber.write("003_more", POSTS.replace("posts", "more"))
     assert api.deploy("production", yes=True).status == "success"
+    faber.plugins.unregister(name="sqlfiles")
     faber.plugins.register(_FailedSecond(), name="failed-second")
 
     run = CliRunner().invoke(app, ["status", "production"])

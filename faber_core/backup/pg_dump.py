@@ -116,11 +116,7 @@ def configured_keep_last(context: RunContext) -> int:
 
 
 @hookimpl
-def faber_backup_create(
-    provider: str, context: RunContext, reason: str, migrations: list[tuple[str, str | None]]
-) -> BackupRecord | None:
-    if provider != PROVIDER:
-        return None
+def faber_backup_create(context: RunContext, reason: str, migrations: list[tuple[str, str | None]]) -> BackupRecord:
     try:
         major, version = _server_major(context)
     except psycopg.Error as exc:
@@ -239,28 +235,20 @@ def _prune_after_backup(context: RunContext, directory: Path) -> None:
 
 
 @hookimpl
-def faber_backup_list(provider: str, context: RunContext) -> list[BackupRecord] | None:
-    if provider != PROVIDER:
-        return None
+def faber_backup_list(context: RunContext) -> list[BackupRecord]:
     directory = backup_dir(context)
     store.remove_leftovers(context, directory)
     return store.read_backups(context, directory)
 
 
 @hookimpl
-def faber_backup_prune(
-    provider: str, context: RunContext, keep_last: int | None, dry_run: bool
-) -> BackupPruneOutcome | None:
-    if provider != PROVIDER:
-        return None
+def faber_backup_prune(context: RunContext, keep_last: int | None, dry_run: bool) -> BackupPruneOutcome:
     keep = keep_last if keep_last is not None else configured_keep_last(context)
     return store.prune(context, backup_dir(context), keep, dry_run=dry_run)
 
 
 @hookimpl
-def faber_backup_restore(provider: str, context: RunContext, backup: BackupRecord) -> RestoreOutcome | None:
-    if provider != PROVIDER:
-        return None
+def faber_backup_restore(context: RunContext, backup: BackupRecord) -> RestoreOutcome:
     with context.database.connect() as conn:
         major = conn.info.server_version // 10000
     return restore_archive(context, backup, find_client_dir(major), major)

@@ -51,9 +51,7 @@ def faber_migration_tools() -> list[ToolInfo]:
 
 
 @hookimpl
-def faber_migration_status(tool: str, context: RunContext) -> MigrationState | None:
-    if tool != TOOL:
-        return None
+def faber_migration_status(context: RunContext) -> MigrationState:
     with context.database.connect() as conn:
         exists = conn.execute("SELECT to_regclass('sqlfiles_migrations')").fetchone()[0]
         rows = conn.execute("SELECT name, checksum FROM sqlfiles_migrations ORDER BY name").fetchall() if exists else []
@@ -65,11 +63,7 @@ def faber_migration_status(tool: str, context: RunContext) -> MigrationState | N
 
 
 @hookimpl
-def faber_migration_preview(
-    tool: str, context: RunContext, pending: list[LocalMigration]
-) -> list[MigrationPreview] | None:
-    if tool != TOOL:
-        return None
+def faber_migration_preview(context: RunContext, pending: list[LocalMigration]) -> list[MigrationPreview]:
     sql = {m.name: text for m, text in _local(context)}
     return [
         MigrationPreview(name=m.name, sql=sql[m.name], estimated_duration_seconds=0.1, transactional=True)
@@ -78,9 +72,7 @@ def faber_migration_preview(
 
 
 @hookimpl
-def faber_migration_apply(tool: str, context: RunContext, pending: list[LocalMigration]) -> ApplyOutcome | None:
-    if tool != TOOL:
-        return None
+def faber_migration_apply(context: RunContext, pending: list[LocalMigration]) -> ApplyOutcome:
     sql = {m.name: text for m, text in _local(context)}
     outcome = ApplyOutcome()
     with context.database.connect(application_name="faber sqlfiles apply", migration_session=True) as conn:

@@ -492,23 +492,13 @@ class NodeHandler:
         return [ToolInfo(name=self.runner.name, description=self.description)]
 
     @hookimpl
-    def faber_migration_status(self, tool: str, context: RunContext) -> MigrationState | None:
-        if tool != self.runner.name:
-            return None
+    def faber_migration_status(self, context: RunContext) -> MigrationState:
         return read_state(self.runner, context, self.arguments(context))
 
     @hookimpl
-    def faber_migration_preview(
-        self, tool: str, context: RunContext, pending: list[LocalMigration]
-    ) -> list[MigrationPreview] | None:
-        if tool != self.runner.name:
-            return None
+    def faber_migration_preview(self, context: RunContext, pending: list[LocalMigration]) -> list[MigrationPreview]:
         return rehearse(self.runner, context, pending, self.arguments(context), extra_notes=self.preview_notes)
 
     @hookimpl
-    def faber_migration_apply(
-        self, tool: str, context: RunContext, pending: list[LocalMigration]
-    ) -> ApplyOutcome | None:
-        if tool != self.runner.name:
-            return None
+    def faber_migration_apply(self, context: RunContext, pending: list[LocalMigration]) -> ApplyOutcome:
         return apply(self.runner, context, pending, self.arguments(context))

@@ -1,4 +1,4 @@
-"""faber's hooks for Prisma: answers when the configured ``database.migration_tool`` is ``prisma``."""
+"""faber's hooks for Prisma, called when the configured ``database.migration_tool`` is ``prisma``."""
 
 from __future__ import annotations
 
@@ -15,38 +15,26 @@ def faber_migration_tools() -> list[ToolInfo]:
 
 
 @hookimpl
-def faber_migration_status(tool: str, context: RunContext) -> MigrationState | None:
-    if tool != TOOL:
-        return None
+def faber_migration_status(context: RunContext) -> MigrationState:
     return status.read_state(context)
 
 
 @hookimpl
-def faber_migration_preview(
-    tool: str, context: RunContext, pending: list[LocalMigration]
-) -> list[MigrationPreview] | None:
-    if tool != TOOL:
-        return None
+def faber_migration_preview(context: RunContext, pending: list[LocalMigration]) -> list[MigrationPreview]:
     return preview.preview(context, pending)
 
 
 @hookimpl
-def faber_migration_apply(tool: str, context: RunContext, pending: list[LocalMigration]) -> ApplyOutcome | None:
-    if tool != TOOL:
-        return None
+def faber_migration_apply(context: RunContext, pending: list[LocalMigration]) -> ApplyOutcome:
     return applier.apply_pending(context, pending)
 
 
 @hookimpl
-def faber_migration_dev(tool: str, context: RunContext) -> ApplyOutcome | None:
-    if tool != TOOL:
-        return None
+def faber_migration_dev(context: RunContext) -> ApplyOutcome | None:
     return cli.migrate_dev(context)
 
 
 @hookimpl
-def faber_migration_resolve(tool: str, context: RunContext, name: str, resolution: str) -> MigrationState | None:
-    if tool != TOOL:
-        return None
+def faber_migration_resolve(context: RunContext, name: str, resolution: str) -> MigrationState:
     applier.resolve(context, name, resolution)
     return status.read_state(context)

@@ -134,16 +134,3 @@ def test_status_reads_the_schema_named_in_the_url(prisma_project, prisma_context
         "SELECT to_regclass('app._prisma_migrations') IS NOT NULL, to_regclass('app.users') IS NOT NULL,"
         " to_regclass('public._prisma_migrations') IS NULL"
     ) == [(True, True, True)]
-
-
-def test_other_tools_get_no_answer(prisma_project, prisma_context):
-    from faber_prisma import plugin
-
-    context = prisma_context(prisma_project({"0001_init": INIT}))
-
-    assert plugin.faber_migration_status(tool="typeorm", context=context) is None
-    assert plugin.faber_migration_preview(tool="typeorm", context=context, pending=[]) is None
-    assert plugin.faber_migration_apply(tool="typeorm", context=context, pending=[]) is None
-    assert plugin.faber_migration_dev(tool="typeorm", context=context) is None
-    assert plugin.faber_migration_resolve(tool="typeorm", context=context, name="x", resolution="applied") is None
-    assert [t.name for t in plugin.faber_migration_tools()] == ["prisma"]

@@ -1,7 +1,7 @@
 """Hook implementations of the ``rds-snapshot`` backup provider; the work is in the modules beside.
 
-boto3 is imported only when a hook runs for ``rds-snapshot``, so ``faber --version`` and runs
-with other providers stay fast.
+faber calls these hooks only for ``rds-snapshot``; boto3 is imported only when one runs, so
+``faber --version`` and runs with other providers stay fast.
 """
 
 from __future__ import annotations
@@ -23,29 +23,21 @@ def faber_backup_providers() -> list[BackupProviderInfo]:
 
 
 @hookimpl
-def faber_backup_create(
-    provider: str, context: RunContext, reason: str, migrations: list[tuple[str, str | None]]
-) -> BackupRecord | None:
-    if provider != PROVIDER:
-        return None
+def faber_backup_create(context: RunContext, reason: str, migrations: list[tuple[str, str | None]]) -> BackupRecord:
     from faber_rds_backup import snapshots
 
     return snapshots.create(context, reason, migrations)
 
 
 @hookimpl
-def faber_backup_list(provider: str, context: RunContext) -> list[BackupRecord] | None:
-    if provider != PROVIDER:
-        return None
+def faber_backup_list(context: RunContext) -> list[BackupRecord]:
     from faber_rds_backup import snapshots
 
     return snapshots.list_backups(context)
 
 
 @hookimpl
-def faber_backup_restore(provider: str, context: RunContext, backup: BackupRecord) -> RestoreOutcome | None:
-    if provider != PROVIDER:
-        return None
+def faber_backup_restore(context: RunContext, backup: BackupRecord) -> RestoreOutcome:
     from faber_rds_backup import restore
 
     return restore.restore(context, backup)

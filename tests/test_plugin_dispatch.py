@@ -1,0 +1,116 @@
+"""Per-step hooks go to the plugin that declared the tool or provider name, and to no other."""
+
+from __future__ import annotations
+
+import pytest
+
+from faber_core import hookimpl
+from faber_core.config import config_file
+from faber_core.errors import PluginError
+from faber_core.models import BackupProviderInfo, MigrationPreview, MigrationState, ToolInfo
+from faber_core.testing import sqlfiles
+
+USERS = "CREATE TABLE users (id bigint PRIMARY KEY);"
+POSTS = "CREATE TABLE posts (id bigint PRIMARY KEY);"
+
+
+def use_tool(project_dir, tool: str) -> None:
+    path = config_file(project_dir)
+    path.write_text(path.read_text().replace(f'"{sqlfiles.TOOL}"', f'"{tool}"'))
+
+
+class Impostor:
+    """Declares names of its own, and answers every per-step hook first, for any name, with nothing."""
+
+    @hookimpl
+    def faber_migration_tools(self):
+        return [ToolInfo(name="impostor")]
+
+    @hookimpl
+    def faber_backup_providers(self):
+        return [BackupProviderInfo(name="impostor-backup")]
+
+    @hookimpl(tryfirst=True)
+    def faber_migration_status(self, context):
+        return MigrationState(tool="impostor", local=[], records=[])
+
+    @hookimpl(tryfirst=True)
+    def faber_migration_preview(self, context, pending):
+        return []
+
+    @hookimpl(tryfirst=True)
+    def faber_backup_list(self, context):
+        return []
+
+
+def test_a_plugin_answering_first_for_every_name_cannot_take_over_another_plugins_name(plugins, project, context_for):
+    context = context_for(project({"001_users": USERS, "002_posts": POSTS}))
+    state = plugins.migration_status(context)
+    plugins.migration_apply(context, state.pending_migrations()[:1])
+    backup = plugins.backup_create(context, "before", [])
+
+    plugins.pm.register(Impostor(), name="impostor")
+    state = plugins.migration_status(context)
+
+    assert state.tool == sqlfiles.TOOL and state.pending == ["002_posts"]
+    assert [p.name for p in plugins.migration_preview(context, state.pending_migrations())] == ["002_posts"]
+    assert [b.id for b in plugins.backup_list(context)] == [backup.id]
+
+
+class PreviewsTheWrongMigrations:
+    @hookimpl
+    def faber_migration_tools(self):
+        return [ToolInfo(name="sloppy")]
+
+    @hookimpl
+    def faber_migration_status(self, context):
+        return sqlfiles.faber_migration_status(context).model_copy(update={"tool": "sloppy"})
+
+    @hookimpl
+    def faber_migration_preview(self, context, pending):
+        return [MigrationPreview(name=m.name, sql="", estimated_duration_seconds=0) for m in reversed(pending)]
+
+
+def test_previews_that_do_not_match_the_pending_list_are_a_plugin_error(plugins, project, context_for):
+    project_dir = project({"001_users": USERS, "002_posts": POSTS})
+    plugins.pm.unregister(name="sqlfiles")
+    plugins.pm.register(PreviewsTheWrongMigrations(), name="sloppy")
+    use_tool(project_dir, "sloppy")
+    context = context_for(project_dir)
+    pending = plugins.migration_status(context).pending_migrations()
+
+    with pytest.raises(PluginError) as raised:
+        plugins.migration_preview(context, pending)
+
+    assert "described ['002_posts', '001_users'] for the pending migrations ['001_users', '002_posts']" in (
+        raised.value.message
+    )
+    with pytest.raises(PluginError) as raised:
+        plugins.migration_apply(context, pending)
+    assert raised.value.message == (
+        "sloppy declares the migration tool 'sloppy' but does not implement faber_migration_apply"
+    )
+
+
+class TwoTools:
+    """One plugin, two tool names: the hooks that take ``tool`` learn which one was configured."""
+
+    seen: list[str] = []
+
+    @hookimpl
+    def faber_migration_tools(self):
+        return [ToolInfo(name="first"), ToolInfo(name="second")]
+
+    @hookimpl
+    def faber_migration_status(self, tool, context):
+        self.seen.append(tool)
+        return MigrationState(tool=tool, local=[], records=[])
+
+
+def test_a_plugin_declaring_several_tools_is_told_which_one(plugins, project, context_for):
+    project_dir = project({})
+    plugins.pm.register(TwoTools(), name="two-tools")
+    use_tool(project_dir, "second")
+
+    assert plugins.migration_status(context_for(project_dir)).tool == "second"
+    assert TwoTools.seen == ["second"]
