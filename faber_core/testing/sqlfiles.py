@@ -12,9 +12,7 @@ import time
 import psycopg
 
 from faber_core import hookimpl
-from faber_core.backup.writes import Measurement, measured_transaction
 from faber_core.context import RunContext
-from faber_core.migration_files import decode_sql, read_migration_file
 from faber_core.models import (
     AppliedMigration,
     ApplyOutcome,
@@ -25,6 +23,8 @@ from faber_core.models import (
     MigrationState,
     ToolInfo,
 )
+from faber_core.support.files import decode_sql, read_migration_file
+from faber_core.support.sessions import Measurement, measured_transaction
 
 TOOL = "sqlfiles"
 BOOKKEEPING = "CREATE TABLE IF NOT EXISTS sqlfiles_migrations (name text PRIMARY KEY, checksum text NOT NULL)"
@@ -32,7 +32,7 @@ BOOKKEEPING = "CREATE TABLE IF NOT EXISTS sqlfiles_migrations (name text PRIMARY
 
 def _local(context: RunContext) -> list[tuple[LocalMigration, str]]:
     """Each ``migrations/*.sql`` with its SQL (none without the folder: it is not configurable);
-    files are checked as every handler should (:mod:`faber_core.migration_files`)."""
+    files are checked as every handler should (:mod:`faber_core.support.files`)."""
     directory = context.project_dir / "migrations"
     if not directory.is_dir():
         return []

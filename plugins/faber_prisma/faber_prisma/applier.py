@@ -15,12 +15,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 import psycopg
-from faber_core.backup.writes import Measurement, measured_transaction, run_measured_script
 from faber_core.context import RunContext
 from faber_core.errors import ConfigError, MigrationFailed
 from faber_core.models import AppliedMigration, ApplyOutcome, LocalMigration, MigrationFailure, MigrationRecord
-from faber_core.postgres.locks import advisory_lock
-from faber_core.postgres.sql import is_transactional, split_statements
+from faber_core.support.sessions import Measurement, advisory_lock, measured_transaction, run_measured_script
+from faber_core.support.sql import is_transactional, split_statements
 from pglast.parser import ParseError
 from psycopg import sql
 

@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from faber_core.context import RunContext
 from faber_core.models import AppliedMigration, ApplyOutcome, MigrationFailure, MigrationState
-from faber_core.processes import ToolRun, child_environment, run_tool, spawn, supervised
+from faber_core.support.programs import ToolRun, child_environment, run_tool, spawn, supervised
 
 from faber_prisma.status import read_state
 

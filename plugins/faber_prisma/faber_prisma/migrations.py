@@ -6,7 +6,7 @@ a migration too (``migrate status`` lists it as pending, ``migrate deploy`` stop
 P3015), so it is listed here with no script and :func:`require_scripts` refuses to apply it.
 
 Each migration folder must resolve inside the migrations folder and its ``migration.sql`` inside
-the migration folder, a regular file of UTF-8 text (:mod:`faber_core.migration_files`); the
+the migration folder, a regular file of UTF-8 text (:mod:`faber_core.support.files`); the
 migrations folder itself may live anywhere the config points, symlinked or not.
 """
 
@@ -18,8 +18,8 @@ from pathlib import Path
 
 from faber_core.context import RunContext
 from faber_core.errors import ConfigError
-from faber_core.migration_files import decode_sql, inside, migrations_folder, read_migration_file
 from faber_core.models import LocalMigration
+from faber_core.support.files import decode_sql, inside, migrations_folder, read_migration_file
 
 DEFAULT_MIGRATIONS_DIR = "prisma/migrations"
 SCRIPT_NAME = "migration.sql"

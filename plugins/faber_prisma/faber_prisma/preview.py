@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from faber_core.context import RunContext
 from faber_core.models import LocalMigration, MigrationPreview
-from faber_core.postgres.estimate import estimate_seconds
-from faber_core.postgres.sql import is_transactional
+from faber_core.support.sql import estimate_seconds, is_transactional
 from pglast.parser import ParseError
 
 from faber_prisma.migrations import SCRIPT_NAME, MigrationFolder, read_migrations

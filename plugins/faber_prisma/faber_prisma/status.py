@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 from faber_core.context import RunContext
 from faber_core.models import LocalMigration, MigrationRecord, MigrationState
-from faber_core.postgres.locks import blocked_read_error
+from faber_core.support.sessions import blocked_read_error
 
 from faber_prisma import TOOL
 from faber_prisma.history import History

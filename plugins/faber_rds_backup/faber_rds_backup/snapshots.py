@@ -12,10 +12,10 @@ import datetime as dt
 import re
 from pathlib import Path
 
-from faber_core.backup import store
 from faber_core.context import RunContext
 from faber_core.errors import BackupFailed
 from faber_core.models import BackupRecord
+from faber_core.support import backups
 
 from faber_rds_backup import naming
 from faber_rds_backup.aws import ALREADY_EXISTS, aws_failure, rds_client
@@ -140,8 +140,8 @@ def _record(
 
 
 def _write_manifest(context: RunContext, record: BackupRecord) -> None:
-    directory = store.private_backup_dir(context)
-    store.write_manifest(
+    directory = backups.private_backup_dir(context)
+    backups.write_manifest(
         directory / f"{record.id}.json", context.redactor.redact(record.model_dump_json(indent=2)) + "\n"
     )
 

@@ -1,0 +1,35 @@
+"""For backup providers: the crash-safe manifest store under ``.faber/backups/<env>/`` and the
+SQL that empties a database before a logical restore.
+
+The store makes a backup visible only when it is whole (archive and manifest written as partial
+files, fsynced, renamed), keeps every file private (0600 in a 0700 folder), and locks the archive
+a running deploy took or a restore reads, so that :func:`prune` never deletes it.
+"""
+
+from faber_core.backup.restore import restore_prelude
+from faber_core.backup.store import (
+    backup_dir,
+    hold_for_run,
+    private_backup_dir,
+    prune,
+    read_backups,
+    reading,
+    remove_leftovers,
+    reserve,
+    seal_archive,
+    write_manifest,
+)
+
+__all__ = [
+    "backup_dir",
+    "hold_for_run",
+    "private_backup_dir",
+    "prune",
+    "read_backups",
+    "reading",
+    "remove_leftovers",
+    "reserve",
+    "restore_prelude",
+    "seal_archive",
+    "write_manifest",
+]
