@@ -1,4 +1,4 @@
-"""faber's hooks for plain SQL migrations: each answers for the tool ``plainsql`` only."""
+"""faber's hooks for plain SQL migrations; faber calls them only for the tool this plugin declares."""
 
 from __future__ import annotations
 
@@ -16,30 +16,20 @@ def faber_migration_tools() -> list[ToolInfo]:
 
 
 @hookimpl
-def faber_migration_status(tool: str, context: RunContext) -> MigrationState | None:
-    if tool != TOOL:
-        return None
+def faber_migration_status(context: RunContext) -> MigrationState:
     return applier.read_state(context)
 
 
 @hookimpl
-def faber_migration_preview(
-    tool: str, context: RunContext, pending: list[LocalMigration]
-) -> list[MigrationPreview] | None:
-    if tool != TOOL:
-        return None
+def faber_migration_preview(context: RunContext, pending: list[LocalMigration]) -> list[MigrationPreview]:
     return preview(context, pending)
 
 
 @hookimpl
-def faber_migration_apply(tool: str, context: RunContext, pending: list[LocalMigration]) -> ApplyOutcome | None:
-    if tool != TOOL:
-        return None
+def faber_migration_apply(context: RunContext, pending: list[LocalMigration]) -> ApplyOutcome:
     return applier.apply(context, pending)
 
 
 @hookimpl
-def faber_migration_resolve(tool: str, context: RunContext, name: str, resolution: str) -> MigrationState | None:
-    if tool != TOOL:
-        return None
+def faber_migration_resolve(context: RunContext, name: str, resolution: str) -> MigrationState:
     return applier.resolve(context, name, resolution)
