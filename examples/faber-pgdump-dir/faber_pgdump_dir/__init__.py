@@ -1,0 +1,3 @@
+"""An example faber backup provider: ``pg_dump -Fd -j 2`` into ``.faber/pgdump-dir/<env>/``."""
+
+PROVIDER = "pgdump-dir"

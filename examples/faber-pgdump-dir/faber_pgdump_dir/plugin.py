@@ -1,0 +1,29 @@
+"""faber's hooks for the ``pgdump-dir`` backup provider; faber calls them only for that provider."""
+
+from __future__ import annotations
+
+from faber_core import hookimpl
+from faber_core.context import RunContext
+from faber_core.models import BackupProviderInfo, BackupRecord, RestoreOutcome
+
+from faber_pgdump_dir import PROVIDER, archives
+
+
+@hookimpl
+def faber_backup_providers() -> list[BackupProviderInfo]:
+    return [BackupProviderInfo(name=PROVIDER, description="pg_dump directory archives (-Fd -j 2) in .faber/pgdump-dir")]
+
+
+@hookimpl
+def faber_backup_create(context: RunContext, reason: str, migrations: list[tuple[str, str | None]]) -> BackupRecord:
+    return archives.create(context, reason, migrations)
+
+
+@hookimpl
+def faber_backup_list(context: RunContext) -> list[BackupRecord]:
+    return archives.list_backups(context)
+
+
+@hookimpl
+def faber_backup_restore(context: RunContext, backup: BackupRecord) -> RestoreOutcome:
+    return archives.restore(context, backup)

@@ -1,0 +1,65 @@
+"""The pgdump-dir provider through the real ``faber`` command on a real PostgreSQL: a deploy backs
+up in directory format, a rollback brings the database back whole, a broken archive changes nothing."""
+
+from __future__ import annotations
+
+USERS = "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL);\n"
+ORDERS = "CREATE TABLE orders (id bigint PRIMARY KEY, user_id bigint REFERENCES users (id));\n"
+
+
+def faber(run_faber, project, env, *args):
+    return run_faber(*args, "--json", "--cwd", str(project), env=env)
+
+
+def rollback_to(run_faber, project, env, backup_id):
+    return faber(run_faber, project, env, "rollback", "production", "--to", backup_id, "--yes", "--discard-app-writes")
+
+
+def test_a_deploy_backs_up_in_directory_format_and_lists_it(pgdump_dir_project, run_faber):
+    project, env = pgdump_dir_project({"001_users": USERS})
+
+    deploy = faber(run_faber, project, env, "migrate", "production", "--yes")
+    listing = faber(run_faber, project, env, "backups", "production")
+
+    assert deploy.returncode == 0, deploy.output
+    backup_id = deploy.json["result"]["backup_id"]
+    archive = project / ".faber/pgdump-dir/production" / backup_id
+    assert (archive / "toc.dat").is_file()  # pg_dump's directory format
+    assert oct((archive.parent).stat().st_mode & 0o777) == "0o700"
+    assert [b["id"] for b in listing.json["result"]["backups"]] == [backup_id]
+    assert listing.json["result"]["backups"][0]["provider"] == "pgdump-dir"
+
+
+def test_a_rollback_brings_back_the_backup_and_keeps_fabers_history(pgdump_dir_project, run_faber, query):
+    project, env = pgdump_dir_project({"001_users": USERS})
+    assert faber(run_faber, project, env, "migrate", "production", "--yes").returncode == 0
+    query("INSERT INTO users VALUES (1, 'a@example.com')")
+    backup = faber(run_faber, project, env, "backup", "production")
+    backup_id = backup.json["result"]["id"]
+    (project / "migrations/002_orders.sql").write_text(ORDERS)
+    assert faber(run_faber, project, env, "migrate", "production", "--yes").returncode == 0
+    query("INSERT INTO users VALUES (2, 'b@example.com'); INSERT INTO orders VALUES (1, 2)")
+    deploys_before = query("SELECT count(*) FROM faber.faber_deployments")[0][0]
+
+    rollback = rollback_to(run_faber, project, env, backup_id)
+
+    assert rollback.returncode == 0, rollback.output
+    assert query("SELECT to_regclass('orders')") == [(None,)]
+    assert query("SELECT id, email FROM users") == [(1, "a@example.com")]
+    assert query("SELECT name FROM sqlfiles_migrations") == [("001_users",)]
+    assert query("SELECT count(*) FROM faber.faber_deployments")[0][0] > deploys_before  # faber's schema kept
+
+
+def test_a_broken_archive_fails_the_rollback_and_changes_nothing(pgdump_dir_project, run_faber, query):
+    project, env = pgdump_dir_project({"001_users": USERS})
+    assert faber(run_faber, project, env, "migrate", "production", "--yes").returncode == 0
+    backup_id = faber(run_faber, project, env, "backup", "production").json["result"]["id"]
+    query("INSERT INTO users VALUES (1, 'kept@example.com')")
+    archive = project / ".faber/pgdump-dir/production" / backup_id
+    (archive / "toc.dat").write_bytes(b"not an archive")
+
+    rollback = rollback_to(run_faber, project, env, backup_id)
+
+    assert rollback.returncode == 8, rollback.output
+    assert "nothing was changed" in rollback.json["error"]
+    assert query("SELECT id, email FROM users") == [(1, "kept@example.com")]
