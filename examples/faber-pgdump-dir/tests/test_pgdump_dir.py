@@ -3,6 +3,8 @@ up in directory format, a rollback brings the database back whole, a broken arch
 
 from __future__ import annotations
 
+from faber_core.testing.fixtures import CANARY_PASSWORD
+
 USERS = "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL);\n"
 ORDERS = "CREATE TABLE orders (id bigint PRIMARY KEY, user_id bigint REFERENCES users (id));\n"
 
@@ -28,6 +30,10 @@ def test_a_deploy_backs_up_in_directory_format_and_lists_it(pgdump_dir_project, 
     assert oct((archive.parent).stat().st_mode & 0o777) == "0o700"
     assert [b["id"] for b in listing.json["result"]["backups"]] == [backup_id]
     assert listing.json["result"]["backups"][0]["provider"] == "pgdump-dir"
+    # the URL's password reaches pg_dump only in its environment: never an output, never a file
+    assert CANARY_PASSWORD not in deploy.output + listing.output
+    files = [path for path in (project / ".faber").rglob("*") if path.is_file()]
+    assert files and not [path for path in files if CANARY_PASSWORD.encode() in path.read_bytes()]
 
 
 def test_a_rollback_brings_back_the_backup_and_keeps_fabers_history(pgdump_dir_project, run_faber, query):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from faber_core.testing.fixtures import CANARY_PASSWORD
+
 USERS = "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL);\n"
 ORDERS = "CREATE TABLE orders (id bigint PRIMARY KEY, user_id bigint REFERENCES users (id));\n"
 INDEX = "CREATE INDEX CONCURRENTLY users_email ON users (email);\n"
@@ -57,6 +59,7 @@ def test_a_failed_migration_outside_a_transaction_is_recorded_and_resolvable(pla
     status = run_faber("status", "production", "--json", "--cwd", str(project), env=env)
 
     assert failed.returncode == 6, failed.output
+    assert CANARY_PASSWORD not in failed.output  # the database error passed through the redactor
     assert failed.json["result"]["transaction_rolled_back"] is False
     assert ("V2__indexes", "failed") in history(query)
     assert status.returncode == 6 and status.json["result"]["failed"] == ["V2__indexes"]
