@@ -43,6 +43,10 @@ if TYPE_CHECKING:
     Approver: TypeAlias = Callable[[str], bool]
     Listener: TypeAlias = Callable[[AuditEvent], None]
     Body: TypeAlias = Callable[[RunContext, Plugins], Success]
+    from faber_core.fleet import FleetOptions, Runner
+    from faber_core.targets import Target
+
+    FleetBody: TypeAlias = Callable[[Runner, Plugins], Success]
 
 # Importing this module stays cheap (``faber --help`` imports it): each function imports what it runs.
 
@@ -76,6 +80,8 @@ def deploy(
     approver: Approver | None = None,
     rehearse: bool = False,
     skip_staging_proof: bool = False,
+    concurrency: int | None = None,
+    shard: str | None = None,
     progress: TextIO | None = None,
     listeners: Iterable[Listener] = (),
 ) -> Document:
@@ -83,7 +89,11 @@ def deploy(
 
     ``yes`` approves a protected environment up front; otherwise ``approver(question)`` is asked,
     and without an approver a deploy that needs approval stops with ``APPROVAL_REQUIRED``.
+
+    On a fleet environment (docs/fleet.md) every target not up to date is deployed, at most
+    ``concurrency`` at once; ``shard`` (``"I/N"``) takes this process's share of the targets.
     """
+    from faber_core import fleet
     from faber_core.workflow import DeployOptions
     from faber_core.workflow import migrate as run_migrate
 
@@ -103,21 +113,33 @@ def deploy(
         working_directory=working_directory,
         progress=progress,
         listeners=listeners,
+        fleet=lambda runner, plugins: fleet.deploy(runner, plugins, options),
+        fleet_options=_fleet_options(concurrency, shard),
     )
+
+
+def _fleet_options(concurrency: int | None, shard: str | None) -> FleetOptions:
+    from faber_core.fleet import FleetOptions
+
+    return FleetOptions(concurrency=concurrency, shard=shard)
 
 
 def status(
     environment: str,
     *,
     working_directory: str | Path | None = None,
+    concurrency: int | None = None,
+    shard: str | None = None,
     progress: TextIO | None = None,
     listeners: Iterable[Listener] = (),
 ) -> Document:
     """``faber status ENV``: applied, pending, failed and edited migrations.
 
     A migration recorded as failed makes it an error document (``MIGRATION_FAILED``, exit 6)
-    with the same ``result``, so CI notices a database that no deploy can go on from.
+    with the same ``result``, so CI notices a database that no deploy can go on from. On a fleet
+    environment: one row per target (docs/fleet.md).
     """
+    from faber_core import fleet
     from faber_core.errors import MigrationFailed
     from faber_core.results import Success
     from faber_core.workflow import read_status
@@ -147,7 +169,14 @@ def status(
         )
 
     return run_command(
-        STATUS, environment, body, working_directory=working_directory, progress=progress, listeners=listeners
+        STATUS,
+        environment,
+        body,
+        working_directory=working_directory,
+        progress=progress,
+        listeners=listeners,
+        fleet=lambda runner, plugins: fleet.status(runner),
+        fleet_options=_fleet_options(concurrency, shard),
     )
 
 
@@ -545,24 +574,61 @@ def run_command(
     working_directory: str | Path | None = None,
     progress: TextIO | None = None,
     listeners: Iterable[Listener] = (),
+    fleet: FleetBody | None = None,
+    fleet_options: FleetOptions | None = None,
 ) -> Document:
-    """Open ``environment``'s context in the project, run ``body`` on it, and return its document."""
-    from faber_core.context import open_context, resolve_project_dir
+    """Open ``environment``'s context in the project, run ``body`` on it, and return its document.
+
+    A command that also runs on a whole fleet (docs/fleet.md) passes ``fleet``: on a fleet
+    environment it runs instead, and its runner runs ``body``-like commands on each target.
+    """
+    from faber_core.context import resolve_project_dir
+    from faber_core.fleet import FleetOptions, FleetProgress, Runner, open_fleet
     from faber_core.plugins import Plugins
-    from faber_core.render import ProgressPrinter
 
     def opened(run: _Run) -> Success:
         project = resolve_project_dir(working_directory)
         plugins_ = Plugins()
-        # The run's redactor, so that errors raised while the URL is parsed are masked too.
-        run.context = context = open_context(project, environment, operation, redactor=run.redactor)
-        plugins_.check_config(context)  # every name the config uses is installed, before anything runs
-        if progress is not None:
-            context.listeners.append(ProgressPrinter(progress, context.redactor))
-        context.listeners += [*listeners, plugins_.audit_listener(context)]
-        return body(context, plugins_)
+        # The run's redactor learns every target's URL before the first target starts.
+        found = open_fleet(project, environment, run.redactor, fleet_options or FleetOptions()) if fleet else None
+        if found is None or fleet is None:
+            return _run_body(run, project, plugins_, operation, environment, body, progress, listeners)
+
+        def run_target(operation_: str, target: Target, body_: Body) -> Document:
+            name = f"{environment}/{target.name}"
+            return _execute(
+                operation_,
+                name,
+                lambda run_: _run_body(run_, project, plugins_, operation_, name, body_, None, listeners, target),
+                redactor=run.redactor,
+            )
+
+        return fleet(Runner(found, run_target, FleetProgress(progress, run.redactor)), plugins_)
 
     return _execute(operation, environment, opened)
+
+
+def _run_body(
+    run: _Run,
+    project: Path,
+    plugins: Plugins,
+    operation: str,
+    environment: str,
+    body: Body,
+    progress: TextIO | None,
+    listeners: Iterable[Listener],
+    target: Target | None = None,
+) -> Success:
+    from faber_core.context import open_context
+    from faber_core.render import ProgressPrinter
+
+    # The run's redactor, so that errors raised while the URL is parsed are masked too.
+    run.context = context = open_context(project, environment, operation, redactor=run.redactor, target=target)
+    plugins.check_config(context)  # every name the config uses is installed, before anything runs
+    if progress is not None:
+        context.listeners.append(ProgressPrinter(progress, context.redactor))
+    context.listeners += [*listeners, plugins.audit_listener(context)]
+    return body(context, plugins)
 
 
 def run_guarded(operation: str, environment: str | None, body: Callable[[], Success]) -> Document:
@@ -576,13 +642,18 @@ class _Run:
     context: RunContext | None = None
 
 
-def _execute(operation: str, environment: str | None, action: Callable[[_Run], Success]) -> Document:
-    """Run ``action`` under the command's span; every failure becomes an error document with its exit code."""
+def _execute(
+    operation: str, environment: str | None, action: Callable[[_Run], Success], redactor: Redactor | None = None
+) -> Document:
+    """Run ``action`` under the command's span; every failure becomes an error document with its exit code.
+
+    ``redactor``: a fleet's, shared by its targets (it knows every target's URL).
+    """
     from faber_core.results import ErrorDocument
     from faber_core.secrets import Redactor
     from faber_core.telemetry import command_span, record_outcome
 
-    run = _Run(Redactor())
+    run = _Run(redactor or Redactor())
     with command_span(operation, environment) as span:
         try:
             document: Document = action(run)

@@ -81,6 +81,24 @@ CwdOption = Annotated[
     ),
 ]
 YesFlag = Annotated[bool, typer.Option("--yes", "-y", help="Approve without a prompt (for CI).")]
+ConcurrencyOption = Annotated[
+    int | None,
+    typer.Option(
+        "--concurrency",
+        min=1,
+        metavar="N",
+        help="Fleet environments: targets at once (default 4; docs/fleet.md).",
+    ),
+]
+ShardOption = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        metavar="I/N",
+        help="Fleet environments: take shard I of N of the targets (default: $JOB_COMPLETION_INDEX of "
+        "$JOB_COMPLETIONS in a Kubernetes Indexed Job, else all).",
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -152,12 +170,14 @@ def migrate(
             help="Deploy migrations not proven in the requires_success_in environment (recorded in the audit trail).",
         ),
     ] = False,
+    concurrency: ConcurrencyOption = None,
+    shard: ShardOption = None,
     json_output: JsonFlag = False,
     cwd: CwdOption = None,
 ) -> None:
     """Apply pending migrations to ENVIRONMENT.
 
-    Health check, backup (protected environments), approval, apply each migration, health check again, verify. On failure in an auto-rollback environment the backup is restored and verified.
+    Health check, backup (protected environments), approval, apply each migration, health check again, verify. On failure in an auto-rollback environment the backup is restored and verified. On a fleet environment (targets in the config), every target not up to date, wave by wave (docs/fleet.md).
 
     Exit codes: 0 ok, 2 invalid input/config, 3 health check failed, 4 backup failed, 5 approval missing, 6 migration failed, 7 locked, 8 restore failed, 9 lint blocked, 10 staging proof missing, 11 preflight blocked.
     """  # noqa: E501
@@ -171,15 +191,24 @@ def migrate(
         approver=_approver(),
         rehearse=rehearse,
         skip_staging_proof=skip_staging_proof,
+        concurrency=concurrency,
+        shard=shard,
         progress=sys.stderr,
     )
     _finish(document, json_output)
 
 
 @command()
-def status(environment: Environment, json_output: JsonFlag = False, cwd: CwdOption = None) -> None:
-    """Show applied, pending, failed and edited migrations of ENVIRONMENT."""
-    _finish(api.status(environment, working_directory=cwd, progress=sys.stderr), json_output)
+def status(
+    environment: Environment,
+    concurrency: ConcurrencyOption = None,
+    shard: ShardOption = None,
+    json_output: JsonFlag = False,
+    cwd: CwdOption = None,
+) -> None:
+    """Show applied, pending, failed and edited migrations of ENVIRONMENT (of a fleet: one row per target)."""
+    document = api.status(environment, working_directory=cwd, concurrency=concurrency, shard=shard, progress=sys.stderr)
+    _finish(document, json_output)
 
 
 @command()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -83,6 +84,106 @@ class LockRetrySettings(BaseModel):
         description="Wait before the first retry; doubles on each retry, half of it random (jitter).",
     )
     max_backoff_seconds: float = Field(10.0, ge=0, le=3600, description="Upper bound of one wait between attempts.")
+
+
+TARGET_NAME = _ENVIRONMENT_NAME
+"""A fleet's target names follow environment names: ``ENV/TARGET`` names one target, and its backups
+live under ``.faber/backups/ENV/TARGET/``."""
+_VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def _variable_name(value: str | None) -> str | None:
+    if value is not None and not _VARIABLE_NAME.match(value):
+        raise ValueError(f"{value!r} is not an environment variable name (letters, digits and '_')")
+    return value
+
+
+class CatalogTargets(BaseModel):
+    """Targets listed by a query against a catalog database (docs/fleet.md)."""
+
+    model_config = _STRICT
+
+    url_env: str = Field(description="Name of the environment variable holding the catalog database's URL.")
+    query: str = Field(
+        min_length=1,
+        description="SQL returning one row per target: its name, then the name of the environment variable "
+        "holding its URL. Run in a read-only transaction.",
+    )
+
+    @field_validator("url_env")
+    @classmethod
+    def _url_env_is_a_name(cls, value: str) -> str:
+        return _variable_name(value) or value
+
+
+class TargetsSettings(BaseModel):
+    """Where a fleet environment finds its databases; exactly one source (docs/fleet.md)."""
+
+    model_config = _STRICT
+
+    urls_env: str | None = Field(
+        None,
+        description="Name of an environment variable holding one database URL per line, "
+        "each optionally preceded by the target's name and a space (default name: the database name).",
+    )
+    file: str | None = Field(
+        None,
+        description="File in the project with one target per line: its name, a space, and the name of the "
+        "environment variable holding its URL. '#' starts a comment line.",
+    )
+    catalog: CatalogTargets | None = None
+
+    @field_validator("urls_env")
+    @classmethod
+    def _urls_env_is_a_name(cls, value: str | None) -> str | None:
+        return _variable_name(value)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TargetsSettings:
+        given = [name for name in ("urls_env", "file", "catalog") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of urls_env, file or catalog (given: {', '.join(given) or 'none'})")
+        return self
+
+
+class RolloutSettings(BaseModel):
+    """The order in which a fleet is deployed: a canary, then waves, each gated on the one before."""
+
+    model_config = _STRICT
+
+    canary: int = Field(0, ge=0, le=10_000, description="Targets deployed first, in a wave of their own.")
+    waves: list[str] = Field(
+        default_factory=lambda: ["100%"],
+        min_length=1,
+        max_length=100,
+        description='After the canary, the share of the fleet deployed by the end of each wave, e.g. ["10%", "100%"]; '
+        "increasing, the last one 100%. A wave starts only when every target before it succeeded.",
+    )
+    on_failure: Literal["stop", "continue"] = Field(
+        "stop",
+        description="stop: after a target fails, no other target starts (running ones finish). continue: the other "
+        "targets of the failed target's wave still run. Either way, no later wave starts.",
+    )
+
+    @field_validator("waves")
+    @classmethod
+    def _increasing_percentages(cls, value: list[str]) -> list[str]:
+        percents = [_percent(wave) for wave in value]
+        if any(later <= earlier for earlier, later in zip(percents, percents[1:], strict=False)):
+            raise ValueError(f"waves must increase: {', '.join(value)}")
+        if percents[-1] != 100:
+            raise ValueError("the last wave must be 100%, or some targets would never be deployed")
+        return value
+
+    def percentages(self) -> list[int]:
+        return [_percent(wave) for wave in self.waves]
+
+
+def _percent(wave: str) -> int:
+    match = re.fullmatch(r"([0-9]{1,3})%", wave)
+    if match is None or not 1 <= int(match[1]) <= 100:
+        raise ValueError(f"{wave!r} is not a share of the fleet such as 10% (1% to 100%)")
+    return int(match[1])
 
 
 class EnvironmentSettings(BaseModel):
@@ -177,6 +278,12 @@ class EnvironmentSettings(BaseModel):
         description="An environment (e.g. staging) in which every pending migration, with the same checksum, "
         "must have been deployed successfully first.",
     )
+    targets: TargetsSettings | None = Field(
+        None,
+        description="Makes the environment a fleet of databases (database per tenant, shards) instead of one "
+        "database_url_env: faber migrate deploys each target (docs/fleet.md).",
+    )
+    rollout: RolloutSettings | None = Field(None, description="A fleet's canary, waves and failure policy.")
     restore_with_app_writes: Literal["refuse", "warn", "allow"] | None = Field(
         None,
         description="When rows were written since the backup by anything but faber's migrations (the application), "
@@ -184,6 +291,14 @@ class EnvironmentSettings(BaseModel):
         "commands, and `faber rollback` needs --discard-app-writes. warn: restore and report what was discarded. "
         "allow: restore. Default: refuse in protected environments, warn elsewhere.",
     )
+
+    @model_validator(mode="after")
+    def _one_database_or_a_fleet(self) -> EnvironmentSettings:
+        if self.targets is not None and self.database_url_env is not None:
+            raise ValueError("give database_url_env (one database) or targets (a fleet), not both")
+        if self.rollout is not None and self.targets is None:
+            raise ValueError("rollout orders the targets of a fleet: set targets too")
+        return self
 
     def resolved(self, name: str) -> EnvironmentSettings:
         """A copy with every unset setting filled in from the defaults for ``name``."""
@@ -399,6 +514,8 @@ def _known_keys(location: tuple[Any, ...]) -> list[str]:
             if field is None:
                 return []
             annotation = field.annotation
+            if isinstance(annotation, types.UnionType):  # an optional section: ``RolloutSettings | None``
+                annotation = next((arg for arg in typing.get_args(annotation) if arg is not type(None)), None)
         else:  # dict[str, Model]: the key is a name the user chose
             annotation = typing.get_args(annotation)[-1] if typing.get_args(annotation) else None
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):

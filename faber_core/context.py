@@ -22,6 +22,8 @@ from faber_core.secrets import Redactor, Secret
 if TYPE_CHECKING:
     import psycopg
 
+    from faber_core.targets import Target
+
 STATE_DIR = ".faber"
 
 # libpq's connection parameters and the environment variables that carry them to subprocesses.
@@ -326,6 +328,21 @@ class RunContext:
         return event
 
 
+def _fleet_target(
+    project_dir: Path, fleet: str, settings: EnvironmentSettings, name: str, redactor: Redactor
+) -> Target:
+    """The one target a command on ``FLEET/TARGET`` runs on; a fleet named alone is refused here
+    (``faber migrate`` and ``faber status`` run on a whole fleet before they get here)."""
+    from faber_core.targets import find_target
+
+    if not name:
+        raise ConfigError(
+            f"Environment {fleet} is a fleet of databases: name one target, as {fleet}/TARGET",
+            suggestions=[f"List its targets with: faber status {fleet}"],
+        )
+    return find_target(project_dir, fleet, settings, name, redactor)
+
+
 def resolve_project_dir(cwd: str | Path | None, *, discover: bool = True) -> Path:
     """``--cwd``, else ``FABER_DB_CWD``, else the nearest directory holding the config, from here up.
 
@@ -378,18 +395,32 @@ def open_context(
     *,
     listeners: list[Callable[[AuditEvent], None]] | None = None,
     redactor: Redactor | None = None,
+    target: Target | None = None,
 ) -> RunContext:
     """Load the config, resolve the environment and its database URL into a :class:`RunContext`.
 
     ``redactor`` (the caller's, so that its error output is covered too) learns the URL before
-    anything parses it.
+    anything parses it. In a fleet (docs/fleet.md) ``environment`` is ``FLEET/TARGET``; the caller
+    may pass the ``target`` it has already found.
     """
     from faber_core.config import EMBEDDED_ENVIRONMENT, load_config
 
     config = load_config(project_dir)
-    settings = config.environment(environment)
+    fleet, slash, target_name = environment.partition("/")
+    settings = config.environment(fleet)
     redactor = redactor if redactor is not None else Redactor()
-    if settings.database_url_env:
+    if settings.targets is not None:
+        if target is None:
+            target = _fleet_target(project_dir, fleet, settings, target_name, redactor)
+        value, source = target.url.reveal(), target.source
+        # A target deploys with the fleet's settings, as one database of its own.
+        settings = settings.model_copy(update={"database_url_env": target.url_env, "targets": None, "rollout": None})
+    elif slash:
+        raise ConfigError(
+            f"Environment {fleet} is one database, not a fleet of targets: {environment} names nothing",
+            suggestions=[f"Use the environment's name: {fleet}"],
+        )
+    elif settings.database_url_env:
         value = os.environ.get(settings.database_url_env, "").strip()
         if not value:
             raise ConfigError(

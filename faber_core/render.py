@@ -333,7 +333,9 @@ def render_json(document: Success | ErrorDocument, redactor: Redactor) -> str:
 def render_human(document: Success | ErrorDocument, redactor: Redactor) -> str:
     """The end message: one renderer per kind of result, and no Python repr anywhere."""
     result = document.model_dump(mode="json")["result"]
-    if isinstance(document, ErrorDocument):
+    if _is_fleet(result):
+        lines = _fleet(document, result)
+    elif isinstance(document, ErrorDocument):
         lines = _error_lines(document, result)
     else:
         render = _SUCCESS.get(document.operation, _generic_success)
@@ -476,9 +478,16 @@ def _backups(document: Success, result: dict[str, Any]) -> list[str]:
         )
         for record in records
     ]
+    return [f"{len(records)} backup(s) of {document.environment}, newest first", *_table(header, rows)]
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    """Columns padded to their widest cell, two spaces apart."""
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    table = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in [header, *rows]]
-    return [f"{len(records)} backup(s) of {document.environment}, newest first", *[row.rstrip() for row in table]]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
 
 
 def _covered(migrations: list[Any]) -> str:
@@ -566,6 +575,80 @@ def _history_line(run: dict[str, Any]) -> str:
     if run.get("error_code"):
         parts.append(f"{run['error_code']}: {run['error_message']}")
     return "  ".join(parts)
+
+
+# Fleets (docs/fleet.md) --------------------------------------------------------------------
+
+_FLEET_TITLES = {"deploy-migrations": "Fleet Deploy", "preview-migrations": "Fleet Preview"}
+_FLEET_MARKS = {"deployed": "✓", "up_to_date": "✓", "pending": "·", "failed": "✗", "not_attempted": "⊘"}
+
+
+def _is_fleet(result: Any) -> bool:
+    """A fleet's document (success or error) carries a row per target instead of one database's result."""
+    return isinstance(result, dict) and "targets_total" in result and isinstance(result.get("targets"), list)
+
+
+def _fleet(document: Success | ErrorDocument, result: dict[str, Any]) -> list[str]:
+    """One summary, then one table row per target, then what to do about the failed ones."""
+    failed = isinstance(document, ErrorDocument)
+    name = _FLEET_TITLES.get(document.operation, "Fleet Status")
+    shard = f"; shard {result['shard']}: {len(result['targets'])}" if result.get("shard") else ""
+    counts = ", ".join(f"{status.replace('_', ' ')}: {count}" for status, count in result["summary"].items())
+    lines = [
+        f"{'❌ FAILED' if failed else '✅ COMPLETED'}: {name}",
+        f"Environment: {document.environment} ({result['targets_total']} target(s){shard})",
+        f"Targets: {counts or 'none'}",
+    ]
+    if document.operation == "preview-migrations":
+        lines += [f"  {migration}: {count} target(s)" for migration, count in result["migrations"].items()]
+    if failed:
+        lines.append(f"Error: {document.error}")
+    lines.append(f"Duration: {_number(result['total_duration_seconds'])} seconds")
+    lines += _fleet_table(document.operation, result["targets"])
+    lines.append(RULE)
+    if failed and document.recovery.suggestions:
+        lines.append("Recovery:")
+        lines += [f"  - {suggestion}" for suggestion in document.recovery.suggestions]
+    elif document.operation == "preview-migrations":
+        lines.append(f"To apply: faber migrate {document.environment}")
+    return lines
+
+
+def _fleet_table(operation: str, targets: list[dict[str, Any]]) -> list[str]:
+    def state(row: dict[str, Any]) -> str:
+        return f"{_FLEET_MARKS.get(row['status'], '?')} {row['status'].replace('_', ' ')}"
+
+    def problem(row: dict[str, Any]) -> str:
+        error = row.get("error")
+        return f"{error['code']}: {error['message']}" if error else ""
+
+    if operation == "deploy-migrations":
+        header = ("TARGET", "STATUS", "WAVE", "APPLIED", "BACKUP", "DURATION", "ERROR")
+        rows = [
+            (
+                row["name"],
+                state(row),
+                _scalar(row.get("wave")) if row.get("wave") else "",
+                str(len(row["migrations_applied"])),
+                row.get("backup_id") or "",
+                f"{_number(row['duration_seconds'])}s" if row.get("duration_seconds") is not None else "",
+                problem(row),
+            )
+            for row in targets
+        ]
+    else:
+        header = ("TARGET", "STATUS", "APPLIED", "PENDING", "ERROR")
+        rows = [
+            (
+                row["name"],
+                state(row),
+                _scalar(row.get("applied_count")) if row.get("applied_count") is not None else "",
+                ", ".join(row["pending"]) or "none",
+                problem(row),
+            )
+            for row in targets
+        ]
+    return _table(header, rows)
 
 
 # Errors ----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from urllib.parse import quote, unquote
 
 MASK = "***"
@@ -104,6 +105,8 @@ class Redactor:
     def __init__(self) -> None:
         self._values: set[str] = set()
         self._ordered: list[str] = []
+        # A fleet's targets share one redactor across threads: two adds must not lose a form.
+        self._adding = threading.Lock()
 
     def add(self, value: str | Secret | None) -> None:
         """Remember a secret; call it before anything parses the value, so that a parser's
@@ -111,11 +114,14 @@ class Redactor:
         if value is None:
             return
         text = value.reveal() if isinstance(value, Secret) else value
-        new = secret_forms(text) - self._values
-        if new:
-            self._values |= new
-            # Longest first, so a piece never leaves the rest of a longer form behind.
-            self._ordered = sorted(self._values, key=len, reverse=True)
+        forms = secret_forms(text)
+        with self._adding:
+            new = forms - self._values
+            if new:
+                self._values |= new
+                # Longest first, so a piece never leaves the rest of a longer form behind; a new
+                # list, so a redact running meanwhile reads a whole one.
+                self._ordered = sorted(self._values, key=len, reverse=True)
 
     def redact(self, text: str) -> str:
         if not text:

@@ -1,0 +1,132 @@
+"""A fleet deploy of 100 databases x 5 migrations: one at a time vs ``--concurrency 8``.
+
+Both runs are ``faber migrate tenants --json`` on fresh databases (sqlfiles handler, no backup,
+no lint, health checks as configured by default), in the same run of this script. Printed: each
+wall time, the speed-up, and the per-target overhead of the sequential run: its wall time per
+target minus the time the target's five migrations took (from each target's history row).
+
+    python bench/fleet.py            # needs PostgreSQL at 127.0.0.1:5432 (user postgres)
+
+Set FABER_BENCH_TARGETS to change the fleet's size (default 100).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+ADMIN_URL = os.environ.get("FABER_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+TARGETS = int(os.environ.get("FABER_BENCH_TARGETS", "100"))
+MIGRATIONS = {
+    "001_accounts": "CREATE TABLE accounts (id bigserial PRIMARY KEY, balance int NOT NULL DEFAULT 0);",
+    "002_owner": "ALTER TABLE accounts ADD COLUMN owner text;",
+    "003_seed": "INSERT INTO accounts (balance) SELECT g FROM generate_series(1, 100) g;",
+    "004_index": "CREATE INDEX accounts_owner ON accounts (owner);",
+    "005_audit": "CREATE TABLE audit (id bigserial PRIMARY KEY, account bigint REFERENCES accounts (id));",
+}
+
+
+def database_url(name: str) -> str:
+    return ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+def create_databases(count: int) -> list[str]:
+    names = [f"faber_bench_fleet_{uuid.uuid4().hex[:10]}" for _ in range(count)]
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        for name in names:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return names
+
+
+def drop_databases(names: list[str]) -> None:
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        for name in names:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def project(directory: Path) -> Path:
+    config = {
+        "database": {
+            "migration_tool": "sqlfiles",
+            "environments": {
+                "tenants": {
+                    "targets": {"urls_env": "TENANT_DATABASE_URLS"},
+                    "backup_before_migrate": False,
+                    "require_approval": False,
+                    "lint": "off",
+                }
+            },
+        }
+    }
+    config_path = directory / ".fractary/plugins/faber-db/config.json"
+    config_path.parent.mkdir(parents=True)
+    config_path.write_text(json.dumps(config))
+    for name, text in MIGRATIONS.items():
+        (directory / "migrations").mkdir(exist_ok=True)
+        (directory / "migrations" / f"{name}.sql").write_text(text + "\n")
+    return directory
+
+
+def deploy(directory: Path, databases: list[str], concurrency: int) -> tuple[float, dict]:
+    listing = "\n".join(f"t{index:03d} {database_url(name)}" for index, name in enumerate(databases))
+    env = {
+        **os.environ,
+        "TENANT_DATABASE_URLS": listing,
+        "FABER_PLUGINS": "faber_core.testing.sqlfiles",
+        "JOB_COMPLETION_INDEX": "",
+    }
+    argv = [sys.executable, "-m", "faber_core", "migrate", "tenants", "--json", "--concurrency", str(concurrency)]
+    started = time.monotonic()
+    run = subprocess.run(argv, cwd=directory, env=env, capture_output=True, text=True, timeout=3600)
+    elapsed = time.monotonic() - started
+    document = json.loads(run.stdout)
+    if run.returncode != 0 or document["result"]["summary"] != {"deployed": len(databases)}:
+        sys.exit(f"the fleet deploy failed ({run.returncode}): {run.stdout[-2000:]}\n{run.stderr[-2000:]}")
+    return elapsed, document
+
+
+def migration_seconds(databases: list[str]) -> float:
+    """The time the migrations themselves took on every target, from the targets' history rows."""
+    total = 0.0
+    for name in databases:
+        with psycopg.connect(database_url(name)) as conn:
+            (migrations,) = conn.execute("SELECT migrations FROM faber.faber_deployments").fetchone()
+        total += sum(m["duration_seconds"] or 0 for m in migrations)
+    return total
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = project(Path(tmp))
+        results = {}
+        for concurrency in (1, 8):
+            databases = create_databases(TARGETS)
+            try:
+                elapsed, _ = deploy(directory, databases, concurrency)
+                results[concurrency] = (elapsed, migration_seconds(databases))
+            finally:
+                drop_databases(databases)
+    sequential, applying = results[1]
+    concurrent, _ = results[8]
+    overhead = (sequential - applying) / TARGETS
+    print(f"{TARGETS} databases x {len(MIGRATIONS)} migrations")
+    print(f"--concurrency 1: {sequential:.1f} s ({sequential / TARGETS * 1000:.0f} ms per target)")
+    print(f"--concurrency 8: {concurrent:.1f} s ({concurrent / TARGETS * 1000:.0f} ms per target)")
+    print(f"speed-up: {sequential / concurrent:.1f}x (goal: >= 4x)")
+    print(
+        f"per-target overhead (sequential, beyond the migrations' own {applying / TARGETS * 1000:.0f} ms): "
+        f"{overhead * 1000:.0f} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()

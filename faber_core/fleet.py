@@ -1,0 +1,515 @@
+"""Fleet deploys: one command migrates every database of a fleet environment (docs/fleet.md).
+
+A fleet deploy is the single-database deploy (:func:`faber_core.workflow.migrate`) run once per
+target, each in a context of its own (its own health checks, backup, lock, apply, verification,
+rollback, audit events and history row), in this order:
+
+1  find the targets (:mod:`faber_core.targets`) and take this shard's share
+2  survey: read each target's migration status; up-to-date targets are done (no lock, no backup)
+3  dry run: say how many targets need which migrations, and stop
+4  approval, once for the whole fleet (protected environments)
+5  the canary, then each wave, of the targets not up to date; a wave starts only when the
+   previous one succeeded; ``on_failure`` says whether a failure stops the rest of its wave
+6  one document for the fleet: a row per target
+
+Targets run on threads of one process, at most ``concurrency`` at once. What a target's deploy
+shares with the others is thread-safe: the redactor (locked; it learns every URL before the first
+target starts), the plugin manager (read-only), the audit log (one ``O_APPEND`` write per event),
+the history and span bookkeeping (keyed by each target's run id), and the fleet's progress lines
+(locked). Each worker thread waits for the programs it starts (pg_dump, psql), as the
+``PR_SET_PDEATHSIG`` note in :mod:`faber_core.processes` requires, and signal handlers stay with
+the main thread, which waits for the workers: after Ctrl-C no further target starts and the
+running ones finish.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, TextIO
+
+from opentelemetry import context as otel_context
+from pydantic import BaseModel, Field
+
+from faber_core.config import EnvironmentSettings, load_config
+from faber_core.errors import ApprovalRequired, ConfigError, FaberError
+from faber_core.render import escape_controls
+from faber_core.results import DeployResult, ErrorDocument, Success
+from faber_core.secrets import Redactor
+from faber_core.targets import Shard, Target, discover_targets, parse_shard, shard_from_job
+
+if TYPE_CHECKING:
+    from faber_core.api import Document
+    from faber_core.context import RunContext
+    from faber_core.plugins import Plugins
+    from faber_core.workflow import DeployOptions
+
+DEFAULT_CONCURRENCY = 4
+"""Targets deployed at once unless --concurrency says otherwise: a few, so a fleet does not
+flood a shared server with backups and migrations."""
+MAX_CONCURRENCY = 64
+
+TargetStatus = Literal["deployed", "up_to_date", "pending", "failed", "not_attempted"]
+
+
+# The fleet's document -------------------------------------------------------------------
+
+
+class TargetError(BaseModel):
+    """Why a target failed: its own error document, in short."""
+
+    code: str
+    message: str
+    exit_code: int
+    suggestions: list[str] = Field(default_factory=list)
+    rollback_status: str | None = None
+
+
+class TargetReport(BaseModel):
+    """One row of the fleet's document."""
+
+    name: str
+    status: TargetStatus
+    wave: int | None = Field(None, description="The wave the target was deployed in (1 is the canary, if any).")
+    pending: list[str] = Field(default_factory=list, description="Migrations pending when the fleet started.")
+    failed_migrations: list[str] = Field(default_factory=list, description="Recorded as failed in the database.")
+    applied_count: int | None = Field(None, description="Migrations recorded as applied when the fleet started.")
+    migrations_applied: list[str] = Field(default_factory=list, description="Applied by this run.")
+    backup_id: str | None = None
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    duration_seconds: float | None = None
+    error: TargetError | None = None
+
+
+class FleetResult(BaseModel):
+    targets_total: int = Field(description="Targets of the whole fleet, before sharding.")
+    shard: str | None = Field(None, description="This run's shard, I/N, when sharded.")
+    concurrency: int
+    on_failure: Literal["stop", "continue"]
+    waves: int = Field(description="Waves the targets to deploy were split into.")
+    summary: dict[str, int] = Field(description="Targets by status.")
+    migrations: dict[str, int] = Field(
+        default_factory=dict, description="Pending migrations, with how many targets need each."
+    )
+    total_duration_seconds: float
+    targets: list[TargetReport]
+
+
+class FleetFailed(FaberError):
+    """Some targets failed. The code (and so the exit code) is the first failing target's, in the
+    fleet's order: docs/exit-codes.md."""
+
+    def __init__(self, code: str, message: str, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.code = code
+
+
+# Opening a fleet -------------------------------------------------------------------------
+
+
+@dataclass
+class FleetOptions:
+    concurrency: int | None = None
+    """None: not given (DEFAULT_CONCURRENCY)."""
+    shard: str | None = None
+    """``I/N`` (``--shard``); None: the Kubernetes Indexed Job's shard when run in one, else the whole fleet."""
+
+
+@dataclass
+class Fleet:
+    """A fleet environment, its targets found and this shard's share taken."""
+
+    project_dir: Path
+    environment: str
+    settings: EnvironmentSettings
+    targets: list[Target]
+    targets_total: int
+    shard: Shard | None
+    concurrency: int
+    redactor: Redactor
+
+
+def open_fleet(project_dir: Path, environment: str, redactor: Redactor, options: FleetOptions) -> Fleet | None:
+    """The fleet ``environment`` names; None when it names one database (or one target, ``FLEET/TARGET``)."""
+    if "/" in environment:
+        return refuse_fleet_options(environment, options)
+    settings = load_config(project_dir).environment(environment)
+    if settings.targets is None:
+        return refuse_fleet_options(environment, options)
+    concurrency = options.concurrency or DEFAULT_CONCURRENCY
+    if not 1 <= concurrency <= MAX_CONCURRENCY:
+        raise ConfigError(f"--concurrency must be between 1 and {MAX_CONCURRENCY}")
+    everything = discover_targets(project_dir, environment, settings, redactor)
+    shard = parse_shard(options.shard) if options.shard else shard_from_job()
+    targets = [t for t in everything if shard is None or shard.takes(t.name)]
+    return Fleet(project_dir, environment, settings, targets, len(everything), shard, concurrency, redactor)
+
+
+def refuse_fleet_options(environment: str, options: FleetOptions) -> None:
+    given = [flag for flag, value in (("--concurrency", options.concurrency), ("--shard", options.shard)) if value]
+    if given:
+        raise ConfigError(
+            f"{' and '.join(given)} apply to a fleet environment (one with targets); {environment} is one database",
+            suggestions=["Leave them out, or see docs/fleet.md to configure a fleet"],
+        )
+    return None
+
+
+# Running the targets ---------------------------------------------------------------------
+
+RunTarget = Callable[[str, Target, Callable[["RunContext", "Plugins"], Success]], "Document"]
+"""``run_target(operation, target, body)`` runs ``body`` on one target as a command of its own,
+named ``FLEET/TARGET`` (:func:`faber_core.api.run_command`)."""
+
+
+@dataclass
+class Runner:
+    fleet: Fleet
+    run_target: RunTarget
+    progress: FleetProgress
+
+
+def deploy(runner: Runner, plugins: Plugins, options: DeployOptions) -> Success:
+    """``faber migrate FLEET``: every target not up to date, wave by wave."""
+    from faber_core.workflow import migrate
+
+    fleet = runner.fleet
+    started = time.monotonic()
+    rollout = fleet.settings.rollout
+    on_failure = rollout.on_failure if rollout else "stop"
+    runner.progress.started(fleet, "Fleet Preview" if options.dry_run else "Fleet Deploy")
+    surveyed = survey(runner)
+    to_deploy = [t for t in fleet.targets if surveyed[t.name].status in ("pending", "failed")]
+    waves = split_into_waves(to_deploy, fleet.settings)
+    if options.dry_run:
+        return preview(fleet, surveyed, len(waves), on_failure, time.monotonic() - started)
+    if to_deploy:
+        options = approve(fleet, options, surveyed, len(to_deploy))
+    runner.progress.line(
+        f"✓ {len(fleet.targets) - len(to_deploy)} up to date, {len(to_deploy)} to deploy"
+        + (f" in {len(waves)} wave(s)" if len(waves) > 1 else "")
+    )
+
+    def deploy_one(target: Target) -> Document:
+        return runner.run_target(
+            "deploy-migrations", target, lambda context, plugins_: migrate(context, plugins_, options)
+        )
+
+    reports = run_waves(runner, waves, deploy_one, surveyed, on_failure)
+    result = fleet_result(fleet, reports, len(waves), on_failure, time.monotonic() - started)
+    failed = [r for r in result.targets if r.status == "failed"]
+    if failed:
+        raise fleet_failed(fleet, result, failed, "deploy")
+    deployed = result.summary.get("deployed", 0)
+    return Success(
+        operation="deploy-migrations",
+        environment=fleet.environment,
+        result=result,
+        message=f"Deployed {deployed} target(s) of {fleet.environment}; "
+        f"{result.summary.get('up_to_date', 0)} up to date",
+    )
+
+
+def status(runner: Runner) -> Success:
+    """``faber status FLEET``: each target's migration status, as a table."""
+    fleet = runner.fleet
+    started = time.monotonic()
+    runner.progress.started(fleet, "Fleet Status")
+    surveyed = survey(runner)
+    result = fleet_result(fleet, surveyed, 0, "continue", time.monotonic() - started)
+    failed = [r for r in result.targets if r.status == "failed"]
+    if failed:
+        raise fleet_failed(fleet, result, failed, "status")
+    return Success(
+        operation="migration-status",
+        environment=fleet.environment,
+        result=result,
+        message=f"{result.summary.get('up_to_date', 0)} of {len(fleet.targets)} target(s) up to date",
+    )
+
+
+def survey(runner: Runner) -> dict[str, TargetReport]:
+    """Every target's migration status, read concurrently: pending, up to date, or failed (with why)."""
+    from faber_core.workflow import read_status
+
+    def read(context: RunContext, plugins: Plugins) -> Success:
+        plugins.require_tool(context.tool)
+        state = read_status(context, plugins, quiet=True)
+        return Success(operation="migration-status", environment=context.environment, result=state, message="")
+
+    runner.progress.line(f"… Reading the migration status of {len(runner.fleet.targets)} target(s)")
+    reports: dict[str, TargetReport] = {}
+    with _pool(runner.fleet.concurrency) as pool:
+        futures = {
+            target.name: pool.submit(runner.run_target, "migration-status", target, read)
+            for target in runner.fleet.targets
+        }
+        for name, future in futures.items():
+            reports[name] = surveyed_report(name, future.result())
+    return reports
+
+
+def surveyed_report(name: str, document: Document) -> TargetReport:
+    if isinstance(document, ErrorDocument):
+        return TargetReport(name=name, status="failed", error=target_error(document))
+    state = document.result
+    return TargetReport(
+        name=name,
+        status="failed" if state.failed else "pending" if state.pending else "up_to_date",
+        pending=state.pending,
+        failed_migrations=state.failed,
+        applied_count=len(state.applied),
+        error=TargetError(
+            code="MIGRATION_FAILED",
+            message=f"{len(state.failed)} failed migration(s): {', '.join(state.failed)}",
+            exit_code=6,
+            suggestions=[f"Repair it, then: faber resolve {document.environment} --rolled-back {state.failed[0]}"],
+        )
+        if state.failed
+        else None,
+    )
+
+
+def split_into_waves(targets: list[Target], settings: EnvironmentSettings) -> list[list[Target]]:
+    """The canary's wave, then each wave's share (cumulative, of the targets to deploy, rounded up)."""
+    rollout = settings.rollout
+    if rollout is None:
+        return [targets] if targets else []
+    waves = []
+    done = min(rollout.canary, len(targets))
+    if done:
+        waves.append(targets[:done])
+    for percent in rollout.percentages():
+        upto = max(done, -(-len(targets) * percent // 100))
+        if upto > done:
+            waves.append(targets[done:upto])
+            done = upto
+    return waves
+
+
+def approve(fleet: Fleet, options: DeployOptions, surveyed: dict[str, TargetReport], count: int) -> DeployOptions:
+    """One approval for the whole fleet; each target's deploy then runs approved as it was."""
+    if not fleet.settings.require_approval or options.assume_yes:
+        return options
+    environment = fleet.environment
+    question = f"Apply pending migrations to {count} target(s) of {environment}?"
+    if options.approver is None:
+        raise ApprovalRequired(
+            f"Approval required to migrate {count} target(s) of {environment}, and there is no terminal to ask",
+            result={"targets_to_deploy": count},
+            suggestions=[
+                f"Approve non-interactively (e.g. in CI): faber migrate {environment} --yes",
+                f"Preview what would run: faber migrate {environment} --dry-run",
+            ],
+        )
+    if not options.approver(question):
+        raise ApprovalRequired(
+            f"Deployment to {environment} was not approved",
+            result={"targets_to_deploy": count},
+            suggestions=["Nothing was applied", f"Preview what would run: faber migrate {environment} --dry-run"],
+        )
+    return replace(options, approver=lambda _question: True)  # approved at the prompt, for every target
+
+
+def run_waves(
+    runner: Runner,
+    waves: list[list[Target]],
+    deploy_one: Callable[[Target], Document],
+    surveyed: dict[str, TargetReport],
+    on_failure: str,
+) -> dict[str, TargetReport]:
+    """Deploy wave after wave; a failure stops the fleet as ``on_failure`` says (module docstring)."""
+    fleet = runner.fleet
+    reports = dict(surveyed)
+    stop = threading.Event()
+
+    def attempt(number: int, target: Target) -> TargetReport:
+        before = surveyed[target.name]
+        if stop.is_set():
+            return before.model_copy(update={"status": "not_attempted", "wave": number, "error": None})
+        started_at, started = dt.datetime.now(dt.timezone.utc), time.monotonic()
+        runner.progress.line(f"… {target.name}: deploying {len(before.pending)} migration(s)")
+        document = deploy_one(target)
+        report = deployed_report(before, document, number, started_at, time.monotonic() - started)
+        runner.progress.target_finished(report)
+        if report.status == "failed" and on_failure == "stop":
+            stop.set()
+        return report
+
+    with _pool(fleet.concurrency) as pool:
+        try:
+            for number, wave in enumerate(waves, 1):
+                if stop.is_set():
+                    reports.update({t.name: not_attempted(surveyed[t.name], number) for t in wave})
+                    continue
+                runner.progress.line(f"… Wave {number} of {len(waves)}: {len(wave)} target(s)")
+                futures: dict[str, Future[TargetReport]] = {t.name: pool.submit(attempt, number, t) for t in wave}
+                for name, future in futures.items():
+                    reports[name] = future.result()
+                if any(reports[t.name].status == "failed" for t in wave):
+                    stop.set()  # a wave starts only when the one before it succeeded
+        except KeyboardInterrupt:
+            stop.set()  # no new target starts; the pool's exit waits for the running ones
+            raise
+    return reports
+
+
+def not_attempted(before: TargetReport, wave: int) -> TargetReport:
+    return before.model_copy(update={"status": "not_attempted", "wave": wave, "error": None})
+
+
+def deployed_report(
+    before: TargetReport, document: Document, wave: int, started_at: dt.datetime, duration: float
+) -> TargetReport:
+    timing = {
+        "wave": wave,
+        "started_at": started_at,
+        "finished_at": started_at + dt.timedelta(seconds=duration),
+        "duration_seconds": round(duration, 3),
+    }
+    if isinstance(document, ErrorDocument):
+        return before.model_copy(
+            update={
+                **timing,
+                "status": "failed",
+                "backup_id": document.recovery.backup_id or document.result.get("backup_id"),
+                "migrations_applied": list(document.result.get("applied_migrations") or []),
+                "error": target_error(document),
+            }
+        )
+    result = document.result
+    applied = [m.name for m in result.migrations] if isinstance(result, DeployResult) else []
+    return before.model_copy(
+        update={
+            **timing,
+            "status": "deployed" if applied else "up_to_date",
+            "migrations_applied": applied,
+            "backup_id": result.backup_id if isinstance(result, DeployResult) else None,
+            "error": None,
+        }
+    )
+
+
+def target_error(document: ErrorDocument) -> TargetError:
+    rollback_status = document.result.get("rollback_status")
+    return TargetError(
+        code=document.code,
+        message=document.error,
+        exit_code=document.exit_code,
+        suggestions=[*document.recovery.suggestions]
+        + ([document.recovery.rollback_command] if document.recovery.rollback_command else []),
+        rollback_status=rollback_status if isinstance(rollback_status, str) else None,
+    )
+
+
+# The document ----------------------------------------------------------------------------
+
+
+def preview(fleet: Fleet, surveyed: dict[str, TargetReport], waves: int, on_failure: str, duration: float) -> Success:
+    """``faber migrate FLEET --dry-run``: which migrations how many targets need; nothing touched.
+
+    A target whose status cannot be read, or that has a failed migration, fails the preview as
+    its deploy would fail."""
+    result = fleet_result(fleet, surveyed, waves, on_failure, duration)
+    failed = [r for r in result.targets if r.status == "failed"]
+    if failed:
+        raise fleet_failed(fleet, result, failed, "preview")
+    pending = result.summary.get("pending", 0) + result.summary.get("failed", 0)
+    return Success(
+        operation="preview-migrations",
+        environment=fleet.environment,
+        result=result,
+        message=f"Preview only - no changes applied: {pending} of {len(fleet.targets)} target(s) to deploy",
+    )
+
+
+def fleet_result(
+    fleet: Fleet, reports: dict[str, TargetReport], waves: int, on_failure: str, duration: float
+) -> FleetResult:
+    rows = [reports[t.name] for t in fleet.targets]
+    migrations = Counter(name for row in rows for name in row.pending)
+    return FleetResult(
+        targets_total=fleet.targets_total,
+        shard=str(fleet.shard) if fleet.shard else None,
+        concurrency=fleet.concurrency,
+        on_failure=on_failure,  # type: ignore[arg-type]
+        waves=waves,
+        summary=dict(Counter(row.status for row in rows)),
+        migrations=dict(migrations),
+        total_duration_seconds=round(duration, 3),
+        targets=rows,
+    )
+
+
+def fleet_failed(fleet: Fleet, result: FleetResult, failed: list[TargetReport], command: str) -> FleetFailed:
+    first = failed[0]
+    assert first.error is not None
+    not_attempted_count = result.summary.get("not_attempted", 0)
+    message = f"{len(failed)} of {len(result.targets)} target(s) of {fleet.environment} failed"
+    if not_attempted_count:
+        message += f", {not_attempted_count} not attempted"
+    message += f"; first: {first.name}: {first.error.code}: {first.error.message}"
+    suggestions = [
+        f"{report.name}: {hint}" for report in failed for hint in (report.error.suggestions if report.error else [])[:3]
+    ]
+    if command == "deploy":
+        suggestions.append(
+            f"Fix what failed, then run again: faber migrate {fleet.environment} (up-to-date targets are skipped)"
+        )
+    return FleetFailed(first.error.code, message, result=result.model_dump(mode="json"), suggestions=suggestions)
+
+
+# Threads ---------------------------------------------------------------------------------
+
+
+@contextmanager
+def _pool(concurrency: int) -> Iterator[ThreadPoolExecutor]:
+    """Worker threads whose spans nest under the fleet's command span (OpenTelemetry's context is
+    per thread, and a pool's threads do not inherit it)."""
+    parent = otel_context.get_current()
+
+    def inherit() -> None:
+        otel_context.attach(parent)
+
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="faber-target", initializer=inherit) as pool:
+        yield pool
+
+
+class FleetProgress:
+    """The fleet's progress lines on stderr, one line at a time from any thread."""
+
+    def __init__(self, stream: TextIO | None, redactor: Redactor) -> None:
+        self.stream = stream
+        self.redactor = redactor
+        self.lock = threading.Lock()
+
+    def line(self, text: str) -> None:
+        if self.stream is None:
+            return
+        with self.lock:
+            self.stream.write(escape_controls(self.redactor.redact(text)) + "\n")
+            self.stream.flush()
+
+    def started(self, fleet: Fleet, title: str) -> None:
+        shard = f", shard {fleet.shard}: {len(fleet.targets)}" if fleet.shard else ""
+        self.line(f"🎯 STARTING: {title}")
+        self.line(f"Environment: {fleet.environment} ({fleet.targets_total} target(s){shard})")
+        self.line(f"Concurrency: {fleet.concurrency}")
+
+    def target_finished(self, report: TargetReport) -> None:
+        took = f" ({report.duration_seconds:g}s)" if report.duration_seconds is not None else ""
+        if report.status == "failed" and report.error:
+            self.line(f"✗ {report.name}: {report.error.code}: {report.error.message}{took}")
+        elif report.status == "deployed":
+            backup = f", backup {report.backup_id}" if report.backup_id else ""
+            self.line(f"✓ {report.name}: {len(report.migrations_applied)} migration(s) applied{took}{backup}")
+        else:
+            self.line(f"✓ {report.name}: up to date{took}")

@@ -1,0 +1,303 @@
+"""A fleet environment's targets: where their URLs come from, and which share of them a shard takes.
+
+An environment with ``targets`` instead of ``database_url_env`` is a fleet (docs/fleet.md). Its
+targets come from exactly one source:
+
+- ``urls_env``: a variable holding one URL per line, each optionally preceded by a name;
+- ``file``: a file in the project, one ``NAME VARIABLE`` per line;
+- ``catalog``: a read-only query against a catalog database returning ``name, variable`` rows.
+
+Every URL is registered with the run's redactor before anything parses it, and no error quotes
+a URL or a line that holds one: errors name the variable and the line number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from faber_core.config import TARGET_NAME, EnvironmentSettings, _variable_name
+from faber_core.errors import ConfigError, HealthCheckFailed
+from faber_core.secrets import Redactor, Secret
+
+URL_SCHEMES = ("postgresql://", "postgres://")
+JOB_INDEX_VARIABLE = "JOB_COMPLETION_INDEX"
+JOB_COUNT_VARIABLE = "JOB_COMPLETIONS"
+MAX_SHARDS = 10_000
+
+
+@dataclass(frozen=True)
+class Target:
+    """One database of a fleet."""
+
+    name: str
+    url: Secret
+    source: str
+    """Where the URL came from, for messages: ``$TENANT_DATABASE_URLS line 3`` or ``$ACME_DATABASE_URL``."""
+    url_env: str | None = None
+    """The variable that holds this URL alone (``file`` and ``catalog`` sources), for recovery hints."""
+
+
+def discover_targets(
+    project_dir: Path, environment: str, settings: EnvironmentSettings, redactor: Redactor
+) -> list[Target]:
+    """The fleet's targets in their configured order; a :class:`ConfigError` for an empty or broken list."""
+    targets = settings.targets
+    assert targets is not None, "only a fleet environment has targets"
+    if targets.urls_env is not None:
+        found = _from_urls_variable(targets.urls_env, redactor)
+        where = f"${targets.urls_env}"
+    elif targets.file is not None:
+        found = _from_variables(_file_entries(project_dir, targets.file), redactor)
+        where = targets.file
+    else:
+        assert targets.catalog is not None
+        found = _from_variables(_catalog_entries(settings, redactor), redactor)
+        where = "the catalog query"
+    if not found:
+        raise ConfigError(
+            f"The fleet {environment} has no targets: {where} lists none",
+            suggestions=[f"List the databases of {environment} in {where} (docs/fleet.md)"],
+        )
+    _refuse_duplicates(found, where)
+    return found
+
+
+def find_target(
+    project_dir: Path, environment: str, settings: EnvironmentSettings, name: str, redactor: Redactor
+) -> Target:
+    """The target ``name`` of the fleet ``environment`` (``faber rollback tenants/acme``)."""
+    targets = discover_targets(project_dir, environment, settings, redactor)
+    chosen = next((t for t in targets if t.name == name), None)
+    if chosen is None:
+        from faber_core.suggest import did_you_mean
+
+        raise ConfigError(
+            f"The fleet {environment} has no target {name!r}{did_you_mean(name, [t.name for t in targets])}",
+            suggestions=[f"List its targets with: faber status {environment}"],
+        )
+    return chosen
+
+
+# urls_env: one URL per line ------------------------------------------------------------
+
+
+def _from_urls_variable(variable: str, redactor: Redactor) -> list[Target]:
+    from faber_core.context import parse_database_url
+
+    text = os.environ.get(variable, "")
+    entries = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        # "URL" or "NAME URL": a URL is never split, so a space inside one cannot make a name of it.
+        name, _, url = ("", "", line) if line.startswith(URL_SCHEMES) else _split_name(line)
+        url = url.strip()
+        redactor.add(url)
+        entries.append((number, name, url))
+    if not entries:
+        raise ConfigError(
+            f"Environment variable {variable} is not set or holds no URL",
+            suggestions=[f"Export {variable} with one database URL per line, each optionally preceded by a name"],
+        )
+    found = []
+    for number, name, url in entries:
+        source = f"${variable} line {number}"
+        if not name:
+            name = parse_database_url(url, source).dbname or ""
+            if not name:
+                raise ConfigError(
+                    f"The URL in {source} names no database, so the target needs a name",
+                    suggestions=[f"Write the line as: NAME URL (in {variable})"],
+                )
+        _check_name(name, source)
+        found.append(Target(name=name, url=Secret(url), source=source))
+    return found
+
+
+def _split_name(line: str) -> tuple[str, str, str]:
+    parts = line.split(None, 1)
+    return (parts[0], " ", parts[1]) if len(parts) == 2 else ("", "", line)
+
+
+# file and catalog: names and the variables holding their URLs ------------------------------
+
+
+@dataclass(frozen=True)
+class _Entry:
+    name: str
+    variable: str
+    where: str
+
+
+def _file_entries(project_dir: Path, relative: str) -> list[_Entry]:
+    path = project_dir / relative
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        raise ConfigError(
+            f"Cannot read the targets file {relative}: {reason}",
+            suggestions=["Set targets.file to a file in the project: one 'NAME VARIABLE' per line (docs/fleet.md)"],
+        ) from None
+    entries = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise ConfigError(
+                f"{relative} line {number}: expected a target name and a variable name, separated by a space",
+                suggestions=["Write each target as: NAME VARIABLE, e.g. acme ACME_DATABASE_URL"],
+            )
+        entries.append(_Entry(parts[0], parts[1], f"{relative} line {number}"))
+    return entries
+
+
+def _catalog_entries(settings: EnvironmentSettings, redactor: Redactor) -> list[_Entry]:
+    import psycopg
+
+    from faber_core.context import Database
+    from faber_core.postgres.health import describe_connection_error
+
+    assert settings.targets is not None and settings.targets.catalog is not None
+    catalog = settings.targets.catalog
+    value = os.environ.get(catalog.url_env, "").strip()
+    if not value:
+        raise ConfigError(
+            f"Environment variable {catalog.url_env} is not set",
+            suggestions=[f"Export {catalog.url_env} with the catalog database's URL"],
+        )
+    redactor.add(value)
+    database = Database(
+        Secret(value),
+        source=f"${catalog.url_env}",
+        connect_timeout=settings.connect_timeout_seconds,
+        lock_timeout=settings.query_lock_timeout_seconds,
+        statement_timeout=settings.query_statement_timeout_seconds,
+    )
+    redactor.add(database.url)
+    try:
+        with database.connect(application_name="faber catalog") as conn, conn.transaction():
+            conn.execute("SET TRANSACTION READ ONLY")
+            rows = conn.execute(catalog.query).fetchall()
+    except psycopg.OperationalError as exc:
+        reason = redactor.redact(describe_connection_error(exc, database))
+        raise HealthCheckFailed(
+            f"Cannot read the fleet's targets from the catalog: {reason}",
+            suggestions=[f"Check the catalog database: psql ${catalog.url_env}"],
+        ) from None
+    except psycopg.Error as exc:
+        reason = redactor.redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        raise ConfigError(
+            f"The catalog query failed: {reason}",
+            suggestions=["targets.catalog.query must return two text columns: the target's name and its URL variable"],
+        ) from None
+    entries = []
+    for number, row in enumerate(rows, 1):
+        if len(row) != 2 or not all(isinstance(value, str) for value in row):
+            raise ConfigError(
+                f"The catalog query's row {number} is not two text columns (name, URL variable)",
+                suggestions=["SELECT name, url_variable FROM ... : both text"],
+            )
+        entries.append(_Entry(row[0], row[1], f"the catalog query's row {number}"))
+    return entries
+
+
+def _from_variables(entries: Iterable[_Entry], redactor: Redactor) -> list[Target]:
+    found, missing = [], []
+    for entry in entries:
+        _check_name(entry.name, entry.where)
+        try:
+            _variable_name(entry.variable)
+        except ValueError as exc:
+            raise ConfigError(f"{entry.where}: {exc}") from None
+        value = os.environ.get(entry.variable, "").strip()
+        if not value:
+            missing.append(entry.variable)
+            continue
+        redactor.add(value)
+        found.append(Target(name=entry.name, url=Secret(value), source=f"${entry.variable}", url_env=entry.variable))
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise ConfigError(
+            f"{len(missing)} target URL variable(s) not set: {shown}",
+            suggestions=["Export each target's URL variable in the deploy job"],
+        )
+    return found
+
+
+def _check_name(name: str, where: str) -> None:
+    if not TARGET_NAME.match(name):
+        raise ConfigError(
+            f"{where}: {name!r} is not a valid target name",
+            suggestions=[
+                "Target names use letters, digits, '.', '_' and '-' (at most 63), starting with a letter or digit"
+            ],
+        )
+
+
+def _refuse_duplicates(targets: list[Target], where: str) -> None:
+    seen: dict[str, Target] = {}
+    for target in targets:
+        if target.name in seen:
+            raise ConfigError(
+                f"Two targets in {where} are named {target.name!r} ({seen[target.name].source} and {target.source})",
+                suggestions=["Give every target its own name"],
+            )
+        seen[target.name] = target
+
+
+# Shards --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count`` (1-based, as ``--shard 2/4``): the targets whose name hashes to it."""
+
+    index: int
+    count: int
+
+    def takes(self, name: str) -> bool:
+        return shard_of(name, self.count) == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def shard_of(name: str, count: int) -> int:
+    """The shard (1..count) of a target: a stable hash of its name, the same on every machine and
+    Python version (``hash()`` is salted per process), so shards are disjoint and their union is the fleet."""
+    digest = hashlib.sha256(name.encode("utf-8")).digest()
+    return 1 + int.from_bytes(digest[:8], "big") % count
+
+
+def parse_shard(text: str) -> Shard:
+    """``I/N`` with 1 <= I <= N; a :class:`ConfigError` otherwise."""
+    index, slash, count = text.strip().partition("/")
+    if not (slash and index.isdigit() and count.isdigit()) or not 1 <= int(index) <= int(count) <= MAX_SHARDS:
+        raise ConfigError(
+            f"--shard {text!r} is not I/N with 1 <= I <= N",
+            suggestions=["e.g. --shard 2/4: the second of four shards"],
+        )
+    return Shard(int(index), int(count))
+
+
+def shard_from_job() -> Shard | None:
+    """The shard of a Kubernetes Indexed Job's pod: ``JOB_COMPLETION_INDEX`` (0-based, set by
+    Kubernetes) of ``JOB_COMPLETIONS`` (set it from the job's ``completions``); None outside one."""
+    index = os.environ.get(JOB_INDEX_VARIABLE, "").strip()
+    count = os.environ.get(JOB_COUNT_VARIABLE, "").strip()
+    if not index:
+        return None
+    if not (index.isdigit() and count.isdigit()):
+        raise ConfigError(
+            f"{JOB_INDEX_VARIABLE} is set but {JOB_COUNT_VARIABLE} is not a number of completions",
+            suggestions=[f"Set {JOB_COUNT_VARIABLE} to the job's completions (docs/fleet.md has the manifest)"],
+        )
+    return parse_shard(f"{int(index) + 1}/{count}")

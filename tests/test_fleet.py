@@ -1,0 +1,420 @@
+"""Fleet deploys (docs/fleet.md): many real databases, one command.
+
+Each test creates its own target databases on the real PostgreSQL and drops them. Most tests call
+the library (faber_core.api) in-process with the sqlfiles handler registered; the CLI, the kill
+and the canary tests run real ``faber`` processes.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import faber_core.plugins
+from faber_core import api
+from faber_core.config import TARGET_NAME
+from faber_core.targets import shard_of
+from faber_core.testing import sqlfiles
+from faber_core.testing.faults import FaberProcess
+from faber_core.testing.fixtures import CANARY_PASSWORD, create_database, database_url_for, drop_database
+
+MIGRATIONS = {
+    "001_users": "CREATE TABLE users (id serial PRIMARY KEY, email text NOT NULL);",
+    "002_posts": "CREATE TABLE posts (id serial PRIMARY KEY, user_id int REFERENCES users (id));",
+    "003_index": "CREATE INDEX posts_user ON posts (user_id);",
+}
+URLS_VARIABLE = "TENANT_DATABASE_URLS"
+# Never set in a developer's or CI's environment by accident: the tests decide the shard.
+NO_JOB = {"JOB_COMPLETION_INDEX": "", "JOB_COMPLETIONS": ""}
+
+
+@dataclass
+class FleetProject:
+    project: Path
+    names: list[str]
+    urls: dict[str, str]
+    env: dict[str, str] = field(default_factory=dict)
+
+    def query(self, name: str, sql: str) -> list[tuple]:
+        with psycopg.connect(self.urls[name], autocommit=True) as conn:
+            cursor = conn.execute(sql)
+            return cursor.fetchall() if cursor.description else []
+
+    def applied(self, name: str) -> list[str]:
+        exists = self.query(name, "SELECT to_regclass('sqlfiles_migrations') IS NOT NULL")[0][0]
+        return (
+            [row[0] for row in self.query(name, "SELECT name FROM sqlfiles_migrations ORDER BY name")] if exists else []
+        )
+
+    def history(self, name: str) -> list[dict]:
+        exists = self.query(name, "SELECT to_regclass('faber.faber_deployments') IS NOT NULL")[0][0]
+        if not exists:
+            return []
+        rows = self.query(
+            name,
+            "SELECT environment, operation, status, started_at, finished_at, error_code, migrations::text "
+            "FROM faber.faber_deployments ORDER BY started_at",
+        )
+        keys = ("environment", "operation", "status", "started_at", "finished_at", "error_code", "migrations")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+@pytest.fixture
+def plugins_with_sqlfiles(plugin_manager, monkeypatch):
+    """In-process runs use the built-in plugins plus the sqlfiles handler."""
+    plugin_manager.register(sqlfiles, name="sqlfiles")
+    monkeypatch.setattr(faber_core.plugins, "get_plugin_manager", lambda: plugin_manager)
+
+
+@pytest.fixture
+def make_fleet(postgres_admin_url, faber_project, monkeypatch, plugins_with_sqlfiles) -> Iterator:
+    """``make(count, migrations=MIGRATIONS, **environment_settings) -> FleetProject``: ``count`` fresh
+    databases, listed in $TENANT_DATABASE_URLS as ``NAME URL`` with the canary password; dropped after."""
+    created: list[str] = []
+
+    def make(count: int, migrations: dict[str, str] | None = None, **settings: object) -> FleetProject:
+        names = [f"t{index:02d}" for index in range(count)]
+        urls = {}
+        for name in names:
+            database = create_database(postgres_admin_url, prefix="faber_fleet")
+            created.append(database)
+            urls[name] = database_url_for(postgres_admin_url, database, password=CANARY_PASSWORD)
+        environment = {
+            "targets": {"urls_env": URLS_VARIABLE},
+            "backup_before_migrate": False,
+            "require_approval": False,
+            "lint": "off",
+            "lock_wait_seconds": 5,
+            **settings,
+        }
+        project = faber_project(
+            {"database": {"migration_tool": sqlfiles.TOOL, "environments": {"tenants": environment}}},
+            {f"migrations/{name}.sql": sql for name, sql in (migrations or MIGRATIONS).items()},
+        )
+        listing = "\n".join(f"{name} {url}" for name, url in urls.items())
+        env = {URLS_VARIABLE: listing, "FABER_PLUGINS": "faber_core.testing.sqlfiles", **NO_JOB}
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        return FleetProject(project, names, urls, env)
+
+    yield make
+    for database in created:
+        drop_database(postgres_admin_url, database)
+
+
+def rows(document) -> dict[str, dict]:
+    return {row["name"]: row for row in document.model_dump(mode="json")["result"]["targets"]}
+
+
+def break_target(fleet: FleetProject, name: str) -> None:
+    """002_posts fails on this target: the table is already there (its transaction rolls back)."""
+    fleet.query(name, "CREATE TABLE posts (id int)")
+
+
+# Deploying -----------------------------------------------------------------------------------
+
+
+def test_every_target_is_deployed_and_a_rerun_skips_them_all(make_fleet):
+    fleet = make_fleet(24)
+
+    document = api.deploy("tenants", working_directory=fleet.project, concurrency=6)
+
+    assert document.status == "success", document.model_dump()
+    result = document.model_dump(mode="json")["result"]
+    assert result["summary"] == {"deployed": 24}
+    assert [row["name"] for row in result["targets"]] == fleet.names
+    for name, row in rows(document).items():
+        assert row["migrations_applied"] == list(MIGRATIONS)
+        assert fleet.applied(name) == list(MIGRATIONS)
+        (recorded,) = fleet.history(name)  # each target's own history row, under its own name
+        assert (recorded["environment"], recorded["status"]) == (f"tenants/{name}", "success")
+
+    again = api.deploy("tenants", working_directory=fleet.project, concurrency=6)
+
+    assert again.status == "success"
+    assert again.model_dump(mode="json")["result"]["summary"] == {"up_to_date": 24}
+    assert all(len(fleet.history(name)) == 1 for name in fleet.names)  # skipped before any lock or backup
+
+
+def test_a_failure_stops_the_fleet_and_the_report_names_what_was_not_attempted(make_fleet):
+    fleet = make_fleet(8)
+    break_target(fleet, "t03")
+
+    document = api.deploy("tenants", working_directory=fleet.project, concurrency=1)
+
+    assert document.status == "error"
+    assert (document.code, document.exit_code) == ("MIGRATION_FAILED", 6)
+    result = document.model_dump(mode="json")["result"]
+    assert result["summary"] == {"deployed": 3, "failed": 1, "not_attempted": 4}
+    by_name = rows(document)
+    assert [by_name[n]["status"] for n in fleet.names] == ["deployed"] * 3 + ["failed"] + ["not_attempted"] * 4
+    failed = by_name["t03"]
+    assert failed["error"]["code"] == "MIGRATION_FAILED"
+    assert "002_posts" in failed["error"]["message"]
+    # 001 was committed before 002 failed; no backup was taken, so nothing could be restored.
+    assert failed["migrations_applied"] == ["001_users"]
+    assert failed["error"]["rollback_status"] == "no_backup"
+    assert any(hint.startswith("t03: ") for hint in document.recovery.suggestions)
+    assert fleet.applied("t03") == ["001_users"]
+    # ... and the targets after it were never touched: no migration, no history, no faber schema.
+    for name in fleet.names[4:]:
+        assert fleet.applied(name) == []
+        assert fleet.query(name, "SELECT count(*) FROM pg_namespace WHERE nspname = 'faber'") == [(0,)]
+
+
+def test_continue_deploys_every_other_target(make_fleet):
+    fleet = make_fleet(8, rollout={"on_failure": "continue"})
+    break_target(fleet, "t02")
+    break_target(fleet, "t05")
+
+    document = api.deploy("tenants", working_directory=fleet.project, concurrency=3)
+
+    assert (document.status, document.exit_code) == ("error", 6)
+    assert document.model_dump(mode="json")["result"]["summary"] == {"deployed": 6, "failed": 2}
+    assert "2 of 8 target(s) of tenants failed" in document.error
+    for name in fleet.names:
+        assert fleet.applied(name) == (["001_users"] if name in ("t02", "t05") else list(MIGRATIONS))
+    assert [row["status"] for row in fleet.history("t05")] == ["error"]
+
+
+def test_a_wave_starts_only_after_the_previous_one_succeeded(make_fleet):
+    fleet = make_fleet(10, rollout={"canary": 1, "waves": ["30%", "100%"], "on_failure": "continue"})
+
+    document = api.deploy("tenants", working_directory=fleet.project, concurrency=4)
+
+    assert document.status == "success"
+    waves = {name: row["wave"] for name, row in rows(document).items()}
+    assert [waves[n] for n in fleet.names] == [1, 2, 2] + [3] * 7
+    # From each target's own history row: every target of a wave finished before the next wave began.
+    times = {name: fleet.history(name)[0] for name in fleet.names}
+    for wave in (1, 2):
+        finished = max(times[n]["finished_at"] for n in fleet.names if waves[n] == wave)
+        started = min(times[n]["started_at"] for n in fleet.names if waves[n] == wave + 1)
+        assert finished <= started
+
+
+def test_a_failed_wave_keeps_the_next_wave_from_starting_even_with_continue(make_fleet):
+    fleet = make_fleet(6, rollout={"canary": 1, "waves": ["50%", "100%"], "on_failure": "continue"})
+    break_target(fleet, "t01")  # in wave 2 (t01, t02)
+
+    document = api.deploy("tenants", working_directory=fleet.project, concurrency=2)
+
+    assert document.exit_code == 6
+    statuses = {name: row["status"] for name, row in rows(document).items()}
+    assert statuses == {
+        "t00": "deployed",
+        "t01": "failed",
+        "t02": "deployed",
+        **{name: "not_attempted" for name in ("t03", "t04", "t05")},
+    }
+    for name in ("t03", "t04", "t05"):
+        assert fleet.applied(name) == [] and fleet.history(name) == []
+
+
+def test_dry_run_counts_the_targets_needing_each_migration_and_changes_nothing(make_fleet):
+    fleet = make_fleet(5)
+    for name in ("t00", "t01"):
+        fleet.query(name, MIGRATIONS["001_users"])
+        fleet.query(name, sqlfiles.BOOKKEEPING)
+        fleet.query(name, "INSERT INTO sqlfiles_migrations VALUES ('001_users', 'x')")
+
+    document = api.deploy("tenants", working_directory=fleet.project, dry_run=True)
+
+    assert (document.status, document.operation) == ("success", "preview-migrations")
+    result = document.model_dump(mode="json")["result"]
+    assert result["migrations"] == {"001_users": 3, "002_posts": 5, "003_index": 5}
+    assert rows(document)["t00"]["pending"] == ["002_posts", "003_index"]
+    assert all(fleet.history(name) == [] for name in fleet.names)
+    assert fleet.applied("t02") == []
+
+
+def test_status_is_a_row_per_target_and_fails_on_a_failed_migration(make_fleet):
+    fleet = make_fleet(3)
+    api.deploy("tenants", working_directory=fleet.project)
+    fleet.query("t01", "DELETE FROM sqlfiles_migrations WHERE name = '003_index'")
+
+    document = api.status("tenants", working_directory=fleet.project)
+
+    assert document.status == "success"
+    by_name = rows(document)
+    assert by_name["t01"]["status"] == "pending" and by_name["t01"]["pending"] == ["003_index"]
+    assert by_name["t00"]["status"] == "up_to_date" and by_name["t00"]["applied_count"] == 3
+
+    single = api.status("tenants/t01", working_directory=fleet.project)  # one target, as one database
+    assert single.model_dump(mode="json")["result"]["pending"] == ["003_index"]
+
+
+# Shards --------------------------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    names=st.sets(st.from_regex(TARGET_NAME, fullmatch=True), min_size=0, max_size=60),
+    count=st.integers(min_value=1, max_value=5),
+)
+def test_shards_are_disjoint_and_complete(names, count):
+    shares = [{n for n in names if shard_of(n, count) == index} for index in range(1, count + 1)]
+    assert set().union(*shares) == names
+    assert sum(len(share) for share in shares) == len(names)
+
+
+def test_shard_runs_over_a_real_fleet_cover_it_exactly_once(make_fleet, monkeypatch):
+    fleet = make_fleet(20)
+    for count in range(1, 6):
+        seen: list[str] = []
+        for index in range(1, count + 1):
+            document = api.status("tenants", working_directory=fleet.project, shard=f"{index}/{count}")
+            assert document.status == "success"
+            result = document.model_dump(mode="json")["result"]
+            assert (result["shard"], result["targets_total"]) == (f"{index}/{count}", 20)
+            seen += [row["name"] for row in result["targets"]]
+        assert sorted(seen) == fleet.names
+    # A Kubernetes Indexed Job's pod: JOB_COMPLETION_INDEX is 0-based.
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "2")
+    monkeypatch.setenv("JOB_COMPLETIONS", "3")
+    document = api.status("tenants", working_directory=fleet.project)
+    assert document.model_dump(mode="json")["result"]["shard"] == "3/3"
+    assert {row["name"] for row in document.model_dump(mode="json")["result"]["targets"]} == {
+        name for name in fleet.names if shard_of(name, 3) == 3
+    }
+
+
+# The command line, credentials, and a killed run ----------------------------------------------
+
+
+def test_a_killed_fleet_run_converges_when_run_again(make_fleet, run_faber):
+    slow = {**MIGRATIONS, "004_slow": "SELECT pg_sleep(0.2);"}
+    fleet = make_fleet(12, migrations=slow)
+    run = FaberProcess.start(fleet.project, "migrate", "tenants", "--concurrency", "2", "--json", env=fleet.env)
+    try:
+        run.wait_for(lambda event: event["kind"] == "run.finished" and event["operation"] == "deploy-migrations")
+        run.kill(signal.SIGKILL)
+        assert run.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        run.stop_everything()
+    interrupted = [name for name in fleet.names if fleet.applied(name) != list(slow)]
+    assert interrupted, "the kill came after the whole fleet was deployed"
+
+    again = run_faber("migrate", "tenants", "--json", "--cwd", str(fleet.project), env=fleet.env)
+
+    assert again.returncode == 0, again.output
+    summary = again.json["result"]["summary"]
+    assert summary.get("deployed", 0) >= len(interrupted) - 2  # two may have been mid-migration, now rolled back
+    assert summary.get("deployed", 0) + summary.get("up_to_date", 0) == 12
+    assert all(fleet.applied(name) == list(slow) for name in fleet.names)
+
+
+def test_no_channel_carries_a_targets_password(make_fleet, run_faber):
+    leaky = {**MIGRATIONS, "004_leaky": f"SELECT '{CANARY_PASSWORD}'::int;"}
+    fleet = make_fleet(3, migrations=leaky)
+    broken_url = fleet.urls["t02"].replace("127.0.0.1:5432", "127.0.0.1:1")
+    env = {**fleet.env, URLS_VARIABLE: fleet.env[URLS_VARIABLE].replace(fleet.urls["t02"], broken_url)}
+    cwd = ("--cwd", str(fleet.project))
+    runs = [
+        run_faber("migrate", "tenants", "--dry-run", *cwd, env=env),
+        run_faber("migrate", "tenants", "--json", "--concurrency", "3", *cwd, env=env),
+        run_faber("migrate", "tenants", *cwd, env={**env, "FABER_DEBUG": "1"}),
+        run_faber("status", "tenants", "--json", *cwd, env=env),
+        run_faber("status", "tenants", *cwd, env=env),
+        run_faber("history", "tenants/t00", "--json", *cwd, env=env),
+        run_faber("migrate", "tenants", "--shard", "9/2", "--json", *cwd, env=env),
+    ]
+    assert [run.returncode for run in runs] == [3, 6, 6, 3, 3, 0, 2]
+    deployed = runs[1].json
+    assert {row["name"]: row["status"] for row in deployed["result"]["targets"]} == {
+        "t00": "failed",  # 004_leaky: its error quotes the canary
+        "t01": "failed",
+        "t02": "failed",  # unreachable
+    }
+    assert deployed["code"] == "MIGRATION_FAILED"  # the first failing target's, in the fleet's order
+    for run in runs:
+        assert CANARY_PASSWORD not in run.output
+    assert CANARY_PASSWORD not in (fleet.project / ".faber" / "audit.log").read_text()
+    for name in ("t00", "t01"):
+        assert fleet.history(name)
+        assert CANARY_PASSWORD not in json.dumps(fleet.history(name), default=str)
+
+
+def test_bad_fleet_input_is_a_structured_error(make_fleet, run_faber, faber_project, tmp_path):
+    fleet = make_fleet(2)
+    cwd = ("--cwd", str(fleet.project))
+    duplicate = {**fleet.env, URLS_VARIABLE: f"a {fleet.urls['t00']}\na {fleet.urls['t01']}"}
+    unnamed_garbage = {**fleet.env, URLS_VARIABLE: f"t00 {fleet.urls['t00']}\nt01 not-a-url:{CANARY_PASSWORD}"}
+    cases = [
+        (("migrate", "tenants", "--shard", "0/3", "--json"), fleet.env, "is not I/N"),
+        (("migrate", "tenants", "--concurrency", "0", "--json"), fleet.env, "--concurrency"),
+        (("migrate", "tenants", "--json"), duplicate, "Two targets"),
+        (("migrate", "tenants", "--json"), unnamed_garbage, "line 2"),
+        (("rollback", "tenants", "--json"), fleet.env, "name one target"),
+        (("status", "tenants/nope", "--json"), fleet.env, "no target 'nope'"),
+    ]
+    for args, env, expected in cases:
+        run = run_faber(*args, *cwd, env=env)
+        assert run.returncode == 2, (args, run.output)
+        assert run.json["code"] == "CONFIG_INVALID"
+        assert expected in run.stdout, run.stdout
+        assert CANARY_PASSWORD not in run.output
+        assert "Traceback" not in run.output
+
+    config = json.loads((fleet.project / ".fractary/plugins/faber-db/config.json").read_text())
+    config["database"]["environments"]["tenants"]["rollout"] = {"wave": ["100%"]}
+    misspelt = faber_project(config, root=tmp_path / "misspelt")
+    run = run_faber("migrate", "tenants", "--json", "--cwd", str(misspelt), env=fleet.env)
+    assert (run.returncode, run.json["code"]) == (2, "CONFIG_INVALID")
+    assert "waves" in run.json["error"]
+
+
+def test_targets_from_a_file_and_from_a_catalog_query(make_fleet, postgres_admin_url, monkeypatch):
+    fleet = make_fleet(3)
+    variables = {f"{name.upper()}_DATABASE_URL": url for name, url in fleet.urls.items()}
+    for key, value in variables.items():
+        monkeypatch.setenv(key, value)
+    (fleet.project / "tenants.txt").write_text(
+        "# tenant  URL variable\n" + "\n".join(f"{name} {name.upper()}_DATABASE_URL" for name in fleet.names) + "\n"
+    )
+    catalog = create_database(postgres_admin_url, prefix="faber_catalog")
+    try:
+        catalog_url = database_url_for(postgres_admin_url, catalog, password=CANARY_PASSWORD)
+        with psycopg.connect(catalog_url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE tenants (name text, url_env text, active bool)")
+            for name in fleet.names:
+                conn.execute(
+                    "INSERT INTO tenants VALUES (%s, %s, %s)", [name, f"{name.upper()}_DATABASE_URL", name != "t01"]
+                )
+        monkeypatch.setenv("CATALOG_DATABASE_URL", catalog_url)
+        config_path = fleet.project / ".fractary/plugins/faber-db/config.json"
+        config = json.loads(config_path.read_text())
+        environment = config["database"]["environments"]["tenants"]
+        for targets, expected in (
+            ({"file": "tenants.txt"}, fleet.names),
+            (
+                {
+                    "catalog": {
+                        "url_env": "CATALOG_DATABASE_URL",
+                        "query": "SELECT name, url_env FROM tenants WHERE active ORDER BY name",
+                    }
+                },
+                ["t00", "t02"],
+            ),
+        ):
+            environment["targets"] = targets
+            config_path.write_text(json.dumps(config))
+            document = api.status("tenants", working_directory=fleet.project)
+            assert [row["name"] for row in document.model_dump(mode="json")["result"]["targets"]] == expected
+        # The catalog is only read: a query that writes is refused by the read-only transaction.
+        environment["targets"]["catalog"]["query"] = "DELETE FROM tenants RETURNING name, url_env"
+        config_path.write_text(json.dumps(config))
+        refused = api.status("tenants", working_directory=fleet.project)
+        assert (refused.code, refused.exit_code) == ("CONFIG_INVALID", 2)
+        with psycopg.connect(catalog_url) as conn:
+            assert conn.execute("SELECT count(*) FROM tenants").fetchone() == (3,)
+    finally:
+        drop_database(postgres_admin_url, catalog)
