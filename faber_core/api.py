@@ -113,7 +113,7 @@ def deploy(
         working_directory=working_directory,
         progress=progress,
         listeners=listeners,
-        fleet=lambda runner, plugins: fleet.deploy(runner, plugins, options),
+        fleet_body=lambda runner, plugins: fleet.deploy(runner, plugins, options),
         fleet_options=_fleet_options(concurrency, shard),
     )
 
@@ -175,7 +175,7 @@ def status(
         working_directory=working_directory,
         progress=progress,
         listeners=listeners,
-        fleet=lambda runner, plugins: fleet.status(runner),
+        fleet_body=lambda runner, plugins: fleet.status(runner),
         fleet_options=_fleet_options(concurrency, shard),
     )
 
@@ -574,13 +574,13 @@ def run_command(
     working_directory: str | Path | None = None,
     progress: TextIO | None = None,
     listeners: Iterable[Listener] = (),
-    fleet: FleetBody | None = None,
+    fleet_body: FleetBody | None = None,
     fleet_options: FleetOptions | None = None,
 ) -> Document:
     """Open ``environment``'s context in the project, run ``body`` on it, and return its document.
 
-    A command that also runs on a whole fleet (docs/fleet.md) passes ``fleet``: on a fleet
-    environment it runs instead, and its runner runs ``body``-like commands on each target.
+    A command that also runs on a whole fleet (docs/fleet.md) passes ``fleet_body``: on a fleet
+    environment it runs instead of ``body``, running commands on the targets through its runner.
     """
     from faber_core.context import resolve_project_dir
     from faber_core.fleet import FleetOptions, FleetProgress, Runner, open_fleet
@@ -590,8 +590,9 @@ def run_command(
         project = resolve_project_dir(working_directory)
         plugins_ = Plugins()
         # The run's redactor learns every target's URL before the first target starts.
-        found = open_fleet(project, environment, run.redactor, fleet_options or FleetOptions()) if fleet else None
-        if found is None or fleet is None:
+        options = fleet_options or FleetOptions()
+        found = open_fleet(project, environment, run.redactor, options) if fleet_body else None
+        if found is None or fleet_body is None:
             return _run_body(run, project, plugins_, operation, environment, body, progress, listeners)
 
         def run_target(operation_: str, target: Target, body_: Body) -> Document:
@@ -603,7 +604,7 @@ def run_command(
                 redactor=run.redactor,
             )
 
-        return fleet(Runner(found, run_target, FleetProgress(progress, run.redactor)), plugins_)
+        return fleet_body(Runner(found, run_target, FleetProgress(progress, run.redactor)), plugins_)
 
     return _execute(operation, environment, opened)
 

@@ -182,6 +182,11 @@ def deploy(runner: Runner, plugins: Plugins, options: DeployOptions) -> Success:
     from faber_core.workflow import migrate
 
     fleet = runner.fleet
+    if options.rehearse:
+        raise ConfigError(
+            "--rehearse measures one database's migrations on a copy of it; a fleet has many",
+            suggestions=[f"Rehearse on one target: faber migrate {fleet.environment}/TARGET --dry-run --rehearse"],
+        )
     started = time.monotonic()
     rollout = fleet.settings.rollout
     on_failure = rollout.on_failure if rollout else "stop"

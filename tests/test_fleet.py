@@ -356,6 +356,8 @@ def test_bad_fleet_input_is_a_structured_error(make_fleet, run_faber, faber_proj
         (("migrate", "tenants", "--json"), duplicate, "Two targets"),
         (("migrate", "tenants", "--json"), unnamed_garbage, "line 2"),
         (("rollback", "tenants", "--json"), fleet.env, "name one target"),
+        (("migrate", "tenants", "--dry-run", "--rehearse", "--json"), fleet.env, "Rehearse on one target"),
+        (("migrate", "tenants/t00", "--shard", "1/2", "--json"), fleet.env, "one database"),
         (("status", "tenants/nope", "--json"), fleet.env, "no target 'nope'"),
     ]
     for args, env, expected in cases:
