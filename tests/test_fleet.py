@@ -26,6 +26,7 @@ from faber_core.targets import shard_of
 from faber_core.testing import sqlfiles
 from faber_core.testing.faults import FaberProcess
 from faber_core.testing.fixtures import CANARY_PASSWORD, create_database, database_url_for, drop_database
+from faber_core.testing.otlp import OtlpReceiver
 
 MIGRATIONS = {
     "001_users": "CREATE TABLE users (id serial PRIMARY KEY, email text NOT NULL);",
@@ -315,34 +316,48 @@ def test_a_killed_fleet_run_converges_when_run_again(make_fleet, run_faber):
 
 
 def test_no_channel_carries_a_targets_password(make_fleet, run_faber):
+    """Backed up, failing, rolled back and unreachable targets, on threads: the canary password is in
+    no output, no file under .faber/ (audit log, backups), no history row and no exported span."""
     leaky = {**MIGRATIONS, "004_leaky": f"SELECT '{CANARY_PASSWORD}'::int;"}
-    fleet = make_fleet(3, migrations=leaky)
+    fleet = make_fleet(3, migrations=leaky, backup_before_migrate=True)
     broken_url = fleet.urls["t02"].replace("127.0.0.1:5432", "127.0.0.1:1")
     env = {**fleet.env, URLS_VARIABLE: fleet.env[URLS_VARIABLE].replace(fleet.urls["t02"], broken_url)}
     cwd = ("--cwd", str(fleet.project))
-    runs = [
-        run_faber("migrate", "tenants", "--dry-run", *cwd, env=env),
-        run_faber("migrate", "tenants", "--json", "--concurrency", "3", *cwd, env=env),
-        run_faber("migrate", "tenants", *cwd, env={**env, "FABER_DEBUG": "1"}),
-        run_faber("status", "tenants", "--json", *cwd, env=env),
-        run_faber("status", "tenants", *cwd, env=env),
-        run_faber("history", "tenants/t00", "--json", *cwd, env=env),
-        run_faber("migrate", "tenants", "--shard", "9/2", "--json", *cwd, env=env),
-    ]
+    with OtlpReceiver() as receiver:
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.endpoint
+        runs = [
+            run_faber("migrate", "tenants", "--dry-run", *cwd, env=env),
+            run_faber("migrate", "tenants", "--json", "--concurrency", "3", *cwd, env=env),
+            run_faber("migrate", "tenants", *cwd, env={**env, "FABER_DEBUG": "1"}),
+            run_faber("status", "tenants", "--json", *cwd, env=env),
+            run_faber("status", "tenants", *cwd, env=env),
+            run_faber("history", "tenants/t00", "--json", *cwd, env=env),
+            run_faber("migrate", "tenants", "--shard", "9/2", "--json", *cwd, env=env),
+        ]
     assert [run.returncode for run in runs] == [3, 6, 6, 3, 3, 0, 2]
-    deployed = runs[1].json
-    assert {row["name"]: row["status"] for row in deployed["result"]["targets"]} == {
-        "t00": "failed",  # 004_leaky: its error quotes the canary
-        "t01": "failed",
-        "t02": "failed",  # unreachable
-    }
-    assert deployed["code"] == "MIGRATION_FAILED"  # the first failing target's, in the fleet's order
-    for run in runs:
-        assert CANARY_PASSWORD not in run.output
-    assert CANARY_PASSWORD not in (fleet.project / ".faber" / "audit.log").read_text()
-    for name in ("t00", "t01"):
-        assert fleet.history(name)
-        assert CANARY_PASSWORD not in json.dumps(fleet.history(name), default=str)
+    deployed = {row["name"]: row for row in runs[1].json["result"]["targets"]}
+    assert runs[1].json["code"] == "MIGRATION_FAILED"  # the first failing target's, in the fleet's order
+    for name in ("t00", "t01"):  # 004_leaky fails quoting the canary; the backup is restored
+        assert deployed[name]["status"] == "failed"
+        assert deployed[name]["error"]["rollback_status"] == "success"
+        assert deployed[name]["backup_id"]
+        assert fleet.applied(name) == []
+    assert deployed["t02"]["error"]["code"] == "HEALTH_CHECK_FAILED"  # unreachable
+
+    channels = {f"run {index}": run.output for index, run in enumerate(runs)}
+    files = [path for path in (fleet.project / ".faber").rglob("*") if path.is_file()]
+    assert any(path.suffix == ".dump" for path in files) and any(path.name == "audit.log" for path in files)
+    channels |= {str(path): path.read_bytes().decode(errors="replace") for path in files}
+    channels |= {f"history of {name}": json.dumps(fleet.history(name), default=str) for name in ("t00", "t01")}
+    channels["spans"] = "\n".join(
+        [body.decode(errors="replace") for body in receiver.bodies] + [repr(span) for span in receiver.spans()]
+    )
+    assert [channel for channel, text in channels.items() if CANARY_PASSWORD in text] == []
+    # Each target's command span is a child of the fleet's, although it ran on another thread.
+    spans = receiver.spans()
+    fleet_roots = {s.span_id for s in spans if s.name == "faber.migrate" and not s.parent_span_id}
+    targets = [s for s in spans if s.name == "faber.migrate" and "/" in s.attributes.get("faber.environment", "")]
+    assert len(targets) >= 6 and all(s.parent_span_id in fleet_roots for s in targets)
 
 
 def test_bad_fleet_input_is_a_structured_error(make_fleet, run_faber, faber_project, tmp_path):
