@@ -222,6 +222,33 @@ def test_a_failed_wave_keeps_the_next_wave_from_starting_even_with_continue(make
         assert fleet.applied(name) == [] and fleet.history(name) == []
 
 
+def test_a_protected_fleet_is_approved_once_for_every_target(make_fleet):
+    fleet = make_fleet(4, require_approval=True)
+
+    refused = api.deploy("tenants", working_directory=fleet.project)  # no --yes, no terminal
+
+    assert (refused.code, refused.exit_code) == ("APPROVAL_REQUIRED", 5)
+    assert "faber migrate tenants --yes" in " ".join(refused.recovery.suggestions)
+    assert all(fleet.applied(name) == [] and fleet.history(name) == [] for name in fleet.names)
+
+    questions: list[str] = []
+    declined = api.deploy("tenants", working_directory=fleet.project, approver=lambda q: questions.append(q) and False)
+    assert (declined.code, questions) == ("APPROVAL_REQUIRED", ["Apply pending migrations to 4 target(s) of tenants?"])
+    assert all(fleet.applied(name) == [] for name in fleet.names)
+
+    events = []
+    approved = api.deploy(
+        "tenants",
+        working_directory=fleet.project,
+        approver=lambda q: questions.append(q) or True,
+        listeners=[events.append],
+    )
+    assert approved.status == "success" and len(questions) == 2  # asked once more, for the whole fleet
+    grants = [event for event in events if event.kind == "approval.granted"]
+    assert sorted(event.environment for event in grants) == [f"tenants/{name}" for name in fleet.names]
+    assert {event.data["by"] for event in grants} == {"prompt"}
+
+
 def test_dry_run_counts_the_targets_needing_each_migration_and_changes_nothing(make_fleet):
     fleet = make_fleet(5)
     for name in ("t00", "t01"):
@@ -360,35 +387,45 @@ def test_no_channel_carries_a_targets_password(make_fleet, run_faber):
     assert len(targets) >= 6 and all(s.parent_span_id in fleet_roots for s in targets)
 
 
-def test_bad_fleet_input_is_a_structured_error(make_fleet, run_faber, faber_project, tmp_path):
+def test_bad_fleet_input_is_a_structured_error(make_fleet, run_faber, monkeypatch):
     fleet = make_fleet(2)
-    cwd = ("--cwd", str(fleet.project))
-    duplicate = {**fleet.env, URLS_VARIABLE: f"a {fleet.urls['t00']}\na {fleet.urls['t01']}"}
-    unnamed_garbage = {**fleet.env, URLS_VARIABLE: f"t00 {fleet.urls['t00']}\nt01 not-a-url:{CANARY_PASSWORD}"}
+    project = fleet.project
+    listing = fleet.env[URLS_VARIABLE]
+    duplicate = f"a {fleet.urls['t00']}\na {fleet.urls['t01']}"
+    garbage = f"t00 {fleet.urls['t00']}\nt01 not-a-url:{CANARY_PASSWORD}"
     cases = [
-        (("migrate", "tenants", "--shard", "0/3", "--json"), fleet.env, "is not I/N"),
-        (("migrate", "tenants", "--concurrency", "0", "--json"), fleet.env, "--concurrency"),
-        (("migrate", "tenants", "--json"), duplicate, "Two targets"),
-        (("migrate", "tenants", "--json"), unnamed_garbage, "line 2"),
-        (("rollback", "tenants", "--json"), fleet.env, "name one target"),
-        (("migrate", "tenants", "--dry-run", "--rehearse", "--json"), fleet.env, "Rehearse on one target"),
-        (("migrate", "tenants/t00", "--shard", "1/2", "--json"), fleet.env, "one database"),
-        (("status", "tenants/nope", "--json"), fleet.env, "no target 'nope'"),
+        (lambda: api.deploy("tenants", working_directory=project, shard="0/3"), listing, "is not I/N"),
+        (lambda: api.deploy("tenants", working_directory=project, concurrency=65), listing, "--concurrency"),
+        (lambda: api.deploy("tenants", working_directory=project), duplicate, "Two targets"),
+        (lambda: api.status("tenants", working_directory=project), garbage, "line 2"),
+        (lambda: api.rollback("tenants", working_directory=project), listing, "name one target"),
+        (lambda: api.deploy("tenants", working_directory=project, dry_run=True, rehearse=True), listing, "Rehearse"),
+        (lambda: api.deploy("tenants/t00", working_directory=project, shard="1/2"), listing, "one database"),
+        (lambda: api.status("tenants/nope", working_directory=project), listing, "no target 'nope'"),
     ]
-    for args, env, expected in cases:
-        run = run_faber(*args, *cwd, env=env)
-        assert run.returncode == 2, (args, run.output)
-        assert run.json["code"] == "CONFIG_INVALID"
-        assert expected in run.stdout, run.stdout
-        assert CANARY_PASSWORD not in run.output
-        assert "Traceback" not in run.output
+    for command, urls, expected in cases:
+        monkeypatch.setenv(URLS_VARIABLE, urls)
+        document = command()
+        assert (document.code, document.exit_code) == ("CONFIG_INVALID", 2)
+        text = json.dumps(document.model_dump(mode="json"))
+        assert expected in text and CANARY_PASSWORD not in text, text
 
-    config = json.loads((fleet.project / ".fractary/plugins/faber-db/config.json").read_text())
+    # On the command line: a value typer refuses, and a garbled URL list, through every channel.
+    for args, env in (
+        (("migrate", "tenants", "--concurrency", "0"), fleet.env),
+        (("migrate", "tenants", "--json"), {**fleet.env, URLS_VARIABLE: garbage}),
+    ):
+        run = run_faber(*args, "--cwd", str(project), env=env)
+        assert run.returncode == 2, run.output
+        assert CANARY_PASSWORD not in run.output and "Traceback" not in run.output
+
+    config_path = project / ".fractary/plugins/faber-db/config.json"
+    config = json.loads(config_path.read_text())
     config["database"]["environments"]["tenants"]["rollout"] = {"wave": ["100%"]}
-    misspelt = faber_project(config, root=tmp_path / "misspelt")
-    run = run_faber("migrate", "tenants", "--json", "--cwd", str(misspelt), env=fleet.env)
-    assert (run.returncode, run.json["code"]) == (2, "CONFIG_INVALID")
-    assert "waves" in run.json["error"]
+    config_path.write_text(json.dumps(config))
+    monkeypatch.setenv(URLS_VARIABLE, listing)
+    misspelt = api.deploy("tenants", working_directory=project)
+    assert misspelt.code == "CONFIG_INVALID" and "did you mean waves?" in misspelt.error
 
 
 def test_targets_from_a_file_and_from_a_catalog_query(make_fleet, postgres_admin_url, monkeypatch):
