@@ -342,6 +342,26 @@ def test_a_killed_fleet_run_converges_when_run_again(make_fleet, run_faber):
     assert all(fleet.applied(name) == list(slow) for name in fleet.names)
 
 
+def test_ctrl_c_starts_no_further_target_and_lets_the_running_ones_finish(make_fleet):
+    slow = {"001_users": MIGRATIONS["001_users"], "002_wait": "SELECT pg_sleep(0.5);", "003_index": "SELECT 1;"}
+    fleet = make_fleet(8, migrations=slow)
+    run = FaberProcess.start(fleet.project, "migrate", "tenants", "--concurrency", "2", "--json", env=fleet.env)
+    try:
+        started = run.wait_for(
+            lambda event: event["kind"] == "migration.started" and event["data"]["name"] == "002_wait"
+        )
+        run.kill(signal.SIGINT)
+        assert run.wait(timeout=60) == 130, run.stderr()
+    finally:
+        run.stop_everything()
+    assert json.loads(run.stdout())["error"].startswith("Interrupted")
+    states = {name: fleet.applied(name) for name in fleet.names}
+    # Every target is whole: deployed to the end (it was running) or untouched (it had not started).
+    assert all(applied in ([], list(slow)) for applied in states.values()), states
+    assert states[started["environment"].split("/")[1]] == list(slow)
+    assert sum(applied == [] for applied in states.values()) >= 4
+
+
 def test_no_channel_carries_a_targets_password(make_fleet, run_faber):
     """Backed up, failing, rolled back and unreachable targets, on threads: the canary password is in
     no output, no file under .faber/ (audit log, backups), no history row and no exported span."""
