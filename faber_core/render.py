@@ -643,12 +643,18 @@ def _fleet_table(operation: str, targets: list[dict[str, Any]]) -> list[str]:
                 row["name"],
                 state(row),
                 _scalar(row.get("applied_count")) if row.get("applied_count") is not None else "",
-                ", ".join(row["pending"]) or "none",
+                _names(row["pending"]),
                 problem(row),
             )
             for row in targets
         ]
     return _table(header, rows)
+
+
+def _names(names: list[str], shown: int = 3) -> str:
+    """A few names of a list, and how many more: a table row stays one line."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more if names else "none"
 
 
 # Errors ----------------------------------------------------------------------------------

@@ -382,6 +382,12 @@ def test_no_channel_carries_a_targets_password(make_fleet, run_faber):
             run_faber("migrate", "tenants", "--shard", "9/2", "--json", *cwd, env=env),
         ]
     assert [run.returncode for run in runs] == [3, 6, 6, 3, 3, 0, 2]
+    table = runs[4].stdout.splitlines()  # faber status tenants, for people: a row per target
+    header = next(line for line in table if line.startswith("TARGET"))
+    assert header.split() == ["TARGET", "STATUS", "APPLIED", "PENDING", "ERROR"]
+    assert any(line.startswith("t00 ") and "001_users, 002_posts, 003_index and 1 more" in line for line in table)
+    assert any(line.startswith("t02 ") and "HEALTH_CHECK_FAILED" in line for line in table)
+    assert not any(marker in runs[2].stdout + runs[4].stdout for marker in ("{'", "['", "None"))
     deployed = {row["name"]: row for row in runs[1].json["result"]["targets"]}
     assert runs[1].json["code"] == "MIGRATION_FAILED"  # the first failing target's, in the fleet's order
     for name in ("t00", "t01"):  # 004_leaky fails quoting the canary; the backup is restored
