@@ -203,7 +203,7 @@ def health(
                 f"Health check of {environment} failed: "
                 + "; ".join(f"{r.name}: {r.details}" if r.details else r.name for r in failed),
                 result={"health_check": "failed", "checks": checks, "details": "; ".join(r.details for r in failed)},
-                suggestions=health_suggestions(context, failed[0]),
+                suggestions=health_suggestions(context, plugins, failed[0]),
             )
         return Success(
             operation=HEALTH,
@@ -650,26 +650,31 @@ def _execute(
 
     ``redactor``: a fleet's, shared by its targets (it knows every target's URL).
     """
+    from faber_core.errors import Interrupted
+    from faber_core.interrupts import signal_name, sigterm_as_interrupt
     from faber_core.results import ErrorDocument
     from faber_core.secrets import Redactor
     from faber_core.telemetry import command_span, record_outcome
 
     run = _Run(redactor or Redactor())
-    with command_span(operation, environment) as span:
+    with command_span(operation, environment) as span, sigterm_as_interrupt():
         try:
             document: Document = action(run)
         except FaberError as exc:
             document = ErrorDocument.from_error(exc, operation=operation, environment=environment, tool=_tool(run))
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (faber_core/interrupts.py)
+            # A deploy interrupted after its backup reports through its failure path (an
+            # Interrupted error, above); this is an interrupt anywhere else.
             document = ErrorDocument.from_error(
-                FaberError(
-                    "Interrupted",
+                Interrupted(
+                    f"Interrupted by {signal_name(interrupt)}",
+                    result={"interrupted_by": signal_name(interrupt)},
                     suggestions=[f"Check the state with: faber status {environment}"] if environment else [],
                 ),
                 operation=operation,
                 environment=environment,
+                tool=_tool(run),
             )
-            document.exit_code = 130
         except Exception as exc:  # a bug or an unexpected failure: still one structured document
             if os.environ.get("FABER_DEBUG"):
                 _print_traceback(exc, run.redactor)

@@ -266,6 +266,9 @@ class RunContext:
     deadline: float | None = None
     """``time.monotonic()`` by which the programs this context starts must be done (the deploy's
     lint rehearsal is bounded so); None: no limit."""
+    before_each_migration: list[Callable[[str], None]] = field(default_factory=list)
+    """Checks the core runs when a handler calls :meth:`start_migration` (faber's lock still held);
+    one raises to stop the deploy before that migration."""
     _server_version: int | None = field(default=None, init=False, repr=False)
 
     def seconds_left(self) -> float | None:
@@ -312,6 +315,18 @@ class RunContext:
             except psycopg.Error:
                 return None
         return self._server_version
+
+    def start_migration(self, name: str) -> None:
+        """Handlers call this just before applying migration ``name``, outside any transaction.
+
+        It runs the core's checks first (is faber's lock still held?) and raises a
+        :class:`~faber_core.errors.FaberError` (:class:`~faber_core.errors.LockLost`) when the deploy
+        must stop before this migration: let it propagate. Then it tells listeners
+        (``migration.started``), which show progress and let faber tell what a failure left behind.
+        """
+        for check in self.before_each_migration:
+            check(name)
+        self.emit("migration.started", name=name)
 
     def emit(self, kind: str, **data: Any) -> AuditEvent:
         """Tell every listener (progress output, audit sinks, spans) that something happened."""

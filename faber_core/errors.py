@@ -24,6 +24,7 @@ class FaberError(Exception):
         suggestions: list[str] | None = None,
         result: dict[str, Any] | None = None,
         backup_id: str | None = None,
+        rollback_advised: bool = True,
         tool_output: str | None = None,
     ) -> None:
         super().__init__(message)
@@ -31,6 +32,9 @@ class FaberError(Exception):
         self.suggestions = list(suggestions or [])
         self.result = dict(result or {})
         self.backup_id = backup_id
+        self.rollback_advised = rollback_advised
+        """False when restoring ``backup_id`` would be wrong advice (nothing to undo, or already restored):
+        the document then names the backup without a ``rollback_command``."""
         self.tool_output = tool_output
 
 
@@ -58,6 +62,11 @@ class MigrationFailed(FaberError):
 
 class Locked(FaberError):
     code = "LOCKED"
+
+
+class LockLost(Locked):
+    """faber's lock session ended (e.g. ``pg_terminate_backend``) or let the lock go during a deploy:
+    another run may have taken the lock and changed the database since."""
 
 
 class RestoreFailed(FaberError):
@@ -90,6 +99,12 @@ class PluginError(FaberError):
     code = "PLUGIN_ERROR"
 
 
+class Interrupted(FaberError):
+    """SIGINT (Ctrl-C) or SIGTERM (what CI runners and Kubernetes send) stopped the run."""
+
+    code = "INTERRUPTED"
+
+
 EXIT_CODES: dict[str, int] = {
     "INTERNAL_ERROR": 1,
     PluginError.code: 1,
@@ -103,6 +118,7 @@ EXIT_CODES: dict[str, int] = {
     LintBlocked.code: 9,
     StagingProofMissing.code: 10,
     PreflightBlocked.code: 11,
+    Interrupted.code: 130,
 }
 
 

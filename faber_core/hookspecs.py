@@ -109,8 +109,10 @@ def faber_migration_apply(tool: str, context: RunContext, pending: list[LocalMig
     holds its advisory lock on the database, after the health check, the approval and the
     backup. Apply each migration in its own transaction when its SQL allows it, together with
     its bookkeeping row, so a failure leaves nothing of that migration behind. Call
-    ``context.emit("migration.started", name=...)`` and ``context.emit("migration.applied",
-    name=..., duration_seconds=...)`` as you go so the user sees progress.
+    ``context.start_migration(name)`` just before each migration (faber checks its lock is still
+    held and raises ``LockLost`` if not: let it propagate) and ``context.emit("migration.applied",
+    name=..., duration_seconds=...)`` after each commit, so the user sees progress and faber knows
+    what committed even if the hook raises.
 
     Returns :class:`~faber_core.models.ApplyOutcome`: the migrations committed and, if one
     failed, a :class:`~faber_core.models.MigrationFailure` saying whether its transaction rolled

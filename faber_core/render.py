@@ -244,6 +244,9 @@ class ProgressPrinter:
     def on_rollback_skipped(self, event: AuditEvent) -> None:
         self.line(f"✓ No rollback needed: {event.data['reason']}")
 
+    def on_rollback_withheld(self, event: AuditEvent) -> None:
+        self.line(f"⚠ No automatic rollback: {event.data['reason']}")
+
     def on_writes_waiting(self, event: AuditEvent) -> None:
         self.line(f"… Checking for writes since the backup (waiting {event.data['seconds']}s for row counters)")
 

@@ -32,6 +32,39 @@ class DeployResult(BaseModel):
     staging_proof: dict[str, Any] | None = None
 
 
+RollbackStatus = Literal[
+    "not_needed", "success", "restored_side_by_side", "disabled", "no_backup", "lock_lost", "refused", "failed"
+]
+
+
+class FailedDeployResult(BaseModel):
+    """The ``result`` of every deploy that failed after its backup (docs/workflow.md, "One failure
+    path"): the spec's fields, what committed, what remains and what the rollback step did.
+
+    Fields that do not apply are left out of the JSON (``backup_id`` stays, null without a backup).
+    """
+
+    failed_migration: str | None = None
+    backup_id: str | None
+    migrations_applied_before_failure: int
+    applied_migrations: list[str] = Field(description="Migrations of this deploy that committed, in order.")
+    remaining_migrations: list[str] = Field(description="Pending migrations this deploy did not commit.")
+    transaction_rolled_back: bool | None = None
+    interrupted_by: str | None = Field(None, description="SIGINT or SIGTERM, when an interrupt stopped the deploy.")
+    migrations_applied: int | None = Field(None, description="After a failed post-deployment health check (spec).")
+    health_check_after: str | None = None
+    auto_rollback_triggered: bool | None = None
+    rollback_initiated: bool
+    rollback_status: RollbackStatus
+    rollback_reason: str | None = None
+    rollback_error: str | None = None
+    restored_endpoint: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_unset(self, handler: Any) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None or k == "backup_id"}
+
+
 class NoPendingResult(BaseModel):
     migrations_applied: Literal[0] = 0
     message: str = "No pending migrations"
@@ -93,7 +126,7 @@ class ErrorDocument(BaseModel):
         cls, error: FaberError, *, operation: str, environment: str | None, tool: str | None = None
     ) -> ErrorDocument:
         rollback_command = None
-        if error.backup_id and environment:
+        if error.backup_id and environment and error.rollback_advised:
             rollback_command = f"faber rollback {environment} --to {error.backup_id}"
         return cls(
             operation=operation,

@@ -15,7 +15,10 @@
 13    post-deployment health check
 14    verify everything is applied
 15-16 the result document (rendered by the CLI)
-      on a failed migration or health check: restore the backup, verify the restore
+      the one failure path, for whatever stops the deploy after its backup (a failed migration, a
+      lost connection or lock, an exception from a hook, a failed health check or verification,
+      an interrupt): restore the backup if something of this deploy committed, verify the
+      restore, report what committed, what remains and what to do next
 
 Backup comes after approval (the spec lists it before): a preview, a no-op run or a refused
 approval then leaves no backup behind, and every backup belongs to a deploy that really ran.
@@ -26,7 +29,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 
@@ -38,14 +42,20 @@ from faber_core.errors import (
     ConfigError,
     FaberError,
     HealthCheckFailed,
+    Interrupted,
+    LockLost,
     MigrationFailed,
     RestoreFailed,
 )
+from faber_core.interrupts import signal_name
 from faber_core.models import (
+    AppliedMigration,
     ApplyOutcome,
+    AuditEvent,
     BackupRecord,
     HealthCheckResult,
     LocalMigration,
+    MigrationFailure,
     MigrationPreview,
     MigrationState,
     RestoreOutcome,
@@ -53,7 +63,14 @@ from faber_core.models import (
 from faber_core.plugins import Plugins
 from faber_core.postgres.health import describe_connection_error
 from faber_core.postgres.locks import advisory_lock, faber_lock_key
-from faber_core.results import DeployResult, NoPendingResult, PreviewResult, Success
+from faber_core.results import (
+    DeployResult,
+    FailedDeployResult,
+    NoPendingResult,
+    PreviewResult,
+    RollbackStatus,
+    Success,
+)
 from faber_core.safety import checks as safety
 from faber_core.safety.timeouts import apply_with_lock_retry
 from faber_core.telemetry import command_name, step
@@ -88,7 +105,7 @@ def migrate(context: RunContext, plugins: Plugins, options: DeployOptions) -> Su
     # Split and classify before the lock and the backup: SQL that cannot be analysed touches nothing.
     with step(context, "analyse"):
         safety.analyse_before_lock(context, read_status(context, plugins, quiet=True).pending_migrations())
-    with deploy_lock(context):
+    with deploy_lock(context) as lock:
         health_before = check_health(context, plugins, "before", options)
         state = read_status(context, plugins)
         pending = state.pending_migrations()
@@ -99,15 +116,19 @@ def migrate(context: RunContext, plugins: Plugins, options: DeployOptions) -> Su
             approve(context, options, len(pending))
         safety.preflight_before_apply(context, review)
         backup = create_backup(context, plugins, options, state)
-        outcome = apply(context, plugins, state)
-        writes.record_faber_writes(context, outcome)  # so a restore tells them from the application's
-        if outcome.failure:
-            handle_failed_migration(context, plugins, outcome, backup)
-        health_after = check_health(context, plugins, "after", options)
-        if health_after == "failed":
-            handle_unhealthy_deploy(context, plugins, outcome, backup)
-        with step(context, "verify"):
-            verify_applied(context, plugins)
+        progress = DeployProgress(pending=pending)
+        try:
+            outcome = apply(context, plugins, lock, progress)
+            health_after = check_health(context, plugins, "after", options)
+            progress.health_after = health_after
+            if health_after == "failed":
+                raise HealthCheckFailed(
+                    "Post-deployment health check failed", suggestions=["Migrations applied but database unhealthy"]
+                )
+            with step(context, "verify"):
+                verify_applied(context, plugins)
+        except (Exception, KeyboardInterrupt) as stopped:
+            raise roll_back_failed_deploy(context, plugins, lock, backup, progress, stopped) from None
     return deployed(context, outcome, backup, health_before, health_after, time.monotonic() - started, review)
 
 
@@ -137,25 +158,58 @@ def wants_backup(context: RunContext, options: DeployOptions) -> bool:
     return bool(context.settings.backup_before_migrate) and not options.skip_backup and not options.dry_run
 
 
+@dataclass
+class DeployLock:
+    """faber's advisory lock on the database, and the session holding it."""
+
+    conn: psycopg.Connection
+    key: int
+
+    def held(self) -> bool:
+        """Whether the session is alive and still holds the lock. ``pg_terminate_backend`` of it, or a
+        dropped connection, frees the lock: another run could take it and deploy in between."""
+        try:
+            row = self.conn.execute(HOLDS_LOCK, {"key": self.key}).fetchone()
+        except psycopg.Error:
+            return False
+        return bool(row and row[0])
+
+    def require_held(self, before: str) -> None:
+        """Raise :class:`LockLost` unless the lock is still held; ``before`` names what must not run."""
+        if not self.held():
+            raise LockLost(
+                f"faber's lock on the database was lost before {before}: its session ended or let it go "
+                "(e.g. pg_terminate_backend), so another run may have deployed since",
+                suggestions=["Find out who ended faber's session (an operator, a connection limit, a proxy timeout)"],
+            )
+
+
+HOLDS_LOCK = """
+SELECT EXISTS (
+    SELECT FROM pg_locks
+    WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()
+      AND classid = ((%(key)s::bigint >> 32) & 4294967295)::oid
+      AND objid = (%(key)s::bigint & 4294967295)::oid
+      AND objsubid = 1
+)
+"""
+
+
 @contextmanager
-def deploy_lock(context: RunContext) -> Iterator[None]:
+def deploy_lock(context: RunContext) -> Iterator[DeployLock]:
     """faber's advisory lock on a connection of its own, held for the whole run."""
     with step(context, "lock"):
         try:
             conn = context.database.connect(application_name=f"faber {context.operation} {context.environment}")
         except psycopg.Error as exc:
             raise connection_failed(context, exc) from None
+    key = faber_lock_key(context.database.name)
     with conn:
-        with advisory_lock(
-            conn,
-            faber_lock_key(context.database.name),
-            wait_seconds=context.settings.lock_wait_seconds,
-            purpose="faber run",
-        ):
+        with advisory_lock(conn, key, wait_seconds=context.settings.lock_wait_seconds, purpose="faber run"):
             # Before anything is backed up or recorded: the backup would leave those objects out.
             refuse_shared_faber_schema(conn, context.config.database.faber_schema)
             context.emit("lock.acquired")
-            yield
+            yield DeployLock(conn, key)
 
 
 def connection_failed(context: RunContext, exc: psycopg.Error) -> HealthCheckFailed:
@@ -212,7 +266,7 @@ def check_health(context: RunContext, plugins: Plugins, phase: str, options: Dep
                 "details": "; ".join(r.details for r in failed),
                 "checks": [r.model_dump() for r in results],
             },
-            suggestions=health_suggestions(context, first),
+            suggestions=health_suggestions(context, plugins, first),
         )
     return status
 
@@ -249,13 +303,12 @@ def migrations_check(context: RunContext, state: MigrationState) -> HealthCheckR
     return HealthCheckResult(name="migrations", status="failed" if severe else "warning", details="; ".join(problems))
 
 
-def health_suggestions(context: RunContext, failed: HealthCheckResult) -> list[str]:
+def health_suggestions(context: RunContext, plugins: Plugins, failed: HealthCheckResult) -> list[str]:
     env = context.environment
     if failed.name == "migrations":
         return [
             f"Inspect the history: faber status {env}",
-            "A failed migration: undo what it left behind, then: "
-            f"faber resolve {env} --rolled-back NAME (or --applied NAME if you completed it by hand)",
+            *failed_migration_advice(context, unresolved_migrations(context, plugins)),
             "An edited migration: restore the file to what was applied, and put the change in a new migration",
             f"Retry when issue resolved: {rerun_command(context)}",
         ]
@@ -395,124 +448,322 @@ def take_backup(context: RunContext, plugins: Plugins, reason: str, state: Migra
 # 12: apply -----------------------------------------------------------------------------
 
 
-def apply(context: RunContext, plugins: Plugins, state: MigrationState) -> ApplyOutcome:
-    with step(context, "apply"):
-        context.emit(
-            "apply.started", migrations=[m.model_dump(include={"name", "checksum"}) for m in state.pending_migrations()]
+@dataclass
+class DeployProgress:
+    """How far a deploy got after its backup, for the failure path.
+
+    Kept up to date from the handler's events, so what committed is known even when the handler
+    raises instead of returning its :class:`ApplyOutcome`.
+    """
+
+    pending: list[LocalMigration]
+    applied: list[str] = field(default_factory=list)
+    running: str | None = None
+    """The migration started and neither applied nor reported failed: part of it may have committed."""
+    outcome: ApplyOutcome | None = None
+    health_after: str | None = None
+
+    def follow(self, event: AuditEvent) -> None:
+        if event.kind == "migration.started":
+            self.running = event.data["name"]
+        elif event.kind == "migration.applied":
+            self.applied.append(event.data["name"])
+            self.running = None
+
+    def record(self, outcome: ApplyOutcome) -> None:
+        self.outcome = outcome
+        self.applied = [m.name for m in outcome.applied]
+        self.running = None
+
+    @property
+    def remaining(self) -> list[str]:
+        return [m.name for m in self.pending if m.name not in self.applied]
+
+    def path_of(self, name: str) -> str | None:
+        return next((m.path for m in self.pending if m.name == name), None)
+
+
+def apply(context: RunContext, plugins: Plugins, lock: DeployLock, progress: DeployProgress) -> ApplyOutcome:
+    """Apply the pending migrations; raise :class:`MigrationFailed` when one fails.
+
+    faber's lock is checked before the run, before each migration (handlers call
+    ``context.start_migration``) and after the run (a handler whose tool applies every migration
+    in one go, such as the Node runners, cannot stop in between).
+    """
+    pending = progress.pending
+    lock.require_held(before=f"migration {pending[0].name}")
+
+    def lock_still_held(name: str) -> None:
+        lock.require_held(before=f"migration {name}")
+
+    context.listeners.append(progress.follow)
+    context.before_each_migration.append(lock_still_held)
+    try:
+        with step(context, "apply"):
+            context.emit("apply.started", migrations=[m.model_dump(include={"name", "checksum"}) for m in pending])
+            outcome = plugins.migration_dev(context) if context.mode == "dev" else None
+            if outcome is None and context.mode == "dev":
+                context.emit("dev.fallback", tool=context.tool)
+            if outcome is None:
+                outcome = apply_with_lock_retry(
+                    context, lambda remaining: plugins.migration_apply(context, remaining), pending
+                )
+            # Inside the step, so the failure is recorded on the apply span.
+            if outcome.failure:
+                context.emit("migration.failed", name=outcome.failure.name, error=outcome.failure.error)
+    finally:
+        context.listeners.remove(progress.follow)
+        context.before_each_migration.remove(lock_still_held)
+    progress.record(outcome)
+    writes.record_faber_writes(context, outcome)  # so a restore tells them from the application's
+    if outcome.failure:
+        failure = outcome.failure
+        raise MigrationFailed(
+            f"Migration {failure.name} failed: {first_line(failure.error)}",
+            suggestions=[review_migration(failure.name, failure.path), "Fix migration and retry"],
+            tool_output=failure.output,
         )
-        outcome = plugins.migration_dev(context) if context.mode == "dev" else None
-        if outcome is None and context.mode == "dev":
-            context.emit("dev.fallback", tool=context.tool)
-        if outcome is None:
-            outcome = apply_with_lock_retry(
-                context, lambda remaining: plugins.migration_apply(context, remaining), state.pending_migrations()
-            )
-        # Inside the step, so the failure is recorded on the apply span.
-        if outcome.failure:
-            context.emit("migration.failed", name=outcome.failure.name, error=outcome.failure.error)
+    lock.require_held(before="the post-deployment health check")
     return outcome
 
 
-def handle_failed_migration(
-    context: RunContext, plugins: Plugins, outcome: ApplyOutcome, backup: BackupRecord | None
-) -> None:
-    """Put the database back the way it was, if it is not already, then raise the error."""
-    failure = outcome.failure
-    assert failure is not None
-    applied = len(outcome.applied)
-    result: dict[str, object] = {
-        "failed_migration": failure.name,
-        "backup_id": backup.id if backup else None,
-        "migrations_applied_before_failure": applied,
-        "applied_migrations": [m.name for m in outcome.applied],
-        "transaction_rolled_back": failure.transaction_rolled_back,
-    }
-    review = f"Review migration: {failure.path}" if failure.path else f"Review migration {failure.name}"
-    if failure.transaction_rolled_back and applied == 0:
-        reason = (
-            f"{failure.name} ran in a transaction that rolled back and nothing else of this run was committed: "
-            "the database is as it was before the run, so no restore was needed "
+def review_migration(name: str, path: str | None) -> str:
+    return f"Review migration: {path}" if path else f"Review migration {name}"
+
+
+# The one failure path --------------------------------------------------------------------
+
+
+@dataclass
+class Cause:
+    """What stopped a deploy after its backup, as the failure path reports it."""
+
+    error: type[FaberError]
+    message: str
+    suggestions: list[str]
+    details: dict[str, Any] = field(default_factory=dict)
+    """The original error's own result fields (the checks that failed, what verification found)."""
+    tool_output: str | None = None
+    interrupted_by: str | None = None
+
+
+@dataclass
+class Rollback:
+    """What the rollback step did, and the advice that goes with it."""
+
+    status: RollbackStatus
+    initiated: bool = False
+    reason: str | None = None
+    error: str | None = None
+    restored_endpoint: str | None = None
+    advice_first: list[str] = field(default_factory=list)
+    advice_last: list[str] = field(default_factory=list)
+    restore_suggestions: list[str] = field(default_factory=list)
+
+
+def roll_back_failed_deploy(
+    context: RunContext,
+    plugins: Plugins,
+    lock: DeployLock,
+    backup: BackupRecord | None,
+    progress: DeployProgress,
+    stopped: BaseException,
+) -> FaberError:
+    """The one failure path after the backup; returns the error to raise.
+
+    Whatever stopped the deploy (a failed migration, a lost connection or lock, an exception from
+    any hook, a failed health check or verification, SIGINT or SIGTERM) comes here. The backup is
+    restored when something of this deploy committed and the environment rolls back
+    automatically; the error's result says what committed, what remains, what the rollback step
+    did, and its suggestions what to do next.
+    """
+    cause = cause_of(context, stopped, progress)
+    if progress.outcome is None:  # the handler raised: what it wrote is not measured
+        writes.record_faber_writes(context, unmeasured(progress))
+    failure = progress.outcome.failure if progress.outcome else None
+    rollback = rollback_step(context, plugins, lock, backup, progress, failure)
+    failed_migration = failure.name if failure else progress.running
+    result = FailedDeployResult(
+        failed_migration=failed_migration,
+        backup_id=backup.id if backup else None,
+        migrations_applied_before_failure=len(progress.applied),
+        applied_migrations=progress.applied,
+        remaining_migrations=progress.remaining,
+        transaction_rolled_back=failure.transaction_rolled_back if failure else None,
+        interrupted_by=cause.interrupted_by,
+        rollback_initiated=rollback.initiated,
+        rollback_status=rollback.status,
+        rollback_reason=rollback.reason,
+        rollback_error=rollback.error,
+        restored_endpoint=rollback.restored_endpoint,
+    )
+    if progress.health_after == "failed":
+        result.migrations_applied = len(progress.applied)
+        result.health_check_after = "failed"
+        result.auto_rollback_triggered = rollback.initiated
+    suggestions = [
+        *rollback.advice_first,
+        *cause.suggestions,
+        *resolve_advice(context, plugins, rollback.status),
+        *rollback.advice_last,
+    ]
+    if progress.health_after == "failed":
+        suggestions += [f"Verify database status: faber status {context.environment}", "Check application logs for errors"]
+    error, message = cause.error, cause.message
+    if rollback.status == "failed":
+        error = RestoreFailed
+        message = f"{cause.message}; the automatic rollback to {backup.id if backup else ''} failed: {rollback.error}"
+        suggestions = [*rollback.restore_suggestions, *suggestions]
+    return error(
+        context.redactor.redact(message),
+        result={**cause.details, **result.model_dump(mode="json")},
+        suggestions=suggestions,
+        backup_id=backup.id if backup else None,
+        rollback_advised=rollback.status not in ("not_needed", "success"),
+        tool_output=cause.tool_output,
+    )
+
+
+def cause_of(context: RunContext, stopped: BaseException, progress: DeployProgress) -> Cause:
+    """The error a deploy reports for ``stopped``: faber's own errors keep their code; an interrupt
+    is ``INTERRUPTED``; a database error in a hook is a failed migration; anything else is a bug."""
+    during = f" during migration {progress.running}" if progress.running else ""
+    review = [review_migration(progress.running, progress.path_of(progress.running))] if progress.running else []
+    if isinstance(stopped, KeyboardInterrupt):
+        name = signal_name(stopped)
+        return Cause(Interrupted, f"Interrupted by {name}{during}", [], interrupted_by=name)
+    if isinstance(stopped, FaberError):
+        return Cause(type(stopped), stopped.message, stopped.suggestions, stopped.result, stopped.tool_output)
+    detail = context.redactor.redact(first_line(str(stopped)) or type(stopped).__name__)
+    if isinstance(stopped, psycopg.OperationalError):
+        return Cause(MigrationFailed, f"Lost the connection to the database{during}: {detail}", review)
+    if isinstance(stopped, psycopg.Error):
+        return Cause(MigrationFailed, f"Database error{during}: {detail}", review)
+    return Cause(
+        FaberError,
+        f"Unexpected error{during}: {type(stopped).__name__}: {detail}",
+        ["Re-run with FABER_DEBUG=1 for a traceback", "Please report this as a bug"],
+    )
+
+
+def unmeasured(progress: DeployProgress) -> ApplyOutcome:
+    """What the handler's events tell of a run that raised; none of it measured."""
+    return ApplyOutcome(
+        applied=[AppliedMigration(name=name, duration_seconds=0) for name in progress.applied],
+        failure=MigrationFailure(name=progress.running, error="", transaction_rolled_back=False)
+        if progress.running
+        else None,
+    )
+
+
+def committed_anything(progress: DeployProgress, failure: MigrationFailure | None) -> bool:
+    """Whether any of this deploy may remain in the database (then only a restore undoes it)."""
+    if progress.applied or progress.running:
+        return True
+    return failure is not None and not failure.transaction_rolled_back
+
+
+def rollback_step(
+    context: RunContext,
+    plugins: Plugins,
+    lock: DeployLock,
+    backup: BackupRecord | None,
+    progress: DeployProgress,
+    failure: MigrationFailure | None,
+) -> Rollback:
+    """Restore ``backup`` if something of this deploy committed and the environment rolls back
+    automatically; otherwise say why not, and what to do instead."""
+    env = context.environment
+    if not committed_anything(progress, failure):
+        if failure is not None:
+            short = "the failed migration's transaction rolled back"
+            reason = (
+                f"{failure.name} ran in a transaction that rolled back and nothing else of this run was committed"
+            )
+        else:
+            short = "no migration of this run had committed"
+            reason = "no migration of this run had committed"
+        reason += (
+            ": the database is as it was before the run, so no restore was needed "
             "(a restore would also discard writes made since the backup)"
         )
         context.emit("rollback.skipped", reason=reason)
-        result.update(rollback_initiated=False, rollback_status="not_needed", rollback_reason=reason)
-        suggestions = [
-            "Database unchanged: the failed migration's transaction rolled back",
-            review,
-            "Fix migration and retry",
-        ]
-    else:
-        suggestions = [review, "Fix migration and retry"]
-        suggestions = rollback_after_failure(context, plugins, backup, result, suggestions)
-    raise MigrationFailed(
-        f"Migration {failure.name} failed: {first_line(failure.error)}",
-        result=result,
-        suggestions=suggestions,
-        backup_id=backup.id if backup else None,
-        tool_output=failure.output,
-    )
-
-
-def handle_unhealthy_deploy(
-    context: RunContext, plugins: Plugins, outcome: ApplyOutcome, backup: BackupRecord | None
-) -> None:
-    result: dict[str, object] = {
-        "migrations_applied": len(outcome.applied),
-        "health_check_after": "failed",
-        "backup_id": backup.id if backup else None,
-    }
-    suggestions = rollback_after_failure(
-        context, plugins, backup, result, ["Migrations applied but database unhealthy"]
-    )
-    result["auto_rollback_triggered"] = result["rollback_initiated"]
-    raise HealthCheckFailed(
-        "Post-deployment health check failed",
-        result=result,
-        suggestions=[
-            *suggestions,
-            f"Verify database status: faber status {context.environment}",
-            "Check application logs for errors",
-        ],
-        backup_id=backup.id if backup else None,
-    )
-
-
-def rollback_after_failure(
-    context: RunContext,
-    plugins: Plugins,
-    backup: BackupRecord | None,
-    result: dict[str, object],
-    suggestions: list[str],
-) -> list[str]:
-    """Restore ``backup`` if the environment rolls back automatically; record what happened in ``result``."""
-    env = context.environment
+        return Rollback("not_needed", reason=reason, advice_first=[f"Database unchanged: {short}"])
     if not context.settings.auto_rollback:
-        result.update(rollback_initiated=False, rollback_status="disabled")
-        if backup:
-            return [*suggestions, f"Rollback using backup: faber rollback {env} --to {backup.id}"]
-        return [*suggestions, "No backup was taken; restore from your own backups if needed"]
+        if backup is None:
+            return Rollback("disabled", advice_last=["No backup was taken; restore from your own backups if needed"])
+        return Rollback("disabled", advice_last=[f"Rollback using backup: faber rollback {env} --to {backup.id}"])
     if backup is None:
-        result.update(rollback_initiated=False, rollback_status="no_backup")
-        return [*suggestions, "Automatic rollback impossible: no backup was taken (backup disabled or skipped)"]
-    result["rollback_initiated"] = True
+        return Rollback(
+            "no_backup",
+            advice_last=["Automatic rollback impossible: no backup was taken (backup disabled or skipped)"],
+        )
+    if not lock.held():
+        reason = (
+            "faber's lock was lost, so another run may have deployed since: restoring the backup could "
+            "discard its migrations too"
+        )
+        context.emit("rollback.withheld", reason=reason)
+        return Rollback(
+            "lock_lost",
+            reason=reason,
+            advice_last=[
+                f"Check what ran since: faber history {env} and faber status {env}",
+                f"If no other run deployed, roll back by hand: faber rollback {env} --to {backup.id}",
+            ],
+        )
     try:
         outcome = restore_backup(context, plugins, backup)
     except FaberError as exc:
-        result["rollback_status"] = "failed"
-        raise RestoreFailed(
-            f"Deploy failed and the automatic rollback to {backup.id} failed: {exc.message}",
-            result=result | {"rollback_error": exc.message},
-            suggestions=[*exc.suggestions, f"Retry the rollback: faber rollback {env} --to {backup.id}"],
-            backup_id=backup.id,
-        ) from None
+        return Rollback(
+            "failed",
+            initiated=True,
+            error=exc.message,
+            restore_suggestions=[*exc.suggestions, f"Retry the rollback: faber rollback {env} --to {backup.id}"],
+        )
+    except KeyboardInterrupt as interrupt:  # a second signal: the restore is atomic, so it did not happen
+        return Rollback(
+            "failed",
+            initiated=True,
+            error=f"interrupted by {signal_name(interrupt)}; the database was left as it was before the restore",
+            restore_suggestions=[f"Retry the rollback: faber rollback {env} --to {backup.id}"],
+        )
     if restored_beside(outcome):
-        result.update(rollback_status="restored_side_by_side", restored_endpoint=outcome.extra.get("endpoint"))
-        return [
-            f"{backup.id} was restored beside the database, which still has this deploy's changes: {outcome.details}",
-            *suggestions,
-        ]
-    result["rollback_status"] = "success"
-    return [f"Database rolled back to {backup.id}", *suggestions, f"Or use manual rollback: faber rollback {env}"]
+        return Rollback(
+            "restored_side_by_side",
+            initiated=True,
+            restored_endpoint=outcome.extra.get("endpoint"),
+            advice_first=[
+                f"{backup.id} was restored beside the database, which still has this deploy's changes: "
+                f"{outcome.details}"
+            ],
+        )
+    return Rollback("success", initiated=True, advice_first=[f"Database rolled back to {backup.id}"])
+
+
+def resolve_advice(context: RunContext, plugins: Plugins, status: RollbackStatus) -> list[str]:
+    """After a failure the database still shows (no restore), name each migration its tool records
+    as failed, with the command that lets the next deploy go on once its leftovers are undone."""
+    if status in ("success", "failed", "restored_side_by_side"):
+        return []
+    return failed_migration_advice(context, unresolved_migrations(context, plugins))
+
+
+def unresolved_migrations(context: RunContext, plugins: Plugins) -> list[str]:
+    """The migrations the tool records as failed now; none when the status cannot be read."""
+    try:
+        return plugins.migration_status(context).failed
+    except (FaberError, psycopg.Error):
+        return []
+
+
+def failed_migration_advice(context: RunContext, failed: list[str]) -> list[str]:
+    env = context.environment
+    return [
+        f"{name} is recorded as failed: undo what it left behind, then: faber resolve {env} --rolled-back {name} "
+        f"(or --applied {name} if you completed it by hand)"
+        for name in failed
+    ]
 
 
 def restore_backup(context: RunContext, plugins: Plugins, backup: BackupRecord) -> RestoreOutcome:

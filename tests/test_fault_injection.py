@@ -340,10 +340,7 @@ POINTS = [
     Point("rollback-finished", "rollback", event_matcher("rollback.finished"), (ROLLED_BACK,)),
 ]
 # Kills that still find a fault, with what they find; they run again as the fixes land.
-AWAITING_FIXES = dict.fromkeys(
-    ["inside-backup-SIGTERM", "inside-backup-waiting-SIGTERM"],
-    "SIGTERM is not handled yet: pg_dump dies with faber but its .partial file stays until the next run",
-)
+AWAITING_FIXES: dict[str, str] = {}
 KILLS = [
     pytest.param(point, signum, id=kill_id)
     for point in POINTS

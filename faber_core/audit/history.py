@@ -118,7 +118,9 @@ class DeploymentHistory:
             run.backup_id = data.get("backup_id")
         elif event.kind == "run.finished":
             self._runs.pop(event.run_id, None)
-            if run.reached_database and (data.get("document") or {}).get("code") != Locked.code:
+            # A run refused a lock applied nothing; one that lost faber's lock mid-deploy may have.
+            refused_lock = (data.get("document") or {}).get("code") == Locked.code and not run.migrations
+            if run.reached_database and not refused_lock:
                 _record(context, event, run)
 
 

@@ -80,7 +80,7 @@ def faber_migration_apply(context: RunContext, pending: list[LocalMigration]) ->
         # lock_timeout (and statement_timeout) for the migrations, as every handler should.
         context.apply_session_timeouts(conn)
         for migration in pending:
-            context.emit("migration.started", name=migration.name)
+            context.start_migration(migration.name)
             started = time.monotonic()
             measured = Measurement()
             try:

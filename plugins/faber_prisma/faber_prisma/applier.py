@@ -53,7 +53,7 @@ def apply_pending(context: RunContext, pending: list[LocalMigration]) -> ApplyOu
         for folder in folders:
             if folder.name in already_applied:
                 continue
-            context.emit("migration.started", name=folder.name)
+            context.start_migration(folder.name)
             started = time.monotonic()
             measured = Measurement()  # faber's own row writes, told apart from the application's
             failure = _apply_one(context, history, folder, measured)

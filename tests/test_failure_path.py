@@ -1,0 +1,279 @@
+"""The one failure path of a deploy: whatever stops it after the backup is rolled back and reported
+the same way (docs/workflow.md, "One failure path").
+
+In-process tests drive the workflow with the ``sqlfiles`` handler and test plugins that raise;
+the interrupt tests send real SIGTERM and SIGINT to a real ``faber`` process at a moment found
+through its audit log and the server's view of its sessions.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from faber_core import hookimpl
+from faber_core.errors import EXIT_CODES, FaberError, HealthCheckFailed, Interrupted, MigrationFailed
+from faber_core.models import AppliedMigration, ApplyOutcome, HealthCheckResult
+from faber_core.testing.faults import FaberProcess, event_matcher, holdable_migration, session_settings
+from faber_core.testing.fixtures import CANARY_PASSWORD, database_url_for
+from faber_core.workflow import DeployOptions, migrate
+
+USERS = "CREATE TABLE users (id serial PRIMARY KEY, email text NOT NULL);"
+POSTS = "CREATE TABLE posts (id serial PRIMARY KEY, user_id int REFERENCES users(id));"
+YES = DeployOptions(assume_yes=True)
+ENVIRONMENT = "production"
+URL_ENV = "TEST_DATABASE_URL"
+EXIT_BOUND = 30
+"""Seconds faber may take to end after SIGTERM/SIGINT (it may roll back first)."""
+
+
+def tables(url: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
+    return {row[0] for row in rows}
+
+
+# An exception from a hook ------------------------------------------------------------------
+
+
+class CommitsThenRaises:
+    """A handler that commits the first pending migration through sqlfiles, then stops unexpectedly
+    (as a Node runner that dies after a commit)."""
+
+    @hookimpl(tryfirst=True)
+    def faber_migration_apply(self, tool, context, pending):
+        from faber_core.testing import sqlfiles
+
+        first = sqlfiles.faber_migration_apply(tool=tool, context=context, pending=pending[:1])
+        assert first.failure is None
+        raise RuntimeError("the runner stopped unexpectedly")
+
+
+def test_an_exception_from_the_apply_hook_after_a_commit_restores_the_backup(
+    project, context_for, plugins, database_url
+):
+    plugins.pm.register(CommitsThenRaises())
+    project_dir = project({"001_users": USERS, "002_posts": POSTS})
+
+    with pytest.raises(FaberError) as raised:
+        migrate(context_for(project_dir), plugins, YES)
+
+    error = raised.value
+    assert error.code == "INTERNAL_ERROR"
+    assert error.message == "Unexpected error: RuntimeError: the runner stopped unexpectedly"
+    result = error.result
+    assert result["backup_id"] and error.backup_id == result["backup_id"]
+    assert result["applied_migrations"] == ["001_users"] and result["migrations_applied_before_failure"] == 1
+    assert result["remaining_migrations"] == ["002_posts"]
+    assert result["rollback_initiated"] is True and result["rollback_status"] == "success"
+    assert error.suggestions[0] == f"Database rolled back to {result['backup_id']}"
+    assert not any("faber rollback" in s for s in error.suggestions)
+    assert tables(database_url) == set()
+
+
+class UnhealthyAfterRaises:
+    """A health check whose implementation raises once the ``users`` table exists."""
+
+    @hookimpl
+    def faber_health_checks(self, context, checks):
+        with context.database.connect() as conn:
+            if conn.execute("SELECT to_regclass('public.users')").fetchone()[0]:
+                raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return [HealthCheckResult(name="app", status="passed")]
+
+
+def test_an_exception_from_the_post_deployment_health_check_restores_the_backup(
+    project, context_for, plugins, database_url
+):
+    plugins.pm.register(UnhealthyAfterRaises())
+    project_dir = project({"001_users": USERS}, health_checks=["connectivity", "app"])
+
+    with pytest.raises(MigrationFailed) as raised:
+        migrate(context_for(project_dir), plugins, YES)
+
+    result = raised.value.result
+    assert raised.value.message.startswith("Lost the connection to the database: server closed the connection")
+    assert result["applied_migrations"] == ["001_users"] and result["remaining_migrations"] == []
+    assert result["rollback_status"] == "success" and result["backup_id"]
+    assert tables(database_url) == set()
+
+
+class RecordsNothing:
+    """A handler that says it applied the migration but did not record it: verification fails."""
+
+    @hookimpl(tryfirst=True)
+    def faber_migration_apply(self, tool, context, pending):
+        with context.database.connect() as conn:
+            conn.execute(USERS)
+        return ApplyOutcome(applied=[AppliedMigration(name=pending[0].name, duration_seconds=0.1)])
+
+
+def test_a_failed_verification_goes_through_the_rollback_step(project, context_for, plugins, database_url):
+    plugins.pm.register(RecordsNothing())
+    project_dir = project({"001_users": USERS}, auto_rollback=False)
+
+    with pytest.raises(MigrationFailed) as raised:
+        migrate(context_for(project_dir), plugins, YES)
+
+    error = raised.value
+    assert error.message == "Verification failed: not every migration is applied"
+    assert error.result["pending"] == ["001_users"]
+    assert error.result["rollback_status"] == "disabled"
+    assert f"Rollback using backup: faber rollback production --to {error.backup_id}" in error.suggestions
+    assert tables(database_url) == {"users"}
+
+
+def test_a_failed_post_deployment_health_check_keeps_the_spec_fields(project, context_for, plugins, database_url):
+    class FailsOncePostsExist:
+        @hookimpl
+        def faber_health_checks(self, context, checks):
+            with context.database.connect() as conn:
+                posts = conn.execute("SELECT to_regclass('public.posts')").fetchone()[0]
+            return [HealthCheckResult(name="app", status="failed" if posts else "passed")]
+
+    plugins.pm.register(FailsOncePostsExist())
+    project_dir = project({"001_users": USERS, "002_posts": POSTS}, health_checks=["app"])
+
+    with pytest.raises(HealthCheckFailed) as raised:
+        migrate(context_for(project_dir), plugins, YES)
+
+    result = raised.value.result
+    assert result["migrations_applied"] == 2 and result["health_check_after"] == "failed"
+    assert result["auto_rollback_triggered"] is True and result["rollback_status"] == "success"
+    assert result["applied_migrations"] == ["001_users", "002_posts"] and result["backup_id"]
+    assert raised.value.suggestions[:2] == [
+        f"Database rolled back to {result['backup_id']}",
+        "Migrations applied but database unhealthy",
+    ]
+
+
+# Interrupts: SIGTERM and SIGINT to a real faber ---------------------------------------------
+
+
+@pytest.fixture
+def sql_project(faber_project, database_url, monkeypatch):
+    """``make(migrations, **settings) -> Path``: a sqlfiles project for `production` on the test's database."""
+
+    def make(migrations: dict[str, str], **settings) -> Path:
+        environment = {"database_url_env": URL_ENV, "lint": "warn", "lock_wait_seconds": 5, **settings}
+        config = {"database": {"migration_tool": "sqlfiles", "environments": {ENVIRONMENT: environment}}}
+        return faber_project(config, {f"migrations/{name}.sql": sql for name, sql in migrations.items()})
+
+    return make
+
+
+def start(project: Path, url: str, *args: str, env: dict[str, str] | None = None) -> FaberProcess:
+    return FaberProcess.start(
+        project, *args, env={"FABER_PLUGINS": "faber_core.testing.sqlfiles", URL_ENV: url, **(env or {})}
+    )
+
+
+def held_in(run: FaberProcess, admin_url: str, database: str) -> None:
+    """Wait until a migration session of ``database`` sleeps in a held migration."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        run.wait_until(
+            lambda: conn.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE datname = %s AND wait_event = 'PgSleep'", [database]
+            ).fetchone(),
+            what=f"a migration held on {database}",
+        )
+
+
+def history_rows(url: str) -> list[tuple]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT operation, exit_code, error_code, rollback_status, migrations FROM faber.faber_deployments"
+        ).fetchall()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_an_interrupt_during_a_migration_restores_and_reports_what_committed(
+    sql_project, database_url, postgres_admin_url, signum
+):
+    held = holdable_migration("002_posts", POSTS)
+    project_dir = sql_project({"001_users": USERS, "002_posts": held, "003_more": "SELECT 1;"})
+    url = database_url_for(postgres_admin_url, database_url.rsplit("/", 1)[1], password=CANARY_PASSWORD)
+    run = start(project_dir, url, "migrate", ENVIRONMENT, "--yes", "--json", env=session_settings(hold="002_posts"))
+    try:
+        run.wait_for(event_matcher("migration.started", name="002_posts"))
+        held_in(run, postgres_admin_url, database_url.rsplit("/", 1)[1])
+        run.kill(signum)
+        code = run.wait(EXIT_BOUND)
+    finally:
+        run.stop_everything()
+
+    assert code == EXIT_CODES[Interrupted.code] == 130, run.stderr()[-2000:]
+    document = json.loads(run.stdout())
+    assert document["code"] == "INTERRUPTED"
+    assert document["error"] == f"Interrupted by {signum.name} during migration 002_posts"
+    result = document["result"]
+    assert result["interrupted_by"] == signum.name
+    assert result["applied_migrations"] == ["001_users"]
+    assert result["remaining_migrations"] == ["002_posts", "003_more"]
+    assert result["rollback_status"] == "success" and result["backup_id"]
+    assert document["recovery"]["suggestions"][0] == f"Database rolled back to {result['backup_id']}"
+    assert CANARY_PASSWORD not in run.stdout() + run.stderr()
+    assert tables(database_url) == set()
+    [row] = history_rows(database_url)
+    assert row[:4] == ("deploy-migrations", 130, "INTERRUPTED", "success")
+    assert [m["name"] for m in row[4]] == ["001_users"]
+
+
+def test_sigterm_without_auto_rollback_leaves_the_committed_migrations_and_says_how_to_undo_them(
+    sql_project, database_url, postgres_admin_url
+):
+    held = holdable_migration("002_posts", POSTS)
+    project_dir = sql_project({"001_users": USERS, "002_posts": held}, auto_rollback=False)
+    run = start(
+        project_dir, database_url, "migrate", ENVIRONMENT, "--yes", "--json", env=session_settings(hold="002_posts")
+    )
+    try:
+        run.wait_for(event_matcher("migration.started", name="002_posts"))
+        held_in(run, postgres_admin_url, database_url.rsplit("/", 1)[1])
+        run.kill(signal.SIGTERM)
+        code = run.wait(EXIT_BOUND)
+    finally:
+        run.stop_everything()
+
+    assert code == 130
+    document = json.loads(run.stdout())
+    result = document["result"]
+    assert result["applied_migrations"] == ["001_users"] and result["rollback_status"] == "disabled"
+    assert f"Rollback using backup: faber rollback production --to {result['backup_id']}" in (
+        document["recovery"]["suggestions"]
+    )
+    assert document["recovery"]["rollback_command"] == f"faber rollback production --to {result['backup_id']}"
+    assert tables(database_url) == {"users", "sqlfiles_migrations"}
+
+
+def test_sigterm_during_a_rehearsal_drops_the_rehearsal_database(sql_project, database_url, postgres_admin_url):
+    held = holdable_migration("001_users", USERS)
+    project_dir = sql_project({"001_users": held})
+    run = start(
+        project_dir,
+        database_url,
+        "migrate",
+        ENVIRONMENT,
+        "--dry-run",
+        "--rehearse",
+        "--json",
+        env=session_settings(hold="001_users"),
+    )
+    try:
+        created = run.wait_for("rehearsal.created")
+        rehearsal = created["data"]["database"]
+        held_in(run, postgres_admin_url, rehearsal)
+        run.kill(signal.SIGTERM)
+        code = run.wait(EXIT_BOUND)
+    finally:
+        run.stop_everything()
+
+    assert code == 130
+    assert json.loads(run.stdout())["code"] == "INTERRUPTED"
+    with psycopg.connect(postgres_admin_url) as conn:
+        assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [rehearsal]).fetchone() is None
+    assert "rehearsal.dropped" in run.kinds()
