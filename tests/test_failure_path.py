@@ -18,6 +18,7 @@ import pytest
 from faber_core import hookimpl
 from faber_core.errors import EXIT_CODES, FaberError, HealthCheckFailed, Interrupted, MigrationFailed
 from faber_core.models import AppliedMigration, ApplyOutcome, HealthCheckResult
+from faber_core.postgres.locks import faber_lock_key
 from faber_core.testing.faults import FaberProcess, event_matcher, holdable_migration, session_settings
 from faber_core.testing.fixtures import CANARY_PASSWORD, database_url_for
 from faber_core.workflow import DeployOptions, migrate
@@ -277,3 +278,67 @@ def test_sigterm_during_a_rehearsal_drops_the_rehearsal_database(sql_project, da
     with psycopg.connect(postgres_admin_url) as conn:
         assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [rehearsal]).fetchone() is None
     assert "rehearsal.dropped" in run.kinds()
+
+
+# The lock: lost mid-deploy, and a second deploy -----------------------------------------------
+
+
+def lock_session(conn: psycopg.Connection, database: str) -> int | None:
+    row = conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name = %s",
+        [database, f"faber deploy-migrations {ENVIRONMENT}"],
+    ).fetchone()
+    return row[0] if row else None
+
+
+def test_a_terminated_lock_session_stops_the_deploy_before_the_next_migration(
+    sql_project, database_url, postgres_admin_url
+):
+    """The lock session is terminated while 002 runs and another session takes faber's lock (as a
+    second deploy would): the first deploy must not apply 003 next to it, nor restore its backup
+    over whatever the other did. A second deploy afterwards applies 003."""
+    database = database_url.rsplit("/", 1)[1]
+    held = holdable_migration("002_posts", POSTS)
+    migrations = {"001_users": USERS, "002_posts": held, "003_tags": "CREATE TABLE tags (id int);"}
+    first_dir, second_dir = sql_project(migrations), sql_project(migrations)
+    first = start(
+        first_dir,
+        database_url,
+        "migrate",
+        ENVIRONMENT,
+        "--yes",
+        "--json",
+        env=session_settings(hold="002_posts", hold_seconds=3),
+    )
+    try:
+        first.wait_for(event_matcher("migration.started", name="002_posts"))
+        held_in(first, postgres_admin_url, database)
+        with psycopg.connect(postgres_admin_url, autocommit=True) as admin, psycopg.connect(
+            database_url, autocommit=True
+        ) as other:
+            admin.execute("SELECT pg_terminate_backend(%s)", [lock_session(admin, database)])
+            # pg_terminate_backend only signals: the lock is free once that session has ended.
+            first.wait_until(
+                lambda: other.execute("SELECT pg_try_advisory_lock(%s)", [faber_lock_key(database)]).fetchone()[0],
+                what="faber's lock taken by another session",
+            )
+            code = first.wait(EXIT_BOUND)
+    finally:
+        first.stop_everything()
+
+    assert code == 7, first.stdout()
+    document = json.loads(first.stdout())
+    assert document["code"] == "LOCKED"
+    assert document["error"].startswith("faber's lock on the database was lost before migration 003_tags")
+    result = document["result"]
+    assert result["applied_migrations"] == ["001_users", "002_posts"]
+    assert result["remaining_migrations"] == ["003_tags"]
+    assert result["rollback_initiated"] is False and result["rollback_status"] == "lock_lost"
+    assert document["recovery"]["rollback_command"] == f"faber rollback {ENVIRONMENT} --to {result['backup_id']}"
+    assert tables(database_url) == {"users", "posts", "sqlfiles_migrations"}
+    [row] = [r for r in history_rows(database_url) if r[2] == "LOCKED"]
+    assert row[3] == "lock_lost" and [m["name"] for m in row[4]] == ["001_users", "002_posts"]
+
+    second = start(second_dir, database_url, "migrate", ENVIRONMENT, "--yes", "--json")
+    assert second.finish() == 0, second.stdout()
+    assert [m["name"] for m in json.loads(second.stdout())["result"]["migrations"]] == ["003_tags"]

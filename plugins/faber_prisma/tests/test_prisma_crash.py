@@ -30,10 +30,10 @@ SERVER_BOUND = 5
 
 @pytest.fixture
 def project(faber_project, database_url):
-    """``make(migrations) -> Path``: a Prisma project on the test's database, 0_init deployed."""
+    """``make(migrations, **settings) -> Path``: a Prisma project on the test's database, 0_init deployed."""
 
-    def make(migrations: dict[str, str]) -> Path:
-        environment = {"database_url_env": URL_ENV, "lint": "warn", "backup_before_migrate": False}
+    def make(migrations: dict[str, str], **settings) -> Path:
+        environment = {"database_url_env": URL_ENV, "lint": "warn", "backup_before_migrate": False, **settings}
         config = {"database": {"migration_tool": "prisma", "environments": {ENVIRONMENT: environment}}}
         directory = faber_project(config, {"prisma/migrations/0_init/migration.sql": INIT})
         assert faber(directory, database_url, "migrate", ENVIRONMENT, "--yes", "--json").finish() == 0
@@ -153,3 +153,45 @@ def test_reads_work_again_soon_after_faber_dies_inside_a_long_prisma_migration(p
     finally:
         run.stop_everything()
     assert readable is not None, f"accounts still locked {SERVER_BOUND}s after SIGKILL"
+
+
+def test_a_connection_lost_inside_a_non_transactional_migration_goes_through_the_rollback(project, database_url):
+    """The migration session is terminated after a non-transactional migration committed a table:
+    not an internal error with an empty result, but a failed migration with the backup id, what
+    committed and the restore that undid it."""
+    name = "1_extra"
+    sql = (
+        f"-- faults:{name}\n"
+        'CREATE TABLE "extra" ("id" INTEGER);\n'
+        'CREATE INDEX CONCURRENTLY "accounts_email_idx" ON "accounts" ("email");\n'
+        f"SELECT pg_sleep(CASE current_setting('faults.hold', true) WHEN '{name}' THEN 60 ELSE 0 END);\n"
+    )
+    directory = project({name: sql}, backup_before_migrate=True)
+    run = faber(directory, database_url, "migrate", ENVIRONMENT, "--yes", "--json", env=session_settings(hold=name))
+    try:
+        run.wait_for(event_matcher("migration.started", name=name))
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            run.wait_until(lambda: sleeping_session(conn), what=f"{name} held")
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event = 'PgSleep'"
+            )
+        code = run.finish(timeout=120)
+    finally:
+        run.stop_everything()
+
+    assert code == 6, run.stdout()
+    document = json.loads(run.stdout())
+    assert document["code"] == "MIGRATION_FAILED"
+    assert document["error"].startswith(f"Lost the connection to the database during migration {name}")
+    result = document["result"]
+    assert result["failed_migration"] == name and result["backup_id"]
+    assert result["applied_migrations"] == [] and result["remaining_migrations"] == [name]
+    assert result["rollback_initiated"] is True and result["rollback_status"] == "success"
+    assert document["recovery"]["suggestions"][0] == f"Database rolled back to {result['backup_id']}"
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT to_regclass('extra'), to_regclass('accounts_email_idx')").fetchone() == (
+            None,
+            None,
+        )
+    assert prisma_rows(database_url) == [("0_init", True, False)]
