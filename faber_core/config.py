@@ -291,6 +291,11 @@ class EnvironmentSettings(BaseModel):
         "commands, and `faber rollback` needs --discard-app-writes. warn: restore and report what was discarded. "
         "allow: restore. Default: refuse in protected environments, warn elsewhere.",
     )
+    out_of_order: bool = Field(
+        False,
+        description="Apply a pending migration that sorts before one already applied (e.g. from a branch merged "
+        "late). Off: such a deploy is refused before the lock and the backup, naming both migrations.",
+    )
 
     @model_validator(mode="after")
     def _one_database_or_a_fleet(self) -> EnvironmentSettings:

@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlsplit
 
 from faber_core.config import EnvironmentSettings, FaberConfig
 from faber_core.errors import ConfigError
-from faber_core.models import AuditEvent
+from faber_core.models import AppliedMigration, AuditEvent
 from faber_core.secrets import Redactor, Secret
 
 if TYPE_CHECKING:
@@ -327,6 +327,17 @@ class RunContext:
         for check in self.before_each_migration:
             check(name)
         self.emit("migration.started", name=name)
+
+    def migration_applied(self, migration: AppliedMigration) -> None:
+        """Handlers call this right after each migration committed, with the rows it wrote when
+        measured (``table_writes``): listeners show progress (``migration.applied``), and faber
+        knows what committed, and what it wrote, even when the hook raises later."""
+        self.emit(
+            "migration.applied",
+            name=migration.name,
+            duration_seconds=migration.duration_seconds,
+            table_writes=migration.table_writes,
+        )
 
     def emit(self, kind: str, **data: Any) -> AuditEvent:
         """Tell every listener (progress output, audit sinks, spans) that something happened."""

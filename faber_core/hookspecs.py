@@ -110,9 +110,9 @@ def faber_migration_apply(tool: str, context: RunContext, pending: list[LocalMig
     backup. Apply each migration in its own transaction when its SQL allows it, together with
     its bookkeeping row, so a failure leaves nothing of that migration behind. Call
     ``context.start_migration(name)`` just before each migration (faber checks its lock is still
-    held and raises ``LockLost`` if not: let it propagate) and ``context.emit("migration.applied",
-    name=..., duration_seconds=...)`` after each commit, so the user sees progress and faber knows
-    what committed even if the hook raises.
+    held and raises ``LockLost`` if not: let it propagate) and ``context.migration_applied(
+    AppliedMigration(name=..., duration_seconds=..., table_writes=...))`` after each commit, so the
+    user sees progress and faber knows what committed (and wrote) even if the hook raises.
 
     Returns :class:`~faber_core.models.ApplyOutcome`: the migrations committed and, if one
     failed, a :class:`~faber_core.models.MigrationFailure` saying whether its transaction rolled

@@ -161,7 +161,18 @@ class MigrationFailure(BaseModel):
     sqlstate: str | None = Field(
         None, description="PostgreSQL's error code when known; 55P03 (lock timeout) makes faber retry."
     )
+    statements_committed: int | None = Field(
+        None,
+        description="Outside a transaction: how many of its statements committed before the one that failed. "
+        "0 tells faber nothing of it remains (no restore), apart from what the failing statement itself may leave "
+        "(a failed CREATE INDEX CONCURRENTLY leaves an invalid index, which faber names). None: unknown.",
+    )
     table_writes: dict[str, int] | None = Field(None, description=TABLE_WRITES_DESCRIPTION)
+
+    @property
+    def left_nothing(self) -> bool:
+        """Whether none of the migration's statements remain committed."""
+        return self.transaction_rolled_back or self.statements_committed == 0
 
 
 class ApplyOutcome(BaseModel):

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_serializer
 
+from faber_core.backup.writes import WritesSinceBackup
 from faber_core.errors import FaberError, exit_code_for
 from faber_core.models import AppliedMigration, MigrationPreview
 from faber_core.safety.models import LintFinding, PreflightReport
@@ -59,6 +60,12 @@ class FailedDeployResult(BaseModel):
     rollback_reason: str | None = None
     rollback_error: str | None = None
     restored_endpoint: str | None = None
+    writes_since_backup: WritesSinceBackup | None = Field(
+        None, description="Before an automatic restore: rows others wrote since the backup (restore_with_app_writes)."
+    )
+    invalid_indexes: list[str] | None = Field(
+        None, description="Invalid indexes the failure left (a failed CREATE INDEX CONCURRENTLY), to drop."
+    )
 
     @model_serializer(mode="wrap")
     def _drop_unset(self, handler: Any) -> dict[str, Any]:

@@ -61,7 +61,7 @@ from faber_core.models import (
     RestoreOutcome,
 )
 from faber_core.plugins import Plugins
-from faber_core.postgres.health import describe_connection_error
+from faber_core.postgres.health import describe_connection_error, invalid_indexes
 from faber_core.postgres.locks import advisory_lock, faber_lock_key
 from faber_core.results import (
     DeployResult,
@@ -102,12 +102,16 @@ def migrate(context: RunContext, plugins: Plugins, options: DeployOptions) -> Su
     if options.dry_run:
         check_health(context, plugins, "before", options)
         return preview(context, plugins, read_status(context, plugins), rehearse=options.rehearse)
-    # Split and classify before the lock and the backup: SQL that cannot be analysed touches nothing.
+    # Before the lock and the backup: an out-of-order migration, or SQL that cannot be analysed,
+    # touches nothing.
     with step(context, "analyse"):
-        safety.analyse_before_lock(context, read_status(context, plugins, quiet=True).pending_migrations())
+        analysed = read_status(context, plugins, quiet=True)
+        refuse_out_of_order(context, analysed)
+        safety.analyse_before_lock(context, analysed.pending_migrations())
     with deploy_lock(context) as lock:
         health_before = check_health(context, plugins, "before", options)
         state = read_status(context, plugins)
+        refuse_out_of_order(context, state)  # again under the lock: another run may have applied some since
         pending = state.pending_migrations()
         if not pending:
             return no_pending(context, health_before)
@@ -329,6 +333,34 @@ def read_status(context: RunContext, plugins: Plugins, *, quiet: bool = False) -
     return state
 
 
+def refuse_out_of_order(context: RunContext, state: MigrationState) -> None:
+    """Refuse a pending migration that sorts before an applied one, unless the environment allows it.
+
+    Applied after a later migration, it runs against a schema its author never saw (and a
+    restore to a backup taken between the two would silently drop it again).
+    """
+    if context.settings.out_of_order:
+        return
+    applied = set(state.applied)
+    position = {m.name: index for index, m in enumerate(state.local)}
+    newest_applied = max((position[name] for name in applied if name in position), default=-1)
+    early = [m.name for m in state.pending_migrations() if position[m.name] < newest_applied]
+    if not early:
+        return
+    later = state.local[newest_applied].name
+    env = context.environment
+    raise MigrationFailed(
+        f"Pending migration {early[0]} sorts before {later}, which is already applied in {env}"
+        + (f" (and {len(early) - 1} more out of order: {', '.join(early[1:])})" if len(early) > 1 else ""),
+        result={"out_of_order": early, "applied_after": later},
+        suggestions=[
+            f"Rename {early[0]} so it sorts after {later} (a new timestamp), if it does not depend on that order",
+            f'Or, if applying it after {later} is intended, set "out_of_order": true for {env}',
+            "Nothing was applied and no backup was taken",
+        ],
+    )
+
+
 # 10: dry run ---------------------------------------------------------------------------
 
 
@@ -457,27 +489,40 @@ class DeployProgress:
     """
 
     pending: list[LocalMigration]
-    applied: list[str] = field(default_factory=list)
+    committed: list[AppliedMigration] = field(default_factory=list)
     running: str | None = None
     """The migration started and neither applied nor reported failed: part of it may have committed."""
     outcome: ApplyOutcome | None = None
     health_after: str | None = None
+    invalid_indexes_before: list[str] = field(default_factory=list)
+    """Invalid indexes before the apply step: those that appear after a failure are its leftovers."""
 
     def follow(self, event: AuditEvent) -> None:
         if event.kind == "migration.started":
             self.running = event.data["name"]
         elif event.kind == "migration.applied":
-            self.applied.append(event.data["name"])
+            self.committed.append(AppliedMigration.model_validate(event.data))
             self.running = None
 
     def record(self, outcome: ApplyOutcome) -> None:
         self.outcome = outcome
-        self.applied = [m.name for m in outcome.applied]
+        self.committed = list(outcome.applied)
         self.running = None
+
+    @property
+    def applied(self) -> list[str]:
+        return [m.name for m in self.committed]
 
     @property
     def remaining(self) -> list[str]:
         return [m.name for m in self.pending if m.name not in self.applied]
+
+    def as_outcome(self) -> ApplyOutcome:
+        """What the handler's events tell of a run that raised; the migration it stopped in unmeasured."""
+        if self.running is None:
+            return ApplyOutcome(applied=self.committed)
+        stopped_in = MigrationFailure(name=self.running, error="stopped", transaction_rolled_back=False)
+        return ApplyOutcome(applied=self.committed, failure=stopped_in)
 
     def path_of(self, name: str) -> str | None:
         return next((m.path for m in self.pending if m.name == name), None)
@@ -492,6 +537,7 @@ def apply(context: RunContext, plugins: Plugins, lock: DeployLock, progress: Dep
     """
     pending = progress.pending
     lock.require_held(before=f"migration {pending[0].name}")
+    progress.invalid_indexes_before = invalid_indexes(lock.conn)
 
     def lock_still_held(name: str) -> None:
         lock.require_held(before=f"migration {name}")
@@ -556,6 +602,9 @@ class Rollback:
     reason: str | None = None
     error: str | None = None
     restored_endpoint: str | None = None
+    writes_since_backup: writes.WritesSinceBackup | None = None
+    discarded: str | None = None
+    """What the restore discarded that others wrote (policy warn), for the message."""
     advice_first: list[str] = field(default_factory=list)
     advice_last: list[str] = field(default_factory=list)
     restore_suggestions: list[str] = field(default_factory=list)
@@ -578,8 +627,8 @@ def roll_back_failed_deploy(
     did, and its suggestions what to do next.
     """
     cause = cause_of(context, stopped, progress)
-    if progress.outcome is None:  # the handler raised: what it wrote is not measured
-        writes.record_faber_writes(context, unmeasured(progress))
+    if progress.outcome is None:  # the handler raised: record what its events told
+        writes.record_faber_writes(context, progress.as_outcome())
     failure = progress.outcome.failure if progress.outcome else None
     rollback = rollback_step(context, plugins, lock, backup, progress, failure)
     failed_migration = failure.name if failure else progress.running
@@ -596,20 +645,29 @@ def roll_back_failed_deploy(
         rollback_reason=rollback.reason,
         rollback_error=rollback.error,
         restored_endpoint=rollback.restored_endpoint,
+        writes_since_backup=rollback.writes_since_backup,
     )
     if progress.health_after == "failed":
         result.migrations_applied = len(progress.applied)
         result.health_check_after = "failed"
         result.auto_rollback_triggered = rollback.initiated
+    leftovers = leftover_indexes(context, progress, rollback.status)
+    result.invalid_indexes = leftovers or None
     suggestions = [
         *rollback.advice_first,
         *cause.suggestions,
+        *[f"Drop the invalid index left behind: DROP INDEX CONCURRENTLY {name};" for name in leftovers],
         *resolve_advice(context, plugins, rollback.status),
         *rollback.advice_last,
     ]
     if progress.health_after == "failed":
-        suggestions += [f"Verify database status: faber status {context.environment}", "Check application logs for errors"]
+        suggestions += [
+            f"Verify database status: faber status {context.environment}",
+            "Check application logs for errors",
+        ]
     error, message = cause.error, cause.message
+    if rollback.discarded:
+        message += f"; rolled back to {backup.id if backup else ''}, discarding {rollback.discarded}"
     if rollback.status == "failed":
         error = RestoreFailed
         message = f"{cause.message}; the automatic rollback to {backup.id if backup else ''} failed: {rollback.error}"
@@ -646,21 +704,11 @@ def cause_of(context: RunContext, stopped: BaseException, progress: DeployProgre
     )
 
 
-def unmeasured(progress: DeployProgress) -> ApplyOutcome:
-    """What the handler's events tell of a run that raised; none of it measured."""
-    return ApplyOutcome(
-        applied=[AppliedMigration(name=name, duration_seconds=0) for name in progress.applied],
-        failure=MigrationFailure(name=progress.running, error="", transaction_rolled_back=False)
-        if progress.running
-        else None,
-    )
-
-
 def committed_anything(progress: DeployProgress, failure: MigrationFailure | None) -> bool:
     """Whether any of this deploy may remain in the database (then only a restore undoes it)."""
     if progress.applied or progress.running:
         return True
-    return failure is not None and not failure.transaction_rolled_back
+    return failure is not None and not failure.left_nothing
 
 
 def rollback_step(
@@ -675,20 +723,7 @@ def rollback_step(
     automatically; otherwise say why not, and what to do instead."""
     env = context.environment
     if not committed_anything(progress, failure):
-        if failure is not None:
-            short = "the failed migration's transaction rolled back"
-            reason = (
-                f"{failure.name} ran in a transaction that rolled back and nothing else of this run was committed"
-            )
-        else:
-            short = "no migration of this run had committed"
-            reason = "no migration of this run had committed"
-        reason += (
-            ": the database is as it was before the run, so no restore was needed "
-            "(a restore would also discard writes made since the backup)"
-        )
-        context.emit("rollback.skipped", reason=reason)
-        return Rollback("not_needed", reason=reason, advice_first=[f"Database unchanged: {short}"])
+        return nothing_to_roll_back(context, failure)
     if not context.settings.auto_rollback:
         if backup is None:
             return Rollback("disabled", advice_last=["No backup was taken; restore from your own backups if needed"])
@@ -713,32 +748,99 @@ def rollback_step(
             ],
         )
     try:
-        outcome = restore_backup(context, plugins, backup)
-    except FaberError as exc:
-        return Rollback(
-            "failed",
-            initiated=True,
-            error=exc.message,
-            restore_suggestions=[*exc.suggestions, f"Retry the rollback: faber rollback {env} --to {backup.id}"],
-        )
-    except KeyboardInterrupt as interrupt:  # a second signal: the restore is atomic, so it did not happen
+        return restore_unless_refused(context, plugins, backup)
+    except KeyboardInterrupt as interrupt:  # a second signal; the restore is atomic, so it did not happen
         return Rollback(
             "failed",
             initiated=True,
             error=f"interrupted by {signal_name(interrupt)}; the database was left as it was before the restore",
             restore_suggestions=[f"Retry the rollback: faber rollback {env} --to {backup.id}"],
         )
+
+
+def nothing_to_roll_back(context: RunContext, failure: MigrationFailure | None) -> Rollback:
+    """Nothing of this deploy committed: a restore would only discard the application's writes."""
+    if failure is not None and failure.transaction_rolled_back:
+        short = "the failed migration's transaction rolled back"
+        reason = f"{failure.name} ran in a transaction that rolled back and nothing else of this run was committed"
+    elif failure is not None:
+        short = "the failed migration stopped at its first statement, before anything of it committed"
+        reason = (
+            f"{failure.name} runs outside a transaction and failed at its first statement, and nothing else "
+            "of this run was committed"
+        )
+    else:
+        short = reason = "no migration of this run had committed"
+    reason += (
+        ": the database is as it was before the run, so no restore was needed "
+        "(a restore would also discard writes made since the backup)"
+    )
+    context.emit("rollback.skipped", reason=reason)
+    return Rollback("not_needed", reason=reason, advice_first=[f"Database unchanged: {short}"])
+
+
+def restore_unless_refused(context: RunContext, plugins: Plugins, backup: BackupRecord) -> Rollback:
+    """Restore ``backup``, unless others wrote rows since it and ``restore_with_app_writes`` refuses."""
+    env = context.environment
+    since = check_writes_since_backup(context, backup)
+    policy = context.settings.restore_with_app_writes
+    if since.status == "found" and policy == "refuse":
+        reason = f"a restore would discard {since.summary()} (restore_with_app_writes: refuse)"
+        context.emit("rollback.withheld", reason=reason)
+        return Rollback(
+            "refused",
+            reason=reason,
+            writes_since_backup=since,
+            advice_first=[f"Database not rolled back: {reason}"],
+            advice_last=[
+                *save_rows_commands(context, since),
+                f"To restore anyway, discarding them: faber rollback {env} --to {backup.id} --yes --discard-app-writes",
+            ],
+        )
+    try:
+        outcome = restore_backup(context, plugins, backup)
+    except FaberError as exc:
+        return Rollback(
+            "failed",
+            initiated=True,
+            writes_since_backup=since,
+            error=exc.message,
+            restore_suggestions=[*exc.suggestions, f"Retry the rollback: faber rollback {env} --to {backup.id}"],
+        )
     if restored_beside(outcome):
         return Rollback(
             "restored_side_by_side",
             initiated=True,
+            writes_since_backup=since,
             restored_endpoint=outcome.extra.get("endpoint"),
             advice_first=[
                 f"{backup.id} was restored beside the database, which still has this deploy's changes: "
                 f"{outcome.details}"
             ],
         )
-    return Rollback("success", initiated=True, advice_first=[f"Database rolled back to {backup.id}"])
+    discarded = since.summary() if since.status == "found" and policy == "warn" else None
+    return Rollback(
+        "success",
+        initiated=True,
+        writes_since_backup=since,
+        discarded=discarded,
+        advice_first=[
+            f"Database rolled back to {backup.id}" + (f"; the restore discarded {discarded}" if discarded else "")
+        ],
+    )
+
+
+def leftover_indexes(context: RunContext, progress: DeployProgress, status: RollbackStatus) -> list[str]:
+    """Invalid indexes this deploy left (a failed or interrupted ``CREATE INDEX CONCURRENTLY``),
+    when the database was not restored; none when they cannot be read."""
+    if status in ("success", "failed", "restored_side_by_side"):
+        return []
+    try:
+        with context.database.connect(application_name="faber failure check") as conn:
+            now = invalid_indexes(conn)
+    except psycopg.Error:
+        return []
+    return [name for name in now if name not in progress.invalid_indexes_before]
 
 
 def resolve_advice(context: RunContext, plugins: Plugins, status: RollbackStatus) -> list[str]:

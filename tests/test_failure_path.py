@@ -71,9 +71,47 @@ def test_an_exception_from_the_apply_hook_after_a_commit_restores_the_backup(
     assert result["applied_migrations"] == ["001_users"] and result["migrations_applied_before_failure"] == 1
     assert result["remaining_migrations"] == ["002_posts"]
     assert result["rollback_initiated"] is True and result["rollback_status"] == "success"
+    # 001's rows were reported with context.migration_applied: faber tells them from the application's.
+    assert result["writes_since_backup"]["status"] == "none"
     assert error.suggestions[0] == f"Database rolled back to {result['backup_id']}"
     assert not any("faber rollback" in s for s in error.suggestions)
     assert tables(database_url) == set()
+
+
+class StopsInsideAMigration:
+    """A handler that commits 001, then dies inside 002 after part of it committed (outside a
+    transaction, so its writes are not measured)."""
+
+    @hookimpl(tryfirst=True)
+    def faber_migration_apply(self, tool, context, pending):
+        from faber_core.testing import sqlfiles
+
+        assert sqlfiles.faber_migration_apply(tool=tool, context=context, pending=pending[:1]).failure is None
+        context.start_migration(pending[1].name)
+        with context.database.connect() as conn:
+            conn.execute("INSERT INTO users (email) SELECT 'copied' || g FROM generate_series(1, 5) g")
+        raise RuntimeError("the runner stopped unexpectedly")
+
+
+def test_by_default_a_hook_that_dies_inside_a_migration_refuses_to_restore_over_unattributed_writes(
+    project, context_for, plugins, database_url
+):
+    plugins.pm.register(StopsInsideAMigration())
+    project_dir = project({"001_users": USERS, "002_posts": POSTS})
+
+    with pytest.raises(FaberError) as raised:
+        migrate(context_for(project_dir), plugins, YES)
+
+    error = raised.value
+    assert error.message == "Unexpected error during migration 002_posts: RuntimeError: the runner stopped unexpectedly"
+    result = error.result
+    assert result["rollback_status"] == "refused" and result["applied_migrations"] == ["001_users"]
+    assert result["failed_migration"] == "002_posts" and result["remaining_migrations"] == ["002_posts"]
+    assert result["writes_since_backup"]["attribution"] == "unknown"
+    assert result["writes_since_backup"]["tables"] == [{"table": "public.users", "rows": 5}]
+    assert error.suggestions[0].startswith("Database not rolled back: a restore would discard rows written since")
+    assert f"faber rollback production --to {error.backup_id} --yes --discard-app-writes" in error.suggestions[-1]
+    assert tables(database_url) == {"users", "sqlfiles_migrations"}
 
 
 class UnhealthyAfterRaises:
@@ -244,8 +282,9 @@ def test_sigterm_without_auto_rollback_leaves_the_committed_migrations_and_says_
     document = json.loads(run.stdout())
     result = document["result"]
     assert result["applied_migrations"] == ["001_users"] and result["rollback_status"] == "disabled"
-    assert f"Rollback using backup: faber rollback production --to {result['backup_id']}" in (
-        document["recovery"]["suggestions"]
+    assert (
+        f"Rollback using backup: faber rollback production --to {result['backup_id']}"
+        in (document["recovery"]["suggestions"])
     )
     assert document["recovery"]["rollback_command"] == f"faber rollback production --to {result['backup_id']}"
     assert tables(database_url) == {"users", "sqlfiles_migrations"}
@@ -313,9 +352,10 @@ def test_a_terminated_lock_session_stops_the_deploy_before_the_next_migration(
     try:
         first.wait_for(event_matcher("migration.started", name="002_posts"))
         held_in(first, postgres_admin_url, database)
-        with psycopg.connect(postgres_admin_url, autocommit=True) as admin, psycopg.connect(
-            database_url, autocommit=True
-        ) as other:
+        with (
+            psycopg.connect(postgres_admin_url, autocommit=True) as admin,
+            psycopg.connect(database_url, autocommit=True) as other,
+        ):
             admin.execute("SELECT pg_terminate_backend(%s)", [lock_session(admin, database)])
             # pg_terminate_backend only signals: the lock is free once that session has ended.
             first.wait_until(
@@ -342,3 +382,205 @@ def test_a_terminated_lock_session_stops_the_deploy_before_the_next_migration(
     second = start(second_dir, database_url, "migrate", ENVIRONMENT, "--yes", "--json")
     assert second.finish() == 0, second.stdout()
     assert [m["name"] for m in json.loads(second.stdout())["result"]["migrations"]] == ["003_tags"]
+
+
+# Out of order ------------------------------------------------------------------------------
+
+
+def test_a_pending_migration_that_sorts_before_an_applied_one_is_refused_before_the_lock(
+    project, context_for, plugins, database_url
+):
+    project_dir = project({"001_users": USERS, "003_posts": POSTS})
+    migrate(context_for(project_dir), plugins, YES)
+    (project_dir / "migrations/002_tags.sql").write_text("CREATE TABLE tags (id int);")
+    events: list = []
+
+    with pytest.raises(MigrationFailed) as raised:
+        migrate(context_for(project_dir, events=events), plugins, YES)
+
+    error = raised.value
+    assert error.message == "Pending migration 002_tags sorts before 003_posts, which is already applied in production"
+    assert error.result == {"out_of_order": ["002_tags"], "applied_after": "003_posts"}
+    assert 'Or, if applying it after 003_posts is intended, set "out_of_order": true for production' in (
+        error.suggestions
+    )
+    kinds = [e.kind for e in events]
+    assert "lock.acquired" not in kinds and "backup.started" not in kinds
+    assert "tags" not in tables(database_url)
+
+
+def test_out_of_order_true_applies_the_early_migration(project, context_for, plugins, database_url):
+    project_dir = project({"001_users": USERS, "003_posts": POSTS}, out_of_order=True)
+    migrate(context_for(project_dir), plugins, YES)
+    (project_dir / "migrations/002_tags.sql").write_text("CREATE TABLE tags (id int);")
+
+    result = migrate(context_for(project_dir), plugins, YES)
+
+    assert [m.name for m in result.result.migrations] == ["002_tags"]
+    assert "tags" in tables(database_url)
+
+
+def test_out_of_order_is_a_strict_boolean(project, context_for):
+    from faber_core.errors import ConfigError
+
+    project_dir = project({"001_users": USERS}, out_of_order="yes")
+    with pytest.raises(ConfigError) as raised:
+        context_for(project_dir)
+    assert "out_of_order" in raised.value.message
+
+
+# Recovery advice matches the rollback status --------------------------------------------------
+
+BROKEN = "CREATE TABLE broken (id int); ALTER TABLE users ADD COLUMN email text;"  # duplicate column
+
+
+def test_advice_when_no_restore_was_needed_offers_no_rollback(project, context_for, plugins):
+    project_dir = project({"001_users": USERS})
+    migrate(context_for(project_dir), plugins, YES)
+    (project_dir / "migrations/002_broken.sql").write_text(BROKEN)
+
+    with pytest.raises(MigrationFailed) as raised:
+        migrate(context_for(project_dir), plugins, YES)
+
+    error = raised.value
+    assert error.result["rollback_status"] == "not_needed" and error.backup_id
+    assert error.suggestions == [
+        "Database unchanged: the failed migration's transaction rolled back",
+        "Review migration: migrations/002_broken.sql",
+        "Fix migration and retry",
+    ]
+    assert error.rollback_advised is False
+
+
+def test_advice_when_the_restore_failed_is_to_retry_it(project, context_for, plugins, database_url):
+    project_dir = project({"001_users": USERS, "002_broken": BROKEN})
+    context = context_for(project_dir)
+
+    def corrupt_the_archive(event):  # a disk fault, as soon as the backup is written
+        if event.kind == "backup.created":
+            archive = project_dir / ".faber/backups/production" / f"{event.data['backup_id']}.dump"
+            archive.write_bytes(b"PGDMP" + b"\0" * 64)
+
+    context.listeners.append(corrupt_the_archive)
+
+    with pytest.raises(FaberError) as raised:
+        migrate(context, plugins, YES)
+
+    error = raised.value
+    assert error.code == "RESTORE_FAILED"
+    assert error.message.startswith("Migration 002_broken failed: ")
+    assert f"the automatic rollback to {error.backup_id} failed" in error.message
+    assert error.result["rollback_status"] == "failed" and error.result["rollback_error"]
+    assert error.result["applied_migrations"] == ["001_users"]
+    assert f"Retry the rollback: faber rollback production --to {error.backup_id}" in error.suggestions
+    assert not any(s.startswith("Database rolled back") for s in error.suggestions)
+    assert "users" in tables(database_url)  # the failed restore changed nothing
+
+
+# Writes since the backup, in the automatic rollback -------------------------------------------
+
+NOTES = "CREATE TABLE notes (id serial PRIMARY KEY, body text);"
+
+
+def app_writes_during_the_deploy(context, url: str, rows: int) -> None:
+    """The application inserts ``rows`` into ``notes`` on its own connection right after the backup."""
+
+    def write(event):
+        if event.kind == "backup.created":
+            with psycopg.connect(url, application_name="the application") as app:
+                app.execute("INSERT INTO notes (body) SELECT 'note ' || g FROM generate_series(1, %s) g", [rows])
+
+    context.listeners.append(write)
+
+
+def notes_count(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT count(*) FROM notes").fetchone()[0]
+
+
+@pytest.fixture
+def deployed_notes(project, context_for, plugins):
+    """``make(**settings) -> Path``: `notes` deployed, then 001_users and a broken 002 pending."""
+
+    def make(**settings) -> Path:
+        project_dir = project({"000_notes": NOTES}, **settings)
+        migrate(context_for(project_dir), plugins, DeployOptions(assume_yes=True, skip_backup=True))
+        (project_dir / "migrations/001_users.sql").write_text(USERS)
+        (project_dir / "migrations/002_broken.sql").write_text(BROKEN)
+        return project_dir
+
+    return make
+
+
+def test_refuse_keeps_the_application_rows_and_says_how_to_restore_by_hand(
+    deployed_notes, context_for, plugins, database_url
+):
+    project_dir = deployed_notes(restore_with_app_writes="refuse")
+    context = context_for(project_dir)
+    app_writes_during_the_deploy(context, database_url, 50)
+
+    with pytest.raises(MigrationFailed) as raised:
+        migrate(context, plugins, YES)
+
+    error = raised.value
+    result = error.result
+    assert result["rollback_initiated"] is False and result["rollback_status"] == "refused"
+    assert result["writes_since_backup"]["status"] == "found"
+    assert result["writes_since_backup"]["tables"] == [{"table": "public.notes", "rows": 50}]
+    assert error.suggestions[0].startswith("Database not rolled back: a restore would discard rows written since")
+    assert "public.notes (50 rows)" in error.suggestions[0]
+    assert any(
+        s.startswith("Save the tables others wrote to first: pg_dump --data-only --table='public.notes'")
+        for s in error.suggestions
+    )
+    assert (
+        f"To restore anyway, discarding them: faber rollback production --to {error.backup_id} --yes "
+        "--discard-app-writes" in error.suggestions
+    )
+    assert notes_count(database_url) == 50 and "users" in tables(database_url)
+
+
+def test_warn_restores_and_reports_what_it_discarded(deployed_notes, context_for, plugins, database_url):
+    project_dir = deployed_notes(restore_with_app_writes="warn")
+    context = context_for(project_dir)
+    app_writes_during_the_deploy(context, database_url, 50)
+
+    with pytest.raises(MigrationFailed) as raised:
+        migrate(context, plugins, YES)
+
+    error = raised.value
+    assert error.result["rollback_status"] == "success"
+    assert error.result["writes_since_backup"]["tables"] == [{"table": "public.notes", "rows": 50}]
+    assert error.message.endswith(
+        f"; rolled back to {error.backup_id}, discarding rows written since {error.backup_id} by others: "
+        "public.notes (50 rows)"
+    )
+    assert error.suggestions[0].startswith(f"Database rolled back to {error.backup_id}; the restore discarded")
+    assert notes_count(database_url) == 0 and "users" not in tables(database_url)
+
+
+def test_allow_restores(deployed_notes, context_for, plugins, database_url):
+    project_dir = deployed_notes(restore_with_app_writes="allow")
+    context = context_for(project_dir)
+    app_writes_during_the_deploy(context, database_url, 50)
+
+    with pytest.raises(MigrationFailed) as raised:
+        migrate(context, plugins, YES)
+
+    error = raised.value
+    assert error.result["rollback_status"] == "success"
+    assert error.result["writes_since_backup"]["status"] == "found"
+    assert "discarding" not in error.message
+    assert error.suggestions[0] == f"Database rolled back to {error.backup_id}"
+    assert notes_count(database_url) == 0 and "users" not in tables(database_url)
+
+
+def test_refuse_restores_when_only_faber_wrote(deployed_notes, context_for, plugins, database_url):
+    project_dir = deployed_notes(restore_with_app_writes="refuse")
+
+    with pytest.raises(MigrationFailed) as raised:
+        migrate(context_for(project_dir), plugins, YES)
+
+    assert raised.value.result["rollback_status"] == "success"
+    assert raised.value.result["writes_since_backup"]["status"] == "none"
+    assert "users" not in tables(database_url)

@@ -59,18 +59,25 @@ def _connectivity(context: RunContext) -> HealthCheckResult:
     return HealthCheckResult(name="connectivity", status="passed", details=f"PostgreSQL {version}, accepting writes")
 
 
+def invalid_indexes(conn: psycopg.Connection) -> list[str]:
+    """Every invalid index (``schema.name``, quoted where needed): what a failed or interrupted
+    ``CREATE INDEX CONCURRENTLY`` leaves behind."""
+    rows = conn.execute(
+        """
+        SELECT format('%I.%I', n.nspname, c.relname)
+        FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE NOT i.indisvalid ORDER BY 1
+        """
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
 def _schema(context: RunContext) -> HealthCheckResult:
     """Invalid indexes are what a failed CREATE INDEX CONCURRENTLY leaves behind."""
     try:
         with context.database.connect() as conn:
-            invalid = conn.execute(
-                """
-                SELECT n.nspname || '.' || c.relname
-                FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-                JOIN pg_namespace n ON n.oid = c.relnamespace
-                WHERE NOT i.indisvalid ORDER BY 1
-                """
-            ).fetchall()
+            invalid = invalid_indexes(conn)
             tables = conn.execute(
                 "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
                 " WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
@@ -81,9 +88,10 @@ def _schema(context: RunContext) -> HealthCheckResult:
             name="schema", status="failed", details=describe_connection_error(exc, context.database)
         )
     if invalid:
-        names = ", ".join(row[0] for row in invalid)
         return HealthCheckResult(
-            name="schema", status="failed", details=f"Invalid indexes (a failed concurrent build?): {names}"
+            name="schema",
+            status="failed",
+            details=f"Invalid indexes (a failed concurrent build?): {', '.join(invalid)}",
         )
     return HealthCheckResult(name="schema", status="passed", details=f"{tables} tables, no invalid indexes")
 

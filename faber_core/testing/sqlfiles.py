@@ -100,9 +100,9 @@ def faber_migration_apply(context: RunContext, pending: list[LocalMigration]) ->
                     table_writes=measured.rows,
                 )
                 return outcome
-            duration = round(time.monotonic() - started, 3)
-            outcome.applied.append(
-                AppliedMigration(name=migration.name, duration_seconds=duration, table_writes=measured.rows)
+            applied = AppliedMigration(
+                name=migration.name, duration_seconds=round(time.monotonic() - started, 3), table_writes=measured.rows
             )
-            context.emit("migration.applied", name=migration.name, duration_seconds=duration)
+            outcome.applied.append(applied)
+            context.migration_applied(applied)
     return outcome

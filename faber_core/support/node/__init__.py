@@ -317,7 +317,9 @@ def apply(tool: NodeTool, context: RunContext, pending: list[LocalMigration], ar
         if event["event"] == "migration_started":
             context.emit("migration.started", name=event["name"])
         elif event["event"] == "migration_finished":
-            context.emit("migration.applied", name=event["name"], duration_seconds=event["duration_seconds"])
+            context.migration_applied(
+                AppliedMigration(name=event["name"], duration_seconds=round(event["duration_seconds"], 3))
+            )
 
     result = run_runner(tool, context, "apply", args, expected=[m.name for m in pending], on_event=progress)
     return outcome_of(result, {m.name: m.path for m in pending})

@@ -60,11 +60,11 @@ def apply_pending(context: RunContext, pending: list[LocalMigration]) -> ApplyOu
             if failure is not None:
                 outcome.failure = failure.model_copy(update={"table_writes": measured.rows})
                 break
-            duration = round(time.monotonic() - started, 3)
-            outcome.applied.append(
-                AppliedMigration(name=folder.name, duration_seconds=duration, table_writes=measured.rows)
+            applied = AppliedMigration(
+                name=folder.name, duration_seconds=round(time.monotonic() - started, 3), table_writes=measured.rows
             )
-            context.emit("migration.applied", name=folder.name, duration_seconds=duration)
+            outcome.applied.append(applied)
+            context.migration_applied(applied)
     return outcome
 
 
@@ -187,10 +187,12 @@ def _apply_in_transaction(
             unrecorded = _record(
                 context, history.record_rolled_back_attempt, folder.name, folder.checksum, started_at, logs
             )
+        # Recorded rolled back: nothing is left to recover from, so the output leaves out P3018's
+        # "cannot be applied before the error is recovered from" (it stays in the history's logs).
         return MigrationFailure(
             name=folder.name,
             error=database_error_summary(context, exc) + unrecorded,
-            output=f"Error: P3018\n\n{logs}",
+            output="Error: P3018\n\n" + prisma_logs(context, folder.name, exc, recovery_needed=False),
             path=folder.relative_path(context.project_dir),
             transaction_rolled_back=True,
             sqlstate=exc.sqlstate,
@@ -221,6 +223,7 @@ def _apply_statement_by_statement(
                 path=folder.relative_path(context.project_dir),
                 transaction_rolled_back=False,
                 sqlstate=exc.sqlstate,
+                statements_committed=number - 1,
             )
     history.finish(migration_id)
     return None
@@ -271,9 +274,10 @@ def database_error_summary(context: RunContext, exc: psycopg.Error) -> str:
     return context.redactor.redact(f"{primary}{code}")
 
 
-def prisma_logs(context: RunContext, name: str, exc: psycopg.Error) -> str:
-    """The ``logs`` Prisma writes for a failed migration (P3018), redacted."""
-    parts = [P3018_TEXT, f"Migration name: {name}"]
+def prisma_logs(context: RunContext, name: str, exc: psycopg.Error, *, recovery_needed: bool = True) -> str:
+    """The ``logs`` Prisma writes for a failed migration (P3018), redacted; without its first
+    paragraph (recovery needed) for a migration whose failure left nothing to recover from."""
+    parts = [*([P3018_TEXT] if recovery_needed else []), f"Migration name: {name}"]
     if exc.sqlstate:
         parts.append(f"Database error code: {exc.sqlstate}")
     parts.append(f"Database error:\n{database_error(exc)}")

@@ -116,7 +116,8 @@ def test_a_killed_non_transactional_migration_is_reported_with_what_a_person_mus
     assert code in (3, 6), refused.stdout()
     assert name in json.dumps(document), "the unfinished migration is not named"
     advice = " ".join(document.get("recovery", {}).get("suggestions", []))
-    assert f"faber resolve {ENVIRONMENT} --rolled-back" in advice, advice
+    assert f"faber resolve {ENVIRONMENT} --rolled-back {name}" in advice, advice
+    assert "NAME" not in advice
 
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute('DROP INDEX IF EXISTS "accounts_email_idx"')
@@ -166,7 +167,9 @@ def test_a_connection_lost_inside_a_non_transactional_migration_goes_through_the
         'CREATE INDEX CONCURRENTLY "accounts_email_idx" ON "accounts" ("email");\n'
         f"SELECT pg_sleep(CASE current_setting('faults.hold', true) WHEN '{name}' THEN 60 ELSE 0 END);\n"
     )
-    directory = project({name: sql}, backup_before_migrate=True)
+    # Its history row is written outside a transaction, so faber cannot tell it from the
+    # application's writes: "warn" restores regardless (the default "refuse" would not).
+    directory = project({name: sql}, backup_before_migrate=True, restore_with_app_writes="warn")
     run = faber(directory, database_url, "migrate", ENVIRONMENT, "--yes", "--json", env=session_settings(hold=name))
     try:
         run.wait_for(event_matcher("migration.started", name=name))
@@ -188,10 +191,52 @@ def test_a_connection_lost_inside_a_non_transactional_migration_goes_through_the
     assert result["failed_migration"] == name and result["backup_id"]
     assert result["applied_migrations"] == [] and result["remaining_migrations"] == [name]
     assert result["rollback_initiated"] is True and result["rollback_status"] == "success"
-    assert document["recovery"]["suggestions"][0] == f"Database rolled back to {result['backup_id']}"
+    assert result["writes_since_backup"]["attribution"] == "unknown"
+    assert document["recovery"]["suggestions"][0].startswith(f"Database rolled back to {result['backup_id']}")
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT to_regclass('extra'), to_regclass('accounts_email_idx')").fetchone() == (
             None,
             None,
         )
     assert prisma_rows(database_url) == [("0_init", True, False)]
+
+
+def test_a_concurrent_index_that_fails_before_anything_ran_is_not_restored(project, database_url):
+    """A lone CREATE INDEX CONCURRENTLY failing on duplicates commits nothing but leaves an invalid
+    index: no restore (it would discard the application's writes for nothing); the index and the
+    commands that clean up are named."""
+    name = "1_email_key"
+    directory = project(
+        {name: 'CREATE UNIQUE INDEX CONCURRENTLY "accounts_email_key" ON "accounts" ("email");'},
+        backup_before_migrate=True,
+    )
+    with psycopg.connect(database_url) as conn:
+        conn.execute("""INSERT INTO "accounts" ("email") VALUES ('user1')""")  # a duplicate email
+
+    run = faber(directory, database_url, "migrate", ENVIRONMENT, "--yes", "--json")
+    code = run.finish()
+
+    assert code == 6, run.stdout()
+    document = json.loads(run.stdout())
+    result = document["result"]
+    assert result["failed_migration"] == name and result["transaction_rolled_back"] is False
+    assert result["rollback_initiated"] is False and result["rollback_status"] == "not_needed"
+    assert result["backup_id"] and result["invalid_indexes"] == ["public.accounts_email_key"]
+    assert "rollback.started" not in run.kinds()
+    suggestions = document["recovery"]["suggestions"]
+    assert suggestions[0].startswith("Database unchanged: the failed migration stopped at its first statement")
+    assert "Drop the invalid index left behind: DROP INDEX CONCURRENTLY public.accounts_email_key;" in suggestions
+    assert any(f"faber resolve {ENVIRONMENT} --rolled-back {name}" in s for s in suggestions), suggestions
+    assert not any("faber rollback" in s for s in suggestions)
+    assert "rollback_command" not in document["recovery"]
+    with psycopg.connect(database_url) as conn:
+        # Not restored: the application's row is still there.
+        assert conn.execute("""SELECT count(*) FROM "accounts" WHERE "email" = 'user1'""").fetchone() == (2,)
+
+    # Done as told, the next deploy goes on (the duplicate removed first).
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute('DROP INDEX CONCURRENTLY "public"."accounts_email_key"')
+        conn.execute("""DELETE FROM "accounts" WHERE "id" = (SELECT max("id") FROM "accounts")""")
+    assert faber(directory, database_url, "resolve", ENVIRONMENT, "--rolled-back", name, "--json").finish() == 0
+    again = faber(directory, database_url, "migrate", ENVIRONMENT, "--yes", "--json")
+    assert again.finish() == 0, again.stdout()

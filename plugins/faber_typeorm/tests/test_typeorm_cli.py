@@ -39,7 +39,11 @@ def test_faber_migrate_dry_run_shows_the_real_sql_and_changes_nothing(typeorm_pr
 def test_a_failing_migration_in_a_protected_environment_is_rolled_back_to_the_backup(
     typeorm_project, typeorm_migration, run_faber, query
 ):
-    project = typeorm_project(backup_before_migrate=True, auto_rollback=True, protected=True)
+    # The runner does not measure its migrations' row writes, so faber cannot tell its bookkeeping
+    # row from the application's writes: "warn" restores anyway (the default "refuse" would not).
+    project = typeorm_project(
+        backup_before_migrate=True, auto_rollback=True, protected=True, restore_with_app_writes="warn"
+    )
     assert run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project)).returncode == 0
     query("INSERT INTO users (email) VALUES ('kept@example.com')")
     migrations = project / "migrations"
@@ -62,7 +66,35 @@ def test_a_failing_migration_in_a_protected_environment_is_rolled_back_to_the_ba
     assert result["applied_migrations"] == ["AddPosts1700000200000"]
     assert result["transaction_rolled_back"] is True
     assert (result["rollback_initiated"], result["rollback_status"]) == (True, "success")
+    assert result["writes_since_backup"]["attribution"] == "unknown"
     assert [name for (name,) in query("SELECT name FROM migrations ORDER BY id")] == FIXTURE_MIGRATIONS
     assert query("SELECT to_regclass('posts'), to_regclass('later')") == [(None, None)]
     assert query("SELECT email FROM users") == [("kept@example.com",)]
     assert CANARY_PASSWORD not in run.output
+
+
+def test_a_protected_environment_refuses_to_restore_over_writes_it_cannot_attribute(
+    typeorm_project, typeorm_migration, run_faber, query
+):
+    """The runner does not measure its own row writes: under the default "refuse" the automatic
+    rollback does not restore, and says what it would discard and how to restore by hand."""
+    project = typeorm_project(backup_before_migrate=True, auto_rollback=True, protected=True)
+    assert run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project)).returncode == 0
+    migrations = project / "migrations"
+    (migrations / "1700000200000-AddPosts.js").write_text(
+        typeorm_migration("AddPosts1700000200000", 'CREATE TABLE "posts" (id int)')
+    )
+    (migrations / "1700000300000-Broken.js").write_text(
+        typeorm_migration("Broken1700000300000", 'ALTER TABLE "users" ADD "email" text')
+    )
+
+    run = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+
+    assert run.returncode == 6, run.output
+    document = run.json
+    result = document["result"]
+    assert (result["rollback_initiated"], result["rollback_status"]) == (False, "refused")
+    assert result["writes_since_backup"]["attribution"] == "unknown"
+    assert "public.migrations" in document["recovery"]["suggestions"][0]
+    assert any("--discard-app-writes" in s for s in document["recovery"]["suggestions"])
+    assert query("SELECT to_regclass('posts') IS NOT NULL") == [(True,)]
