@@ -661,6 +661,9 @@ def _execute(
         try:
             document: Document = action(run)
         except FaberError as exc:
+            bug = _unexpected_cause(exc)
+            if bug is not None and os.environ.get("FABER_DEBUG"):
+                _print_traceback(bug, run.redactor)
             document = ErrorDocument.from_error(exc, operation=operation, environment=environment, tool=_tool(run))
         except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (faber_core/interrupts.py)
             # A deploy interrupted after its backup reports through its failure path (an
@@ -704,6 +707,15 @@ def _print_traceback(exc: BaseException, redactor: Redactor) -> None:
     import traceback
 
     sys.stderr.write(redactor.redact("".join(traceback.format_exception(type(exc), exc, exc.__traceback__))))
+
+
+def _unexpected_cause(error: FaberError) -> BaseException | None:
+    """The unexpected exception behind an ``INTERNAL_ERROR`` that a deploy's failure path reported
+    (a hook that raised): ``FABER_DEBUG=1`` shows its traceback as for any other bug."""
+    cause = error.__cause__
+    if error.code == "INTERNAL_ERROR" and isinstance(cause, Exception) and not isinstance(cause, FaberError):
+        return cause
+    return None
 
 
 def _tool(run: _Run) -> str | None:

@@ -132,7 +132,7 @@ def migrate(context: RunContext, plugins: Plugins, options: DeployOptions) -> Su
             with step(context, "verify"):
                 verify_applied(context, plugins)
         except (Exception, KeyboardInterrupt) as stopped:
-            raise roll_back_failed_deploy(context, plugins, lock, backup, progress, stopped) from None
+            raise roll_back_failed_deploy(context, plugins, lock, backup, progress, stopped) from stopped
     return deployed(context, outcome, backup, health_before, health_after, time.monotonic() - started, review)
 
 

@@ -9,6 +9,7 @@ through its audit log and the server's view of its sessions.
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -584,3 +585,32 @@ def test_refuse_restores_when_only_faber_wrote(deployed_notes, context_for, plug
     assert raised.value.result["rollback_status"] == "success"
     assert raised.value.result["writes_since_backup"]["status"] == "none"
     assert "users" not in tables(database_url)
+
+
+def test_faber_debug_shows_the_traceback_of_a_hook_that_raised(faber_project, database_url, run_faber, tmp_path):
+    """The failure path reports a hook's exception as INTERNAL_ERROR; FABER_DEBUG=1 still shows where it came from."""
+    plugin = tmp_path / "raising_handler.py"
+    plugin.write_text(
+        "from faber_core import hookimpl\n"
+        "@hookimpl(tryfirst=True)\n"
+        "def faber_migration_apply(tool, context, pending):\n"
+        "    raise RuntimeError('the runner stopped unexpectedly')\n"
+    )
+    environment = {"database_url_env": URL_ENV, "lint": "warn"}
+    project_dir = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {ENVIRONMENT: environment}}},
+        {"migrations/001_users.sql": USERS},
+    )
+    env = {
+        "FABER_PLUGINS": "faber_core.testing.sqlfiles,raising_handler",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
+        URL_ENV: database_url,
+        "FABER_DEBUG": "1",
+    }
+
+    run = run_faber("migrate", ENVIRONMENT, "--yes", "--json", "--cwd", str(project_dir), env=env)
+
+    assert run.returncode == 1, run.output
+    assert run.json["result"]["backup_id"] and run.json["result"]["rollback_status"] == "not_needed"
+    assert "Traceback (most recent call last)" in run.stderr and "raising_handler.py" in run.stderr
+    assert CANARY_PASSWORD not in run.output
