@@ -257,10 +257,13 @@ def test_an_interrupt_during_a_migration_restores_and_reports_what_committed(
     assert result["rollback_status"] == "success" and result["backup_id"]
     assert document["recovery"]["suggestions"][0] == f"Database rolled back to {result['backup_id']}"
     assert CANARY_PASSWORD not in run.stdout() + run.stderr()
+    files = [path for path in (project_dir / ".faber").rglob("*") if path.is_file()]
+    assert files and [path for path in files if CANARY_PASSWORD.encode() in path.read_bytes()] == []
     assert tables(database_url) == set()
     [row] = history_rows(database_url)
     assert row[:4] == ("deploy-migrations", 130, "INTERRUPTED", "success")
     assert [m["name"] for m in row[4]] == ["001_users"]
+    assert CANARY_PASSWORD not in json.dumps(row, default=str)
 
 
 def test_sigterm_without_auto_rollback_leaves_the_committed_migrations_and_says_how_to_undo_them(
