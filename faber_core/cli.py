@@ -2,8 +2,8 @@
 
 Exit codes (docs/exit-codes.md): 0 success, 1 internal error, 2 invalid input or config,
 3 health check failed, 4 backup failed, 5 approval missing, 6 migration failed,
-7 another run holds the lock, 8 restore failed, 9 lint blocked, 10 staging proof missing,
-11 preflight found blocking sessions.
+7 another run holds (or took) the lock, 8 restore failed, 9 lint blocked, 10 staging proof missing,
+11 preflight found blocking sessions, 130 interrupted (SIGINT or SIGTERM).
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ def migrate(
 
     Health check, backup (protected environments), approval, apply each migration, health check again, verify. On failure in an auto-rollback environment the backup is restored and verified. On a fleet environment (targets in the config), every target not up to date, wave by wave (docs/fleet.md).
 
-    Exit codes: 0 ok, 2 invalid input/config, 3 health check failed, 4 backup failed, 5 approval missing, 6 migration failed, 7 locked, 8 restore failed, 9 lint blocked, 10 staging proof missing, 11 preflight blocked.
+    Exit codes: 0 ok, 2 invalid input/config, 3 health check failed, 4 backup failed, 5 approval missing, 6 migration failed, 7 locked, 8 restore failed, 9 lint blocked, 10 staging proof missing, 11 preflight blocked, 130 interrupted.
     """  # noqa: E501
     document = api.deploy(
         environment,
