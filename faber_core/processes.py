@@ -10,6 +10,9 @@ Every child process faber starts goes through :func:`spawn`:
   stops the child deliberately (:func:`stop` signals the whole group, grandchildren included),
   instead of every process reacting at once. Programs that need the terminal (an interactive
   ``prisma migrate dev``) stay in faber's group: ``spawn(..., own_group=False)``.
+- **An interrupt is not lost while it starts.** SIGINT and SIGTERM are held during the fork
+  (Python ignores an exception raised in its at-fork callbacks) and raised once the child
+  exists, which is then stopped.
 - **Credentials travel only in the environment**, never in argv (argv is visible to every
   user through the process list). Whatever the child prints is redacted before anyone sees it.
 """
@@ -52,13 +55,24 @@ def _load_prctl() -> Any:
 _prctl = _load_prctl()
 
 
-def _die_with(parent: int) -> Any:
-    def in_child() -> None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # faber died between fork and prctl
-            os._exit(1)
+_INTERRUPTS = {signal.SIGINT, signal.SIGTERM}
+_CAN_HOLD_SIGNALS = hasattr(signal, "pthread_sigmask")
 
-    return in_child if _prctl is not None else None
+
+def _in_child(parent: int, signal_mask: set[int] | None) -> Any:
+    """What the child runs between fork and exec: faber's signal mask back, then die with faber."""
+    if _prctl is None and signal_mask is None:
+        return None
+
+    def in_child() -> None:
+        if signal_mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, signal_mask)
+        if _prctl is not None:
+            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != parent:  # faber died between fork and prctl
+                os._exit(1)
+
+    return in_child
 
 
 def find_program(name: str) -> Path | None:
@@ -90,14 +104,34 @@ def spawn(
     """Start ``argv`` so it dies with faber; ``env`` is the child's whole environment.
 
     ``popen`` takes the other :class:`subprocess.Popen` arguments (stdin, stdout, cwd, text, ...).
+
+    SIGINT and SIGTERM are held while Python forks: delivered then, faber's handler would run in
+    the fork's at-fork callbacks, where the exception that stops faber is ignored and the
+    interrupt lost. A signal held is raised as soon as the child exists, and stops it.
     """
-    return subprocess.Popen(
-        [str(arg) for arg in argv],
-        env=dict(env),
-        preexec_fn=_die_with(os.getpid()),
-        start_new_session=own_group,
-        **popen,
-    )
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS) if _CAN_HOLD_SIGNALS else None
+    try:
+        proc = subprocess.Popen(
+            [str(arg) for arg in argv],
+            env=dict(env),
+            preexec_fn=_in_child(os.getpid(), held),
+            start_new_session=own_group,
+            **popen,
+        )
+    except BaseException:
+        _release(held)
+        raise
+    try:
+        _release(held)  # an interrupt that came during the fork is raised here
+    except BaseException:
+        stop(proc)
+        raise
+    return proc
+
+
+def _release(held: set[int] | None) -> None:
+    if held is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def stop(proc: subprocess.Popen, grace: float = STOP_GRACE_SECONDS) -> None:

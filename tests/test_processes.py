@@ -57,3 +57,36 @@ def test_connection_settings_of_the_caller_never_reach_a_child(monkeypatch):
     run = run_captured(["env"], env=child_environment({"PGHOST": "chosen"}))
 
     assert "inherited-secret" not in run.stdout and "PGHOST=chosen" in run.stdout
+
+
+def test_sigterm_arriving_while_a_child_is_forked_is_not_lost_and_stops_the_child(monkeypatch):
+    """Delivered during the fork, the handler would run in an at-fork callback, where Python ignores
+    the exception: the interrupt would be lost and faber would go on. It is held until the child
+    exists, then raised, and the child is stopped."""
+    import os
+    import signal
+
+    from faber_core import processes
+    from faber_core.interrupts import Terminated, sigterm_as_interrupt
+
+    started: list[subprocess.Popen] = []
+    real_popen = subprocess.Popen
+
+    def popen_while_sigterm_arrives(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # a real SIGTERM, at the moment of the fork
+        started.append(real_popen(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(processes.subprocess, "Popen", popen_while_sigterm_arrives)
+    with sigterm_as_interrupt(), pytest.raises(Terminated):
+        processes.spawn(["sleep", "300"], env=child_environment({}), stdout=subprocess.DEVNULL)
+
+    [child] = started
+    assert child.poll() is not None, "the child must be stopped"
+    assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, set()), "SIGTERM stays blocked"
+
+
+def test_a_child_does_not_inherit_the_signals_held_during_its_fork():
+    proc = run_captured(["grep", "^SigBlk", "/proc/self/status"], env=child_environment({}))
+    blocked = int(proc.stdout.split()[1], 16)
+    assert not blocked & (1 << (15 - 1)) and not blocked & (1 << (2 - 1)), proc.stdout
