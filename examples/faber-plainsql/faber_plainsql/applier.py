@@ -30,10 +30,11 @@ def apply(context: RunContext, pending: list[LocalMigration]) -> ApplyOutcome:
         conn.execute(history.CREATE)
         context.apply_session_timeouts(conn)
         for migration in pending:
-            context.emit("migration.started", name=migration.name)
+            context.start_migration(migration.name)  # raises when faber's lock was lost: let it propagate
             started = time.monotonic()
             measured = Measurement()
             transactional = is_transactional(sql[migration.name])
+            committed = 0  # statements committed, outside a transaction
             try:
                 if transactional:
                     with measured_transaction(conn, measured):
@@ -43,6 +44,7 @@ def apply(context: RunContext, pending: list[LocalMigration]) -> ApplyOutcome:
                     # CREATE INDEX CONCURRENTLY and its like: one statement at a time, outside a transaction.
                     for statement in split_statements(sql[migration.name]):
                         conn.execute(statement)
+                        committed += 1
                     conn.execute(history.RECORD_APPLIED, [migration.name, migration.checksum])
             except psycopg.Error as exc:
                 error = context.redactor.redact(str(exc).strip())
@@ -53,17 +55,19 @@ def apply(context: RunContext, pending: list[LocalMigration]) -> ApplyOutcome:
                     error=error,
                     path=migration.path,
                     transaction_rolled_back=transactional,
+                    statements_committed=None if transactional else committed,  # 0: faber need not restore
                     sqlstate=exc.sqlstate,
                     table_writes=measured.rows if transactional else None,
                 )
                 context.emit("migration.failed", name=migration.name, error=error)
                 return outcome
-            duration = round(time.monotonic() - started, 3)
-            writes = measured.rows if transactional else None  # unmeasured outside a transaction
-            outcome.applied.append(
-                AppliedMigration(name=migration.name, duration_seconds=duration, table_writes=writes)
+            applied = AppliedMigration(
+                name=migration.name,
+                duration_seconds=round(time.monotonic() - started, 3),
+                table_writes=measured.rows if transactional else None,  # unmeasured outside a transaction
             )
-            context.emit("migration.applied", name=migration.name, duration_seconds=duration)
+            outcome.applied.append(applied)
+            context.migration_applied(applied)
     return outcome
 
 
