@@ -19,7 +19,9 @@ import pytest
 from faber_core import hookimpl
 from faber_core.errors import EXIT_CODES, FaberError, HealthCheckFailed, Interrupted, MigrationFailed
 from faber_core.models import AppliedMigration, ApplyOutcome, HealthCheckResult
+from faber_core.plugins import Plugins
 from faber_core.postgres.locks import faber_lock_key
+from faber_core.testing import sqlfiles
 from faber_core.testing.faults import FaberProcess, event_matcher, holdable_migration, session_settings
 from faber_core.testing.fixtures import CANARY_PASSWORD, database_url_for
 from faber_core.workflow import DeployOptions, migrate
@@ -42,23 +44,52 @@ def tables(url: str) -> set[str]:
 # An exception from a hook ------------------------------------------------------------------
 
 
-class CommitsThenRaises:
-    """A handler that commits the first pending migration through sqlfiles, then stops unexpectedly
-    (as a Node runner that dies after a commit)."""
+class Sqlfiles:
+    """The sqlfiles handler as a class, for handlers that misbehave in one way (override a hook).
+    faber calls a tool's hooks on the plugin that declares it, so tests register this instead."""
 
-    @hookimpl(tryfirst=True)
-    def faber_migration_apply(self, tool, context, pending):
-        from faber_core.testing import sqlfiles
+    @hookimpl
+    def faber_migration_tools(self):
+        return sqlfiles.faber_migration_tools()
 
-        first = sqlfiles.faber_migration_apply(tool=tool, context=context, pending=pending[:1])
-        assert first.failure is None
+    @hookimpl
+    def faber_migration_status(self, context):
+        return sqlfiles.faber_migration_status(context)
+
+    @hookimpl
+    def faber_migration_preview(self, context, pending):
+        return sqlfiles.faber_migration_preview(context, pending)
+
+    @hookimpl
+    def faber_migration_apply(self, context, pending):
+        return sqlfiles.faber_migration_apply(context, pending)
+
+
+@pytest.fixture
+def handler(plugin_manager):
+    """``use(plugin) -> Plugins``: the plugins with ``plugin`` as the migration tool's handler."""
+
+    def use(plugin: Sqlfiles) -> Plugins:
+        plugin_manager.register(plugin)
+        return Plugins(plugin_manager)
+
+    return use
+
+
+class CommitsThenRaises(Sqlfiles):
+    """Commits the first pending migration, then stops unexpectedly (as a Node runner that dies
+    after a commit)."""
+
+    @hookimpl
+    def faber_migration_apply(self, context, pending):
+        assert sqlfiles.faber_migration_apply(context, pending[:1]).failure is None
         raise RuntimeError("the runner stopped unexpectedly")
 
 
 def test_an_exception_from_the_apply_hook_after_a_commit_restores_the_backup(
-    project, context_for, plugins, database_url
+    project, context_for, handler, database_url
 ):
-    plugins.pm.register(CommitsThenRaises())
+    plugins = handler(CommitsThenRaises())
     project_dir = project({"001_users": USERS, "002_posts": POSTS})
 
     with pytest.raises(FaberError) as raised:
@@ -79,15 +110,13 @@ def test_an_exception_from_the_apply_hook_after_a_commit_restores_the_backup(
     assert tables(database_url) == set()
 
 
-class StopsInsideAMigration:
-    """A handler that commits 001, then dies inside 002 after part of it committed (outside a
-    transaction, so its writes are not measured)."""
+class StopsInsideAMigration(Sqlfiles):
+    """Commits 001, then dies inside 002 after part of it committed (outside a transaction, so
+    its writes are not measured)."""
 
-    @hookimpl(tryfirst=True)
-    def faber_migration_apply(self, tool, context, pending):
-        from faber_core.testing import sqlfiles
-
-        assert sqlfiles.faber_migration_apply(tool=tool, context=context, pending=pending[:1]).failure is None
+    @hookimpl
+    def faber_migration_apply(self, context, pending):
+        assert sqlfiles.faber_migration_apply(context, pending[:1]).failure is None
         context.start_migration(pending[1].name)
         with context.database.connect() as conn:
             conn.execute("INSERT INTO users (email) SELECT 'copied' || g FROM generate_series(1, 5) g")
@@ -95,9 +124,9 @@ class StopsInsideAMigration:
 
 
 def test_by_default_a_hook_that_dies_inside_a_migration_refuses_to_restore_over_unattributed_writes(
-    project, context_for, plugins, database_url
+    project, context_for, handler, database_url
 ):
-    plugins.pm.register(StopsInsideAMigration())
+    plugins = handler(StopsInsideAMigration())
     project_dir = project({"001_users": USERS, "002_posts": POSTS})
 
     with pytest.raises(FaberError) as raised:
@@ -142,18 +171,18 @@ def test_an_exception_from_the_post_deployment_health_check_restores_the_backup(
     assert tables(database_url) == set()
 
 
-class RecordsNothing:
-    """A handler that says it applied the migration but did not record it: verification fails."""
+class RecordsNothing(Sqlfiles):
+    """Says it applied the migration but did not record it: verification fails."""
 
-    @hookimpl(tryfirst=True)
-    def faber_migration_apply(self, tool, context, pending):
+    @hookimpl
+    def faber_migration_apply(self, context, pending):
         with context.database.connect() as conn:
             conn.execute(USERS)
         return ApplyOutcome(applied=[AppliedMigration(name=pending[0].name, duration_seconds=0.1)])
 
 
-def test_a_failed_verification_goes_through_the_rollback_step(project, context_for, plugins, database_url):
-    plugins.pm.register(RecordsNothing())
+def test_a_failed_verification_goes_through_the_rollback_step(project, context_for, handler, database_url):
+    plugins = handler(RecordsNothing())
     project_dir = project({"001_users": USERS}, auto_rollback=False)
 
     with pytest.raises(MigrationFailed) as raised:
@@ -595,8 +624,11 @@ def test_faber_debug_shows_the_traceback_of_a_hook_that_raised(faber_project, da
     plugin = tmp_path / "raising_handler.py"
     plugin.write_text(
         "from faber_core import hookimpl\n"
-        "@hookimpl(tryfirst=True)\n"
-        "def faber_migration_apply(tool, context, pending):\n"
+        "from faber_core.testing.sqlfiles import (\n"
+        "    faber_migration_preview, faber_migration_status, faber_migration_tools,\n"
+        ")\n"
+        "@hookimpl\n"
+        "def faber_migration_apply(context, pending):\n"
         "    raise RuntimeError('the runner stopped unexpectedly')\n"
     )
     environment = {"database_url_env": URL_ENV, "lint": "warn"}
@@ -605,7 +637,7 @@ def test_faber_debug_shows_the_traceback_of_a_hook_that_raised(faber_project, da
         {"migrations/001_users.sql": USERS},
     )
     env = {
-        "FABER_PLUGINS": "faber_core.testing.sqlfiles,raising_handler",
+        "FABER_PLUGINS": "raising_handler",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
         URL_ENV: database_url,
         "FABER_DEBUG": "1",
