@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import psycopg
 
@@ -54,9 +55,11 @@ from faber_core.plugins import Plugins
 from faber_core.postgres.health import describe_connection_error
 from faber_core.postgres.locks import advisory_lock, faber_lock_key
 from faber_core.results import DeployResult, NoPendingResult, PreviewResult, Success
-from faber_core.safety import checks as safety
 from faber_core.safety.timeouts import apply_with_lock_retry
 from faber_core.telemetry import command_name, step
+
+if TYPE_CHECKING:
+    from faber_core.safety import checks as safety
 
 DEPLOY = "deploy-migrations"
 PREVIEW = "preview-migrations"
@@ -80,6 +83,9 @@ class DeployOptions:
 
 
 def migrate(context: RunContext, plugins: Plugins, options: DeployOptions) -> Success:
+    # Imported here, with the SQL parser it needs: status, health and backup commands never do.
+    from faber_core.safety import checks as safety
+
     started = time.monotonic()
     validate(context, plugins, options)
     if options.dry_run:
@@ -280,6 +286,8 @@ def read_status(context: RunContext, plugins: Plugins, *, quiet: bool = False) -
 
 
 def preview(context: RunContext, plugins: Plugins, state: MigrationState, *, rehearse: bool = False) -> Success:
+    from faber_core.safety import checks as safety
+
     pending = state.pending_migrations()
     with step(context, "preview"):
         previews = plugins.migration_preview(context, pending) if pending else []

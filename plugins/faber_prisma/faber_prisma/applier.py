@@ -20,7 +20,6 @@ from faber_core.errors import ConfigError, MigrationFailed
 from faber_core.models import AppliedMigration, ApplyOutcome, LocalMigration, MigrationFailure, MigrationRecord
 from faber_core.support.sessions import Measurement, advisory_lock, measured_transaction, run_measured_script
 from faber_core.support.sql import is_transactional, split_statements
-from pglast.parser import ParseError
 from psycopg import sql
 
 from faber_prisma.history import History
@@ -154,6 +153,8 @@ def _locked_history(context: RunContext, application_name: str) -> Iterator[Hist
 def _apply_one(
     context: RunContext, history: History, folder: MigrationFolder, measured: Measurement
 ) -> MigrationFailure | None:
+    from pglast.parser import ParseError  # with the parser is_transactional imports
+
     try:
         transactional = is_transactional(folder.sql)
     except ParseError as exc:
