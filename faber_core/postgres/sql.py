@@ -17,7 +17,7 @@ import re
 from array import array
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 # pglast is imported where a script is parsed: reading the status, checking health or taking a
@@ -66,6 +66,8 @@ class Script:
     shapes: array
     """For each statement, the index of its parse tree in :attr:`nodes`."""
     nodes: tuple[ast.Node, ...]
+    memo: dict[str, object] = field(default_factory=dict, compare=False, repr=False)
+    """What other modules compute from the script (its analysis), kept as long as the script is cached."""
 
     def __len__(self) -> int:
         return len(self.shapes)
