@@ -8,6 +8,7 @@ and the canary tests run real ``faber`` processes.
 from __future__ import annotations
 
 import json
+import os
 import signal
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -280,6 +281,46 @@ def test_status_is_a_row_per_target_and_fails_on_a_failed_migration(make_fleet):
 
     single = api.status("tenants/t01", working_directory=fleet.project)  # one target, as one database
     assert single.model_dump(mode="json")["result"]["pending"] == ["003_index"]
+
+
+# What an environment variable can hold: any text but NUL (and no lone surrogates).
+ENV_TEXT = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(
+        st.one_of(
+            st.text(ENV_TEXT, max_size=40),
+            st.builds(
+                lambda name, password, tail: f"{name} postgresql://app:{password}{CANARY_PASSWORD}@db:5432/{tail}",
+                st.text(alphabet="abc-_.:/ ", max_size=6),
+                st.text(ENV_TEXT, max_size=8),
+                st.text(ENV_TEXT, max_size=10),
+            ),
+        ),
+        max_size=6,
+    )
+)
+def test_any_url_list_gives_targets_or_an_error_that_quotes_no_password(lines):
+    from faber_core.config import EnvironmentSettings
+    from faber_core.errors import ConfigError
+    from faber_core.secrets import Redactor
+    from faber_core.targets import discover_targets
+
+    settings = EnvironmentSettings.model_validate({"targets": {"urls_env": "FUZZ_TENANT_URLS"}})
+    redactor = Redactor()
+    os.environ["FUZZ_TENANT_URLS"] = "\n".join(lines)
+    try:
+        targets = discover_targets(Path("."), "tenants", settings, redactor)
+    except ConfigError as error:
+        shown = redactor.redact(" ".join([error.message, *error.suggestions]))
+        assert CANARY_PASSWORD not in shown
+    else:
+        assert len({t.name for t in targets}) == len(targets)
+        assert all(CANARY_PASSWORD not in redactor.redact(t.source + t.name) for t in targets)
+    finally:
+        del os.environ["FUZZ_TENANT_URLS"]
 
 
 # Shards --------------------------------------------------------------------------------------
