@@ -33,7 +33,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from opentelemetry import context as otel_context
 from pydantic import BaseModel, Field
@@ -385,12 +385,13 @@ def deployed_report(
         "duration_seconds": round(duration, 3),
     }
     if isinstance(document, ErrorDocument):
+        failure = error_result(document)
         return before.model_copy(
             update={
                 **timing,
                 "status": "failed",
-                "backup_id": document.recovery.backup_id or document.result.get("backup_id"),
-                "migrations_applied": list(document.result.get("applied_migrations") or []),
+                "backup_id": document.recovery.backup_id or failure.get("backup_id"),
+                "migrations_applied": list(failure.get("applied_migrations") or []),
                 "error": target_error(document),
             }
         )
@@ -407,8 +408,14 @@ def deployed_report(
     )
 
 
+def error_result(document: ErrorDocument) -> dict[str, Any]:
+    """The error's ``result`` as its JSON carries it, whatever model the failure path used."""
+    result = document.model_dump(mode="json").get("result")
+    return result if isinstance(result, dict) else {}
+
+
 def target_error(document: ErrorDocument) -> TargetError:
-    rollback_status = document.result.get("rollback_status")
+    rollback_status = error_result(document).get("rollback_status")
     return TargetError(
         code=document.code,
         message=document.error,
