@@ -11,6 +11,8 @@ and the time faber takes from its start to its first query (import time, goal <=
     python bench/apply_200.py      # needs PostgreSQL at 127.0.0.1:5432 (user postgres, trust)
 
 The machine's load (``uptime``) is printed with the numbers: on a shared machine they move.
+``FABER_BENCH_BASELINE_PYTHONPATH=DIR`` also runs, in the same alternation, the faber found in DIR
+(e.g. an older checkout's ``faber_core`` and plugin packages linked there), to compare versions.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ ADMIN_URL = os.environ.get("FABER_BENCH_ADMIN_URL", "postgresql://postgres@127.0
 MIGRATIONS = 200
 RUNS = 5
 ENVIRONMENT = "bench"
+BASELINE = os.environ.get("FABER_BENCH_BASELINE_PYTHONPATH")
 
 
 def machine() -> str:
@@ -148,6 +151,7 @@ def main() -> None:
             psql_runs: list[float] = []
             status_runs: list[float] = []
             faber_cpu: list[float] = []
+            baseline_runs: list[float] = []
             select_runs: list[float] = []
             last_faber_db = ""
             for _ in range(RUNS):
@@ -159,6 +163,12 @@ def main() -> None:
                 )
                 faber_cpu.append(CPU_SECONDS[-1])
                 last_faber_db = name
+                if BASELINE:
+                    env = {**env, "BENCH_DATABASE_URL": database_url(databases.fresh()), "PYTHONPATH": BASELINE}
+                    baseline_runs.append(
+                        timed([sys.executable, "-m", "faber_core", "migrate", ENVIRONMENT, "--yes", "--cwd",
+                               str(project)], env)
+                    )
                 name = databases.fresh()
                 psql_env = {**os.environ, "PGDATABASE": name, "PGHOST": "127.0.0.1", "PGUSER": "postgres"}
                 psql_runs.append(timed(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(driver)], psql_env))
@@ -176,6 +186,9 @@ def main() -> None:
     print(f"  faber migrate: {median_of(faber_runs)}; its own CPU time {statistics.median(faber_cpu):.3f}s")
     print(f"  psql -f:       {median_of(psql_runs)}")
     print(f"  ratio faber / psql: {faber / psql:.2f} (goal <= 1.5)")
+    if baseline_runs:
+        baseline = statistics.median(baseline_runs)
+        print(f"  baseline faber ({BASELINE}): {median_of(baseline_runs)}; ratio to psql {baseline / psql:.2f}")
     print(f"  faber start to first query: {first_query * 1000:.0f} ms (goal <= 120 ms)")
     print(f"faber status, up to date: {median_of(status_runs)} (goal <= 0.3 s)")
     print(f"  psql -c 'SELECT 1':      {median_of(select_runs)}")
