@@ -126,7 +126,10 @@ class ProgressPrinter:
                     continue
                 self._wake.wait(self.interval)
                 if self._activity is activity and (self.live or activity.plain):
-                    self._show(activity)
+                    try:
+                        self._show(activity)
+                    except (OSError, ValueError):  # stderr closed (a pipe's reader gone): stop showing
+                        return
 
     def _show(self, activity: _Activity) -> None:
         elapsed = time.monotonic() - activity.started

@@ -206,3 +206,32 @@ def test_any_json_result_renders_without_python_reprs(result):
     error = FaberError("Something failed", result=result, suggestions=["Try again"])
     human(ErrorDocument.from_error(error, operation="some-operation", environment="production"))
     human(Success(operation="some-operation", environment="production", result=result, message="Done"))
+
+
+class _ClosedPipe:
+    """stderr whose reader went away: every write fails as a closed pipe does."""
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_the_progress_ticker_stops_quietly_when_stderr_is_gone(monkeypatch):
+    import threading
+
+    from faber_core.render import ProgressPrinter
+
+    monkeypatch.setenv("FABER_PROGRESS_SECONDS", "0.1")
+    uncaught = []
+    monkeypatch.setattr(threading, "excepthook", uncaught.append)
+    printer = ProgressPrinter(_ClosedPipe(), Redactor())
+
+    printer.start_activity("Deploying migration: 0001_slow")
+    printer._ticker.join(timeout=30)
+
+    assert not printer._ticker.is_alive() and uncaught == []
