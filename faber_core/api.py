@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeAlias, TypeVar
 
+from faber_core import events
 from faber_core.errors import ConfigError, FaberError, validation_problems
 
 if TYPE_CHECKING:
@@ -338,8 +339,9 @@ def resolve(
     def body(context: RunContext, plugins: Plugins) -> Success:
         if bool(rolled_back) == bool(applied):
             raise ConfigError("Give exactly one of --rolled-back NAME or --applied NAME")
-        name, resolution = (rolled_back, "rolled_back") if rolled_back else (applied, "applied")
-        return run_resolve(context, plugins, name, resolution)
+        if rolled_back:
+            return run_resolve(context, plugins, rolled_back, "rolled_back")
+        return run_resolve(context, plugins, str(applied), "applied")
 
     return run_command(
         RESOLVE, environment, body, working_directory=working_directory, progress=progress, listeners=listeners
@@ -684,7 +686,7 @@ def _execute(
             )
         if run.context is not None:
             run.context.emit(
-                "run.finished",
+                events.RUN_FINISHED,
                 status=document.status,
                 exit_code=document.exit_code,
                 document=document.model_dump(mode="json"),

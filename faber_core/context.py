@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
+from faber_core import events
 from faber_core.config import EnvironmentSettings, FaberConfig
 from faber_core.errors import ConfigError
 from faber_core.models import AuditEvent
@@ -466,5 +467,5 @@ def open_context(
         redactor=redactor,
         listeners=list(listeners or []),
     )
-    database.before_first_connect = lambda: context.emit("database.connecting", target=database.target)
+    database.before_first_connect = lambda: context.emit(events.DATABASE_CONNECTING, target=database.target)
     return context

@@ -28,12 +28,14 @@ A missing one is reported by ``faber plugins`` and, when a run needs it, is a ``
 
 The order of a deploy (docs/plugins.md has it as a diagram)::
 
-    faber_health_checks(before) -> faber_migration_status -> [faber_migration_preview; stop]
+    faber_migration_status -> faber_migration_validate
+    -> faber_health_checks(before) -> faber_migration_status -> [faber_migration_preview; stop]
     -> approval -> faber_backup_create -> faber_migration_apply | faber_migration_dev
     -> faber_health_checks(after) -> faber_migration_status (verify)
     -> on failure: faber_backup_restore -> faber_migration_status (verify restore)
 
-``faber_audit_event`` is called for every event along the way.
+``faber_audit_event`` is called for every event along the way; ``faber_core.events`` lists
+every kind. Which error to raise where: docs/plugins.md ("Errors: what to raise").
 """
 
 from __future__ import annotations
@@ -54,7 +56,9 @@ if TYPE_CHECKING:
         HealthCheckResult,
         LocalMigration,
         MigrationPreview,
+        MigrationRefusal,
         MigrationState,
+        Resolution,
         RestoreOutcome,
         ToolInfo,
     )
@@ -90,14 +94,39 @@ def faber_migration_status(tool: str, context: RunContext) -> MigrationState:
 
 
 @hookspec(firstresult=True)
+def faber_migration_validate(tool: str, context: RunContext, pending: list[LocalMigration]) -> list[MigrationRefusal]:
+    """Refuse pending migrations before anything is touched: before faber's lock, the backup and apply.
+
+    Called in ``faber migrate`` (and its ``--dry-run``) once the status is read, with the pending
+    migrations of that status (their ``handler_data`` included). Optional. Check what only your
+    tool can know (a migration your tool's version cannot run, a missing file it needs); do not
+    connect to change anything.
+
+    Returns a :class:`~faber_core.models.MigrationRefusal` per migration you refuse, ``[]`` when
+    all can be applied. faber then stops with ``MIGRATION_FAILED`` (exit 6) naming the first,
+    with nothing applied and no backup taken::
+
+        @hookimpl
+        def faber_migration_validate(context, pending):
+            return [MigrationRefusal(name=m.name, reason="needs mytool 3") for m in pending if needs_v3(m)]
+    """
+
+
+@hookspec(firstresult=True)
 def faber_migration_preview(tool: str, context: RunContext, pending: list[LocalMigration]) -> list[MigrationPreview]:
     """Describe what applying ``pending`` would do, without changing the target database.
 
-    Called for ``faber migrate ENV --dry-run``.
+    Called for ``faber migrate ENV --dry-run``, and to capture the SQL of code migrations for
+    the lint (on a throwaway copy, see ``faber_core.postgres.rehearsal``).
 
     Returns one :class:`~faber_core.models.MigrationPreview` per pending migration, in the order
     of ``pending`` and with the same names (faber refuses any other answer as a plugin error),
-    with its SQL and an estimated duration.
+    with its SQL, whether it is transactional, and notes. Leave the duration to faber: it
+    estimates it from the SQL and the table statistics::
+
+        @hookimpl
+        def faber_migration_preview(pending):
+            return [MigrationPreview(name=m.name, sql=m.handler_data, transactional=True) for m in pending]
     """
 
 
@@ -108,14 +137,17 @@ def faber_migration_apply(tool: str, context: RunContext, pending: list[LocalMig
     Called in deploy mode (and in dev mode when ``faber_migration_dev`` declines) while faber
     holds its advisory lock on the database, after the health check, the approval and the
     backup. Apply each migration in its own transaction when its SQL allows it, together with
-    its bookkeeping row, so a failure leaves nothing of that migration behind. Call
-    ``context.emit("migration.started", name=...)`` and ``context.emit("migration.applied",
-    name=..., duration_seconds=...)`` as you go so the user sees progress.
+    its bookkeeping row, so a failure leaves nothing of that migration behind. Connect with
+    ``context.database.connect(migration_session=True)`` then ``context.apply_session_timeouts(conn)``.
+    Emit ``events.MIGRATION_STARTED`` (``name=``) and ``events.MIGRATION_APPLIED`` (``name=``,
+    ``duration_seconds=``) through ``context.emit`` as you go so the user sees progress.
 
     Returns :class:`~faber_core.models.ApplyOutcome`: the migrations committed and, if one
     failed, a :class:`~faber_core.models.MigrationFailure` saying whether its transaction rolled
-    back. Do not raise for a failing migration; raise :class:`faber_core.errors.FaberError` only
-    for a broken setup (missing files, a tool that will not start).
+    back, and its ``sqlstate`` (55P03, a lock timeout, makes faber retry it). Do not raise for a
+    failing migration; raise :class:`faber_core.errors.ConfigError` only for a broken setup
+    (missing files, a tool that will not start). Never raise ``FaberError`` itself: that is a bug
+    (exit 1).
     """
 
 
@@ -131,7 +163,7 @@ def faber_migration_dev(tool: str, context: RunContext) -> ApplyOutcome | None:
 
 
 @hookspec(firstresult=True)
-def faber_migration_resolve(tool: str, context: RunContext, name: str, resolution: str) -> MigrationState:
+def faber_migration_resolve(tool: str, context: RunContext, name: str, resolution: Resolution) -> MigrationState:
     """Mark a failed migration by hand, after a person has repaired the database.
 
     Called by ``faber resolve ENV --rolled-back NAME`` (``resolution`` = ``"rolled_back"``: the

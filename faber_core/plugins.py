@@ -27,7 +27,9 @@ from faber_core.models import (
     HealthCheckResult,
     LocalMigration,
     MigrationPreview,
+    MigrationRefusal,
     MigrationState,
+    Resolution,
     RestoreOutcome,
     ToolInfo,
 )
@@ -206,6 +208,13 @@ class Plugins:
         answer = self._ask_handler("faber_migration_status", context)
         return MigrationState.model_validate(answer)
 
+    def migration_validate(self, context: RunContext, pending: list[LocalMigration]) -> list[MigrationRefusal]:
+        """The handler's refusals of pending migrations; none from a handler without the optional hook."""
+        owner = self.require_tool(context.tool)
+        hook = "faber_migration_validate"
+        answer = self._call_owner(hook, owner, tool=context.tool, context=context, pending=pending)
+        return [MigrationRefusal.model_validate(item) for item in answer or []]
+
     def migration_preview(self, context: RunContext, pending: list[LocalMigration]) -> list[MigrationPreview]:
         answer = self._ask_handler("faber_migration_preview", context, pending=pending)
         previews = [MigrationPreview.model_validate(item) for item in answer]
@@ -223,7 +232,7 @@ class Plugins:
         answer = self._ask_handler("faber_migration_apply", context, pending=pending)
         return ApplyOutcome.model_validate(answer)
 
-    def migration_resolve(self, context: RunContext, name: str, resolution: str) -> MigrationState:
+    def migration_resolve(self, context: RunContext, name: str, resolution: Resolution) -> MigrationState:
         answer = self._ask_handler("faber_migration_resolve", context, name=name, resolution=resolution)
         return MigrationState.model_validate(answer)
 

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from faber_core import events
 from faber_core.models import AuditEvent
 from faber_core.results import ErrorDocument, Success
 from faber_core.secrets import Redactor
@@ -91,9 +92,24 @@ class ProgressPrinter:
         self._ticker: threading.Thread | None = None
 
     def __call__(self, event: AuditEvent) -> None:
+        if event.kind not in events.KINDS:
+            self.on_plugin_event(event)
+            return
         handler = getattr(self, "on_" + event.kind.replace(".", "_"), None)
         if handler is not None:
             handler(event)
+
+    def on_plugin_event(self, event: AuditEvent) -> None:
+        """A kind of a plugin's own: shown as it is, so nothing a plugin reports goes unseen."""
+        details = ", ".join(
+            f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else _scalar(value)}"
+            for key, value in event.data.items()
+        )
+        self.line(f"· {event.kind}" + (f": {details}" if details else ""))
+
+    def on_progress(self, event: AuditEvent) -> None:
+        percent = event.data.get("percent")
+        self.line(f"… {event.data.get('message', '')}" + (f" ({percent}%)" if percent is not None else ""))
 
     def line(self, text: str) -> None:
         with self._lock:

@@ -49,6 +49,7 @@ from faber_core.models import (
     LocalMigration,
     MigrationPreview,
     MigrationState,
+    Resolution,
     RestoreOutcome,
 )
 from faber_core.plugins import Plugins
@@ -90,10 +91,15 @@ def migrate(context: RunContext, plugins: Plugins, options: DeployOptions) -> Su
     validate(context, plugins, options)
     if options.dry_run:
         check_health(context, plugins, "before", options)
-        return preview(context, plugins, read_status(context, plugins), rehearse=options.rehearse)
-    # Split and classify before the lock and the backup: SQL that cannot be analysed touches nothing.
+        state = read_status(context, plugins)
+        safety.refuse_what_the_handler_refuses(context, plugins, state.pending_migrations())
+        return preview(context, plugins, state, rehearse=options.rehearse)
+    # Split and classify before the lock and the backup: SQL that cannot be analysed, or that the
+    # handler refuses, touches nothing.
     with step(context, "analyse"):
-        safety.analyse_before_lock(context, read_status(context, plugins, quiet=True).pending_migrations())
+        pending = read_status(context, plugins, quiet=True).pending_migrations()
+        safety.analyse_before_lock(context, pending)
+        safety.refuse_what_the_handler_refuses(context, plugins, pending)
     with deploy_lock(context):
         health_before = check_health(context, plugins, "before", options)
         state = read_status(context, plugins)
@@ -514,7 +520,7 @@ def rollback_after_failure(
             backup_id=backup.id,
         ) from None
     if restored_beside(outcome):
-        result.update(rollback_status="restored_side_by_side", restored_endpoint=outcome.extra.get("endpoint"))
+        result.update(rollback_status="restored_side_by_side", restored_endpoint=outcome.endpoint)
         return [
             f"{backup.id} was restored beside the database, which still has this deploy's changes: {outcome.details}",
             *suggestions,
@@ -526,7 +532,7 @@ def rollback_after_failure(
 def restore_backup(context: RunContext, plugins: Plugins, backup: BackupRecord) -> RestoreOutcome:
     """Restore, then prove it: the migration bookkeeping must equal the backup's manifest.
 
-    A provider that restores beside the database (``extra["original_unchanged"]``) leaves the
+    A provider that restores beside the database (``original_unchanged``) leaves the
     target as it is, so there is nothing to verify on it; the outcome says where the copy is.
     """
     with step(context, "rollback", **{"faber.backup.id": backup.id}):
@@ -551,7 +557,7 @@ def restore_backup(context: RunContext, plugins: Plugins, backup: BackupRecord) 
 
 
 def restored_beside(outcome: RestoreOutcome) -> bool:
-    return bool(outcome.extra.get("original_unchanged"))
+    return outcome.original_unchanged
 
 
 # 14: verify ----------------------------------------------------------------------------
@@ -620,7 +626,7 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
         source=context.database.source,
     )
     listed = plugins.backup_list(context)
-    backups = [b for b in listed if b.status in ("available", "completed")]
+    backups = [b for b in listed if b.status == "available"]
     if backup_id:
         chosen = next((b for b in backups if b.id == backup_id), None)
         if chosen is None:
@@ -652,7 +658,7 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
             "migrations": [name for name, _ in chosen.migrations],
             "details": outcome.details,
             "writes_since_backup": since.model_dump(mode="json"),
-            **outcome.extra,
+            **outcome.model_dump(include={"original_unchanged", "endpoint", "provider_data"}, exclude_defaults=True),
         },
         message=outcome.details if beside else f"Rolled back {context.environment} to {chosen.id}",
     )
@@ -736,7 +742,7 @@ def save_rows_commands(context: RunContext, since: writes.WritesSinceBackup) -> 
     ]
 
 
-def resolve(context: RunContext, plugins: Plugins, name: str, resolution: str) -> Success:
+def resolve(context: RunContext, plugins: Plugins, name: str, resolution: Resolution) -> Success:
     """``faber resolve ENV``: record how a failed migration was repaired, so deploys can go on."""
     plugins.require_tool(context.tool)
     with deploy_lock(context):

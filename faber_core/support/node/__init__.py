@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from faber_core import hookimpl
+from faber_core import events, hookimpl
 from faber_core.context import Database, RunContext
 from faber_core.errors import ConfigError, FaberError, HealthCheckFailed
 from faber_core.models import (
@@ -315,9 +315,9 @@ def apply(tool: NodeTool, context: RunContext, pending: list[LocalMigration], ar
 
     def progress(event: Event) -> None:
         if event["event"] == "migration_started":
-            context.emit("migration.started", name=event["name"])
+            context.emit(events.MIGRATION_STARTED, name=event["name"])
         elif event["event"] == "migration_finished":
-            context.emit("migration.applied", name=event["name"], duration_seconds=event["duration_seconds"])
+            context.emit(events.MIGRATION_APPLIED, name=event["name"], duration_seconds=event["duration_seconds"])
 
     result = run_runner(tool, context, "apply", args, expected=[m.name for m in pending], on_event=progress)
     return outcome_of(result, {m.name: m.path for m in pending})

@@ -15,9 +15,17 @@ from datetime import datetime, timezone
 from typing import Any
 
 import psycopg
+from faber_core import events
 from faber_core.context import RunContext
 from faber_core.errors import ConfigError, MigrationFailed
-from faber_core.models import AppliedMigration, ApplyOutcome, LocalMigration, MigrationFailure, MigrationRecord
+from faber_core.models import (
+    AppliedMigration,
+    ApplyOutcome,
+    LocalMigration,
+    MigrationFailure,
+    MigrationRecord,
+    Resolution,
+)
 from faber_core.support.sessions import Measurement, advisory_lock, measured_transaction, run_measured_script
 from faber_core.support.sql import is_transactional, split_statements
 from psycopg import sql
@@ -52,7 +60,7 @@ def apply_pending(context: RunContext, pending: list[LocalMigration]) -> ApplyOu
         for folder in folders:
             if folder.name in already_applied:
                 continue
-            context.emit("migration.started", name=folder.name)
+            context.emit(events.MIGRATION_STARTED, name=folder.name)
             started = time.monotonic()
             measured = Measurement()  # faber's own row writes, told apart from the application's
             failure = _apply_one(context, history, folder, measured)
@@ -63,11 +71,11 @@ def apply_pending(context: RunContext, pending: list[LocalMigration]) -> ApplyOu
             outcome.applied.append(
                 AppliedMigration(name=folder.name, duration_seconds=duration, table_writes=measured.rows)
             )
-            context.emit("migration.applied", name=folder.name, duration_seconds=duration)
+            context.emit(events.MIGRATION_APPLIED, name=folder.name, duration_seconds=duration)
     return outcome
 
 
-def resolve(context: RunContext, name: str, resolution: str) -> None:
+def resolve(context: RunContext, name: str, resolution: Resolution) -> None:
     """``prisma migrate resolve``: mark the failed migration ``name`` rolled back or applied."""
     with _locked_history(context, "faber prisma resolve") as history:
         failed = {record.name for record in history.records() if record.state == "failed"}
@@ -78,13 +86,11 @@ def resolve(context: RunContext, name: str, resolution: str) -> None:
             )
         if resolution == "rolled_back":
             history.mark_rolled_back(name)
-        elif resolution == "applied":
+        else:
             folder = next((f for f in read_migrations(context) if f.name == name), None)
             if folder is None or folder.checksum is None:
                 raise ConfigError(f"{name} has no migration.sql in the project, so it cannot be marked applied")
             history.mark_applied(name, folder.checksum)
-        else:
-            raise ConfigError(f"Unknown resolution {resolution!r}: use rolled_back or applied")
 
 
 def refuse_failed_migrations(context: RunContext, records: list[MigrationRecord]) -> None:

@@ -68,7 +68,7 @@ def test_the_documented_policy_is_enough_to_back_up_prune_list_and_swap(
     assert first.id not in manual_snapshots(rds)
     assert {db["DBInstanceIdentifier"] for db in rds.describe_db_instances()["DBInstances"]} == {
         "prod-db",
-        outcome.extra["previous_instance"],
+        outcome.provider_data["previous_instance"],
     }
 
 
