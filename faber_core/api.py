@@ -539,18 +539,20 @@ def init(tool: str = "prisma", *, force: bool = False, working_directory: str | 
 
 
 def config_schema(*, working_directory: str | Path | None = None) -> Document:
-    """``faber config schema``: the JSON Schema of the config file (the same for every project)."""
+    """``faber config schema``: the JSON Schema of the config file, with the options of every
+    installed plugin's tools and backup providers (the same for every project)."""
     from faber_core.results import Success
 
     def body() -> Success:
-        from faber_core.config import CONFIG_PATH, FaberConfig
+        from faber_core.config import CONFIG_PATH
         from faber_core.context import resolve_project_dir
+        from faber_core.plugins import Plugins
 
         if working_directory is not None:
             resolve_project_dir(working_directory)
         return Success(
             operation=CONFIG_SCHEMA,
-            result=FaberConfig.model_json_schema(),
+            result=Plugins().config_schema(),
             message=f"JSON Schema of {CONFIG_PATH}",
         )
 

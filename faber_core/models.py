@@ -19,6 +19,12 @@ class ToolInfo(BaseModel):
 
     name: str
     description: str = ""
+    options: type[BaseModel] | None = Field(
+        None,
+        description="The pydantic model of the tool's options, the config section database.<name>. faber "
+        "validates the section with it before any run (unknown keys refused, with a suggestion) and lists it in "
+        "`faber config schema`; read it with context.tool_options(Model). None: the tool takes no options.",
+    )
 
 
 class BackupProviderInfo(BaseModel):
@@ -26,6 +32,13 @@ class BackupProviderInfo(BaseModel):
 
     name: str
     description: str = ""
+    options: type[BaseModel] | None = Field(
+        None,
+        description="The pydantic model of the provider's own keys of an environment's backup section (beside "
+        "faber's provider and keep_last). faber validates every environment using the provider with it before any "
+        "run and lists it in `faber config schema`; read it with context.backup_options(Model). None: no keys of "
+        "its own.",
+    )
 
 
 class HealthCheckInfo(BaseModel):

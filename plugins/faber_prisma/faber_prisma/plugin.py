@@ -7,11 +7,18 @@ from faber_core.context import RunContext
 from faber_core.models import ApplyOutcome, LocalMigration, MigrationPreview, MigrationState, Resolution, ToolInfo
 
 from faber_prisma import TOOL, applier, cli, preview, status
+from faber_prisma.migrations import PrismaOptions
 
 
 @hookimpl
 def faber_migration_tools() -> list[ToolInfo]:
-    return [ToolInfo(name=TOOL, description="Prisma migration folders and _prisma_migrations (no Node needed)")]
+    return [
+        ToolInfo(
+            name=TOOL,
+            description="Prisma migration folders and _prisma_migrations (no Node needed)",
+            options=PrismaOptions,
+        )
+    ]
 
 
 @hookimpl

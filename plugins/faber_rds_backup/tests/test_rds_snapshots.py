@@ -122,9 +122,7 @@ def _snapshot(name: str, age_days: float, now: dt.datetime, status: str = "avail
 
 
 def _retention(**retention) -> RdsBackupSettings:
-    return RdsBackupSettings(
-        provider="rds-snapshot", db_instance_identifier="db", region="eu-west-1", retention=retention
-    )
+    return RdsBackupSettings(db_instance_identifier="db", region="eu-west-1", retention=retention)
 
 
 def test_retention_keeps_a_snapshot_when_either_rule_keeps_it():
