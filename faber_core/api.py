@@ -478,8 +478,10 @@ def _operation_and_environment(document: object) -> tuple[str, str | None]:
 def plugins(*, working_directory: str | Path | None = None) -> Document:
     """``faber plugins``: installed plugins, their hooks, and the tools and backup providers they offer.
 
-    In a project (``working_directory``, else found as for every command), ``result["project"]``
-    also says whether its migration tool and its environments' backup providers are installed.
+    ``result["missing_hooks"]`` flags each declared tool or provider whose plugin lacks a hook a
+    run of it needs (``package``, ``kind``, ``name``, ``missing``). In a project
+    (``working_directory``, else found as for every command), ``result["project"]`` also says
+    whether its migration tool and its environments' backup providers are installed.
     """
     from faber_core.results import Success
 
@@ -496,6 +498,7 @@ def plugins(*, working_directory: str | Path | None = None) -> Document:
             "migration_tools": tools,
             "backup_providers": providers,
             "health_checks": {name: declared.package for name, declared in found.health_check_names().items()},
+            "missing_hooks": found.missing_hooks(),
         }
         project = find_project_dir(working_directory, required=False)
         if project is not None and config_file(project).is_file():

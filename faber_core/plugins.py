@@ -48,6 +48,10 @@ BUILTIN_PLUGINS = (
 """A module of hook functions, or ``module:Class`` for a plugin that remembers things between the
 events of a run: every plugin manager registers an instance of its own, so two managers in one
 process (an orchestrator's, a test's) never share a run's state."""
+REQUIRED_TOOL_HOOKS = ("faber_migration_status", "faber_migration_preview", "faber_migration_apply")
+"""What the plugin declaring a migration tool must implement (see faber_core.hookspecs)."""
+REQUIRED_PROVIDER_HOOKS = ("faber_backup_create", "faber_backup_list", "faber_backup_restore")
+"""What the plugin declaring a backup provider must implement."""
 NO_PLUGINS_ENV = "FABER_NO_PLUGINS"
 EXTRA_PLUGINS_ENV = "FABER_PLUGINS"
 
@@ -372,6 +376,19 @@ class Plugins:
             hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
             rows.append({"name": self.pm.get_name(plugin), "package": _owner(self.pm, plugin), "hooks": hooks})
         return sorted(rows, key=lambda row: row["name"] or "")
+
+    def missing_hooks(self) -> list[dict[str, Any]]:
+        """Each declared tool or provider whose plugin lacks a hook a run of it needs."""
+        found = []
+        for kind, declared, required in (
+            ("migration tool", self.tools(), REQUIRED_TOOL_HOOKS),
+            ("backup provider", self.backup_providers(), REQUIRED_PROVIDER_HOOKS),
+        ):
+            for name, declaration in sorted(declared.items()):
+                missing = [hook for hook in required if not self._implements(declaration, hook)]
+                if missing:
+                    found.append({"package": declaration.package, "kind": kind, "name": name, "missing": missing})
+        return found
 
 
 def _warn_sink_failed(context: RunContext, owner: str, event: AuditEvent, exc: Exception) -> None:

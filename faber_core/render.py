@@ -532,6 +532,10 @@ def _plugins(document: Success, result: dict[str, Any]) -> list[str]:
         *[f"{row['name']}  [{row['package']}]  hooks: {', '.join(row['hooks'])}" for row in result["plugins"]],
         f"migration tools: {', '.join(sorted(result['migration_tools'])) or 'none'}",
         f"backup providers: {', '.join(sorted(result['backup_providers'])) or 'none'}",
+        *[
+            f"✗ {gap['package']}: the {gap['kind']} {gap['name']} lacks {', '.join(gap['missing'])} (required)"
+            for gap in result.get("missing_hooks", [])
+        ],
         *_project_plugin_lines(result.get("project")),
     ]
 
