@@ -74,7 +74,11 @@ def faber_migration_tools() -> list[ToolInfo]:
     the configured ``database.migration_tool`` has a handler).
 
     Returns a list of :class:`~faber_core.models.ToolInfo`, e.g.
-    ``[ToolInfo(name="prisma", description="Prisma migration folders")]``.
+    ``[ToolInfo(name="prisma", description="Prisma migration folders", options=PrismaOptions)]``.
+    ``options`` is the pydantic model of the tool's config section ``database.<name>``: faber
+    validates the section with it before any run and lists it in ``faber config schema``; hooks
+    read it with ``context.tool_options(PrismaOptions)``. faber then calls the per-step hooks
+    below for this name on this plugin alone.
     """
 
 
@@ -177,7 +181,15 @@ def faber_migration_resolve(tool: str, context: RunContext, name: str, resolutio
 
 @hookspec
 def faber_backup_providers() -> list[BackupProviderInfo]:
-    """Declare the backup providers this plugin offers (``environments.<env>.backup.provider``)."""
+    """Declare the backup providers this plugin offers (``environments.<env>.backup.provider``).
+
+    Called when faber collects its plugins. Returns a list of
+    :class:`~faber_core.models.BackupProviderInfo`, e.g.
+    ``[BackupProviderInfo(name="rds-snapshot", options=RdsBackupSettings)]``: ``options`` is the
+    pydantic model of the provider's own keys of an environment's ``backup`` section (beside
+    faber's ``provider`` and ``keep_last``), validated before any run and read with
+    ``context.backup_options(RdsBackupSettings)``.
+    """
 
 
 @hookspec(firstresult=True)
@@ -191,8 +203,9 @@ def faber_backup_create(
     moment; store them with the backup so a restore can be verified. Never include the
     ``config.database.faber_schema`` schema: a restore must not erase faber's own history.
 
-    Returns the :class:`~faber_core.models.BackupRecord`; raise
-    :class:`faber_core.errors.BackupFailed` with suggestions when the backup cannot be made.
+    Returns the :class:`~faber_core.models.BackupRecord` (status ``available``; your own
+    details in ``provider_data``); raise :class:`faber_core.errors.BackupFailed` with
+    suggestions when the backup cannot be made.
     """
 
 
@@ -225,8 +238,10 @@ def faber_backup_restore(provider: str, context: RunContext, backup: BackupRecor
     since are removed), except the faber schema. faber verifies the migration bookkeeping
     against ``backup.migrations`` afterwards.
 
-    Returns :class:`~faber_core.models.RestoreOutcome`; raise
-    :class:`faber_core.errors.RestoreFailed` with the manual recovery steps when it fails midway.
+    Returns :class:`~faber_core.models.RestoreOutcome`; set ``original_unchanged`` and
+    ``endpoint`` when you restored beside the database (a new instance) instead of into it.
+    Raise :class:`faber_core.errors.RestoreFailed` with the manual recovery steps when it fails
+    midway.
     """
 
 
