@@ -90,6 +90,7 @@ class ProgressPrinter:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._ticker: threading.Thread | None = None
+        self._finished = False
 
     def __call__(self, event: AuditEvent) -> None:
         if event.kind not in events.KINDS:
@@ -135,7 +136,7 @@ class ProgressPrinter:
 
     def _tick(self) -> None:
         with self._lock:
-            while True:
+            while not self._finished:
                 activity = self._activity
                 if activity is None:
                     self._wake.wait()
@@ -258,6 +259,8 @@ class ProgressPrinter:
         self.end_activity()
 
     def on_run_finished(self, event: AuditEvent) -> None:
+        with self._lock:
+            self._finished = True  # the ticker thread ends with the run (the API may run many)
         self.end_activity()
 
     def on_rollback_skipped(self, event: AuditEvent) -> None:

@@ -6,6 +6,7 @@ PostgreSQL); a hypothesis test feeds the generic renderer arbitrary JSON results
 
 from __future__ import annotations
 
+import io
 import re
 
 import pytest
@@ -235,3 +236,21 @@ def test_the_progress_ticker_stops_quietly_when_stderr_is_gone(monkeypatch):
     printer._ticker.join(timeout=30)
 
     assert not printer._ticker.is_alive() and uncaught == []
+
+
+def test_the_progress_ticker_ends_with_the_run(monkeypatch):
+    from datetime import datetime, timezone
+
+    from faber_core.models import AuditEvent
+    from faber_core.render import ProgressPrinter
+
+    monkeypatch.setenv("FABER_PROGRESS_SECONDS", "0.1")
+    stream = io.StringIO()
+    printer = ProgressPrinter(stream, Redactor())
+    printer.start_activity("Deploying migration: 0001_slow")
+
+    finished = AuditEvent(run_id="r", kind="run.finished", timestamp=datetime.now(timezone.utc), data={})
+    printer(finished)
+    printer._ticker.join(timeout=30)
+
+    assert not printer._ticker.is_alive()
