@@ -11,12 +11,15 @@ and the time faber takes from its start to its first query (import time, goal <=
     python bench/apply_200.py      # needs PostgreSQL at 127.0.0.1:5432 (user postgres, trust)
 
 The machine's load (``uptime``) is printed with the numbers: on a shared machine they move.
+``FABER_BENCH_BASELINE_PYTHONPATH=DIR`` also runs, in the same alternation, the faber found in DIR
+(e.g. an older checkout's ``faber_core`` and plugin packages linked there), to compare versions.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -33,6 +36,7 @@ ADMIN_URL = os.environ.get("FABER_BENCH_ADMIN_URL", "postgresql://postgres@127.0
 MIGRATIONS = 200
 RUNS = 5
 ENVIRONMENT = "bench"
+BASELINE = os.environ.get("FABER_BENCH_BASELINE_PYTHONPATH")
 
 
 def machine() -> str:
@@ -88,10 +92,17 @@ def write_project(directory: Path) -> list[Path]:
     return files
 
 
+CPU_SECONDS: list[float] = []
+"""User + system CPU time of each timed command (its own process and children, not the server's)."""
+
+
 def timed(command: list[str], env: dict[str, str]) -> float:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU_SECONDS.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
     if done.returncode != 0:
         sys.exit(f"{' '.join(command[:4])} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return elapsed
@@ -139,6 +150,8 @@ def main() -> None:
             faber_runs: list[float] = []
             psql_runs: list[float] = []
             status_runs: list[float] = []
+            faber_cpu: list[float] = []
+            baseline_runs: list[float] = []
             select_runs: list[float] = []
             last_faber_db = ""
             for _ in range(RUNS):
@@ -148,7 +161,14 @@ def main() -> None:
                     timed([sys.executable, "-m", "faber_core", "migrate", ENVIRONMENT, "--yes", "--cwd", str(project)],
                           env)
                 )
+                faber_cpu.append(CPU_SECONDS[-1])
                 last_faber_db = name
+                if BASELINE:
+                    env = {**env, "BENCH_DATABASE_URL": database_url(databases.fresh()), "PYTHONPATH": BASELINE}
+                    baseline_runs.append(
+                        timed([sys.executable, "-m", "faber_core", "migrate", ENVIRONMENT, "--yes", "--cwd",
+                               str(project)], env)
+                    )
                 name = databases.fresh()
                 psql_env = {**os.environ, "PGDATABASE": name, "PGHOST": "127.0.0.1", "PGUSER": "postgres"}
                 psql_runs.append(timed(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(driver)], psql_env))
@@ -163,9 +183,12 @@ def main() -> None:
         databases.drop_all()
     faber, psql = statistics.median(faber_runs), statistics.median(psql_runs)
     print(f"{MIGRATIONS} trivial Prisma migrations, each in its own transaction, median of {RUNS} alternating runs")
-    print(f"  faber migrate: {median_of(faber_runs)}")
+    print(f"  faber migrate: {median_of(faber_runs)}; its own CPU time {statistics.median(faber_cpu):.3f}s")
     print(f"  psql -f:       {median_of(psql_runs)}")
     print(f"  ratio faber / psql: {faber / psql:.2f} (goal <= 1.5)")
+    if baseline_runs:
+        baseline = statistics.median(baseline_runs)
+        print(f"  baseline faber ({BASELINE}): {median_of(baseline_runs)}; ratio to psql {baseline / psql:.2f}")
     print(f"  faber start to first query: {first_query * 1000:.0f} ms (goal <= 120 ms)")
     print(f"faber status, up to date: {median_of(status_runs)} (goal <= 0.3 s)")
     print(f"  psql -c 'SELECT 1':      {median_of(select_runs)}")

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeAlias, TypeVar
 
+from faber_core import events
 from faber_core.errors import ConfigError, FaberError, validation_problems
 
 if TYPE_CHECKING:
@@ -338,8 +339,9 @@ def resolve(
     def body(context: RunContext, plugins: Plugins) -> Success:
         if bool(rolled_back) == bool(applied):
             raise ConfigError("Give exactly one of --rolled-back NAME or --applied NAME")
-        name, resolution = (rolled_back, "rolled_back") if rolled_back else (applied, "applied")
-        return run_resolve(context, plugins, name, resolution)
+        if rolled_back:
+            return run_resolve(context, plugins, rolled_back, "rolled_back")
+        return run_resolve(context, plugins, str(applied), "applied")
 
     return run_command(
         RESOLVE, environment, body, working_directory=working_directory, progress=progress, listeners=listeners
@@ -476,8 +478,10 @@ def _operation_and_environment(document: object) -> tuple[str, str | None]:
 def plugins(*, working_directory: str | Path | None = None) -> Document:
     """``faber plugins``: installed plugins, their hooks, and the tools and backup providers they offer.
 
-    In a project (``working_directory``, else found as for every command), ``result["project"]``
-    also says whether its migration tool and its environments' backup providers are installed.
+    ``result["missing_hooks"]`` flags each declared tool or provider whose plugin lacks a hook a
+    run of it needs (``package``, ``kind``, ``name``, ``missing``). In a project
+    (``working_directory``, else found as for every command), ``result["project"]`` also says
+    whether its migration tool and its environments' backup providers are installed.
     """
     from faber_core.results import Success
 
@@ -494,6 +498,7 @@ def plugins(*, working_directory: str | Path | None = None) -> Document:
             "migration_tools": tools,
             "backup_providers": providers,
             "health_checks": {name: declared.package for name, declared in found.health_check_names().items()},
+            "missing_hooks": found.missing_hooks(),
         }
         project = find_project_dir(working_directory, required=False)
         if project is not None and config_file(project).is_file():
@@ -537,18 +542,20 @@ def init(tool: str = "prisma", *, force: bool = False, working_directory: str | 
 
 
 def config_schema(*, working_directory: str | Path | None = None) -> Document:
-    """``faber config schema``: the JSON Schema of the config file (the same for every project)."""
+    """``faber config schema``: the JSON Schema of the config file, with the options of every
+    installed plugin's tools and backup providers (the same for every project)."""
     from faber_core.results import Success
 
     def body() -> Success:
-        from faber_core.config import CONFIG_PATH, FaberConfig
+        from faber_core.config import CONFIG_PATH
         from faber_core.context import resolve_project_dir
+        from faber_core.plugins import Plugins
 
         if working_directory is not None:
             resolve_project_dir(working_directory)
         return Success(
             operation=CONFIG_SCHEMA,
-            result=FaberConfig.model_json_schema(),
+            result=Plugins().config_schema(),
             message=f"JSON Schema of {CONFIG_PATH}",
         )
 
@@ -692,7 +699,7 @@ def _execute(
             )
         if run.context is not None:
             run.context.emit(
-                "run.finished",
+                events.RUN_FINISHED,
                 status=document.status,
                 exit_code=document.exit_code,
                 document=document.model_dump(mode="json"),

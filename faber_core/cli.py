@@ -249,7 +249,7 @@ app.add_typer(backups_app, name="backups")
 def backups(environment: Environment, json_output: JsonFlag = False, cwd: CwdOption = None) -> None:
     """List ENVIRONMENT's backups, newest first (`faber backups ENV` does the same).
 
-    A backup whose manifest cannot be read is listed with status "unreadable manifest" and its problem; it cannot be restored until the manifest is repaired.
+    A backup whose manifest cannot be read is listed with status "unusable" and its problem; it cannot be restored until the manifest is repaired.
     """  # noqa: E501
     _finish(api.backups(environment, working_directory=cwd, progress=sys.stderr), json_output)
 

@@ -17,6 +17,7 @@ mode, protected, backed up first, approval required and rolled back automaticall
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import types
@@ -46,7 +47,7 @@ _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 class BackupSettings(BaseModel):
     """Which provider backs this environment up; provider-specific keys sit beside ``provider``
-    and are the provider's to validate."""
+    and are validated by the provider's options model (:func:`plugin_options`)."""
 
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
@@ -69,6 +70,10 @@ class BackupSettings(BaseModel):
             if hint:
                 raise ValueError(f"unknown setting {key!r}{hint}")
         return self
+
+    def provider_options(self) -> dict[str, Any]:
+        """The keys beside ``provider`` and ``keep_last``: the provider's own options."""
+        return dict(self.model_extra or {})
 
 
 class LockRetrySettings(BaseModel):
@@ -399,6 +404,7 @@ class DatabaseConfig(BaseModel):
         return dict(self.model_extra or {})
 
     def tool_options(self, tool: str) -> dict[str, Any]:
+        """The raw section ``database.<tool>``: plugins read it through ``RunContext.tool_options``."""
         return self.tool_sections().get(tool, {})
 
 
@@ -457,6 +463,45 @@ def load_config(project_dir: Path) -> FaberConfig:
             suggestions=["See the accepted settings with: faber config schema"],
             result={"problems": problems},
         ) from None
+
+
+Options = typing.TypeVar("Options", bound=BaseModel)
+
+
+def plugin_options(model: type[Options], raw: dict[str, Any], where: str) -> Options:
+    """``raw`` (a tool's section, a provider's backup keys) validated by the plugin's options model,
+    as strictly as faber's own settings: unknown keys refused with a suggestion, JSON types kept.
+    ``where`` is the section's place in the config, for the messages."""
+    # Validated from JSON in strict mode, so "yes" is no boolean while a path or a date still reads from text.
+    try:
+        return _refusing_unknown_keys(model).model_validate_json(json.dumps(raw), strict=True)
+    except ValidationError as exc:
+        problems = [_describe_option(error, model, where) for error in exc.errors()]
+        raise ConfigError(
+            f"Invalid configuration {CONFIG_PATH}: " + "; ".join(problems),
+            suggestions=["See the accepted settings with: faber config schema"],
+            result={"problems": problems},
+        ) from None
+
+
+@functools.cache
+def _refusing_unknown_keys(model: type[Options]) -> type[Options]:
+    """``model`` refusing unknown keys, whatever its author's model says about extras."""
+    return type(model.__name__, (model,), {"model_config": ConfigDict(extra="forbid"), "__module__": model.__module__})
+
+
+def _describe_option(error: Any, model: type[BaseModel], where: str) -> str:
+    location = ".".join([where, *(str(part) for part in error["loc"])])
+    if error["type"] == "extra_forbidden":
+        parent: Any = model
+        for part in error["loc"][:-1]:
+            field = parent.model_fields.get(str(part)) if isinstance(parent, type) else None
+            parent = field.annotation if field is not None else None
+        known = parent.model_fields if isinstance(parent, type) and issubclass(parent, BaseModel) else []
+        return f"{location}: unknown setting{did_you_mean(str(error['loc'][-1]), known)}"
+    if error["type"] == "value_error":
+        return f"{location}: {error['ctx']['error']}"
+    return f"{location}: {error['msg']}"
 
 
 def _parse_json(text: str) -> Any:

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from faber_core.config import EnvironmentSettings, FaberConfig
+from faber_core import events
+from faber_core.config import EnvironmentSettings, FaberConfig, Options, plugin_options
 from faber_core.errors import ConfigError
 from faber_core.models import AppliedMigration, AuditEvent
 from faber_core.secrets import Redactor, Secret
@@ -279,9 +280,16 @@ class RunContext:
     def tool(self) -> str:
         return self.config.database.migration_tool
 
-    @property
-    def tool_options(self) -> dict[str, Any]:
-        return self.config.database.tool_options(self.tool)
+    def tool_options(self, model: type[Options]) -> Options:
+        """The tool's section ``database.<tool>``, validated by the options model its plugin declared
+        (``ToolInfo.options``); faber has already refused a bad section before the run started."""
+        return plugin_options(model, self.config.database.tool_options(self.tool), f"database.{self.tool}")
+
+    def backup_options(self, model: type[Options]) -> Options:
+        """The provider's own keys of the environment's ``backup`` section, validated by the options
+        model its plugin declared (``BackupProviderInfo.options``)."""
+        where = f"database.environments.{self.environment}.backup"
+        return plugin_options(model, self.settings.backup.provider_options(), where)
 
     @property
     def mode(self) -> str:
@@ -492,5 +500,5 @@ def open_context(
         redactor=redactor,
         listeners=list(listeners or []),
     )
-    database.before_first_connect = lambda: context.emit("database.connecting", target=database.target)
+    database.before_first_connect = lambda: context.emit(events.DATABASE_CONNECTING, target=database.target)
     return context

@@ -33,13 +33,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from opentelemetry import context as otel_context
 from pydantic import BaseModel, Field
 
 from faber_core.config import EnvironmentSettings, load_config
-from faber_core.errors import ApprovalRequired, ConfigError, FaberError
+from faber_core.errors import ApprovalRequired, ConfigError, FaberError, MigrationFailed, exit_code_for
 from faber_core.render import escape_controls
 from faber_core.results import DeployResult, ErrorDocument, Success
 from faber_core.secrets import Redactor
@@ -188,8 +188,7 @@ def deploy(runner: Runner, plugins: Plugins, options: DeployOptions) -> Success:
             suggestions=[f"Rehearse on one target: faber migrate {fleet.environment}/TARGET --dry-run --rehearse"],
         )
     started = time.monotonic()
-    rollout = fleet.settings.rollout
-    on_failure = rollout.on_failure if rollout else "stop"
+    on_failure = on_failure_of(fleet)
     runner.progress.started(fleet, "Fleet Preview" if options.dry_run else "Fleet Deploy")
     surveyed = survey(runner)
     to_deploy = [t for t in fleet.targets if surveyed[t.name].status in ("pending", "failed")]
@@ -197,7 +196,7 @@ def deploy(runner: Runner, plugins: Plugins, options: DeployOptions) -> Success:
     if options.dry_run:
         return preview(fleet, surveyed, len(waves), on_failure, time.monotonic() - started)
     if to_deploy:
-        options = approve(fleet, options, surveyed, len(to_deploy))
+        options = approve(fleet, options, len(to_deploy))
     runner.progress.line(
         f"✓ {len(fleet.targets) - len(to_deploy)} up to date, {len(to_deploy)} to deploy"
         + (f" in {len(waves)} wave(s)" if len(waves) > 1 else "")
@@ -229,7 +228,7 @@ def status(runner: Runner) -> Success:
     started = time.monotonic()
     runner.progress.started(fleet, "Fleet Status")
     surveyed = survey(runner)
-    result = fleet_result(fleet, surveyed, 0, "continue", time.monotonic() - started)
+    result = fleet_result(fleet, surveyed, 0, on_failure_of(fleet), time.monotonic() - started)
     failed = [r for r in result.targets if r.status == "failed"]
     if failed:
         raise fleet_failed(fleet, result, failed, "status")
@@ -239,6 +238,11 @@ def status(runner: Runner) -> Success:
         result=result,
         message=f"{result.summary.get('up_to_date', 0)} of {len(fleet.targets)} target(s) up to date",
     )
+
+
+def on_failure_of(fleet: Fleet) -> str:
+    rollout = fleet.settings.rollout
+    return rollout.on_failure if rollout else "stop"
 
 
 def survey(runner: Runner) -> dict[str, TargetReport]:
@@ -273,9 +277,9 @@ def surveyed_report(name: str, document: Document) -> TargetReport:
         failed_migrations=state.failed,
         applied_count=len(state.applied),
         error=TargetError(
-            code="MIGRATION_FAILED",
+            code=MigrationFailed.code,
             message=f"{len(state.failed)} failed migration(s): {', '.join(state.failed)}",
-            exit_code=6,
+            exit_code=exit_code_for(MigrationFailed.code),
             suggestions=[f"Repair it, then: faber resolve {document.environment} --rolled-back {state.failed[0]}"],
         )
         if state.failed
@@ -300,7 +304,7 @@ def split_into_waves(targets: list[Target], settings: EnvironmentSettings) -> li
     return waves
 
 
-def approve(fleet: Fleet, options: DeployOptions, surveyed: dict[str, TargetReport], count: int) -> DeployOptions:
+def approve(fleet: Fleet, options: DeployOptions, count: int) -> DeployOptions:
     """One approval for the whole fleet; each target's deploy then runs approved as it was."""
     if not fleet.settings.require_approval or options.assume_yes:
         return options
@@ -339,7 +343,7 @@ def run_waves(
     def attempt(number: int, target: Target) -> TargetReport:
         before = surveyed[target.name]
         if stop.is_set():
-            return before.model_copy(update={"status": "not_attempted", "wave": number, "error": None})
+            return not_attempted(before, number)
         started_at, started = dt.datetime.now(dt.timezone.utc), time.monotonic()
         runner.progress.line(f"… {target.name}: deploying {len(before.pending)} migration(s)")
         document = deploy_one(target)
@@ -381,12 +385,13 @@ def deployed_report(
         "duration_seconds": round(duration, 3),
     }
     if isinstance(document, ErrorDocument):
+        failure = error_result(document)
         return before.model_copy(
             update={
                 **timing,
                 "status": "failed",
-                "backup_id": document.recovery.backup_id or document.result.get("backup_id"),
-                "migrations_applied": list(document.result.get("applied_migrations") or []),
+                "backup_id": document.recovery.backup_id or failure.get("backup_id"),
+                "migrations_applied": list(failure.get("applied_migrations") or []),
                 "error": target_error(document),
             }
         )
@@ -403,8 +408,14 @@ def deployed_report(
     )
 
 
+def error_result(document: ErrorDocument) -> dict[str, Any]:
+    """The error's ``result`` as its JSON carries it, whatever model the failure path used."""
+    result = document.model_dump(mode="json").get("result")
+    return result if isinstance(result, dict) else {}
+
+
 def target_error(document: ErrorDocument) -> TargetError:
-    rollback_status = document.result.get("rollback_status")
+    rollback_status = error_result(document).get("rollback_status")
     return TargetError(
         code=document.code,
         message=document.error,

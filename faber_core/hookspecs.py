@@ -28,12 +28,14 @@ A missing one is reported by ``faber plugins`` and, when a run needs it, is a ``
 
 The order of a deploy (docs/plugins.md has it as a diagram)::
 
-    faber_health_checks(before) -> faber_migration_status -> [faber_migration_preview; stop]
+    faber_migration_status -> faber_migration_validate
+    -> faber_health_checks(before) -> faber_migration_status -> [faber_migration_preview; stop]
     -> approval -> faber_backup_create -> faber_migration_apply | faber_migration_dev
     -> faber_health_checks(after) -> faber_migration_status (verify)
     -> on failure: faber_backup_restore -> faber_migration_status (verify restore)
 
-``faber_audit_event`` is called for every event along the way.
+``faber_audit_event`` is called for every event along the way; ``faber_core.events`` lists
+every kind. Which error to raise where: docs/plugins.md ("Errors: what to raise").
 """
 
 from __future__ import annotations
@@ -54,7 +56,9 @@ if TYPE_CHECKING:
         HealthCheckResult,
         LocalMigration,
         MigrationPreview,
+        MigrationRefusal,
         MigrationState,
+        Resolution,
         RestoreOutcome,
         ToolInfo,
     )
@@ -70,7 +74,11 @@ def faber_migration_tools() -> list[ToolInfo]:
     the configured ``database.migration_tool`` has a handler).
 
     Returns a list of :class:`~faber_core.models.ToolInfo`, e.g.
-    ``[ToolInfo(name="prisma", description="Prisma migration folders")]``.
+    ``[ToolInfo(name="prisma", description="Prisma migration folders", options=PrismaOptions)]``.
+    ``options`` is the pydantic model of the tool's config section ``database.<name>``: faber
+    validates the section with it before any run and lists it in ``faber config schema``; hooks
+    read it with ``context.tool_options(PrismaOptions)``. faber then calls the per-step hooks
+    below for this name on this plugin alone.
     """
 
 
@@ -90,14 +98,39 @@ def faber_migration_status(tool: str, context: RunContext) -> MigrationState:
 
 
 @hookspec(firstresult=True)
+def faber_migration_validate(tool: str, context: RunContext, pending: list[LocalMigration]) -> list[MigrationRefusal]:
+    """Refuse pending migrations before anything is touched: before faber's lock, the backup and apply.
+
+    Called in ``faber migrate`` (and its ``--dry-run``) once the status is read, with the pending
+    migrations of that status (their ``handler_data`` included). Optional. Check what only your
+    tool can know (a migration your tool's version cannot run, a missing file it needs); do not
+    connect to change anything.
+
+    Returns a :class:`~faber_core.models.MigrationRefusal` per migration you refuse, ``[]`` when
+    all can be applied. faber then stops with ``MIGRATION_FAILED`` (exit 6) naming the first,
+    with nothing applied and no backup taken::
+
+        @hookimpl
+        def faber_migration_validate(context, pending):
+            return [MigrationRefusal(name=m.name, reason="needs mytool 3") for m in pending if needs_v3(m)]
+    """
+
+
+@hookspec(firstresult=True)
 def faber_migration_preview(tool: str, context: RunContext, pending: list[LocalMigration]) -> list[MigrationPreview]:
     """Describe what applying ``pending`` would do, without changing the target database.
 
-    Called for ``faber migrate ENV --dry-run``.
+    Called for ``faber migrate ENV --dry-run``, and to capture the SQL of code migrations for
+    the lint (on a throwaway copy, see ``faber_core.postgres.rehearsal``).
 
     Returns one :class:`~faber_core.models.MigrationPreview` per pending migration, in the order
     of ``pending`` and with the same names (faber refuses any other answer as a plugin error),
-    with its SQL and an estimated duration.
+    with its SQL, whether it is transactional, and notes. Leave the duration to faber: it
+    estimates it from the SQL and the table statistics::
+
+        @hookimpl
+        def faber_migration_preview(pending):
+            return [MigrationPreview(name=m.name, sql=m.handler_data, transactional=True) for m in pending]
     """
 
 
@@ -108,16 +141,19 @@ def faber_migration_apply(tool: str, context: RunContext, pending: list[LocalMig
     Called in deploy mode (and in dev mode when ``faber_migration_dev`` declines) while faber
     holds its advisory lock on the database, after the health check, the approval and the
     backup. Apply each migration in its own transaction when its SQL allows it, together with
-    its bookkeeping row, so a failure leaves nothing of that migration behind. Call
-    ``context.start_migration(name)`` just before each migration (faber checks its lock is still
+    its bookkeeping row, so a failure leaves nothing of that migration behind. Connect with
+    ``context.database.connect(migration_session=True)`` then ``context.apply_session_timeouts(conn)``.
+    Call ``context.start_migration(name)`` just before each migration (faber checks its lock is still
     held and raises ``LockLost`` if not: let it propagate) and ``context.migration_applied(
     AppliedMigration(name=..., duration_seconds=..., table_writes=...))`` after each commit, so the
     user sees progress and faber knows what committed (and wrote) even if the hook raises.
 
     Returns :class:`~faber_core.models.ApplyOutcome`: the migrations committed and, if one
     failed, a :class:`~faber_core.models.MigrationFailure` saying whether its transaction rolled
-    back. Do not raise for a failing migration; raise :class:`faber_core.errors.FaberError` only
-    for a broken setup (missing files, a tool that will not start).
+    back, and its ``sqlstate`` (55P03, a lock timeout, makes faber retry it). Do not raise for a
+    failing migration; raise :class:`faber_core.errors.ConfigError` only for a broken setup
+    (missing files, a tool that will not start). Never raise ``FaberError`` itself: that is a bug
+    (exit 1).
     """
 
 
@@ -133,7 +169,7 @@ def faber_migration_dev(tool: str, context: RunContext) -> ApplyOutcome | None:
 
 
 @hookspec(firstresult=True)
-def faber_migration_resolve(tool: str, context: RunContext, name: str, resolution: str) -> MigrationState:
+def faber_migration_resolve(tool: str, context: RunContext, name: str, resolution: Resolution) -> MigrationState:
     """Mark a failed migration by hand, after a person has repaired the database.
 
     Called by ``faber resolve ENV --rolled-back NAME`` (``resolution`` = ``"rolled_back"``: the
@@ -147,7 +183,15 @@ def faber_migration_resolve(tool: str, context: RunContext, name: str, resolutio
 
 @hookspec
 def faber_backup_providers() -> list[BackupProviderInfo]:
-    """Declare the backup providers this plugin offers (``environments.<env>.backup.provider``)."""
+    """Declare the backup providers this plugin offers (``environments.<env>.backup.provider``).
+
+    Called when faber collects its plugins. Returns a list of
+    :class:`~faber_core.models.BackupProviderInfo`, e.g.
+    ``[BackupProviderInfo(name="rds-snapshot", options=RdsBackupSettings)]``: ``options`` is the
+    pydantic model of the provider's own keys of an environment's ``backup`` section (beside
+    faber's ``provider`` and ``keep_last``), validated before any run and read with
+    ``context.backup_options(RdsBackupSettings)``.
+    """
 
 
 @hookspec(firstresult=True)
@@ -161,8 +205,9 @@ def faber_backup_create(
     moment; store them with the backup so a restore can be verified. Never include the
     ``config.database.faber_schema`` schema: a restore must not erase faber's own history.
 
-    Returns the :class:`~faber_core.models.BackupRecord`; raise
-    :class:`faber_core.errors.BackupFailed` with suggestions when the backup cannot be made.
+    Returns the :class:`~faber_core.models.BackupRecord` (status ``available``; your own
+    details in ``provider_data``); raise :class:`faber_core.errors.BackupFailed` with
+    suggestions when the backup cannot be made.
     """
 
 
@@ -195,8 +240,10 @@ def faber_backup_restore(provider: str, context: RunContext, backup: BackupRecor
     since are removed), except the faber schema. faber verifies the migration bookkeeping
     against ``backup.migrations`` afterwards.
 
-    Returns :class:`~faber_core.models.RestoreOutcome`; raise
-    :class:`faber_core.errors.RestoreFailed` with the manual recovery steps when it fails midway.
+    Returns :class:`~faber_core.models.RestoreOutcome`; set ``original_unchanged`` and
+    ``endpoint`` when you restored beside the database (a new instance) instead of into it.
+    Raise :class:`faber_core.errors.RestoreFailed` with the manual recovery steps when it fails
+    midway.
     """
 
 

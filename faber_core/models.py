@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, computed_field
 
 from faber_core.safety.models import LintFinding
 
@@ -19,6 +19,12 @@ class ToolInfo(BaseModel):
 
     name: str
     description: str = ""
+    options: type[BaseModel] | None = Field(
+        None,
+        description="The pydantic model of the tool's options, the config section database.<name>. faber "
+        "validates the section with it before any run (unknown keys refused, with a suggestion) and lists it in "
+        "`faber config schema`; read it with context.tool_options(Model). None: the tool takes no options.",
+    )
 
 
 class BackupProviderInfo(BaseModel):
@@ -26,6 +32,13 @@ class BackupProviderInfo(BaseModel):
 
     name: str
     description: str = ""
+    options: type[BaseModel] | None = Field(
+        None,
+        description="The pydantic model of the provider's own keys of an environment's backup section (beside "
+        "faber's provider and keep_last). faber validates every environment using the provider with it before any "
+        "run and lists it in `faber config schema`; read it with context.backup_options(Model). None: no keys of "
+        "its own.",
+    )
 
 
 class HealthCheckInfo(BaseModel):
@@ -35,12 +48,35 @@ class HealthCheckInfo(BaseModel):
     description: str = ""
 
 
+Resolution = Literal["applied", "rolled_back"]
+"""How ``faber resolve`` marks a failed migration: ``rolled_back`` (its changes are gone, apply it
+again) or ``applied`` (its changes were completed by hand, never apply it)."""
+
+BackupStatus = Literal["available", "in_progress", "unusable"]
+"""``available``: can be restored; ``in_progress``: still being made (a snapshot being taken);
+``unusable``: cannot be restored, and :attr:`BackupRecord.problem` says why."""
+
+
 class LocalMigration(BaseModel):
     """A migration as it exists in the project's source tree."""
 
     name: str
     checksum: str | None = None
-    path: str | None = Field(None, description="Path relative to the project directory, for messages.")
+    path: str | None = Field(
+        None,
+        description="The migration's file, relative to the project directory. Shown in messages; and when it "
+        "ends in .sql faber reads that file as the migration's SQL, to analyse it before the lock, lint it, "
+        "estimate it and check preflight locks. Point it at the SQL the migration runs, or at a file that does "
+        "not end in .sql (a code migration: faber then learns its SQL from the preview).",
+    )
+    handler_data: Any = Field(
+        None,
+        exclude=True,
+        repr=False,
+        description="The handler's own data about this migration, from faber_migration_status to "
+        "faber_migration_validate, _preview and _apply (the same objects come back as ``pending``). faber never "
+        "reads it and never writes it out.",
+    )
 
 
 class MigrationRecord(BaseModel):
@@ -114,12 +150,23 @@ class MigrationState(BaseModel):
         return [(r.name, r.checksum) for r in self._applied_records().values()]
 
 
+class MigrationRefusal(BaseModel):
+    """A pending migration its handler will not apply, found before anything is touched."""
+
+    name: str = Field(description="The pending migration's name.")
+    reason: str = Field(description="Why, as a sentence the user can act on; already scrubbed of credentials.")
+
+
 class MigrationPreview(BaseModel):
     """What applying one pending migration would do."""
 
     name: str
-    sql: str
-    estimated_duration_seconds: float
+    sql: str = Field(description="The SQL the migration runs; empty when the handler cannot tell.")
+    estimated_duration_seconds: float = Field(
+        0.0,
+        description="Leave it: faber estimates it from the SQL and table statistics (or measures it with "
+        "--rehearse). Set it, together with ``basis``, only when the handler measured the duration itself.",
+    )
     transactional: bool | None = Field(None, description="Whether it runs in one transaction; None when unknown.")
     notes: list[str] = Field(default_factory=list)
     basis: str | None = Field(
@@ -191,14 +238,14 @@ class HealthCheckResult(BaseModel):
 class BackupRecord(BaseModel):
     """A restore point, as a provider reports it and as its manifest stores it."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
 
     id: str
     provider: str
     environment: str
     created_at: datetime
     reason: str = ""
-    status: str = "available"
+    status: BackupStatus = "available"
     size_bytes: int | None = None
     location: str | None = None
     server_version: str | None = None
@@ -207,7 +254,12 @@ class BackupRecord(BaseModel):
     migrations: list[tuple[str, str | None]] = Field(
         default_factory=list, description="Applied migrations (name, checksum) at backup time."
     )
-    problem: str | None = Field(None, description="Why the backup cannot be used, when its status says so.")
+    problem: str | None = Field(None, description="Why the backup cannot be used, when its status is unusable.")
+    provider_data: dict[str, JsonValue] = Field(
+        default_factory=dict,
+        description="The provider's own details (e.g. rds-snapshot's source instance), kept in the manifest and "
+        "given back to faber_backup_restore; shown by `faber backups --json`, never read by faber.",
+    )
 
 
 class BackupPruneOutcome(BaseModel):
@@ -227,11 +279,22 @@ class BackupPruneOutcome(BaseModel):
 
 
 class RestoreOutcome(BaseModel):
+    """What a restore did. ``original_unchanged`` marks a restore beside the database (a new
+    instance): faber then has nothing to verify on the target and reports ``endpoint``."""
+
     backup_id: str
     status: Literal["success", "failed"]
     details: str = ""
     steps: list[str] = Field(default_factory=list)
-    extra: dict[str, Any] = Field(default_factory=dict)
+    original_unchanged: bool = Field(
+        False, description="True when the backup was restored beside the database, which still has its changes."
+    )
+    endpoint: str | None = Field(None, description="Where the restored database answers, when that changed.")
+    provider_data: dict[str, JsonValue] = Field(
+        default_factory=dict,
+        description="The provider's own details (cleanup commands, instance names), shown in `faber rollback`'s "
+        "result under provider_data; never read by faber.",
+    )
 
 
 class AuditEvent(BaseModel):

@@ -13,8 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import pluggy
+from pydantic import BaseModel, ConfigDict
+from pydantic.json_schema import models_json_schema
 
 from faber_core import hookspecs
+from faber_core.config import FaberConfig, plugin_options
 from faber_core.context import RunContext
 from faber_core.errors import ConfigError, PluginError
 from faber_core.models import (
@@ -27,7 +30,9 @@ from faber_core.models import (
     HealthCheckResult,
     LocalMigration,
     MigrationPreview,
+    MigrationRefusal,
     MigrationState,
+    Resolution,
     RestoreOutcome,
     ToolInfo,
 )
@@ -43,6 +48,10 @@ BUILTIN_PLUGINS = (
 """A module of hook functions, or ``module:Class`` for a plugin that remembers things between the
 events of a run: every plugin manager registers an instance of its own, so two managers in one
 process (an orchestrator's, a test's) never share a run's state."""
+REQUIRED_TOOL_HOOKS = ("faber_migration_status", "faber_migration_preview", "faber_migration_apply")
+"""What the plugin declaring a migration tool must implement (see faber_core.hookspecs)."""
+REQUIRED_PROVIDER_HOOKS = ("faber_backup_create", "faber_backup_list", "faber_backup_restore")
+"""What the plugin declaring a backup provider must implement."""
 NO_PLUGINS_ENV = "FABER_NO_PLUGINS"
 EXTRA_PLUGINS_ENV = "FABER_PLUGINS"
 
@@ -95,6 +104,12 @@ def load_installed_plugins(pm: pluggy.PluginManager) -> None:
 @functools.cache
 def get_plugin_manager() -> pluggy.PluginManager:
     return build_plugin_manager()
+
+
+class NoOptions(BaseModel):
+    """The options of a tool or provider that declares none: any key is unknown."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 def _owner(pm: pluggy.PluginManager, plugin: object) -> str:
@@ -179,11 +194,13 @@ class Plugins:
         return providers[provider]
 
     def check_config(self, context: RunContext) -> None:
-        """Refuse, before anything runs, a config naming what no installed plugin provides: the
-        migration tool, a tool section, the environment's backup provider or a health check."""
+        """Refuse, before anything runs, a config naming what no installed plugin provides (the
+        migration tool, a tool section, the environment's backup provider, a health check) and
+        plugin options their plugin's options model does not accept: every tool section, and the
+        backup keys of every environment whose provider is installed."""
         self.require_tool(context.tool)
         tools = self.tools()
-        for section in context.config.database.tool_sections():
+        for section, raw in context.config.database.tool_sections().items():
             if section not in tools:
                 installed = ", ".join(sorted(tools)) or "none"
                 raise ConfigError(
@@ -191,20 +208,56 @@ class Plugins:
                     f"(installed: {installed}){did_you_mean(section, tools)}",
                     suggestions=["Remove the section, or install the plugin of that tool"],
                 )
-            # Each tool's options model validates its section here once plugins declare one.
+            plugin_options(tools[section].info.options or NoOptions, raw, f"database.{section}")
         self.require_backup_provider(context.settings.backup.provider)
-        declared = self.health_check_names()
+        providers = self.backup_providers()
+        for environment, settings in context.config.database.environments.items():
+            declared = providers.get(settings.backup.provider)
+            if declared is not None:
+                where = f"database.environments.{environment}.backup"
+                plugin_options(declared.info.options or NoOptions, settings.backup.provider_options(), where)
+        checks = self.health_check_names()
         for name in context.settings.health_checks:
-            if name not in declared:
+            if name not in checks:
                 raise ConfigError(
                     f"config: database.environments.{context.environment}.health_checks names {name!r}, which no "
-                    f"installed plugin runs{did_you_mean(name, declared)}",
-                    suggestions=[f"Health checks installed: {', '.join(sorted(declared)) or 'none'}"],
+                    f"installed plugin runs{did_you_mean(name, checks)}",
+                    suggestions=[f"Health checks installed: {', '.join(sorted(checks)) or 'none'}"],
                 )
+
+    def config_schema(self) -> dict[str, Any]:
+        """The JSON Schema of the config file with every installed plugin's options: each tool's
+        under ``database.<tool>``, each provider's in the ``backup`` section when it is the provider."""
+        tools = {name: d.info.options for name, d in self.tools().items() if d.info.options}
+        providers = {name: d.info.options for name, d in self.backup_providers().items() if d.info.options}
+        models = [FaberConfig, *tools.values(), *providers.values()]
+        refs, schema = models_json_schema([(model, "validation") for model in models])
+        definitions = schema["$defs"]
+        root = definitions.pop(FaberConfig.__name__)
+        for name, model in tools.items():
+            definitions["DatabaseConfig"]["properties"][name] = refs[(model, "validation")]
+        rules = []
+        for name, model in providers.items():
+            # Beside faber's own backup keys, so its properties rather than the model (which refuses others).
+            options = definitions.pop(refs[(model, "validation")]["$ref"].rsplit("/", 1)[-1])
+            then = {
+                "properties": options["properties"],
+                **({"required": options["required"]} if "required" in options else {}),
+            }
+            rules.append({"if": {"properties": {"provider": {"const": name}}}, "then": then})
+        definitions["BackupSettings"]["allOf"] = rules
+        return {**root, "$defs": definitions}
 
     def migration_status(self, context: RunContext) -> MigrationState:
         answer = self._ask_handler("faber_migration_status", context)
         return MigrationState.model_validate(answer)
+
+    def migration_validate(self, context: RunContext, pending: list[LocalMigration]) -> list[MigrationRefusal]:
+        """The handler's refusals of pending migrations; none from a handler without the optional hook."""
+        owner = self.require_tool(context.tool)
+        hook = "faber_migration_validate"
+        answer = self._call_owner(hook, owner, tool=context.tool, context=context, pending=pending)
+        return [MigrationRefusal.model_validate(item) for item in answer or []]
 
     def migration_preview(self, context: RunContext, pending: list[LocalMigration]) -> list[MigrationPreview]:
         answer = self._ask_handler("faber_migration_preview", context, pending=pending)
@@ -223,7 +276,7 @@ class Plugins:
         answer = self._ask_handler("faber_migration_apply", context, pending=pending)
         return ApplyOutcome.model_validate(answer)
 
-    def migration_resolve(self, context: RunContext, name: str, resolution: str) -> MigrationState:
+    def migration_resolve(self, context: RunContext, name: str, resolution: Resolution) -> MigrationState:
         answer = self._ask_handler("faber_migration_resolve", context, name=name, resolution=resolution)
         return MigrationState.model_validate(answer)
 
@@ -323,6 +376,19 @@ class Plugins:
             hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
             rows.append({"name": self.pm.get_name(plugin), "package": _owner(self.pm, plugin), "hooks": hooks})
         return sorted(rows, key=lambda row: row["name"] or "")
+
+    def missing_hooks(self) -> list[dict[str, Any]]:
+        """Each declared tool or provider whose plugin lacks a hook a run of it needs."""
+        found = []
+        for kind, declared, required in (
+            ("migration tool", self.tools(), REQUIRED_TOOL_HOOKS),
+            ("backup provider", self.backup_providers(), REQUIRED_PROVIDER_HOOKS),
+        ):
+            for name, declaration in sorted(declared.items()):
+                missing = [hook for hook in required if not self._implements(declaration, hook)]
+                if missing:
+                    found.append({"package": declaration.package, "kind": kind, "name": name, "missing": missing})
+        return found
 
 
 def _warn_sink_failed(context: RunContext, owner: str, event: AuditEvent, exc: Exception) -> None:

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from faber_core import events
 from faber_core.models import AuditEvent
 from faber_core.results import ErrorDocument, Success
 from faber_core.secrets import Redactor
@@ -89,11 +90,27 @@ class ProgressPrinter:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._ticker: threading.Thread | None = None
+        self._finished = False
 
     def __call__(self, event: AuditEvent) -> None:
+        if event.kind not in events.KINDS:
+            self.on_plugin_event(event)
+            return
         handler = getattr(self, "on_" + event.kind.replace(".", "_"), None)
         if handler is not None:
             handler(event)
+
+    def on_plugin_event(self, event: AuditEvent) -> None:
+        """A kind of a plugin's own: shown as it is, so nothing a plugin reports goes unseen."""
+        details = ", ".join(
+            f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else _scalar(value)}"
+            for key, value in event.data.items()
+        )
+        self.line(f"· {event.kind}" + (f": {details}" if details else ""))
+
+    def on_progress(self, event: AuditEvent) -> None:
+        percent = event.data.get("percent")
+        self.line(f"… {event.data.get('message', '')}" + (f" ({percent}%)" if percent is not None else ""))
 
     def line(self, text: str) -> None:
         with self._lock:
@@ -119,14 +136,17 @@ class ProgressPrinter:
 
     def _tick(self) -> None:
         with self._lock:
-            while True:
+            while not self._finished:
                 activity = self._activity
                 if activity is None:
                     self._wake.wait()
                     continue
                 self._wake.wait(self.interval)
                 if self._activity is activity and (self.live or activity.plain):
-                    self._show(activity)
+                    try:
+                        self._show(activity)
+                    except (OSError, ValueError):  # stderr closed (a pipe's reader gone): stop showing
+                        return
 
     def _show(self, activity: _Activity) -> None:
         elapsed = time.monotonic() - activity.started
@@ -239,6 +259,8 @@ class ProgressPrinter:
         self.end_activity()
 
     def on_run_finished(self, event: AuditEvent) -> None:
+        with self._lock:
+            self._finished = True  # the ticker thread ends with the run (the API may run many)
         self.end_activity()
 
     def on_rollback_skipped(self, event: AuditEvent) -> None:
@@ -516,6 +538,10 @@ def _plugins(document: Success, result: dict[str, Any]) -> list[str]:
         *[f"{row['name']}  [{row['package']}]  hooks: {', '.join(row['hooks'])}" for row in result["plugins"]],
         f"migration tools: {', '.join(sorted(result['migration_tools'])) or 'none'}",
         f"backup providers: {', '.join(sorted(result['backup_providers'])) or 'none'}",
+        *[
+            f"✗ {gap['package']}: the {gap['kind']} {gap['name']} lacks {', '.join(gap['missing'])} (required)"
+            for gap in result.get("missing_hooks", [])
+        ],
         *_project_plugin_lines(result.get("project")),
     ]
 

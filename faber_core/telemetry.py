@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
-from faber_core import __version__, hookimpl
+from faber_core import __version__, events, hookimpl
 from faber_core.context import RunContext
 from faber_core.models import AuditEvent
 from faber_core.secrets import Redactor
@@ -100,7 +100,7 @@ def record_outcome(span: trace.Span, exit_code: int, document: Success | ErrorDo
 @contextmanager
 def step(context: RunContext, name: str, **attributes: Any) -> Iterator[trace.Span]:
     """A span named ``faber.step.<name>`` wrapped in ``step.started`` / ``step.finished`` events."""
-    context.emit("step.started", step=name)
+    context.emit(events.STEP_STARTED, step=name)
     started = time.monotonic()
     safe = {key: _safe_value(value, context.redactor) for key, value in attributes.items()}
     with tracer.start_as_current_span(
@@ -119,7 +119,7 @@ def step(context: RunContext, name: str, **attributes: Any) -> Iterator[trace.Sp
         finally:
             span.set_attribute("faber.outcome", outcome)
             context.emit(
-                "step.finished", step=name, outcome=outcome, duration_seconds=round(time.monotonic() - started, 3)
+                events.STEP_FINISHED, step=name, outcome=outcome, duration_seconds=round(time.monotonic() - started, 3)
             )
 
 

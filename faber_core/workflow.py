@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -58,6 +58,7 @@ from faber_core.models import (
     MigrationFailure,
     MigrationPreview,
     MigrationState,
+    Resolution,
     RestoreOutcome,
 )
 from faber_core.plugins import Plugins
@@ -71,9 +72,11 @@ from faber_core.results import (
     RollbackStatus,
     Success,
 )
-from faber_core.safety import checks as safety
 from faber_core.safety.timeouts import apply_with_lock_retry
 from faber_core.telemetry import command_name, step
+
+if TYPE_CHECKING:
+    from faber_core.safety import checks as safety
 
 DEPLOY = "deploy-migrations"
 PREVIEW = "preview-migrations"
@@ -97,17 +100,23 @@ class DeployOptions:
 
 
 def migrate(context: RunContext, plugins: Plugins, options: DeployOptions) -> Success:
+    # Imported here, with the SQL parser it needs: status, health and backup commands never do.
+    from faber_core.safety import checks as safety
+
     started = time.monotonic()
     validate(context, plugins, options)
     if options.dry_run:
         check_health(context, plugins, "before", options)
-        return preview(context, plugins, read_status(context, plugins), rehearse=options.rehearse)
-    # Before the lock and the backup: an out-of-order migration, or SQL that cannot be analysed,
-    # touches nothing.
+        state = read_status(context, plugins)
+        safety.refuse_what_the_handler_refuses(context, plugins, state.pending_migrations())
+        return preview(context, plugins, state, rehearse=options.rehearse)
+    # Before the lock and the backup: an out-of-order migration, SQL that cannot be analysed, or
+    # SQL the handler refuses, touches nothing.
     with step(context, "analyse"):
         analysed = read_status(context, plugins, quiet=True)
         refuse_out_of_order(context, analysed)
         safety.analyse_before_lock(context, analysed.pending_migrations())
+        safety.refuse_what_the_handler_refuses(context, plugins, analysed.pending_migrations())
     with deploy_lock(context) as lock:
         health_before = check_health(context, plugins, "before", options)
         state = read_status(context, plugins)
@@ -365,6 +374,8 @@ def refuse_out_of_order(context: RunContext, state: MigrationState) -> None:
 
 
 def preview(context: RunContext, plugins: Plugins, state: MigrationState, *, rehearse: bool = False) -> Success:
+    from faber_core.safety import checks as safety
+
     pending = state.pending_migrations()
     with step(context, "preview"):
         previews = plugins.migration_preview(context, pending) if pending else []
@@ -812,7 +823,7 @@ def restore_unless_refused(context: RunContext, plugins: Plugins, backup: Backup
             "restored_side_by_side",
             initiated=True,
             writes_since_backup=since,
-            restored_endpoint=outcome.extra.get("endpoint"),
+            restored_endpoint=outcome.endpoint,
             advice_first=[
                 f"{backup.id} was restored beside the database, which still has this deploy's changes: "
                 f"{outcome.details}"
@@ -871,7 +882,7 @@ def failed_migration_advice(context: RunContext, failed: list[str]) -> list[str]
 def restore_backup(context: RunContext, plugins: Plugins, backup: BackupRecord) -> RestoreOutcome:
     """Restore, then prove it: the migration bookkeeping must equal the backup's manifest.
 
-    A provider that restores beside the database (``extra["original_unchanged"]``) leaves the
+    A provider that restores beside the database (``original_unchanged``) leaves the
     target as it is, so there is nothing to verify on it; the outcome says where the copy is.
     """
     with step(context, "rollback", **{"faber.backup.id": backup.id}):
@@ -896,7 +907,7 @@ def restore_backup(context: RunContext, plugins: Plugins, backup: BackupRecord) 
 
 
 def restored_beside(outcome: RestoreOutcome) -> bool:
-    return bool(outcome.extra.get("original_unchanged"))
+    return outcome.original_unchanged
 
 
 # 14: verify ----------------------------------------------------------------------------
@@ -965,7 +976,7 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
         source=context.database.source,
     )
     listed = plugins.backup_list(context)
-    backups = [b for b in listed if b.status in ("available", "completed")]
+    backups = [b for b in listed if b.status == "available"]
     if backup_id:
         chosen = next((b for b in backups if b.id == backup_id), None)
         if chosen is None:
@@ -997,7 +1008,7 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
             "migrations": [name for name, _ in chosen.migrations],
             "details": outcome.details,
             "writes_since_backup": since.model_dump(mode="json"),
-            **outcome.extra,
+            **outcome.model_dump(include={"original_unchanged", "endpoint", "provider_data"}, exclude_defaults=True),
         },
         message=outcome.details if beside else f"Rolled back {context.environment} to {chosen.id}",
     )
@@ -1081,7 +1092,7 @@ def save_rows_commands(context: RunContext, since: writes.WritesSinceBackup) -> 
     ]
 
 
-def resolve(context: RunContext, plugins: Plugins, name: str, resolution: str) -> Success:
+def resolve(context: RunContext, plugins: Plugins, name: str, resolution: Resolution) -> Success:
     """``faber resolve ENV``: record how a failed migration was repaired, so deploys can go on."""
     plugins.require_tool(context.tool)
     with deploy_lock(context):

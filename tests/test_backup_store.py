@@ -72,7 +72,7 @@ def test_unreadable_manifests_are_reported_and_skipped(production, run_faber):
     by_id = {b["id"]: b for b in listed.json["result"]["backups"]}
     assert by_id[good.id]["status"] == "available"
     for backup_id in damaged:
-        assert by_id[backup_id]["status"] == "unreadable manifest"
+        assert by_id[backup_id]["status"] == "unusable"
         assert f"manifest {backup_id}.json is unreadable" in by_id[backup_id]["problem"]
     assert "4 unusable" in listed.json["message"]
     assert to_damaged.returncode == 2 and "empty (0 bytes)" in to_damaged.json["error"], to_damaged.output

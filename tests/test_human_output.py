@@ -6,6 +6,7 @@ PostgreSQL); a hypothesis test feeds the generic renderer arbitrary JSON results
 
 from __future__ import annotations
 
+import io
 import re
 
 import pytest
@@ -206,3 +207,50 @@ def test_any_json_result_renders_without_python_reprs(result):
     error = FaberError("Something failed", result=result, suggestions=["Try again"])
     human(ErrorDocument.from_error(error, operation="some-operation", environment="production"))
     human(Success(operation="some-operation", environment="production", result=result, message="Done"))
+
+
+class _ClosedPipe:
+    """stderr whose reader went away: every write fails as a closed pipe does."""
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_the_progress_ticker_stops_quietly_when_stderr_is_gone(monkeypatch):
+    import threading
+
+    from faber_core.render import ProgressPrinter
+
+    monkeypatch.setenv("FABER_PROGRESS_SECONDS", "0.1")
+    uncaught = []
+    monkeypatch.setattr(threading, "excepthook", uncaught.append)
+    printer = ProgressPrinter(_ClosedPipe(), Redactor())
+
+    printer.start_activity("Deploying migration: 0001_slow")
+    printer._ticker.join(timeout=30)
+
+    assert not printer._ticker.is_alive() and uncaught == []
+
+
+def test_the_progress_ticker_ends_with_the_run(monkeypatch):
+    from datetime import datetime, timezone
+
+    from faber_core.models import AuditEvent
+    from faber_core.render import ProgressPrinter
+
+    monkeypatch.setenv("FABER_PROGRESS_SECONDS", "0.1")
+    stream = io.StringIO()
+    printer = ProgressPrinter(stream, Redactor())
+    printer.start_activity("Deploying migration: 0001_slow")
+
+    finished = AuditEvent(run_id="r", kind="run.finished", timestamp=datetime.now(timezone.utc), data={})
+    printer(finished)
+    printer._ticker.join(timeout=30)
+
+    assert not printer._ticker.is_alive()

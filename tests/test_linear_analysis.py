@@ -13,7 +13,6 @@ import psycopg
 import pytest
 from pglast.parser import ParseError
 
-from faber_core.postgres import sql as sql_module
 from faber_core.postgres.sql import is_transactional, parse_script, split_statements
 from faber_core.safety.analysis import analyse
 
@@ -27,7 +26,7 @@ def bulk_insert(rows: int) -> str:
 def test_statements_of_one_shape_are_parsed_once(monkeypatch):
     parsed: list[str] = []
     real = pglast.parse_sql
-    monkeypatch.setattr(sql_module.pglast, "parse_sql", lambda text: parsed.append(text) or real(text))
+    monkeypatch.setattr(pglast, "parse_sql", lambda text: parsed.append(text) or real(text))
     sql = bulk_insert(5000)
 
     script = parse_script(sql)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from faber_core import hookimpl
@@ -114,3 +116,48 @@ def test_a_plugin_declaring_several_tools_is_told_which_one(plugins, project, co
 
     assert plugins.migration_status(context_for(project_dir)).tool == "second"
     assert TwoTools.seen == ["second"]
+
+
+HALF_A_PROVIDER = """
+from faber_core import hookimpl
+from faber_core.models import BackupProviderInfo
+
+@hookimpl
+def faber_backup_providers():
+    return [BackupProviderInfo(name="half")]
+
+@hookimpl
+def faber_backup_create(context, reason, migrations):
+    raise NotImplementedError
+"""
+
+
+def test_faber_plugins_lists_each_plugins_hooks_and_flags_a_missing_required_one(tmp_path, run_faber):
+    (tmp_path / "half_provider.py").write_text(HALF_A_PROVIDER)
+    env = {
+        "FABER_PLUGINS": "half_provider",
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
+
+    listed = run_faber("plugins", "--json", env=env, cwd=tmp_path)
+    shown = run_faber("plugins", env=env, cwd=tmp_path)
+
+    assert listed.returncode == 0, listed.output
+    result = listed.json["result"]
+    assert {
+        "name": "half_provider",
+        "package": "half_provider",
+        "hooks": ["faber_backup_create", "faber_backup_providers"],
+    } in (result["plugins"])
+    assert result["missing_hooks"] == [
+        {
+            "package": "half_provider",
+            "kind": "backup provider",
+            "name": "half",
+            "missing": ["faber_backup_list", "faber_backup_restore"],
+        }
+    ]
+    assert (
+        "✗ half_provider: the backup provider half lacks faber_backup_list, faber_backup_restore (required)"
+        in shown.stdout.splitlines()
+    )

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psycopg
 
-from faber_core import hookimpl
+from faber_core import events, hookimpl
 from faber_core.backup import store
 from faber_core.backup.restore import restore_archive
 from faber_core.context import RunContext
@@ -148,7 +148,7 @@ def faber_backup_create(context: RunContext, reason: str, migrations: list[tuple
             database=context.database.name,
             sha256=sha256,
             migrations=migrations,
-            excluded_schema=context.config.database.faber_schema,
+            provider_data={store.EXCLUDED_SCHEMA: context.config.database.faber_schema},
         )
         store.write_manifest(reservation.manifest, context.redactor.redact(record.model_dump_json(indent=2)) + "\n")
     except OSError as exc:
@@ -186,7 +186,7 @@ def _dump(context: RunContext, tools: Path, major: int, reservation: store.Reser
                     break
                 except subprocess.TimeoutExpired:
                     context.emit(
-                        "backup.progress",
+                        events.BACKUP_PROGRESS,
                         target=reservation.id,
                         status="pg_dump writing",
                         bytes=_written(reservation.partial),
@@ -231,7 +231,7 @@ def _prune_after_backup(context: RunContext, directory: Path) -> None:
     try:
         store.prune(context, directory, configured_keep_last(context))
     except OSError as exc:
-        context.emit("backup.prune_failed", error=context.redactor.redact(str(exc)))
+        context.emit(events.BACKUP_PRUNE_FAILED, error=context.redactor.redact(str(exc)))
 
 
 @hookimpl

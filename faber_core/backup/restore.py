@@ -34,6 +34,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from faber_core import events
 from faber_core.backup import store
 from faber_core.context import RunContext
 from faber_core.errors import RestoreFailed
@@ -74,7 +75,7 @@ def restore_archive(context: RunContext, backup: BackupRecord, tools: Path, majo
     ]
     if not archive.is_file():
         raise RestoreFailed(f"Backup archive {backup.location} is missing", suggestions=manual[1:])
-    keep = (backup.model_extra or {}).get("excluded_schema") or context.config.database.faber_schema
+    keep = str(backup.provider_data.get(store.EXCLUDED_SCHEMA) or context.config.database.faber_schema)
     with store.reading(archive) as fd:
         if backup.sha256 and _sha256(fd) != backup.sha256:
             raise RestoreFailed(
@@ -202,7 +203,7 @@ def _forward_all_but_tail(
             # pg_restore reads the archive through faber's descriptor: its offset is the progress.
             read = os.lseek(archive_fd, 0, os.SEEK_CUR)
             context.emit(
-                "backup.progress",
+                events.BACKUP_PROGRESS,
                 target=backup.id,
                 status="restoring",
                 percent_progress=min(99, round(100 * read / size)) if size else None,

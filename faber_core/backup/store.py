@@ -26,6 +26,7 @@ import datetime as dt
 import errno
 import fcntl
 import hashlib
+import json
 import os
 import weakref
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from faber_core import events
 from faber_core.context import RunContext
 from faber_core.errors import BackupFailed
 from faber_core.models import BackupPruneOutcome, BackupRecord
@@ -44,7 +46,9 @@ PARTIAL = ".partial"
 FOLDER_MODE = 0o700
 FILE_MODE = 0o600
 DEFAULT_KEEP_LAST = 10
-UNREADABLE = "unreadable manifest"
+EXCLUDED_SCHEMA = "excluded_schema"
+"""The key of a manifest's ``provider_data`` naming the schema the archive leaves out (faber's own):
+a restore keeps that schema."""
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
@@ -229,31 +233,36 @@ def remove_leftovers(context: RunContext, directory: Path) -> list[str]:
             if fd is not None:
                 os.close(fd)
     if removed:
-        context.emit("backup.leftovers_removed", files=removed)
+        context.emit(events.BACKUP_LEFTOVERS_REMOVED, files=removed)
     return removed
 
 
 def read_backups(context: RunContext, directory: Path) -> list[BackupRecord]:
     """Every backup of the folder, newest first; an unreadable manifest becomes an unusable record."""
-    records = []
+    return [record for record, _ in _scan(context, directory)]
+
+
+def _scan(context: RunContext, directory: Path) -> list[tuple[BackupRecord, bool]]:
+    """Every backup of the folder, newest first, with whether its manifest could be read."""
+    found = []
     for manifest in directory.glob(f"backup-*{MANIFEST}") if directory.is_dir() else []:
-        record = _read_manifest(context, manifest)
-        if record.status != UNREADABLE and not (context.project_dir / (record.location or "")).is_file():
-            record.status = "missing archive"
-        records.append(record)
-    return sorted(records, key=lambda r: r.created_at, reverse=True)
+        record, readable = _read_manifest(context, manifest)
+        if readable and not (context.project_dir / (record.location or "")).is_file():
+            record.status, record.problem = "unusable", f"its archive {record.location} is missing"
+        found.append((record, readable))
+    return sorted(found, key=lambda item: item[0].created_at, reverse=True)
 
 
-def _read_manifest(context: RunContext, manifest: Path) -> BackupRecord:
+def _read_manifest(context: RunContext, manifest: Path) -> tuple[BackupRecord, bool]:
     backup_id = manifest.name[: -len(MANIFEST)]
     try:
         raw = manifest.read_bytes()
         if not raw.strip():
             raise ValueError(f"empty ({len(raw)} bytes)")
-        return BackupRecord.model_validate_json(raw)
+        return _manifest_record(raw), True
     except (OSError, ValueError, ValidationError) as exc:
         problem = _manifest_problem(exc)
-        context.emit("backup.manifest_unreadable", backup_id=backup_id, problem=problem)
+        context.emit(events.BACKUP_MANIFEST_UNREADABLE, backup_id=backup_id, problem=problem)
         archive = manifest.with_suffix(ARCHIVE)
         stat = manifest.stat() if manifest.exists() else None
         return BackupRecord(
@@ -261,10 +270,18 @@ def _read_manifest(context: RunContext, manifest: Path) -> BackupRecord:
             provider="pg_dump",
             environment=context.environment,
             created_at=dt.datetime.fromtimestamp(stat.st_mtime if stat else 0, dt.timezone.utc),
-            status=UNREADABLE,
+            status="unusable",
             problem=f"manifest {manifest.name} is unreadable: {problem}",
             location=str(archive.relative_to(context.project_dir)) if archive.exists() else None,
-        )
+        ), False
+
+
+def _manifest_record(raw: bytes) -> BackupRecord:
+    document = json.loads(raw)
+    # Manifests written before provider_data existed name the excluded schema at the top level.
+    if isinstance(document, dict) and EXCLUDED_SCHEMA in document:
+        document.setdefault("provider_data", {})[EXCLUDED_SCHEMA] = document.pop(EXCLUDED_SCHEMA)
+    return BackupRecord.model_validate(document)
 
 
 def _manifest_problem(exc: Exception) -> str:
@@ -285,15 +302,15 @@ def prune(context: RunContext, directory: Path, keep_last: int, *, dry_run: bool
     """
     if not dry_run:
         remove_leftovers(context, directory)
-    records = read_backups(context, directory)
-    usable = [r for r in records if r.status != UNREADABLE]
+    scanned = _scan(context, directory)
+    readable = [record for record, manifest_read in scanned if manifest_read]
     outcome = BackupPruneOutcome(
         keep_last=keep_last,
         dry_run=dry_run,
-        kept=[r.id for r in usable[:keep_last]],
-        unreadable=[r.id for r in records if r.status == UNREADABLE],
+        kept=[r.id for r in readable[:keep_last]],
+        unreadable=[record.id for record, manifest_read in scanned if not manifest_read],
     )
-    for record in usable[keep_last:]:
+    for record in readable[keep_last:]:
         archive = directory / f"{record.id}{ARCHIVE}"
         fd = _try_lock(archive, fcntl.LOCK_EX)
         if fd is None and archive.exists():
@@ -307,7 +324,7 @@ def prune(context: RunContext, directory: Path, keep_last: int, *, dry_run: bool
                 # archive left by a crash right here is removed as a leftover next time.
                 (directory / f"{record.id}{MANIFEST}").unlink(missing_ok=True)
                 archive.unlink(missing_ok=True)
-                context.emit("backup.pruned", backup_id=record.id, created_at=record.created_at.isoformat())
+                context.emit(events.BACKUP_PRUNED, backup_id=record.id, created_at=record.created_at.isoformat())
         finally:
             if fd is not None:
                 os.close(fd)

@@ -48,6 +48,7 @@ import psycopg
 from psycopg import sql
 from pydantic import BaseModel, Field
 
+from faber_core import events
 from faber_core.context import RunContext
 from faber_core.models import ApplyOutcome, BackupRecord
 
@@ -287,7 +288,7 @@ def read_counters(context: RunContext) -> Counters | None:
         with context.database.connect(application_name="faber backup baseline") as conn:
             return _counters(conn, context.config.database.faber_schema)
     except psycopg.Error as exc:
-        context.emit("backup.baseline_failed", error=context.redactor.redact(str(exc).strip()))
+        context.emit(events.BACKUP_BASELINE_FAILED, error=context.redactor.redact(str(exc).strip()))
         return None
 
 
@@ -339,7 +340,9 @@ def record_baseline(context: RunContext, backup: BackupRecord, counters: Counter
                 [context.environment, context.environment, BASELINES_KEPT],
             )
     except psycopg.Error as exc:
-        context.emit("backup.baseline_failed", backup_id=backup.id, error=context.redactor.redact(str(exc).strip()))
+        context.emit(
+            events.BACKUP_BASELINE_FAILED, backup_id=backup.id, error=context.redactor.redact(str(exc).strip())
+        )
 
 
 def record_faber_writes(context: RunContext, outcome: ApplyOutcome) -> None:
@@ -362,7 +365,7 @@ def record_faber_writes(context: RunContext, outcome: ApplyOutcome) -> None:
                 sql.SQL(_ADD_FABER_WRITES).format(_table(context)), [json.dumps(measured), known, context.environment]
             )
     except psycopg.Error as exc:
-        context.emit("backup.baseline_failed", error=context.redactor.redact(str(exc).strip()))
+        context.emit(events.BACKUP_BASELINE_FAILED, error=context.redactor.redact(str(exc).strip()))
 
 
 _ADD_FABER_WRITES = """
@@ -409,7 +412,7 @@ def _wait_for_reports(context: RunContext, conn: psycopg.Connection) -> None:
     (idle_for,) = conn.execute(_LAST_IDLE).fetchone()
     wait = MIN_WAIT_SECONDS if idle_for is None else max(MIN_WAIT_SECONDS, IDLE_FLUSH_SECONDS - float(idle_for))
     wait = min(wait, IDLE_FLUSH_SECONDS)
-    context.emit("writes.waiting", seconds=round(wait, 1))
+    context.emit(events.WRITES_WAITING, seconds=round(wait, 1))
     time.sleep(wait)
 
 

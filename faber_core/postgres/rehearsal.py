@@ -26,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 
+from faber_core import events
 from faber_core.context import Database, RunContext
 from faber_core.errors import BackupFailed, ConfigError, FaberError
 from faber_core.processes import run_tool
@@ -69,7 +70,7 @@ def rehearsal_database(
     rehearsal = Rehearsal(
         name=name, database=_database_named(target, name), includes_data=includes_data, copied_rows_of=tables
     )
-    context.emit("rehearsal.created", database=name, includes_data=includes_data, copied_rows_of=tables)
+    context.emit(events.REHEARSAL_CREATED, database=name, includes_data=includes_data, copied_rows_of=tables)
     try:
         _copy_target(context, tools, rehearsal)
         yield rehearsal
@@ -252,11 +253,11 @@ def _drop(context: RunContext, name: str, *, raise_on_failure: bool = True) -> N
             force = sql.SQL(" WITH (FORCE)") if conn.info.server_version >= 130000 else sql.SQL("")
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}{}").format(sql.Identifier(name), force))
     except psycopg.Error as exc:
-        context.emit("rehearsal.drop_failed", database=name, error=context.redactor.redact(str(exc).strip()))
+        context.emit(events.REHEARSAL_DROP_FAILED, database=name, error=context.redactor.redact(str(exc).strip()))
         if not raise_on_failure:
             return
         raise FaberError(
             f"Could not drop the rehearsal database {name}",
             suggestions=[f"Drop it by hand: DROP DATABASE {name} WITH (FORCE)"],
         ) from None
-    context.emit("rehearsal.dropped", database=name)
+    context.emit(events.REHEARSAL_DROPPED, database=name)

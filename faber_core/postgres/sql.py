@@ -12,25 +12,18 @@ shape does not parse and the whole script is split by the parser instead.
 
 from __future__ import annotations
 
+import functools
 import re
 from array import array
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import pglast
-from pglast import ast
-from pglast.parser import ParseError
-
-# Statements PostgreSQL refuses inside a transaction block.
-_NO_TRANSACTION_NODES = (
-    ast.VacuumStmt,
-    ast.AlterSystemStmt,
-    ast.CreatedbStmt,
-    ast.DropdbStmt,
-    ast.CreateTableSpaceStmt,
-    ast.DropTableSpaceStmt,
-)
+# pglast is imported where a script is parsed: reading the status, checking health or taking a
+# backup never parses SQL, and the parser costs tens of milliseconds to import.
+if TYPE_CHECKING:
+    from pglast import ast
 
 # Tokens in which ';' does not end a statement; every alternative starts with its own character,
 # so the regular expression engine skips plain code at C speed.
@@ -73,6 +66,8 @@ class Script:
     shapes: array
     """For each statement, the index of its parse tree in :attr:`nodes`."""
     nodes: tuple[ast.Node, ...]
+    memo: dict[str, object] = field(default_factory=dict, compare=False, repr=False)
+    """What other modules compute from the script (its analysis), kept as long as the script is cached."""
 
     def __len__(self) -> int:
         return len(self.shapes)
@@ -141,6 +136,9 @@ def _parse_script(sql: str) -> Script:
 
 
 def _parse_one(shape: str) -> ast.Node:
+    import pglast
+    from pglast.parser import ParseError
+
     try:
         parsed = pglast.parse_sql(shape)
     except ParseError:
@@ -152,6 +150,8 @@ def _parse_one(shape: str) -> ast.Node:
 
 def _parse_exactly(sql: str) -> Script:
     """The parser's own split, each statement parsed: for what the scanner cannot split."""
+    import pglast
+
     bounds: array = array("q")
     nodes = []
     for piece in pglast.split(sql, only_slices=True):
@@ -363,8 +363,25 @@ def split_statements(sql: str) -> list[str]:
     return list(parse_script(sql).statements())
 
 
+@functools.cache
+def _no_transaction_nodes() -> tuple[type, ...]:
+    """Statements PostgreSQL refuses inside a transaction block."""
+    from pglast import ast
+
+    return (
+        ast.VacuumStmt,
+        ast.AlterSystemStmt,
+        ast.CreatedbStmt,
+        ast.DropdbStmt,
+        ast.CreateTableSpaceStmt,
+        ast.DropTableSpaceStmt,
+    )
+
+
 def _needs_no_transaction(node: ast.Node) -> bool:
-    if isinstance(node, _NO_TRANSACTION_NODES):
+    from pglast import ast
+
+    if isinstance(node, _no_transaction_nodes()):
         return True
     if isinstance(node, (ast.IndexStmt, ast.ReindexStmt)) and getattr(node, "concurrent", False):
         return True

@@ -8,7 +8,7 @@ build or a table rewrite (most column type changes, a volatile default) grows wi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 from pglast import ast
 from pglast.enums import AlterTableType, ConstrType
@@ -49,10 +49,13 @@ def analyse(sql: str) -> list[StatementEffect]:
     bad SQL. Linear in the size of ``sql``: each statement shape is classified once
     (:func:`faber_core.postgres.sql.parse_script`)."""
     script = parse_script(sql)
-    per_shape = [
-        StatementEffect(*_classify(node), tables_touched(node), _sorted_columns(node)) for node in script.nodes
-    ]
-    return [per_shape[shape] for shape in script.shapes]
+    effects = cast("list[StatementEffect] | None", script.memo.get("effects"))
+    if effects is None:  # the lint, the preflight and the estimates all ask
+        per_shape = [
+            StatementEffect(*_classify(node), tables_touched(node), _sorted_columns(node)) for node in script.nodes
+        ]
+        effects = script.memo["effects"] = [per_shape[shape] for shape in script.shapes]
+    return list(effects)
 
 
 def qualified(range_var: ast.RangeVar) -> TableName:

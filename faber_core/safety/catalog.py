@@ -36,19 +36,25 @@ _LINGUISTIC = """
     {collation} NOT IN (0, 950, 951) AND NOT ({collation} = 100 AND
     (SELECT datcollate IN ('C', 'POSIX') FROM pg_database WHERE datname = current_database()))
 """
+# Every named table in one query: each name with the schemas to look in, first match wins.
 _LOOKUP = f"""
-SELECT c.oid, n.nspname || '.' || c.relname, c.reltuples, c.relpages,
-       pg_relation_size(c.oid) / current_setting('block_size')::int, pg_table_size(c.oid),
-       (SELECT count(*) FROM pg_index i WHERE i.indrelid = c.oid),
-       (SELECT coalesce(array_agg(a.attname::text), '{{}}') FROM pg_attribute a
-        WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-          AND {_LINGUISTIC.format(collation="a.attcollation")}),
-       (SELECT count(*) FROM pg_index i WHERE i.indrelid = c.oid AND EXISTS (
-          SELECT 1 FROM unnest(i.indcollation::oid[]) AS k(coll) WHERE {_LINGUISTIC.format(collation="k.coll")}))
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relname = %(name)s AND n.nspname = ANY(%(schemas)s) AND c.relkind IN ('r', 'p', 'm')
-ORDER BY array_position(%(schemas)s, n.nspname::text)
-LIMIT 1
+SELECT w.position, t.*
+FROM unnest(%(names)s::text[], %(first)s::text[], %(second)s::text[])
+     WITH ORDINALITY AS w(name, first, second, position)
+CROSS JOIN LATERAL (
+    SELECT c.oid, n.nspname || '.' || c.relname, c.reltuples, c.relpages,
+           pg_relation_size(c.oid) / current_setting('block_size')::int, pg_table_size(c.oid),
+           (SELECT count(*) FROM pg_index i WHERE i.indrelid = c.oid),
+           (SELECT coalesce(array_agg(a.attname::text), '{{}}') FROM pg_attribute a
+            WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+              AND {_LINGUISTIC.format(collation="a.attcollation")}),
+           (SELECT count(*) FROM pg_index i WHERE i.indrelid = c.oid AND EXISTS (
+              SELECT 1 FROM unnest(i.indcollation::oid[]) AS k(coll) WHERE {_LINGUISTIC.format(collation="k.coll")}))
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relname = w.name AND n.nspname IN (w.first, w.second) AND c.relkind IN ('r', 'p', 'm')
+    ORDER BY n.nspname = w.first DESC
+    LIMIT 1
+) t
 """
 
 _INDEX_TABLE = """
@@ -72,11 +78,21 @@ def find_tables(conn: psycopg.Connection, names: list[TableName], default_schema
 
     The row count is the planner's: ``reltuples`` scaled to the table's current number of pages,
     so a table that grew since it was last analysed is not taken for its old size."""
+    wanted = list(dict.fromkeys(names))
+    if not wanted:
+        return {}
+    schemas = [_schemas(schema, default_schema) for schema, _ in wanted]
+    matches = conn.execute(
+        _LOOKUP,
+        {
+            "names": [name for _, name in wanted],
+            "first": [looked_in[0] for looked_in in schemas],
+            "second": [looked_in[1] if len(looked_in) > 1 else None for looked_in in schemas],
+        },
+    ).fetchall()
     found = {}
-    for schema, name in dict.fromkeys(names):
-        row = conn.execute(_LOOKUP, {"name": name, "schemas": _schemas(schema, default_schema)}).fetchone()
-        if row is None:
-            continue
+    for position, *row in matches:
+        schema, name = wanted[position - 1]
         oid, display, reltuples, relpages, pages, table_bytes, index_count, collated, collated_indexes = row
         if reltuples >= 0 and relpages > 0:
             rows, analysed = reltuples / relpages * pages, True

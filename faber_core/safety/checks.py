@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING
 import psycopg
 from pglast.parser import ParseError
 
+from faber_core import events
 from faber_core.context import RunContext
 from faber_core.errors import FaberError, LintBlocked, MigrationFailed
 from faber_core.migration_files import read_sql
 from faber_core.models import LocalMigration, MigrationPreview, MigrationState
-from faber_core.support.node import NOT_REHEARSED
 from faber_core.postgres.sql import is_transactional
 from faber_core.safety import lint, preflight, staging_proof
 from faber_core.safety.analysis import StatementEffect, analyse
@@ -31,6 +31,7 @@ from faber_core.safety.estimate import Estimator
 from faber_core.safety.history import applied_by_successful_deploys
 from faber_core.safety.models import Blocker, LintFinding, PreflightReport
 from faber_core.safety.severity import Judge
+from faber_core.support.node import NOT_REHEARSED
 from faber_core.telemetry import step
 
 if TYPE_CHECKING:
@@ -90,6 +91,27 @@ def analyse_before_lock(context: RunContext, pending: list[LocalMigration]) -> N
             ) from None
 
 
+def refuse_what_the_handler_refuses(context: RunContext, plugins: Plugins, pending: list[LocalMigration]) -> None:
+    """The handler's own check of the pending migrations (``faber_migration_validate``), before
+    the lock and the backup: a refusal stops the run with nothing touched."""
+    refusals = plugins.migration_validate(context, pending) if pending else []
+    if not refusals:
+        return
+    first = refusals[0]
+    raise MigrationFailed(
+        f"The {context.tool} handler refuses migration {first.name}: {context.redactor.redact(first.reason)}. "
+        "Nothing was applied, no lock or backup was taken",
+        result={
+            "failed_migration": first.name,
+            "refused": [refusal.model_dump() for refusal in refusals],
+            "migrations_applied_before_failure": 0,
+            "rollback_initiated": False,
+            "rollback_status": "not_needed",
+        },
+        suggestions=[f"Fix {first.name} as the handler says, then retry"],
+    )
+
+
 def transactional(sql: str) -> bool | None:
     try:
         return is_transactional(sql)
@@ -115,10 +137,10 @@ def review_before_approval(
             rehearsed = _rehearse_code_migrations(context, plugins, pending, code, review) if code else {}
             review.sql = {m.name: sql for m in pending if (sql := files.get(m.name, rehearsed.get(m.name))) is not None}
             if review.lint_not_run:
-                context.emit("lint.not_run", migrations=review.lint_not_run)
+                context.emit(events.LINT_NOT_RUN, migrations=review.lint_not_run)
             if review.sql:
                 review.lint = _lint_on_target(context, review.sql)
-                context.emit("lint.finished", findings=_counts(review.lint), rehearsed=sorted(rehearsed))
+                context.emit(events.LINT_FINISHED, findings=_counts(review.lint), rehearsed=sorted(rehearsed))
         refuse_lint_errors(context, review.lint)
     if context.settings.requires_success_in:
         with step(context, "staging_proof"):
@@ -137,7 +159,7 @@ def _rehearse_code_migrations(
         review.lint_not_run = dict.fromkeys(code, "lint_rehearsal_seconds is 0: code migrations are not rehearsed")
         return {}
     bounded = dataclasses.replace(context, deadline=time.monotonic() + limit)
-    context.emit("lint.rehearsing", migrations=code, limit_seconds=limit)
+    context.emit(events.LINT_REHEARSING, migrations=code, limit_seconds=limit)
     try:
         previews = plugins.migration_preview(bounded, pending)
     except FaberError as exc:
@@ -224,12 +246,12 @@ def preflight_before_apply(context: RunContext, review: Review) -> PreflightRepo
             lambda: _blockers(context, conn, tables, concurrent),
             wait_seconds=context.settings.preflight_wait_seconds,
             environment=context.environment,
-            on_wait=lambda found: context.emit("preflight.waiting", blockers=[b.model_dump() for b in found]),
+            on_wait=lambda found: context.emit(events.PREFLIGHT_WAITING, blockers=[b.model_dump() for b in found]),
         )
         review.preflight = PreflightReport(
             policy=policy, tables=sorted(tables.values()), blockers=blockers, waited_seconds=waited
         )
-        context.emit("preflight.finished", **review.preflight.model_dump())
+        context.emit(events.PREFLIGHT_FINISHED, **review.preflight.model_dump())
     return review.preflight
 
 
@@ -249,7 +271,7 @@ def announce_estimates(context: RunContext, review: Review) -> None:
             estimates = {name: estimator.estimate(sql).seconds for name, sql in sources.items()}
     except psycopg.Error:
         return
-    context.emit("apply.estimated", estimates=estimates)
+    context.emit(events.APPLY_ESTIMATED, estimates=estimates)
 
 
 def _effects(sql: str) -> list[StatementEffect]:
@@ -352,7 +374,7 @@ def _measure(context: RunContext, plugins: Plugins, state: MigrationState, previ
         elif item.name == measured.failed:
             item.notes.append(f"rehearsal: this migration failed on the copy: {measured.error}")
             item.rehearsal_error = measured.error
-    context.emit("rehearsal.measured", durations=measured.durations, failed=measured.failed)
+    context.emit(events.REHEARSAL_MEASURED, durations=measured.durations, failed=measured.failed)
 
 
 # Shared ----------------------------------------------------------------------------------

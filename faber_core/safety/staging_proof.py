@@ -18,6 +18,7 @@ import os
 
 import psycopg
 
+from faber_core import events
 from faber_core.context import Database, RunContext
 from faber_core.errors import ConfigError, StagingProofMissing
 from faber_core.models import LocalMigration
@@ -32,7 +33,7 @@ def check(context: RunContext, pending: list[LocalMigration], *, skip: bool) -> 
     if not predecessor:
         return None
     if skip:
-        context.emit("staging_proof.skipped", predecessor=predecessor, migrations=_names(pending))
+        context.emit(events.STAGING_PROOF_SKIPPED, predecessor=predecessor, migrations=_names(pending))
         return {"requires_success_in": predecessor, "status": "skipped", "skipped_by": "--skip-staging-proof"}
     proven = succeeded_migrations(context, predecessor)
     unproven = [m for m in pending if m.checksum is None or (m.name, m.checksum) not in proven]
@@ -47,7 +48,7 @@ def check(context: RunContext, pending: list[LocalMigration], *, skip: bool) -> 
                 f"Or override (recorded in the audit trail): faber migrate {context.environment} --skip-staging-proof",
             ],
         )
-    context.emit("staging_proof.passed", predecessor=predecessor, migrations=_names(pending))
+    context.emit(events.STAGING_PROOF_PASSED, predecessor=predecessor, migrations=_names(pending))
     return {"requires_success_in": predecessor, "status": "passed", "migrations": _names(pending)}
 
 

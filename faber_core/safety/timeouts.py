@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import psycopg
 
+from faber_core import events
 from faber_core.config import EnvironmentSettings
 from faber_core.context import RunContext
 from faber_core.models import ApplyOutcome, LocalMigration, MigrationFailure
@@ -108,7 +109,7 @@ def apply_with_lock_retry(
         retry += 1
         wait = backoff_seconds(context.settings, retry)
         context.emit(
-            "migration.retry",
+            events.MIGRATION_RETRY,
             name=failure.name,
             attempt=retry + 1,
             of=context.settings.lock_retry.retries + 1,
@@ -125,7 +126,7 @@ def _retryable(context: RunContext, failure: MigrationFailure, retries_so_far: i
         return False
     if not failure.transaction_rolled_back:
         context.emit(
-            "migration.retry_refused",
+            events.MIGRATION_RETRY_REFUSED,
             name=failure.name,
             reason="it runs outside a transaction and may have committed statements before the lock timeout",
         )

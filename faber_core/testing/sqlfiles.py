@@ -11,7 +11,7 @@ import time
 
 import psycopg
 
-from faber_core import hookimpl
+from faber_core import events, hookimpl
 from faber_core.context import RunContext
 from faber_core.models import (
     AppliedMigration,
@@ -20,6 +20,7 @@ from faber_core.models import (
     MigrationFailure,
     MigrationPreview,
     MigrationRecord,
+    MigrationRefusal,
     MigrationState,
     ToolInfo,
 )
@@ -30,9 +31,10 @@ TOOL = "sqlfiles"
 BOOKKEEPING = "CREATE TABLE IF NOT EXISTS sqlfiles_migrations (name text PRIMARY KEY, checksum text NOT NULL)"
 
 
-def _local(context: RunContext) -> list[tuple[LocalMigration, str]]:
-    """Each ``migrations/*.sql`` with its SQL (none without the folder: it is not configurable);
-    files are checked as every handler should (:mod:`faber_core.support.files`)."""
+def _local(context: RunContext) -> list[LocalMigration]:
+    """Each ``migrations/*.sql`` (none without the folder: it is not configurable), its SQL as
+    ``handler_data``: the text read here, and checksummed, is the text previewed and applied.
+    Files are checked as every handler should (:mod:`faber_core.support.files`)."""
     directory = context.project_dir / "migrations"
     if not directory.is_dir():
         return []
@@ -40,8 +42,14 @@ def _local(context: RunContext) -> list[tuple[LocalMigration, str]]:
     for path in sorted(directory.glob("*.sql")):
         relative = str(path.relative_to(context.project_dir))
         data = read_migration_file(path, directory, shown=relative)
-        migration = LocalMigration(name=path.stem, checksum=hashlib.sha256(data).hexdigest(), path=relative)
-        found.append((migration, decode_sql(data, relative)))
+        found.append(
+            LocalMigration(
+                name=path.stem,
+                checksum=hashlib.sha256(data).hexdigest(),
+                path=relative,
+                handler_data=decode_sql(data, relative),
+            )
+        )
     return found
 
 
@@ -57,23 +65,26 @@ def faber_migration_status(context: RunContext) -> MigrationState:
         rows = conn.execute("SELECT name, checksum FROM sqlfiles_migrations ORDER BY name").fetchall() if exists else []
     return MigrationState(
         tool=TOOL,
-        local=[m for m, _ in _local(context)],
+        local=_local(context),
         records=[MigrationRecord(name=n, checksum=c, state="applied") for n, c in rows],
     )
 
 
 @hookimpl
-def faber_migration_preview(context: RunContext, pending: list[LocalMigration]) -> list[MigrationPreview]:
-    sql = {m.name: text for m, text in _local(context)}
+def faber_migration_validate(pending: list[LocalMigration]) -> list[MigrationRefusal]:
+    # An empty file would fail only in apply, after the backup.
     return [
-        MigrationPreview(name=m.name, sql=sql[m.name], estimated_duration_seconds=0.1, transactional=True)
-        for m in pending
+        MigrationRefusal(name=m.name, reason=f"{m.path} holds no SQL") for m in pending if not m.handler_data.strip()
     ]
 
 
 @hookimpl
+def faber_migration_preview(pending: list[LocalMigration]) -> list[MigrationPreview]:
+    return [MigrationPreview(name=m.name, sql=m.handler_data, transactional=True) for m in pending]
+
+
+@hookimpl
 def faber_migration_apply(context: RunContext, pending: list[LocalMigration]) -> ApplyOutcome:
-    sql = {m.name: text for m, text in _local(context)}
     outcome = ApplyOutcome()
     with context.database.connect(application_name="faber sqlfiles apply", migration_session=True) as conn:
         conn.execute(BOOKKEEPING)
@@ -86,7 +97,7 @@ def faber_migration_apply(context: RunContext, pending: list[LocalMigration]) ->
             try:
                 # Measured, so faber can tell these rows from the application's (docs/workflow.md).
                 with measured_transaction(conn, measured):
-                    conn.execute(sql[migration.name])
+                    conn.execute(migration.handler_data)
                     conn.execute(
                         "INSERT INTO sqlfiles_migrations VALUES (%s, %s)", [migration.name, migration.checksum]
                     )

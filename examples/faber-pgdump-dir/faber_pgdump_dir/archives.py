@@ -25,7 +25,6 @@ from faber_core.errors import BackupFailed, RestoreFailed
 from faber_core.models import BackupRecord, RestoreOutcome
 from faber_core.support.backups import restore_prelude
 from faber_core.support.programs import find_program, run_tool
-
 from faber_pgdump_dir import PROVIDER
 
 JOBS = 2
@@ -162,4 +161,3 @@ def restore(context: RunContext, backup: BackupRecord) -> RestoreOutcome:
         status="success",
         steps=["dropped what the archive brings back", f"replayed {backup.id} in the same transaction"],
     )
-

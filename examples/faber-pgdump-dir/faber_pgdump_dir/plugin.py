@@ -5,7 +5,6 @@ from __future__ import annotations
 from faber_core import hookimpl
 from faber_core.context import RunContext
 from faber_core.models import BackupProviderInfo, BackupRecord, RestoreOutcome
-
 from faber_pgdump_dir import PROVIDER, archives
 
 

@@ -7,12 +7,20 @@ from __future__ import annotations
 import time
 
 import psycopg
+
+from faber_core import events
 from faber_core.context import RunContext
 from faber_core.errors import ConfigError
-from faber_core.models import AppliedMigration, ApplyOutcome, LocalMigration, MigrationFailure, MigrationState
+from faber_core.models import (
+    AppliedMigration,
+    ApplyOutcome,
+    LocalMigration,
+    MigrationFailure,
+    MigrationState,
+    Resolution,
+)
 from faber_core.support.sessions import Measurement, measured_transaction
 from faber_core.support.sql import is_transactional, split_statements
-
 from faber_plainsql import TOOL, history
 from faber_plainsql.migrations import read_migrations
 
@@ -59,7 +67,7 @@ def apply(context: RunContext, pending: list[LocalMigration]) -> ApplyOutcome:
                     sqlstate=exc.sqlstate,
                     table_writes=measured.rows if transactional else None,
                 )
-                context.emit("migration.failed", name=migration.name, error=error)
+                context.emit(events.MIGRATION_FAILED, name=migration.name, error=error)
                 return outcome
             applied = AppliedMigration(
                 name=migration.name,
@@ -71,7 +79,7 @@ def apply(context: RunContext, pending: list[LocalMigration]) -> ApplyOutcome:
     return outcome
 
 
-def resolve(context: RunContext, name: str, resolution: str) -> MigrationState:
+def resolve(context: RunContext, name: str, resolution: Resolution) -> MigrationState:
     """After a person repaired the database: ``rolled_back`` forgets the failed row (the migration
     runs again), ``applied`` marks it applied (it never runs again)."""
     with context.database.connect(application_name="faber plainsql resolve") as conn:

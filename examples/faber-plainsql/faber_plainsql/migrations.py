@@ -11,15 +11,22 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+from pydantic import BaseModel, Field
+
 from faber_core.context import RunContext
 from faber_core.errors import ConfigError
 from faber_core.models import LocalMigration
 from faber_core.support.files import decode_sql, migrations_folder, read_migration_file
-
 from faber_plainsql import TOOL
 
 DEFAULT_FOLDER = "sql"
 FILE_NAME = re.compile(r"V(?P<version>\d+(?:[._]\d+)*)__(?P<description>\w+)\.sql")
+
+
+class PlainSqlOptions(BaseModel):
+    """``database.plainsql`` in the config; faber validates it before any run."""
+
+    folder: str = Field(DEFAULT_FOLDER, min_length=1, description="The migrations folder, relative to the project.")
 
 
 @dataclass(frozen=True)
@@ -32,9 +39,7 @@ class MigrationFile:
 def read_migrations(context: RunContext) -> list[MigrationFile]:
     """Every migration file, in version order, with its SQL and checksum."""
     setting = f"database.{TOOL}.folder"
-    configured = context.tool_options.get("folder", DEFAULT_FOLDER)
-    if not isinstance(configured, str) or not configured:
-        raise ConfigError(f"config: `{setting}` must be a folder relative to the project directory")
+    configured = context.tool_options(PlainSqlOptions).folder
     folder = migrations_folder(context.project_dir, configured, setting)
     found: dict[tuple[int, ...], MigrationFile] = {}
     for path in sorted(folder.glob("*.sql")):

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 from faber_core import hookimpl
 from faber_core.context import RunContext
-from faber_core.models import ApplyOutcome, LocalMigration, MigrationPreview, MigrationState, ToolInfo
-
+from faber_core.models import ApplyOutcome, LocalMigration, MigrationPreview, MigrationState, Resolution, ToolInfo
 from faber_plainsql import TOOL, applier
+from faber_plainsql.migrations import PlainSqlOptions
 from faber_plainsql.preview import preview
 
 
 @hookimpl
 def faber_migration_tools() -> list[ToolInfo]:
-    return [ToolInfo(name=TOOL, description="Plain SQL files named V<version>__<description>.sql, in version order")]
+    return [
+        ToolInfo(
+            name=TOOL,
+            description="Plain SQL files named V<version>__<description>.sql, in version order",
+            options=PlainSqlOptions,
+        )
+    ]
 
 
 @hookimpl
@@ -31,5 +37,5 @@ def faber_migration_apply(context: RunContext, pending: list[LocalMigration]) ->
 
 
 @hookimpl
-def faber_migration_resolve(context: RunContext, name: str, resolution: str) -> MigrationState:
+def faber_migration_resolve(context: RunContext, name: str, resolution: Resolution) -> MigrationState:
     return applier.resolve(context, name, resolution)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from faber_core.context import RunContext
 from faber_core.models import LocalMigration, MigrationPreview
 from faber_core.support.sql import estimate_seconds, is_transactional
-
 from faber_plainsql.migrations import read_migrations
 
 OUTSIDE_A_TRANSACTION = (

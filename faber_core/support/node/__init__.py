@@ -3,7 +3,8 @@
 faber-typeorm and faber-sequelize are built on this module, and a handler for another Node ORM
 can be too. Its stable API:
 
-- :class:`NodeTool`: what faber needs to know about one ORM's runner script;
+- :class:`NodeTool`: what faber needs to know about one ORM's runner script, including its
+  options model, a subclass of :class:`NodeToolOptions` (``rehearsal_data``);
 - :class:`NodeHandler`: the hook implementations of a migration tool whose work a runner does
   (status, preview by rehearsal on a throwaway copy, apply), registered as the plugin object
   (``[project.entry-points.faber] mytool = "faber_mytool.plugin:handler"``);
@@ -42,9 +43,11 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from faber_core import hookimpl
+from pydantic import BaseModel, Field
+
+from faber_core import events, hookimpl
 from faber_core.context import Database, RunContext
 from faber_core.errors import ConfigError, FaberError, HealthCheckFailed
 from faber_core.models import (
@@ -84,6 +87,8 @@ class NodeTool:
     """Where the files it loads are named, for messages: ``database.typeorm.data_source``."""
     install: str
     """The npm command that installs what the project lacks: ``npm install typeorm pg``."""
+    options: type[NodeToolOptions]
+    """The model of the tool's config section, ``database.<name>``."""
 
 
 @dataclass
@@ -315,7 +320,7 @@ def apply(tool: NodeTool, context: RunContext, pending: list[LocalMigration], ar
 
     def progress(event: Event) -> None:
         if event["event"] == "migration_started":
-            context.emit("migration.started", name=event["name"])
+            context.emit(events.MIGRATION_STARTED, name=event["name"])
         elif event["event"] == "migration_finished":
             context.migration_applied(
                 AppliedMigration(name=event["name"], duration_seconds=round(event["duration_seconds"], 3))
@@ -380,12 +385,19 @@ NOT_REHEARSED = "Not rehearsed"
 """The start of the note on a pending migration the rehearsal did not reach."""
 
 
+class NodeToolOptions(BaseModel):
+    """The options every Node tool takes; a tool's options model subclasses it and adds its own."""
+
+    rehearsal_data: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="Copy the rows into the throwaway database the preview and lint rehearse on: always, never, "
+        "or auto (when the tables are small).",
+    )
+
+
 def rehearsal_data(tool: NodeTool, context: RunContext) -> bool | None:
     """``database.<tool>.rehearsal_data``: copy the rows into the rehearsal always, never, or when small."""
-    choice = context.tool_options.get("rehearsal_data", "auto")
-    if choice not in REHEARSAL_DATA:
-        raise ConfigError(f"config: `database.{tool.name}.rehearsal_data` must be one of {', '.join(REHEARSAL_DATA)}")
-    return REHEARSAL_DATA[choice]
+    return REHEARSAL_DATA[context.tool_options(tool.options).rehearsal_data]
 
 
 def rehearse(
@@ -478,8 +490,8 @@ def _statement(event: Event) -> str:
 class NodeHandler:
     """A migration tool whose runner script does the work: an object of hook implementations.
 
-    ``arguments`` turns the run's config (``context.tool_options``) into the runner's command-line
-    options, raising :class:`~faber_core.errors.ConfigError` for a bad one; ``preview_notes`` adds
+    ``arguments`` turns the run's config (``context.tool_options(runner.options)``, validated by
+    faber before the run) into the runner's command-line options; ``preview_notes`` adds
     the tool's own notes to each rehearsed migration's preview. The tool has no interactive
     development command: dev mode applies pending migrations as a deploy does.
     """
@@ -491,7 +503,7 @@ class NodeHandler:
 
     @hookimpl
     def faber_migration_tools(self) -> list[ToolInfo]:
-        return [ToolInfo(name=self.runner.name, description=self.description)]
+        return [ToolInfo(name=self.runner.name, description=self.description, options=self.runner.options)]
 
     @hookimpl
     def faber_migration_status(self, context: RunContext) -> MigrationState:

@@ -15,12 +15,19 @@ from datetime import datetime, timezone
 from typing import Any
 
 import psycopg
+from faber_core import events
 from faber_core.context import RunContext
 from faber_core.errors import ConfigError, MigrationFailed
-from faber_core.models import AppliedMigration, ApplyOutcome, LocalMigration, MigrationFailure, MigrationRecord
+from faber_core.models import (
+    AppliedMigration,
+    ApplyOutcome,
+    LocalMigration,
+    MigrationFailure,
+    MigrationRecord,
+    Resolution,
+)
 from faber_core.support.sessions import Measurement, advisory_lock, measured_transaction, run_measured_script
 from faber_core.support.sql import is_transactional, split_statements
-from pglast.parser import ParseError
 from psycopg import sql
 
 from faber_prisma.history import History
@@ -68,7 +75,7 @@ def apply_pending(context: RunContext, pending: list[LocalMigration]) -> ApplyOu
     return outcome
 
 
-def resolve(context: RunContext, name: str, resolution: str) -> None:
+def resolve(context: RunContext, name: str, resolution: Resolution) -> None:
     """``prisma migrate resolve``: mark the failed migration ``name`` rolled back or applied."""
     with _locked_history(context, "faber prisma resolve") as history:
         failed = {record.name for record in history.records() if record.state == "failed"}
@@ -79,13 +86,11 @@ def resolve(context: RunContext, name: str, resolution: str) -> None:
             )
         if resolution == "rolled_back":
             history.mark_rolled_back(name)
-        elif resolution == "applied":
+        else:
             folder = next((f for f in read_migrations(context) if f.name == name), None)
             if folder is None or folder.checksum is None:
                 raise ConfigError(f"{name} has no migration.sql in the project, so it cannot be marked applied")
             history.mark_applied(name, folder.checksum)
-        else:
-            raise ConfigError(f"Unknown resolution {resolution!r}: use rolled_back or applied")
 
 
 def refuse_failed_migrations(context: RunContext, records: list[MigrationRecord]) -> None:
@@ -154,6 +159,8 @@ def _locked_history(context: RunContext, application_name: str) -> Iterator[Hist
 def _apply_one(
     context: RunContext, history: History, folder: MigrationFolder, measured: Measurement
 ) -> MigrationFailure | None:
+    from pglast.parser import ParseError  # with the parser is_transactional imports
+
     try:
         transactional = is_transactional(folder.sql)
     except ParseError as exc:

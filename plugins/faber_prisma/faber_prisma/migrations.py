@@ -20,6 +20,7 @@ from faber_core.context import RunContext
 from faber_core.errors import ConfigError
 from faber_core.models import LocalMigration
 from faber_core.support.files import decode_sql, inside, migrations_folder, read_migration_file
+from pydantic import BaseModel, Field
 
 DEFAULT_MIGRATIONS_DIR = "prisma/migrations"
 SCRIPT_NAME = "migration.sql"
@@ -61,14 +62,19 @@ class MigrationFolder:
         return LocalMigration(name=self.name, checksum=self.checksum, path=self.relative_path(project_dir))
 
 
+class PrismaOptions(BaseModel):
+    """``database.prisma`` in the config."""
+
+    migrations_dir: str = Field(
+        DEFAULT_MIGRATIONS_DIR,
+        pattern=r"\S",
+        description="The Prisma migrations folder, relative to the project directory.",
+    )
+
+
 def migrations_dir(context: RunContext) -> Path:
     """The configured migrations folder; a ConfigError naming it when it does not exist."""
-    configured = context.tool_options.get("migrations_dir", DEFAULT_MIGRATIONS_DIR)
-    if not isinstance(configured, str) or not configured.strip():
-        raise ConfigError(
-            "config: `database.prisma.migrations_dir` must be a non-empty path",
-            suggestions=[f"Use a path relative to the project, e.g. {DEFAULT_MIGRATIONS_DIR}"],
-        )
+    configured = context.tool_options(PrismaOptions).migrations_dir
     return migrations_folder(context.project_dir, configured, "database.prisma.migrations_dir")
 
 
@@ -113,7 +119,7 @@ def require_scripts(context: RunContext, folders: list[MigrationFolder]) -> None
             f"Migration folder without {SCRIPT_NAME}: {paths}",
             suggestions=[
                 f"Restore its {SCRIPT_NAME}, or delete the folder (Prisma stops there too, with P3015)",
-                f"Keep only migration folders in {context.tool_options.get('migrations_dir', DEFAULT_MIGRATIONS_DIR)}",
+                f"Keep only migration folders in {context.tool_options(PrismaOptions).migrations_dir}",
             ],
             tool_output=f"Error: P3015\n\nCould not find the migration file at {SCRIPT_NAME}. "
             "Please delete the directory or restore the migration file.",

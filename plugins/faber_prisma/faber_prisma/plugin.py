@@ -4,14 +4,21 @@ from __future__ import annotations
 
 from faber_core import hookimpl
 from faber_core.context import RunContext
-from faber_core.models import ApplyOutcome, LocalMigration, MigrationPreview, MigrationState, ToolInfo
+from faber_core.models import ApplyOutcome, LocalMigration, MigrationPreview, MigrationState, Resolution, ToolInfo
 
 from faber_prisma import TOOL, applier, cli, preview, status
+from faber_prisma.migrations import PrismaOptions
 
 
 @hookimpl
 def faber_migration_tools() -> list[ToolInfo]:
-    return [ToolInfo(name=TOOL, description="Prisma migration folders and _prisma_migrations (no Node needed)")]
+    return [
+        ToolInfo(
+            name=TOOL,
+            description="Prisma migration folders and _prisma_migrations (no Node needed)",
+            options=PrismaOptions,
+        )
+    ]
 
 
 @hookimpl
@@ -35,6 +42,6 @@ def faber_migration_dev(context: RunContext) -> ApplyOutcome | None:
 
 
 @hookimpl
-def faber_migration_resolve(context: RunContext, name: str, resolution: str) -> MigrationState:
+def faber_migration_resolve(context: RunContext, name: str, resolution: Resolution) -> MigrationState:
     applier.resolve(context, name, resolution)
     return status.read_state(context)

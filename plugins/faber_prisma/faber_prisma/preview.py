@@ -5,7 +5,6 @@ from __future__ import annotations
 from faber_core.context import RunContext
 from faber_core.models import LocalMigration, MigrationPreview
 from faber_core.support.sql import estimate_seconds, is_transactional
-from pglast.parser import ParseError
 
 from faber_prisma.migrations import SCRIPT_NAME, MigrationFolder, read_migrations
 
@@ -29,6 +28,8 @@ def _preview_one(context: RunContext, migration: LocalMigration, folder: Migrati
             transactional=None,
             notes=[f"{SCRIPT_NAME} is missing: deploys refuse to run until it is restored or the folder removed"],
         )
+    from pglast.parser import ParseError  # with the parser is_transactional imports
+
     notes = []
     try:
         transactional: bool | None = is_transactional(folder.sql)

@@ -10,14 +10,16 @@ from faber_core import hookimpl
 from faber_core.context import RunContext
 from faber_core.models import BackupProviderInfo, BackupRecord, RestoreOutcome
 
-from faber_rds_backup.settings import PROVIDER
+from faber_rds_backup.settings import PROVIDER, RdsBackupSettings
 
 
 @hookimpl
 def faber_backup_providers() -> list[BackupProviderInfo]:
     return [
         BackupProviderInfo(
-            name=PROVIDER, description="RDS / Aurora snapshots; rollback restores to a new instance and swaps it in"
+            name=PROVIDER,
+            description="RDS / Aurora snapshots; rollback restores to a new instance and swaps it in",
+            options=RdsBackupSettings,
         )
     ]
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from faber_core import events
 from faber_core.context import RunContext
 from faber_core.errors import FaberError, RestoreFailed
 from faber_core.models import BackupRecord, RestoreOutcome
@@ -83,12 +84,12 @@ def restore(context: RunContext, backup: BackupRecord) -> RestoreOutcome:
         details=f"{plan.original} now serves snapshot {plan.backup_id}; the previous database is kept as "
         f"{plan.previous}",
         steps=plan.steps,
-        extra={
+        endpoint=target.endpoint(plan.original),
+        provider_data={
             "mode": "swap",
             "snapshot_id": plan.backup_id,
             target.kind: plan.original,
             "previous_" + target.kind: plan.previous,
-            "endpoint": target.endpoint(plan.original),
             "cleanup": f"When satisfied, delete the previous database: {target.delete_command(plan.previous)}",
         },
     )
@@ -122,12 +123,12 @@ def _side_by_side(target: Target, plan: Plan) -> RestoreOutcome:
         details=f"Restored {plan.backup_id} to {target.noun} {plan.restored} at {endpoint}; "
         f"{plan.original} is unchanged. Point the application at the new endpoint to use it.",
         steps=plan.steps,
-        extra={
+        original_unchanged=True,
+        endpoint=endpoint,
+        provider_data={
             "mode": "side-by-side",
             "snapshot_id": plan.backup_id,
             "restored_" + target.kind: plan.restored,
-            "endpoint": endpoint,
-            "original_unchanged": True,
             "swap_commands": _swap_commands(target, plan),
         },
     )
@@ -148,7 +149,7 @@ class _Runner:
         except Exception as exc:
             reason = self._reason(exc)
             where, commands = state(self.target, self.plan)
-            self.context.emit("backup.restore_step", step=done, status="failed", error=reason)
+            self.context.emit(events.BACKUP_RESTORE_STEP, step=done, status="failed", error=reason)
             raise RestoreFailed(
                 f"Restore of {self.plan.backup_id} stopped before: {done}. {reason}",
                 result={
@@ -162,7 +163,7 @@ class _Runner:
                 backup_id=self.plan.backup_id,
             ) from None
         self.plan.steps.append(done)
-        self.context.emit("backup.restore_step", step=done, status="done")
+        self.context.emit(events.BACKUP_RESTORE_STEP, step=done, status="done")
         return result
 
     def _reason(self, exc: Exception) -> str:
@@ -183,7 +184,7 @@ class _Runner:
             lambda: (self._status(identifier, self.target.status), None),
             timeout_seconds=self.settings.wait_timeout_seconds,
             poll_interval_seconds=self.settings.poll_interval_seconds,
-            event="backup.progress",
+            event=events.BACKUP_PROGRESS,
         )
 
     def wait_serving(self, identifier: str) -> None:
@@ -196,7 +197,7 @@ class _Runner:
                 lambda member=member: (self._status(member, self.target.member_status), None),
                 timeout_seconds=self.settings.wait_timeout_seconds,
                 poll_interval_seconds=self.settings.poll_interval_seconds,
-                event="backup.progress",
+                event=events.BACKUP_PROGRESS,
             )
 
     @staticmethod

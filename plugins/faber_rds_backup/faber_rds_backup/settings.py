@@ -1,4 +1,5 @@
-"""The environment's ``backup`` settings for ``rds-snapshot``, validated once at the hook boundary.
+"""The environment's ``backup`` settings for ``rds-snapshot``: the options model faber validates
+the section with before any run (declared in ``faber_backup_providers``).
 
 Example::
 
@@ -16,7 +17,7 @@ from typing import Literal
 
 from faber_core.context import RunContext
 from faber_core.errors import ConfigError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 PROVIDER = "rds-snapshot"
 _IDENTIFIER = re.compile(r"^[A-Za-z](?!.*--)[A-Za-z0-9-]{0,62}(?<!-)$")
@@ -36,9 +37,10 @@ class RetentionSettings(BaseModel):
 
 
 class RdsBackupSettings(BaseModel):
+    """The keys of ``backup`` beside faber's own ``provider`` and ``keep_last``."""
+
     model_config = ConfigDict(extra="forbid")
 
-    provider: Literal["rds-snapshot"]
     db_instance_identifier: str | None = None
     db_cluster_identifier: str | None = Field(None, description="An Aurora cluster: faber takes cluster snapshots.")
     region: str = Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")
@@ -46,7 +48,6 @@ class RdsBackupSettings(BaseModel):
     wait_timeout_seconds: float = Field(3600, gt=0, description="How long to wait for a snapshot or an instance.")
     poll_interval_seconds: float = Field(15, gt=0, le=300, description="How often to ask AWS while waiting.")
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
-    keep_last: int | None = Field(None, ge=1, description="faber's common setting; the same as retention.keep_last.")
     restore_mode: Literal["swap", "side-by-side"] = "swap"
     retry_mode: Literal["standard", "adaptive"] = Field("standard", description="botocore's retry mode.")
     max_attempts: int = Field(
@@ -65,14 +66,6 @@ class RdsBackupSettings(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _keep_last_once(self) -> RdsBackupSettings:
-        if self.keep_last is not None:
-            if self.retention.keep_last not in (None, self.keep_last):
-                raise ValueError("keep_last and retention.keep_last differ: set one of them")
-            self.retention.keep_last = self.keep_last
-        return self
-
-    @model_validator(mode="after")
     def _one_target(self) -> RdsBackupSettings:
         if (self.db_instance_identifier is None) == (self.db_cluster_identifier is None):
             raise ValueError("set exactly one of db_instance_identifier and db_cluster_identifier")
@@ -88,21 +81,15 @@ class RdsBackupSettings(BaseModel):
 
 
 def load_settings(context: RunContext) -> RdsBackupSettings:
-    """The environment's backup settings, or a ConfigError naming each bad key."""
-    raw = context.settings.backup.model_dump()
-    try:
-        return RdsBackupSettings.model_validate(raw)
-    except ValidationError as exc:
-        where = f"database.environments.{context.environment}.backup"
-        problems = [
-            f"{where}.{'.'.join(str(p) for p in error['loc']) or '(object)'}: {error['msg']}"
-            for error in exc.errors(include_url=False)
-        ]
-        raise ConfigError(
-            f"Invalid rds-snapshot backup settings for {context.environment}: " + "; ".join(problems),
-            suggestions=[
-                'Example: "backup": {"provider": "rds-snapshot", "db_instance_identifier": "prod-db", '
-                '"region": "eu-west-1"}',
-                "See docs/rds-backup.md for every setting",
-            ],
-        ) from None
+    """The environment's backup settings; faber's ``keep_last`` is the same as ``retention.keep_last``."""
+    settings = context.backup_options(RdsBackupSettings)
+    keep_last = context.settings.backup.keep_last
+    if keep_last is not None:
+        if settings.retention.keep_last not in (None, keep_last):
+            raise ConfigError(
+                f"config: database.environments.{context.environment}.backup: keep_last and retention.keep_last "
+                "differ: set one of them",
+                suggestions=["See docs/rds-backup.md for every setting"],
+            )
+        settings.retention.keep_last = keep_last
+    return settings

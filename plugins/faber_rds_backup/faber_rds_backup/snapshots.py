@@ -12,9 +12,10 @@ import datetime as dt
 import re
 from pathlib import Path
 
+from faber_core import events
 from faber_core.context import RunContext
 from faber_core.errors import BackupFailed
-from faber_core.models import BackupRecord
+from faber_core.models import BackupRecord, BackupStatus
 from faber_core.support import backups
 
 from faber_rds_backup import naming
@@ -29,6 +30,8 @@ ENVIRONMENT_TAG = "faber:environment"
 REASON_TAG = "faber:reason"
 DEPLOY_ID_TAG = "faber:deploy-id"
 _GIB = 1024**3
+# Snapshot states RDS passes through on the way to available (the others: deleting, failed, ...).
+_IN_PROGRESS = {"creating", "copying", "modifying", "upgrading", "pending"}
 _TAG_VALUE_LIMIT = 256
 _MAX_NAME_ATTEMPTS = 5
 
@@ -67,7 +70,7 @@ def create(context: RunContext, reason: str, migrations: list[tuple[str, str | N
         snapshot_id = _start_snapshot(context, target, now, reason)
     except Exception as exc:
         raise backup_failed(context, settings, exc) from None
-    context.emit("backup.progress", target=snapshot_id, status="creating", source=target.identifier)
+    context.emit(events.BACKUP_PROGRESS, target=snapshot_id, status="creating", source=target.identifier)
     try:
         wait_until_available(
             context,
@@ -75,7 +78,7 @@ def create(context: RunContext, reason: str, migrations: list[tuple[str, str | N
             lambda: _progress(target.snapshot(snapshot_id)),
             timeout_seconds=settings.wait_timeout_seconds,
             poll_interval_seconds=settings.poll_interval_seconds,
-            event="backup.progress",
+            event=events.BACKUP_PROGRESS,
         )
         snapshot = target.snapshot(snapshot_id)
     except (WaitTimedOut, WaitFailed) as exc:
@@ -120,23 +123,35 @@ def _record(
     reason: str,
     migrations: list[tuple[str, str | None]],
 ) -> BackupRecord:
+    status = _backup_status(snapshot.status)
     return BackupRecord(
         id=snapshot.id,
         provider=PROVIDER,
         environment=context.environment,
         created_at=snapshot.created_at,
         reason=reason,
-        status=snapshot.status,
+        status=status,
+        problem=f"the snapshot is {snapshot.status}" if status == "unusable" else None,
         size_bytes=snapshot.size_gib * _GIB if snapshot.size_gib is not None else None,
         location=f"rds:{target.kind}-snapshot:{target.settings.region}:{snapshot.id}",
         database=context.database.name,
         migrations=migrations,
-        source_identifier=target.identifier,
-        source_kind=target.kind,
-        region=target.settings.region,
-        deploy_id=snapshot.tags.get(DEPLOY_ID_TAG),
-        allocated_storage_gib=snapshot.size_gib,
+        provider_data={
+            "snapshot_status": snapshot.status,
+            "source_identifier": target.identifier,
+            "source_kind": target.kind,
+            "region": target.settings.region,
+            "deploy_id": snapshot.tags.get(DEPLOY_ID_TAG),
+            "allocated_storage_gib": snapshot.size_gib,
+        },
     )
+
+
+def _backup_status(snapshot_status: str) -> BackupStatus:
+    """RDS's snapshot status as faber's: usable once available, in progress while RDS makes it."""
+    if snapshot_status == "available":
+        return "available"
+    return "in_progress" if snapshot_status in _IN_PROGRESS else "unusable"
 
 
 def _write_manifest(context: RunContext, record: BackupRecord) -> None:
@@ -154,7 +169,7 @@ def _read_manifest(context: RunContext, snapshot_id: str) -> BackupRecord | None
     try:
         return BackupRecord.model_validate_json(path.read_bytes())
     except (OSError, ValueError) as exc:
-        context.emit("backup.manifest_unreadable", backup_id=snapshot_id, problem=str(exc).splitlines()[0])
+        context.emit(events.BACKUP_MANIFEST_UNREADABLE, backup_id=snapshot_id, problem=str(exc).splitlines()[0])
         return None
 
 
@@ -170,7 +185,7 @@ def list_backups(context: RunContext) -> list[BackupRecord]:
         record = _record(
             context, target, snapshot, snapshot.tags.get(REASON_TAG, ""), manifest.migrations if manifest else []
         )
-        record.manifest = manifest is not None
+        record.provider_data["manifest"] = manifest is not None
         records.append(record)
     return records
 
@@ -190,13 +205,13 @@ def prune(context: RunContext, settings: RdsBackupSettings, target: Target) -> l
             target.delete_snapshot(snapshot.id)
             (manifest_dir(context) / f"{snapshot.id}.json").unlink(missing_ok=True)
             deleted.append(snapshot.id)
-            context.emit("backup.pruned", backup_id=snapshot.id, created_at=snapshot.created_at.isoformat())
+            context.emit(events.BACKUP_PRUNED, backup_id=snapshot.id, created_at=snapshot.created_at.isoformat())
         return deleted
     except Exception as exc:
         failure = aws_failure(exc)
         if failure is None:
             raise
-        context.emit("backup.prune_failed", error=context.redactor.redact(failure.summary))
+        context.emit(events.BACKUP_PRUNE_FAILED, error=context.redactor.redact(failure.summary))
         return []
 
 

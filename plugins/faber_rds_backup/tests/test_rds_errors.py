@@ -68,7 +68,7 @@ def test_the_documented_policy_is_enough_to_back_up_prune_list_and_swap(
     assert first.id not in manual_snapshots(rds)
     assert {db["DBInstanceIdentifier"] for db in rds.describe_db_instances()["DBInstances"]} == {
         "prod-db",
-        outcome.extra["previous_instance"],
+        outcome.provider_data["previous_instance"],
     }
 
 
@@ -173,15 +173,16 @@ def test_throttling_that_outlasts_the_attempts_is_a_clear_error(
             "set exactly one of db_instance_identifier and db_cluster_identifier",
         ),
         ({"db_instance_identifier": None}, "set exactly one of"),
-        ({"db_instance_identifier": "prod--db"}, "backup.db_instance_identifier: Value error, not an RDS identifier"),
+        ({"db_instance_identifier": "prod--db"}, "backup.db_instance_identifier: not an RDS identifier"),
         ({"region": "Ireland"}, "backup.region: String should match pattern"),
         ({"restore_mode": "replace"}, "backup.restore_mode: Input should be 'swap' or 'side-by-side'"),
         ({"retention": {"keep_last": 0}}, "backup.retention.keep_last: Input should be greater than or equal to 1"),
-        ({"aws_secret_access_key": "x"}, "backup.aws_secret_access_key: Extra inputs are not permitted"),
+        ({"aws_secret_access_key": "x"}, "backup.aws_secret_access_key: unknown setting"),
+        ({"retention": {"keep_lats": 3}}, "backup.retention.keep_lats: unknown setting (did you mean keep_last?)"),
     ],
 )
 def test_bad_settings_are_config_errors_naming_the_key(rds_context, rds_plugins, overrides, complaint):
     with pytest.raises(ConfigError) as caught:
         rds_plugins.backup_list(rds_context(**overrides))
     assert complaint in caught.value.message
-    assert caught.value.message.startswith("Invalid rds-snapshot backup settings for production")
+    assert "database.environments.production.backup" in caught.value.message

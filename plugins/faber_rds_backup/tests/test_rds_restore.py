@@ -28,7 +28,7 @@ def test_restore_and_swap_puts_the_restored_copy_under_the_original_identifier(
     outcome = rds_plugins.backup_restore(context, backup)
 
     found = instances(rds)
-    previous = outcome.extra["previous_instance"]
+    previous = outcome.provider_data["previous_instance"]
     assert re.fullmatch(r"prod-db-pre-rollback-\d{8}-\d{6}", previous)
     assert set(found) == {"prod-db", previous}
     serving = found["prod-db"]
@@ -38,8 +38,8 @@ def test_restore_and_swap_puts_the_restored_copy_under_the_original_identifier(
     assert serving["DBInstanceClass"] == rds_instance["DBInstanceClass"]
 
     assert outcome.status == "success"
-    assert outcome.extra["mode"] == "swap" and outcome.extra["instance"] == "prod-db"
-    assert outcome.extra["endpoint"].startswith("prod-db.")
+    assert outcome.provider_data["mode"] == "swap" and outcome.provider_data["instance"] == "prod-db"
+    assert outcome.endpoint.startswith("prod-db.")
     assert previous in outcome.details
     restored = outcome.steps[1].split()[-1]
     assert outcome.steps == [
@@ -53,7 +53,10 @@ def test_restore_and_swap_puts_the_restored_copy_under_the_original_identifier(
         "prod-db serves the restored data",
     ]
     assert [e.data["step"] for e in events if e.kind == "backup.restore_step"] == outcome.steps
-    assert f"delete-db-instance --db-instance-identifier {previous} --skip-final-snapshot" in outcome.extra["cleanup"]
+    assert (
+        f"delete-db-instance --db-instance-identifier {previous} --skip-final-snapshot"
+        in outcome.provider_data["cleanup"]
+    )
 
 
 def test_side_by_side_leaves_the_original_alone_and_reports_the_new_endpoint(
@@ -64,15 +67,17 @@ def test_side_by_side_leaves_the_original_alone_and_reports_the_new_endpoint(
 
     outcome = rds_plugins.backup_restore(context, backup)
 
-    restored = outcome.extra["restored_instance"]
+    restored = outcome.provider_data["restored_instance"]
     found = instances(rds)
     assert set(found) == {"prod-db", restored}
     assert tags_of(rds, found["prod-db"]["DBInstanceArn"]) == {"team": "payments"}
     assert tags_of(rds, found[restored]["DBInstanceArn"])["faber:restored-from"] == backup.id
-    assert outcome.extra["endpoint"].startswith(f"{restored}.")
-    assert outcome.extra["original_unchanged"] is True
+    assert outcome.endpoint.startswith(f"{restored}.")
+    assert outcome.original_unchanged is True
     assert outcome.steps[-1] == f"{restored} is available"
-    assert any("modify-db-instance --db-instance-identifier prod-db" in c for c in outcome.extra["swap_commands"])
+    assert any(
+        "modify-db-instance --db-instance-identifier prod-db" in c for c in outcome.provider_data["swap_commands"]
+    )
 
 
 def test_restore_refuses_a_snapshot_faber_did_not_make(rds, rds_instance, rds_context, rds_plugins):
@@ -138,7 +143,7 @@ def test_aurora_cluster_snapshot_restore_and_swap(rds, rds_context, rds_plugins)
     outcome = rds_plugins.backup_restore(context, backup)
 
     clusters = {c["DBClusterIdentifier"]: c for c in rds.describe_db_clusters()["DBClusters"]}
-    previous = outcome.extra["previous_cluster"]
+    previous = outcome.provider_data["previous_cluster"]
     assert set(clusters) == {"prod-aurora", previous}
     assert tags_of(rds, clusters["prod-aurora"]["DBClusterArn"])["faber:restored-from"] == backup.id
     assert "faber:restored-from" not in tags_of(rds, clusters[previous]["DBClusterArn"])
@@ -147,8 +152,8 @@ def test_aurora_cluster_snapshot_restore_and_swap(rds, rds_context, rds_plugins)
     restored = outcome.steps[1].split()[-1]
     [member] = rds.describe_db_instances(DBInstanceIdentifier=f"{restored}-1")["DBInstances"]
     assert member["DBInstanceClass"] == "db.r6g.large" and member["Engine"] == "aurora-postgresql"
-    assert outcome.extra["endpoint"].startswith("prod-aurora.cluster-")
-    assert f"delete-db-cluster --db-cluster-identifier {previous}" in outcome.extra["cleanup"]
+    assert outcome.endpoint.startswith("prod-aurora.cluster-")
+    assert f"delete-db-cluster --db-cluster-identifier {previous}" in outcome.provider_data["cleanup"]
 
 
 def test_the_restored_instance_keeps_the_originals_parameter_group_and_network(

@@ -45,7 +45,7 @@ def test_create_takes_a_tagged_snapshot_waits_for_it_and_writes_a_manifest(rds, 
 
     manifest = context.state_dir / "backups" / "production" / f"{record.id}.json"
     stored = json.loads(manifest.read_text())
-    assert stored["id"] == record.id and stored["source_identifier"] == "prod-db"
+    assert stored["id"] == record.id and stored["provider_data"]["source_identifier"] == "prod-db"
     assert [tuple(m) for m in stored["migrations"]] == MIGRATIONS
     assert CANARY_PASSWORD not in manifest.read_text()
 
@@ -72,7 +72,7 @@ def test_list_shows_only_fabers_snapshots_of_the_environment_newest_first(rds, r
     assert [b.reason for b in listed] == ["second", "first"]
     assert all(b.status == "available" and b.size_bytes == 20 * 1024**3 for b in listed)
     assert [tuple(m) for m in listed[0].migrations] == MIGRATIONS
-    assert listed[0].manifest is True
+    assert listed[0].provider_data["manifest"] is True
 
 
 def test_a_snapshot_without_its_manifest_is_listed_with_no_migrations(rds, rds_instance, rds_context, rds_plugins):
@@ -83,7 +83,7 @@ def test_a_snapshot_without_its_manifest_is_listed_with_no_migrations(rds, rds_i
     [listed] = rds_plugins.backup_list(context)
 
     assert listed.id == record.id
-    assert listed.migrations == [] and listed.manifest is False
+    assert listed.migrations == [] and listed.provider_data["manifest"] is False
 
 
 def test_an_unreadable_manifest_is_reported_and_the_snapshot_still_listed(rds, rds_instance, rds_context, rds_plugins):
@@ -96,7 +96,7 @@ def test_an_unreadable_manifest_is_reported_and_the_snapshot_still_listed(rds, r
 
     [listed] = rds_plugins.backup_list(context)
 
-    assert listed.id == record.id and listed.manifest is False
+    assert listed.id == record.id and listed.provider_data["manifest"] is False
     assert any(e.kind == "backup.manifest_unreadable" and e.data["backup_id"] == record.id for e in events)
 
 
@@ -122,9 +122,7 @@ def _snapshot(name: str, age_days: float, now: dt.datetime, status: str = "avail
 
 
 def _retention(**retention) -> RdsBackupSettings:
-    return RdsBackupSettings(
-        provider="rds-snapshot", db_instance_identifier="db", region="eu-west-1", retention=retention
-    )
+    return RdsBackupSettings(db_instance_identifier="db", region="eu-west-1", retention=retention)
 
 
 def test_retention_keeps_a_snapshot_when_either_rule_keeps_it():

@@ -10,28 +10,35 @@ from __future__ import annotations
 from pathlib import Path
 
 from faber_core.context import RunContext
-from faber_core.errors import ConfigError
-from faber_core.support.node import NodeTool, Rehearsed
+from faber_core.support.node import NodeTool, NodeToolOptions, Rehearsed
+from pydantic import Field
 
 from faber_sequelize import TOOL
+
+
+class SequelizeOptions(NodeToolOptions):
+    """``database.sequelize`` in the config."""
+
+    env: str | None = Field(
+        None,
+        min_length=1,
+        description="The section of the Sequelize config to use; default: the faber environment's name.",
+    )
+
 
 RUNNER = NodeTool(
     name=TOOL,
     script=Path(__file__).parent / "runner" / "runner.cjs",
     config_key=".sequelizerc (config, migrations-path)",
     install="npm install sequelize pg",
+    options=SequelizeOptions,
 )
 
 
 def runner_args(context: RunContext) -> list[str]:
     """The faber environment's name picks the config section, unless ``database.sequelize.env`` names one."""
-    args = ["--environment", context.environment]
-    section = context.tool_options.get("env")
-    if section is not None:
-        if not isinstance(section, str) or not section:
-            raise ConfigError(f"config: `database.{TOOL}.env` must name a section of the Sequelize config")
-        args += ["--env", section]
-    return args
+    section = context.tool_options(SequelizeOptions).env
+    return ["--environment", context.environment, *(["--env", section] if section is not None else [])]
 
 
 NON_TRANSACTIONAL_NOTE = (

@@ -47,7 +47,7 @@ def sequelize_plugins(plugin_manager) -> Plugins:
 
 @pytest.fixture
 def sequelize_project(faber_project, database_url, monkeypatch, sequelize_node_modules):
-    """``make(migrations=None, files=None, node_modules=True, sequelize=None, **settings) -> Path``.
+    """``make(migrations=None, files=None, node_modules=True, sequelize=None, fixture_migrations=True, **settings)``.
 
     A copy of the fixture project (.sequelizerc, db/config.json, db/migrations, ``node_modules``
     linked) plus ``migrations`` ({file name: source}) and ``files``; ``staging`` reads the test URL.
@@ -59,6 +59,7 @@ def sequelize_project(faber_project, database_url, monkeypatch, sequelize_node_m
         files: dict[str, str] | None = None,
         node_modules: bool = True,
         sequelize: dict | None = None,
+        fixture_migrations: bool = True,
         **settings,
     ) -> Path:
         monkeypatch.setenv(URL_ENV, database_url)
@@ -67,10 +68,11 @@ def sequelize_project(faber_project, database_url, monkeypatch, sequelize_node_m
         if sequelize is not None:
             database["sequelize"] = sequelize
         sources = {name: (FIXTURE / name).read_text() for name in PROJECT_FILES}
-        sources |= {f"db/migrations/{p.name}": p.read_text() for p in (FIXTURE / "db/migrations").glob("*.js")}
+        if fixture_migrations:
+            sources |= {f"db/migrations/{p.name}": p.read_text() for p in (FIXTURE / "db/migrations").glob("*.js")}
         sources |= {f"db/migrations/{name}": source for name, source in (migrations or {}).items()}
         project = faber_project({"database": database}, sources | (files or {}))
-        if node_modules:
+        if node_modules and not (project / "node_modules").exists():
             (project / "node_modules").symlink_to(sequelize_node_modules, target_is_directory=True)
         return project
 

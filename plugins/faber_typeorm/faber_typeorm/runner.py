@@ -10,26 +10,35 @@ from __future__ import annotations
 from pathlib import Path
 
 from faber_core.context import RunContext
-from faber_core.errors import ConfigError
-from faber_core.support.node import NodeTool, Rehearsed
+from faber_core.support.node import NodeTool, NodeToolOptions, Rehearsed
+from pydantic import Field
 
 from faber_typeorm import TOOL
 
 DEFAULT_DATA_SOURCE = "data-source.js"
+
+
+class TypeormOptions(NodeToolOptions):
+    """``database.typeorm`` in the config."""
+
+    data_source: str = Field(
+        DEFAULT_DATA_SOURCE,
+        min_length=1,
+        description="The module exporting the project's DataSource, relative to the project directory.",
+    )
+
 
 RUNNER = NodeTool(
     name=TOOL,
     script=Path(__file__).parent / "runner" / "runner.cjs",
     config_key=f"database.{TOOL}.data_source",
     install="npm install typeorm pg",
+    options=TypeormOptions,
 )
 
 
 def runner_args(context: RunContext) -> list[str]:
-    data_source = context.tool_options.get("data_source", DEFAULT_DATA_SOURCE)
-    if not isinstance(data_source, str) or not data_source:
-        raise ConfigError(f"config: `{RUNNER.config_key}` must be a path relative to the project directory")
-    return ["--data-source", data_source]
+    return ["--data-source", context.tool_options(TypeormOptions).data_source]
 
 
 NON_TRANSACTIONAL_NOTE = (

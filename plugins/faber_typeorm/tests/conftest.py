@@ -47,7 +47,7 @@ def typeorm_plugins(plugin_manager) -> Plugins:
 
 @pytest.fixture
 def typeorm_project(faber_project, database_url, monkeypatch, typeorm_node_modules):
-    """``make(migrations=None, files=None, node_modules=True, typeorm=None, **settings) -> Path``.
+    """``make(migrations=None, files=None, node_modules=True, typeorm=None, fixture_migrations=True, **settings)``.
 
     A copy of the fixture project (its data source and migrations, ``node_modules`` linked) plus
     ``migrations`` ({file name: source}) and ``files``; ``staging`` reads the test database URL.
@@ -59,6 +59,7 @@ def typeorm_project(faber_project, database_url, monkeypatch, typeorm_node_modul
         files: dict[str, str] | None = None,
         node_modules: bool = True,
         typeorm: dict | None = None,
+        fixture_migrations: bool = True,
         **settings,
     ) -> Path:
         monkeypatch.setenv(URL_ENV, database_url)
@@ -74,10 +75,11 @@ def typeorm_project(faber_project, database_url, monkeypatch, typeorm_node_modul
             "data-source.js": (FIXTURE / "data-source.js").read_text(),
             "package.json": (FIXTURE / "package.json").read_text(),
         }
-        sources |= {f"migrations/{p.name}": p.read_text() for p in (FIXTURE / "migrations").glob("*.js")}
+        if fixture_migrations:
+            sources |= {f"migrations/{p.name}": p.read_text() for p in (FIXTURE / "migrations").glob("*.js")}
         sources |= {f"migrations/{name}": source for name, source in (migrations or {}).items()}
         project = faber_project(config, sources | (files or {}))
-        if node_modules:
+        if node_modules and not (project / "node_modules").exists():
             (project / "node_modules").symlink_to(typeorm_node_modules, target_is_directory=True)
         return project
 

@@ -1,0 +1,194 @@
+"""faber's overhead on ORM deploys: 300 generated TypeORM and 300 Sequelize migrations, faber
+against the ORM's own CLI applying the same migrations to a fresh database.
+
+- TypeORM: ``typeorm migration:run -d data-source.js -t each`` (a transaction per migration, as
+  faber runs them) against ``faber migrate ENV --yes``;
+- Sequelize: ``sequelize-cli db:migrate`` against ``faber migrate ENV --yes``.
+
+Each migration creates a table and inserts a row (``queryRunner.query`` / ``queryInterface``).
+faber runs with its defaults except the backup (off, as the CLI takes none) and, since code
+migrations can only be linted by rehearsing them on a copy, the lint (off: it is a separate
+cost, reported by ``faber migrate --dry-run``). Runs alternate, RUNS of each; printed: the
+medians and faber's wall time minus the CLI's (goal <= 0.3 s).
+
+    python bench/orm_overhead.py     # needs PostgreSQL at 127.0.0.1:5432 and Node with npm
+
+The ORM CLIs come from bench/orm-project (``npm ci`` on the first run, from npm's cache when
+it has them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+ADMIN_URL = os.environ.get("FABER_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+NODE_PROJECT = Path(__file__).parent / "orm-project"
+MIGRATIONS = 300
+RUNS = 3
+ENVIRONMENT = "bench"
+
+
+def machine() -> str:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown CPU",
+    )
+    load = os.getloadavg()
+    return f"{os.cpu_count()} cores, {cpu}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+
+
+def database_url(name: str) -> str:
+    return ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+def fresh_database(created: list[str]) -> str:
+    name = f"faber_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    created.append(name)
+    return name
+
+
+def drop_all(created: list[str]) -> None:
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        for name in created:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def install_node_project() -> Path:
+    if not (NODE_PROJECT / "node_modules/.bin/sequelize-cli").exists():
+        npm = shutil.which("npm") or sys.exit("npm is not installed: the ORM CLIs need Node and npm")
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--prefer-offline"], cwd=NODE_PROJECT, check=True)
+    return NODE_PROJECT / "node_modules"
+
+
+def write_config(project: Path, tool: str, options: dict) -> None:
+    environment = {"database_url_env": "BENCH_DATABASE_URL", "backup_before_migrate": False, "lint": "off"}
+    config = {"database": {"migration_tool": tool, tool: options, "environments": {ENVIRONMENT: environment}}}
+    (project / ".fractary/plugins/faber-db").mkdir(parents=True)
+    (project / ".fractary/plugins/faber-db/config.json").write_text(json.dumps(config))
+
+
+def typeorm_project(directory: Path, node_modules: Path) -> Path:
+    project = directory / "typeorm"
+    (project / "migrations").mkdir(parents=True)
+    (project / "node_modules").symlink_to(node_modules, target_is_directory=True)
+    (project / "package.json").write_text('{"name": "bench-typeorm", "private": true}\n')
+    (project / "data-source.js").write_text(
+        'const { DataSource } = require("typeorm");\n'
+        'module.exports = { AppDataSource: new DataSource({ type: "postgres", url: process.env.BENCH_DATABASE_URL,'
+        " migrations: [`${__dirname}/migrations/*.js`] }) };\n"
+    )
+    for number in range(1, MIGRATIONS + 1):
+        timestamp = 1700000000000 + number
+        (project / f"migrations/{timestamp}-Table{number}.js").write_text(
+            f"module.exports = class Table{number}{timestamp} {{\n"
+            "  async up(queryRunner) {\n"
+            f'    await queryRunner.query(`CREATE TABLE "t{number}" ("id" SERIAL PRIMARY KEY, "name" varchar)`);\n'
+            f"    await queryRunner.query(`INSERT INTO \"t{number}\" (\"name\") VALUES ('row')`);\n"
+            "  }\n"
+            f'  async down(queryRunner) {{ await queryRunner.query(`DROP TABLE "t{number}"`); }}\n'
+            "};\n"
+        )
+    write_config(project, "typeorm", {"data_source": "data-source.js"})
+    return project
+
+
+def sequelize_project(directory: Path, node_modules: Path) -> Path:
+    project = directory / "sequelize"
+    (project / "db/migrations").mkdir(parents=True)
+    (project / "node_modules").symlink_to(node_modules, target_is_directory=True)
+    (project / "package.json").write_text('{"name": "bench-sequelize", "private": true}\n')
+    (project / ".sequelizerc").write_text(
+        'const path = require("path");\n'
+        'module.exports = { config: path.resolve("db", "config.json"),'
+        ' "migrations-path": path.resolve("db", "migrations") };\n'
+    )
+    (project / "db/config.json").write_text(
+        json.dumps({ENVIRONMENT: {"use_env_variable": "BENCH_DATABASE_URL", "dialect": "postgres", "logging": False}})
+    )
+    for number in range(1, MIGRATIONS + 1):
+        (project / f"db/migrations/20240101{number:06d}-table-{number}.js").write_text(
+            '"use strict";\nmodule.exports = {\n'
+            "  async up(queryInterface, Sequelize) {\n"
+            f'    await queryInterface.createTable("t{number}", {{ id: {{ type: Sequelize.INTEGER, autoIncrement: true,'
+            " primaryKey: true }, name: Sequelize.STRING });\n"
+            f'    await queryInterface.bulkInsert("t{number}", [{{ name: "row" }}]);\n'
+            "  },\n"
+            f'  async down(queryInterface) {{ await queryInterface.dropTable("t{number}"); }},\n'
+            "};\n"
+        )
+    write_config(project, "sequelize", {})
+    return project
+
+
+def timed(command: list[str], cwd: Path, env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(command[:4])} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return elapsed
+
+
+def compare(name: str, project: Path, cli: list[str], created: list[str]) -> tuple[list[float], list[float]]:
+    faber = [sys.executable, "-m", "faber_core", "migrate", ENVIRONMENT, "--yes", "--cwd", str(project)]
+    faber_runs, cli_runs = [], []
+    for _ in range(RUNS):
+        env = {**os.environ, "BENCH_DATABASE_URL": database_url(fresh_database(created))}
+        faber_runs.append(timed(faber, project, env))
+        env = {**os.environ, "BENCH_DATABASE_URL": database_url(fresh_database(created))}
+        cli_runs.append(timed(cli, project, env))
+        print(f"  {name}: faber {faber_runs[-1]:.2f}s, CLI {cli_runs[-1]:.2f}s", flush=True)
+    return faber_runs, cli_runs
+
+
+def main() -> None:
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    print(f"machine: {machine()}", flush=True)
+    node_modules = install_node_project()
+    created: list[str] = []
+    results = {}
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            typeorm = typeorm_project(Path(scratch), node_modules)
+            results["TypeORM (migration:run -t each)"] = compare(
+                "typeorm",
+                typeorm,
+                [str(node_modules / ".bin/typeorm"), "migration:run", "-d", "data-source.js", "-t", "each"],
+                created,
+            )
+            sequelize = sequelize_project(Path(scratch), node_modules)
+            results["Sequelize (sequelize-cli db:migrate)"] = compare(
+                "sequelize",
+                sequelize,
+                [str(node_modules / ".bin/sequelize-cli"), "db:migrate", "--env", ENVIRONMENT],
+                created,
+            )
+    finally:
+        drop_all(created)
+    print(f"{MIGRATIONS} generated migrations each, median of {RUNS} alternating runs")
+    for name, (faber_runs, cli_runs) in results.items():
+        faber, cli = statistics.median(faber_runs), statistics.median(cli_runs)
+        print(f"  {name}: faber {faber:.2f}s, CLI {cli:.2f}s, faber - CLI = {faber - cli:+.2f}s (goal <= 0.3 s)")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
