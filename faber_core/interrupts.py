@@ -1,4 +1,4 @@
-"""SIGTERM handled like Ctrl-C.
+"""SIGTERM handled like Ctrl-C, and neither lost while a child process is forked.
 
 CI runners and Kubernetes stop a job with SIGTERM, whose default action ends Python at once: no
 JSON document, no history row, no rollback, children and a rehearsal database left behind. While
@@ -21,25 +21,69 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised wherever faber is, as Python raises KeyboardInterrupt for SIGINT."""
 
 
-def _raise_terminated(signum: int, frame: FrameType | None) -> None:
-    raise Terminated()
+class _Holding:
+    """Signals that arrived while the main thread was forking, to raise once the child exists."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.arrived: list[int] = []
+
+
+# Python runs signal handlers in the main thread only, so this state is the main thread's.
+_holding = _Holding()
+
+
+def _interrupt_for(signum: int) -> KeyboardInterrupt:
+    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _on_interrupt(signum: int, frame: FrameType | None) -> None:
+    if _holding.active:
+        _holding.arrived.append(signum)
+        return
+    raise _interrupt_for(signum)
 
 
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM raises :class:`Terminated`.
+    """Within the block, SIGTERM raises :class:`Terminated` and SIGINT ``KeyboardInterrupt``,
+    except inside :func:`held_while_forking`, which raises them when it ends.
 
     Only the main thread can install a signal handler; called from another thread (a library
-    user's worker), the block runs with the handler the process already has.
+    user's worker), the block runs with the handlers the process already has.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous = {signum: signal.signal(signum, _on_interrupt) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextmanager
+def held_while_forking() -> Iterator[None]:
+    """An interrupt arriving within the block is raised when the block ends.
+
+    Delivered while Python forks, the handler would run in the fork's at-fork callbacks, where
+    the exception that stops faber is ignored and the interrupt lost. Blocking the signals in
+    the forking thread is not enough once faber has other threads (span export, progress, a
+    fleet's workers): the kernel hands the signal to one of them and Python still runs the
+    handler in the main thread, at once. So the handler itself defers it while this block runs.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _holding.active = True
+    try:
+        yield
+    finally:
+        _holding.active = False
+        arrived, _holding.arrived = _holding.arrived, []
+        if arrived:
+            raise _interrupt_for(arrived[0])
 
 
 def signal_name(interrupt: KeyboardInterrupt) -> str:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from faber_core.interrupts import held_while_forking
 from faber_core.secrets import Redactor
 
 # Inherited variables that would point a child at some other database.
@@ -110,21 +111,22 @@ def spawn(
     interrupt lost. A signal held is raised as soon as the child exists, and stops it.
     """
     held = signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS) if _CAN_HOLD_SIGNALS else None
+    proc = None
     try:
-        proc = subprocess.Popen(
-            [str(arg) for arg in argv],
-            env=dict(env),
-            preexec_fn=_in_child(os.getpid(), held),
-            start_new_session=own_group,
-            **popen,
-        )
+        with held_while_forking():  # an interrupt that came during the fork is raised as it ends
+            try:
+                proc = subprocess.Popen(
+                    [str(arg) for arg in argv],
+                    env=dict(env),
+                    preexec_fn=_in_child(os.getpid(), held),
+                    start_new_session=own_group,
+                    **popen,
+                )
+            finally:
+                _release(held)
     except BaseException:
-        _release(held)
-        raise
-    try:
-        _release(held)  # an interrupt that came during the fork is raised here
-    except BaseException:
-        stop(proc)
+        if proc is not None:
+            stop(proc)
         raise
     return proc
 
