@@ -31,21 +31,13 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
+from machine import describe as describe_machine  # bench/machine.py, beside this script
 
 ADMIN_URL = os.environ.get("FABER_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 MIGRATIONS = 200
 RUNS = 5
 ENVIRONMENT = "bench"
 BASELINE = os.environ.get("FABER_BENCH_BASELINE_PYTHONPATH")
-
-
-def machine() -> str:
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")),
-        "unknown CPU",
-    )
-    return f"{os.cpu_count()} cores, {cpu}; load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}"
 
 
 def database_url(name: str) -> str:
@@ -139,7 +131,7 @@ def main() -> None:
     databases = Databases()
     # The faber beside this interpreter, with its squawk (the lint step), as an activated virtualenv has it.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    print(f"machine: {machine()}", flush=True)
+    print(f"machine: {describe_machine()}", flush=True)
     try:
         with tempfile.TemporaryDirectory() as scratch:
             project = Path(scratch) / "project"

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
+from machine import describe as describe_machine  # bench/machine.py, beside this script
 
 ADMIN_URL = os.environ.get("FABER_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 BIG_DB = os.environ.get("FABER_BENCH_BIG_DB", "faber_bench_1g")
@@ -53,19 +54,6 @@ def pg_env(database: str) -> dict[str, str]:
         "PGUSER": str(url.get("user", "postgres")),
         "PGDATABASE": database,
     }
-
-
-def machine() -> str:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        "unknown CPU",
-    )
-    load = os.getloadavg()
-    return f"{os.cpu_count()} cores, {cpu}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
 
 
 def admin(statement: sql.Composable) -> None:
@@ -138,7 +126,7 @@ def restore_step_seconds(project: Path) -> float | None:
 
 def main() -> None:
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    print(f"machine: {machine()}", flush=True)
+    print(f"machine: {describe_machine()}", flush=True)
     size = ensure_big_database()
     print(f"database {BIG_DB}: {size / 1e9:.2f} GB (pgbench scale {SCALE})", flush=True)
     # A copy per run: faber's rollback replaces what it restores into.

@@ -32,25 +32,13 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
+from machine import describe as describe_machine  # bench/machine.py, beside this script
 
 ADMIN_URL = os.environ.get("FABER_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 NODE_PROJECT = Path(__file__).parent / "orm-project"
 MIGRATIONS = 300
 RUNS = 3
 ENVIRONMENT = "bench"
-
-
-def machine() -> str:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        "unknown CPU",
-    )
-    load = os.getloadavg()
-    return f"{os.cpu_count()} cores, {cpu}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
 
 
 def database_url(name: str) -> str:
@@ -161,7 +149,7 @@ def compare(name: str, project: Path, cli: list[str], created: list[str]) -> tup
 
 def main() -> None:
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    print(f"machine: {machine()}", flush=True)
+    print(f"machine: {describe_machine()}", flush=True)
     node_modules = install_node_project()
     created: list[str] = []
     results = {}
