@@ -760,12 +760,21 @@ def rollback_step(
         )
     try:
         return restore_unless_refused(context, plugins, backup)
-    except KeyboardInterrupt as interrupt:  # a second signal; the restore is atomic, so it did not happen
+    except KeyboardInterrupt as interrupt:
+        # The restore is atomic, but the signal may arrive after its COMMIT (during its ANALYZE or
+        # the verification), so the database is on one side of it or the other; not knowing which,
+        # say both.
         return Rollback(
             "failed",
             initiated=True,
-            error=f"interrupted by {signal_name(interrupt)}; the database was left as it was before the restore",
-            restore_suggestions=[f"Retry the rollback: faber rollback {env} --to {backup.id}"],
+            error=(
+                f"interrupted by {signal_name(interrupt)}; the restore is atomic, so the database is either "
+                f"as it was before the restore or exactly {backup.id}"
+            ),
+            restore_suggestions=[
+                f"See which: faber status {env} (the backup's migrations: faber backups {env})",
+                f"If it was not restored, retry the rollback: faber rollback {env} --to {backup.id}",
+            ],
         )
 
 
