@@ -247,17 +247,25 @@ def install_node_project(directory: Path, installed_marker: str) -> Path:
     """``npm ci`` in a fixture Node project unless ``installed_marker`` (a path inside it) exists.
 
     Skips the calling test where npm is not installed; returns ``directory / "node_modules"``.
+    Parallel test workers (pytest-xdist) install one at a time: two ``npm ci`` in one folder
+    remove each other's files.
     """
+    import fcntl
+    import hashlib
     import shutil
+    import tempfile
 
-    if not (directory / installed_marker).exists():
-        npm = shutil.which("npm")
-        if npm is None:
-            pytest.skip(f"npm is not installed: {directory.name} needs Node and npm")
-        installed = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund"], cwd=directory, capture_output=True, text=True, timeout=600
-        )
-        assert installed.returncode == 0, f"npm ci failed:\n{installed.stdout}\n{installed.stderr}"
+    key = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"faber-npm-install-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (directory / installed_marker).exists():
+            npm = shutil.which("npm")
+            if npm is None:
+                pytest.skip(f"npm is not installed: {directory.name} needs Node and npm")
+            installed = subprocess.run(
+                [npm, "ci", "--no-audit", "--no-fund"], cwd=directory, capture_output=True, text=True, timeout=600
+            )
+            assert installed.returncode == 0, f"npm ci failed:\n{installed.stdout}\n{installed.stderr}"
     return directory / "node_modules"
 
 
