@@ -115,6 +115,9 @@ CHILD_BOUND = 3
 """Seconds a child process may outlive faber's end."""
 SERVER_BOUND = 5
 """Seconds the server may take to notice a dead client and end its sessions and locks."""
+BALLAST_SCHEMA = "ballast"
+BALLAST_ROWS = 1_000_000
+"""Rows of the ballast table (see ``Point.ballast``): its dump takes about a second."""
 
 
 # The database and its reference states, built once -------------------------------------
@@ -237,6 +240,10 @@ class Point:
     brake: str | None = None
     """A migration that holds still for BRAKE_SECONDS, so faber cannot get past it between the
     event and the signal however loaded the machine: the states allowed stay exact."""
+    ballast: bool = False
+    """Add a table of BALLAST_ROWS to the database, in a schema the state comparison leaves out,
+    so that the dump's COPY lasts long enough to be seen on the server however loaded the
+    machine (the brake of the points inside the backup)."""
     sigint: bool = False
     """Also interrupt with SIGINT: Python raises KeyboardInterrupt wherever it is, which differs from
     SIGTERM where faber waits on a child process or the server; once per kind of long step."""
@@ -265,7 +272,15 @@ POINTS = [
     Point("approval", "deploy", started("approval"), NOTHING_YET, brake=FIRST),
     Point("preflight", "deploy", started("preflight"), NOTHING_YET, brake=FIRST),
     Point("backup", "deploy", started("backup"), NOTHING_YET, brake=FIRST),
-    Point("inside-backup", "deploy", event_matcher("backup.started"), NOTHING_YET, inside="dump", brake=FIRST),
+    Point(
+        "inside-backup",
+        "deploy",
+        event_matcher("backup.started"),
+        NOTHING_YET,
+        inside="dump",
+        brake=FIRST,
+        ballast=True,
+    ),
     Point(
         "inside-backup-waiting",
         "deploy",
@@ -397,6 +412,8 @@ def interrupt_and_check(bed: FaultBed, point: Point, signum: int) -> list[str]:
         bed.set_database(
             database, hold=point.brake, hold_seconds=str(BRAKE_SECONDS) if point.brake else None, fail=fail
         )
+    if point.ballast:
+        add_ballast(bed, database)
     app = application_session(bed, database, point.inside)
     args = ("rollback", ENVIRONMENT, "--to", bed.backup_id) if point.command == "rollback" else ("migrate", ENVIRONMENT)
     run = faber(project, url, *args, "--yes", "--json")
@@ -431,6 +448,16 @@ def interrupt_and_check(bed: FaultBed, point: Point, signum: int) -> list[str]:
         drop_database(bed.admin_url, database)
         bed.databases.remove(database)
     return problems
+
+
+def add_ballast(bed: FaultBed, database: str) -> None:
+    with psycopg.connect(bed.url(database), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(BALLAST_SCHEMA)))
+        conn.execute(
+            sql.SQL("CREATE TABLE {}.rows AS SELECT g AS id, md5(g::text) AS pad FROM generate_series(1, {}) g").format(
+                sql.Identifier(BALLAST_SCHEMA), sql.Literal(BALLAST_ROWS)
+            )
+        )
 
 
 def application_session(bed: FaultBed, database: str, inside: str | None) -> psycopg.Connection | None:
@@ -493,7 +520,7 @@ def summary(stdout: str) -> str:
 
 
 def check_state(bed: FaultBed, database: str, allowed: tuple[str, ...], *, what: str) -> list[str]:
-    state = snapshot(bed.url(database))
+    state = snapshot(bed.url(database), exclude_schemas=("faber", BALLAST_SCHEMA))
     candidates = {name: bed.states[name] for name in allowed}
     if matching_state(state, candidates):
         return []

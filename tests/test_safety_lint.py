@@ -114,19 +114,22 @@ def test_preview_lists_findings_per_migration_and_says_the_deploy_would_block(de
 def test_faber_run_by_its_path_without_activation_finds_squawk_beside_its_python(faber_project, database_url):
     """CI often runs ``/opt/venv/bin/faber`` without activating the environment: squawk, installed
     with faber into that bin directory, is not on PATH then, and must be found all the same."""
-    scripts = Path(sysconfig.get_path("scripts"))
-    faber = scripts / "faber"
-    path_without_scripts = os.pathsep.join(
-        entry for entry in os.environ.get("PATH", "").split(os.pathsep) if entry and Path(entry) != scripts
+    faber = Path(sysconfig.get_path("scripts")) / "faber"
+    # every directory that offers a squawk goes, including version-manager shims that would
+    # forward to the one beside faber's Python
+    path_without_squawk = os.pathsep.join(
+        entry
+        for entry in os.environ.get("PATH", "").split(os.pathsep)
+        if entry and shutil.which("squawk", path=entry) is None
     )
-    assert faber.exists() and shutil.which("squawk", path=path_without_scripts) is None
+    assert faber.exists() and shutil.which("squawk", path=path_without_squawk) is None
     project_dir = faber_project(
         {"database": {"migration_tool": "sqlfiles", "environments": {"production": {"database_url_env": "APP_URL"}}}},
         {"migrations/001_users.sql": USERS, "migrations/002_index.sql": BLOCKING_INDEX},
     )
     env = {
         **os.environ,
-        "PATH": path_without_scripts,
+        "PATH": path_without_squawk,
         "APP_URL": database_url,
         "FABER_PLUGINS": "faber_core.testing.sqlfiles",
     }
