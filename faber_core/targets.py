@@ -185,7 +185,9 @@ def _catalog_entries(settings: EnvironmentSettings, redactor: Redactor) -> list[
     try:
         with database.connect(application_name="faber catalog") as conn, conn.transaction():
             conn.execute("SET TRANSACTION READ ONLY")
-            rows = conn.execute(catalog.query).fetchall()
+            # A prepared statement holds one statement: "COMMIT; DELETE ..." cannot end the read-only
+            # transaction and write after it, as the simple query protocol would let it.
+            rows = conn.execute(catalog.query, prepare=True).fetchall()
     except psycopg.OperationalError as exc:
         reason = redactor.redact(describe_connection_error(exc, database))
         raise HealthCheckFailed(

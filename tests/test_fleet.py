@@ -541,5 +541,14 @@ def test_targets_from_a_file_and_from_a_catalog_query(make_fleet, postgres_admin
         assert (refused.code, refused.exit_code) == ("CONFIG_INVALID", 2)
         with psycopg.connect(catalog_url) as conn:
             assert conn.execute("SELECT count(*) FROM tenants").fetchone() == (3,)
+        # Nor can a query end that transaction and write after it: one statement only.
+        environment["targets"]["catalog"]["query"] = (
+            "COMMIT; DELETE FROM tenants; SELECT name, url_env FROM tenants ORDER BY name"
+        )
+        config_path.write_text(json.dumps(config))
+        escaped = api.status("tenants", working_directory=fleet.project)
+        assert (escaped.code, escaped.exit_code) == ("CONFIG_INVALID", 2)
+        with psycopg.connect(catalog_url) as conn:
+            assert conn.execute("SELECT count(*) FROM tenants").fetchone() == (3,)
     finally:
         drop_database(postgres_admin_url, catalog)
