@@ -118,6 +118,11 @@ def refuse_failed_migrations(context: RunContext, records: list[MigrationRecord]
     )
 
 
+def require_scripts_of(context: RunContext, pending: list[LocalMigration]) -> None:
+    """Refuse ``pending`` when one of its folders has no script (see :func:`require_scripts`)."""
+    require_scripts(context, _folders_for(context, pending))
+
+
 def _folders_for(context: RunContext, pending: list[LocalMigration]) -> list[MigrationFolder]:
     by_name = {folder.name: folder for folder in read_migrations(context)}
     missing = [migration.name for migration in pending if migration.name not in by_name]

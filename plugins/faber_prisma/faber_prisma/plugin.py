@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from faber_core import hookimpl
 from faber_core.context import RunContext
-from faber_core.models import ApplyOutcome, LocalMigration, MigrationPreview, MigrationState, Resolution, ToolInfo
+from faber_core.models import (
+    ApplyOutcome,
+    LocalMigration,
+    MigrationPreview,
+    MigrationRefusal,
+    MigrationState,
+    Resolution,
+    ToolInfo,
+)
 
 from faber_prisma import TOOL, applier, cli, preview, status
 from faber_prisma.migrations import PrismaOptions
@@ -24,6 +32,13 @@ def faber_migration_tools() -> list[ToolInfo]:
 @hookimpl
 def faber_migration_status(context: RunContext) -> MigrationState:
     return status.read_state(context)
+
+
+@hookimpl
+def faber_migration_validate(context: RunContext, pending: list[LocalMigration]) -> list[MigrationRefusal]:
+    # A folder without migration.sql is refused here, before faber's lock and the backup, not in apply.
+    applier.require_scripts_of(context, pending)
+    return []
 
 
 @hookimpl

@@ -243,6 +243,23 @@ def test_a_folder_without_migration_sql_stops_the_deploy_before_anything_runs(
     assert query("SELECT to_regclass('users'), to_regclass('_prisma_migrations')") == [(None, None)]
 
 
+def test_faber_migrate_refuses_a_folder_without_migration_sql_before_the_lock_and_the_backup(
+    prisma_project, run_faber, query
+):
+    project = prisma_project({"0001_init": INIT}, backup_before_migrate=True)
+    (project / "prisma/migrations/0002_unfinished").mkdir()
+
+    for args in (["--yes"], ["--dry-run"]):
+        run = run_faber("migrate", "staging", *args, "--json", "--cwd", str(project))
+
+        assert run.returncode == 2, run.output
+        assert run.json["code"] == "CONFIG_INVALID"
+        assert "prisma/migrations/0002_unfinished" in run.json["error"]
+        assert run.json["result"].get("backup_id") is None
+    assert not list((project / ".faber").glob("backups/**/*.dump"))
+    assert query("SELECT to_regclass('users'), to_regclass('_prisma_migrations')") == [(None, None)]
+
+
 def test_apply_waits_for_prisma_lock_then_reports_locked(
     prisma_project, prisma_context, prisma_plugins, query, database_url
 ):
