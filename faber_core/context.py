@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlsplit
 from faber_core import events
 from faber_core.config import EnvironmentSettings, FaberConfig, Options, plugin_options
 from faber_core.errors import ConfigError
-from faber_core.models import AppliedMigration, AuditEvent
+from faber_core.models import AppliedMigration, AuditEvent, MigrationFailure
 from faber_core.secrets import Redactor, Secret
 
 if TYPE_CHECKING:
@@ -346,6 +346,13 @@ class RunContext:
             duration_seconds=migration.duration_seconds,
             table_writes=migration.table_writes,
         )
+
+    def migration_failed(self, failure: MigrationFailure) -> None:
+        """faber calls this for the failure an :class:`ApplyOutcome` returns. A handler calls it
+        itself only when an interrupt (``KeyboardInterrupt``) stops a migration and it knows the
+        migration's transaction rolled back, before letting the interrupt propagate: faber then
+        knows nothing of that migration remains (no restore is needed for it) and what it wrote."""
+        self.emit(events.MIGRATION_FAILED, **failure.model_dump(mode="json"))
 
     def emit(self, kind: str, **data: Any) -> AuditEvent:
         """Tell every listener (progress output, audit sinks, spans) that something happened."""

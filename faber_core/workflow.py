@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from faber_core import events
 from faber_core.audit.history import refuse_shared_faber_schema
 from faber_core.backup import writes
 from faber_core.context import RunContext
@@ -503,6 +504,8 @@ class DeployProgress:
     committed: list[AppliedMigration] = field(default_factory=list)
     running: str | None = None
     """The migration started and neither applied nor reported failed: part of it may have committed."""
+    stopped_in: MigrationFailure | None = None
+    """The running migration as its handler reported it when an interrupt stopped it."""
     outcome: ApplyOutcome | None = None
     health_after: str | None = None
     invalid_indexes_before: list[str] = field(default_factory=list)
@@ -514,6 +517,8 @@ class DeployProgress:
         elif event.kind == "migration.applied":
             self.committed.append(AppliedMigration.model_validate(event.data))
             self.running = None
+        elif event.kind == events.MIGRATION_FAILED and event.data["name"] == self.running:
+            self.stopped_in = MigrationFailure.model_validate(event.data)
 
     def record(self, outcome: ApplyOutcome) -> None:
         self.outcome = outcome
@@ -532,7 +537,7 @@ class DeployProgress:
         """What the handler's events tell of a run that raised; the migration it stopped in unmeasured."""
         if self.running is None:
             return ApplyOutcome(applied=self.committed)
-        stopped_in = MigrationFailure(name=self.running, error="stopped", transaction_rolled_back=False)
+        stopped_in = self.stopped_in or MigrationFailure(name=self.running, error="stopped", transaction_rolled_back=False)
         return ApplyOutcome(applied=self.committed, failure=stopped_in)
 
     def path_of(self, name: str) -> str | None:
@@ -567,7 +572,7 @@ def apply(context: RunContext, plugins: Plugins, lock: DeployLock, progress: Dep
                 )
             # Inside the step, so the failure is recorded on the apply span.
             if outcome.failure:
-                context.emit("migration.failed", name=outcome.failure.name, error=outcome.failure.error)
+                context.migration_failed(outcome.failure)
     finally:
         context.listeners.remove(progress.follow)
         context.before_each_migration.remove(lock_still_held)
@@ -640,7 +645,7 @@ def roll_back_failed_deploy(
     cause = cause_of(context, stopped, progress)
     if progress.outcome is None:  # the handler raised: record what its events told
         writes.record_faber_writes(context, progress.as_outcome())
-    failure = progress.outcome.failure if progress.outcome else None
+    failure = progress.outcome.failure if progress.outcome else progress.stopped_in
     rollback = rollback_step(context, plugins, lock, backup, progress, failure)
     failed_migration = failure.name if failure else progress.running
     result = FailedDeployResult(
@@ -717,9 +722,11 @@ def cause_of(context: RunContext, stopped: BaseException, progress: DeployProgre
 
 def committed_anything(progress: DeployProgress, failure: MigrationFailure | None) -> bool:
     """Whether any of this deploy may remain in the database (then only a restore undoes it)."""
-    if progress.applied or progress.running:
+    if progress.applied:
         return True
-    return failure is not None and not failure.left_nothing
+    if failure is not None:
+        return not failure.left_nothing
+    return progress.running is not None  # stopped in it, unreported: part of it may have committed
 
 
 def rollback_step(

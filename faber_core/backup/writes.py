@@ -172,6 +172,9 @@ class Measurement:
     """Rows written per table by the transactions measured into it; None once one could not be measured."""
 
     rows: dict[str, int] | None = field(default_factory=dict)
+    rolled_back: bool = False
+    """Set by :func:`run_measured_script` when an interrupt stopped its script and the server
+    rolled the script's transaction back: none of it remains, and what it tried is in ``rows``."""
 
     def add(self, rows: dict[str, int] | None) -> None:
         if rows is None or self.rows is None:
@@ -225,7 +228,10 @@ def run_measured_script(conn: psycopg.Connection, script: str, into: Measurement
     ``conn`` must be in autocommit mode and outside a transaction.
 
     When a statement fails the server skips the rest of the message, so nothing is committed;
-    one more round trip measures what was tried and rolls back; then the error is raised::
+    one more round trip measures what was tried and rolls back; then the error is raised. The
+    same on an interrupt (``KeyboardInterrupt``: psycopg cancels the script on the server), which
+    also sets ``into.rolled_back`` when the transaction was still open, so the handler can tell
+    faber nothing of the migration remains (``context.migration_failed``)::
 
         measured = Measurement()
         run_measured_script(conn, f"{migration_sql}\n;\n{bookkeeping_sql}", measured)
@@ -239,6 +245,11 @@ def run_measured_script(conn: psycopg.Connection, script: str, into: Measurement
             f"BEGIN;\nSAVEPOINT {_MEASURED};\n{script}\n;\nRELEASE SAVEPOINT {_MEASURED};\n{measurement}COMMIT"
         )
     except psycopg.Error:
+        into.add(_failed_script_writes(conn) if measurable else None)
+        raise
+    except KeyboardInterrupt:
+        # Cancelled before its COMMIT, the transaction failed; after it, the script committed whole.
+        into.rolled_back = conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
         into.add(_failed_script_writes(conn) if measurable else None)
         raise
     into.add(dict(_last_rows(cursor)) if measurable else None)

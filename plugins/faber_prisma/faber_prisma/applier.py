@@ -193,6 +193,18 @@ def _apply_in_transaction(
     script = f"{record_start};\n{folder.sql}\n;\n{history.finish_statement(migration_id)}"
     try:
         run_measured_script(history.conn, script, measured)
+    except KeyboardInterrupt:
+        if measured.rolled_back:  # the history row rolled back with it: the next deploy applies it again
+            context.migration_failed(
+                MigrationFailure(
+                    name=folder.name,
+                    error="interrupted; its transaction rolled back",
+                    path=folder.relative_path(context.project_dir),
+                    transaction_rolled_back=True,
+                    table_writes=measured.rows,
+                )
+            )
+        raise
     except psycopg.Error as exc:
         logs = prisma_logs(context, folder.name, exc)
         with measured_transaction(history.conn, measured):  # the attempt's row is faber's write too

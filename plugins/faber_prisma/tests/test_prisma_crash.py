@@ -92,6 +92,43 @@ def test_a_killed_transactional_migration_leaves_no_history_row_and_the_next_dep
     assert prisma_rows(database_url) == [("0_init", True, False), (name, True, False)]
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_an_interrupted_transactional_migration_is_known_to_have_rolled_back(project, database_url, signum):
+    """Its history row was written in its transaction: the interrupt rolls back both, and the
+    handler says so with the rows the attempt wrote. Stopped in the first migration, nothing of the
+    run remains (no restore); stopped in the second, the restore is not refused for faber's own
+    history row, which the default policy would otherwise blame on the application."""
+    first, second = "1_tier", "2_rank"
+    directory = project(
+        {
+            first: holdable_migration(first, 'ALTER TABLE "accounts" ADD COLUMN "tier" INTEGER;'),
+            second: holdable_migration(second, 'ALTER TABLE "accounts" ADD COLUMN "rank" INTEGER;'),
+        },
+        backup_before_migrate=True,
+    )
+    for held, rollback_status, applied in ((first, "not_needed", []), (second, "success", [first])):
+        run = faber(
+            directory, database_url, "migrate", ENVIRONMENT, "--yes", "--json", env=session_settings(hold=held)
+        )
+        try:
+            run.wait_for(event_matcher("migration.started", name=held))
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                run.wait_until(lambda: sleeping_session(conn), what=f"{held} held")
+            run.kill(signum)
+            code = run.wait(60)
+        finally:
+            run.stop_everything()
+
+        assert code == 130, run.stderr()[-2000:]
+        result = json.loads(run.stdout())["result"]
+        assert (result["failed_migration"], result["transaction_rolled_back"]) == (held, True)
+        assert (result["applied_migrations"], result["rollback_status"]) == (applied, rollback_status)
+        assert prisma_rows(database_url) == [("0_init", True, False)]  # the second run's restore removed the first
+    again = faber(directory, database_url, "migrate", ENVIRONMENT, "--yes", "--json")
+    assert again.finish() == 0, again.stdout()
+    assert [row[0] for row in prisma_rows(database_url)] == ["0_init", first, second]
+
+
 def test_a_killed_non_transactional_migration_is_reported_with_what_a_person_must_do(project, database_url):
     """``CREATE INDEX CONCURRENTLY`` cannot run in a transaction: killed inside it, it leaves an
     unfinished history row (and possibly an invalid index). The next deploy must refuse and say
