@@ -537,8 +537,8 @@ class DeployProgress:
         """What the handler's events tell of a run that raised; the migration it stopped in unmeasured."""
         if self.running is None:
             return ApplyOutcome(applied=self.committed)
-        stopped_in = self.stopped_in or MigrationFailure(name=self.running, error="stopped", transaction_rolled_back=False)
-        return ApplyOutcome(applied=self.committed, failure=stopped_in)
+        unreported = MigrationFailure(name=self.running, error="stopped", transaction_rolled_back=False)
+        return ApplyOutcome(applied=self.committed, failure=self.stopped_in or unreported)
 
     def path_of(self, name: str) -> str | None:
         return next((m.path for m in self.pending if m.name == name), None)
