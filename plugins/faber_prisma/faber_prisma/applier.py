@@ -230,34 +230,47 @@ def _apply_statement_by_statement(
     assert folder.checksum is not None
     statements = split_statements(folder.sql)
     migration_id = history.start(folder.name, folder.checksum)
+    block_began: int | None = None  # the statement that opened the script's own transaction, while it is open
     for number, statement in enumerate(statements, start=1):
         try:
             history.conn.execute(statement)
         except psycopg.Error as exc:
-            _end_aborted_transaction(history.conn)
+            _end_aborted_transaction(history.conn)  # which undoes the script's open transaction, if any
+            committed = number - 1 if block_began is None else block_began - 1
             logs = prisma_logs(context, folder.name, exc)
             unrecorded = _record(context, history.fail, migration_id, logs)
             return MigrationFailure(
                 name=folder.name,
                 error=database_error_summary(context, exc)
                 + f"\nStatement {number} of {len(statements)} failed. The migration runs outside a transaction: "
-                + _already_ran(context, statements[: number - 1])
+                + _already_ran(context, statements[:committed])
+                + _rolled_back(block_began, number)
                 + unrecorded,
                 output=f"Error: P3018\n\n{logs}",
                 path=folder.relative_path(context.project_dir),
                 transaction_rolled_back=False,
                 sqlstate=exc.sqlstate,
-                statements_committed=number - 1,
+                statements_committed=committed,
             )
+        if history.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            block_began = None
+        elif block_began is None:
+            block_began = number
     history.finish(migration_id)
     return None
 
 
 def _already_ran(context: RunContext, statements: list[str]) -> str:
     if not statements:
-        return "no statement of it had run, but its failed record stays until resolved."
+        return "no statement of it committed, but its failed record stays until resolved."
     described = "; ".join(f"{n}: {_one_line(s)}" for n, s in enumerate(statements, start=1))
     return f"statements already run and committed (not undone): {context.redactor.redact(described)}"
+
+
+def _rolled_back(block_began: int | None, failed: int) -> str:
+    if block_began is None:
+        return ""
+    return f" Statements {block_began} to {failed} ran in the migration's own transaction, which rolled back."
 
 
 def _one_line(statement: str, width: int = 80) -> str:

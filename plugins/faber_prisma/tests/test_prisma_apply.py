@@ -198,6 +198,26 @@ def test_a_failing_non_transactional_migration_stays_failed_and_blocks_apply(
     assert query("SELECT to_regclass('posts')") == [(None,)]
 
 
+def test_a_migration_failing_inside_its_own_begin_commit_reports_only_what_committed(
+    prisma_project, prisma_context, prisma_plugins, query
+):
+    """Hand-written SQL often wraps itself in BEGIN ... COMMIT (so it runs outside faber's
+    transaction): a failure inside that block rolls the block back, so its statements must not be
+    reported committed, and nothing committed means nothing to restore."""
+    for before, committed in (("", 0), ('CREATE TABLE "tags" ("id" int);\n', 1)):
+        wrapped = f'{before}BEGIN;\nCREATE TABLE "posts" ("id" int);\nINSERT INTO "nowhere" VALUES (1);\nCOMMIT;\n'
+        project = prisma_project({"0001_init": INIT, "0002_wrapped": wrapped})
+        query('DROP TABLE IF EXISTS "users", "tags", "_prisma_migrations"')
+
+        failure = apply_pending(prisma_plugins, prisma_context(project)).failure
+
+        assert failure.name == "0002_wrapped" and failure.statements_committed == committed
+        assert failure.left_nothing is (committed == 0)
+        assert f"Statements {committed + 1} to {committed + 3} ran in the migration's own transaction" in failure.error
+        assert 'CREATE TABLE "posts"' not in failure.error  # not listed among the committed statements
+        assert query("SELECT to_regclass('posts'), to_regclass('tags') IS NOT NULL") == [(None, committed == 1)]
+
+
 def test_resolve_rolled_back_lets_the_repaired_migration_apply_again(
     prisma_project, prisma_context, prisma_plugins, query
 ):
