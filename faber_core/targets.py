@@ -297,9 +297,10 @@ def shard_from_job() -> Shard | None:
     count = os.environ.get(JOB_COUNT_VARIABLE, "").strip()
     if not index:
         return None
-    if not (index.isdigit() and count.isdigit()):
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count) <= MAX_SHARDS):
         raise ConfigError(
-            f"{JOB_INDEX_VARIABLE} is set but {JOB_COUNT_VARIABLE} is not a number of completions",
+            f"{JOB_INDEX_VARIABLE}={index!r} and {JOB_COUNT_VARIABLE}={count!r} are not a 0-based index "
+            f"below a number of completions (at most {MAX_SHARDS})",
             suggestions=[f"Set {JOB_COUNT_VARIABLE} to the job's completions (docs/fleet.md has the manifest)"],
         )
-    return parse_shard(f"{int(index) + 1}/{count}")
+    return Shard(int(index) + 1, int(count))

@@ -356,6 +356,13 @@ def test_shard_runs_over_a_real_fleet_cover_it_exactly_once(make_fleet, monkeypa
     assert {row["name"] for row in document.model_dump(mode="json")["result"]["targets"]} == {
         name for name in fleet.names if shard_of(name, 3) == 3
     }
+    # Wrong values are named as the variables they came from, not as a --shard nobody gave.
+    for index, count in (("3", "3"), ("-1", "3"), ("0", "")):
+        monkeypatch.setenv("JOB_COMPLETION_INDEX", index)
+        monkeypatch.setenv("JOB_COMPLETIONS", count)
+        refused = api.status("tenants", working_directory=fleet.project)
+        assert refused.code == "CONFIG_INVALID"
+        assert f"JOB_COMPLETION_INDEX={index!r} and JOB_COMPLETIONS={count!r}" in refused.error
 
 
 # The command line, credentials, and a killed run ----------------------------------------------
