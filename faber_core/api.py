@@ -698,12 +698,15 @@ def _execute(
                 tool=_tool(run),
             )
         if run.context is not None:
-            run.context.emit(
-                events.RUN_FINISHED,
-                status=document.status,
-                exit_code=document.exit_code,
-                document=document.model_dump(mode="json"),
-            )
+            try:
+                run.context.emit(
+                    events.RUN_FINISHED,
+                    status=document.status,
+                    exit_code=document.exit_code,
+                    document=document.model_dump(mode="json"),
+                )
+            finally:
+                run.context.close()  # the run's last event is out: what hooks kept for it can go
         record_outcome(span, document.exit_code, document, run.redactor)
     return redacted(document, run.redactor)
 

@@ -8,10 +8,10 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from faber_core import events
@@ -251,6 +251,13 @@ class Database:
         return env
 
 
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
+KeptT = TypeVar("KeptT", bound=Closable)
+
+
 @dataclass
 class RunContext:
     """Everything a hook implementation may need about the current run."""
@@ -271,6 +278,9 @@ class RunContext:
     """Checks the core runs when a handler calls :meth:`start_migration` (faber's lock still held);
     one raises to stop the deploy before that migration."""
     _server_version: int | None = field(default=None, init=False, repr=False)
+    _kept: dict[Hashable, Closable] = field(default_factory=dict, repr=False, compare=False)
+    """Shared with the contexts ``dataclasses.replace`` derives from this one (a deadline, a
+    rehearsal database): they are the same run."""
 
     def seconds_left(self) -> float | None:
         """Time left before :attr:`deadline`; None without one."""
@@ -323,6 +333,18 @@ class RunContext:
             except psycopg.Error:
                 return None
         return self._server_version
+
+    def kept(self, key: Hashable, open_resource: Callable[[], KeptT]) -> KeptT:
+        """What a hook keeps for the rest of the run under ``key`` (a Node runner that serves every
+        request of the run), made by ``open_resource()`` on first use; :meth:`close` closes it."""
+        if key not in self._kept:
+            self._kept[key] = open_resource()
+        return self._kept[key]  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """Close what hooks kept for the run; faber calls it when the command's work is done."""
+        while self._kept:
+            self._kept.popitem()[1].close()
 
     def start_migration(self, name: str) -> None:
         """Handlers call this just before applying migration ``name``, outside any transaction.

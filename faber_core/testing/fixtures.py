@@ -286,9 +286,12 @@ def query(database_url):
 def run_context():
     """``make(project_dir, events=None, environment="production", operation="deploy-migrations")``.
 
-    A :class:`~faber_core.context.RunContext` on a project, appending every event to ``events``.
+    A :class:`~faber_core.context.RunContext` on a project, appending every event to ``events``;
+    closed when the test ends, as faber closes a run's context (its Node runners end then).
     """
     from faber_core.context import open_context
+
+    made = []
 
     def make(
         project_dir: Path,
@@ -297,6 +300,9 @@ def run_context():
         operation: str = "deploy-migrations",
     ):
         listeners = [events.append] if events is not None else []
-        return open_context(project_dir, environment, operation, listeners=listeners)
+        made.append(open_context(project_dir, environment, operation, listeners=listeners))
+        return made[-1]
 
-    return make
+    yield make
+    for context in made:
+        context.close()

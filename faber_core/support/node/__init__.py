@@ -8,14 +8,20 @@ can be too. Its stable API:
 - :class:`NodeHandler`: the hook implementations of a migration tool whose work a runner does
   (status, preview by rehearsal on a throwaway copy, apply), registered as the plugin object
   (``[project.entry-points.faber] mytool = "faber_mytool.plugin:handler"``);
-- :func:`run_runner` and :class:`RunnerResult`, :class:`Rehearsed`, :data:`NOT_REHEARSED`,
-  for a handler that needs more than :class:`NodeHandler` does;
+- :func:`run_runner` (a request to the run's runner) and :class:`RunnerResult`, :class:`Rehearsed`,
+  :data:`NOT_REHEARSED`, for a handler that needs more than :class:`NodeHandler` does;
 - ``runner-common.cjs``, which every runner script loads with
   ``require(process.env.FABER_RUNNER_COMMON)``: the protocol below, setup errors, the approved
   plan, loading modules from the project's ``node_modules``, and which migration issued a query.
 
-A runner loads the project's ORM from the project's ``node_modules`` and prints one JSON object
-per line on stdout::
+A runner serves one run: faber starts it once per database (``node <runner> <args>``), it loads
+the project's ORM from the project's ``node_modules`` once, and answers each request faber writes
+on its stdin, one JSON object per line::
+
+    {"command": "status"}
+    {"command": "apply", "expected": ["<migration name>", ...]}
+
+with one JSON object per line on stdout, the last one ``done``::
 
     {"event": "status", "local": [{"name": ..., "path": ..., "transactional": true}],
      "records": [{"name": ...}], "bookkeeping_table": "\\"public\\".\\"migrations\\""}
@@ -27,11 +33,14 @@ per line on stdout::
     {"event": "setup_error", "kind": "module_missing" | "typescript_loader_missing" | "load_failed"
      | "not_found" | "unsupported" | "plan_mismatch" | "connection_failed" | "invalid", "message": ...,
      "module": ..., "file": ...}
+    {"event": "done", "exit_code": 0}
 
-The database URL reaches the runner only as ``FABER_DATABASE_URL`` in its environment; the
-migrations faber means to apply arrive as ``FABER_EXPECTED_MIGRATIONS`` (a JSON list). Every
-string it prints is redacted before faber looks at it. Exit code 0: done; 1: a migration failed;
-2: the setup is broken (a ``setup_error`` says how).
+The database URL reaches the runner only as ``FABER_DATABASE_URL`` in its environment; ``expected``
+lists the migrations faber means to apply, and the runner refuses to start if the ORM's own list
+differs. Each request connects on its own and disconnects before ``done``. Every string the runner
+prints is redacted before faber looks at it. Exit code 0: done; 1: a migration failed; 2: the setup
+is broken (a ``setup_error`` says how). The runner exits when faber closes its stdin, at the end of
+the run (:meth:`~faber_core.context.RunContext.close`).
 """
 
 from __future__ import annotations
@@ -60,11 +69,10 @@ from faber_core.models import (
     MigrationState,
     ToolInfo,
 )
-from faber_core.processes import child_environment, find_program, spawn, stop
+from faber_core.processes import STOP_GRACE_SECONDS, child_environment, find_program, spawn, stop
 from faber_core.secrets import Redactor
 
 URL_VARIABLE = "FABER_DATABASE_URL"
-EXPECTED_VARIABLE = "FABER_EXPECTED_MIGRATIONS"
 COMMON_VARIABLE = "FABER_RUNNER_COMMON"
 RUNNER_COMMON = Path(__file__).parent / "runner-common.cjs"
 """The protocol and loading helpers every ORM runner requires, shipped with faber-core."""
@@ -128,7 +136,8 @@ def run_runner(
     expected: list[str] | None = None,
     on_event: Callable[[Event], None] | None = None,
 ) -> RunnerResult:
-    """Run ``node <runner> <command> <args>`` in the project directory, streaming its events.
+    """Ask the run's runner for ``database`` (started on first use, ``node <runner> <args>`` in the
+    project directory) to do ``command``, streaming its events.
 
     ``expected``: the migrations faber means to apply; the runner refuses to start if the ORM's
     own list differs. Raises :class:`ConfigError` for a broken setup and :class:`FaberError` when
@@ -136,38 +145,91 @@ def run_runner(
     failing migration is an event, not an exception.
     """
     target = database or context.database
-    argv = [node_executable(), str(tool.script), command, *args]
-    # node-postgres reads PGOPTIONS, so the ORM's sessions get faber's lock_timeout too.
-    env = child_environment(
-        {URL_VARIABLE: target.url.reveal(), COMMON_VARIABLE: str(RUNNER_COMMON), **context.session_timeout_env()}
-    )
+    args = tuple(args)
+    runner = context.kept((tool.name, target.url.reveal(), args), lambda: RunnerProcess(tool, context, target, args))
+    request: dict[str, Any] = {"command": command}
     if expected is not None:
-        env[EXPECTED_VARIABLE] = json.dumps(expected)
-    events: list[Event] = []
-    with tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace") as stderr_file:
-        proc = spawn(
-            argv,
-            cwd=context.project_dir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=stderr_file,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
+        request["expected"] = expected
+    result = runner.request(context, request, on_event)
+    setup_error = result.first("setup_error")
+    if setup_error is not None:
+        raise setup_failure(tool, context, setup_error, result.stderr)
+    if result.returncode not in (0, MIGRATION_FAILED_EXIT) or (result.returncode and not result.of("migration_failed")):
+        raise FaberError(
+            f"The {tool.name} runner stopped unexpectedly (exit code {result.returncode})",
+            suggestions=[
+                "Run again with the output below in hand; nothing more was applied after the last "
+                "migration reported as applied"
+            ],
+            tool_output=_tail(result.stderr),
         )
+    return result
+
+
+class RunnerProcess:
+    """One runner serving a run's requests on one database: Node and the ORM load once per run.
+
+    Its stderr goes to a file; each request's result carries what was written there meanwhile.
+    A runner that was stopped (a deadline, Ctrl-C) or died is started again by the next request.
+    """
+
+    def __init__(self, tool: NodeTool, context: RunContext, database: Database, args: tuple[str, ...]) -> None:
+        self.tool, self.context, self.database, self.args = tool, context, database, args
+        self.proc: subprocess.Popen | None = None
+        self.stderr_file = tempfile.TemporaryFile()
+
+    def _running(self) -> subprocess.Popen:
+        if self.proc is None or self.proc.poll() is not None:
+            # node-postgres reads PGOPTIONS, so the ORM's sessions get faber's lock_timeout too.
+            env = child_environment(
+                {
+                    URL_VARIABLE: self.database.url.reveal(),
+                    COMMON_VARIABLE: str(RUNNER_COMMON),
+                    **self.context.session_timeout_env(),
+                }
+            )
+            self.proc = spawn(
+                [node_executable(), str(self.tool.script), *self.args],
+                cwd=self.context.project_dir,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self.stderr_file,
+                text=True,
+                encoding="utf-8",
+                errors="replace",
+            )
+        return self.proc
+
+    def request(
+        self, context: RunContext, request: dict[str, Any], on_event: Callable[[Event], None] | None
+    ) -> RunnerResult:
+        """``request`` answered, within ``context``'s deadline (the run's, or a lint rehearsal's)."""
+        proc = self._running()
+        assert proc.stdin is not None and proc.stdout is not None
+        stderr_start = self.stderr_file.seek(0, 2)
+        events: list[Event] = []
+        returncode: int | None = None
         expired = threading.Event()
         timer = _deadline_timer(context.seconds_left(), proc, expired)
         try:
-            assert proc.stdout is not None
+            try:
+                proc.stdin.write(json.dumps(request) + "\n")
+                proc.stdin.flush()
+            except BrokenPipeError:
+                pass  # the runner died: its exit code and stderr say why, below
             for line in proc.stdout:
                 event = _parse(line, context.redactor)
                 if event is None:
                     continue
+                if event["event"] == "done":
+                    returncode = event.get("exit_code")
+                    break
                 events.append(event)
                 if on_event is not None:
                     on_event(event)
-            returncode = proc.wait()
+            if returncode is None:
+                returncode = proc.wait()
         except BaseException:
             # Ctrl-C or a failing listener: the child must not keep migrating on its own.
             stop(proc)
@@ -175,24 +237,22 @@ def run_runner(
         finally:
             if timer is not None:
                 timer.cancel()
-        stderr_file.seek(0)
-        stderr = context.redactor.redact(stderr_file.read())
-    if expired.is_set():
-        raise FaberError(f"The {tool.name} runner did not finish in the time allowed and was stopped")
-    result = RunnerResult(events, returncode, stderr)
-    setup_error = result.first("setup_error")
-    if setup_error is not None:
-        raise setup_failure(tool, context, setup_error, stderr)
-    if returncode not in (0, MIGRATION_FAILED_EXIT) or (returncode and not result.of("migration_failed")):
-        raise FaberError(
-            f"The {tool.name} runner stopped unexpectedly (exit code {returncode})",
-            suggestions=[
-                "Run again with the output below in hand; nothing more was applied after the last "
-                "migration reported as applied"
-            ],
-            tool_output=_tail(stderr),
-        )
-    return result
+        self.stderr_file.seek(stderr_start)
+        stderr = context.redactor.redact(self.stderr_file.read().decode("utf-8", errors="replace"))
+        if expired.is_set():
+            raise FaberError(f"The {self.tool.name} runner did not finish in the time allowed and was stopped")
+        return RunnerResult(events, returncode, stderr)
+
+    def close(self) -> None:
+        """Let the runner end (it exits when its stdin closes), stopping it if it does not."""
+        if self.proc is not None:
+            try:
+                if self.proc.stdin is not None:
+                    self.proc.stdin.close()
+                self.proc.wait(timeout=STOP_GRACE_SECONDS)
+            except (OSError, subprocess.TimeoutExpired):
+                stop(self.proc)
+        self.stderr_file.close()
 
 
 def _deadline_timer(seconds: float | None, proc: subprocess.Popen, expired: threading.Event) -> threading.Timer | None:

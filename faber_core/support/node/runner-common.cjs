@@ -1,9 +1,11 @@
 "use strict";
-// What every faber ORM runner shares: the JSON-lines protocol on stdout, setup errors, the
-// database URL taken out of the environment before project code loads, the approved plan, and
-// loading modules from the project's own node_modules. See faber_core/support/node/__init__.py.
+// What every faber ORM runner shares: the requests on stdin and the JSON-lines protocol on
+// stdout, setup errors, the database URL taken out of the environment before project code loads,
+// the approved plan, and loading modules from the project's own node_modules. See
+// faber_core/support/node/__init__.py.
 
 const { AsyncLocalStorage } = require("async_hooks");
+const readline = require("readline");
 
 const protocol = process.stdout;
 for (const method of ["log", "info", "debug"]) {
@@ -14,7 +16,6 @@ for (const method of ["log", "info", "debug"]) {
 const databaseUrl = process.env.FABER_DATABASE_URL;
 // Project code must not be able to print what it was never meant to see.
 delete process.env.FABER_DATABASE_URL;
-const expectedPlan = process.env.FABER_EXPECTED_MIGRATIONS;
 
 const SETUP_ERROR_EXIT = 2;
 const MIGRATION_FAILED_EXIT = 1;
@@ -31,10 +32,10 @@ class SetupError extends Error {
   }
 }
 
-// faber shows and approves a list of migrations; exactly that list runs, or nothing does.
-function requireExpectedPlan(pendingNames) {
-  if (expectedPlan === undefined) return;
-  const expected = JSON.parse(expectedPlan);
+// faber shows and approves a list of migrations (the apply request's "expected"); exactly that
+// list runs, or nothing does.
+function requireExpectedPlan(expected, pendingNames) {
+  if (expected === undefined) return;
   if (JSON.stringify(expected) !== JSON.stringify(pendingNames)) {
     throw new SetupError(
       "plan_mismatch",
@@ -43,11 +44,10 @@ function requireExpectedPlan(pendingNames) {
   }
 }
 
-function parseArgs(argv) {
-  const [command, ...rest] = argv;
+function parseOptions(argv) {
   const options = {};
-  for (let i = 0; i < rest.length; i += 2) options[rest[i].replace(/^--/, "")] = rest[i + 1];
-  return { command, options };
+  for (let i = 0; i < argv.length; i += 2) options[argv[i].replace(/^--/, "")] = argv[i + 1];
+  return options;
 }
 
 function projectRequire(projectDir, moduleName) {
@@ -73,22 +73,44 @@ function registerTypeScript(projectDir, relative) {
   tsNode.register({ transpileOnly: true });
 }
 
-function exit(code) {
-  protocol.write("", () => process.exit(code));
+function emitSetupError(error) {
+  if (error instanceof SetupError) {
+    emit("setup_error", { kind: error.kind, message: error.message, ...error.fields });
+  } else {
+    emit("setup_error", { kind: "invalid", message: String((error && error.message) || error) });
+    console.error(error && error.stack);
+  }
 }
 
-// Runs the runner's main(); a setup problem, or an error the ORM raised outside any migration,
-// becomes one setup_error event and exit code 2.
-function run(main) {
-  main().then(exit, (error) => {
-    if (error instanceof SetupError) {
-      emit("setup_error", { kind: error.kind, message: error.message, ...error.fields });
-    } else {
-      emit("setup_error", { kind: "invalid", message: String((error && error.message) || error) });
-      console.error(error && error.stack);
+// A runner serves one faber run, so that Node and the ORM load once however many times faber
+// asks: load(options) loads the project (once it has succeeded) and returns the runner's commands;
+// each line faber writes on stdin is a request ({"command": "status"}, {"command": "apply",
+// "expected": [...]}) answered by the command's events and {"event": "done", "exit_code": N}.
+// A setup problem, or an error the ORM raised outside any migration, is one setup_error event
+// and exit code 2. The runner ends when faber closes stdin.
+function serve(load) {
+  const options = parseOptions(process.argv.slice(2));
+  let commands = null;
+  let answered = Promise.resolve();
+  async function answer(line) {
+    let code;
+    try {
+      const request = JSON.parse(line);
+      commands = commands || (await load(options));
+      const command = commands[request.command];
+      if (!command) throw new SetupError("unsupported", `Unknown runner command: ${request.command}`);
+      code = await command(request);
+    } catch (error) {
+      emitSetupError(error);
+      code = SETUP_ERROR_EXIT;
     }
-    exit(SETUP_ERROR_EXIT);
+    emit("done", { exit_code: code });
+  }
+  const requests = readline.createInterface({ input: process.stdin });
+  requests.on("line", (line) => {
+    answered = answered.then(() => answer(line));
   });
+  requests.on("close", () => answered.then(() => protocol.write("", () => process.exit(0))));
 }
 
 // Every query a migration issues is attributed to it through the async context it started in, so
@@ -132,10 +154,9 @@ module.exports = {
   emit,
   SetupError,
   requireExpectedPlan,
-  parseArgs,
   projectRequire,
   registerTypeScript,
-  run,
+  serve,
   currentMigration,
   runMigration,
   trackQueries,

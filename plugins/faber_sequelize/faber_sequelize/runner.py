@@ -1,8 +1,9 @@
 """The Sequelize runner: which config section it uses, and the note every migration's preview carries.
 
-Every call starts ``node runner/runner.cjs`` in the project directory; the runner reads
-``.sequelizerc`` and the config as sequelize-cli does, opens the project's own Sequelize on the
-environment's database (``FABER_DATABASE_URL``, never argv) and keeps ``SequelizeMeta``.
+A run starts ``node runner/runner.cjs`` once in the project directory and sends it every request
+(status, apply); the runner reads ``.sequelizerc`` and the config as sequelize-cli does, opens the
+project's own Sequelize on the environment's database (``FABER_DATABASE_URL``, never argv) and
+keeps ``SequelizeMeta``.
 """
 
 from __future__ import annotations

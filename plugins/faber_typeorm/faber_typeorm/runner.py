@@ -1,8 +1,9 @@
 """The TypeORM runner: which data source it loads, and the note on a migration outside a transaction.
 
-Every call starts ``node runner/runner.cjs`` in the project directory; the runner loads the
-project's DataSource with the project's own TypeORM, points it at the environment's database
-(``FABER_DATABASE_URL``, never argv) and drives TypeORM's ``MigrationExecutor``.
+A run starts ``node runner/runner.cjs`` once in the project directory and sends it every request
+(status, apply); the runner loads the project's DataSource with the project's own TypeORM, points
+it at the environment's database (``FABER_DATABASE_URL``, never argv) and drives TypeORM's
+``MigrationExecutor``.
 """
 
 from __future__ import annotations

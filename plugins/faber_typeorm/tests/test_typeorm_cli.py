@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import pytest
+from faber_core import api
 from faber_core.testing.fixtures import CANARY_PASSWORD
 
 FIXTURE_MIGRATIONS = ["CreateUsers1700000000000", "AddUserName1700000100000"]
+FIXTURE_DATA_SOURCE = Path(__file__).parent / "fixtures" / "typeorm-project" / "data-source.js"
 
 
 def test_faber_migrate_deploys_and_a_second_run_has_nothing_to_do(typeorm_project, run_faber, query):
@@ -98,3 +104,25 @@ def test_a_protected_environment_refuses_to_restore_over_writes_it_cannot_attrib
     assert "public.migrations" in document["recovery"]["suggestions"][0]
     assert any("--discard-app-writes" in s for s in document["recovery"]["suggestions"])
     assert query("SELECT to_regclass('posts') IS NOT NULL") == [(True,)]
+
+
+def test_one_runner_serves_a_whole_deploy_and_ends_with_it(typeorm_project):
+    # The data source records each Node process that loads it: every status read and the apply of
+    # one deploy go to one runner, which is gone once the deploy has returned. (The lint would
+    # rehearse on a copy of the database, with a runner of its own.)
+    data_source = FIXTURE_DATA_SOURCE.read_text()
+    project = typeorm_project(
+        files={
+            "data-source.js": 'require("fs").appendFileSync(`${__dirname}/loads.txt`, `${process.pid}\\n`);\n'
+            + data_source
+        },
+        lint="off",
+    )
+
+    document = api.deploy("staging", working_directory=project, yes=True)
+
+    assert document.exit_code == 0, document
+    assert [m.name for m in document.result.migrations] == FIXTURE_MIGRATIONS
+    [pid] = (project / "loads.txt").read_text().split()
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid), 0)

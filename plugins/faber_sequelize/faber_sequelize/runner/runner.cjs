@@ -1,10 +1,11 @@
 "use strict";
-// faber's Sequelize runner. Reads .sequelizerc and the config the way sequelize-cli does, opens
-// the project's own Sequelize on faber's database, and reports the migration status or applies
-// pending migrations, keeping the SequelizeMeta table exactly as sequelize-cli (umzug) keeps it.
-// Speaks JSON lines on stdout (see faber_core/support/node); everything else goes to stderr.
+// faber's Sequelize runner. Reads .sequelizerc and the config the way sequelize-cli does, and for
+// each of faber's requests opens the project's own Sequelize on faber's database and reports the
+// migration status or applies pending migrations, keeping the SequelizeMeta table exactly as
+// sequelize-cli (umzug) keeps it. Speaks JSON lines on stdout (see faber_core/support/node);
+// everything else goes to stderr.
 //
-//   node runner.cjs status|apply [--env NAME] [--environment FABER_ENV]
+//   node runner.cjs [--env NAME] [--environment FABER_ENV]     (requests on stdin)
 //
 // The database URL comes from FABER_DATABASE_URL and replaces the config's connection options.
 //
@@ -185,12 +186,12 @@ async function status(context) {
   return 0;
 }
 
-async function apply(context, track) {
+async function apply(context, track, expected) {
   const { sequelize, SequelizeModule, storage, projectDir, migrationsDir } = context;
   const table = await bookkeepingTable(sequelize, storage);
   const applied = new Set(await appliedNames(sequelize, table));
   const pending = localMigrations(projectDir, migrationsDir).filter((m) => !applied.has(m.name));
-  faber.requireExpectedPlan(pending.map((m) => m.name));
+  faber.requireExpectedPlan(expected, pending.map((m) => m.name));
   if (pending.length === 0) return 0;
   // Every pending file loads before the first one runs: a file that cannot load is a broken setup,
   // found before anything is applied.
@@ -253,12 +254,10 @@ function tracker() {
   return track;
 }
 
-async function main() {
-  const { command, options } = faber.parseArgs(process.argv.slice(2));
-  const projectDir = process.cwd();
-  faber.projectRequire(projectDir, "sequelize");
-  const { configFile, migrationsDir } = await projectLayout(projectDir);
-  const section = configSection(await readConfig(projectDir, configFile), options);
+// Each request reads the config and opens a Sequelize of its own, connected for that request only:
+// between requests the runner holds no connection to the database faber is deploying to.
+async function connected(projectDir, layout, options, work) {
+  const section = configSection(await readConfig(projectDir, layout.configFile), options);
   const storage = storageOf(section);
   const track = tracker();
   const { sequelize, SequelizeModule } = openSequelize(projectDir, section, track.logging);
@@ -266,13 +265,21 @@ async function main() {
   sequelize.query = faber.trackQueries(sequelize.query);
   try {
     await connect(sequelize);
-    const context = { sequelize, SequelizeModule, storage, projectDir, migrationsDir };
-    if (command === "status") return await status(context);
-    if (command === "apply") return await apply(context, track);
-    throw new faber.SetupError("unsupported", `Unknown runner command: ${command}`);
+    return await work({ sequelize, SequelizeModule, storage, projectDir, migrationsDir: layout.migrationsDir }, track);
   } finally {
     await sequelize.close().catch(() => {});
   }
 }
 
-faber.run(main);
+async function load(options) {
+  const projectDir = process.cwd();
+  faber.projectRequire(projectDir, "sequelize");
+  const layout = await projectLayout(projectDir);
+  return {
+    status: () => connected(projectDir, layout, options, (context) => status(context)),
+    apply: (request) =>
+      connected(projectDir, layout, options, (context, track) => apply(context, track, request.expected)),
+  };
+}
+
+faber.serve(load);

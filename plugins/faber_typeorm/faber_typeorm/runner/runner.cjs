@@ -1,10 +1,11 @@
 "use strict";
-// faber's TypeORM runner. Loads the project's DataSource with the project's own TypeORM and
-// either reports the migration status or applies pending migrations through TypeORM's
-// MigrationExecutor, one transaction per migration. Speaks JSON lines on stdout (see
-// faber_core/support/node); everything else anyone prints goes to stderr.
+// faber's TypeORM runner. Loads the project's DataSource with the project's own TypeORM once,
+// then for each of faber's requests reports the migration status or applies pending migrations
+// through TypeORM's MigrationExecutor, one transaction per migration, on a connection of its own.
+// Speaks JSON lines on stdout (see faber_core/support/node); everything else anyone prints goes
+// to stderr.
 //
-//   node runner.cjs status|apply --data-source data-source.js
+//   node runner.cjs --data-source data-source.js     (requests on stdin)
 //
 // The database URL comes from FABER_DATABASE_URL and replaces the data source's connection options.
 
@@ -213,7 +214,7 @@ function failureFields(error, state, pendingNames) {
   };
 }
 
-async function apply(dataSource, projectDir, track) {
+async function apply(dataSource, projectDir, track, expected) {
   const executor = new (faber.projectRequire(projectDir, "typeorm").MigrationExecutor)(dataSource);
   executor.transaction = "each";
   const pending = executor.getMigrations();
@@ -226,7 +227,7 @@ async function apply(dataSource, projectDir, track) {
     await queryRunner.release();
   }
   const pendingNames = pending.filter((m) => !applied.has(m.name)).map((m) => m.name);
-  faber.requireExpectedPlan(pendingNames);
+  faber.requireExpectedPlan(expected, pendingNames);
   for (const migration of pending) track.wrap(migration);
   try {
     await executor.executePendingMigrations();
@@ -238,23 +239,31 @@ async function apply(dataSource, projectDir, track) {
   }
 }
 
-async function main() {
-  const { command, options } = faber.parseArgs(process.argv.slice(2));
-  const projectDir = process.cwd();
-  const userDataSource = await loadDataSource(projectDir, options["data-source"] || "data-source.js");
+// Each request gets a DataSource of its own, connected for that request only: between requests
+// the runner holds no connection to the database faber is deploying to.
+async function connected(userDataSource, work) {
   const track = tracker();
   const dataSource = retarget(userDataSource, track.logger);
   await connect(dataSource);
   try {
-    if (command === "status") {
-      await status(dataSource, projectDir);
-      return 0;
-    }
-    if (command === "apply") return await apply(dataSource, projectDir, track);
-    throw new faber.SetupError("unsupported", `Unknown runner command: ${command}`);
+    return await work(dataSource, track);
   } finally {
     await dataSource.destroy().catch(() => {});
   }
 }
 
-faber.run(main);
+async function load(options) {
+  const projectDir = process.cwd();
+  const userDataSource = await loadDataSource(projectDir, options["data-source"] || "data-source.js");
+  return {
+    status: () =>
+      connected(userDataSource, async (dataSource) => {
+        await status(dataSource, projectDir);
+        return 0;
+      }),
+    apply: (request) =>
+      connected(userDataSource, (dataSource, track) => apply(dataSource, projectDir, track, request.expected)),
+  };
+}
+
+faber.serve(load);
