@@ -195,6 +195,31 @@ def test_a_full_disk_when_writing_the_manifest_is_backup_failed_and_leaves_nothi
     assert list(folder(project_dir).iterdir()) == []
 
 
+def test_a_read_only_backup_folder_still_lists_and_restores_and_refuses_writes_with_backup_failed(
+    production, run_faber, small_disk
+):
+    """Backups on a volume mounted read-only (an incident, a restored snapshot): a leftover that
+    cannot be removed must not stop listing or restoring, and writing is BACKUP_FAILED, not a crash."""
+    project_dir, backup = production
+    small_disk(project_dir / ".faber/backups", 1024 * 1024)
+    older, newer = backup(), backup()
+    (folder(project_dir) / f"{newer.id}-killed.dump.partial").write_bytes(b"left by a killed run")
+    remount = subprocess.run(["mount", "-o", "remount,ro", str(project_dir / ".faber/backups")], capture_output=True)
+    assert remount.returncode == 0, remount.stderr
+
+    listed = run_faber("backups", "production", "--json", cwd=project_dir)
+    assert listed.returncode == 0, listed.output
+    assert [b["id"] for b in listed.json["result"]["backups"]] == [newer.id, older.id]
+    for args in (["backups", "prune", "production", "--keep", "1"], ["backup", "production"]):
+        refused = run_faber(*args, "--json", cwd=project_dir)
+        assert (refused.returncode, refused.json["code"]) == (4, "BACKUP_FAILED"), refused.output
+        assert "Read-only file system" in refused.json["error"]
+    restored = run_faber("rollback", "production", "--to", older.id, "--yes", "--json", cwd=project_dir)
+    assert restored.returncode == 0, restored.output
+    kept = [f"{b.id}{suffix}" for b in (older, newer) for suffix in (".dump", ".json")]
+    assert sorted(p.name for p in folder(project_dir).iterdir()) == sorted([*kept, f"{newer.id}-killed.dump.partial"])
+
+
 # Killing faber during pg_dump ------------------------------------------------------------
 
 

@@ -126,12 +126,13 @@ def faber_backup_create(context: RunContext, reason: str, migrations: list[tuple
             suggestions=["Verify the database is reachable", f"Retry: faber backup {context.environment}"],
         ) from None
     tools = find_client_dir(major)
-    directory = store.private_backup_dir(context)
-    store.remove_leftovers(context, directory)
+    directory = store.backup_dir(context)
     now = dt.datetime.now(dt.timezone.utc)
     try:
+        store.private_backup_dir(context)
+        store.remove_leftovers(context, directory)
         reservation = store.reserve(directory, now)
-    except OSError as exc:
+    except OSError as exc:  # a read-only or full disk, a folder faber may not write to
         raise _write_failure(context, directory, exc) from None
     try:
         _dump(context, tools, major, reservation)
@@ -244,7 +245,16 @@ def faber_backup_list(context: RunContext) -> list[BackupRecord]:
 @hookimpl
 def faber_backup_prune(context: RunContext, keep_last: int | None, dry_run: bool) -> BackupPruneOutcome:
     keep = keep_last if keep_last is not None else configured_keep_last(context)
-    return store.prune(context, backup_dir(context), keep, dry_run=dry_run)
+    directory = backup_dir(context)
+    try:
+        return store.prune(context, directory, keep, dry_run=dry_run)
+    except OSError as exc:  # a read-only disk, a folder faber may not write to
+        raise BackupFailed(
+            f"Cannot prune the backups of {context.environment}: cannot delete under {directory}: "
+            f"{exc.strerror or exc}",
+            result={"backup_error": context.redactor.redact(str(exc))},
+            suggestions=[f"Check the permissions and the disk of {directory}"],
+        ) from None
 
 
 @hookimpl

@@ -229,6 +229,8 @@ def remove_leftovers(context: RunContext, directory: Path) -> list[str]:
         try:
             path.unlink(missing_ok=True)
             removed.append(name)
+        except OSError:
+            pass  # a read-only folder still lists and restores; a run that can write removes it
         finally:
             if fd is not None:
                 os.close(fd)
