@@ -113,6 +113,7 @@ class NoOptions(BaseModel):
 
 
 def _owner(pm: pluggy.PluginManager, plugin: object) -> str:
+    """The package (name and version) that registered ``plugin``; reads the package's metadata."""
     for plugin_obj, dist in pm.list_plugin_distinfo():
         if plugin_obj is plugin:
             return f"{dist.project_name} {dist.version}"
@@ -139,9 +140,20 @@ class Plugins:
 
     def __init__(self, pm: pluggy.PluginManager | None = None) -> None:
         self.pm = pm or get_plugin_manager()
+        self._declared: dict[str, tuple[frozenset[object], dict[str, Declaration]]] = {}
 
     def _collect(self, hook_name: str, model: type[Any]) -> dict[str, Declaration]:
-        """Names declared through a listing hook, each with the plugin and package that declared it."""
+        """Names declared through a listing hook, each with the plugin and package that declared it.
+
+        Collected once for the plugins registered, and again only when they change: every hook
+        dispatch needs the declarations, and the packages' metadata is read from disk."""
+        registered = frozenset(self.pm.get_plugins())
+        collected = self._declared.get(hook_name)
+        if collected is None or collected[0] != registered:
+            collected = self._declared[hook_name] = (registered, self._declarations(hook_name, model))
+        return collected[1]
+
+    def _declarations(self, hook_name: str, model: type[Any]) -> dict[str, Declaration]:
         hook = getattr(self.pm.hook, hook_name)
         found: dict[str, Declaration] = {}
         for impl in hook.get_hookimpls():

@@ -118,6 +118,28 @@ def test_a_plugin_declaring_several_tools_is_told_which_one(plugins, project, co
     assert TwoTools.seen == ["second"]
 
 
+class LateTool:
+    @hookimpl
+    def faber_migration_tools(self):
+        return [ToolInfo(name="late")]
+
+    @hookimpl
+    def faber_migration_status(self, context):
+        return MigrationState(tool="late", local=[], records=[])
+
+
+def test_a_plugin_registered_after_a_dispatch_is_found_and_one_unregistered_is_gone(plugins, project, context_for):
+    project_dir = project({})
+    assert plugins.migration_status(context_for(project_dir)).tool == sqlfiles.TOOL
+
+    plugins.pm.register(LateTool(), name="late")
+    use_tool(project_dir, "late")
+    assert plugins.migration_status(context_for(project_dir)).tool == "late"
+
+    plugins.pm.unregister(name="late")
+    assert "late" not in plugins.tools()
+
+
 HALF_A_PROVIDER = """
 from faber_core import hookimpl
 from faber_core.models import BackupProviderInfo
