@@ -8,9 +8,10 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -179,6 +180,7 @@ class Database:
         self.before_first_connect: Callable[[], None] | None = None
         """Called once, before the first connection attempt (the run's "Connecting to ..." line)."""
         self._timed_out: tuple[float, str] | None = None
+        self._conninfo: Mapping[str, Any] | None = None
 
     @property
     def name_for_display(self) -> str:
@@ -239,10 +241,13 @@ class Database:
                 self._timed_out = (time.monotonic(), str(exc))
             raise
 
-    def conninfo_params(self) -> dict[str, Any]:
-        from psycopg.conninfo import conninfo_to_dict
+    def conninfo_params(self) -> Mapping[str, Any]:
+        """The URL's connection parameters, parsed once: every connection and span asks for them."""
+        if self._conninfo is None:
+            from psycopg.conninfo import conninfo_to_dict
 
-        return conninfo_to_dict(self.url.reveal())
+            self._conninfo = MappingProxyType(conninfo_to_dict(self.url.reveal()))
+        return self._conninfo
 
     def libpq_env(self) -> dict[str, str]:
         """Environment variables that connect libpq programs (pg_dump, psql) to this database."""
