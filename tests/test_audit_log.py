@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
-from faber_core import hookimpl
+from faber_core import api, hookimpl
 from faber_core.models import AuditEvent
 from faber_core.plugins import Plugins
 from faber_core.testing import sqlfiles
@@ -63,6 +65,40 @@ def test_every_event_of_every_run_is_one_appended_line(faber_project, database_u
     assert applied.data["name"] == "001_users" and applied.data["duration_seconds"] >= 0
     assert [e.kind for e in logged if e.run_id == runs[1]][-1] == "run.finished"
     assert all(json.loads(line) for line in (project / ".faber/audit.log").read_text().splitlines())
+
+
+def test_a_run_opens_the_log_once_and_closes_it_with_its_last_event(faber_project, database_url, monkeypatch):
+    project = faber_project(
+        {
+            "database": {
+                "migration_tool": "sqlfiles",
+                "environments": {"production": {"database_url_env": "APP_DATABASE_URL"}},
+            }
+        },
+        {"migrations/001_users.sql": USERS},
+    )
+    monkeypatch.setenv("FABER_PLUGINS", "faber_core.testing.sqlfiles")
+    monkeypatch.setenv("APP_DATABASE_URL", database_url)
+    log = project / ".faber/audit.log"
+    opened_during_run: list[int] = []
+
+    def open_logs(event: AuditEvent) -> None:
+        if log.exists():
+            opened_during_run.append(sum(1 for fd in Path("/proc/self/fd").iterdir() if _points_at(fd, log)))
+
+    document = api.deploy("production", working_directory=project, yes=True, listeners=[open_logs])
+
+    assert document.exit_code == 0
+    assert opened_during_run and set(opened_during_run) == {1}, "one descriptor for the whole run"
+    assert not any(_points_at(fd, log) for fd in Path("/proc/self/fd").iterdir()), "closed after the run"
+    assert [e.kind for e in events(project)][-1] == "run.finished"
+
+
+def _points_at(fd: Path, path: Path) -> bool:
+    try:
+        return Path(os.readlink(fd)) == path.resolve()
+    except OSError:
+        return False
 
 
 def test_an_unwritable_log_is_a_warning_not_a_failure(faber_project, database_url, run_faber):

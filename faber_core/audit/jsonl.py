@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
+from typing import BinaryIO
 
 from faber_core import hookimpl
 from faber_core.context import RunContext
@@ -28,14 +30,32 @@ class AuditLog:
         path = context.state_dir / LOG_NAME
         line = context.redactor.redact(event.model_dump_json()) + "\n"
         try:
-            context.state_dir.mkdir(parents=True, exist_ok=True)
-            # One write on an O_APPEND descriptor: concurrent runs never interleave within a line.
-            descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(descriptor, line.encode("utf-8"))
-            finally:
-                os.close(descriptor)
+            context.kept((LogFile, path), lambda: LogFile(path)).append(line)
         except OSError as exc:
             if event.run_id not in self._warned_runs:
                 self._warned_runs.add(event.run_id)
                 sys.stderr.write(f"warning: cannot append to {path}: {exc.strerror or exc}\n")
+
+
+class LogFile:
+    """The log, opened once per run: a run writes an event at every step."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.file: BinaryIO | None = None
+
+    def append(self, line: str) -> None:
+        if self.file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.path, "ab", buffering=0, opener=_private)
+        # One write on an O_APPEND descriptor: concurrent runs never interleave within a line.
+        self.file.write(line.encode("utf-8"))
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+def _private(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o600)
