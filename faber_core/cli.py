@@ -80,6 +80,8 @@ CwdOption = Annotated[
         "from the current one up).",
     ),
 ]
+HISTORY_LIMIT_MAX = 100_000
+"""A bound for ``faber history --limit`` (PostgreSQL's LIMIT takes a bigint; a larger number is an error there)."""
 YesFlag = Annotated[bool, typer.Option("--yes", "-y", help="Approve without a prompt (for CI).")]
 ConcurrencyOption = Annotated[
     int | None,
@@ -328,7 +330,7 @@ def resolve(
 @command()
 def history(
     environment: Environment,
-    limit: Annotated[int, typer.Option("--limit", min=1, help="Show at most N runs.")] = 20,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=HISTORY_LIMIT_MAX, help="Show at most N runs.")] = 20,
     json_output: JsonFlag = False,
     cwd: CwdOption = None,
 ) -> None:

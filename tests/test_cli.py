@@ -337,6 +337,8 @@ def test_every_command_takes_json_and_cwd_and_answers_with_the_envelope(cli_proj
         (["migrate", "--json"], "deploy-migrations", "Missing argument 'ENVIRONMENT'"),
         (["migrate", "production", "--dry-run", "--jsn", "--json"], "preview-migrations", "No such option: --jsn"),
         (["history", "production", "--limit", "zero", "--json"], "deployment-history", "Invalid value for '--limit'"),
+        # Beyond PostgreSQL's bigint LIMIT, which failed as an INTERNAL_ERROR once it reached the database.
+        (["history", "production", "--limit", "9" * 20, "--json"], "deployment-history", "less than or equal to"),
         (["status", "--json", "production", "extra"], "migration-status", "unexpected extra argument"),
         (["config", "schema", "--json", "--nope"], "config-schema", "No such option: --nope"),
         (["rollback", "--json", "production", "--to"], "rollback", "requires an argument"),
