@@ -244,6 +244,26 @@ def faber_backup_restore(provider: str, context: RunContext, backup: BackupRecor
     ``endpoint`` when you restored beside the database (a new instance) instead of into it.
     Raise :class:`faber_core.errors.RestoreFailed` with the manual recovery steps when it fails
     midway.
+
+    SIGINT and SIGTERM arrive as ``KeyboardInterrupt``, wherever the restore is. Catch it, stop
+    what the restore runs, and return ``RestoreOutcome.interrupted(backup.id, interrupt,
+    committed=...)``: ``True`` when your commit point (a COMMIT, a swap) had passed, so the
+    database is exactly the backup; ``False`` when it had not and the database is exactly as
+    before; ``None`` when you cannot tell (say where things stand in ``details``). faber then
+    tells the user exactly that, and goes on with the interrupt::
+
+        @hookimpl
+        def faber_backup_restore(context, backup):
+            restore = MyRestore(context, backup)
+            try:
+                restore.run()
+            except KeyboardInterrupt as interrupt:
+                restore.abandon()
+                return RestoreOutcome.interrupted(backup.id, interrupt, committed=restore.committed())
+            return RestoreOutcome(backup_id=backup.id, status="success")
+
+    A provider that lets the interrupt through still works: faber then says the database is on
+    one side of the restore or the other, and how to see which.
     """
 
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, computed_field
 
+from faber_core.interrupts import signal_name
 from faber_core.safety.models import LintFinding
 
 
@@ -280,10 +281,22 @@ class BackupPruneOutcome(BaseModel):
 
 class RestoreOutcome(BaseModel):
     """What a restore did. ``original_unchanged`` marks a restore beside the database (a new
-    instance): faber then has nothing to verify on the target and reports ``endpoint``."""
+    instance): faber then has nothing to verify on the target and reports ``endpoint``.
+
+    A restore stopped by SIGINT or SIGTERM returns :meth:`interrupted` instead of letting the
+    interrupt through, saying on which side of its commit it stopped, so faber can tell the
+    user exactly what the database holds. faber goes on with the interrupt itself.
+    """
 
     backup_id: str
-    status: Literal["success", "failed"]
+    status: Literal["success", "failed", "interrupted"]
+    committed: bool | None = Field(
+        None,
+        description="For an interrupted restore: whether its commit (the transaction's COMMIT, the swap) had "
+        "run. True: the database is exactly the backup; False: it is exactly as before the restore; None: the "
+        "provider cannot tell, and details say where things stand.",
+    )
+    interrupted_by: Literal["SIGINT", "SIGTERM"] | None = None
     details: str = ""
     steps: list[str] = Field(default_factory=list)
     original_unchanged: bool = Field(
@@ -295,6 +308,20 @@ class RestoreOutcome(BaseModel):
         description="The provider's own details (cleanup commands, instance names), shown in `faber rollback`'s "
         "result under provider_data; never read by faber.",
     )
+
+    @classmethod
+    def interrupted(
+        cls, backup_id: str, interrupt: KeyboardInterrupt, *, committed: bool | None, details: str = "", **fields: Any
+    ) -> RestoreOutcome:
+        """The outcome of a restore that ``interrupt`` stopped, once you have stopped what it ran."""
+        return cls(
+            backup_id=backup_id,
+            status="interrupted",
+            committed=committed,
+            interrupted_by=signal_name(interrupt),
+            details=details,
+            **fields,
+        )
 
 
 class AuditEvent(BaseModel):

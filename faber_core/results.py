@@ -60,6 +60,11 @@ class FailedDeployResult(BaseModel):
     rollback_reason: str | None = None
     rollback_error: str | None = None
     restored_endpoint: str | None = None
+    restore_committed: bool | None = Field(
+        None,
+        description="When a signal interrupted the automatic restore: true if the restore had committed (the "
+        "database is exactly the backup), false if not (exactly as before the restore); absent when unknown.",
+    )
     writes_since_backup: WritesSinceBackup | None = Field(
         None, description="Before an automatic restore: rows others wrote since the backup (restore_with_app_writes)."
     )

@@ -618,6 +618,8 @@ class Rollback:
     reason: str | None = None
     error: str | None = None
     restored_endpoint: str | None = None
+    restore_committed: bool | None = None
+    """Set when a signal interrupted the restore and its provider said on which side of its commit."""
     writes_since_backup: writes.WritesSinceBackup | None = None
     discarded: str | None = None
     """What the restore discarded that others wrote (policy warn), for the message."""
@@ -661,6 +663,7 @@ def roll_back_failed_deploy(
         rollback_reason=rollback.reason,
         rollback_error=rollback.error,
         restored_endpoint=rollback.restored_endpoint,
+        restore_committed=rollback.restore_committed,
         writes_since_backup=rollback.writes_since_backup,
     )
     if progress.health_after == "failed":
@@ -765,24 +768,7 @@ def rollback_step(
                 f"If no other run deployed, roll back by hand: faber rollback {env} --to {backup.id}",
             ],
         )
-    try:
-        return restore_unless_refused(context, plugins, backup)
-    except KeyboardInterrupt as interrupt:
-        # The restore is atomic, but the signal may arrive after its COMMIT (during its ANALYZE or
-        # the verification), so the database is on one side of it or the other; not knowing which,
-        # say both.
-        return Rollback(
-            "failed",
-            initiated=True,
-            error=(
-                f"interrupted by {signal_name(interrupt)}; the restore is atomic, so the database is either "
-                f"as it was before the restore or exactly {backup.id}"
-            ),
-            restore_suggestions=[
-                f"See which: faber status {env} (the backup's migrations: faber backups {env})",
-                f"If it was not restored, retry the rollback: faber rollback {env} --to {backup.id}",
-            ],
-        )
+    return restore_unless_refused(context, plugins, backup)
 
 
 def nothing_to_roll_back(context: RunContext, failure: MigrationFailure | None) -> Rollback:
@@ -834,6 +820,8 @@ def restore_unless_refused(context: RunContext, plugins: Plugins, backup: Backup
             error=exc.message,
             restore_suggestions=[*exc.suggestions, f"Retry the rollback: faber rollback {env} --to {backup.id}"],
         )
+    if outcome.status == "interrupted":
+        return interrupted_restore(context, backup, outcome, since)
     if restored_beside(outcome):
         return Rollback(
             "restored_side_by_side",
@@ -853,6 +841,47 @@ def restore_unless_refused(context: RunContext, plugins: Plugins, backup: Backup
         discarded=discarded,
         advice_first=[
             f"Database rolled back to {backup.id}" + (f"; the restore discarded {discarded}" if discarded else "")
+        ],
+    )
+
+
+def interrupted_restore(
+    context: RunContext, backup: BackupRecord, outcome: RestoreOutcome, since: writes.WritesSinceBackup
+) -> Rollback:
+    """A signal stopped the restore: say exactly which side of its commit the database is on."""
+    env = context.environment
+    retry = f"Retry the rollback: faber rollback {env} --to {backup.id}"
+    if outcome.committed:
+        return Rollback(
+            "success",
+            initiated=True,
+            restore_committed=True,
+            writes_since_backup=since,
+            advice_first=[
+                f"Database rolled back to {backup.id}: the restore had committed when {outcome.interrupted_by} "
+                "arrived",
+                f"Its check was cut short: see that the migrations match the backup's with faber status {env}",
+            ],
+        )
+    if outcome.committed is False:
+        return Rollback(
+            "failed",
+            initiated=True,
+            restore_committed=False,
+            writes_since_backup=since,
+            error=f"interrupted by {outcome.interrupted_by} before the restore committed; the database is exactly "
+            "as it was before the restore",
+            restore_suggestions=[retry],
+        )
+    return Rollback(
+        "failed",
+        initiated=True,
+        writes_since_backup=since,
+        error=f"interrupted by {outcome.interrupted_by}; the restore is atomic, so the database is either as it was "
+        f"before the restore or exactly {backup.id} ({outcome.details})",
+        restore_suggestions=[
+            f"See which: faber status {env} (the backup's migrations: faber backups {env})",
+            f"If it was not restored, retry the rollback: faber rollback {env} --to {backup.id}",
         ],
     )
 
@@ -898,18 +927,34 @@ def failed_migration_advice(context: RunContext, failed: list[str]) -> list[str]
 def restore_backup(context: RunContext, plugins: Plugins, backup: BackupRecord) -> RestoreOutcome:
     """Restore, then prove it: the migration bookkeeping must equal the backup's manifest.
 
+    An interrupt (SIGINT, SIGTERM) during the restore or its proof returns an ``interrupted``
+    outcome saying whether the restore committed, for the caller to report.
+
     A provider that restores beside the database (``original_unchanged``) leaves the
     target as it is, so there is nothing to verify on it; the outcome says where the copy is.
     """
     with step(context, "rollback", **{"faber.backup.id": backup.id}):
         context.emit("rollback.started", backup_id=backup.id)
-        outcome = plugins.backup_restore(context, backup)
+        try:
+            outcome = plugins.backup_restore(context, backup)
+        except KeyboardInterrupt as interrupt:  # from a provider that does not say where it stopped
+            outcome = RestoreOutcome.interrupted(
+                backup.id, interrupt, committed=None, details="the backup provider did not say whether it committed"
+            )
+        if outcome.status == "interrupted":
+            context.emit("rollback.finished", backup_id=backup.id, status="interrupted", committed=outcome.committed)
+            return outcome
         if outcome.status != "success":
             raise RestoreFailed(f"Restore of {backup.id} failed: {outcome.details}", backup_id=backup.id)
         if restored_beside(outcome):
             context.emit("rollback.finished", backup_id=backup.id, status="restored_side_by_side")
             return outcome
-        state = read_status(context, plugins, quiet=True)
+        try:
+            state = read_status(context, plugins, quiet=True)
+        except KeyboardInterrupt as interrupt:
+            return RestoreOutcome.interrupted(
+                backup.id, interrupt, committed=True, details=f"{outcome.details}; interrupted while verifying it"
+            )
     expected = sorted(tuple(item) for item in backup.migrations)
     if sorted(state.applied_fingerprint()) != expected:
         raise RestoreFailed(
@@ -1013,6 +1058,8 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
         since = check_writes_since_backup(context, chosen)
         confirm_rollback(context, options, chosen, since)
         outcome = restore_backup(context, plugins, chosen)
+    if outcome.status == "interrupted":
+        raise interrupted_rollback(context, chosen, outcome)
     beside = restored_beside(outcome)
     return Success(
         operation="rollback",
@@ -1027,6 +1074,35 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
             **outcome.model_dump(include={"original_unchanged", "endpoint", "provider_data"}, exclude_defaults=True),
         },
         message=outcome.details if beside else f"Rolled back {context.environment} to {chosen.id}",
+    )
+
+
+def interrupted_rollback(context: RunContext, backup: BackupRecord, outcome: RestoreOutcome) -> Interrupted:
+    """``faber rollback`` stopped by a signal: where the database is, from the provider's word."""
+    env = context.environment
+    where = {
+        True: f"the restore had committed: {env} is exactly {backup.id}",
+        False: f"the restore had not committed: {env} is exactly as it was before the rollback",
+        None: f"the restore is atomic, so {env} is either as it was before the rollback or exactly {backup.id}",
+    }[outcome.committed]
+    suggestions = {
+        True: [f"Check that the migrations match the backup's: faber status {env}"],
+        False: [f"Retry the rollback: faber rollback {env} --to {backup.id}"],
+        None: [
+            f"See which: faber status {env} (the backup's migrations: faber backups {env})",
+            f"If it was not restored, retry the rollback: faber rollback {env} --to {backup.id}",
+        ],
+    }[outcome.committed]
+    return Interrupted(
+        f"Interrupted by {outcome.interrupted_by}; {where}",
+        result={
+            "interrupted_by": outcome.interrupted_by,
+            "backup_id": backup.id,
+            "restore_committed": outcome.committed,
+            "details": outcome.details,
+        },
+        suggestions=suggestions,
+        backup_id=backup.id,
     )
 
 

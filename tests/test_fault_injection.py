@@ -30,6 +30,7 @@ import functools
 import json
 import shutil
 import signal
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -590,3 +591,70 @@ def top_level_steps(events: list[Event]) -> list[Event]:
 def test_kills_awaiting_fixes_are_real_kills():
     every_kill = {f"{point.name}-{signal.Signals(signum).name}" for point in POINTS for signum in point.signals}
     assert set(AWAITING_FIXES) <= every_kill
+
+
+# An interrupted restore says which side of its commit the database is on ------------------
+
+RESTORE_MOMENTS = {
+    # The restore replays its archive: its transaction is open, no COMMIT sent.
+    "before-commit": False,
+    # The restore committed and its ANALYZE waits for a lock the application took the moment the
+    # restore's own locks went away (it had queued for them during the replay).
+    "after-commit": True,
+}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("moment", list(RESTORE_MOMENTS))
+@pytest.mark.parametrize("command", ["failed-deploy", "rollback"])
+def test_interrupted_restore_reports_whether_it_committed(bed: FaultBed, command: str, moment: str, signum: int):
+    committed = RESTORE_MOMENTS[moment]
+    database = bed.clone(bed.deployed_template if command == "rollback" else bed.template)
+    bed.set_database(database, fail=FAILING if command == "failed-deploy" else None)
+    project = bed.project(with_backups=command == "rollback")
+    args = ("rollback", ENVIRONMENT, "--to", bed.backup_id) if command == "rollback" else ("migrate", ENVIRONMENT)
+    run = faber(project, bed.url(database), *args, "--yes", "--json")
+    app = psycopg.connect(bed.url(database), application_name="the application")
+    waiting = threading.Thread(target=app.execute, args=["LOCK TABLE transfers IN SHARE UPDATE EXCLUSIVE MODE"])
+    try:
+        run.wait_for(event_matcher("rollback.started"))
+        with psycopg.connect(bed.admin_url, autocommit=True) as admin:
+            run.wait_until(lambda: session_doing(admin, database, *inside_condition("restore", None)), what="replay")
+            if moment == "after-commit":
+                waiting.start()
+                run.wait_until(
+                    lambda: session_doing(
+                        admin, database, "wait_event_type = 'Lock' AND query LIKE %s", ["%DO $faber$%"]
+                    ),
+                    what="the restore's ANALYZE waiting for the application's lock",
+                )
+        run.kill(signum)
+        assert run.wait(EXIT_BOUND) is not None, f"faber still running {EXIT_BOUND}s after the signal"
+    finally:
+        if waiting.is_alive() or moment == "after-commit":
+            waiting.join(EXIT_BOUND)
+        app.close()
+        run.stop_everything()
+    try:
+        document = json.loads(run.stdout())
+        result = document["result"]
+        assert result["restore_committed"] is committed, summary(run.stdout())
+        name = signal.Signals(signum).name
+        if command == "rollback":
+            assert document["code"] == "INTERRUPTED", summary(run.stdout())
+            assert run.proc.returncode == 130
+            before = STATE_AFTER[DEPLOYED[-1]]
+        else:
+            assert result["rollback_status"] == ("success" if committed else "failed"), summary(run.stdout())
+            before = STATE_AFTER["002_ledgers"]
+        said = json.dumps(document)
+        claim = f"exactly {result['backup_id']}" if command == "rollback" else f"rolled back to {result['backup_id']}"
+        assert name in said and (claim if committed else "exactly as it was before") in said, said
+        expected = ROLLED_BACK if committed else before
+        problems = check_state(bed, database, (expected,), what=f"after {name} {moment}")
+        assert not problems, "\n".join(problems)
+        assert not wait_for_server_release(bed.admin_url, database, within=SERVER_BOUND)
+        assert not converge(bed, project, database)
+    finally:
+        drop_database(bed.admin_url, database)
+        bed.databases.remove(database)

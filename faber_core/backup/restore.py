@@ -3,12 +3,13 @@
 One ``psql`` session runs, in this order::
 
     BEGIN;
+    txid_current()     the transaction's id, read back by faber
     <prelude>          drop what the archive brings back: event triggers, subscriptions,
                        publications, large objects, foreign servers, user casts, every schema
                        but faber's own, then the remaining extensions; recreate ``public``
     <pg_restore -1>    the archive as SQL, minus its final COMMIT
-    ANALYZE            every restored table, so the planner has statistics at once
     COMMIT;
+    ANALYZE            every restored table, so the planner has statistics at once
 
 The COMMIT is sent only after ``pg_restore`` exited 0 and its script ended as expected. If faber
 is killed (SIGKILL included: its children die with it, see :mod:`faber_core.processes`),
@@ -16,6 +17,11 @@ interrupted, or anything fails, ``psql`` reaches the end of its input, or dies, 
 transaction, and the server rolls everything back: the database is exactly as before the
 restore. ``psql --single-transaction`` would not do: it commits whatever it read when its input
 ends early.
+
+An interrupt (SIGINT, SIGTERM) can also arrive once the COMMIT is on its way or done (during the
+ANALYZE). So after stopping ``psql`` and ending its session, faber asks the server what became of
+the transaction (``txid_status``) and returns an interrupted :class:`RestoreOutcome` saying
+whether it committed: the database is then exactly the backup, or exactly as before.
 
 Sessions carry ``client_connection_check_interval`` so the server notices a dead ``psql`` within
 seconds, even mid-statement; on an interrupt faber also terminates the session itself.
@@ -46,6 +52,8 @@ _TAIL_BYTES = 1 << 16
 # What pg_restore --single-transaction prints last: COMMIT, then comments and (15.14+) \unrestrict.
 _FINAL_COMMIT = re.compile(rb"(?:^|\n)COMMIT;\n((?:\n|--[^\n]*\n|\\unrestrict [^\n]*\n)*)\Z")
 PROGRESS_INTERVAL_SECONDS = 5.0
+COMMIT_CHECK_SECONDS = 10.0
+"""How long to wait for the server to end an abandoned restore's session before asking whether it committed."""
 
 ANALYZE_RESTORED = """
 DO $faber$
@@ -85,17 +93,30 @@ def restore_archive(context: RunContext, backup: BackupRecord, tools: Path, majo
         with context.database.connect() as conn:
             prelude = restore_prelude(conn, keep)
             finish = sql.SQL(ANALYZE_RESTORED).format(keep=sql.Literal(keep)).as_string(conn)
-        _run_in_one_transaction(context, backup, tools, major, fd, prelude, finish, manual)
+        try:
+            notes = _run_in_one_transaction(context, backup, tools, major, fd, prelude, finish, manual)
+        except _Interrupted as stopped:
+            return RestoreOutcome.interrupted(
+                backup.id,
+                stopped.interrupt,
+                committed=stopped.committed,
+                details={
+                    True: f"The restore of {backup.id} had committed: the database is exactly the backup",
+                    False: f"The restore of {backup.id} had not committed and was rolled back: the database is "
+                    "exactly as before it",
+                    None: f"Could not ask the server whether the restore of {backup.id} committed",
+                }[stopped.committed],
+            )
     return RestoreOutcome(
         backup_id=backup.id,
         status="success",
-        details=f"Restored {backup.id} ({backup.size_bytes} bytes) in one transaction",
+        details=f"Restored {backup.id} ({backup.size_bytes} bytes) in one transaction{notes}",
         steps=[
             "dropped what changed since the backup (schemas, large objects, publications, subscriptions, "
             "event triggers, extensions)",
             "replayed the archive",
-            "analyzed the restored tables",
             "committed",
+            "analyzed the restored tables",
         ],
     )
 
@@ -111,6 +132,15 @@ def _sha256(fd: int) -> str:
     return digest.hexdigest()
 
 
+class _Interrupted(Exception):
+    """A signal stopped the restore; ``committed`` is what the server says of its transaction."""
+
+    def __init__(self, interrupt: KeyboardInterrupt, committed: bool | None) -> None:
+        super().__init__()
+        self.interrupt = interrupt
+        self.committed = committed
+
+
 def _run_in_one_transaction(
     context: RunContext,
     backup: BackupRecord,
@@ -120,7 +150,8 @@ def _run_in_one_transaction(
     prelude: str,
     finish: str,
     manual: list[str],
-) -> None:
+) -> str:
+    """Run the restore; returns notes for its details (statistics that could not be refreshed)."""
     from faber_core.backup.pg_dump import client_env
 
     application = f"faber restore {context.run_id}"
@@ -129,10 +160,10 @@ def _run_in_one_transaction(
     size = os.fstat(archive_fd).st_size
     with tempfile.TemporaryFile() as psql_errors, tempfile.TemporaryFile() as restore_errors:
         psql = spawn(
-            [tools / "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"],
+            [tools / "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-f", "-"],
             env=psql_env,
             stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=psql_errors,
         )
         restore = spawn(
@@ -144,21 +175,31 @@ def _run_in_one_transaction(
         )
         assert psql.stdin and restore.stdout
         problem: str | None = None
+        transaction: int | None = None
+        commit_sent = False
         try:
             try:
-                psql.stdin.write(b"BEGIN;\n" + prelude.encode())
+                transaction = _begin(psql)
+                psql.stdin.write(prelude.encode())
                 tail = _forward_all_but_tail(context, backup, restore, psql, archive_fd, size)
                 if restore.wait() != 0:
                     problem = "pg_restore failed"
                 else:
-                    psql.stdin.write(_without_final_commit(tail) + finish.encode() + b"COMMIT;\n")
+                    psql.stdin.write(_without_final_commit(tail))
+                    commit_sent = True
+                    # Statistics after the COMMIT: a failing ANALYZE must not undo the restore.
+                    psql.stdin.write(b"COMMIT;\n\\set ON_ERROR_STOP 0\n" + finish.encode())
                     psql.stdin.close()
+                    psql.wait()
             except BrokenPipeError:
                 problem = "psql stopped"  # at an error: its stderr says which
             except _ScriptProblem as exc:
                 problem = str(exc)
+        except KeyboardInterrupt as interrupt:
+            _abandon(context, application, restore, psql)
+            raise _Interrupted(interrupt, _committed(context, transaction) if commit_sent else False) from None
         except BaseException:
-            # Interrupted: end the transaction for sure before anything else happens.
+            # Stopped otherwise: end the transaction for sure before anything else happens.
             _abandon(context, application, restore, psql)
             raise
         if problem is not None:
@@ -169,8 +210,10 @@ def _run_in_one_transaction(
         psql.wait()
         psql_err = _read(psql_errors)
         restore_err = _read(restore_errors)
-    if problem is None and psql.returncode == 0:
-        return
+    if problem is None and (psql.returncode == 0 or _committed(context, transaction)):
+        # psql may end in error after the COMMIT ran (a lost connection): the server knows.
+        analyze = _first_error(psql_err) if psql_err.strip() else ""
+        return f"; statistics not refreshed: {context.redactor.redact(analyze)}" if analyze else ""
     detail = context.redactor.redact(_first_error(psql_err) or _first_error(restore_err) or problem or "")
     raise RestoreFailed(
         f"Restore of {backup.id} failed and was rolled back: {detail}",
@@ -178,6 +221,34 @@ def _run_in_one_transaction(
         suggestions=manual,
         backup_id=backup.id,
     )
+
+
+def _begin(psql: subprocess.Popen) -> int | None:
+    """Open the restore's transaction; returns its id, by which the server later says whether it
+    committed (None if psql stopped first). Later query output is discarded."""
+    assert psql.stdin and psql.stdout
+    psql.stdin.write(b"BEGIN;\nSELECT pg_catalog.txid_current();\n\\o " + os.devnull.encode() + b"\n")
+    psql.stdin.flush()
+    line = psql.stdout.readline().strip()
+    return int(line) if line.isdigit() else None
+
+
+def _committed(context: RunContext, transaction: int | None) -> bool | None:
+    """Whether the restore's transaction committed, asked of the server once its session ended;
+    None when the server cannot say."""
+    if transaction is None:
+        return False  # psql stopped before the transaction began
+    deadline = time.monotonic() + COMMIT_CHECK_SECONDS
+    try:
+        with context.database.connect(application_name="faber restore check") as conn:
+            while True:
+                (status,) = conn.execute("SELECT pg_catalog.txid_status(%s)", [transaction]).fetchone()
+                if status != "in progress" or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+    except psycopg.Error:
+        return None
+    return {"committed": True, "aborted": False}.get(status)
 
 
 def _forward_all_but_tail(

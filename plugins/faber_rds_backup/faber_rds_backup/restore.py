@@ -8,7 +8,11 @@ old database stays available for inspection. In ``side-by-side`` mode it stops a
 restore and reports the new endpoint.
 
 Each step is reported as it finishes. When one fails, :class:`RestoreFailed` says exactly where
-things stand and gives the ``aws rds`` commands that finish or undo the swap by hand.
+things stand and gives the ``aws rds`` commands that finish or undo the swap by hand. When SIGINT
+or SIGTERM stops it, the interrupted outcome says the same, and whether the swap (the commit of
+this restore) had happened: before the first rename the original still serves its database, once
+the restored copy answers to the original's identifier it serves the backup, and in between
+neither does until the swap is finished or undone.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ class Plan:
     original: str
     restored: str
     previous: str
+    state: Callable[[Target, Plan], tuple[str, list[str]]]
+    """Where things stand while the current step runs (one of the functions at the end)."""
     steps: list[str] = field(default_factory=list)
 
 
@@ -52,10 +58,26 @@ def restore(context: RunContext, backup: BackupRecord) -> RestoreOutcome:
         original=target.identifier,
         restored=naming.restored_identifier(target.identifier, now),
         previous=naming.pre_rollback_identifier(target.identifier, now),
+        state=_unchanged,
     )
     run = _Runner(context, settings, target, plan)
+    try:
+        return _swap(run, settings, target, plan)
+    except KeyboardInterrupt as interrupt:
+        where, commands = plan.state(target, plan)
+        return RestoreOutcome.interrupted(
+            plan.backup_id,
+            interrupt,
+            committed=_COMMITTED[plan.state],
+            details=where,
+            steps=plan.steps,
+            provider_data={"commands": commands},
+        )
+
+
+def _swap(run: _Runner, settings: RdsBackupSettings, target: Target, plan: Plan) -> RestoreOutcome:
     original = run.step(
-        "checked the snapshot and the current database", _unchanged, lambda: _prepare(context, target, plan)
+        "checked the snapshot and the current database", _unchanged, lambda: _prepare(run.context, target, plan)
     )
     run.step(
         f"started restoring {plan.backup_id} to new {target.noun} {plan.restored}",
@@ -144,6 +166,7 @@ class _Runner:
         self.plan = plan
 
     def step(self, done: str, state: Callable[[Target, Plan], tuple[str, list[str]]], action: Callable[[], Any]) -> Any:
+        self.plan.state = state
         try:
             result = action()
         except Exception as exc:
@@ -284,3 +307,12 @@ def _restore_command(target: Target, plan: Plan) -> str:
         "--db-snapshot-identifier",
         plan.backup_id,
     )
+
+
+# Whether the swap, this restore's commit, had happened, by where things stand.
+_COMMITTED: dict[Callable[[Target, Plan], tuple[str, list[str]]], bool | None] = {
+    _unchanged: False,
+    _restored_beside: False,
+    _original_moved: None,
+    _swapped_pending: True,
+}

@@ -185,7 +185,8 @@ THROTTLING_RESPONSE = (
 
 
 class ThrottlingProxy:
-    """Forwards to moto, except that the first ``count`` calls of ``action`` get RDS's throttling error."""
+    """Forwards to moto, except that the first ``count`` calls of ``action`` get RDS's throttling error,
+    and that a call can be held unanswered (a moment to signal a faber that waits on AWS)."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = urlsplit(upstream)
@@ -193,6 +194,10 @@ class ThrottlingProxy:
         self.remaining = 0
         self.throttled = 0
         self.forwarded: list[str] = []
+        self.held_action = ""
+        self.hold_after: tuple[str, int] = ("", 0)
+        self.holding = threading.Event()
+        self.released = threading.Event()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -204,6 +209,9 @@ class ThrottlingProxy:
                     proxy.throttled += 1
                     self._answer(400, {"Content-Type": "text/xml"}, THROTTLING_RESPONSE.encode())
                     return
+                if action == proxy.held_action and proxy.forwarded.count(proxy.hold_after[0]) >= proxy.hold_after[1]:
+                    proxy.holding.set()
+                    proxy.released.wait(60)
                 proxy.forwarded.append(action)
                 upstream = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=30)
                 upstream.request("POST", self.path, body, dict(self.headers))
@@ -228,6 +236,14 @@ class ThrottlingProxy:
 
     def throttle(self, action: str, count: int) -> None:
         self.action, self.remaining = action, count
+
+    def hold(self, action: str, *, after: str, count: int = 1) -> None:
+        """Hold every call of ``action`` made once ``after`` was forwarded ``count`` times, until :meth:`release`."""
+        self.held_action, self.hold_after = action, (after, count)
+
+    def release(self) -> None:
+        self.held_action = ""
+        self.released.set()
 
 
 @pytest.fixture

@@ -3,9 +3,12 @@ PostgreSQL, the RDS instance a moto one, the migrations a Prisma project (faber-
 
 from __future__ import annotations
 
+import json
 import re
+import signal
 
 import pytest
+from faber_core.testing.faults import FaberProcess
 from faber_core.testing.fixtures import CANARY_PASSWORD
 
 pytest.importorskip("faber_prisma", reason="the end-to-end deploy drives the Prisma handler")
@@ -133,3 +136,42 @@ def test_side_by_side_rollback_reports_the_copy_and_does_not_claim_a_verified_re
     assert "beside the database; the database itself is unchanged" in run.stderr
     identifiers = {db["DBInstanceIdentifier"] for db in rds.describe_db_instances()["DBInstances"]}
     assert "prod-db" in identifiers and len(identifiers) == 2
+
+
+@pytest.mark.parametrize(
+    ("held", "after", "count", "committed"),
+    [
+        # Waiting for the restored copy: the original was never touched.
+        ("DescribeDBInstances", "RestoreDBInstanceFromDBSnapshot", 1, False),
+        # Waiting for the swapped-in copy to serve under the original's identifier: the swap happened.
+        ("DescribeDBInstances", "ModifyDBInstance", 2, True),
+    ],
+    ids=["before-the-swap", "after-the-swap"],
+)
+def test_sigterm_during_rollback_says_whether_the_swap_happened(
+    rds, rds_instance, prisma_rds_project, run_faber, throttling_proxy, held, after, count, committed
+):
+    project = prisma_rds_project({"0001_init": INIT}, endpoint_url=throttling_proxy.url)
+    backup = run_faber("backup", "production", "--json", "--cwd", str(project))
+    assert backup.returncode == 0, backup.output
+    backup_id = backup.json["result"]["id"]
+    throttling_proxy.hold(held, after=after, count=count)
+
+    run = FaberProcess.start(project, "rollback", "production", "--to", backup_id, "--yes", "--json")
+    try:
+        run.wait_until(throttling_proxy.holding.is_set, what=f"{held} held after {after}")
+        run.kill(signal.SIGTERM)
+        code = run.wait(30)
+    finally:
+        throttling_proxy.release()
+        run.stop_everything()
+
+    assert code == 130, run.stdout() + run.stderr()
+    document = json.loads(run.stdout())
+    assert document["code"] == "INTERRUPTED" and document["result"]["restore_committed"] is committed, document
+    arn = rds.describe_db_instances(DBInstanceIdentifier="prod-db")["DBInstances"][0]["DBInstanceArn"]
+    tags = {t["Key"]: t["Value"] for t in rds.list_tags_for_resource(ResourceName=arn)["TagList"]}
+    assert (tags.get("faber:restored-from") == backup_id) is committed, tags
+    said = document["error"] + " ".join(document["recovery"]["suggestions"])
+    assert ("is exactly " + backup_id if committed else "exactly as it was before the rollback") in said, said
+    assert CANARY_PASSWORD not in run.stdout() + run.stderr()
