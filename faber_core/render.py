@@ -39,6 +39,12 @@ def escape_controls(text: str) -> str:
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1] if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", text)
 
 
+def one_line(text: str) -> str:
+    """``text`` (a migration name, a backup reason) within a line of a list or table: its own
+    line breaks and tabs escaped, so it cannot break the layout or pose as a line of its own."""
+    return escape_controls(text.replace("\n", "\\n").replace("\t", "\\t"))
+
+
 def title(operation: str) -> str:
     return _TITLES.get(operation, operation.replace("-", " ").capitalize())
 
@@ -236,16 +242,16 @@ class ProgressPrinter:
 
     def on_migration_started(self, event: AuditEvent) -> None:
         name = event.data["name"]
-        self.line(f"… Deploying migration: {name}")
-        self.start_activity(f"Deploying migration: {name}", self.estimates.get(name))
+        self.line(f"… Deploying migration: {one_line(name)}")
+        self.start_activity(f"Deploying migration: {one_line(name)}", self.estimates.get(name))
 
     def on_migration_applied(self, event: AuditEvent) -> None:
         self.end_activity()
-        self.line(f"✓ Deploying migration: {event.data['name']} ({event.data['duration_seconds']:.1f}s)")
+        self.line(f"✓ Deploying migration: {one_line(event.data['name'])} ({event.data['duration_seconds']:.1f}s)")
 
     def on_migration_failed(self, event: AuditEvent) -> None:
         self.end_activity()
-        self.line(f"✗ Migration {event.data['name']} failed: {event.data['error']}")
+        self.line(f"✗ Migration {one_line(event.data['name'])} failed: {event.data['error']}")
 
     def on_rehearsal_created(self, event: AuditEvent) -> None:
         data = " with its data" if event.data["includes_data"] else ""
@@ -333,7 +339,7 @@ class ProgressPrinter:
     def on_migration_retry(self, event: AuditEvent) -> None:
         data = event.data
         self.line(
-            f"↻ {data['name']}: lock timeout, attempt {data['attempt']} of {data['of']} in {data['wait_seconds']:.1f}s"
+            f"↻ {one_line(data['name'])}: lock timeout, attempt {data['attempt']} of {data['of']} in {data['wait_seconds']:.1f}s"
         )
 
 
@@ -399,7 +405,7 @@ def _preview_migration(index: int, migration: dict[str, Any], env: str | None) -
     transactional = in_transaction.get(migration.get("transactional"))
     basis = f" ({migration['basis']})" if migration.get("basis") else ""
     lines = [
-        f"{index}. {migration['name']}{transactional or ''}",
+        f"{index}. {one_line(migration['name'])}{transactional or ''}",
         f"   estimate: ~{_number(migration['estimated_duration_seconds'])}s{basis}",
     ]
     lines += [f"   note: {note}" for note in migration.get("notes", [])]
@@ -424,7 +430,7 @@ def _deployed(document: Success, result: dict[str, Any]) -> list[str]:
         "✅ COMPLETED: Migration Deployer",
         f"Environment: {env}",
         f"Migrations Applied: {result['migrations_applied']}",
-        *[f"  ✓ {m['name']} ({_number(m['duration_seconds'])}s)" for m in result["migrations"]],
+        *[f"  ✓ {one_line(m['name'])} ({_number(m['duration_seconds'])}s)" for m in result["migrations"]],
         f"Duration: {_number(result['total_duration_seconds'])} seconds",
         f"Backup ID: {result['backup_id'] or 'none'}",
         f"Status: {'✓ Healthy' if healthy == 'passed' else healthy}",
@@ -455,13 +461,13 @@ def _status(document: Success | ErrorDocument, result: dict[str, Any]) -> list[s
     lines = [f"{header} ({result['tool']})"]
     for name in applied:
         if name in edited:
-            lines.append(f"  ⚠ {name}  applied, but its file was edited since")
+            lines.append(f"  ⚠ {one_line(name)}  applied, but its file was edited since")
         elif name in missing:
-            lines.append(f"  ⚠ {name}  applied, but missing locally")
+            lines.append(f"  ⚠ {one_line(name)}  applied, but missing locally")
         else:
-            lines.append(f"  ✓ {name}  applied")
-    lines += [f"  ✗ {name}  failed" for name in failed]
-    lines += [f"  · {name}  pending" for name in pending]
+            lines.append(f"  ✓ {one_line(name)}  applied")
+    lines += [f"  ✗ {one_line(name)}  failed" for name in failed]
+    lines += [f"  · {one_line(name)}  pending" for name in pending]
     return lines
 
 
@@ -479,8 +485,8 @@ def _backup_lines(record: dict[str, Any]) -> list[str]:
         f"Created: {_timestamp(record['created_at'])}",
         f"Provider: {record['provider']}",
         f"Size: {_size(record.get('size_bytes'))}",
-        f"Reason: {record.get('reason') or 'none'}",
-        f"Migrations covered: {len(names)}" + (f" (up to {names[-1]})" if names else ""),
+        f"Reason: {one_line(record.get('reason') or 'none')}",
+        f"Migrations covered: {len(names)}" + (f" (up to {one_line(names[-1])})" if names else ""),
     ]
     if record.get("location"):
         lines.append(f"Location: {record['location']}")
@@ -508,6 +514,7 @@ def _backups(document: Success, result: dict[str, Any]) -> list[str]:
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
     """Columns padded to their widest cell, two spaces apart."""
+    rows = [tuple(one_line(cell) for cell in row) for row in rows]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     return [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
@@ -591,7 +598,7 @@ def _project_plugin_lines(project: dict[str, Any] | None) -> list[str]:
 def _history_line(run: dict[str, Any]) -> str:
     """One recorded run: when, what, outcome, by whom, which migrations and backup."""
     mark = "✓" if run["status"] == "success" else "✗"
-    names = ", ".join(m["name"] for m in run["migrations"]) or "no migrations"
+    names = ", ".join(one_line(m["name"]) for m in run["migrations"]) or "no migrations"
     parts = [
         f"{mark} {_timestamp(run['started_at'])}",
         run["operation"],
@@ -637,7 +644,7 @@ def _fleet(document: Success | ErrorDocument, result: dict[str, Any]) -> list[st
     lines.append(RULE)
     if failed and document.recovery.suggestions:
         lines.append("Recovery:")
-        lines += [f"  - {suggestion}" for suggestion in document.recovery.suggestions]
+        lines += [f"  - {one_line(suggestion)}" for suggestion in document.recovery.suggestions]
     elif document.operation == "preview-migrations":
         lines.append(f"To apply: faber migrate {document.environment}")
     return lines
@@ -705,7 +712,7 @@ def _error_lines(document: ErrorDocument, result: dict[str, Any]) -> list[str]:
     lines.append(RULE)
     if document.recovery.suggestions:
         lines.append("Recovery:")
-        lines += [f"  - {suggestion}" for suggestion in document.recovery.suggestions]
+        lines += [f"  - {one_line(suggestion)}" for suggestion in document.recovery.suggestions]
     if document.recovery.rollback_command:
         lines.append(f"Rollback: {document.recovery.rollback_command}")
     return lines

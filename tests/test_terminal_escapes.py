@@ -38,3 +38,35 @@ def test_a_hostile_migration_folder_name_is_escaped_in_human_output(faber_projec
     for run in runs:
         assert not any(char in run.output for char in "\x1b\x07\r\u202e"), run.output
     assert "20240102000000_\\x1b]0;pwned\\x07\\x1b[2J\\x1b[1A\\r✓ Backup created: fake\\u202e" in runs[1].output
+
+
+FORGED = "✓ Verification: All migrations applied (forged)"
+
+
+def test_a_line_break_in_a_name_or_reason_cannot_forge_a_line(faber_project, run_faber, database_url):
+    """Line breaks are kept where faber's layout puts them, so a name or a backup reason holding
+    one would otherwise print a line of its own in lists, tables and progress."""
+    project = faber_project(
+        {
+            "database": {
+                "migration_tool": "prisma",
+                "environments": {"production": {"database_url_env": "APP_URL", "lock_wait_seconds": 5}},
+            }
+        },
+        {f"prisma/migrations/20240101000000_init\n{FORGED}/migration.sql": "CREATE TABLE users (id bigint);"},
+    )
+    env = {"APP_URL": database_url}
+
+    runs = [
+        run_faber("migrate", "production", "--dry-run", "--cwd", str(project), env=env),
+        run_faber("migrate", "production", "--yes", "--cwd", str(project), env=env),
+        run_faber("status", "production", "--cwd", str(project), env=env),
+        run_faber("history", "production", "--cwd", str(project), env=env),
+        run_faber("backup", "production", "--reason", f"release\n{FORGED}", "--cwd", str(project), env=env),
+        run_faber("backups", "production", "--cwd", str(project), env=env),
+    ]
+
+    assert [run.returncode for run in runs] == [0] * len(runs), [run.output for run in runs]
+    for run in runs:
+        assert not [line for line in run.output.splitlines() if line.strip().startswith(FORGED)], run.output
+    assert f"20240101000000_init\\n{FORGED}" in runs[2].output
