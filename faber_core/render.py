@@ -339,7 +339,8 @@ class ProgressPrinter:
     def on_migration_retry(self, event: AuditEvent) -> None:
         data = event.data
         self.line(
-            f"↻ {one_line(data['name'])}: lock timeout, attempt {data['attempt']} of {data['of']} in {data['wait_seconds']:.1f}s"
+            f"↻ {one_line(data['name'])}: lock timeout, attempt {data['attempt']} of {data['of']} "
+            f"in {data['wait_seconds']:.1f}s"
         )
 
 
