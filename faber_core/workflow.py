@@ -109,6 +109,7 @@ def migrate(context: RunContext, plugins: Plugins, options: DeployOptions) -> Su
     if options.dry_run:
         check_health(context, plugins, "before", options)
         state = read_status(context, plugins)
+        refuse_out_of_order(context, state)
         safety.refuse_what_the_handler_refuses(context, plugins, state.pending_migrations())
         return preview(context, plugins, state, rehearse=options.rehearse)
     # Before the lock and the backup: an out-of-order migration, SQL that cannot be analysed, or

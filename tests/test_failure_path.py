@@ -440,6 +440,10 @@ def test_a_pending_migration_that_sorts_before_an_applied_one_is_refused_before_
     kinds = [e.kind for e in events]
     assert "lock.acquired" not in kinds and "backup.started" not in kinds
     assert "tags" not in tables(database_url)
+    # The preview says what the deploy would do, rather than "To apply: faber migrate production".
+    with pytest.raises(MigrationFailed) as previewed:
+        migrate(context_for(project_dir), plugins, DeployOptions(dry_run=True))
+    assert previewed.value.message == error.message
 
 
 def test_out_of_order_true_applies_the_early_migration(project, context_for, plugins, database_url):
