@@ -8,7 +8,9 @@ each target's history row).
 
     python bench/fleet.py            # needs PostgreSQL at 127.0.0.1:5432 (user postgres)
 
-Set FABER_BENCH_TARGETS to change the fleet's size (default 100).
+Set FABER_BENCH_TARGETS to change the fleet's size (default 100). ``FABER_BENCH_BASELINE_PYTHONPATH=DIR``
+also deploys, right after each of these, with the faber found in DIR (an older checkout's
+``faber_core`` linked there), and prints its numbers too, to compare versions in one run.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
+from machine import describe as describe_machine  # bench/machine.py, beside this script
 from psycopg import sql
 
 ADMIN_URL = os.environ.get("FABER_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 TARGETS = int(os.environ.get("FABER_BENCH_TARGETS", "100"))
+BASELINE = os.environ.get("FABER_BENCH_BASELINE_PYTHONPATH")
 MIGRATIONS = {
     "001_accounts": "CREATE TABLE accounts (id bigserial PRIMARY KEY, balance int NOT NULL DEFAULT 0);",
     "002_owner": "ALTER TABLE accounts ADD COLUMN owner text;",
@@ -84,20 +88,22 @@ def project(directory: Path) -> Path:
     return directory
 
 
-def deploy(directory: Path, databases: list[str], concurrency: int) -> tuple[float, dict]:
+def deploy(directory: Path, databases: list[str], concurrency: int, pythonpath: str | None) -> tuple[float, dict]:
     listing = "\n".join(f"t{index:03d} {database_url(name)}" for index, name in enumerate(databases))
     env = {
         **os.environ,
         "TENANT_DATABASE_URLS": listing,
         "FABER_PLUGINS": "faber_core.testing.sqlfiles",
         "JOB_COMPLETION_INDEX": "",
+        **({"PYTHONPATH": pythonpath} if pythonpath else {}),
     }
     argv = [sys.executable, "-m", "faber_core", "migrate", "tenants", "--json", "--concurrency", str(concurrency)]
     started, cpu = time.monotonic(), _children_cpu()
     run = subprocess.run(argv, cwd=directory, env=env, capture_output=True, text=True, timeout=3600)
     elapsed = time.monotonic() - started
     per_target_cpu = (_children_cpu() - cpu) / len(databases)
-    print(f"--concurrency {concurrency}: faber's own CPU {per_target_cpu * 1000:.0f} ms per target")
+    version = f" (baseline {pythonpath})" if pythonpath else ""
+    print(f"--concurrency {concurrency}{version}: faber's own CPU {per_target_cpu * 1000:.0f} ms per target")
     document = json.loads(run.stdout)
     if run.returncode != 0 or document["result"]["summary"] != {"deployed": len(databases)}:
         sys.exit(f"the fleet deploy failed ({run.returncode}): {run.stdout[-2000:]}\n{run.stderr[-2000:]}")
@@ -122,27 +128,33 @@ def migration_seconds(databases: list[str]) -> float:
 
 
 def main() -> None:
+    print(f"machine: {describe_machine()}", flush=True)
+    versions = [None, BASELINE] if BASELINE else [None]
     with tempfile.TemporaryDirectory() as tmp:
         directory = project(Path(tmp))
         results = {}
         for concurrency in (1, 8):
-            databases = create_databases(TARGETS)
-            try:
-                elapsed, _ = deploy(directory, databases, concurrency)
-                results[concurrency] = (elapsed, migration_seconds(databases))
-            finally:
-                drop_databases(databases)
-    sequential, applying = results[1]
-    concurrent, _ = results[8]
-    overhead = (sequential - applying) / TARGETS
-    print(f"{TARGETS} databases x {len(MIGRATIONS)} migrations")
-    print(f"--concurrency 1: {sequential:.1f} s ({sequential / TARGETS * 1000:.0f} ms per target)")
-    print(f"--concurrency 8: {concurrent:.1f} s ({concurrent / TARGETS * 1000:.0f} ms per target)")
-    print(f"speed-up: {sequential / concurrent:.1f}x (goal: >= 4x)")
-    print(
-        f"per-target overhead (sequential, beyond the migrations' own {applying / TARGETS * 1000:.0f} ms): "
-        f"{overhead * 1000:.0f} ms"
-    )
+            for version in versions:
+                databases = create_databases(TARGETS)
+                try:
+                    elapsed, _ = deploy(directory, databases, concurrency, version)
+                    results[version, concurrency] = (elapsed, migration_seconds(databases))
+                finally:
+                    drop_databases(databases)
+    print(f"{TARGETS} databases x {len(MIGRATIONS)} migrations; load average after: {os.getloadavg()[0]:.2f}")
+    for version in versions:
+        sequential, applying = results[version, 1]
+        concurrent, _ = results[version, 8]
+        overhead = (sequential - applying) / TARGETS
+        if version:
+            print(f"baseline ({version}):")
+        print(f"--concurrency 1: {sequential:.1f} s ({sequential / TARGETS * 1000:.0f} ms per target)")
+        print(f"--concurrency 8: {concurrent:.1f} s ({concurrent / TARGETS * 1000:.0f} ms per target)")
+        print(f"speed-up: {sequential / concurrent:.1f}x (goal: >= 4x)")
+        print(
+            f"per-target overhead (sequential, beyond the migrations' own {applying / TARGETS * 1000:.0f} ms): "
+            f"{overhead * 1000:.0f} ms"
+        )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ medians and faber's wall time minus the CLI's (goal <= 0.3 s).
     python bench/orm_overhead.py     # needs PostgreSQL at 127.0.0.1:5432 and Node with npm
 
 The ORM CLIs come from bench/orm-project (``npm ci`` on the first run, from npm's cache when
-it has them).
+it has them). ``FABER_BENCH_BASELINE_PYTHONPATH=DIR`` also runs, in the same alternation, the
+faber found in DIR (an older checkout's ``faber_core`` and plugin packages linked there).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ NODE_PROJECT = Path(__file__).parent / "orm-project"
 MIGRATIONS = 300
 RUNS = 3
 ENVIRONMENT = "bench"
+BASELINE = os.environ.get("FABER_BENCH_BASELINE_PYTHONPATH")
 
 
 def database_url(name: str) -> str:
@@ -135,16 +137,19 @@ def timed(command: list[str], cwd: Path, env: dict[str, str]) -> float:
     return elapsed
 
 
-def compare(name: str, project: Path, cli: list[str], created: list[str]) -> tuple[list[float], list[float]]:
+def compare(name: str, project: Path, cli: list[str], created: list[str]) -> dict[str, list[float]]:
     faber = [sys.executable, "-m", "faber_core", "migrate", ENVIRONMENT, "--yes", "--cwd", str(project)]
-    faber_runs, cli_runs = [], []
+    runs: dict[str, list[float]] = {"faber": [], "CLI": [], "baseline faber": []}
     for _ in range(RUNS):
         env = {**os.environ, "BENCH_DATABASE_URL": database_url(fresh_database(created))}
-        faber_runs.append(timed(faber, project, env))
+        runs["faber"].append(timed(faber, project, env))
         env = {**os.environ, "BENCH_DATABASE_URL": database_url(fresh_database(created))}
-        cli_runs.append(timed(cli, project, env))
-        print(f"  {name}: faber {faber_runs[-1]:.2f}s, CLI {cli_runs[-1]:.2f}s", flush=True)
-    return faber_runs, cli_runs
+        runs["CLI"].append(timed(cli, project, env))
+        if BASELINE:
+            env = {**os.environ, "BENCH_DATABASE_URL": database_url(fresh_database(created)), "PYTHONPATH": BASELINE}
+            runs["baseline faber"].append(timed(faber, project, env))
+        print(f"  {name}: " + ", ".join(f"{who} {times[-1]:.2f}s" for who, times in runs.items() if times), flush=True)
+    return runs
 
 
 def main() -> None:
@@ -172,9 +177,12 @@ def main() -> None:
     finally:
         drop_all(created)
     print(f"{MIGRATIONS} generated migrations each, median of {RUNS} alternating runs")
-    for name, (faber_runs, cli_runs) in results.items():
-        faber, cli = statistics.median(faber_runs), statistics.median(cli_runs)
+    for name, runs in results.items():
+        faber, cli = statistics.median(runs["faber"]), statistics.median(runs["CLI"])
         print(f"  {name}: faber {faber:.2f}s, CLI {cli:.2f}s, faber - CLI = {faber - cli:+.2f}s (goal <= 0.3 s)")
+        if runs["baseline faber"]:
+            baseline = statistics.median(runs["baseline faber"])
+            print(f"    baseline faber ({BASELINE}): {baseline:.2f}s, baseline - CLI = {baseline - cli:+.2f}s")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
