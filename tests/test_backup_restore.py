@@ -269,3 +269,25 @@ def test_a_kill_in_the_middle_of_a_restore_leaves_the_database_as_before(
 
     assert faber.returncode != 0
     assert database_state(database_url) == before
+
+
+def test_a_mixed_case_faber_schema_is_left_out_of_backups_so_restores_keep_working(
+    faber_project, run_faber, database_url
+):
+    """pg_dump folds the unquoted letters of --exclude-schema to lower case: a faber_schema named
+    Faber was dumped with the data, and every restore after the first failed on it (exit 8)."""
+    environment = {"database_url_env": "APP_URL", "lock_wait_seconds": 5}
+    database = {"migration_tool": "sqlfiles", "faber_schema": "Faber", "environments": {"production": environment}}
+    project_dir = faber_project(
+        {"database": database},
+        {"migrations/001_users.sql": "CREATE TABLE users (id int);", "migrations/002_broken.sql": "SELECT 1/0;"},
+    )
+    env = {**SQLFILES, "APP_URL": database_url}
+
+    for attempt in (1, 2):
+        run = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project_dir), env=env)
+
+        assert run.returncode == 6, run.output
+        assert run.json["result"]["rollback_status"] == "success", run.output
+        with psycopg.connect(database_url) as conn:
+            assert conn.execute('SELECT count(*) FROM "Faber".faber_deployments').fetchone() == (attempt,)

@@ -62,6 +62,12 @@ def _client_major(program: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def excluding_faber_schema(context: RunContext) -> str:
+    """pg_dump's option leaving faber's schema out. Its value is a pattern, in which unquoted
+    letters are folded to lower case: quoted, a schema named ``Faber`` is left out as named."""
+    return f'--exclude-schema="{context.config.database.faber_schema}"'
+
+
 def find_client_dir(server_major: int) -> Path:
     """A directory holding pg_dump, pg_restore and psql no older than the server.
 
@@ -171,7 +177,7 @@ def _dump(context: RunContext, tools: Path, major: int, reservation: store.Reser
             [
                 tools / "pg_dump",
                 "--format=custom",
-                f"--exclude-schema={context.config.database.faber_schema}",
+                excluding_faber_schema(context),
                 f"--file={reservation.partial}",
             ],
             env=client_env(context, major),

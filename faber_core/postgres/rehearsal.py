@@ -200,12 +200,14 @@ def _timed_out(program: str) -> FaberError:
 
 
 def _dump(context: RunContext, tools: Path, archive: Path, selection: list[str]) -> None:
+    from faber_core.backup.pg_dump import excluding_faber_schema
+
     try:
         run = run_tool(
             [
                 tools / "pg_dump",
                 "--format=custom",
-                f"--exclude-schema={context.config.database.faber_schema}",
+                excluding_faber_schema(context),
                 *selection,
                 f"--file={archive}",
             ],
