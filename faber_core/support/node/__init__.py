@@ -14,12 +14,13 @@ can be too. Its stable API:
   ``require(process.env.FABER_RUNNER_COMMON)``: the protocol below, setup errors, the approved
   plan, loading modules from the project's ``node_modules``, and which migration issued a query.
 
-A runner serves one run: faber starts it once per database (``node <runner> <args>``), it loads
-the project's ORM from the project's ``node_modules`` once, and answers each request faber writes
-on its stdin, one JSON object per line::
+A runner serves one run: faber starts it once (``node <runner> <args>``), it loads the
+project's ORM from the project's ``node_modules`` once, and answers each request faber writes on
+its stdin, one JSON object per line, each naming the database it is for (the target, or the
+throwaway copy a rehearsal applies to)::
 
-    {"command": "status"}
-    {"command": "apply", "expected": ["<migration name>", ...]}
+    {"command": "status", "database_url": ...}
+    {"command": "apply", "database_url": ..., "expected": ["<migration name>", ...]}
 
 with one JSON object per line on stdout, the last one ``done``::
 
@@ -35,9 +36,9 @@ with one JSON object per line on stdout, the last one ``done``::
      "module": ..., "file": ...}
     {"event": "done", "exit_code": 0}
 
-The database URL reaches the runner only as ``FABER_DATABASE_URL`` in its environment; ``expected``
-lists the migrations faber means to apply, and the runner refuses to start if the ORM's own list
-differs. Each request connects on its own and disconnects before ``done``. Every string the runner
+The database URL reaches the runner only in the request, never in its environment or argv;
+``expected`` lists the migrations faber means to apply, and the runner refuses to start if the
+ORM's own list differs. Each request connects on its own and disconnects before ``done``. Every string the runner
 prints is redacted before faber looks at it. Exit code 0: done; 1: a migration failed; 2: the setup
 is broken (a ``setup_error`` says how). The runner exits when faber closes its stdin, at the end of
 the run (:meth:`~faber_core.context.RunContext.close`).
@@ -72,7 +73,6 @@ from faber_core.models import (
 from faber_core.processes import STOP_GRACE_SECONDS, child_environment, find_program, spawn, stop
 from faber_core.secrets import Redactor
 
-URL_VARIABLE = "FABER_DATABASE_URL"
 COMMON_VARIABLE = "FABER_RUNNER_COMMON"
 RUNNER_COMMON = Path(__file__).parent / "runner-common.cjs"
 """The protocol and loading helpers every ORM runner requires, shipped with faber-core."""
@@ -136,8 +136,8 @@ def run_runner(
     expected: list[str] | None = None,
     on_event: Callable[[Event], None] | None = None,
 ) -> RunnerResult:
-    """Ask the run's runner for ``database`` (started on first use, ``node <runner> <args>`` in the
-    project directory) to do ``command``, streaming its events.
+    """Ask the run's runner (started on first use, ``node <runner> <args>`` in the project
+    directory) to do ``command`` on ``database`` (the context's by default), streaming its events.
 
     ``expected``: the migrations faber means to apply; the runner refuses to start if the ORM's
     own list differs. Raises :class:`ConfigError` for a broken setup and :class:`FaberError` when
@@ -146,8 +146,8 @@ def run_runner(
     """
     target = database or context.database
     args = tuple(args)
-    runner = context.kept((tool.name, target.url.reveal(), args), lambda: RunnerProcess(tool, context, target, args))
-    request: dict[str, Any] = {"command": command}
+    runner = context.kept((tool.name, args), lambda: RunnerProcess(tool, context, args))
+    request: dict[str, Any] = {"command": command, "database_url": target.url.reveal()}
     if expected is not None:
         request["expected"] = expected
     result = runner.request(context, request, on_event)
@@ -167,27 +167,21 @@ def run_runner(
 
 
 class RunnerProcess:
-    """One runner serving a run's requests on one database: Node and the ORM load once per run.
+    """One runner serving a run's requests: Node and the ORM load once per run.
 
     Its stderr goes to a file; each request's result carries what was written there meanwhile.
     A runner that was stopped (a deadline, Ctrl-C) or died is started again by the next request.
     """
 
-    def __init__(self, tool: NodeTool, context: RunContext, database: Database, args: tuple[str, ...]) -> None:
-        self.tool, self.context, self.database, self.args = tool, context, database, args
+    def __init__(self, tool: NodeTool, context: RunContext, args: tuple[str, ...]) -> None:
+        self.tool, self.context, self.args = tool, context, args
         self.proc: subprocess.Popen | None = None
         self.stderr_file = tempfile.TemporaryFile()
 
     def _running(self) -> subprocess.Popen:
         if self.proc is None or self.proc.poll() is not None:
             # node-postgres reads PGOPTIONS, so the ORM's sessions get faber's lock_timeout too.
-            env = child_environment(
-                {
-                    URL_VARIABLE: self.database.url.reveal(),
-                    COMMON_VARIABLE: str(RUNNER_COMMON),
-                    **self.context.session_timeout_env(),
-                }
-            )
+            env = child_environment({COMMON_VARIABLE: str(RUNNER_COMMON), **self.context.session_timeout_env()})
             self.proc = spawn(
                 [node_executable(), str(self.tool.script), *self.args],
                 cwd=self.context.project_dir,

@@ -1,7 +1,7 @@
 "use strict";
-// What every faber ORM runner shares: the requests on stdin and the JSON-lines protocol on
-// stdout, setup errors, the database URL taken out of the environment before project code loads,
-// the approved plan, and loading modules from the project's own node_modules. See
+// What every faber ORM runner shares: the requests on stdin (each naming its database, whose URL
+// project code never sees in the environment) and the JSON-lines protocol on stdout, setup
+// errors, the approved plan, and loading modules from the project's own node_modules. See
 // faber_core/support/node/__init__.py.
 
 const { AsyncLocalStorage } = require("async_hooks");
@@ -13,9 +13,6 @@ for (const method of ["log", "info", "debug"]) {
   console[method] = (...args) => console.error(...args);
 }
 
-const databaseUrl = process.env.FABER_DATABASE_URL;
-// Project code must not be able to print what it was never meant to see.
-delete process.env.FABER_DATABASE_URL;
 
 const SETUP_ERROR_EXIT = 2;
 const MIGRATION_FAILED_EXIT = 1;
@@ -84,8 +81,9 @@ function emitSetupError(error) {
 
 // A runner serves one faber run, so that Node and the ORM load once however many times faber
 // asks: load(options) loads the project (once it has succeeded) and returns the runner's commands;
-// each line faber writes on stdin is a request ({"command": "status"}, {"command": "apply",
-// "expected": [...]}) answered by the command's events and {"event": "done", "exit_code": N}.
+// each line faber writes on stdin is a request ({"command": "status", "database_url": ...},
+// {"command": "apply", "database_url": ..., "expected": [...]}) answered by the command's events
+// and {"event": "done", "exit_code": N}.
 // A setup problem, or an error the ORM raised outside any migration, is one setup_error event
 // and exit code 2. The runner ends when faber closes stdin.
 function serve(load) {
@@ -149,7 +147,6 @@ function trackQueries(query) {
 }
 
 module.exports = {
-  databaseUrl,
   MIGRATION_FAILED_EXIT,
   emit,
   SetupError,

@@ -2,8 +2,8 @@
 
 A run starts ``node runner/runner.cjs`` once in the project directory and sends it every request
 (status, apply); the runner reads ``.sequelizerc`` and the config as sequelize-cli does, opens the
-project's own Sequelize on the environment's database (``FABER_DATABASE_URL``, never argv) and
-keeps ``SequelizeMeta``.
+project's own Sequelize on the request's database (its URL comes in the request, never in the
+environment or argv) and keeps ``SequelizeMeta``.
 """
 
 from __future__ import annotations

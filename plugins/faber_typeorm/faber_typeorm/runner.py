@@ -2,8 +2,8 @@
 
 A run starts ``node runner/runner.cjs`` once in the project directory and sends it every request
 (status, apply); the runner loads the project's DataSource with the project's own TypeORM, points
-it at the environment's database (``FABER_DATABASE_URL``, never argv) and drives TypeORM's
-``MigrationExecutor``.
+it at the request's database (its URL comes in the request, never in the environment or argv)
+and drives TypeORM's ``MigrationExecutor``.
 """
 
 from __future__ import annotations

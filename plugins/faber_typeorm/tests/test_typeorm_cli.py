@@ -107,22 +107,23 @@ def test_a_protected_environment_refuses_to_restore_over_writes_it_cannot_attrib
 
 
 def test_one_runner_serves_a_whole_deploy_and_ends_with_it(typeorm_project):
-    # The data source records each Node process that loads it: every status read and the apply of
-    # one deploy go to one runner, which is gone once the deploy has returned. (The lint would
-    # rehearse on a copy of the database, with a runner of its own.)
+    # The data source records each Node process that loads it: every status read, the lint's
+    # rehearsal on a copy of the database and the apply of one deploy go to one runner, which is
+    # gone once the deploy has returned.
     data_source = FIXTURE_DATA_SOURCE.read_text()
     project = typeorm_project(
         files={
             "data-source.js": 'require("fs").appendFileSync(`${__dirname}/loads.txt`, `${process.pid}\\n`);\n'
             + data_source
         },
-        lint="off",
     )
 
-    document = api.deploy("staging", working_directory=project, yes=True)
+    events: list = []
+    document = api.deploy("staging", working_directory=project, yes=True, listeners=[events.append])
 
     assert document.exit_code == 0, document
     assert [m.name for m in document.result.migrations] == FIXTURE_MIGRATIONS
+    assert any(e.kind == "lint.rehearsing" for e in events), "the lint rehearsed the migrations"
     [pid] = (project / "loads.txt").read_text().split()
     with pytest.raises(ProcessLookupError):
         os.kill(int(pid), 0)

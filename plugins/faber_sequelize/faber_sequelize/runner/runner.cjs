@@ -7,7 +7,7 @@
 //
 //   node runner.cjs [--env NAME] [--environment FABER_ENV]     (requests on stdin)
 //
-// The database URL comes from FABER_DATABASE_URL and replaces the config's connection options.
+// Each request's database_url replaces the config's connection options.
 //
 // The bookkeeping is written here with Sequelize itself rather than through umzug: every
 // Sequelize project has `sequelize`, while umzug is only a transitive dependency of
@@ -96,7 +96,7 @@ function storageOf(section) {
   };
 }
 
-function openSequelize(projectDir, section, logging) {
+function openSequelize(projectDir, section, databaseUrl, logging) {
   const SequelizeModule = faber.projectRequire(projectDir, "sequelize");
   if (section.dialect && section.dialect !== "postgres") {
     throw new faber.SetupError("unsupported", `faber deploys to PostgreSQL; this config's dialect is ${section.dialect}`);
@@ -104,7 +104,7 @@ function openSequelize(projectDir, section, logging) {
   const options = { ...section };
   for (const key of CONNECTION_KEYS) delete options[key];
   Object.assign(options, { dialect: "postgres", logging, benchmark: false, logQueryParameters: false });
-  return { SequelizeModule, sequelize: new SequelizeModule.Sequelize(faber.databaseUrl, options) };
+  return { SequelizeModule, sequelize: new SequelizeModule.Sequelize(databaseUrl, options) };
 }
 
 async function connect(sequelize) {
@@ -254,13 +254,13 @@ function tracker() {
   return track;
 }
 
-// Each request reads the config and opens a Sequelize of its own, connected for that request only:
-// between requests the runner holds no connection to the database faber is deploying to.
-async function connected(projectDir, layout, options, work) {
+// Each request reads the config and opens a Sequelize of its own on the request's database,
+// connected for that request only: between requests the runner holds no connection.
+async function connected(projectDir, layout, options, request, work) {
   const section = configSection(await readConfig(projectDir, layout.configFile), options);
   const storage = storageOf(section);
   const track = tracker();
-  const { sequelize, SequelizeModule } = openSequelize(projectDir, section, track.logging);
+  const { sequelize, SequelizeModule } = openSequelize(projectDir, section, request.database_url, track.logging);
   // Every QueryInterface call ends in sequelize.query: the migration learns which queries it started.
   sequelize.query = faber.trackQueries(sequelize.query);
   try {
@@ -276,9 +276,9 @@ async function load(options) {
   faber.projectRequire(projectDir, "sequelize");
   const layout = await projectLayout(projectDir);
   return {
-    status: () => connected(projectDir, layout, options, (context) => status(context)),
+    status: (request) => connected(projectDir, layout, options, request, (context) => status(context)),
     apply: (request) =>
-      connected(projectDir, layout, options, (context, track) => apply(context, track, request.expected)),
+      connected(projectDir, layout, options, request, (context, track) => apply(context, track, request.expected)),
   };
 }
 

@@ -7,7 +7,7 @@
 //
 //   node runner.cjs --data-source data-source.js     (requests on stdin)
 //
-// The database URL comes from FABER_DATABASE_URL and replaces the data source's connection options.
+// Each request's database_url replaces the data source's connection options.
 
 const fs = require("fs");
 const path = require("path");
@@ -63,7 +63,7 @@ async function loadDataSource(projectDir, relative) {
 
 // A new DataSource with the project's options, pointed at faber's database, never touching the
 // schema on its own (no synchronize, no migrationsRun, no dropSchema).
-function retarget(userDataSource, logger) {
+function retarget(userDataSource, databaseUrl, logger) {
   const options = { ...userDataSource.options };
   if (!["postgres", "aurora-postgres"].includes(options.type)) {
     throw new faber.SetupError("unsupported", `faber deploys to PostgreSQL; this DataSource is of type ${options.type}`);
@@ -75,7 +75,7 @@ function retarget(userDataSource, logger) {
   }
   Object.assign(options, {
     type: "postgres",
-    url: faber.databaseUrl,
+    url: databaseUrl,
     logger,
     logging: true,
     synchronize: false,
@@ -239,11 +239,11 @@ async function apply(dataSource, projectDir, track, expected) {
   }
 }
 
-// Each request gets a DataSource of its own, connected for that request only: between requests
-// the runner holds no connection to the database faber is deploying to.
-async function connected(userDataSource, work) {
+// Each request gets a DataSource of its own on the request's database, connected for that request
+// only: between requests the runner holds no connection.
+async function connected(userDataSource, request, work) {
   const track = tracker();
-  const dataSource = retarget(userDataSource, track.logger);
+  const dataSource = retarget(userDataSource, request.database_url, track.logger);
   await connect(dataSource);
   try {
     return await work(dataSource, track);
@@ -256,13 +256,13 @@ async function load(options) {
   const projectDir = process.cwd();
   const userDataSource = await loadDataSource(projectDir, options["data-source"] || "data-source.js");
   return {
-    status: () =>
-      connected(userDataSource, async (dataSource) => {
+    status: (request) =>
+      connected(userDataSource, request, async (dataSource) => {
         await status(dataSource, projectDir);
         return 0;
       }),
     apply: (request) =>
-      connected(userDataSource, (dataSource, track) => apply(dataSource, projectDir, track, request.expected)),
+      connected(userDataSource, request, (dataSource, track) => apply(dataSource, projectDir, track, request.expected)),
   };
 }
 
