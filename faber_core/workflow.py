@@ -1178,7 +1178,8 @@ def writes_result(since: writes.WritesSinceBackup) -> dict[str, object]:
 def save_rows_commands(context: RunContext, since: writes.WritesSinceBackup) -> list[str]:
     """How to keep a copy of the rows a restore would discard, before restoring."""
     url = f'"${context.settings.database_url_env}"' if context.settings.database_url_env else "<database URL>"
-    tables = " ".join(f"--table='{t.table}'" for t in since.tables)
+    # Table names come from the database: single-quoted for the shell, their own quotes escaped.
+    tables = " ".join("--table='{}'".format(t.table.replace("'", "'\\''")) for t in since.tables)
     return [
         f"Save the tables others wrote to first: pg_dump --data-only {tables} --file=writes-since-backup.sql {url}",
         "Then re-apply what must survive after the restore (the backup does not have those rows)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import psycopg
 import pytest
@@ -157,3 +158,31 @@ def test_each_measured_transaction_counts_only_its_own_rows(database_url):
             with writes.measured_transaction(conn, measured):
                 conn.execute("INSERT INTO items SELECT generate_series(1, 5)")
             assert measured.rows == {"public.items": 5}
+
+
+def test_the_command_that_saves_the_rows_is_safe_to_paste_whatever_the_table_is_called(
+    project, context_for, plugins, database_url, run_faber, tmp_path, monkeypatch
+):
+    """The advice is meant to be pasted into a shell: a table name holding a quote must neither
+    break the command nor run anything, and the command must save that table's rows."""
+    import subprocess
+
+    for name, value in SQLFILES.items():
+        monkeypatch.setenv(name, value)
+    hostile = "it's $(touch PWNED) 's"
+    project_dir = project({"001_hostile": f'CREATE TABLE "{hostile}" (id int);'})
+    migrate(context_for(project_dir), plugins, YES)
+    (project_dir / "migrations/002_more.sql").write_text("CREATE TABLE more (id int);")
+    backup_id = migrate(context_for(project_dir), plugins, YES).model_dump(mode="json")["result"]["backup_id"]
+    with psycopg.connect(database_url, autocommit=True) as app:
+        app.execute(f'INSERT INTO "{hostile}" VALUES (424242)')
+
+    refused = run_faber("rollback", "production", "--to", backup_id, "--yes", "--json", cwd=project_dir)
+
+    assert refused.returncode == 5, refused.output
+    [command] = [s for s in refused.json["recovery"]["suggestions"] if "pg_dump --data-only" in s]
+    command = command.split(": ", 1)[1]
+    saved = subprocess.run(["bash", "-c", command], cwd=tmp_path, env={**os.environ, "TEST_DATABASE_URL": database_url})
+    assert saved.returncode == 0
+    assert not (tmp_path / "PWNED").exists()
+    assert "424242" in (tmp_path / "writes-since-backup.sql").read_text()
