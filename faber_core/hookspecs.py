@@ -94,6 +94,10 @@ def faber_migration_status(tool: str, context: RunContext) -> MigrationState:
 
     Returns :class:`~faber_core.models.MigrationState`: ``local`` in apply order and ``records``
     from the database. faber derives pending, failed, missing-locally and edited migrations.
+    Set ``bookkeeping_table`` to the table your tool records migrations in (``'"public"."migrations"'``):
+    before an automatic restore faber checks that nobody else wrote rows since the backup, and
+    rows in that table are then known to be faber's, even when your apply hook does not measure
+    its writes (``AppliedMigration.table_writes``).
     """
 
 

@@ -101,6 +101,12 @@ class MigrationState(BaseModel):
     tool: str
     local: list[LocalMigration]
     records: list[MigrationRecord]
+    bookkeeping_table: str | None = Field(
+        None,
+        description="The table where the tool records applied migrations, as a schema-qualified SQL name, quoted "
+        'where needed (\'"public"."migrations"\'). Rows written to it count as faber\'s own writes when faber '
+        "checks what a restore would discard, measured by the handler or not. None: the tool keeps no table.",
+    )
 
     def _applied_records(self) -> dict[str, MigrationRecord]:
         return {r.name: r for r in self.records if r.state == "applied"}

@@ -484,7 +484,7 @@ def take_backup(context: RunContext, plugins: Plugins, reason: str, state: Migra
         # the safe side (faber_core/backup/writes.py).
         counters = writes.read_counters(context)
         record = plugins.backup_create(context, reason, state.applied_fingerprint())
-        writes.record_baseline(context, record, counters)
+        writes.record_baseline(context, record, counters, state.bookkeeping_table)
         span.set_attribute("faber.backup.id", record.id)
     context.emit("backup.created", backup_id=record.id, size_bytes=record.size_bytes)
     return record

@@ -28,7 +28,10 @@ What the counters can and cannot tell, and how faber errs:
 - **Unknown attribution.** A handler that does not measure its migrations' writes (the ORM
   runners, third-party handlers) makes faber's share unknown: every counted write is then
   reported as possibly the application's (``attribution: "unknown"``), and the policy treats it
-  as an application write.
+  as an application write. Except in the tool's bookkeeping table, which the handler declares
+  (``MigrationState.bookkeeping_table``, recorded with the baseline): only faber writes there, so
+  its rows are never counted, and a failed deploy that wrote nothing else is restored under
+  ``refuse``.
 - **Resets.** A server restart (a crash resets the counters), ``pg_stat_reset()``, or a table
   recreated since the backup (a migration that dropped and recreated it, an earlier restore)
   makes the counters incomparable: the result is ``unknown``, with the reason.
@@ -75,9 +78,12 @@ CREATE TABLE IF NOT EXISTS {table} (
     counters              jsonb NOT NULL,
     faber_writes          jsonb NOT NULL DEFAULT '{{}}',
     faber_writes_known    boolean NOT NULL DEFAULT true,
+    bookkeeping_table     text,
     PRIMARY KEY (environment, backup_id)
 )
 """
+# Tables created by faber before bookkeeping_table existed get it on the next backup.
+_ADD_BOOKKEEPING_COLUMN = "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS bookkeeping_table text"
 _COUNTERS = """
 SELECT s.relid::bigint, format('%%I.%%I', s.schemaname, s.relname), s.n_tup_ins + s.n_tup_upd + s.n_tup_del
 FROM pg_stat_user_tables s WHERE s.schemaname <> %s
@@ -317,8 +323,11 @@ def _table(context: RunContext) -> sql.Composed:
     return sql.SQL("{}.{}").format(sql.Identifier(context.config.database.faber_schema), sql.Identifier(TABLE))
 
 
-def record_baseline(context: RunContext, backup: BackupRecord, counters: Counters | None) -> None:
-    """Store ``counters`` (read just before ``backup`` started) for a later restore to compare with.
+def record_baseline(
+    context: RunContext, backup: BackupRecord, counters: Counters | None, bookkeeping_table: str | None
+) -> None:
+    """Store ``counters`` (read just before ``backup`` started) for a later restore to compare with,
+    and the migration tool's ``bookkeeping_table``, whose rows are faber's.
 
     Never fails the backup: a failure is reported, and the restore will say the writes are unknown.
     """
@@ -329,10 +338,12 @@ def record_baseline(context: RunContext, backup: BackupRecord, counters: Counter
         with context.database.connect(application_name="faber backup baseline") as conn, conn.transaction():
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
             conn.execute(sql.SQL(_CREATE_TABLE).format(table=_table(context)))
+            conn.execute(sql.SQL(_ADD_BOOKKEEPING_COLUMN).format(table=_table(context)))
             conn.execute(
                 sql.SQL(
-                    "INSERT INTO {} (environment, backup_id, taken_at, stats_reset, server_started_at, counters)"
-                    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (environment, backup_id) DO NOTHING"
+                    "INSERT INTO {} (environment, backup_id, taken_at, stats_reset, server_started_at, counters,"
+                    " bookkeeping_table) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                    " ON CONFLICT (environment, backup_id) DO NOTHING"
                 ).format(_table(context)),
                 [
                     context.environment,
@@ -341,6 +352,7 @@ def record_baseline(context: RunContext, backup: BackupRecord, counters: Counter
                     counters.stats_reset,
                     counters.server_started_at,
                     json.dumps({str(relid): list(entry) for relid, entry in counters.tables.items()}),
+                    bookkeeping_table,
                 ],
             )
             conn.execute(
@@ -432,24 +444,30 @@ class Baseline:
     counters: Counters
     faber_writes: dict[str, int]
     faber_writes_known: bool
+    bookkeeping_table: str | None
+    """As ``format('%I.%I')`` names it, like the counters' names; None when it does not exist."""
 
 
 def _baseline(conn: psycopg.Connection, context: RunContext, backup: BackupRecord) -> Baseline | None:
     exists = conn.execute("SELECT to_regclass(%s)", [_table(context).as_string(conn)]).fetchone()[0]
     if exists is None:
         return None
+    # to_jsonb(b): a baseline table of an older faber has no bookkeeping_table column yet.
     row = conn.execute(
         sql.SQL(
-            "SELECT counters, stats_reset, server_started_at, faber_writes, faber_writes_known FROM {}"
-            " WHERE environment = %s AND backup_id = %s"
+            "SELECT counters, stats_reset, server_started_at, faber_writes, faber_writes_known,"
+            " (SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_class c"
+            "  JOIN pg_namespace n ON n.oid = c.relnamespace"
+            "  WHERE c.oid = to_regclass(to_jsonb(b) ->> 'bookkeeping_table'))"
+            " FROM {} b WHERE environment = %s AND backup_id = %s"
         ).format(_table(context)),
         [context.environment, backup.id],
     ).fetchone()
     if row is None:
         return None
-    counters, stats_reset, started, faber_writes, known = row
+    counters, stats_reset, started, faber_writes, known, bookkeeping = row
     tables = {int(relid): (entry[0], int(entry[1])) for relid, entry in counters.items()}
-    return Baseline(Counters(tables, stats_reset, started), dict(faber_writes), known)
+    return Baseline(Counters(tables, stats_reset, started), dict(faber_writes), known, bookkeeping)
 
 
 def compare(backup_id: str, baseline: Baseline, now: Counters, in_flight: list[str]) -> WritesSinceBackup:
@@ -475,6 +493,7 @@ def compare(backup_id: str, baseline: Baseline, now: Counters, in_flight: list[s
             changes[name] = count - before[1]
     if recreated:
         return unknown(f"recreated since the backup, so their counters started again: {', '.join(sorted(recreated))}")
+    changes.pop(baseline.bookkeeping_table or "", None)  # only faber writes there
     tables = []
     for name, rows in sorted(changes.items()):
         others = rows - baseline.faber_writes.get(name, 0)

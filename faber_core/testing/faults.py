@@ -276,6 +276,27 @@ class FaberProcess:
                     pass
 
 
+def deploy_with_application_write(
+    project: Path, environment: str, migration: str, write: Callable[[], Any] | None
+) -> tuple[int, dict[str, Any]]:
+    """``faber migrate ENVIRONMENT --yes --json`` on ``project``, calling ``write`` (the application
+    writing, or None) once ``migration`` started; the exit code and the JSON document.
+
+    For tests of what an automatic restore may discard: make ``migration`` last a moment (a
+    ``pg_sleep``), so the write lands after the backup and before the restore's check.
+    """
+    run = FaberProcess.start(project, "migrate", environment, "--yes", "--json")
+    try:
+        run.wait_for(event_matcher("migration.started", name=migration))
+        if write is not None:
+            write()
+        code = run.finish()
+    finally:
+        run.stop_everything()
+    assert run.stdout(), f"faber printed no document (exit {code}): {run.stderr()[-3000:]}"
+    return code, json.loads(run.stdout())
+
+
 def _read_all(handle: Any) -> str:
     handle.flush()
     handle.seek(0)

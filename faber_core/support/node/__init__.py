@@ -355,6 +355,7 @@ def read_state(tool: NodeTool, context: RunContext, args: Iterable[str]) -> Migr
         tool=tool.name,
         local=[LocalMigration(name=item["name"], path=item.get("path")) for item in status["local"]],
         records=[MigrationRecord(name=item["name"], state="applied") for item in status["records"]],
+        bookkeeping_table=status.get("bookkeeping_table"),
     )
 
 

@@ -6,14 +6,20 @@ import psycopg
 from faber_core.context import RunContext
 from faber_core.models import LocalMigration, MigrationRecord, MigrationState
 from faber_core.support.sessions import blocked_read_error
+from psycopg import sql
 
 from faber_prisma import TOOL
-from faber_prisma.history import History
+from faber_prisma.history import TABLE, History
 from faber_prisma.migrations import MigrationFolder, equivalent_checksums, read_migrations
 
 
 def build_state(context: RunContext, folders: list[MigrationFolder], records: list[MigrationRecord]) -> MigrationState:
-    return MigrationState(tool=TOOL, local=local_migrations(context, folders, records), records=records)
+    return MigrationState(
+        tool=TOOL,
+        local=local_migrations(context, folders, records),
+        records=records,
+        bookkeeping_table=sql.Identifier(context.database.schema, TABLE).as_string(None),
+    )
 
 
 def local_migrations(

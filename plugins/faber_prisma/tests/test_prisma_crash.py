@@ -204,9 +204,9 @@ def test_a_connection_lost_inside_a_non_transactional_migration_goes_through_the
         'CREATE INDEX CONCURRENTLY "accounts_email_idx" ON "accounts" ("email");\n'
         f"SELECT pg_sleep(CASE current_setting('faults.hold', true) WHEN '{name}' THEN 60 ELSE 0 END);\n"
     )
-    # Its history row is written outside a transaction, so faber cannot tell it from the
-    # application's writes: "warn" restores regardless (the default "refuse" would not).
-    directory = project({name: sql}, backup_before_migrate=True, restore_with_app_writes="warn")
+    # Its history row is written outside a transaction, unmeasured, but in _prisma_migrations,
+    # which the handler declares as its bookkeeping: the default "refuse" restores.
+    directory = project({name: sql}, backup_before_migrate=True, restore_with_app_writes="refuse")
     run = faber(directory, database_url, "migrate", ENVIRONMENT, "--yes", "--json", env=session_settings(hold=name))
     try:
         run.wait_for(event_matcher("migration.started", name=name))
@@ -229,6 +229,7 @@ def test_a_connection_lost_inside_a_non_transactional_migration_goes_through_the
     assert result["applied_migrations"] == [] and result["remaining_migrations"] == [name]
     assert result["rollback_initiated"] is True and result["rollback_status"] == "success"
     assert result["writes_since_backup"]["attribution"] == "unknown"
+    assert result["writes_since_backup"]["status"] == "none"
     assert document["recovery"]["suggestions"][0].startswith(f"Database rolled back to {result['backup_id']}")
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT to_regclass('extra'), to_regclass('accounts_email_idx')").fetchone() == (

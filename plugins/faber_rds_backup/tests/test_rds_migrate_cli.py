@@ -18,8 +18,8 @@ INIT = 'CREATE TABLE "User" ("id" SERIAL PRIMARY KEY, "email" TEXT NOT NULL);\n'
 ADD_NAME = 'ALTER TABLE "User" ADD COLUMN "name" TEXT;\n'
 # Runs outside a transaction, so faber cannot know the database is untouched and rolls back.
 # Outside a transaction: the first statement commits, then the index fails, so a restore is needed.
-# Prisma's bookkeeping rows for it are unmeasured writes, which a protected environment's default
-# restore_with_app_writes (refuse) would not discard: the swap test allows them.
+# Prisma's bookkeeping rows for it are unmeasured, but in its declared bookkeeping table: the
+# protected environment's default restore_with_app_writes (refuse) restores.
 FAILING_CONCURRENT_INDEX = 'CREATE TABLE "Extra" ("id" INTEGER);\nCREATE INDEX CONCURRENTLY "User_nope_idx" ON "User" ("nope");\n'
 
 
@@ -28,13 +28,12 @@ def prisma_rds_project(faber_project, database_url, backup_settings, monkeypatch
     """``make(migrations) -> Path``: a Prisma project whose production backs up to the moto RDS instance."""
     monkeypatch.setenv(URL_ENV, database_url)
 
-    def make(migrations: dict[str, str], restore_with_app_writes: str = "refuse", **backup_overrides):
+    def make(migrations: dict[str, str], **backup_overrides):
         backup = backup_settings(**backup_overrides)
         production = {
             "database_url_env": URL_ENV,
             "lock_wait_seconds": 5,
             "backup": backup,
-            "restore_with_app_writes": restore_with_app_writes,
         }
         config = {"database": {"migration_tool": "prisma", "environments": {"production": production}}}
         files = {f"prisma/migrations/{name}/migration.sql": sql for name, sql in migrations.items()}
@@ -75,9 +74,9 @@ def test_migrate_production_snapshots_the_rds_instance_first(rds, rds_instance, 
 def test_a_failed_deploy_rolls_back_by_swapping_in_the_restored_instance(
     rds, rds_instance, prisma_rds_project, run_faber
 ):
-    project = prisma_rds_project({"0001_init": INIT}, restore_with_app_writes="allow")
+    project = prisma_rds_project({"0001_init": INIT})
     assert deploy(run_faber, project).returncode == 0
-    prisma_rds_project({"0001_init": INIT, "0002_broken": FAILING_CONCURRENT_INDEX}, restore_with_app_writes="allow")
+    prisma_rds_project({"0001_init": INIT, "0002_broken": FAILING_CONCURRENT_INDEX})
 
     run = deploy(run_faber, project)
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+
+import pytest
+from faber_core.testing.faults import FaberProcess, deploy_with_application_write
 from faber_core.testing.fixtures import CANARY_PASSWORD
 
 FIXTURE_MIGRATIONS = ["20240101000000-create-users.js", "20240102000000-add-user-name.js"]
@@ -34,11 +38,8 @@ def test_faber_migrate_dry_run_shows_the_real_sql_and_says_it_is_not_transaction
 def test_a_half_applied_migration_in_a_protected_environment_is_rolled_back_to_the_backup(
     sequelize_project, sequelize_migration, run_faber, query
 ):
-    # The runner does not measure its migrations' row writes, so faber cannot tell its bookkeeping
-    # row from the application's writes: "warn" restores anyway (the default "refuse" would not).
-    project = sequelize_project(
-        backup_before_migrate=True, auto_rollback=True, protected=True, restore_with_app_writes="warn"
-    )
+    # The row the application writes before the deploy is in the backup: the restore keeps it.
+    project = sequelize_project(backup_before_migrate=True, auto_rollback=True, protected=True)
     assert run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project)).returncode == 0
     query("INSERT INTO users (email) VALUES ('kept@example.com')")
     migrations = project / "db/migrations"
@@ -60,6 +61,42 @@ def test_a_half_applied_migration_in_a_protected_environment_is_rolled_back_to_t
     assert query("SELECT to_regclass('posts'), to_regclass('half')") == [(None, None)], "the half-applied table is gone"
     assert query("SELECT email FROM users") == [("kept@example.com",)]
     assert CANARY_PASSWORD not in run.output
+
+
+@pytest.mark.parametrize("application_writes", [False, True], ids=["app-wrote-nothing", "app-wrote"])
+def test_under_refuse_a_half_applied_deploy_is_restored_unless_the_application_wrote(
+    sequelize_project, sequelize_migration, query, application_writes
+):
+    """The runner does not measure its migrations' writes, but it declares SequelizeMeta: the row
+    add-posts left there is faber's, so under the default "refuse" the deploy is restored, unless
+    the application wrote a row while the deploy ran (then nothing is restored)."""
+    project = sequelize_project(backup_before_migrate=True, auto_rollback=True, protected=True)
+    assert FaberProcess.start(project, "migrate", "staging", "--yes", "--json").finish() == 0
+    migrations = project / "db/migrations"
+    (migrations / "20240103000000-add-posts.js").write_text(
+        sequelize_migration('CREATE TABLE "posts" (id int)', "SELECT pg_sleep(1)")
+    )
+    (migrations / "20240104000000-broken.js").write_text(
+        sequelize_migration('CREATE TABLE "half" (id int)', 'ALTER TABLE "users" ADD "email" text')
+    )
+
+    write = functools.partial(query, "INSERT INTO users (email) VALUES ('written@example.com')")
+    code, document = deploy_with_application_write(
+        project, "staging", "20240103000000-add-posts.js", write if application_writes else None
+    )
+
+    assert code == 6, document
+    result = document["result"]
+    assert (result["applied_migrations"], result["transaction_rolled_back"]) == (["20240103000000-add-posts.js"], False)
+    if application_writes:
+        assert (result["rollback_initiated"], result["rollback_status"]) == (False, "refused"), result
+        assert result["writes_since_backup"]["tables"] == [{"table": "public.users", "rows": 1}]
+        assert query("SELECT to_regclass('posts') IS NOT NULL, to_regclass('half') IS NOT NULL") == [(True, True)]
+    else:
+        assert (result["rollback_initiated"], result["rollback_status"]) == (True, "success"), result
+        assert result["writes_since_backup"]["status"] == "none"
+        assert query("SELECT to_regclass('posts'), to_regclass('half')") == [(None, None)]
+        assert [name for (name,) in query('SELECT name FROM "SequelizeMeta" ORDER BY name')] == FIXTURE_MIGRATIONS
 
 
 def test_the_deploy_lints_the_sql_sequelize_runs_in_rehearsal(sequelize_project, run_faber):

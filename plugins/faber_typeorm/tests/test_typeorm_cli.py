@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
 import pytest
 from faber_core import api
+from faber_core.testing.faults import FaberProcess, deploy_with_application_write
 from faber_core.testing.fixtures import CANARY_PASSWORD
 
 FIXTURE_MIGRATIONS = ["CreateUsers1700000000000", "AddUserName1700000100000"]
@@ -45,11 +47,8 @@ def test_faber_migrate_dry_run_shows_the_real_sql_and_changes_nothing(typeorm_pr
 def test_a_failing_migration_in_a_protected_environment_is_rolled_back_to_the_backup(
     typeorm_project, typeorm_migration, run_faber, query
 ):
-    # The runner does not measure its migrations' row writes, so faber cannot tell its bookkeeping
-    # row from the application's writes: "warn" restores anyway (the default "refuse" would not).
-    project = typeorm_project(
-        backup_before_migrate=True, auto_rollback=True, protected=True, restore_with_app_writes="warn"
-    )
+    # The row the application writes before the deploy is in the backup: the restore keeps it.
+    project = typeorm_project(backup_before_migrate=True, auto_rollback=True, protected=True)
     assert run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project)).returncode == 0
     query("INSERT INTO users (email) VALUES ('kept@example.com')")
     migrations = project / "migrations"
@@ -79,31 +78,42 @@ def test_a_failing_migration_in_a_protected_environment_is_rolled_back_to_the_ba
     assert CANARY_PASSWORD not in run.output
 
 
-def test_a_protected_environment_refuses_to_restore_over_writes_it_cannot_attribute(
-    typeorm_project, typeorm_migration, run_faber, query
+@pytest.mark.parametrize("application_writes", [False, True], ids=["app-wrote-nothing", "app-wrote"])
+def test_under_refuse_a_failed_deploy_is_restored_unless_the_application_wrote(
+    typeorm_project, typeorm_migration, query, application_writes
 ):
-    """The runner does not measure its own row writes: under the default "refuse" the automatic
-    rollback does not restore, and says what it would discard and how to restore by hand."""
+    """The runner does not measure its migrations' writes, but it declares its bookkeeping table:
+    the row AddPosts left there is faber's, so under the default "refuse" the deploy is restored,
+    unless the application wrote a row while the deploy ran (then nothing is restored)."""
     project = typeorm_project(backup_before_migrate=True, auto_rollback=True, protected=True)
-    assert run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project)).returncode == 0
+    assert FaberProcess.start(project, "migrate", "staging", "--yes", "--json").finish() == 0
     migrations = project / "migrations"
     (migrations / "1700000200000-AddPosts.js").write_text(
-        typeorm_migration("AddPosts1700000200000", 'CREATE TABLE "posts" (id int)')
+        typeorm_migration("AddPosts1700000200000", 'CREATE TABLE "posts" (id int)', "SELECT pg_sleep(1)")
     )
     (migrations / "1700000300000-Broken.js").write_text(
         typeorm_migration("Broken1700000300000", 'ALTER TABLE "users" ADD "email" text')
     )
 
-    run = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+    write = functools.partial(query, "INSERT INTO users (email) VALUES ('written@example.com')")
+    code, document = deploy_with_application_write(
+        project, "staging", "AddPosts1700000200000", write if application_writes else None
+    )
 
-    assert run.returncode == 6, run.output
-    document = run.json
+    assert code == 6, document
     result = document["result"]
-    assert (result["rollback_initiated"], result["rollback_status"]) == (False, "refused")
-    assert result["writes_since_backup"]["attribution"] == "unknown"
-    assert "public.migrations" in document["recovery"]["suggestions"][0]
-    assert any("--discard-app-writes" in s for s in document["recovery"]["suggestions"])
-    assert query("SELECT to_regclass('posts') IS NOT NULL") == [(True,)]
+    assert result["applied_migrations"] == ["AddPosts1700000200000"]
+    if application_writes:
+        assert (result["rollback_initiated"], result["rollback_status"]) == (False, "refused"), result
+        assert result["writes_since_backup"]["tables"] == [{"table": "public.users", "rows": 1}]
+        assert "public.migrations" not in document["recovery"]["suggestions"][0]
+        assert any("--discard-app-writes" in s for s in document["recovery"]["suggestions"])
+        assert query("SELECT to_regclass('posts') IS NOT NULL") == [(True,)]
+    else:
+        assert (result["rollback_initiated"], result["rollback_status"]) == (True, "success"), result
+        assert result["writes_since_backup"]["status"] == "none"
+        assert query("SELECT to_regclass('posts')") == [(None,)]
+        assert [name for (name,) in query("SELECT name FROM migrations ORDER BY id")] == FIXTURE_MIGRATIONS
 
 
 def test_one_runner_serves_a_whole_deploy_and_ends_with_it(typeorm_project):
