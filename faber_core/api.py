@@ -232,7 +232,7 @@ def backup(
 
     def body(context: RunContext, plugins: Plugins) -> Success:
         plugins.require_tool(context.tool)
-        plugins.require_backup_provider(context.settings.backup.provider)
+        plugins.require_backup_provider(context.settings.backup.provider, context.database.engine.name)
         record = take_backup(context, plugins, reason, read_status(context, plugins, quiet=True))
         return Success(
             operation=BACKUP,
@@ -257,7 +257,7 @@ def backups(
     from faber_core.results import Success
 
     def body(context: RunContext, plugins: Plugins) -> Success:
-        plugins.require_backup_provider(context.settings.backup.provider)
+        plugins.require_backup_provider(context.settings.backup.provider, context.database.engine.name)
         records = plugins.backup_list(context)
         unusable = [r for r in records if r.problem]
         return Success(
@@ -361,15 +361,13 @@ def history(
     from faber_core.results import Success
 
     def body(context: RunContext, plugins: Plugins) -> Success:
-        import psycopg
-
         from faber_core.errors import HealthCheckFailed
-        from faber_core.postgres.health import describe_connection_error
 
+        engine = context.database.engine
         try:
             runs = read_history(context, limit)
-        except psycopg.OperationalError as exc:
-            reason = context.redactor.redact(describe_connection_error(exc, context.database))
+        except engine.operational_error as exc:
+            reason = context.redactor.redact(engine.describe_connection_error(exc, context.database))
             raise HealthCheckFailed(
                 f"Cannot read the deployment history: {reason}",
                 suggestions=[f"Check the database: faber health {environment}"],

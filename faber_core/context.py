@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import re
 import time
 import uuid
 from collections.abc import Callable, Hashable, Mapping
@@ -13,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
-from urllib.parse import unquote, urlsplit
 
 from faber_core import events
 from faber_core.config import EnvironmentSettings, FaberConfig, Options, plugin_options
@@ -22,141 +20,20 @@ from faber_core.models import AppliedMigration, AuditEvent, MigrationFailure
 from faber_core.secrets import Redactor, Secret
 
 if TYPE_CHECKING:
-    import psycopg
-
     from faber_core.targets import Target
 
 STATE_DIR = ".faber"
-
-# libpq's connection parameters and the environment variables that carry them to subprocesses.
-_LIBPQ_ENV = {
-    "host": "PGHOST",
-    "hostaddr": "PGHOSTADDR",
-    "port": "PGPORT",
-    "dbname": "PGDATABASE",
-    "user": "PGUSER",
-    "password": "PGPASSWORD",
-    "passfile": "PGPASSFILE",
-    "channel_binding": "PGCHANNELBINDING",
-    "service": "PGSERVICE",
-    "options": "PGOPTIONS",
-    "application_name": "PGAPPNAME",
-    "sslmode": "PGSSLMODE",
-    "sslnegotiation": "PGSSLNEGOTIATION",
-    "sslcompression": "PGSSLCOMPRESSION",
-    "sslcert": "PGSSLCERT",
-    "sslkey": "PGSSLKEY",
-    "sslcertmode": "PGSSLCERTMODE",
-    "sslrootcert": "PGSSLROOTCERT",
-    "sslcrl": "PGSSLCRL",
-    "sslcrldir": "PGSSLCRLDIR",
-    "sslsni": "PGSSLSNI",
-    "requirepeer": "PGREQUIREPEER",
-    "ssl_min_protocol_version": "PGSSLMINPROTOCOLVERSION",
-    "ssl_max_protocol_version": "PGSSLMAXPROTOCOLVERSION",
-    "gssencmode": "PGGSSENCMODE",
-    "krbsrvname": "PGKRBSRVNAME",
-    "gsslib": "PGGSSLIB",
-    "gssdelegation": "PGGSSDELEGATION",
-    "connect_timeout": "PGCONNECT_TIMEOUT",
-    "client_encoding": "PGCLIENTENCODING",
-    "target_session_attrs": "PGTARGETSESSIONATTRS",
-    "load_balance_hosts": "PGLOADBALANCEHOSTS",
-}
-_LIBPQ_ONLY_PARAMS = {
-    "keepalives",
-    "keepalives_idle",
-    "keepalives_interval",
-    "keepalives_count",
-    "tcp_user_timeout",
-    "fallback_application_name",
-    "replication",
-    "requiressl",
-}
-_LIBPQ_PARAMS = frozenset(_LIBPQ_ENV) | _LIBPQ_ONLY_PARAMS
-
-
-URL_PREFIXES = ("postgresql://", "postgres://")
-_PARAMETER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-PERCENT_ENCODE_HINT = (
-    "Percent-encode special characters in the user name and password (@ as %40, / as %2F, : as %3A, "
-    "% as %25, ? as %3F, # as %23, [ as %5B, ] as %5D, a space as %20)"
-)
-
-
-@dataclass(frozen=True)
-class ParsedUrl:
-    """A database URL split once: what libpq gets, and what faber reads from it."""
-
-    libpq_url: str
-    """The URL without the query parameters libpq does not know (Prisma's ``schema``, ...)."""
-    params: dict[str, str]
-    """Every query parameter, percent-decoded (libpq does not read ``+`` as a space, nor does faber)."""
-    dbname: str | None
-
-
-def parse_database_url(raw: str, source: str) -> ParsedUrl:
-    """Split a PostgreSQL URL, refusing one that does not parse or that urllib and libpq would
-    read differently (a password with an unescaped ``@``, ``/``, ``?`` or ``#``).
-
-    The error never quotes the value, nor the parsers' messages, which would quote it.
-    """
-
-    def invalid(reason: str) -> ConfigError:
-        return ConfigError(
-            f"The database URL in {source} is not a valid PostgreSQL URL: {reason}",
-            suggestions=[PERCENT_ENCODE_HINT, "Use the form postgresql://USER:PASSWORD@HOST:PORT/DATABASE"],
-        )
-
-    if not raw.startswith(URL_PREFIXES):
-        raise invalid("it must start with postgresql:// or postgres://")
-    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in raw):
-        raise invalid("it contains a control character (a line break or tab?)")
-    if "#" in raw:
-        raise invalid("it contains an unescaped '#'")
-    try:
-        parts = urlsplit(raw)
-        if "," not in parts.netloc.rpartition("@")[2]:  # libpq's multi-host form has no single port
-            _ = parts.port
-    except ValueError:
-        raise invalid(
-            "its host or port does not parse (an IPv6 address goes in [brackets]; a port is a number)"
-        ) from None
-    if "@" in parts.path:
-        raise invalid("an '@' follows the host (a '/' in the password that was not percent-encoded?)")
-    pairs = [pair for pair in parts.query.split("&") if pair]
-    if any("=" not in pair or not _PARAMETER_NAME.fullmatch(pair.partition("=")[0]) for pair in pairs):
-        raise invalid("a query parameter is not name=value (a '?' in the password that was not percent-encoded?)")
-    params = {unquote(key): unquote(value) for key, _, value in (pair.partition("=") for pair in pairs)}
-    kept = "&".join(pair for pair in pairs if unquote(pair.partition("=")[0]) in _LIBPQ_PARAMS)
-    libpq_url = f"{parts.scheme}://{parts.netloc}{parts.path}" + (f"?{kept}" if kept else "")
-    try:
-        from psycopg.conninfo import conninfo_to_dict
-
-        libpq = conninfo_to_dict(libpq_url)
-    except Exception:  # noqa: BLE001 - libpq's message quotes the value
-        raise invalid("libpq cannot parse it (a '%' that is not followed by two hex digits?)") from None
-    dbname = unquote(parts.path.lstrip("/")) or None
-    urllib_view = {
-        "user": unquote(parts.username) if parts.username else None,
-        "password": unquote(parts.password) if parts.password else None,
-        "dbname": dbname,
-    }
-    # Where the two parsers disagree, a character needed percent-encoding; ?user=... wins in libpq.
-    if any((libpq.get(key) or None) != value for key, value in urllib_view.items() if key not in params):
-        raise invalid("the user name, password or database name holds a character that must be percent-encoded")
-    return ParsedUrl(libpq_url=libpq_url, params=params, dbname=params.get("dbname") or dbname)
-
 
 DEFAULT_QUERY_LOCK_TIMEOUT = 5.0
 DEFAULT_QUERY_STATEMENT_TIMEOUT = 60.0
 
 
 class Database:
-    """A PostgreSQL target whose URL is a :class:`Secret`.
+    """A database target whose URL is a :class:`Secret`, served by the engine its scheme names
+    (:mod:`faber_core.engines`): ``postgresql://``/``postgres://`` or ``mysql://``/``mariadb://``.
 
-    Query parameters libpq does not know (Prisma's ``schema``, ``connection_limit``, ...) are
-    taken out of the URL before it reaches libpq; ``schema`` is kept as :attr:`schema`. A URL
+    Query parameters the driver does not know (Prisma's ``schema``, ``connection_limit``, ...) are
+    taken out of the URL before it reaches the driver; ``schema`` is kept as :attr:`schema`. A URL
     that does not parse, or parses two ways, is a :class:`ConfigError` that never quotes it.
     """
 
@@ -169,18 +46,27 @@ class Database:
         lock_timeout: float = DEFAULT_QUERY_LOCK_TIMEOUT,
         statement_timeout: float = DEFAULT_QUERY_STATEMENT_TIMEOUT,
     ) -> None:
-        parsed = parse_database_url(url.reveal(), source)
-        self.schema = parsed.params.get("schema") or "public"
-        self.url = Secret(parsed.libpq_url)
+        from faber_core.engines import engine_for_url
+
+        raw = url.reveal()
+        self.engine = engine_for_url(raw, source)
+        self.parsed = self.engine.parse_url(raw, source)
+        self.schema = self.parsed.schema
+        self.url = Secret(self.parsed.driver_url)
         self.source = source
         self.connect_timeout = connect_timeout
         self.lock_timeout = lock_timeout
         self.statement_timeout = statement_timeout
-        self.name = parsed.dbname
+        self.name = self.parsed.name
         self.before_first_connect: Callable[[], None] | None = None
         """Called once, before the first connection attempt (the run's "Connecting to ..." line)."""
         self._timed_out: tuple[float, str] | None = None
         self._conninfo: Mapping[str, Any] | None = None
+        self.learnt: dict[str, Any] = {}
+        """What the engine asked the server once per run (PostgreSQL's ``server_version_num``, ...)."""
+
+    def __repr__(self) -> str:
+        return f"Database({self.engine.name}, {self.target!r})"
 
     @property
     def name_for_display(self) -> str:
@@ -188,15 +74,14 @@ class Database:
 
     @property
     def address(self) -> str:
-        """Where the server is, as ``host:port`` (``socket DIR:port`` for a Unix socket); never the password."""
-        params = self.conninfo_params()
-        host = params.get("host") or params.get("hostaddr") or "localhost"
-        port = params.get("port") or "5432"
+        """Where the server is, as ``host:port`` (``socket PATH:port`` for a Unix socket); never the password."""
+        host = self.parsed.host or "localhost"
+        port = self.parsed.port or self.engine.default_port
         return f"socket {host}:{port}" if host.startswith("/") else f"{host}:{port}"
 
     @property
     def user(self) -> str | None:
-        return self.conninfo_params().get("user") or None
+        return self.parsed.user
 
     @property
     def target(self) -> str:
@@ -206,54 +91,44 @@ class Database:
 
     def connect(
         self, *, autocommit: bool = True, application_name: str = "faber", migration_session: bool = False
-    ) -> psycopg.Connection:
-        """A connection whose every query waits at most ``lock_timeout`` for a lock and runs at
-        most ``statement_timeout`` (faber's own queries: health checks, status, history, locks).
+    ) -> Any:
+        """A connection of the engine's driver (``psycopg.Connection`` on PostgreSQL, a PyMySQL
+        connection with psycopg's ``execute`` on MySQL) whose every query waits at most
+        ``lock_timeout`` for a lock and runs at most ``statement_timeout`` (faber's own queries:
+        health checks, status, history, locks).
 
         ``migration_session=True`` leaves both to the session's own settings, which the handler
-        sets from the environment (:mod:`faber_core.safety.timeouts`). A connection attempt that
-        timed out makes the next attempts within ``connect_timeout`` fail at once with the same
-        error, so a silent server costs one timeout, not one per health check.
+        sets from the environment (``context.apply_session_timeouts(conn)``). A connection attempt
+        that timed out makes the next attempts within ``connect_timeout`` fail at once with the
+        same error, so a silent server costs one timeout, not one per health check.
         """
-        import time
-
-        import psycopg
-
         if self.before_first_connect is not None:
             announce, self.before_first_connect = self.before_first_connect, None
             announce()
+        error = self.engine.driver_error
         if self._timed_out is not None and time.monotonic() - self._timed_out[0] < self.connect_timeout:
-            raise psycopg.OperationalError(self._timed_out[1])
-        options = self.conninfo_params().get("options") or ""
-        if not migration_session:
-            options += f" -c lock_timeout={round(self.lock_timeout * 1000)}ms"
-            options += f" -c statement_timeout={round(self.statement_timeout * 1000)}ms"
+            raise self.engine.connect_timed_out(self._timed_out[1])
         try:
-            return psycopg.connect(
-                self.url.reveal(),
-                autocommit=autocommit,
-                connect_timeout=self.connect_timeout,
-                application_name=application_name,
-                **({"options": options.strip()} if options.strip() else {}),
+            return self.engine.connect(
+                self, autocommit=autocommit, application_name=application_name, migration_session=migration_session
             )
-        except psycopg.OperationalError as exc:
-            if "timeout expired" in str(exc).lower():
+        except error as exc:
+            if self.engine.is_connect_timeout(exc):
                 self._timed_out = (time.monotonic(), str(exc))
             raise
 
     def conninfo_params(self) -> Mapping[str, Any]:
-        """The URL's connection parameters, parsed once: every connection and span asks for them."""
+        """The driver's connection parameters (libpq's keywords on PostgreSQL), password included,
+        parsed once: every connection and span asks for them."""
         if self._conninfo is None:
-            from psycopg.conninfo import conninfo_to_dict
-
-            self._conninfo = MappingProxyType(conninfo_to_dict(self.url.reveal()))
+            self._conninfo = MappingProxyType(self.engine.connection_params(self))
         return self._conninfo
 
-    def libpq_env(self) -> dict[str, str]:
-        """Environment variables that connect libpq programs (pg_dump, psql) to this database."""
-        env = {_LIBPQ_ENV[k]: str(v) for k, v in self.conninfo_params().items() if k in _LIBPQ_ENV and v is not None}
-        env.setdefault("PGCONNECT_TIMEOUT", str(self.connect_timeout))
-        return env
+    def client_env(self) -> dict[str, str]:
+        """Environment variables that connect the engine's command-line programs to this database
+        (``PGHOST``, ``PGPASSWORD``, ... for pg_dump and psql; ``MYSQL_HOST``, ``MYSQL_PWD``, ... for
+        mysqldump and mysql)."""
+        return self.engine.client_env(self)
 
 
 class Closable(Protocol):
@@ -282,7 +157,6 @@ class RunContext:
     before_each_migration: list[Callable[[str], None]] = field(default_factory=list)
     """Checks the core runs when a handler calls :meth:`start_migration` (faber's lock still held);
     one raises to stop the deploy before that migration."""
-    _server_version: int | None = field(default=None, init=False, repr=False)
     _kept: dict[Hashable, Closable] = field(default_factory=dict, repr=False, compare=False)
     """Shared with the contexts ``dataclasses.replace`` derives from this one (a deadline, a
     rehearsal database): they are the same run."""
@@ -314,30 +188,21 @@ class RunContext:
     def state_dir(self) -> Path:
         return self.project_dir / STATE_DIR
 
-    def apply_session_timeouts(self, conn: psycopg.Connection) -> None:
-        """Give a migration session the environment's ``lock_timeout``/``statement_timeout`` (docs/safety.md)."""
-        from faber_core.safety.timeouts import apply_session_timeouts
-
-        apply_session_timeouts(conn, self.settings)
+    def apply_session_timeouts(self, conn: Any) -> None:
+        """Give a migration session the environment's ``lock_timeout``/``statement_timeout``
+        (docs/safety.md); on MySQL ``lock_wait_timeout`` and ``innodb_lock_wait_timeout``."""
+        self.database.engine.apply_session_timeouts(conn, self.settings)
 
     def session_timeout_env(self, inherited_pgoptions: str | None = None) -> dict[str, str]:
-        """``PGOPTIONS`` for a subprocess that applies migrations, carrying the same settings."""
-        from faber_core.safety.timeouts import timeout_env
+        """Environment variables carrying the same settings to a subprocess that applies migrations
+        (``PGOPTIONS`` on PostgreSQL, after ``inherited_pgoptions``; none on MySQL, whose clients
+        read no such variable: a subprocess there sets them in its session, see docs/mysql.md)."""
+        return self.database.engine.session_timeout_env(self.settings, self.database, inherited_pgoptions)
 
-        return timeout_env(self.settings, inherited_pgoptions, self.server_version())
-
-    def server_version(self) -> int | None:
-        """The target's ``server_version_num``, asked once per run; None when it cannot be reached
-        (the caller's own connection then reports why)."""
-        if self._server_version is None:
-            import psycopg
-
-            try:
-                with self.database.connect(application_name="faber") as conn:
-                    self._server_version = conn.info.server_version
-            except psycopg.Error:
-                return None
-        return self._server_version
+    def session_timeout_statements(self) -> list[str]:
+        """The same settings as statements a subprocess runs first in its migration session
+        (``SET SESSION lock_wait_timeout = ...`` on MySQL)."""
+        return self.database.engine.session_timeout_statements(self.settings, self.database)
 
     def kept(self, key: Hashable, open_resource: Callable[[], KeptT]) -> KeptT:
         """What a hook keeps for the rest of the run under ``key`` (a Node runner that serves every
@@ -518,7 +383,11 @@ def open_context(
         statement_timeout=settings.query_statement_timeout_seconds,
     )
     redactor.add(database.url)
-    if database.schema == config.database.faber_schema:
+    if "provider" not in settings.backup.model_fields_set:
+        # Unless the config names one, the target's engine brings its own (pg_dump, mysqldump).
+        backup = settings.backup.model_copy(update={"provider": database.engine.backup_provider})
+        settings = settings.model_copy(update={"backup": backup})
+    if database.engine.supports("history") and database.schema == config.database.faber_schema:
         raise ConfigError(
             f"The database URL in {source} selects the schema {database.schema!r}, which is faber_schema: backups "
             "leave faber's schema out, so the application's tables there could not be restored",

@@ -147,6 +147,12 @@ def faber_migration_apply(tool: str, context: RunContext, pending: list[LocalMig
     backup. Apply each migration in its own transaction when its SQL allows it, together with
     its bookkeeping row, so a failure leaves nothing of that migration behind. Connect with
     ``context.database.connect(migration_session=True)`` then ``context.apply_session_timeouts(conn)``.
+    ``context.database.engine`` says which database it is (``engine.name``: ``postgresql`` or
+    ``mysql``, see :mod:`faber_core.engines`); on an engine whose DDL is not transactional
+    (``engine.transactional_ddl`` is False: MySQL) a migration with DDL runs statement by statement
+    and its failure reports ``statements_committed``. A subprocess gets the timeouts through
+    ``context.session_timeout_env()`` (PostgreSQL) or runs ``context.session_timeout_statements()``
+    first in its session (MySQL).
     Call ``context.start_migration(name)`` just before each migration (faber checks its lock is still
     held and raises ``LockLost`` if not: let it propagate) and ``context.migration_applied(
     AppliedMigration(name=..., duration_seconds=..., table_writes=...))`` after each commit, so the
@@ -154,7 +160,8 @@ def faber_migration_apply(tool: str, context: RunContext, pending: list[LocalMig
 
     Returns :class:`~faber_core.models.ApplyOutcome`: the migrations committed and, if one
     failed, a :class:`~faber_core.models.MigrationFailure` saying whether its transaction rolled
-    back, and its ``sqlstate`` (55P03, a lock timeout, makes faber retry it). Do not raise for a
+    back, and its ``sqlstate`` (the server's error code: PostgreSQL's SQLSTATE, MySQL's error number;
+    a lock timeout, 55P03 or 1205, makes faber retry it). Do not raise for a
     failing migration; raise :class:`faber_core.errors.ConfigError` only for a broken setup
     (missing files, a tool that will not start). Never raise ``FaberError`` itself: that is a bug
     (exit 1).

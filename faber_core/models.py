@@ -40,6 +40,11 @@ class BackupProviderInfo(BaseModel):
         "run and lists it in `faber config schema`; read it with context.backup_options(Model). None: no keys of "
         "its own.",
     )
+    engines: list[str] | None = Field(
+        None,
+        description="The database engines it backs up, by engine name (postgresql, mysql); faber refuses it for a "
+        "target of another engine before anything runs. None: any engine.",
+    )
 
 
 class HealthCheckInfo(BaseModel):
@@ -213,7 +218,9 @@ class MigrationFailure(BaseModel):
         description="True when the migration ran in a transaction that rolled back, so none of it remains."
     )
     sqlstate: str | None = Field(
-        None, description="PostgreSQL's error code when known; 55P03 (lock timeout) makes faber retry."
+        None,
+        description="The server's error code when known: PostgreSQL's SQLSTATE or MySQL's error number. A lock "
+        "timeout (55P03 on PostgreSQL, 1205 on MySQL) makes faber retry.",
     )
     statements_committed: int | None = Field(
         None,

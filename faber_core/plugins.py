@@ -39,7 +39,7 @@ from faber_core.models import (
 from faber_core.suggest import closest, did_you_mean
 
 BUILTIN_PLUGINS = (
-    "faber_core.postgres.health",
+    "faber_core.engines.health",
     "faber_core.backup.pg_dump",
     "faber_core.telemetry:SpanBridge",
     "faber_core.audit.history:DeploymentHistory",
@@ -194,7 +194,9 @@ class Plugins:
             )
         return tools[tool]
 
-    def require_backup_provider(self, provider: str) -> Declaration:
+    def require_backup_provider(self, provider: str, engine: str | None = None) -> Declaration:
+        """The plugin declaring ``provider``; a :class:`ConfigError` when none does, or when it does
+        not back up ``engine`` (the target's engine name)."""
         providers = self.backup_providers()
         if provider not in providers:
             installed = ", ".join(sorted(providers)) or "none"
@@ -203,7 +205,15 @@ class Plugins:
                 + did_you_mean(provider, providers),
                 suggestions=[f"Install its plugin, or set backup.provider to one of: {installed}"],
             )
-        return providers[provider]
+        declared = providers[provider]
+        engines = declared.info.engines
+        if engine is not None and engines is not None and engine not in engines:
+            fitting = sorted(name for name, d in providers.items() if engine in (d.info.engines or [engine]))
+            raise ConfigError(
+                f"The backup provider {provider!r} backs up {', '.join(engines)} databases, not {engine}",
+                suggestions=[f"Set backup.provider to one that does: {', '.join(fitting) or 'none installed'}"],
+            )
+        return declared
 
     def check_config(self, context: RunContext) -> None:
         """Refuse, before anything runs, a config naming what no installed plugin provides (the
@@ -221,7 +231,7 @@ class Plugins:
                     suggestions=["Remove the section, or install the plugin of that tool"],
                 )
             plugin_options(tools[section].info.options or NoOptions, raw, f"database.{section}")
-        self.require_backup_provider(context.settings.backup.provider)
+        self.require_backup_provider(context.settings.backup.provider, context.database.engine.name)
         providers = self.backup_providers()
         for environment, settings in context.config.database.environments.items():
             declared = providers.get(settings.backup.provider)

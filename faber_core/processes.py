@@ -37,6 +37,8 @@ from faber_core.secrets import Redactor
 
 # Inherited variables that would point a child at some other database.
 _CONNECTION_VARIABLES = ("DATABASE_URL",)
+_CONNECTION_PREFIXES = ("PG", "MYSQL_")
+"""libpq's and the MySQL clients' connection variables (PGHOST, MYSQL_PWD, ...)."""
 STOP_GRACE_SECONDS = 5.0
 """How long a child may take to exit after SIGTERM before it is killed."""
 
@@ -94,7 +96,9 @@ def find_program(name: str) -> Path | None:
 
 def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
     """The current environment without inherited connection settings, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG") and k not in _CONNECTION_VARIABLES}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(_CONNECTION_PREFIXES) and k not in _CONNECTION_VARIABLES
+    }
     env.update(extra)
     return env
 

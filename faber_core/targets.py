@@ -23,7 +23,7 @@ from faber_core.config import TARGET_NAME, EnvironmentSettings, _variable_name
 from faber_core.errors import ConfigError, HealthCheckFailed
 from faber_core.secrets import Redactor, Secret
 
-URL_SCHEMES = ("postgresql://", "postgres://")
+URL_SCHEMES = ("postgresql://", "postgres://", "mysql://", "mariadb://")
 JOB_INDEX_VARIABLE = "JOB_COMPLETION_INDEX"
 JOB_COUNT_VARIABLE = "JOB_COMPLETIONS"
 MAX_SHARDS = 10_000
@@ -86,7 +86,7 @@ def find_target(
 
 
 def _from_urls_variable(variable: str, redactor: Redactor) -> list[Target]:
-    from faber_core.context import parse_database_url
+    from faber_core.engines import engine_for_url
 
     text = os.environ.get(variable, "")
     entries = []
@@ -108,7 +108,7 @@ def _from_urls_variable(variable: str, redactor: Redactor) -> list[Target]:
     for number, name, url in entries:
         source = f"${variable} line {number}"
         if not name:
-            name = parse_database_url(url, source).dbname or ""
+            name = engine_for_url(url, source).parse_url(url, source).name or ""
             if not name:
                 raise ConfigError(
                     f"The URL in {source} names no database, so the target needs a name",

@@ -49,7 +49,6 @@ COMMANDS = {
     "resolve-migration": "resolve",
     "deployment-history": "history",
 }
-DB_SYSTEM = "postgresql"
 MIGRATION_SPAN = "faber.migration"
 # Events that already have a span of their own, or are too large to attach to one.
 _EVENTS_NOT_ON_SPANS = frozenset(
@@ -141,15 +140,15 @@ def record_error(span: trace.Span, exc: BaseException, redactor: Redactor) -> No
 
 def database_attributes(context: RunContext) -> dict[str, Any]:
     """OpenTelemetry's database and server attributes for the run's target (never its credentials)."""
-    attributes: dict[str, Any] = {"db.system": DB_SYSTEM, "db.system.name": DB_SYSTEM}
+    system = context.database.engine.name
+    attributes: dict[str, Any] = {"db.system": system, "db.system.name": system}
     if context.database.name:
         attributes["db.namespace"] = context.database.name
-    params = context.database.conninfo_params()
-    host = params.get("host") or params.get("hostaddr")
-    if host:
-        attributes["server.address"] = str(host)
-    if str(params.get("port") or "").isdigit():
-        attributes["server.port"] = int(params["port"])
+    parsed = context.database.parsed
+    if parsed.host:
+        attributes["server.address"] = str(parsed.host)
+    if str(parsed.port or "").isdigit():
+        attributes["server.port"] = int(str(parsed.port))
     return attributes
 
 

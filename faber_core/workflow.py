@@ -32,12 +32,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import psycopg
-
 from faber_core import events
 from faber_core.audit.history import refuse_shared_faber_schema
 from faber_core.backup import writes
 from faber_core.context import RunContext
+from faber_core.engines import HeldLock
 from faber_core.errors import (
     ApprovalRequired,
     ConfigError,
@@ -63,8 +62,6 @@ from faber_core.models import (
     RestoreOutcome,
 )
 from faber_core.plugins import Plugins
-from faber_core.postgres.health import describe_connection_error, invalid_indexes
-from faber_core.postgres.locks import advisory_lock, faber_lock_key
 from faber_core.results import (
     DeployResult,
     FailedDeployResult,
@@ -158,7 +155,7 @@ def validate(context: RunContext, plugins: Plugins, options: DeployOptions) -> N
             suggestions=["Add --dry-run: faber migrate ENV --dry-run --rehearse"],
         )
     if wants_backup(context, options):
-        plugins.require_backup_provider(context.settings.backup.provider)
+        plugins.require_backup_provider(context.settings.backup.provider, context.database.engine.name)
     context.emit(
         "run.started",
         mode=context.mode,
@@ -175,61 +172,48 @@ def wants_backup(context: RunContext, options: DeployOptions) -> bool:
 
 @dataclass
 class DeployLock:
-    """faber's advisory lock on the database, and the session holding it."""
+    """faber's lock on the database (the engine's: an advisory lock on PostgreSQL, ``GET_LOCK`` on
+    MySQL), and the session holding it."""
 
-    conn: psycopg.Connection
-    key: int
+    conn: Any
+    lock: HeldLock
 
     def held(self) -> bool:
-        """Whether the session is alive and still holds the lock. ``pg_terminate_backend`` of it, or a
+        """Whether the session is alive and still holds the lock. Ending that session, or a
         dropped connection, frees the lock: another run could take it and deploy in between."""
-        try:
-            row = self.conn.execute(HOLDS_LOCK, {"key": self.key}).fetchone()
-        except psycopg.Error:
-            return False
-        return bool(row and row[0])
+        return self.lock.held()
 
-    def require_held(self, before: str) -> None:
+    def require_held(self, before: str, context: RunContext) -> None:
         """Raise :class:`LockLost` unless the lock is still held; ``before`` names what must not run."""
         if not self.held():
             raise LockLost(
                 f"faber's lock on the database was lost before {before}: its session ended or let it go "
-                "(e.g. pg_terminate_backend), so another run may have deployed since",
+                f"(e.g. {context.database.engine.lock_release_hint}), so another run may have deployed since",
                 suggestions=["Find out who ended faber's session (an operator, a connection limit, a proxy timeout)"],
             )
 
 
-HOLDS_LOCK = """
-SELECT EXISTS (
-    SELECT FROM pg_locks
-    WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()
-      AND classid = ((%(key)s::bigint >> 32) & 4294967295)::oid
-      AND objid = (%(key)s::bigint & 4294967295)::oid
-      AND objsubid = 1
-)
-"""
-
-
 @contextmanager
 def deploy_lock(context: RunContext) -> Iterator[DeployLock]:
-    """faber's advisory lock on a connection of its own, held for the whole run."""
+    """faber's lock on a connection of its own, held for the whole run."""
+    engine = context.database.engine
     with step(context, "lock"):
         try:
             conn = context.database.connect(application_name=f"faber {context.operation} {context.environment}")
-        except psycopg.Error as exc:
+        except engine.driver_error as exc:
             raise connection_failed(context, exc) from None
-    key = faber_lock_key(context.database.name)
-    with conn:
-        with advisory_lock(conn, key, wait_seconds=context.settings.lock_wait_seconds, purpose="faber run"):
+    wait = context.settings.lock_wait_seconds
+    with conn, engine.deploy_lock(conn, context.database, wait_seconds=wait, purpose="faber run") as held:
+        if engine.supports("history"):
             # Before anything is backed up or recorded: the backup would leave those objects out.
             refuse_shared_faber_schema(conn, context.config.database.faber_schema)
-            context.emit("lock.acquired")
-            yield DeployLock(conn, key)
+        context.emit("lock.acquired")
+        yield DeployLock(conn, held)
 
 
-def connection_failed(context: RunContext, exc: psycopg.Error) -> HealthCheckFailed:
+def connection_failed(context: RunContext, exc: Exception) -> HealthCheckFailed:
     """A deploy reports the spec's pre-deployment failure; other commands say what they could not do."""
-    details = context.redactor.redact(describe_connection_error(exc, context.database))
+    details = context.redactor.redact(context.database.engine.describe_connection_error(exc, context.database))
     if context.operation in (DEPLOY, PREVIEW):
         message = "Pre-deployment health check failed"
     else:
@@ -244,7 +228,11 @@ def database_suggestions(context: RunContext) -> list[str]:
     env_var = context.settings.database_url_env
     return [
         "Verify database is running",
-        *([f"Check connection string: {env_var}", f"Test connection: psql ${env_var}"] if env_var else []),
+        *(
+            [f"Check connection string: {env_var}", context.database.engine.test_connection_hint(env_var)]
+            if env_var
+            else []
+        ),
         f"Retry when issue resolved: {rerun_command(context)}",
     ]
 
@@ -337,7 +325,7 @@ def read_status(context: RunContext, plugins: Plugins, *, quiet: bool = False) -
     with step(context, "status"):
         try:
             state = plugins.migration_status(context)
-        except psycopg.OperationalError as exc:
+        except context.database.engine.operational_error as exc:
             raise connection_failed(context, exc) from None
     if not quiet:
         context.emit("status.read", pending=state.pending, applied=len(state.applied))
@@ -553,11 +541,11 @@ def apply(context: RunContext, plugins: Plugins, lock: DeployLock, progress: Dep
     in one go, such as the Node runners, cannot stop in between).
     """
     pending = progress.pending
-    lock.require_held(before=f"migration {pending[0].name}")
-    progress.invalid_indexes_before = invalid_indexes(lock.conn)
+    lock.require_held(f"migration {pending[0].name}", context)
+    progress.invalid_indexes_before = context.database.engine.invalid_indexes(lock.conn)
 
     def lock_still_held(name: str) -> None:
-        lock.require_held(before=f"migration {name}")
+        lock.require_held(f"migration {name}", context)
 
     context.listeners.append(progress.follow)
     context.before_each_migration.append(lock_still_held)
@@ -586,7 +574,7 @@ def apply(context: RunContext, plugins: Plugins, lock: DeployLock, progress: Dep
             suggestions=[review_migration(failure.name, failure.path), "Fix migration and retry"],
             tool_output=failure.output,
         )
-    lock.require_held(before="the post-deployment health check")
+    lock.require_held("the post-deployment health check", context)
     return outcome
 
 
@@ -713,9 +701,10 @@ def cause_of(context: RunContext, stopped: BaseException, progress: DeployProgre
     if isinstance(stopped, FaberError):
         return Cause(type(stopped), stopped.message, stopped.suggestions, stopped.result, stopped.tool_output)
     detail = context.redactor.redact(first_line(str(stopped)) or type(stopped).__name__)
-    if isinstance(stopped, psycopg.OperationalError):
+    engine = context.database.engine
+    if isinstance(stopped, engine.operational_error):
         return Cause(MigrationFailed, f"Lost the connection to the database{during}: {detail}", review)
-    if isinstance(stopped, psycopg.Error):
+    if isinstance(stopped, engine.driver_error):
         return Cause(MigrationFailed, f"Database error{during}: {detail}", review)
     return Cause(
         FaberError,
@@ -894,8 +883,8 @@ def leftover_indexes(context: RunContext, progress: DeployProgress, status: Roll
         return []
     try:
         with context.database.connect(application_name="faber failure check") as conn:
-            now = invalid_indexes(conn)
-    except psycopg.Error:
+            now = context.database.engine.invalid_indexes(conn)
+    except context.database.engine.driver_error:
         return []
     return [name for name in now if name not in progress.invalid_indexes_before]
 
@@ -912,7 +901,7 @@ def unresolved_migrations(context: RunContext, plugins: Plugins) -> list[str]:
     """The migrations the tool records as failed now; none when the status cannot be read."""
     try:
         return plugins.migration_status(context).failed
-    except (FaberError, psycopg.Error):
+    except (FaberError, context.database.engine.driver_error):
         return []
 
 
@@ -1028,7 +1017,7 @@ def first_line(text: str) -> str:
 
 def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, options: DeployOptions) -> Success:
     """``faber rollback ENV [--to ID]``: restore a backup (the newest by default) and verify it."""
-    plugins.require_backup_provider(context.settings.backup.provider)
+    plugins.require_backup_provider(context.settings.backup.provider, context.database.engine.name)
     context.emit(
         "run.started",
         mode=context.mode,
@@ -1109,7 +1098,7 @@ def interrupted_rollback(context: RunContext, backup: BackupRecord, outcome: Res
 
 def prune_backups(context: RunContext, plugins: Plugins, keep_last: int | None, dry_run: bool) -> Success:
     """``faber backups prune ENV``: delete backups beyond the newest ``keep_last``."""
-    plugins.require_backup_provider(context.settings.backup.provider)
+    plugins.require_backup_provider(context.settings.backup.provider, context.database.engine.name)
     outcome = plugins.backup_prune(context, keep_last, dry_run)
     verb = "Would delete" if dry_run else "Deleted"
     notes = [f"{len(outcome.in_use)} in use kept"] if outcome.in_use else []

@@ -213,7 +213,7 @@ def test_libpq_programs_get_the_password_through_their_environment(database_url)
     from faber_core.secrets import Secret
 
     database = Database(Secret(database_url), source="$APP_DATABASE_URL")
-    env = database.libpq_env()
+    env = database.client_env()
 
     assert env["PGPASSWORD"] == CANARY_PASSWORD
     assert CANARY_PASSWORD not in str(database.url) and CANARY_PASSWORD not in repr(database.url)

@@ -79,7 +79,7 @@ def test_urls_parse_or_are_refused_without_leaking_in_process(capsys, encoded):
             return
         assert leaked(str(database.url) + repr(database.url) + database.name_for_display) == []
         if encoded:
-            assert database.libpq_env()["PGPASSWORD"] == password
+            assert database.client_env()["PGPASSWORD"] == password
         else:
             # A raw password may parse only where urllib and libpq agree on every piece.
             assert database.conninfo_params()["password"] == password

@@ -71,7 +71,7 @@ def test_encoded_special_characters_reach_libpq_decoded():
         Secret(f"postgresql://app:{quote(password, safe='')}@127.0.0.1/app?schema=billing"), source="$X"
     )
 
-    assert database.libpq_env()["PGPASSWORD"] == password
+    assert database.client_env()["PGPASSWORD"] == password
     assert database.schema == "billing" and database.name == "app"
 
 

@@ -83,7 +83,7 @@ def test_sigkill_during_a_long_migration_frees_the_table_within_seconds(project,
 
 def test_subprocess_tools_get_the_connection_check_through_pgoptions(project, context_for):
     context = context_for(project({"001_accounts": ACCOUNTS}))
-    env = {**os.environ, **context.database.libpq_env(), **context.session_timeout_env()}
+    env = {**os.environ, **context.database.client_env(), **context.session_timeout_env()}
 
     shown = subprocess.run(
         ["psql", "-XAtc", "SHOW client_connection_check_interval"], env=env, capture_output=True, text=True

@@ -147,7 +147,7 @@ def test_a_retry_continues_after_the_migrations_already_committed(items_project,
 
 def test_subprocess_tools_get_the_timeouts_through_pgoptions(items_project, context_for, database_url):
     context = context_for(items_project(ADD_NOTE, lock_timeout_seconds=1.5, statement_timeout_seconds=60))
-    env = {**os.environ, **context.database.libpq_env(), **context.session_timeout_env()}
+    env = {**os.environ, **context.database.client_env(), **context.session_timeout_env()}
 
     shown = subprocess.run(
         ["psql", "-XAtc", "SHOW lock_timeout; SHOW statement_timeout"], env=env, capture_output=True, text=True

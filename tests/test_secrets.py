@@ -37,5 +37,5 @@ def test_database_keeps_prisma_schema_but_hides_it_from_libpq():
 
     assert database.schema == "billing"
     assert "schema" not in database.url.reveal() and "sslmode=disable" in database.url.reveal()
-    env = database.libpq_env()
+    env = database.client_env()
     assert env["PGPASSWORD"] == "pw" and env["PGDATABASE"] == "app" and env["PGSSLMODE"] == "disable"

@@ -102,7 +102,7 @@ class DeploymentHistory:
 
     @hookimpl
     def faber_audit_event(self, event: AuditEvent, context: RunContext) -> None:
-        if context.operation not in RECORDED_OPERATIONS:
+        if context.operation not in RECORDED_OPERATIONS or not context.database.engine.supports("history"):
             return
         run = self._runs.setdefault(event.run_id, _Run(started_at=event.timestamp))
         data = event.data
@@ -265,6 +265,9 @@ def refuse_shared_faber_schema(conn: psycopg.Connection, schema: str) -> None:
 
 def read_history(context: RunContext, limit: int) -> list[dict[str, Any]]:
     """The environment's runs, newest first; empty when nothing was recorded yet."""
+    engine = context.database.engine
+    if not engine.supports("history"):
+        raise ConfigError(f"No deployment history to read: {engine.unsupported['history']}")
     schema = context.config.database.faber_schema
     with context.database.connect(application_name="faber history") as conn:
         if not _table_exists(conn, schema):

@@ -14,7 +14,6 @@ import datetime as dt
 import re
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,18 +26,21 @@ from faber_core.context import RunContext
 from faber_core.errors import BackupFailed
 from faber_core.models import BackupProviderInfo, BackupPruneOutcome, BackupRecord, RestoreOutcome
 from faber_core.postgres.embedded import embedded_bin_dirs
-from faber_core.processes import child_environment, find_program, run_captured, spawn, supervised
+from faber_core.processes import child_environment, find_program, run_captured, spawn
 from faber_core.safety.timeouts import CONNECTION_CHECK_INTERVAL_MS, CONNECTION_CHECK_SINCE
 
 PROVIDER = "pg_dump"
 _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
-PROGRESS_INTERVAL_SECONDS = 5.0
 _NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded", "File too large")
 
 
 @hookimpl
 def faber_backup_providers() -> list[BackupProviderInfo]:
-    return [BackupProviderInfo(name=PROVIDER, description="pg_dump archives in .faber/backups/<env>/")]
+    return [
+        BackupProviderInfo(
+            name=PROVIDER, description="pg_dump archives in .faber/backups/<env>/", engines=["postgresql"]
+        )
+    ]
 
 
 def backup_dir(context: RunContext) -> Path:
@@ -109,7 +111,7 @@ def client_env(context: RunContext, server_major: int, **settings: str) -> dict[
     of a killed pg_dump or psql (rolling back a restore) within seconds, even mid-statement,
     instead of holding its locks until the statement ends.
     """
-    env = context.database.libpq_env()
+    env = context.database.client_env()
     if server_major * 10000 >= CONNECTION_CHECK_SINCE:
         settings = {"client_connection_check_interval": f"{CONNECTION_CHECK_INTERVAL_MS}ms", **settings}
     options = [env.get("PGOPTIONS", ""), *(f"-c {name}={value}" for name, value in settings.items())]
@@ -185,20 +187,7 @@ def _dump(context: RunContext, tools: Path, major: int, reservation: store.Reser
             stdout=subprocess.DEVNULL,
             stderr=errors,
         )
-        started = time.monotonic()
-        with supervised(proc):
-            while True:
-                try:
-                    proc.wait(timeout=PROGRESS_INTERVAL_SECONDS)
-                    break
-                except subprocess.TimeoutExpired:
-                    context.emit(
-                        events.BACKUP_PROGRESS,
-                        target=reservation.id,
-                        status="pg_dump writing",
-                        bytes=_written(reservation.partial),
-                        elapsed_seconds=round(time.monotonic() - started),
-                    )
+        store.wait_reporting_size(context, proc, reservation, "pg_dump writing")
         errors.seek(0)
         stderr = context.redactor.redact(errors.read().decode(errors="replace")).strip()
     if proc.returncode == 0:
@@ -214,13 +203,6 @@ def _dump(context: RunContext, tools: Path, major: int, reservation: store.Reser
             f"Or skip backup (NOT recommended): faber migrate {context.environment} --skip-backup",
         ],
     )
-
-
-def _written(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
 
 
 def _write_failure(context: RunContext, directory: Path, exc: OSError) -> BackupFailed:

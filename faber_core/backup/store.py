@@ -28,6 +28,8 @@ import fcntl
 import hashlib
 import json
 import os
+import subprocess
+import time
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,6 +41,7 @@ from faber_core import events
 from faber_core.context import RunContext
 from faber_core.errors import BackupFailed
 from faber_core.models import BackupPruneOutcome, BackupRecord
+from faber_core.processes import supervised
 
 ARCHIVE = ".dump"
 MANIFEST = ".json"
@@ -161,6 +164,35 @@ def reserve(directory: Path, now: dt.datetime) -> Reservation:
             continue
         fcntl.flock(fd, fcntl.LOCK_EX)
         return Reservation(backup_id, directory, fd)
+
+
+PROGRESS_INTERVAL_SECONDS = 5.0
+
+
+def wait_reporting_size(context: RunContext, proc: subprocess.Popen, reservation: Reservation, status: str) -> None:
+    """Wait for ``proc`` (a dump writing the reserved partial archive), reporting its size every
+    few seconds (``backup.progress``); stop it if the wait is interrupted."""
+    started = time.monotonic()
+    with supervised(proc):
+        while True:
+            try:
+                proc.wait(timeout=PROGRESS_INTERVAL_SECONDS)
+                return
+            except subprocess.TimeoutExpired:
+                context.emit(
+                    events.BACKUP_PROGRESS,
+                    target=reservation.id,
+                    status=status,
+                    bytes=_size(reservation.partial),
+                    elapsed_seconds=round(time.monotonic() - started),
+                )
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def seal_archive(reservation: Reservation) -> str:

@@ -301,6 +301,8 @@ def _last_rows(cursor: psycopg.Cursor) -> list[Any]:
 
 def read_counters(context: RunContext) -> Counters | None:
     """The counters now, for a baseline; None (reported) when they cannot be read: the backup goes on."""
+    if not context.database.engine.supports("write_counters"):
+        return None
     try:
         with context.database.connect(application_name="faber backup baseline") as conn:
             return _counters(conn, context.config.database.faber_schema)
@@ -380,6 +382,8 @@ def record_faber_writes(context: RunContext, outcome: ApplyOutcome) -> None:
         for table, rows in (migration.table_writes or {}).items():
             measured[table] = measured.get(table, 0) + rows
     known = all(migration.table_writes is not None for migration in ran)
+    if not context.database.engine.supports("write_counters"):
+        return
     try:
         with context.database.connect(application_name="faber backup baseline") as conn:
             if conn.execute("SELECT to_regclass(%s)", [_table(context).as_string(conn)]).fetchone()[0] is None:
@@ -405,6 +409,9 @@ WHERE environment = %s
 def writes_since_backup(context: RunContext, backup: BackupRecord) -> WritesSinceBackup:
     """Compare the counters now with ``backup``'s baseline, minus faber's own writes."""
     faber_schema = context.config.database.faber_schema
+    engine = context.database.engine
+    if not engine.supports("write_counters"):
+        return WritesSinceBackup(backup_id=backup.id, status="unknown", reason=engine.unsupported["write_counters"])
     try:
         with context.database.connect(application_name="faber writes check") as conn:
             _wait_for_reports(context, conn)

@@ -1,12 +1,11 @@
-"""Built-in PostgreSQL health checks: ``connectivity`` and ``schema``."""
+"""PostgreSQL's health checks: ``connectivity`` and ``schema``."""
 
 from __future__ import annotations
 
 import psycopg
 
-from faber_core import hookimpl
 from faber_core.context import Database, RunContext
-from faber_core.models import HealthCheckInfo, HealthCheckResult
+from faber_core.models import HealthCheckResult
 
 
 def describe_connection_error(exc: psycopg.Error, database: Database) -> str:
@@ -96,19 +95,5 @@ def _schema(context: RunContext) -> HealthCheckResult:
     return HealthCheckResult(name="schema", status="passed", details=f"{tables} tables, no invalid indexes")
 
 
-_CHECKS = {"connectivity": _connectivity, "schema": _schema}
-
-
-@hookimpl
-def faber_health_check_names() -> list[HealthCheckInfo]:
-    return [
-        HealthCheckInfo(name="connectivity", description="the database answers and accepts writes"),
-        HealthCheckInfo(name="schema", description="no invalid index (a failed concurrent build)"),
-        # Run by the workflow itself from the migration status; declared here with the built-ins.
-        HealthCheckInfo(name="migrations", description="no failed, edited or locally missing migration"),
-    ]
-
-
-@hookimpl
-def faber_health_checks(context: RunContext, checks: list[str]) -> list[HealthCheckResult]:
-    return [_CHECKS[name](context) for name in checks if name in _CHECKS]
+CHECKS = {"connectivity": _connectivity, "schema": _schema}
+"""PostgreSQL's built-in checks, run through its engine (faber_core.engines.health)."""

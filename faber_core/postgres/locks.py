@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import psycopg
 
-from faber_core.errors import HealthCheckFailed, Locked
-
-_POLL_SECONDS = 0.2
+from faber_core.engines import wait_for_lock
+from faber_core.errors import HealthCheckFailed
 
 
 def faber_lock_key(database_name: str | None) -> int:
@@ -88,22 +86,15 @@ def blocked_read_error(
 def advisory_lock(conn: psycopg.Connection, key: int, *, wait_seconds: float, purpose: str) -> Iterator[None]:
     """Hold session advisory lock ``key`` on ``conn`` (autocommit) for the block.
 
-    Waits up to ``wait_seconds`` for a holder to let go, then raises :class:`Locked` naming it.
+    Waits up to ``wait_seconds`` for a holder to let go, then raises :class:`~faber_core.errors.Locked` naming it.
     """
-    deadline = time.monotonic() + wait_seconds
-    while not conn.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()[0]:
-        if time.monotonic() >= deadline:
-            holder = lock_holder(conn, key)
-            raise Locked(
-                f"Another {purpose} holds the lock on this database: {holder}",
-                suggestions=[
-                    "Wait for the other run to finish, then retry",
-                    "Raise lock_wait_seconds for this environment to wait longer",
-                    "If the holder is stuck, end it with: SELECT pg_terminate_backend(<pid>)",
-                ],
-                result={"lock_holder": holder},
-            )
-        time.sleep(_POLL_SECONDS)
+    wait_for_lock(
+        lambda: bool(conn.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()[0]),
+        lambda: lock_holder(conn, key),
+        wait_seconds=wait_seconds,
+        purpose=purpose,
+        release_hint="SELECT pg_terminate_backend(<pid>)",
+    )
     try:
         yield
     finally:

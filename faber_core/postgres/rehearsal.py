@@ -212,7 +212,7 @@ def _dump(context: RunContext, tools: Path, archive: Path, selection: list[str])
                 f"--file={archive}",
             ],
             redactor=context.redactor,
-            env=context.database.libpq_env(),
+            env=context.database.client_env(),
             timeout=context.seconds_left(),
         )
     except subprocess.TimeoutExpired:
@@ -236,7 +236,7 @@ def _restore(context: RunContext, tools: Path, archive: Path, rehearsal: Rehears
         run = run_tool(
             [tools / "pg_restore", "--no-owner", f"--dbname={rehearsal.name}", archive],
             redactor=context.redactor,
-            env=rehearsal.database.libpq_env(),
+            env=rehearsal.database.client_env(),
             timeout=context.seconds_left(),
         )
     except subprocess.TimeoutExpired:

@@ -20,7 +20,7 @@ from pglast.parser import ParseError
 
 from faber_core import events
 from faber_core.context import RunContext
-from faber_core.errors import FaberError, LintBlocked, MigrationFailed
+from faber_core.errors import ConfigError, FaberError, LintBlocked, MigrationFailed
 from faber_core.migration_files import read_sql
 from faber_core.models import LocalMigration, MigrationPreview, MigrationState
 from faber_core.postgres.sql import is_transactional
@@ -70,7 +70,10 @@ def migration_sql(context: RunContext, migration: LocalMigration) -> str | None:
 def analyse_before_lock(context: RunContext, pending: list[LocalMigration]) -> None:
     """Split and classify every pending SQL migration before the run takes its lock or a backup:
     one that cannot be analysed stops the run with nothing touched. The analysis is cached for
-    the later steps (lint, preflight, estimates, apply)."""
+    the later steps (lint, preflight, estimates, apply). An engine without faber's SQL analysis
+    (MySQL) leaves the SQL to its server."""
+    if not context.database.engine.supports("sql_analysis"):
+        return
     for migration in pending:
         sql = migration_sql(context, migration)
         if sql is None:
@@ -119,6 +122,11 @@ def transactional(sql: str) -> bool | None:
         return None
 
 
+NOT_TRANSACTIONAL = (
+    "{engine} commits each DDL statement on its own: if this migration fails part-way, the statements "
+    "before the failure stay committed, faber reports which, and the rollback restores the backup"
+)
+
 SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
 """The ORMs' own catalog lookups name these; no migration waits for a lock on them."""
 
@@ -131,7 +139,11 @@ def review_before_approval(
 ) -> Review:
     files = {m.name: sql for m in pending if (sql := migration_sql(context, m)) is not None}
     review = Review(sql=files)
-    if context.settings.lint != "off":
+    engine = context.database.engine
+    if context.settings.lint != "off" and not engine.supports("lint"):
+        review.lint_not_run = dict.fromkeys([m.name for m in pending], engine.unsupported["lint"])
+        context.emit(events.LINT_NOT_RUN, migrations=review.lint_not_run)
+    elif context.settings.lint != "off":
         with step(context, "lint"):
             code = [m.name for m in pending if m.name not in files]
             rehearsed = _rehearse_code_migrations(context, plugins, pending, code, review) if code else {}
@@ -237,7 +249,7 @@ def refuse_lint_errors(context: RunContext, findings: dict[str, list[LintFinding
 def preflight_before_apply(context: RunContext, review: Review) -> PreflightReport | None:
     announce_estimates(context, review)
     policy = context.settings.preflight
-    if policy == "off":
+    if policy == "off" or not context.database.engine.supports("preflight"):
         return None
     with step(context, "preflight"), _connect(context, "faber preflight") as conn:
         tables, concurrent = _touched_tables(context, conn, review.sql.values())
@@ -260,7 +272,7 @@ def announce_estimates(context: RunContext, review: Review) -> None:
     migration shows its elapsed time against it. Statistics that cannot be read leave it out: an
     estimate is never worth failing a deploy for."""
     sources = {name: sql for name, sql in review.sql.items() if sql}
-    if not sources:
+    if not sources or not context.database.engine.supports("estimates"):
         return
     try:
         with _connect(context, "faber estimate") as conn:
@@ -292,7 +304,19 @@ def annotate_preview(
     *,
     rehearse: bool,
 ) -> PreflightReport | None:
-    """Fill in each preview's lint and estimate (in place); return the preflight's report."""
+    """Fill in each preview's lint and estimate (in place); return the preflight's report. On an
+    engine without these checks, each preview says which did not run, and a migration outside a
+    transaction there says what a failure part-way leaves."""
+    engine = context.database.engine
+    if not engine.supports("sql_analysis"):
+        for item in previews:
+            if not engine.transactional_ddl and not item.transactional:
+                item.notes.append(NOT_TRANSACTIONAL.format(engine=engine.label))
+            note = engine.preview_note()
+            item.notes += [note] if note else []
+        if rehearse:
+            raise ConfigError(engine.unsupported.get("rehearsal", f"--rehearse is not available on {engine.label}"))
+        return None
     with _connect(context, "faber preview") as conn:
         tables = Catalog(conn, context.database.schema)
         _estimate(context, conn, state, previews, tables)

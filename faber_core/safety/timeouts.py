@@ -122,7 +122,7 @@ def apply_with_lock_retry(
 
 
 def _retryable(context: RunContext, failure: MigrationFailure, retries_so_far: int) -> bool:
-    if not is_lock_timeout(failure):
+    if not context.database.engine.is_lock_timeout(failure):
         return False
     if not failure.transaction_rolled_back:
         context.emit(

@@ -1,7 +1,7 @@
 """Client programs (``pg_dump``, a tool's CLI): find them, and run them so that they die with faber
 and credentials never reach their command line.
 
-Give a program its connection through the environment (``context.database.libpq_env()`` or a
+Give a program its connection through the environment (``context.database.client_env()`` or a
 variable such as ``DATABASE_URL``), never in argv, and pass anything it prints through the run's
 redactor (:func:`run_tool` does).
 """

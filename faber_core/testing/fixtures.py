@@ -16,6 +16,10 @@ top-level ``conftest.py``::
 - ``run_faber``: runs the ``faber`` command in a subprocess and parses ``--json`` output.
 - ``plugin_manager``: a PluginManager with only the built-in plugins, for registering test plugins.
 - ``run_context``: a RunContext on a project; ``query``: run SQL on the test's database.
+- ``mysql_admin_url``: the MySQL/MariaDB at 127.0.0.1:3306 as root without a password (or
+  ``FABER_TEST_MYSQL_ADMIN_URL``); the tests asking for it skip, saying why, when none answers.
+- ``mysql_database_url``: a fresh MySQL database for one test and a user of its own whose
+  password is the canary, both dropped afterwards; ``mysql_query``: run SQL on it.
 
 Helpers for tests that kill faber: :func:`start_faber` (a faber process to signal),
 :func:`wait_for` (poll a condition), :func:`process_alive` (Linux: running, not a zombie).
@@ -127,6 +131,73 @@ def database_url(postgres_admin_url: str, pytestconfig: pytest.Config) -> Iterat
         yield database_url_for(postgres_admin_url, name, password=CANARY_PASSWORD)
     finally:
         drop_database(postgres_admin_url, name)
+
+
+MYSQL_LOCAL_SERVER_URL = "mysql://root@127.0.0.1:3306/mysql"
+
+
+def mysql_connect(url: str, **kwargs: Any) -> Any:
+    """A faber MySQL connection (PyMySQL, with ``execute``) on ``url``, autocommit."""
+    from faber_core.context import Database
+    from faber_core.secrets import Secret
+
+    database = Database(Secret(url), source="the test's MySQL URL", connect_timeout=3)
+    return database.engine.connect(
+        database, autocommit=True, application_name="faber tests", migration_session=True, **kwargs
+    )
+
+
+@pytest.fixture(scope="session")
+def mysql_admin_url() -> str:
+    """A URL of a MySQL/MariaDB user that may create databases and users; skips without a server."""
+    import pymysql
+
+    url = os.environ.get("FABER_TEST_MYSQL_ADMIN_URL") or MYSQL_LOCAL_SERVER_URL
+    try:
+        mysql_connect(url).close()
+    except pymysql.Error as exc:
+        pytest.skip(
+            f"no MySQL/MariaDB server answers at {url.rpartition('@')[2]} ({exc.args[0]}): start one "
+            "(.ci/run starts an installed MariaDB) or set FABER_TEST_MYSQL_ADMIN_URL"
+        )
+    return url
+
+
+@pytest.fixture
+def mysql_database_url(mysql_admin_url: str, pytestconfig: pytest.Config) -> Iterator[str]:
+    """A fresh MySQL database for this test, reached as a user of its own whose password is the canary."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    name = f"{pytestconfig.getini(DATABASE_PREFIX_OPTION)}_{uuid.uuid4().hex[:12]}"
+    user = f"faber_{uuid.uuid4().hex[:12]}"
+    with mysql_connect(mysql_admin_url) as conn:
+        conn.execute(f"CREATE DATABASE `{name}`")
+        conn.execute(f"CREATE USER '{user}'@'%' IDENTIFIED BY '{CANARY_PASSWORD}'")
+        conn.execute(f"GRANT ALL PRIVILEGES ON `{name}`.* TO '{user}'@'%'")
+        # A mysqldump restore loads into a scratch database beside the target (docs/mysql.md).
+        conn.execute(f"GRANT ALL PRIVILEGES ON `faber\\_restore\\_%`.* TO '{user}'@'%'")
+        # faber's lock messages name the holder from the process list, which shows others with PROCESS.
+        conn.execute(f"GRANT PROCESS ON *.* TO '{user}'@'%'")
+    parts = urlsplit(mysql_admin_url)
+    netloc = f"{user}:{CANARY_PASSWORD}@{parts.netloc.rpartition('@')[2]}"
+    try:
+        yield urlunsplit(parts._replace(netloc=netloc, path=f"/{name}"))
+    finally:
+        with mysql_connect(mysql_admin_url) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS `{name}`")
+            conn.execute(f"DROP USER IF EXISTS '{user}'@'%'")
+
+
+@pytest.fixture
+def mysql_query(mysql_database_url):
+    """``mysql_query(sql, params=None) -> list[tuple]`` on the test's MySQL database."""
+
+    def run(sql: str, params: list | None = None) -> list[tuple]:
+        with mysql_connect(mysql_database_url) as conn:
+            cursor = conn.execute(sql, params)
+            return list(cursor.fetchall()) if cursor.description else []
+
+    return run
 
 
 @pytest.fixture

@@ -2,16 +2,22 @@
 
 It applies ``migrations/*.sql`` in name order, each in one transaction with its bookkeeping row
 in ``sqlfiles_migrations``. Load it with ``FABER_PLUGINS=faber_core.testing.sqlfiles``.
+
+On MySQL/MariaDB (``context.database.engine.name == "mysql"``) a migration holding DDL cannot
+run in a transaction: it runs statement by statement, its bookkeeping row written first as
+``failed`` and marked ``applied`` at the end, so a failure part-way leaves a failed row and says
+how many statements committed; a migration of data statements only runs in one transaction.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from typing import Any
 
 import psycopg
 
-from faber_core import events, hookimpl
+from faber_core import hookimpl
 from faber_core.context import RunContext
 from faber_core.models import (
     AppliedMigration,
@@ -60,6 +66,8 @@ def faber_migration_tools() -> list[ToolInfo]:
 
 @hookimpl
 def faber_migration_status(context: RunContext) -> MigrationState:
+    if context.database.engine.name == "mysql":
+        return _mysql_status(context)
     with context.database.connect() as conn:
         exists = conn.execute("SELECT to_regclass('sqlfiles_migrations')").fetchone()[0]
         rows = conn.execute("SELECT name, checksum FROM sqlfiles_migrations ORDER BY name").fetchall() if exists else []
@@ -79,12 +87,18 @@ def faber_migration_validate(pending: list[LocalMigration]) -> list[MigrationRef
 
 
 @hookimpl
-def faber_migration_preview(pending: list[LocalMigration]) -> list[MigrationPreview]:
+def faber_migration_preview(context: RunContext, pending: list[LocalMigration]) -> list[MigrationPreview]:
+    if context.database.engine.name == "mysql":
+        return [
+            MigrationPreview(name=m.name, sql=m.handler_data, transactional=_mysql_transactional(m)) for m in pending
+        ]
     return [MigrationPreview(name=m.name, sql=m.handler_data, transactional=True) for m in pending]
 
 
 @hookimpl
 def faber_migration_apply(context: RunContext, pending: list[LocalMigration]) -> ApplyOutcome:
+    if context.database.engine.name == "mysql":
+        return _mysql_apply(context, pending)
     outcome = ApplyOutcome()
     with context.database.connect(application_name="faber sqlfiles apply", migration_session=True) as conn:
         conn.execute(BOOKKEEPING)
@@ -117,3 +131,111 @@ def faber_migration_apply(context: RunContext, pending: list[LocalMigration]) ->
             outcome.applied.append(applied)
             context.migration_applied(applied)
     return outcome
+
+
+# MySQL/MariaDB ---------------------------------------------------------------------------
+
+MYSQL_BOOKKEEPING = (
+    "CREATE TABLE IF NOT EXISTS sqlfiles_migrations (name varchar(255) PRIMARY KEY, checksum char(64) NOT NULL,"
+    " state varchar(16) NOT NULL DEFAULT 'applied', error text)"
+)
+
+
+def _mysql_transactional(migration: LocalMigration) -> bool:
+    from faber_core.support.mysql import is_ddl, split_statements
+
+    return not any(is_ddl(statement) for statement in split_statements(migration.handler_data))
+
+
+def _mysql_status(context: RunContext) -> MigrationState:
+    with context.database.connect() as conn:
+        exists = conn.execute(
+            "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()"
+            " AND TABLE_NAME = 'sqlfiles_migrations'"
+        ).fetchone()[0]
+        rows = (
+            conn.execute("SELECT name, checksum, state, error FROM sqlfiles_migrations ORDER BY name").fetchall()
+            if exists
+            else []
+        )
+    return MigrationState(
+        tool=TOOL,
+        local=_local(context),
+        records=[MigrationRecord(name=n, checksum=c, state=state, logs=error) for n, c, state, error in rows],
+    )
+
+
+def _mysql_apply(context: RunContext, pending: list[LocalMigration]) -> ApplyOutcome:
+    import pymysql
+
+    from faber_core.support.mysql import error_code, split_statements
+
+    outcome = ApplyOutcome()
+    with context.database.connect(application_name="faber sqlfiles apply", migration_session=True) as conn:
+        conn.execute(MYSQL_BOOKKEEPING)
+        context.apply_session_timeouts(conn)
+        for migration in pending:
+            statements = split_statements(migration.handler_data)
+            transactional = _mysql_transactional(migration)
+            context.start_migration(migration.name)
+            started = time.monotonic()
+            committed = 0
+            try:
+                if transactional:
+                    with conn.transaction():
+                        for statement in statements:
+                            conn.execute(statement)
+                        conn.execute(
+                            "INSERT INTO sqlfiles_migrations (name, checksum) VALUES (%s, %s)",
+                            [migration.name, migration.checksum],
+                        )
+                else:
+                    # DDL commits on its own: the row says "failed" until the last statement committed.
+                    conn.execute(
+                        "INSERT INTO sqlfiles_migrations (name, checksum, state) VALUES (%s, %s, 'failed')",
+                        [migration.name, migration.checksum],
+                    )
+                    for statement in statements:
+                        conn.execute(statement)
+                        committed += 1
+                    conn.execute("UPDATE sqlfiles_migrations SET state = 'applied' WHERE name = %s", [migration.name])
+            except pymysql.Error as exc:
+                error = context.redactor.redact(str(exc))
+                if not transactional:
+                    _record_failure(conn, migration.name, error, committed)
+                    error = _committed_report(error, statements, committed)
+                code = error_code(exc)
+                outcome.failure = MigrationFailure(
+                    name=migration.name,
+                    error=error,
+                    path=migration.path,
+                    transaction_rolled_back=transactional,
+                    sqlstate=str(code) if code is not None else None,
+                    statements_committed=None if transactional else committed,
+                )
+                return outcome
+            applied = AppliedMigration(name=migration.name, duration_seconds=round(time.monotonic() - started, 3))
+            outcome.applied.append(applied)
+            context.migration_applied(applied)
+    return outcome
+
+
+def _record_failure(conn: Any, name: str, error: str, committed: int) -> None:
+    """Keep the error on the failed row; with nothing committed, drop the row: the database is as before."""
+    import pymysql
+
+    try:
+        if committed:
+            conn.execute("UPDATE sqlfiles_migrations SET error = %s WHERE name = %s", [error, name])
+        else:
+            conn.execute("DELETE FROM sqlfiles_migrations WHERE name = %s", [name])
+    except pymysql.Error:
+        pass  # the connection is gone; the row says failed, the report says what committed
+
+
+def _committed_report(error: str, statements: list[str], committed: int) -> str:
+    """The error, then which statements committed before it (MySQL cannot roll DDL back)."""
+    if not committed:
+        return f"{error} (at statement 1 of {len(statements)}; nothing of this migration committed)"
+    done = "; ".join(" ".join(statement.split())[:80] for statement in statements[:committed])
+    return f"{error} (at statement {committed + 1} of {len(statements)}; committed before it: {done})"

@@ -70,7 +70,7 @@ def create(context: RunContext, reason: str, migrations: list[tuple[str, str | N
             f"--file={partial}",
         ],
         redactor=context.redactor,
-        env=context.database.libpq_env(),
+        env=context.database.client_env(),
     )
     if dump.returncode != 0:
         shutil.rmtree(partial, ignore_errors=True)
@@ -149,7 +149,7 @@ def restore(context: RunContext, backup: BackupRecord) -> RestoreOutcome:
         replay = run_tool(
             [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f", prelude, "-f", script],
             redactor=context.redactor,
-            env=context.database.libpq_env(),
+            env=context.database.client_env(),
         )
     if replay.returncode != 0:
         raise RestoreFailed(

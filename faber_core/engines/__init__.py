@@ -1,0 +1,266 @@
+"""Database engines: what faber does differently on PostgreSQL and on MySQL/MariaDB.
+
+The scheme of the target's URL chooses the engine (:func:`engine_for_url`); the run's
+:class:`~faber_core.context.Database` carries it as ``database.engine``. The workflow, the CLI
+and the safety steps ask the engine instead of assuming PostgreSQL: how to connect, how to take
+faber's lock and check it is still held, how to bound a migration session's lock waits (in the
+session and in a subprocess's environment), what a driver error means, whether DDL runs in a
+transaction, which backup provider it brings, and which of faber's checks exist for it at all.
+
+docs/engines.md describes the interface for authors of further engines.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from faber_core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from faber_core.config import EnvironmentSettings
+    from faber_core.context import Database, RunContext
+    from faber_core.models import HealthCheckResult, MigrationFailure
+
+PERCENT_ENCODE_HINT = (
+    "Percent-encode special characters in the user name and password (@ as %40, / as %2F, : as %3A, "
+    "% as %25, ? as %3F, # as %23, [ as %5B, ] as %5D, a space as %20)"
+)
+
+HOST_PORT_UNPARSABLE = "its host or port does not parse (an IPv6 address goes in [brackets]; a port is a number)"
+AT_AFTER_HOST = "an '@' follows the host (a '/' in the password that was not percent-encoded?)"
+
+
+def unsafe_url_text(raw: str) -> str | None:
+    """Why ``raw`` cannot be a database URL whatever its engine (a control character, an unescaped
+    ``#``), for the engine's error; None when it has neither."""
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in raw):
+        return "it contains a control character (a line break or tab?)"
+    if "#" in raw:
+        return "it contains an unescaped '#'"
+    return None
+
+
+def wait_for_lock(
+    try_lock: Callable[[], bool], holder: Callable[[], str], *, wait_seconds: float, purpose: str, release_hint: str
+) -> None:
+    """Call ``try_lock`` until it takes the lock, for up to ``wait_seconds``; then raise
+    :class:`~faber_core.errors.Locked` naming the ``holder``."""
+    from faber_core.errors import Locked
+
+    deadline = time.monotonic() + wait_seconds
+    while not try_lock():
+        if time.monotonic() >= deadline:
+            who = holder()
+            raise Locked(
+                f"Another {purpose} holds the lock on this database: {who}",
+                suggestions=[
+                    "Wait for the other run to finish, then retry",
+                    "Raise lock_wait_seconds for this environment to wait longer",
+                    f"If the holder is stuck, end it with: {release_hint}",
+                ],
+                result={"lock_holder": who},
+            )
+        time.sleep(LOCK_POLL_SECONDS)
+
+
+LOCK_POLL_SECONDS = 0.2
+
+ErrorKind = Literal["lock_timeout", "lost_connection", "missing_database", "authentication"]
+"""What a driver error means to faber; None from :meth:`Engine.classify_error`: something else."""
+
+Feature = Literal["sql_analysis", "lint", "preflight", "estimates", "write_counters", "history", "rehearsal"]
+"""faber's checks that need an engine's own catalog or parser; an engine lists those it lacks."""
+
+FEATURE_LABELS: dict[Feature, str] = {
+    "sql_analysis": "SQL analysis",
+    "lint": "lock-risk lint",
+    "preflight": "preflight of blocking sessions",
+    "estimates": "duration estimates",
+    "write_counters": "counting others' writes since the backup",
+    "history": "deployment history",
+    "rehearsal": "--rehearse",
+}
+
+
+@dataclass(frozen=True)
+class TargetUrl:
+    """A database URL as an engine parsed it."""
+
+    driver_url: str
+    """What the engine's driver connects with: the URL without the parameters only faber or an ORM reads."""
+    params: dict[str, str]
+    """Every query parameter, percent-decoded."""
+    name: str | None
+    """The database faber deploys to (None: the server's default)."""
+    schema: str
+    """The schema migrations run in: PostgreSQL's ``?schema=`` (default ``public``); on MySQL the database."""
+    host: str | None = None
+    port: str | None = None
+    user: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Engine-specific parts (MySQL's password and socket, ...); never shown."""
+
+
+class HeldLock(ABC):
+    """faber's lock on a database, held by one session for the whole run."""
+
+    @abstractmethod
+    def held(self) -> bool:
+        """Whether the session is alive and still holds the lock (ending the session frees it)."""
+
+
+class Engine(ABC):
+    """One database engine. Subclasses are stateless: one instance serves every run."""
+
+    name: ClassVar[str]
+    """Short name, also OpenTelemetry's ``db.system``: ``postgresql``, ``mysql``."""
+    label: ClassVar[str]
+    """How messages name it: ``PostgreSQL``, ``MySQL/MariaDB``."""
+    schemes: ClassVar[tuple[str, ...]]
+    """URL schemes it serves, without ``://``."""
+    default_port: ClassVar[int]
+    transactional_ddl: ClassVar[bool]
+    """Whether DDL runs inside a transaction that rolls back with it (PostgreSQL: yes; MySQL: no,
+    every DDL statement commits on its own, so a DDL migration is never transactional there)."""
+    backup_provider: ClassVar[str]
+    """The backup provider an environment of this engine uses unless its config names another."""
+    lock_release_hint: ClassVar[str]
+    """How an operator ends a stuck session, for error suggestions."""
+    unsupported: ClassVar[dict[Feature, str]] = {}
+    """faber's checks this engine lacks, each with the sentence the preview and docs show."""
+
+    # Connecting ------------------------------------------------------------------------
+
+    @property
+    @abstractmethod
+    def driver_error(self) -> type[Exception]:
+        """The base class of the driver's errors (``psycopg.Error``, ``pymysql.Error``)."""
+
+    @property
+    @abstractmethod
+    def operational_error(self) -> type[Exception]:
+        """The driver's DB-API ``OperationalError``: the server went away, refused or timed out."""
+
+    @abstractmethod
+    def test_connection_hint(self, env_var: str) -> str:
+        """The suggestion that tests the connection by hand, e.g. ``Test connection: psql $DATABASE_URL``."""
+
+    @abstractmethod
+    def parse_url(self, raw: str, source: str) -> TargetUrl:
+        """Parse ``raw`` or raise :class:`ConfigError` naming ``source`` and never quoting the value."""
+
+    @abstractmethod
+    def connect(self, database: Database, *, autocommit: bool, application_name: str, migration_session: bool) -> Any:
+        """A driver connection (see :meth:`faber_core.context.Database.connect`)."""
+
+    @abstractmethod
+    def is_connect_timeout(self, exc: BaseException) -> bool:
+        """Whether a connection attempt failed because the server did not answer in time."""
+
+    @abstractmethod
+    def connect_timed_out(self, message: str) -> Exception:
+        """The driver's error for a connection that timed out, to raise again without waiting."""
+
+    @abstractmethod
+    def connection_params(self, database: Database) -> dict[str, Any]:
+        """The driver's connection parameters, password included (never show them)."""
+
+    @abstractmethod
+    def client_env(self, database: Database) -> dict[str, str]:
+        """Environment variables that connect the engine's command-line programs to ``database``."""
+
+    @abstractmethod
+    def server_version(self, database: Database) -> str | None:
+        """The server's version, e.g. ``15.4`` or ``10.11.6-MariaDB``; None when it cannot be reached."""
+
+    # Errors ----------------------------------------------------------------------------
+
+    @abstractmethod
+    def classify_error(self, exc: BaseException) -> ErrorKind | None:
+        """What a driver error means to faber, or None."""
+
+    @abstractmethod
+    def describe_connection_error(self, exc: BaseException, database: Database) -> str:
+        """A one-line reason naming host, port, database or user as the error concerns them; never
+        the password. Not redacted: the caller passes it through the run's redactor."""
+
+    @abstractmethod
+    def is_lock_timeout(self, failure: MigrationFailure) -> bool:
+        """Whether a failed migration waited too long for a lock (then, if it left nothing behind,
+        faber retries it)."""
+
+    # faber's lock ----------------------------------------------------------------------
+
+    @abstractmethod
+    def deploy_lock(
+        self, conn: Any, database: Database, *, wait_seconds: float, purpose: str
+    ) -> AbstractContextManager[HeldLock]:
+        """Hold faber's lock for ``database`` on ``conn`` (a session of its own) for the block,
+        waiting up to ``wait_seconds`` for a holder, then :class:`~faber_core.errors.Locked`
+        naming it."""
+
+    # Migration sessions ----------------------------------------------------------------
+
+    @abstractmethod
+    def apply_session_timeouts(self, conn: Any, settings: EnvironmentSettings) -> None:
+        """Give a migration session the environment's lock and statement timeouts."""
+
+    @abstractmethod
+    def session_timeout_statements(self, settings: EnvironmentSettings, database: Database) -> list[str]:
+        """The same timeouts as SQL statements, for a subprocess that runs them first in its own
+        session (a Node runner on MySQL, whose driver reads no environment variable for them)."""
+
+    @abstractmethod
+    def session_timeout_env(
+        self, settings: EnvironmentSettings, database: Database, inherited: str | None
+    ) -> dict[str, str]:
+        """Environment variables that give a subprocess's sessions the same timeouts (PostgreSQL:
+        ``PGOPTIONS``); empty when the engine's clients read none (say so in the engine's docs)."""
+
+    @abstractmethod
+    def health_checks(self) -> dict[str, Callable[[RunContext], HealthCheckResult]]:
+        """The built-in checks by name (``connectivity``, ``schema``); each returns its result,
+        failed with the reason rather than raising."""
+
+    def invalid_indexes(self, conn: Any) -> list[str]:
+        """Indexes a failed build left behind unusable (PostgreSQL's ``CREATE INDEX CONCURRENTLY``),
+        named for the failure report; none on an engine where a failed build leaves nothing."""
+        return []
+
+    def preview_note(self) -> str | None:
+        """The preview's note naming the checks this engine lacks; None when it has them all."""
+        missing = [FEATURE_LABELS[feature] for feature in FEATURE_LABELS if feature in self.unsupported]
+        return f"Not available on {self.label}: {', '.join(missing)}" if missing else None
+
+    def supports(self, feature: Feature) -> bool:
+        return feature not in self.unsupported
+
+
+def _engines() -> Iterator[Engine]:
+    from faber_core.engines.mysql import MYSQL
+    from faber_core.engines.postgres import POSTGRESQL
+
+    yield POSTGRESQL
+    yield MYSQL
+
+
+def engine_for_url(raw: str, source: str) -> Engine:
+    """The engine serving ``raw``'s scheme; :class:`ConfigError` (never quoting the URL) for another."""
+    scheme, separator, _ = raw.partition("://")
+    engines = list(_engines())
+    for engine in engines:
+        if separator and scheme.lower() in engine.schemes:
+            return engine
+    known = ", ".join(f"{scheme}://" for engine in engines for scheme in engine.schemes)
+    raise ConfigError(
+        f"The database URL in {source} is not a URL faber can deploy to: it must start with one of {known}",
+        suggestions=[
+            "Use the form postgresql://USER:PASSWORD@HOST:PORT/DATABASE or mysql://USER:PASSWORD@HOST:PORT/DATABASE",
+            PERCENT_ENCODE_HINT,
+        ],
+    )

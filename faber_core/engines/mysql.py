@@ -1,0 +1,424 @@
+"""MySQL and MariaDB: PyMySQL, ``GET_LOCK``, ``lock_wait_timeout``, mysqldump.
+
+PyMySQL is pure Python: it installs wherever faber does, with no client library or compiler,
+and its speed does not matter for faber's few queries per run (the migrations' own work runs in
+the server). DDL is not transactional here: every ``CREATE``/``ALTER``/``DROP``/``RENAME``/
+``TRUNCATE`` commits on its own, so a migration holding one runs statement by statement, and
+a failure in it leaves the statements before it committed (the rollback restores the backup).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import unquote, urlsplit
+
+import pymysql
+import pymysql.connections
+import pymysql.cursors
+
+from faber_core.engines import (
+    AT_AFTER_HOST,
+    HOST_PORT_UNPARSABLE,
+    PERCENT_ENCODE_HINT,
+    Engine,
+    ErrorKind,
+    Feature,
+    HeldLock,
+    TargetUrl,
+    unsafe_url_text,
+    wait_for_lock,
+)
+from faber_core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from faber_core.config import EnvironmentSettings
+    from faber_core.context import Database, RunContext
+    from faber_core.models import HealthCheckResult, MigrationFailure
+
+# MySQL/MariaDB error numbers faber tells apart.
+LOCK_WAIT_TIMEOUT = 1205
+"""ER_LOCK_WAIT_TIMEOUT: a row lock (innodb_lock_wait_timeout) or a metadata lock (lock_wait_timeout)."""
+UNKNOWN_DATABASE = 1049
+ACCESS_DENIED = (1044, 1045, 1698)
+LOST_CONNECTION = (2003, 2006, 2013, 2055)
+CONNECT_TIMEOUT_TEXT = "timed out"
+_LOCK_WAIT_TEXT = "lock wait timeout exceeded"
+
+_DRIVER_PARAMS = frozenset({"socket", "charset"})
+"""Query parameters faber passes to the driver; every other one (Prisma's ``connection_limit``,
+``sslaccept``, ...) is left to the tool that reads it."""
+
+
+class MySQLConnection(pymysql.connections.Connection):
+    """A PyMySQL connection with psycopg's shortcuts, so a handler's simple queries read alike on
+    both engines: ``conn.execute(sql, params).fetchall()`` and ``with conn.transaction(): ...``."""
+
+    def execute(self, query: str, params: Any = None) -> pymysql.cursors.Cursor:
+        cursor = self.cursor()
+        cursor.execute(query, params)
+        return cursor
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One transaction for the block: committed at its end, rolled back if it raises. DDL in it
+        commits anyway (MySQL commits implicitly before and after each DDL statement)."""
+        self.begin()
+        try:
+            yield
+        except BaseException:
+            self.rollback()
+            raise
+        self.commit()
+
+
+@dataclass
+class NamedLock(HeldLock):
+    """faber's ``GET_LOCK`` lock, and the session holding it."""
+
+    conn: MySQLConnection
+    name: str
+
+    def held(self) -> bool:
+        """``KILL`` of the session, or a dropped connection, frees the lock."""
+        try:
+            row = self.conn.execute("SELECT IS_USED_LOCK(%s) = CONNECTION_ID()", [self.name]).fetchone()
+        except pymysql.Error:
+            return False
+        return bool(row and row[0])
+
+
+def faber_lock_name(database_name: str | None) -> str:
+    """faber's lock name for a database: at most 64 characters (the server's limit), distinct
+    from the tools' own locks (Prisma's ``prisma_migrate``)."""
+    digest = hashlib.sha256((database_name or "").encode()).hexdigest()[:40]
+    return f"faber-deploy:{digest}"
+
+
+def lock_holder(conn: MySQLConnection, name: str) -> str:
+    """Who holds lock ``name``, for error messages."""
+    row = conn.execute(
+        "SELECT p.ID, p.USER, p.HOST, p.TIME FROM information_schema.PROCESSLIST p WHERE p.ID = IS_USED_LOCK(%s)",
+        [name],
+    ).fetchone()
+    if row is None:
+        return "another session (it may have just finished)"
+    session, user, host, seconds = row
+    return f"{user}@{host} (connection id {session}, connected {seconds} s ago)"
+
+
+def is_mariadb(version: str) -> bool:
+    return "mariadb" in version.lower()
+
+
+class MySQLEngine(Engine):
+    name: ClassVar[str] = "mysql"
+    label: ClassVar[str] = "MySQL/MariaDB"
+    schemes: ClassVar[tuple[str, ...]] = ("mysql", "mariadb")
+    default_port: ClassVar[int] = 3306
+    transactional_ddl: ClassVar[bool] = False
+    backup_provider: ClassVar[str] = "mysqldump"
+    lock_release_hint: ClassVar[str] = "KILL <connection id>"
+    unsupported: ClassVar[dict[Feature, str]] = {
+        "sql_analysis": "MySQL/MariaDB: faber's SQL analysis reads PostgreSQL's grammar; statements are split, "
+        "not classified by lock level",
+        "lint": "MySQL/MariaDB: no lock-risk lint (squawk lints PostgreSQL SQL only)",
+        "estimates": "MySQL/MariaDB: no duration estimates (they read PostgreSQL's statistics)",
+        "write_counters": "MySQL/MariaDB: writes since the backup are not counted, so a restore cannot tell "
+        "the application's rows from the deploy's",
+        "history": "MySQL/MariaDB: the deployment history is not recorded in the database yet",
+        "preflight": "MySQL/MariaDB: no preflight for sessions that would block the migrations",
+        "rehearsal": "MySQL/MariaDB: --rehearse is not available",
+    }
+
+    @property
+    def driver_error(self) -> type[Exception]:
+        return pymysql.Error
+
+    @property
+    def operational_error(self) -> type[Exception]:
+        return pymysql.OperationalError
+
+    def test_connection_hint(self, env_var: str) -> str:
+        return f"Test connection: mysqlsh --sql ${env_var} (or mysql -h HOST -P PORT -u USER -p DATABASE)"
+
+    def parse_url(self, raw: str, source: str) -> TargetUrl:
+        def invalid(reason: str) -> ConfigError:
+            return ConfigError(
+                f"The database URL in {source} is not a valid MySQL URL: {reason}",
+                suggestions=[PERCENT_ENCODE_HINT, "Use the form mysql://USER:PASSWORD@HOST:PORT/DATABASE"],
+            )
+
+        problem = unsafe_url_text(raw)
+        if problem:
+            raise invalid(problem)
+        try:
+            parts = urlsplit(raw)
+            port = parts.port
+            host = parts.hostname
+        except ValueError:
+            raise invalid(HOST_PORT_UNPARSABLE) from None
+        if "@" in parts.path:
+            raise invalid(AT_AFTER_HOST)
+        if "@" in parts.netloc.rpartition("@")[0].partition(":")[0]:
+            raise invalid("the user name holds an '@' that was not percent-encoded")
+        path = parts.path.lstrip("/")
+        if "/" in path:
+            raise invalid("the database name holds a '/' (a '/' in the password that was not percent-encoded?)")
+        pairs = [pair for pair in parts.query.split("&") if pair]
+        if any("=" not in pair for pair in pairs):
+            raise invalid("a query parameter is not name=value (a '?' in the password that was not percent-encoded?)")
+        params = {unquote(key): unquote(value) for key, _, value in (pair.partition("=") for pair in pairs)}
+        name = unquote(path) or None
+        if name is None:
+            raise invalid("it names no database (faber deploys to one database: mysql://USER@HOST/DATABASE)")
+        return TargetUrl(
+            driver_url=raw,
+            params=params,
+            name=name,
+            schema=name,
+            host=params.get("socket") or host or "localhost",
+            port=str(port) if port else None,
+            user=unquote(parts.username) if parts.username else None,
+            extra={
+                "password": unquote(parts.password) if parts.password is not None else None,
+                **{key: value for key, value in params.items() if key in _DRIVER_PARAMS},
+            },
+        )
+
+    def connection_params(self, database: Database) -> dict[str, Any]:
+        parsed = database.parsed
+        params: dict[str, Any] = {
+            "user": parsed.user or "root",
+            "password": parsed.extra.get("password") or "",
+            "database": parsed.name,
+            "charset": parsed.extra.get("charset") or "utf8mb4",
+        }
+        if parsed.extra.get("socket"):
+            params["unix_socket"] = parsed.extra["socket"]
+        else:
+            params["host"] = parsed.host or "localhost"
+            params["port"] = int(parsed.port or self.default_port)
+        return params
+
+    def connect(
+        self, database: Database, *, autocommit: bool, application_name: str, migration_session: bool
+    ) -> MySQLConnection:
+        conn = MySQLConnection(
+            **database.conninfo_params(),
+            autocommit=autocommit,
+            connect_timeout=database.connect_timeout,
+            program_name=application_name[:32],
+        )
+        if not migration_session:
+            try:
+                _set_timeouts(conn, database.lock_timeout, database.statement_timeout)
+            except pymysql.Error:
+                conn.close()
+                raise
+        return conn
+
+    def is_connect_timeout(self, exc: BaseException) -> bool:
+        return isinstance(exc, pymysql.OperationalError) and CONNECT_TIMEOUT_TEXT in str(exc).lower()
+
+    def connect_timed_out(self, message: str) -> Exception:
+        return pymysql.OperationalError(2003, message)
+
+    def client_env(self, database: Database) -> dict[str, str]:
+        params = database.conninfo_params()
+        env = {"MYSQL_PWD": params["password"]} if params["password"] else {}
+        if "unix_socket" in params:
+            env["MYSQL_UNIX_PORT"] = params["unix_socket"]
+        else:
+            env["MYSQL_HOST"] = params["host"]
+            env["MYSQL_TCP_PORT"] = str(params["port"])
+        return env
+
+    def server_version(self, database: Database) -> str | None:
+        if "version" not in database.learnt:
+            try:
+                with database.connect(application_name="faber") as conn:
+                    database.learnt["version"] = conn.get_server_info()
+            except pymysql.Error:
+                return None
+        return database.learnt["version"]
+
+    def classify_error(self, exc: BaseException) -> ErrorKind | None:
+        if not isinstance(exc, pymysql.Error):
+            return None
+        code = error_code(exc)
+        if code == LOCK_WAIT_TIMEOUT:
+            return "lock_timeout"
+        if code == UNKNOWN_DATABASE:
+            return "missing_database"
+        if code in ACCESS_DENIED:
+            return "authentication"
+        if code in LOST_CONNECTION or isinstance(exc, pymysql.err.InterfaceError):
+            return "lost_connection"
+        return None
+
+    def describe_connection_error(self, exc: BaseException, database: Database) -> str:
+        where = database.address
+        kind = self.classify_error(exc)
+        text = str(exc.args[1]) if isinstance(exc, pymysql.Error) and len(exc.args) > 1 else str(exc)
+        if kind == "missing_database":
+            return f'Database "{database.name_for_display}" does not exist on {where}'
+        if kind == "authentication":
+            return f'Database authentication failed for user "{database.user or "root"}" at {where}'
+        if "timed out" in text.lower():
+            return (
+                f"Database connection to {where} timed out after {database.connect_timeout}s "
+                "(connect_timeout_seconds in the environment's config)"
+            )
+        if "refused" in text.lower():
+            return f"Database connection refused at {where}"
+        if "name or service not known" in text.lower() or "nodename nor servname" in text.lower():
+            return f"Database host name could not be resolved: {where}"
+        reason = text.strip().splitlines()[-1] if text.strip() else type(exc).__name__
+        return f"{reason} ({where})"
+
+    def is_lock_timeout(self, failure: MigrationFailure) -> bool:
+        if failure.sqlstate:
+            return failure.sqlstate == str(LOCK_WAIT_TIMEOUT)
+        return _LOCK_WAIT_TEXT in f"{failure.error}\n{failure.output or ''}".lower()
+
+    def health_checks(self) -> dict[str, Callable[[RunContext], HealthCheckResult]]:
+        from faber_core.engines.mysql_health import CHECKS
+
+        return CHECKS
+
+    @contextmanager
+    def deploy_lock(
+        self, conn: MySQLConnection, database: Database, *, wait_seconds: float, purpose: str
+    ) -> Iterator[NamedLock]:
+        name = faber_lock_name(database.name)
+        wait_for_lock(
+            lambda: bool(conn.execute("SELECT GET_LOCK(%s, 0)", [name]).fetchone()[0]),
+            lambda: lock_holder(conn, name),
+            wait_seconds=wait_seconds,
+            purpose=purpose,
+            release_hint=self.lock_release_hint,
+        )
+        try:
+            yield NamedLock(conn, name)
+        finally:
+            try:
+                conn.execute("SELECT RELEASE_LOCK(%s)", [name])
+            except pymysql.Error:
+                pass  # a broken connection has already dropped the lock; keep the original error
+
+    def apply_session_timeouts(self, conn: MySQLConnection, settings: EnvironmentSettings) -> None:
+        version = conn.get_server_info()
+        for statement in _timeout_statements(
+            settings.lock_timeout_seconds, settings.statement_timeout_seconds, version
+        ):
+            conn.execute(statement)
+
+    def session_timeout_statements(self, settings: EnvironmentSettings, database: Database) -> list[str]:
+        """``SET SESSION`` statements giving a session the environment's timeouts: ``lock_timeout``
+        bounds metadata-lock waits (``lock_wait_timeout``, what an ``ALTER TABLE`` waits on) and row
+        lock waits (``innodb_lock_wait_timeout``), in whole seconds; ``statement_timeout`` is
+        MariaDB's ``max_statement_time`` (MySQL's ``max_execution_time`` bounds only SELECTs)."""
+        version = self.server_version(database) or ""
+        return _timeout_statements(settings.lock_timeout_seconds, settings.statement_timeout_seconds, version)
+
+    def session_timeout_env(
+        self, settings: EnvironmentSettings, database: Database, inherited: str | None
+    ) -> dict[str, str]:
+        return {}
+
+
+def _timeout_statements(lock_seconds: float | None, statement_seconds: float | None, version: str) -> list[str]:
+    statements = []
+    if lock_seconds:
+        whole = max(1, math.ceil(lock_seconds))
+        statements.append(f"SET SESSION lock_wait_timeout = {whole}, innodb_lock_wait_timeout = {whole}")
+    if statement_seconds:
+        if is_mariadb(version):
+            statements.append(f"SET SESSION max_statement_time = {float(statement_seconds):g}")
+        else:
+            statements.append(f"SET SESSION max_execution_time = {round(statement_seconds * 1000)}")
+    return statements
+
+
+def _set_timeouts(conn: MySQLConnection, lock_seconds: float, statement_seconds: float) -> None:
+    for statement in _timeout_statements(lock_seconds, statement_seconds, conn.get_server_info()):
+        conn.execute(statement)
+
+
+def error_code(exc: BaseException) -> int | None:
+    """The server's (or client's) error number of a PyMySQL error."""
+    if isinstance(exc, pymysql.Error) and exc.args and isinstance(exc.args[0], int):
+        return exc.args[0]
+    return None
+
+
+_DDL = re.compile(r"^\s*(create|alter|drop|rename|truncate)\b", re.IGNORECASE)
+
+
+def is_ddl(statement: str) -> bool:
+    """Whether a statement commits implicitly (DDL), so it cannot roll back with a transaction."""
+    return bool(_DDL.match(strip_leading_comments(statement)))
+
+
+def strip_leading_comments(statement: str) -> str:
+    text = statement.lstrip()
+    while text.startswith(("--", "#", "/*")):
+        if text.startswith("/*"):
+            end = text.find("*/")
+            text = text[end + 2 :].lstrip() if end != -1 else ""
+        else:
+            end = text.find("\n")
+            text = text[end + 1 :].lstrip() if end != -1 else ""
+    return text
+
+
+def split_statements(sql: str) -> list[str]:
+    """The statements of a MySQL script, split at ``;`` outside quotes, backticks and comments
+    (no ``DELIMITER`` support: a migration with a stored routine goes through its tool)."""
+    statements: list[str] = []
+    current: list[str] = []
+    i, n = 0, len(sql)
+    while i < n:
+        char = sql[i]
+        if char in "'\"`":
+            end = i + 1
+            while end < n:
+                if sql[end] == "\\" and char != "`":
+                    end += 2
+                    continue
+                if sql[end] == char:
+                    if end + 1 < n and sql[end + 1] == char:
+                        end += 2
+                        continue
+                    break
+                end += 1
+            current.append(sql[i : end + 1])
+            i = end + 1
+        elif sql.startswith("--", i) and (i + 2 >= n or sql[i + 2] in " \t\r\n") or char == "#":
+            end = sql.find("\n", i)
+            end = n if end == -1 else end
+            current.append(sql[i:end])
+            i = end
+        elif sql.startswith("/*", i):
+            end = sql.find("*/", i + 2)
+            end = n if end == -1 else end + 2
+            current.append(sql[i:end])
+            i = end
+        elif char == ";":
+            statements.append("".join(current))
+            current = []
+            i += 1
+        else:
+            current.append(char)
+            i += 1
+    statements.append("".join(current))
+    return [s.strip() for s in statements if strip_leading_comments(s).strip()]
+
+
+MYSQL = MySQLEngine()

@@ -1,0 +1,211 @@
+"""PostgreSQL, the first engine: psycopg, session advisory locks, ``PGOPTIONS``, pg_dump.
+
+Everything PostgreSQL-only that faber checks (the SQL parser behind the analysis, squawk's lint,
+the ``pg_locks`` preflight, ``pg_class`` statistics for estimates, ``pg_stat`` write counters,
+the rehearsal on a throwaway copy) lives in :mod:`faber_core.postgres` and :mod:`faber_core.safety`;
+this engine supports all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import psycopg
+
+from faber_core.engines import Engine, ErrorKind, HeldLock, TargetUrl
+
+if TYPE_CHECKING:
+    from faber_core.config import EnvironmentSettings
+    from faber_core.context import Database, RunContext
+    from faber_core.models import HealthCheckResult, MigrationFailure
+
+# SQLSTATE classes and codes faber tells apart.
+_CONNECTION_EXCEPTION_CLASS = "08"
+_INVALID_AUTHORIZATION_CLASS = "28"
+_INVALID_CATALOG_NAME = "3D000"
+
+HOLDS_LOCK = """
+SELECT EXISTS (
+    SELECT FROM pg_locks
+    WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()
+      AND classid = ((%(key)s::bigint >> 32) & 4294967295)::oid
+      AND objid = (%(key)s::bigint & 4294967295)::oid
+      AND objsubid = 1
+)
+"""
+
+
+@dataclass
+class AdvisoryLock(HeldLock):
+    """faber's session advisory lock, and the session holding it."""
+
+    conn: psycopg.Connection
+    key: int
+
+    def held(self) -> bool:
+        """``pg_terminate_backend`` of the session, or a dropped connection, frees the lock."""
+        try:
+            row = self.conn.execute(HOLDS_LOCK, {"key": self.key}).fetchone()
+        except psycopg.Error:
+            return False
+        return bool(row and row[0])
+
+
+class PostgresEngine(Engine):
+    name: ClassVar[str] = "postgresql"
+    label: ClassVar[str] = "PostgreSQL"
+    schemes: ClassVar[tuple[str, ...]] = ("postgresql", "postgres")
+    default_port: ClassVar[int] = 5432
+    transactional_ddl: ClassVar[bool] = True
+    backup_provider: ClassVar[str] = "pg_dump"
+    lock_release_hint: ClassVar[str] = "SELECT pg_terminate_backend(<pid>)"
+
+    @property
+    def driver_error(self) -> type[Exception]:
+        return psycopg.Error
+
+    @property
+    def operational_error(self) -> type[Exception]:
+        return psycopg.OperationalError
+
+    def test_connection_hint(self, env_var: str) -> str:
+        return f"Test connection: psql ${env_var}"
+
+    def parse_url(self, raw: str, source: str) -> TargetUrl:
+        from faber_core.postgres.url import parse_database_url
+
+        parsed = parse_database_url(raw, source)
+        params = _conninfo(parsed.libpq_url)
+        return TargetUrl(
+            driver_url=parsed.libpq_url,
+            params=parsed.params,
+            name=parsed.dbname,
+            schema=parsed.params.get("schema") or "public",
+            host=params.get("host") or params.get("hostaddr") or None,
+            port=str(params.get("port") or "") or None,
+            user=params.get("user") or None,
+        )
+
+    def connect(
+        self, database: Database, *, autocommit: bool, application_name: str, migration_session: bool
+    ) -> psycopg.Connection:
+        options = database.conninfo_params().get("options") or ""
+        if not migration_session:
+            options += f" -c lock_timeout={round(database.lock_timeout * 1000)}ms"
+            options += f" -c statement_timeout={round(database.statement_timeout * 1000)}ms"
+        return psycopg.connect(
+            database.url.reveal(),
+            autocommit=autocommit,
+            connect_timeout=database.connect_timeout,
+            application_name=application_name,
+            **({"options": options.strip()} if options.strip() else {}),
+        )
+
+    def is_connect_timeout(self, exc: BaseException) -> bool:
+        return isinstance(exc, psycopg.OperationalError) and "timeout expired" in str(exc).lower()
+
+    def connect_timed_out(self, message: str) -> Exception:
+        return psycopg.OperationalError(message)
+
+    def connection_params(self, database: Database) -> dict[str, Any]:
+        return _conninfo(database.url.reveal())
+
+    def client_env(self, database: Database) -> dict[str, str]:
+        from faber_core.postgres.url import LIBPQ_ENV
+
+        params = database.conninfo_params()
+        env = {LIBPQ_ENV[k]: str(v) for k, v in params.items() if k in LIBPQ_ENV and v is not None}
+        env.setdefault("PGCONNECT_TIMEOUT", str(database.connect_timeout))
+        return env
+
+    def server_version(self, database: Database) -> str | None:
+        number = server_version_num(database)
+        return None if number is None else f"{number // 10000}.{number % 10000}"
+
+    def classify_error(self, exc: BaseException) -> ErrorKind | None:
+        if not isinstance(exc, psycopg.Error):
+            return None
+        code = exc.sqlstate or ""
+        from faber_core.safety.timeouts import LOCK_NOT_AVAILABLE
+
+        if code == LOCK_NOT_AVAILABLE:
+            return "lock_timeout"
+        if code == _INVALID_CATALOG_NAME:
+            return "missing_database"
+        if code.startswith(_INVALID_AUTHORIZATION_CLASS) or "authentication failed" in str(exc).lower():
+            return "authentication"
+        if code.startswith(_CONNECTION_EXCEPTION_CLASS) or isinstance(exc, psycopg.OperationalError):
+            return "lost_connection"
+        return None
+
+    def describe_connection_error(self, exc: BaseException, database: Database) -> str:
+        from faber_core.postgres.health import describe_connection_error
+
+        return describe_connection_error(exc, database)
+
+    def is_lock_timeout(self, failure: MigrationFailure) -> bool:
+        from faber_core.safety.timeouts import is_lock_timeout
+
+        return is_lock_timeout(failure)
+
+    def health_checks(self) -> dict[str, Callable[[RunContext], HealthCheckResult]]:
+        from faber_core.postgres.health import CHECKS
+
+        return CHECKS
+
+    def invalid_indexes(self, conn: psycopg.Connection) -> list[str]:
+        from faber_core.postgres.health import invalid_indexes
+
+        return invalid_indexes(conn)
+
+    @contextmanager
+    def deploy_lock(
+        self, conn: psycopg.Connection, database: Database, *, wait_seconds: float, purpose: str
+    ) -> Iterator[AdvisoryLock]:
+        from faber_core.postgres.locks import advisory_lock, faber_lock_key
+
+        key = faber_lock_key(database.name)
+        with advisory_lock(conn, key, wait_seconds=wait_seconds, purpose=purpose):
+            yield AdvisoryLock(conn, key)
+
+    def apply_session_timeouts(self, conn: psycopg.Connection, settings: EnvironmentSettings) -> None:
+        from faber_core.safety.timeouts import apply_session_timeouts
+
+        apply_session_timeouts(conn, settings)
+
+    def session_timeout_statements(self, settings: EnvironmentSettings, database: Database) -> list[str]:
+        from faber_core.safety.timeouts import session_timeouts
+
+        values = session_timeouts(settings, server_version_num(database))
+        return [f"SET {name} = '{value}'" for name, value in values.items()]
+
+    def session_timeout_env(
+        self, settings: EnvironmentSettings, database: Database, inherited: str | None
+    ) -> dict[str, str]:
+        from faber_core.safety.timeouts import timeout_env
+
+        return timeout_env(settings, inherited, server_version_num(database))
+
+
+def _conninfo(url: str) -> dict[str, Any]:
+    from psycopg.conninfo import conninfo_to_dict
+
+    return conninfo_to_dict(url)
+
+
+def server_version_num(database: Database) -> int | None:
+    """The target's ``server_version_num``, asked once per run; None when it cannot be reached
+    (the caller's own connection then reports why)."""
+    if "server_version_num" not in database.learnt:
+        try:
+            with database.connect(application_name="faber") as conn:
+                database.learnt["server_version_num"] = conn.info.server_version
+        except psycopg.Error:
+            return None
+    return database.learnt["server_version_num"]
+
+
+POSTGRESQL = PostgresEngine()

@@ -1,0 +1,122 @@
+"""PostgreSQL URLs: split once, refused when libpq and urllib would read them differently."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+from faber_core.engines import AT_AFTER_HOST, HOST_PORT_UNPARSABLE, PERCENT_ENCODE_HINT, unsafe_url_text
+from faber_core.errors import ConfigError
+
+# libpq's connection parameters and the environment variables that carry them to subprocesses.
+LIBPQ_ENV = {
+    "host": "PGHOST",
+    "hostaddr": "PGHOSTADDR",
+    "port": "PGPORT",
+    "dbname": "PGDATABASE",
+    "user": "PGUSER",
+    "password": "PGPASSWORD",
+    "passfile": "PGPASSFILE",
+    "channel_binding": "PGCHANNELBINDING",
+    "service": "PGSERVICE",
+    "options": "PGOPTIONS",
+    "application_name": "PGAPPNAME",
+    "sslmode": "PGSSLMODE",
+    "sslnegotiation": "PGSSLNEGOTIATION",
+    "sslcompression": "PGSSLCOMPRESSION",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "sslcertmode": "PGSSLCERTMODE",
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcrl": "PGSSLCRL",
+    "sslcrldir": "PGSSLCRLDIR",
+    "sslsni": "PGSSLSNI",
+    "requirepeer": "PGREQUIREPEER",
+    "ssl_min_protocol_version": "PGSSLMINPROTOCOLVERSION",
+    "ssl_max_protocol_version": "PGSSLMAXPROTOCOLVERSION",
+    "gssencmode": "PGGSSENCMODE",
+    "krbsrvname": "PGKRBSRVNAME",
+    "gsslib": "PGGSSLIB",
+    "gssdelegation": "PGGSSDELEGATION",
+    "connect_timeout": "PGCONNECT_TIMEOUT",
+    "client_encoding": "PGCLIENTENCODING",
+    "target_session_attrs": "PGTARGETSESSIONATTRS",
+    "load_balance_hosts": "PGLOADBALANCEHOSTS",
+}
+_LIBPQ_ONLY_PARAMS = {
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+    "fallback_application_name",
+    "replication",
+    "requiressl",
+}
+_LIBPQ_PARAMS = frozenset(LIBPQ_ENV) | _LIBPQ_ONLY_PARAMS
+
+
+URL_PREFIXES = ("postgresql://", "postgres://")
+_PARAMETER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class ParsedUrl:
+    """A database URL split once: what libpq gets, and what faber reads from it."""
+
+    libpq_url: str
+    """The URL without the query parameters libpq does not know (Prisma's ``schema``, ...)."""
+    params: dict[str, str]
+    """Every query parameter, percent-decoded (libpq does not read ``+`` as a space, nor does faber)."""
+    dbname: str | None
+
+
+def parse_database_url(raw: str, source: str) -> ParsedUrl:
+    """Split a PostgreSQL URL, refusing one that does not parse or that urllib and libpq would
+    read differently (a password with an unescaped ``@``, ``/``, ``?`` or ``#``).
+
+    The error never quotes the value, nor the parsers' messages, which would quote it.
+    """
+
+    def invalid(reason: str) -> ConfigError:
+        return ConfigError(
+            f"The database URL in {source} is not a valid PostgreSQL URL: {reason}",
+            suggestions=[PERCENT_ENCODE_HINT, "Use the form postgresql://USER:PASSWORD@HOST:PORT/DATABASE"],
+        )
+
+    if not raw.startswith(URL_PREFIXES):
+        raise invalid("it must start with postgresql:// or postgres://")
+    problem = unsafe_url_text(raw)
+    if problem:
+        raise invalid(problem)
+    try:
+        parts = urlsplit(raw)
+        if "," not in parts.netloc.rpartition("@")[2]:  # libpq's multi-host form has no single port
+            _ = parts.port
+    except ValueError:
+        raise invalid(HOST_PORT_UNPARSABLE) from None
+    if "@" in parts.path:
+        raise invalid(AT_AFTER_HOST)
+    pairs = [pair for pair in parts.query.split("&") if pair]
+    if any("=" not in pair or not _PARAMETER_NAME.fullmatch(pair.partition("=")[0]) for pair in pairs):
+        raise invalid("a query parameter is not name=value (a '?' in the password that was not percent-encoded?)")
+    params = {unquote(key): unquote(value) for key, _, value in (pair.partition("=") for pair in pairs)}
+    kept = "&".join(pair for pair in pairs if unquote(pair.partition("=")[0]) in _LIBPQ_PARAMS)
+    libpq_url = f"{parts.scheme}://{parts.netloc}{parts.path}" + (f"?{kept}" if kept else "")
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        libpq = conninfo_to_dict(libpq_url)
+    except Exception:  # noqa: BLE001 - libpq's message quotes the value
+        raise invalid("libpq cannot parse it (a '%' that is not followed by two hex digits?)") from None
+    dbname = unquote(parts.path.lstrip("/")) or None
+    urllib_view = {
+        "user": unquote(parts.username) if parts.username else None,
+        "password": unquote(parts.password) if parts.password else None,
+        "dbname": dbname,
+    }
+    # Where the two parsers disagree, a character needed percent-encoding; ?user=... wins in libpq.
+    if any((libpq.get(key) or None) != value for key, value in urllib_view.items() if key not in params):
+        raise invalid("the user name, password or database name holds a character that must be percent-encoded")
+    return ParsedUrl(libpq_url=libpq_url, params=params, dbname=params.get("dbname") or dbname)

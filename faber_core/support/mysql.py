@@ -1,0 +1,19 @@
+"""MySQL/MariaDB helpers for handlers (``context.database.engine.name == "mysql"``).
+
+DDL is not transactional there: a handler runs a migration holding DDL statement by statement
+(:func:`split_statements`, :func:`is_ddl`) and reports how many committed before a failure
+(``MigrationFailure.statements_committed``), with the server's error number as ``sqlstate``
+(:func:`error_code`; :data:`LOCK_WAIT_TIMEOUT`, 1205, is retried by faber when the transaction
+rolled back). :func:`faber_lock_name` is the ``GET_LOCK`` name faber holds during a deploy.
+"""
+
+from faber_core.engines.mysql import (
+    LOCK_WAIT_TIMEOUT,
+    MySQLConnection,
+    error_code,
+    faber_lock_name,
+    is_ddl,
+    split_statements,
+)
+
+__all__ = ["LOCK_WAIT_TIMEOUT", "MySQLConnection", "error_code", "faber_lock_name", "is_ddl", "split_statements"]
