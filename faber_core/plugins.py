@@ -41,6 +41,7 @@ from faber_core.suggest import closest, did_you_mean
 BUILTIN_PLUGINS = (
     "faber_core.engines.health",
     "faber_core.backup.pg_dump",
+    "faber_core.backup.mysqldump",
     "faber_core.telemetry:SpanBridge",
     "faber_core.audit.history:DeploymentHistory",
     "faber_core.audit.jsonl:AuditLog",

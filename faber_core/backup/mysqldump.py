@@ -1,0 +1,421 @@
+"""Built-in backup provider ``mysqldump`` for MySQL/MariaDB: SQL dumps under ``.faber/backups/<env>/``.
+
+A backup is ``mariadb-dump`` (or ``mysqldump``) ``--single-transaction --routines --triggers
+--events`` of the target database, a consistent snapshot of its InnoDB tables taken without
+locking them, stored like pg_dump's archives (:mod:`faber_core.backup.store`: private, crash-safe,
+pruned). faber's own tables (``faber_*``) are left out.
+
+A restore cannot be one transaction on MySQL (every DDL statement commits on its own), so it is
+made atomic where MySQL offers atomicity, in one ``RENAME TABLE``:
+
+1. the dump is loaded into a scratch database of its own beside the target (minutes, for a large
+   database): a kill here leaves the target untouched, and the next restore drops the scratch;
+2. the scratch's views and triggers are read and dropped there (MySQL moves no table with
+   triggers to another database); the target is still untouched;
+3. **one** ``RENAME TABLE`` renames every table and view of the target aside (``faber_old_*``,
+   within the target, so their triggers go with them) and moves every restored table into the
+   target: MySQL and MariaDB apply a multi-table rename all or nothing, so the tables and their
+   rows are either all the target's or all the backup's;
+4. the backup's views, triggers, routines and events are created in the target, the tables set
+   aside and the scratch database dropped.
+
+Step 4 takes milliseconds but is not covered by the rename's atomicity: a kill exactly then
+leaves the tables and rows of the backup with some of its views, triggers or routines missing
+(and ``faber_old_*`` tables the next restore drops). docs/mysql.md says so.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pymysql
+
+from faber_core import events, hookimpl
+from faber_core.backup import store
+from faber_core.context import RunContext
+from faber_core.errors import BackupFailed, RestoreFailed
+from faber_core.models import BackupProviderInfo, BackupPruneOutcome, BackupRecord, RestoreOutcome
+from faber_core.processes import child_environment, find_program, spawn, supervised
+
+PROVIDER = "mysqldump"
+FABER_TABLES = "faber_"
+"""faber's own tables start so; a backup leaves them out and a restore keeps them."""
+SCRATCH_PREFIX = "faber_restore_"
+_NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded", "File too large")
+
+
+@hookimpl
+def faber_backup_providers() -> list[BackupProviderInfo]:
+    return [
+        BackupProviderInfo(
+            name=PROVIDER,
+            description="mysqldump/mariadb-dump SQL dumps in .faber/backups/<env>/, restored by an atomic table swap",
+            engines=["mysql"],
+        )
+    ]
+
+
+def _program(*names: str) -> Path:
+    for name in names:
+        found = find_program(name)
+        if found:
+            return found
+    raise BackupFailed(
+        f"No {' or '.join(names)} found on PATH",
+        suggestions=["Install the MariaDB or MySQL client programs (e.g. apt-get install mariadb-client)"],
+        result={"backup_error": f"{names[0]} not found"},
+    )
+
+
+def _client_args(context: RunContext) -> list[str]:
+    """Connection arguments without the password (it goes in MYSQL_PWD, never in argv)."""
+    params = context.database.conninfo_params()
+    args = [f"--user={params['user']}", f"--default-character-set={params['charset']}"]
+    if "unix_socket" in params:
+        return [*args, f"--socket={params['unix_socket']}"]
+    return [*args, f"--host={params['host']}", f"--port={params['port']}", "--protocol=TCP"]
+
+
+def _env(context: RunContext) -> dict[str, str]:
+    return child_environment(context.database.client_env())
+
+
+@hookimpl
+def faber_backup_create(context: RunContext, reason: str, migrations: list[tuple[str, str | None]]) -> BackupRecord:
+    database = context.database
+    version = database.engine.server_version(database)
+    if version is None:
+        raise BackupFailed(
+            "Failed to create pre-migration backup: the database cannot be reached",
+            suggestions=["Verify the database is reachable", f"Retry: faber backup {context.environment}"],
+        )
+    dump = _program("mariadb-dump", "mysqldump")
+    directory = store.private_backup_dir(context)
+    store.remove_leftovers(context, directory)
+    now = dt.datetime.now(dt.timezone.utc)
+    reservation = store.reserve(directory, now)
+    try:
+        _dump(context, dump, reservation)
+        sha256 = store.seal_archive(reservation)
+        record = BackupRecord(
+            id=reservation.id,
+            provider=PROVIDER,
+            environment=context.environment,
+            created_at=now,
+            reason=reason,
+            size_bytes=reservation.archive.stat().st_size,
+            location=str(reservation.archive.relative_to(context.project_dir)),
+            server_version=version,
+            database=database.name,
+            sha256=sha256,
+            migrations=migrations,
+        )
+        store.write_manifest(reservation.manifest, context.redactor.redact(record.model_dump_json(indent=2)) + "\n")
+    except BaseException:
+        reservation.discard()
+        raise
+    store.hold_for_run(context, reservation.fd)
+    store.prune(context, directory, context.settings.backup.keep_last or store.DEFAULT_KEEP_LAST)
+    return record
+
+
+def _faber_tables(context: RunContext) -> list[str]:
+    with context.database.connect(application_name="faber backup") as conn:
+        rows = conn.execute(
+            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME LIKE %s",
+            [_like(FABER_TABLES)],
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def _dump(context: RunContext, dump: Path, reservation: store.Reservation) -> None:
+    name = context.database.name or ""
+    excluded = [f"--ignore-table={name}.{table}" for table in _faber_tables(context)]
+    with tempfile.TemporaryFile() as errors:
+        proc = spawn(
+            [
+                dump,
+                *_client_args(context),
+                "--single-transaction",
+                "--routines",
+                "--triggers",
+                "--events",
+                "--hex-blob",
+                "--skip-lock-tables",
+                *excluded,
+                f"--result-file={reservation.partial}",
+                name,
+            ],
+            env=_env(context),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+        )
+        store.wait_reporting_size(context, proc, reservation, f"{dump.name} writing")
+        errors.seek(0)
+        stderr = context.redactor.redact(errors.read().decode(errors="replace")).strip()
+    if proc.returncode == 0:
+        return
+    if any(text in stderr for text in _NO_SPACE_TEXT):
+        raise store.no_space(context, reservation.directory, stderr)
+    raise BackupFailed(
+        "Failed to create pre-migration backup",
+        result={"backup_error": stderr or f"{dump.name} exited with {proc.returncode}"},
+        suggestions=[
+            "Check that the database user may read every table, routine, trigger and event of the database",
+            f"Or skip backup (NOT recommended): faber migrate {context.environment} --skip-backup",
+        ],
+    )
+
+
+@hookimpl
+def faber_backup_list(context: RunContext) -> list[BackupRecord]:
+    directory = store.backup_dir(context)
+    store.remove_leftovers(context, directory)
+    return store.read_backups(context, directory)
+
+
+@hookimpl
+def faber_backup_prune(context: RunContext, keep_last: int | None, dry_run: bool) -> BackupPruneOutcome:
+    keep = keep_last if keep_last is not None else context.settings.backup.keep_last or store.DEFAULT_KEEP_LAST
+    return store.prune(context, store.backup_dir(context), keep, dry_run=dry_run)
+
+
+# Restore ---------------------------------------------------------------------------------
+
+DISPLACED = "faber_old_"
+"""The target's tables and views, renamed aside by the swap (faber's prefix: no backup holds them)."""
+
+
+def scratch_prefix(database_name: str) -> str:
+    """The prefix of the scratch databases restores of ``database_name`` load into."""
+    return f"{SCRATCH_PREFIX}{hashlib.sha256(database_name.encode()).hexdigest()[:12]}_"
+
+
+def _quote(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _like(prefix: str) -> str:
+    return prefix.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%") + "%"
+
+
+def _sha256(fd: int) -> str:
+    digest = hashlib.sha256()
+    with open(fd, "rb", closefd=False) as handle:
+        handle.seek(0)
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@hookimpl
+def faber_backup_restore(context: RunContext, backup: BackupRecord) -> RestoreOutcome:
+    archive = context.project_dir / (backup.location or "")
+    target = context.database.name or ""
+    manual = [f"The database is unchanged; restore by hand with: mariadb {target} < {archive}"]
+    if not archive.is_file():
+        raise RestoreFailed(f"Backup archive {backup.location} is missing", suggestions=manual[1:])
+    if backup.database and backup.database != target:
+        raise RestoreFailed(
+            f"Backup {backup.id} is of database {backup.database}, not {target}: faber restores a backup into "
+            "the database it was taken of",
+            suggestions=[f"Choose a backup of {target}: faber backups {context.environment}"],
+        )
+    client = _program("mariadb", "mysql")
+    try:
+        return _restore(context, backup, archive, target, client, manual)
+    except pymysql.Error as exc:
+        raise RestoreFailed(
+            f"The restore of {backup.id} stopped: {context.redactor.redact(str(exc.args[-1]))}",
+            suggestions=[
+                "The user needs every privilege on the scratch databases: GRANT ALL ON `faber\\_restore\\_%`.* "
+                "TO <user> (docs/mysql.md)",
+                f"See what the database holds: faber status {context.environment}",
+            ],
+        ) from None
+
+
+def _restore(
+    context: RunContext, backup: BackupRecord, archive: Path, target: str, client: Path, manual: list[str]
+) -> RestoreOutcome:
+    prefix = scratch_prefix(target)
+    scratch = f"{prefix}{int(time.time() * 1000):x}"
+    with store.reading(archive) as fd, context.database.connect(application_name="faber restore") as conn:
+        if backup.sha256 and _sha256(fd) != backup.sha256:
+            raise RestoreFailed(
+                f"Backup archive {backup.location} does not match its manifest checksum (corrupted?)",
+                suggestions=["Restore from another backup: faber backups " + context.environment],
+            )
+        _drop_leftovers(conn, prefix, target)
+        conn.execute(f"CREATE DATABASE {_quote(scratch)}")
+        try:
+            context.emit(events.BACKUP_PROGRESS, target=backup.id, status="loading the dump beside the database")
+            _load(context, client, fd, scratch, manual)
+            objects = _take_objects(conn, scratch, target)
+            displaced = _swap(conn, target, scratch, manual)
+            # Trigger names are the database's: the set-aside tables' triggers go first.
+            for name, kind in displaced:
+                conn.execute(f"DROP {kind} IF EXISTS {_quote(target)}.{_quote(name)}")
+            _create_objects(conn, target, objects)
+        finally:
+            _drop_quietly(conn, scratch)
+    return RestoreOutcome(
+        backup_id=backup.id,
+        status="success",
+        details=f"Restored {backup.id} ({backup.size_bytes} bytes) by one atomic table swap",
+        steps=[
+            "loaded the dump into a scratch database beside the target",
+            "swapped every table in one RENAME TABLE",
+            "recreated the backup's views, triggers, routines and events",
+            "dropped the replaced tables and the scratch database",
+        ],
+    )
+
+
+def _drop_quietly(conn: Any, scratch: str) -> None:
+    try:
+        conn.execute(f"DROP DATABASE IF EXISTS {_quote(scratch)}")
+    except pymysql.Error:
+        pass  # the next restore drops it (_drop_leftovers)
+
+
+def _drop_leftovers(conn: Any, prefix: str, target: str) -> None:
+    """What a restore of this database killed before its end left: its scratch database, and the
+    target's replaced tables and views (renamed aside by a swap that had happened)."""
+    for (name,) in conn.execute(
+        "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE %s", [_like(prefix)]
+    ).fetchall():
+        conn.execute(f"DROP DATABASE {_quote(name)}")
+    for name, kind in conn.execute(
+        "SELECT TABLE_NAME, TABLE_TYPE FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME LIKE %s",
+        [target, _like(DISPLACED)],
+    ).fetchall():
+        conn.execute(f"DROP {'VIEW' if kind == 'VIEW' else 'TABLE'} {_quote(target)}.{_quote(name)}")
+
+
+def _load(context: RunContext, client: Path, fd: int, scratch: str, manual: list[str]) -> None:
+    """Replay the dump into ``scratch`` with the mysql client, reading the locked archive."""
+    with open(fd, "rb", closefd=False) as source, tempfile.TemporaryFile() as errors:
+        source.seek(0)
+        proc = spawn(
+            [client, *_client_args(context), "--binary-mode", scratch],
+            env=_env(context),
+            stdin=source,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+        )
+        with supervised(proc):
+            proc.wait()
+        errors.seek(0)
+        stderr = context.redactor.redact(errors.read().decode(errors="replace")).strip()
+    if proc.returncode != 0:
+        reason = stderr.splitlines()[-1] if stderr else f"exit code {proc.returncode}"
+        raise RestoreFailed(
+            f"Loading the dump failed, before anything of the database changed: {reason}", suggestions=manual
+        )
+
+
+_DEFINER = re.compile(r"\s+DEFINER\s*=\s*`[^`]*`@`[^`]*`")
+
+
+def _take_objects(conn: Any, scratch: str, target: str) -> list[str]:
+    """The scratch's views, triggers, routines and events as statements creating them in
+    ``target``; its views and triggers dropped, so its tables can move to another database."""
+    statements: list[str] = []
+    q = _quote(scratch)
+    views = conn.execute("SELECT TABLE_NAME FROM information_schema.VIEWS WHERE TABLE_SCHEMA = %s", [scratch])
+    for (name,) in views.fetchall():
+        statements.append(
+            _retarget(conn.execute(f"SHOW CREATE VIEW {q}.{_quote(name)}").fetchone()[1], scratch, target)
+        )
+        conn.execute(f"DROP VIEW {q}.{_quote(name)}")
+    triggers = conn.execute(
+        "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = %s ORDER BY ACTION_ORDER",
+        [scratch],
+    )
+    for (name,) in triggers.fetchall():
+        create = conn.execute(f"SHOW CREATE TRIGGER {q}.{_quote(name)}").fetchone()[2]
+        statements.append(_retarget(create, scratch, target))
+        conn.execute(f"DROP TRIGGER {q}.{_quote(name)}")
+    routines = conn.execute(
+        "SELECT ROUTINE_TYPE, ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = %s", [scratch]
+    )
+    for kind, name in routines.fetchall():
+        statements.append(
+            _retarget(conn.execute(f"SHOW CREATE {kind} {q}.{_quote(name)}").fetchone()[2], scratch, target)
+        )
+    event_rows = conn.execute("SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s", [scratch])
+    for (name,) in event_rows.fetchall():
+        statements.append(
+            _retarget(conn.execute(f"SHOW CREATE EVENT {q}.{_quote(name)}").fetchone()[3], scratch, target)
+        )
+    return statements
+
+
+def _retarget(create: str, scratch: str, target: str) -> str:
+    """A CREATE statement of the scratch database naming the target instead, created by faber's user."""
+    return _DEFINER.sub("", create).replace(_quote(scratch) + ".", _quote(target) + ".")
+
+
+def _swap(conn: Any, target: str, scratch: str, manual: list[str]) -> list[tuple[str, str]]:
+    """One RENAME TABLE: the target's tables and views aside (within the target, so their triggers
+    go with them), the restored tables into the target. Returns (name, TABLE or VIEW) set aside."""
+    t = _quote(target)
+    current = conn.execute(
+        "SELECT TABLE_NAME, TABLE_TYPE FROM information_schema.TABLES"
+        " WHERE TABLE_SCHEMA = %s AND TABLE_NAME NOT LIKE %s",
+        [target, _like(FABER_TABLES)],
+    ).fetchall()
+    restored = conn.execute(
+        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s", [scratch]
+    ).fetchall()
+    tag = f"{int(time.time()) % 1_000_000:06d}"
+    aside = {
+        name: (f"{DISPLACED}{tag}_{index}", "VIEW" if kind == "VIEW" else "TABLE")
+        for index, (name, kind) in enumerate(current)
+    }
+    renames = [f"{t}.{_quote(name)} TO {t}.{_quote(new)}" for name, (new, _) in aside.items()]
+    renames += [f"{_quote(scratch)}.{_quote(name)} TO {t}.{_quote(name)}" for (name,) in restored]
+    if renames:
+        try:
+            conn.execute("RENAME TABLE " + ", ".join(renames))
+        except pymysql.Error as exc:
+            raise RestoreFailed(
+                f"Swapping in the restored tables failed, and changed nothing: {exc.args[-1]}",
+                suggestions=[
+                    "Sessions holding the tables (long transactions) block the swap: retry when they end",
+                    *manual,
+                ],
+            ) from None
+    return list(aside.values())
+
+
+def _create_objects(conn: Any, target: str, statements: list[str]) -> None:
+    """The backup's views, triggers, routines and events in the target, whose own routines and
+    events they replace (its views and triggers went aside with its tables)."""
+    t = _quote(target)
+    for kind, name in conn.execute(
+        "SELECT ROUTINE_TYPE, ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = %s", [target]
+    ).fetchall():
+        conn.execute(f"DROP {kind} {t}.{_quote(name)}")
+    for (name,) in conn.execute(
+        "SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s", [target]
+    ).fetchall():
+        conn.execute(f"DROP EVENT {t}.{_quote(name)}")
+    for statement in statements:
+        try:
+            conn.execute(statement)
+        except pymysql.Error as exc:
+            raise RestoreFailed(
+                "The backup's tables were restored, but one of its views, triggers, routines or events could not "
+                f"be recreated: {exc.args[-1]}",
+                suggestions=["Recreate it from the dump by hand"],
+            ) from None

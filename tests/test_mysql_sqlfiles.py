@@ -1,0 +1,177 @@
+"""The sqlfiles handler on MySQL/MariaDB, through the whole workflow: deploy, re-run, status,
+a failure part-way through a DDL migration and its restore, concurrent deploys, and the canary
+password in no output. Each test has its own database and user (``mysql_database_url``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from faber_core.testing.fixtures import CANARY_PASSWORD, start_faber, wait_for
+
+pytestmark = pytest.mark.usefixtures("mysql_database_url")
+
+
+@pytest.fixture
+def mysql_project(faber_project, mysql_database_url, monkeypatch):
+    """``make(migrations, **environment_settings) -> Path`` for the `production` env on MySQL."""
+    monkeypatch.setenv("TEST_DATABASE_URL", mysql_database_url)
+
+    def make(migrations: dict[str, str], **settings) -> object:
+        env = {"database_url_env": "TEST_DATABASE_URL", "lock_wait_seconds": 1, "require_approval": False, **settings}
+        files = {f"migrations/{name}.sql": sql for name, sql in migrations.items()}
+        return faber_project({"database": {"migration_tool": "sqlfiles", "environments": {"production": env}}}, files)
+
+    return make
+
+
+def faber(project, *args: str, url: str, check_canary: bool = True) -> tuple[int, dict, str]:
+    env = {**os.environ, "TEST_DATABASE_URL": url, "FABER_PLUGINS": "faber_core.testing.sqlfiles"}
+    done = subprocess.run(
+        [sys.executable, "-m", "faber_core", *args, "--json"], cwd=project, env=env, capture_output=True, text=True
+    )
+    if check_canary:
+        assert CANARY_PASSWORD not in done.stdout + done.stderr
+    return done.returncode, json.loads(done.stdout) if done.stdout.strip() else {}, done.stderr
+
+
+MIGRATIONS = {
+    "001_users": "CREATE TABLE users (id int PRIMARY KEY, email varchar(200) NOT NULL);",
+    "002_seed": "INSERT INTO users VALUES (1, 'a@example.com'); INSERT INTO users VALUES (2, 'b@example.com');",
+}
+
+
+def test_deploy_then_rerun_then_status(mysql_project, mysql_database_url, mysql_query):
+    project = mysql_project(MIGRATIONS)
+
+    code, document, _ = faber(project, "migrate", "production", url=mysql_database_url)
+    assert code == 0, document
+    assert [m["name"] for m in document["result"]["migrations"]] == ["001_users", "002_seed"]
+    assert mysql_query("SELECT id FROM users ORDER BY id") == [(1,), (2,)]
+    assert mysql_query("SELECT name, state FROM sqlfiles_migrations ORDER BY name") == [
+        ("001_users", "applied"),
+        ("002_seed", "applied"),
+    ]
+
+    code, document, _ = faber(project, "migrate", "production", url=mysql_database_url)
+    assert code == 0 and document["result"]["migrations_applied"] == 0
+
+    code, document, _ = faber(project, "status", "production", url=mysql_database_url)
+    assert code == 0
+    assert document["result"]["pending"] == [] and len(document["result"]["applied"]) == 2
+
+
+def test_a_ddl_migration_failing_part_way_reports_what_committed_and_the_rollback_restores(
+    mysql_project, mysql_database_url, mysql_query
+):
+    project = mysql_project(MIGRATIONS)
+    assert faber(project, "migrate", "production", url=mysql_database_url)[0] == 0
+    mysql_query("CREATE VIEW user_ids AS SELECT id FROM users")
+    mysql_query("CREATE TRIGGER lower_email BEFORE INSERT ON users FOR EACH ROW SET NEW.email = LOWER(NEW.email)")
+    (project / "migrations/003_broken.sql").write_text(
+        "ALTER TABLE users ADD COLUMN nickname varchar(50);\n"
+        "INSERT INTO users (id, email) VALUES (3, 'C@EXAMPLE.COM');\n"
+        "ALTER TABLE no_such_table ADD COLUMN x int;\n"
+    )
+
+    code, document, _ = faber(project, "migrate", "production", url=mysql_database_url)
+
+    assert code != 0
+    assert "at statement 3 of 3; committed before it: ALTER TABLE users ADD COLUMN nickname" in document["error"]
+    assert document["result"]["rollback_status"] == "success"
+    # Exactly the backup: no column, no row, no failed bookkeeping row; the view and trigger back.
+    columns = mysql_query(
+        "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'users'"
+        " ORDER BY ORDINAL_POSITION"
+    )
+    assert columns == [("id",), ("email",)]
+    assert mysql_query("SELECT id FROM users ORDER BY id") == [(1,), (2,)]
+    assert mysql_query("SELECT name, state FROM sqlfiles_migrations ORDER BY name") == [
+        ("001_users", "applied"),
+        ("002_seed", "applied"),
+    ]
+    assert mysql_query("SELECT id FROM user_ids ORDER BY id") == [(1,), (2,)]
+    mysql_query("INSERT INTO users VALUES (4, 'D@EXAMPLE.COM')")
+    assert mysql_query("SELECT email FROM users WHERE id = 4") == [("d@example.com",)]
+    assert mysql_query("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_NAME LIKE 'faber%'") == []
+
+
+def test_a_data_migration_that_fails_rolls_back_with_nothing_to_restore(mysql_project, mysql_database_url, mysql_query):
+    project = mysql_project(MIGRATIONS)
+    assert faber(project, "migrate", "production", url=mysql_database_url)[0] == 0
+    (project / "migrations/003_dup.sql").write_text(
+        "INSERT INTO users VALUES (3, 'c@example.com'); INSERT INTO users VALUES (1, 'x');"
+    )
+
+    code, document, _ = faber(project, "migrate", "production", url=mysql_database_url)
+
+    assert code != 0
+    assert document["result"]["failed_migration"] == "003_dup"
+    assert document["result"]["rollback_status"] == "not_needed"
+    assert mysql_query("SELECT id FROM users ORDER BY id") == [(1,), (2,)]
+
+
+def test_preview_says_ddl_is_not_transactional_and_what_is_not_checked(mysql_project, mysql_database_url):
+    project = mysql_project(MIGRATIONS)
+
+    code, document, _ = faber(project, "migrate", "production", "--dry-run", url=mysql_database_url)
+
+    assert code == 0
+    first, second = document["result"]["migrations"]
+    assert first["transactional"] is False and second["transactional"] is True
+    assert any("commits each DDL statement on its own" in note for note in first["notes"])
+    assert any("Not available on MySQL/MariaDB: " in note and "lock-risk lint" in note for note in first["notes"])
+
+
+def test_concurrent_deploys_are_serialised_by_the_lock(mysql_project, mysql_database_url, mysql_query):
+    project = mysql_project(
+        {"001_slow": "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT SLEEP(3);"},
+        lock_wait_seconds=0,
+    )
+    env = {**os.environ, "TEST_DATABASE_URL": mysql_database_url, "FABER_PLUGINS": "faber_core.testing.sqlfiles"}
+    first = start_faber("migrate", "production", "--json", cwd=project, env=env)
+    wait_for(
+        lambda: mysql_query(
+            "SELECT 1 FROM information_schema.PROCESSLIST WHERE INFO LIKE 'INSERT INTO t SELECT SLEEP%'"
+        ),
+        "the first deploy to be applying",
+        timeout=30,
+    )
+
+    code, document, _ = faber(project, "migrate", "production", url=mysql_database_url)
+    out, err = (stream.decode() for stream in first.communicate(timeout=60))
+
+    assert code == 7 and document["code"] == "LOCKED"
+    assert "holds the lock on this database" in document["error"]
+    assert first.returncode == 0, out + err
+    assert CANARY_PASSWORD not in out + err
+    assert mysql_query("SELECT COUNT(*) FROM t") == [(1,)]
+
+
+def test_status_and_health_and_backups(mysql_project, mysql_database_url):
+    project = mysql_project(MIGRATIONS)
+    assert faber(project, "migrate", "production", url=mysql_database_url)[0] == 0
+
+    code, document, _ = faber(project, "health", "production", url=mysql_database_url)
+    assert code == 0
+    checks = {c["name"]: c for c in document["result"]["checks"]}
+    assert checks["connectivity"]["status"] == "passed" and "accepting writes" in checks["connectivity"]["details"]
+    assert checks["schema"]["status"] == "passed"
+
+    code, document, _ = faber(project, "backups", "production", url=mysql_database_url)
+    assert code == 0 and document["result"]["backups"][0]["provider"] == "mysqldump"
+
+
+def test_a_wrong_password_is_an_authentication_error_without_the_password(mysql_project, mysql_database_url):
+    project = mysql_project(MIGRATIONS)
+    wrong = mysql_database_url.replace(CANARY_PASSWORD, CANARY_PASSWORD + "-wrong")
+
+    code, document, stderr = faber(project, "migrate", "production", url=wrong)
+
+    assert code != 0
+    assert "authentication failed" in json.dumps(document).lower()
+    assert CANARY_PASSWORD not in json.dumps(document) + stderr
