@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from faber_core.testing.fixtures import CANARY_PASSWORD, start_faber, wait_for
+from faber_core.testing.fixtures import CANARY_PASSWORD, mysql_connect, start_faber, wait_for
 
 pytestmark = pytest.mark.usefixtures("mysql_database_url")
 
@@ -129,7 +129,7 @@ def test_preview_says_ddl_is_not_transactional_and_what_is_not_checked(mysql_pro
 
 def test_concurrent_deploys_are_serialised_by_the_lock(mysql_project, mysql_database_url, mysql_query):
     project = mysql_project(
-        {"001_slow": "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT SLEEP(3);"},
+        {"001_slow": "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT SLEEP(10);"},
         lock_wait_seconds=0,
     )
     env = {**os.environ, "TEST_DATABASE_URL": mysql_database_url, "FABER_PLUGINS": "faber_core.testing.sqlfiles"}
@@ -175,3 +175,30 @@ def test_a_wrong_password_is_an_authentication_error_without_the_password(mysql_
     assert code != 0
     assert "authentication failed" in json.dumps(document).lower()
     assert CANARY_PASSWORD not in json.dumps(document) + stderr
+
+
+def test_preview_reports_a_long_open_transaction_that_may_block_the_alter(
+    mysql_project, mysql_database_url, mysql_query
+):
+    project = mysql_project(MIGRATIONS, long_transaction_seconds=1)
+    assert faber(project, "migrate", "production", url=mysql_database_url)[0] == 0
+    (project / "migrations/003_alter.sql").write_text("ALTER TABLE users ADD COLUMN nickname varchar(50);")
+    with mysql_connect(mysql_database_url) as holder:
+        holder.begin()
+        holder.execute("SELECT * FROM users FOR UPDATE").fetchall()
+        wait_for(
+            lambda: mysql_query(
+                "SELECT 1 FROM information_schema.INNODB_TRX WHERE TIMESTAMPDIFF(SECOND, trx_started, NOW()) > 1"
+            ),
+            "the transaction to be open for long",
+            timeout=10,
+        )
+
+        code, document, _ = faber(project, "migrate", "production", "--dry-run", url=mysql_database_url)
+
+        holder_id = holder.thread_id()
+    assert code == 0
+    preflight = document["result"]["preflight"]
+    assert preflight["tables"] == ["users"]
+    blocker = next(b for b in preflight["blockers"] if b["pid"] == holder_id)
+    assert "transaction open for" in blocker["reason"]

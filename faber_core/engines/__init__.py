@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from faber_core.config import EnvironmentSettings
     from faber_core.context import Database, RunContext
     from faber_core.models import HealthCheckResult, MigrationFailure
+    from faber_core.safety.models import Blocker
 
 PERCENT_ENCODE_HINT = (
     "Percent-encode special characters in the user name and password (@ as %40, / as %2F, : as %3A, "
@@ -226,6 +227,13 @@ class Engine(ABC):
     def health_checks(self) -> dict[str, Callable[[RunContext], HealthCheckResult]]:
         """The built-in checks by name (``connectivity``, ``schema``); each returns its result,
         failed with the reason rather than raising."""
+
+    @abstractmethod
+    def preflight(
+        self, context: RunContext, conn: Any, sources: list[str]
+    ) -> tuple[list[str], Callable[[], list[Blocker]]]:
+        """The tables the migrations' SQL (``sources``) touches, and a check, called again while
+        the preflight waits, returning the sessions that would make them wait (docs/safety.md)."""
 
     def invalid_indexes(self, conn: Any) -> list[str]:
         """Indexes a failed build left behind unusable (PostgreSQL's ``CREATE INDEX CONCURRENTLY``),

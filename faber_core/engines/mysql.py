@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from faber_core.config import EnvironmentSettings
     from faber_core.context import Database, RunContext
     from faber_core.models import HealthCheckResult, MigrationFailure
+    from faber_core.safety.models import Blocker
 
 # MySQL/MariaDB error numbers faber tells apart.
 LOCK_WAIT_TIMEOUT = 1205
@@ -132,7 +133,6 @@ class MySQLEngine(Engine):
         "write_counters": "MySQL/MariaDB: writes since the backup are not counted, so a restore cannot tell "
         "the application's rows from the deploy's",
         "history": "MySQL/MariaDB: the deployment history is not recorded in the database yet",
-        "preflight": "MySQL/MariaDB: no preflight for sessions that would block the migrations",
         "rehearsal": "MySQL/MariaDB: --rehearse is not available",
     }
 
@@ -291,6 +291,15 @@ class MySQLEngine(Engine):
         from faber_core.engines.mysql_health import CHECKS
 
         return CHECKS
+
+    def preflight(
+        self, context: RunContext, conn: MySQLConnection, sources: list[str]
+    ) -> tuple[list[str], Callable[[], list[Blocker]]]:
+        from faber_core.engines.mysql_preflight import find_blockers, touched_tables
+
+        tables = touched_tables(sources, context.database.name)
+        seconds = context.settings.long_transaction_seconds
+        return tables, lambda: find_blockers(conn, tables, long_transaction_seconds=seconds, redactor=context.redactor)
 
     @contextmanager
     def deploy_lock(

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from faber_core.config import EnvironmentSettings
     from faber_core.context import Database, RunContext
     from faber_core.models import HealthCheckResult, MigrationFailure
+    from faber_core.safety.models import Blocker
 
 # SQLSTATE classes and codes faber tells apart.
 _CONNECTION_EXCEPTION_CLASS = "08"
@@ -155,6 +156,14 @@ class PostgresEngine(Engine):
         from faber_core.postgres.health import CHECKS
 
         return CHECKS
+
+    def preflight(
+        self, context: RunContext, conn: psycopg.Connection, sources: list[str]
+    ) -> tuple[list[str], Callable[[], list[Blocker]]]:
+        from faber_core.safety.checks import find_blockers, touched_tables
+
+        tables, concurrent = touched_tables(context, conn, sources)
+        return sorted(tables.values()), lambda: find_blockers(context, conn, tables, concurrent)
 
     def invalid_indexes(self, conn: psycopg.Connection) -> list[str]:
         from faber_core.postgres.health import invalid_indexes

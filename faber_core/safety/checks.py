@@ -249,20 +249,18 @@ def refuse_lint_errors(context: RunContext, findings: dict[str, list[LintFinding
 def preflight_before_apply(context: RunContext, review: Review) -> PreflightReport | None:
     announce_estimates(context, review)
     policy = context.settings.preflight
-    if policy == "off" or not context.database.engine.supports("preflight"):
+    if policy == "off":
         return None
     with step(context, "preflight"), _connect(context, "faber preflight") as conn:
-        tables, concurrent = _touched_tables(context, conn, review.sql.values())
+        tables, check = context.database.engine.preflight(context, conn, list(review.sql.values()))
         blockers, waited = preflight.enforce(
             policy,
-            lambda: _blockers(context, conn, tables, concurrent),
+            check,
             wait_seconds=context.settings.preflight_wait_seconds,
             environment=context.environment,
             on_wait=lambda found: context.emit(events.PREFLIGHT_WAITING, blockers=[b.model_dump() for b in found]),
         )
-        review.preflight = PreflightReport(
-            policy=policy, tables=sorted(tables.values()), blockers=blockers, waited_seconds=waited
-        )
+        review.preflight = PreflightReport(policy=policy, tables=tables, blockers=blockers, waited_seconds=waited)
         context.emit(events.PREFLIGHT_FINISHED, **review.preflight.model_dump())
     return review.preflight
 
@@ -316,7 +314,8 @@ def annotate_preview(
             item.notes += [note] if note else []
         if rehearse:
             raise ConfigError(engine.unsupported.get("rehearsal", f"--rehearse is not available on {engine.label}"))
-        return None
+        with _connect(context, "faber preview") as conn:
+            return _preview_preflight(context, conn, previews)
     with _connect(context, "faber preview") as conn:
         tables = Catalog(conn, context.database.schema)
         _estimate(context, conn, state, previews, tables)
@@ -381,9 +380,8 @@ def _preview_preflight(
     policy = context.settings.preflight
     if policy == "off":
         return None
-    tables, concurrent = _touched_tables(context, conn, [p.sql for p in previews if p.sql])
-    blockers = _blockers(context, conn, tables, concurrent)
-    return PreflightReport(policy=policy, tables=sorted(tables.values()), blockers=blockers)
+    tables, check = context.database.engine.preflight(context, conn, [p.sql for p in previews if p.sql])
+    return PreflightReport(policy=policy, tables=tables, blockers=check())
 
 
 def _measure(context: RunContext, plugins: Plugins, state: MigrationState, previews: list[MigrationPreview]) -> None:
@@ -413,7 +411,7 @@ def _version(conn: psycopg.Connection) -> str:
     return f"{number // 10000}.{number % 10000}"
 
 
-def _touched_tables(
+def touched_tables(
     context: RunContext, conn: psycopg.Connection, sources: Iterable[str]
 ) -> tuple[dict[int, str], bool]:
     """oid -> name of the existing tables the SQL names, and whether it builds an index concurrently."""
@@ -431,7 +429,9 @@ def _touched_tables(
     return {stats.oid: stats.name for stats in found.values()}, concurrent
 
 
-def _blockers(context: RunContext, conn: psycopg.Connection, tables: dict[int, str], concurrent: bool) -> list[Blocker]:
+def find_blockers(
+    context: RunContext, conn: psycopg.Connection, tables: dict[int, str], concurrent: bool
+) -> list[Blocker]:
     return preflight.find_blockers(
         conn,
         tables,
