@@ -1,0 +1,141 @@
+"""The mysqldump provider's restore is atomic: faber killed (SIGKILL or SIGTERM) while the dump
+is loading leaves the database exactly as before the restore; the next restore completes and
+leaves exactly the backup. States are compared on the real server: every table's definition and
+checksum, the views, triggers and routines."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from faber_core.backup.mysqldump import scratch_prefix
+from faber_core.testing.fixtures import CANARY_PASSWORD, mysql_connect, start_faber, wait_for
+
+SCHEMA = """
+CREATE TABLE big (id int PRIMARY KEY, payload varchar(255) NOT NULL);
+CREATE TABLE small (id int PRIMARY KEY, name varchar(50) NOT NULL);
+CREATE TRIGGER small_upper BEFORE INSERT ON small FOR EACH ROW SET NEW.name = UPPER(NEW.name);
+CREATE VIEW small_names AS SELECT name FROM small;
+CREATE FUNCTION twice(x int) RETURNS int DETERMINISTIC RETURN x * 2;
+INSERT INTO small (id, name) VALUES (1, 'one');
+"""
+CHANGE = (
+    "ALTER TABLE small ADD COLUMN note varchar(20); INSERT INTO small VALUES (2, 'two', 'n'); DROP VIEW small_names;"
+)
+ROWS_DOUBLINGS = 18
+"""big gets 2**18 rows of 200 bytes: the dump takes a few seconds to load, long enough to kill faber mid-way."""
+
+
+def state(admin_url: str, name: str) -> dict:
+    """The database as the server has it: what a restore must bring back, or leave alone."""
+    with mysql_connect(admin_url) as conn:
+        tables = [
+            row[0]
+            for row in conn.execute(
+                "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_TYPE = 'BASE TABLE'"
+                " ORDER BY TABLE_NAME",
+                [name],
+            ).fetchall()
+        ]
+        return {
+            "tables": {
+                table: (
+                    conn.execute(f"SHOW CREATE TABLE `{name}`.`{table}`").fetchone()[1],
+                    conn.execute(f"CHECKSUM TABLE `{name}`.`{table}`").fetchone()[1],
+                )
+                for table in tables
+            },
+            "views": conn.execute(
+                "SELECT TABLE_NAME, VIEW_DEFINITION FROM information_schema.VIEWS WHERE TABLE_SCHEMA = %s ORDER BY 1",
+                [name],
+            ).fetchall(),
+            "triggers": conn.execute(
+                "SELECT TRIGGER_NAME, EVENT_OBJECT_TABLE, ACTION_STATEMENT FROM information_schema.TRIGGERS"
+                " WHERE TRIGGER_SCHEMA = %s ORDER BY 1",
+                [name],
+            ).fetchall(),
+            "routines": conn.execute(
+                "SELECT ROUTINE_NAME, ROUTINE_DEFINITION FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = %s"
+                " ORDER BY 1",
+                [name],
+            ).fetchall(),
+        }
+
+
+def scratch_databases(admin_url: str) -> list[str]:
+    with mysql_connect(admin_url) as conn:
+        rows = conn.execute(
+            "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'faber\\_restore\\_%'"
+        )
+        return [row[0] for row in rows.fetchall()]
+
+
+def faber(project, url: str, *args: str) -> dict:
+    env = {**os.environ, "TEST_DATABASE_URL": url, "FABER_PLUGINS": "faber_core.testing.sqlfiles"}
+    done = subprocess.run(
+        [sys.executable, "-m", "faber_core", *args, "--json"], cwd=project, env=env, capture_output=True, text=True
+    )
+    assert CANARY_PASSWORD not in done.stdout + done.stderr
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_restore_killed_while_loading_leaves_the_database_as_before_and_the_next_one_restores(
+    faber_project, mysql_database_url, mysql_admin_url, mysql_query, signum
+):
+    name = mysql_database_url.rpartition("/")[2]
+    files = {"migrations/001_schema.sql": SCHEMA}
+    env = {"database_url_env": "TEST_DATABASE_URL", "require_approval": False, "lock_wait_seconds": 1}
+    project = faber_project({"database": {"migration_tool": "sqlfiles", "environments": {"production": env}}}, files)
+    faber(project, mysql_database_url, "migrate", "production")
+    mysql_query("INSERT INTO big VALUES (1, REPEAT('x', 200))")
+    for _ in range(ROWS_DOUBLINGS):
+        mysql_query("INSERT INTO big SELECT id + (SELECT MAX(id) FROM big), payload FROM big")
+    backup_id = faber(project, mysql_database_url, "backup", "production")["result"]["id"]
+    backup_state = state(mysql_admin_url, name)
+    (project / "migrations/002_change.sql").write_text(CHANGE)
+    faber(project, mysql_database_url, "migrate", "production")
+    before = state(mysql_admin_url, name)
+    assert before != backup_state
+
+    run = start_faber(
+        "rollback",
+        "production",
+        "--to",
+        backup_id,
+        "--yes",
+        "--json",
+        cwd=project,
+        env={"TEST_DATABASE_URL": mysql_database_url, "FABER_PLUGINS": "faber_core.testing.sqlfiles"},
+    )
+    try:
+        with mysql_connect(mysql_admin_url) as conn:
+            wait_for(
+                lambda: conn.execute(
+                    "SELECT 1 FROM information_schema.PROCESSLIST WHERE DB LIKE 'faber\\_restore\\_%'"
+                    " AND INFO LIKE 'INSERT INTO `big`%'"
+                ).fetchone(),
+                "the restore to be loading the dump",
+                timeout=60,
+            )
+        run.send_signal(signum)
+        out, err = (stream.decode() for stream in run.communicate(timeout=60))
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert CANARY_PASSWORD not in out + err
+    assert run.returncode != 0
+
+    assert state(mysql_admin_url, name) == before  # not a row, column, view or trigger changed
+
+    faber(project, mysql_database_url, "rollback", "production", "--to", backup_id, "--yes")
+    assert state(mysql_admin_url, name) == backup_state
+    assert mysql_query("SELECT name FROM small_names") == [("ONE",)]
+    assert mysql_query("SELECT twice(21)") == [(42,)]
+    assert not [db for db in scratch_databases(mysql_admin_url) if db.startswith(scratch_prefix(name))]
