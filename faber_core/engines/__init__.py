@@ -74,13 +74,12 @@ LOCK_POLL_SECONDS = 0.2
 ErrorKind = Literal["lock_timeout", "lost_connection", "missing_database", "authentication"]
 """What a driver error means to faber; None from :meth:`Engine.classify_error`: something else."""
 
-Feature = Literal["sql_analysis", "lint", "preflight", "estimates", "write_counters", "history", "rehearsal"]
+Feature = Literal["sql_analysis", "lint", "estimates", "write_counters", "history", "rehearsal"]
 """faber's checks that need an engine's own catalog or parser; an engine lists those it lacks."""
 
 FEATURE_LABELS: dict[Feature, str] = {
     "sql_analysis": "SQL analysis",
     "lint": "lock-risk lint",
-    "preflight": "preflight of blocking sessions",
     "estimates": "duration estimates",
     "write_counters": "counting others' writes since the backup",
     "history": "deployment history",
