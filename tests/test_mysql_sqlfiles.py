@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from faber_core.support.mysql import faber_lock_name
 from faber_core.testing.fixtures import CANARY_PASSWORD, mysql_connect, start_faber, wait_for
 
 pytestmark = pytest.mark.usefixtures("mysql_database_url")
@@ -202,3 +203,30 @@ def test_preview_reports_a_long_open_transaction_that_may_block_the_alter(
     assert preflight["tables"] == ["users"]
     blocker = next(b for b in preflight["blockers"] if b["pid"] == holder_id)
     assert "transaction open for" in blocker["reason"]
+
+
+def test_a_killed_lock_session_stops_the_deploy_before_the_next_migration(
+    mysql_project, mysql_database_url, mysql_admin_url, mysql_query
+):
+    project = mysql_project(
+        {"001_slow": "CREATE TABLE t (id int PRIMARY KEY); DO SLEEP(4);", "002_next": "CREATE TABLE u (id int);"}
+    )
+    env = {**os.environ, "TEST_DATABASE_URL": mysql_database_url, "FABER_PLUGINS": "faber_core.testing.sqlfiles"}
+    run = start_faber("migrate", "production", "--json", cwd=project, env=env)
+    lock = faber_lock_name(mysql_database_url.rpartition("/")[2])
+    with mysql_connect(mysql_admin_url) as admin:
+        wait_for(
+            lambda: mysql_query("SELECT 1 FROM information_schema.PROCESSLIST WHERE INFO LIKE 'DO SLEEP%'"),
+            "the first migration to be running",
+            timeout=30,
+        )
+        holder = admin.execute("SELECT IS_USED_LOCK(%s)", [lock]).fetchone()[0]
+        admin.execute(f"KILL {int(holder)}")
+    out, err = (stream.decode() for stream in run.communicate(timeout=60))
+
+    document = json.loads(out)
+    assert run.returncode == 7 and document["code"] == "LOCKED", out + err
+    assert "lock on the database was lost before migration 002_next" in document["error"]
+    assert "KILL <connection id>" in document["error"]
+    assert mysql_query("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_NAME = 'u'") == []
+    assert CANARY_PASSWORD not in out + err
