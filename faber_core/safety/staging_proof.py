@@ -35,6 +35,15 @@ def check(context: RunContext, pending: list[LocalMigration], *, skip: bool) -> 
     if skip:
         context.emit(events.STAGING_PROOF_SKIPPED, predecessor=predecessor, migrations=_names(pending))
         return {"requires_success_in": predecessor, "status": "skipped", "skipped_by": "--skip-staging-proof"}
+    engine = context.database.engine
+    if not engine.supports("history"):
+        raise ConfigError(
+            f"requires_success_in needs the deployment history of {predecessor}: {engine.unsupported['history']}",
+            suggestions=[
+                f"Remove requires_success_in from {context.environment}, or skip the check for this run "
+                f"(recorded in the audit trail): faber migrate {context.environment} --skip-staging-proof"
+            ],
+        )
     proven = succeeded_migrations(context, predecessor)
     unproven = [m for m in pending if m.checksum is None or (m.name, m.checksum) not in proven]
     if unproven:
