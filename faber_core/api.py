@@ -24,6 +24,7 @@ renders the document, so both take one path through faber.
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,8 +158,9 @@ def status(
                 result=result,
                 suggestions=[
                     f"If its changes are gone (rolled back, or undone by hand): faber resolve {environment} "
-                    f"--rolled-back {state.failed[0]}",
-                    f"If you completed it by hand: faber resolve {environment} --applied {state.failed[0]}",
+                    f"--rolled-back {shlex.quote(state.failed[0])}",
+                    f"If you completed it by hand: faber resolve {environment} --applied "
+                    f"{shlex.quote(state.failed[0])}",
                     f"Then deploy again: faber migrate {environment}",
                 ],
             )

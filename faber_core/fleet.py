@@ -25,6 +25,7 @@ running ones finish.
 from __future__ import annotations
 
 import datetime as dt
+import shlex
 import threading
 import time
 from collections import Counter
@@ -280,7 +281,9 @@ def surveyed_report(name: str, document: Document) -> TargetReport:
             code=MigrationFailed.code,
             message=f"{len(state.failed)} failed migration(s): {', '.join(state.failed)}",
             exit_code=exit_code_for(MigrationFailed.code),
-            suggestions=[f"Repair it, then: faber resolve {document.environment} --rolled-back {state.failed[0]}"],
+            suggestions=[
+                f"Repair it, then: faber resolve {document.environment} --rolled-back {shlex.quote(state.failed[0])}"
+            ],
         )
         if state.failed
         else None,

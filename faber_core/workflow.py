@@ -26,6 +26,7 @@ approval then leaves no backup behind, and every backup belongs to a deploy that
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -908,8 +909,8 @@ def unresolved_migrations(context: RunContext, plugins: Plugins) -> list[str]:
 def failed_migration_advice(context: RunContext, failed: list[str]) -> list[str]:
     env = context.environment
     return [
-        f"{name} is recorded as failed: undo what it left behind, then: faber resolve {env} --rolled-back {name} "
-        f"(or --applied {name} if you completed it by hand)"
+        f"{name} is recorded as failed: undo what it left behind, then: faber resolve {env} --rolled-back "
+        f"{shlex.quote(name)} (or --applied {shlex.quote(name)} if you completed it by hand)"
         for name in failed
     ]
 

@@ -8,6 +8,7 @@ its history row, so a failure leaves nothing of it behind; one that cannot run i
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -104,7 +105,7 @@ def refuse_failed_migrations(context: RunContext, records: list[MigrationRecord]
         + (f" with the following logs:\n{record.logs.strip()}" if record.logs and record.logs.strip() else "")
         for record in failed
     )
-    first = names[0]
+    first = shlex.quote(names[0])  # pasted into a shell
     raise MigrationFailed(
         f"The database has failed migrations that were never rolled back: {', '.join(names)}",
         suggestions=[

@@ -386,3 +386,36 @@ def test_a_long_migration_shows_periodic_progress_on_stderr_without_a_terminal(p
     assert all("s elapsed (estimate ~" in line for line in ticks), ticks
     assert "\r" not in run.stderr and "\x1b" not in run.stderr
     assert json.loads(run.stdout)["result"]["migrations_applied"] == 2
+
+
+def test_the_resolve_commands_in_the_advice_are_safe_to_paste_whatever_the_migration_is_called(
+    prisma_project, run_faber, tmp_path
+):
+    """A failed migration's name comes from a folder (and the database): the faber resolve
+    commands the advice gives must run as written, and run nothing else."""
+    import os
+    import subprocess
+    import sys
+
+    name = "0002_index $(touch PWNED)"
+    broken = 'CREATE TABLE "tags" ("id" int);\nCREATE INDEX CONCURRENTLY "users_nick_idx" ON "users" ("nick");\n'
+    project = prisma_project({"0001_init": INIT, name: broken})
+
+    failed = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+    refused = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+    status = run_faber("status", "staging", "--json", "--cwd", str(project))
+
+    assert (failed.returncode, refused.returncode, status.returncode) == (6, 3, 6), failed.output
+    advice = [
+        s.split("then: ", 1)[1].split(" (or", 1)[0] if "then: " in s else s.split(": ", 1)[1]
+        for run in (failed, refused, status)
+        for s in run.json["recovery"]["suggestions"]
+        if "faber resolve staging --rolled-back" in s
+    ]
+    assert advice and all(command.startswith("faber resolve staging --rolled-back '") for command in advice), advice
+    faber = f'faber() {{ "{sys.executable}" -m faber_core "$@"; }}; '
+    resolved = subprocess.run(
+        ["bash", "-c", faber + advice[-1] + " --json"], cwd=project, env=os.environ, capture_output=True, text=True
+    )
+    assert resolved.returncode == 0, resolved.stdout + resolved.stderr
+    assert not (project / "PWNED").exists() and not (tmp_path / "PWNED").exists()
