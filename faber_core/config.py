@@ -302,6 +302,11 @@ class EnvironmentSettings(BaseModel):
         "late). Off: such a deploy is refused before the lock and the backup, naming both migrations.",
     )
 
+    @field_validator("database_url_env")
+    @classmethod
+    def _database_url_env_is_a_name(cls, value: str | None) -> str | None:
+        return _variable_name(value)  # it is named in shell commands faber suggests (psql $NAME)
+
     @model_validator(mode="after")
     def _one_database_or_a_fleet(self) -> EnvironmentSettings:
         if self.targets is not None and self.database_url_env is not None:

@@ -45,6 +45,7 @@ def production(**settings) -> dict:
         ({"database": {"faber_schema": "pg_catalog"}}, "faber_schema: 'pg_catalog' holds other objects"),
         ({"database": {"prisma": "prisma/migrations"}}, "'prisma' must be an object"),
         ({"database": {"environments": {"prod\x1b[2J": {}}}}, "invalid environment name 'prod\\x1b[2J'"),
+        (production(database_url_env="URL $(id)"), "'URL $(id)' is not an environment variable name"),
     ],
 )
 def test_config_mistakes_are_refused_with_what_to_fix(tmp_path, config, expected):
