@@ -18,8 +18,8 @@ target starts), the plugin manager (read-only), the audit log (one ``O_APPEND`` 
 the history and span bookkeeping (keyed by each target's run id), and the fleet's progress lines
 (locked). Each worker thread waits for the programs it starts (pg_dump, psql), as the
 ``PR_SET_PDEATHSIG`` note in :mod:`faber_core.processes` requires, and signal handlers stay with
-the main thread, which waits for the workers: after Ctrl-C no further target starts and the
-running ones finish.
+the main thread, which waits for the workers: after Ctrl-C or SIGTERM no further target starts,
+the running ones finish, and the fleet's ``INTERRUPTED`` document has a row per target.
 """
 
 from __future__ import annotations
@@ -40,7 +40,15 @@ from opentelemetry import context as otel_context
 from pydantic import BaseModel, Field
 
 from faber_core.config import EnvironmentSettings, load_config
-from faber_core.errors import ApprovalRequired, ConfigError, FaberError, MigrationFailed, exit_code_for
+from faber_core.errors import (
+    ApprovalRequired,
+    ConfigError,
+    FaberError,
+    Interrupted,
+    MigrationFailed,
+    exit_code_for,
+)
+from faber_core.interrupts import signal_name
 from faber_core.render import escape_controls
 from faber_core.results import DeployResult, ErrorDocument, Success
 from faber_core.secrets import Redactor
@@ -82,7 +90,13 @@ class TargetReport(BaseModel):
     pending: list[str] = Field(default_factory=list, description="Migrations pending when the fleet started.")
     failed_migrations: list[str] = Field(default_factory=list, description="Recorded as failed in the database.")
     applied_count: int | None = Field(None, description="Migrations recorded as applied when the fleet started.")
-    migrations_applied: list[str] = Field(default_factory=list, description="Applied by this run.")
+    migrations_applied: list[str] = Field(
+        default_factory=list, description="Committed by this run (for a failed target: before it failed)."
+    )
+    migrations_rolled_back: list[str] = Field(
+        default_factory=list,
+        description="Of migrations_applied, those the failed target's automatic rollback undid (restored its backup).",
+    )
     backup_id: str | None = None
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
@@ -101,6 +115,9 @@ class FleetResult(BaseModel):
         default_factory=dict, description="Pending migrations, with how many targets need each."
     )
     total_duration_seconds: float
+    interrupted_by: Literal["SIGINT", "SIGTERM"] | None = Field(
+        None, description="The signal that stopped the fleet from starting more targets."
+    )
     targets: list[TargetReport]
 
 
@@ -208,8 +225,10 @@ def deploy(runner: Runner, plugins: Plugins, options: DeployOptions) -> Success:
             "deploy-migrations", target, lambda context, plugins_: migrate(context, plugins_, options)
         )
 
-    reports = run_waves(runner, waves, deploy_one, surveyed, on_failure)
+    reports, interrupt = run_waves(runner, waves, deploy_one, surveyed, on_failure)
     result = fleet_result(fleet, reports, len(waves), on_failure, time.monotonic() - started)
+    if interrupt is not None:
+        raise fleet_interrupted(fleet, result, interrupt)
     failed = [r for r in result.targets if r.status == "failed"]
     if failed:
         raise fleet_failed(fleet, result, failed, "deploy")
@@ -337,11 +356,20 @@ def run_waves(
     deploy_one: Callable[[Target], Document],
     surveyed: dict[str, TargetReport],
     on_failure: str,
-) -> dict[str, TargetReport]:
-    """Deploy wave after wave; a failure stops the fleet as ``on_failure`` says (module docstring)."""
+) -> tuple[dict[str, TargetReport], KeyboardInterrupt | None]:
+    """Deploy wave after wave; a failure stops the fleet as ``on_failure`` says (module docstring).
+
+    An interrupt (SIGINT, SIGTERM: the main thread gets it) starts no further target, and the
+    running ones are waited for, so each target's row says how it ended; returned with the reports.
+    """
     fleet = runner.fleet
     reports = dict(surveyed)
     stop = threading.Event()
+    interrupts: list[KeyboardInterrupt] = []
+
+    def interrupted(interrupt: KeyboardInterrupt) -> None:
+        interrupts.append(interrupt)
+        stop.set()
 
     def attempt(number: int, target: Target) -> TargetReport:
         before = surveyed[target.name]
@@ -357,21 +385,35 @@ def run_waves(
         return report
 
     with _pool(fleet.concurrency) as pool:
-        try:
-            for number, wave in enumerate(waves, 1):
-                if stop.is_set():
-                    reports.update({t.name: not_attempted(surveyed[t.name], number) for t in wave})
-                    continue
+        for number, wave in enumerate(waves, 1):
+            if stop.is_set():
+                reports.update({t.name: not_attempted(surveyed[t.name], number) for t in wave})
+                continue
+            futures: dict[str, Future[TargetReport]] = {}
+            try:
                 runner.progress.line(f"… Wave {number} of {len(waves)}: {len(wave)} target(s)")
-                futures: dict[str, Future[TargetReport]] = {t.name: pool.submit(attempt, number, t) for t in wave}
-                for name, future in futures.items():
-                    reports[name] = future.result()
-                if any(reports[t.name].status == "failed" for t in wave):
-                    stop.set()  # a wave starts only when the one before it succeeded
-        except KeyboardInterrupt:
-            stop.set()  # no new target starts; the pool's exit waits for the running ones
-            raise
-    return reports
+                for target in wave:
+                    futures[target.name] = pool.submit(attempt, number, target)
+            except KeyboardInterrupt as interrupt:
+                interrupted(interrupt)
+            for target in wave:
+                future = futures.get(target.name)
+                reports[target.name] = (
+                    ended(future, interrupted) if future else not_attempted(surveyed[target.name], number)
+                )
+            if any(reports[t.name].status == "failed" for t in wave):
+                stop.set()  # a wave starts only when the one before it succeeded
+    return reports, interrupts[0] if interrupts else None
+
+
+def ended(future: Future[TargetReport], interrupted: Callable[[KeyboardInterrupt], None]) -> TargetReport:
+    """The target's report once its deploy ended. An interrupt meanwhile stops the fleet from
+    starting more targets; this one goes on (it holds its lock, may be restoring) and is waited for."""
+    while True:
+        try:
+            return future.result()
+        except KeyboardInterrupt as interrupt:
+            interrupted(interrupt)
 
 
 def not_attempted(before: TargetReport, wave: int) -> TargetReport:
@@ -389,12 +431,14 @@ def deployed_report(
     }
     if isinstance(document, ErrorDocument):
         failure = error_result(document)
+        committed = list(failure.get("applied_migrations") or [])
         return before.model_copy(
             update={
                 **timing,
                 "status": "failed",
                 "backup_id": document.recovery.backup_id or failure.get("backup_id"),
-                "migrations_applied": list(failure.get("applied_migrations") or []),
+                "migrations_applied": committed,
+                "migrations_rolled_back": committed if failure.get("rollback_status") == "success" else [],
                 "error": target_error(document),
             }
         )
@@ -484,6 +528,42 @@ def fleet_failed(fleet: Fleet, result: FleetResult, failed: list[TargetReport], 
             f"Fix what failed, then run again: faber migrate {fleet.environment} (up-to-date targets are skipped)"
         )
     return FleetFailed(first.error.code, message, result=result.model_dump(mode="json"), suggestions=suggestions)
+
+
+def fleet_interrupted(fleet: Fleet, result: FleetResult, interrupt: KeyboardInterrupt) -> Interrupted:
+    """The fleet stopped by a signal: per target what committed, what was rolled back, and what did
+    not start, as a single deploy's interrupted result says it for one database."""
+    result = result.model_copy(update={"interrupted_by": signal_name(interrupt)})
+    by_status: dict[str, list[TargetReport]] = {}
+    for report in result.targets:
+        by_status.setdefault(report.status, []).append(report)
+    counts = [
+        f"{len(by_status[status])} {label}"
+        for status, label in (
+            ("deployed", "deployed"),
+            ("failed", "failed"),
+            ("not_attempted", "not started"),
+            ("up_to_date", "up to date"),
+        )
+        if by_status.get(status)
+    ]
+    suggestions = [
+        f"{report.name}: {hint}"
+        for report in by_status.get("failed", [])
+        for hint in (report.error.suggestions if report.error else [])[:3]
+    ]
+    not_started = [report.name for report in by_status.get("not_attempted", [])]
+    if not_started:
+        suggestions.append(
+            f"Not started, untouched: {', '.join(not_started)}; deploy them with: faber migrate {fleet.environment} "
+            "(deployed and up-to-date targets are skipped)"
+        )
+    return Interrupted(
+        f"Interrupted by {result.interrupted_by}: no further target started, the running ones finished; "
+        + ", ".join(counts),
+        result=result.model_dump(mode="json"),
+        suggestions=suggestions,
+    )
 
 
 # Threads ---------------------------------------------------------------------------------

@@ -412,6 +412,50 @@ def test_ctrl_c_starts_no_further_target_and_lets_the_running_ones_finish(make_f
     assert sum(applied == [] for applied in states.values()) >= 4
 
 
+def test_sigterm_mid_fleet_reports_per_target_what_committed_was_rolled_back_or_did_not_start(make_fleet):
+    slow = {
+        "001_users": MIGRATIONS["001_users"],
+        "002_wait": "SELECT pg_sleep(1);",
+        "003_posts": MIGRATIONS["002_posts"],
+    }
+    fleet = make_fleet(6, migrations=slow, backup_before_migrate=True, auto_rollback=True)
+    break_target(fleet, "t01")  # its 003 fails after 001 and 002 committed: the backup is restored
+    run = FaberProcess.start(fleet.project, "migrate", "tenants", "--concurrency", "2", "--json", env=fleet.env)
+    try:
+        run.wait_for(
+            lambda event: event["kind"] == "migration.started"
+            and event["environment"] == "tenants/t01"
+            and event["data"]["name"] == "002_wait"
+        )
+        run.kill(signal.SIGTERM)
+        assert run.wait(timeout=60) == 130, run.stderr()
+    finally:
+        run.stop_everything()
+
+    document = json.loads(run.stdout())
+    assert document["code"] == "INTERRUPTED", document
+    result = document["result"]
+    assert result["interrupted_by"] == "SIGTERM"
+    by_name = {row["name"]: row for row in result["targets"]}
+    # The two running targets finished: t00 deployed whole, t01 failed and was restored.
+    assert by_name["t00"]["status"] == "deployed" and by_name["t00"]["migrations_applied"] == list(slow)
+    assert fleet.applied("t00") == list(slow)
+    assert by_name["t01"]["status"] == "failed"
+    assert by_name["t01"]["migrations_applied"] == by_name["t01"]["migrations_rolled_back"] == ["001_users", "002_wait"]
+    assert by_name["t01"]["error"]["rollback_status"] == "success"
+    assert fleet.applied("t01") == []
+    # The others never started, and are untouched.
+    not_started = [f"t{index:02d}" for index in range(2, 6)]
+    assert [by_name[name]["status"] for name in not_started] == ["not_attempted"] * 4
+    assert all(fleet.applied(name) == [] for name in not_started)
+    assert result["summary"] == {"deployed": 1, "failed": 1, "not_attempted": 4}
+    assert "1 deployed, 1 failed, 4 not started" in document["error"]
+    advice = document["recovery"]["suggestions"]
+    assert any(hint.startswith("t01: ") and "rolled back" in hint for hint in advice), advice
+    assert any(", ".join(not_started) in hint and "faber migrate tenants" in hint for hint in advice), advice
+    assert CANARY_PASSWORD not in run.stdout() + run.stderr()
+
+
 def test_no_channel_carries_a_targets_password(make_fleet, run_faber):
     """Backed up, failing, rolled back and unreachable targets, on threads: the canary password is in
     no output, no file under .faber/ (audit log, backups), no history row and no exported span."""
