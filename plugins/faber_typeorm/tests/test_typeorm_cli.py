@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
 from faber_core import api
 from faber_core.testing.faults import FaberProcess, deploy_with_application_write
-from faber_core.testing.fixtures import CANARY_PASSWORD
+from faber_core.testing.fixtures import CANARY_PASSWORD, process_alive, start_faber, wait_for
 
 FIXTURE_MIGRATIONS = ["CreateUsers1700000000000", "AddUserName1700000100000"]
 FIXTURE_DATA_SOURCE = Path(__file__).parent / "fixtures" / "typeorm-project" / "data-source.js"
@@ -137,3 +139,44 @@ def test_one_runner_serves_a_whole_deploy_and_ends_with_it(typeorm_project):
     [pid] = (project / "loads.txt").read_text().split()
     with pytest.raises(ProcessLookupError):
         os.kill(int(pid), 0)
+
+
+def test_an_interrupted_deploy_stops_its_runner_and_the_migration_in_progress_rolls_back(
+    typeorm_project, typeorm_migration, query
+):
+    # The runner that served the status reads is applying a migration that waits: SIGTERM stops
+    # faber, which stops the runner, and the migration's transaction never commits.
+    slow = typeorm_migration("Slow1700000200000", "CREATE TABLE slow (id int)", "SELECT pg_sleep(60)")
+    data_source = FIXTURE_DATA_SOURCE.read_text()
+    project = typeorm_project(
+        {"1700000200000-Slow.js": slow},
+        files={
+            "data-source.js": 'require("fs").appendFileSync(`${__dirname}/loads.txt`, `${process.pid}\\n`);\n'
+            + data_source
+        },
+        lint="off",
+    )
+    faber = start_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project), cwd=project)
+    try:
+        wait_for(
+            lambda: query("SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'"),
+            "the slow migration to run",
+        )
+        faber.send_signal(signal.SIGTERM)
+        stdout, _ = faber.communicate(timeout=60)
+    finally:
+        if faber.poll() is None:
+            faber.kill()
+
+    assert faber.returncode == 130, stdout
+    assert json.loads(stdout)["code"] == "INTERRUPTED"
+    assert [name for (name,) in query("SELECT name FROM migrations ORDER BY id")] == FIXTURE_MIGRATIONS
+    assert query("SELECT to_regclass('slow') IS NULL") == [(True,)]
+    # The runner's session checks for its client every 2 s (client_connection_check_interval).
+    wait_for(
+        lambda: not query("SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%' AND state = 'active'"),
+        "the server to end the dead runner's statement",
+        timeout=20,
+    )
+    pids = (project / "loads.txt").read_text().split()
+    assert pids and not any(process_alive(int(pid)) for pid in pids)
