@@ -433,6 +433,11 @@ def parse_request(document: Request | Mapping[str, Any] | str | bytes) -> Reques
     if isinstance(document, (str, bytes)):
         try:
             document = json.loads(document)
+        except RecursionError:  # a hostile document nested deeper than Python's parser can follow
+            raise ConfigError(
+                "The request is not valid JSON: it is nested too deeply",
+                suggestions=['Send {"operation": "deploy-migrations", "parameters": {"environment": "..."}}'],
+            ) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(
                 f"The request is not valid JSON: {exc}",
@@ -462,7 +467,7 @@ def _operation_and_environment(document: object) -> tuple[str, str | None]:
     if isinstance(document, (str, bytes)):
         try:
             document = json.loads(document)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             return REQUEST, None
     if not isinstance(document, Mapping):
         return REQUEST, None

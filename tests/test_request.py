@@ -186,6 +186,7 @@ def test_an_unreachable_database_gets_the_spec_health_check_error(faber_project,
             "preview-migrations",
             "parameters.dryrun: Extra inputs are not permitted",
         ),
+        ("[" * 100_000 + "]" * 100_000, "request", "nested too deeply"),  # past Python's recursion limit
     ],
 )
 def test_invalid_requests_are_config_invalid_documents(run_faber, request_text, operation, problem):
