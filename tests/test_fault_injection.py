@@ -596,7 +596,7 @@ def test_kills_awaiting_fixes_are_real_kills():
 # An interrupted restore says which side of its commit the database is on ------------------
 
 RESTORE_MOMENTS = {
-    # The restore replays its archive: its transaction is open, no COMMIT sent.
+    # The restore's transaction is open, waiting for a lock the application holds: no COMMIT sent.
     "before-commit": False,
     # The restore committed and its ANALYZE waits for a lock the application took the moment the
     # restore's own locks went away (it had queued for them during the replay).
@@ -612,15 +612,21 @@ def test_interrupted_restore_reports_whether_it_committed(bed: FaultBed, command
     database = bed.clone(bed.deployed_template if command == "rollback" else bed.template)
     bed.set_database(database, fail=FAILING if command == "failed-deploy" else None)
     project = bed.project(with_backups=command == "rollback")
+    holding = application_session(bed, database, "restore-waits" if moment == "before-commit" else None)
     args = ("rollback", ENVIRONMENT, "--to", bed.backup_id) if command == "rollback" else ("migrate", ENVIRONMENT)
     run = faber(project, bed.url(database), *args, "--yes", "--json")
+    # For after-commit: the application's lock request, queued behind the restore's own locks.
     app = psycopg.connect(bed.url(database), application_name="the application")
     waiting = threading.Thread(target=app.execute, args=["LOCK TABLE transfers IN SHARE UPDATE EXCLUSIVE MODE"])
     try:
         run.wait_for(event_matcher("rollback.started"))
         with psycopg.connect(bed.admin_url, autocommit=True) as admin:
-            run.wait_until(lambda: session_doing(admin, database, *inside_condition("restore", None)), what="replay")
-            if moment == "after-commit":
+            if holding is not None:
+                condition, params = inside_condition("restore-waits", holding.info.backend_pid)
+                run.wait_until(lambda: session_doing(admin, database, condition, params), what="the restore waiting")
+            else:
+                condition, params = inside_condition("restore", None)
+                run.wait_until(lambda: session_doing(admin, database, condition, params), what="the replay")
                 waiting.start()
                 run.wait_until(
                     lambda: session_doing(
@@ -631,9 +637,11 @@ def test_interrupted_restore_reports_whether_it_committed(bed: FaultBed, command
         run.kill(signum)
         assert run.wait(EXIT_BOUND) is not None, f"faber still running {EXIT_BOUND}s after the signal"
     finally:
-        if waiting.is_alive() or moment == "after-commit":
+        if waiting.is_alive():
             waiting.join(EXIT_BOUND)
         app.close()
+        if holding is not None:
+            holding.close()
         run.stop_everything()
     try:
         document = json.loads(run.stdout())
