@@ -54,7 +54,13 @@ def test_archives_and_manifests_are_private(production):
     assert sorted(p.name for p in folder(project_dir).iterdir()) == [f"{record.id}.dump", f"{record.id}.json"]
 
 
-DAMAGED_MANIFESTS = [b"", b'{"id": "backup-x", "provider": "pg_d', b"\x00\xff not json", b'{"id": 1}']
+DAMAGED_MANIFESTS = [
+    b"",
+    b'{"id": "backup-x", "provider": "pg_d',
+    b"\x00\xff not json",
+    b'{"id": 1}',
+    b"[" * 100_000 + b"]" * 100_000,  # deeper than Python's JSON parser can follow
+]
 
 
 def test_unreadable_manifests_are_reported_and_skipped(production, run_faber):
@@ -74,9 +80,27 @@ def test_unreadable_manifests_are_reported_and_skipped(production, run_faber):
     for backup_id in damaged:
         assert by_id[backup_id]["status"] == "unusable"
         assert f"manifest {backup_id}.json is unreadable" in by_id[backup_id]["problem"]
-    assert "4 unusable" in listed.json["message"]
+    assert f"{len(DAMAGED_MANIFESTS)} unusable" in listed.json["message"]
     assert to_damaged.returncode == 2 and "empty (0 bytes)" in to_damaged.json["error"], to_damaged.output
     assert newest.returncode == 0 and newest.json["result"]["backup_id"] == good.id, newest.output
+
+
+def test_a_manifest_pointing_outside_the_backup_folder_is_never_restored(production, run_faber, tmp_path):
+    """A manifest is JSON anyone who can write the folder may edit: its location must not send
+    the restore to another file (another environment's backup, or anything else)."""
+    project_dir, backup = production
+    record = backup()
+    elsewhere = tmp_path / "elsewhere.dump"
+    elsewhere.write_bytes((folder(project_dir) / f"{record.id}.dump").read_bytes())
+    manifest = folder(project_dir) / f"{record.id}.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "location": str(elsewhere)}))
+
+    listed = run_faber("backups", "production", "--json", cwd=project_dir)
+    refused = run_faber("rollback", "production", "--to", record.id, "--yes", "--json", cwd=project_dir)
+
+    [listed_record] = listed.json["result"]["backups"]
+    assert listed_record["status"] == "unusable" and "is outside production/" in listed_record["problem"]
+    assert (refused.returncode, refused.json["code"]) == (2, "CONFIG_INVALID"), refused.output
 
 
 def test_leftovers_of_dead_runs_are_removed_and_live_ones_kept(production, context_for):

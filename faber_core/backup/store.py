@@ -281,7 +281,11 @@ def _scan(context: RunContext, directory: Path) -> list[tuple[BackupRecord, bool
     found = []
     for manifest in directory.glob(f"backup-*{MANIFEST}") if directory.is_dir() else []:
         record, readable = _read_manifest(context, manifest)
-        if readable and not (context.project_dir / (record.location or "")).is_file():
+        archive = context.project_dir / (record.location or "")
+        if readable and not archive.resolve().is_relative_to(directory.resolve()):
+            # A manifest is only JSON anyone able to write the folder may edit: never restore from elsewhere.
+            record.status, record.problem = "unusable", f"its archive {record.location} is outside {directory.name}/"
+        elif readable and not archive.is_file():
             record.status, record.problem = "unusable", f"its archive {record.location} is missing"
         found.append((record, readable))
     return sorted(found, key=lambda item: item[0].created_at, reverse=True)
@@ -294,7 +298,7 @@ def _read_manifest(context: RunContext, manifest: Path) -> tuple[BackupRecord, b
         if not raw.strip():
             raise ValueError(f"empty ({len(raw)} bytes)")
         return _manifest_record(raw), True
-    except (OSError, ValueError, ValidationError) as exc:
+    except (OSError, ValueError, ValidationError, RecursionError) as exc:  # RecursionError: nested too deeply
         problem = _manifest_problem(exc)
         context.emit(events.BACKUP_MANIFEST_UNREADABLE, backup_id=backup_id, problem=problem)
         archive = manifest.with_suffix(ARCHIVE)
