@@ -36,7 +36,7 @@ def sequelize_migration():
 @pytest.fixture(scope="session")
 def sequelize_node_modules() -> Path:
     """The fixture project's locked dependencies, installed with ``npm ci`` once."""
-    return install_node_project(FIXTURE, "node_modules/sequelize/package.json")
+    return install_node_project(FIXTURE, "node_modules/mysql2/package.json")
 
 
 @pytest.fixture
