@@ -17,6 +17,37 @@ for (const method of ["log", "info", "debug"]) {
 const SETUP_ERROR_EXIT = 2;
 const MIGRATION_FAILED_EXIT = 1;
 
+// The engine of the request being answered (requests are answered one at a time), from its URL's
+// scheme: `postgres`, or `mysql` for MySQL and MariaDB alike (the ORMs reach either server through
+// the project's own MySQL driver).
+let requestEngine = "postgres";
+
+function engine() {
+  return requestEngine;
+}
+
+// `url` with the scheme an ORM reads its dialect from (`mysql://`, `mariadb://`, ...).
+function withScheme(url, scheme) {
+  return url.replace(/^[a-z][a-z0-9+.-]*:/i, `${scheme}:`);
+}
+
+// A driver error's code as faber reports it: PostgreSQL's SQLSTATE, or MySQL's error number
+// (mysql2's `errno`; its `sqlState` is HY000 for most errors, lock wait timeouts included).
+function errorCode(driverError) {
+  if (!driverError) return null;
+  if (requestEngine === "mysql") return typeof driverError.errno === "number" ? String(driverError.errno) : null;
+  return typeof driverError.code === "string" ? driverError.code : null;
+}
+
+// `schema.table` quoted for the engine, as faber names a bookkeeping table.
+function qualifiedName(schema, table) {
+  const quote =
+    requestEngine === "mysql"
+      ? (name) => `\`${name.replace(/`/g, "``")}\``
+      : (name) => `"${name.replace(/"/g, '""')}"`;
+  return `${quote(schema)}.${quote(table)}`;
+}
+
 function emit(event, fields = {}) {
   protocol.write(JSON.stringify({ event, ...fields }) + "\n");
 }
@@ -94,6 +125,7 @@ function serve(load) {
     let code;
     try {
       const request = JSON.parse(line);
+      requestEngine = /^(mysql|mariadb):/i.test(request.database_url || "") ? "mysql" : "postgres";
       commands = commands || (await load(options));
       const command = commands[request.command];
       if (!command) throw new SetupError("unsupported", `Unknown runner command: ${request.command}`);
@@ -147,6 +179,10 @@ function trackQueries(query) {
 }
 
 module.exports = {
+  engine,
+  withScheme,
+  errorCode,
+  qualifiedName,
   MIGRATION_FAILED_EXIT,
   emit,
   SetupError,

@@ -23,6 +23,22 @@ const faber = require(process.env.FABER_RUNNER_COMMON); // faber_core/support/no
 const MIGRATION_FILE = /^(?!.*\.d\.ts$).*\.(cjs|js|cts|ts)$/;
 const CONNECTION_KEYS = ["username", "password", "database", "host", "port", "url", "use_env_variable", "replication"];
 const LOGGED_QUERY = /^Executing \([^)]*\): /s;
+// The config dialects faber deploys to each engine's servers. A MySQL or MariaDB project keeps its
+// own dialect, so Sequelize loads the driver the project installed for it (mysql2, or mariadb).
+const DIALECTS = { postgres: ["postgres"], mysql: ["mysql", "mariadb"] };
+const ENGINE_LABEL = { postgres: "PostgreSQL", mysql: "MySQL/MariaDB" };
+// How each engine answers "which schema am I in" and "does this table exist".
+const CATALOG = {
+  postgres: {
+    currentSchema: "SELECT current_schema() AS schema",
+    tableExists: "SELECT to_regclass(:qualified) IS NOT NULL AS exists",
+  },
+  mysql: {
+    currentSchema: "SELECT DATABASE() AS `schema`",
+    tableExists:
+      "SELECT COUNT(*) > 0 AS `exists` FROM information_schema.tables WHERE table_schema = :schema AND table_name = :table",
+  },
+};
 
 async function loadModule(projectDir, file) {
   const relative = path.relative(projectDir, file);
@@ -98,13 +114,19 @@ function storageOf(section) {
 
 function openSequelize(projectDir, section, databaseUrl, logging) {
   const SequelizeModule = faber.projectRequire(projectDir, "sequelize");
-  if (section.dialect && section.dialect !== "postgres") {
-    throw new faber.SetupError("unsupported", `faber deploys to PostgreSQL; this config's dialect is ${section.dialect}`);
+  const dialects = DIALECTS[faber.engine()];
+  if (section.dialect && !dialects.includes(section.dialect)) {
+    throw new faber.SetupError(
+      "unsupported",
+      `The environment's database is ${ENGINE_LABEL[faber.engine()]}; this config's dialect is ${section.dialect}`,
+    );
   }
+  const dialect = section.dialect || dialects[0];
   const options = { ...section };
   for (const key of CONNECTION_KEYS) delete options[key];
-  Object.assign(options, { dialect: "postgres", logging, benchmark: false, logQueryParameters: false });
-  return { SequelizeModule, sequelize: new SequelizeModule.Sequelize(databaseUrl, options) };
+  Object.assign(options, { dialect, logging, benchmark: false, logQueryParameters: false });
+  // Sequelize takes the dialect from the URL's scheme.
+  return { SequelizeModule, sequelize: new SequelizeModule.Sequelize(faber.withScheme(databaseUrl, dialect), options) };
 }
 
 async function connect(sequelize) {
@@ -114,10 +136,6 @@ async function connect(sequelize) {
     const original = (error && (error.original || error.parent)) || error || {};
     throw new faber.SetupError("connection_failed", String(error.message || error), { code: original.code || null });
   }
-}
-
-function quoted(identifier) {
-  return `"${String(identifier).replace(/"/g, '""')}"`;
 }
 
 function localMigrations(projectDir, migrationsDir) {
@@ -130,26 +148,24 @@ function localMigrations(projectDir, migrationsDir) {
 }
 
 async function bookkeepingTable(sequelize, storage) {
-  const schema =
-    storage.schema || (await sequelize.query("SELECT current_schema() AS schema", { plain: true })).schema;
-  return `${quoted(schema)}.${quoted(storage.tableName)}`;
+  const catalog = CATALOG[faber.engine()];
+  const schema = storage.schema || (await sequelize.query(catalog.currentSchema, { plain: true })).schema;
+  return { schema, table: storage.tableName, qualified: faber.qualifiedName(schema, storage.tableName) };
 }
 
-async function tableExists(sequelize, table) {
-  const found = await sequelize.query("SELECT to_regclass(:table) IS NOT NULL AS exists", {
-    replacements: { table },
-    plain: true,
-  });
-  return found.exists;
+async function tableExists(sequelize, bookkeeping) {
+  const found = await sequelize.query(CATALOG[faber.engine()].tableExists, { replacements: bookkeeping, plain: true });
+  return Boolean(Number(found.exists));
 }
 
-async function appliedNames(sequelize, table) {
-  if (!(await tableExists(sequelize, table))) return [];
-  const rows = await sequelize.query(`SELECT name FROM ${table} ORDER BY name`, { type: "SELECT" });
+async function appliedNames(sequelize, bookkeeping) {
+  if (!(await tableExists(sequelize, bookkeeping))) return [];
+  const rows = await sequelize.query(`SELECT name FROM ${bookkeeping.qualified} ORDER BY name`, { type: "SELECT" });
   return rows.map((row) => row.name);
 }
 
-// The model sequelize-cli's storage (umzug's SequelizeStorage) defines, so sync() creates the same table.
+// The model sequelize-cli's storage (umzug 2's SequelizeStorage) defines, so sync() creates the same
+// table; its charset and collation take effect on MySQL/MariaDB only.
 function metaModel(sequelize, SequelizeModule, storage) {
   return sequelize.define(
     "SequelizeMeta",
@@ -162,7 +178,13 @@ function metaModel(sequelize, SequelizeModule, storage) {
         autoIncrement: false,
       },
     },
-    { tableName: storage.tableName, schema: storage.schema, timestamps: storage.timestamps },
+    {
+      tableName: storage.tableName,
+      schema: storage.schema,
+      timestamps: storage.timestamps,
+      charset: "utf8",
+      collate: "utf8_unicode_ci",
+    },
   );
 }
 
@@ -181,7 +203,7 @@ async function status(context) {
   faber.emit("status", {
     local: localMigrations(projectDir, migrationsDir).map((m) => ({ ...m, transactional: false })),
     records: (await appliedNames(sequelize, table)).map((name) => ({ name })),
-    bookkeeping_table: table,
+    bookkeeping_table: table.qualified,
   });
   return 0;
 }
@@ -219,7 +241,7 @@ async function apply(context, track, expected) {
       const original = (error && (error.original || error.parent)) || {};
       faber.emit("migration_failed", {
         name: migration.name,
-        code: typeof original.code === "string" ? original.code : null,
+        code: faber.errorCode(original),
         message: String((error && error.message) || error),
         query: (error && error.sql) || track.lastQuery,
         // sequelize-cli runs a migration without a transaction: what ran before the failure stays.

@@ -18,6 +18,10 @@ const faber = require(process.env.FABER_RUNNER_COMMON); // faber_core/support/no
 const CONNECTION_KEYS = ["url", "host", "port", "username", "password", "database", "replication", "socketPath"];
 const EXTRA_CONNECTION_KEYS = ["connectionString", "host", "port", "user", "password", "database"];
 const SUCCESS_LOG = /^Migration (.+) has been (?:\(fake\) )?executed successfully\.$/;
+// The DataSource types faber deploys to each engine's servers; a MySQL or MariaDB project keeps its
+// own type (TypeORM's mysql driver serves both, through mysql2 when the project installed it).
+const TYPES = { postgres: ["postgres", "aurora-postgres"], mysql: ["mysql", "mariadb"] };
+const ENGINE_LABEL = { postgres: "PostgreSQL", mysql: "MySQL/MariaDB" };
 
 async function loadModule(file) {
   try {
@@ -65,8 +69,12 @@ async function loadDataSource(projectDir, relative) {
 // schema on its own (no synchronize, no migrationsRun, no dropSchema).
 function retarget(userDataSource, databaseUrl, logger) {
   const options = { ...userDataSource.options };
-  if (!["postgres", "aurora-postgres"].includes(options.type)) {
-    throw new faber.SetupError("unsupported", `faber deploys to PostgreSQL; this DataSource is of type ${options.type}`);
+  const engine = faber.engine();
+  if (!TYPES[engine].includes(options.type)) {
+    throw new faber.SetupError(
+      "unsupported",
+      `The environment's database is ${ENGINE_LABEL[engine]}; this DataSource is of type ${options.type}`,
+    );
   }
   for (const key of CONNECTION_KEYS) delete options[key];
   if (options.extra) {
@@ -74,8 +82,8 @@ function retarget(userDataSource, databaseUrl, logger) {
     for (const key of EXTRA_CONNECTION_KEYS) delete options.extra[key];
   }
   Object.assign(options, {
-    type: "postgres",
-    url: databaseUrl,
+    type: engine === "postgres" ? "postgres" : options.type,
+    url: faber.withScheme(databaseUrl, engine === "postgres" ? "postgres" : "mysql"),
     logger,
     logging: true,
     synchronize: false,
@@ -91,7 +99,8 @@ async function connect(dataSource) {
     await dataSource.initialize();
   } catch (error) {
     const code = error && (error.code || (error.driverError && error.driverError.code));
-    if (code && typeof code === "string" && /^(E[A-Z]+|[0-9A-Z]{5})$/.test(code)) {
+    // Node's socket errors (ECONNREFUSED), PostgreSQL's SQLSTATEs, mysql2's ER_ names.
+    if (code && typeof code === "string" && /^(E[A-Z]+|[0-9A-Z]{5}|ER_[A-Z0-9_]+)$/.test(code)) {
       throw new faber.SetupError("connection_failed", String(error.message || error), { code });
     }
     throw new faber.SetupError("load_failed", `TypeORM could not start: ${(error && error.message) || error}`);
@@ -108,8 +117,9 @@ function sourceFileOf(projectDir, migrationClass) {
   return null;
 }
 
+// MySQL commits each DDL statement on its own, so no migration there is all-or-nothing.
 function isTransactional(instance) {
-  return instance.transaction !== false;
+  return faber.engine() === "postgres" && instance.transaction !== false;
 }
 
 async function status(dataSource, projectDir) {
@@ -120,7 +130,10 @@ async function status(dataSource, projectDir) {
     // TypeORM's getExecutedMigrations() creates the table in some versions; status must not.
     const exists = await queryRunner.hasTable(executor.migrationsTable);
     const records = exists ? await executor.loadExecutedMigrations(queryRunner) : [];
-    const schema = executor.migrationsSchema || (await queryRunner.getCurrentSchema());
+    const schema =
+      faber.engine() === "mysql"
+        ? executor.migrationsDatabase || (await queryRunner.getCurrentDatabase())
+        : executor.migrationsSchema || (await queryRunner.getCurrentSchema());
     faber.emit("status", {
       local: local.map((migration) => ({
         name: migration.name,
@@ -129,7 +142,7 @@ async function status(dataSource, projectDir) {
       })),
       // TypeORM reads them newest first (by id); faber wants them in the order they ran.
       records: records.reverse().map((record) => ({ name: record.name })),
-      bookkeeping_table: `"${schema.replace(/"/g, '""')}"."${executor.migrationsTableName.replace(/"/g, '""')}"`,
+      bookkeeping_table: faber.qualifiedName(schema, executor.migrationsTableName),
     });
   } finally {
     await queryRunner.release();
@@ -206,7 +219,7 @@ function failureFields(error, state, pendingNames) {
     // No migration running yet: TypeORM failed preparing (e.g. creating its table); the first
     // pending migration is the one that could not be applied, and nothing of it ran.
     name: migration ? migration.name : pendingNames.find((name) => !state.finished.has(name)),
-    code: typeof driverError.code === "string" ? driverError.code : null,
+    code: faber.errorCode(driverError),
     message: String((error && error.message) || error),
     query: (error && error.query) || state.lastQuery,
     transaction_rolled_back: migration ? isTransactional(migration.instance) : true,
