@@ -1,9 +1,11 @@
 """Applying pending Prisma migrations without Node, interchangeably with ``prisma migrate deploy``.
 
-The whole run holds Prisma's own advisory lock, so a concurrent ``prisma migrate deploy`` waits
-for it (and it for that). A migration whose SQL allows it runs in one transaction together with
-its history row, so a failure leaves nothing of it behind; one that cannot run in a transaction
-(``CREATE INDEX CONCURRENTLY``, ...) runs statement by statement, as Prisma would run it.
+The whole run holds Prisma's own lock, so a concurrent ``prisma migrate deploy`` waits for it
+(and it for that). On PostgreSQL a migration whose SQL allows it runs in one transaction together
+with its history row, so a failure leaves nothing of it behind; one that cannot run in a
+transaction (``CREATE INDEX CONCURRENTLY``, ...) runs statement by statement, as Prisma would run
+it. On MySQL/MariaDB every migration runs as Prisma runs it there, outside a transaction
+(:mod:`faber_prisma.mysql`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import psycopg
 from faber_core import events
 from faber_core.context import RunContext
+from faber_core.engines.mysql import MySQLConnection
 from faber_core.errors import ConfigError, MigrationFailed
 from faber_core.models import (
     AppliedMigration,
@@ -31,11 +34,13 @@ from faber_core.support.sessions import Measurement, advisory_lock, measured_tra
 from faber_core.support.sql import is_transactional, split_statements
 from psycopg import sql
 
+from faber_prisma import mysql
 from faber_prisma.history import History
 from faber_prisma.migrations import MigrationFolder, read_migrations, require_scripts
+from faber_prisma.mysql import MysqlHistory
 
 PRISMA_LOCK_KEY = 72707369
-"""The advisory lock ``prisma migrate deploy`` holds for its whole run (Prisma's schema engine)."""
+"""The advisory lock ``prisma migrate deploy`` holds for its whole run on PostgreSQL (Prisma's schema engine)."""
 RESOLVE_HELP = "https://pris.ly/d/migrate-resolve"
 P3018_TEXT = (
     "A migration failed to apply. New migrations cannot be applied before the error is recovered from. "
@@ -136,16 +141,38 @@ def _folders_for(context: RunContext, pending: list[LocalMigration]) -> list[Mig
 
 
 @contextmanager
-def _locked_history(context: RunContext, application_name: str) -> Iterator[History]:
-    """The schema's history on a connection holding Prisma's advisory lock, its search_path set
-    to the Prisma schema (Prisma's migrations name their tables unqualified)."""
+def _locked_history(context: RunContext, application_name: str) -> Iterator[History | MysqlHistory]:
+    """The history on a migration session holding Prisma's lock (see :func:`_postgres_history`
+    and :func:`_mysql_history`)."""
+    on_mysql = mysql.is_mysql(context)
     try:
-        conn = context.database.connect(application_name=application_name, migration_session=True)
-    except psycopg.Error as exc:
+        conn = (
+            mysql.connect(context, application_name)
+            if on_mysql
+            else context.database.connect(application_name=application_name, migration_session=True)
+        )
+    except context.database.engine.driver_error as exc:
         raise MigrationFailed(
             f"Cannot connect to apply migrations: {context.redactor.redact(str(exc).strip())}",
             suggestions=["Nothing was applied", f"Check the database of {context.environment}, then retry"],
         ) from None
+    history = _mysql_history if on_mysql else _postgres_history
+    with history(context, conn) as locked:
+        yield locked
+
+
+@contextmanager
+def _mysql_history(context: RunContext, conn: MySQLConnection) -> Iterator[MysqlHistory]:
+    """The database's history on a session holding Prisma's ``GET_LOCK`` lock."""
+    with conn, mysql.prisma_lock(conn, wait_seconds=context.settings.lock_wait_seconds):
+        context.apply_session_timeouts(conn)
+        yield MysqlHistory(conn, context.database.schema)
+
+
+@contextmanager
+def _postgres_history(context: RunContext, conn: psycopg.Connection) -> Iterator[History]:
+    """The schema's history on a session holding Prisma's advisory lock, its search_path set to
+    the Prisma schema (Prisma's migrations name their tables unqualified)."""
     with (
         conn,
         advisory_lock(
@@ -163,8 +190,11 @@ def _locked_history(context: RunContext, application_name: str) -> Iterator[Hist
 
 
 def _apply_one(
-    context: RunContext, history: History, folder: MigrationFolder, measured: Measurement
+    context: RunContext, history: History | MysqlHistory, folder: MigrationFolder, measured: Measurement
 ) -> MigrationFailure | None:
+    if isinstance(history, MysqlHistory):
+        measured.unmeasured()  # each statement commits on its own
+        return _apply_on_mysql(context, history, folder)
     from pglast.parser import ParseError  # with the parser is_transactional imports
 
     try:
@@ -207,7 +237,7 @@ def _apply_in_transaction(
             )
         raise
     except psycopg.Error as exc:
-        logs = prisma_logs(context, folder.name, exc)
+        logs = prisma_logs(context, folder.name, exc.sqlstate, database_error(exc))
         with measured_transaction(history.conn, measured):  # the attempt's row is faber's write too
             unrecorded = _record(
                 context, history.record_rolled_back_attempt, folder.name, folder.checksum, started_at, logs
@@ -217,7 +247,8 @@ def _apply_in_transaction(
         return MigrationFailure(
             name=folder.name,
             error=database_error_summary(context, exc) + unrecorded,
-            output="Error: P3018\n\n" + prisma_logs(context, folder.name, exc, recovery_needed=False),
+            output="Error: P3018\n\n"
+            + prisma_logs(context, folder.name, exc.sqlstate, database_error(exc), recovery_needed=False),
             path=folder.relative_path(context.project_dir),
             transaction_rolled_back=True,
             sqlstate=exc.sqlstate,
@@ -238,7 +269,7 @@ def _apply_statement_by_statement(
         except psycopg.Error as exc:
             _end_aborted_transaction(history.conn)  # which undoes the script's open transaction, if any
             committed = number - 1 if block_began is None else block_began - 1
-            logs = prisma_logs(context, folder.name, exc)
+            logs = prisma_logs(context, folder.name, exc.sqlstate, database_error(exc))
             unrecorded = _record(context, history.fail, migration_id, logs)
             return MigrationFailure(
                 name=folder.name,
@@ -259,6 +290,42 @@ def _apply_statement_by_statement(
             block_began = number
     history.finish(migration_id)
     return None
+
+
+def _apply_on_mysql(context: RunContext, history: MysqlHistory, folder: MigrationFolder) -> MigrationFailure | None:
+    """As Prisma on MySQL: the attempt's row, the script in one request, then the row finished. A
+    failure leaves the statements before the failing one committed and the row failed, with the
+    P3018 text in its logs, until someone resolves it (the rollback restores the backup)."""
+    assert folder.checksum is not None
+    migration_id = history.start(folder.name, folder.checksum)
+    failure = mysql.run_script(history.conn, folder.sql)
+    if failure is None:
+        history.finish(migration_id)
+        return None
+    code = str(failure.code) if failure.code is not None else None
+    error = f"{failure.message}\n\nPlease check the query number {failure.statement} from the migration file."
+    logs = prisma_logs(context, folder.name, code, error)
+    unrecorded = _record(context, history.fail, migration_id, logs)
+    committed = failure.statement - 1
+    ran = (
+        "no statement of it had run"
+        if committed == 0
+        else f"statements 1 to {committed} of it ran and committed (not undone)"
+        if committed > 1
+        else "statement 1 of it ran and committed (not undone)"
+    )
+    return MigrationFailure(
+        name=folder.name,
+        error=context.redactor.redact(failure.message + (f" (error {code})" if code else ""))
+        + f"\nStatement {failure.statement} failed. MySQL commits each statement on its own: {ran}; "
+        "its failed record stays until resolved."
+        + unrecorded,
+        output=f"Error: P3018\n\n{logs}",
+        path=folder.relative_path(context.project_dir),
+        transaction_rolled_back=False,
+        sqlstate=code,
+        statements_committed=committed,
+    )
 
 
 def _already_ran(context: RunContext, statements: list[str]) -> str:
@@ -290,7 +357,7 @@ def _record(context: RunContext, write: Callable[..., None], *args: Any) -> str:
     """Write the failure to the history; if even that fails, say so instead of hiding the first error."""
     try:
         write(*args)
-    except psycopg.Error as exc:
+    except context.database.engine.driver_error as exc:
         return f"\nThe failure could not be recorded in _prisma_migrations: {context.redactor.redact(str(exc).strip())}"
     return ""
 
@@ -312,11 +379,14 @@ def database_error_summary(context: RunContext, exc: psycopg.Error) -> str:
     return context.redactor.redact(f"{primary}{code}")
 
 
-def prisma_logs(context: RunContext, name: str, exc: psycopg.Error, *, recovery_needed: bool = True) -> str:
-    """The ``logs`` Prisma writes for a failed migration (P3018), redacted; without its first
-    paragraph (recovery needed) for a migration whose failure left nothing to recover from."""
+def prisma_logs(
+    context: RunContext, name: str, code: str | None, error: str, *, recovery_needed: bool = True
+) -> str:
+    """The ``logs`` Prisma writes for a failed migration (P3018), redacted: ``code`` is the
+    database's error code (SQLSTATE, or MySQL's error number), ``error`` its text. Without the
+    first paragraph (recovery needed) for a migration whose failure left nothing to recover from."""
     parts = [*([P3018_TEXT] if recovery_needed else []), f"Migration name: {name}"]
-    if exc.sqlstate:
-        parts.append(f"Database error code: {exc.sqlstate}")
-    parts.append(f"Database error:\n{database_error(exc)}")
+    if code:
+        parts.append(f"Database error code: {code}")
+    parts.append(f"Database error:\n{error}")
     return context.redactor.redact("\n\n".join(parts))

@@ -6,11 +6,17 @@ from faber_core.context import RunContext
 from faber_core.models import LocalMigration, MigrationPreview
 from faber_core.support.sql import estimate_seconds, is_transactional
 
+from faber_prisma import mysql
 from faber_prisma.migrations import SCRIPT_NAME, MigrationFolder, read_migrations
 
 NON_TRANSACTIONAL_NOTE = (
     "Runs outside a transaction (it has a statement PostgreSQL refuses in a transaction block, such as "
     "CREATE INDEX CONCURRENTLY): if a statement fails, the statements before it stay applied"
+)
+MYSQL_NOTE = (
+    "Runs outside a transaction, as Prisma runs it on MySQL/MariaDB (which commits every DDL statement on "
+    "its own): if a statement fails, the statements before it stay applied and the migration stays failed "
+    "until resolved; protected environments rely on faber's backup and automatic rollback"
 )
 
 
@@ -28,16 +34,7 @@ def _preview_one(context: RunContext, migration: LocalMigration, folder: Migrati
             transactional=None,
             notes=[f"{SCRIPT_NAME} is missing: deploys refuse to run until it is restored or the folder removed"],
         )
-    from pglast.parser import ParseError  # with the parser is_transactional imports
-
-    notes = []
-    try:
-        transactional: bool | None = is_transactional(folder.sql)
-    except ParseError as exc:
-        transactional = None
-        notes.append(f"The SQL does not parse, applying it will fail: {context.redactor.redact(str(exc))}")
-    if transactional is False:
-        notes.append(NON_TRANSACTIONAL_NOTE)
+    transactional, notes = _transactionality(context, folder)
     return MigrationPreview(
         name=folder.name,
         # A migration may create a role with a password; the preview is printed and logged.
@@ -46,3 +43,16 @@ def _preview_one(context: RunContext, migration: LocalMigration, folder: Migrati
         transactional=transactional,
         notes=notes,
     )
+
+
+def _transactionality(context: RunContext, folder: MigrationFolder) -> tuple[bool | None, list[str]]:
+    """Whether the migration runs in one transaction, and the notes saying what follows."""
+    if mysql.is_mysql(context):
+        return False, [MYSQL_NOTE]
+    from pglast.parser import ParseError  # with the parser is_transactional imports
+
+    try:
+        transactional = is_transactional(folder.sql)
+    except ParseError as exc:
+        return None, [f"The SQL does not parse, applying it will fail: {context.redactor.redact(str(exc))}"]
+    return transactional, [] if transactional else [NON_TRANSACTIONAL_NOTE]

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import psycopg
+import pymysql
 from faber_core.context import RunContext
+from faber_core.engines.mysql import MySQLConnection
+from faber_core.errors import HealthCheckFailed
 from faber_core.models import LocalMigration, MigrationRecord, MigrationState
 from faber_core.support.sessions import blocked_read_error
 from psycopg import sql
 
-from faber_prisma import TOOL
+from faber_prisma import TOOL, mysql
 from faber_prisma.history import TABLE, History
 from faber_prisma.migrations import MigrationFolder, equivalent_checksums, read_migrations
+from faber_prisma.mysql import MysqlHistory
 
 
 def build_state(context: RunContext, folders: list[MigrationFolder], records: list[MigrationRecord]) -> MigrationState:
@@ -18,8 +22,15 @@ def build_state(context: RunContext, folders: list[MigrationFolder], records: li
         tool=TOOL,
         local=local_migrations(context, folders, records),
         records=records,
-        bookkeeping_table=sql.Identifier(context.database.schema, TABLE).as_string(None),
+        bookkeeping_table=_table_name(context),
     )
+
+
+def _table_name(context: RunContext) -> str:
+    """``_prisma_migrations`` qualified and quoted as the engine's SQL names it."""
+    if mysql.is_mysql(context):
+        return mysql.qualified_table(context.database.schema)
+    return sql.Identifier(context.database.schema, TABLE).as_string(None)
 
 
 def local_migrations(
@@ -44,13 +55,15 @@ def local_migrations(
 
 
 def read_state(context: RunContext) -> MigrationState:
-    """Local migrations and the history rows of ``context.database.schema``.
+    """Local migrations and the history rows of ``context.database.schema`` (the database, on MySQL).
 
     A read blocked longer than ``query_lock_timeout_seconds`` (a session holding
     ``_prisma_migrations`` locked) fails naming that session.
     """
     folders = read_migrations(context)
     with context.database.connect(application_name="faber prisma status") as conn:
+        if mysql.is_mysql(context):
+            return build_state(context, folders, _mysql_records(context, conn))
         history = History(conn, context.database.schema)
         try:
             records = history.records()
@@ -59,3 +72,22 @@ def read_state(context: RunContext) -> MigrationState:
                 conn, history.table.as_string(conn), context.database.lock_timeout, context.redactor.redact
             ) from None
     return build_state(context, folders, records)
+
+
+def _mysql_records(context: RunContext, conn: MySQLConnection) -> list[MigrationRecord]:
+    history = MysqlHistory(conn, context.database.schema)
+    try:
+        return history.records()
+    except pymysql.Error as exc:
+        if context.database.engine.classify_error(exc) != "lock_timeout":
+            raise
+        raise HealthCheckFailed(
+            f"Reading {history.table} waited more than {context.database.lock_timeout:g} s for a lock held by "
+            "another session (an ALTER TABLE or a long transaction on it)",
+            suggestions=[
+                "Wait for that session to finish, then retry",
+                "Find it in SHOW PROCESSLIST; if it is stuck, end it with: KILL <connection id>",
+                "Or raise query_lock_timeout_seconds for this environment",
+            ],
+            result={"health_check": "failed"},
+        ) from None

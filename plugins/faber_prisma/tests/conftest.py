@@ -48,6 +48,25 @@ def prisma_project(faber_project, database_url, monkeypatch):
 
 
 @pytest.fixture
+def mysql_prisma_project(faber_project, mysql_database_url, monkeypatch):
+    """``make(migrations: {name: sql}, **settings) -> Path``: as ``prisma_project``, on the test's
+    own MySQL/MariaDB database (reached as a user whose password is the canary).
+
+    Prisma's lock on MySQL is one for the whole server, so tests running in parallel on other
+    databases take turns on it: runs wait up to 60 s for it unless a test says otherwise.
+    """
+
+    def make(migrations: dict[str, str], **settings) -> Path:
+        monkeypatch.setenv(URL_ENV, mysql_database_url)
+        environment = {"database_url_env": URL_ENV, "lock_wait_seconds": 60, "backup_before_migrate": False, **settings}
+        config = {"database": {"migration_tool": "prisma", "environments": {ENVIRONMENT: environment}}}
+        files = {f"prisma/migrations/{name}/migration.sql": sql for name, sql in migrations.items()}
+        return faber_project(config, files)
+
+    return make
+
+
+@pytest.fixture
 def prisma_context(run_context):
     """``make(project_dir, events=None, environment=ENVIRONMENT)``: a run context on a project."""
     return functools.partial(run_context, environment=ENVIRONMENT)

@@ -1,0 +1,244 @@
+"""Prisma on MySQL/MariaDB: ``_prisma_migrations``, the lock and the scripts as Prisma's schema engine has them.
+
+What Prisma's MySQL connector does, and faber with it:
+
+- the table: ``DATETIME(3)`` timestamps, ``applied_steps_count INTEGER UNSIGNED``, default
+  character set ``utf8mb4`` with collation ``utf8mb4_unicode_ci``, named unqualified in the
+  database of the URL;
+- the rows: every timestamp is the UTC time with millisecond precision (Prisma sends its clock's
+  UTC time, faber asks the server for ``UTC_TIMESTAMP(3)``); a failed attempt keeps its row with
+  the P3018 text in ``logs``, neither finished nor rolled back, until someone resolves it;
+- the lock: ``GET_LOCK('prisma_migrate', 10)``. The name is global to the server, not to one
+  database, so every Prisma deploy on a server waits for every other one; faber takes the same
+  name, waiting ``lock_wait_seconds``. (Prisma carries on when its 10 s pass; faber refuses.)
+- the script: sent as one multi-statement request, outside any transaction. MySQL commits each
+  DDL statement on its own anyway, so a failing script leaves the statements before it applied;
+  the error names the failing statement by its number, as Prisma's does.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import timezone
+from typing import Any
+
+import pymysql
+from faber_core.context import RunContext
+from faber_core.engines.mysql import MYSQL, MySQLConnection
+from faber_core.errors import Locked
+from faber_core.models import MigrationRecord
+from pymysql.constants import CLIENT
+
+TABLE = "_prisma_migrations"
+LOCK_NAME = "prisma_migrate"
+"""The named lock ``prisma migrate deploy`` takes on MySQL (Prisma's schema engine, MySQL flavour)."""
+
+# Prisma's own DDL (schema engine, MySQL flavour), so `prisma migrate` finds the table it expects.
+_CREATE_TABLE = """
+CREATE TABLE {table} (
+    id                      VARCHAR(36) PRIMARY KEY NOT NULL,
+    checksum                VARCHAR(64) NOT NULL,
+    finished_at             DATETIME(3),
+    migration_name          VARCHAR(255) NOT NULL,
+    logs                    TEXT,
+    rolled_back_at          DATETIME(3),
+    started_at              DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3),
+    applied_steps_count     INTEGER UNSIGNED NOT NULL DEFAULT 0
+) DEFAULT CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci
+"""
+_NOW = "UTC_TIMESTAMP(3)"
+
+
+def quote_name(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _state(finished_at: object, rolled_back_at: object) -> str:
+    if rolled_back_at is not None:
+        return "rolled_back"
+    return "applied" if finished_at is not None else "failed"
+
+
+def _utc(value: Any) -> Any:
+    """``DATETIME`` has no time zone; Prisma's values are UTC."""
+    return value.replace(tzinfo=timezone.utc) if value is not None else None
+
+
+def qualified_table(database: str) -> str:
+    """The table in ``database``, qualified and quoted as MySQL names it."""
+    return f"{quote_name(database)}.{quote_name(TABLE)}"
+
+
+class MysqlHistory:
+    """``_prisma_migrations`` of one database, on one autocommit PyMySQL connection."""
+
+    def __init__(self, conn: MySQLConnection, database: str) -> None:
+        self.conn = conn
+        self.database = database
+        self.table = qualified_table(database)
+
+    def _run(self, query: str, params: dict[str, object] | None = None) -> pymysql.cursors.Cursor:
+        return self.conn.execute(query.replace("{table}", self.table), params)
+
+    def exists(self) -> bool:
+        found = self._run(
+            "SELECT 1 FROM information_schema.tables WHERE table_schema = %(schema)s AND table_name = %(table)s",
+            {"schema": self.database, "table": TABLE},
+        ).fetchone()
+        return found is not None
+
+    def records(self) -> list[MigrationRecord]:
+        """Every row, oldest first; none when the table does not exist (nothing applied yet)."""
+        if not self.exists():
+            return []
+        rows = self._run(
+            "SELECT migration_name, checksum, started_at, finished_at, rolled_back_at, logs"
+            " FROM {table} ORDER BY started_at, migration_name"
+        ).fetchall()
+        return [
+            MigrationRecord(
+                name=name,
+                checksum=checksum,
+                state=_state(finished, rolled_back),
+                started_at=_utc(started),
+                finished_at=_utc(finished),
+                logs=logs,
+            )
+            for name, checksum, started, finished, rolled_back, logs in rows
+        ]
+
+    def create(self) -> None:
+        """Create the table if missing, as ``prisma migrate deploy`` does."""
+        if not self.exists():
+            self._run(_CREATE_TABLE)
+
+    def start(self, name: str, checksum: str) -> str:
+        """Insert the row of an attempt that begins now; return its id."""
+        migration_id = str(uuid.uuid4())
+        self._run(
+            f"INSERT INTO {{table}} (id, checksum, started_at, migration_name) VALUES (%(id)s, %(checksum)s, {_NOW},"
+            " %(name)s)",
+            {"id": migration_id, "checksum": checksum, "name": name},
+        )
+        return migration_id
+
+    def finish(self, migration_id: str) -> None:
+        """The script ran: one applied step, then the finish time (two writes, as Prisma makes them)."""
+        self._run(
+            "UPDATE {table} SET applied_steps_count = applied_steps_count + 1 WHERE id = %(id)s", {"id": migration_id}
+        )
+        self._run(f"UPDATE {{table}} SET finished_at = {_NOW} WHERE id = %(id)s", {"id": migration_id})
+
+    def fail(self, migration_id: str, logs: str) -> None:
+        self._run("UPDATE {table} SET logs = %(logs)s WHERE id = %(id)s", {"id": migration_id, "logs": logs})
+
+    def mark_rolled_back(self, name: str) -> int:
+        """``prisma migrate resolve --rolled-back``: the failed attempts of ``name`` stop counting."""
+        return self._run(
+            f"UPDATE {{table}} SET rolled_back_at = {_NOW}"
+            " WHERE migration_name = %(name)s AND finished_at IS NULL AND rolled_back_at IS NULL",
+            {"name": name},
+        ).rowcount
+
+    def mark_applied(self, name: str, checksum: str) -> None:
+        """``prisma migrate resolve --applied``: the failed attempts are rolled back and a finished
+        row with no applied steps and empty logs says the changes were completed by hand."""
+        self.mark_rolled_back(name)
+        self._run(
+            "INSERT INTO {table} (id, checksum, logs, started_at, finished_at, migration_name)"
+            f" VALUES (%(id)s, %(checksum)s, '', {_NOW}, {_NOW}, %(name)s)",
+            {"id": str(uuid.uuid4()), "checksum": checksum, "name": name},
+        )
+
+
+
+@contextmanager
+def prisma_lock(conn: MySQLConnection, *, wait_seconds: float) -> Iterator[None]:
+    """Hold Prisma's named lock on ``conn`` for the block, waiting up to ``wait_seconds`` for a
+    holder, then :class:`Locked` naming it."""
+    if conn.execute("SELECT GET_LOCK(%s, %s)", (LOCK_NAME, wait_seconds)).fetchone()[0] != 1:
+        holder = lock_holder(conn)
+        raise Locked(
+            f"Another Prisma migration run (faber or prisma migrate) holds the lock {LOCK_NAME} on this server: "
+            f"{holder}",
+            suggestions=[
+                "Wait for the other run to finish, then retry (Prisma's lock covers every database of the server)",
+                "Raise lock_wait_seconds for this environment to wait longer",
+                "If the holder is stuck, end it with: KILL <connection id>",
+            ],
+            result={"lock_holder": holder},
+        )
+    try:
+        yield
+    finally:
+        # A broken connection has already let the lock go; do not hide the original error.
+        with suppress(pymysql.MySQLError):
+            conn.execute("SELECT RELEASE_LOCK(%s)", (LOCK_NAME,))
+
+
+def lock_holder(conn: MySQLConnection) -> str:
+    """The session holding Prisma's lock, as ``connection ID (user@host, command for N s)``."""
+    try:
+        row = conn.execute(
+            "SELECT p.id, p.user, p.host, p.command, p.time FROM information_schema.processlist p"
+            " WHERE p.id = IS_USED_LOCK(%s)",
+            (LOCK_NAME,),
+        ).fetchone()
+    except pymysql.MySQLError:
+        row = None
+    if row is None:
+        return "another session (it may have just finished)"
+    connection_id, user, host, command, seconds = row
+    return f"connection {connection_id} ({user}@{host}, {command} for {seconds} s)"
+
+
+@dataclass(frozen=True)
+class ScriptFailure:
+    """Where a migration script stopped: its ``statement``-th statement failed with ``code``."""
+
+    statement: int
+    code: int | None
+    message: str
+
+
+def run_script(conn: MySQLConnection, script: str) -> ScriptFailure | None:
+    """Send ``script`` as one multi-statement request, as Prisma does; None when every statement ran.
+
+    The server runs the statements in order and stops at the first that fails; each one before it
+    has committed (autocommit). A transaction the script opened and left unfinished is rolled back.
+    """
+    cursor = conn.cursor()
+    statement = 1
+    try:
+        cursor.execute(script)
+        more = True
+        while more:
+            statement += 1  # reading the next result runs the next statement, or raises its error
+            more = bool(cursor.nextset())
+    except pymysql.MySQLError as exc:
+        with suppress(pymysql.MySQLError):
+            conn.rollback()
+        code, message = exc.args if len(exc.args) == 2 else (None, str(exc))
+        return ScriptFailure(statement=statement, code=code, message=str(message))
+    return None
+
+
+def is_mysql(context: RunContext) -> bool:
+    return context.database.engine is MYSQL
+
+
+def connect(context: RunContext, application_name: str) -> MySQLConnection:
+    """A migration session that accepts a script of many statements in one request, as Prisma's
+    does (the engine's sessions take one statement per request)."""
+    database = context.database
+    return MySQLConnection(
+        **database.conninfo_params(),
+        autocommit=True,
+        connect_timeout=database.connect_timeout,
+        program_name=application_name[:32],
+        client_flag=CLIENT.MULTI_STATEMENTS,
+    )
+

@@ -1,0 +1,300 @@
+"""Prisma migrations on MySQL/MariaDB: ``_prisma_migrations`` and the lock as Prisma's MySQL
+connector has them, through the handler and through ``faber migrate`` end to end.
+
+Each test has its own database, reached as a user of its own whose password is the canary
+(``mysql_database_url``); without a MySQL/MariaDB server the tests skip, saying so. The real
+Prisma CLI cannot run on MySQL here (the plugin's README says why), so these tests hold faber to
+the table definition, row values, lock and logs of Prisma's schema engine on MySQL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from faber_core.errors import Locked, MigrationFailed
+from faber_core.testing.fixtures import CANARY_PASSWORD, mysql_connect
+
+from faber_prisma.mysql import LOCK_NAME
+
+# As `prisma migrate dev` writes them for MySQL.
+INIT = (
+    "-- CreateTable\nCREATE TABLE `users` (\n  `id` INTEGER NOT NULL AUTO_INCREMENT,\n"
+    "  `email` VARCHAR(191) NOT NULL,\n  PRIMARY KEY (`id`)\n"
+    ") DEFAULT CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;\n"
+)
+POSTS = (
+    "CREATE TABLE `posts` (`id` INTEGER NOT NULL PRIMARY KEY, `title` VARCHAR(191));\n"
+    "INSERT INTO `users` (`email`) VALUES ('a@example.com');\n"
+)
+# Statement 1 commits (DDL), statement 2 fails: the table already exists.
+HALF = (
+    "CREATE TABLE `tags` (`id` INTEGER NOT NULL PRIMARY KEY);\nCREATE TABLE `users` (`id` INTEGER);\n"
+    "CREATE TABLE `never` (`id` INTEGER);\n"
+)
+TRIGGER = (
+    "CREATE TABLE `audit` (`email` VARCHAR(191));\n"
+    "CREATE TRIGGER `users_audit` AFTER INSERT ON `users` FOR EACH ROW BEGIN\n"
+    "  INSERT INTO `audit` VALUES (NEW.email);\n  INSERT INTO `audit` VALUES (CONCAT(NEW.email, ';'));\nEND;\n"
+)
+
+# Prisma's schema engine, MySQL flavour: the columns of the table it creates.
+PRISMA_COLUMNS = [
+    ("id", "varchar(36)", "NO", None),
+    ("checksum", "varchar(64)", "NO", None),
+    ("finished_at", "datetime(3)", "YES", None),
+    ("migration_name", "varchar(255)", "NO", None),
+    ("logs", "text", "YES", None),
+    ("rolled_back_at", "datetime(3)", "YES", None),
+    ("started_at", "datetime(3)", "NO", "current_timestamp(3)"),
+    ("applied_steps_count", "int(10) unsigned", "NO", "0"),
+]
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def apply_pending(plugins, context):
+    return plugins.migration_apply(context, plugins.migration_status(context).pending_migrations())
+
+
+def faber(run_faber, project, *args: str):
+    """``faber ARGS --json`` on ``project``; the canary password must be in none of its output."""
+    done = run_faber(*args, "--json", "--cwd", str(project))
+    assert CANARY_PASSWORD not in done.stdout + done.stderr
+    return done
+
+
+def rows(mysql_query) -> list[tuple]:
+    return mysql_query(
+        "SELECT migration_name, checksum, finished_at IS NOT NULL, rolled_back_at IS NOT NULL, applied_steps_count,"
+        " logs FROM _prisma_migrations ORDER BY started_at, migration_name"
+    )
+
+
+def test_the_history_table_is_prismas(mysql_prisma_project, prisma_context, prisma_plugins, mysql_query):
+    apply_pending(prisma_plugins, prisma_context(mysql_prisma_project({"20240101000000_init": INIT})))
+
+    columns = mysql_query(
+        "SELECT column_name, lower(column_type), is_nullable, lower(column_default) FROM information_schema.columns"
+        " WHERE table_schema = DATABASE() AND table_name = '_prisma_migrations' ORDER BY ordinal_position"
+    )
+    # MySQL 8 shows `int unsigned` where MariaDB shows `int(10) unsigned` (both INTEGER UNSIGNED),
+    # and no default where MariaDB shows NULL.
+    shown = [
+        (name, kind.replace("int unsigned", "int(10) unsigned"), nullable, None if default == "null" else default)
+        for name, kind, nullable, default in columns
+    ]
+    assert shown == PRISMA_COLUMNS
+    assert mysql_query(
+        "SELECT table_collation FROM information_schema.tables"
+        " WHERE table_schema = DATABASE() AND table_name = '_prisma_migrations'"
+    ) == [("utf8mb4_unicode_ci",)]
+    key = mysql_query(
+        "SELECT column_name FROM information_schema.key_column_usage WHERE table_schema = DATABASE()"
+        " AND table_name = '_prisma_migrations' AND constraint_name = 'PRIMARY'"
+    )
+    assert key == [("id",)]
+
+
+def test_deploy_writes_rows_as_prisma_does(mysql_prisma_project, prisma_context, prisma_plugins, mysql_query):
+    project = mysql_prisma_project({"20240101000000_init": INIT, "20240102000000_posts": POSTS})
+    before = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(seconds=5)
+
+    outcome = apply_pending(prisma_plugins, prisma_context(project))
+
+    assert outcome.failure is None
+    assert [m.name for m in outcome.applied] == ["20240101000000_init", "20240102000000_posts"]
+    assert rows(mysql_query) == [
+        ("20240101000000_init", sha256(INIT), 1, 0, 1, None),
+        ("20240102000000_posts", sha256(POSTS), 1, 0, 1, None),
+    ]
+    (started, finished), *_ = mysql_query("SELECT started_at, finished_at FROM _prisma_migrations")
+    after = datetime.now(timezone.utc).replace(tzinfo=None) + timedelta(seconds=5)
+    # UTC, with milliseconds, as Prisma writes them; the server's time zone does not matter.
+    assert before <= started <= finished <= after
+    assert mysql_query("SELECT COUNT(*) FROM _prisma_migrations WHERE MICROSECOND(finished_at) % 1000 != 0") == [(0,)]
+    assert mysql_query("SELECT email FROM users") == [("a@example.com",)]
+
+    state = prisma_plugins.migration_status(prisma_context(project))
+    assert state.pending_migrations() == []
+    assert [record.state for record in state.records] == ["applied", "applied"]
+    assert state.records[0].started_at.tzinfo is not None
+
+
+def test_a_script_is_sent_whole_so_a_trigger_body_survives(
+    mysql_prisma_project, prisma_context, prisma_plugins, mysql_query
+):
+    project = mysql_prisma_project({"20240101000000_init": INIT, "20240102000000_audit": TRIGGER})
+
+    outcome = apply_pending(prisma_plugins, prisma_context(project))
+
+    assert outcome.failure is None, outcome.failure
+    mysql_query("INSERT INTO users (email) VALUES ('b@example.com')")
+    assert sorted(mysql_query("SELECT email FROM audit")) == [("b@example.com",), ("b@example.com;",)]
+
+
+def test_a_failure_part_way_leaves_a_failed_row_and_says_what_committed(
+    mysql_prisma_project, prisma_context, prisma_plugins, mysql_query
+):
+    project = mysql_prisma_project({"20240101000000_init": INIT, "20240102000000_half": HALF})
+    context = prisma_context(project)
+
+    outcome = apply_pending(prisma_plugins, context)
+
+    failure = outcome.failure
+    assert [m.name for m in outcome.applied] == ["20240101000000_init"]
+    assert failure.name == "20240102000000_half" and failure.sqlstate == "1050"
+    assert failure.transaction_rolled_back is False and failure.statements_committed == 1
+    assert "Statement 2 failed" in failure.error and "statement 1 of it ran and committed" in failure.error
+    tables = {name for (name,) in mysql_query("SHOW TABLES")}
+    assert "tags" in tables and "never" not in tables
+    (name, checksum, finished, rolled_back, steps, logs) = rows(mysql_query)[1]
+    assert (name, checksum, finished, rolled_back, steps) == ("20240102000000_half", sha256(HALF), 0, 0, 0)
+    assert logs.startswith("A migration failed to apply. New migrations cannot be applied")
+    assert "Migration name: 20240102000000_half\n\nDatabase error code: 1050\n\nDatabase error:\n" in logs
+    assert logs.endswith("Please check the query number 2 from the migration file.")
+    assert failure.output == f"Error: P3018\n\n{logs}"
+
+    # As Prisma (P3009): nothing more is applied until the failed migration is resolved.
+    with pytest.raises(MigrationFailed) as refused:
+        apply_pending(prisma_plugins, context)
+    assert "20240102000000_half" in refused.value.message and "P3009" in refused.value.tool_output
+
+    mysql_query("DROP TABLE tags")
+    prisma_plugins.migration_resolve(context, "20240102000000_half", "rolled_back")
+    assert rows(mysql_query)[1][3] == 1  # rolled back: the next deploy applies it again
+
+
+def test_resolve_applied_writes_the_row_prisma_writes(
+    mysql_prisma_project, prisma_context, prisma_plugins, mysql_query
+):
+    project = mysql_prisma_project({"20240101000000_init": INIT, "20240102000000_half": HALF})
+    context = prisma_context(project)
+    apply_pending(prisma_plugins, context)
+
+    prisma_plugins.migration_resolve(context, "20240102000000_half", "applied")
+
+    failed, resolved = rows(mysql_query)[1:]
+    assert failed[:5] == ("20240102000000_half", sha256(HALF), 0, 1, 0)  # rolled back, its logs kept
+    assert failed[5].startswith("A migration failed to apply")
+    # Completed by hand: finished, no applied step, empty logs.
+    assert resolved == ("20240102000000_half", sha256(HALF), 1, 0, 0, "")
+    assert prisma_plugins.migration_status(context).pending_migrations() == []
+
+
+def test_prismas_lock_is_held_while_applying(mysql_prisma_project, prisma_context, prisma_plugins, mysql_database_url):
+    """A `prisma migrate deploy` holding GET_LOCK('prisma_migrate') makes faber wait, then refuse
+    naming it; once it lets go, faber applies."""
+    project = mysql_prisma_project({"20240101000000_init": INIT}, lock_wait_seconds=1)
+    context = prisma_context(project)
+    with mysql_connect(mysql_database_url) as other:
+        # Tests on other databases may hold it a moment: the lock is the server's, as in Prisma.
+        assert other.execute("SELECT GET_LOCK(%s, 60)", [LOCK_NAME]).fetchone()[0] == 1
+        holder = other.execute("SELECT CONNECTION_ID()").fetchone()[0]
+        with pytest.raises(Locked) as locked:
+            apply_pending(prisma_plugins, context)
+        assert f"connection {holder} " in locked.value.message and LOCK_NAME in locked.value.message
+        other.execute("SELECT RELEASE_LOCK(%s)", [LOCK_NAME])
+
+    waiting = prisma_context(mysql_prisma_project({"20240101000000_init": INIT}))  # waits for other tests' turns
+    assert [m.name for m in apply_pending(prisma_plugins, waiting).applied] == ["20240101000000_init"]
+
+
+def held_by_another_session_of_this_test(conn) -> bool:
+    """Whether Prisma's lock is held by a session of this test's own user other than ``conn``
+    (tests on other databases use other users)."""
+    return conn.execute(
+        "SELECT COUNT(*) FROM information_schema.processlist WHERE id = IS_USED_LOCK(%s)"
+        " AND user = SUBSTRING_INDEX(USER(), '@', 1) AND id != CONNECTION_ID()",
+        [LOCK_NAME],
+    ).fetchone()[0] == 1
+
+
+def test_faber_holds_prismas_lock_until_it_is_done(
+    mysql_prisma_project, prisma_context, prisma_plugins, mysql_database_url
+):
+    """While faber applies, a session asking for Prisma's lock (as `prisma migrate deploy` does)
+    does not get it; it gets it once faber has finished."""
+    slow = "SELECT SLEEP(2);\nCREATE TABLE `slow` (`id` INTEGER);\n"
+    project = mysql_prisma_project({"20240101000000_slow": slow})
+    outcomes = []
+    applying = threading.Thread(target=lambda: outcomes.append(apply_pending(prisma_plugins, prisma_context(project))))
+    with mysql_connect(mysql_database_url) as other:
+        applying.start()
+        try:
+            deadline = datetime.now() + timedelta(seconds=60)
+            while not held_by_another_session_of_this_test(other):
+                assert datetime.now() < deadline, "faber never took Prisma's lock"
+            assert other.execute("SELECT GET_LOCK(%s, 0)", [LOCK_NAME]).fetchone()[0] == 0
+        finally:
+            applying.join()
+        assert other.execute("SELECT GET_LOCK(%s, 60)", [LOCK_NAME]).fetchone()[0] == 1
+    assert [m.name for m in outcomes[0].applied] == ["20240101000000_slow"]
+
+
+def test_preview_says_nothing_runs_in_a_transaction(mysql_prisma_project, prisma_context, prisma_plugins):
+    project = mysql_prisma_project({"20240101000000_init": INIT})
+    context = prisma_context(project)
+    pending = prisma_plugins.migration_status(context).pending_migrations()
+
+    (preview,) = prisma_plugins.migration_preview(context, pending)
+
+    assert preview.transactional is False and preview.sql == INIT
+    assert any("outside a transaction" in note and "MySQL" in note for note in preview.notes)
+
+
+def test_migrate_end_to_end_rerun_and_status(mysql_prisma_project, run_faber, mysql_query):
+    project = mysql_prisma_project({"20240101000000_init": INIT, "20240102000000_posts": POSTS})
+
+    deployed = faber(run_faber, project, "migrate", "staging", "--yes")
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    assert [m["name"] for m in deployed.json["result"]["migrations"]] == [
+        "20240101000000_init",
+        "20240102000000_posts",
+    ]
+    again = faber(run_faber, project, "migrate", "staging", "--yes")
+    assert again.returncode == 0 and again.json["message"] == "No pending migrations"
+    status = faber(run_faber, project, "status", "staging")
+    assert status.returncode == 0
+    assert status.json["result"]["applied"] == ["20240101000000_init", "20240102000000_posts"]
+    assert status.json["result"]["pending"] == []
+    assert mysql_query("SELECT COUNT(*) FROM _prisma_migrations") == [(2,)]
+
+
+def test_concurrent_deploys_apply_each_migration_once(mysql_prisma_project, run_faber, mysql_query):
+    slow = "SELECT SLEEP(1);\nCREATE TABLE `slow` (`id` INTEGER);\n"
+    project = mysql_prisma_project({"20240101000000_init": INIT, "20240102000000_slow": slow}, lock_wait_seconds=60)
+    results = []
+    runs = [
+        threading.Thread(target=lambda: results.append(faber(run_faber, project, "migrate", "staging", "--yes")))
+        for _ in range(2)
+    ]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join()
+
+    assert [done.returncode for done in results] == [0, 0], [done.stdout + done.stderr for done in results]
+    assert sorted(done.json["result"]["migrations_applied"] for done in results) == [0, 2]
+    assert mysql_query("SELECT migration_name, COUNT(*) FROM _prisma_migrations GROUP BY migration_name") == [
+        ("20240101000000_init", 1),
+        ("20240102000000_slow", 1),
+    ]
+
+
+def test_no_output_names_the_password(mysql_prisma_project, run_faber, mysql_database_url, monkeypatch):
+    """A failing migration whose text and error quote the password, and a URL whose database is
+    missing: ``faber`` asserts the canary is in neither run's output."""
+    quoting = f"CREATE TABLE `t` (`id` INTEGER);\nSELECT * FROM `{CANARY_PASSWORD}`;\n"
+    project = mysql_prisma_project({"20240101000000_quoting": quoting})
+
+    failed = faber(run_faber, project, "migrate", "staging", "--yes")
+    assert failed.returncode != 0 and failed.json["status"] != "success"
+
+    monkeypatch.setenv("PRISMA_TEST_DATABASE_URL", mysql_database_url.rsplit("/", 1)[0] + "/no_such_database")
+    missing = faber(run_faber, project, "status", "staging")
+    assert missing.returncode != 0
