@@ -20,7 +20,8 @@ its stdin, one JSON object per line, each naming the database it is for (the tar
 throwaway copy a rehearsal applies to)::
 
     {"command": "status", "database_url": ...}
-    {"command": "apply", "database_url": ..., "expected": ["<migration name>", ...]}
+    {"command": "apply", "database_url": ..., "expected": ["<migration name>", ...],
+     "session_statements": ["SET SESSION lock_wait_timeout = 5, ...", ...]}
 
 with one JSON object per line on stdout, the last one ``done``::
 
@@ -38,8 +39,11 @@ with one JSON object per line on stdout, the last one ``done``::
 
 The database URL reaches the runner only in the request, never in its environment or argv;
 ``expected`` lists the migrations faber means to apply, and the runner refuses to start if the
-ORM's own list differs. Each request connects on its own and disconnects before ``done``. Every string the runner
-prints is redacted before faber looks at it. Exit code 0: done; 1: a migration failed; 2: the setup
+ORM's own list differs. ``session_statements`` (MySQL, whose drivers read no timeout settings
+from the environment, unlike node-postgres and ``PGOPTIONS``) give the environment's lock and
+statement timeouts: the runner runs them first in every session that applies migrations. Each
+request connects on its own and disconnects before ``done``. Every string the runner prints is
+redacted before faber looks at it. Exit code 0: done; 1: a migration failed; 2: the setup
 is broken (a ``setup_error`` says how). The runner exits when faber closes its stdin, at the end of
 the run (:meth:`~faber_core.context.RunContext.close`).
 """
@@ -150,6 +154,8 @@ def run_runner(
     request: dict[str, Any] = {"command": command, "database_url": target.url.reveal()}
     if expected is not None:
         request["expected"] = expected
+        if not context.session_timeout_env():  # the driver cannot take the timeouts from its environment
+            request["session_statements"] = context.session_timeout_statements()
     result = runner.request(context, request, on_event)
     setup_error = result.first("setup_error")
     if setup_error is not None:
@@ -463,8 +469,15 @@ def rehearse(
     *,
     extra_notes: Callable[[Rehearsed], list[str]] = lambda _: [],
 ) -> list[MigrationPreview]:
-    """Apply ``pending`` to a throwaway copy of the target and describe what each migration did there."""
+    """Apply ``pending`` to a throwaway copy of the target and describe what each migration did there.
+
+    An engine without rehearsals (MySQL/MariaDB) gets each migration listed, not rehearsed, with
+    the tool's notes for a migration outside a transaction.
+    """
     from faber_core.postgres.rehearsal import rehearsal_database
+
+    if not context.database.engine.supports("rehearsal"):
+        return [_unrehearsed(context, migration, extra_notes) for migration in pending]
 
     args = list(args)
     include_data = rehearsal_data(tool, context)
@@ -509,6 +522,24 @@ def rehearse(
             )
         )
     return previews
+
+
+def _unrehearsed(
+    context: RunContext, migration: LocalMigration, extra_notes: Callable[[Rehearsed], list[str]]
+) -> MigrationPreview:
+    engine = context.database.engine
+    outside_transaction = Rehearsed(migration.name, transactional=False)  # DDL commits on its own there
+    return MigrationPreview(
+        name=migration.name,
+        sql="",
+        estimated_duration_seconds=0,
+        transactional=False,
+        notes=[
+            f"{NOT_REHEARSED}: faber rehearses on a throwaway copy of the database on PostgreSQL only, not on "
+            f"{engine.label}; the ORM's queries are shown as it deploys",
+            *extra_notes(outside_transaction),
+        ],
+    )
 
 
 def _rehearsed(result: RunnerResult) -> dict[str, Rehearsed]:

@@ -45,12 +45,12 @@ def sequelize_plugins(plugin_manager) -> Plugins:
     return Plugins(plugin_manager)
 
 
-@pytest.fixture
-def sequelize_project(faber_project, database_url, monkeypatch, sequelize_node_modules):
+def project_maker(faber_project, monkeypatch, node_modules_dir: Path, url: str, dialect: str):
     """``make(migrations=None, files=None, node_modules=True, sequelize=None, fixture_migrations=True, **settings)``.
 
-    A copy of the fixture project (.sequelizerc, db/config.json, db/migrations, ``node_modules``
-    linked) plus ``migrations`` ({file name: source}) and ``files``; ``staging`` reads the test URL.
+    A copy of the fixture project (.sequelizerc, db/config.json with ``dialect``, db/migrations,
+    ``node_modules`` linked) plus ``migrations`` ({file name: source}) and ``files``; ``staging``
+    reads ``url``.
     """
 
     def make(
@@ -62,21 +62,34 @@ def sequelize_project(faber_project, database_url, monkeypatch, sequelize_node_m
         fixture_migrations: bool = True,
         **settings,
     ) -> Path:
-        monkeypatch.setenv(URL_ENV, database_url)
+        monkeypatch.setenv(URL_ENV, url)
         environment = {"database_url_env": URL_ENV, "lock_wait_seconds": 1, "backup_before_migrate": False, **settings}
         database = {"migration_tool": "sequelize", "environments": {ENVIRONMENT: environment}}
         if sequelize is not None:
             database["sequelize"] = sequelize
         sources = {name: (FIXTURE / name).read_text() for name in PROJECT_FILES}
+        sources["db/config.json"] = sources["db/config.json"].replace('"postgres"', json.dumps(dialect))
         if fixture_migrations:
             sources |= {f"db/migrations/{p.name}": p.read_text() for p in (FIXTURE / "db/migrations").glob("*.js")}
         sources |= {f"db/migrations/{name}": source for name, source in (migrations or {}).items()}
         project = faber_project({"database": database}, sources | (files or {}))
         if node_modules and not (project / "node_modules").exists():
-            (project / "node_modules").symlink_to(sequelize_node_modules, target_is_directory=True)
+            (project / "node_modules").symlink_to(node_modules_dir, target_is_directory=True)
         return project
 
     return make
+
+
+@pytest.fixture
+def sequelize_project(faber_project, database_url, monkeypatch, sequelize_node_modules):
+    """The fixture project on the test's PostgreSQL database (see :func:`project_maker`)."""
+    return project_maker(faber_project, monkeypatch, sequelize_node_modules, database_url, "postgres")
+
+
+@pytest.fixture
+def mysql_sequelize_project(faber_project, mysql_database_url, monkeypatch, sequelize_node_modules):
+    """The fixture project with the ``mysql`` dialect (mysql2), on the test's MySQL/MariaDB database."""
+    return project_maker(faber_project, monkeypatch, sequelize_node_modules, mysql_database_url, "mysql")
 
 
 @pytest.fixture

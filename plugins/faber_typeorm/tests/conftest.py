@@ -45,12 +45,12 @@ def typeorm_plugins(plugin_manager) -> Plugins:
     return Plugins(plugin_manager)
 
 
-@pytest.fixture
-def typeorm_project(faber_project, database_url, monkeypatch, typeorm_node_modules):
+def project_maker(faber_project, monkeypatch, node_modules_dir: Path, url: str, data_source: str):
     """``make(migrations=None, files=None, node_modules=True, typeorm=None, fixture_migrations=True, **settings)``.
 
-    A copy of the fixture project (its data source and migrations, ``node_modules`` linked) plus
-    ``migrations`` ({file name: source}) and ``files``; ``staging`` reads the test database URL.
+    A copy of the fixture project (``data_source`` as its data source, its migrations,
+    ``node_modules`` linked) plus ``migrations`` ({file name: source}) and ``files``; ``staging``
+    reads ``url``.
     """
 
     def make(
@@ -62,7 +62,7 @@ def typeorm_project(faber_project, database_url, monkeypatch, typeorm_node_modul
         fixture_migrations: bool = True,
         **settings,
     ) -> Path:
-        monkeypatch.setenv(URL_ENV, database_url)
+        monkeypatch.setenv(URL_ENV, url)
         environment = {"database_url_env": URL_ENV, "lock_wait_seconds": 1, "backup_before_migrate": False, **settings}
         config = {
             "database": {
@@ -71,19 +71,31 @@ def typeorm_project(faber_project, database_url, monkeypatch, typeorm_node_modul
                 "environments": {ENVIRONMENT: environment},
             }
         }
-        sources = {
-            "data-source.js": (FIXTURE / "data-source.js").read_text(),
-            "package.json": (FIXTURE / "package.json").read_text(),
-        }
+        sources = {"data-source.js": data_source, "package.json": (FIXTURE / "package.json").read_text()}
         if fixture_migrations:
             sources |= {f"migrations/{p.name}": p.read_text() for p in (FIXTURE / "migrations").glob("*.js")}
         sources |= {f"migrations/{name}": source for name, source in (migrations or {}).items()}
         project = faber_project(config, sources | (files or {}))
         if node_modules and not (project / "node_modules").exists():
-            (project / "node_modules").symlink_to(typeorm_node_modules, target_is_directory=True)
+            (project / "node_modules").symlink_to(node_modules_dir, target_is_directory=True)
         return project
 
     return make
+
+
+@pytest.fixture
+def typeorm_project(faber_project, database_url, monkeypatch, typeorm_node_modules):
+    """The fixture project on the test's PostgreSQL database (see :func:`project_maker`)."""
+    data_source = (FIXTURE / "data-source.js").read_text()
+    return project_maker(faber_project, monkeypatch, typeorm_node_modules, database_url, data_source)
+
+
+@pytest.fixture
+def mysql_typeorm_project(faber_project, mysql_database_url, monkeypatch, typeorm_node_modules):
+    """The fixture project with a MySQL DataSource, on the test's MySQL/MariaDB database; its
+    own migrations are PostgreSQL's, so tests pass ``fixture_migrations=False`` and their own."""
+    data_source = (FIXTURE / "data-source.js").read_text().replace('type: "postgres"', 'type: "mysql"')
+    return project_maker(faber_project, monkeypatch, typeorm_node_modules, mysql_database_url, data_source)
 
 
 @pytest.fixture

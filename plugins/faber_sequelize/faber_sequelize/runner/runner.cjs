@@ -112,7 +112,7 @@ function storageOf(section) {
   };
 }
 
-function openSequelize(projectDir, section, databaseUrl, logging) {
+function openSequelize(projectDir, section, request, logging) {
   const SequelizeModule = faber.projectRequire(projectDir, "sequelize");
   const dialects = DIALECTS[faber.engine()];
   if (section.dialect && !dialects.includes(section.dialect)) {
@@ -126,7 +126,17 @@ function openSequelize(projectDir, section, databaseUrl, logging) {
   for (const key of CONNECTION_KEYS) delete options[key];
   Object.assign(options, { dialect, logging, benchmark: false, logQueryParameters: false });
   // Sequelize takes the dialect from the URL's scheme.
-  return { SequelizeModule, sequelize: new SequelizeModule.Sequelize(faber.withScheme(databaseUrl, dialect), options) };
+  const sequelize = new SequelizeModule.Sequelize(faber.withScheme(request.database_url, dialect), options);
+  // Every session Sequelize opens for the migrations gets the environment's timeouts first (MySQL).
+  const statements = request.session_statements || [];
+  if (statements.length > 0) sequelize.addHook("afterConnect", (connection) => runFirst(connection, statements));
+  return { SequelizeModule, sequelize };
+}
+
+// mysql2's connections are callback-style with a promise() wrapper; mariadb's return promises.
+async function runFirst(connection, statements) {
+  const session = typeof connection.promise === "function" ? connection.promise() : connection;
+  for (const statement of statements) await session.query(statement);
 }
 
 async function connect(sequelize) {
@@ -282,7 +292,7 @@ async function connected(projectDir, layout, options, request, work) {
   const section = configSection(await readConfig(projectDir, layout.configFile), options);
   const storage = storageOf(section);
   const track = tracker();
-  const { sequelize, SequelizeModule } = openSequelize(projectDir, section, request.database_url, track.logging);
+  const { sequelize, SequelizeModule } = openSequelize(projectDir, section, request, track.logging);
   // Every QueryInterface call ends in sequelize.query: the migration learns which queries it started.
   sequelize.query = faber.trackQueries(sequelize.query);
   try {

@@ -227,28 +227,29 @@ function failureFields(error, state, pendingNames) {
   };
 }
 
-async function apply(dataSource, projectDir, track, expected) {
-  const executor = new (faber.projectRequire(projectDir, "typeorm").MigrationExecutor)(dataSource);
-  executor.transaction = "each";
-  const pending = executor.getMigrations();
+async function apply(dataSource, projectDir, track, request) {
+  // One session runs every migration and its bookkeeping, given the environment's timeouts first.
   const queryRunner = dataSource.createQueryRunner();
-  let applied;
   try {
+    for (const statement of request.session_statements || []) await queryRunner.query(statement);
+    const executor = new (faber.projectRequire(projectDir, "typeorm").MigrationExecutor)(dataSource, queryRunner);
+    executor.transaction = "each";
+    const pending = executor.getMigrations();
     const exists = await queryRunner.hasTable(executor.migrationsTable);
-    applied = new Set(exists ? (await executor.loadExecutedMigrations(queryRunner)).map((r) => r.name) : []);
+    const applied = new Set(exists ? (await executor.loadExecutedMigrations(queryRunner)).map((r) => r.name) : []);
+    const pendingNames = pending.filter((m) => !applied.has(m.name)).map((m) => m.name);
+    faber.requireExpectedPlan(request.expected, pendingNames);
+    for (const migration of pending) track.wrap(migration);
+    try {
+      await executor.executePendingMigrations();
+      track.finish();
+      return 0;
+    } catch (error) {
+      faber.emit("migration_failed", failureFields(error, track.state, pendingNames));
+      return faber.MIGRATION_FAILED_EXIT;
+    }
   } finally {
     await queryRunner.release();
-  }
-  const pendingNames = pending.filter((m) => !applied.has(m.name)).map((m) => m.name);
-  faber.requireExpectedPlan(expected, pendingNames);
-  for (const migration of pending) track.wrap(migration);
-  try {
-    await executor.executePendingMigrations();
-    track.finish();
-    return 0;
-  } catch (error) {
-    faber.emit("migration_failed", failureFields(error, track.state, pendingNames));
-    return faber.MIGRATION_FAILED_EXIT;
   }
 }
 
@@ -275,7 +276,7 @@ async function load(options) {
         return 0;
       }),
     apply: (request) =>
-      connected(userDataSource, request, (dataSource, track) => apply(dataSource, projectDir, track, request.expected)),
+      connected(userDataSource, request, (dataSource, track) => apply(dataSource, projectDir, track, request)),
   };
 }
 

@@ -1,0 +1,158 @@
+"""Sequelize on MySQL/MariaDB through the project's own Sequelize and mysql2: deploy, re-run,
+status, SequelizeMeta as sequelize-cli creates it, a failure part-way, the environment's
+timeouts in every session, concurrent deploys, and the canary password in no output.
+
+Each test has its own database, reached as a user of its own whose password is the canary
+(``mysql_database_url``); without a MySQL/MariaDB server the tests skip, saying so.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from faber_core.errors import ConfigError
+from faber_core.testing.fixtures import CANARY_PASSWORD
+
+CREATE_USERS = "20240101000000-create-users.js"
+ADD_USER_NAME = "20240102000000-add-user-name.js"
+FIXTURE_MIGRATIONS = [CREATE_USERS, ADD_USER_NAME]
+
+
+def faber(run_faber, project, *args: str):
+    done = run_faber(*args, "--json", "--cwd", str(project))
+    assert CANARY_PASSWORD not in done.stdout + done.stderr
+    return done
+
+
+def test_deploy_rerun_and_status(mysql_sequelize_project, run_faber, mysql_query):
+    project = mysql_sequelize_project()
+
+    deployed = faber(run_faber, project, "migrate", "staging", "--yes")
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    assert [m["name"] for m in deployed.json["result"]["migrations"]] == FIXTURE_MIGRATIONS
+    assert mysql_query("SELECT name FROM SequelizeMeta ORDER BY name") == [(CREATE_USERS,), (ADD_USER_NAME,)]
+    assert mysql_query("SHOW INDEX FROM users WHERE key_name = 'users_name_idx'") != []
+
+    again = faber(run_faber, project, "migrate", "staging", "--yes")
+    assert again.returncode == 0 and again.json["message"] == "No pending migrations"
+    status = faber(run_faber, project, "status", "staging")
+    assert status.returncode == 0
+    assert status.json["result"]["applied"] == FIXTURE_MIGRATIONS and status.json["result"]["pending"] == []
+
+
+def test_sequelize_meta_is_the_table_sequelize_cli_creates(
+    mysql_sequelize_project, sequelize_context, sequelize_plugins, mysql_query
+):
+    context = sequelize_context(mysql_sequelize_project())
+
+    sequelize_plugins.migration_apply(context, sequelize_plugins.migration_status(context).pending_migrations())
+
+    # umzug 2's SequelizeStorage: name VARCHAR(255) primary key and unique, utf8 / utf8_unicode_ci.
+    assert mysql_query(
+        "SELECT column_name, column_type, is_nullable, column_key FROM information_schema.columns"
+        " WHERE table_schema = DATABASE() AND table_name = 'SequelizeMeta'"
+    ) == [("name", "varchar(255)", "NO", "PRI")]
+    (collation,) = mysql_query(
+        "SELECT table_collation FROM information_schema.tables"
+        " WHERE table_schema = DATABASE() AND table_name = 'SequelizeMeta'"
+    )[0]
+    assert collation in ("utf8_unicode_ci", "utf8mb3_unicode_ci")  # MySQL 8 and MariaDB name utf8 utf8mb3
+
+
+def test_a_failure_part_way_leaves_the_ddl_before_it_and_no_record(
+    mysql_sequelize_project, sequelize_migration, sequelize_context, sequelize_plugins, mysql_query
+):
+    half = sequelize_migration("CREATE TABLE tags (id INT PRIMARY KEY)", "CREATE TABLE users (id INT)")
+    context = sequelize_context(mysql_sequelize_project({"20240103000000-half.js": half}))
+
+    outcome = sequelize_plugins.migration_apply(
+        context, sequelize_plugins.migration_status(context).pending_migrations()
+    )
+
+    assert [m.name for m in outcome.applied] == FIXTURE_MIGRATIONS
+    failure = outcome.failure
+    assert failure.name == "20240103000000-half.js" and failure.sqlstate == "1050"
+    assert failure.transaction_rolled_back is False and "already exists" in failure.error
+    assert "tags" in {name for (name,) in mysql_query("SHOW TABLES")}
+    assert mysql_query("SELECT name FROM SequelizeMeta ORDER BY name") == [(CREATE_USERS,), (ADD_USER_NAME,)]
+
+
+def test_every_session_gets_the_environments_timeouts(
+    mysql_sequelize_project, sequelize_migration, sequelize_context, sequelize_plugins, mysql_query
+):
+    probe = sequelize_migration(
+        "CREATE TABLE probe (lock_wait INT, innodb_wait INT)",
+        "INSERT INTO probe SELECT @@SESSION.lock_wait_timeout, @@SESSION.innodb_lock_wait_timeout",
+    )
+    context = sequelize_context(
+        mysql_sequelize_project({"20240103000000-probe.js": probe}, fixture_migrations=False, lock_timeout_seconds=7)
+    )
+
+    outcome = sequelize_plugins.migration_apply(
+        context, sequelize_plugins.migration_status(context).pending_migrations()
+    )
+
+    assert outcome.failure is None
+    assert mysql_query("SELECT lock_wait, innodb_wait FROM probe") == [(7, 7)]
+
+
+def test_preview_lists_each_migration_unrehearsed(mysql_sequelize_project, sequelize_context, sequelize_plugins):
+    context = sequelize_context(mysql_sequelize_project())
+
+    previews = sequelize_plugins.migration_preview(
+        context, sequelize_plugins.migration_status(context).pending_migrations()
+    )
+
+    assert [p.name for p in previews] == FIXTURE_MIGRATIONS
+    assert all(p.notes[0].startswith("Not rehearsed") and "MySQL/MariaDB" in p.notes[0] for p in previews)
+    assert all(p.transactional is False and "without a transaction" in p.notes[1] for p in previews)
+
+
+def test_a_postgres_config_on_a_mysql_url_is_refused(
+    mysql_sequelize_project, sequelize_context, sequelize_plugins, mysql_query
+):
+    config = '{"staging": {"dialect": "postgres"}}'
+    project = mysql_sequelize_project(files={"db/config.json": config})
+
+    with pytest.raises(ConfigError) as refused:
+        sequelize_plugins.migration_status(sequelize_context(project))
+
+    assert "MySQL/MariaDB" in refused.value.message and "postgres" in refused.value.message
+    assert mysql_query("SHOW TABLES") == []
+
+
+def test_concurrent_deploys_apply_each_migration_once(
+    mysql_sequelize_project, sequelize_migration, run_faber, mysql_query
+):
+    slow = sequelize_migration("SELECT SLEEP(1)", "CREATE TABLE slow (id INT)")
+    project = mysql_sequelize_project({"20240103000000-slow.js": slow}, lock_wait_seconds=60)
+    results = []
+    runs = [
+        threading.Thread(target=lambda: results.append(faber(run_faber, project, "migrate", "staging", "--yes")))
+        for _ in range(2)
+    ]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join()
+
+    assert [done.returncode for done in results] == [0, 0], [done.stdout + done.stderr for done in results]
+    assert sorted(done.json["result"]["migrations_applied"] for done in results) == [0, 3]
+    assert mysql_query("SELECT COUNT(*), COUNT(DISTINCT name) FROM SequelizeMeta") == [(3, 3)]
+
+
+def test_no_output_names_the_password(
+    mysql_sequelize_project, sequelize_migration, run_faber, mysql_database_url, monkeypatch
+):
+    """A migration whose query and error quote the password, and a URL whose database is missing:
+    ``faber`` asserts the canary is in neither run's output."""
+    quoting = sequelize_migration(f"SELECT * FROM `{CANARY_PASSWORD}`")
+    project = mysql_sequelize_project({"20240103000000-quoting.js": quoting})
+
+    failed = faber(run_faber, project, "migrate", "staging", "--yes")
+    assert failed.returncode != 0 and failed.json["status"] != "success"
+
+    monkeypatch.setenv("SEQUELIZE_TEST_DATABASE_URL", mysql_database_url.rsplit("/", 1)[0] + "/no_such_database")
+    missing = faber(run_faber, project, "status", "staging")
+    assert missing.returncode != 0

@@ -1,0 +1,175 @@
+"""TypeORM on MySQL/MariaDB through the project's own TypeORM and mysql2: deploy, re-run,
+status, a failure part-way, the environment's timeouts in the migration session, concurrent
+deploys, and the canary password in no output.
+
+Each test has its own database, reached as a user of its own whose password is the canary
+(``mysql_database_url``); without a MySQL/MariaDB server the tests skip, saying so.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from faber_core.errors import ConfigError
+from faber_core.testing.fixtures import CANARY_PASSWORD
+
+CREATE_USERS = "CreateUsers1700000000000"
+ADD_POSTS = "AddPosts1700000100000"
+HALF = "Half1700000200000"
+
+
+def migrations(typeorm_migration, *extra: tuple[str, str]) -> dict[str, str]:
+    """The MySQL migrations every test starts from, plus ``extra`` (file name, source)."""
+    return {
+        "1700000000000-CreateUsers.js": typeorm_migration(
+            "CreateUsers1700000000000",
+            "CREATE TABLE users (id INT AUTO_INCREMENT PRIMARY KEY, email VARCHAR(191) NOT NULL UNIQUE)",
+        ),
+        "1700000100000-AddPosts.js": typeorm_migration(
+            "AddPosts1700000100000",
+            "CREATE TABLE posts (id INT PRIMARY KEY, title VARCHAR(191))",
+            "INSERT INTO users (email) VALUES ('a@example.com')",
+        ),
+        **dict(extra),
+    }
+
+
+def faber(run_faber, project, *args: str):
+    done = run_faber(*args, "--json", "--cwd", str(project))
+    assert CANARY_PASSWORD not in done.stdout + done.stderr
+    return done
+
+
+@pytest.fixture
+def project(mysql_typeorm_project, typeorm_migration):
+    def make(*extra: tuple[str, str], **settings):
+        return mysql_typeorm_project(migrations(typeorm_migration, *extra), fixture_migrations=False, **settings)
+
+    return make
+
+
+def test_deploy_rerun_and_status(project, run_faber, mysql_query):
+    project_dir = project()
+
+    deployed = faber(run_faber, project_dir, "migrate", "staging", "--yes")
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    assert [m["name"] for m in deployed.json["result"]["migrations"]] == [CREATE_USERS, ADD_POSTS]
+    # TypeORM's own table, as TypeORM keeps it on MySQL.
+    assert mysql_query("SELECT `timestamp`, name FROM migrations ORDER BY id") == [
+        (1700000000000, CREATE_USERS),
+        (1700000100000, ADD_POSTS),
+    ]
+    assert mysql_query("SELECT email FROM users") == [("a@example.com",)]
+
+    again = faber(run_faber, project_dir, "migrate", "staging", "--yes")
+    assert again.returncode == 0 and again.json["message"] == "No pending migrations"
+    status = faber(run_faber, project_dir, "status", "staging")
+    assert status.returncode == 0
+    assert status.json["result"]["applied"] == [CREATE_USERS, ADD_POSTS] and status.json["result"]["pending"] == []
+
+
+def test_a_failure_part_way_leaves_the_ddl_before_it_and_no_record(
+    project, typeorm_migration, typeorm_context, typeorm_plugins, mysql_query
+):
+    half = typeorm_migration(
+        HALF, "CREATE TABLE tags (id INT PRIMARY KEY)", "CREATE TABLE users (id INT)", "CREATE TABLE never (id INT)"
+    )
+    context = typeorm_context(project(("1700000200000-Half.js", half)))
+
+    outcome = typeorm_plugins.migration_apply(context, typeorm_plugins.migration_status(context).pending_migrations())
+
+    assert [m.name for m in outcome.applied] == [CREATE_USERS, ADD_POSTS]
+    failure = outcome.failure
+    assert failure.name == HALF and failure.sqlstate == "1050" and "already exists" in failure.error
+    # MySQL committed the first CREATE TABLE on its own: nothing rolled back.
+    assert failure.transaction_rolled_back is False
+    tables = {name for (name,) in mysql_query("SHOW TABLES")}
+    assert "tags" in tables and "never" not in tables
+    assert mysql_query("SELECT name FROM migrations ORDER BY id") == [(CREATE_USERS,), (ADD_POSTS,)]
+    assert typeorm_plugins.migration_status(context).pending == [HALF]
+
+
+def test_the_migration_session_gets_the_environments_timeouts(
+    project, typeorm_migration, typeorm_context, typeorm_plugins, mysql_query
+):
+    probe = typeorm_migration(
+        "Probe1700000300000",
+        "CREATE TABLE probe (lock_wait INT, innodb_wait INT)",
+        "INSERT INTO probe SELECT @@SESSION.lock_wait_timeout, @@SESSION.innodb_lock_wait_timeout",
+    )
+    context = typeorm_context(project(("1700000300000-Probe.js", probe), lock_timeout_seconds=7))
+
+    outcome = typeorm_plugins.migration_apply(context, typeorm_plugins.migration_status(context).pending_migrations())
+
+    assert outcome.failure is None
+    assert mysql_query("SELECT lock_wait, innodb_wait FROM probe") == [(7, 7)]
+
+
+def test_preview_lists_each_migration_unrehearsed_outside_a_transaction(project, typeorm_context, typeorm_plugins):
+    context = typeorm_context(project())
+    pending = typeorm_plugins.migration_status(context).pending_migrations()
+
+    previews = typeorm_plugins.migration_preview(context, pending)
+
+    assert [p.name for p in previews] == [CREATE_USERS, ADD_POSTS]
+    for preview in previews:
+        assert preview.transactional is False
+        assert preview.notes[0].startswith("Not rehearsed") and "MySQL/MariaDB" in preview.notes[0]
+        assert any("outside a transaction" in note for note in preview.notes[1:])
+
+
+def test_a_postgres_data_source_on_a_mysql_url_is_refused(
+    mysql_typeorm_project, typeorm_context, typeorm_plugins, mysql_query
+):
+    project_dir = mysql_typeorm_project(files={"data-source.js": _postgres_data_source()}, fixture_migrations=False)
+
+    with pytest.raises(ConfigError) as refused:
+        typeorm_plugins.migration_status(typeorm_context(project_dir))
+
+    assert "MySQL/MariaDB" in refused.value.message and "postgres" in refused.value.message
+    assert mysql_query("SHOW TABLES") == []
+
+
+def _postgres_data_source() -> str:
+    return (
+        'const { DataSource } = require("typeorm");\n'
+        'module.exports = new DataSource({ type: "postgres", migrations: [`${__dirname}/migrations/*.js`] });\n'
+    )
+
+
+def test_concurrent_deploys_apply_each_migration_once(project, typeorm_migration, run_faber, mysql_query):
+    slow = typeorm_migration("Slow1700000400000", "SELECT SLEEP(1)", "CREATE TABLE slow (id INT)")
+    project_dir = project(("1700000400000-Slow.js", slow), lock_wait_seconds=60)
+    results = []
+    runs = [
+        threading.Thread(target=lambda: results.append(faber(run_faber, project_dir, "migrate", "staging", "--yes")))
+        for _ in range(2)
+    ]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join()
+
+    assert [done.returncode for done in results] == [0, 0], [done.stdout + done.stderr for done in results]
+    applied = sorted(done.json["result"]["migrations_applied"] for done in results)
+    assert applied == [0, 3]
+    assert mysql_query("SELECT name, COUNT(*) FROM migrations GROUP BY name ORDER BY name") == [
+        (ADD_POSTS, 1),
+        (CREATE_USERS, 1),
+        ("Slow1700000400000", 1),
+    ]
+
+
+def test_no_output_names_the_password(project, typeorm_migration, run_faber, mysql_database_url, monkeypatch):
+    """A migration whose query and error quote the password, and a URL whose database is missing:
+    ``faber`` asserts the canary is in neither run's output."""
+    quoting = typeorm_migration("Quoting1700000500000", f"SELECT * FROM `{CANARY_PASSWORD}`")
+    project_dir = project(("1700000500000-Quoting.js", quoting))
+
+    failed = faber(run_faber, project_dir, "migrate", "staging", "--yes")
+    assert failed.returncode != 0 and failed.json["status"] != "success"
+
+    monkeypatch.setenv("TYPEORM_TEST_DATABASE_URL", mysql_database_url.rsplit("/", 1)[0] + "/no_such_database")
+    missing = faber(run_faber, project_dir, "status", "staging")
+    assert missing.returncode != 0
