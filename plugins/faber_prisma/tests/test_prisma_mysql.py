@@ -298,3 +298,22 @@ def test_no_output_names_the_password(mysql_prisma_project, run_faber, mysql_dat
     monkeypatch.setenv("PRISMA_TEST_DATABASE_URL", mysql_database_url.rsplit("/", 1)[0] + "/no_such_database")
     missing = faber(run_faber, project, "status", "staging")
     assert missing.returncode != 0
+
+
+def test_a_failed_deploy_in_a_protected_environment_is_restored(
+    mysql_prisma_project, add_migration, run_faber, mysql_query
+):
+    project = mysql_prisma_project({"20240101000000_init": INIT}, protected=True, backup_before_migrate=True)
+    assert faber(run_faber, project, "migrate", "staging", "--yes").returncode == 0
+    add_migration(project, "20240102000000_half", HALF)
+
+    failed = faber(run_faber, project, "migrate", "staging", "--yes")
+
+    assert failed.returncode != 0
+    assert failed.json["result"]["failed_migration"] == "20240102000000_half"
+    assert failed.json["result"]["rollback_status"] == "success"
+    # The backup again: no table of the failed migration, no failed row blocking the next deploy.
+    assert {name for (name,) in mysql_query("SHOW TABLES")} == {"_prisma_migrations", "users"}
+    assert rows(mysql_query) == [("20240101000000_init", sha256(INIT), 1, 0, 1, None)]
+    add_migration(project, "20240102000000_half", HALF.replace("CREATE TABLE `users`", "CREATE TABLE `fixed`"))
+    assert faber(run_faber, project, "migrate", "staging", "--yes").returncode == 0

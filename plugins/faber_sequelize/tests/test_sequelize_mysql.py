@@ -156,3 +156,21 @@ def test_no_output_names_the_password(
     monkeypatch.setenv("SEQUELIZE_TEST_DATABASE_URL", mysql_database_url.rsplit("/", 1)[0] + "/no_such_database")
     missing = faber(run_faber, project, "status", "staging")
     assert missing.returncode != 0
+
+
+def test_a_failed_deploy_in_a_protected_environment_is_restored(
+    mysql_sequelize_project, sequelize_migration, run_faber, mysql_query
+):
+    project = mysql_sequelize_project(protected=True, backup_before_migrate=True)
+    assert faber(run_faber, project, "migrate", "staging", "--yes").returncode == 0
+    mysql_query("INSERT INTO users (email, name) VALUES ('a@example.com', 'A')")
+    half = sequelize_migration("CREATE TABLE tags (id INT PRIMARY KEY)", "CREATE TABLE users (id INT)")
+    (project / "db/migrations/20240103000000-half.js").write_text(half)
+
+    failed = faber(run_faber, project, "migrate", "staging", "--yes")
+
+    assert failed.returncode != 0
+    assert failed.json["result"]["failed_migration"] == "20240103000000-half.js"
+    assert failed.json["result"]["rollback_status"] == "success"
+    assert {name for (name,) in mysql_query("SHOW TABLES")} == {"SequelizeMeta", "users"}
+    assert mysql_query("SELECT email, name FROM users") == [("a@example.com", "A")]

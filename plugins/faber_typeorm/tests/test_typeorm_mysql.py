@@ -173,3 +173,18 @@ def test_no_output_names_the_password(project, typeorm_migration, run_faber, mys
     monkeypatch.setenv("TYPEORM_TEST_DATABASE_URL", mysql_database_url.rsplit("/", 1)[0] + "/no_such_database")
     missing = faber(run_faber, project_dir, "status", "staging")
     assert missing.returncode != 0
+
+
+def test_a_failed_deploy_in_a_protected_environment_is_restored(project, typeorm_migration, run_faber, mysql_query):
+    project_dir = project(protected=True, backup_before_migrate=True)
+    assert faber(run_faber, project_dir, "migrate", "staging", "--yes").returncode == 0
+    half = typeorm_migration(HALF, "CREATE TABLE tags (id INT PRIMARY KEY)", "CREATE TABLE users (id INT)")
+    (project_dir / "migrations/1700000200000-Half.js").write_text(half)
+
+    failed = faber(run_faber, project_dir, "migrate", "staging", "--yes")
+
+    assert failed.returncode != 0
+    assert failed.json["result"]["failed_migration"] == HALF
+    assert failed.json["result"]["rollback_status"] == "success"
+    assert {name for (name,) in mysql_query("SHOW TABLES")} == {"migrations", "posts", "users"}
+    assert mysql_query("SELECT email FROM users") == [("a@example.com",)]
