@@ -275,6 +275,14 @@ def start_faber(*args: str, cwd: Path, env: dict[str, str] | None = None) -> sub
     )
 
 
+def faber_at_once(count: int, *args: str, cwd: Path, timeout: float = 300) -> list[FaberRun]:
+    """``count`` runs of ``python -m faber_core ARGS`` started together, each one's output once
+    all have finished: concurrent deploys of one project."""
+    runs = [start_faber(*args, cwd=cwd) for _ in range(count)]
+    finished = [run.communicate(timeout=timeout) for run in runs]
+    return [FaberRun(run.returncode, out.decode(), err.decode()) for run, (out, err) in zip(runs, finished)]
+
+
 def wait_for(condition: Any, what: str, timeout: float = 60) -> Any:
     """Poll ``condition()`` every 0.1 s until it is truthy (returned) or ``timeout`` runs out (AssertionError)."""
     import time

@@ -8,7 +8,9 @@ failed migration that blocks every deploy until someone resolves it.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 import psycopg
 from faber_core.models import MigrationRecord
@@ -31,10 +33,27 @@ CREATE TABLE {table} (
 """
 
 
-def _state(finished_at: object, rolled_back_at: object) -> str:
-    if rolled_back_at is not None:
-        return "rolled_back"
-    return "applied" if finished_at is not None else "failed"
+SELECT_ROWS = (
+    "SELECT migration_name, checksum, started_at, finished_at, rolled_back_at, logs"
+    " FROM {table} ORDER BY started_at, migration_name"
+)
+"""Every row, oldest first, as :func:`as_records` takes them (PostgreSQL and MySQL alike)."""
+
+
+def as_records(rows: Iterable[tuple[Any, ...]]) -> list[MigrationRecord]:
+    """Rows of :data:`SELECT_ROWS` as records: ``finished_at`` set means applied, ``rolled_back_at``
+    set means rolled back, neither means failed."""
+    return [
+        MigrationRecord(
+            name=name,
+            checksum=checksum,
+            state="rolled_back" if rolled_back is not None else "applied" if finished is not None else "failed",
+            started_at=started,
+            finished_at=finished,
+            logs=logs,
+        )
+        for name, checksum, started, finished, rolled_back, logs in rows
+    ]
 
 
 class History:
@@ -59,21 +78,7 @@ class History:
         """Every row, oldest first; none when the table does not exist (nothing applied yet)."""
         if not self.exists():
             return []
-        rows = self._run(
-            "SELECT migration_name, checksum, started_at, finished_at, rolled_back_at, logs"
-            " FROM {table} ORDER BY started_at, migration_name"
-        ).fetchall()
-        return [
-            MigrationRecord(
-                name=name,
-                checksum=checksum,
-                state=_state(finished, rolled_back),
-                started_at=started,
-                finished_at=finished,
-                logs=logs,
-            )
-            for name, checksum, started, finished, rolled_back, logs in rows
-        ]
+        return as_records(self._run(SELECT_ROWS).fetchall())
 
     def create(self) -> None:
         """Create the schema and the table if missing, as ``prisma migrate deploy`` does.

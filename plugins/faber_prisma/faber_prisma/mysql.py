@@ -32,6 +32,8 @@ from faber_core.errors import Locked
 from faber_core.models import MigrationRecord
 from pymysql.constants import CLIENT
 
+from faber_prisma.history import SELECT_ROWS, as_records
+
 TABLE = "_prisma_migrations"
 LOCK_NAME = "prisma_migrate"
 """The named lock ``prisma migrate deploy`` takes on MySQL (Prisma's schema engine, MySQL flavour)."""
@@ -54,12 +56,6 @@ _NOW = "UTC_TIMESTAMP(3)"
 
 def quote_name(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
-
-
-def _state(finished_at: object, rolled_back_at: object) -> str:
-    if rolled_back_at is not None:
-        return "rolled_back"
-    return "applied" if finished_at is not None else "failed"
 
 
 def _utc(value: Any) -> Any:
@@ -94,21 +90,8 @@ class MysqlHistory:
         """Every row, oldest first; none when the table does not exist (nothing applied yet)."""
         if not self.exists():
             return []
-        rows = self._run(
-            "SELECT migration_name, checksum, started_at, finished_at, rolled_back_at, logs"
-            " FROM {table} ORDER BY started_at, migration_name"
-        ).fetchall()
-        return [
-            MigrationRecord(
-                name=name,
-                checksum=checksum,
-                state=_state(finished, rolled_back),
-                started_at=_utc(started),
-                finished_at=_utc(finished),
-                logs=logs,
-            )
-            for name, checksum, started, finished, rolled_back, logs in rows
-        ]
+        rows = self._run(SELECT_ROWS).fetchall()
+        return as_records((name, checksum, _utc(start), _utc(end), *rest) for name, checksum, start, end, *rest in rows)
 
     def create(self) -> None:
         """Create the table if missing, as ``prisma migrate deploy`` does."""

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from faber_core.errors import Locked, MigrationFailed
-from faber_core.testing.fixtures import CANARY_PASSWORD, mysql_connect
+from faber_core.testing.fixtures import CANARY_PASSWORD, faber_at_once, mysql_connect
 
 from faber_prisma.mysql import LOCK_NAME
 
@@ -265,20 +265,13 @@ def test_migrate_end_to_end_rerun_and_status(mysql_prisma_project, run_faber, my
     assert mysql_query("SELECT COUNT(*) FROM _prisma_migrations") == [(2,)]
 
 
-def test_concurrent_deploys_apply_each_migration_once(mysql_prisma_project, run_faber, mysql_query):
+def test_concurrent_deploys_apply_each_migration_once(mysql_prisma_project, mysql_query):
     slow = "SELECT SLEEP(1);\nCREATE TABLE `slow` (`id` INTEGER);\n"
     project = mysql_prisma_project({"20240101000000_init": INIT, "20240102000000_slow": slow}, lock_wait_seconds=60)
-    results = []
-    runs = [
-        threading.Thread(target=lambda: results.append(faber(run_faber, project, "migrate", "staging", "--yes")))
-        for _ in range(2)
-    ]
-    for run in runs:
-        run.start()
-    for run in runs:
-        run.join()
+    results = faber_at_once(2, "migrate", "staging", "--yes", "--json", cwd=project)
 
-    assert [done.returncode for done in results] == [0, 0], [done.stdout + done.stderr for done in results]
+    assert [done.returncode for done in results] == [0, 0], [done.output for done in results]
+    assert not any(CANARY_PASSWORD in done.output for done in results)
     assert sorted(done.json["result"]["migrations_applied"] for done in results) == [0, 2]
     assert mysql_query("SELECT migration_name, COUNT(*) FROM _prisma_migrations GROUP BY migration_name") == [
         ("20240101000000_init", 1),

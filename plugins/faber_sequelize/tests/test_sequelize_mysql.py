@@ -8,11 +8,9 @@ Each test has its own database, reached as a user of its own whose password is t
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 from faber_core.errors import ConfigError
-from faber_core.testing.fixtures import CANARY_PASSWORD
+from faber_core.testing.fixtures import CANARY_PASSWORD, faber_at_once
 
 CREATE_USERS = "20240101000000-create-users.js"
 ADD_USER_NAME = "20240102000000-add-user-name.js"
@@ -122,22 +120,13 @@ def test_a_postgres_config_on_a_mysql_url_is_refused(
     assert mysql_query("SHOW TABLES") == []
 
 
-def test_concurrent_deploys_apply_each_migration_once(
-    mysql_sequelize_project, sequelize_migration, run_faber, mysql_query
-):
+def test_concurrent_deploys_apply_each_migration_once(mysql_sequelize_project, sequelize_migration, mysql_query):
     slow = sequelize_migration("SELECT SLEEP(1)", "CREATE TABLE slow (id INT)")
     project = mysql_sequelize_project({"20240103000000-slow.js": slow}, lock_wait_seconds=60)
-    results = []
-    runs = [
-        threading.Thread(target=lambda: results.append(faber(run_faber, project, "migrate", "staging", "--yes")))
-        for _ in range(2)
-    ]
-    for run in runs:
-        run.start()
-    for run in runs:
-        run.join()
+    results = faber_at_once(2, "migrate", "staging", "--yes", "--json", cwd=project)
 
-    assert [done.returncode for done in results] == [0, 0], [done.stdout + done.stderr for done in results]
+    assert [done.returncode for done in results] == [0, 0], [done.output for done in results]
+    assert not any(CANARY_PASSWORD in done.output for done in results)
     assert sorted(done.json["result"]["migrations_applied"] for done in results) == [0, 3]
     assert mysql_query("SELECT COUNT(*), COUNT(DISTINCT name) FROM SequelizeMeta") == [(3, 3)]
 

@@ -8,11 +8,9 @@ Each test has its own database, reached as a user of its own whose password is t
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 from faber_core.errors import ConfigError
-from faber_core.testing.fixtures import CANARY_PASSWORD
+from faber_core.testing.fixtures import CANARY_PASSWORD, faber_at_once
 
 CREATE_USERS = "CreateUsers1700000000000"
 ADD_POSTS = "AddPosts1700000100000"
@@ -138,20 +136,13 @@ def _postgres_data_source() -> str:
     )
 
 
-def test_concurrent_deploys_apply_each_migration_once(project, typeorm_migration, run_faber, mysql_query):
+def test_concurrent_deploys_apply_each_migration_once(project, typeorm_migration, mysql_query):
     slow = typeorm_migration("Slow1700000400000", "SELECT SLEEP(1)", "CREATE TABLE slow (id INT)")
     project_dir = project(("1700000400000-Slow.js", slow), lock_wait_seconds=60)
-    results = []
-    runs = [
-        threading.Thread(target=lambda: results.append(faber(run_faber, project_dir, "migrate", "staging", "--yes")))
-        for _ in range(2)
-    ]
-    for run in runs:
-        run.start()
-    for run in runs:
-        run.join()
+    results = faber_at_once(2, "migrate", "staging", "--yes", "--json", cwd=project_dir)
 
-    assert [done.returncode for done in results] == [0, 0], [done.stdout + done.stderr for done in results]
+    assert [done.returncode for done in results] == [0, 0], [done.output for done in results]
+    assert not any(CANARY_PASSWORD in done.output for done in results)
     applied = sorted(done.json["result"]["migrations_applied"] for done in results)
     assert applied == [0, 3]
     assert mysql_query("SELECT name, COUNT(*) FROM migrations GROUP BY name ORDER BY name") == [
