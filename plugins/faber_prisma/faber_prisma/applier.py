@@ -306,26 +306,36 @@ def _apply_on_mysql(context: RunContext, history: MysqlHistory, folder: Migratio
     error = f"{failure.message}\n\nPlease check the query number {failure.statement} from the migration file."
     logs = prisma_logs(context, folder.name, code, error)
     unrecorded = _record(context, history.fail, migration_id, logs)
-    committed = failure.statement - 1
-    ran = (
-        "no statement of it had run"
-        if committed == 0
-        else f"statements 1 to {committed} of it ran and committed (not undone)"
-        if committed > 1
-        else "statement 1 of it ran and committed (not undone)"
-    )
     return MigrationFailure(
         name=folder.name,
         error=context.redactor.redact(failure.message + (f" (error {code})" if code else ""))
-        + f"\nStatement {failure.statement} failed. MySQL commits each statement on its own: {ran}; "
-        "its failed record stays until resolved."
+        + f"\nStatement {failure.statement} failed. MySQL commits each statement on its own: "
+        + _committed_on_mysql(failure)
+        + "; its failed record stays until resolved."
         + unrecorded,
         output=f"Error: P3018\n\n{logs}",
         path=folder.relative_path(context.project_dir),
         transaction_rolled_back=False,
         sqlstate=code,
-        statements_committed=committed,
+        statements_committed=failure.committed,
     )
+
+
+def _committed_on_mysql(failure: mysql.ScriptFailure) -> str:
+    committed = failure.committed
+    said = (
+        "no statement of it committed"
+        if committed == 0
+        else "statement 1 of it ran and committed (not undone)"
+        if committed == 1
+        else f"statements 1 to {committed} of it ran and committed (not undone)"
+    )
+    if committed < failure.statement - 1:
+        said += (
+            f"; statements {committed + 1} to {failure.statement - 1} ran in the script's own transaction, "
+            "rolled back with it"
+        )
+    return said
 
 
 def _already_ran(context: RunContext, statements: list[str]) -> str:

@@ -30,7 +30,7 @@ from faber_core.context import RunContext
 from faber_core.engines.mysql import MYSQL, MySQLConnection
 from faber_core.errors import Locked
 from faber_core.models import MigrationRecord
-from pymysql.constants import CLIENT
+from pymysql.constants import CLIENT, SERVER_STATUS
 
 from faber_prisma.history import SELECT_ROWS, as_records
 
@@ -180,9 +180,12 @@ def lock_holder(conn: MySQLConnection) -> str:
 
 @dataclass(frozen=True)
 class ScriptFailure:
-    """Where a migration script stopped: its ``statement``-th statement failed with ``code``."""
+    """Where a migration script stopped: its ``statement``-th statement failed with ``code``, and
+    the statements up to ``committed`` had committed (those after it ran in a transaction the
+    script opened itself, rolled back)."""
 
     statement: int
+    committed: int
     code: int | None
     message: str
 
@@ -191,22 +194,29 @@ def run_script(conn: MySQLConnection, script: str) -> ScriptFailure | None:
     """Send ``script`` as one multi-statement request, as Prisma does; None when every statement ran.
 
     The server runs the statements in order and stops at the first that fails; each one before it
-    has committed (autocommit). A transaction the script opened and left unfinished is rolled back.
+    has committed (autocommit), unless the script opened a transaction of its own (``BEGIN``) and
+    it is still open: that transaction is rolled back.
     """
     cursor = conn.cursor()
     statement = 1
+    block_began: int | None = None  # the statement that opened the script's own transaction, while it is open
     try:
         cursor.execute(script)
-        more = True
-        while more:
+        while True:
+            # Each statement's result carries the session's state after it.
+            if not conn.server_status & SERVER_STATUS.SERVER_STATUS_IN_TRANS:
+                block_began = None
+            elif block_began is None:
+                block_began = statement
             statement += 1  # reading the next result runs the next statement, or raises its error
-            more = bool(cursor.nextset())
+            if not cursor.nextset():
+                return None
     except pymysql.MySQLError as exc:
         with suppress(pymysql.MySQLError):
             conn.rollback()
         code, message = exc.args if len(exc.args) == 2 else (None, str(exc))
-        return ScriptFailure(statement=statement, code=code, message=str(message))
-    return None
+        committed = statement - 1 if block_began is None else block_began - 1
+        return ScriptFailure(statement=statement, committed=committed, code=code, message=str(message))
 
 
 def is_mysql(context: RunContext) -> bool:

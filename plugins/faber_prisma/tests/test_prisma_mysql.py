@@ -169,6 +169,23 @@ def test_a_failure_part_way_leaves_a_failed_row_and_says_what_committed(
     assert rows(mysql_query)[1][3] == 1  # rolled back: the next deploy applies it again
 
 
+def test_a_failure_inside_the_scripts_own_transaction_is_not_reported_committed(
+    mysql_prisma_project, prisma_context, prisma_plugins, mysql_query
+):
+    own = (
+        "CREATE TABLE `tags` (`id` INTEGER NOT NULL PRIMARY KEY);\nBEGIN;\nINSERT INTO `tags` VALUES (1);\n"
+        "INSERT INTO `users` (`nope`) VALUES (1);\nCOMMIT;\n"
+    )
+    context = prisma_context(mysql_prisma_project({"20240101000000_init": INIT, "20240102000000_own": own}))
+
+    failure = apply_pending(prisma_plugins, context).failure
+
+    assert failure.statements_committed == 1 and "Statement 4 failed" in failure.error
+    assert "statements 2 to 3 ran in the script's own transaction, rolled back with it" in failure.error
+    assert mysql_query("SELECT COUNT(*) FROM tags") == [(0,)]
+    assert rows(mysql_query)[1][2:5] == (0, 0, 0)  # failed, until resolved
+
+
 def test_resolve_applied_writes_the_row_prisma_writes(
     mysql_prisma_project, prisma_context, prisma_plugins, mysql_query
 ):
