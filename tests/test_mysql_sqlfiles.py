@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -229,4 +230,37 @@ def test_a_killed_lock_session_stops_the_deploy_before_the_next_migration(
     assert "lock on the database was lost before migration 002_next" in document["error"]
     assert "KILL <connection id>" in document["error"]
     assert mysql_query("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_NAME = 'u'") == []
+    assert CANARY_PASSWORD not in out + err
+
+
+def test_a_data_migration_that_hits_a_row_lock_is_retried_after_the_holder_lets_go(
+    mysql_project, mysql_database_url, mysql_query
+):
+    project = mysql_project(
+        MIGRATIONS,
+        lock_timeout_seconds=1,
+        lock_retry={"retries": 10, "backoff_seconds": 0.5, "max_backoff_seconds": 1},
+    )
+    assert faber(project, "migrate", "production", url=mysql_database_url)[0] == 0
+    (project / "migrations/003_rename.sql").write_text("UPDATE users SET email = 'a2@example.com' WHERE id = 1;")
+    holder = mysql_connect(mysql_database_url)
+    holder.begin()
+    holder.execute("SELECT * FROM users WHERE id = 1 FOR UPDATE").fetchall()
+    env = {**os.environ, "TEST_DATABASE_URL": mysql_database_url, "FABER_PLUGINS": "faber_core.testing.sqlfiles"}
+    run = start_faber("migrate", "production", "--json", cwd=project, env=env)
+    try:
+        wait_for(
+            lambda: mysql_query("SELECT 1 FROM information_schema.PROCESSLIST WHERE INFO LIKE 'UPDATE users SET%'"),
+            "the migration to wait for the row",
+            timeout=30,
+        )
+        time.sleep(2.5)  # longer than lock_timeout_seconds: its first attempt fails with 1205
+    finally:
+        holder.rollback()
+        holder.close()
+    out, err = (stream.decode() for stream in run.communicate(timeout=60))
+
+    assert run.returncode == 0, out + err
+    assert "003_rename: lock timeout, attempt 2 of 11" in err
+    assert mysql_query("SELECT email FROM users WHERE id = 1") == [("a2@example.com",)]
     assert CANARY_PASSWORD not in out + err
