@@ -387,7 +387,7 @@ def open_context(
         # Unless the config names one, the target's engine brings its own (pg_dump, mysqldump).
         backup = settings.backup.model_copy(update={"provider": database.engine.backup_provider})
         settings = settings.model_copy(update={"backup": backup})
-    if database.engine.supports("history") and database.schema == config.database.faber_schema:
+    if database.engine.faber_schema_of_its_own and database.schema == config.database.faber_schema:
         raise ConfigError(
             f"The database URL in {source} selects the schema {database.schema!r}, which is faber_schema: backups "
             "leave faber's schema out, so the application's tables there could not be restored",

@@ -205,7 +205,7 @@ def deploy_lock(context: RunContext) -> Iterator[DeployLock]:
             raise connection_failed(context, exc) from None
     wait = context.settings.lock_wait_seconds
     with conn, engine.deploy_lock(conn, context.database, wait_seconds=wait, purpose="faber run") as held:
-        if engine.supports("history"):
+        if engine.faber_schema_of_its_own:
             # Before anything is backed up or recorded: the backup would leave those objects out.
             refuse_shared_faber_schema(conn, context.config.database.faber_schema)
         context.emit("lock.acquired")

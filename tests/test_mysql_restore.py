@@ -37,8 +37,9 @@ def state(admin_url: str, name: str) -> dict:
         tables = [
             row[0]
             for row in conn.execute(
+                # faber's own tables (its deployment history) are not the application's: a restore keeps them.
                 "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_TYPE = 'BASE TABLE'"
-                " ORDER BY TABLE_NAME",
+                " AND TABLE_NAME NOT LIKE 'faber\\_%%' ORDER BY TABLE_NAME",
                 [name],
             ).fetchall()
         ]

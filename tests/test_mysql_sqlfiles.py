@@ -99,7 +99,11 @@ def test_a_ddl_migration_failing_part_way_reports_what_committed_and_the_rollbac
     assert mysql_query("SELECT id FROM user_ids ORDER BY id") == [(1,), (2,)]
     mysql_query("INSERT INTO users VALUES (4, 'D@EXAMPLE.COM')")
     assert mysql_query("SELECT email FROM users WHERE id = 4") == [("d@example.com",)]
-    assert mysql_query("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_NAME LIKE 'faber%'") == []
+    # Only faber's history is left beside the tables: nothing the restore set aside.
+    faber_tables = (
+        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME LIKE %s"
+    )
+    assert mysql_query(faber_tables, ["faber%"]) == [("faber_deployments",)]
 
 
 def test_a_data_migration_that_fails_rolls_back_with_nothing_to_restore(mysql_project, mysql_database_url, mysql_query):
@@ -264,3 +268,30 @@ def test_a_data_migration_that_hits_a_row_lock_is_retried_after_the_holder_lets_
     assert "003_rename: lock timeout, attempt 2 of 11" in err
     assert mysql_query("SELECT email FROM users WHERE id = 1") == [("a2@example.com",)]
     assert CANARY_PASSWORD not in out + err
+
+
+def test_history_survives_the_rollback_and_proves_staging(faber_project, mysql_database_url, mysql_query, monkeypatch):
+    """Deployment history is recorded in faber_deployments beside the tables, kept by a restore, and
+    read by `faber history` and by the staging proof of the next environment."""
+    monkeypatch.setenv("TEST_DATABASE_URL", mysql_database_url)
+    env = {"database_url_env": "TEST_DATABASE_URL", "require_approval": False, "lock_wait_seconds": 1}
+    prod = {**env, "requires_success_in": "staging"}
+    files = {f"migrations/{name}.sql": sql for name, sql in MIGRATIONS.items()}
+    environments = {"staging": env, "production": prod}
+    project = faber_project({"database": {"migration_tool": "sqlfiles", "environments": environments}}, files)
+
+    code, document, _ = faber(project, "migrate", "production", url=mysql_database_url)
+    assert code != 0 and document["code"] == "STAGING_PROOF_MISSING"
+    assert faber(project, "migrate", "staging", url=mysql_database_url)[0] == 0
+    (project / "migrations/003_broken.sql").write_text("CREATE TABLE x (id int); ALTER TABLE nope ADD COLUMN y int;")
+    code, document, _ = faber(project, "migrate", "staging", url=mysql_database_url)
+    assert code != 0 and document["result"]["rollback_status"] == "success"
+
+    code, document, _ = faber(project, "history", "staging", url=mysql_database_url)
+    assert code == 0
+    runs = document["result"]["deployments"]
+    assert [run["status"] for run in runs] == ["error", "success"]  # the rollback kept the first run's row
+    assert [m["name"] for m in runs[1]["migrations"]] == ["001_users", "002_seed"]
+    assert runs[0]["backup_id"] and runs[0]["rollback_status"] == "success"
+    (project / "migrations/003_broken.sql").unlink()
+    assert mysql_query("SELECT COUNT(*) FROM faber_deployments WHERE environment = 'staging'") == [(2,)]

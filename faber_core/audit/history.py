@@ -102,7 +102,7 @@ class DeploymentHistory:
 
     @hookimpl
     def faber_audit_event(self, event: AuditEvent, context: RunContext) -> None:
-        if context.operation not in RECORDED_OPERATIONS or not context.database.engine.supports("history"):
+        if context.operation not in RECORDED_OPERATIONS:
             return
         run = self._runs.setdefault(event.run_id, _Run(started_at=event.timestamp))
         data = event.data
@@ -136,15 +136,7 @@ def _record(context: RunContext, event: AuditEvent, run: _Run) -> None:
     row = deployment_row(context, event, run)
     try:
         with context.database.connect(application_name="faber history") as conn:
-            ensure_table(conn, context.config.database.faber_schema)
-            table = _table(context.config.database.faber_schema)
-            placeholders = sql.SQL(", ").join(sql.Placeholder(name) for name in COLUMNS)
-            conn.execute(
-                sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
-                    table, sql.SQL(", ").join(map(sql.Identifier, COLUMNS)), placeholders
-                ),
-                row,
-            )
+            context.database.engine.record_deployment(conn, context.config.database.faber_schema, row)
     except Exception as exc:  # history is a record of the run, never a reason for it to fail
         reason = context.redactor.redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
         sys.stderr.write(f"warning: the deployment history was not recorded: {reason}\n")
@@ -215,6 +207,18 @@ def git_commit(context: RunContext) -> str | None:
     return commit if run.returncode == 0 and commit else None
 
 
+def insert_row(conn: psycopg.Connection, schema: str, row: dict[str, Any]) -> None:
+    """PostgreSQL: add ``row`` to ``<schema>.faber_deployments``, created when missing."""
+    ensure_table(conn, schema)
+    placeholders = sql.SQL(", ").join(sql.Placeholder(name) for name in COLUMNS)
+    conn.execute(
+        sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+            _table(schema), sql.SQL(", ").join(map(sql.Identifier, COLUMNS)), placeholders
+        ),
+        row,
+    )
+
+
 def _table(schema: str) -> sql.Composed:
     return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(TABLE))
 
@@ -265,20 +269,22 @@ def refuse_shared_faber_schema(conn: psycopg.Connection, schema: str) -> None:
 
 def read_history(context: RunContext, limit: int) -> list[dict[str, Any]]:
     """The environment's runs, newest first; empty when nothing was recorded yet."""
-    engine = context.database.engine
-    if not engine.supports("history"):
-        raise ConfigError(f"No deployment history to read: {engine.unsupported['history']}")
-    schema = context.config.database.faber_schema
     with context.database.connect(application_name="faber history") as conn:
-        if not _table_exists(conn, schema):
-            return []
-        with conn.cursor(row_factory=dict_row) as cursor:
-            try:
-                rows = _read_rows(cursor, schema, context.environment, limit)
-            except psycopg.errors.LockNotAvailable:
-                raise blocked_read_error(
-                    conn, _table(schema).as_string(conn), context.database.lock_timeout, context.redactor.redact
-                ) from None
+        return context.database.engine.read_deployments(context, conn, limit)
+
+
+def read_rows(context: RunContext, conn: psycopg.Connection, limit: int) -> list[dict[str, Any]]:
+    """PostgreSQL: the environment's rows; a read blocked by a lock names who holds it."""
+    schema = context.config.database.faber_schema
+    if not _table_exists(conn, schema):
+        return []
+    with conn.cursor(row_factory=dict_row) as cursor:
+        try:
+            rows = _read_rows(cursor, schema, context.environment, limit)
+        except psycopg.errors.LockNotAvailable:
+            raise blocked_read_error(
+                conn, _table(schema).as_string(conn), context.database.lock_timeout, context.redactor.redact
+            ) from None
     return [_jsonable(row) for row in rows]
 
 

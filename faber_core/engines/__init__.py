@@ -74,7 +74,7 @@ LOCK_POLL_SECONDS = 0.2
 ErrorKind = Literal["lock_timeout", "lost_connection", "missing_database", "authentication"]
 """What a driver error means to faber; None from :meth:`Engine.classify_error`: something else."""
 
-Feature = Literal["sql_analysis", "lint", "estimates", "write_counters", "history", "rehearsal"]
+Feature = Literal["sql_analysis", "lint", "estimates", "write_counters", "rehearsal"]
 """faber's checks that need an engine's own catalog or parser; an engine lists those it lacks."""
 
 FEATURE_LABELS: dict[Feature, str] = {
@@ -82,7 +82,6 @@ FEATURE_LABELS: dict[Feature, str] = {
     "lint": "lock-risk lint",
     "estimates": "duration estimates",
     "write_counters": "counting others' writes since the backup",
-    "history": "deployment history",
     "rehearsal": "--rehearse",
 }
 
@@ -129,6 +128,9 @@ class Engine(ABC):
     every DDL statement commits on its own, so a DDL migration is never transactional there)."""
     backup_provider: ClassVar[str]
     """The backup provider an environment of this engine uses unless its config names another."""
+    faber_schema_of_its_own: ClassVar[bool]
+    """Whether faber's tables (history, backup baselines) live in a schema of their own
+    (PostgreSQL: ``faber_schema``) rather than beside the application's, named ``faber_*`` (MySQL)."""
     lock_release_hint: ClassVar[str]
     """How an operator ends a stuck session, for error suggestions."""
     unsupported: ClassVar[dict[Feature, str]] = {}
@@ -226,6 +228,24 @@ class Engine(ABC):
     def health_checks(self) -> dict[str, Callable[[RunContext], HealthCheckResult]]:
         """The built-in checks by name (``connectivity``, ``schema``); each returns its result,
         failed with the reason rather than raising."""
+
+    # Deployment history ----------------------------------------------------------------
+
+    @abstractmethod
+    def record_deployment(self, conn: Any, faber_schema: str, row: dict[str, Any]) -> None:
+        """Add a finished run's row to faber's deployment history (created when missing), where
+        backups leave it out and restores keep it."""
+
+    @abstractmethod
+    def read_deployments(self, context: RunContext, conn: Any, limit: int) -> list[dict[str, Any]]:
+        """The environment's recorded runs, newest first, as JSON values; empty when none."""
+
+    @abstractmethod
+    def successful_migrations(
+        self, conn: Any, faber_schema: str, environment: str
+    ) -> list[tuple[str, str, float | None]]:
+        """(name, checksum, seconds) of every migration a successful deploy of ``environment``
+        applied, oldest first (the staging proof, the estimates' calibration)."""
 
     @abstractmethod
     def preflight(

@@ -124,6 +124,7 @@ class MySQLEngine(Engine):
     default_port: ClassVar[int] = 3306
     transactional_ddl: ClassVar[bool] = False
     backup_provider: ClassVar[str] = "mysqldump"
+    faber_schema_of_its_own: ClassVar[bool] = False
     lock_release_hint: ClassVar[str] = "KILL <connection id>"
     unsupported: ClassVar[dict[Feature, str]] = {
         "sql_analysis": "MySQL/MariaDB: faber's SQL analysis reads PostgreSQL's grammar; statements are split, "
@@ -132,7 +133,6 @@ class MySQLEngine(Engine):
         "estimates": "MySQL/MariaDB: no duration estimates (they read PostgreSQL's statistics)",
         "write_counters": "MySQL/MariaDB: writes since the backup are not counted, so a restore cannot tell "
         "the application's rows from the deploy's",
-        "history": "MySQL/MariaDB: the deployment history is not recorded in the database yet",
         "rehearsal": "MySQL/MariaDB: --rehearse is not available",
     }
 
@@ -291,6 +291,24 @@ class MySQLEngine(Engine):
         from faber_core.engines.mysql_health import CHECKS
 
         return CHECKS
+
+    def record_deployment(self, conn: MySQLConnection, faber_schema: str, row: dict[str, Any]) -> None:
+        from faber_core.engines import mysql_history
+
+        mysql_history.record(conn, row)
+
+    def read_deployments(self, context: RunContext, conn: MySQLConnection, limit: int) -> list[dict[str, Any]]:
+        from faber_core.audit.history import COLUMNS
+        from faber_core.engines import mysql_history
+
+        return mysql_history.read(conn, context.environment, limit, COLUMNS)
+
+    def successful_migrations(
+        self, conn: MySQLConnection, faber_schema: str, environment: str
+    ) -> list[tuple[str, str, float | None]]:
+        from faber_core.engines import mysql_history
+
+        return mysql_history.successful_migrations(conn, environment)
 
     def preflight(
         self, context: RunContext, conn: MySQLConnection, sources: list[str]

@@ -62,6 +62,7 @@ class PostgresEngine(Engine):
     default_port: ClassVar[int] = 5432
     transactional_ddl: ClassVar[bool] = True
     backup_provider: ClassVar[str] = "pg_dump"
+    faber_schema_of_its_own: ClassVar[bool] = True
     lock_release_hint: ClassVar[str] = "SELECT pg_terminate_backend(<pid>)"
 
     @property
@@ -156,6 +157,23 @@ class PostgresEngine(Engine):
         from faber_core.postgres.health import CHECKS
 
         return CHECKS
+
+    def record_deployment(self, conn: psycopg.Connection, faber_schema: str, row: dict[str, Any]) -> None:
+        from faber_core.audit.history import insert_row
+
+        insert_row(conn, faber_schema, row)
+
+    def read_deployments(self, context: RunContext, conn: psycopg.Connection, limit: int) -> list[dict[str, Any]]:
+        from faber_core.audit.history import read_rows
+
+        return read_rows(context, conn, limit)
+
+    def successful_migrations(
+        self, conn: psycopg.Connection, faber_schema: str, environment: str
+    ) -> list[tuple[str, str, float | None]]:
+        from faber_core.safety.history import applied_by_successful_deploys
+
+        return applied_by_successful_deploys(conn, faber_schema, environment)
 
     def preflight(
         self, context: RunContext, conn: psycopg.Connection, sources: list[str]

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import os
 
-import psycopg
-
 from faber_core import events
 from faber_core.context import Database, RunContext
 from faber_core.errors import ConfigError, StagingProofMissing
 from faber_core.models import LocalMigration
-from faber_core.safety.history import HISTORY_TABLE, applied_by_successful_deploys
+from faber_core.safety.history import HISTORY_TABLE
 from faber_core.secrets import Secret
 
 
@@ -35,15 +33,6 @@ def check(context: RunContext, pending: list[LocalMigration], *, skip: bool) -> 
     if skip:
         context.emit(events.STAGING_PROOF_SKIPPED, predecessor=predecessor, migrations=_names(pending))
         return {"requires_success_in": predecessor, "status": "skipped", "skipped_by": "--skip-staging-proof"}
-    engine = context.database.engine
-    if not engine.supports("history"):
-        raise ConfigError(
-            f"requires_success_in needs the deployment history of {predecessor}: {engine.unsupported['history']}",
-            suggestions=[
-                f"Remove requires_success_in from {context.environment}, or skip the check for this run "
-                f"(recorded in the audit trail): faber migrate {context.environment} --skip-staging-proof"
-            ],
-        )
     proven = succeeded_migrations(context, predecessor)
     unproven = [m for m in pending if m.checksum is None or (m.name, m.checksum) not in proven]
     if unproven:
@@ -67,8 +56,8 @@ def succeeded_migrations(context: RunContext, predecessor: str) -> set[tuple[str
     database = predecessor_database(context, predecessor)
     try:
         with database.connect(application_name="faber staging proof") as conn:
-            rows = applied_by_successful_deploys(conn, context.config.database.faber_schema, predecessor)
-    except psycopg.Error as exc:
+            rows = database.engine.successful_migrations(conn, context.config.database.faber_schema, predecessor)
+    except database.engine.driver_error as exc:
         raise StagingProofMissing(
             f"Cannot read the deployment history of {predecessor} to prove the migrations succeeded there: "
             + context.redactor.redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__),

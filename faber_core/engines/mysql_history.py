@@ -1,0 +1,88 @@
+"""The deployment history on MySQL/MariaDB: ``faber_deployments`` in the target database.
+
+faber's own tables there start with ``faber_``: the mysqldump provider leaves them out of every
+backup and a restore keeps them, so a rollback never erases the record of the deploy it undid.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+TABLE = "faber_deployments"
+_CREATE = f"""
+CREATE TABLE IF NOT EXISTS {TABLE} (
+    id               varchar(64) PRIMARY KEY,
+    environment      varchar(255) NOT NULL,
+    operation        varchar(64) NOT NULL,
+    status           varchar(32) NOT NULL,
+    exit_code        int NOT NULL,
+    started_at       datetime(6) NOT NULL,
+    finished_at      datetime(6) NOT NULL,
+    duration_seconds double NOT NULL,
+    migrations       longtext NOT NULL,
+    backup_id        varchar(255),
+    rollback_status  varchar(64),
+    tool             varchar(255),
+    actor            varchar(255),
+    faber_version    varchar(64) NOT NULL,
+    git_commit       varchar(64),
+    error_code       varchar(64),
+    error_message    text,
+    KEY faber_deployments_environment_started (environment, started_at)
+)
+"""
+_EXISTS = "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s"
+
+
+def _utc(value: Any) -> Any:
+    """A timezone-aware datetime as MySQL's zone-less UTC; anything else as it is."""
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return value
+
+
+def record(conn: Any, row: dict[str, Any]) -> None:
+    conn.execute(_CREATE)
+    columns = list(row)
+    conn.execute(
+        f"INSERT INTO {TABLE} ({', '.join(columns)}) VALUES ({', '.join(f'%({c})s' for c in columns)})",
+        {column: _utc(value) for column, value in row.items()},
+    )
+
+
+def read(conn: Any, environment: str, limit: int, columns: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The environment's runs, newest first, as JSON values (times in UTC, ISO 8601)."""
+    if not conn.execute(_EXISTS, [TABLE]).fetchone():
+        return []
+    rows = conn.execute(
+        f"SELECT {', '.join(columns)} FROM {TABLE} WHERE environment = %s"
+        " ORDER BY started_at DESC, finished_at DESC LIMIT %s",
+        [environment, limit],
+    ).fetchall()
+    runs = []
+    for values in rows:
+        run = dict(zip(columns, values, strict=True))
+        run["migrations"] = json.loads(run["migrations"])
+        for key in ("started_at", "finished_at"):
+            run[key] = run[key].replace(tzinfo=dt.timezone.utc).isoformat()
+        runs.append(run)
+    return runs
+
+
+def successful_migrations(conn: Any, environment: str) -> list[tuple[str, str, float | None]]:
+    """(name, checksum, seconds) of every migration a successful deploy of ``environment`` applied, oldest first."""
+    if not conn.execute(_EXISTS, [TABLE]).fetchone():
+        return []
+    rows = conn.execute(
+        f"SELECT migrations FROM {TABLE} WHERE environment = %s AND operation = 'deploy-migrations'"
+        " AND status = 'success' ORDER BY started_at",
+        [environment],
+    ).fetchall()
+    return [
+        (m["name"], m["checksum"], m.get("duration_seconds"))
+        for (text,) in rows
+        for m in json.loads(text)
+        if m.get("status") == "applied" and m.get("checksum") is not None
+    ]
