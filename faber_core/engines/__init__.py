@@ -133,6 +133,9 @@ class Engine(ABC):
     (PostgreSQL: ``faber_schema``) rather than beside the application's, named ``faber_*`` (MySQL)."""
     lock_release_hint: ClassVar[str]
     """How an operator ends a stuck session, for error suggestions."""
+    error_code_label: ClassVar[str]
+    """How messages name the server's error codes (``MigrationFailure.sqlstate``): ``SQLSTATE``
+    on PostgreSQL, ``error`` (MySQL's error numbers) on MySQL."""
     unsupported: ClassVar[dict[Feature, str]] = {}
     """faber's checks this engine lacks, each with the sentence the preview and docs show."""
 

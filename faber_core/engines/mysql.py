@@ -126,6 +126,7 @@ class MySQLEngine(Engine):
     backup_provider: ClassVar[str] = "mysqldump"
     faber_schema_of_its_own: ClassVar[bool] = False
     lock_release_hint: ClassVar[str] = "KILL <connection id>"
+    error_code_label: ClassVar[str] = "error"
     unsupported: ClassVar[dict[Feature, str]] = {
         "sql_analysis": "MySQL/MariaDB: faber's SQL analysis reads PostgreSQL's grammar; statements are split, "
         "not classified by lock level",

@@ -64,6 +64,7 @@ class PostgresEngine(Engine):
     backup_provider: ClassVar[str] = "pg_dump"
     faber_schema_of_its_own: ClassVar[bool] = True
     lock_release_hint: ClassVar[str] = "SELECT pg_terminate_backend(<pid>)"
+    error_code_label: ClassVar[str] = "SQLSTATE"
 
     @property
     def driver_error(self) -> type[Exception]:

@@ -388,10 +388,11 @@ def apply(tool: NodeTool, context: RunContext, pending: list[LocalMigration], ar
             )
 
     result = run_runner(tool, context, "apply", args, expected=[m.name for m in pending], on_event=progress)
-    return outcome_of(result, {m.name: m.path for m in pending})
+    return outcome_of(result, {m.name: m.path for m in pending}, context.database.engine.error_code_label)
 
 
-def outcome_of(result: RunnerResult, paths: dict[str, str | None]) -> ApplyOutcome:
+def outcome_of(result: RunnerResult, paths: dict[str, str | None], code_label: str) -> ApplyOutcome:
+    """The runner's apply events as an outcome; ``code_label`` names the failure's error code."""
     applied = [
         AppliedMigration(name=e["name"], duration_seconds=round(e["duration_seconds"], 3))
         for e in result.of("migration_finished")
@@ -403,7 +404,7 @@ def outcome_of(result: RunnerResult, paths: dict[str, str | None]) -> ApplyOutco
         applied=applied,
         failure=MigrationFailure(
             name=failed["name"],
-            error=failure_text(failed),
+            error=failure_text(failed, code_label),
             output=_failure_output(failed, result.stderr),
             path=paths.get(failed["name"]) or failed.get("path"),
             transaction_rolled_back=bool(failed.get("transaction_rolled_back")),
@@ -412,9 +413,9 @@ def outcome_of(result: RunnerResult, paths: dict[str, str | None]) -> ApplyOutco
     )
 
 
-def failure_text(failed: Event) -> str:
+def failure_text(failed: Event, code_label: str) -> str:
     code = failed.get("code")
-    return f"{failed.get('message') or 'failed'}" + (f" (SQLSTATE {code})" if code else "")
+    return f"{failed.get('message') or 'failed'}" + (f" ({code_label} {code})" if code else "")
 
 
 def _failure_output(failed: Event, stderr: str) -> str:
@@ -508,7 +509,8 @@ def rehearse(
         notes = [*rehearsal.warnings, *extra_notes(ran)]
         if ran.failure is not None:
             blocked_by = blocked_by or migration.name
-            notes.insert(0, f"FAILS in rehearsal: {failure_text(ran.failure)}; deploying it would fail the same way")
+            failed = failure_text(ran.failure, context.database.engine.error_code_label)
+            notes.insert(0, f"FAILS in rehearsal: {failed}; deploying it would fail the same way")
         elif copy_note:
             notes.append(copy_note)
         previews.append(

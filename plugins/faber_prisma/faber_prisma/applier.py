@@ -308,7 +308,9 @@ def _apply_on_mysql(context: RunContext, history: MysqlHistory, folder: Migratio
     unrecorded = _record(context, history.fail, migration_id, logs)
     return MigrationFailure(
         name=folder.name,
-        error=context.redactor.redact(failure.message + (f" (error {code})" if code else ""))
+        error=context.redactor.redact(
+            failure.message + (f" ({context.database.engine.error_code_label} {code})" if code else "")
+        )
         + f"\nStatement {failure.statement} failed. MySQL commits each statement on its own: "
         + _committed_on_mysql(failure)
         + "; its failed record stays until resolved."

@@ -79,7 +79,7 @@ def test_a_failure_part_way_leaves_the_ddl_before_it_and_no_record(
 
     assert [m.name for m in outcome.applied] == [CREATE_USERS, ADD_POSTS]
     failure = outcome.failure
-    assert failure.name == HALF and failure.sqlstate == "1050" and "already exists" in failure.error
+    assert failure.name == HALF and failure.sqlstate == "1050" and "already exists (error 1050)" in failure.error
     # MySQL committed the first CREATE TABLE on its own: nothing rolled back.
     assert failure.transaction_rolled_back is False
     tables = {name for (name,) in mysql_query("SHOW TABLES")}
