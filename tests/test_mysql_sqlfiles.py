@@ -172,15 +172,27 @@ def test_status_and_health_and_backups(mysql_project, mysql_database_url):
     assert code == 0 and document["result"]["backups"][0]["provider"] == "mysqldump"
 
 
-def test_a_wrong_password_is_an_authentication_error_without_the_password(mysql_project, mysql_database_url):
+@pytest.mark.parametrize(
+    ("change", "reported"),
+    [
+        (lambda url: url.replace(CANARY_PASSWORD, CANARY_PASSWORD + "-wrong"), "authentication failed for user"),
+        # The test's user may see its own database only: MySQL answers "access denied", not "unknown".
+        (lambda url: url.rpartition("/")[0] + "/faber_test_no_such_database", "may not use database"),
+        (lambda url: url.replace(":3306/", ":1/"), "connection refused at 127.0.0.1:1"),
+    ],
+    ids=["wrong password", "missing database", "refused"],
+)
+def test_a_connection_error_says_what_is_wrong_without_the_password(
+    mysql_project, mysql_database_url, change, reported
+):
     project = mysql_project(MIGRATIONS)
-    wrong = mysql_database_url.replace(CANARY_PASSWORD, CANARY_PASSWORD + "-wrong")
 
-    code, document, stderr = faber(project, "migrate", "production", url=wrong)
+    for command in (("migrate", "production"), ("status", "production"), ("health", "production")):
+        code, document, stderr = faber(project, *command, url=change(mysql_database_url))
 
-    assert code != 0
-    assert "authentication failed" in json.dumps(document).lower()
-    assert CANARY_PASSWORD not in json.dumps(document) + stderr
+        assert code == 3 and document["code"] == "HEALTH_CHECK_FAILED", document
+        assert reported in json.dumps(document).lower()
+        assert CANARY_PASSWORD not in json.dumps(document) + stderr
 
 
 def test_preview_reports_a_long_open_transaction_that_may_block_the_alter(

@@ -46,7 +46,8 @@ if TYPE_CHECKING:
 LOCK_WAIT_TIMEOUT = 1205
 """ER_LOCK_WAIT_TIMEOUT: a row lock (innodb_lock_wait_timeout) or a metadata lock (lock_wait_timeout)."""
 UNKNOWN_DATABASE = 1049
-ACCESS_DENIED = (1044, 1045, 1698)
+DATABASE_ACCESS_DENIED = 1044
+ACCESS_DENIED = (DATABASE_ACCESS_DENIED, 1045, 1698)
 LOST_CONNECTION = (2003, 2006, 2013, 2055)
 CONNECT_TIMEOUT_TEXT = "timed out"
 _LOCK_WAIT_TEXT = "lock wait timeout exceeded"
@@ -269,6 +270,12 @@ class MySQLEngine(Engine):
         text = str(exc.args[1]) if isinstance(exc, pymysql.Error) and len(exc.args) > 1 else str(exc)
         if kind == "missing_database":
             return f'Database "{database.name_for_display}" does not exist on {where}'
+        if error_code(exc) == DATABASE_ACCESS_DENIED:
+            # MySQL answers so for a database that does not exist too, to a user who could not see it.
+            return (
+                f'Database user "{database.user or "root"}" may not use database "{database.name_for_display}" '
+                f"at {where} (or it does not exist)"
+            )
         if kind == "authentication":
             return f'Database authentication failed for user "{database.user or "root"}" at {where}'
         if "timed out" in text.lower():
