@@ -89,7 +89,8 @@ def test_a_run_opens_the_log_once_and_closes_it_with_its_last_event(faber_projec
     document = api.deploy("production", working_directory=project, yes=True, listeners=[open_logs])
 
     assert document.exit_code == 0
-    assert opened_during_run and set(opened_during_run) == {1}, "one descriptor for the whole run"
+    # Opened and closed around each event, the log would never be open between events.
+    assert opened_during_run and max(opened_during_run) == 1, "one descriptor, kept between events"
     assert not any(_points_at(fd, log) for fd in Path("/proc/self/fd").iterdir()), "closed after the run"
     assert [e.kind for e in events(project)][-1] == "run.finished"
 
