@@ -87,16 +87,18 @@ def cases(database_url: str) -> list[Case]:
     ]
 
 
-def wrap_programs(directory: Path, log: Path) -> str:
+def wrap_programs(
+    directory: Path, log: Path, programs: tuple[str, ...] = WRAPPED_PROGRAMS, password_variable: str = "PGPASSWORD"
+) -> str:
     """Put recording wrappers first on PATH: each logs its argv (and whether a password came by env)."""
     directory.mkdir()
-    for program in WRAPPED_PROGRAMS:
+    for program in programs:
         real = shutil.which(program)
         assert real, f"{program} is needed for this test"
         script = directory / program
         script.write_text(
             "#!/bin/sh\n"
-            f"printf '%s %s\\n' \"${{PGPASSWORD:+[PGPASSWORD in env]}}\" \"$0 $*\" >> '{log}'\n"
+            f"printf '%s %s\\n' \"${{{password_variable}:+[{password_variable} in env]}}\" \"$0 $*\" >> '{log}'\n"
             f"exec '{real}' \"$@\"\n"
         )
         script.chmod(0o755)
@@ -217,3 +219,86 @@ def test_libpq_programs_get_the_password_through_their_environment(database_url)
 
     assert env["PGPASSWORD"] == CANARY_PASSWORD
     assert CANARY_PASSWORD not in str(database.url) and CANARY_PASSWORD not in repr(database.url)
+
+
+MYSQL_USERS = "CREATE TABLE users (id int AUTO_INCREMENT PRIMARY KEY, email varchar(200) NOT NULL);"
+# Fails with a server error that quotes the canary (as a table name).
+MYSQL_LEAKY = f"ALTER TABLE users ADD COLUMN note text; SELECT * FROM `{CANARY_PASSWORD}`;"
+MYSQL_PROGRAMS = ("mariadb-dump", "mariadb", "git")
+
+
+def mysql_cases(url: str) -> list[Case]:
+    unreachable = url.replace("127.0.0.1:3306", "127.0.0.1:1")
+    return [
+        Case("dry run", ("migrate", "production", "--dry-run", "--json"), 0),
+        Case("migrate", ("migrate", "production", "--yes", "--json"), 0),
+        Case("dry run showing the SQL", ("migrate", "production", "--dry-run"), 0, add_migrations={"002": MYSQL_LEAKY}),
+        Case("failed migration, rolled back", ("migrate", "production", "--yes", "--json"), 6),
+        Case("failed migration, human output", ("migrate", "production", "--yes"), 6),
+        Case("status", ("status", "production", "--json"), 0),
+        Case("health", ("health", "production", "--json"), 0),
+        Case("backup", ("backup", "production", "--json"), 0),
+        Case("backups", ("backups", "production", "--json"), 0),
+        Case("rollback", ("rollback", "production", "--yes", "--json"), 0),
+        Case("history", ("history", "production", "--json"), 0),
+        Case(
+            "unreachable database",
+            ("migrate", "production", "--yes", "--json"),
+            3,
+            env={"APP_DATABASE_URL": unreachable},
+        ),
+        Case(
+            "wrong password",
+            ("status", "production"),
+            3,
+            env={"APP_DATABASE_URL": url.replace(CANARY_PASSWORD, "x" + CANARY_PASSWORD)},
+        ),
+    ]
+
+
+def test_no_command_leaks_the_canary_password_anywhere_on_mysql(
+    faber_project, mysql_database_url, mysql_query, run_faber, tmp_path
+):
+    assert CANARY_PASSWORD in mysql_database_url
+    argv_log = tmp_path / "argv.log"
+    environment = {"database_url_env": "APP_DATABASE_URL", "lock_wait_seconds": 1}
+    project = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"production": environment}}},
+        {"migrations/001_users.sql": MYSQL_USERS},
+    )
+
+    outputs: list[str] = []
+    with OtlpReceiver() as receiver, ProcessListSampler() as sampler:
+        base_env = {
+            "FABER_PLUGINS": "faber_core.testing.sqlfiles",
+            "APP_DATABASE_URL": mysql_database_url,
+            "PATH": wrap_programs(tmp_path / "bin", argv_log, MYSQL_PROGRAMS, "MYSQL_PWD"),
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        }
+        for case in mysql_cases(mysql_database_url):
+            for name, sql in (case.add_migrations or {}).items():
+                (project / "migrations" / f"{name}.sql").write_text(sql)
+            run = run_faber(*case.args, "--cwd", str(project), env={**base_env, **(case.env or {})})
+            assert run.returncode == case.exit_code, (case.name, run.output)
+            outputs.append(f"--- {case.name}\n{run.stdout}\n{run.stderr}")
+
+    channels = {"stdout and stderr": "\n".join(outputs)}
+    state_files = [path for path in (project / ".faber").rglob("*") if path.is_file()]
+    channels |= {str(path.relative_to(project)): path.read_bytes().decode(errors="replace") for path in state_files}
+    history = [" ".join(map(str, row)) for row in mysql_query("SELECT * FROM faber_deployments")]
+    channels["history table"] = "\n".join(history)
+    channels["exported spans"] = "\n".join(
+        [body.decode(errors="replace") for body in receiver.bodies] + [repr(span) for span in receiver.spans()]
+    )
+    channels["child process argv (wrappers)"] = argv_log.read_text()
+    channels["process list"] = "\n".join(sorted(sampler.seen))
+
+    leaks = [channel for channel, text in channels.items() if CANARY_PASSWORD in text]
+    assert leaks == [], leaks
+
+    # The channels searched are real and full: every kind of output was produced.
+    assert any(path.suffix == ".json" for path in state_files) and any(path.suffix == ".dump" for path in state_files)
+    assert len(history) >= 5
+    wrapped = channels["child process argv (wrappers)"]
+    assert "[MYSQL_PWD in env]" in wrapped and "/mariadb-dump " in wrapped and "/mariadb " in wrapped
+    assert "doesn't exist" in channels["stdout and stderr"]  # the leaky migration's error was shown, masked
