@@ -23,6 +23,9 @@ CREATE TRIGGER small_upper BEFORE INSERT ON small FOR EACH ROW SET NEW.name = UP
 CREATE VIEW small_names AS SELECT name FROM small;
 CREATE FUNCTION twice(x int) RETURNS int DETERMINISTIC RETURN x * 2;
 INSERT INTO small (id, name) VALUES (1, 'one');
+-- A named constraint, as the ORMs name theirs: constraint names are the database's.
+CREATE TABLE notes (id int PRIMARY KEY, small_id int, CONSTRAINT notes_small_fkey FOREIGN KEY (small_id) REFERENCES small(id));
+INSERT INTO notes VALUES (1, 1);
 """
 CHANGE = (
     "ALTER TABLE small ADD COLUMN note varchar(20); INSERT INTO small VALUES (2, 'two', 'n'); DROP VIEW small_names;"

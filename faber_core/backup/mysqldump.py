@@ -10,18 +10,20 @@ made atomic where MySQL offers atomicity, in one ``RENAME TABLE``:
 
 1. the dump is loaded into a scratch database of its own beside the target (minutes, for a large
    database): a kill here leaves the target untouched, and the next restore drops the scratch;
-2. the scratch's views and triggers are read and dropped there (MySQL moves no table with
-   triggers to another database); the target is still untouched;
-3. **one** ``RENAME TABLE`` renames every table and view of the target aside (``faber_old_*``,
-   within the target, so their triggers go with them) and moves every restored table into the
-   target: MySQL and MariaDB apply a multi-table rename all or nothing, so the tables and their
-   rows are either all the target's or all the backup's;
-4. the backup's views, triggers, routines and events are created in the target, the tables set
-   aside and the scratch database dropped.
+2. the scratch's views and triggers are read and dropped there, and the target's triggers are
+   dropped (MySQL moves no table with triggers to another database);
+3. **one** ``RENAME TABLE`` moves every table of the target into a second scratch database and
+   every restored table into the target: MySQL and MariaDB apply a multi-table rename all or
+   nothing, so the tables and their rows are either all the target's or all the backup's. Across
+   databases, because foreign-key constraint names are the database's (the ORMs name theirs);
+4. the backup's views, triggers, routines and events are created in the target, and both scratch
+   databases dropped.
 
-Step 4 takes milliseconds but is not covered by the rename's atomicity: a kill exactly then
-leaves the tables and rows of the backup with some of its views, triggers or routines missing
-(and ``faber_old_*`` tables the next restore drops). docs/mysql.md says so.
+Steps 2 and 4 take milliseconds but are outside the rename's atomicity: a kill exactly then
+leaves the tables and rows as before (step 2) or as the backup (step 4) with some triggers,
+views or routines missing; the next restore drops the scratch databases. A rename that fails
+(a session holding a table past the lock timeout) recreates the target's triggers: nothing
+changed. docs/mysql.md says so.
 """
 
 from __future__ import annotations
@@ -190,9 +192,6 @@ def faber_backup_prune(context: RunContext, keep_last: int | None, dry_run: bool
 
 # Restore ---------------------------------------------------------------------------------
 
-DISPLACED = "faber_old_"
-"""The target's tables and views, renamed aside by the swap (faber's prefix: no backup holds them)."""
-
 
 def scratch_prefix(database_name: str) -> str:
     """The prefix of the scratch databases restores of ``database_name`` load into."""
@@ -247,26 +246,26 @@ def _restore(
     context: RunContext, backup: BackupRecord, archive: Path, target: str, client: Path, manual: list[str]
 ) -> RestoreOutcome:
     prefix = scratch_prefix(target)
-    scratch = f"{prefix}{int(time.time() * 1000):x}"
+    run = f"{int(time.time() * 1000):x}"
+    scratch, displaced = f"{prefix}{run}_new", f"{prefix}{run}_old"
     with store.reading(archive) as fd, context.database.connect(application_name="faber restore") as conn:
         if backup.sha256 and _sha256(fd) != backup.sha256:
             raise RestoreFailed(
                 f"Backup archive {backup.location} does not match its manifest checksum (corrupted?)",
                 suggestions=["Restore from another backup: faber backups " + context.environment],
             )
-        _drop_leftovers(conn, prefix, target)
+        _drop_leftovers(conn, prefix)
         conn.execute(f"CREATE DATABASE {_quote(scratch)}")
+        conn.execute(f"CREATE DATABASE {_quote(displaced)}")
         try:
             context.emit(events.BACKUP_PROGRESS, target=backup.id, status="loading the dump beside the database")
             _load(context, client, fd, scratch, manual)
             objects = _take_objects(conn, scratch, target)
-            displaced = _swap(conn, target, scratch, manual)
-            # Trigger names are the database's: the set-aside tables' triggers go first.
-            for name, kind in displaced:
-                conn.execute(f"DROP {kind} IF EXISTS {_quote(target)}.{_quote(name)}")
+            _swap(conn, target, scratch, displaced, manual)
             _create_objects(conn, target, objects)
         finally:
             _drop_quietly(conn, scratch)
+            _drop_quietly(conn, displaced)
     return RestoreOutcome(
         backup_id=backup.id,
         status="success",
@@ -287,18 +286,13 @@ def _drop_quietly(conn: Any, scratch: str) -> None:
         pass  # the next restore drops it (_drop_leftovers)
 
 
-def _drop_leftovers(conn: Any, prefix: str, target: str) -> None:
-    """What a restore of this database killed before its end left: its scratch database, and the
-    target's replaced tables and views (renamed aside by a swap that had happened)."""
+def _drop_leftovers(conn: Any, prefix: str) -> None:
+    """The scratch databases of a restore of this database killed before its end: the dump half
+    loaded (the target untouched), or the target's replaced tables (the swap done)."""
     for (name,) in conn.execute(
         "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE %s", [_like(prefix)]
     ).fetchall():
         conn.execute(f"DROP DATABASE {_quote(name)}")
-    for name, kind in conn.execute(
-        "SELECT TABLE_NAME, TABLE_TYPE FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME LIKE %s",
-        [target, _like(DISPLACED)],
-    ).fetchall():
-        conn.execute(f"DROP {'VIEW' if kind == 'VIEW' else 'TABLE'} {_quote(target)}.{_quote(name)}")
 
 
 def _load(context: RunContext, client: Path, fd: int, scratch: str, manual: list[str]) -> None:
@@ -337,12 +331,7 @@ def _take_objects(conn: Any, scratch: str, target: str) -> list[str]:
             _retarget(conn.execute(f"SHOW CREATE VIEW {q}.{_quote(name)}").fetchone()[1], scratch, target)
         )
         conn.execute(f"DROP VIEW {q}.{_quote(name)}")
-    triggers = conn.execute(
-        "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = %s ORDER BY ACTION_ORDER",
-        [scratch],
-    )
-    for (name,) in triggers.fetchall():
-        create = conn.execute(f"SHOW CREATE TRIGGER {q}.{_quote(name)}").fetchone()[2]
+    for name, create in _triggers(conn, scratch):
         statements.append(_retarget(create, scratch, target))
         conn.execute(f"DROP TRIGGER {q}.{_quote(name)}")
     routines = conn.execute(
@@ -365,43 +354,58 @@ def _retarget(create: str, scratch: str, target: str) -> str:
     return _DEFINER.sub("", create).replace(_quote(scratch) + ".", _quote(target) + ".")
 
 
-def _swap(conn: Any, target: str, scratch: str, manual: list[str]) -> list[tuple[str, str]]:
-    """One RENAME TABLE: the target's tables and views aside (within the target, so their triggers
-    go with them), the restored tables into the target. Returns (name, TABLE or VIEW) set aside."""
+def _swap(conn: Any, target: str, scratch: str, displaced: str, manual: list[str]) -> None:
+    """One RENAME TABLE: the target's tables into ``displaced``, the restored ones into the target.
+
+    Across databases, because constraint names are the database's (Prisma, TypeORM and Sequelize
+    name their foreign keys): the replaced tables' constraints leave before the restored ones'
+    arrive. MySQL moves no table with triggers to another database, so the target's triggers are
+    dropped just before, and recreated if the rename fails (it then changed nothing)."""
     t = _quote(target)
+    triggers = _triggers(conn, target)
     current = conn.execute(
-        "SELECT TABLE_NAME, TABLE_TYPE FROM information_schema.TABLES"
-        " WHERE TABLE_SCHEMA = %s AND TABLE_NAME NOT LIKE %s",
+        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_TYPE = 'BASE TABLE'"
+        " AND TABLE_NAME NOT LIKE %s",
         [target, _like(FABER_TABLES)],
     ).fetchall()
-    restored = conn.execute(
-        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s", [scratch]
+    restored = conn.execute("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s", [scratch])
+    renames = [f"{t}.{_quote(name)} TO {_quote(displaced)}.{_quote(name)}" for (name,) in current]
+    renames += [f"{_quote(scratch)}.{_quote(name)} TO {t}.{_quote(name)}" for (name,) in restored.fetchall()]
+    if not renames:
+        return
+    for name, _ in triggers:
+        conn.execute(f"DROP TRIGGER {t}.{_quote(name)}")
+    try:
+        conn.execute("RENAME TABLE " + ", ".join(renames))
+    except pymysql.Error as exc:
+        for _, create in triggers:
+            conn.execute(create)
+        raise RestoreFailed(
+            f"Swapping in the restored tables failed, and changed nothing: {exc.args[-1]}",
+            suggestions=[
+                "Sessions holding the tables (long transactions) block the swap: retry when they end",
+                *manual,
+            ],
+        ) from None
+
+
+def _triggers(conn: Any, schema: str) -> list[tuple[str, str]]:
+    """(name, CREATE TRIGGER statement) of every trigger of ``schema``."""
+    q = _quote(schema)
+    rows = conn.execute(
+        "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = %s ORDER BY ACTION_ORDER", [schema]
     ).fetchall()
-    tag = f"{int(time.time()) % 1_000_000:06d}"
-    aside = {
-        name: (f"{DISPLACED}{tag}_{index}", "VIEW" if kind == "VIEW" else "TABLE")
-        for index, (name, kind) in enumerate(current)
-    }
-    renames = [f"{t}.{_quote(name)} TO {t}.{_quote(new)}" for name, (new, _) in aside.items()]
-    renames += [f"{_quote(scratch)}.{_quote(name)} TO {t}.{_quote(name)}" for (name,) in restored]
-    if renames:
-        try:
-            conn.execute("RENAME TABLE " + ", ".join(renames))
-        except pymysql.Error as exc:
-            raise RestoreFailed(
-                f"Swapping in the restored tables failed, and changed nothing: {exc.args[-1]}",
-                suggestions=[
-                    "Sessions holding the tables (long transactions) block the swap: retry when they end",
-                    *manual,
-                ],
-            ) from None
-    return list(aside.values())
+    return [(name, conn.execute(f"SHOW CREATE TRIGGER {q}.{_quote(name)}").fetchone()[2]) for (name,) in rows]
 
 
 def _create_objects(conn: Any, target: str, statements: list[str]) -> None:
     """The backup's views, triggers, routines and events in the target, whose own routines and
     events they replace (its views and triggers went aside with its tables)."""
     t = _quote(target)
+    for (name,) in conn.execute(
+        "SELECT TABLE_NAME FROM information_schema.VIEWS WHERE TABLE_SCHEMA = %s", [target]
+    ).fetchall():
+        conn.execute(f"DROP VIEW {t}.{_quote(name)}")
     for kind, name in conn.execute(
         "SELECT ROUTINE_TYPE, ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = %s", [target]
     ).fetchall():
