@@ -33,6 +33,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from faber_core import events
 from faber_core.audit.history import refuse_shared_faber_schema
 from faber_core.backup import writes
@@ -507,8 +509,14 @@ class DeployProgress:
         elif event.kind == "migration.applied":
             self.committed.append(AppliedMigration.model_validate(event.data))
             self.running = None
-        elif event.kind == events.MIGRATION_FAILED and event.data["name"] == self.running:
-            self.stopped_in = MigrationFailure.model_validate(event.data)
+        elif event.kind == events.MIGRATION_FAILED and event.data.get("name") == self.running:
+            try:
+                self.stopped_in = MigrationFailure.model_validate(event.data)
+            except ValidationError:
+                # A handler that emits the event itself with only a name and an error (as plugins
+                # written before context.migration_failed did) says nothing of its transaction:
+                # the migration stays unmeasured, and its returned outcome is what counts.
+                pass
 
     def record(self, outcome: ApplyOutcome) -> None:
         self.outcome = outcome

@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from faber_core import hookimpl
+from faber_core import events, hookimpl
 from faber_core.errors import EXIT_CODES, FaberError, HealthCheckFailed, Interrupted, MigrationFailed
 from faber_core.models import AppliedMigration, ApplyOutcome, HealthCheckResult
 from faber_core.plugins import Plugins
@@ -108,6 +108,31 @@ def test_an_exception_from_the_apply_hook_after_a_commit_restores_the_backup(
     assert error.suggestions[0] == f"Database rolled back to {result['backup_id']}"
     assert not any("faber rollback" in s for s in error.suggestions)
     assert tables(database_url) == set()
+
+
+class EmitsItsOwnFailure(Sqlfiles):
+    """Emits ``migration.failed`` itself with only a name and an error, as handlers written before
+    ``context.migration_failed`` did, then returns the failure."""
+
+    @hookimpl
+    def faber_migration_apply(self, context, pending):
+        outcome = sqlfiles.faber_migration_apply(context, pending)
+        context.emit(events.MIGRATION_FAILED, name=outcome.failure.name, error=outcome.failure.error)
+        return outcome
+
+
+def test_a_bare_migration_failed_event_from_a_handler_does_not_hide_its_failure(
+    project, context_for, handler, database_url
+):
+    plugins = handler(EmitsItsOwnFailure())
+    project_dir = project({"001_users": USERS, "002_broken": "INSERT INTO missing_table VALUES (1);"})
+
+    with pytest.raises(FaberError) as raised:
+        migrate(context_for(project_dir), plugins, YES)
+
+    assert raised.value.code == "MIGRATION_FAILED"
+    assert raised.value.result["failed_migration"] == "002_broken"
+    assert raised.value.result["applied_migrations"] == ["001_users"]
 
 
 class StopsInsideAMigration(Sqlfiles):

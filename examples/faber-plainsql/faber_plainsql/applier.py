@@ -8,7 +8,6 @@ import time
 
 import psycopg
 
-from faber_core import events
 from faber_core.context import RunContext
 from faber_core.errors import ConfigError
 from faber_core.models import (
@@ -67,8 +66,7 @@ def apply(context: RunContext, pending: list[LocalMigration]) -> ApplyOutcome:
                     sqlstate=exc.sqlstate,
                     table_writes=measured.rows if transactional else None,
                 )
-                context.emit(events.MIGRATION_FAILED, name=migration.name, error=error)
-                return outcome
+                return outcome  # faber emits migration.failed for it
             applied = AppliedMigration(
                 name=migration.name,
                 duration_seconds=round(time.monotonic() - started, 3),
