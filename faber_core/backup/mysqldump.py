@@ -257,12 +257,32 @@ def _restore(
         _drop_leftovers(conn, prefix)
         conn.execute(f"CREATE DATABASE {_quote(scratch)}")
         conn.execute(f"CREATE DATABASE {_quote(displaced)}")
+        # Whether the swap, the restore's commit point, happened: None while it is on its way.
+        swapped: bool | None = False
         try:
             context.emit(events.BACKUP_PROGRESS, target=backup.id, status="loading the dump beside the database")
             _load(context, client, fd, scratch, manual)
             objects = _take_objects(conn, scratch, target)
+            swapped = None
             _swap(conn, target, scratch, displaced, manual)
+            swapped = True
             _create_objects(conn, target, objects)
+        except KeyboardInterrupt as interrupt:
+            return RestoreOutcome.interrupted(
+                backup.id,
+                interrupt,
+                committed=swapped,
+                details={
+                    True: f"The restore of {backup.id} had swapped its tables in: the tables and rows are exactly "
+                    f"the backup's; run faber rollback {context.environment} --to {backup.id} again to recreate "
+                    "its views, triggers, routines and events",
+                    False: f"The restore of {backup.id} stopped before its table swap: the database is exactly as "
+                    "before it",
+                    None: f"The restore of {backup.id} stopped during its table swap, which MySQL applies all or "
+                    "nothing: the tables and rows are either as before it or the backup's, and some triggers may "
+                    f"be missing; run faber rollback {context.environment} --to {backup.id} again",
+                }[swapped],
+            )
         finally:
             _drop_quietly(conn, scratch)
             _drop_quietly(conn, displaced)
