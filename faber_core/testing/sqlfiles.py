@@ -6,7 +6,8 @@ in ``sqlfiles_migrations``. Load it with ``FABER_PLUGINS=faber_core.testing.sqlf
 On MySQL/MariaDB (``context.database.engine.name == "mysql"``) a migration holding DDL cannot
 run in a transaction: it runs statement by statement, its bookkeeping row written first as
 ``failed`` and marked ``applied`` at the end, so a failure part-way leaves a failed row and says
-how many statements committed; a migration of data statements only runs in one transaction.
+how many statements committed (``faber resolve`` then drops or completes the row); a migration
+of data statements only runs in one transaction.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import psycopg
 
 from faber_core import hookimpl
 from faber_core.context import RunContext
+from faber_core.errors import ConfigError
 from faber_core.models import (
     AppliedMigration,
     ApplyOutcome,
@@ -28,6 +30,7 @@ from faber_core.models import (
     MigrationRecord,
     MigrationRefusal,
     MigrationState,
+    Resolution,
     ToolInfo,
 )
 from faber_core.support.files import decode_sql, read_migration_file
@@ -145,6 +148,23 @@ def _mysql_transactional(migration: LocalMigration) -> bool:
     from faber_core.support.mysql import is_ddl, split_statements
 
     return not any(is_ddl(statement) for statement in split_statements(migration.handler_data))
+
+
+@hookimpl
+def faber_migration_resolve(context: RunContext, name: str, resolution: Resolution) -> MigrationState:
+    """Only MySQL leaves failed rows (a DDL migration cut short): ``rolled_back`` drops the row so
+    the migration runs again, ``applied`` marks it applied."""
+    if name not in faber_migration_status(context).failed:
+        raise ConfigError(
+            f"{name} is not a failed sqlfiles migration",
+            suggestions=[f"See the history: faber status {context.environment}"],
+        )
+    with context.database.connect(application_name="faber sqlfiles resolve") as conn:
+        if resolution == "rolled_back":
+            conn.execute("DELETE FROM sqlfiles_migrations WHERE name = %s", [name])
+        else:
+            conn.execute("UPDATE sqlfiles_migrations SET state = 'applied', error = NULL WHERE name = %s", [name])
+    return faber_migration_status(context)
 
 
 def _mysql_status(context: RunContext) -> MigrationState:
