@@ -26,6 +26,9 @@ BAD_URLS = {
     "unescaped @": f"postgresql://postgres:{PASSWORD_PIECES[0]}@{PASSWORD_PIECES[1]}@127.0.0.1/postgres",
     "unescaped /": f"postgresql://postgres:{PASSWORD_PIECES[0]}/{PASSWORD_PIECES[1]}@127.0.0.1/postgres",
     "unescaped ?": f"postgresql://postgres:{PASSWORD_PIECES[0]}?{PASSWORD_PIECES[1]}@127.0.0.1/postgres",
+    "unescaped @ and ?, the rest as a parameter": (
+        f"postgresql://postgres:{PASSWORD_PIECES[0]}@{PASSWORD_PIECES[1]}?{PASSWORD_PIECES[2]}=@127.0.0.1/postgres"
+    ),
     "unescaped #": f"postgresql://postgres:{PASSWORD_PIECES[0]}#{PASSWORD_PIECES[1]}@127.0.0.1/postgres",
     "bad percent": f"postgresql://postgres:{PASSWORD_PIECES[0]}%zz{PASSWORD_PIECES[1]}@127.0.0.1/postgres",
     "percent nul": f"postgresql://postgres:{PASSWORD_PIECES[0]}%00@127.0.0.1/postgres",
@@ -45,6 +48,25 @@ def test_a_url_that_does_not_parse_one_way_is_refused_without_echo(url):
     error = raised.value
     assert "$APP_DATABASE_URL" in error.message
     assert any("Percent-encode" in suggestion for suggestion in error.suggestions)
+    assert pieces_in(error.message + "\n".join(error.suggestions)) == []
+
+
+# A MySQL URL goes to one parser only (faber's, which hands PyMySQL its pieces), so an unescaped
+# '@' in the password is read one way: up to the last '@', as a browser would.
+MYSQL_BAD_URLS = {
+    name: url.replace("postgresql://", "mysql://", 1)
+    for name, url in BAD_URLS.items()
+    if "://" in url and name != "unescaped @"
+}
+
+
+@pytest.mark.parametrize("url", MYSQL_BAD_URLS.values(), ids=MYSQL_BAD_URLS.keys())
+def test_a_mysql_url_that_does_not_parse_one_way_is_refused_without_echo(url):
+    with pytest.raises(ConfigError) as raised:
+        Database(Secret(url), source="$APP_DATABASE_URL")
+
+    error = raised.value
+    assert "$APP_DATABASE_URL" in error.message
     assert pieces_in(error.message + "\n".join(error.suggestions)) == []
 
 

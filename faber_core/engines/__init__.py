@@ -12,12 +12,14 @@ docs/engines.md describes the interface for authors of further engines.
 
 from __future__ import annotations
 
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from urllib.parse import SplitResult
 
 from faber_core.errors import ConfigError
 
@@ -33,7 +35,7 @@ PERCENT_ENCODE_HINT = (
 )
 
 HOST_PORT_UNPARSABLE = "its host or port does not parse (an IPv6 address goes in [brackets]; a port is a number)"
-AT_AFTER_HOST = "an '@' follows the host (a '/' in the password that was not percent-encoded?)"
+AT_AFTER_HOST = "an '@' follows the host (a '/' or '?' in the password that was not percent-encoded?)"
 
 
 def unsafe_url_text(raw: str) -> str | None:
@@ -43,7 +45,20 @@ def unsafe_url_text(raw: str) -> str | None:
         return "it contains a control character (a line break or tab?)"
     if "#" in raw:
         return "it contains an unescaped '#'"
+    if _BAD_PERCENT_ESCAPE.search(raw):
+        return "a '%' is not followed by two hex digits (a '%' that was not percent-encoded as %25?)"
+    if "%00" in raw:
+        return "it holds an encoded NUL (%00), which no server accepts in a name or a password"
     return None
+
+
+_BAD_PERCENT_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def at_after_host(parts: SplitResult) -> bool:
+    """Whether an unencoded ``@`` follows the host, in the path or the query: a password with an
+    unencoded ``/`` or ``?`` before its ``@`` puts part of itself where the host is read."""
+    return "@" in parts.path or "@" in parts.query
 
 
 def wait_for_lock(

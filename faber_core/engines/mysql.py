@@ -31,6 +31,7 @@ from faber_core.engines import (
     Feature,
     HeldLock,
     TargetUrl,
+    at_after_host,
     unsafe_url_text,
     wait_for_lock,
 )
@@ -165,7 +166,7 @@ class MySQLEngine(Engine):
             host = parts.hostname
         except ValueError:
             raise invalid(HOST_PORT_UNPARSABLE) from None
-        if "@" in parts.path:
+        if at_after_host(parts):
             raise invalid(AT_AFTER_HOST)
         if "@" in parts.netloc.rpartition("@")[0].partition(":")[0]:
             raise invalid("the user name holds an '@' that was not percent-encoded")

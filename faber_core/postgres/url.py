@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from faber_core.engines import AT_AFTER_HOST, HOST_PORT_UNPARSABLE, PERCENT_ENCODE_HINT, unsafe_url_text
+from faber_core.engines import AT_AFTER_HOST, HOST_PORT_UNPARSABLE, PERCENT_ENCODE_HINT, at_after_host, unsafe_url_text
 from faber_core.errors import ConfigError
 
 # libpq's connection parameters and the environment variables that carry them to subprocesses.
@@ -96,7 +96,7 @@ def parse_database_url(raw: str, source: str) -> ParsedUrl:
             _ = parts.port
     except ValueError:
         raise invalid(HOST_PORT_UNPARSABLE) from None
-    if "@" in parts.path:
+    if at_after_host(parts):
         raise invalid(AT_AFTER_HOST)
     pairs = [pair for pair in parts.query.split("&") if pair]
     if any("=" not in pair or not _PARAMETER_NAME.fullmatch(pair.partition("=")[0]) for pair in pairs):
