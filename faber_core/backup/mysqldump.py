@@ -37,8 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pymysql
-
+# No `import pymysql`: this built-in plugin is registered on every run, PostgreSQL's too. Its
+# errors are the engine's `driver_error` and the connection's `Error` (PEP 249) instead.
 from faber_core import events, hookimpl
 from faber_core.backup import store
 from faber_core.context import RunContext
@@ -231,7 +231,7 @@ def faber_backup_restore(context: RunContext, backup: BackupRecord) -> RestoreOu
     client = _program("mariadb", "mysql")
     try:
         return _restore(context, backup, archive, target, client, manual)
-    except pymysql.Error as exc:
+    except context.database.engine.driver_error as exc:
         raise RestoreFailed(
             f"The restore of {backup.id} stopped: {context.redactor.redact(str(exc.args[-1]))}",
             suggestions=[
@@ -302,7 +302,7 @@ def _restore(
 def _drop_quietly(conn: Any, scratch: str) -> None:
     try:
         conn.execute(f"DROP DATABASE IF EXISTS {_quote(scratch)}")
-    except pymysql.Error:
+    except conn.Error:
         pass  # the next restore drops it (_drop_leftovers)
 
 
@@ -397,7 +397,7 @@ def _swap(conn: Any, target: str, scratch: str, displaced: str, manual: list[str
         conn.execute(f"DROP TRIGGER {t}.{_quote(name)}")
     try:
         conn.execute("RENAME TABLE " + ", ".join(renames))
-    except pymysql.Error as exc:
+    except conn.Error as exc:
         for _, create in triggers:
             conn.execute(create)
         raise RestoreFailed(
@@ -437,7 +437,7 @@ def _create_objects(conn: Any, target: str, statements: list[str]) -> None:
     for statement in statements:
         try:
             conn.execute(statement)
-        except pymysql.Error as exc:
+        except conn.Error as exc:
             raise RestoreFailed(
                 "The backup's tables were restored, but one of its views, triggers, routines or events could not "
                 f"be recreated: {exc.args[-1]}",

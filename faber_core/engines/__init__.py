@@ -287,21 +287,21 @@ class Engine(ABC):
 
 
 def _engines() -> Iterator[Engine]:
-    from faber_core.engines.mysql import MYSQL
     from faber_core.engines.postgres import POSTGRESQL
 
     yield POSTGRESQL
+    from faber_core.engines.mysql import MYSQL  # imports PyMySQL: only for a URL that is not PostgreSQL's
+
     yield MYSQL
 
 
 def engine_for_url(raw: str, source: str) -> Engine:
     """The engine serving ``raw``'s scheme; :class:`ConfigError` (never quoting the URL) for another."""
     scheme, separator, _ = raw.partition("://")
-    engines = list(_engines())
-    for engine in engines:
+    for engine in _engines():
         if separator and scheme.lower() in engine.schemes:
             return engine
-    known = ", ".join(f"{scheme}://" for engine in engines for scheme in engine.schemes)
+    known = ", ".join(f"{scheme}://" for engine in _engines() for scheme in engine.schemes)
     raise ConfigError(
         f"The database URL in {source} is not a URL faber can deploy to: it must start with one of {known}",
         suggestions=[

@@ -15,12 +15,11 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from faber_core import events
 from faber_core.context import RunContext
-from faber_core.engines.mysql import MySQLConnection
 from faber_core.errors import ConfigError, MigrationFailed
 from faber_core.models import (
     AppliedMigration,
@@ -34,10 +33,15 @@ from faber_core.support.sessions import Measurement, advisory_lock, measured_tra
 from faber_core.support.sql import is_transactional, split_statements
 from psycopg import sql
 
-from faber_prisma import mysql
+from faber_prisma import is_mysql
 from faber_prisma.history import History
 from faber_prisma.migrations import MigrationFolder, read_migrations, require_scripts
-from faber_prisma.mysql import MysqlHistory
+
+if TYPE_CHECKING:
+    from faber_core.support.mysql import MySQLConnection
+
+    from faber_prisma import mysql
+    from faber_prisma.mysql import MysqlHistory
 
 PRISMA_LOCK_KEY = 72707369
 """The advisory lock ``prisma migrate deploy`` holds for its whole run on PostgreSQL (Prisma's schema engine)."""
@@ -144,7 +148,9 @@ def _folders_for(context: RunContext, pending: list[LocalMigration]) -> list[Mig
 def _locked_history(context: RunContext, application_name: str) -> Iterator[History | MysqlHistory]:
     """The history on a migration session holding Prisma's lock (see :func:`_postgres_history`
     and :func:`_mysql_history`)."""
-    on_mysql = mysql.is_mysql(context)
+    on_mysql = is_mysql(context)
+    if on_mysql:
+        from faber_prisma import mysql  # imports PyMySQL: only on MySQL/MariaDB
     try:
         conn = (
             mysql.connect(context, application_name)
@@ -164,6 +170,9 @@ def _locked_history(context: RunContext, application_name: str) -> Iterator[Hist
 @contextmanager
 def _mysql_history(context: RunContext, conn: MySQLConnection) -> Iterator[MysqlHistory]:
     """The database's history on a session holding Prisma's ``GET_LOCK`` lock."""
+    from faber_prisma import mysql
+    from faber_prisma.mysql import MysqlHistory
+
     with conn, mysql.prisma_lock(conn, wait_seconds=context.settings.lock_wait_seconds):
         context.apply_session_timeouts(conn)
         yield MysqlHistory(conn, context.database.schema)
@@ -192,7 +201,7 @@ def _postgres_history(context: RunContext, conn: psycopg.Connection) -> Iterator
 def _apply_one(
     context: RunContext, history: History | MysqlHistory, folder: MigrationFolder, measured: Measurement
 ) -> MigrationFailure | None:
-    if isinstance(history, MysqlHistory):
+    if is_mysql(context):
         measured.unmeasured()  # each statement commits on its own
         return _apply_on_mysql(context, history, folder)
     from pglast.parser import ParseError  # with the parser is_transactional imports
@@ -296,6 +305,8 @@ def _apply_on_mysql(context: RunContext, history: MysqlHistory, folder: Migratio
     """As Prisma on MySQL: the attempt's row, the script in one request, then the row finished. A
     failure leaves the statements before the failing one committed and the row failed, with the
     P3018 text in its logs, until someone resolves it (the rollback restores the backup)."""
+    from faber_prisma import mysql
+
     assert folder.checksum is not None
     migration_id = history.start(folder.name, folder.checksum)
     failure = mysql.run_script(history.conn, folder.sql)

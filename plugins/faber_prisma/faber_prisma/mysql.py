@@ -27,9 +27,9 @@ from typing import Any
 
 import pymysql
 from faber_core.context import RunContext
-from faber_core.engines.mysql import MYSQL, MySQLConnection
 from faber_core.errors import Locked
 from faber_core.models import MigrationRecord
+from faber_core.support.mysql import MySQLConnection
 from pymysql.constants import CLIENT, SERVER_STATUS
 
 from faber_prisma.history import SELECT_ROWS, as_records
@@ -217,10 +217,6 @@ def run_script(conn: MySQLConnection, script: str) -> ScriptFailure | None:
         code, message = exc.args if len(exc.args) == 2 else (None, str(exc))
         committed = statement - 1 if block_began is None else block_began - 1
         return ScriptFailure(statement=statement, committed=committed, code=code, message=str(message))
-
-
-def is_mysql(context: RunContext) -> bool:
-    return context.database.engine is MYSQL
 
 
 def connect(context: RunContext, application_name: str) -> MySQLConnection:

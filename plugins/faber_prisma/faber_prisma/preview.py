@@ -6,7 +6,7 @@ from faber_core.context import RunContext
 from faber_core.models import LocalMigration, MigrationPreview
 from faber_core.support.sql import estimate_seconds, is_transactional
 
-from faber_prisma import mysql
+from faber_prisma import is_mysql
 from faber_prisma.migrations import SCRIPT_NAME, MigrationFolder, read_migrations
 
 NON_TRANSACTIONAL_NOTE = (
@@ -47,7 +47,7 @@ def _preview_one(context: RunContext, migration: LocalMigration, folder: Migrati
 
 def _transactionality(context: RunContext, folder: MigrationFolder) -> tuple[bool | None, list[str]]:
     """Whether the migration runs in one transaction, and the notes saying what follows."""
-    if mysql.is_mysql(context):
+    if is_mysql(context):
         return False, [MYSQL_NOTE]
     from pglast.parser import ParseError  # with the parser is_transactional imports
 

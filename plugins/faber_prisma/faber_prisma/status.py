@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import psycopg
-import pymysql
 from faber_core.context import RunContext
-from faber_core.engines.mysql import MySQLConnection
 from faber_core.errors import HealthCheckFailed
 from faber_core.models import LocalMigration, MigrationRecord, MigrationState
 from faber_core.support.sessions import blocked_read_error
 from psycopg import sql
 
-from faber_prisma import TOOL, mysql
+from faber_prisma import TOOL, is_mysql
 from faber_prisma.history import TABLE, History
 from faber_prisma.migrations import MigrationFolder, equivalent_checksums, read_migrations
-from faber_prisma.mysql import MysqlHistory
+
+if TYPE_CHECKING:
+    from faber_core.support.mysql import MySQLConnection
 
 
 def build_state(context: RunContext, folders: list[MigrationFolder], records: list[MigrationRecord]) -> MigrationState:
@@ -28,7 +30,9 @@ def build_state(context: RunContext, folders: list[MigrationFolder], records: li
 
 def _table_name(context: RunContext) -> str:
     """``_prisma_migrations`` qualified and quoted as the engine's SQL names it."""
-    if mysql.is_mysql(context):
+    if is_mysql(context):
+        from faber_prisma import mysql  # imports PyMySQL: only on MySQL/MariaDB
+
         return mysql.qualified_table(context.database.schema)
     return sql.Identifier(context.database.schema, TABLE).as_string(None)
 
@@ -62,7 +66,7 @@ def read_state(context: RunContext) -> MigrationState:
     """
     folders = read_migrations(context)
     with context.database.connect(application_name="faber prisma status") as conn:
-        if mysql.is_mysql(context):
+        if is_mysql(context):
             return build_state(context, folders, _mysql_records(context, conn))
         history = History(conn, context.database.schema)
         try:
@@ -75,10 +79,12 @@ def read_state(context: RunContext) -> MigrationState:
 
 
 def _mysql_records(context: RunContext, conn: MySQLConnection) -> list[MigrationRecord]:
+    from faber_prisma.mysql import MysqlHistory  # imports PyMySQL: only on MySQL/MariaDB
+
     history = MysqlHistory(conn, context.database.schema)
     try:
         return history.records()
-    except pymysql.Error as exc:
+    except context.database.engine.driver_error as exc:
         if context.database.engine.classify_error(exc) != "lock_timeout":
             raise
         raise HealthCheckFailed(
