@@ -28,6 +28,7 @@ import shlex
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, TextIO, TypeAlias, TypeVar
 
 from faber_core import events
@@ -45,8 +46,8 @@ if TYPE_CHECKING:
     Approver: TypeAlias = Callable[[str], bool]
     Listener: TypeAlias = Callable[[AuditEvent], None]
     Body: TypeAlias = Callable[[RunContext, Plugins], Success]
-    from faber_core.fleet import FleetOptions, Runner
-    from faber_core.targets import Target
+    from faber_core.fleet import Runner
+    from faber_core.targets import FleetOptions, Target
 
     FleetBody: TypeAlias = Callable[[Runner, Plugins], Success]
 
@@ -95,7 +96,7 @@ def deploy(
     On a fleet environment (docs/fleet.md) every target not up to date is deployed, at most
     ``concurrency`` at once; ``shard`` (``"I/N"``) takes this process's share of the targets.
     """
-    from faber_core import fleet
+    from faber_core.targets import FleetOptions
     from faber_core.workflow import DeployOptions
     from faber_core.workflow import migrate as run_migrate
 
@@ -115,15 +116,16 @@ def deploy(
         working_directory=working_directory,
         progress=progress,
         listeners=listeners,
-        fleet_body=lambda runner, plugins: fleet.deploy(runner, plugins, options),
-        fleet_options=_fleet_options(concurrency, shard),
+        fleet_body=lambda runner, plugins: _fleet().deploy(runner, plugins, options),
+        fleet_options=FleetOptions(concurrency=concurrency, shard=shard),
     )
 
 
-def _fleet_options(concurrency: int | None, shard: str | None) -> FleetOptions:
-    from faber_core.fleet import FleetOptions
+def _fleet() -> ModuleType:
+    """:mod:`faber_core.fleet`, imported only when a fleet environment runs (start-up of one database's run)."""
+    from faber_core import fleet
 
-    return FleetOptions(concurrency=concurrency, shard=shard)
+    return fleet
 
 
 def status(
@@ -141,9 +143,9 @@ def status(
     with the same ``result``, so CI notices a database that no deploy can go on from. On a fleet
     environment: one row per target (docs/fleet.md).
     """
-    from faber_core import fleet
     from faber_core.errors import MigrationFailed
     from faber_core.results import Success
+    from faber_core.targets import FleetOptions
     from faber_core.workflow import read_status
 
     def body(context: RunContext, plugins: Plugins) -> Success:
@@ -178,8 +180,8 @@ def status(
         working_directory=working_directory,
         progress=progress,
         listeners=listeners,
-        fleet_body=lambda runner, plugins: fleet.status(runner),
-        fleet_options=_fleet_options(concurrency, shard),
+        fleet_body=lambda runner, plugins: _fleet().status(runner),
+        fleet_options=FleetOptions(concurrency=concurrency, shard=shard),
     )
 
 
@@ -595,17 +597,19 @@ def run_command(
     environment it runs instead of ``body``, running commands on the targets through its runner.
     """
     from faber_core.context import resolve_project_dir
-    from faber_core.fleet import FleetOptions, FleetProgress, Runner, open_fleet
     from faber_core.plugins import Plugins
+    from faber_core.targets import FleetOptions, fleet_settings
 
     def opened(run: _Run) -> Success:
         project = resolve_project_dir(working_directory)
         plugins_ = Plugins()
-        # The run's redactor learns every target's URL before the first target starts.
         options = fleet_options or FleetOptions()
-        found = open_fleet(project, environment, run.redactor, options) if fleet_body else None
-        if found is None or fleet_body is None:
+        settings = fleet_settings(project, environment, options) if fleet_body else None
+        if settings is None or fleet_body is None:
             return _run_body(run, project, plugins_, operation, environment, body, progress, listeners)
+        fleet = _fleet()
+        # The run's redactor learns every target's URL before the first target starts.
+        found = fleet.open_fleet(project, environment, settings, run.redactor, options)
 
         def run_target(operation_: str, target: Target, body_: Body) -> Document:
             name = f"{environment}/{target.name}"
@@ -616,7 +620,7 @@ def run_command(
                 redactor=run.redactor,
             )
 
-        return fleet_body(Runner(found, run_target, FleetProgress(progress, run.redactor)), plugins_)
+        return fleet_body(fleet.Runner(found, run_target, fleet.FleetProgress(progress, run.redactor)), plugins_)
 
     return _execute(operation, environment, opened)
 

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 from opentelemetry import context as otel_context
 from pydantic import BaseModel, Field
 
-from faber_core.config import EnvironmentSettings, load_config
+from faber_core.config import EnvironmentSettings
 from faber_core.errors import (
     ApprovalRequired,
     ConfigError,
@@ -52,7 +52,7 @@ from faber_core.interrupts import signal_name
 from faber_core.render import escape_controls
 from faber_core.results import DeployResult, ErrorDocument, Success
 from faber_core.secrets import Redactor
-from faber_core.targets import Shard, Target, discover_targets, parse_shard, shard_from_job
+from faber_core.targets import FleetOptions, Shard, Target, discover_targets, parse_shard, shard_from_job
 
 if TYPE_CHECKING:
     from faber_core.api import Document
@@ -134,14 +134,6 @@ class FleetFailed(FaberError):
 
 
 @dataclass
-class FleetOptions:
-    concurrency: int | None = None
-    """None: not given (DEFAULT_CONCURRENCY)."""
-    shard: str | None = None
-    """``I/N`` (``--shard``); None: the Kubernetes Indexed Job's shard when run in one, else the whole fleet."""
-
-
-@dataclass
 class Fleet:
     """A fleet environment, its targets found and this shard's share taken."""
 
@@ -155,13 +147,10 @@ class Fleet:
     redactor: Redactor
 
 
-def open_fleet(project_dir: Path, environment: str, redactor: Redactor, options: FleetOptions) -> Fleet | None:
-    """The fleet ``environment`` names; None when it names one database (or one target, ``FLEET/TARGET``)."""
-    if "/" in environment:
-        return refuse_fleet_options(environment, options)
-    settings = load_config(project_dir).environment(environment)
-    if settings.targets is None:
-        return refuse_fleet_options(environment, options)
+def open_fleet(
+    project_dir: Path, environment: str, settings: EnvironmentSettings, redactor: Redactor, options: FleetOptions
+) -> Fleet:
+    """The fleet ``environment`` names (its ``settings``: :func:`faber_core.targets.fleet_settings`)."""
     concurrency = options.concurrency or DEFAULT_CONCURRENCY
     if not 1 <= concurrency <= MAX_CONCURRENCY:
         raise ConfigError(f"--concurrency must be between 1 and {MAX_CONCURRENCY}")
@@ -169,16 +158,6 @@ def open_fleet(project_dir: Path, environment: str, redactor: Redactor, options:
     shard = parse_shard(options.shard) if options.shard else shard_from_job()
     targets = [t for t in everything if shard is None or shard.takes(t.name)]
     return Fleet(project_dir, environment, settings, targets, len(everything), shard, concurrency, redactor)
-
-
-def refuse_fleet_options(environment: str, options: FleetOptions) -> None:
-    given = [flag for flag, value in (("--concurrency", options.concurrency), ("--shard", options.shard)) if value]
-    if given:
-        raise ConfigError(
-            f"{' and '.join(given)} apply to a fleet environment (one with targets); {environment} is one database",
-            suggestions=["Leave them out, or see docs/fleet.md to configure a fleet"],
-        )
-    return None
 
 
 # Running the targets ---------------------------------------------------------------------

@@ -1,0 +1,83 @@
+"""Start-up stays lean: a command on one PostgreSQL database imports none of the libraries only
+other paths need (docs/performance.md). Checked on the modules the process loaded, not on a clock,
+so the test fails on the import, on a loaded machine or not."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+# faber's CLI run as the entry point does, then the names of every module it loaded written out.
+PROBE = """\
+import json, sys
+modules_file, sys.argv = sys.argv[1], ["faber", *sys.argv[2:]]
+from faber_core.cli import main
+try:
+    main()
+finally:
+    with open(modules_file, "w") as out:
+        json.dump(sorted(sys.modules), out)
+"""
+
+NOT_FOR_ONE_POSTGRESQL_DATABASE = {
+    "rich": "only a terminal's live display renders with it",
+    "opentelemetry.sdk": "only when an exporter is configured",
+    "boto3": "only the RDS backup provider",
+    "pymysql": "only a MySQL/MariaDB URL",
+    "faber_core.fleet": "only a fleet environment",
+}
+
+
+def run_recording_modules(tmp_path: Path, *args: str, env: dict[str, str]) -> tuple[subprocess.CompletedProcess, set]:
+    modules_file = tmp_path / "modules.json"
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, str(modules_file), *args],
+        # No OTEL_* variable: no exporter is asked for (the SDK's path has tests of its own).
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}, **env},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return done, set(json.loads(modules_file.read_text()))
+
+
+def imported(modules: set, heavy: str) -> bool:
+    return heavy in modules or any(name.startswith(heavy + ".") for name in modules)
+
+
+def test_deploy_and_status_of_one_postgresql_database_import_no_heavy_library(faber_project, database_url, tmp_path):
+    migrations = {
+        f"prisma/migrations/2024010100000{number}_t{number}/migration.sql": f"CREATE TABLE t{number} (id bigint);\n"
+        for number in (1, 2)
+    }
+    config = {
+        "database": {
+            "migration_tool": "prisma",
+            "environments": {
+                "production": {"database_url_env": "STARTUP_DATABASE_URL", "backup_before_migrate": False}
+            },
+        }
+    }
+    project = faber_project(config, migrations)
+    env = {"STARTUP_DATABASE_URL": database_url}
+
+    deploy, deploy_modules = run_recording_modules(
+        tmp_path, "migrate", "production", "--yes", "--cwd", str(project), env=env
+    )
+    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+    status, status_modules = run_recording_modules(
+        tmp_path, "status", "production", "--json", "--cwd", str(project), env=env
+    )
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert len(json.loads(status.stdout)["result"]["applied"]) == 2
+
+    for modules in (deploy_modules, status_modules):
+        assert "psycopg" in modules  # the probe saw the run's modules, the driver it used among them
+        loaded = {name: why for name, why in NOT_FOR_ONE_POSTGRESQL_DATABASE.items() if imported(modules, name)}
+        assert not loaded, f"imported although {loaded}"
+    # Reading the history parses no SQL.
+    assert not imported(status_modules, "pglast")
