@@ -13,8 +13,13 @@ import sys
 
 import pytest
 
-from faber_core.backup.mysqldump import scratch_prefix
-from faber_core.testing.fixtures import CANARY_PASSWORD, mysql_connect, start_faber, wait_for
+from faber_core.testing.fixtures import (
+    CANARY_PASSWORD,
+    mysql_connect,
+    mysql_scratch_databases,
+    start_faber,
+    wait_for,
+)
 
 SCHEMA = """
 CREATE TABLE big (id int PRIMARY KEY, payload varchar(255) NOT NULL);
@@ -69,14 +74,6 @@ def state(admin_url: str, name: str) -> dict:
                 [name],
             ).fetchall(),
         }
-
-
-def scratch_databases(admin_url: str) -> list[str]:
-    with mysql_connect(admin_url) as conn:
-        rows = conn.execute(
-            "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'faber\\_restore\\_%'"
-        )
-        return [row[0] for row in rows.fetchall()]
 
 
 def faber(project, url: str, *args: str) -> dict:
@@ -142,4 +139,4 @@ def test_a_restore_killed_while_loading_leaves_the_database_as_before_and_the_ne
     assert state(mysql_admin_url, name) == backup_state
     assert mysql_query("SELECT name FROM small_names") == [("ONE",)]
     assert mysql_query("SELECT twice(21)") == [(42,)]
-    assert not [db for db in scratch_databases(mysql_admin_url) if db.startswith(scratch_prefix(name))]
+    assert not mysql_scratch_databases(mysql_admin_url, name)

@@ -183,9 +183,22 @@ def mysql_database_url(mysql_admin_url: str, pytestconfig: pytest.Config) -> Ite
     try:
         yield urlunsplit(parts._replace(netloc=netloc, path=f"/{name}"))
     finally:
+        scratch = mysql_scratch_databases(mysql_admin_url, name)  # a killed restore's, left for the next one
         with mysql_connect(mysql_admin_url) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS `{name}`")
+            for database in [name, *scratch]:
+                conn.execute(f"DROP DATABASE IF EXISTS `{database}`")
             conn.execute(f"DROP USER IF EXISTS '{user}'@'%'")
+
+
+def mysql_scratch_databases(admin_url: str, database: str) -> list[str]:
+    """The scratch databases that restores of ``database`` by the mysqldump provider left on the server."""
+    from faber_core.backup.mysqldump import scratch_prefix
+
+    with mysql_connect(admin_url) as conn:
+        rows = conn.execute(
+            "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'faber\\_restore\\_%'"
+        ).fetchall()
+    return [name for (name,) in rows if name.startswith(scratch_prefix(database))]
 
 
 @pytest.fixture
