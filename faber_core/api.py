@@ -530,7 +530,7 @@ def _project_plugins(project: Path, tools: dict[str, str], providers: dict[str, 
 
 
 def init(tool: str = "prisma", *, force: bool = False, working_directory: str | Path | None = None) -> Document:
-    """``faber init``: a starter config (dev, staging, production) and, for Prisma, an example migration.
+    """``faber init``: a starter config (dev, staging, production) and what the tool needs for an example migration.
 
     Written in ``working_directory`` (created if missing), else ``FABER_DB_CWD``, else the current directory.
     """
@@ -538,12 +538,12 @@ def init(tool: str = "prisma", *, force: bool = False, working_directory: str | 
 
     def body() -> Success:
         from faber_core.context import resolve_project_dir
-        from faber_core.scaffold import write_starter_project
+        from faber_core.scaffold import NEXT_STEPS, write_starter_project
 
         if working_directory is not None:
             Path(working_directory).mkdir(parents=True, exist_ok=True)
         written = write_starter_project(resolve_project_dir(working_directory, discover=False), tool, force=force)
-        return Success(operation=INIT, result={"written": written}, message="Project initialised")
+        return Success(operation=INIT, result={"written": written, "next": NEXT_STEPS[tool]}, message="Project initialised")
 
     return run_guarded(INIT, None, body)
 

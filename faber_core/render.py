@@ -555,7 +555,7 @@ def _plugins(document: Success, result: dict[str, Any]) -> list[str]:
 
 
 def _initialised(document: Success, result: dict[str, Any]) -> list[str]:
-    return [*[f"✓ wrote {path}" for path in result["written"]], "Next: faber migrate dev"]
+    return [*[f"✓ wrote {path}" for path in result["written"]], f"Next: {result['next']}"]
 
 
 def _config_schema(document: Success, result: dict[str, Any]) -> list[str]:
