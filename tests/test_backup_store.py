@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from faber_core.backup import store
+from faber_core.errors import RestoreFailed
 from faber_core.models import MigrationState
 from faber_core.testing.fixtures import process_alive, start_faber, wait_for
 from faber_core.workflow import take_backup
@@ -101,6 +102,35 @@ def test_a_manifest_pointing_outside_the_backup_folder_is_never_restored(product
     [listed_record] = listed.json["result"]["backups"]
     assert listed_record["status"] == "unusable" and "is outside production/" in listed_record["problem"]
     assert (refused.returncode, refused.json["code"]) == (2, "CONFIG_INVALID"), refused.output
+
+
+def test_a_backup_whose_manifest_has_no_checksum_is_never_restored(
+    production, run_faber, context_for, plugins, database_url
+):
+    """Without its sha256 an archive cannot be told from a damaged or swapped one: it is not restored."""
+    project_dir, backup = production
+    record = backup()
+    manifest = folder(project_dir) / f"{record.id}.json"
+    unverifiable = json.loads(manifest.read_text())
+    del unverifiable["sha256"]
+    manifest.write_text(json.dumps(unverifiable))
+    with psycopg.connect(database_url) as conn:
+        conn.execute("CREATE TABLE since_backup (id int)")
+
+    listed = run_faber("backups", "production", "--json", cwd=project_dir)
+    refused = run_faber("rollback", "production", "--to", record.id, "--yes", "--json", cwd=project_dir)
+    newest = run_faber("rollback", "production", "--yes", "--json", cwd=project_dir)
+    with pytest.raises(RestoreFailed) as direct:
+        plugins.backup_restore(context_for(project_dir, "rollback"), record.model_copy(update={"sha256": None}))
+
+    [listed_record] = listed.json["result"]["backups"]
+    assert listed_record["status"] == "unusable" and "has no sha256 checksum" in listed_record["problem"]
+    assert (refused.returncode, refused.json["code"]) == (2, "CONFIG_INVALID"), refused.output
+    assert "has no sha256 checksum" in refused.json["error"]
+    assert (newest.returncode, newest.json["code"]) == (2, "CONFIG_INVALID"), newest.output
+    assert "cannot be verified" in direct.value.message
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT to_regclass('since_backup') IS NOT NULL").fetchone()[0]
 
 
 def test_leftovers_of_dead_runs_are_removed_and_live_ones_kept(production, context_for):

@@ -13,6 +13,10 @@ import sys
 
 import pytest
 
+from faber_core.backup import mysqldump
+from faber_core.context import open_context
+from faber_core.errors import RestoreFailed
+from faber_core.models import BackupRecord
 from faber_core.testing.fixtures import (
     CANARY_PASSWORD,
     mysql_connect,
@@ -140,3 +144,37 @@ def test_a_restore_killed_while_loading_leaves_the_database_as_before_and_the_ne
     assert mysql_query("SELECT name FROM small_names") == [("ONE",)]
     assert mysql_query("SELECT twice(21)") == [(42,)]
     assert not mysql_scratch_databases(mysql_admin_url, name)
+
+
+def test_a_backup_whose_manifest_has_no_checksum_is_never_restored(
+    faber_project, mysql_database_url, mysql_admin_url, monkeypatch
+):
+    name = mysql_database_url.rpartition("/")[2]
+    env = {"database_url_env": "TEST_DATABASE_URL", "require_approval": False, "lock_wait_seconds": 1}
+    files = {"migrations/001_schema.sql": "CREATE TABLE small (id int PRIMARY KEY);"}
+    project = faber_project({"database": {"migration_tool": "sqlfiles", "environments": {"production": env}}}, files)
+    faber(project, mysql_database_url, "migrate", "production")
+    backup_id = faber(project, mysql_database_url, "backup", "production")["result"]["id"]
+    manifest = project / f".faber/backups/production/{backup_id}.json"
+    record = BackupRecord.model_validate_json(manifest.read_text()).model_copy(update={"sha256": None})
+    manifest.write_text(record.model_dump_json())
+    (project / "migrations/002_change.sql").write_text(CHANGE.split(";")[0] + ";")
+    faber(project, mysql_database_url, "migrate", "production")
+    before = state(mysql_admin_url, name)
+
+    refused = subprocess.run(
+        [sys.executable, "-m", "faber_core", "rollback", "production", "--to", backup_id, "--yes", "--json"],
+        cwd=project,
+        env={**os.environ, "TEST_DATABASE_URL": mysql_database_url, "FABER_PLUGINS": "faber_core.testing.sqlfiles"},
+        capture_output=True,
+        text=True,
+    )
+    monkeypatch.setenv("TEST_DATABASE_URL", mysql_database_url)
+    with pytest.raises(RestoreFailed) as direct:
+        mysqldump.faber_backup_restore(context=open_context(project, "production", "rollback"), backup=record)
+
+    document = json.loads(refused.stdout)
+    assert (refused.returncode, document["code"]) == (2, "CONFIG_INVALID"), refused.stdout + refused.stderr
+    assert "has no sha256 checksum" in document["error"]
+    assert "cannot be verified" in direct.value.message
+    assert state(mysql_admin_url, name) == before

@@ -206,15 +206,6 @@ def _like(prefix: str) -> str:
     return prefix.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%") + "%"
 
 
-def _sha256(fd: int) -> str:
-    digest = hashlib.sha256()
-    with open(fd, "rb", closefd=False) as handle:
-        handle.seek(0)
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @hookimpl
 def faber_backup_restore(context: RunContext, backup: BackupRecord) -> RestoreOutcome:
     archive = context.project_dir / (backup.location or "")
@@ -249,11 +240,7 @@ def _restore(
     run = f"{int(time.time() * 1000):x}"
     scratch, displaced = f"{prefix}{run}_new", f"{prefix}{run}_old"
     with store.reading(archive) as fd, context.database.connect(application_name="faber restore") as conn:
-        if backup.sha256 and _sha256(fd) != backup.sha256:
-            raise RestoreFailed(
-                f"Backup archive {backup.location} does not match its manifest checksum (corrupted?)",
-                suggestions=["Restore from another backup: faber backups " + context.environment],
-            )
+        store.verify_archive(context, backup, fd)
         _drop_leftovers(conn, prefix)
         conn.execute(f"CREATE DATABASE {_quote(scratch)}")
         conn.execute(f"CREATE DATABASE {_quote(displaced)}")

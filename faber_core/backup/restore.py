@@ -85,11 +85,7 @@ def restore_archive(context: RunContext, backup: BackupRecord, tools: Path, majo
         raise RestoreFailed(f"Backup archive {backup.location} is missing", suggestions=manual[1:])
     keep = str(backup.provider_data.get(store.EXCLUDED_SCHEMA) or context.config.database.faber_schema)
     with store.reading(archive) as fd:
-        if backup.sha256 and _sha256(fd) != backup.sha256:
-            raise RestoreFailed(
-                f"Backup archive {backup.location} does not match its manifest checksum (corrupted?)",
-                suggestions=["Restore from another backup: faber backups " + context.environment],
-            )
+        store.verify_archive(context, backup, fd)
         with context.database.connect() as conn:
             prelude = restore_prelude(conn, keep)
             finish = sql.SQL(ANALYZE_RESTORED).format(keep=sql.Literal(keep)).as_string(conn)
@@ -119,17 +115,6 @@ def restore_archive(context: RunContext, backup: BackupRecord, tools: Path, majo
             "analyzed the restored tables",
         ],
     )
-
-
-def _sha256(fd: int) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    os.lseek(fd, 0, os.SEEK_SET)
-    while chunk := os.read(fd, CHUNK):
-        digest.update(chunk)
-    os.lseek(fd, 0, os.SEEK_SET)
-    return digest.hexdigest()
 
 
 class _Interrupted(Exception):

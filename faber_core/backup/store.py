@@ -39,7 +39,7 @@ from pydantic import ValidationError
 
 from faber_core import events
 from faber_core.context import RunContext
-from faber_core.errors import BackupFailed
+from faber_core.errors import BackupFailed, RestoreFailed
 from faber_core.models import BackupPruneOutcome, BackupRecord
 from faber_core.processes import supervised
 
@@ -105,6 +105,30 @@ def hold_for_run(context: RunContext, fd: int) -> None:
     """Keep a shared lock on a backup's archive until ``context``'s run is over (or faber exits)."""
     fcntl.flock(fd, fcntl.LOCK_SH)
     weakref.finalize(context, os.close, fd)
+
+
+def verify_archive(context: RunContext, backup: BackupRecord, fd: int) -> None:
+    """Refuse to restore an archive whose sha256 is not the one its manifest recorded, or that has none:
+    a damaged or swapped archive would be replayed over the database."""
+    if not backup.sha256:
+        problem = "has no sha256 checksum in its manifest: it cannot be verified"
+    elif _sha256(fd) != backup.sha256:
+        problem = "does not match its manifest checksum (corrupted?)"
+    else:
+        return
+    raise RestoreFailed(
+        f"Backup archive {backup.location} {problem}; the database is unchanged",
+        suggestions=["Restore from another backup: faber backups " + context.environment],
+    )
+
+
+def _sha256(fd: int) -> str:
+    digest = hashlib.sha256()
+    os.lseek(fd, 0, os.SEEK_SET)
+    while chunk := os.read(fd, 1 << 20):
+        digest.update(chunk)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager
@@ -287,6 +311,9 @@ def _scan(context: RunContext, directory: Path) -> list[tuple[BackupRecord, bool
             record.status, record.problem = "unusable", f"its archive {record.location} is outside {directory.name}/"
         elif readable and not archive.is_file():
             record.status, record.problem = "unusable", f"its archive {record.location} is missing"
+        elif readable and not record.sha256:
+            # Every manifest faber wrote has one: without it the archive cannot be told from a damaged one.
+            record.status, record.problem = "unusable", f"manifest {manifest.name} has no sha256 checksum"
         found.append((record, readable))
     return sorted(found, key=lambda item: item[0].created_at, reverse=True)
 
