@@ -12,7 +12,8 @@ and the time faber takes from its start to its first query (import time, goal <=
 
 The machine's load (``uptime``) is printed with the numbers: on a shared machine they move.
 ``FABER_BENCH_BASELINE_PYTHONPATH=DIR`` also runs, in the same alternation, the faber found in DIR
-(e.g. an older checkout's ``faber_core`` and plugin packages linked there), to compare versions.
+(e.g. an older checkout's ``faber_core`` and plugin packages linked there), to compare versions:
+its deploys, its ``faber status`` and its start to first query.
 """
 
 from __future__ import annotations
@@ -88,10 +89,15 @@ CPU_SECONDS: list[float] = []
 """User + system CPU time of each timed command (its own process and children, not the server's)."""
 
 
+# Commands run outside any checkout: a faber_core in the current directory would shadow both the
+# installed faber and the baseline's (``python -m`` and ``-c`` put that directory first on sys.path).
+NEUTRAL_DIRECTORY = tempfile.gettempdir()
+
+
 def timed(command: list[str], env: dict[str, str]) -> float:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=NEUTRAL_DIRECTORY)
     elapsed = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     CPU_SECONDS.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
@@ -113,14 +119,25 @@ def first_query_seconds(project: Path, env: dict[str, str]) -> float:
         "from faber_core.cli import main\n"
         "main()\n"
     )
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
     out = subprocess.run(
-        [sys.executable, "-c", probe, ENVIRONMENT, str(project)], env=env, capture_output=True, text=True
+        [sys.executable, "-c", probe, ENVIRONMENT, str(project)],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=NEUTRAL_DIRECTORY,
     )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU_SECONDS.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
     try:
         return float(out.stdout.strip().splitlines()[-1]) - started
     except (ValueError, IndexError):
         sys.exit(f"first-query probe failed:\n{out.stdout}\n{out.stderr}")
+
+
+def milliseconds(runs: list[float]) -> str:
+    return f"{statistics.median(runs) * 1000:.0f} ms (runs: {', '.join(f'{r * 1000:.0f}' for r in runs)})"
 
 
 def median_of(runs: list[float]) -> str:
@@ -145,6 +162,11 @@ def main() -> None:
             faber_cpu: list[float] = []
             baseline_runs: list[float] = []
             select_runs: list[float] = []
+            first_query_runs: list[float] = []
+            baseline_status_runs: list[float] = []
+            baseline_first_query_runs: list[float] = []
+            first_query_cpu: list[float] = []
+            baseline_first_query_cpu: list[float] = []
             last_faber_db = ""
             for _ in range(RUNS):
                 name = databases.fresh()
@@ -167,10 +189,17 @@ def main() -> None:
             env = {**os.environ, "BENCH_DATABASE_URL": database_url(last_faber_db)}
             status_command = [sys.executable, "-m", "faber_core", "status", ENVIRONMENT, "--cwd", str(project)]
             select_env = {**os.environ, "PGDATABASE": last_faber_db, "PGHOST": "127.0.0.1", "PGUSER": "postgres"}
+            baseline_env = {**env, "PYTHONPATH": BASELINE} if BASELINE else None
             for _ in range(RUNS):
                 status_runs.append(timed(status_command, env))
+                if baseline_env:
+                    baseline_status_runs.append(timed(status_command, baseline_env))
                 select_runs.append(timed(["psql", "-X", "-q", "-c", "SELECT 1"], select_env))
-            first_query = statistics.median(first_query_seconds(project, env) for _ in range(RUNS))
+                first_query_runs.append(first_query_seconds(project, env))
+                first_query_cpu.append(CPU_SECONDS[-1])
+                if baseline_env:
+                    baseline_first_query_runs.append(first_query_seconds(project, baseline_env))
+                    baseline_first_query_cpu.append(CPU_SECONDS[-1])
     finally:
         databases.drop_all()
     faber, psql = statistics.median(faber_runs), statistics.median(psql_runs)
@@ -181,8 +210,18 @@ def main() -> None:
     if baseline_runs:
         baseline = statistics.median(baseline_runs)
         print(f"  baseline faber ({BASELINE}): {median_of(baseline_runs)}; ratio to psql {baseline / psql:.2f}")
-    print(f"  faber start to first query: {first_query * 1000:.0f} ms (goal <= 120 ms)")
+    print(
+        f"  faber start to first query: {milliseconds(first_query_runs)} (goal <= 120 ms); "
+        f"CPU {milliseconds(first_query_cpu)}"
+    )
+    if baseline_first_query_runs:
+        print(
+            f"  baseline faber start to first query: {milliseconds(baseline_first_query_runs)}; "
+            f"CPU {milliseconds(baseline_first_query_cpu)}"
+        )
     print(f"faber status, up to date: {median_of(status_runs)} (goal <= 0.3 s)")
+    if baseline_status_runs:
+        print(f"  baseline faber status:   {median_of(baseline_status_runs)}")
     print(f"  psql -c 'SELECT 1':      {median_of(select_runs)}")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
