@@ -17,13 +17,15 @@ can be too. Its stable API:
 A runner serves one run: faber starts it once (``node <runner> <args>``), it loads the
 project's ORM from the project's ``node_modules`` once, and answers each request faber writes on
 its stdin, one JSON object per line, each naming the database it is for (the target, or the
-throwaway copy a rehearsal applies to)::
+throwaway copy a rehearsal applies to). The first line on stdin is the run's nonce, a random
+token the runner reads before it loads any project code::
 
     {"command": "status", "database_url": ...}
     {"command": "apply", "database_url": ..., "expected": ["<migration name>", ...],
      "session_statements": ["SET SESSION lock_wait_timeout = 5, ...", ...]}
 
-with one JSON object per line on stdout, the last one ``done``::
+with one JSON object per line on the protocol pipe (the descriptor named by
+``FABER_RUNNER_PROTOCOL_FD``), each carrying the nonce, the last one ``done``::
 
     {"event": "status", "local": [{"name": ..., "path": ..., "transactional": true}],
      "records": [{"name": ...}], "bookkeeping_table": "\\"public\\".\\"migrations\\""}
@@ -36,6 +38,11 @@ with one JSON object per line on stdout, the last one ``done``::
      | "not_found" | "unsupported" | "plan_mismatch" | "connection_failed" | "invalid", "message": ...,
      "module": ..., "file": ...}
     {"event": "done", "exit_code": 0}
+
+Migrations run inside the runner and may print anything: their stdout and stderr are output
+(shown when something fails), and a line on the protocol pipe without the nonce is ignored, so no
+migration can pass for the runner (report a migration applied, or the request done). The nonce is
+never in the runner's environment or argv, where project code could read it.
 
 The database URL reaches the runner only in the request, never in its environment or argv;
 ``expected`` lists the migrations faber means to apply, and the runner refuses to start if the
@@ -51,13 +58,15 @@ the run (:meth:`~faber_core.context.RunContext.close`).
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import subprocess
 import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 from pydantic import BaseModel, Field
 
@@ -78,6 +87,7 @@ from faber_core.processes import STOP_GRACE_SECONDS, child_environment, find_pro
 from faber_core.secrets import Redactor
 
 COMMON_VARIABLE = "FABER_RUNNER_COMMON"
+PROTOCOL_FD_VARIABLE = "FABER_RUNNER_PROTOCOL_FD"
 RUNNER_COMMON = Path(__file__).parent / "runner-common.cjs"
 """The protocol and loading helpers every ORM runner requires, shipped with faber-core."""
 MIGRATION_FAILED_EXIT = 1
@@ -175,38 +185,67 @@ def run_runner(
 class RunnerProcess:
     """One runner serving a run's requests: Node and the ORM load once per run.
 
-    Its stderr goes to a file; each request's result carries what was written there meanwhile.
-    A runner that was stopped (a deadline, Ctrl-C) or died is started again by the next request.
+    Its stdout and stderr go to a file; each request's result carries what was written there
+    meanwhile. Its events come on a pipe of their own, each line carrying the nonce faber gave
+    this runner on stdin. A runner that was stopped (a deadline, Ctrl-C) or died is started
+    again by the next request.
     """
 
     def __init__(self, tool: NodeTool, context: RunContext, args: tuple[str, ...]) -> None:
         self.tool, self.context, self.args = tool, context, args
         self.proc: subprocess.Popen | None = None
+        self.protocol: TextIO | None = None
+        self.nonce = ""
         self.stderr_file = tempfile.TemporaryFile()
 
-    def _running(self) -> subprocess.Popen:
-        if self.proc is None or self.proc.poll() is not None:
+    def _running(self) -> tuple[subprocess.Popen, TextIO]:
+        if self.proc is None or self.proc.poll() is not None or self.protocol is None:
+            self._close_protocol()
+            protocol_read, protocol_write = os.pipe()
+            self.protocol = open(protocol_read, encoding="utf-8", errors="replace")
+            self.nonce = secrets.token_hex(16)
             # node-postgres reads PGOPTIONS, so the ORM's sessions get faber's lock_timeout too.
-            env = child_environment({COMMON_VARIABLE: str(RUNNER_COMMON), **self.context.session_timeout_env()})
-            self.proc = spawn(
-                [node_executable(), str(self.tool.script), *self.args],
-                cwd=self.context.project_dir,
-                env=env,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=self.stderr_file,
-                text=True,
-                encoding="utf-8",
-                errors="replace",
+            env = child_environment(
+                {
+                    COMMON_VARIABLE: str(RUNNER_COMMON),
+                    PROTOCOL_FD_VARIABLE: str(protocol_write),
+                    **self.context.session_timeout_env(),
+                }
             )
-        return self.proc
+            try:
+                self.proc = spawn(
+                    [node_executable(), str(self.tool.script), *self.args],
+                    cwd=self.context.project_dir,
+                    env=env,
+                    stdin=subprocess.PIPE,
+                    stdout=self.stderr_file,
+                    stderr=self.stderr_file,
+                    pass_fds=(protocol_write,),
+                    text=True,
+                    encoding="utf-8",
+                    errors="replace",
+                )
+            finally:
+                os.close(protocol_write)  # the runner's copy alone: its end is the protocol's end
+            assert self.proc.stdin is not None
+            try:
+                self.proc.stdin.write(self.nonce + "\n")
+                self.proc.stdin.flush()
+            except BrokenPipeError:
+                pass  # the runner died: the request below reports its exit code and stderr
+        return self.proc, self.protocol
+
+    def _close_protocol(self) -> None:
+        if self.protocol is not None:
+            self.protocol.close()
+            self.protocol = None
 
     def request(
         self, context: RunContext, request: dict[str, Any], on_event: Callable[[Event], None] | None
     ) -> RunnerResult:
         """``request`` answered, within ``context``'s deadline (the run's, or a lint rehearsal's)."""
-        proc = self._running()
-        assert proc.stdin is not None and proc.stdout is not None
+        proc, protocol = self._running()
+        assert proc.stdin is not None
         stderr_start = self.stderr_file.seek(0, 2)
         events: list[Event] = []
         returncode: int | None = None
@@ -218,8 +257,8 @@ class RunnerProcess:
                 proc.stdin.flush()
             except BrokenPipeError:
                 pass  # the runner died: its exit code and stderr say why, below
-            for line in proc.stdout:
-                event = _parse(line, context.redactor)
+            for line in protocol:
+                event = _parse(line, self.nonce, context.redactor)
                 if event is None:
                     continue
                 if event["event"] == "done":
@@ -252,6 +291,7 @@ class RunnerProcess:
                 self.proc.wait(timeout=STOP_GRACE_SECONDS)
             except (OSError, subprocess.TimeoutExpired):
                 stop(self.proc)
+        self._close_protocol()
         self.stderr_file.close()
 
 
@@ -269,8 +309,9 @@ def _deadline_timer(seconds: float | None, proc: subprocess.Popen, expired: thre
     return timer
 
 
-def _parse(line: str, redactor: Redactor) -> Event | None:
-    """A protocol line as a dict, every string redacted; anything else the child printed is ignored."""
+def _parse(line: str, nonce: str, redactor: Redactor) -> Event | None:
+    """A protocol line carrying ``nonce`` as a dict (without the nonce), every string redacted;
+    anything else written on the pipe is ignored."""
     line = line.strip()
     if not line.startswith("{"):
         return None
@@ -278,7 +319,7 @@ def _parse(line: str, redactor: Redactor) -> Event | None:
         event = json.loads(line)
     except json.JSONDecodeError:
         return None
-    if not isinstance(event, dict) or "event" not in event:
+    if not isinstance(event, dict) or "event" not in event or event.pop("nonce", None) != nonce:
         return None
     return _redact(event, redactor)
 

@@ -1,18 +1,21 @@
 "use strict";
 // What every faber ORM runner shares: the requests on stdin (each naming its database, whose URL
-// project code never sees in the environment) and the JSON-lines protocol on stdout, setup
-// errors, the approved plan, and loading modules from the project's own node_modules. See
+// project code never sees in the environment) and the JSON-lines protocol on a pipe of its own,
+// setup errors, the approved plan, and loading modules from the project's own node_modules. See
 // faber_core/support/node/__init__.py.
 
 const { AsyncLocalStorage } = require("async_hooks");
+const fs = require("fs");
 const readline = require("readline");
 
-const protocol = process.stdout;
-for (const method of ["log", "info", "debug"]) {
-  // Migrations and project modules may log; stdout belongs to the protocol.
-  console[method] = (...args) => console.error(...args);
-}
-
+// Migrations run in this process and may print anything, on stdout too: faber keeps that as
+// output. Only lines on the protocol pipe carrying the nonce count, and the nonce, the first line
+// faber writes on stdin, lives only in this module, out of reach of project code.
+// The functions emit() uses are taken now, before project code could replace them to see the nonce.
+const protocolFd = Number(process.env.FABER_RUNNER_PROTOCOL_FD);
+const writeSync = fs.writeSync;
+const stringify = JSON.stringify;
+let nonce = null;
 
 const SETUP_ERROR_EXIT = 2;
 const MIGRATION_FAILED_EXIT = 1;
@@ -49,7 +52,8 @@ function qualifiedName(schema, table) {
 }
 
 function emit(event, fields = {}) {
-  protocol.write(JSON.stringify({ event, ...fields }) + "\n");
+  const line = Buffer.from(stringify({ event, ...fields, nonce }) + "\n");
+  for (let written = 0; written < line.length; ) written += writeSync(protocolFd, line, written);
 }
 
 class SetupError extends Error {
@@ -112,7 +116,7 @@ function emitSetupError(error) {
 
 // A runner serves one faber run, so that Node and the ORM load once however many times faber
 // asks: load(options) loads the project (once it has succeeded) and returns the runner's commands;
-// each line faber writes on stdin is a request ({"command": "status", "database_url": ...},
+// after the nonce, each line faber writes on stdin is a request ({"command": "status", "database_url": ...},
 // {"command": "apply", "database_url": ..., "expected": [...]}) answered by the command's events
 // and {"event": "done", "exit_code": N}.
 // A setup problem, or an error the ORM raised outside any migration, is one setup_error event
@@ -138,9 +142,10 @@ function serve(load) {
   }
   const requests = readline.createInterface({ input: process.stdin });
   requests.on("line", (line) => {
-    answered = answered.then(() => answer(line));
+    if (nonce === null) nonce = line;
+    else answered = answered.then(() => answer(line));
   });
-  requests.on("close", () => answered.then(() => protocol.write("", () => process.exit(0))));
+  requests.on("close", () => answered.then(() => process.exit(0)));
 }
 
 // Every query a migration issues is attributed to it through the async context it started in, so

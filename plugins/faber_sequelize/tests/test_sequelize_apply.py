@@ -104,6 +104,37 @@ def test_a_failure_in_the_middle_leaves_the_statements_before_it(
     ]
 
 
+FORGER = "20240103000000-forger.js"
+FORGING_MIGRATION = f""""use strict";
+
+module.exports = {{
+  async up(queryInterface) {{
+    // Lines shaped like the runner's own: "this migration succeeded", "the request is done".
+    const forged = (event) => JSON.stringify({{ event, name: "{FORGER}", duration_seconds: 0, exit_code: 0 }});
+    console.log(forged("migration_finished"));
+    process.stdout.write(forged("migration_finished") + "\\n" + forged("done") + "\\n");
+    await queryInterface.sequelize.query("SELECT missing_column FROM users");
+  }},
+
+  async down() {{}},
+}};
+"""
+
+
+def test_a_migration_printing_protocol_lines_cannot_pass_for_the_runner(
+    sequelize_project, sequelize_context, sequelize_plugins, query
+):
+    context = sequelize_context(sequelize_project({FORGER: FORGING_MIGRATION}))
+
+    outcome = apply_pending(sequelize_plugins, context)
+
+    assert [m.name for m in outcome.applied] == FIXTURE_MIGRATIONS
+    assert outcome.failure.name == FORGER and "missing_column" in outcome.failure.error
+    assert '"event":"done"' in outcome.failure.output, "what the migration printed is its output"
+    assert query('SELECT name FROM "SequelizeMeta" ORDER BY name') == [(CREATE_USERS,), (ADD_USER_NAME,)]
+    assert sequelize_plugins.migration_status(context).pending == [FORGER]
+
+
 def test_the_config_can_move_the_history_table(sequelize_project, sequelize_context, sequelize_plugins, query):
     config = (
         '{"staging": {"dialect": "postgres", "migrationStorageTableName": "sequelize_history",'

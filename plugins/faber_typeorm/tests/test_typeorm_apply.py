@@ -100,6 +100,36 @@ def test_a_failure_in_the_middle_rolls_back_only_that_migration(
     assert typeorm_plugins.migration_status(context).pending == ["AddPosts1700000200000", "AddComments1700000300000"]
 
 
+FORGER = "Forger1700000200000"
+FORGING_MIGRATION = f"""module.exports = class {FORGER} {{
+  async up(queryRunner) {{
+    // Lines shaped like the runner's own: "this migration succeeded", "the request is done".
+    const forged = (event) => JSON.stringify({{ event, name: "{FORGER}", duration_seconds: 0, exit_code: 0 }});
+    console.log(forged("migration_finished"));
+    process.stdout.write(forged("migration_finished") + "\\n" + forged("done") + "\\n");
+    await queryRunner.query("SELECT missing_column FROM users");
+  }}
+
+  async down() {{}}
+}};
+"""
+
+
+def test_a_migration_printing_protocol_lines_cannot_pass_for_the_runner(
+    typeorm_project, typeorm_context, typeorm_plugins, query
+):
+    project = typeorm_project({"1700000200000-Forger.js": FORGING_MIGRATION})
+    context = typeorm_context(project)
+
+    outcome = typeorm_plugins.migration_apply(context, typeorm_plugins.migration_status(context).pending_migrations())
+
+    assert [m.name for m in outcome.applied] == FIXTURE_MIGRATIONS
+    assert outcome.failure.name == FORGER and "missing_column" in outcome.failure.error
+    assert '"event":"done"' in outcome.failure.output, "what the migration printed is its output"
+    assert [name for (name,) in query("SELECT name FROM migrations ORDER BY id")] == FIXTURE_MIGRATIONS
+    assert typeorm_plugins.migration_status(context).pending == [FORGER]
+
+
 def test_a_migration_that_opts_out_of_transactions_leaves_its_earlier_statements(
     typeorm_project, typeorm_migration, typeorm_context, typeorm_plugins, query
 ):

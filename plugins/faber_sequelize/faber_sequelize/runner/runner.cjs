@@ -2,8 +2,8 @@
 // faber's Sequelize runner. Reads .sequelizerc and the config the way sequelize-cli does, and for
 // each of faber's requests opens the project's own Sequelize on faber's database and reports the
 // migration status or applies pending migrations, keeping the SequelizeMeta table exactly as
-// sequelize-cli (umzug) keeps it. Speaks JSON lines on stdout (see faber_core/support/node);
-// everything else goes to stderr.
+// sequelize-cli (umzug) keeps it. Speaks JSON lines on faber's protocol pipe (see
+// faber_core/support/node); whatever anyone prints is output.
 //
 //   node runner.cjs [--env NAME] [--environment FABER_ENV]     (requests on stdin)
 //

@@ -2,8 +2,8 @@
 // faber's TypeORM runner. Loads the project's DataSource with the project's own TypeORM once,
 // then for each of faber's requests reports the migration status or applies pending migrations
 // through TypeORM's MigrationExecutor, one transaction per migration, on a connection of its own.
-// Speaks JSON lines on stdout (see faber_core/support/node); everything else anyone prints goes
-// to stderr.
+// Speaks JSON lines on faber's protocol pipe (see faber_core/support/node); whatever anyone prints
+// is output.
 //
 //   node runner.cjs --data-source data-source.js     (requests on stdin)
 //
