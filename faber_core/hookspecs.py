@@ -186,7 +186,8 @@ def faber_migration_resolve(tool: str, context: RunContext, name: str, resolutio
     Called by ``faber resolve ENV --rolled-back NAME`` (``resolution`` = ``"rolled_back"``: the
     migration's changes are gone, apply it again on the next deploy) or ``--applied NAME``
     (``"applied"``: its changes were completed by hand, never apply it). faber holds its lock.
-    Raise :class:`faber_core.errors.ConfigError` when ``name`` is not a failed migration.
+    Raise :class:`faber_core.errors.ConfigError` when ``name`` is not a failed migration (a tool
+    that can baseline, like Prisma, also accepts ``applied`` for one never attempted).
 
     Returns the :class:`~faber_core.models.MigrationState` afterwards.
     """

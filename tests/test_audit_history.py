@@ -203,15 +203,17 @@ def test_runs_refused_for_a_busy_lock_leave_no_row(history_project, run_faber, d
         {
             "database": {
                 "migration_tool": "prisma",
-                "environments": {"production": {"database_url_env": "APP_DATABASE_URL", "lock_wait_seconds": 1}},
+                "environments": {"production": {"database_url_env": "PRISMA_DATABASE_URL", "lock_wait_seconds": 1}},
             }
         },
         {"prisma/migrations/20240101000000_init/migration.sql": "CREATE TABLE accounts (id bigint PRIMARY KEY);"},
         root=project.parent / "prisma-project",
     )
     faber_key = faber_lock_key(Database(Secret(database_url), source="test").name)
+    # Its own schema: the sqlfiles tables would make the database "not empty" for Prisma (P3005).
+    prisma_env = {"FABER_PLUGINS": "", "PRISMA_DATABASE_URL": f"{database_url}?schema=accounts_app"}
 
-    for held, target, extra_env in ((faber_key, project, {}), (PRISMA_LOCK_KEY, prisma, {"FABER_PLUGINS": ""})):
+    for held, target, extra_env in ((faber_key, project, {}), (PRISMA_LOCK_KEY, prisma, prisma_env)):
         with psycopg.connect(database_url, autocommit=True) as holder:
             holder.execute("SELECT pg_advisory_lock(%s)", [held])
             run = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(target), env={**env, **extra_env})

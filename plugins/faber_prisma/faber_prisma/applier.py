@@ -34,7 +34,7 @@ from faber_core.support.sql import is_transactional, split_statements
 from psycopg import sql
 
 from faber_prisma import is_mysql
-from faber_prisma.history import History
+from faber_prisma.history import TABLE, History
 from faber_prisma.migrations import MigrationFolder, read_migrations, require_scripts
 
 if TYPE_CHECKING:
@@ -49,6 +49,10 @@ RESOLVE_HELP = "https://pris.ly/d/migrate-resolve"
 P3018_TEXT = (
     "A migration failed to apply. New migrations cannot be applied before the error is recovered from. "
     f"Read more about how to resolve migration issues in a production database: {RESOLVE_HELP}"
+)
+P3005_TEXT = (
+    "The database schema is not empty. Read more about how to baseline an existing production database: "
+    "https://pris.ly/d/migrate-baseline"
 )
 P3009_TEXT = (
     "migrate found failed migrations in the target database, new migrations will not be applied. "
@@ -86,10 +90,17 @@ def apply_pending(context: RunContext, pending: list[LocalMigration]) -> ApplyOu
 
 
 def resolve(context: RunContext, name: str, resolution: Resolution) -> None:
-    """``prisma migrate resolve``: mark the failed migration ``name`` rolled back or applied."""
+    """``prisma migrate resolve``: mark the failed migration ``name`` rolled back or applied.
+
+    As with Prisma, ``applied`` also baselines: it records a migration that was never attempted
+    (its changes are already in a database created outside Prisma) without running it.
+    """
     with _locked_history(context, "faber prisma resolve") as history:
-        failed = {record.name for record in history.records() if record.state == "failed"}
-        if name not in failed:
+        records = history.records()
+        failed = {record.name for record in records if record.state == "failed"}
+        if resolution == "applied" and name in {record.name for record in records if record.state == "applied"}:
+            raise ConfigError(f"{name} is already recorded as applied")
+        if resolution == "rolled_back" and name not in failed:
             raise ConfigError(
                 f"{name} is not a failed migration",
                 suggestions=[f"Failed migrations: {', '.join(sorted(failed))}" if failed else "No migration is failed"],
@@ -100,7 +111,40 @@ def resolve(context: RunContext, name: str, resolution: Resolution) -> None:
             folder = next((f for f in read_migrations(context) if f.name == name), None)
             if folder is None or folder.checksum is None:
                 raise ConfigError(f"{name} has no migration.sql in the project, so it cannot be marked applied")
+            history.create()
             history.mark_applied(name, folder.checksum)
+
+
+def refuse_unbaselined_database(context: RunContext, pending: list[LocalMigration]) -> None:
+    """Refuse to apply into a database that has tables but no ``_prisma_migrations`` (one created
+    outside Prisma), as Prisma does (P3005): the first migration would create what is already
+    there. Read without a lock, before faber's lock and the backup."""
+    if not pending:
+        return
+    with context.database.connect(application_name="faber prisma check") as conn:
+        if is_mysql(context):
+            from faber_prisma.mysql import MysqlHistory  # imports PyMySQL: only on MySQL/MariaDB
+
+            history: History | MysqlHistory = MysqlHistory(conn, context.database.schema)
+        else:
+            history = History(conn, context.database.schema)
+        tables = [] if history.exists() else history.counted_tables()
+    if not tables:
+        return
+    first = shlex.quote(pending[0].name)  # pasted into a shell
+    shown = ", ".join(tables[:5]) + (f" and {len(tables) - 5} more" if len(tables) > 5 else "")
+    raise MigrationFailed(
+        f"The database is not empty (tables: {shown}) but has no {TABLE}: it was not created by these migrations",
+        suggestions=[
+            "Nothing was applied and no backup was taken",
+            "Baseline it: mark each migration whose changes the database already has as applied, oldest first, "
+            f"e.g. faber resolve {context.environment} --applied {first} "
+            f"(or: npx prisma migrate resolve --applied {first})",
+            "Then deploy again: only the migrations after those run",
+        ],
+        result={"tables": tables},
+        tool_output=f"Error: P3005\n\n{P3005_TEXT}",
+    )
 
 
 def refuse_failed_migrations(context: RunContext, records: list[MigrationRecord]) -> None:

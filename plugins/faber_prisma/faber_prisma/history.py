@@ -18,6 +18,12 @@ from psycopg import sql
 
 TABLE = "_prisma_migrations"
 
+POSTGIS_TABLES = frozenset(
+    {"spatial_ref_sys", "geometry_columns", "geography_columns", "raster_columns", "raster_overviews"}
+)
+"""PostGIS's own tables (lower case), which Prisma does not count when it decides whether a
+PostgreSQL database is empty."""
+
 # Prisma's own DDL (schema engine, PostgreSQL flavour), so `prisma migrate` finds the table it expects.
 _CREATE_TABLE = """
 CREATE TABLE {table} (
@@ -73,6 +79,15 @@ class History:
 
     def exists(self) -> bool:
         return self.conn.execute("SELECT to_regclass(%s)", [self.table.as_string(self.conn)]).fetchone()[0] is not None
+
+    def counted_tables(self) -> list[str]:
+        """The schema's tables that make it "not empty" for Prisma (P3005): all but PostGIS's own."""
+        rows = self.conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND c.relkind IN ('r', 'p') ORDER BY c.relname",
+            [self.schema],
+        ).fetchall()
+        return [name for (name,) in rows if name.lower() not in POSTGIS_TABLES]
 
     def records(self) -> list[MigrationRecord]:
         """Every row, oldest first; none when the table does not exist (nothing applied yet)."""

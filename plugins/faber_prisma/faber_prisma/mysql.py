@@ -86,6 +86,15 @@ class MysqlHistory:
         ).fetchone()
         return found is not None
 
+    def counted_tables(self) -> list[str]:
+        """The database's tables that make it "not empty" for Prisma (P3005): on MySQL, all of them."""
+        rows = self._run(
+            "SELECT table_name FROM information_schema.tables"
+            " WHERE table_schema = %(schema)s AND table_type = 'BASE TABLE' ORDER BY table_name",
+            {"schema": self.database},
+        ).fetchall()
+        return [name for (name,) in rows]
+
     def records(self) -> list[MigrationRecord]:
         """Every row, oldest first; none when the table does not exist (nothing applied yet)."""
         if not self.exists():

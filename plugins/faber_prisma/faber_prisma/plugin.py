@@ -36,8 +36,10 @@ def faber_migration_status(context: RunContext) -> MigrationState:
 
 @hookimpl
 def faber_migration_validate(context: RunContext, pending: list[LocalMigration]) -> list[MigrationRefusal]:
-    # A folder without migration.sql is refused here, before faber's lock and the backup, not in apply.
+    # Refused here, before faber's lock and the backup, not in apply: a folder without
+    # migration.sql, and a database created outside Prisma that needs baselining first (P3005).
     applier.require_scripts_of(context, pending)
+    applier.refuse_unbaselined_database(context, pending)
     return []
 
 

@@ -419,3 +419,58 @@ def test_the_resolve_commands_in_the_advice_are_safe_to_paste_whatever_the_migra
     )
     assert resolved.returncode == 0, resolved.stdout + resolved.stderr
     assert not (project / "PWNED").exists() and not (tmp_path / "PWNED").exists()
+
+
+def test_a_database_created_outside_prisma_is_refused_before_the_lock_and_the_backup_until_baselined(
+    prisma_project, run_faber, query
+):
+    project = prisma_project({"0001_init": INIT, "0002_posts": POSTS}, backup_before_migrate=True)
+    query('CREATE TABLE "users" ("id" SERIAL PRIMARY KEY, "email" TEXT)')  # what 0001_init creates, made by hand
+
+    for args in (["--yes"], ["--dry-run"]):
+        refused = run_faber("migrate", "staging", *args, "--json", "--cwd", str(project))
+
+        assert refused.returncode == 6, refused.output
+        assert refused.json["code"] == "MIGRATION_FAILED"
+        assert refused.json["prisma_output"].startswith("Error: P3005")
+        assert refused.json["result"]["tables"] == ["users"]
+        assert "faber resolve staging --applied 0001_init" in " ".join(refused.json["recovery"]["suggestions"])
+    assert not list((project / ".faber").glob("backups/**/*.dump"))
+    assert query("SELECT to_regclass('posts'), to_regclass('_prisma_migrations')") == [(None, None)]
+
+    baselined = run_faber("resolve", "staging", "--applied", "0001_init", "--json", "--cwd", str(project))
+    deployed = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+
+    assert baselined.returncode == 0, baselined.output
+    assert deployed.returncode == 0, deployed.output
+    assert [m["name"] for m in deployed.json["result"]["migrations"]] == ["0002_posts"]
+    assert query("SELECT migration_name, applied_steps_count FROM _prisma_migrations ORDER BY started_at") == [
+        ("0001_init", 0),
+        ("0002_posts", 1),
+    ]
+
+
+def test_only_tables_other_than_postgis_ones_make_a_database_not_empty(
+    prisma_project, prisma_context, prisma_plugins, query
+):
+    project = prisma_project({"0001_init": INIT})
+    # Prisma counts tables only, and not PostGIS's own (whatever their case).
+    query('CREATE TABLE "Spatial_Ref_Sys" (srid int); CREATE SEQUENCE tickets; CREATE VIEW clock AS SELECT now()')
+    context = prisma_context(project)
+
+    pending = prisma_plugins.migration_status(context).pending_migrations()
+    prisma_plugins.migration_validate(context, pending)
+    query("CREATE TABLE legacy (id int)")
+
+    with pytest.raises(MigrationFailed) as refused:
+        prisma_plugins.migration_validate(context, pending)
+    assert refused.value.result["tables"] == ["legacy"]
+    assert query("SELECT to_regclass('users'), to_regclass('_prisma_migrations')") == [(None, None)]
+
+
+def test_resolve_applied_refuses_a_migration_already_applied(prisma_project, prisma_context, prisma_plugins):
+    context = prisma_context(prisma_project({"0001_init": INIT}))
+    apply_pending(prisma_plugins, context)
+
+    with pytest.raises(ConfigError, match="0001_init is already recorded as applied"):
+        prisma_plugins.migration_resolve(context, "0001_init", "applied")

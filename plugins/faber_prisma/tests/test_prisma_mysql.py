@@ -329,3 +329,26 @@ def test_a_failed_deploy_in_a_protected_environment_is_restored(
     assert rows(mysql_query) == [("20240101000000_init", sha256(INIT), 1, 0, 1, None)]
     add_migration(project, "20240102000000_half", HALF.replace("CREATE TABLE `users`", "CREATE TABLE `fixed`"))
     assert faber(run_faber, project, "migrate", "staging", "--yes").returncode == 0
+
+
+def test_a_database_created_outside_prisma_is_refused_until_baselined(mysql_prisma_project, run_faber, mysql_query):
+    project = mysql_prisma_project({"0001_init": INIT, "0002_posts": POSTS})
+    mysql_query(INIT)  # what 0001_init creates, made by hand
+
+    refused = faber(run_faber, project, "migrate", "staging", "--yes")
+
+    assert refused.returncode == 6, refused.output
+    assert refused.json["prisma_output"].startswith("Error: P3005")
+    assert refused.json["result"]["tables"] == ["users"]
+    assert "faber resolve staging --applied 0001_init" in " ".join(refused.json["recovery"]["suggestions"])
+    assert {name for (name,) in mysql_query("SHOW TABLES")} == {"users"}
+
+    baselined = faber(run_faber, project, "resolve", "staging", "--applied", "0001_init")
+    deployed = faber(run_faber, project, "migrate", "staging", "--yes")
+
+    assert (baselined.returncode, deployed.returncode) == (0, 0), baselined.output + deployed.output
+    assert [m["name"] for m in deployed.json["result"]["migrations"]] == ["0002_posts"]
+    assert [row[:5] for row in rows(mysql_query)] == [
+        ("0001_init", sha256(INIT), True, False, 0),
+        ("0002_posts", sha256(POSTS), True, False, 1),
+    ]
