@@ -137,10 +137,10 @@ def migrated(mysql_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
             conn.execute(f"DROP DATABASE IF EXISTS `{name}`")
 
 
-def write_project(root: Path, migrations: dict[str, str]) -> Path:
+def write_project(root: Path, migrations: dict[str, str], **extra_settings: object) -> Path:
     config = root / ".fractary/plugins/faber-db/config.json"
     config.parent.mkdir(parents=True, exist_ok=True)
-    settings = {"database_url_env": URL_ENV, "require_approval": False, "lock_wait_seconds": 5}
+    settings = {"database_url_env": URL_ENV, "require_approval": False, "lock_wait_seconds": 5, **extra_settings}
     config.write_text(
         json.dumps({"database": {"migration_tool": "sqlfiles", "environments": {ENVIRONMENT: settings}}})
     )
@@ -290,3 +290,86 @@ def test_kill(point, signum, faber_project, mysql_database_url, mysql_admin_url,
     assert CANARY_PASSWORD not in output
     assert code == 0, output[-3000:]
     assert snapshot(mysql_admin_url, name) == migrated
+
+
+
+SLOW_STATEMENT_SECONDS = 4
+"""How long the slow migration's one DDL statement runs, unless stopped."""
+
+
+def deploy_base(project: Path, url: str) -> None:
+    base = faber(project, url, "migrate", ENVIRONMENT, "--yes", "--json")
+    assert base.finish() == 0, base.stdout() + base.stderr()
+
+
+def start_slow_migration(
+    project: Path, url: str, admin_url: str, name: str, seconds: int
+) -> tuple[FaberProcess, str]:
+    """``faber migrate`` of a migration whose one statement, a CREATE TABLE ... SELECT, lasts
+    ``seconds``, waited for until it runs on the server; the run and its process-list condition."""
+    write_project(project, {"001_slow": f"CREATE TABLE IF NOT EXISTS slow AS SELECT SLEEP({seconds}) AS held;\n"})
+    run = faber(project, url, "migrate", ENVIRONMENT, "--yes", "--json")
+    run.wait_for(event_matcher("migration.started", name="001_slow"))
+    condition = "DB = %s AND INFO LIKE 'CREATE TABLE IF NOT EXISTS slow%%'"
+    run.wait_until(lambda: processlist(admin_url, condition, [name]), what="the slow statement")
+    return run, condition
+
+
+def test_a_statement_running_when_faber_is_killed_runs_to_its_end_and_commits(
+    mysql_database_url, mysql_admin_url, tmp_path
+):
+    """What docs/mysql.md warns of: MySQL does not notice a client's death while a statement runs,
+    so the DDL faber ran when killed ends on its own, and commits; the history names the migration
+    failed and the next deploy goes on once it is resolved."""
+    name = mysql_database_url.rpartition("/")[2]
+    user = mysql_database_url.split("//")[1].split(":")[0]
+    project = write_project(tmp_path / "project", {"000_base": BASE})
+    deploy_base(project, mysql_database_url)
+    run, condition = start_slow_migration(
+        project, mysql_database_url, mysql_admin_url, name, SLOW_STATEMENT_SECONDS
+    )
+    try:
+        run.kill(signal.SIGKILL)
+        assert run.wait(5) is not None
+    finally:
+        run.stop_everything()
+
+    assert processlist(mysql_admin_url, condition, [name]), "the statement ended with faber"
+    assert not wait_for_release(mysql_admin_url, user, name)
+    assert snapshot(mysql_admin_url, name)["history"] == (("000_base", "applied"), ("001_slow", "failed"))
+    with mysql_connect(mysql_admin_url) as conn:
+        assert list(conn.execute(f"SELECT held FROM `{name}`.slow").fetchall()) == [(0,)]
+    code, output = converge(project, mysql_database_url)
+    assert code == 0, output[-3000:]
+    assert snapshot(mysql_admin_url, name)["history"] == (("000_base", "applied"), ("001_slow", "applied"))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_statement_running_when_faber_is_interrupted_is_stopped(
+    signum, mysql_database_url, mysql_admin_url, tmp_path
+):
+    """SIGTERM and SIGINT stop the statement faber waits for, as docs/workflow.md
+    promises: the DDL never commits. No automatic restore here, so nothing would hide it."""
+    name = mysql_database_url.rpartition("/")[2]
+    user = mysql_database_url.split("//")[1].split(":")[0]
+    project = write_project(tmp_path / "project", {"000_base": BASE}, auto_rollback=False)
+    deploy_base(project, mysql_database_url)
+    before = snapshot(mysql_admin_url, name)
+    run, condition = start_slow_migration(
+        project, mysql_database_url, mysql_admin_url, name, SLOW_STATEMENT_SECONDS
+    )
+    try:
+        run.kill(signum)
+        code = run.wait(EXIT_BOUND)
+    finally:
+        run.stop_everything()
+
+    assert code == 130, f"faber still running {EXIT_BOUND}s after {signal.Signals(signum).name}"
+    assert document(run)["result"]["failed_migration"] == "001_slow", run.stdout()
+    assert not processlist(mysql_admin_url, condition, [name]), "the statement outlived faber"
+    time.sleep(SLOW_STATEMENT_SECONDS)  # long enough for a statement left running to have committed
+    assert not wait_for_release(mysql_admin_url, user, name)
+    assert snapshot(mysql_admin_url, name)["tables"] == before["tables"]
+    code, output = converge(project, mysql_database_url)
+    assert code == 0, output[-3000:]
+    assert snapshot(mysql_admin_url, name)["history"] == (("000_base", "applied"), ("001_slow", "applied"))
