@@ -5,7 +5,8 @@
       take faber's lock on the database (one deploy at a time)
 7     pre-deployment health check
 9     read the migration status: what is pending
-10    dry run: preview (SQL, lint, preflight, estimates) and stop   (touches nothing: no lock, no backup)
+10    dry run: preview (SQL, lint, preflight, estimates) and stop   (touches nothing: no lock, no backup);
+      what would stop the deploy before its lock (unparsable SQL, ...) stops the preview the same way
       nothing pending: stop                         (no backup either)
       lint and staging proof                        (docs/safety.md)
 11    approval for protected environments
@@ -109,7 +110,9 @@ def migrate(context: RunContext, plugins: Plugins, options: DeployOptions) -> Su
     if options.dry_run:
         check_health(context, plugins, "before", options)
         state = read_status(context, plugins)
+        # What would stop the deploy before its lock stops the preview too: it must not say "To apply".
         refuse_out_of_order(context, state)
+        safety.analyse_before_lock(context, state.pending_migrations())
         safety.refuse_what_the_handler_refuses(context, plugins, state.pending_migrations())
         return preview(context, plugins, state, rehearse=options.rehearse)
     # Before the lock and the backup: an out-of-order migration, SQL that cannot be analysed, or

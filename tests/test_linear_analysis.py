@@ -103,3 +103,25 @@ def test_an_unparsable_migration_stops_before_the_lock_and_the_backup(faber_proj
     assert not (project / ".faber" / "backups").exists()
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT to_regclass('users')").fetchone() == (None,)
+
+
+def test_a_dry_run_of_an_unparsable_migration_fails_as_the_deploy_would(faber_project, run_faber, database_url):
+    """A preview must not tell the operator to apply what the deploy would refuse (exit 6, like the deploy)."""
+    project = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"production": {"database_url_env": "APP_URL"}}}},
+        {
+            "migrations/001_users.sql": "CREATE TABLE users (id bigint PRIMARY KEY);",
+            "migrations/002_broken.sql": "INSERT INTO users VALUES (1);\nINSERT INTO users VALUES (2 2);",
+        },
+    )
+    env = {"FABER_PLUGINS": "faber_core.testing.sqlfiles", "APP_URL": database_url}
+
+    as_json = run_faber("migrate", "production", "--dry-run", "--json", "--cwd", str(project), env=env)
+    for_people = run_faber("migrate", "production", "--dry-run", "--cwd", str(project), env=env)
+
+    assert (as_json.returncode, as_json.json["code"]) == (6, "MIGRATION_FAILED"), as_json.output
+    assert as_json.json["error"].startswith("Migration 002_broken cannot be analysed")
+    assert for_people.returncode == 6, for_people.output
+    assert "002_broken cannot be analysed" in for_people.stdout and "To apply" not in for_people.stdout
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT to_regclass('users')").fetchone() == (None,)
