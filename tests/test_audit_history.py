@@ -177,6 +177,23 @@ def test_a_history_that_cannot_be_written_is_a_warning_not_a_failure(history_pro
     assert "warning: the deployment history was not recorded: column" in run.stderr
 
 
+def test_a_history_table_altered_by_hand_is_named_with_what_to_do(history_project, run_faber, database_url):
+    project, env = history_project({"001_users": USERS})
+    assert run_faber("migrate", "production", "--yes", "--cwd", str(project), env=env).returncode == 0
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE faber.faber_deployments DROP COLUMN actor, DROP COLUMN tool")
+
+    as_json = run_faber("history", "production", "--json", "--cwd", str(project), env=env)
+    for_people = run_faber("history", "production", "--cwd", str(project), env=env)
+
+    assert (as_json.returncode, as_json.json["code"]) == (2, "CONFIG_INVALID"), as_json.output
+    assert '"faber"."faber_deployments"' in as_json.json["error"] and "tool, actor" in as_json.json["error"]
+    assert as_json.json["result"] == {"table": '"faber"."faber_deployments"', "missing_columns": ["tool", "actor"]}
+    assert any("RENAME TO faber_deployments_altered" in s for s in as_json.json["recovery"]["suggestions"])
+    assert for_people.returncode == 2 and "Traceback" not in for_people.output, for_people.output
+    assert '"faber"."faber_deployments" was altered' in for_people.output
+
+
 def test_actor_is_the_ci_user_else_the_os_user(monkeypatch):
     import getpass
 

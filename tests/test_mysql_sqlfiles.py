@@ -307,3 +307,14 @@ def test_history_survives_the_rollback_and_proves_staging(faber_project, mysql_d
     assert runs[0]["backup_id"] and runs[0]["rollback_status"] == "success"
     (project / "migrations/003_broken.sql").unlink()
     assert mysql_query("SELECT COUNT(*) FROM faber_deployments WHERE environment = 'staging'") == [(2,)]
+
+
+def test_a_history_table_altered_by_hand_is_named_with_what_to_do(mysql_project, mysql_database_url, mysql_query):
+    project = mysql_project(MIGRATIONS)
+    assert faber(project, "migrate", "production", url=mysql_database_url)[0] == 0
+    mysql_query("ALTER TABLE faber_deployments DROP COLUMN actor")
+
+    code, document, stderr = faber(project, "history", "production", url=mysql_database_url)
+
+    assert (code, document["code"]) == (2, "CONFIG_INVALID"), stderr
+    assert document["result"] == {"table": "`faber_deployments`", "missing_columns": ["actor"]}

@@ -267,6 +267,23 @@ def refuse_shared_faber_schema(conn: psycopg.Connection, schema: str) -> None:
         )
 
 
+def altered_table(table: str, present: set[str]) -> ConfigError | None:
+    """The error for a history table lacking columns faber reads (changed by hand); None when it has them all."""
+    missing = [column for column in COLUMNS if column not in present]
+    if not missing:
+        return None
+    return ConfigError(
+        f"faber's deployment history table {table} was altered: it lacks the column(s) {', '.join(missing)}. "
+        "Nothing was read or changed",
+        result={"table": table, "missing_columns": missing},
+        suggestions=[
+            "Add the column(s) back as docs/observability.md (Deployment history) describes them",
+            f"Or move the table aside: ALTER TABLE {table} RENAME TO {TABLE}_altered (faber creates a new one "
+            "at the next deploy)",
+        ],
+    )
+
+
 def read_history(context: RunContext, limit: int) -> list[dict[str, Any]]:
     """The environment's runs, newest first; empty when nothing was recorded yet."""
     with context.database.connect(application_name="faber history") as conn:
@@ -278,6 +295,13 @@ def read_rows(context: RunContext, conn: psycopg.Connection, limit: int) -> list
     schema = context.config.database.faber_schema
     if not _table_exists(conn, schema):
         return []
+    present = conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+        [_table(schema).as_string(conn)],
+    ).fetchall()
+    altered = altered_table(_table(schema).as_string(conn), {name for (name,) in present})
+    if altered is not None:
+        raise altered
     with conn.cursor(row_factory=dict_row) as cursor:
         try:
             rows = _read_rows(cursor, schema, context.environment, limit)

@@ -10,6 +10,8 @@ import datetime as dt
 import json
 from typing import Any
 
+from faber_core.audit.history import altered_table
+
 TABLE = "faber_deployments"
 _CREATE = f"""
 CREATE TABLE IF NOT EXISTS {TABLE} (
@@ -34,6 +36,7 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
 )
 """
 _EXISTS = "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s"
+_COLUMNS = "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s"
 
 
 def _utc(value: Any) -> Any:
@@ -56,6 +59,10 @@ def read(conn: Any, environment: str, limit: int, columns: tuple[str, ...]) -> l
     """The environment's runs, newest first, as JSON values (times in UTC, ISO 8601)."""
     if not conn.execute(_EXISTS, [TABLE]).fetchone():
         return []
+    present = conn.execute(_COLUMNS, [TABLE]).fetchall()
+    altered = altered_table(f"`{TABLE}`", {name for (name,) in present})
+    if altered is not None:
+        raise altered
     rows = conn.execute(
         f"SELECT {', '.join(columns)} FROM {TABLE} WHERE environment = %s"
         " ORDER BY started_at DESC, finished_at DESC LIMIT %s",
