@@ -448,7 +448,7 @@ def parse_request(document: Request | Mapping[str, Any] | str | bytes) -> Reques
     try:
         return Request.model_validate(document)
     except ValidationError as exc:
-        problems = validation_problems(exc, "(request)")
+        problems = validation_problems(exc, "(request)", Request)
         raise ConfigError(
             "Invalid request: " + "; ".join(problems),
             result={"problems": problems},
@@ -540,8 +540,8 @@ def init(tool: str = "prisma", *, force: bool = False, working_directory: str | 
         from faber_core.context import resolve_project_dir
         from faber_core.scaffold import NEXT_STEPS, write_starter_project
 
-        if working_directory is not None:
-            Path(working_directory).mkdir(parents=True, exist_ok=True)
+        if working_directory is not None and not Path(working_directory).exists():  # a file: refused below
+            Path(working_directory).mkdir(parents=True)
         written = write_starter_project(resolve_project_dir(working_directory, discover=False), tool, force=force)
         return Success(operation=INIT, result={"written": written, "next": NEXT_STEPS[tool]}, message="Project initialised")
 

@@ -82,6 +82,16 @@ CwdOption = Annotated[
 ]
 HISTORY_LIMIT_MAX = 100_000
 """A bound for ``faber history --limit`` (PostgreSQL's LIMIT takes a bigint; a larger number is an error there)."""
+BACKUP_REASON_MAX = 500
+"""A bound for ``faber backup --reason``: it is kept in every backup's manifest and shown in listings."""
+
+
+def _bounded_reason(value: str) -> str:
+    if len(value) > BACKUP_REASON_MAX:
+        raise typer.BadParameter(f"at most {BACKUP_REASON_MAX} characters (got {len(value)})")
+    return value
+
+
 YesFlag = Annotated[bool, typer.Option("--yes", "-y", help="Approve without a prompt (for CI).")]
 ConcurrencyOption = Annotated[
     int | None,
@@ -222,7 +232,14 @@ def health(environment: Environment, json_output: JsonFlag = False, cwd: CwdOpti
 @command()
 def backup(
     environment: Environment,
-    reason: Annotated[str, typer.Option("--reason", help="Why, recorded with the backup.")] = "manual backup",
+    reason: Annotated[
+        str,
+        typer.Option(
+            "--reason",
+            callback=_bounded_reason,
+            help=f"Why, recorded with the backup (at most {BACKUP_REASON_MAX} characters).",
+        ),
+    ] = "manual backup",
     json_output: JsonFlag = False,
     cwd: CwdOption = None,
 ) -> None:

@@ -28,7 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from faber_core.errors import ConfigError
-from faber_core.suggest import did_you_mean
+from faber_core.suggest import did_you_mean, known_fields
 
 CONFIG_PATH = Path(".fractary/plugins/faber-db/config.json")
 DEV_MODE_ENVIRONMENTS = frozenset({"dev", "test"})
@@ -449,6 +449,11 @@ def load_config(project_dir: Path) -> FaberConfig:
     every key known (with a suggestion when misspelt), booleans and numbers as JSON types, numbers
     finite and within bounds."""
     path = config_file(project_dir)
+    if path.exists() and not path.is_file():
+        raise ConfigError(
+            f"The configuration {path} is a directory, not a file",
+            suggestions=["Move that directory out of the way, then create the config with: faber init"],
+        )
     if not path.is_file():
         raise ConfigError(
             f"No faber configuration found at {path}",
@@ -498,11 +503,7 @@ def _refusing_unknown_keys(model: type[Options]) -> type[Options]:
 def _describe_option(error: Any, model: type[BaseModel], where: str) -> str:
     location = ".".join([where, *(str(part) for part in error["loc"])])
     if error["type"] == "extra_forbidden":
-        parent: Any = model
-        for part in error["loc"][:-1]:
-            field = parent.model_fields.get(str(part)) if isinstance(parent, type) else None
-            parent = field.annotation if field is not None else None
-        known = parent.model_fields if isinstance(parent, type) and issubclass(parent, BaseModel) else []
+        known = known_fields(model, error["loc"][:-1])
         return f"{location}: unknown setting{did_you_mean(str(error['loc'][-1]), known)}"
     if error["type"] == "value_error":
         return f"{location}: {error['ctx']['error']}"

@@ -300,13 +300,18 @@ def find_project_dir(cwd: str | Path | None, *, required: bool) -> Path | None:
     chosen = cwd or os.environ.get("FABER_DB_CWD")
     if chosen:
         path = Path(chosen).expanduser().resolve()
+        if path.exists() and not path.is_dir():
+            raise ConfigError(
+                f"Project directory {chosen} is a file, not a directory",
+                suggestions=[f"Point --cwd or FABER_DB_CWD at the directory that holds {CONFIG_PATH}"],
+            )
         if not path.is_dir():
             raise ConfigError(f"Project directory does not exist: {chosen}")
         return path
     start = directory = Path.cwd()
     device = start.stat().st_dev
     while True:
-        if config_file(directory).is_file():
+        if config_file(directory).exists():  # not a file: load_config says what is wrong with it
             return directory
         parent = directory.parent
         if (directory / ".git").exists() or parent == directory or parent.stat().st_dev != device:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pydantic import ValidationError
+    from pydantic import BaseModel, ValidationError
 
 
 class FaberError(Exception):
@@ -126,6 +126,17 @@ def exit_code_for(code: str) -> int:
     return EXIT_CODES.get(code, 1)
 
 
-def validation_problems(error: ValidationError, root: str) -> list[str]:
-    """One ``dotted.path: message`` line per problem pydantic found; ``root`` names the document itself."""
-    return [f"{'.'.join(str(part) for part in problem['loc']) or root}: {problem['msg']}" for problem in error.errors()]
+def validation_problems(error: ValidationError, root: str, model: type[BaseModel]) -> list[str]:
+    """One ``dotted.path: message`` line per problem pydantic found validating ``model``, with a
+    suggestion for a misspelt key; ``root`` names the document itself."""
+    from faber_core.suggest import did_you_mean, known_fields
+
+    def hint(problem: Any) -> str:
+        if problem["type"] != "extra_forbidden":
+            return ""
+        return did_you_mean(str(problem["loc"][-1]), known_fields(model, problem["loc"][:-1]))
+
+    return [
+        f"{'.'.join(str(part) for part in problem['loc']) or root}: {problem['msg']}{hint(problem)}"
+        for problem in error.errors()
+    ]

@@ -107,6 +107,10 @@ def write_starter_project(project: Path, tool: str, *, force: bool = False) -> l
     if tool not in TOOL_SECTIONS:
         raise ConfigError(f"Unknown tool {tool!r}", suggestions=[f"Choose one of: {', '.join(TOOL_SECTIONS)}"])
     config = project / CONFIG_PATH
+    if config.is_dir():
+        raise ConfigError(
+            f"{CONFIG_PATH} is a directory, not a file", suggestions=["Move that directory out of the way, then re-run"]
+        )
     if config.exists() and not force:
         raise ConfigError(f"{CONFIG_PATH} already exists", suggestions=["Re-run with --force to overwrite it"])
     written = []

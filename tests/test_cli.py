@@ -344,6 +344,7 @@ def test_every_command_takes_json_and_cwd_and_answers_with_the_envelope(cli_proj
         (["rollback", "--json", "production", "--to"], "rollback", "requires an argument"),
         (["migrat", "production", "--json"], "usage", "No such command 'migrat'"),
         (["backups", "prune", "--json"], "prune-backups", "Missing argument 'ENVIRONMENT'"),
+        (["backup", "production", "--reason", "x" * 501, "--json"], "create-backup", "at most 500 characters"),
     ],
 )
 def test_usage_errors_with_json_are_one_error_document(run_faber, args, operation, message):
@@ -411,6 +412,31 @@ def test_config_search_stops_at_a_repository_root(cli_project, run_faber):
         f"or any parent directory up to {repository}"
     )
     assert "faber init" in run.json["recovery"]["suggestions"][0]
+
+
+def test_a_project_directory_that_is_a_file_or_a_config_that_is_a_directory_is_named_as_such(
+    cli_project, run_faber, tmp_path
+):
+    project, env = cli_project({"001_users": USERS})
+    (tmp_path / "notes.txt").write_text("not a project")
+    config = project / ".fractary/plugins/faber-db/config.json"
+    config.unlink()
+    config.mkdir()
+
+    for command in (["status", "production"], ["init"]):
+        on_a_file = run_faber(*command, "--json", "--cwd", str(tmp_path / "notes.txt"), env=env)
+        assert on_a_file.returncode == 2, on_a_file.output
+        assert on_a_file.json["error"] == f"Project directory {tmp_path / 'notes.txt'} is a file, not a directory"
+    given = run_faber("status", "production", "--json", "--cwd", str(project), env=env)
+    found = run_faber("status", "production", "--json", env=env, cwd=project / "migrations")
+    forced = run_faber("init", "--force", "--json", "--cwd", str(project), env=env)
+
+    for run in (given, found):
+        assert run.returncode == 2, run.output
+        assert run.json["error"] == f"The configuration {config} is a directory, not a file"
+    assert forced.returncode == 2, forced.output
+    assert forced.json["error"] == ".fractary/plugins/faber-db/config.json is a directory, not a file"
+    assert config.is_dir()
 
 
 def _password_rejecting_server() -> socket.socket:

@@ -184,7 +184,12 @@ def test_an_unreachable_database_gets_the_spec_health_check_error(faber_project,
         (
             '{"operation": "preview-migrations", "parameters": {"environment": "production", "dryrun": true}}',
             "preview-migrations",
-            "parameters.dryrun: Extra inputs are not permitted",
+            "parameters.dryrun: Extra inputs are not permitted (did you mean dry_run?)",
+        ),
+        (
+            '{"operation": "deploy-migrations", "paramaters": {"environment": "production"}}',
+            "deploy-migrations",
+            "paramaters: Extra inputs are not permitted (did you mean parameters?)",
         ),
         ("[" * 100_000 + "]" * 100_000, "request", "nested too deeply"),  # past Python's recursion limit
     ],
