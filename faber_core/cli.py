@@ -332,7 +332,12 @@ def resolve(
         typer.Option("--rolled-back", help="NAME failed and its changes are gone: apply it again next time."),
     ] = None,
     applied: Annotated[
-        str | None, typer.Option("--applied", help="NAME failed but was completed by hand: never apply it.")
+        str | None,
+        typer.Option(
+            "--applied",
+            help="NAME failed but was completed by hand, or (Prisma) a database created outside Prisma already "
+            "has its changes: never apply it.",
+        ),
     ] = None,
     json_output: JsonFlag = False,
     cwd: CwdOption = None,
