@@ -71,13 +71,17 @@ def test_sigkill_during_a_long_migration_frees_the_table_within_seconds(project,
 
         wait_for(readable, 15, "accounts to be readable again")
         waited = time.monotonic() - killed_at
-        gone = reader.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [backend]).fetchone()[0] == 0
+
+        def session_gone() -> bool:
+            return reader.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [backend]).fetchone()[0] == 0
+
+        # The backend frees its locks while it aborts, a moment before it leaves pg_stat_activity.
+        wait_for(session_gone, 2, "the killed run's session to end")
         column = reader.execute(
             "SELECT count(*) FROM information_schema.columns WHERE table_name = 'accounts' AND column_name = 'z'"
         ).fetchone()[0]
 
     assert waited < CONNECTION_CHECK_INTERVAL_MS / 1000 + 3, f"accounts stayed locked {waited:.1f}s after the kill"
-    assert gone, "the killed run's session is still on the server"
     assert column == 0, "the migration's transaction must have rolled back"
 
 
