@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from faber_core import events
 from faber_core.config import EnvironmentSettings, FaberConfig, Options, plugin_options
@@ -67,6 +68,12 @@ class Database:
 
     def __repr__(self) -> str:
         return f"Database({self.engine.name}, {self.target!r})"
+
+    def sibling(self, name: str, *, source: str) -> Database:
+        """The database ``name`` on the same server, reached by the same user and URL parameters."""
+        parts = urlsplit(self.url.reveal())
+        url = Secret(urlunsplit(parts._replace(path=f"/{name}")))
+        return Database(url, source=source, connect_timeout=self.connect_timeout)
 
     @property
     def name_for_display(self) -> str:

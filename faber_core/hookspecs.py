@@ -125,7 +125,7 @@ def faber_migration_preview(tool: str, context: RunContext, pending: list[LocalM
     """Describe what applying ``pending`` would do, without changing the target database.
 
     Called for ``faber migrate ENV --dry-run``, and to capture the SQL of code migrations for
-    the lint (on a throwaway copy, see ``faber_core.postgres.rehearsal``).
+    the lint (on a throwaway copy, see ``Engine.rehearsal_database``).
 
     Returns one :class:`~faber_core.models.MigrationPreview` per pending migration, in the order
     of ``pending`` and with the same names (faber refuses any other answer as a plugin error),

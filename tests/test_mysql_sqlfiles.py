@@ -13,7 +13,13 @@ import time
 import pytest
 
 from faber_core.support.mysql import faber_lock_name
-from faber_core.testing.fixtures import CANARY_PASSWORD, mysql_connect, start_faber, wait_for
+from faber_core.testing.fixtures import (
+    CANARY_PASSWORD,
+    mysql_connect,
+    mysql_rehearsal_databases,
+    start_faber,
+    wait_for,
+)
 
 pytestmark = pytest.mark.usefixtures("mysql_database_url")
 
@@ -131,6 +137,24 @@ def test_preview_says_ddl_is_not_transactional_and_what_is_not_checked(mysql_pro
     assert first["transactional"] is False and second["transactional"] is True
     assert any("commits each DDL statement on its own" in note for note in first["notes"])
     assert any("Not available on MySQL/MariaDB: " in note and "lock-risk lint" in note for note in first["notes"])
+
+
+def test_rehearse_measures_the_migrations_on_a_throwaway_copy_with_the_data(
+    mysql_project, mysql_database_url, mysql_query, mysql_admin_url
+):
+    project = mysql_project(MIGRATIONS)
+    assert faber(project, "migrate", "production", url=mysql_database_url)[0] == 0
+    (project / "migrations/003_more.sql").write_text("ALTER TABLE users ADD COLUMN name varchar(50);")
+    before = mysql_query("SELECT * FROM users ORDER BY id"), mysql_query("SHOW TABLES")
+    earlier_rehearsals = mysql_rehearsal_databases(mysql_admin_url)
+
+    code, document, stderr = faber(project, "migrate", "production", "--dry-run", "--rehearse", url=mysql_database_url)
+
+    assert code == 0, stderr
+    [more] = document["result"]["migrations"]
+    assert more["name"] == "003_more" and more["basis"].startswith("measured")
+    assert (mysql_query("SELECT * FROM users ORDER BY id"), mysql_query("SHOW TABLES")) == before
+    assert mysql_rehearsal_databases(mysql_admin_url) == earlier_rehearsals
 
 
 def test_concurrent_deploys_are_serialised_by_the_lock(mysql_project, mysql_database_url, mysql_query):

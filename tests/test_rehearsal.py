@@ -10,7 +10,8 @@ import pytest
 
 from faber_core.context import open_context
 from faber_core.errors import ConfigError
-from faber_core.postgres.rehearsal import NAME_PREFIX, rehearsal_database
+from faber_core.engines import REHEARSAL_PREFIX
+from faber_core.postgres.rehearsal import rehearsal_database
 from faber_core.testing.fixtures import CANARY_PASSWORD
 
 URL_ENV = "REHEARSAL_TEST_DATABASE_URL"
@@ -64,7 +65,7 @@ def test_copies_the_schema_and_only_the_named_rows_then_drops_the_copy(context, 
         rows(copy, "CREATE TABLE scratch (id int)")
         assert rehearsal.copied_rows_of == ['"public"."migrations"'] and not rehearsal.includes_data
         assert rehearsal.warnings == []
-        assert rehearsal.name.startswith(NAME_PREFIX) and database_exists(postgres_admin_url, rehearsal.name)
+        assert rehearsal.name.startswith(REHEARSAL_PREFIX) and database_exists(postgres_admin_url, rehearsal.name)
 
     assert not database_exists(postgres_admin_url, rehearsal.name)
     assert rows(target, "SELECT email FROM accounts ORDER BY id") == [("a@example.com",), ("b@example.com",)]

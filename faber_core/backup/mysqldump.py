@@ -64,7 +64,7 @@ def faber_backup_providers() -> list[BackupProviderInfo]:
     ]
 
 
-def _program(*names: str) -> Path:
+def client_program(*names: str) -> Path:
     for name in names:
         found = find_program(name)
         if found:
@@ -76,7 +76,7 @@ def _program(*names: str) -> Path:
     )
 
 
-def _client_args(context: RunContext) -> list[str]:
+def client_args(context: RunContext) -> list[str]:
     """Connection arguments without the password (it goes in MYSQL_PWD, never in argv)."""
     params = context.database.conninfo_params()
     args = [f"--user={params['user']}", f"--default-character-set={params['charset']}"]
@@ -85,7 +85,7 @@ def _client_args(context: RunContext) -> list[str]:
     return [*args, f"--host={params['host']}", f"--port={params['port']}", "--protocol=TCP"]
 
 
-def _env(context: RunContext) -> dict[str, str]:
+def client_environment(context: RunContext) -> dict[str, str]:
     return child_environment(context.database.client_env())
 
 
@@ -98,7 +98,7 @@ def faber_backup_create(context: RunContext, reason: str, migrations: list[tuple
             "Failed to create pre-migration backup: the database cannot be reached",
             suggestions=["Verify the database is reachable", f"Retry: faber backup {context.environment}"],
         )
-    dump = _program("mariadb-dump", "mysqldump")
+    dump = client_program("mariadb-dump", "mysqldump")
     directory = store.private_backup_dir(context)
     store.remove_leftovers(context, directory)
     now = dt.datetime.now(dt.timezone.utc)
@@ -132,7 +132,7 @@ def _faber_tables(context: RunContext) -> list[str]:
     with context.database.connect(application_name="faber backup") as conn:
         rows = conn.execute(
             "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME LIKE %s",
-            [_like(FABER_TABLES)],
+            [like_prefix(FABER_TABLES)],
         ).fetchall()
     return [row[0] for row in rows]
 
@@ -144,7 +144,7 @@ def _dump(context: RunContext, dump: Path, reservation: store.Reservation) -> No
         proc = spawn(
             [
                 dump,
-                *_client_args(context),
+                *client_args(context),
                 "--single-transaction",
                 "--routines",
                 "--triggers",
@@ -155,7 +155,7 @@ def _dump(context: RunContext, dump: Path, reservation: store.Reservation) -> No
                 f"--result-file={reservation.partial}",
                 name,
             ],
-            env=_env(context),
+            env=client_environment(context),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=errors,
@@ -198,11 +198,11 @@ def scratch_prefix(database_name: str) -> str:
     return f"{SCRATCH_PREFIX}{hashlib.sha256(database_name.encode()).hexdigest()[:12]}_"
 
 
-def _quote(name: str) -> str:
+def quote(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
-def _like(prefix: str) -> str:
+def like_prefix(prefix: str) -> str:
     return prefix.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%") + "%"
 
 
@@ -219,7 +219,7 @@ def faber_backup_restore(context: RunContext, backup: BackupRecord) -> RestoreOu
             "the database it was taken of",
             suggestions=[f"Choose a backup of {target}: faber backups {context.environment}"],
         )
-    client = _program("mariadb", "mysql")
+    client = client_program("mariadb", "mysql")
     try:
         return _restore(context, backup, archive, target, client, manual)
     except context.database.engine.driver_error as exc:
@@ -242,8 +242,8 @@ def _restore(
     with store.reading(archive) as fd, context.database.connect(application_name="faber restore") as conn:
         store.verify_archive(context, backup, fd)
         _drop_leftovers(conn, prefix)
-        conn.execute(f"CREATE DATABASE {_quote(scratch)}")
-        conn.execute(f"CREATE DATABASE {_quote(displaced)}")
+        conn.execute(f"CREATE DATABASE {quote(scratch)}")
+        conn.execute(f"CREATE DATABASE {quote(displaced)}")
         # Whether the swap, the restore's commit point, happened: None while it is on its way.
         swapped: bool | None = False
         try:
@@ -288,7 +288,7 @@ def _restore(
 
 def _drop_quietly(conn: Any, scratch: str) -> None:
     try:
-        conn.execute(f"DROP DATABASE IF EXISTS {_quote(scratch)}")
+        conn.execute(f"DROP DATABASE IF EXISTS {quote(scratch)}")
     except conn.Error:
         pass  # the next restore drops it (_drop_leftovers)
 
@@ -297,9 +297,9 @@ def _drop_leftovers(conn: Any, prefix: str) -> None:
     """The scratch databases of a restore of this database killed before its end: the dump half
     loaded (the target untouched), or the target's replaced tables (the swap done)."""
     for (name,) in conn.execute(
-        "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE %s", [_like(prefix)]
+        "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE %s", [like_prefix(prefix)]
     ).fetchall():
-        conn.execute(f"DROP DATABASE {_quote(name)}")
+        conn.execute(f"DROP DATABASE {quote(name)}")
 
 
 def _load(context: RunContext, client: Path, fd: int, scratch: str, manual: list[str]) -> None:
@@ -307,8 +307,8 @@ def _load(context: RunContext, client: Path, fd: int, scratch: str, manual: list
     with open(fd, "rb", closefd=False) as source, tempfile.TemporaryFile() as errors:
         source.seek(0)
         proc = spawn(
-            [client, *_client_args(context), "--binary-mode", scratch],
-            env=_env(context),
+            [client, *client_args(context), "--binary-mode", scratch],
+            env=client_environment(context),
             stdin=source,
             stdout=subprocess.DEVNULL,
             stderr=errors,
@@ -324,41 +324,39 @@ def _load(context: RunContext, client: Path, fd: int, scratch: str, manual: list
         )
 
 
-_DEFINER = re.compile(r"\s+DEFINER\s*=\s*`[^`]*`@`[^`]*`")
+DEFINER_CLAUSE = re.compile(r"\s+DEFINER\s*=\s*`[^`]*`@`[^`]*`")
 
 
 def _take_objects(conn: Any, scratch: str, target: str) -> list[str]:
     """The scratch's views, triggers, routines and events as statements creating them in
     ``target``; its views and triggers dropped, so its tables can move to another database."""
     statements: list[str] = []
-    q = _quote(scratch)
+    q = quote(scratch)
     views = conn.execute("SELECT TABLE_NAME FROM information_schema.VIEWS WHERE TABLE_SCHEMA = %s", [scratch])
     for (name,) in views.fetchall():
-        statements.append(
-            _retarget(conn.execute(f"SHOW CREATE VIEW {q}.{_quote(name)}").fetchone()[1], scratch, target)
-        )
-        conn.execute(f"DROP VIEW {q}.{_quote(name)}")
+        statements.append(_retarget(conn.execute(f"SHOW CREATE VIEW {q}.{quote(name)}").fetchone()[1], scratch, target))
+        conn.execute(f"DROP VIEW {q}.{quote(name)}")
     for name, create in _triggers(conn, scratch):
         statements.append(_retarget(create, scratch, target))
-        conn.execute(f"DROP TRIGGER {q}.{_quote(name)}")
+        conn.execute(f"DROP TRIGGER {q}.{quote(name)}")
     routines = conn.execute(
         "SELECT ROUTINE_TYPE, ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = %s", [scratch]
     )
     for kind, name in routines.fetchall():
         statements.append(
-            _retarget(conn.execute(f"SHOW CREATE {kind} {q}.{_quote(name)}").fetchone()[2], scratch, target)
+            _retarget(conn.execute(f"SHOW CREATE {kind} {q}.{quote(name)}").fetchone()[2], scratch, target)
         )
     event_rows = conn.execute("SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s", [scratch])
     for (name,) in event_rows.fetchall():
         statements.append(
-            _retarget(conn.execute(f"SHOW CREATE EVENT {q}.{_quote(name)}").fetchone()[3], scratch, target)
+            _retarget(conn.execute(f"SHOW CREATE EVENT {q}.{quote(name)}").fetchone()[3], scratch, target)
         )
     return statements
 
 
 def _retarget(create: str, scratch: str, target: str) -> str:
     """A CREATE statement of the scratch database naming the target instead, created by faber's user."""
-    return _DEFINER.sub("", create).replace(_quote(scratch) + ".", _quote(target) + ".")
+    return DEFINER_CLAUSE.sub("", create).replace(quote(scratch) + ".", quote(target) + ".")
 
 
 def _swap(conn: Any, target: str, scratch: str, displaced: str, manual: list[str]) -> None:
@@ -368,20 +366,20 @@ def _swap(conn: Any, target: str, scratch: str, displaced: str, manual: list[str
     name their foreign keys): the replaced tables' constraints leave before the restored ones'
     arrive. MySQL moves no table with triggers to another database, so the target's triggers are
     dropped just before, and recreated if the rename fails (it then changed nothing)."""
-    t = _quote(target)
+    t = quote(target)
     triggers = _triggers(conn, target)
     current = conn.execute(
         "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_TYPE = 'BASE TABLE'"
         " AND TABLE_NAME NOT LIKE %s",
-        [target, _like(FABER_TABLES)],
+        [target, like_prefix(FABER_TABLES)],
     ).fetchall()
     restored = conn.execute("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s", [scratch])
-    renames = [f"{t}.{_quote(name)} TO {_quote(displaced)}.{_quote(name)}" for (name,) in current]
-    renames += [f"{_quote(scratch)}.{_quote(name)} TO {t}.{_quote(name)}" for (name,) in restored.fetchall()]
+    renames = [f"{t}.{quote(name)} TO {quote(displaced)}.{quote(name)}" for (name,) in current]
+    renames += [f"{quote(scratch)}.{quote(name)} TO {t}.{quote(name)}" for (name,) in restored.fetchall()]
     if not renames:
         return
     for name, _ in triggers:
-        conn.execute(f"DROP TRIGGER {t}.{_quote(name)}")
+        conn.execute(f"DROP TRIGGER {t}.{quote(name)}")
     try:
         conn.execute("RENAME TABLE " + ", ".join(renames))
     except conn.Error as exc:
@@ -398,29 +396,29 @@ def _swap(conn: Any, target: str, scratch: str, displaced: str, manual: list[str
 
 def _triggers(conn: Any, schema: str) -> list[tuple[str, str]]:
     """(name, CREATE TRIGGER statement) of every trigger of ``schema``."""
-    q = _quote(schema)
+    q = quote(schema)
     rows = conn.execute(
         "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = %s ORDER BY ACTION_ORDER", [schema]
     ).fetchall()
-    return [(name, conn.execute(f"SHOW CREATE TRIGGER {q}.{_quote(name)}").fetchone()[2]) for (name,) in rows]
+    return [(name, conn.execute(f"SHOW CREATE TRIGGER {q}.{quote(name)}").fetchone()[2]) for (name,) in rows]
 
 
 def _create_objects(conn: Any, target: str, statements: list[str]) -> None:
     """The backup's views, triggers, routines and events in the target, whose own routines and
     events they replace (its views and triggers went aside with its tables)."""
-    t = _quote(target)
+    t = quote(target)
     for (name,) in conn.execute(
         "SELECT TABLE_NAME FROM information_schema.VIEWS WHERE TABLE_SCHEMA = %s", [target]
     ).fetchall():
-        conn.execute(f"DROP VIEW {t}.{_quote(name)}")
+        conn.execute(f"DROP VIEW {t}.{quote(name)}")
     for kind, name in conn.execute(
         "SELECT ROUTINE_TYPE, ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = %s", [target]
     ).fetchall():
-        conn.execute(f"DROP {kind} {t}.{_quote(name)}")
+        conn.execute(f"DROP {kind} {t}.{quote(name)}")
     for (name,) in conn.execute(
         "SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s", [target]
     ).fetchall():
-        conn.execute(f"DROP EVENT {t}.{_quote(name)}")
+        conn.execute(f"DROP EVENT {t}.{quote(name)}")
     for statement in statements:
         try:
             conn.execute(statement)

@@ -12,11 +12,13 @@ docs/engines.md describes the interface for authors of further engines.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import time
+import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import SplitResult
@@ -89,7 +91,7 @@ LOCK_POLL_SECONDS = 0.2
 ErrorKind = Literal["lock_timeout", "lost_connection", "missing_database", "authentication"]
 """What a driver error means to faber; None from :meth:`Engine.classify_error`: something else."""
 
-Feature = Literal["sql_analysis", "lint", "estimates", "write_counters", "rehearsal"]
+Feature = Literal["sql_analysis", "lint", "estimates", "write_counters"]
 """faber's checks that need an engine's own catalog or parser; an engine lists those it lacks."""
 
 FEATURE_LABELS: dict[Feature, str] = {
@@ -97,7 +99,6 @@ FEATURE_LABELS: dict[Feature, str] = {
     "lint": "lock-risk lint",
     "estimates": "duration estimates",
     "write_counters": "counting others' writes since the backup",
-    "rehearsal": "--rehearse",
 }
 
 
@@ -118,6 +119,52 @@ class TargetUrl:
     user: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     """Engine-specific parts (MySQL's password and socket, ...); never shown."""
+
+
+REHEARSAL_PREFIX = "faber_rehearsal_"
+"""Every rehearsal database's name starts so: the grant that lets faber create them names it."""
+AUTO_DATA_LIMIT_BYTES = 64 * 1024 * 1024
+"""Below this much table data, a rehearsal copies the rows too: closer to the real run, still quick."""
+
+
+def rehearsal_name() -> str:
+    """A new rehearsal database's name: unique, and when it was made (a leftover tells its age)."""
+    return f"{REHEARSAL_PREFIX}{dt.datetime.now(dt.timezone.utc):%Y%m%d%H%M%S}_{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class Rehearsal:
+    """A throwaway database on the target's server, what it holds, and what did not copy cleanly."""
+
+    name: str
+    database: Database
+    includes_data: bool
+    copied_rows_of: list[str]
+    warnings: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def rehearsing(
+    context: RunContext, rehearsal: Rehearsal, copy: Callable[[], None], drop: Callable[..., None]
+) -> Iterator[Rehearsal]:
+    """Announce ``rehearsal``, a database just created, fill it with ``copy``, yield it, and
+    ``drop`` it afterwards whatever happens in between (an error, Ctrl-C, SIGTERM)."""
+    from faber_core import events
+
+    try:
+        context.emit(
+            events.REHEARSAL_CREATED,
+            database=rehearsal.name,
+            includes_data=rehearsal.includes_data,
+            copied_rows_of=rehearsal.copied_rows_of,
+        )
+        copy()
+        yield rehearsal
+    except BaseException:
+        # The original error (or Ctrl-C) is what the user must see; a failed drop is only reported.
+        drop(raise_on_failure=False)
+        raise
+    drop()
 
 
 class HeldLock(ABC):
@@ -271,6 +318,17 @@ class Engine(ABC):
     ) -> tuple[list[str], Callable[[], list[Blocker]]]:
         """The tables the migrations' SQL (``sources``) touches, and a check, called again while
         the preflight waits, returning the sessions that would make them wait (docs/safety.md)."""
+
+    @abstractmethod
+    def rehearsal_database(
+        self, context: RunContext, *, copy_rows_of: Sequence[str] = (), include_data: bool | None = None
+    ) -> AbstractContextManager[Rehearsal]:
+        """A copy of the target's schema in a new database on its server (:func:`rehearsal_name`)
+        for the block, dropped afterwards whatever happens in it (an error, Ctrl-C, SIGTERM); the
+        target is only read. ``copy_rows_of`` names tables, as the handler's status quotes them
+        (its migration bookkeeping), whose rows are copied too, so the ORM sees the same pending
+        migrations; tables that do not exist are skipped. ``include_data``: True copies every
+        row, False none, None copies them when the target's tables are small."""
 
     def invalid_indexes(self, conn: Any) -> list[str]:
         """Indexes a failed build left behind unusable (PostgreSQL's ``CREATE INDEX CONCURRENTLY``),

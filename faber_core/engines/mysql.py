@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import unquote, urlsplit
@@ -30,6 +30,7 @@ from faber_core.engines import (
     ErrorKind,
     Feature,
     HeldLock,
+    Rehearsal,
     TargetUrl,
     at_after_host,
     unsafe_url_text,
@@ -136,7 +137,6 @@ class MySQLEngine(Engine):
         "estimates": "MySQL/MariaDB: no duration estimates (they read PostgreSQL's statistics)",
         "write_counters": "MySQL/MariaDB: writes since the backup are not counted, so a restore cannot tell "
         "the application's rows from the deploy's",
-        "rehearsal": "MySQL/MariaDB: --rehearse is not available",
     }
 
     @property
@@ -327,6 +327,13 @@ class MySQLEngine(Engine):
         tables = touched_tables(sources, context.database.name)
         seconds = context.settings.long_transaction_seconds
         return tables, lambda: find_blockers(conn, tables, long_transaction_seconds=seconds, redactor=context.redactor)
+
+    def rehearsal_database(
+        self, context: RunContext, *, copy_rows_of: Sequence[str] = (), include_data: bool | None = None
+    ) -> AbstractContextManager[Rehearsal]:
+        from faber_core.engines.mysql_rehearsal import rehearsal_database
+
+        return rehearsal_database(context, copy_rows_of=copy_rows_of, include_data=include_data)
 
     @contextmanager
     def deploy_lock(

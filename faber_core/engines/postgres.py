@@ -8,14 +8,14 @@ this engine supports all of them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import psycopg
 
-from faber_core.engines import Engine, ErrorKind, HeldLock, TargetUrl
+from faber_core.engines import Engine, ErrorKind, HeldLock, Rehearsal, TargetUrl
 
 if TYPE_CHECKING:
     from faber_core.config import EnvironmentSettings
@@ -183,6 +183,13 @@ class PostgresEngine(Engine):
 
         tables, concurrent = touched_tables(context, conn, sources)
         return sorted(tables.values()), lambda: find_blockers(context, conn, tables, concurrent)
+
+    def rehearsal_database(
+        self, context: RunContext, *, copy_rows_of: Sequence[str] = (), include_data: bool | None = None
+    ) -> AbstractContextManager[Rehearsal]:
+        from faber_core.postgres.rehearsal import rehearsal_database
+
+        return rehearsal_database(context, copy_rows_of=copy_rows_of, include_data=include_data)
 
     def invalid_indexes(self, conn: psycopg.Connection) -> list[str]:
         from faber_core.postgres.health import invalid_indexes

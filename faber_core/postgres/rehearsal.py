@@ -9,43 +9,27 @@ Ctrl-C); the target is only read, by ``pg_dump``.
 
     with rehearsal_database(context, copy_rows_of=['"public"."migrations"']) as rehearsal:
         run_migrations_against(rehearsal.database)
+
+Callers ask the engine (``context.database.engine.rehearsal_database``); MySQL/MariaDB's copy is
+:mod:`faber_core.engines.mysql_rehearsal`.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import subprocess
 import tempfile
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
 
 from faber_core import events
 from faber_core.context import Database, RunContext
+from faber_core.engines import AUTO_DATA_LIMIT_BYTES, Rehearsal, rehearsal_name, rehearsing
 from faber_core.errors import BackupFailed, ConfigError, FaberError
 from faber_core.processes import run_tool
-from faber_core.secrets import Secret
-
-NAME_PREFIX = "faber_rehearsal_"
-AUTO_DATA_LIMIT_BYTES = 64 * 1024 * 1024
-"""Below this much table data, a rehearsal copies the rows too: closer to the real run, still quick."""
-
-
-@dataclass
-class Rehearsal:
-    """The throwaway database, what it holds, and what did not copy cleanly."""
-
-    name: str
-    database: Database
-    includes_data: bool
-    copied_rows_of: list[str]
-    warnings: list[str] = field(default_factory=list)
 
 
 @contextmanager
@@ -65,20 +49,21 @@ def rehearsal_database(
         tools = _client_tools(conn)
         includes_data = _wants_data(conn, context, include_data)
         tables = [] if includes_data else _existing_tables(conn, copy_rows_of)
-        name = f"{NAME_PREFIX}{dt.datetime.now(dt.timezone.utc):%Y%m%d%H%M%S}_{uuid.uuid4().hex[:8]}"
+        name = rehearsal_name()
         _create_database(conn, name, target)
     rehearsal = Rehearsal(
-        name=name, database=_database_named(target, name), includes_data=includes_data, copied_rows_of=tables
+        name=name,
+        database=target.sibling(name, source=f"rehearsal copy of {target.source}"),
+        includes_data=includes_data,
+        copied_rows_of=tables,
     )
-    context.emit(events.REHEARSAL_CREATED, database=name, includes_data=includes_data, copied_rows_of=tables)
-    try:
-        _copy_target(context, tools, rehearsal)
+    with rehearsing(
+        context,
+        rehearsal,
+        copy=lambda: _copy_target(context, tools, rehearsal),
+        drop=lambda **failure: _drop(context, name, **failure),
+    ):
         yield rehearsal
-    except BaseException:
-        # The original error (or Ctrl-C) is what the user must see; a failed drop is only reported.
-        _drop(context, name, raise_on_failure=False)
-        raise
-    _drop(context, name)
 
 
 def _connect(context: RunContext) -> psycopg.Connection:
@@ -171,12 +156,6 @@ def _create_database(conn: psycopg.Connection, name: str, target: Database) -> N
             sql.Literal(f"faber rehearsal of {target.name_for_display}: a throwaway copy, safe to drop"),
         )
     )
-
-
-def _database_named(target: Database, name: str) -> Database:
-    parts = urlsplit(target.url.reveal())
-    url = Secret(urlunsplit(parts._replace(path=f"/{name}")))
-    return Database(url, source=f"rehearsal copy of {target.source}", connect_timeout=target.connect_timeout)
 
 
 def _copy_target(context: RunContext, tools: Path, rehearsal: Rehearsal) -> None:

@@ -20,7 +20,7 @@ from pglast.parser import ParseError
 
 from faber_core import events
 from faber_core.context import RunContext
-from faber_core.errors import ConfigError, FaberError, LintBlocked, MigrationFailed
+from faber_core.errors import FaberError, LintBlocked, MigrationFailed
 from faber_core.migration_files import read_sql
 from faber_core.models import LocalMigration, MigrationPreview, MigrationState
 from faber_core.postgres.sql import is_transactional
@@ -312,10 +312,11 @@ def annotate_preview(
                 item.notes.append(NOT_TRANSACTIONAL.format(engine=engine.label))
             note = engine.preview_note()
             item.notes += [note] if note else []
-        if rehearse:
-            raise ConfigError(engine.unsupported.get("rehearsal", f"--rehearse is not available on {engine.label}"))
         with _connect(context, "faber preview") as conn:
-            return _preview_preflight(context, conn, previews)
+            report = _preview_preflight(context, conn, previews)
+        if rehearse:
+            _measure(context, plugins, state, previews)
+        return report
     with _connect(context, "faber preview") as conn:
         tables = Catalog(conn, context.database.schema)
         _estimate(context, conn, state, previews, tables)

@@ -1,7 +1,7 @@
 """``faber migrate ENV --dry-run --rehearse``: measure the pending migrations instead of estimating.
 
 The handler applies them, exactly as a deploy would, to a throwaway copy of the target with all
-of its data (:mod:`faber_core.postgres.rehearsal`), on the same server; the copy is dropped
+of its data (the engine's ``rehearsal_database``), on the same server; the copy is dropped
 afterwards. The measured durations replace the estimates. Copying costs time and disk in
 proportion to the database, which is why it is asked for, not automatic.
 """
@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 from faber_core.context import RunContext
 from faber_core.models import LocalMigration
-from faber_core.postgres.rehearsal import rehearsal_database
 
 if TYPE_CHECKING:
     from faber_core.plugins import Plugins
@@ -27,7 +26,7 @@ class Measurement:
 
 
 def measure(context: RunContext, plugins: Plugins, pending: list[LocalMigration]) -> Measurement:
-    with rehearsal_database(context, include_data=True) as rehearsal:
+    with context.database.engine.rehearsal_database(context, include_data=True) as rehearsal:
         # A context of its own: its events must not reach the audit trail as real deploys.
         copy = dataclasses.replace(context, database=rehearsal.database, listeners=[], run_id=f"{context.run_id}-r")
         outcome = plugins.migration_apply(copy, pending)

@@ -176,6 +176,8 @@ def mysql_database_url(mysql_admin_url: str, pytestconfig: pytest.Config) -> Ite
         conn.execute(f"GRANT ALL PRIVILEGES ON `{name}`.* TO '{user}'@'%'")
         # A mysqldump restore loads into a scratch database beside the target (docs/mysql.md).
         conn.execute(f"GRANT ALL PRIVILEGES ON `faber\\_restore\\_%`.* TO '{user}'@'%'")
+        # A preview rehearses code migrations in a throwaway database beside the target (docs/mysql.md).
+        conn.execute(f"GRANT ALL PRIVILEGES ON `faber\\_rehearsal\\_%`.* TO '{user}'@'%'")
         # faber's lock messages name the holder from the process list, which shows others with PROCESS.
         conn.execute(f"GRANT PROCESS ON *.* TO '{user}'@'%'")
     parts = urlsplit(mysql_admin_url)
@@ -199,6 +201,15 @@ def mysql_scratch_databases(admin_url: str, database: str) -> list[str]:
             "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'faber\\_restore\\_%'"
         ).fetchall()
     return [name for (name,) in rows if name.startswith(scratch_prefix(database))]
+
+
+def mysql_rehearsal_databases(admin_url: str) -> list[str]:
+    """The rehearsal databases (``faber_rehearsal_*``) on the MySQL/MariaDB server."""
+    with mysql_connect(admin_url) as conn:
+        rows = conn.execute(
+            "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'faber\\_rehearsal\\_%'"
+        ).fetchall()
+    return [name for (name,) in rows]
 
 
 @pytest.fixture

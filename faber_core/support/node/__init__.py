@@ -511,20 +511,11 @@ def rehearse(
     *,
     extra_notes: Callable[[Rehearsed], list[str]] = lambda _: [],
 ) -> list[MigrationPreview]:
-    """Apply ``pending`` to a throwaway copy of the target and describe what each migration did there.
-
-    An engine without rehearsals (MySQL/MariaDB) gets each migration listed, not rehearsed, with
-    the tool's notes for a migration outside a transaction.
-    """
-    from faber_core.postgres.rehearsal import rehearsal_database
-
-    if not context.database.engine.supports("rehearsal"):
-        return [_unrehearsed(context, migration, extra_notes) for migration in pending]
-
+    """Apply ``pending`` to a throwaway copy of the target and describe what each migration did there."""
     args = list(args)
     include_data = rehearsal_data(tool, context)
     bookkeeping = _status_event(tool, context, args).get("bookkeeping_table")
-    with rehearsal_database(
+    with context.database.engine.rehearsal_database(
         context, copy_rows_of=[bookkeeping] if bookkeeping else [], include_data=include_data
     ) as rehearsal:
         result = run_runner(
@@ -565,24 +556,6 @@ def rehearse(
             )
         )
     return previews
-
-
-def _unrehearsed(
-    context: RunContext, migration: LocalMigration, extra_notes: Callable[[Rehearsed], list[str]]
-) -> MigrationPreview:
-    engine = context.database.engine
-    outside_transaction = Rehearsed(migration.name, transactional=False)  # DDL commits on its own there
-    return MigrationPreview(
-        name=migration.name,
-        sql="",
-        estimated_duration_seconds=0,
-        transactional=False,
-        notes=[
-            f"{NOT_REHEARSED}: faber rehearses on a throwaway copy of the database on PostgreSQL only, not on "
-            f"{engine.label}; the ORM's queries are shown as it deploys",
-            *extra_notes(outside_transaction),
-        ],
-    )
 
 
 def _rehearsed(result: RunnerResult) -> dict[str, Rehearsed]:

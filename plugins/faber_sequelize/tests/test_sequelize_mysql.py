@@ -8,9 +8,11 @@ Each test has its own database, reached as a user of its own whose password is t
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import pytest
-from faber_core.errors import ConfigError
-from faber_core.testing.fixtures import CANARY_PASSWORD, faber_at_once
+from faber_core.errors import EXIT_CODES, ConfigError
+from faber_core.testing.fixtures import CANARY_PASSWORD, faber_at_once, mysql_connect, mysql_rehearsal_databases
 
 CREATE_USERS = "20240101000000-create-users.js"
 ADD_USER_NAME = "20240102000000-add-user-name.js"
@@ -95,16 +97,30 @@ def test_every_session_gets_the_environments_timeouts(
     assert mysql_query("SELECT lock_wait, innodb_wait FROM probe") == [(7, 7)]
 
 
-def test_preview_lists_each_migration_unrehearsed(mysql_sequelize_project, sequelize_context, sequelize_plugins):
-    context = sequelize_context(mysql_sequelize_project())
-
-    previews = sequelize_plugins.migration_preview(
-        context, sequelize_plugins.migration_status(context).pending_migrations()
+def test_dry_run_shows_the_sql_rehearsed_on_a_throwaway_copy_and_leaves_the_target_unchanged(
+    mysql_sequelize_project, sequelize_migration, run_faber, mysql_query, mysql_admin_url
+):
+    project = mysql_sequelize_project()
+    assert faber(run_faber, project, "migrate", "staging", "--yes").returncode == 0
+    mysql_query("INSERT INTO users (email, name) VALUES ('a@example.com', 'a')")
+    (project / "db" / "migrations" / "20240103000000-add-tags.js").write_text(
+        sequelize_migration("CREATE TABLE tags (id INT PRIMARY KEY)", "UPDATE users SET name = 'renamed'")
     )
+    before = (mysql_query("SHOW TABLES"), mysql_query("SELECT name FROM SequelizeMeta ORDER BY name"))
 
-    assert [p.name for p in previews] == FIXTURE_MIGRATIONS
-    assert all(p.notes[0].startswith("Not rehearsed") and "MySQL/MariaDB" in p.notes[0] for p in previews)
-    assert all(p.transactional is False and "without a transaction" in p.notes[1] for p in previews)
+    earlier_rehearsals = mysql_rehearsal_databases(mysql_admin_url)
+
+    run = faber(run_faber, project, "migrate", "staging", "--dry-run")
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    [tags] = run.json["result"]["migrations"]
+    assert tags["name"] == "20240103000000-add-tags.js" and tags["transactional"] is False
+    assert tags["sql"] == "CREATE TABLE tags (id INT PRIMARY KEY);\nUPDATE users SET name = 'renamed';"
+    # A small target is copied with its rows: the rehearsal's duration stands as measured.
+    assert tags["basis"].startswith("measured")
+    assert (mysql_query("SHOW TABLES"), mysql_query("SELECT name FROM SequelizeMeta ORDER BY name")) == before
+    assert mysql_query("SELECT email, name FROM users") == [("a@example.com", "a")]
+    assert mysql_rehearsal_databases(mysql_admin_url) == earlier_rehearsals
 
 
 def test_a_postgres_config_on_a_mysql_url_is_refused(
@@ -165,3 +181,20 @@ def test_a_failed_deploy_in_a_protected_environment_is_restored(
     tables = {name for (name,) in mysql_query("SHOW TABLES") if not name.startswith("faber_")}
     assert tables == {"SequelizeMeta", "users"}
     assert mysql_query("SELECT email, name FROM users") == [("a@example.com", "A")]
+
+
+def test_a_user_who_may_not_create_the_rehearsal_database_is_told_the_grant(
+    mysql_sequelize_project, run_faber, mysql_query, mysql_database_url, mysql_admin_url
+):
+    project = mysql_sequelize_project()
+    user = urlsplit(mysql_database_url).username
+    with mysql_connect(mysql_admin_url) as conn:
+        conn.execute(f"REVOKE ALL PRIVILEGES ON `faber\\_rehearsal\\_%`.* FROM '{user}'@'%'")
+
+    run = faber(run_faber, project, "migrate", "staging", "--dry-run")
+
+    assert run.returncode == EXIT_CODES["CONFIG_INVALID"], run.stdout + run.stderr
+    assert "may not create faber_rehearsal_" in run.json["error"]
+    assert any("GRANT ALL ON `faber\\_rehearsal\\_%`.*" in hint for hint in run.json["recovery"]["suggestions"])
+    assert "Traceback" not in run.stderr
+    assert mysql_query("SHOW TABLES") == [("faber_deployments",)]  # the record of the failed preview only

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from faber_core.postgres.rehearsal import NAME_PREFIX
+from faber_core.engines import REHEARSAL_PREFIX
 
 
 def preview(plugins, context):
@@ -28,7 +28,7 @@ def test_preview_shows_the_sql_sequelize_runs_and_leaves_the_target_untouched(
     assert all(any("without a transaction" in note for note in p.notes) for p in previews)
     assert query("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
     (rehearsal,) = [e.data["database"] for e in events if e.kind == "rehearsal.created"]
-    assert rehearsal.startswith(NAME_PREFIX)
+    assert rehearsal.startswith(REHEARSAL_PREFIX)
     assert query("SELECT count(*) FROM pg_database WHERE datname = %s", [rehearsal]) == [(0,)], "it is dropped"
 
 

@@ -8,9 +8,13 @@ Each test has its own database, reached as a user of its own whose password is t
 
 from __future__ import annotations
 
+import json
+import signal
+
 import pytest
 from faber_core.errors import ConfigError
-from faber_core.testing.fixtures import CANARY_PASSWORD, faber_at_once
+from faber_core.testing.faults import FaberProcess
+from faber_core.testing.fixtures import CANARY_PASSWORD, faber_at_once, mysql_connect, mysql_rehearsal_databases
 
 CREATE_USERS = "CreateUsers1700000000000"
 ADD_POSTS = "AddPosts1700000100000"
@@ -104,17 +108,35 @@ def test_the_migration_session_gets_the_environments_timeouts(
     assert mysql_query("SELECT lock_wait, innodb_wait FROM probe") == [(7, 7)]
 
 
-def test_preview_lists_each_migration_unrehearsed_outside_a_transaction(project, typeorm_context, typeorm_plugins):
-    context = typeorm_context(project())
-    pending = typeorm_plugins.migration_status(context).pending_migrations()
+def test_dry_run_shows_the_sql_rehearsed_on_a_throwaway_copy_and_leaves_the_target_unchanged(
+    project, typeorm_migration, run_faber, mysql_query, mysql_admin_url
+):
+    # The rows are not copied ("never"): only TypeORM's bookkeeping rows tell it what is applied.
+    project_dir = project(typeorm={"data_source": "data-source.js", "rehearsal_data": "never"})
+    assert faber(run_faber, project_dir, "migrate", "staging", "--yes").returncode == 0
+    (project_dir / "migrations" / "1700000200000-AddTags.js").write_text(
+        typeorm_migration(
+            "AddTags1700000200000",
+            "CREATE TABLE tags (id INT PRIMARY KEY, label VARCHAR(50))",
+            "ALTER TABLE users ADD COLUMN nickname VARCHAR(50)",
+        )
+    )
+    before = (mysql_query("SHOW TABLES"), mysql_query("SELECT * FROM migrations ORDER BY id"))
 
-    previews = typeorm_plugins.migration_preview(context, pending)
+    earlier_rehearsals = mysql_rehearsal_databases(mysql_admin_url)
 
-    assert [p.name for p in previews] == [CREATE_USERS, ADD_POSTS]
-    for preview in previews:
-        assert preview.transactional is False
-        assert preview.notes[0].startswith("Not rehearsed") and "MySQL/MariaDB" in preview.notes[0]
-        assert any("outside a transaction" in note for note in preview.notes[1:])
+    run = faber(run_faber, project_dir, "migrate", "staging", "--dry-run")
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    [tags] = run.json["result"]["migrations"]
+    assert tags["name"] == "AddTags1700000200000" and tags["transactional"] is False
+    assert tags["sql"] == (
+        "CREATE TABLE tags (id INT PRIMARY KEY, label VARCHAR(50));\nALTER TABLE users ADD COLUMN nickname VARCHAR(50);"
+    )
+    assert "Rehearsed on a copy of the schema without the data" in tags["notes"]
+    assert (mysql_query("SHOW TABLES"), mysql_query("SELECT * FROM migrations ORDER BY id")) == before
+    assert mysql_query("SHOW COLUMNS FROM users LIKE 'nickname'") == []
+    assert mysql_rehearsal_databases(mysql_admin_url) == earlier_rehearsals
 
 
 def test_a_postgres_data_source_on_a_mysql_url_is_refused(
@@ -181,3 +203,34 @@ def test_a_failed_deploy_in_a_protected_environment_is_restored(project, typeorm
     tables = {name for (name,) in mysql_query("SHOW TABLES") if not name.startswith("faber_")}
     assert tables == {"migrations", "posts", "users"}
     assert mysql_query("SELECT email FROM users") == [("a@example.com",)]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_an_interrupt_during_the_rehearsal_drops_the_rehearsal_database(
+    project, typeorm_migration, mysql_query, mysql_admin_url, signum
+):
+    slow = typeorm_migration("Slow1700000200000", "CREATE TABLE tags (id INT PRIMARY KEY)", "SELECT SLEEP(60)")
+    project_dir = project(("1700000200000-Slow.js", slow))
+    run = FaberProcess.start(project_dir, "migrate", "staging", "--dry-run", "--json")
+    try:
+        rehearsal = run.wait_for("rehearsal.created")["data"]["database"]
+        with mysql_connect(mysql_admin_url) as conn:
+            run.wait_until(
+                lambda: conn.execute(
+                    "SELECT 1 FROM information_schema.PROCESSLIST WHERE DB = %s AND INFO LIKE 'SELECT SLEEP%%'",
+                    [rehearsal],
+                ).fetchone(),
+                what=f"the slow migration sleeping in {rehearsal}",
+            )
+        run.kill(signum)
+        code = run.wait(30)
+    finally:
+        run.stop_everything()
+
+    assert code == 130
+    assert json.loads(run.stdout())["code"] == "INTERRUPTED"
+    assert rehearsal not in mysql_rehearsal_databases(mysql_admin_url)
+    assert "rehearsal.dropped" in run.kinds()
+    # The target holds only faber's record of the interrupted run: no migration ran there.
+    assert mysql_query("SHOW TABLES") == [("faber_deployments",)]
+    assert CANARY_PASSWORD not in run.stdout() + run.stderr()

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from faber_core.postgres.rehearsal import NAME_PREFIX
+from faber_core.engines import REHEARSAL_PREFIX
 from faber_core.testing.fixtures import CANARY_PASSWORD
 
 
 def rehearsals_left(query, events) -> list[str]:
     """The rehearsal databases this run created that still exist."""
     created = [e.data["database"] for e in events if e.kind == "rehearsal.created"]
-    assert created and all(name.startswith(NAME_PREFIX) for name in created)
+    assert created and all(name.startswith(REHEARSAL_PREFIX) for name in created)
     return [name for (name,) in query("SELECT datname FROM pg_database WHERE datname = ANY(%s)", [created])]
 
 
