@@ -66,6 +66,7 @@ def test_config_mistakes_are_refused_with_what_to_fix(tmp_path, config, expected
         ('{"database": ', "Malformed configuration"),
         ('"' + "\\" * 50_001, "Malformed configuration"),
     ],
+    ids=["nested-100000-deep", "duplicate-key", "nan", "truncated", "50001-backslashes"],
 )
 def test_hostile_json_is_refused_without_recursion(tmp_path, text, expected):
     project = write_config(tmp_path, text)

@@ -191,7 +191,9 @@ def test_an_unreachable_database_gets_the_spec_health_check_error(faber_project,
             "deploy-migrations",
             "paramaters: Extra inputs are not permitted (did you mean parameters?)",
         ),
-        ("[" * 100_000 + "]" * 100_000, "request", "nested too deeply"),  # past Python's recursion limit
+        # past Python's recursion limit; a short id, as the test id goes into the environment of
+        # the faber it starts (PYTEST_CURRENT_TEST), where one variable may not exceed 128 KiB
+        pytest.param("[" * 100_000 + "]" * 100_000, "request", "nested too deeply", id="nested-100000-deep"),
     ],
 )
 def test_invalid_requests_are_config_invalid_documents(run_faber, request_text, operation, problem):
