@@ -538,10 +538,10 @@ def init(tool: str = "prisma", *, force: bool = False, working_directory: str | 
 
     def body() -> Success:
         from faber_core.context import resolve_project_dir
-        from faber_core.scaffold import NEXT_STEPS, write_starter_project
+        from faber_core.scaffold import NEXT_STEPS, make_project_dir, write_starter_project
 
         if working_directory is not None and not Path(working_directory).exists():  # a file: refused below
-            Path(working_directory).mkdir(parents=True)
+            make_project_dir(Path(working_directory))
         written = write_starter_project(resolve_project_dir(working_directory, discover=False), tool, force=force)
         return Success(operation=INIT, result={"written": written, "next": NEXT_STEPS[tool]}, message="Project initialised")
 

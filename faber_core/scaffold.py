@@ -113,7 +113,31 @@ def write_starter_project(project: Path, tool: str, *, force: bool = False) -> l
         )
     if config.exists() and not force:
         raise ConfigError(f"{CONFIG_PATH} already exists", suggestions=["Re-run with --force to overwrite it"])
+    try:
+        return _write_files(project, tool)
+    except OSError as exc:
+        raise cannot_write(project, exc) from None
+
+
+def make_project_dir(project: Path) -> None:
+    """Create the directory ``faber init --cwd`` names, refusing plainly where it cannot be."""
+    try:
+        project.mkdir(parents=True)
+    except OSError as exc:
+        raise cannot_write(project, exc) from None
+
+
+def cannot_write(project: Path, exc: OSError) -> ConfigError:
+    """A file where a directory belongs, a read-only or full disk, no permission: said plainly."""
+    return ConfigError(
+        f"Cannot write the starter project into {project}: {exc.strerror or exc}",
+        suggestions=["Point --cwd at a directory you can write to (it is created if missing)"],
+    )
+
+
+def _write_files(project: Path, tool: str) -> list[str]:
     written = []
+    config = project / CONFIG_PATH
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(json.dumps(starter_config(tool), indent=2) + "\n")
     written.append(str(CONFIG_PATH))

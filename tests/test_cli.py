@@ -439,6 +439,18 @@ def test_a_project_directory_that_is_a_file_or_a_config_that_is_a_directory_is_n
     assert config.is_dir()
 
 
+def test_init_below_a_file_is_a_config_error_that_says_why(run_faber, tmp_path):
+    (tmp_path / "notes.txt").write_text("not a project")
+
+    run = run_faber("init", "--json", "--cwd", str(tmp_path / "notes.txt" / "demo"))
+
+    assert run.returncode == 2, run.output
+    assert run.json["code"] == "CONFIG_INVALID"
+    below_a_file = tmp_path / "notes.txt" / "demo"
+    assert run.json["error"] == f"Cannot write the starter project into {below_a_file}: Not a directory"
+    assert (tmp_path / "notes.txt").read_text() == "not a project"
+
+
 def _password_rejecting_server() -> socket.socket:
     """A server speaking just enough of PostgreSQL's protocol to ask for a password and reject it."""
 
