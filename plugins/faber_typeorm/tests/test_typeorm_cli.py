@@ -159,7 +159,9 @@ def test_an_interrupted_deploy_stops_its_runner_and_the_migration_in_progress_ro
     faber = start_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project), cwd=project)
     try:
         wait_for(
-            lambda: query("SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'"),
+            lambda: query(
+                "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'SELECT pg_sleep%'"
+            ),
             "the slow migration to run",
         )
         faber.send_signal(signal.SIGTERM)
@@ -174,7 +176,10 @@ def test_an_interrupted_deploy_stops_its_runner_and_the_migration_in_progress_ro
     assert query("SELECT to_regclass('slow') IS NULL") == [(True,)]
     # The runner's session checks for its client every 2 s (client_connection_check_interval).
     wait_for(
-        lambda: not query("SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%' AND state = 'active'"),
+        lambda: not query(
+            "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+            " AND query LIKE 'SELECT pg_sleep%' AND state = 'active'"
+        ),
         "the server to end the dead runner's statement",
         timeout=20,
     )
