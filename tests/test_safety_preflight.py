@@ -118,3 +118,20 @@ def test_a_session_on_another_table_does_not_block(orders_project, context_for, 
         result = migrate(context_for(project_dir), plugins, YES).model_dump(mode="json")["result"]
 
     assert result["migrations_applied"] == 1 and result["preflight"]["blockers"] == []
+
+
+def test_the_lock_holder_named_is_the_one_in_this_database(database_url, postgres_admin_url):
+    from faber_core.postgres.locks import lock_holder
+
+    key = 4242_4242_4242
+    with (
+        psycopg.connect(postgres_admin_url, autocommit=True, application_name="elsewhere") as elsewhere,
+        psycopg.connect(database_url, autocommit=True, application_name="right here") as here,
+        psycopg.connect(database_url, autocommit=True) as asking,
+    ):
+        elsewhere.execute("SELECT pg_advisory_lock(%s)", [key])
+        here.execute("SELECT pg_advisory_lock(%s)", [key])
+
+        assert lock_holder(asking, key).startswith(f"right here (server pid {here.info.backend_pid},")
+        here.execute("SELECT pg_advisory_unlock(%s)", [key])
+        assert lock_holder(asking, key) == "another session (it may have just finished)"

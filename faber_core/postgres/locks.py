@@ -30,6 +30,8 @@ def lock_holder(conn: psycopg.Connection, key: int) -> str:
                coalesce(a.client_addr::text, 'local'), now() - a.backend_start
         FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
         WHERE l.locktype = 'advisory' AND l.granted
+          -- advisory locks belong to a database: the same key elsewhere is someone else's
+          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
           AND l.classid = ((%(key)s::bigint >> 32) & 4294967295)::oid
           AND l.objid = (%(key)s::bigint & 4294967295)::oid
           AND l.objsubid = 1
