@@ -29,6 +29,7 @@ changed. docs/mysql.md says so.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import re
 import subprocess
@@ -76,13 +77,28 @@ def client_program(*names: str) -> Path:
     )
 
 
-def client_args(context: RunContext) -> list[str]:
-    """Connection arguments without the password (it goes in MYSQL_PWD, never in argv)."""
+def client_args(context: RunContext, program: Path) -> list[str]:
+    """Connection arguments for ``program`` without the password (it goes in MYSQL_PWD, never in
+    argv), with the TLS the URL asks for."""
     params = context.database.conninfo_params()
     args = [f"--user={params['user']}", f"--default-character-set={params['charset']}"]
+    tls = context.database.parsed.extra["tls"]
+    if tls.explicit:
+        args += tls.client_args(mariadb=is_mariadb_client(program))
     if "unix_socket" in params:
         return [*args, f"--socket={params['unix_socket']}"]
     return [*args, f"--host={params['host']}", f"--port={params['port']}", "--protocol=TCP"]
+
+
+@functools.cache
+def is_mariadb_client(program: Path) -> bool:
+    """Whether ``program`` is MariaDB's (Debian installs MariaDB's as ``mysqldump`` and ``mysql``
+    too): its TLS options differ from MySQL's."""
+    try:
+        version = subprocess.run([str(program), "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return program.name.startswith("mariadb")
+    return "mariadb" in version.lower()
 
 
 def client_environment(context: RunContext) -> dict[str, str]:
@@ -144,7 +160,7 @@ def _dump(context: RunContext, dump: Path, reservation: store.Reservation) -> No
         proc = spawn(
             [
                 dump,
-                *client_args(context),
+                *client_args(context, dump),
                 "--single-transaction",
                 "--routines",
                 "--triggers",
@@ -307,7 +323,7 @@ def _load(context: RunContext, client: Path, fd: int, scratch: str, manual: list
     with open(fd, "rb", closefd=False) as source, tempfile.TemporaryFile() as errors:
         source.seek(0)
         proc = spawn(
-            [client, *client_args(context), "--binary-mode", scratch],
+            [client, *client_args(context, client), "--binary-mode", scratch],
             env=client_environment(context),
             stdin=source,
             stdout=subprocess.DEVNULL,

@@ -16,9 +16,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pymysql
+import pymysql.charset
 import pymysql.connections
 import pymysql.cursors
 
@@ -55,8 +57,109 @@ CONNECT_TIMEOUT_TEXT = "timed out"
 _LOCK_WAIT_TEXT = "lock wait timeout exceeded"
 
 _DRIVER_PARAMS = frozenset({"socket", "charset"})
-"""Query parameters faber passes to the driver; every other one (Prisma's ``connection_limit``,
-``sslaccept``, ...) is left to the tool that reads it."""
+"""Query parameters faber passes to the driver besides TLS's (:func:`tls_settings`); every other
+one (Prisma's ``connection_limit``, ...) is left to the tool that reads it."""
+
+TLS_MODES = ("DISABLED", "PREFERRED", "REQUIRED", "VERIFY_CA", "VERIFY_IDENTITY")
+"""The MySQL client's ``--ssl-mode`` values, which ``ssl-mode=`` in the URL takes."""
+_SSLACCEPT_MODES = {"strict": "VERIFY_IDENTITY", "accept_invalid_certs": "REQUIRED"}
+"""Prisma's ``sslaccept=`` values, as ``ssl-mode`` values."""
+_TLS_FILE_PARAMS = {"ssl-ca": "ca", "sslcert": "ca", "ssl-cert": "cert", "ssl-key": "key"}
+"""URL parameters naming PEM files: the CA that signed the server's certificate (``ssl-ca``, or
+Prisma's ``sslcert``), and the client's own certificate and key."""
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """How faber and the client programs it runs protect the connection, as the URL asks."""
+
+    mode: str
+    """One of :data:`TLS_MODES`; PREFERRED (TLS when the server offers it, unverified) without a
+    TLS parameter in the URL, as the MySQL client does."""
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    @property
+    def explicit(self) -> bool:
+        return self.mode != "PREFERRED" or any((self.ca, self.cert, self.key))
+
+    def driver_params(self) -> dict[str, Any]:
+        """PyMySQL's arguments: none for PREFERRED (PyMySQL's own default), else a context that
+        refuses a server without TLS and verifies what the mode asks."""
+        import ssl
+
+        if self.mode == "DISABLED":
+            return {"ssl_disabled": True}
+        if not self.explicit:
+            return {}
+        verify = self.mode in ("VERIFY_CA", "VERIFY_IDENTITY") or self.ca is not None
+        context = ssl.create_default_context(cafile=self.ca) if verify else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = self.mode == "VERIFY_IDENTITY"
+        context.verify_mode = ssl.CERT_REQUIRED if verify else ssl.CERT_NONE
+        if self.cert:
+            # An empty password: an encrypted key fails here instead of OpenSSL prompting on the terminal.
+            context.load_cert_chain(self.cert, keyfile=self.key, password="")
+        return {"ssl": context}
+
+    def client_args(self, mariadb: bool) -> list[str]:
+        """The same for mysqldump and mysql: MariaDB's clients take ``--ssl`` and
+        ``--ssl-verify-server-cert``, MySQL's ``--ssl-mode``."""
+        if not self.explicit:
+            return []
+        files = [f"--ssl-{name}={path}" for name, path in (("ca", self.ca), ("cert", self.cert), ("key", self.key)) if path]
+        if not mariadb:
+            return [f"--ssl-mode={self.mode}", *files]
+        if self.mode == "DISABLED":
+            return ["--skip-ssl"]
+        verify = ["--ssl-verify-server-cert"] if self.mode in ("VERIFY_CA", "VERIFY_IDENTITY") else []
+        return ["--ssl", *verify, *files]
+
+
+def tls_settings(params: dict[str, str], invalid: Callable[[str], ConfigError]) -> TlsSettings:
+    """The TLS a URL asks for: ``ssl-mode`` (or ``sslmode``), Prisma's ``sslaccept`` and
+    ``sslcert``, ``ssl-ca``, ``ssl-cert``, ``ssl-key``. A request faber cannot honour is refused,
+    never dropped: a deploy that was asked to verify the server must not talk to it in the clear."""
+    if "sslidentity" in params or "sslpassword" in params:
+        raise invalid(
+            "faber cannot present a PKCS#12 client identity (sslidentity): give the client certificate and "
+            "key as PEM files with ssl-cert= and ssl-key="
+        )
+    files: dict[str, str] = {}
+    for param, role in _TLS_FILE_PARAMS.items():
+        path = params.get(param)
+        if path is None:
+            continue
+        if role in files:
+            raise invalid("it names the CA certificate twice (ssl-ca and sslcert)")
+        if not Path(path).is_file():
+            raise invalid(f"the {param} file {path!r} does not exist or is not a file")
+        files[role] = path
+    if "key" in files and "cert" not in files:
+        raise invalid("ssl-key needs ssl-cert (the client certificate it belongs to)")
+    mode_texts = {params[name] for name in ("ssl-mode", "sslmode") if name in params}
+    if len(mode_texts) > 1:
+        raise invalid("ssl-mode and sslmode disagree")
+    if mode_texts:
+        mode = mode_texts.pop().upper()
+        if mode not in TLS_MODES:
+            raise invalid(f"ssl-mode must be one of {', '.join(TLS_MODES)}")
+    elif "sslaccept" in params:
+        mode = _SSLACCEPT_MODES.get(params["sslaccept"], "")
+        if not mode:
+            raise invalid(f"sslaccept must be one of {', '.join(_SSLACCEPT_MODES)}")
+    elif files:
+        mode = "VERIFY_CA" if "ca" in files else "REQUIRED"
+    else:
+        mode = "PREFERRED"
+    if mode == "DISABLED" and files:
+        raise invalid("ssl-mode=DISABLED, yet it names TLS certificate files")
+    settings = TlsSettings(mode=mode, **files)
+    try:
+        settings.driver_params()
+    except (OSError, ValueError) as exc:
+        raise invalid(f"its TLS certificate files cannot be used ({type(exc).__name__}: {exc.strerror or exc})") from None
+    return settings
 
 
 class MySQLConnection(pymysql.connections.Connection):
@@ -177,6 +280,8 @@ class MySQLEngine(Engine):
         if any("=" not in pair for pair in pairs):
             raise invalid("a query parameter is not name=value (a '?' in the password that was not percent-encoded?)")
         params = {unquote(key): unquote(value) for key, _, value in (pair.partition("=") for pair in pairs)}
+        if "charset" in params and pymysql.charset.charset_by_name(params["charset"]) is None:
+            raise invalid(f"charset {params['charset']!r} is not a character set MySQL knows (e.g. utf8mb4)")
         name = unquote(path) or None
         if name is None:
             raise invalid("it names no database (faber deploys to one database: mysql://USER@HOST/DATABASE)")
@@ -191,6 +296,7 @@ class MySQLEngine(Engine):
             extra={
                 "password": unquote(parts.password) if parts.password is not None else None,
                 **{key: value for key, value in params.items() if key in _DRIVER_PARAMS},
+                "tls": tls_settings(params, invalid),
             },
         )
 
@@ -214,6 +320,7 @@ class MySQLEngine(Engine):
     ) -> MySQLConnection:
         conn = MySQLConnection(
             **database.conninfo_params(),
+            **database.parsed.extra["tls"].driver_params(),
             autocommit=autocommit,
             connect_timeout=database.connect_timeout,
             program_name=application_name[:32],

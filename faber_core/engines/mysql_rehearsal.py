@@ -184,7 +184,7 @@ def _dump(context: RunContext, dump: Path, result: Path, selection: list[str]) -
         run = run_tool(
             [
                 dump,
-                *client_args(context),
+                *client_args(context, dump),
                 "--single-transaction",
                 "--skip-lock-tables",
                 *selection,
@@ -217,7 +217,7 @@ def _load(context: RunContext, client: Path, source: Path, rehearsal: Rehearsal)
             out.write(DEFINER_CLAUSE.sub("", line.decode(errors="surrogateescape")).encode(errors="surrogateescape"))
     with loadable.open("rb") as statements, tempfile.TemporaryFile() as errors:
         proc = spawn(
-            [client, *client_args(context), "--binary-mode", "--force", rehearsal.name],
+            [client, *client_args(context, client), "--binary-mode", "--force", rehearsal.name],
             env=client_environment(context),
             stdin=statements,
             stdout=subprocess.DEVNULL,
