@@ -18,61 +18,11 @@ import pytest
 from faber_core.backup import pg_dump
 from faber_core.errors import RestoreFailed
 from faber_core.models import MigrationState
-from faber_core.testing.fixtures import start_faber, wait_for
+from faber_core.testing.fixtures import database_state, start_faber, wait_for
 from faber_core.workflow import take_backup
 
 SQLFILES = {"FABER_PLUGINS": "faber_core.testing.sqlfiles"}
 GATE_LOCK = 4242
-
-
-def database_state(url: str) -> dict[str, list]:
-    """What a restore must reproduce: tables with their rows, constraints, indexes, and every
-    database-level object pg_dump dumps."""
-    # faber's own schema is not restored (it records the runs, the interrupted one included).
-    user = "n.nspname NOT IN ('pg_catalog', 'information_schema', 'faber') AND n.nspname NOT LIKE 'pg\\_%'"
-    with psycopg.connect(url) as conn:
-
-        def rows(query: str) -> list:
-            return conn.execute(query).fetchall()
-
-        tables = [
-            t
-            for (t,) in rows(
-                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c"
-                f" JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND {user} ORDER BY 1"
-            )
-        ]
-        return {
-            "tables": [
-                (
-                    t,
-                    *conn.execute(
-                        f"SELECT count(*), md5(string_agg(x::text, ',' ORDER BY x::text)) FROM {t} x"
-                    ).fetchone(),
-                )
-                for t in tables
-            ],  # noqa: E501
-            "constraints": rows(
-                "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(c.oid) FROM pg_constraint c"
-                f" JOIN pg_namespace n ON n.oid = c.connamespace WHERE {user} ORDER BY 1, 2"
-            ),
-            "indexes": rows(
-                "SELECT indexrelid::regclass::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-                f" JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {user} ORDER BY 1"
-            ),
-            "large_objects": rows("SELECT oid::bigint, md5(lo_get(oid)) FROM pg_largeobject_metadata ORDER BY 1"),
-            "publications": rows(
-                "SELECT p.pubname, (SELECT string_agg(t.schemaname || '.' || t.tablename, ',' ORDER BY 1)"
-                " FROM pg_publication_tables t WHERE t.pubname = p.pubname) FROM pg_publication p ORDER BY 1"
-            ),
-            "subscriptions": rows(
-                "SELECT subname, subenabled, subslotname, subpublications::text FROM pg_subscription"
-                " WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database()) ORDER BY 1"
-            ),
-            "event_triggers": rows("SELECT evtname, evtevent, evtenabled FROM pg_event_trigger ORDER BY 1"),
-            "extensions": rows("SELECT extname, extnamespace::regnamespace::text FROM pg_extension ORDER BY 1"),
-            "schemas": rows(f"SELECT nspname FROM pg_namespace n WHERE {user} ORDER BY 1"),
-        }
 
 
 def execute(url: str, script: str) -> None:

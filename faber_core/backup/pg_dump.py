@@ -4,24 +4,31 @@ Each backup is ``<id>.dump`` plus ``<id>.json``, its manifest (what the archive 
 size and sha256, the applied migrations at backup time). Never the database URL. How the files
 survive crashes and how retention works: :mod:`faber_core.backup.store`.
 
-A restore is one transaction that faber opens and commits itself (:mod:`faber_core.backup.restore`):
-an interrupted restore, however it is interrupted, leaves the database as it was.
+A restore is atomic either way it runs (``restore_mode``, :class:`PgDumpOptions`): by default
+one transaction that faber opens and commits itself (:mod:`faber_core.backup.restore`); with
+``swap``, ``pg_restore --jobs`` into a new database that is then swapped in by rename
+(:mod:`faber_core.backup.swap`). An interrupted restore, however it is interrupted, leaves the
+database as it was or exactly the backup, and says which.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import psycopg
+from pydantic import BaseModel, Field
 
 from faber_core import events, hookimpl
 from faber_core.backup import store
 from faber_core.backup.restore import restore_archive
+from faber_core.backup.swap import restore_by_swap
 from faber_core.context import RunContext
 from faber_core.errors import BackupFailed
 from faber_core.models import BackupProviderInfo, BackupPruneOutcome, BackupRecord, RestoreOutcome
@@ -34,11 +41,30 @@ _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 _NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded", "File too large")
 
 
+class PgDumpOptions(BaseModel):
+    """The pg_dump provider's keys of an environment's ``backup`` section."""
+
+    restore_mode: Literal["in-place", "swap"] = Field(
+        "in-place",
+        description="in-place: one transaction on one session (one core); the application's queries wait on its "
+        "locks. swap: pg_restore --jobs into a new database, faber's schema copied over, then both renamed in "
+        "one transaction; needs CREATEDB, twice the disk while both exist, and ends every session of the "
+        "database at the swap. Refused when the database has settings, grants, subscriptions or replication "
+        "slots of its own. Both are atomic (docs/workflow.md).",
+    )
+    jobs: int | None = Field(
+        None, ge=1, le=64, description="Parallel pg_restore jobs of restore_mode swap. Default: the machine's cores."
+    )
+
+
 @hookimpl
 def faber_backup_providers() -> list[BackupProviderInfo]:
     return [
         BackupProviderInfo(
-            name=PROVIDER, description="pg_dump archives in .faber/backups/<env>/", engines=["postgresql"]
+            name=PROVIDER,
+            description="pg_dump archives in .faber/backups/<env>/",
+            engines=["postgresql"],
+            options=PgDumpOptions,
         )
     ]
 
@@ -247,6 +273,10 @@ def faber_backup_prune(context: RunContext, keep_last: int | None, dry_run: bool
 
 @hookimpl
 def faber_backup_restore(context: RunContext, backup: BackupRecord) -> RestoreOutcome:
+    options = context.backup_options(PgDumpOptions)
     with context.database.connect() as conn:
         major = conn.info.server_version // 10000
-    return restore_archive(context, backup, find_client_dir(major), major)
+    tools = find_client_dir(major)
+    if options.restore_mode == "swap":
+        return restore_by_swap(context, backup, tools, major, options.jobs or os.cpu_count() or 1)
+    return restore_archive(context, backup, tools, major)

@@ -197,9 +197,9 @@ def _run_in_one_transaction(
         restore_err = _read(restore_errors)
     if problem is None and (psql.returncode == 0 or _committed(context, transaction)):
         # psql may end in error after the COMMIT ran (a lost connection): the server knows.
-        analyze = _first_error(psql_err) if psql_err.strip() else ""
+        analyze = first_error(psql_err) if psql_err.strip() else ""
         return f"; statistics not refreshed: {context.redactor.redact(analyze)}" if analyze else ""
-    detail = context.redactor.redact(_first_error(psql_err) or _first_error(restore_err) or problem or "")
+    detail = context.redactor.redact(first_error(psql_err) or first_error(restore_err) or problem or "")
     raise RestoreFailed(
         f"Restore of {backup.id} failed and was rolled back: {detail}",
         result={"restore_error": detail},
@@ -302,7 +302,7 @@ def _read(handle: tempfile._TemporaryFileWrapper) -> str:  # type: ignore[name-d
     return handle.read().decode(errors="replace")
 
 
-def _first_error(text: str) -> str:
+def first_error(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     errors = [line for line in lines if "ERROR" in line or "error:" in line or "FATAL" in line]
     return "; ".join(errors[:3]) or (lines[0] if lines else "")

@@ -1,0 +1,567 @@
+"""Restoring a pg_dump archive beside the database, in parallel, then swapping it in by rename
+(``restore_mode: swap``).
+
+The in-place restore (:mod:`faber_core.backup.restore`) is one transaction, so one server
+session and one core. This one runs ``pg_restore --jobs N`` into a new database and makes the
+switch the atomic step instead::
+
+    checks              refuse what the swap cannot carry over (see :func:`refusal`)
+    leftovers           drop what a swap killed earlier left: databases named as below whose
+                        comment says they are faber's
+    create <restoring>  CREATE DATABASE like the target (owner, encoding, locale, tablespace)
+    pg_restore -j N     the archive into it; nothing else connects to it
+    faber's schema      copied from the target (pg_dump --schema | pg_restore --single-transaction);
+                        faber's lock, held by the run, keeps deploys from writing it meanwhile
+    verify              pg_restore exited 0 and faber's tables hold the target's rows
+    swap, one transaction, from a maintenance database:
+        end the sessions of both databases (the application's, faber's own lock session)
+        ALTER DATABASE target RENAME TO <previous>
+        ALTER DATABASE <restoring> RENAME TO target
+        carry over the comment and connection limit; COMMIT
+    lock                faber's lock again, on the restored database, for the rest of the run
+    ANALYZE             the restored tables
+    drop <previous>
+
+Nothing before the COMMIT of the swap changes the target, and the swap either happens whole or
+not at all: a kill anywhere before it (SIGKILL included) leaves the target exactly as before and,
+at worst, ``<restoring>`` behind; a kill after it leaves the target exactly the backup and, at
+worst, ``<previous>`` behind. The next swap restore drops both. No committed state ever refuses
+connections: the rename itself holds the database's exclusive lock, so a session connecting
+during the swap waits, then fails (its database name now means the other database) and its
+retry reaches the restored one. A session that arrived between the end of the others and that
+lock makes the rename fail; the swap is then retried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from faber_core import events
+from faber_core.backup import store
+from faber_core.backup.restore import ANALYZE_RESTORED, first_error
+from faber_core.context import RunContext
+from faber_core.errors import FaberError, RestoreFailed
+from faber_core.models import BackupRecord, RestoreOutcome
+from faber_core.processes import spawn, supervised
+
+MARKER = "faber: "
+"""How the comment of a database faber created for a swap begins: only those are dropped as leftovers."""
+_NAME_ROOM = 40
+"""Characters of the target's name kept in the names of the two databases (PostgreSQL allows 63)."""
+SWAP_ATTEMPTS = 3
+"""Tries of the swap when a session connected between the end of the others and the rename."""
+PROGRESS_INTERVAL_SECONDS = 5.0
+SWAP_CHECK_SECONDS = 10.0
+"""How long to wait for the server to end an abandoned swap's session before reading which side it is on."""
+_OBJECT_IN_USE = "55006"
+
+
+def restoring_name(target: str) -> str:
+    return f"{_base(target)}_faber_restoring"
+
+
+def previous_name(target: str) -> str:
+    return f"{_base(target)}_faber_previous"
+
+
+def _base(target: str) -> str:
+    if len(target) <= _NAME_ROOM:
+        return target
+    return f"{target[: _NAME_ROOM - 9]}_{hashlib.sha256(target.encode()).hexdigest()[:8]}"
+
+
+@dataclass
+class _Swap:
+    """One swap restore: the names involved and how far it got."""
+
+    context: RunContext
+    backup: BackupRecord
+    target: str
+    restoring: str
+    previous: str
+    maintenance: str
+    jobs: int
+    steps: list[str] = field(default_factory=list)
+    created: bool = False
+    restoring_oid: int | None = None
+    swapped: bool = False
+    dropped_previous: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def application(self) -> str:
+        return f"faber swap {self.context.run_id}"
+
+    def admin(self) -> psycopg.Connection:
+        """A session on the maintenance database, without faber's query timeouts (a CREATE or
+        DROP DATABASE, an ANALYZE of a large database take longer); locks wait as usual."""
+        database = self.context.database.sibling(self.maintenance, source=self.context.database.source)
+        conn = database.connect(application_name=self.application)
+        conn.execute("SET statement_timeout = 0")
+        return conn
+
+    def done(self, step: str) -> None:
+        self.steps.append(step)
+        self.context.emit(events.BACKUP_RESTORE_STEP, step=step, status="done")
+
+
+def restore_by_swap(context: RunContext, backup: BackupRecord, tools: Path, major: int, jobs: int) -> RestoreOutcome:
+    target = context.database.name
+    if not target:
+        raise RestoreFailed(
+            "restore_mode swap needs the database named in the URL; the database is unchanged",
+            suggestions=["Name the database in the URL, or use restore_mode in-place"],
+        )
+    archive = context.project_dir / (backup.location or "")
+    if not archive.is_file():
+        raise RestoreFailed(f"Backup archive {backup.location} is missing; the database is unchanged")
+    swap = _Swap(
+        context=context,
+        backup=backup,
+        target=target,
+        restoring=restoring_name(target),
+        previous=previous_name(target),
+        maintenance=_maintenance_database(target),
+        jobs=jobs,
+    )
+    keep = str(backup.provider_data.get(store.EXCLUDED_SCHEMA) or context.config.database.faber_schema)
+    with store.reading(archive) as fd:
+        store.verify_archive(context, backup, fd)
+        try:
+            _run(swap, tools, major, archive, keep)
+        except KeyboardInterrupt as interrupt:
+            return _interrupted(swap, interrupt)
+        except psycopg.Error as exc:
+            if not swap.swapped and swap.created:
+                _drop_quietly(swap, swap.restoring)
+            detail = context.redactor.redact(str(exc).strip())
+            where = f"{target} is exactly {backup.id}" if swap.swapped else f"{target} is unchanged"
+            raise RestoreFailed(
+                f"Restore of {backup.id} failed: {detail}; {where}",
+                result={"restore_error": detail},
+                backup_id=backup.id,
+            ) from None
+        except BaseException:
+            if not swap.swapped and swap.created:
+                _drop_quietly(swap, swap.restoring)
+            raise
+    kept = "" if swap.dropped_previous else f"; the previous database is kept as {swap.previous}"
+    notes = "".join(f"; {note}" for note in swap.notes)
+    return RestoreOutcome(
+        backup_id=backup.id,
+        status="success",
+        details=f"Restored {backup.id} ({backup.size_bytes} bytes) with pg_restore -j {jobs} beside the database, "
+        f"then swapped it in by rename{kept}{notes}",
+        steps=swap.steps,
+        provider_data={
+            "restore_mode": "swap",
+            "jobs": jobs,
+            "leftover_database": None if swap.dropped_previous else swap.previous,
+        },
+    )
+
+
+def _maintenance_database(target: str) -> str:
+    """Where the swap's own session connects: a database that is neither of the swapped ones."""
+    return "postgres" if target != "postgres" else "template1"
+
+
+def _run(swap: _Swap, tools: Path, major: int, archive: Path, keep: str) -> None:
+    from faber_core.backup.pg_dump import client_env
+
+    context = swap.context
+    with swap.admin() as admin:
+        problem = refusal(admin, swap.target)
+        if problem:
+            raise RestoreFailed(
+                f"restore_mode swap cannot restore {swap.target} safely: {problem}; the database is unchanged",
+                result={"restore_error": problem},
+                suggestions=[
+                    f"Restore in place instead (one transaction, one core): set restore_mode to in-place in "
+                    f"database.environments.{context.environment}.backup",
+                ],
+                backup_id=swap.backup.id,
+            )
+        _drop_leftovers(admin, swap)
+        swap.restoring_oid = _create_like(admin, swap)
+    swap.done(f"created {swap.restoring}")
+    _pg_restore(swap, tools, client_env(context, major) | {"PGAPPNAME": swap.application})
+    swap.done(f"restored {swap.backup.id} into {swap.restoring} with pg_restore -j {swap.jobs}")
+    _copy_faber_schema(swap, tools, major, keep)
+    swap.done(f"copied faber's schema {keep} into {swap.restoring}")
+    _swap_names(swap)
+    swap.done(f"swapped: {swap.target} is the restored database, the previous one is {swap.previous}")
+    _lock_again(swap)
+    with context.database.connect(application_name=swap.application) as conn:
+        conn.execute("SET statement_timeout = 0")
+        try:
+            conn.execute(sql.SQL(ANALYZE_RESTORED).format(keep=sql.Literal(keep)))
+        except psycopg.Error as exc:
+            swap.notes.append(f"statistics not refreshed: {context.redactor.redact(str(exc).strip())}")
+    swap.done("analyzed the restored tables")
+    try:
+        with swap.admin() as admin:
+            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(swap.previous)))
+    except psycopg.Error as exc:
+        swap.notes.append(f"dropping it failed: {context.redactor.redact(str(exc).strip())}")
+        return
+    swap.dropped_previous = True
+    swap.done(f"dropped {swap.previous}")
+
+
+def refusal(conn: psycopg.Connection, target: str) -> str | None:
+    """Why the swap would lose something or cannot run, or None. What lives on the database rather
+    than in it (its owner, comment and connection limit are carried over; its settings, grants,
+    security labels and subscriptions are not), and what a rename or a new database needs."""
+    row = conn.execute(
+        """
+        SELECT d.oid, d.datistemplate, d.datacl IS NOT NULL, d.datlocprovider,
+               pg_catalog.pg_has_role(d.datdba, 'USAGE'),
+               (SELECT r.rolcreatedb OR r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
+        FROM pg_catalog.pg_database d WHERE d.datname = %s
+        """,
+        [target],
+    ).fetchone()
+    if row is None:
+        return f"the server has no database {target}"
+    oid, template, grants, provider, owner, createdb = row
+    checks = [
+        (not createdb, f"the user {conn.info.user} lacks the CREATEDB privilege"),
+        (not owner, f"the user {conn.info.user} is not a member of the owner of {target} (renaming needs it)"),
+        (template, f"{target} is a template database"),
+        (provider not in ("c", "i"), f"{target} uses locale provider {provider!r}"),
+        (grants, f"{target} has grants of its own (GRANT ... ON DATABASE), which a new database would not have"),
+        (
+            _count(conn, "SELECT count(*) FROM pg_catalog.pg_db_role_setting WHERE setdatabase = %s", oid),
+            f"{target} has settings of its own (ALTER DATABASE ... SET), which a new database would not have",
+        ),
+        (
+            _count(conn, "SELECT count(*) FROM pg_catalog.pg_subscription WHERE subdbid = %s", oid),
+            f"{target} has subscriptions, whose replication slots a new database would not take over",
+        ),
+        (
+            _count(conn, "SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE datoid = %s", oid),
+            f"{target} has logical replication slots, which stay with the database they were made for",
+        ),
+        (
+            _count(
+                conn,
+                "SELECT count(*) FROM pg_catalog.pg_prepared_xacts x JOIN pg_catalog.pg_database d"
+                " ON d.datname = x.database WHERE d.oid = %s",
+                oid,
+            ),
+            f"{target} has prepared transactions, which stop a rename",
+        ),
+        (
+            _count(conn, "SELECT count(*) FROM pg_catalog.pg_shseclabel WHERE classoid = 1262 AND objoid = %s", oid),
+            f"{target} has security labels, which a new database would not have",
+        ),
+    ]
+    return next((reason for failed, reason in checks if failed), None)
+
+
+def _count(conn: psycopg.Connection, query: str, oid: int) -> int:
+    return conn.execute(query, [oid]).fetchone()[0]
+
+
+def _drop_leftovers(admin: psycopg.Connection, swap: _Swap) -> None:
+    """Drop the databases an earlier swap of this target left (it was killed); refuse if a
+    database of those names is not faber's."""
+    for name in (swap.restoring, swap.previous):
+        row = admin.execute(
+            "SELECT pg_catalog.shobj_description(oid, 'pg_database') FROM pg_catalog.pg_database WHERE datname = %s",
+            [name],
+        ).fetchone()
+        if row is None:
+            continue
+        # A kill between its CREATE and its COMMENT leaves the restoring database without one.
+        if not (row[0] or "").startswith(MARKER) and not (name == swap.restoring and row[0] is None):
+            raise RestoreFailed(
+                f"restore_mode swap needs the name {name} for itself, but a database of that name exists that faber "
+                "did not create; the database is unchanged",
+                suggestions=[f"Rename or drop {name}, or restore in place (restore_mode in-place)"],
+                backup_id=swap.backup.id,
+            )
+        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+        swap.done(f"dropped {name}, left by an earlier swap restore that was stopped")
+
+
+def _create_like(admin: psycopg.Connection, swap: _Swap) -> int:
+    """Create the database to restore into, as the target was created; return its oid."""
+    owner, encoding, collate, ctype, provider, icu, tablespace = admin.execute(
+        """
+        SELECT pg_catalog.pg_get_userbyid(d.datdba), pg_catalog.pg_encoding_to_char(d.encoding), d.datcollate,
+               d.datctype, d.datlocprovider, d.daticulocale, t.spcname
+        FROM pg_catalog.pg_database d JOIN pg_catalog.pg_tablespace t ON t.oid = d.dattablespace
+        WHERE d.datname = %s
+        """,
+        [swap.target],
+    ).fetchone()
+    icu_options = (
+        sql.SQL(" LOCALE_PROVIDER icu ICU_LOCALE {}").format(sql.Literal(icu)) if provider == "i" else sql.SQL("")
+    )
+    swap.created = True  # the name is free (see _drop_leftovers): from here it is this restore's to drop
+    admin.execute(
+        sql.SQL(
+            "CREATE DATABASE {} OWNER {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}{} TABLESPACE {}"
+        ).format(
+            sql.Identifier(swap.restoring),
+            sql.Identifier(owner),
+            sql.Literal(encoding),
+            sql.Literal(collate),
+            sql.Literal(ctype),
+            icu_options,
+            sql.Identifier(tablespace),
+        )
+    )
+    admin.execute(
+        sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+            sql.Identifier(swap.restoring),
+            sql.Literal(f"{MARKER}restoring {swap.backup.id} for {swap.target}"),
+        )
+    )
+    return admin.execute("SELECT oid FROM pg_catalog.pg_database WHERE datname = %s", [swap.restoring]).fetchone()[0]
+
+
+def _pg_restore(swap: _Swap, tools: Path, env: dict[str, str]) -> None:
+    archive = swap.context.project_dir / (swap.backup.location or "")
+    command = [tools / "pg_restore", f"--jobs={swap.jobs}", "--exit-on-error", _dbname(swap.restoring), archive]
+    _run_tool(swap, command, env, f"pg_restore -j {swap.jobs} failed")
+
+
+def _dbname(name: str) -> str:
+    """pg_restore's --dbname for database ``name``, as a connection string: a name holding ``=``
+    would otherwise be read as one. The rest of the connection comes from the environment."""
+    return f"--dbname={psycopg.conninfo.make_conninfo('', dbname=name)}"
+
+
+def _copy_faber_schema(swap: _Swap, tools: Path, major: int, keep: str) -> None:
+    """faber's schema (its history, its write baselines) from the target into the restored database."""
+    from faber_core.backup.pg_dump import client_env
+
+    context = swap.context
+    with context.database.connect(application_name=swap.application) as conn:
+        if conn.execute("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s", [keep]).fetchone() is None:
+            return  # nothing recorded yet
+    with tempfile.TemporaryDirectory(prefix="faber-swap-") as scratch:
+        copy = Path(scratch) / "faber-schema.dump"
+        source_env = client_env(context, major) | {"PGAPPNAME": swap.application}
+        _run_tool(
+            swap,
+            [tools / "pg_dump", "--format=custom", f'--schema="{keep}"', f"--file={copy}"],
+            source_env,
+            "copying faber's schema failed",
+        )
+        _run_tool(
+            swap,
+            [tools / "pg_restore", "--single-transaction", "--exit-on-error", _dbname(swap.restoring), copy],
+            source_env,
+            "copying faber's schema failed",
+        )
+    _check_faber_rows(swap, keep)
+
+
+def _check_faber_rows(swap: _Swap, keep: str) -> None:
+    """Every table of faber's schema holds as many rows in the restored database as in the target."""
+    context = swap.context
+    counts: list[dict[str, int]] = []
+    for database in (context.database, context.database.sibling(swap.restoring, source=context.database.source)):
+        with database.connect(application_name=swap.application) as conn:
+            tables = conn.execute(
+                "SELECT c.oid::regclass::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n"
+                " ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind IN ('r', 'p') ORDER BY 1",
+                [keep],
+            ).fetchall()
+            counts.append(
+                {
+                    table: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.SQL(table))).fetchone()[0]
+                    for (table,) in tables
+                }
+            )
+    if counts[0] != counts[1]:
+        raise RestoreFailed(
+            f"Copying faber's schema into {swap.restoring} gave other rows than the target's ({counts[1]} against "
+            f"{counts[0]}); the database is unchanged",
+            backup_id=swap.backup.id,
+        )
+
+
+def _run_tool(swap: _Swap, command: list, env: dict[str, str], failure: str) -> None:
+    """Run a client program, reporting elapsed time every few seconds; raise RestoreFailed if it fails."""
+    context = swap.context
+    with tempfile.TemporaryFile() as errors:
+        proc = spawn(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors)
+        started = time.monotonic()
+        with supervised(proc):
+            while True:
+                try:
+                    proc.wait(timeout=PROGRESS_INTERVAL_SECONDS)
+                    break
+                except subprocess.TimeoutExpired:
+                    context.emit(
+                        events.BACKUP_PROGRESS,
+                        target=swap.backup.id,
+                        status="restoring",
+                        elapsed_seconds=round(time.monotonic() - started),
+                    )
+        errors.seek(0)
+        stderr = context.redactor.redact(errors.read().decode(errors="replace")).strip()
+    if proc.returncode != 0:
+        detail = first_error(stderr)
+        raise RestoreFailed(
+            f"Restore of {swap.backup.id} failed: {failure}: {detail or f'exit {proc.returncode}'}; the database is "
+            "unchanged",
+            result={"restore_error": detail},
+            backup_id=swap.backup.id,
+        )
+
+
+def _swap_names(swap: _Swap) -> None:
+    """The swap: one transaction from the maintenance database (see the module docstring)."""
+    with swap.admin() as admin:
+        comment, limit = admin.execute(
+            "SELECT pg_catalog.shobj_description(oid, 'pg_database'), datconnlimit FROM pg_catalog.pg_database"
+            " WHERE datname = %s",
+            [swap.target],
+        ).fetchone()
+        target, restoring, previous = map(sql.Identifier, (swap.target, swap.restoring, swap.previous))
+        statements = [
+            sql.SQL("ALTER DATABASE {} RENAME TO {}").format(target, previous),
+            sql.SQL("ALTER DATABASE {} RENAME TO {}").format(restoring, target),
+            sql.SQL("COMMENT ON DATABASE {} IS {}").format(target, sql.Literal(comment)),
+            sql.SQL("ALTER DATABASE {} CONNECTION LIMIT {}").format(target, sql.Literal(limit)),
+            sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                previous, sql.Literal(f"{MARKER}{swap.target} before restoring {swap.backup.id}")
+            ),
+        ]
+        for attempt in range(1, SWAP_ATTEMPTS + 1):
+            try:
+                with admin.transaction():
+                    admin.execute(
+                        "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity"
+                        " WHERE datname IN (%s, %s) AND pid <> pg_catalog.pg_backend_pid()",
+                        [swap.target, swap.restoring],
+                    )
+                    for statement in statements:
+                        admin.execute(statement)
+                    # From here the COMMIT may have happened: ask the catalog, not this session.
+                    swap.swapped = True
+                break
+            except psycopg.Error as exc:
+                swap.swapped = False
+                if exc.sqlstate == _OBJECT_IN_USE and attempt < SWAP_ATTEMPTS:
+                    continue  # a session connected between the end of the others and the rename
+                detail = swap.context.redactor.redact(str(exc).strip())
+                raise RestoreFailed(
+                    f"Restore of {swap.backup.id}: the swap failed and was rolled back: {detail}; {swap.target} is "
+                    "unchanged",
+                    result={"restore_error": detail},
+                    suggestions=["Retry when nothing holds the database (a long transaction, a lock on it)"],
+                    backup_id=swap.backup.id,
+                ) from None
+
+
+def _lock_again(swap: _Swap) -> None:
+    """faber's lock, whose session the swap ended, on the restored database for the rest of the run."""
+    context = swap.context
+    engine = context.database.engine
+
+    def hold() -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        try:
+            conn = stack.enter_context(context.database.connect(application_name=f"faber {context.operation}"))
+            stack.enter_context(
+                engine.deploy_lock(
+                    conn, context.database, wait_seconds=context.settings.lock_wait_seconds, purpose="faber run"
+                )
+            )
+        except BaseException:
+            stack.close()
+            raise
+        return stack
+
+    try:
+        context.kept(("pg_dump swap lock", swap.target), hold)
+    except (FaberError, psycopg.Error) as exc:
+        reason = exc.message if isinstance(exc, FaberError) else str(exc).strip()
+        swap.notes.append(f"faber's lock could not be taken again after the swap: {context.redactor.redact(reason)}")
+
+
+def _drop_quietly(swap: _Swap, name: str) -> bool:
+    """Drop ``name`` if it is there; whether it is gone."""
+    with contextlib.suppress(psycopg.Error):
+        with swap.admin() as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            return True
+    return False
+
+
+def _swapped(swap: _Swap) -> bool | None:
+    """Whether the swap committed, from the catalog: the target's name belongs to the restored
+    database. Waits for the swap's own session to end first; None when the server cannot say."""
+    if swap.restoring_oid is None:
+        return False
+    deadline = time.monotonic() + SWAP_CHECK_SECONDS
+    try:
+        database = swap.context.database.sibling(swap.maintenance, source=swap.context.database.source)
+        with database.connect(application_name="faber swap check") as conn:
+            while (
+                conn.execute(
+                    "SELECT 1 FROM pg_catalog.pg_stat_activity WHERE application_name = %s", [swap.application]
+                ).fetchone()
+                and time.monotonic() < deadline
+            ):
+                time.sleep(0.1)
+                conn.execute("SELECT pg_catalog.pg_stat_clear_snapshot()")
+            row = conn.execute("SELECT oid FROM pg_catalog.pg_database WHERE datname = %s", [swap.target]).fetchone()
+    except psycopg.Error:
+        return None
+    return row is not None and row[0] == swap.restoring_oid
+
+
+def _interrupted(swap: _Swap, interrupt: KeyboardInterrupt) -> RestoreOutcome:
+    """A signal stopped the swap restore: say which side of the swap the database is on, and what is left."""
+    backup, target = swap.backup.id, swap.target
+    committed = True if swap.dropped_previous else _swapped(swap)
+    leftover = None
+    if committed is False:
+        gone = not swap.created or _drop_quietly(swap, swap.restoring)
+        leftover = None if gone else swap.restoring
+        left = (
+            ""
+            if gone
+            else f'; the partly restored copy {swap.restoring} is left: drop it with DROP DATABASE "{swap.restoring}" '
+            "(the next swap restore drops it too)"
+        )
+        details = f"The restore of {backup} was stopped before the swap: {target} is exactly as before it{left}"
+    elif committed:
+        leftover = None if swap.dropped_previous else swap.previous
+        left = (
+            ""
+            if swap.dropped_previous
+            else f"; the previous database is kept as {swap.previous}: drop it when satisfied with "
+            f'DROP DATABASE "{swap.previous}" (the next swap restore drops it too)'
+        )
+        details = f"The swap had committed: {target} is exactly {backup}{left}"
+    else:
+        details = (
+            f"Could not ask the server whether the swap committed: {target} is either as before the restore or "
+            f"exactly {backup}; the other one is {swap.previous} (swapped) or {swap.restoring} (not swapped)"
+        )
+    return RestoreOutcome.interrupted(
+        backup,
+        interrupt,
+        committed=committed,
+        details=details,
+        steps=swap.steps,
+        provider_data={"restore_mode": "swap", "leftover_database": leftover},
+    )

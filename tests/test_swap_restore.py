@@ -1,0 +1,303 @@
+"""``restore_mode: swap`` on a real PostgreSQL: pg_restore -j into a new database, then a swap by rename.
+
+Kill tests stop faber at three real moments and compare the databases with what they must be:
+
+- during ``pg_restore -j``: the archive holds a table with an index on ``gate(id)``, which waits
+  while a session of the test's own name exists, in the database being restored only;
+- between copying faber's schema and the swap: the test holds a lock on the target database
+  (an open ``COMMENT ON DATABASE``), which the rename waits for;
+- after the swap, before the previous database is dropped: the same gate, now in the target's
+  name, holds the ANALYZE of the restored tables.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import uuid
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from faber_core.backup.swap import previous_name, restoring_name
+from faber_core.testing.fixtures import CANARY_PASSWORD, database_state, database_url_for, start_faber, wait_for
+
+SQLFILES = {"FABER_PLUGINS": "faber_core.testing.sqlfiles"}
+SWAP = {"backup": {"provider": "pg_dump", "restore_mode": "swap", "jobs": 2}}
+
+
+def execute(url: str, script: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(script)
+
+
+def name_of(url: str) -> str:
+    return psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+
+
+def admin_execute(admin_url: str, statement: sql.Composable | str, params: list | None = None) -> list:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        cursor = conn.execute(statement, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def databases(admin_url: str, target: str) -> dict[str, int]:
+    """The target and the two databases a swap uses, by name, with their oids."""
+    names = [target, restoring_name(target), previous_name(target)]
+    return dict(admin_execute(admin_url, "SELECT datname, oid::int FROM pg_database WHERE datname = ANY(%s)", [names]))
+
+
+@pytest.fixture
+def swapped(project, database_url, postgres_admin_url, run_faber):
+    """``(project_dir, target name)`` of a project restoring in swap mode; drops the swap's databases after."""
+    project_dir = project({}, **SWAP)
+    target = name_of(database_url)
+    yield project_dir, target
+    for name in (restoring_name(target), previous_name(target)):
+        admin_execute(
+            postgres_admin_url, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+def backup(run_faber, project_dir) -> str:
+    done = run_faber("backup", "production", "--json", cwd=project_dir, env=SQLFILES)
+    assert done.returncode == 0, done.stdout
+    return done.json["result"]["id"]
+
+
+def rollback(run_faber, project_dir, backup_id: str):
+    return run_faber(
+        *("rollback", "production", "--to", backup_id, "--yes", "--discard-app-writes", "--json"),
+        cwd=project_dir,
+        env=SQLFILES,
+    )
+
+
+def faber_rows(url: str) -> list:
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT c.relname, (xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM faber.%I',"
+            " c.relname), false, true, '')))[1]::text::int FROM pg_class c JOIN pg_namespace n ON n.oid ="
+            " c.relnamespace WHERE n.nspname = 'faber' AND c.relkind = 'r' ORDER BY 1"
+        ).fetchall()
+
+
+def test_a_swap_restore_brings_back_the_backup_and_keeps_faber_history(
+    project, run_faber, database_url, postgres_admin_url
+):
+    # A deploy (backed up first) that faber records in its history, in faber's schema.
+    project_dir = project({"001_orders": "CREATE TABLE orders (id int PRIMARY KEY, account int);"}, **SWAP)
+    target = name_of(database_url)
+    execute(
+        database_url,
+        "CREATE TABLE accounts (id int PRIMARY KEY, email text NOT NULL);"
+        "INSERT INTO accounts SELECT g, 'user' || g FROM generate_series(1, 5000) g;"
+        "CREATE INDEX ON accounts (email);",
+    )
+    admin_execute(
+        postgres_admin_url,
+        sql.SQL("COMMENT ON DATABASE {} IS 'the shop'; ALTER DATABASE {} CONNECTION LIMIT 40").format(
+            sql.Identifier(target), sql.Identifier(target)
+        ),
+    )
+    at_backup = database_state(database_url)
+    deployed = run_faber("migrate", "production", "--yes", "--json", cwd=project_dir, env=SQLFILES)
+    assert deployed.returncode == 0, deployed.stdout
+    backup_id = deployed.json["result"]["backup_id"]
+    execute(database_url, "DELETE FROM accounts WHERE id > 10; INSERT INTO orders VALUES (1, 1)")
+    before = databases(postgres_admin_url, target)
+
+    done = rollback(run_faber, project_dir, backup_id)
+
+    assert done.returncode == 0, done.stdout
+    assert CANARY_PASSWORD not in done.stdout + done.stderr
+    assert database_state(database_url) == at_backup
+    after = databases(postgres_admin_url, target)
+    assert list(after) == [target] and after[target] != before[target]  # swapped, nothing left behind
+    assert admin_execute(
+        postgres_admin_url,
+        "SELECT shobj_description(oid, 'pg_database'), datconnlimit FROM pg_database WHERE datname = %s",
+        [target],
+    ) == [("the shop", 40)]
+    # faber's history came over with the swap: it records the deploy, then this rollback.
+    history = run_faber("history", "production", "--json", cwd=project_dir, env=SQLFILES)
+    assert history.returncode == 0, history.stdout
+    assert [run["operation"] for run in history.json["result"]["deployments"]] == ["rollback", "deploy-migrations"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "reason"),
+    [
+        ("ALTER DATABASE {} SET work_mem = '8MB'", "settings of its own"),
+        ("GRANT CONNECT ON DATABASE {} TO PUBLIC", "grants of its own"),
+    ],
+    ids=["settings", "grants"],
+)
+def test_a_swap_that_would_lose_what_lives_on_the_database_is_refused(
+    swapped, run_faber, database_url, postgres_admin_url, setting, reason
+):
+    project_dir, target = swapped
+    execute(database_url, "CREATE TABLE accounts (id int); INSERT INTO accounts VALUES (1)")
+    backup_id = backup(run_faber, project_dir)
+    execute(database_url, "INSERT INTO accounts VALUES (2)")
+    admin_execute(postgres_admin_url, sql.SQL(setting).format(sql.Identifier(target)))
+    before = database_state(database_url)
+
+    done = rollback(run_faber, project_dir, backup_id)
+
+    assert done.returncode != 0
+    assert reason in done.json["error"] and "in-place" in " ".join(done.json["recovery"]["suggestions"])
+    assert database_state(database_url) == before
+    assert list(databases(postgres_admin_url, target)) == [target]
+
+
+def test_a_user_without_createdb_is_refused_before_anything_changes(
+    project, run_faber, database_url, postgres_admin_url, monkeypatch
+):
+    role = f"faber_nocreatedb_{uuid.uuid4().hex[:8]}"
+    target = name_of(database_url)
+    admin_execute(
+        postgres_admin_url,
+        sql.SQL("CREATE ROLE {} LOGIN NOCREATEDB; ALTER DATABASE {} OWNER TO {}").format(
+            sql.Identifier(role), sql.Identifier(target), sql.Identifier(role)
+        ),
+    )
+    try:
+        url = database_url.replace("://postgres:", f"://{role}:")
+        monkeypatch.setenv("TEST_DATABASE_URL", url)
+        project_dir = project({}, **SWAP)
+        execute(url, "CREATE TABLE accounts (id int); INSERT INTO accounts VALUES (1)")
+        backup_id = backup(run_faber, project_dir)
+        execute(url, "INSERT INTO accounts VALUES (2)")
+
+        done = rollback(run_faber, project_dir, backup_id)
+
+        assert done.returncode != 0
+        assert "CREATEDB" in done.json["error"]
+        assert CANARY_PASSWORD not in done.stdout + done.stderr
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT id FROM accounts ORDER BY 1").fetchall() == [(1,), (2,)]
+    finally:
+        as_admin = database_url_for(postgres_admin_url, target)
+        admin_execute(as_admin, sql.SQL("REASSIGN OWNED BY {} TO postgres").format(sql.Identifier(role)))
+        admin_execute(postgres_admin_url, sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def gate_function(holder: str) -> str:
+    """``gate(id, only_in)``: true; in the database named ``only_in``, only once no session named
+    ``holder`` exists (the test holds one open while it kills faber)."""
+    return f"""
+        CREATE FUNCTION gate(id int, only_in text) RETURNS boolean LANGUAGE plpgsql IMMUTABLE AS $$
+        BEGIN
+            WHILE current_database() = only_in
+                  AND EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = '{holder}') LOOP
+                PERFORM pg_stat_clear_snapshot();
+                PERFORM pg_sleep(0.05);
+            END LOOP;
+            RETURN true;
+        END $$;
+    """
+
+
+def sessions_waiting(admin_url: str, database: str, wait_event: str) -> bool:
+    return bool(
+        admin_execute(
+            admin_url,
+            "SELECT 1 FROM pg_stat_activity WHERE datname = %s AND wait_event = %s",
+            [database, wait_event],
+        )
+    )
+
+
+def swap_waiting_for_lock(admin_url: str) -> bool:
+    return bool(
+        admin_execute(
+            admin_url,
+            "SELECT 1 FROM pg_stat_activity WHERE application_name LIKE 'faber swap %%' AND wait_event_type = 'Lock'"
+            " AND query LIKE 'ALTER DATABASE%%RENAME%%'",
+        )
+    )
+
+
+MOMENTS = ["during_pg_restore", "before_swap", "after_swap"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=lambda s: s.name)
+@pytest.mark.parametrize("moment", MOMENTS)
+def test_a_kill_at_each_moment_of_a_swap_leaves_one_side_and_the_next_rollback_converges(
+    swapped, run_faber, database_url, postgres_admin_url, moment, signum
+):
+    project_dir, target = swapped
+    holder = f"faber-test-gate-{uuid.uuid4().hex[:8]}"
+    gated_in = {"during_pg_restore": restoring_name(target), "after_swap": target}.get(moment, "none")
+    execute(
+        database_url,
+        gate_function(holder)
+        + f"""
+        CREATE TABLE accounts (id int PRIMARY KEY, email text NOT NULL);
+        INSERT INTO accounts SELECT g, 'user' || g FROM generate_series(1, 3000) g;
+        CREATE TABLE zz_gated (id int);
+        INSERT INTO zz_gated VALUES (1), (2);
+        CREATE INDEX zz_gated_gate ON zz_gated ((public.gate(id, '{gated_in}')));
+        """,
+    )
+    backup_id = backup(run_faber, project_dir)
+    at_backup = database_state(database_url)
+    history_at_backup = faber_rows(database_url)
+    execute(database_url, "DELETE FROM accounts WHERE id > 100; CREATE TABLE since_backup (note text)")
+    before = database_state(database_url)
+    oid_before = databases(postgres_admin_url, target)[target]
+
+    with psycopg.connect(postgres_admin_url, autocommit=True, application_name=holder) as gate:
+        if moment == "before_swap":
+            gate.execute("BEGIN")
+            gate.execute(sql.SQL("COMMENT ON DATABASE {} IS 'held by the test'").format(sql.Identifier(target)))
+        faber = start_faber(
+            *("rollback", "production", "--to", backup_id, "--yes", "--discard-app-writes", "--json"),
+            cwd=project_dir,
+            env=SQLFILES,
+        )
+        try:
+            if moment == "before_swap":
+                wait_for(lambda: swap_waiting_for_lock(postgres_admin_url), "the swap to wait for the test's lock")
+            else:
+                wait_for(lambda: sessions_waiting(postgres_admin_url, gated_in, "PgSleep"), f"the gate in {gated_in}")
+            faber.send_signal(signum)
+            faber.wait(timeout=60)
+        finally:
+            if faber.poll() is None:
+                faber.kill()
+            out, err = faber.communicate()
+            if moment == "before_swap":
+                gate.execute("ROLLBACK")
+    assert faber.returncode != 0
+    assert CANARY_PASSWORD not in (out + err).decode()
+    present = databases(postgres_admin_url, target)
+    swapped_in = present[target] != oid_before
+    if moment == "after_swap":
+        # The swap had committed: the target is exactly the backup, with faber's history.
+        assert swapped_in
+        assert database_state(database_url) == at_backup
+        # faber's own rows came over (and this run recorded itself after the swap).
+        kept = dict(faber_rows(database_url))
+        assert all(kept.get(table, 0) >= count for table, count in history_at_backup)
+    else:
+        assert not swapped_in
+        assert database_state(database_url) == before
+    if signum == signal.SIGTERM:
+        result = faber_json(out)
+        expected = {"after_swap": True}.get(moment, False)
+        assert result["result"]["restore_committed"] is expected
+        leftover = previous_name(target) if moment == "after_swap" else None
+        assert (leftover in result["result"]["details"]) if leftover else list(present) == [target]
+
+    # Whatever the kill left, the next rollback restores and leaves nothing behind.
+    done = rollback(run_faber, project_dir, backup_id)
+    assert done.returncode == 0, done.stdout
+    assert database_state(database_url) == at_backup
+    assert list(databases(postgres_admin_url, target)) == [target]
+
+
+def faber_json(stdout: bytes) -> dict:
+    return json.loads(stdout)
