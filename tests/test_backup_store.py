@@ -1,13 +1,17 @@
-"""The pg_dump backup folder: private files, atomic manifests, leftovers, retention, a full disk."""
+"""The backup folder: private files, atomic manifests, leftovers, retention; a full or read-only
+disk on both file providers (pg_dump and mysqldump), which share it."""
 
 from __future__ import annotations
 
 import gc
 import json
+import os
 import signal
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -15,25 +19,55 @@ import pytest
 
 from faber_core.backup import store
 from faber_core.errors import RestoreFailed
-from faber_core.models import MigrationState
-from faber_core.testing.fixtures import process_alive, start_faber, wait_for
+from faber_core.models import BackupRecord, MigrationState
+from faber_core.testing.fixtures import mysql_connect, process_alive, start_faber, wait_for
 from faber_core.workflow import take_backup
 
 SQLFILES = {"FABER_PLUGINS": "faber_core.testing.sqlfiles"}
 NO_MIGRATIONS = MigrationState(tool="sqlfiles", local=[], records=[])
 
 
-@pytest.fixture
-def production(project, context_for, plugins, monkeypatch):
-    """``(project_dir, backup)``; ``backup(**settings)`` takes a backup of the production database."""
-    for name, value in SQLFILES.items():
-        monkeypatch.setenv(name, value)
-    project_dir = project({})
+def backing_up(project_dir: Path, context_for, plugins) -> Callable[..., BackupRecord]:
+    """``backup(context=None)``: a backup of the project's production database, as a deploy takes it."""
 
     def backup(context=None):
         return take_backup(context or context_for(project_dir, "create-backup"), plugins, "test", NO_MIGRATIONS)
 
-    return project_dir, backup
+    return backup
+
+
+@pytest.fixture
+def production(project, context_for, plugins, monkeypatch):
+    """``(project_dir, backup)``; ``backup(context=None)`` takes a backup of the production database."""
+    for name, value in SQLFILES.items():
+        monkeypatch.setenv(name, value)
+    project_dir = project({})
+    return project_dir, backing_up(project_dir, context_for, plugins)
+
+
+@dataclass
+class Production:
+    project_dir: Path
+    backup: Callable[..., BackupRecord]
+    fill: Callable[[int], None]
+    """``fill(rows)``: that many rows of 64 random characters more in the database's table ``filler``."""
+
+
+@pytest.fixture(params=["postgresql", "mysql"])
+def production_on_each_engine(request, faber_project, context_for, plugins, monkeypatch) -> Production:
+    """The production environment on PostgreSQL (pg_dump), then on MySQL/MariaDB (mysqldump)."""
+    for name, value in SQLFILES.items():
+        monkeypatch.setenv(name, value)
+    if request.param == "postgresql":
+        url = request.getfixturevalue("database_url")
+        fill = fill_postgres
+    else:
+        url = request.getfixturevalue("mysql_database_url")
+        fill = fill_mysql
+    monkeypatch.setenv("TEST_DATABASE_URL", url)
+    env = {"database_url_env": "TEST_DATABASE_URL", "lock_wait_seconds": 1}
+    project_dir = faber_project({"database": {"migration_tool": "sqlfiles", "environments": {"production": env}}})
+    return Production(project_dir, backing_up(project_dir, context_for, plugins), lambda rows: fill(url, rows))
 
 
 def folder(project_dir: Path) -> Path:
@@ -208,7 +242,7 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-def fill(url: str, rows: int) -> None:
+def fill_postgres(url: str, rows: int) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS filler (payload text)")
         conn.execute(
@@ -216,11 +250,18 @@ def fill(url: str, rows: int) -> None:
         )
 
 
+def fill_mysql(url: str, rows: int) -> None:
+    with mysql_connect(url) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS filler (payload text)")
+        payloads = [os.urandom(32).hex() for _ in range(rows)]
+        conn.execute("INSERT INTO filler VALUES " + ", ".join(["(%s)"] * rows), payloads)
+
+
 def test_a_full_disk_during_the_dump_is_backup_failed_and_leaves_nothing(
-    production, run_faber, small_disk, database_url
+    production_on_each_engine, run_faber, small_disk
 ):
-    project_dir, _ = production
-    fill(database_url, 20_000)  # about 700 kB compressed: larger than the disk
+    project_dir = production_on_each_engine.project_dir
+    production_on_each_engine.fill(20_000)  # over 700 kB dumped: larger than the disk
     small_disk(project_dir / ".faber/backups", 64 * 1024)
 
     run = run_faber("backup", "production", "--json", cwd=project_dir)
@@ -232,11 +273,11 @@ def test_a_full_disk_during_the_dump_is_backup_failed_and_leaves_nothing(
 
 
 def test_a_full_disk_when_writing_the_manifest_is_backup_failed_and_leaves_nothing(
-    production, run_faber, small_disk, database_url, tmp_path
+    production_on_each_engine, run_faber, small_disk
 ):
-    project_dir, backup = production
-    fill(database_url, 2_000)
-    size = backup().size_bytes  # the same database dumps to the same size again
+    project_dir = production_on_each_engine.project_dir
+    production_on_each_engine.fill(2_000)
+    size = production_on_each_engine.backup().size_bytes  # the same database dumps to the same size again
     for leftover in folder(project_dir).iterdir():
         leftover.unlink()
     page = 4096
@@ -250,11 +291,11 @@ def test_a_full_disk_when_writing_the_manifest_is_backup_failed_and_leaves_nothi
 
 
 def test_a_read_only_backup_folder_still_lists_and_restores_and_refuses_writes_with_backup_failed(
-    production, run_faber, small_disk
+    production_on_each_engine, run_faber, small_disk
 ):
     """Backups on a volume mounted read-only (an incident, a restored snapshot): a leftover that
     cannot be removed must not stop listing or restoring, and writing is BACKUP_FAILED, not a crash."""
-    project_dir, backup = production
+    project_dir, backup = production_on_each_engine.project_dir, production_on_each_engine.backup
     small_disk(project_dir / ".faber/backups", 1024 * 1024)
     older, newer = backup(), backup()
     (folder(project_dir) / f"{newer.id}-killed.dump.partial").write_bytes(b"left by a killed run")

@@ -28,7 +28,6 @@ changed. docs/mysql.md says so.
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import hashlib
 import re
@@ -51,7 +50,6 @@ PROVIDER = "mysqldump"
 FABER_TABLES = "faber_"
 """faber's own tables start so; a backup leaves them out and a restore keeps them."""
 SCRATCH_PREFIX = "faber_restore_"
-_NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded", "File too large")
 
 
 @hookimpl
@@ -114,34 +112,33 @@ def faber_backup_create(context: RunContext, reason: str, migrations: list[tuple
             "Failed to create pre-migration backup: the database cannot be reached",
             suggestions=["Verify the database is reachable", f"Retry: faber backup {context.environment}"],
         )
-    dump = client_program("mariadb-dump", "mysqldump")
-    directory = store.private_backup_dir(context)
-    store.remove_leftovers(context, directory)
-    now = dt.datetime.now(dt.timezone.utc)
-    reservation = store.reserve(directory, now)
-    try:
-        _dump(context, dump, reservation)
-        sha256 = store.seal_archive(reservation)
-        record = BackupRecord(
-            id=reservation.id,
-            provider=PROVIDER,
-            environment=context.environment,
-            created_at=now,
-            reason=reason,
-            size_bytes=reservation.archive.stat().st_size,
-            location=str(reservation.archive.relative_to(context.project_dir)),
-            server_version=version,
-            database=database.name,
-            sha256=sha256,
-            migrations=migrations,
+    program = client_program("mariadb-dump", "mysqldump")
+
+    def dump(reservation: store.Reservation) -> None:
+        name = database.name or ""
+        store.run_dump(
+            context,
+            reservation,
+            [
+                program,
+                *client_args(context, program),
+                "--single-transaction",
+                "--routines",
+                "--triggers",
+                "--events",
+                "--hex-blob",
+                "--skip-lock-tables",
+                *(f"--ignore-table={name}.{table}" for table in _faber_tables(context)),
+                f"--result-file={reservation.partial}",
+                name,
+            ],
+            client_environment(context),
+            "Check that the database user may read every table, routine, trigger and event of the database",
         )
-        store.write_manifest(reservation.manifest, context.redactor.redact(record.model_dump_json(indent=2)) + "\n")
-    except BaseException:
-        reservation.discard()
-        raise
-    store.hold_for_run(context, reservation.fd)
-    store.prune(context, directory, context.settings.backup.keep_last or store.DEFAULT_KEEP_LAST)
-    return record
+
+    return store.create_backup(
+        context, provider=PROVIDER, reason=reason, migrations=migrations, server_version=version, dump=dump
+    )
 
 
 def _faber_tables(context: RunContext) -> list[str]:
@@ -153,57 +150,14 @@ def _faber_tables(context: RunContext) -> list[str]:
     return [row[0] for row in rows]
 
 
-def _dump(context: RunContext, dump: Path, reservation: store.Reservation) -> None:
-    name = context.database.name or ""
-    excluded = [f"--ignore-table={name}.{table}" for table in _faber_tables(context)]
-    with tempfile.TemporaryFile() as errors:
-        proc = spawn(
-            [
-                dump,
-                *client_args(context, dump),
-                "--single-transaction",
-                "--routines",
-                "--triggers",
-                "--events",
-                "--hex-blob",
-                "--skip-lock-tables",
-                *excluded,
-                f"--result-file={reservation.partial}",
-                name,
-            ],
-            env=client_environment(context),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=errors,
-        )
-        store.wait_reporting_size(context, proc, reservation, f"{dump.name} writing")
-        errors.seek(0)
-        stderr = context.redactor.redact(errors.read().decode(errors="replace")).strip()
-    if proc.returncode == 0:
-        return
-    if any(text in stderr for text in _NO_SPACE_TEXT):
-        raise store.no_space(context, reservation.directory, stderr)
-    raise BackupFailed(
-        "Failed to create pre-migration backup",
-        result={"backup_error": stderr or f"{dump.name} exited with {proc.returncode}"},
-        suggestions=[
-            "Check that the database user may read every table, routine, trigger and event of the database",
-            f"Or skip backup (NOT recommended): faber migrate {context.environment} --skip-backup",
-        ],
-    )
-
-
 @hookimpl
 def faber_backup_list(context: RunContext) -> list[BackupRecord]:
-    directory = store.backup_dir(context)
-    store.remove_leftovers(context, directory)
-    return store.read_backups(context, directory)
+    return store.list_backups(context)
 
 
 @hookimpl
 def faber_backup_prune(context: RunContext, keep_last: int | None, dry_run: bool) -> BackupPruneOutcome:
-    keep = keep_last if keep_last is not None else context.settings.backup.keep_last or store.DEFAULT_KEEP_LAST
-    return store.prune(context, store.backup_dir(context), keep, dry_run=dry_run)
+    return store.prune_backups(context, keep_last, dry_run)
 
 
 # Restore ---------------------------------------------------------------------------------

@@ -13,11 +13,9 @@ database as it was or exactly the backup, and says which.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import re
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -25,7 +23,7 @@ from typing import Literal
 import psycopg
 from pydantic import BaseModel, Field
 
-from faber_core import events, hookimpl
+from faber_core import hookimpl
 from faber_core.backup import store
 from faber_core.backup.restore import restore_archive
 from faber_core.backup.swap import restore_by_swap
@@ -33,12 +31,11 @@ from faber_core.context import RunContext
 from faber_core.errors import BackupFailed
 from faber_core.models import BackupProviderInfo, BackupPruneOutcome, BackupRecord, RestoreOutcome
 from faber_core.postgres.embedded import embedded_bin_dirs
-from faber_core.processes import child_environment, find_program, run_captured, spawn
+from faber_core.processes import child_environment, find_program, run_captured
 from faber_core.safety.timeouts import CONNECTION_CHECK_INTERVAL_MS, CONNECTION_CHECK_SINCE
 
 PROVIDER = "pg_dump"
 _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
-_NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded", "File too large")
 
 
 class PgDumpOptions(BaseModel):
@@ -67,10 +64,6 @@ def faber_backup_providers() -> list[BackupProviderInfo]:
             options=PgDumpOptions,
         )
     ]
-
-
-def backup_dir(context: RunContext) -> Path:
-    return store.backup_dir(context)
 
 
 def _server_major(context: RunContext) -> tuple[int, str]:
@@ -145,10 +138,6 @@ def client_env(context: RunContext, server_major: int, **settings: str) -> dict[
     return child_environment(env)
 
 
-def configured_keep_last(context: RunContext) -> int:
-    return context.settings.backup.keep_last or store.DEFAULT_KEEP_LAST
-
-
 @hookimpl
 def faber_backup_create(context: RunContext, reason: str, migrations: list[tuple[str, str | None]]) -> BackupRecord:
     try:
@@ -160,115 +149,35 @@ def faber_backup_create(context: RunContext, reason: str, migrations: list[tuple
             suggestions=["Verify the database is reachable", f"Retry: faber backup {context.environment}"],
         ) from None
     tools = find_client_dir(major)
-    directory = store.backup_dir(context)
-    now = dt.datetime.now(dt.timezone.utc)
-    try:
-        store.private_backup_dir(context)
-        store.remove_leftovers(context, directory)
-        reservation = store.reserve(directory, now)
-    except OSError as exc:  # a read-only or full disk, a folder faber may not write to
-        raise _write_failure(context, directory, exc) from None
-    try:
-        _dump(context, tools, major, reservation)
-        sha256 = store.seal_archive(reservation)
-        record = BackupRecord(
-            id=reservation.id,
-            provider=PROVIDER,
-            environment=context.environment,
-            created_at=now,
-            reason=reason,
-            size_bytes=reservation.archive.stat().st_size,
-            location=str(reservation.archive.relative_to(context.project_dir)),
-            server_version=version,
-            database=context.database.name,
-            sha256=sha256,
-            migrations=migrations,
-            provider_data={store.EXCLUDED_SCHEMA: context.config.database.faber_schema},
-        )
-        store.write_manifest(reservation.manifest, context.redactor.redact(record.model_dump_json(indent=2)) + "\n")
-    except OSError as exc:
-        reservation.discard()
-        raise _write_failure(context, directory, exc) from None
-    except BaseException:
-        reservation.discard()
-        raise
-    store.hold_for_run(context, reservation.fd)
-    _prune_after_backup(context, directory)
-    return record
 
-
-def _dump(context: RunContext, tools: Path, major: int, reservation: store.Reservation) -> None:
-    """pg_dump into the reserved partial file, reporting its size as it grows."""
-    directory = reservation.directory
-    with tempfile.TemporaryFile() as errors:
-        proc = spawn(
-            [
-                tools / "pg_dump",
-                "--format=custom",
-                excluding_faber_schema(context),
-                f"--file={reservation.partial}",
-            ],
-            env=client_env(context, major),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=errors,
-        )
-        store.wait_reporting_size(context, proc, reservation, "pg_dump writing")
-        errors.seek(0)
-        stderr = context.redactor.redact(errors.read().decode(errors="replace")).strip()
-    if proc.returncode == 0:
-        return
-    if any(text in stderr for text in _NO_SPACE_TEXT):
-        raise store.no_space(context, directory, stderr)
-    raise BackupFailed(
-        "Failed to create pre-migration backup",
-        result={"backup_error": stderr or f"pg_dump exited with {proc.returncode}"},
-        suggestions=[
+    def dump(reservation: store.Reservation) -> None:
+        store.run_dump(
+            context,
+            reservation,
+            [tools / "pg_dump", "--format=custom", excluding_faber_schema(context), f"--file={reservation.partial}"],
+            client_env(context, major),
             "Check that the database user may read every table (pg_dump needs SELECT on all of them)",
-            f"Check free disk space under {directory}",
-            f"Or skip backup (NOT recommended): faber migrate {context.environment} --skip-backup",
-        ],
+        )
+
+    return store.create_backup(
+        context,
+        provider=PROVIDER,
+        reason=reason,
+        migrations=migrations,
+        server_version=version,
+        dump=dump,
+        provider_data={store.EXCLUDED_SCHEMA: context.config.database.faber_schema},
     )
-
-
-def _write_failure(context: RunContext, directory: Path, exc: OSError) -> BackupFailed:
-    if store.is_no_space(exc):
-        return store.no_space(context, directory, str(exc))
-    return BackupFailed(
-        f"Failed to create pre-migration backup: cannot write under {directory}: {exc.strerror or exc}",
-        result={"backup_error": context.redactor.redact(str(exc))},
-        suggestions=[f"Check the permissions and the disk of {directory}"],
-    )
-
-
-def _prune_after_backup(context: RunContext, directory: Path) -> None:
-    """Retention after each backup; a failure to prune is reported, never fails the backup."""
-    try:
-        store.prune(context, directory, configured_keep_last(context))
-    except OSError as exc:
-        context.emit(events.BACKUP_PRUNE_FAILED, error=context.redactor.redact(str(exc)))
 
 
 @hookimpl
 def faber_backup_list(context: RunContext) -> list[BackupRecord]:
-    directory = backup_dir(context)
-    store.remove_leftovers(context, directory)
-    return store.read_backups(context, directory)
+    return store.list_backups(context)
 
 
 @hookimpl
 def faber_backup_prune(context: RunContext, keep_last: int | None, dry_run: bool) -> BackupPruneOutcome:
-    keep = keep_last if keep_last is not None else configured_keep_last(context)
-    directory = backup_dir(context)
-    try:
-        return store.prune(context, directory, keep, dry_run=dry_run)
-    except OSError as exc:  # a read-only disk, a folder faber may not write to
-        raise BackupFailed(
-            f"Cannot prune the backups of {context.environment}: cannot delete under {directory}: "
-            f"{exc.strerror or exc}",
-            result={"backup_error": context.redactor.redact(str(exc))},
-            suggestions=[f"Check the permissions and the disk of {directory}"],
-        ) from None
+    return store.prune_backups(context, keep_last, dry_run)
 
 
 @hookimpl

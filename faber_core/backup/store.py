@@ -28,20 +28,22 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import subprocess
+import tempfile
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import JsonValue, ValidationError
 
 from faber_core import events
 from faber_core.context import RunContext
 from faber_core.errors import BackupFailed, RestoreFailed
 from faber_core.models import BackupPruneOutcome, BackupRecord
-from faber_core.processes import supervised
+from faber_core.processes import spawn, supervised
 
 ARCHIVE = ".dump"
 MANIFEST = ".json"
@@ -53,6 +55,9 @@ EXCLUDED_SCHEMA = "excluded_schema"
 """The key of a manifest's ``provider_data`` naming the schema the archive leaves out (faber's own):
 a restore keeps that schema."""
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_NO_SPACE_TEXT = tuple(os.strerror(number) for number in _NO_SPACE)
+_ERRNO_TEXT = re.compile(r"\berrno:? (\d+)", re.IGNORECASE)
+"""How a dump program names an errno without its text: mariadb-dump says ``Got errno 28 on write``."""
 
 
 def backup_dir(context: RunContext) -> Path:
@@ -68,8 +73,8 @@ def private_backup_dir(context: RunContext) -> Path:
     return directory
 
 
-def is_no_space(exc: OSError) -> bool:
-    return exc.errno in _NO_SPACE
+def configured_keep_last(context: RunContext) -> int:
+    return context.settings.backup.keep_last or DEFAULT_KEEP_LAST
 
 
 def no_space(context: RunContext, directory: Path, detail: str) -> BackupFailed:
@@ -81,6 +86,17 @@ def no_space(context: RunContext, directory: Path, detail: str) -> BackupFailed:
             f"Or lower backup.keep_last for {context.environment}",
             f"Or skip backup (NOT recommended): faber migrate {context.environment} --skip-backup",
         ],
+    )
+
+
+def write_failure(context: RunContext, directory: Path, exc: OSError) -> BackupFailed:
+    """A backup that could not be written: a full disk, a read-only one, a folder faber may not write to."""
+    if exc.errno in _NO_SPACE:
+        return no_space(context, directory, str(exc))
+    return BackupFailed(
+        f"Failed to create pre-migration backup: cannot write under {directory}: {exc.strerror or exc}",
+        result={"backup_error": context.redactor.redact(str(exc))},
+        suggestions=[f"Check the permissions and the disk of {directory}"],
     )
 
 
@@ -143,6 +159,95 @@ def reading(archive: Path) -> Iterator[int]:
 
 
 # Writing a backup -----------------------------------------------------------------------
+
+
+def create_backup(
+    context: RunContext,
+    *,
+    provider: str,
+    reason: str,
+    migrations: list[tuple[str, str | None]],
+    server_version: str,
+    dump: Callable[[Reservation], None],
+    provider_data: dict[str, JsonValue] | None = None,
+) -> BackupRecord:
+    """A new backup of ``context``'s database in its environment's folder, made whole or not at all.
+
+    ``dump`` writes the archive into the reservation's partial file (:func:`run_dump`). Then the
+    archive is sealed, its manifest written and the backup held for the rest of the run; the
+    folder is pruned to ``backup.keep_last``. A folder that cannot be written (full, read-only,
+    not faber's) is :class:`BackupFailed`; a failed or interrupted backup leaves nothing behind.
+    """
+    directory = backup_dir(context)
+    now = dt.datetime.now(dt.timezone.utc)
+    try:
+        private_backup_dir(context)
+        remove_leftovers(context, directory)
+        reservation = reserve(directory, now)
+    except OSError as exc:
+        raise write_failure(context, directory, exc) from None
+    try:
+        dump(reservation)
+        sha256 = seal_archive(reservation)
+        record = BackupRecord(
+            id=reservation.id,
+            provider=provider,
+            environment=context.environment,
+            created_at=now,
+            reason=reason,
+            size_bytes=reservation.archive.stat().st_size,
+            location=str(reservation.archive.relative_to(context.project_dir)),
+            server_version=server_version,
+            database=context.database.name,
+            sha256=sha256,
+            migrations=migrations,
+            provider_data=provider_data or {},
+        )
+        write_manifest(reservation.manifest, context.redactor.redact(record.model_dump_json(indent=2)) + "\n")
+    except OSError as exc:
+        reservation.discard()
+        raise write_failure(context, directory, exc) from None
+    except BaseException:
+        reservation.discard()
+        raise
+    hold_for_run(context, reservation.fd)
+    try:
+        prune(context, directory, configured_keep_last(context))
+    except OSError as exc:  # retention is reported, never fails the backup just made
+        context.emit(events.BACKUP_PRUNE_FAILED, error=context.redactor.redact(str(exc)))
+    return record
+
+
+def run_dump(
+    context: RunContext, reservation: Reservation, command: list[str | Path], env: dict[str, str], suggestion: str
+) -> None:
+    """Run a dump program writing the reservation's partial archive, reporting its size as it grows.
+
+    A failure is :class:`BackupFailed` with the program's (redacted) error output; ``suggestion``
+    says what the program needs of the database user.
+    """
+    program = Path(command[0]).name
+    with tempfile.TemporaryFile() as errors:
+        proc = spawn(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors)
+        wait_reporting_size(context, proc, reservation, f"{program} writing")
+        errors.seek(0)
+        stderr = context.redactor.redact(errors.read().decode(errors="replace")).strip()
+    if proc.returncode == 0:
+        return
+    named = [os.strerror(int(number)) for number in _ERRNO_TEXT.findall(stderr) if int(number) in _NO_SPACE]
+    if named:
+        stderr = f"{stderr} ({named[0]})"
+    if any(text in stderr for text in _NO_SPACE_TEXT):
+        raise no_space(context, reservation.directory, stderr)
+    raise BackupFailed(
+        "Failed to create pre-migration backup",
+        result={"backup_error": stderr or f"{program} exited with {proc.returncode}"},
+        suggestions=[
+            suggestion,
+            f"Check free disk space under {reservation.directory}",
+            f"Or skip backup (NOT recommended): faber migrate {context.environment} --skip-backup",
+        ],
+    )
 
 
 @dataclass
@@ -295,6 +400,13 @@ def remove_leftovers(context: RunContext, directory: Path) -> list[str]:
     return removed
 
 
+def list_backups(context: RunContext) -> list[BackupRecord]:
+    """The environment's backups, newest first, after removing what dead runs left behind."""
+    directory = backup_dir(context)
+    remove_leftovers(context, directory)
+    return read_backups(context, directory)
+
+
 def read_backups(context: RunContext, directory: Path) -> list[BackupRecord]:
     """Every backup of the folder, newest first; an unreadable manifest becomes an unusable record."""
     return [record for record, _ in _scan(context, directory)]
@@ -357,6 +469,22 @@ def _manifest_problem(exc: Exception) -> str:
 
 
 # Retention ------------------------------------------------------------------------------
+
+
+def prune_backups(context: RunContext, keep_last: int | None, dry_run: bool) -> BackupPruneOutcome:
+    """``faber backups prune`` on the environment's folder (``keep_last`` None: ``backup.keep_last``);
+    a folder faber cannot delete in (a read-only disk) is :class:`BackupFailed`."""
+    keep = keep_last if keep_last is not None else configured_keep_last(context)
+    directory = backup_dir(context)
+    try:
+        return prune(context, directory, keep, dry_run=dry_run)
+    except OSError as exc:
+        raise BackupFailed(
+            f"Cannot prune the backups of {context.environment}: cannot delete under {directory}: "
+            f"{exc.strerror or exc}",
+            result={"backup_error": context.redactor.redact(str(exc))},
+            suggestions=[f"Check the permissions and the disk of {directory}"],
+        ) from None
 
 
 def prune(context: RunContext, directory: Path, keep_last: int, *, dry_run: bool = False) -> BackupPruneOutcome:

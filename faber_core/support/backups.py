@@ -1,14 +1,17 @@
 """For backup providers: the crash-safe manifest store under ``.faber/backups/<env>/`` and the
 SQL that empties a database before a logical restore.
 
-The store makes a backup visible only when it is whole (archive and manifest written as partial
-files, fsynced, renamed), keeps every file private (0600 in a 0700 folder), and locks the archive
-a running deploy took or a restore reads, so that :func:`prune` never deletes it.
+:func:`create_backup` makes a whole file backup, given the step that dumps the database
+(:func:`run_dump` runs a dump program). The store makes a backup visible only when it is whole
+(archive and manifest written as partial files, fsynced, renamed), keeps every file private
+(0600 in a 0700 folder), and locks the archive a running deploy took or a restore reads, so that
+:func:`prune` never deletes it.
 """
 
 from faber_core.backup.restore import restore_prelude
 from faber_core.backup.store import (
     backup_dir,
+    create_backup,
     hold_for_run,
     private_backup_dir,
     prune,
@@ -16,12 +19,14 @@ from faber_core.backup.store import (
     reading,
     remove_leftovers,
     reserve,
+    run_dump,
     seal_archive,
     write_manifest,
 )
 
 __all__ = [
     "backup_dir",
+    "create_backup",
     "hold_for_run",
     "private_backup_dir",
     "prune",
@@ -30,6 +35,7 @@ __all__ = [
     "remove_leftovers",
     "reserve",
     "restore_prelude",
+    "run_dump",
     "seal_archive",
     "write_manifest",
 ]
