@@ -9,8 +9,8 @@ import psycopg
 import pytest
 
 from faber_core.context import open_context
-from faber_core.errors import ConfigError
 from faber_core.engines import REHEARSAL_PREFIX
+from faber_core.errors import ConfigError, FaberError
 from faber_core.postgres.rehearsal import rehearsal_database
 from faber_core.testing.fixtures import CANARY_PASSWORD
 
@@ -110,6 +110,31 @@ def test_a_role_that_may_not_create_databases_gets_a_clear_error(context, target
     assert "may not CREATE DATABASE" in error.message
     assert any("CREATEDB" in suggestion for suggestion in error.suggestions)
     assert CANARY_PASSWORD not in error.message + " ".join(error.suggestions)
+
+
+def test_a_role_that_may_not_read_a_table_gets_a_clear_error_and_no_copy_is_left(context, target, postgres_admin_url):
+    role = f"faber_noselect_{uuid.uuid4().hex[:8]}"
+    rows(postgres_admin_url, f"CREATE ROLE {role} LOGIN CREATEDB")
+    events: list = []
+    try:
+        parts = urlsplit(target)
+        limited = urlunsplit(parts._replace(netloc=f"{role}:{CANARY_PASSWORD}@{parts.hostname}:{parts.port}"))
+        with pytest.raises(FaberError) as raised:
+            with rehearsal_database(context(limited, events=events), include_data=False):
+                pytest.fail("pg_dump cannot read accounts: there is no copy to rehearse in")
+    finally:
+        rows(postgres_admin_url, f"DROP ROLE {role}")
+
+    error = raised.value
+    assert error.message.startswith("Could not copy the staging schema for a rehearsal: ")
+    assert "permission denied for table accounts" in error.message
+    assert error.suggestions == [
+        "Check that the database user may read every table (pg_dump needs it)",
+        "Nothing was changed in the target database",
+    ]
+    assert CANARY_PASSWORD not in error.message
+    [created] = [event.data["database"] for event in events if event.kind == "rehearsal.created"]
+    assert not database_exists(postgres_admin_url, created)
 
 
 def test_the_rehearsal_url_keeps_the_credentials_secret(context):

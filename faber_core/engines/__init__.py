@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import subprocess
 import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import SplitResult
 
-from faber_core.errors import ConfigError
+from faber_core.errors import ConfigError, FaberError
+from faber_core.processes import run_tool
 
 if TYPE_CHECKING:
     from faber_core.config import EnvironmentSettings
@@ -165,6 +168,30 @@ def rehearsing(
         drop(raise_on_failure=False)
         raise
     drop()
+
+
+def rehearsal_timed_out(program: str) -> FaberError:
+    return FaberError(f"{program} did not finish in the time allowed for the rehearsal and was stopped")
+
+
+def dump_for_rehearsal(context: RunContext, argv: Sequence[str | Path], needs: str) -> None:
+    """Run ``argv``, a dump program reading the target for a rehearsal copy, in the run's time left.
+
+    ``needs`` says what the program needs of the database user, for when it fails.
+    """
+    program = Path(argv[0]).name
+    try:
+        run = run_tool(
+            argv, redactor=context.redactor, env=context.database.client_env(), timeout=context.seconds_left()
+        )
+    except subprocess.TimeoutExpired:
+        raise rehearsal_timed_out(program) from None
+    if run.returncode != 0:
+        raise FaberError(
+            f"Could not copy the {context.environment} schema for a rehearsal: "
+            + (run.stderr.strip() or f"{program} exited with {run.returncode}"),
+            suggestions=[needs, "Nothing was changed in the target database"],
+        )
 
 
 class HeldLock(ABC):

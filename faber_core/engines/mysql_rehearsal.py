@@ -35,10 +35,18 @@ from faber_core.backup.mysqldump import (
     quote,
 )
 from faber_core.context import RunContext
-from faber_core.engines import AUTO_DATA_LIMIT_BYTES, REHEARSAL_PREFIX, Rehearsal, rehearsal_name, rehearsing
+from faber_core.engines import (
+    AUTO_DATA_LIMIT_BYTES,
+    REHEARSAL_PREFIX,
+    Rehearsal,
+    dump_for_rehearsal,
+    rehearsal_name,
+    rehearsal_timed_out,
+    rehearsing,
+)
 from faber_core.engines.mysql import DATABASE_ACCESS_DENIED, error_code
 from faber_core.errors import BackupFailed, ConfigError, FaberError
-from faber_core.processes import run_tool, spawn, supervised
+from faber_core.processes import spawn, supervised
 
 GRANT = f"GRANT ALL ON `{like_prefix(REHEARSAL_PREFIX)}`.* TO <user>"
 _QUOTED_PART = re.compile(r"`((?:[^`]|``)*)`")
@@ -175,36 +183,19 @@ def _copy_target(context: RunContext, tools: tuple[Path, Path], rehearsal: Rehea
             _load(context, client, rows, rehearsal)
 
 
-def _timed_out(program: Path) -> FaberError:
-    return FaberError(f"{program.name} did not finish in the time allowed for the rehearsal and was stopped")
-
-
 def _dump(context: RunContext, dump: Path, result: Path, selection: list[str]) -> None:
-    try:
-        run = run_tool(
-            [
-                dump,
-                *client_args(context, dump),
-                "--single-transaction",
-                "--skip-lock-tables",
-                *selection,
-                f"--result-file={result}",
-            ],
-            redactor=context.redactor,
-            env=context.database.client_env(),
-            timeout=context.seconds_left(),
-        )
-    except subprocess.TimeoutExpired:
-        raise _timed_out(dump) from None
-    if run.returncode != 0:
-        raise FaberError(
-            f"Could not copy the {context.environment} schema for a rehearsal: "
-            + (run.stderr.strip() or f"{dump.name} exited with {run.returncode}"),
-            suggestions=[
-                "Check that the database user may read every table, routine, trigger and event of the database",
-                "Nothing was changed in the target database",
-            ],
-        )
+    dump_for_rehearsal(
+        context,
+        [
+            dump,
+            *client_args(context, dump),
+            "--single-transaction",
+            "--skip-lock-tables",
+            *selection,
+            f"--result-file={result}",
+        ],
+        "Check that the database user may read every table, routine, trigger and event of the database",
+    )
 
 
 def _load(context: RunContext, client: Path, source: Path, rehearsal: Rehearsal) -> None:
@@ -227,7 +218,7 @@ def _load(context: RunContext, client: Path, source: Path, rehearsal: Rehearsal)
             try:
                 proc.wait(timeout=context.seconds_left())
             except subprocess.TimeoutExpired:
-                raise _timed_out(client) from None
+                raise rehearsal_timed_out(client.name) from None
         errors.seek(0)
         stderr = context.redactor.redact(errors.read().decode(errors="replace")).strip()
     if proc.returncode != 0:

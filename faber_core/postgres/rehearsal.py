@@ -27,7 +27,14 @@ from psycopg import sql
 
 from faber_core import events
 from faber_core.context import Database, RunContext
-from faber_core.engines import AUTO_DATA_LIMIT_BYTES, Rehearsal, rehearsal_name, rehearsing
+from faber_core.engines import (
+    AUTO_DATA_LIMIT_BYTES,
+    Rehearsal,
+    dump_for_rehearsal,
+    rehearsal_name,
+    rehearsal_timed_out,
+    rehearsing,
+)
 from faber_core.errors import BackupFailed, ConfigError, FaberError
 from faber_core.processes import run_tool
 
@@ -174,37 +181,14 @@ def _copy_target(context: RunContext, tools: Path, rehearsal: Rehearsal) -> None
             _restore(context, tools, rows_archive, rehearsal)
 
 
-def _timed_out(program: str) -> FaberError:
-    return FaberError(f"{program} did not finish in the time allowed for the rehearsal and was stopped")
-
-
 def _dump(context: RunContext, tools: Path, archive: Path, selection: list[str]) -> None:
     from faber_core.backup.pg_dump import excluding_faber_schema
 
-    try:
-        run = run_tool(
-            [
-                tools / "pg_dump",
-                "--format=custom",
-                excluding_faber_schema(context),
-                *selection,
-                f"--file={archive}",
-            ],
-            redactor=context.redactor,
-            env=context.database.client_env(),
-            timeout=context.seconds_left(),
-        )
-    except subprocess.TimeoutExpired:
-        raise _timed_out("pg_dump") from None
-    if run.returncode != 0:
-        raise FaberError(
-            f"Could not copy the {context.environment} schema for a rehearsal: "
-            + (run.stderr.strip() or f"pg_dump exited with {run.returncode}"),
-            suggestions=[
-                "Check that the database user may read every table (pg_dump needs it)",
-                "Nothing was changed in the target database",
-            ],
-        )
+    dump_for_rehearsal(
+        context,
+        [tools / "pg_dump", "--format=custom", excluding_faber_schema(context), *selection, f"--file={archive}"],
+        "Check that the database user may read every table (pg_dump needs it)",
+    )
 
 
 def _restore(context: RunContext, tools: Path, archive: Path, rehearsal: Rehearsal) -> None:
@@ -219,7 +203,7 @@ def _restore(context: RunContext, tools: Path, archive: Path, rehearsal: Rehears
             timeout=context.seconds_left(),
         )
     except subprocess.TimeoutExpired:
-        raise _timed_out("pg_restore") from None
+        raise rehearsal_timed_out("pg_restore") from None
     if run.returncode != 0:
         errors = [line for line in run.stderr.splitlines() if "error" in line.lower()]
         rehearsal.warnings.append(
