@@ -53,6 +53,11 @@ if TYPE_CHECKING:
 
 # Importing this module stays cheap (``faber --help`` imports it): each function imports what it runs.
 
+BACKUP_REASON_MAX = 500
+"""A bound for a backup's reason: it is kept in every backup's manifest and shown in listings."""
+HISTORY_LIMIT_MAX = 100_000
+"""A bound for ``history``'s limit (PostgreSQL's LIMIT takes a bigint; a larger number is an error there)."""
+
 DEPLOY = "deploy-migrations"
 PREVIEW = "preview-migrations"
 STATUS = "migration-status"
@@ -230,9 +235,13 @@ def backup(
     progress: TextIO | None = None,
     listeners: Iterable[Listener] = (),
 ) -> Document:
-    """``faber backup ENV``: a backup now, with ``reason`` recorded beside it."""
+    """``faber backup ENV``: a backup now, with ``reason`` (at most ``BACKUP_REASON_MAX`` characters)
+    recorded beside it."""
     from faber_core.results import Success
     from faber_core.workflow import read_status, take_backup
+
+    if len(reason) > BACKUP_REASON_MAX:
+        return _invalid_argument(BACKUP, environment, "reason", f"at most {BACKUP_REASON_MAX} characters", len(reason))
 
     def body(context: RunContext, plugins: Plugins) -> Success:
         plugins.require_tool(context.tool)
@@ -287,6 +296,9 @@ def prune_backups(
 ) -> Document:
     """``faber backups prune ENV``: delete backups beyond the newest ``keep`` (default: ``backup.keep_last``)."""
     from faber_core.workflow import prune_backups as run_prune
+
+    if keep is not None and keep < 1:  # 0 would delete every backup
+        return _invalid_argument(PRUNE_BACKUPS, environment, "keep", "at least 1", keep)
 
     return run_command(
         PRUNE_BACKUPS,
@@ -360,9 +372,13 @@ def history(
     progress: TextIO | None = None,
     listeners: Iterable[Listener] = (),
 ) -> Document:
-    """``faber history ENV``: recorded deploys, previews and rollbacks, newest first."""
+    """``faber history ENV``: recorded deploys, previews and rollbacks, newest first (``limit``: at most
+    that many, from 1 to ``HISTORY_LIMIT_MAX``)."""
     from faber_core.audit.history import read_history
     from faber_core.results import Success
+
+    if not 1 <= limit <= HISTORY_LIMIT_MAX:
+        return _invalid_argument(HISTORY, environment, "limit", f"from 1 to {HISTORY_LIMIT_MAX}", limit)
 
     def body(context: RunContext, plugins: Plugins) -> Success:
         from faber_core.errors import HealthCheckFailed
@@ -567,6 +583,16 @@ def config_schema(*, working_directory: str | Path | None = None) -> Document:
         )
 
     return run_guarded(CONFIG_SCHEMA, None, body)
+
+
+def _invalid_argument(operation: str, environment: str, name: str, bound: str, given: object) -> Document:
+    """The error document of an argument outside the bounds the CLI puts on its option, refused before
+    anything runs."""
+    return error_document(
+        ConfigError(f"Invalid {name}: {bound} (got {given})", suggestions=[f"Call it again with {name} {bound}"]),
+        operation,
+        environment,
+    )
 
 
 def error_document(error: FaberError, operation: str, environment: str | None = None) -> Document:

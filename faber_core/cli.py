@@ -80,15 +80,12 @@ CwdOption = Annotated[
         "from the current one up).",
     ),
 ]
-HISTORY_LIMIT_MAX = 100_000
-"""A bound for ``faber history --limit`` (PostgreSQL's LIMIT takes a bigint; a larger number is an error there)."""
-BACKUP_REASON_MAX = 500
-"""A bound for ``faber backup --reason``: it is kept in every backup's manifest and shown in listings."""
 
 
 def _bounded_reason(value: str) -> str:
-    if len(value) > BACKUP_REASON_MAX:
-        raise typer.BadParameter(f"at most {BACKUP_REASON_MAX} characters (got {len(value)})")
+    """The API refuses a longer reason too; here it is a usage error, with the usage."""
+    if len(value) > api.BACKUP_REASON_MAX:
+        raise typer.BadParameter(f"at most {api.BACKUP_REASON_MAX} characters (got {len(value)})")
     return value
 
 
@@ -237,7 +234,7 @@ def backup(
         typer.Option(
             "--reason",
             callback=_bounded_reason,
-            help=f"Why, recorded with the backup (at most {BACKUP_REASON_MAX} characters).",
+            help=f"Why, recorded with the backup (at most {api.BACKUP_REASON_MAX} characters).",
         ),
     ] = "manual backup",
     json_output: JsonFlag = False,
@@ -352,7 +349,7 @@ def resolve(
 @command()
 def history(
     environment: Environment,
-    limit: Annotated[int, typer.Option("--limit", min=1, max=HISTORY_LIMIT_MAX, help="Show at most N runs.")] = 20,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=api.HISTORY_LIMIT_MAX, help="Show at most N runs.")] = 20,
     json_output: JsonFlag = False,
     cwd: CwdOption = None,
 ) -> None:

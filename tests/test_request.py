@@ -234,3 +234,32 @@ def test_the_python_api_returns_the_result_models(project, plugin_manager, monke
     assert CANARY_PASSWORD not in deployed.model_dump_json()
     kinds = [event.kind for event in events]
     assert kinds[0] == "run.started" and "approval.granted" in kinds and kinds[-1] == "run.finished"
+
+
+def test_the_python_api_bounds_its_arguments_as_the_cli_does(project, plugin_manager, monkeypatch):
+    """From Python as from the command line: a reason longer than a manifest keeps, a prune keeping
+    no backup, a history limit beyond what the database takes are refused before anything runs."""
+    directory, env = project
+    plugin_manager.register(sqlfiles, name="sqlfiles")
+    monkeypatch.setattr(faber_core.plugins, "get_plugin_manager", lambda: plugin_manager)
+    monkeypatch.setenv("PROD_DATABASE_URL", env["PROD_DATABASE_URL"])
+    longest = "x" * api.BACKUP_REASON_MAX
+    kept = api.backup("production", reason=longest, working_directory=directory)
+
+    refused = {
+        "reason": api.backup("production", reason=longest + "x", working_directory=directory),
+        "keep": api.prune_backups("production", keep=0, working_directory=directory),
+        "limit": api.history("production", limit=0, working_directory=directory),
+        "bigint": api.history("production", limit=2**63, working_directory=directory),
+    }
+
+    assert kept.exit_code == 0 and kept.result["reason"] == longest, kept
+    for document in refused.values():
+        assert (document.code, document.exit_code) == ("CONFIG_INVALID", EXIT_CODES["CONFIG_INVALID"]), document
+        assert document.operation in ("create-backup", "prune-backups", "deployment-history")
+    assert refused["reason"].error == "Invalid reason: at most 500 characters (got 501)"
+    assert refused["keep"].error == "Invalid keep: at least 1 (got 0)"
+    assert refused["bigint"].error == f"Invalid limit: from 1 to 100000 (got {2**63})"
+    assert refused["limit"].recovery.suggestions == ["Call it again with limit from 1 to 100000"]
+    backups = sorted(path.name for path in (directory / ".faber/backups/production").iterdir())
+    assert backups == [f"{kept.result['id']}.dump", f"{kept.result['id']}.json"]
