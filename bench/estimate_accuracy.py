@@ -21,6 +21,7 @@ import uuid
 import psycopg
 from psycopg import sql
 
+from faber_core.engines.postgres import POSTGRESQL
 from faber_core.safety.catalog import Catalog
 from faber_core.safety.estimate import Estimator
 
@@ -46,7 +47,7 @@ def fill(conn: psycopg.Connection, rows: int) -> None:
 
 
 def measure(conn: psycopg.Connection, statement: str) -> tuple[float, float]:
-    estimated = Estimator(Catalog(conn, "public")).estimate(statement).seconds
+    estimated = Estimator(Catalog(conn, "public", POSTGRESQL)).estimate(statement).seconds
     started = time.monotonic()
     conn.execute(statement)
     return estimated, time.monotonic() - started

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -137,6 +138,54 @@ def test_preview_says_ddl_is_not_transactional_and_what_is_not_checked(mysql_pro
     assert first["transactional"] is False and second["transactional"] is True
     assert any("commits each DDL statement on its own" in note for note in first["notes"])
     assert any("Not available on MySQL/MariaDB: " in note and "lock-risk lint" in note for note in first["notes"])
+
+
+EVENTS = "CREATE TABLE events (id bigint PRIMARY KEY, amount int NOT NULL, label varchar(64));"
+EVENT_ROWS = 100_000
+LATER = {
+    "002_note": "ALTER TABLE events ADD COLUMN note varchar(20);",
+    "003_amount": "ALTER TABLE events MODIFY amount bigint NOT NULL;",
+    "004_label": "CREATE INDEX events_label ON events (label);",
+}
+
+
+def test_estimates_come_from_the_tables_statistics_and_say_their_basis(
+    mysql_project, mysql_database_url, mysql_query
+):
+    project = mysql_project({"001_events": EVENTS})
+    assert faber(project, "migrate", "production", url=mysql_database_url)[0] == 0
+    mysql_query(f"INSERT INTO events SELECT seq, seq % 1000, MD5(seq) FROM seq_1_to_{EVENT_ROWS}")
+    for name, sql in LATER.items():
+        (project / f"migrations/{name}.sql").write_text(sql)
+
+    code, document, stderr = faber(project, "migrate", "production", "--dry-run", url=mysql_database_url)
+
+    assert code == 0, stderr
+    migrations = {m["name"]: m for m in document["result"]["migrations"]}
+    note, amount, label = (migrations[name] for name in LATER)
+    table = f"{mysql_database_url.rpartition('/')[2]}.events"
+    assert note["basis"] == "statistics: metadata-only", "ADD COLUMN is INSTANT on MariaDB 10.3+ and MySQL 8.0"
+    assert f"heaviest: table rewrite of {table} (" in amount["basis"]
+    assert "an ALTER that copies or rebuilds the table is costed as a rewrite" in amount["basis"]
+    assert f"heaviest: index build of {table} (" in label["basis"]
+    # InnoDB's row count is an estimate; its size lags until the statistics are recalculated, and
+    # is then taken as at least what the rows need.
+    rows, megabytes = re.search(r"\(([\d,]+) rows.*?, ([\d.]+) MB", amount["basis"]).groups()
+    assert abs(int(rows.replace(",", "")) - EVENT_ROWS) < EVENT_ROWS / 10
+    assert float(megabytes) >= EVENT_ROWS * 20 / 1e6
+    assert amount["estimated_duration_seconds"] > 10 * note["estimated_duration_seconds"]
+    assert label["estimated_duration_seconds"] > 10 * note["estimated_duration_seconds"]
+    notes = [text for m in migrations.values() for text in m["notes"]]
+    assert any("Not available on MySQL/MariaDB: " in text for text in notes)
+    assert not any("duration estimates" in text for text in notes)
+
+    code, document, stderr = faber(project, "migrate", "production", url=mysql_database_url)
+
+    assert code == 0, stderr
+    events = [json.loads(line) for line in (project / ".faber/audit.log").read_text().splitlines()]
+    *_, estimated = [event["data"]["estimates"] for event in events if event["kind"] == "apply.estimated"]
+    assert sorted(estimated) == sorted(LATER)
+    assert estimated["003_amount"] > 10 * estimated["002_note"]
 
 
 def test_rehearse_measures_the_migrations_on_a_throwaway_copy_with_the_data(

@@ -306,7 +306,7 @@ def _take_objects(conn: Any, scratch: str, target: str) -> list[str]:
     for (name,) in views.fetchall():
         statements.append(_retarget(conn.execute(f"SHOW CREATE VIEW {q}.{quote(name)}").fetchone()[1], scratch, target))
         conn.execute(f"DROP VIEW {q}.{quote(name)}")
-    for name, create in _triggers(conn, scratch):
+    for name, create in triggers_of(conn, scratch):
         statements.append(_retarget(create, scratch, target))
         conn.execute(f"DROP TRIGGER {q}.{quote(name)}")
     routines = conn.execute(
@@ -337,7 +337,7 @@ def _swap(conn: Any, target: str, scratch: str, displaced: str, manual: list[str
     arrive. MySQL moves no table with triggers to another database, so the target's triggers are
     dropped just before, and recreated if the rename fails (it then changed nothing)."""
     t = quote(target)
-    triggers = _triggers(conn, target)
+    triggers = triggers_of(conn, target)
     current = conn.execute(
         "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_TYPE = 'BASE TABLE'"
         " AND TABLE_NAME NOT LIKE %s",
@@ -364,7 +364,7 @@ def _swap(conn: Any, target: str, scratch: str, displaced: str, manual: list[str
         ) from None
 
 
-def _triggers(conn: Any, schema: str) -> list[tuple[str, str]]:
+def triggers_of(conn: Any, schema: str) -> list[tuple[str, str]]:
     """(name, CREATE TRIGGER statement) of every trigger of ``schema``."""
     q = quote(schema)
     rows = conn.execute(

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from faber_core.config import EnvironmentSettings
     from faber_core.context import Database, RunContext
     from faber_core.models import HealthCheckResult, MigrationFailure
+    from faber_core.safety.analysis import StatementEffect, TableName
+    from faber_core.safety.catalog import TableStats
     from faber_core.safety.models import Blocker
 
 PERCENT_ENCODE_HINT = (
@@ -227,6 +229,9 @@ class Engine(ABC):
     on PostgreSQL, ``error`` (MySQL's error numbers) on MySQL."""
     unsupported: ClassVar[dict[Feature, str]] = {}
     """faber's checks this engine lacks, each with the sentence the preview and docs show."""
+    estimate_caveat: ClassVar[str] = ""
+    """What the basis of an estimate costed from this engine's statistics adds about how far to
+    trust it (how the statistics and the DDL algorithms differ from what the model assumes)."""
 
     # Connecting ------------------------------------------------------------------------
 
@@ -356,6 +361,30 @@ class Engine(ABC):
         (its migration bookkeeping), whose rows are copied too, so the ORM sees the same pending
         migrations; tables that do not exist are skipped. ``include_data``: True copies every
         row, False none, None copies them when the target's tables are small."""
+
+    # Estimates and verification --------------------------------------------------------
+
+    @abstractmethod
+    def statement_effects(self, sql: str) -> list[StatementEffect] | None:
+        """What each statement of ``sql`` does to its table, in order, as the duration estimates cost
+        it: a metadata-only change, a full scan, an index build, a table rewrite (on MySQL: an
+        ``ALTER TABLE`` that copies or rebuilds the table), a row update, another data statement;
+        None when the SQL cannot be read."""
+
+    @abstractmethod
+    def table_statistics(self, conn: Any, names: list[TableName], default_schema: str) -> dict[TableName, TableStats]:
+        """The named tables that exist, with their rows, size and index count from the server's
+        own statistics (no table is read); an unqualified name is looked up in ``default_schema``.
+        Tables the migrations are about to create are simply absent."""
+
+    @abstractmethod
+    def schema_dump(self, database: Database, *, exclude_schemas: Sequence[str] = ()) -> str:
+        """The schema of ``database`` (tables, columns, indexes, constraints, views, routines,
+        triggers) as text that two dumps of the same schema print alike, so comparing two dumps
+        verifies a schema (a restore, a crash's aftermath, a drift between two databases).
+        Nothing that changes without a schema change appears (counters, comments, timestamps).
+        Leaves out the schemas ``exclude_schemas`` names (faber's own schema, where it has one) and
+        faber's tables beside the application's (MySQL's ``faber_*``)."""
 
     def invalid_indexes(self, conn: Any) -> list[str]:
         """Indexes a failed build left behind unusable (PostgreSQL's ``CREATE INDEX CONCURRENTLY``),

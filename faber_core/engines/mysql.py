@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     from faber_core.config import EnvironmentSettings
     from faber_core.context import Database, RunContext
     from faber_core.models import HealthCheckResult, MigrationFailure
+    from faber_core.safety.analysis import StatementEffect, TableName
+    from faber_core.safety.catalog import TableStats
     from faber_core.safety.models import Blocker
 
 # MySQL/MariaDB error numbers faber tells apart.
@@ -237,10 +239,13 @@ class MySQLEngine(Engine):
         "sql_analysis": "MySQL/MariaDB: faber's SQL analysis reads PostgreSQL's grammar; statements are split, "
         "not classified by lock level",
         "lint": "MySQL/MariaDB: no lock-risk lint (squawk lints PostgreSQL SQL only)",
-        "estimates": "MySQL/MariaDB: no duration estimates (they read PostgreSQL's statistics)",
         "write_counters": "MySQL/MariaDB: writes since the backup are not counted, so a restore cannot tell "
         "the application's rows from the deploy's",
     }
+    estimate_caveat: ClassVar[str] = (
+        "; MySQL/MariaDB: rows are InnoDB's estimate, an ALTER that copies or rebuilds the table is costed "
+        "as a rewrite (docs/mysql.md)"
+    )
 
     @property
     def driver_error(self) -> type[Exception]:
@@ -441,6 +446,24 @@ class MySQLEngine(Engine):
         from faber_core.engines.mysql_rehearsal import rehearsal_database
 
         return rehearsal_database(context, copy_rows_of=copy_rows_of, include_data=include_data)
+
+    def statement_effects(self, sql: str) -> list[StatementEffect] | None:
+        from faber_core.engines.mysql_catalog import statement_effects
+
+        return statement_effects(sql)
+
+    def table_statistics(
+        self, conn: MySQLConnection, names: list[TableName], default_schema: str
+    ) -> dict[TableName, TableStats]:
+        from faber_core.engines.mysql_catalog import table_statistics
+
+        return table_statistics(conn, names, default_schema)
+
+    def schema_dump(self, database: Database, *, exclude_schemas: Sequence[str] = ()) -> str:
+        from faber_core.engines.mysql_catalog import schema_dump
+
+        with database.connect(application_name="faber schema dump") as conn:
+            return schema_dump(conn, database.name)
 
     @contextmanager
     def deploy_lock(

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from faber_core.config import EnvironmentSettings
     from faber_core.context import Database, RunContext
     from faber_core.models import HealthCheckResult, MigrationFailure
+    from faber_core.safety.analysis import StatementEffect, TableName
+    from faber_core.safety.catalog import TableStats
     from faber_core.safety.models import Blocker
 
 # SQLSTATE classes and codes faber tells apart.
@@ -190,6 +192,28 @@ class PostgresEngine(Engine):
         from faber_core.postgres.rehearsal import rehearsal_database
 
         return rehearsal_database(context, copy_rows_of=copy_rows_of, include_data=include_data)
+
+    def statement_effects(self, sql: str) -> list[StatementEffect] | None:
+        from pglast.parser import ParseError
+
+        from faber_core.safety.analysis import analyse
+
+        try:
+            return analyse(sql)
+        except ParseError:
+            return None
+
+    def table_statistics(
+        self, conn: psycopg.Connection, names: list[TableName], default_schema: str
+    ) -> dict[TableName, TableStats]:
+        from faber_core.safety.catalog import find_tables
+
+        return find_tables(conn, names, default_schema)
+
+    def schema_dump(self, database: Database, *, exclude_schemas: Sequence[str] = ()) -> str:
+        from faber_core.postgres.schema import schema_dump
+
+        return schema_dump(self.client_env(database), exclude_schemas)
 
     def invalid_indexes(self, conn: psycopg.Connection) -> list[str]:
         from faber_core.postgres.health import invalid_indexes

@@ -108,7 +108,7 @@ def _sorted_columns(node: ast.Node) -> list[str]:
 def _classify(node: ast.Node) -> tuple[Kind, TableName | None, bool]:
     if isinstance(node, ast.AlterTableStmt):
         kinds = [_alter_kind(cmd) for cmd in node.cmds or ()]
-        return _heaviest(kinds), qualified(node.relation), False
+        return heaviest(kinds), qualified(node.relation), False
     if isinstance(node, ast.IndexStmt):
         return "index", qualified(node.relation), bool(node.concurrent)
     if isinstance(node, (ast.UpdateStmt, ast.DeleteStmt)):
@@ -127,7 +127,8 @@ def _classify(node: ast.Node) -> tuple[Kind, TableName | None, bool]:
 _WEIGHT = {"metadata": 0, "other": 1, "scan": 2, "index": 3, "update": 4, "rewrite": 5}
 
 
-def _heaviest(kinds: list[Kind]) -> Kind:
+def heaviest(kinds: list[Kind]) -> Kind:
+    """The kind among ``kinds`` that holds its table longest; metadata-only when there is none."""
     return max(kinds, key=_WEIGHT.__getitem__, default="metadata")
 
 
@@ -168,7 +169,7 @@ def _new_column_kind(column: ast.ColumnDef) -> Kind:
             kinds.append("index")
         elif constraint.contype == ConstrType.CONSTR_CHECK:
             kinds.append("scan")
-    return _heaviest(kinds)
+    return heaviest(kinds)
 
 
 class _FunctionCalls(Visitor):

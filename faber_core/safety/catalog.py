@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from faber_core.safety.analysis import TableName
+
+if TYPE_CHECKING:
+    from faber_core.engines import Engine
 
 # Bytes per row assumed for a table whose statistics do not describe its current size (never
 # analysed, or analysed while empty and filled since): the least a row takes on disk (a 24-byte
@@ -15,16 +19,22 @@ from faber_core.safety.analysis import TableName
 _BYTES_PER_ROW_UNANALYSED = 32
 
 
+NEVER_ANALYSED = "from its size: never analysed"
+
+
 @dataclass(frozen=True)
 class TableStats:
-    oid: int
+    oid: int | None
+    """PostgreSQL's oid of the table (the preflight finds its locks by it); None on other engines."""
     name: str
     """``schema.table`` as the catalog spells it."""
     rows: float
     table_bytes: int
+    """The table's own data, its indexes left out."""
     index_count: int
-    analysed: bool
-    """False when ``rows`` comes from the table's size because its statistics are missing or stale."""
+    approximation: str | None
+    """How ``rows`` or ``table_bytes`` was derived from the other because the server's statistics
+    do not describe the table's current size (:data:`NEVER_ANALYSED`); None when they do."""
     collated_columns: frozenset[str] = frozenset()
     """Columns sorted by a linguistic collation (not C/POSIX): an index on them builds several times slower."""
     collated_index_count: int = 0
@@ -95,18 +105,18 @@ def find_tables(conn: psycopg.Connection, names: list[TableName], default_schema
         schema, name = wanted[position - 1]
         oid, display, reltuples, relpages, pages, table_bytes, index_count, collated, collated_indexes = row
         if reltuples >= 0 and relpages > 0:
-            rows, analysed = reltuples / relpages * pages, True
+            rows, approximation = reltuples / relpages * pages, None
         elif reltuples >= 0 and pages == 0:
-            rows, analysed = 0.0, True
+            rows, approximation = 0.0, None
         else:
-            rows, analysed = table_bytes / _BYTES_PER_ROW_UNANALYSED, False
+            rows, approximation = table_bytes / _BYTES_PER_ROW_UNANALYSED, NEVER_ANALYSED
         found[(schema, name)] = TableStats(
             oid,
             display,
             float(rows),
             int(table_bytes),
             int(index_count),
-            analysed,
+            approximation,
             frozenset(collated),
             int(collated_indexes),
         )
@@ -136,11 +146,14 @@ def object_exists(conn: psycopg.Connection, namespace: str, name: TableName, def
 
 class Catalog:
     """The target's catalog on one connection, each lookup made once: the duration estimates and
-    the lint's severity read the same table statistics. Without a connection nothing is found."""
+    the lint's severity read the same table statistics (``engine.table_statistics``). Without a
+    connection nothing is found. The lint's lookups (:meth:`index_table`, :meth:`exists`) read
+    PostgreSQL's catalog: the lint runs on PostgreSQL only."""
 
-    def __init__(self, conn: psycopg.Connection | None, default_schema: str) -> None:
+    def __init__(self, conn: Any, default_schema: str, engine: Engine) -> None:
         self.conn = conn
         self.default_schema = default_schema
+        self.engine = engine
         self._stats: dict[TableName, TableStats | None] = {}
         self._index_tables: dict[TableName, TableName | None] = {}
         self._exists: dict[tuple[str, TableName], bool] = {}
@@ -149,7 +162,9 @@ class Catalog:
         """The statistics of the named tables that exist."""
         missing = [name for name in names if name not in self._stats]
         if missing:
-            found = find_tables(self.conn, missing, self.default_schema) if self.conn is not None else {}
+            found = (
+                self.engine.table_statistics(self.conn, missing, self.default_schema) if self.conn is not None else {}
+            )
             self._stats.update({name: found.get(name) for name in missing})
         return {name: stats for name in names if (stats := self._stats.get(name)) is not None}
 

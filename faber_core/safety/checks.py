@@ -13,7 +13,7 @@ import dataclasses
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from pglast.parser import ParseError
@@ -25,10 +25,9 @@ from faber_core.migration_files import read_sql
 from faber_core.models import LocalMigration, MigrationPreview, MigrationState
 from faber_core.postgres.sql import is_transactional
 from faber_core.safety import lint, preflight, staging_proof
-from faber_core.safety.analysis import StatementEffect, analyse
+from faber_core.safety.analysis import analyse
 from faber_core.safety.catalog import Catalog, find_tables
 from faber_core.safety.estimate import Estimator
-from faber_core.safety.history import applied_by_successful_deploys
 from faber_core.safety.models import Blocker, LintFinding, PreflightReport
 from faber_core.safety.severity import Judge
 from faber_core.support.node import NOT_REHEARSED
@@ -198,9 +197,10 @@ def _lint_on_target(context: RunContext, sources: dict[str, str]) -> dict[str, l
         conn = _connect(context, "faber lint")
     except psycopg.Error:
         # Without the target's statistics nothing is judged small: findings keep their severity.
-        return lint_sources(context, sources, Catalog(None, context.database.schema), None)
+        return lint_sources(context, sources, Catalog(None, context.database.schema, context.database.engine), None)
     with conn:
-        return lint_sources(context, sources, Catalog(conn, context.database.schema), _version(conn))
+        tables = Catalog(conn, context.database.schema, context.database.engine)
+        return lint_sources(context, sources, tables, _version(conn))
 
 
 def lint_sources(
@@ -270,25 +270,20 @@ def announce_estimates(context: RunContext, review: Review) -> None:
     migration shows its elapsed time against it. Statistics that cannot be read leave it out: an
     estimate is never worth failing a deploy for."""
     sources = {name: sql for name, sql in review.sql.items() if sql}
-    if not sources or not context.database.engine.supports("estimates"):
+    engine = context.database.engine
+    if not sources or not engine.supports("estimates"):
         return
     try:
         with _connect(context, "faber estimate") as conn:
-            tables = Catalog(conn, context.database.schema)
+            tables = Catalog(conn, context.database.schema, engine)
             estimator = Estimator(tables)
             # One catalog query for every table the migrations name, not one per migration.
-            tables([effect.table for sql in sources.values() for effect in _effects(sql) if effect.table])
+            effects = [effect for sql in sources.values() for effect in engine.statement_effects(sql) or []]
+            tables([effect.table for effect in effects if effect.table])
             estimates = {name: estimator.estimate(sql).seconds for name, sql in sources.items()}
-    except psycopg.Error:
+    except engine.driver_error:
         return
     context.emit(events.APPLY_ESTIMATED, estimates=estimates)
-
-
-def _effects(sql: str) -> list[StatementEffect]:
-    try:
-        return analyse(sql)
-    except ParseError:
-        return []
 
 
 # Preview ---------------------------------------------------------------------------------
@@ -303,24 +298,19 @@ def annotate_preview(
     rehearse: bool,
 ) -> PreflightReport | None:
     """Fill in each preview's lint and estimate (in place); return the preflight's report. On an
-    engine without these checks, each preview says which did not run, and a migration outside a
-    transaction there says what a failure part-way leaves."""
+    engine without some of these checks, each preview says which did not run, and a migration
+    outside a transaction there says what a failure part-way leaves."""
     engine = context.database.engine
-    if not engine.supports("sql_analysis"):
-        for item in previews:
-            if not engine.transactional_ddl and not item.transactional:
-                item.notes.append(NOT_TRANSACTIONAL.format(engine=engine.label))
-            note = engine.preview_note()
-            item.notes += [note] if note else []
-        with _connect(context, "faber preview") as conn:
-            report = _preview_preflight(context, conn, previews)
-        if rehearse:
-            _measure(context, plugins, state, previews)
-        return report
+    for item in previews:
+        if not engine.transactional_ddl and not item.transactional:
+            item.notes.append(NOT_TRANSACTIONAL.format(engine=engine.label))
+        note = engine.preview_note()
+        item.notes += [note] if note else []
     with _connect(context, "faber preview") as conn:
-        tables = Catalog(conn, context.database.schema)
-        _estimate(context, conn, state, previews, tables)
-        if context.settings.lint != "off":
+        tables = Catalog(conn, context.database.schema, engine)
+        if engine.supports("estimates"):
+            _estimate(context, conn, state, previews, tables)
+        if engine.supports("lint") and context.settings.lint != "off":
             _lint_previews(context, previews, tables, _version(conn))
         report = _preview_preflight(context, conn, previews)
     if rehearse:
@@ -330,7 +320,7 @@ def annotate_preview(
 
 def _estimate(
     context: RunContext,
-    conn: psycopg.Connection,
+    conn: Any,
     state: MigrationState,
     previews: list[MigrationPreview],
     tables: Catalog,
@@ -343,15 +333,14 @@ def _estimate(
             item.estimated_duration_seconds, item.basis = estimate.seconds, estimate.basis
 
 
-def calibration_samples(
-    context: RunContext, conn: psycopg.Connection, state: MigrationState
-) -> list[tuple[str, float]]:
+def calibration_samples(context: RunContext, conn: Any, state: MigrationState) -> list[tuple[str, float]]:
     """(SQL, measured seconds) of the migrations faber applied to this database before."""
     local = {(m.name, m.checksum): m for m in state.local}
     samples = []
+    engine = context.database.engine
     try:
-        recorded = applied_by_successful_deploys(conn, context.config.database.faber_schema, context.environment)
-    except psycopg.Error:
+        recorded = engine.successful_migrations(conn, context.config.database.faber_schema, context.environment)
+    except engine.driver_error:
         return []
     for name, checksum, duration in recorded:
         migration = local.get((name, checksum))

@@ -1,10 +1,12 @@
 """How long each pending migration will take, from the target's table statistics.
 
-Each statement is classified (:mod:`faber_core.safety.analysis`) and costed from the size of the
-table it works on (``pg_class.reltuples``, ``pg_table_size``, its index count). The throughput
-constants are this machine class's defaults; when faber's history holds durations of migrations
-applied to this database before, the estimates are scaled by how far off the model was for them
-(the median ratio), so each database's own speed calibrates its estimates.
+Each statement is classified by the engine (``engine.statement_effects``: on PostgreSQL
+:mod:`faber_core.safety.analysis`) and costed from the size of the table it works on, as the
+engine's statistics give it (``engine.table_statistics``: ``pg_class.reltuples``,
+``pg_table_size``, its index count on PostgreSQL; ``information_schema.TABLES`` on MySQL). The
+throughput constants are this machine class's defaults; when faber's history holds durations of
+migrations applied to this database before, the estimates are scaled by how far off the model
+was for them (the median ratio), so each database's own speed calibrates its estimates.
 """
 
 from __future__ import annotations
@@ -13,10 +15,8 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from pglast.parser import ParseError
-
 from faber_core.postgres.estimate import estimate_seconds
-from faber_core.safety.analysis import Kind, StatementEffect, TableName, analyse
+from faber_core.safety.analysis import Kind, StatementEffect, TableName
 from faber_core.safety.catalog import Catalog, TableStats
 
 # Fitted on this machine class (2 cores, PostgreSQL 15, default settings) with
@@ -129,9 +129,8 @@ class Estimator:
 
     def model(self, sql: str) -> Modelled | None:
         """The uncalibrated estimate; None when the SQL does not parse."""
-        try:
-            effects = analyse(sql)
-        except ParseError:
+        effects = self.tables.engine.statement_effects(sql)
+        if effects is None:
             return None
         stats = self.tables([effect.table for effect in effects if effect.table])
         costed = [(statement_seconds(e, stats.get(e.table) if e.table else None), e) for e in effects]
@@ -166,8 +165,9 @@ class Estimator:
         stats = found.get(heaviest.table) if heaviest.table else None
         if stats is None or heaviest.kind == "metadata":
             return f"statistics: {', '.join(kinds)}"
-        rows = f"{stats.rows:,.0f} rows" + ("" if stats.analysed else " (from its size: never analysed)")
+        rows = f"{stats.rows:,.0f} rows" + (f" ({stats.approximation})" if stats.approximation else "")
         return (
             f"statistics: {', '.join(kinds)}; heaviest: {_DESCRIPTIONS[heaviest.kind]} of {stats.name} "
             f"({rows}, {stats.table_bytes / 1e6:.1f} MB, {stats.index_count} index(es))"
+            + self.tables.engine.estimate_caveat
         )

@@ -314,7 +314,7 @@ class Judge:
         stats = self.sizes([name]).get(name)
         if stats is None or stats.rows > self.small_table_rows:
             return None
-        source = "its statistics" if stats.analysed else "its size (never analysed)"
+        source = "its statistics" if stats.approximation is None else "its size (never analysed)"
         return (
             f"{stats.name} holds about {stats.rows:,.0f} rows by {source}, at most "
             f"lint_small_table_rows ({self.small_table_rows:,}): the lock is brief"

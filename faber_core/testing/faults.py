@@ -7,8 +7,9 @@ handler or backup provider:
   reads the project's audit log (``.faber/audit.log``, one event per line, written as it happens)
   while it runs, so a test waits for a step's event instead of sleeping, then sends a signal.
   It remembers the child processes (pg_dump, psql, node) alive at the moment of the kill.
-- :func:`snapshot` takes a database's logical state: its user schemas as ``pg_dump --schema-only``
-  prints them, every constraint and index (with validity), and the row count of every table.
+- :func:`snapshot` takes a database's logical state: its schema as the engine dumps it for
+  verification (PostgreSQL: ``pg_dump --schema-only``; MySQL/MariaDB: ``SHOW CREATE``), every
+  constraint and index with its validity (PostgreSQL), and the row count of every table.
 - :func:`server_leftovers` lists the sessions and advisory locks still on a database.
 """
 
@@ -29,7 +30,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from faber_core.processes import find_program
+from faber_core.context import Database
+from faber_core.secrets import Secret
 
 AUDIT_LOG = Path(".faber") / "audit.log"
 POLL_SECONDS = 0.01
@@ -401,19 +403,6 @@ class DatabaseState:
         return found
 
 
-def pg_dump_program() -> str:
-    """pg_dump where faber looks first (:func:`~faber_core.processes.find_program`), else the embedded server's."""
-    found = find_program("pg_dump")
-    if found:
-        return str(found)
-    from faber_core.postgres.embedded import embedded_bin_dirs
-
-    for directory in embedded_bin_dirs():
-        if (directory / "pg_dump").exists():
-            return str(directory / "pg_dump")
-    raise RuntimeError("pg_dump not found")
-
-
 _USER_RELATIONS = """
     n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname <> ALL(%(excluded)s)
     AND n.nspname NOT LIKE 'pg\\_toast%%' AND n.nspname NOT LIKE 'pg\\_temp\\_%%'
@@ -421,23 +410,16 @@ _USER_RELATIONS = """
 
 
 def snapshot(url: str, *, exclude_schemas: Iterable[str] = ("faber",)) -> DatabaseState:
-    """The logical state of the database at ``url``, without the excluded schemas (faber's own)."""
+    """The logical state of the database at ``url`` (PostgreSQL or MySQL/MariaDB), without faber's
+    own tables and the excluded schemas: its schema as the engine dumps it for verification
+    (``engine.schema_dump``), and the row count of every table; on PostgreSQL also every
+    constraint and index with its validity (a failed concurrent build leaves an invalid one)."""
     excluded = list(exclude_schemas)
-    dump = subprocess.run(
-        [
-            pg_dump_program(),
-            "--schema-only",
-            "--no-owner",
-            "--no-privileges",
-            *[f"--exclude-schema={name}" for name in excluded],
-            f"--dbname={url}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    # Comments, and the random key of pg_dump's \\restrict lines, differ between two dumps of one schema.
-    schema = "\n".join(line for line in dump.splitlines() if line.strip() and not line.startswith(("--", "\\")))
+    database = Database(Secret(url), source="the snapshot's URL")
+    schema = database.engine.schema_dump(database, exclude_schemas=excluded)
+    if database.engine.name == "mysql":
+        with database.connect(application_name="faber snapshot") as conn:
+            return DatabaseState(schema, (), (), _mysql_row_counts(conn))
     with psycopg.connect(url, autocommit=True) as conn:
         constraints = conn.execute(
             f"""
@@ -466,6 +448,18 @@ def snapshot(url: str, *, exclude_schemas: Iterable[str] = ("faber",)) -> Databa
         ).fetchall()
         counts = tuple((name, conn.execute(f"SELECT count(*) FROM {quoted}").fetchone()[0]) for quoted, name in tables)
     return DatabaseState(schema, tuple(constraints), tuple(indexes), counts)
+
+
+def _mysql_row_counts(conn: Any) -> tuple[tuple[str, int], ...]:
+    """Every application table's exact row count (``information_schema`` has InnoDB's estimate)."""
+    from faber_core.backup.mysqldump import FABER_TABLES, like_prefix, quote
+
+    tables = conn.execute(
+        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()"
+        " AND TABLE_TYPE = 'BASE TABLE' AND TABLE_NAME NOT LIKE %s ORDER BY BINARY TABLE_NAME",
+        [like_prefix(FABER_TABLES)],
+    ).fetchall()
+    return tuple((name, conn.execute(f"SELECT COUNT(*) FROM {quote(name)}").fetchone()[0]) for (name,) in tables)
 
 
 def matching_state(state: DatabaseState, candidates: dict[str, DatabaseState]) -> str | None:
