@@ -112,7 +112,8 @@ def tls_database(tls_server, request):
 def deploy(faber_project, url: str, migrations: dict[str, str]) -> tuple[int, dict, str]:
     files = {f"migrations/{name}.sql": sql for name, sql in migrations.items()}
     environment = {"database_url_env": "TEST_DATABASE_URL", "require_approval": False, "backup_before_migrate": True}
-    project = faber_project({"database": {"migration_tool": "sqlfiles", "environments": {"production": environment}}}, files)
+    config = {"database": {"migration_tool": "sqlfiles", "environments": {"production": environment}}}
+    project = faber_project(config, files)
     env = {**os.environ, "TEST_DATABASE_URL": url, "FABER_PLUGINS": "faber_core.testing.sqlfiles"}
     done = subprocess.run(
         [sys.executable, "-m", "faber_core", "migrate", "production", "--json"],

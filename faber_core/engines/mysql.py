@@ -15,8 +15,8 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
 import pymysql
@@ -109,7 +109,8 @@ class TlsSettings:
         ``--ssl-verify-server-cert``, MySQL's ``--ssl-mode``."""
         if not self.explicit:
             return []
-        files = [f"--ssl-{name}={path}" for name, path in (("ca", self.ca), ("cert", self.cert), ("key", self.key)) if path]
+        named = {"ca": self.ca, "cert": self.cert, "key": self.key}
+        files = [f"--ssl-{name}={path}" for name, path in named.items() if path]
         if not mariadb:
             return [f"--ssl-mode={self.mode}", *files]
         if self.mode == "DISABLED":
@@ -160,7 +161,8 @@ def tls_settings(params: dict[str, str], invalid: Callable[[str], ConfigError]) 
     try:
         settings.driver_params()
     except (OSError, ValueError) as exc:
-        raise invalid(f"its TLS certificate files cannot be used ({type(exc).__name__}: {exc.strerror or exc})") from None
+        reason = getattr(exc, "strerror", None) or exc
+        raise invalid(f"its TLS certificate files cannot be used ({type(exc).__name__}: {reason})") from None
     return settings
 
 
