@@ -316,6 +316,11 @@ class RestoreOutcome(BaseModel):
         False, description="True when the backup was restored beside the database, which still has its changes."
     )
     endpoint: str | None = Field(None, description="Where the restored database answers, when that changed.")
+    suggestions: list[str] = Field(
+        default_factory=list,
+        description="What the user should do next, shown first among the run's suggestions: e.g. the command that "
+        "removes what an interrupted restore left behind.",
+    )
     provider_data: dict[str, JsonValue] = Field(
         default_factory=dict,
         description="The provider's own details (cleanup commands, instance names), shown in `faber rollback`'s "

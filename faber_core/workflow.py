@@ -860,9 +860,9 @@ def interrupted_restore(
             restore_committed=True,
             writes_since_backup=since,
             advice_first=[
-                f"Database rolled back to {backup.id}: the restore had committed when {outcome.interrupted_by} "
-                "arrived",
+                f"Database rolled back to {backup.id}: the restore had committed when {outcome.interrupted_by} arrived",
                 f"Its check was cut short: see that the migrations match the backup's with faber status {env}",
+                *outcome.suggestions,
             ],
         )
     if outcome.committed is False:
@@ -873,7 +873,7 @@ def interrupted_restore(
             writes_since_backup=since,
             error=f"interrupted by {outcome.interrupted_by} before the restore committed; the database is exactly "
             "as it was before the restore",
-            restore_suggestions=[retry],
+            restore_suggestions=[*outcome.suggestions, retry],
         )
     return Rollback(
         "failed",
@@ -882,6 +882,7 @@ def interrupted_restore(
         error=f"interrupted by {outcome.interrupted_by}; the restore is atomic, so the database is either as it was "
         f"before the restore or exactly {backup.id} ({outcome.details})",
         restore_suggestions=[
+            *outcome.suggestions,
             f"See which: faber status {env} (the backup's migrations: faber backups {env})",
             f"If it was not restored, retry the rollback: faber rollback {env} --to {backup.id}",
         ],
@@ -1103,7 +1104,7 @@ def interrupted_rollback(context: RunContext, backup: BackupRecord, outcome: Res
             "restore_committed": outcome.committed,
             "details": outcome.details,
         },
-        suggestions=suggestions,
+        suggestions=[*outcome.suggestions, *suggestions],
         backup_id=backup.id,
     )
 

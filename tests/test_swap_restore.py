@@ -289,8 +289,11 @@ def test_a_kill_at_each_moment_of_a_swap_leaves_one_side_and_the_next_rollback_c
         result = faber_json(out)
         expected = {"after_swap": True}.get(moment, False)
         assert result["result"]["restore_committed"] is expected
-        leftover = previous_name(target) if moment == "after_swap" else None
-        assert (leftover in result["result"]["details"]) if leftover else list(present) == [target]
+        if moment == "after_swap":  # the previous database is kept, named with the command that drops it
+            advice = result["recovery"]["suggestions"][0]
+            assert previous_name(target) in advice and "DROP DATABASE" in advice
+        else:
+            assert list(present) == [target]
 
     # Whatever the kill left, the next rollback restores and leaves nothing behind.
     done = rollback(run_faber, project_dir, backup_id)
@@ -301,3 +304,26 @@ def test_a_kill_at_each_moment_of_a_swap_leaves_one_side_and_the_next_rollback_c
 
 def faber_json(stdout: bytes) -> dict:
     return json.loads(stdout)
+
+
+def test_a_failed_deploy_rolls_back_by_swap(project, run_faber, database_url, postgres_admin_url):
+    project_dir = project(
+        {
+            "001_orders": "CREATE TABLE orders (id int PRIMARY KEY);",
+            "002_broken": "INSERT INTO orders VALUES (1); SELECT 1/0;",
+        },
+        **SWAP,
+    )
+    target = name_of(database_url)
+    execute(database_url, "CREATE TABLE accounts (id int PRIMARY KEY); INSERT INTO accounts VALUES (1), (2)")
+    before = database_state(database_url)
+    oid_before = databases(postgres_admin_url, target)[target]
+
+    deployed = run_faber("migrate", "production", "--yes", "--json", cwd=project_dir, env=SQLFILES)
+
+    assert deployed.returncode != 0
+    assert deployed.json["result"]["rollback_status"] == "success", deployed.stdout
+    assert database_state(database_url) == before
+    assert list(databases(postgres_admin_url, target)) == [target]
+    assert databases(postgres_admin_url, target)[target] != oid_before
+    assert CANARY_PASSWORD not in deployed.stdout + deployed.stderr

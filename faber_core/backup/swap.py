@@ -532,36 +532,41 @@ def _interrupted(swap: _Swap, interrupt: KeyboardInterrupt) -> RestoreOutcome:
     """A signal stopped the swap restore: say which side of the swap the database is on, and what is left."""
     backup, target = swap.backup.id, swap.target
     committed = True if swap.dropped_previous else _swapped(swap)
-    leftover = None
+    leftover: str | None = None
     if committed is False:
         gone = not swap.created or _drop_quietly(swap, swap.restoring)
         leftover = None if gone else swap.restoring
-        left = (
-            ""
-            if gone
-            else f'; the partly restored copy {swap.restoring} is left: drop it with DROP DATABASE "{swap.restoring}" '
-            "(the next swap restore drops it too)"
-        )
-        details = f"The restore of {backup} was stopped before the swap: {target} is exactly as before it{left}"
+        details = f"The restore of {backup} was stopped before the swap: {target} is exactly as before it"
+        advice = [] if leftover is None else [_drop_advice(leftover, "a partly restored copy")]
     elif committed:
         leftover = None if swap.dropped_previous else swap.previous
-        left = (
-            ""
-            if swap.dropped_previous
-            else f"; the previous database is kept as {swap.previous}: drop it when satisfied with "
-            f'DROP DATABASE "{swap.previous}" (the next swap restore drops it too)'
-        )
-        details = f"The swap had committed: {target} is exactly {backup}{left}"
+        details = f"The swap had committed: {target} is exactly {backup}"
+        advice = [] if leftover is None else [_drop_advice(leftover, f"{target} as it was before the restore")]
     else:
         details = (
             f"Could not ask the server whether the swap committed: {target} is either as before the restore or "
-            f"exactly {backup}; the other one is {swap.previous} (swapped) or {swap.restoring} (not swapped)"
+            f"exactly {backup}"
         )
+        advice = [
+            f"If {swap.previous} exists, the swap committed and it is {target} as it was before the restore; "
+            f"otherwise {swap.restoring}, if it exists, is a partly restored copy. Drop whichever exists with "
+            "DROP DATABASE when satisfied (the next swap restore drops them too)"
+        ]
+    if leftover:
+        details += f"; {leftover} is left behind"
     return RestoreOutcome.interrupted(
         backup,
         interrupt,
         committed=committed,
         details=details,
         steps=swap.steps,
+        suggestions=advice,
         provider_data={"restore_mode": "swap", "leftover_database": leftover},
+    )
+
+
+def _drop_advice(name: str, what: str) -> str:
+    return (
+        f"{name} is {what}: drop it when satisfied with: DROP DATABASE {sql.Identifier(name).as_string()} "
+        "(the next swap restore drops it too)"
     )
