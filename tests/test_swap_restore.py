@@ -327,3 +327,25 @@ def test_a_failed_deploy_rolls_back_by_swap(project, run_faber, database_url, po
     assert list(databases(postgres_admin_url, target)) == [target]
     assert databases(postgres_admin_url, target)[target] != oid_before
     assert CANARY_PASSWORD not in deployed.stdout + deployed.stderr
+
+
+def test_an_event_trigger_in_the_archive_does_not_fire_on_faber_schema(swapped, run_faber, database_url):
+    project_dir, target = swapped
+    backup(run_faber, project_dir)  # faber's schema exists before the trigger does
+    execute(
+        database_url,
+        f"""
+        CREATE TABLE accounts (id int); INSERT INTO accounts VALUES (1);
+        CREATE FUNCTION no_ddl_elsewhere() RETURNS event_trigger LANGUAGE plpgsql AS $$
+            BEGIN IF current_database() <> '{target}' THEN RAISE EXCEPTION 'no DDL here'; END IF; END $$;
+        CREATE EVENT TRIGGER no_ddl_elsewhere ON ddl_command_start EXECUTE FUNCTION no_ddl_elsewhere();
+        """,
+    )
+    backup_id = backup(run_faber, project_dir)
+    at_backup = database_state(database_url)
+    execute(database_url, "INSERT INTO accounts VALUES (2)")
+
+    done = rollback(run_faber, project_dir, backup_id)
+
+    assert done.returncode == 0, done.stdout
+    assert database_state(database_url) == at_backup

@@ -9,9 +9,10 @@ switch the atomic step instead::
     leftovers           drop what a swap killed earlier left: databases named as below whose
                         comment says they are faber's
     create <restoring>  CREATE DATABASE like the target (owner, encoding, locale, tablespace)
-    pg_restore -j N     the archive into it; nothing else connects to it
-    faber's schema      copied from the target (pg_dump --schema | pg_restore --single-transaction);
+    faber's schema      copied from the target (pg_dump --schema, pg_restore --single-transaction),
+                        before the archive brings back event triggers that would fire on it;
                         faber's lock, held by the run, keeps deploys from writing it meanwhile
+    pg_restore -j N     the archive into it; nothing else connects to it
     verify              pg_restore exited 0 and faber's tables hold the target's rows
     swap, one transaction, from a maintenance database:
         end the sessions of both databases (the application's, faber's own lock session)
@@ -194,10 +195,12 @@ def _run(swap: _Swap, tools: Path, major: int, archive: Path, keep: str) -> None
         _drop_leftovers(admin, swap)
         swap.restoring_oid = _create_like(admin, swap)
     swap.done(f"created {swap.restoring}")
-    _pg_restore(swap, tools, client_env(context, major) | {"PGAPPNAME": swap.application})
-    swap.done(f"restored {swap.backup.id} into {swap.restoring} with pg_restore -j {swap.jobs}")
+    # faber's schema first: event triggers the archive brings back would fire on its DDL.
     _copy_faber_schema(swap, tools, major, keep)
     swap.done(f"copied faber's schema {keep} into {swap.restoring}")
+    _pg_restore(swap, tools, client_env(context, major) | {"PGAPPNAME": swap.application})
+    swap.done(f"restored {swap.backup.id} into {swap.restoring} with pg_restore -j {swap.jobs}")
+    _check_faber_rows(swap, keep)
     _swap_names(swap)
     swap.done(f"swapped: {swap.target} is the restored database, the previous one is {swap.previous}")
     _lock_again(swap)
@@ -367,7 +370,6 @@ def _copy_faber_schema(swap: _Swap, tools: Path, major: int, keep: str) -> None:
             source_env,
             "copying faber's schema failed",
         )
-    _check_faber_rows(swap, keep)
 
 
 def _check_faber_rows(swap: _Swap, keep: str) -> None:
