@@ -188,6 +188,23 @@ def test_estimates_come_from_the_tables_statistics_and_say_their_basis(
     assert estimated["003_amount"] > 10 * estimated["002_note"]
 
 
+def test_rewrites_recorded_here_calibrate_the_next_estimate(mysql_project, mysql_database_url, mysql_query):
+    project = mysql_project({"001_events": EVENTS})
+    assert faber(project, "migrate", "production", url=mysql_database_url)[0] == 0
+    mysql_query("INSERT INTO events SELECT seq, seq % 1000, MD5(seq) FROM seq_1_to_300000")
+    rewrites = ["amount bigint NOT NULL", "amount int NOT NULL", "amount bigint NOT NULL"]
+    for number, definition in enumerate(rewrites, start=2):
+        (project / f"migrations/00{number}_amount.sql").write_text(f"ALTER TABLE events MODIFY {definition};")
+    assert faber(project, "migrate", "production", url=mysql_database_url)[0] == 0
+    (project / "migrations/005_label.sql").write_text("ALTER TABLE events MODIFY label varchar(64) NOT NULL;")
+
+    code, document, stderr = faber(project, "migrate", "production", "--dry-run", url=mysql_database_url)
+
+    assert code == 0, stderr
+    [label] = document["result"]["migrations"]
+    assert re.search(r"; calibrated x[\d.]+ for table rewrite from 3 recorded migration\(s\)$", label["basis"])
+
+
 def test_rehearse_measures_the_migrations_on_a_throwaway_copy_with_the_data(
     mysql_project, mysql_database_url, mysql_query, mysql_admin_url
 ):
