@@ -204,7 +204,7 @@ def health(
 
     def body(context: RunContext, plugins: Plugins) -> Success:
         plugins.require_tool(context.tool)
-        results = run_health_checks(context, plugins)
+        results, _ = run_health_checks(context, plugins)
         checks = [r.model_dump() for r in results]
         status_ = overall_health(results)
         if status_ == "failed":

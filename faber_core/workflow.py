@@ -124,11 +124,11 @@ def migrate(context: RunContext, plugins: Plugins, options: DeployOptions) -> Su
         safety.refuse_what_the_handler_refuses(context, plugins, analysed.pending_migrations())
     with deploy_lock(context) as lock:
         health_before = check_health(context, plugins, "before", options)
-        state = read_status(context, plugins)
+        state = status_after(context, plugins, health_before)
         refuse_out_of_order(context, state)  # again under the lock: another run may have applied some since
         pending = state.pending_migrations()
         if not pending:
-            return no_pending(context, health_before)
+            return no_pending(context, health_before.status)
         review = safety.review_before_approval(context, plugins, pending, skip_staging_proof=options.skip_staging_proof)
         with step(context, "approval"):
             approve(context, options, len(pending))
@@ -138,16 +138,18 @@ def migrate(context: RunContext, plugins: Plugins, options: DeployOptions) -> Su
         try:
             outcome = apply(context, plugins, lock, progress)
             health_after = check_health(context, plugins, "after", options)
-            progress.health_after = health_after
-            if health_after == "failed":
+            progress.health_after = health_after.status
+            if health_after.status == "failed":
                 raise HealthCheckFailed(
                     "Post-deployment health check failed", suggestions=["Migrations applied but database unhealthy"]
                 )
             with step(context, "verify"):
-                verify_applied(context, plugins)
+                verify_applied(context, health_after.state or read_status(context, plugins, quiet=True))
         except (Exception, KeyboardInterrupt) as stopped:
             raise roll_back_failed_deploy(context, plugins, lock, backup, progress, stopped) from stopped
-    return deployed(context, outcome, backup, health_before, health_after, time.monotonic() - started, review)
+    return deployed(
+        context, outcome, backup, health_before.status, health_after.status, time.monotonic() - started, review
+    )
 
 
 # 1-6: request, configuration, environment, mode ------------------------------------------
@@ -252,17 +254,28 @@ def rerun_command(context: RunContext) -> str:
 # 7 and 13: health checks ---------------------------------------------------------------
 
 
-def check_health(context: RunContext, plugins: Plugins, phase: str, options: DeployOptions) -> str:
-    """Run the environment's checks; return "passed", "warning" or "skipped".
+@dataclass
+class Health:
+    """What a deploy's health check found."""
+
+    status: str
+    """"passed", "warning", "failed" (after deploying only: before, a failure raises) or "skipped"."""
+    state: MigrationState | None = None
+    """The migration status its ``migrations`` check read, which the step right after it uses
+    instead of reading it again; None when that check did not run."""
+
+
+def check_health(context: RunContext, plugins: Plugins, phase: str, options: DeployOptions) -> Health:
+    """Run the environment's checks.
 
     Before deploying, a failure aborts. After deploying, "failed" is returned for the caller
     to roll back.
     """
     if options.skip_health_check:
         context.emit("health.finished", phase=phase, status="skipped", checks=[])
-        return "skipped"
+        return Health("skipped")
     with step(context, f"health_check_{phase}"):
-        results = run_health_checks(context, plugins)
+        results, state = run_health_checks(context, plugins)
     failed = [r for r in results if r.status == "failed"]
     status = overall_health(results)
     context.emit("health.finished", phase=phase, status=status, checks=[r.model_dump() for r in results])
@@ -277,16 +290,22 @@ def check_health(context: RunContext, plugins: Plugins, phase: str, options: Dep
             },
             suggestions=health_suggestions(context, plugins, first),
         )
-    return status
+    return Health(status, state)
 
 
-def run_health_checks(context: RunContext, plugins: Plugins) -> list[HealthCheckResult]:
+def run_health_checks(
+    context: RunContext, plugins: Plugins
+) -> tuple[list[HealthCheckResult], MigrationState | None]:
+    """The environment's checks, and the migration status the ``migrations`` check read (if it ran)."""
     names = context.settings.health_checks
     results = plugins.health_checks(context, [n for n in names if n != "migrations"])
+    state = None
     if "migrations" in names:
-        results.append(migrations_check(context, read_status(context, plugins, quiet=True)))
+        state = read_status(context, plugins, quiet=True)
+        results.append(migrations_check(context, state))
     unknown = [n for n in names if n not in {r.name for r in results}]
-    return results + [HealthCheckResult(name=n, status="skipped", details="no plugin implements it") for n in unknown]
+    skipped = [HealthCheckResult(name=n, status="skipped", details="no plugin implements it") for n in unknown]
+    return results + skipped, state
 
 
 def overall_health(results: list[HealthCheckResult]) -> str:
@@ -336,6 +355,15 @@ def read_status(context: RunContext, plugins: Plugins, *, quiet: bool = False) -
     if not quiet:
         context.emit("status.read", pending=state.pending, applied=len(state.applied))
     return state
+
+
+def status_after(context: RunContext, plugins: Plugins, health: Health) -> MigrationState:
+    """The status the health check just read under faber's lock, else read now (each read is a
+    connection and every migration file read again)."""
+    if health.state is None:
+        return read_status(context, plugins)
+    context.emit("status.read", pending=health.state.pending, applied=len(health.state.applied))
+    return health.state
 
 
 def refuse_out_of_order(context: RunContext, state: MigrationState) -> None:
@@ -977,8 +1005,8 @@ def restored_beside(outcome: RestoreOutcome) -> bool:
 # 14: verify ----------------------------------------------------------------------------
 
 
-def verify_applied(context: RunContext, plugins: Plugins) -> None:
-    state = read_status(context, plugins, quiet=True)
+def verify_applied(context: RunContext, state: MigrationState) -> None:
+    """Every migration applied and none failed, as ``state`` (read after the apply) says."""
     if state.pending or state.failed:
         raise MigrationFailed(
             "Verification failed: not every migration is applied",

@@ -104,7 +104,6 @@ def test_successful_deploy_is_one_trace_of_steps_and_migrations(faber, spans, da
         "faber.step.analyse",
         "faber.step.lock",
         "faber.step.health_check_before",
-        "faber.step.status",
         "faber.step.lint",
         "faber.step.approval",
         "faber.step.preflight",
@@ -145,9 +144,11 @@ def test_successful_deploy_is_one_trace_of_steps_and_migrations(faber, spans, da
         assert len(migration.attributes["faber.migration.checksum"]) == 64
         assert migration.attributes["faber.migration.duration_seconds"] >= 0
         assert migration.attributes["db.namespace"] == database_name
-    # Steps nest in time inside the root; the health check reads the status in its own span.
-    for step in ("faber.step.health_check_before", "faber.step.verify"):
+    # Steps nest in time inside the root. The health checks read the status in its own span, and
+    # the steps after them use what they read: the pending list, the verification.
+    for step in ("faber.step.health_check_before", "faber.step.health_check_after"):
         assert children(finished, only(found, step)) == ["faber.step.status"]
+    assert children(finished, only(found, "faber.step.verify")) == []
     approval = only(found, "faber.step.approval")
     assert [e.name for e in approval.events] == ["faber.approval.granted"]
     assert all(root.start_time <= s.start_time and s.end_time <= root.end_time for s in finished)
