@@ -155,14 +155,15 @@ class WritesSinceBackup(BaseModel):
 _REPORT_AT_NEXT_IDLE = "SELECT pg_stat_force_next_flush()"
 _REPORTS_ON_REQUEST = 150000
 # Every table the transaction wrote to, it holds a lock on: looking only at those is cheap
-# however many tables the database has.
+# however many tables the database has. A session's relation locks are in its own database but
+# for those on the shared catalogs, which are in pg_catalog and left out anyway: the query need
+# not look the database up (it is planned again for every migration).
 _WRITES_TO_LOCKED_TABLES = """
 SELECT format('%I.%I', n.nspname, c.relname), w.rows FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace,
 LATERAL (SELECT pg_stat_get_xact_tuples_inserted(c.oid) + pg_stat_get_xact_tuples_updated(c.oid)
                 + pg_stat_get_xact_tuples_deleted(c.oid) AS rows) w
-WHERE c.oid IN (SELECT l.relation FROM pg_locks l WHERE l.locktype = 'relation' AND l.pid = pg_backend_pid()
-                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))
+WHERE c.oid IN (SELECT l.relation FROM pg_locks l WHERE l.locktype = 'relation' AND l.pid = pg_backend_pid())
   AND c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'
   AND w.rows > 0
 """
