@@ -229,7 +229,7 @@ def run_dump(
     program = Path(command[0]).name
     with tempfile.TemporaryFile() as errors:
         proc = spawn(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors)
-        wait_reporting_size(context, proc, reservation, f"{program} writing")
+        wait_reporting(context, proc, reservation.id, f"{program} writing", reservation.partial)
         errors.seek(0)
         stderr = context.redactor.redact(errors.read().decode(errors="replace")).strip()
     if proc.returncode == 0:
@@ -298,9 +298,11 @@ def reserve(directory: Path, now: dt.datetime) -> Reservation:
 PROGRESS_INTERVAL_SECONDS = 5.0
 
 
-def wait_reporting_size(context: RunContext, proc: subprocess.Popen, reservation: Reservation, status: str) -> None:
-    """Wait for ``proc`` (a dump writing the reserved partial archive), reporting its size every
-    few seconds (``backup.progress``); stop it if the wait is interrupted."""
+def wait_reporting(
+    context: RunContext, proc: subprocess.Popen, target: str, status: str, growing: Path | None = None
+) -> None:
+    """Wait for ``proc`` (a dump, a restore), reporting every few seconds (``backup.progress``) its
+    elapsed time and the size of ``growing`` (the archive it writes); stop it if the wait is interrupted."""
     started = time.monotonic()
     with supervised(proc):
         while True:
@@ -310,10 +312,10 @@ def wait_reporting_size(context: RunContext, proc: subprocess.Popen, reservation
             except subprocess.TimeoutExpired:
                 context.emit(
                     events.BACKUP_PROGRESS,
-                    target=reservation.id,
+                    target=target,
                     status=status,
-                    bytes=_size(reservation.partial),
                     elapsed_seconds=round(time.monotonic() - started),
+                    **({"bytes": _size(growing)} if growing is not None else {}),
                 )
 
 

@@ -52,7 +52,7 @@ from faber_core.backup.restore import ANALYZE_RESTORED, first_error
 from faber_core.context import RunContext
 from faber_core.errors import FaberError, RestoreFailed
 from faber_core.models import BackupRecord, RestoreOutcome
-from faber_core.processes import spawn, supervised
+from faber_core.processes import spawn
 
 MARKER = "faber: "
 """How the comment of a database faber created for a swap begins: only those are dropped as leftovers."""
@@ -60,7 +60,6 @@ _NAME_ROOM = 40
 """Characters of the target's name kept in the names of the two databases (PostgreSQL allows 63)."""
 SWAP_ATTEMPTS = 3
 """Tries of the swap when a session connected between the end of the others and the rename."""
-PROGRESS_INTERVAL_SECONDS = 5.0
 SWAP_CHECK_SECONDS = 10.0
 """How long to wait for the server to end an abandoned swap's session before reading which side it is on."""
 _OBJECT_IN_USE = "55006"
@@ -402,19 +401,7 @@ def _run_tool(swap: _Swap, command: list, env: dict[str, str], failure: str) -> 
     context = swap.context
     with tempfile.TemporaryFile() as errors:
         proc = spawn(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors)
-        started = time.monotonic()
-        with supervised(proc):
-            while True:
-                try:
-                    proc.wait(timeout=PROGRESS_INTERVAL_SECONDS)
-                    break
-                except subprocess.TimeoutExpired:
-                    context.emit(
-                        events.BACKUP_PROGRESS,
-                        target=swap.backup.id,
-                        status="restoring",
-                        elapsed_seconds=round(time.monotonic() - started),
-                    )
+        store.wait_reporting(context, proc, swap.backup.id, "restoring")
         errors.seek(0)
         stderr = context.redactor.redact(errors.read().decode(errors="replace")).strip()
     if proc.returncode != 0:
