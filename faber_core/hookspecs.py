@@ -261,8 +261,9 @@ def faber_backup_restore(provider: str, context: RunContext, backup: BackupRecor
     what the restore runs, and return ``RestoreOutcome.interrupted(backup.id, interrupt,
     committed=...)``: ``True`` when your commit point (a COMMIT, a swap) had passed, so the
     database is exactly the backup; ``False`` when it had not and the database is exactly as
-    before; ``None`` when you cannot tell (say where things stand in ``details``). faber then
-    tells the user exactly that, and goes on with the interrupt::
+    before; ``None`` when you cannot tell (say where things stand in ``details``), and what to do
+    about anything the restore left behind in ``suggestions``. faber then tells the user exactly
+    that, and goes on with the interrupt::
 
         @hookimpl
         def faber_backup_restore(context, backup):
