@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -636,13 +636,16 @@ def run_command(
         fleet = _fleet()
         # The run's redactor learns every target's URL before the first target starts.
         found = fleet.open_fleet(project, environment, settings, run.redactor, options)
+        once: dict[Hashable, Any] = {}  # RunContext.once: the config, the git commit, ... worked out once per fleet
 
         def run_target(operation_: str, target: Target, body_: Body) -> Document:
             name = f"{environment}/{target.name}"
             return _execute(
                 operation_,
                 name,
-                lambda run_: _run_body(run_, project, plugins_, operation_, name, body_, None, listeners, target),
+                lambda run_: _run_body(
+                    run_, project, plugins_, operation_, name, body_, None, listeners, target=target, once=once
+                ),
                 redactor=run.redactor,
             )
 
@@ -661,12 +664,15 @@ def _run_body(
     progress: TextIO | None,
     listeners: Iterable[Listener],
     target: Target | None = None,
+    once: dict[Hashable, Any] | None = None,
 ) -> Success:
     from faber_core.context import open_context
     from faber_core.render import ProgressPrinter
 
     # The run's redactor, so that errors raised while the URL is parsed are masked too.
-    run.context = context = open_context(project, environment, operation, redactor=run.redactor, target=target)
+    run.context = context = open_context(
+        project, environment, operation, redactor=run.redactor, target=target, once=once
+    )
     plugins.check_config(context)  # every name the config uses is installed, before anything runs
     if progress is not None:
         context.listeners.append(ProgressPrinter(progress, context.redactor))

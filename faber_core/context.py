@@ -7,7 +7,8 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -63,6 +64,7 @@ class Database:
         """Called once, before the first connection attempt (the run's "Connecting to ..." line)."""
         self._timed_out: tuple[float, str] | None = None
         self._conninfo: Mapping[str, Any] | None = None
+        self._session: Any = None
         self.learnt: dict[str, Any] = {}
         """What the engine asked the server once per run (PostgreSQL's ``server_version_num``, ...)."""
 
@@ -124,6 +126,38 @@ class Database:
                 self._timed_out = (time.monotonic(), str(exc))
             raise
 
+    @contextmanager
+    def session(self) -> Iterator[Any]:
+        """The run's connection for faber's own short queries (health checks, status reads,
+        history, write counters, preflight), opened on first use as :meth:`connect` opens one and
+        kept for the next: a fleet target would otherwise start a server session for each.
+
+        Use it in a ``with`` block and leave it as found: do not close it, change its session
+        settings or leave a transaction open (a block that does is not kept: its connection is
+        closed). A connection the server ended meanwhile (a terminated session, a proxy's idle
+        timeout) is replaced before it is handed out; one lost during a query raises the driver's
+        error there, as a connection of its own would, and the next block gets a new one.
+        Migration sessions and faber's lock keep connections of their own.
+        """
+        conn = self._session
+        if conn is not None and not self.engine.reusable(conn):
+            self.close_session()
+            conn = None
+        if conn is None:
+            conn = self._session = self.connect()
+        try:
+            yield conn
+        finally:
+            if self._session is conn and not self.engine.reusable(conn):
+                self.close_session()
+
+    def close_session(self) -> None:
+        """Close the connection :meth:`session` kept, if any (the run's end calls it)."""
+        conn, self._session = self._session, None
+        if conn is not None:
+            with suppress(self.engine.driver_error):  # PyMySQL: "Already closed" when the server ended it
+                conn.close()
+
     def conninfo_params(self) -> Mapping[str, Any]:
         """The driver's connection parameters (libpq's keywords on PostgreSQL), password included,
         parsed once: every connection and span asks for them."""
@@ -143,6 +177,7 @@ class Closable(Protocol):
 
 
 KeptT = TypeVar("KeptT", bound=Closable)
+ValueT = TypeVar("ValueT")
 
 
 @dataclass
@@ -167,6 +202,8 @@ class RunContext:
     _kept: dict[Hashable, Closable] = field(default_factory=dict, repr=False, compare=False)
     """Shared with the contexts ``dataclasses.replace`` derives from this one (a deadline, a
     rehearsal database): they are the same run."""
+    _once: dict[Hashable, Any] = field(default_factory=dict, repr=False, compare=False)
+    """What :meth:`once` worked out: the command's, shared by every target of a fleet."""
 
     def seconds_left(self) -> float | None:
         """Time left before :attr:`deadline`; None without one."""
@@ -218,10 +255,22 @@ class RunContext:
             self._kept[key] = open_resource()
         return self._kept[key]  # type: ignore[return-value]
 
+    def once(self, key: Hashable, compute: Callable[[], ValueT]) -> ValueT:
+        """``compute()`` the first time the command asks for ``key``, then the same value: what is
+        the same for every target of a fleet (the project's git commit, the migration files a
+        handler read and checksummed) is worked out once, not once per target. A fleet's targets
+        run on threads and share the value: never change it (two of them may compute it at once,
+        so ``compute`` must give the same answer each time within the command)."""
+        if key not in self._once:
+            self._once[key] = compute()
+        return self._once[key]  # type: ignore[no-any-return]
+
     def close(self) -> None:
-        """Close what hooks kept for the run; faber calls it when the command's work is done."""
+        """Close what hooks kept for the run, and the database's shared session; faber calls it
+        when the command's work is done."""
         while self._kept:
             self._kept.popitem()[1].close()
+        self.database.close_session()
 
     def start_migration(self, name: str) -> None:
         """Handlers call this just before applying migration ``name``, outside any transaction.
@@ -341,16 +390,21 @@ def open_context(
     listeners: list[Callable[[AuditEvent], None]] | None = None,
     redactor: Redactor | None = None,
     target: Target | None = None,
+    once: dict[Hashable, Any] | None = None,
 ) -> RunContext:
     """Load the config, resolve the environment and its database URL into a :class:`RunContext`.
 
     ``redactor`` (the caller's, so that its error output is covered too) learns the URL before
     anything parses it. In a fleet (docs/fleet.md) ``environment`` is ``FLEET/TARGET``; the caller
-    may pass the ``target`` it has already found.
+    may pass the ``target`` it has already found, and ``once``, what :meth:`RunContext.once`
+    worked out for the command (the fleet's targets share it: the config is loaded once).
     """
     from faber_core.config import EMBEDDED_ENVIRONMENT, load_config
 
-    config = load_config(project_dir)
+    once = {} if once is None else once
+    if ("config", project_dir) not in once:
+        once["config", project_dir] = load_config(project_dir)
+    config: FaberConfig = once["config", project_dir]
     fleet, slash, target_name = environment.partition("/")
     settings = config.environment(fleet)
     redactor = redactor if redactor is not None else Redactor()
@@ -414,6 +468,7 @@ def open_context(
         database=database,
         redactor=redactor,
         listeners=list(listeners or []),
+        _once=once,
     )
     database.before_first_connect = lambda: context.emit(events.DATABASE_CONNECTING, target=database.target)
     return context

@@ -98,6 +98,12 @@ def faber_migration_status(tool: str, context: RunContext) -> MigrationState:
     before an automatic restore faber checks that nobody else wrote rows since the backup, and
     rows in that table are then known to be faber's, even when your apply hook does not measure
     its writes (``AppliedMigration.table_writes``).
+
+    Read the bookkeeping on the run's shared session, ``with context.database.session() as conn``
+    (a deploy reads the status several times, and a fleet does it for every target: a connection
+    each would start a server session each), and read and checksum the local files once per
+    command, ``context.once((TOOL, context.project_dir), read_files)``: every read of the run, and
+    every target of a fleet, then sees the same files (treat the value as read-only).
     """
 
 
@@ -298,7 +304,8 @@ def faber_health_checks(context: RunContext, checks: list[str]) -> list[HealthCh
     ``checks`` are the environment's ``health_checks`` (default ``connectivity``, ``schema``,
     ``migrations``). Return a result for each name you implement and ignore the others. The
     built-in PostgreSQL plugin implements ``connectivity`` (and that the server accepts writes)
-    and ``schema``; faber itself implements ``migrations`` from the migration status.
+    and ``schema``; faber itself implements ``migrations`` from the migration status. Query on
+    ``context.database.session()``, the run's shared session, rather than a connection of your own.
     """
 
 

@@ -144,7 +144,9 @@ def migrate(context: RunContext, plugins: Plugins, options: DeployOptions) -> Su
                     "Post-deployment health check failed", suggestions=["Migrations applied but database unhealthy"]
                 )
             with step(context, "verify"):
-                verify_applied(context, health_after.state or read_status(context, plugins, quiet=True))
+                verify_applied(
+                    context, health_after.state or read_status(context, plugins, quiet=True, after_apply=True)
+                )
         except (Exception, KeyboardInterrupt) as stopped:
             raise roll_back_failed_deploy(context, plugins, lock, backup, progress, stopped) from stopped
     return deployed(
@@ -219,10 +221,13 @@ def deploy_lock(context: RunContext) -> Iterator[DeployLock]:
         yield DeployLock(conn, held)
 
 
-def connection_failed(context: RunContext, exc: Exception) -> HealthCheckFailed:
-    """A deploy reports the spec's pre-deployment failure; other commands say what they could not do."""
+def connection_failed(context: RunContext, exc: Exception, *, after_apply: bool = False) -> HealthCheckFailed:
+    """A deploy reports the spec's pre-deployment failure, or after its migrations the connection it
+    lost; other commands say what they could not do."""
     details = context.redactor.redact(context.database.engine.describe_connection_error(exc, context.database))
-    if context.operation in (DEPLOY, PREVIEW):
+    if after_apply:
+        message = f"Lost the connection to the {context.environment} database after the migrations: {details}"
+    elif context.operation in (DEPLOY, PREVIEW):
         message = "Pre-deployment health check failed"
     else:
         message = f"Cannot connect to the {context.environment} database: {details}"
@@ -275,7 +280,7 @@ def check_health(context: RunContext, plugins: Plugins, phase: str, options: Dep
         context.emit("health.finished", phase=phase, status="skipped", checks=[])
         return Health("skipped")
     with step(context, f"health_check_{phase}"):
-        results, state = run_health_checks(context, plugins)
+        results, state = run_health_checks(context, plugins, after_apply=phase == "after")
     failed = [r for r in results if r.status == "failed"]
     status = overall_health(results)
     context.emit("health.finished", phase=phase, status=status, checks=[r.model_dump() for r in results])
@@ -294,14 +299,14 @@ def check_health(context: RunContext, plugins: Plugins, phase: str, options: Dep
 
 
 def run_health_checks(
-    context: RunContext, plugins: Plugins
+    context: RunContext, plugins: Plugins, *, after_apply: bool = False
 ) -> tuple[list[HealthCheckResult], MigrationState | None]:
     """The environment's checks, and the migration status the ``migrations`` check read (if it ran)."""
     names = context.settings.health_checks
     results = plugins.health_checks(context, [n for n in names if n != "migrations"])
     state = None
     if "migrations" in names:
-        state = read_status(context, plugins, quiet=True)
+        state = read_status(context, plugins, quiet=True, after_apply=after_apply)
         results.append(migrations_check(context, state))
     unknown = [n for n in names if n not in {r.name for r in results}]
     skipped = [HealthCheckResult(name=n, status="skipped", details="no plugin implements it") for n in unknown]
@@ -346,12 +351,16 @@ def health_suggestions(context: RunContext, plugins: Plugins, failed: HealthChec
 # 9: migration status -------------------------------------------------------------------
 
 
-def read_status(context: RunContext, plugins: Plugins, *, quiet: bool = False) -> MigrationState:
+def read_status(
+    context: RunContext, plugins: Plugins, *, quiet: bool = False, after_apply: bool = False
+) -> MigrationState:
+    """The handler's migration status; ``after_apply``: read after this deploy's migrations ran, when
+    a lost connection is not a pre-deployment failure."""
     with step(context, "status"):
         try:
             state = plugins.migration_status(context)
         except context.database.engine.operational_error as exc:
-            raise connection_failed(context, exc) from None
+            raise connection_failed(context, exc, after_apply=after_apply) from None
     if not quiet:
         context.emit("status.read", pending=state.pending, applied=len(state.applied))
     return state
@@ -923,7 +932,7 @@ def leftover_indexes(context: RunContext, progress: DeployProgress, status: Roll
     if status in ("success", "failed", "restored_side_by_side"):
         return []
     try:
-        with context.database.connect(application_name="faber failure check") as conn:
+        with context.database.session() as conn:
             now = context.database.engine.invalid_indexes(conn)
     except context.database.engine.driver_error:
         return []

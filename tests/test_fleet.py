@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -603,3 +605,96 @@ def test_targets_from_a_file_and_from_a_catalog_query(make_fleet, postgres_admin
             assert conn.execute("SELECT count(*) FROM tenants").fetchone() == (3,)
     finally:
         drop_database(postgres_admin_url, catalog)
+
+
+# Each target's shared session ----------------------------------------------------------------
+
+
+def shared_session_pids(url: str) -> list[int]:
+    """The backends of faber's shared session on this target (application_name ``faber``; its lock
+    and migration sessions carry names of their own)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'faber'"
+        ).fetchall()
+    return [pid for (pid,) in rows]
+
+
+def terminate(admin_url: str, pids: list[int]) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        for pid in pids:
+            conn.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+
+def test_a_shared_session_ended_between_queries_is_replaced_and_the_target_deploys(make_fleet, postgres_admin_url):
+    """Each target's health checks, status reads and history share one session; the server ending it
+    while it is idle (an operator, a proxy's idle timeout) costs nothing but a new connection."""
+    fleet = make_fleet(4)
+    ended: list[int] = []
+
+    def end_the_shared_session(event) -> None:
+        if event.environment == "tenants/t01" and event.kind == "migration.applied" and not ended:
+            ended.extend(shared_session_pids(fleet.urls["t01"]))
+            terminate(postgres_admin_url, ended)
+
+    document = api.deploy("tenants", working_directory=fleet.project, concurrency=2, listeners=[end_the_shared_session])
+
+    assert len(ended) == 1  # the target's health checks and status reads had used it: it was there
+    assert document.status == "success", document.model_dump()
+    assert document.model_dump(mode="json")["result"]["summary"] == {"deployed": 4}
+    assert all(fleet.applied(name) == list(MIGRATIONS) for name in fleet.names)
+    assert [row["status"] for row in fleet.history("t01")] == ["success"]
+
+
+def test_a_shared_session_lost_mid_query_fails_that_target_alone_saying_so(make_fleet, postgres_admin_url):
+    """The post-deployment check's status read waits on a lock the test holds; the test then ends that
+    session. That target fails with the lost connection named; the others deploy."""
+    fleet = make_fleet(4, rollout={"on_failure": "continue"})
+    victim = fleet.urls["t02"]
+    holder = psycopg.connect(victim)  # takes the lock in its own transaction, released at the end
+    killed: list[int] = []
+
+    def kill_when_waiting() -> None:
+        with psycopg.connect(victim, autocommit=True) as watcher:
+            for _ in range(500):
+                waiting = watcher.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND application_name = 'faber' AND wait_event_type = 'Lock'"
+                ).fetchall()
+                if waiting:
+                    killed.extend(pid for (pid,) in waiting)
+                    terminate(postgres_admin_url, killed)
+                    return
+                time.sleep(0.01)
+
+    watcher = threading.Thread(target=kill_when_waiting)
+
+    def hold_the_bookkeeping_table(event) -> None:
+        last = list(MIGRATIONS)[-1]
+        if event.environment == "tenants/t02" and event.kind == "migration.applied" and event.data["name"] == last:
+            holder.execute("LOCK TABLE sqlfiles_migrations IN ACCESS EXCLUSIVE MODE")
+            watcher.start()
+
+    try:
+        document = api.deploy(
+            "tenants", working_directory=fleet.project, concurrency=2, listeners=[hold_the_bookkeeping_table]
+        )
+        watcher.join(timeout=10)
+    finally:
+        holder.close()
+
+    assert killed, "the status read never waited on the lock"
+    assert (document.status, document.code, document.exit_code) == ("error", "HEALTH_CHECK_FAILED", 3)
+    by_name = rows(document)
+    assert {name: row["status"] for name, row in by_name.items()} == {
+        "t00": "deployed",
+        "t01": "deployed",
+        "t02": "failed",
+        "t03": "deployed",
+    }
+    error = by_name["t02"]["error"]
+    assert error["message"].startswith("Lost the connection to the tenants/t02 database after the migrations: "), error
+    assert "terminating connection" in error["message"], error
+    assert CANARY_PASSWORD not in json.dumps(document.model_dump(mode="json"))
+    # Its history row is written on a new session: the lost one is not reused.
+    assert [row["status"] for row in fleet.history("t02")] == ["error"]

@@ -135,7 +135,7 @@ def _migration(run: _Run, name: str, status: str, duration: float | None) -> dic
 def _record(context: RunContext, event: AuditEvent, run: _Run) -> None:
     row = deployment_row(context, event, run)
     try:
-        with context.database.connect(application_name="faber history") as conn:
+        with context.database.session() as conn:
             context.database.engine.record_deployment(conn, context.config.database.faber_schema, row)
     except Exception as exc:  # history is a record of the run, never a reason for it to fail
         reason = context.redactor.redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
@@ -163,7 +163,7 @@ def deployment_row(context: RunContext, event: AuditEvent, run: _Run) -> dict[st
         "tool": context.tool,
         "actor": redact(actor()),
         "faber_version": __version__,
-        "git_commit": git_commit(context),
+        "git_commit": context.once(("git commit", context.project_dir), lambda: git_commit(context)),
         "error_code": document.get("code"),
         "error_message": redact(document["error"]) if document.get("error") else None,
     }
@@ -208,15 +208,17 @@ def git_commit(context: RunContext) -> str | None:
 
 
 def insert_row(conn: psycopg.Connection, schema: str, row: dict[str, Any]) -> None:
-    """PostgreSQL: add ``row`` to ``<schema>.faber_deployments``, created when missing."""
-    ensure_table(conn, schema)
+    """PostgreSQL: add ``row`` to ``<schema>.faber_deployments``, created when missing, in one
+    transaction (one commit)."""
     placeholders = sql.SQL(", ").join(sql.Placeholder(name) for name in COLUMNS)
-    conn.execute(
-        sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
-            _table(schema), sql.SQL(", ").join(map(sql.Identifier, COLUMNS)), placeholders
-        ),
-        row,
-    )
+    with conn.transaction():
+        ensure_table(conn, schema)
+        conn.execute(
+            sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+                _table(schema), sql.SQL(", ").join(map(sql.Identifier, COLUMNS)), placeholders
+            ),
+            row,
+        )
 
 
 def _table(schema: str) -> sql.Composed:
@@ -230,15 +232,16 @@ def _table_exists(conn: psycopg.Connection, schema: str) -> bool:
 
 def ensure_table(conn: psycopg.Connection, schema: str) -> None:
     """Create the schema and table when missing (a deploy role may not be allowed to create schemas)."""
+    if _table_exists(conn, schema):
+        return
     if not conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [schema]).fetchone():
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-    if not _table_exists(conn, schema):
-        conn.execute(sql.SQL(_CREATE_TABLE).format(table=_table(schema)))
-        conn.execute(
-            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (environment, started_at DESC)").format(
-                sql.Identifier(f"{TABLE}_environment_started"), _table(schema)
-            )
+    conn.execute(sql.SQL(_CREATE_TABLE).format(table=_table(schema)))
+    conn.execute(
+        sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (environment, started_at DESC)").format(
+            sql.Identifier(f"{TABLE}_environment_started"), _table(schema)
         )
+    )
 
 
 def refuse_shared_faber_schema(conn: psycopg.Connection, schema: str) -> None:
@@ -286,7 +289,7 @@ def altered_table(table: str, present: set[str]) -> ConfigError | None:
 
 def read_history(context: RunContext, limit: int) -> list[dict[str, Any]]:
     """The environment's runs, newest first; empty when nothing was recorded yet."""
-    with context.database.connect(application_name="faber history") as conn:
+    with context.database.session() as conn:
         return context.database.engine.read_deployments(context, conn, limit)
 
 

@@ -305,7 +305,7 @@ def read_counters(context: RunContext) -> Counters | None:
     if not context.database.engine.supports("write_counters"):
         return None
     try:
-        with context.database.connect(application_name="faber backup baseline") as conn:
+        with context.database.session() as conn:
             return _counters(conn, context.config.database.faber_schema)
     except psycopg.Error as exc:
         context.emit(events.BACKUP_BASELINE_FAILED, error=context.redactor.redact(str(exc).strip()))
@@ -338,7 +338,7 @@ def record_baseline(
         return
     schema = sql.Identifier(context.config.database.faber_schema)
     try:
-        with context.database.connect(application_name="faber backup baseline") as conn, conn.transaction():
+        with context.database.session() as conn, conn.transaction():
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
             conn.execute(sql.SQL(_CREATE_TABLE).format(table=_table(context)))
             conn.execute(sql.SQL(_ADD_BOOKKEEPING_COLUMN).format(table=_table(context)))
@@ -386,7 +386,7 @@ def record_faber_writes(context: RunContext, outcome: ApplyOutcome) -> None:
     if not context.database.engine.supports("write_counters"):
         return
     try:
-        with context.database.connect(application_name="faber backup baseline") as conn:
+        with context.database.session() as conn:
             if conn.execute("SELECT to_regclass(%s)", [_table(context).as_string(conn)]).fetchone()[0] is None:
                 return
             conn.execute(
@@ -414,7 +414,7 @@ def writes_since_backup(context: RunContext, backup: BackupRecord) -> WritesSinc
     if not engine.supports("write_counters"):
         return WritesSinceBackup(backup_id=backup.id, status="unknown", reason=engine.unsupported["write_counters"])
     try:
-        with context.database.connect(application_name="faber writes check") as conn:
+        with context.database.session() as conn:
             _wait_for_reports(context, conn)
             baseline = _baseline(conn, context, backup)
             now = _counters(conn, faber_schema)

@@ -68,6 +68,15 @@ def at_after_host(parts: SplitResult) -> bool:
     return "@" in parts.path or "@" in parts.query
 
 
+def socket_readable(fileno: int) -> bool:
+    """Whether the socket of an idle connection has something to read: the server ended the session
+    or closed the connection (a query faber sent would fail on it)."""
+    import select
+
+    readable, _, _ = select.select([fileno], [], [], 0)
+    return bool(readable)
+
+
 def wait_for_lock(
     try_lock: Callable[[], bool], holder: Callable[[], str], *, wait_seconds: float, purpose: str, release_hint: str
 ) -> None:
@@ -166,9 +175,11 @@ def rehearsing(
         copy()
         yield rehearsal
     except BaseException:
+        rehearsal.database.close_session()
         # The original error (or Ctrl-C) is what the user must see; a failed drop is only reported.
         drop(raise_on_failure=False)
         raise
+    rehearsal.database.close_session()  # a session on the copy would keep it from being dropped
     drop()
 
 
@@ -256,6 +267,13 @@ class Engine(ABC):
     @abstractmethod
     def connect(self, database: Database, *, autocommit: bool, application_name: str, migration_session: bool) -> Any:
         """A driver connection (see :meth:`faber_core.context.Database.connect`)."""
+
+    @abstractmethod
+    def reusable(self, conn: Any) -> bool:
+        """Whether ``conn``, kept open between faber's queries (:meth:`faber_core.context.Database.session`),
+        can serve the next one: still open, no transaction left open, and not ended by the server
+        meanwhile (a terminated session, a proxy's idle timeout), which shows as a readable socket
+        before anything was sent. Answered without a round trip."""
 
     @abstractmethod
     def is_connect_timeout(self, exc: BaseException) -> bool:

@@ -23,6 +23,7 @@ import pymysql
 import pymysql.charset
 import pymysql.connections
 import pymysql.cursors
+from pymysql.constants import SERVER_STATUS
 
 from faber_core.engines import (
     AT_AFTER_HOST,
@@ -35,6 +36,7 @@ from faber_core.engines import (
     Rehearsal,
     TargetUrl,
     at_after_host,
+    socket_readable,
     unsafe_url_text,
     wait_for_lock,
 )
@@ -169,6 +171,10 @@ def tls_settings(params: dict[str, str], invalid: Callable[[str], ConfigError]) 
 class MySQLConnection(pymysql.connections.Connection):
     """A PyMySQL connection with psycopg's shortcuts, so a handler's simple queries read alike on
     both engines: ``conn.execute(sql, params).fetchall()`` and ``with conn.transaction(): ...``."""
+
+    def fileno(self) -> int:
+        """The socket's file descriptor, as psycopg's ``Connection.fileno()``."""
+        return self._sock.fileno()
 
     def execute(self, query: str, params: Any = None) -> pymysql.cursors.Cursor:
         cursor = self.cursor()
@@ -340,6 +346,11 @@ class MySQLEngine(Engine):
                 raise
         return conn
 
+    def reusable(self, conn: MySQLConnection) -> bool:
+        if not conn.open or conn.server_status & SERVER_STATUS.SERVER_STATUS_IN_TRANS:
+            return False
+        return not socket_readable(conn.fileno())
+
     def is_connect_timeout(self, exc: BaseException) -> bool:
         return isinstance(exc, pymysql.OperationalError) and CONNECT_TIMEOUT_TEXT in str(exc).lower()
 
@@ -359,7 +370,7 @@ class MySQLEngine(Engine):
     def server_version(self, database: Database) -> str | None:
         if "version" not in database.learnt:
             try:
-                with database.connect(application_name="faber") as conn:
+                with database.session() as conn:
                     database.learnt["version"] = conn.get_server_info()
             except pymysql.Error:
                 return None

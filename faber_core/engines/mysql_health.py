@@ -12,7 +12,7 @@ from faber_core.models import HealthCheckResult
 def _connectivity(context: RunContext) -> HealthCheckResult:
     database = context.database
     try:
-        with database.connect() as conn:
+        with database.session() as conn:
             version, read_only = conn.execute("SELECT VERSION(), @@global.read_only").fetchone()
             # MariaDB kept MySQL 5's name for it; MySQL 8 knows only the new one.
             variable = "tx_read_only" if "mariadb" in version.lower() else "transaction_read_only"
@@ -35,7 +35,7 @@ def _connectivity(context: RunContext) -> HealthCheckResult:
 def _schema(context: RunContext) -> HealthCheckResult:
     database = context.database
     try:
-        with database.connect() as conn:
+        with database.session() as conn:
             rows = conn.execute(
                 "SELECT TABLE_NAME, TABLE_COMMENT FROM information_schema.TABLES"
                 " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_TYPE = 'BASE TABLE'"

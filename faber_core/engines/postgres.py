@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import psycopg
 
-from faber_core.engines import Engine, ErrorKind, HeldLock, Rehearsal, TargetUrl
+from faber_core.engines import Engine, ErrorKind, HeldLock, Rehearsal, TargetUrl, socket_readable
 
 if TYPE_CHECKING:
     from faber_core.config import EnvironmentSettings
@@ -108,6 +108,11 @@ class PostgresEngine(Engine):
             application_name=application_name,
             **({"options": options.strip()} if options.strip() else {}),
         )
+
+    def reusable(self, conn: psycopg.Connection) -> bool:
+        if conn.closed or conn.broken or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            return False
+        return not socket_readable(conn.fileno())
 
     def is_connect_timeout(self, exc: BaseException) -> bool:
         return isinstance(exc, psycopg.OperationalError) and "timeout expired" in str(exc).lower()
@@ -260,7 +265,7 @@ def server_version_num(database: Database) -> int | None:
     (the caller's own connection then reports why)."""
     if "server_version_num" not in database.learnt:
         try:
-            with database.connect(application_name="faber") as conn:
+            with database.session() as conn:
                 database.learnt["server_version_num"] = conn.info.server_version
         except psycopg.Error:
             return None

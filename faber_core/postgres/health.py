@@ -32,13 +32,15 @@ def describe_connection_error(exc: psycopg.Error, database: Database) -> str:
         return f'Database authentication failed for user "{database.user}" at {where}'
     if "could not translate host name" in lowered or "failed to resolve host" in lowered:
         return f"Database host name could not be resolved: {where}"
-    reason = text.splitlines()[-1] if text else type(exc).__name__
+    # A server's error (a session ended mid-query) has its message first, then the query's context;
+    # libpq's own connection errors end with their reason.
+    reason = exc.diag.message_primary or (text.splitlines()[-1] if text else type(exc).__name__)
     return f"{reason} ({where})"
 
 
 def _connectivity(context: RunContext) -> HealthCheckResult:
     try:
-        with context.database.connect() as conn:
+        with context.database.session() as conn:
             version, in_recovery, read_only = conn.execute(
                 "SELECT current_setting('server_version'), pg_is_in_recovery(),"
                 " current_setting('default_transaction_read_only')"
@@ -75,7 +77,7 @@ def invalid_indexes(conn: psycopg.Connection) -> list[str]:
 def _schema(context: RunContext) -> HealthCheckResult:
     """Invalid indexes are what a failed CREATE INDEX CONCURRENTLY leaves behind."""
     try:
-        with context.database.connect() as conn:
+        with context.database.session() as conn:
             invalid = invalid_indexes(conn)
             tables = conn.execute(
                 "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -193,12 +194,13 @@ def _rehearse_code_migrations(
 
 
 def _lint_on_target(context: RunContext, sources: dict[str, str]) -> dict[str, list[LintFinding]]:
-    try:
-        conn = _connect(context, "faber lint")
-    except psycopg.Error:
-        # Without the target's statistics nothing is judged small: findings keep their severity.
-        return lint_sources(context, sources, Catalog(None, context.database.schema, context.database.engine), None)
-    with conn:
+    with ExitStack() as stack:
+        try:
+            conn = stack.enter_context(context.database.session())
+        except psycopg.Error:
+            # Without the target's statistics nothing is judged small: findings keep their severity.
+            tables = Catalog(None, context.database.schema, context.database.engine)
+            return lint_sources(context, sources, tables, None)
         tables = Catalog(conn, context.database.schema, context.database.engine)
         return lint_sources(context, sources, tables, _version(conn))
 
@@ -251,7 +253,7 @@ def preflight_before_apply(context: RunContext, review: Review) -> PreflightRepo
     policy = context.settings.preflight
     if policy == "off":
         return None
-    with step(context, "preflight"), _connect(context, "faber preflight") as conn:
+    with step(context, "preflight"), context.database.session() as conn:
         tables, check = context.database.engine.preflight(context, conn, list(review.sql.values()))
         blockers, waited = preflight.enforce(
             policy,
@@ -274,7 +276,7 @@ def announce_estimates(context: RunContext, review: Review) -> None:
     if not sources or not engine.supports("estimates"):
         return
     try:
-        with _connect(context, "faber estimate") as conn:
+        with context.database.session() as conn:
             tables = Catalog(conn, context.database.schema, engine)
             estimator = Estimator(tables)
             # One catalog query for every table the migrations name, not one per migration.
@@ -306,7 +308,7 @@ def annotate_preview(
             item.notes.append(NOT_TRANSACTIONAL.format(engine=engine.label))
         note = engine.preview_note()
         item.notes += [note] if note else []
-    with _connect(context, "faber preview") as conn:
+    with context.database.session() as conn:
         tables = Catalog(conn, context.database.schema, engine)
         if engine.supports("estimates"):
             _estimate(context, conn, state, previews, tables)
@@ -390,10 +392,6 @@ def _measure(context: RunContext, plugins: Plugins, state: MigrationState, previ
 
 
 # Shared ----------------------------------------------------------------------------------
-
-
-def _connect(context: RunContext, application_name: str) -> psycopg.Connection:
-    return context.database.connect(application_name=application_name)
 
 
 def _version(conn: psycopg.Connection) -> str:

@@ -43,7 +43,9 @@ BOOKKEEPING = "CREATE TABLE IF NOT EXISTS sqlfiles_migrations (name text PRIMARY
 def _local(context: RunContext) -> list[LocalMigration]:
     """Each ``migrations/*.sql`` (none without the folder: it is not configurable), its SQL as
     ``handler_data``: the text read here, and checksummed, is the text previewed and applied.
-    Files are checked as every handler should (:mod:`faber_core.support.files`)."""
+    Files are checked as every handler should (:mod:`faber_core.support.files`). Read once per
+    command (``context.once``): every status read of a deploy, and every target of a fleet, sees
+    the same files."""
     directory = context.project_dir / "migrations"
     if not directory.is_dir():
         return []
@@ -71,12 +73,12 @@ def faber_migration_tools() -> list[ToolInfo]:
 def faber_migration_status(context: RunContext) -> MigrationState:
     if context.database.engine.name == "mysql":
         return _mysql_status(context)
-    with context.database.connect() as conn:
+    with context.database.session() as conn:
         exists = conn.execute("SELECT to_regclass('sqlfiles_migrations')").fetchone()[0]
         rows = conn.execute("SELECT name, checksum FROM sqlfiles_migrations ORDER BY name").fetchall() if exists else []
     return MigrationState(
         tool=TOOL,
-        local=_local(context),
+        local=list(context.once((TOOL, context.project_dir), lambda: _local(context))),
         records=[MigrationRecord(name=n, checksum=c, state="applied") for n, c in rows],
     )
 
@@ -168,7 +170,7 @@ def faber_migration_resolve(context: RunContext, name: str, resolution: Resoluti
 
 
 def _mysql_status(context: RunContext) -> MigrationState:
-    with context.database.connect() as conn:
+    with context.database.session() as conn:
         exists = conn.execute(
             "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()"
             " AND TABLE_NAME = 'sqlfiles_migrations'"
@@ -180,7 +182,7 @@ def _mysql_status(context: RunContext) -> MigrationState:
         )
     return MigrationState(
         tool=TOOL,
-        local=_local(context),
+        local=list(context.once((TOOL, context.project_dir), lambda: _local(context))),
         records=[MigrationRecord(name=n, checksum=c, state=state, logs=error) for n, c, state, error in rows],
     )
 

@@ -65,7 +65,7 @@ def read_state(context: RunContext) -> MigrationState:
     ``_prisma_migrations`` locked) fails naming that session.
     """
     folders = read_migrations(context)
-    with context.database.connect(application_name="faber prisma status") as conn:
+    with context.database.session() as conn:
         if is_mysql(context):
             return build_state(context, folders, _mysql_records(context, conn))
         history = History(conn, context.database.schema)
