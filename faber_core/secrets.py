@@ -105,6 +105,12 @@ class Redactor:
     def __init__(self) -> None:
         self._values: set[str] = set()
         self._ordered: list[str] = []
+        self._found_by: tuple[re.Pattern[str], ...] = ()
+        """Patterns that together match every form but those ``_pending``. A fleet's redactor
+        knows every target's forms and most text holds none of them: a search or a few instead
+        of a substring test per form. Each built once, at the first redact after adds (a pattern
+        of every form of a large fleet takes a while to compile)."""
+        self._pending: list[str] = []
         # A fleet's targets share one redactor across threads: two adds must not lose a form.
         self._adding = threading.Lock()
 
@@ -122,12 +128,23 @@ class Redactor:
                 # Longest first, so a piece never leaves the rest of a longer form behind; a new
                 # list, so a redact running meanwhile reads a whole one.
                 self._ordered = sorted(self._values, key=len, reverse=True)
+                self._pending = [*self._pending, *new]
 
     def redact(self, text: str) -> str:
         if not text:
             return text
-        for value in self._ordered:
-            if value in text:
-                text = text.replace(value, MASK)
+        ordered = self._ordered
+        if self._pending:
+            with self._adding:
+                if self._pending:
+                    pattern = re.compile("|".join(map(re.escape, self._pending)))
+                    self._found_by = (*self._found_by, pattern)
+                    self._pending = []
+        if any(pattern.search(text) for pattern in self._found_by):
+            # Longest first, each in turn: a shorter form overlapping a longer one never leaves
+            # part of the longer behind (one pass of the pattern would take the leftmost).
+            for value in ordered:
+                if value in text:
+                    text = text.replace(value, MASK)
         text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
         return _KEYWORD_PASSWORD.sub(lambda m: f"{m[1]}{m[2]}{MASK}", text)
