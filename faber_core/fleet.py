@@ -187,13 +187,20 @@ def deploy(runner: Runner, plugins: Plugins, options: DeployOptions) -> Success:
     started = time.monotonic()
     on_failure = on_failure_of(fleet)
     runner.progress.started(fleet, "Fleet Preview" if options.dry_run else "Fleet Deploy")
-    surveyed = survey(runner)
-    to_deploy = [t for t in fleet.targets if surveyed[t.name].status in ("pending", "failed")]
-    waves = split_into_waves(to_deploy, fleet.settings)
-    if options.dry_run:
-        return preview(fleet, surveyed, len(waves), on_failure, time.monotonic() - started)
-    if to_deploy:
-        options = approve(fleet, options, len(to_deploy))
+    surveyed: dict[str, TargetReport] = {}
+    try:
+        survey(runner, surveyed)
+        to_deploy = [t for t in fleet.targets if surveyed[t.name].status in ("pending", "failed")]
+        waves = split_into_waves(to_deploy, fleet.settings)
+        if options.dry_run:
+            return preview(fleet, surveyed, len(waves), on_failure, time.monotonic() - started)
+        if to_deploy:
+            options = approve(fleet, options, len(to_deploy))
+    except KeyboardInterrupt as interrupt:  # reading the statuses, or at the approval prompt
+        unread = {t.name: TargetReport(name=t.name, status="pending") for t in fleet.targets}
+        reports = {name: not_attempted(surveyed.get(name, report), None) for name, report in unread.items()}
+        result = fleet_result(fleet, reports, 0, on_failure, time.monotonic() - started)
+        raise fleet_interrupted(fleet, result, interrupt) from None
     runner.progress.line(
         f"✓ {len(fleet.targets) - len(to_deploy)} up to date, {len(to_deploy)} to deploy"
         + (f" in {len(waves)} wave(s)" if len(waves) > 1 else "")
@@ -226,7 +233,8 @@ def status(runner: Runner) -> Success:
     fleet = runner.fleet
     started = time.monotonic()
     runner.progress.started(fleet, "Fleet Status")
-    surveyed = survey(runner)
+    surveyed: dict[str, TargetReport] = {}
+    survey(runner, surveyed)
     result = fleet_result(fleet, surveyed, 0, on_failure_of(fleet), time.monotonic() - started)
     failed = [r for r in result.targets if r.status == "failed"]
     if failed:
@@ -244,8 +252,10 @@ def on_failure_of(fleet: Fleet) -> str:
     return rollout.on_failure if rollout else "stop"
 
 
-def survey(runner: Runner) -> dict[str, TargetReport]:
-    """Every target's migration status, read concurrently: pending, up to date, or failed (with why)."""
+def survey(runner: Runner, reports: dict[str, TargetReport]) -> None:
+    """Every target's migration status, read concurrently into ``reports``: pending, up to date, or
+    failed (with why). An interrupt starts no further read, waits for the running ones (each
+    ends its own session), and propagates, ``reports`` holding the statuses read until then."""
     from faber_core.workflow import read_status
 
     def read(context: RunContext, plugins: Plugins) -> Success:
@@ -254,15 +264,17 @@ def survey(runner: Runner) -> dict[str, TargetReport]:
         return Success(operation="migration-status", environment=context.environment, result=state, message="")
 
     runner.progress.line(f"… Reading the migration status of {len(runner.fleet.targets)} target(s)")
-    reports: dict[str, TargetReport] = {}
     with _pool(runner.fleet.concurrency) as pool:
-        futures = {
-            target.name: pool.submit(runner.run_target, "migration-status", target, read)
-            for target in runner.fleet.targets
-        }
-        for name, future in futures.items():
-            reports[name] = surveyed_report(name, future.result())
-    return reports
+        try:
+            futures = {
+                target.name: pool.submit(runner.run_target, "migration-status", target, read)
+                for target in runner.fleet.targets
+            }
+            for name, future in futures.items():
+                reports[name] = surveyed_report(name, future.result())
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)  # the pool's exit waits for the running reads
+            raise
 
 
 def surveyed_report(name: str, document: Document) -> TargetReport:
@@ -395,7 +407,7 @@ def ended(future: Future[TargetReport], interrupted: Callable[[KeyboardInterrupt
             interrupted(interrupt)
 
 
-def not_attempted(before: TargetReport, wave: int) -> TargetReport:
+def not_attempted(before: TargetReport, wave: int | None) -> TargetReport:
     return before.model_copy(update={"status": "not_attempted", "wave": wave, "error": None})
 
 

@@ -698,3 +698,43 @@ def test_a_shared_session_lost_mid_query_fails_that_target_alone_saying_so(make_
     assert CANARY_PASSWORD not in json.dumps(document.model_dump(mode="json"))
     # Its history row is written on a new session: the lost one is not reused.
     assert [row["status"] for row in fleet.history("t02")] == ["error"]
+
+
+def test_sigterm_while_reading_the_statuses_reports_every_target_not_started(make_fleet, postgres_admin_url):
+    """Before any target starts (the fleet reads each one's status first), a SIGTERM gives the
+    fleet's document: a row per target, none started, nothing changed."""
+    fleet = make_fleet(4)
+    blocked = fleet.urls["t00"]
+    holder = psycopg.connect(blocked)  # its transaction holds t00's bookkeeping table: the read waits
+    holder.execute(sqlfiles.BOOKKEEPING)
+    holder.commit()
+    holder.execute("LOCK TABLE sqlfiles_migrations IN ACCESS EXCLUSIVE MODE")
+    run = FaberProcess.start(fleet.project, "migrate", "tenants", "--concurrency", "1", "--json", env=fleet.env)
+    try:
+        with psycopg.connect(blocked, autocommit=True) as watcher:
+            for _ in range(3000):
+                waiting = watcher.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND application_name = 'faber' AND wait_event_type = 'Lock'"
+                ).fetchone()[0]
+                if waiting:
+                    break
+                time.sleep(0.01)
+        assert waiting, "faber never read t00's status"
+        run.kill(signal.SIGTERM)
+        holder.rollback()  # the read it was waiting for ends; no other starts
+        assert run.wait(timeout=60) == 130, run.stderr()
+    finally:
+        holder.close()
+        run.stop_everything()
+
+    document = json.loads(run.stdout())
+    assert document["code"] == "INTERRUPTED", document
+    result = document["result"]
+    assert result["interrupted_by"] == "SIGTERM"
+    assert [row["status"] for row in result["targets"]] == ["not_attempted"] * 4
+    assert result["summary"] == {"not_attempted": 4}
+    assert "4 not started" in document["error"]
+    assert any("t00, t01, t02, t03" in hint for hint in document["recovery"]["suggestions"])
+    assert all(fleet.applied(name) == [] and fleet.history(name) == [] for name in fleet.names)
+    assert CANARY_PASSWORD not in run.stdout() + run.stderr()
