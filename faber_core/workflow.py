@@ -975,6 +975,9 @@ def restore_backup(context: RunContext, plugins: Plugins, backup: BackupRecord) 
     """
     with step(context, "rollback", **{"faber.backup.id": backup.id}):
         context.emit("rollback.started", backup_id=backup.id)
+        # A restore may end every session of the database (a swap restore does): faber's shared
+        # one is not kept across it.
+        context.database.close_session()
         try:
             outcome = plugins.backup_restore(context, backup)
         except KeyboardInterrupt as interrupt:  # from a provider that does not say where it stopped
