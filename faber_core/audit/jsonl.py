@@ -27,14 +27,14 @@ class AuditLog:
 
     @hookimpl
     def faber_audit_event(self, event: AuditEvent, context: RunContext) -> None:
-        path = context.state_dir / LOG_NAME
+        log = context.kept((LogFile, context.project_dir), lambda: LogFile(context.state_dir / LOG_NAME))
         line = context.redactor.redact(event.model_dump_json()) + "\n"
         try:
-            context.kept((LogFile, path), lambda: LogFile(path)).append(line)
+            log.append(line)
         except OSError as exc:
             if event.run_id not in self._warned_runs:
                 self._warned_runs.add(event.run_id)
-                sys.stderr.write(f"warning: cannot append to {path}: {exc.strerror or exc}\n")
+                sys.stderr.write(f"warning: cannot append to {log.path}: {exc.strerror or exc}\n")
 
 
 class LogFile:
