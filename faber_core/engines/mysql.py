@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -59,6 +60,9 @@ ACCESS_DENIED = (DATABASE_ACCESS_DENIED, 1045, 1698)
 LOST_CONNECTION = (2003, 2006, 2013, 2055)
 CONNECT_TIMEOUT_TEXT = "timed out"
 _LOCK_WAIT_TEXT = "lock wait timeout exceeded"
+SESSION_END_SECONDS = 10
+"""How long an interrupted faber waits for the server to end the session it was running a statement on
+(a large ALTER TABLE takes a moment to roll back), and to connect to send the ``KILL``."""
 
 _DRIVER_PARAMS = frozenset({"socket", "charset"})
 """Query parameters faber passes to the driver besides TLS's (:func:`tls_settings`); every other
@@ -170,7 +174,60 @@ def tls_settings(params: dict[str, str], invalid: Callable[[str], ConfigError]) 
 
 class MySQLConnection(pymysql.connections.Connection):
     """A PyMySQL connection with psycopg's shortcuts, so a handler's simple queries read alike on
-    both engines: ``conn.execute(sql, params).fetchall()`` and ``with conn.transaction(): ...``."""
+    both engines: ``conn.execute(sql, params).fetchall()`` and ``with conn.transaction(): ...``.
+
+    An interrupt (SIGINT, or SIGTERM as faber raises it) while a statement runs ends the
+    statement on the server too, as psycopg's cancel does on PostgreSQL: MySQL and MariaDB do not
+    notice a client gone while a statement runs, so without it a DDL statement would run to its
+    end and commit after faber reported it stopped.
+    """
+
+    def __init__(self, **params: Any) -> None:
+        self._params = params
+        super().__init__(**params)
+
+    def query(self, sql: str | bytes, unbuffered: bool = False) -> int:
+        try:
+            return super().query(sql, unbuffered)
+        except KeyboardInterrupt:
+            self._end_session_on_server()
+            raise
+
+    def next_result(self, unbuffered: bool = False) -> int:
+        """The next statement of a multi-statement request (Prisma's scripts) runs as it is read."""
+        try:
+            return super().next_result(unbuffered)
+        except KeyboardInterrupt:
+            self._end_session_on_server()
+            raise
+
+    def _end_session_on_server(self) -> None:
+        """``KILL`` this session from a second connection, then wait until the server has ended it.
+
+        The whole session, not just its statement (``KILL QUERY``): the interrupt has already
+        closed this side of the connection mid-answer, so the session is of no further use, and
+        ending it rolls its open transaction back and frees its locks at once. Waiting for the
+        session to be gone makes whatever faber reports next (what committed, the restore) and
+        the next run see the statement's final effect. A server that cannot be reached ends the
+        session itself once the statement is over.
+        """
+        session = self.server_thread_id[0] if self.server_thread_id else None
+        self._force_close()
+        if session is None:
+            return
+        params = {**self._params, "autocommit": True, "connect_timeout": SESSION_END_SECONDS}
+        params.pop("client_flag", None)
+        try:
+            with pymysql.connect(**params) as side, side.cursor() as cursor:
+                cursor.execute(f"KILL {int(session)}")
+                deadline = time.monotonic() + SESSION_END_SECONDS
+                while time.monotonic() < deadline:
+                    cursor.execute("SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = %s", [session])
+                    if cursor.fetchone() is None:
+                        return
+                    time.sleep(0.05)
+        except pymysql.Error:
+            pass  # already gone (unknown thread), or the server is out of reach: it ends the session itself
 
     def fileno(self) -> int:
         """The socket's file descriptor, as psycopg's ``Connection.fileno()``."""
