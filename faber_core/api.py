@@ -746,6 +746,15 @@ def _execute(
                     exit_code=document.exit_code,
                     document=document.model_dump(mode="json"),
                 )
+            except KeyboardInterrupt as interrupt:
+                # The work is over and the document says how it ended: only the run's records (its
+                # deployment-history row) may be cut short, which is no reason to report otherwise.
+                import sys
+
+                sys.stderr.write(
+                    f"warning: {signal_name(interrupt)} arrived while the run was being recorded: its deployment "
+                    "history row may be missing\n"
+                )
             finally:
                 run.context.close()  # the run's last event is out: what hooks kept for it can go
         record_outcome(span, document.exit_code, document, run.redactor)

@@ -218,6 +218,7 @@ def deploy_lock(context: RunContext) -> Iterator[DeployLock]:
             # Before anything is backed up or recorded: the backup would leave those objects out.
             refuse_shared_faber_schema(conn, context.config.database.faber_schema)
         context.emit("lock.acquired")
+        engine.finish_interrupted_restores(context, conn)
         yield DeployLock(conn, held)
 
 

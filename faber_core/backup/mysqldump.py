@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import re
 import subprocess
 import tempfile
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -189,9 +191,12 @@ def faber_backup_restore(context: RunContext, backup: BackupRecord) -> RestoreOu
             "the database it was taken of",
             suggestions=[f"Choose a backup of {target}: faber backups {context.environment}"],
         )
-    client = client_program("mariadb", "mysql")
+    progress = RestoreProgress()
     try:
-        return _restore(context, backup, archive, target, client, manual)
+        client = client_program("mariadb", "mysql")
+        return _restore(context, backup, archive, target, client, manual, progress)
+    except KeyboardInterrupt as interrupt:
+        return _interrupted(context, backup, target, interrupt, progress)
     except context.database.engine.driver_error as exc:
         raise RestoreFailed(
             f"The restore of {backup.id} stopped: {context.redactor.redact(str(exc.args[-1]))}",
@@ -203,43 +208,35 @@ def faber_backup_restore(context: RunContext, backup: BackupRecord) -> RestoreOu
         ) from None
 
 
+@dataclass
+class RestoreProgress:
+    swapped: bool = False
+    """The swap is done, the backup's objects created: the database is the backup."""
+
+
 def _restore(
-    context: RunContext, backup: BackupRecord, archive: Path, target: str, client: Path, manual: list[str]
+    context: RunContext,
+    backup: BackupRecord,
+    archive: Path,
+    target: str,
+    client: Path,
+    manual: list[str],
+    progress: RestoreProgress,
 ) -> RestoreOutcome:
     prefix = scratch_prefix(target)
     run = f"{int(time.time() * 1000):x}"
     scratch, displaced = f"{prefix}{run}_new", f"{prefix}{run}_old"
     with store.reading(archive) as fd, context.database.connect(application_name="faber restore") as conn:
         store.verify_archive(context, backup, fd)
-        _drop_leftovers(conn, prefix)
+        _drop_leftovers(context, conn, target, prefix)
         conn.execute(f"CREATE DATABASE {quote(scratch)}")
         conn.execute(f"CREATE DATABASE {quote(displaced)}")
-        # Whether the swap, the restore's commit point, happened: None while it is on its way.
-        swapped: bool | None = False
         try:
             context.emit(events.BACKUP_PROGRESS, target=backup.id, status="loading the dump beside the database")
             _load(context, client, fd, scratch, manual)
             objects = _take_objects(conn, scratch, target)
-            swapped = None
-            _swap(conn, target, scratch, displaced, manual)
-            swapped = True
-            _create_objects(conn, target, objects)
-        except KeyboardInterrupt as interrupt:
-            return RestoreOutcome.interrupted(
-                backup.id,
-                interrupt,
-                committed=swapped,
-                details={
-                    True: f"The restore of {backup.id} had swapped its tables in: the tables and rows are exactly "
-                    f"the backup's; run faber rollback {context.environment} --to {backup.id} again to recreate "
-                    "its views, triggers, routines and events",
-                    False: f"The restore of {backup.id} stopped before its table swap: the database is exactly as "
-                    "before it",
-                    None: f"The restore of {backup.id} stopped during its table swap, which MySQL applies all or "
-                    "nothing: the tables and rows are either as before it or the backup's, and some triggers may "
-                    f"be missing; run faber rollback {context.environment} --to {backup.id} again",
-                }[swapped],
-            )
+            _swap(conn, Swap(backup.id, target, scratch, displaced, triggers_of(conn, target), objects), manual)
+            progress.swapped = True
         finally:
             _drop_quietly(conn, scratch)
             _drop_quietly(conn, displaced)
@@ -256,6 +253,37 @@ def _restore(
     )
 
 
+def _interrupted(
+    context: RunContext, backup: BackupRecord, target: str, interrupt: KeyboardInterrupt, progress: RestoreProgress
+) -> RestoreOutcome:
+    """A signal stopped the restore: finish the step it was in, on a connection of its own (the
+    interrupt ended the restore's session), and say which side of the swap the database is on:
+    the journal says it while the swap is under way, the progress once it is done."""
+    env = context.environment
+    try:
+        with context.database.connect(application_name="faber restore") as conn:
+            finished = _drop_leftovers(context, conn, target, scratch_prefix(target))
+    except context.database.engine.driver_error as exc:
+        return RestoreOutcome.interrupted(
+            backup.id,
+            interrupt,
+            committed=None,
+            details=f"The restore of {backup.id} was interrupted and could not be finished "
+            f"({context.redactor.redact(str(exc.args[-1]))}): the tables and rows are either as before it or the "
+            f"backup's (one atomic swap); the next faber migrate or faber rollback {env} finishes it",
+        )
+    swapped = progress.swapped or bool(finished and finished[0])
+    return RestoreOutcome.interrupted(
+        backup.id,
+        interrupt,
+        committed=swapped,
+        details=f"The restore of {backup.id} had swapped its tables in: the database is exactly the backup, its "
+        "views, triggers, routines and events recreated"
+        if swapped
+        else f"The restore of {backup.id} stopped before its table swap: the database is exactly as before it",
+    )
+
+
 def _drop_quietly(conn: Any, scratch: str) -> None:
     try:
         conn.execute(f"DROP DATABASE IF EXISTS {quote(scratch)}")
@@ -263,13 +291,16 @@ def _drop_quietly(conn: Any, scratch: str) -> None:
         pass  # the next restore drops it (_drop_leftovers)
 
 
-def _drop_leftovers(conn: Any, prefix: str) -> None:
-    """The scratch databases of a restore of this database killed before its end: the dump half
-    loaded (the target untouched), or the target's replaced tables (the swap done)."""
+def _drop_leftovers(context: RunContext, conn: Any, target: str, prefix: str) -> list[bool]:
+    """The scratch databases of a restore of this database stopped before its end: the dump half
+    loaded (the target untouched), or the target's replaced tables (the swap done); a restore
+    stopped in its swap is finished first (:func:`_finish`, whose answer this returns)."""
+    finished = _finish(context, conn, target)
     for (name,) in conn.execute(
         "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE %s", [like_prefix(prefix)]
     ).fetchall():
         conn.execute(f"DROP DATABASE {quote(name)}")
+    return finished
 
 
 def _load(context: RunContext, client: Path, fd: int, scratch: str, manual: list[str]) -> None:
@@ -329,32 +360,92 @@ def _retarget(create: str, scratch: str, target: str) -> str:
     return DEFINER_CLAUSE.sub("", create).replace(quote(scratch) + ".", quote(target) + ".")
 
 
-def _swap(conn: Any, target: str, scratch: str, displaced: str, manual: list[str]) -> None:
+JOURNAL = "faber_restore_journal"
+"""The restore's swap in progress, in the target database (faber's: backups leave it out, the swap
+does not move it): what a kill between its statements would leave half done, and how to finish."""
+_JOURNAL_TABLE = f"""
+CREATE TABLE IF NOT EXISTS {JOURNAL} (
+    scratch   varchar(64) PRIMARY KEY,
+    displaced varchar(64) NOT NULL,
+    backup_id varchar(255) NOT NULL,
+    swap      longtext NOT NULL
+)
+"""
+
+
+@dataclass
+class Swap:
+    """One restore's swap: enough to finish it from either side, after any interruption."""
+
+    backup_id: str
+    target: str
+    scratch: str
+    displaced: str
+    target_triggers: list[tuple[str, str]]
+    """The target's triggers (name, CREATE statement), set aside while its tables move out."""
+    backup_objects: list[str]
+    """The backup's views, triggers, routines and events, to create once its tables moved in."""
+    replaced: list[str] = field(default_factory=list)
+    restored: list[str] = field(default_factory=list)
+
+    def renames(self) -> str:
+        t = quote(self.target)
+        moves = [f"{t}.{quote(name)} TO {quote(self.displaced)}.{quote(name)}" for name in self.replaced]
+        moves += [f"{quote(self.scratch)}.{quote(name)} TO {t}.{quote(name)}" for name in self.restored]
+        return "RENAME TABLE " + ", ".join(moves)
+
+    def happened(self, conn: Any) -> bool:
+        """Whether the one RENAME TABLE ran: the tables are where it put them (it moves all or none)."""
+        if self.restored:
+            return not _base_tables(conn, self.scratch, self.restored)
+        return len(_base_tables(conn, self.displaced, self.replaced)) == len(self.replaced)
+
+
+def _base_tables(conn: Any, schema: str, among: list[str]) -> list[str]:
+    rows = conn.execute(
+        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_TYPE = 'BASE TABLE'",
+        [schema],
+    ).fetchall()
+    return [name for (name,) in rows if name in among]
+
+
+def _swap(conn: Any, swap: Swap, manual: list[str]) -> None:
     """One RENAME TABLE: the target's tables into ``displaced``, the restored ones into the target.
 
     Across databases, because constraint names are the database's (Prisma, TypeORM and Sequelize
     name their foreign keys): the replaced tables' constraints leave before the restored ones'
     arrive. MySQL moves no table with triggers to another database, so the target's triggers are
-    dropped just before, and recreated if the rename fails (it then changed nothing)."""
-    t = quote(target)
-    triggers = triggers_of(conn, target)
-    current = conn.execute(
-        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_TYPE = 'BASE TABLE'"
-        " AND TABLE_NAME NOT LIKE %s",
-        [target, like_prefix(FABER_TABLES)],
-    ).fetchall()
-    restored = conn.execute("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s", [scratch])
-    renames = [f"{t}.{quote(name)} TO {quote(displaced)}.{quote(name)}" for (name,) in current]
-    renames += [f"{quote(scratch)}.{quote(name)} TO {t}.{quote(name)}" for (name,) in restored.fetchall()]
-    if not renames:
-        return
-    for name, _ in triggers:
+    dropped just before, and the backup's created just after: the journal row written first says
+    how to finish from either side (:func:`_finish`), whatever stops the restore in between. A
+    rename that fails changed nothing: the target's triggers are put back."""
+    t = quote(swap.target)
+    swap.replaced = [
+        name
+        for (name,) in conn.execute(
+            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_TYPE = 'BASE TABLE'"
+            " AND TABLE_NAME NOT LIKE %s",
+            [swap.target, like_prefix(FABER_TABLES)],
+        ).fetchall()
+    ]
+    swap.restored = [
+        name
+        for (name,) in conn.execute(
+            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s", [swap.scratch]
+        ).fetchall()
+    ]
+    conn.execute(_JOURNAL_TABLE)
+    conn.execute(
+        f"INSERT INTO {t}.{JOURNAL} (scratch, displaced, backup_id, swap) VALUES (%s, %s, %s, %s)",
+        [swap.scratch, swap.displaced, swap.backup_id, json.dumps(asdict(swap))],
+    )
+    for name, _ in swap.target_triggers:
         conn.execute(f"DROP TRIGGER {t}.{quote(name)}")
     try:
-        conn.execute("RENAME TABLE " + ", ".join(renames))
+        if swap.replaced or swap.restored:
+            conn.execute(swap.renames())
     except conn.Error as exc:
-        for _, create in triggers:
-            conn.execute(create)
+        _put_back_triggers(conn, swap)
+        conn.execute(f"DELETE FROM {t}.{JOURNAL} WHERE scratch = %s", [swap.scratch])
         raise RestoreFailed(
             f"Swapping in the restored tables failed, and changed nothing: {exc.args[-1]}",
             suggestions=[
@@ -362,6 +453,84 @@ def _swap(conn: Any, target: str, scratch: str, displaced: str, manual: list[str
                 *manual,
             ],
         ) from None
+    _create_objects(conn, swap)
+    conn.execute(f"DELETE FROM {t}.{JOURNAL} WHERE scratch = %s", [swap.scratch])
+
+
+def _put_back_triggers(conn: Any, swap: Swap) -> None:
+    present = {name for name, _ in triggers_of(conn, swap.target)}
+    for name, create in swap.target_triggers:
+        if name not in present:
+            conn.execute(DEFINER_CLAUSE.sub("", create))
+
+
+def finish_interrupted_restores(context: RunContext, conn: Any) -> None:
+    """Finish what a restore killed in its swap left half done (faber's lock held: no restore runs)."""
+    _finish(context, conn, context.database.name or "")
+
+
+def _finish(context: RunContext, conn: Any, target: str) -> list[bool]:
+    """Finish the swaps the journal holds (one at most: restores take faber's lock): put the target's
+    triggers back where the rename did not happen, create the backup's objects where it did;
+    whether each had swapped; then its scratch databases are dropped. Sessions still working for a killed restore (a RENAME TABLE waiting
+    for a lock) are ended first, so what is found stays so."""
+    t = quote(target)
+    exists = conn.execute(
+        "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s", [target, JOURNAL]
+    ).fetchone()
+    if not exists:
+        return []
+    finished = []
+    for (text,) in conn.execute(f"SELECT swap FROM {t}.{JOURNAL}").fetchall():
+        fields = json.loads(text)
+        swap = Swap(**{**fields, "target_triggers": [tuple(pair) for pair in fields["target_triggers"]]})
+        _end_sessions_on(conn, [swap.scratch, swap.displaced])
+        swapped = swap.happened(conn)
+        if swapped:
+            _create_objects(conn, swap)
+        else:
+            _put_back_triggers(conn, swap)
+        conn.execute(f"DELETE FROM {t}.{JOURNAL} WHERE scratch = %s", [swap.scratch])
+        _drop_quietly(conn, swap.scratch)
+        _drop_quietly(conn, swap.displaced)
+        context.emit(
+            "mysqldump.restore_finished",
+            backup_id=swap.backup_id,
+            swapped=swapped,
+            details=f"an interrupted restore of {swap.backup_id} was finished: "
+            + ("its views, triggers, routines and events created" if swapped else "the database's triggers put back"),
+        )
+        finished.append(swapped)
+    return finished
+
+
+def _end_sessions_on(conn: Any, schemas: list[str]) -> None:
+    """``KILL`` the sessions whose statement names one of ``schemas`` (a killed restore's rename,
+    which the server runs on once the lock it waits for comes free), and wait until they are gone."""
+    from faber_core.engines.mysql import SESSION_END_SECONDS
+    sessions = [
+        session
+        for schema in schemas
+        for (session,) in conn.execute(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() AND INFO LIKE %s",
+            [f"%{like_prefix(schema)[:-1]}%"],
+        ).fetchall()
+    ]
+    for session in sessions:
+        try:
+            conn.execute(f"KILL {int(session)}")
+        except conn.Error:
+            pass  # it ended meanwhile
+    deadline = time.monotonic() + SESSION_END_SECONDS
+    while sessions and time.monotonic() < deadline:
+        placeholders = ", ".join(["%s"] * len(sessions))
+        sessions = [
+            session
+            for (session,) in conn.execute(
+                f"SELECT ID FROM information_schema.PROCESSLIST WHERE ID IN ({placeholders})", sessions
+            ).fetchall()
+        ]
+        time.sleep(0.05)
 
 
 def triggers_of(conn: Any, schema: str) -> list[tuple[str, str]]:
@@ -373,23 +542,25 @@ def triggers_of(conn: Any, schema: str) -> list[tuple[str, str]]:
     return [(name, conn.execute(f"SHOW CREATE TRIGGER {q}.{quote(name)}").fetchone()[2]) for (name,) in rows]
 
 
-def _create_objects(conn: Any, target: str, statements: list[str]) -> None:
-    """The backup's views, triggers, routines and events in the target, whose own routines and
-    events they replace (its views and triggers went aside with its tables)."""
-    t = quote(target)
+def _create_objects(conn: Any, swap: Swap) -> None:
+    """The backup's views, triggers, routines and events in the target, replacing its own (its
+    triggers went aside before its tables; any here were created by this restore, cut short)."""
+    t = quote(swap.target)
     for (name,) in conn.execute(
-        "SELECT TABLE_NAME FROM information_schema.VIEWS WHERE TABLE_SCHEMA = %s", [target]
+        "SELECT TABLE_NAME FROM information_schema.VIEWS WHERE TABLE_SCHEMA = %s", [swap.target]
     ).fetchall():
         conn.execute(f"DROP VIEW {t}.{quote(name)}")
+    for name, _ in triggers_of(conn, swap.target):
+        conn.execute(f"DROP TRIGGER {t}.{quote(name)}")
     for kind, name in conn.execute(
-        "SELECT ROUTINE_TYPE, ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = %s", [target]
+        "SELECT ROUTINE_TYPE, ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = %s", [swap.target]
     ).fetchall():
         conn.execute(f"DROP {kind} {t}.{quote(name)}")
     for (name,) in conn.execute(
-        "SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s", [target]
+        "SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s", [swap.target]
     ).fetchall():
         conn.execute(f"DROP EVENT {t}.{quote(name)}")
-    for statement in statements:
+    for statement in swap.backup_objects:
         try:
             conn.execute(statement)
         except conn.Error as exc:

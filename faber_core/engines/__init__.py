@@ -409,6 +409,11 @@ class Engine(ABC):
         named for the failure report; none on an engine where a failed build leaves nothing."""
         return []
 
+    def finish_interrupted_restores(self, context: RunContext, conn: Any) -> None:
+        """Finish what a restore killed in a step that is not atomic left half done, once faber's
+        lock is held (so no restore is running); nothing on an engine whose restores are one
+        transaction."""
+
     def preview_note(self) -> str | None:
         """The preview's note naming the checks this engine lacks; None when it has them all."""
         missing = [FEATURE_LABELS[feature] for feature in FEATURE_LABELS if feature in self.unsupported]

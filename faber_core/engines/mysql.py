@@ -246,7 +246,10 @@ class MySQLConnection(pymysql.connections.Connection):
         try:
             yield
         except BaseException:
-            self.rollback()
+            try:
+                self.rollback()
+            except pymysql.Error:
+                pass  # the session is gone (an interrupt ended it), and its transaction with it: keep the cause
             raise
         self.commit()
 
@@ -554,6 +557,11 @@ class MySQLEngine(Engine):
                 conn.execute("SELECT RELEASE_LOCK(%s)", [name])
             except pymysql.Error:
                 pass  # a broken connection has already dropped the lock; keep the original error
+
+    def finish_interrupted_restores(self, context: RunContext, conn: MySQLConnection) -> None:
+        from faber_core.backup.mysqldump import finish_interrupted_restores
+
+        finish_interrupted_restores(context, conn)
 
     def apply_session_timeouts(self, conn: MySQLConnection, settings: EnvironmentSettings) -> None:
         version = conn.get_server_info()
