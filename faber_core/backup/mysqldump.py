@@ -10,20 +10,21 @@ made atomic where MySQL offers atomicity, in one ``RENAME TABLE``:
 
 1. the dump is loaded into a scratch database of its own beside the target (minutes, for a large
    database): a kill here leaves the target untouched, and the next restore drops the scratch;
-2. the scratch's views and triggers are read and dropped there, and the target's triggers are
-   dropped (MySQL moves no table with triggers to another database);
+2. the scratch's views and triggers are read and dropped there; a journal row in the target
+   (``faber_restore_journal``) records the swap; the target's triggers are dropped (MySQL moves
+   no table with triggers to another database);
 3. **one** ``RENAME TABLE`` moves every table of the target into a second scratch database and
    every restored table into the target: MySQL and MariaDB apply a multi-table rename all or
    nothing, so the tables and their rows are either all the target's or all the backup's. Across
    databases, because foreign-key constraint names are the database's (the ORMs name theirs);
-4. the backup's views, triggers, routines and events are created in the target, and both scratch
-   databases dropped.
+4. the backup's views, triggers, routines and events are created in the target, the journal row
+   deleted and both scratch databases dropped.
 
-Steps 2 and 4 take milliseconds but are outside the rename's atomicity: a kill exactly then
-leaves the tables and rows as before (step 2) or as the backup (step 4) with some triggers,
-views or routines missing; the next restore drops the scratch databases. A rename that fails
-(a session holding a table past the lock timeout) recreates the target's triggers: nothing
-changed. docs/mysql.md says so.
+Steps 2 to 4 are outside the rename's atomicity, so the journal row says how to finish them from
+either side of the rename (:func:`_finish`): an interrupt (SIGINT, SIGTERM) finishes them at
+once, and after SIGKILL the next run that takes faber's lock does, or the next restore. A rename
+that fails (a session holding a table past the lock timeout) puts the target's triggers back:
+nothing changed. docs/mysql.md says so.
 """
 
 from __future__ import annotations
