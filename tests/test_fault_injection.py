@@ -51,6 +51,7 @@ from faber_core.testing.faults import (
     migration_session,
     record_injection,
     snapshot,
+    top_level_steps,
     wait_for_server_release,
 )
 from faber_core.testing.fixtures import CANARY_PASSWORD, create_database, database_url_for, drop_database
@@ -575,17 +576,6 @@ def test_every_step_and_migration_has_an_injection_point(bed: FaultBed) -> None:
     assert {e["data"]["name"] for e in runs["deploy"] if e["kind"] == "migration.applied"} == set(DEPLOYED)
 
 
-def top_level_steps(events: list[Event]) -> list[Event]:
-    """``step.started`` events of the workflow's own steps (not the steps nested inside them)."""
-    depth, found = 0, []
-    for event in events:
-        if event["kind"] == "step.started":
-            if depth == 0:
-                found.append(event)
-            depth += 1
-        elif event["kind"] == "step.finished":
-            depth -= 1
-    return found
 
 
 def test_kills_awaiting_fixes_are_real_kills():

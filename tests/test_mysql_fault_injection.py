@@ -27,15 +27,13 @@ import json
 import re
 import shlex
 import signal
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from faber_core.support.mysql import faber_lock_name
-from faber_core.testing.faults import FaberProcess, event_matcher
+from faber_core.testing.faults import FaberProcess, event_matcher, mysql_session, wait_for_mysql_release
 from faber_core.testing.fixtures import CANARY_PASSWORD, mysql_connect, mysql_scratch_databases
 
 ENVIRONMENT = "production"
@@ -154,28 +152,10 @@ def faber(project: Path, url: str, *args: str) -> FaberProcess:
     return FaberProcess.start(project, *args, env={URL_ENV: url, "FABER_PLUGINS": SQLFILES})
 
 
-def processlist(admin_url: str, condition: str, params: list) -> tuple | None:
-    with mysql_connect(admin_url) as conn:
-        return conn.execute(
-            f"SELECT ID, DB, LEFT(INFO, 80) FROM information_schema.PROCESSLIST WHERE {condition} LIMIT 1", params
-        ).fetchone()
 
 
-def leftovers(admin_url: str, user: str, name: str) -> list[tuple]:
-    """The deploy user's sessions, and faber's lock on ``name`` if anyone holds it."""
-    with mysql_connect(admin_url) as conn:
-        sessions = conn.execute(
-            "SELECT ID, DB, COMMAND, LEFT(INFO, 80) FROM information_schema.PROCESSLIST WHERE USER = %s", [user]
-        ).fetchall()
-        holder = conn.execute("SELECT IS_USED_LOCK(%s)", [faber_lock_name(name)]).fetchone()[0]
-    return [*sessions, *([("faber lock held by", holder)] if holder is not None else [])]
 
 
-def wait_for_release(admin_url: str, user: str, name: str) -> list[tuple]:
-    deadline = time.monotonic() + SERVER_BOUND
-    while (found := leftovers(admin_url, user, name)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return found
 
 
 def document(run: FaberProcess) -> dict:
@@ -246,7 +226,7 @@ def test_kill(point, signum, faber_project, mysql_database_url, mysql_admin_url,
     try:
         run.wait_for(EVENTS[point])
         run.wait_until(
-            lambda: processlist(mysql_admin_url, condition, [user if point == "restore" else name]),
+            lambda: mysql_session(mysql_admin_url, condition, [user if point == "restore" else name]),
             what=f"the {point} on the server",
             timeout=60,
         )
@@ -258,7 +238,7 @@ def test_kill(point, signum, faber_project, mysql_database_url, mysql_admin_url,
         run.stop_everything()
     assert not survivors, f"child processes outlived faber: {[child.command for child in survivors]}"
     assert CANARY_PASSWORD not in run.stdout() + run.stderr()
-    left = wait_for_release(mysql_admin_url, user, name)
+    left = wait_for_mysql_release(mysql_admin_url, user, name, within=SERVER_BOUND)
     assert not left, f"left on the server {SERVER_BOUND}s after the kill: {left}"
 
     state = snapshot(mysql_admin_url, name)
@@ -324,7 +304,7 @@ def start_slow_migration(
     run = faber(project, url, "migrate", ENVIRONMENT, "--yes", "--json")
     run.wait_for(event_matcher("migration.started", name="001_slow"))
     condition = "DB = %s AND INFO LIKE 'CREATE TABLE IF NOT EXISTS slow%%'"
-    run.wait_until(lambda: processlist(admin_url, condition, [name]), what="the slow statement")
+    run.wait_until(lambda: mysql_session(admin_url, condition, [name]), what="the slow statement")
     return run, condition
 
 
@@ -347,8 +327,8 @@ def test_a_statement_running_when_faber_is_killed_runs_to_its_end_and_commits(
     finally:
         run.stop_everything()
 
-    assert processlist(mysql_admin_url, condition, [name]), "the statement ended with faber"
-    assert not wait_for_release(mysql_admin_url, user, name)
+    assert mysql_session(mysql_admin_url, condition, [name]), "the statement ended with faber"
+    assert not wait_for_mysql_release(mysql_admin_url, user, name, within=SERVER_BOUND)
     assert snapshot(mysql_admin_url, name)["history"] == (("000_base", "applied"), ("001_slow", "failed"))
     with mysql_connect(mysql_admin_url) as conn:
         assert list(conn.execute(f"SELECT held FROM `{name}`.slow").fetchall()) == [(0,)]
@@ -391,8 +371,8 @@ def test_a_statement_running_when_faber_is_interrupted_is_stopped(
     said = document(run)
     assert said["code"] == "INTERRUPTED" and said["result"]["failed_migration"] == "001_slow", run.stdout()
     assert said["result"]["applied_migrations"] == [] and said["result"]["rollback_status"] == "disabled", run.stdout()
-    assert not processlist(mysql_admin_url, condition, [name]), "the statement outlived faber"
-    assert not wait_for_release(mysql_admin_url, user, name)
+    assert not mysql_session(mysql_admin_url, condition, [name]), "the statement outlived faber"
+    assert not wait_for_mysql_release(mysql_admin_url, user, name, within=SERVER_BOUND)
     assert snapshot(mysql_admin_url, name)["tables"] == before["tables"]
     control(mysql_database_url)
     code, output = converge(project, mysql_database_url)

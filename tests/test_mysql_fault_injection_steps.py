@@ -29,7 +29,6 @@ import json
 import re
 import shlex
 import signal
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,8 +38,15 @@ from typing import Any
 import pytest
 
 from faber_core.backup.mysqldump import JOURNAL
-from faber_core.support.mysql import faber_lock_name
-from faber_core.testing.faults import Event, FaberProcess, event_matcher, record_injection
+from faber_core.testing.faults import (
+    Event,
+    FaberProcess,
+    event_matcher,
+    mysql_session,
+    record_injection,
+    top_level_steps,
+    wait_for_mysql_release,
+)
 from faber_core.testing.fixtures import CANARY_PASSWORD, mysql_connect, mysql_scratch_databases
 
 ENVIRONMENT = "production"
@@ -208,29 +214,10 @@ def control(url: str, *, hold: str = "", seconds: int = 0, fail: str = "") -> No
         conn.execute("UPDATE faults_control SET hold = %s, seconds = %s, fail = %s", [hold, seconds, fail])
 
 
-def processlist(admin_url: str, condition: str, params: list) -> tuple | None:
-    with mysql_connect(admin_url) as conn:
-        return conn.execute(
-            f"SELECT ID, DB, STATE, LEFT(INFO, 80) FROM information_schema.PROCESSLIST WHERE {condition} LIMIT 1",
-            params,
-        ).fetchone()
 
 
-def leftovers(admin_url: str, user: str, name: str) -> list[tuple]:
-    """The deploy user's sessions, and faber's lock on ``name`` if anyone holds it."""
-    with mysql_connect(admin_url) as conn:
-        sessions = conn.execute(
-            "SELECT ID, DB, COMMAND, LEFT(INFO, 80) FROM information_schema.PROCESSLIST WHERE USER = %s", [user]
-        ).fetchall()
-        holder = conn.execute("SELECT IS_USED_LOCK(%s)", [faber_lock_name(name)]).fetchone()[0]
-    return [*sessions, *([("faber lock held by", holder)] if holder is not None else [])]
 
 
-def wait_for_release(admin_url: str, user: str, name: str) -> list[tuple]:
-    deadline = time.monotonic() + SERVER_BOUND
-    while (found := leftovers(admin_url, user, name)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return found
 
 
 # The reference states, built once ----------------------------------------------------------
@@ -405,7 +392,7 @@ def interrupt_and_check(bed: Bed, point: Point, signum: int, states: dict[str, d
         run.stop_everything()
         if app is not None:
             app.close()  # the application goes on: whatever waited for its lock proceeds now
-    left = wait_for_release(bed.admin_url, bed.user, bed.name)
+    left = wait_for_mysql_release(bed.admin_url, bed.user, bed.name, within=SERVER_BOUND)
     if left:
         problems.append(f"left on the server {SERVER_BOUND}s after the kill: {left}")
     if CANARY_PASSWORD in run.stdout() + run.stderr():
@@ -471,7 +458,7 @@ def land_kill(bed: Bed, run: FaberProcess, point: Point, signum: int) -> None:
     else:
         condition = ""
     if condition:
-        run.wait_until(lambda: processlist(bed.admin_url, condition, params), what=f"{point.inside} on the server")
+        run.wait_until(lambda: mysql_session(bed.admin_url, condition, params), what=f"{point.inside} on the server")
     run.kill(signum)
 
 
@@ -554,14 +541,3 @@ def test_every_step_and_migration_has_an_injection_point(mysql_database_url, mys
         ]
         assert not uncovered, f"{command}: no injection point at {uncovered}"
 
-
-def top_level_steps(events: list[Event]) -> list[Event]:
-    depth, found = 0, []
-    for event in events:
-        if event["kind"] == "step.started":
-            if depth == 0:
-                found.append(event)
-            depth += 1
-        elif event["kind"] == "step.finished":
-            depth -= 1
-    return found

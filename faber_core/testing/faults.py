@@ -10,7 +10,10 @@ handler or backup provider:
 - :func:`snapshot` takes a database's logical state: its schema as the engine dumps it for
   verification (PostgreSQL: ``pg_dump --schema-only``; MySQL/MariaDB: ``SHOW CREATE``), every
   constraint and index with its validity (PostgreSQL), and the row count of every table.
-- :func:`server_leftovers` lists the sessions and advisory locks still on a database.
+- :func:`server_leftovers` lists the sessions and advisory locks still on a database;
+  :func:`mysql_leftovers` the sessions and faber's lock still on a MySQL/MariaDB server.
+- :func:`top_level_steps` picks a run's workflow steps out of its events, for a test that every
+  step has an injection point.
 """
 
 from __future__ import annotations
@@ -41,6 +44,19 @@ Event = dict[str, Any]
 
 class FaberExited(AssertionError):
     """faber ended before the awaited moment came."""
+
+
+def top_level_steps(events: list[Event]) -> list[Event]:
+    """``step.started`` events of the workflow's own steps (not the steps nested inside them)."""
+    depth, found = 0, []
+    for event in events:
+        if event["kind"] == "step.started":
+            if depth == 0:
+                found.append(event)
+            depth += 1
+        elif event["kind"] == "step.finished":
+            depth -= 1
+    return found
 
 
 def event_matcher(kind: str, **data: Any) -> Callable[[Event], bool]:
@@ -520,3 +536,39 @@ def wait_for_server_release(
         if not found or time.monotonic() >= deadline:
             return found
         time.sleep(0.1)
+
+
+# MySQL/MariaDB --------------------------------------------------------------------------
+
+
+def mysql_session(admin_url: str, condition: str, params: list) -> tuple | None:
+    """The first session in the server's process list matching ``condition`` (SQL on
+    ``information_schema.PROCESSLIST``): its id, database, state and statement."""
+    from faber_core.testing.fixtures import mysql_connect
+
+    with mysql_connect(admin_url) as conn:
+        return conn.execute(
+            f"SELECT ID, DB, STATE, LEFT(INFO, 80) FROM information_schema.PROCESSLIST WHERE {condition} LIMIT 1",
+            params,
+        ).fetchone()
+
+
+def mysql_leftovers(admin_url: str, user: str, database: str) -> list[tuple]:
+    """The sessions of ``user`` (a test's deploy user), and faber's lock on ``database`` if anyone holds it."""
+    from faber_core.support.mysql import faber_lock_name
+    from faber_core.testing.fixtures import mysql_connect
+
+    with mysql_connect(admin_url) as conn:
+        sessions = conn.execute(
+            "SELECT ID, DB, COMMAND, LEFT(INFO, 80) FROM information_schema.PROCESSLIST WHERE USER = %s", [user]
+        ).fetchall()
+        holder = conn.execute("SELECT IS_USED_LOCK(%s)", [faber_lock_name(database)]).fetchone()[0]
+    return [*sessions, *([("faber lock held by", holder)] if holder is not None else [])]
+
+
+def wait_for_mysql_release(admin_url: str, user: str, database: str, *, within: float) -> list[tuple]:
+    """What :func:`mysql_leftovers` still finds after ``within`` seconds (empty as soon as nothing)."""
+    deadline = time.monotonic() + within
+    while (found := mysql_leftovers(admin_url, user, database)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return found
