@@ -199,6 +199,9 @@ class RunContext:
     before_each_migration: list[Callable[[str], None]] = field(default_factory=list)
     """Checks the core runs when a handler calls :meth:`start_migration` (faber's lock still held);
     one raises to stop the deploy before that migration."""
+    before_restore_swap: list[Callable[[], None]] = field(default_factory=list)
+    """Checks the core runs when a restore provider calls :meth:`restore_swapping`; one raises to
+    stop the restore before it changes the database."""
     _kept: dict[Hashable, Closable] = field(default_factory=dict, repr=False, compare=False)
     """Shared with the contexts ``dataclasses.replace`` derives from this one (a deadline, a
     rehearsal database): they are the same run."""
@@ -283,6 +286,18 @@ class RunContext:
         for check in self.before_each_migration:
             check(name)
         self.emit("migration.started", name=name)
+
+    def restore_swapping(self) -> None:
+        """A restore provider that copies the backup beside the database while the application
+        keeps working calls this right before the step that makes its copy the database (a swap).
+
+        It runs the core's checks (the rows written since the backup, again, under the
+        environment's ``restore_with_app_writes``) and raises a
+        :class:`~faber_core.errors.FaberError` (:class:`~faber_core.errors.WritesDuringRestore`)
+        when the restore must not go on: drop the copy and let it propagate, the database unchanged.
+        """
+        for check in self.before_restore_swap:
+            check()
 
     def migration_applied(self, migration: AppliedMigration) -> None:
         """Handlers call this right after each migration committed, with the rows it wrote when

@@ -56,6 +56,12 @@ class ApprovalRequired(FaberError):
     code = "APPROVAL_REQUIRED"
 
 
+class WritesDuringRestore(ApprovalRequired):
+    """A restore that worked beside the database (``restore_mode: swap``) found, right before making
+    its copy the database, rows the application wrote since the backup that the environment's
+    ``restore_with_app_writes`` does not let it discard; the copy was dropped, the database is unchanged."""
+
+
 class MigrationFailed(FaberError):
     code = "MIGRATION_FAILED"
 

@@ -50,6 +50,7 @@ from faber_core.errors import (
     LockLost,
     MigrationFailed,
     RestoreFailed,
+    WritesDuringRestore,
 )
 from faber_core.interrupts import signal_name
 from faber_core.models import (
@@ -850,8 +851,18 @@ def restore_unless_refused(context: RunContext, plugins: Plugins, backup: Backup
                 f"To restore anyway, discarding them: faber rollback {env} --to {backup.id} --yes --discard-app-writes",
             ],
         )
+    checked = WritesCheck(context, backup, approved=since)
     try:
-        outcome = restore_backup(context, plugins, backup)
+        outcome = restore_backup(context, plugins, backup, checked)
+    except WritesDuringRestore as exc:
+        context.emit("rollback.withheld", reason=exc.message)
+        return Rollback(
+            "refused",
+            reason=exc.message,
+            writes_since_backup=checked.latest,
+            advice_first=[f"Database not rolled back: {exc.message}"],
+            advice_last=exc.suggestions,
+        )
     except FaberError as exc:
         return Rollback(
             "failed",
@@ -860,6 +871,7 @@ def restore_unless_refused(context: RunContext, plugins: Plugins, backup: Backup
             error=exc.message,
             restore_suggestions=[*exc.suggestions, f"Retry the rollback: faber rollback {env} --to {backup.id}"],
         )
+    since = checked.latest
     if outcome.status == "interrupted":
         return interrupted_restore(context, backup, outcome, since)
     if restored_beside(outcome):
@@ -965,8 +977,47 @@ def failed_migration_advice(context: RunContext, failed: list[str]) -> list[str]
     ]
 
 
-def restore_backup(context: RunContext, plugins: Plugins, backup: BackupRecord) -> RestoreOutcome:
+@dataclass
+class WritesCheck:
+    """The rows written since a backup, as checked before restoring it (``approved``: the policy or
+    the person let the restore discard those) and, for a restore that works beside the database
+    while the application writes (a swap), again right before it makes its copy the database."""
+
+    context: RunContext
+    backup: BackupRecord
+    approved: writes.WritesSinceBackup
+    latest: writes.WritesSinceBackup = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.latest = self.approved
+
+    def again(self) -> None:
+        """Check again; under ``restore_with_app_writes: refuse``, stop the restore if rows were
+        written since the first check (nobody approved discarding those)."""
+        self.latest = check_writes_since_backup(self.context, self.backup)
+        during = writes.beyond(self.approved, self.latest)
+        if during.status != "found" or self.context.settings.restore_with_app_writes != "refuse":
+            return
+        env, backup_id = self.context.environment, self.backup.id
+        raise WritesDuringRestore(
+            f"Restore of {backup_id} stopped before its swap: while it ran, {during.summary()}, which the swap "
+            f"would discard (restore_with_app_writes: refuse); {env} is unchanged",
+            result={**writes_result(self.latest), "writes_during_restore": during.model_dump(mode="json")},
+            suggestions=[
+                *save_rows_commands(self.context, during),
+                f"Stop the application's writes, then retry: faber rollback {env} --to {backup_id}",
+                f"Or restore in place, which locks the tables instead: set restore_mode to in-place in "
+                f"database.environments.{env}.backup",
+            ],
+            backup_id=backup_id,
+        )
+
+
+def restore_backup(context: RunContext, plugins: Plugins, backup: BackupRecord, checked: WritesCheck) -> RestoreOutcome:
     """Restore, then prove it: the migration bookkeeping must equal the backup's manifest.
+
+    A provider that swaps a copy in checks the writes again right before (``checked.again``,
+    through ``context.restore_swapping``).
 
     An interrupt (SIGINT, SIGTERM) during the restore or its proof returns an ``interrupted``
     outcome saying whether the restore committed, for the caller to report.
@@ -979,12 +1030,15 @@ def restore_backup(context: RunContext, plugins: Plugins, backup: BackupRecord) 
         # A restore may end every session of the database (a swap restore does): faber's shared
         # one is not kept across it.
         context.database.close_session()
+        context.before_restore_swap.append(checked.again)
         try:
             outcome = plugins.backup_restore(context, backup)
         except KeyboardInterrupt as interrupt:  # from a provider that does not say where it stopped
             outcome = RestoreOutcome.interrupted(
                 backup.id, interrupt, committed=None, details="the backup provider did not say whether it committed"
             )
+        finally:
+            context.before_restore_swap.remove(checked.again)
         if outcome.status == "interrupted":
             context.emit("rollback.finished", backup_id=backup.id, status="interrupted", committed=outcome.committed)
             return outcome
@@ -1101,7 +1155,8 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
     with deploy_lock(context):
         since = check_writes_since_backup(context, chosen)
         confirm_rollback(context, options, chosen, since)
-        outcome = restore_backup(context, plugins, chosen)
+        checked = WritesCheck(context, chosen, approved=since)
+        outcome = restore_backup(context, plugins, chosen, checked)
     if outcome.status == "interrupted":
         raise interrupted_rollback(context, chosen, outcome)
     beside = restored_beside(outcome)
@@ -1114,7 +1169,7 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
             "verified": not beside,
             "migrations": [name for name, _ in chosen.migrations],
             "details": outcome.details,
-            "writes_since_backup": since.model_dump(mode="json"),
+            "writes_since_backup": checked.latest.model_dump(mode="json"),
             **outcome.model_dump(include={"original_unchanged", "endpoint", "provider_data"}, exclude_defaults=True),
         },
         message=outcome.details if beside else f"Rolled back {context.environment} to {chosen.id}",

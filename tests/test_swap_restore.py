@@ -21,6 +21,8 @@ import pytest
 from psycopg import sql
 
 from faber_core.backup.swap import previous_name, restoring_name
+from faber_core.events import BACKUP_RESTORE_STEP
+from faber_core.testing.faults import FaberProcess
 from faber_core.testing.fixtures import CANARY_PASSWORD, database_state, database_url_for, start_faber, wait_for
 
 SQLFILES = {"FABER_PLUGINS": "faber_core.testing.sqlfiles"}
@@ -184,6 +186,24 @@ def test_a_user_without_createdb_is_refused_before_anything_changes(
         admin_execute(postgres_admin_url, sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
+def application_tables(database_url: str, gated_in: str) -> str:
+    """The application's ``accounts`` (3000 rows), and ``zz_gated``, whose index calls
+    :func:`gate_function` for database ``gated_in``; the name of the session that holds the gate."""
+    holder = f"faber-test-gate-{uuid.uuid4().hex[:8]}"
+    execute(
+        database_url,
+        gate_function(holder)
+        + f"""
+        CREATE TABLE accounts (id int PRIMARY KEY, email text NOT NULL);
+        INSERT INTO accounts SELECT g, 'user' || g FROM generate_series(1, 3000) g;
+        CREATE TABLE zz_gated (id int);
+        INSERT INTO zz_gated VALUES (1), (2);
+        CREATE INDEX zz_gated_gate ON zz_gated ((public.gate(id, '{gated_in}')));
+        """,
+    )
+    return holder
+
+
 def gate_function(holder: str) -> str:
     """``gate(id, only_in)``: true; in the database named ``only_in``, only once no session named
     ``holder`` exists (the test holds one open while it kills faber)."""
@@ -229,19 +249,8 @@ def test_a_kill_at_each_moment_of_a_swap_leaves_one_side_and_the_next_rollback_c
     swapped, run_faber, database_url, postgres_admin_url, moment, signum
 ):
     project_dir, target = swapped
-    holder = f"faber-test-gate-{uuid.uuid4().hex[:8]}"
     gated_in = {"during_pg_restore": restoring_name(target), "after_swap": target}.get(moment, "none")
-    execute(
-        database_url,
-        gate_function(holder)
-        + f"""
-        CREATE TABLE accounts (id int PRIMARY KEY, email text NOT NULL);
-        INSERT INTO accounts SELECT g, 'user' || g FROM generate_series(1, 3000) g;
-        CREATE TABLE zz_gated (id int);
-        INSERT INTO zz_gated VALUES (1), (2);
-        CREATE INDEX zz_gated_gate ON zz_gated ((public.gate(id, '{gated_in}')));
-        """,
-    )
+    holder = application_tables(database_url, gated_in)
     backup_id = backup(run_faber, project_dir)
     at_backup = database_state(database_url)
     history_at_backup = faber_rows(database_url)
@@ -349,3 +358,85 @@ def test_an_event_trigger_in_the_archive_does_not_fire_on_faber_schema(swapped, 
 
     assert done.returncode == 0, done.stdout
     assert database_state(database_url) == at_backup
+
+
+def swap_with_application_writing(project_dir, target: str, holder: str, admin_url: str, database_url: str, *args: str):
+    """Run faber ``args`` while ``pg_restore`` of a swap waits at the gate of
+    :func:`application_tables` (``holder`` holds it), the application inserting a row into
+    ``accounts`` meanwhile; the exit code, the JSON document and all output."""
+    with psycopg.connect(admin_url, autocommit=True, application_name=holder):
+        run = FaberProcess.start(project_dir, *args, env=SQLFILES)
+        try:
+            run.wait_for(lambda e: e["kind"] == BACKUP_RESTORE_STEP and e["data"]["step"].startswith("created "))
+            run.wait_until(
+                lambda: sessions_waiting(admin_url, restoring_name(target), "PgSleep"), what="pg_restore at the gate"
+            )
+            with psycopg.connect(database_url, autocommit=True, application_name="shop") as shop:
+                shop.execute("INSERT INTO accounts VALUES (100001, 'written during the restore')")
+        except BaseException:
+            run.stop_everything()
+            raise
+    try:
+        code = run.finish()
+    finally:
+        run.stop_everything()
+    return code, json.loads(run.stdout()), run.stdout() + run.stderr()
+
+
+def test_rows_the_application_writes_during_a_swap_rollback_stop_it_before_the_swap(
+    swapped, run_faber, database_url, postgres_admin_url
+):
+    project_dir, target = swapped
+    holder = application_tables(database_url, restoring_name(target))
+    backup_id = backup(run_faber, project_dir)
+    # Written before the rollback, seen by its check and approved with --discard-app-writes.
+    execute(database_url, "DELETE FROM accounts WHERE id > 2990")
+
+    code, document, output = swap_with_application_writing(
+        project_dir,
+        target,
+        holder,
+        postgres_admin_url,
+        database_url,
+        *("rollback", "production", "--to", backup_id, "--yes", "--discard-app-writes", "--json"),
+    )
+
+    assert code == 5, output  # as the rollback refused before the restore
+    assert document["code"] == "APPROVAL_REQUIRED"
+    assert "accounts (1 row)" in document["error"] and "unchanged" in document["error"]
+    assert document["result"]["writes_during_restore"]["tables"] == [{"table": "public.accounts", "rows": 1}]
+    assert CANARY_PASSWORD not in output
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*), max(id) FROM accounts").fetchone() == (2991, 100001)
+    assert list(databases(postgres_admin_url, target)) == [target]
+
+
+def test_rows_the_application_writes_during_an_automatic_swap_rollback_keep_the_deploy(
+    project, run_faber, database_url, postgres_admin_url
+):
+    project_dir = project({"001_orders": "CREATE TABLE orders (id int);", "002_broken": "SELECT 1/0;"}, **SWAP)
+    target = name_of(database_url)
+    holder = application_tables(database_url, restoring_name(target))
+    try:
+        code, document, output = swap_with_application_writing(
+            project_dir, target, holder, postgres_admin_url, database_url, "migrate", "production", "--yes", "--json"
+        )
+    finally:
+        for name in (restoring_name(target), previous_name(target)):
+            admin_execute(
+                postgres_admin_url, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+    assert code == 6, output
+    result = document["result"]
+    assert result["rollback_status"] == "refused"
+    assert "accounts (1 row)" in result["rollback_reason"]
+    assert result["writes_since_backup"]["tables"] == [{"table": "public.accounts", "rows": 1}]
+    assert CANARY_PASSWORD not in output
+    # Not restored: the deploy's first migration and the application's row are both there.
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT to_regclass('orders') IS NOT NULL, max(id) FROM accounts").fetchone() == (
+            True,
+            100001,
+        )
+    assert list(databases(postgres_admin_url, target)) == [target]

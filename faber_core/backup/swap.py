@@ -14,6 +14,9 @@ switch the atomic step instead::
                         faber's lock, held by the run, keeps deploys from writing it meanwhile
     pg_restore -j N     the archive into it; nothing else connects to it
     verify              pg_restore exited 0 and faber's tables hold the target's rows
+    writes again        the rows written since the backup, checked again (context.restore_swapping):
+                        under restore_with_app_writes refuse, rows the application wrote
+                        while pg_restore ran stop the restore here, the target unchanged
     swap, one transaction, from a maintenance database:
         end the sessions of both databases (the application's, faber's own lock session)
         ALTER DATABASE target RENAME TO <previous>
@@ -200,6 +203,10 @@ def _run(swap: _Swap, tools: Path, major: int, archive: Path, keep: str) -> None
     _pg_restore(swap, tools, client_env(context, major) | {"PGAPPNAME": swap.application})
     swap.done(f"restored {swap.backup.id} into {swap.restoring} with pg_restore -j {swap.jobs}")
     _check_faber_rows(swap, keep)
+    # The application kept writing to the target meanwhile (minutes, for a large archive): the swap
+    # would discard those rows, so faber checks again under the environment's policy.
+    context.restore_swapping()
+    swap.done("checked the rows written since the backup again")
     _swap_names(swap)
     swap.done(f"swapped: {swap.target} is the restored database, the previous one is {swap.previous}")
     _lock_again(swap)

@@ -516,5 +516,18 @@ def compare(backup_id: str, baseline: Baseline, now: Counters, in_flight: list[s
     )
 
 
+def beyond(earlier: WritesSinceBackup, now: WritesSinceBackup) -> WritesSinceBackup:
+    """The rows ``now`` counts beyond those ``earlier`` counted, both since the same backup: what
+    was written between the two checks."""
+    seen = {t.table: t.rows for t in earlier.tables}
+    tables = [
+        TableWrites(table=t.table, rows=t.rows - seen.get(t.table, 0))
+        for t in now.tables
+        if t.rows > seen.get(t.table, 0)
+    ]
+    status = "found" if tables else ("unknown" if now.status == "unknown" else "none")
+    return now.model_copy(update={"status": status, "tables": tables})
+
+
 def as_result(report: WritesSinceBackup) -> dict[str, Any]:
     return report.model_dump(mode="json")
