@@ -199,6 +199,9 @@ class RunContext:
     before_each_migration: list[Callable[[str], None]] = field(default_factory=list)
     """Checks the core runs when a handler calls :meth:`start_migration` (faber's lock still held);
     one raises to stop the deploy before that migration."""
+    lock_check_in_transaction: Callable[[str], LockCheck] | None = None
+    """The same checks as SQL for a migration's own transaction (``start_migration(name,
+    in_transaction=True)``), while the core applies migrations on an engine that has it."""
     before_restore_swap: list[Callable[[], None]] = field(default_factory=list)
     """Checks the core runs when a restore provider calls :meth:`restore_swapping`; one raises to
     stop the restore before it changes the database."""
@@ -275,17 +278,25 @@ class RunContext:
             self._kept.popitem()[1].close()
         self.database.close_session()
 
-    def start_migration(self, name: str) -> None:
+    def start_migration(self, name: str, *, in_transaction: bool = False) -> LockCheck | None:
         """Handlers call this just before applying migration ``name``, outside any transaction.
 
         It runs the core's checks first (is faber's lock still held?) and raises a
         :class:`~faber_core.errors.FaberError` (:class:`~faber_core.errors.LockLost`) when the deploy
         must stop before this migration: let it propagate. Then it tells listeners
         (``migration.started``), which show progress and let faber tell what a failure left behind.
+
+        ``in_transaction=True``, from a handler that runs the migration in one transaction of its
+        own with :func:`faber_core.support.sessions.run_measured_script`: where the engine can, the
+        check is returned instead, as SQL for that transaction (pass it as ``lock_check``), so it
+        costs no round trip of its own; None means it was made here.
         """
-        for check in self.before_each_migration:
-            check(name)
+        check = self.lock_check_in_transaction(name) if in_transaction and self.lock_check_in_transaction else None
+        if check is None:
+            for round_trip in self.before_each_migration:
+                round_trip(name)
         self.emit("migration.started", name=name)
+        return check
 
     def restore_swapping(self) -> None:
         """A restore provider that copies the backup beside the database while the application
@@ -330,6 +341,19 @@ class RunContext:
         for listener in self.listeners:
             listener(event)
         return event
+
+
+@dataclass(frozen=True)
+class LockCheck:
+    """faber's lock check before a migration, as SQL run in the migration's own transaction."""
+
+    statement: str
+    """Runs before the migration's statements; fails, saying :data:`~faber_core.engines.LOCK_LOST`,
+    when faber's lock is no longer held, and the transaction rolls back with nothing of the
+    migration run."""
+    lost: Callable[[], BaseException]
+    """Called then: reports the migration failed, its transaction rolled back with nothing of it
+    run (``migration.failed``), and returns the error to raise (:class:`~faber_core.errors.LockLost`)."""
 
 
 def _fleet_target(

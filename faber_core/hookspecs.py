@@ -160,7 +160,8 @@ def faber_migration_apply(tool: str, context: RunContext, pending: list[LocalMig
     ``context.session_timeout_env()`` (PostgreSQL) or runs ``context.session_timeout_statements()``
     first in its session (MySQL).
     Call ``context.start_migration(name)`` just before each migration (faber checks its lock is still
-    held and raises ``LockLost`` if not: let it propagate) and ``context.migration_applied(
+    held and raises ``LockLost`` if not: let it propagate; with ``in_transaction=True`` it may
+    return the check as SQL for ``run_measured_script(..., lock_check=...)`` instead) and ``context.migration_applied(
     AppliedMigration(name=..., duration_seconds=..., table_writes=...))`` after each commit, so the
     user sees progress and faber knows what committed (and wrote) even if the hook raises.
 

@@ -39,7 +39,7 @@ from pydantic import ValidationError
 from faber_core import events
 from faber_core.audit.history import refuse_shared_faber_schema
 from faber_core.backup import writes
-from faber_core.context import RunContext
+from faber_core.context import LockCheck, RunContext
 from faber_core.engines import HeldLock
 from faber_core.errors import (
     ApprovalRequired,
@@ -197,11 +197,38 @@ class DeployLock:
     def require_held(self, before: str, context: RunContext) -> None:
         """Raise :class:`LockLost` unless the lock is still held; ``before`` names what must not run."""
         if not self.held():
-            raise LockLost(
-                f"faber's lock on the database was lost before {before}: its session ended or let it go "
-                f"(e.g. {context.database.engine.lock_release_hint}), so another run may have deployed since",
-                suggestions=["Find out who ended faber's session (an operator, a connection limit, a proxy timeout)"],
-            )
+            raise lock_lost(before, context)
+
+    def check_in_transaction(self, context: RunContext) -> Callable[[str], LockCheck] | None:
+        """The check before each migration as SQL for the migration's own transaction, where the
+        engine has it (see :meth:`RunContext.start_migration`)."""
+        statement = self.lock.check_statement()
+        if statement is None:
+            return None
+
+        def check(name: str) -> LockCheck:
+            def lost() -> LockLost:
+                context.migration_failed(
+                    MigrationFailure(
+                        name=name,
+                        error="not run: faber's lock was lost before it; its transaction rolled back",
+                        transaction_rolled_back=True,
+                        table_writes={},
+                    )
+                )
+                return lock_lost(f"migration {name}", context)
+
+            return LockCheck(statement, lost)
+
+        return check
+
+
+def lock_lost(before: str, context: RunContext) -> LockLost:
+    return LockLost(
+        f"faber's lock on the database was lost before {before}: its session ended or let it go "
+        f"(e.g. {context.database.engine.lock_release_hint}), so another run may have deployed since",
+        suggestions=["Find out who ended faber's session (an operator, a connection limit, a proxy timeout)"],
+    )
 
 
 @contextmanager
@@ -600,6 +627,7 @@ def apply(context: RunContext, plugins: Plugins, lock: DeployLock, progress: Dep
 
     context.listeners.append(progress.follow)
     context.before_each_migration.append(lock_still_held)
+    context.lock_check_in_transaction = lock.check_in_transaction(context)
     try:
         with step(context, "apply"):
             context.emit("apply.started", migrations=[m.model_dump(include={"name", "checksum"}) for m in pending])
@@ -616,6 +644,7 @@ def apply(context: RunContext, plugins: Plugins, lock: DeployLock, progress: Dep
     finally:
         context.listeners.remove(progress.follow)
         context.before_each_migration.remove(lock_still_held)
+        context.lock_check_in_transaction = None
     progress.record(outcome)
     writes.record_faber_writes(context, outcome)  # so a restore tells them from the application's
     if outcome.failure:

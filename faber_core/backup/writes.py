@@ -52,7 +52,8 @@ from psycopg import sql
 from pydantic import BaseModel, Field
 
 from faber_core import events
-from faber_core.context import RunContext
+from faber_core.context import LockCheck, RunContext
+from faber_core.engines import LOCK_LOST
 from faber_core.models import ApplyOutcome, BackupRecord
 
 TABLE = "faber_backup_baselines"
@@ -224,7 +225,9 @@ _MEASURED = "faber_measured"
 """The savepoint a measured script runs in, so what it tried can be measured after it failed."""
 
 
-def run_measured_script(conn: psycopg.Connection, script: str, into: Measurement) -> None:
+def run_measured_script(
+    conn: psycopg.Connection, script: str, into: Measurement, *, lock_check: LockCheck | None = None
+) -> None:
     """``script`` in one transaction whose row writes are added to ``into``, in one round trip.
 
     The same guarantees as :func:`measured_transaction`, for a handler whose migration and
@@ -242,17 +245,24 @@ def run_measured_script(conn: psycopg.Connection, script: str, into: Measurement
 
         measured = Measurement()
         run_measured_script(conn, f"{migration_sql}\n;\n{bookkeeping_sql}", measured)
+
+    ``lock_check`` (from ``context.start_migration(name, in_transaction=True)``) runs first in the
+    transaction: when faber's lock was lost, nothing of ``script`` runs, and its error is raised.
     """
     measurable = conn.info.server_version >= _REPORTS_ON_REQUEST
     measurement = f"{_REPORT_AT_NEXT_IDLE};\n{_WRITES_TO_LOCKED_TABLES};\n" if measurable else ""
+    check = f"{lock_check.statement};\n" if lock_check else ""
     cursor = conn.cursor()
     try:
         # The newline after the script ends a trailing -- comment.
         cursor.execute(
-            f"BEGIN;\nSAVEPOINT {_MEASURED};\n{script}\n;\nRELEASE SAVEPOINT {_MEASURED};\n{measurement}COMMIT"
+            f"BEGIN;\nSAVEPOINT {_MEASURED};\n{check}{script}\n;\nRELEASE SAVEPOINT {_MEASURED};\n"
+            f"{measurement}COMMIT"
         )
-    except psycopg.Error:
+    except psycopg.Error as exc:
         into.add(_failed_script_writes(conn) if measurable else None)
+        if lock_check is not None and LOCK_LOST in (exc.diag.message_primary or ""):
+            raise lock_check.lost() from None
         raise
     except KeyboardInterrupt:
         # Cancelled before its COMMIT, the transaction failed; after it, the script committed whole.

@@ -207,12 +207,24 @@ def dump_for_rehearsal(context: RunContext, argv: Sequence[str | Path], needs: s
         )
 
 
+LOCK_LOST = "faber's lock is no longer held"
+"""What the error of :meth:`HeldLock.check_statement` says when faber's lock is no longer held."""
+
+
 class HeldLock(ABC):
     """faber's lock on a database, held by one session for the whole run."""
 
     @abstractmethod
     def held(self) -> bool:
         """Whether the session is alive and still holds the lock (ending the session frees it)."""
+
+    def check_statement(self) -> str | None:
+        """The same check as SQL that another session of the database can run inside a
+        transaction: it fails, its error's message saying :data:`LOCK_LOST`, unless the lock is
+        still held by this session, so a migration's own transaction checks it without a round
+        trip of its own. None where the engine has no such statement (its handlers check with
+        :meth:`held`)."""
+        return None
 
 
 class Engine(ABC):

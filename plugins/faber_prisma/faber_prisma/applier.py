@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 from faber_core import events
-from faber_core.context import RunContext
+from faber_core.context import LockCheck, RunContext
 from faber_core.errors import ConfigError, MigrationFailed
 from faber_core.models import (
     AppliedMigration,
@@ -74,10 +74,10 @@ def apply_pending(context: RunContext, pending: list[LocalMigration]) -> ApplyOu
         for folder in folders:
             if folder.name in already_applied:
                 continue
-            context.start_migration(folder.name)
+            lock_check = context.start_migration(folder.name, in_transaction=_in_one_transaction(context, folder))
             started = time.monotonic()
             measured = Measurement()  # faber's own row writes, told apart from the application's
-            failure = _apply_one(context, history, folder, measured)
+            failure = _apply_one(context, history, folder, measured, lock_check)
             if failure is not None:
                 outcome.failure = failure.model_copy(update={"table_writes": measured.rows})
                 break
@@ -242,8 +242,24 @@ def _postgres_history(context: RunContext, conn: psycopg.Connection) -> Iterator
         yield History(conn, context.database.schema)
 
 
+def _in_one_transaction(context: RunContext, folder: MigrationFolder) -> bool:
+    """Whether the migration runs in one transaction with its history row (PostgreSQL, SQL that allows it)."""
+    if is_mysql(context):
+        return False
+    from pglast.parser import ParseError  # with the parser is_transactional imports
+
+    try:
+        return is_transactional(folder.sql)
+    except ParseError:
+        return False  # _apply_one reports it
+
+
 def _apply_one(
-    context: RunContext, history: History | MysqlHistory, folder: MigrationFolder, measured: Measurement
+    context: RunContext,
+    history: History | MysqlHistory,
+    folder: MigrationFolder,
+    measured: Measurement,
+    lock_check: LockCheck | None,
 ) -> MigrationFailure | None:
     if is_mysql(context):
         measured.unmeasured()  # each statement commits on its own
@@ -260,23 +276,23 @@ def _apply_one(
             transaction_rolled_back=True,
         )
     if transactional:
-        return _apply_in_transaction(context, history, folder, measured)
+        return _apply_in_transaction(context, history, folder, measured, lock_check)
     measured.unmeasured()  # each statement commits on its own
     return _apply_statement_by_statement(context, history, folder)
 
 
 def _apply_in_transaction(
-    context: RunContext, history: History, folder: MigrationFolder, measured: Measurement
+    context: RunContext, history: History, folder: MigrationFolder, measured: Measurement, lock_check: LockCheck | None
 ) -> MigrationFailure | None:
-    """The migration and its history row in one transaction, sent as one message: the row's
-    INSERT, the script, the row's UPDATE (one round trip; a failing statement ends it, and the
-    whole transaction rolls back)."""
+    """The migration and its history row in one transaction, sent as one message: faber's lock
+    check (``lock_check``), the row's INSERT, the script, the row's UPDATE (one round trip; a
+    failing statement ends it, and the whole transaction rolls back)."""
     assert folder.checksum is not None
     started_at = datetime.now(timezone.utc)
     migration_id, record_start = history.start_statement(folder.name, folder.checksum)
     script = f"{record_start};\n{folder.sql}\n;\n{history.finish_statement(migration_id)}"
     try:
-        run_measured_script(history.conn, script, measured)
+        run_measured_script(history.conn, script, measured, lock_check=lock_check)
     except KeyboardInterrupt:
         if measured.rolled_back:  # the history row rolled back with it: the next deploy applies it again
             context.migration_failed(

@@ -17,6 +17,7 @@ from faber_core.testing.faults import (
     session_settings,
     wait_for_server_release,
 )
+from faber_core.postgres.locks import faber_lock_key
 
 ENVIRONMENT = "production"
 URL_ENV = "PRISMA_FAULTS_DATABASE_URL"
@@ -127,6 +128,62 @@ def test_an_interrupted_transactional_migration_is_known_to_have_rolled_back(pro
     again = faber(directory, database_url, "migrate", ENVIRONMENT, "--yes", "--json")
     assert again.finish() == 0, again.stdout()
     assert [row[0] for row in prisma_rows(database_url)] == ["0_init", first, second]
+
+
+def test_a_lost_lock_stops_the_next_migration_inside_its_own_transaction(project, database_url):
+    """faber's lock session is terminated while 1_tier runs and another session takes the lock (as a
+    second deploy would). The check of the lock runs in 2_rank's own transaction, before its
+    statements: nothing of 2_rank runs nor is recorded, the deploy says the lock was lost and does
+    not restore its backup next to the other run."""
+    first, second = "1_tier", "2_rank"
+    directory = project(
+        {
+            first: holdable_migration(first, 'ALTER TABLE "accounts" ADD COLUMN "tier" INTEGER;'),
+            second: 'ALTER TABLE "accounts" ADD COLUMN "rank" INTEGER;',
+        },
+        backup_before_migrate=True,
+    )
+    database = database_name(database_url)
+    run = faber(
+        directory,
+        database_url,
+        "migrate",
+        ENVIRONMENT,
+        "--yes",
+        "--json",
+        env=session_settings(hold=first, hold_seconds=3),
+    )
+    try:
+        run.wait_for(event_matcher("migration.started", name=first))
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            run.wait_until(lambda: sleeping_session(conn), what=f"{first} held")
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND application_name = %s",
+                [database, f"faber deploy-migrations {ENVIRONMENT}"],
+            )
+            # pg_terminate_backend only signals: the lock is free once that session has ended.
+            run.wait_until(
+                lambda: conn.execute("SELECT pg_try_advisory_lock(%s)", [faber_lock_key(database)]).fetchone()[0],
+                what="faber's lock taken by another session",
+            )
+            code = run.wait(60)
+    finally:
+        run.stop_everything()
+
+    assert code == 7, run.stderr()[-2000:]
+    document = json.loads(run.stdout())
+    assert document["code"] == "LOCKED"
+    assert document["error"].startswith(f"faber's lock on the database was lost before migration {second}")
+    result = document["result"]
+    assert (result["applied_migrations"], result["remaining_migrations"]) == ([first], [second])
+    assert (result["failed_migration"], result["transaction_rolled_back"]) == (second, True)
+    assert result["rollback_initiated"] is False and result["rollback_status"] == "lock_lost"
+    assert prisma_rows(database_url) == [("0_init", True, False), (first, True, False)]
+    with psycopg.connect(database_url) as conn:
+        columns = conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'accounts' ORDER BY 1"
+        ).fetchall()
+    assert [name for (name,) in columns] == ["email", "id", "tier"]
 
 
 def test_a_killed_non_transactional_migration_is_reported_with_what_a_person_must_do(project, database_url):
