@@ -445,7 +445,7 @@ def outcome_of(result: RunnerResult, paths: dict[str, str | None], code_label: s
         applied=applied,
         failure=MigrationFailure(
             name=failed["name"],
-            error=failure_text(failed, code_label),
+            error=failure_text(failed, code_label) + _ran_before_report(failed, result),
             output=_failure_output(failed, result.stderr),
             path=paths.get(failed["name"]) or failed.get("path"),
             transaction_rolled_back=bool(failed.get("transaction_rolled_back")),
@@ -457,6 +457,28 @@ def outcome_of(result: RunnerResult, paths: dict[str, str | None], code_label: s
 def failure_text(failed: Event, code_label: str) -> str:
     code = failed.get("code")
     return f"{failed.get('message') or 'failed'}" + (f" ({code_label} {code})" if code else "")
+
+
+def _ran_before_report(failed: Event, result: RunnerResult) -> str:
+    """Outside a transaction that rolled back (any migration on MySQL, whose DDL commits on its own),
+    which of the failed migration's statements ran before the failing one, so the report says what
+    may remain of it. Whether each stayed is the engine's rule: on MySQL every DDL statement commits
+    itself and whatever ran before it in its session."""
+    if failed.get("transaction_rolled_back"):
+        return ""
+    ran = [
+        event
+        for event in result.of("query")
+        if event.get("name") == failed["name"] and event.get("phase") == "migration"
+    ]
+    # The driver logs a query before it runs: the failing one is the last, unless the error came from
+    # the migration's own code after its queries.
+    if ran and ran[-1]["sql"] == failed.get("query"):
+        ran.pop()
+    if not ran:
+        return ""
+    done = "; ".join(" ".join(_statement(event).split())[:80] for event in ran)
+    return f" (at statement {len(ran) + 1} of it; ran before it: {done})"
 
 
 def _failure_output(failed: Event, stderr: str) -> str:

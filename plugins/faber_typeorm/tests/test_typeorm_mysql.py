@@ -92,6 +92,31 @@ def test_a_failure_part_way_leaves_the_ddl_before_it_and_no_record(
     assert typeorm_plugins.migration_status(context).pending == [HALF]
 
 
+def test_a_foreign_key_the_existing_rows_violate_reports_the_column_added_before_it(
+    project, typeorm_migration, typeorm_context, typeorm_plugins, mysql_query
+):
+    # As a generated migration does: a NOT NULL column, then its foreign key, which the rows already
+    # in the table (their new column 0) cannot satisfy. The column stays: the report must say so.
+    owner = typeorm_migration(
+        "AddOwner1700000300000",
+        "ALTER TABLE `posts` ADD `owner_id` int NOT NULL",
+        "ALTER TABLE `posts` ADD CONSTRAINT `fk_posts_owner` FOREIGN KEY (`owner_id`) REFERENCES `users`(`id`)",
+    )
+    fill = typeorm_migration("FillPosts1700000200000", "INSERT INTO posts (id, title) VALUES (1, 'hello')")
+    context = typeorm_context(
+        project(("1700000200000-FillPosts.js", fill), ("1700000300000-AddOwner.js", owner))
+    )
+
+    outcome = typeorm_plugins.migration_apply(context, typeorm_plugins.migration_status(context).pending_migrations())
+
+    failure = outcome.failure
+    assert failure.name == "AddOwner1700000300000" and failure.sqlstate == "1452"
+    assert failure.transaction_rolled_back is False
+    assert failure.error.endswith("(at statement 2 of it; ran before it: ALTER TABLE `posts` ADD `owner_id` int NOT NULL)")
+    columns = mysql_query("SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'posts'")
+    assert ("owner_id",) in columns
+
+
 def test_the_migration_session_gets_the_environments_timeouts(
     project, typeorm_migration, typeorm_context, typeorm_plugins, mysql_query
 ):
