@@ -234,8 +234,6 @@ class Point:
     """deploy, failed-deploy (003 fails, so the backup is restored) or rollback (faber rollback --to)."""
     event: Callable[[Event], bool]
     states: tuple[str, ...]
-    after: Callable[[Event], bool] | None = None
-    """An event that must come before ``event`` (e.g. the health check before the main status read)."""
     inside: str | None = None
     """What must be happening on the server at the kill: a migration's name, "dump", "restore",
     "dump-waits" or "restore-waits" (waiting for a lock an application session holds)."""
@@ -269,7 +267,8 @@ POINTS = [
     Point("analyse", "deploy", started("analyse"), NOTHING_YET, brake=FIRST),
     Point("lock", "deploy", started("lock"), NOTHING_YET, brake=FIRST),
     Point("health-before", "deploy", started("health_check_before"), NOTHING_YET, brake=FIRST),
-    Point("status", "deploy", started("status"), NOTHING_YET, after=event_matcher("health.finished"), brake=FIRST),
+    # The status read under the lock (the health check's own, since a deploy reads it once there).
+    Point("status", "deploy", event_matcher("status.read"), NOTHING_YET, brake=FIRST),
     Point("lint", "deploy", started("lint"), NOTHING_YET, brake=FIRST),
     Point("approval", "deploy", started("approval"), NOTHING_YET, brake=FIRST),
     Point("preflight", "deploy", started("preflight"), NOTHING_YET, brake=FIRST),
@@ -476,8 +475,7 @@ def application_session(bed: FaultBed, database: str, inside: str | None) -> psy
 def land_kill(
     bed: FaultBed, run: FaberProcess, point: Point, database: str, signum: int, app: psycopg.Connection | None
 ) -> None:
-    marker = run.wait_for(point.after) if point.after else None
-    run.wait_for(point.event, after=marker)
+    run.wait_for(point.event)
     if point.inside in MIGRATIONS:
         with psycopg.connect(bed.admin_url, autocommit=True) as admin:
             run.wait_until(lambda: migration_session(admin, database, point.inside), what=f"{point.inside} held")

@@ -261,7 +261,6 @@ class Point:
     """deploy, failed-deploy (003 fails, so the backup is restored) or rollback (faber rollback --to)."""
     event: Callable[[Event], bool]
     states: tuple[str, ...]
-    after: Callable[[Event], bool] | None = None
     inside: str | None = None
     """A migration held at the kill, or "dump-waits"/"restore-waits": mysqldump or the restore's
     table swap waiting for a table the application holds."""
@@ -283,7 +282,8 @@ POINTS = [
     Point("analyse", "deploy", started("analyse"), NOTHING_YET, brake=FIRST),
     Point("lock", "deploy", started("lock"), NOTHING_YET, brake=FIRST),
     Point("health-before", "deploy", started("health_check_before"), NOTHING_YET, brake=FIRST),
-    Point("status", "deploy", started("status"), NOTHING_YET, after=event_matcher("health.finished"), brake=FIRST),
+    # The status read under the lock (the health check's own, since a deploy reads it once there).
+    Point("status", "deploy", event_matcher("status.read"), NOTHING_YET, brake=FIRST),
     Point("lint", "deploy", event_matcher("lint.not_run"), NOTHING_YET, brake=FIRST),  # no lint on MySQL
     Point("approval", "deploy", started("approval"), NOTHING_YET, brake=FIRST),
     Point("preflight", "deploy", started("preflight"), NOTHING_YET, brake=FIRST),
@@ -446,8 +446,7 @@ def application_session(bed: Bed, inside: str | None) -> Any:
 
 
 def land_kill(bed: Bed, run: FaberProcess, point: Point, signum: int) -> None:
-    marker = run.wait_for(point.after) if point.after else None
-    run.wait_for(point.event, after=marker)
+    run.wait_for(point.event)
     if point.inside in MIGRATIONS:
         condition, params = "DB = %s AND USER = %s AND INFO LIKE 'SELECT SLEEP(%%'", [bed.name, bed.user]
     elif point.inside == "dump-waits":
