@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from faber_core import events
 from faber_core.config import EnvironmentSettings, FaberConfig, Options, plugin_options
@@ -74,7 +74,8 @@ class Database:
     def sibling(self, name: str, *, source: str) -> Database:
         """The database ``name`` on the same server, reached by the same user and URL parameters."""
         parts = urlsplit(self.url.reveal())
-        url = Secret(urlunsplit(parts._replace(path=f"/{name}")))
+        # Percent-encoded: a name may hold any character (quotes, spaces, '%', '?', '/').
+        url = Secret(urlunsplit(parts._replace(path=f"/{quote(name, safe='')}")))
         return Database(url, source=source, connect_timeout=self.connect_timeout)
 
     @property

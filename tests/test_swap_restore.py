@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import signal
 import uuid
+from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -22,6 +23,7 @@ from psycopg import sql
 
 from faber_core.backup.swap import previous_name, restoring_name
 from faber_core.events import BACKUP_RESTORE_STEP
+from faber_core.testing import sqlfiles
 from faber_core.testing.faults import FaberProcess
 from faber_core.testing.fixtures import CANARY_PASSWORD, database_state, database_url_for, start_faber, wait_for
 
@@ -440,3 +442,83 @@ def test_rows_the_application_writes_during_an_automatic_swap_rollback_keep_the_
             100001,
         )
     assert list(databases(postgres_admin_url, target)) == [target]
+
+
+@pytest.fixture
+def hostile_target(postgres_admin_url, monkeypatch):
+    """``make(name) -> url``: a database named ``name`` (quotes, ``=``, spaces, multibyte
+    characters), the project's URL pointing at it with the canary password; dropped after, with
+    whatever a swap of it left."""
+    made: list[str] = []
+
+    def make(name: str) -> str:
+        admin_execute(postgres_admin_url, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        made.append(name)
+        url = database_url_for(postgres_admin_url, quote(name, safe=""), password=CANARY_PASSWORD)
+        monkeypatch.setenv("TEST_DATABASE_URL", url)
+        return url
+
+    yield make
+    for name in made:
+        for each in (name, restoring_name(name), previous_name(name)):
+            admin_execute(
+                postgres_admin_url, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(each))
+            )
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "faber attack 'quoted' \"double\" a=b c",
+        "é" * 31,  # 62 bytes: the longest a name of two-byte characters can be
+        "faber_attack_" + "x" * 50,  # 63 bytes
+    ],
+    ids=["quotes-equals-spaces", "multibyte-62-bytes", "ascii-63-bytes"],
+)
+def test_a_swap_restore_of_a_database_with_a_hostile_name(
+    faber_project, hostile_target, run_faber, postgres_admin_url, name
+):
+    url = hostile_target(name)
+    project_dir = faber_project(
+        {
+            "database": {
+                "migration_tool": sqlfiles.TOOL,
+                "environments": {"production": {"database_url_env": "TEST_DATABASE_URL", **SWAP}},
+            }
+        },
+        {},
+    )
+    execute(url, "CREATE TABLE accounts (id int PRIMARY KEY); INSERT INTO accounts VALUES (1)")
+    backup_id = backup(run_faber, project_dir)
+    at_backup = database_state(url)
+    execute(url, "INSERT INTO accounts VALUES (2)")
+
+    done = rollback(run_faber, project_dir, backup_id)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert CANARY_PASSWORD not in done.stdout + done.stderr
+    assert database_state(url) == at_backup
+    assert list(databases(postgres_admin_url, name)) == [name]
+
+
+def test_a_database_named_like_the_restoring_copy_that_is_not_faber_s_is_never_dropped(
+    swapped, run_faber, database_url, postgres_admin_url
+):
+    project_dir, target = swapped
+    theirs = restoring_name(target)
+    admin_execute(postgres_admin_url, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(theirs)))
+    execute(
+        database_url_for(postgres_admin_url, theirs), "CREATE TABLE invoices (id int); INSERT INTO invoices VALUES (7)"
+    )
+    execute(database_url, "CREATE TABLE accounts (id int); INSERT INTO accounts VALUES (1)")
+    backup_id = backup(run_faber, project_dir)
+    execute(database_url, "INSERT INTO accounts VALUES (2)")
+    before = database_state(database_url)
+
+    done = rollback(run_faber, project_dir, backup_id)
+
+    assert done.returncode == 8, done.stdout
+    assert theirs in done.json["error"] and "did not create" in done.json["error"]
+    assert database_state(database_url) == before
+    with psycopg.connect(database_url_for(postgres_admin_url, theirs)) as conn:
+        assert conn.execute("SELECT id FROM invoices").fetchall() == [(7,)]

@@ -60,7 +60,8 @@ from faber_core.processes import spawn
 MARKER = "faber: "
 """How the comment of a database faber created for a swap begins: only those are dropped as leftovers."""
 _NAME_ROOM = 40
-"""Characters of the target's name kept in the names of the two databases (PostgreSQL allows 63)."""
+"""Bytes of the target's name kept in the names of the two databases: PostgreSQL cuts a name at 63
+bytes, which would give both the same name."""
 SWAP_ATTEMPTS = 3
 """Tries of the swap when a session connected between the end of the others and the rename."""
 SWAP_CHECK_SECONDS = 10.0
@@ -77,9 +78,12 @@ def previous_name(target: str) -> str:
 
 
 def _base(target: str) -> str:
-    if len(target) <= _NAME_ROOM:
+    encoded = target.encode()
+    if len(encoded) <= _NAME_ROOM:
         return target
-    return f"{target[: _NAME_ROOM - 9]}_{hashlib.sha256(target.encode()).hexdigest()[:8]}"
+    # Cut on a character boundary: a multibyte character cut in two is dropped whole.
+    head = encoded[: _NAME_ROOM - 9].decode(errors="ignore")
+    return f"{head}_{hashlib.sha256(encoded).hexdigest()[:8]}"
 
 
 @dataclass
@@ -292,8 +296,9 @@ def _drop_leftovers(admin: psycopg.Connection, swap: _Swap) -> None:
         ).fetchone()
         if row is None:
             continue
-        # A kill between its CREATE and its COMMENT leaves the restoring database without one.
-        if not (row[0] or "").startswith(MARKER) and not (name == swap.restoring and row[0] is None):
+        # A kill between its CREATE and its COMMENT leaves the restoring database without one, and empty.
+        uncommented_copy = name == swap.restoring and row[0] is None and _empty(swap, name)
+        if not (row[0] or "").startswith(MARKER) and not uncommented_copy:
             raise RestoreFailed(
                 f"restore_mode swap needs the name {name} for itself, but a database of that name exists that faber "
                 "did not create; the database is unchanged",
@@ -302,6 +307,27 @@ def _drop_leftovers(admin: psycopg.Connection, swap: _Swap) -> None:
             )
         admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
         swap.done(f"dropped {name}, left by an earlier swap restore that was stopped")
+
+
+def _empty(swap: _Swap, name: str) -> bool:
+    """Whether database ``name`` holds nothing but what CREATE DATABASE gives (no object of its own)."""
+    database = swap.context.database.sibling(name, source=swap.context.database.source)
+    try:
+        with database.connect(application_name=swap.application) as conn:
+            return not conn.execute(_OWN_OBJECTS).fetchone()[0]
+    except psycopg.Error:
+        return False  # cannot look inside: not known to be faber's
+
+
+_OWN_OBJECTS = """
+SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE oid >= 16384)
+    OR EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE oid >= 16384)
+    OR EXISTS (SELECT 1 FROM pg_catalog.pg_proc WHERE oid >= 16384)
+    OR EXISTS (SELECT 1 FROM pg_catalog.pg_type WHERE oid >= 16384)
+    OR EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE oid >= 16384)
+    OR EXISTS (SELECT 1 FROM pg_catalog.pg_largeobject_metadata)
+"""
+"""Objects created after initdb (their oids start at FirstNormalObjectId, 16384) or large objects."""
 
 
 def _create_like(admin: psycopg.Connection, swap: _Swap) -> int:
