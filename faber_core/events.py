@@ -67,6 +67,7 @@ ROLLBACK_SKIPPED = "rollback.skipped"
 ROLLBACK_WITHHELD = "rollback.withheld"
 ROLLBACK_STARTED = "rollback.started"
 ROLLBACK_FINISHED = "rollback.finished"
+MYSQLDUMP_RESTORE_FINISHED = "mysqldump.restore_finished"
 WRITES_WAITING = "writes.waiting"
 WRITES_CHECKED = "writes.checked"
 

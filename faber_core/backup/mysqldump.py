@@ -495,7 +495,7 @@ def _finish(context: RunContext, conn: Any, target: str) -> list[bool]:
         _drop_quietly(conn, swap.scratch)
         _drop_quietly(conn, swap.displaced)
         context.emit(
-            "mysqldump.restore_finished",
+            events.MYSQLDUMP_RESTORE_FINISHED,
             backup_id=swap.backup_id,
             swapped=swapped,
             details=f"an interrupted restore of {swap.backup_id} was finished: "
