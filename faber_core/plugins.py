@@ -10,7 +10,7 @@ import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 from pydantic import BaseModel, ConfigDict
@@ -38,6 +38,9 @@ from faber_core.models import (
 )
 from faber_core.suggest import closest, did_you_mean
 
+if TYPE_CHECKING:
+    from importlib.metadata import Distribution
+
 BUILTIN_PLUGINS = (
     "faber_core.engines.health",
     "faber_core.backup.pg_dump",
@@ -57,7 +60,18 @@ NO_PLUGINS_ENV = "FABER_NO_PLUGINS"
 EXTRA_PLUGINS_ENV = "FABER_PLUGINS"
 
 
-def build_plugin_manager(*plugins: object, load_entrypoints: bool = True) -> pluggy.PluginManager:
+class PluginManager(pluggy.PluginManager):
+    """pluggy's plugin manager, knowing the installed distribution each entry-point plugin came from."""
+
+    def __init__(self) -> None:
+        super().__init__("faber")
+        self.distributions: list[tuple[object, Distribution]] = []
+
+    def distribution_of(self, plugin: object) -> Distribution | None:
+        return next((dist for registered, dist in self.distributions if registered is plugin), None)
+
+
+def build_plugin_manager(*plugins: object, load_entrypoints: bool = True) -> PluginManager:
     """Specs, the built-in plugins, ``plugins``, then (unless disabled) installed entry points.
 
     ``FABER_PLUGINS`` (comma-separated module names) loads extra plugin modules, for developing
@@ -65,7 +79,7 @@ def build_plugin_manager(*plugins: object, load_entrypoints: bool = True) -> plu
     """
     import importlib
 
-    pm = pluggy.PluginManager("faber")
+    pm = PluginManager()
     pm.add_hookspecs(hookspecs)
     for spec in BUILTIN_PLUGINS:
         module_name, _, class_name = spec.partition(":")
@@ -82,28 +96,36 @@ def build_plugin_manager(*plugins: object, load_entrypoints: bool = True) -> plu
     return pm
 
 
-def load_installed_plugins(pm: pluggy.PluginManager) -> None:
+def load_installed_plugins(pm: PluginManager) -> None:
     """Load the ``faber`` entry points one by one, so one broken plugin cannot take the others down.
 
-    A plugin that fails to import is skipped with a warning on stderr; if the configuration
-    needs what it provides, the run then stops with the usual "not installed" error.
+    The installed distributions are scanned once for all of them (pluggy's loader scans them again
+    for each plugin it is asked to load by name). A plugin that fails to import is skipped with a
+    warning on stderr; if the configuration needs what it provides, the run then stops with the
+    usual "not installed" error.
     """
     import sys
     from importlib.metadata import entry_points
 
     for entry_point in entry_points(group="faber"):
+        if pm.has_plugin(entry_point.name) or pm.is_blocked(entry_point.name):
+            continue
         try:
-            pm.load_setuptools_entrypoints("faber", name=entry_point.name)
+            plugin = entry_point.load()
+            pm.register(plugin, name=entry_point.name)
         except Exception as exc:  # any import-time error of third-party code
             package = entry_point.dist.name if entry_point.dist else entry_point.value
             sys.stderr.write(
                 f"warning: faber plugin {entry_point.name!r} ({package}) failed to load and was skipped: "
                 f"{type(exc).__name__}: {exc}\n"
             )
+            continue
+        if entry_point.dist is not None:
+            pm.distributions.append((plugin, entry_point.dist))
 
 
 @functools.cache
-def get_plugin_manager() -> pluggy.PluginManager:
+def get_plugin_manager() -> PluginManager:
     return build_plugin_manager()
 
 
@@ -113,11 +135,11 @@ class NoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _owner(pm: pluggy.PluginManager, plugin: object) -> str:
+def _owner(pm: PluginManager, plugin: object) -> str:
     """The package (name and version) that registered ``plugin``; reads the package's metadata."""
-    for plugin_obj, dist in pm.list_plugin_distinfo():
-        if plugin_obj is plugin:
-            return f"{dist.project_name} {dist.version}"
+    dist = pm.distribution_of(plugin)
+    if dist is not None:
+        return f"{dist.name} {dist.version}"
     return pm.get_name(plugin) or repr(plugin)
 
 
@@ -139,7 +161,7 @@ class Plugins:
     while another plugin's answer (even ``[]``) can never stand in for the owner's.
     """
 
-    def __init__(self, pm: pluggy.PluginManager | None = None) -> None:
+    def __init__(self, pm: PluginManager | None = None) -> None:
         self.pm = pm or get_plugin_manager()
         self._declared: dict[str, tuple[frozenset[object], dict[str, Declaration]]] = {}
 
