@@ -12,10 +12,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, computed_field
 
 from faber_core.interrupts import signal_name
+from faber_core.model_base import DeferredModel
 from faber_core.safety.models import LintFinding
 
 
-class ToolInfo(BaseModel):
+class ToolInfo(DeferredModel):
     """A migration tool a plugin can drive, e.g. ``prisma``."""
 
     name: str
@@ -28,7 +29,7 @@ class ToolInfo(BaseModel):
     )
 
 
-class BackupProviderInfo(BaseModel):
+class BackupProviderInfo(DeferredModel):
     """A backup provider a plugin offers, e.g. ``pg_dump`` or ``rds-snapshot``."""
 
     name: str
@@ -47,7 +48,7 @@ class BackupProviderInfo(BaseModel):
     )
 
 
-class HealthCheckInfo(BaseModel):
+class HealthCheckInfo(DeferredModel):
     """A health check a plugin runs, by the name ``health_checks`` lists it, e.g. ``connectivity``."""
 
     name: str
@@ -63,7 +64,7 @@ BackupStatus = Literal["available", "in_progress", "unusable"]
 ``unusable``: cannot be restored, and :attr:`BackupRecord.problem` says why."""
 
 
-class LocalMigration(BaseModel):
+class LocalMigration(DeferredModel):
     """A migration as it exists in the project's source tree."""
 
     name: str
@@ -85,7 +86,7 @@ class LocalMigration(BaseModel):
     )
 
 
-class MigrationRecord(BaseModel):
+class MigrationRecord(DeferredModel):
     """One row of the tool's own bookkeeping in the database."""
 
     name: str
@@ -96,7 +97,7 @@ class MigrationRecord(BaseModel):
     logs: str | None = None
 
 
-class MigrationState(BaseModel):
+class MigrationState(DeferredModel):
     """What a handler knows: the local migrations (in apply order) and the database's records.
 
     The derived lists are computed here, once, so every handler gets the same rules for what is
@@ -162,14 +163,14 @@ class MigrationState(BaseModel):
         return [(r.name, r.checksum) for r in self._applied_records().values()]
 
 
-class MigrationRefusal(BaseModel):
+class MigrationRefusal(DeferredModel):
     """A pending migration its handler will not apply, found before anything is touched."""
 
     name: str = Field(description="The pending migration's name.")
     reason: str = Field(description="Why, as a sentence the user can act on; already scrubbed of credentials.")
 
 
-class MigrationPreview(BaseModel):
+class MigrationPreview(DeferredModel):
     """What applying one pending migration would do."""
 
     name: str
@@ -200,14 +201,14 @@ TABLE_WRITES_DESCRIPTION = (
 )
 
 
-class AppliedMigration(BaseModel):
+class AppliedMigration(DeferredModel):
     name: str
     status: Literal["applied"] = "applied"
     duration_seconds: float
     table_writes: dict[str, int] | None = Field(None, description=TABLE_WRITES_DESCRIPTION, exclude=True)
 
 
-class MigrationFailure(BaseModel):
+class MigrationFailure(DeferredModel):
     """The migration that failed, and whether its transaction left the database untouched."""
 
     name: str
@@ -236,20 +237,20 @@ class MigrationFailure(BaseModel):
         return self.transaction_rolled_back or self.statements_committed == 0
 
 
-class ApplyOutcome(BaseModel):
+class ApplyOutcome(DeferredModel):
     """What an apply run did: the migrations it committed, in order, then the failure if any."""
 
     applied: list[AppliedMigration] = Field(default_factory=list)
     failure: MigrationFailure | None = None
 
 
-class HealthCheckResult(BaseModel):
+class HealthCheckResult(DeferredModel):
     name: str
     status: Literal["passed", "failed", "warning", "skipped"]
     details: str = ""
 
 
-class BackupRecord(BaseModel):
+class BackupRecord(DeferredModel):
     """A restore point, as a provider reports it and as its manifest stores it."""
 
     model_config = ConfigDict(extra="forbid")
@@ -276,7 +277,7 @@ class BackupRecord(BaseModel):
     )
 
 
-class BackupPruneOutcome(BaseModel):
+class BackupPruneOutcome(DeferredModel):
     """What ``faber backups prune`` did (or, with ``dry_run``, would do) to an environment's backups."""
 
     keep_last: int
@@ -292,7 +293,7 @@ class BackupPruneOutcome(BaseModel):
     freed_bytes: int = 0
 
 
-class RestoreOutcome(BaseModel):
+class RestoreOutcome(DeferredModel):
     """What a restore did. ``original_unchanged`` marks a restore beside the database (a new
     instance): faber then has nothing to verify on the target and reports ``endpoint``.
 
@@ -342,7 +343,7 @@ class RestoreOutcome(BaseModel):
         )
 
 
-class AuditEvent(BaseModel):
+class AuditEvent(DeferredModel):
     """One thing that happened during a run; progress output, audit sinks and spans all read these."""
 
     run_id: str

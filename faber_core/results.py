@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_serializer
+from pydantic import Field, model_serializer
 
 from faber_core.backup.writes import WritesSinceBackup
 from faber_core.errors import FaberError, exit_code_for
+from faber_core.model_base import DeferredModel
 from faber_core.models import AppliedMigration, MigrationPreview
 from faber_core.safety.models import LintFinding, PreflightReport
 
 
-class DeployResult(BaseModel):
+class DeployResult(DeferredModel):
     migrations_applied: int
     migrations: list[AppliedMigration]
     total_duration_seconds: float
@@ -38,7 +39,7 @@ RollbackStatus = Literal[
 ]
 
 
-class FailedDeployResult(BaseModel):
+class FailedDeployResult(DeferredModel):
     """The ``result`` of every deploy that failed after its backup (docs/workflow.md, "One failure
     path"): the spec's fields, what committed, what remains and what the rollback step did.
 
@@ -77,21 +78,21 @@ class FailedDeployResult(BaseModel):
         return {k: v for k, v in handler(self).items() if v is not None or k == "backup_id"}
 
 
-class NoPendingResult(BaseModel):
+class NoPendingResult(DeferredModel):
     migrations_applied: Literal[0] = 0
     message: str = "No pending migrations"
     health_check_before: str
     mode: str
 
 
-class PreviewResult(BaseModel):
+class PreviewResult(DeferredModel):
     pending_migrations: int
     migrations: list[MigrationPreview]
     total_estimated_duration_seconds: float
     preflight: PreflightReport | None = None
 
 
-class Success(BaseModel):
+class Success(DeferredModel):
     status: Literal["success"] = "success"
     operation: str
     environment: str | None = None
@@ -103,7 +104,7 @@ class Success(BaseModel):
         return 0
 
 
-class Recovery(BaseModel):
+class Recovery(DeferredModel):
     backup_id: str | None = None
     rollback_command: str | None = None
     suggestions: list[str] = Field(default_factory=list)
@@ -113,7 +114,7 @@ class Recovery(BaseModel):
         return {k: v for k, v in handler(self).items() if v is not None}
 
 
-class ErrorDocument(BaseModel):
+class ErrorDocument(DeferredModel):
     status: Literal["error"] = "error"
     operation: str
     environment: str | None = None

@@ -49,11 +49,12 @@ from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from faber_core import events
 from faber_core.context import LockCheck, RunContext
 from faber_core.engines import LOCK_LOST
+from faber_core.model_base import DeferredModel
 from faber_core.models import ApplyOutcome, BackupRecord
 
 TABLE = "faber_backup_baselines"
@@ -113,12 +114,12 @@ class Counters:
     server_started_at: dt.datetime
 
 
-class TableWrites(BaseModel):
+class TableWrites(DeferredModel):
     table: str
     rows: int = Field(description="Rows inserted, updated or deleted since the backup, faber's own writes excluded.")
 
 
-class WritesSinceBackup(BaseModel):
+class WritesSinceBackup(DeferredModel):
     """What a restore of ``backup_id`` would discard, as far as PostgreSQL's counters tell."""
 
     backup_id: str

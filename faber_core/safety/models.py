@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from faber_core.model_base import DeferredModel
 
 
-class LintFinding(BaseModel):
+class LintFinding(DeferredModel):
     """One finding of squawk or of faber's own rules on a migration's SQL."""
 
     rule: str
@@ -23,7 +25,7 @@ class LintFinding(BaseModel):
     reason: str | None = Field(None, description="Why the finding is informational here.")
 
 
-class Blocker(BaseModel):
+class Blocker(DeferredModel):
     """A session that can make a migration wait for its locks: it holds locks on a table the
     migration touches, or has had a transaction open for long."""
 
@@ -41,7 +43,7 @@ class Blocker(BaseModel):
     )
 
 
-class PreflightReport(BaseModel):
+class PreflightReport(DeferredModel):
     policy: Literal["warn", "wait", "abort", "off"]
     tables: list[str] = Field(default_factory=list, description="Tables the pending SQL touches.")
     blockers: list[Blocker] = Field(default_factory=list)
