@@ -531,7 +531,7 @@ def rehearse(
     pending: list[LocalMigration],
     args: Iterable[str],
     *,
-    extra_notes: Callable[[Rehearsed], list[str]] = lambda _: [],
+    extra_notes: Callable[[RunContext, Rehearsed], list[str]] = lambda _context, _ran: [],
 ) -> list[MigrationPreview]:
     """Apply ``pending`` to a throwaway copy of the target and describe what each migration did there."""
     args = list(args)
@@ -560,7 +560,7 @@ def rehearse(
                 )
             )
             continue
-        notes = [*rehearsal.warnings, *extra_notes(ran)]
+        notes = [*rehearsal.warnings, *extra_notes(context, ran)]
         if ran.failure is not None:
             blocked_by = blocked_by or migration.name
             failed = failure_text(ran.failure, context.database.engine.error_code_label)
@@ -623,7 +623,7 @@ class NodeHandler:
     runner: NodeTool
     description: str
     arguments: Callable[[RunContext], list[str]]
-    preview_notes: Callable[[Rehearsed], list[str]] = field(default=lambda _: [])
+    preview_notes: Callable[[RunContext, Rehearsed], list[str]] = field(default=lambda _context, _ran: [])
 
     @hookimpl
     def faber_migration_tools(self) -> list[ToolInfo]:

@@ -48,5 +48,5 @@ NON_TRANSACTIONAL_NOTE = (
 )
 
 
-def preview_notes(ran: Rehearsed) -> list[str]:
+def preview_notes(context: RunContext, ran: Rehearsed) -> list[str]:
     return [NON_TRANSACTIONAL_NOTE]

@@ -159,6 +159,9 @@ def test_dry_run_shows_the_sql_rehearsed_on_a_throwaway_copy_and_leaves_the_targ
         "CREATE TABLE tags (id INT PRIMARY KEY, label VARCHAR(50));\nALTER TABLE users ADD COLUMN nickname VARCHAR(50);"
     )
     assert "Rehearsed on a copy of the schema without the data" in tags["notes"]
+    # Not transactional because MySQL's DDL is not, which the engine's note says; the class sets nothing.
+    assert any(note.startswith("MySQL/MariaDB commits each DDL statement") for note in tags["notes"])
+    assert not any("transaction = false" in note for note in tags["notes"])
     assert (mysql_query("SHOW TABLES"), mysql_query("SELECT * FROM migrations ORDER BY id")) == before
     assert mysql_query("SHOW COLUMNS FROM users LIKE 'nickname'") == []
     assert mysql_rehearsal_databases(mysql_admin_url) == earlier_rehearsals
