@@ -17,8 +17,8 @@ made atomic where MySQL offers atomicity, in one ``RENAME TABLE``:
    every restored table into the target: MySQL and MariaDB apply a multi-table rename all or
    nothing, so the tables and their rows are either all the target's or all the backup's. Across
    databases, because foreign-key constraint names are the database's (the ORMs name theirs);
-4. the backup's views, triggers, routines and events are created in the target, the journal row
-   deleted and both scratch databases dropped.
+4. the backup's views, triggers, routines and events are created in the target, the journal
+   dropped and both scratch databases dropped.
 
 Steps 2 to 4 are outside the rename's atomicity, so the journal row says how to finish them from
 either side of the rename (:func:`_finish`): an interrupt (SIGINT, SIGTERM) finishes them at
@@ -363,7 +363,8 @@ def _retarget(create: str, scratch: str, target: str) -> str:
 
 JOURNAL = "faber_restore_journal"
 """The restore's swap in progress, in the target database (faber's: backups leave it out, the swap
-does not move it): what a kill between its statements would leave half done, and how to finish."""
+does not move it) only while the swap is under way: what a kill between its statements would leave
+half done, and how to finish."""
 _JOURNAL_TABLE = f"""
 CREATE TABLE IF NOT EXISTS {JOURNAL} (
     scratch   varchar(64) PRIMARY KEY,
@@ -446,7 +447,7 @@ def _swap(conn: Any, swap: Swap, manual: list[str]) -> None:
             conn.execute(swap.renames())
     except conn.Error as exc:
         _put_back_triggers(conn, swap)
-        conn.execute(f"DELETE FROM {t}.{JOURNAL} WHERE scratch = %s", [swap.scratch])
+        conn.execute(f"DROP TABLE {t}.{JOURNAL}")
         raise RestoreFailed(
             f"Swapping in the restored tables failed, and changed nothing: {exc.args[-1]}",
             suggestions=[
@@ -455,7 +456,7 @@ def _swap(conn: Any, swap: Swap, manual: list[str]) -> None:
             ],
         ) from None
     _create_objects(conn, swap)
-    conn.execute(f"DELETE FROM {t}.{JOURNAL} WHERE scratch = %s", [swap.scratch])
+    conn.execute(f"DROP TABLE {t}.{JOURNAL}")
 
 
 def _put_back_triggers(conn: Any, swap: Swap) -> None:
@@ -473,8 +474,8 @@ def finish_interrupted_restores(context: RunContext, conn: Any) -> None:
 def _finish(context: RunContext, conn: Any, target: str) -> list[bool]:
     """Finish the swaps the journal holds (one at most: restores take faber's lock): put the target's
     triggers back where the rename did not happen, create the backup's objects where it did;
-    whether each had swapped; then its scratch databases are dropped. Sessions still working for a killed restore (a RENAME TABLE waiting
-    for a lock) are ended first, so what is found stays so."""
+    whether each had swapped; then its scratch databases are dropped. Sessions still working for
+    a killed restore (a RENAME TABLE waiting for a lock) are ended first, so what is found stays so."""
     t = quote(target)
     exists = conn.execute(
         "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s", [target, JOURNAL]
@@ -491,7 +492,6 @@ def _finish(context: RunContext, conn: Any, target: str) -> list[bool]:
             _create_objects(conn, swap)
         else:
             _put_back_triggers(conn, swap)
-        conn.execute(f"DELETE FROM {t}.{JOURNAL} WHERE scratch = %s", [swap.scratch])
         _drop_quietly(conn, swap.scratch)
         _drop_quietly(conn, swap.displaced)
         context.emit(
@@ -502,6 +502,7 @@ def _finish(context: RunContext, conn: Any, target: str) -> list[bool]:
             + ("its views, triggers, routines and events created" if swapped else "the database's triggers put back"),
         )
         finished.append(swapped)
+    conn.execute(f"DROP TABLE {t}.{JOURNAL}")
     return finished
 
 
