@@ -182,13 +182,26 @@ def test_tls_asked_of_a_server_without_it_is_refused_not_dropped(faber_project, 
         ("ssl-mode=DISABLED&ssl-ca={pem}", "DISABLED, yet"),
         ("ssl-key={pem}", "ssl-key needs ssl-cert"),
         ("ssl-ca={garbage}", "cannot be used"),
+        ("ssl-ca={directory}", "is not a file"),
+        ("ssl-ca={fifo}", "is not a file"),  # opening it would wait for a writer forever
+        ("ssl-ca={fifo_link}", "is not a file"),
+        ("ssl-ca=/dev/zero", "is not a file"),  # reading it would never end
+        ("ssl-ca={huge}", "cannot be used"),
+        ("ssl-cert={garbage}&ssl-key={fifo}", "is not a file"),
         ("charset=klingon", "is not a character set"),
     ],
 )
 def test_a_tls_or_charset_parameter_faber_cannot_honour_is_a_config_error(tmp_path, query, reason):
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate")
-    url = f"mysql://app:Alpha-93xq@127.0.0.1/app?{query.format(pem=garbage, garbage=garbage)}"
+    fifo = tmp_path / "ca.fifo"
+    os.mkfifo(fifo)
+    (tmp_path / "link.pem").symlink_to(fifo)
+    huge = tmp_path / "huge.pem"
+    with huge.open("wb") as sparse:
+        sparse.truncate(1 << 31)
+    files = {"pem": garbage, "garbage": garbage, "directory": tmp_path, "fifo": fifo, "huge": huge}
+    url = f"mysql://app:Alpha-93xq@127.0.0.1/app?{query.format(fifo_link=tmp_path / 'link.pem', **files)}"
 
     with pytest.raises(ConfigError) as raised:
         Database(Secret(url), source="$APP_DATABASE_URL")
