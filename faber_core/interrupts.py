@@ -27,6 +27,10 @@ class _Holding:
     def __init__(self) -> None:
         self.active = False
         self.arrived: list[int] = []
+        self.once = False
+        """Within :func:`raised_once`."""
+        self.raised = False
+        """Within :func:`raised_once`, an interrupt was raised: later ones are dropped."""
 
 
 # Python runs signal handlers in the main thread only, so this state is the main thread's.
@@ -41,6 +45,13 @@ def _on_interrupt(signum: int, frame: FrameType | None) -> None:
     if _holding.active:
         _holding.arrived.append(signum)
         return
+    _raise(signum)
+
+
+def _raise(signum: int) -> None:
+    if _holding.raised:
+        return  # within raised_once(), cleaning up after the first
+    _holding.raised = _holding.once
     raise _interrupt_for(signum)
 
 
@@ -83,7 +94,29 @@ def held_while_forking() -> Iterator[None]:
         _holding.active = False
         arrived, _holding.arrived = _holding.arrived, []
         if arrived:
-            raise _interrupt_for(arrived[0])
+            _raise(arrived[0])
+
+
+@contextmanager
+def raised_once() -> Iterator[None]:
+    """Within the block, the first SIGINT or SIGTERM raises as usual and later ones are dropped.
+
+    For work whose clean-up after an interrupt must not be cut short (a swap restore stopping
+    ``pg_restore``, dropping its copy and reading which side of the swap the database is on): a
+    second signal, which CI runners and impatient fingers send, would otherwise leave its copy
+    behind and the report unsaid. ``kill -9`` still stops faber at once.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    outer = _holding.once
+    _holding.once = True
+    try:
+        yield
+    finally:
+        _holding.once = outer
+        if not outer:
+            _holding.raised = False
 
 
 def signal_name(interrupt: KeyboardInterrupt) -> str:

@@ -22,7 +22,7 @@ import pytest
 from psycopg import sql
 
 from faber_core.backup.swap import previous_name, restoring_name
-from faber_core.events import BACKUP_RESTORE_STEP
+from faber_core.events import BACKUP_RESTORE_STEP, WRITES_WAITING
 from faber_core.testing import sqlfiles
 from faber_core.testing.faults import FaberProcess
 from faber_core.testing.fixtures import CANARY_PASSWORD, database_state, database_url_for, start_faber, wait_for
@@ -522,3 +522,55 @@ def test_a_database_named_like_the_restoring_copy_that_is_not_faber_s_is_never_d
     assert database_state(database_url) == before
     with psycopg.connect(database_url_for(postgres_admin_url, theirs)) as conn:
         assert conn.execute("SELECT id FROM invoices").fetchall() == [(7,)]
+
+
+@pytest.mark.parametrize(
+    "signals",
+    [[signal.SIGKILL], [signal.SIGTERM], [signal.SIGINT], [signal.SIGTERM, signal.SIGTERM]],
+    ids=["SIGKILL", "SIGTERM", "SIGINT", "SIGTERM-twice"],
+)
+@pytest.mark.parametrize("moment", ["during_pg_restore", "during_the_writes_check_before_the_swap"])
+def test_a_kill_before_the_swap_leaves_the_target_as_it_was_and_the_next_rollback_converges(
+    swapped, run_faber, database_url, postgres_admin_url, moment, signals
+):
+    project_dir, target = swapped
+    holder = application_tables(database_url, restoring_name(target) if moment == "during_pg_restore" else "none")
+    backup_id = backup(run_faber, project_dir)
+    at_backup = database_state(database_url)
+    execute(database_url, "DELETE FROM accounts WHERE id > 100")
+    before = database_state(database_url)
+
+    with psycopg.connect(postgres_admin_url, autocommit=True, application_name=holder):
+        run = FaberProcess.start(
+            project_dir,
+            *("rollback", "production", "--to", backup_id, "--yes", "--discard-app-writes", "--json"),
+            env=SQLFILES,
+        )
+        try:
+            if moment == "during_pg_restore":
+                run.wait_until(
+                    lambda: sessions_waiting(postgres_admin_url, restoring_name(target), "PgSleep"), what="the gate"
+                )
+            else:
+                restored = run.wait_for(
+                    lambda e: e["kind"] == BACKUP_RESTORE_STEP and e["data"]["step"].startswith("restored ")
+                )
+                run.wait_for(WRITES_WAITING, after=restored)
+            for signum in signals:
+                run.kill(signum)
+            code = run.wait(timeout=60)
+        finally:
+            run.stop_everything()
+    assert code is not None and code != 0
+    assert CANARY_PASSWORD not in run.stdout() + run.stderr()
+    assert database_state(database_url) == before
+    left = [name for name in databases(postgres_admin_url, target) if name != target]
+    if signals != [signal.SIGKILL]:
+        assert left == [], run.stdout()  # faber dropped its copy before it exited
+        assert json.loads(run.stdout())["result"]["restore_committed"] is False
+    assert left in ([], [restoring_name(target)])
+
+    done = rollback(run_faber, project_dir, backup_id)
+    assert done.returncode == 0, done.stdout
+    assert database_state(database_url) == at_backup
+    assert list(databases(postgres_admin_url, target)) == [target]

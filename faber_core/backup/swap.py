@@ -49,7 +49,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from faber_core import events
+from faber_core import events, interrupts
 from faber_core.backup import store
 from faber_core.backup.restore import ANALYZE_RESTORED, first_error
 from faber_core.context import RunContext
@@ -141,7 +141,7 @@ def restore_by_swap(context: RunContext, backup: BackupRecord, tools: Path, majo
         jobs=jobs,
     )
     keep = str(backup.provider_data.get(store.EXCLUDED_SCHEMA) or context.config.database.faber_schema)
-    with store.reading(archive) as fd:
+    with interrupts.raised_once(), store.reading(archive) as fd:
         store.verify_archive(context, backup, fd)
         try:
             _run(swap, tools, major, archive, keep)
