@@ -26,6 +26,7 @@ from datetime import timezone
 from typing import Any
 
 import pymysql
+from faber_core.backup.mysqldump import FABER_TABLES, like_prefix
 from faber_core.context import RunContext
 from faber_core.errors import Locked
 from faber_core.models import MigrationRecord
@@ -87,11 +88,12 @@ class MysqlHistory:
         return found is not None
 
     def counted_tables(self) -> list[str]:
-        """The database's tables that make it "not empty" for Prisma (P3005): on MySQL, all of them."""
+        """The database's tables that make it "not empty" for Prisma (P3005): on MySQL, all of them but
+        faber's own, which share the database (a ``--dry-run`` records itself in ``faber_deployments``)."""
         rows = self._run(
-            "SELECT table_name FROM information_schema.tables"
-            " WHERE table_schema = %(schema)s AND table_type = 'BASE TABLE' ORDER BY table_name",
-            {"schema": self.database},
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %(schema)s"
+            " AND table_type = 'BASE TABLE' AND table_name NOT LIKE %(faber)s ORDER BY table_name",
+            {"schema": self.database, "faber": like_prefix(FABER_TABLES)},
         ).fetchall()
         return [name for (name,) in rows]
 

@@ -331,6 +331,19 @@ def test_a_failed_deploy_in_a_protected_environment_is_restored(
     assert faber(run_faber, project, "migrate", "staging", "--yes").returncode == 0
 
 
+def test_a_preview_before_the_first_deploy_leaves_the_database_empty_for_it(mysql_prisma_project, run_faber, mysql_query):
+    # The preview records itself in faber_deployments, in the target database on MySQL: a table of
+    # faber's, not one that makes the database "not empty" for the first deploy (P3005).
+    project = mysql_prisma_project({"0001_init": INIT})
+
+    assert faber(run_faber, project, "migrate", "staging", "--dry-run").returncode == 0
+    assert "faber_deployments" in {name for (name,) in mysql_query("SHOW TABLES")}
+    deployed = faber(run_faber, project, "migrate", "staging", "--yes")
+
+    assert deployed.returncode == 0, deployed.output
+    assert rows(mysql_query)[0][0] == "0001_init"
+
+
 def test_a_database_created_outside_prisma_is_refused_until_baselined(mysql_prisma_project, run_faber, mysql_query):
     project = mysql_prisma_project({"0001_init": INIT, "0002_posts": POSTS})
     mysql_query(INIT)  # what 0001_init creates, made by hand
