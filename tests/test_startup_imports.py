@@ -13,13 +13,30 @@ from pathlib import Path
 # faber's CLI run as the entry point does, then the names of every module it loaded written out.
 PROBE = """\
 import json, sys
+import typer.main
+from pydantic import BaseModel
 modules_file, sys.argv = sys.argv[1], ["faber", *sys.argv[2:]]
+built_commands = []
+build_command = typer.main.get_command_from_info
+def recording_build(command_info, **kwargs):
+    command = build_command(command_info, **kwargs)
+    built_commands.append(command.name)
+    return command
+typer.main.get_command_from_info = recording_build
 from faber_core.cli import main
+def built_models():
+    found, classes = set(), [BaseModel]
+    while classes:
+        for model in classes.pop().__subclasses__():
+            classes.append(model)
+            if model.__module__.startswith("faber") and model.__pydantic_complete__:
+                found.add(model.__name__)
+    return sorted(found)
 try:
     main()
 finally:
     with open(modules_file, "w") as out:
-        json.dump(sorted(sys.modules), out)
+        json.dump({"modules": sorted(sys.modules), "commands": built_commands, "models": built_models()}, out)
 """
 
 NOT_FOR_ONE_POSTGRESQL_DATABASE = {
@@ -30,8 +47,12 @@ NOT_FOR_ONE_POSTGRESQL_DATABASE = {
     "faber_core.fleet": "only a fleet environment",
 }
 
+NOT_BUILT_FOR_A_STATUS = {"DeployResult", "FailedDeployResult", "PreviewResult", "LintFinding", "WritesSinceBackup"}
 
-def run_recording_modules(tmp_path: Path, *args: str, env: dict[str, str]) -> tuple[subprocess.CompletedProcess, set]:
+
+def run_recording_modules(tmp_path: Path, *args: str, env: dict[str, str]) -> tuple[subprocess.CompletedProcess, dict]:
+    """The run, and what it loaded: its modules, the commands whose parameters typer built, and
+    faber's models built (validator and serializer) by the end."""
     modules_file = tmp_path / "modules.json"
     done = subprocess.run(
         [sys.executable, "-c", PROBE, str(modules_file), *args],
@@ -42,7 +63,7 @@ def run_recording_modules(tmp_path: Path, *args: str, env: dict[str, str]) -> tu
         text=True,
         timeout=300,
     )
-    return done, set(json.loads(modules_file.read_text()))
+    return done, json.loads(modules_file.read_text())
 
 
 def imported(modules: set, heavy: str) -> bool:
@@ -65,19 +86,25 @@ def test_deploy_and_status_of_one_postgresql_database_import_no_heavy_library(fa
     project = faber_project(config, migrations)
     env = {"STARTUP_DATABASE_URL": database_url}
 
-    deploy, deploy_modules = run_recording_modules(
+    deploy, deploy_run = run_recording_modules(
         tmp_path, "migrate", "production", "--yes", "--cwd", str(project), env=env
     )
     assert deploy.returncode == 0, deploy.stdout + deploy.stderr
-    status, status_modules = run_recording_modules(
+    status, status_run = run_recording_modules(
         tmp_path, "status", "production", "--json", "--cwd", str(project), env=env
     )
     assert status.returncode == 0, status.stdout + status.stderr
     assert len(json.loads(status.stdout)["result"]["applied"]) == 2
 
-    for modules in (deploy_modules, status_modules):
+    for run in (deploy_run, status_run):
+        modules = set(run["modules"])
         assert "psycopg" in modules  # the probe saw the run's modules, the driver it used among them
         loaded = {name: why for name, why in NOT_FOR_ONE_POSTGRESQL_DATABASE.items() if imported(modules, name)}
         assert not loaded, f"imported although {loaded}"
     # Reading the history parses no SQL.
-    assert not imported(status_modules, "pglast")
+    assert not imported(set(status_run["modules"]), "pglast")
+    # Typer builds the parameters of the command that runs, not of the nine others.
+    assert deploy_run["commands"] == ["migrate"] and status_run["commands"] == ["status"]
+    # faber's models are built when first used: a status builds none of a deploy's documents.
+    assert "DeployResult" in deploy_run["models"] and "MigrationState" in status_run["models"]
+    assert not set(status_run["models"]) & NOT_BUILT_FOR_A_STATUS, status_run["models"]
