@@ -52,16 +52,18 @@ def databases(admin_url: str, target: str) -> dict[str, int]:
     return dict(admin_execute(admin_url, "SELECT datname, oid::int FROM pg_database WHERE datname = ANY(%s)", [names]))
 
 
+def drop_swap_databases(admin_url: str, target: str) -> None:
+    for name in (restoring_name(target), previous_name(target)):
+        admin_execute(admin_url, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 @pytest.fixture
 def swapped(project, database_url, postgres_admin_url, run_faber):
     """``(project_dir, target name)`` of a project restoring in swap mode; drops the swap's databases after."""
     project_dir = project({}, **SWAP)
     target = name_of(database_url)
     yield project_dir, target
-    for name in (restoring_name(target), previous_name(target)):
-        admin_execute(
-            postgres_admin_url, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
+    drop_swap_databases(postgres_admin_url, target)
 
 
 def backup(run_faber, project_dir) -> str:
@@ -307,10 +309,25 @@ def test_a_kill_at_each_moment_of_a_swap_leaves_one_side_and_the_next_rollback_c
             assert list(present) == [target]
 
     # Whatever the kill left, the next rollback restores and leaves nothing behind.
+    next_rollback_converges(run_faber, project_dir, backup_id, postgres_admin_url, database_url, at_backup)
+
+
+def stopped_before_the_swap(run: FaberProcess, code: int | None, admin_url: str, url: str, before: dict) -> list[str]:
+    """faber, killed before its swap, failed and left the target ``before``; the swap's databases left."""
+    assert code is not None and code != 0
+    assert CANARY_PASSWORD not in run.stdout() + run.stderr()
+    assert database_state(url) == before
+    target = name_of(url)
+    return [name for name in databases(admin_url, target) if name != target]
+
+
+def next_rollback_converges(run_faber, project_dir, backup_id: str, admin_url: str, url: str, at_backup: dict) -> None:
+    """Whatever a kill left, the next rollback restores the backup and leaves nothing behind."""
     done = rollback(run_faber, project_dir, backup_id)
     assert done.returncode == 0, done.stdout
-    assert database_state(database_url) == at_backup
-    assert list(databases(postgres_admin_url, target)) == [target]
+    assert database_state(url) == at_backup
+    target = name_of(url)
+    assert list(databases(admin_url, target)) == [target]
 
 
 def faber_json(stdout: bytes) -> dict:
@@ -424,10 +441,7 @@ def test_rows_the_application_writes_during_an_automatic_swap_rollback_keep_the_
             project_dir, target, holder, postgres_admin_url, database_url, "migrate", "production", "--yes", "--json"
         )
     finally:
-        for name in (restoring_name(target), previous_name(target)):
-            admin_execute(
-                postgres_admin_url, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+        drop_swap_databases(postgres_admin_url, target)
 
     assert code == 6, output
     result = document["result"]
@@ -561,16 +575,47 @@ def test_a_kill_before_the_swap_leaves_the_target_as_it_was_and_the_next_rollbac
             code = run.wait(timeout=60)
         finally:
             run.stop_everything()
-    assert code is not None and code != 0
-    assert CANARY_PASSWORD not in run.stdout() + run.stderr()
-    assert database_state(database_url) == before
-    left = [name for name in databases(postgres_admin_url, target) if name != target]
+    left = stopped_before_the_swap(run, code, postgres_admin_url, database_url, before)
     if signals != [signal.SIGKILL]:
         assert left == [], run.stdout()  # faber dropped its copy before it exited
         assert json.loads(run.stdout())["result"]["restore_committed"] is False
     assert left in ([], [restoring_name(target)])
 
-    done = rollback(run_faber, project_dir, backup_id)
-    assert done.returncode == 0, done.stdout
-    assert database_state(database_url) == at_backup
-    assert list(databases(postgres_admin_url, target)) == [target]
+    next_rollback_converges(run_faber, project_dir, backup_id, postgres_admin_url, database_url, at_backup)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_kill_during_the_automatic_swap_rollback_of_a_failed_deploy_leaves_one_side(
+    project, run_faber, database_url, postgres_admin_url, signum
+):
+    project_dir = project(
+        {"001_orders": "CREATE TABLE orders (id int); INSERT INTO orders VALUES (1);", "002_broken": "SELECT 1/0;"},
+        **SWAP,
+    )
+    target = name_of(database_url)
+    holder = application_tables(database_url, restoring_name(target))
+    at_backup = database_state(database_url)
+    try:
+        with psycopg.connect(postgres_admin_url, autocommit=True, application_name=holder):
+            run = FaberProcess.start(project_dir, "migrate", "production", "--yes", "--json", env=SQLFILES)
+            try:
+                backup_id = run.wait_for("rollback.started")["data"]["backup_id"]
+                run.wait_until(
+                    lambda: sessions_waiting(postgres_admin_url, restoring_name(target), "PgSleep"), what="the gate"
+                )
+                deployed_in_part = database_state(database_url)
+                run.kill(signum)
+                code = run.wait(timeout=60)
+            finally:
+                run.stop_everything()
+        # The rollback had not swapped: the database is as the failed deploy left it, 001 applied.
+        assert deployed_in_part != at_backup
+        left = stopped_before_the_swap(run, code, postgres_admin_url, database_url, deployed_in_part)
+        if signum != signal.SIGKILL:
+            result = json.loads(run.stdout())["result"]
+            assert (result["rollback_status"], result["restore_committed"], left) == ("failed", False, [])
+        assert left in ([], [restoring_name(target)])
+
+        next_rollback_converges(run_faber, project_dir, backup_id, postgres_admin_url, database_url, at_backup)
+    finally:
+        drop_swap_databases(postgres_admin_url, target)
