@@ -619,3 +619,54 @@ def test_a_kill_during_the_automatic_swap_rollback_of_a_failed_deploy_leaves_one
         next_rollback_converges(run_faber, project_dir, backup_id, postgres_admin_url, database_url, at_backup)
     finally:
         drop_swap_databases(postgres_admin_url, target)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=lambda s: s.name)
+def test_a_kill_while_the_previous_database_is_dropped_leaves_the_backup_and_names_the_leftover(
+    swapped, run_faber, database_url, postgres_admin_url, signum
+):
+    project_dir, target = swapped
+    holder = application_tables(database_url, target)  # the gate holds the ANALYZE after the swap
+    backup_id = backup(run_faber, project_dir)
+    at_backup = database_state(database_url)
+    execute(database_url, "DELETE FROM accounts WHERE id > 100")
+
+    with psycopg.connect(postgres_admin_url, autocommit=True) as lock:
+        with psycopg.connect(postgres_admin_url, autocommit=True, application_name=holder):
+            run = FaberProcess.start(
+                project_dir,
+                *("rollback", "production", "--to", backup_id, "--yes", "--discard-app-writes", "--json"),
+                env=SQLFILES,
+            )
+            try:
+                run.wait_until(lambda: sessions_waiting(postgres_admin_url, target, "PgSleep"), what="the gate")
+            except BaseException:
+                run.stop_everything()
+                raise
+            # The swap has committed; the drop of the previous database will wait for this lock.
+            lock.execute("BEGIN")
+            lock.execute(
+                sql.SQL("COMMENT ON DATABASE {} IS 'held by the test'").format(sql.Identifier(previous_name(target)))
+            )
+        try:
+            run.wait_until(
+                lambda: admin_execute(
+                    postgres_admin_url,
+                    "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'DROP DATABASE%%'",
+                ),
+                what="the drop of the previous database to wait",
+            )
+            run.kill(signum)
+            code = run.wait(timeout=60)
+        finally:
+            run.stop_everything()
+            lock.execute("ROLLBACK")
+    assert code is not None
+    assert CANARY_PASSWORD not in run.stdout() + run.stderr()
+    assert database_state(database_url) == at_backup
+    assert sorted(databases(postgres_admin_url, target)) == sorted([target, previous_name(target)])
+    if signum == signal.SIGTERM:
+        result = json.loads(run.stdout())["result"]
+        assert result["restore_committed"] is True and previous_name(target) in result["details"]
+
+    next_rollback_converges(run_faber, project_dir, backup_id, postgres_admin_url, database_url, at_backup)
