@@ -670,3 +670,52 @@ def test_a_kill_while_the_previous_database_is_dropped_leaves_the_backup_and_nam
         assert result["restore_committed"] is True and previous_name(target) in result["details"]
 
     next_rollback_converges(run_faber, project_dir, backup_id, postgres_admin_url, database_url, at_backup)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_kill_while_faber_copies_its_schema_leaves_the_target_as_it_was(
+    project, run_faber, database_url, postgres_admin_url, signum
+):
+    project_dir = project({"001_orders": "CREATE TABLE orders (id int);"}, **SWAP)
+    target = name_of(database_url)
+    execute(database_url, "CREATE TABLE accounts (id int); INSERT INTO accounts SELECT generate_series(1, 50)")
+    at_backup = database_state(database_url)
+    deployed = run_faber("migrate", "production", "--yes", "--json", cwd=project_dir, env=SQLFILES)
+    assert deployed.returncode == 0, deployed.stdout
+    backup_id = deployed.json["result"]["backup_id"]
+    execute(database_url, "DELETE FROM accounts WHERE id > 10")
+    before = database_state(database_url)
+
+    try:
+        with psycopg.connect(database_url, autocommit=True) as lock:
+            # faber's history, which a rollback writes only at its end: the lock holds the copy's pg_dump.
+            lock.execute("BEGIN")
+            lock.execute("LOCK TABLE faber.faber_deployments IN ACCESS EXCLUSIVE MODE")
+            run = FaberProcess.start(
+                project_dir,
+                *("rollback", "production", "--to", backup_id, "--yes", "--discard-app-writes", "--json"),
+                env=SQLFILES,
+            )
+            try:
+                run.wait_until(
+                    lambda: admin_execute(
+                        postgres_admin_url,
+                        "SELECT 1 FROM pg_stat_activity WHERE application_name LIKE 'faber swap %%'"
+                        " AND wait_event_type = 'Lock' AND datname = %s",
+                        [target],
+                    ),
+                    what="faber's schema copy to wait for the test's lock",
+                )
+                run.kill(signum)
+                lock.execute("ROLLBACK")
+                code = run.wait(timeout=60)
+            finally:
+                run.stop_everything()
+        left = stopped_before_the_swap(run, code, postgres_admin_url, database_url, before)
+        if signum != signal.SIGKILL:
+            assert left == [] and json.loads(run.stdout())["result"]["restore_committed"] is False
+        assert left in ([], [restoring_name(target)])
+
+        next_rollback_converges(run_faber, project_dir, backup_id, postgres_admin_url, database_url, at_backup)
+    finally:
+        drop_swap_databases(postgres_admin_url, target)
