@@ -719,3 +719,35 @@ def test_a_kill_while_faber_copies_its_schema_leaves_the_target_as_it_was(
         next_rollback_converges(run_faber, project_dir, backup_id, postgres_admin_url, database_url, at_backup)
     finally:
         drop_swap_databases(postgres_admin_url, target)
+
+
+def test_under_warn_a_swap_rollback_reports_the_rows_written_during_it_as_discarded(
+    project, run_faber, database_url, postgres_admin_url
+):
+    project_dir = project({}, **SWAP, restore_with_app_writes="warn")
+    target = name_of(database_url)
+    holder = application_tables(database_url, restoring_name(target))
+    backup_id = backup(run_faber, project_dir)
+    at_backup = database_state(database_url)
+    try:
+        code, document, output = swap_with_application_writing(
+            project_dir,
+            target,
+            holder,
+            postgres_admin_url,
+            database_url,
+            "rollback",
+            "production",
+            "--to",
+            backup_id,
+            "--yes",
+            "--json",
+        )
+    finally:
+        drop_swap_databases(postgres_admin_url, target)
+
+    assert code == 0, output
+    # The check before the restore saw nothing; the one before the swap saw the row, and says so.
+    assert document["result"]["writes_since_backup"]["tables"] == [{"table": "public.accounts", "rows": 1}]
+    assert database_state(database_url) == at_backup
+    assert CANARY_PASSWORD not in output
