@@ -730,18 +730,9 @@ def test_under_warn_a_swap_rollback_reports_the_rows_written_during_it_as_discar
     backup_id = backup(run_faber, project_dir)
     at_backup = database_state(database_url)
     try:
+        rollback_args = ("rollback", "production", "--to", backup_id, "--yes", "--json")
         code, document, output = swap_with_application_writing(
-            project_dir,
-            target,
-            holder,
-            postgres_admin_url,
-            database_url,
-            "rollback",
-            "production",
-            "--to",
-            backup_id,
-            "--yes",
-            "--json",
+            project_dir, target, holder, postgres_admin_url, database_url, *rollback_args
         )
     finally:
         drop_swap_databases(postgres_admin_url, target)
