@@ -159,6 +159,9 @@ def status(
         result = state.model_dump(
             mode="json", include={"tool", "applied", "pending", "failed", "missing_locally", "checksum_mismatches"}
         )
+        with context.database.session() as conn:
+            leftovers = context.database.engine.leftover_databases(conn, context.database)
+        result["leftover_databases"] = [leftover.model_dump(mode="json") for leftover in leftovers]
         if state.failed:
             raise MigrationFailed(
                 f"{environment} has {len(state.failed)} failed migration(s): {', '.join(state.failed)}",

@@ -250,6 +250,16 @@ class HealthCheckResult(DeferredModel):
     details: str = ""
 
 
+class LeftoverDatabase(DeferredModel):
+    """A database a killed faber run left on the target's server (a swap restore's copy, a
+    rehearsal): ``faber status`` names it with the statement that drops it, and never drops it."""
+
+    name: str
+    left_by: Literal["swap_restore", "rehearsal"]
+    details: str = Field(description="What it is, from the comment faber gave it.")
+    drop: str = Field(description="The statement that drops it, its name quoted.")
+
+
 class BackupRecord(DeferredModel):
     """A restore point, as a provider reports it and as its manifest stores it."""
 

@@ -469,6 +469,12 @@ def _status(document: Success | ErrorDocument, result: dict[str, Any]) -> list[s
             lines.append(f"  ✓ {one_line(name)}  applied")
     lines += [f"  ✗ {one_line(name)}  failed" for name in failed]
     lines += [f"  · {one_line(name)}  pending" for name in pending]
+    for leftover in result["leftover_databases"]:
+        left_by = "a killed swap restore" if leftover["left_by"] == "swap_restore" else "a killed preview's rehearsal"
+        lines.append(
+            f"  ⚠ {one_line(leftover['name'])}  left on the server by {left_by}; "
+            f"drop it when no restore or preview runs: {one_line(leftover['drop'])};"
+        )
     return lines
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import signal
 import uuid
+from datetime import datetime, timezone
 from urllib.parse import quote
 
 import psycopg
@@ -742,3 +743,62 @@ def test_under_warn_a_swap_rollback_reports_the_rows_written_during_it_as_discar
     assert document["result"]["writes_since_backup"]["tables"] == [{"table": "public.accounts", "rows": 1}]
     assert database_state(database_url) == at_backup
     assert CANARY_PASSWORD not in output
+
+
+def test_status_reports_the_leftovers_faber_marked_and_drops_nothing(
+    swapped, run_faber, postgres_admin_url, database_url
+):
+    """A killed swap's marked ``<db>_faber_previous`` and a stale rehearsal of this database are
+    listed with the statement that drops them; an unmarked ``<db>_faber_restoring``, a fresh
+    rehearsal and another database's rehearsal are not; nothing is dropped, the exit code is status's."""
+    project_dir, target = swapped
+    marked, look_alike = previous_name(target), restoring_name(target)
+    suffix = uuid.uuid4().hex[:8]
+    stale = f"faber_rehearsal_20200101000000_{suffix}"
+    fresh = f"faber_rehearsal_{datetime.now(timezone.utc):%Y%m%d%H%M%S}_{suffix}"
+    elsewhere = f"faber_rehearsal_20200101000001_{suffix}"
+    comments = {
+        marked: f"faber: {target} before restoring backup-1",
+        look_alike: None,
+        stale: f"faber rehearsal of {target}: a throwaway copy, safe to drop",
+        fresh: f"faber rehearsal of {target}: a throwaway copy, safe to drop",
+        elsewhere: "faber rehearsal of another_database: a throwaway copy, safe to drop",
+    }
+    try:
+        for name, comment in comments.items():
+            admin_execute(postgres_admin_url, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            if comment:
+                admin_execute(
+                    postgres_admin_url,
+                    sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(comment)),
+                )
+
+        document = run_faber("status", "production", "--json", cwd=project_dir, env=SQLFILES)
+        human = run_faber("status", "production", cwd=project_dir, env=SQLFILES)
+
+        assert document.returncode == 0, document.output
+        assert document.json["result"]["leftover_databases"] == [
+            {
+                "name": stale,
+                "left_by": "rehearsal",
+                "details": comments[stale],
+                "drop": f'DROP DATABASE "{stale}"',
+            },
+            {
+                "name": marked,
+                "left_by": "swap_restore",
+                "details": comments[marked],
+                "drop": f'DROP DATABASE "{marked}"',
+            },
+        ]
+        assert human.returncode == 0, human.output
+        assert f'DROP DATABASE "{marked}"' in human.stdout and f'DROP DATABASE "{stale}"' in human.stdout
+        assert look_alike not in human.stdout and fresh not in human.stdout and elsewhere not in human.stdout
+        assert CANARY_PASSWORD not in document.output + human.output
+        left = admin_execute(
+            postgres_admin_url, "SELECT datname FROM pg_database WHERE datname = ANY(%s)", [list(comments)]
+        )
+        assert sorted(name for (name,) in left) == sorted(comments)
+    finally:
+        for name in (stale, fresh, elsewhere):
+            admin_execute(postgres_admin_url, sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))

@@ -31,7 +31,7 @@ from faber_core.processes import run_tool
 if TYPE_CHECKING:
     from faber_core.config import EnvironmentSettings
     from faber_core.context import Database, RunContext
-    from faber_core.models import HealthCheckResult, MigrationFailure
+    from faber_core.models import HealthCheckResult, LeftoverDatabase, MigrationFailure
     from faber_core.safety.analysis import StatementEffect, TableName
     from faber_core.safety.catalog import TableStats
     from faber_core.safety.models import Blocker
@@ -137,13 +137,30 @@ class TargetUrl:
 
 REHEARSAL_PREFIX = "faber_rehearsal_"
 """Every rehearsal database's name starts so: the grant that lets faber create them names it."""
+REHEARSAL_STALE_MINUTES = 15
+"""A rehearsal database this much older than its name's timestamp is reported as left behind:
+a preview's rehearsal is dropped when it ends, and takes minutes at most."""
 AUTO_DATA_LIMIT_BYTES = 64 * 1024 * 1024
 """Below this much table data, a rehearsal copies the rows too: closer to the real run, still quick."""
 
 
 def rehearsal_name() -> str:
     """A new rehearsal database's name: unique, and when it was made (a leftover tells its age)."""
-    return f"{REHEARSAL_PREFIX}{dt.datetime.now(dt.timezone.utc):%Y%m%d%H%M%S}_{uuid.uuid4().hex[:8]}"
+    return f"{REHEARSAL_PREFIX}{dt.datetime.now(dt.timezone.utc):{REHEARSAL_TIME_FORMAT}}_{uuid.uuid4().hex[:8]}"
+
+
+REHEARSAL_TIME_FORMAT = "%Y%m%d%H%M%S"
+
+
+def rehearsal_age(name: str) -> dt.timedelta | None:
+    """How long ago rehearsal database ``name`` was made, from its name; None for a name
+    :func:`rehearsal_name` did not make."""
+    stamp = name.removeprefix(REHEARSAL_PREFIX).partition("_")[0]
+    try:
+        made = dt.datetime.strptime(stamp, REHEARSAL_TIME_FORMAT).replace(tzinfo=dt.timezone.utc)
+    except ValueError:
+        return None
+    return dt.datetime.now(dt.timezone.utc) - made
 
 
 @dataclass
@@ -419,6 +436,14 @@ class Engine(ABC):
     def invalid_indexes(self, conn: Any) -> list[str]:
         """Indexes a failed build left behind unusable (PostgreSQL's ``CREATE INDEX CONCURRENTLY``),
         named for the failure report; none on an engine where a failed build leaves nothing."""
+        return []
+
+    def leftover_databases(self, conn: Any, database: Database) -> list[LeftoverDatabase]:
+        """Databases on the server that a killed faber run left and that belong to ``database``
+        (a swap restore's copies, a rehearsal older than :data:`REHEARSAL_STALE_MINUTES`), each
+        recognised by the comment faber gave it; none in use by a session. Only read, never
+        dropped: ``faber status`` reports them. None on an engine whose runs leave none that
+        faber can tell apart from the application's."""
         return []
 
     def finish_interrupted_restores(self, context: RunContext, conn: Any) -> None:

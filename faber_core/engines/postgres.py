@@ -22,7 +22,7 @@ from faber_core.engines import LOCK_LOST, Engine, ErrorKind, HeldLock, Rehearsal
 if TYPE_CHECKING:
     from faber_core.config import EnvironmentSettings
     from faber_core.context import Database, RunContext
-    from faber_core.models import HealthCheckResult, MigrationFailure
+    from faber_core.models import HealthCheckResult, LeftoverDatabase, MigrationFailure
     from faber_core.safety.analysis import StatementEffect, TableName
     from faber_core.safety.catalog import TableStats
     from faber_core.safety.models import Blocker
@@ -251,6 +251,11 @@ class PostgresEngine(Engine):
         from faber_core.postgres.health import invalid_indexes
 
         return invalid_indexes(conn)
+
+    def leftover_databases(self, conn: psycopg.Connection, database: Database) -> list[LeftoverDatabase]:
+        from faber_core.postgres.leftovers import leftover_databases
+
+        return leftover_databases(conn, database)
 
     @contextmanager
     def deploy_lock(

@@ -22,12 +22,7 @@ def faber_lock_key(database_name: str | None) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-def lock_holder(conn: psycopg.Connection, key: int) -> str:
-    """A description of the session holding advisory lock ``key``, for error messages."""
-    row = conn.execute(
-        """
-        SELECT a.pid, coalesce(nullif(a.application_name, ''), 'unknown client'),
-               coalesce(a.client_addr::text, 'local'), now() - a.backend_start
+_HOLDING = """
         FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
         WHERE l.locktype = 'advisory' AND l.granted
           -- advisory locks belong to a database: the same key elsewhere is someone else's
@@ -35,6 +30,22 @@ def lock_holder(conn: psycopg.Connection, key: int) -> str:
           AND l.classid = ((%(key)s::bigint >> 32) & 4294967295)::oid
           AND l.objid = (%(key)s::bigint & 4294967295)::oid
           AND l.objsubid = 1
+"""
+"""The sessions holding advisory lock ``key`` on the connection's database."""
+
+
+def lock_held(conn: psycopg.Connection, key: int) -> bool:
+    """Whether a session holds advisory lock ``key`` on the connection's database."""
+    return conn.execute(f"SELECT EXISTS (SELECT 1 {_HOLDING})", {"key": key}).fetchone()[0]
+
+
+def lock_holder(conn: psycopg.Connection, key: int) -> str:
+    """A description of the session holding advisory lock ``key``, for error messages."""
+    row = conn.execute(
+        f"""
+        SELECT a.pid, coalesce(nullif(a.application_name, ''), 'unknown client'),
+               coalesce(a.client_addr::text, 'local'), now() - a.backend_start
+        {_HOLDING}
         LIMIT 1
         """,
         {"key": key},

@@ -160,9 +160,14 @@ def _create_database(conn: psycopg.Connection, name: str, target: Database) -> N
     conn.execute(
         sql.SQL("COMMENT ON DATABASE {} IS {}").format(
             identifier,
-            sql.Literal(f"faber rehearsal of {target.name_for_display}: a throwaway copy, safe to drop"),
+            sql.Literal(rehearsal_comment(target)),
         )
     )
+
+
+def rehearsal_comment(target: Database) -> str:
+    """The comment on a rehearsal database of ``target``: what ties a leftover one to it."""
+    return f"faber rehearsal of {target.name_for_display}: a throwaway copy, safe to drop"
 
 
 def _copy_target(context: RunContext, tools: Path, rehearsal: Rehearsal) -> None:

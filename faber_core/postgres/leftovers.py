@@ -1,0 +1,51 @@
+"""Databases a killed faber run left on a PostgreSQL server, for ``faber status`` to report.
+
+A swap restore killed before its swap leaves ``<db>_faber_restoring``, killed after it
+``<db>_faber_previous`` (:mod:`faber_core.backup.swap`); a preview killed during its rehearsal
+leaves ``faber_rehearsal_<time>_<id>``. Each carries a comment faber gave it, which is what ties
+it to faber and to the target: a database of such a name without that comment is someone
+else's and is not reported. A database a session is connected to is in use (a restore or a
+preview running now) and is not reported either, nor are the swap's copies while a run holds
+faber's lock on the target (a swap restore may be between two steps).
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from faber_core.backup.swap import MARKER, previous_name, restoring_name
+from faber_core.context import Database
+from faber_core.engines import REHEARSAL_PREFIX, REHEARSAL_STALE_MINUTES, rehearsal_age
+from faber_core.models import LeftoverDatabase
+from faber_core.postgres.locks import faber_lock_key, lock_held
+from faber_core.postgres.rehearsal import rehearsal_comment
+
+_CANDIDATES = """
+SELECT d.datname, pg_catalog.shobj_description(d.oid, 'pg_database')
+FROM pg_catalog.pg_database d
+WHERE (d.datname = ANY(%(swap)s) OR pg_catalog.strpos(d.datname, %(prefix)s) = 1)
+  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.datid = d.oid)
+ORDER BY d.datname
+"""
+
+
+def leftover_databases(conn: psycopg.Connection, database: Database) -> list[LeftoverDatabase]:
+    """The leftovers of ``database`` on its server (``conn`` is a session of it), by name."""
+    swap = [restoring_name(database.name), previous_name(database.name)] if database.name else []
+    if swap and lock_held(conn, faber_lock_key(database.name)):
+        swap = []
+    rows = conn.execute(_CANDIDATES, {"swap": swap, "prefix": REHEARSAL_PREFIX}).fetchall()
+    leftovers = []
+    for name, comment in rows:
+        drop = sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)).as_string(conn)
+        if name in swap and (comment or "").startswith(MARKER):
+            leftovers.append(LeftoverDatabase(name=name, left_by="swap_restore", details=comment, drop=drop))
+        elif name.startswith(REHEARSAL_PREFIX) and comment == rehearsal_comment(database) and _stale(name):
+            leftovers.append(LeftoverDatabase(name=name, left_by="rehearsal", details=comment, drop=drop))
+    return leftovers
+
+
+def _stale(rehearsal: str) -> bool:
+    age = rehearsal_age(rehearsal)
+    return age is not None and age.total_seconds() > REHEARSAL_STALE_MINUTES * 60
