@@ -9,6 +9,7 @@ Exit codes (docs/exit-codes.md): 0 success, 1 internal error, 2 invalid input or
 from __future__ import annotations
 
 import copy
+import signal
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -141,7 +142,13 @@ def _approver() -> Callable[[str], bool] | None:
 
 
 def _finish(document: Document, json_output: bool) -> NoReturn:
-    """Print the document (human summary or one JSON document) and exit with its code."""
+    """Print the document (human summary or one JSON document) and exit with its code.
+
+    The command's work is over: SIGTERM and SIGINT, which can stop nothing now, are ignored
+    while it is printed, so a signal at that moment does not end faber without its document.
+    """
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
     typer.echo(_render(document, json_output))
     raise typer.Exit(document.exit_code)
 
