@@ -268,7 +268,8 @@ class Point:
     """A migration that holds HOLD_SECONDS, so faber cannot get past it between the event and the kill."""
     settled: bool = False
     """The kill comes once the run's outcome is decided: a signal while it is recorded or printed
-    stops nothing, so the document may be that outcome, not naming the signal."""
+    stops nothing, so the document may be that outcome, not naming the signal (as it may at the
+    last steps, when they end before the signal lands)."""
 
 
 def started(step: str) -> Callable[[Event], bool]:
@@ -471,8 +472,8 @@ def check_document(bed: Bed, point: Point, run: FaberProcess, matched: str | Non
     said = document(run)
     text = json.dumps(said)
     result = said.get("result") or {}
-    if point.settled and "SIGTERM" not in text:
-        pass  # the run's own outcome: what it says is checked against the database below
+    if (point.settled or said.get("status") == "success") and "SIGTERM" not in text:
+        pass  # the signal came once the outcome was decided: what it says is checked below
     elif "SIGTERM" not in text:
         problems.append(f"the document does not name SIGTERM: {text[:2000]}")
     elif run.proc.returncode not in (130, 8) or said.get("code") not in ("INTERRUPTED", "RESTORE_FAILED"):
@@ -481,6 +482,8 @@ def check_document(bed: Bed, point: Point, run: FaberProcess, matched: str | Non
     if point.command == "rollback":
         # Without restore_committed, an interrupted rollback stopped before its restore began.
         expected = ROLLED_BACK if said.get("status") == "success" or committed else AFTER[DEPLOYED[-1]]
+    elif said.get("status") == "success":
+        expected = AFTER[DEPLOYED[-1]]
     elif result.get("rollback_status") == "success":
         expected = ROLLED_BACK
     elif committed is False:
