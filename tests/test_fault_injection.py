@@ -49,9 +49,9 @@ from faber_core.testing.faults import (
     holdable_migration,
     matching_state,
     migration_session,
+    moments_without_a_point,
     record_injection,
     snapshot,
-    top_level_steps,
     wait_for_server_release,
 )
 from faber_core.testing.fixtures import CANARY_PASSWORD, create_database, database_url_for, drop_database
@@ -559,17 +559,7 @@ def test_every_step_and_migration_has_an_injection_point(bed: FaultBed) -> None:
             drop_database(bed.admin_url, database)
             bed.databases.remove(database)
     for command, events in runs.items():
-        moments = top_level_steps(events) + [e for e in events if e["kind"] == "migration.started"]
-        if command == "failed-deploy":
-            # It runs the deploy's steps up to the failure: only what follows is its own.
-            failure = next(i for i, e in enumerate(events) if e["kind"] == "migration.failed")
-            moments = [e for e in moments if events.index(e) > failure]
-        points = [point for point in POINTS if point.command == command]
-        uncovered = [
-            f"{event['kind']} {event['data'].get('step') or event['data'].get('name')}"
-            for event in moments
-            if not any(point.event(event) for point in points)
-        ]
+        uncovered = moments_without_a_point(command, events, POINTS)
         assert not uncovered, f"{command}: no injection point at {uncovered}"
     assert {e["data"]["name"] for e in runs["deploy"] if e["kind"] == "migration.applied"} == set(DEPLOYED)
 

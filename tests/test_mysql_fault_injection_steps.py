@@ -42,9 +42,9 @@ from faber_core.testing.faults import (
     Event,
     FaberProcess,
     event_matcher,
+    moments_without_a_point,
     mysql_session,
     record_injection,
-    top_level_steps,
     wait_for_mysql_release,
 )
 from faber_core.testing.fixtures import CANARY_PASSWORD, mysql_connect, mysql_scratch_databases
@@ -532,15 +532,6 @@ def test_every_step_and_migration_has_an_injection_point(mysql_database_url, mys
         run = faber(bed.project, bed.url, *args, "--yes", "--json")
         run.finish()
         events = run.read_events()
-        moments = top_level_steps(events) + [e for e in events if e["kind"] == "migration.started"]
-        if command == "failed-deploy":
-            failure = next(i for i, e in enumerate(events) if e["kind"] == "migration.failed")
-            moments = [e for e in moments if events.index(e) > failure]
-        points = [point for point in POINTS if point.command == command]
-        uncovered = [
-            f"{event['kind']} {event['data'].get('step') or event['data'].get('name')}"
-            for event in moments
-            if not any(point.event(event) for point in points)
-        ]
+        uncovered = moments_without_a_point(command, events, POINTS)
         assert not uncovered, f"{command}: no injection point at {uncovered}"
 

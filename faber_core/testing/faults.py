@@ -59,6 +59,22 @@ def top_level_steps(events: list[Event]) -> list[Event]:
     return found
 
 
+def moments_without_a_point(command: str, events: list[Event], points: Iterable[Any]) -> list[str]:
+    """The top-level steps and migrations of a ``command`` run (its ``events``) that no injection
+    point of that command (``point.command``, ``point.event(event)``) kills at. For a failed deploy,
+    only what follows the failure: the steps before it are the deploy's."""
+    moments = top_level_steps(events) + [e for e in events if e["kind"] == "migration.started"]
+    if command == "failed-deploy":
+        failure = next(i for i, e in enumerate(events) if e["kind"] == "migration.failed")
+        moments = [e for e in moments if events.index(e) > failure]
+    own = [point for point in points if point.command == command]
+    return [
+        f"{event['kind']} {event['data'].get('step') or event['data'].get('name')}"
+        for event in moments
+        if not any(point.event(event) for point in own)
+    ]
+
+
 def event_matcher(kind: str, **data: Any) -> Callable[[Event], bool]:
     """A predicate for events of ``kind`` whose data has every item of ``data``."""
 
