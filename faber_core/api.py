@@ -161,7 +161,9 @@ def status(
         )
         with context.database.session() as conn:
             leftovers = context.database.engine.leftover_databases(conn, context.database)
+            interrupted = context.database.engine.interrupted_restores(conn, context.database)
         result["leftover_databases"] = [leftover.model_dump(mode="json") for leftover in leftovers]
+        result["interrupted_restores"] = [restore.model_dump(mode="json") for restore in interrupted]
         if state.failed:
             raise MigrationFailed(
                 f"{environment} has {len(state.failed)} failed migration(s): {', '.join(state.failed)}",

@@ -256,8 +256,18 @@ class LeftoverDatabase(DeferredModel):
 
     name: str
     left_by: Literal["swap_restore", "rehearsal"]
-    details: str = Field(description="What it is, from the comment faber gave it.")
+    details: str = Field(description="What it is: the comment faber gave it, or on MySQL what its name says.")
     drop: str = Field(description="The statement that drops it, its name quoted.")
+
+
+class InterruptedRestore(DeferredModel):
+    """A restore killed in a step that is not atomic, still half done in the target (MySQL's table
+    swap, its journal row in the database): the next run that takes faber's lock finishes it;
+    ``faber status`` names it and changes nothing."""
+
+    backup_id: str
+    journal: str = Field(description="The table of the target that records the swap.")
+    details: str
 
 
 class BackupRecord(DeferredModel):

@@ -475,6 +475,12 @@ def _status(document: Success | ErrorDocument, result: dict[str, Any]) -> list[s
             f"  ⚠ {one_line(leftover['name'])}  left on the server by {left_by}; "
             f"drop it when no restore or preview runs: {one_line(leftover['drop'])};"
         )
+    for restore in result["interrupted_restores"]:
+        lines.append(
+            f"  ⚠ {one_line(restore['journal'])}  a restore of {one_line(restore['backup_id'])} was killed during "
+            "its table swap: triggers, views, routines or events may be missing until faber migrate "
+            f"{env} (or faber rollback, faber resolve) finishes it"
+        )
     return lines
 
 

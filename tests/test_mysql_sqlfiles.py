@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from faber_core.backup.mysqldump import JOURNAL, scratch_prefix
 from faber_core.support.mysql import faber_lock_name
 from faber_core.testing.fixtures import (
     CANARY_PASSWORD,
@@ -260,6 +261,80 @@ def test_status_and_health_and_backups(mysql_project, mysql_database_url):
 
     code, document, _ = faber(project, "backups", "production", url=mysql_database_url)
     assert code == 0 and document["result"]["backups"][0]["provider"] == "mysqldump"
+
+
+def test_status_reports_what_a_killed_restore_left_and_changes_nothing(
+    mysql_project, mysql_database_url, mysql_admin_url, mysql_query
+):
+    """A killed restore's scratch database of this target is listed with the DROP DATABASE that
+    removes it; another target's look-alike is not, nor the two the journal's swap still needs.
+    The journal is reported with the commands that finish it. Nothing is listed that a connected
+    session uses, nothing at all while another run holds faber's lock; nothing is dropped, the
+    exit code is status's."""
+    project = mysql_project(MIGRATIONS)
+    target = mysql_database_url.rpartition("/")[2]
+    prefix = scratch_prefix(target)
+    left, in_swap = f"{prefix}18c0ffee000_new", [f"{prefix}18c0ffee001_new", f"{prefix}18c0ffee001_old"]
+    look_alike = f"{scratch_prefix(target + '_other')}18c0ffee000_new"
+    created = [left, *in_swap, look_alike]
+    env = {**os.environ, "TEST_DATABASE_URL": mysql_database_url, "FABER_PLUGINS": "faber_core.testing.sqlfiles"}
+    try:
+        with mysql_connect(mysql_admin_url) as admin:
+            for name in created:
+                admin.execute(f"CREATE DATABASE `{name}`")
+        mysql_query(
+            f"CREATE TABLE {JOURNAL} (scratch varchar(64) PRIMARY KEY, displaced varchar(64) NOT NULL, "
+            "backup_id varchar(255) NOT NULL, swap longtext NOT NULL)"
+        )
+        mysql_query(f"INSERT INTO {JOURNAL} VALUES (%s, %s, 'backup-1', '{{}}')", in_swap)
+
+        code, document, _ = faber(project, "status", "production", url=mysql_database_url)
+        human = subprocess.run(
+            [sys.executable, "-m", "faber_core", "status", "production"],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+
+        assert code == 0, document
+        assert document["result"]["leftover_databases"] == [
+            {
+                "name": left,
+                "left_by": "swap_restore",
+                "details": f"a scratch database of a killed restore of {target}; the next restore drops it too",
+                "drop": f"DROP DATABASE `{left}`",
+            }
+        ]
+        [interrupted] = document["result"]["interrupted_restores"]
+        assert interrupted["backup_id"] == "backup-1" and interrupted["journal"] == JOURNAL
+        assert "next faber migrate, faber rollback or faber resolve finishes it" in interrupted["details"]
+        assert human.returncode == 0, human.stderr
+        assert f"DROP DATABASE `{left}`" in human.stdout
+        assert f"⚠ {JOURNAL}  a restore of backup-1 was killed during its table swap" in human.stdout
+        assert "faber migrate production (or faber rollback, faber resolve) finishes it" in human.stdout
+        assert look_alike not in human.stdout and not any(name in human.stdout for name in in_swap)
+        assert CANARY_PASSWORD not in human.stdout + human.stderr
+
+        with mysql_connect(mysql_admin_url) as session:
+            session.execute(f"USE `{left}`")
+            code, document, _ = faber(project, "status", "production", url=mysql_database_url)
+            assert code == 0 and document["result"]["leftover_databases"] == []
+        with mysql_connect(mysql_admin_url) as holder:
+            holder.execute("SELECT GET_LOCK(%s, 0)", [faber_lock_name(target)])
+            code, document, _ = faber(project, "status", "production", url=mysql_database_url)
+            assert code == 0
+            assert document["result"]["leftover_databases"] == document["result"]["interrupted_restores"] == []
+
+        with mysql_connect(mysql_admin_url) as admin:
+            present = admin.execute(
+                "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'faber\\_restore\\_%'"
+            ).fetchall()
+        assert set(created) <= {name for (name,) in present}
+        assert mysql_query(f"SELECT scratch FROM {JOURNAL} ORDER BY scratch") == [(in_swap[0],)]
+    finally:
+        with mysql_connect(mysql_admin_url) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS `{look_alike}`")
 
 
 @pytest.mark.parametrize(

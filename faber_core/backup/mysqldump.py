@@ -46,7 +46,14 @@ from faber_core import events, hookimpl
 from faber_core.backup import store
 from faber_core.context import RunContext
 from faber_core.errors import BackupFailed, RestoreFailed
-from faber_core.models import BackupProviderInfo, BackupPruneOutcome, BackupRecord, RestoreOutcome
+from faber_core.models import (
+    BackupProviderInfo,
+    BackupPruneOutcome,
+    BackupRecord,
+    InterruptedRestore,
+    LeftoverDatabase,
+    RestoreOutcome,
+)
 from faber_core.processes import child_environment, find_program, spawn, supervised
 
 PROVIDER = "mysqldump"
@@ -477,10 +484,7 @@ def _finish(context: RunContext, conn: Any, target: str) -> list[bool]:
     whether each had swapped; then its scratch databases are dropped. Sessions still working for
     a killed restore (a RENAME TABLE waiting for a lock) are ended first, so what is found stays so."""
     t = quote(target)
-    exists = conn.execute(
-        "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s", [target, JOURNAL]
-    ).fetchone()
-    if not exists:
+    if not _journal_exists(conn, target):
         return []
     finished = []
     for (text,) in conn.execute(f"SELECT swap FROM {t}.{JOURNAL}").fetchall():
@@ -504,6 +508,59 @@ def _finish(context: RunContext, conn: Any, target: str) -> list[bool]:
         finished.append(swapped)
     conn.execute(f"DROP TABLE {t}.{JOURNAL}")
     return finished
+
+
+def interrupted_swaps(conn: Any, target: str) -> list[InterruptedRestore]:
+    """The swaps the journal in ``target`` holds: a restore killed in steps 2 to 4, which
+    :func:`finish_interrupted_restores` finishes. Only read (``faber status``)."""
+    return [
+        InterruptedRestore(
+            backup_id=backup_id,
+            journal=JOURNAL,
+            details=f"a restore of {backup_id} was killed during its table swap: the tables and rows are all as "
+            "before it or all the backup's, and triggers, views, routines or events may be missing until the "
+            "next faber migrate, faber rollback or faber resolve finishes it",
+        )
+        for _, _, backup_id in _journal_rows(conn, target)
+    ]
+
+
+def restore_leftovers(conn: Any, target: str) -> list[LeftoverDatabase]:
+    """The scratch databases killed restores of ``target`` left (named by :func:`scratch_prefix`),
+    but those a session is connected to and those of a swap the journal holds (finishing it needs
+    them; the run that finishes it drops them). Only read (``faber status``)."""
+    in_swap = {name for scratch, displaced, _ in _journal_rows(conn, target) for name in (scratch, displaced)}
+    rows = conn.execute(
+        "SELECT s.SCHEMA_NAME FROM information_schema.SCHEMATA s WHERE s.SCHEMA_NAME LIKE %s AND NOT EXISTS "
+        "(SELECT 1 FROM information_schema.PROCESSLIST p WHERE p.DB = s.SCHEMA_NAME) ORDER BY s.SCHEMA_NAME",
+        [like_prefix(scratch_prefix(target))],
+    ).fetchall()
+    return [
+        LeftoverDatabase(
+            name=name,
+            left_by="swap_restore",
+            details=f"a scratch database of a killed restore of {target}; the next restore drops it too",
+            drop=f"DROP DATABASE {quote(name)}",
+        )
+        for (name,) in rows
+        if name not in in_swap
+    ]
+
+
+def _journal_rows(conn: Any, target: str) -> list[tuple[str, str, str]]:
+    """The journal's (scratch, displaced, backup_id) rows in ``target``; none without a journal."""
+    if not _journal_exists(conn, target):
+        return []
+    rows = conn.execute(f"SELECT scratch, displaced, backup_id FROM {quote(target)}.{JOURNAL}").fetchall()
+    return [tuple(row) for row in rows]
+
+
+def _journal_exists(conn: Any, target: str) -> bool:
+    return bool(
+        conn.execute(
+            "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s", [target, JOURNAL]
+        ).fetchone()
+    )
 
 
 def _end_sessions_on(conn: Any, schemas: list[str]) -> None:

@@ -31,7 +31,7 @@ from faber_core.processes import run_tool
 if TYPE_CHECKING:
     from faber_core.config import EnvironmentSettings
     from faber_core.context import Database, RunContext
-    from faber_core.models import HealthCheckResult, LeftoverDatabase, MigrationFailure
+    from faber_core.models import HealthCheckResult, InterruptedRestore, LeftoverDatabase, MigrationFailure
     from faber_core.safety.analysis import StatementEffect, TableName
     from faber_core.safety.catalog import TableStats
     from faber_core.safety.models import Blocker
@@ -441,9 +441,15 @@ class Engine(ABC):
     def leftover_databases(self, conn: Any, database: Database) -> list[LeftoverDatabase]:
         """Databases on the server that a killed faber run left and that belong to ``database``
         (a swap restore's copies, a rehearsal older than :data:`REHEARSAL_STALE_MINUTES`), each
-        recognised by the comment faber gave it; none in use by a session. Only read, never
-        dropped: ``faber status`` reports them. None on an engine whose runs leave none that
-        faber can tell apart from the application's."""
+        recognised by the comment faber gave it or a name only faber builds for ``database``;
+        none in use by a session. Only read, never dropped: ``faber status`` reports them. None
+        on an engine whose runs leave none that faber can tell apart from the application's."""
+        return []
+
+    def interrupted_restores(self, conn: Any, database: Database) -> list[InterruptedRestore]:
+        """The restores a kill left half done in ``database``, which :meth:`finish_interrupted_restores`
+        finishes; none while a run holds faber's lock (a restore may be under way). Only read:
+        ``faber status`` reports them. None on an engine whose restores are one transaction."""
         return []
 
     def finish_interrupted_restores(self, context: RunContext, conn: Any) -> None:

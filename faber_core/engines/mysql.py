@@ -46,7 +46,7 @@ from faber_core.errors import ConfigError
 if TYPE_CHECKING:
     from faber_core.config import EnvironmentSettings
     from faber_core.context import Database, RunContext
-    from faber_core.models import HealthCheckResult, MigrationFailure
+    from faber_core.models import HealthCheckResult, InterruptedRestore, LeftoverDatabase, MigrationFailure
     from faber_core.safety.analysis import StatementEffect, TableName
     from faber_core.safety.catalog import TableStats
     from faber_core.safety.models import Blocker
@@ -275,6 +275,11 @@ def faber_lock_name(database_name: str | None) -> str:
     from the tools' own locks (Prisma's ``prisma_migrate``)."""
     digest = hashlib.sha256((database_name or "").encode()).hexdigest()[:40]
     return f"faber-deploy:{digest}"
+
+
+def lock_in_use(conn: MySQLConnection, database_name: str) -> bool:
+    """Whether a session holds faber's lock on the database (a run is deploying or restoring it)."""
+    return conn.execute("SELECT IS_USED_LOCK(%s)", [faber_lock_name(database_name)]).fetchone()[0] is not None
 
 
 def lock_holder(conn: MySQLConnection, name: str) -> str:
@@ -562,6 +567,24 @@ class MySQLEngine(Engine):
         from faber_core.backup.mysqldump import finish_interrupted_restores
 
         finish_interrupted_restores(context, conn)
+
+    def leftover_databases(self, conn: MySQLConnection, database: Database) -> list[LeftoverDatabase]:
+        """The scratch databases killed mysqldump restores of ``database`` left; none while a run
+        holds faber's lock on it (a restore may be using them). No other database on a MySQL
+        server can be told to be faber's: it has no comment (a ``faber_rehearsal_*`` database
+        names no target)."""
+        from faber_core.backup.mysqldump import restore_leftovers
+
+        if not database.name or lock_in_use(conn, database.name):
+            return []
+        return restore_leftovers(conn, database.name)
+
+    def interrupted_restores(self, conn: MySQLConnection, database: Database) -> list[InterruptedRestore]:
+        from faber_core.backup.mysqldump import interrupted_swaps
+
+        if not database.name or lock_in_use(conn, database.name):
+            return []
+        return interrupted_swaps(conn, database.name)
 
     def apply_session_timeouts(self, conn: MySQLConnection, settings: EnvironmentSettings) -> None:
         version = conn.get_server_info()
