@@ -802,3 +802,49 @@ def test_status_reports_the_leftovers_faber_marked_and_drops_nothing(
     finally:
         for name in (stale, fresh, elsewhere):
             admin_execute(postgres_admin_url, sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def test_rows_whose_counts_have_not_reached_the_statistics_at_the_check_before_the_swap_are_discarded_unreported(
+    project, run_faber, database_url, postgres_admin_url
+):
+    """The window docs/workflow.md describes, measured: a session reports the row counts of the
+    transactions it committed only once it is idle outside a transaction (or exits). One that
+    commits a row and keeps a transaction open stays invisible to the check before the swap, then
+    the swap ends it (it reports as it exits, too late) and discards the row, under refuse too."""
+    project_dir = project({}, **SWAP, restore_with_app_writes="refuse")
+    target = name_of(database_url)
+    holder = application_tables(database_url, restoring_name(target))
+    backup_id = backup(run_faber, project_dir)
+    at_backup = database_state(database_url)
+
+    with psycopg.connect(postgres_admin_url, autocommit=True, application_name=holder):
+        run = FaberProcess.start(
+            project_dir, *("rollback", "production", "--to", backup_id, "--yes", "--json"), env=SQLFILES
+        )
+        shop = psycopg.connect(database_url, autocommit=True, application_name="shop")
+        try:
+            run.wait_until(
+                lambda: sessions_waiting(postgres_admin_url, restoring_name(target), "PgSleep"),
+                what="pg_restore at the gate",
+            )
+            # One message: between its COMMIT and the next BEGIN the session is never idle.
+            shop.execute("BEGIN; INSERT INTO accounts VALUES (100001, 'committed'); COMMIT; BEGIN; SELECT 1")
+            with psycopg.connect(database_url) as other:
+                assert other.execute("SELECT count(*) FROM accounts WHERE id = 100001").fetchone() == (1,)
+        except BaseException:
+            shop.close()
+            run.stop_everything()
+            raise
+    try:
+        code = run.finish()
+        with pytest.raises(psycopg.OperationalError):
+            shop.execute("SELECT 1")  # the swap ended the session
+    finally:
+        shop.close()
+        run.stop_everything()
+        drop_swap_databases(postgres_admin_url, target)
+    document = json.loads(run.stdout())
+
+    assert code == 0, run.stdout() + run.stderr()
+    assert document["result"]["writes_since_backup"]["status"] == "none"
+    assert database_state(database_url) == at_backup  # the committed row is gone
