@@ -206,6 +206,9 @@ class RunContext:
     before_restore_swap: list[Callable[[], None]] = field(default_factory=list)
     """Checks the core runs when a restore provider calls :meth:`restore_swapping`; one raises to
     stop the restore before it changes the database."""
+    after_restore_sessions_ended: list[Callable[[dict[str, int]], None]] = field(default_factory=list)
+    """Checks the core runs when a restore provider calls :meth:`restore_sessions_ended`; one
+    raises to stop the restore before it changes the database."""
     _kept: dict[Hashable, Closable] = field(default_factory=dict, repr=False, compare=False)
     """Shared with the contexts ``dataclasses.replace`` derives from this one (a deadline, a
     rehearsal database): they are the same run."""
@@ -310,6 +313,21 @@ class RunContext:
         """
         for check in self.before_restore_swap:
             check()
+
+    def restore_sessions_ended(self, committed: dict[str, int]) -> None:
+        """A provider that called :meth:`restore_swapping` calls this once it has ended the
+        application's sessions, right before its swap, with the rows per table (``schema.table``
+        as ``format('%I.%I')`` names it) whose commits were reported since that call (the sessions
+        it ended report theirs as they end): rows that call could not see, which the swap would
+        discard.
+
+        The core applies the environment's ``restore_with_app_writes`` to them as
+        :meth:`restore_swapping` does: raises :class:`~faber_core.errors.WritesDuringRestore`
+        when the restore must not go on (drop the copy, the database unchanged), otherwise
+        reports them with the restore.
+        """
+        for check in self.after_restore_sessions_ended:
+            check(committed)
 
     def migration_applied(self, migration: AppliedMigration) -> None:
         """Handlers call this right after each migration committed, with the rows it wrote when

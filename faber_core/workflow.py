@@ -1024,7 +1024,20 @@ class WritesCheck:
         """Check again; under ``restore_with_app_writes: refuse``, stop the restore if rows were
         written since the first check (nobody approved discarding those)."""
         self.latest = check_writes_since_backup(self.context, self.backup)
-        during = writes.beyond(self.approved, self.latest)
+        self._apply_policy(writes.beyond(self.approved, self.latest))
+
+    def sessions_ended(self, committed: dict[str, int]) -> None:
+        """The rows the swap's ended sessions committed after :meth:`again` read the counters:
+        under ``refuse``, stop the restore; otherwise count them with the rest."""
+        if not committed:
+            return
+        late = self.latest.model_copy(
+            update={"status": "found", "tables": [writes.TableWrites(table=t, rows=n) for t, n in committed.items()]}
+        )
+        self.latest = writes.added(self.latest, late)
+        self._apply_policy(late)
+
+    def _apply_policy(self, during: writes.WritesSinceBackup) -> None:
         if during.status != "found" or self.context.settings.restore_with_app_writes != "refuse":
             return
         env, backup_id = self.context.environment, self.backup.id
@@ -1060,6 +1073,7 @@ def restore_backup(context: RunContext, plugins: Plugins, backup: BackupRecord, 
         # one is not kept across it.
         context.database.close_session()
         context.before_restore_swap.append(checked.again)
+        context.after_restore_sessions_ended.append(checked.sessions_ended)
         try:
             outcome = plugins.backup_restore(context, backup)
         except KeyboardInterrupt as interrupt:  # from a provider that does not say where it stopped
@@ -1068,6 +1082,7 @@ def restore_backup(context: RunContext, plugins: Plugins, backup: BackupRecord, 
             )
         finally:
             context.before_restore_swap.remove(checked.again)
+            context.after_restore_sessions_ended.remove(checked.sessions_ended)
         if outcome.status == "interrupted":
             context.emit("rollback.finished", backup_id=backup.id, status="interrupted", committed=outcome.committed)
             return outcome

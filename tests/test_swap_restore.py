@@ -403,6 +403,18 @@ def swap_with_application_writing(project_dir, target: str, holder: str, admin_u
     return code, json.loads(run.stdout()), run.stdout() + run.stderr()
 
 
+def stopped_by_one_row(document: dict, output: str, database_url: str, admin_url: str, target: str, rows_left: int):
+    """The swap rollback refused over the application's row 100001 in ``accounts``, which is still
+    there with ``rows_left`` rows in all; the restored copy is gone."""
+    assert document["code"] == "APPROVAL_REQUIRED"
+    assert "accounts (1 row)" in document["error"] and "unchanged" in document["error"]
+    assert document["result"]["writes_during_restore"]["tables"] == [{"table": "public.accounts", "rows": 1}]
+    assert CANARY_PASSWORD not in output
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*), max(id) FROM accounts").fetchone() == (rows_left, 100001)
+    assert list(databases(admin_url, target)) == [target]
+
+
 def test_rows_the_application_writes_during_a_swap_rollback_stop_it_before_the_swap(
     swapped, run_faber, database_url, postgres_admin_url
 ):
@@ -422,13 +434,7 @@ def test_rows_the_application_writes_during_a_swap_rollback_stop_it_before_the_s
     )
 
     assert code == 5, output  # as the rollback refused before the restore
-    assert document["code"] == "APPROVAL_REQUIRED"
-    assert "accounts (1 row)" in document["error"] and "unchanged" in document["error"]
-    assert document["result"]["writes_during_restore"]["tables"] == [{"table": "public.accounts", "rows": 1}]
-    assert CANARY_PASSWORD not in output
-    with psycopg.connect(database_url) as conn:
-        assert conn.execute("SELECT count(*), max(id) FROM accounts").fetchone() == (2991, 100001)
-    assert list(databases(postgres_admin_url, target)) == [target]
+    stopped_by_one_row(document, output, database_url, postgres_admin_url, target, rows_left=2991)
 
 
 def test_rows_the_application_writes_during_an_automatic_swap_rollback_keep_the_deploy(
@@ -722,8 +728,9 @@ def test_a_kill_while_faber_copies_its_schema_leaves_the_target_as_it_was(
         drop_swap_databases(postgres_admin_url, target)
 
 
+@pytest.mark.parametrize("left_open", [False, True], ids=["session-ended", "session-left-in-a-transaction"])
 def test_under_warn_a_swap_rollback_reports_the_rows_written_during_it_as_discarded(
-    project, run_faber, database_url, postgres_admin_url
+    project, run_faber, database_url, postgres_admin_url, left_open
 ):
     project_dir = project({}, **SWAP, restore_with_app_writes="warn")
     target = name_of(database_url)
@@ -732,9 +739,20 @@ def test_under_warn_a_swap_rollback_reports_the_rows_written_during_it_as_discar
     at_backup = database_state(database_url)
     try:
         rollback_args = ("rollback", "production", "--to", backup_id, "--yes", "--json")
-        code, document, output = swap_with_application_writing(
-            project_dir, target, holder, postgres_admin_url, database_url, *rollback_args
-        )
+        if left_open:  # seen only by the check inside the swap
+            code, document, output = swap_with_a_session_left_open(
+                project_dir,
+                target,
+                holder,
+                postgres_admin_url,
+                database_url,
+                backup_id,
+                COMMITTED_THEN_IN_A_TRANSACTION,
+            )
+        else:
+            code, document, output = swap_with_application_writing(
+                project_dir, target, holder, postgres_admin_url, database_url, *rollback_args
+            )
     finally:
         drop_swap_databases(postgres_admin_url, target)
 
@@ -804,33 +822,22 @@ def test_status_reports_the_leftovers_faber_marked_and_drops_nothing(
             admin_execute(postgres_admin_url, sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
 
 
-def test_rows_whose_counts_have_not_reached_the_statistics_at_the_check_before_the_swap_are_discarded_unreported(
-    project, run_faber, database_url, postgres_admin_url
+def swap_with_a_session_left_open(
+    project_dir, target: str, holder: str, admin_url: str, database_url: str, backup_id: str, script: str
 ):
-    """The window docs/workflow.md describes, measured: a session reports the row counts of the
-    transactions it committed only once it is idle outside a transaction (or exits). One that
-    commits a row and keeps a transaction open stays invisible to the check before the swap, then
-    the swap ends it (it reports as it exits, too late) and discards the row, under refuse too."""
-    project_dir = project({}, **SWAP, restore_with_app_writes="refuse")
-    target = name_of(database_url)
-    holder = application_tables(database_url, restoring_name(target))
-    backup_id = backup(run_faber, project_dir)
-    at_backup = database_state(database_url)
-
-    with psycopg.connect(postgres_admin_url, autocommit=True, application_name=holder):
+    """``faber rollback --to backup_id`` (swap) while the application's session runs ``script``
+    (during pg_restore, held at the gate of :func:`application_tables` by ``holder``) and stays
+    connected until the swap ends it; the exit code, the JSON document and all output."""
+    with psycopg.connect(admin_url, autocommit=True, application_name=holder):
         run = FaberProcess.start(
             project_dir, *("rollback", "production", "--to", backup_id, "--yes", "--json"), env=SQLFILES
         )
         shop = psycopg.connect(database_url, autocommit=True, application_name="shop")
         try:
             run.wait_until(
-                lambda: sessions_waiting(postgres_admin_url, restoring_name(target), "PgSleep"),
-                what="pg_restore at the gate",
+                lambda: sessions_waiting(admin_url, restoring_name(target), "PgSleep"), what="pg_restore at the gate"
             )
-            # One message: between its COMMIT and the next BEGIN the session is never idle.
-            shop.execute("BEGIN; INSERT INTO accounts VALUES (100001, 'committed'); COMMIT; BEGIN; SELECT 1")
-            with psycopg.connect(database_url) as other:
-                assert other.execute("SELECT count(*) FROM accounts WHERE id = 100001").fetchone() == (1,)
+            shop.execute(script)
         except BaseException:
             shop.close()
             run.stop_everything()
@@ -842,9 +849,74 @@ def test_rows_whose_counts_have_not_reached_the_statistics_at_the_check_before_t
     finally:
         shop.close()
         run.stop_everything()
-        drop_swap_databases(postgres_admin_url, target)
-    document = json.loads(run.stdout())
+    return code, json.loads(run.stdout()), run.stdout() + run.stderr()
 
-    assert code == 0, run.stdout() + run.stderr()
+
+# One message: between its COMMIT and the next BEGIN the session is never idle, so it reports the
+# row's count only as it ends: the check before the swap cannot see it.
+COMMITTED_THEN_IN_A_TRANSACTION = (
+    "BEGIN; INSERT INTO accounts VALUES (100001, 'committed'); COMMIT; BEGIN; SELECT count(*) FROM accounts"
+)
+
+
+def test_a_row_committed_by_a_session_the_swap_ends_stops_it_under_refuse(
+    project, database_url, postgres_admin_url, run_faber
+):
+    project_dir = project({}, **SWAP, restore_with_app_writes="refuse")
+    target = name_of(database_url)
+    holder = application_tables(database_url, restoring_name(target))
+    backup_id = backup(run_faber, project_dir)
+    try:
+        code, document, output = swap_with_a_session_left_open(
+            project_dir, target, holder, postgres_admin_url, database_url, backup_id, COMMITTED_THEN_IN_A_TRANSACTION
+        )
+    finally:
+        drop_swap_databases(postgres_admin_url, target)
+
+    assert code == 5, output
+    stopped_by_one_row(document, output, database_url, postgres_admin_url, target, rows_left=3001)
+
+
+def test_an_uncommitted_write_the_swap_ends_does_not_stop_it(project, database_url, postgres_admin_url, run_faber):
+    """The swap ends the transaction, which rolls back: it discards nothing, and the swap goes on."""
+    project_dir = project({}, **SWAP, restore_with_app_writes="refuse")
+    target = name_of(database_url)
+    holder = application_tables(database_url, restoring_name(target))
+    backup_id = backup(run_faber, project_dir)
+    at_backup = database_state(database_url)
+    try:
+        code, document, output = swap_with_a_session_left_open(
+            project_dir,
+            target,
+            holder,
+            postgres_admin_url,
+            database_url,
+            backup_id,
+            "BEGIN; INSERT INTO accounts VALUES (100001, 'never committed'); DELETE FROM accounts WHERE id <= 10",
+        )
+    finally:
+        drop_swap_databases(postgres_admin_url, target)
+
+    assert code == 0, output
     assert document["result"]["writes_since_backup"]["status"] == "none"
-    assert database_state(database_url) == at_backup  # the committed row is gone
+    assert database_state(database_url) == at_backup
+
+
+def test_the_rows_of_a_failed_deploy_s_own_migrations_do_not_stop_its_swap_rollback(
+    project, run_faber, database_url, postgres_admin_url
+):
+    """faber's rows are not the application's: the swap ends the deploy's sessions too, and the
+    counts they report as they end must not stop the rollback."""
+    migrations = {
+        "001_orders": "CREATE TABLE orders (id int); INSERT INTO orders SELECT generate_series(1, 50);",
+        "002_broken": "SELECT 1/0;",
+    }
+    project_dir = project(migrations, **SWAP, restore_with_app_writes="refuse")
+    target = name_of(database_url)
+    try:
+        done = run_faber("migrate", "production", "--yes", "--json", cwd=project_dir, env=SQLFILES)
+    finally:
+        drop_swap_databases(postgres_admin_url, target)
+
+    assert done.returncode == 6, done.stdout
+    assert done.json["result"]["rollback_status"] == "success", done.stdout

@@ -19,6 +19,8 @@ switch the atomic step instead::
                         while pg_restore ran stop the restore here, the target unchanged
     swap, one transaction, from a maintenance database:
         end the sessions of both databases (the application's, faber's own lock session)
+        writes a third time: the rows whose commits the ended sessions reported as they ended,
+                        under the same policy (context.restore_sessions_ended); a refusal rolls back
         ALTER DATABASE target RENAME TO <previous>
         ALTER DATABASE <restoring> RENAME TO target
         carry over the comment and connection limit; COMMIT
@@ -50,7 +52,7 @@ import psycopg
 from psycopg import sql
 
 from faber_core import events, interrupts
-from faber_core.backup import store
+from faber_core.backup import store, writes
 from faber_core.backup.restore import ANALYZE_RESTORED, first_error
 from faber_core.context import RunContext
 from faber_core.errors import FaberError, RestoreFailed
@@ -64,6 +66,8 @@ _NAME_ROOM = 40
 bytes, which would give both the same name."""
 SWAP_ATTEMPTS = 3
 """Tries of the swap when a session connected between the end of the others and the rename."""
+SESSIONS_END_SECONDS = 10.0
+"""How long the swap waits for the sessions it ended to be gone before reading what they reported."""
 SWAP_CHECK_SECONDS = 10.0
 """How long to wait for the server to end an abandoned swap's session before reading which side it is on."""
 _OBJECT_IN_USE = "55006"
@@ -208,10 +212,13 @@ def _run(swap: _Swap, tools: Path, major: int, archive: Path, keep: str) -> None
     swap.done(f"restored {swap.backup.id} into {swap.restoring} with pg_restore -j {swap.jobs}")
     _check_faber_rows(swap, keep)
     # The application kept writing to the target meanwhile (minutes, for a large archive): the swap
-    # would discard those rows, so faber checks again under the environment's policy.
+    # would discard those rows, so faber checks again under the environment's policy. The rows
+    # committed from then on are checked once the swap has ended the sessions that committed them.
     context.restore_swapping()
+    with _on_target(swap) as conn:
+        committed = writes.committed_changes(conn, context.config.database.faber_schema)
     swap.done("checked the rows written since the backup again")
-    _swap_names(swap)
+    _swap_names(swap, committed)
     swap.done(f"swapped: {swap.target} is the restored database, the previous one is {swap.previous}")
     _lock_again(swap)
     with context.database.connect(application_name=swap.application) as conn:
@@ -447,8 +454,20 @@ def _run_tool(swap: _Swap, command: list, env: dict[str, str], failure: str) -> 
         )
 
 
-def _swap_names(swap: _Swap) -> None:
-    """The swap: one transaction from the maintenance database (see the module docstring)."""
+def _on_target(swap: _Swap) -> psycopg.Connection:
+    return swap.context.database.connect(application_name=swap.application)
+
+
+def _swap_names(swap: _Swap, committed: dict[str, int]) -> None:
+    """The swap: one transaction from the maintenance database (see the module docstring).
+
+    ``committed``: the committed row changes of the target's tables, read right after the check
+    :meth:`~faber_core.context.RunContext.restore_swapping` ran. A session reports its counts
+    when idle outside a transaction, at most once a second, or when it ends: what the check could
+    not see, the sessions report as the swap ends them. So once they are gone, a session on the
+    target reads the counts again, and closes before the rename (which waits for it to be gone,
+    and fails while another session is on the database)."""
+    faber_schema = swap.context.config.database.faber_schema
     with swap.admin() as admin:
         comment, limit = admin.execute(
             "SELECT pg_catalog.shobj_description(oid, 'pg_database'), datconnlimit FROM pg_catalog.pg_database"
@@ -468,11 +487,17 @@ def _swap_names(swap: _Swap) -> None:
         for attempt in range(1, SWAP_ATTEMPTS + 1):
             try:
                 with admin.transaction():
-                    admin.execute(
-                        "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity"
+                    # In the select list: a WHERE may call it before the other conditions, on any session.
+                    ended = admin.execute(
+                        "SELECT pid, pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity"
                         " WHERE datname IN (%s, %s) AND pid <> pg_catalog.pg_backend_pid()",
                         [swap.target, swap.restoring],
-                    )
+                    ).fetchall()
+                    _wait_until_ended(admin, [pid for pid, signalled in ended if signalled])
+                    with _on_target(swap) as reader:
+                        now = writes.committed_changes(reader, faber_schema)
+                    late, committed = writes.committed_between(committed, now), now
+                    swap.context.restore_sessions_ended(late)
                     for statement in statements:
                         admin.execute(statement)
                     # From here the COMMIT may have happened: ask the catalog, not this session.
@@ -490,6 +515,17 @@ def _swap_names(swap: _Swap) -> None:
                     suggestions=["Retry when nothing holds the database (a long transaction, a lock on it)"],
                     backup_id=swap.backup.id,
                 ) from None
+
+
+def _wait_until_ended(admin: psycopg.Connection, pids: list[int]) -> None:
+    """Wait until the sessions ``pids`` have ended (each reports its counts as it ends), at most
+    :data:`SESSIONS_END_SECONDS`: one still there makes the rename fail, and the swap is retried."""
+    deadline = time.monotonic() + SESSIONS_END_SECONDS
+    while pids and time.monotonic() < deadline:
+        admin.execute("SELECT pg_catalog.pg_stat_clear_snapshot()")
+        if not admin.execute("SELECT 1 FROM pg_catalog.pg_stat_activity WHERE pid = ANY(%s)", [pids]).fetchone():
+            return
+        time.sleep(0.01)
 
 
 def _lock_again(swap: _Swap) -> None:

@@ -257,8 +257,7 @@ def run_measured_script(
     try:
         # The newline after the script ends a trailing -- comment.
         cursor.execute(
-            f"BEGIN;\nSAVEPOINT {_MEASURED};\n{check}{script}\n;\nRELEASE SAVEPOINT {_MEASURED};\n"
-            f"{measurement}COMMIT"
+            f"BEGIN;\nSAVEPOINT {_MEASURED};\n{check}{script}\n;\nRELEASE SAVEPOINT {_MEASURED};\n{measurement}COMMIT"
         )
     except psycopg.Error as exc:
         into.add(_failed_script_writes(conn) if measurable else None)
@@ -538,6 +537,37 @@ def beyond(earlier: WritesSinceBackup, now: WritesSinceBackup) -> WritesSinceBac
     ]
     status = "found" if tables else ("unknown" if now.status == "unknown" else "none")
     return now.model_copy(update={"status": status, "tables": tables})
+
+
+def added(report: WritesSinceBackup, more: WritesSinceBackup) -> WritesSinceBackup:
+    """``report`` with the rows of ``more`` (written after ``report`` read the counters) added."""
+    rows = {t.table: t.rows for t in report.tables}
+    for t in more.tables:
+        rows[t.table] = rows.get(t.table, 0) + t.rows
+    tables = [TableWrites(table=name, rows=count) for name, count in sorted(rows.items())]
+    return report.model_copy(update={"status": "found" if tables else report.status, "tables": tables})
+
+
+# Committed changes only: n_tup_* also count the rows of transactions that rolled back (those of
+# the sessions a swap ends, too), n_mod_since_analyze does not. An ANALYZE sets it back to zero.
+_COMMITTED_CHANGES = """
+SELECT format('%%I.%%I', schemaname, relname), n_mod_since_analyze FROM pg_stat_user_tables WHERE schemaname <> %s
+"""
+
+
+def committed_changes(conn: psycopg.Connection, faber_schema: str) -> dict[str, int]:
+    """Rows changed by committed transactions per user table, as reported so far."""
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    return dict(conn.execute(_COMMITTED_CHANGES, [faber_schema]).fetchall())
+
+
+def committed_between(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """The rows committed per table from ``before`` to ``after`` (both :func:`committed_changes`).
+    A table whose count went back was analyzed meanwhile: what was committed there is not known,
+    and it is left out rather than guessed."""
+    return {
+        table: count - before.get(table, 0) for table, count in sorted(after.items()) if count > before.get(table, 0)
+    }
 
 
 def as_result(report: WritesSinceBackup) -> dict[str, Any]:
