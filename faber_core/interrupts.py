@@ -30,7 +30,7 @@ class _Holding:
         self.once = False
         """Within :func:`raised_once`."""
         self.raised = False
-        """Within :func:`raised_once`, an interrupt was raised: later ones are dropped."""
+        """Within :func:`raised_once`, an interrupt was raised: later ones are dropped until the command ends."""
 
 
 # Python runs signal handlers in the main thread only, so this state is the main thread's.
@@ -72,6 +72,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        _holding.raised = False
 
 
 @contextmanager
@@ -104,7 +105,9 @@ def raised_once() -> Iterator[None]:
     For work whose clean-up after an interrupt must not be cut short (a swap restore stopping
     ``pg_restore``, dropping its copy and reading which side of the swap the database is on): a
     second signal, which CI runners and impatient fingers send, would otherwise leave its copy
-    behind and the report unsaid. ``kill -9`` still stops faber at once.
+    behind and the report unsaid. Once one was raised, later ones stay dropped until the command
+    ends (:func:`sigterm_as_interrupt`): what follows the clean-up only reports it. ``kill -9``
+    still stops faber at once.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -115,8 +118,6 @@ def raised_once() -> Iterator[None]:
         yield
     finally:
         _holding.once = outer
-        if not outer:
-            _holding.raised = False
 
 
 def signal_name(interrupt: KeyboardInterrupt) -> str:

@@ -52,7 +52,7 @@ from faber_core.errors import (
     RestoreFailed,
     WritesDuringRestore,
 )
-from faber_core.interrupts import signal_name
+from faber_core.interrupts import raised_once, signal_name
 from faber_core.models import (
     AppliedMigration,
     ApplyOutcome,
@@ -136,20 +136,22 @@ def migrate(context: RunContext, plugins: Plugins, options: DeployOptions) -> Su
         safety.preflight_before_apply(context, review)
         backup = create_backup(context, plugins, options, state)
         progress = DeployProgress(pending=pending)
-        try:
-            outcome = apply(context, plugins, lock, progress)
-            health_after = check_health(context, plugins, "after", options)
-            progress.health_after = health_after.status
-            if health_after.status == "failed":
-                raise HealthCheckFailed(
-                    "Post-deployment health check failed", suggestions=["Migrations applied but database unhealthy"]
-                )
-            with step(context, "verify"):
-                verify_applied(
-                    context, health_after.state or read_status(context, plugins, quiet=True, after_apply=True)
-                )
-        except (Exception, KeyboardInterrupt) as stopped:
-            raise roll_back_failed_deploy(context, plugins, lock, backup, progress, stopped) from stopped
+        # The first signal stops the deploy; later ones must not cut its rollback and report short.
+        with raised_once():
+            try:
+                outcome = apply(context, plugins, lock, progress)
+                health_after = check_health(context, plugins, "after", options)
+                progress.health_after = health_after.status
+                if health_after.status == "failed":
+                    raise HealthCheckFailed(
+                        "Post-deployment health check failed", suggestions=["Migrations applied but database unhealthy"]
+                    )
+                with step(context, "verify"):
+                    verify_applied(
+                        context, health_after.state or read_status(context, plugins, quiet=True, after_apply=True)
+                    )
+            except (Exception, KeyboardInterrupt) as stopped:
+                raise roll_back_failed_deploy(context, plugins, lock, backup, progress, stopped) from stopped
     return deployed(
         context, outcome, backup, health_before.status, health_after.status, time.monotonic() - started, review
     )
@@ -1067,7 +1069,9 @@ def restore_backup(context: RunContext, plugins: Plugins, backup: BackupRecord, 
     A provider that restores beside the database (``original_unchanged``) leaves the
     target as it is, so there is nothing to verify on it; the outcome says where the copy is.
     """
-    with step(context, "rollback", **{"faber.backup.id": backup.id}):
+    # The first signal stops the restore; later ones must not cut short its clean-up and its word
+    # on whether it committed.
+    with step(context, "rollback", **{"faber.backup.id": backup.id}), raised_once():
         context.emit("rollback.started", backup_id=backup.id)
         # A restore may end every session of the database (a swap restore does): faber's shared
         # one is not kept across it.

@@ -31,6 +31,7 @@ import json
 import shutil
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from faber_core.errors import exit_code_for
 from faber_core.testing.faults import (
     DatabaseState,
     Event,
@@ -582,10 +584,17 @@ RESTORE_MOMENTS = {
 }
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    "signals",
+    [[signal.SIGTERM], [signal.SIGINT], [signal.SIGTERM, signal.SIGTERM]],
+    ids=["SIGTERM", "SIGINT", "SIGTERM-twice"],
+)
 @pytest.mark.parametrize("moment", list(RESTORE_MOMENTS))
 @pytest.mark.parametrize("command", ["failed-deploy", "rollback"])
-def test_interrupted_restore_reports_whether_it_committed(bed: FaultBed, command: str, moment: str, signum: int):
+def test_interrupted_restore_reports_whether_it_committed(bed: FaultBed, command: str, moment: str, signals: list[int]):
+    """A second signal (a CI runner's, 100 ms after its first) is dropped while faber stops the
+    restore and asks the server whether it committed: the document still says which."""
+    signum = signals[0]
     committed = RESTORE_MOMENTS[moment]
     database = bed.clone(bed.deployed_template if command == "rollback" else bed.template)
     bed.set_database(database, fail=FAILING if command == "failed-deploy" else None)
@@ -613,6 +622,9 @@ def test_interrupted_restore_reports_whether_it_committed(bed: FaultBed, command
                     what="the restore's ANALYZE waiting for the application's lock",
                 )
         run.kill(signum)
+        for again in signals[1:]:
+            time.sleep(0.1)
+            run.kill(again)
         assert run.wait(EXIT_BOUND) is not None, f"faber still running {EXIT_BOUND}s after the signal"
     finally:
         if waiting.is_alive():
@@ -632,6 +644,7 @@ def test_interrupted_restore_reports_whether_it_committed(bed: FaultBed, command
             before = STATE_AFTER[DEPLOYED[-1]]
         else:
             assert result["rollback_status"] == ("success" if committed else "failed"), summary(run.stdout())
+            assert run.proc.returncode == exit_code_for(document["code"]), summary(run.stdout())
             before = STATE_AFTER["002_ledgers"]
         said = json.dumps(document)
         claim = f"exactly {result['backup_id']}" if command == "rollback" else f"rolled back to {result['backup_id']}"
