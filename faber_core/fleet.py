@@ -49,6 +49,7 @@ from faber_core.errors import (
     exit_code_for,
 )
 from faber_core.interrupts import signal_name
+from faber_core.model_base import build_deferred_models
 from faber_core.render import escape_controls
 from faber_core.results import DeployResult, ErrorDocument, Success
 from faber_core.secrets import Redactor
@@ -565,6 +566,7 @@ def _pool(concurrency: int) -> Iterator[ThreadPoolExecutor]:
     """Worker threads whose spans nest under the fleet's command span (OpenTelemetry's context is
     per thread, and a pool's threads do not inherit it)."""
     parent = otel_context.get_current()
+    build_deferred_models()
 
     def inherit() -> None:
         otel_context.attach(parent)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -738,3 +740,22 @@ def test_sigterm_while_reading_the_statuses_reports_every_target_not_started(mak
     assert any("t00, t01, t02, t03" in hint for hint in document["recovery"]["suggestions"])
     assert all(fleet.applied(name) == [] and fleet.history(name) == [] for name in fleet.names)
     assert CANARY_PASSWORD not in run.stdout() + run.stderr()
+
+
+def test_every_deferred_model_is_built_before_a_fleets_threads_start():
+    # pydantic builds a deferred model on first use without a lock: two targets' threads using
+    # one first at once saw it half built (INTERNAL_ERROR "'MockValSer' object is not an instance
+    # of 'SchemaSerializer'"). A fresh interpreter, as a fleet run starts.
+    probe = (
+        "from faber_core.model_base import DeferredModel, build_deferred_models\n"
+        "build_deferred_models()\n"
+        "pending, unbuilt = list(DeferredModel.__subclasses__()), []\n"
+        "while pending:\n"
+        "    model = pending.pop(); pending.extend(model.__subclasses__())\n"
+        "    if not model.__pydantic_complete__: unbuilt.append(model.__name__)\n"
+        "print(len(DeferredModel.__subclasses__()), unbuilt)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+
+    count, unbuilt = done.stdout.split(" ", 1)
+    assert int(count) > 20 and unbuilt.strip() == "[]"
