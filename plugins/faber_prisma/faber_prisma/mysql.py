@@ -26,11 +26,10 @@ from datetime import timezone
 from typing import Any
 
 import pymysql
-from faber_core.backup.mysqldump import FABER_TABLES, like_prefix
 from faber_core.context import RunContext
 from faber_core.errors import Locked
 from faber_core.models import MigrationRecord
-from faber_core.support.mysql import MySQLConnection
+from faber_core.support.mysql import FABER_TABLES_LIKE, MySQLConnection
 from pymysql.constants import CLIENT, SERVER_STATUS
 
 from faber_prisma.history import SELECT_ROWS, as_records
@@ -93,7 +92,7 @@ class MysqlHistory:
         rows = self._run(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = %(schema)s"
             " AND table_type = 'BASE TABLE' AND table_name NOT LIKE %(faber)s ORDER BY table_name",
-            {"schema": self.database, "faber": like_prefix(FABER_TABLES)},
+            {"schema": self.database, "faber": FABER_TABLES_LIKE},
         ).fetchall()
         return [name for (name,) in rows]
 
