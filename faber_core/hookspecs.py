@@ -21,14 +21,15 @@ is optional, so take it only when your plugin declares several names::
     def faber_migration_status(context):          # faber calls it only for your tool
         return MigrationState(tool="mytool", local=..., records=...)
 
-A plugin that declares a tool must implement status, preview and apply (resolve, dev optional);
+A plugin that declares a tool must implement status, preview and apply (prepare, validate, resolve,
+dev optional);
 one that declares a backup provider must implement create, list and restore (prune optional).
 A missing one is reported by ``faber plugins`` and, when a run needs it, is a ``PLUGIN_ERROR``
 (exit 1) naming the package.
 
 The order of a deploy (docs/plugins.md has it as a diagram)::
 
-    faber_migration_status -> faber_migration_validate
+    faber_migration_prepare -> faber_migration_status -> faber_migration_validate
     -> faber_health_checks(before) -> faber_migration_status -> [faber_migration_preview; stop]
     -> approval -> faber_backup_create -> faber_migration_apply | faber_migration_dev
     -> faber_health_checks(after) -> faber_migration_status (verify)
@@ -79,6 +80,18 @@ def faber_migration_tools() -> list[ToolInfo]:
     validates the section with it before any run and lists it in ``faber config schema``; hooks
     read it with ``context.tool_options(PrismaOptions)``. faber then calls the per-step hooks
     below for this name on this plugin alone.
+    """
+
+
+@hookspec(firstresult=True)
+def faber_migration_prepare(tool: str, context: RunContext) -> None:
+    """Start, in the background, what reading the migration status will need.
+
+    Called once at the start of ``faber migrate`` (and its ``--dry-run``), once the request and
+    the config are checked and before faber's own preparations (its SQL analysis loads, ...), so
+    that both go on at once. Optional. Return at once, change nothing and raise nothing: whatever
+    fails here is reported by the status read that follows. faber-typeorm and faber-sequelize
+    start their Node runner here, which loads the ORM and the migration files meanwhile.
     """
 
 

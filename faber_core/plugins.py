@@ -293,6 +293,10 @@ class Plugins:
         definitions["BackupSettings"]["allOf"] = rules
         return {**root, "$defs": definitions}
 
+    def migration_prepare(self, context: RunContext) -> None:
+        """Let the handler start what its status read needs (optional: a handler without the hook)."""
+        self._call_owner("faber_migration_prepare", self.require_tool(context.tool), tool=context.tool, context=context)
+
     def migration_status(self, context: RunContext) -> MigrationState:
         answer = self._ask_handler("faber_migration_status", context)
         return MigrationState.model_validate(answer)

@@ -103,11 +103,12 @@ class DeployOptions:
 
 
 def migrate(context: RunContext, plugins: Plugins, options: DeployOptions) -> Success:
-    # Imported here, with the SQL parser it needs: status, health and backup commands never do.
-    from faber_core.safety import checks as safety
-
     started = time.monotonic()
     validate(context, plugins, options)
+    # The handler starts its status read's work (a Node runner loads the ORM) while faber imports
+    # the analysis and the SQL parser it needs (here: status, health and backup commands never do).
+    plugins.migration_prepare(context)
+    from faber_core.safety import checks as safety
     if options.dry_run:
         check_health(context, plugins, "before", options)
         state = read_status(context, plugins)

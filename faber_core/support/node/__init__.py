@@ -6,16 +6,18 @@ can be too. Its stable API:
 - :class:`NodeTool`: what faber needs to know about one ORM's runner script, including its
   options model, a subclass of :class:`NodeToolOptions` (``rehearsal_data``);
 - :class:`NodeHandler`: the hook implementations of a migration tool whose work a runner does
-  (status, preview by rehearsal on a throwaway copy, apply), registered as the plugin object
+  (prepare: start the runner; status, preview by rehearsal on a throwaway copy, apply), registered as the plugin object
   (``[project.entry-points.faber] mytool = "faber_mytool.plugin:handler"``);
-- :func:`run_runner` (a request to the run's runner) and :class:`RunnerResult`, :class:`Rehearsed`,
+- :func:`run_runner` (a request to the run's runner), :func:`start_runner` (start it ahead of
+  its first request), and :class:`RunnerResult`, :class:`Rehearsed`,
   :data:`NOT_REHEARSED`, for a handler that needs more than :class:`NodeHandler` does;
 - ``runner-common.cjs``, which every runner script loads with
   ``require(process.env.FABER_RUNNER_COMMON)``: the protocol below, setup errors, the approved
   plan, loading modules from the project's ``node_modules``, and which migration issued a query.
 
-A runner serves one run: faber starts it once (``node <runner> <args>``), it loads the
-project's ORM from the project's ``node_modules`` once, and answers each request faber writes on
+A runner serves one run: faber starts it once (``node <runner> <args>``, as the deploy begins:
+``faber_migration_prepare``), it loads the project's ORM from the project's ``node_modules`` once,
+as soon as it has the nonce (while faber prepares the deploy), and answers each request faber writes on
 its stdin, one JSON object per line, each naming the database it is for (the target, or the
 throwaway copy a rehearsal applies to). The first line on stdin is the run's nonce, a random
 token the runner reads before it loads any project code::
@@ -63,6 +65,7 @@ import secrets
 import subprocess
 import tempfile
 import threading
+from contextlib import suppress
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,8 +162,7 @@ def run_runner(
     failing migration is an event, not an exception.
     """
     target = database or context.database
-    args = tuple(args)
-    runner = context.kept((tool.name, args), lambda: RunnerProcess(tool, context, args))
+    runner = start_runner(tool, context, args)
     request: dict[str, Any] = {"command": command, "database_url": target.url.reveal()}
     if expected is not None:
         request["expected"] = expected
@@ -182,11 +184,21 @@ def run_runner(
     return result
 
 
+def start_runner(tool: NodeTool, context: RunContext, args: Iterable[str]) -> RunnerProcess:
+    """The run's runner for ``args``, started if it is not running: it loads the project's ORM and
+    migration files at once, so a handler that starts it early has them loaded by its first request."""
+    args = tuple(args)
+    runner = context.kept((tool.name, args), lambda: RunnerProcess(tool, context, args))
+    runner.start()
+    return runner
+
+
 class RunnerProcess:
     """One runner serving a run's requests: Node and the ORM load once per run.
 
     Its stdout and stderr go to a file; each request's result carries what was written there
-    meanwhile. Its events come on a pipe of their own, each line carrying the nonce faber gave
+    since the previous request's (the first request's, all of it: the runner loads the project
+    before it is asked anything). Its events come on a pipe of their own, each line carrying the nonce faber gave
     this runner on stdin. A runner that was stopped (a deadline, Ctrl-C) or died is started
     again by the next request.
     """
@@ -197,8 +209,11 @@ class RunnerProcess:
         self.protocol: TextIO | None = None
         self.nonce = ""
         self.stderr_file = tempfile.TemporaryFile()
+        self.stderr_reported = 0
+        """How much of the file the requests' results have carried."""
 
-    def _running(self) -> tuple[subprocess.Popen, TextIO]:
+    def start(self) -> tuple[subprocess.Popen, TextIO]:
+        """The runner, started (with its nonce) unless it is running."""
         if self.proc is None or self.proc.poll() is not None or self.protocol is None:
             self._close_protocol()
             protocol_read, protocol_write = os.pipe()
@@ -244,9 +259,8 @@ class RunnerProcess:
         self, context: RunContext, request: dict[str, Any], on_event: Callable[[Event], None] | None
     ) -> RunnerResult:
         """``request`` answered, within ``context``'s deadline (the run's, or a lint rehearsal's)."""
-        proc, protocol = self._running()
+        proc, protocol = self.start()
         assert proc.stdin is not None
-        stderr_start = self.stderr_file.seek(0, 2)
         events: list[Event] = []
         returncode: int | None = None
         expired = threading.Event()
@@ -276,8 +290,9 @@ class RunnerProcess:
         finally:
             if timer is not None:
                 timer.cancel()
-        self.stderr_file.seek(stderr_start)
+        self.stderr_file.seek(self.stderr_reported)
         stderr = context.redactor.redact(self.stderr_file.read().decode("utf-8", errors="replace"))
+        self.stderr_reported = self.stderr_file.tell()
         if expired.is_set():
             raise FaberError(f"The {self.tool.name} runner did not finish in the time allowed and was stopped")
         return RunnerResult(events, returncode, stderr)
@@ -628,6 +643,11 @@ class NodeHandler:
     @hookimpl
     def faber_migration_tools(self) -> list[ToolInfo]:
         return [ToolInfo(name=self.runner.name, description=self.description, options=self.runner.options)]
+
+    @hookimpl
+    def faber_migration_prepare(self, context: RunContext) -> None:
+        with suppress(FaberError, OSError):  # the status read that follows reports it (no Node, ...)
+            start_runner(self.runner, context, self.arguments(context))
 
     @hookimpl
     def faber_migration_status(self, context: RunContext) -> MigrationState:

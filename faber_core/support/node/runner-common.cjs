@@ -115,22 +115,24 @@ function emitSetupError(error) {
 }
 
 // A runner serves one faber run, so that Node and the ORM load once however many times faber
-// asks: load(options) loads the project (once it has succeeded) and returns the runner's commands;
-// after the nonce, each line faber writes on stdin is a request ({"command": "status", "database_url": ...},
+// asks: load(options) loads the project and returns the runner's commands. It starts as soon as
+// the nonce is in, before the first request, so that the project loads while faber prepares the
+// run; a load that failed fails every request the same way. After the nonce, each line faber
+// writes on stdin is a request ({"command": "status", "database_url": ...},
 // {"command": "apply", "database_url": ..., "expected": [...]}) answered by the command's events
 // and {"event": "done", "exit_code": N}.
 // A setup problem, or an error the ORM raised outside any migration, is one setup_error event
 // and exit code 2. The runner ends when faber closes stdin.
 function serve(load) {
   const options = parseOptions(process.argv.slice(2));
-  let commands = null;
+  let loaded = null;
   let answered = Promise.resolve();
   async function answer(line) {
     let code;
     try {
       const request = JSON.parse(line);
       requestEngine = /^(mysql|mariadb):/i.test(request.database_url || "") ? "mysql" : "postgres";
-      commands = commands || (await load(options));
+      const commands = await loaded;
       const command = commands[request.command];
       if (!command) throw new SetupError("unsupported", `Unknown runner command: ${request.command}`);
       code = await command(request);
@@ -142,8 +144,11 @@ function serve(load) {
   }
   const requests = readline.createInterface({ input: process.stdin });
   requests.on("line", (line) => {
-    if (nonce === null) nonce = line;
-    else answered = answered.then(() => answer(line));
+    if (nonce === null) {
+      nonce = line;
+      loaded = load(options);
+      loaded.catch(() => {}); // reported by each request that awaits it
+    } else answered = answered.then(() => answer(line));
   });
   requests.on("close", () => answered.then(() => process.exit(0)));
 }

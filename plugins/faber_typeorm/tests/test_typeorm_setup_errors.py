@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from faber_core.errors import ConfigError, HealthCheckFailed
-from faber_core.testing.fixtures import CANARY_PASSWORD
+from faber_core.testing.fixtures import CANARY_PASSWORD, wait_for
 
 
 def setup_error(plugins, context, kind=ConfigError):
@@ -50,6 +50,28 @@ def test_a_data_source_that_throws_while_loading(typeorm_project, typeorm_contex
     assert error.message.startswith("Could not load data-source.js: cannot reach postgres://app:***@db/app")
     assert "(url in env: false)" in error.message
     assert CANARY_PASSWORD not in error.message + str(error.tool_output)
+    assert nothing_applied(query)
+
+
+def test_a_data_source_that_fails_while_the_runner_loads_it_ahead_of_the_first_request(
+    typeorm_project, typeorm_context, typeorm_plugins, query
+):
+    # The deploy starts the runner before it reads the status, and the runner loads the project
+    # at once: what the data source printed then is in the failure the first request reports.
+    broken = (
+        'require("fs").writeFileSync(`${__dirname}/loaded.txt`, "");\n'
+        'console.error("connecting to the reporting replica");\n'
+        "throw new Error('no replica');\n"
+    )
+    project = typeorm_project(files={"data-source.js": broken})
+    context = typeorm_context(project)
+
+    typeorm_plugins.migration_prepare(context)
+    wait_for(lambda: (project / "loaded.txt").exists(), "the runner to load the data source unasked")
+    error = setup_error(typeorm_plugins, context)
+
+    assert error.message == "Could not load data-source.js: no replica"
+    assert "connecting to the reporting replica" in error.tool_output
     assert nothing_applied(query)
 
 
