@@ -9,7 +9,9 @@ Each migration creates a table and inserts a row (``queryRunner.query`` / ``quer
 faber runs with its defaults except the backup (off, as the CLI takes none) and, since code
 migrations can only be linted by rehearsing them on a copy, the lint (off: it is a separate
 cost, reported by ``faber migrate --dry-run``). Runs alternate, RUNS of each; printed: the
-medians and faber's wall time minus the CLI's (goal <= 0.3 s).
+medians and faber's wall time minus the CLI's (goal <= 0.3 s), and the CPU each used (faber's
+with its Node runner's): on a shared machine the wall times move by seconds with the load, the
+CPU much less.
 
     python bench/orm_overhead.py     # needs PostgreSQL at 127.0.0.1:5432 and Node with npm
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -29,6 +32,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -128,18 +132,28 @@ def sequelize_project(directory: Path, node_modules: Path) -> Path:
     return project
 
 
-def timed(command: list[str], cwd: Path, env: dict[str, str]) -> float:
+@dataclass
+class Run:
+    wall: float
+    cpu: float
+    """User and system CPU of the command and the processes it waited for (faber's Node runner)."""
+
+
+def timed(command: list[str], cwd: Path, env: dict[str, str]) -> Run:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         sys.exit(f"{' '.join(command[:4])} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return elapsed
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return Run(elapsed, cpu)
 
 
-def compare(name: str, project: Path, cli: list[str], created: list[str]) -> dict[str, list[float]]:
+def compare(name: str, project: Path, cli: list[str], created: list[str]) -> dict[str, list[Run]]:
     faber = [sys.executable, "-m", "faber_core", "migrate", ENVIRONMENT, "--yes", "--cwd", str(project)]
-    runs: dict[str, list[float]] = {"faber": [], "CLI": [], "baseline faber": []}
+    runs: dict[str, list[Run]] = {"faber": [], "CLI": [], "baseline faber": []}
     for _ in range(RUNS):
         env = {**os.environ, "BENCH_DATABASE_URL": database_url(fresh_database(created))}
         runs["faber"].append(timed(faber, project, env))
@@ -148,8 +162,17 @@ def compare(name: str, project: Path, cli: list[str], created: list[str]) -> dic
         if BASELINE:
             env = {**os.environ, "BENCH_DATABASE_URL": database_url(fresh_database(created)), "PYTHONPATH": BASELINE}
             runs["baseline faber"].append(timed(faber, project, env))
-        print(f"  {name}: " + ", ".join(f"{who} {times[-1]:.2f}s" for who, times in runs.items() if times), flush=True)
+        print(
+            f"  {name}: "
+            + ", ".join(f"{who} {times[-1].wall:.2f}s (CPU {times[-1].cpu:.2f}s)" for who, times in runs.items() if times)
+            + f"; load {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
     return runs
+
+
+def median(runs: list[Run], measure: str) -> float:
+    return statistics.median(getattr(run, measure) for run in runs)
 
 
 def main() -> None:
@@ -178,11 +201,16 @@ def main() -> None:
         drop_all(created)
     print(f"{MIGRATIONS} generated migrations each, median of {RUNS} alternating runs")
     for name, runs in results.items():
-        faber, cli = statistics.median(runs["faber"]), statistics.median(runs["CLI"])
+        faber, cli = median(runs["faber"], "wall"), median(runs["CLI"], "wall")
         print(f"  {name}: faber {faber:.2f}s, CLI {cli:.2f}s, faber - CLI = {faber - cli:+.2f}s (goal <= 0.3 s)")
+        faber_cpu, cli_cpu = median(runs["faber"], "cpu"), median(runs["CLI"], "cpu")
+        print(f"    CPU: faber (with its Node runner) {faber_cpu:.2f}s, CLI {cli_cpu:.2f}s, {faber_cpu - cli_cpu:+.2f}s")
         if runs["baseline faber"]:
-            baseline = statistics.median(runs["baseline faber"])
-            print(f"    baseline faber ({BASELINE}): {baseline:.2f}s, baseline - CLI = {baseline - cli:+.2f}s")
+            baseline, baseline_cpu = median(runs["baseline faber"], "wall"), median(runs["baseline faber"], "cpu")
+            print(
+                f"    baseline faber ({BASELINE}): {baseline:.2f}s, baseline - CLI = {baseline - cli:+.2f}s;"
+                f" CPU {baseline_cpu:.2f}s, {baseline_cpu - cli_cpu:+.2f}s"
+            )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
