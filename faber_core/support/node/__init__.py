@@ -24,7 +24,7 @@ token the runner reads before it loads any project code::
 
     {"command": "status", "database_url": ...}
     {"command": "apply", "database_url": ..., "expected": ["<migration name>", ...],
-     "session_statements": ["SET SESSION lock_wait_timeout = 5, ...", ...]}
+     "session_statements": ["SET SESSION lock_wait_timeout = 5, ...", ...], "queries": "of_failure"}
 
 with one JSON object per line on the protocol pipe (the descriptor named by
 ``FABER_RUNNER_PROTOCOL_FD``), each carrying the nonce, the last one ``done``::
@@ -50,7 +50,10 @@ The database URL reaches the runner only in the request, never in its environmen
 ``expected`` lists the migrations faber means to apply, and the runner refuses to start if the
 ORM's own list differs. ``session_statements`` (MySQL, whose drivers read no timeout settings
 from the environment, unlike node-postgres and ``PGOPTIONS``) give the environment's lock and
-statement timeouts: the runner runs them first in every session that applies migrations. Each
+statement timeouts: the runner runs them first in every session that applies migrations.
+``"queries": "of_failure"`` (a deploy's apply) asks for the ``query`` events of the migration
+that fails only, sent just before its ``migration_failed`` (what of it ran: the failure report
+names those statements); a rehearsal gets every query, as the preview shows them. Each
 request connects on its own and disconnects before ``done``. Every string the runner prints is
 redacted before faber looks at it. Exit code 0: done; 1: a migration failed; 2: the setup
 is broken (a ``setup_error`` says how). The runner exits when faber closes its stdin, at the end of
@@ -152,12 +155,14 @@ def run_runner(
     database: Database | None = None,
     expected: list[str] | None = None,
     on_event: Callable[[Event], None] | None = None,
+    queries_of_failure_only: bool = False,
 ) -> RunnerResult:
     """Ask the run's runner (started on first use, ``node <runner> <args>`` in the project
     directory) to do ``command`` on ``database`` (the context's by default), streaming its events.
 
     ``expected``: the migrations faber means to apply; the runner refuses to start if the ORM's
-    own list differs. Raises :class:`ConfigError` for a broken setup and :class:`FaberError` when
+    own list differs. ``queries_of_failure_only``: report only the failing migration's queries
+    (a deploy needs no others). Raises :class:`ConfigError` for a broken setup and :class:`FaberError` when
     the runner dies without saying why or outlives the context's deadline (it is stopped then); a
     failing migration is an event, not an exception.
     """
@@ -168,6 +173,8 @@ def run_runner(
         request["expected"] = expected
         if not context.session_timeout_env():  # the driver cannot take the timeouts from its environment
             request["session_statements"] = context.session_timeout_statements()
+    if queries_of_failure_only:
+        request["queries"] = "of_failure"
     result = runner.request(context, request, on_event)
     setup_error = result.first("setup_error")
     if setup_error is not None:
@@ -443,7 +450,9 @@ def apply(tool: NodeTool, context: RunContext, pending: list[LocalMigration], ar
                 AppliedMigration(name=event["name"], duration_seconds=round(event["duration_seconds"], 3))
             )
 
-    result = run_runner(tool, context, "apply", args, expected=[m.name for m in pending], on_event=progress)
+    result = run_runner(
+        tool, context, "apply", args, expected=[m.name for m in pending], on_event=progress, queries_of_failure_only=True
+    )
     return outcome_of(result, {m.name: m.path for m in pending}, context.database.engine.error_code_label)
 
 

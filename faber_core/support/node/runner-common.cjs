@@ -51,9 +51,27 @@ function qualifiedName(schema, table) {
   return `${quote(schema)}.${quote(table)}`;
 }
 
-function emit(event, fields = {}) {
+function write(event, fields) {
   const line = Buffer.from(stringify({ event, ...fields, nonce }) + "\n");
   for (let written = 0; written < line.length; ) written += writeSync(protocolFd, line, written);
+}
+
+// An apply reports a migration's queries only if it fails (what of it ran before the failure):
+// the running migration's "query" events wait here, go out just before its "migration_failed",
+// and are dropped when it finishes. A rehearsal reports every query (they are the preview's SQL).
+let queriesOfFailureOnly = false;
+let heldQueries = [];
+
+function emit(event, fields = {}) {
+  if (event === "query" && queriesOfFailureOnly) {
+    heldQueries.push(fields);
+    return;
+  }
+  if (event === "migration_failed") for (const query of heldQueries) write("query", query);
+  if (event === "migration_started" || event === "migration_finished" || event === "migration_failed") {
+    heldQueries = [];
+  }
+  write(event, fields);
 }
 
 class SetupError extends Error {
@@ -132,6 +150,8 @@ function serve(load) {
     try {
       const request = JSON.parse(line);
       requestEngine = /^(mysql|mariadb):/i.test(request.database_url || "") ? "mysql" : "postgres";
+      queriesOfFailureOnly = request.queries === "of_failure";
+      heldQueries = [];
       const commands = await loaded;
       const command = commands[request.command];
       if (!command) throw new SetupError("unsupported", `Unknown runner command: ${request.command}`);

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from faber_core.support.node import run_runner
 from faber_core.testing.fixtures import CANARY_PASSWORD
+
+from faber_sequelize.runner import RUNNER, runner_args
 
 CREATE_USERS = "20240101000000-create-users.js"
 ADD_USER_NAME = "20240102000000-add-user-name.js"
@@ -94,6 +97,7 @@ def test_a_failure_in_the_middle_leaves_the_statements_before_it(
     assert failure.name == "20240103000000-add-posts.js" and failure.transaction_rolled_back is False
     assert "already exists" in failure.error and "42701" in failure.error
     assert 'ALTER TABLE "users" ADD "email"' in failure.output
+    assert '(at statement 2 of it; ran before it: CREATE TABLE "posts"' in failure.error
     assert failure.path == "db/migrations/20240103000000-add-posts.js"
     assert table_exists(query, "posts"), "half of the failed migration stays applied"
     assert not table_exists(query, "comments")
@@ -102,6 +106,35 @@ def test_a_failure_in_the_middle_leaves_the_statements_before_it(
         "20240103000000-add-posts.js",
         "20240104000000-add-comments.js",
     ]
+
+
+def test_a_deploy_hears_the_queries_of_the_failing_migration_alone(
+    sequelize_project, sequelize_migration, sequelize_context, sequelize_plugins
+):
+    # A deploy needs a migration's queries only to tell what of it ran before it failed; a
+    # rehearsal (the preview) hears every one.
+    project = sequelize_project(
+        {
+            "20240103000000-add-posts.js": sequelize_migration('CREATE TABLE "posts" (id int)'),
+            "20240104000000-add-email.js": sequelize_migration(
+                'CREATE TABLE "comments" (id int)', 'ALTER TABLE "users" ADD "email" varchar'
+            ),
+        }
+    )
+    context = sequelize_context(project)
+    pending = [m.name for m in sequelize_plugins.migration_status(context).pending_migrations()]
+
+    result = run_runner(
+        RUNNER, context, "apply", runner_args(context), expected=pending, queries_of_failure_only=True
+    )
+
+    assert [e["name"] for e in result.of("migration_finished")] == [*FIXTURE_MIGRATIONS, "20240103000000-add-posts.js"]
+    queries = [(e["name"], e["phase"], e["sql"]) for e in result.of("query")]
+    assert queries == [
+        ("20240104000000-add-email.js", "migration", 'CREATE TABLE "comments" (id int)'),
+        ("20240104000000-add-email.js", "migration", 'ALTER TABLE "users" ADD "email" varchar'),
+    ]
+    assert result.events.index(result.of("query")[-1]) == result.events.index(result.first("migration_failed")) - 1
 
 
 FORGER = "20240103000000-forger.js"
