@@ -16,7 +16,8 @@ CPU much less.
     python bench/orm_overhead.py     # needs PostgreSQL at 127.0.0.1:5432 and Node with npm
 
 The ORM CLIs come from bench/orm-project (``npm ci`` on the first run, from npm's cache when
-it has them). ``FABER_BENCH_BASELINE_PYTHONPATH=DIR`` also runs, in the same alternation, the
+it has them). ``FABER_BENCH_RUNS`` sets the runs of each (default 3);
+``FABER_BENCH_BASELINE_PYTHONPATH=DIR`` also runs, in the same alternation, the
 faber found in DIR (an older checkout's ``faber_core`` and plugin packages linked there).
 """
 
@@ -42,7 +43,7 @@ from machine import describe as describe_machine  # bench/machine.py, beside thi
 ADMIN_URL = os.environ.get("FABER_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 NODE_PROJECT = Path(__file__).parent / "orm-project"
 MIGRATIONS = 300
-RUNS = 3
+RUNS = int(os.environ.get("FABER_BENCH_RUNS", "3"))
 ENVIRONMENT = "bench"
 BASELINE = os.environ.get("FABER_BENCH_BASELINE_PYTHONPATH")
 
