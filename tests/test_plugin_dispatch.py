@@ -140,6 +140,55 @@ def test_a_plugin_registered_after_a_dispatch_is_found_and_one_unregistered_is_g
     assert "late" not in plugins.tools()
 
 
+class Prepares:
+    """sqlfiles with a prepare hook recording, in order, the calls of a deploy."""
+
+    calls: list[str] = []
+
+    @hookimpl
+    def faber_migration_tools(self):
+        return [ToolInfo(name="preparing")]
+
+    @hookimpl
+    def faber_migration_prepare(self, context):
+        self.calls.append("prepare")
+
+    @hookimpl
+    def faber_migration_status(self, context):
+        self.calls.append("status")
+        return sqlfiles.faber_migration_status(context).model_copy(update={"tool": "preparing"})
+
+    @hookimpl
+    def faber_migration_preview(self, context, pending):
+        return sqlfiles.faber_migration_preview(context, pending)
+
+    @hookimpl
+    def faber_migration_apply(self, context, pending):
+        return sqlfiles.faber_migration_apply(context, pending)
+
+
+class PreparesForAnyTool:
+    calls: list[str] = []
+
+    @hookimpl(tryfirst=True)
+    def faber_migration_prepare(self, context):
+        self.calls.append("prepare")
+
+
+def test_a_deploy_asks_its_tools_plugin_alone_to_prepare_before_the_first_status_read(plugins, project, context_for):
+    from faber_core.workflow import DeployOptions, migrate
+
+    project_dir = project({"001_users": USERS})
+    plugins.pm.register(Prepares(), name="preparing")
+    plugins.pm.register(PreparesForAnyTool(), name="any-tool")
+    use_tool(project_dir, "preparing")
+
+    migrate(context_for(project_dir), plugins, DeployOptions(assume_yes=True, skip_backup=True))
+
+    assert Prepares.calls[:2] == ["prepare", "status"] and Prepares.calls.count("prepare") == 1
+    assert PreparesForAnyTool.calls == []
+
+
 HALF_A_PROVIDER = """
 from faber_core import hookimpl
 from faber_core.models import BackupProviderInfo
