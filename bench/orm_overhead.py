@@ -163,12 +163,8 @@ def compare(name: str, project: Path, cli: list[str], created: list[str]) -> dic
         if BASELINE:
             env = {**os.environ, "BENCH_DATABASE_URL": database_url(fresh_database(created)), "PYTHONPATH": BASELINE}
             runs["baseline faber"].append(timed(faber, project, env))
-        print(
-            f"  {name}: "
-            + ", ".join(f"{who} {times[-1].wall:.2f}s (CPU {times[-1].cpu:.2f}s)" for who, times in runs.items() if times)
-            + f"; load {os.getloadavg()[0]:.1f}",
-            flush=True,
-        )
+        latest = [f"{who} {times[-1].wall:.2f}s (CPU {times[-1].cpu:.2f}s)" for who, times in runs.items() if times]
+        print(f"  {name}: {', '.join(latest)}; load {os.getloadavg()[0]:.1f}", flush=True)
     return runs
 
 
@@ -205,7 +201,7 @@ def main() -> None:
         faber, cli = median(runs["faber"], "wall"), median(runs["CLI"], "wall")
         print(f"  {name}: faber {faber:.2f}s, CLI {cli:.2f}s, faber - CLI = {faber - cli:+.2f}s (goal <= 0.3 s)")
         faber_cpu, cli_cpu = median(runs["faber"], "cpu"), median(runs["CLI"], "cpu")
-        print(f"    CPU: faber (with its Node runner) {faber_cpu:.2f}s, CLI {cli_cpu:.2f}s, {faber_cpu - cli_cpu:+.2f}s")
+        print(f"    CPU: faber with its runner {faber_cpu:.2f}s, CLI {cli_cpu:.2f}s: {faber_cpu - cli_cpu:+.2f}s")
         if runs["baseline faber"]:
             baseline, baseline_cpu = median(runs["baseline faber"], "wall"), median(runs["baseline faber"], "cpu")
             print(

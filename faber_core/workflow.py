@@ -109,6 +109,7 @@ def migrate(context: RunContext, plugins: Plugins, options: DeployOptions) -> Su
     # the analysis and the SQL parser it needs (here: status, health and backup commands never do).
     plugins.migration_prepare(context)
     from faber_core.safety import checks as safety
+
     if options.dry_run:
         check_health(context, plugins, "before", options)
         state = read_status(context, plugins)

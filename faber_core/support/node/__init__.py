@@ -68,8 +68,8 @@ import secrets
 import subprocess
 import tempfile
 import threading
-from contextlib import suppress
 from collections.abc import Callable, Iterable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TextIO
@@ -450,8 +450,9 @@ def apply(tool: NodeTool, context: RunContext, pending: list[LocalMigration], ar
                 AppliedMigration(name=event["name"], duration_seconds=round(event["duration_seconds"], 3))
             )
 
+    expected = [m.name for m in pending]
     result = run_runner(
-        tool, context, "apply", args, expected=[m.name for m in pending], on_event=progress, queries_of_failure_only=True
+        tool, context, "apply", args, expected=expected, on_event=progress, queries_of_failure_only=True
     )
     return outcome_of(result, {m.name: m.path for m in pending}, context.database.engine.error_code_label)
 

@@ -124,9 +124,7 @@ def test_a_deploy_hears_the_queries_of_the_failing_migration_alone(
     context = sequelize_context(project)
     pending = [m.name for m in sequelize_plugins.migration_status(context).pending_migrations()]
 
-    result = run_runner(
-        RUNNER, context, "apply", runner_args(context), expected=pending, queries_of_failure_only=True
-    )
+    result = run_runner(RUNNER, context, "apply", runner_args(context), expected=pending, queries_of_failure_only=True)
 
     assert [e["name"] for e in result.of("migration_finished")] == [*FIXTURE_MIGRATIONS, "20240103000000-add-posts.js"]
     queries = [(e["name"], e["phase"], e["sql"]) for e in result.of("query")]
