@@ -141,6 +141,33 @@ def test_one_runner_serves_a_whole_deploy_and_ends_with_it(typeorm_project):
         os.kill(int(pid), 0)
 
 
+def test_a_deploy_killed_while_its_runner_loads_the_project_takes_the_runner_along(typeorm_project, query):
+    # The deploy starts its runner first, which loads the project before anything is asked of it
+    # (here a data source that takes a minute to load): faber killed then leaves no Node behind.
+    slow_load = "Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 60000);\n"
+    data_source = FIXTURE_DATA_SOURCE.read_text()
+    project = typeorm_project(
+        files={
+            "data-source.js": 'require("fs").appendFileSync(`${__dirname}/loads.txt`, `${process.pid}\\n`);\n'
+            + slow_load
+            + data_source
+        },
+        lint="off",
+    )
+    loads = project / "loads.txt"
+    faber = start_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project), cwd=project)
+    try:
+        [pid] = wait_for(lambda: loads.exists() and loads.read_text().split(), "the runner to load the project")
+        faber.kill()
+        faber.wait(timeout=60)
+    finally:
+        if faber.poll() is None:
+            faber.kill()
+
+    wait_for(lambda: not process_alive(int(pid)), "the runner to die with faber", timeout=20)
+    assert query("SELECT to_regclass('migrations') IS NULL") == [(True,)]
+
+
 def test_an_interrupted_deploy_stops_its_runner_and_the_migration_in_progress_rolls_back(
     typeorm_project, typeorm_migration, query
 ):
