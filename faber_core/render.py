@@ -74,6 +74,8 @@ class _Activity:
     """Whether the ticker prints plain lines without a terminal (not when the step reports its own progress)."""
     detail: str = ""
     """The step's latest own report (bytes written, rate), shown in the live status line."""
+    due: float = 0.0
+    """``time.monotonic()`` at which the ticker next shows it."""
 
 
 class ProgressPrinter:
@@ -96,6 +98,8 @@ class ProgressPrinter:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._ticker: threading.Thread | None = None
+        self._ticker_idle = False
+        """Whether the ticker waits for a step to start (otherwise for the next line it is due to show)."""
         self._finished = False
 
     def __call__(self, event: AuditEvent) -> None:
@@ -126,29 +130,41 @@ class ProgressPrinter:
 
     # Long steps --------------------------------------------------------------------------
 
+    # The ticker is woken only when a step starts while it waits for one: a deploy of many short
+    # migrations starts and ends a step for each, and waking a thread twice per migration cost
+    # more than printing its lines. Between steps it sleeps until the line it was due to show,
+    # which is never later than the next step's first one.
+
     def start_activity(self, label: str, estimate: float | None = None, *, plain: bool = True) -> None:
         with self._lock:
-            self._activity = _Activity(label, time.monotonic(), estimate, plain)
+            started = time.monotonic()
+            self._activity = _Activity(label, started, estimate, plain, due=started + self.interval)
             if self._ticker is None:
                 self._ticker = threading.Thread(target=self._tick, name="faber-progress", daemon=True)
                 self._ticker.start()
-            self._wake.notify()
+            elif self._ticker_idle:
+                self._wake.notify()
 
     def end_activity(self) -> None:
         with self._lock:
             self._activity = None
             self._clear_status()
-            self._wake.notify()
 
     def _tick(self) -> None:
         with self._lock:
             while not self._finished:
                 activity = self._activity
                 if activity is None:
+                    self._ticker_idle = True
                     self._wake.wait()
+                    self._ticker_idle = False
                     continue
-                self._wake.wait(self.interval)
-                if self._activity is activity and (self.live or activity.plain):
+                wait = activity.due - time.monotonic()
+                if wait > 0:
+                    self._wake.wait(wait)
+                    continue  # the step may have ended, or another begun, meanwhile
+                activity.due += self.interval
+                if self.live or activity.plain:
                     try:
                         self._show(activity)
                     except (OSError, ValueError):  # stderr closed (a pipe's reader gone): stop showing
@@ -267,6 +283,7 @@ class ProgressPrinter:
     def on_run_finished(self, event: AuditEvent) -> None:
         with self._lock:
             self._finished = True  # the ticker thread ends with the run (the API may run many)
+            self._wake.notify()
         self.end_activity()
 
     def on_rollback_skipped(self, event: AuditEvent) -> None:

@@ -254,3 +254,35 @@ def test_the_progress_ticker_ends_with_the_run(monkeypatch):
     printer._ticker.join(timeout=30)
 
     assert not printer._ticker.is_alive()
+
+
+def test_short_steps_do_not_wake_the_progress_ticker_and_a_long_one_still_gets_its_lines(monkeypatch):
+    import time
+
+    from faber_core.render import ProgressPrinter
+
+    monkeypatch.setenv("FABER_PROGRESS_SECONDS", "1")
+    stream = io.StringIO()
+    printer = ProgressPrinter(stream, Redactor())
+    printer.start_activity("Deploying migration: 0000_first")
+    for _ in range(1000):  # until the ticker waits for the first step's line
+        if printer._wake._waiters:
+            break
+        time.sleep(0.01)
+    printer.end_activity()
+    woken = []
+    notify = printer._wake.notify
+    monkeypatch.setattr(printer._wake, "notify", lambda *args: (woken.append(args), notify(*args)))
+
+    for number in range(1, 101):  # a deploy of many short migrations: no wake-up for any of them
+        printer.start_activity(f"Deploying migration: {number:04d}_short")
+        printer.end_activity()
+    assert woken == []
+
+    printer.start_activity("Deploying migration: 0101_long")
+    time.sleep(2.6)
+    printer.end_activity()
+
+    lines = stream.getvalue().splitlines()
+    assert [line for line in lines if "_short" in line or "_first" in line] == []
+    assert len([line for line in lines if "0101_long: " in line and "s elapsed" in line]) >= 2, lines
