@@ -22,6 +22,8 @@ from faber_core.models import LocalMigration
 from faber_core.support.files import decode_sql, inside, migrations_folder, read_migration_file
 from pydantic import BaseModel, Field
 
+from faber_prisma import TOOL
+
 DEFAULT_MIGRATIONS_DIR = "prisma/migrations"
 SCRIPT_NAME = "migration.sql"
 
@@ -79,7 +81,19 @@ def migrations_dir(context: RunContext) -> Path:
 
 
 def read_migrations(context: RunContext) -> list[MigrationFolder]:
-    """The migration folders in apply order, their scripts read and checked."""
+    """The migration folders in apply order, their scripts read and checked.
+
+    Read once per command (``context.once``): every status read of a deploy, its apply and every
+    target of a fleet see the same files, so the scripts applied are those analysed, linted and
+    approved. Except in dev mode, where ``prisma migrate dev`` writes new folders during the run:
+    there every call reads them again.
+    """
+    if context.mode == "dev":
+        return _read_folders(context)
+    return list(context.once((TOOL, context.project_dir), lambda: _read_folders(context)))
+
+
+def _read_folders(context: RunContext) -> list[MigrationFolder]:
     directory = migrations_dir(context)
     folders = []
     for entry in sorted(directory.iterdir(), key=lambda path: path.name):

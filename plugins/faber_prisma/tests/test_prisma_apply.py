@@ -135,7 +135,7 @@ def test_a_failing_transactional_migration_leaves_nothing_and_is_recorded_rolled
     assert state.failed == [] and state.pending == ["0002_comments", "0003_posts"]
 
     (project / "prisma/migrations/0002_comments/migration.sql").write_text('CREATE TABLE "comments" ("id" int);\n')
-    retried = apply_pending(prisma_plugins, context)
+    retried = apply_pending(prisma_plugins, prisma_context(project))  # the next command reads the files again
     assert [m.name for m in retried.applied] == ["0002_comments", "0003_posts"] and retried.failure is None
 
 
@@ -323,6 +323,7 @@ def test_the_canary_password_never_appears_in_results_errors_or_logs(
     assert outcome.failure is not None
     texts.append(outcome.model_dump_json())
     (project / "prisma/migrations/0002_leaky/migration.sql").write_text(leaky_concurrent)
+    context = prisma_context(project)  # the next command reads the files again
     outcome = apply_pending(prisma_plugins, context)
     assert outcome.failure is not None and outcome.failure.transaction_rolled_back is False
     texts.append(outcome.model_dump_json())
@@ -474,3 +475,34 @@ def test_resolve_applied_refuses_a_migration_already_applied(prisma_project, pri
 
     with pytest.raises(ConfigError, match="0001_init is already recorded as applied"):
         prisma_plugins.migration_resolve(context, "0001_init", "applied")
+
+
+def test_a_command_applies_the_scripts_it_read_first_even_if_a_file_changes_meanwhile(
+    prisma_project, prisma_context, prisma_plugins, query
+):
+    """The files are read once per command: what the status read (and the analysis, the lint and
+    the approval after it) saw is what is applied and recorded."""
+    project = prisma_project({"0001_init": INIT})
+    context = prisma_context(project)
+    pending = prisma_plugins.migration_status(context).pending_migrations()
+    (project / "prisma/migrations/0001_init/migration.sql").write_text('CREATE TABLE "other" ("id" int);\n')
+
+    outcome = prisma_plugins.migration_apply(context, pending)
+
+    assert outcome.failure is None and [m.name for m in outcome.applied] == ["0001_init"]
+    assert query("SELECT to_regclass('users') IS NOT NULL, to_regclass('other') IS NULL") == [(True, True)]
+    assert history(query)[0]["checksum"] == sha256(INIT)
+    assert prisma_plugins.migration_status(context).checksum_mismatches == []
+    assert prisma_plugins.migration_status(prisma_context(project)).checksum_mismatches == ["0001_init"]
+
+
+def test_in_dev_mode_every_status_read_sees_the_folders_prisma_migrate_dev_wrote(
+    prisma_project, prisma_context, prisma_plugins, add_migration
+):
+    project = prisma_project({"0001_init": INIT}, mode="dev")
+    context = prisma_context(project)
+    assert prisma_plugins.migration_status(context).pending == ["0001_init"]
+
+    add_migration(project, "0002_posts", 'CREATE TABLE "posts" ("id" int);\n')
+
+    assert prisma_plugins.migration_status(context).pending == ["0001_init", "0002_posts"]

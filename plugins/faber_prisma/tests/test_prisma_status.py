@@ -99,7 +99,7 @@ def test_an_edited_applied_migration_shows_as_a_checksum_mismatch(prisma_project
     prisma_plugins.migration_apply(context, prisma_plugins.migration_status(context).pending_migrations())
     (project / "prisma/migrations/0001_init/migration.sql").write_text(INIT + "-- edited\n")
 
-    state = prisma_plugins.migration_status(context)
+    state = prisma_plugins.migration_status(prisma_context(project))  # the next command reads the files again
 
     assert state.checksum_mismatches == ["0001_init"]
     assert state.records[0].checksum == sha256(INIT)
