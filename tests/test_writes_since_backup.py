@@ -144,6 +144,41 @@ def test_a_failing_measured_script_leaves_nothing_and_still_counts_what_it_tried
         assert conn.execute("SELECT count(*) FROM items").fetchone()[0] == 0
 
 
+def test_the_prepared_lock_check_survives_a_script_that_deallocates_and_still_stops_the_next_one(database_url):
+    """The lock check is prepared on the migration session; a script's DEALLOCATE ALL (or an
+    earlier statement's DISCARD) takes it away: the next script must still be checked first, and
+    run only while the lock is held."""
+    from faber_core.context import LockCheck
+    from faber_core.engines.postgres import AdvisoryLock
+
+    class Lost(Exception):
+        pass
+
+    with (
+        psycopg.connect(database_url, autocommit=True) as holder,
+        psycopg.connect(database_url, autocommit=True) as conn,
+    ):
+        holder.execute("SELECT pg_advisory_lock(4242)")
+        pid, started = holder.execute(
+            "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+        ).fetchone()
+        check = LockCheck(AdvisoryLock(holder, 4242, (pid, started)).check_statement(), Lost)
+        conn.execute("CREATE TABLE items (id int)")
+        for script in ("INSERT INTO items VALUES (1)", "INSERT INTO items VALUES (2);\nDEALLOCATE ALL"):
+            writes.run_measured_script(conn, script, writes.Measurement(), lock_check=check)
+        measured = writes.Measurement()
+        writes.run_measured_script(conn, "INSERT INTO items VALUES (3)", measured, lock_check=check)
+        assert measured.rows == {"public.items": 1}
+        assert conn.execute("SELECT count(*) FROM items").fetchone()[0] == 3
+
+        conn.execute("DEALLOCATE ALL")
+        holder.execute("SELECT pg_advisory_unlock(4242)")
+        with pytest.raises(Lost):
+            writes.run_measured_script(conn, "INSERT INTO items VALUES (4)", writes.Measurement(), lock_check=check)
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert conn.execute("SELECT count(*) FROM items").fetchone()[0] == 3
+
+
 def test_each_measured_transaction_counts_only_its_own_rows(database_url):
     """PostgreSQL's per-transaction counters also hold a session's earlier transactions until it
     reports them (at most once a second): back-to-back migrations must not count each other's rows."""

@@ -42,6 +42,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -249,16 +250,26 @@ def run_measured_script(
 
     ``lock_check`` (from ``context.start_migration(name, in_transaction=True)``) runs first in the
     transaction: when faber's lock was lost, nothing of ``script`` runs, and its error is raised.
+    It is prepared on ``conn`` the first time (one more round trip per session): parsed and
+    planned once, it costs the server a third of what it costs as text in every message.
     """
     measurable = conn.info.server_version >= _REPORTS_ON_REQUEST
     measurement = f"{_REPORT_AT_NEXT_IDLE};\n{_WRITES_TO_LOCKED_TABLES};\n" if measurable else ""
-    check = f"{lock_check.statement};\n" if lock_check else ""
     cursor = conn.cursor()
+    # The newline after the script ends a trailing -- comment.
+    body = f"{script}\n;\nRELEASE SAVEPOINT {_MEASURED};\n{measurement}COMMIT"
     try:
-        # The newline after the script ends a trailing -- comment.
-        cursor.execute(
-            f"BEGIN;\nSAVEPOINT {_MEASURED};\n{check}{script}\n;\nRELEASE SAVEPOINT {_MEASURED};\n{measurement}COMMIT"
-        )
+        check = f"EXECUTE {_prepared(conn, lock_check.statement)};\n" if lock_check else ""
+        try:
+            cursor.execute(f"BEGIN;\nSAVEPOINT {_MEASURED};\n{check}{body}")
+        except psycopg.errors.InvalidSqlStatementName as exc:
+            if not check or not _forgotten(conn, exc):
+                raise
+            # The session lost the prepared check (an earlier migration's DEALLOCATE or DISCARD):
+            # the message stopped at it, before anything of the script ran. Prepare it again.
+            conn.execute("ROLLBACK")
+            check = f"EXECUTE {_prepared(conn, lock_check.statement)};\n"
+            cursor.execute(f"BEGIN;\nSAVEPOINT {_MEASURED};\n{check}{body}")
     except psycopg.Error as exc:
         into.add(_failed_script_writes(conn) if measurable else None)
         if lock_check is not None and LOCK_LOST in (exc.diag.message_primary or ""):
@@ -270,6 +281,30 @@ def run_measured_script(
         into.add(_failed_script_writes(conn) if measurable else None)
         raise
     into.add(dict(_last_rows(cursor)) if measurable else None)
+
+
+_PREPARED_CHECK = "faber_lock_check"
+_prepared_checks: weakref.WeakKeyDictionary[psycopg.Connection, str] = weakref.WeakKeyDictionary()
+"""The lock check each migration session has prepared as :data:`_PREPARED_CHECK`."""
+
+
+def _prepared(conn: psycopg.Connection, statement: str) -> str:
+    """The name of ``statement`` prepared on ``conn``, preparing it first if it is not yet."""
+    if _prepared_checks.get(conn) != statement:
+        if conn in _prepared_checks:
+            conn.execute(f"DEALLOCATE {_PREPARED_CHECK}")
+            del _prepared_checks[conn]
+        conn.execute(f"PREPARE {_PREPARED_CHECK} AS {statement}")
+        _prepared_checks[conn] = statement
+    return _PREPARED_CHECK
+
+
+def _forgotten(conn: psycopg.Connection, exc: psycopg.Error) -> bool:
+    """Whether ``exc`` says the session no longer has the prepared check; then it is forgotten here too."""
+    if f'"{_PREPARED_CHECK}"' not in (exc.diag.message_primary or ""):
+        return False
+    _prepared_checks.pop(conn, None)
+    return True
 
 
 def _failed_script_writes(conn: psycopg.Connection) -> dict[str, int] | None:
