@@ -144,10 +144,10 @@ def test_a_failing_measured_script_leaves_nothing_and_still_counts_what_it_tried
         assert conn.execute("SELECT count(*) FROM items").fetchone()[0] == 0
 
 
-def test_the_prepared_lock_check_survives_a_script_that_deallocates_and_still_stops_the_next_one(database_url):
-    """The lock check is prepared on the migration session; a script's DEALLOCATE ALL (or an
-    earlier statement's DISCARD) takes it away: the next script must still be checked first, and
-    run only while the lock is held."""
+def test_the_prepared_check_and_measurement_survive_a_script_that_deallocates_them(database_url):
+    """The lock check and the measurement are prepared on the migration session; a script's
+    DEALLOCATE ALL (or a statement's DISCARD between scripts) takes them away: every script must
+    still be checked first, measured, and run only while the lock is held."""
     from faber_core.context import LockCheck
     from faber_core.engines.postgres import AdvisoryLock
 
@@ -164,19 +164,24 @@ def test_the_prepared_lock_check_survives_a_script_that_deallocates_and_still_st
         ).fetchone()
         check = LockCheck(AdvisoryLock(holder, 4242, (pid, started)).check_statement(), Lost)
         conn.execute("CREATE TABLE items (id int)")
-        for script in ("INSERT INTO items VALUES (1)", "INSERT INTO items VALUES (2);\nDEALLOCATE ALL"):
-            writes.run_measured_script(conn, script, writes.Measurement(), lock_check=check)
+        scripts = ["INSERT INTO items VALUES (1)", "INSERT INTO items VALUES (2);\nDEALLOCATE ALL"]
+        scripts += ["INSERT INTO items VALUES (3)", "DEALLOCATE ALL", "INSERT INTO items VALUES (4)"]
+        for script in scripts:
+            measured = writes.Measurement()
+            writes.run_measured_script(conn, script, measured, lock_check=check)
+            assert measured.rows == ({"public.items": 1} if "INSERT" in script else {})
+        conn.execute("DEALLOCATE ALL")  # as a migration run statement by statement may
         measured = writes.Measurement()
-        writes.run_measured_script(conn, "INSERT INTO items VALUES (3)", measured, lock_check=check)
+        writes.run_measured_script(conn, "INSERT INTO items VALUES (5)", measured, lock_check=check)
         assert measured.rows == {"public.items": 1}
-        assert conn.execute("SELECT count(*) FROM items").fetchone()[0] == 3
+        assert conn.execute("SELECT count(*) FROM items").fetchone()[0] == 5
 
         conn.execute("DEALLOCATE ALL")
         holder.execute("SELECT pg_advisory_unlock(4242)")
         with pytest.raises(Lost):
-            writes.run_measured_script(conn, "INSERT INTO items VALUES (4)", writes.Measurement(), lock_check=check)
+            writes.run_measured_script(conn, "INSERT INTO items VALUES (6)", writes.Measurement(), lock_check=check)
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-        assert conn.execute("SELECT count(*) FROM items").fetchone()[0] == 3
+        assert conn.execute("SELECT count(*) FROM items").fetchone()[0] == 5
 
 
 def test_each_measured_transaction_counts_only_its_own_rows(database_url):

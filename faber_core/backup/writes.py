@@ -250,26 +250,34 @@ def run_measured_script(
 
     ``lock_check`` (from ``context.start_migration(name, in_transaction=True)``) runs first in the
     transaction: when faber's lock was lost, nothing of ``script`` runs, and its error is raised.
-    It is prepared on ``conn`` the first time (one more round trip per session): parsed and
-    planned once, it costs the server a third of what it costs as text in every message.
+    With it, the check and the measurement are prepared on ``conn`` the first time (a few more
+    round trips per session): parsed and planned once, they cost the server about a third of
+    what they cost as text in every message.
     """
     measurable = conn.info.server_version >= _REPORTS_ON_REQUEST
-    measurement = f"{_REPORT_AT_NEXT_IDLE};\n{_WRITES_TO_LOCKED_TABLES};\n" if measurable else ""
-    cursor = conn.cursor()
+    # A script that may drop prepared statements gets the measurement as text, after it: the
+    # check, before it, is prepared again if it was dropped, with nothing of a script run yet.
+    prepared_measurement = lock_check is not None and not _may_drop_prepared(script)
+    measured_writes = f"EXECUTE {_PREPARED_WRITES}" if prepared_measurement else _WRITES_TO_LOCKED_TABLES
+    measurement = f"{_REPORT_AT_NEXT_IDLE};\n{measured_writes};\n" if measurable else ""
+    check = f"EXECUTE {_PREPARED_CHECK};\n" if lock_check else ""
     # The newline after the script ends a trailing -- comment.
-    body = f"{script}\n;\nRELEASE SAVEPOINT {_MEASURED};\n{measurement}COMMIT"
+    message = f"BEGIN;\nSAVEPOINT {_MEASURED};\n{check}{script}\n;\nRELEASE SAVEPOINT {_MEASURED};\n{measurement}COMMIT"
+    cursor = conn.cursor()
     try:
-        check = f"EXECUTE {_prepared(conn, lock_check.statement)};\n" if lock_check else ""
+        if lock_check is not None:
+            _prepare(conn, lock_check.statement, measurable)
         try:
-            cursor.execute(f"BEGIN;\nSAVEPOINT {_MEASURED};\n{check}{body}")
+            cursor.execute(message)
         except psycopg.errors.InvalidSqlStatementName as exc:
-            if not check or not _forgotten(conn, exc):
+            if lock_check is None or f'"{_PREPARED_CHECK}"' not in (exc.diag.message_primary or ""):
                 raise
-            # The session lost the prepared check (an earlier migration's DEALLOCATE or DISCARD):
-            # the message stopped at it, before anything of the script ran. Prepare it again.
+            # The session lost them (an earlier migration's DEALLOCATE or DISCARD): the message
+            # stopped at the check, before anything of the script ran. Prepare them again.
             conn.execute("ROLLBACK")
-            check = f"EXECUTE {_prepared(conn, lock_check.statement)};\n"
-            cursor.execute(f"BEGIN;\nSAVEPOINT {_MEASURED};\n{check}{body}")
+            _prepared_on.pop(conn, None)
+            _prepare(conn, lock_check.statement, measurable)
+            cursor.execute(message)
     except psycopg.Error as exc:
         into.add(_failed_script_writes(conn) if measurable else None)
         if lock_check is not None and LOCK_LOST in (exc.diag.message_primary or ""):
@@ -280,31 +288,39 @@ def run_measured_script(
         into.rolled_back = conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
         into.add(_failed_script_writes(conn) if measurable else None)
         raise
+    finally:
+        if not prepared_measurement:
+            _prepared_on.pop(conn, None)  # the next script's message prepares them again
     into.add(dict(_last_rows(cursor)) if measurable else None)
 
 
 _PREPARED_CHECK = "faber_lock_check"
-_prepared_checks: weakref.WeakKeyDictionary[psycopg.Connection, str] = weakref.WeakKeyDictionary()
-"""The lock check each migration session has prepared as :data:`_PREPARED_CHECK`."""
+_PREPARED_WRITES = "faber_measured_writes"
+_prepared_on: weakref.WeakKeyDictionary[psycopg.Connection, str] = weakref.WeakKeyDictionary()
+"""The lock check each migration session has prepared, with the measurement, as far as faber knows."""
 
 
-def _prepared(conn: psycopg.Connection, statement: str) -> str:
-    """The name of ``statement`` prepared on ``conn``, preparing it first if it is not yet."""
-    if _prepared_checks.get(conn) != statement:
-        if conn in _prepared_checks:
-            conn.execute(f"DEALLOCATE {_PREPARED_CHECK}")
-            del _prepared_checks[conn]
-        conn.execute(f"PREPARE {_PREPARED_CHECK} AS {statement}")
-        _prepared_checks[conn] = statement
-    return _PREPARED_CHECK
+def _may_drop_prepared(script: str) -> bool:
+    """Whether ``script`` may drop the session's prepared statements (``DEALLOCATE``, ``DISCARD``):
+    a word search, so a comment naming them counts too (the safe side)."""
+    lowered = script.lower()
+    return "deallocate" in lowered or "discard" in lowered
 
 
-def _forgotten(conn: psycopg.Connection, exc: psycopg.Error) -> bool:
-    """Whether ``exc`` says the session no longer has the prepared check; then it is forgotten here too."""
-    if f'"{_PREPARED_CHECK}"' not in (exc.diag.message_primary or ""):
-        return False
-    _prepared_checks.pop(conn, None)
-    return True
+def _prepare(conn: psycopg.Connection, lock_statement: str, measurable: bool) -> None:
+    """Prepare the lock check and the measurement on ``conn`` unless it has them, replacing what
+    is left of earlier ones."""
+    if _prepared_on.get(conn) == lock_statement:
+        return
+    left = conn.execute(
+        "SELECT name FROM pg_prepared_statements WHERE name = ANY(%s)", [[_PREPARED_CHECK, _PREPARED_WRITES]]
+    ).fetchall()
+    for (name,) in left:  # one of the two names above
+        conn.execute(f"DEALLOCATE {name}")
+    conn.execute(f"PREPARE {_PREPARED_CHECK} AS {lock_statement}")
+    if measurable:
+        conn.execute(f"PREPARE {_PREPARED_WRITES} AS {_WRITES_TO_LOCKED_TABLES}")
+    _prepared_on[conn] = lock_statement
 
 
 def _failed_script_writes(conn: psycopg.Connection) -> dict[str, int] | None:
