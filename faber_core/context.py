@@ -413,13 +413,23 @@ def find_project_dir(cwd: str | Path | None, *, required: bool) -> Path | None:
 
     chosen = cwd or os.environ.get("FABER_DB_CWD")
     if chosen:
-        path = Path(chosen).expanduser().resolve()
-        if path.exists() and not path.is_dir():
+        # A hostile or mistyped path (a NUL byte, too long, a symlink loop, ~unknown-user) is an
+        # error of the caller's, not of faber's.
+        try:
+            path = Path(chosen).expanduser().resolve()
+            exists, is_dir = path.exists(), path.is_dir()
+        except (OSError, ValueError, RuntimeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ConfigError(
+                f"Project directory {chosen!r} cannot be used: {reason}",
+                suggestions=[f"Point --cwd or FABER_DB_CWD at the directory that holds {CONFIG_PATH}"],
+            ) from None
+        if exists and not is_dir:
             raise ConfigError(
                 f"Project directory {chosen} is a file, not a directory",
                 suggestions=[f"Point --cwd or FABER_DB_CWD at the directory that holds {CONFIG_PATH}"],
             )
-        if not path.is_dir():
+        if not is_dir:
             raise ConfigError(f"Project directory does not exist: {chosen}")
         return path
     start = directory = Path.cwd()

@@ -72,6 +72,25 @@ def test_cwd_comes_from_faber_db_cwd(cli_project, run_faber, tmp_path):
     assert run.json["result"]["pending"] == ["001_users"]
 
 
+@pytest.mark.parametrize("how", ["--cwd", "FABER_DB_CWD"])
+@pytest.mark.parametrize("kind", ["symlink-loop", "too-long"])
+def test_a_project_directory_that_cannot_be_resolved_is_config_invalid(run_faber, tmp_path, how, kind):
+    if kind == "symlink-loop":
+        chosen = tmp_path / "loop"
+        chosen.symlink_to(chosen)
+        problem = "loop"
+    else:
+        chosen = tmp_path / ("a" * 5000)
+        problem = "File name too long"
+    where = {"args": ["--cwd", str(chosen)], "env": {}} if how == "--cwd" else {"args": [], "env": {"FABER_DB_CWD": str(chosen)}}
+
+    run = run_faber("status", "production", "--json", *where["args"], env=where["env"], cwd=tmp_path)
+
+    assert run.returncode == 2, run.output
+    assert run.json["code"] == "CONFIG_INVALID" and problem in run.json["error"], run.json
+    assert "Traceback" not in run.stderr
+
+
 def test_no_terminal_and_no_yes_is_refused_with_its_own_exit_code(cli_project, run_faber):
     project, env = cli_project({"001_users": USERS})
 

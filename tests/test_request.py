@@ -206,6 +206,25 @@ def test_invalid_requests_are_config_invalid_documents(run_faber, request_text, 
     assert "Traceback" not in run.stderr
 
 
+@pytest.mark.parametrize(
+    ("working_directory", "problem"),
+    [
+        ("project\\u0000elsewhere", "null byte"),
+        ("a" * 5000, "File name too long"),
+        ("~no-such-user-here/project", "home directory"),
+    ],
+    ids=["null-byte", "too-long", "unknown-user-home"],
+)
+def test_a_working_directory_that_cannot_be_a_path_is_config_invalid(run_faber, working_directory, problem):
+    request = '{"operation": "deploy-migrations", "parameters": {"environment": "production", "working_directory": "%s"}}'
+
+    run = run_faber("request", "--yes", input=request % working_directory)
+
+    assert run.returncode == EXIT_CODES["CONFIG_INVALID"], run.output
+    assert run.json["code"] == "CONFIG_INVALID" and problem in run.json["error"], run.json
+    assert "Traceback" not in run.stderr
+
+
 def test_a_missing_request_file_is_config_invalid(run_faber, tmp_path):
     run = run_faber("request", str(tmp_path / "nope.json"))
 
