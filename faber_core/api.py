@@ -449,19 +449,21 @@ def parse_request(document: Request | Mapping[str, Any] | str | bytes) -> Reques
 
     from pydantic import ValidationError
 
+    from faber_core.config import refuse_duplicate_keys
     from faber_core.request import Request
 
     if isinstance(document, Request):
         return document
     if isinstance(document, (str, bytes)):
         try:
-            document = json.loads(document)
+            # A key given twice is refused, as in the config: parsers disagree on which one wins.
+            document = json.loads(document, object_pairs_hook=refuse_duplicate_keys)
         except RecursionError:  # a hostile document nested deeper than Python's parser can follow
             raise ConfigError(
                 "The request is not valid JSON: it is nested too deeply",
                 suggestions=['Send {"operation": "deploy-migrations", "parameters": {"environment": "..."}}'],
             ) from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except ValueError as exc:  # not JSON, not UTF-8, or a key given twice
             raise ConfigError(
                 f"The request is not valid JSON: {exc}",
                 suggestions=['Send {"operation": "deploy-migrations", "parameters": {"environment": "..."}}'],

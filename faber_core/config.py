@@ -520,7 +520,7 @@ def _parse_json(text: str) -> Any:
     if _nesting_depth(text) > _MAX_NESTING:
         raise malformed(f"objects and arrays nested more than {_MAX_NESTING} levels deep")
     try:
-        return json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
+        return json.loads(text, object_pairs_hook=refuse_duplicate_keys)
     except json.JSONDecodeError as exc:
         raise malformed(f"{exc.msg} at line {exc.lineno}, column {exc.colno}") from None
     except ValueError as exc:  # a duplicate key
@@ -541,7 +541,7 @@ def _nesting_depth(text: str) -> int:
     return deepest
 
 
-def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     seen: dict[str, Any] = {}
     for key, value in pairs:
         if key in seen:

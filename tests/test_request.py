@@ -206,6 +206,22 @@ def test_invalid_requests_are_config_invalid_documents(run_faber, request_text, 
     assert "Traceback" not in run.stderr
 
 
+def test_a_request_that_says_a_parameter_twice_is_refused_and_changes_nothing(project, run_faber):
+    """JSON parsers disagree on which of two equal keys wins: a request saying both "dry_run": true
+    and "dry_run": false must not deploy to production on the strength of the last one."""
+    directory, env = project
+    twice = spec_request("deploy-migrations", directory, dry_run=True).replace(
+        '"dry_run": true', '"dry_run": true, "dry_run": false'
+    )
+
+    run = run_faber("request", "--yes", input=twice, env=env)
+    status = run_faber("status", "production", "--json", "--cwd", str(directory), env=env)
+
+    assert run.returncode == EXIT_CODES["CONFIG_INVALID"], run.output
+    assert "'dry_run' appears twice" in run.json["error"], run.json
+    assert status.json["result"]["applied"] == [] and not (directory / ".faber" / "backups").exists()
+
+
 @pytest.mark.parametrize(
     ("working_directory", "problem"),
     [
