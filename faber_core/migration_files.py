@@ -61,21 +61,32 @@ def read_migration_file(path: Path, folder: Path, *, shown: str | None = None) -
             f"Migration file {shown} resolves outside its folder ({target}): refused",
             suggestions=[f"A migration file must be a regular file inside {folder}; copy the SQL into it"],
         )
+    return read_regular_file(path, f"Migration file {shown}", MAX_MIGRATION_BYTES)
+
+
+def read_regular_file(path: Path, what: str, max_bytes: int) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``max_bytes``, else a ConfigError
+    beginning with ``what``: a FIFO would wait forever for a writer, a device such as /dev/zero
+    never ends."""
     try:
         # O_NONBLOCK: opening a FIFO must not wait for a writer before the check below refuses it.
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
     except OSError as exc:
-        raise ConfigError(f"Cannot read migration file {shown}: {exc.strerror}") from None
+        raise ConfigError(f"Cannot read {what[0].lower()}{what[1:]}: {exc.strerror}") from None
     with os.fdopen(descriptor, "rb") as handle:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode):
             raise ConfigError(
-                f"Migration file {shown} is not a regular file (a FIFO, device or socket): refused",
-                suggestions=["A migration file must be a regular file holding the migration's SQL"],
+                f"{what} is not a regular file (a FIFO, device or socket): refused",
+                suggestions=[f"{what} must be a regular file"],
             )
-        if info.st_size > MAX_MIGRATION_BYTES:
-            raise ConfigError(f"Migration file {shown} is larger than {MAX_MIGRATION_BYTES // 1024**3} GiB: refused")
+        if info.st_size > max_bytes:
+            raise ConfigError(f"{what} is larger than {_size(max_bytes)}: refused")
         return handle.read()
+
+
+def _size(count: int) -> str:
+    return f"{count // 1024**3} GiB" if count >= 1024**3 else f"{count // 1024**2} MiB"
 
 
 def decode_sql(data: bytes, shown: str) -> str:

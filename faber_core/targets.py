@@ -158,16 +158,22 @@ class _Entry:
     where: str
 
 
+MAX_TARGETS_FILE_BYTES = 64 * 1024**2
+
+
 def _file_entries(project_dir: Path, relative: str) -> list[_Entry]:
-    path = project_dir / relative
+    from faber_core.migration_files import read_regular_file
+
+    suggestion = "Set targets.file to a file in the project: one 'NAME VARIABLE' per line (docs/fleet.md)"
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        data = read_regular_file(project_dir / relative, f"The targets file {relative}", MAX_TARGETS_FILE_BYTES)
+        text = data.decode()
+    except UnicodeDecodeError:
         raise ConfigError(
-            f"Cannot read the targets file {relative}: {reason}",
-            suggestions=["Set targets.file to a file in the project: one 'NAME VARIABLE' per line (docs/fleet.md)"],
+            f"Cannot read the targets file {relative}: not UTF-8 text", suggestions=[suggestion]
         ) from None
+    except ConfigError as error:
+        raise ConfigError(error.message, suggestions=[suggestion]) from None
     entries = []
     for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()

@@ -33,6 +33,8 @@ from faber_core.testing.faults import FaberProcess
 from faber_core.testing.fixtures import CANARY_PASSWORD, create_database, database_url_for, drop_database
 from faber_core.testing.otlp import OtlpReceiver
 
+SQLFILES = {"FABER_PLUGINS": "faber_core.testing.sqlfiles"}
+
 MIGRATIONS = {
     "001_users": "CREATE TABLE users (id serial PRIMARY KEY, email text NOT NULL);",
     "002_posts": "CREATE TABLE posts (id serial PRIMARY KEY, user_id int REFERENCES users (id));",
@@ -759,3 +761,19 @@ def test_every_deferred_model_is_built_before_a_fleets_threads_start():
 
     count, unbuilt = done.stdout.split(" ", 1)
     assert int(count) > 20 and unbuilt.strip() == "[]"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_targets_file_that_is_not_a_regular_file_is_refused_at_once(faber_project, run_faber, kind):
+    """A FIFO would block faber forever waiting for a writer, /dev/zero would fill its memory."""
+    environments = {"tenants": {"targets": {"file": "tenants.txt"}}}
+    project = faber_project({"database": {"migration_tool": sqlfiles.TOOL, "environments": environments}})
+    if kind == "fifo":
+        os.mkfifo(project / "tenants.txt")
+    else:
+        (project / "tenants.txt").symlink_to("/dev/zero")
+
+    run = run_faber("status", "tenants", "--json", "--cwd", str(project), env=SQLFILES, timeout=60)
+
+    assert run.returncode == 2, run.output
+    assert run.json["code"] == "CONFIG_INVALID" and "not a regular file" in run.json["error"], run.json
