@@ -355,7 +355,7 @@ class RunContext:
             environment=self.environment,
             operation=self.operation,
             timestamp=_dt.datetime.now(_dt.timezone.utc),
-            data=json.loads(self.redactor.redact(json.dumps(data, default=str))),
+            data=self.redactor.redact_data(json.loads(json.dumps(data, default=str))),
         )
         for listener in self.listeners:
             listener(event)

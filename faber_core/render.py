@@ -376,7 +376,7 @@ def _plain_interval() -> float:
 
 
 def render_json(document: Success | ErrorDocument, redactor: Redactor) -> str:
-    return redactor.redact(json.dumps(document.model_dump(mode="json"), indent=2))
+    return json.dumps(redactor.redact_data(document.model_dump(mode="json")), indent=2)
 
 
 def render_human(document: Success | ErrorDocument, redactor: Redactor) -> str:

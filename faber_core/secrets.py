@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from typing import Any
 from urllib.parse import quote, unquote
 
 MASK = "***"
@@ -151,3 +152,15 @@ class Redactor:
                     text = text.replace(value, MASK)
         text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
         return _KEYWORD_PASSWORD.sub(lambda m: f"{m[1]}{m[2]}{MASK}", text)
+
+    def redact_data(self, value: Any) -> Any:
+        """``value`` (JSON data: dicts, lists, scalars) with every text in it redacted, keys too.
+        Redacting each text rather than the JSON that holds it keeps the JSON whole: a password
+        setting such as ``pwd=x`` at the end of a value would otherwise take its closing quote."""
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, dict):
+            return {self.redact(str(key)): self.redact_data(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.redact_data(item) for item in value]
+        return value

@@ -91,6 +91,27 @@ def test_a_project_directory_that_cannot_be_resolved_is_config_invalid(run_faber
     assert "Traceback" not in run.stderr
 
 
+def test_a_migration_that_sets_a_password_column_gets_valid_json_documents(cli_project, run_faber):
+    """The password masking (``password=...``) works on each text, not on the JSON around it: it
+    swallowed the closing quote of a value ending in ``pwd=x``, and the dry run crashed."""
+    project, env = cli_project({"001_users": USERS + "\nALTER TABLE users ADD COLUMN pwd text;\nUPDATE users SET pwd=email"})
+    preview = run_faber("migrate", "production", "--dry-run", "--json", "--cwd", str(project), env=env)
+    deploy = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
+    history = run_faber("history", "production", "--json", "--cwd", str(project), env=env)
+
+    assert preview.returncode == 0, preview.output
+    assert preview.json["result"]["migrations"][0]["sql"].endswith("UPDATE users SET pwd=***")
+    assert deploy.returncode == 0, deploy.output
+    assert deploy.json["result"]["migrations_applied"] == 1
+    assert history.returncode == 0, history.output
+    assert [row["operation"] for row in history.json["result"]["deployments"]] == [
+        "deploy-migrations",
+        "preview-migrations",
+    ]
+    audit = [json.loads(line) for line in (project / ".faber" / "audit.log").read_text().splitlines()]
+    assert "migration.applied" in {event["kind"] for event in audit}
+
+
 def test_no_terminal_and_no_yes_is_refused_with_its_own_exit_code(cli_project, run_faber):
     project, env = cli_project({"001_users": USERS})
 

@@ -157,7 +157,7 @@ def deployment_row(context: RunContext, event: AuditEvent, run: _Run) -> dict[st
         "started_at": run.started_at,
         "finished_at": event.timestamp,
         "duration_seconds": round((event.timestamp - run.started_at).total_seconds(), 3),
-        "migrations": redact(json.dumps(migrations)),
+        "migrations": json.dumps(context.redactor.redact_data(migrations)),
         "backup_id": run.backup_id or result.get("backup_id") or (document.get("recovery") or {}).get("backup_id"),
         "rollback_status": result.get("rollback_status"),
         "tool": context.tool,
