@@ -178,3 +178,29 @@ def test_debug_tracebacks_are_redacted(faber_project, run_faber, tmp_path, datab
     assert "Traceback (most recent call last)" in run.stderr and "RuntimeError" in run.stderr
     assert run.json["code"] == "INTERNAL_ERROR"
     assert pieces_in(run.output) == [], run.output
+
+
+@pytest.mark.parametrize(
+    ("engine", "repeated"),
+    [
+        ("postgresql", "sslmode=require&sslmode=disable"),
+        ("mysql", "ssl-mode=REQUIRED&ssl-mode=DISABLED"),
+        ("postgresql", "schema=app&schema=public"),
+    ],
+)
+def test_a_query_parameter_given_twice_with_two_values_is_refused(
+    engine, repeated, faber_project, run_faber, request
+):
+    """libpq and PyMySQL take the last value, another reader may take the first: TLS asked for
+    and then disabled must not be talked in the clear."""
+    url = request.getfixturevalue("database_url" if engine == "postgresql" else "mysql_database_url")
+    project = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"production": {"database_url_env": "APP_URL"}}}}
+    )
+    env = {"FABER_PLUGINS": "faber_core.testing.sqlfiles", "APP_URL": f"{url}?{repeated}"}
+
+    run = run_faber("health", "production", "--json", "--cwd", str(project), env=env)
+
+    name = repeated.partition("=")[0]
+    assert run.returncode == 2, run.output
+    assert run.json["code"] == "CONFIG_INVALID" and f"{name} is given twice" in run.json["error"], run.json

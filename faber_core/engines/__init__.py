@@ -23,7 +23,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
-from urllib.parse import SplitResult
+from urllib.parse import SplitResult, unquote
 
 from faber_core.errors import ConfigError, FaberError
 from faber_core.processes import run_tool
@@ -60,6 +60,17 @@ def unsafe_url_text(raw: str) -> str | None:
 
 
 _BAD_PERCENT_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def repeated_parameter(pairs: list[str]) -> str | None:
+    """The name of a query parameter that ``pairs`` (``name=value`` texts) give twice with two
+    values, or None. Readers differ on which one wins (libpq and PyMySQL take the last): a URL
+    asking for TLS, then disabling it, must not be read as either."""
+    seen: dict[str, str] = {}
+    for key, _, value in (pair.partition("=") for pair in pairs):
+        if seen.setdefault(unquote(key), unquote(value)) != unquote(value):
+            return unquote(key)
+    return None
 
 
 def at_after_host(parts: SplitResult) -> bool:

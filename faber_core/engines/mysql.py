@@ -37,6 +37,7 @@ from faber_core.engines import (
     Rehearsal,
     TargetUrl,
     at_after_host,
+    repeated_parameter,
     socket_readable,
     unsafe_url_text,
     wait_for_lock,
@@ -357,6 +358,9 @@ class MySQLEngine(Engine):
         pairs = [pair for pair in parts.query.split("&") if pair]
         if any("=" not in pair for pair in pairs):
             raise invalid("a query parameter is not name=value (a '?' in the password that was not percent-encoded?)")
+        repeated = repeated_parameter(pairs)
+        if repeated:
+            raise invalid(f"the query parameter {repeated} is given twice, with two values (which one was meant?)")
         params = {unquote(key): unquote(value) for key, _, value in (pair.partition("=") for pair in pairs)}
         if "charset" in params and pymysql.charset.charset_by_name(params["charset"]) is None:
             raise invalid(f"charset {params['charset']!r} is not a character set MySQL knows (e.g. utf8mb4)")

@@ -6,7 +6,14 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from faber_core.engines import AT_AFTER_HOST, HOST_PORT_UNPARSABLE, PERCENT_ENCODE_HINT, at_after_host, unsafe_url_text
+from faber_core.engines import (
+    AT_AFTER_HOST,
+    HOST_PORT_UNPARSABLE,
+    PERCENT_ENCODE_HINT,
+    at_after_host,
+    repeated_parameter,
+    unsafe_url_text,
+)
 from faber_core.errors import ConfigError
 
 # libpq's connection parameters and the environment variables that carry them to subprocesses.
@@ -101,6 +108,9 @@ def parse_database_url(raw: str, source: str) -> ParsedUrl:
     pairs = [pair for pair in parts.query.split("&") if pair]
     if any("=" not in pair or not _PARAMETER_NAME.fullmatch(pair.partition("=")[0]) for pair in pairs):
         raise invalid("a query parameter is not name=value (a '?' in the password that was not percent-encoded?)")
+    repeated = repeated_parameter(pairs)
+    if repeated:
+        raise invalid(f"the query parameter {repeated} is given twice, with two values (which one was meant?)")
     params = {unquote(key): unquote(value) for key, _, value in (pair.partition("=") for pair in pairs)}
     kept = "&".join(pair for pair in pairs if unquote(pair.partition("=")[0]) in _LIBPQ_PARAMS)
     libpq_url = f"{parts.scheme}://{parts.netloc}{parts.path}" + (f"?{kept}" if kept else "")
