@@ -385,6 +385,9 @@ def init(
     _finish(api.init(tool, force=force, working_directory=cwd), json_output)
 
 
+MAX_REQUEST_BYTES = 1024**2
+
+
 @command()
 def request(
     file: Annotated[
@@ -415,7 +418,17 @@ def request(
                 "No request: give a file or send the request on stdin",
                 suggestions=["faber request request.json", "echo '{...}' | faber request"],
             )
-        text = sys.stdin.buffer.read() if from_stdin else file.read_bytes()
+        if from_stdin:
+            text = sys.stdin.buffer.read(MAX_REQUEST_BYTES + 1)
+        else:
+            with file.open("rb") as handle:
+                text = handle.read(MAX_REQUEST_BYTES + 1)
+        if len(text) > MAX_REQUEST_BYTES:
+            # A request is a few hundred bytes; a stream that goes on (/dev/zero, `yes |`) is no request.
+            raise ConfigError(
+                f"The request is larger than {MAX_REQUEST_BYTES // 1024**2} MiB: not a request document",
+                suggestions=['Send {"operation": "deploy-migrations", "parameters": {"environment": "..."}}'],
+            )
     except ConfigError as error:
         _finish(api.error_document(error, api.REQUEST), json_output=True)
     except OSError as exc:

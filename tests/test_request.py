@@ -241,6 +241,16 @@ def test_a_working_directory_that_cannot_be_a_path_is_config_invalid(run_faber, 
     assert "Traceback" not in run.stderr
 
 
+def test_a_request_that_never_ends_is_refused_at_its_size_limit(run_faber):
+    """A request is a few hundred bytes: /dev/zero (or `yes |`) must not fill faber's memory."""
+    from_a_device = run_faber("request", "--yes", "/dev/zero", timeout=60)
+    on_stdin = run_faber("request", "--yes", input=" " * (2 * 1024**2) + "{}")
+
+    for run in (from_a_device, on_stdin):
+        assert run.returncode == EXIT_CODES["CONFIG_INVALID"], run.output
+        assert "larger than 1 MiB" in run.json["error"], run.json
+
+
 def test_a_missing_request_file_is_config_invalid(run_faber, tmp_path):
     run = run_faber("request", str(tmp_path / "nope.json"))
 
