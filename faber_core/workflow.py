@@ -1184,9 +1184,18 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
         database=context.database.name_for_display,
         source=context.database.source,
     )
+    if backup_id is not None and not backup_id.strip():
+        # `--to "$BACKUP_ID"` with the variable unset: restoring the newest instead is not what was asked.
+        raise ConfigError(
+            "--to names no backup (an empty id); the database is unchanged",
+            suggestions=[
+                f"List backups with: faber backups {context.environment}",
+                f"Leave --to out to restore the newest: faber rollback {context.environment}",
+            ],
+        )
     listed = plugins.backup_list(context)
     backups = [b for b in listed if b.status == "available"]
-    if backup_id:
+    if backup_id is not None:
         chosen = next((b for b in backups if b.id == backup_id), None)
         if chosen is None:
             unusable = next((b for b in listed if b.id == backup_id), None)

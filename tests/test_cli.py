@@ -112,6 +112,20 @@ def test_a_migration_that_sets_a_password_column_gets_valid_json_documents(cli_p
     assert "migration.applied" in {event["kind"] for event in audit}
 
 
+def test_rollback_to_an_empty_backup_id_is_refused_not_taken_for_the_newest(cli_project, run_faber):
+    """`faber rollback ENV --to "$BACKUP_ID" --yes` with the variable unset must not restore anything."""
+    project, env = cli_project({"001_users": USERS})
+    deployed = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
+    assert deployed.returncode == 0, deployed.output
+
+    run = run_faber("rollback", "production", "--to", "", "--yes", "--json", "--cwd", str(project), env=env)
+    status = run_faber("status", "production", "--json", "--cwd", str(project), env=env)
+
+    assert run.returncode == 2, run.output
+    assert run.json["code"] == "CONFIG_INVALID" and "--to names no backup" in run.json["error"], run.json
+    assert status.json["result"]["applied"] == ["001_users"]
+
+
 def test_no_terminal_and_no_yes_is_refused_with_its_own_exit_code(cli_project, run_faber):
     project, env = cli_project({"001_users": USERS})
 
