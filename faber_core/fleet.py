@@ -156,7 +156,8 @@ def open_fleet(
     if not 1 <= concurrency <= MAX_CONCURRENCY:
         raise ConfigError(f"--concurrency must be between 1 and {MAX_CONCURRENCY}")
     everything = discover_targets(project_dir, environment, settings, redactor)
-    shard = parse_shard(options.shard) if options.shard else shard_from_job()
+    # An empty --shard (an unset variable) is refused, not taken for the whole fleet.
+    shard = parse_shard(options.shard) if options.shard is not None else shard_from_job()
     targets = [t for t in everything if shard is None or shard.takes(t.name)]
     return Fleet(project_dir, environment, settings, targets, len(everything), shard, concurrency, redactor)
 

@@ -38,7 +38,11 @@ def fleet_settings(project_dir: Path, environment: str, options: FleetOptions) -
     settings = None if "/" in environment else load_config(project_dir).environment(environment)
     if settings is not None and settings.targets is not None:
         return settings
-    given = [flag for flag, value in (("--concurrency", options.concurrency), ("--shard", options.shard)) if value]
+    given = [
+        flag
+        for flag, value in (("--concurrency", options.concurrency), ("--shard", options.shard))
+        if value is not None
+    ]
     if given:
         raise ConfigError(
             f"{' and '.join(given)} apply to a fleet environment (one with targets); {environment} is one database",
@@ -312,12 +316,17 @@ def shard_of(name: str, count: int) -> int:
 def parse_shard(text: str) -> Shard:
     """``I/N`` with 1 <= I <= N; a :class:`ConfigError` otherwise."""
     index, slash, count = text.strip().partition("/")
-    if not (slash and index.isdigit() and count.isdigit()) or not 1 <= int(index) <= int(count) <= MAX_SHARDS:
+    if not (slash and _plain_number(index) and _plain_number(count)) or not 1 <= int(index) <= int(count) <= MAX_SHARDS:
         raise ConfigError(
             f"--shard {text!r} is not I/N with 1 <= I <= N",
             suggestions=["e.g. --shard 2/4: the second of four shards"],
         )
     return Shard(int(index), int(count))
+
+
+def _plain_number(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes '²', which int() refuses."""
+    return text.isascii() and text.isdigit()
 
 
 def shard_from_job() -> Shard | None:
@@ -327,7 +336,7 @@ def shard_from_job() -> Shard | None:
     count = os.environ.get(JOB_COUNT_VARIABLE, "").strip()
     if not index:
         return None
-    if not (index.isdigit() and count.isdigit() and int(index) < int(count) <= MAX_SHARDS):
+    if not (_plain_number(index) and _plain_number(count) and int(index) < int(count) <= MAX_SHARDS):
         raise ConfigError(
             f"{JOB_INDEX_VARIABLE}={index!r} and {JOB_COUNT_VARIABLE}={count!r} are not a 0-based index "
             f"below a number of completions (at most {MAX_SHARDS})",

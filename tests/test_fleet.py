@@ -777,3 +777,30 @@ def test_a_targets_file_that_is_not_a_regular_file_is_refused_at_once(faber_proj
 
     assert run.returncode == 2, run.output
     assert run.json["code"] == "CONFIG_INVALID" and "not a regular file" in run.json["error"], run.json
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "problem"),
+    [
+        (["--shard", ""], {}, "--shard '' is not I/N"),
+        (["--shard", "\u00b2/4"], {}, "is not I/N"),
+        ([], {"JOB_COMPLETION_INDEX": "\u00b2", "JOB_COMPLETIONS": "4"}, "are not a 0-based index"),
+    ],
+    ids=["empty-shard", "superscript-shard", "superscript-job-index"],
+)
+def test_a_shard_that_is_not_plain_digits_is_refused_not_taken_for_the_whole_fleet(
+    faber_project, run_faber, args, env, problem
+):
+    """`--shard "$SHARD"` with the variable unset would deploy every target from every machine;
+    '²' passes str.isdigit() but not int()."""
+    environments = {"tenants": {"targets": {"urls_env": URLS_VARIABLE}}}
+    project = faber_project({"database": {"migration_tool": sqlfiles.TOOL, "environments": environments}})
+    urls = "a postgresql://u@127.0.0.1:1/a\nb postgresql://u@127.0.0.1:1/b"
+
+    run = run_faber(
+        "migrate", "tenants", "--dry-run", "--json", "--cwd", str(project), *args,
+        env={**SQLFILES, **NO_JOB, URLS_VARIABLE: urls, **env},
+    )
+
+    assert run.returncode == 2, run.output
+    assert run.json["code"] == "CONFIG_INVALID" and problem in run.json["error"], run.json
