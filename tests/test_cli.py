@@ -82,9 +82,9 @@ def test_a_project_directory_that_cannot_be_resolved_is_config_invalid(run_faber
     else:
         chosen = tmp_path / ("a" * 5000)
         problem = "File name too long"
-    where = {"args": ["--cwd", str(chosen)], "env": {}} if how == "--cwd" else {"args": [], "env": {"FABER_DB_CWD": str(chosen)}}
+    args, env = (["--cwd", str(chosen)], {}) if how == "--cwd" else ([], {"FABER_DB_CWD": str(chosen)})
 
-    run = run_faber("status", "production", "--json", *where["args"], env=where["env"], cwd=tmp_path)
+    run = run_faber("status", "production", "--json", *args, env=env, cwd=tmp_path)
 
     assert run.returncode == 2, run.output
     assert run.json["code"] == "CONFIG_INVALID" and problem in run.json["error"], run.json
@@ -94,7 +94,8 @@ def test_a_project_directory_that_cannot_be_resolved_is_config_invalid(run_faber
 def test_a_migration_that_sets_a_password_column_gets_valid_json_documents(cli_project, run_faber):
     """The password masking (``password=...``) works on each text, not on the JSON around it: it
     swallowed the closing quote of a value ending in ``pwd=x``, and the dry run crashed."""
-    project, env = cli_project({"001_users": USERS + "\nALTER TABLE users ADD COLUMN pwd text;\nUPDATE users SET pwd=email"})
+    sets_a_password = "ALTER TABLE users ADD COLUMN pwd text;\nUPDATE users SET pwd=email"
+    project, env = cli_project({"001_users": f"{USERS}\n{sets_a_password}"})
     preview = run_faber("migrate", "production", "--dry-run", "--json", "--cwd", str(project), env=env)
     deploy = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
     history = run_faber("history", "production", "--json", "--cwd", str(project), env=env)

@@ -232,9 +232,9 @@ def test_a_request_that_says_a_parameter_twice_is_refused_and_changes_nothing(pr
     ids=["null-byte", "too-long", "unknown-user-home"],
 )
 def test_a_working_directory_that_cannot_be_a_path_is_config_invalid(run_faber, working_directory, problem):
-    request = '{"operation": "deploy-migrations", "parameters": {"environment": "production", "working_directory": "%s"}}'
+    parameters = f'{{"environment": "production", "working_directory": "{working_directory}"}}'
 
-    run = run_faber("request", "--yes", input=request % working_directory)
+    run = run_faber("request", "--yes", input=f'{{"operation": "deploy-migrations", "parameters": {parameters}}}')
 
     assert run.returncode == EXIT_CODES["CONFIG_INVALID"], run.output
     assert run.json["code"] == "CONFIG_INVALID" and problem in run.json["error"], run.json
