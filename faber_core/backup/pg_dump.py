@@ -1,8 +1,11 @@
-"""Built-in backup provider ``pg_dump``: custom-format archives under ``.faber/backups/<env>/``.
+"""Built-in backup provider ``pg_dump``: archives under ``.faber/backups/<env>/``.
 
-Each backup is ``<id>.dump`` plus ``<id>.json``, its manifest (what the archive covers, its
-size and sha256, the applied migrations at backup time). Never the database URL. How the files
-survive crashes and how retention works: :mod:`faber_core.backup.store`.
+Each backup is an archive plus ``<id>.json``, its manifest (what the archive covers, its size
+and sha256, the applied migrations at backup time). Never the database URL. The archive is in
+pg_dump's custom format, one file ``<id>.dump`` written by one session, or with ``format:
+directory`` (:class:`PgDumpOptions`) a directory ``<id>.dir`` that ``pg_dump --jobs N`` writes a
+file per table into, whose manifest lists every file's size and sha256. How the archives survive
+crashes and how retention works: :mod:`faber_core.backup.store`.
 
 A restore is atomic either way it runs (``restore_mode``, :class:`PgDumpOptions`): by default
 one transaction that faber opens and commits itself (:mod:`faber_core.backup.restore`); with
@@ -49,8 +52,19 @@ class PgDumpOptions(BaseModel):
         "database at the swap. Refused when the database has settings, grants, subscriptions or replication "
         "slots of its own. Both are atomic (docs/workflow.md).",
     )
+    format: Literal["custom", "directory"] = Field(
+        "custom",
+        description="custom: each backup one file, dumped on one session (pg_dump --format=custom). directory: "
+        "each backup a directory of one file per table, dumped on `jobs` sessions at once (pg_dump "
+        "--format=directory --jobs); its manifest lists every file's size and sha256, all checked before a "
+        "restore. Either restores in either restore_mode.",
+    )
     jobs: int | None = Field(
-        None, ge=1, le=64, description="Parallel pg_restore jobs of restore_mode swap. Default: the machine's cores."
+        None,
+        ge=1,
+        le=64,
+        description="Parallel jobs of pg_dump (format directory) and of pg_restore (restore_mode swap). "
+        "Default: the machine's cores.",
     )
 
 
@@ -149,12 +163,17 @@ def faber_backup_create(context: RunContext, reason: str, migrations: list[tuple
             suggestions=["Verify the database is reachable", f"Retry: faber backup {context.environment}"],
         ) from None
     tools = find_client_dir(major)
+    options = context.backup_options(PgDumpOptions)
+    if options.format == "directory":
+        archive_format = ["--format=directory", f"--jobs={jobs(options)}"]
+    else:
+        archive_format = ["--format=custom"]
 
     def dump(reservation: store.Reservation) -> None:
         store.run_dump(
             context,
             reservation,
-            [tools / "pg_dump", "--format=custom", excluding_faber_schema(context), f"--file={reservation.partial}"],
+            [tools / "pg_dump", *archive_format, excluding_faber_schema(context), f"--file={reservation.partial}"],
             client_env(context, major),
             "Check that the database user may read every table (pg_dump needs SELECT on all of them)",
         )
@@ -167,7 +186,12 @@ def faber_backup_create(context: RunContext, reason: str, migrations: list[tuple
         server_version=version,
         dump=dump,
         provider_data={store.EXCLUDED_SCHEMA: context.config.database.faber_schema},
+        archive_suffix=store.DIRECTORY_ARCHIVE if options.format == "directory" else store.ARCHIVE,
     )
+
+
+def jobs(options: PgDumpOptions) -> int:
+    return options.jobs or os.cpu_count() or 1
 
 
 @hookimpl
@@ -187,5 +211,5 @@ def faber_backup_restore(context: RunContext, backup: BackupRecord) -> RestoreOu
         major = conn.info.server_version // 10000
     tools = find_client_dir(major)
     if options.restore_mode == "swap":
-        return restore_by_swap(context, backup, tools, major, options.jobs or os.cpu_count() or 1)
+        return restore_by_swap(context, backup, tools, major, jobs(options))
     return restore_archive(context, backup, tools, major)

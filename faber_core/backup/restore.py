@@ -81,7 +81,7 @@ def restore_archive(context: RunContext, backup: BackupRecord, tools: Path, majo
         f"The database is unchanged; restore by hand with: pg_restore --clean --if-exists -d <database> {archive}",
         "Connection settings for pg_restore come from PGHOST/PGUSER/PGPASSWORD/PGDATABASE",
     ]
-    if not archive.is_file():
+    if not store.archive_present(archive):
         raise RestoreFailed(f"Backup archive {backup.location} is missing", suggestions=manual[1:])
     keep = str(backup.provider_data.get(store.EXCLUDED_SCHEMA) or context.config.database.faber_schema)
     with store.reading(archive) as fd:
@@ -90,7 +90,7 @@ def restore_archive(context: RunContext, backup: BackupRecord, tools: Path, majo
             prelude = restore_prelude(conn, keep)
             finish = sql.SQL(ANALYZE_RESTORED).format(keep=sql.Literal(keep)).as_string(conn)
         try:
-            notes = _run_in_one_transaction(context, backup, tools, major, fd, prelude, finish, manual)
+            notes = _run_in_one_transaction(context, backup, tools, major, archive, fd, prelude, finish, manual)
         except _Interrupted as stopped:
             return RestoreOutcome.interrupted(
                 backup.id,
@@ -131,18 +131,24 @@ def _run_in_one_transaction(
     backup: BackupRecord,
     tools: Path,
     major: int,
+    archive: Path,
     archive_fd: int,
     prelude: str,
     finish: str,
     manual: list[str],
 ) -> str:
-    """Run the restore; returns notes for its details (statistics that could not be refreshed)."""
+    """Run the restore; returns notes for its details (statistics that could not be refreshed).
+
+    A file archive reaches pg_restore through ``archive_fd``, the descriptor faber verified and
+    locked, whose offset shows the progress; a directory archive by its path (pg_restore opens
+    its files itself), ``archive_fd`` holding its lock."""
     from faber_core.backup.pg_dump import client_env
 
     application = f"faber restore {context.run_id}"
     # The script's own BEGIN warns that a transaction is open (ours); keep that out of the errors.
     psql_env = client_env(context, major, client_min_messages="error") | {"PGAPPNAME": application}
-    size = os.fstat(archive_fd).st_size
+    directory = archive.is_dir()
+    size = None if directory else os.fstat(archive_fd).st_size
     with tempfile.TemporaryFile() as psql_errors, tempfile.TemporaryFile() as restore_errors:
         psql = spawn(
             [tools / "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-f", "-"],
@@ -152,9 +158,9 @@ def _run_in_one_transaction(
             stderr=psql_errors,
         )
         restore = spawn(
-            [tools / "pg_restore", "--single-transaction", "--file=-"],
+            [tools / "pg_restore", "--single-transaction", "--file=-", *([archive] if directory else [])],
             env=client_env(context, major),
-            stdin=archive_fd,
+            stdin=subprocess.DEVNULL if directory else archive_fd,
             stdout=subprocess.PIPE,
             stderr=restore_errors,
         )
@@ -242,9 +248,11 @@ def _forward_all_but_tail(
     restore: subprocess.Popen,
     psql: subprocess.Popen,
     archive_fd: int,
-    size: int,
+    size: int | None,
 ) -> bytes:
-    """Copy pg_restore's script into psql, keeping back its last bytes (where its COMMIT is)."""
+    """Copy pg_restore's script into psql, keeping back its last bytes (where its COMMIT is).
+    ``size``: the archive file's, whose read offset is reported as the progress; None for a
+    directory archive, of which only the elapsed time is."""
     assert restore.stdout and psql.stdin
     held = b""
     started = last_report = time.monotonic()
@@ -256,15 +264,17 @@ def _forward_all_but_tail(
         now = time.monotonic()
         if now - last_report >= PROGRESS_INTERVAL_SECONDS:
             last_report = now
-            # pg_restore reads the archive through faber's descriptor: its offset is the progress.
-            read = os.lseek(archive_fd, 0, os.SEEK_CUR)
+            read = {}
+            if size is not None:
+                # pg_restore reads the archive through faber's descriptor: its offset is the progress.
+                offset = os.lseek(archive_fd, 0, os.SEEK_CUR)
+                read = {"percent_progress": min(99, round(100 * offset / size)) if size else None, "bytes": offset}
             context.emit(
                 events.BACKUP_PROGRESS,
                 target=backup.id,
                 status="restoring",
-                percent_progress=min(99, round(100 * read / size)) if size else None,
-                bytes=read,
                 elapsed_seconds=round(now - started),
+                **read,
             )
     return held
 

@@ -1,18 +1,22 @@
 """The backup folder of one environment, ``.faber/backups/<env>/``: private, crash-safe, pruned.
 
-Each backup is an archive ``<id>.dump`` and its manifest ``<id>.json``. The folder is 0700 and
-every file in it 0600: an archive holds all of the database's rows.
+Each backup is an archive and its manifest ``<id>.json``. The archive is one file ``<id>.dump``
+or a directory of files ``<id>.dir`` (pg_dump's directory format, written in parallel), whose
+manifest lists every file with its size and sha256. The folder is 0700 and every file in it 0600:
+an archive holds all of the database's rows.
 
 Crash safety rests on three rules:
 
-- **Nothing is visible until it is whole.** The archive is written as ``<id>.dump.partial``,
-  fsynced, renamed; the manifest is written to ``<id>.json.partial``, fsynced, renamed, and the
-  folder fsynced. A backup exists when its manifest exists, and then its archive is complete.
-- **A file being worked on is locked.** The process that creates a backup holds an exclusive
-  ``flock`` on its archive until the manifest is written, then a shared one for the rest of its
-  run (so retention never deletes the backup of a running deploy); a restore holds a shared one
-  while it reads. The kernel drops these locks when the process dies, however it dies.
-- **Leftovers are removed by whoever comes next.** A partial file, a temporary manifest or an
+- **Nothing is visible until it is whole.** The archive is written as ``<id>.dump.partial`` (or
+  ``<id>.dir.partial``), fsynced (each of its files, then the directory), renamed; the manifest is
+  written to ``<id>.json.partial``, fsynced, renamed, and the folder fsynced. A backup exists when
+  its manifest exists, and then its archive is complete.
+- **An archive being worked on is locked.** The process that creates a backup holds an exclusive
+  ``flock`` on its archive (the file, or the directory) until the manifest is written, then a
+  shared one for the rest of its run (so retention never deletes the backup of a running
+  deploy); a restore holds a shared one while it reads. The kernel drops these locks when the
+  process dies, however it dies.
+- **Leftovers are removed by whoever comes next.** A partial archive, a temporary manifest or an
   archive without a manifest whose lock nobody holds belongs to a run that died: the next backup,
   listing or prune removes it.
 
@@ -29,6 +33,8 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -46,6 +52,9 @@ from faber_core.models import BackupPruneOutcome, BackupRecord
 from faber_core.processes import spawn, supervised
 
 ARCHIVE = ".dump"
+DIRECTORY_ARCHIVE = ".dir"
+"""An archive that is a directory of files (pg_dump's directory format)."""
+ARCHIVES = (ARCHIVE, DIRECTORY_ARCHIVE)
 MANIFEST = ".json"
 PARTIAL = ".partial"
 FOLDER_MODE = 0o700
@@ -54,6 +63,9 @@ DEFAULT_KEEP_LAST = 10
 EXCLUDED_SCHEMA = "excluded_schema"
 """The key of a manifest's ``provider_data`` naming the schema the archive leaves out (faber's own):
 a restore keeps that schema."""
+FILES = "files"
+"""The key of a directory archive's ``provider_data`` listing its files: ``{name: {"size": bytes,
+"sha256": hex}}``. The manifest's ``sha256`` is that of the listing (:func:`_listing_digest`)."""
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _NO_SPACE_TEXT = tuple(os.strerror(number) for number in _NO_SPACE)
 _ERRNO_TEXT = re.compile(r"\berrno:? (\d+)", re.IGNORECASE)
@@ -125,12 +137,17 @@ def hold_for_run(context: RunContext, fd: int) -> None:
 
 def verify_archive(context: RunContext, backup: BackupRecord, fd: int) -> None:
     """Refuse to restore an archive whose sha256 is not the one its manifest recorded, or that has none:
-    a damaged or swapped archive would be replayed over the database."""
+    a damaged or swapped archive would be replayed over the database. ``fd`` is the archive's, a
+    file or a directory; each file of a directory is checked against its size and sha256."""
     if not backup.sha256:
         problem = "has no sha256 checksum in its manifest: it cannot be verified"
+    elif stat.S_ISDIR(os.fstat(fd).st_mode):
+        problem = _directory_problem(backup, fd)
     elif _sha256(fd) != backup.sha256:
         problem = "does not match its manifest checksum (corrupted?)"
     else:
+        problem = None
+    if problem is None:
         return
     raise RestoreFailed(
         f"Backup archive {backup.location} {problem}; the database is unchanged",
@@ -147,9 +164,60 @@ def _sha256(fd: int) -> str:
     return digest.hexdigest()
 
 
+def _directory_problem(backup: BackupRecord, fd: int) -> str | None:
+    """What is wrong with the directory archive open as ``fd`` against its manifest, or None:
+    exactly the files listed, each of its size and sha256."""
+    listed = _listing(backup.provider_data.get(FILES))
+    if not listed or _listing_digest(listed) != backup.sha256:
+        return "does not match its manifest's list of files (corrupted?)"
+    present = set(os.listdir(fd))
+    missing = sorted(set(listed) - present)
+    if missing:
+        return f"lacks its file {missing[0]}"
+    unlisted = sorted(present - set(listed))
+    if unlisted:
+        return f"holds a file its manifest does not list: {unlisted[0]}"
+    for name, (size, sha256) in sorted(listed.items()):
+        file_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+        try:
+            found = os.fstat(file_fd).st_size
+            if found != size:
+                return f"has its file {name} at {found} bytes where its manifest says {size} (truncated?)"
+            if _sha256(file_fd) != sha256:
+                return f"has its file {name} not matching its manifest checksum (corrupted?)"
+        finally:
+            os.close(file_fd)
+    return None
+
+
+def _listing(value: object) -> dict[str, tuple[int, str]] | None:
+    """A directory archive's list of files from its manifest; None if it is not one."""
+    if not isinstance(value, dict):
+        return None
+    listed = {}
+    for name, entry in value.items():
+        size, sha256 = (entry.get("size"), entry.get("sha256")) if isinstance(entry, dict) else (None, None)
+        if not (isinstance(size, int) and isinstance(sha256, str)):
+            return None
+        listed[name] = (size, sha256)
+    return listed
+
+
+def _listing_digest(listed: dict[str, tuple[int, str]]) -> str:
+    """The sha256 of a directory archive: of its files' list, one ``<sha256>  <size>  <name>`` line each."""
+    lines = "".join(f"{sha256}  {size}  {name}\n" for name, (size, sha256) in sorted(listed.items()))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def archive_present(archive: Path) -> bool:
+    """Whether ``archive`` is there as what its name says: a directory (``.dir``) or a file."""
+    return archive.is_dir() if archive.name.endswith(DIRECTORY_ARCHIVE) else archive.is_file()
+
+
 @contextlib.contextmanager
 def reading(archive: Path) -> Iterator[int]:
-    """An open descriptor of ``archive`` with a shared lock, so retention leaves it alone."""
+    """An open descriptor of ``archive`` (a file or a directory) with a shared lock, so retention
+    leaves it alone."""
     fd = os.open(archive, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
@@ -170,38 +238,40 @@ def create_backup(
     server_version: str,
     dump: Callable[[Reservation], None],
     provider_data: dict[str, JsonValue] | None = None,
+    archive_suffix: str = ARCHIVE,
 ) -> BackupRecord:
     """A new backup of ``context``'s database in its environment's folder, made whole or not at all.
 
-    ``dump`` writes the archive into the reservation's partial file (:func:`run_dump`). Then the
-    archive is sealed, its manifest written and the backup held for the rest of the run; the
-    folder is pruned to ``backup.keep_last``. A folder that cannot be written (full, read-only,
-    not faber's) is :class:`BackupFailed`; a failed or interrupted backup leaves nothing behind.
+    ``dump`` writes the archive into the reservation's partial file, or partial directory with
+    ``archive_suffix`` :data:`DIRECTORY_ARCHIVE` (:func:`run_dump`). Then the archive is sealed,
+    its manifest written and the backup held for the rest of the run; the folder is pruned to
+    ``backup.keep_last``. A folder that cannot be written (full, read-only, not faber's) is
+    :class:`BackupFailed`; a failed or interrupted backup leaves nothing behind.
     """
     directory = backup_dir(context)
     now = dt.datetime.now(dt.timezone.utc)
     try:
         private_backup_dir(context)
         remove_leftovers(context, directory)
-        reservation = reserve(directory, now)
+        reservation = reserve(directory, now, archive_suffix)
     except OSError as exc:
         raise write_failure(context, directory, exc) from None
     try:
         dump(reservation)
-        sha256 = seal_archive(reservation)
+        sealed = seal_archive(reservation)
         record = BackupRecord(
             id=reservation.id,
             provider=provider,
             environment=context.environment,
             created_at=now,
             reason=reason,
-            size_bytes=reservation.archive.stat().st_size,
+            size_bytes=sealed.size_bytes,
             location=str(reservation.archive.relative_to(context.project_dir)),
             server_version=server_version,
             database=context.database.name,
-            sha256=sha256,
+            sha256=sealed.sha256,
             migrations=migrations,
-            provider_data=provider_data or {},
+            provider_data={**(provider_data or {}), **sealed.provider_data},
         )
         write_manifest(reservation.manifest, context.redactor.redact(record.model_dump_json(indent=2)) + "\n")
     except OSError as exc:
@@ -221,7 +291,8 @@ def create_backup(
 def run_dump(
     context: RunContext, reservation: Reservation, command: list[str | Path], env: dict[str, str], suggestion: str
 ) -> None:
-    """Run a dump program writing the reservation's partial archive, reporting its size as it grows.
+    """Run a dump program writing the reservation's partial archive, reporting its size as it grows
+    (a directory's: the sum of its files).
 
     A failure is :class:`BackupFailed` with the program's (redacted) error output; ``suggestion``
     says what the program needs of the database user.
@@ -252,19 +323,21 @@ def run_dump(
 
 @dataclass
 class Reservation:
-    """A new backup id with its partial archive created (0600, empty) and locked exclusively."""
+    """A new backup id with its partial archive created (a file 0600 or a directory 0700, empty)
+    and locked exclusively."""
 
     id: str
     directory: Path
     fd: int
+    archive_suffix: str = ARCHIVE
 
     @property
     def partial(self) -> Path:
-        return self.directory / f"{self.id}{ARCHIVE}{PARTIAL}"
+        return self.directory / f"{self.id}{self.archive_suffix}{PARTIAL}"
 
     @property
     def archive(self) -> Path:
-        return self.directory / f"{self.id}{ARCHIVE}"
+        return self.directory / f"{self.id}{self.archive_suffix}"
 
     @property
     def manifest(self) -> Path:
@@ -273,26 +346,32 @@ class Reservation:
     def discard(self) -> None:
         """Remove everything of this backup (a failed or interrupted creation)."""
         for path in (self.partial, self.archive, self.manifest, _partial(self.manifest)):
-            path.unlink(missing_ok=True)
+            _remove(path)
         with contextlib.suppress(OSError):
             os.close(self.fd)
 
 
-def reserve(directory: Path, now: dt.datetime) -> Reservation:
+def reserve(directory: Path, now: dt.datetime, archive_suffix: str = ARCHIVE) -> Reservation:
     """Claim the first free ``backup-<timestamp>[-n]`` id, safely against a concurrent backup."""
     base = f"backup-{now:%Y%m%d-%H%M%S}"
     n = 1
     while True:
         backup_id = base if n == 1 else f"{base}-{n}"
         n += 1
-        if (directory / f"{backup_id}{MANIFEST}").exists() or (directory / f"{backup_id}{ARCHIVE}").exists():
+        taken = [directory / f"{backup_id}{suffix}" for suffix in (MANIFEST, *ARCHIVES)]
+        if any(path.exists() for path in taken):
             continue
+        partial = directory / f"{backup_id}{archive_suffix}{PARTIAL}"
         try:
-            fd = os.open(directory / f"{backup_id}{ARCHIVE}{PARTIAL}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            if archive_suffix == DIRECTORY_ARCHIVE:
+                partial.mkdir(mode=FOLDER_MODE)
+                fd = os.open(partial, os.O_RDONLY | os.O_DIRECTORY)
+            else:
+                fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         except FileExistsError:
             continue
         fcntl.flock(fd, fcntl.LOCK_EX)
-        return Reservation(backup_id, directory, fd)
+        return Reservation(backup_id, directory, fd, archive_suffix)
 
 
 PROGRESS_INTERVAL_SECONDS = 5.0
@@ -320,22 +399,65 @@ def wait_reporting(
 
 
 def _size(path: Path) -> int:
+    """The bytes of a file, or of the files of a directory (0 for what is gone meanwhile)."""
     try:
-        return path.stat().st_size
+        if not path.is_dir():
+            return path.stat().st_size
+        total = 0
+        for entry in os.scandir(path):
+            with contextlib.suppress(OSError):
+                total += entry.stat(follow_symlinks=False).st_size
+        return total
     except OSError:
         return 0
 
 
-def seal_archive(reservation: Reservation) -> str:
-    """Make the dumped archive durable and visible under its final name; return its sha256."""
-    digest = hashlib.sha256()
-    with open(reservation.partial, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
+def _remove(path: Path) -> None:
+    """Remove a file or a directory archive, if it is there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@dataclass
+class Sealed:
+    """What sealing an archive found: its sha256, its bytes, and what goes in ``provider_data``."""
+
+    sha256: str
+    size_bytes: int
+    provider_data: dict[str, JsonValue]
+
+
+def seal_archive(reservation: Reservation) -> Sealed:
+    """Make the dumped archive durable and visible under its final name; return its checksum."""
+    if reservation.archive_suffix == DIRECTORY_ARCHIVE:
+        sealed = _seal_directory(reservation)
+    else:
+        digest = hashlib.sha256()
+        with open(reservation.partial, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        sealed = Sealed(digest.hexdigest(), os.fstat(reservation.fd).st_size, {})
     os.fsync(reservation.fd)
     os.rename(reservation.partial, reservation.archive)
     _fsync_dir(reservation.directory)
-    return digest.hexdigest()
+    return sealed
+
+
+def _seal_directory(reservation: Reservation) -> Sealed:
+    """Each file of a directory archive made 0600, checksummed and fsynced; the list of them."""
+    listed: dict[str, tuple[int, str]] = {}
+    for name in sorted(os.listdir(reservation.fd)):
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=reservation.fd)
+        try:
+            os.fchmod(fd, FILE_MODE)
+            listed[name] = (os.fstat(fd).st_size, _sha256(fd))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    files: dict[str, JsonValue] = {name: {"size": size, "sha256": sha256} for name, (size, sha256) in listed.items()}
+    return Sealed(_listing_digest(listed), sum(size for size, _ in listed.values()), {FILES: files})
 
 
 def write_manifest(path: Path, text: str) -> None:
@@ -375,22 +497,21 @@ def remove_leftovers(context: RunContext, directory: Path) -> list[str]:
         return removed
     for path in sorted(directory.iterdir()):
         name = path.name
-        if name.endswith(ARCHIVE + PARTIAL):
+        if name.endswith(tuple(suffix + PARTIAL for suffix in ARCHIVES)):
             archive = path
-        elif name.endswith(ARCHIVE) and not path.with_suffix(MANIFEST).exists():
+        elif name.endswith(ARCHIVES) and not path.with_suffix(MANIFEST).exists():
             archive = path
         elif name.endswith(MANIFEST + PARTIAL):
             backup_id = name[: -len(MANIFEST + PARTIAL)]
-            archive = directory / f"{backup_id}{ARCHIVE}"
-            if not archive.exists():
-                archive = directory / f"{backup_id}{ARCHIVE}{PARTIAL}"
+            candidates = [directory / f"{backup_id}{suffix}{end}" for end in ("", PARTIAL) for suffix in ARCHIVES]
+            archive = next((candidate for candidate in candidates if candidate.exists()), candidates[0])
         else:
             continue
         fd = _try_lock(archive, fcntl.LOCK_EX) if archive.exists() else None
         if archive.exists() and fd is None:
             continue  # a live run is writing this backup
         try:
-            path.unlink(missing_ok=True)
+            _remove(path)
             removed.append(name)
         except OSError:
             pass  # a read-only folder still lists and restores; a run that can write removes it
@@ -414,6 +535,12 @@ def read_backups(context: RunContext, directory: Path) -> list[BackupRecord]:
     return [record for record, _ in _scan(context, directory)]
 
 
+def _archive_of(directory: Path, backup_id: str) -> Path:
+    """The archive of backup ``backup_id``: its directory if there is one, else its file."""
+    folder = directory / f"{backup_id}{DIRECTORY_ARCHIVE}"
+    return folder if folder.is_dir() else directory / f"{backup_id}{ARCHIVE}"
+
+
 def _scan(context: RunContext, directory: Path) -> list[tuple[BackupRecord, bool]]:
     """Every backup of the folder, newest first, with whether its manifest could be read."""
     found = []
@@ -423,7 +550,7 @@ def _scan(context: RunContext, directory: Path) -> list[tuple[BackupRecord, bool
         if readable and not archive.resolve().is_relative_to(directory.resolve()):
             # A manifest is only JSON anyone able to write the folder may edit: never restore from elsewhere.
             record.status, record.problem = "unusable", f"its archive {record.location} is outside {directory.name}/"
-        elif readable and not archive.is_file():
+        elif readable and not archive_present(archive):
             record.status, record.problem = "unusable", f"its archive {record.location} is missing"
         elif readable and not record.sha256:
             # Every manifest faber wrote has one: without it the archive cannot be told from a damaged one.
@@ -442,13 +569,13 @@ def _read_manifest(context: RunContext, manifest: Path) -> tuple[BackupRecord, b
     except (OSError, ValueError, ValidationError, RecursionError) as exc:  # RecursionError: nested too deeply
         problem = _manifest_problem(exc)
         context.emit(events.BACKUP_MANIFEST_UNREADABLE, backup_id=backup_id, problem=problem)
-        archive = manifest.with_suffix(ARCHIVE)
-        stat = manifest.stat() if manifest.exists() else None
+        archive = _archive_of(manifest.parent, backup_id)
+        written = manifest.stat() if manifest.exists() else None
         return BackupRecord(
             id=backup_id,
             provider="pg_dump",
             environment=context.environment,
-            created_at=dt.datetime.fromtimestamp(stat.st_mtime if stat else 0, dt.timezone.utc),
+            created_at=dt.datetime.fromtimestamp(written.st_mtime if written else 0, dt.timezone.utc),
             status="unusable",
             problem=f"manifest {manifest.name} is unreadable: {problem}",
             location=str(archive.relative_to(context.project_dir)) if archive.exists() else None,
@@ -506,19 +633,19 @@ def prune(context: RunContext, directory: Path, keep_last: int, *, dry_run: bool
         unreadable=[record.id for record, manifest_read in scanned if not manifest_read],
     )
     for record in readable[keep_last:]:
-        archive = directory / f"{record.id}{ARCHIVE}"
+        archive = _archive_of(directory, record.id)
         fd = _try_lock(archive, fcntl.LOCK_EX)
         if fd is None and archive.exists():
             outcome.in_use.append(record.id)
             continue
         try:
             outcome.pruned.append(record.id)
-            outcome.freed_bytes += archive.stat().st_size if archive.exists() else 0
+            outcome.freed_bytes += _size(archive)
             if not dry_run:
                 # The manifest first: once it is gone the backup no longer exists, and an
                 # archive left by a crash right here is removed as a leftover next time.
                 (directory / f"{record.id}{MANIFEST}").unlink(missing_ok=True)
-                archive.unlink(missing_ok=True)
+                _remove(archive)
                 context.emit(events.BACKUP_PRUNED, backup_id=record.id, created_at=record.created_at.isoformat())
         finally:
             if fd is not None:

@@ -133,7 +133,7 @@ def restore_by_swap(context: RunContext, backup: BackupRecord, tools: Path, majo
             suggestions=["Name the database in the URL, or use restore_mode in-place"],
         )
     archive = context.project_dir / (backup.location or "")
-    if not archive.is_file():
+    if not store.archive_present(archive):
         raise RestoreFailed(f"Backup archive {backup.location} is missing; the database is unchanged")
     swap = _Swap(
         context=context,

@@ -1,8 +1,8 @@
 """For backup providers: the crash-safe manifest store under ``.faber/backups/<env>/`` and the
 SQL that empties a database before a logical restore.
 
-:func:`create_backup` makes a whole file backup, given the step that dumps the database
-(:func:`run_dump` runs a dump program). The store makes a backup visible only when it is whole
+:func:`create_backup` makes a whole backup (one file, or a directory of files), given the step
+that dumps the database (:func:`run_dump` runs a dump program). The store makes a backup visible only when it is whole
 (archive and manifest written as partial files, fsynced, renamed), keeps every file private
 (0600 in a 0700 folder), and locks the archive a running deploy took or a restore reads, so that
 :func:`prune` never deletes it.
@@ -10,6 +10,9 @@ SQL that empties a database before a logical restore.
 
 from faber_core.backup.restore import restore_prelude
 from faber_core.backup.store import (
+    ARCHIVE,
+    DIRECTORY_ARCHIVE,
+    Sealed,
     backup_dir,
     create_backup,
     hold_for_run,
@@ -25,6 +28,9 @@ from faber_core.backup.store import (
 )
 
 __all__ = [
+    "ARCHIVE",
+    "DIRECTORY_ARCHIVE",
+    "Sealed",
     "backup_dir",
     "create_backup",
     "hold_for_run",
