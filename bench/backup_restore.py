@@ -4,12 +4,13 @@ The database is a pgbench database (``pgbench -i -s 70``, about 1 GB), generated
 (``FABER_BENCH_BIG_DB``, default ``faber_bench_1g``): later runs reuse it. Measured, in one run,
 each pair alternately ``FABER_BENCH_ROUNDS`` times (default 2; medians printed):
 
-- ``faber backup ENV`` against ``pg_dump --format=custom`` of the same database (faber's archive
-  format), each writing to the same disk; for reference ``pg_dump --format=directory -j N``;
+- for each archive format (``FABER_BENCH_FORMATS``, default ``custom,directory``): ``faber
+  backup ENV`` with that ``format`` against ``pg_dump`` of the same format (``--format=custom``;
+  ``--format=directory --jobs N``) of the same database, each writing to the same disk;
 - ``faber rollback ENV --to ID`` with ``restore_mode: swap`` (``pg_restore -j N`` into a new
   database, then the swap) against ``pg_restore -j N`` of that same archive into a fresh database
-  (N = the machine's cores), and the in-place restore (one transaction) against
-  ``pg_restore --single-transaction``. Beside each faber restore: the time of its restore step
+  (N = the machine's cores, faber's ``jobs`` too), and for the custom format the in-place restore
+  (one transaction) against ``pg_restore --single-transaction``. Beside each faber restore: the time of its restore step
   (``rollback.started`` to ``rollback.finished`` in the audit log; the command's wall time also
   includes start-up, the lock and the writes-since-the-backup check) and, for the swap, of each
   of its steps.
@@ -98,7 +99,7 @@ def drop(name: str) -> None:
     admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def write_project(directory: Path, restore_mode: str) -> None:
+def write_project(directory: Path, restore_mode: str, archive_format: str) -> None:
     config = {
         "database": {
             "migration_tool": "prisma",
@@ -107,7 +108,12 @@ def write_project(directory: Path, restore_mode: str) -> None:
                     "database_url_env": "BENCH_DATABASE_URL",
                     "restore_with_app_writes": "allow",
                     "lint": "off",
-                    "backup": {"provider": "pg_dump", "restore_mode": restore_mode, "jobs": JOBS},
+                    "backup": {
+                        "provider": "pg_dump",
+                        "format": archive_format,
+                        "restore_mode": restore_mode,
+                        "jobs": JOBS,
+                    },
                 }
             },
         }
@@ -156,8 +162,16 @@ def spread(values: list[float]) -> str:
     return f"{median(values):7.2f}s ({min(values):.2f}-{max(values):.2f})"
 
 
+FORMATS = {
+    "custom": ("-Fc", ".dump", ["--format=custom"]),
+    "directory": (f"-Fd -j{JOBS}", ".dir", ["--format=directory", f"--jobs={JOBS}"]),
+}
+"""Each archive format measured: how its lines name pg_dump, the suffix of its archives, pg_dump's options."""
+
+
 def main() -> None:
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    formats = os.environ.get("FABER_BENCH_FORMATS", "custom,directory").split(",")
     print(f"machine: {describe_machine()}", flush=True)
     size = ensure_big_database()
     print(f"database {BIG_DB}: {size / 1e9:.2f} GB (pgbench scale {SCALE}); {ROUNDS} rounds", flush=True)
@@ -167,72 +181,75 @@ def main() -> None:
     restored: list[str] = []
     times: dict[str, list[float]] = {}
     steps: dict[str, list[tuple[str, float]]] = {}
+    archive_bytes: dict[str, int] = {}
 
     def timed(name: str, command: list[str], env: dict[str, str]) -> None:
         times.setdefault(name, []).append(run(command, env))
+        print(f"  {name}: {times[name][-1]:.2f}s (load {os.getloadavg()[0]:.2f})", flush=True)
+
+    def alternately(first, second) -> None:
+        for round_number in range(ROUNDS):
+            # Which goes first alternates: the first of a pair may find the caches colder.
+            for measure in (first, second)[:: 1 if round_number % 2 == 0 else -1]:
+                measure()
 
     try:
         project = scratch / "project"
-        write_project(project, "in-place")
         faber_env = {**os.environ, "BENCH_DATABASE_URL": database_url(target)}
         faber = [sys.executable, "-m", "faber_core"]
-        raw_archive = scratch / "raw.dump"
+        for archive_format in formats:
+            flag, suffix, raw_options = FORMATS[archive_format]
+            write_project(project, "in-place", archive_format)
+            raw_archive = scratch / f"raw{suffix}"
 
-        def raw_backup() -> None:
-            timed(
-                "pg_dump -Fc",
-                ["pg_dump", "--format=custom", "--exclude-schema=faber", f"--file={raw_archive}"],
-                pg_env(target),
-            )
+            def raw_backup() -> None:
+                shutil.rmtree(raw_archive, ignore_errors=True)
+                raw_archive.unlink(missing_ok=True)
+                timed(
+                    f"pg_dump {flag}",
+                    ["pg_dump", *raw_options, "--exclude-schema=faber", f"--file={raw_archive}"],
+                    pg_env(target),
+                )
 
-        def faber_backup() -> None:
-            timed("faber backup", [*faber, "backup", ENVIRONMENT, "--json", "--cwd", str(project)], faber_env)
-            times.setdefault("backup step", []).append(backup_step_seconds(project) or 0.0)
+            def faber_backup() -> None:
+                backup = [*faber, "backup", ENVIRONMENT, "--json", "--cwd", str(project)]
+                timed(f"faber backup ({archive_format})", backup, faber_env)
+                times.setdefault(f"backup step ({archive_format})", []).append(backup_step_seconds(project) or 0.0)
 
-        for round_number in range(ROUNDS):
-            # Which goes first alternates: the first of a pair may find the caches colder.
-            for measure in (raw_backup, faber_backup)[:: 1 if round_number % 2 == 0 else -1]:
-                measure()
-        shutil.rmtree(scratch / "dir", ignore_errors=True)
-        timed(
-            f"pg_dump -Fd -j{JOBS}",
-            ["pg_dump", "--format=directory", f"--jobs={JOBS}", "--exclude-schema=faber", f"--file={scratch / 'dir'}"],
-            pg_env(target),
-        )
-        archives = sorted((project / ".faber/backups" / ENVIRONMENT).glob("*.dump"))
-        faber_archive = archives[-1]
-        backup_id = faber_archive.name.removesuffix(".dump")
-        archive_bytes = faber_archive.stat().st_size
-        rollback = [*faber, "rollback", ENVIRONMENT, "--to", backup_id, "--yes", "--json", "--cwd", str(project)]
+            alternately(raw_backup, faber_backup)
+            manifests = sorted((project / ".faber/backups" / ENVIRONMENT).glob("*.json"))
+            record = json.loads(manifests[-1].read_text())
+            faber_archive = project / record["location"]
+            archive_bytes[archive_format] = record["size_bytes"]
+            rollback = [*faber, "rollback", ENVIRONMENT, "--to", record["id"], "--yes", "--json", "--cwd", str(project)]
 
-        def raw_restore() -> None:
-            restored.append(fresh_database())
-            timed(
-                f"pg_restore -j{JOBS}",
-                ["pg_restore", f"--jobs={JOBS}", f"--dbname={restored[-1]}", str(faber_archive)],
-                pg_env(restored[-1]),
-            )
-            drop(restored.pop())
+            def raw_restore() -> None:
+                restored.append(fresh_database())
+                timed(
+                    f"pg_restore -j{JOBS} ({archive_format})",
+                    ["pg_restore", f"--jobs={JOBS}", f"--dbname={restored[-1]}", str(faber_archive)],
+                    pg_env(restored[-1]),
+                )
+                drop(restored.pop())
 
-        def faber_restore() -> None:
-            write_project(project, "swap")
-            timed("faber rollback (swap)", rollback, faber_env)
-            step, steps["swap"] = restore_steps(project)
-            times.setdefault("swap restore step", []).append(step or 0.0)
+            def faber_restore() -> None:
+                write_project(project, "swap", archive_format)
+                timed(f"faber rollback (swap, {archive_format})", rollback, faber_env)
+                step, steps[archive_format] = restore_steps(project)
+                times.setdefault(f"swap restore step ({archive_format})", []).append(step or 0.0)
 
-        for round_number in range(ROUNDS):
-            for measure in (raw_restore, faber_restore)[:: 1 if round_number % 2 == 0 else -1]:
-                measure()
-        restored.append(fresh_database())
-        timed(
-            "pg_restore --single-transaction",
-            ["pg_restore", "--single-transaction", f"--dbname={restored[-1]}", str(faber_archive)],
-            pg_env(restored[-1]),
-        )
-        write_project(project, "in-place")
-        timed("faber rollback (in place)", rollback, faber_env)
-        step, _ = restore_steps(project)
-        times.setdefault("in-place restore step", []).append(step or 0.0)
+            alternately(raw_restore, faber_restore)
+            if archive_format == "custom":
+                restored.append(fresh_database())
+                timed(
+                    "pg_restore --single-transaction",
+                    ["pg_restore", "--single-transaction", f"--dbname={restored[-1]}", str(faber_archive)],
+                    pg_env(restored[-1]),
+                )
+                write_project(project, "in-place", archive_format)
+                timed("faber rollback (in place)", rollback, faber_env)
+                step, _ = restore_steps(project)
+                times.setdefault("in-place restore step", []).append(step or 0.0)
     finally:
         for name in [target, *restored]:
             drop(name)
@@ -240,22 +257,25 @@ def main() -> None:
 
     def line(name: str, compare: str | None = None, goal: str = "") -> None:
         ratio = f"   faber / {compare} {median(times[name]) / median(times[compare]):.2f} {goal}" if compare else ""
-        print(f"  {name:34} {spread(times[name])}{ratio}")
+        print(f"  {name:40} {spread(times[name])}{ratio}")
 
-    print(f"backup (archive {archive_bytes / 1e6:.0f} MB)")
-    line("pg_dump -Fc")
-    line("faber backup", "pg_dump -Fc", "(goal <= 1.1)")
-    line("backup step", "pg_dump -Fc")
-    line(f"pg_dump -Fd -j{JOBS}")
-    print("restore of the same archive")
-    line(f"pg_restore -j{JOBS}")
-    line("faber rollback (swap)", f"pg_restore -j{JOBS}", "(goal <= 1.1)")
-    line("swap restore step", f"pg_restore -j{JOBS}")
-    for name, seconds in steps.get("swap", []):
-        print(f"      {seconds:6.2f}s  {name}")
-    line("pg_restore --single-transaction")
-    line("faber rollback (in place)", "pg_restore --single-transaction")
-    line("in-place restore step", "pg_restore --single-transaction")
+    for archive_format in formats:
+        flag = FORMATS[archive_format][0]
+        print(f"{archive_format} format: backup (faber's archive {archive_bytes[archive_format] / 1e6:.0f} MB)")
+        line(f"pg_dump {flag}")
+        line(f"faber backup ({archive_format})", f"pg_dump {flag}", "(goal <= 1.1)")
+        line(f"backup step ({archive_format})", f"pg_dump {flag}")
+        print(f"{archive_format} format: restore of faber's archive")
+        raw = f"pg_restore -j{JOBS} ({archive_format})"
+        line(raw)
+        line(f"faber rollback (swap, {archive_format})", raw, "(goal <= 1.1)")
+        line(f"swap restore step ({archive_format})", raw)
+        for name, seconds in steps.get(archive_format, []):
+            print(f"      {seconds:6.2f}s  {name}")
+        if archive_format == "custom":
+            line("pg_restore --single-transaction")
+            line("faber rollback (in place)", "pg_restore --single-transaction")
+            line("in-place restore step", "pg_restore --single-transaction")
     print(f"machine after: {describe_machine()}")
 
 
