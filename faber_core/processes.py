@@ -5,7 +5,10 @@ Every child process faber starts goes through :func:`spawn`:
 - **It dies with faber.** On Linux the child asks the kernel for ``SIGKILL`` when faber dies
   (``PR_SET_PDEATHSIG``), so a ``kill -9`` of faber during a backup leaves no ``pg_dump``
   writing on, and a killed ``psql`` ends its server session, which rolls its transaction back.
-  The signal is tied to the thread that started the child: spawn from a thread that outlives it.
+  A program with workers of its own (``pg_dump --jobs``) asks for ``SIGTERM`` instead
+  (``death_signal``): the signal reaches it alone, and on ``SIGTERM`` it stops its workers, which
+  would otherwise finish the table they are on. The signal is tied to the thread that started
+  the child: spawn from a thread that outlives it.
 - **It runs in its own session and process group.** Ctrl-C in a terminal reaches faber alone, which then
   stops the child deliberately (:func:`stop` signals the whole group, grandchildren included),
   instead of every process reacting at once. Programs that need the terminal (an interactive
@@ -62,7 +65,7 @@ _INTERRUPTS = {signal.SIGINT, signal.SIGTERM}
 _CAN_HOLD_SIGNALS = hasattr(signal, "pthread_sigmask")
 
 
-def _in_child(parent: int, signal_mask: set[int] | None) -> Any:
+def _in_child(parent: int, signal_mask: set[int] | None, death_signal: int) -> Any:
     """What the child runs between fork and exec: faber's signal mask back, then die with faber."""
     if _prctl is None and signal_mask is None:
         return None
@@ -71,7 +74,7 @@ def _in_child(parent: int, signal_mask: set[int] | None) -> Any:
         if signal_mask is not None:
             signal.pthread_sigmask(signal.SIG_SETMASK, signal_mask)
         if _prctl is not None:
-            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            _prctl(_PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
             if os.getppid() != parent:  # faber died between fork and prctl
                 os._exit(1)
 
@@ -104,11 +107,18 @@ def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
 
 
 def spawn(
-    argv: Sequence[str | Path], *, env: Mapping[str, str], own_group: bool = True, **popen: Any
+    argv: Sequence[str | Path],
+    *,
+    env: Mapping[str, str],
+    own_group: bool = True,
+    death_signal: int = signal.SIGKILL,
+    **popen: Any,
 ) -> subprocess.Popen:
     """Start ``argv`` so it dies with faber; ``env`` is the child's whole environment.
 
     ``popen`` takes the other :class:`subprocess.Popen` arguments (stdin, stdout, cwd, text, ...).
+    ``death_signal``: what the child gets when faber dies (``SIGTERM`` for a program that stops
+    its own workers on it, see the module docstring).
 
     SIGINT and SIGTERM are held while Python forks: delivered then, faber's handler would run in
     the fork's at-fork callbacks, where the exception that stops faber is ignored and the
@@ -122,7 +132,7 @@ def spawn(
                 proc = subprocess.Popen(
                     [str(arg) for arg in argv],
                     env=dict(env),
-                    preexec_fn=_in_child(os.getpid(), held),
+                    preexec_fn=_in_child(os.getpid(), held, death_signal),
                     start_new_session=own_group,
                     **popen,
                 )

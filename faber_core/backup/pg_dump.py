@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,6 +177,9 @@ def faber_backup_create(context: RunContext, reason: str, migrations: list[tuple
             [tools / "pg_dump", *archive_format, excluding_faber_schema(context), f"--file={reservation.partial}"],
             client_env(context, major),
             "Check that the database user may read every table (pg_dump needs SELECT on all of them)",
+            # On SIGTERM pg_dump stops its workers and cancels their queries; SIGKILL would leave
+            # each worker dumping its table on, holding a lock on it.
+            death_signal=signal.SIGTERM,
         )
 
     return store.create_backup(

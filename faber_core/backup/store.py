@@ -34,6 +34,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
@@ -289,17 +290,30 @@ def create_backup(
 
 
 def run_dump(
-    context: RunContext, reservation: Reservation, command: list[str | Path], env: dict[str, str], suggestion: str
+    context: RunContext,
+    reservation: Reservation,
+    command: list[str | Path],
+    env: dict[str, str],
+    suggestion: str,
+    death_signal: int = signal.SIGKILL,
 ) -> None:
     """Run a dump program writing the reservation's partial archive, reporting its size as it grows
     (a directory's: the sum of its files).
 
     A failure is :class:`BackupFailed` with the program's (redacted) error output; ``suggestion``
-    says what the program needs of the database user.
+    says what the program needs of the database user. ``death_signal``: what the program gets if
+    faber dies (:func:`~faber_core.processes.spawn`).
     """
     program = Path(command[0]).name
     with tempfile.TemporaryFile() as errors:
-        proc = spawn(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors)
+        proc = spawn(
+            command,
+            env=env,
+            death_signal=death_signal,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+        )
         wait_reporting(context, proc, reservation.id, f"{program} writing", reservation.partial)
         errors.seek(0)
         stderr = context.redactor.redact(errors.read().decode(errors="replace")).strip()
