@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -53,19 +54,22 @@ class Production:
     """``fill(rows)``: that many rows of 64 random characters more in the database's table ``filler``."""
 
 
-@pytest.fixture(params=["postgresql", "mysql"])
+@pytest.fixture(params=["postgresql", "postgresql-directory", "mysql"])
 def production_on_each_engine(request, faber_project, context_for, plugins, monkeypatch) -> Production:
-    """The production environment on PostgreSQL (pg_dump), then on MySQL/MariaDB (mysqldump)."""
+    """The production environment on PostgreSQL (pg_dump, each archive format), then on
+    MySQL/MariaDB (mysqldump)."""
     for name, value in SQLFILES.items():
         monkeypatch.setenv(name, value)
-    if request.param == "postgresql":
+    env = {"database_url_env": "TEST_DATABASE_URL", "lock_wait_seconds": 1}
+    if request.param.startswith("postgresql"):
         url = request.getfixturevalue("database_url")
         fill = fill_postgres
+        if request.param == "postgresql-directory":
+            env["backup"] = {"provider": "pg_dump", "format": "directory", "jobs": 2}
     else:
         url = request.getfixturevalue("mysql_database_url")
         fill = fill_mysql
     monkeypatch.setenv("TEST_DATABASE_URL", url)
-    env = {"database_url_env": "TEST_DATABASE_URL", "lock_wait_seconds": 1}
     project_dir = faber_project({"database": {"migration_tool": "sqlfiles", "environments": {"production": env}}})
     return Production(project_dir, backing_up(project_dir, context_for, plugins), lambda rows: fill(url, rows))
 
@@ -174,13 +178,21 @@ def test_leftovers_of_dead_runs_are_removed_and_live_ones_kept(production, conte
     stale = ["backup-20000101-000000.dump.partial", "backup-20000101-000001.dump", f"{record.id}.json.partial"]
     for name in stale:
         (directory / name).write_bytes(b"left by a killed run")
+    stale_directories = ["backup-20000101-000003.dir.partial", "backup-20000101-000004.dir"]
+    for name in stale_directories:  # directory archives: a killed parallel dump, or killed before its manifest
+        (directory / name).mkdir()
+        (directory / name / "toc.dat").write_bytes(b"left by a killed run")
     live = directory / "backup-20000101-000002.dump.partial"
     live.write_bytes(b"being written")
-    with store.reading(live):  # another process holding its lock: a backup in progress
+    live_directory = directory / "backup-20000101-000005.dir.partial"
+    live_directory.mkdir()
+    (live_directory / "toc.dat").write_bytes(b"being written")
+    with store.reading(live), store.reading(live_directory):  # other processes' locks: backups in progress
         removed = store.remove_leftovers(context_for(project_dir, "list-backups"), directory)
 
-    assert sorted(removed) == sorted(stale)
-    assert live.exists() and (directory / f"{record.id}.dump").exists()
+    assert sorted(removed) == sorted(stale + stale_directories)
+    assert not any((directory / name).exists() for name in stale + stale_directories)
+    assert live.exists() and (live_directory / "toc.dat").exists() and (directory / f"{record.id}.dump").exists()
 
 
 def test_retention_keeps_the_newest_and_never_one_in_use(production, context_for, run_faber, plugins):
@@ -277,11 +289,12 @@ def test_a_full_disk_when_writing_the_manifest_is_backup_failed_and_leaves_nothi
 ):
     project_dir = production_on_each_engine.project_dir
     production_on_each_engine.fill(2_000)
-    size = production_on_each_engine.backup().size_bytes  # the same database dumps to the same size again
+    record = production_on_each_engine.backup()  # the same database dumps to the same size again
+    sizes = [entry["size"] for entry in record.provider_data.get("files", {}).values()] or [record.size_bytes]
     for leftover in folder(project_dir).iterdir():
-        leftover.unlink()
+        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
     page = 4096
-    small_disk(project_dir / ".faber/backups", -(-size // page) * page)  # room for the archive alone
+    small_disk(project_dir / ".faber/backups", sum(-(-size // page) * page for size in sizes))  # the archive alone
 
     run = run_faber("backup", "production", "--json", cwd=project_dir)
 
@@ -311,7 +324,7 @@ def test_a_read_only_backup_folder_still_lists_and_restores_and_refuses_writes_w
         assert "Read-only file system" in refused.json["error"]
     restored = run_faber("rollback", "production", "--to", older.id, "--yes", "--json", cwd=project_dir)
     assert restored.returncode == 0, restored.output
-    kept = [f"{b.id}{suffix}" for b in (older, newer) for suffix in (".dump", ".json")]
+    kept = [Path(b.location).name for b in (older, newer)] + [f"{b.id}.json" for b in (older, newer)]
     assert sorted(p.name for p in folder(project_dir).iterdir()) == sorted([*kept, f"{newer.id}-killed.dump.partial"])
 
 
