@@ -279,6 +279,13 @@ def test_a_kill_at_each_moment_of_a_swap_leaves_one_side_and_the_next_rollback_c
                 wait_for(lambda: sessions_waiting(postgres_admin_url, gated_in, "PgSleep"), f"the gate in {gated_in}")
             faber.send_signal(signum)
             faber.wait(timeout=60)
+            if moment == "during_pg_restore":
+                # pg_restore's workers stop with faber, though the gate still holds the one on the index.
+                wait_for(
+                    lambda: not sessions_waiting(postgres_admin_url, gated_in, "PgSleep"),
+                    "pg_restore's workers to stop",
+                    timeout=10,
+                )
         finally:
             if faber.poll() is None:
                 faber.kill()

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import signal
 import subprocess
 import tempfile
 import time
@@ -437,10 +438,20 @@ def _check_faber_rows(swap: _Swap, keep: str) -> None:
 
 
 def _run_tool(swap: _Swap, command: list, env: dict[str, str], failure: str) -> None:
-    """Run a client program, reporting elapsed time every few seconds; raise RestoreFailed if it fails."""
+    """Run a client program, reporting elapsed time every few seconds; raise RestoreFailed if it fails.
+
+    If faber dies, the program gets SIGTERM: ``pg_restore --jobs`` then stops its workers and
+    cancels their statements, which would otherwise each finish the step they are on."""
     context = swap.context
     with tempfile.TemporaryFile() as errors:
-        proc = spawn(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors)
+        proc = spawn(
+            command,
+            env=env,
+            death_signal=signal.SIGTERM,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+        )
         store.wait_reporting(context, proc, swap.backup.id, "restoring")
         errors.seek(0)
         stderr = context.redactor.redact(errors.read().decode(errors="replace")).strip()
