@@ -34,7 +34,9 @@ DIRECTORY = {"provider": "pg_dump", "format": "directory", "jobs": 2}
 SHOP = """
 CREATE TABLE accounts (id int PRIMARY KEY, email text NOT NULL UNIQUE);
 INSERT INTO accounts SELECT g, 'user' || g || '@example.com' FROM generate_series(1, 3000) g;
-CREATE TABLE orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, account int REFERENCES accounts, total numeric);
+CREATE TABLE orders (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, account int REFERENCES accounts, total numeric
+);
 INSERT INTO orders (account, total) SELECT 1 + g % 3000, g / 7.0 FROM generate_series(1, 5000) g;
 CREATE INDEX ON orders (account);
 CREATE VIEW big_spenders AS SELECT account, sum(total) FROM orders GROUP BY account HAVING sum(total) > 100;
