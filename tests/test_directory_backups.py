@@ -179,6 +179,12 @@ def remove_the_table_of_contents(archive: Path, listed: dict) -> str:
     return "lacks its file toc.dat"
 
 
+def link_a_file_elsewhere(archive: Path, listed: dict) -> str:
+    (archive / "toc.dat").rename(archive.parent / "elsewhere.dat")
+    (archive / "toc.dat").symlink_to(archive.parent / "elsewhere.dat")
+    return "has its file toc.dat unreadable: Too many levels of symbolic links"
+
+
 def add_a_file(archive: Path, listed: dict) -> str:
     (archive / "9999.dat.gz").write_bytes(b"not pg_dump's")
     return "holds a file its manifest does not list: 9999.dat.gz"
@@ -193,7 +199,8 @@ def edit_the_manifest_s_list(archive: Path, listed: dict) -> str:
 
 
 @pytest.mark.parametrize(
-    "damage", [truncate, flip_a_byte, remove_the_table_of_contents, add_a_file, edit_the_manifest_s_list]
+    "damage",
+    [truncate, flip_a_byte, remove_the_table_of_contents, link_a_file_elsewhere, add_a_file, edit_the_manifest_s_list],
 )
 @pytest.mark.parametrize("restore_mode", ["in-place", "swap"])
 def test_a_damaged_directory_archive_is_refused_before_anything_changes(

@@ -179,7 +179,10 @@ def _directory_problem(backup: BackupRecord, fd: int) -> str | None:
     if unlisted:
         return f"holds a file its manifest does not list: {unlisted[0]}"
     for name, (size, sha256) in sorted(listed.items()):
-        file_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+        try:
+            file_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+        except OSError as exc:  # a symbolic link (never pg_dump's), a file faber may not read
+            return f"has its file {name} unreadable: {exc.strerror}"
         try:
             found = os.fstat(file_fd).st_size
             if found != size:
