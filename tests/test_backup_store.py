@@ -21,6 +21,7 @@ import pytest
 from faber_core.backup import store
 from faber_core.errors import RestoreFailed
 from faber_core.models import BackupRecord, MigrationState
+from faber_core.testing.faults import application_sessions, descendants
 from faber_core.testing.fixtures import mysql_connect, process_alive, start_faber, wait_for
 from faber_core.workflow import take_backup
 
@@ -331,20 +332,6 @@ def test_a_read_only_backup_folder_still_lists_and_restores_and_refuses_writes_w
 # Killing faber during pg_dump ------------------------------------------------------------
 
 
-def children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(child) for child in (task / "children").read_text().split()]
-    return found
-
-
-def pg_dump_sessions(url: str) -> list[tuple]:
-    with psycopg.connect(url) as conn:
-        return conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = 'pg_dump' AND datname = current_database()"
-        ).fetchall()
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
 def test_killing_faber_during_pg_dump_leaves_no_orphan_and_no_partial_file(production, database_url, run_faber, signum):
@@ -356,8 +343,8 @@ def test_killing_faber_during_pg_dump_leaves_no_orphan_and_no_partial_file(produ
         blocker.execute("LOCK TABLE busy IN ACCESS EXCLUSIVE MODE")
         faber = start_faber("backup", "production", "--json", cwd=project_dir, env=SQLFILES)
         try:
-            wait_for(lambda: pg_dump_sessions(database_url), "pg_dump to start")
-            dumpers = children(faber.pid)
+            wait_for(lambda: application_sessions(database_url, "pg_dump"), "pg_dump to start")
+            dumpers = [child.pid for child in descendants(faber.pid)]
             partial = list(folder(project_dir).glob("*.dump.partial"))
             assert dumpers and partial, "pg_dump did not start"
             faber.send_signal(signum)
@@ -368,7 +355,7 @@ def test_killing_faber_during_pg_dump_leaves_no_orphan_and_no_partial_file(produ
             faber.communicate()
         # pg_dump dies with faber, and the server ends its session though it waits for a lock.
         wait_for(lambda: not any(process_alive(pid) for pid in dumpers), "pg_dump to die", timeout=10)
-        wait_for(lambda: not pg_dump_sessions(database_url), "pg_dump's session to end", timeout=10)
+        wait_for(lambda: not application_sessions(database_url, "pg_dump"), "pg_dump's session to end", timeout=10)
         blocker.rollback()
 
     listed = run_faber("backups", "production", "--json", cwd=project_dir)

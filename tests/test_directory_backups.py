@@ -20,6 +20,7 @@ from psycopg import sql
 
 from faber_core.backup.swap import previous_name, restoring_name
 from faber_core.testing import sqlfiles
+from faber_core.testing.faults import application_sessions, descendants
 from faber_core.testing.fixtures import (
     CANARY_PASSWORD,
     database_state,
@@ -248,22 +249,6 @@ def test_retention_and_prune_delete_directory_backups_whole(directory_project, r
 # Killing faber while pg_dump's workers write ------------------------------------------------
 
 
-def descendants(pid: int) -> list[int]:
-    """``pid``'s children, theirs, and so on (pg_dump's workers are faber's grandchildren)."""
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            found += [int(child), *descendants(int(child))]
-    return found
-
-
-def pg_dump_sessions(url: str) -> list[tuple]:
-    with psycopg.connect(url) as conn:
-        return conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = 'pg_dump' AND datname = current_database()"
-        ).fetchall()
-
-
 def a_worker_writing(partial: list[Path]) -> bool:
     """Whether pg_dump's workers are writing a table's rows into the partial archive."""
     try:
@@ -289,7 +274,7 @@ def test_a_directory_dump_killed_while_its_workers_write_leaves_no_backup(
     try:
         partial = wait_for(lambda: list(folder(project_dir).glob("*.dir.partial")), "pg_dump to start")
         wait_for(lambda: a_worker_writing(partial), "pg_dump's workers to write", timeout=120)
-        dumpers = descendants(faber.pid)
+        dumpers = [child.pid for child in descendants(faber.pid)]
         faber.send_signal(signum)
         faber.wait(timeout=60)
     finally:
@@ -298,7 +283,7 @@ def test_a_directory_dump_killed_while_its_workers_write_leaves_no_backup(
         stdout, stderr = faber.communicate()
     assert len(dumpers) >= 3, "pg_dump and its two workers"
     wait_for(lambda: not any(process_alive(pid) for pid in dumpers), "pg_dump and its workers to die", timeout=10)
-    wait_for(lambda: not pg_dump_sessions(database_url), "pg_dump's sessions to end", timeout=10)
+    wait_for(lambda: not application_sessions(database_url, "pg_dump"), "pg_dump's sessions to end", timeout=10)
     assert CANARY_PASSWORD not in stdout.decode() + stderr.decode()
     # Nothing the killed run left looks like a backup: no manifest, and the archive still partial.
     assert not list(folder(project_dir).glob("*.json")) and not list(folder(project_dir).glob("*.dir"))

@@ -542,6 +542,17 @@ def server_leftovers(admin_url: str, database: str, *, ignore_pids: Iterable[int
     return Leftovers(sessions, locks)
 
 
+def application_sessions(url: str, application_name: str) -> list[int]:
+    """The server processes of the sessions named ``application_name`` on ``url``'s database
+    (``pg_dump`` and its workers, ``pg_restore``'s jobs), to wait until a killed run's are gone."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s AND datname = current_database()",
+            [application_name],
+        ).fetchall()
+    return [pid for (pid,) in rows]
+
+
 def wait_for_server_release(
     admin_url: str, database: str, *, within: float, ignore_pids: Iterable[int] = ()
 ) -> Leftovers:
