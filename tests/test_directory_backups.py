@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import stat
 import sys
@@ -19,7 +18,6 @@ import pytest
 from psycopg import sql
 
 from faber_core.backup.swap import previous_name, restoring_name
-from faber_core.testing import sqlfiles
 from faber_core.testing.faults import application_sessions, descendants
 from faber_core.testing.fixtures import (
     CANARY_PASSWORD,
