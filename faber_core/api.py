@@ -151,7 +151,7 @@ def status(
     from faber_core.errors import MigrationFailed
     from faber_core.results import Success
     from faber_core.targets import FleetOptions
-    from faber_core.workflow import read_status
+    from faber_core.workflow import read_leftovers, read_status
 
     def body(context: RunContext, plugins: Plugins) -> Success:
         plugins.require_tool(context.tool)
@@ -159,9 +159,7 @@ def status(
         result = state.model_dump(
             mode="json", include={"tool", "applied", "pending", "failed", "missing_locally", "checksum_mismatches"}
         )
-        with context.database.session() as conn:
-            leftovers = context.database.engine.leftover_databases(conn, context.database)
-            interrupted = context.database.engine.interrupted_restores(conn, context.database)
+        leftovers, interrupted = read_leftovers(context)
         result["leftover_databases"] = [leftover.model_dump(mode="json") for leftover in leftovers]
         result["interrupted_restores"] = [restore.model_dump(mode="json") for restore in interrupted]
         if state.failed:

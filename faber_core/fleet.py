@@ -50,6 +50,7 @@ from faber_core.errors import (
 )
 from faber_core.interrupts import signal_name
 from faber_core.model_base import build_deferred_models
+from faber_core.models import InterruptedRestore, LeftoverDatabase, MigrationState
 from faber_core.render import escape_controls
 from faber_core.results import DeployResult, ErrorDocument, Success
 from faber_core.secrets import Redactor
@@ -103,6 +104,13 @@ class TargetReport(BaseModel):
     finished_at: dt.datetime | None = None
     duration_seconds: float | None = None
     error: TargetError | None = None
+    leftover_databases: list[LeftoverDatabase] = Field(
+        default_factory=list,
+        description="faber status: databases killed runs left on the target's server (as for one database).",
+    )
+    interrupted_restores: list[InterruptedRestore] = Field(
+        default_factory=list, description="faber status: restores a kill left half done in the target."
+    )
 
 
 class FleetResult(BaseModel):
@@ -236,7 +244,7 @@ def status(runner: Runner) -> Success:
     started = time.monotonic()
     runner.progress.started(fleet, "Fleet Status")
     surveyed: dict[str, TargetReport] = {}
-    survey(runner, surveyed)
+    survey(runner, surveyed, leftovers=True)
     result = fleet_result(fleet, surveyed, 0, on_failure_of(fleet), time.monotonic() - started)
     failed = [r for r in result.targets if r.status == "failed"]
     if failed:
@@ -254,16 +262,28 @@ def on_failure_of(fleet: Fleet) -> str:
     return rollout.on_failure if rollout else "stop"
 
 
-def survey(runner: Runner, reports: dict[str, TargetReport]) -> None:
+class Surveyed(BaseModel):
+    """What the survey read of one target."""
+
+    state: MigrationState
+    leftover_databases: list[LeftoverDatabase] = Field(default_factory=list)
+    interrupted_restores: list[InterruptedRestore] = Field(default_factory=list)
+
+
+def survey(runner: Runner, reports: dict[str, TargetReport], *, leftovers: bool = False) -> None:
     """Every target's migration status, read concurrently into ``reports``: pending, up to date, or
-    failed (with why). An interrupt starts no further read, waits for the running ones (each
-    ends its own session), and propagates, ``reports`` holding the statuses read until then."""
-    from faber_core.workflow import read_status
+    failed (with why); with ``leftovers`` (``faber status``) also what killed runs left of it, as
+    ``faber status`` reports for one database. An interrupt starts no further read, waits for the
+    running ones (each ends its own session), and propagates, ``reports`` holding the statuses
+    read until then."""
+    from faber_core.workflow import read_leftovers, read_status
 
     def read(context: RunContext, plugins: Plugins) -> Success:
         plugins.require_tool(context.tool)
-        state = read_status(context, plugins, quiet=True)
-        return Success(operation="migration-status", environment=context.environment, result=state, message="")
+        found = Surveyed(state=read_status(context, plugins, quiet=True))
+        if leftovers:
+            found.leftover_databases, found.interrupted_restores = read_leftovers(context)
+        return Success(operation="migration-status", environment=context.environment, result=found, message="")
 
     runner.progress.line(f"… Reading the migration status of {len(runner.fleet.targets)} target(s)")
     with _pool(runner.fleet.concurrency) as pool:
@@ -282,13 +302,16 @@ def survey(runner: Runner, reports: dict[str, TargetReport]) -> None:
 def surveyed_report(name: str, document: Document) -> TargetReport:
     if isinstance(document, ErrorDocument):
         return TargetReport(name=name, status="failed", error=target_error(document))
-    state = document.result
+    found = document.result
+    state = found.state
     return TargetReport(
         name=name,
         status="failed" if state.failed else "pending" if state.pending else "up_to_date",
         pending=state.pending,
         failed_migrations=state.failed,
         applied_count=len(state.applied),
+        leftover_databases=found.leftover_databases,
+        interrupted_restores=found.interrupted_restores,
         error=TargetError(
             code=MigrationFailed.code,
             message=f"{len(state.failed)} failed migration(s): {', '.join(state.failed)}",

@@ -486,16 +486,22 @@ def _status(document: Success | ErrorDocument, result: dict[str, Any]) -> list[s
             lines.append(f"  ✓ {one_line(name)}  applied")
     lines += [f"  ✗ {one_line(name)}  failed" for name in failed]
     lines += [f"  · {one_line(name)}  pending" for name in pending]
-    for leftover in result["leftover_databases"]:
+    return lines + _leftover_lines(env, result)
+
+
+def _leftover_lines(env: str | None, result: dict[str, Any], prefix: str = "") -> list[str]:
+    """What killed runs left of one database (``faber status``), ``prefix`` naming its fleet target."""
+    lines = []
+    for leftover in result.get("leftover_databases", []):
         left_by = "a killed swap restore" if leftover["left_by"] == "swap_restore" else "a killed preview's rehearsal"
         lines.append(
-            f"  ⚠ {one_line(leftover['name'])}  left on the server by {left_by}; "
+            f"  ⚠ {prefix}{one_line(leftover['name'])}  left on the server by {left_by}; "
             f"drop it when no restore or preview runs: {one_line(leftover['drop'])};"
         )
-    for restore in result["interrupted_restores"]:
+    for restore in result.get("interrupted_restores", []):
         lines.append(
-            f"  ⚠ {one_line(restore['journal'])}  a restore of {one_line(restore['backup_id'])} was killed during "
-            "its table swap: triggers, views, routines or events may be missing until faber migrate "
+            f"  ⚠ {prefix}{one_line(restore['journal'])}  a restore of {one_line(restore['backup_id'])} was killed "
+            "during its table swap: triggers, views, routines or events may be missing until faber migrate "
             f"{env} (or faber rollback, faber resolve) finishes it"
         )
     return lines
@@ -671,6 +677,8 @@ def _fleet(document: Success | ErrorDocument, result: dict[str, Any]) -> list[st
         lines.append(f"Error: {document.error}")
     lines.append(f"Duration: {_number(result['total_duration_seconds'])} seconds")
     lines += _fleet_table(document.operation, result["targets"])
+    for row in result["targets"]:
+        lines += _leftover_lines(f"{document.environment}/{row['name']}", row, prefix=f"{one_line(row['name'])}: ")
     lines.append(RULE)
     if failed and document.recovery.suggestions:
         lines.append("Recovery:")

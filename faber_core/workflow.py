@@ -59,6 +59,8 @@ from faber_core.models import (
     AuditEvent,
     BackupRecord,
     HealthCheckResult,
+    InterruptedRestore,
+    LeftoverDatabase,
     LocalMigration,
     MigrationFailure,
     MigrationPreview,
@@ -397,6 +399,14 @@ def read_status(
     if not quiet:
         context.emit("status.read", pending=state.pending, applied=len(state.applied))
     return state
+
+
+def read_leftovers(context: RunContext) -> tuple[list[LeftoverDatabase], list[InterruptedRestore]]:
+    """What killed runs left of the database, for ``faber status`` to report (and leave alone): the
+    databases they left on its server, and the restores they left half done in it."""
+    engine = context.database.engine
+    with context.database.session() as conn:
+        return engine.leftover_databases(conn, context.database), engine.interrupted_restores(conn, context.database)
 
 
 def status_after(context: RunContext, plugins: Plugins, health: Health) -> MigrationState:

@@ -21,12 +21,18 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import faber_core.plugins
 from faber_core import api
+from faber_core.backup.swap import previous_name
 from faber_core.config import TARGET_NAME
+from faber_core.engines.postgres import PostgresEngine
+from faber_core.models import InterruptedRestore
+from faber_core.render import render_human
+from faber_core.secrets import Redactor
 from faber_core.targets import shard_of
 from faber_core.testing import sqlfiles
 from faber_core.testing.faults import FaberProcess
@@ -287,6 +293,44 @@ def test_status_is_a_row_per_target_and_fails_on_a_failed_migration(make_fleet):
 
     single = api.status("tenants/t01", working_directory=fleet.project)  # one target, as one database
     assert single.model_dump(mode="json")["result"]["pending"] == ["003_index"]
+
+
+def test_status_names_per_target_what_killed_runs_left(make_fleet, postgres_admin_url, monkeypatch):
+    """A fleet's status lists, per target, the databases a killed run left on its server and the
+    restores a kill left half done in it, as one database's status does; it drops nothing."""
+    fleet = make_fleet(3)
+    api.deploy("tenants", working_directory=fleet.project)
+    t01, t02 = (psycopg.conninfo.conninfo_to_dict(fleet.urls[name])["dbname"] for name in ("t01", "t02"))
+    left = previous_name(t01)
+    comment = f"faber: {t01} before restoring backup-1"
+    killed_swap = InterruptedRestore(backup_id="backup-2", journal="faber_restore_journal", details="half swapped")
+    # PostgreSQL's restores are one transaction or one rename: only MySQL's table swap is left half done.
+    monkeypatch.setattr(
+        PostgresEngine, "interrupted_restores", lambda self, conn, database: [killed_swap] if database.name == t02 else []
+    )
+    with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(left)))
+        try:
+            admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(left), sql.Literal(comment)))
+            document = api.status("tenants", working_directory=fleet.project)
+            kept = admin.execute("SELECT count(*) FROM pg_database WHERE datname = %s", [left]).fetchone()
+        finally:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(left)))
+
+    assert document.status == "success" and kept == (1,)
+    by_name = rows(document)
+    assert by_name["t01"]["leftover_databases"] == [
+        {"name": left, "left_by": "swap_restore", "details": comment, "drop": f'DROP DATABASE "{left}"'}
+    ]
+    assert by_name["t02"]["interrupted_restores"] == [killed_swap.model_dump(mode="json")]
+    assert by_name["t00"]["leftover_databases"] == by_name["t00"]["interrupted_restores"] == []
+    assert by_name["t01"]["interrupted_restores"] == by_name["t02"]["leftover_databases"] == []
+    human = render_human(document, Redactor())
+    assert f"⚠ t01: {left}  left on the server by a killed swap restore" in human
+    assert f'DROP DATABASE "{left}"' in human
+    assert "⚠ t02: faber_restore_journal  a restore of backup-2 was killed during its table swap" in human
+    assert "faber migrate tenants/t02 (or faber rollback, faber resolve) finishes it" in human
+    assert CANARY_PASSWORD not in document.model_dump_json() + human
 
 
 # What an environment variable can hold: any text but NUL (and no lone surrogates).
