@@ -306,7 +306,9 @@ def test_status_names_per_target_what_killed_runs_left(make_fleet, postgres_admi
     killed_swap = InterruptedRestore(backup_id="backup-2", journal="faber_restore_journal", details="half swapped")
     # PostgreSQL's restores are one transaction or one rename: only MySQL's table swap is left half done.
     monkeypatch.setattr(
-        PostgresEngine, "interrupted_restores", lambda self, conn, database: [killed_swap] if database.name == t02 else []
+        PostgresEngine,
+        "interrupted_restores",
+        lambda self, conn, database: [killed_swap] if database.name == t02 else [],
     )
     with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(left)))
