@@ -118,7 +118,9 @@ def _from_urls_variable(variable: str, redactor: Redactor) -> list[Target]:
 
     text = os.environ.get(variable, "")
     entries = []
-    for number, line in enumerate(text.splitlines(), 1):
+    # Lines end at "\n" only (a "\r" before it is stripped): splitlines() also splits at "\r", "\f",
+    # "\x1c", ..., which a password may hold, and would quote its second half as a target's name.
+    for number, line in enumerate(text.split("\n"), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue

@@ -22,7 +22,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg import sql
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import faber_core.plugins
@@ -354,6 +354,9 @@ ENV_TEXT = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x0
         max_size=6,
     )
 )
+# A line break of str.splitlines() other than "\n" in a password: not a line of its own.
+@example(lines=[f"a postgresql://app:\r{CANARY_PASSWORD}@db:5432/\t0"])
+@example(lines=[f"a postgresql://app:\x1c{CANARY_PASSWORD}@db:5432/x"])
 def test_any_url_list_gives_targets_or_an_error_that_quotes_no_password(lines):
     from faber_core.config import EnvironmentSettings
     from faber_core.errors import ConfigError
