@@ -198,31 +198,46 @@ def deploy(runner: Runner, plugins: Plugins, options: DeployOptions) -> Success:
     on_failure = on_failure_of(fleet)
     runner.progress.started(fleet, "Fleet Preview" if options.dry_run else "Fleet Deploy")
     surveyed: dict[str, TargetReport] = {}
+    streamed = read_on_the_way(fleet, options)
     try:
-        survey(runner, surveyed)
-        to_deploy = [t for t in fleet.targets if surveyed[t.name].status in ("pending", "failed")]
-        waves = split_into_waves(to_deploy, fleet.settings)
-        if options.dry_run:
-            return preview(fleet, surveyed, len(waves), on_failure, time.monotonic() - started)
-        if to_deploy:
-            options = approve(fleet, options, len(to_deploy))
+        if streamed:
+            waves = [fleet.targets] if fleet.targets else []
+        else:
+            survey(runner, surveyed)
+            to_deploy = [t for t in fleet.targets if surveyed[t.name].status in ("pending", "failed")]
+            waves = split_into_waves(to_deploy, fleet.settings)
+            if options.dry_run:
+                return preview(fleet, surveyed, len(waves), on_failure, time.monotonic() - started)
+            if to_deploy:
+                options = approve(fleet, options, len(to_deploy))
     except KeyboardInterrupt as interrupt:  # reading the statuses, or at the approval prompt
-        unread = {t.name: TargetReport(name=t.name, status="pending") for t in fleet.targets}
-        reports = {name: not_attempted(surveyed.get(name, report), None) for name, report in unread.items()}
+        reports = {t.name: not_attempted(surveyed.get(t.name, unread(t.name)), None) for t in fleet.targets}
         result = fleet_result(fleet, reports, 0, on_failure, time.monotonic() - started)
         raise fleet_interrupted(fleet, result, interrupt) from None
-    runner.progress.line(
-        f"✓ {len(fleet.targets) - len(to_deploy)} up to date, {len(to_deploy)} to deploy"
-        + (f" in {len(waves)} wave(s)" if len(waves) > 1 else "")
-    )
-
-    def deploy_one(target: Target) -> Document:
-        return runner.run_target(
-            "deploy-migrations", target, lambda context, plugins_: migrate(context, plugins_, options)
+    if streamed:
+        runner.progress.line("… Deploying each target not up to date, once its status is read")
+    else:
+        runner.progress.line(
+            f"✓ {len(fleet.targets) - len(to_deploy)} up to date, {len(to_deploy)} to deploy"
+            + (f" in {len(waves)} wave(s)" if len(waves) > 1 else "")
         )
 
+    def deploy_one(target: Target, go_on: Callable[[], bool]) -> Document:
+        def body(context: RunContext, plugins_: Plugins) -> Success:
+            if not streamed:
+                return migrate(context, plugins_, options)
+            found = read_target(context, plugins_)
+            surveyed[target.name] = surveyed_report(target.name, found)
+            if surveyed[target.name].status == "up_to_date" or not go_on():
+                return Success(operation="deploy-migrations", environment=context.environment, result=found, message="")
+            runner.progress.line(f"… {target.name}: deploying {len(found.state.pending)} migration(s)")
+            return migrate(context, plugins_, options, analysed=found.state)
+
+        return runner.run_target("deploy-migrations", target, body)
+
     reports, interrupt = run_waves(runner, waves, deploy_one, surveyed, on_failure)
-    result = fleet_result(fleet, reports, len(waves), on_failure, time.monotonic() - started)
+    waves_run = len(waves) if not streamed else int(any(report.wave for report in reports.values()))
+    result = fleet_result(fleet, reports, waves_run, on_failure, time.monotonic() - started)
     if interrupt is not None:
         raise fleet_interrupted(fleet, result, interrupt)
     failed = [r for r in result.targets if r.status == "failed"]
@@ -257,14 +272,25 @@ def status(runner: Runner) -> Success:
     )
 
 
+def read_on_the_way(fleet: Fleet, options: DeployOptions) -> bool:
+    """Whether each target's status is read on its way to its deploy, on the deploy's own session,
+    instead of every target's first: when the fleet is one wave and nobody is asked to approve it,
+    nothing needs to know beforehand which targets are up to date (a dry run lists them)."""
+    rollout = fleet.settings.rollout
+    one_wave = rollout is None or (rollout.canary == 0 and rollout.percentages() == [100])
+    asks = fleet.settings.require_approval and not options.assume_yes
+    return one_wave and not asks and not options.dry_run
+
+
 def on_failure_of(fleet: Fleet) -> str:
     rollout = fleet.settings.rollout
     return rollout.on_failure if rollout else "stop"
 
 
 class Surveyed(BaseModel):
-    """What the survey read of one target."""
+    """What the survey read of one target (``environment``: ``FLEET/TARGET``)."""
 
+    environment: str
     state: MigrationState
     leftover_databases: list[LeftoverDatabase] = Field(default_factory=list)
     interrupted_restores: list[InterruptedRestore] = Field(default_factory=list)
@@ -276,13 +302,9 @@ def survey(runner: Runner, reports: dict[str, TargetReport], *, leftovers: bool 
     ``faber status`` reports for one database. An interrupt starts no further read, waits for the
     running ones (each ends its own session), and propagates, ``reports`` holding the statuses
     read until then."""
-    from faber_core.workflow import read_leftovers, read_status
 
     def read(context: RunContext, plugins: Plugins) -> Success:
-        plugins.require_tool(context.tool)
-        found = Surveyed(state=read_status(context, plugins, quiet=True))
-        if leftovers:
-            found.leftover_databases, found.interrupted_restores = read_leftovers(context)
+        found = read_target(context, plugins, leftovers=leftovers)
         return Success(operation="migration-status", environment=context.environment, result=found, message="")
 
     runner.progress.line(f"… Reading the migration status of {len(runner.fleet.targets)} target(s)")
@@ -293,16 +315,29 @@ def survey(runner: Runner, reports: dict[str, TargetReport], *, leftovers: bool 
                 for target in runner.fleet.targets
             }
             for name, future in futures.items():
-                reports[name] = surveyed_report(name, future.result())
+                document = future.result()
+                reports[name] = (
+                    TargetReport(name=name, status="failed", error=target_error(document))
+                    if isinstance(document, ErrorDocument)
+                    else surveyed_report(name, document.result)
+                )
         except KeyboardInterrupt:
             pool.shutdown(wait=False, cancel_futures=True)  # the pool's exit waits for the running reads
             raise
 
 
-def surveyed_report(name: str, document: Document) -> TargetReport:
-    if isinstance(document, ErrorDocument):
-        return TargetReport(name=name, status="failed", error=target_error(document))
-    found = document.result
+def read_target(context: RunContext, plugins: Plugins, *, leftovers: bool = False) -> Surveyed:
+    """One target's migration status (and with ``leftovers``, what killed runs left of it)."""
+    from faber_core.workflow import read_leftovers, read_status
+
+    plugins.require_tool(context.tool)
+    found = Surveyed(environment=context.environment, state=read_status(context, plugins, quiet=True))
+    if leftovers:
+        found.leftover_databases, found.interrupted_restores = read_leftovers(context)
+    return found
+
+
+def surveyed_report(name: str, found: Surveyed) -> TargetReport:
     state = found.state
     return TargetReport(
         name=name,
@@ -317,7 +352,7 @@ def surveyed_report(name: str, document: Document) -> TargetReport:
             message=f"{len(state.failed)} failed migration(s): {', '.join(state.failed)}",
             exit_code=exit_code_for(MigrationFailed.code),
             suggestions=[
-                f"Repair it, then: faber resolve {document.environment} --rolled-back {shlex.quote(state.failed[0])}"
+                f"Repair it, then: faber resolve {found.environment} --rolled-back {shlex.quote(state.failed[0])}"
             ],
         )
         if state.failed
@@ -369,17 +404,22 @@ def approve(fleet: Fleet, options: DeployOptions, count: int) -> DeployOptions:
 def run_waves(
     runner: Runner,
     waves: list[list[Target]],
-    deploy_one: Callable[[Target], Document],
+    deploy_one: Callable[[Target, Callable[[], bool]], Document],
     surveyed: dict[str, TargetReport],
     on_failure: str,
 ) -> tuple[dict[str, TargetReport], KeyboardInterrupt | None]:
     """Deploy wave after wave; a failure stops the fleet as ``on_failure`` says (module docstring).
 
+    ``surveyed`` holds each target's status read beforehand; a target missing there reads its
+    own on its way to its deploy (:func:`read_on_the_way`): ``deploy_one(target, go_on)`` then adds
+    it, and deploys only when the target is not up to date and ``go_on()`` is still true: a target
+    that starts after a failure stopped the fleet is read, not deployed, so its row says what it
+    needs, and one still reading its status when an interrupt arrives goes no further.
+
     An interrupt (SIGINT, SIGTERM: the main thread gets it) starts no further target, and the
     running ones are waited for, so each target's row says how it ended; returned with the reports.
     """
     fleet = runner.fleet
-    reports = dict(surveyed)
     stop = threading.Event()
     interrupts: list[KeyboardInterrupt] = []
 
@@ -388,18 +428,26 @@ def run_waves(
         stop.set()
 
     def attempt(number: int, target: Target) -> TargetReport:
-        before = surveyed[target.name]
-        if stop.is_set():
-            return not_attempted(before, number)
+        name = target.name
+        read_first = name not in surveyed
+        stopped_before = stop.is_set()
+        if interrupts or (stopped_before and not read_first):
+            return not_attempted(surveyed.get(name, unread(name)), number)
         started_at, started = dt.datetime.now(dt.timezone.utc), time.monotonic()
-        runner.progress.line(f"… {target.name}: deploying {len(before.pending)} migration(s)")
-        document = deploy_one(target)
+        if not read_first:
+            runner.progress.line(f"… {name}: deploying {len(surveyed[name].pending)} migration(s)")
+        document = deploy_one(target, lambda: not (stopped_before or interrupts))
+        if isinstance(document, Success) and isinstance(document.result, Surveyed):  # ended once its status was read
+            before = surveyed[name]
+            return before if before.status == "up_to_date" else not_attempted(before, number)
+        before = surveyed.get(name, unread(name))  # absent: its status could not be read
         report = deployed_report(before, document, number, started_at, time.monotonic() - started)
         runner.progress.target_finished(report)
         if report.status == "failed" and on_failure == "stop":
             stop.set()
         return report
 
+    reports = dict(surveyed)
     with _pool(fleet.concurrency) as pool:
         for number, wave in enumerate(waves, 1):
             if stop.is_set():
@@ -415,7 +463,9 @@ def run_waves(
             for target in wave:
                 future = futures.get(target.name)
                 reports[target.name] = (
-                    ended(future, interrupted) if future else not_attempted(surveyed[target.name], number)
+                    ended(future, interrupted)
+                    if future
+                    else not_attempted(surveyed.get(target.name, unread(target.name)), number)
                 )
             if any(reports[t.name].status == "failed" for t in wave):
                 stop.set()  # a wave starts only when the one before it succeeded
@@ -430,6 +480,11 @@ def ended(future: Future[TargetReport], interrupted: Callable[[KeyboardInterrupt
             return future.result()
         except KeyboardInterrupt as interrupt:
             interrupted(interrupt)
+
+
+def unread(name: str) -> TargetReport:
+    """The row of a target whose status was not read (yet)."""
+    return TargetReport(name=name, status="pending")
 
 
 def not_attempted(before: TargetReport, wave: int | None) -> TargetReport:

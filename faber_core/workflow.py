@@ -104,7 +104,11 @@ class DeployOptions:
     """``faber rollback``: restore even though others wrote rows since the backup (policy refuse)."""
 
 
-def migrate(context: RunContext, plugins: Plugins, options: DeployOptions) -> Success:
+def migrate(
+    context: RunContext, plugins: Plugins, options: DeployOptions, analysed: MigrationState | None = None
+) -> Success:
+    """``analysed``: the status the caller has just read on this context (a fleet reads each target's
+    to skip it when up to date), which the analysis before the lock uses instead of reading it again."""
     started = time.monotonic()
     validate(context, plugins, options)
     # The handler starts its status read's work (a Node runner loads the ORM) while faber imports
@@ -123,7 +127,7 @@ def migrate(context: RunContext, plugins: Plugins, options: DeployOptions) -> Su
     # Before the lock and the backup: an out-of-order migration, SQL that cannot be analysed, or
     # SQL the handler refuses, touches nothing.
     with step(context, "analyse"):
-        analysed = read_status(context, plugins, quiet=True)
+        analysed = analysed or read_status(context, plugins, quiet=True)
         refuse_out_of_order(context, analysed)
         safety.analyse_before_lock(context, analysed.pending_migrations())
         safety.refuse_what_the_handler_refuses(context, plugins, analysed.pending_migrations())

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from psycopg import sql
 
 import faber_core.plugins
 from faber_core import api
