@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ import faber_core.plugins
 from faber_core import api
 from faber_core.backup.swap import previous_name
 from faber_core.config import TARGET_NAME
+from faber_core.context import Database
 from faber_core.engines.postgres import PostgresEngine
 from faber_core.models import InterruptedRestore
 from faber_core.render import render_human
@@ -184,6 +186,47 @@ def test_a_failure_stops_the_fleet_and_the_report_names_what_was_not_attempted(m
     for name in fleet.names[4:]:
         assert fleet.applied(name) == []
         assert fleet.query(name, "SELECT count(*) FROM pg_namespace WHERE nspname = 'faber'") == [(0,)]
+
+
+def test_after_a_failure_stops_the_fleet_later_targets_are_read_not_deployed(make_fleet, monkeypatch):
+    """One wave, no approval: each target's status is read on its way to its deploy, on the
+    deploy's own session. Targets after a failure that stopped the fleet are still read, so their
+    rows are exact: an up-to-date one says so, the others say what they need; none is touched."""
+    fleet = make_fleet(6)
+    assert api.deploy("tenants/t04", working_directory=fleet.project).status == "success"
+    fleet.query("t05", "CREATE TABLE sqlfiles_migrations (name text PRIMARY KEY, checksum text NOT NULL)")
+    fleet.query("t05", "INSERT INTO sqlfiles_migrations VALUES ('001_users', 'edited')")  # 002 and 003 pending
+    break_target(fleet, "t01")
+    databases = {psycopg.conninfo.conninfo_to_dict(url)["dbname"]: name for name, url in fleet.urls.items()}
+    sessions: Counter[str] = Counter()
+    connect = Database.connect
+
+    def counted(self: Database, **kwargs: object) -> object:
+        sessions[databases[self.name]] += 1
+        return connect(self, **kwargs)
+
+    monkeypatch.setattr(Database, "connect", counted)
+    document = api.deploy("tenants", working_directory=fleet.project, concurrency=1)
+
+    assert (document.status, document.code) == ("error", "MIGRATION_FAILED")
+    by_name = rows(document)
+    assert {name: row["status"] for name, row in by_name.items()} == {
+        "t00": "deployed",
+        "t01": "failed",
+        "t02": "not_attempted",
+        "t03": "not_attempted",
+        "t04": "up_to_date",
+        "t05": "not_attempted",
+    }
+    assert by_name["t02"]["pending"] == by_name["t03"]["pending"] == list(MIGRATIONS)
+    assert by_name["t05"]["pending"] == ["002_posts", "003_index"] and by_name["t05"]["wave"] == 1
+    assert by_name["t04"]["wave"] is None and by_name["t04"]["pending"] == []
+    # Pending when the fleet started, as if every status had been read first.
+    assert document.model_dump(mode="json")["result"]["migrations"] == {"001_users": 4, "002_posts": 5, "003_index": 5}
+    assert [fleet.applied(name) for name in ("t02", "t03")] == [[], []]
+    assert all(fleet.history(name) == [] for name in ("t02", "t03", "t05"))
+    # A deploy opens three sessions (its reads', its lock's, its migrations'); a target only read, one.
+    assert sessions == {"t00": 3, "t01": 3, "t02": 1, "t03": 1, "t04": 1, "t05": 1}
 
 
 def test_continue_deploys_every_other_target(make_fleet):
