@@ -1,9 +1,12 @@
 """A fleet deploy of 100 databases x 5 migrations: one at a time vs ``--concurrency 8``.
 
 Both runs are ``faber migrate tenants --json`` on fresh databases (sqlfiles handler, no backup,
-no lint, health checks as configured by default), in the same run of this script. Printed: each
-wall time, faber's own CPU time per target, the speed-up, the bound faber's CPU alone sets on it
-(one interpreter lock: sequential wall time per target / CPU per target at --concurrency 8),
+no lint, health checks as configured by default), in the same run of this script; a CHECKPOINT
+after creating the databases writes out their pages first, so neither run pays for that. Printed:
+each wall time, faber's own CPU time per target, the server's (PostgreSQL's processes, read from
+/proc when the server runs on this machine: other clients of the server count too), the
+speed-up, the bounds on it (docs/performance.md: one interpreter lock, so a concurrent target
+takes at least faber's CPU per target f; and at least (f + s) / cores, s the server's CPU per target),
 and the per-target overhead of the sequential run: its wall time per target minus the time the
 target's five migrations took (from each target's history row).
 
@@ -52,6 +55,8 @@ def create_databases(count: int) -> list[str]:
     with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
         for name in names:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        # Each new database's pages sit dirty in shared buffers: written out now, not by the deploy's sessions.
+        conn.execute("CHECKPOINT")
     return names
 
 
@@ -89,8 +94,10 @@ def project(directory: Path) -> Path:
     return directory
 
 
-def deploy(directory: Path, databases: list[str], concurrency: int, pythonpath: str | None) -> tuple[float, float]:
-    """The deploy's wall time and faber's CPU per target (both in seconds)."""
+def deploy(
+    directory: Path, databases: list[str], concurrency: int, pythonpath: str | None
+) -> tuple[float, float, float | None]:
+    """The deploy's wall time, faber's CPU per target and the server's (None: not on this machine), in seconds."""
     listing = "\n".join(f"t{index:03d} {database_url(name)}" for index, name in enumerate(databases))
     env = {
         **os.environ,
@@ -100,16 +107,51 @@ def deploy(directory: Path, databases: list[str], concurrency: int, pythonpath: 
         **({"PYTHONPATH": pythonpath} if pythonpath else {}),
     }
     argv = [sys.executable, "-m", "faber_core", "migrate", "tenants", "--json", "--concurrency", str(concurrency)]
+    server_before = server_cpu()
     started, cpu = time.monotonic(), _children_cpu()
     run = subprocess.run(argv, cwd=directory, env=env, capture_output=True, text=True, timeout=3600)
     elapsed = time.monotonic() - started
     per_target_cpu = (_children_cpu() - cpu) / len(databases)
+    server_after = server_cpu()
+    server = (
+        (server_after - server_before) / len(databases)
+        if server_before is not None and server_after is not None
+        else None
+    )
     version = f" (baseline {pythonpath})" if pythonpath else ""
-    print(f"--concurrency {concurrency}{version}: faber's own CPU {per_target_cpu * 1000:.0f} ms per target")
+    shown = f", the server's {server * 1000:.0f} ms" if server is not None else ""
+    print(f"--concurrency {concurrency}{version}: faber's own CPU {per_target_cpu * 1000:.0f} ms per target{shown}")
     document = json.loads(run.stdout)
     if run.returncode != 0 or document["result"]["summary"] != {"deployed": len(databases)}:
         sys.exit(f"the fleet deploy failed ({run.returncode}): {run.stdout[-2000:]}\n{run.stderr[-2000:]}")
-    return elapsed, per_target_cpu
+    return elapsed, per_target_cpu, server
+
+
+def server_cpu() -> float | None:
+    """CPU seconds the PostgreSQL server has used: its postmaster, the sessions that ended (the
+    postmaster's reaped children) and its live processes; None when it does not run on this
+    machine or /proc does not show it."""
+    with psycopg.connect(ADMIN_URL) as conn:
+        (backend,) = conn.execute("SELECT pg_backend_pid()").fetchone()
+    try:
+        postmaster = int(_stat(backend)[1])
+        fields = _stat(postmaster)
+    except (OSError, IndexError, ValueError):
+        return None
+    ticks = sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
+    for entry in Path("/proc").iterdir():
+        try:
+            child = _stat(int(entry.name)) if entry.name.isdigit() else None
+        except OSError:  # ended meanwhile
+            continue
+        if child is not None and int(child[1]) == postmaster:
+            ticks += int(child[11]) + int(child[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[str]:
+    """/proc/PID/stat's fields after the command name (state is [0], the parent's pid [1])."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
 def _children_cpu() -> float:
@@ -139,14 +181,14 @@ def main() -> None:
             for version in versions:
                 databases = create_databases(TARGETS)
                 try:
-                    elapsed, cpu = deploy(directory, databases, concurrency, version)
-                    results[version, concurrency] = (elapsed, migration_seconds(databases), cpu)
+                    elapsed, cpu, server = deploy(directory, databases, concurrency, version)
+                    results[version, concurrency] = (elapsed, migration_seconds(databases), cpu, server)
                 finally:
                     drop_databases(databases)
     print(f"{TARGETS} databases x {len(MIGRATIONS)} migrations; load average after: {os.getloadavg()[0]:.2f}")
     for version in versions:
-        sequential, applying, _ = results[version, 1]
-        concurrent, _, cpu = results[version, 8]
+        sequential, applying, _, _ = results[version, 1]
+        concurrent, _, cpu, server = results[version, 8]
         overhead = (sequential - applying) / TARGETS
         if version:
             print(f"baseline ({version}):")
@@ -155,6 +197,10 @@ def main() -> None:
         print(f"speed-up: {sequential / concurrent:.1f}x (goal: >= 4x)")
         # One interpreter lock: a concurrent target takes at least faber's CPU per target.
         print(f"bound from faber's own CPU alone: {sequential / TARGETS / cpu:.1f}x")
+        if server is not None:  # the machine's cores for faber and the server together
+            cores = os.cpu_count() or 1
+            bound = sequential / TARGETS / max(cpu, (cpu + server) / cores)
+            print(f"bound from faber's and the server's CPU on {cores} cores: {bound:.1f}x")
         print(
             f"per-target overhead (sequential, beyond the migrations' own {applying / TARGETS * 1000:.0f} ms): "
             f"{overhead * 1000:.0f} ms"
