@@ -265,8 +265,10 @@ class PostgresEngine(Engine):
 
         key = faber_lock_key(database.name)
         with advisory_lock(conn, key, wait_seconds=wait_seconds, purpose=purpose):
+            # The function for one backend, not the pg_stat_activity view (every session's status,
+            # joined with two catalogs): a quarter of the server's CPU in a fresh session.
             holder = conn.execute(
-                "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+                "SELECT pid, backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid())"
             ).fetchone()
             yield AdvisoryLock(conn, key, holder)
 
