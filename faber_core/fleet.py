@@ -5,7 +5,8 @@ target, each in a context of its own (its own health checks, backup, lock, apply
 rollback, audit events and history row), in this order:
 
 1  find the targets (:mod:`faber_core.targets`) and take this shard's share
-2  survey: read each target's migration status; up-to-date targets are done (no lock, no backup)
+2  survey: read each target's migration status; up-to-date targets are done (no lock, no backup);
+   a fleet of one wave that asks nobody reads each on its way to its deploy (:func:`read_on_the_way`)
 3  dry run: say how many targets need which migrations, and stop
 4  approval, once for the whole fleet (protected environments)
 5  the canary, then each wave, of the targets not up to date; a wave starts only when the
