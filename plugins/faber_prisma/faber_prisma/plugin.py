@@ -14,8 +14,11 @@ from faber_core.models import (
     ToolInfo,
 )
 
-from faber_prisma import TOOL, applier, cli, preview, status
+from faber_prisma import TOOL, status
 from faber_prisma.migrations import PrismaOptions
+
+# The applier, the Prisma CLI's runner and the preview are imported by the hooks that use them: a
+# `faber status` needs none of them (start-up, docs/performance.md).
 
 
 @hookimpl
@@ -38,6 +41,8 @@ def faber_migration_status(context: RunContext) -> MigrationState:
 def faber_migration_validate(context: RunContext, pending: list[LocalMigration]) -> list[MigrationRefusal]:
     # Refused here, before faber's lock and the backup, not in apply: a folder without
     # migration.sql, and a database created outside Prisma that needs baselining first (P3005).
+    from faber_prisma import applier
+
     applier.require_scripts_of(context, pending)
     applier.refuse_unbaselined_database(context, pending)
     return []
@@ -45,20 +50,28 @@ def faber_migration_validate(context: RunContext, pending: list[LocalMigration])
 
 @hookimpl
 def faber_migration_preview(context: RunContext, pending: list[LocalMigration]) -> list[MigrationPreview]:
+    from faber_prisma import preview
+
     return preview.preview(context, pending)
 
 
 @hookimpl
 def faber_migration_apply(context: RunContext, pending: list[LocalMigration]) -> ApplyOutcome:
+    from faber_prisma import applier
+
     return applier.apply_pending(context, pending)
 
 
 @hookimpl
 def faber_migration_dev(context: RunContext) -> ApplyOutcome | None:
+    from faber_prisma import cli
+
     return cli.migrate_dev(context)
 
 
 @hookimpl
 def faber_migration_resolve(context: RunContext, name: str, resolution: Resolution) -> MigrationState:
+    from faber_prisma import applier
+
     applier.resolve(context, name, resolution)
     return status.read_state(context)
