@@ -25,12 +25,10 @@ from pathlib import Path
 from typing import Literal
 
 import psycopg
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from faber_core import hookimpl
 from faber_core.backup import store
-from faber_core.backup.restore import restore_archive
-from faber_core.backup.swap import restore_by_swap
 from faber_core.context import RunContext
 from faber_core.errors import BackupFailed
 from faber_core.models import BackupProviderInfo, BackupPruneOutcome, BackupRecord, RestoreOutcome
@@ -44,6 +42,8 @@ _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 
 class PgDumpOptions(BaseModel):
     """The pg_dump provider's keys of an environment's ``backup`` section."""
+
+    model_config = ConfigDict(defer_build=True)  # faber validates with a model derived from it (plugin_options)
 
     restore_mode: Literal["in-place", "swap"] = Field(
         "in-place",
@@ -214,6 +214,10 @@ def faber_backup_restore(context: RunContext, backup: BackupRecord) -> RestoreOu
     with context.database.connect() as conn:
         major = conn.info.server_version // 10000
     tools = find_client_dir(major)
+    # Imported here: only a restore needs them, and every command registers this plugin (start-up).
+    from faber_core.backup.restore import restore_archive
+    from faber_core.backup.swap import restore_by_swap
+
     if options.restore_mode == "swap":
         return restore_by_swap(context, backup, tools, major, jobs(options))
     return restore_archive(context, backup, tools, major)
