@@ -496,8 +496,12 @@ def plugin_options(model: type[Options], raw: dict[str, Any], where: str) -> Opt
 
 @functools.cache
 def _refusing_unknown_keys(model: type[Options]) -> type[Options]:
-    """``model`` refusing unknown keys, whatever its author's model says about extras."""
-    return type(model.__name__, (model,), {"model_config": ConfigDict(extra="forbid"), "__module__": model.__module__})
+    """``model`` refusing unknown keys, whatever its author's model says about extras.
+
+    Built at once even when ``model`` defers its build (as plugins' options models do, so that
+    faber's start-up does not build them): a fleet's targets validate with it from several threads."""
+    config = ConfigDict(extra="forbid", defer_build=False)
+    return type(model.__name__, (model,), {"model_config": config, "__module__": model.__module__})
 
 
 def _describe_option(error: Any, model: type[BaseModel], where: str) -> str:

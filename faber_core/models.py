@@ -25,7 +25,9 @@ class ToolInfo(DeferredModel):
         None,
         description="The pydantic model of the tool's options, the config section database.<name>. faber "
         "validates the section with it before any run (unknown keys refused, with a suggestion) and lists it in "
-        "`faber config schema`; read it with context.tool_options(Model). None: the tool takes no options.",
+        "`faber config schema`; read it with context.tool_options(Model). None: the tool takes no options. "
+        "Give the model ConfigDict(defer_build=True): faber validates with a model of its own derived from it, so "
+        "its own validator would be built at every start of faber for nothing.",
     )
 
 
@@ -39,7 +41,7 @@ class BackupProviderInfo(DeferredModel):
         description="The pydantic model of the provider's own keys of an environment's backup section (beside "
         "faber's provider and keep_last). faber validates every environment using the provider with it before any "
         "run and lists it in `faber config schema`; read it with context.backup_options(Model). None: no keys of "
-        "its own.",
+        "its own. As for a tool's options, give the model ConfigDict(defer_build=True).",
     )
     engines: list[str] | None = Field(
         None,

@@ -132,7 +132,7 @@ def get_plugin_manager() -> PluginManager:
 class NoOptions(BaseModel):
     """The options of a tool or provider that declares none: any key is unknown."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # validated through plugin_options' own model
 
 
 def _owner(pm: PluginManager, plugin: object) -> str:

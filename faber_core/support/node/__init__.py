@@ -74,7 +74,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from faber_core import events, hookimpl
 from faber_core.context import Database, RunContext
@@ -537,6 +537,10 @@ NOT_REHEARSED = "Not rehearsed"
 
 class NodeToolOptions(BaseModel):
     """The options every Node tool takes; a tool's options model subclasses it and adds its own."""
+
+    # Every Node tool's options model defers its build: faber validates with a model derived from
+    # it (plugin_options), and a project of another tool never uses it.
+    model_config = ConfigDict(defer_build=True)
 
     rehearsal_data: Literal["auto", "always", "never"] = Field(
         "auto",

@@ -20,7 +20,7 @@ from faber_core.context import RunContext
 from faber_core.errors import ConfigError
 from faber_core.models import LocalMigration
 from faber_core.support.files import decode_sql, inside, migrations_folder, read_migration_file
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from faber_prisma import TOOL
 
@@ -66,6 +66,8 @@ class MigrationFolder:
 
 class PrismaOptions(BaseModel):
     """``database.prisma`` in the config."""
+
+    model_config = ConfigDict(defer_build=True)  # faber validates with a model derived from it (plugin_options)
 
     migrations_dir: str = Field(
         DEFAULT_MIGRATIONS_DIR,
