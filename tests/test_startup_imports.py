@@ -49,6 +49,15 @@ NOT_FOR_ONE_POSTGRESQL_DATABASE = {
 
 NOT_BUILT_FOR_A_STATUS = {"DeployResult", "FailedDeployResult", "PreviewResult", "LintFinding", "WritesSinceBackup"}
 
+NOT_FOR_A_STATUS = {
+    "faber_prisma.applier": "the Prisma hooks import it when they apply, validate or resolve",
+    "faber_prisma.preview": "only a preview",
+    "faber_prisma.cli": "only `faber migrate dev` runs the Prisma CLI",
+}
+
+OTHER_TOOLS_OPTIONS = {"NodeToolOptions", "TypeormOptions", "SequelizeOptions"}
+"""Options models of tools a Prisma project does not use: declared (their plugins are installed) but never built."""
+
 
 def run_recording_modules(tmp_path: Path, *args: str, env: dict[str, str]) -> tuple[subprocess.CompletedProcess, dict]:
     """The run, and what it loaded: its modules, the commands whose parameters typer built, and
@@ -101,10 +110,15 @@ def test_deploy_and_status_of_one_postgresql_database_import_no_heavy_library(fa
         assert "psycopg" in modules  # the probe saw the run's modules, the driver it used among them
         loaded = {name: why for name, why in NOT_FOR_ONE_POSTGRESQL_DATABASE.items() if imported(modules, name)}
         assert not loaded, f"imported although {loaded}"
-    # Reading the history parses no SQL.
+    # Reading the history parses no SQL, and needs none of the Prisma hooks' modules that apply or preview.
     assert not imported(set(status_run["modules"]), "pglast")
+    loaded = {name: why for name, why in NOT_FOR_A_STATUS.items() if imported(set(status_run["modules"]), name)}
+    assert not loaded, f"imported although {loaded}"
+    assert "faber_prisma.applier" in deploy_run["modules"]  # the deploy imported it when it applied
     # Typer builds the parameters of the command that runs, not of the nine others.
     assert deploy_run["commands"] == ["migrate"] and status_run["commands"] == ["status"]
     # faber's models are built when first used: a status builds none of a deploy's documents.
     assert "DeployResult" in deploy_run["models"] and "MigrationState" in status_run["models"]
     assert not set(status_run["models"]) & NOT_BUILT_FOR_A_STATUS, status_run["models"]
+    for run in (deploy_run, status_run):
+        assert not set(run["models"]) & OTHER_TOOLS_OPTIONS, run["models"]
