@@ -11,7 +11,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from faber_core.context import RunContext
 from faber_core.errors import ConfigError
@@ -25,6 +25,9 @@ FILE_NAME = re.compile(r"V(?P<version>\d+(?:[._]\d+)*)__(?P<description>\w+)\.sq
 
 class PlainSqlOptions(BaseModel):
     """``database.plainsql`` in the config; faber validates it before any run."""
+
+    # Built when first used: faber validates with a model derived from it (docs/plugins.md, Options).
+    model_config = ConfigDict(defer_build=True)
 
     folder: str = Field(DEFAULT_FOLDER, min_length=1, description="The migrations folder, relative to the project.")
 

@@ -39,7 +39,8 @@ class RetentionSettings(BaseModel):
 class RdsBackupSettings(BaseModel):
     """The keys of ``backup`` beside faber's own ``provider`` and ``keep_last``."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Built when first used: faber validates with a model derived from it (docs/plugins.md, Options).
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     db_instance_identifier: str | None = None
     db_cluster_identifier: str | None = Field(None, description="An Aurora cluster: faber takes cluster snapshots.")
