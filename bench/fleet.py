@@ -8,7 +8,9 @@ each wall time, faber's own CPU time per target, the server's (PostgreSQL's proc
 speed-up, the bounds on it (docs/performance.md: one interpreter lock, so a concurrent target
 takes at least faber's CPU per target f; and at least (f + s) / cores, s the server's CPU per target),
 and the per-target overhead of the sequential run: its wall time per target minus the time the
-target's five migrations took (from each target's history row).
+target's five migrations took (from each target's history row). For reference, the same
+migrations through ``psql`` (a process per database, each migration in its own transaction), one
+database at a time and eight at once: the speed-up the machine and the server allow at all.
 
     python bench/fleet.py            # needs PostgreSQL at 127.0.0.1:5432 (user postgres)
 
@@ -127,6 +129,23 @@ def deploy(
     return elapsed, per_target_cpu, server
 
 
+def raw_psql(databases: list[str], concurrency: int, directory: Path) -> float:
+    """The wall time of ``psql`` applying the same migrations to every database, each migration in
+    its own transaction, ``concurrency`` databases at once: what the machine and the server allow
+    without faber's checks and bookkeeping (and with a process per database)."""
+    script = directory / "migrations.psql"
+    script.write_text("".join(f"BEGIN;\n{text}\nCOMMIT;\n" for text in MIGRATIONS.values()))
+
+    def apply(name: str) -> None:
+        command = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", database_url(name), "-f", str(script)]
+        subprocess.run(command, check=True, capture_output=True, timeout=600)
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        list(pool.map(apply, databases))
+    return time.monotonic() - started
+
+
 def server_cpu() -> float | None:
     """CPU seconds the PostgreSQL server has used: its postmaster, the sessions that ended (the
     postmaster's reaped children) and its live processes; None when it does not run on this
@@ -185,7 +204,17 @@ def main() -> None:
                     results[version, concurrency] = (elapsed, migration_seconds(databases), cpu, server)
                 finally:
                     drop_databases(databases)
+            databases = create_databases(TARGETS)
+            try:
+                results["psql", concurrency] = raw_psql(databases, concurrency, directory)
+            finally:
+                drop_databases(databases)
     print(f"{TARGETS} databases x {len(MIGRATIONS)} migrations; load average after: {os.getloadavg()[0]:.2f}")
+    alone, together = results["psql", 1], results["psql", 8]
+    print(
+        f"psql, the same migrations without faber, one database at a time: {alone:.1f} s, 8 at once: "
+        f"{together:.1f} s; its speed-up: {alone / together:.1f}x"
+    )
     for version in versions:
         sequential, applying, _, _ = results[version, 1]
         concurrent, _, cpu, server = results[version, 8]
