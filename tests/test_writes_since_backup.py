@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import psycopg
 import pytest
@@ -182,6 +183,44 @@ def test_the_prepared_check_and_measurement_survive_a_script_that_deallocates_th
             writes.run_measured_script(conn, "INSERT INTO items VALUES (6)", writes.Measurement(), lock_check=check)
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         assert conn.execute("SELECT count(*) FROM items").fetchone()[0] == 5
+
+
+def test_the_lock_check_holds_after_a_migration_switches_to_a_role_that_cannot_see_faber_s_session(database_url):
+    """A migration's `SET ROLE owner` (so the objects it creates belong to the owner) lasts for
+    the session: the next migration's lock check runs as that role, which sees no other role's
+    session details (its start). The lock is still held: the migration must run; once the lock
+    is gone, nothing of it may run."""
+    from faber_core.context import LockCheck
+    from faber_core.engines.postgres import AdvisoryLock
+
+    class Lost(Exception):
+        pass
+
+    owner = f"faber_test_owner_{os.getpid()}_{time.monotonic_ns()}"
+    with (
+        psycopg.connect(database_url, autocommit=True) as holder,
+        psycopg.connect(database_url, autocommit=True) as conn,
+    ):
+        try:
+            conn.execute(f"CREATE ROLE {owner}; CREATE TABLE items (id int); ALTER TABLE items OWNER TO {owner}")
+            holder.execute("SELECT pg_advisory_lock(4243)")
+            pid, started = holder.execute(
+                "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+            ).fetchone()
+            check = LockCheck(AdvisoryLock(holder, 4243, (pid, started)).check_statement(), Lost)
+            writes.run_measured_script(conn, f"SET ROLE {owner}", writes.Measurement(), lock_check=check)
+
+            measured = writes.Measurement()
+            writes.run_measured_script(conn, "INSERT INTO items VALUES (1)", measured, lock_check=check)
+            assert measured.rows == {"public.items": 1}
+
+            holder.execute("SELECT pg_advisory_unlock(4243)")
+            with pytest.raises(Lost):
+                writes.run_measured_script(conn, "INSERT INTO items VALUES (2)", writes.Measurement(), lock_check=check)
+            assert conn.execute("SELECT count(*) FROM items").fetchone()[0] == 1
+        finally:
+            conn.execute("RESET ROLE")
+            conn.execute(f"DROP TABLE IF EXISTS items; DROP ROLE IF EXISTS {owner}")
 
 
 def test_each_measured_transaction_counts_only_its_own_rows(database_url):
