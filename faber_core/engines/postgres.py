@@ -47,11 +47,14 @@ SELECT EXISTS (
 # more per migration than the query alone: the text cast to an integer fails, saying LOCK_LOST,
 # only when no row of the lock is found (the checking session's pid in it keeps the planner from
 # casting it beforehand). The holding session is named by its pid and its start, so a later
-# session given the same pid is not taken for it.
+# session given the same pid is not taken for it. Its start is hidden (NULL) from a role that
+# may not see the holding session's details, as after a migration's SET ROLE: then the holder's pid
+# holding the lock is all the check can see, and is taken for the holder.
 _CHECK_HELD_BY = """
 SELECT ({lost} || ' (checked by session ' || pg_catalog.pg_backend_pid() || ')')::int WHERE NOT EXISTS (
     SELECT FROM pg_catalog.pg_locks l, pg_catalog.pg_stat_get_activity({pid}) a
-    WHERE l.locktype = 'advisory' AND l.granted AND l.pid = {pid} AND a.backend_start = {started}
+    WHERE l.locktype = 'advisory' AND l.granted AND l.pid = {pid}
+      AND (a.backend_start = {started} OR a.backend_start IS NULL)
       AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
       AND l.classid = (({key}::bigint >> 32) & 4294967295)::oid AND l.objid = ({key}::bigint & 4294967295)::oid
       AND l.objsubid = 1
