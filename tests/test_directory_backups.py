@@ -295,3 +295,33 @@ def test_a_directory_dump_killed_while_its_workers_write_leaves_no_backup(
     assert sorted(p.name for p in folder(project_dir).iterdir()) == [f"{again['id']}.dir", f"{again['id']}.json"]
     if signum == signal.SIGTERM:  # faber saw the signal: it stopped pg_dump and removed the partial archive itself
         assert json.loads(stdout)["code"] == "INTERRUPTED", stdout
+
+
+def test_a_partial_directory_removed_before_the_dump_locked_it_is_backup_failed_not_an_empty_backup(
+    directory_project, context_for, plugins, monkeypatch
+):
+    """A listing's or another backup's cleanup can remove the new backup's ``.dir.partial``
+    between its creation and its lock (it looks like a dead run's, empty and unlocked); pg_dump
+    then writes a directory of that name again. Sealing the removed one listed no file: the deploy
+    went on with a backup that no restore accepts. It must fail instead, leaving nothing."""
+    from faber_core.backup import store
+    from faber_core.errors import BackupFailed
+    from faber_core.models import MigrationState
+    from faber_core.workflow import take_backup
+
+    for name, value in SQLFILES.items():
+        monkeypatch.setenv(name, value)
+    project_dir = directory_project()
+    reserve = store.reserve
+
+    def reserve_then_cleaned(*args, **kwargs):
+        reservation = reserve(*args, **kwargs)
+        reservation.partial.rmdir()  # what the other run's cleanup does just before the lock
+        return reservation
+
+    monkeypatch.setattr(store, "reserve", reserve_then_cleaned)
+
+    with pytest.raises(BackupFailed, match="removed while"):
+        take_backup(context_for(project_dir, "create-backup"), plugins, "test", MigrationState(tool="sqlfiles", local=[], records=[]))
+
+    assert not any(folder(project_dir).iterdir())
