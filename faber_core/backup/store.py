@@ -448,6 +448,13 @@ class Sealed:
 
 def seal_archive(reservation: Reservation) -> Sealed:
     """Make the dumped archive durable and visible under its final name; return its checksum."""
+    if not os.path.samestat(os.fstat(reservation.fd), os.stat(reservation.partial)):
+        # Another run's cleanup removed it before its lock (it looked like a dead run's) and the
+        # dump wrote one of that name again: what is locked and would be sealed is not what was dumped.
+        raise BackupFailed(
+            f"Failed to create pre-migration backup: {reservation.partial.name} was removed while being written",
+            suggestions=["Run again: another faber run cleaned the backup folder at the same moment"],
+        )
     if reservation.archive_suffix == DIRECTORY_ARCHIVE:
         sealed = _seal_directory(reservation)
     else:
