@@ -321,7 +321,8 @@ def test_a_partial_directory_removed_before_the_dump_locked_it_is_backup_failed_
 
     monkeypatch.setattr(store, "reserve", reserve_then_cleaned)
 
+    nothing_applied = MigrationState(tool="sqlfiles", local=[], records=[])
     with pytest.raises(BackupFailed, match="removed while"):
-        take_backup(context_for(project_dir, "create-backup"), plugins, "test", MigrationState(tool="sqlfiles", local=[], records=[]))
+        take_backup(context_for(project_dir, "create-backup"), plugins, "test", nothing_applied)
 
     assert not any(folder(project_dir).iterdir())
