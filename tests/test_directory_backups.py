@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import stat
 import sys
@@ -197,9 +198,34 @@ def edit_the_manifest_s_list(archive: Path, listed: dict) -> str:
     return "does not match its manifest's list of files"
 
 
+def put_a_fifo_in_a_file_s_place_and_list_it(archive: Path, listed: dict) -> str:
+    """A manifest that agrees with its archive, but one of whose files is a FIFO: read empty by
+    the check, it would make pg_restore wait forever for a writer."""
+    data = max(listed, key=lambda name: listed[name]["size"])
+    (archive / data).unlink()
+    os.mkfifo(archive / data)
+    manifest = archive.with_suffix(".json")
+    document = json.loads(manifest.read_text())
+    document["provider_data"]["files"][data] = {"size": 0, "sha256": hashlib.sha256(b"").hexdigest()}
+    lines = "".join(
+        f"{entry['sha256']}  {entry['size']}  {name}\n" for name, entry in sorted(document["provider_data"]["files"].items())
+    )
+    document["sha256"] = hashlib.sha256(lines.encode()).hexdigest()
+    manifest.write_text(json.dumps(document))
+    return f"has its file {data} that is not a regular file"
+
+
 @pytest.mark.parametrize(
     "damage",
-    [truncate, flip_a_byte, remove_the_table_of_contents, link_a_file_elsewhere, add_a_file, edit_the_manifest_s_list],
+    [
+        truncate,
+        flip_a_byte,
+        remove_the_table_of_contents,
+        link_a_file_elsewhere,
+        add_a_file,
+        edit_the_manifest_s_list,
+        put_a_fifo_in_a_file_s_place_and_list_it,
+    ],
 )
 @pytest.mark.parametrize("restore_mode", ["in-place", "swap"])
 def test_a_damaged_directory_archive_is_refused_before_anything_changes(

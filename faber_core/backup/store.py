@@ -184,7 +184,10 @@ def _directory_problem(backup: BackupRecord, fd: int) -> str | None:
         except OSError as exc:  # a symbolic link (never pg_dump's), a file faber may not read
             return f"has its file {name} unreadable: {exc.strerror}"
         try:
-            found = os.fstat(file_fd).st_size
+            info = os.fstat(file_fd)
+            if not stat.S_ISREG(info.st_mode):  # a FIFO would make pg_restore wait for a writer forever
+                return f"has its file {name} that is not a regular file"
+            found = info.st_size
             if found != size:
                 return f"has its file {name} at {found} bytes where its manifest says {size} (truncated?)"
             if _sha256(file_fd) != sha256:
