@@ -24,6 +24,7 @@ from psycopg import sql
 
 from faber_core.backup.swap import previous_name, restoring_name
 from faber_core.events import BACKUP_RESTORE_STEP, WRITES_WAITING
+from faber_core.postgres.locks import faber_lock_key
 from faber_core.testing import sqlfiles
 from faber_core.testing.faults import FaberProcess
 from faber_core.testing.fixtures import CANARY_PASSWORD, database_state, database_url_for, start_faber, wait_for
@@ -927,3 +928,78 @@ def test_the_rows_of_a_failed_deploy_s_own_migrations_do_not_stop_its_swap_rollb
 
     assert done.returncode == 6, done.stdout
     assert done.json["result"]["rollback_status"] == "success", done.stdout
+
+
+def faber_lock_holders(admin_url: str, target: str) -> list:
+    """The sessions holding faber's lock of ``target``, on ``target``."""
+    key = faber_lock_key(target)
+    return admin_execute(
+        admin_url,
+        "SELECT l.pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database WHERE l.locktype = 'advisory'"
+        " AND l.granted AND d.datname = %s AND l.classid = ((%s::bigint >> 32) & 4294967295)::oid"
+        " AND l.objid = (%s::bigint & 4294967295)::oid AND l.objsubid = 1",
+        [target, key, key],
+    )
+
+
+def test_after_a_failed_swap_faber_holds_its_lock_again_for_the_rest_of_the_run(
+    swapped, run_faber, database_url, postgres_admin_url
+):
+    """The swap ends every session of the target, faber's lock session among them; when its rename
+    then fails, the target is unchanged and faber's lock is held again until the run has ended (its
+    history row is the last thing it writes)."""
+    project_dir, target = swapped
+    execute(database_url, "CREATE TABLE accounts (id int); INSERT INTO accounts VALUES (1)")
+    backup_id = backup(run_faber, project_dir)
+    done = run_faber("migrate", "production", "--yes", "--json", cwd=project_dir, env=SQLFILES)
+    assert done.returncode == 0, done.stdout  # faber's history table exists
+    # The history row, the last thing the run writes, waits until the test cancels it (a rule, not a
+    # function: faber's schema holds nothing else of others, and the swap copies the rule with it).
+    execute(database_url, "CREATE RULE gate AS ON INSERT TO faber.faber_deployments DO ALSO SELECT pg_sleep(600)")
+    execute(database_url, "INSERT INTO accounts VALUES (2)")
+    before = database_state(database_url)
+    oid_before = databases(postgres_admin_url, target)[target]
+
+    with psycopg.connect(postgres_admin_url, autocommit=True) as gate:
+        # The rename waits for this lock on the database, after the swap ended the sessions.
+        gate.execute("BEGIN")
+        gate.execute(sql.SQL("COMMENT ON DATABASE {} IS 'held by the test'").format(sql.Identifier(target)))
+        faber = start_faber(
+            *("rollback", "production", "--to", backup_id, "--yes", "--discard-app-writes", "--json"),
+            cwd=project_dir,
+            env=SQLFILES,
+        )
+        try:
+            wait_for(lambda: swap_waiting_for_lock(postgres_admin_url), "the swap to wait for the test's lock")
+            # The rename fails: its statement is cancelled.
+            admin_execute(
+                postgres_admin_url,
+                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'faber swap %%'"
+                " AND query LIKE 'ALTER DATABASE%%RENAME%%'",
+            )
+            gate.execute("ROLLBACK")
+            wait_for(lambda: sessions_waiting(postgres_admin_url, target, "PgSleep"), "the history row to wait")
+            holders_for_the_rest_of_the_run = faber_lock_holders(postgres_admin_url, target)
+            admin_execute(
+                postgres_admin_url,
+                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE datname = %s AND wait_event = 'PgSleep'",
+                [target],
+            )
+        finally:
+            gate.close()
+            try:
+                out, err = faber.communicate(timeout=120)
+            finally:
+                if faber.poll() is None:
+                    faber.kill()
+                    faber.communicate()
+        execute(database_url, "DROP RULE gate ON faber.faber_deployments")
+
+    document = faber_json(out)
+    assert faber.returncode != 0, out
+    assert "the swap failed and was rolled back" in document["error"], out
+    assert f"{target} is unchanged" in document["error"]
+    assert CANARY_PASSWORD not in (out + err).decode()
+    assert database_state(database_url) == before
+    assert databases(postgres_admin_url, target) == {target: oid_before}
+    assert len(holders_for_the_rest_of_the_run) == 1
