@@ -25,6 +25,7 @@ switch the atomic step instead::
         ALTER DATABASE <restoring> RENAME TO target
         carry over the comment and connection limit; COMMIT
     lock                faber's lock again, on the restored database, for the rest of the run
+                        (on the unchanged target when the swap failed after ending the sessions)
     ANALYZE             the restored tables
     drop <previous>
 
@@ -106,6 +107,9 @@ class _Swap:
     created: bool = False
     restoring_oid: int | None = None
     swapped: bool = False
+    sessions_ended: bool = False
+    """The swap ended the target's sessions, faber's lock session among them: a rollback of the
+    swap does not bring them back."""
     dropped_previous: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -219,9 +223,17 @@ def _run(swap: _Swap, tools: Path, major: int, archive: Path, keep: str) -> None
     with _on_target(swap) as conn:
         committed = writes.committed_changes(conn, context.config.database.faber_schema)
     swap.done("checked the rows written since the backup again")
-    _swap_names(swap, committed)
+    try:
+        _swap_names(swap, committed)
+    except FaberError as failed:
+        if swap.sessions_ended:
+            # The target is unchanged, but faber's lock session is gone: the rest of the run (its
+            # history row, a deploy's report) must not overlap another run.
+            _lock_again(swap, "after the failed swap")
+            _add_notes(failed, swap.notes)
+        raise
     swap.done(f"swapped: {swap.target} is the restored database, the previous one is {swap.previous}")
-    _lock_again(swap)
+    _lock_again(swap, "after the swap")
     with context.database.connect(application_name=swap.application) as conn:
         conn.execute("SET statement_timeout = 0")
         try:
@@ -504,6 +516,7 @@ def _swap_names(swap: _Swap, committed: dict[str, int]) -> None:
                         " WHERE datname IN (%s, %s) AND pid <> pg_catalog.pg_backend_pid()",
                         [swap.target, swap.restoring],
                     ).fetchall()
+                    swap.sessions_ended = True
                     _wait_until_ended(admin, [pid for pid, signalled in ended if signalled])
                     with _on_target(swap) as reader:
                         now = writes.committed_changes(reader, faber_schema)
@@ -539,8 +552,10 @@ def _wait_until_ended(admin: psycopg.Connection, pids: list[int]) -> None:
         time.sleep(0.01)
 
 
-def _lock_again(swap: _Swap) -> None:
-    """faber's lock, whose session the swap ended, on the restored database for the rest of the run."""
+def _lock_again(swap: _Swap, when: str) -> None:
+    """faber's lock, whose session the swap ended, on the target (the restored database, or the
+    unchanged one after a failed swap) for the rest of the run; if it cannot be taken, a note
+    saying so, ``when`` naming the moment."""
     context = swap.context
     engine = context.database.engine
 
@@ -562,7 +577,15 @@ def _lock_again(swap: _Swap) -> None:
         context.kept(("pg_dump swap lock", swap.target), hold)
     except (FaberError, psycopg.Error) as exc:
         reason = exc.message if isinstance(exc, FaberError) else str(exc).strip()
-        swap.notes.append(f"faber's lock could not be taken again after the swap: {context.redactor.redact(reason)}")
+        swap.notes.append(f"faber's lock could not be taken again {when}: {context.redactor.redact(reason)}")
+
+
+def _add_notes(failed: FaberError, notes: list[str]) -> None:
+    """The notes at the end of ``failed``'s message, as a successful restore's details carry them:
+    the message is what reaches the report, a rollback's included."""
+    if notes:
+        failed.message += "".join(f"; {note}" for note in notes)
+        failed.args = (failed.message,)
 
 
 def _drop_quietly(swap: _Swap, name: str) -> bool:
