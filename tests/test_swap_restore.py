@@ -22,7 +22,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from faber_core import api
+from faber_core.backup import swap as swap_module
 from faber_core.backup.swap import previous_name, restoring_name
+from faber_core.errors import RestoreFailed
 from faber_core.events import BACKUP_RESTORE_STEP, WRITES_WAITING
 from faber_core.postgres.locks import faber_lock_key
 from faber_core.testing import sqlfiles
@@ -1003,3 +1006,29 @@ def test_after_a_failed_swap_faber_holds_its_lock_again_for_the_rest_of_the_run(
     assert database_state(database_url) == before
     assert databases(postgres_admin_url, target) == {target: oid_before}
     assert len(holders_for_the_rest_of_the_run) == 1
+
+
+def test_when_faber_cannot_take_its_lock_again_after_a_failed_swap_the_error_says_so(
+    swapped, run_faber, database_url, monkeypatch
+):
+    """A swap that failed after ending the sessions, while another session holds faber's lock
+    (here the run's own first one: this stand-in for the swap ends no session): the error says
+    the target is unchanged and that faber's lock is not held."""
+    project_dir, target = swapped
+    execute(database_url, "CREATE TABLE accounts (id int); INSERT INTO accounts VALUES (1)")
+    backup_id = backup(run_faber, project_dir)
+
+    def swap_failing_after_ending_the_sessions(swap, committed):
+        swap.sessions_ended = True
+        raise RestoreFailed(f"the swap failed and was rolled back: a stand-in; {swap.target} is unchanged")
+
+    monkeypatch.setattr(swap_module, "_swap_names", swap_failing_after_ending_the_sessions)
+    for name, value in SQLFILES.items():
+        monkeypatch.setenv(name, value)
+
+    document = api.rollback(
+        "production", to=backup_id, yes=True, discard_app_writes=True, working_directory=project_dir
+    )
+
+    assert document.code == "RESTORE_FAILED", document
+    assert f"{target} is unchanged; faber's lock could not be taken again after the failed swap" in document.error
