@@ -92,7 +92,7 @@ def read_migrations(context: RunContext) -> list[MigrationFolder]:
     """
     if context.mode == "dev":
         return _read_folders(context)
-    return list(context.once((TOOL, context.project_dir), lambda: _read_folders(context)))
+    return list(context.once((TOOL, migrations_dir(context)), lambda: _read_folders(context)))
 
 
 def _read_folders(context: RunContext) -> list[MigrationFolder]:
