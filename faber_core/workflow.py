@@ -1225,11 +1225,20 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
             f"No backups found for {context.environment}",
             suggestions=[f"Create one with: faber backup {context.environment}"],
         )
-    with deploy_lock(context):
-        since = check_writes_since_backup(context, chosen)
-        confirm_rollback(context, options, chosen, since)
-        checked = WritesCheck(context, chosen, approved=since)
-        outcome = restore_backup(context, plugins, chosen, checked)
+    outcome: RestoreOutcome | None = None
+    try:
+        with deploy_lock(context):
+            since = check_writes_since_backup(context, chosen)
+            confirm_rollback(context, options, chosen, since)
+            checked = WritesCheck(context, chosen, approved=since)
+            outcome = restore_backup(context, plugins, chosen, checked)
+    except KeyboardInterrupt as interrupt:
+        if outcome is None or outcome.status != "success" or restored_beside(outcome):
+            raise
+        # The restore committed and was verified; the signal came as faber released its lock.
+        outcome = RestoreOutcome.interrupted(
+            chosen.id, interrupt, committed=True, details=f"{outcome.details}; interrupted once it was verified"
+        )
     if outcome.status == "interrupted":
         raise interrupted_rollback(context, chosen, outcome)
     beside = restored_beside(outcome)

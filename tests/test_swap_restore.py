@@ -1032,3 +1032,40 @@ def test_when_faber_cannot_take_its_lock_again_after_a_failed_swap_the_error_say
 
     assert document.code == "RESTORE_FAILED", document
     assert f"{target} is unchanged; faber's lock could not be taken again after the failed swap" in document.error
+
+
+def test_a_signal_as_the_rollback_releases_faber_s_lock_says_the_restore_committed(
+    swapped, run_faber, database_url, monkeypatch
+):
+    """SIGTERM after the restore was verified, while faber releases its lock: the document says the
+    restore committed (it did), not a bare "Interrupted" that reads as if nothing had changed."""
+    import contextlib
+
+    from faber_core import workflow
+    from faber_core.interrupts import Terminated
+
+    project_dir, _ = swapped
+    execute(database_url, "CREATE TABLE accounts (id int); INSERT INTO accounts VALUES (1)")
+    backup_id = backup(run_faber, project_dir)
+    execute(database_url, "INSERT INTO accounts VALUES (2)")
+    locked = workflow.deploy_lock
+
+    @contextlib.contextmanager
+    def lock_released_as_a_signal_lands(context):
+        with locked(context) as lock:
+            yield lock
+        raise Terminated()
+
+    monkeypatch.setattr(workflow, "deploy_lock", lock_released_as_a_signal_lands)
+    for name, value in SQLFILES.items():
+        monkeypatch.setenv(name, value)
+
+    document = api.rollback(
+        "production", to=backup_id, yes=True, discard_app_writes=True, working_directory=project_dir
+    )
+
+    assert document.code == "INTERRUPTED", document
+    assert document.result["restore_committed"] is True, document
+    assert document.error.startswith("Interrupted by SIGTERM; the restore had committed"), document.error
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT id FROM accounts").fetchall() == [(1,)]
