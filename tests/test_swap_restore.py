@@ -12,6 +12,7 @@ Kill tests stop faber at three real moments and compare the databases with what 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import uuid
@@ -22,11 +23,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from faber_core import api
+from faber_core import api, workflow
 from faber_core.backup import swap as swap_module
 from faber_core.backup.swap import previous_name, restoring_name
 from faber_core.errors import RestoreFailed
 from faber_core.events import BACKUP_RESTORE_STEP, WRITES_WAITING
+from faber_core.interrupts import Terminated
 from faber_core.postgres.locks import faber_lock_key
 from faber_core.testing import sqlfiles
 from faber_core.testing.faults import FaberProcess
@@ -1008,6 +1010,14 @@ def test_after_a_failed_swap_faber_holds_its_lock_again_for_the_rest_of_the_run(
     assert len(holders_for_the_rest_of_the_run) == 1
 
 
+def rollback_in_process(project_dir, backup_id: str, monkeypatch):
+    """``faber rollback --to backup_id --yes --discard-app-writes`` in this process, so a test can
+    replace a step of it."""
+    for name, value in SQLFILES.items():
+        monkeypatch.setenv(name, value)
+    return api.rollback("production", to=backup_id, yes=True, discard_app_writes=True, working_directory=project_dir)
+
+
 def test_when_faber_cannot_take_its_lock_again_after_a_failed_swap_the_error_says_so(
     swapped, run_faber, database_url, monkeypatch
 ):
@@ -1023,12 +1033,7 @@ def test_when_faber_cannot_take_its_lock_again_after_a_failed_swap_the_error_say
         raise RestoreFailed(f"the swap failed and was rolled back: a stand-in; {swap.target} is unchanged")
 
     monkeypatch.setattr(swap_module, "_swap_names", swap_failing_after_ending_the_sessions)
-    for name, value in SQLFILES.items():
-        monkeypatch.setenv(name, value)
-
-    document = api.rollback(
-        "production", to=backup_id, yes=True, discard_app_writes=True, working_directory=project_dir
-    )
+    document = rollback_in_process(project_dir, backup_id, monkeypatch)
 
     assert document.code == "RESTORE_FAILED", document
     assert f"{target} is unchanged; faber's lock could not be taken again after the failed swap" in document.error
@@ -1039,11 +1044,6 @@ def test_a_signal_as_the_rollback_releases_faber_s_lock_says_the_restore_committ
 ):
     """SIGTERM after the restore was verified, while faber releases its lock: the document says the
     restore committed (it did), not a bare "Interrupted" that reads as if nothing had changed."""
-    import contextlib
-
-    from faber_core import workflow
-    from faber_core.interrupts import Terminated
-
     project_dir, _ = swapped
     execute(database_url, "CREATE TABLE accounts (id int); INSERT INTO accounts VALUES (1)")
     backup_id = backup(run_faber, project_dir)
@@ -1057,12 +1057,7 @@ def test_a_signal_as_the_rollback_releases_faber_s_lock_says_the_restore_committ
         raise Terminated()
 
     monkeypatch.setattr(workflow, "deploy_lock", lock_released_as_a_signal_lands)
-    for name, value in SQLFILES.items():
-        monkeypatch.setenv(name, value)
-
-    document = api.rollback(
-        "production", to=backup_id, yes=True, discard_app_writes=True, working_directory=project_dir
-    )
+    document = rollback_in_process(project_dir, backup_id, monkeypatch)
 
     assert document.code == "INTERRUPTED", document
     assert document.result["restore_committed"] is True, document
