@@ -1,3 +1,3 @@
-from faber_core.cli import main
+from faber_core.command import main
 
 main()

@@ -704,7 +704,7 @@ def _execute(
     ``redactor``: a fleet's, shared by its targets (it knows every target's URL).
     """
     from faber_core.errors import Interrupted
-    from faber_core.interrupts import signal_name, sigterm_as_interrupt
+    from faber_core.interrupts import raise_held, signal_name, sigterm_as_interrupt
     from faber_core.results import ErrorDocument
     from faber_core.secrets import Redactor
     from faber_core.telemetry import command_span, record_outcome
@@ -712,6 +712,7 @@ def _execute(
     run = _Run(redactor or Redactor())
     with command_span(operation, environment) as span, sigterm_as_interrupt():
         try:
+            raise_held()  # one that arrived while faber started (faber_core/command.py)
             document: Document = action(run)
         except FaberError as exc:
             bug = _unexpected_cause(exc)

@@ -22,11 +22,18 @@ class Terminated(KeyboardInterrupt):
 
 
 class _Holding:
-    """Signals that arrived while the main thread was forking, to raise once the child exists."""
+    """Signals that arrived while the main thread was forking, to raise once the child exists, or
+    while the ``faber`` command was starting, to raise as its run begins."""
 
     def __init__(self) -> None:
         self.active = False
         self.arrived: list[int] = []
+        self.outside_runs = False
+        """Since :func:`hold_outside_runs`: an interrupt outside a command's run is held, not raised."""
+        self.runs = 0
+        """Runs (:func:`sigterm_as_interrupt` blocks) the main thread is in."""
+        self.ran = False
+        """A run began since :func:`hold_outside_runs`: what it ends with says how it ended."""
         self.once = False
         """Within :func:`raised_once`."""
         self.raised = False
@@ -42,10 +49,40 @@ def _interrupt_for(signum: int) -> KeyboardInterrupt:
 
 
 def _on_interrupt(signum: int, frame: FrameType | None) -> None:
-    if _holding.active:
+    if _holding.active or (_holding.outside_runs and _holding.runs == 0):
         _holding.arrived.append(signum)
         return
     _raise(signum)
+
+
+def hold_outside_runs() -> None:
+    """The ``faber`` command, from its first line: SIGINT and SIGTERM are held while it starts
+    (imports, parsing its command line) and raised as its run begins (:func:`raise_held`), where
+    they take the one path every interrupt takes; after the run, while its document is printed,
+    they are dropped.
+
+    Without it, Ctrl-C during the few hundred milliseconds of imports ends faber with a
+    ``KeyboardInterrupt`` traceback, and SIGTERM with no document at all.
+    """
+    _holding.outside_runs = True
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _on_interrupt)
+
+
+def raise_held() -> None:
+    """Raise the interrupt held while faber was starting, if one arrived: called first thing in a
+    command's run, within its error handling (:func:`sigterm_as_interrupt` is active)."""
+    arrived, _holding.arrived = _holding.arrived, []
+    if arrived:
+        _raise(arrived[0])
+
+
+def held_without_run() -> str | None:
+    """The signal (``SIGTERM`` or ``SIGINT``) that arrived while faber started and no run began
+    to raise it: a command line that ended before running anything (``--help``, a usage error)."""
+    if _holding.ran or not _holding.arrived:
+        return None
+    return "SIGTERM" if _holding.arrived[0] == signal.SIGTERM else "SIGINT"
 
 
 def _raise(signum: int) -> None:
@@ -67,9 +104,12 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
         return
     previous = {signum: signal.signal(signum, _on_interrupt) for signum in (signal.SIGTERM, signal.SIGINT)}
+    _holding.runs += 1
+    _holding.ran = True
     try:
         yield
     finally:
+        _holding.runs -= 1
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         _holding.raised = False

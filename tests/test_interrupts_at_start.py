@@ -1,0 +1,128 @@
+"""An interrupt while the ``faber`` command starts (its imports take a few hundred milliseconds)
+ends it the way every interrupt does: an ``INTERRUPTED`` document, exit 130, nothing done, and no
+``KeyboardInterrupt`` traceback (faber_core/command.py).
+
+The signal is sent at a moment the test waits for: the command's entry point runs with an import
+hook that, as the CLI module starts to load, says so on a pipe and pauses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+ENVIRONMENT = "production"
+URL_ENV = "START_DATABASE_URL"
+CANARY = "canary-Start-7Qz"
+
+# The real entry point, with an import hook that pauses as faber_core.cli starts to load.
+ENTRY_PAUSED_IN_IMPORTS = """\
+import os, sys, time
+import importlib.abc
+
+class PauseAtCli(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "faber_core.cli":
+            sys.meta_path.remove(self)
+            os.write(int(os.environ["PAUSE_FD"]), b"importing\\n")
+            time.sleep(2)  # a signal handler that holds the interrupt lets the sleep go on
+        return None
+
+sys.meta_path.insert(0, PauseAtCli())
+sys.argv = ["faber", *sys.argv[1:]]
+from faber_core.command import main
+main()
+"""
+
+
+@pytest.fixture
+def project(faber_project, database_url):
+    """A sqlfiles project with one migration deployed and one pending."""
+    config = {"database": {"migration_tool": "sqlfiles", "environments": {ENVIRONMENT: {"database_url_env": URL_ENV}}}}
+    return faber_project(
+        config,
+        {
+            "migrations/001_base.sql": "CREATE TABLE accounts (id int);",
+            "migrations/002_next.sql": "CREATE TABLE t (id int);",
+        },
+    )
+
+
+def with_password(url: str) -> str:
+    scheme, rest = url.split("://", 1)
+    user, host = rest.split("@", 1)
+    return f"{scheme}://{user.split(':')[0]}:{CANARY}@{host}"
+
+
+def interrupted_while_starting(project: Path, url: str, signum: int, *args: str) -> subprocess.CompletedProcess:
+    """Run faber ARGS, send ``signum`` while it imports its CLI, return how it ended."""
+    read_end, write_end = os.pipe()
+    env = {
+        **os.environ,
+        "FABER_PLUGINS": "faber_core.testing.sqlfiles",
+        URL_ENV: with_password(url),
+        "PAUSE_FD": str(write_end),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ENTRY_PAUSED_IN_IMPORTS, *args, "--cwd", str(project)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        pass_fds=(write_end,),
+    )
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pause:
+        assert pause.readline() == b"importing\n", "faber did not reach its CLI import"
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def applied(url: str) -> list[str]:
+    with psycopg.connect(url) as conn:
+        found = conn.execute("SELECT to_regclass('public.t') IS NOT NULL").fetchone()
+    return ["002_next"] if found and found[0] else []
+
+
+def deploy_base(project: Path, url: str) -> None:
+    env = {**os.environ, "FABER_PLUGINS": "faber_core.testing.sqlfiles", URL_ENV: url}
+    pending = project / "migrations/002_next.sql"
+    held_back = pending.read_text()
+    pending.unlink()
+    done = subprocess.run(
+        [sys.executable, "-m", "faber_core", "migrate", ENVIRONMENT, "--yes", "--skip-backup", "--cwd", str(project)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    pending.write_text(held_back)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_deploy_interrupted_while_faber_starts_reports_interrupted_and_applies_nothing(project, database_url, signum):
+    deploy_base(project, database_url)
+    done = interrupted_while_starting(project, database_url, signum, "migrate", ENVIRONMENT, "--yes", "--json")
+    assert done.returncode == 130, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    document = json.loads(done.stdout)
+    assert document["code"] == "INTERRUPTED"
+    assert document["result"]["interrupted_by"] == signal.Signals(signum).name
+    assert applied(database_url) == []
+    assert not (project / ".faber/backups").exists() or not any((project / ".faber/backups").iterdir())
+    assert CANARY not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_command_line_that_runs_nothing_still_ends_as_interrupted(project, database_url, signum):
+    done = interrupted_while_starting(project, database_url, signum, "--help")
+    assert done.returncode == 130, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"Interrupted by {signal.Signals(signum).name} before faber started: nothing was done" in done.stderr
