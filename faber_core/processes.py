@@ -192,6 +192,19 @@ class ToolRun:
         return "\n".join(part for part in (self.stdout.strip(), self.stderr.strip()) if part)
 
 
+def how_it_ended(returncode: int) -> str:
+    """A program's end for a message: ``exit code 3``, or the signal that killed it, named
+    (``killed by SIGKILL (Killed)``: the kernel's out-of-memory killer or a ``kill -9``;
+    ``killed by SIGXFSZ (File size limit exceeded)``), where a bare ``-9`` would say neither."""
+    if returncode >= 0:
+        return f"exit code {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        return f"killed by signal {-returncode}"
+    return f"killed by {name} ({signal.strsignal(-returncode)})"
+
+
 def run_captured(
     argv: Sequence[str | Path],
     *,

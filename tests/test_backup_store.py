@@ -372,3 +372,37 @@ def test_concurrent_backups_in_the_same_second_get_different_ids(tmp_path):
     second = store.reserve(tmp_path, now)
 
     assert (first.id, second.id) == ("backup-20300101-000000", "backup-20300101-000000-2")
+
+
+# A file-size limit (``ulimit -f``, what some CI runners set): the dumping program is killed by
+# SIGXFSZ mid-write, or faber's own write fails with EFBIG; needs no root, unlike the tmpfs above.
+
+
+def test_a_file_size_limit_during_the_dump_is_backup_failed_and_says_so(production_on_each_engine):
+    project_dir = production_on_each_engine.project_dir
+    production_on_each_engine.fill(20_000)  # over 700 kB dumped
+    limit = 256 * 1024
+
+    def limited() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    run = subprocess.run(
+        [sys.executable, "-m", "faber_core", "backup", "production", "--json"],
+        cwd=project_dir,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        preexec_fn=limited,
+        timeout=300,
+    )
+
+    assert run.returncode == 4, run.stdout + run.stderr
+    document = json.loads(run.stdout)
+    assert document["code"] == "BACKUP_FAILED"
+    # pg_dump -Fc and mysqldump are killed (faber names the signal); pg_dump -Fd's worker is, and
+    # pg_dump says only that it died.
+    said = ("killed by SIGXFSZ (File size limit exceeded)", "a worker process died unexpectedly")
+    assert any(text in document["result"]["backup_error"] for text in said), document
+    assert list(folder(project_dir).iterdir()) == []

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 
 import pytest
 
-from faber_core.processes import child_environment, run_captured
+from faber_core.processes import child_environment, how_it_ended, run_captured
 from faber_core.testing.fixtures import process_alive, wait_for
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux")
@@ -90,3 +91,10 @@ def test_a_child_does_not_inherit_the_signals_held_during_its_fork():
     proc = run_captured(["grep", "^SigBlk", "/proc/self/status"], env=child_environment({}))
     blocked = int(proc.stdout.split()[1], 16)
     assert not blocked & (1 << (15 - 1)) and not blocked & (1 << (2 - 1)), proc.stdout
+
+
+def test_how_a_program_ended_names_the_signal_that_killed_it():
+    assert how_it_ended(3) == "exit code 3"
+    assert how_it_ended(-signal.SIGKILL) == "killed by SIGKILL (Killed)"
+    assert how_it_ended(-signal.SIGXFSZ) == "killed by SIGXFSZ (File size limit exceeded)"
+    assert how_it_ended(-200) == "killed by signal 200"

@@ -54,7 +54,7 @@ from faber_core.models import (
     LeftoverDatabase,
     RestoreOutcome,
 )
-from faber_core.processes import child_environment, find_program, spawn, supervised
+from faber_core.processes import child_environment, find_program, how_it_ended, spawn, supervised
 
 PROVIDER = "mysqldump"
 FABER_TABLES = "faber_"
@@ -327,7 +327,7 @@ def _load(context: RunContext, client: Path, fd: int, scratch: str, manual: list
         errors.seek(0)
         stderr = context.redactor.redact(errors.read().decode(errors="replace")).strip()
     if proc.returncode != 0:
-        reason = stderr.splitlines()[-1] if stderr else f"exit code {proc.returncode}"
+        reason = stderr.splitlines()[-1] if stderr else how_it_ended(proc.returncode)
         raise RestoreFailed(
             f"Loading the dump failed, before anything of the database changed: {reason}", suggestions=manual
         )

@@ -50,7 +50,7 @@ from faber_core import events
 from faber_core.context import RunContext
 from faber_core.errors import BackupFailed, RestoreFailed
 from faber_core.models import BackupPruneOutcome, BackupRecord
-from faber_core.processes import spawn, supervised
+from faber_core.processes import how_it_ended, spawn, supervised
 
 ARCHIVE = ".dump"
 DIRECTORY_ARCHIVE = ".dir"
@@ -332,7 +332,7 @@ def run_dump(
         raise no_space(context, reservation.directory, stderr)
     raise BackupFailed(
         "Failed to create pre-migration backup",
-        result={"backup_error": stderr or f"{program} exited with {proc.returncode}"},
+        result={"backup_error": stderr or f"{program}: {how_it_ended(proc.returncode)}"},
         suggestions=[
             suggestion,
             f"Check free disk space under {reservation.directory}",

@@ -59,7 +59,7 @@ from faber_core.backup.restore import ANALYZE_RESTORED, first_error
 from faber_core.context import RunContext
 from faber_core.errors import FaberError, RestoreFailed
 from faber_core.models import BackupRecord, RestoreOutcome
-from faber_core.processes import spawn
+from faber_core.processes import how_it_ended, spawn
 
 MARKER = "faber: "
 """How the comment of a database faber created for a swap begins: only those are dropped as leftovers."""
@@ -468,10 +468,9 @@ def _run_tool(swap: _Swap, command: list, env: dict[str, str], failure: str) -> 
         errors.seek(0)
         stderr = context.redactor.redact(errors.read().decode(errors="replace")).strip()
     if proc.returncode != 0:
-        detail = first_error(stderr)
+        detail = first_error(stderr) or how_it_ended(proc.returncode)
         raise RestoreFailed(
-            f"Restore of {swap.backup.id} failed: {failure}: {detail or f'exit {proc.returncode}'}; the database is "
-            "unchanged",
+            f"Restore of {swap.backup.id} failed: {failure}: {detail}; the database is unchanged",
             result={"restore_error": detail},
             backup_id=swap.backup.id,
         )

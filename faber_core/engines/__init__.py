@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import SplitResult, unquote
 
 from faber_core.errors import ConfigError, FaberError
-from faber_core.processes import run_tool
+from faber_core.processes import how_it_ended, run_tool
 
 if TYPE_CHECKING:
     from faber_core.config import EnvironmentSettings
@@ -230,7 +230,7 @@ def dump_for_rehearsal(context: RunContext, argv: Sequence[str | Path], needs: s
     if run.returncode != 0:
         raise FaberError(
             f"Could not copy the {context.environment} schema for a rehearsal: "
-            + (run.stderr.strip() or f"{program} exited with {run.returncode}"),
+            + (run.stderr.strip() or f"{program}: {how_it_ended(run.returncode)}"),
             suggestions=[needs, "Nothing was changed in the target database"],
         )
 

@@ -46,7 +46,7 @@ from faber_core.engines import (
 )
 from faber_core.engines.mysql import DATABASE_ACCESS_DENIED, error_code
 from faber_core.errors import BackupFailed, ConfigError, FaberError
-from faber_core.processes import spawn, supervised
+from faber_core.processes import how_it_ended, spawn, supervised
 
 GRANT = f"GRANT ALL ON `{like_prefix(REHEARSAL_PREFIX)}`.* TO <user>"
 _QUOTED_PART = re.compile(r"`((?:[^`]|``)*)`")
@@ -225,7 +225,7 @@ def _load(context: RunContext, client: Path, source: Path, rehearsal: Rehearsal)
         reported = [line for line in stderr.splitlines() if "error" in line.lower()]
         rehearsal.warnings.append(
             f"The rehearsal copy may differ from the target: {client.name} reported "
-            + ("; ".join(reported[:5]) or f"exit code {proc.returncode}")
+            + ("; ".join(reported[:5]) or how_it_ended(proc.returncode))
         )
 
 

@@ -36,7 +36,7 @@ from faber_core.engines import (
     rehearsing,
 )
 from faber_core.errors import BackupFailed, ConfigError, FaberError
-from faber_core.processes import run_tool
+from faber_core.processes import how_it_ended, run_tool
 
 
 @contextmanager
@@ -213,7 +213,7 @@ def _restore(context: RunContext, tools: Path, archive: Path, rehearsal: Rehears
         errors = [line for line in run.stderr.splitlines() if "error" in line.lower()]
         rehearsal.warnings.append(
             "The rehearsal copy may differ from the target: pg_restore reported "
-            + ("; ".join(errors[:5]) or f"exit code {run.returncode}")
+            + ("; ".join(errors[:5]) or how_it_ended(run.returncode))
         )
 
 

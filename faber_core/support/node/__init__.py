@@ -89,7 +89,7 @@ from faber_core.models import (
     MigrationState,
     ToolInfo,
 )
-from faber_core.processes import STOP_GRACE_SECONDS, child_environment, find_program, spawn, stop
+from faber_core.processes import STOP_GRACE_SECONDS, child_environment, find_program, how_it_ended, spawn, stop
 from faber_core.secrets import Redactor
 
 COMMON_VARIABLE = "FABER_RUNNER_COMMON"
@@ -181,7 +181,7 @@ def run_runner(
         raise setup_failure(tool, context, setup_error, result.stderr)
     if result.returncode not in (0, MIGRATION_FAILED_EXIT) or (result.returncode and not result.of("migration_failed")):
         raise FaberError(
-            f"The {tool.name} runner stopped unexpectedly (exit code {result.returncode})",
+            f"The {tool.name} runner stopped unexpectedly ({how_it_ended(result.returncode)})",
             suggestions=[
                 "Run again with the output below in hand; nothing more was applied after the last "
                 "migration reported as applied"

@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from faber_core.context import RunContext
 from faber_core.models import AppliedMigration, ApplyOutcome, MigrationFailure, MigrationState
-from faber_core.support.programs import ToolRun, child_environment, run_tool, spawn, supervised
+from faber_core.support.programs import ToolRun, child_environment, how_it_ended, run_tool, spawn, supervised
 
 from faber_prisma.status import read_state
 
@@ -73,7 +73,7 @@ def outcome(before: MigrationState, after: MigrationState, run: ToolRun) -> Appl
         applied=applied,
         failure=MigrationFailure(
             name=failed[0],
-            error=error or f"prisma migrate dev exited with code {run.returncode}",
+            error=error or f"prisma migrate dev: {how_it_ended(run.returncode)}",
             output=run.output or None,
             # prisma migrate dev may reset the database or apply part of a script: assume it changed.
             transaction_rolled_back=False,
