@@ -177,6 +177,11 @@ def faber_migration_apply(tool: str, context: RunContext, pending: list[LocalMig
     return the check as SQL for ``run_measured_script(..., lock_check=...)`` instead) and ``context.migration_applied(
     AppliedMigration(name=..., duration_seconds=..., table_writes=...))`` after each commit, so the
     user sees progress and faber knows what committed (and wrote) even if the hook raises.
+    SIGINT and SIGTERM arrive as ``KeyboardInterrupt``: let it propagate (faber reports the
+    migration it stopped in as one that may have committed in part), after saying what you know:
+    ``context.migration_failed(...)`` if its transaction rolled back, or ``context.migration_applied``
+    if it had committed (the signal came during its COMMIT, which a cancel cannot stop; your
+    bookkeeping row, written in its transaction, tells).
 
     Returns :class:`~faber_core.models.ApplyOutcome`: the migrations committed and, if one
     failed, a :class:`~faber_core.models.MigrationFailure` saying whether its transaction rolled

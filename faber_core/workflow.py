@@ -594,7 +594,10 @@ class DeployProgress:
         if event.kind == "migration.started":
             self.running = event.data["name"]
         elif event.kind == "migration.applied":
-            self.committed.append(AppliedMigration.model_validate(event.data))
+            # Once: a handler that learns a migration committed as an interrupt stops it may say
+            # so again if the interrupt came just after it had.
+            if event.data["name"] not in self.applied:
+                self.committed.append(AppliedMigration.model_validate(event.data))
             self.running = None
         elif event.kind == events.MIGRATION_FAILED and event.data.get("name") == self.running:
             try:

@@ -77,16 +77,42 @@ def apply_pending(context: RunContext, pending: list[LocalMigration]) -> ApplyOu
             lock_check = context.start_migration(folder.name, in_transaction=_in_one_transaction(context, folder))
             started = time.monotonic()
             measured = Measurement()  # faber's own row writes, told apart from the application's
-            failure = _apply_one(context, history, folder, measured, lock_check)
-            if failure is not None:
-                outcome.failure = failure.model_copy(update={"table_writes": measured.rows})
-                break
-            applied = AppliedMigration(
-                name=folder.name, duration_seconds=round(time.monotonic() - started, 3), table_writes=measured.rows
-            )
-            outcome.applied.append(applied)
-            context.migration_applied(applied)
+            try:
+                failure = _apply_one(context, history, folder, measured, lock_check)
+                if failure is not None:
+                    outcome.failure = failure.model_copy(update={"table_writes": measured.rows})
+                    break
+                applied = AppliedMigration(
+                    name=folder.name, duration_seconds=round(time.monotonic() - started, 3), table_writes=measured.rows
+                )
+                outcome.applied.append(applied)
+                context.migration_applied(applied)
+            except KeyboardInterrupt:
+                if not measured.rolled_back and _recorded_applied(history, folder.name):
+                    context.migration_applied(
+                        AppliedMigration(
+                            name=folder.name,
+                            duration_seconds=round(time.monotonic() - started, 3),
+                            table_writes=measured.rows,
+                        )
+                    )
+                raise
     return outcome
+
+
+def _recorded_applied(history: History | MysqlHistory, name: str) -> bool:
+    """Whether the migration an interrupt stopped is recorded applied: it committed before faber
+    reported it. The signal arrived while its COMMIT ran (which a cancel cannot stop) or in the
+    moment after it; its history row, written with it (in its transaction on PostgreSQL), says so.
+    Without this faber would report a migration that "may have committed in part" when all of it
+    did. Under Prisma's lock no other deploy applies it meanwhile. (On MySQL, whose statements
+    commit one by one, the interrupted migration stays one that may have committed in part.)"""
+    if not isinstance(history, History) or history.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        return False  # MySQL, or the connection is gone or mid-transaction
+    try:
+        return any(record.name == name and record.state == "applied" for record in history.records())
+    except psycopg.Error:
+        return False
 
 
 def resolve(context: RunContext, name: str, resolution: Resolution) -> None:

@@ -506,3 +506,35 @@ def test_in_dev_mode_every_status_read_sees_the_folders_prisma_migrate_dev_wrote
     add_migration(project, "0002_posts", 'CREATE TABLE "posts" ("id" int);\n')
 
     assert prisma_plugins.migration_status(context).pending == ["0001_init", "0002_posts"]
+
+
+@pytest.mark.parametrize("interrupted", ["after its commit", "before its message was sent"])
+def test_a_migration_an_interrupt_stops_is_reported_applied_exactly_when_it_committed(
+    prisma_project, prisma_context, prisma_plugins, query, monkeypatch, interrupted
+):
+    """SIGTERM while a migration's COMMIT runs (a cancel cannot stop it) or in the moment after it:
+    the migration committed whole, and the handler says so from its history row, rather than
+    leaving faber to report one that may have committed in part. Before its message reached the
+    server, nothing of it ran, and the handler reports nothing."""
+    from faber_prisma import applier
+
+    run_script = applier.run_measured_script
+
+    def interrupting(conn, script, into, **kwargs):
+        if '"posts"' in script and interrupted == "before its message was sent":
+            raise KeyboardInterrupt
+        run_script(conn, script, into, **kwargs)
+        if '"posts"' in script:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(applier, "run_measured_script", interrupting)
+    events: list = []
+    context = prisma_context(prisma_project({"0001_init": INIT, "0002_posts": POSTS}), events=events)
+
+    with pytest.raises(KeyboardInterrupt):
+        apply_pending(prisma_plugins, context)
+
+    reported = [event.data["name"] for event in events if event.kind == "migration.applied"]
+    recorded = [row["migration_name"] for row in history(query) if row["finished_at"] is not None]
+    assert reported == recorded
+    assert reported == (["0001_init", "0002_posts"] if interrupted == "after its commit" else ["0001_init"])
