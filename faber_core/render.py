@@ -313,10 +313,17 @@ class ProgressPrinter:
 
     def on_rollback_finished(self, event: AuditEvent) -> None:
         self.end_activity()
-        if event.data["status"] == "restored_side_by_side":
-            self.line(f"⚠ Restored {event.data['backup_id']} beside the database; the database itself is unchanged")
+        backup_id, status = event.data["backup_id"], event.data["status"]
+        if status == "restored_side_by_side":
+            self.line(f"⚠ Restored {backup_id} beside the database; the database itself is unchanged")
+        elif status == "interrupted" and event.data.get("committed") is True:
+            self.line(f"✓ Restored {backup_id}; interrupted before its migration history was checked")
+        elif status == "interrupted" and event.data.get("committed") is False:
+            self.line(f"✗ Restore of {backup_id} interrupted before it committed: the database is as it was before it")
+        elif status == "interrupted":
+            self.line(f"⚠ Restore of {backup_id} interrupted: the database is as before it, or exactly the backup")
         else:
-            self.line(f"✓ Restored {event.data['backup_id']}; migration history matches the backup")
+            self.line(f"✓ Restored {backup_id}; migration history matches the backup")
 
     def on_verify_passed(self, event: AuditEvent) -> None:
         self.line("✓ Verification: All migrations applied")

@@ -286,3 +286,31 @@ def test_short_steps_do_not_wake_the_progress_ticker_and_a_long_one_still_gets_i
     lines = stream.getvalue().splitlines()
     assert [line for line in lines if "_short" in line or "_first" in line] == []
     assert [line for line in lines if "0101_long: " in line and "s elapsed" in line], lines
+
+
+@pytest.mark.parametrize(
+    ("data", "said"),
+    [
+        ({"status": "success"}, "✓ Restored b1; migration history matches the backup"),
+        ({"status": "interrupted", "committed": True}, "✓ Restored b1; interrupted before its migration history"),
+        ({"status": "interrupted", "committed": False}, "✗ Restore of b1 interrupted before it committed"),
+        ({"status": "interrupted", "committed": None}, "⚠ Restore of b1 interrupted: the database is as before it"),
+    ],
+)
+def test_the_progress_line_of_a_restore_says_which_side_of_its_commit_an_interrupt_left(data, said):
+    """A restore a signal stopped before its COMMIT printed "✓ Restored …; migration history
+    matches the backup" while the database was as before it (the document said RESTORE_FAILED)."""
+    from datetime import datetime, timezone
+
+    from faber_core.models import AuditEvent
+    from faber_core.render import ProgressPrinter
+
+    stream = io.StringIO()
+    printer = ProgressPrinter(stream, Redactor())
+    printer(
+        AuditEvent(run_id="r", kind="rollback.started", timestamp=datetime.now(timezone.utc), data={"backup_id": "b1"})
+    )
+    finished = {"backup_id": "b1", **data}
+    printer(AuditEvent(run_id="r", kind="rollback.finished", timestamp=datetime.now(timezone.utc), data=finished))
+
+    assert said in stream.getvalue().splitlines()[-1]
