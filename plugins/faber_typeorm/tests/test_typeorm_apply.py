@@ -59,6 +59,22 @@ def test_apply_runs_each_migration_and_records_it_as_typeorm_does(
     assert state.applied == FIXTURE_MIGRATIONS and state.pending == []
 
 
+def test_a_run_applies_the_migrations_its_status_read_and_leaves_a_file_added_since_for_the_next_run(
+    typeorm_project, typeorm_migration, typeorm_context, typeorm_plugins, query
+):
+    project = typeorm_project()
+    context = typeorm_context(project)
+    pending = typeorm_plugins.migration_status(context).pending_migrations()
+    (project / "migrations/1800000000000-Late.js").write_text(typeorm_migration("Late1800000000000", "SELECT 1"))
+
+    outcome = typeorm_plugins.migration_apply(context, pending)
+
+    assert [m.name for m in outcome.applied] == FIXTURE_MIGRATIONS and outcome.failure is None
+    assert query("SELECT name FROM migrations ORDER BY id") == [(CREATE_USERS,), (ADD_USER_NAME,)]
+    assert typeorm_plugins.migration_status(context).pending == []
+    assert typeorm_plugins.migration_status(typeorm_context(project)).pending == ["Late1800000000000"]
+
+
 def test_a_second_apply_is_a_no_op(typeorm_project, typeorm_context, typeorm_plugins, query):
     context = typeorm_context(typeorm_project())
     typeorm_plugins.migration_apply(context, typeorm_plugins.migration_status(context).pending_migrations())

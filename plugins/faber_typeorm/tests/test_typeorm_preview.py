@@ -45,7 +45,7 @@ def test_preview_only_rehearses_what_is_pending_on_the_target(
         typeorm_migration("AddPosts1700000200000", 'CREATE TABLE "posts" ("author" int REFERENCES "users")')
     )
 
-    previews = preview(typeorm_plugins, context)
+    previews = preview(typeorm_plugins, typeorm_context(project))  # a run after the one that applied
 
     assert [(p.name, p.sql) for p in previews] == [
         ("AddPosts1700000200000", 'CREATE TABLE "posts" ("author" int REFERENCES "users");')

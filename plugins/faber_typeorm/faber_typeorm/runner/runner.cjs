@@ -66,9 +66,11 @@ async function loadDataSource(projectDir, relative) {
 }
 
 // A new DataSource with the project's options, pointed at faber's database, never touching the
-// schema on its own (no synchronize, no migrationsRun, no dropSchema).
-function retarget(userDataSource, databaseUrl, logger) {
+// schema on its own (no synchronize, no migrationsRun, no dropSchema); given the run's migration
+// classes once a request has resolved them (see load).
+function retarget(userDataSource, databaseUrl, logger, migrationClasses) {
   const options = { ...userDataSource.options };
+  if (migrationClasses) options.migrations = migrationClasses;
   const engine = faber.engine();
   if (!TYPES[engine].includes(options.type)) {
     throw new faber.SetupError(
@@ -262,10 +264,11 @@ async function apply(dataSource, projectDir, track, request) {
 
 // Each request gets a DataSource of its own on the request's database, connected for that request
 // only: between requests the runner holds no connection.
-async function connected(userDataSource, request, work) {
+async function connected(userDataSource, run, request, work) {
   const track = tracker();
-  const dataSource = retarget(userDataSource, request.database_url, track.logger);
+  const dataSource = retarget(userDataSource, request.database_url, track.logger, run.migrationClasses);
   await connect(dataSource);
+  run.migrationClasses = run.migrationClasses || dataSource.migrations.map((migration) => migration.constructor);
   try {
     return await work(dataSource, track);
   } finally {
@@ -276,14 +279,20 @@ async function connected(userDataSource, request, work) {
 async function load(options) {
   const projectDir = process.cwd();
   const userDataSource = await loadDataSource(projectDir, options["data-source"] || "data-source.js");
+  // The project's migrations are found once per run, by its first request that connects (TypeORM
+  // searches the DataSource's migration folders as it connects); the later ones (the status under
+  // faber's lock, the apply, the status after it, a rehearsal) get those classes. So every request
+  // of a run sees the migrations faber analysed and approved, a file added meanwhile waiting for
+  // the next run, and none searches the folders again (10-60 ms each for 300 migrations).
+  const run = { migrationClasses: null };
   return {
     status: (request) =>
-      connected(userDataSource, request, async (dataSource) => {
+      connected(userDataSource, run, request, async (dataSource) => {
         await status(dataSource, projectDir);
         return 0;
       }),
     apply: (request) =>
-      connected(userDataSource, request, (dataSource, track) => apply(dataSource, projectDir, track, request)),
+      connected(userDataSource, run, request, (dataSource, track) => apply(dataSource, projectDir, track, request)),
   };
 }
 
