@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import time
 import uuid
@@ -355,7 +354,7 @@ class RunContext:
             environment=self.environment,
             operation=self.operation,
             timestamp=_dt.datetime.now(_dt.timezone.utc),
-            data=self.redactor.redact_data(json.loads(json.dumps(data, default=str))),
+            data=self.redactor.redact_as_json(data),
         )
         for listener in self.listeners:
             listener(event)

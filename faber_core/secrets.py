@@ -30,6 +30,11 @@ MIN_SECRET_LENGTH = 3
 """Shorter forms are not masked: they would mask ordinary words in every output."""
 MIN_PIECE_LENGTH = 4
 """A piece of a password shorter than this says little about it, and masking it would garble output."""
+REMEMBERED_TEXT_LENGTH = 256
+"""Texts up to this long are redacted once per run and their result remembered: the events of a
+deploy repeat the same names, keys and messages for every migration."""
+REMEMBERED_TEXTS = 8192
+"""At most this many results are remembered; past it, texts are redacted each time again."""
 
 
 class Secret:
@@ -115,6 +120,9 @@ class Redactor:
         of a substring test per form. Each built once, at the first redact after adds (a pattern
         of every form of a large fleet takes a while to compile)."""
         self._pending: list[str] = []
+        self._remembered: dict[str, str] = {}
+        """Short texts redacted with the forms known now: replaced by an empty one at every add
+        that learns a new form, after the forms are updated (see :meth:`redact`)."""
         # A fleet's targets share one redactor across threads: two adds must not lose a form.
         self._adding = threading.Lock()
 
@@ -133,10 +141,24 @@ class Redactor:
                 # list, so a redact running meanwhile reads a whole one.
                 self._ordered = sorted(self._values, key=len, reverse=True)
                 self._pending = [*self._pending, *new]
+                self._remembered = {}
 
     def redact(self, text: str) -> str:
         if not text:
             return text
+        # Read before the forms: a result remembered here was redacted with every form known
+        # when this dictionary was current (an add replaces it only after updating the forms).
+        remembered = self._remembered
+        if len(text) > REMEMBERED_TEXT_LENGTH:
+            return self._redact(text)
+        done = remembered.get(text)
+        if done is None:
+            done = self._redact(text)
+            if len(remembered) < REMEMBERED_TEXTS:
+                remembered[text] = done
+        return done
+
+    def _redact(self, text: str) -> str:
         ordered = self._ordered
         if self._pending:
             with self._adding:
@@ -164,3 +186,19 @@ class Redactor:
         if isinstance(value, list | tuple):
             return [self.redact_data(item) for item in value]
         return value
+
+    def redact_as_json(self, value: Any) -> Any:
+        """``value`` as JSON data, as ``json.loads(json.dumps(value, default=str))`` gives it, with
+        every text redacted as :meth:`redact_data` does. Plain data (exactly ``str``, ``int``,
+        ``float``, ``bool``, ``None``, lists, tuples and dicts keyed by ``str``, what events carry)
+        is converted and redacted in one pass; anything else takes that round trip."""
+        kind = type(value)
+        if kind is str:
+            return self.redact(value)
+        if kind is int or kind is float or kind is bool or value is None:
+            return value
+        if kind is dict and all(type(key) is str for key in value):
+            return {self.redact(key): self.redact_as_json(item) for key, item in value.items()}
+        if kind is list or kind is tuple:
+            return [self.redact_as_json(item) for item in value]
+        return self.redact_data(json.loads(json.dumps(value, default=str)))

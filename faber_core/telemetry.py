@@ -258,7 +258,7 @@ def _safe_value(value: Any, redactor: Redactor) -> Any:
         return redactor.redact(value)
     if isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
         return [redactor.redact(item) for item in value]
-    return json.dumps(redactor.redact_data(json.loads(json.dumps(value, default=str))))
+    return json.dumps(redactor.redact_as_json(value))
 
 
 # SDK configuration from the standard OTEL_* variables ------------------------------------

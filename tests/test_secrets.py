@@ -52,3 +52,15 @@ def test_a_long_line_without_urls_is_redacted_in_one_pass_not_one_per_letter():
 
     assert time.monotonic() - started < 10  # a hang, not a speed goal: linear work takes milliseconds
     assert "Hidden-77" not in redacted and f"postgresql://app:{MASK}@db/app" in redacted
+
+
+def test_a_text_redacted_before_a_secret_was_learnt_is_masked_after_it():
+    redactor = Redactor()
+    line = "connected to db as app with tr0ub4dor-canary"
+    assert redactor.redact(line) == line  # remembered as it is, while no secret is known
+
+    redactor.add("postgresql://app:tr0ub4dor-canary@db/app")
+
+    assert "tr0ub4dor" not in redactor.redact(line)
+    assert "tr0ub4dor" not in redactor.redact_data({"line": [line]})
+
