@@ -64,3 +64,29 @@ def test_a_text_redacted_before_a_secret_was_learnt_is_masked_after_it():
     assert "tr0ub4dor" not in redactor.redact(line)
     assert "tr0ub4dor" not in redactor.redact_data({"line": [line]})
 
+
+def test_event_data_is_json_data_redacted_as_a_json_round_trip_gives_it():
+    import datetime as dt
+    import enum
+    import json
+    from pathlib import Path
+
+    class Colour(str, enum.Enum):
+        RED = "red hunter22"
+
+    redactor = Redactor()
+    redactor.add("postgresql://app:hunter22@db/app")
+    data = {
+        "name": "m1 hunter22",
+        "counts": (1, 2.5, float("inf"), True, None),
+        "nested": {"hunter22": ["x", {"y": "postgres://u:pw@h/d"}]},
+        "numbered": {1: "one", 2.5: "half", None: "none", False: "no"},
+        "when": dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc),
+        "path": Path("/srv/hunter22.sql"),
+        "colour": Colour.RED,
+    }
+
+    converted = redactor.redact_as_json(data)
+
+    assert converted == redactor.redact_data(json.loads(json.dumps(data, default=str)))
+    assert "hunter22" not in json.dumps(converted) and "pw@" not in json.dumps(converted)
