@@ -14,7 +14,7 @@ import pytest
 from pglast.parser import ParseError
 
 from faber_core.postgres.sql import is_transactional, parse_script, split_statements
-from faber_core.safety.analysis import analyse
+from faber_core.safety.analysis import analyse, nodes_under
 
 
 def bulk_insert(rows: int) -> str:
@@ -60,6 +60,32 @@ def test_the_analysis_matches_the_parser_statement_by_statement():
     ]
     assert effects[1] is effects[6]  # one shape, one shared effect
     assert effects[5].concurrent and is_transactional(sql) is False
+
+
+def test_the_walk_of_a_statement_visits_its_nodes_as_pglasts_visitor_does():
+    from pglast.visitors import Visitor
+
+    class Everything(Visitor):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[object] = []
+
+        def visit(self, ancestors: object, node: object) -> None:
+            self.seen.append(node)
+
+    sql = (
+        "CREATE TABLE a (id serial PRIMARY KEY, b_id int REFERENCES s.b (id), t text DEFAULT md5(random()::text));"
+        "CREATE INDEX CONCURRENTLY ON a ((lower(t)), b_id) WHERE t IS NOT NULL;"
+        "ALTER TABLE a ADD COLUMN c uuid DEFAULT gen_random_uuid(), ALTER COLUMN t SET NOT NULL;"
+        "INSERT INTO a (t) SELECT x.n FROM (VALUES ('p'), ('q')) AS x (n) JOIN s.c ON s.c.id = 1;"
+        "WITH moved AS (DELETE FROM a WHERE id < 3 RETURNING *) UPDATE s.b SET id = id + 1 FROM moved"
+    )
+    for raw in pglast.parse_sql(sql):
+        visitor = Everything()
+        visitor(raw.stmt)
+        walked = list(nodes_under(raw.stmt))
+        assert len(walked) == len(visitor.seen) > 5
+        assert all(mine is theirs for mine, theirs in zip(walked, visitor.seen, strict=True))
 
 
 def test_what_the_scanner_cannot_split_goes_to_the_parser():

@@ -7,12 +7,13 @@ build or a table rewrite (most column type changes, a volatile default) grows wi
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal, cast
 
 from pglast import ast
 from pglast.enums import AlterTableType, ConstrType
-from pglast.visitors import Visitor
 
 from faber_core.postgres.sql import parse_script
 
@@ -62,33 +63,44 @@ def qualified(range_var: ast.RangeVar) -> TableName:
     return (range_var.schemaname or None, range_var.relname)
 
 
-class _RangeVars(Visitor):
-    def __init__(self) -> None:
-        super().__init__()
-        self.found: list[TableName] = []
-
-    def visit_RangeVar(self, ancestors: object, node: ast.RangeVar) -> None:
-        name = qualified(node)
-        if name not in self.found:
-            self.found.append(name)
+def nodes_under(root: ast.Node) -> Iterator[ast.Node]:
+    """``root`` and every node in its tree, breadth first, in the order pglast's ``Visitor`` visits
+    them. A walk of its own: the ``Visitor`` looks its methods up again and builds the ancestry of
+    every node at each call, which cost more than classifying a migration's statements."""
+    todo: deque[ast.Node | tuple] = deque([root])
+    while todo:
+        item = todo.popleft()
+        for node in item if isinstance(item, tuple) else (item,):
+            if isinstance(node, ast.Node):
+                yield node
+                for member in node:
+                    value = getattr(node, member)
+                    if isinstance(value, (tuple, ast.Node)):
+                        todo.append(value)
+            elif isinstance(node, tuple):
+                todo.extend(value for value in node if isinstance(value, (tuple, ast.Node)))
 
 
 def tables_touched(node: ast.Node) -> list[TableName]:
     """Every table a statement names (a foreign key's referenced table locks too)."""
-    visitor = _RangeVars()
-    visitor(node)
-    return visitor.found
+    found: list[TableName] = []
+    for child in nodes_under(node):
+        if type(child) is ast.RangeVar:
+            name = qualified(child)
+            if name not in found:
+                found.append(name)
+    return found
 
 
-class _ColumnRefs(Visitor):
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: list[str] = []
-
-    def visit_ColumnRef(self, ancestors: object, node: ast.ColumnRef) -> None:
-        last = node.fields[-1] if node.fields else None
-        if isinstance(last, ast.String):
-            self.names.append(last.sval)
+def _column_names(node: ast.Node) -> list[str]:
+    """The columns the expression ``node`` reads."""
+    names = []
+    for child in nodes_under(node):
+        if type(child) is ast.ColumnRef:
+            last = child.fields[-1] if child.fields else None
+            if isinstance(last, ast.String):
+                names.append(last.sval)
+    return names
 
 
 def _sorted_columns(node: ast.Node) -> list[str]:
@@ -99,9 +111,7 @@ def _sorted_columns(node: ast.Node) -> list[str]:
         if element.name:
             names.append(element.name)
         elif element.expr is not None:
-            refs = _ColumnRefs()
-            refs(element.expr)
-            names += refs.names
+            names += _column_names(element.expr)
     return names
 
 
@@ -172,18 +182,8 @@ def _new_column_kind(column: ast.ColumnDef) -> Kind:
     return heaviest(kinds)
 
 
-class _FunctionCalls(Visitor):
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: list[str] = []
-
-    def visit_FuncCall(self, ancestors: object, node: ast.FuncCall) -> None:
-        self.names.append(node.funcname[-1].sval.lower())
-
-
 def _evaluated_per_row(expression: ast.Node | None) -> bool:
     if expression is None:
         return False
-    calls = _FunctionCalls()
-    calls(expression)
-    return any(name not in _ONCE_EVALUATED_FUNCTIONS for name in calls.names)
+    calls = [node.funcname[-1].sval.lower() for node in nodes_under(expression) if type(node) is ast.FuncCall]
+    return any(name not in _ONCE_EVALUATED_FUNCTIONS for name in calls)
