@@ -73,6 +73,7 @@ class History:
         self.conn = conn
         self.schema = schema
         self.table = sql.Identifier(schema, TABLE)
+        self._table_text: str | None = None
 
     def _run(self, query: str, params: dict[str, object] | None = None) -> psycopg.Cursor:
         return self.conn.execute(sql.SQL(query).format(table=self.table), params)
@@ -140,8 +141,13 @@ class History:
         )
 
     def _statement(self, template: str, **values: object) -> str:
-        literals = {key: sql.Literal(value) for key, value in values.items()}
-        return sql.SQL(template).format(table=self.table, **literals).as_string(self.conn)
+        """``template`` with the table and ``values`` quoted in: the text of
+        ``sql.SQL(template).format(table=..., **literals).as_string(conn)``, without parsing the
+        template and quoting the table again for every migration."""
+        if self._table_text is None:
+            self._table_text = self.table.as_string(self.conn)
+        literals = {key: sql.Literal(value).as_string(self.conn) for key, value in values.items()}
+        return template.format(table=self._table_text, **literals)
 
     def fail(self, migration_id: str, logs: str) -> None:
         self._run("UPDATE {table} SET logs = %(logs)s WHERE id = %(id)s", {"id": migration_id, "logs": logs})

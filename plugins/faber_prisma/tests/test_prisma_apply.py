@@ -538,3 +538,34 @@ def test_a_migration_an_interrupt_stops_is_reported_applied_exactly_when_it_comm
     recorded = [row["migration_name"] for row in history(query) if row["finished_at"] is not None]
     assert reported == recorded
     assert reported == (["0001_init", "0002_posts"] if interrupted == "after its commit" else ["0001_init"])
+
+
+def test_history_statements_are_the_text_psycopg_composes(database_url):
+    from datetime import datetime, timezone
+
+    from psycopg import sql
+
+    from faber_prisma.history import History
+
+    awkward = "it's a \\ {name} 'quote' ünï"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        history = History(conn, 'we"ird schema')
+        migration_id, start = history.start_statement(awkward, "c" * 64, datetime(2024, 1, 2, tzinfo=timezone.utc))
+        finish = history.finish_statement(migration_id)
+        composed = sql.SQL(
+            "INSERT INTO {table} (id, checksum, started_at, migration_name, applied_steps_count)"
+            " VALUES ({id}, {checksum}, coalesce({started_at}, clock_timestamp()), {name}, 0)"
+        ).format(
+            table=history.table,
+            id=sql.Literal(migration_id),
+            checksum=sql.Literal("c" * 64),
+            started_at=sql.Literal(datetime(2024, 1, 2, tzinfo=timezone.utc)),
+            name=sql.Literal(awkward),
+        )
+        assert start == composed.as_string(conn)
+        assert finish == sql.SQL(
+            "UPDATE {table} SET finished_at = clock_timestamp(), applied_steps_count = applied_steps_count + 1"
+            " WHERE id = {id}"
+        ).format(table=history.table, id=sql.Literal(migration_id)).as_string(conn)
+        _, without_start = history.start_statement("m", "c" * 64)
+        assert "coalesce(NULL, clock_timestamp())" in without_start
