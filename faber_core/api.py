@@ -792,16 +792,29 @@ Value = TypeVar("Value")
 
 
 def redacted(value: Value, redactor: Redactor) -> Value:
-    """A copy of ``value`` (a document, model, dict, list or string) with every string redacted."""
+    """``value`` (a document, model, dict, list or string) with every string redacted: a copy of
+    what redaction changed, and the very parts it left as they were (a deploy's document lists
+    every migration and finding, which a copy of each would cost more than the redaction)."""
     from pydantic import BaseModel
 
     if isinstance(value, str):
-        return redactor.redact(value)  # type: ignore[return-value]
+        text = redactor.redact(value)
+        return value if text == value else text  # type: ignore[return-value]
     if isinstance(value, BaseModel):
-        names = [*type(value).model_fields, *(value.model_extra or {})]
-        return value.model_copy(update={name: redacted(getattr(value, name), redactor) for name in names})
+        changed = {}
+        for name in [*type(value).model_fields, *(value.model_extra or {})]:
+            item = getattr(value, name)
+            if (redacted_item := redacted(item, redactor)) is not item:
+                changed[name] = redacted_item
+        return value.model_copy(update=changed) if changed else value
     if isinstance(value, dict):
-        return {redacted(k, redactor): redacted(v, redactor) for k, v in value.items()}  # type: ignore[return-value]
+        pairs = [(key, item, redacted(key, redactor), redacted(item, redactor)) for key, item in value.items()]
+        if all(new_key is key and new_item is item for key, item, new_key, new_item in pairs):
+            return value
+        return {new_key: new_item for _, _, new_key, new_item in pairs}  # type: ignore[return-value]
     if isinstance(value, (list, tuple)):
-        return type(value)(redacted(item, redactor) for item in value)  # type: ignore[return-value]
+        items = [redacted(item, redactor) for item in value]
+        if all(new is old for new, old in zip(items, value, strict=True)):
+            return value
+        return type(value)(items)  # type: ignore[return-value]
     return value

@@ -90,3 +90,27 @@ def test_event_data_is_json_data_redacted_as_a_json_round_trip_gives_it():
 
     assert converted == redactor.redact_data(json.loads(json.dumps(data, default=str)))
     assert "hunter22" not in json.dumps(converted) and "pw@" not in json.dumps(converted)
+
+
+def test_a_document_is_redacted_wherever_a_credential_hides_in_it():
+    from faber_core.api import redacted
+    from faber_core.models import AppliedMigration
+    from faber_core.results import Success
+
+    redactor = Redactor()
+    redactor.add("postgresql://app:hunter22@db/app")
+    clean = AppliedMigration(name="m1", duration_seconds=0.1, table_writes={"public.t": 1})
+    leaky = AppliedMigration(name="m2 hunter22", duration_seconds=0.1, table_writes={"public.hunter22": 2})
+    document = Success(
+        operation="deploy-migrations",
+        environment="prod",
+        result={"migrations": [clean, leaky], "note": ("fine", "dsn password=x"), "count": 2},
+        message="Deployed 2 migrations",
+    )
+
+    shown = redacted(document, redactor)
+
+    dumped = shown.model_dump_json()
+    assert "hunter22" not in dumped and "password=x" not in dumped
+    assert shown.result["migrations"][0] == clean and shown.result["count"] == 2
+    assert document.result["migrations"][1].name == "m2 hunter22"  # the original is left as it was
