@@ -347,12 +347,17 @@ class RunContext:
         self.emit(events.MIGRATION_FAILED, **failure.model_dump(mode="json"))
 
     def emit(self, kind: str, **data: Any) -> AuditEvent:
-        """Tell every listener (progress output, audit sinks, spans) that something happened."""
+        """Tell every listener (progress output, audit sinks, spans) that something happened.
+
+        The event's texts are redacted here, once for every listener: its data (keys and values),
+        environment and operation. Its kind is left as emitted, for listeners to tell events apart;
+        one that shows it redacts it (the audit log does)."""
+        redact = self.redactor.redact
         event = AuditEvent(
             run_id=self.run_id,
             kind=kind,
-            environment=self.environment,
-            operation=self.operation,
+            environment=redact(self.environment),
+            operation=redact(self.operation),
             timestamp=_dt.datetime.now(_dt.timezone.utc),
             data=self.redactor.redact_as_json(data),
         )

@@ -200,3 +200,46 @@ def test_an_interrupt_inside_an_audit_plugin_is_not_swallowed(
 
     with pytest.raises(KeyboardInterrupt):
         Plugins(plugin_manager).audit_listener(context)(context.emit("run.started"))
+
+
+def test_a_credential_in_an_event_is_masked_in_the_log_and_the_progress_output(
+    faber_project, database_url, run_context, monkeypatch
+):
+    import io
+
+    from faber_core.render import ProgressPrinter
+
+    project = faber_project(
+        {
+            "database": {
+                "migration_tool": "sqlfiles",
+                "environments": {"production": {"database_url_env": "APP_DATABASE_URL"}},
+            }
+        },
+        {"migrations/001_users.sql": USERS},
+    )
+    monkeypatch.setenv("APP_DATABASE_URL", database_url)
+    context = run_context(project)
+    shown = io.StringIO()
+    plugins = Plugins()
+    context.listeners += [ProgressPrinter(shown, context.redactor), plugins.audit_listener(context)]
+
+    # A plugin's own kind, with the password in a key, a value, a nested list, a URL it was not
+    # told about and a password setting (shown by the progress output as "password: ...").
+    context.emit(
+        f"leaky.{CANARY_PASSWORD}",
+        **{CANARY_PASSWORD: "key", "url": database_url, "nested": [{"dsn": f"host=db password={CANARY_PASSWORD}"}]},
+        other="postgresql://someone:s3cr3t-elsewhere@db/app",
+        password="hunter2-unknown",
+    )
+    context.emit("progress", message=f"connecting with {database_url}")
+    context.close()
+
+    log = (project / ".faber/audit.log").read_text()
+    output = shown.getvalue()
+    for text in (log, output):
+        assert CANARY_PASSWORD not in text
+        assert "s3cr3t-elsewhere" not in text
+        assert "***" in text
+    assert "hunter2-unknown" not in output  # "password: hunter2-unknown" as the progress output shows it
+    assert all(json.loads(line) for line in log.splitlines())

@@ -28,7 +28,10 @@ class AuditLog:
     @hookimpl
     def faber_audit_event(self, event: AuditEvent, context: RunContext) -> None:
         log = context.kept((LogFile, context.project_dir), lambda: LogFile(context.state_dir / LOG_NAME))
-        line = context.redactor.redact(event.model_dump_json()) + "\n"
+        # The event's texts were redacted when it was emitted, all but its kind: each text, not
+        # the JSON holding them (as every JSON output), so a run's events are not redacted twice.
+        kind = context.redactor.redact(event.kind)
+        line = (event if kind == event.kind else event.model_copy(update={"kind": kind})).model_dump_json() + "\n"
         try:
             log.append(line)
         except OSError as exc:
