@@ -145,3 +145,23 @@ def test_faber_run_by_its_path_without_activation_finds_squawk_beside_its_python
     assert run.returncode == 0, run.stdout + run.stderr
     # squawk ran: its rule is reported (on an empty table the finding does not block)
     assert "require-concurrent-index-creation" in run.stdout
+
+
+def test_each_migration_file_is_read_once_for_the_analysis_and_the_lint(project, context_for, plugins, monkeypatch):
+    from faber_core.safety import checks
+
+    project_dir = project({"001_users": USERS, "002_index": BLOCKING_INDEX}, lint="warn")
+    read: list[str] = []
+    real = checks.read_sql
+
+    def counted(path, folder, shown):
+        read.append(shown)
+        return real(path, folder, shown=shown)
+
+    monkeypatch.setattr(checks, "read_sql", counted)
+
+    result = migrate(context_for(project_dir), plugins, YES)
+
+    assert result.result.migrations_applied == 2
+    assert "require-concurrent-index-creation" in {f.rule for f in result.result.lint["002_index"]}
+    assert sorted(read) == ["migrations/001_users.sql", "migrations/002_index.sql"]

@@ -57,12 +57,18 @@ def migration_sql(context: RunContext, migration: LocalMigration) -> str | None:
 
     The file must be a regular file of UTF-8 text that resolves inside the folder holding it
     (the handler has checked that folder lies in its migrations folder); otherwise ConfigError.
+    It is read once per command (:meth:`RunContext.once`): the analysis before the lock, the lint and
+    the preview check the same text.
     """
     if not migration.path or not migration.path.endswith(".sql"):
         return None
-    path = context.project_dir / migration.path
+    return context.once(("migration sql", context.project_dir, migration.path), lambda: _read(context, migration.path))
+
+
+def _read(context: RunContext, relative_path: str) -> str | None:
+    path = context.project_dir / relative_path
     try:
-        return read_sql(path, path.parent, shown=migration.path)
+        return read_sql(path, path.parent, shown=relative_path)
     except FileNotFoundError:
         return None
 
