@@ -31,7 +31,7 @@ MIN_SECRET_LENGTH = 3
 MIN_PIECE_LENGTH = 4
 """A piece of a password shorter than this says little about it, and masking it would garble output."""
 REMEMBERED_TEXT_LENGTH = 256
-"""Texts up to this long are redacted once per run and their result remembered: the events of a
+"""Texts up to this long are redacted once and their result remembered: the events of a
 deploy repeat the same names, keys and messages for every migration."""
 REMEMBERED_TEXTS = 8192
 """At most this many results are remembered; past it, texts are redacted each time again."""
