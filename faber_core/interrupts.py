@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -38,6 +39,10 @@ class _Holding:
         """Within :func:`raised_once`."""
         self.raised = False
         """Within :func:`raised_once`, an interrupt was raised: later ones are dropped until the command ends."""
+        self.arrived_in_command: int | None = None
+        """The signal of the first interrupt raised since the command started, for :func:`pause`."""
+        self.arrival = threading.Event()
+        """Set with :attr:`arrived_in_command`: wakes other threads' :func:`pause`."""
 
 
 # Python runs signal handlers in the main thread only, so this state is the main thread's.
@@ -89,6 +94,9 @@ def _raise(signum: int) -> None:
     if _holding.raised:
         return  # within raised_once(), cleaning up after the first
     _holding.raised = _holding.once
+    if _holding.arrived_in_command is None:
+        _holding.arrived_in_command = signum
+        _holding.arrival.set()
     raise _interrupt_for(signum)
 
 
@@ -113,6 +121,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         _holding.raised = False
+        _holding.arrived_in_command = None
+        _holding.arrival.clear()
 
 
 @contextmanager
@@ -158,6 +168,21 @@ def raised_once() -> Iterator[None]:
         yield
     finally:
         _holding.once = outer
+
+
+def pause(seconds: float) -> None:
+    """Sleep ``seconds`` between two tries of something that changes nothing until it succeeds
+    (taking faber's lock): an interrupt ends the pause in every thread.
+
+    In the main thread the signal raises as usual. A fleet's targets run in other threads, which
+    Python never interrupts: there this raises the interrupt the main thread got during the
+    command, at once, so a target waiting for its lock stops with the fleet instead of waiting
+    out ``lock_wait_seconds``.
+    """
+    if threading.current_thread() is threading.main_thread():
+        time.sleep(seconds)
+    elif _holding.arrival.wait(seconds) and _holding.arrived_in_command is not None:
+        raise _interrupt_for(_holding.arrived_in_command)
 
 
 def signal_name(interrupt: KeyboardInterrupt) -> str:

@@ -7,6 +7,7 @@ in test_fault_injection.py.
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -15,11 +16,14 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
+from faber_core.postgres.locks import faber_lock_key
 from faber_core.testing.faults import (
     FaberProcess,
     event_matcher,
+    snapshot,
     wait_for_server_release,
 )
+from faber_core.testing.fixtures import CANARY_PASSWORD
 
 ENVIRONMENT = "production"
 URL_ENV = "FAULTS_DATABASE_URL"
@@ -100,3 +104,32 @@ def test_reads_work_again_soon_after_faber_dies_inside_a_long_migration(project,
         run.stop_everything()
     assert waited is not None, f"accounts still locked {READ_BOUND}s after {signum.name}"
     assert not wait_for_server_release(database_url, database_name(database_url), within=SERVER_BOUND)
+
+
+# A command waiting for faber's lock stops at the first signal -------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("command", ["rollback", "migrate"])
+def test_a_signal_ends_the_wait_for_faber_lock_and_changes_nothing(project, database_url, signum, command):
+    directory = project({}, lock_wait_seconds=600)
+    backup = start(directory, database_url, "backup", ENVIRONMENT, "--json")
+    assert backup.finish() == 0, backup.stdout()
+    (directory / "migrations" / "001_orders.sql").write_text("CREATE TABLE orders (id int);")
+    before = snapshot(database_url)
+    with psycopg.connect(database_url, autocommit=True) as other_run:
+        other_run.execute("SELECT pg_advisory_lock(%s)", [faber_lock_key(database_name(database_url))])
+        run = start(directory, database_url, command, ENVIRONMENT, "--yes", "--json")
+        try:
+            run.wait_for(event_matcher("step.finished", step="lock"))  # connected: from here it waits
+            run.kill(signum)
+            code = run.wait(EXIT_BOUND)  # the lock wait would last 600 s
+        finally:
+            run.stop_everything()
+
+    assert code == 130, run.stderr()
+    document = json.loads(run.stdout())
+    assert document["code"] == "INTERRUPTED" and document["result"]["interrupted_by"] == signum.name
+    assert "lock.acquired" not in run.kinds()
+    assert not snapshot(database_url).differences(before)
+    assert CANARY_PASSWORD not in run.stdout() + run.stderr()

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -33,6 +34,7 @@ from faber_core.config import TARGET_NAME
 from faber_core.context import Database
 from faber_core.engines.postgres import PostgresEngine
 from faber_core.models import InterruptedRestore
+from faber_core.postgres.locks import faber_lock_key
 from faber_core.render import render_human
 from faber_core.secrets import Redactor
 from faber_core.targets import shard_of
@@ -551,6 +553,34 @@ def test_sigterm_mid_fleet_reports_per_target_what_committed_was_rolled_back_or_
     advice = document["recovery"]["suggestions"]
     assert any(hint.startswith("t01: ") and "rolled back" in hint for hint in advice), advice
     assert any(", ".join(not_started) in hint and "faber migrate tenants" in hint for hint in advice), advice
+    assert CANARY_PASSWORD not in run.stdout() + run.stderr()
+
+
+def test_sigterm_stops_a_target_waiting_for_its_lock_at_once_and_it_is_unchanged(make_fleet):
+    """Another run holds faber's lock on t01: its target waits up to lock_wait_seconds in a thread
+    of its own, which Python never interrupts; the fleet's SIGTERM must end that wait too."""
+    fleet = make_fleet(2, lock_wait_seconds=600)
+    locked = fleet.urls["t01"]
+    with psycopg.connect(locked, autocommit=True) as other_run:
+        other_run.execute("SELECT pg_advisory_lock(%s)", [faber_lock_key(urlsplit(locked).path.lstrip("/"))])
+        run = FaberProcess.start(fleet.project, "migrate", "tenants", "--concurrency", "2", "--json", env=fleet.env)
+        try:
+            run.wait_for(
+                lambda event: event["kind"] == "step.finished"
+                and event["environment"] == "tenants/t01"
+                and event["data"]["step"] == "lock"
+            )  # connected: from here it waits for the lock
+            run.kill(signal.SIGTERM)
+            code = run.wait(timeout=60)  # well before the 600 s lock wait would end
+        finally:
+            run.stop_everything()
+
+    assert code == 130, run.stderr()
+    document = json.loads(run.stdout())
+    assert document["code"] == "INTERRUPTED" and document["result"]["interrupted_by"] == "SIGTERM"
+    waiting = {row["name"]: row for row in document["result"]["targets"]}["t01"]
+    assert waiting["error"]["code"] == "INTERRUPTED" and waiting["migrations_applied"] == []
+    assert fleet.applied("t01") == []
     assert CANARY_PASSWORD not in run.stdout() + run.stderr()
 
 

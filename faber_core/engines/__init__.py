@@ -92,8 +92,10 @@ def wait_for_lock(
     try_lock: Callable[[], bool], holder: Callable[[], str], *, wait_seconds: float, purpose: str, release_hint: str
 ) -> None:
     """Call ``try_lock`` until it takes the lock, for up to ``wait_seconds``; then raise
-    :class:`~faber_core.errors.Locked` naming the ``holder``."""
+    :class:`~faber_core.errors.Locked` naming the ``holder``. SIGINT and SIGTERM end the wait at
+    once, in a fleet's target too (:func:`~faber_core.interrupts.pause`)."""
     from faber_core.errors import Locked
+    from faber_core.interrupts import pause
 
     deadline = time.monotonic() + wait_seconds
     while not try_lock():
@@ -108,7 +110,7 @@ def wait_for_lock(
                 ],
                 result={"lock_holder": who},
             )
-        time.sleep(LOCK_POLL_SECONDS)
+        pause(LOCK_POLL_SECONDS)
 
 
 LOCK_POLL_SECONDS = 0.2
