@@ -710,6 +710,9 @@ class Rollback:
     restored_endpoint: str | None = None
     restore_committed: bool | None = None
     """Set when a signal interrupted the restore and its provider said on which side of its commit."""
+    interrupted_by: str | None = None
+    """``SIGINT``/``SIGTERM`` when a signal stopped the rollback step: the deploy then reports
+    ``INTERRUPTED``, whatever stopped it first."""
     writes_since_backup: writes.WritesSinceBackup | None = None
     discarded: str | None = None
     """What the restore discarded that others wrote (policy warn), for the message."""
@@ -775,12 +778,29 @@ def roll_back_failed_deploy(
             "Check application logs for errors",
         ]
     error, message = cause.error, cause.message
+    backup_id = backup.id if backup else ""
     if rollback.discarded:
-        message += f"; rolled back to {backup.id if backup else ''}, discarding {rollback.discarded}"
+        message += f"; rolled back to {backup_id}, discarding {rollback.discarded}"
     if rollback.status == "failed":
         error = RestoreFailed
-        message = f"{cause.message}; the automatic rollback to {backup.id if backup else ''} failed: {rollback.error}"
+        message = f"{cause.message}; the automatic rollback to {backup_id} failed: {rollback.error}"
         suggestions = [*rollback.restore_suggestions, *suggestions]
+    if rollback.interrupted_by:
+        # The signal is what the run ends on, as when it stops a migration: exit 130, and the
+        # message says which side of the restore the database is on.
+        error = Interrupted
+        result.interrupted_by = rollback.interrupted_by
+        if rollback.status == "failed":
+            kept = ", ".join(progress.applied) or "nothing"
+            message = (
+                f"{cause.message}; the automatic rollback to {backup_id} was {rollback.error}, which keeps what "
+                f"this deploy committed: {kept}"
+            )
+        else:
+            message = (
+                f"{cause.message}; {rollback.interrupted_by} arrived once the automatic rollback to {backup_id} "
+                "had committed"
+            )
     return error(
         context.redactor.redact(message),
         result={**cause.details, **result.model_dump(mode="json")},
@@ -886,7 +906,16 @@ def nothing_to_roll_back(context: RunContext, failure: MigrationFailure | None) 
 def restore_unless_refused(context: RunContext, plugins: Plugins, backup: BackupRecord) -> Rollback:
     """Restore ``backup``, unless others wrote rows since it and ``restore_with_app_writes`` refuses."""
     env = context.environment
-    since = check_writes_since_backup(context, backup)
+    try:
+        since = check_writes_since_backup(context, backup)
+    except KeyboardInterrupt as interrupt:  # the check waits seconds for the server's counters
+        name = signal_name(interrupt)
+        return Rollback(
+            "failed",
+            interrupted_by=name,
+            error=f"interrupted by {name} before the restore began; the database is as this deploy left it",
+            restore_suggestions=[f"Roll back when ready: faber rollback {env} --to {backup.id}"],
+        )
     policy = context.settings.restore_with_app_writes
     if since.status == "found" and policy == "refuse":
         reason = f"a restore would discard {since.summary()} (restore_with_app_writes: refuse)"
@@ -958,6 +987,7 @@ def interrupted_restore(
             "success",
             initiated=True,
             restore_committed=True,
+            interrupted_by=outcome.interrupted_by,
             writes_since_backup=since,
             advice_first=[
                 f"Database rolled back to {backup.id}: the restore had committed when {outcome.interrupted_by} arrived",
@@ -970,6 +1000,7 @@ def interrupted_restore(
             "failed",
             initiated=True,
             restore_committed=False,
+            interrupted_by=outcome.interrupted_by,
             writes_since_backup=since,
             error=f"interrupted by {outcome.interrupted_by} before the restore committed; the database is exactly "
             "as it was before the restore",
@@ -978,6 +1009,7 @@ def interrupted_restore(
     return Rollback(
         "failed",
         initiated=True,
+        interrupted_by=outcome.interrupted_by,
         writes_since_backup=since,
         error=f"interrupted by {outcome.interrupted_by}; the restore is atomic, so the database is either as it was "
         f"before the restore or exactly {backup.id} ({outcome.details})",

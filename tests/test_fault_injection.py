@@ -41,7 +41,6 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from faber_core.errors import exit_code_for
 from faber_core.testing.faults import (
     DatabaseState,
     Event,
@@ -566,8 +565,6 @@ def test_every_step_and_migration_has_an_injection_point(bed: FaultBed) -> None:
     assert {e["data"]["name"] for e in runs["deploy"] if e["kind"] == "migration.applied"} == set(DEPLOYED)
 
 
-
-
 def test_kills_awaiting_fixes_are_real_kills():
     every_kill = {f"{point.name}-{signal.Signals(signum).name}" for point in POINTS for signum in point.signals}
     assert set(AWAITING_FIXES) <= every_kill
@@ -638,13 +635,13 @@ def test_interrupted_restore_reports_whether_it_committed(bed: FaultBed, command
         result = document["result"]
         assert result["restore_committed"] is committed, summary(run.stdout())
         name = signal.Signals(signum).name
+        # The signal is what the run ends on, for a failed deploy's automatic rollback too.
+        assert (document["code"], run.proc.returncode) == ("INTERRUPTED", 130), summary(run.stdout())
         if command == "rollback":
-            assert document["code"] == "INTERRUPTED", summary(run.stdout())
-            assert run.proc.returncode == 130
             before = STATE_AFTER[DEPLOYED[-1]]
         else:
             assert result["rollback_status"] == ("success" if committed else "failed"), summary(run.stdout())
-            assert run.proc.returncode == exit_code_for(document["code"]), summary(run.stdout())
+            assert result["interrupted_by"] == signal.Signals(signum).name, summary(run.stdout())
             before = STATE_AFTER["002_ledgers"]
         said = json.dumps(document)
         claim = f"exactly {result['backup_id']}" if command == "rollback" else f"rolled back to {result['backup_id']}"
@@ -654,6 +651,41 @@ def test_interrupted_restore_reports_whether_it_committed(bed: FaultBed, command
         assert not problems, "\n".join(problems)
         assert not wait_for_server_release(bed.admin_url, database, within=SERVER_BOUND)
         assert not converge(bed, project, database)
+    finally:
+        drop_database(bed.admin_url, database)
+        bed.databases.remove(database)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_before_the_automatic_restore_began_says_what_committed_and_how_to_roll_back(
+    bed: FaultBed, signum: int
+):
+    """The automatic rollback first waits for the server's write counters (a second or more): a
+    signal there stops it before it restores anything, and the run says so."""
+    database = bed.clone(bed.template)
+    bed.set_database(database, fail=FAILING)
+    project = bed.project(with_backups=False)
+    run = faber(project, bed.url(database, password=CANARY_PASSWORD), "migrate", ENVIRONMENT, "--yes", "--json")
+    try:
+        run.wait_for(event_matcher("writes.waiting"), after=run.wait_for(event_matcher("migration.failed")))
+        run.kill(signum)
+        assert run.wait(EXIT_BOUND) is not None, f"faber still running {EXIT_BOUND}s after the signal"
+    finally:
+        run.stop_everything()
+    try:
+        document = json.loads(run.stdout())
+        result = document["result"]
+        assert (document["code"], run.proc.returncode) == ("INTERRUPTED", 130), summary(run.stdout())
+        assert result["interrupted_by"] == signal.Signals(signum).name
+        assert (result["rollback_status"], result["rollback_initiated"]) == ("failed", False), summary(run.stdout())
+        assert result["applied_migrations"] == DEPLOYED[:2], summary(run.stdout())
+        assert "before the restore began" in document["error"] and ", ".join(DEPLOYED[:2]) in document["error"]
+        retry = f"faber rollback {ENVIRONMENT} --to {result['backup_id']}"
+        assert document["recovery"]["rollback_command"] == retry, summary(run.stdout())
+        assert any(retry in hint for hint in document["recovery"]["suggestions"]), summary(run.stdout())
+        problems = check_state(bed, database, (STATE_AFTER["002_ledgers"],), what="after the signal")
+        assert not problems, "\n".join(problems)
+        assert CANARY_PASSWORD not in run.stdout() + run.stderr()
     finally:
         drop_database(bed.admin_url, database)
         bed.databases.remove(database)

@@ -5,8 +5,8 @@ automatic restore after a failing migration (the dump loading into the scratch d
 Each moment is found by waiting for faber's event in the audit log, then for the work itself in
 the server's process list. After every kill:
 - faber ends (at once for SIGKILL; for SIGTERM and SIGINT, after its cleanup, with one document
-  saying what committed and what the rollback did: exit 130, ``INTERRUPTED``, or, stopped in the
-  automatic restore before its swap, exit 8, ``RESTORE_FAILED``, as docs/workflow.md says);
+  saying what committed and what the rollback did: exit 130, ``INTERRUPTED``, also when stopped
+  in the automatic restore, as docs/workflow.md says);
 - no child process (mysqldump, mysql) outlives it, and within a few seconds no session of the
   deploy's user and no faber lock is left on the server;
 - the canary password is in no output;
@@ -253,8 +253,8 @@ def test_kill(point, signum, faber_project, mysql_database_url, mysql_admin_url,
         assert signal.Signals(signum).name in text, text
         if point == "restore":
             # docs/workflow.md: a signal before the restore's commit point (the swap) leaves the database
-            # exactly as before the restore: rollback_status "failed", exit 8, the command to retry.
-            assert (code, said.get("code")) == (8, "RESTORE_FAILED"), text
+            # exactly as before the restore: rollback_status "failed", exit 130, the command to retry.
+            assert (code, said.get("code")) == (130, "INTERRUPTED"), text
             assert result["restore_committed"] is False and result["rollback_status"] == "failed", text
             assert matched == "after the failing migration's first statement"
             assert f"faber rollback {ENVIRONMENT} --to {result['backup_id']}" in text, text
