@@ -180,3 +180,27 @@ def test_protected_defaults_bound_the_stall_and_retry_with_jittered_backoff():
     # The shortest the default retries wait in total: a blocker shorter than this ends before faber gives up.
     patience = sum(lowest[: settings.lock_retry.retries]) + settings.lock_timeout_seconds * settings.lock_retry.retries
     assert patience > 30
+
+
+# A migration that clears the session's settings clears them for itself only ----------------
+
+RECORD_SETTINGS = (
+    "CREATE TABLE seen AS SELECT current_setting('lock_timeout') AS lock_timeout,"
+    " current_setting('statement_timeout') AS statement_timeout;"
+)
+TIMEOUTS = {"lock_timeout_seconds": 3, "statement_timeout_seconds": 60}
+
+
+@pytest.mark.parametrize(
+    "clearing", ["RESET ALL;", "SET lock_timeout = 0; SET statement_timeout = 0;"], ids=["reset-all", "set-zero"]
+)
+def test_the_migrations_after_one_that_clears_the_session_settings_still_run_under_faber_s_timeouts(
+    project, context_for, plugins, database_url, clearing
+):
+    project_dir = project({"001_clears": clearing, "002_records": RECORD_SETTINGS}, **TIMEOUTS)
+
+    result = migrate(context_for(project_dir), plugins, YES).model_dump(mode="json")["result"]
+
+    assert result["migrations_applied"] == 2
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT lock_timeout, statement_timeout FROM seen").fetchall() == [("3s", "1min")]

@@ -14,6 +14,7 @@ from faber_core.postgres.sql import is_transactional, split_statements
         "VACUUM t",
         "ALTER SYSTEM SET work_mem = '8MB'",
         "CREATE DATABASE x",
+        "DISCARD ALL",
         "BEGIN; SELECT 1; COMMIT;",
     ],
 )
@@ -27,6 +28,7 @@ def test_statements_postgres_refuses_in_a_transaction(sql):
         "CREATE TABLE t (x int); CREATE INDEX i ON t (x);",
         "ALTER TABLE t ADD COLUMN y int",
         "DO $$ BEGIN PERFORM 1; END $$;",
+        "DISCARD PLANS; DISCARD TEMP",
     ],
 )
 def test_ordinary_ddl_is_transactional(sql):

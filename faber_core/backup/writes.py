@@ -57,6 +57,7 @@ from faber_core.context import LockCheck, RunContext
 from faber_core.engines import LOCK_LOST
 from faber_core.model_base import DeferredModel
 from faber_core.models import ApplyOutcome, BackupRecord
+from faber_core.safety.timeouts import session_timeouts_again
 
 TABLE = "faber_backup_baselines"
 BASELINES_KEPT = 200
@@ -220,7 +221,12 @@ def measured_transaction(conn: psycopg.Connection, into: Measurement | None = No
         except psycopg.Error:
             measurement.add(_transaction_writes(conn, _WRITES_TO_ANY_TABLE))
             raise
-        measurement.add(_transaction_writes(conn, _WRITES_TO_LOCKED_TABLES))
+        # The migration may have cleared the session's timeouts: set again with the measurement,
+        # committed with the migration, for the next one.
+        again = session_timeouts_again(conn)
+        if again and conn.info.server_version < _REPORTS_ON_REQUEST:
+            conn.execute(again)  # no measurement to send them with on this server
+        measurement.add(_transaction_writes(conn, _WRITES_TO_LOCKED_TABLES, before=again))
 
 
 _MEASURED = "faber_measured"
@@ -261,8 +267,13 @@ def run_measured_script(
     measured_writes = f"EXECUTE {_PREPARED_WRITES}" if prepared_measurement else _WRITES_TO_LOCKED_TABLES
     measurement = f"{_REPORT_AT_NEXT_IDLE};\n{measured_writes};\n" if measurable else ""
     check = f"EXECUTE {_PREPARED_CHECK};\n" if lock_check else ""
+    # An earlier migration may have cleared the session's timeouts (RESET ALL, DISCARD ALL).
+    again = session_timeouts_again(conn)
     # The newline after the script ends a trailing -- comment.
-    message = f"BEGIN;\nSAVEPOINT {_MEASURED};\n{check}{script}\n;\nRELEASE SAVEPOINT {_MEASURED};\n{measurement}COMMIT"
+    message = (
+        f"BEGIN;\n{again}SAVEPOINT {_MEASURED};\n{check}{script}\n;\nRELEASE SAVEPOINT {_MEASURED};\n"
+        f"{measurement}COMMIT"
+    )
     cursor = conn.cursor()
     try:
         if lock_check is not None:
@@ -339,11 +350,13 @@ def _failed_script_writes(conn: psycopg.Connection) -> dict[str, int] | None:
         return None
 
 
-def _transaction_writes(conn: psycopg.Connection, query: str) -> dict[str, int] | None:
+def _transaction_writes(conn: psycopg.Connection, query: str, *, before: str = "") -> dict[str, int] | None:
+    """The rows ``query`` counts, in one message after the statements ``before``; None, running
+    nothing, on a server that cannot report them."""
     if conn.info.server_version < _REPORTS_ON_REQUEST:
         return None
     try:
-        return dict(_last_rows(conn.execute(f"{_REPORT_AT_NEXT_IDLE};\n{query}")))
+        return dict(_last_rows(conn.execute(f"{before}{_REPORT_AT_NEXT_IDLE};\n{query}")))
     except psycopg.Error:  # the connection is gone: nothing to measure with
         return None
 

@@ -389,6 +389,10 @@ def _needs_no_transaction(node: ast.Node) -> bool:
         return any(getattr(p, "defname", None) == "concurrently" for p in node.params or ())
     if isinstance(node, ast.DropStmt) and node.concurrent:
         return True
+    if isinstance(node, ast.DiscardStmt):  # DISCARD ALL only: PLANS, SEQUENCES and TEMP run in one
+        from pglast.enums import DiscardMode
+
+        return node.target == DiscardMode.DISCARD_ALL
     return isinstance(node, ast.TransactionStmt)
 
 
@@ -396,7 +400,8 @@ def is_transactional(sql: str) -> bool:
     """Whether the script can run inside one transaction.
 
     False when it contains a statement PostgreSQL refuses in a transaction block
-    (``CREATE INDEX CONCURRENTLY``, ``VACUUM``, ``ALTER SYSTEM``, ``CREATE DATABASE``, ...) or
+    (``CREATE INDEX CONCURRENTLY``, ``VACUUM``, ``ALTER SYSTEM``, ``CREATE DATABASE``,
+    ``DISCARD ALL``, ...) or
     manages transactions itself (``BEGIN``/``COMMIT``). Raises ``pglast.parser.ParseError`` for
     SQL PostgreSQL would not parse.
     """

@@ -14,12 +14,19 @@ locks within seconds instead of running it to the end while every reader of the 
 Handlers call :func:`apply_session_timeouts` (``context.apply_session_timeouts(conn)``) on the
 connection that runs migrations, or pass :func:`timeout_env` (``context.session_timeout_env()``)
 to the environment of a subprocess that connects through libpq or node-postgres.
+
+A migration may clear them for the rest of its session (``RESET ALL``, ``DISCARD ALL``, ``SET
+lock_timeout = 0``), so the migrations after it would wait for locks without bound. Each measured
+migration (:func:`~faber_core.backup.writes.run_measured_script`,
+:func:`~faber_core.backup.writes.measured_transaction`) sets them again in a message it sends
+anyway (:func:`session_timeouts_again`).
 """
 
 from __future__ import annotations
 
 import random
 import time
+import weakref
 from collections.abc import Callable
 
 import psycopg
@@ -55,8 +62,25 @@ def session_timeouts(settings: EnvironmentSettings, server_version: int | None =
 def apply_session_timeouts(conn: psycopg.Connection, settings: EnvironmentSettings) -> None:
     """Set the environment's timeouts and the connection check for the whole session of ``conn``
     (outside any transaction block, so a rolled-back migration does not undo them)."""
-    for name, value in session_timeouts(settings, conn.info.server_version).items():
-        conn.execute("SELECT set_config(%s, %s, false)", [name, value])
+    # Names and values are faber's own (a setting name, a number of milliseconds): nothing to quote.
+    statements = "".join(
+        f"SET {name} = '{value}';\n" for name, value in session_timeouts(settings, conn.info.server_version).items()
+    )
+    if statements:
+        conn.execute(statements)
+    _set_on[conn] = statements
+
+
+_set_on: weakref.WeakKeyDictionary[psycopg.Connection, str] = weakref.WeakKeyDictionary()
+"""The ``SET`` statements :func:`apply_session_timeouts` ran on each migration session."""
+
+
+def session_timeouts_again(conn: psycopg.Connection) -> str:
+    """The ``SET`` statements (each ending in ``;``) that :func:`apply_session_timeouts` ran on
+    ``conn``, to send in front of a migration's own statements: an earlier migration's ``RESET
+    ALL``, ``DISCARD ALL`` or ``SET lock_timeout = 0`` does not carry over to it. Empty for a
+    connection it did not set."""
+    return _set_on.get(conn, "")
 
 
 def timeout_env(

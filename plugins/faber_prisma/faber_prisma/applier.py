@@ -29,7 +29,13 @@ from faber_core.models import (
     MigrationRecord,
     Resolution,
 )
-from faber_core.support.sessions import Measurement, advisory_lock, measured_transaction, run_measured_script
+from faber_core.support.sessions import (
+    Measurement,
+    advisory_lock,
+    measured_transaction,
+    run_measured_script,
+    session_timeouts_again,
+)
 from faber_core.support.sql import is_transactional, split_statements
 from psycopg import sql
 
@@ -356,6 +362,9 @@ def _apply_statement_by_statement(
 ) -> MigrationFailure | None:
     assert folder.checksum is not None
     statements = split_statements(folder.sql)
+    again = session_timeouts_again(history.conn)  # an earlier migration may have cleared them
+    if again:
+        history.conn.execute(again)
     migration_id = history.start(folder.name, folder.checksum)
     block_began: int | None = None  # the statement that opened the script's own transaction, while it is open
     for number, statement in enumerate(statements, start=1):

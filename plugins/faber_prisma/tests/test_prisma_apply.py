@@ -569,3 +569,24 @@ def test_history_statements_are_the_text_psycopg_composes(database_url):
         ).format(table=history.table, id=sql.Literal(migration_id)).as_string(conn)
         _, without_start = history.start_statement("m", "c" * 64)
         assert "coalesce(NULL, clock_timestamp())" in without_start
+
+
+@pytest.mark.parametrize(
+    "clearing",
+    ["DISCARD ALL;", "RESET ALL;", "SET lock_timeout = 0;"],
+    ids=["discard-all-outside-a-transaction", "reset-all", "set-zero"],
+)
+def test_the_migrations_after_one_that_clears_the_session_settings_still_run_under_faber_s_timeouts(
+    prisma_project, prisma_context, prisma_plugins, query, clearing
+):
+    recording = 'CREATE TABLE "seen" AS SELECT current_setting(\'lock_timeout\') AS "lock_timeout";\n'
+    project = prisma_project(
+        {"0001_init": INIT, "0002_clears": clearing, "0003_index": CONCURRENT_INDEX, "0004_records": recording},
+        lock_timeout_seconds=3,
+    )
+    context = prisma_context(project)
+
+    outcome = apply_pending(prisma_plugins, context)
+
+    assert outcome.failure is None and len(outcome.applied) == 4
+    assert query('SELECT "lock_timeout" FROM "seen"') == [("3s",)]
