@@ -381,10 +381,34 @@ def health_suggestions(context: RunContext, plugins: Plugins, failed: HealthChec
         return [
             f"Inspect the history: faber status {env}",
             *failed_migration_advice(context, unresolved_migrations(context, plugins)),
+            *backup_before_failed_migrations(context, plugins),
             "An edited migration: restore the file to what was applied, and put the change in a new migration",
             f"Retry when issue resolved: {rerun_command(context)}",
         ]
     return database_suggestions(context)
+
+
+def backup_before_failed_migrations(context: RunContext, plugins: Plugins) -> list[str]:
+    """The restore that undoes failed migrations a run left (one killed mid-migration reports
+    nothing and writes no history row): the newest backup whose migration history is exactly what
+    is applied now, as the run took it just before applying them. None without such a backup."""
+    try:
+        state = plugins.migration_status(context)
+        if not state.failed:
+            return []
+        backups = plugins.backup_list(context)  # a provider not installed: a ConfigError
+    except (FaberError, context.database.engine.driver_error):
+        return []
+    applied = sorted(state.applied_fingerprint())
+    before = next(
+        (b for b in backups if b.status == "available" and sorted(tuple(m) for m in b.migrations) == applied), None
+    )
+    if before is None:
+        return []
+    return [
+        f"Or undo all of it: {before.id} was taken just before {', '.join(state.failed)} ran (the same migrations "
+        f"applied): faber rollback {context.environment} --to {before.id}"
+    ]
 
 
 # 9: migration status -------------------------------------------------------------------

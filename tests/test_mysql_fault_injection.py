@@ -338,6 +338,38 @@ def test_a_statement_running_when_faber_is_killed_runs_to_its_end_and_commits(
     assert snapshot(mysql_admin_url, name)["history"] == (("000_base", "applied"), ("001_slow", "applied"))
 
 
+def test_after_a_kill_mid_migration_the_next_deploy_names_the_killed_run_s_backup_which_undoes_it(
+    mysql_database_url, mysql_admin_url, tmp_path
+):
+    """kill -9 leaves the migration recorded failed and no word from the killed run: the next
+    deploy's advice gives, beside `faber resolve`, the rollback to the backup the killed run took
+    just before it (the same advice on every engine); following it brings the database back to before that run."""
+    name = mysql_database_url.rpartition("/")[2]
+    user = mysql_database_url.split("//")[1].split(":")[0]
+    project = write_project(tmp_path / "project", {"000_base": SMALL_BASE})
+    deploy_base(project, mysql_database_url)
+    before = snapshot(mysql_admin_url, name)
+    run, _ = start_slow_migration(project, mysql_database_url, mysql_admin_url, name, SLOW_STATEMENT_SECONDS)
+    try:
+        backup_id = run.wait_for("backup.created")["data"]["backup_id"]
+        run.kill(signal.SIGKILL)
+        assert run.wait(5) is not None
+    finally:
+        run.stop_everything()
+    assert not wait_for_mysql_release(mysql_admin_url, user, name, within=SERVER_BOUND)
+
+    refused = faber(project, mysql_database_url, "migrate", ENVIRONMENT, "--yes", "--json")
+    assert refused.finish() == 3, refused.stdout()
+    advice = document(refused)["recovery"]["suggestions"]
+    rollback = f"faber rollback {ENVIRONMENT} --to {backup_id}"
+    assert any(rollback in hint and "001_slow" in hint for hint in advice), advice
+    assert CANARY_PASSWORD not in refused.stdout() + refused.stderr()
+
+    restored = faber(project, mysql_database_url, *shlex.split(rollback)[1:], "--yes", "--json")
+    assert restored.finish() == 0, restored.stdout()
+    assert snapshot(mysql_admin_url, name) == before
+
+
 HELD_STATEMENT_SECONDS = 60
 """How long the interrupted migration's statement would run if the server were not told to stop it."""
 STOPPED_WITHIN = 10
