@@ -91,6 +91,7 @@ def discover_targets(
             suggestions=[f"List the databases of {environment} in {where} (docs/fleet.md)"],
         )
     _refuse_duplicates(found, where)
+    _refuse_one_database_twice(found, where)
     return found
 
 
@@ -289,6 +290,37 @@ def _refuse_duplicates(targets: list[Target], where: str) -> None:
                 suggestions=["Give every target its own name"],
             )
         seen[target.name] = target
+
+
+_THIS_MACHINE = frozenset({"localhost", "127.0.0.1", "::1"})
+"""Host names of the machine faber runs on: one server, however a URL names it."""
+
+
+def _refuse_one_database_twice(targets: list[Target], where: str) -> None:
+    """Two targets on one database would deploy it from two threads at once: one waits for the
+    other's lock and fails. Refused before any target is touched, naming both (never their URLs:
+    the message shows the server and database only)."""
+    from faber_core.engines import engine_for_url
+
+    seen: dict[tuple[str, str, str, str | None], Target] = {}
+    for target in targets:
+        engine = engine_for_url(target.url.reveal(), target.source)
+        parsed = engine.parse_url(target.url.reveal(), target.source)
+        host = (parsed.host or "localhost").lower()
+        key = (
+            engine.name,
+            "localhost" if host in _THIS_MACHINE else host,
+            parsed.port or str(engine.default_port),
+            parsed.name,
+        )
+        first = seen.setdefault(key, target)
+        if first is not target:
+            database = f"{key[1]}:{key[2]}/{parsed.name or '(the default database)'}"
+            raise ConfigError(
+                f"Targets {first.name!r} ({first.source}) and {target.name!r} ({target.source}) in {where} are "
+                f"the same database, {database}: the fleet would deploy it twice at once",
+                suggestions=[f"List each database once in {where}"],
+            )
 
 
 # Shards --------------------------------------------------------------------------------

@@ -676,6 +676,35 @@ def test_bad_fleet_input_is_a_structured_error(make_fleet, run_faber, monkeypatc
     assert misspelt.code == "CONFIG_INVALID" and "did you mean waves?" in misspelt.error
 
 
+@pytest.mark.parametrize(
+    "same",
+    [
+        lambda url: url,
+        lambda url: url.replace("@127.0.0.1:", "@localhost:"),
+        lambda url: url.replace("@127.0.0.1:5432/", "@LOCALHOST/"),
+    ],
+    ids=["the-same-url", "localhost-for-127.0.0.1", "the-default-port-left-out"],
+)
+def test_a_fleet_listing_one_database_twice_is_refused_before_any_target_is_touched(make_fleet, run_faber, same):
+    fleet = make_fleet(2)
+    first = fleet.urls["t00"]
+    assert "@127.0.0.1:5432/" in first, "the cases rewrite this URL's host and port"
+    listing = f"t00 {first}\nt01 {fleet.urls['t01']}\nagain {same(first)}"
+
+    run = run_faber(
+        "migrate", "tenants", "--json", "--cwd", str(fleet.project), env={**fleet.env, URLS_VARIABLE: listing}
+    )
+
+    assert run.returncode == 2, run.output
+    assert run.json["code"] == "CONFIG_INVALID"
+    assert "'t00' ($TENANT_DATABASE_URLS line 1) and 'again' ($TENANT_DATABASE_URLS line 3)" in run.json["error"]
+    assert "the same database" in run.json["error"], run.json["error"]
+    assert CANARY_PASSWORD not in run.output
+    # Refused up front: no target deployed, none even recorded a run.
+    assert [fleet.applied(name) for name in fleet.names] == [[], []]
+    assert [fleet.history(name) for name in fleet.names] == [[], []]
+
+
 def test_targets_from_a_file_and_from_a_catalog_query(make_fleet, postgres_admin_url, monkeypatch):
     fleet = make_fleet(3)
     variables = {f"{name.upper()}_DATABASE_URL": url for name, url in fleet.urls.items()}
