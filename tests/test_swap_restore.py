@@ -241,12 +241,14 @@ def sessions_waiting(admin_url: str, database: str, wait_event: str) -> bool:
     )
 
 
-def swap_waiting_for_lock(admin_url: str) -> bool:
+def swap_waiting_for_lock(admin_url: str, target: str) -> bool:
+    """Whether the swap of ``target`` (not another test's) waits for a lock to rename it."""
     return bool(
         admin_execute(
             admin_url,
             "SELECT 1 FROM pg_stat_activity WHERE application_name LIKE 'faber swap %%' AND wait_event_type = 'Lock'"
-            " AND query LIKE 'ALTER DATABASE%%RENAME%%'",
+            " AND query LIKE 'ALTER DATABASE%%RENAME%%' AND query LIKE %s",
+            [f'%"{target}" RENAME%'],
         )
     )
 
@@ -280,7 +282,9 @@ def test_a_kill_at_each_moment_of_a_swap_leaves_one_side_and_the_next_rollback_c
         )
         try:
             if moment == "before_swap":
-                wait_for(lambda: swap_waiting_for_lock(postgres_admin_url), "the swap to wait for the test's lock")
+                wait_for(
+                    lambda: swap_waiting_for_lock(postgres_admin_url, target), "the swap to wait for the test's lock"
+                )
             else:
                 wait_for(lambda: sessions_waiting(postgres_admin_url, gated_in, "PgSleep"), f"the gate in {gated_in}")
             faber.send_signal(signum)
@@ -975,7 +979,7 @@ def test_after_a_failed_swap_faber_holds_its_lock_again_for_the_rest_of_the_run(
             env=SQLFILES,
         )
         try:
-            wait_for(lambda: swap_waiting_for_lock(postgres_admin_url), "the swap to wait for the test's lock")
+            wait_for(lambda: swap_waiting_for_lock(postgres_admin_url, target), "the swap to wait for the test's lock")
             # The rename fails: its statement is cancelled.
             admin_execute(
                 postgres_admin_url,
@@ -1008,6 +1012,59 @@ def test_after_a_failed_swap_faber_holds_its_lock_again_for_the_rest_of_the_run(
     assert database_state(database_url) == before
     assert databases(postgres_admin_url, target) == {target: oid_before}
     assert len(holders_for_the_rest_of_the_run) == 1
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_once_the_swap_ended_the_sessions_leaves_faber_s_lock_held_for_the_rest_of_the_run(
+    swapped, run_faber, database_url, postgres_admin_url, signum
+):
+    """The swap ended every session of the target, faber's lock session among them, and waits to
+    rename: a signal then stops it before it commits, and faber takes its lock again for the rest
+    of the run, as after a failed swap (its history row is the last thing it writes)."""
+    project_dir, target = swapped
+    execute(database_url, "CREATE TABLE accounts (id int); INSERT INTO accounts VALUES (1)")
+    backup_id = backup(run_faber, project_dir)
+    done = run_faber("migrate", "production", "--yes", "--json", cwd=project_dir, env=SQLFILES)
+    assert done.returncode == 0, done.stdout  # faber's history table exists
+    execute(database_url, "CREATE RULE gate AS ON INSERT TO faber.faber_deployments DO ALSO SELECT pg_sleep(600)")
+    execute(database_url, "INSERT INTO accounts VALUES (2)")
+    before = database_state(database_url)
+
+    with psycopg.connect(postgres_admin_url, autocommit=True) as gate:
+        gate.execute("BEGIN")
+        gate.execute(sql.SQL("COMMENT ON DATABASE {} IS 'held by the test'").format(sql.Identifier(target)))
+        faber = start_faber(
+            *("rollback", "production", "--to", backup_id, "--yes", "--discard-app-writes", "--json"),
+            cwd=project_dir,
+            env=SQLFILES,
+        )
+        try:
+            wait_for(lambda: swap_waiting_for_lock(postgres_admin_url, target), "the swap to wait for the test's lock")
+            faber.send_signal(signum)
+            gate.execute("ROLLBACK")
+            wait_for(lambda: sessions_waiting(postgres_admin_url, target, "PgSleep"), "the history row to wait")
+            holders_for_the_rest_of_the_run = faber_lock_holders(postgres_admin_url, target)
+            admin_execute(
+                postgres_admin_url,
+                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE datname = %s AND wait_event = 'PgSleep'",
+                [target],
+            )
+        finally:
+            gate.close()
+            try:
+                out, err = faber.communicate(timeout=120)
+            finally:
+                if faber.poll() is None:
+                    faber.kill()
+                    faber.communicate()
+        execute(database_url, "DROP RULE gate ON faber.faber_deployments")
+
+    document = faber_json(out)
+    assert (faber.returncode, document["code"]) == (130, "INTERRUPTED"), out
+    assert document["result"]["restore_committed"] is False, out
+    assert CANARY_PASSWORD not in (out + err).decode()
+    assert database_state(database_url) == before
+    assert len(holders_for_the_rest_of_the_run) == 1, err.decode()[-3000:]
 
 
 def rollback_in_process(project_dir, backup_id: str, monkeypatch):

@@ -623,6 +623,11 @@ def _interrupted(swap: _Swap, interrupt: KeyboardInterrupt) -> RestoreOutcome:
     """A signal stopped the swap restore: say which side of the swap the database is on, and what is left."""
     backup, target = swap.backup.id, swap.target
     committed = True if swap.dropped_previous else _swapped(swap)
+    if swap.sessions_ended:
+        # As after a failed swap: faber's lock session is gone, whichever side the database is on,
+        # and the rest of the run (its report, its history row) must not overlap another run. A
+        # lock taken again after the swap is kept as it is.
+        _lock_again(swap, "after the interrupted swap")
     leftover: str | None = None
     if committed is False:
         gone = not swap.created or _drop_quietly(swap, swap.restoring)
@@ -645,6 +650,7 @@ def _interrupted(swap: _Swap, interrupt: KeyboardInterrupt) -> RestoreOutcome:
         ]
     if leftover:
         details += f"; {leftover} is left behind"
+    details += "".join(f"; {note}" for note in swap.notes)
     return RestoreOutcome.interrupted(
         backup,
         interrupt,
