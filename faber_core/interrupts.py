@@ -39,6 +39,10 @@ class _Holding:
         """Within :func:`raised_once`."""
         self.raised = False
         """Within :func:`raised_once`, an interrupt was raised: later ones are dropped until the command ends."""
+        self.reporting = 0
+        """Within :func:`held_while_reporting`: an interrupt is held, but within :func:`interruptible`."""
+        self.interruptible = 0
+        """Within :func:`interruptible`."""
         self.arrived_in_command: int | None = None
         """The signal of the first interrupt raised since the command started, for :func:`pause`."""
         self.arrival = threading.Event()
@@ -53,11 +57,26 @@ def _interrupt_for(signum: int) -> KeyboardInterrupt:
     return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
+def _held() -> bool:
+    """Whether an interrupt arriving now is held rather than raised."""
+    return (
+        _holding.active
+        or (_holding.outside_runs and _holding.runs == 0)
+        or (_holding.reporting > 0 and _holding.interruptible == 0)
+    )
+
+
 def _on_interrupt(signum: int, frame: FrameType | None) -> None:
-    if _holding.active or (_holding.outside_runs and _holding.runs == 0):
+    if _held():
         _holding.arrived.append(signum)
         return
     _raise(signum)
+
+
+def _raise_held() -> None:
+    if _holding.arrived and not _held():
+        arrived, _holding.arrived = _holding.arrived, []
+        _raise(arrived[0])
 
 
 def hold_outside_runs() -> None:
@@ -143,9 +162,7 @@ def held_while_forking() -> Iterator[None]:
         yield
     finally:
         _holding.active = False
-        arrived, _holding.arrived = _holding.arrived, []
-        if arrived:
-            _raise(arrived[0])
+        _raise_held()
 
 
 @contextmanager
@@ -168,6 +185,43 @@ def raised_once() -> Iterator[None]:
         yield
     finally:
         _holding.once = outer
+
+
+@contextmanager
+def held_while_reporting() -> Iterator[None]:
+    """A deploy's failure path: within the block an interrupt is held, not raised, except within
+    :func:`interruptible` blocks (its waits, its restore), which raise one held at their start.
+
+    Its other steps are short reads and writes that make up the report of what committed and
+    what the rollback did (faber's writes recorded, its lock checked, invalid indexes and failed
+    migrations named): an interrupt there would end the run with a bare ``INTERRUPTED`` that
+    says none of it. One still held when the block ends is dropped: the run ends with the report.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _holding.reporting += 1
+    try:
+        yield
+    finally:
+        _holding.reporting -= 1
+        if _holding.reporting == 0 and not _held():
+            _holding.arrived = []
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Within :func:`held_while_reporting`, a step an interrupt may stop (it says what it did when
+    stopped): an interrupt held before it is raised as it starts; within it they raise as usual."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _holding.interruptible += 1
+    try:
+        _raise_held()
+        yield
+    finally:
+        _holding.interruptible -= 1
 
 
 def pause(seconds: float) -> None:

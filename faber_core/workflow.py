@@ -52,7 +52,7 @@ from faber_core.errors import (
     RestoreFailed,
     WritesDuringRestore,
 )
-from faber_core.interrupts import raised_once, signal_name
+from faber_core.interrupts import held_while_reporting, interruptible, raised_once, signal_name
 from faber_core.models import (
     AppliedMigration,
     ApplyOutcome,
@@ -159,7 +159,8 @@ def migrate(
                         context, health_after.state or read_status(context, plugins, quiet=True, after_apply=True)
                     )
             except (Exception, KeyboardInterrupt) as stopped:
-                raise roll_back_failed_deploy(context, plugins, lock, backup, progress, stopped) from stopped
+                with held_while_reporting():
+                    raise roll_back_failed_deploy(context, plugins, lock, backup, progress, stopped) from stopped
     return deployed(
         context, outcome, backup, health_before.status, health_after.status, time.monotonic() - started, review
     )
@@ -931,7 +932,8 @@ def restore_unless_refused(context: RunContext, plugins: Plugins, backup: Backup
     """Restore ``backup``, unless others wrote rows since it and ``restore_with_app_writes`` refuses."""
     env = context.environment
     try:
-        since = check_writes_since_backup(context, backup)
+        with interruptible():
+            since = check_writes_since_backup(context, backup)
     except KeyboardInterrupt as interrupt:  # the check waits seconds for the server's counters
         name = signal_name(interrupt)
         return Rollback(
@@ -1154,7 +1156,8 @@ def restore_backup(context: RunContext, plugins: Plugins, backup: BackupRecord, 
         context.before_restore_swap.append(checked.again)
         context.after_restore_sessions_ended.append(checked.sessions_ended)
         try:
-            outcome = plugins.backup_restore(context, backup)
+            with interruptible():
+                outcome = plugins.backup_restore(context, backup)
         except KeyboardInterrupt as interrupt:  # from a provider that does not say where it stopped
             outcome = RestoreOutcome.interrupted(
                 backup.id, interrupt, committed=None, details="the backup provider did not say whether it committed"
@@ -1171,7 +1174,8 @@ def restore_backup(context: RunContext, plugins: Plugins, backup: BackupRecord, 
             context.emit("rollback.finished", backup_id=backup.id, status="restored_side_by_side")
             return outcome
         try:
-            state = read_status(context, plugins, quiet=True)
+            with interruptible():
+                state = read_status(context, plugins, quiet=True)
         except KeyboardInterrupt as interrupt:
             return RestoreOutcome.interrupted(
                 backup.id, interrupt, committed=True, details=f"{outcome.details}; interrupted while verifying it"

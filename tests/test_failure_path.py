@@ -678,3 +678,60 @@ def test_faber_debug_shows_the_traceback_of_a_hook_that_raised(faber_project, da
     assert run.json["result"]["backup_id"] and run.json["result"]["rollback_status"] == "not_needed"
     assert "Traceback (most recent call last)" in run.stderr and "raising_handler.py" in run.stderr
     assert CANARY_PASSWORD not in run.output
+
+
+# A signal while the failure path builds its report ------------------------------------------
+
+
+def sigterm_first(monkeypatch, name: str) -> None:
+    """Make ``faber_core.workflow.<name>`` receive a real SIGTERM as it starts, as faber's own
+    process would from a CI runner at that moment."""
+    import faber_core.workflow as workflow
+
+    real = getattr(workflow, name)
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(workflow, name, signalled)
+
+
+def test_a_signal_while_the_failure_path_reads_its_cause_stops_the_rollback_before_the_restore(
+    project, context_for, plugins, database_url, monkeypatch
+):
+    """Held until the first step it may stop (the wait for the write counters): no restore, and the
+    report still says what committed and how to roll back, instead of a bare INTERRUPTED."""
+    from faber_core.interrupts import sigterm_as_interrupt
+
+    project_dir = project({"001_users": USERS, "002_broken": BROKEN})
+    sigterm_first(monkeypatch, "cause_of")
+
+    with pytest.raises(FaberError) as raised, sigterm_as_interrupt():
+        migrate(context_for(project_dir), plugins, YES)
+
+    error = raised.value
+    assert error.code == "INTERRUPTED" and error.result["interrupted_by"] == "SIGTERM"
+    assert error.result["failed_migration"] == "002_broken"
+    assert error.result["applied_migrations"] == ["001_users"]
+    assert error.result["rollback_status"] == "failed"
+    assert f"Roll back when ready: faber rollback production --to {error.backup_id}" in error.suggestions
+    assert "users" in tables(database_url)  # not restored
+
+
+def test_a_signal_once_the_rollback_is_done_does_not_cut_its_report_short(
+    project, context_for, plugins, database_url, monkeypatch
+):
+    from faber_core.interrupts import sigterm_as_interrupt
+
+    project_dir = project({"001_users": USERS, "002_broken": BROKEN})
+    sigterm_first(monkeypatch, "resolve_advice")  # after the restore, before the report is built
+
+    with pytest.raises(FaberError) as raised, sigterm_as_interrupt():
+        migrate(context_for(project_dir), plugins, YES)
+
+    error = raised.value
+    assert error.code == "MIGRATION_FAILED"
+    assert error.result["applied_migrations"] == ["001_users"] and error.result["rollback_status"] == "success"
+    assert error.suggestions[0] == f"Database rolled back to {error.backup_id}"
+    assert tables(database_url) == set()
