@@ -248,10 +248,14 @@ class Point:
     sigint: bool = False
     """Also interrupt with SIGINT: Python raises KeyboardInterrupt wherever it is, which differs from
     SIGTERM where faber waits on a child process or the server; once per kind of long step."""
+    sigkill: bool = True
+    """Also kill with SIGKILL. SIGKILL runs none of faber's code: what it leaves depends only on what
+    faber holds on the server and on disk at that moment, so a point holding exactly what an
+    earlier point holds adds nothing with it (SIGTERM still runs that step's own way out)."""
 
     @property
     def signals(self) -> list[int]:
-        return [signal.SIGKILL, signal.SIGTERM, *([signal.SIGINT] if self.sigint else [])]
+        return [*([signal.SIGKILL] if self.sigkill else []), signal.SIGTERM, *([signal.SIGINT] if self.sigint else [])]
 
 
 def started(step: str) -> Callable[[Event], bool]:
@@ -268,11 +272,13 @@ POINTS = [
     Point("analyse", "deploy", started("analyse"), NOTHING_YET, brake=FIRST),
     Point("lock", "deploy", started("lock"), NOTHING_YET, brake=FIRST),
     Point("health-before", "deploy", started("health_check_before"), NOTHING_YET, brake=FIRST),
+    # From the health check to the backup step faber holds its lock and only reads (the status, the
+    # lint, the approval, the preflight): a SIGKILL there leaves what one at health-before leaves.
     # The status read under the lock (the health check's own, since a deploy reads it once there).
-    Point("status", "deploy", event_matcher("status.read"), NOTHING_YET, brake=FIRST),
-    Point("lint", "deploy", started("lint"), NOTHING_YET, brake=FIRST),
-    Point("approval", "deploy", started("approval"), NOTHING_YET, brake=FIRST),
-    Point("preflight", "deploy", started("preflight"), NOTHING_YET, brake=FIRST),
+    Point("status", "deploy", event_matcher("status.read"), NOTHING_YET, brake=FIRST, sigkill=False),
+    Point("lint", "deploy", started("lint"), NOTHING_YET, brake=FIRST, sigkill=False),
+    Point("approval", "deploy", started("approval"), NOTHING_YET, brake=FIRST, sigkill=False),
+    Point("preflight", "deploy", started("preflight"), NOTHING_YET, brake=FIRST, sigkill=False),
     Point("backup", "deploy", started("backup"), NOTHING_YET, brake=FIRST),
     Point(
         "inside-backup",

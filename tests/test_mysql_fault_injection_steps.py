@@ -270,6 +270,14 @@ class Point:
     """The kill comes once the run's outcome is decided: a signal while it is recorded or printed
     stops nothing, so the document may be that outcome, not naming the signal (as it may at the
     last steps, when they end before the signal lands)."""
+    sigkill: bool = True
+    """Also kill with SIGKILL. SIGKILL runs none of faber's code: what it leaves depends only on what
+    faber holds on the server and on disk at that moment, so a point holding exactly what an
+    earlier point holds adds nothing with it (SIGTERM still runs that step's own way out)."""
+
+    @property
+    def signals(self) -> list[int]:
+        return [*([signal.SIGKILL] if self.sigkill else []), signal.SIGTERM]
 
 
 def started(step: str) -> Callable[[Event], bool]:
@@ -286,11 +294,14 @@ POINTS = [
     Point("analyse", "deploy", started("analyse"), NOTHING_YET, brake=FIRST),
     Point("lock", "deploy", started("lock"), NOTHING_YET, brake=FIRST),
     Point("health-before", "deploy", started("health_check_before"), NOTHING_YET, brake=FIRST),
+    # From the health check to the backup step faber holds its lock and only reads (the status, the
+    # lint, the approval, the preflight): a SIGKILL there leaves what one at health-before leaves.
     # The status read under the lock (the health check's own, since a deploy reads it once there).
-    Point("status", "deploy", event_matcher("status.read"), NOTHING_YET, brake=FIRST),
-    Point("lint", "deploy", event_matcher("lint.not_run"), NOTHING_YET, brake=FIRST),  # no lint on MySQL
-    Point("approval", "deploy", started("approval"), NOTHING_YET, brake=FIRST),
-    Point("preflight", "deploy", started("preflight"), NOTHING_YET, brake=FIRST),
+    Point("status", "deploy", event_matcher("status.read"), NOTHING_YET, brake=FIRST, sigkill=False),
+    # No lint on MySQL.
+    Point("lint", "deploy", event_matcher("lint.not_run"), NOTHING_YET, brake=FIRST, sigkill=False),
+    Point("approval", "deploy", started("approval"), NOTHING_YET, brake=FIRST, sigkill=False),
+    Point("preflight", "deploy", started("preflight"), NOTHING_YET, brake=FIRST, sigkill=False),
     Point("backup", "deploy", started("backup"), NOTHING_YET, brake=FIRST),
     Point("inside-backup-waiting", "deploy", event_matcher("backup.started"), NOTHING_YET, inside="dump-waits", brake=FIRST),
     # 001 may have written its "failed" row before the kill lands.
@@ -338,9 +349,10 @@ POINTS = [
     ),
     Point("rollback-finished", "rollback", event_matcher("rollback.finished"), (ROLLED_BACK,), settled=True),
 ]
-SIGNALS = [signal.SIGKILL, signal.SIGTERM]
 KILLS = [
-    pytest.param(point, signum, id=f"{point.name}-{signal.Signals(signum).name}") for point in POINTS for signum in SIGNALS
+    pytest.param(point, signum, id=f"{point.name}-{signal.Signals(signum).name}")
+    for point in POINTS
+    for signum in point.signals
 ]
 
 
