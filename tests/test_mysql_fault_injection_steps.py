@@ -81,7 +81,8 @@ MIGRATIONS = {
     # DDL: runs statement by statement, its bookkeeping row "failed" until the end.
     "001_account_tier": f"{hold('001_account_tier')}\nALTER TABLE accounts ADD COLUMN IF NOT EXISTS tier int;\n",
     "002_ledgers": (
-        "CREATE TABLE IF NOT EXISTS ledgers (id int PRIMARY KEY, account_id int NOT NULL, total int NOT NULL DEFAULT 0);\n"
+        "CREATE TABLE IF NOT EXISTS ledgers"
+        " (id int PRIMARY KEY, account_id int NOT NULL, total int NOT NULL DEFAULT 0);\n"
         "INSERT IGNORE INTO ledgers (id, account_id) SELECT id, id FROM accounts WHERE id <= 100;\n"
         f"{hold('002_ledgers')}\n"
     ),
@@ -167,7 +168,8 @@ def differences(state: dict[str, Any], expected: dict[str, Any]) -> list[str]:
         mine, theirs = state[part], expected[part]
         for key in sorted(set(mine) | set(theirs)):
             if mine.get(key) != theirs.get(key):
-                found.append(f"{part[:-1]} {key}: {'missing' if key not in mine else 'extra' if key not in theirs else 'differs'}")
+                how = "missing" if key not in mine else "extra" if key not in theirs else "differs"
+                found.append(f"{part[:-1]} {key}: {how}")
     if state["history"] != expected["history"]:
         found.append(f"history {state['history']} instead of {expected['history']}")
     return found
@@ -212,12 +214,6 @@ def document(run: FaberProcess) -> dict[str, Any]:
 def control(url: str, *, hold: str = "", seconds: int = 0, fail: str = "") -> None:
     with mysql_connect(url) as conn:
         conn.execute("UPDATE faults_control SET hold = %s, seconds = %s, fail = %s", [hold, seconds, fail])
-
-
-
-
-
-
 
 
 # The reference states, built once ----------------------------------------------------------
@@ -303,7 +299,14 @@ POINTS = [
     Point("approval", "deploy", started("approval"), NOTHING_YET, brake=FIRST, sigkill=False),
     Point("preflight", "deploy", started("preflight"), NOTHING_YET, brake=FIRST, sigkill=False),
     Point("backup", "deploy", started("backup"), NOTHING_YET, brake=FIRST),
-    Point("inside-backup-waiting", "deploy", event_matcher("backup.started"), NOTHING_YET, inside="dump-waits", brake=FIRST),
+    Point(
+        "inside-backup-waiting",
+        "deploy",
+        event_matcher("backup.started"),
+        NOTHING_YET,
+        inside="dump-waits",
+        brake=FIRST,
+    ),
     # 001 may have written its "failed" row before the kill lands.
     Point("apply", "deploy", started("apply"), (BEFORE, CUT_SHORT[FIRST]), brake=FIRST),
     Point(
@@ -373,7 +376,11 @@ def prepare(point: Point, url: str, admin_url: str, tmp_path: Path) -> Bed:
     """The database before the command: the base deployed, and for ``rollback`` a backup of it
     then every migration deployed."""
     bed = Bed(
-        url, admin_url, url.rpartition("/")[2], url.split("//")[1].split(":")[0], write_project(tmp_path / "p", {"000_base": BASE})
+        url,
+        admin_url,
+        url.rpartition("/")[2],
+        url.split("//")[1].split(":")[0],
+        write_project(tmp_path / "p", {"000_base": BASE}),
     )
     faber_ok(bed.project, url, "migrate", ENVIRONMENT, "--yes", "--skip-backup")
     write_project(bed.project, MIGRATIONS)
@@ -390,7 +397,9 @@ def prepare(point: Point, url: str, admin_url: str, tmp_path: Path) -> Bed:
 def test_kill(point: Point, signum: int, states, mysql_database_url, mysql_admin_url, tmp_path, request) -> None:
     bed = prepare(point, mysql_database_url, mysql_admin_url, tmp_path)
     problems = interrupt_and_check(bed, point, signum, states)
-    record_injection(request.config, f"mysql/{point.command}/{point.name}", signal.Signals(signum).name, passed=not problems)
+    record_injection(
+        request.config, f"mysql/{point.command}/{point.name}", signal.Signals(signum).name, passed=not problems
+    )
     assert not problems, f"after {signal.Signals(signum).name} at {point.name}:\n- " + "\n- ".join(problems)
 
 
@@ -549,4 +558,3 @@ def test_every_step_and_migration_has_an_injection_point(mysql_database_url, mys
         events = run.read_events()
         uncovered = moments_without_a_point(command, events, POINTS)
         assert not uncovered, f"{command}: no injection point at {uncovered}"
-
