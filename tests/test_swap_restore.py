@@ -985,10 +985,23 @@ def test_after_a_failed_swap_faber_holds_its_lock_again_for_the_rest_of_the_run(
         try:
             wait_for(lambda: swap_waiting_for_lock(postgres_admin_url, target), "the swap to wait for the test's lock")
             # The rename fails: its statement is cancelled.
-            admin_execute(
+            renames = admin_execute(
                 postgres_admin_url,
-                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'faber swap %%'"
-                " AND query LIKE 'ALTER DATABASE%%RENAME%%'",
+                "SELECT pid, pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'faber swap %%'"
+                " AND query LIKE 'ALTER DATABASE%%RENAME%%' AND query LIKE %s",
+                [f"%{target}%"],
+            )
+            # The cancel is a signal the rename acts on when it wakes: let go of the lock only once it
+            # has, or the rename may be granted the lock first and commit.
+            wait_for(
+                lambda: (
+                    not admin_execute(
+                        postgres_admin_url,
+                        "SELECT 1 FROM pg_stat_activity WHERE pid = ANY(%s) AND wait_event_type = 'Lock'",
+                        [[pid for pid, _ in renames]],
+                    )
+                ),
+                "the rename to be cancelled",
             )
             gate.execute("ROLLBACK")
             wait_for(lambda: sessions_waiting(postgres_admin_url, target, "PgSleep"), "the history row to wait")
