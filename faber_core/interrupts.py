@@ -23,8 +23,9 @@ class Terminated(KeyboardInterrupt):
 
 
 class _Holding:
-    """Signals that arrived while the main thread was forking, to raise once the child exists, or
-    while the ``faber`` command was starting, to raise as its run begins."""
+    """Signals held rather than raised: while the main thread was forking (raised once the child
+    exists), while the ``faber`` command was starting (raised as its run begins), and while a
+    deploy's failure path built its report (raised as a step it may stop starts)."""
 
     def __init__(self) -> None:
         self.active = False
@@ -73,12 +74,6 @@ def _on_interrupt(signum: int, frame: FrameType | None) -> None:
     _raise(signum)
 
 
-def _raise_held() -> None:
-    if _holding.arrived and not _held():
-        arrived, _holding.arrived = _holding.arrived, []
-        _raise(arrived[0])
-
-
 def hold_outside_runs() -> None:
     """The ``faber`` command, from its first line: SIGINT and SIGTERM are held while it starts
     (imports, parsing its command line) and raised as its run begins (:func:`raise_held`), where
@@ -94,10 +89,11 @@ def hold_outside_runs() -> None:
 
 
 def raise_held() -> None:
-    """Raise the interrupt held while faber was starting, if one arrived: called first thing in a
-    command's run, within its error handling (:func:`sigterm_as_interrupt` is active)."""
-    arrived, _holding.arrived = _holding.arrived, []
-    if arrived:
+    """Raise the first interrupt held so far, unless one arriving now would still be held: called
+    first thing in a command's run, within its error handling (one held while faber started), as
+    a fork ends and as an interruptible step starts."""
+    if _holding.arrived and not _held():
+        arrived, _holding.arrived = _holding.arrived, []
         _raise(arrived[0])
 
 
@@ -162,7 +158,7 @@ def held_while_forking() -> Iterator[None]:
         yield
     finally:
         _holding.active = False
-        _raise_held()
+        raise_held()
 
 
 @contextmanager
@@ -218,7 +214,7 @@ def interruptible() -> Iterator[None]:
         return
     _holding.interruptible += 1
     try:
-        _raise_held()
+        raise_held()
         yield
     finally:
         _holding.interruptible -= 1
