@@ -425,8 +425,16 @@ def run_waves(
     interrupts: list[KeyboardInterrupt] = []
 
     def interrupted(interrupt: KeyboardInterrupt) -> None:
+        first = not interrupts
         interrupts.append(interrupt)
         stop.set()
+        if first:  # said once: the operator sees faber took it, and what it waits for
+            try:
+                runner.progress.line(
+                    f"⚠ {signal_name(interrupt)}: no further target starts; waiting for those deploying to finish"
+                )
+            except KeyboardInterrupt as again:  # a second signal while it is said changes nothing
+                interrupts.append(again)
 
     def attempt(number: int, target: Target) -> TargetReport:
         name = target.name

@@ -877,7 +877,9 @@ def test_sigterm_while_reading_the_statuses_reports_every_target_not_started(mak
                 time.sleep(0.01)
         assert waiting, "faber never read t00's status"
         run.kill(signal.SIGTERM)
-        holder.rollback()  # the read it was waiting for ends; no other starts
+        # Once faber says it took the signal, the read it was waiting for ends; no target starts.
+        run.wait_until(lambda: "⚠ SIGTERM: no further target starts" in run.stderr(), what="faber to take the signal")
+        holder.rollback()
         assert run.wait(timeout=60) == 130, run.stderr()
     finally:
         holder.close()
