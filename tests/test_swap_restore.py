@@ -15,7 +15,10 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import subprocess
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import quote
 
@@ -955,25 +958,44 @@ def faber_lock_holders(admin_url: str, target: str) -> list:
     )
 
 
-def test_after_a_failed_swap_faber_holds_its_lock_again_for_the_rest_of_the_run(
-    swapped, run_faber, database_url, postgres_admin_url
-):
-    """The swap ends every session of the target, faber's lock session among them; when its rename
-    then fails, the target is unchanged and faber's lock is held again until the run has ended (its
-    history row is the last thing it writes)."""
+@dataclass
+class StoppedAtTheRename:
+    """How a swap rollback ended that the test stopped while its rename waited."""
+
+    returncode: int
+    out: bytes
+    err: bytes
+    before: dict
+    """The database as it was before the rollback."""
+    oid_before: int
+    lock_holders: list
+    """Who held faber's lock while the run wrote its history row, after the swap."""
+
+
+def rollback_stopped_at_the_rename(
+    swapped,
+    run_faber,
+    database_url: str,
+    admin_url: str,
+    stop: Callable[[subprocess.Popen, psycopg.Connection], None],
+) -> StoppedAtTheRename:
+    """Start a swap rollback whose rename waits for a lock the test holds on the database (the swap
+    has ended the target's sessions then, faber's lock session among them) and call ``stop(faber,
+    gate)`` there, which must let go of the lock (``gate.execute("ROLLBACK")``). Then read who
+    holds faber's lock while the run writes its history row, the last thing it writes: a rule
+    holds that row until the test cancels it (a rule, not a function: faber's schema holds nothing
+    else of others, and the swap copies the rule with it)."""
     project_dir, target = swapped
     execute(database_url, "CREATE TABLE accounts (id int); INSERT INTO accounts VALUES (1)")
     backup_id = backup(run_faber, project_dir)
     done = run_faber("migrate", "production", "--yes", "--json", cwd=project_dir, env=SQLFILES)
     assert done.returncode == 0, done.stdout  # faber's history table exists
-    # The history row, the last thing the run writes, waits until the test cancels it (a rule, not a
-    # function: faber's schema holds nothing else of others, and the swap copies the rule with it).
     execute(database_url, "CREATE RULE gate AS ON INSERT TO faber.faber_deployments DO ALSO SELECT pg_sleep(600)")
     execute(database_url, "INSERT INTO accounts VALUES (2)")
     before = database_state(database_url)
-    oid_before = databases(postgres_admin_url, target)[target]
+    oid_before = databases(admin_url, target)[target]
 
-    with psycopg.connect(postgres_admin_url, autocommit=True) as gate:
+    with psycopg.connect(admin_url, autocommit=True) as gate:
         # The rename waits for this lock on the database, after the swap ended the sessions.
         gate.execute("BEGIN")
         gate.execute(sql.SQL("COMMENT ON DATABASE {} IS 'held by the test'").format(sql.Identifier(target)))
@@ -983,31 +1005,12 @@ def test_after_a_failed_swap_faber_holds_its_lock_again_for_the_rest_of_the_run(
             env=SQLFILES,
         )
         try:
-            wait_for(lambda: swap_waiting_for_lock(postgres_admin_url, target), "the swap to wait for the test's lock")
-            # The rename fails: its statement is cancelled.
-            renames = admin_execute(
-                postgres_admin_url,
-                "SELECT pid, pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'faber swap %%'"
-                " AND query LIKE 'ALTER DATABASE%%RENAME%%' AND query LIKE %s",
-                [f"%{target}%"],
-            )
-            # The cancel is a signal the rename acts on when it wakes: let go of the lock only once it
-            # has, or the rename may be granted the lock first and commit.
-            wait_for(
-                lambda: (
-                    not admin_execute(
-                        postgres_admin_url,
-                        "SELECT 1 FROM pg_stat_activity WHERE pid = ANY(%s) AND wait_event_type = 'Lock'",
-                        [[pid for pid, _ in renames]],
-                    )
-                ),
-                "the rename to be cancelled",
-            )
-            gate.execute("ROLLBACK")
-            wait_for(lambda: sessions_waiting(postgres_admin_url, target, "PgSleep"), "the history row to wait")
-            holders_for_the_rest_of_the_run = faber_lock_holders(postgres_admin_url, target)
+            wait_for(lambda: swap_waiting_for_lock(admin_url, target), "the swap to wait for the test's lock")
+            stop(faber, gate)
+            wait_for(lambda: sessions_waiting(admin_url, target, "PgSleep"), "the history row to wait")
+            lock_holders = faber_lock_holders(admin_url, target)
             admin_execute(
-                postgres_admin_url,
+                admin_url,
                 "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE datname = %s AND wait_event = 'PgSleep'",
                 [target],
             )
@@ -1020,15 +1023,48 @@ def test_after_a_failed_swap_faber_holds_its_lock_again_for_the_rest_of_the_run(
                     faber.kill()
                     faber.communicate()
         execute(database_url, "DROP RULE gate ON faber.faber_deployments")
+    return StoppedAtTheRename(faber.returncode, out, err, before, oid_before, lock_holders)
 
-    document = faber_json(out)
-    assert faber.returncode != 0, out
-    assert "the swap failed and was rolled back" in document["error"], out
+
+def test_after_a_failed_swap_faber_holds_its_lock_again_for_the_rest_of_the_run(
+    swapped, run_faber, database_url, postgres_admin_url
+):
+    """The swap ends every session of the target, faber's lock session among them; when its rename
+    then fails, the target is unchanged and faber's lock is held again until the run has ended (its
+    history row is the last thing it writes)."""
+    target = swapped[1]
+
+    def cancel_the_rename(faber: subprocess.Popen, gate: psycopg.Connection) -> None:
+        renames = admin_execute(
+            postgres_admin_url,
+            "SELECT pid, pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'faber swap %%'"
+            " AND query LIKE 'ALTER DATABASE%%RENAME%%' AND query LIKE %s",
+            [f"%{target}%"],
+        )
+        # The cancel is a signal the rename acts on when it wakes: let go of the lock only once it
+        # has, or the rename may be granted the lock first and commit.
+        wait_for(
+            lambda: (
+                not admin_execute(
+                    postgres_admin_url,
+                    "SELECT 1 FROM pg_stat_activity WHERE pid = ANY(%s) AND wait_event_type = 'Lock'",
+                    [[pid for pid, _ in renames]],
+                )
+            ),
+            "the rename to be cancelled",
+        )
+        gate.execute("ROLLBACK")
+
+    ended = rollback_stopped_at_the_rename(swapped, run_faber, database_url, postgres_admin_url, cancel_the_rename)
+
+    document = faber_json(ended.out)
+    assert ended.returncode != 0, ended.out
+    assert "the swap failed and was rolled back" in document["error"], ended.out
     assert f"{target} is unchanged" in document["error"]
-    assert CANARY_PASSWORD not in (out + err).decode()
-    assert database_state(database_url) == before
-    assert databases(postgres_admin_url, target) == {target: oid_before}
-    assert len(holders_for_the_rest_of_the_run) == 1
+    assert CANARY_PASSWORD not in (ended.out + ended.err).decode()
+    assert database_state(database_url) == ended.before
+    assert databases(postgres_admin_url, target) == {target: ended.oid_before}
+    assert len(ended.lock_holders) == 1
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
@@ -1038,50 +1074,19 @@ def test_a_signal_once_the_swap_ended_the_sessions_leaves_faber_s_lock_held_for_
     """The swap ended every session of the target, faber's lock session among them, and waits to
     rename: a signal then stops it before it commits, and faber takes its lock again for the rest
     of the run, as after a failed swap (its history row is the last thing it writes)."""
-    project_dir, target = swapped
-    execute(database_url, "CREATE TABLE accounts (id int); INSERT INTO accounts VALUES (1)")
-    backup_id = backup(run_faber, project_dir)
-    done = run_faber("migrate", "production", "--yes", "--json", cwd=project_dir, env=SQLFILES)
-    assert done.returncode == 0, done.stdout  # faber's history table exists
-    execute(database_url, "CREATE RULE gate AS ON INSERT TO faber.faber_deployments DO ALSO SELECT pg_sleep(600)")
-    execute(database_url, "INSERT INTO accounts VALUES (2)")
-    before = database_state(database_url)
 
-    with psycopg.connect(postgres_admin_url, autocommit=True) as gate:
-        gate.execute("BEGIN")
-        gate.execute(sql.SQL("COMMENT ON DATABASE {} IS 'held by the test'").format(sql.Identifier(target)))
-        faber = start_faber(
-            *("rollback", "production", "--to", backup_id, "--yes", "--discard-app-writes", "--json"),
-            cwd=project_dir,
-            env=SQLFILES,
-        )
-        try:
-            wait_for(lambda: swap_waiting_for_lock(postgres_admin_url, target), "the swap to wait for the test's lock")
-            faber.send_signal(signum)
-            gate.execute("ROLLBACK")
-            wait_for(lambda: sessions_waiting(postgres_admin_url, target, "PgSleep"), "the history row to wait")
-            holders_for_the_rest_of_the_run = faber_lock_holders(postgres_admin_url, target)
-            admin_execute(
-                postgres_admin_url,
-                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE datname = %s AND wait_event = 'PgSleep'",
-                [target],
-            )
-        finally:
-            gate.close()
-            try:
-                out, err = faber.communicate(timeout=120)
-            finally:
-                if faber.poll() is None:
-                    faber.kill()
-                    faber.communicate()
-        execute(database_url, "DROP RULE gate ON faber.faber_deployments")
+    def signal_faber(faber: subprocess.Popen, gate: psycopg.Connection) -> None:
+        faber.send_signal(signum)
+        gate.execute("ROLLBACK")
 
-    document = faber_json(out)
-    assert (faber.returncode, document["code"]) == (130, "INTERRUPTED"), out
-    assert document["result"]["restore_committed"] is False, out
-    assert CANARY_PASSWORD not in (out + err).decode()
-    assert database_state(database_url) == before
-    assert len(holders_for_the_rest_of_the_run) == 1, err.decode()[-3000:]
+    ended = rollback_stopped_at_the_rename(swapped, run_faber, database_url, postgres_admin_url, signal_faber)
+
+    document = faber_json(ended.out)
+    assert (ended.returncode, document["code"]) == (130, "INTERRUPTED"), ended.out
+    assert document["result"]["restore_committed"] is False, ended.out
+    assert CANARY_PASSWORD not in (ended.out + ended.err).decode()
+    assert database_state(database_url) == ended.before
+    assert len(ended.lock_holders) == 1, ended.err.decode()[-3000:]
 
 
 def rollback_in_process(project_dir, backup_id: str, monkeypatch):
