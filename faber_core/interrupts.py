@@ -91,7 +91,10 @@ def hold_outside_runs() -> None:
 def raise_held() -> None:
     """Raise the first interrupt held so far, unless one arriving now would still be held: called
     first thing in a command's run, within its error handling (one held while faber started), as
-    a fork ends and as an interruptible step starts."""
+    a fork ends and as an interruptible step starts. Only the main thread holds them: elsewhere (a
+    fleet target's run) this raises nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        return
     if _holding.arrived and not _held():
         arrived, _holding.arrived = _holding.arrived, []
         _raise(arrived[0])
