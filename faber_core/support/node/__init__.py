@@ -31,7 +31,9 @@ with one JSON object per line on the protocol pipe (the descriptor named by
 
     {"event": "status", "local": [{"name": ..., "path": ..., "transactional": true}],
      "records": [{"name": ...}], "bookkeeping_table": "\\"public\\".\\"migrations\\""}
-    {"event": "migration_started", "name": ...}
+    {"event": "migration_session", "pid": 4242, "started": "<backend_start, microseconds since the epoch>",
+     "bookkeeping_table": ...}
+    {"event": "migration_started", "name": ..., "transactional": true}
     {"event": "query", "name": ..., "phase": "migration" | "bookkeeping", "sql": ..., "parameters": [...]}
     {"event": "migration_finished", "name": ..., "duration_seconds": ...}
     {"event": "migration_failed", "name": ..., "code": "42P07", "message": ..., "query": ...,
@@ -53,9 +55,12 @@ from the environment, unlike node-postgres and ``PGOPTIONS``) give the environme
 statement timeouts: the runner runs them first in every session that applies migrations.
 ``"queries": "of_failure"`` (a deploy's apply) asks for the ``query`` events of the migration
 that fails only, sent just before its ``migration_failed`` (what of it ran: the failure report
-names those statements); a rehearsal gets every query, as the preview shows them. Each
-request connects on its own and disconnects before ``done``. Every string the runner prints is
-redacted before faber looks at it. Exit code 0: done; 1: a migration failed; 2: the setup
+names those statements); a rehearsal gets every query, as the preview shows them. On
+PostgreSQL an apply first names the session its migrations run in (``migration_session``), so
+that faber, stopped by a signal, can end that session and read whether the migration it stopped
+in committed (a migration whose ``transactional`` is true runs in one transaction with its row in
+``bookkeeping_table``). Each request connects on its own and disconnects before ``done``. Every
+string the runner prints is redacted before faber looks at it. Exit code 0: done; 1: a migration failed; 2: the setup
 is broken (a ``setup_error`` says how). The runner exits when faber closes its stdin, at the end of
 the run (:meth:`~faber_core.context.RunContext.close`).
 """
@@ -68,6 +73,7 @@ import secrets
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -290,9 +296,14 @@ class RunnerProcess:
                     on_event(event)
             if returncode is None:
                 returncode = proc.wait()
-        except BaseException:
+        except BaseException as stopped:
             # Ctrl-C or a failing listener: the child must not keep migrating on its own.
             stop(proc)
+            if isinstance(stopped, KeyboardInterrupt) and on_event is not None:
+                # What it wrote before it stopped (a migration it finished, the next one started)
+                # is still in the pipe: the listener hears it, so faber knows what committed.
+                for event in self._written_before_it_stopped(protocol, context.redactor):
+                    on_event(event)
             raise
         finally:
             if timer is not None:
@@ -303,6 +314,21 @@ class RunnerProcess:
         if expired.is_set():
             raise FaberError(f"The {self.tool.name} runner did not finish in the time allowed and was stopped")
         return RunnerResult(events, returncode, stderr)
+
+    def _written_before_it_stopped(self, protocol: TextIO, redactor: Redactor) -> list[Event]:
+        """The events left in the pipe of a runner that was stopped, read without waiting for more
+        (a process the runner started might still hold the pipe open)."""
+        events: list[Event] = []
+        try:
+            os.set_blocking(protocol.fileno(), False)
+            while line := protocol.readline():
+                event = _parse(line, self.nonce, redactor)
+                if event is not None and event["event"] != "done":
+                    events.append(event)
+        except (OSError, ValueError):
+            pass  # the pipe is gone: nothing more to hear
+        self._close_protocol()  # the next request starts a new runner, with a pipe of its own
+        return events
 
     def close(self) -> None:
         """Let the runner end (it exits when its stdin closes), stopping it if it does not."""
@@ -440,21 +466,101 @@ def _status_event(tool: NodeTool, context: RunContext, args: Iterable[str]) -> E
 
 
 def apply(tool: NodeTool, context: RunContext, pending: list[LocalMigration], args: Iterable[str]) -> ApplyOutcome:
-    """Apply every pending migration through the runner, telling listeners as each one goes."""
+    """Apply every pending migration through the runner, telling listeners as each one goes.
+
+    Stopped by an interrupt, it says what it knows of the migration that was running before
+    letting the interrupt propagate: see :func:`_settle_interrupted_migration`."""
+    session: Event | None = None
+    running: tuple[Event, float] | None = None
+    """The migration started and not yet reported finished, and when faber heard it start."""
 
     def progress(event: Event) -> None:
-        if event["event"] == "migration_started":
+        nonlocal session, running
+        if event["event"] == "migration_session":
+            session = event
+        elif event["event"] == "migration_started":
+            running = (event, time.monotonic())
             context.emit(events.MIGRATION_STARTED, name=event["name"])
         elif event["event"] == "migration_finished":
             context.migration_applied(
                 AppliedMigration(name=event["name"], duration_seconds=round(event["duration_seconds"], 3))
             )
+            running = None
 
     expected = [m.name for m in pending]
-    result = run_runner(
-        tool, context, "apply", args, expected=expected, on_event=progress, queries_of_failure_only=True
-    )
+    try:
+        result = run_runner(
+            tool, context, "apply", args, expected=expected, on_event=progress, queries_of_failure_only=True
+        )
+    except KeyboardInterrupt:
+        if session is not None and running is not None:
+            _settle_interrupted_migration(context, session, *running, pending)
+        raise
     return outcome_of(result, {m.name: m.path for m in pending}, context.database.engine.error_code_label)
+
+
+# How long an interrupted apply waits for the server to end the stopped runner's session.
+_SESSION_END_SECONDS = 5.0
+
+
+def _settle_interrupted_migration(
+    context: RunContext, session: Event, started: Event, started_at: float, pending: list[LocalMigration]
+) -> None:
+    """Tell faber whether the migration an interrupt stopped committed, as handlers do (see
+    ``faber_migration_apply``), when the runner named its session (``migration_session``, on
+    PostgreSQL): the runner is stopped, so faber ends that session and waits until the server has
+    (its transaction rolls back unless its COMMIT had run), then looks for the migration's row in
+    the tool's table. A row: it committed whole (the signal came during its COMMIT or in the
+    moment after). No row, and it ran in a transaction: none of it remains. Without this, faber
+    would report a migration that may have committed in part, and restore the backup for it.
+    Anything that prevents the answer (a database error, a session that does not end) leaves it so.
+    """
+    from psycopg import sql  # only a PostgreSQL runner names its session
+
+    name = started["name"]
+    try:
+        with context.database.connect() as conn:
+            if not _session_ended(conn, int(session["pid"]), str(session["started"])):
+                return
+            table = conn.execute(
+                "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c"
+                " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%s)",
+                [session["bookkeeping_table"]],
+            ).fetchone()
+            recorded = table is not None and bool(
+                conn.execute(
+                    sql.SQL("SELECT 1 FROM {}.{} WHERE name = %s").format(
+                        sql.Identifier(table[0]), sql.Identifier(table[1])
+                    ),
+                    [name],
+                ).fetchone()
+            )
+    except context.database.engine.driver_error:
+        return
+    if recorded:
+        context.migration_applied(AppliedMigration(name=name, duration_seconds=round(time.monotonic() - started_at, 3)))
+    elif started.get("transactional"):
+        context.migration_failed(
+            MigrationFailure(
+                name=name,
+                error="interrupted; its transaction rolled back",
+                path=next((m.path for m in pending if m.name == name), None),
+                transaction_rolled_back=True,
+            )
+        )
+
+
+def _session_ended(conn: Any, pid: int, started: str) -> bool:
+    """End the server session ``pid`` that started at ``started`` (microseconds since the epoch,
+    so that a later session given the same pid is left alone) and wait until it is gone."""
+    identified = "pid = %s AND (extract(epoch FROM backend_start) * 1000000)::bigint::text = %s"
+    conn.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {identified}", [pid, started])
+    deadline = time.monotonic() + _SESSION_END_SECONDS
+    while conn.execute(f"SELECT 1 FROM pg_stat_activity WHERE {identified}", [pid, started]).fetchone():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def outcome_of(result: RunnerResult, paths: dict[str, str | None], code_label: str) -> ApplyOutcome:

@@ -198,10 +198,15 @@ def test_an_interrupted_deploy_stops_its_runner_and_the_migration_in_progress_ro
             faber.kill()
 
     assert faber.returncode == 130, stdout
-    assert json.loads(stdout)["code"] == "INTERRUPTED"
+    document = json.loads(stdout)
+    assert document["code"] == "INTERRUPTED"
+    # Reported as it is: faber ended the runner's session, and the migration's row is not there.
+    assert document["result"]["failed_migration"] == "Slow1700000200000"
+    assert document["result"]["transaction_rolled_back"] is True
     assert [name for (name,) in query("SELECT name FROM migrations ORDER BY id")] == FIXTURE_MIGRATIONS
     assert query("SELECT to_regclass('slow') IS NULL") == [(True,)]
-    # The runner's session checks for its client every 2 s (client_connection_check_interval).
+    # faber ended the runner's session before it reported (without that, the server would notice
+    # the dead client within 2 s: client_connection_check_interval).
     wait_for(
         lambda: not query(
             "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
@@ -212,3 +217,73 @@ def test_an_interrupted_deploy_stops_its_runner_and_the_migration_in_progress_ro
     )
     pids = (project / "loads.txt").read_text().split()
     assert pids and not any(process_alive(int(pid)) for pid in pids)
+
+
+SLEEPING = "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND query = 'SELECT pg_sleep({})'"
+
+
+def test_a_signal_in_the_only_migration_of_a_deploy_restores_nothing_and_keeps_the_application_s_writes(
+    typeorm_project, typeorm_migration, run_faber, query
+):
+    # The interrupted migration's transaction rolled back, so nothing of the deploy committed: no
+    # restore runs, and the row the application wrote after the backup stays.
+    project = typeorm_project(backup_before_migrate=True, auto_rollback=True, protected=True, lint="off")
+    assert run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project)).returncode == 0
+    (project / "migrations" / "1700000200000-Slow.js").write_text(
+        typeorm_migration("Slow1700000200000", "CREATE TABLE slow (id int)", "SELECT pg_sleep(60)")
+    )
+    faber = start_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project), cwd=project)
+    try:
+        wait_for(lambda: query(SLEEPING.format(60)), "the migration to run")
+        query("INSERT INTO users (email) VALUES ('written-during-the-deploy@example.com')")
+        faber.send_signal(signal.SIGTERM)
+        stdout, _ = faber.communicate(timeout=60)
+    finally:
+        if faber.poll() is None:
+            faber.kill()
+
+    assert faber.returncode == 130, stdout
+    result = json.loads(stdout)["result"]
+    assert result["failed_migration"] == "Slow1700000200000" and result["transaction_rolled_back"] is True
+    assert result["applied_migrations"] == [] and result["rollback_status"] == "not_needed"
+    assert query("SELECT email FROM users") == [("written-during-the-deploy@example.com",)]
+    assert query("SELECT to_regclass('slow') IS NULL") == [(True,)]
+
+
+def test_a_migration_that_committed_while_faber_was_not_reading_is_reported_applied(
+    typeorm_project, typeorm_migration, query
+):
+    # faber is paused while the runner commits the first migration and starts the second, so both
+    # events wait unread in the pipe when SIGTERM arrives: faber still reports the first applied,
+    # and the second, whose transaction it ended, rolled back.
+    project = typeorm_project(
+        {
+            "1700000200000-First.js": typeorm_migration(
+                "First1700000200000", "CREATE TABLE first (id int)", "SELECT pg_sleep(1)"
+            ),
+            "1700000300000-Second.js": typeorm_migration(
+                "Second1700000300000", "CREATE TABLE second (id int)", "SELECT pg_sleep(60)"
+            ),
+        },
+        fixture_migrations=False,
+        lint="off",
+    )
+    faber = start_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project), cwd=project)
+    try:
+        wait_for(lambda: query(SLEEPING.format(1)), "the first migration to run")
+        os.kill(faber.pid, signal.SIGSTOP)
+        wait_for(lambda: query(SLEEPING.format(60)), "the second migration to run")
+        faber.send_signal(signal.SIGTERM)
+        os.kill(faber.pid, signal.SIGCONT)
+        stdout, _ = faber.communicate(timeout=60)
+    finally:
+        if faber.poll() is None:
+            os.kill(faber.pid, signal.SIGCONT)
+            faber.kill()
+
+    assert faber.returncode == 130, stdout
+    result = json.loads(stdout)["result"]
+    assert result["applied_migrations"] == ["First1700000200000"]
+    assert result["failed_migration"] == "Second1700000300000" and result["transaction_rolled_back"] is True
+    assert [name for (name,) in query("SELECT name FROM migrations ORDER BY id")] == ["First1700000200000"]
+    assert query("SELECT to_regclass('second') IS NULL") == [(True,)]

@@ -138,10 +138,6 @@ async function status(dataSource, projectDir) {
     // TypeORM's getExecutedMigrations() creates the table in some versions; status must not.
     const exists = await queryRunner.hasTable(executor.migrationsTable);
     const records = exists ? await executor.loadExecutedMigrations(queryRunner) : [];
-    const schema =
-      faber.engine() === "mysql"
-        ? executor.migrationsDatabase || (await queryRunner.getCurrentDatabase())
-        : executor.migrationsSchema || (await queryRunner.getCurrentSchema());
     const files = exportingFiles(projectDir);
     faber.emit("status", {
       local: local.map((migration) => ({
@@ -151,11 +147,19 @@ async function status(dataSource, projectDir) {
       })),
       // TypeORM reads them newest first (by id); faber wants them in the order they ran.
       records: records.reverse().map((record) => ({ name: record.name })),
-      bookkeeping_table: faber.qualifiedName(schema, executor.migrationsTableName),
+      bookkeeping_table: await bookkeepingTable(executor, queryRunner),
     });
   } finally {
     await queryRunner.release();
   }
+}
+
+async function bookkeepingTable(executor, queryRunner) {
+  const schema =
+    faber.engine() === "mysql"
+      ? executor.migrationsDatabase || (await queryRunner.getCurrentDatabase())
+      : executor.migrationsSchema || (await queryRunner.getCurrentSchema());
+  return faber.qualifiedName(schema, executor.migrationsTableName);
 }
 
 // Follows TypeORM's executor through its hooks: a migration starts when TypeORM calls its up(),
@@ -248,6 +252,19 @@ async function apply(dataSource, projectDir, track, request) {
     const applied = new Set(exists ? (await executor.loadExecutedMigrations(queryRunner)).map((r) => r.name) : []);
     const pendingNames = pending.filter((m) => !applied.has(m.name)).map((m) => m.name);
     faber.requireExpectedPlan(request.expected, pendingNames);
+    if (faber.engine() === "postgres") {
+      // Which server session runs the migrations: if faber is stopped by a signal while one runs
+      // (and stops this runner), it ends that session and reads in the table which committed.
+      const [session] = await queryRunner.query(
+        "SELECT pg_backend_pid() AS pid, (extract(epoch FROM backend_start) * 1000000)::bigint::text AS started" +
+          " FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+      );
+      faber.emit("migration_session", {
+        pid: session.pid,
+        started: session.started,
+        bookkeeping_table: await bookkeepingTable(executor, queryRunner),
+      });
+    }
     for (const migration of pending) track.wrap(migration);
     try {
       await executor.executePendingMigrations();
