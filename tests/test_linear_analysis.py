@@ -151,3 +151,33 @@ def test_a_dry_run_of_an_unparsable_migration_fails_as_the_deploy_would(faber_pr
     assert "002_broken cannot be analysed" in for_people.stdout and "To apply" not in for_people.stdout
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT to_regclass('users')").fetchone() == (None,)
+
+
+@pytest.mark.parametrize("copy", ["COPY items (id) FROM STDIN", "COPY items TO STDOUT", "COPY (SELECT 1) TO STDOUT"])
+def test_a_copy_through_the_client_stops_before_the_lock_and_the_backup(faber_project, run_faber, database_url, copy):
+    """No handler has data to send a COPY ... FROM STDIN or a place for what COPY ... TO STDOUT
+    sends: the session would wait in the copy forever, the driver gave up with "another command is
+    already in progress", and faber took that for a lost connection and restored the backup,
+    though nothing of the migration had committed."""
+    project = faber_project(
+        {
+            "database": {
+                "migration_tool": "prisma",
+                "prisma": {"migrations_dir": "prisma/migrations"},
+                "environments": {"production": {"database_url_env": "APP_URL"}},
+            }
+        },
+        {
+            "prisma/migrations/20240101000000_items/migration.sql": "CREATE TABLE items (id bigint PRIMARY KEY);",
+            "prisma/migrations/20240102000000_load/migration.sql": f"ALTER TABLE items ADD note text;\n{copy};\n",
+        },
+    )
+    env = {"APP_URL": database_url}
+    for args in (["--dry-run"], ["--yes"]):
+        run = run_faber("migrate", "production", *args, "--json", "--cwd", str(project), env=env)
+        assert (run.returncode, run.json["code"]) == (6, "MIGRATION_FAILED"), run.output
+        assert run.json["error"].startswith("Migration 20240102000000_load cannot run: statement 2 is a COPY")
+        assert run.json["result"]["migrations_applied_before_failure"] == 0
+    assert not (project / ".faber" / "backups").exists()
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT to_regclass('items'), to_regclass('_prisma_migrations')").fetchone() == (None, None)

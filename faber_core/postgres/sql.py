@@ -396,6 +396,24 @@ def _needs_no_transaction(node: ast.Node) -> bool:
     return isinstance(node, ast.TransactionStmt)
 
 
+def client_copy(sql: str) -> int | None:
+    """The number (from 1) of the script's first ``COPY ... FROM STDIN`` or ``COPY ... TO STDOUT``,
+    None without one. Such a COPY exchanges its rows with the client, which a migration's SQL sent
+    as statements has none to give or take: the session would wait in the copy. Raises
+    ``pglast.parser.ParseError`` for SQL PostgreSQL would not parse."""
+    from pglast import ast
+
+    script = parse_script(sql)
+    copies = {
+        shape
+        for shape, node in enumerate(script.nodes)
+        if isinstance(node, ast.CopyStmt) and node.filename is None and not node.is_program
+    }
+    if not copies:
+        return None
+    return next(index for index in range(len(script)) if script.shapes[index] in copies) + 1
+
+
 def is_transactional(sql: str) -> bool:
     """Whether the script can run inside one transaction.
 

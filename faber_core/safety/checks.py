@@ -24,7 +24,7 @@ from faber_core.context import RunContext
 from faber_core.errors import FaberError, LintBlocked, MigrationFailed
 from faber_core.migration_files import read_sql
 from faber_core.models import LocalMigration, MigrationPreview, MigrationState
-from faber_core.postgres.sql import is_transactional
+from faber_core.postgres.sql import client_copy, is_transactional
 from faber_core.safety import lint, preflight, staging_proof
 from faber_core.safety.analysis import analyse
 from faber_core.safety.catalog import Catalog, find_tables
@@ -84,20 +84,37 @@ def analyse_before_lock(context: RunContext, pending: list[LocalMigration]) -> N
         sql = migration_sql(context, migration)
         if sql is None:
             continue
+        shown = migration.path or migration.name
         try:
             analyse(sql)
         except ParseError as exc:
-            raise MigrationFailed(
-                f"Migration {migration.name} cannot be analysed: its SQL does not parse "
-                f"({context.redactor.redact(str(exc))}). Nothing was applied, no lock or backup was taken",
-                result={
-                    "failed_migration": migration.name,
-                    "migrations_applied_before_failure": 0,
-                    "rollback_initiated": False,
-                    "rollback_status": "not_needed",
-                },
-                suggestions=[f"Fix the SQL of {migration.path or migration.name}, then retry"],
+            raise _refused_before_lock(
+                migration,
+                f"cannot be analysed: its SQL does not parse ({context.redactor.redact(str(exc))})",
+                f"Fix the SQL of {shown}, then retry",
             ) from None
+        copy = client_copy(sql)
+        if copy is not None:
+            raise _refused_before_lock(
+                migration,
+                f"cannot run: statement {copy} is a COPY from STDIN or to STDOUT, whose rows only a client such "
+                "as psql can send or take",
+                f"In {shown}, load the rows with INSERT ... VALUES, or COPY from a file on the database server; "
+                "then retry",
+            )
+
+
+def _refused_before_lock(migration: LocalMigration, why: str, suggestion: str) -> MigrationFailed:
+    return MigrationFailed(
+        f"Migration {migration.name} {why}. Nothing was applied, no lock or backup was taken",
+        result={
+            "failed_migration": migration.name,
+            "migrations_applied_before_failure": 0,
+            "rollback_initiated": False,
+            "rollback_status": "not_needed",
+        },
+        suggestions=[suggestion],
+    )
 
 
 def refuse_what_the_handler_refuses(context: RunContext, plugins: Plugins, pending: list[LocalMigration]) -> None:
