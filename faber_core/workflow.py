@@ -891,20 +891,25 @@ def rollback_step(
             advice_last=["Automatic rollback impossible: no backup was taken (backup disabled or skipped)"],
         )
     if not lock.held():
-        reason = (
-            "faber's lock was lost, so another run may have deployed since: restoring the backup could "
-            "discard its migrations too"
-        )
-        context.emit("rollback.withheld", reason=reason)
-        return Rollback(
-            "lock_lost",
-            reason=reason,
-            advice_last=[
-                f"Check what ran since: faber history {env} and faber status {env}",
-                f"If no other run deployed, roll back by hand: faber rollback {env} --to {backup.id}",
-            ],
-        )
-    return restore_unless_refused(context, plugins, backup)
+        return withheld_for_lost_lock(context, backup)
+    return restore_unless_refused(context, plugins, lock, backup)
+
+
+def withheld_for_lost_lock(context: RunContext, backup: BackupRecord) -> Rollback:
+    env = context.environment
+    reason = (
+        "faber's lock was lost, so another run may have deployed since: restoring the backup could "
+        "discard its migrations too"
+    )
+    context.emit("rollback.withheld", reason=reason)
+    return Rollback(
+        "lock_lost",
+        reason=reason,
+        advice_last=[
+            f"Check what ran since: faber history {env} and faber status {env}",
+            f"If no other run deployed, roll back by hand: faber rollback {env} --to {backup.id}",
+        ],
+    )
 
 
 def nothing_to_roll_back(context: RunContext, failure: MigrationFailure | None) -> Rollback:
@@ -928,8 +933,9 @@ def nothing_to_roll_back(context: RunContext, failure: MigrationFailure | None) 
     return Rollback("not_needed", reason=reason, advice_first=[f"Database unchanged: {short}"])
 
 
-def restore_unless_refused(context: RunContext, plugins: Plugins, backup: BackupRecord) -> Rollback:
-    """Restore ``backup``, unless others wrote rows since it and ``restore_with_app_writes`` refuses."""
+def restore_unless_refused(context: RunContext, plugins: Plugins, lock: DeployLock, backup: BackupRecord) -> Rollback:
+    """Restore ``backup``, unless others wrote rows since it and ``restore_with_app_writes`` refuses,
+    or faber's lock was lost while the check waited for the counters."""
     env = context.environment
     try:
         with interruptible():
@@ -956,6 +962,8 @@ def restore_unless_refused(context: RunContext, plugins: Plugins, backup: Backup
                 f"To restore anyway, discarding them: faber rollback {env} --to {backup.id} --yes --discard-app-writes",
             ],
         )
+    if not lock.held():  # the check waits seconds, during which its session may have been ended
+        return withheld_for_lost_lock(context, backup)
     checked = WritesCheck(context, backup, approved=since)
     try:
         outcome = restore_backup(context, plugins, backup, checked)
@@ -1290,9 +1298,12 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
         )
     outcome: RestoreOutcome | None = None
     try:
-        with deploy_lock(context):
+        with deploy_lock(context) as lock:
             since = check_writes_since_backup(context, chosen)
             confirm_rollback(context, options, chosen, since)
+            # The check waits seconds and a prompt as long as it takes: the lock's session may
+            # have ended meanwhile, and another run deployed what the restore would discard.
+            lock.require_held(f"the restore of {chosen.id}", context)
             checked = WritesCheck(context, chosen, approved=since)
             outcome = restore_backup(context, plugins, chosen, checked)
     except KeyboardInterrupt as interrupt:

@@ -442,6 +442,74 @@ def test_a_terminated_lock_session_stops_the_deploy_before_the_next_migration(
     assert [m["name"] for m in json.loads(second.stdout())["result"]["migrations"]] == ["003_tags"]
 
 
+def lose_faber_lock_while_counting_writes(run: FaberProcess, admin_url: str, database: str, operation: str):
+    """While ``run`` waits for the write counters before its restore, end its lock session and take
+    faber's lock from another session (as a second deploy would); return that session, still
+    holding the lock. An application session idle a moment ago makes faber wait the longest."""
+    with psycopg.connect(admin_url, autocommit=True) as application:
+        application.execute("SELECT 1")
+        run.wait_for(events.WRITES_WAITING)
+    other = psycopg.connect(admin_url.rsplit("/", 1)[0] + f"/{database}", autocommit=True)
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        [[pid]] = admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name = %s",
+            [database, f"faber {operation} {ENVIRONMENT}"],
+        ).fetchall()
+        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+    run.wait_until(
+        lambda: other.execute("SELECT pg_try_advisory_lock(%s)", [faber_lock_key(database)]).fetchone()[0],
+        what="faber's lock taken by another session",
+    )
+    return other
+
+
+def test_a_rollback_whose_lock_was_lost_before_the_restore_restores_nothing(
+    sql_project, database_url, postgres_admin_url
+):
+    """The lock session of `faber rollback` ends while it counts the writes since the backup, and
+    another session takes faber's lock: restoring now could discard what another run deploys."""
+    database = database_url.rsplit("/", 1)[1]
+    project_dir = sql_project({"001_users": USERS})
+    assert start(project_dir, database_url, "migrate", ENVIRONMENT, "--yes").finish() == 0
+    run = start(project_dir, database_url, "rollback", ENVIRONMENT, "--yes", "--json")
+    try:
+        other = lose_faber_lock_while_counting_writes(run, postgres_admin_url, database, "rollback")
+        with other:
+            code = run.wait(EXIT_BOUND)
+    finally:
+        run.stop_everything()
+
+    assert code == 7, run.stdout()
+    document = json.loads(run.stdout())
+    assert document["code"] == "LOCKED"
+    assert document["error"].startswith("faber's lock on the database was lost before the restore of backup-")
+    assert tables(database_url) == {"users", "sqlfiles_migrations"}
+    assert start(project_dir, database_url, "rollback", ENVIRONMENT, "--yes").finish() == 0
+    assert tables(database_url) == set()
+
+
+def test_an_automatic_rollback_whose_lock_was_lost_before_the_restore_restores_nothing(
+    sql_project, database_url, postgres_admin_url
+):
+    """As above, in the failure path of a deploy: its lock is checked before the writes check, and
+    again after it, which waits seconds."""
+    database = database_url.rsplit("/", 1)[1]
+    project_dir = sql_project({"001_users": USERS, "002_broken": "SELECT * FROM no_such_table;"})
+    run = start(project_dir, database_url, "migrate", ENVIRONMENT, "--yes", "--json")
+    try:
+        other = lose_faber_lock_while_counting_writes(run, postgres_admin_url, database, "deploy-migrations")
+        with other:
+            code = run.wait(EXIT_BOUND)
+    finally:
+        run.stop_everything()
+
+    assert code == 6, run.stdout()
+    result = json.loads(run.stdout())["result"]
+    assert result["applied_migrations"] == ["001_users"]
+    assert result["rollback_initiated"] is False and result["rollback_status"] == "lock_lost"
+    assert tables(database_url) == {"users", "sqlfiles_migrations"}
+
+
 # Out of order ------------------------------------------------------------------------------
 
 
