@@ -18,7 +18,15 @@ import pytest
 from faber_core.backup import pg_dump
 from faber_core.errors import RestoreFailed
 from faber_core.models import MigrationState
-from faber_core.testing.fixtures import database_state, start_faber, wait_for
+from faber_core.testing.fixtures import (
+    CANARY_PASSWORD,
+    create_database,
+    database_state,
+    database_url_for,
+    drop_database,
+    start_faber,
+    wait_for,
+)
 from faber_core.workflow import take_backup
 
 SQLFILES = {"FABER_PLUGINS": "faber_core.testing.sqlfiles"}
@@ -241,3 +249,31 @@ def test_a_mixed_case_faber_schema_is_left_out_of_backups_so_restores_keep_worki
         assert run.json["result"]["rollback_status"] == "success", run.output
         with psycopg.connect(database_url) as conn:
             assert conn.execute('SELECT count(*) FROM "Faber".faber_deployments').fetchone() == (attempt,)
+
+
+@pytest.mark.parametrize("restore_mode", ["in-place", "swap"])
+def test_a_backup_is_never_restored_into_another_database(
+    faber_project, run_faber, database_url, postgres_admin_url, restore_mode
+):
+    """The environment's URL now names another database (a CI secret set to the wrong one, a
+    database moved): restoring there would replace everything it holds with a copy of the first.
+    The backup's manifest says which database it is of; the mysqldump provider refused already."""
+    environment = {"database_url_env": "APP_URL", "backup": {"provider": "pg_dump", "restore_mode": restore_mode}}
+    project_dir = faber_project({"database": {"migration_tool": "sqlfiles", "environments": {"production": environment}}})
+    backup_args = ("backup", "production", "--json", "--cwd", str(project_dir))
+    backed_up = run_faber(*backup_args, env={**SQLFILES, "APP_URL": database_url})
+    assert backed_up.returncode == 0, backed_up.output
+    other = create_database(postgres_admin_url)
+    try:
+        other_url = database_url_for(postgres_admin_url, other, password=CANARY_PASSWORD)
+        execute(other_url, "CREATE TABLE orders (id int PRIMARY KEY); INSERT INTO orders VALUES (1), (2);")
+        before = database_state(other_url)
+
+        rollback_args = ("rollback", "production", "--yes", "--json", "--cwd", str(project_dir))
+        run = run_faber(*rollback_args, env={**SQLFILES, "APP_URL": other_url})
+
+        assert (run.returncode, run.json["code"]) == (8, "RESTORE_FAILED"), run.output
+        assert f"is of database {database_url.rsplit('/', 1)[1]}, not {other}" in run.json["error"]
+        assert database_state(other_url) == before
+    finally:
+        drop_database(postgres_admin_url, other)

@@ -188,10 +188,15 @@ class FaultBed:
                 else:
                     conn.execute(sql.SQL("ALTER DATABASE {} SET {} = {}").format(target, setting, sql.Literal(value)))
 
-    def project(self, with_backups: bool = False) -> Path:
+    def project(self, backups_of: str | None = None) -> Path:
+        """A project; with ``backups_of`` (a clone of ``deployed_template``), the reference's
+        backups as backups of that clone: faber restores a backup only into the database it was
+        taken of, which its manifest names."""
         project = write_project(self.root / f"project-{uuid.uuid4().hex[:8]}", MIGRATIONS)
-        if with_backups:
-            shutil.copytree(self.deployed_backups, project / ".faber/backups")
+        if backups_of is not None:
+            backups = shutil.copytree(self.deployed_backups, project / ".faber/backups")
+            for manifest in backups.glob("*/*.json"):
+                manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "database": backups_of}))
         return project
 
 
@@ -412,7 +417,7 @@ def interrupt_and_check(bed: FaultBed, point: Point, signum: int) -> list[str]:
     template = bed.deployed_template if point.command == "rollback" else bed.template
     database = bed.clone(template)
     url = bed.url(database, password=CANARY_PASSWORD)
-    project = bed.project(with_backups=point.command == "rollback")
+    project = bed.project(backups_of=database if point.command == "rollback" else None)
     fail = FAILING if point.command == "failed-deploy" else None
     if point.inside in MIGRATIONS:
         bed.set_database(database, hold=point.inside, fail=fail)
@@ -555,7 +560,7 @@ def test_every_step_and_migration_has_an_injection_point(bed: FaultBed) -> None:
         database = bed.clone(bed.deployed_template if command == "rollback" else bed.template)
         try:
             bed.set_database(database, fail=FAILING if command == "failed-deploy" else None)
-            project = bed.project(with_backups=command == "rollback")
+            project = bed.project(backups_of=database if command == "rollback" else None)
             args = (
                 ("rollback", ENVIRONMENT, "--to", bed.backup_id) if command == "rollback" else ("migrate", ENVIRONMENT)
             )
@@ -601,7 +606,7 @@ def test_interrupted_restore_reports_whether_it_committed(bed: FaultBed, command
     committed = RESTORE_MOMENTS[moment]
     database = bed.clone(bed.deployed_template if command == "rollback" else bed.template)
     bed.set_database(database, fail=FAILING if command == "failed-deploy" else None)
-    project = bed.project(with_backups=command == "rollback")
+    project = bed.project(backups_of=database if command == "rollback" else None)
     holding = application_session(bed, database, "restore-waits" if moment == "before-commit" else None)
     args = ("rollback", ENVIRONMENT, "--to", bed.backup_id) if command == "rollback" else ("migrate", ENVIRONMENT)
     run = faber(project, bed.url(database), *args, "--yes", "--json")
@@ -670,7 +675,7 @@ def test_a_signal_before_the_automatic_restore_began_says_what_committed_and_how
     signal there stops it before it restores anything, and the run says so."""
     database = bed.clone(bed.template)
     bed.set_database(database, fail=FAILING)
-    project = bed.project(with_backups=False)
+    project = bed.project()
     run = faber(project, bed.url(database, password=CANARY_PASSWORD), "migrate", ENVIRONMENT, "--yes", "--json")
     try:
         run.wait_for(event_matcher("writes.waiting"), after=run.wait_for(event_matcher("migration.failed")))

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from faber_core import hookimpl
 from faber_core.backup import store
 from faber_core.context import RunContext
-from faber_core.errors import BackupFailed
+from faber_core.errors import BackupFailed, RestoreFailed
 from faber_core.models import BackupProviderInfo, BackupPruneOutcome, BackupRecord, RestoreOutcome
 from faber_core.postgres.embedded import embedded_bin_dirs
 from faber_core.processes import child_environment, find_program, run_captured
@@ -213,6 +213,15 @@ def faber_backup_restore(context: RunContext, backup: BackupRecord) -> RestoreOu
     options = context.backup_options(PgDumpOptions)
     with context.database.connect() as conn:
         major = conn.info.server_version // 10000
+        (target,) = conn.execute("SELECT current_database()").fetchone()
+    if backup.database and backup.database != target:
+        # A URL that names another database now (a secret set to the wrong one): the restore
+        # would replace all it holds.
+        raise RestoreFailed(
+            f"Backup {backup.id} is of database {backup.database}, not {target}: faber restores a backup into "
+            "the database it was taken of; the database is unchanged",
+            suggestions=[f"Choose a backup of {target}: faber backups {context.environment}"],
+        )
     tools = find_client_dir(major)
     # Imported here: only a restore needs them, and every command registers this plugin (start-up).
     from faber_core.backup.restore import restore_archive
