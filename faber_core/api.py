@@ -241,7 +241,7 @@ def backup(
     """``faber backup ENV``: a backup now, with ``reason`` (at most ``BACKUP_REASON_MAX`` characters)
     recorded beside it."""
     from faber_core.results import Success
-    from faber_core.workflow import read_status, take_backup
+    from faber_core.workflow import deploy_lock, read_status, take_backup
 
     if len(reason) > BACKUP_REASON_MAX:
         return _invalid_argument(BACKUP, environment, "reason", f"at most {BACKUP_REASON_MAX} characters", len(reason))
@@ -249,7 +249,11 @@ def backup(
     def body(context: RunContext, plugins: Plugins) -> Success:
         plugins.require_tool(context.tool)
         plugins.require_backup_provider(context.settings.backup.provider, context.database.engine.name)
-        record = take_backup(context, plugins, reason, read_status(context, plugins, quiet=True))
+        # Under faber's lock, as a deploy takes its backup: a deploy that committed between the read
+        # of the applied migrations and the dump's snapshot would leave an archive holding a
+        # migration its manifest does not list, which a rollback to it then fails to verify.
+        with deploy_lock(context):
+            record = take_backup(context, plugins, reason, read_status(context, plugins, quiet=True))
         return Success(
             operation=BACKUP,
             environment=environment,

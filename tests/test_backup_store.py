@@ -21,7 +21,8 @@ import pytest
 from faber_core.backup import store
 from faber_core.errors import RestoreFailed
 from faber_core.models import BackupRecord, MigrationState
-from faber_core.testing.faults import application_sessions, descendants
+from faber_core import events
+from faber_core.testing.faults import FaberProcess, application_sessions, descendants
 from faber_core.testing.fixtures import mysql_connect, process_alive, start_faber, wait_for
 from faber_core.workflow import take_backup
 
@@ -372,6 +373,37 @@ def test_concurrent_backups_in_the_same_second_get_different_ids(tmp_path):
     second = store.reserve(tmp_path, now)
 
     assert (first.id, second.id) == ("backup-20300101-000000", "backup-20300101-000000-2")
+
+
+def test_a_backup_and_a_deploy_never_interleave_so_the_manifest_lists_what_the_archive_holds(
+    faber_project, run_faber, database_url, tmp_path
+):
+    """`faber backup` read the applied migrations, then pg_dump took its snapshot: a deploy that
+    committed in between left an archive holding a migration its manifest did not list, and a
+    rollback to it restored, then failed its verification (exit 8). The backup is stopped
+    (SIGSTOP) right after its read, while a deploy runs."""
+    env = {**SQLFILES, "TEST_DATABASE_URL": database_url}
+    production = {"database_url_env": "TEST_DATABASE_URL", "lock_wait_seconds": 1}
+    config = {"database": {"migration_tool": "sqlfiles", "environments": {"production": production}}}
+    users = {"migrations/001_users.sql": "CREATE TABLE users (id int);"}
+    backing_up = faber_project(config, users, root=tmp_path / "backing-up")
+    deploying = faber_project(config, {**users, "migrations/002_posts.sql": "CREATE TABLE posts (id int);"})
+    assert run_faber("migrate", "production", "--yes", cwd=backing_up, env=env).returncode == 0
+
+    backup = FaberProcess.start(backing_up, "backup", "production", "--json", env=env)
+    try:
+        backup.wait_for(events.BACKUP_STARTED)
+        os.kill(backup.pid, signal.SIGSTOP)
+        deploy = run_faber("migrate", "production", "--yes", "--json", cwd=deploying, env=env)
+        os.kill(backup.pid, signal.SIGCONT)
+        assert backup.finish() == 0, backup.stderr()
+    finally:
+        backup.stop_everything()
+
+    assert (deploy.returncode, deploy.json["code"]) == (7, "LOCKED"), deploy.output
+    backup_id = json.loads(backup.stdout())["result"]["id"]
+    rollback = run_faber("rollback", "production", "--to", backup_id, "--yes", "--json", cwd=backing_up, env=env)
+    assert rollback.returncode == 0, rollback.output
 
 
 # A file-size limit (``ulimit -f``, what some CI runners set): the dumping program is killed by
