@@ -259,7 +259,9 @@ def test_a_backup_is_never_restored_into_another_database(
     database moved): restoring there would replace everything it holds with a copy of the first.
     The backup's manifest says which database it is of; the mysqldump provider refused already."""
     environment = {"database_url_env": "APP_URL", "backup": {"provider": "pg_dump", "restore_mode": restore_mode}}
-    project_dir = faber_project({"database": {"migration_tool": "sqlfiles", "environments": {"production": environment}}})
+    project_dir = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"production": environment}}}
+    )
     backup_args = ("backup", "production", "--json", "--cwd", str(project_dir))
     backed_up = run_faber(*backup_args, env={**SQLFILES, "APP_URL": database_url})
     assert backed_up.returncode == 0, backed_up.output

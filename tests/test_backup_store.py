@@ -18,10 +18,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from faber_core import events
 from faber_core.backup import store
 from faber_core.errors import RestoreFailed
 from faber_core.models import BackupRecord, MigrationState
-from faber_core import events
 from faber_core.testing.faults import FaberProcess, application_sessions, descendants
 from faber_core.testing.fixtures import mysql_connect, process_alive, start_faber, wait_for
 from faber_core.workflow import take_backup
