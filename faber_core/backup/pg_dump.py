@@ -211,17 +211,18 @@ def faber_backup_prune(context: RunContext, keep_last: int | None, dry_run: bool
 @hookimpl
 def faber_backup_restore(context: RunContext, backup: BackupRecord) -> RestoreOutcome:
     options = context.backup_options(PgDumpOptions)
-    with context.database.connect() as conn:
-        major = conn.info.server_version // 10000
-        (target,) = conn.execute("SELECT current_database()").fetchone()
+    target = context.database.name or ""
     if backup.database and backup.database != target:
         # A URL that names another database now (a secret set to the wrong one): the restore
-        # would replace all it holds.
+        # would replace all it holds. The URL's names are compared, as the backup recorded it:
+        # behind a pooler (PgBouncer) a database's alias is not the server's current_database().
         raise RestoreFailed(
             f"Backup {backup.id} is of database {backup.database}, not {target}: faber restores a backup into "
             "the database it was taken of; the database is unchanged",
             suggestions=[f"Choose a backup of {target}: faber backups {context.environment}"],
         )
+    with context.database.connect() as conn:
+        major = conn.info.server_version // 10000
     tools = find_client_dir(major)
     # Imported here: only a restore needs them, and every command registers this plugin (start-up).
     from faber_core.backup.restore import restore_archive
