@@ -293,9 +293,14 @@ class Plugins:
         definitions["BackupSettings"]["allOf"] = rules
         return {**root, "$defs": definitions}
 
-    def migration_prepare(self, context: RunContext) -> None:
-        """Let the handler start what its status read needs (optional: a handler without the hook)."""
-        self._call_owner("faber_migration_prepare", self.require_tool(context.tool), tool=context.tool, context=context)
+    def migration_prepare(self, context: RunContext) -> bool:
+        """Let the handler start what its status read needs (optional: a handler without the hook).
+        Whether it has the hook, i.e. whether its work now goes on in the background."""
+        owner = self.require_tool(context.tool)
+        if not self._implements(owner, "faber_migration_prepare"):
+            return False
+        self._call_owner("faber_migration_prepare", owner, tool=context.tool, context=context)
+        return True
 
     def migration_status(self, context: RunContext) -> MigrationState:
         answer = self._ask_handler("faber_migration_status", context)

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -111,26 +112,23 @@ def migrate(
     to skip it when up to date), which the analysis before the lock uses instead of reading it again."""
     started = time.monotonic()
     validate(context, plugins, options)
-    # The handler starts its status read's work (a Node runner loads the ORM) while faber imports
-    # the analysis and the SQL parser it needs (here: status, health and backup commands never do).
-    plugins.migration_prepare(context)
-    from faber_core.safety import checks as safety
-
+    if plugins.migration_prepare(context):
+        # The handler loads its status read's work in the background (a Node runner loads the
+        # ORM): faber imports the analysis and the SQL parser meanwhile, rather than after the read.
+        safety_checks()
     if options.dry_run:
         check_health(context, plugins, "before", options)
         state = read_status(context, plugins)
         # What would stop the deploy before its lock stops the preview too: it must not say "To apply".
         refuse_out_of_order(context, state)
-        safety.analyse_before_lock(context, state.pending_migrations())
-        safety.refuse_what_the_handler_refuses(context, plugins, state.pending_migrations())
+        check_before_lock(context, plugins, state.pending_migrations())
         return preview(context, plugins, state, rehearse=options.rehearse)
     # Before the lock and the backup: an out-of-order migration, SQL that cannot be analysed, or
     # SQL the handler refuses, touches nothing.
     with step(context, "analyse"):
         analysed = analysed or read_status(context, plugins, quiet=True)
         refuse_out_of_order(context, analysed)
-        safety.analyse_before_lock(context, analysed.pending_migrations())
-        safety.refuse_what_the_handler_refuses(context, plugins, analysed.pending_migrations())
+        check_before_lock(context, plugins, analysed.pending_migrations())
     with deploy_lock(context) as lock:
         health_before = check_health(context, plugins, "before", options)
         state = status_after(context, plugins, health_before)
@@ -138,6 +136,7 @@ def migrate(
         pending = state.pending_migrations()
         if not pending:
             return no_pending(context, health_before.status)
+        safety = safety_checks()
         review = safety.review_before_approval(context, plugins, pending, skip_staging_proof=options.skip_staging_proof)
         with step(context, "approval"):
             approve(context, options, len(pending))
@@ -164,6 +163,24 @@ def migrate(
     return deployed(
         context, outcome, backup, health_before.status, health_after.status, time.monotonic() - started, review
     )
+
+
+def safety_checks() -> ModuleType:
+    """:mod:`faber_core.safety.checks`, imported by the steps that check pending migrations: with
+    the SQL parser it loads (pglast) it costs a deploy ~250 M instructions before its first query
+    when imported at the start, and a status, or a deploy with nothing pending, needs none of it."""
+    from faber_core.safety import checks
+
+    return checks
+
+
+def check_before_lock(context: RunContext, plugins: Plugins, pending: list[LocalMigration]) -> None:
+    """SQL that cannot be analysed, or that the handler refuses, stops the run before its lock."""
+    if not pending:
+        return  # nothing to check, and no SQL parser to import
+    safety = safety_checks()
+    safety.analyse_before_lock(context, pending)
+    safety.refuse_what_the_handler_refuses(context, plugins, pending)
 
 
 # 1-6: request, configuration, environment, mode ------------------------------------------
@@ -479,12 +496,12 @@ def refuse_out_of_order(context: RunContext, state: MigrationState) -> None:
 
 
 def preview(context: RunContext, plugins: Plugins, state: MigrationState, *, rehearse: bool = False) -> Success:
-    from faber_core.safety import checks as safety
-
     pending = state.pending_migrations()
     with step(context, "preview"):
         previews = plugins.migration_preview(context, pending) if pending else []
-        preflight = safety.annotate_preview(context, plugins, state, previews, rehearse=rehearse) if previews else None
+        preflight = (
+            safety_checks().annotate_preview(context, plugins, state, previews, rehearse=rehearse) if previews else None
+        )
     total = round(sum(p.estimated_duration_seconds for p in previews), 2)
     context.emit("preview.ready", pending=len(previews), total_estimated_duration_seconds=total)
     failed = next((p for p in previews if p.rehearsal_error), None)

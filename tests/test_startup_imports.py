@@ -104,14 +104,23 @@ def test_deploy_and_status_of_one_postgresql_database_import_no_heavy_library(fa
     )
     assert status.returncode == 0, status.stdout + status.stderr
     assert len(json.loads(status.stdout)["result"]["applied"]) == 2
+    up_to_date, up_to_date_run = run_recording_modules(
+        tmp_path, "migrate", "production", "--yes", "--json", "--cwd", str(project), env=env
+    )
+    assert up_to_date.returncode == 0, up_to_date.stdout + up_to_date.stderr
+    assert json.loads(up_to_date.stdout)["result"]["migrations_applied"] == 0
 
-    for run in (deploy_run, status_run):
+    for run in (deploy_run, status_run, up_to_date_run):
         modules = set(run["modules"])
         assert "psycopg" in modules  # the probe saw the run's modules, the driver it used among them
         loaded = {name: why for name, why in NOT_FOR_ONE_POSTGRESQL_DATABASE.items() if imported(modules, name)}
         assert not loaded, f"imported although {loaded}"
     # Reading the history parses no SQL, and needs none of the Prisma hooks' modules that apply or preview.
     assert not imported(set(status_run["modules"]), "pglast")
+    # Nor does a deploy with nothing pending: the safety checks and their parser are imported for pending migrations.
+    assert "pglast" in deploy_run["modules"]
+    assert not imported(set(up_to_date_run["modules"]), "pglast")
+    assert "faber_core.safety.checks" not in up_to_date_run["modules"]
     loaded = {name: why for name, why in NOT_FOR_A_STATUS.items() if imported(set(status_run["modules"]), name)}
     assert not loaded, f"imported although {loaded}"
     assert "faber_prisma.applier" in deploy_run["modules"]  # the deploy imported it when it applied
