@@ -521,6 +521,11 @@ def _app_running(args: list[str]) -> typer.Typer:
 
 def main() -> None:
     """``faber``: with --json, even a command line that does not parse answers with one JSON document."""
+    # A command's start creates ~75,000 objects that live to its end (the libraries' and faber's
+    # modules, classes and models): at the default threshold (700 new objects) the collector
+    # searched them for reference cycles ~130 times as they loaded, and found next to none. Every
+    # 100,000 instead: 43 M instructions (3 %) less for a status, 75 M for a deploy of 200 migrations.
+    gc.set_threshold(100_000, *gc.get_threshold()[1:])
     args = sys.argv[1:]
     try:
         if not _wants_json(args):
