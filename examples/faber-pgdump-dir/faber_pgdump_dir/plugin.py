@@ -1,11 +1,15 @@
-"""faber's hooks for the ``pgdump-dir`` backup provider; faber calls them only for that provider."""
+"""faber's hooks for the ``pgdump-dir`` backup provider; faber calls them only for that provider.
+
+faber imports every installed plugin at each start: each hook imports the archives module when
+it runs, so that a run with another provider (or none) does not.
+"""
 
 from __future__ import annotations
 
 from faber_core import hookimpl
 from faber_core.context import RunContext
 from faber_core.models import BackupProviderInfo, BackupRecord, RestoreOutcome
-from faber_pgdump_dir import PROVIDER, archives
+from faber_pgdump_dir import PROVIDER
 
 
 @hookimpl
@@ -15,14 +19,20 @@ def faber_backup_providers() -> list[BackupProviderInfo]:
 
 @hookimpl
 def faber_backup_create(context: RunContext, reason: str, migrations: list[tuple[str, str | None]]) -> BackupRecord:
+    from faber_pgdump_dir import archives
+
     return archives.create(context, reason, migrations)
 
 
 @hookimpl
 def faber_backup_list(context: RunContext) -> list[BackupRecord]:
+    from faber_pgdump_dir import archives
+
     return archives.list_backups(context)
 
 
 @hookimpl
 def faber_backup_restore(context: RunContext, backup: BackupRecord) -> RestoreOutcome:
+    from faber_pgdump_dir import archives
+
     return archives.restore(context, backup)

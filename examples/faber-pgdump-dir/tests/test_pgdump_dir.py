@@ -69,3 +69,18 @@ def test_a_broken_archive_fails_the_rollback_and_changes_nothing(pgdump_dir_proj
     assert rollback.returncode == 8, rollback.output
     assert "nothing was changed" in rollback.json["error"]
     assert query("SELECT id, email FROM users") == [(1, "kept@example.com")]
+
+
+def test_loading_the_plugin_does_not_import_the_archives_module():
+    """faber imports every installed plugin at each start, whatever the project's provider: the
+    hooks import the archives module when they run."""
+    import subprocess
+    import sys
+
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, faber_pgdump_dir.plugin; print(sorted(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "faber_pgdump_dir.plugin" in loaded and "faber_pgdump_dir.archives" not in loaded

@@ -93,3 +93,19 @@ def test_a_sql_file_that_would_never_run_is_a_config_error(plainsql_project, run
     assert run.returncode == 2, run.output
     assert "sql/V2_create_orders.sql is not named V<version>__<description>.sql" in run.json["error"]
     assert query("SELECT to_regclass('users')") == [(None,)]
+
+
+def test_loading_the_plugin_imports_neither_the_applier_nor_the_preview():
+    """faber imports every installed plugin at each start, whatever the project's tool: the hooks
+    import their work when they run."""
+    import subprocess
+    import sys
+
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, faber_plainsql.plugin; print(sorted(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "faber_plainsql.migrations" in loaded  # the options model the tool declares
+    assert "faber_plainsql.applier" not in loaded and "faber_plainsql.preview" not in loaded
