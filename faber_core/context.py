@@ -342,8 +342,9 @@ class RunContext:
     def migration_failed(self, failure: MigrationFailure) -> None:
         """faber calls this for the failure an :class:`ApplyOutcome` returns. A handler calls it
         itself only when an interrupt (``KeyboardInterrupt``) stops a migration and it knows the
-        migration's transaction rolled back, before letting the interrupt propagate: faber then
-        knows nothing of that migration remains (no restore is needed for it) and what it wrote."""
+        migration's transaction rolled back, or, outside a transaction, how many of its statements
+        committed (``statements_committed``), before letting the interrupt propagate: faber then
+        knows what of that migration remains (none: no restore is needed for it) and what it wrote."""
         self.emit(events.MIGRATION_FAILED, **failure.model_dump(mode="json"))
 
     def emit(self, kind: str, **data: Any) -> AuditEvent:

@@ -860,6 +860,9 @@ def cause_of(context: RunContext, stopped: BaseException, progress: DeployProgre
     review = [review_migration(progress.running, progress.path_of(progress.running))] if progress.running else []
     if isinstance(stopped, KeyboardInterrupt):
         name = signal_name(stopped)
+        stopped_in = progress.stopped_in
+        if stopped_in is not None and stopped_in.statements_committed is not None:
+            during += f": {first_line(stopped_in.error)}"  # outside a transaction: which statements committed
         return Cause(Interrupted, f"Interrupted by {name}{during}", [], interrupted_by=name)
     if isinstance(stopped, FaberError):
         return Cause(type(stopped), stopped.message, stopped.suggestions, stopped.result, stopped.tool_output)

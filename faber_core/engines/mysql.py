@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -56,6 +57,8 @@ if TYPE_CHECKING:
 LOCK_WAIT_TIMEOUT = 1205
 """ER_LOCK_WAIT_TIMEOUT: a row lock (innodb_lock_wait_timeout) or a metadata lock (lock_wait_timeout)."""
 UNKNOWN_DATABASE = 1049
+UNKNOWN_THREAD = 1094
+"""ER_NO_SUCH_THREAD: a ``KILL`` of a session that has already ended."""
 DATABASE_ACCESS_DENIED = 1044
 ACCESS_DENIED = (DATABASE_ACCESS_DENIED, 1045, 1698)
 LOST_CONNECTION = (2003, 2006, 2013, 2055)
@@ -185,37 +188,67 @@ class MySQLConnection(pymysql.connections.Connection):
 
     def __init__(self, **params: Any) -> None:
         self._params = params
+        self._awaiting_answer = False
+        self._interrupted_stream: tuple[Any, Any] | None = None
+        self.answered_after_interrupt: list[int] = []
+        """After an interrupt: the server status of each result the server had sent, unread, when the
+        ``KILL`` ended the session, i.e. of each further statement of a multi-statement request that
+        finished (and committed, outside a transaction) before the session ended."""
         super().__init__(**params)
 
+    def _force_close(self) -> None:
+        # PyMySQL closes the socket as an interrupt stops its wait for an answer: keep it until the
+        # session is ended, to read what the server answered before (_end_session_on_server).
+        if self._awaiting_answer and self._sock is not None and isinstance(sys.exc_info()[1], KeyboardInterrupt):
+            self._interrupted_stream = (self._sock, self._rfile)
+            self._sock = self._rfile = None
+            return
+        super()._force_close()
+
     def query(self, sql: str | bytes, unbuffered: bool = False) -> int:
-        try:
-            return super().query(sql, unbuffered)
-        except KeyboardInterrupt:
-            self._end_session_on_server()
-            raise
+        return self._answer(lambda: super(MySQLConnection, self).query(sql, unbuffered))
 
     def next_result(self, unbuffered: bool = False) -> int:
         """The next statement of a multi-statement request (Prisma's scripts) runs as it is read."""
+        return self._answer(lambda: super(MySQLConnection, self).next_result(unbuffered))
+
+    def _answer(self, read: Callable[[], int]) -> int:
+        self._awaiting_answer = True
         try:
-            return super().next_result(unbuffered)
+            return read()
         except KeyboardInterrupt:
             self._end_session_on_server()
             raise
+        finally:
+            self._awaiting_answer = False
 
     def _end_session_on_server(self) -> None:
-        """``KILL`` this session from a second connection, then wait until the server has ended it.
+        """``KILL`` this session from a second connection, wait until the server has ended it, then
+        read the results it had sent before (:attr:`answered_after_interrupt`).
 
-        The whole session, not just its statement (``KILL QUERY``): the interrupt has already
-        closed this side of the connection mid-answer, so the session is of no further use, and
-        ending it rolls its open transaction back and frees its locks at once. Waiting for the
-        session to be gone makes whatever faber reports next (what committed, the restore) and
-        the next run see the statement's final effect. A server that cannot be reached ends the
-        session itself once the statement is over.
+        The whole session, not just its statement (``KILL QUERY``): the interrupt stopped this side
+        mid-answer, so the session is of no further use, and ending it rolls its open transaction
+        back and frees its locks at once. Waiting for the session to be gone makes whatever faber
+        reports next (what committed, the restore) and the next run see the statement's final
+        effect. The server sends each statement's result as the statement ends, before the next
+        one starts, so the results read then are exactly the statements that finished. A server
+        that cannot be reached ends the session itself once the statement is over.
         """
         session = self.server_thread_id[0] if self.server_thread_id else None
-        self._force_close()
-        if session is None:
-            return
+        self._force_close()  # keeps the socket (see _force_close)
+        stream, self._interrupted_stream = self._interrupted_stream, None
+        self._awaiting_answer = False
+        try:
+            if session is not None and self._kill(session) and stream is not None:
+                self.answered_after_interrupt = self._results_left_in(stream)
+        finally:
+            if stream is not None:
+                socket, reader = stream
+                reader.close()  # first: the socket stays open while a file made from it is
+                socket.close()
+
+    def _kill(self, session: int) -> bool:
+        """``KILL`` ``session`` from a second connection; whether the server has ended it since."""
         params = {**self._params, "autocommit": True, "connect_timeout": SESSION_END_SECONDS}
         params.pop("client_flag", None)
         try:
@@ -225,10 +258,29 @@ class MySQLConnection(pymysql.connections.Connection):
                 while time.monotonic() < deadline:
                     cursor.execute("SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = %s", [session])
                     if cursor.fetchone() is None:
-                        return
+                        return True
                     time.sleep(0.05)
-        except pymysql.Error:
-            pass  # already gone (unknown thread), or the server is out of reach: it ends the session itself
+        except pymysql.Error as exc:
+            return error_code(exc) == UNKNOWN_THREAD  # already gone; otherwise out of reach
+        return False
+
+    def _results_left_in(self, stream: tuple[Any, Any]) -> list[int]:
+        """The server status of each result still to read on the ended session's socket."""
+        self._sock, self._rfile = stream
+        self._read_timeout = SESSION_END_SECONDS  # the session is gone: the rest is already sent
+        statuses = []
+        try:
+            while True:
+                result = pymysql.connections.MySQLResult(self)
+                result.read()
+                statuses.append(result.server_status)
+                if not result.has_next:
+                    break
+        except (pymysql.Error, OSError):
+            pass  # the server's error for the statement the KILL stopped, or the end of the stream
+        finally:
+            self._sock = self._rfile = None
+        return statuses
 
     def fileno(self) -> int:
         """The socket's file descriptor, as psycopg's ``Connection.fileno()``."""

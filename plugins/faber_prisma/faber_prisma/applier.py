@@ -404,7 +404,21 @@ def _apply_on_mysql(context: RunContext, history: MysqlHistory, folder: Migratio
 
     assert folder.checksum is not None
     migration_id = history.start(folder.name, folder.checksum)
-    failure = mysql.run_script(history.conn, folder.sql)
+
+    def interrupted(stopped: mysql.ScriptFailure) -> None:
+        # Before the interrupt goes on: what committed decides whether the backup is restored.
+        context.migration_failed(
+            MigrationFailure(
+                name=folder.name,
+                error=f"{stopped.message.capitalize()}. MySQL commits each statement on its own: "
+                f"{_committed_on_mysql(stopped)}; its failed record stays until resolved.",
+                path=folder.relative_path(context.project_dir),
+                transaction_rolled_back=False,
+                statements_committed=stopped.committed,
+            )
+        )
+
+    failure = mysql.run_script(history.conn, folder.sql, interrupted)
     if failure is None:
         history.finish(migration_id)
         return None

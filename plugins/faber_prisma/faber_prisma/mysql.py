@@ -19,7 +19,7 @@ What Prisma's MySQL connector does, and faber with it:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import timezone
@@ -200,12 +200,17 @@ class ScriptFailure:
     message: str
 
 
-def run_script(conn: MySQLConnection, script: str) -> ScriptFailure | None:
+def run_script(
+    conn: MySQLConnection, script: str, interrupted: Callable[[ScriptFailure], None]
+) -> ScriptFailure | None:
     """Send ``script`` as one multi-statement request, as Prisma does; None when every statement ran.
 
     The server runs the statements in order and stops at the first that fails; each one before it
     has committed (autocommit), unless the script opened a transaction of its own (``BEGIN``) and
-    it is still open: that transaction is rolled back.
+    it is still open: that transaction is rolled back. An interrupt ends the session (``KILL``):
+    the statement it stopped in rolls back, and the results the server had sent before tell which
+    statements finished; ``interrupted`` is told where the script stopped, then the interrupt
+    goes on.
     """
     cursor = conn.cursor()
     statement = 1
@@ -214,10 +219,7 @@ def run_script(conn: MySQLConnection, script: str) -> ScriptFailure | None:
         cursor.execute(script)
         while True:
             # Each statement's result carries the session's state after it.
-            if not conn.server_status & SERVER_STATUS.SERVER_STATUS_IN_TRANS:
-                block_began = None
-            elif block_began is None:
-                block_began = statement
+            block_began = _transaction_block(block_began, statement, conn.server_status)
             statement += 1  # reading the next result runs the next statement, or raises its error
             if not cursor.nextset():
                 return None
@@ -227,6 +229,27 @@ def run_script(conn: MySQLConnection, script: str) -> ScriptFailure | None:
         code, message = exc.args if len(exc.args) == 2 else (None, str(exc))
         committed = statement - 1 if block_began is None else block_began - 1
         return ScriptFailure(statement=statement, committed=committed, code=code, message=str(message))
+    except KeyboardInterrupt:
+        finished = False
+        for status in conn.answered_after_interrupt:
+            block_began = _transaction_block(block_began, statement, status)
+            finished = not status & SERVER_STATUS.SERVER_MORE_RESULTS_EXISTS
+            statement += 1
+        committed = statement - 1 if block_began is None else block_began - 1
+        message = (
+            "interrupted after its last statement"
+            if finished
+            else f"interrupted in statement {statement}, which rolled back as its session ended"
+        )
+        interrupted(ScriptFailure(statement=statement, committed=committed, code=None, message=message))
+        raise
+
+
+def _transaction_block(began: int | None, statement: int, server_status: int) -> int | None:
+    """The statement that opened the script's own transaction, if one is open after ``statement``."""
+    if not server_status & SERVER_STATUS.SERVER_STATUS_IN_TRANS:
+        return None
+    return statement if began is None else began
 
 
 def connect(context: RunContext, application_name: str) -> MySQLConnection:

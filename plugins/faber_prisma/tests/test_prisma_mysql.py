@@ -10,12 +10,14 @@ the table definition, row values, lock and logs of Prisma's schema engine on MyS
 from __future__ import annotations
 
 import hashlib
+import json
+import signal
 import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from faber_core.errors import Locked, MigrationFailed
-from faber_core.testing.fixtures import CANARY_PASSWORD, faber_at_once, mysql_connect
+from faber_core.testing.fixtures import CANARY_PASSWORD, faber_at_once, mysql_connect, start_faber, wait_for
 
 from faber_prisma.mysql import LOCK_NAME
 
@@ -329,6 +331,69 @@ def test_a_failed_deploy_in_a_protected_environment_is_restored(
     assert rows(mysql_query) == [("20240101000000_init", sha256(INIT), 1, 0, 1, None)]
     add_migration(project, "20240102000000_half", HALF.replace("CREATE TABLE `users`", "CREATE TABLE `fixed`"))
     assert faber(run_faber, project, "migrate", "staging", "--yes").returncode == 0
+
+
+def interrupted_in_its_sleep(project, mysql_query, signum: signal.Signals, while_sleeping=None) -> dict:
+    """``faber migrate --json`` on ``project``, sent ``signum`` once its script sleeps on the server
+    (``while_sleeping()`` runs first); its document."""
+    run = start_faber("migrate", "staging", "--yes", "--json", cwd=project)
+    try:
+        wait_for(
+            lambda: mysql_query(
+                "SELECT 1 FROM information_schema.PROCESSLIST WHERE DB = DATABASE() AND INFO LIKE 'SELECT SLEEP%%'"
+            ),
+            what="the migration's SLEEP on the server",
+        )
+        if while_sleeping:
+            while_sleeping()
+        run.send_signal(signum)
+        stdout, stderr = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 130, stderr.decode()[-2000:]
+    assert CANARY_PASSWORD not in (stdout + stderr).decode()
+    return json.loads(stdout)
+
+
+def test_an_interrupt_in_a_scripts_first_statement_restores_nothing_and_keeps_the_applications_writes(
+    mysql_prisma_project, add_migration, run_faber, mysql_query
+):
+    # The statement the interrupt stops is ended with its session (KILL) and rolls back: nothing
+    # of the migration committed, so restoring the backup would only discard the application's rows.
+    project = mysql_prisma_project({"20240101000000_init": INIT}, protected=True, backup_before_migrate=True)
+    assert faber(run_faber, project, "migrate", "staging", "--yes").returncode == 0
+    add_migration(project, "20240102000000_slow", "SELECT SLEEP(60);\nCREATE TABLE `tags` (`id` INTEGER);\n")
+
+    document = interrupted_in_its_sleep(
+        project,
+        mysql_query,
+        signal.SIGTERM,
+        while_sleeping=lambda: mysql_query("INSERT INTO `users` (`email`) VALUES ('written@during.deploy')"),
+    )
+
+    assert document["code"] == "INTERRUPTED"
+    assert "Interrupted in statement 1" in document["error"] and "no statement of it committed" in document["error"]
+    assert document["result"]["rollback_status"] == "not_needed"
+    assert mysql_query("SELECT `email` FROM `users`") == [("written@during.deploy",)]
+    assert "tags" not in {name for (name,) in mysql_query("SHOW TABLES")}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_an_interrupt_mid_script_names_the_statements_that_committed(
+    mysql_prisma_project, run_faber, mysql_query, signum
+):
+    slow = "CREATE TABLE `tags` (`id` INTEGER);\nSELECT SLEEP(60);\nCREATE TABLE `never` (`id` INTEGER);\n"
+    project = mysql_prisma_project({"20240101000000_init": INIT, "20240102000000_slow": slow})
+
+    document = interrupted_in_its_sleep(project, mysql_query, signum)
+
+    assert document["error"].startswith(f"Interrupted by {signum.name} during migration 20240102000000_slow: ")
+    assert "Interrupted in statement 2" in document["error"]
+    assert "statement 1 of it ran and committed (not undone)" in document["error"]
+    assert document["result"]["applied_migrations"] == ["20240101000000_init"]
+    assert document["result"]["failed_migration"] == "20240102000000_slow"
+    tables = {name for (name,) in mysql_query("SHOW TABLES")}
+    assert "tags" in tables and "never" not in tables
 
 
 def test_a_preview_before_the_first_deploy_leaves_the_database_empty_for_it(mysql_prisma_project, run_faber, mysql_query):
