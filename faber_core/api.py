@@ -642,6 +642,7 @@ def run_command(
         settings = fleet_settings(project, environment, options) if fleet_body else None
         if settings is None or fleet_body is None:
             return _run_body(run, project, plugins_, operation, environment, body, progress, listeners)
+        plugins_.require_fleet_backup(environment, settings)  # before any target is touched
         fleet = _fleet()
         # The run's redactor learns every target's URL before the first target starts.
         found = fleet.open_fleet(project, environment, settings, run.redactor, options)

@@ -48,6 +48,12 @@ class BackupProviderInfo(DeferredModel):
         description="The database engines it backs up, by engine name (postgresql, mysql); faber refuses it for a "
         "target of another engine before anything runs. None: any engine.",
     )
+    whole_instance: bool = Field(
+        False,
+        description="Its backups are of the whole server or instance its settings name (an RDS snapshot), not of the "
+        "one database deployed, and a restore replaces all of it: faber refuses it for a fleet, whose targets "
+        "are many databases (a target's rollback would replace the others' too) before anything runs.",
+    )
 
 
 class HealthCheckInfo(DeferredModel):

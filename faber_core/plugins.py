@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.json_schema import models_json_schema
 
 from faber_core import hookspecs
-from faber_core.config import FaberConfig, plugin_options
+from faber_core.config import EnvironmentSettings, FaberConfig, plugin_options
 from faber_core.context import RunContext
 from faber_core.errors import ConfigError, PluginError
 from faber_core.models import (
@@ -261,6 +261,7 @@ class Plugins:
             if declared is not None:
                 where = f"database.environments.{environment}.backup"
                 plugin_options(declared.info.options or NoOptions, settings.backup.provider_options(), where)
+                self.require_fleet_backup(environment, settings)
         checks = self.health_check_names()
         for name in context.settings.health_checks:
             if name not in checks:
@@ -269,6 +270,23 @@ class Plugins:
                     f"installed plugin runs{did_you_mean(name, checks)}",
                     suggestions=[f"Health checks installed: {', '.join(sorted(checks)) or 'none'}"],
                 )
+
+    def require_fleet_backup(self, environment: str, settings: EnvironmentSettings) -> None:
+        """Refuse a fleet backed up by a provider whose backup is a whole instance: each target's
+        automatic rollback would replace every other target's database with it (and the one
+        instance the settings name is not each target's)."""
+        declared = self.backup_providers().get(settings.backup.provider)
+        if settings.targets is None or declared is None or not declared.info.whole_instance:
+            return
+        raise ConfigError(
+            f"config: database.environments.{environment}.backup: the backup provider {settings.backup.provider!r} "
+            f"backs up and restores a whole instance, not one database, and {environment} is a fleet of "
+            "databases: a target's rollback would replace every other target's database too",
+            suggestions=[
+                "Back the fleet up per database: backup.provider pg_dump (PostgreSQL) or mysqldump (MySQL/MariaDB)",
+                "Or deploy the instance as an environment of its own (database_url_env) backed up by snapshots",
+            ],
+        )
 
     def config_schema(self) -> dict[str, Any]:
         """The JSON Schema of the config file with every installed plugin's options: each tool's

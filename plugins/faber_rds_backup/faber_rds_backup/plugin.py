@@ -20,6 +20,7 @@ def faber_backup_providers() -> list[BackupProviderInfo]:
             name=PROVIDER,
             description="RDS / Aurora snapshots; rollback restores to a new instance and swaps it in",
             options=RdsBackupSettings,
+            whole_instance=True,
         )
     ]
 

@@ -174,3 +174,26 @@ def test_sigterm_during_rollback_says_whether_the_swap_happened(
     said = document["error"] + " ".join(document["recovery"]["suggestions"])
     assert ("is exactly " + backup_id if committed else "exactly as it was before the rollback") in said, said
     assert CANARY_PASSWORD not in run.stdout() + run.stderr()
+
+
+def test_a_fleet_backed_up_by_snapshots_is_refused_before_any_target_is_touched(
+    rds, rds_instance, faber_project, backup_settings, run_faber, database_url, monkeypatch
+):
+    # A snapshot is the whole instance: one target's rollback would swap it in under every target.
+    import psycopg
+
+    other = database_url.rsplit("/", 1)[0] + "/faber_other_tenant"
+    monkeypatch.setenv("TENANT_DATABASE_URLS", f"acme {database_url}\nbeta {other}")
+    tenants = {"targets": {"urls_env": "TENANT_DATABASE_URLS"}, "auto_rollback": True, "backup": backup_settings()}
+    config = {"database": {"migration_tool": "prisma", "environments": {"tenants": tenants}}}
+    project = faber_project(config, {"prisma/migrations/0001_init/migration.sql": INIT})
+
+    for command in (["migrate", "tenants", "--yes"], ["migrate", "tenants/acme", "--yes"], ["backup", "tenants/acme"]):
+        run = run_faber(*command, "--json", "--cwd", str(project))
+
+        assert run.returncode == 2, run.output
+        assert run.json["code"] == "CONFIG_INVALID"
+        assert "backs up and restores a whole instance" in run.json["error"], run.json["error"]
+    assert rds.describe_db_snapshots(SnapshotType="manual")["DBSnapshots"] == []
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT to_regclass('public.\"User\"')").fetchone() == (None,)
