@@ -186,6 +186,15 @@ def list_backups(context: RunContext) -> list[BackupRecord]:
             context, target, snapshot, snapshot.tags.get(REASON_TAG, ""), manifest.migrations if manifest else []
         )
         record.provider_data["manifest"] = manifest is not None
+        if manifest is None and record.status == "available":
+            # A restore swaps the instance, then checks its migrations against the manifest's: without
+            # them it cannot be checked, and would be reported failed after the swap.
+            shown = (manifest_dir(context) / f"{snapshot.id}.json").relative_to(context.project_dir)
+            record.status = "unusable"
+            record.problem = (
+                f"its manifest {shown} is missing or unreadable, so a restore of it cannot be verified; copy it "
+                "from the machine that took the snapshot"
+            )
         records.append(record)
     return records
 

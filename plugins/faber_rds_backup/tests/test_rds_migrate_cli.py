@@ -119,6 +119,28 @@ def test_access_denied_stops_the_deploy_before_anything_is_applied(
         assert conn.execute("SELECT to_regclass('public.\"User\"')").fetchone() == (None,)
 
 
+def test_a_rollback_to_a_snapshot_without_its_manifest_is_refused_before_the_swap(
+    rds, rds_instance, prisma_rds_project, run_faber
+):
+    # As on a fresh CI runner: without the manifest's migrations the restore cannot be verified, and
+    # was reported failed (exit 8, retry advised) once the instance had been swapped.
+    project = prisma_rds_project({"0001_init": INIT})
+    backup = run_faber("backup", "production", "--json", "--cwd", str(project))
+    assert backup.returncode == 0, backup.output
+    backup_id = backup.json["result"]["id"]
+    (project / ".faber" / "backups" / "production" / f"{backup_id}.json").unlink()
+
+    for to in (["--to", backup_id], []):
+        run = run_faber("rollback", "production", *to, "--yes", "--json", "--cwd", str(project))
+
+        assert run.returncode == 2, run.output
+        assert run.json["code"] == "CONFIG_INVALID"
+    assert "is missing or unreadable, so a restore of it cannot be verified" in run_faber(
+        "rollback", "production", "--to", backup_id, "--yes", "--json", "--cwd", str(project)
+    ).json["error"]
+    assert [db["DBInstanceIdentifier"] for db in rds.describe_db_instances()["DBInstances"]] == ["prod-db"]
+
+
 def test_side_by_side_rollback_reports_the_copy_and_does_not_claim_a_verified_restore(
     rds, rds_instance, prisma_rds_project, run_faber
 ):

@@ -75,7 +75,9 @@ def test_list_shows_only_fabers_snapshots_of_the_environment_newest_first(rds, r
     assert listed[0].provider_data["manifest"] is True
 
 
-def test_a_snapshot_without_its_manifest_is_listed_with_no_migrations(rds, rds_instance, rds_context, rds_plugins):
+def test_a_snapshot_without_its_manifest_is_listed_with_no_migrations_and_unusable(
+    rds, rds_instance, rds_context, rds_plugins
+):
     context = rds_context()
     record = rds_plugins.backup_create(context, "manual", MIGRATIONS)
     (context.state_dir / "backups" / "production" / f"{record.id}.json").unlink()
@@ -84,6 +86,9 @@ def test_a_snapshot_without_its_manifest_is_listed_with_no_migrations(rds, rds_i
 
     assert listed.id == record.id
     assert listed.migrations == [] and listed.provider_data["manifest"] is False
+    # Its restore could not be verified: rollback skips it, and refuses it by name.
+    assert listed.status == "unusable"
+    assert listed.problem.startswith(f"its manifest .faber/backups/production/{record.id}.json is missing")
 
 
 def test_an_unreadable_manifest_is_reported_and_the_snapshot_still_listed(rds, rds_instance, rds_context, rds_plugins):
