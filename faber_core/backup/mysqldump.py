@@ -193,12 +193,7 @@ def faber_backup_restore(context: RunContext, backup: BackupRecord) -> RestoreOu
     manual = [f"The database is unchanged; restore by hand with: mariadb {target} < {archive}"]
     if not archive.is_file():
         raise RestoreFailed(f"Backup archive {backup.location} is missing", suggestions=manual[1:])
-    if backup.database and backup.database != target:
-        raise RestoreFailed(
-            f"Backup {backup.id} is of database {backup.database}, not {target}: faber restores a backup into "
-            "the database it was taken of",
-            suggestions=[f"Choose a backup of {target}: faber backups {context.environment}"],
-        )
+    store.refuse_another_database(context, backup)
     progress = RestoreProgress()
     try:
         client = client_program("mariadb", "mysql")

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from faber_core import hookimpl
 from faber_core.backup import store
 from faber_core.context import RunContext
-from faber_core.errors import BackupFailed, RestoreFailed
+from faber_core.errors import BackupFailed
 from faber_core.models import BackupProviderInfo, BackupPruneOutcome, BackupRecord, RestoreOutcome
 from faber_core.postgres.embedded import embedded_bin_dirs
 from faber_core.processes import child_environment, find_program, run_captured
@@ -210,17 +210,8 @@ def faber_backup_prune(context: RunContext, keep_last: int | None, dry_run: bool
 
 @hookimpl
 def faber_backup_restore(context: RunContext, backup: BackupRecord) -> RestoreOutcome:
+    store.refuse_another_database(context, backup)
     options = context.backup_options(PgDumpOptions)
-    target = context.database.name or ""
-    if backup.database and backup.database != target:
-        # A URL that names another database now (a secret set to the wrong one): the restore
-        # would replace all it holds. The URL's names are compared, as the backup recorded it:
-        # behind a pooler (PgBouncer) a database's alias is not the server's current_database().
-        raise RestoreFailed(
-            f"Backup {backup.id} is of database {backup.database}, not {target}: faber restores a backup into "
-            "the database it was taken of; the database is unchanged",
-            suggestions=[f"Choose a backup of {target}: faber backups {context.environment}"],
-        )
     with context.database.connect() as conn:
         major = conn.info.server_version // 10000
     tools = find_client_dir(major)

@@ -136,6 +136,20 @@ def hold_for_run(context: RunContext, fd: int) -> None:
     weakref.finalize(context, os.close, fd)
 
 
+def refuse_another_database(context: RunContext, backup: BackupRecord) -> None:
+    """Refuse a backup of another database than the environment's (its URL changed since, or the
+    manifest was copied or edited): its restore would replace this database with that one. The
+    URL's names are compared, as the backup recorded it: behind a pooler (PgBouncer) a database's
+    alias is not the server's own name for it."""
+    target = context.database.name
+    if backup.database and target and backup.database != target:
+        raise RestoreFailed(
+            f"Backup {backup.id} is of database {backup.database}, not {target}: faber restores a backup into "
+            "the database it was taken of; the database is unchanged",
+            suggestions=[f"Choose a backup of {target}: faber backups {context.environment}"],
+        )
+
+
 def verify_archive(context: RunContext, backup: BackupRecord, fd: int) -> None:
     """Refuse to restore an archive whose sha256 is not the one its manifest recorded, or that has none:
     a damaged or swapped archive would be replayed over the database. ``fd`` is the archive's, a
