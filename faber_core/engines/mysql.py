@@ -198,7 +198,7 @@ class MySQLConnection(pymysql.connections.Connection):
 
     def _force_close(self) -> None:
         # PyMySQL closes the socket as an interrupt stops its wait for an answer: keep it until the
-        # session is ended, to read what the server answered before (_end_session_on_server).
+        # session is ended, to read what the server answered before (end_session).
         if self._awaiting_answer and self._sock is not None and isinstance(sys.exc_info()[1], KeyboardInterrupt):
             self._interrupted_stream = (self._sock, self._rfile)
             self._sock = self._rfile = None
@@ -214,15 +214,18 @@ class MySQLConnection(pymysql.connections.Connection):
 
     def _answer(self, read: Callable[[], int]) -> int:
         self._awaiting_answer = True
+        before = self._result  # PyMySQL replaces it once it has read the answer whole
         try:
             return read()
         except KeyboardInterrupt:
-            self._end_session_on_server()
+            self.end_session()
+            if self._result is not None and self._result is not before:  # read just before the interrupt
+                self.answered_after_interrupt.insert(0, self._result.server_status)
             raise
         finally:
             self._awaiting_answer = False
 
-    def _end_session_on_server(self) -> None:
+    def end_session(self) -> None:
         """``KILL`` this session from a second connection, wait until the server has ended it, then
         read the results it had sent before (:attr:`answered_after_interrupt`).
 
@@ -233,10 +236,13 @@ class MySQLConnection(pymysql.connections.Connection):
         effect. The server sends each statement's result as the statement ends, before the next
         one starts, so the results read then are exactly the statements that finished. A server
         that cannot be reached ends the session itself once the statement is over.
+
+        Called by the connection when an interrupt stops its wait for an answer, and by a caller
+        whose interrupt came between two answers (a multi-statement request runs on meanwhile).
         """
         session = self.server_thread_id[0] if self.server_thread_id else None
-        self._force_close()  # keeps the socket (see _force_close)
-        stream, self._interrupted_stream = self._interrupted_stream, None
+        stream = self._interrupted_stream or ((self._sock, self._rfile) if self._sock is not None else None)
+        self._interrupted_stream, self._sock, self._rfile = None, None, None
         self._awaiting_answer = False
         try:
             if session is not None and self._kill(session) and stream is not None:

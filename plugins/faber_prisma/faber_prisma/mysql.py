@@ -230,6 +230,11 @@ def run_script(
         committed = statement - 1 if block_began is None else block_began - 1
         return ScriptFailure(statement=statement, committed=committed, code=code, message=str(message))
     except KeyboardInterrupt:
+        if conn.open:
+            # Between two results (the script runs on until its session ends): which one was read
+            # last is not known for sure, so the migration stays one that may have committed in part.
+            conn.end_session()
+            raise
         finished = False
         for status in conn.answered_after_interrupt:
             block_began = _transaction_block(block_began, statement, status)

@@ -333,6 +333,27 @@ def test_a_failed_deploy_in_a_protected_environment_is_restored(
     assert faber(run_faber, project, "migrate", "staging", "--yes").returncode == 0
 
 
+def test_an_ended_session_tells_which_statements_of_its_script_had_finished(
+    mysql_prisma_project, prisma_context, mysql_query
+):
+    # The results of statements that finished while faber was not reading are on the socket when
+    # the session ends: they say what committed, the statement the KILL stopped rolled back.
+    from faber_prisma import mysql
+
+    conn = mysql.connect(prisma_context(mysql_prisma_project({})), "faber test")
+    conn.query(  # reads the first result only
+        "DO 1; SELECT SLEEP(0.2); CREATE TABLE `done` (`id` INTEGER); SELECT SLEEP(60); CREATE TABLE `never` (`id` INT)"
+    )
+    sleeping = "SELECT 1 FROM information_schema.PROCESSLIST WHERE DB = DATABASE() AND INFO = 'SELECT SLEEP(60)'"
+    wait_for(lambda: mysql_query(sleeping), what="the script's second SLEEP")
+
+    conn.end_session()
+
+    assert len(conn.answered_after_interrupt) == 2 and not conn.open
+    tables = {name for (name,) in mysql_query("SHOW TABLES")}
+    assert "done" in tables and "never" not in tables
+
+
 def interrupted_in_its_sleep(project, mysql_query, signum: signal.Signals, while_sleeping=None) -> dict:
     """``faber migrate --json`` on ``project``, sent ``signum`` once its script sleeps on the server
     (``while_sleeping()`` runs first); its document."""
