@@ -75,6 +75,20 @@ def test_deploy_then_rerun_then_status(mysql_project, mysql_database_url, mysql_
     assert document["result"]["pending"] == [] and len(document["result"]["applied"]) == 2
 
 
+def test_a_user_without_the_process_privilege_deploys(mysql_project, mysql_database_url, mysql_admin_url):
+    # The preflight's transactions (INNODB_TRX) need PROCESS; without it the preflight reports the
+    # sessions the user can see instead of failing the deploy as an internal error.
+    user = mysql_database_url.split("//", 1)[1].split(":", 1)[0]
+    with mysql_connect(mysql_admin_url) as conn:
+        conn.execute(f"REVOKE PROCESS ON *.* FROM '{user}'@'%'")
+    project = mysql_project(MIGRATIONS, preflight="abort")
+
+    code, document, _ = faber(project, "migrate", "production", url=mysql_database_url)
+
+    assert code == 0, document
+    assert document["result"]["preflight"]["blockers"] == []
+
+
 def test_a_ddl_migration_failing_part_way_reports_what_committed_and_the_rollback_restores(
     mysql_project, mysql_database_url, mysql_query
 ):

@@ -50,6 +50,13 @@ FROM information_schema.PROCESSLIST p
 LEFT JOIN information_schema.INNODB_TRX t ON t.trx_mysql_thread_id = p.ID
 WHERE p.ID <> CONNECTION_ID()
 """
+_SESSIONS_WITHOUT_TRANSACTIONS = """
+SELECT p.ID, p.USER, p.COMMAND, p.STATE, p.INFO, NULL
+FROM information_schema.PROCESSLIST p
+WHERE p.ID <> CONNECTION_ID()
+"""
+NEEDS_PRIVILEGE = 1227
+"""ER_SPECIFIC_ACCESS_DENIED_ERROR: ``INNODB_TRX`` needs the ``PROCESS`` privilege."""
 
 
 def touched_tables(sources: Iterable[str], database: str | None) -> list[str]:
@@ -90,7 +97,15 @@ def find_blockers(
     for session, table, mode in locks or []:
         held.setdefault(int(session), []).append((table, mode))
     blockers = []
-    for session, user, command, state, info, age in conn.execute(_SESSIONS).fetchall():
+    try:
+        sessions = conn.execute(_SESSIONS).fetchall()
+    except pymysql.Error as exc:
+        if not exc.args or exc.args[0] != NEEDS_PRIVILEGE:
+            raise
+        # Without PROCESS the user sees neither transactions nor other users' sessions: what it sees
+        # is reported, the deploy is not refused for it (docs/mysql.md, Preflight).
+        sessions = conn.execute(_SESSIONS_WITHOUT_TRANSACTIONS).fetchall()
+    for session, user, command, state, info, age in sessions:
         on = held.get(int(session), [])
         long_running = age is not None and age > long_transaction_seconds
         if not on and not long_running:
