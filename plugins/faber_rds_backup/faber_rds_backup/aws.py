@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from faber_core.errors import ConfigError
+from faber_core.secrets import Redactor
 
 from faber_rds_backup.settings import RdsBackupSettings
 
@@ -30,10 +31,12 @@ BAD_CREDENTIALS = frozenset(
 )
 
 
-def rds_client(settings: RdsBackupSettings) -> RdsClient:
+def rds_client(settings: RdsBackupSettings, redactor: Redactor) -> RdsClient:
+    """The RDS client, its credentials' secrets told to ``redactor``: AWS quotes the signed request,
+    session token included, in some errors (SignatureDoesNotMatch), which faber reports."""
     import boto3
     from botocore.config import Config
-    from botocore.exceptions import ProfileNotFound
+    from botocore.exceptions import BotoCoreError, ProfileNotFound
 
     try:
         session = boto3.Session(profile_name=settings.profile, region_name=settings.region)
@@ -42,6 +45,14 @@ def rds_client(settings: RdsBackupSettings) -> RdsClient:
             f"AWS profile {settings.profile!r} is not in the shared AWS config",
             suggestions=["List profiles with: aws configure list-profiles", "Or remove backup.profile"],
         ) from None
+    try:
+        credentials = session.get_credentials()
+        frozen = credentials.get_frozen_credentials() if credentials is not None else None
+    except BotoCoreError:
+        frozen = None  # the first call fails the same way, and is reported as an AWS failure
+    if frozen is not None:
+        redactor.add(frozen.secret_key)
+        redactor.add(frozen.token)
     config = Config(retries={"mode": settings.retry_mode, "max_attempts": settings.max_attempts})
     return session.client("rds", endpoint_url=settings.endpoint_url, config=config)
 

@@ -11,7 +11,7 @@ import http.client
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -185,13 +185,15 @@ THROTTLING_RESPONSE = (
 
 
 class ThrottlingProxy:
-    """Forwards to moto, except that the first ``count`` calls of ``action`` get RDS's throttling error,
-    and that a call can be held unanswered (a moment to signal a faber that waits on AWS)."""
+    """Forwards to moto, except that the first ``count`` calls of ``action`` get RDS's throttling error
+    (or another error, :meth:`refuse`), and that a call can be held unanswered (a moment to signal a
+    faber that waits on AWS)."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = urlsplit(upstream)
         self.action = ""
         self.remaining = 0
+        self.error: Callable[[Any], str] = lambda headers: THROTTLING_RESPONSE
         self.throttled = 0
         self.forwarded: list[str] = []
         self.held_action = ""
@@ -207,7 +209,7 @@ class ThrottlingProxy:
                 if action == proxy.action and proxy.remaining > 0:
                     proxy.remaining -= 1
                     proxy.throttled += 1
-                    self._answer(400, {"Content-Type": "text/xml"}, THROTTLING_RESPONSE.encode())
+                    self._answer(400, {"Content-Type": "text/xml"}, proxy.error(self.headers).encode())
                     return
                 if action == proxy.held_action and proxy.forwarded.count(proxy.hold_after[0]) >= proxy.hold_after[1]:
                     proxy.holding.set()
@@ -235,7 +237,11 @@ class ThrottlingProxy:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def throttle(self, action: str, count: int) -> None:
-        self.action, self.remaining = action, count
+        self.refuse(action, count, lambda headers: THROTTLING_RESPONSE)
+
+    def refuse(self, action: str, count: int, error: Callable[[Any], str]) -> None:
+        """Answer the next ``count`` calls of ``action`` with ``error(request headers)``, an RDS error document."""
+        self.action, self.remaining, self.error = action, count, error
 
     def hold(self, action: str, *, after: str, count: int = 1) -> None:
         """Hold every call of ``action`` made once ``after`` was forwarded ``count`` times, until :meth:`release`."""

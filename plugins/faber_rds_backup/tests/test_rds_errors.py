@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 import pytest
 from faber_core.errors import BackupFailed, ConfigError, RestoreFailed
@@ -103,6 +104,41 @@ def test_credentials_aws_does_not_know_are_reported_as_such(rds_instance, rds_co
     iam_user(None)
     assert caught.value.result["backup_error"] == "AWS credentials are missing, expired or invalid"
     assert "aws sts get-caller-identity" in " ".join(caught.value.suggestions)
+
+
+def signature_mismatch(headers) -> str:
+    """RDS's SignatureDoesNotMatch, which quotes the canonical request it expected: the signed
+    headers with their values, the session token among them."""
+    canonical = (
+        "POST\n/\n\ncontent-type:application/x-www-form-urlencoded; charset=utf-8\nhost:rds.eu-west-1.amazonaws.com\n"
+        f"x-amz-date:{headers['X-Amz-Date']}\nx-amz-security-token:{headers['X-Amz-Security-Token']}\n"
+    )
+    message = (
+        "The request signature we calculated does not match the signature you provided. Check your AWS Secret "
+        f"Access Key and signing method.\n\nThe Canonical String for this request should have been\n'{canonical}'"
+    )
+    return (
+        '<ErrorResponse xmlns="http://rds.amazonaws.com/doc/2014-10-31/"><Error><Type>Sender</Type>'
+        f"<Code>SignatureDoesNotMatch</Code><Message>{escape(message)}</Message></Error>"
+        "<RequestId>7d1c4c3e-0000-4000-8000-000000000001</RequestId></ErrorResponse>"
+    )
+
+
+def test_an_aws_error_quoting_the_signed_request_shows_no_credential(
+    rds_instance, rds_context, rds_plugins, throttling_proxy, monkeypatch
+):
+    token = "IQoJb3JpZ2luX2VjEJr//////////wEaCWV1LXdlc3QtMSJHMEUCIQDexampleSessionToken0123456789abcdef"
+    monkeypatch.setenv("AWS_SESSION_TOKEN", token)
+    throttling_proxy.refuse("CreateDBSnapshot", 1, signature_mismatch)
+    context = rds_context(endpoint_url=throttling_proxy.url, max_attempts=0)
+
+    with pytest.raises(BackupFailed) as caught:
+        rds_plugins.backup_create(context, "pre-migration backup", [])
+
+    assert caught.value.result["backup_error"] == "AWS credentials are missing, expired or invalid"
+    shown = json.dumps(caught.value.result) + caught.value.message + " ".join(caught.value.suggestions)
+    assert "SignatureDoesNotMatch" in shown and "x-amz-security-token:" in shown
+    assert token not in shown and "wEaCWV1LXdlc3QtMSJHMEUCIQDexampleSessionToken" not in shown
 
 
 def test_an_unknown_instance_is_named_with_its_region(rds_instance, rds_context, rds_plugins):
