@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from faber_core.backup.mysqldump import JOURNAL, scratch_prefix
+from faber_core.backup.mysqldump import FABER_TABLES, JOURNAL, scratch_prefix
+from faber_core.engines import mysql_history
 from faber_core.support.mysql import faber_lock_name
 from faber_core.testing.fixtures import (
     CANARY_PASSWORD,
@@ -126,6 +127,24 @@ def test_a_ddl_migration_failing_part_way_reports_what_committed_and_the_rollbac
         "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME LIKE %s"
     )
     assert mysql_query(faber_tables, ["faber%"]) == [("faber_deployments",)]
+
+
+def test_an_application_table_named_like_fabers_own_is_backed_up_and_restored(
+    mysql_project, mysql_database_url, mysql_query
+):
+    # Only faber's own tables (its history, a swap's journal) stay out of backups and restores.
+    mysql_query("CREATE TABLE faber_orders (id int PRIMARY KEY, total int NOT NULL)")
+    mysql_query("INSERT INTO faber_orders VALUES (1, 100), (2, 250)")
+    project = mysql_project(
+        {"001_broken": "ALTER TABLE faber_orders DROP COLUMN total;\nALTER TABLE no_such_table ADD COLUMN x int;\n"}
+    )
+
+    code, document, _ = faber(project, "migrate", "production", url=mysql_database_url)
+
+    assert code == 6 and document["result"]["rollback_status"] == "success", document
+    assert mysql_query("SELECT id, total FROM faber_orders ORDER BY id") == [(1, 100), (2, 250)]
+    assert mysql_query("SELECT COUNT(*) FROM faber_deployments") == [(1,)]  # the history is faber's: kept
+    assert mysql_history.TABLE in FABER_TABLES and JOURNAL in FABER_TABLES
 
 
 def test_a_data_migration_that_fails_rolls_back_with_nothing_to_restore(mysql_project, mysql_database_url, mysql_query):

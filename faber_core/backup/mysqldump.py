@@ -57,8 +57,14 @@ from faber_core.models import (
 from faber_core.processes import child_environment, find_program, how_it_ended, spawn, supervised
 
 PROVIDER = "mysqldump"
-FABER_TABLES = "faber_"
-"""faber's own tables start so; a backup leaves them out and a restore keeps them."""
+JOURNAL = "faber_restore_journal"
+"""The restore's swap in progress, in the target database (faber's: backups leave it out, the swap
+does not move it) only while the swap is under way: what a kill between its statements would leave
+half done, and how to finish."""
+FABER_TABLES = ("faber_deployments", JOURNAL)
+"""faber's own tables in the target database (its history, :mod:`faber_core.engines.mysql_history`,
+and the journal): a backup leaves them out and a restore keeps them. Only these: an application's
+table whose name starts with ``faber_`` too is the application's, backed up and restored."""
 SCRATCH_PREFIX = "faber_restore_"
 
 
@@ -154,8 +160,8 @@ def faber_backup_create(context: RunContext, reason: str, migrations: list[tuple
 def _faber_tables(context: RunContext) -> list[str]:
     with context.database.connect(application_name="faber backup") as conn:
         rows = conn.execute(
-            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME LIKE %s",
-            [like_prefix(FABER_TABLES)],
+            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN %s",
+            [FABER_TABLES],
         ).fetchall()
     return [row[0] for row in rows]
 
@@ -363,10 +369,6 @@ def _retarget(create: str, scratch: str, target: str) -> str:
     return DEFINER_CLAUSE.sub("", create).replace(quote(scratch) + ".", quote(target) + ".")
 
 
-JOURNAL = "faber_restore_journal"
-"""The restore's swap in progress, in the target database (faber's: backups leave it out, the swap
-does not move it) only while the swap is under way: what a kill between its statements would leave
-half done, and how to finish."""
 _JOURNAL_TABLE = f"""
 CREATE TABLE IF NOT EXISTS {JOURNAL} (
     scratch   varchar(64) PRIMARY KEY,
@@ -427,8 +429,8 @@ def _swap(conn: Any, swap: Swap, manual: list[str]) -> None:
         name
         for (name,) in conn.execute(
             "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_TYPE = 'BASE TABLE'"
-            " AND TABLE_NAME NOT LIKE %s",
-            [swap.target, like_prefix(FABER_TABLES)],
+            " AND TABLE_NAME NOT IN %s",
+            [swap.target, FABER_TABLES],
         ).fetchall()
     ]
     swap.restored = [

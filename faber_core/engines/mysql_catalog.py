@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from faber_core.backup.mysqldump import DEFINER_CLAUSE, FABER_TABLES, like_prefix, quote, triggers_of
+from faber_core.backup.mysqldump import DEFINER_CLAUSE, FABER_TABLES, quote, triggers_of
 from faber_core.engines.mysql import split_statements, strip_leading_comments
 from faber_core.safety.analysis import Kind, StatementEffect, TableName, heaviest
 from faber_core.safety.catalog import TableStats
@@ -201,8 +201,8 @@ def schema_dump(conn: Any, database: str) -> str:
     statements = []
     tables = conn.execute(
         "SELECT TABLE_NAME, TABLE_TYPE FROM information_schema.TABLES"
-        " WHERE TABLE_SCHEMA = %s AND TABLE_NAME NOT LIKE %s ORDER BY TABLE_TYPE, BINARY TABLE_NAME",
-        [database, like_prefix(FABER_TABLES)],
+        " WHERE TABLE_SCHEMA = %s AND TABLE_NAME NOT IN %s ORDER BY TABLE_TYPE, BINARY TABLE_NAME",
+        [database, FABER_TABLES],
     ).fetchall()
     for name, kind in tables:
         what = {"VIEW": "VIEW", "SEQUENCE": "SEQUENCE"}.get(kind, "TABLE")

@@ -1,7 +1,8 @@
 """The deployment history on MySQL/MariaDB: ``faber_deployments`` in the target database.
 
-faber's own tables there start with ``faber_``: the mysqldump provider leaves them out of every
-backup and a restore keeps them, so a rollback never erases the record of the deploy it undid.
+It is one of faber's own tables there (``mysqldump.FABER_TABLES``): the mysqldump provider leaves
+them out of every backup and a restore keeps them, so a rollback never erases the record of the
+deploy it undid.
 """
 
 from __future__ import annotations

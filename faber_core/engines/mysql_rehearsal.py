@@ -109,8 +109,8 @@ def _wants_data(conn: Any, include_data: bool | None) -> bool:
         return include_data
     (size,) = conn.execute(
         "SELECT COALESCE(SUM(DATA_LENGTH + INDEX_LENGTH), 0) FROM information_schema.TABLES "
-        "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME NOT LIKE %s",
-        [like_prefix(FABER_TABLES)],
+        "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME NOT IN %s",
+        [FABER_TABLES],
     ).fetchone()
     return int(size) <= AUTO_DATA_LIMIT_BYTES
 
@@ -133,8 +133,8 @@ def _existing_tables(conn: Any, database: str, references: Sequence[str]) -> lis
 
 def _faber_tables(conn: Any) -> list[str]:
     rows = conn.execute(
-        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME LIKE %s",
-        [like_prefix(FABER_TABLES)],
+        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN %s",
+        [FABER_TABLES],
     ).fetchall()
     return [row[0] for row in rows]
 

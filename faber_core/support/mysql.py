@@ -5,11 +5,11 @@ DDL is not transactional there: a handler runs a migration holding DDL statement
 (``MigrationFailure.statements_committed``), with the server's error number as ``sqlstate``
 (:func:`error_code`; :data:`LOCK_WAIT_TIMEOUT`, 1205, is retried by faber when the transaction
 rolled back). :func:`faber_lock_name` is the ``GET_LOCK`` name faber holds during a deploy.
-faber keeps its own tables in the target database on MySQL: :data:`FABER_TABLES_LIKE` matches their
-names (``table_name NOT LIKE %s`` leaves them out of what a handler counts as the application's).
+faber keeps its own tables in the target database on MySQL: :data:`FABER_TABLES` names them
+(``table_name NOT IN %s`` leaves them out of what a handler counts as the application's).
 """
 
-from faber_core.backup.mysqldump import FABER_TABLES, like_prefix
+from faber_core.backup.mysqldump import FABER_TABLES
 from faber_core.engines.mysql import (
     LOCK_WAIT_TIMEOUT,
     MySQLConnection,
@@ -19,10 +19,8 @@ from faber_core.engines.mysql import (
     split_statements,
 )
 
-FABER_TABLES_LIKE = like_prefix(FABER_TABLES)
-
 __all__ = [
-    "FABER_TABLES_LIKE",
+    "FABER_TABLES",
     "LOCK_WAIT_TIMEOUT",
     "MySQLConnection",
     "error_code",

@@ -484,12 +484,12 @@ def snapshot(url: str, *, exclude_schemas: Iterable[str] = ("faber",)) -> Databa
 
 def _mysql_row_counts(conn: Any) -> tuple[tuple[str, int], ...]:
     """Every application table's exact row count (``information_schema`` has InnoDB's estimate)."""
-    from faber_core.backup.mysqldump import FABER_TABLES, like_prefix, quote
+    from faber_core.backup.mysqldump import FABER_TABLES, quote
 
     tables = conn.execute(
         "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()"
-        " AND TABLE_TYPE = 'BASE TABLE' AND TABLE_NAME NOT LIKE %s ORDER BY BINARY TABLE_NAME",
-        [like_prefix(FABER_TABLES)],
+        " AND TABLE_TYPE = 'BASE TABLE' AND TABLE_NAME NOT IN %s ORDER BY BINARY TABLE_NAME",
+        [FABER_TABLES],
     ).fetchall()
     return tuple((name, conn.execute(f"SELECT COUNT(*) FROM {quote(name)}").fetchone()[0]) for (name,) in tables)
 

@@ -29,7 +29,7 @@ import pymysql
 from faber_core.context import RunContext
 from faber_core.errors import Locked
 from faber_core.models import MigrationRecord
-from faber_core.support.mysql import FABER_TABLES_LIKE, MySQLConnection
+from faber_core.support.mysql import FABER_TABLES, MySQLConnection
 from pymysql.constants import CLIENT, SERVER_STATUS
 
 from faber_prisma.history import SELECT_ROWS, as_records
@@ -91,8 +91,8 @@ class MysqlHistory:
         faber's own, which share the database (a ``--dry-run`` records itself in ``faber_deployments``)."""
         rows = self._run(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = %(schema)s"
-            " AND table_type = 'BASE TABLE' AND table_name NOT LIKE %(faber)s ORDER BY table_name",
-            {"schema": self.database, "faber": FABER_TABLES_LIKE},
+            " AND table_type = 'BASE TABLE' AND table_name NOT IN %(faber)s ORDER BY table_name",
+            {"schema": self.database, "faber": FABER_TABLES},
         ).fetchall()
         return [name for (name,) in rows]
 
