@@ -144,6 +144,33 @@ def test_a_manifest_pointing_outside_the_backup_folder_is_never_restored(product
     assert (refused.returncode, refused.json["code"]) == (2, "CONFIG_INVALID"), refused.output
 
 
+def test_a_manifest_whose_id_is_not_its_file_name_is_never_pruned_or_restored(production, run_faber, tmp_path):
+    """The id names the files a prune deletes: a manifest naming another backup, or a path, would
+    have the prune delete that backup's files, or files outside the folder."""
+    project_dir, backup = production
+    first, second = backup(), backup()
+    victim = tmp_path / "victim"
+    (tmp_path / "victim.dump").write_text("not a backup")
+    manifest = folder(project_dir) / f"{first.id}.json"
+    elsewhere = os.path.relpath(victim, folder(project_dir))
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "id": elsewhere}))
+    (folder(project_dir) / f"{second.id}.json").write_text(
+        json.dumps({**json.loads((folder(project_dir) / f"{second.id}.json").read_text()), "id": first.id})
+    )
+
+    newest = backup()
+
+    pruned = run_faber("backups", "prune", "production", "--keep", "1", "--json", cwd=project_dir)
+    refused = run_faber("rollback", "production", "--to", elsewhere, "--yes", "--json", cwd=project_dir)
+
+    assert pruned.returncode == 0, pruned.output
+    assert pruned.json["result"]["kept"] == [newest.id] and pruned.json["result"]["pruned"] == []
+    assert sorted(pruned.json["result"]["unreadable"]) == sorted([first.id, second.id])
+    assert (tmp_path / "victim.dump").read_text() == "not a backup"
+    assert all((folder(project_dir) / f"{record.id}.dump").exists() for record in (first, second))
+    assert (refused.returncode, refused.json["code"]) == (2, "CONFIG_INVALID"), refused.output
+
+
 def test_a_backup_whose_manifest_has_no_checksum_is_never_restored(
     production, run_faber, context_for, plugins, database_url
 ):

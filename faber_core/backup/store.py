@@ -606,7 +606,11 @@ def _read_manifest(context: RunContext, manifest: Path) -> tuple[BackupRecord, b
         raw = manifest.read_bytes()
         if not raw.strip():
             raise ValueError(f"empty ({len(raw)} bytes)")
-        return _manifest_record(raw), True
+        record = _manifest_record(raw)
+        if record.id != backup_id:
+            # The id names the files a restore reads and a prune deletes: only the file's own.
+            raise ValueError(f"its id {record.id!r} is not its file name's")
+        return record, True
     except (OSError, ValueError, ValidationError, RecursionError) as exc:  # RecursionError: nested too deeply
         problem = _manifest_problem(exc)
         context.emit(events.BACKUP_MANIFEST_UNREADABLE, backup_id=backup_id, problem=problem)
