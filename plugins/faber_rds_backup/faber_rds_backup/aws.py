@@ -10,8 +10,8 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
+from faber_core.context import RunContext
 from faber_core.errors import ConfigError
-from faber_core.secrets import Redactor
 
 from faber_rds_backup.settings import RdsBackupSettings
 
@@ -31,9 +31,9 @@ BAD_CREDENTIALS = frozenset(
 )
 
 
-def rds_client(settings: RdsBackupSettings, redactor: Redactor) -> RdsClient:
-    """The RDS client, its credentials' secrets told to ``redactor``: AWS quotes the signed request,
-    session token included, in some errors (SignatureDoesNotMatch), which faber reports."""
+def rds_client(context: RunContext, settings: RdsBackupSettings) -> RdsClient:
+    """The RDS client, its credentials' secrets told to the run's redactor: AWS quotes the signed
+    request, session token included, in some errors (SignatureDoesNotMatch), which faber reports."""
     import boto3
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ProfileNotFound
@@ -51,8 +51,8 @@ def rds_client(settings: RdsBackupSettings, redactor: Redactor) -> RdsClient:
     except BotoCoreError:
         frozen = None  # the first call fails the same way, and is reported as an AWS failure
     if frozen is not None:
-        redactor.add(frozen.secret_key)
-        redactor.add(frozen.token)
+        context.redactor.add(frozen.secret_key)
+        context.redactor.add(frozen.token)
     config = Config(retries={"mode": settings.retry_mode, "max_attempts": settings.max_attempts})
     return session.client("rds", endpoint_url=settings.endpoint_url, config=config)
 

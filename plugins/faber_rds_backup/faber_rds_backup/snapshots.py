@@ -38,7 +38,7 @@ _MAX_NAME_ATTEMPTS = 5
 
 def open_target(context: RunContext) -> tuple[RdsBackupSettings, Target]:
     settings = load_settings(context)
-    return settings, target_for(rds_client(settings, context.redactor), settings)
+    return settings, target_for(rds_client(context, settings), settings)
 
 
 def manifest_dir(context: RunContext) -> Path:
