@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import psycopg
 import pytest
 
 from faber_core.errors import LintBlocked
+from faber_core.testing.fixtures import process_alive, wait_for
 from faber_core.workflow import DeployOptions, migrate
 
 YES = DeployOptions(assume_yes=True)
@@ -165,3 +169,75 @@ def test_each_migration_file_is_read_once_for_the_analysis_and_the_lint(project,
     assert result.result.migrations_applied == 2
     assert "require-concurrent-index-creation" in {f.rule for f in result.result.lint["002_index"]}
     assert sorted(read) == ["migrations/001_users.sql", "migrations/002_index.sql"]
+
+
+FAKE_SQUAWK = """#!/bin/sh
+echo $$ > '{pid_file}'
+exec sleep 300
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=lambda s: s.name)
+def test_faber_stopped_while_squawk_runs_leaves_no_squawk_and_reports_interrupted(
+    faber_project, database_url, tmp_path, signum
+):
+    """An interrupt while squawk lints stops it with faber, which reports what any interrupt before
+    the apply reports, nothing applied; a killed faber takes it along."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    pid_file = tmp_path / "squawk.pid"
+    (bin_dir / "squawk").write_text(FAKE_SQUAWK.format(pid_file=pid_file))
+    (bin_dir / "squawk").chmod(0o755)
+    project_dir = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"production": {"database_url_env": "APP_URL"}}}},
+        {"migrations/001_users.sql": USERS},
+    )
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "APP_URL": database_url,
+        "FABER_PLUGINS": "faber_core.testing.sqlfiles",
+    }
+    faber = subprocess.Popen(
+        [sys.executable, "-m", "faber_core", "migrate", "production", "--yes", "--json", "--cwd", project_dir],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        squawk = int(wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), "squawk to start"))
+        faber.send_signal(signum)
+        stdout, stderr = faber.communicate(timeout=60)
+    finally:
+        if faber.poll() is None:
+            faber.kill()
+            faber.wait()
+
+    assert wait_for(lambda: not process_alive(squawk), "squawk to end", timeout=10)
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT to_regclass('public.users')").fetchone() == (None,)
+    if signum == signal.SIGKILL:
+        return
+    assert faber.returncode == 130, stdout + stderr
+    assert "Traceback" not in stderr
+    document = json.loads(stdout)
+    assert (document["code"], document["result"]) == ("INTERRUPTED", {"interrupted_by": signum.name})
+    assert document["recovery"]["suggestions"] == ["Check the state with: faber status production"]
+
+
+def test_a_finding_shows_its_statement_without_the_database_password(
+    deployed_users, context_for, plugins, database_url, monkeypatch
+):
+    canary = "Lint-Canary-5Rw"
+    scheme, rest = database_url.split("://", 1)
+    user, host = rest.split("@", 1)
+    monkeypatch.setenv("TEST_DATABASE_URL", f"{scheme}://{user.split(':')[0]}:{canary}@{host}")
+    project_dir = deployed_users(f"CREATE INDEX users_email ON users (email); -- not {canary}\n", lint="warn")
+
+    result = migrate(context_for(project_dir), plugins, YES)
+
+    [finding] = [f for f in result.result.lint["002_index"] if f.rule == "require-concurrent-index-creation"]
+    assert finding.statement.startswith("CREATE INDEX users_email ON users (email); -- not ")
+    assert canary not in finding.statement
+    assert canary not in result.model_dump_json()
