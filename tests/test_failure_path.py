@@ -442,6 +442,16 @@ def test_a_terminated_lock_session_stops_the_deploy_before_the_next_migration(
     assert [m["name"] for m in json.loads(second.stdout())["result"]["migrations"]] == ["003_tags"]
 
 
+def exit_when_lock_lost_while_counting_writes(run: FaberProcess, admin_url: str, database: str, operation: str) -> int:
+    """``run``'s exit code when, while it waits for the write counters before its restore, its lock
+    session is ended and another session takes faber's lock (as a second deploy would) and holds it."""
+    try:
+        with lose_faber_lock_while_counting_writes(run, admin_url, database, operation):
+            return run.wait(EXIT_BOUND)
+    finally:
+        run.stop_everything()
+
+
 def lose_faber_lock_while_counting_writes(run: FaberProcess, admin_url: str, database: str, operation: str):
     """While ``run`` waits for the write counters before its restore, end its lock session and take
     faber's lock from another session (as a second deploy would); return that session, still
@@ -472,12 +482,7 @@ def test_a_rollback_whose_lock_was_lost_before_the_restore_restores_nothing(
     project_dir = sql_project({"001_users": USERS})
     assert start(project_dir, database_url, "migrate", ENVIRONMENT, "--yes").finish() == 0
     run = start(project_dir, database_url, "rollback", ENVIRONMENT, "--yes", "--json")
-    try:
-        other = lose_faber_lock_while_counting_writes(run, postgres_admin_url, database, "rollback")
-        with other:
-            code = run.wait(EXIT_BOUND)
-    finally:
-        run.stop_everything()
+    code = exit_when_lock_lost_while_counting_writes(run, postgres_admin_url, database, "rollback")
 
     assert code == 7, run.stdout()
     document = json.loads(run.stdout())
@@ -496,12 +501,7 @@ def test_an_automatic_rollback_whose_lock_was_lost_before_the_restore_restores_n
     database = database_url.rsplit("/", 1)[1]
     project_dir = sql_project({"001_users": USERS, "002_broken": "SELECT * FROM no_such_table;"})
     run = start(project_dir, database_url, "migrate", ENVIRONMENT, "--yes", "--json")
-    try:
-        other = lose_faber_lock_while_counting_writes(run, postgres_admin_url, database, "deploy-migrations")
-        with other:
-            code = run.wait(EXIT_BOUND)
-    finally:
-        run.stop_everything()
+    code = exit_when_lock_lost_while_counting_writes(run, postgres_admin_url, database, "deploy-migrations")
 
     assert code == 6, run.stdout()
     result = json.loads(run.stdout())["result"]

@@ -78,7 +78,7 @@ from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, BinaryIO, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -219,18 +219,20 @@ class RunnerProcess:
     def __init__(self, tool: NodeTool, context: RunContext, args: tuple[str, ...]) -> None:
         self.tool, self.context, self.args = tool, context, args
         self.proc: subprocess.Popen | None = None
-        self.protocol: TextIO | None = None
+        self.protocol: BinaryIO | None = None
+        """The protocol pipe, read as bytes: a text reader decodes in Python code, where a signal
+        can interrupt it after it took a chunk from the pipe and before it kept it, losing lines."""
         self.nonce = ""
         self.stderr_file = tempfile.TemporaryFile()
         self.stderr_reported = 0
         """How much of the file the requests' results have carried."""
 
-    def start(self) -> tuple[subprocess.Popen, TextIO]:
+    def start(self) -> tuple[subprocess.Popen, BinaryIO]:
         """The runner, started (with its nonce) unless it is running."""
         if self.proc is None or self.proc.poll() is not None or self.protocol is None:
             self._close_protocol()
             protocol_read, protocol_write = os.pipe()
-            self.protocol = open(protocol_read, encoding="utf-8", errors="replace")
+            self.protocol = open(protocol_read, "rb")
             self.nonce = secrets.token_hex(16)
             # node-postgres reads PGOPTIONS, so the ORM's sessions get faber's lock_timeout too.
             env = child_environment(
@@ -278,22 +280,24 @@ class RunnerProcess:
         returncode: int | None = None
         expired = threading.Event()
         timer = _deadline_timer(context.seconds_left(), proc, expired)
+        unheard: bytes | None = None
+        """The line read from the pipe and not yet handed to the listener: a signal may come between."""
         try:
             try:
                 proc.stdin.write(json.dumps(request) + "\n")
                 proc.stdin.flush()
             except BrokenPipeError:
                 pass  # the runner died: its exit code and stderr say why, below
-            for line in protocol:
-                event = _parse(line, self.nonce, context.redactor)
-                if event is None:
-                    continue
-                if event["event"] == "done":
+            for unheard in protocol:
+                event = _parse(unheard, self.nonce, context.redactor)
+                if event is not None and event["event"] == "done":
                     returncode = event.get("exit_code")
                     break
-                events.append(event)
-                if on_event is not None:
-                    on_event(event)
+                if event is not None:
+                    events.append(event)
+                    if on_event is not None:
+                        on_event(event)
+                unheard = None
             if returncode is None:
                 returncode = proc.wait()
         except BaseException as stopped:
@@ -301,8 +305,9 @@ class RunnerProcess:
             stop(proc)
             if isinstance(stopped, KeyboardInterrupt) and on_event is not None:
                 # What it wrote before it stopped (a migration it finished, the next one started)
-                # is still in the pipe: the listener hears it, so faber knows what committed.
-                for event in self._written_before_it_stopped(protocol, context.redactor):
+                # is still in the pipe, or was read as the signal came: the listener hears it, so
+                # faber knows what committed. (It may hear again the event the signal stopped it in.)
+                for event in self._written_before_it_stopped([unheard] if unheard else [], protocol, context.redactor):
                     on_event(event)
             raise
         finally:
@@ -315,20 +320,20 @@ class RunnerProcess:
             raise FaberError(f"The {self.tool.name} runner did not finish in the time allowed and was stopped")
         return RunnerResult(events, returncode, stderr)
 
-    def _written_before_it_stopped(self, protocol: TextIO, redactor: Redactor) -> list[Event]:
-        """The events left in the pipe of a runner that was stopped, read without waiting for more
-        (a process the runner started might still hold the pipe open)."""
-        events: list[Event] = []
+    def _written_before_it_stopped(self, read: list[bytes], protocol: BinaryIO, redactor: Redactor) -> list[Event]:
+        """The events of a runner that was stopped: those of the lines ``read`` already, then those
+        left in the pipe, read without waiting for more (a process the runner started might still
+        hold the pipe open)."""
+        lines = list(read)
         try:
             os.set_blocking(protocol.fileno(), False)
             while line := protocol.readline():
-                event = _parse(line, self.nonce, redactor)
-                if event is not None and event["event"] != "done":
-                    events.append(event)
+                lines.append(line)
         except (OSError, ValueError):
             pass  # the pipe is gone: nothing more to hear
         self._close_protocol()  # the next request starts a new runner, with a pipe of its own
-        return events
+        parsed = (_parse(line, self.nonce, redactor) for line in lines)
+        return [event for event in parsed if event is not None and event["event"] != "done"]
 
     def close(self) -> None:
         """Let the runner end (it exits when its stdin closes), stopping it if it does not."""
@@ -357,10 +362,10 @@ def _deadline_timer(seconds: float | None, proc: subprocess.Popen, expired: thre
     return timer
 
 
-def _parse(line: str, nonce: str, redactor: Redactor) -> Event | None:
+def _parse(raw: bytes, nonce: str, redactor: Redactor) -> Event | None:
     """A protocol line carrying ``nonce`` as a dict (without the nonce), every string redacted;
     anything else written on the pipe is ignored."""
-    line = line.strip()
+    line = raw.decode("utf-8", errors="replace").strip()
     if not line.startswith("{"):
         return None
     try:

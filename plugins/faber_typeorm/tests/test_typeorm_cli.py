@@ -6,7 +6,9 @@ import functools
 import json
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
+from subprocess import Popen
 
 import pytest
 from faber_core import api
@@ -168,6 +170,30 @@ def test_a_deploy_killed_while_its_runner_loads_the_project_takes_the_runner_alo
     assert query("SELECT to_regclass('migrations') IS NULL") == [(True,)]
 
 
+SLEEPING = "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND query = 'SELECT pg_sleep({})'"
+
+
+def deploy_sent_sigterm(
+    project: Path, running: Callable[[], object], what: str, before_signal: Callable[[Popen], None] | None = None
+) -> tuple[int, str]:
+    """``faber migrate staging`` of ``project``, sent SIGTERM once ``running()`` (``what``) is true,
+    after ``before_signal(faber)`` if given (which may pause it: it is continued after the signal):
+    its exit code and stdout."""
+    faber = start_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project), cwd=project)
+    try:
+        wait_for(running, what)
+        if before_signal is not None:
+            before_signal(faber)
+        faber.send_signal(signal.SIGTERM)
+        faber.send_signal(signal.SIGCONT)
+        stdout, _ = faber.communicate(timeout=60)
+    finally:
+        if faber.poll() is None:
+            faber.send_signal(signal.SIGCONT)
+            faber.kill()
+    return faber.returncode, stdout
+
+
 def test_an_interrupted_deploy_stops_its_runner_and_the_migration_in_progress_rolls_back(
     typeorm_project, typeorm_migration, query
 ):
@@ -183,21 +209,9 @@ def test_an_interrupted_deploy_stops_its_runner_and_the_migration_in_progress_ro
         },
         lint="off",
     )
-    faber = start_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project), cwd=project)
-    try:
-        wait_for(
-            lambda: query(
-                "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'SELECT pg_sleep%'"
-            ),
-            "the slow migration to run",
-        )
-        faber.send_signal(signal.SIGTERM)
-        stdout, _ = faber.communicate(timeout=60)
-    finally:
-        if faber.poll() is None:
-            faber.kill()
+    code, stdout = deploy_sent_sigterm(project, lambda: query(SLEEPING.format(60)), "the slow migration to run")
 
-    assert faber.returncode == 130, stdout
+    assert code == 130, stdout
     document = json.loads(stdout)
     assert document["code"] == "INTERRUPTED"
     # Reported as it is: faber ended the runner's session, and the migration's row is not there.
@@ -219,9 +233,6 @@ def test_an_interrupted_deploy_stops_its_runner_and_the_migration_in_progress_ro
     assert pids and not any(process_alive(int(pid)) for pid in pids)
 
 
-SLEEPING = "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND query = 'SELECT pg_sleep({})'"
-
-
 def test_a_signal_in_the_only_migration_of_a_deploy_restores_nothing_and_keeps_the_application_s_writes(
     typeorm_project, typeorm_migration, run_faber, query
 ):
@@ -232,17 +243,14 @@ def test_a_signal_in_the_only_migration_of_a_deploy_restores_nothing_and_keeps_t
     (project / "migrations" / "1700000200000-Slow.js").write_text(
         typeorm_migration("Slow1700000200000", "CREATE TABLE slow (id int)", "SELECT pg_sleep(60)")
     )
-    faber = start_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project), cwd=project)
-    try:
-        wait_for(lambda: query(SLEEPING.format(60)), "the migration to run")
-        query("INSERT INTO users (email) VALUES ('written-during-the-deploy@example.com')")
-        faber.send_signal(signal.SIGTERM)
-        stdout, _ = faber.communicate(timeout=60)
-    finally:
-        if faber.poll() is None:
-            faber.kill()
+    code, stdout = deploy_sent_sigterm(
+        project,
+        lambda: query(SLEEPING.format(60)),
+        "the migration to run",
+        lambda _: query("INSERT INTO users (email) VALUES ('written-during-the-deploy@example.com')"),
+    )
 
-    assert faber.returncode == 130, stdout
+    assert code == 130, stdout
     result = json.loads(stdout)["result"]
     assert result["failed_migration"] == "Slow1700000200000" and result["transaction_rolled_back"] is True
     assert result["applied_migrations"] == [] and result["rollback_status"] == "not_needed"
@@ -268,20 +276,16 @@ def test_a_migration_that_committed_while_faber_was_not_reading_is_reported_appl
         fixture_migrations=False,
         lint="off",
     )
-    faber = start_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project), cwd=project)
-    try:
-        wait_for(lambda: query(SLEEPING.format(1)), "the first migration to run")
-        os.kill(faber.pid, signal.SIGSTOP)
-        wait_for(lambda: query(SLEEPING.format(60)), "the second migration to run")
-        faber.send_signal(signal.SIGTERM)
-        os.kill(faber.pid, signal.SIGCONT)
-        stdout, _ = faber.communicate(timeout=60)
-    finally:
-        if faber.poll() is None:
-            os.kill(faber.pid, signal.SIGCONT)
-            faber.kill()
 
-    assert faber.returncode == 130, stdout
+    def paused_until_the_second_runs(faber: Popen) -> None:
+        faber.send_signal(signal.SIGSTOP)
+        wait_for(lambda: query(SLEEPING.format(60)), "the second migration to run")
+
+    code, stdout = deploy_sent_sigterm(
+        project, lambda: query(SLEEPING.format(1)), "the first migration to run", paused_until_the_second_runs
+    )
+
+    assert code == 130, stdout
     result = json.loads(stdout)["result"]
     assert result["applied_migrations"] == ["First1700000200000"]
     assert result["failed_migration"] == "Second1700000300000" and result["transaction_rolled_back"] is True
