@@ -14,8 +14,10 @@ import time
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from faber_core.backup import pg_dump
+from faber_core.backup.swap import previous_name, restoring_name
 from faber_core.errors import RestoreFailed
 from faber_core.models import MigrationState
 from faber_core.testing.fixtures import (
@@ -279,3 +281,68 @@ def test_a_backup_is_never_restored_into_another_database(
         assert database_state(other_url) == before
     finally:
         drop_database(postgres_admin_url, other)
+
+
+def faber_schema_rows(url: str, schema: str) -> dict[str, int]:
+    """The row count of each of faber's tables in ``schema``."""
+    with psycopg.connect(url) as conn:
+        tables = conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND c.relkind = 'r' ORDER BY 1",
+            [schema],
+        ).fetchall()
+        count = "SELECT count(*) FROM {}"
+        return {
+            table: conn.execute(sql.SQL(count).format(sql.Identifier(schema, table))).fetchone()[0]
+            for (table,) in tables
+        }
+
+
+def application_tables(url: str) -> list[str]:
+    with psycopg.connect(url) as conn:
+        return [
+            row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")
+        ]
+
+
+@pytest.mark.parametrize("restore_mode", ["in-place", "swap"])
+def test_a_restore_keeps_faber_s_schema_under_its_new_name_and_its_old_one(
+    faber_project, run_faber, database_url, postgres_admin_url, restore_mode
+):
+    """faber_schema renamed from faber to ops after a backup: the restore kept only the schema the
+    backup had left out (faber) and dropped ops, with the history and write baselines recorded
+    there since. Both are faber's and the archive holds neither: each survives as it is."""
+    environment = {"database_url_env": "APP_URL", "backup": {"provider": "pg_dump", "restore_mode": restore_mode}}
+    database = {"migration_tool": "sqlfiles", "environments": {"production": environment}}
+    env = {**SQLFILES, "APP_URL": database_url}
+    project_dir = faber_project({"database": database}, {"migrations/001_users.sql": "CREATE TABLE users (id int);"})
+    deployed = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project_dir), env=env)
+    assert deployed.returncode == 0, deployed.output
+    faber_project(
+        {"database": {**database, "faber_schema": "ops"}},
+        {"migrations/002_orders.sql": "CREATE TABLE orders (id int);"},
+        root=project_dir,
+    )
+    deployed_again = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project_dir), env=env)
+    assert deployed_again.returncode == 0, deployed_again.output
+    old_schema = faber_schema_rows(database_url, "faber")
+    assert faber_schema_rows(database_url, "ops")["faber_deployments"] == 1
+
+    try:
+        rollback_args = ("rollback", "production", "--to", deployed.json["result"]["backup_id"], "--yes")
+        run = run_faber(*rollback_args, "--discard-app-writes", "--json", "--cwd", str(project_dir), env=env)
+
+        assert run.returncode == 0, run.output
+        assert "orders" not in application_tables(database_url)
+        assert faber_schema_rows(database_url, "faber") == old_schema
+        history = run_faber("history", "production", "--json", "--cwd", str(project_dir), env=env)
+        assert [run["operation"] for run in history.json["result"]["deployments"]] == ["rollback", "deploy-migrations"]
+    finally:
+        drop_swap_databases(postgres_admin_url, database_url)
+
+
+def drop_swap_databases(admin_url: str, url: str) -> None:
+    target = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        for name in (restoring_name(target), previous_name(target)):
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

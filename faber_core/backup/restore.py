@@ -6,7 +6,8 @@ One ``psql`` session runs, in this order::
     txid_current()     the transaction's id, read back by faber
     <prelude>          drop what the archive brings back: event triggers, subscriptions,
                        publications, large objects, foreign servers, user casts, every schema
-                       but faber's own, then the remaining extensions; recreate ``public``
+                       but faber's own (:func:`~faber_core.backup.store.faber_schemas`), then the
+                       remaining extensions; recreate ``public``
     <pg_restore -1>    the archive as SQL, minus its final COMMIT
     COMMIT;
     ANALYZE            every restored table, so the planner has statistics at once
@@ -61,7 +62,7 @@ DECLARE relation regclass;
 BEGIN
   FOR relation IN
     SELECT c.oid::regclass FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.relkind IN ('r', 'm', 'p') AND n.nspname <> {keep}
+    WHERE c.relkind IN ('r', 'm', 'p') AND n.nspname NOT IN ({keep})
       AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'
   LOOP
     EXECUTE pg_catalog.format('ANALYZE %s', relation);
@@ -83,12 +84,12 @@ def restore_archive(context: RunContext, backup: BackupRecord, tools: Path, majo
     ]
     if not store.archive_present(archive):
         raise RestoreFailed(f"Backup archive {backup.location} is missing", suggestions=manual[1:])
-    keep = str(backup.provider_data.get(store.EXCLUDED_SCHEMA) or context.config.database.faber_schema)
+    keep = store.faber_schemas(context, backup)
     with store.reading(archive) as fd:
         store.verify_archive(context, backup, fd)
         with context.database.connect() as conn:
-            prelude = restore_prelude(conn, keep)
-            finish = sql.SQL(ANALYZE_RESTORED).format(keep=sql.Literal(keep)).as_string(conn)
+            prelude = restore_prelude(conn, *keep)
+            finish = analyze_restored(keep).as_string(conn)
         try:
             notes = _run_in_one_transaction(context, backup, tools, major, archive, fd, prelude, finish, manual)
         except _Interrupted as stopped:
@@ -115,6 +116,11 @@ def restore_archive(context: RunContext, backup: BackupRecord, tools: Path, majo
             "analyzed the restored tables",
         ],
     )
+
+
+def analyze_restored(faber_schemas: list[str]) -> sql.Composed:
+    """ANALYZE every restored table, that is every table outside ``faber_schemas``."""
+    return sql.SQL(ANALYZE_RESTORED).format(keep=sql.SQL(", ").join(map(sql.Literal, faber_schemas)))
 
 
 class _Interrupted(Exception):
@@ -318,8 +324,8 @@ def first_error(text: str) -> str:
     return "; ".join(errors[:3]) or (lines[0] if lines else "")
 
 
-def restore_prelude(conn: psycopg.Connection, keep_schema: str) -> str:
-    """SQL that empties the database of everything a restore brings back, except ``keep_schema``.
+def restore_prelude(conn: psycopg.Connection, *keep_schemas: str) -> str:
+    """SQL that empties the database of everything a restore brings back, except ``keep_schemas``.
 
     Objects outside any schema (event triggers, publications, subscriptions, large objects,
     foreign servers, casts) would otherwise make the archive's ``CREATE`` fail or survive the
@@ -369,20 +375,20 @@ def restore_prelude(conn: psycopg.Connection, keep_schema: str) -> str:
     schemas = names(
         """
         SELECT n.nspname FROM pg_namespace n
-        WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname <> %s
+        WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname <> ALL(%s)
           AND n.nspname NOT LIKE 'pg\\_toast%%' AND n.nspname NOT LIKE 'pg\\_temp\\_%%'
           AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_namespace'::regclass
                           AND d.objid = n.oid AND d.deptype = 'e')
         ORDER BY 1
         """,
-        [keep_schema],
+        [list(keep_schemas)],
     )
     statements += [sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE;").format(sql.Identifier(s)) for s in schemas]
     # Extensions living elsewhere (pg_catalog, a schema of their own) survive the schema drops.
     extensions = names(
         "SELECT e.extname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace"
-        " WHERE e.extname <> 'plpgsql' AND n.nspname <> %s ORDER BY 1",
-        [keep_schema],
+        " WHERE e.extname <> 'plpgsql' AND n.nspname <> ALL(%s) ORDER BY 1",
+        [list(keep_schemas)],
     )
     if extensions:
         statements.append(

@@ -63,7 +63,7 @@ FILE_MODE = 0o600
 DEFAULT_KEEP_LAST = 10
 EXCLUDED_SCHEMA = "excluded_schema"
 """The key of a manifest's ``provider_data`` naming the schema the archive leaves out (faber's own):
-a restore keeps that schema."""
+a restore keeps that schema (see :func:`faber_schemas`)."""
 FILES = "files"
 """The key of a directory archive's ``provider_data`` listing its files: ``{name: {"size": bytes,
 "sha256": hex}}``. The manifest's ``sha256`` is that of the listing (:func:`_listing_digest`)."""
@@ -71,6 +71,14 @@ _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _NO_SPACE_TEXT = tuple(os.strerror(number) for number in _NO_SPACE)
 _ERRNO_TEXT = re.compile(r"\berrno:? (\d+)", re.IGNORECASE)
 """How a dump program names an errno without its text: mariadb-dump says ``Got errno 28 on write``."""
+
+
+def faber_schemas(context: RunContext, backup: BackupRecord) -> list[str]:
+    """The schemas a restore of ``backup`` keeps as they are and never takes from the archive:
+    faber's schema as configured and, when ``faber_schema`` was renamed since the backup, the one
+    the backup left out, which holds faber's records from before the rename."""
+    excluded = str(backup.provider_data.get(EXCLUDED_SCHEMA) or context.config.database.faber_schema)
+    return list(dict.fromkeys([context.config.database.faber_schema, excluded]))
 
 
 def backup_dir(context: RunContext) -> Path:

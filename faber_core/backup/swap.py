@@ -9,7 +9,8 @@ switch the atomic step instead::
     leftovers           drop what a swap killed earlier left: databases named as below whose
                         comment says they are faber's
     create <restoring>  CREATE DATABASE like the target (owner, encoding, locale, tablespace)
-    faber's schema      copied from the target (pg_dump --schema, pg_restore --single-transaction),
+    faber's schemas     copied from the target (pg_dump --schema, pg_restore --single-transaction),
+                        the configured one and the one the backup left out (store.faber_schemas),
                         before the archive brings back event triggers that would fire on it;
                         faber's lock, held by the run, keeps deploys from writing it meanwhile
     pg_restore -j N     the archive into it; nothing else connects to it
@@ -55,7 +56,7 @@ from psycopg import sql
 
 from faber_core import events, interrupts
 from faber_core.backup import store, writes
-from faber_core.backup.restore import ANALYZE_RESTORED, first_error
+from faber_core.backup.restore import analyze_restored, first_error
 from faber_core.context import RunContext
 from faber_core.errors import FaberError, RestoreFailed
 from faber_core.models import BackupRecord, RestoreOutcome
@@ -149,7 +150,7 @@ def restore_by_swap(context: RunContext, backup: BackupRecord, tools: Path, majo
         maintenance=_maintenance_database(target),
         jobs=jobs,
     )
-    keep = str(backup.provider_data.get(store.EXCLUDED_SCHEMA) or context.config.database.faber_schema)
+    keep = store.faber_schemas(context, backup)
     with interrupts.raised_once(), store.reading(archive) as fd:
         store.verify_archive(context, backup, fd)
         try:
@@ -191,7 +192,7 @@ def _maintenance_database(target: str) -> str:
     return "postgres" if target != "postgres" else "template1"
 
 
-def _run(swap: _Swap, tools: Path, major: int, archive: Path, keep: str) -> None:
+def _run(swap: _Swap, tools: Path, major: int, archive: Path, keep: list[str]) -> None:
     from faber_core.backup.pg_dump import client_env
 
     context = swap.context
@@ -212,7 +213,7 @@ def _run(swap: _Swap, tools: Path, major: int, archive: Path, keep: str) -> None
     swap.done(f"created {swap.restoring}")
     # faber's schema first: event triggers the archive brings back would fire on its DDL.
     _copy_faber_schema(swap, tools, major, keep)
-    swap.done(f"copied faber's schema {keep} into {swap.restoring}")
+    swap.done(f"copied faber's schema {', '.join(keep)} into {swap.restoring}")
     _pg_restore(swap, tools, client_env(context, major) | {"PGAPPNAME": swap.application})
     swap.done(f"restored {swap.backup.id} into {swap.restoring} with pg_restore -j {swap.jobs}")
     _check_faber_rows(swap, keep)
@@ -237,7 +238,7 @@ def _run(swap: _Swap, tools: Path, major: int, archive: Path, keep: str) -> None
     with context.database.connect(application_name=swap.application) as conn:
         conn.execute("SET statement_timeout = 0")
         try:
-            conn.execute(sql.SQL(ANALYZE_RESTORED).format(keep=sql.Literal(keep)))
+            conn.execute(analyze_restored(keep))
         except psycopg.Error as exc:
             swap.notes.append(f"statistics not refreshed: {context.redactor.redact(str(exc).strip())}")
     swap.done("analyzed the restored tables")
@@ -399,20 +400,26 @@ def _dbname(name: str) -> str:
     return f"--dbname={psycopg.conninfo.make_conninfo('', dbname=name)}"
 
 
-def _copy_faber_schema(swap: _Swap, tools: Path, major: int, keep: str) -> None:
-    """faber's schema (its history, its write baselines) from the target into the restored database."""
+def _copy_faber_schema(swap: _Swap, tools: Path, major: int, keep: list[str]) -> None:
+    """faber's schemas (its history, its write baselines) from the target into the restored database."""
     from faber_core.backup.pg_dump import client_env
 
     context = swap.context
     with context.database.connect(application_name=swap.application) as conn:
-        if conn.execute("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s", [keep]).fetchone() is None:
-            return  # nothing recorded yet
+        present = [
+            name
+            for (name,) in conn.execute(
+                "SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname = ANY(%s) ORDER BY 1", [keep]
+            ).fetchall()
+        ]
+    if not present:
+        return  # nothing recorded yet
     with tempfile.TemporaryDirectory(prefix="faber-swap-") as scratch:
         copy = Path(scratch) / "faber-schema.dump"
         source_env = client_env(context, major) | {"PGAPPNAME": swap.application}
         _run_tool(
             swap,
-            [tools / "pg_dump", "--format=custom", f'--schema="{keep}"', f"--file={copy}"],
+            [tools / "pg_dump", "--format=custom", *(f'--schema="{name}"' for name in present), f"--file={copy}"],
             source_env,
             "copying faber's schema failed",
         )
@@ -424,15 +431,15 @@ def _copy_faber_schema(swap: _Swap, tools: Path, major: int, keep: str) -> None:
         )
 
 
-def _check_faber_rows(swap: _Swap, keep: str) -> None:
-    """Every table of faber's schema holds as many rows in the restored database as in the target."""
+def _check_faber_rows(swap: _Swap, keep: list[str]) -> None:
+    """Every table of faber's schemas holds as many rows in the restored database as in the target."""
     context = swap.context
     counts: list[dict[str, int]] = []
     for database in (context.database, context.database.sibling(swap.restoring, source=context.database.source)):
         with database.connect(application_name=swap.application) as conn:
             tables = conn.execute(
                 "SELECT c.oid::regclass::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n"
-                " ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind IN ('r', 'p') ORDER BY 1",
+                " ON n.oid = c.relnamespace WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'p') ORDER BY 1",
                 [keep],
             ).fetchall()
             counts.append(
