@@ -33,7 +33,7 @@ with one JSON object per line on the protocol pipe (the descriptor named by
      "records": [{"name": ...}], "bookkeeping_table": "\\"public\\".\\"migrations\\""}
     {"event": "migration_session", "pid": 4242, "started": "<backend_start, microseconds since the epoch>",
      "bookkeeping_table": ...}
-    {"event": "migration_started", "name": ..., "transactional": true}
+    {"event": "migration_started", "name": ..., "transactional": true, "transaction": "<txid_current()>"}
     {"event": "query", "name": ..., "phase": "migration" | "bookkeeping", "sql": ..., "parameters": [...]}
     {"event": "migration_finished", "name": ..., "duration_seconds": ...}
     {"event": "migration_failed", "name": ..., "code": "42P07", "message": ..., "query": ...,
@@ -59,9 +59,11 @@ names those statements); a rehearsal gets every query, as the preview shows them
 PostgreSQL an apply first names the session its migrations run in (``migration_session``), so
 that faber, stopped by a signal, can end that session and read whether the migration it stopped
 in committed (a migration whose ``transactional`` is true runs in one transaction with its row in
-``bookkeeping_table``). Each request connects on its own and disconnects before ``done``. Every
-string the runner prints is redacted before faber looks at it. Exit code 0: done; 1: a migration failed; 2: the setup
-is broken (a ``setup_error`` says how). The runner exits when faber closes its stdin, at the end of
+``bookkeeping_table``, unless it commits it itself; ``transaction`` is its id, which says whether it
+did). A ``migration_failed`` says ``transaction_rolled_back`` only if that transaction did. Each
+request connects on its own and disconnects before ``done``. Every string the runner prints is
+redacted before faber looks at it. Exit code 0: done; 1: a migration failed; 2: the setup is
+broken (a ``setup_error`` says how). The runner exits when faber closes its stdin, at the end of
 the run (:meth:`~faber_core.context.RunContext.close`).
 """
 
@@ -516,13 +518,17 @@ def _settle_interrupted_migration(
     PostgreSQL): the runner is stopped, so faber ends that session and waits until the server has
     (its transaction rolls back unless its COMMIT had run), then looks for the migration's row in
     the tool's table. A row: it committed whole (the signal came during its COMMIT or in the
-    moment after). No row, and it ran in a transaction: none of it remains. Without this, faber
-    would report a migration that may have committed in part, and restore the backup for it.
-    Anything that prevents the answer (a database error, a session that does not end) leaves it so.
+    moment after). No row, and it ran in a transaction (``transaction``, its id) that the server
+    says rolled back: none of it remains. A migration can commit that transaction itself and go on
+    in another (TypeORM's way to run CREATE INDEX CONCURRENTLY): what ran before stays, so faber
+    says nothing of it. Without an
+    answer, faber reports a migration that may have committed in part, and restores the backup for
+    it. Anything that prevents the answer (a database error, a session that does not end) leaves it so.
     """
     from psycopg import sql  # only a PostgreSQL runner names its session
 
     name = started["name"]
+    transaction = str(started.get("transaction") or "")
     try:
         with context.database.connect() as conn:
             if not _session_ended(conn, int(session["pid"]), str(session["started"])):
@@ -540,11 +546,15 @@ def _settle_interrupted_migration(
                     [name],
                 ).fetchone()
             )
+            rolled_back = (
+                transaction.isdigit()
+                and conn.execute("SELECT pg_catalog.txid_status(%s)", [int(transaction)]).fetchone()[0] == "aborted"
+            )
     except context.database.engine.driver_error:
         return
     if recorded:
         context.migration_applied(AppliedMigration(name=name, duration_seconds=round(time.monotonic() - started_at, 3)))
-    elif started.get("transactional"):
+    elif rolled_back:
         context.migration_failed(
             MigrationFailure(
                 name=name,

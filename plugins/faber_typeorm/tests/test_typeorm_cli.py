@@ -287,7 +287,60 @@ def test_a_migration_that_committed_while_faber_was_not_reading_is_reported_appl
 
     assert code == 130, stdout
     result = json.loads(stdout)["result"]
+
     assert result["applied_migrations"] == ["First1700000200000"]
     assert result["failed_migration"] == "Second1700000300000" and result["transaction_rolled_back"] is True
     assert [name for (name,) in query("SELECT name FROM migrations ORDER BY id")] == ["First1700000200000"]
     assert query("SELECT to_regclass('second') IS NULL") == [(True,)]
+
+
+def self_committing_migration(then: str) -> str:
+    """TypeORM's way to run CREATE INDEX CONCURRENTLY in a transactional run: a migration that
+    commits the transaction it was given, runs ``then``, and starts another."""
+    return (
+        "module.exports = class Split1700000200000 {\n"
+        "  async up(queryRunner) {\n"
+        '    await queryRunner.query("CREATE TABLE split_first (id int)");\n'
+        "    await queryRunner.commitTransaction();\n"
+        f"    await queryRunner.query({json.dumps(then)});\n"
+        "    await queryRunner.startTransaction();\n"
+        "  }\n\n  async down() {}\n};\n"
+    )
+
+
+def test_a_signal_after_a_migration_committed_part_of_itself_restores_the_backup(typeorm_project, run_faber, query):
+    # What ran before the migration's own COMMIT stays: faber reported its transaction rolled back
+    # and the database as before the run, and restored nothing.
+    project = typeorm_project(backup_before_migrate=True, auto_rollback=True, protected=True, lint="off")
+    assert run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project)).returncode == 0
+    (project / "migrations" / "1700000200000-Split.js").write_text(self_committing_migration("SELECT pg_sleep(60)"))
+    faber = start_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project), cwd=project)
+    try:
+        wait_for(lambda: query(SLEEPING.format(60)), "the migration's second part to run")
+        faber.send_signal(signal.SIGTERM)
+        stdout, _ = faber.communicate(timeout=60)
+    finally:
+        if faber.poll() is None:
+            faber.kill()
+
+    assert faber.returncode == 130, stdout
+    result = json.loads(stdout)["result"]
+    assert result["failed_migration"] == "Split1700000200000" and not result.get("transaction_rolled_back")
+    assert result["rollback_status"] == "success"
+    assert query("SELECT to_regclass('split_first') IS NULL") == [(True,)]
+
+
+def test_a_migration_that_fails_after_committing_part_of_itself_is_not_reported_rolled_back(
+    typeorm_project, run_faber, query
+):
+    project = typeorm_project(backup_before_migrate=True, auto_rollback=True, protected=True, lint="off")
+    assert run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project)).returncode == 0
+    (project / "migrations" / "1700000200000-Split.js").write_text(self_committing_migration("SELECT 1/0"))
+
+    run = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+
+    assert run.returncode == 6, run.output
+    result = run.json["result"]
+    assert result["failed_migration"] == "Split1700000200000" and not result.get("transaction_rolled_back")
+    assert result["rollback_status"] == "success"
+    assert query("SELECT to_regclass('split_first') IS NULL") == [(True,)]

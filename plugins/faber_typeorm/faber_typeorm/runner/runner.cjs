@@ -165,7 +165,7 @@ async function bookkeepingTable(executor, queryRunner) {
 // Follows TypeORM's executor through its hooks: a migration starts when TypeORM calls its up(),
 // its queries run until TypeORM logs it as executed (after the bookkeeping row and the commit).
 function tracker() {
-  const state = { current: null, phase: null, started: 0, lastQuery: null, finished: new Set() };
+  const state = { current: null, phase: null, started: 0, transaction: null, lastQuery: null, finished: new Set() };
   const finish = () => {
     if (!state.current) return;
     faber.emit("migration_finished", {
@@ -208,7 +208,12 @@ function tracker() {
       state.current = migration;
       state.phase = "migration";
       state.started = performance.now();
-      faber.emit("migration_started", { name: migration.name, transactional: isTransactional(instance) });
+      state.transaction = isTransactional(instance) ? await transactionId(queryRunner) : null;
+      faber.emit("migration_started", {
+        name: migration.name,
+        transactional: isTransactional(instance),
+        ...(state.transaction ? { transaction: state.transaction } : {}),
+      });
       // Schema builder calls and queryRunner.manager end in queryRunner.query as well.
       const ownQuery = Object.prototype.hasOwnProperty.call(queryRunner, "query") ? queryRunner.query : null;
       queryRunner.query = faber.trackQueries(queryRunner.query);
@@ -225,7 +230,28 @@ function tracker() {
   return { state, logger, wrap, finish };
 }
 
-function failureFields(error, state, pendingNames) {
+// The id of the transaction TypeORM opened for a migration, read on the driver's own client so that
+// no query event shows it: whether that transaction committed says whether the migration did,
+// also if the migration committed it itself (TypeORM's way to run CREATE INDEX CONCURRENTLY).
+async function transactionId(queryRunner) {
+  const client = await queryRunner.connect();
+  const result = await client.query("SELECT pg_catalog.txid_current()::text AS id");
+  return result.rows[0].id;
+}
+
+// Whether the failed migration's transaction rolled back: not if the migration committed it itself.
+async function rolledBack(state, queryRunner) {
+  if (!state.current || !isTransactional(state.current.instance)) return !state.current;
+  try {
+    const client = await queryRunner.connect();
+    const result = await client.query("SELECT pg_catalog.txid_status($1) AS status", [state.transaction]);
+    return result.rows[0].status === "aborted";
+  } catch {
+    return false; // the server cannot say (a lost connection): nothing is claimed
+  }
+}
+
+function failureFields(error, state, pendingNames, transactionRolledBack) {
   const driverError = (error && error.driverError) || error || {};
   const migration = state.current;
   return {
@@ -235,7 +261,7 @@ function failureFields(error, state, pendingNames) {
     code: faber.errorCode(driverError),
     message: String((error && error.message) || error),
     query: (error && error.query) || state.lastQuery,
-    transaction_rolled_back: migration ? isTransactional(migration.instance) : true,
+    transaction_rolled_back: transactionRolledBack,
     duration_seconds: migration ? (performance.now() - state.started) / 1000 : 0,
   };
 }
@@ -271,7 +297,8 @@ async function apply(dataSource, projectDir, track, request) {
       track.finish();
       return 0;
     } catch (error) {
-      faber.emit("migration_failed", failureFields(error, track.state, pendingNames));
+      const transactionRolledBack = await rolledBack(track.state, queryRunner);
+      faber.emit("migration_failed", failureFields(error, track.state, pendingNames, transactionRolledBack));
       return faber.MIGRATION_FAILED_EXIT;
     }
   } finally {
