@@ -23,9 +23,9 @@ class Terminated(KeyboardInterrupt):
 
 
 class _Holding:
-    """Signals held rather than raised: while the main thread was forking (raised once the child
-    exists), while the ``faber`` command was starting (raised as its run begins), and while a
-    deploy's failure path built its report (raised as a step it may stop starts)."""
+    """Signals held rather than raised: while the main thread was forking or handling a line from a
+    child (raised once it is done), while the ``faber`` command was starting (raised as its run
+    begins), and while a deploy's failure path built its report (raised as a step it may stop starts)."""
 
     def __init__(self) -> None:
         self.active = False
@@ -121,7 +121,7 @@ def _raise(signum: int) -> None:
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM raises :class:`Terminated` and SIGINT ``KeyboardInterrupt``,
-    except inside :func:`held_while_forking`, which raises them when it ends.
+    except inside :func:`deferred`, which raises them when it ends.
 
     Only the main thread can install a signal handler; called from another thread (a library
     user's worker), the block runs with the handlers the process already has.
@@ -144,8 +144,10 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 
 @contextmanager
-def held_while_forking() -> Iterator[None]:
-    """An interrupt arriving within the block is raised when the block ends.
+def deferred() -> Iterator[None]:
+    """An interrupt arriving within the block is raised when the block ends: for a step that must
+    not be cut in two, such as a fork, or a line read from a child's pipe and not yet handled
+    (raised in between, the interrupt would lose the line).
 
     Delivered while Python forks, the handler would run in the fork's at-fork callbacks, where
     the exception that stops faber is ignored and the interrupt lost. Blocking the signals in

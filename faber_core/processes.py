@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from faber_core.interrupts import held_while_forking
+from faber_core.interrupts import deferred
 from faber_core.secrets import Redactor
 
 # Inherited variables that would point a child at some other database.
@@ -127,7 +127,7 @@ def spawn(
     held = signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS) if _CAN_HOLD_SIGNALS else None
     proc = None
     try:
-        with held_while_forking():  # an interrupt that came during the fork is raised as it ends
+        with deferred():  # an interrupt that came during the fork is raised as it ends
             try:
                 proc = subprocess.Popen(
                     [str(arg) for arg in argv],

@@ -84,7 +84,7 @@ from typing import Any, BinaryIO, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from faber_core import events, hookimpl
+from faber_core import events, hookimpl, interrupts
 from faber_core.context import Database, RunContext
 from faber_core.errors import ConfigError, FaberError, HealthCheckFailed
 from faber_core.models import (
@@ -223,7 +223,7 @@ class RunnerProcess:
         self.proc: subprocess.Popen | None = None
         self.protocol: BinaryIO | None = None
         """The protocol pipe, read as bytes: a text reader decodes in Python code, where a signal
-        can interrupt it after it took a chunk from the pipe and before it kept it, losing lines."""
+        could interrupt it after it took a chunk from the pipe and before it kept it."""
         self.nonce = ""
         self.stderr_file = tempfile.TemporaryFile()
         self.stderr_reported = 0
@@ -282,34 +282,36 @@ class RunnerProcess:
         returncode: int | None = None
         expired = threading.Event()
         timer = _deadline_timer(context.seconds_left(), proc, expired)
-        unheard: bytes | None = None
-        """The line read from the pipe and not yet handed to the listener: a signal may come between."""
         try:
             try:
                 proc.stdin.write(json.dumps(request) + "\n")
                 proc.stdin.flush()
             except BrokenPipeError:
                 pass  # the runner died: its exit code and stderr say why, below
-            for unheard in protocol:
-                event = _parse(unheard, self.nonce, context.redactor)
-                if event is not None and event["event"] == "done":
-                    returncode = event.get("exit_code")
-                    break
-                if event is not None:
+            done = False
+            # Waiting for the next line, an interrupt loses nothing (it stays in the pipe); once a line
+            # is read, it is handled before the interrupt is raised: otherwise faber would not know
+            # of a migration the runner reported finished (committed).
+            while not done and protocol.peek(1):
+                with interrupts.deferred():
+                    event = _parse(protocol.readline(), self.nonce, context.redactor)
+                    if event is None:
+                        continue
+                    if event["event"] == "done":
+                        returncode, done = event.get("exit_code"), True
+                        continue
                     events.append(event)
                     if on_event is not None:
                         on_event(event)
-                unheard = None
-            if returncode is None:
+            if not done:
                 returncode = proc.wait()
         except BaseException as stopped:
             # Ctrl-C or a failing listener: the child must not keep migrating on its own.
             stop(proc)
             if isinstance(stopped, KeyboardInterrupt) and on_event is not None:
                 # What it wrote before it stopped (a migration it finished, the next one started)
-                # is still in the pipe, or was read as the signal came: the listener hears it, so
-                # faber knows what committed. (It may hear again the event the signal stopped it in.)
-                for event in self._written_before_it_stopped([unheard] if unheard else [], protocol, context.redactor):
+                # is still in the pipe: the listener hears it, so faber knows what committed.
+                for event in self._written_before_it_stopped(protocol, context.redactor):
                     on_event(event)
             raise
         finally:
@@ -322,11 +324,10 @@ class RunnerProcess:
             raise FaberError(f"The {self.tool.name} runner did not finish in the time allowed and was stopped")
         return RunnerResult(events, returncode, stderr)
 
-    def _written_before_it_stopped(self, read: list[bytes], protocol: BinaryIO, redactor: Redactor) -> list[Event]:
-        """The events of a runner that was stopped: those of the lines ``read`` already, then those
-        left in the pipe, read without waiting for more (a process the runner started might still
-        hold the pipe open)."""
-        lines = list(read)
+    def _written_before_it_stopped(self, protocol: BinaryIO, redactor: Redactor) -> list[Event]:
+        """The events left in the pipe of a runner that was stopped, read without waiting for more
+        (a process the runner started might still hold the pipe open)."""
+        lines = []
         try:
             os.set_blocking(protocol.fileno(), False)
             while line := protocol.readline():
