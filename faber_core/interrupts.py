@@ -28,7 +28,8 @@ class _Holding:
     begins), and while a deploy's failure path built its report (raised as a step it may stop starts)."""
 
     def __init__(self) -> None:
-        self.active = False
+        self.active = 0
+        """Nested :func:`deferred` blocks the main thread is in."""
         self.arrived: list[int] = []
         self.outside_runs = False
         """Since :func:`hold_outside_runs`: an interrupt outside a command's run is held, not raised."""
@@ -158,11 +159,11 @@ def deferred() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    _holding.active = True
+    _holding.active += 1
     try:
         yield
     finally:
-        _holding.active = False
+        _holding.active -= 1
         raise_held()
 
 

@@ -87,6 +87,23 @@ def test_sigterm_arriving_while_a_child_is_forked_is_not_lost_and_stops_the_chil
     assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, set()), "SIGTERM stays blocked"
 
 
+def test_a_fork_while_a_protocol_line_is_handled_does_not_raise_the_interrupt_before_the_line_is_handled():
+    """Deferred blocks nest (a runner's event handled, and a child forked while handling it): the
+    interrupt is raised as the outermost ends, not in the middle of the line's handling."""
+    import os
+
+    from faber_core import processes
+    from faber_core.interrupts import Terminated, deferred, sigterm_as_interrupt
+
+    handled = []
+    with sigterm_as_interrupt(), pytest.raises(Terminated):
+        with deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            processes.run_captured(["true"], env=child_environment({}))
+            handled.append("the rest of the line")
+    assert handled == ["the rest of the line"]
+
+
 def test_a_child_does_not_inherit_the_signals_held_during_its_fork():
     proc = run_captured(["grep", "^SigBlk", "/proc/self/status"], env=child_environment({}))
     blocked = int(proc.stdout.split()[1], 16)
