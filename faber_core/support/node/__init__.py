@@ -107,6 +107,9 @@ RUNNER_COMMON = Path(__file__).parent / "runner-common.cjs"
 MIGRATION_FAILED_EXIT = 1
 SETUP_ERROR_EXIT = 2
 STDERR_TAIL_CHARS = 4000
+STDERR_READ_BYTES = 1 << 16
+"""How much of a request's output faber reads, from its end: a migration may print gigabytes. It is
+redacted whole and shown cut to STDERR_TAIL_CHARS, so a secret cut at its start is never shown."""
 
 Event = dict[str, Any]
 
@@ -132,6 +135,7 @@ class RunnerResult:
     events: list[Event]
     returncode: int
     stderr: str
+    """The end of what the runner printed during the request (STDERR_READ_BYTES at most), redacted."""
 
     def of(self, kind: str) -> list[Event]:
         return [event for event in self.events if event.get("event") == kind]
@@ -317,9 +321,11 @@ class RunnerProcess:
         finally:
             if timer is not None:
                 timer.cancel()
-        self.stderr_file.seek(self.stderr_reported)
-        stderr = context.redactor.redact(self.stderr_file.read().decode("utf-8", errors="replace"))
-        self.stderr_reported = self.stderr_file.tell()
+        written = self.stderr_file.seek(0, os.SEEK_END)
+        start = self.stderr_file.seek(max(self.stderr_reported, written - STDERR_READ_BYTES))
+        output = self.stderr_file.read(written - start)
+        stderr = context.redactor.redact(output.decode("utf-8", errors="replace"))
+        self.stderr_reported = written
         if expired.is_set():
             raise FaberError(f"The {self.tool.name} runner did not finish in the time allowed and was stopped")
         return RunnerResult(events, returncode, stderr)

@@ -6,9 +6,10 @@ import functools
 import json
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from subprocess import Popen
 
 import pytest
 from faber_core import api
@@ -174,7 +175,10 @@ SLEEPING = "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AN
 
 
 def deploy_sent_sigterm(
-    project: Path, running: Callable[[], object], what: str, before_signal: Callable[[Popen], None] | None = None
+    project: Path,
+    running: Callable[[], object],
+    what: str,
+    before_signal: Callable[[subprocess.Popen], None] | None = None,
 ) -> tuple[int, str]:
     """``faber migrate staging`` of ``project``, sent SIGTERM once ``running()`` (``what``) is true,
     after ``before_signal(faber)`` if given (which may pause it: it is continued after the signal):
@@ -277,7 +281,7 @@ def test_a_migration_that_committed_while_faber_was_not_reading_is_reported_appl
         lint="off",
     )
 
-    def paused_until_the_second_runs(faber: Popen) -> None:
+    def paused_until_the_second_runs(faber: subprocess.Popen) -> None:
         faber.send_signal(signal.SIGSTOP)
         wait_for(lambda: query(SLEEPING.format(60)), "the second migration to run")
 
@@ -344,3 +348,45 @@ def test_a_migration_that_fails_after_committing_part_of_itself_is_not_reported_
     assert result["failed_migration"] == "Split1700000200000" and not result.get("transaction_rolled_back")
     assert result["rollback_status"] == "success"
     assert query("SELECT to_regclass('split_first') IS NULL") == [(True,)]
+
+
+# Runs faber and prints the peak resident memory of what it ran (faber, its runner), in KiB.
+PEAK_MEMORY = (
+    "import resource, subprocess, sys\n"
+    "done = subprocess.run([sys.executable, '-m', 'faber_core', *sys.argv[1:]], stdout=subprocess.PIPE)\n"
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    "sys.stdout.flush()\n"
+    "sys.stdout.buffer.write(done.stdout)\n"
+    "sys.exit(done.returncode)\n"
+)
+
+
+def test_a_migration_printing_hundreds_of_megabytes_fails_with_the_end_of_its_output_in_bounded_memory(
+    typeorm_project, query
+):
+    # faber read everything the runner printed during a request into memory, several times over
+    # (bytes, text, redacted text): enough output ended it out of memory, mid-deploy, unreported.
+    noisy = (
+        "module.exports = class Noisy1700000200000 {\n"
+        "  async up(queryRunner) {\n"
+        '    const chunk = ("progress " + "x".repeat(1014) + "\\n").repeat(1024);\n'
+        "    for (let i = 0; i < 300; i++) require('fs').writeSync(1, chunk);\n"
+        "    console.log('last words');\n"
+        '    await queryRunner.query("SELECT 1/0");\n'
+        "  }\n\n  async down() {}\n};\n"
+    )
+    project = typeorm_project({"1700000200000-Noisy.js": noisy}, lint="off")
+
+    run = subprocess.run(
+        [sys.executable, "-c", PEAK_MEMORY, "migrate", "staging", "--yes", "--json", "--cwd", str(project)],
+        capture_output=True,
+        timeout=300,
+    )
+
+    peak_kib, document = run.stdout.split(b"\n", 1)
+    assert run.returncode == 6, document
+    failed = json.loads(document)
+    assert failed["result"]["failed_migration"] == "Noisy1700000200000"
+    assert "last words" in failed["typeorm_output"] and len(failed["typeorm_output"]) < 5000
+    assert int(peak_kib) < 200 * 1024  # 300 MiB of output
+    assert [name for (name,) in query("SELECT name FROM migrations ORDER BY id")] == FIXTURE_MIGRATIONS
