@@ -123,11 +123,26 @@ function registerTypeScript(projectDir, relative) {
   tsNode.register({ transpileOnly: true });
 }
 
+// What a thrown value says, whatever was thrown: one that cannot be made a string (an object without
+// a prototype, a message getter or toString that throws) must not turn a failed migration into a
+// broken setup.
+function describe(thrown) {
+  try {
+    return String((thrown && thrown.message) || thrown);
+  } catch {
+    try {
+      return require("util").inspect(thrown);
+    } catch {
+      return "a thrown value that cannot be shown";
+    }
+  }
+}
+
 function emitSetupError(error) {
   if (error instanceof SetupError) {
     emit("setup_error", { kind: error.kind, message: error.message, ...error.fields });
   } else {
-    emit("setup_error", { kind: "invalid", message: String((error && error.message) || error) });
+    emit("setup_error", { kind: "invalid", message: describe(error) });
     console.error(error && error.stack);
   }
 }
@@ -213,6 +228,7 @@ module.exports = {
   withScheme,
   errorCode,
   qualifiedName,
+  describe,
   MIGRATION_FAILED_EXIT,
   emit,
   SetupError,

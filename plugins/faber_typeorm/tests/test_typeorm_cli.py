@@ -390,3 +390,29 @@ def test_a_migration_printing_hundreds_of_megabytes_fails_with_the_end_of_its_ou
     assert "last words" in failed["typeorm_output"] and len(failed["typeorm_output"]) < 5000
     assert int(peak_kib) < 200 * 1024  # 300 MiB of output
     assert [name for (name,) in query("SELECT name FROM migrations ORDER BY id")] == FIXTURE_MIGRATIONS
+
+
+@pytest.mark.parametrize(
+    "thrown",
+    ["Object.create(null)", "{ toString() { throw new Error('no text'); } }"],
+    ids=["without-prototype", "throwing-toString"],
+)
+def test_a_migration_throwing_a_value_that_cannot_be_a_string_fails_as_a_migration(
+    typeorm_project, run_faber, query, thrown
+):
+    # The runner made the message with String(), which threw: the request ended as a broken setup
+    # (CONFIG_INVALID, exit 2, "check the data source") instead of the migration's failure.
+    migration = (
+        "module.exports = class Thrown1700000200000 {\n"
+        '  async up(queryRunner) { await queryRunner.query("CREATE TABLE thrown (id int)"); '
+        f"throw {thrown}; }}\n"
+        "  async down() {}\n};\n"
+    )
+    project = typeorm_project({"1700000200000-Thrown.js": migration}, lint="off")
+
+    run = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+
+    assert (run.returncode, run.json["code"]) == (6, "MIGRATION_FAILED"), run.output
+    result = run.json["result"]
+    assert result["failed_migration"] == "Thrown1700000200000" and result["transaction_rolled_back"] is True
+    assert query("SELECT to_regclass('thrown') IS NULL") == [(True,)]

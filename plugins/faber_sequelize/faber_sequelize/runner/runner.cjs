@@ -52,7 +52,7 @@ async function loadModule(projectDir, file) {
     }
   } catch (error) {
     if (error instanceof faber.SetupError) throw error;
-    throw new faber.SetupError("load_failed", String((error && error.message) || error), { file: relative });
+    throw new faber.SetupError("load_failed", faber.describe(error), { file: relative });
   }
 }
 
@@ -252,7 +252,7 @@ async function apply(context, track, expected) {
       faber.emit("migration_failed", {
         name: migration.name,
         code: faber.errorCode(original),
-        message: String((error && error.message) || error),
+        message: faber.describe(error),
         query: (error && error.sql) || track.lastQuery,
         // sequelize-cli runs a migration without a transaction: what ran before the failure stays.
         transaction_rolled_back: false,

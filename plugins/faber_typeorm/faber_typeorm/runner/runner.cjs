@@ -60,7 +60,7 @@ async function loadDataSource(projectDir, relative) {
   try {
     exported = await loadModule(file);
   } catch (error) {
-    throw new faber.SetupError("load_failed", String((error && error.message) || error), { file: relative });
+    throw new faber.SetupError("load_failed", faber.describe(error), { file: relative });
   }
   return findDataSource(exported, relative);
 }
@@ -259,7 +259,7 @@ function failureFields(error, state, pendingNames, transactionRolledBack) {
     // pending migration is the one that could not be applied, and nothing of it ran.
     name: migration ? migration.name : pendingNames.find((name) => !state.finished.has(name)),
     code: faber.errorCode(driverError),
-    message: String((error && error.message) || error),
+    message: faber.describe(error),
     query: (error && error.query) || state.lastQuery,
     transaction_rolled_back: transactionRolledBack,
     duration_seconds: migration ? (performance.now() - state.started) / 1000 : 0,
