@@ -30,7 +30,7 @@ import signal
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,10 +97,13 @@ def find_program(name: str) -> Path | None:
     return Path(found) if found else None
 
 
-def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
-    """The current environment without inherited connection settings, plus ``extra``."""
+def child_environment(extra: Mapping[str, str], *, withheld: Collection[str] = ()) -> dict[str, str]:
+    """The current environment without inherited connection settings and the ``withheld``
+    variables (those the config names as holding database URLs), plus ``extra``."""
     env = {
-        k: v for k, v in os.environ.items() if not k.startswith(_CONNECTION_PREFIXES) and k not in _CONNECTION_VARIABLES
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(_CONNECTION_PREFIXES) and k not in _CONNECTION_VARIABLES and k not in withheld
     }
     env.update(extra)
     return env

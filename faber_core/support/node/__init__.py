@@ -246,7 +246,8 @@ class RunnerProcess:
                     COMMON_VARIABLE: str(RUNNER_COMMON),
                     PROTOCOL_FD_VARIABLE: str(protocol_write),
                     **self.context.session_timeout_env(),
-                }
+                },
+                withheld=_url_variables(self.context),
             )
             try:
                 self.proc = spawn(
@@ -355,6 +356,16 @@ class RunnerProcess:
                 stop(self.proc)
         self._close_protocol()
         self.stderr_file.close()
+
+
+def _url_variables(context: RunContext) -> set[str]:
+    """The variables holding database URLs, this run's and every environment's: project code, and
+    what it starts, never sees them (the runner gets the URL in its requests)."""
+    named = [
+        context.settings.database_url_env,
+        *(s.database_url_env for s in context.config.database.environments.values()),
+    ]
+    return {name for name in named if name}
 
 
 def _deadline_timer(seconds: float | None, proc: subprocess.Popen, expired: threading.Event) -> threading.Timer | None:

@@ -196,6 +196,26 @@ def test_the_canary_password_never_appears_in_events_results_or_errors(
     assert CANARY_PASSWORD not in text
 
 
+def test_project_code_and_what_it_starts_never_see_the_database_url_in_their_environment(
+    typeorm_project, typeorm_context, typeorm_plugins, typeorm_migration
+):
+    # The variable database_url_env names was passed on to the runner: a migration's script that
+    # logs its environment to a file wrote the password there.
+    logging = (
+        "module.exports = class LogsEnv1700000200000 {\n"
+        "  async up() { require('child_process').execSync('env > environment.log'); }\n"
+        "  async down() {}\n};\n"
+    )
+    project = typeorm_project({"1700000200000-LogsEnv.js": logging})
+    context = typeorm_context(project)
+
+    outcome = typeorm_plugins.migration_apply(context, typeorm_plugins.migration_status(context).pending_migrations())
+
+    assert outcome.failure is None
+    logged = (project / "environment.log").read_text()
+    assert "TYPEORM_TEST_DATABASE_URL" not in logged and CANARY_PASSWORD not in logged
+
+
 def test_typeorm_sessions_run_with_fabers_lock_timeout(
     typeorm_project, typeorm_context, typeorm_plugins, typeorm_migration, query
 ):
