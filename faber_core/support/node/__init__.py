@@ -33,7 +33,8 @@ with one JSON object per line on the protocol pipe (the descriptor named by
      "records": [{"name": ...}], "bookkeeping_table": "\\"public\\".\\"migrations\\""}
     {"event": "migration_session", "pid": 4242, "started": "<backend_start, microseconds since the epoch>",
      "bookkeeping_table": ...}
-    {"event": "migration_started", "name": ..., "transactional": true, "transaction": "<txid_current()>"}
+    {"event": "migration_started", "name": ..., "transactional": true}
+    {"event": "migration_outside_transaction", "name": ...}
     {"event": "query", "name": ..., "phase": "migration" | "bookkeeping", "sql": ..., "parameters": [...]}
     {"event": "migration_finished", "name": ..., "duration_seconds": ...}
     {"event": "migration_failed", "name": ..., "code": "42P07", "message": ..., "query": ...,
@@ -59,8 +60,9 @@ names those statements); a rehearsal gets every query, as the preview shows them
 PostgreSQL an apply first names the session its migrations run in (``migration_session``), so
 that faber, stopped by a signal, can end that session and read whether the migration it stopped
 in committed (a migration whose ``transactional`` is true runs in one transaction with its row in
-``bookkeeping_table``, unless it commits it itself; ``transaction`` is its id, which says whether it
-did). A ``migration_failed`` says ``transaction_rolled_back`` only if that transaction did. Each
+``bookkeeping_table``, unless it commits work outside it: a COMMIT of its own, or a query on another
+connection, which ``migration_outside_transaction`` says as it is issued). A ``migration_failed``
+says ``transaction_rolled_back`` only of a migration that did neither. Each
 request connects on its own and disconnects before ``done``. Every string the runner prints is
 redacted before faber looks at it. Exit code 0: done; 1: a migration failed; 2: the setup is
 broken (a ``setup_error`` says how). The runner exits when faber closes its stdin, at the end of
@@ -498,11 +500,15 @@ def apply(tool: NodeTool, context: RunContext, pending: list[LocalMigration], ar
     session: Event | None = None
     running: tuple[Event, float] | None = None
     """The migration started and not yet reported finished, and when faber heard it start."""
+    outside_transaction: set[str] = set()
+    """The transactional migrations that committed work of their own outside their transaction."""
 
     def progress(event: Event) -> None:
         nonlocal session, running
         if event["event"] == "migration_session":
             session = event
+        elif event["event"] == "migration_outside_transaction":
+            outside_transaction.add(event["name"])
         elif event["event"] == "migration_started":
             running = (event, time.monotonic())
             context.emit(events.MIGRATION_STARTED, name=event["name"])
@@ -519,7 +525,9 @@ def apply(tool: NodeTool, context: RunContext, pending: list[LocalMigration], ar
         )
     except KeyboardInterrupt:
         if session is not None and running is not None:
-            _settle_interrupted_migration(context, session, *running, pending)
+            event, started_at = running
+            atomic = bool(event.get("transactional")) and event["name"] not in outside_transaction
+            _settle_interrupted_migration(context, session, event["name"], started_at, atomic, pending)
         raise
     return outcome_of(result, {m.name: m.path for m in pending}, context.database.engine.error_code_label)
 
@@ -529,24 +537,21 @@ _SESSION_END_SECONDS = 5.0
 
 
 def _settle_interrupted_migration(
-    context: RunContext, session: Event, started: Event, started_at: float, pending: list[LocalMigration]
+    context: RunContext, session: Event, name: str, started_at: float, atomic: bool, pending: list[LocalMigration]
 ) -> None:
     """Tell faber whether the migration an interrupt stopped committed, as handlers do (see
     ``faber_migration_apply``), when the runner named its session (``migration_session``, on
     PostgreSQL): the runner is stopped, so faber ends that session and waits until the server has
     (its transaction rolls back unless its COMMIT had run), then looks for the migration's row in
     the tool's table. A row: it committed whole (the signal came during its COMMIT or in the
-    moment after). No row, and it ran in a transaction (``transaction``, its id) that the server
-    says rolled back: none of it remains. A migration can commit that transaction itself and go on
-    in another (TypeORM's way to run CREATE INDEX CONCURRENTLY): what ran before stays, so faber
-    says nothing of it. Without an
-    answer, faber reports a migration that may have committed in part, and restores the backup for
-    it. Anything that prevents the answer (a database error, a session that does not end) leaves it so.
+    moment after). No row, and ``atomic`` (it ran in one transaction, and committed nothing outside
+    it: no COMMIT of its own, TypeORM's way to run CREATE INDEX CONCURRENTLY, and no query on
+    another connection): none of it remains. Without an answer, faber reports a migration that may
+    have committed in part, and restores the backup for it. Anything that prevents the answer (a
+    database error, a session that does not end) leaves it so.
     """
     from psycopg import sql  # only a PostgreSQL runner names its session
 
-    name = started["name"]
-    transaction = str(started.get("transaction") or "")
     try:
         with context.database.connect() as conn:
             if not _session_ended(conn, int(session["pid"]), str(session["started"])):
@@ -564,15 +569,11 @@ def _settle_interrupted_migration(
                     [name],
                 ).fetchone()
             )
-            rolled_back = (
-                transaction.isdigit()
-                and conn.execute("SELECT pg_catalog.txid_status(%s)", [int(transaction)]).fetchone()[0] == "aborted"
-            )
     except context.database.engine.driver_error:
         return
     if recorded:
         context.migration_applied(AppliedMigration(name=name, duration_seconds=round(time.monotonic() - started_at, 3)))
-    elif rolled_back:
+    elif atomic:
         context.migration_failed(
             MigrationFailure(
                 name=name,

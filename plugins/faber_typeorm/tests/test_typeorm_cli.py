@@ -334,12 +334,27 @@ def test_a_signal_after_a_migration_committed_part_of_itself_restores_the_backup
     assert query("SELECT to_regclass('split_first') IS NULL") == [(True,)]
 
 
+ON_ANOTHER_CONNECTION = (
+    "module.exports = class Split1700000200000 {\n"
+    "  async up(queryRunner) {\n"
+    '    await queryRunner.connection.query("CREATE TABLE split_first (id int)");\n'
+    '    await queryRunner.query("SELECT 1/0");\n'
+    "  }\n\n  async down() {}\n};\n"
+)
+
+
+@pytest.mark.parametrize(
+    "migration",
+    [self_committing_migration("SELECT 1/0"), ON_ANOTHER_CONNECTION],
+    ids=["commits-itself", "queries-another-connection"],
+)
 def test_a_migration_that_fails_after_committing_part_of_itself_is_not_reported_rolled_back(
-    typeorm_project, run_faber, query
+    typeorm_project, run_faber, query, migration
 ):
+    # Its first statement committed on its own: the second's failure rolls back only what followed.
     project = typeorm_project(backup_before_migrate=True, auto_rollback=True, protected=True, lint="off")
     assert run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project)).returncode == 0
-    (project / "migrations" / "1700000200000-Split.js").write_text(self_committing_migration("SELECT 1/0"))
+    (project / "migrations" / "1700000200000-Split.js").write_text(migration)
 
     run = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
 

@@ -18,6 +18,8 @@ const faber = require(process.env.FABER_RUNNER_COMMON); // faber_core/support/no
 const CONNECTION_KEYS = ["url", "host", "port", "username", "password", "database", "replication", "socketPath"];
 const EXTRA_CONNECTION_KEYS = ["connectionString", "host", "port", "user", "password", "database"];
 const SUCCESS_LOG = /^Migration (.+) has been (?:\(fake\) )?executed successfully\.$/;
+// Statements that end or start a transaction (not savepoints: ROLLBACK TO keeps it open).
+const TRANSACTION_CONTROL = /^\s*(COMMIT|END|ABORT|ROLLBACK(?!\s+TO\b)|BEGIN|START\s+TRANSACTION)\b/i;
 // The DataSource types faber deploys to each engine's servers; a MySQL or MariaDB project keeps its
 // own type (TypeORM's mysql driver serves both, through mysql2 when the project installed it).
 const TYPES = { postgres: ["postgres", "aurora-postgres"], mysql: ["mysql", "mariadb"] };
@@ -165,7 +167,15 @@ async function bookkeepingTable(executor, queryRunner) {
 // Follows TypeORM's executor through its hooks: a migration starts when TypeORM calls its up(),
 // its queries run until TypeORM logs it as executed (after the bookkeeping row and the commit).
 function tracker() {
-  const state = { current: null, phase: null, started: 0, transaction: null, lastQuery: null, finished: new Set() };
+  const state = {
+    current: null,
+    phase: null,
+    started: 0,
+    queryRunner: null,
+    leftTransaction: false,
+    lastQuery: null,
+    finished: new Set(),
+  };
   const finish = () => {
     if (!state.current) return;
     faber.emit("migration_finished", {
@@ -176,10 +186,11 @@ function tracker() {
     state.current = null;
   };
   const logger = {
-    logQuery(query, parameters) {
+    logQuery(query, parameters, queryRunner) {
       state.lastQuery = query;
       // The migration whose async context issued the query, awaited or not; else TypeORM's bookkeeping.
       const issuedBy = faber.currentMigration();
+      if (issuedBy && state.current && issuedBy.name === state.current.name) noteLeavingTransaction(query, queryRunner);
       const name = issuedBy ? issuedBy.name : state.current && state.current.name;
       if (!name) return;
       const phase = issuedBy ? "migration" : state.phase;
@@ -200,6 +211,15 @@ function tracker() {
       if (level !== "info" && level !== "log") console.error(message);
     },
   };
+  // A transactional migration that ends the transaction TypeORM gave it (a COMMIT of its own is
+  // TypeORM's way to run CREATE INDEX CONCURRENTLY) or runs a query on another connection commits
+  // work of its own: said as it is issued, so that faber never reports it rolled back.
+  const noteLeavingTransaction = (query, queryRunner) => {
+    if (state.leftTransaction || !isTransactional(state.current.instance)) return;
+    if (queryRunner === state.queryRunner && !TRANSACTION_CONTROL.test(query)) return;
+    state.leftTransaction = true;
+    faber.emit("migration_outside_transaction", { name: state.current.name });
+  };
   const wrap = (migration) => {
     const instance = migration.instance;
     const up = instance.up.bind(instance);
@@ -208,12 +228,9 @@ function tracker() {
       state.current = migration;
       state.phase = "migration";
       state.started = performance.now();
-      state.transaction = isTransactional(instance) ? await transactionId(queryRunner) : null;
-      faber.emit("migration_started", {
-        name: migration.name,
-        transactional: isTransactional(instance),
-        ...(state.transaction ? { transaction: state.transaction } : {}),
-      });
+      state.queryRunner = queryRunner;
+      state.leftTransaction = false;
+      faber.emit("migration_started", { name: migration.name, transactional: isTransactional(instance) });
       // Schema builder calls and queryRunner.manager end in queryRunner.query as well.
       const ownQuery = Object.prototype.hasOwnProperty.call(queryRunner, "query") ? queryRunner.query : null;
       queryRunner.query = faber.trackQueries(queryRunner.query);
@@ -230,28 +247,7 @@ function tracker() {
   return { state, logger, wrap, finish };
 }
 
-// The id of the transaction TypeORM opened for a migration, read on the driver's own client so that
-// no query event shows it: whether that transaction committed says whether the migration did,
-// also if the migration committed it itself (TypeORM's way to run CREATE INDEX CONCURRENTLY).
-async function transactionId(queryRunner) {
-  const client = await queryRunner.connect();
-  const result = await client.query("SELECT pg_catalog.txid_current()::text AS id");
-  return result.rows[0].id;
-}
-
-// Whether the failed migration's transaction rolled back: not if the migration committed it itself.
-async function rolledBack(state, queryRunner) {
-  if (!state.current || !isTransactional(state.current.instance)) return !state.current;
-  try {
-    const client = await queryRunner.connect();
-    const result = await client.query("SELECT pg_catalog.txid_status($1) AS status", [state.transaction]);
-    return result.rows[0].status === "aborted";
-  } catch {
-    return false; // the server cannot say (a lost connection): nothing is claimed
-  }
-}
-
-function failureFields(error, state, pendingNames, transactionRolledBack) {
+function failureFields(error, state, pendingNames) {
   const driverError = (error && error.driverError) || error || {};
   const migration = state.current;
   return {
@@ -261,7 +257,7 @@ function failureFields(error, state, pendingNames, transactionRolledBack) {
     code: faber.errorCode(driverError),
     message: faber.describe(error),
     query: (error && error.query) || state.lastQuery,
-    transaction_rolled_back: transactionRolledBack,
+    transaction_rolled_back: migration ? isTransactional(migration.instance) && !state.leftTransaction : true,
     duration_seconds: migration ? (performance.now() - state.started) / 1000 : 0,
   };
 }
@@ -297,8 +293,7 @@ async function apply(dataSource, projectDir, track, request) {
       track.finish();
       return 0;
     } catch (error) {
-      const transactionRolledBack = await rolledBack(track.state, queryRunner);
-      faber.emit("migration_failed", failureFields(error, track.state, pendingNames, transactionRolledBack));
+      faber.emit("migration_failed", failureFields(error, track.state, pendingNames));
       return faber.MIGRATION_FAILED_EXIT;
     }
   } finally {
