@@ -318,16 +318,11 @@ def test_a_signal_after_a_migration_committed_part_of_itself_restores_the_backup
     project = typeorm_project(backup_before_migrate=True, auto_rollback=True, protected=True, lint="off")
     assert run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project)).returncode == 0
     (project / "migrations" / "1700000200000-Split.js").write_text(self_committing_migration("SELECT pg_sleep(60)"))
-    faber = start_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project), cwd=project)
-    try:
-        wait_for(lambda: query(SLEEPING.format(60)), "the migration's second part to run")
-        faber.send_signal(signal.SIGTERM)
-        stdout, _ = faber.communicate(timeout=60)
-    finally:
-        if faber.poll() is None:
-            faber.kill()
+    code, stdout = deploy_sent_sigterm(
+        project, lambda: query(SLEEPING.format(60)), "the migration's second part to run"
+    )
 
-    assert faber.returncode == 130, stdout
+    assert code == 130, stdout
     result = json.loads(stdout)["result"]
     assert result["failed_migration"] == "Split1700000200000" and not result.get("transaction_rolled_back")
     assert result["rollback_status"] == "success"
