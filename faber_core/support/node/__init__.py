@@ -361,12 +361,15 @@ class RunnerProcess:
 
 
 def _url_variables(context: RunContext) -> set[str]:
-    """The variables holding database URLs, this run's and every environment's: project code, and
-    what it starts, never sees them (the runner gets the URL in its requests)."""
-    named = [
-        context.settings.database_url_env,
-        *(s.database_url_env for s in context.config.database.environments.values()),
-    ]
+    """The variables holding database URLs, this run's and every environment's (a fleet's list of
+    URLs and its catalog's too): project code, and what it starts, never sees them (the runner gets
+    the URL in its requests)."""
+    named = [context.settings.database_url_env]
+    for settings in context.config.database.environments.values():
+        named.append(settings.database_url_env)
+        if settings.targets is not None:
+            catalog = settings.targets.catalog
+            named += [settings.targets.urls_env, catalog.url_env if catalog else None]
     return {name for name in named if name}
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from faber_core.testing.fixtures import CANARY_PASSWORD
 
 CREATE_USERS = "CreateUsers1700000000000"
@@ -197,16 +199,26 @@ def test_the_canary_password_never_appears_in_events_results_or_errors(
 
 
 def test_project_code_and_what_it_starts_never_see_the_database_url_in_their_environment(
-    typeorm_project, typeorm_context, typeorm_plugins, typeorm_migration
+    typeorm_project, typeorm_context, typeorm_plugins, typeorm_migration, monkeypatch
 ):
     # The variable database_url_env names was passed on to the runner: a migration's script that
-    # logs its environment to a file wrote the password there.
+    # logs its environment to a file wrote the password there. So were a fleet's list of URLs and
+    # its catalog's, from another environment of the config.
     logging = (
         "module.exports = class LogsEnv1700000200000 {\n"
         "  async up() { require('child_process').execSync('env > environment.log'); }\n"
         "  async down() {}\n};\n"
     )
     project = typeorm_project({"1700000200000-LogsEnv.js": logging})
+    config_file = project / ".fractary/plugins/faber-db/config.json"
+    config = json.loads(config_file.read_text())
+    config["database"]["environments"] |= {
+        "tenants": {"targets": {"urls_env": "TENANT_URLS"}},
+        "catalogued": {"targets": {"catalog": {"url_env": "CATALOG_URL", "query": "SELECT 1"}}},
+    }
+    config_file.write_text(json.dumps(config))
+    monkeypatch.setenv("TENANT_URLS", f"postgresql://app:{CANARY_PASSWORD}@tenant.invalid/a")
+    monkeypatch.setenv("CATALOG_URL", f"postgresql://app:{CANARY_PASSWORD}@catalog.invalid/c")
     context = typeorm_context(project)
 
     outcome = typeorm_plugins.migration_apply(context, typeorm_plugins.migration_status(context).pending_migrations())
