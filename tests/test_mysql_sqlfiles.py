@@ -147,6 +147,33 @@ def test_an_application_table_named_like_fabers_own_is_backed_up_and_restored(
     assert mysql_history.TABLE in FABER_TABLES and JOURNAL in FABER_TABLES
 
 
+@pytest.mark.parametrize("manifest", ["this faber's", "an older faber's"])
+def test_a_restore_keeps_the_application_s_faber_tables_only_where_the_backup_left_them_out(
+    mysql_project, mysql_database_url, mysql_query, manifest
+):
+    # An older faber left every faber_* table out of its backups, without saying so in the manifest:
+    # the restore of such a backup keeps them as they are rather than drop what the archive lacks.
+    project = mysql_project(MIGRATIONS)
+    code, document, _ = faber(project, "backup", "production", url=mysql_database_url)
+    assert code == 0, document
+    [manifest_file] = project.rglob(f"{document['result']['id']}.json")
+    if manifest == "an older faber's":
+        written = json.loads(manifest_file.read_text())
+        written["provider_data"].pop("excluded_tables", None)
+        manifest_file.write_text(json.dumps(written))
+    mysql_query("CREATE TABLE faber_orders (id int PRIMARY KEY)")
+    mysql_query("INSERT INTO faber_orders VALUES (1)")
+
+    backup_id = document["result"]["id"]
+    code, document, _ = faber(
+        project, "rollback", "production", "--to", backup_id, "--yes", "--discard-app-writes", url=mysql_database_url
+    )
+
+    assert code == 0, document
+    tables = mysql_query("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()")
+    assert (("faber_orders",) in tables) is (manifest == "an older faber's")
+
+
 def test_a_data_migration_that_fails_rolls_back_with_nothing_to_restore(mysql_project, mysql_database_url, mysql_query):
     project = mysql_project(MIGRATIONS)
     assert faber(project, "migrate", "production", url=mysql_database_url)[0] == 0

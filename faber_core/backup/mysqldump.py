@@ -36,6 +36,7 @@ import re
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,10 @@ FABER_TABLES = ("faber_deployments", JOURNAL)
 """faber's own tables in the target database (its history, :mod:`faber_core.engines.mysql_history`,
 and the journal): a backup leaves them out and a restore keeps them. Only these: an application's
 table whose name starts with ``faber_`` too is the application's, backed up and restored."""
+EXCLUDED_TABLES = "excluded_tables"
+"""The key of a manifest's ``provider_data`` listing the tables its archive leaves out. A manifest
+without it is of a faber that left out every table named ``faber_*``, the application's too: a
+restore of it keeps them all as they are, as the archive holds none of them."""
 SCRATCH_PREFIX = "faber_restore_"
 
 
@@ -129,6 +134,7 @@ def faber_backup_create(context: RunContext, reason: str, migrations: list[tuple
             suggestions=["Verify the database is reachable", f"Retry: faber backup {context.environment}"],
         )
     program = client_program("mariadb-dump", "mysqldump")
+    excluded = _faber_tables(context)
 
     def dump(reservation: store.Reservation) -> None:
         name = database.name or ""
@@ -144,7 +150,7 @@ def faber_backup_create(context: RunContext, reason: str, migrations: list[tuple
                 "--events",
                 "--hex-blob",
                 "--skip-lock-tables",
-                *(f"--ignore-table={name}.{table}" for table in _faber_tables(context)),
+                *(f"--ignore-table={name}.{table}" for table in excluded),
                 f"--result-file={reservation.partial}",
                 name,
             ],
@@ -153,7 +159,13 @@ def faber_backup_create(context: RunContext, reason: str, migrations: list[tuple
         )
 
     return store.create_backup(
-        context, provider=PROVIDER, reason=reason, migrations=migrations, server_version=version, dump=dump
+        context,
+        provider=PROVIDER,
+        reason=reason,
+        migrations=migrations,
+        server_version=version,
+        dump=dump,
+        provider_data={EXCLUDED_TABLES: excluded},
     )
 
 
@@ -244,7 +256,8 @@ def _restore(
             context.emit(events.BACKUP_PROGRESS, target=backup.id, status="loading the dump beside the database")
             _load(context, client, fd, scratch, manual)
             objects = _take_objects(conn, scratch, target)
-            _swap(conn, Swap(backup.id, target, scratch, displaced, triggers_of(conn, target), objects), manual)
+            swap = Swap(backup.id, target, scratch, displaced, triggers_of(conn, target), objects)
+            _swap(conn, swap, _kept_by_restore(backup), manual)
             progress.swapped = True
         finally:
             _drop_quietly(conn, scratch)
@@ -415,7 +428,16 @@ def _base_tables(conn: Any, schema: str, among: list[str]) -> list[str]:
     return [name for (name,) in rows if name in among]
 
 
-def _swap(conn: Any, swap: Swap, manual: list[str]) -> None:
+def _kept_by_restore(backup: BackupRecord) -> Callable[[str], bool]:
+    """Whether a restore of ``backup`` leaves a table of the target as it is: faber's own, and
+    after a backup whose manifest does not say what it left out (:data:`EXCLUDED_TABLES`), every
+    table named ``faber_*``, which that archive does not hold."""
+    if EXCLUDED_TABLES in backup.provider_data:
+        return FABER_TABLES.__contains__
+    return lambda table: table.startswith("faber_")
+
+
+def _swap(conn: Any, swap: Swap, kept: Callable[[str], bool], manual: list[str]) -> None:
     """One RENAME TABLE: the target's tables into ``displaced``, the restored ones into the target.
 
     Across databases, because constraint names are the database's (Prisma, TypeORM and Sequelize
@@ -428,10 +450,10 @@ def _swap(conn: Any, swap: Swap, manual: list[str]) -> None:
     swap.replaced = [
         name
         for (name,) in conn.execute(
-            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_TYPE = 'BASE TABLE'"
-            " AND TABLE_NAME NOT IN %s",
-            [swap.target, FABER_TABLES],
+            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_TYPE = 'BASE TABLE'",
+            [swap.target],
         ).fetchall()
+        if not kept(name)
     ]
     swap.restored = [
         name
