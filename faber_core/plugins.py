@@ -242,7 +242,8 @@ class Plugins:
         """Refuse, before anything runs, a config naming what no installed plugin provides (the
         migration tool, a tool section, the environment's backup provider, a health check) and
         plugin options their plugin's options model does not accept: every tool section, and the
-        backup keys of every environment whose provider is installed."""
+        backup keys of every environment whose provider is installed; and the command's fleet
+        backed up by a provider no fleet can use (:meth:`require_fleet_backup`)."""
         self.require_tool(context.tool)
         tools = self.tools()
         for section, raw in context.config.database.tool_sections().items():
@@ -261,7 +262,10 @@ class Plugins:
             if declared is not None:
                 where = f"database.environments.{environment}.backup"
                 plugin_options(declared.info.options or NoOptions, settings.backup.provider_options(), where)
-                self.require_fleet_backup(environment, settings)
+        # The command's own fleet only (a target runs as FLEET/TARGET): another environment's
+        # provider is no reason to stop this one.
+        fleet = context.environment.partition("/")[0]
+        self.require_fleet_backup(fleet, context.config.environment(fleet))
         checks = self.health_check_names()
         for name in context.settings.health_checks:
             if name not in checks:

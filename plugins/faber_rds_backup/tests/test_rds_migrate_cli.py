@@ -219,3 +219,26 @@ def test_a_fleet_backed_up_by_snapshots_is_refused_before_any_target_is_touched(
     assert rds.describe_db_snapshots(SnapshotType="manual")["DBSnapshots"] == []
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT to_regclass('public.\"User\"')").fetchone() == (None,)
+
+
+def test_a_fleet_backed_up_by_snapshots_leaves_the_other_environments_commands_running(
+    rds, rds_instance, faber_project, backup_settings, run_faber, database_url, monkeypatch
+):
+    # The refusal is the fleet's: production, one database backed up by snapshots, still deploys.
+    monkeypatch.setenv(URL_ENV, database_url)
+    monkeypatch.setenv("TENANT_DATABASE_URLS", f"acme {database_url.rsplit('/', 1)[0]}/faber_other_tenant")
+    production = {"database_url_env": URL_ENV, "lock_wait_seconds": 5, "backup": backup_settings()}
+    tenants = {"targets": {"urls_env": "TENANT_DATABASE_URLS"}, "backup": backup_settings()}
+    config = {"database": {"migration_tool": "prisma", "environments": {"production": production, "tenants": tenants}}}
+    project = faber_project(config, {"prisma/migrations/0001_init/migration.sql": INIT})
+
+    run = deploy(run_faber, project)
+
+    assert run.returncode == 0, run.output
+    snapshots = rds.describe_db_snapshots(DBInstanceIdentifier="prod-db", SnapshotType="manual")["DBSnapshots"]
+    assert [s["DBSnapshotIdentifier"] for s in snapshots] == [run.json["result"]["backup_id"]]
+    status = run_faber("status", "production", "--json", "--cwd", str(project))
+    assert status.returncode == 0, status.output
+    refused = run_faber("backup", "tenants/acme", "--json", "--cwd", str(project))
+    assert refused.returncode == 2, refused.output
+    assert "backs up and restores a whole instance" in refused.json["error"], refused.json["error"]
