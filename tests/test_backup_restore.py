@@ -341,6 +341,52 @@ def test_a_restore_keeps_faber_s_schema_under_its_new_name_and_its_old_one(
         drop_swap_databases(postgres_admin_url, database_url)
 
 
+@pytest.mark.parametrize("archive_format", ["custom", "directory"])
+@pytest.mark.parametrize("restore_mode", ["in-place", "swap"])
+def test_a_backup_holding_the_faber_schema_in_use_again_restores_and_keeps_it(
+    faber_project, run_faber, database_url, postgres_admin_url, restore_mode, archive_format
+):
+    """faber_schema renamed from faber to ops and back: the backup taken meanwhile left ops out and
+    holds faber, the schema in use again. The archive's copy of it is older than the one in the
+    database; the restore leaves it out, as it leaves out the schema the backup excluded, instead
+    of failing on CREATE SCHEMA faber (exit 8, database unchanged)."""
+    backup = {"provider": "pg_dump", "restore_mode": restore_mode, "format": archive_format, "jobs": 2}
+    environment = {"database_url_env": "APP_URL", "backup": backup}
+    database = {"migration_tool": "sqlfiles", "environments": {"production": environment}}
+    env = {**SQLFILES, "APP_URL": database_url}
+    project_dir = faber_project({"database": database}, {"migrations/001_users.sql": "CREATE TABLE users (id int);"})
+
+    def deploy(faber_schema: str, migration: str, sql_text: str) -> str:
+        """The deploy's backup id."""
+        faber_project(
+            {"database": {**database, "faber_schema": faber_schema}},
+            {f"migrations/{migration}.sql": sql_text},
+            root=project_dir,
+        )
+        run = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project_dir), env=env)
+        assert run.returncode == 0, run.output
+        return run.json["result"]["backup_id"]
+
+    deploy("faber", "001_users", "CREATE TABLE users (id int);")
+    # The backup of this deploy leaves ops out and holds faber, with the first deploy's row.
+    backup_id = deploy("ops", "002_orders", "CREATE TABLE orders (id int);")
+    deploy("faber", "003_invoices", "CREATE TABLE invoices (id int);")
+    faber_rows, ops_rows = faber_schema_rows(database_url, "faber"), faber_schema_rows(database_url, "ops")
+    assert faber_rows["faber_deployments"] == 2
+
+    try:
+        rollback_args = ("rollback", "production", "--to", backup_id, "--yes", "--discard-app-writes", "--json")
+        run = run_faber(*rollback_args, "--cwd", str(project_dir), env=env)
+
+        assert run.returncode == 0, run.output
+        assert application_tables(database_url) == ["sqlfiles_migrations", "users"]
+        # Both of faber's schemas as they were before the restore, plus the rollback's own row.
+        assert faber_schema_rows(database_url, "faber") == {**faber_rows, "faber_deployments": 3}
+        assert faber_schema_rows(database_url, "ops") == ops_rows
+    finally:
+        drop_swap_databases(postgres_admin_url, database_url)
+
+
 def drop_swap_databases(admin_url: str, url: str) -> None:
     target = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
     with psycopg.connect(admin_url, autocommit=True) as conn:

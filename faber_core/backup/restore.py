@@ -8,7 +8,8 @@ One ``psql`` session runs, in this order::
                        publications, large objects, foreign servers, user casts, every schema
                        but faber's own (:func:`~faber_core.backup.store.faber_schemas`), then the
                        remaining extensions; recreate ``public``
-    <pg_restore -1>    the archive as SQL, minus its final COMMIT
+    <pg_restore -1>    the archive as SQL, minus its final COMMIT and faber's schemas
+                       (:func:`restore_list`)
     COMMIT;
     ANALYZE            every restored table, so the planner has statistics at once
 
@@ -36,6 +37,7 @@ import re
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -46,7 +48,7 @@ from faber_core.backup import store
 from faber_core.context import RunContext
 from faber_core.errors import RestoreFailed
 from faber_core.models import BackupRecord, RestoreOutcome
-from faber_core.processes import spawn, stop
+from faber_core.processes import child_environment, how_it_ended, spawn, stop, supervised
 
 CHUNK = 1 << 20
 _TAIL_BYTES = 1 << 16
@@ -91,7 +93,10 @@ def restore_archive(context: RunContext, backup: BackupRecord, tools: Path, majo
             prelude = restore_prelude(conn, *keep)
             finish = analyze_restored(keep).as_string(conn)
         try:
-            notes = _run_in_one_transaction(context, backup, tools, major, archive, fd, prelude, finish, manual)
+            with restore_list(context, backup, tools, archive, fd, keep) as listed:
+                notes = _run_in_one_transaction(
+                    context, backup, tools, major, archive, fd, listed, prelude, finish, manual
+                )
         except _Interrupted as stopped:
             return RestoreOutcome.interrupted(
                 backup.id,
@@ -118,6 +123,67 @@ def restore_archive(context: RunContext, backup: BackupRecord, tools: Path, majo
     )
 
 
+@contextlib.contextmanager
+def restore_list(
+    context: RunContext, backup: BackupRecord, tools: Path, archive: Path, archive_fd: int, faber_schemas: list[str]
+) -> Iterator[Path]:
+    """A ``pg_restore --use-list`` file naming every entry of the archive but faber's schemas,
+    for the block: both restore modes restore only what it lists.
+
+    A restore keeps faber's schemas as they are in the database (they hold its history since),
+    so it must not take them from the archive either: one the backup did not leave out, the
+    schema in use again after ``faber_schema`` was renamed and renamed back, is an older copy, and
+    its ``CREATE SCHEMA`` would fail on the one kept. ``pg_restore --list --exclude-schema`` leaves
+    out what is in those schemas; the schemas themselves, and their comments, grants and security
+    labels, belong to no schema and are taken out of the list here. A file archive is read
+    through ``archive_fd``, the descriptor that was verified, which is rewound after."""
+    directory = archive.is_dir()
+    lister = spawn(
+        [
+            tools / "pg_restore",
+            "--list",
+            *(f"--exclude-schema={name}" for name in faber_schemas),
+            *([archive] if directory else []),
+        ],
+        env=child_environment({}),
+        stdin=subprocess.DEVNULL if directory else archive_fd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    with supervised(lister):
+        listing, errors = lister.communicate()
+    if not directory:
+        os.lseek(archive_fd, 0, os.SEEK_SET)
+    if lister.returncode != 0:
+        said = first_error(errors.decode(errors="replace")) or how_it_ended(lister.returncode)
+        detail = context.redactor.redact(said)
+        raise RestoreFailed(
+            f"Restore of {backup.id} failed: its archive's contents could not be listed: {detail}; the database is "
+            "unchanged",
+            result={"restore_error": detail},
+            backup_id=backup.id,
+        )
+    kept = {name.encode() for name in faber_schemas}
+    with tempfile.TemporaryDirectory(prefix="faber-restore-") as scratch:
+        listed = Path(scratch) / "restore.list"
+        listed.write_bytes(b"".join(line for line in listing.splitlines(True) if _entry_schema(line) not in kept))
+        yield listed
+
+
+_SCHEMA_ENTRY = re.compile(rb"\d+; \d+ \d+ (?:SCHEMA - (?P<schema>\S+)|[A-Z ]+ - SCHEMA (?P<of>\S+)) \S*\n?")
+"""A line of ``pg_restore --list`` for a schema (``SCHEMA - name owner``) or for its comment, grant
+or security label (``ACL - SCHEMA name owner``). Names are not quoted there: matched whole, with
+one word for the name and one for the owner, a schema ``faber x`` does not pass for ``faber``
+(faber's schema names are plain words); one whose owner's name has a space is not taken out, and
+the restore fails on it as before, the database unchanged."""
+
+
+def _entry_schema(line: bytes) -> bytes | None:
+    """The schema that ``line`` of ``pg_restore --list`` creates or describes, or None."""
+    match = _SCHEMA_ENTRY.fullmatch(line)
+    return None if match is None else match["schema"] or match["of"]
+
+
 def analyze_restored(faber_schemas: list[str]) -> sql.Composed:
     """ANALYZE every restored table, that is every table outside ``faber_schemas``."""
     return sql.SQL(ANALYZE_RESTORED).format(keep=sql.SQL(", ").join(map(sql.Literal, faber_schemas)))
@@ -139,11 +205,13 @@ def _run_in_one_transaction(
     major: int,
     archive: Path,
     archive_fd: int,
+    listed: Path,
     prelude: str,
     finish: str,
     manual: list[str],
 ) -> str:
-    """Run the restore; returns notes for its details (statistics that could not be refreshed).
+    """Run the restore of the archive's entries ``listed`` (:func:`restore_list`); returns notes
+    for its details (statistics that could not be refreshed).
 
     A file archive reaches pg_restore through ``archive_fd``, the descriptor faber verified and
     locked, whose offset shows the progress; a directory archive by its path (pg_restore opens
@@ -164,7 +232,13 @@ def _run_in_one_transaction(
             stderr=psql_errors,
         )
         restore = spawn(
-            [tools / "pg_restore", "--single-transaction", "--file=-", *([archive] if directory else [])],
+            [
+                tools / "pg_restore",
+                "--single-transaction",
+                f"--use-list={listed}",
+                "--file=-",
+                *([archive] if directory else []),
+            ],
             env=client_env(context, major),
             stdin=subprocess.DEVNULL if directory else archive_fd,
             stdout=subprocess.PIPE,

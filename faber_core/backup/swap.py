@@ -13,7 +13,8 @@ switch the atomic step instead::
                         the configured one and the one the backup left out (store.faber_schemas),
                         before the archive brings back event triggers that would fire on it;
                         faber's lock, held by the run, keeps deploys from writing it meanwhile
-    pg_restore -j N     the archive into it; nothing else connects to it
+    pg_restore -j N     the archive into it, but faber's schemas (restore.restore_list);
+                        nothing else connects to it
     verify              pg_restore exited 0 and faber's tables hold the target's rows
     writes again        the rows written since the backup, checked again (context.restore_swapping):
                         under restore_with_app_writes refuse, rows the application wrote
@@ -56,7 +57,7 @@ from psycopg import sql
 
 from faber_core import events, interrupts
 from faber_core.backup import store, writes
-from faber_core.backup.restore import analyze_restored, first_error
+from faber_core.backup.restore import analyze_restored, first_error, restore_list
 from faber_core.context import RunContext
 from faber_core.errors import FaberError, RestoreFailed
 from faber_core.models import BackupRecord, RestoreOutcome
@@ -154,7 +155,8 @@ def restore_by_swap(context: RunContext, backup: BackupRecord, tools: Path, majo
     with interrupts.raised_once(), store.reading(archive) as fd:
         store.verify_archive(context, backup, fd)
         try:
-            _run(swap, tools, major, archive, keep)
+            with restore_list(context, backup, tools, archive, fd, keep) as listed:
+                _run(swap, tools, major, listed, keep)
         except KeyboardInterrupt as interrupt:
             return _interrupted(swap, interrupt)
         except psycopg.Error as exc:
@@ -192,7 +194,8 @@ def _maintenance_database(target: str) -> str:
     return "postgres" if target != "postgres" else "template1"
 
 
-def _run(swap: _Swap, tools: Path, major: int, archive: Path, keep: list[str]) -> None:
+def _run(swap: _Swap, tools: Path, major: int, listed: Path, keep: list[str]) -> None:
+    """The swap restore of the archive's entries ``listed`` (:func:`restore_list`)."""
     from faber_core.backup.pg_dump import client_env
 
     context = swap.context
@@ -214,7 +217,7 @@ def _run(swap: _Swap, tools: Path, major: int, archive: Path, keep: list[str]) -
     # faber's schema first: event triggers the archive brings back would fire on its DDL.
     _copy_faber_schema(swap, tools, major, keep)
     swap.done(f"copied faber's schema {', '.join(keep)} into {swap.restoring}")
-    _pg_restore(swap, tools, client_env(context, major) | {"PGAPPNAME": swap.application})
+    _pg_restore(swap, tools, listed, client_env(context, major) | {"PGAPPNAME": swap.application})
     swap.done(f"restored {swap.backup.id} into {swap.restoring} with pg_restore -j {swap.jobs}")
     _check_faber_rows(swap, keep)
     # The application kept writing to the target meanwhile (minutes, for a large archive): the swap
@@ -388,9 +391,16 @@ def _create_like(admin: psycopg.Connection, swap: _Swap) -> int:
     return admin.execute("SELECT oid FROM pg_catalog.pg_database WHERE datname = %s", [swap.restoring]).fetchone()[0]
 
 
-def _pg_restore(swap: _Swap, tools: Path, env: dict[str, str]) -> None:
+def _pg_restore(swap: _Swap, tools: Path, listed: Path, env: dict[str, str]) -> None:
     archive = swap.context.project_dir / (swap.backup.location or "")
-    command = [tools / "pg_restore", f"--jobs={swap.jobs}", "--exit-on-error", _dbname(swap.restoring), archive]
+    command = [
+        tools / "pg_restore",
+        f"--jobs={swap.jobs}",
+        "--exit-on-error",
+        f"--use-list={listed}",
+        _dbname(swap.restoring),
+        archive,
+    ]
     _run_tool(swap, command, env, f"pg_restore -j {swap.jobs} failed")
 
 
