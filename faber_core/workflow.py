@@ -48,6 +48,7 @@ from faber_core.errors import (
     FaberError,
     HealthCheckFailed,
     Interrupted,
+    Locked,
     LockLost,
     MigrationFailed,
     RestoreFailed,
@@ -126,7 +127,7 @@ def migrate(
     # Before the lock and the backup: an out-of-order migration, SQL that cannot be analysed, or
     # SQL the handler refuses, touches nothing.
     with step(context, "analyse"):
-        analysed = analysed or read_status(context, plugins, quiet=True)
+        analysed = analysed or status_before_lock(context, plugins)
         refuse_out_of_order(context, analysed)
         check_before_lock(context, plugins, analysed.pending_migrations())
     with deploy_lock(context) as lock:
@@ -163,6 +164,40 @@ def migrate(
     return deployed(
         context, outcome, backup, health_before.status, health_after.status, time.monotonic() - started, review
     )
+
+
+def status_before_lock(context: RunContext, plugins: Plugins) -> MigrationState:
+    """The status the analysis before faber's lock reads. Another run's restore (a rollback) keeps
+    every table it brings back locked until it commits, the migration tool's history among them:
+    a read blocked meanwhile is that run's doing, and the deploy waits for it as for faber's lock
+    (:func:`waited_for_another_run`), then reads again. A read blocked by anything else fails as
+    it is."""
+    try:
+        return read_status(context, plugins, quiet=True)
+    except HealthCheckFailed:
+        if not waited_for_another_run(context):
+            raise
+    return read_status(context, plugins, quiet=True)
+
+
+def waited_for_another_run(context: RunContext) -> bool:
+    """Whether another run held faber's lock and let go of it within ``lock_wait_seconds``; past
+    that, :class:`~faber_core.errors.Locked` naming the run (exit 7), as a deploy waiting for the
+    lock gets. False when faber's lock is free, or the database cannot say."""
+    engine = context.database.engine
+    database = context.database
+    try:
+        with database.connect(application_name=f"faber {context.operation} {context.environment}") as conn:
+            try:
+                with engine.deploy_lock(conn, database, wait_seconds=0, purpose="faber run"):
+                    return False
+            except Locked:
+                pass
+            wait = context.settings.lock_wait_seconds
+            with engine.deploy_lock(conn, database, wait_seconds=wait, purpose="faber run"):
+                return True
+    except engine.driver_error:
+        return False
 
 
 def safety_checks() -> ModuleType:

@@ -20,6 +20,7 @@ from faber_core.backup import pg_dump
 from faber_core.backup.swap import previous_name, restoring_name
 from faber_core.errors import RestoreFailed
 from faber_core.models import MigrationState
+from faber_core.testing.faults import FaberProcess
 from faber_core.testing.fixtures import (
     CANARY_PASSWORD,
     create_database,
@@ -229,6 +230,49 @@ def test_a_kill_in_the_middle_of_a_restore_leaves_the_database_as_before(
 
     assert faber.returncode != 0
     assert database_state(database_url) == before
+
+
+def test_a_deploy_during_a_rollback_is_refused_as_locked_naming_the_rollback(faber_project, run_faber, database_url):
+    """The rollback's restore keeps every table it brings back locked until it commits, the
+    migration tool's history among them: a deploy's status read before faber's lock waited on it
+    and failed as a blocked read (exit 3). It waits for the rollback as for faber's lock, and is
+    refused as during another deploy (exit 7), naming the rollback."""
+    environment = {"database_url_env": "APP_URL", "lock_wait_seconds": 1, "query_lock_timeout_seconds": 1}
+    database = {"migration_tool": "sqlfiles", "environments": {"production": environment}}
+    env = {**SQLFILES, "APP_URL": database_url}
+    execute(
+        database_url,
+        f"""
+        CREATE FUNCTION gate(int) RETURNS boolean LANGUAGE plpgsql AS $$
+            BEGIN PERFORM pg_advisory_xact_lock_shared({GATE_LOCK}); RETURN true; END $$;
+        CREATE TABLE zz_gated (id int CHECK (public.gate(id)));
+        INSERT INTO zz_gated VALUES (1), (2);
+        """,
+    )
+    project_dir = faber_project({"database": database}, {"migrations/001_users.sql": "CREATE TABLE users (id int);"})
+    deployed = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project_dir), env=env)
+    assert deployed.returncode == 0, deployed.output
+    (project_dir / "migrations" / "002_orders.sql").write_text("CREATE TABLE orders (id int);")
+
+    with psycopg.connect(database_url, autocommit=True) as gate:
+        gate.execute("SELECT pg_advisory_lock(%s)", [GATE_LOCK])
+        rollback_args = ("rollback", "production", "--to", deployed.json["result"]["backup_id"], "--yes")
+        rollback = FaberProcess.start(project_dir, *rollback_args, "--discard-app-writes", "--json", env=env)
+        try:
+            rollback.wait_for("lock.acquired")
+            rollback.wait_until(
+                lambda: any(event == "advisory" for _, _, event in restore_sessions(database_url)),
+                what="the restore to reach the gated table",
+            )
+            run = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project_dir), env=env)
+            gate.execute("SELECT pg_advisory_unlock(%s)", [GATE_LOCK])
+            assert rollback.finish(timeout=60) == 0, rollback.stdout() + rollback.stderr()
+        finally:
+            rollback.stop_everything()
+
+    assert (run.returncode, run.json["code"]) == (7, "LOCKED"), run.output
+    assert "Another faber run holds the lock on this database: faber rollback production" in run.json["error"]
+    assert application_tables(database_url) == ["zz_gated"]
 
 
 def test_a_mixed_case_faber_schema_is_left_out_of_backups_so_restores_keep_working(
