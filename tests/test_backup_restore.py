@@ -412,6 +412,8 @@ def test_a_backup_holding_the_faber_schema_in_use_again_restores_and_keeps_it(
         return run.json["result"]["backup_id"]
 
     deploy("faber", "001_users", "CREATE TABLE users (id int);")
+    # pg_restore --list does not quote names: the application's schema "faber x" is not faber's.
+    execute(database_url, 'CREATE SCHEMA "faber x"; CREATE TABLE "faber x".notes AS SELECT 1 AS id')
     # The backup of this deploy leaves ops out and holds faber, with the first deploy's row.
     backup_id = deploy("ops", "002_orders", "CREATE TABLE orders (id int);")
     deploy("faber", "003_invoices", "CREATE TABLE invoices (id int);")
@@ -424,6 +426,7 @@ def test_a_backup_holding_the_faber_schema_in_use_again_restores_and_keeps_it(
 
         assert run.returncode == 0, run.output
         assert application_tables(database_url) == ["sqlfiles_migrations", "users"]
+        assert faber_schema_rows(database_url, "faber x") == {"notes": 1}
         # Both of faber's schemas as they were before the restore, plus the rollback's own row.
         assert faber_schema_rows(database_url, "faber") == {**faber_rows, "faber_deployments": 3}
         assert faber_schema_rows(database_url, "ops") == ops_rows
