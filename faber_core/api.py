@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -654,7 +654,17 @@ def run_command(
                 operation_,
                 name,
                 lambda run_: _run_body(
-                    run_, project, plugins_, operation_, name, body_, None, listeners, target=target, once=once
+                    run_,
+                    project,
+                    plugins_,
+                    operation_,
+                    name,
+                    body_,
+                    None,
+                    listeners,
+                    target=target,
+                    fleet_url_variables=found.url_variables,
+                    once=once,
                 ),
                 redactor=run.redactor,
             )
@@ -674,6 +684,7 @@ def _run_body(
     progress: TextIO | None,
     listeners: Iterable[Listener],
     target: Target | None = None,
+    fleet_url_variables: Collection[str] = (),
     once: dict[Hashable, Any] | None = None,
 ) -> Success:
     from faber_core.context import open_context
@@ -681,7 +692,13 @@ def _run_body(
 
     # The run's redactor, so that errors raised while the URL is parsed are masked too.
     run.context = context = open_context(
-        project, environment, operation, redactor=run.redactor, target=target, once=once
+        project,
+        environment,
+        operation,
+        redactor=run.redactor,
+        target=target,
+        fleet_url_variables=fleet_url_variables,
+        once=once,
     )
     plugins.check_config(context)  # every name the config uses is installed, before anything runs
     if progress is not None:

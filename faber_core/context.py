@@ -6,7 +6,7 @@ import datetime as _dt
 import os
 import time
 import uuid
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Collection, Hashable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,6 +196,9 @@ class RunContext:
     deadline: float | None = None
     """``time.monotonic()`` by which the programs this context starts must be done (the deploy's
     lint rehearsal is bounded so); None: no limit."""
+    fleet_url_variables: frozenset[str] = frozenset()
+    """In a fleet, the variables holding the URLs of its targets, every shard's: one target's run
+    keeps them all from the programs it starts (:meth:`url_variables`)."""
     before_each_migration: list[Callable[[str], None]] = field(default_factory=list)
     """Checks the core runs when a handler calls :meth:`start_migration` (faber's lock still held);
     one raises to stop the deploy before that migration."""
@@ -217,6 +220,19 @@ class RunContext:
     def seconds_left(self) -> float | None:
         """Time left before :attr:`deadline`; None without one."""
         return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+    def url_variables(self) -> set[str]:
+        """The variables holding database URLs: this run's, every environment's (a fleet's list of
+        URLs and its catalog's too) and every target's of the fleet this run is on. Programs that run
+        project code (a Node runner, Prisma's CLI) never see them, so that no project code reads the
+        credentials of a database it was not given: they get the one URL they need otherwise."""
+        named = [self.settings.database_url_env, *self.fleet_url_variables]
+        for settings in self.config.database.environments.values():
+            named.append(settings.database_url_env)
+            if settings.targets is not None:
+                catalog = settings.targets.catalog
+                named += [settings.targets.urls_env, catalog.url_env if catalog else None]
+        return {name for name in named if name}
 
     @property
     def tool(self) -> str:
@@ -382,17 +398,19 @@ class LockCheck:
 
 def _fleet_target(
     project_dir: Path, fleet: str, settings: EnvironmentSettings, name: str, redactor: Redactor
-) -> Target:
-    """The one target a command on ``FLEET/TARGET`` runs on; a fleet named alone is refused here
-    (``faber migrate`` and ``faber status`` run on a whole fleet before they get here)."""
-    from faber_core.targets import find_target
+) -> tuple[Target, frozenset[str]]:
+    """The one target a command on ``FLEET/TARGET`` runs on, and the variables holding the URLs of
+    every target of the fleet; a fleet named alone is refused here (``faber migrate`` and ``faber
+    status`` run on a whole fleet before they get here)."""
+    from faber_core.targets import discover_targets, find_target, url_variables
 
     if not name:
         raise ConfigError(
             f"Environment {fleet} is a fleet of databases: name one target, as {fleet}/TARGET",
             suggestions=[f"List its targets with: faber status {fleet}"],
         )
-    return find_target(project_dir, fleet, settings, name, redactor)
+    targets = discover_targets(project_dir, fleet, settings, redactor)
+    return find_target(targets, fleet, name), url_variables(targets)
 
 
 def resolve_project_dir(cwd: str | Path | None, *, discover: bool = True) -> Path:
@@ -463,14 +481,17 @@ def open_context(
     listeners: list[Callable[[AuditEvent], None]] | None = None,
     redactor: Redactor | None = None,
     target: Target | None = None,
+    fleet_url_variables: Collection[str] = (),
     once: dict[Hashable, Any] | None = None,
 ) -> RunContext:
     """Load the config, resolve the environment and its database URL into a :class:`RunContext`.
 
     ``redactor`` (the caller's, so that its error output is covered too) learns the URL before
     anything parses it. In a fleet (docs/fleet.md) ``environment`` is ``FLEET/TARGET``; the caller
-    may pass the ``target`` it has already found, and ``once``, what :meth:`RunContext.once`
-    worked out for the command (the fleet's targets share it: the config is loaded once).
+    may pass the ``target`` it has already found with ``fleet_url_variables``, the variables holding
+    the URLs of every target of the fleet (:attr:`RunContext.fleet_url_variables`), and ``once``,
+    what :meth:`RunContext.once` worked out for the command (the fleet's targets share it: the
+    config is loaded once).
     """
     from faber_core.config import EMBEDDED_ENVIRONMENT, load_config
 
@@ -483,7 +504,7 @@ def open_context(
     redactor = redactor if redactor is not None else Redactor()
     if settings.targets is not None:
         if target is None:
-            target = _fleet_target(project_dir, fleet, settings, target_name, redactor)
+            target, fleet_url_variables = _fleet_target(project_dir, fleet, settings, target_name, redactor)
         value, source = target.url.reveal(), target.source
         # A target deploys with the fleet's settings, as one database of its own.
         settings = settings.model_copy(update={"database_url_env": target.url_env, "targets": None, "rollout": None})
@@ -541,6 +562,7 @@ def open_context(
         database=database,
         redactor=redactor,
         listeners=list(listeners or []),
+        fleet_url_variables=frozenset(fleet_url_variables),
         _once=once,
     )
     database.before_first_connect = lambda: context.emit(events.DATABASE_CONNECTING, target=database.target)

@@ -55,7 +55,7 @@ from faber_core.models import InterruptedRestore, LeftoverDatabase, MigrationSta
 from faber_core.render import escape_controls
 from faber_core.results import DeployResult, ErrorDocument, Success
 from faber_core.secrets import Redactor
-from faber_core.targets import FleetOptions, Shard, Target, discover_targets, parse_shard, shard_from_job
+from faber_core.targets import FleetOptions, Shard, Target, discover_targets, parse_shard, shard_from_job, url_variables
 
 if TYPE_CHECKING:
     from faber_core.api import Document
@@ -152,6 +152,8 @@ class Fleet:
     settings: EnvironmentSettings
     targets: list[Target]
     targets_total: int
+    url_variables: frozenset[str]
+    """The variables holding the URLs of every target of the fleet, this shard's or not."""
     shard: Shard | None
     concurrency: int
     redactor: Redactor
@@ -168,7 +170,17 @@ def open_fleet(
     # An empty --shard (an unset variable) is refused, not taken for the whole fleet.
     shard = parse_shard(options.shard) if options.shard is not None else shard_from_job()
     targets = [t for t in everything if shard is None or shard.takes(t.name)]
-    return Fleet(project_dir, environment, settings, targets, len(everything), shard, concurrency, redactor)
+    return Fleet(
+        project_dir,
+        environment,
+        settings,
+        targets,
+        len(everything),
+        url_variables(everything),
+        shard,
+        concurrency,
+        redactor,
+    )
 
 
 # Running the targets ---------------------------------------------------------------------

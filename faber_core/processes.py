@@ -241,11 +241,12 @@ def run_tool(
     *,
     redactor: Redactor,
     env: Mapping[str, str],
+    withheld: Collection[str] = (),
     cwd: Path | None = None,
     input: str | None = None,
     timeout: float | None = None,
 ) -> ToolRun:
-    """Run a program to completion (the current environment without connection settings, plus
-    ``env``) and return its redacted output."""
-    run = run_captured(argv, env=child_environment(env), cwd=cwd, input=input, timeout=timeout)
+    """Run a program to completion (the current environment without connection settings and the
+    ``withheld`` variables, plus ``env``) and return its redacted output."""
+    run = run_captured(argv, env=child_environment(env, withheld=withheld), cwd=cwd, input=input, timeout=timeout)
     return ToolRun(run.returncode, redactor.redact(run.stdout), redactor.redact(run.stderr))

@@ -95,11 +95,8 @@ def discover_targets(
     return found
 
 
-def find_target(
-    project_dir: Path, environment: str, settings: EnvironmentSettings, name: str, redactor: Redactor
-) -> Target:
-    """The target ``name`` of the fleet ``environment`` (``faber rollback tenants/acme``)."""
-    targets = discover_targets(project_dir, environment, settings, redactor)
+def find_target(targets: list[Target], environment: str, name: str) -> Target:
+    """The target ``name`` among the fleet ``environment``'s ``targets`` (``faber rollback tenants/acme``)."""
     chosen = next((t for t in targets if t.name == name), None)
     if chosen is None:
         from faber_core.suggest import did_you_mean
@@ -109,6 +106,11 @@ def find_target(
             suggestions=[f"List its targets with: faber status {environment}"],
         )
     return chosen
+
+
+def url_variables(targets: Iterable[Target]) -> frozenset[str]:
+    """The variables that hold the targets' URLs one each (``file`` and ``catalog`` sources)."""
+    return frozenset(target.url_env for target in targets if target.url_env)
 
 
 # urls_env: one URL per line ------------------------------------------------------------

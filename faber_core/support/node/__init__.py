@@ -249,7 +249,7 @@ class RunnerProcess:
                     PROTOCOL_FD_VARIABLE: str(protocol_write),
                     **self.context.session_timeout_env(),
                 },
-                withheld=_url_variables(self.context),
+                withheld=self.context.url_variables(),
             )
             try:
                 self.proc = spawn(
@@ -358,19 +358,6 @@ class RunnerProcess:
                 stop(self.proc)
         self._close_protocol()
         self.stderr_file.close()
-
-
-def _url_variables(context: RunContext) -> set[str]:
-    """The variables holding database URLs, this run's and every environment's (a fleet's list of
-    URLs and its catalog's too): project code, and what it starts, never sees them (the runner gets
-    the URL in its requests)."""
-    named = [context.settings.database_url_env]
-    for settings in context.config.database.environments.values():
-        named.append(settings.database_url_env)
-        if settings.targets is not None:
-            catalog = settings.targets.catalog
-            named += [settings.targets.urls_env, catalog.url_env if catalog else None]
-    return {name for name in named if name}
 
 
 def _deadline_timer(seconds: float | None, proc: subprocess.Popen, expired: threading.Event) -> threading.Timer | None:

@@ -2,7 +2,9 @@
 
 Only the CLI installed in the project's ``node_modules`` is used, never ``npx`` (which could
 download and run whatever version it finds). The database URL reaches Prisma through
-``DATABASE_URL`` in the child's environment, never on its command line.
+``DATABASE_URL`` in the child's environment, never on its command line; the variables the config
+names as holding database URLs are withheld from it (Prisma runs the project's code, its
+``prisma.config.ts``), as from the Node runners.
 """
 
 from __future__ import annotations
@@ -44,14 +46,25 @@ def migrate_dev(context: RunContext) -> ApplyOutcome | None:
     run = (
         _run_interactive(binary, context, env)
         if sys.stdin.isatty()
-        else run_tool([binary, *MIGRATE_DEV], redactor=context.redactor, env=env, cwd=context.project_dir)
+        else run_tool(
+            [binary, *MIGRATE_DEV],
+            redactor=context.redactor,
+            env=env,
+            withheld=context.url_variables(),
+            cwd=context.project_dir,
+        )
     )
     return outcome(before, read_state(context), run)
 
 
 def _run_interactive(binary: Path, context: RunContext, env: dict[str, str]) -> ToolRun:
     """On a terminal Prisma may ask questions (a migration name, a reset), so it gets the terminal."""
-    proc = spawn([binary, *MIGRATE_DEV], env=child_environment(env), own_group=False, cwd=context.project_dir)
+    proc = spawn(
+        [binary, *MIGRATE_DEV],
+        env=child_environment(env, withheld=context.url_variables()),
+        own_group=False,
+        cwd=context.project_dir,
+    )
     with supervised(proc):
         return ToolRun(proc.wait(), "", "")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from datetime import datetime, timedelta, timezone
 
@@ -68,6 +69,34 @@ def test_dev_mode_runs_the_projects_prisma_with_the_url_in_its_environment(
     database_name = database_url.rsplit("/", 1)[1]
     assert f'PostgreSQL database "{database_name}", schema "app"' in result.failure.output
     assert CANARY_PASSWORD not in result.model_dump_json()
+
+
+def test_dev_mode_withholds_the_configs_url_variables_from_prisma_and_the_project_code_it_runs(
+    interop_project, prisma_context, prisma_plugins, monkeypatch
+):
+    # Prisma's CLI runs the project's prisma.config.ts: it saw every variable the config names as
+    # holding a database URL, another environment's password included.
+    project = interop_project({"0001_init": INIT}, mode="dev")
+    config_file = project / ".fractary/plugins/faber-db/config.json"
+    config = json.loads(config_file.read_text())
+    config["database"]["environments"]["production"] = {"database_url_env": "PRODUCTION_URL"}
+    config_file.write_text(json.dumps(config))
+    production_password = "production-Pw-5d81be20"
+    monkeypatch.setenv("PRODUCTION_URL", f"postgresql://app:{production_password}@production.invalid/app")
+    prisma_config = project / "prisma.config.ts"
+    prisma_config.write_text(
+        'import { writeFileSync } from "node:fs";\n'
+        'writeFileSync("environment.json", JSON.stringify(process.env));\n' + prisma_config.read_text()
+    )
+    monkeypatch.setenv("CHECKPOINT_DISABLE", "1")
+    monkeypatch.setenv("NODE_OPTIONS", f"--require {project / 'unref-wasm-timers.cjs'}")
+
+    prisma_plugins.migration_dev(prisma_context(project))
+
+    seen = json.loads((project / "environment.json").read_text())
+    assert "DATABASE_URL" in seen  # the one URL it needs
+    assert "PRODUCTION_URL" not in seen and "PRISMA_TEST_DATABASE_URL" not in seen
+    assert production_password not in json.dumps(seen)
 
 
 def test_dev_outcome_is_what_changed_between_the_two_statuses():

@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 from faber_core import api
 from faber_core.testing.faults import FaberProcess, deploy_with_application_write
-from faber_core.testing.fixtures import CANARY_PASSWORD, process_alive, start_faber, wait_for
+from faber_core.testing.fixtures import (
+    CANARY_PASSWORD,
+    create_database,
+    database_url_for,
+    drop_database,
+    process_alive,
+    start_faber,
+    wait_for,
+)
 
 FIXTURE_MIGRATIONS = ["CreateUsers1700000000000", "AddUserName1700000100000"]
 FIXTURE_DATA_SOURCE = Path(__file__).parent / "fixtures" / "typeorm-project" / "data-source.js"
@@ -33,6 +41,49 @@ def test_faber_migrate_deploys_and_a_second_run_has_nothing_to_do(typeorm_projec
     assert [name for (name,) in query("SELECT name FROM migrations ORDER BY id")] == FIXTURE_MIGRATIONS
     assert again.returncode == 0 and again.json["message"] == "No pending migrations"
     assert CANARY_PASSWORD not in first.output + again.output
+
+
+def test_no_target_of_a_fleet_lets_project_code_read_another_targets_url(
+    typeorm_project, run_faber, database_url, postgres_admin_url
+):
+    # Each target's runner withheld its own URL variable only: a migration's script logging its
+    # environment wrote the other target's variable, with its password.
+    logging = (
+        "module.exports = class LogsEnv1700000200000 {\n"
+        "  async up() { require('child_process').execSync('env >> environment.log'); }\n"
+        "  async down() {}\n};\n"
+    )
+    project = typeorm_project({"1700000200000-LogsEnv.js": logging})
+    (project / "tenants.txt").write_text("one TENANT_ONE_URL\ntwo TENANT_TWO_URL\n")
+    config_file = project / ".fractary/plugins/faber-db/config.json"
+    config = json.loads(config_file.read_text())
+    config["database"]["environments"]["tenants"] = {
+        "targets": {"file": "tenants.txt"},
+        "backup_before_migrate": False,
+        "require_approval": False,
+        "lint": "off",
+    }
+    config_file.write_text(json.dumps(config))
+    second_password = "tenant-two-Pw-0b4e7d21"
+    second = create_database(postgres_admin_url)
+    try:
+        env = {
+            "TENANT_ONE_URL": database_url,
+            "TENANT_TWO_URL": database_url_for(postgres_admin_url, second, password=second_password),
+        }
+        # One target alone, then the fleet: the other target.
+        alone = run_faber("migrate", "tenants/one", "--json", "--cwd", str(project), env=env)
+        fleet = run_faber("migrate", "tenants", "--json", "--cwd", str(project), env=env)
+    finally:
+        drop_database(postgres_admin_url, second)
+
+    assert alone.returncode == 0, alone.output
+    assert fleet.returncode == 0, fleet.output
+    assert fleet.json["result"]["summary"] == {"deployed": 1, "up_to_date": 1}
+    logged = (project / "environment.log").read_text()
+    assert logged.count("FABER_RUNNER_PROTOCOL_FD=") == 2  # both targets' migrations logged their environment
+    assert "TENANT_ONE_URL" not in logged and "TENANT_TWO_URL" not in logged
+    assert CANARY_PASSWORD not in logged and second_password not in logged
 
 
 def test_faber_migrate_dry_run_shows_the_real_sql_and_changes_nothing(typeorm_project, run_faber, query):
