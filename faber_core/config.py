@@ -221,6 +221,14 @@ class EnvironmentSettings(BaseModel):
     connect_timeout_seconds: int = Field(
         10, ge=1, le=600, description="Connection timeout; after one attempt times out, the run does not wait again."
     )
+    runner_load_timeout_seconds: float = Field(
+        300.0,
+        gt=0,
+        le=3600,
+        description="How long the TypeORM and Sequelize runners may take over one step before any migration "
+        "runs: loading a project file (the data source, the config, a migration) or starting the ORM's connection. "
+        "A step that takes longer stops the runner and fails the run, naming the step and its file.",
+    )
     query_lock_timeout_seconds: float = Field(
         5.0,
         gt=0,

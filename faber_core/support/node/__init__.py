@@ -42,7 +42,17 @@ with one JSON object per line on the protocol pipe (the descriptor named by
     {"event": "setup_error", "kind": "module_missing" | "typescript_loader_missing" | "load_failed"
      | "not_found" | "unsupported" | "plan_mismatch" | "connection_failed" | "invalid", "message": ...,
      "module": ..., "file": ...}
+    {"event": "loading", "what": "the data source", "file": "data-source.js"}
+    {"event": "loaded"}
     {"event": "done", "exit_code": 0}
+
+A step of the runner's that runs project code or waits on the ORM before any migration runs
+(loading a project file such as the data source, a config or a migration module; starting the
+ORM's connection) is said as it starts (``loading``, naming it and its file) and as it ends
+(``loaded``; steps do not nest). One that does not end within the environment's
+``runner_load_timeout_seconds`` (a module exporting a Promise that never settles, a connection
+that never opens, code that never yields) has the runner stopped, its process group with it, and
+the request fails with a :class:`ConfigError` naming the step and its file.
 
 Migrations run inside the runner and may print anything: their stdout and stderr are output
 (shown when something fails), and a line on the protocol pipe without the nonce is ignored, so no
@@ -289,6 +299,12 @@ class RunnerProcess:
         returncode: int | None = None
         expired = threading.Event()
         timer = _deadline_timer(context.seconds_left(), proc, expired)
+        # The runner's step before any migration (loading a project file, connecting) last heard of,
+        # bounded by the environment's runner_load_timeout_seconds.
+        load_seconds = context.settings.runner_load_timeout_seconds
+        step: Event | None = None
+        step_timer: threading.Timer | None = None
+        step_expired = threading.Event()
         try:
             try:
                 proc.stdin.write(json.dumps(request) + "\n")
@@ -307,6 +323,13 @@ class RunnerProcess:
                     if event["event"] == "done":
                         returncode, done = event.get("exit_code"), True
                         continue
+                    if event["event"] in ("loading", "loaded"):
+                        if step_timer is not None:
+                            step_timer.cancel()
+                        if event["event"] == "loading":
+                            step = event
+                            step_timer = _deadline_timer(load_seconds, proc, step_expired)
+                        continue
                     events.append(event)
                     if on_event is not None:
                         on_event(event)
@@ -322,16 +345,35 @@ class RunnerProcess:
                     on_event(event)
             raise
         finally:
-            if timer is not None:
-                timer.cancel()
+            for running in (timer, step_timer):
+                if running is not None:
+                    running.cancel()
         written = self.stderr_file.seek(0, os.SEEK_END)
         start = self.stderr_file.seek(max(self.stderr_reported, written - STDERR_READ_BYTES))
         output = self.stderr_file.read(written - start)
         stderr = context.redactor.redact(output.decode("utf-8", errors="replace"))
         self.stderr_reported = written
+        if step_expired.is_set():
+            assert step is not None  # its timer is what expired
+            raise self._overdue(step, load_seconds, stderr)
         if expired.is_set():
             raise FaberError(f"The {self.tool.name} runner did not finish in the time allowed and was stopped")
         return RunnerResult(events, returncode, stderr)
+
+    def _overdue(self, step: Event, seconds: float, stderr: str) -> ConfigError:
+        """The error for a ``step`` that did not end within ``seconds``: the runner was stopped."""
+        what, file = step.get("what") or "a step", step.get("file") or "a project file"
+        return ConfigError(
+            f"{what[:1].upper()}{what[1:]} ({file}) did not finish within {seconds:g} s, so the {self.tool.name}"
+            " runner was stopped",
+            suggestions=[
+                f"Check that {file} finishes loading on its own: node -e \"require('./{file}')\" in "
+                f"{self.context.project_dir} (a Promise that never settles, a connection that never opens)",
+                "If it only needs longer, raise runner_load_timeout_seconds for this environment",
+            ],
+            result={"step": what, "file": file, "runner_load_timeout_seconds": seconds},
+            tool_output=_tail(stderr) or None,
+        )
 
     def _written_before_it_stopped(self, protocol: BinaryIO, redactor: Redactor) -> list[Event]:
         """The events left in the pipe of a runner that was stopped, read without waiting for more

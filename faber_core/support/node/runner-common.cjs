@@ -82,6 +82,20 @@ class SetupError extends Error {
   }
 }
 
+// A step that runs project code or waits on the ORM before any migration runs (loading a project
+// file, starting the ORM's connection): faber hears it start and end, and stops this runner, naming
+// the step and its file, when it does not end within the environment's runner_load_timeout_seconds.
+// A Promise that never settles, or code that never yields, would otherwise hang the run. Steps do
+// not nest: each one's end ends faber's watch.
+async function bounded(what, file, work) {
+  emit("loading", { what, file });
+  try {
+    return await work();
+  } finally {
+    emit("loaded");
+  }
+}
+
 // faber shows and approves a list of migrations (the apply request's "expected"); exactly that
 // list runs, or nothing does.
 function requireExpectedPlan(expected, pendingNames) {
@@ -232,6 +246,7 @@ module.exports = {
   MIGRATION_FAILED_EXIT,
   emit,
   SetupError,
+  bounded,
   requireExpectedPlan,
   projectRequire,
   registerTypeScript,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from faber_core.errors import ConfigError
-from faber_core.testing.fixtures import CANARY_PASSWORD
+from faber_core.testing.fixtures import CANARY_PASSWORD, process_alive
 
 
 def setup_error(plugins, context):
@@ -65,4 +67,42 @@ def test_json_migration_storage_is_refused(sequelize_project, sequelize_context,
     error = setup_error(sequelize_plugins, context)
 
     assert 'migrationStorage "json" is not supported' in error.message
+    assert nothing_applied(query)
+
+
+RECORDS_ITS_RUNNER = 'require("fs").writeFileSync(`${process.cwd()}/runner.pid`, String(process.pid));\n'
+NEVER_SETTLES = "new Promise(() => {})"
+NEVER_YIELDS = "Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 600000);\n"
+
+
+@pytest.mark.parametrize(
+    ("step", "files"),
+    [
+        (
+            "The Sequelize config (db/config.js)",
+            {
+                ".sequelizerc": 'module.exports = { config: require("path").resolve("db", "config.js") };\n',
+                "db/config.js": RECORDS_ITS_RUNNER + f"module.exports = async () => {NEVER_SETTLES};\n",
+            },
+        ),
+        (
+            "The migration (db/migrations/20240103000000-stuck.js)",
+            {"db/migrations/20240103000000-stuck.js": RECORDS_ITS_RUNNER + NEVER_YIELDS},
+        ),
+    ],
+    ids=["a config whose Promise never settles", "a migration module that never yields"],
+)
+def test_a_project_file_that_never_finishes_loading_stops_the_runner_at_the_deadline(
+    sequelize_project, sequelize_context, sequelize_plugins, query, step, files
+):
+    project = sequelize_project(files=files, runner_load_timeout_seconds=2)
+    context = sequelize_context(project)
+
+    started = time.monotonic()
+    error = setup_error(sequelize_plugins, context)
+
+    assert time.monotonic() - started < 30  # the deadline ended it
+    assert error.message == f"{step} did not finish within 2 s, so the sequelize runner was stopped"
+    assert error.result["file"] == step.split("(")[1].rstrip(")")
+    assert not process_alive(int((project / "runner.pid").read_text()))
     assert nothing_applied(query)

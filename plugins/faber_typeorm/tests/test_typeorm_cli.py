@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -220,6 +221,56 @@ def test_a_deploy_killed_while_its_runner_loads_the_project_takes_the_runner_alo
 
     wait_for(lambda: not process_alive(int(pid)), "the runner to die with faber", timeout=20)
     assert query("SELECT to_regclass('migrations') IS NULL") == [(True,)]
+
+
+# Each data source records its runner's pid and starts a child process, then never finishes: its
+# step, its file, and the Node code that keeps it from finishing.
+NEVER_FINISHING = {
+    "a data source exporting a Promise that never settles": (
+        "The data source (data-source.js)",
+        "module.exports = new Promise(() => {});\n",
+    ),
+    "a data source whose code never yields": (
+        "The data source (data-source.js)",
+        "Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 600000);\n",
+    ),
+    "a DataSource whose initialize() never settles": (
+        "TypeORM's DataSource.initialize() (data-source.js)",
+        'const { DataSource } = require("typeorm");\n'
+        "class NeverReady extends DataSource {\n  initialize() { return new Promise(() => {}); }\n}\n"
+        'module.exports = new NeverReady({ type: "postgres", migrations: [`${__dirname}/migrations/*.js`] });\n',
+    ),
+}
+
+
+@pytest.mark.parametrize("case", NEVER_FINISHING)
+def test_a_data_source_that_never_finishes_loading_fails_within_the_deadline_leaving_no_process(
+    typeorm_project, run_faber, query, case
+):
+    step, never_finishing = NEVER_FINISHING[case]
+    started_child = (
+        'const fs = require("fs");\n'
+        'fs.writeFileSync(`${__dirname}/runner.pid`, String(process.pid));\n'
+        'const child = require("child_process").spawn("sleep", ["600"], { stdio: "ignore" });\n'
+        'fs.writeFileSync(`${__dirname}/child.pid`, String(child.pid));\n'
+    )
+    project = typeorm_project(files={"data-source.js": started_child + never_finishing}, runner_load_timeout_seconds=2)
+
+    started = time.monotonic()
+    run = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project), timeout=120)
+    took = time.monotonic() - started
+
+    assert run.returncode == 2, run.output
+    assert run.json["code"] == "CONFIG_INVALID"
+    assert run.json["error"] == f"{step} did not finish within 2 s, so the typeorm runner was stopped"
+    assert run.json["result"]["file"] == "data-source.js"
+    assert any("runner_load_timeout_seconds" in s for s in run.json["recovery"]["suggestions"])
+    assert took < 30, took  # the deadline, not the test's timeout, ended it
+    for pid_file in ("runner.pid", "child.pid"):
+        pid = int((project / pid_file).read_text())
+        wait_for(lambda pid=pid: not process_alive(pid), f"{pid_file} to be gone", timeout=10)
+    assert query("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
+    assert CANARY_PASSWORD not in run.output
 
 
 SLEEPING = "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND query = 'SELECT pg_sleep({})'"

@@ -59,7 +59,9 @@ async function loadModule(projectDir, file) {
 // sequelize-cli: .sequelizerc may name the config file and the migrations directory.
 async function projectLayout(projectDir) {
   const rcFile = path.join(projectDir, ".sequelizerc");
-  const rc = fs.existsSync(rcFile) ? await loadModule(projectDir, rcFile) : {};
+  const rc = fs.existsSync(rcFile)
+    ? await faber.bounded("sequelize-cli's options", ".sequelizerc", () => loadModule(projectDir, rcFile))
+    : {};
   const defaultConfig = path.join(projectDir, "config", "config.json");
   const alternative = defaultConfig.replace(/\.json$/, ".js");
   const configFile = rc.config
@@ -73,18 +75,19 @@ async function projectLayout(projectDir) {
 
 async function readConfig(projectDir, configFile) {
   if (!fs.existsSync(configFile)) return {};
-  let config;
   if (configFile.endsWith(".json")) {
     try {
-      config = JSON.parse(fs.readFileSync(configFile, "utf8"));
+      return JSON.parse(fs.readFileSync(configFile, "utf8"));
     } catch (error) {
       throw new faber.SetupError("load_failed", String(error.message), { file: path.relative(projectDir, configFile) });
     }
-  } else {
-    const exported = await loadModule(projectDir, configFile);
-    config = exported && exported.__esModule && exported.default ? exported.default : exported;
   }
-  return typeof config === "function" ? await config() : await config;
+  // A config module may export a function or a Promise of the config: awaited within faber's deadline.
+  return faber.bounded("the Sequelize config", path.relative(projectDir, configFile), async () => {
+    const exported = await loadModule(projectDir, configFile);
+    const config = exported && exported.__esModule && exported.default ? exported.default : exported;
+    return typeof config === "function" ? await config() : await config;
+  });
 }
 
 // The section sequelize-cli would use: --env, else the faber environment's own section, else development.
@@ -139,9 +142,9 @@ async function runFirst(connection, statements) {
   for (const statement of statements) await session.query(statement);
 }
 
-async function connect(sequelize) {
+async function connect(sequelize, relative) {
   try {
-    await sequelize.authenticate();
+    await faber.bounded("Sequelize's authenticate()", relative, () => sequelize.authenticate());
   } catch (error) {
     const original = (error && (error.original || error.parent)) || error || {};
     throw new faber.SetupError("connection_failed", String(error.message || error), { code: original.code || null });
@@ -199,7 +202,9 @@ function metaModel(sequelize, SequelizeModule, storage) {
 }
 
 async function migrationSteps(projectDir, migration) {
-  const exported = await loadModule(projectDir, path.join(projectDir, migration.path));
+  const exported = await faber.bounded("the migration", migration.path, () =>
+    loadModule(projectDir, path.join(projectDir, migration.path)),
+  );
   const steps = exported && typeof exported.up !== "function" && exported.default ? exported.default : exported;
   if (!steps || typeof steps.up !== "function") {
     throw new faber.SetupError("load_failed", "it exports no up() function", { file: migration.path });
@@ -296,7 +301,7 @@ async function connected(projectDir, layout, options, request, work) {
   // Every QueryInterface call ends in sequelize.query: the migration learns which queries it started.
   sequelize.query = faber.trackQueries(sequelize.query);
   try {
-    await connect(sequelize);
+    await connect(sequelize, path.relative(projectDir, layout.configFile));
     return await work({ sequelize, SequelizeModule, storage, projectDir, migrationsDir: layout.migrationsDir }, track);
   } finally {
     await sequelize.close().catch(() => {});

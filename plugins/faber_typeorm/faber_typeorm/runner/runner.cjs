@@ -60,7 +60,8 @@ async function loadDataSource(projectDir, relative) {
   faber.registerTypeScript(projectDir, relative);
   let exported;
   try {
-    exported = await loadModule(file);
+    // A data source module may export a Promise of its DataSource: awaited within faber's deadline.
+    exported = await faber.bounded("the data source", relative, () => loadModule(file));
   } catch (error) {
     throw new faber.SetupError("load_failed", faber.describe(error), { file: relative });
   }
@@ -98,9 +99,9 @@ function retarget(userDataSource, databaseUrl, logger, migrationClasses) {
   return new userDataSource.constructor(options);
 }
 
-async function connect(dataSource) {
+async function connect(dataSource, relative) {
   try {
-    await dataSource.initialize();
+    await faber.bounded("TypeORM's DataSource.initialize()", relative, () => dataSource.initialize());
   } catch (error) {
     const code = error && (error.code || (error.driverError && error.driverError.code));
     // Node's socket errors (ECONNREFUSED), PostgreSQL's SQLSTATEs, mysql2's ER_ names.
@@ -306,7 +307,7 @@ async function apply(dataSource, projectDir, track, request) {
 async function connected(userDataSource, run, request, work) {
   const track = tracker();
   const dataSource = retarget(userDataSource, request.database_url, track.logger, run.migrationClasses);
-  await connect(dataSource);
+  await connect(dataSource, run.dataSourceFile);
   run.migrationClasses = run.migrationClasses || dataSource.migrations.map((migration) => migration.constructor);
   try {
     return await work(dataSource, track);
@@ -317,13 +318,14 @@ async function connected(userDataSource, run, request, work) {
 
 async function load(options) {
   const projectDir = process.cwd();
-  const userDataSource = await loadDataSource(projectDir, options["data-source"] || "data-source.js");
+  const dataSourceFile = options["data-source"] || "data-source.js";
+  const userDataSource = await loadDataSource(projectDir, dataSourceFile);
   // The project's migrations are found once per run, by its first request that connects (TypeORM
   // searches the DataSource's migration folders as it connects); the later ones (the status under
   // faber's lock, the apply, the status after it, a rehearsal) get those classes. So every request
   // of a run sees the migrations faber analysed and approved, a file added meanwhile waiting for
   // the next run, and none searches the folders again (10-60 ms each for 300 migrations).
-  const run = { migrationClasses: null };
+  const run = { migrationClasses: null, dataSourceFile };
   return {
     status: (request) =>
       connected(userDataSource, run, request, async (dataSource) => {
