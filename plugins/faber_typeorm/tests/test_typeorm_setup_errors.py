@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import time
+
 import pytest
 from faber_core.errors import ConfigError, HealthCheckFailed
 from faber_core.testing.fixtures import CANARY_PASSWORD, wait_for
@@ -117,6 +120,30 @@ def test_an_unreachable_database_fails_the_health_check_without_the_password(
 
     assert "could not connect" in raised.value.message and "ECONNREFUSED" in raised.value.message
     assert CANARY_PASSWORD not in raised.value.message
+
+
+def test_a_database_that_accepts_and_never_answers_fails_at_the_load_deadline(
+    typeorm_project, typeorm_context, typeorm_plugins, monkeypatch
+):
+    # A port that takes the connection and stays silent (a blackhole): DataSource.initialize()
+    # waited for the server's answer forever.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        # faber reads the server's settings for the runner's environment first: one connect timeout.
+        project = typeorm_project(runner_load_timeout_seconds=2, connect_timeout_seconds=1)
+        monkeypatch.setenv("TYPEORM_TEST_DATABASE_URL", f"postgresql://app:{CANARY_PASSWORD}@127.0.0.1:{port}/app")
+        context = typeorm_context(project)
+
+        started = time.monotonic()
+        with pytest.raises(ConfigError) as raised:
+            typeorm_plugins.migration_status(context)
+
+    assert time.monotonic() - started < 30
+    assert raised.value.message == (
+        "TypeORM's DataSource.initialize() (data-source.js) did not finish within 2 s,"
+        " so the typeorm runner was stopped"
+    )
+    assert CANARY_PASSWORD not in raised.value.message + str(raised.value.tool_output)
 
 
 def test_apply_refuses_when_typeorm_would_run_other_migrations_than_faber_approved(
