@@ -223,8 +223,8 @@ def test_a_deploy_killed_while_its_runner_loads_the_project_takes_the_runner_alo
     assert query("SELECT to_regclass('migrations') IS NULL") == [(True,)]
 
 
-# Each data source records its runner's pid and starts a child process, then never finishes: its
-# step, its file, and the Node code that keeps it from finishing.
+# Data sources that never finish: the step the error names, and the Node code that keeps it from
+# finishing (each also records its runner's pid and starts a child process first).
 NEVER_FINISHING = {
     "a data source exporting a Promise that never settles": (
         "The data source (data-source.js)",
@@ -250,9 +250,9 @@ def test_a_data_source_that_never_finishes_loading_fails_within_the_deadline_lea
     step, never_finishing = NEVER_FINISHING[case]
     started_child = (
         'const fs = require("fs");\n'
-        'fs.writeFileSync(`${__dirname}/runner.pid`, String(process.pid));\n'
+        "fs.writeFileSync(`${__dirname}/runner.pid`, String(process.pid));\n"
         'const child = require("child_process").spawn("sleep", ["600"], { stdio: "ignore" });\n'
-        'fs.writeFileSync(`${__dirname}/child.pid`, String(child.pid));\n'
+        "fs.writeFileSync(`${__dirname}/child.pid`, String(child.pid));\n"
     )
     project = typeorm_project(files={"data-source.js": started_child + never_finishing}, runner_load_timeout_seconds=2)
 
