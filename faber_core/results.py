@@ -52,6 +52,11 @@ class FailedDeployResult(DeferredModel):
     applied_migrations: list[str] = Field(description="Migrations of this deploy that committed, in order.")
     remaining_migrations: list[str] = Field(description="Pending migrations this deploy did not commit.")
     transaction_rolled_back: bool | None = None
+    statements_committed: int | None = Field(
+        None,
+        description="The failed migration ran outside a transaction: how many of its statements committed "
+        "before the one that failed.",
+    )
     interrupted_by: str | None = Field(None, description="SIGINT or SIGTERM, when an interrupt stopped the deploy.")
     migrations_applied: int | None = Field(None, description="After a failed post-deployment health check (spec).")
     health_check_after: str | None = None

@@ -827,6 +827,7 @@ def roll_back_failed_deploy(
         applied_migrations=progress.applied,
         remaining_migrations=progress.remaining,
         transaction_rolled_back=failure.transaction_rolled_back if failure else None,
+        statements_committed=failure.statements_committed if failure else None,
         interrupted_by=cause.interrupted_by,
         rollback_initiated=rollback.initiated,
         rollback_status=rollback.status,
@@ -846,6 +847,7 @@ def roll_back_failed_deploy(
         *rollback.advice_first,
         *cause.suggestions,
         *[f"Drop the invalid index left behind: DROP INDEX CONCURRENTLY {name};" for name in leftovers],
+        *left_behind_by(failure, rollback.status),
         *resolve_advice(context, plugins, rollback.status),
         *rollback.advice_last,
     ]
@@ -1110,10 +1112,14 @@ def interrupted_restore(
     )
 
 
+RESTORE_TRIED: tuple[RollbackStatus, ...] = ("success", "failed", "restored_side_by_side")
+"""Rollback statuses whose advice is the restore's, not undoing the failed migration's leftovers."""
+
+
 def leftover_indexes(context: RunContext, progress: DeployProgress, status: RollbackStatus) -> list[str]:
     """Invalid indexes this deploy left (a failed or interrupted ``CREATE INDEX CONCURRENTLY``),
     when the database was not restored; none when they cannot be read."""
-    if status in ("success", "failed", "restored_side_by_side"):
+    if status in RESTORE_TRIED:
         return []
     try:
         with context.database.session() as conn:
@@ -1126,9 +1132,21 @@ def leftover_indexes(context: RunContext, progress: DeployProgress, status: Roll
 def resolve_advice(context: RunContext, plugins: Plugins, status: RollbackStatus) -> list[str]:
     """After a failure the database still shows (no restore), name each migration its tool records
     as failed, with the command that lets the next deploy go on once its leftovers are undone."""
-    if status in ("success", "failed", "restored_side_by_side"):
+    if status in RESTORE_TRIED:
         return []
     return failed_migration_advice(context, unresolved_migrations(context, plugins))
+
+
+def left_behind_by(failure: MigrationFailure | None, status: RollbackStatus) -> list[str]:
+    """What the failed migration left committed, as its handler told it after the error's first line
+    (which the message keeps), when the database was not restored: the leftovers to undo before
+    resolving it. A migration outside a transaction (MySQL's DDL, CREATE INDEX CONCURRENTLY) keeps
+    the statements before the one that failed."""
+    if failure is None or failure.left_nothing or status in RESTORE_TRIED:
+        return []
+    detail = " ".join(line.strip() for line in failure.error.splitlines() if line.strip())
+    told = detail.removeprefix(first_line(failure.error)).strip()
+    return [f"{failure.name}: {told}"] if told else []
 
 
 def unresolved_migrations(context: RunContext, plugins: Plugins) -> list[str]:

@@ -373,6 +373,22 @@ def test_faber_migrate_reports_a_failed_prisma_migration_with_prisma_output(pris
     ) == [("0001_init", False, False), ("0002_comments", True, True)]
 
 
+def test_faber_migrate_names_the_statements_a_failed_non_transactional_migration_left(prisma_project, run_faber, query):
+    broken = 'CREATE TABLE "tags" ("id" int);\nCREATE INDEX CONCURRENTLY "users_nick_idx" ON "users" ("nick");\n'
+    project = prisma_project({"0001_init": INIT, "0002_index": broken})
+
+    run = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+
+    assert run.returncode == 6, run.output
+    result, suggestions = run.json["result"], run.json["recovery"]["suggestions"]
+    assert (result["failed_migration"], result["statements_committed"]) == ("0002_index", 1)
+    assert (
+        "0002_index: Statement 2 of 2 failed. The migration runs outside a transaction: statements already run and "
+        'committed (not undone): 1: CREATE TABLE "tags" ("id" int)'
+    ) in suggestions
+    assert query("SELECT to_regclass('tags') IS NOT NULL") == [(True,)]
+
+
 def test_a_long_migration_shows_periodic_progress_on_stderr_without_a_terminal(prisma_project, run_faber):
     slow = 'SELECT pg_sleep(2.5);\nALTER TABLE "users" ADD COLUMN "nickname" TEXT;\n'
     project = prisma_project({"0001_init": INIT, "0002_slow": slow})

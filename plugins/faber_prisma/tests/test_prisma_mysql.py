@@ -333,6 +333,24 @@ def test_a_failed_deploy_in_a_protected_environment_is_restored(
     assert faber(run_faber, project, "migrate", "staging", "--yes").returncode == 0
 
 
+def test_a_failed_deploy_not_restored_says_which_statements_of_the_failed_migration_committed(
+    mysql_prisma_project, run_faber, mysql_query
+):
+    project = mysql_prisma_project({"20240101000000_init": INIT, "20240102000000_half": HALF})
+
+    failed = faber(run_faber, project, "migrate", "staging", "--yes")
+
+    assert failed.returncode == 6, failed.output
+    result, suggestions = failed.json["result"], failed.json["recovery"]["suggestions"]
+    assert (result["failed_migration"], result["rollback_status"]) == ("20240102000000_half", "no_backup")
+    assert (result["transaction_rolled_back"], result["statements_committed"]) == (False, 1)
+    left = "20240102000000_half: Statement 2 failed. MySQL commits each statement on its own: statement 1 of it ran"
+    assert any(s.startswith(left) for s in suggestions), suggestions
+    resolve = next(i for i, s in enumerate(suggestions) if "faber resolve staging --rolled-back" in s)
+    assert next(i for i, s in enumerate(suggestions) if s.startswith(left)) < resolve
+    assert "tags" in {name for (name,) in mysql_query("SHOW TABLES")}
+
+
 def test_an_ended_session_tells_which_statements_of_its_script_had_finished(
     mysql_prisma_project, prisma_context, mysql_query
 ):
