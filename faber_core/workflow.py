@@ -44,6 +44,7 @@ from faber_core.context import LockCheck, RunContext
 from faber_core.engines import HeldLock
 from faber_core.errors import (
     ApprovalRequired,
+    BackupFailed,
     ConfigError,
     FaberError,
     HealthCheckFailed,
@@ -628,7 +629,17 @@ def create_backup(
         if context.settings.backup_before_migrate:
             context.emit("backup.skipped", reason="--skip-backup")
         return None
-    return take_backup(context, plugins, "pre-migration backup", state)
+    try:
+        return take_backup(context, plugins, "pre-migration backup", state)
+    except BackupFailed as failed:
+        # The spec's fallbacks after the provider's own advice, whichever provider failed.
+        env = context.environment
+        fallbacks = [
+            f"Or skip backup (NOT recommended): faber migrate {env} --skip-backup",
+            f"Or create manual backup first: faber backup {env}",
+        ]
+        failed.suggestions += [s for s in fallbacks if s not in failed.suggestions]
+        raise
 
 
 def take_backup(context: RunContext, plugins: Plugins, reason: str, state: MigrationState) -> BackupRecord:

@@ -332,6 +332,32 @@ def test_a_full_disk_when_writing_the_manifest_is_backup_failed_and_leaves_nothi
     assert list(folder(project_dir).iterdir()) == []
 
 
+def test_a_deploy_whose_backup_cannot_be_written_applies_nothing_and_gives_the_specs_fallbacks(
+    faber_project, database_url, run_faber, monkeypatch
+):
+    for name, value in SQLFILES.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("TEST_DATABASE_URL", database_url)
+    environment = {"database_url_env": "TEST_DATABASE_URL", "lock_wait_seconds": 1}
+    project_dir = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"production": environment}}},
+        {"migrations/001_users.sql": "CREATE TABLE users (id bigint);"},
+    )
+    folder(project_dir).parent.mkdir(parents=True, exist_ok=True)
+    folder(project_dir).write_text("a file where the backup folder goes")
+
+    run = run_faber("migrate", "production", "--yes", "--json", cwd=project_dir)
+
+    assert (run.returncode, run.json["code"]) == (4, "BACKUP_FAILED"), run.output
+    assert run.json["error"].startswith("Failed to create pre-migration backup: cannot write under")
+    assert run.json["recovery"]["suggestions"][-2:] == [
+        "Or skip backup (NOT recommended): faber migrate production --skip-backup",
+        "Or create manual backup first: faber backup production",
+    ]
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT to_regclass('users')").fetchone() == (None,)
+
+
 def test_a_read_only_backup_folder_still_lists_and_restores_and_refuses_writes_with_backup_failed(
     production_on_each_engine, run_faber, small_disk
 ):
