@@ -538,7 +538,7 @@ def preview(context: RunContext, plugins: Plugins, state: MigrationState, *, reh
         preflight = (
             safety_checks().annotate_preview(context, plugins, state, previews, rehearse=rehearse) if previews else None
         )
-    total = round(sum(p.estimated_duration_seconds for p in previews), 2)
+    total = round(sum(p.estimated_duration_seconds for p in previews), 3)
     context.emit("preview.ready", pending=len(previews), total_estimated_duration_seconds=total)
     failed = next((p for p in previews if p.rehearsal_error), None)
     if failed is not None:
