@@ -195,7 +195,7 @@ def migrate(
 ) -> None:
     """Apply pending migrations to ENVIRONMENT.
 
-    Health check, backup (protected environments), approval, apply each migration, health check again, verify. On failure in an auto-rollback environment the backup is restored and verified. On a fleet environment (targets in the config), every target not up to date, wave by wave (docs/fleet.md).
+    Health check, approval and backup (protected environments), apply each migration, health check again, verify. On failure in an auto-rollback environment the backup is restored and verified. On a fleet environment (targets in the config), every target not up to date, wave by wave (docs/fleet.md).
 
     Exit codes: 0 ok, 2 invalid input/config, 3 health check failed, 4 backup failed, 5 approval missing, 6 migration failed, 7 locked, 8 restore failed, 9 lint blocked, 10 staging proof missing, 11 preflight blocked, 130 interrupted.
     """  # noqa: E501

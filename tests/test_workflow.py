@@ -52,6 +52,21 @@ def test_deploy_to_production_backs_up_applies_and_verifies(project, context_for
     assert kinds.index("backup.created") < kinds.index("migration.started") < kinds.index("verify.passed")
 
 
+def test_migrate_help_names_the_steps_in_the_order_a_deploy_runs_them(project, context_for, plugins):
+    """The backup is taken after the approval (docs/workflow.md): the help CI authors read says so."""
+    from typer.testing import CliRunner
+
+    from faber_core.cli import app
+
+    events: list = []
+    migrate(context_for(project({"001_users": USERS}), events=events), plugins, YES)
+    kinds = [e.kind for e in events]
+    help_text = " ".join(CliRunner().invoke(app, ["migrate", "--help"], terminal_width=200).output.split()).lower()
+
+    assert kinds.index("approval.granted") < kinds.index("backup.created") < kinds.index("apply.started")
+    assert help_text.index("approval") < help_text.index("backup") < help_text.index("apply each migration")
+
+
 def test_rerun_reports_no_pending_and_takes_no_backup(project, context_for, plugins):
     project_dir = project({"001_users": USERS})
     migrate(context_for(project_dir), plugins, YES)
