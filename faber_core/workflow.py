@@ -153,7 +153,9 @@ def migrate(
                 progress.health_after = health_after.status
                 if health_after.status == "failed":
                     raise HealthCheckFailed(
-                        "Post-deployment health check failed", suggestions=["Migrations applied but database unhealthy"]
+                        "Post-deployment health check failed",
+                        result=health_after.findings(),
+                        suggestions=["Migrations applied but database unhealthy"],
                     )
                 with step(context, "verify"):
                     verify_applied(
@@ -361,6 +363,12 @@ class Health:
     state: MigrationState | None = None
     """The migration status its ``migrations`` check read, which the step right after it uses
     instead of reading it again; None when that check did not run."""
+    checks: list[HealthCheckResult] = field(default_factory=list)
+
+    def findings(self) -> dict[str, Any]:
+        """What failed, for an error's result: the failed checks' details, and every check."""
+        failed = [r for r in self.checks if r.status == "failed"]
+        return {"details": "; ".join(r.details for r in failed), "checks": [r.model_dump() for r in self.checks]}
 
 
 def check_health(context: RunContext, plugins: Plugins, phase: str, options: DeployOptions) -> Health:
@@ -374,21 +382,16 @@ def check_health(context: RunContext, plugins: Plugins, phase: str, options: Dep
         return Health("skipped")
     with step(context, f"health_check_{phase}"):
         results, state = run_health_checks(context, plugins, after_apply=phase == "after")
-    failed = [r for r in results if r.status == "failed"]
-    status = overall_health(results)
-    context.emit("health.finished", phase=phase, status=status, checks=[r.model_dump() for r in results])
-    if failed and phase == "before":
-        first = failed[0]
+    health = Health(overall_health(results), state, results)
+    context.emit("health.finished", phase=phase, status=health.status, checks=[r.model_dump() for r in results])
+    if health.status == "failed" and phase == "before":
+        first = next(r for r in results if r.status == "failed")
         raise HealthCheckFailed(
             "Pre-deployment health check failed",
-            result={
-                "health_check": "failed",
-                "details": "; ".join(r.details for r in failed),
-                "checks": [r.model_dump() for r in results],
-            },
+            result={"health_check": "failed", **health.findings()},
             suggestions=health_suggestions(context, plugins, first),
         )
-    return Health(status, state)
+    return health
 
 
 def run_health_checks(

@@ -198,6 +198,8 @@ def test_unhealthy_after_deploy_rolls_back(project, context_for, plugins, databa
     assert raised.value.message == "Post-deployment health check failed"
     assert result["migrations_applied"] == 2 and result["health_check_after"] == "failed"
     assert result["auto_rollback_triggered"] is True and result["rollback_status"] == "success"
+    assert result["details"] == "posts breaks the app"
+    assert {c["name"]: c["status"] for c in result["checks"]} == {"connectivity": "passed", "app": "failed"}
     assert tables(database_url) == set()
 
 
