@@ -149,6 +149,10 @@ def migrate(
         with raised_once():
             try:
                 outcome = apply(context, plugins, lock, progress)
+                # On a session started after the migrations: one started before them does not see
+                # what they changed for new sessions (ALTER DATABASE/ROLE ... SET), which an
+                # application connecting now gets.
+                context.database.close_session()
                 health_after = check_health(context, plugins, "after", options)
                 progress.health_after = health_after.status
                 if health_after.status == "failed":

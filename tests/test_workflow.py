@@ -203,6 +203,24 @@ def test_unhealthy_after_deploy_rolls_back(project, context_for, plugins, databa
     assert tables(database_url) == set()
 
 
+def test_the_post_deployment_check_sees_what_the_migrations_changed_for_new_sessions(
+    project, context_for, plugins, database_url
+):
+    """A migration that makes new sessions read-only leaves the application unable to write; the
+    check after it must say so, as `faber health` run right after does."""
+    database = psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]
+    read_only = f'ALTER DATABASE "{database}" SET default_transaction_read_only = on;'
+    project_dir = project({"001_users": USERS, "002_read_only": read_only}, auto_rollback=False)
+
+    with pytest.raises(HealthCheckFailed) as raised:
+        migrate(context_for(project_dir), plugins, YES)
+
+    result = raised.value.result
+    assert raised.value.message == "Post-deployment health check failed"
+    assert (result["health_check_after"], result["rollback_status"]) == ("failed", "disabled")
+    assert result["details"] == "Database sessions default to read-only transactions"
+
+
 def test_unreachable_database_fails_the_health_check(faber_project, context_for, plugins, monkeypatch):
     monkeypatch.setenv("DOWN_URL", f"postgresql://app:{CANARY_PASSWORD}@127.0.0.1:1/nothing")
     project_dir = faber_project(
