@@ -21,7 +21,10 @@ MASK = "***"
 # starting with the scheme tried every letter of a long word and scanned the rest of it from
 # there (seconds for 20,000 letters in a line of output).
 _URL_USERINFO = re.compile(r"(?<=[a-zA-Z0-9+.-])(?P<scheme>:/+)(?P<user>[^:@/\s]*):(?P<password>[^@/\s]*)@")
-_KEYWORD_PASSWORD = re.compile(r"(?i)\b(password|passwd|pwd)(\s*[=:]\s*)('[^']*'|\"[^\"]*\"|\S+)")
+_KEYWORD_PASSWORD = re.compile(r"(?i)\b((?:ssl)?password|passwd|pwd)(\s*[=:]\s*)('[^']*'|\"[^\"]*\"|\S+)")
+# A URL's query may carry a password too: libpq reads ``?password=`` (and ``?sslpassword=``, the
+# client key's), as do the Node tools that get the URL.
+_QUERY_PASSWORD = re.compile(r"(?i)[?&](?:ssl)?password=([^&#]*)")
 _SCHEME_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/*")
 # Where URL parsers (urllib, libpq) and their error messages cut a password that was not
 # percent-encoded: at the userinfo and path delimiters, the query and fragment marks, and '%'.
@@ -65,8 +68,9 @@ def _passwords(value: str) -> set[str]:
 
     libpq ends the userinfo at the first ``@``, urllib at the last ``@`` before the first ``/``,
     and a person who did not percent-encode a password meant the last ``@`` of all; so each ``@``
-    is taken as a possible end of the userinfo. A ``key=value`` connection string gives its
-    ``password`` setting.
+    is taken as a possible end of the userinfo. A ``password=`` or ``sslpassword=`` query
+    parameter is a password as well, and a ``key=value`` connection string gives its ``password``
+    setting.
     """
     found: set[str] = set()
     prefix = _SCHEME_PREFIX.match(value)
@@ -74,6 +78,7 @@ def _passwords(value: str) -> set[str]:
         found.update(match[3].strip("'\"") for match in _KEYWORD_PASSWORD.finditer(value))
         return found
     rest = value[prefix.end() :]
+    found.update(match[1] for match in _QUERY_PASSWORD.finditer(rest) if match[1])
     at = rest.find("@")
     while at != -1:
         _user, colon, password = rest[:at].partition(":")

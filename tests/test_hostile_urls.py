@@ -12,6 +12,7 @@ import pytest
 from faber_core.context import Database
 from faber_core.errors import ConfigError
 from faber_core.secrets import Redactor, Secret, secret_forms
+from faber_core.testing.fixtures import CANARY_PASSWORD
 
 PASSWORD_PIECES = ("Alpha-93xq", "Bravo-51kd", "Charlie-7z")
 
@@ -204,3 +205,28 @@ def test_a_query_parameter_given_twice_with_two_values_is_refused(
     name = repeated.partition("=")[0]
     assert run.returncode == 2, run.output
     assert run.json["code"] == "CONFIG_INVALID" and f"{name} is given twice" in run.json["error"], run.json
+
+
+@pytest.mark.parametrize("parameter", ["password", "sslpassword"])
+def test_a_password_given_as_a_query_parameter_is_masked_everywhere(
+    parameter, faber_project, run_faber, database_url, query
+):
+    """libpq reads ``?password=`` as the password (``?sslpassword=`` as the client key's): a
+    database error quoting it is masked as one quoting the URL's userinfo is."""
+    secret = PASSWORD_PIECES[0]
+    address = database_url.replace(f":{CANARY_PASSWORD}@", "@")
+    url = f"{address}?{parameter}={secret}" + ("&sslmode=disable" if parameter == "sslpassword" else "")
+    project = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"production": {"database_url_env": "APP_URL"}}}},
+        {"migrations/001_leaky.sql": f"CREATE TABLE users (id bigint); SELECT '{secret}'::int;"},
+    )
+    env = {"FABER_PLUGINS": "faber_core.testing.sqlfiles", "APP_URL": url, "FABER_DEBUG": "1"}
+
+    deploy = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
+    history = run_faber("history", "production", "--cwd", str(project), env=env)
+
+    assert deploy.returncode == 6 and history.returncode == 0, deploy.output + history.output
+    assert "invalid input syntax for type integer" in deploy.json["error"]
+    rows = query("SELECT row_to_json(d)::text FROM faber.faber_deployments d")
+    channels = [deploy.output, history.output, (project / ".faber" / "audit.log").read_text(), *(r[0] for r in rows)]
+    assert pieces_in("\n".join(channels)) == []

@@ -23,10 +23,12 @@ def test_redactor_masks_known_values_in_raw_and_encoded_forms():
 def test_redactor_masks_any_url_userinfo_and_password_settings():
     redactor = Redactor()
 
-    text = redactor.redact("connect postgres://bob:s3cret@host/db failed; dsn: host=x password=hunter2 user=y")
+    text = redactor.redact(
+        "connect postgres://bob:s3cret@host/db failed; dsn: host=x password=hunter2 sslpassword=keypass user=y"
+    )
 
-    assert "s3cret" not in text and "hunter2" not in text
-    assert "postgres://bob:***@host/db" in text and "user=y" in text
+    assert "s3cret" not in text and "hunter2" not in text and "keypass" not in text
+    assert "postgres://bob:***@host/db" in text and "sslpassword=***" in text and "user=y" in text
 
 
 def test_database_keeps_prisma_schema_but_hides_it_from_libpq():
