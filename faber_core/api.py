@@ -494,7 +494,7 @@ def _operation_and_environment(document: object) -> tuple[str, str | None]:
     if isinstance(document, (str, bytes)):
         try:
             document = json.loads(document)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or a number too long to convert
             return REQUEST, None
     if not isinstance(document, Mapping):
         return REQUEST, None

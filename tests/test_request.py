@@ -194,6 +194,15 @@ def test_an_unreachable_database_gets_the_spec_health_check_error(faber_project,
         # past Python's recursion limit; a short id, as the test id goes into the environment of
         # the faber it starts (PYTEST_CURRENT_TEST), where one variable may not exceed 128 KiB
         pytest.param("[" * 100_000 + "]" * 100_000, "request", "nested too deeply", id="nested-100000-deep"),
+        # past Python's limit on the digits of an integer it converts
+        pytest.param(
+            '{"operation": "deploy-migrations", "parameters": {"environment": "production", "dry_run": '
+            + "9" * 5000
+            + "}}",
+            "request",
+            "Exceeds the limit (4300 digits) for integer string conversion",
+            id="integer-of-5000-digits",
+        ),
     ],
 )
 def test_invalid_requests_are_config_invalid_documents(run_faber, request_text, operation, problem):
