@@ -94,11 +94,11 @@ class LockRetrySettings(BaseModel):
 TARGET_NAME = _ENVIRONMENT_NAME
 """A fleet's target names follow environment names: ``ENV/TARGET`` names one target, and its backups
 live under ``.faber/backups/ENV/TARGET/``."""
-_VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
 def _variable_name(value: str | None) -> str | None:
-    if value is not None and not _VARIABLE_NAME.match(value):
+    if value is not None and not VARIABLE_NAME.match(value):
         raise ValueError(f"{value!r} is not an environment variable name (letters, digits and '_')")
     return value
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from faber_core.config import TARGET_NAME, EnvironmentSettings, _variable_name, load_config
+from faber_core.config import TARGET_NAME, VARIABLE_NAME, EnvironmentSettings, load_config
 from faber_core.errors import ConfigError, HealthCheckFailed
 from faber_core.secrets import Redactor, Secret
 
@@ -51,7 +51,6 @@ def fleet_settings(project_dir: Path, environment: str, options: FleetOptions) -
     return None
 
 
-URL_SCHEMES = ("postgresql://", "postgres://", "mysql://", "mariadb://")
 JOB_INDEX_VARIABLE = "JOB_COMPLETION_INDEX"
 JOB_COUNT_VARIABLE = "JOB_COMPLETIONS"
 MAX_SHARDS = 10_000
@@ -128,7 +127,9 @@ def _from_urls_variable(variable: str, redactor: Redactor) -> list[Target]:
         if not line or line.startswith("#"):
             continue
         # "URL" or "NAME URL": a URL is never split, so a space inside one cannot make a name of it.
-        name, _, url = ("", "", line) if line.startswith(URL_SCHEMES) else _split_name(line)
+        # A name holds no ':', so a first word with one begins a URL, even one with a mistyped or
+        # capitalised scheme, whose error must not quote a piece of its password as a name.
+        name, _, url = ("", "", line) if ":" in line.split(None, 1)[0] else _split_name(line)
         url = url.strip()
         redactor.add(url)
         entries.append((number, name, url))
@@ -254,10 +255,13 @@ def _from_variables(entries: Iterable[_Entry], redactor: Redactor) -> list[Targe
     found, missing = [], []
     for entry in entries:
         _check_name(entry.name, entry.where)
-        try:
-            _variable_name(entry.variable)
-        except ValueError as exc:
-            raise ConfigError(f"{entry.where}: {exc}") from None
+        if not VARIABLE_NAME.match(entry.variable):
+            # Not quoted: what stands there is often the URL itself, password and all.
+            raise ConfigError(
+                f"{entry.where}: the second column is not the name of an environment variable "
+                "(letters, digits and '_')",
+                suggestions=["Put each target's URL in a variable of its own and name it: acme ACME_DATABASE_URL"],
+            )
         value = os.environ.get(entry.variable, "").strip()
         if not value:
             missing.append(entry.variable)

@@ -403,6 +403,9 @@ ENV_TEXT = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x0
 # A line break of str.splitlines() other than "\n" in a password: not a line of its own.
 @example(lines=[f"a postgresql://app:\r{CANARY_PASSWORD}@db:5432/\t0"])
 @example(lines=[f"a postgresql://app:\x1c{CANARY_PASSWORD}@db:5432/x"])
+# A URL whose scheme is capitalised or mistyped, with a space in its password: never a name and a URL.
+@example(lines=[f"PostgreSQL://app:{CANARY_PASSWORD} x@db:5432/x"])
+@example(lines=[f"postgresq://app:{CANARY_PASSWORD} x@db:5432/x"])
 def test_any_url_list_gives_targets_or_an_error_that_quotes_no_password(lines):
     from faber_core.config import EnvironmentSettings
     from faber_core.errors import ConfigError
@@ -759,6 +762,41 @@ def test_targets_from_a_file_and_from_a_catalog_query(make_fleet, postgres_admin
         assert (escaped.code, escaped.exit_code) == ("CONFIG_INVALID", 2)
         with psycopg.connect(catalog_url) as conn:
             assert conn.execute("SELECT count(*) FROM tenants").fetchone() == (3,)
+    finally:
+        drop_database(postgres_admin_url, catalog)
+
+
+def test_a_url_where_its_variable_name_belongs_is_refused_without_quoting_it(
+    make_fleet, postgres_admin_url, monkeypatch
+):
+    """A targets file or a catalog giving the URL itself instead of the variable holding it: the
+    error names the line or row, never the URL (a '/' in its password hides it from the URL mask)."""
+    fleet = make_fleet(1)
+    url = fleet.urls["t00"].replace(f":{CANARY_PASSWORD}@", f":{CANARY_PASSWORD}/x@")
+    (fleet.project / "tenants.txt").write_text(f"t00 {url}\n")
+    catalog = create_database(postgres_admin_url, prefix="faber_catalog")
+    try:
+        catalog_url = database_url_for(postgres_admin_url, catalog, password=CANARY_PASSWORD)
+        with psycopg.connect(catalog_url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE tenants (name text, url text)")
+            conn.execute("INSERT INTO tenants VALUES ('t00', %s)", [url])
+        monkeypatch.setenv("CATALOG_DATABASE_URL", catalog_url)
+        config_path = fleet.project / ".fractary/plugins/faber-db/config.json"
+        config = json.loads(config_path.read_text())
+        for targets, where in (
+            ({"file": "tenants.txt"}, "tenants.txt line 1"),
+            (
+                {"catalog": {"url_env": "CATALOG_DATABASE_URL", "query": "SELECT name, url FROM tenants"}},
+                "the catalog query's row 1",
+            ),
+        ):
+            config["database"]["environments"]["tenants"]["targets"] = targets
+            config_path.write_text(json.dumps(config))
+            document = api.status("tenants", working_directory=fleet.project)
+            text = json.dumps(document.model_dump(mode="json"))
+            assert (document.code, document.exit_code) == ("CONFIG_INVALID", 2), text
+            assert f"{where}: the second column is not the name of an environment variable" in document.error
+            assert CANARY_PASSWORD not in text, text
     finally:
         drop_database(postgres_admin_url, catalog)
 
