@@ -28,6 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from faber_core.errors import ConfigError
+from faber_core.secrets import Redactor
 from faber_core.suggest import did_you_mean, known_fields
 
 CONFIG_PATH = Path(".fractary/plugins/faber-db/config.json")
@@ -475,7 +476,7 @@ def load_config(project_dir: Path) -> FaberConfig:
     try:
         return FaberConfig.model_validate(raw, strict=True)
     except ValidationError as exc:
-        problems = [_describe(error) for error in exc.errors()]
+        problems = _masking_credentials(raw, [_describe(error) for error in exc.errors()])
         raise ConfigError(
             f"Invalid configuration {CONFIG_PATH}: " + "; ".join(problems),
             suggestions=["See the accepted settings with: faber config schema"],
@@ -510,6 +511,23 @@ def _refusing_unknown_keys(model: type[Options]) -> type[Options]:
     faber's start-up does not build them): a fleet's targets validate with it from several threads."""
     config = ConfigDict(extra="forbid", defer_build=False)
     return type(model.__name__, (model,), {"model_config": config, "__module__": model.__module__})
+
+
+def _masking_credentials(raw: Any, problems: list[str]) -> list[str]:
+    """``problems`` with every text of the config ``raw`` that may hold a credential masked: a
+    database URL pasted where the name of its variable belongs (``database_url_env``) is quoted,
+    password and all, by the problem that names it. A URL with a password holds an '@'."""
+    redactor = Redactor()
+    pending = [raw]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending += [*value, *value.values()]
+        elif isinstance(value, list):
+            pending += value
+        elif isinstance(value, str) and ("@" in value or "password" in value.lower()):
+            redactor.add(value)
+    return [redactor.redact(problem) for problem in problems]
 
 
 def _describe_option(error: Any, model: type[BaseModel], where: str) -> str:

@@ -10,6 +10,7 @@ import pytest
 
 from faber_core.config import CONFIG_PATH, load_config
 from faber_core.errors import ConfigError
+from faber_core.testing.fixtures import CANARY_PASSWORD
 
 SQLFILES = {"FABER_PLUGINS": "faber_core.testing.sqlfiles"}
 
@@ -55,6 +56,34 @@ def test_config_mistakes_are_refused_with_what_to_fix(tmp_path, config, expected
         load_config(project)
 
     assert expected in raised.value.message
+
+
+PASTED_URL = f"postgresql://app:{CANARY_PASSWORD}/x@db.internal:5432/app"
+"""A database URL pasted into the config where a name belongs; the '/' in its password keeps the
+mask of URL passwords in any text from finding it."""
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        production(database_url_env=PASTED_URL),
+        production(database_url_env=None, targets={"urls_env": PASTED_URL}),
+        production(database_url_env=None, targets={"catalog": {"url_env": PASTED_URL, "query": "SELECT 1"}}),
+        production(database_url_env=None, targets={"urls_env": "X"}, rollout={"waves": [PASTED_URL]}),
+        {"database": {"migration_tool": "prisma", "faber_schema": PASTED_URL}},
+        {"database": {"migration_tool": "prisma", "environments": {PASTED_URL: {}}}},
+    ],
+    ids=["database_url_env", "urls_env", "catalog.url_env", "rollout.waves", "faber_schema", "environment name"],
+)
+def test_a_url_pasted_where_a_name_belongs_is_refused_without_its_password(tmp_path, config):
+    project = write_config(tmp_path, json.dumps(config))
+
+    with pytest.raises(ConfigError) as raised:
+        load_config(project)
+
+    error = raised.value
+    shown = json.dumps([error.message, error.suggestions, error.result])
+    assert error.message.startswith("Invalid configuration") and CANARY_PASSWORD not in shown, shown
 
 
 @pytest.mark.parametrize(
