@@ -67,22 +67,26 @@ def read_migration_file(path: Path, folder: Path, *, shown: str | None = None) -
 def read_regular_file(path: Path, what: str, max_bytes: int) -> bytes:
     """The bytes of ``path`` if it is a regular file of at most ``max_bytes``, else a ConfigError
     beginning with ``what``: a FIFO would wait forever for a writer, a device such as /dev/zero
-    never ends."""
+    never ends, a directory opens but cannot be read."""
     try:
         # O_NONBLOCK: opening a FIFO must not wait for a writer before the check below refuses it.
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
     except OSError as exc:
         raise ConfigError(f"Cannot read {what[0].lower()}{what[1:]}: {exc.strerror}") from None
-    with os.fdopen(descriptor, "rb") as handle:
-        info = os.fstat(handle.fileno())
+    try:
+        # Checked before the descriptor becomes a file object, which refuses a directory itself.
+        info = os.fstat(descriptor)
         if not stat.S_ISREG(info.st_mode):
             raise ConfigError(
-                f"{what} is not a regular file (a FIFO, device or socket): refused",
+                f"{what} is not a regular file (a directory, FIFO, device or socket): refused",
                 suggestions=[f"{what} must be a regular file"],
             )
         if info.st_size > max_bytes:
             raise ConfigError(f"{what} is larger than {_size(max_bytes)}: refused")
-        return handle.read()
+        with os.fdopen(descriptor, "rb", closefd=False) as handle:
+            return handle.read()
+    finally:
+        os.close(descriptor)
 
 
 def _size(count: int) -> str:

@@ -955,15 +955,17 @@ def test_every_deferred_model_is_built_before_a_fleets_threads_start():
     assert int(count) > 20 and unbuilt.strip() == "[]"
 
 
-@pytest.mark.parametrize("kind", ["fifo", "device"])
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory"])
 def test_a_targets_file_that_is_not_a_regular_file_is_refused_at_once(faber_project, run_faber, kind):
     """A FIFO would block faber forever waiting for a writer, /dev/zero would fill its memory."""
     environments = {"tenants": {"targets": {"file": "tenants.txt"}}}
     project = faber_project({"database": {"migration_tool": sqlfiles.TOOL, "environments": environments}})
     if kind == "fifo":
         os.mkfifo(project / "tenants.txt")
-    else:
+    elif kind == "device":
         (project / "tenants.txt").symlink_to("/dev/zero")
+    else:
+        (project / "tenants.txt").mkdir()
 
     run = run_faber("status", "tenants", "--json", "--cwd", str(project), env=SQLFILES, timeout=60)
 

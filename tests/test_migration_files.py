@@ -51,6 +51,18 @@ def test_a_fifo_is_refused_without_blocking(tmp_path):
         read_sql(tmp_path / "001.sql", tmp_path)
 
 
+def test_prisma_refuses_a_directory_where_a_migration_script_belongs(faber_project, run_faber, database_url, query):
+    project = faber_project(PRISMA_CONFIG, {"prisma/migrations/20240101000000_init/migration.sql": "SELECT 1;"})
+    (project / "prisma/migrations/20240102000000_next/migration.sql").mkdir(parents=True)
+
+    run = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env={"APP_URL": database_url})
+
+    assert run.returncode == 2, run.output
+    assert run.json["code"] == "CONFIG_INVALID", run.json
+    assert "20240102000000_next/migration.sql is not a regular file (a directory" in run.json["error"]
+    assert query("SELECT to_regclass('_prisma_migrations')") == [(None,)]
+
+
 def test_bytes_that_are_not_utf8_are_refused_with_their_offset():
     data = b"CREATE TABLE t (name text);\nINSERT INTO t VALUES ('Jos" + b"\xe9');\n"
 
