@@ -326,7 +326,9 @@ class Plugins:
 
     def migration_status(self, context: RunContext) -> MigrationState:
         answer = self._ask_handler("faber_migration_status", context)
-        return MigrationState.model_validate(answer)
+        state = MigrationState.model_validate(answer)
+        _refuse_names_not_utf8(state)
+        return state
 
     def migration_validate(self, context: RunContext, pending: list[LocalMigration]) -> list[MigrationRefusal]:
         """The handler's refusals of pending migrations; none from a handler without the optional hook."""
@@ -465,6 +467,24 @@ class Plugins:
                 if missing:
                     found.append({"package": declaration.package, "kind": kind, "name": name, "missing": missing})
         return found
+
+
+def _refuse_names_not_utf8(state: MigrationState) -> None:
+    """Refuse a migration whose file or folder name is not UTF-8 (Python reads its bad bytes as
+    lone surrogates), before anything runs: the database and the deployment history could not
+    record its name, so a deploy would fail after its backup, its run unrecorded."""
+
+    def shown(text: str) -> str:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+    for migration in state.local:
+        try:
+            migration.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(
+                f"The migration {shown(migration.name)} has a name that is not UTF-8 text: refused",
+                suggestions=[f"Rename {shown(migration.path or migration.name)} to a UTF-8 name"],
+            ) from None
 
 
 def _warn_sink_failed(context: RunContext, owner: str, event: AuditEvent, exc: Exception) -> None:

@@ -155,3 +155,28 @@ def test_the_sqlfiles_handler_and_the_safety_checks_refuse_too(
     context = open_context(project, "production", "preview-migrations")
     with pytest.raises(ConfigError, match="resolves outside its folder"):
         migration_sql(context, LocalMigration(name="002_secret", path="migrations/002_secret.sql"))
+
+
+@pytest.mark.parametrize("args", [("migrate", "production", "--yes", "--json"), ("status", "production")])
+def test_a_migration_whose_file_name_is_not_utf8_is_refused_before_anything_runs(
+    faber_project, run_faber, database_url, query, args
+):
+    """Its name could not be recorded: a deploy failed after its backup, its run unrecorded."""
+    project = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"production": {"database_url_env": "APP_URL"}}}},
+        {"migrations/001_users.sql": "CREATE TABLE users (id bigint);"},
+    )
+    with open(os.fsencode(project / "migrations") + b"/002_caf\xe9.sql", "w") as script:
+        script.write("CREATE TABLE posts (id bigint);")
+    env = {"APP_URL": database_url, "FABER_PLUGINS": "faber_core.testing.sqlfiles"}
+
+    run = run_faber(*args, "--cwd", str(project), env=env)
+
+    assert run.returncode == 2, run.output
+    # The bad byte as an escape, in the JSON document as in the text shown to a person.
+    text = run.json["error"] + " " + " ".join(run.json["recovery"]["suggestions"]) if "--json" in args else run.output
+    assert "The migration 002_caf\\xe9 has a name that is not UTF-8 text" in text
+    assert "Rename migrations/002_caf\\xe9.sql" in text and "Traceback" not in run.output
+    assert query("SELECT count(*) FROM pg_namespace WHERE nspname = 'faber'") == [(0,)]
+    assert query("SELECT to_regclass('users')") == [(None,)]
+    assert not (project / ".faber" / "backups").exists()
