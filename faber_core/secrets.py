@@ -11,6 +11,7 @@ errors, subprocess output, tracebacks) is safe to show once it has passed throug
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 from typing import Any
@@ -33,6 +34,9 @@ MIN_SECRET_LENGTH = 3
 """Shorter forms are not masked: they would mask ordinary words in every output."""
 MIN_PIECE_LENGTH = 4
 """A piece of a password shorter than this says little about it, and masking it would garble output."""
+PASSWORD_VARIABLES = ("PGPASSWORD", "MYSQL_PWD")
+"""Environment variables holding a password the database clients read when the URL has none
+(libpq: faber's own connections, pg_dump, psql; the MySQL client programs)."""
 REMEMBERED_TEXT_LENGTH = 256
 """Texts up to this long are redacted once and their result remembered: the events of a
 deploy repeat the same names, keys and messages for every migration."""
@@ -114,7 +118,7 @@ def secret_forms(value: str) -> set[str]:
 
 class Redactor:
     """Masks every known secret value (in every form :func:`secret_forms` gives) and every URL
-    password in text."""
+    password in text. It knows the passwords of :data:`PASSWORD_VARIABLES` from the start."""
 
     def __init__(self) -> None:
         self._values: set[str] = set()
@@ -130,6 +134,8 @@ class Redactor:
         that learns a new form, after the forms are updated (see :meth:`redact`)."""
         # A fleet's targets share one redactor across threads: two adds must not lose a form.
         self._adding = threading.Lock()
+        for variable in PASSWORD_VARIABLES:
+            self.add(os.environ.get(variable))
 
     def add(self, value: str | Secret | None) -> None:
         """Remember a secret; call it before anything parses the value, so that a parser's

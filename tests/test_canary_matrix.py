@@ -302,3 +302,27 @@ def test_no_command_leaks_the_canary_password_anywhere_on_mysql(
     wrapped = channels["child process argv (wrappers)"]
     assert "[MYSQL_PWD in env]" in wrapped and "/mariadb-dump " in wrapped and "/mariadb " in wrapped
     assert "doesn't exist" in channels["stdout and stderr"]  # the leaky migration's error was shown, masked
+
+
+def test_a_password_from_pgpassword_is_masked_as_the_urls_is(faber_project, database_url, run_faber, query):
+    """libpq takes the password from PGPASSWORD when the URL has none: a database error quoting it
+    is masked in every channel, as one quoting the URL's password is."""
+    environment = {"database_url_env": "APP_DATABASE_URL", "lock_wait_seconds": 1}
+    project = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"production": environment}}},
+        {"migrations/001_users.sql": USERS, "migrations/002_leaky.sql": LEAKY},
+    )
+    env = {
+        "FABER_PLUGINS": "faber_core.testing.sqlfiles",
+        "APP_DATABASE_URL": database_url.replace(f":{CANARY_PASSWORD}@", "@"),
+        "PGPASSWORD": CANARY_PASSWORD,
+    }
+
+    deploy = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
+    history = run_faber("history", "production", "--cwd", str(project), env=env)
+
+    assert deploy.returncode == 6 and history.returncode == 0, deploy.output + history.output
+    assert "invalid input syntax for type integer" in deploy.json["error"]
+    rows = query("SELECT row_to_json(d)::text FROM faber.faber_deployments d")
+    channels = [deploy.output, history.output, (project / ".faber" / "audit.log").read_text(), *(r[0] for r in rows)]
+    assert [channel for channel in channels if CANARY_PASSWORD in channel] == []

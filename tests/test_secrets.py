@@ -116,3 +116,12 @@ def test_a_document_is_redacted_wherever_a_credential_hides_in_it():
     assert "hunter22" not in dumped and "password=x" not in dumped
     assert shown.result["migrations"][0] == clean and shown.result["count"] == 2
     assert document.result["migrations"][1].name == "m2 hunter22"  # the original is left as it was
+
+
+def test_the_password_variables_of_the_database_clients_are_known_from_the_start(monkeypatch):
+    monkeypatch.setenv("PGPASSWORD", "pg-env-secret")
+    monkeypatch.setenv("MYSQL_PWD", "my-env-secret")
+
+    text = Redactor().redact('invalid input syntax: "pg-env-secret", Access denied (my-env-secret)')
+
+    assert "env-secret" not in text
