@@ -473,6 +473,7 @@ def load_config(project_dir: Path) -> FaberConfig:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"Cannot read {CONFIG_PATH}: {exc}") from None
     raw = _parse_json(text)
+    _refuse_unusable_text(raw)
     try:
         return FaberConfig.model_validate(raw, strict=True)
     except ValidationError as exc:
@@ -513,20 +514,51 @@ def _refusing_unknown_keys(model: type[Options]) -> type[Options]:
     return type(model.__name__, (model,), {"model_config": config, "__module__": model.__module__})
 
 
+def _texts(raw: Any) -> typing.Iterator[tuple[tuple[Any, ...], str]]:
+    """Every text of the parsed config ``raw``, keys and values, with the keys leading to it."""
+    pending: list[tuple[tuple[Any, ...], Any]] = [((), raw)]
+    while pending:
+        location, value = pending.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                yield (*location, key), key
+                pending.append(((*location, key), item))
+        elif isinstance(value, list):
+            pending += [((*location, index), item) for index, item in enumerate(value)]
+        elif isinstance(value, str):
+            yield location, value
+
+
+def _refuse_unusable_text(raw: Any) -> None:
+    """Refuse a NUL character or a lone surrogate (JSON's ``\\u0000``, ``\\udc80``) anywhere in the
+    config: no name, path, program argument or SQL can hold one, and a plugin's option would
+    otherwise fail only where it is used (a Node runner's argument, a file's path)."""
+    for location, text in _texts(raw):
+        if "\0" in text or not _encodable(text):
+            where = ".".join(json.dumps(str(part))[1:-1] for part in location) or "(root)"
+            raise ConfigError(
+                f"Invalid configuration {CONFIG_PATH}: {where}: holds a NUL character or a lone surrogate "
+                "(\\u0000, \\ud800 to \\udfff), which no setting can use",
+                suggestions=["Remove the character; check the file was written as UTF-8 text"],
+            )
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _masking_credentials(raw: Any, problems: list[str]) -> list[str]:
     """``problems`` with every text of the config ``raw`` that may hold a credential masked: a
     database URL pasted where the name of its variable belongs (``database_url_env``) is quoted,
     password and all, by the problem that names it. A URL with a password holds an '@'."""
     redactor = Redactor()
-    pending = [raw]
-    while pending:
-        value = pending.pop()
-        if isinstance(value, dict):
-            pending += [*value, *value.values()]
-        elif isinstance(value, list):
-            pending += value
-        elif isinstance(value, str) and ("@" in value or "password" in value.lower()):
-            redactor.add(value)
+    for _location, text in _texts(raw):
+        if "@" in text or "password" in text.lower():
+            redactor.add(text)
     return [redactor.redact(problem) for problem in problems]
 
 

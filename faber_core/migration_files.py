@@ -21,7 +21,14 @@ MAX_MIGRATION_BYTES = 2 * 1024**3
 def migrations_folder(project_dir: Path, configured: str, setting: str) -> Path:
     """The configured migrations folder, which must exist (it may live anywhere, symlinked or not)."""
     folder = project_dir / configured
-    if not folder.is_dir():
+    try:
+        is_folder = folder.is_dir()
+    except OSError as exc:  # a name too long, a folder on the way faber may not search
+        raise ConfigError(
+            f"Cannot read the migrations folder {_shown(folder, project_dir)}: {exc.strerror}",
+            suggestions=[f"Check {setting} in the config (relative to {project_dir})"],
+        ) from None
+    if not is_folder:
         shown = _shown(folder, project_dir)
         raise ConfigError(
             f"The migrations folder {shown} does not exist" + (" (it is not a folder)" if folder.exists() else ""),

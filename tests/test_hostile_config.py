@@ -185,6 +185,58 @@ def test_a_missing_migrations_folder_is_exit_2_naming_it(faber_project, run_fabe
     assert run.json["error"] == "The migrations folder db/migratons does not exist"
 
 
+def test_a_migrations_folder_name_too_long_for_the_system_is_exit_2_naming_the_setting(
+    faber_project, run_faber, database_url
+):
+    project = faber_project(
+        {
+            "database": {
+                "migration_tool": "prisma",
+                "prisma": {"migrations_dir": "m" * 300},
+                "environments": {"production": {"database_url_env": "APP_URL"}},
+            }
+        }
+    )
+
+    run = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env={"APP_URL": database_url})
+
+    assert run.returncode == 2, run.output
+    assert run.json["error"] == f"Cannot read the migrations folder {'m' * 300}: File name too long", run.json
+    assert "database.prisma.migrations_dir" in run.json["recovery"]["suggestions"][0]
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ({"typeorm": {"data_source": "data-source\u0000.js"}}, "database.typeorm.data_source: holds a NUL"),
+        ({"prisma": {"migrations_dir": "prisma/\udc80"}}, "database.prisma.migrations_dir: holds a NUL"),
+        (
+            {"environments": {"tenants": {"targets": {"file": "tenants\u0000.txt"}}}},
+            "database.environments.tenants.targets.file: holds a NUL",
+        ),
+        ({"environments": {"production": {"\udc80": 1}}}, "database.environments.production.\\udc80: holds a NUL"),
+    ],
+    ids=["typeorm-data-source-nul", "prisma-folder-surrogate", "targets-file-nul", "surrogate-key"],
+)
+def test_a_nul_or_lone_surrogate_anywhere_in_the_config_is_exit_2_naming_where(
+    faber_project, run_faber, database_url, section, expected
+):
+    """Neither can be in a path, a program's argument or SQL: a NUL in a Node runner's data source
+    or a targets file's name was an unexpected error (exit 1) where it was used."""
+    tool = next((name for name in ("typeorm", "prisma") if name in section), "sqlfiles")
+    environments = {"production": {"database_url_env": "APP_URL"}, **section.get("environments", {})}
+    tool_sections = {key: value for key, value in section.items() if key != "environments"}
+    project = faber_project({"database": {"migration_tool": tool, **tool_sections, "environments": environments}})
+    environment = "tenants" if "tenants" in environments else "production"
+    env = {"APP_URL": database_url, **SQLFILES}
+
+    run = run_faber("migrate", environment, "--yes", "--json", "--cwd", str(project), env=env)
+
+    assert run.returncode == 2, run.output
+    assert run.json["code"] == "CONFIG_INVALID" and expected in run.json["error"], run.json
+    assert "Traceback" not in run.stderr
+
+
 def test_a_faber_schema_holding_application_objects_is_refused_before_anything(
     faber_project, run_faber, database_url, query
 ):
