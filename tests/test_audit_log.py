@@ -127,6 +127,37 @@ def test_an_unwritable_log_is_a_warning_not_a_failure(faber_project, database_ur
     assert run.stderr.count("warning: cannot append to") == 1
 
 
+def test_a_log_that_is_a_symbolic_link_is_not_followed(faber_project, database_url, run_faber, tmp_path):
+    """A link planted in the project must not make faber append to a file elsewhere (a shell's
+    startup file would run the texts of an event)."""
+    project = faber_project(
+        {
+            "database": {
+                "migration_tool": "sqlfiles",
+                "environments": {"production": {"database_url_env": "APP_DATABASE_URL"}},
+            }
+        },
+        {"migrations/001_users.sql": USERS},
+    )
+    elsewhere = tmp_path / "bashrc"
+    elsewhere.write_text("# a file outside the project\n")
+    (project / ".faber").mkdir()
+    (project / ".faber/audit.log").symlink_to(elsewhere)
+
+    run = run_faber(
+        "status",
+        "production",
+        "--json",
+        "--cwd",
+        str(project),
+        env={"FABER_PLUGINS": "faber_core.testing.sqlfiles", "APP_DATABASE_URL": database_url},
+    )
+
+    assert run.returncode == 0 and run.json["status"] == "success"
+    assert run.stderr.count("warning: cannot append to") == 1
+    assert elsewhere.read_text() == "# a file outside the project\n"
+
+
 class BrokenSink:
     """An audit plugin that raises on every migration it hears about."""
 

@@ -61,4 +61,6 @@ class LogFile:
 
 
 def _private(path: str, flags: int) -> int:
-    return os.open(path, flags, 0o600)
+    # Never through a symbolic link: one planted in the project would have faber append its
+    # events, texts of the project's choosing, to any file the person running it may write.
+    return os.open(path, flags | os.O_NOFOLLOW, 0o600)
