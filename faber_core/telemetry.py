@@ -14,6 +14,7 @@ the run's redactor.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -289,6 +290,7 @@ def configure_tracing() -> TracerProvider | None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+    _redact_sdk_logs()
     configured = OTELResourceDetector().detect().attributes
     provider = TracerProvider(
         resource=Resource.create({"service.name": "faber", "service.version": __version__, **configured})
@@ -299,6 +301,43 @@ def configure_tracing() -> TracerProvider | None:
             provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     return provider
+
+
+_HEADER_VARIABLES = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+_ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+
+
+class _RedactingFilter(logging.Filter):
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self.redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = self.redactor.redact(record.getMessage()), ()
+        return True
+
+
+def _redact_sdk_logs() -> None:
+    """Send the SDK's and the exporter's own log messages to stderr with the collector's
+    credentials masked: they quote a malformed headers variable whole, and the endpoint's URL
+    (a token given as a query parameter) in every failed export."""
+    redactor = Redactor()
+    for variable in _HEADER_VARIABLES:
+        value = os.environ.get(variable, "")
+        redactor.add(value)
+        for header in value.split(","):
+            redactor.add(header.partition("=")[2].strip())
+    for variable in _ENDPOINT_VARIABLES:
+        value = os.environ.get(variable, "")
+        redactor.add(value)  # and the password of its userinfo
+        query = value.partition("?")[2].partition("#")[0]
+        for parameter in query.split("&"):
+            redactor.add(parameter.partition("=")[2])
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_RedactingFilter(redactor))
+    sdk_logger = logging.getLogger("opentelemetry")
+    sdk_logger.addHandler(handler)
+    sdk_logger.propagate = False
 
 
 def _exporter(name: str) -> Any:

@@ -87,6 +87,22 @@ def test_an_unreachable_collector_does_not_change_the_result(cli_project, run_fa
     assert run.json["result"]["pending"] == ["001_users"]
 
 
+def test_the_exporters_own_messages_mask_the_collectors_credentials(cli_project, run_faber):
+    """The SDK quotes a malformed headers variable whole, and the exporter the endpoint's URL (here
+    with a token as its query) in each failed export: both on stderr, neither with the token."""
+    project, env = cli_project
+    otel = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:1/?token={CANARY_PASSWORD}",
+        "OTEL_EXPORTER_OTLP_HEADERS": f"authorization:{CANARY_PASSWORD}",
+    }
+
+    run = run_faber("status", "production", "--json", "--cwd", str(project), env={**env, **otel})
+
+    assert run.returncode == 0, run.output
+    assert "Header format invalid" in run.stderr and "/?token=***" in run.stderr, run.stderr
+    assert CANARY_PASSWORD not in run.output
+
+
 @pytest.mark.parametrize(
     ("variables", "expected"),
     [
