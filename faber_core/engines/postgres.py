@@ -8,6 +8,7 @@ this engine supports all of them.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -110,10 +111,11 @@ class PostgresEngine(Engine):
         return f"Test connection: psql ${env_var}"
 
     def parse_url(self, raw: str, source: str) -> TargetUrl:
-        from faber_core.postgres.url import parse_database_url
+        from faber_core.postgres.url import parse_database_url, refuse_where_to_connect_from_environment
 
         parsed = parse_database_url(raw, source)
         params = _conninfo(parsed.libpq_url)
+        refuse_where_to_connect_from_environment(params, source)
         return TargetUrl(
             driver_url=parsed.libpq_url,
             params=parsed.params,
@@ -154,11 +156,17 @@ class PostgresEngine(Engine):
         return _conninfo(database.url.reveal())
 
     def client_env(self, database: Database) -> dict[str, str]:
-        from faber_core.postgres.url import LIBPQ_ENV
+        """What faber's own connections get from libpq: the URL's settings over libpq's variables in
+        faber's environment (``PGPASSWORD``, ``PGSSLMODE``, ``PGPASSFILE``, ...), which the programs'
+        environment does not inherit (:func:`~faber_core.processes.child_environment`); so pg_dump
+        and psql authenticate and connect as faber does."""
+        from faber_core.postgres.url import LIBPQ_ENV, LIBPQ_FILE_VARIABLES
 
+        inherited = [*LIBPQ_ENV.values(), *LIBPQ_FILE_VARIABLES]
+        env = {variable: os.environ[variable] for variable in inherited if os.environ.get(variable)}
         params = database.conninfo_params()
-        env = {LIBPQ_ENV[k]: str(v) for k, v in params.items() if k in LIBPQ_ENV and v is not None}
-        env.setdefault("PGCONNECT_TIMEOUT", str(database.connect_timeout))
+        env.update({LIBPQ_ENV[k]: str(v) for k, v in params.items() if k in LIBPQ_ENV and v is not None})
+        env["PGCONNECT_TIMEOUT"] = str(params.get("connect_timeout") or database.connect_timeout)
         return env
 
     def server_version(self, database: Database) -> str | None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
@@ -62,6 +64,17 @@ _LIBPQ_ONLY_PARAMS = {
     "requiressl",
 }
 _LIBPQ_PARAMS = frozenset(LIBPQ_ENV) | _LIBPQ_ONLY_PARAMS
+LIBPQ_FILE_VARIABLES = ("PGSERVICEFILE", "PGSYSCONFDIR")
+"""Where libpq looks for its service file, which a ``service`` setting reads."""
+WHERE_TO_CONNECT = {
+    "host": "PGHOST",
+    "hostaddr": "PGHOSTADDR",
+    "port": "PGPORT",
+    "dbname": "PGDATABASE",
+    "user": "PGUSER",
+    "service": "PGSERVICE",
+}
+"""The settings that choose which database a connection reaches, and libpq's variables for them."""
 
 
 URL_PREFIXES = ("postgresql://", "postgres://")
@@ -130,3 +143,26 @@ def parse_database_url(raw: str, source: str) -> ParsedUrl:
     if any((libpq.get(key) or None) != value for key, value in urllib_view.items() if key not in params):
         raise invalid("the user name, password or database name holds a character that must be percent-encoded")
     return ParsedUrl(libpq_url=libpq_url, params=params, dbname=params.get("dbname") or dbname)
+
+
+def refuse_where_to_connect_from_environment(
+    libpq_params: Mapping[str, object], source: str, environ: Mapping[str, str] = os.environ
+) -> None:
+    """Refuse a URL that leaves where to connect (host, port, database, user, service) to a libpq
+    variable set in faber's environment (``PGDATABASE``, ...).
+
+    faber's own connections would take it, but the ORMs' drivers given the URL read their own
+    defaults instead (node-postgres falls back to the user's name for the database, Prisma to its
+    own): a deploy would check, lock and back up one database and migrate another. So the URL
+    alone says where every program connects; the error names the variables, never their values."""
+    filled = [name for key, name in WHERE_TO_CONNECT.items() if not libpq_params.get(key) and environ.get(name)]
+    if filled:
+        names = ", ".join(filled)
+        raise ConfigError(
+            f"The database URL in {source} leaves where to connect to the environment ({names} is set and the URL "
+            "does not say it): faber's connections would read it, the migration tool's would not",
+            suggestions=[
+                "Write the host, port, database and user in the URL: postgresql://USER@HOST:PORT/DATABASE",
+                f"Or unset {names} for faber",
+            ],
+        )
