@@ -225,12 +225,25 @@ def test_the_lock_check_holds_after_a_migration_switches_to_a_role_that_cannot_s
 
 def test_each_measured_transaction_counts_only_its_own_rows(database_url):
     """PostgreSQL's per-transaction counters also hold a session's earlier transactions until it
-    reports them (at most once a second): back-to-back migrations must not count each other's rows."""
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    reports them (at most once a second): back-to-back migrations must not count each other's rows,
+    measured as text or by the prepared measurement a lock check brings."""
+    from faber_core.context import LockCheck
+    from faber_core.engines.postgres import AdvisoryLock
+
+    with (
+        psycopg.connect(database_url, autocommit=True) as holder,
+        psycopg.connect(database_url, autocommit=True) as conn,
+    ):
+        holder.execute("SELECT pg_advisory_lock(4244)")
+        pid, started = holder.execute(
+            "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+        ).fetchone()
+        check = LockCheck(AdvisoryLock(holder, 4244, (pid, started)).check_statement(), RuntimeError)
         conn.execute("CREATE TABLE items (id int)")
-        for _ in range(3):
+        for lock_check in (None, None, None, check, check, check):
             measured = writes.Measurement()
-            writes.run_measured_script(conn, "INSERT INTO items SELECT generate_series(1, 5)", measured)
+            script = "INSERT INTO items SELECT generate_series(1, 5)"
+            writes.run_measured_script(conn, script, measured, lock_check=lock_check)
             assert measured.rows == {"public.items": 5}
         for _ in range(3):
             measured = writes.Measurement()

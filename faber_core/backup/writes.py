@@ -156,7 +156,6 @@ class WritesSinceBackup(DeferredModel):
 # that report in every measured transaction (PostgreSQL 15 and later) keeps each measurement to
 # its own transaction; before 15 nothing can ask for it, so migrations are not measured there
 # (faber's share is unknown: every counted write is treated as the application's, the safe side).
-_REPORT_AT_NEXT_IDLE = "SELECT pg_stat_force_next_flush()"
 _REPORTS_ON_REQUEST = 150000
 # Every table the transaction wrote to, it holds a lock on: looking only at those is cheap
 # however many tables the database has. A session's relation locks are in its own database but
@@ -176,6 +175,20 @@ _WRITES_TO_ANY_TABLE = """
 SELECT format('%I.%I', schemaname, relname), n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_xact_user_tables
 WHERE n_tup_ins + n_tup_upd + n_tup_del > 0
 """
+
+
+def _reported(writes: str) -> str:
+    """One statement: the rows per table that ``writes`` counts, as one JSON object, and the
+    session asked to report its counters at its next idle moment (so the next transaction's
+    counts are its own). An aggregate always gives one row, so the request is always made."""
+    return (
+        "SELECT pg_stat_force_next_flush(), coalesce(jsonb_object_agg(w.table_name, w.row_count), '{}')"
+        f" FROM ({writes}) AS w(table_name, row_count)"
+    )
+
+
+_REPORTED_WRITES_TO_LOCKED_TABLES = _reported(_WRITES_TO_LOCKED_TABLES)
+_REPORTED_WRITES_TO_ANY_TABLE = _reported(_WRITES_TO_ANY_TABLE)
 
 
 @dataclass
@@ -219,16 +232,17 @@ def measured_transaction(conn: psycopg.Connection, into: Measurement | None = No
             with conn.transaction():
                 yield measurement
         except psycopg.Error:
-            measurement.add(_transaction_writes(conn, _WRITES_TO_ANY_TABLE))
+            measurement.add(_transaction_writes(conn, _REPORTED_WRITES_TO_ANY_TABLE))
             raise
         # The migration may have cleared the session's timeouts: set again with the measurement,
         # committed with the migration, for the next one.
         again = session_timeouts_again(conn)
         if again and conn.info.server_version < _REPORTS_ON_REQUEST:
             conn.execute(again)  # no measurement to send them with on this server
-        measurement.add(_transaction_writes(conn, _WRITES_TO_LOCKED_TABLES, before=again))
+        measurement.add(_transaction_writes(conn, _REPORTED_WRITES_TO_LOCKED_TABLES, before=again))
 
 
+_TUPLES_OK = psycopg.pq.ExecStatus.TUPLES_OK
 _MEASURED = "faber_measured"
 """The savepoint a measured script runs in, so what it tried can be measured after it failed."""
 
@@ -264,16 +278,14 @@ def run_measured_script(
     # A script that may drop prepared statements gets the measurement as text, after it: the
     # check, before it, is prepared again if it was dropped, with nothing of a script run yet.
     prepared_measurement = lock_check is not None and not _may_drop_prepared(script)
-    measured_writes = f"EXECUTE {_PREPARED_WRITES}" if prepared_measurement else _WRITES_TO_LOCKED_TABLES
-    measurement = f"{_REPORT_AT_NEXT_IDLE};\n{measured_writes};\n" if measurable else ""
+    measured_writes = f"EXECUTE {_PREPARED_WRITES}" if prepared_measurement else _REPORTED_WRITES_TO_LOCKED_TABLES
+    measurement = f"{measured_writes};\n" if measurable else ""
     check = f"EXECUTE {_PREPARED_CHECK};\n" if lock_check else ""
     # An earlier migration may have cleared the session's timeouts (RESET ALL, DISCARD ALL).
     again = session_timeouts_again(conn)
-    # The newline after the script ends a trailing -- comment.
-    message = (
-        f"BEGIN;\n{again}SAVEPOINT {_MEASURED};\n{check}{script}\n;\nRELEASE SAVEPOINT {_MEASURED};\n"
-        f"{measurement}COMMIT"
-    )
+    # The newline after the script ends a trailing -- comment. The savepoint is not released:
+    # COMMIT commits it with the transaction, and the measurement counts its rows all the same.
+    message = f"BEGIN;\n{again}SAVEPOINT {_MEASURED};\n{check}{script}\n;\n{measurement}COMMIT"
     cursor = conn.cursor()
     try:
         if lock_check is not None:
@@ -302,7 +314,7 @@ def run_measured_script(
     finally:
         if not prepared_measurement:
             _prepared_on.pop(conn, None)  # the next script's message prepares them again
-    into.add(dict(_last_rows(cursor)) if measurable else None)
+    into.add(_reported_rows(cursor) if measurable else None)
 
 
 _PREPARED_CHECK = "faber_lock_check"
@@ -330,7 +342,7 @@ def _prepare(conn: psycopg.Connection, lock_statement: str, measurable: bool) ->
         conn.execute(f"DEALLOCATE {name}")
     conn.execute(f"PREPARE {_PREPARED_CHECK} AS {lock_statement}")
     if measurable:
-        conn.execute(f"PREPARE {_PREPARED_WRITES} AS {_WRITES_TO_LOCKED_TABLES}")
+        conn.execute(f"PREPARE {_PREPARED_WRITES} AS {_REPORTED_WRITES_TO_LOCKED_TABLES}")
     _prepared_on[conn] = lock_statement
 
 
@@ -340,10 +352,9 @@ def _failed_script_writes(conn: psycopg.Connection) -> dict[str, int] | None:
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
         return None  # the connection is gone (the server rolls back), or nothing began
     try:
-        cursor = conn.execute(
-            f"ROLLBACK TO SAVEPOINT {_MEASURED};\n{_REPORT_AT_NEXT_IDLE};\n{_WRITES_TO_ANY_TABLE};\nROLLBACK"
+        return _reported_rows(
+            conn.execute(f"ROLLBACK TO SAVEPOINT {_MEASURED};\n{_REPORTED_WRITES_TO_ANY_TABLE};\nROLLBACK")
         )
-        return dict(_last_rows(cursor))
     except psycopg.Error:
         if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
             conn.execute("ROLLBACK")
@@ -351,24 +362,25 @@ def _failed_script_writes(conn: psycopg.Connection) -> dict[str, int] | None:
 
 
 def _transaction_writes(conn: psycopg.Connection, query: str, *, before: str = "") -> dict[str, int] | None:
-    """The rows ``query`` counts, in one message after the statements ``before``; None, running
-    nothing, on a server that cannot report them."""
+    """The rows ``query`` (one of the ``_REPORTED_...`` statements) counts, in one message after
+    the statements ``before``; None, running nothing, on a server that cannot report them."""
     if conn.info.server_version < _REPORTS_ON_REQUEST:
         return None
     try:
-        return dict(_last_rows(conn.execute(f"{before}{_REPORT_AT_NEXT_IDLE};\n{query}")))
+        return _reported_rows(conn.execute(f"{before}{query}"))
     except psycopg.Error:  # the connection is gone: nothing to measure with
         return None
 
 
-def _last_rows(cursor: psycopg.Cursor) -> list[Any]:
-    """The rows of the last statement of a message that returned rows (psycopg keeps every result)."""
-    rows: list[Any] = []
+def _reported_rows(cursor: psycopg.Cursor) -> dict[str, int]:
+    """The rows per table of the last statement of a message that returned rows, one of the
+    ``_REPORTED_...`` statements (psycopg keeps every result of the message)."""
+    last = None
     while True:
-        if cursor.description is not None:
-            rows = cursor.fetchall()
+        if cursor.pgresult is not None and cursor.pgresult.status == _TUPLES_OK:
+            last = cursor.fetchone()  # a script's own result sets come before it
         if not cursor.nextset():
-            return rows
+            return last[1] if last is not None else {}
 
 
 # Baselines and the comparison ------------------------------------------------------------
