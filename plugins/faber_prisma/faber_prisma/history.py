@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 from faber_core.models import MigrationRecord
 from psycopg import sql
+from psycopg.adapt import Transformer
 
 TABLE = "_prisma_migrations"
 
@@ -73,7 +74,9 @@ class History:
         self.conn = conn
         self.schema = schema
         self.table = sql.Identifier(schema, TABLE)
-        self._table_text: str | None = None
+        self._table_text = ""
+        self._literals: tuple[str, Transformer] | None = None
+        """psycopg's adaptation for the connection's encoding, set up once for every value quoted."""
 
     def _run(self, query: str, params: dict[str, object] | None = None) -> psycopg.Cursor:
         return self.conn.execute(sql.SQL(query).format(table=self.table), params)
@@ -143,10 +146,14 @@ class History:
     def _statement(self, template: str, **values: object) -> str:
         """``template`` with the table and ``values`` quoted in: the text of
         ``sql.SQL(template).format(table=..., **literals).as_string(conn)``, without parsing the
-        template and quoting the table again for every migration."""
-        if self._table_text is None:
+        template, quoting the table again, or setting up psycopg's adaptation of the connection
+        again (``sql.Literal`` does for each value) for every migration."""
+        encoding = self.conn.info.encoding
+        if self._literals is None or self._literals[0] != encoding:  # a migration may set client_encoding
             self._table_text = self.table.as_string(self.conn)
-        literals = {key: sql.Literal(value).as_string(self.conn) for key, value in values.items()}
+            self._literals = (encoding, Transformer.from_context(self.conn))
+        quote = self._literals[1].as_literal
+        literals = {key: quote(value).decode(encoding) for key, value in values.items()}
         return template.format(table=self._table_text, **literals)
 
     def fail(self, migration_id: str, logs: str) -> None:

@@ -586,6 +586,10 @@ def test_history_statements_are_the_text_psycopg_composes(database_url):
         _, without_start = history.start_statement("m", "c" * 64)
         assert "coalesce(NULL, clock_timestamp())" in without_start
 
+        conn.execute("SET client_encoding TO 'LATIN1'")  # as a migration may, for the session
+        _, start = history.start_statement(awkward, "c" * 64)
+        assert f", {sql.Literal(awkward).as_string(conn)}, 0)" in start
+
 
 RECORDS_LOCK_TIMEOUT = 'CREATE TABLE "seen" AS SELECT current_setting(\'lock_timeout\') AS "lock_timeout";\n'
 OUTSIDE_A_TRANSACTION = 'CREATE INDEX CONCURRENTLY "seen_idx" ON "seen" ("lock_timeout");\n'
