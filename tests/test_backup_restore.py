@@ -8,6 +8,7 @@ database must equal its state before the restore.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -20,7 +21,7 @@ from faber_core.backup import pg_dump
 from faber_core.backup.swap import previous_name, restoring_name
 from faber_core.errors import RestoreFailed
 from faber_core.models import MigrationState
-from faber_core.testing.faults import FaberProcess
+from faber_core.testing.faults import FaberProcess, descendants
 from faber_core.testing.fixtures import (
     CANARY_PASSWORD,
     create_database,
@@ -229,6 +230,51 @@ def test_a_kill_in_the_middle_of_a_restore_leaves_the_database_as_before(
         wait_for(lambda: not restore_sessions(database_url), "the restore session to end", timeout=20)
 
     assert faber.returncode != 0
+    assert database_state(database_url) == before
+
+
+def test_psql_killed_in_the_middle_of_a_restore_is_named_and_the_database_is_as_before(production, database_url):
+    """The kernel's out-of-memory killer (or an operator's kill -9) ends the restore's psql, faber
+    alive: psql says nothing, so the error says how it ended, and the restore rolled back."""
+    project_dir, backup = production
+    execute(
+        database_url,
+        f"""
+        CREATE FUNCTION gate(int) RETURNS boolean LANGUAGE plpgsql AS $$
+            BEGIN PERFORM pg_advisory_xact_lock_shared({GATE_LOCK}); RETURN true; END $$;
+        CREATE TABLE accounts (id int PRIMARY KEY, email text NOT NULL);
+        CREATE TABLE zz_gated (id int CHECK (public.gate(id)));
+        INSERT INTO accounts SELECT g, 'user' || g FROM generate_series(1, 2000) g;
+        INSERT INTO zz_gated VALUES (1), (2);
+        """,
+    )
+    record = backup()
+    execute(database_url, "CREATE TABLE since_backup (note text)")
+    before = database_state(database_url)
+
+    with psycopg.connect(database_url, autocommit=True) as gate:
+        gate.execute("SELECT pg_advisory_lock(%s)", [GATE_LOCK])
+        faber = start_faber(
+            "rollback", "production", "--to", record.id, "--yes", "--json", cwd=project_dir, env=SQLFILES
+        )
+        try:
+            wait_for(
+                lambda: any(event == "advisory" for _, _, event in restore_sessions(database_url)),
+                "the restore to reach the gated table",
+            )
+            psql = next(child for child in descendants(faber.pid) if child.command.split()[0].endswith("/psql"))
+            os.kill(psql.pid, signal.SIGKILL)
+            stdout, stderr = faber.communicate(timeout=60)
+        finally:
+            if faber.poll() is None:
+                faber.kill()
+                faber.communicate()
+
+    assert faber.returncode == 8, stderr
+    document = json.loads(stdout)
+    assert document["code"] == "RESTORE_FAILED"
+    assert document["result"]["restore_error"] == "psql killed by SIGKILL (Killed)", document
+    assert "failed and was rolled back: psql killed by SIGKILL" in document["error"]
     assert database_state(database_url) == before
 
 

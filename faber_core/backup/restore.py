@@ -254,7 +254,7 @@ def _run_in_one_transaction(
                 psql.stdin.write(prelude.encode())
                 tail = _forward_all_but_tail(context, backup, restore, psql, archive_fd, size)
                 if restore.wait() != 0:
-                    problem = "pg_restore failed"
+                    problem = f"pg_restore {how_it_ended(restore.returncode)}"
                 else:
                     psql.stdin.write(_without_final_commit(tail))
                     commit_sent = True
@@ -263,7 +263,8 @@ def _run_in_one_transaction(
                     psql.stdin.close()
                     psql.wait()
             except BrokenPipeError:
-                problem = "psql stopped"  # at an error: its stderr says which
+                # psql closed its input by ending: at an error (its stderr says which) or killed.
+                problem = f"psql {how_it_ended(psql.wait())}"
             except _ScriptProblem as exc:
                 problem = str(exc)
         except KeyboardInterrupt as interrupt:
@@ -282,10 +283,13 @@ def _run_in_one_transaction(
         psql_err = _read(psql_errors)
         restore_err = _read(restore_errors)
     if problem is None and (psql.returncode == 0 or _committed(context, transaction)):
-        # psql may end in error after the COMMIT ran (a lost connection): the server knows.
-        analyze = first_error(psql_err) if psql_err.strip() else ""
+        # psql may end in error after the COMMIT ran (a lost connection, killed): the server knows.
+        analyze = first_error(psql_err) or (f"psql {how_it_ended(psql.returncode)}" if psql.returncode else "")
         return f"; statistics not refreshed: {context.redactor.redact(analyze)}" if analyze else ""
-    detail = context.redactor.redact(first_error(psql_err) or first_error(restore_err) or problem or "")
+    # Without a word from either program, how they ended is the reason (psql killed before the
+    # COMMIT reached it, by the out-of-memory killer say, says nothing).
+    ended = problem or f"psql {how_it_ended(psql.returncode)}"
+    detail = context.redactor.redact(first_error(psql_err) or first_error(restore_err) or ended)
     raise RestoreFailed(
         f"Restore of {backup.id} failed and was rolled back: {detail}",
         result={"restore_error": detail},
