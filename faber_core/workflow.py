@@ -30,7 +30,7 @@ from __future__ import annotations
 import shlex
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -311,13 +311,34 @@ def deploy_lock(context: RunContext) -> Iterator[DeployLock]:
         except engine.driver_error as exc:
             raise connection_failed(context, exc) from None
     wait = context.settings.lock_wait_seconds
-    with conn, engine.deploy_lock(conn, context.database, wait_seconds=wait, purpose="faber run") as held:
+    with conn, ExitStack() as holding:
+        try:
+            lock = engine.deploy_lock(conn, context.database, wait_seconds=wait, purpose="faber run")
+            held = holding.enter_context(lock)
+        except engine.driver_error as exc:
+            raise lock_wait_ended(context, exc) from None
         if engine.faber_schema_of_its_own:
             # Before anything is backed up or recorded: the backup would leave those objects out.
             refuse_shared_faber_schema(conn, context.config.database.faber_schema)
         context.emit("lock.acquired")
         engine.finish_interrupted_restores(context, conn)
         yield DeployLock(conn, held)
+
+
+def lock_wait_ended(context: RunContext, exc: Exception) -> Locked:
+    """faber's session ended while it waited for the lock, before the run changed anything: most
+    likely another run's swap restore, which ends every session of the database."""
+    details = context.redactor.redact(context.database.engine.describe_connection_error(exc, context.database))
+    return Locked(
+        f"faber's session was ended while it waited for the lock on the {context.environment} database; "
+        f"nothing was changed: {details}",
+        suggestions=[
+            "Another faber run's swap restore (restore_mode: swap) ends every session of the database at its "
+            f"swap, as do {context.database.engine.lock_release_hint} and a server restart",
+            "Once that run is done, run the same command again",
+        ],
+        result={"lock_wait_ended": details},
+    )
 
 
 def connection_failed(context: RunContext, exc: Exception, *, after_apply: bool = False) -> HealthCheckFailed:

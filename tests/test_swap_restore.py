@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import signal
 import subprocess
 import uuid
@@ -1024,6 +1025,66 @@ def rollback_stopped_at_the_rename(
                     faber.communicate()
         execute(database_url, "DROP RULE gate ON faber.faber_deployments")
     return StoppedAtTheRename(faber.returncode, out, err, before, oid_before, lock_holders)
+
+
+def test_a_deploy_waiting_for_faber_s_lock_when_the_swap_ends_its_session_says_so_and_changes_nothing(
+    project, run_faber, database_url, postgres_admin_url, tmp_path
+):
+    """A CI job's deploy queued behind a rollback: the swap ends every session of the database, the
+    deploy's waiting one among them. It stops, having changed nothing, with LOCKED (exit 7) and
+    what ended its wait, not as an unexpected error."""
+    project_dir = project({}, lock_wait_seconds=120, **SWAP)
+    target = name_of(database_url)
+    holder = application_tables(database_url, restoring_name(target))  # holds pg_restore -j
+    backup_id = backup(run_faber, project_dir)
+    at_backup = database_state(database_url)
+    execute(database_url, "DELETE FROM accounts WHERE id > 100")
+    queued_dir = shutil.copytree(project_dir, tmp_path / "queued", ignore=shutil.ignore_patterns(".faber"))
+    (queued_dir / "migrations").mkdir()
+    (queued_dir / "migrations" / "001_orders.sql").write_text("CREATE TABLE orders (id int PRIMARY KEY);")
+
+    runs: list[FaberProcess] = []
+    try:
+        with psycopg.connect(postgres_admin_url, autocommit=True, application_name=holder):
+            restoring = FaberProcess.start(
+                project_dir,
+                *("rollback", "production", "--to", backup_id, "--yes", "--discard-app-writes", "--json"),
+                env=SQLFILES,
+            )
+            runs.append(restoring)
+            restoring.wait_until(
+                lambda: sessions_waiting(postgres_admin_url, restoring_name(target), "PgSleep"), what="the gate"
+            )
+            queued = FaberProcess.start(queued_dir, "migrate", "production", "--yes", "--json", env=SQLFILES)
+            runs.append(queued)
+            queued.wait_until(lambda: waiting_for_the_lock(postgres_admin_url, target), what="the lock wait")
+        assert restoring.finish() == 0, restoring.stdout()
+        code = queued.finish()
+    finally:
+        for run in runs:
+            run.stop_everything()
+        drop_swap_databases(postgres_admin_url, target)
+
+    document = json.loads(queued.stdout())
+    assert code == 7, queued.stdout()
+    assert document["code"] == "LOCKED"
+    assert "was ended while it waited for the lock" in document["error"]
+    assert "nothing was changed" in document["error"]
+    assert "lock.acquired" not in queued.kinds()
+    assert CANARY_PASSWORD not in queued.stdout() + queued.stderr()
+    assert database_state(database_url) == at_backup
+
+
+def waiting_for_the_lock(admin_url: str, target: str) -> bool:
+    """Whether a deploy's session on ``target`` polls for faber's lock."""
+    return bool(
+        admin_execute(
+            admin_url,
+            "SELECT 1 FROM pg_stat_activity WHERE datname = %s"
+            " AND application_name = 'faber deploy-migrations production' AND query LIKE '%%pg_try_advisory_lock%%'",
+            [target],
+        )
+    )
 
 
 def test_after_a_failed_swap_faber_holds_its_lock_again_for_the_rest_of_the_run(
