@@ -101,6 +101,8 @@ class ProgressPrinter:
         self._ticker_idle = False
         """Whether the ticker waits for a step to start (otherwise for the next line it is due to show)."""
         self._finished = False
+        self._unread = False
+        """The stream failed (its reader is gone): nothing more is shown."""
 
     def __call__(self, event: AuditEvent) -> None:
         if event.kind not in events.KINDS:
@@ -125,8 +127,20 @@ class ProgressPrinter:
     def line(self, text: str) -> None:
         with self._lock:
             self._clear_status()
-            self.stream.write(escape_controls(self.redactor.redact(text)) + "\n")
+            self._write(escape_controls(self.redactor.redact(text)) + "\n")
+
+    def _write(self, text: str) -> None:
+        """Show ``text`` at once; once the stream fails, show nothing more. Its reader may go
+        away in the middle of a deploy (a ``| tee`` or a CI log shipper killed, a closed pipe; an
+        SSH session dropped, a hung-up terminal): the run goes on, rolls back, records and
+        reports itself as it would have, since these lines are not its outcome."""
+        if self._unread:
+            return
+        try:
+            self.stream.write(text)
             self.stream.flush()
+        except (OSError, ValueError):  # ValueError: the stream was closed
+            self._unread = True
 
     # Long steps --------------------------------------------------------------------------
 
@@ -165,10 +179,9 @@ class ProgressPrinter:
                     continue  # the step may have ended, or another begun, meanwhile
                 activity.due += self.interval
                 if self.live or activity.plain:
-                    try:
-                        self._show(activity)
-                    except (OSError, ValueError):  # stderr closed (a pipe's reader gone): stop showing
-                        return
+                    self._show(activity)
+                if self._unread:
+                    return
 
     def _show(self, activity: _Activity) -> None:
         elapsed = time.monotonic() - activity.started
@@ -177,15 +190,14 @@ class ProgressPrinter:
         shown = f"{elapsed:.1f}" if self.live else f"{elapsed:.0f}"
         text = escape_controls(self.redactor.redact(f"{activity.label}: {shown}s elapsed{estimate}{detail}"))
         if self.live:
-            self.stream.write(f"{_CLEAR_LINE}… {text}")
+            self._write(f"{_CLEAR_LINE}… {text}")
             self._status_shown = True
         else:
-            self.stream.write(f"    … {text}\n")
-        self.stream.flush()
+            self._write(f"    … {text}\n")
 
     def _clear_status(self) -> None:
         if self._status_shown:
-            self.stream.write(_CLEAR_LINE)
+            self._write(_CLEAR_LINE)
             self._status_shown = False
 
     # Events ------------------------------------------------------------------------------

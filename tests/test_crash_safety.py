@@ -8,7 +8,11 @@ in test_fault_injection.py.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -18,8 +22,11 @@ import pytest
 
 from faber_core.postgres.locks import faber_lock_key
 from faber_core.testing.faults import (
+    AUDIT_LOG,
     FaberProcess,
     event_matcher,
+    holdable_migration,
+    session_settings,
     snapshot,
     wait_for_server_release,
 )
@@ -133,3 +140,43 @@ def test_a_signal_ends_the_wait_for_faber_lock_and_changes_nothing(project, data
     assert "lock.acquired" not in run.kinds()
     assert not snapshot(database_url).differences(before)
     assert CANARY_PASSWORD not in run.stdout() + run.stderr()
+
+
+# The reader of faber's progress goes away -------------------------------------------------
+
+HELD = holdable_migration("002_held", "UPDATE accounts SET tier = 2 WHERE id < 100;")
+THIRD = "CREATE TABLE ledgers (id bigint PRIMARY KEY);"
+
+
+def test_a_deploy_whose_progress_reader_dies_goes_on_and_reports_what_it_did(project, database_url):
+    """faber's progress lines go to a pipe (``| tee``, a CI log shipper, an SSH channel) whose
+    reader is killed in the middle of a migration: the deploy is not cut short between its
+    migrations by the closed pipe; it finishes, records itself and prints its document."""
+    directory = project({"001_tier": "ALTER TABLE accounts ADD COLUMN tier int;", "002_held": HELD, "003_c": THIRD})
+    reader_end, writer_end = os.pipe()
+    reader = subprocess.Popen(["cat"], stdin=reader_end, stdout=subprocess.DEVNULL)
+    os.close(reader_end)
+    argv = [sys.executable, "-m", "faber_core", "migrate", ENVIRONMENT, "--yes", "--json", "--cwd", str(directory)]
+    held = session_settings(hold="002_held", hold_seconds=3)
+    environment = {**os.environ, "FABER_PLUGINS": SQLFILES, URL_ENV: database_url, **held}
+    offset = (directory / AUDIT_LOG).stat().st_size
+    stdout, unused = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=writer_end, env=environment)
+    os.close(writer_end)
+    run = FaberProcess(directory, argv, proc, stdout, unused, offset)
+    try:
+        run.wait_for(event_matcher("migration.started", name="002_held"))
+        reader.kill()
+        reader.wait()
+        code = run.finish(EXIT_BOUND)
+    finally:
+        run.stop_everything()
+        reader.kill()
+
+    document = json.loads(run.stdout())
+    assert code == 0, document
+    assert [m["name"] for m in document["result"]["migrations"]] == ["001_tier", "002_held", "003_c"]
+    assert "run.finished" in run.kinds()
+    with psycopg.connect(database_url) as conn:
+        applied = [name for (name,) in conn.execute("SELECT name FROM sqlfiles_migrations ORDER BY name")]
+    assert applied == ["000_base", "001_tier", "002_held", "003_c"]
