@@ -3,13 +3,14 @@
 Exit codes (docs/exit-codes.md): 0 success, 1 internal error, 2 invalid input or config,
 3 health check failed, 4 backup failed, 5 approval missing, 6 migration failed,
 7 another run holds (or took) the lock, 8 restore failed, 9 lint blocked, 10 staging proof missing,
-11 preflight found blocking sessions, 130 interrupted (SIGINT or SIGTERM).
+11 preflight found blocking sessions, 130 interrupted (SIGINT, SIGTERM or SIGHUP).
 """
 
 from __future__ import annotations
 
 import copy
 import gc
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -145,12 +146,18 @@ def _approver() -> Callable[[str], bool] | None:
 def _finish(document: Document, json_output: bool) -> NoReturn:
     """Print the document (human summary or one JSON document) and exit with its code.
 
-    The command's work is over: SIGTERM and SIGINT, which can stop nothing now, are ignored
-    while it is printed, so a signal at that moment does not end faber without its document.
+    The command's work is over: SIGTERM, SIGINT and SIGHUP, which can stop nothing now, are
+    ignored while it is printed, so a signal at that moment does not end faber without its document.
     """
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
-    typer.echo(_render(document, json_output))
+    try:
+        typer.echo(_render(document, json_output))
+    except OSError:
+        # Its reader is gone (a closed pipe, a hung-up terminal): the run's history row and audit
+        # log hold its outcome. Exit with the run's code, not the print's (nor Python's for
+        # output it cannot flush at exit).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     raise typer.Exit(document.exit_code)
 
 

@@ -1,4 +1,4 @@
-"""SIGTERM handled like Ctrl-C, and neither lost while a child process is forked.
+"""SIGTERM (and SIGHUP) handled like Ctrl-C, and none lost while a child process is forked.
 
 CI runners and Kubernetes stop a job with SIGTERM, whose default action ends Python at once: no
 JSON document, no history row, no rollback, children and a rehearsal database left behind. While
@@ -20,6 +20,12 @@ from types import FrameType
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised wherever faber is, as Python raises KeyboardInterrupt for SIGINT."""
+
+
+class HungUp(Terminated):
+    """SIGHUP: the terminal or SSH session faber ran in closed. Its default action ends Python
+    at once, as SIGTERM's does, and a dropped connection is no decision to leave a deploy half
+    done: it is taken as SIGTERM is (unless ``nohup`` started faber, which ignores it)."""
 
 
 class _Holding:
@@ -56,7 +62,14 @@ _holding = _Holding()
 
 
 def _interrupt_for(signum: int) -> KeyboardInterrupt:
-    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+    return {signal.SIGTERM: Terminated, signal.SIGHUP: HungUp}.get(signum, KeyboardInterrupt)()
+
+
+def _handled() -> tuple[int, ...]:
+    """The signals faber turns into interrupts: SIGHUP only when it is not ignored, as ``nohup``
+    makes it (to outlive the terminal)."""
+    hangup = () if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN else (signal.SIGHUP,)
+    return (signal.SIGTERM, signal.SIGINT, *hangup)
 
 
 def _held() -> bool:
@@ -85,7 +98,7 @@ def hold_outside_runs() -> None:
     ``KeyboardInterrupt`` traceback, and SIGTERM with no document at all.
     """
     _holding.outside_runs = True
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in _handled():
         signal.signal(signum, _on_interrupt)
 
 
@@ -102,11 +115,11 @@ def raise_held() -> None:
 
 
 def held_without_run() -> str | None:
-    """The signal (``SIGTERM`` or ``SIGINT``) that arrived while faber started and no run began
-    to raise it: a command line that ended before running anything (``--help``, a usage error)."""
+    """The signal (``SIGTERM``, ``SIGINT``, ``SIGHUP``) that arrived while faber started and no run
+    began to raise it: a command line that ended before running anything (``--help``, a usage error)."""
     if _holding.ran or not _holding.arrived:
         return None
-    return "SIGTERM" if _holding.arrived[0] == signal.SIGTERM else "SIGINT"
+    return signal.Signals(_holding.arrived[0]).name
 
 
 def _raise(signum: int) -> None:
@@ -130,7 +143,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {signum: signal.signal(signum, _on_interrupt) for signum in (signal.SIGTERM, signal.SIGINT)}
+    previous = {signum: signal.signal(signum, _on_interrupt) for signum in _handled()}
     _holding.runs += 1
     _holding.ran = True
     try:
@@ -242,5 +255,7 @@ def pause(seconds: float) -> None:
 
 
 def signal_name(interrupt: KeyboardInterrupt) -> str:
-    """The signal behind an interrupt, for messages: ``SIGTERM`` or ``SIGINT`` (Ctrl-C)."""
+    """The signal behind an interrupt, for messages: ``SIGTERM``, ``SIGHUP`` or ``SIGINT`` (Ctrl-C)."""
+    if isinstance(interrupt, HungUp):
+        return "SIGHUP"
     return "SIGTERM" if isinstance(interrupt, Terminated) else "SIGINT"

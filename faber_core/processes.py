@@ -61,7 +61,7 @@ def _load_prctl() -> Any:
 _prctl = _load_prctl()
 
 
-_INTERRUPTS = {signal.SIGINT, signal.SIGTERM}
+_INTERRUPTS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 _CAN_HOLD_SIGNALS = hasattr(signal, "pthread_sigmask")
 
 
@@ -123,8 +123,8 @@ def spawn(
     ``death_signal``: what the child gets when faber dies (``SIGTERM`` for a program that stops
     its own workers on it, see the module docstring).
 
-    SIGINT and SIGTERM are held while Python forks: delivered then, faber's handler would run in
-    the fork's at-fork callbacks, where the exception that stops faber is ignored and the
+    SIGINT, SIGTERM and SIGHUP are held while Python forks: delivered then, faber's handler would
+    run in the fork's at-fork callbacks, where the exception that stops faber is ignored and the
     interrupt lost. A signal held is raised as soon as the child exists, and stops it.
     """
     held = signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS) if _CAN_HOLD_SIGNALS else None

@@ -7,12 +7,15 @@ in test_fault_injection.py.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
 import signal
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -116,7 +119,7 @@ def test_reads_work_again_soon_after_faber_dies_inside_a_long_migration(project,
 # A command waiting for faber's lock stops at the first signal -------------------------
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
 @pytest.mark.parametrize("command", ["rollback", "migrate"])
 def test_a_signal_ends_the_wait_for_faber_lock_and_changes_nothing(project, database_url, signum, command):
     directory = project({}, lock_wait_seconds=600)
@@ -180,3 +183,84 @@ def test_a_deploy_whose_progress_reader_dies_goes_on_and_reports_what_it_did(pro
     with psycopg.connect(database_url) as conn:
         applied = [name for (name,) in conn.execute("SELECT name FROM sqlfiles_migrations ORDER BY name")]
     assert applied == ["000_base", "001_tier", "002_held", "003_c"]
+
+
+# A closed terminal or SSH session (SIGHUP) --------------------------------------------------
+
+SLEEPING = holdable_migration("002_held", "SELECT 1;")
+
+
+def test_a_hangup_mid_deploy_is_an_interrupt_that_rolls_back_and_reports(project, database_url):
+    """The SSH session a deploy runs in drops: its shell sends SIGHUP, whose default action would
+    end faber at once, the deploy half done and unreported. It is an interrupt like SIGTERM."""
+    directory = project({"001_tier": "ALTER TABLE accounts ADD COLUMN tier int;", "002_held": SLEEPING})
+    before = snapshot(database_url)
+    held = session_settings(hold="002_held")
+    run = start(directory, database_url, "migrate", ENVIRONMENT, "--yes", "--json", env=held)
+    try:
+        run.wait_for(event_matcher("migration.started", name="002_held"))
+        run.kill(signal.SIGHUP)
+        code = run.wait(EXIT_BOUND)
+    finally:
+        run.stop_everything()
+
+    assert code == 130, run.stderr()
+    document = json.loads(run.stdout())
+    assert document["code"] == "INTERRUPTED" and document["result"]["interrupted_by"] == "SIGHUP"
+    assert document["result"]["applied_migrations"] == ["001_tier"]
+    assert document["result"]["rollback_status"] == "success", document
+    assert not snapshot(database_url).differences(before)
+
+
+def test_under_nohup_a_hangup_does_not_stop_a_deploy(project, database_url):
+    """``nohup faber migrate ...`` asks to outlive the terminal: faber leaves SIGHUP ignored."""
+    directory = project({"001_tier": "ALTER TABLE accounts ADD COLUMN tier int;", "002_held": SLEEPING})
+    held = session_settings(hold="002_held", hold_seconds=2)
+    faber = [sys.executable, "-m", "faber_core", "migrate", ENVIRONMENT, "--yes", "--json", "--cwd", str(directory)]
+    environment = {"FABER_PLUGINS": SQLFILES, URL_ENV: database_url, **held}
+    run = FaberProcess.spawn(directory, ["nohup", *faber], env=environment)
+    try:
+        run.wait_for(event_matcher("migration.started", name="002_held"))
+        run.kill(signal.SIGHUP)
+        code = run.finish(EXIT_BOUND)
+    finally:
+        run.stop_everything()
+
+    assert code == 0, run.stdout() + run.stderr()
+    assert [m["name"] for m in json.loads(run.stdout())["result"]["migrations"]] == ["001_tier", "002_held"]
+
+
+def test_a_deploy_whose_terminal_closes_rolls_back_records_it_and_exits_130(project, database_url):
+    """The real event: faber runs on a terminal (a pty) that closes mid-deploy. It gets SIGHUP,
+    and every line it then writes fails (EIO): it rolls back all the same, records the run, and
+    exits with the run's code, though nobody reads its document any more."""
+    directory = project({"001_tier": "ALTER TABLE accounts ADD COLUMN tier int;", "002_held": SLEEPING})
+    before = snapshot(database_url)
+    terminal, seat = pty.openpty()
+    faber = [sys.executable, "-m", "faber_core", "migrate", ENVIRONMENT, "--yes", "--cwd", str(directory)]
+    held = session_settings(hold="002_held")
+    environment = {**os.environ, "FABER_PLUGINS": SQLFILES, URL_ENV: database_url, **held}
+    offset = (directory / AUDIT_LOG).stat().st_size
+    proc = subprocess.Popen(
+        faber,
+        stdin=seat,
+        stdout=seat,
+        stderr=seat,
+        env=environment,
+        start_new_session=True,
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),  # the pty is its terminal
+    )
+    os.close(seat)
+    run = FaberProcess(directory, faber, proc, tempfile.TemporaryFile(), tempfile.TemporaryFile(), offset)
+    try:
+        run.wait_for(event_matcher("migration.started", name="002_held"))
+        os.close(terminal)  # the terminal window, or the SSH session, closes
+        code = run.wait(EXIT_BOUND)
+    finally:
+        run.stop_everything()
+
+    assert code == 130
+    finished = run.wait_for("run.finished", timeout=0)
+    assert finished["data"]["document"]["result"]["interrupted_by"] == "SIGHUP"
+    assert finished["data"]["document"]["result"]["rollback_status"] == "success"
+    assert not snapshot(database_url).differences(before)
