@@ -1,6 +1,6 @@
 """The ``faber`` command's entry point (``[project.scripts]`` and ``python -m faber_core``).
 
-It holds SIGINT and SIGTERM before it imports the CLI: the imports take a few hundred
+It holds SIGINT, SIGTERM and SIGHUP before it imports the CLI: the imports take a few hundred
 milliseconds, and an interrupt during them would end faber with a ``KeyboardInterrupt``
 traceback (SIGINT) or with no document at all (SIGTERM). Held, the interrupt is raised as the
 command's run begins and ends it the way every interrupt does: an ``INTERRUPTED`` document, exit

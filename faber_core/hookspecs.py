@@ -177,7 +177,7 @@ def faber_migration_apply(tool: str, context: RunContext, pending: list[LocalMig
     return the check as SQL for ``run_measured_script(..., lock_check=...)`` instead) and ``context.migration_applied(
     AppliedMigration(name=..., duration_seconds=..., table_writes=...))`` after each commit, so the
     user sees progress and faber knows what committed (and wrote) even if the hook raises.
-    SIGINT and SIGTERM arrive as ``KeyboardInterrupt``: let it propagate (faber reports the
+    SIGINT, SIGTERM and SIGHUP arrive as ``KeyboardInterrupt``: let it propagate (faber reports the
     migration it stopped in as one that may have committed in part), after saying what you know:
     ``context.migration_failed(...)`` if its transaction rolled back, or ``context.migration_applied``
     if it had committed (the signal came during its COMMIT, which a cancel cannot stop; your
@@ -282,7 +282,7 @@ def faber_backup_restore(provider: str, context: RunContext, backup: BackupRecor
     Raise :class:`faber_core.errors.RestoreFailed` with the manual recovery steps when it fails
     midway.
 
-    SIGINT and SIGTERM arrive as ``KeyboardInterrupt``, wherever the restore is. Catch it, stop
+    SIGINT, SIGTERM and SIGHUP arrive as ``KeyboardInterrupt``, wherever the restore is. Catch it, stop
     what the restore runs, and return ``RestoreOutcome.interrupted(backup.id, interrupt,
     committed=...)``: ``True`` when your commit point (a COMMIT, a swap) had passed, so the
     database is exactly the backup; ``False`` when it had not and the database is exactly as
