@@ -316,6 +316,8 @@ def deploy_lock(context: RunContext) -> Iterator[DeployLock]:
             lock = engine.deploy_lock(conn, context.database, wait_seconds=wait, purpose="faber run")
             held = holding.enter_context(lock)
         except engine.driver_error as exc:
+            if engine.classify_error(exc) != "lost_connection":
+                raise
             raise lock_wait_ended(context, exc) from None
         if engine.faber_schema_of_its_own:
             # Before anything is backed up or recorded: the backup would leave those objects out.
