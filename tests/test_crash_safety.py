@@ -29,6 +29,7 @@ from faber_core.testing.faults import (
     FaberProcess,
     event_matcher,
     holdable_migration,
+    migration_session,
     session_settings,
     snapshot,
     wait_for_server_release,
@@ -263,4 +264,34 @@ def test_a_deploy_whose_terminal_closes_rolls_back_records_it_and_exits_130(proj
     finished = run.wait_for("run.finished", timeout=0)
     assert finished["data"]["document"]["result"]["interrupted_by"] == "SIGHUP"
     assert finished["data"]["document"]["result"]["rollback_status"] == "success"
+    assert not snapshot(database_url).differences(before)
+
+
+# A migration stopped by a signal: what it wrote is faber's ----------------------------------
+
+
+def test_rows_of_a_migration_a_signal_stopped_are_faber_s_and_the_deploy_is_rolled_back(project, database_url):
+    """SIGTERM inside a migration that updated rows: its transaction rolls back, and the measured
+    transaction counts what it tried as faber's own writes. So the automatic rollback (a protected
+    environment: it refuses to discard the application's rows) restores the migration before it,
+    instead of taking the stopped migration's rows for the application's and restoring nothing."""
+    updating = holdable_migration("002_held", "UPDATE accounts SET tier = 2 WHERE id <= 100;")
+    directory = project({"001_tier": "ALTER TABLE accounts ADD COLUMN tier int;", "002_held": updating})
+    before = snapshot(database_url)
+    held = session_settings(hold="002_held")
+    run = start(directory, database_url, "migrate", ENVIRONMENT, "--yes", "--json", env=held)
+    try:
+        run.wait_for(event_matcher("migration.started", name="002_held"))
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            run.wait_until(lambda: migration_session(conn, database_name(database_url), "002_held"), what="002 held")
+        run.kill(signal.SIGTERM)
+        code = run.wait(EXIT_BOUND)
+    finally:
+        run.stop_everything()
+
+    assert code == 130, run.stderr()
+    result = json.loads(run.stdout())["result"]
+    assert result["applied_migrations"] == ["001_tier"] and result["transaction_rolled_back"] is True, result
+    assert result["writes_since_backup"]["status"] == "none", result
+    assert result["rollback_status"] == "success", result
     assert not snapshot(database_url).differences(before)

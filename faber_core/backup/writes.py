@@ -197,8 +197,8 @@ class Measurement:
 
     rows: dict[str, int] | None = field(default_factory=dict)
     rolled_back: bool = False
-    """Set by :func:`run_measured_script` when an interrupt stopped its script and the server
-    rolled the script's transaction back: none of it remains, and what it tried is in ``rows``."""
+    """Set by :func:`run_measured_script` and :func:`measured_transaction` when an interrupt stopped
+    the work and its transaction rolled back: none of it remains, and what it tried is in ``rows``."""
 
     def add(self, rows: dict[str, int] | None) -> None:
         if rows is None or self.rows is None:
@@ -218,7 +218,9 @@ def measured_transaction(conn: psycopg.Connection, into: Measurement | None = No
 
     The work runs in a savepoint inside it: when it fails, the savepoint is rolled back, the
     counts of what it tried stay visible to the transaction, are measured, and then everything
-    is rolled back as usual. Use it for a migration and its bookkeeping row::
+    is rolled back as usual. The same on an interrupt (``KeyboardInterrupt``), which also sets
+    ``into.rolled_back``, so the handler can tell faber nothing of the migration remains
+    (``context.migration_failed``). Use it for a migration and its bookkeeping row::
 
         measured = Measurement()
         with measured_transaction(conn, measured):
@@ -233,6 +235,15 @@ def measured_transaction(conn: psycopg.Connection, into: Measurement | None = No
                 yield measurement
         except psycopg.Error:
             measurement.add(_transaction_writes(conn, _REPORTED_WRITES_TO_ANY_TABLE))
+            raise
+        except KeyboardInterrupt:
+            # psycopg cancelled the statement and the savepoint is rolled back; the transaction
+            # rolls back as the interrupt leaves it, so nothing of the work remains.
+            measurement.rolled_back = True
+            try:
+                measurement.add(_transaction_writes(conn, _WRITES_TO_ANY_TABLE))
+            except psycopg.Error:
+                measurement.unmeasured()  # the interrupt goes on all the same
             raise
         # The migration may have cleared the session's timeouts: set again with the measurement,
         # committed with the migration, for the next one.

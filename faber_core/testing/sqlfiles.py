@@ -130,6 +130,18 @@ def faber_migration_apply(context: RunContext, pending: list[LocalMigration]) ->
                     table_writes=measured.rows,
                 )
                 return outcome
+            except KeyboardInterrupt:
+                if measured.rolled_back:  # faber then knows nothing of it remains, and what it wrote
+                    context.migration_failed(
+                        MigrationFailure(
+                            name=migration.name,
+                            error="interrupted; its transaction rolled back",
+                            path=migration.path,
+                            transaction_rolled_back=True,
+                            table_writes=measured.rows,
+                        )
+                    )
+                raise
             applied = AppliedMigration(
                 name=migration.name, duration_seconds=round(time.monotonic() - started, 3), table_writes=measured.rows
             )
