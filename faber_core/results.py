@@ -57,7 +57,9 @@ class FailedDeployResult(DeferredModel):
         description="The failed migration ran outside a transaction: how many of its statements committed "
         "before the one that failed.",
     )
-    interrupted_by: str | None = Field(None, description="SIGINT, SIGTERM or SIGHUP, when an interrupt stopped the deploy.")
+    interrupted_by: str | None = Field(
+        None, description="SIGINT, SIGTERM or SIGHUP, when an interrupt stopped the deploy."
+    )
     migrations_applied: int | None = Field(None, description="After a failed post-deployment health check (spec).")
     health_check_after: str | None = None
     auto_rollback_triggered: bool | None = None
