@@ -241,7 +241,7 @@ def measured_transaction(conn: psycopg.Connection, into: Measurement | None = No
             # rolls back as the interrupt leaves it, so nothing of the work remains.
             measurement.rolled_back = True
             try:
-                measurement.add(_transaction_writes(conn, _WRITES_TO_ANY_TABLE))
+                measurement.add(_transaction_writes(conn, _REPORTED_WRITES_TO_ANY_TABLE))
             except psycopg.Error:
                 measurement.unmeasured()  # the interrupt goes on all the same
             raise
