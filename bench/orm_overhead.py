@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
-from psycopg import sql
 from machine import describe as describe_machine  # bench/machine.py, beside this script
+from psycopg import sql
 
 ADMIN_URL = os.environ.get("FABER_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 NODE_PROJECT = Path(__file__).parent / "orm-project"

@@ -208,9 +208,10 @@ def test_actor_is_the_ci_user_else_the_os_user(monkeypatch):
 
 def test_runs_refused_for_a_busy_lock_leave_no_row(history_project, run_faber, database_url, faber_project):
     """Exit 7, whether faber's own lock or Prisma's is held: the refused run changed nothing."""
+    from faber_prisma.applier import PRISMA_LOCK_KEY
+
     from faber_core.context import Database
     from faber_core.postgres.locks import faber_lock_key
-    from faber_prisma.applier import PRISMA_LOCK_KEY
     from faber_core.secrets import Secret
 
     project, env = history_project({"001_users": USERS})

@@ -18,7 +18,6 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from faber_core import events
 from faber_core.context import LockCheck, RunContext
 from faber_core.errors import ConfigError, MigrationFailed
 from faber_core.models import (

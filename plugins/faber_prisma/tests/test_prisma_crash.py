@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
+from faber_core.postgres.locks import faber_lock_key
 from faber_core.testing.faults import (
     FaberProcess,
     event_matcher,
@@ -17,7 +18,6 @@ from faber_core.testing.faults import (
     session_settings,
     wait_for_server_release,
 )
-from faber_core.postgres.locks import faber_lock_key
 
 ENVIRONMENT = "production"
 URL_ENV = "PRISMA_FAULTS_DATABASE_URL"
