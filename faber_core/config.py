@@ -310,6 +310,12 @@ class EnvironmentSettings(BaseModel):
         description="Apply a pending migration that sorts before one already applied (e.g. from a branch merged "
         "late). Off: such a deploy is refused before the lock and the backup, naming both migrations.",
     )
+    require_committed_migrations: bool = Field(
+        True,
+        description="Deploy mode: refuse pending migrations whose files are untracked or differ from git's HEAD, "
+        "before the lock and the backup. Not checked outside a git work tree (a release artifact) or without git "
+        "(the run says so). False: deploy them anyway (an emergency fix not yet committed).",
+    )
 
     @field_validator("database_url_env")
     @classmethod

@@ -24,6 +24,7 @@ STATUS_READ = "status.read"
 PREVIEW_READY = "preview.ready"
 APPROVAL_GRANTED = "approval.granted"
 PROGRESS = "progress"
+COMMIT_CHECK_SKIPPED = "commit_check.skipped"
 
 # Safety checks (docs/safety.md)
 LINT_REHEARSING = "lint.rehearsing"

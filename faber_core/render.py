@@ -357,6 +357,10 @@ class ProgressPrinter:
         reasons = sorted(set(not_run.values()))
         self.line(f"⚠ Lint: not run for {len(not_run)} migration(s): {'; '.join(reasons)}")
 
+    def on_commit_check_skipped(self, event: AuditEvent) -> None:
+        count = len(event.data["migrations"])
+        self.line(f"⚠ Not checked that {count} pending migration(s) are committed in git: {event.data['reason']}")
+
     def on_staging_proof_passed(self, event: AuditEvent) -> None:
         self.line(f"✓ Staging proof: every pending migration succeeded in {event.data['predecessor']}")
 

@@ -1,6 +1,7 @@
 """The deploy workflow, step by step as in the spec (docs/workflow.md maps each step).
 
 1-6   validate the request, load config, resolve the environment and its mode  (``open_context``)
+      deploy mode: pending migrations not committed in git stop here
       analyse the pending SQL migrations (split, classify): unparsable SQL stops here
       take faber's lock on the database (one deploy at a time)
 7     pre-deployment health check
@@ -40,6 +41,7 @@ from pydantic import ValidationError
 from faber_core import events
 from faber_core.audit.history import refuse_shared_faber_schema
 from faber_core.backup import writes
+from faber_core.committed import uncommitted_files
 from faber_core.context import LockCheck, RunContext
 from faber_core.engines import HeldLock
 from faber_core.errors import (
@@ -123,13 +125,15 @@ def migrate(
         state = read_status(context, plugins)
         # What would stop the deploy before its lock stops the preview too: it must not say "To apply".
         refuse_out_of_order(context, state)
+        refuse_uncommitted(context, state.pending_migrations())
         check_before_lock(context, plugins, state.pending_migrations())
         return preview(context, plugins, state, rehearse=options.rehearse)
-    # Before the lock and the backup: an out-of-order migration, SQL that cannot be analysed, or
-    # SQL the handler refuses, touches nothing.
+    # Before the lock and the backup: an out-of-order or uncommitted migration, SQL that cannot be
+    # analysed, or SQL the handler refuses, touches nothing.
     with step(context, "analyse"):
         analysed = analysed or status_before_lock(context, plugins)
         refuse_out_of_order(context, analysed)
+        refuse_uncommitted(context, analysed.pending_migrations())
         check_before_lock(context, plugins, analysed.pending_migrations())
     with deploy_lock(context) as lock:
         health_before = check_health(context, plugins, "before", options)
@@ -553,6 +557,53 @@ def refuse_out_of_order(context: RunContext, state: MigrationState) -> None:
         suggestions=[
             f"Rename {early[0]} so it sorts after {later} (a new timestamp), if it does not depend on that order",
             f'Or, if applying it after {later} is intended, set "out_of_order": true for {env}',
+            "Nothing was applied and no backup was taken",
+        ],
+    )
+
+
+def refuse_uncommitted(context: RunContext, pending: list[LocalMigration]) -> None:
+    """Deploy mode applies only committed migrations (the spec's "Requires migrations in git"):
+    refuse pending migrations whose files are untracked or differ from HEAD, unless the
+    environment sets ``require_committed_migrations`` to false. Outside a git work tree (a deploy
+    from a release artifact) or without ``git``, the run says it could not check, and goes on."""
+    if context.mode != "deploy" or not context.settings.require_committed_migrations or not pending:
+        return
+    paths = {m.name: m.path for m in pending if m.path}
+    check = context.once(
+        ("committed migrations", context.project_dir, tuple(paths.items())),
+        lambda: uncommitted_files(context.project_dir, paths, context.redactor),
+    )
+    env = context.environment
+    opt_out = f'Or, only in an emergency, set "require_committed_migrations": false for {env}'
+    if check.error:
+        raise MigrationFailed(
+            f"Cannot tell whether the pending migrations are committed: {check.error}",
+            result={"git_error": check.error},
+            suggestions=[
+                "Make git work in the project directory (a checkout owned by another user needs git's safe.directory)",
+                opt_out,
+                "Nothing was applied and no backup was taken",
+            ],
+        )
+    without_file = [m.name for m in pending if not m.path]
+    if check.unchecked or without_file:
+        context.emit(
+            events.COMMIT_CHECK_SKIPPED,
+            reason=check.unchecked or "the handler names no file for them",
+            migrations=[m.name for m in pending] if check.unchecked else without_file,
+        )
+    if not check.uncommitted:
+        return
+    names = [m.name for m in pending if m.name in check.uncommitted]
+    files = list(dict.fromkeys(file for name in names for file in check.uncommitted[name]))
+    raise MigrationFailed(
+        f"{len(names)} pending migration(s) not committed in git, and {env} deploys only committed "
+        f"migrations: {', '.join(map(repr, files))}",
+        result={"uncommitted_migrations": names, "uncommitted_files": files},
+        suggestions=[
+            "Commit them (git add, git commit) and deploy that commit",
+            opt_out,
             "Nothing was applied and no backup was taken",
         ],
     )

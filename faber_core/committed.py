@@ -1,0 +1,93 @@
+"""Whether the pending migrations' files are committed in git, as deploy mode requires.
+
+One ``git status`` over just those files answers it: anything it lists (untracked, or different
+from HEAD, staged or not) is not committed. Its paths are relative to the repository's top, which
+faber finds as git does (the nearest directory up from the project with a ``.git``), so each file
+maps back to its migration. A project outside any git work tree (a release artifact, a container
+image without ``.git``) cannot be checked, nor can one where ``git`` is not installed: the caller
+says so and deploys.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from faber_core.processes import run_tool
+from faber_core.secrets import Redactor
+
+GIT_TIMEOUT_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class GitCheck:
+    """The answer: ``unchecked`` says why git could not tell (then ``uncommitted`` is empty), and
+    ``error`` what git said when it failed inside a work tree (faber cannot tell, so refuses)."""
+
+    uncommitted: dict[str, list[str]]
+    """Migration name -> its files git lists, relative to the repository's top."""
+    unchecked: str | None = None
+    error: str | None = None
+
+
+def work_tree_top(directory: Path) -> Path | None:
+    """The nearest directory from ``directory`` up holding ``.git`` (a directory, or a file in a
+    linked worktree or submodule), as git finds its repository; None outside any."""
+    for candidate in (directory, *directory.parents):
+        if (candidate / ".git").exists():
+            return candidate
+    return None
+
+
+def uncommitted_files(project_dir: Path, paths: dict[str, str], redactor: Redactor) -> GitCheck:
+    """Which of the migrations ``paths`` (name -> file or folder, relative to ``project_dir``)
+    are not committed. One ``git`` process; paths travel as literal pathspecs (no glob magic)
+    and come back NUL-separated, so any file name works."""
+    if not paths:  # no pathspec would make git list the whole work tree
+        return GitCheck({})
+    project = project_dir.resolve()
+    top = work_tree_top(project)
+    if top is None and not os.environ.get("GIT_DIR"):
+        return GitCheck({}, unchecked=f"{project} is not inside a git work tree")
+    absolute = {name: Path(os.path.normpath(project / path)) for name, path in paths.items()}
+    try:
+        run = run_tool(
+            ["git", "status", "--porcelain=v1", "-z", "--untracked-files=all", "--", *paths.values()],
+            redactor=redactor,
+            # C locale: git's "not a git repository" is matched below, untranslated.
+            env={"GIT_LITERAL_PATHSPECS": "1", "LC_ALL": "C", "GIT_OPTIONAL_LOCKS": "0"},
+            cwd=project,
+            timeout=GIT_TIMEOUT_SECONDS,
+        )
+    except FileNotFoundError:
+        return GitCheck({}, unchecked="git is not installed")
+    except (OSError, subprocess.SubprocessError) as exc:
+        return GitCheck({}, error=f"git status did not finish: {exc}")
+    if run.returncode != 0:
+        if "not a git repository" in run.stderr:
+            return GitCheck({}, unchecked=f"{project} is not inside a git work tree")
+        return GitCheck({}, error=run.output or f"git status failed with exit code {run.returncode}")
+    uncommitted: dict[str, list[str]] = {}
+    for listed in listed_paths(run.stdout):
+        file = Path(os.path.normpath((top or project) / listed))
+        owner = next((name for name, path in absolute.items() if file == path or path in file.parents), None)
+        # A file git lists but faber cannot place (git found another repository top) is still not
+        # committed: it counts against every migration rather than against none.
+        for name in [owner] if owner else absolute:
+            uncommitted.setdefault(name, []).append(listed)
+    return GitCheck(uncommitted)
+
+
+def listed_paths(porcelain: str) -> list[str]:
+    """The paths of ``git status --porcelain=v1 -z``: ``XY PATH`` entries, NUL-terminated; a
+    rename or copy (``R``/``C``) is followed by its original path, which is skipped."""
+    fields = porcelain.split("\0")
+    paths = []
+    index = 0
+    while index < len(fields) and fields[index]:
+        entry = fields[index]
+        paths.append(entry[3:])
+        index += 2 if entry[0] in "RC" else 1
+    return paths

@@ -1,0 +1,209 @@
+"""Deploy mode applies only migrations committed in git (the spec's "Requires migrations in git").
+
+Each test is a Prisma-style project in a real git repository (or none) on a fresh database,
+deployed through the ``faber`` command.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import psycopg
+import pytest
+
+USERS = 'CREATE TABLE "users" ("id" SERIAL PRIMARY KEY);\n'
+POSTS = 'CREATE TABLE "posts" ("id" SERIAL PRIMARY KEY);\n'
+URL_ENV = "COMMITTED_TEST_URL"
+
+
+@pytest.fixture
+def project(faber_project, database_url):
+    """``make(migrations, environment="production", **settings) -> (Path, env)``: a Prisma-style
+    project with a backup before each deploy, not in git."""
+
+    def make(migrations: dict[str, str], environment: str = "production", **settings) -> tuple[Path, dict]:
+        settings = {"database_url_env": URL_ENV, "lock_wait_seconds": 1, **settings}
+        config = {"database": {"migration_tool": "prisma", "environments": {environment: settings}}}
+        files = {f"prisma/migrations/{name}/migration.sql": sql for name, sql in migrations.items()}
+        return faber_project(config, files), {URL_ENV: database_url}
+
+    return make
+
+
+def git(project: Path, *args: str) -> str:
+    identity = ["-c", "user.email=dev@example.com", "-c", "user.name=dev"]
+    run = subprocess.run(["git", "-C", str(project), *identity, *args], capture_output=True, text=True, check=True)
+    return run.stdout
+
+
+def commit_all(project: Path) -> None:
+    if not (project / ".git").exists():
+        git(project, "init", "-q")
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "release")
+
+
+def tables(database_url: str) -> set[str]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute("SELECT schemaname || '.' || tablename FROM pg_tables WHERE schemaname <> 'pg_catalog'")
+        return {row[0] for row in rows if not row[0].startswith("information_schema.")}
+
+
+def backups(project: Path) -> list[Path]:
+    directory = project / ".faber/backups/production"
+    return sorted(directory.iterdir()) if directory.exists() else []
+
+
+def deploy(run_faber, project: Path, env: dict, *args: str, environment: str = "production"):
+    return run_faber("migrate", environment, "--yes", "--json", "--cwd", str(project), *args, env=env)
+
+
+def test_an_untracked_pending_migration_is_refused_before_the_lock_and_the_backup(project, run_faber, database_url):
+    project_dir, env = project({"001_users": USERS})
+    commit_all(project_dir)
+    (project_dir / "prisma/migrations/002_posts").mkdir()
+    (project_dir / "prisma/migrations/002_posts/migration.sql").write_text(POSTS)
+
+    run = deploy(run_faber, project_dir, env)
+
+    assert run.returncode == 6, run.output
+    assert run.json["code"] == "MIGRATION_FAILED"
+    assert run.json["result"] == {
+        "uncommitted_migrations": ["002_posts"],
+        "uncommitted_files": ["prisma/migrations/002_posts/migration.sql"],
+    }
+    assert "prisma/migrations/002_posts/migration.sql" in run.json["error"]
+    suggestions = run.json["recovery"]["suggestions"]
+    assert suggestions[0] == "Commit them (git add, git commit) and deploy that commit"
+    assert 'set "require_committed_migrations": false for production' in suggestions[1]
+    # Nothing touched: not the committed migration either, no faber tables, no history row, no backup.
+    assert tables(database_url) == set()
+    assert backups(project_dir) == []
+    # The preview fails the same way instead of listing a deploy that would be refused.
+    previewed = deploy(run_faber, project_dir, env, "--dry-run")
+    assert previewed.returncode == 6, previewed.output
+    assert previewed.json["error"] == run.json["error"]
+
+
+@pytest.mark.parametrize("staged", [False, True], ids=["unstaged", "staged"])
+def test_a_migration_edited_after_its_commit_is_refused(project, run_faber, database_url, staged):
+    project_dir, env = project({"001_users": USERS})
+    commit_all(project_dir)
+    script = project_dir / "prisma/migrations/001_users/migration.sql"
+    script.write_text(USERS + 'CREATE TABLE "extra" ("id" int);\n')
+    if staged:
+        git(project_dir, "add", "-A")
+
+    run = deploy(run_faber, project_dir, env)
+
+    assert run.returncode == 6, run.output
+    assert run.json["result"]["uncommitted_migrations"] == ["001_users"]
+    assert tables(database_url) == set()
+
+
+def test_committed_migrations_deploy_in_a_project_below_the_repository_top(
+    faber_project, database_url, run_faber, tmp_path
+):
+    repository = tmp_path / "repository"
+    config = {"database": {"migration_tool": "prisma", "environments": {"production": {"database_url_env": URL_ENV}}}}
+    project_dir = faber_project(
+        config, {"prisma/migrations/001_users/migration.sql": USERS}, root=repository / "services" / "api"
+    )
+    (repository / "README").write_text("uncommitted, but no migration\n")
+    git(repository, "init", "-q")
+    git(repository, "add", "services")
+    git(repository, "commit", "-q", "-m", "release")
+
+    run = deploy(run_faber, project_dir, {URL_ENV: database_url})
+
+    assert run.returncode == 0, run.output
+    assert "public.users" in tables(database_url)
+    # A new migration there is named as the repository names it.
+    (project_dir / "prisma/migrations/002_posts").mkdir()
+    (project_dir / "prisma/migrations/002_posts/migration.sql").write_text(POSTS)
+    refused = deploy(run_faber, project_dir, {URL_ENV: database_url})
+    assert refused.returncode == 6, refused.output
+    assert refused.json["result"] == {
+        "uncommitted_migrations": ["002_posts"],
+        "uncommitted_files": ["services/api/prisma/migrations/002_posts/migration.sql"],
+    }
+
+
+def test_hostile_file_names_are_checked_as_they_are(project, run_faber, database_url):
+    committed = "001 users 'quoted' \"double\" ünïcode"
+    project_dir, env = project({committed: USERS})
+    commit_all(project_dir)
+    untracked = "002 new\nline"
+    (project_dir / "prisma/migrations" / untracked).mkdir()
+    (project_dir / "prisma/migrations" / untracked / "migration.sql").write_text(POSTS)
+
+    run = deploy(run_faber, project_dir, env)
+
+    assert run.returncode == 6, run.output
+    assert run.json["result"] == {
+        "uncommitted_migrations": [untracked],
+        "uncommitted_files": [f"prisma/migrations/{untracked}/migration.sql"],
+    }
+    (project_dir / "prisma/migrations" / untracked / "migration.sql").unlink()
+    (project_dir / "prisma/migrations" / untracked).rmdir()
+    assert deploy(run_faber, project_dir, env).returncode == 0
+    assert "public.users" in tables(database_url)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving the repository to another user needs root")
+def test_a_repository_git_refuses_to_read_is_refused_saying_what_git_said(project, run_faber, database_url):
+    project_dir, env = project({"001_users": USERS})
+    commit_all(project_dir)
+    # A checkout owned by another user: git refuses to work in it ("dubious ownership").
+    subprocess.run(["chown", "-R", "nobody", str(project_dir / ".git")], check=True)
+
+    run = deploy(run_faber, project_dir, env)
+
+    assert run.returncode == 6, run.output
+    assert "dubious ownership" in run.json["result"]["git_error"]
+    assert run.json["error"].startswith("Cannot tell whether the pending migrations are committed: fatal: detected")
+    assert tables(database_url) == set()
+    assert backups(project_dir) == []
+
+
+def test_outside_a_git_work_tree_the_deploy_goes_on_and_says_it_could_not_check(project, run_faber, database_url):
+    project_dir, env = project({"001_users": USERS})
+
+    run = deploy(run_faber, project_dir, env)
+
+    assert run.returncode == 0, run.output
+    assert "public.users" in tables(database_url)
+    human = run_faber("migrate", "production", "--yes", "--cwd", str(project_dir), env=env)
+    assert human.returncode == 0, human.output
+    # Nothing pending: nothing to check, nothing to warn about.
+    assert "committed in git" not in human.output
+    (project_dir / "prisma/migrations/002_posts").mkdir()
+    (project_dir / "prisma/migrations/002_posts/migration.sql").write_text(POSTS)
+    warned = run_faber("migrate", "production", "--yes", "--cwd", str(project_dir), env=env)
+    assert warned.returncode == 0, warned.output
+    lines = [line for line in warned.stderr.splitlines() if "committed in git" in line]
+    assert lines == [
+        f"⚠ Not checked that 1 pending migration(s) are committed in git: {project_dir} is not inside a git work tree"
+    ]
+
+
+def test_dev_mode_deploys_untracked_migrations(project, run_faber, database_url):
+    project_dir, env = project({"001_users": USERS}, environment="dev", mode="dev")
+    git(project_dir, "init", "-q")
+
+    run = deploy(run_faber, project_dir, env, environment="dev")
+
+    assert run.returncode == 0, run.output
+    assert "public.users" in tables(database_url)
+
+
+def test_the_opt_out_deploys_untracked_migrations(project, run_faber, database_url):
+    project_dir, env = project({"001_users": USERS}, require_committed_migrations=False)
+    git(project_dir, "init", "-q")
+
+    run = deploy(run_faber, project_dir, env)
+
+    assert run.returncode == 0, run.output
+    assert "public.users" in tables(database_url)
