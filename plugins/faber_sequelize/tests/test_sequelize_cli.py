@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import subprocess
 
 import pytest
 from faber_core.testing.faults import FaberProcess, deploy_with_application_write
@@ -108,3 +109,28 @@ def test_the_deploy_lints_the_sql_sequelize_runs_in_rehearsal(sequelize_project,
     assert "… Lint: rehearsing 2 code migration(s) on a throwaway copy" in run.output
     assert "(code migrations linted from their rehearsal: 2)" in run.output
     assert "Lint: not run" not in run.output
+
+
+def test_an_untracked_migration_file_is_refused_and_committed_ones_deploy(
+    sequelize_project, sequelize_migration, run_faber, query
+):
+    project = sequelize_project()
+    (project / ".gitignore").write_text("node_modules\n")
+    identity = ["-c", "user.email=dev@example.com", "-c", "user.name=dev"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "release"]):
+        subprocess.run(["git", "-C", str(project), *identity, *args], check=True)
+    (project / "db/migrations/20240103000000-add tags.js").write_text(sequelize_migration("CREATE TABLE tags (id int)"))
+
+    refused = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+
+    assert refused.returncode == 6, refused.output
+    assert refused.json["result"] == {
+        "uncommitted_migrations": ["20240103000000-add tags.js"],
+        "uncommitted_files": ["db/migrations/20240103000000-add tags.js"],
+    }
+    assert query("SELECT to_regclass('\"SequelizeMeta\"')") == [(None,)]
+    subprocess.run(["git", "-C", str(project), *identity, "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(project), *identity, "commit", "-q", "-m", "tags"], check=True)
+    deployed = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+    assert deployed.returncode == 0, deployed.output
+    assert [m["name"] for m in deployed.json["result"]["migrations"]][-1] == "20240103000000-add tags.js"

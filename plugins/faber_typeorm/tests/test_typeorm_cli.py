@@ -528,3 +528,26 @@ def test_a_migration_throwing_a_value_that_cannot_be_a_string_fails_as_a_migrati
     result = run.json["result"]
     assert result["failed_migration"] == "Thrown1700000200000" and result["transaction_rolled_back"] is True
     assert query("SELECT to_regclass('thrown') IS NULL") == [(True,)]
+
+
+def test_a_migration_file_changed_since_its_commit_is_refused(typeorm_project, run_faber, query):
+    project = typeorm_project()
+    (project / ".gitignore").write_text("node_modules\n")
+    identity = ["-c", "user.email=dev@example.com", "-c", "user.name=dev"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "release"]):
+        subprocess.run(["git", "-C", str(project), *identity, *args], check=True)
+    edited = project / "migrations/1700000100000-AddUserName.js"
+    edited.write_text(edited.read_text() + "\n// edited after the commit\n")
+
+    refused = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+
+    assert refused.returncode == 6, refused.output
+    assert refused.json["result"] == {
+        "uncommitted_migrations": ["AddUserName1700000100000"],
+        "uncommitted_files": ["migrations/1700000100000-AddUserName.js"],
+    }
+    assert query("SELECT to_regclass('migrations')") == [(None,)]
+    subprocess.run(["git", "-C", str(project), "checkout", "--", "migrations"], check=True)
+    deployed = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+    assert deployed.returncode == 0, deployed.output
+    assert [m["name"] for m in deployed.json["result"]["migrations"]] == FIXTURE_MIGRATIONS
