@@ -103,6 +103,21 @@ def test_a_migration_edited_after_its_commit_is_refused(project, run_faber, data
     assert tables(database_url) == set()
 
 
+def test_a_migration_renamed_and_staged_is_named_by_its_new_path(project, run_faber, database_url):
+    project_dir, env = project({"001_users": USERS, "002_posts": POSTS})
+    commit_all(project_dir)
+    git(project_dir, "mv", "prisma/migrations/002_posts", "prisma/migrations/003_posts")
+
+    run = deploy(run_faber, project_dir, env)
+
+    assert run.returncode == 6, run.output
+    assert run.json["result"] == {
+        "uncommitted_migrations": ["003_posts"],
+        "uncommitted_files": ["prisma/migrations/003_posts/migration.sql"],
+    }
+    assert tables(database_url) == set()
+
+
 def test_committed_migrations_deploy_in_a_project_below_the_repository_top(
     faber_project, database_url, run_faber, tmp_path
 ):
