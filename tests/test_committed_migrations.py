@@ -8,10 +8,17 @@ from __future__ import annotations
 
 import os
 import subprocess
+import types
 from pathlib import Path
 
 import psycopg
 import pytest
+
+from faber_core import hookimpl
+from faber_core.context import open_context
+from faber_core.plugins import Plugins
+from faber_core.testing import sqlfiles
+from faber_core.workflow import DEPLOY, DeployOptions, migrate
 
 USERS = 'CREATE TABLE "users" ("id" SERIAL PRIMARY KEY);\n'
 POSTS = 'CREATE TABLE "posts" ("id" SERIAL PRIMARY KEY);\n'
@@ -222,3 +229,31 @@ def test_the_opt_out_deploys_untracked_migrations(project, run_faber, database_u
 
     assert run.returncode == 0, run.output
     assert "public.users" in tables(database_url)
+
+
+def test_a_migration_its_handler_names_no_file_for_deploys_and_is_reported_unchecked(
+    plugin_manager, faber_project, database_url, monkeypatch
+):
+    pathless = types.ModuleType("pathless_sqlfiles")
+    pathless.__dict__.update({name: hook for name, hook in vars(sqlfiles).items() if name.startswith("faber_")})
+
+    @hookimpl
+    def faber_migration_status(context):
+        state = sqlfiles.faber_migration_status(context)
+        return state.model_copy(update={"local": [m.model_copy(update={"path": None}) for m in state.local]})
+
+    pathless.faber_migration_status = faber_migration_status
+    plugin_manager.register(pathless, name="pathless_sqlfiles")
+    monkeypatch.setenv(URL_ENV, database_url)
+    settings = {"database_url_env": URL_ENV, "backup_before_migrate": False}
+    config = {"database": {"migration_tool": sqlfiles.TOOL, "environments": {"production": settings}}}
+    project_dir = faber_project(config, {"migrations/001_users.sql": "CREATE TABLE users (id int);"})
+    git(project_dir, "init", "-q")  # nothing committed: a file named would be refused
+    events = []
+
+    context = open_context(project_dir, "production", DEPLOY, listeners=[events.append])
+    migrate(context, Plugins(plugin_manager), DeployOptions(assume_yes=True))
+
+    assert "public.users" in tables(database_url)
+    skipped = [event.data for event in events if event.kind == "commit_check.skipped"]
+    assert skipped == [{"reason": "the handler names no file for them", "migrations": ["001_users"]}]
