@@ -68,14 +68,17 @@ statement timeouts: the runner runs them first in every session that applies mig
 that fails only, sent just before its ``migration_failed`` (what of it ran: the failure report
 names those statements); a rehearsal gets every query, as the preview shows them. On
 PostgreSQL an apply first names the session its migrations run in (``migration_session``), so
-that faber, stopped by a signal, can end that session and read whether the migration it stopped
-in committed (a migration whose ``transactional`` is true runs in one transaction with its row in
-``bookkeeping_table``, unless it commits work outside it: a COMMIT of its own, or a query on another
-connection, which ``migration_outside_transaction`` says as it is issued). A ``migration_failed``
+that faber, stopped by a signal or finding the runner dead, can end that session and read whether
+the migration the runner stopped in committed (a migration whose ``transactional`` is true runs in
+one transaction with its row in ``bookkeeping_table``, unless it commits work outside it: a COMMIT
+of its own, or a query on another connection, which ``migration_outside_transaction`` says as it
+is issued). A ``migration_failed``
 says ``transaction_rolled_back`` only of a migration that did neither. Each
 request connects on its own and disconnects before ``done``. Every string the runner prints is
 redacted before faber looks at it. Exit code 0: done; 1: a migration failed; 2: the setup is
-broken (a ``setup_error`` says how). The runner exits when faber closes its stdin, at the end of
+broken (a ``setup_error`` says how); any other end of an apply (the out-of-memory killer, ``kill -9``,
+a migration calling ``process.exit()``) fails the deploy as a failed migration does, naming the
+runner's end. The runner exits when faber closes its stdin, at the end of
 the run (:meth:`~faber_core.context.RunContext.close`).
 """
 
@@ -98,7 +101,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from faber_core import events, hookimpl, interrupts
 from faber_core.context import Database, RunContext
-from faber_core.errors import ConfigError, FaberError, HealthCheckFailed
+from faber_core.errors import ConfigError, FaberError, HealthCheckFailed, MigrationFailed
 from faber_core.models import (
     AppliedMigration,
     ApplyOutcome,
@@ -204,15 +207,27 @@ def run_runner(
     if setup_error is not None:
         raise setup_failure(tool, context, setup_error, result.stderr)
     if result.returncode not in (0, MIGRATION_FAILED_EXIT) or (result.returncode and not result.of("migration_failed")):
-        raise FaberError(
-            f"The {tool.name} runner stopped unexpectedly ({how_it_ended(result.returncode)})",
+        raise RunnerDied(tool, result)
+    return result
+
+
+class RunnerDied(FaberError):
+    """The runner ended in the middle of a request without answering it: killed (the kernel's
+    out-of-memory killer, ``kill -9``) or ended by project code (a migration calling
+    ``process.exit()``). ``runner_result`` holds the events it sent before it died."""
+
+    def __init__(self, tool: NodeTool, result: RunnerResult) -> None:
+        self.how = f"the {tool.name} runner died ({how_it_ended(result.returncode)})"
+        """How it ended, for a message: ``the typeorm runner died (killed by SIGKILL (Killed))``."""
+        self.runner_result = result
+        super().__init__(
+            f"{self.how[:1].upper()}{self.how[1:]}",
             suggestions=[
                 "Run again with the output below in hand; nothing more was applied after the last "
                 "migration reported as applied"
             ],
             tool_output=_tail(result.stderr),
         )
-    return result
 
 
 def start_runner(tool: NodeTool, context: RunContext, args: Iterable[str]) -> RunnerProcess:
@@ -528,7 +543,9 @@ def apply(tool: NodeTool, context: RunContext, pending: list[LocalMigration], ar
     """Apply every pending migration through the runner, telling listeners as each one goes.
 
     Stopped by an interrupt, it says what it knows of the migration that was running before
-    letting the interrupt propagate: see :func:`_settle_interrupted_migration`."""
+    letting the interrupt propagate; a runner that died fails the deploy as a migration does
+    (:func:`_outcome_of_death`). What faber knows of the migration the runner stopped in:
+    see :func:`_committed`."""
     session: Event | None = None
     running: tuple[Event, float] | None = None
     """The migration started and not yet reported finished, and when faber heard it start."""
@@ -550,50 +567,109 @@ def apply(tool: NodeTool, context: RunContext, pending: list[LocalMigration], ar
             )
             running = None
 
+    def settled() -> Settled | None:
+        """What became of the migration the runner was in when it stopped, if it was in one."""
+        if running is None:
+            return None
+        event, started_at = running
+        atomic = bool(event.get("transactional")) and event["name"] not in outside_transaction
+        committed = _committed(context, session, event["name"]) if session is not None else None
+        return Settled(event["name"], round(time.monotonic() - started_at, 3), committed, atomic)
+
     expected = [m.name for m in pending]
     try:
         result = run_runner(
             tool, context, "apply", args, expected=expected, on_event=progress, queries_of_failure_only=True
         )
     except KeyboardInterrupt:
-        if session is not None and running is not None:
-            event, started_at = running
-            atomic = bool(event.get("transactional")) and event["name"] not in outside_transaction
-            _settle_interrupted_migration(context, session, event["name"], started_at, atomic, pending)
+        stopped = settled()
+        if stopped is not None and stopped.committed:
+            context.migration_applied(AppliedMigration(name=stopped.name, duration_seconds=stopped.duration_seconds))
+        elif stopped is not None and stopped.rolled_back:
+            context.migration_failed(stopped.failure("interrupted", pending))
         raise
+    except RunnerDied as died:
+        return _outcome_of_death(context, died, settled(), pending)
     return outcome_of(result, {m.name: m.path for m in pending}, context.database.engine.error_code_label)
 
 
-# How long an interrupted apply waits for the server to end the stopped runner's session.
+@dataclass(frozen=True)
+class Settled:
+    """The migration a runner was in when it stopped (an interrupt, or the runner died), as faber
+    could tell afterwards: see :func:`_committed`."""
+
+    name: str
+    duration_seconds: float
+    committed: bool | None
+    """Its row is in the tool's table (True), or not (False); None: faber cannot tell."""
+    atomic: bool
+    """It ran in one transaction with its row and committed nothing outside it."""
+
+    @property
+    def rolled_back(self) -> bool:
+        """None of it remains: its row is not there, and nothing of it committed outside its transaction."""
+        return self.committed is False and self.atomic
+
+    def failure(self, stopped: str, pending: list[LocalMigration], output: str | None = None) -> MigrationFailure:
+        """It, failed: ``stopped`` says how (``interrupted``), then what remains of it."""
+        remains = "its transaction rolled back" if self.rolled_back else "it may have committed in part"
+        return MigrationFailure(
+            name=self.name,
+            error=f"{stopped}; {remains}",
+            output=output,
+            path=next((m.path for m in pending if m.name == self.name), None),
+            transaction_rolled_back=self.rolled_back,
+        )
+
+
+def _outcome_of_death(
+    context: RunContext, died: RunnerDied, stopped: Settled | None, pending: list[LocalMigration]
+) -> ApplyOutcome:
+    """A deploy whose runner died (:class:`RunnerDied`) as a failed one: the migration it was in
+    failed, rolled back or in part as faber can tell (:func:`_committed`), or it committed
+    before the runner died, and the deploy fails naming the runner's end."""
+    result = died.runner_result
+    applied = [
+        AppliedMigration(name=e["name"], duration_seconds=round(e["duration_seconds"], 3))
+        for e in result.of("migration_finished")
+    ]
+    if stopped is None or stopped.committed:
+        if stopped is not None:
+            context.migration_applied(AppliedMigration(name=stopped.name, duration_seconds=stopped.duration_seconds))
+            applied.append(AppliedMigration(name=stopped.name, duration_seconds=stopped.duration_seconds))
+        when = f"after migration {applied[-1].name} committed" if applied else "before any migration ran"
+        raise MigrationFailed(f"{died.message} {when}", suggestions=died.suggestions, tool_output=died.tool_output)
+    return ApplyOutcome(applied=applied, failure=stopped.failure(f"{died.how} while it ran", pending, died.tool_output))
+
+
+# How long faber waits for the server to end the session of a runner it stopped or that died.
 _SESSION_END_SECONDS = 5.0
 
 
-def _settle_interrupted_migration(
-    context: RunContext, session: Event, name: str, started_at: float, atomic: bool, pending: list[LocalMigration]
-) -> None:
-    """Tell faber whether the migration an interrupt stopped committed, as handlers do (see
-    ``faber_migration_apply``), when the runner named its session (``migration_session``, on
-    PostgreSQL): the runner is stopped, so faber ends that session and waits until the server has
-    (its transaction rolls back unless its COMMIT had run), then looks for the migration's row in
-    the tool's table. A row: it committed whole (the signal came during its COMMIT or in the
-    moment after). No row, and ``atomic`` (it ran in one transaction, and committed nothing outside
-    it: no COMMIT of its own, TypeORM's way to run CREATE INDEX CONCURRENTLY, and no query on
-    another connection): none of it remains. Without an answer, faber reports a migration that may
-    have committed in part, and restores the backup for it. Anything that prevents the answer (a
-    database error, a session that does not end) leaves it so.
+def _committed(context: RunContext, session: Event, name: str) -> bool | None:
+    """Whether migration ``name`` committed, for a runner that stopped in it (an interrupt stopped
+    it, or it died) after naming the session its migrations run in (``migration_session``, on
+    PostgreSQL): faber ends that session and waits until the server has (its transaction rolls
+    back unless its COMMIT had run), then looks for the migration's row in the tool's table. A
+    row: it committed whole (the runner stopped during its COMMIT or in the moment after). No
+    row: its transaction rolled back, and none of it remains if it was atomic (:class:`Settled`:
+    no COMMIT of its own, TypeORM's way to run CREATE INDEX CONCURRENTLY, and no query on another
+    connection). None when anything prevents the answer (a database error, a session that does
+    not end): faber then reports a migration that may have committed in part, and restores the
+    backup for it.
     """
     from psycopg import sql  # only a PostgreSQL runner names its session
 
     try:
         with context.database.connect() as conn:
             if not _session_ended(conn, int(session["pid"]), str(session["started"])):
-                return
+                return None
             table = conn.execute(
                 "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c"
                 " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%s)",
                 [session["bookkeeping_table"]],
             ).fetchone()
-            recorded = table is not None and bool(
+            return table is not None and bool(
                 conn.execute(
                     sql.SQL("SELECT 1 FROM {}.{} WHERE name = %s").format(
                         sql.Identifier(table[0]), sql.Identifier(table[1])
@@ -602,18 +678,7 @@ def _settle_interrupted_migration(
                 ).fetchone()
             )
     except context.database.engine.driver_error:
-        return
-    if recorded:
-        context.migration_applied(AppliedMigration(name=name, duration_seconds=round(time.monotonic() - started_at, 3)))
-    elif atomic:
-        context.migration_failed(
-            MigrationFailure(
-                name=name,
-                error="interrupted; its transaction rolled back",
-                path=next((m.path for m in pending if m.name == name), None),
-                transaction_rolled_back=True,
-            )
-        )
+        return None
 
 
 def _session_ended(conn: Any, pid: int, started: str) -> bool:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import functools
+import json
+import os
+import signal
 import subprocess
 
+import psycopg
 import pytest
-from faber_core.testing.faults import FaberProcess, deploy_with_application_write
+from faber_core.testing.faults import FaberProcess, deploy_with_application_write, descendants
 from faber_core.testing.fixtures import CANARY_PASSWORD
 
 FIXTURE_MIGRATIONS = ["20240101000000-create-users.js", "20240102000000-add-user-name.js"]
@@ -134,3 +138,76 @@ def test_an_untracked_migration_file_is_refused_and_committed_ones_deploy(
     deployed = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
     assert deployed.returncode == 0, deployed.output
     assert [m["name"] for m in deployed.json["result"]["migrations"]][-1] == "20240103000000-add tags.js"
+
+
+RUNNER_LOCK = 4242
+"""The advisory lock a migration waits on while the test holds it: the runner is then in that migration."""
+WAITING_ON_THE_LOCK = (
+    "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = %s AND NOT granted"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+
+
+def runner_of(run: FaberProcess) -> int:
+    """The pid of the Node runner among faber's descendants."""
+    return next(info.pid for info in descendants(run.pid) if "runner.cjs" in info.command)
+
+
+def test_a_runner_killed_in_a_migration_fails_the_deploy_and_the_backup_is_restored(
+    sequelize_project, sequelize_migration, run_faber, database_url, query
+):
+    # Sequelize runs its migrations outside a transaction: what the killed runner's migration
+    # committed cannot be known, so faber says it may have committed in part and restores the backup.
+    project = sequelize_project(backup_before_migrate=True, auto_rollback=True, protected=True, lint="off")
+    assert run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project)).returncode == 0
+    blocked = project / "db/migrations" / "20240103000000-blocked.js"
+    blocked.write_text(
+        sequelize_migration('CREATE TABLE "blocked" (id int)', f"SELECT pg_advisory_lock({RUNNER_LOCK})")
+    )
+    with psycopg.connect(database_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", [RUNNER_LOCK])
+        run = FaberProcess.start(project, "migrate", "staging", "--yes", "--json")
+        try:
+            run.wait_until(lambda: query(WAITING_ON_THE_LOCK, [RUNNER_LOCK]), what="the migration to wait on the lock")
+            os.kill(runner_of(run), signal.SIGKILL)
+            holder.execute("SELECT pg_advisory_unlock(%s)", [RUNNER_LOCK])
+            code = run.finish()
+        finally:
+            run.stop_everything()
+
+    assert code == 6, run.stdout() + run.stderr()
+    document = json.loads(run.stdout())
+    assert document["code"] == "MIGRATION_FAILED"
+    assert "sequelize runner died (killed by SIGKILL" in document["error"]
+    result = document["result"]
+    assert result["failed_migration"] == "20240103000000-blocked.js" and result["transaction_rolled_back"] is False
+    assert (result["rollback_initiated"], result["rollback_status"]) == (True, "success"), result
+    assert [name for (name,) in query('SELECT name FROM "SequelizeMeta" ORDER BY name')] == FIXTURE_MIGRATIONS
+    assert query("SELECT to_regclass('blocked') IS NULL") == [(True,)]
+    again = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+    assert again.returncode == 0, again.output
+    assert query("SELECT to_regclass('blocked') IS NULL") == [(False,)]
+
+
+def test_a_migration_ending_the_runner_with_process_exit_fails_the_deploy(
+    sequelize_project, sequelize_migration, run_faber, query
+):
+    project = sequelize_project(lint="off")
+    (project / "db/migrations" / "20240103000000-exits.js").write_text(
+        '"use strict";\n\nmodule.exports = {\n  async up(queryInterface) {\n'
+        '    await queryInterface.sequelize.query("SELECT 1");\n    process.exit(3);\n  },\n\n'
+        "  async down() {},\n};\n"
+    )
+
+    run = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+
+    assert run.returncode == 6, run.output
+    assert run.json["code"] == "MIGRATION_FAILED"
+    assert "sequelize runner died (exit code 3) while it ran" in run.json["error"]
+    result = run.json["result"]
+    assert result["applied_migrations"] == FIXTURE_MIGRATIONS
+    assert result["failed_migration"] == "20240103000000-exits.js"
+    assert [name for (name,) in query('SELECT name FROM "SequelizeMeta" ORDER BY name')] == FIXTURE_MIGRATIONS
+    (project / "db/migrations" / "20240103000000-exits.js").write_text(sequelize_migration("SELECT 1"))
+    again = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+    assert again.returncode == 0, again.output

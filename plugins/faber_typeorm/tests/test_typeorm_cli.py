@@ -12,9 +12,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
 import pytest
 from faber_core import api
-from faber_core.testing.faults import FaberProcess, deploy_with_application_write
+from faber_core.testing.faults import FaberProcess, deploy_with_application_write, descendants
 from faber_core.testing.fixtures import (
     CANARY_PASSWORD,
     create_database,
@@ -551,3 +552,87 @@ def test_a_migration_file_changed_since_its_commit_is_refused(typeorm_project, r
     deployed = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
     assert deployed.returncode == 0, deployed.output
     assert [m["name"] for m in deployed.json["result"]["migrations"]] == FIXTURE_MIGRATIONS
+
+
+RUNNER_LOCK = 4242
+"""The advisory lock a migration waits on while the test holds it: the runner is then in that migration."""
+WAITING_ON_THE_LOCK = (
+    "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = %s AND NOT granted"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+
+
+def runner_of(run: FaberProcess) -> int:
+    """The pid of the Node runner among faber's descendants."""
+    return next(info.pid for info in descendants(run.pid) if "runner.cjs" in info.command)
+
+
+def test_a_runner_killed_in_a_migration_fails_the_deploy_and_its_transaction_rolls_back(
+    typeorm_project, typeorm_migration, run_faber, database_url, query
+):
+    # The out-of-memory killer or a kill -9 ends the runner while faber lives: faber ends the
+    # runner's session and reads TypeORM's table, as after an interrupt, and fails the deploy.
+    project = typeorm_project(
+        {
+            "1700000200000-Blocked.js": typeorm_migration(
+                "Blocked1700000200000", "CREATE TABLE blocked (id int)", f"SELECT pg_advisory_xact_lock({RUNNER_LOCK})"
+            )
+        },
+        lint="off",
+    )
+    with psycopg.connect(database_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", [RUNNER_LOCK])
+        run = FaberProcess.start(project, "migrate", "staging", "--yes", "--json")
+        try:
+            run.wait_until(lambda: query(WAITING_ON_THE_LOCK, [RUNNER_LOCK]), what="the migration to wait on the lock")
+            os.kill(runner_of(run), signal.SIGKILL)
+            holder.execute("SELECT pg_advisory_unlock(%s)", [RUNNER_LOCK])
+            code = run.finish()
+        finally:
+            run.stop_everything()
+
+    assert code == 6, run.stdout() + run.stderr()
+    document = json.loads(run.stdout())
+    assert document["code"] == "MIGRATION_FAILED"
+    assert "typeorm runner died (killed by SIGKILL" in document["error"]
+    result = document["result"]
+    assert result["applied_migrations"] == FIXTURE_MIGRATIONS
+    assert result["failed_migration"] == "Blocked1700000200000" and result["transaction_rolled_back"] is True
+    assert [name for (name,) in query("SELECT name FROM migrations ORDER BY id")] == FIXTURE_MIGRATIONS
+    assert query("SELECT to_regclass('blocked') IS NULL") == [(True,)]
+    again = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+    assert again.returncode == 0, again.output
+    assert [name for (name,) in query("SELECT name FROM migrations ORDER BY id")] == [
+        *FIXTURE_MIGRATIONS,
+        "Blocked1700000200000",
+    ]
+
+
+def test_a_migration_ending_the_runner_with_process_exit_fails_the_deploy_and_rolls_back(
+    typeorm_project, typeorm_migration, run_faber, query
+):
+    exits = (
+        "module.exports = class Exits1700000200000 {\n"
+        "  async up(queryRunner) {\n"
+        '    await queryRunner.query("CREATE TABLE exits (id int)");\n'
+        "    process.exit(3);\n"
+        "  }\n\n  async down() {}\n};\n"
+    )
+    project = typeorm_project({"1700000200000-Exits.js": exits}, lint="off")
+
+    run = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+
+    assert run.returncode == 6, run.output
+    assert run.json["code"] == "MIGRATION_FAILED"
+    assert "typeorm runner died (exit code 3) while it ran" in run.json["error"]
+    result = run.json["result"]
+    assert result["applied_migrations"] == FIXTURE_MIGRATIONS
+    assert result["failed_migration"] == "Exits1700000200000" and result["transaction_rolled_back"] is True
+    assert [name for (name,) in query("SELECT name FROM migrations ORDER BY id")] == FIXTURE_MIGRATIONS
+    assert query("SELECT to_regclass('exits') IS NULL") == [(True,)]
+    (project / "migrations" / "1700000200000-Exits.js").write_text(
+        typeorm_migration("Exits1700000200000", "CREATE TABLE exits (id int)")
+    )
+    again = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+    assert again.returncode == 0, again.output
+    assert query("SELECT to_regclass('exits') IS NULL") == [(False,)]
