@@ -444,10 +444,12 @@ class FaberConfig(BaseModel):
         if settings is None:
             if name != EMBEDDED_ENVIRONMENT:
                 known = sorted({*self.database.environments, EMBEDDED_ENVIRONMENT})
+                # Looser than for settings: an abbreviation such as "prod" is what is usually typed.
+                hint = did_you_mean(name, known, cutoff=0.5)
                 raise ConfigError(
-                    f"Unknown environment: {name}",
+                    f"Unknown environment: {name}{hint}",
                     suggestions=[
-                        f"Configured environments: {', '.join(known)}",
+                        *([] if hint else [f"Configured environments: {', '.join(known)}"]),
                         f"Add it under database.environments in {CONFIG_PATH}",
                     ],
                 )

@@ -53,6 +53,21 @@ def test_dev_exists_without_configuration_and_others_do_not():
     assert "Configured environments: dev" in raised.value.suggestions[0]
 
 
+def test_an_unknown_environment_suggests_the_close_one_or_lists_them_all():
+    config = FaberConfig.model_validate(
+        {"database": {"migration_tool": "prisma", "environments": {"production": {}, "staging": {}}}}
+    )
+
+    with pytest.raises(ConfigError) as abbreviated:
+        config.environment("prod")
+    with pytest.raises(ConfigError) as unlike:
+        config.environment("qa")
+
+    assert abbreviated.value.message == "Unknown environment: prod (did you mean production?)"
+    assert unlike.value.message == "Unknown environment: qa"
+    assert unlike.value.suggestions[0] == "Configured environments: dev, production, staging"
+
+
 def test_environment_names_are_validated():
     with pytest.raises(ConfigError, match="Invalid environment name"):
         FaberConfig.model_validate({"database": {"migration_tool": "prisma"}}).environment("../etc")
