@@ -72,6 +72,7 @@ PLUGINS = "list-plugins"
 INIT = "init"
 CONFIG_SCHEMA = "config-schema"
 REQUEST = "request"
+VERSION = "version"
 
 
 # Commands ------------------------------------------------------------------------------

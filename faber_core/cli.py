@@ -114,19 +114,31 @@ ShardOption = Annotated[
 ]
 
 
-def _version(value: bool) -> None:
-    if value:
+def _version(ctx: typer.Context, value: bool) -> None:
+    if not value:
+        return
+    if ctx.params.get("json_output"):
+        from faber_core.results import Success
+
+        version = Success(operation=api.VERSION, result={"version": __version__}, message=f"faber {__version__}")
+        typer.echo(_render(version, json_output=True))
+    else:
         typer.echo(f"faber {__version__}")
-        raise typer.Exit()
+    raise typer.Exit()
 
 
 @app.callback()
 def main_callback(
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    # Eager, so that --version (processed after the eager options) knows of it wherever it stands.
+    json_output: Annotated[
+        bool, typer.Option("--json", is_eager=True, help="With --version: print one JSON document.")
     ] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, help="Show the version.")] = False,
 ) -> None:
     """Deploy database migrations safely across environments."""
+    if json_output:
+        # Taken by faber itself, it would not reach the command, which would then print no JSON.
+        raise typer.BadParameter("put it after the command: faber COMMAND ... --json", param_hint="'--json'")
 
 
 def _approver() -> Callable[[str], bool] | None:

@@ -400,6 +400,8 @@ def test_every_command_takes_json_and_cwd_and_answers_with_the_envelope(cli_proj
         (["migrat", "production", "--json"], "usage", "No such command 'migrat'"),
         (["backups", "prune", "--json"], "prune-backups", "Missing argument 'ENVIRONMENT'"),
         (["backup", "production", "--reason", "x" * 501, "--json"], "create-backup", "at most 500 characters"),
+        # Taken before the command, --json would leave the command printing no JSON.
+        (["--json", "status", "production"], "migration-status", "put it after the command"),
     ],
 )
 def test_usage_errors_with_json_are_one_error_document(run_faber, args, operation, message):
@@ -411,6 +413,24 @@ def test_usage_errors_with_json_are_one_error_document(run_faber, args, operatio
     assert document["operation"] == operation and message in document["error"], document
     assert document["recovery"]["suggestions"][0].startswith("See the usage: faber")
     assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("args", [["--version", "--json"], ["--json", "--version"]])
+def test_version_with_json_is_the_envelope_and_stays_plain_without(run_faber, args):
+    from faber_core import __version__
+
+    run = run_faber(*args)
+    plain = run_faber("--version")
+
+    assert run.returncode == 0, run.output
+    assert run.json == {
+        "status": "success",
+        "operation": "version",
+        "environment": None,
+        "result": {"version": __version__},
+        "message": f"faber {__version__}",
+    }
+    assert plain.returncode == 0 and plain.stdout == f"faber {__version__}\n"
 
 
 def test_usage_errors_without_json_stay_human(run_faber):
