@@ -122,7 +122,7 @@ def migrate(
         safety_checks()
     if options.dry_run:
         check_health(context, plugins, "before", options)
-        state = read_status(context, plugins)
+        state = read_status(context, plugins, checks_skipped=options.skip_health_check)
         # What would stop the deploy before its lock stops the preview too: it must not say "To apply".
         refuse_out_of_order(context, state)
         refuse_uncommitted(context, state.pending_migrations())
@@ -131,11 +131,11 @@ def migrate(
     # Before the lock and the backup: an out-of-order or uncommitted migration, SQL that cannot be
     # analysed, or SQL the handler refuses, touches nothing.
     with step(context, "analyse"):
-        analysed = analysed or status_before_lock(context, plugins)
+        analysed = analysed or status_before_lock(context, plugins, checks_skipped=options.skip_health_check)
         refuse_out_of_order(context, analysed)
         refuse_uncommitted(context, analysed.pending_migrations())
         check_before_lock(context, plugins, analysed.pending_migrations())
-    with deploy_lock(context) as lock:
+    with deploy_lock(context, checks_skipped=options.skip_health_check) as lock:
         health_before = check_health(context, plugins, "before", options)
         state = status_after(context, plugins, health_before)
         refuse_out_of_order(context, state)  # again under the lock: another run may have applied some since
@@ -177,18 +177,18 @@ def migrate(
     )
 
 
-def status_before_lock(context: RunContext, plugins: Plugins) -> MigrationState:
+def status_before_lock(context: RunContext, plugins: Plugins, *, checks_skipped: bool = False) -> MigrationState:
     """The status the analysis before faber's lock reads. Another run's restore (a rollback) keeps
     every table it brings back locked until it commits, the migration tool's history among them:
     a read blocked meanwhile is that run's doing, and the deploy waits for it as for faber's lock
     (:func:`waited_for_another_run`), then reads again. A read blocked by anything else fails as
     it is."""
     try:
-        return read_status(context, plugins, quiet=True)
+        return read_status(context, plugins, quiet=True, checks_skipped=checks_skipped)
     except HealthCheckFailed:
         if not waited_for_another_run(context):
             raise
-    return read_status(context, plugins, quiet=True)
+    return read_status(context, plugins, quiet=True, checks_skipped=checks_skipped)
 
 
 def waited_for_another_run(context: RunContext) -> bool:
@@ -306,14 +306,15 @@ def lock_lost(before: str, context: RunContext) -> LockLost:
 
 
 @contextmanager
-def deploy_lock(context: RunContext) -> Iterator[DeployLock]:
-    """faber's lock on a connection of its own, held for the whole run."""
+def deploy_lock(context: RunContext, *, checks_skipped: bool = False) -> Iterator[DeployLock]:
+    """faber's lock on a connection of its own, held for the whole run; ``checks_skipped``: a deploy's
+    health checks are off (:func:`connection_failed`)."""
     engine = context.database.engine
     with step(context, "lock"):
         try:
             conn = context.database.connect(application_name=f"faber {context.operation} {context.environment}")
         except engine.driver_error as exc:
-            raise connection_failed(context, exc) from None
+            raise connection_failed(context, exc, checks_skipped=checks_skipped) from None
     wait = context.settings.lock_wait_seconds
     with conn, ExitStack() as holding:
         try:
@@ -347,18 +348,23 @@ def lock_wait_ended(context: RunContext, exc: Exception) -> Locked:
     )
 
 
-def connection_failed(context: RunContext, exc: Exception, *, after_apply: bool = False) -> HealthCheckFailed:
+def connection_failed(
+    context: RunContext, exc: Exception, *, after_apply: bool = False, checks_skipped: bool = False
+) -> HealthCheckFailed:
     """A deploy reports the spec's pre-deployment failure, or after its migrations the connection it
-    lost; other commands say what they could not do."""
+    lost; other commands, and a deploy whose health checks are skipped (``checks_skipped``: none
+    failed), say what they could not do."""
     details = context.redactor.redact(context.database.engine.describe_connection_error(exc, context.database))
     if after_apply:
         message = f"Lost the connection to the {context.environment} database after the migrations: {details}"
-    elif context.operation in (DEPLOY, PREVIEW):
+    elif context.operation in (DEPLOY, PREVIEW) and not checks_skipped:
         message = "Pre-deployment health check failed"
     else:
         message = f"Cannot connect to the {context.environment} database: {details}"
     return HealthCheckFailed(
-        message, result={"health_check": "failed", "details": details}, suggestions=database_suggestions(context)
+        message,
+        result={"health_check": "skipped" if checks_skipped else "failed", "details": details},
+        suggestions=database_suggestions(context),
     )
 
 
@@ -503,15 +509,21 @@ def backup_before_failed_migrations(context: RunContext, plugins: Plugins) -> li
 
 
 def read_status(
-    context: RunContext, plugins: Plugins, *, quiet: bool = False, after_apply: bool = False
+    context: RunContext,
+    plugins: Plugins,
+    *,
+    quiet: bool = False,
+    after_apply: bool = False,
+    checks_skipped: bool = False,
 ) -> MigrationState:
     """The handler's migration status; ``after_apply``: read after this deploy's migrations ran, when
-    a lost connection is not a pre-deployment failure."""
+    a lost connection is not a pre-deployment failure; ``checks_skipped``: read by a deploy whose
+    health checks are off, whose lost connection is no failed check either."""
     with step(context, "status"):
         try:
             state = plugins.migration_status(context)
         except context.database.engine.operational_error as exc:
-            raise connection_failed(context, exc, after_apply=after_apply) from None
+            raise connection_failed(context, exc, after_apply=after_apply, checks_skipped=checks_skipped) from None
     if not quiet:
         context.emit("status.read", pending=state.pending, applied=len(state.applied))
     return state

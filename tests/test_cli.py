@@ -181,6 +181,41 @@ def test_unreachable_database(faber_project, run_faber):
     assert_no_canary(run, project)
 
 
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]], ids=["migrate", "dry-run"])
+def test_unreachable_database_with_health_checks_skipped_says_so_not_that_a_check_failed(
+    faber_project, run_faber, dry_run
+):
+    project = faber_project(
+        {
+            "database": {
+                "migration_tool": "sqlfiles",
+                "environments": {"production": {"database_url_env": "APP_DATABASE_URL", "connect_timeout_seconds": 2}},
+            }
+        },
+        {"migrations/001_users.sql": USERS},
+    )
+    url = f"postgresql://app:{CANARY_PASSWORD}@127.0.0.1:1/app"
+
+    run = run_faber(
+        "migrate",
+        "production",
+        *dry_run,
+        "--skip-health-check",
+        "--yes",
+        "--json",
+        "--cwd",
+        str(project),
+        env={**SQLFILES, "APP_DATABASE_URL": url},
+    )
+
+    assert run.returncode == EXIT_CODES["HEALTH_CHECK_FAILED"], run.output
+    details = "Database connection refused at 127.0.0.1:1"
+    assert run.json["error"] == f"Cannot connect to the production database: {details}"
+    assert run.json["result"] == {"health_check": "skipped", "details": details}
+    assert run.json["recovery"]["suggestions"][0] == "Verify database is running"
+    assert_no_canary(run, project)
+
+
 @pytest.mark.parametrize(
     ("config_text", "environment", "env", "message"),
     [
