@@ -244,7 +244,8 @@ def faber_backup_create(
 
     Returns the :class:`~faber_core.models.BackupRecord` (status ``available``; your own
     details in ``provider_data``); raise :class:`faber_core.errors.BackupFailed` with
-    suggestions when the backup cannot be made.
+    suggestions when the backup cannot be made, its message from
+    :func:`faber_core.support.backups.creation_failed` (it fits the command that runs).
     """
 
 

@@ -23,3 +23,64 @@ def test_finds_client_tools_for_the_running_server(postgres_admin_url):
     directory = find_client_dir(major)
 
     assert all((directory / name).exists() for name in ("pg_dump", "pg_restore", "psql"))
+
+
+@pytest.fixture
+def unreadable_table_project(faber_project, database_url, postgres_admin_url):
+    """A project whose database user owns the database but may not read its ``payroll`` table
+    (owned by a superuser, no grants): pg_dump, run as that user, fails."""
+    import uuid
+
+    import psycopg
+    from psycopg import sql
+
+    from faber_core.testing.fixtures import database_url_for
+
+    role = f"faber_nopayroll_{uuid.uuid4().hex[:8]}"
+    name = database_url.rsplit("/", 1)[1]
+    with psycopg.connect(postgres_admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(name), sql.Identifier(role)))
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(sql.Identifier(role)))
+        conn.execute("CREATE TABLE payroll (id int)")
+    project = faber_project(
+        {
+            "database": {
+                "migration_tool": "sqlfiles",
+                "environments": {"production": {"database_url_env": "APP_DATABASE_URL", "lock_wait_seconds": 1}},
+            }
+        },
+        {"migrations/001_users.sql": "CREATE TABLE users (id bigint);"},
+    )
+    env = {
+        "FABER_PLUGINS": "faber_core.testing.sqlfiles",
+        "APP_DATABASE_URL": database_url.replace("://postgres:", f"://{role}:"),
+    }
+    try:
+        yield project, env
+    finally:
+        with psycopg.connect(database_url_for(postgres_admin_url, name), autocommit=True) as conn:
+            conn.execute(sql.SQL("REASSIGN OWNED BY {} TO postgres").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        with psycopg.connect(postgres_admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_a_failed_pg_dump_is_named_for_the_command_that_ran_it(unreadable_table_project, run_faber):
+    project, env = unreadable_table_project
+
+    manual = run_faber("backup", "production", "--json", "--cwd", str(project), env=env)
+    deploy = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
+
+    assert manual.returncode == deploy.returncode == 4, manual.output + deploy.output
+    assert manual.json["error"] == "Failed to create backup"
+    assert "permission denied for table payroll" in manual.json["result"]["backup_error"]
+    assert not any("--skip-backup" in advice for advice in manual.json["recovery"]["suggestions"])
+    # faber migrate keeps the spec's message and its fallbacks, after pg_dump's own advice.
+    assert deploy.json["error"] == "Failed to create pre-migration backup"
+    assert deploy.json["result"]["backup_error"] == manual.json["result"]["backup_error"]
+    assert deploy.json["recovery"]["suggestions"][-2:] == [
+        "Or skip backup (NOT recommended): faber migrate production --skip-backup",
+        "Or create manual backup first: faber backup production",
+    ]

@@ -130,7 +130,7 @@ def faber_backup_create(context: RunContext, reason: str, migrations: list[tuple
     version = database.engine.server_version(database)
     if version is None:
         raise BackupFailed(
-            "Failed to create pre-migration backup: the database cannot be reached",
+            store.creation_failed(context, "the database cannot be reached"),
             suggestions=["Verify the database is reachable", f"Retry: faber backup {context.environment}"],
         )
     program = client_program("mariadb-dump", "mysqldump")

@@ -159,7 +159,7 @@ def faber_backup_create(context: RunContext, reason: str, migrations: list[tuple
         major, version = _server_major(context)
     except psycopg.Error as exc:
         raise BackupFailed(
-            "Failed to create pre-migration backup",
+            store.creation_failed(context),
             result={"backup_error": context.redactor.redact(str(exc).strip())},
             suggestions=["Verify the database is reachable", f"Retry: faber backup {context.environment}"],
         ) from None

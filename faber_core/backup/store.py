@@ -47,6 +47,7 @@ from pathlib import Path
 from pydantic import JsonValue, ValidationError
 
 from faber_core import events
+from faber_core.api import DEPLOY
 from faber_core.context import RunContext
 from faber_core.errors import BackupFailed, RestoreFailed
 from faber_core.models import BackupPruneOutcome, BackupRecord
@@ -98,14 +99,25 @@ def configured_keep_last(context: RunContext) -> int:
     return context.settings.backup.keep_last or DEFAULT_KEEP_LAST
 
 
+def creation_failed(context: RunContext | None, detail: str | None = None) -> str:
+    """The message of a :class:`BackupFailed` raised while creating a backup, fit for the command:
+    the spec's "Failed to create pre-migration backup" for ``faber migrate`` (also without a
+    context), "Failed to create backup" for ``faber backup``; then ``detail``, if any.
+
+    Suggest only what fixes your own failure: for a deploy, faber adds the fallbacks itself
+    (``--skip-backup``, ``faber backup ENV``), which would be wrong advice for ``faber backup``.
+    """
+    what = "pre-migration backup" if context is None or context.operation == DEPLOY else "backup"
+    return f"Failed to create {what}: {detail}" if detail else f"Failed to create {what}"
+
+
 def no_space(context: RunContext, directory: Path, detail: str) -> BackupFailed:
     return BackupFailed(
-        "Failed to create pre-migration backup: no space left on device",
+        creation_failed(context, "no space left on device"),
         result={"backup_error": context.redactor.redact(detail)},
         suggestions=[
             f"Free disk space under {directory} (faber backups prune {context.environment} removes old backups)",
             f"Or lower backup.keep_last for {context.environment}",
-            f"Or skip backup (NOT recommended): faber migrate {context.environment} --skip-backup",
         ],
     )
 
@@ -115,7 +127,7 @@ def write_failure(context: RunContext, directory: Path, exc: OSError) -> BackupF
     if exc.errno in _NO_SPACE:
         return no_space(context, directory, str(exc))
     return BackupFailed(
-        f"Failed to create pre-migration backup: cannot write under {directory}: {exc.strerror or exc}",
+        creation_failed(context, f"cannot write under {directory}: {exc.strerror or exc}"),
         result={"backup_error": context.redactor.redact(str(exc))},
         suggestions=[f"Check the permissions and the disk of {directory}"],
     )
@@ -287,7 +299,7 @@ def create_backup(
         raise write_failure(context, directory, exc) from None
     try:
         dump(reservation)
-        sealed = seal_archive(reservation)
+        sealed = seal_archive(reservation, context)
         record = BackupRecord(
             id=reservation.id,
             provider=provider,
@@ -353,13 +365,9 @@ def run_dump(
     if any(text in stderr for text in _NO_SPACE_TEXT):
         raise no_space(context, reservation.directory, stderr)
     raise BackupFailed(
-        "Failed to create pre-migration backup",
+        creation_failed(context),
         result={"backup_error": stderr or f"{program}: {how_it_ended(proc.returncode)}"},
-        suggestions=[
-            suggestion,
-            f"Check free disk space under {reservation.directory}",
-            f"Or skip backup (NOT recommended): faber migrate {context.environment} --skip-backup",
-        ],
+        suggestions=[suggestion, f"Check free disk space under {reservation.directory}"],
     )
 
 
@@ -471,13 +479,14 @@ class Sealed:
     provider_data: dict[str, JsonValue]
 
 
-def seal_archive(reservation: Reservation) -> Sealed:
-    """Make the dumped archive durable and visible under its final name; return its checksum."""
+def seal_archive(reservation: Reservation, context: RunContext | None = None) -> Sealed:
+    """Make the dumped archive durable and visible under its final name; return its checksum.
+    ``context``: the run's, for a failure's message to fit its command (:func:`creation_failed`)."""
     if not os.path.samestat(os.fstat(reservation.fd), os.stat(reservation.partial)):
         # Another run's cleanup removed it before its lock (it looked like a dead run's) and the
         # dump wrote one of that name again: what is locked and would be sealed is not what was dumped.
         raise BackupFailed(
-            f"Failed to create pre-migration backup: {reservation.partial.name} was removed while being written",
+            creation_failed(context, f"{reservation.partial.name} was removed while being written"),
             suggestions=["Run again: another faber run cleaned the backup folder at the same moment"],
         )
     if reservation.archive_suffix == DIRECTORY_ARCHIVE:

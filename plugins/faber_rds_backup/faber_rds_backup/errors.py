@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from faber_core.context import RunContext
 from faber_core.errors import BackupFailed, FaberError
+from faber_core.support.backups import creation_failed
 
 from faber_rds_backup.aws import (
     ACCESS_DENIED,
@@ -19,8 +20,6 @@ from faber_rds_backup.settings import RdsBackupSettings
 from faber_rds_backup.targets import Target
 from faber_rds_backup.waiting import WaitTimedOut
 
-CREATE_FAILED = "Failed to create pre-migration backup"
-
 
 def backup_failed(
     context: RunContext, settings: RdsBackupSettings, exc: Exception, operation: str = "create"
@@ -31,17 +30,8 @@ def backup_failed(
     failure = aws_failure(exc)
     if failure is None:
         return exc
-    env = context.environment
-    fallbacks = (
-        [
-            f"Or skip backup (NOT recommended): faber migrate {env} --skip-backup",
-            f"Or create manual backup first: faber backup {env}",
-        ]
-        if operation == "create"
-        else []
-    )
-    backup_error, suggestions = explain(context, settings, failure, fallbacks)
-    message = CREATE_FAILED if operation == "create" else f"Failed to {operation} RDS snapshots"
+    backup_error, suggestions = explain(context, settings, failure)
+    message = creation_failed(context) if operation == "create" else f"Failed to {operation} RDS snapshots"
     return BackupFailed(
         message,
         result={"backup_error": backup_error, "aws_error": context.redactor.redact(failure.summary)},
@@ -49,21 +39,18 @@ def backup_failed(
     )
 
 
-def explain(
-    context: RunContext, settings: RdsBackupSettings, failure: AwsFailure, fallbacks: list[str]
-) -> tuple[str, list[str]]:
-    """What went wrong in one line, and the suggestions for it, ``fallbacks`` last."""
+def explain(context: RunContext, settings: RdsBackupSettings, failure: AwsFailure) -> tuple[str, list[str]]:
+    """What went wrong in one line, and the suggestions for it (a deploy's fallbacks, such as
+    ``--skip-backup``, are faber's to add)."""
     env = context.environment
     if failure.code in ACCESS_DENIED:
         return "Insufficient AWS permissions for RDS snapshot", [
             "Verify AWS credentials have RDS snapshot permissions (the IAM policy in docs/rds-backup.md)",
-            *fallbacks,
         ]
     if failure.code in BAD_CREDENTIALS or failure.code in ("NoCredentials", "NoCredentialsError"):
         return "AWS credentials are missing, expired or invalid", [
             "Provide credentials through the standard AWS chain (AWS_PROFILE, aws sso login, an instance or task role)",
             "Check them with: aws sts get-caller-identity",
-            *fallbacks,
         ]
     if failure.code in NOT_FOUND:
         noun = "DB cluster" if settings.is_cluster else "DB instance"
@@ -72,7 +59,6 @@ def explain(
             f"Check backup.{'db_cluster_identifier' if settings.is_cluster else 'db_instance_identifier'} "
             f"and backup.region for {env}",
             f"List what exists: {aws_cli(settings, listing, '--query', 'DB*[].*Identifier')}",
-            *fallbacks,
         ]
     if failure.code in QUOTA_EXCEEDED:
         listing = "describe-db-cluster-snapshots" if settings.is_cluster else "describe-db-snapshots"
@@ -80,18 +66,15 @@ def explain(
             f"Set backup.retention (keep_last, max_age_days) so faber prunes its old snapshots of {env}",
             f"Delete manual snapshots you no longer need: {aws_cli(settings, listing, '--snapshot-type', 'manual')}",
             "Or ask AWS for a higher 'Manual DB instance snapshots' quota in Service Quotas",
-            *fallbacks,
         ]
     if failure.code in THROTTLED:
         return f"AWS throttled the RDS API (retried {settings.max_attempts} times with backoff)", [
             "Retry in a few minutes",
             'Or allow more retries: backup.max_attempts, or backup.retry_mode "adaptive"',
-            *fallbacks,
         ]
     return f"AWS error {failure.code}: {context.redactor.redact(failure.message)}", [
         f"Check the RDS {('DB cluster' if settings.is_cluster else 'DB instance')} {settings.target_identifier} "
         f"in {settings.region}",
-        *fallbacks,
     ]
 
 
@@ -112,13 +95,12 @@ def wait_failed(context: RunContext, target: Target, snapshot_id: str, exc: Exce
         suggestions = [
             f"The snapshot goes on in AWS; follow it with: {follow}",
             f"Allow longer: backup.wait_timeout_seconds (now {target.settings.wait_timeout_seconds:g})",
-            f"Once it is available, deploy again or skip the backup: faber migrate {context.environment} --skip-backup",
         ]
     else:
         backup_error = str(exc)
         suggestions = [f"Inspect it with: {follow}", f"Retry: faber backup {context.environment}"]
     return BackupFailed(
-        CREATE_FAILED,
+        creation_failed(context),
         result={"backup_error": backup_error, "snapshot_id": snapshot_id},
         suggestions=suggestions,
         backup_id=snapshot_id,

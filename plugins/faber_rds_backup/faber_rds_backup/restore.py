@@ -197,7 +197,7 @@ class _Runner:
         failure = aws_failure(exc)
         if failure is None:
             raise exc
-        summary, _ = explain(self.context, self.settings, failure, [])
+        summary, _ = explain(self.context, self.settings, failure)
         return f"{summary} ({self.context.redactor.redact(failure.summary)})"
 
     def wait(self, identifier: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -45,12 +46,26 @@ def test_access_denied_is_the_specs_backup_creation_failed_error(rds, rds_instan
     assert error.message == "Failed to create pre-migration backup"
     assert error.result["backup_error"] == "Insufficient AWS permissions for RDS snapshot"
     assert "AccessDenied" in error.result["aws_error"] and "CreateDBSnapshot" in error.result["aws_error"]
+    # The deploy's fallbacks (--skip-backup, faber backup) are faber's to add: test_rds_migrate_cli.py.
     assert error.suggestions == [
-        "Verify AWS credentials have RDS snapshot permissions (the IAM policy in docs/rds-backup.md)",
-        "Or skip backup (NOT recommended): faber migrate production --skip-backup",
-        "Or create manual backup first: faber backup production",
+        "Verify AWS credentials have RDS snapshot permissions (the IAM policy in docs/rds-backup.md)"
     ]
     assert manual_snapshots(rds) == []
+
+
+def test_access_denied_on_a_manual_backup_says_backup_not_pre_migration_backup(
+    rds, rds_instance, rds_context, rds_plugins, iam_user
+):
+    iam_user(SNAPSHOT_READS)
+    context = dataclasses.replace(rds_context(), operation="create-backup")
+
+    with pytest.raises(BackupFailed) as caught:
+        rds_plugins.backup_create(context, "manual backup", [])
+
+    iam_user(None)
+    assert caught.value.message == "Failed to create backup"
+    assert caught.value.result["backup_error"] == "Insufficient AWS permissions for RDS snapshot"
+    assert not any("--skip-backup" in advice for advice in caught.value.suggestions)
 
 
 def test_the_documented_policy_is_enough_to_back_up_prune_list_and_swap(
@@ -173,7 +188,7 @@ def test_snapshot_quota_exceeded_suggests_retention(rds, rds_instance, rds_conte
     assert error.result["backup_error"] == "RDS manual snapshot quota reached in eu-west-1"
     assert "SnapshotQuotaExceeded" in error.result["aws_error"]
     assert "backup.retention" in error.suggestions[0]
-    assert "--skip-backup" in error.suggestions[-2]
+    assert "Delete manual snapshots" in error.suggestions[1]
 
 
 def test_throttling_is_retried_by_botocore_with_backoff(rds, rds_instance, rds_context, rds_plugins, throttling_proxy):
