@@ -485,3 +485,48 @@ def drop_swap_databases(admin_url: str, url: str) -> None:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         for name in (restoring_name(target), previous_name(target)):
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def privileges_and_comments(url: str) -> dict[str, object]:
+    """The grants and comment of the schema public, and the grants of a built-in function."""
+    with psycopg.connect(url) as conn:
+        public = conn.execute(
+            "SELECT nspacl::text, obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = 'public'"
+        ).fetchone()
+        (sleep,) = conn.execute(
+            "SELECT proacl::text FROM pg_proc WHERE oid = 'pg_sleep(float8)'::regprocedure"
+        ).fetchone()
+        return {"public": public, "pg_sleep": sleep}
+
+
+@pytest.mark.parametrize("restore_mode", ["in-place", "swap"])
+def test_a_restore_brings_back_grants_and_comments_on_the_public_schema_and_built_in_functions(
+    faber_project, run_faber, database_url, postgres_admin_url, restore_mode
+):
+    """The archive's grants and comments whose object it does not create (the schema public, a
+    built-in function) have no parent in the archive: pg_restore --exclude-schema, which makes the
+    restore selective, leaves them out of the list. Revoked privileges came back (public's USAGE
+    for every role) and the application's comment was lost."""
+    environment = {"database_url_env": "APP_URL", "backup": {"provider": "pg_dump", "restore_mode": restore_mode}}
+    database = {"migration_tool": "sqlfiles", "environments": {"production": environment}}
+    env = {**SQLFILES, "APP_URL": database_url}
+    project_dir = faber_project({"database": database}, {"migrations/001_users.sql": "CREATE TABLE users (id int);"})
+    execute(
+        database_url,
+        "REVOKE ALL ON SCHEMA public FROM PUBLIC; COMMENT ON SCHEMA public IS 'the application''s tables';"
+        " REVOKE EXECUTE ON FUNCTION pg_sleep(float8) FROM PUBLIC",
+    )
+    at_backup = privileges_and_comments(database_url)
+    backed_up = run_faber("backup", "production", "--json", "--cwd", str(project_dir), env=env)
+    assert backed_up.returncode == 0, backed_up.output
+    execute(database_url, "GRANT EXECUTE ON FUNCTION pg_sleep(float8) TO PUBLIC")
+    assert privileges_and_comments(database_url) != at_backup
+
+    try:
+        rollback_args = ("rollback", "production", "--to", backed_up.json["result"]["id"], "--yes")
+        run = run_faber(*rollback_args, "--discard-app-writes", "--json", "--cwd", str(project_dir), env=env)
+
+        assert run.returncode == 0, run.output
+        assert privileges_and_comments(database_url) == at_backup
+    finally:
+        drop_swap_databases(postgres_admin_url, database_url)

@@ -135,14 +135,37 @@ def restore_list(
     schema in use again after ``faber_schema`` was renamed and renamed back, is an older copy, and
     its ``CREATE SCHEMA`` would fail on the one kept. ``pg_restore --list --exclude-schema`` leaves
     out what is in those schemas; the schemas themselves, and their comments, grants and security
-    labels, belong to no schema and are taken out of the list here. A file archive is read
-    through ``archive_fd``, the descriptor that was verified, which is rewound after."""
+    labels, belong to no schema and are taken out of the list here.
+
+    ``--exclude-schema`` makes the listing selective, which also leaves out every comment, grant
+    and security label whose object the archive does not create (the schema ``public``'s, a
+    built-in function's, an extension's function's): the full listing's such entries outside
+    faber's schemas are listed back. A file archive is read through ``archive_fd``, the
+    descriptor that was verified, which is rewound after each listing."""
+    everything = _listing(context, backup, tools, archive, archive_fd, [])
+    selected = {_entry_id(line) for line in _listing(context, backup, tools, archive, archive_fd, faber_schemas)}
+    kept = {name.encode() for name in faber_schemas}
+    listed_lines = [
+        line
+        for line in everything
+        if (_entry_id(line) in selected or _described_outside(line, kept)) and _entry_schema(line) not in kept
+    ]
+    with tempfile.TemporaryDirectory(prefix="faber-restore-") as scratch:
+        listed = Path(scratch) / "restore.list"
+        listed.write_bytes(b"".join(listed_lines))
+        yield listed
+
+
+def _listing(
+    context: RunContext, backup: BackupRecord, tools: Path, archive: Path, archive_fd: int, excluded: list[str]
+) -> list[bytes]:
+    """The lines of ``pg_restore --list`` of the archive, without what is in the schemas ``excluded``."""
     directory = archive.is_dir()
     lister = spawn(
         [
             tools / "pg_restore",
             "--list",
-            *(f"--exclude-schema={name}" for name in faber_schemas),
+            *(f"--exclude-schema={name}" for name in excluded),
             *([archive] if directory else []),
         ],
         env=child_environment({}),
@@ -163,11 +186,29 @@ def restore_list(
             result={"restore_error": detail},
             backup_id=backup.id,
         )
-    kept = {name.encode() for name in faber_schemas}
-    with tempfile.TemporaryDirectory(prefix="faber-restore-") as scratch:
-        listed = Path(scratch) / "restore.list"
-        listed.write_bytes(b"".join(line for line in listing.splitlines(True) if _entry_schema(line) not in kept))
-        yield listed
+    return listing.splitlines(True)
+
+
+_ENTRY_ID = re.compile(rb"(\d+); ")
+
+_DESCRIPTION_ENTRY = re.compile(rb"\d+; \d+ \d+ (?:ACL|COMMENT|SECURITY LABEL) (?P<schema>\S+) ")
+"""A line of ``pg_restore --list`` for a grant, comment or security label, with the first word of
+the schema of the object it describes (``-`` for an object outside any schema)."""
+
+
+def _entry_id(line: bytes) -> bytes | None:
+    """The dump id of the entry on ``line`` of ``pg_restore --list``; None for a comment line."""
+    match = _ENTRY_ID.match(line)
+    return None if match is None else match[1]
+
+
+def _described_outside(line: bytes, faber_schemas: set[bytes]) -> bool:
+    """Whether ``line`` of ``pg_restore --list`` is a grant, comment or security label of an object
+    outside ``faber_schemas``. An application schema whose name begins with one of faber's and a
+    space is taken for faber's: its objects' descriptions that the archive does not create are
+    left out, as a selective listing leaves them out."""
+    match = _DESCRIPTION_ENTRY.match(line)
+    return match is not None and match["schema"] not in faber_schemas
 
 
 _SCHEMA_ENTRY = re.compile(rb"\d+; \d+ \d+ (?:SCHEMA - (?P<schema>\S+)|[A-Z ]+ - SCHEMA (?P<of>\S+)) \S*\n?")
