@@ -27,6 +27,21 @@ def test_migrate_dev_without_a_database_uses_the_embedded_server(faber_project, 
     assert second.json["result"]["message"] == "No pending migrations"
 
 
+def test_migrate_dev_on_the_embedded_server_ignores_a_pgport_set_in_the_shell(faber_project, run_faber):
+    """The embedded server's URL named its socket directory and no port: libpq would take a shell's
+    PGPORT (set for another server), and faber refused the URL it made itself as leaving where to
+    connect to PGPORT."""
+    project = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"dev": {}}}},
+        {"migrations/001_items.sql": "CREATE TABLE items (id int PRIMARY KEY);"},
+    )
+
+    run = run_faber("migrate", "dev", "--json", "--cwd", str(project), env={**SQLFILES, "PGPORT": "5433"})
+
+    assert run.returncode == 0, run.output
+    assert run.json["result"]["migrations_applied"] == 1
+
+
 def test_init_writes_a_starter_project(tmp_path, run_faber):
     project = tmp_path / "new-app"
 

