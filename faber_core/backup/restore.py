@@ -148,7 +148,9 @@ def restore_list(
     listed_lines = [
         line
         for line in everything
-        if (_entry_id(line) in selected or _described_outside(line, kept)) and _entry_schema(line) not in kept
+        if _entry_id(line) is not None
+        and (_entry_id(line) in selected or _described_outside(line, kept))
+        and _entry_schema(line) not in kept
     ]
     with tempfile.TemporaryDirectory(prefix="faber-restore-") as scratch:
         listed = Path(scratch) / "restore.list"
@@ -197,7 +199,8 @@ the schema of the object it describes (``-`` for an object outside any schema)."
 
 
 def _entry_id(line: bytes) -> bytes | None:
-    """The dump id of the entry on ``line`` of ``pg_restore --list``; None for a comment line."""
+    """The dump id of the entry on ``line`` of ``pg_restore --list``; None for a comment line (the
+    archive's header), which a list for ``--use-list`` does not need."""
     match = _ENTRY_ID.match(line)
     return None if match is None else match[1]
 
