@@ -52,6 +52,14 @@ def test_a_url_leaving_where_to_connect_to_a_libpq_variable_is_refused(monkeypat
     assert "Alpha-93xq" not in error.message + "".join(error.suggestions)
 
 
+@pytest.mark.parametrize("url", ["postgresql:///?service=billing", "postgresql://app@127.0.0.1:5432/?service=billing"])
+def test_a_url_leaving_its_host_or_database_to_a_service_file_is_refused(url):
+    with pytest.raises(ConfigError) as raised:
+        Database(Secret(url), source="$APP_DATABASE_URL")
+
+    assert "$APP_DATABASE_URL" in raised.value.message and "service" in raised.value.message
+
+
 def test_a_url_saying_where_to_connect_is_not_refused_for_the_variables(monkeypatch):
     for variable, _url in LEFT_TO_THE_ENVIRONMENT.values():
         monkeypatch.setenv(variable, "elsewhere")

@@ -149,12 +149,20 @@ def refuse_where_to_connect_from_environment(
     libpq_params: Mapping[str, object], source: str, environ: Mapping[str, str] = os.environ
 ) -> None:
     """Refuse a URL that leaves where to connect (host, port, database, user, service) to a libpq
-    variable set in faber's environment (``PGDATABASE``, ...).
+    variable set in faber's environment (``PGDATABASE``, ...), or its host or database to the
+    entry of a service file it names.
 
     faber's own connections would take it, but the ORMs' drivers given the URL read their own
     defaults instead (node-postgres falls back to the user's name for the database, Prisma to its
     own): a deploy would check, lock and back up one database and migrate another. So the URL
     alone says where every program connects; the error names the variables, never their values."""
+    missing = [key for key in ("host", "dbname") if not libpq_params.get(key) and not libpq_params.get(f"{key}addr")]
+    if libpq_params.get("service") and missing:
+        raise ConfigError(
+            f"The database URL in {source} leaves where to connect to a service file's entry (service= without "
+            f"{' and '.join(missing)}): faber's connections would read it, the migration tool's would not",
+            suggestions=["Write the host, port, database and user in the URL: postgresql://USER@HOST:PORT/DATABASE"],
+        )
     filled = [name for key, name in WHERE_TO_CONNECT.items() if not libpq_params.get(key) and environ.get(name)]
     if filled:
         names = ", ".join(filled)
