@@ -111,6 +111,25 @@ def drop_database(admin_url: str, name: str) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+def rehearsal_databases_of(url: str) -> list[str]:
+    """The rehearsal databases (``faber_rehearsal_*``) of the PostgreSQL database at ``url`` that
+    exist: those whose comment names it (``rehearsal_comment``)."""
+    from urllib.parse import urlsplit
+
+    import psycopg
+
+    from faber_core.engines import REHEARSAL_PREFIX
+
+    name = urlsplit(url).path.lstrip("/")
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, %s)"
+            " AND shobj_description(oid, 'pg_database') LIKE %s",
+            [REHEARSAL_PREFIX, f"%{name}%"],
+        ).fetchall()
+    return [datname for (datname,) in rows]
+
+
 def database_url_for(admin_url: str, name: str, password: str | None = None) -> str:
     """The admin URL pointed at database ``name``, optionally carrying ``password``."""
     from urllib.parse import urlsplit, urlunsplit

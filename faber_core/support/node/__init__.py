@@ -78,8 +78,8 @@ request connects on its own and disconnects before ``done``. Every string the ru
 redacted before faber looks at it. Exit code 0: done; 1: a migration failed; 2: the setup is
 broken (a ``setup_error`` says how); any other end of an apply (the out-of-memory killer, ``kill -9``,
 a migration calling ``process.exit()``) fails the deploy as a failed migration does, naming the
-runner's end. The runner exits when faber closes its stdin, at the end of
-the run (:meth:`~faber_core.context.RunContext.close`).
+runner's end; in a rehearsal it fails the migration the runner was in. The runner exits when faber
+closes its stdin, at the end of the run (:meth:`~faber_core.context.RunContext.close`).
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -806,9 +806,12 @@ def rehearse(
     with context.database.engine.rehearsal_database(
         context, copy_rows_of=[bookkeeping] if bookkeeping else [], include_data=include_data
     ) as rehearsal:
-        result = run_runner(
-            tool, context, "apply", args, database=rehearsal.database, expected=[m.name for m in pending]
-        )
+        try:
+            result = run_runner(
+                tool, context, "apply", args, database=rehearsal.database, expected=[m.name for m in pending]
+            )
+        except RunnerDied as died:
+            result = _failed_by_death(died)
     seen = _rehearsed(result)
     # On a copy with the data the measurement stands; on empty tables it would understate a
     # migration that rewrites a big table, so faber's estimate from the target's statistics is used.
@@ -844,6 +847,19 @@ def rehearse(
             )
         )
     return previews
+
+
+def _failed_by_death(died: RunnerDied) -> RunnerResult:
+    """The events of a rehearsal whose runner died (:class:`RunnerDied`), with the migration it was
+    in failed by that death, as the preview reports a failing one. A runner that died outside any
+    migration failed none of them: that stays an error."""
+    result = died.runner_result
+    ended = {e["name"] for e in [*result.of("migration_finished"), *result.of("migration_failed")]}
+    running = [e["name"] for e in result.of("migration_started") if e["name"] not in ended]
+    if not running:
+        raise died
+    death = {"event": "migration_failed", "name": running[-1], "message": f"{died.how} while it ran"}
+    return replace(result, events=[*result.events, death])
 
 
 def _rehearsed(result: RunnerResult) -> dict[str, Rehearsed]:

@@ -11,7 +11,7 @@ import subprocess
 import psycopg
 import pytest
 from faber_core.testing.faults import FaberProcess, deploy_with_application_write, descendants
-from faber_core.testing.fixtures import CANARY_PASSWORD
+from faber_core.testing.fixtures import CANARY_PASSWORD, rehearsal_databases_of
 
 FIXTURE_MIGRATIONS = ["20240101000000-create-users.js", "20240102000000-add-user-name.js"]
 
@@ -189,15 +189,19 @@ def test_a_runner_killed_in_a_migration_fails_the_deploy_and_the_backup_is_resto
     assert query("SELECT to_regclass('blocked') IS NULL") == [(False,)]
 
 
+EXITS = (
+    '"use strict";\n\nmodule.exports = {\n  async up(queryInterface) {\n'
+    '    await queryInterface.sequelize.query("CREATE TABLE exits (id int)");\n    process.exit(3);\n  },\n\n'
+    "  async down() {},\n};\n"
+)
+"""A migration that ends the runner with process.exit(3) after its first statement."""
+
+
 def test_a_migration_ending_the_runner_with_process_exit_fails_the_deploy(
     sequelize_project, sequelize_migration, run_faber, query
 ):
     project = sequelize_project(lint="off")
-    (project / "db/migrations" / "20240103000000-exits.js").write_text(
-        '"use strict";\n\nmodule.exports = {\n  async up(queryInterface) {\n'
-        '    await queryInterface.sequelize.query("SELECT 1");\n    process.exit(3);\n  },\n\n'
-        "  async down() {},\n};\n"
-    )
+    (project / "db/migrations" / "20240103000000-exits.js").write_text(EXITS)
 
     run = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
 
@@ -211,3 +215,21 @@ def test_a_migration_ending_the_runner_with_process_exit_fails_the_deploy(
     (project / "db/migrations" / "20240103000000-exits.js").write_text(sequelize_migration("SELECT 1"))
     again = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
     assert again.returncode == 0, again.output
+
+
+def test_a_migration_ending_the_runner_with_process_exit_fails_the_rehearsal_and_changes_nothing(
+    sequelize_project, run_faber, query, database_url
+):
+    project = sequelize_project()
+    (project / "db/migrations" / "20240103000000-exits.js").write_text(EXITS)
+
+    run = run_faber("migrate", "staging", "--dry-run", "--rehearse", "--json", "--cwd", str(project))
+
+    assert run.returncode == 6, run.output
+    assert run.json["code"] == "MIGRATION_FAILED"
+    assert "Rehearsal failed: 20240103000000-exits.js failed" in run.json["error"]
+    assert "sequelize runner died (exit code 3)" in run.json["error"]
+    assert run.json["result"]["failed_migration"] == "20240103000000-exits.js"
+    assert run.json["result"]["database_changed"] is False
+    assert rehearsal_databases_of(database_url) == [], "the throwaway database is dropped"
+    assert query("""SELECT to_regclass('"SequelizeMeta"') IS NULL AND to_regclass('exits') IS NULL""") == [(True,)]

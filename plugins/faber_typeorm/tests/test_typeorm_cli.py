@@ -22,6 +22,7 @@ from faber_core.testing.fixtures import (
     database_url_for,
     drop_database,
     process_alive,
+    rehearsal_databases_of,
     start_faber,
     wait_for,
 )
@@ -608,17 +609,20 @@ def test_a_runner_killed_in_a_migration_fails_the_deploy_and_its_transaction_rol
     ]
 
 
+EXITS = (
+    "module.exports = class Exits1700000200000 {\n"
+    "  async up(queryRunner) {\n"
+    '    await queryRunner.query("CREATE TABLE exits (id int)");\n'
+    "    process.exit(3);\n"
+    "  }\n\n  async down() {}\n};\n"
+)
+"""A migration that ends the runner with process.exit(3) after its first statement."""
+
+
 def test_a_migration_ending_the_runner_with_process_exit_fails_the_deploy_and_rolls_back(
     typeorm_project, typeorm_migration, run_faber, query
 ):
-    exits = (
-        "module.exports = class Exits1700000200000 {\n"
-        "  async up(queryRunner) {\n"
-        '    await queryRunner.query("CREATE TABLE exits (id int)");\n'
-        "    process.exit(3);\n"
-        "  }\n\n  async down() {}\n};\n"
-    )
-    project = typeorm_project({"1700000200000-Exits.js": exits}, lint="off")
+    project = typeorm_project({"1700000200000-Exits.js": EXITS}, lint="off")
 
     run = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
 
@@ -636,3 +640,20 @@ def test_a_migration_ending_the_runner_with_process_exit_fails_the_deploy_and_ro
     again = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
     assert again.returncode == 0, again.output
     assert query("SELECT to_regclass('exits') IS NULL") == [(False,)]
+
+
+def test_a_migration_ending_the_runner_with_process_exit_fails_the_rehearsal_and_changes_nothing(
+    typeorm_project, run_faber, query, database_url
+):
+    project = typeorm_project({"1700000200000-Exits.js": EXITS})
+
+    run = run_faber("migrate", "staging", "--dry-run", "--rehearse", "--json", "--cwd", str(project))
+
+    assert run.returncode == 6, run.output
+    assert run.json["code"] == "MIGRATION_FAILED"
+    assert "Rehearsal failed: Exits1700000200000 failed" in run.json["error"]
+    assert "typeorm runner died (exit code 3)" in run.json["error"]
+    assert run.json["result"]["failed_migration"] == "Exits1700000200000"
+    assert run.json["result"]["database_changed"] is False
+    assert rehearsal_databases_of(database_url) == [], "the throwaway database is dropped"
+    assert query("SELECT to_regclass('migrations') IS NULL AND to_regclass('exits') IS NULL") == [(True,)]

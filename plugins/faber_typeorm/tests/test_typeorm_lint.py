@@ -3,6 +3,8 @@ policy, or says plainly that the lint did not run: never a pass it did not check
 
 from __future__ import annotations
 
+from faber_core.testing.fixtures import rehearsal_databases_of
+
 INDEX = 'CREATE INDEX "users_email_lower" ON "users" (lower("email"))'
 
 
@@ -71,3 +73,29 @@ def test_when_the_rehearsal_does_not_finish_in_time_the_deploy_says_lint_not_run
     result = document["result"]
     assert list(result["lint_not_run"]) == ["AddPosts1700000200000"] and result["lint"] is None
     assert query("SELECT to_regclass('posts')") == [("posts",)]
+
+
+def test_a_migration_ending_the_runner_in_the_rehearsal_is_linted_from_what_it_ran(
+    typeorm_project, run_faber, query, database_url
+):
+    # process.exit() in a migration ends the runner mid-rehearsal: the lint reads what the migration
+    # ran before, as it does for a migration that fails there, and blocks the lock risk in it.
+    project = typeorm_project()
+    assert run_faber("migrate", "staging", "--yes", "--cwd", str(project)).returncode == 0
+    query("INSERT INTO users (email) SELECT 'user' || g || '@example.com' FROM generate_series(1, 20000) g")
+    query("ANALYZE users")
+    (project / "migrations/1700000200000-EmailLower.js").write_text(
+        "module.exports = class EmailLower1700000200000 {\n"
+        "  async up(queryRunner) {\n"
+        f"    await queryRunner.query({INDEX!r});\n"
+        "    process.exit(3);\n"
+        "  }\n\n  async down() {}\n};\n"
+    )
+
+    run = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+
+    assert run.returncode == 9, run.output
+    (finding,) = run.json["result"]["lint"]["EmailLower1700000200000"]
+    assert finding["rule"] == "require-concurrent-index-creation" and finding["severity"] == "error"
+    assert query("SELECT to_regclass('users_email_lower')") == [(None,)], "nothing was applied"
+    assert rehearsal_databases_of(database_url) == [], "the throwaway database is dropped"
