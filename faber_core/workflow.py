@@ -353,17 +353,20 @@ def connection_failed(
 ) -> HealthCheckFailed:
     """A deploy reports the spec's pre-deployment failure, or after its migrations the connection it
     lost; other commands, and a deploy whose health checks are skipped (``checks_skipped``: none
-    failed), say what they could not do."""
+    failed), say what they could not do. Only a deploy's result names its health check: other
+    commands run none, so none failed."""
     details = context.redactor.redact(context.database.engine.describe_connection_error(exc, context.database))
+    deploying = context.operation in (DEPLOY, PREVIEW)
     if after_apply:
         message = f"Lost the connection to the {context.environment} database after the migrations: {details}"
-    elif context.operation in (DEPLOY, PREVIEW) and not checks_skipped:
+    elif deploying and not checks_skipped:
         message = "Pre-deployment health check failed"
     else:
         message = f"Cannot connect to the {context.environment} database: {details}"
+    health_check = {"health_check": "skipped" if checks_skipped else "failed"} if deploying else {}
     return HealthCheckFailed(
         message,
-        result={"health_check": "skipped" if checks_skipped else "failed", "details": details},
+        result={**health_check, "details": details},
         suggestions=database_suggestions(context),
     )
 

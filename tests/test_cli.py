@@ -181,6 +181,27 @@ def test_unreachable_database(faber_project, run_faber):
     assert_no_canary(run, project)
 
 
+def test_unreachable_database_on_status_says_it_cannot_connect_not_that_a_check_failed(faber_project, run_faber):
+    project = faber_project(
+        {
+            "database": {
+                "migration_tool": "sqlfiles",
+                "environments": {"production": {"database_url_env": "APP_DATABASE_URL", "connect_timeout_seconds": 2}},
+            }
+        }
+    )
+    url = f"postgresql://app:{CANARY_PASSWORD}@127.0.0.1:1/app"
+
+    run = run_faber("status", "production", "--json", "--cwd", str(project), env={**SQLFILES, "APP_DATABASE_URL": url})
+
+    assert run.returncode == EXIT_CODES["HEALTH_CHECK_FAILED"], run.output
+    details = "Database connection refused at 127.0.0.1:1"
+    assert run.json["error"] == f"Cannot connect to the production database: {details}"
+    assert run.json["result"] == {"details": details}
+    assert run.json["recovery"]["suggestions"][0] == "Verify database is running"
+    assert_no_canary(run, project)
+
+
 @pytest.mark.parametrize("dry_run", [[], ["--dry-run"]], ids=["migrate", "dry-run"])
 def test_unreachable_database_with_health_checks_skipped_says_so_not_that_a_check_failed(
     faber_project, run_faber, dry_run
