@@ -239,7 +239,7 @@ def deploy(runner: Runner, plugins: Plugins, options: DeployOptions) -> Success:
         def body(context: RunContext, plugins_: Plugins) -> Success:
             if not streamed:
                 return migrate(context, plugins_, options)
-            found = read_target(context, plugins_)
+            found = read_target(context, plugins_, checks_skipped=options.skip_health_check)
             surveyed[target.name] = surveyed_report(target.name, found)
             if surveyed[target.name].status == "up_to_date" or not go_on():
                 return Success(operation="deploy-migrations", environment=context.environment, result=found, message="")
@@ -339,12 +339,17 @@ def survey(runner: Runner, reports: dict[str, TargetReport], *, leftovers: bool 
             raise
 
 
-def read_target(context: RunContext, plugins: Plugins, *, leftovers: bool = False) -> Surveyed:
-    """One target's migration status (and with ``leftovers``, what killed runs left of it)."""
+def read_target(
+    context: RunContext, plugins: Plugins, *, leftovers: bool = False, checks_skipped: bool = False
+) -> Surveyed:
+    """One target's migration status (and with ``leftovers``, what killed runs left of it);
+    ``checks_skipped``: read by a deploy whose health checks are off, whose unreachable target is no
+    failed check (:func:`faber_core.workflow.connection_failed`)."""
     from faber_core.workflow import read_leftovers, read_status
 
     plugins.require_tool(context.tool)
-    found = Surveyed(environment=context.environment, state=read_status(context, plugins, quiet=True))
+    state = read_status(context, plugins, quiet=True, checks_skipped=checks_skipped)
+    found = Surveyed(environment=context.environment, state=state)
     if leftovers:
         found.leftover_databases, found.interrupted_restores = read_leftovers(context)
     return found

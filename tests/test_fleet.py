@@ -247,6 +247,25 @@ def test_continue_deploys_every_other_target(make_fleet):
     assert [row["status"] for row in fleet.history("t05")] == ["error"]
 
 
+@pytest.mark.parametrize(
+    "rollout",
+    [{"on_failure": "continue"}, {"canary": 1, "waves": ["100%"], "on_failure": "continue"}],
+    ids=["read-on-the-way", "surveyed-first"],
+)
+def test_an_unreachable_target_with_health_checks_skipped_says_it_cannot_connect(make_fleet, monkeypatch, rollout):
+    fleet = make_fleet(2, rollout=rollout)
+    broken_url = fleet.urls["t01"].replace("127.0.0.1:5432", "127.0.0.1:1")
+    monkeypatch.setenv(URLS_VARIABLE, fleet.env[URLS_VARIABLE].replace(fleet.urls["t01"], broken_url))
+
+    document = api.deploy("tenants", working_directory=fleet.project, skip_health_check=True)
+
+    assert (document.status, document.exit_code) == ("error", 3), document.model_dump()
+    error = rows(document)["t01"]["error"]
+    assert error["message"] == "Cannot connect to the tenants/t01 database: Database connection refused at 127.0.0.1:1"
+    assert error["suggestions"][0] == "Verify database is running"
+    assert fleet.applied("t00") == list(MIGRATIONS)
+
+
 def test_a_wave_starts_only_after_the_previous_one_succeeded(make_fleet):
     fleet = make_fleet(10, rollout={"canary": 1, "waves": ["30%", "100%"], "on_failure": "continue"})
 
