@@ -14,13 +14,14 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 
 from faber_core import events
 from faber_core.backup import store
-from faber_core.errors import RestoreFailed
+from faber_core.errors import BackupFailed, RestoreFailed
 from faber_core.models import BackupRecord, MigrationState
 from faber_core.testing.faults import FaberProcess, application_sessions, descendants
 from faber_core.testing.fixtures import mysql_connect, process_alive, start_faber, wait_for
@@ -356,6 +357,21 @@ def test_a_deploy_whose_backup_cannot_be_written_applies_nothing_and_gives_the_s
     ]
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT to_regclass('users')").fetchone() == (None,)
+
+
+@pytest.mark.parametrize("operation", ["deploy-migrations", "create-backup"])
+def test_a_database_unreachable_for_the_backup_gets_advice_fit_for_either_command(
+    production_on_each_engine, context_for, monkeypatch, operation
+):
+    """The provider's own advice: what to check and to run the same command again, never
+    ``faber backup`` in a deploy (a deploy adds the spec's fallbacks after it)."""
+    url = os.environ["TEST_DATABASE_URL"]
+    monkeypatch.setenv("TEST_DATABASE_URL", url.replace(f":{urlsplit(url).port}/", ":1/"))
+
+    with pytest.raises(BackupFailed) as raised:
+        production_on_each_engine.backup(context_for(production_on_each_engine.project_dir, operation))
+
+    assert raised.value.suggestions == ["Verify the database is reachable, then run the same command again"]
 
 
 def test_a_read_only_backup_folder_still_lists_and_restores_and_refuses_writes_with_backup_failed(

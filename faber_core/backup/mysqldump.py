@@ -131,7 +131,7 @@ def faber_backup_create(context: RunContext, reason: str, migrations: list[tuple
     if version is None:
         raise BackupFailed(
             store.creation_failed(context, "the database cannot be reached"),
-            suggestions=["Verify the database is reachable", f"Retry: faber backup {context.environment}"],
+            suggestions=["Verify the database is reachable, then run the same command again"],
         )
     program = client_program("mariadb-dump", "mysqldump")
     excluded = _faber_tables(context)

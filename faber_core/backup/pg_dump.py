@@ -161,7 +161,7 @@ def faber_backup_create(context: RunContext, reason: str, migrations: list[tuple
         raise BackupFailed(
             store.creation_failed(context),
             result={"backup_error": context.redactor.redact(str(exc).strip())},
-            suggestions=["Verify the database is reachable", f"Retry: faber backup {context.environment}"],
+            suggestions=["Verify the database is reachable, then run the same command again"],
         ) from None
     tools = find_client_dir(major)
     options = context.backup_options(PgDumpOptions)
