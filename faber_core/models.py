@@ -238,6 +238,11 @@ class MigrationFailure(DeferredModel):
         "(a failed CREATE INDEX CONCURRENTLY leaves an invalid index, which faber names). None: unknown.",
     )
     table_writes: dict[str, int] | None = Field(None, description=TABLE_WRITES_DESCRIPTION)
+    killed_by: str | None = Field(
+        None,
+        description="The signal that killed the tool's process while the migration ran (SIGKILL: the kernel's "
+        "out-of-memory killer or a kill -9), where no error of the migration's own stopped it.",
+    )
 
     @property
     def left_nothing(self) -> bool:

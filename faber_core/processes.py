@@ -208,6 +208,16 @@ def how_it_ended(returncode: int) -> str:
     return f"killed by {name} ({signal.strsignal(-returncode)})"
 
 
+def signal_of(returncode: int) -> str | None:
+    """The name of the signal that killed a program (``SIGKILL``); None when it exited."""
+    if returncode >= 0:
+        return None
+    try:
+        return signal.Signals(-returncode).name
+    except ValueError:
+        return f"signal {-returncode}"
+
+
 def run_captured(
     argv: Sequence[str | Path],
     *,

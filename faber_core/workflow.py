@@ -856,7 +856,10 @@ def apply(context: RunContext, plugins: Plugins, lock: DeployLock, progress: Dep
         failure = outcome.failure
         raise MigrationFailed(
             f"Migration {failure.name} failed: {first_line(failure.error)}",
-            suggestions=[review_migration(failure.name, failure.path), "Fix migration and retry"],
+            suggestions=[
+                review_migration(failure.name, failure.path),
+                killed_advice(failure.killed_by) if failure.killed_by else "Fix migration and retry",
+            ],
             tool_output=failure.output,
         )
     lock.require_held("the post-deployment health check", context)
@@ -865,6 +868,16 @@ def apply(context: RunContext, plugins: Plugins, lock: DeployLock, progress: Dep
 
 def review_migration(name: str, path: str | None) -> str:
     return f"Review migration: {path}" if path else f"Review migration {name}"
+
+
+def killed_advice(signal_name: str) -> str:
+    """What to do about a migration whose tool was killed by a signal: the migration may be fine, the
+    machine may not be (the out-of-memory killer sends SIGKILL)."""
+    return (
+        f"The process was killed by {signal_name}, not stopped by an error of the migration: check the machine's "
+        "memory and what killed it (the kernel log names the out-of-memory killer: journalctl -k or dmesg) "
+        "before running the same command again"
+    )
 
 
 # The one failure path --------------------------------------------------------------------

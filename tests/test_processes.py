@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from faber_core.processes import child_environment, how_it_ended, run_captured
+from faber_core.processes import child_environment, how_it_ended, run_captured, signal_of
 from faber_core.testing.fixtures import process_alive, wait_for
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux")
@@ -113,5 +113,6 @@ def test_a_child_does_not_inherit_the_signals_held_during_its_fork():
 def test_how_a_program_ended_names_the_signal_that_killed_it():
     assert how_it_ended(3) == "exit code 3"
     assert how_it_ended(-signal.SIGKILL) == "killed by SIGKILL (Killed)"
+    assert (signal_of(-signal.SIGKILL), signal_of(3)) == ("SIGKILL", None)
     assert how_it_ended(-signal.SIGXFSZ) == "killed by SIGXFSZ (File size limit exceeded)"
     assert how_it_ended(-200) == "killed by signal 200"

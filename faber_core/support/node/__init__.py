@@ -112,7 +112,15 @@ from faber_core.models import (
     MigrationState,
     ToolInfo,
 )
-from faber_core.processes import STOP_GRACE_SECONDS, child_environment, find_program, how_it_ended, spawn, stop
+from faber_core.processes import (
+    STOP_GRACE_SECONDS,
+    child_environment,
+    find_program,
+    how_it_ended,
+    signal_of,
+    spawn,
+    stop,
+)
 from faber_core.secrets import Redactor
 
 COMMON_VARIABLE = "FABER_RUNNER_COMMON"
@@ -220,6 +228,8 @@ class RunnerDied(FaberError):
         self.how = f"the {tool.name} runner died ({how_it_ended(result.returncode)})"
         """How it ended, for a message: ``the typeorm runner died (killed by SIGKILL (Killed))``."""
         self.runner_result = result
+        self.killed_by = signal_of(result.returncode)
+        """The signal that killed it (``SIGKILL``); None when it exited."""
         super().__init__(
             f"{self.how[:1].upper()}{self.how[1:]}",
             suggestions=[
@@ -610,8 +620,11 @@ class Settled:
         """None of it remains: its row is not there, and nothing of it committed outside its transaction."""
         return self.committed is False and self.atomic
 
-    def failure(self, stopped: str, pending: list[LocalMigration], output: str | None = None) -> MigrationFailure:
-        """It, failed: ``stopped`` says how (``interrupted``), then what remains of it."""
+    def failure(
+        self, stopped: str, pending: list[LocalMigration], output: str | None = None, killed_by: str | None = None
+    ) -> MigrationFailure:
+        """It, failed: ``stopped`` says how (``interrupted``), then what remains of it; ``killed_by``:
+        the signal that killed the runner in it."""
         remains = "its transaction rolled back" if self.rolled_back else "it may have committed in part"
         return MigrationFailure(
             name=self.name,
@@ -619,6 +632,7 @@ class Settled:
             output=output,
             path=next((m.path for m in pending if m.name == self.name), None),
             transaction_rolled_back=self.rolled_back,
+            killed_by=killed_by,
         )
 
 
@@ -639,7 +653,8 @@ def _outcome_of_death(
             applied.append(AppliedMigration(name=stopped.name, duration_seconds=stopped.duration_seconds))
         when = f"after migration {applied[-1].name} committed" if applied else "before any migration ran"
         raise MigrationFailed(f"{died.message} {when}", suggestions=died.suggestions, tool_output=died.tool_output)
-    return ApplyOutcome(applied=applied, failure=stopped.failure(f"{died.how} while it ran", pending, died.tool_output))
+    failure = stopped.failure(f"{died.how} while it ran", pending, died.tool_output, died.killed_by)
+    return ApplyOutcome(applied=applied, failure=failure)
 
 
 # How long faber waits for the server to end the session of a runner it stopped or that died.

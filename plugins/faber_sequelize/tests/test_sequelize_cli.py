@@ -179,6 +179,9 @@ def test_a_runner_killed_in_a_migration_fails_the_deploy_and_the_backup_is_resto
     document = json.loads(run.stdout())
     assert document["code"] == "MIGRATION_FAILED"
     assert "sequelize runner died (killed by SIGKILL" in document["error"]
+    suggestions = document["recovery"]["suggestions"]
+    assert "Fix migration and retry" not in suggestions  # the migration did nothing wrong: something killed it
+    assert any(s.startswith("The process was killed by SIGKILL") and "out-of-memory killer" in s for s in suggestions)
     result = document["result"]
     assert result["failed_migration"] == "20240103000000-blocked.js" and result["transaction_rolled_back"] is False
     assert (result["rollback_initiated"], result["rollback_status"]) == (True, "success"), result
@@ -208,6 +211,7 @@ def test_a_migration_ending_the_runner_with_process_exit_fails_the_deploy(
     assert run.returncode == 6, run.output
     assert run.json["code"] == "MIGRATION_FAILED"
     assert "sequelize runner died (exit code 3) while it ran" in run.json["error"]
+    assert "Fix migration and retry" in run.json["recovery"]["suggestions"]  # the migration ended it
     result = run.json["result"]
     assert result["applied_migrations"] == FIXTURE_MIGRATIONS
     assert result["failed_migration"] == "20240103000000-exits.js"
