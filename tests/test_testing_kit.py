@@ -37,8 +37,12 @@ def test_no_faber_fixture(request):
 
 
 def run_pytest(project: Path, admin_url: str, *options: str) -> subprocess.CompletedProcess:
+    # Its own --basetemp: without one, a pytest run sets /tmp/pytest-of-USER back to mode 0700 as it
+    # starts, which the embedded server's own user, running another test meanwhile, must traverse.
+    basetemp = project.parent / f"{project.name}-basetemp"
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *options, str(project)],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={basetemp}", *options]
+        + [str(project)],
         cwd=project,
         env={**os.environ, "FABER_TEST_ADMIN_URL": admin_url},
         capture_output=True,
