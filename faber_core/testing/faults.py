@@ -10,6 +10,8 @@ handler or backup provider:
 - :func:`snapshot` takes a database's logical state: its schema as the engine dumps it for
   verification (PostgreSQL: ``pg_dump --schema-only``; MySQL/MariaDB: ``SHOW CREATE``), every
   constraint and index with its validity (PostgreSQL), and the row count of every table.
+- :func:`node_runner` finds a handler's Node runner among faber's processes, to kill it alone;
+  :data:`WAITING_ON_ADVISORY_LOCK` tells when a migration waits on a lock the test holds.
 - :func:`server_leftovers` lists the sessions and advisory locks still on a database;
   :func:`mysql_leftovers` the sessions and faber's lock still on a MySQL/MariaDB server.
 - :func:`top_level_steps` picks a run's workflow steps out of its events, for a test that every
@@ -144,6 +146,12 @@ def descendants(pid: int) -> list[ProcessInfo]:
             found.append(info)
         queue += parents.get(child, [])
     return found
+
+
+def node_runner(pid: int) -> int:
+    """The pid of the Node runner (a handler's ``runner.cjs``) among the descendants of faber's
+    process ``pid``, for a test that kills the runner while faber lives."""
+    return next(info.pid for info in descendants(pid) if "runner.cjs" in info.command)
 
 
 def session_members(session: int) -> list[ProcessInfo]:
@@ -517,6 +525,14 @@ class Leftovers:
 
     def __str__(self) -> str:
         return f"sessions {self.sessions}, advisory locks {self.advisory_locks}"
+
+
+WAITING_ON_ADVISORY_LOCK = (
+    "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = %s AND NOT granted"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+"""A query with one parameter, an advisory lock's key: a row while a session of the current
+database waits for that lock (a migration the test holds there, until it releases the lock)."""
 
 
 def server_leftovers(admin_url: str, database: str, *, ignore_pids: Iterable[int] = ()) -> Leftovers:

@@ -15,7 +15,12 @@ from pathlib import Path
 import psycopg
 import pytest
 from faber_core import api
-from faber_core.testing.faults import FaberProcess, deploy_with_application_write, descendants
+from faber_core.testing.faults import (
+    WAITING_ON_ADVISORY_LOCK,
+    FaberProcess,
+    deploy_with_application_write,
+    node_runner,
+)
 from faber_core.testing.fixtures import (
     CANARY_PASSWORD,
     create_database,
@@ -557,15 +562,6 @@ def test_a_migration_file_changed_since_its_commit_is_refused(typeorm_project, r
 
 RUNNER_LOCK = 4242
 """The advisory lock a migration waits on while the test holds it: the runner is then in that migration."""
-WAITING_ON_THE_LOCK = (
-    "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = %s AND NOT granted"
-    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-)
-
-
-def runner_of(run: FaberProcess) -> int:
-    """The pid of the Node runner among faber's descendants."""
-    return next(info.pid for info in descendants(run.pid) if "runner.cjs" in info.command)
 
 
 def test_a_runner_killed_in_a_migration_fails_the_deploy_and_its_transaction_rolls_back(
@@ -585,8 +581,9 @@ def test_a_runner_killed_in_a_migration_fails_the_deploy_and_its_transaction_rol
         holder.execute("SELECT pg_advisory_lock(%s)", [RUNNER_LOCK])
         run = FaberProcess.start(project, "migrate", "staging", "--yes", "--json")
         try:
-            run.wait_until(lambda: query(WAITING_ON_THE_LOCK, [RUNNER_LOCK]), what="the migration to wait on the lock")
-            os.kill(runner_of(run), signal.SIGKILL)
+            waiting = functools.partial(query, WAITING_ON_ADVISORY_LOCK, [RUNNER_LOCK])
+            run.wait_until(waiting, what="the migration to wait on the lock")
+            os.kill(node_runner(run.pid), signal.SIGKILL)
             holder.execute("SELECT pg_advisory_unlock(%s)", [RUNNER_LOCK])
             code = run.finish()
         finally:
