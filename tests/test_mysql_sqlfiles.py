@@ -429,17 +429,18 @@ def test_preview_reports_a_long_open_transaction_that_may_block_the_alter(
     with mysql_connect(mysql_database_url) as holder:
         holder.begin()
         holder.execute("SELECT * FROM users FOR UPDATE").fetchall()
+        holder_id = holder.thread_id()
+        # Scoped to the holder: another test's transaction on the same server must not end the wait early.
         wait_for(
             lambda: mysql_query(
-                "SELECT 1 FROM information_schema.INNODB_TRX WHERE TIMESTAMPDIFF(SECOND, trx_started, NOW()) > 1"
+                "SELECT 1 FROM information_schema.INNODB_TRX "
+                f"WHERE trx_mysql_thread_id = {holder_id} AND TIMESTAMPDIFF(SECOND, trx_started, NOW()) > 1"
             ),
             "the transaction to be open for long",
             timeout=10,
         )
 
         code, document, _ = faber(project, "migrate", "production", "--dry-run", url=mysql_database_url)
-
-        holder_id = holder.thread_id()
     assert code == 0
     preflight = document["result"]["preflight"]
     assert preflight["tables"] == ["users"]

@@ -684,7 +684,9 @@ def test_a_kill_while_the_previous_database_is_dropped_leaves_the_backup_and_nam
             run.wait_until(
                 lambda: admin_execute(
                     postgres_admin_url,
-                    "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'DROP DATABASE%%'",
+                    "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'DROP DATABASE%%' "
+                    "AND strpos(query, %s) > 0",
+                    [previous_name(target)],
                 ),
                 what="the drop of the previous database to wait",
             )
