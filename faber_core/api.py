@@ -555,10 +555,13 @@ def _project_plugins(project: Path, tools: dict[str, str], providers: dict[str, 
     }
 
 
-def init(tool: str = "prisma", *, force: bool = False, working_directory: str | Path | None = None) -> Document:
-    """``faber init``: a starter config (dev, staging, production) and what the tool needs for an example migration.
+def init(tool: str | None = None, *, force: bool = False, working_directory: str | Path | None = None) -> Document:
+    """``faber init``: a starter config (dev, staging, production) and, in a project that has none of
+    the tool's files yet, what the tool needs for an example migration.
 
-    Written in ``working_directory`` (created if missing), else ``FABER_DB_CWD``, else the current directory.
+    ``tool`` None: the one the project's package.json or files show (its existing migrations folder or
+    data source is what the config points at), else Prisma. Written in ``working_directory`` (created
+    if missing), else ``FABER_DB_CWD``, else the current directory.
     """
     from faber_core.results import Success
 
@@ -568,8 +571,18 @@ def init(tool: str = "prisma", *, force: bool = False, working_directory: str | 
 
         if working_directory is not None and not Path(working_directory).exists():  # a file: refused below
             make_project_dir(Path(working_directory))
-        written = write_starter_project(resolve_project_dir(working_directory, discover=False), tool, force=force)
-        return Success(operation=INIT, result={"written": written, "next": NEXT_STEPS[tool]}, message="Project initialised")
+        starter = write_starter_project(resolve_project_dir(working_directory, discover=False), tool, force=force)
+        return Success(
+            operation=INIT,
+            result={
+                "tool": starter.tool,
+                "written": starter.written,
+                "found": starter.found,
+                # A project with its own files has its packages already: the starter's install step is not its next one.
+                "next": "faber migrate dev" if starter.found else NEXT_STEPS[starter.tool],
+            },
+            message=f"Project initialised for {starter.tool}",
+        )
 
     return run_guarded(INIT, None, body)
 

@@ -396,12 +396,24 @@ def plugins(json_output: JsonFlag = False, cwd: CwdOption = None) -> None:
 
 @command()
 def init(
-    tool: Annotated[str, typer.Option("--tool", help="Migration tool: prisma, typeorm or sequelize.")] = "prisma",
+    tool: Annotated[
+        str | None,
+        typer.Option(
+            "--tool",
+            help="Migration tool: prisma, typeorm or sequelize (default: the one the project's package.json or "
+            "files show, else prisma).",
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing config.")] = False,
     json_output: JsonFlag = False,
     cwd: CwdOption = None,
 ) -> None:
-    """Write a starter config (dev on the embedded PostgreSQL, staging, production) and an example migration."""
+    """Write a starter config (dev on the embedded PostgreSQL, staging, production) and an example migration.
+
+    In a project that already uses the tool, the config points at its own migrations folder (Prisma's
+    migration_lock.toml, prisma.config.*, package.json "prisma.schema") or data source, and no example
+    is written; the result's "found" lists them.
+    """
     _finish(api.init(tool, force=force, working_directory=cwd), json_output)
 
 

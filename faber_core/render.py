@@ -613,7 +613,12 @@ def _plugins(document: Success, result: dict[str, Any]) -> list[str]:
 
 
 def _initialised(document: Success, result: dict[str, Any]) -> list[str]:
-    return [*[f"✓ wrote {path}" for path in result["written"]], f"Next: {result['next']}"]
+    return [
+        f"Tool: {result['tool']}",
+        *[f"✓ wrote {path}" for path in result["written"]],
+        *[f"• the config points at the project's own {path}: check it is what you deploy" for path in result["found"]],
+        f"Next: {result['next']}",
+    ]
 
 
 def _config_schema(document: Success, result: dict[str, Any]) -> list[str]:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from faber_core.config import CONFIG_PATH
@@ -81,12 +84,20 @@ TOOL_SECTIONS = {
     "sequelize": {},
 }
 
+# The packages in package.json that say which tool a project already uses.
+TOOL_PACKAGES = {"prisma": ("prisma", "@prisma/client"), "typeorm": ("typeorm",), "sequelize": ("sequelize",)}
 
-def starter_config(tool: str) -> dict:
+# Folders the searches for an existing layout never enter: installed packages, build output,
+# version control and faber's own state.
+_NOT_SEARCHED = {"node_modules", "dist", "build", "out", "coverage"}
+_SEARCH_DEPTH = 4
+
+
+def starter_config(tool: str, section: dict) -> dict:
     return {
         "database": {
             "migration_tool": tool,
-            tool: TOOL_SECTIONS[tool],
+            tool: section,
             "environments": {
                 "dev": {},
                 "staging": {"database_url_env": "STAGING_DATABASE_URL"},
@@ -102,8 +113,21 @@ def starter_config(tool: str) -> dict:
     }
 
 
-def write_starter_project(project: Path, tool: str, *, force: bool = False) -> list[str]:
-    """Write the files; return their paths relative to ``project``."""
+@dataclass(frozen=True)
+class StarterProject:
+    """What ``faber init`` wrote, and what it found of a project's own layout."""
+
+    tool: str
+    written: list[str]
+    found: list[str]
+    """The project's own files the config points at (an existing migrations folder, data source), so
+    the user can check that ``faber init`` chose the ones they deploy."""
+
+
+def write_starter_project(project: Path, tool: str | None, *, force: bool = False) -> StarterProject:
+    """Write the files for ``tool`` (None: the tool the project already uses, else Prisma)."""
+    if tool is None:
+        tool = detect_tool(project)
     if tool not in TOOL_SECTIONS:
         raise ConfigError(f"Unknown tool {tool!r}", suggestions=[f"Choose one of: {', '.join(TOOL_SECTIONS)}"])
     config = project / CONFIG_PATH
@@ -113,10 +137,30 @@ def write_starter_project(project: Path, tool: str, *, force: bool = False) -> l
         )
     if config.exists() and not force:
         raise ConfigError(f"{CONFIG_PATH} already exists", suggestions=["Re-run with --force to overwrite it"])
+    layout = _existing_layout(project, tool)
     try:
-        return _write_files(project, tool)
+        written = _write_files(project, tool, layout)
     except OSError as exc:
         raise cannot_write(project, exc) from None
+    return StarterProject(tool=tool, written=written, found=layout.found)
+
+
+def detect_tool(project: Path) -> str:
+    """The one tool the project's package.json depends on, or whose files it has; Prisma for a
+    project that shows none. A project that shows several must choose."""
+    package = _package_json(project)
+    dependencies = {**_object(package.get("dependencies")), **_object(package.get("devDependencies"))}
+    used = {tool for tool, packages in TOOL_PACKAGES.items() if any(name in dependencies for name in packages)}
+    if (project / "prisma/schema.prisma").exists() or (project / "schema.prisma").exists():
+        used.add("prisma")
+    if (project / ".sequelizerc").exists():
+        used.add("sequelize")
+    if len(used) > 1:
+        raise ConfigError(
+            f"This project uses {' and '.join(sorted(used))}: faber deploys the migrations of one tool",
+            suggestions=[f"Choose one: {', or '.join(f'faber init --tool {tool}' for tool in sorted(used))}"],
+        )
+    return used.pop() if used else "prisma"
 
 
 def make_project_dir(project: Path) -> None:
@@ -135,41 +179,171 @@ def cannot_write(project: Path, exc: OSError) -> ConfigError:
     )
 
 
-def _write_files(project: Path, tool: str) -> list[str]:
+@dataclass(frozen=True)
+class _Layout:
+    section: dict
+    """The tool's section of the config."""
+    found: list[str]
+    starter: bool
+    """Whether the project has nothing of the tool yet, so an example migration is written."""
+
+
+def _existing_layout(project: Path, tool: str) -> _Layout:
+    """Where the project keeps the tool's files, found as the tool finds them, so the config deploys
+    the project's own migrations and ``faber init`` adds no example beside them."""
+    if tool == "prisma":
+        folder = _prisma_migrations_folder(project)
+        if folder is not None:
+            return _Layout({"migrations_dir": folder}, [folder], starter=False)
+        return _Layout(dict(TOOL_SECTIONS["prisma"]), [], starter=not _prisma_schema_exists(project))
+    if tool == "typeorm":
+        data_source = _typeorm_data_source(project)
+        if data_source is not None:
+            return _Layout({"data_source": data_source}, [data_source], starter=False)
+        return _Layout(dict(TOOL_SECTIONS["typeorm"]), [], starter=True)
+    own = [name for name in (".sequelizerc", "config/config.js", "config/config.json") if (project / name).exists()]
+    return _Layout({}, own, starter=".sequelizerc" not in own)
+
+
+def _prisma_migrations_folder(project: Path) -> str | None:
+    """The project's Prisma migrations folder: the one holding Prisma's ``migration_lock.toml``, else
+    the one next to the schema named by ``prisma.config.*`` or package.json, as the Prisma CLI
+    finds it; None when the project has neither (or several, none of them the default)."""
+    locks = sorted(_relative(path.parent, project) for path in _search(project, "migration_lock.toml"))
+    if len(locks) == 1:
+        return locks[0]
+    if TOOL_SECTIONS["prisma"]["migrations_dir"] in locks:
+        return TOOL_SECTIONS["prisma"]["migrations_dir"]
+    named = _prisma_config_paths(project)
+    schema = named.get("schema") or _object(_package_json(project).get("prisma")).get("schema")
+    if named.get("migrations"):
+        return _normalised(named["migrations"])
+    if isinstance(schema, str) and schema.strip():
+        path = project / schema
+        folder = path if path.is_dir() or schema.endswith("/") else path.parent
+        return _normalised(os.path.relpath(folder / "migrations", project))
+    if not (project / "prisma/schema.prisma").exists() and (project / "schema.prisma").exists():
+        return "migrations"
+    return None
+
+
+def _prisma_schema_exists(project: Path) -> bool:
+    return any((project / name).exists() for name in ("prisma/schema.prisma", "schema.prisma", "prisma/schema"))
+
+
+_CONFIG_STRING = r"""\s*:\s*["'`]([^"'`$]+)["'`]"""
+
+
+def _prisma_config_paths(project: Path) -> dict[str, str]:
+    """``schema`` and ``migrations.path`` of the project's ``prisma.config.*`` where they are plain
+    strings (a path computed in code is not evaluated: the config then names the folder)."""
+    for name in ("prisma.config.ts", "prisma.config.mts", "prisma.config.js", "prisma.config.mjs", "prisma.config.cjs"):
+        try:
+            text = (project / name).read_text(errors="replace")
+        except OSError:
+            continue
+        found = {}
+        schema = re.search(r"\bschema" + _CONFIG_STRING, text)
+        migrations = re.search(r"\bmigrations\s*:\s*\{[^}]*?\bpath" + _CONFIG_STRING, text, re.S)
+        if schema:
+            found["schema"] = schema[1]
+        if migrations:
+            found["migrations"] = migrations[1]
+        return found
+    return {}
+
+
+def _typeorm_data_source(project: Path) -> str | None:
+    """The project's TypeORM data source module: the shallowest file named like one
+    (``data-source.js``, ``src/data-source.ts``, ``ormconfig.js``, ...); None when there is none."""
+    pattern = re.compile(r"^(?:data-?source|ormconfig)\.(?:ts|mts|cts|js|mjs|cjs)$", re.I)
+    candidates = [path for path in _search(project) if pattern.match(path.name) and not path.name.endswith(".d.ts")]
+    if not candidates:
+        return None
+    return _relative(min(candidates, key=lambda path: (len(path.relative_to(project).parts), str(path))), project)
+
+
+def _search(project: Path, name: str | None = None) -> list[Path]:
+    """Files (named ``name``, or all) up to a few folders deep, outside installed packages, build
+    output and hidden folders."""
+    found = []
+    folders = [(project, 0)]
+    while folders:
+        folder, depth = folders.pop()
+        try:
+            entries = list(folder.iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.is_symlink():
+                continue
+            if entry.is_dir():
+                if depth < _SEARCH_DEPTH and entry.name not in _NOT_SEARCHED and not entry.name.startswith("."):
+                    folders.append((entry, depth + 1))
+            elif name is None or entry.name == name:
+                found.append(entry)
+    return found
+
+
+def _package_json(project: Path) -> dict:
+    """The project's package.json, or {} when it has none or it does not parse."""
+    try:
+        document = json.loads((project / "package.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return _object(document)
+
+
+def _object(value: object) -> dict:
+    """``value`` where it is a JSON object, else {}: a hand-edited package.json may hold anything."""
+    return value if isinstance(value, dict) else {}
+
+
+def _normalised(path: str) -> str:
+    return Path(path.strip()).as_posix().removeprefix("./") or "."
+
+
+def _relative(path: Path, project: Path) -> str:
+    return path.relative_to(project).as_posix()
+
+
+def _write_files(project: Path, tool: str, layout: _Layout) -> list[str]:
     written = []
     config = project / CONFIG_PATH
     config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(json.dumps(starter_config(tool), indent=2) + "\n")
+    config.write_text(json.dumps(starter_config(tool, layout.section), indent=2) + "\n")
     written.append(str(CONFIG_PATH))
     state_ignore = project / STATE_DIR / ".gitignore"
     state_ignore.parent.mkdir(exist_ok=True)
     # Backups and the embedded database must never end up in version control.
     state_ignore.write_text("*\n")
     written.append(str(state_ignore.relative_to(project)))
-    now = dt.datetime.now(dt.timezone.utc)
-    for path, text in _starter_files(tool, project, now).items():
-        (project / path).parent.mkdir(parents=True, exist_ok=True)
-        (project / path).write_text(text)
-        written.append(path)
+    if layout.starter:
+        now = dt.datetime.now(dt.timezone.utc)
+        for path, text in _starter_files(tool, project, now).items():
+            (project / path).parent.mkdir(parents=True, exist_ok=True)
+            (project / path).write_text(text)
+            written.append(path)
     return written
 
 
 def _starter_files(tool: str, project: Path, now: dt.datetime) -> dict[str, str]:
-    """The tool's files for a first migration, in the layout its docs describe; a project that
-    already has migrations (or a TypeORM data source / Sequelize config) keeps its own."""
+    """The tool's files for a first migration, in the layout its docs describe, for a project that
+    has none of the tool's files yet."""
     files = {}
     prisma_migrations = TOOL_SECTIONS["prisma"]["migrations_dir"]
     if tool == "prisma" and _empty(project / prisma_migrations):
         files[f"{prisma_migrations}/{now:%Y%m%d%H%M%S}_create_example_items/migration.sql"] = EXAMPLE_MIGRATION
         files[f"{prisma_migrations}/migration_lock.toml"] = PRISMA_MIGRATION_LOCK
     if tool == "typeorm":
-        if not (project / TOOL_SECTIONS["typeorm"]["data_source"]).exists():
-            files[TOOL_SECTIONS["typeorm"]["data_source"]] = TYPEORM_DATA_SOURCE
+        files[TOOL_SECTIONS["typeorm"]["data_source"]] = TYPEORM_DATA_SOURCE
         if _empty(project / "migrations"):
             timestamp = int(now.timestamp() * 1000)
-            files[f"migrations/{timestamp}-CreateExampleItems.js"] = TYPEORM_EXAMPLE_MIGRATION.format(timestamp=timestamp)
+            files[f"migrations/{timestamp}-CreateExampleItems.js"] = TYPEORM_EXAMPLE_MIGRATION.format(
+                timestamp=timestamp
+            )
     if tool == "sequelize":
-        if not any((project / name).exists() for name in (".sequelizerc", "config/config.js", "config/config.json")):
+        if not any((project / name).exists() for name in ("config/config.js", "config/config.json")):
             files["config/config.json"] = json.dumps(SEQUELIZE_CONFIG, indent=2) + "\n"
         if _empty(project / "migrations"):
             files[f"migrations/{now:%Y%m%d%H%M%S}-create-example-items.js"] = SEQUELIZE_EXAMPLE_MIGRATION

@@ -28,3 +28,27 @@ def test_the_example_migration_passes_the_lint(tmp_path, run_faber):
     assert preview.returncode == 0, preview.output
     [migration] = preview.json["result"]["migrations"]
     assert migration["lint"] == []
+
+
+def test_init_in_a_project_with_its_schema_elsewhere_deploys_the_projects_own_migrations(
+    tmp_path, run_faber, database_url
+):
+    project = tmp_path / "app"
+    migration = project / "db/migrations/20240101000000_init/migration.sql"
+    migration.parent.mkdir(parents=True)
+    migration.write_text('CREATE TABLE "Account" ("id" SERIAL PRIMARY KEY);\n')
+    (project / "db/schema.prisma").write_text(
+        'datasource db {\n  provider = "postgresql"\n  url = env("DATABASE_URL")\n}\n'
+    )
+    (project / "package.json").write_text('{"name": "app", "prisma": {"schema": "db/schema.prisma"}}')
+
+    init = run_faber("init", "--json", "--cwd", str(project))
+    deploy = run_faber(
+        "migrate", "staging", "--yes", "--json", "--cwd", str(project), env={"STAGING_DATABASE_URL": database_url}
+    )
+
+    assert init.returncode == 0, init.output
+    assert init.json["result"]["found"] == ["db/migrations"]
+    assert not (project / "prisma").exists()
+    assert deploy.returncode == 0, deploy.output
+    assert [m["name"] for m in deploy.json["result"]["migrations"]] == ["20240101000000_init"]
