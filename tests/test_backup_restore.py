@@ -530,3 +530,49 @@ def test_a_restore_brings_back_grants_and_comments_on_the_public_schema_and_buil
         assert privileges_and_comments(database_url) == at_backup
     finally:
         drop_swap_databases(postgres_admin_url, database_url)
+
+
+def default_privileges(url: str) -> list[tuple]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT pg_get_userbyid(defaclrole), defaclnamespace::regnamespace::text, defaclobjtype,"
+            " defaclacl::text FROM pg_default_acl ORDER BY 1, 2, 3"
+        ).fetchall()
+
+
+def test_a_restore_brings_back_the_default_privileges_of_the_backup_and_no_others(
+    production, context_for, database_url
+):
+    # Default privileges for the whole database (not for one schema) live outside every schema, so
+    # the restore's schema drops do not take them away.
+    project_dir, backup = production
+    execute(
+        database_url,
+        """
+        DO $$ BEGIN
+            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'faber_test_reader') THEN
+                CREATE ROLE faber_test_reader;
+            END IF;
+        END $$;
+        ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO faber_test_reader;
+        ALTER DEFAULT PRIVILEGES REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
+        ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE ON SEQUENCES TO faber_test_reader;
+        """,
+    )
+    at_backup = default_privileges(database_url)
+    record = backup()
+    execute(
+        database_url,
+        """
+        ALTER DEFAULT PRIVILEGES REVOKE SELECT ON TABLES FROM faber_test_reader;
+        ALTER DEFAULT PRIVILEGES GRANT EXECUTE ON FUNCTIONS TO PUBLIC;
+        ALTER DEFAULT PRIVILEGES GRANT USAGE ON TYPES TO faber_test_reader;
+        ALTER DEFAULT PRIVILEGES GRANT ALL ON SCHEMAS TO faber_test_reader;
+        """,
+    )
+    assert default_privileges(database_url) != at_backup
+
+    outcome = pg_dump.faber_backup_restore(context=context_for(project_dir, "rollback"), backup=record)
+
+    assert outcome.status == "success"
+    assert default_privileges(database_url) == at_backup

@@ -440,6 +440,52 @@ def _read(handle: tempfile._TemporaryFileWrapper) -> str:  # type: ignore[name-d
     return handle.read().decode(errors="replace")
 
 
+# pg_default_acl's object types, as ALTER DEFAULT PRIVILEGES names them, with the privileges
+# PostgreSQL grants to PUBLIC when no default privileges are set (the owner always gets ALL).
+_DEFAULT_ACL_OBJECTS = {
+    "r": ("TABLES", None),
+    "S": ("SEQUENCES", None),
+    "f": ("FUNCTIONS", "EXECUTE"),
+    "T": ("TYPES", "USAGE"),
+    "n": ("SCHEMAS", None),
+}
+
+
+def _reset_global_default_privileges(conn: psycopg.Connection) -> list[sql.Composable]:
+    """Statements that put every role's database-wide default privileges back to PostgreSQL's own,
+    so that the archive's ``ALTER DEFAULT PRIVILEGES`` leave those of the backup and no others. A
+    schema's own default privileges go with the schema.
+
+    Each entry is revoked from all its grantees and the built-in defaults granted again, after
+    which PostgreSQL deletes the entry as it equals the defaults. Entries of roles faber's user is
+    not a member of cannot be changed by it and are left as they are."""
+    statements: list[sql.Composable] = []
+    rows = conn.execute(
+        """
+        SELECT pg_get_userbyid(d.defaclrole), d.defaclobjtype,
+               array_agg(DISTINCT CASE a.grantee WHEN 0 THEN '' ELSE pg_get_userbyid(a.grantee) END)
+        FROM pg_default_acl d, aclexplode(d.defaclacl) a
+        WHERE d.defaclnamespace = 0 AND pg_has_role(d.defaclrole, 'MEMBER')
+        GROUP BY 1, 2 ORDER BY 1, 2
+        """
+    ).fetchall()
+    for role, object_type, grantees in rows:
+        if object_type not in _DEFAULT_ACL_OBJECTS:
+            continue  # a kind of object newer than this faber: left as it is
+        objects, public_default = _DEFAULT_ACL_OBJECTS[object_type]
+        for_role = sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} ").format(sql.Identifier(role))
+        revoked_from = sql.SQL(", ").join(
+            sql.Identifier(grantee) if grantee else sql.SQL("PUBLIC") for grantee in grantees
+        )
+        statements.append(for_role + sql.SQL("REVOKE ALL ON {} FROM {};").format(sql.SQL(objects), revoked_from))
+        statements.append(for_role + sql.SQL("GRANT ALL ON {} TO {};").format(sql.SQL(objects), sql.Identifier(role)))
+        if public_default:
+            statements.append(
+                for_role + sql.SQL("GRANT {} ON {} TO PUBLIC;").format(sql.SQL(public_default), sql.SQL(objects))
+            )
+    return statements
+
+
 def first_error(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     errors = [line for line in lines if "ERROR" in line or "error:" in line or "FATAL" in line]
@@ -450,8 +496,9 @@ def restore_prelude(conn: psycopg.Connection, *keep_schemas: str) -> str:
     """SQL that empties the database of everything a restore brings back, except ``keep_schemas``.
 
     Objects outside any schema (event triggers, publications, subscriptions, large objects,
-    foreign servers, casts) would otherwise make the archive's ``CREATE`` fail or survive the
-    restore; objects that belong to an extension go with their extension.
+    foreign servers, casts, default privileges for the whole database) would otherwise make the
+    archive's ``CREATE`` fail or survive the restore; objects that belong to an extension go with
+    their extension.
     """
     statements: list[sql.Composable] = []
 
@@ -494,6 +541,7 @@ def restore_prelude(conn: psycopg.Connection, *keep_schemas: str) -> str:
         + not_extension_member.format(catalog="'pg_cast'", oid="c.oid")
     ).fetchall():
         statements.append(sql.SQL("DROP CAST IF EXISTS ({} AS {});").format(sql.SQL(source), sql.SQL(target)))
+    statements += _reset_global_default_privileges(conn)
     schemas = names(
         """
         SELECT n.nspname FROM pg_namespace n
