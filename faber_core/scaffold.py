@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -238,9 +239,8 @@ def _prisma_config_paths(project: Path) -> dict[str, str]:
     """``schema`` and ``migrations.path`` of the project's ``prisma.config.*`` where they are plain
     strings (a path computed in code is not evaluated: the config then names the folder)."""
     for name in ("prisma.config.ts", "prisma.config.mts", "prisma.config.js", "prisma.config.mjs", "prisma.config.cjs"):
-        try:
-            text = (project / name).read_text(errors="replace")
-        except OSError:
+        text = _small_text_file(project / name)
+        if text is None:
             continue
         found = {}
         schema = re.search(r"\bschema" + _CONFIG_STRING, text)
@@ -287,11 +287,24 @@ def _search(project: Path, name: str | None = None) -> list[Path]:
 
 def _package_json(project: Path) -> dict:
     """The project's package.json, or {} when it has none or it does not parse."""
+    text = _small_text_file(project / "package.json")
     try:
-        document = json.loads((project / "package.json").read_text())
-    except (OSError, ValueError):
+        return _object(json.loads(text)) if text is not None else {}
+    except ValueError:
         return {}
-    return _object(document)
+
+
+def _small_text_file(path: Path) -> str | None:
+    """The text of ``path`` where it is a regular file of at most a megabyte, else None: a FIFO or
+    a link to a device must not hang ``faber init``, nor a huge file fill its memory."""
+    try:
+        with open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK)) as handle:
+            status = os.fstat(handle.fileno())
+            if not stat.S_ISREG(status.st_mode) or status.st_size > 1024**2:
+                return None
+            return handle.read().decode(errors="replace")
+    except OSError:
+        return None
 
 
 def _object(value: object) -> dict:

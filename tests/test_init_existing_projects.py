@@ -4,6 +4,7 @@ migrations folder or data source, found as the tool finds them, and no example i
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,12 @@ def test_a_schema_outside_the_project_folder_is_followed_there(tmp_path):
     result, config = initialised(project)
 
     assert config["prisma"]["migrations_dir"] == "../shared/migrations"
+
+
+def test_a_fifo_or_device_named_like_a_project_file_does_not_hang_init(tmp_path):
+    os.mkfifo(tmp_path / "package.json")
+    (tmp_path / "prisma.config.ts").symlink_to("/dev/zero")
+
+    result, config = initialised(tmp_path)
+
+    assert result["tool"] == "prisma" and config["prisma"]["migrations_dir"] == "prisma/migrations"
