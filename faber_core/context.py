@@ -165,6 +165,11 @@ class Database:
             self._conninfo = MappingProxyType(self.engine.connection_params(self))
         return self._conninfo
 
+    def secrets(self) -> list[str | Secret]:
+        """What a redactor must learn before anything connects to this database: the URL, and
+        the passwords the engine's clients would read from files for it (``~/.pgpass``, ...)."""
+        return [self.url, *self.engine.passwords_from_files(self)]
+
     def client_env(self) -> dict[str, str]:
         """Environment variables that connect the engine's command-line programs to this database
         (``PGHOST``, ``PGPASSWORD``, ... for pg_dump and psql; ``MYSQL_HOST``, ``MYSQL_PWD``, ... for
@@ -542,7 +547,8 @@ def open_context(
         lock_timeout=settings.query_lock_timeout_seconds,
         statement_timeout=settings.query_statement_timeout_seconds,
     )
-    redactor.add(database.url)
+    for secret in database.secrets():
+        redactor.add(secret)
     if "provider" not in settings.backup.model_fields_set:
         # Unless the config names one, the target's engine brings its own (pg_dump, mysqldump).
         backup = settings.backup.model_copy(update={"provider": database.engine.backup_provider})

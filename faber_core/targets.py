@@ -221,7 +221,8 @@ def _catalog_entries(settings: EnvironmentSettings, redactor: Redactor) -> list[
         lock_timeout=settings.query_lock_timeout_seconds,
         statement_timeout=settings.query_statement_timeout_seconds,
     )
-    redactor.add(database.url)
+    for secret in database.secrets():
+        redactor.add(secret)
     try:
         with database.connect(application_name="faber catalog") as conn, conn.transaction():
             conn.execute("SET TRANSACTION READ ONLY")

@@ -333,6 +333,12 @@ class Engine(ABC):
     def client_env(self, database: Database) -> dict[str, str]:
         """Environment variables that connect the engine's command-line programs to ``database``."""
 
+    def passwords_from_files(self, database: Database) -> list[str]:
+        """Passwords the engine's clients read from files for ``database`` when its URL has none
+        (libpq's service and password files), for the run's redactor; a file that cannot be read is
+        a :class:`ConfigError` naming it. None by default."""
+        return []
+
     @abstractmethod
     def server_version(self, database: Database) -> str | None:
         """The server's version, e.g. ``15.4`` or ``10.11.6-MariaDB``; None when it cannot be reached."""

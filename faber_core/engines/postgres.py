@@ -169,6 +169,11 @@ class PostgresEngine(Engine):
         env["PGCONNECT_TIMEOUT"] = str(params.get("connect_timeout") or database.connect_timeout)
         return env
 
+    def passwords_from_files(self, database: Database) -> list[str]:
+        from faber_core.postgres.passwords import passwords_from_files
+
+        return passwords_from_files(database.conninfo_params())
+
     def server_version(self, database: Database) -> str | None:
         number = server_version_num(database)
         return None if number is None else f"{number // 10000}.{number % 10000}"

@@ -94,7 +94,8 @@ def predecessor_database(context: RunContext, predecessor: str) -> Database:
         )
     context.redactor.add(value)
     database = Database(Secret(value), source=f"${variable}", connect_timeout=context.settings.connect_timeout_seconds)
-    context.redactor.add(database.url)
+    for secret in database.secrets():
+        context.redactor.add(secret)
     return database
 
 

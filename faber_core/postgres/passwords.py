@@ -1,0 +1,154 @@
+"""The passwords libpq reads from files when the URL has none, so that faber's redactor knows them.
+
+libpq takes a connection's password from, in this order: the URL; the entry of the service the URL
+names (``?service=``) in the service file; ``PGPASSWORD``; the first line of the password file
+(``?passfile=``, ``PGPASSFILE`` or ``~/.pgpass``) that matches the host, port, database and user.
+faber, pg_dump, pg_restore and psql all read the same files, so a password from one of them can
+reach the database's error messages, the programs' output or a migration's printout like the
+URL's own: :func:`passwords_from_files` finds it, read as libpq reads it, to be masked the same way.
+A file that faber cannot read is a :class:`~faber_core.errors.ConfigError` naming it, never quoting it.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from collections.abc import Mapping
+from pathlib import Path
+
+from faber_core.errors import ConfigError
+
+DEFAULT_PORT = "5432"
+LOCALHOST = "localhost"
+"""The host name a password file line matches for a connection through a Unix socket (libpq's
+default socket directory, which depends on how libpq was built, or no host at all)."""
+
+
+def passwords_from_files(params: Mapping[str, object], environ: Mapping[str, str] = os.environ) -> list[str]:
+    """The passwords libpq takes from the service file or the password file for a connection with
+    the URL's ``params`` (libpq's keywords): none when the URL or ``PGPASSWORD`` gives one. A
+    password file open to other users is read too, though libpq ignores it: masking its password
+    costs nothing."""
+    settings = {key: str(value) for key, value in params.items() if value is not None and value != ""}
+    if settings.get("password"):
+        return []
+    if "service" in settings:
+        entry = _service_entry(settings["service"], environ)
+        settings = {**entry, **settings}  # the URL's own settings win over the service's
+        if settings.get("password"):
+            return [settings["password"]]
+    if environ.get("PGPASSWORD"):
+        return []
+    passfile = settings.get("passfile") or environ.get("PGPASSFILE") or str(_home(environ) / ".pgpass")
+    lines = _read_lines(Path(passfile), "password file")
+    if lines is None:
+        return []
+    user = settings.get("user") or pwd.getpwuid(os.geteuid()).pw_name
+    hosts = (settings.get("host") or settings.get("hostaddr") or "").split(",")
+    ports = (settings.get("port") or "").split(",")
+    found = []
+    for number, host in enumerate(hosts):
+        port = (ports[number] if len(ports) == len(hosts) else ports[0]) or DEFAULT_PORT
+        # A socket directory matches its own path or "localhost", as libpq was built: both are learnt.
+        names = {host or LOCALHOST} | ({LOCALHOST} if host.startswith("/") else set())
+        found += [password for name in names for password in _server_passwords(lines, name, port, user)]
+    return found
+
+
+def _home(environ: Mapping[str, str]) -> Path:
+    return Path(environ.get("HOME") or pwd.getpwuid(os.geteuid()).pw_dir)
+
+
+def _read_lines(path: Path, kind: str) -> list[str] | None:
+    """The file's lines, or None when it does not exist (libpq then reads none)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(
+            f"The PostgreSQL {kind} {path} cannot be read ({exc.strerror or type(exc).__name__})",
+            suggestions=[f"Make {path} a file readable by the user running faber, or remove it"],
+        ) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"The PostgreSQL {kind} {path} is not UTF-8 text (line {line})",
+            suggestions=[f"Save {path} as UTF-8"],
+        ) from None
+    return [line.rstrip("\r") for line in text.split("\n")]
+
+
+def _server_passwords(lines: list[str], host: str, port: str, user: str) -> list[str]:
+    """The passwords of the ``host:port:database:user:password`` lines for ``user`` on the server,
+    whatever their database: faber connects to other databases there too (a rehearsal's copy, the
+    maintenance database of a restore), each with the first line matching it. ``*`` matches
+    anything, ``\\`` escapes a ``:`` or a ``\\``, and a line starting with ``#`` is a comment."""
+    found = []
+    for line in lines:
+        if not line or line.startswith("#"):
+            continue
+        fields = _fields(line)
+        if len(fields) < 5:
+            continue
+        line_host, line_port, _database, line_user, password = fields[:5]
+        if all(field in ("*", value) for field, value in ((line_host, host), (line_port, port), (line_user, user))):
+            found.append(password)
+    return found
+
+
+def _fields(line: str) -> list[str]:
+    fields, current, escaped = [], [], False
+    for char in line:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            fields.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    fields.append("".join(current))
+    return fields
+
+
+def _service_entry(service: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """The settings of ``service`` in the first service file holding it: ``PGSERVICEFILE`` (or
+    ``~/.pg_service.conf``), then ``pg_service.conf`` in ``PGSYSCONFDIR``."""
+    files = [Path(environ.get("PGSERVICEFILE") or _home(environ) / ".pg_service.conf")]
+    if environ.get("PGSYSCONFDIR"):
+        files.append(Path(environ["PGSYSCONFDIR"]) / "pg_service.conf")
+    for path in files:
+        lines = _read_lines(path, "service file")
+        entry = None if lines is None else _section(lines, service, path)
+        if entry is not None:
+            return entry
+    return {}
+
+
+def _section(lines: list[str], service: str, path: Path) -> dict[str, str] | None:
+    """The ``key=value`` lines under ``[service]``, or None when the file has no such section."""
+    entry: dict[str, str] | None = None
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            if entry is not None:
+                break
+            if line.startswith(f"[{service}]"):
+                entry = {}
+        elif entry is not None:
+            key, equals, value = line.partition("=")
+            if not equals:
+                raise ConfigError(
+                    f"The PostgreSQL service file {path} has a line that is not key=value (line {number}, "
+                    f"in service {service})",
+                    suggestions=[f"Write each setting of [{service}] as key=value, e.g. sslmode=verify-full"],
+                )
+            entry.setdefault(key, value)
+    return entry

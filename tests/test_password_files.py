@@ -1,0 +1,171 @@
+"""Passwords from files: libpq's password file (``~/.pgpass``, ``PGPASSFILE``, ``?passfile=``) and
+service file (``PGSERVICEFILE``, ``?service=``) are masked like the URL's password, and a file faber
+cannot read is a clear error that never quotes it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from faber_core.postgres.passwords import passwords_from_files
+from faber_core.testing.fixtures import CANARY_PASSWORD
+
+USERS = "CREATE TABLE users (id serial PRIMARY KEY, email text NOT NULL);"
+# Fails with a database error that quotes the canary, as errors quoting a statement's values do.
+LEAKY = f"ALTER TABLE users ADD COLUMN note text; SELECT '{CANARY_PASSWORD}'::int;"
+CONNECTION = {"host": "db.internal", "port": "5433", "dbname": "shop", "user": "deploy"}
+
+
+def write_passfile(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+def test_the_password_file_lines_for_the_server_and_user_are_learnt_as_libpq_reads_them(tmp_path):
+    passfile = write_passfile(
+        tmp_path / "pgpass",
+        "# db.internal:5433:shop:deploy:commented-out\n"
+        "db.internal:5432:shop:deploy:other-port\n"
+        "db.internal:5433:shop:admin:other-user\n"
+        "replica.internal:5433:shop:deploy:other-host\n"
+        "db.internal:5433:shop:deploy:pass\\:with\\\\escapes\r\n"
+        "*:*:*:deploy:wildcard-Pw\n",
+    )
+
+    found = passwords_from_files({**CONNECTION, "passfile": str(passfile)}, environ={})
+
+    assert found == ["pass:with\\escapes", "wildcard-Pw"]
+
+
+def test_a_password_in_the_url_or_pgpassword_leaves_the_password_file_unread(tmp_path):
+    passfile = tmp_path / "pgpass"
+    passfile.mkdir()  # unreadable as a file: reading it would be an error
+
+    assert passwords_from_files({**CONNECTION, "passfile": str(passfile), "password": "x"}, environ={}) == []
+    assert passwords_from_files({**CONNECTION}, environ={"PGPASSFILE": str(passfile), "PGPASSWORD": "x"}) == []
+
+
+def test_the_named_services_password_is_learnt_and_the_urls_settings_win_over_the_services(tmp_path):
+    service_file = tmp_path / "pg_service.conf"
+    service_file.write_text(
+        "[billing]\npassword=billing-Pw\n\n[shop]\n# comment\n  sslmode=require\npassfile=" + f"{tmp_path}/pgpass\n"
+    )
+    write_passfile(tmp_path / "pgpass", "db.internal:5433:shop:deploy:from-the-services-passfile\n")
+    environ = {"PGSERVICEFILE": str(service_file)}
+
+    assert passwords_from_files({**CONNECTION, "service": "billing"}, environ) == ["billing-Pw"]
+    assert passwords_from_files({**CONNECTION, "service": "shop"}, environ) == ["from-the-services-passfile"]
+    assert passwords_from_files({**CONNECTION, "service": "billing", "password": "url"}, environ) == []
+
+
+def deploy_project(faber_project):
+    environment = {"database_url_env": "APP_DATABASE_URL", "lock_wait_seconds": 1}
+    return faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"production": environment}}},
+        {"migrations/001_users.sql": USERS, "migrations/002_leaky.sql": LEAKY},
+    )
+
+
+def without_password(database_url: str) -> str:
+    assert f":{CANARY_PASSWORD}@" in database_url
+    return database_url.replace(f":{CANARY_PASSWORD}@", "@")
+
+
+def assert_nowhere(project: Path, query, *outputs: str) -> None:
+    rows = query("SELECT row_to_json(d)::text FROM faber.faber_deployments d")
+    channels = [*outputs, (project / ".faber" / "audit.log").read_text(), *(row[0] for row in rows)]
+    assert rows and [channel for channel in channels if CANARY_PASSWORD in channel] == []
+
+
+def test_a_password_from_the_password_file_is_masked_in_every_channel(
+    faber_project, database_url, run_faber, query, tmp_path
+):
+    project = deploy_project(faber_project)
+    passfile = write_passfile(tmp_path / "pgpass", f"127.0.0.1:5432:*:postgres:{CANARY_PASSWORD}\n")
+    env = {
+        "FABER_PLUGINS": "faber_core.testing.sqlfiles",
+        "APP_DATABASE_URL": without_password(database_url),
+        "PGPASSFILE": str(passfile),
+        "FABER_DEBUG": "1",
+    }
+
+    deploy = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
+    history = run_faber("history", "production", "--cwd", str(project), env=env)
+
+    assert deploy.returncode == 6 and history.returncode == 0, deploy.output + history.output
+    assert "invalid input syntax for type integer" in deploy.json["error"]
+    assert deploy.json["result"]["backup_id"]  # pg_dump ran, reading the same password file
+    assert_nowhere(project, query, deploy.output, history.output)
+
+
+def test_a_password_from_the_service_file_is_masked_in_every_channel(
+    faber_project, database_url, run_faber, query, tmp_path
+):
+    project = deploy_project(faber_project)
+    service_file = tmp_path / "pg_service.conf"
+    service_file.write_text(f"[faber_canary]\npassword={CANARY_PASSWORD}\nsslmode=disable\n")
+    env = {
+        "FABER_PLUGINS": "faber_core.testing.sqlfiles",
+        "APP_DATABASE_URL": without_password(database_url) + "?service=faber_canary",
+        "PGSERVICEFILE": str(service_file),
+        "FABER_DEBUG": "1",
+    }
+
+    deploy = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
+    history = run_faber("history", "production", "--cwd", str(project), env=env)
+
+    assert deploy.returncode == 6 and history.returncode == 0, deploy.output + history.output
+    assert "invalid input syntax for type integer" in deploy.json["error"]
+    assert deploy.json["result"]["backup_id"]
+    assert_nowhere(project, query, deploy.output, history.output)
+
+
+def unreadable(path: Path) -> None:
+    path.mkdir()  # faber runs as root in CI, where permissions would not stop it reading a file
+
+
+def not_utf8(path: Path) -> None:
+    path.write_bytes(f"127.0.0.1:5432:*:postgres:{CANARY_PASSWORD}\xff\n".encode("latin-1"))
+    path.chmod(0o600)
+
+
+def service_line_without_equals(path: Path) -> None:
+    path.write_text(f"[faber_canary]\nsslmode=disable\n{CANARY_PASSWORD}\n")
+
+
+BROKEN_FILES = {
+    "password file unreadable": ("PGPASSFILE", "", unreadable, "password file", "cannot be read"),
+    "password file not UTF-8": ("PGPASSFILE", "", not_utf8, "password file", "not UTF-8 text (line 1)"),
+    "service file unreadable": ("PGSERVICEFILE", "?service=faber_canary", unreadable, "service file", "cannot be read"),
+    "service file garbled": (
+        "PGSERVICEFILE",
+        "?service=faber_canary",
+        service_line_without_equals,
+        "service file",
+        "not key=value (line 3",
+    ),
+}
+
+
+@pytest.mark.parametrize("variable, query_string, break_file, kind, problem", BROKEN_FILES.values(), ids=BROKEN_FILES)
+def test_a_password_or_service_file_faber_cannot_read_is_a_config_error_never_quoting_it(
+    faber_project, database_url, run_faber, query, tmp_path, variable, query_string, break_file, kind, problem
+):
+    project = deploy_project(faber_project)
+    broken = tmp_path / "broken.conf"
+    break_file(broken)
+    env = {
+        "FABER_PLUGINS": "faber_core.testing.sqlfiles",
+        "APP_DATABASE_URL": without_password(database_url) + query_string,
+        variable: str(broken),
+    }
+
+    run = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
+
+    assert run.returncode == 2, run.output
+    assert run.json["code"] == "CONFIG_INVALID"
+    assert f"PostgreSQL {kind} {broken}" in run.json["error"] and problem in run.json["error"]
+    assert "Traceback" not in run.stderr and CANARY_PASSWORD not in run.output
+    assert query("SELECT to_regclass('public.users')") == [(None,)]  # nothing applied
