@@ -98,9 +98,20 @@ def client_program(*names: str) -> Path:
 
 def client_args(context: RunContext, program: Path) -> list[str]:
     """Connection arguments for ``program`` without the password (it goes in MYSQL_PWD, never in
-    argv), with the TLS the URL asks for."""
+    argv), with the TLS the URL asks for; they come first in its argv.
+
+    The program reads no option file (``--no-defaults``): a ``password=`` in ``~/.my.cnf`` would
+    override ``MYSQL_PWD``, so a backup would log in with another password than faber's own
+    connection and the migration tool, which read the URL alone. The largest packet is the
+    clients' maximum, which an option file was the only way to raise: a row larger than the
+    default (16 MB for the ``mysql`` client) still dumps and loads."""
     params = context.database.conninfo_params()
-    args = [f"--user={params['user']}", f"--default-character-set={params['charset']}"]
+    args = [
+        "--no-defaults",
+        "--max-allowed-packet=1G",
+        f"--user={params['user']}",
+        f"--default-character-set={params['charset']}",
+    ]
     tls = context.database.parsed.extra["tls"]
     if tls.explicit:
         args += tls.client_args(mariadb=is_mariadb_client(program))
