@@ -65,7 +65,7 @@ class Database:
         self._conninfo: Mapping[str, Any] | None = None
         self._session: Any = None
         self.learnt: dict[str, Any] = {}
-        """What the engine asked the server once per run (PostgreSQL's ``server_version_num``, ...)."""
+        """What the engine worked out once per run (PostgreSQL's ``server_version_num``, ...)."""
 
     def __repr__(self) -> str:
         return f"Database({self.engine.name}, {self.target!r})"

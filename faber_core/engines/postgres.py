@@ -158,8 +158,9 @@ class PostgresEngine(Engine):
     def client_env(self, database: Database) -> dict[str, str]:
         """What faber's own connections get from libpq: the URL's settings over libpq's variables in
         faber's environment (``PGPASSWORD``, ``PGSSLMODE``, ``PGPASSFILE``, ...), which the programs'
-        environment does not inherit (:func:`~faber_core.processes.child_environment`); so pg_dump
-        and psql authenticate and connect as faber does."""
+        environment does not inherit (:func:`~faber_core.processes.child_environment`), and the
+        settings no variable carries (``sslpassword``, ``keepalives``, ...) in a service file; so
+        pg_dump and psql authenticate and connect as faber does."""
         from faber_core.postgres.url import LIBPQ_ENV, LIBPQ_FILE_VARIABLES
 
         inherited = [*LIBPQ_ENV.values(), *LIBPQ_FILE_VARIABLES]
@@ -167,6 +168,12 @@ class PostgresEngine(Engine):
         params = database.conninfo_params()
         env.update({LIBPQ_ENV[k]: str(v) for k, v in params.items() if k in LIBPQ_ENV and v is not None})
         env["PGCONNECT_TIMEOUT"] = str(params.get("connect_timeout") or database.connect_timeout)
+        if any(key not in LIBPQ_ENV for key in params):
+            from faber_core.postgres.service import settings_service
+
+            if "settings_service" not in database.learnt:
+                database.learnt["settings_service"] = settings_service(params, database.source)
+            env |= database.learnt["settings_service"]
         return env
 
     def passwords_from_files(self, database: Database) -> list[str]:

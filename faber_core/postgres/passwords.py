@@ -33,7 +33,7 @@ def passwords_from_files(params: Mapping[str, object], environ: Mapping[str, str
     if settings.get("password"):
         return []
     if "service" in settings:
-        entry = _service_entry(settings["service"], environ)
+        entry = service_entry(settings["service"], environ)
         settings = {**entry, **settings}  # the URL's own settings win over the service's
         if settings.get("password"):
             return [settings["password"]]
@@ -116,7 +116,7 @@ def _fields(line: str) -> list[str]:
     return fields
 
 
-def _service_entry(service: str, environ: Mapping[str, str]) -> dict[str, str]:
+def service_entry(service: str, environ: Mapping[str, str]) -> dict[str, str]:
     """The settings of ``service`` in the first service file holding it: ``PGSERVICEFILE`` (or
     ``~/.pg_service.conf``), then ``pg_service.conf`` in ``PGSYSCONFDIR``."""
     files = [Path(environ.get("PGSERVICEFILE") or _home(environ) / ".pg_service.conf")]

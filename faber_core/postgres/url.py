@@ -62,7 +62,10 @@ _LIBPQ_ONLY_PARAMS = {
     "fallback_application_name",
     "replication",
     "requiressl",
+    "sslpassword",
 }
+"""libpq's connection parameters that no environment variable carries: the programs faber runs get
+them in a service file (:func:`faber_core.postgres.service.settings_service`)."""
 _LIBPQ_PARAMS = frozenset(LIBPQ_ENV) | _LIBPQ_ONLY_PARAMS
 LIBPQ_FILE_VARIABLES = ("PGSERVICEFILE", "PGSYSCONFDIR")
 """Where libpq looks for its service file, which a ``service`` setting reads."""
