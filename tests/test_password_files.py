@@ -10,6 +10,7 @@ import pytest
 
 from faber_core.postgres.passwords import passwords_from_files
 from faber_core.testing.fixtures import CANARY_PASSWORD
+from faber_core.testing.otlp import OtlpReceiver
 
 USERS = "CREATE TABLE users (id serial PRIMARY KEY, email text NOT NULL);"
 # Fails with a database error that quotes the canary, as errors quoting a statement's values do.
@@ -73,53 +74,49 @@ def without_password(database_url: str) -> str:
     return database_url.replace(f":{CANARY_PASSWORD}@", "@")
 
 
-def assert_nowhere(project: Path, query, *outputs: str) -> None:
-    rows = query("SELECT row_to_json(d)::text FROM faber.faber_deployments d")
-    channels = [*outputs, (project / ".faber" / "audit.log").read_text(), *(row[0] for row in rows)]
-    assert rows and [channel for channel in channels if CANARY_PASSWORD in channel] == []
-
-
-def test_a_password_from_the_password_file_is_masked_in_every_channel(
-    faber_project, database_url, run_faber, query, tmp_path
-):
-    project = deploy_project(faber_project)
+def in_a_password_file(tmp_path: Path) -> tuple[str, dict[str, str]]:
     passfile = write_passfile(tmp_path / "pgpass", f"127.0.0.1:5432:*:postgres:{CANARY_PASSWORD}\n")
-    env = {
-        "FABER_PLUGINS": "faber_core.testing.sqlfiles",
-        "APP_DATABASE_URL": without_password(database_url),
-        "PGPASSFILE": str(passfile),
-        "FABER_DEBUG": "1",
-    }
-
-    deploy = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
-    history = run_faber("history", "production", "--cwd", str(project), env=env)
-
-    assert deploy.returncode == 6 and history.returncode == 0, deploy.output + history.output
-    assert "invalid input syntax for type integer" in deploy.json["error"]
-    assert deploy.json["result"]["backup_id"]  # pg_dump ran, reading the same password file
-    assert_nowhere(project, query, deploy.output, history.output)
+    return "", {"PGPASSFILE": str(passfile)}
 
 
-def test_a_password_from_the_service_file_is_masked_in_every_channel(
-    faber_project, database_url, run_faber, query, tmp_path
-):
-    project = deploy_project(faber_project)
+def in_a_service_file(tmp_path: Path) -> tuple[str, dict[str, str]]:
     service_file = tmp_path / "pg_service.conf"
     service_file.write_text(f"[faber_canary]\npassword={CANARY_PASSWORD}\nsslmode=disable\n")
-    env = {
-        "FABER_PLUGINS": "faber_core.testing.sqlfiles",
-        "APP_DATABASE_URL": without_password(database_url) + "?service=faber_canary",
-        "PGSERVICEFILE": str(service_file),
-        "FABER_DEBUG": "1",
-    }
+    return "?service=faber_canary", {"PGSERVICEFILE": str(service_file)}
 
-    deploy = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
-    history = run_faber("history", "production", "--cwd", str(project), env=env)
+
+@pytest.mark.parametrize("password_in", [in_a_password_file, in_a_service_file], ids=["password file", "service file"])
+def test_a_password_from_a_file_is_masked_in_every_channel(
+    faber_project, database_url, run_faber, query, tmp_path, password_in
+):
+    """The canary is libpq's password only through the file; a failing migration quotes it."""
+    project = deploy_project(faber_project)
+    query_string, file_env = password_in(tmp_path)
+    with OtlpReceiver() as receiver:
+        env = {
+            "FABER_PLUGINS": "faber_core.testing.sqlfiles",
+            "APP_DATABASE_URL": without_password(database_url) + query_string,
+            "FABER_DEBUG": "1",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            **file_env,
+        }
+        deploy = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
+        history = run_faber("history", "production", "--cwd", str(project), env=env)
 
     assert deploy.returncode == 6 and history.returncode == 0, deploy.output + history.output
     assert "invalid input syntax for type integer" in deploy.json["error"]
-    assert deploy.json["result"]["backup_id"]
-    assert_nowhere(project, query, deploy.output, history.output)
+    assert deploy.json["result"]["backup_id"]  # pg_dump ran, reading the same file
+    rows = query("SELECT row_to_json(d)::text FROM faber.faber_deployments d")
+    spans = [body.decode(errors="replace") for body in receiver.bodies] + [repr(span) for span in receiver.spans()]
+    channels = {
+        "stdout and stderr": deploy.output + history.output,
+        "audit log": (project / ".faber" / "audit.log").read_text(),
+        "history table": "\n".join(row[0] for row in rows),
+        "spans": "\n".join(spans),
+    }
+    # Every channel carries the error quoting the canary, masked.
+    assert all("invalid input syntax for type integer" in text for text in channels.values()), channels
+    assert [name for name, text in channels.items() if CANARY_PASSWORD in text] == []
 
 
 def unreadable(path: Path) -> None:
