@@ -17,7 +17,9 @@ Every child process faber starts goes through :func:`spawn`:
   (Python ignores an exception raised in its at-fork callbacks) and raised once the child
   exists, which is then stopped.
 - **Credentials travel only in the environment**, never in argv (argv is visible to every
-  user through the process list). Whatever the child prints is redacted before anyone sees it.
+  user through the process list); libpq settings no variable carries (``sslpassword``) in a
+  service file held in memory that the environment names (:mod:`faber_core.postgres.service`).
+  Whatever the child prints is redacted before anyone sees it.
 """
 
 from __future__ import annotations
