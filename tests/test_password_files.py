@@ -61,6 +61,22 @@ def test_the_named_services_password_is_learnt_and_the_urls_settings_win_over_th
     assert passwords_from_files({**CONNECTION, "service": "billing", "password": "url"}, environ) == []
 
 
+def test_an_account_missing_from_the_password_database_is_no_error(tmp_path, monkeypatch):
+    """A container may run faber as a user id /etc/passwd does not list: libpq then finds no home
+    nor user name of its own, and neither does faber, without failing."""
+
+    def unknown(uid: int):
+        raise KeyError(uid)
+
+    monkeypatch.setattr("pwd.getpwuid", unknown)
+    write_passfile(tmp_path / ".pgpass", "*:*:*:deploy:from-home\n")
+
+    assert passwords_from_files({"host": "db.internal"}, environ={}) == []
+    assert passwords_from_files({"host": "db.internal", "user": "deploy"}, environ={"HOME": str(tmp_path)}) == [
+        "from-home"
+    ]
+
+
 def deploy_project(faber_project):
     environment = {"database_url_env": "APP_DATABASE_URL", "lock_wait_seconds": 1}
     return faber_project(

@@ -39,11 +39,14 @@ def passwords_from_files(params: Mapping[str, object], environ: Mapping[str, str
             return [settings["password"]]
     if environ.get("PGPASSWORD"):
         return []
-    passfile = settings.get("passfile") or environ.get("PGPASSFILE") or str(_home(environ) / ".pgpass")
-    lines = _read_lines(Path(passfile), "password file")
-    if lines is None:
+    home = _home(environ)
+    passfile = settings.get("passfile") or environ.get("PGPASSFILE") or (f"{home}/.pgpass" if home else None)
+    lines = _read_lines(Path(passfile), "password file") if passfile else None
+    # Without a user name (none in the URL, the account unknown) libpq cannot connect at all.
+    account = _account()
+    user = settings.get("user") or (account.pw_name if account else None)
+    if lines is None or user is None:
         return []
-    user = settings.get("user") or pwd.getpwuid(os.geteuid()).pw_name
     hosts = (settings.get("host") or settings.get("hostaddr") or "").split(",")
     ports = (settings.get("port") or "").split(",")
     found = []
@@ -55,8 +58,17 @@ def passwords_from_files(params: Mapping[str, object], environ: Mapping[str, str
     return found
 
 
-def _home(environ: Mapping[str, str]) -> Path:
-    return Path(environ.get("HOME") or pwd.getpwuid(os.geteuid()).pw_dir)
+def _home(environ: Mapping[str, str]) -> str | None:
+    account = _account()
+    return environ.get("HOME") or (account.pw_dir if account else None)
+
+
+def _account() -> pwd.struct_passwd | None:
+    """The account faber runs as, as libpq looks it up; None in a container that lists no entry for it."""
+    try:
+        return pwd.getpwuid(os.geteuid())
+    except KeyError:
+        return None
 
 
 def _read_lines(path: Path, kind: str) -> list[str] | None:
@@ -119,7 +131,10 @@ def _fields(line: str) -> list[str]:
 def service_entry(service: str, environ: Mapping[str, str]) -> dict[str, str]:
     """The settings of ``service`` in the first service file holding it: ``PGSERVICEFILE`` (or
     ``~/.pg_service.conf``), then ``pg_service.conf`` in ``PGSYSCONFDIR``."""
-    files = [Path(environ.get("PGSERVICEFILE") or _home(environ) / ".pg_service.conf")]
+    home = _home(environ)
+    files = [Path(environ["PGSERVICEFILE"])] if environ.get("PGSERVICEFILE") else []
+    if not files and home:
+        files.append(Path(home) / ".pg_service.conf")
     if environ.get("PGSYSCONFDIR"):
         files.append(Path(environ["PGSYSCONFDIR"]) / "pg_service.conf")
     for path in files:
