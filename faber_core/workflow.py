@@ -618,6 +618,15 @@ def refuse_uncommitted(context: RunContext, pending: list[LocalMigration]) -> No
         result={"uncommitted_migrations": names, "uncommitted_files": files},
         suggestions=[
             "Commit them (git add, git commit) and deploy that commit",
+            *(
+                [
+                    "git does not compare "
+                    + ", ".join(map(repr, check.not_compared))
+                    + " with its commit: git update-index --no-assume-unchanged --no-skip-worktree -- FILE"
+                ]
+                if check.not_compared
+                else []
+            ),
             opt_out,
             "Nothing was applied and no backup was taken",
         ],

@@ -257,3 +257,43 @@ def test_a_migration_its_handler_names_no_file_for_deploys_and_is_reported_unche
     assert "public.users" in tables(database_url)
     skipped = [event.data for event in events if event.kind == "commit_check.skipped"]
     assert skipped == [{"reason": "the handler names no file for them", "migrations": ["001_users"]}]
+
+
+@pytest.mark.parametrize("flag", ["--assume-unchanged", "--skip-worktree"])
+def test_an_edit_hidden_from_git_status_by_an_index_flag_is_refused(project, run_faber, database_url, flag):
+    # Both flags tell git not to look at the file, so `git status` shows no edit: faber cannot
+    # vouch for a file git does not compare with its commit.
+    project_dir, env = project({"001_users": USERS})
+    commit_all(project_dir)
+    script = project_dir / "prisma/migrations/001_users/migration.sql"
+    git(project_dir, "update-index", flag, "prisma/migrations/001_users/migration.sql")
+    script.write_text(USERS + 'CREATE TABLE "extra" ("id" int);\n')
+
+    run = deploy(run_faber, project_dir, env)
+
+    assert run.returncode == 6, run.output
+    assert run.json["result"] == {
+        "uncommitted_migrations": ["001_users"],
+        "uncommitted_files": ["prisma/migrations/001_users/migration.sql"],
+    }
+    assert any(flag.removeprefix("--") in suggestion for suggestion in run.json["recovery"]["suggestions"])
+    assert tables(database_url) == set()
+
+
+def test_the_check_runs_no_file_system_monitor_the_repository_configures(project, run_faber, database_url, tmp_path):
+    # core.fsmonitor names a program git runs on `git status` and whose answer it trusts: one
+    # that says "nothing changed" would hide an edit, one that hangs would stall the deploy.
+    project_dir, env = project({"001_users": USERS})
+    commit_all(project_dir)
+    ran = tmp_path / "monitor-ran"
+    monitor = tmp_path / "monitor"
+    monitor.write_text(f"#!/bin/sh\necho ran >> '{ran}'\nexit 1\n")
+    monitor.chmod(0o755)
+    git(project_dir, "config", "core.fsmonitor", str(monitor))
+    (project_dir / "prisma/migrations/001_users/migration.sql").write_text(USERS + "-- edited\n")
+
+    run = deploy(run_faber, project_dir, env)
+
+    assert run.returncode == 6, run.output
+    assert run.json["result"]["uncommitted_migrations"] == ["001_users"]
+    assert not ran.exists()
