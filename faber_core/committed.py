@@ -50,17 +50,18 @@ def work_tree_top(directory: Path) -> Path | None:
 
 def uncommitted_files(project_dir: Path, paths: dict[str, str], redactor: Redactor) -> GitCheck:
     """Which of the migrations ``paths`` (name -> file or folder, relative to ``project_dir``)
-    are not committed. Two ``git`` processes (``status``, ``ls-files``); paths travel as literal
-    pathspecs (no glob magic) and come back NUL-separated, so any file name works."""
+    are not committed. Two ``git`` processes (``status``, ``ls-files``); paths travel as literal,
+    absolute pathspecs (no glob magic; a folder outside the repository is git's error) and come
+    back NUL-separated, so any file name works."""
     if not paths:  # no pathspec would make git list the whole work tree
         return GitCheck({})
     project = project_dir.resolve()
     top = work_tree_top(project)
     if top is None and not os.environ.get("GIT_DIR"):
         return GitCheck({}, unchecked=f"{project} is not inside a git work tree")
-    absolute = {name: Path(os.path.normpath(project / path)) for name, path in paths.items()}
+    checked = {name: files_to_check(project, path) for name, path in paths.items()}
     try:
-        pathspecs = list(paths.values())
+        pathspecs = [str(file) for files in checked.values() for file in files]
         status = _git(project, redactor, ["status", "--porcelain=v1", "-z", "--untracked-files=all"], pathspecs)
         flagged = _git(project, redactor, ["ls-files", "-v", "-z", "--full-name"], pathspecs)
     except FileNotFoundError:
@@ -76,12 +77,24 @@ def uncommitted_files(project_dir: Path, paths: dict[str, str], redactor: Redact
     uncommitted: dict[str, list[str]] = {}
     for listed in dict.fromkeys([*listed_paths(status.stdout), *not_compared]):
         file = Path(os.path.normpath((top or project) / listed))
-        owner = next((name for name, path in absolute.items() if file == path or path in file.parents), None)
+        owner = next(
+            (name for name, files in checked.items() if any(file == path or path in file.parents for path in files)),
+            None,
+        )
         # A file git lists but faber cannot place (git found another repository top) is still not
         # committed: it counts against every migration rather than against none.
-        for name in [owner] if owner else absolute:
+        for name in [owner] if owner else checked:
             uncommitted.setdefault(name, []).append(listed)
     return GitCheck(uncommitted, not_compared=tuple(not_compared))
+
+
+def files_to_check(project: Path, path: str) -> list[Path]:
+    """``path`` as git must be asked about it: the folders on its way resolved (git does not look
+    through a symlinked folder: a pathspec beyond one lists nothing, however the file changed)
+    and, when the file is itself a symlink, also the file it points to, whose text is deployed."""
+    entry = Path(os.path.normpath(project / path))
+    located = Path(os.path.realpath(entry.parent)) / entry.name
+    return list(dict.fromkeys([located, Path(os.path.realpath(entry))]))
 
 
 def _git(project: Path, redactor: Redactor, command: list[str], pathspecs: list[str]) -> ToolRun:

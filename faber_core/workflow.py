@@ -596,7 +596,10 @@ def refuse_uncommitted(context: RunContext, pending: list[LocalMigration]) -> No
             f"Cannot tell whether the pending migrations are committed: {check.error}",
             result={"git_error": check.error},
             suggestions=[
-                "Make git work in the project directory (a checkout owned by another user needs git's safe.directory)",
+                "Keep the migrations inside the project's repository (not linked in from outside it)"
+                if "outside repository" in check.error
+                else "Make git work in the project directory "
+                "(a checkout owned by another user needs git's safe.directory)",
                 opt_out,
                 "Nothing was applied and no backup was taken",
             ],

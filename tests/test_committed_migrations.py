@@ -297,3 +297,53 @@ def test_the_check_runs_no_file_system_monitor_the_repository_configures(project
     assert run.returncode == 6, run.output
     assert run.json["result"]["uncommitted_migrations"] == ["001_users"]
     assert not ran.exists()
+
+
+def test_a_migration_edited_in_a_folder_reached_through_a_committed_symlink_is_refused(
+    project, run_faber, database_url
+):
+    # prisma/migrations is a committed symlink to db/migrations: git does not look through a
+    # symlink, so a `git status` of prisma/migrations/... lists nothing however the file changed.
+    project_dir, env = project({})
+    shared = project_dir / "db/migrations/001_users"
+    shared.mkdir(parents=True)
+    (shared / "migration.sql").write_text(USERS)
+    (project_dir / "prisma").mkdir()
+    (project_dir / "prisma/migrations").symlink_to("../db/migrations")
+    commit_all(project_dir)
+    (shared / "migration.sql").write_text(USERS + 'CREATE TABLE "extra" ("id" int);\n')
+
+    run = deploy(run_faber, project_dir, env)
+
+    assert run.returncode == 6, run.output
+    assert run.json["result"] == {
+        "uncommitted_migrations": ["001_users"],
+        "uncommitted_files": ["db/migrations/001_users/migration.sql"],
+    }
+    assert tables(database_url) == set()
+    git(project_dir, "checkout", "--", "db")
+    deployed = deploy(run_faber, project_dir, env)
+    assert deployed.returncode == 0, deployed.output
+    assert "public.users" in tables(database_url)
+
+
+def test_migrations_linked_in_from_outside_the_repository_are_refused(faber_project, run_faber, database_url, tmp_path):
+    # A migrations folder that is a symlink to a folder no repository holds (a mounted volume):
+    # nothing says what was committed, and git cannot be asked.
+    outside = tmp_path / "volume/001_users"
+    outside.mkdir(parents=True)
+    (outside / "migration.sql").write_text(USERS)
+    settings = {"database_url_env": URL_ENV, "lock_wait_seconds": 1}
+    config = {"database": {"migration_tool": "prisma", "environments": {"production": settings}}}
+    project_dir = faber_project(config, {"prisma/schema.prisma": ""})
+    (project_dir / "prisma/migrations").symlink_to(tmp_path / "volume")
+    commit_all(project_dir)
+
+    run = deploy(run_faber, project_dir, {URL_ENV: database_url})
+
+    assert run.returncode == 6, run.output
+    assert "is outside repository" in run.json["result"]["git_error"]
+    assert run.json["recovery"]["suggestions"][0] == (
+        "Keep the migrations inside the project's repository (not linked in from outside it)"
+    )
+    assert tables(database_url) == set()
