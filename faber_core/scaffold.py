@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import os
 import re
+import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -324,20 +325,39 @@ def _write_files(project: Path, tool: str, layout: _Layout) -> list[str]:
     written = []
     config = project / CONFIG_PATH
     config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(json.dumps(starter_config(tool, layout.section), indent=2) + "\n")
+    replace_file(config, json.dumps(starter_config(tool, layout.section), indent=2) + "\n")
     written.append(str(CONFIG_PATH))
     state_ignore = project / STATE_DIR / ".gitignore"
     state_ignore.parent.mkdir(exist_ok=True)
     # Backups and the embedded database must never end up in version control.
-    state_ignore.write_text("*\n")
+    replace_file(state_ignore, "*\n")
     written.append(str(state_ignore.relative_to(project)))
     if layout.starter:
         now = dt.datetime.now(dt.timezone.utc)
         for path, text in _starter_files(tool, project, now).items():
             (project / path).parent.mkdir(parents=True, exist_ok=True)
-            (project / path).write_text(text)
+            replace_file(project / path, text)
             written.append(path)
     return written
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Write ``path`` as a new regular file that takes the place of whatever entry was there.
+
+    Never through it: a FIFO would block until someone reads it, ``/dev/null`` would swallow
+    the text, a symlink would overwrite its target, maybe outside the project. A half-written
+    file is never left under the name either: the text goes to a file beside it, renamed over.
+    """
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    # O_EXCL: a new file of faber's own; mode 0666 less the umask, as any new file.
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _starter_files(tool: str, project: Path, now: dt.datetime) -> dict[str, str]:

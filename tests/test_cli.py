@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import struct
 import threading
@@ -665,3 +666,38 @@ def test_connection_errors_say_where_and_as_whom_never_the_password(faber_projec
     assert f"… Connecting to {where}/{database} as {user}" in run.stderr
     assert "Retry when issue resolved: faber status production" in run.json["recovery"]["suggestions"]
     assert_no_canary(run, project)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink_to_a_file", "symlink_to_dev_null"])
+def test_init_force_replaces_a_config_that_is_no_regular_file_instead_of_writing_through_it(run_faber, tmp_path, kind):
+    # Writing into the entry: a FIFO blocks until someone reads it (forever, in CI), /dev/null
+    # swallows the config while init reports it written, and a symlink's target outside the
+    # project would be overwritten. --force replaces the entry itself.
+    project = tmp_path / "project"
+    config = project / ".fractary/plugins/faber-db/config.json"
+    config.parent.mkdir(parents=True)
+    shared = tmp_path / "shared-config.json"
+    shared.write_text('{"kept": true}\n')
+    if kind == "fifo":
+        os.mkfifo(config)
+    else:
+        config.symlink_to(shared if kind == "symlink_to_a_file" else Path(os.devnull))
+
+    run = run_faber("init", "--force", "--tool", "prisma", "--json", "--cwd", str(project), timeout=60)
+
+    assert run.returncode == 0, run.output
+    assert not config.is_symlink() and config.is_file()
+    assert json.loads(config.read_text())["database"]["migration_tool"] == "prisma"
+    assert shared.read_text() == '{"kept": true}\n'
+    assert run_faber("config", "schema", "--json", "--cwd", str(project)).returncode == 0
+
+
+def test_init_replaces_a_state_gitignore_that_is_a_fifo_without_waiting_on_it(run_faber, tmp_path):
+    project = tmp_path / "project"
+    (project / ".faber").mkdir(parents=True)
+    os.mkfifo(project / ".faber/.gitignore")
+
+    run = run_faber("init", "--tool", "prisma", "--json", "--cwd", str(project), timeout=60)
+
+    assert run.returncode == 0, run.output
+    assert (project / ".faber/.gitignore").read_text() == "*\n"
