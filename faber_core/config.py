@@ -32,6 +32,8 @@ from faber_core.secrets import Redactor
 from faber_core.suggest import did_you_mean, known_fields
 
 CONFIG_PATH = Path(".fractary/plugins/faber-db/config.json")
+MAX_CONFIG_BYTES = 16 * 1024**2
+"""A config is a few kilobytes; a larger file is refused before it is read into memory."""
 DEV_MODE_ENVIRONMENTS = frozenset({"dev", "test"})
 EMBEDDED_ENVIRONMENT = "dev"
 PROTECTED_LOCK_TIMEOUT_SECONDS = 0.5
@@ -466,10 +468,16 @@ def load_config(project_dir: Path) -> FaberConfig:
     every key known (with a suggestion when misspelt), booleans and numbers as JSON types, numbers
     finite and within bounds."""
     path = config_file(project_dir)
-    if path.exists() and not path.is_file():
+    if path.is_dir():
         raise ConfigError(
             f"The configuration {path} is a directory, not a file",
             suggestions=["Move that directory out of the way, then create the config with: faber init"],
+        )
+    if path.exists() and not path.is_file():
+        # Not opened: a FIFO would wait for a writer, a device such as /dev/zero never ends.
+        raise ConfigError(
+            f"The configuration {path} is not a regular file (a FIFO, device or socket)",
+            suggestions=["Replace it with the config file, or create one with: faber init --force"],
         )
     if not path.is_file():
         raise ConfigError(
@@ -477,6 +485,8 @@ def load_config(project_dir: Path) -> FaberConfig:
             suggestions=["Create one with: faber init", "Or point at your project with --cwd DIR or FABER_DB_CWD"],
         )
     try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"The configuration {path} is larger than {MAX_CONFIG_BYTES // 1024**2} MiB: refused")
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"Cannot read {CONFIG_PATH}: {exc}") from None

@@ -4,11 +4,12 @@ setting silently ignored, never a traceback."""
 from __future__ import annotations
 
 import json
+import os
 
 import psycopg
 import pytest
 
-from faber_core.config import CONFIG_PATH, load_config
+from faber_core.config import CONFIG_PATH, MAX_CONFIG_BYTES, load_config
 from faber_core.errors import ConfigError
 from faber_core.testing.fixtures import CANARY_PASSWORD
 
@@ -283,3 +284,30 @@ def test_provider_settings_beside_provider_are_left_to_the_provider(tmp_path):
     settings = load_config(project).environment("production")
 
     assert settings.backup.provider == "rds-snapshot" and settings.backup.model_extra["profile"] == "ops"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero"])
+def test_a_config_that_is_a_fifo_or_a_device_is_named_as_such_without_reading_it(tmp_path, kind):
+    path = tmp_path / CONFIG_PATH
+    path.parent.mkdir(parents=True)
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+
+    with pytest.raises(ConfigError) as refused:
+        load_config(tmp_path)
+
+    assert refused.value.message == f"The configuration {path} is not a regular file (a FIFO, device or socket)"
+
+
+def test_a_config_larger_than_any_config_is_refused_before_it_is_read(tmp_path):
+    path = tmp_path / CONFIG_PATH
+    path.parent.mkdir(parents=True)
+    with path.open("wb") as sparse:  # a hole: no disk used, but a size no config has
+        sparse.truncate(MAX_CONFIG_BYTES + 1)
+
+    with pytest.raises(ConfigError) as refused:
+        load_config(tmp_path)
+
+    assert refused.value.message == f"The configuration {path} is larger than 16 MiB: refused"
