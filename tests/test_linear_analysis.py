@@ -8,6 +8,9 @@ lock or a backup.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pglast
 import psycopg
 import pytest
@@ -181,3 +184,22 @@ def test_a_copy_through_the_client_stops_before_the_lock_and_the_backup(faber_pr
     assert not (project / ".faber" / "backups").exists()
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT to_regclass('items'), to_regclass('_prisma_migrations')").fetchone() == (None, None)
+
+
+@pytest.mark.parametrize(
+    "chain",
+    [
+        "SELECT " + " + ".join(["1"] * 100_000),  # each operator one level deeper
+        " UNION ALL ".join(["SELECT 1"] * 50_000),
+        "SELECT 1::int" + "::int" * 100_000,
+    ],
+    ids=["operators", "unions", "casts"],
+)
+def test_a_statement_nested_deeper_than_a_thread_stack_holds_is_parsed_without_crashing(chain):
+    # pglast builds the tree by recursion in C: on the main thread's 8 MiB stack a chain of
+    # about 25,000 levels killed faber with a segmentation fault (no error document, exit -11).
+    # A process of its own, so that a crash fails this test rather than the test run.
+    script = "import sys\nfrom faber_core.postgres.sql import parse_script\nprint(len(parse_script(sys.stdin.read())))"
+    run = subprocess.run([sys.executable, "-c", script], input=chain + ";", capture_output=True, text=True, timeout=300)
+
+    assert (run.returncode, run.stdout) == (0, "1\n"), run.stderr[-2000:]

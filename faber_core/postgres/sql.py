@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -121,9 +122,43 @@ def parse_script(sql: str) -> Script:
     """
     script = _parsed.get(sql)
     if script is None:
-        script = _parse_script(sql)
+        script = _on_a_deep_stack(_parse_script, sql)
         _parsed.put(script)
     return script
+
+
+PARSER_STACK_BYTES = 1024**3
+"""The stack the parser runs on. pglast builds a statement's tree by recursion in C, one level
+per operator of a chain (``1 + 1 + ...``, ``UNION``, ``JOIN``): 8 MiB, a main thread's usual
+stack, overflows at about 25,000 levels and the process dies of a segmentation fault, where
+1 GiB (address space, used only as deep as a statement goes) holds over two million."""
+
+
+def _on_a_deep_stack(function: Callable[[str], Script], sql: str) -> Script:
+    """``function(sql)`` in a thread of its own with :data:`PARSER_STACK_BYTES` of stack; what it
+    raises is raised here."""
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append(function(sql))
+        except BaseException as exc:  # handed to the caller's thread, raised there
+            outcome.append(exc)
+
+    with _stack_size_lock:
+        previous = threading.stack_size(PARSER_STACK_BYTES)
+        try:
+            parser = threading.Thread(target=run, name="faber-sql-parser", daemon=True)
+            parser.start()
+        finally:
+            threading.stack_size(previous)
+    parser.join()
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
+
+
+_stack_size_lock = threading.Lock()
 
 
 def _parse_script(sql: str) -> Script:
