@@ -14,7 +14,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from faber_core.errors import LintBlocked
+from faber_core.errors import ConfigError, LintBlocked
+from faber_core.safety import lint
 from faber_core.testing.fixtures import process_alive, wait_for
 from faber_core.workflow import DeployOptions, migrate
 
@@ -241,3 +242,19 @@ def test_a_finding_shows_its_statement_without_the_database_password(
     assert finding.statement.startswith("CREATE INDEX users_email ON users (email); -- not ")
     assert canary not in finding.statement
     assert canary not in result.model_dump_json()
+
+
+def test_squawk_running_out_of_time_is_a_config_error_saying_so_and_nothing_is_applied(
+    deployed_users, context_for, plugins, database_url, monkeypatch
+):
+    # squawk takes time more than linear in a long statement (a chain of 300,000 additions ran
+    # past two minutes): the timeout was an unexpected error, "please report this as a bug".
+    project_dir = deployed_users("SELECT " + " + ".join(["1"] * 20_000) + ";\n" + BLOCKING_INDEX)
+    monkeypatch.setattr(lint, "_TIMEOUT_SECONDS", 0.01)
+
+    with pytest.raises(ConfigError) as raised:
+        migrate(context_for(project_dir), plugins, YES)
+
+    assert raised.value.message == "The migration lint did not finish: squawk ran past 0.01 seconds"
+    assert 'Or set "lint": "off" for this environment' in raised.value.suggestions
+    assert indexes(database_url) == {"users_pkey"}

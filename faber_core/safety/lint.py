@@ -21,6 +21,7 @@ rules too)::
 from __future__ import annotations
 
 import json
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -149,7 +150,16 @@ def _run_squawk(
         args.append(f"--pg-version={server_version}")
     if (project_dir / PROJECT_CONFIG).is_file():
         args.append(f"--config={project_dir / PROJECT_CONFIG}")
-    completed = run_captured([*args, *files], env={}, cwd=project_dir, timeout=_TIMEOUT_SECONDS)
+    try:
+        completed = run_captured([*args, *files], env={}, cwd=project_dir, timeout=_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:  # stopped by run_captured; its time grows faster than a statement's length
+        raise ConfigError(
+            f"The migration lint did not finish: squawk ran past {_TIMEOUT_SECONDS} seconds",
+            suggestions=[
+                "Split a very long statement into several, or run squawk by hand: squawk path/to/migration.sql",
+                'Or set "lint": "off" for this environment',
+            ],
+        ) from None
     try:
         reported = json.loads(completed.stdout or "[]")
     except json.JSONDecodeError:
