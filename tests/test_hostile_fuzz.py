@@ -341,3 +341,62 @@ def test_full_cli_runs_with_hostile_passwords_and_migration_names(
     assert {channel: leaked(text) for channel, text in channels.items() if leaked(text)} == {}
     assert "/pg_dump " in channels["child argv"] and channels["history table"]
     report(capsys, "full CLI runs (deploy + status) with fuzzed passwords and names", ran)
+
+
+git_file_names = st.text(
+    alphabet=st.characters(blacklist_characters="/\x00", blacklist_categories=["Cs"]), min_size=1, max_size=16
+).filter(lambda name: name not in (".", "..", ".git") and len(name.encode()) < 200)
+GIT_STATES = ["committed", "edited", "staged_edit", "untracked", "staged_new", "assume_unchanged_edit"]
+
+
+def test_the_git_check_finds_every_uncommitted_migration_whatever_its_name(capsys, tmp_path):
+    """Deploy mode's git check (``uncommitted_files``) on names with quotes, newlines, leading
+    dashes, glob and pathspec magic (``*``, ``:(top)``), non-ASCII, through a symlinked folder:
+    a migration is reported exactly when its file is not as committed."""
+    import subprocess
+
+    from faber_core.committed import uncommitted_files
+
+    ran = 0
+    identity = ["-c", "user.email=dev@example.com", "-c", "user.name=dev"]
+
+    def git(repository: Path, *args: str) -> None:
+        subprocess.run(["git", "-C", str(repository), *identity, *args], check=True, capture_output=True)
+
+    @settings(FUZZ, max_examples=60)
+    @given(
+        files=st.dictionaries(git_file_names, st.sampled_from(GIT_STATES), min_size=1, max_size=4),
+        linked=st.booleans(),
+    )
+    def check(files, linked):
+        nonlocal ran
+        ran += 1
+        with tempfile.TemporaryDirectory(dir=tmp_path) as scratch:
+            project = Path(scratch)
+            real = project / ("db/migrations" if linked else "migrations")
+            real.mkdir(parents=True)
+            if linked:  # migrations/ is a committed symlink to db/migrations/
+                (project / "migrations").symlink_to("db/migrations")
+            git(project, "init", "-q")
+            (project / "README").write_text("release\n")
+            for name, state in files.items():
+                if state not in ("untracked", "staged_new"):
+                    (real / name).write_text("SELECT 1;")
+            git(project, "add", "-A")
+            git(project, "commit", "-q", "-m", "release")
+            for name, state in files.items():
+                if state != "committed":
+                    (real / name).write_text("SELECT 2;")
+                if state in ("staged_edit", "staged_new"):
+                    git(project, "add", "--", str(real / name))
+                if state == "assume_unchanged_edit":
+                    git(project, "update-index", "--assume-unchanged", "--", str(real / name))
+
+            check = uncommitted_files(project, {name: f"migrations/{name}" for name in files}, Redactor())
+
+            assert check.error is None and check.unchecked is None, check
+            assert set(check.uncommitted) == {name for name, state in files.items() if state != "committed"}
+
+    check()
+    report(capsys, "git check on hostile file names, in-process", ran)
+    assert ran >= 30
