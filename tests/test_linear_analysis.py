@@ -203,3 +203,16 @@ def test_a_statement_nested_deeper_than_a_thread_stack_holds_is_parsed_without_c
     run = subprocess.run([sys.executable, "-c", script], input=chain + ";", capture_output=True, text=True, timeout=300)
 
     assert (run.returncode, run.stdout) == (0, "1\n"), run.stderr[-2000:]
+
+
+def test_where_the_deep_stack_cannot_be_had_the_parse_runs_on_the_callers_stack():
+    # Under `ulimit -v` the parser's thread cannot map its stack: parsing goes on as before it had one.
+    script = (
+        "import resource\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (768 * 1024**2, 768 * 1024**2))\n"
+        "from faber_core.postgres.sql import parse_script\n"
+        "print(len(parse_script('SELECT 1; SELECT 2;')))"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+
+    assert (run.returncode, run.stdout) == (0, "2\n"), run.stderr[-2000:]

@@ -136,7 +136,8 @@ stack, overflows at about 25,000 levels and the process dies of a segmentation f
 
 def _on_a_deep_stack(function: Callable[[str], Script], sql: str) -> Script:
     """``function(sql)`` in a thread of its own with :data:`PARSER_STACK_BYTES` of stack; what it
-    raises is raised here."""
+    raises is raised here. Where the system refuses that much address space (``ulimit -v``), it
+    runs on the caller's stack, as deep as that holds."""
     outcome: list = []
 
     def run() -> None:
@@ -150,6 +151,8 @@ def _on_a_deep_stack(function: Callable[[str], Script], sql: str) -> Script:
         try:
             parser = threading.Thread(target=run, name="faber-sql-parser", daemon=True)
             parser.start()
+        except RuntimeError:  # "can't start new thread": its stack could not be mapped
+            return function(sql)
         finally:
             threading.stack_size(previous)
     parser.join()
