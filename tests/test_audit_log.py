@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -125,6 +128,54 @@ def test_an_unwritable_log_is_a_warning_not_a_failure(faber_project, database_ur
 
     assert run.returncode == 0 and run.json["status"] == "success"
     assert run.stderr.count("warning: cannot append to") == 1
+
+
+def test_a_line_cut_short_by_a_full_disk_does_not_swallow_the_next_run_s_first_event(
+    faber_project, database_url, run_faber
+):
+    """A full disk (here a file-size limit, ``ulimit -f``) can cut an event's line short: the write
+    stores what fits. The next run's first line must start on a line of its own, not complete the
+    cut one into a line no JSON reader can parse."""
+    project = faber_project(
+        {
+            "database": {
+                "migration_tool": "sqlfiles",
+                "environments": {"production": {"database_url_env": "APP_DATABASE_URL"}},
+            }
+        },
+        {"migrations/001_users.sql": USERS},
+    )
+    env = {**os.environ, "FABER_PLUGINS": "faber_core.testing.sqlfiles", "APP_DATABASE_URL": database_url}
+    log = project / ".faber/audit.log"
+    cut_at = 40
+
+    def full_disk_after_the_first_bytes() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (cut_at, cut_at))
+
+    cut = subprocess.run(
+        [sys.executable, "-m", "faber_core", "status", "production", "--json"],
+        cwd=project,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        preexec_fn=full_disk_after_the_first_bytes,
+        timeout=300,
+    )
+    assert cut.returncode == 0 and "warning: cannot append to" in cut.stderr, cut.stderr
+    assert log.stat().st_size == cut_at and not log.read_bytes().endswith(b"\n")
+
+    after = run_faber("status", "production", "--json", "--cwd", str(project), env=env)
+    again = run_faber("status", "production", "--json", "--cwd", str(project), env=env)
+
+    assert after.returncode == 0 and again.returncode == 0, after.output + again.output
+    torn, *lines = log.read_text().splitlines()
+    assert len(torn) == cut_at
+    logged = [AuditEvent.model_validate_json(line) for line in lines]
+    runs = list(dict.fromkeys(e.run_id for e in logged))
+    assert len(runs) == 2
+    kinds = [[e.kind for e in logged if e.run_id == run] for run in runs]
+    assert kinds[0] == kinds[1], "the run after the cut line logged every event a run of the same command logs"
 
 
 def test_a_log_that_is_a_symbolic_link_is_not_followed(faber_project, database_url, run_faber, tmp_path):

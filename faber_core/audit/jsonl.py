@@ -46,13 +46,33 @@ class LogFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.file: BinaryIO | None = None
+        self.cut_short = False
+        """Whether the log ends inside a line: one a full disk cut short, in this run or before it."""
 
     def append(self, line: str) -> None:
         if self.file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = open(self.path, "ab", buffering=0, opener=_private)
-        # One write on an O_APPEND descriptor: concurrent runs never interleave within a line.
-        self.file.write(line.encode("utf-8"))
+            try:
+                # Read too: whether the log ends inside a line (ENOSPC or a file-size limit stores what fits).
+                self.file = open(self.path, "a+b", buffering=0, opener=_private)
+                size = os.fstat(self.file.fileno()).st_size
+                self.cut_short = size > 0 and os.pread(self.file.fileno(), 1, size - 1) != b"\n"
+            except PermissionError:  # a log faber may append to but not read
+                self.file = open(self.path, "ab", buffering=0, opener=_private)
+        data = line.encode("utf-8")
+        if self.cut_short:
+            # End the cut line first: completed by this event, both would be one line no reader parses.
+            data = b"\n" + data
+        # One write on an O_APPEND descriptor: concurrent runs never interleave within a line. One
+        # that fails wrote nothing; a short one (the disk filled up) leaves the line cut, and
+        # writing the rest gets the disk's error.
+        written = self.file.write(data)
+        if written < len(data):
+            self.cut_short = True
+            data = data[written:]
+            while data:
+                data = data[self.file.write(data) :]
+        self.cut_short = False
 
     def close(self) -> None:
         if self.file is not None:
