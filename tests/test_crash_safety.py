@@ -295,3 +295,80 @@ def test_rows_of_a_migration_a_signal_stopped_are_faber_s_and_the_deploy_is_roll
     assert result["writes_since_backup"]["status"] == "none", result
     assert result["rollback_status"] == "success", result
     assert not snapshot(database_url).differences(before)
+
+
+# A signal while a rehearsal copy is being dropped -------------------------------------
+
+CANCEL_BOUND = 3
+"""Seconds given to a signal to cancel faber's DROP DATABASE of its copy before the test lets the
+drop through: the drop must never be cancelled, so waiting longer can only let the test pass."""
+
+
+def rehearsal_copies(admin_url: str) -> list[str]:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'faber\\_rehearsal\\_%'").fetchall()
+    return [name for (name,) in rows]
+
+
+def drop_waiting(admin_url: str, database: str) -> bool:
+    """Whether faber's DROP DATABASE of ``database`` waits for a lock."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'DROP DATABASE%%'"
+            " AND strpos(query, %s) > 0",
+            [database],
+        ).fetchone()
+    return row is not None
+
+
+@pytest.mark.parametrize(
+    "signals",
+    [[signal.SIGTERM], [signal.SIGTERM, signal.SIGTERM], [signal.SIGTERM, signal.SIGINT]],
+    ids=["once-after-the-rehearsal", "twice-SIGTERM", "twice-SIGINT"],
+)
+def test_a_signal_while_the_rehearsal_copy_is_dropped_does_not_leave_it_behind(
+    project, database_url, postgres_admin_url, signals
+):
+    """A signal arriving during the DROP DATABASE of a ``--rehearse`` copy cancelled it, and the
+    copy stayed on the server, unreported (``faber status`` names one once it is 15 minutes old):
+    the one that ends a finished rehearsal, or the second of two (CI runners and impatient
+    fingers signal twice), the first having stopped the rehearsal. The drop holds the signal
+    back; faber exits 130 once the copy is gone.
+
+    The test's uncommitted comment on the copy makes faber's drop wait. Signalled once, the
+    migration waits for that comment (an idle-in-transaction session with the test's name; the
+    statistics snapshot cleared at each look, as it is kept for the transaction) and returns;
+    twice, the first signal stops the migration while it sleeps."""
+    gate = f"faber-test-gate-{os.getpid()}-{len(signals)}"
+    wait_for_gate = (
+        "DO $$ BEGIN WHILE NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = "
+        f"'{gate}' AND state = 'idle in transaction') LOOP PERFORM pg_sleep(0.05), pg_stat_clear_snapshot();"
+        " END LOOP; END $$;"
+    )
+    held = "" if len(signals) == 1 else "\nSELECT pg_sleep(60);"
+    directory = project({"001_slow": f"-- faults:rehearsed\n{wait_for_gate}{held}"})
+    run = start(directory, database_url, "migrate", ENVIRONMENT, "--dry-run", "--rehearse", "--json")
+    try:
+        copy = run.wait_for("rehearsal.created")["data"]["database"]
+        with (
+            psycopg.connect(postgres_admin_url, autocommit=True, application_name=gate) as admin,
+            psycopg.connect(postgres_admin_url, autocommit=True) as watcher,
+        ):
+            admin.execute("BEGIN")
+            admin.execute(f"COMMENT ON DATABASE \"{copy}\" IS 'held by the test'")
+            if len(signals) > 1:
+                run.wait_until(lambda: migration_session(watcher, copy, "rehearsed"), what="the rehearsed migration")
+                run.kill(signals[0])  # stops the rehearsal
+            run.wait_until(lambda: drop_waiting(postgres_admin_url, copy), what="faber's DROP DATABASE to wait")
+            run.kill(signals[-1])
+            deadline = time.monotonic() + CANCEL_BOUND
+            while time.monotonic() < deadline and drop_waiting(postgres_admin_url, copy):
+                time.sleep(0.05)
+            admin.execute("ROLLBACK")
+        code = run.wait(timeout=EXIT_BOUND)
+    finally:
+        run.stop_everything()
+
+    assert copy not in rehearsal_copies(postgres_admin_url), "the rehearsal copy was left on the server"
+    assert code == 130, run.stdout() + run.stderr()
+    assert json.loads(run.stdout())["code"] == "INTERRUPTED"

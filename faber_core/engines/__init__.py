@@ -12,6 +12,7 @@ docs/engines.md describes the interface for authors of further engines.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 import subprocess
@@ -192,8 +193,15 @@ def rehearsing(
     context: RunContext, rehearsal: Rehearsal, copy: Callable[[], None], drop: Callable[..., None]
 ) -> Iterator[Rehearsal]:
     """Announce ``rehearsal``, a database just created, fill it with ``copy``, yield it, and
-    ``drop`` it afterwards whatever happens in between (an error, Ctrl-C, SIGTERM)."""
+    ``drop`` it afterwards whatever happens in between (an error, Ctrl-C, SIGTERM).
+
+    A signal arriving during the drop would cancel its ``DROP DATABASE`` and leave the copy on
+    the server: it is held until the copy is gone (``kill -9`` still stops faber at once). After
+    a finished rehearsal it is raised then; after an error or an earlier signal, which ends the
+    run anyway, it is dropped: the first cause is what the user must see.
+    """
     from faber_core import events
+    from faber_core.interrupts import deferred
 
     try:
         context.emit(
@@ -205,12 +213,14 @@ def rehearsing(
         copy()
         yield rehearsal
     except BaseException:
-        rehearsal.database.close_session()
-        # The original error (or Ctrl-C) is what the user must see; a failed drop is only reported.
-        drop(raise_on_failure=False)
+        with contextlib.suppress(KeyboardInterrupt), deferred():
+            rehearsal.database.close_session()
+            # A failed drop is only reported.
+            drop(raise_on_failure=False)
         raise
-    rehearsal.database.close_session()  # a session on the copy would keep it from being dropped
-    drop()
+    with deferred():
+        rehearsal.database.close_session()  # a session on the copy would keep it from being dropped
+        drop()
 
 
 def rehearsal_timed_out(program: str) -> FaberError:
