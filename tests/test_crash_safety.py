@@ -11,6 +11,7 @@ import fcntl
 import json
 import os
 import pty
+import shutil
 import signal
 import subprocess
 import sys
@@ -372,3 +373,60 @@ def test_a_signal_while_the_rehearsal_copy_is_dropped_does_not_leave_it_behind(
     assert copy not in rehearsal_copies(postgres_admin_url), "the rehearsal copy was left on the server"
     assert code == 130, run.stdout() + run.stderr()
     assert json.loads(run.stdout())["code"] == "INTERRUPTED"
+
+
+def test_a_signal_while_the_rehearsal_copy_is_being_labelled_drops_it(
+    project, database_url, postgres_admin_url, tmp_path
+):
+    """faber creates its copy, then labels it (``COMMENT ON DATABASE``: what ties a leftover copy
+    to its target for ``faber status``). A signal between the two left the copy on the server,
+    unlabelled: never dropped, never reported.
+
+    The test holds the comments' catalog while faber labels its copy, so the label waits. To keep
+    every other session's comments waiting as briefly as possible, the catalog is locked only once
+    faber looks for its client programs, just before it creates the copy: a ``pg_dump`` on PATH
+    that waits for the test's word when asked its version."""
+    directory = project({"001_users": "CREATE TABLE users (id int);"})
+    shims, gate, asked = tmp_path / "bin", tmp_path / "gate", tmp_path / "asked"
+    shims.mkdir()
+    for program in ("pg_dump", "pg_restore", "psql"):
+        real = shutil.which(program)
+        assert real, f"{program} is not installed"
+        wait = f'if [ "$1" = --version ]; then touch {asked}; while [ ! -e {gate} ]; do sleep 0.05; done; fi\n'
+        (shims / program).write_text(f'#!/bin/sh\n{wait if program == "pg_dump" else ""}exec {real} "$@"\n')
+        (shims / program).chmod(0o755)
+    path = {"PATH": f"{shims}:{os.environ['PATH']}"}
+    run = start(directory, database_url, "migrate", ENVIRONMENT, "--dry-run", "--rehearse", "--json", env=path)
+    try:
+        run.wait_until(asked.exists, what="faber to look for pg_dump")
+        with psycopg.connect(postgres_admin_url, autocommit=True) as catalog:
+            catalog.execute("BEGIN")
+            catalog.execute("LOCK TABLE pg_catalog.pg_shdescription IN EXCLUSIVE MODE")
+            gate.touch()
+            copy = run.wait_until(lambda: labelling(postgres_admin_url, database_name(database_url)), what="the label")
+            run.kill(signal.SIGTERM)
+            # Dropping the copy deletes its label too, so it waits for the catalog as well.
+            run.wait_until(
+                lambda: run.proc.poll() is not None or drop_waiting(postgres_admin_url, copy),
+                what="faber to exit or to drop its copy",
+            )
+            catalog.execute("ROLLBACK")
+        code = run.wait(timeout=EXIT_BOUND)
+    finally:
+        gate.touch()
+        run.stop_everything()
+
+    assert copy not in rehearsal_copies(postgres_admin_url), "the rehearsal copy was left on the server"
+    assert code == 130, run.stdout() + run.stderr()
+    assert json.loads(run.stdout())["code"] == "INTERRUPTED"
+
+
+def labelling(admin_url: str, target: str) -> str | None:
+    """The copy of ``target`` whose label (``COMMENT ON DATABASE``) waits for a lock."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT substring(query FROM 'COMMENT ON DATABASE \"(faber_rehearsal_[a-z0-9_]+)\"') FROM pg_stat_activity"
+            " WHERE datname = %s AND wait_event_type = 'Lock' AND query LIKE 'COMMENT ON DATABASE%%'",
+            [target],
+        ).fetchone()
+    return row[0] if row else None

@@ -16,6 +16,7 @@ Callers ask the engine (``context.database.engine.rehearsal_database``); MySQL/M
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -36,6 +37,7 @@ from faber_core.engines import (
     rehearsing,
 )
 from faber_core.errors import BackupFailed, ConfigError, FaberError
+from faber_core.interrupts import deferred
 from faber_core.processes import how_it_ended, run_tool
 
 
@@ -57,7 +59,7 @@ def rehearsal_database(
         includes_data = _wants_data(conn, context, include_data)
         tables = [] if includes_data else _existing_tables(conn, copy_rows_of)
         name = rehearsal_name()
-        _create_database(conn, name, target)
+        _create_database(conn, context, name, target)
     rehearsal = Rehearsal(
         name=name,
         database=target.sibling(name, source=f"rehearsal copy of {target.source}"),
@@ -140,8 +142,9 @@ def _existing_tables(conn: psycopg.Connection, references: Sequence[str]) -> lis
     return patterns
 
 
-def _create_database(conn: psycopg.Connection, name: str, target: Database) -> None:
-    """An empty database with the target's encoding and locale, so the schema restores unchanged."""
+def _create_database(conn: psycopg.Connection, context: RunContext, name: str, target: Database) -> None:
+    """An empty database with the target's encoding and locale, so the schema restores unchanged,
+    labelled as faber's rehearsal copy; dropped again if it cannot be labelled (a signal, an error)."""
     encoding, collate, ctype = conn.execute(
         "SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database WHERE datname = current_database()"
     ).fetchone()
@@ -157,12 +160,18 @@ def _create_database(conn: psycopg.Connection, name: str, target: Database) -> N
         conn.execute(
             sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING {}").format(identifier, sql.Literal(encoding))
         )
-    conn.execute(
-        sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-            identifier,
-            sql.Literal(rehearsal_comment(target)),
+    try:
+        conn.execute(
+            sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                identifier,
+                sql.Literal(rehearsal_comment(target)),
+            )
         )
-    )
+    except BaseException:
+        # Unlabelled, the copy would never be dropped nor reported (faber_core/postgres/leftovers.py).
+        with contextlib.suppress(KeyboardInterrupt), deferred():
+            _drop(context, name, raise_on_failure=False)
+        raise
 
 
 def rehearsal_comment(target: Database) -> str:
