@@ -430,3 +430,44 @@ def labelling(admin_url: str, target: str) -> str | None:
             [target],
         ).fetchone()
     return row[0] if row else None
+
+
+# A signal while the run is being recorded ---------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_while_a_finished_deploy_writes_its_history_row_changes_neither_its_result_nor_its_exit(
+    project, database_url, signum
+):
+    """The deploy is done and its document written when its history row is inserted, last: a
+    signal there (the insert waits for a lock the test holds on the history table) must not
+    turn the finished deploy into an interrupted one, nor print a second document; it is a
+    warning that the row may be missing."""
+    directory = project({"001_users": "CREATE TABLE users (id int);"})
+    with psycopg.connect(database_url, autocommit=True) as holder:
+        holder.execute("BEGIN")
+        holder.execute("LOCK TABLE faber.faber_deployments IN EXCLUSIVE MODE")
+        run = start(directory, database_url, "migrate", ENVIRONMENT, "--yes", "--json")
+        try:
+            run.wait_until(lambda: history_insert_waiting(database_url), what="the history row's insert to wait")
+            run.kill(signum)
+            code = run.wait(timeout=EXIT_BOUND)
+        finally:
+            holder.execute("ROLLBACK")
+            run.stop_everything()
+
+    assert code == 0, run.stdout() + run.stderr()
+    document = json.loads(run.stdout())
+    assert document["status"] == "success" and document["result"]["migrations_applied"] == 1, document
+    assert f"warning: {signal.Signals(signum).name} arrived while the run was being recorded" in run.stderr()
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT to_regclass('users')").fetchone() != (None,)
+
+
+def history_insert_waiting(url: str) -> bool:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            ' AND query LIKE \'INSERT INTO "faber"."faber_deployments"%%\''
+        ).fetchone()
+    return row is not None
