@@ -471,3 +471,55 @@ def history_insert_waiting(url: str) -> bool:
             ' AND query LIKE \'INSERT INTO "faber"."faber_deployments"%%\''
         ).fetchone()
     return row is not None
+
+
+# A second deploy waiting for the lock while the first is killed -----------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=lambda s: s.name)
+def test_a_deploy_waiting_for_the_lock_of_one_killed_mid_migration_takes_over_and_finishes(
+    project, database_url, signum
+):
+    """A CI job cancelled while the next one already waits for faber's lock (a retry, a second
+    pipeline): the waiting deploy gets the lock once the killed run's session is gone, finds the
+    migration the kill stopped still pending (its transaction rolled back; restored after
+    SIGTERM) and applies everything, once. The killed run's migration session may outlive it by a
+    moment (the server notices a dead client at its next check): the waiting deploy's statements
+    wait for its locks, they do not fail."""
+    held = holdable_migration("001_tier", "ALTER TABLE accounts ADD COLUMN tier int;")
+    directory = project({"001_tier": held, "002_ledgers": THIRD}, lock_wait_seconds=60)
+    first = start(
+        directory,
+        database_url,
+        "migrate",
+        ENVIRONMENT,
+        "--yes",
+        "--json",
+        env=session_settings(hold="001_tier", hold_seconds=60),
+    )
+    second: FaberProcess | None = None
+    try:
+        first.wait_for(event_matcher("migration.started", name="001_tier"))
+        with psycopg.connect(database_url, autocommit=True) as watcher:
+            first.wait_until(lambda: migration_session(watcher, database_name(database_url), "001_tier"), what="001")
+        second = start(directory, database_url, "migrate", ENVIRONMENT, "--yes", "--json")
+        second.wait_for(event_matcher("step.finished", step="lock"))  # connected: from here it waits
+        assert "lock.acquired" not in second.kinds()
+        first.kill(signum)
+        assert first.wait(EXIT_BOUND) is not None
+        code = second.finish(timeout=120)
+    finally:
+        first.stop_everything()
+        if second is not None:
+            second.stop_everything()
+
+    assert code == 0, second.stdout() + second.stderr()
+    assert json.loads(second.stdout())["result"]["migrations_applied"] == 2
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT name FROM sqlfiles_migrations ORDER BY name").fetchall() == [
+            ("000_base",),
+            ("001_tier",),
+            ("002_ledgers",),
+        ]
+        assert conn.execute("SELECT count(*) FROM accounts WHERE tier IS NULL").fetchone() == (1000,)
+    assert not wait_for_server_release(database_url, database_name(database_url), within=SERVER_BOUND)
