@@ -507,3 +507,50 @@ def test_a_file_size_limit_during_the_dump_is_backup_failed_and_says_so(producti
     said = ("killed by SIGXFSZ (File size limit exceeded)", "a worker process died unexpectedly")
     assert any(text in document["result"]["backup_error"] for text in said), document
     assert list(folder(project_dir).iterdir()) == []
+
+
+@pytest.mark.parametrize("restore_mode", ["in-place", "swap"])
+def test_a_file_size_limit_when_the_restore_writes_its_list_is_restore_failed_and_changes_nothing(
+    faber_project, database_url, run_faber, restore_mode
+):
+    """Before it changes anything a restore writes the list of the archive's entries it restores
+    to a temporary file: a full temporary disk (here a file-size limit) there was an unexpected
+    error (INTERNAL_ERROR, "please report this as a bug"), not what it is: RESTORE_FAILED, exit 8,
+    the database unchanged, with what to free."""
+    env = {**os.environ, **SQLFILES, "TEST_DATABASE_URL": database_url}
+    environment = {"database_url_env": "TEST_DATABASE_URL", "lock_wait_seconds": 1}
+    if restore_mode == "swap":
+        environment["backup"] = {"restore_mode": "swap"}
+    project_dir = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"production": environment}}},
+        {"migrations/001_users.sql": "CREATE TABLE users (id int); INSERT INTO users VALUES (1), (2);"},
+    )
+    assert run_faber("migrate", "production", "--yes", cwd=project_dir, env=env).returncode == 0
+    backup = run_faber("backup", "production", "--json", cwd=project_dir, env=env)
+    assert backup.returncode == 0, backup.output
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM users WHERE id = 2")
+
+    def tiny_files() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (10, 10))
+
+    run = subprocess.run(
+        [sys.executable, "-m", "faber_core", "rollback", "production", "--to", backup.json["result"]["id"]]
+        + ["--yes", "--discard-app-writes", "--json"],
+        cwd=project_dir,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        preexec_fn=tiny_files,
+        timeout=300,
+    )
+
+    assert run.returncode == 8, run.stdout + run.stderr
+    document = json.loads(run.stdout)
+    assert document["code"] == "RESTORE_FAILED" and "the database is unchanged" in document["error"], document
+    assert "File too large" in document["error"], document
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT id FROM users").fetchall() == [(1,)]

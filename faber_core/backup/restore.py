@@ -152,10 +152,30 @@ def restore_list(
         and (_entry_id(line) in selected or _described_outside(line, kept))
         and _entry_schema(line) not in kept
     ]
-    with tempfile.TemporaryDirectory(prefix="faber-restore-") as scratch:
-        listed = Path(scratch) / "restore.list"
-        listed.write_bytes(b"".join(listed_lines))
+    # Written before anything changes: a full temporary disk there leaves the database unchanged.
+    try:
+        scratch = tempfile.TemporaryDirectory(prefix="faber-restore-")
+    except OSError as exc:
+        raise _list_not_written(context, backup, exc) from None
+    with scratch:
+        listed = Path(scratch.name) / "restore.list"
+        try:
+            listed.write_bytes(b"".join(listed_lines))
+        except OSError as exc:
+            raise _list_not_written(context, backup, exc) from None
         yield listed
+
+
+def _list_not_written(context: RunContext, backup: BackupRecord, exc: OSError) -> RestoreFailed:
+    """The restore's list could not be written (a full disk, a file-size limit, a read-only TMPDIR)."""
+    folder = tempfile.gettempdir()
+    return RestoreFailed(
+        f"Cannot write the restore's list of entries under {folder}: {exc.strerror or exc}; the database is unchanged",
+        suggestions=[
+            f"Free disk space under {folder} (or set TMPDIR to a folder with room), then run again: "
+            f"faber rollback {context.environment} --to {backup.id}"
+        ],
+    )
 
 
 def _listing(
