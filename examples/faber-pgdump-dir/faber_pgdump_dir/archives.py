@@ -23,7 +23,7 @@ from pathlib import Path
 from faber_core.context import RunContext
 from faber_core.errors import BackupFailed, RestoreFailed
 from faber_core.models import BackupRecord, RestoreOutcome
-from faber_core.support.backups import restore_prelude
+from faber_core.support.backups import creation_failed, restore_prelude
 from faber_core.support.programs import find_program, run_tool
 from faber_pgdump_dir import PROVIDER
 
@@ -75,9 +75,13 @@ def create(context: RunContext, reason: str, migrations: list[tuple[str, str | N
     if dump.returncode != 0:
         shutil.rmtree(partial, ignore_errors=True)
         raise BackupFailed(
-            f"pg_dump failed: {_last_line(dump.stderr)}",
+            creation_failed(context, f"pg_dump failed: {_last_line(dump.stderr)}"),
             result={"backup_error": dump.output},
-            suggestions=["Check that pg_dump is as new as the server", f"Retry: faber backup {context.environment}"],
+            # The same command, whichever it was: a deploy adds the spec's fallbacks (--skip-backup,
+            # faber backup ENV) after these itself.
+            suggestions=[
+                "Check that pg_dump is as new as the server and may read every table, then run the same command again"
+            ],
         )
     archive = folder / backup_id
     partial.rename(archive)

@@ -3,6 +3,11 @@ up in directory format, a rollback brings the database back whole, a broken arch
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from psycopg import sql
+
 from faber_core.testing.fixtures import CANARY_PASSWORD
 
 USERS = "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL);\n"
@@ -69,6 +74,58 @@ def test_a_broken_archive_fails_the_rollback_and_changes_nothing(pgdump_dir_proj
     assert rollback.returncode == 8, rollback.output
     assert "nothing was changed" in rollback.json["error"]
     assert query("SELECT id, email FROM users") == [(1, "kept@example.com")]
+
+
+@pytest.fixture
+def role_denied_a_table(database_url, query):
+    """``database_url`` as a role that owns the database but may not read its table ``secret``
+    (the superuser's): pg_dump, connecting as that role, fails on it."""
+    parts = urlsplit(database_url)
+    database = parts.path.lstrip("/")
+    role = sql.Identifier(f"dumper_{database}")
+    query(sql.SQL("CREATE ROLE {} LOGIN").format(role).as_string())
+    try:
+        query(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(database), role).as_string())
+        query("CREATE TABLE secret (id int)")
+        yield urlunsplit(parts._replace(netloc=f"dumper_{database}@{parts.netloc.rpartition('@')[2]}"))
+    finally:
+        query(sql.SQL("ALTER DATABASE {} OWNER TO CURRENT_USER").format(sql.Identifier(database)).as_string())
+        query(sql.SQL("DROP OWNED BY {}").format(role).as_string())
+        query(sql.SQL("DROP ROLE {}").format(role).as_string())
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["migrate", "production", "--yes"], "Failed to create pre-migration backup: pg_dump failed:"),
+        (["backup", "production"], "Failed to create backup: pg_dump failed:"),
+    ],
+)
+def test_a_failed_dump_advises_running_the_same_command_again(
+    pgdump_dir_project, run_faber, query, role_denied_a_table, command, message
+):
+    """Never "faber backup" as the provider's own advice: a deploy adds the spec's fallbacks after it."""
+    project, env = pgdump_dir_project({"001_users": USERS}, url=role_denied_a_table)
+
+    failed = faber(run_faber, project, env, *command)
+
+    assert failed.returncode == 4, failed.output
+    assert failed.json["code"] == "BACKUP_FAILED"
+    assert failed.json["error"].startswith(message)
+    assert "permission denied for table secret" in failed.json["result"]["backup_error"]
+    suggestions = failed.json["recovery"]["suggestions"]
+    assert suggestions[0] == (
+        "Check that pg_dump is as new as the server and may read every table, then run the same command again"
+    )
+    assert not [s for s in suggestions if s.startswith("Retry")]
+    if command[0] == "migrate":
+        assert suggestions[1:] == [
+            "Or skip backup (NOT recommended): faber migrate production --skip-backup",
+            "Or create manual backup first: faber backup production",
+        ]
+        assert query("SELECT to_regclass('users')") == [(None,)]
+    else:
+        assert suggestions == suggestions[:1]
 
 
 def test_loading_the_plugin_does_not_import_the_archives_module():

@@ -98,7 +98,9 @@ def wait_failed(context: RunContext, target: Target, snapshot_id: str, exc: Exce
         ]
     else:
         backup_error = str(exc)
-        suggestions = [f"Inspect it with: {follow}", f"Retry: faber backup {context.environment}"]
+        # The same command, whichever it was: a deploy adds the spec's fallbacks (--skip-backup,
+        # faber backup ENV) after these itself.
+        suggestions = [f"Inspect it with: {follow}", "Find out why it failed, then run the same command again"]
     return BackupFailed(
         creation_failed(context),
         result={"backup_error": backup_error, "snapshot_id": snapshot_id},

@@ -5,13 +5,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from xml.sax.saxutils import escape
 
 import pytest
 from faber_core.errors import BackupFailed, ConfigError, RestoreFailed
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.rds.models import rds_backends
 
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "rds-backup.md"
+REGION = "eu-west-1"  # the region of conftest.backup_settings
 SNAPSHOT_READS = ["rds:DescribeDBInstances", "rds:DescribeDBSnapshots"]
 
 
@@ -154,6 +158,34 @@ def test_an_aws_error_quoting_the_signed_request_shows_no_credential(
     shown = json.dumps(caught.value.result) + caught.value.message + " ".join(caught.value.suggestions)
     assert "SignatureDoesNotMatch" in shown and "x-amz-security-token:" in shown
     assert token not in shown and "wEaCWV1LXdlc3QtMSJHMEUCIQDexampleSessionToken" not in shown
+
+
+@pytest.mark.parametrize("operation", ["deploy-migrations", "create-backup"])
+def test_a_snapshot_that_failed_advises_running_the_same_command_again(
+    rds, rds_instance, rds_context, rds_plugins, throttling_proxy, operation
+):
+    """Never "faber backup" as the provider's own advice: a deploy adds the spec's fallbacks after it.
+    RDS can fail a snapshot it started; moto never does, so the test fails moto's own snapshot
+    while faber's first look at it is held."""
+    throttling_proxy.hold("DescribeDBSnapshots", after="CreateDBSnapshot")
+    context = dataclasses.replace(rds_context(endpoint_url=throttling_proxy.url), operation=operation)
+
+    with ThreadPoolExecutor(1) as pool:
+        creating = pool.submit(rds_plugins.backup_create, context, "pre-migration backup", [])
+        assert throttling_proxy.holding.wait(30)
+        [snapshot_id] = manual_snapshots(rds)
+        rds_backends[DEFAULT_ACCOUNT_ID][REGION].database_snapshots[snapshot_id].status = "failed"
+        throttling_proxy.release()
+        with pytest.raises(BackupFailed) as caught:
+            creating.result(timeout=60)
+
+    error = caught.value
+    assert error.message == (
+        "Failed to create pre-migration backup" if operation == "deploy-migrations" else "Failed to create backup"
+    )
+    assert "status 'failed'" in error.result["backup_error"]
+    assert error.suggestions[0].startswith("Inspect it with: aws rds describe-db-snapshots")
+    assert error.suggestions[1:] == ["Find out why it failed, then run the same command again"]
 
 
 def test_an_unknown_instance_is_named_with_its_region(rds_instance, rds_context, rds_plugins):
