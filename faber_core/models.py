@@ -199,6 +199,9 @@ class MigrationPreview(DeferredModel):
     rehearsal_error: str | None = Field(
         None, description="Filled in by --rehearse when this migration failed on the throwaway copy."
     )
+    rehearsal_failure: MigrationFailure | None = Field(
+        None, exclude=True, description="That failure as its handler reported it, for the advice."
+    )
 
 
 TABLE_WRITES_DESCRIPTION = (
@@ -240,14 +243,19 @@ class MigrationFailure(DeferredModel):
     table_writes: dict[str, int] | None = Field(None, description=TABLE_WRITES_DESCRIPTION)
     killed_by: str | None = Field(
         None,
-        description="The signal that killed the tool's process while the migration ran (SIGKILL: the kernel's "
-        "out-of-memory killer or a kill -9), where no error of the migration's own stopped it.",
+        description="The signal that killed the tool's process while the migration ran, or before it started "
+        "(SIGKILL: the kernel's out-of-memory killer or a kill -9), where no error of the migration's own stopped it.",
+    )
+    started: bool = Field(
+        True,
+        description="False when the tool's process died before the migration started (after the previous one "
+        "committed): none of it ran.",
     )
 
     @property
     def left_nothing(self) -> bool:
         """Whether none of the migration's statements remain committed."""
-        return self.transaction_rolled_back or self.statements_committed == 0
+        return not self.started or self.transaction_rolled_back or self.statements_committed == 0
 
 
 class ApplyOutcome(DeferredModel):

@@ -669,8 +669,16 @@ def rehearsal_failed(
 ) -> MigrationFailed:
     """``--rehearse`` found a migration that fails: the deploy would fail the same way, so say so (exit 6)."""
     error = failed.rehearsal_error or ""
+    failure = failed.rehearsal_failure
     path = next((m.path for m in pending if m.name == failed.name and m.path), None)
     env = context.environment
+    if failure is not None and (failure.killed_by or not failure.started):
+        advice = failed_migration_suggestions(failure)  # its process died: what to check is not the migration
+    else:
+        advice = [
+            review_migration(failed.name, path),
+            f"Fix it, then rehearse again: faber migrate {env} --dry-run --rehearse",
+        ]
     return MigrationFailed(
         f"Rehearsal failed: {failed.name} failed on a copy of {env}: {first_line(error)}",
         result={
@@ -681,8 +689,7 @@ def rehearsal_failed(
         },
         suggestions=[
             f"Nothing was changed: the migrations ran on a throwaway copy of {env}, since dropped",
-            f"Review migration: {path}" if path else f"Review migration {failed.name}",
-            f"Fix it, then rehearse again: faber migrate {env} --dry-run --rehearse",
+            *advice,
         ],
     )
 
@@ -868,14 +875,26 @@ def apply(context: RunContext, plugins: Plugins, lock: DeployLock, progress: Dep
         failure = outcome.failure
         raise MigrationFailed(
             f"Migration {failure.name} failed: {first_line(failure.error)}",
-            suggestions=[
-                review_migration(failure.name, failure.path),
-                killed_advice(failure.killed_by) if failure.killed_by else "Fix migration and retry",
-            ],
+            suggestions=failed_migration_suggestions(failure),
             tool_output=failure.output,
         )
     lock.require_held("the post-deployment health check", context)
     return outcome
+
+
+def failed_migration_suggestions(failure: MigrationFailure) -> list[str]:
+    """What to do about the migration itself: a migration whose tool's process died before it
+    started did nothing wrong and has nothing to review."""
+    if failure.killed_by:
+        cause = killed_advice(failure.killed_by)
+    elif not failure.started:
+        cause = (
+            "Find what ended the process in its output (project code calling process.exit(), work an earlier "
+            "migration left running) before running the same command again"
+        )
+    else:
+        cause = "Fix migration and retry"
+    return [review_migration(failure.name, failure.path), cause] if failure.started else [cause]
 
 
 def review_migration(name: str, path: str | None) -> str:
@@ -958,7 +977,7 @@ def roll_back_failed_deploy(
         migrations_applied_before_failure=len(progress.applied),
         applied_migrations=progress.applied,
         remaining_migrations=progress.remaining,
-        transaction_rolled_back=failure.transaction_rolled_back if failure else None,
+        transaction_rolled_back=failure.transaction_rolled_back if failure and failure.started else None,
         statements_committed=failure.statements_committed if failure else None,
         interrupted_by=cause.interrupted_by,
         rollback_initiated=rollback.initiated,
@@ -1103,7 +1122,10 @@ def withheld_for_lost_lock(context: RunContext, backup: BackupRecord) -> Rollbac
 
 def nothing_to_roll_back(context: RunContext, failure: MigrationFailure | None) -> Rollback:
     """Nothing of this deploy committed: a restore would only discard the application's writes."""
-    if failure is not None and failure.transaction_rolled_back:
+    if failure is not None and not failure.started:
+        short = f"the process applying the migrations died before {failure.name} started"
+        reason = f"{failure.name} never started and nothing else of this run was committed"
+    elif failure is not None and failure.transaction_rolled_back:
         short = "the failed migration's transaction rolled back"
         reason = f"{failure.name} ran in a transaction that rolled back and nothing else of this run was committed"
     elif failure is not None:

@@ -408,10 +408,12 @@ def _measure(context: RunContext, plugins: Plugins, state: MigrationState, previ
         if item.name in measured.durations:
             item.estimated_duration_seconds = measured.durations[item.name]
             item.basis = "measured: applied to a throwaway copy of the database with its data"
-        elif item.name == measured.failed:
-            item.notes.append(f"rehearsal: this migration failed on the copy: {measured.error}")
-            item.rehearsal_error = measured.error
-    context.emit(events.REHEARSAL_MEASURED, durations=measured.durations, failed=measured.failed)
+        elif measured.failure is not None and item.name == measured.failure.name:
+            item.notes.append(f"rehearsal: this migration failed on the copy: {measured.failure.error}")
+            item.rehearsal_error = measured.failure.error
+            item.rehearsal_failure = measured.failure
+    failed = measured.failure.name if measured.failure else None
+    context.emit(events.REHEARSAL_MEASURED, durations=measured.durations, failed=failed)
 
 
 # Shared ----------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from faber_core.context import RunContext
-from faber_core.models import LocalMigration
+from faber_core.models import LocalMigration, MigrationFailure
 
 if TYPE_CHECKING:
     from faber_core.plugins import Plugins
@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 @dataclasses.dataclass
 class Measurement:
     durations: dict[str, float]
-    failed: str | None
-    error: str | None
+    failure: MigrationFailure | None
+    """The migration that failed on the copy, its error redacted."""
 
 
 def measure(context: RunContext, plugins: Plugins, pending: list[LocalMigration]) -> Measurement:
@@ -33,6 +33,5 @@ def measure(context: RunContext, plugins: Plugins, pending: list[LocalMigration]
     failure = outcome.failure
     return Measurement(
         durations={m.name: m.duration_seconds for m in outcome.applied},
-        failed=failure.name if failure else None,
-        error=context.redactor.redact(failure.error) if failure else None,
+        failure=failure.model_copy(update={"error": context.redactor.redact(failure.error)}) if failure else None,
     )

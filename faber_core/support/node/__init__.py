@@ -640,20 +640,38 @@ def _outcome_of_death(
     context: RunContext, died: RunnerDied, stopped: Settled | None, pending: list[LocalMigration]
 ) -> ApplyOutcome:
     """A deploy whose runner died (:class:`RunnerDied`) as a failed one: the migration it was in
-    failed, rolled back or in part as faber can tell (:func:`_committed`), or it committed
-    before the runner died, and the deploy fails naming the runner's end."""
+    failed, rolled back or in part as faber can tell (:func:`_committed`); or, when it died between
+    migrations (the one it was in committed, or it was in none), the next one failed before it
+    started."""
     result = died.runner_result
     applied = [
         AppliedMigration(name=e["name"], duration_seconds=round(e["duration_seconds"], 3))
         for e in result.of("migration_finished")
     ]
-    if stopped is None or stopped.committed:
-        if stopped is not None:
-            context.migration_applied(AppliedMigration(name=stopped.name, duration_seconds=stopped.duration_seconds))
-            applied.append(AppliedMigration(name=stopped.name, duration_seconds=stopped.duration_seconds))
-        when = f"after migration {applied[-1].name} committed" if applied else "before any migration ran"
-        raise MigrationFailed(f"{died.message} {when}", suggestions=died.suggestions, tool_output=died.tool_output)
-    failure = stopped.failure(f"{died.how} while it ran", pending, died.tool_output, died.killed_by)
+    if stopped is not None and not stopped.committed:
+        failure = stopped.failure(f"{died.how} while it ran", pending, died.tool_output, died.killed_by)
+        return ApplyOutcome(applied=applied, failure=failure)
+    if stopped is not None:
+        context.migration_applied(AppliedMigration(name=stopped.name, duration_seconds=stopped.duration_seconds))
+        applied.append(AppliedMigration(name=stopped.name, duration_seconds=stopped.duration_seconds))
+    committed = {m.name for m in applied}
+    following = next((m for m in pending if m.name not in committed), None)
+    if following is None:
+        raise MigrationFailed(
+            f"{died.message} after the last migration, {applied[-1].name}, committed",
+            suggestions=died.suggestions,
+            tool_output=died.tool_output,
+        )
+    after = f"after {applied[-1].name} committed" if applied else "before any migration of this deploy ran"
+    failure = MigrationFailure(
+        name=following.name,
+        error=f"{died.how} before it started, {after}; nothing of it ran",
+        output=died.tool_output,
+        path=following.path,
+        transaction_rolled_back=False,
+        killed_by=died.killed_by,
+        started=False,
+    )
     return ApplyOutcome(applied=applied, failure=failure)
 
 
@@ -826,7 +844,7 @@ def rehearse(
                 tool, context, "apply", args, database=rehearsal.database, expected=[m.name for m in pending]
             )
         except RunnerDied as died:
-            result = _failed_by_death(died)
+            result = _failed_by_death(died, pending)
     seen = _rehearsed(result)
     # On a copy with the data the measurement stands; on empty tables it would understate a
     # migration that rewrites a big table, so faber's estimate from the target's statistics is used.
@@ -864,16 +882,21 @@ def rehearse(
     return previews
 
 
-def _failed_by_death(died: RunnerDied) -> RunnerResult:
-    """The events of a rehearsal whose runner died (:class:`RunnerDied`), with the migration it was
-    in failed by that death, as the preview reports a failing one. A runner that died outside any
-    migration failed none of them: that stays an error."""
+def _failed_by_death(died: RunnerDied, pending: list[LocalMigration]) -> RunnerResult:
+    """The events of a rehearsal whose runner died (:class:`RunnerDied`), with a migration failed
+    by that death, as the preview reports a failing one: the one it was in, or, when it died
+    between migrations, the next one, before it started. A runner that died once every migration
+    had run failed none of them: that stays an error."""
     result = died.runner_result
     ended = {e["name"] for e in [*result.of("migration_finished"), *result.of("migration_failed")]}
     running = [e["name"] for e in result.of("migration_started") if e["name"] not in ended]
-    if not running:
+    if running:
+        name, when = running[-1], "while it ran"
+    else:
+        name, when = next((m.name for m in pending if m.name not in ended), None), "before it started"
+    if name is None:
         raise died
-    death = {"event": "migration_failed", "name": running[-1], "message": f"{died.how} while it ran"}
+    death = {"event": "migration_failed", "name": name, "message": f"{died.how} {when}"}
     return replace(result, events=[*result.events, death])
 
 

@@ -189,6 +189,57 @@ def test_a_runner_killed_in_a_migration_fails_the_deploy_and_the_backup_is_resto
     assert query("SELECT to_regclass('blocked') IS NULL") == [(False,)]
 
 
+STARTING = "runner-starting-the-migrations"
+"""The file a migration below writes in the project as the runner loads it, before any migration runs."""
+
+HOLDS_THE_RUNNER_AS_IT_LOADS = (
+    '"use strict";\n\n'
+    f'require("fs").writeFileSync("{STARTING}", "");\n'
+    "Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 600000);\n\n"
+    "module.exports = {\n  async up() {},\n\n  async down() {},\n};\n"
+)
+"""A migration whose file holds the runner when loaded: sequelize's runner loads every pending file
+before the first one runs."""
+
+
+def test_a_runner_killed_before_the_first_migration_started_fails_it_and_changes_nothing(
+    sequelize_project, sequelize_migration, run_faber, query
+):
+    project = sequelize_project(backup_before_migrate=True, auto_rollback=True, protected=True, lint="off")
+    assert run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project)).returncode == 0
+    migrations = project / "db/migrations"
+    (migrations / "20240103000000-first.js").write_text(sequelize_migration('CREATE TABLE "first" (id int)'))
+    (migrations / "20240104000000-holds.js").write_text(HOLDS_THE_RUNNER_AS_IT_LOADS)
+
+    run = FaberProcess.start(project, "migrate", "staging", "--yes", "--json")
+    try:
+        run.wait_for("apply.started")
+        run.wait_until((project / STARTING).exists, what="the runner to load the migrations")
+        os.kill(node_runner(run.pid), signal.SIGKILL)
+        code = run.finish()
+    finally:
+        run.stop_everything()
+
+    assert code == 6, run.stdout() + run.stderr()
+    document = json.loads(run.stdout())
+    assert document["code"] == "MIGRATION_FAILED"
+    assert document["error"] == (
+        "Migration 20240103000000-first.js failed: the sequelize runner died (killed by SIGKILL (Killed)) before it "
+        "started, before any migration of this deploy ran; nothing of it ran"
+    )
+    result = document["result"]
+    assert result["failed_migration"] == "20240103000000-first.js"
+    assert result["applied_migrations"] == []
+    assert (result["rollback_initiated"], result["rollback_status"]) == (False, "not_needed"), result
+    suggestions = document["recovery"]["suggestions"]
+    assert suggestions[0] == (
+        "Database unchanged: the process applying the migrations died before 20240103000000-first.js started"
+    )
+    assert suggestions[1].startswith("The process was killed by SIGKILL"), suggestions
+    assert not [s for s in suggestions if s.startswith(("Review migration", "Fix migration"))], suggestions
+    assert [name for (name,) in query('SELECT name FROM "SequelizeMeta" ORDER BY name')] == FIXTURE_MIGRATIONS
+
+
 EXITS = (
     '"use strict";\n\nmodule.exports = {\n  async up(queryInterface) {\n'
     '    await queryInterface.sequelize.query("CREATE TABLE exits (id int)");\n    process.exit(3);\n  },\n\n'

@@ -606,6 +606,103 @@ def test_a_runner_killed_in_a_migration_fails_the_deploy_and_its_transaction_rol
     ]
 
 
+def holds_the_next_migration(class_name: str, then: str) -> str:
+    """A migration that creates its table and makes TypeORM run ``then`` (JavaScript) when it starts
+    the next migration's transaction: after this one committed, before the next one started."""
+    table = class_name.lower()
+    return (
+        f"module.exports = class {class_name} {{\n"
+        "  async up(queryRunner) {\n"
+        f'    await queryRunner.query("CREATE TABLE {table} (id int)");\n'
+        "    const start = queryRunner.startTransaction.bind(queryRunner);\n"
+        "    queryRunner.startTransaction = async () => {\n"
+        "      queryRunner.startTransaction = start;\n"
+        f"      {then}\n"
+        "    };\n"
+        "  }\n\n  async down() {}\n};\n"
+    )
+
+
+BETWEEN_MIGRATIONS = "between-migrations"
+"""The file the runner writes in the project once it is between two migrations, where it then waits."""
+
+
+def test_a_runner_killed_between_migrations_fails_the_next_one_and_restores_what_committed(
+    typeorm_project, typeorm_migration, run_faber, query
+):
+    project = typeorm_project(backup_before_migrate=True, auto_rollback=True, protected=True, lint="off")
+    assert run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project)).returncode == 0
+    migrations = project / "migrations"
+    wait_there = (
+        f'require("fs").writeFileSync("{BETWEEN_MIGRATIONS}", ""); await new Promise((r) => setTimeout(r, 600000));'
+    )
+    (migrations / "1700000200000-First.js").write_text(holds_the_next_migration("First1700000200000", wait_there))
+    (migrations / "1700000300000-Second.js").write_text(
+        typeorm_migration("Second1700000300000", "CREATE TABLE second (id int)")
+    )
+    (migrations / "1700000400000-Third.js").write_text(
+        typeorm_migration("Third1700000400000", "CREATE TABLE third (id int)")
+    )
+
+    run = FaberProcess.start(project, "migrate", "staging", "--yes", "--json")
+    try:
+        run.wait_for(
+            lambda event: event["kind"] == "migration.applied" and event["data"]["name"] == "First1700000200000"
+        )
+        run.wait_until((project / BETWEEN_MIGRATIONS).exists, what="the runner to be between the migrations")
+        os.kill(node_runner(run.pid), signal.SIGKILL)
+        code = run.finish()
+    finally:
+        run.stop_everything()
+
+    assert code == 6, run.stdout() + run.stderr()
+    document = json.loads(run.stdout())
+    assert document["code"] == "MIGRATION_FAILED"
+    assert document["error"] == (
+        "Migration Second1700000300000 failed: the typeorm runner died (killed by SIGKILL (Killed)) before it "
+        "started, after First1700000200000 committed; nothing of it ran"
+    )
+    result = document["result"]
+    assert result["failed_migration"] == "Second1700000300000"
+    assert result["applied_migrations"] == ["First1700000200000"]
+    assert result["remaining_migrations"] == ["Second1700000300000", "Third1700000400000"]
+    assert "transaction_rolled_back" not in result  # it never ran
+    assert (result["rollback_initiated"], result["rollback_status"]) == (True, "success"), result
+    suggestions = document["recovery"]["suggestions"]
+    assert any(s.startswith("The process was killed by SIGKILL") for s in suggestions), suggestions
+    assert not [s for s in suggestions if s.startswith(("Review migration", "Fix migration"))], suggestions
+    assert [name for (name,) in query("SELECT name FROM migrations ORDER BY id")] == FIXTURE_MIGRATIONS
+    assert query("SELECT to_regclass('first1700000200000') IS NULL") == [(True,)]
+
+
+def test_a_runner_killed_between_migrations_in_a_rehearsal_fails_the_next_ones_rehearsal(
+    typeorm_project, typeorm_migration, run_faber, query, database_url
+):
+    killed_there = 'process.kill(process.pid, "SIGKILL");'
+    project = typeorm_project(
+        {
+            "1700000200000-First.js": holds_the_next_migration("First1700000200000", killed_there),
+            "1700000300000-Second.js": typeorm_migration("Second1700000300000", "CREATE TABLE second (id int)"),
+        }
+    )
+
+    run = run_faber("migrate", "staging", "--dry-run", "--rehearse", "--json", "--cwd", str(project))
+
+    assert run.returncode == 6, run.output
+    assert run.json["code"] == "MIGRATION_FAILED"
+    assert run.json["error"] == (
+        "Rehearsal failed: Second1700000300000 failed on a copy of staging: the typeorm runner died (killed by "
+        "SIGKILL (Killed)) before it started, after First1700000200000 committed; nothing of it ran"
+    )
+    assert run.json["result"]["failed_migration"] == "Second1700000300000"
+    assert run.json["result"]["database_changed"] is False
+    suggestions = run.json["recovery"]["suggestions"]
+    assert any(s.startswith("The process was killed by SIGKILL") for s in suggestions), suggestions
+    assert not [s for s in suggestions if s.startswith(("Review migration", "Fix it"))], suggestions
+    assert rehearsal_databases_of(database_url) == [], "the throwaway database is dropped"
+    assert query("SELECT to_regclass('migrations') IS NULL AND to_regclass('first1700000200000') IS NULL") == [(True,)]
+
+
 EXITS = (
     "module.exports = class Exits1700000200000 {\n"
     "  async up(queryRunner) {\n"
