@@ -55,6 +55,7 @@ from faber_core.errors import (
     LockLost,
     MigrationFailed,
     RestoreFailed,
+    ToolCannotConnect,
     WritesDuringRestore,
 )
 from faber_core.interrupts import held_while_reporting, interruptible, raised_once, signal_name
@@ -354,8 +355,11 @@ def connection_failed(
     """A deploy reports the spec's pre-deployment failure, or after its migrations the connection it
     lost; other commands, and a deploy whose health checks are skipped (``checks_skipped``: none
     failed), say what they could not do. Only a deploy's result names its health check: other
-    commands run none, so none failed."""
-    details = context.redactor.redact(context.database.engine.describe_connection_error(exc, context.database))
+    commands run none, so none failed. ``exc``: faber's driver's error, or the migration tool's."""
+    if isinstance(exc, ToolCannotConnect):
+        details = context.redactor.redact(exc.details)
+    else:
+        details = context.redactor.redact(context.database.engine.describe_connection_error(exc, context.database))
     deploying = context.operation in (DEPLOY, PREVIEW)
     if after_apply:
         message = f"Lost the connection to the {context.environment} database after the migrations: {details}"
@@ -525,7 +529,7 @@ def read_status(
     with step(context, "status"):
         try:
             state = plugins.migration_status(context)
-        except context.database.engine.operational_error as exc:
+        except (context.database.engine.operational_error, ToolCannotConnect) as exc:
             raise connection_failed(context, exc, after_apply=after_apply, checks_skipped=checks_skipped) from None
     if not quiet:
         context.emit("status.read", pending=state.pending, applied=len(state.applied))

@@ -57,9 +57,16 @@ def prisma_project(faber_project):
     )
 
 
-@pytest.mark.parametrize("command", ["status", "health"])
-def test_a_status_blocked_by_a_lock_on_the_history_fails_naming_the_blocker(
-    prisma_project, run_faber, database_url, command
+@pytest.mark.parametrize(
+    ("command", "table", "reading"),
+    [
+        ("status", "_prisma_migrations", "the migration status"),
+        ("health", "_prisma_migrations", "the migration status"),
+        ("history", "faber.faber_deployments", "the deployment history"),
+    ],
+)
+def test_a_read_blocked_by_a_lock_fails_naming_the_blocker_and_no_health_check(
+    prisma_project, run_faber, database_url, command, table, reading
 ):
     env = {"APP_URL": database_url}
     assert (
@@ -67,14 +74,20 @@ def test_a_status_blocked_by_a_lock_on_the_history_fails_naming_the_blocker(
         == 0
     )
     with psycopg.connect(database_url, application_name="nightly-report") as holder:
-        holder.execute("LOCK TABLE _prisma_migrations IN ACCESS EXCLUSIVE MODE")
+        holder.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
         run = run_faber(command, "production", "--json", "--cwd", str(prisma_project), env=env, timeout=60)
+        shown = run_faber(command, "production", "--cwd", str(prisma_project), env=env, timeout=60)
         pid = holder.info.backend_pid
 
     assert run.returncode == 3, run.output
-    text = run.json["error"] + " " + run.json["result"].get("details", "")
-    assert "_prisma_migrations" in text and "waited more than 0.5 s for a lock held by" in text
-    assert f"pid {pid} (nightly-report, idle in transaction, holding it for" in text
+    assert run.json["code"] == "HEALTH_CHECK_FAILED"
+    error = run.json["error"]
+    assert error.startswith(f"Cannot read {reading}: reading ") and table.split(".")[-1] in error
+    assert "waited more than 0.5 s for a lock held by" in error
+    assert f"pid {pid} (nightly-report, idle in transaction, holding it for" in error
+    assert "health_check" not in run.json["result"], "no health check ran: none failed"
+    assert [line for line in run.json["result"]["blocked_by"] if line.startswith(f"pid {pid} ")]
+    assert shown.returncode == 3 and "Health check: failed" not in shown.output, shown.output
 
 
 class SilentServer:

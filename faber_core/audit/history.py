@@ -310,7 +310,11 @@ def read_rows(context: RunContext, conn: psycopg.Connection, limit: int) -> list
             rows = _read_rows(cursor, schema, context.environment, limit)
         except psycopg.errors.LockNotAvailable:
             raise blocked_read_error(
-                conn, _table(schema).as_string(conn), context.database.lock_timeout, context.redactor.redact
+                conn,
+                _table(schema).as_string(conn),
+                context.database.lock_timeout,
+                context.redactor.redact,
+                reading="the deployment history",
             ) from None
     return [_jsonable(row) for row in rows]
 

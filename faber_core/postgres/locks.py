@@ -76,22 +76,29 @@ def sessions_locking(conn: psycopg.Connection, relation: str) -> list[str]:
 
 
 def blocked_read_error(
-    conn: psycopg.Connection, relation: str, waited: float, redact: Callable[[str], str]
+    conn: psycopg.Connection,
+    relation: str,
+    waited: float,
+    redact: Callable[[str], str],
+    *,
+    reading: str = "the migration status",
 ) -> HealthCheckFailed:
-    """The error for a read of ``relation`` that timed out waiting for a lock, naming who blocks it."""
+    """The error for a read of ``relation`` (for ``reading``) that timed out waiting for a lock,
+    naming who blocks it. Exit 3, as an unreachable database: the database cannot answer now; no
+    health check ran, so the result names none."""
     try:
         holders = sessions_locking(conn, relation)
     except psycopg.Error:
         holders = []
     who = "; ".join(holders) or "another session (it may have just finished)"
     return HealthCheckFailed(
-        redact(f"Reading {relation} waited more than {waited:g} s for a lock held by {who}"),
+        redact(f"Cannot read {reading}: reading {relation} waited more than {waited:g} s for a lock held by {who}"),
         suggestions=[
             "Wait for that session to finish, then retry",
             "If it is stuck, end it with: SELECT pg_terminate_backend(<pid>)",
             "Or raise query_lock_timeout_seconds for this environment",
         ],
-        result={"health_check": "failed", "blocked_by": [redact(holder) for holder in holders]},
+        result={"blocked_by": [redact(holder) for holder in holders]},
     )
 
 

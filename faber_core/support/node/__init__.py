@@ -101,7 +101,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from faber_core import events, hookimpl, interrupts
 from faber_core.context import Database, RunContext
-from faber_core.errors import ConfigError, FaberError, HealthCheckFailed, MigrationFailed
+from faber_core.errors import ConfigError, FaberError, MigrationFailed, ToolCannotConnect
 from faber_core.models import (
     AppliedMigration,
     ApplyOutcome,
@@ -505,9 +505,9 @@ def setup_failure(tool: NodeTool, context: RunContext, event: Event, stderr: str
         )
     if kind == "connection_failed":
         code = f" ({event['code']})" if event.get("code") else ""
-        return HealthCheckFailed(
+        return ToolCannotConnect(
             f"{tool.name} could not connect to the {context.environment} database{code}: {message}",
-            result={"health_check": "failed", "details": message},
+            details=f"{tool.name} could not connect{code}: {message}",
             suggestions=["Verify the database is running and reachable", f"Check {context.database.source}"],
         )
     if kind == "plan_mismatch":

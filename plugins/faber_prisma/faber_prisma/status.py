@@ -88,12 +88,12 @@ def _mysql_records(context: RunContext, conn: MySQLConnection) -> list[Migration
         if context.database.engine.classify_error(exc) != "lock_timeout":
             raise
         raise HealthCheckFailed(
-            f"Reading {history.table} waited more than {context.database.lock_timeout:g} s for a lock held by "
-            "another session (an ALTER TABLE or a long transaction on it)",
+            f"Cannot read the migration status: reading {history.table} waited more than "
+            f"{context.database.lock_timeout:g} s for a lock held by another session (an ALTER TABLE or a long "
+            "transaction on it)",
             suggestions=[
                 "Wait for that session to finish, then retry",
                 "Find it in SHOW PROCESSLIST; if it is stuck, end it with: KILL <connection id>",
                 "Or raise query_lock_timeout_seconds for this environment",
             ],
-            result={"health_check": "failed"},
         ) from None

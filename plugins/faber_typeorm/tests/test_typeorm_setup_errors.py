@@ -122,6 +122,33 @@ def test_an_unreachable_database_fails_the_health_check_without_the_password(
     assert CANARY_PASSWORD not in raised.value.message
 
 
+@pytest.mark.parametrize(
+    ("command", "error"),
+    [
+        (["status", "staging"], "Cannot connect to the staging database: typeorm could not connect (ECONNREFUSED): "),
+        (["migrate", "staging", "--yes"], "Pre-deployment health check failed"),
+    ],
+)
+def test_an_unreachable_database_is_reported_as_faber_reports_its_own_connection(
+    typeorm_project, run_faber, monkeypatch, command, error
+):
+    """Only a deploy's result names its health check: faber status runs none, so none failed."""
+    project = typeorm_project()
+    monkeypatch.setenv("TYPEORM_TEST_DATABASE_URL", f"postgresql://app:{CANARY_PASSWORD}@127.0.0.1:1/app")
+
+    run = run_faber(*command, "--json", "--cwd", str(project))
+    shown = run_faber(*command, "--cwd", str(project))
+
+    assert run.returncode == 3, run.output
+    assert run.json["code"] == "HEALTH_CHECK_FAILED"
+    assert run.json["error"].startswith(error), run.json["error"]
+    assert "ECONNREFUSED" in run.json["result"]["details"]
+    assert run.json["result"].get("health_check") == ("failed" if command[0] == "migrate" else None)
+    assert run.json["recovery"]["suggestions"][0] == "Verify database is running"
+    assert ("Health check: failed" in shown.output) == (command[0] == "migrate"), shown.output
+    assert CANARY_PASSWORD not in run.output + shown.output
+
+
 def test_a_database_that_accepts_and_never_answers_fails_at_the_load_deadline(
     typeorm_project, typeorm_context, typeorm_plugins, monkeypatch
 ):
