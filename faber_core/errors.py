@@ -58,6 +58,11 @@ class ToolCannotConnect(HealthCheckFailed):
         self.details = details
 
 
+class ReadBlocked(HealthCheckFailed):
+    """A read of the database waited longer than ``query_lock_timeout_seconds`` for a lock another
+    session holds: exit 3, as an unreachable database (it cannot answer now); no health check ran."""
+
+
 class BackupFailed(FaberError):
     code = "BACKUP_FAILED"
 

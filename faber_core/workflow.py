@@ -54,6 +54,7 @@ from faber_core.errors import (
     Locked,
     LockLost,
     MigrationFailed,
+    ReadBlocked,
     RestoreFailed,
     ToolCannotConnect,
     WritesDuringRestore,
@@ -182,10 +183,15 @@ def status_before_lock(context: RunContext, plugins: Plugins, *, checks_skipped:
     """The status the analysis before faber's lock reads. Another run's restore (a rollback) keeps
     every table it brings back locked until it commits, the migration tool's history among them:
     a read blocked meanwhile is that run's doing, and the deploy waits for it as for faber's lock
-    (:func:`waited_for_another_run`), then reads again. A read blocked by anything else fails as
-    it is."""
+    (:func:`waited_for_another_run`), then reads again; a blocked read also reads again when the
+    lock is free (the run may have ended after the read gave up). A read that fails otherwise while
+    the lock is free fails as it is."""
     try:
         return read_status(context, plugins, quiet=True, checks_skipped=checks_skipped)
+    except ReadBlocked:
+        # With faber's lock free now, the run that blocked the read may have ended since it gave
+        # up: read again. A read blocked by anything else fails the second time, as it is.
+        waited_for_another_run(context)
     except HealthCheckFailed:
         if not waited_for_another_run(context):
             raise
@@ -375,6 +381,20 @@ def connection_failed(
     )
 
 
+def read_blocked(context: RunContext, exc: Exception) -> ReadBlocked:
+    """A status read that waited past ``query_lock_timeout_seconds`` for a lock: the database is up,
+    another session holds what the handler reads."""
+    waited = context.database.lock_timeout
+    return ReadBlocked(
+        f"Cannot read the migration status: it waited more than {waited:g} s for a lock another session holds",
+        result={"details": context.redactor.redact(first_line(str(exc)))},
+        suggestions=[
+            "Wait for that session to finish, then run the same command again",
+            "Or raise query_lock_timeout_seconds for this environment",
+        ],
+    )
+
+
 def database_suggestions(context: RunContext) -> list[str]:
     """The spec's recovery steps for a database that is down or unreachable."""
     env_var = context.settings.database_url_env
@@ -530,6 +550,8 @@ def read_status(
         try:
             state = plugins.migration_status(context)
         except (context.database.engine.operational_error, ToolCannotConnect) as exc:
+            if context.database.engine.classify_error(exc) == "lock_timeout":
+                raise read_blocked(context, exc) from None
             raise connection_failed(context, exc, after_apply=after_apply, checks_skipped=checks_skipped) from None
     if not quiet:
         context.emit("status.read", pending=state.pending, applied=len(state.applied))

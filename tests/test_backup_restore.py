@@ -321,6 +321,80 @@ def test_a_deploy_during_a_rollback_is_refused_as_locked_naming_the_rollback(fab
     assert application_tables(database_url) == ["zz_gated"]
 
 
+def blocked_read(url: str) -> int | None:
+    """The session whose read waits on a table's lock (not the restore's, which waits on the gate)."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'relation'"
+            " AND application_name NOT LIKE 'faber restore %%'"
+        ).fetchone()
+    return row[0] if row else None
+
+
+def session_waiting(url: str, pid: int) -> bool:
+    with psycopg.connect(url) as conn:
+        return bool(
+            conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event = 'relation'", [pid]).fetchone()
+        )
+
+
+def test_a_deploy_whose_status_read_outlasted_a_rollback_that_just_ended_reads_again_and_deploys(
+    faber_project, run_faber, database_url
+):
+    """The deploy's status read waited on the rollback's restore past query_lock_timeout_seconds,
+    and the rollback ended before the deploy looked for another run holding faber's lock: the
+    lock was free, and the deploy failed as a blocked read (exit 3). The run that blocked it is
+    gone: it reads again. The deploy is held (SIGSTOP) from its read's timeout until the rollback
+    ended, the moment the race leaves it otherwise."""
+    environment = {"database_url_env": "APP_URL", "lock_wait_seconds": 1, "query_lock_timeout_seconds": 1}
+    database = {"migration_tool": "sqlfiles", "environments": {"production": environment}}
+    env = {**SQLFILES, "APP_URL": database_url}
+    execute(
+        database_url,
+        f"""
+        CREATE FUNCTION gate(int) RETURNS boolean LANGUAGE plpgsql AS $$
+            BEGIN PERFORM pg_advisory_xact_lock_shared({GATE_LOCK}); RETURN true; END $$;
+        CREATE TABLE zz_gated (id int CHECK (public.gate(id)));
+        INSERT INTO zz_gated VALUES (1), (2);
+        """,
+    )
+    project_dir = faber_project({"database": database}, {"migrations/001_users.sql": "CREATE TABLE users (id int);"})
+    deployed = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project_dir), env=env)
+    assert deployed.returncode == 0, deployed.output
+    (project_dir / "migrations" / "002_orders.sql").write_text("CREATE TABLE orders (id int);")
+
+    with psycopg.connect(database_url, autocommit=True) as gate:
+        gate.execute("SELECT pg_advisory_lock(%s)", [GATE_LOCK])
+        rollback_args = ("rollback", "production", "--to", deployed.json["result"]["backup_id"], "--yes")
+        rollback = FaberProcess.start(project_dir, *rollback_args, "--discard-app-writes", "--json", env=env)
+        deploy = None
+        try:
+            rollback.wait_for("lock.acquired")
+            rollback.wait_until(
+                lambda: any(event == "advisory" for _, _, event in restore_sessions(database_url)),
+                what="the restore to reach the gated table",
+            )
+            deploy = FaberProcess.start(project_dir, "migrate", "production", "--yes", "--json", env=env)
+            reader = deploy.wait_until(
+                lambda: blocked_read(database_url), what="the status read to wait on the restore"
+            )
+            os.kill(deploy.pid, signal.SIGSTOP)
+            wait_for(lambda: not session_waiting(database_url, reader), "the read's lock_timeout", timeout=30)
+            gate.execute("SELECT pg_advisory_unlock(%s)", [GATE_LOCK])
+            assert rollback.finish(timeout=60) == 0, rollback.stdout() + rollback.stderr()
+            os.kill(deploy.pid, signal.SIGCONT)
+            code = deploy.finish(timeout=120)
+        finally:
+            rollback.stop_everything()
+            if deploy is not None:
+                deploy.stop_everything()
+
+    assert code == 0, deploy.stdout() + deploy.stderr()
+    result = json.loads(deploy.stdout())["result"]
+    assert [m["name"] for m in result["migrations"]] == ["001_users", "002_orders"]
+    assert application_tables(database_url) == ["orders", "sqlfiles_migrations", "users", "zz_gated"]
+
+
 def test_a_mixed_case_faber_schema_is_left_out_of_backups_so_restores_keep_working(
     faber_project, run_faber, database_url
 ):

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import psycopg
 
 from faber_core.engines import wait_for_lock
-from faber_core.errors import HealthCheckFailed
+from faber_core.errors import ReadBlocked
 
 
 def faber_lock_key(database_name: str | None) -> int:
@@ -82,7 +82,7 @@ def blocked_read_error(
     redact: Callable[[str], str],
     *,
     reading: str = "the migration status",
-) -> HealthCheckFailed:
+) -> ReadBlocked:
     """The error for a read of ``relation`` (for ``reading``) that timed out waiting for a lock,
     naming who blocks it. Exit 3, as an unreachable database: the database cannot answer now; no
     health check ran, so the result names none."""
@@ -91,7 +91,7 @@ def blocked_read_error(
     except psycopg.Error:
         holders = []
     who = "; ".join(holders) or "another session (it may have just finished)"
-    return HealthCheckFailed(
+    return ReadBlocked(
         redact(f"Cannot read {reading}: reading {relation} waited more than {waited:g} s for a lock held by {who}"),
         suggestions=[
             "Wait for that session to finish, then retry",
