@@ -278,11 +278,9 @@ def test_psql_killed_in_the_middle_of_a_restore_is_named_and_the_database_is_as_
     assert database_state(database_url) == before
 
 
-def test_a_deploy_during_a_rollback_is_refused_as_locked_naming_the_rollback(faber_project, run_faber, database_url):
-    """The rollback's restore keeps every table it brings back locked until it commits, the
-    migration tool's history among them: a deploy's status read before faber's lock waited on it
-    and failed as a blocked read (exit 3). It waits for the rollback as for faber's lock, and is
-    refused as during another deploy (exit 7), naming the rollback."""
+def deployed_with_a_gated_table(faber_project, run_faber, database_url: str) -> tuple:
+    """``(project_dir, env, backup_id)``: 001_users deployed to production, its backup holding a
+    table whose restore waits for the advisory lock GATE_LOCK, and 002_orders pending."""
     environment = {"database_url_env": "APP_URL", "lock_wait_seconds": 1, "query_lock_timeout_seconds": 1}
     database = {"migration_tool": "sqlfiles", "environments": {"production": environment}}
     env = {**SQLFILES, "APP_URL": database_url}
@@ -299,10 +297,19 @@ def test_a_deploy_during_a_rollback_is_refused_as_locked_naming_the_rollback(fab
     deployed = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project_dir), env=env)
     assert deployed.returncode == 0, deployed.output
     (project_dir / "migrations" / "002_orders.sql").write_text("CREATE TABLE orders (id int);")
+    return project_dir, env, deployed.json["result"]["backup_id"]
+
+
+def test_a_deploy_during_a_rollback_is_refused_as_locked_naming_the_rollback(faber_project, run_faber, database_url):
+    """The rollback's restore keeps every table it brings back locked until it commits, the
+    migration tool's history among them: a deploy's status read before faber's lock waited on it
+    and failed as a blocked read (exit 3). It waits for the rollback as for faber's lock, and is
+    refused as during another deploy (exit 7), naming the rollback."""
+    project_dir, env, backup_id = deployed_with_a_gated_table(faber_project, run_faber, database_url)
 
     with psycopg.connect(database_url, autocommit=True) as gate:
         gate.execute("SELECT pg_advisory_lock(%s)", [GATE_LOCK])
-        rollback_args = ("rollback", "production", "--to", deployed.json["result"]["backup_id"], "--yes")
+        rollback_args = ("rollback", "production", "--to", backup_id, "--yes")
         rollback = FaberProcess.start(project_dir, *rollback_args, "--discard-app-writes", "--json", env=env)
         try:
             rollback.wait_for("lock.acquired")
@@ -346,26 +353,11 @@ def test_a_deploy_whose_status_read_outlasted_a_rollback_that_just_ended_reads_a
     lock was free, and the deploy failed as a blocked read (exit 3). The run that blocked it is
     gone: it reads again. The deploy is held (SIGSTOP) from its read's timeout until the rollback
     ended, the moment the race leaves it otherwise."""
-    environment = {"database_url_env": "APP_URL", "lock_wait_seconds": 1, "query_lock_timeout_seconds": 1}
-    database = {"migration_tool": "sqlfiles", "environments": {"production": environment}}
-    env = {**SQLFILES, "APP_URL": database_url}
-    execute(
-        database_url,
-        f"""
-        CREATE FUNCTION gate(int) RETURNS boolean LANGUAGE plpgsql AS $$
-            BEGIN PERFORM pg_advisory_xact_lock_shared({GATE_LOCK}); RETURN true; END $$;
-        CREATE TABLE zz_gated (id int CHECK (public.gate(id)));
-        INSERT INTO zz_gated VALUES (1), (2);
-        """,
-    )
-    project_dir = faber_project({"database": database}, {"migrations/001_users.sql": "CREATE TABLE users (id int);"})
-    deployed = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project_dir), env=env)
-    assert deployed.returncode == 0, deployed.output
-    (project_dir / "migrations" / "002_orders.sql").write_text("CREATE TABLE orders (id int);")
+    project_dir, env, backup_id = deployed_with_a_gated_table(faber_project, run_faber, database_url)
 
     with psycopg.connect(database_url, autocommit=True) as gate:
         gate.execute("SELECT pg_advisory_lock(%s)", [GATE_LOCK])
-        rollback_args = ("rollback", "production", "--to", deployed.json["result"]["backup_id"], "--yes")
+        rollback_args = ("rollback", "production", "--to", backup_id, "--yes")
         rollback = FaberProcess.start(project_dir, *rollback_args, "--discard-app-writes", "--json", env=env)
         deploy = None
         try:
