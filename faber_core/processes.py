@@ -230,7 +230,9 @@ def run_captured(
 ) -> ToolRun:
     """Run a program to completion with ``env`` as its whole environment; return its text output.
 
-    On a timeout the program is stopped and :class:`subprocess.TimeoutExpired` raised.
+    The output is decoded as it is, without Python's translation of ``\r`` and ``\r\n`` into
+    ``\n``: a file name git lists may hold a carriage return. On a timeout the program is stopped
+    and :class:`subprocess.TimeoutExpired` raised.
     """
     proc = spawn(
         argv,
@@ -239,13 +241,10 @@ def run_captured(
         stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        text=True,
-        encoding="utf-8",
-        errors="replace",
     )
     with supervised(proc):
-        stdout, stderr = proc.communicate(input, timeout=timeout)
-    return ToolRun(proc.returncode, stdout, stderr)
+        stdout, stderr = proc.communicate(None if input is None else input.encode(), timeout=timeout)
+    return ToolRun(proc.returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace"))
 
 
 def run_tool(
