@@ -1,9 +1,15 @@
 """Whether the pending migrations' files are committed in git, as deploy mode requires.
 
 One ``git status`` over just those files answers it: anything it lists (untracked, or different
-from HEAD, staged or not) is not committed. Its paths are relative to the repository's
-top, which faber finds as git does (the nearest directory up from the project with a ``.git``), so
-each file maps back to its migration. ``git status`` does not compare a file the index marks
+from HEAD, staged or not) is not committed. It lists the files git ignores too
+(``--ignored=matching``), which a plain ``git status`` leaves out. A file ignored by its own name (a
+``*.sql`` line in ``.gitignore``) is a migration never committed. A folder git ignores as a whole
+(holding no tracked file) is listed in place of its files: beside other migrations' files it is a
+migration never committed too (a Prisma migration's folder); otherwise it is build output (a
+TypeORM project's compiled ``dist/``), whose committed source is what matters, so faber does not
+refuse it but says it did not check it. Its paths are relative to the repository's top, which
+faber finds as git does (the nearest directory up from the project with a ``.git``), so each file
+maps back to its migration. ``git status`` does not compare a file the index marks
 ``assume-unchanged`` or ``skip-worktree``, so one ``git ls-files`` finds those: faber cannot vouch
 for them either. Neither command runs a file system monitor the repository configures
 (``core.fsmonitor``): git would run that program and trust its word on what changed.
@@ -16,13 +22,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-from dataclasses import dataclass
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from faber_core.processes import ToolRun, run_tool
 from faber_core.secrets import Redactor
 
 GIT_TIMEOUT_SECONDS = 30
+IGNORED = "!!"
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,11 @@ class GitCheck:
     not_compared: tuple[str, ...] = ()
     """The files among ``uncommitted`` that the index tells git not to compare (``assume-unchanged``,
     ``skip-worktree``): they may well be committed, but git does not look."""
+    ignored: tuple[str, ...] = ()
+    """The paths among ``uncommitted`` that git ignores (a folder's ends in ``/``): never committed."""
+    ignored_folders: dict[str, list[str]] = field(default_factory=dict)
+    """Migration name -> the folders holding its files that git ignores as a whole (build output such
+    as ``dist/``), relative to the repository's top: not checked."""
 
 
 def work_tree_top(directory: Path) -> Path | None:
@@ -48,11 +61,14 @@ def work_tree_top(directory: Path) -> Path | None:
     return None
 
 
-def uncommitted_files(project_dir: Path, paths: dict[str, str], redactor: Redactor) -> GitCheck:
+def uncommitted_files(
+    project_dir: Path, paths: dict[str, str], redactor: Redactor, other_paths: Collection[str] = ()
+) -> GitCheck:
     """Which of the migrations ``paths`` (name -> file or folder, relative to ``project_dir``)
-    are not committed. Two ``git`` processes (``status``, ``ls-files``); paths travel as literal,
-    absolute pathspecs (no glob magic; a folder outside the repository is git's error) and come
-    back NUL-separated, so any file name works."""
+    are not committed; ``other_paths`` are the project's other migrations' files, to tell an
+    ignored migration folder from ignored build output. Two ``git`` processes (``status``,
+    ``ls-files``); paths travel as literal, absolute pathspecs (no glob magic; a folder outside the
+    repository is git's error) and come back NUL-separated, so any file name works."""
     if not paths:  # no pathspec would make git list the whole work tree
         return GitCheck({})
     project = project_dir.resolve()
@@ -62,7 +78,12 @@ def uncommitted_files(project_dir: Path, paths: dict[str, str], redactor: Redact
     checked = {name: files_to_check(project, path) for name, path in paths.items()}
     try:
         pathspecs = [str(file) for files in checked.values() for file in files]
-        status = _git(project, redactor, ["status", "--porcelain=v1", "-z", "--untracked-files=all"], pathspecs)
+        status = _git(
+            project,
+            redactor,
+            ["status", "--porcelain=v1", "-z", "--untracked-files=all", "--ignored=matching"],
+            pathspecs,
+        )
         flagged = _git(project, redactor, ["ls-files", "-v", "-z", "--full-name"], pathspecs)
     except FileNotFoundError:
         return GitCheck({}, unchecked="git is not installed")
@@ -74,18 +95,57 @@ def uncommitted_files(project_dir: Path, paths: dict[str, str], redactor: Redact
                 return GitCheck({}, unchecked=f"{project} is not inside a git work tree")
             return GitCheck({}, error=run.output or f"git failed with exit code {run.returncode}")
     not_compared = not_compared_paths(flagged.stdout)
+    entries = status_entries(status.stdout)
+    base = top or project
+    migration_files = [
+        *(file for files in checked.values() for file in files),
+        *(file for path in other_paths for file in files_to_check(project, path)),
+    ]
+    ignored = []
+    build_output = []
+    for code, path in entries:
+        if code == IGNORED:
+            build = path.endswith("/") and not beside_migrations(Path(os.path.normpath(base / path)), migration_files)
+            (build_output if build else ignored).append(path)
+    owners = owners_in(checked, base)
     uncommitted: dict[str, list[str]] = {}
-    for listed in dict.fromkeys([*listed_paths(status.stdout), *not_compared]):
-        file = Path(os.path.normpath((top or project) / listed))
-        owner = next(
-            (name for name, files in checked.items() if any(file == path or path in file.parents for path in files)),
-            None,
-        )
-        # A file git lists but faber cannot place (git found another repository top) is still not
-        # committed: it counts against every migration rather than against none.
-        for name in [owner] if owner else checked:
-            uncommitted.setdefault(name, []).append(listed)
-    return GitCheck(uncommitted, not_compared=tuple(not_compared))
+    listed = [path for code, path in entries if code != IGNORED]
+    for path in dict.fromkeys([*listed, *not_compared, *ignored]):
+        for name in owners(path):
+            uncommitted.setdefault(name, []).append(path)
+    ignored_folders: dict[str, list[str]] = {}
+    for folder in build_output:
+        for name in owners(folder):
+            ignored_folders.setdefault(name, []).append(folder)
+    return GitCheck(
+        uncommitted, not_compared=tuple(not_compared), ignored=tuple(ignored), ignored_folders=ignored_folders
+    )
+
+
+def beside_migrations(folder: Path, migration_files: list[Path]) -> bool:
+    """Whether the folder holding ``folder`` holds a migration file outside it: then ``folder`` is
+    one migration's among others (``prisma/migrations/002_posts/``), not build output (``dist/``)."""
+    return any(
+        folder.parent in file.parents and folder != file and folder not in file.parents for file in migration_files
+    )
+
+
+def owners_in(checked: dict[str, list[Path]], top: Path) -> Callable[[str], list[str]]:
+    """Which migrations a path git lists (relative to ``top``) concerns: the one whose file it is,
+    whose folder holds it or, for a folder, whose files it holds."""
+
+    def owners(listed: str) -> list[str]:
+        entry = Path(os.path.normpath(top / listed))
+        placed = [
+            name
+            for name, files in checked.items()
+            if any(entry == path or path in entry.parents or entry in path.parents for path in files)
+        ]
+        # A path git lists but faber cannot place (git found another repository top) still
+        # concerns the migrations: it counts against every one of them rather than against none.
+        return placed or list(checked)
+
+    return owners
 
 
 def files_to_check(project: Path, path: str) -> list[Path]:
@@ -116,14 +176,15 @@ def not_compared_paths(listing: str) -> list[str]:
     return [entry[2:] for entry in listing.split("\0") if entry and (entry[0] == "S" or entry[0].islower())]
 
 
-def listed_paths(porcelain: str) -> list[str]:
-    """The paths of ``git status --porcelain=v1 -z``: ``XY PATH`` entries, NUL-terminated; a
-    rename or copy (``R``/``C``) is followed by its original path, which is skipped."""
+def status_entries(porcelain: str) -> list[tuple[str, str]]:
+    """The ``(XY, PATH)`` entries of ``git status --porcelain=v1 -z``, NUL-terminated; a rename or
+    copy (``R``/``C``) is followed by its original path, which is skipped. ``!!`` is an ignored
+    file, or an ignored folder (its path ends in ``/``)."""
     fields = porcelain.split("\0")
-    paths = []
+    entries = []
     index = 0
     while index < len(fields) and fields[index]:
         entry = fields[index]
-        paths.append(entry[3:])
+        entries.append((entry[:2], entry[3:]))
         index += 2 if entry[0] in "RC" else 1
-    return paths
+    return entries

@@ -127,7 +127,7 @@ def migrate(
         state = read_status(context, plugins, checks_skipped=options.skip_health_check)
         # What would stop the deploy before its lock stops the preview too: it must not say "To apply".
         refuse_out_of_order(context, state)
-        refuse_uncommitted(context, state.pending_migrations())
+        refuse_uncommitted(context, state)
         check_before_lock(context, plugins, state.pending_migrations())
         return preview(context, plugins, state, rehearse=options.rehearse)
     # Before the lock and the backup: an out-of-order or uncommitted migration, SQL that cannot be
@@ -135,7 +135,7 @@ def migrate(
     with step(context, "analyse"):
         analysed = analysed or status_before_lock(context, plugins, checks_skipped=options.skip_health_check)
         refuse_out_of_order(context, analysed)
-        refuse_uncommitted(context, analysed.pending_migrations())
+        refuse_uncommitted(context, analysed)
         check_before_lock(context, plugins, analysed.pending_migrations())
     with deploy_lock(context, checks_skipped=options.skip_health_check) as lock:
         health_before = check_health(context, plugins, "before", options)
@@ -603,17 +603,22 @@ def refuse_out_of_order(context: RunContext, state: MigrationState) -> None:
     )
 
 
-def refuse_uncommitted(context: RunContext, pending: list[LocalMigration]) -> None:
+def refuse_uncommitted(context: RunContext, state: MigrationState) -> None:
     """Deploy mode applies only committed migrations (the spec's "Requires migrations in git"):
-    refuse pending migrations whose files are untracked or differ from HEAD, unless the
-    environment sets ``require_committed_migrations`` to false. Outside a git work tree (a deploy
-    from a release artifact) or without ``git``, the run says it could not check, and goes on."""
+    refuse pending migrations whose files are untracked, ignored by git or differ from HEAD, unless
+    the environment sets ``require_committed_migrations`` to false. Outside a git work tree (a deploy
+    from a release artifact) or without ``git``, or for files in a folder git ignores as a whole
+    (build output such as ``dist/``), the run says it could not check, and goes on."""
+    pending = state.pending_migrations()
     if context.mode != "deploy" or not context.settings.require_committed_migrations or not pending:
         return
     paths = {m.name: m.path for m in pending if m.path}
+    # The applied migrations' files tell a folder of migrations (where an ignored one is refused)
+    # from build output.
+    other_paths = tuple(m.path for m in state.local if m.path and m.name not in paths)
     check = context.once(
-        ("committed migrations", context.project_dir, tuple(paths.items())),
-        lambda: uncommitted_files(context.project_dir, paths, context.redactor),
+        ("committed migrations", context.project_dir, tuple(paths.items()), other_paths),
+        lambda: uncommitted_files(context.project_dir, paths, context.redactor, other_paths),
     )
     env = context.environment
     opt_out = f'Or, only in an emergency, set "require_committed_migrations": false for {env}'
@@ -637,6 +642,14 @@ def refuse_uncommitted(context: RunContext, pending: list[LocalMigration]) -> No
             reason=check.unchecked or "the handler names no file for them",
             migrations=[m.name for m in pending] if check.unchecked else without_file,
         )
+    if check.ignored_folders:
+        folders = list(dict.fromkeys(folder for found in check.ignored_folders.values() for folder in found))
+        context.emit(
+            events.COMMIT_CHECK_SKIPPED,
+            reason=f"git ignores {', '.join(map(repr, folders))} as a whole (build output: "
+            "the source it is built from is what must be committed)",
+            migrations=[m.name for m in pending if m.name in check.ignored_folders],
+        )
     if not check.uncommitted:
         return
     names = [m.name for m in pending if m.name in check.uncommitted]
@@ -654,6 +667,15 @@ def refuse_uncommitted(context: RunContext, pending: list[LocalMigration]) -> No
                     + " with its commit: git update-index --no-assume-unchanged --no-skip-worktree -- FILE"
                 ]
                 if check.not_compared
+                else []
+            ),
+            *(
+                [
+                    "git ignores "
+                    + ", ".join(map(repr, check.ignored))
+                    + ": remove the .gitignore line that matches (git check-ignore -v PATH names it), then commit"
+                ]
+                if check.ignored
                 else []
             ),
             opt_out,

@@ -94,6 +94,70 @@ def test_an_untracked_pending_migration_is_refused_before_the_lock_and_the_backu
     assert previewed.json["error"] == run.json["error"]
 
 
+def test_a_pending_migration_git_ignores_by_its_name_is_refused(project, run_faber, database_url):
+    # git status does not list an ignored file: without asking for ignored files too, a
+    # migration.sql a "*.sql" line keeps out of every commit would deploy without a word.
+    project_dir, env = project({"001_users": USERS})
+    commit_all(project_dir)
+    (project_dir / ".gitignore").write_text("*.sql\n")
+    commit_all(project_dir)
+    (project_dir / "prisma/migrations/002_posts").mkdir()
+    (project_dir / "prisma/migrations/002_posts/migration.sql").write_text(POSTS)
+
+    run = deploy(run_faber, project_dir, env)
+
+    assert run.returncode == 6, run.output
+    assert run.json["result"] == {
+        "uncommitted_migrations": ["002_posts"],
+        "uncommitted_files": ["prisma/migrations/002_posts/migration.sql"],
+    }
+    assert run.json["recovery"]["suggestions"][1] == (
+        "git ignores 'prisma/migrations/002_posts/migration.sql': remove the .gitignore line that matches "
+        "(git check-ignore -v PATH names it), then commit"
+    )
+    assert tables(database_url) == set()
+    assert backups(project_dir) == []
+
+
+def test_a_pending_migration_folder_git_ignores_beside_applied_migrations_is_refused(project, run_faber, database_url):
+    # git names the ignored folder, not its file. The applied 001_users beside it says it is a
+    # migration's folder, not build output.
+    project_dir, env = project({"001_users": USERS})
+    (project_dir / ".gitignore").write_text("prisma/migrations/002_posts/\n")
+    commit_all(project_dir)
+    assert deploy(run_faber, project_dir, env).returncode == 0
+    (project_dir / "prisma/migrations/002_posts").mkdir()
+    (project_dir / "prisma/migrations/002_posts/migration.sql").write_text(POSTS)
+
+    run = deploy(run_faber, project_dir, env)
+
+    assert run.returncode == 6, run.output
+    assert run.json["result"] == {
+        "uncommitted_migrations": ["002_posts"],
+        "uncommitted_files": ["prisma/migrations/002_posts/"],
+    }
+    assert "public.posts" not in tables(database_url)
+
+
+def test_migrations_in_a_folder_git_ignores_whole_deploy_and_the_run_says_they_were_not_checked(
+    project, run_faber, database_url
+):
+    # No migration's file beside the ignored folder: it is taken for build output (a TypeORM
+    # project's dist/), so nothing there is compared, and the run says so.
+    project_dir, env = project({"001_users": USERS})
+    (project_dir / ".gitignore").write_text("prisma/migrations/\n")
+    commit_all(project_dir)
+
+    run = run_faber("migrate", "production", "--yes", "--cwd", str(project_dir), env=env)
+
+    assert run.returncode == 0, run.output
+    assert [line for line in run.stderr.splitlines() if "committed in git" in line] == [
+        "⚠ Not checked that 1 pending migration(s) are committed in git: git ignores 'prisma/migrations/' as a "
+        "whole (build output: the source it is built from is what must be committed)"
+    ]
+    assert "public.users" in tables(database_url)
+
+
 @pytest.mark.parametrize("staged", [False, True], ids=["unstaged", "staged"])
 def test_a_migration_edited_after_its_commit_is_refused(project, run_faber, database_url, staged):
     project_dir, env = project({"001_users": USERS})

@@ -335,9 +335,11 @@ def test_an_interrupted_deploy_stops_its_runner_and_the_migration_in_progress_ro
     # faber ended the runner's session before it reported (without that, the server would notice
     # the dead client within 2 s: client_connection_check_interval).
     wait_for(
-        lambda: not query(
-            "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
-            " AND query LIKE 'SELECT pg_sleep%' AND state = 'active'"
+        lambda: (
+            not query(
+                "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+                " AND query LIKE 'SELECT pg_sleep%' AND state = 'active'"
+            )
         ),
         "the server to end the dead runner's statement",
         timeout=20,
@@ -558,6 +560,31 @@ def test_a_migration_file_changed_since_its_commit_is_refused(typeorm_project, r
     deployed = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
     assert deployed.returncode == 0, deployed.output
     assert [m["name"] for m in deployed.json["result"]["migrations"]] == FIXTURE_MIGRATIONS
+
+
+def test_compiled_migrations_in_an_ignored_dist_folder_deploy_and_the_run_says_they_were_not_checked(
+    typeorm_project, run_faber, query
+):
+    # TypeORM loads the compiled dist/migrations/*.js, build output git ignores: the committed
+    # source is what matters. The deploy goes on and says what it did not check.
+    compiled = FIXTURE_DATA_SOURCE.parent / "migrations"
+    files = {"dist/data-source.js": FIXTURE_DATA_SOURCE.read_text(), ".gitignore": "node_modules\ndist/\n"}
+    for migration in compiled.glob("*.js"):
+        files[f"dist/migrations/{migration.name}"] = migration.read_text()
+        files[f"src/migrations/{migration.stem}.ts"] = migration.read_text()
+    project = typeorm_project(files=files, fixture_migrations=False, typeorm={"data_source": "dist/data-source.js"})
+    identity = ["-c", "user.email=dev@example.com", "-c", "user.name=dev"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "release"]):
+        subprocess.run(["git", "-C", str(project), *identity, *args], check=True)
+
+    deployed = run_faber("migrate", "staging", "--yes", "--cwd", str(project))
+
+    assert deployed.returncode == 0, deployed.output
+    assert [line for line in deployed.stderr.splitlines() if "committed in git" in line] == [
+        "⚠ Not checked that 2 pending migration(s) are committed in git: git ignores 'dist/' as a whole "
+        "(build output: the source it is built from is what must be committed)"
+    ]
+    assert [name for (name,) in query("SELECT name FROM migrations ORDER BY id")] == FIXTURE_MIGRATIONS
 
 
 RUNNER_LOCK = 4242
