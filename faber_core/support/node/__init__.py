@@ -40,8 +40,8 @@ with one JSON object per line on the protocol pipe (the descriptor named by
     {"event": "migration_failed", "name": ..., "code": "42P07", "message": ..., "query": ...,
      "transaction_rolled_back": true, "duration_seconds": ...}
     {"event": "setup_error", "kind": "module_missing" | "typescript_loader_missing" | "load_failed"
-     | "not_found" | "unsupported" | "plan_mismatch" | "connection_failed" | "invalid", "message": ...,
-     "module": ..., "file": ...}
+     | "not_regular_file" | "not_found" | "unsupported" | "plan_mismatch" | "connection_failed" | "invalid",
+     "message": ..., "module": ..., "file": ...}
     {"event": "loading", "what": "the data source", "file": "data-source.js"}
     {"event": "loaded"}
     {"event": "done", "exit_code": 0}
@@ -52,7 +52,10 @@ ORM's connection) is said as it starts (``loading``, naming it and its file) and
 (``loaded``; steps do not nest). One that does not end within the environment's
 ``runner_load_timeout_seconds`` (a module exporting a Promise that never settles, a connection
 that never opens, code that never yields) has the runner stopped, its process group with it, and
-the request fails with a :class:`ConfigError` naming the step and its file.
+the request fails with a :class:`ConfigError` naming the step and its file. A migration file (or
+another file the ORM would load) that is not a regular file (a link to ``/dev/zero``, a FIFO, a
+directory), whose reading would never end, is refused before it is read (``requireRegularFile``
+in ``runner-common.cjs``: ``not_regular_file``, a :class:`ConfigError` naming it).
 
 Migrations run inside the runner and may print anything: their stdout and stderr are output
 (shown when something fails), and a line on the protocol pipe without the nonce is ignored, so no
@@ -502,6 +505,17 @@ def setup_failure(tool: NodeTool, context: RunContext, event: Event, stderr: str
                 f"Check {tool.config_key}",
             ],
             tool_output=_tail(stderr) or None,
+        )
+    if kind == "not_regular_file":
+        file = event.get("file") or "the file"
+        return ConfigError(
+            message,
+            suggestions=[
+                f"{file} must be a regular file: replace it with the migration's source "
+                "(a FIFO waits forever, a device such as /dev/zero never ends, a directory is no module)",
+                "Nothing was run or changed",
+            ],
+            result={"file": file},
         )
     if kind == "connection_failed":
         code = f" ({event['code']})" if event.get("code") else ""

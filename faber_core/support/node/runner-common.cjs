@@ -6,6 +6,7 @@
 
 const { AsyncLocalStorage } = require("async_hooks");
 const fs = require("fs");
+const path = require("path");
 const readline = require("readline");
 
 // Migrations run in this process and may print anything, on stdout too: faber keeps that as
@@ -137,6 +138,42 @@ function registerTypeScript(projectDir, relative) {
   tsNode.register({ transpileOnly: true });
 }
 
+// What a file the ORM would load is when it is not a regular file; null when it is one, or when
+// stat cannot say (a link to nothing: the ORM's own error names it).
+function irregularKind(file) {
+  let info;
+  try {
+    info = fs.statSync(file);
+  } catch {
+    return null;
+  }
+  if (info.isFile()) return null;
+  if (info.isDirectory()) return "a directory";
+  if (info.isFIFO()) return "a FIFO";
+  if (info.isCharacterDevice()) return "a character device";
+  if (info.isBlockDevice()) return "a block device";
+  if (info.isSocket()) return "a socket";
+  return "not a file";
+}
+
+// Refuses `file` (`what`: "Migration file") unless it is a regular file, before the ORM requires it:
+// reading a FIFO waits forever for a writer, a device such as /dev/zero never ends (Node's memory
+// grows until faber's runner_load_timeout_seconds), and a directory is no module. stat opens nothing.
+function requireRegularFile(projectDir, file, what) {
+  const kind = irregularKind(file);
+  if (kind === null) return;
+  const relative = path.relative(projectDir, file);
+  let linked = "";
+  try {
+    if (fs.lstatSync(file).isSymbolicLink()) linked = `a link to ${fs.realpathSync(file)}, `;
+  } catch {
+    // what it is was said above; where it links is only a detail
+  }
+  throw new SetupError("not_regular_file", `${what} ${relative} is not a regular file (${linked}${kind}): refused`, {
+    file: relative,
+  });
+}
+
 // What a thrown value says, whatever was thrown: one that cannot be made a string (an object without
 // a prototype, a message getter or toString that throws) must not turn a failed migration into a
 // broken setup.
@@ -250,6 +287,7 @@ module.exports = {
   requireExpectedPlan,
   projectRequire,
   registerTypeScript,
+  requireRegularFile,
   serve,
   currentMigration,
   runMigration,

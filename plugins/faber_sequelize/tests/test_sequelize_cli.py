@@ -7,6 +7,8 @@ import json
 import os
 import signal
 import subprocess
+import time
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -285,3 +287,38 @@ def test_a_migration_ending_the_runner_with_process_exit_fails_the_rehearsal_and
     assert run.json["result"]["database_changed"] is False
     assert rehearsal_databases_of(database_url) == [], "the throwaway database is dropped"
     assert query("""SELECT to_regclass('"SequelizeMeta"') IS NULL AND to_regclass('exits') IS NULL""") == [(True,)]
+
+
+def _link_to_zero(path: Path) -> None:
+    path.symlink_to("/dev/zero")
+
+
+IRREGULAR_MIGRATION_FILES = {
+    "a-link-to-dev-zero": (_link_to_zero, "a link to /dev/zero, a character device"),
+    "a-fifo": (os.mkfifo, "a FIFO"),
+    "a-directory": (Path.mkdir, "a directory"),
+}
+
+
+@pytest.mark.parametrize("case", IRREGULAR_MIGRATION_FILES)
+def test_a_migration_file_that_is_not_a_regular_file_is_refused_before_anything_runs(
+    sequelize_project, run_faber, query, case
+):
+    # Listed as pending, it was read only when the apply loaded it: after the backup, and reading
+    # it never ended (the runner hung until runner_load_timeout_seconds).
+    make, kind = IRREGULAR_MIGRATION_FILES[case]
+    project = sequelize_project(runner_load_timeout_seconds=60)
+    make(project / "db" / "migrations" / "20240103000000-broken.js")
+
+    started = time.monotonic()
+    run = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project), timeout=120)
+    took = time.monotonic() - started
+
+    assert run.returncode == 2, run.output
+    assert run.json["code"] == "CONFIG_INVALID"
+    assert run.json["error"] == (
+        f"Migration file db/migrations/20240103000000-broken.js is not a regular file ({kind}): refused"
+    )
+    assert run.json["result"]["file"] == "db/migrations/20240103000000-broken.js"
+    assert took < 30, took  # refused at once, not stopped by the load timeout
+    assert query("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]

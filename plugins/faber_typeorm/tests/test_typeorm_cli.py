@@ -778,3 +778,27 @@ def test_a_migration_ending_the_runner_with_process_exit_fails_the_rehearsal_and
     assert run.json["result"]["database_changed"] is False
     assert rehearsal_databases_of(database_url) == [], "the throwaway database is dropped"
     assert query("SELECT to_regclass('migrations') IS NULL AND to_regclass('exits') IS NULL") == [(True,)]
+
+
+def test_a_migration_file_that_is_not_a_regular_file_is_refused_before_typeorm_reads_it(
+    typeorm_project, run_faber, query
+):
+    # Reading it never ended: the runner hung (its memory growing) until runner_load_timeout_seconds,
+    # then faber blamed the data source. (TypeORM 1's glob matches no FIFO or directory: only a
+    # link to a device reaches its loader.)
+    project = typeorm_project(runner_load_timeout_seconds=60)
+    (project / "migrations" / "1700000200000-Broken.js").symlink_to("/dev/zero")
+
+    started = time.monotonic()
+    run = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project), timeout=120)
+    took = time.monotonic() - started
+
+    assert run.returncode == 2, run.output
+    assert run.json["code"] == "CONFIG_INVALID"
+    assert run.json["error"] == (
+        "Migration file migrations/1700000200000-Broken.js is not a regular file"
+        " (a link to /dev/zero, a character device): refused"
+    )
+    assert run.json["result"]["file"] == "migrations/1700000200000-Broken.js"
+    assert took < 30, took  # refused at once, not stopped by the load timeout
+    assert query("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]

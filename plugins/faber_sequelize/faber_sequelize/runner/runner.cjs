@@ -151,13 +151,13 @@ async function connect(sequelize, relative) {
   }
 }
 
+// Each one a regular file, refused otherwise as the status lists it: before faber backs anything
+// up, and long before the apply loads the pending ones.
 function localMigrations(projectDir, migrationsDir) {
   if (!fs.existsSync(migrationsDir)) return [];
-  return fs
-    .readdirSync(migrationsDir)
-    .filter((file) => MIGRATION_FILE.test(file))
-    .sort()
-    .map((file) => ({ name: file, path: path.relative(projectDir, path.join(migrationsDir, file)) }));
+  const files = fs.readdirSync(migrationsDir).filter((file) => MIGRATION_FILE.test(file)).sort();
+  for (const file of files) faber.requireRegularFile(projectDir, path.join(migrationsDir, file), "Migration file");
+  return files.map((file) => ({ name: file, path: path.relative(projectDir, path.join(migrationsDir, file)) }));
 }
 
 async function bookkeepingTable(sequelize, storage) {

@@ -11,7 +11,7 @@
 
 const fs = require("fs");
 const path = require("path");
-const { pathToFileURL } = require("url");
+const { fileURLToPath, pathToFileURL } = require("url");
 const { performance } = require("perf_hooks");
 
 const faber = require(process.env.FABER_RUNNER_COMMON); // faber_core/support/node/runner-common.cjs
@@ -51,12 +51,47 @@ function findDataSource(exported, relative) {
   );
 }
 
+// TypeORM finds the DataSource's migrations (and entities, subscribers) by glob as it connects, and
+// loads each through importOrRequireFile: wrapped so that each is stat'ed first and refused unless it
+// is a regular file (see faber.requireRegularFile), named as a migration while TypeORM builds the
+// migrations. Both are read from their modules' exports at each call, so replacing them there is what
+// TypeORM calls. A TypeORM without these modules loads its files unchecked.
+function refuseIrregularFiles(projectDir) {
+  const typeormDir = path.dirname(require.resolve("typeorm", { paths: [projectDir] }));
+  let importUtils, metadataBuilder;
+  try {
+    importUtils = require(path.join(typeormDir, "util", "ImportUtils.js"));
+    metadataBuilder = require(path.join(typeormDir, "connection", "ConnectionMetadataBuilder.js"));
+  } catch {
+    return;
+  }
+  const importOrRequireFile = importUtils.importOrRequireFile;
+  const builder = metadataBuilder.ConnectionMetadataBuilder && metadataBuilder.ConnectionMetadataBuilder.prototype;
+  if (typeof importOrRequireFile !== "function" || !builder || typeof builder.buildMigrations !== "function") return;
+  let buildingMigrations = false;
+  importUtils.importOrRequireFile = function checkedImportOrRequireFile(file, ...rest) {
+    const local = String(file).startsWith("file://") ? fileURLToPath(file) : file;
+    faber.requireRegularFile(projectDir, local, buildingMigrations ? "Migration file" : "TypeORM's file");
+    return importOrRequireFile.call(this, file, ...rest);
+  };
+  const buildMigrations = builder.buildMigrations;
+  builder.buildMigrations = async function checkedBuildMigrations(...args) {
+    buildingMigrations = true;
+    try {
+      return await buildMigrations.apply(this, args);
+    } finally {
+      buildingMigrations = false;
+    }
+  };
+}
+
 async function loadDataSource(projectDir, relative) {
   const file = path.resolve(projectDir, relative);
   if (!fs.existsSync(file)) {
     throw new faber.SetupError("load_failed", `${relative} does not exist in ${projectDir}`, { file: relative });
   }
   faber.projectRequire(projectDir, "typeorm");
+  refuseIrregularFiles(projectDir);
   faber.registerTypeScript(projectDir, relative);
   let exported;
   try {
@@ -103,6 +138,7 @@ async function connect(dataSource, relative) {
   try {
     await faber.bounded("TypeORM's DataSource.initialize()", relative, () => dataSource.initialize());
   } catch (error) {
+    if (error instanceof faber.SetupError) throw error; // a file it would load, refused
     const code = error && (error.code || (error.driverError && error.driverError.code));
     // Node's socket errors (ECONNREFUSED), PostgreSQL's SQLSTATEs, mysql2's ER_ names.
     if (code && typeof code === "string" && /^(E[A-Z]+|[0-9A-Z]{5}|ER_[A-Z0-9_]+)$/.test(code)) {
