@@ -40,7 +40,7 @@ from pydantic import ValidationError
 
 from faber_core import events
 from faber_core.audit.history import refuse_shared_faber_schema
-from faber_core.backup import writes
+from faber_core.backup import store, writes
 from faber_core.committed import uncommitted_files
 from faber_core.context import LockCheck, RunContext
 from faber_core.engines import HeldLock
@@ -1571,6 +1571,7 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
             f"No backups found for {context.environment}",
             suggestions=[f"Create one with: faber backup {context.environment}"],
         )
+    store.hold_chosen(context, chosen)
     outcome: RestoreOutcome | None = None
     try:
         with deploy_lock(context) as lock:

@@ -49,7 +49,7 @@ from pydantic import JsonValue, ValidationError
 from faber_core import events
 from faber_core.api import DEPLOY
 from faber_core.context import RunContext
-from faber_core.errors import BackupFailed, RestoreFailed
+from faber_core.errors import BackupFailed, ConfigError, RestoreFailed
 from faber_core.models import BackupPruneOutcome, BackupRecord
 from faber_core.processes import how_it_ended, spawn, supervised
 
@@ -154,6 +154,36 @@ def hold_for_run(context: RunContext, fd: int) -> None:
     """Keep a shared lock on a backup's archive until ``context``'s run is over (or faber exits)."""
     fcntl.flock(fd, fcntl.LOCK_SH)
     weakref.finalize(context, os.close, fd)
+
+
+def hold_chosen(context: RunContext, backup: BackupRecord) -> None:
+    """Keep ``backup``, which a rollback just chose, from being pruned for the rest of the run.
+
+    The rollback then waits for faber's lock, the write counters and a prompt before it reads the
+    archive: a ``faber backups prune`` meanwhile would delete the backup it is about to restore.
+    A backup pruned between the listing and this lock is :class:`ConfigError`, as one never listed.
+    Backups of a provider that keeps them elsewhere (no archive in this folder) are left to it.
+    """
+    directory = backup_dir(context)
+    archive = context.project_dir / (backup.location or "")
+    if not backup.location or not archive.resolve().is_relative_to(directory.resolve()):
+        return
+    try:
+        fd = os.open(archive, os.O_RDONLY)
+    except FileNotFoundError:
+        fd = None
+    if fd is not None:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # waits out a prune deleting it right now
+        with contextlib.suppress(FileNotFoundError):
+            if (directory / f"{backup.id}{MANIFEST}").exists() and os.path.samestat(os.fstat(fd), os.stat(archive)):
+                weakref.finalize(context, os.close, fd)
+                return
+        os.close(fd)
+    raise ConfigError(
+        f"No usable backup {backup.id} for {context.environment}: another faber run deleted it "
+        "(faber backups prune) as this rollback chose it; the database is unchanged",
+        suggestions=[f"List backups with: faber backups {context.environment}"],
+    )
 
 
 def refuse_another_database(context: RunContext, backup: BackupRecord) -> None:
