@@ -78,3 +78,61 @@ def test_a_backup_pruned_as_the_rollback_chose_it_is_a_clear_error(production, c
 
     with pytest.raises(ConfigError, match=f"No usable backup {newest} for production: another faber run deleted it"):
         store.hold_chosen(context, chosen)
+
+
+@pytest.fixture
+def two_projects(faber_project, tmp_path):
+    """``make(url) -> (first, second, env)``: two project directories deploying the same MySQL or
+    PostgreSQL database with configs of their own; the second waits longer for faber's lock."""
+
+    def make(url: str) -> tuple[Path, Path, dict[str, str]]:
+        env = {**SQLFILES, "TEST_DATABASE_URL": url}
+        files = {
+            "migrations/001_users.sql": "CREATE TABLE users (id int);",
+            "migrations/002_posts.sql": "CREATE TABLE posts (id int);",
+        }
+        projects = []
+        for name, wait in (("first", 1), ("second", 60)):
+            settings = {
+                "database_url_env": "TEST_DATABASE_URL",
+                "lock_wait_seconds": wait,
+                "restore_with_app_writes": "allow",
+            }
+            config = {"database": {"migration_tool": "sqlfiles", "environments": {"production": settings}}}
+            projects.append(faber_project(config, files, root=tmp_path / name))
+        return projects[0], projects[1], env
+
+    return make
+
+
+def test_a_deploy_waiting_while_a_rollback_restores_mysql_applies_what_the_rollback_took_away(
+    two_projects, mysql_database_url, mysql_query, run_faber
+):
+    """A person rolls MySQL back to the backup before 002 while CI deploys from another checkout:
+    the deploy waits for the rollback's lock, then finds 002 pending again and applies it; each
+    result says what it did, in that order."""
+    first, second, env = two_projects(mysql_database_url)
+    (first / "migrations/002_posts.sql").rename(first / "002_posts.sql.later")
+    assert run_faber("migrate", "production", "--yes", cwd=first, env=env).returncode == 0
+    before_posts = run_faber("backup", "production", "--json", cwd=first, env=env).json["result"]["id"]
+    (first / "002_posts.sql.later").rename(first / "migrations/002_posts.sql")
+    assert run_faber("migrate", "production", "--yes", cwd=first, env=env).returncode == 0
+
+    rollback = FaberProcess.start(first, "rollback", "production", "--to", before_posts, "--yes", "--json", env=env)
+    deploy = None
+    try:
+        stopped_at(rollback, events.LOCK_ACQUIRED)
+        deploy = FaberProcess.start(second, "migrate", "production", "--yes", "--json", env=env)
+        deploy.wait_for(lambda event: event["kind"] == "step.started" and event["data"].get("step") == "lock")
+        restored = resumed(rollback)
+        deploy_exit = deploy.finish(timeout=120)
+        deployed = {**json.loads(deploy.stdout()), "exit": deploy_exit}
+    finally:
+        rollback.stop_everything()
+        if deploy is not None:
+            deploy.stop_everything()
+
+    assert (restored["exit"], restored["result"]["backup_id"]) == (0, before_posts), restored
+    assert deployed["exit"] == 0, deployed
+    assert [m["name"] for m in deployed["result"].get("migrations", [])] == ["002_posts"], deployed
+    assert mysql_query("SELECT COUNT(*) FROM posts") == [(0,)]
