@@ -152,11 +152,11 @@ def status(
     from faber_core.errors import MigrationFailed
     from faber_core.results import Success
     from faber_core.targets import FleetOptions
-    from faber_core.workflow import read_leftovers, read_status
+    from faber_core.workflow import read_leftovers, read_past_another_run, read_status
 
     def body(context: RunContext, plugins: Plugins) -> Success:
         plugins.require_tool(context.tool)
-        state = read_status(context, plugins, quiet=True)
+        state = read_past_another_run(context, lambda: read_status(context, plugins, quiet=True))
         result = state.model_dump(
             mode="json", include={"tool", "applied", "pending", "failed", "missing_locally", "checksum_mismatches"}
         )

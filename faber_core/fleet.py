@@ -345,10 +345,12 @@ def read_target(
     """One target's migration status (and with ``leftovers``, what killed runs left of it);
     ``checks_skipped``: read by a deploy whose health checks are off, whose unreachable target is no
     failed check (:func:`faber_core.workflow.connection_failed`)."""
-    from faber_core.workflow import read_leftovers, read_status
+    from faber_core.workflow import read_leftovers, read_past_another_run, read_status
 
     plugins.require_tool(context.tool)
-    state = read_status(context, plugins, quiet=True, checks_skipped=checks_skipped)
+    state = read_past_another_run(
+        context, lambda: read_status(context, plugins, quiet=True, checks_skipped=checks_skipped)
+    )
     found = Surveyed(environment=context.environment, state=state)
     if leftovers:
         found.leftover_databases, found.interrupted_restores = read_leftovers(context)

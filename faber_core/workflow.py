@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -94,6 +94,7 @@ DEPLOY = "deploy-migrations"
 PREVIEW = "preview-migrations"
 
 Approver = Callable[[str], bool]
+T = TypeVar("T")
 
 
 @dataclass
@@ -123,8 +124,12 @@ def migrate(
         # ORM): faber imports the analysis and the SQL parser meanwhile, rather than after the read.
         safety_checks()
     if options.dry_run:
-        check_health(context, plugins, "before", options)
-        state = read_status(context, plugins, checks_skipped=options.skip_health_check)
+
+        def health_and_status() -> MigrationState:
+            check_health(context, plugins, "before", options)
+            return read_status(context, plugins, checks_skipped=options.skip_health_check)
+
+        state = read_past_another_run(context, health_and_status)
         # What would stop the deploy before its lock stops the preview too: it must not say "To apply".
         refuse_out_of_order(context, state)
         refuse_uncommitted(context, state)
@@ -180,14 +185,22 @@ def migrate(
 
 
 def status_before_lock(context: RunContext, plugins: Plugins, *, checks_skipped: bool = False) -> MigrationState:
-    """The status the analysis before faber's lock reads. Another run's restore (a rollback) keeps
-    every table it brings back locked until it commits, the migration tool's history among them:
-    a read blocked meanwhile is that run's doing, and the deploy waits for it as for faber's lock
+    """The status the analysis before faber's lock reads (:func:`read_past_another_run`)."""
+    return read_past_another_run(
+        context, lambda: read_status(context, plugins, quiet=True, checks_skipped=checks_skipped)
+    )
+
+
+def read_past_another_run(context: RunContext, read: Callable[[], T]) -> T:
+    """``read()``, a read of the database made without faber's lock (a deploy's analysis,
+    ``faber status``, a preview). Another run's restore (a rollback) keeps every table it brings
+    back locked until it commits, the migration tool's history among them: a read blocked
+    meanwhile is that run's doing, so it waits for that run as for faber's lock
     (:func:`waited_for_another_run`), then reads again; a blocked read also reads again when the
     lock is free (the run may have ended after the read gave up). A read that fails otherwise while
     the lock is free fails as it is."""
     try:
-        return read_status(context, plugins, quiet=True, checks_skipped=checks_skipped)
+        return read()
     except ReadBlocked:
         # With faber's lock free now, the run that blocked the read may have ended since it gave
         # up: read again. A read blocked by anything else fails the second time, as it is.
@@ -195,7 +208,7 @@ def status_before_lock(context: RunContext, plugins: Plugins, *, checks_skipped:
     except HealthCheckFailed:
         if not waited_for_another_run(context):
             raise
-    return read_status(context, plugins, quiet=True, checks_skipped=checks_skipped)
+    return read()
 
 
 def waited_for_another_run(context: RunContext) -> bool:

@@ -9,6 +9,7 @@ import os
 import signal
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from faber_core import events
@@ -16,6 +17,7 @@ from faber_core.backup import store
 from faber_core.errors import ConfigError
 from faber_core.models import MigrationState
 from faber_core.testing.faults import FaberProcess
+from faber_core.testing.fixtures import start_faber
 from faber_core.workflow import take_backup
 
 SQLFILES = {"FABER_PLUGINS": "faber_core.testing.sqlfiles"}
@@ -82,10 +84,10 @@ def test_a_backup_pruned_as_the_rollback_chose_it_is_a_clear_error(production, c
 
 @pytest.fixture
 def two_projects(faber_project, tmp_path):
-    """``make(url) -> (first, second, env)``: two project directories deploying the same MySQL or
-    PostgreSQL database with configs of their own; the second waits longer for faber's lock."""
+    """``make(url, **settings) -> (first, second, env)``: two project directories deploying the same
+    MySQL or PostgreSQL database with configs of their own; the second waits longer for faber's lock."""
 
-    def make(url: str) -> tuple[Path, Path, dict[str, str]]:
+    def make(url: str, **more_settings: object) -> tuple[Path, Path, dict[str, str]]:
         env = {**SQLFILES, "TEST_DATABASE_URL": url}
         files = {
             "migrations/001_users.sql": "CREATE TABLE users (id int);",
@@ -97,12 +99,23 @@ def two_projects(faber_project, tmp_path):
                 "database_url_env": "TEST_DATABASE_URL",
                 "lock_wait_seconds": wait,
                 "restore_with_app_writes": "allow",
+                **more_settings,
             }
             config = {"database": {"migration_tool": "sqlfiles", "environments": {"production": settings}}}
             projects.append(faber_project(config, files, root=tmp_path / name))
         return projects[0], projects[1], env
 
     return make
+
+
+def deployed_with_a_backup_before_the_last(project_dir: Path, env: dict[str, str], run_faber) -> str:
+    """Deploy 001, back up, deploy 002; the id of the backup that holds 001 alone."""
+    (project_dir / "migrations/002_posts.sql").rename(project_dir / "002_posts.sql.later")
+    assert run_faber("migrate", "production", "--yes", cwd=project_dir, env=env).returncode == 0
+    backup_id = run_faber("backup", "production", "--json", cwd=project_dir, env=env).json["result"]["id"]
+    (project_dir / "002_posts.sql.later").rename(project_dir / "migrations/002_posts.sql")
+    assert run_faber("migrate", "production", "--yes", cwd=project_dir, env=env).returncode == 0
+    return backup_id
 
 
 def test_a_deploy_waiting_while_a_rollback_restores_mysql_applies_what_the_rollback_took_away(
@@ -112,11 +125,7 @@ def test_a_deploy_waiting_while_a_rollback_restores_mysql_applies_what_the_rollb
     the deploy waits for the rollback's lock, then finds 002 pending again and applies it; each
     result says what it did, in that order."""
     first, second, env = two_projects(mysql_database_url)
-    (first / "migrations/002_posts.sql").rename(first / "002_posts.sql.later")
-    assert run_faber("migrate", "production", "--yes", cwd=first, env=env).returncode == 0
-    before_posts = run_faber("backup", "production", "--json", cwd=first, env=env).json["result"]["id"]
-    (first / "002_posts.sql.later").rename(first / "migrations/002_posts.sql")
-    assert run_faber("migrate", "production", "--yes", cwd=first, env=env).returncode == 0
+    before_posts = deployed_with_a_backup_before_the_last(first, env, run_faber)
 
     rollback = FaberProcess.start(first, "rollback", "production", "--to", before_posts, "--yes", "--json", env=env)
     deploy = None
@@ -136,3 +145,79 @@ def test_a_deploy_waiting_while_a_rollback_restores_mysql_applies_what_the_rollb
     assert deployed["exit"] == 0, deployed
     assert [m["name"] for m in deployed["result"].get("migrations", [])] == ["002_posts"], deployed
     assert mysql_query("SELECT COUNT(*) FROM posts") == [(0,)]
+
+
+GATE_LOCK = 4343
+
+
+def restore_waits_at_the_gate(url: str) -> bool:
+    """Whether the rollback's restore is loading the gated table, waiting for the test's lock."""
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE application_name LIKE 'faber restore %%'"
+            " AND datname = current_database() AND wait_event = 'advisory')"
+        ).fetchone()[0]
+
+
+def waits_for_faber_s_lock(url: str, application_name: str) -> bool:
+    """Whether the run of ``application_name`` tries for faber's lock, which the rollback holds."""
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE application_name = %s"
+            " AND query LIKE '%%pg_try_advisory_lock%%')",
+            [application_name],
+        ).fetchone()[0]
+
+
+def test_status_and_a_preview_during_a_rollback_wait_for_it_rather_than_call_the_database_unreachable(
+    two_projects, database_url, run_faber
+):
+    """The restore keeps the tables it brings back locked until it commits, the migration tool's
+    history among them: `faber status` and `faber migrate --dry-run` read it, hit the lock timeout
+    and said "Cannot connect to the production database" / "Pre-deployment health check failed"
+    (exit 3, "Verify database is running"). They wait for the rollback as a deploy does: past
+    `lock_wait_seconds` LOCKED (exit 7) naming it, within it the state the rollback left."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            f"""
+            CREATE FUNCTION gate(int) RETURNS boolean LANGUAGE plpgsql AS $$
+                BEGIN PERFORM pg_advisory_xact_lock_shared({GATE_LOCK}); RETURN true; END $$;
+            CREATE TABLE zz_gated (id int CHECK (public.gate(id)));
+            INSERT INTO zz_gated VALUES (1);
+            """
+        )
+    first, second, env = two_projects(database_url, query_lock_timeout_seconds=1)
+    deployed = run_faber("migrate", "production", "--yes", "--json", cwd=first, env=env)
+    assert deployed.returncode == 0, deployed.output
+    before_deploy = deployed.json["result"]["backup_id"]
+
+    rollback = FaberProcess.start(first, "rollback", "production", "--to", before_deploy, "--yes", "--json", env=env)
+    preview = None
+    with psycopg.connect(database_url, autocommit=True) as gate:
+        try:
+            # Taken once the write counters are read: the check would wait for this session to report its own.
+            stopped_at(rollback, "writes.checked")
+            gate.execute("SELECT pg_advisory_lock(%s)", [GATE_LOCK])
+            os.kill(rollback.pid, signal.SIGCONT)
+            rollback.wait_until(lambda: restore_waits_at_the_gate(database_url), what="the restore to reach the gate")
+            status = start_faber("status", "production", "--json", cwd=first, env=env)
+            preview = FaberProcess.start(second, "migrate", "production", "--dry-run", "--json", env=env)
+            status_output, _ = status.communicate(timeout=60)
+            preview.wait_until(
+                lambda: waits_for_faber_s_lock(database_url, "faber preview-migrations production"),
+                what="the preview to wait for the rollback",
+            )
+            gate.execute("SELECT pg_advisory_unlock(%s)", [GATE_LOCK])
+            assert rollback.finish(timeout=60) == 0, rollback.stdout() + rollback.stderr()
+            preview_exit = preview.finish(timeout=60)
+            previewed = {**json.loads(preview.stdout()), "exit": preview_exit}
+        finally:
+            rollback.stop_everything()
+            if preview is not None:
+                preview.stop_everything()
+
+    refused = json.loads(status_output)
+    assert (status.returncode, refused["code"]) == (7, "LOCKED"), refused
+    assert "Another faber run holds the lock on this database: faber rollback production" in refused["error"]
+    assert previewed["exit"] == 0, previewed
+    assert [m["name"] for m in previewed["result"]["migrations"]] == ["001_users", "002_posts"], previewed

@@ -546,9 +546,11 @@ def test_sigterm_mid_fleet_reports_per_target_what_committed_was_rolled_back_or_
     run = FaberProcess.start(fleet.project, "migrate", "tenants", "--concurrency", "2", "--json", env=fleet.env)
     try:
         run.wait_for(
-            lambda event: event["kind"] == "migration.started"
-            and event["environment"] == "tenants/t01"
-            and event["data"]["name"] == "002_wait"
+            lambda event: (
+                event["kind"] == "migration.started"
+                and event["environment"] == "tenants/t01"
+                and event["data"]["name"] == "002_wait"
+            )
         )
         run.kill(signal.SIGTERM)
         assert run.wait(timeout=60) == 130, run.stderr()
@@ -579,6 +581,29 @@ def test_sigterm_mid_fleet_reports_per_target_what_committed_was_rolled_back_or_
     assert CANARY_PASSWORD not in run.stdout() + run.stderr()
 
 
+def test_a_target_another_run_restores_is_locked_not_unreachable(make_fleet):
+    """A single-target `faber rollback` of t01 holds faber's lock, and its restore the tables it
+    brings back, the migration tool's history among them, until it commits: the fleet's status
+    read of t01 hit the lock timeout and reported it HEALTH_CHECK_FAILED, "Cannot connect"
+    (exit 3). It waits for that run as for faber's lock: LOCKED past lock_wait_seconds."""
+    fleet = make_fleet(2, lock_wait_seconds=1, query_lock_timeout_seconds=1)
+    assert api.deploy("tenants", working_directory=fleet.project).status == "success"
+    (fleet.project / "migrations/004_tags.sql").write_text("CREATE TABLE tags (id int);")
+    restoring = fleet.urls["t01"]
+    with psycopg.connect(restoring, autocommit=True) as rollback_lock, psycopg.connect(restoring) as restore:
+        rollback_lock.execute("SELECT pg_advisory_lock(%s)", [faber_lock_key(urlsplit(restoring).path.lstrip("/"))])
+        restore.execute("LOCK TABLE sqlfiles_migrations IN ACCESS EXCLUSIVE MODE")
+        surveyed = api.status("tenants", working_directory=fleet.project)
+        deployed = api.deploy("tenants", working_directory=fleet.project)
+
+    for document in (surveyed, deployed):
+        restored_row = rows(document)["t01"]
+        assert restored_row["error"]["code"] == "LOCKED", restored_row
+        assert "Another faber run holds the lock on this database" in restored_row["error"]["message"], restored_row
+    assert rows(deployed)["t00"]["migrations_applied"] == ["004_tags"]
+    assert fleet.applied("t01") == list(MIGRATIONS)
+
+
 def test_sigterm_stops_a_target_waiting_for_its_lock_at_once_and_it_is_unchanged(make_fleet):
     """Another run holds faber's lock on t01: its target waits up to lock_wait_seconds in a thread
     of its own, which Python never interrupts; the fleet's SIGTERM must end that wait too."""
@@ -589,9 +614,11 @@ def test_sigterm_stops_a_target_waiting_for_its_lock_at_once_and_it_is_unchanged
         run = FaberProcess.start(fleet.project, "migrate", "tenants", "--concurrency", "2", "--json", env=fleet.env)
         try:
             run.wait_for(
-                lambda event: event["kind"] == "step.finished"
-                and event["environment"] == "tenants/t01"
-                and event["data"]["step"] == "lock"
+                lambda event: (
+                    event["kind"] == "step.finished"
+                    and event["environment"] == "tenants/t01"
+                    and event["data"]["step"] == "lock"
+                )
             )  # connected: from here it waits for the lock
             run.kill(signal.SIGTERM)
             code = run.wait(timeout=60)  # well before the 600 s lock wait would end
@@ -1011,7 +1038,13 @@ def test_a_shard_that_is_not_plain_digits_is_refused_not_taken_for_the_whole_fle
     urls = "a postgresql://u@127.0.0.1:1/a\nb postgresql://u@127.0.0.1:1/b"
 
     run = run_faber(
-        "migrate", "tenants", "--dry-run", "--json", "--cwd", str(project), *args,
+        "migrate",
+        "tenants",
+        "--dry-run",
+        "--json",
+        "--cwd",
+        str(project),
+        *args,
         env={**SQLFILES, **NO_JOB, URLS_VARIABLE: urls, **env},
     )
 
