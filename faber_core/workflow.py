@@ -149,6 +149,12 @@ def migrate(
         pending = state.pending_migrations()
         if not pending:
             return no_pending(context, health_before.status)
+        checked = {migration.name for migration in analysed.pending_migrations()}
+        if newly_pending := [migration for migration in pending if migration.name not in checked]:
+            # Another run (a rollback, a resolve) made them pending while this one waited for its
+            # lock: they get the checks the analysis gave the others, before anything is touched.
+            refuse_uncommitted(context, newly_pending)
+            check_before_lock(context, plugins, newly_pending)
         safety = safety_checks()
         review = safety.review_before_approval(context, plugins, pending, skip_staging_proof=options.skip_staging_proof)
         with step(context, "approval"):

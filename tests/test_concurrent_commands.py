@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import psycopg
@@ -221,3 +222,45 @@ def test_status_and_a_preview_during_a_rollback_wait_for_it_rather_than_call_the
     assert "Another faber run holds the lock on this database: faber rollback production" in refused["error"]
     assert previewed["exit"] == 0, previewed
     assert [m["name"] for m in previewed["result"]["migrations"]] == ["001_users", "002_posts"], previewed
+
+
+def committed(project_dir: Path) -> None:
+    """The project as one commit of a new git repository."""
+    identity = ["-c", "user.email=dev@example.com", "-c", "user.name=dev"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "release"]):
+        subprocess.run(["git", "-C", str(project_dir), *identity, *args], check=True, capture_output=True)
+
+
+def test_a_migration_a_rollback_makes_pending_while_a_deploy_waits_is_checked_as_committed(
+    two_projects, database_url, run_faber
+):
+    """Deploy mode applies only committed migrations, checked before the lock, on what was pending
+    then. 002 was applied when the deploy looked, and edited since without a commit; a rollback
+    holding the lock then made it pending again, and the deploy applied the uncommitted edit. What
+    became pending while the deploy waited is checked as well: refused, nothing applied."""
+    _, project_dir, env = two_projects(database_url)
+    committed(project_dir)
+    deployed = run_faber("migrate", "production", "--yes", "--json", cwd=project_dir, env=env)
+    assert deployed.returncode == 0, deployed.output
+    (project_dir / "migrations/002_posts.sql").write_text("CREATE TABLE posts (id int, edited_after_the_release int);")
+
+    args = ("rollback", "production", "--to", deployed.json["result"]["backup_id"], "--yes", "--json")
+    rollback = FaberProcess.start(project_dir, *args, env=env)
+    deploy = None
+    try:
+        stopped_at(rollback, events.LOCK_ACQUIRED)
+        deploy = FaberProcess.start(project_dir, "migrate", "production", "--yes", "--json", env=env)
+        deploy.wait_for(lambda event: event["kind"] == "step.started" and event["data"].get("step") == "lock")
+        restored = resumed(rollback)
+        deploy_exit = deploy.finish(timeout=120)
+        refused = {**json.loads(deploy.stdout()), "exit": deploy_exit}
+    finally:
+        rollback.stop_everything()
+        if deploy is not None:
+            deploy.stop_everything()
+
+    assert restored["exit"] == 0, restored
+    assert (refused["exit"], refused.get("code")) == (6, "MIGRATION_FAILED"), refused
+    assert refused["result"]["uncommitted_files"] == ["migrations/002_posts.sql"], refused
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT to_regclass('users'), to_regclass('posts')").fetchone() == (None, None)
