@@ -72,6 +72,40 @@ def test_a_prune_during_a_rollback_keeps_the_backup_the_rollback_chose(productio
     assert listed(project_dir) == sorted(f"{b}.{ext}" for b in (chosen, newest) for ext in ("dump", "json"))
 
 
+def test_a_second_rollback_a_backup_and_a_resolve_during_a_rollback_are_locked_and_change_nothing(
+    production, database_url
+):
+    """A person's rollback, CI's rollback to another backup, a `faber backup` and a `faber resolve`
+    at once: the first to hold faber's lock restores; each other command is LOCKED (exit 7)
+    naming it, having restored, backed up and recorded nothing."""
+    project_dir, env, (newest, chosen, oldest) = production
+    before = listed(project_dir)
+    rollback = FaberProcess.start(project_dir, "rollback", "production", "--to", chosen, "--yes", "--json", env=env)
+    try:
+        stopped_at(rollback, events.LOCK_ACQUIRED)
+        others = [
+            start_faber(*args, "--json", cwd=project_dir, env=env)
+            for args in (
+                ("rollback", "production", "--to", oldest, "--yes"),
+                ("backup", "production"),
+                ("resolve", "production", "--rolled-back", "001_users"),
+            )
+        ]
+        refused = [(other.wait(timeout=60), json.loads(other.communicate()[0])) for other in others]
+        restored = resumed(rollback)
+    finally:
+        rollback.stop_everything()
+
+    for code, document in refused:
+        assert (code, document["code"]) == (7, "LOCKED"), document
+        assert "Another faber run holds the lock on this database: faber rollback production" in document["error"]
+    assert (restored["exit"], restored["result"]["backup_id"]) == (0, chosen), restored
+    assert listed(project_dir) == before
+    with psycopg.connect(database_url) as conn:
+        deployments = conn.execute("SELECT operation, status FROM faber.faber_deployments").fetchall()
+    assert deployments == [("rollback", "success")], deployments
+
+
 def test_a_backup_pruned_as_the_rollback_chose_it_is_a_clear_error(production, context_for, plugins):
     """Pruned between the rollback's listing and its lock on the archive: no usable backup (exit 2)."""
     project_dir, _, (newest, _, _) = production
