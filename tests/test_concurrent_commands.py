@@ -298,3 +298,45 @@ def test_a_migration_a_rollback_makes_pending_while_a_deploy_waits_is_checked_as
     assert refused["result"]["uncommitted_files"] == ["migrations/002_posts.sql"], refused
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT to_regclass('users'), to_regclass('posts')").fetchone() == (None, None)
+
+
+@pytest.mark.parametrize("restore_mode", ["in-place", "swap"])
+def test_a_rollback_keeps_the_faber_schema_of_another_project_on_the_same_database(
+    faber_project, database_url, run_faber, tmp_path, restore_mode
+):
+    """Two projects deploy one database, each with a faber_schema of its own. A rollback of the
+    first to a backup taken before the second's first run dropped the second's schema: its
+    deployment history and write baselines were gone. faber's schemas are never restored, whoever
+    they belong to."""
+    env = {**SQLFILES, "TEST_DATABASE_URL": database_url}
+    settings = {"database_url_env": "TEST_DATABASE_URL", "lock_wait_seconds": 5, "restore_with_app_writes": "allow"}
+    settings["backup"] = {"provider": "pg_dump", "restore_mode": restore_mode}
+    projects = {
+        schema: faber_project(
+            {
+                "database": {
+                    "migration_tool": "sqlfiles",
+                    "faber_schema": schema,
+                    "environments": {"production": settings},
+                }
+            },
+            {"migrations/001_users.sql": "CREATE TABLE users (id int);"},
+            root=tmp_path / schema,
+        )
+        for schema in ("faber", "faber_billing")
+    }
+    first = run_faber("migrate", "production", "--yes", "--json", cwd=projects["faber"], env=env)
+    assert first.returncode == 0, first.output
+    assert run_faber("backup", "production", cwd=projects["faber_billing"], env=env).returncode == 0
+    assert run_faber("migrate", "production", "--yes", cwd=projects["faber_billing"], env=env).returncode == 0
+    history = "SELECT operation, status FROM faber_billing.faber_deployments ORDER BY started_at"
+    with psycopg.connect(database_url) as conn:
+        recorded = conn.execute(history).fetchall()
+
+    rollback = ("rollback", "production", "--to", first.json["result"]["backup_id"], "--yes", "--json")
+    restored = run_faber(*rollback, cwd=projects["faber"], env=env)
+
+    assert restored.returncode == 0, restored.output
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute(history).fetchall() == recorded
+        assert conn.execute("SELECT to_regclass('users')").fetchone() == (None,)

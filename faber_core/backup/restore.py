@@ -44,6 +44,7 @@ import psycopg
 from psycopg import sql
 
 from faber_core import events
+from faber_core.audit import history
 from faber_core.backup import store
 from faber_core.context import RunContext
 from faber_core.errors import RestoreFailed
@@ -78,6 +79,33 @@ class _ScriptProblem(Exception):
     """pg_restore's script did not end as expected; nothing is committed."""
 
 
+_OTHER_FABER_SCHEMAS = r"""
+    SELECT n.nspname FROM pg_catalog.pg_namespace n
+    WHERE n.nspname <> ALL(%(keep)s)
+      AND EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.relnamespace = n.oid AND c.relname = %(history)s)
+      AND NOT EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.relnamespace = n.oid AND c.relname NOT LIKE 'faber\_%%')
+      AND NOT EXISTS (SELECT FROM pg_catalog.pg_proc p WHERE p.pronamespace = n.oid AND p.proname NOT LIKE 'faber\_%%')
+      AND NOT EXISTS (
+          SELECT FROM pg_catalog.pg_type t
+          WHERE t.typnamespace = n.oid AND t.typrelid = 0 AND t.typelem = 0 AND t.typname NOT LIKE 'faber\_%%'
+      )
+    ORDER BY 1
+"""
+"""The schemas of the database holding faber's history table and nothing but faber's objects,
+other than ``keep``: the faber_schema of another project deploying the same database."""
+
+
+def kept_schemas(context: RunContext, backup: BackupRecord) -> list[str]:
+    """The schemas a restore of ``backup`` leaves as they are: this project's (:func:`store.faber_schemas`)
+    and the faber_schema of every other project deploying the same database, whose history and
+    write baselines a restore must not take back to the backup's, or drop when the backup
+    predates them."""
+    keep = store.faber_schemas(context, backup)
+    with context.database.connect() as conn:
+        others = conn.execute(_OTHER_FABER_SCHEMAS, {"keep": keep, "history": history.TABLE}).fetchall()
+    return keep + [name for (name,) in others]
+
+
 def restore_archive(context: RunContext, backup: BackupRecord, tools: Path, major: int) -> RestoreOutcome:
     archive = context.project_dir / (backup.location or "")
     manual = [
@@ -86,7 +114,7 @@ def restore_archive(context: RunContext, backup: BackupRecord, tools: Path, majo
     ]
     if not store.archive_present(archive):
         raise RestoreFailed(f"Backup archive {backup.location} is missing", suggestions=manual[1:])
-    keep = store.faber_schemas(context, backup)
+    keep = kept_schemas(context, backup)
     with store.reading(archive) as fd:
         store.verify_archive(context, backup, fd)
         with context.database.connect() as conn:

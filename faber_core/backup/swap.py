@@ -57,7 +57,7 @@ from psycopg import sql
 
 from faber_core import events, interrupts
 from faber_core.backup import store, writes
-from faber_core.backup.restore import analyze_restored, first_error, restore_list
+from faber_core.backup.restore import analyze_restored, first_error, kept_schemas, restore_list
 from faber_core.context import RunContext
 from faber_core.errors import FaberError, RestoreFailed
 from faber_core.models import BackupRecord, RestoreOutcome
@@ -151,7 +151,7 @@ def restore_by_swap(context: RunContext, backup: BackupRecord, tools: Path, majo
         maintenance=_maintenance_database(target),
         jobs=jobs,
     )
-    keep = store.faber_schemas(context, backup)
+    keep = kept_schemas(context, backup)
     with interrupts.raised_once(), store.reading(archive) as fd:
         store.verify_archive(context, backup, fd)
         try:
