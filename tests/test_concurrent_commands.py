@@ -306,10 +306,11 @@ def test_a_rollback_keeps_the_faber_schema_of_another_project_on_the_same_databa
 ):
     """Two projects deploy one database, each with a faber_schema of its own. A rollback of the
     first to a backup taken before the second's first run dropped the second's schema: its
-    deployment history and write baselines were gone. faber's schemas are never restored, whoever
-    they belong to."""
+    deployment history and write baselines were gone; and the rows the second recorded there since
+    the backup counted as the application's writes, which `refuse` wanted approved (exit 5).
+    faber's schemas are never restored, nor counted, whoever they belong to."""
     env = {**SQLFILES, "TEST_DATABASE_URL": database_url}
-    settings = {"database_url_env": "TEST_DATABASE_URL", "lock_wait_seconds": 5, "restore_with_app_writes": "allow"}
+    settings = {"database_url_env": "TEST_DATABASE_URL", "lock_wait_seconds": 5, "restore_with_app_writes": "refuse"}
     settings["backup"] = {"provider": "pg_dump", "restore_mode": restore_mode}
     projects = {
         schema: faber_project(

@@ -44,8 +44,8 @@ import psycopg
 from psycopg import sql
 
 from faber_core import events
-from faber_core.audit import history
 from faber_core.backup import store
+from faber_core.backup.writes import IS_A_FABER_SCHEMA
 from faber_core.context import RunContext
 from faber_core.errors import RestoreFailed
 from faber_core.models import BackupRecord, RestoreOutcome
@@ -79,22 +79,6 @@ class _ScriptProblem(Exception):
     """pg_restore's script did not end as expected; nothing is committed."""
 
 
-_OTHER_FABER_SCHEMAS = r"""
-    SELECT n.nspname FROM pg_catalog.pg_namespace n
-    WHERE n.nspname <> ALL(%(keep)s)
-      AND EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.relnamespace = n.oid AND c.relname = %(history)s)
-      AND NOT EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.relnamespace = n.oid AND c.relname NOT LIKE 'faber\_%%')
-      AND NOT EXISTS (SELECT FROM pg_catalog.pg_proc p WHERE p.pronamespace = n.oid AND p.proname NOT LIKE 'faber\_%%')
-      AND NOT EXISTS (
-          SELECT FROM pg_catalog.pg_type t
-          WHERE t.typnamespace = n.oid AND t.typrelid = 0 AND t.typelem = 0 AND t.typname NOT LIKE 'faber\_%%'
-      )
-    ORDER BY 1
-"""
-"""The schemas of the database holding faber's history table and nothing but faber's objects,
-other than ``keep``: the faber_schema of another project deploying the same database."""
-
-
 def kept_schemas(context: RunContext, backup: BackupRecord) -> list[str]:
     """The schemas a restore of ``backup`` leaves as they are: this project's (:func:`store.faber_schemas`)
     and the faber_schema of every other project deploying the same database, whose history and
@@ -102,7 +86,11 @@ def kept_schemas(context: RunContext, backup: BackupRecord) -> list[str]:
     predates them."""
     keep = store.faber_schemas(context, backup)
     with context.database.connect() as conn:
-        others = conn.execute(_OTHER_FABER_SCHEMAS, {"keep": keep, "history": history.TABLE}).fetchall()
+        others = conn.execute(
+            f"SELECT n.nspname FROM pg_catalog.pg_namespace n WHERE n.nspname <> ALL(%s) AND {IS_A_FABER_SCHEMA}"
+            " ORDER BY 1",
+            [keep],
+        ).fetchall()
     return keep + [name for (name,) in others]
 
 

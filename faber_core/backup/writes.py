@@ -88,9 +88,26 @@ CREATE TABLE IF NOT EXISTS {table} (
 """
 # Tables created by faber before bookkeeping_table existed get it on the next backup.
 _ADD_BOOKKEEPING_COLUMN = "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS bookkeeping_table text"
-_COUNTERS = """
+IS_A_FABER_SCHEMA = r"""(
+    EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.relnamespace = n.oid AND c.relname = 'faber_deployments')
+    AND NOT EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.relnamespace = n.oid AND c.relname NOT LIKE 'faber\_%%')
+    AND NOT EXISTS (SELECT FROM pg_catalog.pg_proc p WHERE p.pronamespace = n.oid AND p.proname NOT LIKE 'faber\_%%')
+    AND NOT EXISTS (
+        SELECT FROM pg_catalog.pg_type t
+        WHERE t.typnamespace = n.oid AND t.typrelid = 0 AND t.typelem = 0 AND t.typname NOT LIKE 'faber\_%%'
+    )
+)"""
+"""Whether the schema ``n`` (a ``pg_namespace`` row) is a faber_schema, this project's or another's
+deploying the same database: it holds faber's history table and nothing but ``faber_*`` objects.
+Restores keep such schemas as they are, so their rows are never writes a restore discards."""
+
+_NOT_IN_A_FABER_SCHEMA = f"""
+s.schemaname <> %s
+AND NOT EXISTS (SELECT FROM pg_catalog.pg_namespace n WHERE n.nspname = s.schemaname AND {IS_A_FABER_SCHEMA})"""
+
+_COUNTERS = f"""
 SELECT s.relid::bigint, format('%%I.%%I', s.schemaname, s.relname), s.n_tup_ins + s.n_tup_upd + s.n_tup_del
-FROM pg_stat_user_tables s WHERE s.schemaname <> %s
+FROM pg_stat_user_tables s WHERE {_NOT_IN_A_FABER_SCHEMA}
 """
 _IN_FLIGHT = """
 SELECT DISTINCT a.pid, a.application_name, format('%%I.%%I', n.nspname, c.relname)
@@ -637,8 +654,9 @@ def added(report: WritesSinceBackup, more: WritesSinceBackup) -> WritesSinceBack
 
 # Committed changes only: n_tup_* also count the rows of transactions that rolled back (those of
 # the sessions a swap ends, too), n_mod_since_analyze does not. An ANALYZE sets it back to zero.
-_COMMITTED_CHANGES = """
-SELECT format('%%I.%%I', schemaname, relname), n_mod_since_analyze FROM pg_stat_user_tables WHERE schemaname <> %s
+_COMMITTED_CHANGES = f"""
+SELECT format('%%I.%%I', s.schemaname, s.relname), s.n_mod_since_analyze FROM pg_stat_user_tables s
+WHERE {_NOT_IN_A_FABER_SCHEMA}
 """
 
 
