@@ -153,7 +153,7 @@ def migrate(
         if newly_pending := [migration for migration in pending if migration.name not in checked]:
             # Another run (a rollback, a resolve) made them pending while this one waited for its
             # lock: they get the checks the analysis gave the others, before anything is touched.
-            refuse_uncommitted(context, newly_pending)
+            refuse_uncommitted(context, state)
             check_before_lock(context, plugins, newly_pending)
         safety = safety_checks()
         review = safety.review_before_approval(context, plugins, pending, skip_staging_proof=options.skip_staging_proof)
