@@ -48,6 +48,24 @@ def resumed(run: FaberProcess) -> dict:
     return {**json.loads(run.stdout()), "exit": code}
 
 
+def deploy_waiting_for_a_rollback(rollback_dir: Path, deploy_dir: Path, backup_id: str, env: dict) -> tuple:
+    """``(rollback's document, deploy's document)``: a rollback to ``backup_id`` from ``rollback_dir``
+    is held once it has faber's lock while a deploy from ``deploy_dir`` starts waiting for it."""
+    rollback = FaberProcess.start(rollback_dir, "rollback", "production", "--to", backup_id, "--yes", "--json", env=env)
+    deploy = None
+    try:
+        stopped_at(rollback, events.LOCK_ACQUIRED)
+        deploy = FaberProcess.start(deploy_dir, "migrate", "production", "--yes", "--json", env=env)
+        deploy.wait_for(lambda event: event["kind"] == "step.started" and event["data"].get("step") == "lock")
+        restored = resumed(rollback)
+        deploy_exit = deploy.finish(timeout=120)
+        return restored, {**json.loads(deploy.stdout()), "exit": deploy_exit}
+    finally:
+        rollback.stop_everything()
+        if deploy is not None:
+            deploy.stop_everything()
+
+
 def listed(project_dir: Path) -> list[str]:
     return sorted(p.name for p in (project_dir / ".faber/backups/production").iterdir())
 
@@ -162,19 +180,7 @@ def test_a_deploy_waiting_while_a_rollback_restores_mysql_applies_what_the_rollb
     first, second, env = two_projects(mysql_database_url)
     before_posts = deployed_with_a_backup_before_the_last(first, env, run_faber)
 
-    rollback = FaberProcess.start(first, "rollback", "production", "--to", before_posts, "--yes", "--json", env=env)
-    deploy = None
-    try:
-        stopped_at(rollback, events.LOCK_ACQUIRED)
-        deploy = FaberProcess.start(second, "migrate", "production", "--yes", "--json", env=env)
-        deploy.wait_for(lambda event: event["kind"] == "step.started" and event["data"].get("step") == "lock")
-        restored = resumed(rollback)
-        deploy_exit = deploy.finish(timeout=120)
-        deployed = {**json.loads(deploy.stdout()), "exit": deploy_exit}
-    finally:
-        rollback.stop_everything()
-        if deploy is not None:
-            deploy.stop_everything()
+    restored, deployed = deploy_waiting_for_a_rollback(first, second, before_posts, env)
 
     assert (restored["exit"], restored["result"]["backup_id"]) == (0, before_posts), restored
     assert deployed["exit"] == 0, deployed
@@ -278,20 +284,9 @@ def test_a_migration_a_rollback_makes_pending_while_a_deploy_waits_is_checked_as
     assert deployed.returncode == 0, deployed.output
     (project_dir / "migrations/002_posts.sql").write_text("CREATE TABLE posts (id int, edited_after_the_release int);")
 
-    args = ("rollback", "production", "--to", deployed.json["result"]["backup_id"], "--yes", "--json")
-    rollback = FaberProcess.start(project_dir, *args, env=env)
-    deploy = None
-    try:
-        stopped_at(rollback, events.LOCK_ACQUIRED)
-        deploy = FaberProcess.start(project_dir, "migrate", "production", "--yes", "--json", env=env)
-        deploy.wait_for(lambda event: event["kind"] == "step.started" and event["data"].get("step") == "lock")
-        restored = resumed(rollback)
-        deploy_exit = deploy.finish(timeout=120)
-        refused = {**json.loads(deploy.stdout()), "exit": deploy_exit}
-    finally:
-        rollback.stop_everything()
-        if deploy is not None:
-            deploy.stop_everything()
+    restored, refused = deploy_waiting_for_a_rollback(
+        project_dir, project_dir, deployed.json["result"]["backup_id"], env
+    )
 
     assert restored["exit"] == 0, restored
     assert (refused["exit"], refused.get("code")) == (6, "MIGRATION_FAILED"), refused
