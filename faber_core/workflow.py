@@ -1591,9 +1591,11 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
             suggestions=[f"Create one with: faber backup {context.environment}"],
         )
     store.hold_chosen(context, chosen)
+    applied_at_start = applied_or_unknown(context, plugins)
     outcome: RestoreOutcome | None = None
     try:
         with deploy_lock(context) as lock:
+            refuse_if_deployed_meanwhile(context, plugins, chosen, applied_at_start)
             since = check_writes_since_backup(context, chosen)
             confirm_rollback(context, options, chosen, since)
             # The check waits seconds and a prompt as long as it takes: the lock's session may
@@ -1624,6 +1626,52 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
             **outcome.model_dump(include={"original_unchanged", "endpoint", "provider_data"}, exclude_defaults=True),
         },
         message=outcome.details if beside else f"Rolled back {context.environment} to {chosen.id}",
+    )
+
+
+def applied_or_unknown(context: RunContext, plugins: Plugins) -> list[str] | None:
+    """The migrations applied as a rollback starts; None where they cannot be read: a database in a
+    state that needs the rollback must not be kept from it by :func:`refuse_if_deployed_meanwhile`."""
+    try:
+        return read_status(context, plugins, quiet=True).applied
+    except Exception:  # whatever keeps the status from being read, the restore must still be possible
+        return None
+
+
+def refuse_if_deployed_meanwhile(
+    context: RunContext, plugins: Plugins, backup: BackupRecord, applied_at_start: list[str] | None
+) -> None:
+    """A rollback chose its backup and approved restoring it over the migrations applied as it
+    started; another run holding faber's lock meanwhile (a deploy, a resolve) may have changed them.
+    Restoring then would undo that run's migrations too, which nobody decided: stop, unchanged
+    (exit 7), and let the user decide again on what is there now."""
+    if applied_at_start is None:
+        return
+    try:
+        applied_now = read_status(context, plugins, quiet=True).applied
+    except FaberError:
+        return
+    if applied_now == applied_at_start:
+        return
+    env = context.environment
+    added = [name for name in applied_now if name not in applied_at_start]
+    gone = [name for name in applied_at_start if name not in applied_now]
+    changes = ", ".join(
+        part
+        for part in (
+            f"applied {', '.join(added)}" if added else "",
+            f"no longer applied: {', '.join(gone)}" if gone else "",
+        )
+        if part
+    )
+    raise Locked(
+        f"Another faber run changed {env}'s migrations while this rollback waited for faber's lock ({changes}); "
+        "nothing was restored",
+        result={"backup_id": backup.id, "applied_at_start": applied_at_start, "applied_now": applied_now},
+        suggestions=[
+            f"See what that run did: faber history {env}",
+            f"If the rollback is still what you want, run it again: faber rollback {env} --to {backup.id}",
+        ],
     )
 
 

@@ -336,3 +336,34 @@ def test_a_rollback_keeps_the_faber_schema_of_another_project_on_the_same_databa
     with psycopg.connect(database_url) as conn:
         assert conn.execute(history).fetchall() == recorded
         assert conn.execute("SELECT to_regclass('users')").fetchone() == (None,)
+
+
+def test_a_rollback_that_waited_while_a_deploy_applied_migrations_restores_nothing(production, database_url, run_faber):
+    """The rollback chose its backup while another deploy held faber's lock; that deploy then
+    applied 002. Restoring the backup would undo 002 too, which nobody decided: the rollback stops
+    with exit 7 once it has the lock, the database as the deploy left it."""
+    project_dir, env, (chosen, _, _) = production
+    assert run_faber("migrate", "production", "--yes", cwd=project_dir, env=env).returncode == 0
+    (project_dir / "migrations/002_posts.sql").write_text("CREATE TABLE posts (id int);")
+    deploy = FaberProcess.start(project_dir, "migrate", "production", "--yes", "--json", env=env)
+    rollback = None
+    try:
+        stopped_at(deploy, events.LOCK_ACQUIRED)
+        rollback = FaberProcess.start(project_dir, "rollback", "production", "--to", chosen, "--yes", "--json", env=env)
+        rollback.wait_for(lambda event: event["kind"] == "step.started" and event["data"].get("step") == "lock")
+        deployed = resumed(deploy)
+        code = rollback.finish(timeout=120)
+        refused = {**json.loads(rollback.stdout()), "exit": code}
+    finally:
+        deploy.stop_everything()
+        if rollback is not None:
+            rollback.stop_everything()
+
+    assert deployed["exit"] == 0, deployed
+    assert (refused["exit"], refused["code"]) == (7, "LOCKED"), refused
+    assert "while this rollback waited for faber's lock (applied 002_posts)" in refused["error"]
+    assert refused["result"]["applied_now"] == ["001_users", "002_posts"]
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT to_regclass('posts') IS NOT NULL").fetchone()[0]
+    again = run_faber("rollback", "production", "--to", chosen, "--yes", "--json", cwd=project_dir, env=env)
+    assert again.returncode == 0, again.output

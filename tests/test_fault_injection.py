@@ -348,6 +348,9 @@ POINTS = [
     ),
     Point("rolled-back", "failed-deploy", event_matcher("rollback.finished"), (ROLLED_BACK,)),
     # faber rollback --to.
+    # The applied migrations, read before the lock and again under it (a deploy meanwhile stops the
+    # rollback); the writes check after them waits seconds, so a kill lands before the restore.
+    Point("rollback-status", "rollback", started("status"), (STATE_AFTER["003_tier_index"],), sigkill=False),
     Point("rollback-lock", "rollback", started("lock"), (STATE_AFTER["003_tier_index"],)),
     Point("rollback-step", "rollback", started("rollback"), APPLIED),
     Point(

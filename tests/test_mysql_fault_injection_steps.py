@@ -341,6 +341,9 @@ POINTS = [
     ),
     Point("rolled-back", "failed-deploy", event_matcher("rollback.finished"), (ROLLED_BACK,), settled=True),
     # faber rollback --to.
+    # The applied migrations, read before the lock and again under it (a deploy meanwhile stops the
+    # rollback): before the restore, as the lock is.
+    Point("rollback-status", "rollback", started("status"), (AFTER[DEPLOYED[-1]],), sigkill=False),
     Point("rollback-lock", "rollback", started("lock"), (AFTER[DEPLOYED[-1]],)),
     Point("rollback-step", "rollback", started("rollback"), APPLIED),
     Point(
