@@ -154,6 +154,23 @@ def node_runner(pid: int) -> int:
     return next(info.pid for info in descendants(pid) if "runner.cjs" in info.command)
 
 
+def deploy_with_the_runner_killed(
+    project: Path, ready: Callable[[FaberProcess], object], then: Callable[[], object] | None = None
+) -> tuple[int | None, FaberProcess]:
+    """``faber migrate staging --yes --json`` in ``project``, its Node runner killed (SIGKILL) once
+    ``ready(run)`` returns, as the out-of-memory killer would while faber lives; ``then()`` runs
+    after the kill (e.g. to release what held the migration). Its exit code and the ended run."""
+    run = FaberProcess.start(project, "migrate", "staging", "--yes", "--json")
+    try:
+        ready(run)
+        os.kill(node_runner(run.pid), signal.SIGKILL)
+        if then is not None:
+            then()
+        return run.finish(), run
+    finally:
+        run.stop_everything()
+
+
 def session_members(session: int) -> list[ProcessInfo]:
     """Every living process of process session ``session``."""
     members = []

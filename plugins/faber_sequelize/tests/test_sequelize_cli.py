@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from faber_core.testing.faults import (
     WAITING_ON_ADVISORY_LOCK,
     FaberProcess,
     deploy_with_application_write,
-    node_runner,
+    deploy_with_the_runner_killed,
 )
 from faber_core.testing.fixtures import CANARY_PASSWORD, rehearsal_databases_of
 
@@ -164,15 +163,12 @@ def test_a_runner_killed_in_a_migration_fails_the_deploy_and_the_backup_is_resto
     )
     with psycopg.connect(database_url, autocommit=True) as holder:
         holder.execute("SELECT pg_advisory_lock(%s)", [RUNNER_LOCK])
-        run = FaberProcess.start(project, "migrate", "staging", "--yes", "--json")
-        try:
-            waiting = functools.partial(query, WAITING_ON_ADVISORY_LOCK, [RUNNER_LOCK])
-            run.wait_until(waiting, what="the migration to wait on the lock")
-            os.kill(node_runner(run.pid), signal.SIGKILL)
-            holder.execute("SELECT pg_advisory_unlock(%s)", [RUNNER_LOCK])
-            code = run.finish()
-        finally:
-            run.stop_everything()
+        waiting = functools.partial(query, WAITING_ON_ADVISORY_LOCK, [RUNNER_LOCK])
+        code, run = deploy_with_the_runner_killed(
+            project,
+            lambda run: run.wait_until(waiting, what="the migration to wait on the lock"),
+            then=lambda: holder.execute("SELECT pg_advisory_unlock(%s)", [RUNNER_LOCK]),
+        )
 
     assert code == 6, run.stdout() + run.stderr()
     document = json.loads(run.stdout())
@@ -213,14 +209,11 @@ def test_a_runner_killed_before_the_first_migration_started_fails_it_and_changes
     (migrations / "20240103000000-first.js").write_text(sequelize_migration('CREATE TABLE "first" (id int)'))
     (migrations / "20240104000000-holds.js").write_text(HOLDS_THE_RUNNER_AS_IT_LOADS)
 
-    run = FaberProcess.start(project, "migrate", "staging", "--yes", "--json")
-    try:
+    def loading_the_migrations(run: FaberProcess) -> None:
         run.wait_for("apply.started")
         run.wait_until((project / STARTING).exists, what="the runner to load the migrations")
-        os.kill(node_runner(run.pid), signal.SIGKILL)
-        code = run.finish()
-    finally:
-        run.stop_everything()
+
+    code, run = deploy_with_the_runner_killed(project, loading_the_migrations)
 
     assert code == 6, run.stdout() + run.stderr()
     document = json.loads(run.stdout())

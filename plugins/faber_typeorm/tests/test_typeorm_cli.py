@@ -19,7 +19,7 @@ from faber_core.testing.faults import (
     WAITING_ON_ADVISORY_LOCK,
     FaberProcess,
     deploy_with_application_write,
-    node_runner,
+    deploy_with_the_runner_killed,
 )
 from faber_core.testing.fixtures import (
     CANARY_PASSWORD,
@@ -606,15 +606,12 @@ def test_a_runner_killed_in_a_migration_fails_the_deploy_and_its_transaction_rol
     )
     with psycopg.connect(database_url, autocommit=True) as holder:
         holder.execute("SELECT pg_advisory_lock(%s)", [RUNNER_LOCK])
-        run = FaberProcess.start(project, "migrate", "staging", "--yes", "--json")
-        try:
-            waiting = functools.partial(query, WAITING_ON_ADVISORY_LOCK, [RUNNER_LOCK])
-            run.wait_until(waiting, what="the migration to wait on the lock")
-            os.kill(node_runner(run.pid), signal.SIGKILL)
-            holder.execute("SELECT pg_advisory_unlock(%s)", [RUNNER_LOCK])
-            code = run.finish()
-        finally:
-            run.stop_everything()
+        waiting = functools.partial(query, WAITING_ON_ADVISORY_LOCK, [RUNNER_LOCK])
+        code, run = deploy_with_the_runner_killed(
+            project,
+            lambda run: run.wait_until(waiting, what="the migration to wait on the lock"),
+            then=lambda: holder.execute("SELECT pg_advisory_unlock(%s)", [RUNNER_LOCK]),
+        )
 
     assert code == 6, run.stdout() + run.stderr()
     document = json.loads(run.stdout())
@@ -671,16 +668,13 @@ def test_a_runner_killed_between_migrations_fails_the_next_one_and_restores_what
         typeorm_migration("Third1700000400000", "CREATE TABLE third (id int)")
     )
 
-    run = FaberProcess.start(project, "migrate", "staging", "--yes", "--json")
-    try:
+    def between_the_migrations(run: FaberProcess) -> None:
         run.wait_for(
             lambda event: event["kind"] == "migration.applied" and event["data"]["name"] == "First1700000200000"
         )
         run.wait_until((project / BETWEEN_MIGRATIONS).exists, what="the runner to be between the migrations")
-        os.kill(node_runner(run.pid), signal.SIGKILL)
-        code = run.finish()
-    finally:
-        run.stop_everything()
+
+    code, run = deploy_with_the_runner_killed(project, between_the_migrations)
 
     assert code == 6, run.stdout() + run.stderr()
     document = json.loads(run.stdout())
