@@ -627,8 +627,19 @@ def mysql_leftovers(admin_url: str, user: str, database: str) -> list[tuple]:
 
 
 def wait_for_mysql_release(admin_url: str, user: str, database: str, *, within: float) -> list[tuple]:
-    """What :func:`mysql_leftovers` still finds after ``within`` seconds (empty as soon as nothing)."""
+    """What :func:`mysql_leftovers` still finds after ``within`` seconds (empty as soon as nothing).
+
+    While the server cleans up a killed session it can fail the poll itself (MariaDB's
+    "Error on delete of …#sql-temptable…"); such an answer counts as "not released yet".
+    """
+    import pymysql
+
     deadline = time.monotonic() + within
-    while (found := mysql_leftovers(admin_url, user, database)) and time.monotonic() < deadline:
+    while True:
+        try:
+            found = mysql_leftovers(admin_url, user, database)
+        except (pymysql.err.InternalError, pymysql.err.OperationalError) as error:
+            found = [("server still cleaning up", str(error))]
+        if not found or time.monotonic() >= deadline:
+            return found
         time.sleep(0.1)
-    return found
