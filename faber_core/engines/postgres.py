@@ -82,9 +82,7 @@ class AdvisoryLock(HeldLock):
     def check_statement(self) -> str:
         pid, started = self.holder
         return (
-            sql.SQL(_CHECK_HELD_BY)
-            .format(pid=pid, started=started, key=self.key, lost=LOCK_LOST)
-            .as_string(self.conn)
+            sql.SQL(_CHECK_HELD_BY).format(pid=pid, started=started, key=self.key, lost=LOCK_LOST).as_string(self.conn)
         )
 
 
@@ -284,9 +282,9 @@ class PostgresEngine(Engine):
     def deploy_lock(
         self, conn: psycopg.Connection, database: Database, *, wait_seconds: float, purpose: str
     ) -> Iterator[AdvisoryLock]:
-        from faber_core.postgres.locks import advisory_lock, faber_lock_key
+        from faber_core.postgres.locks import advisory_lock, session_lock_key
 
-        key = faber_lock_key(database.name)
+        key = session_lock_key(conn)
         with advisory_lock(conn, key, wait_seconds=wait_seconds, purpose=purpose):
             # The function for one backend, not the pg_stat_activity view (every session's status,
             # joined with two catalogs): a quarter of the server's CPU in a fresh session.

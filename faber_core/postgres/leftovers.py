@@ -18,7 +18,7 @@ from faber_core.backup.swap import MARKER, previous_name, restoring_name
 from faber_core.context import Database
 from faber_core.engines import REHEARSAL_PREFIX, REHEARSAL_STALE_MINUTES, rehearsal_age
 from faber_core.models import LeftoverDatabase
-from faber_core.postgres.locks import faber_lock_key, lock_held
+from faber_core.postgres.locks import lock_held, session_lock_key
 from faber_core.postgres.rehearsal import rehearsal_comment
 
 _CANDIDATES = """
@@ -33,7 +33,7 @@ ORDER BY d.datname
 def leftover_databases(conn: psycopg.Connection, database: Database) -> list[LeftoverDatabase]:
     """The leftovers of ``database`` on its server (``conn`` is a session of it), by name."""
     swap = [restoring_name(database.name), previous_name(database.name)] if database.name else []
-    if swap and lock_held(conn, faber_lock_key(database.name)):
+    if swap and lock_held(conn, session_lock_key(conn)):
         swap = []
     rows = conn.execute(_CANDIDATES, {"swap": swap, "prefix": REHEARSAL_PREFIX}).fetchall()
     leftovers = []

@@ -16,10 +16,21 @@ from faber_core.engines import wait_for_lock
 from faber_core.errors import ReadBlocked
 
 
-def faber_lock_key(database_name: str | None) -> int:
-    """faber's own key for a database: stable, distinct from a migration tool's, a signed 64-bit integer."""
-    digest = hashlib.sha256(f"faber-deploy:{database_name or ''}".encode()).digest()
+def faber_lock_key(database_name: str) -> int:
+    """faber's own key for the database the server names ``database_name``: stable, distinct from a
+    migration tool's, a signed 64-bit integer."""
+    digest = hashlib.sha256(f"faber-deploy:{database_name}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def session_lock_key(conn: psycopg.Connection) -> int:
+    """faber's key for the database ``conn`` is a session of, from the server's name for it
+    (``current_database()``), not the URL's: a URL that reaches the same database under another
+    name (a PgBouncer alias, or none, libpq then taking the user's) takes the same lock. A swap
+    restore's database, renamed to the target's name, takes the key of the one it replaced. The
+    same key as the URL's name gives when the URL names the database as the server does, so runs
+    of faber versions that hashed the URL's name still exclude these there."""
+    return faber_lock_key(conn.execute("SELECT pg_catalog.current_database()").fetchone()[0])
 
 
 _HOLDING = """

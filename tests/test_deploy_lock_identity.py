@@ -1,0 +1,176 @@
+"""faber's lock excludes every run on the same database, however the run's URL names it: the lock
+is keyed on the database the server says the session is on, not on the name in the URL."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from faber_core.context import Database
+from faber_core.errors import Locked, exit_code_for
+from faber_core.secrets import Secret
+from faber_core.testing.fixtures import wait_for
+from faber_core.workflow import DeployOptions, migrate
+
+USERS = "CREATE TABLE users (id serial PRIMARY KEY, email text NOT NULL);"
+YES = DeployOptions(assume_yes=True)
+HOLDER = "faber run through the other name"
+
+
+def name_of(url: str) -> str:
+    return urlsplit(url).path.lstrip("/")
+
+
+def with_user_and_path(url: str, user: str, path: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=f"{user}@{parts.hostname}:{parts.port or 5432}", path=path))
+
+
+def user_tables(url: str) -> list[str]:
+    with psycopg.connect(url) as conn:
+        return [row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+
+
+@contextmanager
+def faber_lock_held_through(url: str) -> Iterator[str]:
+    """faber's lock, taken as a run reaching the database through ``url`` takes it; yields how a
+    run locked out describes the holder."""
+    database = Database(Secret(url), source="test")
+    with ExitStack() as stack:
+        conn = stack.enter_context(database.connect(application_name=HOLDER))
+        stack.enter_context(database.engine.deploy_lock(conn, database, wait_seconds=0, purpose="faber run"))
+        # The server's pid: through PgBouncer the client's backend_pid is PgBouncer's own.
+        yield f"{HOLDER} (server pid {conn.execute('SELECT pg_backend_pid()').fetchone()[0]},"
+
+
+@contextmanager
+def login_role(admin_url: str, name: str) -> Iterator[None]:
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+    try:
+        yield
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s AND pid <> pg_backend_pid()",
+                [name],
+            )
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+def assert_locked_out(context_for, plugins, project_dir: Path, holder: str) -> None:
+    """A deploy of ``project_dir`` waits for faber's lock, then stops naming ``holder``, before its migration."""
+    events: list = []
+    with pytest.raises(Locked) as raised:
+        migrate(context_for(project_dir, events=events), plugins, YES)
+
+    assert type(raised.value) is Locked and exit_code_for(raised.value.code) == 7
+    assert holder in raised.value.message
+    assert "migration.started" not in [event.kind for event in events]
+
+
+@pytest.mark.parametrize("holder_names_it", [True, False], ids=["holder-names-it", "deploy-names-it"])
+def test_a_url_naming_no_database_and_one_naming_it_take_the_same_lock(
+    project, context_for, plugins, database_url, postgres_admin_url, monkeypatch, holder_names_it
+):
+    """libpq connects a URL that names no database to the database named as its user: such a URL
+    reaches the same database as one naming it, and the two runs exclude each other."""
+    name = name_of(database_url)
+    unnamed = with_user_and_path(postgres_admin_url, name, "")
+    project_dir = project({"001_users": USERS})
+    with login_role(postgres_admin_url, name):
+        if holder_names_it:
+            holder_url = database_url
+            monkeypatch.setenv("TEST_DATABASE_URL", unnamed)
+        else:
+            holder_url = unnamed
+        with faber_lock_held_through(holder_url) as holder:
+            assert_locked_out(context_for, plugins, project_dir, holder)
+    assert user_tables(database_url) == []
+
+
+def pgbouncer_binary() -> str:
+    found = shutil.which("pgbouncer", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin"]))
+    if found is None:
+        pytest.skip(
+            "PgBouncer is not installed (apt-get install pgbouncer): the test of a database reached under an "
+            "alias needs it; the URL naming no database above reaches one database under two names without it"
+        )
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def pgbouncer_alias(database_url: str, tmp_path: Path) -> Iterator[str]:
+    """A URL reaching the test's database through a PgBouncer alias of another name (session
+    pooling, as faber's session lock needs)."""
+    binary = pgbouncer_binary()
+    server = urlsplit(database_url)
+    port = free_port()
+    alias = f"{name_of(database_url)}_alias"
+    (tmp_path / "users.txt").write_text('"postgres" ""\n')
+    config = tmp_path / "pgbouncer.ini"
+    config.write_text(
+        f"[databases]\n{alias} = host={server.hostname} port={server.port or 5432} dbname={name_of(database_url)}\n"
+        f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\nauth_type = trust\n"
+        f"auth_file = {tmp_path / 'users.txt'}\npool_mode = session\nlogfile =\npidfile =\n"
+        # faber's sessions set their timeouts in the startup packet's options, which PgBouncer refuses
+        "ignore_startup_parameters = options\n"
+    )
+    # PgBouncer refuses to run as root; it reads its configuration before it takes the user's identity.
+    as_user = ["-u", "nobody"] if os.geteuid() == 0 else []
+    log = tmp_path / "pgbouncer.log"
+    with log.open("wb") as output:
+        bouncer = subprocess.Popen([binary, *as_user, str(config)], stdout=output, stderr=subprocess.STDOUT)
+    url = f"postgresql://postgres@127.0.0.1:{port}/{alias}"
+    try:
+
+        def answers() -> bool:
+            assert bouncer.poll() is None, log.read_text()
+            try:
+                with psycopg.connect(url, connect_timeout=2):
+                    return True
+            except psycopg.OperationalError:
+                return False
+
+        wait_for(answers, "PgBouncer to accept connections", timeout=30)
+        yield url
+    finally:
+        bouncer.terminate()
+        bouncer.wait(timeout=30)
+
+
+def test_the_alias_reaches_the_database_under_another_name(pgbouncer_alias, database_url):
+    with psycopg.connect(pgbouncer_alias) as conn:
+        assert conn.info.dbname == f"{name_of(database_url)}_alias"
+        assert conn.execute("SELECT current_database()").fetchone()[0] == name_of(database_url)
+
+
+@pytest.mark.parametrize("holder_via_alias", [True, False], ids=["holder-via-alias", "deploy-via-alias"])
+def test_a_run_through_a_pgbouncer_alias_and_one_naming_the_database_take_the_same_lock(
+    project, context_for, plugins, database_url, pgbouncer_alias, monkeypatch, holder_via_alias
+):
+    project_dir = project({"001_users": USERS})
+    if holder_via_alias:
+        holder_url = pgbouncer_alias
+    else:
+        holder_url = database_url
+        monkeypatch.setenv("TEST_DATABASE_URL", pgbouncer_alias)
+    with faber_lock_held_through(holder_url) as holder:
+        assert_locked_out(context_for, plugins, project_dir, holder)
+    assert user_tables(database_url) == []
