@@ -329,16 +329,30 @@ class NamedLock(HeldLock):
         return bool(row and row[0])
 
 
-def faber_lock_name(database_name: str | None) -> str:
-    """faber's lock name for a database: at most 64 characters (the server's limit), distinct
-    from the tools' own locks (Prisma's ``prisma_migrate``)."""
-    digest = hashlib.sha256((database_name or "").encode()).hexdigest()[:40]
+def faber_lock_name(schema: str) -> str:
+    """faber's lock name for the database the server compares as ``schema``
+    (:func:`faber_lock_name_on_server` asks it): at most 64 characters (the server's limit),
+    distinct from the tools' own locks (Prisma's ``prisma_migrate``)."""
+    digest = hashlib.sha256(schema.encode()).hexdigest()[:40]
     return f"faber-deploy:{digest}"
 
 
-def lock_in_use(conn: MySQLConnection, database_name: str) -> bool:
-    """Whether a session holds faber's lock on the database (a run is deploying or restoring it)."""
-    return conn.execute("SELECT IS_USED_LOCK(%s)", [faber_lock_name(database_name)]).fetchone()[0] is not None
+def faber_lock_name_on_server(conn: MySQLConnection, schema: str | None = None) -> str:
+    """faber's lock name for ``schema`` on ``conn``'s server, by default for the session's own
+    database (``DATABASE()``: the one the server reached, whatever the URL called it). A
+    ``GET_LOCK`` name is server-wide, so it must name the database as the server compares names:
+    in lower case where ``lower_case_table_names`` makes them case-insensitive (``Shop`` and
+    ``shop`` are then one database, which two URLs naming it each way must lock alike)."""
+    row = conn.execute(
+        "SELECT IF(@@lower_case_table_names, LOWER(s.name), s.name) FROM (SELECT COALESCE(%s, DATABASE()) AS name) s",
+        [schema],
+    ).fetchone()
+    return faber_lock_name(row[0] or "")
+
+
+def lock_in_use(conn: MySQLConnection) -> bool:
+    """Whether a session holds faber's lock on the session's database (a run is deploying or restoring it)."""
+    return conn.execute("SELECT IS_USED_LOCK(%s)", [faber_lock_name_on_server(conn)]).fetchone()[0] is not None
 
 
 def lock_holder(conn: MySQLConnection, name: str) -> str:
@@ -609,7 +623,7 @@ class MySQLEngine(Engine):
     def deploy_lock(
         self, conn: MySQLConnection, database: Database, *, wait_seconds: float, purpose: str
     ) -> Iterator[NamedLock]:
-        name = faber_lock_name(database.name)
+        name = faber_lock_name_on_server(conn)
         wait_for_lock(
             lambda: bool(conn.execute("SELECT GET_LOCK(%s, 0)", [name]).fetchone()[0]),
             lambda: lock_holder(conn, name),
@@ -637,14 +651,14 @@ class MySQLEngine(Engine):
         names no target)."""
         from faber_core.backup.mysqldump import restore_leftovers
 
-        if not database.name or lock_in_use(conn, database.name):
+        if not database.name or lock_in_use(conn):
             return []
         return restore_leftovers(conn, database.name)
 
     def interrupted_restores(self, conn: MySQLConnection, database: Database) -> list[InterruptedRestore]:
         from faber_core.backup.mysqldump import interrupted_swaps
 
-        if not database.name or lock_in_use(conn, database.name):
+        if not database.name or lock_in_use(conn):
             return []
         return interrupted_swaps(conn, database.name)
 

@@ -4,7 +4,8 @@ DDL is not transactional there: a handler runs a migration holding DDL statement
 (:func:`split_statements`, :func:`is_ddl`) and reports how many committed before a failure
 (``MigrationFailure.statements_committed``), with the server's error number as ``sqlstate``
 (:func:`error_code`; :data:`LOCK_WAIT_TIMEOUT`, 1205, is retried by faber when the transaction
-rolled back). :func:`faber_lock_name` is the ``GET_LOCK`` name faber holds during a deploy.
+rolled back). :func:`faber_lock_name_on_server` is the ``GET_LOCK`` name faber holds during a
+deploy (the server's name of the database, hashed by :func:`faber_lock_name`).
 faber keeps its own tables in the target database on MySQL: :data:`FABER_TABLES` names them
 (``table_name NOT IN %s`` leaves them out of what a handler counts as the application's).
 """
@@ -15,6 +16,7 @@ from faber_core.engines.mysql import (
     MySQLConnection,
     error_code,
     faber_lock_name,
+    faber_lock_name_on_server,
     is_ddl,
     split_statements,
 )
@@ -25,6 +27,7 @@ __all__ = [
     "MySQLConnection",
     "error_code",
     "faber_lock_name",
+    "faber_lock_name_on_server",
     "is_ddl",
     "split_statements",
 ]

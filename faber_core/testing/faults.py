@@ -615,14 +615,14 @@ def mysql_session(admin_url: str, condition: str, params: list) -> tuple | None:
 
 def mysql_leftovers(admin_url: str, user: str, database: str) -> list[tuple]:
     """The sessions of ``user`` (a test's deploy user), and faber's lock on ``database`` if anyone holds it."""
-    from faber_core.support.mysql import faber_lock_name
+    from faber_core.support.mysql import faber_lock_name_on_server
     from faber_core.testing.fixtures import mysql_connect
 
     with mysql_connect(admin_url) as conn:
         sessions = conn.execute(
             "SELECT ID, DB, COMMAND, LEFT(INFO, 80) FROM information_schema.PROCESSLIST WHERE USER = %s", [user]
         ).fetchall()
-        holder = conn.execute("SELECT IS_USED_LOCK(%s)", [faber_lock_name(database)]).fetchone()[0]
+        holder = conn.execute("SELECT IS_USED_LOCK(%s)", [faber_lock_name_on_server(conn, database)]).fetchone()[0]
     return [*sessions, *([("faber lock held by", holder)] if holder is not None else [])]
 
 
