@@ -282,16 +282,19 @@ class PostgresEngine(Engine):
     def deploy_lock(
         self, conn: psycopg.Connection, database: Database, *, wait_seconds: float, purpose: str
     ) -> Iterator[AdvisoryLock]:
-        from faber_core.postgres.locks import advisory_lock, session_lock_key
+        from faber_core.postgres.locks import advisory_lock, faber_lock_key
 
-        key = session_lock_key(conn)
+        # The server's name of the database keys the lock (session_lock_key), read with the session's
+        # pid and start in one statement. The function for one backend, not the pg_stat_activity
+        # view (every session's status, joined with two catalogs): a quarter of the server's CPU in
+        # a fresh session.
+        database_name, *holder = conn.execute(
+            "SELECT pg_catalog.current_database(), pid, backend_start"
+            " FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid())"
+        ).fetchone()
+        key = faber_lock_key(database_name)
         with advisory_lock(conn, key, wait_seconds=wait_seconds, purpose=purpose):
-            # The function for one backend, not the pg_stat_activity view (every session's status,
-            # joined with two catalogs): a quarter of the server's CPU in a fresh session.
-            holder = conn.execute(
-                "SELECT pid, backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid())"
-            ).fetchone()
-            yield AdvisoryLock(conn, key, holder)
+            yield AdvisoryLock(conn, key, tuple(holder))
 
     def apply_session_timeouts(self, conn: psycopg.Connection, settings: EnvironmentSettings) -> None:
         from faber_core.safety.timeouts import apply_session_timeouts
