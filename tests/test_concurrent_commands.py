@@ -338,12 +338,18 @@ def test_a_rollback_keeps_the_faber_schema_of_another_project_on_the_same_databa
         assert conn.execute("SELECT to_regclass('users')").fetchone() == (None,)
 
 
-def test_a_rollback_that_waited_while_a_deploy_applied_migrations_restores_nothing(production, database_url, run_faber):
+def test_a_rollback_that_waited_while_a_deploy_applied_migrations_restores_nothing(project, database_url, run_faber):
     """The rollback chose its backup while another deploy held faber's lock; that deploy then
     applied 002. Restoring the backup would undo 002 too, which nobody decided: the rollback stops
     with exit 7 once it has the lock, the database as the deploy left it."""
-    project_dir, env, (chosen, _, _) = production
-    assert run_faber("migrate", "production", "--yes", cwd=project_dir, env=env).returncode == 0
+    env = {**SQLFILES, "TEST_DATABASE_URL": database_url}
+    # The rollback waits for the whole deploy: as long as a loaded machine needs, not a second.
+    project_dir = project(
+        {"001_users": "CREATE TABLE users (id int);"}, restore_with_app_writes="allow", lock_wait_seconds=120
+    )
+    first = run_faber("migrate", "production", "--yes", "--json", cwd=project_dir, env=env)
+    assert first.returncode == 0, first.output
+    chosen = first.json["result"]["backup_id"]
     (project_dir / "migrations/002_posts.sql").write_text("CREATE TABLE posts (id int);")
     deploy = FaberProcess.start(project_dir, "migrate", "production", "--yes", "--json", env=env)
     rollback = None
