@@ -505,12 +505,16 @@ def hostile_target(postgres_admin_url, monkeypatch):
             )
 
 
+# Each run's names differ, so runs sharing the server never meet on one of them.
+RUN = uuid.uuid4().hex[:8]
+
+
 @pytest.mark.parametrize(
     "name",
     [
-        "faber attack 'quoted' \"double\" a=b c",
-        "é" * 31,  # 62 bytes: the longest a name of two-byte characters can be
-        "faber_attack_" + "x" * 50,  # 63 bytes
+        f"faber attack 'quoted' \"double\" a=b c {RUN}",
+        RUN + "é" * 27,  # 62 bytes: a name of two-byte characters as long as it can be, cut inside them
+        f"faber_attack_{RUN}" + "x" * 42,  # 63 bytes
     ],
     ids=["quotes-equals-spaces", "multibyte-62-bytes", "ascii-63-bytes"],
 )
