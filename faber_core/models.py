@@ -349,7 +349,8 @@ class RestoreOutcome(DeferredModel):
         None,
         description="For an interrupted restore: whether its commit (the transaction's COMMIT, the swap) had "
         "run. True: the database is exactly the backup; False: it is exactly as before the restore; None: the "
-        "provider cannot tell, and details say where things stand.",
+        "provider cannot tell, and details say where things stand. faber sets it True on a successful restore "
+        "whose migration history it could not read to verify it.",
     )
     interrupted_by: Literal["SIGINT", "SIGTERM"] | None = None
     details: str = ""

@@ -334,6 +334,10 @@ class ProgressPrinter:
             self.line(f"✗ Restore of {backup_id} interrupted before it committed: the database is as it was before it")
         elif status == "interrupted":
             self.line(f"⚠ Restore of {backup_id} interrupted: the database is as before it, or exactly the backup")
+        elif status == "unverified":
+            self.line(
+                f"⚠ Restored {backup_id}; its migration history could not be read to check it: {event.data['reason']}"
+            )
         else:
             self.line(f"✓ Restored {backup_id}; migration history matches the backup")
 

@@ -71,7 +71,8 @@ class FailedDeployResult(DeferredModel):
     restore_committed: bool | None = Field(
         None,
         description="When a signal interrupted the automatic restore: true if the restore had committed (the "
-        "database is exactly the backup), false if not (exactly as before the restore); absent when unknown.",
+        "database is exactly the backup), false if not (exactly as before the restore); absent when unknown. "
+        "Also true when the restore committed but its migration history could not be read to verify it.",
     )
     writes_since_backup: WritesSinceBackup | None = Field(
         None, description="Before an automatic restore: rows others wrote since the backup (restore_with_app_writes)."

@@ -1277,14 +1277,16 @@ def restore_unless_refused(context: RunContext, plugins: Plugins, lock: DeployLo
             ],
         )
     discarded = since.summary() if since.status == "found" and policy == "warn" else None
+    rolled_back = f"Database rolled back to {backup.id}" + (f"; the restore discarded {discarded}" if discarded else "")
+    if not verified(outcome):
+        rolled_back += f": {outcome.details}"
     return Rollback(
         "success",
         initiated=True,
         writes_since_backup=since,
         discarded=discarded,
-        advice_first=[
-            f"Database rolled back to {backup.id}" + (f"; the restore discarded {discarded}" if discarded else "")
-        ],
+        restore_committed=None if verified(outcome) else True,
+        advice_first=[rolled_back, *([] if verified(outcome) else outcome.suggestions)],
     )
 
 
@@ -1482,6 +1484,11 @@ def restore_backup(context: RunContext, plugins: Plugins, backup: BackupRecord, 
             return RestoreOutcome.interrupted(
                 backup.id, interrupt, committed=True, details=f"{outcome.details}; interrupted while verifying it"
             )
+        except HealthCheckFailed as unread:
+            # The restore committed: a connection lost (or a read blocked) now keeps only its proof
+            # from running, and must not be reported as a restore that failed.
+            context.emit("rollback.finished", backup_id=backup.id, status="unverified", reason=unread.message)
+            return unverified(context, outcome, unread.message)
     expected = sorted(tuple(item) for item in backup.migrations)
     if sorted(state.applied_fingerprint()) != expected:
         raise RestoreFailed(
@@ -1496,6 +1503,27 @@ def restore_backup(context: RunContext, plugins: Plugins, backup: BackupRecord, 
 
 def restored_beside(outcome: RestoreOutcome) -> bool:
     return outcome.original_unchanged
+
+
+def unverified(context: RunContext, outcome: RestoreOutcome, reason: str) -> RestoreOutcome:
+    """A restore that committed but whose migration history could not be read to verify it
+    (``committed`` True on a successful outcome says so)."""
+    return outcome.model_copy(
+        update={
+            "committed": True,
+            "details": f"{outcome.details}; the restore committed but was not verified, as its migration history "
+            f"could not be read: {reason}",
+            "suggestions": [
+                *outcome.suggestions,
+                f"Check that the migrations match the backup's: faber status {context.environment}",
+            ],
+        }
+    )
+
+
+def verified(outcome: RestoreOutcome) -> bool:
+    """Whether faber read the restored migration history and found it equal to the backup's."""
+    return outcome.status == "success" and not outcome.original_unchanged and outcome.committed is not True
 
 
 # 14: verify ----------------------------------------------------------------------------
@@ -1613,19 +1641,24 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
     if outcome.status == "interrupted":
         raise interrupted_rollback(context, chosen, outcome)
     beside = restored_beside(outcome)
+    committed_unverified = not beside and not verified(outcome)
+    message = f"Rolled back {context.environment} to {chosen.id}"
+    if committed_unverified:
+        message += f": {outcome.details}; {outcome.suggestions[-1]}"
     return Success(
         operation="rollback",
         environment=context.environment,
         result={
             "backup_id": chosen.id,
             "rollback_status": "restored_side_by_side" if beside else "success",
-            "verified": not beside,
+            "verified": verified(outcome),
             "migrations": [name for name, _ in chosen.migrations],
             "details": outcome.details,
             "writes_since_backup": checked.latest.model_dump(mode="json"),
+            **({"restore_committed": True} if committed_unverified else {}),
             **outcome.model_dump(include={"original_unchanged", "endpoint", "provider_data"}, exclude_defaults=True),
         },
-        message=outcome.details if beside else f"Rolled back {context.environment} to {chosen.id}",
+        message=outcome.details if beside else message,
     )
 
 

@@ -523,3 +523,68 @@ def test_a_deploy_waiting_for_the_lock_of_one_killed_mid_migration_takes_over_an
         ]
         assert conn.execute("SELECT count(*) FROM accounts WHERE tier IS NULL").fetchone() == (1000,)
     assert not wait_for_server_release(database_url, database_name(database_url), within=SERVER_BOUND)
+
+
+# The database unreachable once a restore committed ---------------------------------------
+
+
+@pytest.mark.parametrize("command", ["rollback", "automatic rollback"])
+def test_a_restore_that_committed_before_the_database_became_unreachable_is_reported_restored_not_failed(
+    project, database_url, postgres_admin_url, command
+):
+    """The restore commits; the database then refuses every new connection (a failover, a
+    restart, `ALLOW_CONNECTIONS false`) before faber reads the migration history to verify it.
+    The database is exactly the backup: the result must say so (`restore_committed`), not that
+    the restore failed (the database as before it) or that the database could not be reached at
+    all, and point at `faber status` for the check that could not run."""
+    failing = holdable_migration("002_notes", "CREATE TABLE notes (id int);")
+    directory = project({"001_ledgers": "CREATE TABLE ledgers (id int);", "002_notes": failing})
+    name = database_name(database_url)
+    if command == "rollback":
+        (directory / "migrations" / "002_notes.sql").unlink()
+        deploy = start(directory, database_url, "migrate", ENVIRONMENT, "--yes", "--json")
+        assert deploy.finish() == 0, deploy.stdout() + deploy.stderr()
+        backup_id = json.loads(deploy.stdout())["result"]["backup_id"]
+        args, env = ("rollback", ENVIRONMENT, "--to", backup_id, "--yes", "--json"), {}
+    else:
+        args, env = ("migrate", ENVIRONMENT, "--yes", "--json"), session_settings(fail="002_notes")
+    with psycopg.connect(database_url, application_name="the application") as application:
+        application.execute("LOCK TABLE accounts IN ACCESS SHARE MODE")  # the restore waits for it
+        run = start(directory, database_url, *args, env=env)
+        try:
+            run.wait_until(lambda: restore_waiting(postgres_admin_url, name), what="the restore to wait for its lock")
+            with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
+                admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            application.rollback()
+            code = run.finish()
+        finally:
+            run.stop_everything()
+            with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
+                admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+    document = json.loads(run.stdout())
+    result = document["result"]
+    assert result["rollback_status"] == "success" and result["restore_committed"] is True, document
+    if command == "rollback":
+        assert code == 0 and result["verified"] is False, document
+        assert "the restore committed but was not verified" in document["message"], document
+        assert f"faber status {ENVIRONMENT}" in document["message"], document
+    else:
+        assert (code, document["code"]) == (6, "MIGRATION_FAILED"), document
+        assert result["applied_migrations"] == ["001_ledgers"], document
+        suggestions = document["recovery"]["suggestions"]
+        assert "the restore committed but was not verified" in suggestions[0], suggestions
+        assert f"Check that the migrations match the backup's: faber status {ENVIRONMENT}" in suggestions, suggestions
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT to_regclass('ledgers')").fetchone() == (None,)
+        assert conn.execute("SELECT name FROM sqlfiles_migrations").fetchall() == [("000_base",)]
+
+
+def restore_waiting(admin_url: str, database: str) -> bool:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE datname = %s AND application_name LIKE 'faber restore %%'"
+            " AND wait_event_type = 'Lock'",
+            [database],
+        ).fetchone()
+    return row is not None
