@@ -27,6 +27,7 @@ import pytest
 from faber_core.postgres.locks import faber_lock_key
 from faber_core.testing.faults import (
     AUDIT_LOG,
+    CommitAnswerDropped,
     FaberProcess,
     event_matcher,
     holdable_migration,
@@ -588,3 +589,38 @@ def restore_waiting(admin_url: str, database: str) -> bool:
             [database],
         ).fetchone()
     return row is not None
+
+
+# The connection lost as a migration commits ----------------------------------------------
+
+
+def test_a_migration_whose_connection_is_lost_as_it_commits_is_not_reported_rolled_back(project, database_url):
+    """The server runs the migration's COMMIT and the connection drops before its answer arrives
+    (a network cut, a proxy restarting): the migration committed, and the handler cannot know. It
+    must not be reported as rolled back with "Database unchanged", which would leave its changes
+    in place with no restore and no word; it is one that may have committed, as docs/workflow.md
+    says of a migration started and not reported applied. The next deploy goes on from there."""
+    directory = project({"001_ledgers": "CREATE TABLE ledgers (id int);", "002_notes": "CREATE TABLE notes (id int);"})
+    proxy = CommitAnswerDropped(urlsplit(database_url).port or 5432, application="faber sqlfiles apply")
+    try:
+        run = start(directory, proxy.url(database_url), "migrate", ENVIRONMENT, "--yes", "--json")
+        code = run.finish()
+    finally:
+        proxy.close()
+    assert proxy.dropped.is_set(), run.stderr()
+    document = json.loads(run.stdout())
+    result = document["result"]
+    assert (code, document["code"], result["failed_migration"]) == (6, "MIGRATION_FAILED", "001_ledgers"), document
+    assert "transaction_rolled_back" not in result and result["rollback_status"] != "not_needed", document
+    assert "Database unchanged" not in json.dumps(document), document
+    with psycopg.connect(database_url) as conn:  # the server did commit it
+        assert conn.execute("SELECT to_regclass('ledgers')").fetchone() != (None,)
+
+    again = start(directory, database_url, "migrate", ENVIRONMENT, "--yes", "--skip-backup", "--json")
+    assert again.finish() == 0, again.stdout() + again.stderr()
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT name FROM sqlfiles_migrations ORDER BY name").fetchall() == [
+            ("000_base",),
+            ("001_ledgers",),
+            ("002_notes",),
+        ]

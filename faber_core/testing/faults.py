@@ -14,23 +14,29 @@ handler or backup provider:
   :data:`WAITING_ON_ADVISORY_LOCK` tells when a migration waits on a lock the test holds.
 - :func:`server_leftovers` lists the sessions and advisory locks still on a database;
   :func:`mysql_leftovers` the sessions and faber's lock still on a MySQL/MariaDB server.
+- :class:`CommitAnswerDropped` loses one session's connection right after the server ran its
+  ``COMMIT``, before the client heard it: the moment a client cannot tell what committed.
 - :func:`top_level_steps` picks a run's workflow steps out of its events, for a test that every
   step has an injection point.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -360,6 +366,70 @@ def _read_all(handle: Any) -> str:
     handle.flush()
     handle.seek(0)
     return handle.read().decode(errors="replace")
+
+
+# A connection lost at the worst moment -------------------------------------------------
+
+
+class CommitAnswerDropped:
+    """A TCP proxy to a PostgreSQL server that loses one session's connection at the worst moment:
+    the first ``COMMIT`` of the session whose startup names ``application`` reaches the server,
+    the server commits and answers, and the proxy closes that session's connection instead of
+    passing the answer on. The client cannot tell whether its transaction committed; it did.
+
+    Connect through it with :meth:`url` (``sslmode=disable``: the proxy reads the messages);
+    :attr:`dropped` is set once it has dropped the answer. Every other session passes through.
+    """
+
+    def __init__(self, upstream_port: int, application: str) -> None:
+        self.upstream_port = upstream_port
+        self.application = application.encode()
+        self.dropped = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, url: str) -> str:
+        """``url`` through the proxy."""
+        parts = urlsplit(url)
+        netloc = f"{parts.netloc.rpartition('@')[0]}@127.0.0.1:{self.listener.getsockname()[1]}"
+        return urlunsplit(parts._replace(netloc=netloc, query="sslmode=disable"))
+
+    def close(self) -> None:
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            server = socket.create_connection(("127.0.0.1", self.upstream_port))
+            session = {"named": False, "committing": False}
+            threading.Thread(target=self._pump, args=(client, server, session, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, session, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket, session: dict[str, bool], to_server: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if to_server:
+                    session["named"] = session["named"] or self.application in data
+                    if session["named"] and not self.dropped.is_set() and _SIMPLE_COMMIT in data:
+                        session["committing"] = True
+                elif session["committing"] and not self.dropped.is_set():
+                    self.dropped.set()  # the server's answer to the COMMIT: it committed
+                    break
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, target):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+                end.close()
+
+
+_SIMPLE_COMMIT = b"Q\x00\x00\x00\x0bCOMMIT\x00"
+"""A ``COMMIT`` sent as a simple query, as psycopg ends a transaction."""
 
 
 # Migrations that hold still or fail on demand ---------------------------------------------

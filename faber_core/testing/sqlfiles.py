@@ -113,6 +113,7 @@ def faber_migration_apply(context: RunContext, pending: list[LocalMigration]) ->
             context.start_migration(migration.name)
             started = time.monotonic()
             measured = Measurement()
+            ran = False
             try:
                 # Measured, so faber can tell these rows from the application's (docs/workflow.md).
                 with measured_transaction(conn, measured):
@@ -120,7 +121,13 @@ def faber_migration_apply(context: RunContext, pending: list[LocalMigration]) ->
                     conn.execute(
                         "INSERT INTO sqlfiles_migrations VALUES (%s, %s)", [migration.name, migration.checksum]
                     )
+                    ran = True
             except psycopg.Error as exc:
+                if ran and conn.broken:
+                    # The connection was lost once every statement had run, perhaps after the
+                    # server committed: this migration may have committed, so it is not reported
+                    # rolled back (faber then treats it as one that may have committed in part).
+                    raise
                 outcome.failure = MigrationFailure(
                     name=migration.name,
                     error=context.redactor.redact(str(exc)),
