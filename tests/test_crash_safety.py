@@ -624,3 +624,30 @@ def test_a_migration_whose_connection_is_lost_as_it_commits_is_not_reported_roll
             ("001_ledgers",),
             ("002_notes",),
         ]
+
+
+def test_a_swap_whose_connection_is_lost_as_it_commits_is_reported_as_the_swap_it_was(project, database_url):
+    """A swap restore's COMMIT (the renames, on the maintenance database) runs on the server and
+    its answer is lost: the database is the backup, and faber must say so and finish the restore
+    (drop the previous database, verify), not report the swap rolled back and the database
+    unchanged."""
+    directory = project({"001_ledgers": "CREATE TABLE ledgers (id int);"}, backup={"restore_mode": "swap"})
+    deploy = start(directory, database_url, "migrate", ENVIRONMENT, "--yes", "--json")
+    assert deploy.finish() == 0, deploy.stdout() + deploy.stderr()
+    backup_id = json.loads(deploy.stdout())["result"]["backup_id"]
+    proxy = CommitAnswerDropped(urlsplit(database_url).port or 5432, application="faber swap", database="postgres")
+    try:
+        run = start(directory, proxy.url(database_url), "rollback", ENVIRONMENT, "--to", backup_id, "--yes", "--json")
+        code = run.finish()
+    finally:
+        proxy.close()
+    assert proxy.dropped.is_set(), run.stderr()
+    assert code == 0, run.stdout() + run.stderr()
+    result = json.loads(run.stdout())["result"]
+    assert (result["rollback_status"], result["verified"]) == ("success", True), result
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT name FROM sqlfiles_migrations").fetchall() == [("000_base",)]
+        previous = conn.execute(
+            "SELECT datname FROM pg_database WHERE datname = %s", [f"{database_name(database_url)}_faber_previous"]
+        ).fetchall()
+    assert previous == [], "the database the swap replaced is left behind"

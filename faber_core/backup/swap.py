@@ -544,13 +544,23 @@ def _swap_names(swap: _Swap, committed: dict[str, int]) -> None:
                     swap.swapped = True
                 break
             except psycopg.Error as exc:
+                # Failing at its COMMIT, the connection may be what failed, once the server had
+                # committed: the catalog says whether the swap happened.
+                committed = _swapped(swap) if swap.swapped else False
+                if committed:
+                    break
                 swap.swapped = False
                 if exc.sqlstate == _OBJECT_IN_USE and attempt < SWAP_ATTEMPTS:
                     continue  # a session connected between the end of the others and the rename
                 detail = swap.context.redactor.redact(str(exc).strip())
+                where = (
+                    f"was rolled back: {detail}; {swap.target} is unchanged"
+                    if committed is False
+                    else f"may have committed: {detail}; the server could not say whether it did: {swap.target} is "
+                    f"either unchanged or exactly {swap.backup.id}, which it is if {swap.previous} exists"
+                )
                 raise RestoreFailed(
-                    f"Restore of {swap.backup.id}: the swap failed and was rolled back: {detail}; {swap.target} is "
-                    "unchanged",
+                    f"Restore of {swap.backup.id}: the swap failed and {where}",
                     result={"restore_error": detail},
                     suggestions=["Retry when nothing holds the database (a long transaction, a lock on it)"],
                     backup_id=swap.backup.id,

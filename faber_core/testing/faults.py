@@ -373,7 +373,8 @@ def _read_all(handle: Any) -> str:
 
 class CommitAnswerDropped:
     """A TCP proxy to a PostgreSQL server that loses one session's connection at the worst moment:
-    the first ``COMMIT`` of the session whose startup names ``application`` reaches the server,
+    the first ``COMMIT`` of a session whose startup names ``application`` (and ``database``, if
+    given: the database it connects to) reaches the server,
     the server commits and answers, and the proxy closes that session's connection instead of
     passing the answer on. The client cannot tell whether its transaction committed; it did.
 
@@ -381,9 +382,11 @@ class CommitAnswerDropped:
     :attr:`dropped` is set once it has dropped the answer. Every other session passes through.
     """
 
-    def __init__(self, upstream_port: int, application: str) -> None:
+    def __init__(self, upstream_port: int, application: str, database: str | None = None) -> None:
         self.upstream_port = upstream_port
-        self.application = application.encode()
+        self.startup = [f"application_name\0{application}".encode()]
+        if database is not None:
+            self.startup.append(f"database\0{database}\0".encode())
         self.dropped = threading.Event()
         self.listener = socket.create_server(("127.0.0.1", 0))
         threading.Thread(target=self._accept, daemon=True).start()
@@ -412,7 +415,7 @@ class CommitAnswerDropped:
         try:
             while data := source.recv(65536):
                 if to_server:
-                    session["named"] = session["named"] or self.application in data
+                    session["named"] = session["named"] or all(part in data for part in self.startup)
                     if session["named"] and not self.dropped.is_set() and _SIMPLE_COMMIT in data:
                         session["committing"] = True
                 elif session["committing"] and not self.dropped.is_set():
