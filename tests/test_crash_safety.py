@@ -27,7 +27,7 @@ import pytest
 from faber_core.postgres.locks import faber_lock_key
 from faber_core.testing.faults import (
     AUDIT_LOG,
-    CommitAnswerDropped,
+    AnswerDropped,
     FaberProcess,
     event_matcher,
     holdable_migration,
@@ -601,7 +601,7 @@ def test_a_migration_whose_connection_is_lost_as_it_commits_is_not_reported_roll
     in place with no restore and no word; it is one that may have committed, as docs/workflow.md
     says of a migration started and not reported applied. The next deploy goes on from there."""
     directory = project({"001_ledgers": "CREATE TABLE ledgers (id int);", "002_notes": "CREATE TABLE notes (id int);"})
-    proxy = CommitAnswerDropped(urlsplit(database_url).port or 5432, application="faber sqlfiles apply")
+    proxy = AnswerDropped.postgres_commit(database_url, application="faber sqlfiles apply")
     try:
         run = start(directory, proxy.url(database_url), "migrate", ENVIRONMENT, "--yes", "--json")
         code = run.finish()
@@ -635,7 +635,7 @@ def test_a_swap_whose_connection_is_lost_as_it_commits_is_reported_as_the_swap_i
     deploy = start(directory, database_url, "migrate", ENVIRONMENT, "--yes", "--json")
     assert deploy.finish() == 0, deploy.stdout() + deploy.stderr()
     backup_id = json.loads(deploy.stdout())["result"]["backup_id"]
-    proxy = CommitAnswerDropped(urlsplit(database_url).port or 5432, application="faber swap", database="postgres")
+    proxy = AnswerDropped.postgres_commit(database_url, application="faber swap", database="postgres")
     try:
         run = start(directory, proxy.url(database_url), "rollback", ENVIRONMENT, "--to", backup_id, "--yes", "--json")
         code = run.finish()

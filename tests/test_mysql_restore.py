@@ -18,6 +18,7 @@ from faber_core.backup import mysqldump
 from faber_core.context import open_context
 from faber_core.errors import RestoreFailed
 from faber_core.models import BackupRecord
+from faber_core.testing.faults import AnswerDropped
 from faber_core.testing.fixtures import (
     CANARY_PASSWORD,
     mysql_connect,
@@ -192,3 +193,33 @@ def test_a_backup_whose_manifest_has_no_checksum_is_never_restored(
     assert "has no sha256 checksum" in document["error"]
     assert "cannot be verified" in direct.value.message
     assert state(mysql_admin_url, name) == before
+
+
+def test_a_restore_whose_connection_is_lost_as_its_table_swap_runs_is_finished_and_reported_restored(
+    faber_project, mysql_database_url, mysql_admin_url, mysql_query
+):
+    """The server runs the restore's one RENAME TABLE and the connection drops before its answer
+    (a network cut, a proxy restarting): the tables are the backup's, the backup's views and
+    triggers not yet created. faber must finish the swap from its journal on a new connection and
+    report the restore done, not "stopped" with no word of which side the database is on."""
+    name = mysql_database_url.rpartition("/")[2]
+    env = {"database_url_env": "TEST_DATABASE_URL", "require_approval": False, "lock_wait_seconds": 1}
+    project = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"production": env}}},
+        {"migrations/001_schema.sql": SCHEMA},
+    )
+    faber(project, mysql_database_url, "migrate", "production")
+    backup_state = state(mysql_admin_url, name)
+    (project / "migrations/002_change.sql").write_text(CHANGE)
+    backup_id = faber(project, mysql_database_url, "migrate", "production")["result"]["backup_id"]
+
+    proxy = AnswerDropped.mysql_statement(mysql_database_url, program="faber restore", statement_start="RENAME TABLE ")
+    try:
+        document = faber(project, proxy.url(mysql_database_url), "rollback", "production", "--to", backup_id, "--yes")
+    finally:
+        proxy.close()
+    assert proxy.dropped.is_set()
+    assert (document["result"]["rollback_status"], document["result"]["verified"]) == ("success", True), document
+    assert state(mysql_admin_url, name) == backup_state
+    assert mysql_query("SELECT name FROM small_names") == [("ONE",)]
+    assert not mysql_scratch_databases(mysql_admin_url, name)

@@ -230,14 +230,7 @@ def faber_backup_restore(context: RunContext, backup: BackupRecord) -> RestoreOu
     except KeyboardInterrupt as interrupt:
         return _interrupted(context, backup, target, interrupt, progress)
     except context.database.engine.driver_error as exc:
-        raise RestoreFailed(
-            f"The restore of {backup.id} stopped: {context.redactor.redact(str(exc.args[-1]))}",
-            suggestions=[
-                "The user needs every privilege on the scratch databases: GRANT ALL ON `faber\\_restore\\_%`.* "
-                "TO <user> (docs/mysql.md)",
-                f"See what the database holds: faber status {context.environment}",
-            ],
-        ) from None
+        return _stopped(context, backup, target, context.redactor.redact(str(exc.args[-1]) or repr(exc)), progress)
 
 
 @dataclass
@@ -273,10 +266,14 @@ def _restore(
         finally:
             _drop_quietly(conn, scratch)
             _drop_quietly(conn, displaced)
+    return _restored(backup)
+
+
+def _restored(backup: BackupRecord, note: str = "") -> RestoreOutcome:
     return RestoreOutcome(
         backup_id=backup.id,
         status="success",
-        details=f"Restored {backup.id} ({backup.size_bytes} bytes) by one atomic table swap",
+        details=f"Restored {backup.id} ({backup.size_bytes} bytes) by one atomic table swap{note}",
         steps=[
             "loaded the dump into a scratch database beside the target",
             "swapped every table in one RENAME TABLE",
@@ -284,6 +281,41 @@ def _restore(
             "dropped the replaced tables and the scratch database",
         ],
     )
+
+
+def _finish_on_a_new_connection(context: RunContext, target: str) -> list[bool]:
+    """Finish what a stopped restore of ``target`` left (:func:`_drop_leftovers`) on a connection
+    of its own: the stop may have ended the restore's session."""
+    with context.database.connect(application_name="faber restore") as conn:
+        return _drop_leftovers(context, conn, target, scratch_prefix(target))
+
+
+def _stopped(
+    context: RunContext, backup: BackupRecord, target: str, reason: str, progress: RestoreProgress
+) -> RestoreOutcome:
+    """A database error stopped the restore (a statement refused, its session lost, perhaps once the
+    server had run its RENAME TABLE): finish the step it was in, as after an interrupt, and say
+    which side of the swap the database is on. Swapped, the restore is done."""
+    env = context.environment
+    try:
+        finished = _finish_on_a_new_connection(context, target)
+    except context.database.engine.driver_error as exc:
+        raise RestoreFailed(
+            f"The restore of {backup.id} stopped: {reason}; it could not be finished "
+            f"({context.redactor.redact(str(exc.args[-1]))}): the tables and rows are either as before it or the "
+            f"backup's (one atomic swap); the next faber migrate or faber rollback {env} finishes it",
+            suggestions=[f"See what the database holds: faber status {env}"],
+        ) from None
+    if progress.swapped or (finished and finished[0]):
+        return _restored(backup, f"; its session was lost after the swap ({reason}), which faber finished on another")
+    raise RestoreFailed(
+        f"The restore of {backup.id} stopped before its table swap: {reason}; the database is unchanged",
+        suggestions=[
+            "The user needs every privilege on the scratch databases: GRANT ALL ON `faber\\_restore\\_%`.* "
+            "TO <user> (docs/mysql.md)",
+            f"See what the database holds: faber status {env}",
+        ],
+    ) from None
 
 
 def _interrupted(
@@ -294,8 +326,7 @@ def _interrupted(
     the journal says it while the swap is under way, the progress once it is done."""
     env = context.environment
     try:
-        with context.database.connect(application_name="faber restore") as conn:
-            finished = _drop_leftovers(context, conn, target, scratch_prefix(target))
+        finished = _finish_on_a_new_connection(context, target)
     except context.database.engine.driver_error as exc:
         return RestoreOutcome.interrupted(
             backup.id,
@@ -483,6 +514,8 @@ def _swap(conn: Any, swap: Swap, kept: Callable[[str], bool], manual: list[str])
         if swap.replaced or swap.restored:
             conn.execute(swap.renames())
     except conn.Error as exc:
+        if not conn.open:
+            raise  # the session was lost, perhaps once the rename had run: the journal says (_stopped)
         _put_back_triggers(conn, swap)
         conn.execute(f"DROP TABLE {t}.{JOURNAL}")
         raise RestoreFailed(
@@ -597,6 +630,7 @@ def _end_sessions_on(conn: Any, schemas: list[str]) -> None:
     """``KILL`` the sessions whose statement names one of ``schemas`` (a killed restore's rename,
     which the server runs on once the lock it waits for comes free), and wait until they are gone."""
     from faber_core.engines.mysql import SESSION_END_SECONDS
+
     sessions = [
         session
         for schema in schemas

@@ -14,8 +14,9 @@ handler or backup provider:
   :data:`WAITING_ON_ADVISORY_LOCK` tells when a migration waits on a lock the test holds.
 - :func:`server_leftovers` lists the sessions and advisory locks still on a database;
   :func:`mysql_leftovers` the sessions and faber's lock still on a MySQL/MariaDB server.
-- :class:`CommitAnswerDropped` loses one session's connection right after the server ran its
-  ``COMMIT``, before the client heard it: the moment a client cannot tell what committed.
+- :class:`AnswerDropped` loses one session's connection right after the server ran its
+  ``COMMIT`` (or a MySQL statement), before the client heard it: the moment a client cannot tell
+  what committed.
 - :func:`top_level_steps` picks a run's workflow steps out of its events, for a test that every
   step has an injection point.
 """
@@ -371,31 +372,47 @@ def _read_all(handle: Any) -> str:
 # A connection lost at the worst moment -------------------------------------------------
 
 
-class CommitAnswerDropped:
-    """A TCP proxy to a PostgreSQL server that loses one session's connection at the worst moment:
-    the first ``COMMIT`` of a session whose startup names ``application`` (and ``database``, if
-    given: the database it connects to) reaches the server,
-    the server commits and answers, and the proxy closes that session's connection instead of
-    passing the answer on. The client cannot tell whether its transaction committed; it did.
+class AnswerDropped:
+    """A TCP proxy to a database server that loses one session's connection at the worst moment:
+    the first ``request`` of a session whose startup holds every one of ``startup`` reaches the
+    server, the server runs it and answers, and the proxy closes that session's connection
+    instead of passing the answer on. The client cannot tell whether it ran; it did. Build one
+    with :meth:`postgres_commit` or :meth:`mysql_statement`.
 
-    Connect through it with :meth:`url` (``sslmode=disable``: the proxy reads the messages);
-    :attr:`dropped` is set once it has dropped the answer. Every other session passes through.
+    Connect through it with :meth:`url` (no TLS: the proxy reads the messages); :attr:`dropped`
+    is set once it has dropped the answer. Every other session passes through.
     """
 
-    def __init__(self, upstream_port: int, application: str, database: str | None = None) -> None:
+    def __init__(self, upstream_port: int, startup: list[bytes], request: bytes) -> None:
         self.upstream_port = upstream_port
-        self.startup = [f"application_name\0{application}".encode()]
-        if database is not None:
-            self.startup.append(f"database\0{database}\0".encode())
+        self.startup = startup
+        self.request = request
         self.dropped = threading.Event()
         self.listener = socket.create_server(("127.0.0.1", 0))
         threading.Thread(target=self._accept, daemon=True).start()
+
+    @classmethod
+    def postgres_commit(cls, url: str, application: str, database: str | None = None) -> AnswerDropped:
+        """The first ``COMMIT`` (as psycopg sends one) of a session named ``application`` connecting
+        to ``database`` (any, if None), on the PostgreSQL server of ``url``."""
+        startup = [f"application_name\0{application}".encode()]
+        if database is not None:
+            startup.append(f"database\0{database}\0".encode())
+        return cls(urlsplit(url).port or 5432, startup, b"Q\x00\x00\x00\x0bCOMMIT\x00")
+
+    @classmethod
+    def mysql_statement(cls, url: str, program: str, statement_start: str) -> AnswerDropped:
+        """The first statement beginning with ``statement_start`` of a session whose program name
+        (faber's ``application_name``) is ``program``, on the MySQL/MariaDB server of ``url``."""
+        startup = [b"program_name" + bytes([len(program)]) + program.encode()]
+        return cls(urlsplit(url).port or 3306, startup, b"\x03" + statement_start.encode())
 
     def url(self, url: str) -> str:
         """``url`` through the proxy."""
         parts = urlsplit(url)
         netloc = f"{parts.netloc.rpartition('@')[0]}@127.0.0.1:{self.listener.getsockname()[1]}"
-        return urlunsplit(parts._replace(netloc=netloc, query="sslmode=disable"))
+        query = "sslmode=disable" if parts.scheme.startswith("postgres") else parts.query
+        return urlunsplit(parts._replace(netloc=netloc, query=query))
 
     def close(self) -> None:
         self.listener.close()
@@ -416,10 +433,10 @@ class CommitAnswerDropped:
             while data := source.recv(65536):
                 if to_server:
                     session["named"] = session["named"] or all(part in data for part in self.startup)
-                    if session["named"] and not self.dropped.is_set() and _SIMPLE_COMMIT in data:
+                    if session["named"] and not self.dropped.is_set() and self.request in data:
                         session["committing"] = True
                 elif session["committing"] and not self.dropped.is_set():
-                    self.dropped.set()  # the server's answer to the COMMIT: it committed
+                    self.dropped.set()  # the server's answer: it ran the request
                     break
                 target.sendall(data)
         except OSError:
@@ -429,10 +446,6 @@ class CommitAnswerDropped:
                 with contextlib.suppress(OSError):
                     end.shutdown(socket.SHUT_RDWR)
                 end.close()
-
-
-_SIMPLE_COMMIT = b"Q\x00\x00\x00\x0bCOMMIT\x00"
-"""A ``COMMIT`` sent as a simple query, as psycopg ends a transaction."""
 
 
 # Migrations that hold still or fail on demand ---------------------------------------------
