@@ -210,7 +210,7 @@ def run_script(
     it is still open: that transaction is rolled back. An interrupt ends the session (``KILL``):
     the statement it stopped in rolls back, and the results the server had sent before tell which
     statements finished; ``interrupted`` is told where the script stopped, then the interrupt
-    goes on.
+    goes on. A lost session (the server's error 2013) is raised as it is: what ran is not known.
     """
     cursor = conn.cursor()
     statement = 1
@@ -224,6 +224,11 @@ def run_script(
             if not cursor.nextset():
                 return None
     except pymysql.MySQLError as exc:
+        if not conn.open:
+            # The session was lost, not the statement refused: the server runs a statement to its
+            # end once its client is gone, and may run the rest of the script, so which statements
+            # committed is not known; faber treats the migration as one that may have committed in part.
+            raise
         with suppress(pymysql.MySQLError):
             conn.rollback()
         code, message = exc.args if len(exc.args) == 2 else (None, str(exc))

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from faber_core.errors import Locked, MigrationFailed
+from faber_core.testing.faults import AnswerDropped
 from faber_core.testing.fixtures import CANARY_PASSWORD, faber_at_once, mysql_connect, start_faber, wait_for
 
 from faber_prisma.mysql import LOCK_NAME
@@ -469,3 +470,35 @@ def test_a_database_created_outside_prisma_is_refused_until_baselined(mysql_pris
         ("0001_init", sha256(INIT), True, False, 0),
         ("0002_posts", sha256(POSTS), True, False, 1),
     ]
+
+
+def test_a_script_whose_connection_is_lost_as_it_runs_is_not_reported_as_committing_nothing(
+    mysql_prisma_project, run_faber, mysql_database_url, mysql_query, monkeypatch
+):
+    """The migration's script reaches the server and the connection drops before its answer (a
+    network cut, a proxy's timeout during a long ALTER): MySQL runs the statements on, and they
+    commit. Nothing tells faber which did, so the migration must not be reported as failed at its
+    first statement with "Database unchanged" and no restore; it is one that may have committed."""
+    project = mysql_prisma_project({"20240101000000_init": INIT})
+    assert faber(run_faber, project, "migrate", "staging", "--yes").returncode == 0
+    two = project / "prisma/migrations/20240102000000_two"
+    two.mkdir()
+    (two / "migration.sql").write_text(
+        "CREATE TABLE `tags` (`id` INTEGER NOT NULL PRIMARY KEY);\nCREATE TABLE `labels` (`id` INTEGER);\n"
+    )
+    proxy = AnswerDropped.mysql_statement(
+        mysql_database_url, program="faber prisma apply", statement_start="CREATE TABLE `tags`"
+    )
+    monkeypatch.setenv("PRISMA_TEST_DATABASE_URL", proxy.url(mysql_database_url))
+    try:
+        failed = faber(run_faber, project, "migrate", "staging", "--yes")
+    finally:
+        proxy.close()
+
+    assert proxy.dropped.is_set(), failed.output
+    assert failed.returncode == 6, failed.output
+    result = failed.json["result"]
+    assert result["failed_migration"] == "20240102000000_two", result
+    assert result.get("statements_committed") is None and result["rollback_status"] != "not_needed", result
+    assert "Database unchanged" not in failed.output
+    assert "tags" in {name for (name,) in mysql_query("SHOW TABLES")}  # the server did run it
