@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -141,3 +142,38 @@ def test_a_silent_server_costs_one_connect_timeout_not_one_per_check(faber_proje
     assert run.returncode == 3, run.output
     assert "timed out" in run.json["result"]["details"]
     assert attempts == 1  # connectivity, schema and the migration status: one attempt, one timeout
+
+
+def keepalive_settings(fileno: int) -> tuple[int, int, int, int]:
+    """The socket's keepalive switch, idle seconds, interval seconds and probe count."""
+    sock = socket.socket(fileno=socket.dup(fileno))
+    try:
+        return (
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+        )
+    finally:
+        sock.close()
+
+
+@pytest.fixture(params=["postgresql", "mysql"])
+def any_engine_url(request):
+    """A fresh database's URL on each engine."""
+    return request.getfixturevalue("database_url" if request.param == "postgresql" else "mysql_database_url")
+
+
+@pytest.mark.parametrize("migration_session", [False, True])
+def test_a_connection_cut_off_silently_is_noticed_within_a_minute(any_engine_url, migration_session):
+    """Without probes of its own a session whose peer vanished without a word (a NAT forgetting
+    it) waited for the system's first keepalive, two hours on Linux, holding the deploy."""
+    with Database(Secret(any_engine_url), source="$X").connect(migration_session=migration_session) as conn:
+        assert keepalive_settings(conn.fileno()) == (1, 30, 10, 3)
+
+
+def test_a_url_that_sets_keepalives_decides_them(database_url):
+    """The URL's keepalive setting wins, and faber sets none of the others (the system's apply)."""
+    system = tuple(int(Path(f"/proc/sys/net/ipv4/tcp_keepalive_{name}").read_text()) for name in ("intvl", "probes"))
+    with Database(Secret(database_url + "?keepalives_idle=45"), source="$X").connect() as conn:
+        assert keepalive_settings(conn.fileno()) == (1, 45, *system)

@@ -89,6 +89,16 @@ def socket_readable(fileno: int) -> bool:
     return bool(readable)
 
 
+KEEPALIVE_IDLE_SECONDS = 30
+KEEPALIVE_INTERVAL_SECONDS = 10
+KEEPALIVE_PROBES = 3
+"""TCP keepalives on faber's connections to the server. The system's own timing (on Linux a
+first probe after two idle hours) left a session cut off silently (a NAT or firewall forgetting
+it, a host gone) waiting that long for an answer that never came, holding the deploy. With these
+a dead peer ends the session within about a minute; a live server's kernel answers the probes
+however long its statement runs."""
+
+
 def wait_for_lock(
     try_lock: Callable[[], bool], holder: Callable[[], str], *, wait_seconds: float, purpose: str, release_hint: str
 ) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -30,6 +31,9 @@ from pymysql.constants import SERVER_STATUS
 from faber_core.engines import (
     AT_AFTER_HOST,
     HOST_PORT_UNPARSABLE,
+    KEEPALIVE_IDLE_SECONDS,
+    KEEPALIVE_INTERVAL_SECONDS,
+    KEEPALIVE_PROBES,
     PERCENT_ENCODE_HINT,
     Engine,
     ErrorKind,
@@ -329,6 +333,21 @@ class NamedLock(HeldLock):
         return bool(row and row[0])
 
 
+def keep_alive(sock: socket.socket) -> None:
+    """faber's TCP keepalives (:data:`~faber_core.engines.KEEPALIVE_IDLE_SECONDS`) on a session's
+    socket: PyMySQL sets none. A Unix socket needs none."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE_SECONDS),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_SECONDS),
+        ("TCP_KEEPCNT", KEEPALIVE_PROBES),
+    ):
+        if hasattr(socket, option):  # Linux has all three; elsewhere the system's timing applies
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
 def faber_lock_name(schema: str) -> str:
     """faber's lock name for the database the server compares as ``schema``
     (:func:`faber_lock_name_on_server` asks it): at most 64 characters (the server's limit),
@@ -479,6 +498,7 @@ class MySQLEngine(Engine):
             connect_timeout=database.connect_timeout,
             program_name=application_name[:32],
         )
+        keep_alive(conn._sock)
         if not migration_session:
             try:
                 _set_timeouts(conn, database.lock_timeout, database.statement_timeout)

@@ -18,7 +18,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import psycopg
 from psycopg import sql
 
-from faber_core.engines import LOCK_LOST, Engine, ErrorKind, HeldLock, Rehearsal, TargetUrl, socket_readable
+from faber_core.engines import (
+    KEEPALIVE_IDLE_SECONDS,
+    KEEPALIVE_INTERVAL_SECONDS,
+    KEEPALIVE_PROBES,
+    LOCK_LOST,
+    Engine,
+    ErrorKind,
+    HeldLock,
+    Rehearsal,
+    TargetUrl,
+    socket_readable,
+)
 
 if TYPE_CHECKING:
     from faber_core.config import EnvironmentSettings
@@ -60,6 +71,14 @@ SELECT ({lost} || ' (checked by session ' || pg_catalog.pg_backend_pid() || ')')
       AND l.classid = (({key}::bigint >> 32) & 4294967295)::oid AND l.objid = ({key}::bigint & 4294967295)::oid
       AND l.objsubid = 1
 )"""
+
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": KEEPALIVE_IDLE_SECONDS,
+    "keepalives_interval": KEEPALIVE_INTERVAL_SECONDS,
+    "keepalives_count": KEEPALIVE_PROBES,
+}
+"""libpq's settings for faber's keepalives, unless the URL or its service file sets its own."""
 
 
 @dataclass
@@ -127,15 +146,19 @@ class PostgresEngine(Engine):
     def connect(
         self, database: Database, *, autocommit: bool, application_name: str, migration_session: bool
     ) -> psycopg.Connection:
-        options = database.conninfo_params().get("options") or ""
+        params = database.conninfo_params()
+        options = params.get("options") or ""
         if not migration_session:
             options += f" -c lock_timeout={round(database.lock_timeout * 1000)}ms"
             options += f" -c statement_timeout={round(database.statement_timeout * 1000)}ms"
+        # A URL (or the service file it names) that sets any keepalive decides them all.
+        keepalives = {} if "service" in params or KEEPALIVES.keys() & params.keys() else KEEPALIVES
         return psycopg.connect(
             database.url.reveal(),
             autocommit=autocommit,
             connect_timeout=database.connect_timeout,
             application_name=application_name,
+            **keepalives,
             **({"options": options.strip()} if options.strip() else {}),
         )
 
