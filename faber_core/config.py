@@ -28,7 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from faber_core.errors import ConfigError
-from faber_core.secrets import Redactor
+from faber_core.secrets import Redactor, secret_forms
 from faber_core.suggest import did_you_mean, known_fields
 
 CONFIG_PATH = Path(".fractary/plugins/faber-db/config.json")
@@ -43,6 +43,9 @@ _ENVIRONMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _RESERVED_SCHEMAS = frozenset({"public", "information_schema"})
 _MAX_NESTING = 64
 """No valid config nests deeper than a few levels; deeper input is refused before it is walked."""
+MAX_REPORTED_PROBLEMS = 20
+"""A config with more problems gets the first ones and their count: a 16 MiB file of unknown keys
+took minutes to describe (a suggestion each) and printed a hundred megabytes."""
 DAY_SECONDS = 86_400.0
 # Every model: unknown keys are errors, and numbers are finite (JSON's 1e999 is infinity).
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -495,7 +498,7 @@ def load_config(project_dir: Path) -> FaberConfig:
     try:
         return FaberConfig.model_validate(raw, strict=True)
     except ValidationError as exc:
-        problems = _masking_credentials(raw, [_describe(error) for error in exc.errors()])
+        problems = _masking_credentials(raw, _reported(exc, _describe))
         raise ConfigError(
             f"Invalid configuration {CONFIG_PATH}: " + "; ".join(problems),
             suggestions=["See the accepted settings with: faber config schema"],
@@ -514,7 +517,7 @@ def plugin_options(model: type[Options], raw: dict[str, Any], where: str) -> Opt
     try:
         return _refusing_unknown_keys(model).model_validate_json(json.dumps(raw), strict=True)
     except ValidationError as exc:
-        problems = [_describe_option(error, model, where) for error in exc.errors()]
+        problems = _reported(exc, lambda error: _describe_option(error, model, where))
         raise ConfigError(
             f"Invalid configuration {CONFIG_PATH}: " + "; ".join(problems),
             suggestions=["See the accepted settings with: faber config schema"],
@@ -569,13 +572,24 @@ def _encodable(text: str) -> bool:
     return True
 
 
+def _reported(exc: ValidationError, describe: typing.Callable[[Any], str]) -> list[str]:
+    """The first :data:`MAX_REPORTED_PROBLEMS` problems of ``exc`` described, and how many more."""
+    errors = exc.errors(include_url=False, include_input=False)
+    problems = [describe(error) for error in errors[:MAX_REPORTED_PROBLEMS]]
+    if len(errors) > MAX_REPORTED_PROBLEMS:
+        problems.append(f"and {len(errors) - MAX_REPORTED_PROBLEMS} more problems")
+    return problems
+
+
 def _masking_credentials(raw: Any, problems: list[str]) -> list[str]:
     """``problems`` with every text of the config ``raw`` that may hold a credential masked: a
     database URL pasted where the name of its variable belongs (``database_url_env``) is quoted,
     password and all, by the problem that names it. A URL with a password holds an '@'."""
+    shown = "\n".join(problems)
     redactor = Redactor()
     for _location, text in _texts(raw):
-        if "@" in text or "password" in text.lower():
+        # Only texts the problems quote: learning every URL of a config quoting a million took minutes.
+        if ("@" in text or "password" in text.lower()) and any(form in shown for form in secret_forms(text)):
             redactor.add(text)
     return [redactor.redact(problem) for problem in problems]
 

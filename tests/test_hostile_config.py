@@ -9,7 +9,7 @@ import os
 import psycopg
 import pytest
 
-from faber_core.config import CONFIG_PATH, MAX_CONFIG_BYTES, load_config
+from faber_core.config import CONFIG_PATH, MAX_CONFIG_BYTES, MAX_REPORTED_PROBLEMS, load_config
 from faber_core.errors import ConfigError
 from faber_core.testing.fixtures import CANARY_PASSWORD
 
@@ -105,6 +105,21 @@ def test_hostile_json_is_refused_without_recursion(tmp_path, text, expected):
         load_config(project)
 
     assert expected in raised.value.message
+
+
+def test_a_config_with_thousands_of_problems_reports_the_first_ones_and_how_many_more(tmp_path):
+    """Each problem was described (a spelling suggestion each) and printed: a 12 MB file of unknown
+    keys took minutes and printed over 100 MB. The URL its problems quote stays masked."""
+    unknown = {f"k{number}": 0 for number in range(5000)}
+    project = write_config(tmp_path, json.dumps(production(database_url_env=PASTED_URL, **unknown)))
+
+    with pytest.raises(ConfigError) as raised:
+        load_config(project)
+
+    problems = raised.value.result["problems"]
+    assert len(problems) == MAX_REPORTED_PROBLEMS + 1 and problems[-1] == "and 4981 more problems", problems[-2:]
+    assert "production.database_url_env: '***' is not an environment variable name" in raised.value.message
+    assert CANARY_PASSWORD not in raised.value.message
 
 
 def sqlfiles_project(faber_project, **environment):
