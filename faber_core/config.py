@@ -490,7 +490,8 @@ def load_config(project_dir: Path) -> FaberConfig:
     try:
         if path.stat().st_size > MAX_CONFIG_BYTES:
             raise ConfigError(f"The configuration {path} is larger than {MAX_CONFIG_BYTES // 1024**2} MiB: refused")
-        text = path.read_text(encoding="utf-8")
+        # A byte order mark, as Windows editors write, is no content (a request document may carry one too).
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"Cannot read {CONFIG_PATH}: {exc}") from None
     raw = _parse_json(text)

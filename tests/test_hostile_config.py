@@ -122,6 +122,14 @@ def test_a_config_with_thousands_of_problems_reports_the_first_ones_and_how_many
     assert CANARY_PASSWORD not in raised.value.message
 
 
+def test_a_config_saved_with_a_byte_order_mark_loads(tmp_path):
+    """Windows editors may save UTF-8 with a BOM; it was refused as malformed JSON."""
+    path = write_config(tmp_path, "") / CONFIG_PATH
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(production(protected=False)).encode())
+
+    assert load_config(tmp_path).environment("production").protected is False
+
+
 def sqlfiles_project(faber_project, **environment):
     return faber_project(
         {
