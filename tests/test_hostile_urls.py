@@ -38,6 +38,11 @@ BAD_URLS = {
     "no host, password as port": f"postgresql://u:{PASSWORD_PIECES[0]}",
     "line break": f"postgresql://u:{PASSWORD_PIECES[0]}\n@127.0.0.1/db",
     "not a URL": f"host=127.0.0.1 password={PASSWORD_PIECES[0]}",
+    # Python's host lookup raised a UnicodeError for these (exit 1, an unexpected error).
+    "host part of 64 characters": f"postgresql://u:{PASSWORD_PIECES[0]}@{'h' * 64}.example.com/db",
+    "empty host part": f"postgresql://u:{PASSWORD_PIECES[0]}@db..example.com/db",
+    "second host of a list": f"postgresql://u:{PASSWORD_PIECES[0]}@127.0.0.1,{'h' * 64}/db",
+    "?host= parameter": f"postgresql://u:{PASSWORD_PIECES[0]}@/db?host={'h' * 64}",
 }
 
 
@@ -57,7 +62,7 @@ def test_a_url_that_does_not_parse_one_way_is_refused_without_echo(url):
 MYSQL_BAD_URLS = {
     name: url.replace("postgresql://", "mysql://", 1)
     for name, url in BAD_URLS.items()
-    if "://" in url and name != "unescaped @"
+    if "://" in url and name not in ("unescaped @", "?host= parameter")
 }
 
 
@@ -126,7 +131,9 @@ def test_json_and_repr_escaped_passwords_are_masked():
     assert all(len(form) >= 3 for form in secret_forms("postgresql://u:ab@h/db"))
 
 
-@pytest.mark.parametrize("name", ["one slash", "unescaped @", "broken IPv6", "bad percent"])
+@pytest.mark.parametrize(
+    "name", ["one slash", "unescaped @", "broken IPv6", "bad percent", "host part of 64 characters"]
+)
 def test_the_cli_refuses_bad_urls_with_exit_2_in_every_channel(name, faber_project, run_faber):
     project = faber_project(
         {"database": {"migration_tool": "sqlfiles", "environments": {"production": {"database_url_env": "APP_URL"}}}},
@@ -189,9 +196,7 @@ def test_debug_tracebacks_are_redacted(faber_project, run_faber, tmp_path, datab
         ("postgresql", "schema=app&schema=public"),
     ],
 )
-def test_a_query_parameter_given_twice_with_two_values_is_refused(
-    engine, repeated, faber_project, run_faber, request
-):
+def test_a_query_parameter_given_twice_with_two_values_is_refused(engine, repeated, faber_project, run_faber, request):
     """libpq and PyMySQL take the last value, another reader may take the first: TLS asked for
     and then disabled must not be talked in the clear."""
     url = request.getfixturevalue("database_url" if engine == "postgresql" else "mysql_database_url")

@@ -63,6 +63,20 @@ def unsafe_url_text(raw: str) -> str | None:
 _BAD_PERCENT_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
+def unresolvable_host(hosts: str | None) -> str | None:
+    """Why a host name of ``hosts`` (libpq's comma-separated list) can never be looked up, for the
+    engine's error; None when each can. Python's lookup refuses such a name with a UnicodeError,
+    not a lookup error: a dot-separated part longer than 63 characters, or an empty one."""
+    for host in (hosts or "").split(","):
+        if not host or host.startswith(("/", "@")):  # the default, or a Unix socket's directory
+            continue
+        try:
+            host.encode("idna")
+        except UnicodeError:
+            return "a host name has a dot-separated part longer than 63 characters or an empty one (a..b)"
+    return None
+
+
 def repeated_parameter(pairs: list[str]) -> str | None:
     """The name of a query parameter that ``pairs`` (``name=value`` texts) give twice with two
     values, or None. Readers differ on which one wins (libpq and PyMySQL take the last): a URL

@@ -44,6 +44,7 @@ from faber_core.engines import (
     at_after_host,
     repeated_parameter,
     socket_readable,
+    unresolvable_host,
     unsafe_url_text,
     wait_for_lock,
 )
@@ -441,6 +442,9 @@ class MySQLEngine(Engine):
             raise invalid(HOST_PORT_UNPARSABLE) from None
         if at_after_host(parts):
             raise invalid(AT_AFTER_HOST)
+        problem = unresolvable_host(host)
+        if problem:
+            raise invalid(problem)
         if "@" in parts.netloc.rpartition("@")[0].partition(":")[0]:
             raise invalid("the user name holds an '@' that was not percent-encoded")
         path = parts.path.lstrip("/")

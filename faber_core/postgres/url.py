@@ -14,6 +14,7 @@ from faber_core.engines import (
     PERCENT_ENCODE_HINT,
     at_after_host,
     repeated_parameter,
+    unresolvable_host,
     unsafe_url_text,
 )
 from faber_core.errors import ConfigError
@@ -136,6 +137,9 @@ def parse_database_url(raw: str, source: str) -> ParsedUrl:
         libpq = conninfo_to_dict(libpq_url)
     except Exception:  # noqa: BLE001 - libpq's message quotes the value
         raise invalid("libpq cannot parse it (a '%' that is not followed by two hex digits?)") from None
+    problem = unresolvable_host(libpq.get("host"))
+    if problem:
+        raise invalid(problem)
     dbname = unquote(parts.path.lstrip("/")) or None
     urllib_view = {
         "user": unquote(parts.username) if parts.username else None,
