@@ -264,6 +264,7 @@ class EnvironmentSettings(BaseModel):
     lint_rehearsal_seconds: float = Field(
         120.0,
         ge=0,
+        le=DAY_SECONDS,  # a timeout of ~1e10 s overflows the clocks the rehearsal's programs are waited on with
         description="A deploy lints code migrations (TypeORM, Sequelize) from the SQL they run on a throwaway "
         "copy of the database; the rehearsal is stopped after this long and the lint reported as not run. "
         "0: never rehearse at deploy.",

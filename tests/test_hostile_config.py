@@ -43,6 +43,11 @@ def production(**settings) -> dict:
         (production(lock_wait_seconds=1e999), "lock_wait_seconds: Input should be a finite number"),
         (production(lock_wait_seconds=10**9), "lock_wait_seconds: Input should be less than or equal to 86400"),
         (production(connect_timeout_seconds="10"), "connect_timeout_seconds: Input should be a valid integer"),
+        # The deadline of the code migrations' lint rehearsal: 1e10 s overflowed the child processes' wait.
+        (
+            production(lint_rehearsal_seconds=1e10),
+            "lint_rehearsal_seconds: Input should be less than or equal to 86400",
+        ),
         ({"database": {"faber_schema": "public"}}, "faber_schema: 'public' holds other objects"),
         ({"database": {"faber_schema": "pg_catalog"}}, "faber_schema: 'pg_catalog' holds other objects"),
         ({"database": {"prisma": "prisma/migrations"}}, "'prisma' must be an object"),
