@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -85,15 +86,42 @@ def build_plugin_manager(*plugins: object, load_entrypoints: bool = True) -> Plu
         module_name, _, class_name = spec.partition(":")
         module = importlib.import_module(module_name)
         pm.register(getattr(module, class_name)() if class_name else module, name=module_name)
-    extra = [m.strip() for m in os.environ.get(EXTRA_PLUGINS_ENV, "").split(",") if m.strip()]
+    # A module named twice is loaded once (pluggy refuses a second registration under its name).
+    extra = dict.fromkeys(m.strip() for m in os.environ.get(EXTRA_PLUGINS_ENV, "").split(",") if m.strip())
     for name in extra if load_entrypoints else ():
-        pm.register(importlib.import_module(name), name=name)
+        pm.register(_extra_plugin(name), name=name)
     for plugin in plugins:
         pm.register(plugin)
     if load_entrypoints and not os.environ.get(NO_PLUGINS_ENV):
         load_installed_plugins(pm)
     pm.check_pending()
     return pm
+
+
+def _extra_plugin(name: str) -> object:
+    """The module ``name`` of ``FABER_PLUGINS``; a :class:`ConfigError` when no such module exists
+    (a typo, a path instead of a module name), which was an unexpected error (exit 1)."""
+    import importlib
+
+    def refused(reason: str) -> ConfigError:
+        return ConfigError(
+            f"{EXTRA_PLUGINS_ENV} names {name!r}, {reason}",
+            suggestions=[
+                f"Give module names separated by commas (e.g. faber_mytool.plugin), or unset {EXTRA_PLUGINS_ENV}"
+            ],
+        )
+
+    if not _MODULE_NAME.fullmatch(name):
+        raise refused("which is not a module name")
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (name + ".").startswith(exc.name + "."):
+            raise  # the module exists; something it imports does not: the plugin's own bug
+        raise refused(f"which is not installed (no module named {exc.name!r} on the Python path)") from None
+
+
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 def load_installed_plugins(pm: PluginManager) -> None:

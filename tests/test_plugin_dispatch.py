@@ -232,3 +232,33 @@ def test_faber_plugins_lists_each_plugins_hooks_and_flags_a_missing_required_one
         "✗ half_provider: the backup provider half lacks faber_backup_list, faber_backup_restore (required)"
         in shown.stdout.splitlines()
     )
+
+
+@pytest.mark.parametrize(
+    ("modules", "expected"),
+    [
+        ("faber_core.testing.sqlfiles,faber_no_such_plugin", "'faber_no_such_plugin', which is not installed"),
+        ("faber_no_such_package.plugin", "(no module named 'faber_no_such_package' on the Python path)"),
+        ("../plugins/mytool.py", "'../plugins/mytool.py', which is not a module name"),
+    ],
+    ids=["typo", "package-missing", "a-path"],
+)
+def test_a_faber_plugins_module_that_cannot_be_imported_is_a_config_error(monkeypatch, modules, expected):
+    """It was an unexpected error (exit 1, "report this as a bug") for a mistyped name."""
+    from faber_core.errors import ConfigError
+    from faber_core.plugins import build_plugin_manager
+
+    monkeypatch.setenv("FABER_PLUGINS", modules)
+
+    with pytest.raises(ConfigError) as refused:
+        build_plugin_manager(load_entrypoints=True)
+
+    assert refused.value.message.startswith("FABER_PLUGINS names ") and expected in refused.value.message
+
+
+def test_a_module_named_twice_in_faber_plugins_is_loaded_once(monkeypatch):
+    from faber_core.plugins import build_plugin_manager
+
+    monkeypatch.setenv("FABER_PLUGINS", "faber_core.testing.sqlfiles, faber_core.testing.sqlfiles")
+
+    assert build_plugin_manager().has_plugin("faber_core.testing.sqlfiles")
