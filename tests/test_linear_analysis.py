@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pglast
 import psycopg
@@ -83,12 +84,19 @@ def test_the_walk_of_a_statement_visits_its_nodes_as_pglasts_visitor_does():
         "INSERT INTO a (t) SELECT x.n FROM (VALUES ('p'), ('q')) AS x (n) JOIN s.c ON s.c.id = 1;"
         "WITH moved AS (DELETE FROM a WHERE id < 3 RETURNING *) UPDATE s.b SET id = id + 1 FROM moved"
     )
-    for raw in pglast.parse_sql(sql):
+    # The walk reads only the attributes pglast declares able to hold a node: every statement of
+    # the repository's migrations too (functions, enums, triggers, foreign keys, ...).
+    fixtures = sorted((Path(__file__).parent / "fixtures").rglob("*.sql"))
+    assert len(fixtures) >= 10
+    texts = [sql, *(path.read_text() for path in fixtures)]
+    statements = [raw.stmt for text in texts for raw in pglast.parse_sql(text)]
+    for statement in statements:
         visitor = Everything()
-        visitor(raw.stmt)
-        walked = list(nodes_under(raw.stmt))
-        assert len(walked) == len(visitor.seen) > 5
+        visitor(statement)
+        walked = list(nodes_under(statement))
+        assert len(walked) == len(visitor.seen) > 1
         assert all(mine is theirs for mine, theirs in zip(walked, visitor.seen, strict=True))
+    assert len(statements) > 30
 
 
 def test_what_the_scanner_cannot_split_goes_to_the_parser():

@@ -7,6 +7,7 @@ build or a table rewrite (most column type changes, a volatile default) grows wi
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -73,12 +74,31 @@ def nodes_under(root: ast.Node) -> Iterator[ast.Node]:
         for node in item if isinstance(item, tuple) else (item,):
             if isinstance(node, ast.Node):
                 yield node
-                for member in node:
+                for member in _branches(type(node)):
                     value = getattr(node, member)
                     if isinstance(value, (tuple, ast.Node)):
                         todo.append(value)
             elif isinstance(node, tuple):
                 todo.extend(value for value in node if isinstance(value, (tuple, ast.Node)))
+
+
+@functools.cache
+def _branches(node_type: type[ast.Node]) -> tuple[str, ...]:
+    """The attributes of ``node_type`` that can hold a node or a list: all but those pglast declares
+    as text, numbers, flags or enumerations (most of a node's: ``location``, ``inh``, ``relpersistence``,
+    ...), which :func:`nodes_under` then never reads. pglast checks each value against its declared
+    types as the attribute is set, and converts it (a list to a tuple, a dict to its node or
+    enumeration member), so such an attribute never holds a node. An attribute whose types pglast
+    does not declare is read."""
+    declared = node_type.__slots__
+    if not isinstance(declared, dict):
+        return tuple(declared)
+    return tuple(name for name, slot in declared.items() if _may_hold_nodes(getattr(slot, "py_type", None)))
+
+
+def _may_hold_nodes(py_type: object) -> bool:
+    kinds = py_type if isinstance(py_type, tuple) else (py_type,)
+    return any(not isinstance(kind, type) or issubclass(kind, (tuple, list, ast.Node)) for kind in kinds)
 
 
 def tables_touched(node: ast.Node) -> list[TableName]:
