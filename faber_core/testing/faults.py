@@ -11,7 +11,8 @@ handler or backup provider:
   verification (PostgreSQL: ``pg_dump --schema-only``; MySQL/MariaDB: ``SHOW CREATE``), every
   constraint and index with its validity (PostgreSQL), and the row count of every table.
 - :func:`node_runner` finds a handler's Node runner among faber's processes, to kill it alone;
-  :data:`WAITING_ON_ADVISORY_LOCK` tells when a migration waits on a lock the test holds.
+  :data:`WAITING_ON_ADVISORY_LOCK` tells when a migration waits on a lock the test holds;
+  :func:`take_faber_lock` ends the session holding faber's lock and takes it, as another deploy would.
 - :func:`server_leftovers` lists the sessions and advisory locks still on a database;
   :func:`mysql_leftovers` the sessions and faber's lock still on a MySQL/MariaDB server.
 - :class:`AnswerDropped` loses one session's connection right after the server ran its
@@ -43,6 +44,7 @@ import psycopg
 import pytest
 
 from faber_core.context import Database
+from faber_core.postgres.locks import session_lock_key
 from faber_core.secrets import Secret
 
 AUDIT_LOG = Path(".faber") / "audit.log"
@@ -636,6 +638,24 @@ WAITING_ON_ADVISORY_LOCK = (
 )
 """A query with one parameter, an advisory lock's key: a row while a session of the current
 database waits for that lock (a migration the test holds there, until it releases the lock)."""
+
+
+def take_faber_lock(run: FaberProcess, conn: psycopg.Connection) -> None:
+    """End the session holding ``run``'s lock on ``conn``'s database (as an operator's
+    ``pg_terminate_backend`` or a proxy's timeout would) and take the lock on ``conn``, as another
+    deploy would: it stays held by ``conn`` until ``conn`` closes."""
+    key = session_lock_key(conn)
+    conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        " AND classid = ((%(key)s::bigint >> 32) & 4294967295)::oid AND objid = (%(key)s::bigint & 4294967295)::oid"
+        " AND objsubid = 1 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        {"key": key},
+    )
+    # pg_terminate_backend only signals: the lock is free once that session has ended.
+    run.wait_until(
+        lambda: conn.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()[0],
+        what="faber's lock taken by another session",
+    )
 
 
 def server_leftovers(admin_url: str, database: str, *, ignore_pids: Iterable[int] = ()) -> Leftovers:

@@ -24,7 +24,8 @@ token the runner reads before it loads any project code::
 
     {"command": "status", "database_url": ...}
     {"command": "apply", "database_url": ..., "expected": ["<migration name>", ...],
-     "session_statements": ["SET SESSION lock_wait_timeout = 5, ...", ...], "queries": "of_failure"}
+     "session_statements": ["SET SESSION lock_wait_timeout = 5, ...", ...], "queries": "of_failure",
+     "lock_check": "SELECT ..."}
 
 with one JSON object per line on the protocol pipe (the descriptor named by
 ``FABER_RUNNER_PROTOCOL_FD``), each carrying the nonce, the last one ``done``::
@@ -38,7 +39,7 @@ with one JSON object per line on the protocol pipe (the descriptor named by
     {"event": "query", "name": ..., "phase": "migration" | "bookkeeping", "sql": ..., "parameters": [...]}
     {"event": "migration_finished", "name": ..., "duration_seconds": ...}
     {"event": "migration_failed", "name": ..., "code": "42P07", "message": ..., "query": ...,
-     "transaction_rolled_back": true, "duration_seconds": ...}
+     "transaction_rolled_back": true, "duration_seconds": ..., "at_lock_check": true}
     {"event": "setup_error", "kind": "module_missing" | "typescript_loader_missing" | "load_failed"
      | "not_regular_file" | "not_found" | "unsupported" | "plan_mismatch" | "connection_failed" | "invalid",
      "message": ..., "module": ..., "file": ...}
@@ -67,6 +68,12 @@ The database URL reaches the runner only in the request, never in its environmen
 ORM's own list differs. ``session_statements`` (MySQL, whose drivers read no timeout settings
 from the environment, unlike node-postgres and ``PGOPTIONS``) give the environment's lock and
 statement timeouts: the runner runs them first in every session that applies migrations.
+``lock_check`` (a deploy's apply, on PostgreSQL) is faber's lock check as SQL, failing unless
+faber's session still holds its lock: the runner runs it as each migration starts, right after
+``migration_started`` and before any of the migration's statements, in the migration's own
+transaction when it has one (``checkLock`` in ``runner-common.cjs``). Failing, it fails that
+migration (``at_lock_check``, nothing of it run) and the runner starts no other; faber then
+raises :class:`~faber_core.errors.LockLost`.
 ``"queries": "of_failure"`` (a deploy's apply) asks for the ``query`` events of the migration
 that fails only, sent just before its ``migration_failed`` (what of it ran: the failure report
 names those statements); a rehearsal gets every query, as the preview shows them. On
@@ -104,6 +111,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from faber_core import events, hookimpl, interrupts
 from faber_core.context import Database, RunContext
+from faber_core.engines import LOCK_LOST
 from faber_core.errors import ConfigError, FaberError, MigrationFailed, ToolCannotConnect
 from faber_core.models import (
     AppliedMigration,
@@ -194,15 +202,18 @@ def run_runner(
     expected: list[str] | None = None,
     on_event: Callable[[Event], None] | None = None,
     queries_of_failure_only: bool = False,
+    lock_check: str | None = None,
 ) -> RunnerResult:
     """Ask the run's runner (started on first use, ``node <runner> <args>`` in the project
     directory) to do ``command`` on ``database`` (the context's by default), streaming its events.
 
     ``expected``: the migrations faber means to apply; the runner refuses to start if the ORM's
     own list differs. ``queries_of_failure_only``: report only the failing migration's queries
-    (a deploy needs no others). Raises :class:`ConfigError` for a broken setup and :class:`FaberError` when
-    the runner dies without saying why or outlives the context's deadline (it is stopped then); a
-    failing migration is an event, not an exception.
+    (a deploy needs no others). ``lock_check``: faber's lock check as SQL, which the runner runs as
+    each migration starts, in its transaction (see :meth:`RunContext.start_migration`). Raises
+    :class:`ConfigError` for a broken setup and :class:`FaberError` when the runner dies without
+    saying why or outlives the context's deadline (it is stopped then); a failing migration is an
+    event, not an exception.
     """
     target = database or context.database
     runner = start_runner(tool, context, args)
@@ -213,6 +224,8 @@ def run_runner(
             request["session_statements"] = context.session_timeout_statements()
     if queries_of_failure_only:
         request["queries"] = "of_failure"
+    if lock_check is not None:
+        request["lock_check"] = lock_check
     result = runner.request(context, request, on_event)
     setup_error = result.first("setup_error")
     if setup_error is not None:
@@ -601,9 +614,19 @@ def apply(tool: NodeTool, context: RunContext, pending: list[LocalMigration], ar
         return Settled(event["name"], round(time.monotonic() - started_at, 3), committed, atomic)
 
     expected = [m.name for m in pending]
+    # The runner applies every migration in one request, so faber cannot check its lock between two of
+    # them: the runner runs the check as each one starts, where the engine has it as SQL (PostgreSQL).
+    lock_check = context.lock_check_in_transaction
     try:
         result = run_runner(
-            tool, context, "apply", args, expected=expected, on_event=progress, queries_of_failure_only=True
+            tool,
+            context,
+            "apply",
+            args,
+            expected=expected,
+            on_event=progress,
+            queries_of_failure_only=True,
+            lock_check=lock_check(pending[0].name).statement if lock_check is not None and pending else None,
         )
     except KeyboardInterrupt:
         stopped = settled()
@@ -614,6 +637,10 @@ def apply(tool: NodeTool, context: RunContext, pending: list[LocalMigration], ar
         raise
     except RunnerDied as died:
         return _outcome_of_death(context, died, settled(), pending)
+    failed = result.first("migration_failed")
+    if lock_check is not None and failed is not None and failed.get("at_lock_check"):
+        if LOCK_LOST in (failed.get("message") or ""):
+            raise lock_check(failed["name"]).lost()
     return outcome_of(result, {m.name: m.path for m in pending}, context.database.engine.error_code_label)
 
 

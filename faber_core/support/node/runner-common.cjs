@@ -239,6 +239,33 @@ function serve(load) {
   requests.on("close", () => answered.then(() => process.exit(0)));
 }
 
+// faber's lock check (an apply request's "lock_check", on PostgreSQL): SQL that fails unless faber's
+// session still holds its lock. Run by `query` as a migration starts, before anything of it: in the
+// migration's own transaction when it has one, so that a lost lock rolls it back with nothing of it
+// run and no further migration starts while another deploy may. A failure of the check is a
+// LockCheckFailed, whose fields are those of the migration's "migration_failed".
+class LockCheckFailed extends Error {
+  constructor(error) {
+    super(describe(error));
+    this.fields = {
+      code: errorCode((error && (error.driverError || error.original || error.parent)) || error),
+      message: this.message,
+      at_lock_check: true,
+      transaction_rolled_back: true,
+      duration_seconds: 0,
+    };
+  }
+}
+
+async function checkLock(statement, query) {
+  if (!statement) return;
+  try {
+    await query(statement);
+  } catch (error) {
+    throw new LockCheckFailed(error);
+  }
+}
+
 // Every query a migration issues is attributed to it through the async context it started in, so
 // a query the migration did not await is still its own, not the bookkeeping's that happens to run
 // next. Queries still running when up() returns (not awaited) are waited for before the migration
@@ -292,4 +319,6 @@ module.exports = {
   currentMigration,
   runMigration,
   trackQueries,
+  LockCheckFailed,
+  checkLock,
 };

@@ -16,6 +16,7 @@ from faber_core.testing.faults import (
     FaberProcess,
     deploy_with_application_write,
     deploy_with_the_runner_killed,
+    take_faber_lock,
 )
 from faber_core.testing.fixtures import CANARY_PASSWORD, rehearsal_databases_of
 
@@ -185,6 +186,44 @@ def test_a_runner_killed_in_a_migration_fails_the_deploy_and_the_backup_is_resto
     again = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
     assert again.returncode == 0, again.output
     assert query("SELECT to_regclass('blocked') IS NULL") == [(False,)]
+
+
+def test_a_lost_lock_stops_the_runner_before_the_next_migration_runs(
+    sequelize_project, sequelize_migration, run_faber, database_url, query
+):
+    """faber's lock session is ended while the first migration runs and another session takes the
+    lock, as a second deploy would. The runner applies every migration in one request: it checks
+    the lock just before each one, so neither the second nor the third runs."""
+    project = sequelize_project(lint="off")
+    assert run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project)).returncode == 0
+    first, second, third = "20240103000000-first.js", "20240104000000-second.js", "20240105000000-third.js"
+    migrations = project / "db/migrations"
+    (migrations / first).write_text(
+        sequelize_migration('CREATE TABLE "first" (id int)', f"SELECT pg_advisory_xact_lock({RUNNER_LOCK})")
+    )
+    (migrations / second).write_text(sequelize_migration('CREATE TABLE "second" (id int)'))
+    (migrations / third).write_text(sequelize_migration('CREATE TABLE "third" (id int)'))
+    with psycopg.connect(database_url, autocommit=True) as other_deploy:
+        other_deploy.execute("SELECT pg_advisory_lock(%s)", [RUNNER_LOCK])
+        run = FaberProcess.start(project, "migrate", "staging", "--yes", "--json")
+        try:
+            run.wait_until(functools.partial(query, WAITING_ON_ADVISORY_LOCK, [RUNNER_LOCK]), what="first held")
+            take_faber_lock(run, other_deploy)
+            other_deploy.execute("SELECT pg_advisory_unlock(%s)", [RUNNER_LOCK])
+            code = run.wait(60)
+        finally:
+            run.stop_everything()
+
+    assert code == 7, run.stdout() + run.stderr()
+    document = json.loads(run.stdout())
+    assert document["code"] == "LOCKED"
+    assert document["error"].startswith(f"faber's lock on the database was lost before migration {second}")
+    result = document["result"]
+    assert (result["applied_migrations"], result["remaining_migrations"]) == ([first], [second, third])
+    assert (result["failed_migration"], result["transaction_rolled_back"]) == (second, True)
+    assert result["rollback_initiated"] is False
+    assert [name for (name,) in query('SELECT name FROM "SequelizeMeta" ORDER BY name')] == [*FIXTURE_MIGRATIONS, first]
+    assert query("SELECT to_regclass('second') IS NULL, to_regclass('third') IS NULL") == [(True, True)]
 
 
 STARTING = "runner-starting-the-migrations"

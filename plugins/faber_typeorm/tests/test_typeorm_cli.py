@@ -20,6 +20,7 @@ from faber_core.testing.faults import (
     FaberProcess,
     deploy_with_application_write,
     deploy_with_the_runner_killed,
+    take_faber_lock,
 )
 from faber_core.testing.fixtures import (
     CANARY_PASSWORD,
@@ -628,6 +629,53 @@ def test_a_runner_killed_in_a_migration_fails_the_deploy_and_its_transaction_rol
         *FIXTURE_MIGRATIONS,
         "Blocked1700000200000",
     ]
+
+
+def test_a_lost_lock_stops_the_runner_before_the_next_migration_inside_its_own_transaction(
+    typeorm_project, typeorm_migration, run_faber, database_url, query
+):
+    """faber's lock session is ended while First runs and another session takes the lock, as a second
+    deploy would. The runner applies every migration in one request: it checks the lock in Second's
+    own transaction, before Second's statements, so neither Second nor Third runs."""
+    project = typeorm_project(lint="off")
+    assert run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project)).returncode == 0
+    migrations = project / "migrations"
+    (migrations / "1700000200000-First.js").write_text(
+        typeorm_migration(
+            "First1700000200000", "CREATE TABLE first (id int)", f"SELECT pg_advisory_xact_lock({RUNNER_LOCK})"
+        )
+    )
+    (migrations / "1700000300000-Second.js").write_text(
+        typeorm_migration("Second1700000300000", "CREATE TABLE second (id int)")
+    )
+    (migrations / "1700000400000-Third.js").write_text(
+        typeorm_migration("Third1700000400000", "CREATE TABLE third (id int)", transaction=False)
+    )
+    with psycopg.connect(database_url, autocommit=True) as other_deploy:
+        other_deploy.execute("SELECT pg_advisory_lock(%s)", [RUNNER_LOCK])
+        run = FaberProcess.start(project, "migrate", "staging", "--yes", "--json")
+        try:
+            run.wait_until(functools.partial(query, WAITING_ON_ADVISORY_LOCK, [RUNNER_LOCK]), what="First held")
+            take_faber_lock(run, other_deploy)
+            other_deploy.execute("SELECT pg_advisory_unlock(%s)", [RUNNER_LOCK])
+            code = run.wait(60)
+        finally:
+            run.stop_everything()
+
+    assert code == 7, run.stdout() + run.stderr()
+    document = json.loads(run.stdout())
+    assert document["code"] == "LOCKED"
+    assert document["error"].startswith("faber's lock on the database was lost before migration Second1700000300000")
+    result = document["result"]
+    assert result["applied_migrations"] == ["First1700000200000"]
+    assert result["remaining_migrations"] == ["Second1700000300000", "Third1700000400000"]
+    assert (result["failed_migration"], result["transaction_rolled_back"]) == ("Second1700000300000", True)
+    assert result["rollback_initiated"] is False
+    assert [name for (name,) in query("SELECT name FROM migrations ORDER BY id")] == [
+        *FIXTURE_MIGRATIONS,
+        "First1700000200000",
+    ]
+    assert query("SELECT to_regclass('second') IS NULL, to_regclass('third') IS NULL") == [(True, True)]
 
 
 def holds_the_next_migration(class_name: str, then: str) -> str:

@@ -223,7 +223,7 @@ async function status(context) {
   return 0;
 }
 
-async function apply(context, track, expected) {
+async function apply(context, track, expected, lockCheck) {
   const { sequelize, SequelizeModule, storage, projectDir, migrationsDir } = context;
   const table = await bookkeepingTable(sequelize, storage);
   const applied = new Set(await appliedNames(sequelize, table));
@@ -245,14 +245,20 @@ async function apply(context, track, expected) {
   await Meta.sync();
   for (const migration of pending) {
     const started = performance.now();
-    track.current = migration.name;
-    track.phase = "migration";
     faber.emit("migration_started", { name: migration.name, transactional: false });
     try {
+      // Just before the migration: sequelize-cli gives it no transaction of its own.
+      await faber.checkLock(lockCheck, (statement) => sequelize.query(statement));
+      track.current = migration.name;
+      track.phase = "migration";
       await faber.runMigration(migration.name, () => migration.steps.up(queryInterface, SequelizeModule));
       track.phase = "bookkeeping";
       await Meta.create({ name: migration.name });
     } catch (error) {
+      if (error instanceof faber.LockCheckFailed) {
+        faber.emit("migration_failed", { name: migration.name, ...error.fields });
+        return faber.MIGRATION_FAILED_EXIT;
+      }
       const original = (error && (error.original || error.parent)) || {};
       faber.emit("migration_failed", {
         name: migration.name,
@@ -315,7 +321,7 @@ async function load(options) {
   return {
     status: (request) => connected(projectDir, layout, options, request, (context) => status(context)),
     apply: (request) =>
-      connected(projectDir, layout, options, request, (context, track) => apply(context, track, request.expected)),
+      connected(projectDir, layout, options, request, (context, track) => apply(context, track, request.expected, request.lock_check)),
   };
 }
 

@@ -257,17 +257,19 @@ function tracker() {
     state.leftTransaction = true;
     faber.emit("migration_outside_transaction", { name: state.current.name });
   };
-  const wrap = (migration) => {
+  const wrap = (migration, lockCheck) => {
     const instance = migration.instance;
     const up = instance.up.bind(instance);
     instance.up = async (queryRunner) => {
       finish();
+      faber.emit("migration_started", { name: migration.name, transactional: isTransactional(instance) });
+      // In the transaction TypeORM just started for it (just before it, for one with transaction = false).
+      await faber.checkLock(lockCheck, (statement) => queryRunner.query(statement));
       state.current = migration;
       state.phase = "migration";
       state.started = performance.now();
       state.queryRunner = queryRunner;
       state.leftTransaction = false;
-      faber.emit("migration_started", { name: migration.name, transactional: isTransactional(instance) });
       // Schema builder calls and queryRunner.manager end in queryRunner.query as well.
       const ownQuery = Object.prototype.hasOwnProperty.call(queryRunner, "query") ? queryRunner.query : null;
       queryRunner.query = faber.trackQueries(queryRunner.query);
@@ -287,6 +289,9 @@ function tracker() {
 function failureFields(error, state, pendingNames) {
   const driverError = (error && error.driverError) || error || {};
   const migration = state.current;
+  if (error instanceof faber.LockCheckFailed) {
+    return { name: pendingNames.find((name) => !state.finished.has(name)), ...error.fields };
+  }
   return {
     // No migration running yet: TypeORM failed preparing (e.g. creating its table); the first
     // pending migration is the one that could not be applied, and nothing of it ran.
@@ -324,7 +329,7 @@ async function apply(dataSource, projectDir, track, request) {
         bookkeeping_table: await bookkeepingTable(executor, queryRunner),
       });
     }
-    for (const migration of pending) track.wrap(migration);
+    for (const migration of pending) track.wrap(migration, request.lock_check);
     try {
       await executor.executePendingMigrations();
       track.finish();
