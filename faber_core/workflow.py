@@ -906,9 +906,8 @@ def apply(context: RunContext, plugins: Plugins, lock: DeployLock, progress: Dep
     """Apply the pending migrations; raise :class:`MigrationFailed` when one fails.
 
     faber's lock is checked before the run, before each migration (handlers call
-    ``context.start_migration``, or run ``context.lock_check_in_transaction``'s SQL: the Node
-    runners, which apply every migration in one request) and after the run (where the engine has no
-    such SQL, a Node runner cannot stop in between).
+    ``context.start_migration``; the Node runners, which apply every migration in one request,
+    run ``context.lock_check_in_transaction``'s SQL or wait for faber's check) and after the run.
     """
     pending = progress.pending
     lock.require_held(f"migration {pending[0].name}", context)

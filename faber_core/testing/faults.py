@@ -12,7 +12,8 @@ handler or backup provider:
   constraint and index with its validity (PostgreSQL), and the row count of every table.
 - :func:`node_runner` finds a handler's Node runner among faber's processes, to kill it alone;
   :data:`WAITING_ON_ADVISORY_LOCK` tells when a migration waits on a lock the test holds;
-  :func:`take_faber_lock` ends the session holding faber's lock and takes it, as another deploy would.
+  :func:`take_faber_lock` (:func:`take_faber_mysql_lock`) ends the session holding faber's lock
+  and takes it, as another deploy would.
 - :func:`server_leftovers` lists the sessions and advisory locks still on a database;
   :func:`mysql_leftovers` the sessions and faber's lock still on a MySQL/MariaDB server.
 - :class:`AnswerDropped` loses one session's connection right after the server ran its
@@ -730,6 +731,22 @@ def mysql_leftovers(admin_url: str, user: str, database: str) -> list[tuple]:
         ).fetchall()
         holder = conn.execute("SELECT IS_USED_LOCK(%s)", [faber_lock_name_on_server(conn, database)]).fetchone()[0]
     return [*sessions, *([("faber lock held by", holder)] if holder is not None else [])]
+
+
+def take_faber_mysql_lock(run: FaberProcess, conn: Any) -> None:
+    """:func:`take_faber_lock` on MySQL/MariaDB: end the session holding ``run``'s ``GET_LOCK``
+    on ``conn``'s database (``KILL``, as an operator or a proxy's timeout would) and take the lock
+    on ``conn`` (a connection of :func:`~faber_core.testing.fixtures.mysql_connect`)."""
+    from faber_core.support.mysql import faber_lock_name_on_server
+
+    name = faber_lock_name_on_server(conn)
+    holder = conn.execute("SELECT IS_USED_LOCK(%s)", [name]).fetchone()[0]
+    assert holder is not None, "faber holds no lock on the database"
+    conn.execute(f"KILL {int(holder)}")
+    run.wait_until(
+        lambda: conn.execute("SELECT GET_LOCK(%s, 0)", [name]).fetchone()[0] == 1,
+        what="faber's lock taken by another session",
+    )
 
 
 def wait_for_mysql_release(admin_url: str, user: str, database: str, *, within: float) -> list[tuple]:

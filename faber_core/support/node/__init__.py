@@ -25,7 +25,7 @@ token the runner reads before it loads any project code::
     {"command": "status", "database_url": ...}
     {"command": "apply", "database_url": ..., "expected": ["<migration name>", ...],
      "session_statements": ["SET SESSION lock_wait_timeout = 5, ...", ...], "queries": "of_failure",
-     "lock_check": "SELECT ..."}
+     "lock_check": "SELECT ...", "confirm_each_migration": true}
 
 with one JSON object per line on the protocol pipe (the descriptor named by
 ``FABER_RUNNER_PROTOCOL_FD``), each carrying the nonce, the last one ``done``::
@@ -73,7 +73,10 @@ faber's session still holds its lock: the runner runs it as each migration start
 ``migration_started`` and before any of the migration's statements, in the migration's own
 transaction when it has one (``checkLock`` in ``runner-common.cjs``). Failing, it fails that
 migration (``at_lock_check``, nothing of it run) and the runner starts no other; faber then
-raises :class:`~faber_core.errors.LockLost`.
+raises :class:`~faber_core.errors.LockLost`. ``confirm_each_migration`` (a deploy's apply where
+the engine has no such SQL: MySQL) has the runner wait after each ``migration_started`` for a line
+on its stdin, ``{"start": true}``, which faber writes once it has checked its lock on its own
+session; a lost lock has faber stop the runner there instead, before anything of the migration ran.
 ``"queries": "of_failure"`` (a deploy's apply) asks for the ``query`` events of the migration
 that fails only, sent just before its ``migration_failed`` (what of it ran: the failure report
 names those statements); a rehearsal gets every query, as the preview shows them. On
@@ -109,7 +112,7 @@ from typing import Any, BinaryIO, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from faber_core import events, hookimpl, interrupts
+from faber_core import hookimpl, interrupts
 from faber_core.context import Database, RunContext
 from faber_core.engines import LOCK_LOST
 from faber_core.errors import ConfigError, FaberError, MigrationFailed, ToolCannotConnect
@@ -203,6 +206,7 @@ def run_runner(
     on_event: Callable[[Event], None] | None = None,
     queries_of_failure_only: bool = False,
     lock_check: str | None = None,
+    confirm_each_migration: bool = False,
 ) -> RunnerResult:
     """Ask the run's runner (started on first use, ``node <runner> <args>`` in the project
     directory) to do ``command`` on ``database`` (the context's by default), streaming its events.
@@ -210,7 +214,9 @@ def run_runner(
     ``expected``: the migrations faber means to apply; the runner refuses to start if the ORM's
     own list differs. ``queries_of_failure_only``: report only the failing migration's queries
     (a deploy needs no others). ``lock_check``: faber's lock check as SQL, which the runner runs as
-    each migration starts, in its transaction (see :meth:`RunContext.start_migration`). Raises
+    each migration starts, in its transaction (see :meth:`RunContext.start_migration`).
+    ``confirm_each_migration``: the runner waits at each ``migration_started`` until ``on_event``
+    has returned (it raises to stop the runner before that migration). Raises
     :class:`ConfigError` for a broken setup and :class:`FaberError` when the runner dies without
     saying why or outlives the context's deadline (it is stopped then); a failing migration is an
     event, not an exception.
@@ -226,6 +232,8 @@ def run_runner(
         request["queries"] = "of_failure"
     if lock_check is not None:
         request["lock_check"] = lock_check
+    if confirm_each_migration:
+        request["confirm_each_migration"] = True
     result = runner.request(context, request, on_event)
     setup_error = result.first("setup_error")
     if setup_error is not None:
@@ -335,7 +343,6 @@ class RunnerProcess:
     ) -> RunnerResult:
         """``request`` answered, within ``context``'s deadline (the run's, or a lint rehearsal's)."""
         proc, protocol = self.start()
-        assert proc.stdin is not None
         events: list[Event] = []
         returncode: int | None = None
         expired = threading.Event()
@@ -347,11 +354,7 @@ class RunnerProcess:
         step_timer: threading.Timer | None = None
         step_expired = threading.Event()
         try:
-            try:
-                proc.stdin.write(json.dumps(request) + "\n")
-                proc.stdin.flush()
-            except BrokenPipeError:
-                pass  # the runner died: its exit code and stderr say why, below
+            _write_line(proc, request)
             done = False
             # Waiting for the next line, an interrupt loses nothing (it stays in the pipe); once a line
             # is read, it is handled before the interrupt is raised: otherwise faber would not know
@@ -374,6 +377,8 @@ class RunnerProcess:
                     events.append(event)
                     if on_event is not None:
                         on_event(event)
+                    if event["event"] == "migration_started" and request.get("confirm_each_migration"):
+                        _write_line(proc, {"start": True})
             if not done:
                 returncode = proc.wait()
         except BaseException as stopped:
@@ -441,6 +446,16 @@ class RunnerProcess:
                 stop(self.proc)
         self._close_protocol()
         self.stderr_file.close()
+
+
+def _write_line(proc: subprocess.Popen, message: dict[str, Any]) -> None:
+    """``message`` on the runner's stdin, one JSON line."""
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(json.dumps(message) + "\n")
+        proc.stdin.flush()
+    except BrokenPipeError:
+        pass  # the runner died: its exit code and stderr say why
 
 
 def _deadline_timer(seconds: float | None, proc: subprocess.Popen, expired: threading.Event) -> threading.Timer | None:
@@ -597,7 +612,9 @@ def apply(tool: NodeTool, context: RunContext, pending: list[LocalMigration], ar
             outside_transaction.add(event["name"])
         elif event["event"] == "migration_started":
             running = (event, time.monotonic())
-            context.emit(events.MIGRATION_STARTED, name=event["name"])
+            # Checks faber's lock where the runner waits for it (raising stops the runner there); the
+            # runner's own lock check otherwise.
+            context.start_migration(event["name"], in_transaction=lock_check is not None)
         elif event["event"] == "migration_finished":
             context.migration_applied(
                 AppliedMigration(name=event["name"], duration_seconds=round(event["duration_seconds"], 3))
@@ -614,8 +631,8 @@ def apply(tool: NodeTool, context: RunContext, pending: list[LocalMigration], ar
         return Settled(event["name"], round(time.monotonic() - started_at, 3), committed, atomic)
 
     expected = [m.name for m in pending]
-    # The runner applies every migration in one request, so faber cannot check its lock between two of
-    # them: the runner runs the check as each one starts, where the engine has it as SQL (PostgreSQL).
+    # The runner applies every migration in one request: it runs faber's lock check as each one starts
+    # where the engine has it as SQL (PostgreSQL); elsewhere it waits there while faber checks.
     lock_check = context.lock_check_in_transaction
     try:
         result = run_runner(
@@ -627,6 +644,7 @@ def apply(tool: NodeTool, context: RunContext, pending: list[LocalMigration], ar
             on_event=progress,
             queries_of_failure_only=True,
             lock_check=lock_check(pending[0].name).statement if lock_check is not None and pending else None,
+            confirm_each_migration=lock_check is None and bool(context.before_each_migration),
         )
     except KeyboardInterrupt:
         stopped = settled()

@@ -57,6 +57,22 @@ function write(event, fields) {
   for (let written = 0; written < line.length; ) written += writeSync(protocolFd, line, written);
 }
 
+// A deploy's apply on an engine without a lock check in SQL (MySQL) asks the runner to wait, as each
+// migration starts, until faber has checked its lock on its own session: a line on stdin lets it
+// start; a lost lock has faber stop the runner there instead, before anything of the migration ran.
+let confirmEachMigration = false;
+let awaitingFaber = null;
+
+async function migrationStarted(fields) {
+  emit("migration_started", fields);
+  if (!confirmEachMigration) return;
+  // Set in this tick, before faber can have read the event and answered.
+  const answer = await new Promise((resolve) => {
+    awaitingFaber = resolve;
+  });
+  if (answer === null) throw new Error("faber stopped listening before the migration could start");
+}
+
 // An apply reports a migration's queries only if it fails (what of it ran before the failure):
 // the running migration's "query" events wait here, go out just before its "migration_failed",
 // and are dropped when it finishes. A rehearsal reports every query (they are the preview's SQL).
@@ -217,6 +233,7 @@ function serve(load) {
       const request = JSON.parse(line);
       requestEngine = /^(mysql|mariadb):/i.test(request.database_url || "") ? "mysql" : "postgres";
       queriesOfFailureOnly = request.queries === "of_failure";
+      confirmEachMigration = request.confirm_each_migration === true;
       heldQueries = [];
       const commands = await loaded;
       const command = commands[request.command];
@@ -230,13 +247,20 @@ function serve(load) {
   }
   const requests = readline.createInterface({ input: process.stdin });
   requests.on("line", (line) => {
-    if (nonce === null) {
+    if (awaitingFaber !== null) {
+      const resolve = awaitingFaber;
+      awaitingFaber = null;
+      resolve(line);
+    } else if (nonce === null) {
       nonce = line;
       loaded = load(options);
       loaded.catch(() => {}); // reported by each request that awaits it
     } else answered = answered.then(() => answer(line));
   });
-  requests.on("close", () => answered.then(() => process.exit(0)));
+  requests.on("close", () => {
+    if (awaitingFaber !== null) awaitingFaber(null);
+    answered.then(() => process.exit(0));
+  });
 }
 
 // faber's lock check (an apply request's "lock_check", on PostgreSQL): SQL that fails unless faber's
@@ -309,6 +333,7 @@ module.exports = {
   describe,
   MIGRATION_FAILED_EXIT,
   emit,
+  migrationStarted,
   SetupError,
   bounded,
   requireExpectedPlan,

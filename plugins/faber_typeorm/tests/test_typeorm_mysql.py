@@ -13,7 +13,7 @@ import signal
 
 import pytest
 from faber_core.errors import ConfigError
-from faber_core.testing.faults import FaberProcess
+from faber_core.testing.faults import FaberProcess, take_faber_mysql_lock
 from faber_core.testing.fixtures import CANARY_PASSWORD, faber_at_once, mysql_connect, mysql_rehearsal_databases
 
 CREATE_USERS = "CreateUsers1700000000000"
@@ -103,17 +103,19 @@ def test_a_foreign_key_the_existing_rows_violate_reports_the_column_added_before
         "ALTER TABLE `posts` ADD CONSTRAINT `fk_posts_owner` FOREIGN KEY (`owner_id`) REFERENCES `users`(`id`)",
     )
     fill = typeorm_migration("FillPosts1700000200000", "INSERT INTO posts (id, title) VALUES (1, 'hello')")
-    context = typeorm_context(
-        project(("1700000200000-FillPosts.js", fill), ("1700000300000-AddOwner.js", owner))
-    )
+    context = typeorm_context(project(("1700000200000-FillPosts.js", fill), ("1700000300000-AddOwner.js", owner)))
 
     outcome = typeorm_plugins.migration_apply(context, typeorm_plugins.migration_status(context).pending_migrations())
 
     failure = outcome.failure
     assert failure.name == "AddOwner1700000300000" and failure.sqlstate == "1452"
     assert failure.transaction_rolled_back is False
-    assert failure.error.endswith("(at statement 2 of it; ran before it: ALTER TABLE `posts` ADD `owner_id` int NOT NULL)")
-    columns = mysql_query("SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'posts'")
+    assert failure.error.endswith(
+        "(at statement 2 of it; ran before it: ALTER TABLE `posts` ADD `owner_id` int NOT NULL)"
+    )
+    columns = mysql_query(
+        "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'posts'"
+    )
     assert ("owner_id",) in columns
 
 
@@ -262,3 +264,54 @@ def test_an_interrupt_during_the_rehearsal_drops_the_rehearsal_database(
     # The target holds only faber's record of the interrupted run: no migration ran there.
     assert mysql_query("SHOW TABLES") == [("faber_deployments",)]
     assert CANARY_PASSWORD not in run.stdout() + run.stderr()
+
+
+HOLD = "faber-test-hold"
+"""The ``GET_LOCK`` a migration waits on while the test holds it: the runner is then in that migration."""
+
+
+def test_a_lost_lock_stops_the_runner_before_the_next_migration(
+    project, typeorm_migration, mysql_database_url, mysql_query
+):
+    """faber's lock session is killed while First runs and another session takes the lock, as a
+    second deploy would. The runner applies every migration in one request, waiting as each one
+    starts until faber has checked its lock: faber stops it before Second, so neither Second nor
+    Third runs."""
+    project_dir = project(
+        (
+            "1700000200000-First.js",
+            typeorm_migration("First1700000200000", "CREATE TABLE first (id INT)", f"SELECT GET_LOCK('{HOLD}', 60)"),
+        ),
+        ("1700000300000-Second.js", typeorm_migration("Second1700000300000", "CREATE TABLE second (id INT)")),
+        ("1700000400000-Third.js", typeorm_migration("Third1700000400000", "CREATE TABLE third (id INT)")),
+        lint="off",
+    )
+    with mysql_connect(mysql_database_url) as other_deploy:
+        other_deploy.execute("SELECT GET_LOCK(%s, 0)", [HOLD])
+        run = FaberProcess.start(project_dir, "migrate", "staging", "--yes", "--json")
+        try:
+            waiting = (
+                "SELECT 1 FROM information_schema.PROCESSLIST WHERE DB = DATABASE() AND INFO LIKE 'SELECT GET_LOCK%%'"
+            )
+            run.wait_until(lambda: other_deploy.execute(waiting).fetchone(), what="First held")
+            take_faber_mysql_lock(run, other_deploy)
+            other_deploy.execute("SELECT RELEASE_LOCK(%s)", [HOLD])
+            code = run.wait(60)
+        finally:
+            run.stop_everything()
+
+    assert code == 7, run.stdout() + run.stderr()
+    document = json.loads(run.stdout())
+    assert document["code"] == "LOCKED"
+    assert document["error"].startswith("faber's lock on the database was lost before migration Second1700000300000")
+    result = document["result"]
+    assert result["applied_migrations"] == [CREATE_USERS, ADD_POSTS, "First1700000200000"]
+    assert result["remaining_migrations"] == ["Second1700000300000", "Third1700000400000"]
+    assert result["rollback_initiated"] is False
+    assert mysql_query("SELECT name FROM migrations ORDER BY id") == [
+        (CREATE_USERS,),
+        (ADD_POSTS,),
+        ("First1700000200000",),
+    ]
+    tables = {name for (name,) in mysql_query("SHOW TABLES")}
+    assert "first" in tables and not tables & {"second", "third"}

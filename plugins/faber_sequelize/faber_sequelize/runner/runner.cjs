@@ -245,8 +245,8 @@ async function apply(context, track, expected, lockCheck) {
   await Meta.sync();
   for (const migration of pending) {
     const started = performance.now();
-    faber.emit("migration_started", { name: migration.name, transactional: false });
     try {
+      await faber.migrationStarted({ name: migration.name, transactional: false });
       // Just before the migration: sequelize-cli gives it no transaction of its own.
       await faber.checkLock(lockCheck, (statement) => sequelize.query(statement));
       track.current = migration.name;

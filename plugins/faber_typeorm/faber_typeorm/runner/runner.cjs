@@ -262,7 +262,7 @@ function tracker() {
     const up = instance.up.bind(instance);
     instance.up = async (queryRunner) => {
       finish();
-      faber.emit("migration_started", { name: migration.name, transactional: isTransactional(instance) });
+      await faber.migrationStarted({ name: migration.name, transactional: isTransactional(instance) });
       // In the transaction TypeORM just started for it (just before it, for one with transaction = false).
       await faber.checkLock(lockCheck, (statement) => queryRunner.query(statement));
       state.current = migration;
