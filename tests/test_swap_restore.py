@@ -28,6 +28,7 @@ import pytest
 from psycopg import sql
 
 from faber_core import api, workflow
+from faber_core.backup import database_properties
 from faber_core.backup import swap as swap_module
 from faber_core.backup.swap import previous_name, restoring_name
 from faber_core.errors import RestoreFailed
@@ -151,12 +152,18 @@ def test_a_swap_restore_brings_back_the_backup_and_keeps_faber_history(
     ],
     ids=["settings", "grants"],
 )
-def test_a_swap_that_would_lose_what_lives_on_the_database_is_refused(
+def test_a_swap_of_an_older_faber_s_backup_that_would_lose_what_lives_on_the_database_is_refused(
     swapped, run_faber, database_url, postgres_admin_url, setting, reason
 ):
+    """A backup taken by an older faber does not record the database's settings and grants
+    (tests/test_database_properties.py): a new database could not be given them."""
     project_dir, target = swapped
     execute(database_url, "CREATE TABLE accounts (id int); INSERT INTO accounts VALUES (1)")
     backup_id = backup(run_faber, project_dir)
+    manifest = project_dir / ".faber" / "backups" / "production" / f"{backup_id}.json"
+    document = json.loads(manifest.read_text())
+    del document["provider_data"][database_properties.RECORD]
+    manifest.write_text(json.dumps(document))
     execute(database_url, "INSERT INTO accounts VALUES (2)")
     admin_execute(postgres_admin_url, sql.SQL(setting).format(sql.Identifier(target)))
     before = database_state(database_url)

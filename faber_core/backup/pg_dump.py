@@ -28,7 +28,8 @@ import psycopg
 from pydantic import BaseModel, ConfigDict, Field
 
 from faber_core import hookimpl
-from faber_core.backup import store
+from faber_core.backup import database_properties, store
+from faber_core.backup.database_properties import DatabaseProperties
 from faber_core.context import RunContext
 from faber_core.errors import BackupFailed
 from faber_core.models import BackupProviderInfo, BackupPruneOutcome, BackupRecord, RestoreOutcome
@@ -50,7 +51,8 @@ class PgDumpOptions(BaseModel):
         description="in-place: one transaction on one session (one core); the application's queries wait on its "
         "locks. swap: pg_restore --jobs into a new database, faber's schema copied over, then both renamed in "
         "one transaction; needs CREATEDB, twice the disk while both exist, and ends every session of the "
-        "database at the swap. Refused when the database has settings, grants, subscriptions or replication "
+        "database at the swap. Refused when the user could not give the new database the settings, comment, "
+        "grants and connection limit the backup recorded, or when the database has subscriptions or replication "
         "slots of its own. Both are atomic (docs/workflow.md).",
     )
     format: Literal["custom", "directory"] = Field(
@@ -81,12 +83,15 @@ def faber_backup_providers() -> list[BackupProviderInfo]:
     ]
 
 
-def _server_major(context: RunContext) -> tuple[int, str]:
+def _server_and_properties(context: RunContext) -> tuple[int, str, DatabaseProperties]:
+    """The server's major version and its version string, and the database's own properties,
+    which the archive leaves out and the manifest records (:mod:`~faber_core.backup.database_properties`)."""
     with context.database.connect() as conn:
-        number, text = conn.execute(
-            "SELECT current_setting('server_version_num')::int, current_setting('server_version')"
+        number, text, database = conn.execute(
+            "SELECT current_setting('server_version_num')::int, current_setting('server_version'), current_database()"
         ).fetchone()
-    return number // 10000, text
+        properties = database_properties.read(conn, database)
+    return number // 10000, text, properties
 
 
 def _client_major(program: Path) -> int | None:
@@ -156,7 +161,7 @@ def client_env(context: RunContext, server_major: int, **settings: str) -> dict[
 @hookimpl
 def faber_backup_create(context: RunContext, reason: str, migrations: list[tuple[str, str | None]]) -> BackupRecord:
     try:
-        major, version = _server_major(context)
+        major, version, properties = _server_and_properties(context)
     except psycopg.Error as exc:
         raise BackupFailed(
             store.creation_failed(context),
@@ -189,7 +194,10 @@ def faber_backup_create(context: RunContext, reason: str, migrations: list[tuple
         migrations=migrations,
         server_version=version,
         dump=dump,
-        provider_data={store.EXCLUDED_SCHEMA: context.config.database.faber_schema},
+        provider_data={
+            store.EXCLUDED_SCHEMA: context.config.database.faber_schema,
+            database_properties.RECORD: properties.model_dump(mode="json"),
+        },
         archive_suffix=store.DIRECTORY_ARCHIVE if options.format == "directory" else store.ARCHIVE,
     )
 

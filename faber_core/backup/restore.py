@@ -7,7 +7,9 @@ One ``psql`` session runs, in this order::
     <prelude>          drop what the archive brings back: event triggers, subscriptions,
                        publications, large objects, foreign servers, user casts, every schema
                        but faber's own (:func:`~faber_core.backup.store.faber_schemas`), then the
-                       remaining extensions; recreate ``public``
+                       remaining extensions; recreate ``public``; put back the database's own
+                       settings, comment, grants and connection limit that the backup recorded
+                       and faber's user may change (:mod:`~faber_core.backup.database_properties`)
     <pg_restore -1>    the archive as SQL, minus its final COMMIT and faber's schemas
                        (:func:`restore_list`)
     COMMIT;
@@ -44,7 +46,7 @@ import psycopg
 from psycopg import sql
 
 from faber_core import events
-from faber_core.backup import store
+from faber_core.backup import database_properties, store
 from faber_core.backup.writes import IS_A_FABER_SCHEMA
 from faber_core.context import RunContext
 from faber_core.errors import RestoreFailed
@@ -106,7 +108,8 @@ def restore_archive(context: RunContext, backup: BackupRecord, tools: Path, majo
     with store.reading(archive) as fd:
         store.verify_archive(context, backup, fd)
         with context.database.connect() as conn:
-            prelude = restore_prelude(conn, *keep)
+            properties = database_properties.restoring_in_place(context, conn, backup)
+            prelude = restore_prelude(conn, *keep) + properties.script
             finish = analyze_restored(keep).as_string(conn)
         try:
             with restore_list(context, backup, tools, archive, fd, keep) as listed:
@@ -124,18 +127,21 @@ def restore_archive(context: RunContext, backup: BackupRecord, tools: Path, majo
                     "exactly as before it",
                     None: f"Could not ask the server whether the restore of {backup.id} committed",
                 }[stopped.committed],
+                provider_data=properties.provider_data(),
             )
     return RestoreOutcome(
         backup_id=backup.id,
         status="success",
-        details=f"Restored {backup.id} ({backup.size_bytes} bytes) in one transaction{notes}",
+        details=f"Restored {backup.id} ({backup.size_bytes} bytes) in one transaction{notes}{properties.details()}",
         steps=[
             "dropped what changed since the backup (schemas, large objects, publications, subscriptions, "
             "event triggers, extensions)",
+            "put back the database's own settings, comment, grants and connection limit that changed",
             "replayed the archive",
             "committed",
             "analyzed the restored tables",
         ],
+        provider_data=properties.provider_data(),
     )
 
 

@@ -5,7 +5,8 @@ The in-place restore (:mod:`faber_core.backup.restore`) is one transaction, so o
 session and one core. This one runs ``pg_restore --jobs N`` into a new database and makes the
 switch the atomic step instead::
 
-    checks              refuse what the swap cannot carry over (see :func:`refusal`)
+    checks              refuse what the swap cannot carry over (see :func:`refusal`), and
+                        database properties of the backup faber's user cannot give a new database
     leftovers           drop what a swap killed earlier left: databases named as below whose
                         comment says they are faber's
     create <restoring>  CREATE DATABASE like the target (owner, encoding, locale, tablespace)
@@ -25,7 +26,9 @@ switch the atomic step instead::
                         under the same policy (context.restore_sessions_ended); a refusal rolls back
         ALTER DATABASE target RENAME TO <previous>
         ALTER DATABASE <restoring> RENAME TO target
-        carry over the comment and connection limit; COMMIT
+        the backup's settings, comment, grants and connection limit (database_properties): only
+                        what differs from the new database's; without a record (an older
+                        faber's backup), the target's comment and connection limit; COMMIT
     lock                faber's lock again, on the restored database, for the rest of the run
                         (on the unchanged target when the swap failed after ending the sessions)
     ANALYZE             the restored tables
@@ -56,7 +59,8 @@ import psycopg
 from psycopg import sql
 
 from faber_core import events, interrupts
-from faber_core.backup import store, writes
+from faber_core.backup import database_properties, store, writes
+from faber_core.backup.database_properties import DatabaseProperties
 from faber_core.backup.restore import analyze_restored, first_error, kept_schemas, restore_list
 from faber_core.context import RunContext
 from faber_core.errors import FaberError, RestoreFailed
@@ -114,6 +118,10 @@ class _Swap:
     swap does not bring them back."""
     dropped_previous: bool = False
     notes: list[str] = field(default_factory=list)
+    properties: DatabaseProperties | None = None
+    """The database's own settings, comment, grants and connection limit as the backup recorded
+    them; None for a backup that does not record them (taken by an older faber)."""
+    restored_properties: list[str] = field(default_factory=list)
 
     @property
     def application(self) -> str:
@@ -154,6 +162,7 @@ def restore_by_swap(context: RunContext, backup: BackupRecord, tools: Path, majo
     keep = kept_schemas(context, backup)
     with interrupts.raised_once(), store.reading(archive) as fd:
         store.verify_archive(context, backup, fd)
+        swap.properties = database_properties.recorded(backup)
         try:
             with restore_list(context, backup, tools, archive, fd, keep) as listed:
                 _run(swap, tools, major, listed, keep)
@@ -174,6 +183,11 @@ def restore_by_swap(context: RunContext, backup: BackupRecord, tools: Path, majo
                 _drop_quietly(swap, swap.restoring)
             raise
     kept = "" if swap.dropped_previous else f"; the previous database is kept as {swap.previous}"
+    if swap.properties is None:
+        swap.notes.append(
+            "the backup does not record the database's own settings, comment, grants and connection limit (taken by "
+            "an older faber): the comment and the connection limit were carried over from the database"
+        )
     notes = "".join(f"; {note}" for note in swap.notes)
     return RestoreOutcome(
         backup_id=backup.id,
@@ -185,6 +199,11 @@ def restore_by_swap(context: RunContext, backup: BackupRecord, tools: Path, majo
             "restore_mode": "swap",
             "jobs": jobs,
             "leftover_database": None if swap.dropped_previous else swap.previous,
+            database_properties.RECORD: {
+                "recorded": swap.properties is not None,
+                "restored": swap.restored_properties,
+                "not_restored": [],
+            },
         },
     )
 
@@ -200,7 +219,7 @@ def _run(swap: _Swap, tools: Path, major: int, listed: Path, keep: list[str]) ->
 
     context = swap.context
     with swap.admin() as admin:
-        problem = refusal(admin, swap.target)
+        problem = refusal(admin, swap.target, swap.properties) or _properties_refusal(admin, swap)
         if problem:
             raise RestoreFailed(
                 f"restore_mode swap cannot restore {swap.target} safely: {problem}; the database is unchanged",
@@ -255,10 +274,13 @@ def _run(swap: _Swap, tools: Path, major: int, listed: Path, keep: list[str]) ->
     swap.done(f"dropped {swap.previous}")
 
 
-def refusal(conn: psycopg.Connection, target: str) -> str | None:
-    """Why the swap would lose something or cannot run, or None. What lives on the database rather
-    than in it (its owner, comment and connection limit are carried over; its settings, grants,
-    security labels and subscriptions are not), and what a rename or a new database needs."""
+def refusal(conn: psycopg.Connection, target: str, properties: DatabaseProperties | None = None) -> str | None:
+    """Why the swap would lose something or cannot run, or None: what lives on the database rather
+    than in it, and what a rename or a new database needs. Its owner is carried over; its settings,
+    comment, grants and connection limit are given to the new database from ``properties``, the
+    backup's record (:func:`_properties_refusal` checks that they can be); without one (a backup of
+    an older faber) its comment and connection limit are carried over and settings or grants of its
+    own refused. Security labels, subscriptions and replication slots are refused."""
     row = conn.execute(
         """
         SELECT d.oid, d.datistemplate, d.datacl IS NOT NULL, d.datlocprovider,
@@ -276,10 +298,16 @@ def refusal(conn: psycopg.Connection, target: str) -> str | None:
         (not owner, f"the user {conn.info.user} is not a member of the owner of {target} (renaming needs it)"),
         (template, f"{target} is a template database"),
         (provider not in ("c", "i"), f"{target} uses locale provider {provider!r}"),
-        (grants, f"{target} has grants of its own (GRANT ... ON DATABASE), which a new database would not have"),
         (
-            _count(conn, "SELECT count(*) FROM pg_catalog.pg_db_role_setting WHERE setdatabase = %s", oid),
-            f"{target} has settings of its own (ALTER DATABASE ... SET), which a new database would not have",
+            properties is None and grants,
+            f"{target} has grants of its own (GRANT ... ON DATABASE), which a new database would not have (the "
+            "backup, taken by an older faber, does not record them)",
+        ),
+        (
+            properties is None
+            and _count(conn, "SELECT count(*) FROM pg_catalog.pg_db_role_setting WHERE setdatabase = %s", oid),
+            f"{target} has settings of its own (ALTER DATABASE ... SET), which a new database would not have (the "
+            "backup, taken by an older faber, does not record them)",
         ),
         (
             _count(conn, "SELECT count(*) FROM pg_catalog.pg_subscription WHERE subdbid = %s", oid),
@@ -304,6 +332,22 @@ def refusal(conn: psycopg.Connection, target: str) -> str | None:
         ),
     ]
     return next((reason for failed, reason in checks if failed), None)
+
+
+def _properties_refusal(admin: psycopg.Connection, swap: _Swap) -> str | None:
+    """Why the new database could not be given the properties the backup recorded, or None: each
+    change from a new database's to the recorded ones is tried on the target in a transaction
+    rolled back (the privileges they need are the same on either database)."""
+    if swap.properties is None:
+        return None
+    (owner,) = admin.execute(
+        "SELECT pg_catalog.pg_get_userbyid(datdba) FROM pg_catalog.pg_database WHERE datname = %s", [swap.target]
+    ).fetchone()
+    wanted = database_properties.changes(swap.target, database_properties.created(owner), swap.properties)
+    refused = database_properties.tried(swap.context, admin, wanted).refused
+    if not refused:
+        return None
+    return f"the user {admin.info.user} cannot give a new database these properties of the backup: {'; '.join(refused)}"
 
 
 def _count(conn: psycopg.Connection, query: str, oid: int) -> int:
@@ -508,17 +552,11 @@ def _swap_names(swap: _Swap, committed: dict[str, int]) -> None:
     and fails while another session is on the database)."""
     faber_schema = swap.context.config.database.faber_schema
     with swap.admin() as admin:
-        comment, limit = admin.execute(
-            "SELECT pg_catalog.shobj_description(oid, 'pg_database'), datconnlimit FROM pg_catalog.pg_database"
-            " WHERE datname = %s",
-            [swap.target],
-        ).fetchone()
         target, restoring, previous = map(sql.Identifier, (swap.target, swap.restoring, swap.previous))
         statements = [
             sql.SQL("ALTER DATABASE {} RENAME TO {}").format(target, previous),
             sql.SQL("ALTER DATABASE {} RENAME TO {}").format(restoring, target),
-            sql.SQL("COMMENT ON DATABASE {} IS {}").format(target, sql.Literal(comment)),
-            sql.SQL("ALTER DATABASE {} CONNECTION LIMIT {}").format(target, sql.Literal(limit)),
+            *(_given_properties(admin, swap)),
             sql.SQL("COMMENT ON DATABASE {} IS {}").format(
                 previous, sql.Literal(f"{MARKER}{swap.target} before restoring {swap.backup.id}")
             ),
@@ -565,6 +603,26 @@ def _swap_names(swap: _Swap, committed: dict[str, int]) -> None:
                     suggestions=["Retry when nothing holds the database (a long transaction, a lock on it)"],
                     backup_id=swap.backup.id,
                 ) from None
+
+
+def _given_properties(admin: psycopg.Connection, swap: _Swap) -> list[sql.Composable]:
+    """The statements that give the restored database, once renamed to the target's name, the
+    properties the backup recorded (which :func:`_properties_refusal` found it may give); without a
+    record, the target's comment and connection limit."""
+    if swap.properties is None:
+        comment, limit = admin.execute(
+            "SELECT pg_catalog.shobj_description(oid, 'pg_database'), datconnlimit FROM pg_catalog.pg_database"
+            " WHERE datname = %s",
+            [swap.target],
+        ).fetchone()
+        target = sql.Identifier(swap.target)
+        return [
+            sql.SQL("COMMENT ON DATABASE {} IS {}").format(target, sql.Literal(comment)),
+            sql.SQL("ALTER DATABASE {} CONNECTION LIMIT {}").format(target, sql.Literal(limit)),
+        ]
+    wanted = database_properties.changes(swap.target, database_properties.read(admin, swap.restoring), swap.properties)
+    swap.restored_properties = [change.what for change in wanted]
+    return [statement for change in wanted for statement in change.statements]
 
 
 def _wait_until_ended(admin: psycopg.Connection, pids: list[int]) -> None:
