@@ -43,24 +43,10 @@ def admin_execute(url: str, statement: sql.Composable | str) -> None:
         conn.execute(statement)
 
 
-def properties(admin_url: str, database: str) -> dict[str, object]:
-    """The database's settings, comment, privileges and connection limit, read from the catalogs."""
-    with psycopg.connect(admin_url) as conn:
-        oid, comment, limit = conn.execute(
-            "SELECT oid, shobj_description(oid, 'pg_database'), datconnlimit FROM pg_database WHERE datname = %s",
-            [database],
-        ).fetchone()
-        settings = conn.execute(
-            "SELECT CASE setrole WHEN 0 THEN '' ELSE pg_get_userbyid(setrole) END, c"
-            " FROM pg_db_role_setting, unnest(setconfig) c WHERE setdatabase = %s ORDER BY 1, 2",
-            [oid],
-        ).fetchall()
-        privileges = conn.execute(
-            "SELECT CASE grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(grantee) END, privilege_type, is_grantable"
-            " FROM pg_database, aclexplode(COALESCE(datacl, acldefault('d', datdba))) WHERE oid = %s ORDER BY 1, 2",
-            [oid],
-        ).fetchall()
-    return {"settings": settings, "comment": comment, "connection limit": limit, "privileges": privileges}
+def properties(url: str) -> dict[str, list]:
+    """The database's settings, comment and connection limit, and privileges."""
+    state = database_state(url)
+    return {key: state[key] for key in ("database_settings", "database", "database_privileges")}
 
 
 @pytest.fixture
@@ -126,17 +112,17 @@ def test_a_rollback_puts_back_the_settings_comment_grants_and_connection_limit_a
     name, url, project, role = target
     project_dir = project(restore_mode, {"001_database": MIGRATION.replace("{role}", role)})
     set_up_properties(postgres_admin_url, name, role)
-    at_backup = properties(postgres_admin_url, name)
+    at_backup = properties(url)
     deployed = run_faber("migrate", "production", "--yes", "--json", cwd=project_dir, env=SQLFILES)
     assert deployed.returncode == 0, deployed.output
-    changed = properties(postgres_admin_url, name)
+    changed = properties(url)
     assert all(changed[key] != at_backup[key] for key in at_backup), changed
 
     done = rollback(run_faber, project_dir, deployed.json["result"]["backup_id"])
 
     assert done.returncode == 0, done.output
     assert CANARY_PASSWORD not in done.output
-    assert properties(postgres_admin_url, name) == at_backup
+    assert properties(url) == at_backup
     report = done.json["result"]["provider_data"][RECORD]
     assert report["recorded"] and not report["not_restored"], report
     # In place, what the migration changed is put back; a swap gives the new database what the backup had.
@@ -187,7 +173,7 @@ def test_a_kill_in_the_middle_of_a_restore_leaves_the_database_s_properties_as_b
         )
     backup_id = take_backup(run_faber, project_dir)
     change_properties(postgres_admin_url, name, role)
-    before = (properties(postgres_admin_url, name), database_state(url))
+    before = database_state(url)
 
     with psycopg.connect(url, autocommit=True) as gate:
         gate.execute("SELECT pg_advisory_lock(%s)", [GATE_LOCK])
@@ -210,7 +196,7 @@ def test_a_kill_in_the_middle_of_a_restore_leaves_the_database_s_properties_as_b
         wait_for(lambda: not restore_sessions(postgres_admin_url, name), "the restore session to end", timeout=20)
 
     assert faber.returncode == -signal.SIGKILL
-    assert (properties(postgres_admin_url, name), database_state(url)) == before
+    assert database_state(url) == before
 
 
 def without_the_record(project_dir: Path, backup_id: str) -> None:
@@ -233,13 +219,13 @@ def test_a_backup_of_an_older_faber_restores_leaving_the_properties_and_saying_s
     without_the_record(project_dir, backup_id)
     change_properties(postgres_admin_url, name, role)
     admin_execute(url, "INSERT INTO accounts VALUES (2)")
-    changed = properties(postgres_admin_url, name)
+    changed = properties(url)
 
     done = rollback(run_faber, project_dir, backup_id)
 
     assert done.returncode == 0, done.output
-    assert database_state(url) == at_backup
-    assert properties(postgres_admin_url, name) == changed
+    # The backup's tables, the properties as the migration left them.
+    assert database_state(url) == {**at_backup, **changed}
     assert done.json["result"]["provider_data"][RECORD]["recorded"] is False
     assert "does not record them (taken by an older faber)" in done.json["result"]["details"]
 
@@ -254,13 +240,13 @@ def test_an_unreadable_record_stops_the_restore_before_anything_changes(target, 
     document["provider_data"][RECORD]["grants"] = [["PUBLIC", "DROP TABLE accounts; --", False, "postgres"]]
     manifest.write_text(json.dumps(document))
     admin_execute(url, "INSERT INTO accounts VALUES (2)")
-    before = (properties(postgres_admin_url, name), database_state(url))
+    before = database_state(url)
 
     done = rollback(run_faber, project_dir, backup_id)
 
     assert done.returncode == 8, done.output
     assert f"unreadable {RECORD}" in done.json["error"] and "the database is unchanged" in done.json["error"]
-    assert (properties(postgres_admin_url, name), database_state(url)) == before
+    assert database_state(url) == before
 
 
 @pytest.fixture
@@ -291,7 +277,7 @@ def test_what_the_deploy_user_may_not_change_is_left_and_named_and_the_rest_rest
     project_dir = project("in-place", url_env="DEPLOY_URL")
     env = {"DEPLOY_URL": deploy_user}
     set_up_properties(postgres_admin_url, name, role)
-    at_backup = properties(postgres_admin_url, name)
+    at_backup = properties(url)
     done = run_faber("backup", "production", "--json", cwd=project_dir, env={**SQLFILES, **env})
     assert done.returncode == 0, done.output
     change_properties(postgres_admin_url, name, role)
@@ -307,14 +293,14 @@ def test_what_the_deploy_user_may_not_change_is_left_and_named_and_the_rest_rest
     }, report
     assert "permission denied" in report["not_restored"][0]
     assert "database properties not restored, left as they are" in done.json["result"]["details"]
-    now = properties(postgres_admin_url, name)
+    now = properties(url)
     # The role's settings are the migration's; the rest is the backup's.
-    assert now["settings"] == sorted(
-        [setting for setting in at_backup["settings"] if setting[0] != role]
+    assert now["database_settings"] == sorted(
+        [setting for setting in at_backup["database_settings"] if setting[0] != role]
         + [(role, "lock_timeout=1s"), (role, "work_mem=128MB")]
     )
-    assert {key: now[key] for key in now if key != "settings"} == {
-        key: at_backup[key] for key in at_backup if key != "settings"
+    assert {key: now[key] for key in now if key != "database_settings"} == {
+        key: at_backup[key] for key in at_backup if key != "database_settings"
     }
 
 
@@ -328,10 +314,10 @@ def test_a_swap_that_could_not_give_the_new_database_the_backup_s_properties_is_
     done = run_faber("backup", "production", "--json", cwd=project_dir, env={**SQLFILES, **env})
     assert done.returncode == 0, done.output
     change_properties(postgres_admin_url, name, role)
-    before = (properties(postgres_admin_url, name), database_state(url))
+    before = database_state(url)
 
     done = rollback(run_faber, project_dir, done.json["result"]["id"], env)
 
     assert done.returncode == 8, done.output
     assert f"setting work_mem of role {role}: permission denied" in done.json["error"], done.json["error"]
-    assert (properties(postgres_admin_url, name), database_state(url)) == before
+    assert database_state(url) == before

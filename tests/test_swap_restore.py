@@ -264,6 +264,17 @@ def swap_waiting_for_lock(admin_url: str, target: str) -> bool:
     )
 
 
+CHANGE_DATABASE_PROPERTIES = """
+DO $change$ BEGIN
+    EXECUTE format('ALTER DATABASE %I SET work_mem = ''64MB''', current_database());
+    EXECUTE format('COMMENT ON DATABASE %I IS ''changed since the backup''', current_database());
+    EXECUTE format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC', current_database());
+END $change$;
+"""
+"""A change, since the backup, of what lives on the database (which database_state compares): the
+swap gives the restored database the backup's, and leaves the target's when stopped before it."""
+
+
 # The kill during pg_restore -j (the gate in the restoring copy) is in
 # test_a_kill_before_the_swap_leaves_the_target_as_it_was_and_the_next_rollback_converges, with
 # this test's assertions for it (pg_restore's workers stop, the target as it was, no copy left
@@ -283,6 +294,7 @@ def test_a_kill_at_each_moment_of_a_swap_leaves_one_side_and_the_next_rollback_c
     at_backup = database_state(database_url)
     history_at_backup = faber_rows(database_url)
     execute(database_url, "DELETE FROM accounts WHERE id > 100; CREATE TABLE since_backup (note text)")
+    execute(database_url, CHANGE_DATABASE_PROPERTIES)
     before = database_state(database_url)
     oid_before = databases(postgres_admin_url, target)[target]
 
@@ -588,6 +600,7 @@ def test_a_kill_before_the_swap_leaves_the_target_as_it_was_and_the_next_rollbac
     backup_id = backup(run_faber, project_dir)
     at_backup = database_state(database_url)
     execute(database_url, "DELETE FROM accounts WHERE id > 100")
+    execute(database_url, CHANGE_DATABASE_PROPERTIES)
     before = database_state(database_url)
 
     with psycopg.connect(postgres_admin_url, autocommit=True, application_name=holder):

@@ -432,8 +432,8 @@ def run_context():
 
 
 def database_state(url: str) -> dict[str, list]:
-    """What a restore must reproduce: tables with their rows, constraints, indexes, and every
-    database-level object pg_dump dumps."""
+    """What a restore must reproduce: tables with their rows, constraints, indexes, every
+    database-level object pg_dump dumps, and the database's own properties."""
     # faber's own schema is not restored (it records the runs, the interrupted one included).
     user = "n.nspname NOT IN ('pg_catalog', 'information_schema', 'faber') AND n.nspname NOT LIKE 'pg\\_%'"
     import psycopg
@@ -480,4 +480,20 @@ def database_state(url: str) -> dict[str, list]:
             "event_triggers": rows("SELECT evtname, evtevent, evtenabled FROM pg_event_trigger ORDER BY 1"),
             "extensions": rows("SELECT extname, extnamespace::regnamespace::text FROM pg_extension ORDER BY 1"),
             "schemas": rows(f"SELECT nspname FROM pg_namespace n WHERE {user} ORDER BY 1"),
+            # What lives on the database rather than in it: its settings (for every role, '', and
+            # per role), comment, connection limit and privileges (the defaults when none are set).
+            "database_settings": rows(
+                "SELECT CASE setrole WHEN 0 THEN '' ELSE pg_get_userbyid(setrole) END, c FROM pg_db_role_setting,"
+                " unnest(setconfig) c WHERE setdatabase = (SELECT oid FROM pg_database WHERE datname ="
+                " current_database()) ORDER BY 1, 2"
+            ),
+            "database": rows(
+                "SELECT shobj_description(oid, 'pg_database'), datconnlimit FROM pg_database"
+                " WHERE datname = current_database()"
+            ),
+            "database_privileges": rows(
+                "SELECT CASE grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(grantee) END, privilege_type,"
+                " is_grantable FROM pg_database, aclexplode(COALESCE(datacl, acldefault('d', datdba)))"
+                " WHERE datname = current_database() ORDER BY 1, 2"
+            ),
         }
