@@ -285,6 +285,7 @@ def test_what_the_deploy_user_may_not_change_is_left_and_named_and_the_rest_rest
     done = rollback(run_faber, project_dir, done.json["result"]["id"], env)
 
     assert done.returncode == 0, done.output
+    assert CANARY_PASSWORD not in done.output
     report = done.json["result"]["provider_data"][RECORD]
     refused = {entry.split(":")[0] for entry in report["not_restored"]}
     assert refused == {
@@ -319,5 +320,6 @@ def test_a_swap_that_could_not_give_the_new_database_the_backup_s_properties_is_
     done = rollback(run_faber, project_dir, done.json["result"]["id"], env)
 
     assert done.returncode == 8, done.output
+    assert CANARY_PASSWORD not in done.output
     assert f"setting work_mem of role {role}: permission denied" in done.json["error"], done.json["error"]
     assert database_state(url) == before

@@ -26,7 +26,7 @@ from typing import Literal
 
 import psycopg
 from psycopg import sql
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
 
 from faber_core.context import RunContext
 from faber_core.errors import RestoreFailed
@@ -273,7 +273,8 @@ def tried(context: RunContext, conn: psycopg.Connection, wanted: Iterable[Change
                     for statement in change.statements:
                         conn.execute(statement)
             except psycopg.Error as exc:
-                reason = context.redactor.redact(str(exc).strip().splitlines()[0] if str(exc).strip() else "refused")
+                said = str(exc).strip().splitlines() or ["refused by the server"]
+                reason = context.redactor.redact(said[0])
                 outcome.refused.append(f"{change.what}: {reason}")
             else:
                 outcome.accepted.append(change)
@@ -301,7 +302,7 @@ class Restoring:
             return ""
         return "; database properties not restored, left as they are: " + "; ".join(self.not_restored)
 
-    def provider_data(self) -> dict:
+    def provider_data(self) -> dict[str, JsonValue]:
         return {RECORD: {"recorded": self.recorded, "restored": self.restored, "not_restored": self.not_restored}}
 
 
