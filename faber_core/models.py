@@ -316,6 +316,14 @@ class BackupRecord(DeferredModel):
         description="The provider's own details (e.g. rds-snapshot's source instance), kept in the manifest and "
         "given back to faber_backup_restore; shown by `faber backups --json`, never read by faber.",
     )
+    private_data: dict[str, JsonValue] = Field(
+        default_factory=dict,
+        exclude=True,
+        repr=False,
+        description="The provider's details that may be secrets (pg_dump: the values of the database's own "
+        "settings), kept in the manifest and given back to faber_backup_restore; never shown: every dump of the "
+        "record leaves them out but the manifest faber's backup store writes.",
+    )
 
 
 class BackupPruneOutcome(DeferredModel):

@@ -18,6 +18,7 @@ from faber_core.backup.database_properties import RECORD
 from faber_core.backup.swap import previous_name, restoring_name
 from faber_core.testing import sqlfiles
 from faber_core.testing.fixtures import CANARY_PASSWORD, database_state, database_url_for, start_faber, wait_for
+from faber_core.testing.otlp import OtlpReceiver
 
 SQLFILES = {"FABER_PLUGINS": "faber_core.testing.sqlfiles"}
 GATE_LOCK = 4343
@@ -203,7 +204,7 @@ def without_the_record(project_dir: Path, backup_id: str) -> None:
     """Make the backup's manifest one an older faber wrote: without the database's properties."""
     manifest = project_dir / ".faber" / "backups" / "production" / f"{backup_id}.json"
     document = json.loads(manifest.read_text())
-    del document["provider_data"][RECORD]
+    del document["provider_data"][RECORD], document["private_data"][RECORD]
     manifest.write_text(json.dumps(document))
 
 
@@ -237,7 +238,7 @@ def test_an_unreadable_record_stops_the_restore_before_anything_changes(target, 
     backup_id = take_backup(run_faber, project_dir)
     manifest = project_dir / ".faber" / "backups" / "production" / f"{backup_id}.json"
     document = json.loads(manifest.read_text())
-    document["provider_data"][RECORD]["grants"] = [["PUBLIC", "DROP TABLE accounts; --", False, "postgres"]]
+    document["private_data"][RECORD]["grants"] = [["PUBLIC", "DROP TABLE accounts; --", False, "postgres"]]
     manifest.write_text(json.dumps(document))
     admin_execute(url, "INSERT INTO accounts VALUES (2)")
     before = database_state(url)
@@ -323,3 +324,74 @@ def test_a_swap_that_could_not_give_the_new_database_the_backup_s_properties_is_
     assert CANARY_PASSWORD not in done.output
     assert f"setting work_mem of role {role}: permission denied" in done.json["error"], done.json["error"]
     assert database_state(url) == before
+
+
+# A setting an application keeps secret (a key its row-level security policies read with current_setting).
+SECRET = "jwt-canary-7f3a9c"
+ROTATE = """
+DO $migration$ BEGIN
+    EXECUTE format('ALTER DATABASE %I SET "app.jwt_secret" TO ''rotated''', current_database());
+END $migration$;
+"""
+
+
+def test_a_setting_s_value_shows_in_no_output_and_a_rollback_puts_it_back(target, run_faber, postgres_admin_url):
+    name, url, project, role = target
+    project_dir = project("in-place", {"001_rotate": ROTATE})
+    admin_execute(
+        postgres_admin_url,
+        sql.SQL('ALTER DATABASE {} SET "app.jwt_secret" TO {}').format(sql.Identifier(name), sql.Literal(SECRET)),
+    )
+    at_backup = properties(url)
+    assert ("", f"app.jwt_secret={SECRET}") in at_backup["database_settings"]
+    outputs = []
+    with OtlpReceiver() as receiver:
+        env = {**SQLFILES, "FABER_DEBUG": "1", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint}
+
+        def run(*args: str):
+            done = run_faber(*args, cwd=project_dir, env=env)
+            outputs.append(done.output)
+            return done
+
+        assert run("backup", "production", "--json").returncode == 0
+        assert run("backups", "production").returncode == 0
+        listed = run("backups", "production", "--json")
+        deployed = run("migrate", "production", "--yes", "--json")
+        assert deployed.returncode == 0, deployed.output
+        assert ("", "app.jwt_secret=rotated") in properties(url)["database_settings"]
+        backup_id = deployed.json["result"]["backup_id"]
+        restored = rollback(run_faber, project_dir, backup_id, env)
+        outputs.append(restored.output)
+        assert restored.returncode == 0, restored.output
+        assert properties(url) == at_backup
+        assert restored.json["result"]["provider_data"][RECORD]["restored"] == ["setting app.jwt_secret"]
+
+        # A value the server refuses to set: its reason names the parameter, the value masked.
+        manifest = project_dir / ".faber" / "backups" / "production" / f"{backup_id}.json"
+        document = json.loads(manifest.read_text())
+        document["private_data"][RECORD]["settings"].append({"role": None, "name": "work_mem", "value": SECRET})
+        manifest.write_text(json.dumps(document))
+        refused = rollback(run_faber, project_dir, backup_id, env)
+        outputs.append(refused.output)
+        assert refused.returncode == 0, refused.output
+        assert refused.json["result"]["provider_data"][RECORD]["not_restored"] == [
+            'setting work_mem: invalid value for parameter "work_mem": "<value>"'
+        ]
+        spans = [body.decode(errors="replace") for body in receiver.bodies] + [repr(s) for s in receiver.spans()]
+
+    # The listing says which settings are recorded, without their values; the manifest keeps them.
+    shown = listed.json["result"]["backups"][0]["provider_data"][RECORD]["settings"]
+    assert shown == [{"role": None, "name": "app.jwt_secret"}]
+    assert SECRET in manifest.read_text()
+    assert "private_data" not in listed.output
+    state = project_dir / ".faber"
+    files = {
+        str(path.relative_to(state)): path.read_bytes().decode(errors="replace")
+        for path in state.rglob("*")
+        if path.is_file() and path.parent.name != "production"  # the backups: the manifests keep the value
+    }
+    assert "audit.log" in files and spans
+    with psycopg.connect(url) as conn:
+        history = [row[0] for row in conn.execute("SELECT row_to_json(d)::text FROM faber.faber_deployments d")]
+    channels = {"outputs": "\n".join(outputs), "spans": "\n".join(spans), "history": "\n".join(history), **files}
+    assert [channel for channel, text in channels.items() if SECRET in text] == []

@@ -4,9 +4,13 @@ role), its comment, its grants (``GRANT … ON DATABASE``) and its connection li
 
 ``pg_dump`` writes them only with ``--create``, as SQL naming the database as it was called at
 the backup; faber's archives are made without it. So a backup records them in its manifest
-(``provider_data.database_properties``, :data:`RECORD`), read from the catalogs just before the
+(``private_data.database_properties``, :data:`RECORD`), read from the catalogs just before the
 dump under faber's lock, written with the archive's checksum and the applied migrations and
-validated with them when the backup is restored.
+validated with them when the backup is restored. A setting's value may be a secret (a key an
+application or a row-level security policy reads with ``current_setting``): the record's
+``private_data``, like the archive, is kept in the private backup folder and never shown; what a
+listing shows (``provider_data.database_properties``, :func:`shown`) names each setting without
+its value, and a restore's reasons from the server have the value masked (:func:`tried`).
 
 A restore compares the record with what the database has now and changes only what differs
 (:func:`changes`): a setting added since is reset, one changed or removed is set back, the
@@ -33,7 +37,9 @@ from faber_core.errors import RestoreFailed
 from faber_core.models import BackupRecord
 
 RECORD = "database_properties"
-"""The key of a pg_dump manifest's ``provider_data`` holding :class:`DatabaseProperties`."""
+"""The key of a pg_dump manifest's ``private_data`` holding :class:`DatabaseProperties`, of its
+``provider_data`` holding what is shown of them (:func:`shown`), and of a restore's ``provider_data``
+holding what it restored."""
 
 # Parameters whose value is a list PostgreSQL stores with its items double-quoted where needed
 # (GUC_LIST_QUOTE): each item is set as a literal of its own, as pg_dump does.
@@ -125,10 +131,15 @@ def created(owner: str) -> DatabaseProperties:
     return DatabaseProperties(owner=owner, comment=None, connection_limit=-1, settings=[], grants=grants)
 
 
+def shown(properties: DatabaseProperties) -> dict[str, JsonValue]:
+    """What a backup's listing shows of ``properties``: all but the settings' values."""
+    return properties.model_dump(mode="json", exclude={"settings": {"__all__": {"value"}}})
+
+
 def recorded(backup: BackupRecord) -> DatabaseProperties | None:
     """The properties ``backup`` recorded; None for a backup taken by a faber that did not record
     them. A record that is not one (an edited manifest) stops the restore before anything changes."""
-    record = backup.provider_data.get(RECORD)
+    record = backup.private_data.get(RECORD)
     if record is None:
         return None
     try:
@@ -151,6 +162,9 @@ class Change:
     what: str
     statements: list[sql.Composable] = field(default_factory=list)
     refused: str | None = None
+    value: str | None = None
+    """The setting's value the statements set, which the server's reason for refusing them may
+    quote, and must not show (:func:`tried`)."""
 
 
 def changes(database: str, now: DatabaseProperties, then: DatabaseProperties) -> list[Change]:
@@ -173,9 +187,8 @@ def changes(database: str, now: DatabaseProperties, then: DatabaseProperties) ->
         if value is None:
             found.append(Change(f"{what} (added since)", [on + sql.SQL(" RESET {}").format(sql.Identifier(setting))]))
         else:
-            found.append(
-                Change(what, [on + sql.SQL(" SET {} TO {}").format(sql.Identifier(setting), _value(setting, value))])
-            )
+            statement = on + sql.SQL(" SET {} TO {}").format(sql.Identifier(setting), _value(setting, value))
+            found.append(Change(what, [statement], value=value))
     if now.comment != then.comment:
         found.append(
             Change("comment", [sql.SQL("COMMENT ON DATABASE {} IS {}").format(name, sql.Literal(then.comment))])
@@ -261,7 +274,9 @@ class Tried:
 
 def tried(context: RunContext, conn: psycopg.Connection, wanted: Iterable[Change]) -> Tried:
     """Try each change, one savepoint each, in a transaction on ``conn`` (autocommit) that is
-    rolled back: the server's own privilege rules say what faber's user may change."""
+    rolled back: the server's own privilege rules say what faber's user may change. A refusal
+    gives the server's reason, the setting's value masked (``invalid value for parameter "x":
+    "…"`` quotes it)."""
     outcome = Tried([], [])
     with conn.transaction(force_rollback=True):
         for change in wanted:
@@ -274,11 +289,19 @@ def tried(context: RunContext, conn: psycopg.Connection, wanted: Iterable[Change
                         conn.execute(statement)
             except psycopg.Error as exc:
                 said = str(exc).strip().splitlines() or ["refused by the server"]
-                reason = context.redactor.redact(said[0])
+                reason = _masked(context.redactor.redact(said[0]), change.value)
                 outcome.refused.append(f"{change.what}: {reason}")
             else:
                 outcome.accepted.append(change)
     return outcome
+
+
+def _masked(reason: str, value: str | None) -> str:
+    """``reason`` with ``value`` wherever it stands on its own (not inside a word: a value ``on``
+    leaves "permission" as it is) replaced by ``<value>``."""
+    if not value:
+        return reason
+    return re.sub(rf"(?<!\w){re.escape(value)}(?!\w)", "<value>", reason)
 
 
 @dataclass

@@ -196,8 +196,9 @@ def faber_backup_create(context: RunContext, reason: str, migrations: list[tuple
         dump=dump,
         provider_data={
             store.EXCLUDED_SCHEMA: context.config.database.faber_schema,
-            database_properties.RECORD: properties.model_dump(mode="json"),
+            database_properties.RECORD: database_properties.shown(properties),
         },
+        private_data={database_properties.RECORD: properties.model_dump(mode="json")},
         archive_suffix=store.DIRECTORY_ARCHIVE if options.format == "directory" else store.ARCHIVE,
     )
 

@@ -309,13 +309,15 @@ def create_backup(
     server_version: str,
     dump: Callable[[Reservation], None],
     provider_data: dict[str, JsonValue] | None = None,
+    private_data: dict[str, JsonValue] | None = None,
     archive_suffix: str = ARCHIVE,
 ) -> BackupRecord:
     """A new backup of ``context``'s database in its environment's folder, made whole or not at all.
 
     ``dump`` writes the archive into the reservation's partial file, or partial directory with
     ``archive_suffix`` :data:`DIRECTORY_ARCHIVE` (:func:`run_dump`). Then the archive is sealed,
-    its manifest written and the backup held for the rest of the run; the folder is pruned to
+    its manifest written (``private_data`` included, which no output of the record shows) and the
+    backup held for the rest of the run; the folder is pruned to
     ``backup.keep_last``. A folder that cannot be written (full, read-only, not faber's) is
     :class:`BackupFailed`; a failed or interrupted backup leaves nothing behind.
     """
@@ -343,8 +345,13 @@ def create_backup(
             sha256=sealed.sha256,
             migrations=migrations,
             provider_data={**(provider_data or {}), **sealed.provider_data},
+            private_data=private_data or {},
         )
-        write_manifest(reservation.manifest, context.redactor.redact(record.model_dump_json(indent=2)) + "\n")
+        # The record's dumps leave private_data out (it may hold secrets): the manifest alone keeps it.
+        manifest = {**record.model_dump(mode="json"), "private_data": record.private_data}
+        write_manifest(
+            reservation.manifest, context.redactor.redact(json.dumps(manifest, indent=2, ensure_ascii=False)) + "\n"
+        )
     except OSError as exc:
         reservation.discard()
         raise write_failure(context, directory, exc) from None
