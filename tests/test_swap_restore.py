@@ -162,7 +162,7 @@ def test_a_swap_of_an_older_faber_s_backup_that_would_lose_what_lives_on_the_dat
     backup_id = backup(run_faber, project_dir)
     manifest = project_dir / ".faber" / "backups" / "production" / f"{backup_id}.json"
     document = json.loads(manifest.read_text())
-    del document["provider_data"][database_properties.RECORD]
+    del document["provider_data"][database_properties.RECORD], document["private_data"][database_properties.RECORD]
     manifest.write_text(json.dumps(document))
     execute(database_url, "INSERT INTO accounts VALUES (2)")
     admin_execute(postgres_admin_url, sql.SQL(setting).format(sql.Identifier(target)))
