@@ -12,8 +12,7 @@ handler or backup provider:
   constraint and index with its validity (PostgreSQL), and the row count of every table.
 - :func:`node_runner` finds a handler's Node runner among faber's processes, to kill it alone;
   :data:`WAITING_ON_ADVISORY_LOCK` tells when a migration waits on a lock the test holds;
-  :func:`take_faber_lock` (:func:`take_faber_mysql_lock`) ends the session holding faber's lock
-  and takes it, as another deploy would.
+  :class:`LockTakenMidDeploy` deploys while another run takes faber's lock from it.
 - :func:`server_leftovers` lists the sessions and advisory locks still on a database;
   :func:`mysql_leftovers` the sessions and faber's lock still on a MySQL/MariaDB server.
 - :class:`AnswerDropped` loses one session's connection right after the server ran its
@@ -35,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -641,22 +641,77 @@ WAITING_ON_ADVISORY_LOCK = (
 database waits for that lock (a migration the test holds there, until it releases the lock)."""
 
 
-def take_faber_lock(run: FaberProcess, conn: psycopg.Connection) -> None:
-    """End the session holding ``run``'s lock on ``conn``'s database (as an operator's
-    ``pg_terminate_backend`` or a proxy's timeout would) and take the lock on ``conn``, as another
-    deploy would: it stays held by ``conn`` until ``conn`` closes."""
-    key = session_lock_key(conn)
-    conn.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted"
-        " AND classid = ((%(key)s::bigint >> 32) & 4294967295)::oid AND objid = (%(key)s::bigint & 4294967295)::oid"
-        " AND objsubid = 1 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-        {"key": key},
-    )
-    # pg_terminate_backend only signals: the lock is free once that session has ended.
-    run.wait_until(
-        lambda: conn.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()[0],
-        what="faber's lock taken by another session",
-    )
+class LockTakenMidDeploy:
+    """A deploy that loses faber's lock while its first pending migration runs, and another run
+    that takes the lock then, as ``pg_terminate_backend``, ``KILL`` or a proxy's timeout and a
+    second deploy would. The migration waits on :attr:`hold_statement` (SQL to put in it), a lock
+    of this test's own, until the lock is taken; :meth:`run` deploys and returns faber's document."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.mysql = url.startswith(("mysql", "mariadb"))
+        # Unique to the run: a MySQL lock is the whole server's, which other tests share.
+        self.hold = f"faber-test-hold-{uuid.uuid4().hex[:12]}"
+        self.key = int.from_bytes(uuid.uuid4().bytes[:4], "big") >> 1
+
+    @property
+    def hold_statement(self) -> str:
+        if self.mysql:
+            return f"SELECT GET_LOCK('{self.hold}', 60)"
+        return f"SELECT pg_advisory_xact_lock({self.key})"
+
+    def run(self, project_dir: Path, environment: str = "staging") -> tuple[int, dict, FaberProcess]:
+        """``(exit code, JSON document, process)`` of ``faber migrate ENV --yes --json`` from
+        ``project_dir``, its lock taken while the held migration waits."""
+        from faber_core.testing.fixtures import mysql_connect
+
+        with mysql_connect(self.url) if self.mysql else psycopg.connect(self.url, autocommit=True) as other_deploy:
+            if self.mysql:
+                assert other_deploy.execute("SELECT GET_LOCK(%s, 0)", [self.hold]).fetchone()[0] == 1
+            else:
+                other_deploy.execute("SELECT pg_advisory_lock(%s)", [self.key])
+            run = FaberProcess.start(project_dir, "migrate", environment, "--yes", "--json")
+            try:
+                run.wait_until(lambda: self._waiting(other_deploy), what="the first migration held")
+                self._take_faber_lock(run, other_deploy)
+                if self.mysql:
+                    other_deploy.execute("SELECT RELEASE_LOCK(%s)", [self.hold])
+                else:
+                    other_deploy.execute("SELECT pg_advisory_unlock(%s)", [self.key])
+                code = run.wait(60)
+            finally:
+                run.stop_everything()
+        return code, json.loads(run.stdout()), run
+
+    def _waiting(self, conn: Any) -> bool:
+        if self.mysql:
+            statement = f"SELECT GET_LOCK('{self.hold}'%"
+            query = "SELECT 1 FROM information_schema.PROCESSLIST WHERE INFO LIKE %s AND ID <> CONNECTION_ID()"
+            return bool(conn.execute(query, [statement]).fetchone())
+        return bool(conn.execute(WAITING_ON_ADVISORY_LOCK, [self.key]).fetchone())
+
+    def _take_faber_lock(self, run: FaberProcess, conn: Any) -> None:
+        """End the session holding ``run``'s lock and take the lock on ``conn`` until it closes."""
+        if self.mysql:
+            from faber_core.support.mysql import faber_lock_name_on_server
+
+            name = faber_lock_name_on_server(conn)
+            holder = conn.execute("SELECT IS_USED_LOCK(%s)", [name]).fetchone()[0]
+            assert holder is not None, "faber holds no lock on the database"
+            conn.execute(f"KILL {int(holder)}")
+            take = "SELECT GET_LOCK(%s, 0) = 1"
+        else:
+            name = session_lock_key(conn)
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND classid = ((%(key)s::bigint >> 32) & 4294967295)::oid"
+                " AND objid = (%(key)s::bigint & 4294967295)::oid AND objsubid = 1"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                {"key": name},
+            )
+            take = "SELECT pg_try_advisory_lock(%s)"
+        # The session was only told to end: the lock is free once it has.
+        run.wait_until(lambda: conn.execute(take, [name]).fetchone()[0], what="faber's lock taken by another run")
 
 
 def server_leftovers(admin_url: str, database: str, *, ignore_pids: Iterable[int] = ()) -> Leftovers:
@@ -731,22 +786,6 @@ def mysql_leftovers(admin_url: str, user: str, database: str) -> list[tuple]:
         ).fetchall()
         holder = conn.execute("SELECT IS_USED_LOCK(%s)", [faber_lock_name_on_server(conn, database)]).fetchone()[0]
     return [*sessions, *([("faber lock held by", holder)] if holder is not None else [])]
-
-
-def take_faber_mysql_lock(run: FaberProcess, conn: Any) -> None:
-    """:func:`take_faber_lock` on MySQL/MariaDB: end the session holding ``run``'s ``GET_LOCK``
-    on ``conn``'s database (``KILL``, as an operator or a proxy's timeout would) and take the lock
-    on ``conn`` (a connection of :func:`~faber_core.testing.fixtures.mysql_connect`)."""
-    from faber_core.support.mysql import faber_lock_name_on_server
-
-    name = faber_lock_name_on_server(conn)
-    holder = conn.execute("SELECT IS_USED_LOCK(%s)", [name]).fetchone()[0]
-    assert holder is not None, "faber holds no lock on the database"
-    conn.execute(f"KILL {int(holder)}")
-    run.wait_until(
-        lambda: conn.execute("SELECT GET_LOCK(%s, 0)", [name]).fetchone()[0] == 1,
-        what="faber's lock taken by another session",
-    )
 
 
 def wait_for_mysql_release(admin_url: str, user: str, database: str, *, within: float) -> list[tuple]:

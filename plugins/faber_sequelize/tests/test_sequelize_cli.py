@@ -14,9 +14,9 @@ import pytest
 from faber_core.testing.faults import (
     WAITING_ON_ADVISORY_LOCK,
     FaberProcess,
+    LockTakenMidDeploy,
     deploy_with_application_write,
     deploy_with_the_runner_killed,
-    take_faber_lock,
 )
 from faber_core.testing.fixtures import CANARY_PASSWORD, rehearsal_databases_of
 
@@ -197,26 +197,14 @@ def test_a_lost_lock_stops_the_runner_before_the_next_migration_runs(
     project = sequelize_project(lint="off")
     assert run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project)).returncode == 0
     first, second, third = "20240103000000-first.js", "20240104000000-second.js", "20240105000000-third.js"
+    taken = LockTakenMidDeploy(database_url)
     migrations = project / "db/migrations"
-    (migrations / first).write_text(
-        sequelize_migration('CREATE TABLE "first" (id int)', f"SELECT pg_advisory_xact_lock({RUNNER_LOCK})")
-    )
+    (migrations / first).write_text(sequelize_migration('CREATE TABLE "first" (id int)', taken.hold_statement))
     (migrations / second).write_text(sequelize_migration('CREATE TABLE "second" (id int)'))
     (migrations / third).write_text(sequelize_migration('CREATE TABLE "third" (id int)'))
-    with psycopg.connect(database_url, autocommit=True) as other_deploy:
-        other_deploy.execute("SELECT pg_advisory_lock(%s)", [RUNNER_LOCK])
-        run = FaberProcess.start(project, "migrate", "staging", "--yes", "--json")
-        try:
-            run.wait_until(functools.partial(query, WAITING_ON_ADVISORY_LOCK, [RUNNER_LOCK]), what="first held")
-            take_faber_lock(run, other_deploy)
-            other_deploy.execute("SELECT pg_advisory_unlock(%s)", [RUNNER_LOCK])
-            code = run.wait(60)
-        finally:
-            run.stop_everything()
+    code, document, run = taken.run(project)
 
-    assert code == 7, run.stdout() + run.stderr()
-    document = json.loads(run.stdout())
-    assert document["code"] == "LOCKED"
+    assert (code, document["code"]) == (7, "LOCKED"), run.stdout() + run.stderr()
     assert document["error"].startswith(f"faber's lock on the database was lost before migration {second}")
     result = document["result"]
     assert (result["applied_migrations"], result["remaining_migrations"]) == ([first], [second, third])

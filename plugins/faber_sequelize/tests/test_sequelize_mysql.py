@@ -8,12 +8,11 @@ Each test has its own database, reached as a user of its own whose password is t
 
 from __future__ import annotations
 
-import json
 from urllib.parse import urlsplit
 
 import pytest
 from faber_core.errors import EXIT_CODES, ConfigError
-from faber_core.testing.faults import FaberProcess, take_faber_mysql_lock
+from faber_core.testing.faults import LockTakenMidDeploy
 from faber_core.testing.fixtures import CANARY_PASSWORD, faber_at_once, mysql_connect, mysql_rehearsal_databases
 
 CREATE_USERS = "20240101000000-create-users.js"
@@ -203,10 +202,6 @@ def test_a_user_who_may_not_create_the_rehearsal_database_is_told_the_grant(
     assert mysql_query("SHOW TABLES") == [("faber_deployments",)]  # the record of the failed preview only
 
 
-HOLD = "faber-test-hold"
-"""The ``GET_LOCK`` a migration waits on while the test holds it: the runner is then in that migration."""
-
-
 def test_a_lost_lock_stops_the_runner_before_the_next_migration(
     mysql_sequelize_project, sequelize_migration, run_faber, mysql_database_url, mysql_query
 ):
@@ -217,29 +212,14 @@ def test_a_lost_lock_stops_the_runner_before_the_next_migration(
     project = mysql_sequelize_project(lint="off")
     assert faber(run_faber, project, "migrate", "staging", "--yes").returncode == 0
     first, second, third = "20240103000000-first.js", "20240104000000-second.js", "20240105000000-third.js"
+    taken = LockTakenMidDeploy(mysql_database_url)
     migrations = project / "db/migrations"
-    (migrations / first).write_text(
-        sequelize_migration("CREATE TABLE first (id INT)", f"SELECT GET_LOCK('{HOLD}', 60)")
-    )
+    (migrations / first).write_text(sequelize_migration("CREATE TABLE first (id INT)", taken.hold_statement))
     (migrations / second).write_text(sequelize_migration("CREATE TABLE second (id INT)"))
     (migrations / third).write_text(sequelize_migration("CREATE TABLE third (id INT)"))
-    with mysql_connect(mysql_database_url) as other_deploy:
-        other_deploy.execute("SELECT GET_LOCK(%s, 0)", [HOLD])
-        run = FaberProcess.start(project, "migrate", "staging", "--yes", "--json")
-        try:
-            waiting = (
-                "SELECT 1 FROM information_schema.PROCESSLIST WHERE DB = DATABASE() AND INFO LIKE 'SELECT GET_LOCK%%'"
-            )
-            run.wait_until(lambda: other_deploy.execute(waiting).fetchone(), what="the first migration held")
-            take_faber_mysql_lock(run, other_deploy)
-            other_deploy.execute("SELECT RELEASE_LOCK(%s)", [HOLD])
-            code = run.wait(60)
-        finally:
-            run.stop_everything()
+    code, document, run = taken.run(project)
 
-    assert code == 7, run.stdout() + run.stderr()
-    document = json.loads(run.stdout())
-    assert document["code"] == "LOCKED"
+    assert (code, document["code"]) == (7, "LOCKED"), run.stdout() + run.stderr()
     assert document["error"].startswith(f"faber's lock on the database was lost before migration {second}")
     result = document["result"]
     assert (result["applied_migrations"], result["remaining_migrations"]) == ([first], [second, third])

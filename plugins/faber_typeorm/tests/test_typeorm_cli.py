@@ -18,9 +18,9 @@ from faber_core import api
 from faber_core.testing.faults import (
     WAITING_ON_ADVISORY_LOCK,
     FaberProcess,
+    LockTakenMidDeploy,
     deploy_with_application_write,
     deploy_with_the_runner_killed,
-    take_faber_lock,
 )
 from faber_core.testing.fixtures import (
     CANARY_PASSWORD,
@@ -639,11 +639,10 @@ def test_a_lost_lock_stops_the_runner_before_the_next_migration_inside_its_own_t
     own transaction, before Second's statements, so neither Second nor Third runs."""
     project = typeorm_project(lint="off")
     assert run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project)).returncode == 0
+    taken = LockTakenMidDeploy(database_url)
     migrations = project / "migrations"
     (migrations / "1700000200000-First.js").write_text(
-        typeorm_migration(
-            "First1700000200000", "CREATE TABLE first (id int)", f"SELECT pg_advisory_xact_lock({RUNNER_LOCK})"
-        )
+        typeorm_migration("First1700000200000", "CREATE TABLE first (id int)", taken.hold_statement)
     )
     (migrations / "1700000300000-Second.js").write_text(
         typeorm_migration("Second1700000300000", "CREATE TABLE second (id int)")
@@ -651,20 +650,9 @@ def test_a_lost_lock_stops_the_runner_before_the_next_migration_inside_its_own_t
     (migrations / "1700000400000-Third.js").write_text(
         typeorm_migration("Third1700000400000", "CREATE TABLE third (id int)", transaction=False)
     )
-    with psycopg.connect(database_url, autocommit=True) as other_deploy:
-        other_deploy.execute("SELECT pg_advisory_lock(%s)", [RUNNER_LOCK])
-        run = FaberProcess.start(project, "migrate", "staging", "--yes", "--json")
-        try:
-            run.wait_until(functools.partial(query, WAITING_ON_ADVISORY_LOCK, [RUNNER_LOCK]), what="First held")
-            take_faber_lock(run, other_deploy)
-            other_deploy.execute("SELECT pg_advisory_unlock(%s)", [RUNNER_LOCK])
-            code = run.wait(60)
-        finally:
-            run.stop_everything()
+    code, document, run = taken.run(project)
 
-    assert code == 7, run.stdout() + run.stderr()
-    document = json.loads(run.stdout())
-    assert document["code"] == "LOCKED"
+    assert (code, document["code"]) == (7, "LOCKED"), run.stdout() + run.stderr()
     assert document["error"].startswith("faber's lock on the database was lost before migration Second1700000300000")
     result = document["result"]
     assert result["applied_migrations"] == ["First1700000200000"]

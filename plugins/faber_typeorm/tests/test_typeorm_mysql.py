@@ -13,7 +13,7 @@ import signal
 
 import pytest
 from faber_core.errors import ConfigError
-from faber_core.testing.faults import FaberProcess, take_faber_mysql_lock
+from faber_core.testing.faults import FaberProcess, LockTakenMidDeploy
 from faber_core.testing.fixtures import CANARY_PASSWORD, faber_at_once, mysql_connect, mysql_rehearsal_databases
 
 CREATE_USERS = "CreateUsers1700000000000"
@@ -266,10 +266,6 @@ def test_an_interrupt_during_the_rehearsal_drops_the_rehearsal_database(
     assert CANARY_PASSWORD not in run.stdout() + run.stderr()
 
 
-HOLD = "faber-test-hold"
-"""The ``GET_LOCK`` a migration waits on while the test holds it: the runner is then in that migration."""
-
-
 def test_a_lost_lock_stops_the_runner_before_the_next_migration(
     project, typeorm_migration, mysql_database_url, mysql_query
 ):
@@ -277,32 +273,19 @@ def test_a_lost_lock_stops_the_runner_before_the_next_migration(
     second deploy would. The runner applies every migration in one request, waiting as each one
     starts until faber has checked its lock: faber stops it before Second, so neither Second nor
     Third runs."""
+    taken = LockTakenMidDeploy(mysql_database_url)
     project_dir = project(
         (
             "1700000200000-First.js",
-            typeorm_migration("First1700000200000", "CREATE TABLE first (id INT)", f"SELECT GET_LOCK('{HOLD}', 60)"),
+            typeorm_migration("First1700000200000", "CREATE TABLE first (id INT)", taken.hold_statement),
         ),
         ("1700000300000-Second.js", typeorm_migration("Second1700000300000", "CREATE TABLE second (id INT)")),
         ("1700000400000-Third.js", typeorm_migration("Third1700000400000", "CREATE TABLE third (id INT)")),
         lint="off",
     )
-    with mysql_connect(mysql_database_url) as other_deploy:
-        other_deploy.execute("SELECT GET_LOCK(%s, 0)", [HOLD])
-        run = FaberProcess.start(project_dir, "migrate", "staging", "--yes", "--json")
-        try:
-            waiting = (
-                "SELECT 1 FROM information_schema.PROCESSLIST WHERE DB = DATABASE() AND INFO LIKE 'SELECT GET_LOCK%%'"
-            )
-            run.wait_until(lambda: other_deploy.execute(waiting).fetchone(), what="First held")
-            take_faber_mysql_lock(run, other_deploy)
-            other_deploy.execute("SELECT RELEASE_LOCK(%s)", [HOLD])
-            code = run.wait(60)
-        finally:
-            run.stop_everything()
+    code, document, run = taken.run(project_dir)
 
-    assert code == 7, run.stdout() + run.stderr()
-    document = json.loads(run.stdout())
-    assert document["code"] == "LOCKED"
+    assert (code, document["code"]) == (7, "LOCKED"), run.stdout() + run.stderr()
     assert document["error"].startswith("faber's lock on the database was lost before migration Second1700000300000")
     result = document["result"]
     assert result["applied_migrations"] == [CREATE_USERS, ADD_POSTS, "First1700000200000"]
