@@ -6,6 +6,7 @@ from faber_core.context import RunContext
 from faber_core.errors import BackupFailed, FaberError
 from faber_core.support.backups import creation_failed
 
+from faber_rds_backup import leftovers
 from faber_rds_backup.aws import (
     ACCESS_DENIED,
     BAD_CREDENTIALS,
@@ -22,15 +23,27 @@ from faber_rds_backup.waiting import WaitTimedOut
 
 
 def backup_failed(
-    context: RunContext, settings: RdsBackupSettings, exc: Exception, operation: str = "create"
+    context: RunContext,
+    settings: RdsBackupSettings,
+    exc: Exception,
+    operation: str = "create",
+    target: Target | None = None,
 ) -> Exception:
-    """The error to raise for ``exc``; anything that is not an AWS failure passes through unchanged."""
+    """The error to raise for ``exc``; anything that is not an AWS failure passes through unchanged.
+
+    With ``target``, a missing instance or cluster is looked for under the name a rollback stopped
+    between its two renames gave it."""
     if isinstance(exc, FaberError):
         return exc
     failure = aws_failure(exc)
     if failure is None:
         return exc
     backup_error, suggestions = explain(context, settings, failure)
+    moved = leftovers.find_moved_original(target) if target is not None and failure.code in NOT_FOUND else None
+    if moved is not None:
+        where, commands = leftovers.describe(target, moved)
+        backup_error = f"{backup_error}: {leftovers.OriginalMoved(moved)}"
+        suggestions = [where, *commands]
     message = creation_failed(context) if operation == "create" else f"Failed to {operation} RDS snapshots"
     return BackupFailed(
         message,

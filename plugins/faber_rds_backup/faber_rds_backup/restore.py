@@ -27,7 +27,7 @@ from faber_core.context import RunContext
 from faber_core.errors import FaberError, RestoreFailed
 from faber_core.models import BackupRecord, RestoreOutcome
 
-from faber_rds_backup import naming, snapshots
+from faber_rds_backup import leftovers, naming, snapshots
 from faber_rds_backup.aws import NOT_FOUND, aws_failure
 from faber_rds_backup.errors import explain
 from faber_rds_backup.settings import RdsBackupSettings
@@ -124,7 +124,14 @@ def _prepare(context: RunContext, target: Target, plan: Plan) -> dict[str, Any]:
             f"Snapshot {plan.backup_id} is {snapshot.status}, not available",
             suggestions=[f"Wait for it, or pick another: faber backups {context.environment}"],
         )
-    return target.describe()
+    try:
+        return target.describe()
+    except Exception as exc:
+        failure = aws_failure(exc)
+        moved = leftovers.find_moved_original(target) if failure is not None and failure.code in NOT_FOUND else None
+        if moved is None:
+            raise
+        raise leftovers.OriginalMoved(moved) from None
 
 
 def _restored_tags(original: dict[str, Any], plan: Plan) -> dict[str, str]:
@@ -171,7 +178,9 @@ class _Runner:
             result = action()
         except Exception as exc:
             reason = self._reason(exc)
-            where, commands = state(self.target, self.plan)
+            # A rollback killed mid-swap left the original renamed: say so, not this run's state.
+            moved = exc.moved if isinstance(exc, leftovers.OriginalMoved) else None
+            where, commands = leftovers.describe(self.target, moved) if moved else state(self.target, self.plan)
             self.context.emit(events.BACKUP_RESTORE_STEP, step=done, status="failed", error=reason)
             raise RestoreFailed(
                 f"Restore of {self.plan.backup_id} stopped before: {done}. {reason}",
@@ -179,8 +188,8 @@ class _Runner:
                     "steps_completed": self.plan.steps,
                     "failed_step": done,
                     "state": where,
-                    "restored_identifier": self.plan.restored,
-                    "previous_identifier": self.plan.previous,
+                    "restored_identifier": moved.restored if moved else self.plan.restored,
+                    "previous_identifier": moved.previous if moved else self.plan.previous,
                 },
                 suggestions=[where, *commands],
                 backup_id=self.plan.backup_id,
@@ -192,7 +201,7 @@ class _Runner:
     def _reason(self, exc: Exception) -> str:
         if isinstance(exc, FaberError):
             return exc.message
-        if isinstance(exc, WaitTimedOut | WaitFailed):
+        if isinstance(exc, WaitTimedOut | WaitFailed | leftovers.OriginalMoved):
             return str(exc)
         failure = aws_failure(exc)
         if failure is None:
@@ -260,15 +269,7 @@ def _restored_beside(target: Target, plan: Plan) -> tuple[str, list[str]]:
 
 
 def _original_moved(target: Target, plan: Plan) -> tuple[str, list[str]]:
-    return (
-        f"{plan.original} was renamed to {plan.previous}; no database answers at {plan.original}'s endpoint "
-        f"until the swap is finished or undone. The restored copy is {plan.restored}.",
-        [
-            f"Wait until {plan.previous} is available: {target.describe_command(plan.previous)}",
-            f"Finish the swap: {target.rename_command(plan.restored, plan.original)}",
-            f"Or undo it: {target.rename_command(plan.previous, plan.original)}",
-        ],
-    )
+    return leftovers.describe(target, leftovers.MovedOriginal(plan.original, plan.previous, plan.restored))
 
 
 def _swapped_pending(target: Target, plan: Plan) -> tuple[str, list[str]]:

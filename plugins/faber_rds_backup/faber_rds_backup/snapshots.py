@@ -69,7 +69,7 @@ def create(context: RunContext, reason: str, migrations: list[tuple[str, str | N
     try:
         snapshot_id = _start_snapshot(context, target, now, reason)
     except Exception as exc:
-        raise backup_failed(context, settings, exc) from None
+        raise backup_failed(context, settings, exc, target=target) from None
     context.emit(events.BACKUP_PROGRESS, target=snapshot_id, status="creating", source=target.identifier)
     try:
         wait_until_available(

@@ -69,6 +69,10 @@ class Target(ABC):
     @abstractmethod
     def describe(self, identifier: str | None = None) -> dict[str, Any]: ...
 
+    @abstractmethod
+    def identifiers(self) -> list[str]:
+        """Every DB instance (or cluster) of the region, the target's or not."""
+
     status_field = "Status"
 
     def status(self, identifier: str) -> str:
@@ -121,6 +125,10 @@ class InstanceTarget(Target):
     def describe(self, identifier: str | None = None) -> dict[str, Any]:
         found = self.client.describe_db_instances(DBInstanceIdentifier=identifier or self.identifier)
         return found["DBInstances"][0]
+
+    def identifiers(self) -> list[str]:
+        pages = self.client.get_paginator("describe_db_instances").paginate()
+        return [raw["DBInstanceIdentifier"] for page in pages for raw in page["DBInstances"]]
 
     def endpoint(self, identifier: str) -> str | None:
         endpoint = self.describe(identifier).get("Endpoint") or {}
@@ -214,6 +222,10 @@ class ClusterTarget(Target):
     def describe(self, identifier: str | None = None) -> dict[str, Any]:
         found = self.client.describe_db_clusters(DBClusterIdentifier=identifier or self.identifier)
         return found["DBClusters"][0]
+
+    def identifiers(self) -> list[str]:
+        pages = self.client.get_paginator("describe_db_clusters").paginate()
+        return [raw["DBClusterIdentifier"] for page in pages for raw in page["DBClusters"]]
 
     def endpoint(self, identifier: str) -> str | None:
         cluster = self.describe(identifier)

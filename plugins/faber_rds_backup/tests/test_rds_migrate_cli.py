@@ -20,7 +20,9 @@ ADD_NAME = 'ALTER TABLE "User" ADD COLUMN "name" TEXT;\n'
 # Outside a transaction: the first statement commits, then the index fails, so a restore is needed.
 # Prisma's bookkeeping rows for it are unmeasured, but in its declared bookkeeping table: the
 # protected environment's default restore_with_app_writes (refuse) restores.
-FAILING_CONCURRENT_INDEX = 'CREATE TABLE "Extra" ("id" INTEGER);\nCREATE INDEX CONCURRENTLY "User_nope_idx" ON "User" ("nope");\n'
+FAILING_CONCURRENT_INDEX = (
+    'CREATE TABLE "Extra" ("id" INTEGER);\nCREATE INDEX CONCURRENTLY "User_nope_idx" ON "User" ("nope");\n'
+)
 
 
 @pytest.fixture
@@ -135,9 +137,12 @@ def test_a_rollback_to_a_snapshot_without_its_manifest_is_refused_before_the_swa
 
         assert run.returncode == 2, run.output
         assert run.json["code"] == "CONFIG_INVALID"
-    assert "is missing or unreadable, so a restore of it cannot be verified" in run_faber(
-        "rollback", "production", "--to", backup_id, "--yes", "--json", "--cwd", str(project)
-    ).json["error"]
+    assert (
+        "is missing or unreadable, so a restore of it cannot be verified"
+        in run_faber("rollback", "production", "--to", backup_id, "--yes", "--json", "--cwd", str(project)).json[
+            "error"
+        ]
+    )
     assert [db["DBInstanceIdentifier"] for db in rds.describe_db_instances()["DBInstances"]] == ["prod-db"]
 
 
@@ -196,6 +201,58 @@ def test_sigterm_during_rollback_says_whether_the_swap_happened(
     said = document["error"] + " ".join(document["recovery"]["suggestions"])
     assert ("is exactly " + backup_id if committed else "exactly as it was before the rollback") in said, said
     assert CANARY_PASSWORD not in run.stdout() + run.stderr()
+
+
+def test_a_rollback_killed_between_its_renames_is_found_and_explained_by_the_next_run(
+    rds, rds_instance, prisma_rds_project, run_faber, throttling_proxy
+):
+    # SIGKILL leaves no report: the next run finds prod-db missing. It said "Nothing was changed:
+    # prod-db still serves the database" (rollback) and "check backup.db_instance_identifier" (migrate).
+    project = prisma_rds_project({"0001_init": INIT}, endpoint_url=throttling_proxy.url)
+    backup = run_faber("backup", "production", "--json", "--cwd", str(project))
+    assert backup.returncode == 0, backup.output
+    backup_id = backup.json["result"]["id"]
+    throttling_proxy.hold("DescribeDBInstances", after="ModifyDBInstance", count=1)
+
+    run = FaberProcess.start(project, "rollback", "production", "--to", backup_id, "--yes", "--json")
+    try:
+        run.wait_until(throttling_proxy.holding.is_set, what="the wait after the first rename")
+        run.kill(signal.SIGKILL)
+        run.wait(30)
+    finally:
+        throttling_proxy.release()
+        run.stop_everything()
+
+    left = {db["DBInstanceIdentifier"] for db in rds.describe_db_instances()["DBInstances"]}
+    [previous] = [i for i in left if "-pre-rollback-" in i]
+    [restored] = [i for i in left if "-restored-" in i]
+    assert left == {previous, restored}, "the kill came between the two renames"
+    finish = f"--db-instance-identifier {restored} --new-db-instance-identifier prod-db"
+    undo = f"--db-instance-identifier {previous} --new-db-instance-identifier prod-db"
+
+    rollback = run_faber("rollback", "production", "--to", backup_id, "--yes", "--json", "--cwd", str(project))
+
+    assert rollback.returncode == 8, rollback.output
+    document = rollback.json
+    assert "a rollback was stopped between its two renames and left it as " + previous in document["error"]
+    assert document["result"]["state"].startswith(f"prod-db was renamed to {previous}; no database answers")
+    assert (document["result"]["previous_identifier"], document["result"]["restored_identifier"]) == (
+        previous,
+        restored,
+    )
+    suggestions = "\n".join(document["recovery"]["suggestions"])
+    assert finish in suggestions and undo in suggestions, suggestions
+    assert "Nothing was changed" not in rollback.output
+
+    prisma_rds_project({"0001_init": INIT, "0002_name": ADD_NAME}, endpoint_url=throttling_proxy.url)
+    migrate = deploy(run_faber, project)
+
+    assert migrate.returncode == 4, migrate.output
+    assert previous in migrate.json["result"]["backup_error"], migrate.json
+    suggestions = "\n".join(migrate.json["recovery"]["suggestions"])
+    assert finish in suggestions and undo in suggestions, suggestions
+    assert {db["DBInstanceIdentifier"] for db in rds.describe_db_instances()["DBInstances"]} == left
+    assert CANARY_PASSWORD not in rollback.output + migrate.output
 
 
 def test_a_fleet_backed_up_by_snapshots_is_refused_before_any_target_is_touched(

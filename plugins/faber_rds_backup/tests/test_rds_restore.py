@@ -172,3 +172,31 @@ def test_the_restored_instance_keeps_the_originals_parameter_group_and_network(
     assert tags_of(rds, serving["DBInstanceArn"]) == {"team": "payments", "faber:restored-from": backup.id}
     assert [g["DBParameterGroupName"] for g in serving["DBParameterGroups"]] == ["prod-pg"]
     assert serving["Endpoint"]["Port"] == 6543 and serving["MultiAZ"] is True
+
+
+def test_a_missing_original_is_looked_for_under_the_newest_pre_rollback_name(
+    rds, rds_instance, new_instance, rds_context, rds_plugins
+):
+    # As a rollback killed between its renames leaves it, beside an older rollback's kept original.
+    context = rds_context()
+    backup = rds_plugins.backup_create(context, "manual", [])
+    new_instance("prod-db-pre-rollback-20250101-000000")
+    new_instance("prod-db-restored-20250102-000000")
+    rds.modify_db_instance(
+        DBInstanceIdentifier="prod-db",
+        NewDBInstanceIdentifier="prod-db-pre-rollback-20250102-000000",
+        ApplyImmediately=True,
+    )
+    before = set(instances(rds))
+
+    with pytest.raises(RestoreFailed) as caught:
+        rds_plugins.backup_restore(context, backup)
+
+    error = caught.value
+    assert "left it as prod-db-pre-rollback-20250102-000000" in error.message
+    assert (error.result["previous_identifier"], error.result["restored_identifier"]) == (
+        "prod-db-pre-rollback-20250102-000000",
+        "prod-db-restored-20250102-000000",
+    )
+    assert error.suggestions[0].startswith("prod-db was renamed to prod-db-pre-rollback-20250102-000000;")
+    assert set(instances(rds)) == before, "nothing was changed"
