@@ -81,7 +81,7 @@ def _swap(run: _Runner, settings: RdsBackupSettings, target: Target, plan: Plan)
     )
     run.step(
         f"started restoring {plan.backup_id} to new {target.noun} {plan.restored}",
-        _unchanged,
+        _restore_requested,
         lambda: target.restore(plan.backup_id, plan.restored, original, _restored_tags(original, plan)),
     )
     run.step(f"{plan.restored} is available", _restored_beside, lambda: run.wait_serving(plan.restored))
@@ -256,6 +256,18 @@ def _unchanged(target: Target, plan: Plan) -> tuple[str, list[str]]:
     )
 
 
+def _restore_requested(target: Target, plan: Plan) -> tuple[str, list[str]]:
+    # The request may have reached AWS even when its answer did not (an interrupt, a lost connection).
+    return (
+        f"{plan.original} is unchanged and still serves the database; the restore of {plan.backup_id} to "
+        f"{plan.restored} was requested, so {plan.restored} may exist beside it.",
+        [
+            f"Check whether it does: {target.describe_command(plan.restored)}",
+            f"If it does, remove it: {target.delete_command(plan.restored)}",
+        ],
+    )
+
+
 def _restored_beside(target: Target, plan: Plan) -> tuple[str, list[str]]:
     return (
         f"{plan.original} is unchanged and still serves the database; {plan.restored} is being restored from "
@@ -313,6 +325,7 @@ def _restore_command(target: Target, plan: Plan) -> str:
 # Whether the swap, this restore's commit, had happened, by where things stand.
 _COMMITTED: dict[Callable[[Target, Plan], tuple[str, list[str]]], bool | None] = {
     _unchanged: False,
+    _restore_requested: False,
     _restored_beside: False,
     _original_moved: None,
     _swapped_pending: True,

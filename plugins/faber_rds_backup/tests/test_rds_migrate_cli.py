@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import time
 
 import pytest
 from faber_core.testing.faults import FaberProcess
@@ -167,12 +168,14 @@ def test_side_by_side_rollback_reports_the_copy_and_does_not_claim_a_verified_re
 @pytest.mark.parametrize(
     ("held", "after", "count", "committed"),
     [
+        # The restore was asked for and reached AWS, its answer not faber: the copy exists all the same.
+        ("RestoreDBInstanceFromDBSnapshot", "DescribeDBSnapshots", 1, False),
         # Waiting for the restored copy: the original was never touched.
         ("DescribeDBInstances", "RestoreDBInstanceFromDBSnapshot", 1, False),
         # Waiting for the swapped-in copy to serve under the original's identifier: the swap happened.
         ("DescribeDBInstances", "ModifyDBInstance", 2, True),
     ],
-    ids=["before-the-swap", "after-the-swap"],
+    ids=["restore-requested", "before-the-swap", "after-the-swap"],
 )
 def test_sigterm_during_rollback_says_whether_the_swap_happened(
     rds, rds_instance, prisma_rds_project, run_faber, throttling_proxy, held, after, count, committed
@@ -200,7 +203,21 @@ def test_sigterm_during_rollback_says_whether_the_swap_happened(
     assert (tags.get("faber:restored-from") == backup_id) is committed, tags
     said = document["error"] + " ".join(document["recovery"]["suggestions"])
     assert ("is exactly " + backup_id if committed else "exactly as it was before the rollback") in said, said
+    # Whatever the run left in AWS beside prod-db is named (the held call reaches moto once released).
+    left = wait_for_restored_copy(rds)
+    assert all(i in document["result"]["details"] for i in left - {"prod-db"}), (left, document["result"]["details"])
+    assert "Nothing was changed" not in document["result"]["details"]
     assert CANARY_PASSWORD not in run.stdout() + run.stderr()
+
+
+def wait_for_restored_copy(rds) -> set[str]:
+    """The instances, once the restore a test let through has reached moto."""
+    deadline = time.monotonic() + 30
+    while True:
+        found = {db["DBInstanceIdentifier"] for db in rds.describe_db_instances()["DBInstances"]}
+        if len(found) > 1 or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
 
 
 def test_a_rollback_killed_between_its_renames_is_found_and_explained_by_the_next_run(
