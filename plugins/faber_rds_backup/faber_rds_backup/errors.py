@@ -92,14 +92,7 @@ def explain(context: RunContext, settings: RdsBackupSettings, failure: AwsFailur
 
 
 def wait_failed(context: RunContext, target: Target, snapshot_id: str, exc: Exception) -> BackupFailed:
-    follow = target.cli(
-        *(
-            ("describe-db-cluster-snapshots", "--db-cluster-snapshot-identifier")
-            if target.kind == "cluster"
-            else ("describe-db-snapshots", "--db-snapshot-identifier")
-        ),
-        snapshot_id,
-    )
+    follow = target.snapshot_describe_command(snapshot_id)
     if isinstance(exc, WaitTimedOut):
         backup_error = (
             f"Timed out after {target.settings.wait_timeout_seconds:g}s waiting for snapshot {snapshot_id} "

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from faber_core import events
 from faber_core.context import RunContext
-from faber_core.errors import BackupFailed
+from faber_core.errors import BackupFailed, Interrupted
+from faber_core.interrupts import signal_name
 from faber_core.models import BackupRecord, BackupStatus
 from faber_core.support import backups
 
@@ -85,10 +86,33 @@ def create(context: RunContext, reason: str, migrations: list[tuple[str, str | N
         raise wait_failed(context, target, snapshot_id, exc) from None
     except Exception as exc:
         raise backup_failed(context, settings, exc) from None
+    except KeyboardInterrupt as interrupt:
+        raise snapshot_interrupted(context, target, snapshot_id, interrupt) from None
     record = _record(context, target, snapshot, reason, migrations)
     _write_manifest(context, record)
     prune(context, settings, target)
     return record
+
+
+def snapshot_interrupted(
+    context: RunContext, target: Target, snapshot_id: str, interrupt: KeyboardInterrupt
+) -> Interrupted:
+    """A signal stopped faber's wait, not AWS: the snapshot goes on being made, and billed.
+
+    RDS deletes only an available snapshot, so faber cannot take it back; it names it instead.
+    Without the manifest (written once the snapshot is available) faber cannot roll back to it.
+    """
+    name = signal_name(interrupt)
+    return Interrupted(
+        f"Interrupted by {name} while RDS was making snapshot {snapshot_id} of {target.identifier}; the snapshot "
+        "goes on in AWS (and is billed), but faber wrote no manifest for it, so faber cannot roll back to it",
+        result={"interrupted_by": name, "snapshot_id": snapshot_id, "source_identifier": target.identifier},
+        suggestions=[
+            f"Follow it until its status is available: {target.snapshot_describe_command(snapshot_id)}",
+            f"Then delete it: {target.snapshot_delete_command(snapshot_id)}",
+            f"Take a backup faber can roll back to: faber backup {context.environment}",
+        ],
+    )
 
 
 def _start_snapshot(context: RunContext, target: Target, now: dt.datetime, reason: str) -> str:

@@ -113,6 +113,16 @@ class Target(ABC):
     @abstractmethod
     def describe_command(self, identifier: str) -> str: ...
 
+    def snapshot_describe_command(self, snapshot_id: str) -> str:
+        if self.kind == "cluster":
+            return self.cli("describe-db-cluster-snapshots", "--db-cluster-snapshot-identifier", snapshot_id)
+        return self.cli("describe-db-snapshots", "--db-snapshot-identifier", snapshot_id)
+
+    def snapshot_delete_command(self, snapshot_id: str) -> str:
+        if self.kind == "cluster":
+            return self.cli("delete-db-cluster-snapshot", "--db-cluster-snapshot-identifier", snapshot_id)
+        return self.cli("delete-db-snapshot", "--db-snapshot-identifier", snapshot_id)
+
     @abstractmethod
     def delete_command(self, identifier: str) -> str: ...
 

@@ -272,6 +272,45 @@ def test_a_rollback_killed_between_its_renames_is_found_and_explained_by_the_nex
     assert CANARY_PASSWORD not in rollback.output + migrate.output
 
 
+@pytest.mark.parametrize("command", ["backup", "migrate"])
+def test_a_snapshot_still_being_made_when_a_signal_stops_the_backup_is_named(
+    rds, rds_instance, prisma_rds_project, run_faber, throttling_proxy, command
+):
+    # It said only "Interrupted by SIGTERM": nothing named the snapshot AWS went on making (billed,
+    # and without its manifest unusable for a rollback).
+    project = prisma_rds_project({"0001_init": INIT}, endpoint_url=throttling_proxy.url)
+    if command == "migrate":
+        assert deploy(run_faber, project).returncode == 0
+        prisma_rds_project({"0001_init": INIT, "0002_name": ADD_NAME}, endpoint_url=throttling_proxy.url)
+    before = manual_snapshots(rds)
+    throttling_proxy.hold("DescribeDBSnapshots", after="CreateDBSnapshot", count=len(before) + 1)
+    argv = ["migrate", "production", "--yes"] if command == "migrate" else ["backup", "production"]
+
+    run = FaberProcess.start(project, *argv, "--json")
+    try:
+        run.wait_until(throttling_proxy.holding.is_set, what="the wait for the snapshot")
+        run.kill(signal.SIGTERM)
+        code = run.wait(30)
+    finally:
+        throttling_proxy.release()
+        run.stop_everything()
+
+    assert code == 130, run.stdout() + run.stderr()
+    document = json.loads(run.stdout())
+    [snapshot_id] = manual_snapshots(rds) - before
+    assert document["code"] == "INTERRUPTED" and document["result"]["snapshot_id"] == snapshot_id, document
+    assert snapshot_id in document["error"] and "cannot roll back to it" in document["error"], document["error"]
+    suggestions = "\n".join(document["recovery"]["suggestions"])
+    assert f"describe-db-snapshots --db-snapshot-identifier {snapshot_id}" in suggestions, suggestions
+    assert f"delete-db-snapshot --db-snapshot-identifier {snapshot_id}" in suggestions, suggestions
+    assert f"faber rollback production --to {snapshot_id}" not in run.stdout(), "no rollback to it is advised"
+    assert CANARY_PASSWORD not in run.stdout() + run.stderr()
+
+
+def manual_snapshots(rds) -> set[str]:
+    return {s["DBSnapshotIdentifier"] for s in rds.describe_db_snapshots(SnapshotType="manual")["DBSnapshots"]}
+
+
 def test_a_fleet_backed_up_by_snapshots_is_refused_before_any_target_is_touched(
     rds, rds_instance, faber_project, backup_settings, run_faber, database_url, monkeypatch
 ):
