@@ -52,6 +52,16 @@ def backup_failed(
     )
 
 
+def left_behind(context: RunContext, target: Target, left: leftovers.LeftBehind) -> BackupFailed:
+    """A backup refused because a stopped rollback left something to decide about first."""
+    where, commands = left.describe(target)
+    return BackupFailed(
+        creation_failed(context),
+        result={"backup_error": str(left), "restored_identifier": left.restored},
+        suggestions=[where, *commands],
+    )
+
+
 def explain(context: RunContext, settings: RdsBackupSettings, failure: AwsFailure) -> tuple[str, list[str]]:
     """What went wrong in one line, and the suggestions for it (a deploy's fallbacks, such as
     ``--skip-backup``, are faber's to add)."""

@@ -1,10 +1,17 @@
-"""What a rollback killed between its two renames leaves: the original's identifier answers to nothing.
+"""What a rollback killed midway leaves in AWS, found by the next run and never changed by it.
 
-A swap renames the original to ``<id>-pre-rollback-<ts>`` and then the restored copy
-``<id>-restored-<ts>`` to ``<id>``. SIGINT and SIGTERM between the two are reported by the run
-itself; a SIGKILL (or a lost machine) is not, so the next run that finds ``<id>`` missing looks for
-the renamed original and says how to finish or undo the swap, instead of calling the identifier
-unknown or claiming nothing was changed.
+A swap restores the snapshot to ``<id>-restored-<ts>``, renames the original to
+``<id>-pre-rollback-<ts>`` and then the restored copy to ``<id>``. SIGINT and SIGTERM are
+reported by the run itself; a SIGKILL (or a lost machine) is not, so the next run looks:
+
+- ``<id>`` missing: the kill came between the two renames. The newest renamed original is found,
+  and how to finish or undo the swap is said, instead of calling the identifier unknown or
+  claiming nothing was changed.
+- ``<id>`` there, with a copy beside it that a swap made (named ``<id>-restored-<ts>`` and tagged
+  ``faber:swap-into=<id>``, which only a swap's copy carries: a side-by-side copy is the result
+  of its rollback, not a leftover): the kill came before the first rename. The copy is billed,
+  and swapping it in later would undo whatever was deployed since, so it is named with the
+  commands to finish that rollback or remove the copy.
 """
 
 from __future__ import annotations
@@ -15,9 +22,19 @@ from dataclasses import dataclass
 
 from faber_rds_backup import naming
 from faber_rds_backup.aws import aws_failure
-from faber_rds_backup.targets import Target
+from faber_rds_backup.targets import Listed, Target
+
+RESTORED_FROM_TAG = "faber:restored-from"
+SWAP_INTO_TAG = "faber:swap-into"
+"""On the copy a swap restores: the identifier it is to take. Not copied from the original (a
+copy swapped in earlier carries it), so a side-by-side restore's copy never has it."""
 
 _TIMESTAMP = re.compile(r"-(\d{8}-\d{6})$")
+
+
+def _made_at(name: str) -> dt.datetime | None:
+    found = _TIMESTAMP.search(name)
+    return dt.datetime.strptime(found.group(1), "%Y%m%d-%H%M%S") if found else None
 
 
 @dataclass(frozen=True)
@@ -29,7 +46,27 @@ class MovedOriginal:
     """The copy meant to take the original's identifier; None when it no longer exists."""
 
 
-class OriginalMoved(Exception):
+@dataclass(frozen=True)
+class CopyBeside:
+    original: str
+    copy: str
+    backup_id: str
+    status: str
+    previous: str
+    """The name the swap would have given the original."""
+
+
+class LeftBehind(Exception):
+    """A killed rollback's leftover the run found: it stops and says where things stand."""
+
+    restored: str | None
+    previous: str | None
+
+    def describe(self, target: Target) -> tuple[str, list[str]]:
+        raise NotImplementedError
+
+
+class OriginalMoved(LeftBehind):
     """The target's identifier is missing because a rollback was stopped between its two renames."""
 
     def __init__(self, moved: MovedOriginal) -> None:
@@ -38,36 +75,91 @@ class OriginalMoved(Exception):
             f"{moved.previous}"
         )
         self.moved = moved
+        self.restored = moved.restored
+        self.previous = moved.previous
+
+    def describe(self, target: Target) -> tuple[str, list[str]]:
+        return describe(target, self.moved)
+
+
+class CopyLeftBeside(LeftBehind):
+    """A swap's restored copy exists beside the original: a rollback was stopped before its first rename."""
+
+    def __init__(self, copy: CopyBeside) -> None:
+        super().__init__(
+            f"{copy.copy} exists beside {copy.original}: a rollback to {copy.backup_id} was stopped before its swap "
+            "and left it"
+        )
+        self.copy = copy
+        self.restored = copy.copy
+        self.previous = None
+
+    def describe(self, target: Target) -> tuple[str, list[str]]:
+        return describe_copy(target, self.copy)
 
 
 def find_moved_original(target: Target) -> MovedOriginal | None:
     """The newest ``<id>-pre-rollback-<ts>`` of the target, when ``<id>`` itself is missing.
 
-    Completed rollbacks leave their ``-pre-rollback-`` databases too, for inspection; the newest is
-    the one renamed last. None when there is none, or when the listing itself fails (the caller
-    then reports the missing identifier as it would have).
+    None when there is none, or when the listing itself fails (the caller then reports the
+    missing identifier as it would have).
     """
     try:
-        existing = set(target.identifiers())
+        existing = target.existing()
     except Exception as exc:
         if aws_failure(exc) is None:
             raise
         return None
+    return moved_original(target, existing)
+
+
+def moved_original(target: Target, existing: dict[str, Listed]) -> MovedOriginal | None:
+    """Completed rollbacks leave their ``-pre-rollback-`` databases too, for inspection; the newest
+    is the one renamed last."""
     if target.identifier in existing:
         return None
     moved = []
     for name in existing:
-        found = _TIMESTAMP.search(name)
-        if found is None:
-            continue
-        when = dt.datetime.strptime(found.group(1), "%Y%m%d-%H%M%S")
-        if name == naming.pre_rollback_identifier(target.identifier, when):
-            moved.append((when, name))
+        made_at = _made_at(name)
+        if made_at is not None and name == naming.pre_rollback_identifier(target.identifier, made_at):
+            moved.append((made_at, name))
     if not moved:
         return None
-    when, previous = max(moved)
-    restored = naming.restored_identifier(target.identifier, when)
+    made_at, previous = max(moved)
+    restored = naming.restored_identifier(target.identifier, made_at)
     return MovedOriginal(target.identifier, previous, restored if restored in existing else None)
+
+
+def copies_beside(target: Target, existing: dict[str, Listed]) -> list[CopyBeside]:
+    """A swap's restored copies beside the original, oldest first; none while the original is
+    missing (then :func:`moved_original` tells the story, the copy included)."""
+    if target.identifier not in existing:
+        return []
+    copies = []
+    for name, listed in sorted(existing.items()):
+        made_at = _made_at(name)
+        if (
+            made_at is not None
+            and name == naming.restored_identifier(target.identifier, made_at)
+            and listed.tags.get(SWAP_INTO_TAG) == target.identifier
+        ):
+            copies.append(
+                CopyBeside(
+                    target.identifier,
+                    name,
+                    listed.tags.get(RESTORED_FROM_TAG, "?"),
+                    listed.status,
+                    naming.pre_rollback_identifier(target.identifier, made_at),
+                )
+            )
+    return copies
+
+
+def refuse_copies_beside(target: Target) -> None:
+    """Raise :class:`CopyLeftBeside` for the oldest copy a stopped swap left; a listing that fails raises."""
+    copies = copies_beside(target, target.existing())
+    if copies:
+        raise CopyLeftBeside(copies[0])
 
 
 def describe(target: Target, moved: MovedOriginal) -> tuple[str, list[str]]:
@@ -85,5 +177,20 @@ def describe(target: Target, moved: MovedOriginal) -> tuple[str, list[str]]:
             f"Wait until {moved.previous} is available: {target.describe_command(moved.previous)}",
             *finish,
             f"Or undo it: {target.rename_command(moved.previous, moved.original)}",
+        ],
+    )
+
+
+def describe_copy(target: Target, copy: CopyBeside) -> tuple[str, list[str]]:
+    """A copy left before the swap: the original still serves; finish that rollback, or remove the copy."""
+    return (
+        f"{copy.original} is unchanged and still serves the database; {copy.copy} ({copy.status}) beside it is "
+        f"snapshot {copy.backup_id}, restored by a rollback that was stopped before its swap. It is billed, and "
+        f"swapping it in now would undo whatever was deployed since; faber leaves it until you decide.",
+        [
+            f"To finish that rollback (the database becomes {copy.backup_id}), once it is available: "
+            f"{target.rename_command(copy.original, copy.previous)}",
+            f"then, once {copy.previous} is available: {target.rename_command(copy.copy, copy.original)}",
+            f"Or remove the copy: {target.delete_command(copy.copy)}",
         ],
     )

@@ -34,8 +34,6 @@ from faber_rds_backup.settings import RdsBackupSettings
 from faber_rds_backup.targets import Target
 from faber_rds_backup.waiting import WaitFailed, WaitTimedOut, wait_until_available
 
-RESTORED_FROM_TAG = "faber:restored-from"
-
 
 @dataclass
 class Plan:
@@ -82,7 +80,9 @@ def _swap(run: _Runner, settings: RdsBackupSettings, target: Target, plan: Plan)
     run.step(
         f"started restoring {plan.backup_id} to new {target.noun} {plan.restored}",
         _restore_requested,
-        lambda: target.restore(plan.backup_id, plan.restored, original, _restored_tags(original, plan)),
+        lambda: target.restore(
+            plan.backup_id, plan.restored, original, _restored_tags(original, plan, settings.restore_mode)
+        ),
     )
     run.step(f"{plan.restored} is available", _restored_beside, lambda: run.wait_serving(plan.restored))
     if settings.restore_mode == "side-by-side":
@@ -125,23 +125,27 @@ def _prepare(context: RunContext, target: Target, plan: Plan) -> dict[str, Any]:
             suggestions=[f"Wait for it, or pick another: faber backups {context.environment}"],
         )
     try:
-        return target.describe()
+        original = target.describe()
     except Exception as exc:
         failure = aws_failure(exc)
         moved = leftovers.find_moved_original(target) if failure is not None and failure.code in NOT_FOUND else None
         if moved is None:
             raise
         raise leftovers.OriginalMoved(moved) from None
+    # A second copy would be billed too, and two leave the person finishing by hand to guess.
+    leftovers.refuse_copies_beside(target)
+    return original
 
 
-def _restored_tags(original: dict[str, Any], plan: Plan) -> dict[str, str]:
-    # Keys under aws: belong to AWS and cannot be set by anyone else.
+def _restored_tags(original: dict[str, Any], plan: Plan, mode: str) -> dict[str, str]:
+    # Keys under aws: belong to AWS and cannot be set by anyone else; the swap tag is this restore's own.
     tags = {
         item["Key"]: item.get("Value", "")
         for item in original.get("TagList") or []
-        if not item["Key"].startswith("aws:")
+        if not item["Key"].startswith("aws:") and item["Key"] != leftovers.SWAP_INTO_TAG
     }
-    return {**tags, RESTORED_FROM_TAG: plan.backup_id}
+    swap = {leftovers.SWAP_INTO_TAG: plan.original} if mode == "swap" else {}
+    return {**tags, leftovers.RESTORED_FROM_TAG: plan.backup_id, **swap}
 
 
 def _side_by_side(target: Target, plan: Plan) -> RestoreOutcome:
@@ -178,9 +182,9 @@ class _Runner:
             result = action()
         except Exception as exc:
             reason = self._reason(exc)
-            # A rollback killed mid-swap left the original renamed: say so, not this run's state.
-            moved = exc.moved if isinstance(exc, leftovers.OriginalMoved) else None
-            where, commands = leftovers.describe(self.target, moved) if moved else state(self.target, self.plan)
+            # What a killed rollback left is the story, not this run's state.
+            left = exc if isinstance(exc, leftovers.LeftBehind) else None
+            where, commands = left.describe(self.target) if left else state(self.target, self.plan)
             self.context.emit(events.BACKUP_RESTORE_STEP, step=done, status="failed", error=reason)
             raise RestoreFailed(
                 f"Restore of {self.plan.backup_id} stopped before: {done}. {reason}",
@@ -188,8 +192,8 @@ class _Runner:
                     "steps_completed": self.plan.steps,
                     "failed_step": done,
                     "state": where,
-                    "restored_identifier": moved.restored if moved else self.plan.restored,
-                    "previous_identifier": moved.previous if moved else self.plan.previous,
+                    "restored_identifier": left.restored if left else self.plan.restored,
+                    "previous_identifier": left.previous if left else self.plan.previous,
                 },
                 suggestions=[where, *commands],
                 backup_id=self.plan.backup_id,
@@ -201,7 +205,7 @@ class _Runner:
     def _reason(self, exc: Exception) -> str:
         if isinstance(exc, FaberError):
             return exc.message
-        if isinstance(exc, WaitTimedOut | WaitFailed | leftovers.OriginalMoved):
+        if isinstance(exc, WaitTimedOut | WaitFailed | leftovers.LeftBehind):
             return str(exc)
         failure = aws_failure(exc)
         if failure is None:

@@ -19,9 +19,9 @@ from faber_core.interrupts import signal_name
 from faber_core.models import BackupRecord, BackupStatus
 from faber_core.support import backups
 
-from faber_rds_backup import naming
+from faber_rds_backup import leftovers, naming
 from faber_rds_backup.aws import ALREADY_EXISTS, aws_failure, rds_client
-from faber_rds_backup.errors import backup_failed, wait_failed
+from faber_rds_backup.errors import backup_failed, left_behind, wait_failed
 from faber_rds_backup.settings import PROVIDER, RdsBackupSettings, load_settings
 from faber_rds_backup.targets import Snapshot, Target, target_for
 from faber_rds_backup.waiting import WaitFailed, WaitTimedOut, wait_until_available
@@ -68,7 +68,11 @@ def create(context: RunContext, reason: str, migrations: list[tuple[str, str | N
     settings, target = open_target(context)
     now = dt.datetime.now(dt.timezone.utc)
     try:
+        # A deploy beside a stopped rollback's copy would be undone by whoever finishes that rollback.
+        leftovers.refuse_copies_beside(target)
         snapshot_id = _start_snapshot(context, target, now, reason)
+    except leftovers.CopyLeftBeside as left:
+        raise left_behind(context, target, left) from None
     except Exception as exc:
         raise backup_failed(context, settings, exc, target=target) from None
     context.emit(events.BACKUP_PROGRESS, target=snapshot_id, status="creating", source=target.identifier)

@@ -52,6 +52,14 @@ def _snapshot_time(raw: dict[str, Any]) -> dt.datetime:
     return value if isinstance(value, dt.datetime) else dt.datetime.now(dt.timezone.utc)
 
 
+@dataclass(frozen=True)
+class Listed:
+    """One DB instance (or cluster) of the region, as the listing of them all shows it."""
+
+    status: str
+    tags: dict[str, str]
+
+
 class Target(ABC):
     """The operations faber needs on the backed-up resource; see the two subclasses."""
 
@@ -69,11 +77,14 @@ class Target(ABC):
     @abstractmethod
     def describe(self, identifier: str | None = None) -> dict[str, Any]: ...
 
-    @abstractmethod
-    def identifiers(self) -> list[str]:
-        """Every DB instance (or cluster) of the region, the target's or not."""
-
     status_field = "Status"
+
+    @abstractmethod
+    def existing(self) -> dict[str, Listed]:
+        """Every DB instance (or cluster) of the region, the target's or not, by identifier."""
+
+    def _listed(self, raw: dict[str, Any]) -> Listed:
+        return Listed(str(raw.get(self.status_field, "unknown")), _tags(raw.get("TagList")))
 
     def status(self, identifier: str) -> str:
         return str(self.describe(identifier).get(self.status_field, "unknown"))
@@ -136,9 +147,9 @@ class InstanceTarget(Target):
         found = self.client.describe_db_instances(DBInstanceIdentifier=identifier or self.identifier)
         return found["DBInstances"][0]
 
-    def identifiers(self) -> list[str]:
+    def existing(self) -> dict[str, Listed]:
         pages = self.client.get_paginator("describe_db_instances").paginate()
-        return [raw["DBInstanceIdentifier"] for page in pages for raw in page["DBInstances"]]
+        return {raw["DBInstanceIdentifier"]: self._listed(raw) for page in pages for raw in page["DBInstances"]}
 
     def endpoint(self, identifier: str) -> str | None:
         endpoint = self.describe(identifier).get("Endpoint") or {}
@@ -233,9 +244,9 @@ class ClusterTarget(Target):
         found = self.client.describe_db_clusters(DBClusterIdentifier=identifier or self.identifier)
         return found["DBClusters"][0]
 
-    def identifiers(self) -> list[str]:
+    def existing(self) -> dict[str, Listed]:
         pages = self.client.get_paginator("describe_db_clusters").paginate()
-        return [raw["DBClusterIdentifier"] for page in pages for raw in page["DBClusters"]]
+        return {raw["DBClusterIdentifier"]: self._listed(raw) for page in pages for raw in page["DBClusters"]}
 
     def endpoint(self, identifier: str) -> str | None:
         cluster = self.describe(identifier)

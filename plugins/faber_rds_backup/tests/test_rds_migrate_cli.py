@@ -163,6 +163,9 @@ def test_side_by_side_rollback_reports_the_copy_and_does_not_claim_a_verified_re
     assert "beside the database; the database itself is unchanged" in run.stderr
     identifiers = {db["DBInstanceIdentifier"] for db in rds.describe_db_instances()["DBInstances"]}
     assert "prod-db" in identifiers and len(identifiers) == 2
+    # The copy is the rollback's result, not a stopped swap's leftover: the next backup goes on.
+    again = run_faber("backup", "production", "--json", "--cwd", str(project))
+    assert again.returncode == 0, again.output
 
 
 @pytest.mark.parametrize(
@@ -269,6 +272,54 @@ def test_a_rollback_killed_between_its_renames_is_found_and_explained_by_the_nex
     suggestions = "\n".join(migrate.json["recovery"]["suggestions"])
     assert finish in suggestions and undo in suggestions, suggestions
     assert {db["DBInstanceIdentifier"] for db in rds.describe_db_instances()["DBInstances"]} == left
+    assert CANARY_PASSWORD not in rollback.output + migrate.output
+
+
+def test_a_rollback_killed_before_its_swap_leaves_a_copy_the_next_runs_name_and_leave_alone(
+    rds, rds_instance, prisma_rds_project, run_faber, throttling_proxy
+):
+    # SIGKILL once the restore was requested: prod-db-restored-<ts> is billed beside prod-db. The next
+    # rollback made a second copy, and a deploy went on, with nothing mentioning the first.
+    project = prisma_rds_project({"0001_init": INIT}, endpoint_url=throttling_proxy.url)
+    backup = run_faber("backup", "production", "--json", "--cwd", str(project))
+    assert backup.returncode == 0, backup.output
+    backup_id = backup.json["result"]["id"]
+    throttling_proxy.hold("DescribeDBInstances", after="RestoreDBInstanceFromDBSnapshot")
+
+    run = FaberProcess.start(project, "rollback", "production", "--to", backup_id, "--yes", "--json")
+    try:
+        run.wait_until(throttling_proxy.holding.is_set, what="the wait for the restored copy")
+        run.kill(signal.SIGKILL)
+        run.wait(30)
+    finally:
+        throttling_proxy.release()
+        run.stop_everything()
+
+    left = {db["DBInstanceIdentifier"] for db in rds.describe_db_instances()["DBInstances"]}
+    [copy] = left - {"prod-db"}
+    assert "prod-db" in left and "-restored-" in copy, left
+    snapshots = manual_snapshots(rds)
+    remove = f"delete-db-instance --db-instance-identifier {copy}"
+    finish = f"--db-instance-identifier {copy} --new-db-instance-identifier prod-db"
+
+    rollback = run_faber("rollback", "production", "--to", backup_id, "--yes", "--json", "--cwd", str(project))
+
+    assert rollback.returncode == 8, rollback.output
+    document = rollback.json
+    assert f"{copy} exists beside prod-db: a rollback to {backup_id} was stopped before its swap" in document["error"]
+    assert document["result"]["restored_identifier"] == copy, document["result"]
+    assert document["result"]["state"].startswith("prod-db is unchanged and still serves the database"), document
+    suggestions = "\n".join(document["recovery"]["suggestions"])
+    assert remove in suggestions and finish in suggestions, suggestions
+
+    prisma_rds_project({"0001_init": INIT, "0002_name": ADD_NAME}, endpoint_url=throttling_proxy.url)
+    migrate = deploy(run_faber, project)
+
+    assert migrate.returncode == 4, migrate.output
+    assert copy in migrate.json["result"]["backup_error"], migrate.json
+    assert remove in "\n".join(migrate.json["recovery"]["suggestions"]), migrate.json
+    assert {db["DBInstanceIdentifier"] for db in rds.describe_db_instances()["DBInstances"]} == left
+    assert manual_snapshots(rds) == snapshots, "the deploy took no snapshot"
     assert CANARY_PASSWORD not in rollback.output + migrate.output
 
 

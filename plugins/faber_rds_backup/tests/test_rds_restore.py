@@ -18,6 +18,10 @@ def tags_of(rds, arn: str) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in rds.list_tags_for_resource(ResourceName=arn)["TagList"]}
 
 
+# The original's own tags, and what faber adds to the copy a swap restores.
+SWAPPED_IN_TAGS = {"team": "payments", "faber:swap-into": "prod-db"}
+
+
 def test_restore_and_swap_puts_the_restored_copy_under_the_original_identifier(
     rds, rds_instance, rds_context, rds_plugins
 ):
@@ -33,7 +37,7 @@ def test_restore_and_swap_puts_the_restored_copy_under_the_original_identifier(
     assert set(found) == {"prod-db", previous}
     serving = found["prod-db"]
     # moto copies the source's resource id into a restored instance, so the tags tell them apart.
-    assert tags_of(rds, serving["DBInstanceArn"]) == {"team": "payments", "faber:restored-from": backup.id}
+    assert tags_of(rds, serving["DBInstanceArn"]) == SWAPPED_IN_TAGS | {"faber:restored-from": backup.id}
     assert tags_of(rds, found[previous]["DBInstanceArn"]) == {"team": "payments"}, "the original is kept"
     assert serving["DBInstanceClass"] == rds_instance["DBInstanceClass"]
 
@@ -169,7 +173,7 @@ def test_the_restored_instance_keeps_the_originals_parameter_group_and_network(
     rds_plugins.backup_restore(context, backup)
 
     serving = rds.describe_db_instances(DBInstanceIdentifier="prod-db")["DBInstances"][0]
-    assert tags_of(rds, serving["DBInstanceArn"]) == {"team": "payments", "faber:restored-from": backup.id}
+    assert tags_of(rds, serving["DBInstanceArn"]) == SWAPPED_IN_TAGS | {"faber:restored-from": backup.id}
     assert [g["DBParameterGroupName"] for g in serving["DBParameterGroups"]] == ["prod-pg"]
     assert serving["Endpoint"]["Port"] == 6543 and serving["MultiAZ"] is True
 
