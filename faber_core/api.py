@@ -152,7 +152,7 @@ def status(
     from faber_core.errors import MigrationFailed
     from faber_core.results import Success
     from faber_core.targets import FleetOptions
-    from faber_core.workflow import read_leftovers, read_past_another_run, read_status
+    from faber_core.workflow import read_backup_leftovers, read_leftovers, read_past_another_run, read_status
 
     def body(context: RunContext, plugins: Plugins) -> Success:
         plugins.require_tool(context.tool)
@@ -163,6 +163,9 @@ def status(
         leftovers, interrupted = read_leftovers(context)
         result["leftover_databases"] = [leftover.model_dump(mode="json") for leftover in leftovers]
         result["interrupted_restores"] = [restore.model_dump(mode="json") for restore in interrupted]
+        backup_leftovers, unchecked = read_backup_leftovers(context, plugins)
+        result["backup_leftovers"] = [leftover.model_dump(mode="json") for leftover in backup_leftovers]
+        result["backup_leftovers_unchecked"] = unchecked
         if state.failed:
             raise MigrationFailed(
                 f"{environment} has {len(state.failed)} failed migration(s): {', '.join(state.failed)}",

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from faber_core.models import (
         ApplyOutcome,
         AuditEvent,
+        BackupLeftover,
         BackupProviderInfo,
         BackupPruneOutcome,
         BackupRecord,
@@ -303,6 +304,21 @@ def faber_backup_restore(provider: str, context: RunContext, backup: BackupRecor
 
     A provider that lets the interrupt through still works: faber then says the database is on
     one side of the restore or the other, and how to see which.
+    """
+
+
+@hookspec(firstresult=True)
+def faber_backup_leftovers(provider: str, context: RunContext) -> list[BackupLeftover]:
+    """What killed runs left where this provider keeps its backups, outside the database.
+
+    Called by ``faber status ENV``, beside what faber finds in the database itself (a swap
+    restore's database, an interrupted table swap). Look, never change anything, and be quick:
+    status is run often, so one bounded call (a short timeout, no retries) when there is nothing.
+    Return :class:`~faber_core.models.BackupLeftover` items (an empty list when there is none),
+    e.g. ``[BackupLeftover(name="prod-db-restored-20250124-110000", details="...", commands=[...])]``;
+    raise :class:`faber_core.errors.BackupFailed` when you cannot look (the service cannot be
+    reached): status still answers about the database and says this check could not run.
+    Optional: a provider whose backups live in files faber manages does not implement it.
     """
 
 

@@ -291,6 +291,16 @@ class InterruptedRestore(DeferredModel):
     details: str
 
 
+class BackupLeftover(DeferredModel):
+    """Something a killed run left where the backup provider keeps its backups, outside the database
+    (a cloud instance a restore made beside it): ``faber status`` names it with what to do, and
+    changes nothing."""
+
+    name: str
+    details: str = Field(description="What it is, and where things stand because of it.")
+    commands: list[str] = Field(default_factory=list, description="The commands that finish or remove it.")
+
+
 class BackupRecord(DeferredModel):
     """A restore point, as a provider reports it and as its manifest stores it."""
 

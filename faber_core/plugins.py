@@ -24,6 +24,7 @@ from faber_core.errors import ConfigError, PluginError
 from faber_core.models import (
     ApplyOutcome,
     AuditEvent,
+    BackupLeftover,
     BackupProviderInfo,
     BackupPruneOutcome,
     BackupRecord,
@@ -413,6 +414,14 @@ class Plugins:
             )
         answer = self._ask_provider("faber_backup_prune", context, keep_last=keep_last, dry_run=dry_run)
         return BackupPruneOutcome.model_validate(answer)
+
+    def backup_leftovers(self, context: RunContext) -> list[BackupLeftover]:
+        """The provider's ``faber_backup_leftovers``; none from a provider that does not implement it."""
+        owner = self.require_backup_provider(context.settings.backup.provider)
+        if not self._implements(owner, "faber_backup_leftovers"):
+            return []
+        answer = self._ask_provider("faber_backup_leftovers", context)
+        return [BackupLeftover.model_validate(item) for item in answer]
 
     def backup_restore(self, context: RunContext, backup: BackupRecord) -> RestoreOutcome:
         answer = self._ask_provider("faber_backup_restore", context, backup=backup)

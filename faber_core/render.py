@@ -531,6 +531,11 @@ def _leftover_lines(env: str | None, result: dict[str, Any], prefix: str = "") -
             "during its table swap: triggers, views, routines or events may be missing until faber migrate "
             f"{env} (or faber rollback, faber resolve) finishes it"
         )
+    for leftover in result.get("backup_leftovers", []):
+        lines.append(f"  ⚠ {prefix}{one_line(leftover['name'])}  {one_line(leftover['details'])}")
+        lines += [f"      {one_line(command)}" for command in leftover["commands"]]
+    if result.get("backup_leftovers_unchecked"):
+        lines.append(f"  ? {prefix}{one_line(result['backup_leftovers_unchecked'])}")
     return lines
 
 

@@ -64,6 +64,7 @@ from faber_core.models import (
     AppliedMigration,
     ApplyOutcome,
     AuditEvent,
+    BackupLeftover,
     BackupRecord,
     HealthCheckResult,
     InterruptedRestore,
@@ -583,6 +584,16 @@ def read_leftovers(context: RunContext) -> tuple[list[LeftoverDatabase], list[In
     engine = context.database.engine
     with context.database.session() as conn:
         return engine.leftover_databases(conn, context.database), engine.interrupted_restores(conn, context.database)
+
+
+def read_backup_leftovers(context: RunContext, plugins: Plugins) -> tuple[list[BackupLeftover], str | None]:
+    """What killed runs left where the backup provider keeps its backups (an RDS copy beside the
+    instance), for ``faber status``; with the reason instead when the provider could not look,
+    which does not stop status from answering about the database."""
+    try:
+        return plugins.backup_leftovers(context), None
+    except BackupFailed as failed:
+        return [], f"the {context.settings.backup.provider} check could not run: {failed.message}"
 
 
 def status_after(context: RunContext, plugins: Plugins, health: Health) -> MigrationState:

@@ -31,9 +31,13 @@ BAD_CREDENTIALS = frozenset(
 )
 
 
-def rds_client(context: RunContext, settings: RdsBackupSettings) -> RdsClient:
+def rds_client(context: RunContext, settings: RdsBackupSettings, *, quick_seconds: float | None = None) -> RdsClient:
     """The RDS client, its credentials' secrets told to the run's redactor: AWS quotes the signed
-    request, session token included, in some errors (SignatureDoesNotMatch), which faber reports."""
+    request, session token included, in some errors (SignatureDoesNotMatch), which faber reports.
+
+    ``quick_seconds``: for a look that must not hold up the command (``faber status``), each call
+    is tried once and given up after that many seconds to connect, and as many to answer.
+    """
     import boto3
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ProfileNotFound
@@ -53,7 +57,14 @@ def rds_client(context: RunContext, settings: RdsBackupSettings) -> RdsClient:
     if frozen is not None:
         context.redactor.add(frozen.secret_key)
         context.redactor.add(frozen.token)
-    config = Config(retries={"mode": settings.retry_mode, "max_attempts": settings.max_attempts})
+    if quick_seconds is None:
+        config = Config(retries={"mode": settings.retry_mode, "max_attempts": settings.max_attempts})
+    else:
+        config = Config(
+            retries={"mode": settings.retry_mode, "total_max_attempts": 1},
+            connect_timeout=quick_seconds,
+            read_timeout=quick_seconds,
+        )
     return session.client("rds", endpoint_url=settings.endpoint_url, config=config)
 
 

@@ -20,14 +20,22 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 
+from faber_core.context import RunContext
+from faber_core.errors import BackupFailed
+from faber_core.models import BackupLeftover
+
 from faber_rds_backup import naming
-from faber_rds_backup.aws import aws_failure
-from faber_rds_backup.targets import Listed, Target
+from faber_rds_backup.aws import aws_failure, rds_client
+from faber_rds_backup.settings import load_settings
+from faber_rds_backup.targets import Listed, Target, target_for
 
 RESTORED_FROM_TAG = "faber:restored-from"
 SWAP_INTO_TAG = "faber:swap-into"
 """On the copy a swap restores: the identifier it is to take. Not copied from the original (a
 copy swapped in earlier carries it), so a side-by-side restore's copy never has it."""
+
+SURVEY_SECONDS = 5
+"""How long ``faber status`` waits for RDS to connect, and to answer, before it says the check could not run."""
 
 _TIMESTAMP = re.compile(r"-(\d{8}-\d{6})$")
 
@@ -194,3 +202,27 @@ def describe_copy(target: Target, copy: CopyBeside) -> tuple[str, list[str]]:
             f"Or remove the copy: {target.delete_command(copy.copy)}",
         ],
     )
+
+
+def survey(context: RunContext) -> list[BackupLeftover]:
+    """For ``faber status``: what killed rollbacks left of the target, from one listing, tried once."""
+    settings = load_settings(context)
+    target = target_for(rds_client(context, settings, quick_seconds=SURVEY_SECONDS), settings)
+    try:
+        existing = target.existing()
+    except Exception as exc:
+        failure = aws_failure(exc)
+        if failure is None:
+            raise
+        raise BackupFailed(
+            f"could not list the RDS {target.noun}s in {settings.region}: {context.redactor.redact(failure.summary)}"
+        ) from None
+    moved = moved_original(target, existing)
+    found = []
+    if moved is not None:
+        where, commands = describe(target, moved)
+        found.append(BackupLeftover(name=moved.previous, details=where, commands=commands))
+    for copy in copies_beside(target, existing):
+        where, commands = describe_copy(target, copy)
+        found.append(BackupLeftover(name=copy.copy, details=where, commands=commands))
+    return found

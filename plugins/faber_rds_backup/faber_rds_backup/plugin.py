@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from faber_core import hookimpl
 from faber_core.context import RunContext
-from faber_core.models import BackupProviderInfo, BackupRecord, RestoreOutcome
+from faber_core.models import BackupLeftover, BackupProviderInfo, BackupRecord, RestoreOutcome
 
 from faber_rds_backup.settings import PROVIDER, RdsBackupSettings
 
@@ -44,3 +44,10 @@ def faber_backup_restore(context: RunContext, backup: BackupRecord) -> RestoreOu
     from faber_rds_backup import restore
 
     return restore.restore(context, backup)
+
+
+@hookimpl
+def faber_backup_leftovers(context: RunContext) -> list[BackupLeftover]:
+    from faber_rds_backup import leftovers
+
+    return leftovers.survey(context)

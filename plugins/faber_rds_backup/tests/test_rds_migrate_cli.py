@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import time
 
 import pytest
@@ -271,8 +272,16 @@ def test_a_rollback_killed_between_its_renames_is_found_and_explained_by_the_nex
     assert previous in migrate.json["result"]["backup_error"], migrate.json
     suggestions = "\n".join(migrate.json["recovery"]["suggestions"])
     assert finish in suggestions and undo in suggestions, suggestions
+
+    status = run_faber("status", "production", "--json", "--cwd", str(project))
+
+    assert status.returncode == 0, status.output
+    [leftover] = status.json["result"]["backup_leftovers"]
+    assert leftover["name"] == previous and leftover["details"].startswith(f"prod-db was renamed to {previous}")
+    commands = "\n".join(leftover["commands"])
+    assert finish in commands and undo in commands, commands
     assert {db["DBInstanceIdentifier"] for db in rds.describe_db_instances()["DBInstances"]} == left
-    assert CANARY_PASSWORD not in rollback.output + migrate.output
+    assert CANARY_PASSWORD not in rollback.output + migrate.output + status.output
 
 
 def test_a_rollback_killed_before_its_swap_leaves_a_copy_the_next_runs_name_and_leave_alone(
@@ -320,7 +329,19 @@ def test_a_rollback_killed_before_its_swap_leaves_a_copy_the_next_runs_name_and_
     assert remove in "\n".join(migrate.json["recovery"]["suggestions"]), migrate.json
     assert {db["DBInstanceIdentifier"] for db in rds.describe_db_instances()["DBInstances"]} == left
     assert manual_snapshots(rds) == snapshots, "the deploy took no snapshot"
-    assert CANARY_PASSWORD not in rollback.output + migrate.output
+
+    # faber status, where the docs send the operator, asked AWS nothing and did not mention it.
+    status = run_faber("status", "production", "--json", "--cwd", str(project))
+
+    assert status.returncode == 0, status.output
+    [leftover] = status.json["result"]["backup_leftovers"]
+    assert leftover["name"] == copy and leftover["details"].startswith("prod-db is unchanged"), leftover
+    assert any(remove in command for command in leftover["commands"]), leftover
+    assert status.json["result"]["backup_leftovers_unchecked"] is None
+    human = run_faber("status", "production", "--cwd", str(project))
+    assert human.returncode == 0 and f"⚠ {copy}" in human.output, human.output
+    assert {db["DBInstanceIdentifier"] for db in rds.describe_db_instances()["DBInstances"]} == left
+    assert CANARY_PASSWORD not in rollback.output + migrate.output + status.output + human.output
 
 
 @pytest.mark.parametrize("command", ["backup", "migrate"])
@@ -356,6 +377,34 @@ def test_a_snapshot_still_being_made_when_a_signal_stops_the_backup_is_named(
     assert f"delete-db-snapshot --db-snapshot-identifier {snapshot_id}" in suggestions, suggestions
     assert f"faber rollback production --to {snapshot_id}" not in run.stdout(), "no rollback to it is advised"
     assert CANARY_PASSWORD not in run.stdout() + run.stderr()
+
+
+def test_status_names_no_rds_leftovers_when_there_are_none_and_answers_when_aws_cannot_be_reached(
+    rds, rds_instance, prisma_rds_project, run_faber
+):
+    project = prisma_rds_project({"0001_init": INIT})
+    assert deploy(run_faber, project).returncode == 0
+
+    status = run_faber("status", "production", "--json", "--cwd", str(project))
+
+    assert status.returncode == 0, status.output
+    assert status.json["result"]["backup_leftovers"] == [] and status.json["result"]["applied"] == ["0001_init"]
+    assert status.json["result"]["backup_leftovers_unchecked"] is None
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        unreachable = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    prisma_rds_project({"0001_init": INIT}, endpoint_url=unreachable)
+
+    status = run_faber("status", "production", "--json", "--cwd", str(project))
+
+    assert status.returncode == 0, status.output
+    assert status.json["result"]["applied"] == ["0001_init"], "the database is still reported"
+    unchecked = status.json["result"]["backup_leftovers_unchecked"]
+    assert unchecked.startswith("the rds-snapshot check could not run: could not list the RDS DB instances"), unchecked
+    human = run_faber("status", "production", "--cwd", str(project))
+    assert human.returncode == 0 and "the rds-snapshot check could not run" in human.output, human.output
+    assert CANARY_PASSWORD not in status.output + human.output
 
 
 def manual_snapshots(rds) -> set[str]:
