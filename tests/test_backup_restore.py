@@ -27,7 +27,7 @@ from faber_core.testing.fixtures import (
     create_database,
     database_state,
     database_url_for,
-    drop_database,
+    discard_database,
     start_faber,
     wait_for,
 )
@@ -436,7 +436,7 @@ def test_a_backup_is_never_restored_into_another_database(
         assert f"is of database {database_url.rsplit('/', 1)[1]}, not {other}" in run.json["error"]
         assert database_state(other_url) == before
     finally:
-        drop_database(postgres_admin_url, other)
+        discard_database(postgres_admin_url, other)
 
 
 def faber_schema_rows(url: str, schema: str) -> dict[str, int]:

@@ -24,6 +24,7 @@ from faber_core.testing.fixtures import (
     CANARY_PASSWORD,
     database_state,
     database_url_for,
+    discard_database,
     process_alive,
     start_faber,
     wait_for,
@@ -131,9 +132,7 @@ def hostile_target(postgres_admin_url, monkeypatch):
     yield make
     for name in made:
         for each in (name, restoring_name(name), previous_name(name)):
-            admin_execute(
-                postgres_admin_url, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(each))
-            )
+            discard_database(postgres_admin_url, each)
 
 
 @pytest.mark.parametrize("restore_mode", ["in-place", "swap"])
@@ -208,7 +207,8 @@ def put_a_fifo_in_a_file_s_place_and_list_it(archive: Path, listed: dict) -> str
     document = json.loads(manifest.read_text())
     document["provider_data"]["files"][data] = {"size": 0, "sha256": hashlib.sha256(b"").hexdigest()}
     lines = "".join(
-        f"{entry['sha256']}  {entry['size']}  {name}\n" for name, entry in sorted(document["provider_data"]["files"].items())
+        f"{entry['sha256']}  {entry['size']}  {name}\n"
+        for name, entry in sorted(document["provider_data"]["files"].items())
     )
     document["sha256"] = hashlib.sha256(lines.encode()).hexdigest()
     manifest.write_text(json.dumps(document))

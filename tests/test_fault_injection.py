@@ -55,7 +55,7 @@ from faber_core.testing.faults import (
     snapshot,
     wait_for_server_release,
 )
-from faber_core.testing.fixtures import CANARY_PASSWORD, create_database, database_url_for, drop_database
+from faber_core.testing.fixtures import CANARY_PASSWORD, create_database, database_url_for, discard_database
 
 ENVIRONMENT = "production"
 URL_ENV = "FAULTS_DATABASE_URL"
@@ -225,7 +225,7 @@ def bed(postgres_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
         )
     finally:
         for name in reversed(databases):
-            drop_database(postgres_admin_url, name)
+            discard_database(postgres_admin_url, name)
 
 
 # Where to kill --------------------------------------------------------------------------
@@ -461,7 +461,7 @@ def interrupt_and_check(bed: FaultBed, point: Point, signum: int) -> list[str]:
         run.stop_everything()
         if app is not None:
             app.close()
-        drop_database(bed.admin_url, database)
+        discard_database(bed.admin_url, database)
         bed.databases.remove(database)
     return problems
 
@@ -571,7 +571,7 @@ def test_every_step_and_migration_has_an_injection_point(bed: FaultBed) -> None:
             run.finish()
             runs[command] = run.read_events()
         finally:
-            drop_database(bed.admin_url, database)
+            discard_database(bed.admin_url, database)
             bed.databases.remove(database)
     for command, events in runs.items():
         uncovered = moments_without_a_point(command, events, POINTS)
@@ -666,7 +666,7 @@ def test_interrupted_restore_reports_whether_it_committed(bed: FaultBed, command
         assert not wait_for_server_release(bed.admin_url, database, within=SERVER_BOUND)
         assert not converge(bed, project, database)
     finally:
-        drop_database(bed.admin_url, database)
+        discard_database(bed.admin_url, database)
         bed.databases.remove(database)
 
 
@@ -701,5 +701,5 @@ def test_a_signal_before_the_automatic_restore_began_says_what_committed_and_how
         assert not problems, "\n".join(problems)
         assert CANARY_PASSWORD not in run.stdout() + run.stderr()
     finally:
-        drop_database(bed.admin_url, database)
+        discard_database(bed.admin_url, database)
         bed.databases.remove(database)

@@ -16,7 +16,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -40,7 +39,7 @@ from faber_core.secrets import Redactor
 from faber_core.targets import shard_of
 from faber_core.testing import sqlfiles
 from faber_core.testing.faults import FaberProcess
-from faber_core.testing.fixtures import CANARY_PASSWORD, create_database, database_url_for, drop_database
+from faber_core.testing.fixtures import CANARY_PASSWORD, create_database, database_url_for, discard_database
 from faber_core.testing.otlp import OtlpReceiver
 
 SQLFILES = {"FABER_PLUGINS": "faber_core.testing.sqlfiles"}
@@ -125,9 +124,8 @@ def make_fleet(postgres_admin_url, faber_project, monkeypatch, plugins_with_sqlf
         return FleetProject(project, names, urls, env)
 
     yield make
-    # Together: each DROP DATABASE waits for a checkpoint, and concurrent drops share one.
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(lambda database: drop_database(postgres_admin_url, database), created))
+    for database in created:
+        discard_database(postgres_admin_url, database)
 
 
 def rows(document) -> dict[str, dict]:
@@ -809,7 +807,7 @@ def test_targets_from_a_file_and_from_a_catalog_query(make_fleet, postgres_admin
         with psycopg.connect(catalog_url) as conn:
             assert conn.execute("SELECT count(*) FROM tenants").fetchone() == (3,)
     finally:
-        drop_database(postgres_admin_url, catalog)
+        discard_database(postgres_admin_url, catalog)
 
 
 def test_a_url_where_its_variable_name_belongs_is_refused_without_quoting_it(
@@ -844,7 +842,7 @@ def test_a_url_where_its_variable_name_belongs_is_refused_without_quoting_it(
             assert f"{where}: the second column is not the name of an environment variable" in document.error
             assert CANARY_PASSWORD not in text, text
     finally:
-        drop_database(postgres_admin_url, catalog)
+        discard_database(postgres_admin_url, catalog)
 
 
 # Each target's shared session ----------------------------------------------------------------

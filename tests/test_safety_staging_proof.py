@@ -9,7 +9,7 @@ import json
 import pytest
 
 from faber_core.errors import EXIT_CODES
-from faber_core.testing.fixtures import CANARY_PASSWORD, create_database, database_url_for, drop_database
+from faber_core.testing.fixtures import CANARY_PASSWORD, create_database, database_url_for, discard_database
 
 SQLFILES = {"FABER_PLUGINS": "faber_core.testing.sqlfiles"}
 USERS = "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL);\n"
@@ -19,7 +19,7 @@ USERS = "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL);\n"
 def staging_url(postgres_admin_url):
     name = create_database(postgres_admin_url)
     yield database_url_for(postgres_admin_url, name, password=CANARY_PASSWORD)
-    drop_database(postgres_admin_url, name)
+    discard_database(postgres_admin_url, name)
 
 
 @pytest.fixture

@@ -37,7 +37,14 @@ from faber_core.interrupts import Terminated
 from faber_core.postgres.locks import faber_lock_key
 from faber_core.testing import sqlfiles
 from faber_core.testing.faults import FaberProcess
-from faber_core.testing.fixtures import CANARY_PASSWORD, database_state, database_url_for, start_faber, wait_for
+from faber_core.testing.fixtures import (
+    CANARY_PASSWORD,
+    database_state,
+    database_url_for,
+    discard_database,
+    start_faber,
+    wait_for,
+)
 
 SQLFILES = {"FABER_PLUGINS": "faber_core.testing.sqlfiles"}
 SWAP = {"backup": {"provider": "pg_dump", "restore_mode": "swap", "jobs": 2}}
@@ -519,9 +526,7 @@ def hostile_target(postgres_admin_url, monkeypatch):
     yield make
     for name in made:
         for each in (name, restoring_name(name), previous_name(name)):
-            admin_execute(
-                postgres_admin_url, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(each))
-            )
+            discard_database(postgres_admin_url, each)
 
 
 # Each run's names differ, so runs sharing the server never meet on one of them.

@@ -11,20 +11,20 @@ from pathlib import Path
 import psycopg
 import pytest
 
-USES_THE_KIT = '''
+USES_THE_KIT = """
 def test_a_fresh_database(database_url, query):
     assert database_url.rsplit("/", 1)[1].startswith("shop_test_")
     assert query("SELECT current_database()")[0][0].startswith("shop_test_")
-'''
+"""
 
-PROJECT_QUERY_FIXTURE = '''
+PROJECT_QUERY_FIXTURE = """
 import pytest
 
 @pytest.fixture
 def query():
     return "the project's own"
-'''
-WITHOUT_THE_KIT = '''
+"""
+WITHOUT_THE_KIT = """
 import pytest
 
 def test_the_projects_own_fixture(query):
@@ -33,7 +33,7 @@ def test_the_projects_own_fixture(query):
 def test_no_faber_fixture(request):
     with pytest.raises(pytest.FixtureLookupError):
         request.getfixturevalue("database_url")
-'''
+"""
 
 
 def run_pytest(project: Path, admin_url: str, *options: str) -> subprocess.CompletedProcess:
@@ -88,3 +88,24 @@ def test_a_prefix_that_cannot_name_a_database_is_a_usage_error(tmp_path, postgre
 
     assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.stdout + run.stderr
     assert "faber_database_prefix" in run.stderr and "lower-case letters, digits and _" in run.stderr
+
+
+DISCARDS_ON_A_SERVER_THAT_IS_GONE = """
+from faber_core.testing.fixtures import discard_database
+
+def test_done_with_a_database(postgres_admin_url):
+    discard_database("postgresql://postgres@127.0.0.1:1/postgres?connect_timeout=2", "shop_test_gone")
+"""
+
+
+def test_a_database_dropped_in_the_background_that_could_not_be_fails_the_session(tmp_path, postgres_admin_url):
+    """discard_database does not wait for the drop; the session does, and says which failed."""
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "conftest.py").write_text('pytest_plugins = ["faber_core.testing.fixtures"]\n')
+    (tmp_path / "test_app.py").write_text(DISCARDS_ON_A_SERVER_THAT_IS_GONE)
+
+    run = run_pytest(tmp_path, postgres_admin_url)
+
+    assert run.returncode == pytest.ExitCode.TESTS_FAILED, run.stdout + run.stderr
+    assert "1 passed, 1 error" in run.stdout, run.stdout
+    assert "Could not drop the test databases: shop_test_gone" in run.stdout, run.stdout

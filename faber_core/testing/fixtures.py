@@ -11,7 +11,8 @@ top-level ``conftest.py``::
 
 - ``postgres_admin_url``: a real PostgreSQL for the test session: the server at
   127.0.0.1:5432 when one answers (or ``FABER_TEST_ADMIN_URL``), otherwise an embedded one.
-- ``database_url``: a fresh, empty database for one test, dropped afterwards.
+- ``database_url``: a fresh, empty database for one test, dropped afterwards (in the background:
+  :func:`discard_database`).
 - ``faber_project``: a project directory with a faber config, built from a dict.
 - ``run_faber``: runs the ``faber`` command in a subprocess and parses ``--json`` output.
 - ``plugin_manager``: a PluginManager with only the built-in plugins, for registering test plugins.
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,13 +85,16 @@ def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
     configured = os.environ.get("FABER_TEST_ADMIN_URL")
     if configured:
         yield configured
-        return
-    if _reachable(LOCAL_SERVER_URL):
+    elif _reachable(LOCAL_SERVER_URL):
         yield LOCAL_SERVER_URL
-        return
-    from faber_core.postgres.embedded import start_embedded_server
+    else:
+        from faber_core.postgres.embedded import start_embedded_server
 
-    yield start_embedded_server(tmp_path_factory.mktemp("embedded-pg"))
+        yield start_embedded_server(tmp_path_factory.mktemp("embedded-pg"))
+    # Before the embedded server stops: the databases the tests discarded are dropped on it.
+    failures = _discards.drain()
+    if failures:
+        pytest.fail("Could not drop the test databases: " + "; ".join(failures), pytrace=False)
 
 
 def create_database(admin_url: str, prefix: str = DEFAULT_DATABASE_PREFIX) -> str:
@@ -109,6 +114,38 @@ def drop_database(admin_url: str, name: str) -> None:
 
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+class _BackgroundDrops:
+    """The databases tests are done with, dropped on threads of their own.
+
+    PostgreSQL makes every DROP DATABASE wait for a checkpoint, which writes out every buffer the
+    server holds dirty: on a server where other tests keep creating databases (each new one is a
+    thousand dirty buffers) that is up to a second per drop, which the test that is done need not
+    wait for. Drops running together share a checkpoint. The session waits for them before the
+    server can stop (``postgres_admin_url``)."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="test database drops")
+        self._drops: list[tuple[str, Future[None]]] = []
+
+    def add(self, admin_url: str, name: str) -> None:
+        self._drops.append((name, self._pool.submit(drop_database, admin_url, name)))
+
+    def drain(self) -> list[str]:
+        """Wait until every database added so far is dropped; the ones that could not be, and why."""
+        drops, self._drops = self._drops, []
+        return [f"{name}: {drop.exception()}" for name, drop in drops if drop.exception() is not None]
+
+
+_discards = _BackgroundDrops()
+
+
+def discard_database(admin_url: str, name: str) -> None:
+    """Drop a PostgreSQL database this test is done with, without waiting for it (see
+    :class:`_BackgroundDrops`): for cleanup only, never where the test goes on to use the name.
+    Needs the ``postgres_admin_url`` fixture in the session, which waits for the drops at its end."""
+    _discards.add(admin_url, name)
 
 
 def rehearsal_databases_of(url: str) -> list[str]:
@@ -150,7 +187,7 @@ def database_url(postgres_admin_url: str, pytestconfig: pytest.Config) -> Iterat
     try:
         yield database_url_for(postgres_admin_url, name, password=CANARY_PASSWORD)
     finally:
-        drop_database(postgres_admin_url, name)
+        discard_database(postgres_admin_url, name)
 
 
 MYSQL_LOCAL_SERVER_URL = "mysql://root@127.0.0.1:3306/mysql"

@@ -26,7 +26,7 @@ from faber_core.testing.fixtures import (
     CANARY_PASSWORD,
     create_database,
     database_url_for,
-    drop_database,
+    discard_database,
     process_alive,
     rehearsal_databases_of,
     start_faber,
@@ -84,7 +84,7 @@ def test_no_target_of_a_fleet_lets_project_code_read_another_targets_url(
         alone = run_faber("migrate", "tenants/one", "--json", "--cwd", str(project), env=env)
         fleet = run_faber("migrate", "tenants", "--json", "--cwd", str(project), env=env)
     finally:
-        drop_database(postgres_admin_url, second)
+        discard_database(postgres_admin_url, second)
 
     assert alone.returncode == 0, alone.output
     assert fleet.returncode == 0, fleet.output
