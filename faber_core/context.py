@@ -64,6 +64,9 @@ class Database:
         self._timed_out: tuple[float, str] | None = None
         self._conninfo: Mapping[str, Any] | None = None
         self._session: Any = None
+        self.sessions_lost = 0
+        """How many connections :meth:`session` handed out were lost in a block (ended by the
+        server, dropped): a failure then says nothing of the database but that it was lost."""
         self.learnt: dict[str, Any] = {}
         """What the engine worked out once per run (PostgreSQL's ``server_version_num``, ...)."""
 
@@ -149,6 +152,7 @@ class Database:
             yield conn
         finally:
             if self._session is conn and not self.engine.reusable(conn):
+                self.sessions_lost += self.engine.ended(conn)
                 self.close_session()
 
     def close_session(self) -> None:

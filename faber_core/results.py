@@ -35,7 +35,15 @@ class DeployResult(DeferredModel):
 
 
 RollbackStatus = Literal[
-    "not_needed", "success", "restored_side_by_side", "disabled", "no_backup", "lock_lost", "refused", "failed"
+    "not_needed",
+    "success",
+    "restored_side_by_side",
+    "disabled",
+    "no_backup",
+    "lock_lost",
+    "unreachable",
+    "refused",
+    "failed",
 ]
 
 

@@ -171,7 +171,7 @@ def migrate(
                 # what they changed for new sessions (ALTER DATABASE/ROLE ... SET), which an
                 # application connecting now gets.
                 context.database.close_session()
-                health_after = check_health(context, plugins, "after", options)
+                health_after = check_health_after_deploy(context, plugins, lock, options, progress)
                 progress.health_after = health_after.status
                 if health_after.status == "failed":
                     raise HealthCheckFailed(
@@ -476,6 +476,81 @@ def check_health(context: RunContext, plugins: Plugins, phase: str, options: Dep
             suggestions=health_suggestions(context, plugins, first),
         )
     return health
+
+
+NOT_VERIFIED = "not_verified"
+"""``health_check_after`` of a deploy whose post-deployment check lost its session and could not
+run again (faber's lock lost, or the database refusing connections): no verdict either way."""
+
+
+def check_health_after_deploy(
+    context: RunContext, plugins: Plugins, lock: DeployLock, options: DeployOptions, progress: DeployProgress
+) -> Health:
+    """13: the checks after the migrations. A check whose session was lost under it (ended by an
+    operator or a proxy, dropped) failed on faber's connection, not on the database: restoring the
+    backup for it would discard the application's writes since the backup for nothing. So the
+    checks run once more on a fresh connection, under faber's lock. When that connection is refused
+    the database is unreachable (a restore could not run either), and when faber's lock is gone
+    another run may have begun: either way the deploy stops with its health not verified
+    (``progress.health_after``), and the failure path restores nothing."""
+    database = context.database
+    lost_before = database.sessions_lost
+    try:
+        health = check_health(context, plugins, "after", options)
+    except (HealthCheckFailed, database.engine.driver_error) as exc:
+        # The migrations check's status read, or a plugin's check, raised on the lost session.
+        if database.sessions_lost == lost_before:
+            raise
+        details = exc.message if isinstance(exc, FaberError) else str(exc)
+    else:
+        if health.status != "failed" or database.sessions_lost == lost_before:
+            return health
+        details = health.findings()["details"]
+    context.emit(events.HEALTH_SESSION_LOST, details=context.redactor.redact(first_line(details)))
+    try:
+        with database.session() as conn:
+            conn.execute("SELECT 1")
+    except database.engine.driver_error as exc:
+        progress.health_after = NOT_VERIFIED
+        progress.unreachable = True
+        raise unreachable_after_deploy(context, exc, progress) from None
+    if not lock.held():
+        progress.health_after = NOT_VERIFIED
+        raise lock_lost_after_deploy(context, progress)
+    return check_health(context, plugins, "after", options)
+
+
+def committed_by(progress: DeployProgress) -> str:
+    return f"this deploy's migrations committed ({', '.join(progress.applied)})"
+
+
+def unreachable_after_deploy(context: RunContext, exc: Exception, progress: DeployProgress) -> HealthCheckFailed:
+    details = context.redactor.redact(context.database.engine.describe_connection_error(exc, context.database))
+    env = context.environment
+    env_var = context.settings.database_url_env
+    return HealthCheckFailed(
+        f"Lost the connection to the {env} database during the post-deployment health check, and a new one was "
+        f"refused: {details}. {committed_by(progress).capitalize()}; their health was not verified",
+        result={"details": details},
+        suggestions=[
+            "Verify database is running",
+            *([context.database.engine.test_connection_hint(env_var)] if env_var else []),
+            f"Once it answers, run its health checks: faber health {env}, and see what is applied: faber status {env}",
+        ],
+    )
+
+
+def lock_lost_after_deploy(context: RunContext, progress: DeployProgress) -> LockLost:
+    env = context.environment
+    return LockLost(
+        f"faber's lock on the {env} database was lost during the post-deployment health check (its session ended: "
+        f"e.g. {context.database.engine.lock_release_hint}), after {committed_by(progress)}; their health was not "
+        "verified, and another run may have begun since",
+        suggestions=[
+            f"See what is applied: faber status {env}, and run its health checks: faber health {env}",
+            "Find out who ended faber's sessions (an operator, a connection limit, a proxy timeout)",
+        ],
+    )
 
 
 def run_health_checks(
@@ -868,6 +943,8 @@ class DeployProgress:
     """The running migration as its handler reported it when an interrupt stopped it."""
     outcome: ApplyOutcome | None = None
     health_after: str | None = None
+    unreachable: bool = False
+    """The database refused a new connection after the post-deployment check lost its session."""
     invalid_indexes_before: list[str] = field(default_factory=list)
     """Invalid indexes before the apply step: those that appear after a failure are its leftovers."""
 
@@ -1066,9 +1143,9 @@ def roll_back_failed_deploy(
         restore_committed=rollback.restore_committed,
         writes_since_backup=rollback.writes_since_backup,
     )
-    if progress.health_after == "failed":
+    if progress.health_after in ("failed", NOT_VERIFIED):
         result.migrations_applied = len(progress.applied)
-        result.health_check_after = "failed"
+        result.health_check_after = progress.health_after
         result.auto_rollback_triggered = rollback.initiated
     leftovers = leftover_indexes(context, progress, rollback.status)
     result.invalid_indexes = leftovers or None
@@ -1176,9 +1253,22 @@ def rollback_step(
             "no_backup",
             advice_last=["Automatic rollback impossible: no backup was taken (backup disabled or skipped)"],
         )
+    if progress.unreachable:
+        return withheld_for_unreachable(context, backup)
     if not lock.held():
         return withheld_for_lost_lock(context, backup)
     return restore_unless_refused(context, plugins, lock, backup)
+
+
+def withheld_for_unreachable(context: RunContext, backup: BackupRecord) -> Rollback:
+    env = context.environment
+    reason = "the database refuses connections: a restore could not run, and its health after the deploy is unknown"
+    context.emit("rollback.withheld", reason=reason)
+    return Rollback(
+        "unreachable",
+        reason=reason,
+        advice_last=[f"If its health checks fail once it answers, roll back: faber rollback {env} --to {backup.id}"],
+    )
 
 
 def withheld_for_lost_lock(context: RunContext, backup: BackupRecord) -> Rollback:

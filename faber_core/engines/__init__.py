@@ -347,9 +347,14 @@ class Engine(ABC):
     @abstractmethod
     def reusable(self, conn: Any) -> bool:
         """Whether ``conn``, kept open between faber's queries (:meth:`faber_core.context.Database.session`),
-        can serve the next one: still open, no transaction left open, and not ended by the server
-        meanwhile (a terminated session, a proxy's idle timeout), which shows as a readable socket
-        before anything was sent. Answered without a round trip."""
+        can serve the next one: not :meth:`ended`, and no transaction left open. Answered without a
+        round trip."""
+
+    @abstractmethod
+    def ended(self, conn: Any) -> bool:
+        """Whether ``conn`` is gone: closed, lost during a query, or ended by the server meanwhile (a
+        terminated session, a proxy's idle timeout), which shows as a readable socket before
+        anything was sent. Answered without a round trip."""
 
     @abstractmethod
     def is_connect_timeout(self, exc: BaseException) -> bool:

@@ -512,9 +512,10 @@ class MySQLEngine(Engine):
         return conn
 
     def reusable(self, conn: MySQLConnection) -> bool:
-        if not conn.open or conn.server_status & SERVER_STATUS.SERVER_STATUS_IN_TRANS:
-            return False
-        return not socket_readable(conn.fileno())
+        return not self.ended(conn) and not conn.server_status & SERVER_STATUS.SERVER_STATUS_IN_TRANS
+
+    def ended(self, conn: MySQLConnection) -> bool:
+        return not conn.open or socket_readable(conn.fileno())
 
     def is_connect_timeout(self, exc: BaseException) -> bool:
         return isinstance(exc, pymysql.OperationalError) and CONNECT_TIMEOUT_TEXT in str(exc).lower()

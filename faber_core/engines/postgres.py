@@ -163,9 +163,10 @@ class PostgresEngine(Engine):
         )
 
     def reusable(self, conn: psycopg.Connection) -> bool:
-        if conn.closed or conn.broken or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            return False
-        return not socket_readable(conn.fileno())
+        return not self.ended(conn) and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+    def ended(self, conn: psycopg.Connection) -> bool:
+        return conn.closed or conn.broken or socket_readable(conn.fileno())
 
     def is_connect_timeout(self, exc: BaseException) -> bool:
         return isinstance(exc, psycopg.OperationalError) and "timeout expired" in str(exc).lower()
