@@ -400,9 +400,11 @@ class LockCheck:
     """Runs before the migration's statements; fails, saying :data:`~faber_core.engines.LOCK_LOST`,
     when faber's lock is no longer held, and the transaction rolls back with nothing of the
     migration run."""
-    lost: Callable[[], BaseException]
-    """Called then: reports the migration failed, its transaction rolled back with nothing of it
-    run (``migration.failed``), and returns the error to raise (:class:`~faber_core.errors.LockLost`)."""
+    lost: Callable[..., BaseException]
+    """Called then: reports the migration failed with nothing of it run (``migration.failed``), and
+    returns the error to raise (:class:`~faber_core.errors.LockLost`). ``lost()``: the check ran in
+    the migration's transaction, which rolled back; ``lost(in_transaction=False)``: it ran just
+    before a migration that has no transaction, which never started."""
 
 
 def _fleet_target(

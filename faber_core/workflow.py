@@ -308,20 +308,40 @@ class DeployLock:
             return None
 
         def check(name: str) -> LockCheck:
-            def lost() -> LockLost:
-                context.migration_failed(
-                    MigrationFailure(
-                        name=name,
-                        error="not run: faber's lock was lost before it; its transaction rolled back",
-                        transaction_rolled_back=True,
-                        table_writes={},
-                    )
-                )
+            def lost(*, in_transaction: bool = True) -> LockLost:
+                context.migration_failed(not_run_for_lost_lock(name, in_transaction=in_transaction))
                 return lock_lost(f"migration {name}", context)
 
             return LockCheck(statement, lost)
 
         return check
+
+    def require_held_before_migration(self, name: str, context: RunContext) -> None:
+        """The check before migration ``name`` on faber's own session: lost, the migration did not
+        start (reported so, as the one the deploy stopped at) and :class:`LockLost` is raised."""
+        if not self.held():
+            context.migration_failed(not_run_for_lost_lock(name, in_transaction=False))
+            raise lock_lost(f"migration {name}", context)
+
+
+def not_run_for_lost_lock(name: str, *, in_transaction: bool) -> MigrationFailure:
+    """Migration ``name``, stopped by faber's lost lock before any of its statements ran: checked
+    in its own transaction, that transaction rolled back; checked before it (no transaction, or
+    faber's check on its own session), it never started."""
+    if in_transaction:
+        return MigrationFailure(
+            name=name,
+            error="not run: faber's lock was lost before it; its transaction rolled back",
+            transaction_rolled_back=True,
+            table_writes={},
+        )
+    return MigrationFailure(
+        name=name,
+        error="not run: faber's lock was lost before it started; nothing of it ran",
+        transaction_rolled_back=False,
+        started=False,
+        table_writes={},
+    )
 
 
 def lock_lost(before: str, context: RunContext) -> LockLost:
@@ -957,7 +977,10 @@ class DeployProgress:
             if event.data["name"] not in self.applied:
                 self.committed.append(AppliedMigration.model_validate(event.data))
             self.running = None
-        elif event.kind == events.MIGRATION_FAILED and event.data.get("name") == self.running:
+        elif event.kind == events.MIGRATION_FAILED and (
+            event.data.get("name") == self.running or (self.running is None and event.data.get("started") is False)
+        ):
+            # The running migration, or the next one, stopped before it started (faber's lock lost).
             try:
                 self.stopped_in = MigrationFailure.model_validate(event.data)
             except ValidationError:
@@ -1002,7 +1025,7 @@ def apply(context: RunContext, plugins: Plugins, lock: DeployLock, progress: Dep
     progress.invalid_indexes_before = context.database.engine.invalid_indexes(lock.conn)
 
     def lock_still_held(name: str) -> None:
-        lock.require_held(f"migration {name}", context)
+        lock.require_held_before_migration(name, context)
 
     context.listeners.append(progress.follow)
     context.before_each_migration.append(lock_still_held)
@@ -1124,7 +1147,7 @@ def roll_back_failed_deploy(
     if progress.outcome is None:  # the handler raised: record what its events told
         writes.record_faber_writes(context, progress.as_outcome())
     failure = progress.outcome.failure if progress.outcome else progress.stopped_in
-    rollback = rollback_step(context, plugins, lock, backup, progress, failure)
+    rollback = rollback_step(context, plugins, lock, backup, progress, failure, lock_was_lost=cause.error is LockLost)
     failed_migration = failure.name if failure else progress.running
     result = FailedDeployResult(
         failed_migration=failed_migration,
@@ -1238,12 +1261,15 @@ def rollback_step(
     backup: BackupRecord | None,
     progress: DeployProgress,
     failure: MigrationFailure | None,
+    *,
+    lock_was_lost: bool = False,
 ) -> Rollback:
     """Restore ``backup`` if something of this deploy committed and the environment rolls back
-    automatically; otherwise say why not, and what to do instead."""
+    automatically; otherwise say why not, and what to do instead. ``lock_was_lost``: faber's lost
+    lock is what stopped the deploy."""
     env = context.environment
     if not committed_anything(progress, failure):
-        return nothing_to_roll_back(context, failure)
+        return nothing_to_roll_back(context, failure, lock_lost=lock_was_lost)
     if not context.settings.auto_rollback:
         if backup is None:
             return Rollback("disabled", advice_last=["No backup was taken; restore from your own backups if needed"])
@@ -1288,9 +1314,12 @@ def withheld_for_lost_lock(context: RunContext, backup: BackupRecord) -> Rollbac
     )
 
 
-def nothing_to_roll_back(context: RunContext, failure: MigrationFailure | None) -> Rollback:
+def nothing_to_roll_back(context: RunContext, failure: MigrationFailure | None, *, lock_lost: bool) -> Rollback:
     """Nothing of this deploy committed: a restore would only discard the application's writes."""
-    if failure is not None and not failure.started:
+    if failure is not None and not failure.started and lock_lost:
+        short = f"faber's lock was lost before {failure.name} started"
+        reason = f"{failure.name} never started and nothing else of this run was committed"
+    elif failure is not None and not failure.started:
         short = f"the process applying the migrations died before {failure.name} started"
         reason = f"{failure.name} never started and nothing else of this run was committed"
     elif failure is not None and failure.transaction_rolled_back:

@@ -436,7 +436,13 @@ def test_a_terminated_lock_session_stops_the_deploy_before_the_next_migration(
     assert document["recovery"]["rollback_command"] == f"faber rollback {ENVIRONMENT} --to {result['backup_id']}"
     assert tables(database_url) == {"users", "posts", "sqlfiles_migrations"}
     [row] = [r for r in history_rows(database_url) if r[2] == "LOCKED"]
-    assert row[3] == "lock_lost" and [m["name"] for m in row[4]] == ["001_users", "002_posts"]
+    assert row[3] == "lock_lost" and [(m["name"], m["status"]) for m in row[4]] == [
+        ("001_users", "applied"),
+        ("002_posts", "applied"),
+        ("003_tags", "failed"),
+    ]
+    # faber checked on its own session, before 003 started: named as the migration it stopped at, not run.
+    assert result["failed_migration"] == "003_tags" and "transaction_rolled_back" not in result, result
 
     second = start(second_dir, database_url, "migrate", ENVIRONMENT, "--yes", "--json")
     assert second.finish() == 0, second.stdout()

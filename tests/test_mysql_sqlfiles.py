@@ -471,6 +471,9 @@ def test_a_killed_lock_session_stops_the_deploy_before_the_next_migration(
     assert run.returncode == 7 and document["code"] == "LOCKED", out + err
     assert "lock on the database was lost before migration 002_next" in document["error"]
     assert "KILL <connection id>" in document["error"]
+    result = document["result"]
+    # Named as on PostgreSQL: the migration the deploy stopped at, which never started.
+    assert result["failed_migration"] == "002_next" and "transaction_rolled_back" not in result, result
     assert mysql_query("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_NAME = 'u'") == []
     assert CANARY_PASSWORD not in out + err
 

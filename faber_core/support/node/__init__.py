@@ -658,7 +658,10 @@ def apply(tool: NodeTool, context: RunContext, pending: list[LocalMigration], ar
     failed = result.first("migration_failed")
     if lock_check is not None and failed is not None and failed.get("at_lock_check"):
         if LOCK_LOST in (failed.get("message") or ""):
-            raise lock_check(failed["name"]).lost()
+            # The runner checks in the migration's own transaction only where it has one (TypeORM's
+            # default); a Sequelize migration, or TypeORM's with transaction = false, never started.
+            in_transaction = running is not None and bool(running[0].get("transactional"))
+            raise lock_check(failed["name"]).lost(in_transaction=in_transaction)
     return outcome_of(result, {m.name: m.path for m in pending}, context.database.engine.error_code_label)
 
 

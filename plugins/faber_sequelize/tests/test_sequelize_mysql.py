@@ -223,6 +223,10 @@ def test_a_lost_lock_stops_the_runner_before_the_next_migration(
     assert document["error"].startswith(f"faber's lock on the database was lost before migration {second}")
     result = document["result"]
     assert (result["applied_migrations"], result["remaining_migrations"]) == ([first], [second, third])
+    # Named as on PostgreSQL: the migration the deploy stopped at, which never started.
+    assert result["failed_migration"] == second and "transaction_rolled_back" not in result, result
+    failed = run.wait_for("migration.failed")
+    assert failed["data"]["error"] == "not run: faber's lock was lost before it started; nothing of it ran", failed
     assert result["rollback_initiated"] is False
     assert mysql_query("SELECT name FROM SequelizeMeta ORDER BY name") == [
         (name,) for name in [*FIXTURE_MIGRATIONS, first]

@@ -666,6 +666,31 @@ def test_a_lost_lock_stops_the_runner_before_the_next_migration_inside_its_own_t
     assert query("SELECT to_regclass('second') IS NULL, to_regclass('third') IS NULL") == [(True, True)]
 
 
+def test_a_lost_lock_stops_a_migration_without_a_transaction_before_it_starts(
+    typeorm_project, typeorm_migration, run_faber, database_url, query
+):
+    """As above, Second with ``transaction = false``: the runner checks the lock just before it, so it
+    never started, and no transaction of its rolled back."""
+    project = typeorm_project(lint="off")
+    assert run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project)).returncode == 0
+    taken = LockTakenMidDeploy(database_url)
+    migrations = project / "migrations"
+    (migrations / "1700000200000-First.js").write_text(
+        typeorm_migration("First1700000200000", "CREATE TABLE first (id int)", taken.hold_statement)
+    )
+    (migrations / "1700000300000-Second.js").write_text(
+        typeorm_migration("Second1700000300000", "CREATE TABLE second (id int)", transaction=False)
+    )
+    code, document, run = taken.run(project)
+
+    assert (code, document["code"]) == (7, "LOCKED"), run.stdout() + run.stderr()
+    result = document["result"]
+    assert result["failed_migration"] == "Second1700000300000" and "transaction_rolled_back" not in result, result
+    failed = run.wait_for("migration.failed")
+    assert failed["data"]["error"] == "not run: faber's lock was lost before it started; nothing of it ran", failed
+    assert query("SELECT to_regclass('second') IS NULL") == [(True,)]
+
+
 def holds_the_next_migration(class_name: str, then: str) -> str:
     """A migration that creates its table and makes TypeORM run ``then`` (JavaScript) when it starts
     the next migration's transaction: after this one committed, before the next one started."""

@@ -290,6 +290,8 @@ def test_a_lost_lock_stops_the_runner_before_the_next_migration(
     result = document["result"]
     assert result["applied_migrations"] == [CREATE_USERS, ADD_POSTS, "First1700000200000"]
     assert result["remaining_migrations"] == ["Second1700000300000", "Third1700000400000"]
+    # Named as on PostgreSQL: the migration the deploy stopped at, which never started.
+    assert result["failed_migration"] == "Second1700000300000" and "transaction_rolled_back" not in result, result
     assert result["rollback_initiated"] is False
     assert mysql_query("SELECT name FROM migrations ORDER BY id") == [
         (CREATE_USERS,),
