@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from faber_core.postgres.locks import session_lock_key
 from faber_core.testing.faults import (
     WAITING_ON_ADVISORY_LOCK,
     FaberProcess,
@@ -228,6 +229,59 @@ HOLDS_THE_RUNNER_AS_IT_LOADS = (
 )
 """A migration whose file holds the runner when loaded: sequelize's runner loads every pending file
 before the first one runs."""
+
+
+HOLDS_THE_RUNNER_UNTIL_GO = (
+    '"use strict";\n\n'
+    'const fs = require("fs");\n'
+    f'fs.writeFileSync("{STARTING}", "");\n'
+    'while (!fs.existsSync("go")) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);\n\n'
+    "module.exports = {\n  async up() {},\n\n  async down() {},\n};\n"
+)
+"""As :data:`HOLDS_THE_RUNNER_AS_IT_LOADS`, until a file ``go`` appears in the project."""
+
+
+def test_a_lock_lost_before_the_first_migration_started_changes_nothing_and_says_so(
+    sequelize_project, sequelize_migration, run_faber, database_url, query
+):
+    """faber's lock session is ended while the runner loads the migrations, and another session takes
+    the lock: the first migration's check fails before it starts, so nothing of the deploy ran."""
+    project = sequelize_project(backup_before_migrate=True, auto_rollback=True, protected=True, lint="off")
+    assert run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project)).returncode == 0
+    first = "20240103000000-first.js"
+    migrations = project / "db/migrations"
+    (migrations / first).write_text(sequelize_migration('CREATE TABLE "first" (id int)'))
+    (migrations / "20240104000000-holds.js").write_text(HOLDS_THE_RUNNER_UNTIL_GO)
+    run = FaberProcess.start(project, "migrate", "staging", "--yes", "--json")
+    try:
+        with psycopg.connect(database_url, autocommit=True) as other_deploy:
+            run.wait_for("apply.started")
+            run.wait_until((project / STARTING).exists, what="the runner to load the migrations")
+            key = session_lock_key(other_deploy)
+            other_deploy.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND classid = ((%(key)s::bigint >> 32) & 4294967295)::oid"
+                " AND objid = (%(key)s::bigint & 4294967295)::oid AND objsubid = 1"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                {"key": key},
+            )
+            run.wait_until(
+                lambda: other_deploy.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()[0],
+                what="faber's lock taken by another run",
+            )
+            (project / "go").write_text("")
+            code = run.finish(120)
+    finally:
+        run.stop_everything()
+
+    document = json.loads(run.stdout())
+    assert (code, document["code"]) == (7, "LOCKED"), run.stdout() + run.stderr()
+    result = document["result"]
+    assert result["failed_migration"] == first and "transaction_rolled_back" not in result, result
+    assert (result["applied_migrations"], result["rollback_status"]) == ([], "not_needed"), result
+    suggestions = document["recovery"]["suggestions"]
+    assert suggestions[0] == f"Database unchanged: faber's lock was lost before {first} started", suggestions
+    assert query("SELECT to_regclass('first') IS NULL") == [(True,)]
 
 
 def test_a_runner_killed_before_the_first_migration_started_fails_it_and_changes_nothing(
