@@ -230,6 +230,12 @@ class ProgressPrinter:
             if check["status"] in ("failed", "warning"):
                 self.line(f"    {check['name']}: {check['details']}")
 
+    def on_health_session_lost(self, event: AuditEvent) -> None:
+        self.line(
+            f"⚠ The post-deployment health check lost its database session ({event.data['details']}): "
+            "checking again on a new one"
+        )
+
     def on_status_read(self, event: AuditEvent) -> None:
         self.line(f"✓ Pending migrations: {len(event.data['pending'])} found")
 

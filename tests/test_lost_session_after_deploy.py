@@ -87,6 +87,7 @@ class LostSessionDeploy:
                     self.allow_connections(test.info.dbname, allow=True)
                 run.stop_everything()
         assert run.stdout(), run.stderr()[-3000:]
+        self.progress = run.stderr()
         return code, json.loads(run.stdout())
 
     def allow_connections(self, database: str, *, allow: bool) -> None:
@@ -138,6 +139,7 @@ def test_a_session_lost_in_the_post_deployment_check_is_checked_again_not_restor
 
     assert code == 0, json.dumps(document)
     assert document["result"]["health_check_after"] == "passed", document
+    assert "⚠ The post-deployment health check lost its database session (terminating connection" in deploy.progress
     assert columns(database_url) == ["id", "tier"], "the deploy was restored from its backup"
 
 
