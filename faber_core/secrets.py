@@ -29,6 +29,15 @@ _KEYWORD_PASSWORD = re.compile(r"(?i)\b((?:ssl)?password|passwd|pwd)(\s*[=:]\s*)
 # A URL's query may carry a password too: libpq reads ``?password=`` (and ``?sslpassword=``, the
 # client key's), as do the Node tools that get the URL.
 _QUERY_PASSWORD = re.compile(r"(?i)[?&](?:ssl)?password=([^&#]*)")
+# V8's JSON.parse quotes the text around a syntax error (``Unexpected token 's', ..."assword":
+# s3cret}"... is not valid JSON``): in a project's ORM config or package.json that text is often a
+# password, and not the URL's, so no known form masks it. The quoted text (at most 21 characters,
+# 10 either side of the error, or the whole input when it is shorter; JSON-escaped in a JSON text,
+# the token's quotes escaped in a repr) is masked; the one-character token stays.
+_JSON_SYNTAX_CONTEXT = re.compile(
+    r"(?P<head>Unexpected token \\?'.{1,12}?', (?:\.\.\.)?)(?P<quote>\\?\")"
+    r"(?s:.){0,128}?(?P=quote)(?:\.\.\.)?(?= is not valid JSON)"
+)
 _SCHEME_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/*")
 # Where URL parsers (urllib, libpq) and their error messages cut a password that was not
 # percent-encoded: at the userinfo and path delimiters, the query and fragment marks, and '%'.
@@ -187,6 +196,8 @@ class Redactor:
                 if value in text:
                     text = text.replace(value, MASK)
         text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+        if " is not valid JSON" in text:
+            text = _JSON_SYNTAX_CONTEXT.sub(lambda m: f"{m['head']}{m['quote']}{MASK}{m['quote']}", text)
         return _KEYWORD_PASSWORD.sub(lambda m: f"{m[1]}{m[2]}{MASK}", text)
 
     def redact_data(self, value: Any) -> Any:

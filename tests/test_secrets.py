@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import random
 import re
 
@@ -47,6 +48,27 @@ def test_redactor_masks_any_url_userinfo_and_password_settings():
 
     assert "s3cret" not in text and "hunter2" not in text and "keypass" not in text
     assert "postgres://bob:***@host/db" in text and "sslpassword=***" in text and "user=y" in text
+
+
+def test_the_text_a_json_parser_quotes_around_a_syntax_error_is_masked_in_every_printed_form():
+    """Node's JSON.parse quotes up to 21 characters of the input around the error: in an ORM
+    config or package.json, often a password faber never learnt (not the URL's)."""
+    messages = [
+        """Unexpected token 's', ..."assword": s3cretPW}}" is not valid JSON""",
+        """Unexpected token 's', "s3cretPW" is not valid JSON""",
+        """Unexpected token ''', ..."ok", "x": 's3cretPW'"... is not valid JSON""",
+        """Unexpected token '😀', "😀s3cretPW\\" is not valid JSON""",
+        """Error parsing /app/package.json: Unexpected token 's', "{"a": s3cretPWxx"... is not valid JSON""",
+    ]
+    redactor = Redactor()
+
+    for message in messages:
+        document = json.dumps({"error": message})
+        for printed in (message, document, json.dumps(message, ensure_ascii=False), repr(message)):
+            redacted = redactor.redact(printed)
+            assert "s3cr" not in redacted and "is not valid JSON" in redacted, redacted
+        assert json.loads(redactor.redact(document))["error"].startswith(message.split(", ")[0])
+    assert redactor.redact("The request is not valid JSON: line 1") == "The request is not valid JSON: line 1"
 
 
 def test_database_keeps_prisma_schema_but_hides_it_from_libpq():

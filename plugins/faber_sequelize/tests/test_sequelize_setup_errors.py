@@ -106,3 +106,44 @@ def test_a_project_file_that_never_finishes_loading_stops_the_runner_at_the_dead
     assert error.result["file"] == step.split("(")[1].rstrip(")")
     assert not process_alive(int((project / "runner.pid").read_text()))
     assert nothing_applied(query)
+
+
+# A password of the project's own (not the URL's, so faber never learnt it), just before a syntax
+# error: Node's JSON parser quotes the text around the error in its message.
+ORM_CONFIG_PASSWORD = "OrmConfigPw9k"
+UNQUOTED_PASSWORD = (
+    '{"production": {"username": "app", "password": ' + ORM_CONFIG_PASSWORD + ', "host": "db.prod"},\n'
+    ' "staging": {"use_env_variable": "APP_DATABASE_URL", "dialect": "postgres"}}\n'
+)
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"db/config.json": UNQUOTED_PASSWORD},
+        {
+            # Node reads package.json as it loads the config module, and quotes it the same way.
+            "package.json": '{"name": "app", "config": {"dbPassword": ' + ORM_CONFIG_PASSWORD + "}}\n",
+            ".sequelizerc": 'module.exports = { config: require("path").resolve("db", "config.js") };\n',
+            "db/config.js": 'module.exports = { staging: { dialect: "postgres" } };\n',
+        },
+    ],
+    ids=["the Sequelize config", "package.json"],
+)
+def test_a_json_syntax_error_beside_a_password_is_reported_without_the_text_around_it(
+    sequelize_project, run_faber, query, files
+):
+    project = sequelize_project(files=files)
+
+    runs = [
+        run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project)),
+        run_faber("status", "staging", "--cwd", str(project), env={"FABER_DEBUG": "1"}),
+    ]
+
+    assert [run.returncode for run in runs] == [2, 2], runs[0].output
+    assert runs[0].json["code"] == "CONFIG_INVALID"
+    assert "is not valid JSON" in runs[0].json["error"]
+    audit_log = (project / ".faber" / "audit.log").read_text()
+    for text in [run.output for run in runs] + [audit_log]:
+        assert ORM_CONFIG_PASSWORD[:4] not in text and "Traceback" not in text, text
+    assert nothing_applied(query)
