@@ -441,9 +441,32 @@ def request(
 
     Exit codes as for faber migrate; an invalid request is a CONFIG_INVALID error document (exit 2).
     """  # noqa: E501
-    from faber_core.errors import ConfigError
+    from faber_core.errors import Interrupted
+    from faber_core.interrupts import raise_held, signal_name, sigterm_as_interrupt
 
     from_stdin = file is None or str(file) == "-"
+    # A caller may hold stdin open and never send the request: an interrupt held until the read
+    # ended would leave faber waiting for ever, so it ends the read, and the request, at once.
+    with sigterm_as_interrupt():
+        try:
+            raise_held()  # one that arrived while faber started (faber_core/command.py)
+            text = _read_request(file, from_stdin)
+        except KeyboardInterrupt as interrupt:
+            error = Interrupted(
+                f"Interrupted by {signal_name(interrupt)} while reading the request: nothing was done",
+                result={"interrupted_by": signal_name(interrupt)},
+            )
+            _finish(api.error_document(error, api.REQUEST), json_output=True)
+    # Approval at a prompt needs stdin, which a request sent on stdin has used up.
+    approver = None if from_stdin else _approver()
+    document = api.request(text, yes=yes, approver=approver, working_directory=cwd, progress=sys.stderr)
+    _finish(document, json_output=True)
+
+
+def _read_request(file: Path | None, from_stdin: bool) -> bytes:
+    """The request's bytes, from ``file`` or stdin; a request that cannot be read ends faber with its error document."""
+    from faber_core.errors import ConfigError
+
     try:
         if from_stdin and sys.stdin.isatty():
             raise ConfigError(
@@ -466,10 +489,7 @@ def request(
     except OSError as exc:
         error = ConfigError(f"Cannot read the request file {file}: {exc.strerror or exc}")
         _finish(api.error_document(error, api.REQUEST), json_output=True)
-    # Approval at a prompt needs stdin, which a request sent on stdin has used up.
-    approver = None if from_stdin else _approver()
-    document = api.request(text, yes=yes, approver=approver, working_directory=cwd, progress=sys.stderr)
-    _finish(document, json_output=True)
+    return text
 
 
 @config_app.command("schema", cls=_Command)

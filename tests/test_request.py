@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +15,7 @@ from faber_core import api
 from faber_core.errors import EXIT_CODES
 from faber_core.results import DeployResult, PreviewResult
 from faber_core.testing import sqlfiles
-from faber_core.testing.fixtures import CANARY_PASSWORD
+from faber_core.testing.fixtures import CANARY_PASSWORD, wait_for
 
 SQLFILES = {"FABER_PLUGINS": "faber_core.testing.sqlfiles"}
 PROFILES = "CREATE TABLE user_profiles (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, bio text);"
@@ -258,6 +262,44 @@ def test_a_request_that_never_ends_is_refused_at_its_size_limit(run_faber):
     for run in (from_a_device, on_stdin):
         assert run.returncode == EXIT_CODES["CONFIG_INVALID"], run.output
         assert "larger than 1 MiB" in run.json["error"], run.json
+
+
+def reading_its_stdin(pid: int) -> bool:
+    """Whether the process is blocked in read(0, ...) (Linux /proc: syscall 0 on x86-64, 63 on arm64)."""
+    try:
+        call = Path(f"/proc/{pid}/syscall").read_text().split()
+    except (FileNotFoundError, PermissionError):
+        return False
+    return call[:2] in (["0", "0x0"], ["63", "0x0"])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
+def test_a_signal_while_the_request_is_awaited_on_an_open_stdin_ends_faber_at_once(tmp_path, signum):
+    """An orchestrator that opened faber's stdin and sent half a request (or nothing) stops it:
+    faber held the signal until stdin closed, so it waited for ever, then answered CONFIG_INVALID."""
+    faber = subprocess.Popen(
+        [sys.executable, "-m", "faber_core", "request", "-"],
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        faber.stdin.write(b'{"operation": "deploy-mig')
+        faber.stdin.flush()
+        wait_for(lambda: reading_its_stdin(faber.pid), "faber to wait for the rest of the request")
+        faber.send_signal(signum)
+        returncode = faber.wait(timeout=30)
+    finally:
+        if faber.poll() is None:
+            faber.kill()
+        faber.stdin.close()
+    document = json.loads(faber.stdout.read())
+
+    assert returncode == EXIT_CODES["INTERRUPTED"], document
+    assert document["code"] == "INTERRUPTED" and document["result"] == {"interrupted_by": signum.name}
+    assert document["error"] == f"Interrupted by {signum.name} while reading the request: nothing was done"
+    assert "Traceback" not in faber.stderr.read().decode()
 
 
 def test_a_missing_request_file_is_config_invalid(run_faber, tmp_path):
