@@ -3,6 +3,11 @@ from __future__ import annotations
 import json
 import random
 import re
+import shutil
+import string
+import subprocess
+
+import pytest
 
 from faber_core.context import Database
 from faber_core.secrets import MASK, Redactor, Secret
@@ -165,3 +170,54 @@ def test_the_password_variables_of_the_database_clients_are_known_from_the_start
     text = Redactor().redact('invalid input syntax: "pg-env-secret", Access denied (my-env-secret)')
 
     assert "env-secret" not in text
+
+
+def test_no_json_syntax_error_node_reports_in_a_config_shows_four_characters_of_its_password():
+    """Configs with a password and a typical mistake near it (unquoted, single-quoted, a missing or
+    extra comma, a stray word), parsed by Node's own JSON.parse: its redacted message keeps no
+    piece of the password that the redactor's minimum length would mask."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("Node.js is not installed")
+    generate = random.Random(7)
+    alphabet = string.ascii_letters + string.digits + "!#$%&()*+,-./:;<=>?@[]^_{|}~ "
+    mistakes = [
+        '"password": {pw}',
+        "\"password\": '{pw}'",
+        '"password": "{pw}" "host": "db"',
+        '"password": "{pw}",, "host": "db"',
+        '"password": "{pw}", "host": db',
+        '"password": "{pw}", }',
+        '"pass": "x", {pw}',
+        '"password": "{pw}"}} extra',
+    ]
+    cases = []
+    for _ in range(400):
+        password = "".join(generate.choice(alphabet) for _ in range(generate.randint(8, 30)))
+        inner = generate.choice(mistakes).replace("{pw}", password)
+        prefix = generate.choice(["", '"username": "app", ', '"a": 1, "username": "application_user", '])
+        cases.append((password, '{"production": {' + prefix + inner + "}}"))
+    script = (
+        "const texts = JSON.parse(require('fs').readFileSync(0, 'utf8'));\n"
+        "const message = (t) => { try { JSON.parse(t); return ''; } catch (e) { return e.message; } };\n"
+        "console.log(JSON.stringify(texts.map(message)));"
+    )
+    messages = json.loads(
+        subprocess.run(
+            [node, "-e", script],
+            input=json.dumps([text for _, text in cases]),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    redactor = Redactor()
+
+    quoting = 0
+    for (password, text), message in zip(cases, messages, strict=True):
+        assert message, text
+        quoting += " is not valid JSON" in message
+        redacted = redactor.redact(message)
+        pieces = {password[i : i + 4] for i in range(len(password) - 3)}
+        assert not [piece for piece in pieces if piece.strip() == piece and piece in redacted], (message, redacted)
+    assert quoting > 100
