@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from faber_core.errors import Locked, exit_code_for
 from faber_core.secrets import Secret
 from faber_core.testing import sqlfiles
 from faber_core.testing.faults import mysql_leftovers
-from faber_core.testing.fixtures import mysql_connect, wait_for
+from faber_core.testing.fixtures import free_port, mysql_connect, wait_for
 from faber_core.workflow import DeployOptions, migrate
 
 USERS = "CREATE TABLE users (id serial PRIMARY KEY, email text NOT NULL);"
@@ -104,62 +103,6 @@ def test_a_url_naming_no_database_and_one_naming_it_take_the_same_lock(
         with faber_lock_held_through(holder_url) as holder:
             assert_locked_out(context_for, plugins, project_dir, holder)
     assert user_tables(database_url) == []
-
-
-def pgbouncer_binary() -> str:
-    found = shutil.which("pgbouncer", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin"]))
-    if found is None:
-        pytest.skip(
-            "PgBouncer is not installed (apt-get install pgbouncer): the test of a database reached under an "
-            "alias needs it; the URL naming no database above reaches one database under two names without it"
-        )
-    return found
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture
-def pgbouncer_alias(database_url: str, tmp_path: Path) -> Iterator[str]:
-    """A URL reaching the test's database through a PgBouncer alias of another name (session
-    pooling, as faber's session lock needs)."""
-    binary = pgbouncer_binary()
-    server = urlsplit(database_url)
-    port = free_port()
-    alias = f"{name_of(database_url)}_alias"
-    (tmp_path / "users.txt").write_text('"postgres" ""\n')
-    config = tmp_path / "pgbouncer.ini"
-    config.write_text(
-        f"[databases]\n{alias} = host={server.hostname} port={server.port or 5432} dbname={name_of(database_url)}\n"
-        f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\nauth_type = trust\n"
-        f"auth_file = {tmp_path / 'users.txt'}\npool_mode = session\nlogfile =\npidfile =\n"
-        # faber's sessions set their timeouts in the startup packet's options, which PgBouncer refuses
-        "ignore_startup_parameters = options\n"
-    )
-    # PgBouncer refuses to run as root; it reads its configuration before it takes the user's identity.
-    as_user = ["-u", "nobody"] if os.geteuid() == 0 else []
-    log = tmp_path / "pgbouncer.log"
-    with log.open("wb") as output:
-        bouncer = subprocess.Popen([binary, *as_user, str(config)], stdout=output, stderr=subprocess.STDOUT)
-    url = f"postgresql://postgres@127.0.0.1:{port}/{alias}"
-    try:
-
-        def answers() -> bool:
-            assert bouncer.poll() is None, log.read_text()
-            try:
-                with psycopg.connect(url, connect_timeout=2):
-                    return True
-            except psycopg.OperationalError:
-                return False
-
-        wait_for(answers, "PgBouncer to accept connections", timeout=30)
-        yield url
-    finally:
-        bouncer.terminate()
-        bouncer.wait(timeout=30)
 
 
 def test_the_alias_reaches_the_database_under_another_name(pgbouncer_alias, database_url):

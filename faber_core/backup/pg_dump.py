@@ -34,6 +34,7 @@ from faber_core.context import RunContext
 from faber_core.errors import BackupFailed
 from faber_core.models import BackupProviderInfo, BackupPruneOutcome, BackupRecord, RestoreOutcome
 from faber_core.postgres.embedded import embedded_bin_dirs
+from faber_core.postgres.names import DatabaseNames, alias_refusal, alias_suggestions, database_names
 from faber_core.processes import child_environment, find_program, run_captured
 from faber_core.safety.timeouts import CONNECTION_CHECK_INTERVAL_MS, CONNECTION_CHECK_SINCE
 
@@ -162,14 +163,17 @@ def client_env(context: RunContext, server_major: int, **settings: str) -> dict[
 def faber_backup_create(context: RunContext, reason: str, migrations: list[tuple[str, str | None]]) -> BackupRecord:
     try:
         major, version, properties = _server_and_properties(context)
+        names = database_names(context.database)
     except psycopg.Error as exc:
         raise BackupFailed(
             store.creation_failed(context),
             result={"backup_error": context.redactor.redact(str(exc).strip())},
             suggestions=["Verify the database is reachable, then run the same command again"],
         ) from None
-    tools = find_client_dir(major)
     options = context.backup_options(PgDumpOptions)
+    if options.restore_mode == "swap":
+        _refuse_a_swap_it_could_not_restore(context, names)
+    tools = find_client_dir(major)
     if options.format == "directory":
         archive_format = ["--format=directory", f"--jobs={jobs(options)}"]
     else:
@@ -201,6 +205,23 @@ def faber_backup_create(context: RunContext, reason: str, migrations: list[tuple
         private_data={database_properties.RECORD: properties.model_dump(mode="json")},
         archive_suffix=store.DIRECTORY_ARCHIVE if options.format == "directory" else store.ARCHIVE,
     )
+
+
+def _refuse_a_swap_it_could_not_restore(context: RunContext, names: DatabaseNames) -> None:
+    """Through a pooler's alias a swap restore refuses (:func:`~faber_core.backup.swap.restore_by_swap`):
+    a deploy is stopped here, before its migrations, rather than left migrated when one fails."""
+    problem = alias_refusal(names, "a swap restore (restore_mode swap)")
+    if problem:
+        raise BackupFailed(
+            f"No backup taken and nothing applied: {problem}, so the backup could not be restored if a migration "
+            "failed",
+            result={"backup_error": problem},
+            suggestions=[
+                *alias_suggestions(names),
+                "Or restore in place, through the alias: set restore_mode to in-place in "
+                f"database.environments.{context.environment}.backup",
+            ],
+        )
 
 
 def jobs(options: PgDumpOptions) -> int:

@@ -65,6 +65,7 @@ from faber_core.backup.restore import analyze_restored, first_error, kept_schema
 from faber_core.context import RunContext
 from faber_core.errors import FaberError, RestoreFailed
 from faber_core.models import BackupRecord, RestoreOutcome
+from faber_core.postgres.names import alias_refusal, alias_suggestions, database_names
 from faber_core.processes import how_it_ended, spawn
 
 MARKER = "faber: "
@@ -141,12 +142,7 @@ class _Swap:
 
 
 def restore_by_swap(context: RunContext, backup: BackupRecord, tools: Path, major: int, jobs: int) -> RestoreOutcome:
-    target = context.database.name
-    if not target:
-        raise RestoreFailed(
-            "restore_mode swap needs the database named in the URL; the database is unchanged",
-            suggestions=["Name the database in the URL, or use restore_mode in-place"],
-        )
+    target = _server_name(context, backup)
     archive = context.project_dir / (backup.location or "")
     if not store.archive_present(archive):
         raise RestoreFailed(f"Backup archive {backup.location} is missing; the database is unchanged")
@@ -208,6 +204,36 @@ def restore_by_swap(context: RunContext, backup: BackupRecord, tools: Path, majo
     )
 
 
+def _server_name(context: RunContext, backup: BackupRecord) -> str:
+    """The server's name of the database, which the swap renames and names its databases after;
+    refused through a pooler's alias, where the swap could not reach them (:mod:`~faber_core.postgres.names`)."""
+    try:
+        names = database_names(context.database)
+    except psycopg.Error as exc:
+        detail = context.redactor.redact(str(exc).strip())
+        raise RestoreFailed(
+            f"Restore of {backup.id} failed: {detail}; the database is unchanged",
+            result={"restore_error": detail},
+            backup_id=backup.id,
+        ) from None
+    problem = alias_refusal(names, "a swap restore")
+    if problem:
+        raise RestoreFailed(
+            f"restore_mode swap cannot restore {names.server} safely: {problem}; the database is unchanged",
+            result={"restore_error": problem},
+            suggestions=[*alias_suggestions(names), _in_place_suggestion(context)],
+            backup_id=backup.id,
+        )
+    return names.server
+
+
+def _in_place_suggestion(context: RunContext) -> str:
+    return (
+        "Restore in place instead (one transaction, one core): set restore_mode to in-place in "
+        f"database.environments.{context.environment}.backup"
+    )
+
+
 def _maintenance_database(target: str) -> str:
     """Where the swap's own session connects: a database that is neither of the swapped ones."""
     return "postgres" if target != "postgres" else "template1"
@@ -224,10 +250,7 @@ def _run(swap: _Swap, tools: Path, major: int, listed: Path, keep: list[str]) ->
             raise RestoreFailed(
                 f"restore_mode swap cannot restore {swap.target} safely: {problem}; the database is unchanged",
                 result={"restore_error": problem},
-                suggestions=[
-                    f"Restore in place instead (one transaction, one core): set restore_mode to in-place in "
-                    f"database.environments.{context.environment}.backup",
-                ],
+                suggestions=[_in_place_suggestion(context)],
                 backup_id=swap.backup.id,
             )
         _drop_leftovers(admin, swap)

@@ -300,7 +300,7 @@ class PostgresEngine(Engine):
     def leftover_databases(self, conn: psycopg.Connection, database: Database) -> list[LeftoverDatabase]:
         from faber_core.postgres.leftovers import leftover_databases
 
-        return leftover_databases(conn, database)
+        return leftover_databases(conn)
 
     @contextmanager
     def deploy_lock(

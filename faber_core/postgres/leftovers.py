@@ -15,10 +15,10 @@ import psycopg
 from psycopg import sql
 
 from faber_core.backup.swap import MARKER, previous_name, restoring_name
-from faber_core.context import Database
 from faber_core.engines import REHEARSAL_PREFIX, REHEARSAL_STALE_MINUTES, rehearsal_age
 from faber_core.models import LeftoverDatabase
 from faber_core.postgres.locks import lock_held, session_lock_key
+from faber_core.postgres.names import names_of
 from faber_core.postgres.rehearsal import rehearsal_comment
 
 _CANDIDATES = """
@@ -30,9 +30,11 @@ ORDER BY d.datname
 """
 
 
-def leftover_databases(conn: psycopg.Connection, database: Database) -> list[LeftoverDatabase]:
-    """The leftovers of ``database`` on its server (``conn`` is a session of it), by name."""
-    swap = [restoring_name(database.name), previous_name(database.name)] if database.name else []
+def leftover_databases(conn: psycopg.Connection) -> list[LeftoverDatabase]:
+    """The leftovers of the database ``conn`` is a session of, on its server, by name: the
+    server's name of it, which the swap and the rehearsal name theirs after, whatever the URL calls it."""
+    target = names_of(conn).server
+    swap = [restoring_name(target), previous_name(target)]
     if swap and lock_held(conn, session_lock_key(conn)):
         swap = []
     rows = conn.execute(_CANDIDATES, {"swap": swap, "prefix": REHEARSAL_PREFIX}).fetchall()
@@ -41,7 +43,7 @@ def leftover_databases(conn: psycopg.Connection, database: Database) -> list[Lef
         drop = sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)).as_string(conn)
         if name in swap and (comment or "").startswith(MARKER):
             leftovers.append(LeftoverDatabase(name=name, left_by="swap_restore", details=comment, drop=drop))
-        elif name.startswith(REHEARSAL_PREFIX) and comment == rehearsal_comment(database) and _stale(name):
+        elif name.startswith(REHEARSAL_PREFIX) and comment == rehearsal_comment(target) and _stale(name):
             leftovers.append(LeftoverDatabase(name=name, left_by="rehearsal", details=comment, drop=drop))
     return leftovers
 

@@ -27,7 +27,7 @@ import psycopg
 from psycopg import sql
 
 from faber_core import events
-from faber_core.context import Database, RunContext
+from faber_core.context import RunContext
 from faber_core.engines import (
     AUTO_DATA_LIMIT_BYTES,
     Rehearsal,
@@ -38,6 +38,7 @@ from faber_core.engines import (
 )
 from faber_core.errors import BackupFailed, ConfigError, FaberError
 from faber_core.interrupts import deferred
+from faber_core.postgres.names import DatabaseNames, alias_refusal, alias_suggestions, names_of
 from faber_core.processes import how_it_ended, run_tool
 
 
@@ -55,11 +56,12 @@ def rehearsal_database(
     target = context.database
     with _connect(context) as conn:
         _require_createdb(conn, context)
+        names = _server_names(conn)
         tools = _client_tools(conn)
         includes_data = _wants_data(conn, context, include_data)
         tables = [] if includes_data else _existing_tables(conn, copy_rows_of)
         name = rehearsal_name()
-        _create_database(conn, context, name, target)
+        _create_database(conn, context, name, names.server)
     rehearsal = Rehearsal(
         name=name,
         database=target.sibling(name, source=f"rehearsal copy of {target.source}"),
@@ -102,6 +104,19 @@ def _require_createdb(conn: psycopg.Connection, context: RunContext) -> None:
     )
 
 
+def _server_names(conn: psycopg.Connection) -> DatabaseNames:
+    """The target's names; refused through a pooler's alias, which would not know the copy's name
+    (:mod:`~faber_core.postgres.names`): before anything is created."""
+    names = names_of(conn)
+    problem = alias_refusal(names, "a rehearsal")
+    if problem:
+        raise ConfigError(
+            f"Cannot rehearse the pending migrations: {problem}; nothing was created or changed",
+            suggestions=alias_suggestions(names),
+        )
+    return names
+
+
 def _client_tools(conn: psycopg.Connection) -> Path:
     from faber_core.backup.pg_dump import find_client_dir
 
@@ -142,7 +157,7 @@ def _existing_tables(conn: psycopg.Connection, references: Sequence[str]) -> lis
     return patterns
 
 
-def _create_database(conn: psycopg.Connection, context: RunContext, name: str, target: Database) -> None:
+def _create_database(conn: psycopg.Connection, context: RunContext, name: str, target: str) -> None:
     """An empty database with the target's encoding and locale, so the schema restores unchanged,
     labelled as faber's rehearsal copy; dropped again if it cannot be labelled (a signal, an error)."""
     encoding, collate, ctype = conn.execute(
@@ -174,9 +189,10 @@ def _create_database(conn: psycopg.Connection, context: RunContext, name: str, t
         raise
 
 
-def rehearsal_comment(target: Database) -> str:
-    """The comment on a rehearsal database of ``target``: what ties a leftover one to it."""
-    return f"faber rehearsal of {target.name_for_display}: a throwaway copy, safe to drop"
+def rehearsal_comment(target: str) -> str:
+    """The comment on a rehearsal database of the database the server names ``target``: what ties
+    a leftover one to it, whatever name a URL gives it."""
+    return f"faber rehearsal of {target}: a throwaway copy, safe to drop"
 
 
 def _copy_target(context: RunContext, tools: Path, rehearsal: Rehearsal) -> None:

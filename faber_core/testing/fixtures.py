@@ -364,6 +364,16 @@ def faber_at_once(count: int, *args: str, cwd: Path, timeout: float = 300) -> li
     return [FaberRun(run.returncode, out.decode(), err.decode()) for run, (out, err) in zip(runs, finished)]
 
 
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 nothing listens on now, for a server a test starts (one that cannot
+    be told to pick its own)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def wait_for(condition: Any, what: str, timeout: float = 60) -> Any:
     """Poll ``condition()`` every 0.1 s until it is truthy (returned) or ``timeout`` runs out (AssertionError)."""
     import time
