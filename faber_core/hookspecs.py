@@ -171,8 +171,9 @@ def faber_migration_apply(tool: str, context: RunContext, pending: list[LocalMig
     ``mysql``, see :mod:`faber_core.engines`); on an engine whose DDL is not transactional
     (``engine.transactional_ddl`` is False: MySQL) a migration with DDL runs statement by statement
     and its failure reports ``statements_committed``. A subprocess gets the timeouts through
-    ``context.session_timeout_env()`` (PostgreSQL) or runs ``context.session_timeout_statements()``
-    first in its session (MySQL).
+    ``context.session_timeout_env()`` (PostgreSQL) or, when that is empty (MySQL; PostgreSQL
+    through a pooler that refuses or drops ``PGOPTIONS``), runs ``context.session_timeout_statements()``
+    first in its session.
     Call ``context.start_migration(name)`` just before each migration (faber checks its lock is still
     held and raises ``LockLost`` if not: let it propagate; with ``in_transaction=True`` it may
     return the check as SQL for ``run_measured_script(..., lock_check=...)`` instead) and ``context.migration_applied(

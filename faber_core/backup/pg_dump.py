@@ -35,6 +35,7 @@ from faber_core.errors import BackupFailed
 from faber_core.models import BackupProviderInfo, BackupPruneOutcome, BackupRecord, RestoreOutcome
 from faber_core.postgres.embedded import embedded_bin_dirs
 from faber_core.postgres.names import DatabaseNames, alias_refusal, alias_suggestions, database_names
+from faber_core.postgres.pooler import carries_options
 from faber_core.processes import child_environment, find_program, run_captured
 from faber_core.safety.timeouts import CONNECTION_CHECK_INTERVAL_MS, CONNECTION_CHECK_SINCE
 
@@ -152,6 +153,9 @@ def client_env(context: RunContext, server_major: int, **settings: str) -> dict[
     instead of holding its locks until the statement ends.
     """
     env = context.database.client_env()
+    if not carries_options(context.database.learnt):
+        # A pooler that refuses PGOPTIONS would refuse the program, one that drops it drops them anyway.
+        return child_environment(env)
     if server_major * 10000 >= CONNECTION_CHECK_SINCE:
         settings = {"client_connection_check_interval": f"{CONNECTION_CHECK_INTERVAL_MS}ms", **settings}
     options = [env.get("PGOPTIONS", ""), *(f"-c {name}={value}" for name, value in settings.items())]

@@ -146,21 +146,33 @@ class PostgresEngine(Engine):
     def connect(
         self, database: Database, *, autocommit: bool, application_name: str, migration_session: bool
     ) -> psycopg.Connection:
+        from faber_core.postgres import pooler
+
         params = database.conninfo_params()
-        options = params.get("options") or ""
-        if not migration_session:
-            options += f" -c lock_timeout={round(database.lock_timeout * 1000)}ms"
-            options += f" -c statement_timeout={round(database.statement_timeout * 1000)}ms"
         # A URL (or the service file it names) that sets any keepalive decides them all.
         keepalives = {} if "service" in params or KEEPALIVES.keys() & params.keys() else KEEPALIVES
-        return psycopg.connect(
-            database.url.reveal(),
-            autocommit=autocommit,
-            connect_timeout=database.connect_timeout,
-            application_name=application_name,
-            **keepalives,
-            **({"options": options.strip()} if options.strip() else {}),
-        )
+
+        def connect(options: str) -> psycopg.Connection:
+            return psycopg.connect(
+                database.url.reveal(),
+                autocommit=True,
+                connect_timeout=database.connect_timeout,
+                application_name=application_name,
+                **keepalives,
+                **({"options": options.strip()} if options.strip() else {}),
+            )
+
+        own_options = params.get("options") or ""
+        if migration_session:
+            conn = connect(own_options)
+        else:
+            timeouts = {
+                "lock_timeout": round(database.lock_timeout * 1000),
+                "statement_timeout": round(database.statement_timeout * 1000),
+            }
+            conn = pooler.session_with_timeouts(database.learnt, connect, own_options, timeouts, database.source)
+        conn.autocommit = autocommit
+        return conn
 
     def reusable(self, conn: psycopg.Connection) -> bool:
         return not self.ended(conn) and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
@@ -334,8 +346,11 @@ class PostgresEngine(Engine):
     def session_timeout_env(
         self, settings: EnvironmentSettings, database: Database, inherited: str | None
     ) -> dict[str, str]:
+        from faber_core.postgres.pooler import carries_options
         from faber_core.safety.timeouts import timeout_env
 
+        if not carries_options(database.learnt):
+            return {}  # the pooler refuses or drops PGOPTIONS: the runner SETs them (session_timeout_statements)
         return timeout_env(settings, inherited, server_version_num(database))
 
 

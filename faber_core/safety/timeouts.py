@@ -13,7 +13,9 @@ locks within seconds instead of running it to the end while every reader of the 
 
 Handlers call :func:`apply_session_timeouts` (``context.apply_session_timeouts(conn)``) on the
 connection that runs migrations, or pass :func:`timeout_env` (``context.session_timeout_env()``)
-to the environment of a subprocess that connects through libpq or node-postgres.
+to the environment of a subprocess that connects through libpq or node-postgres (empty through a
+pooler that refuses or drops ``PGOPTIONS``, :mod:`faber_core.postgres.pooler`: the subprocess then
+runs ``context.session_timeout_statements()`` first).
 
 A migration may clear them for the rest of its session (``RESET ALL``, ``DISCARD ALL``, ``SET
 lock_timeout = 0``), so the migrations after it would wait for locks without bound. Each measured
