@@ -41,9 +41,10 @@ def names_of(conn: psycopg.Connection) -> DatabaseNames:
 
 
 def database_names(database: Database) -> DatabaseNames:
-    """The names of ``database``, asked once per run."""
+    """The names of ``database``, asked once per run, on a session of its own: the run's shared one
+    is not kept across a swap restore, which ends every session of the database."""
     if "names" not in database.learnt:
-        with database.session() as conn:
+        with database.connect() as conn:
             database.learnt["names"] = names_of(conn)
     return database.learnt["names"]
 
