@@ -149,10 +149,17 @@ def status(
     with the same ``result``, so CI notices a database that no deploy can go on from. On a fleet
     environment: one row per target (docs/fleet.md).
     """
+    from faber_core.audit import unfinished
     from faber_core.errors import MigrationFailed
     from faber_core.results import Success
     from faber_core.targets import FleetOptions
-    from faber_core.workflow import read_backup_leftovers, read_leftovers, read_past_another_run, read_status
+    from faber_core.workflow import (
+        backup_before_failed_migrations,
+        read_backup_leftovers,
+        read_leftovers,
+        read_past_another_run,
+        read_status,
+    )
 
     def body(context: RunContext, plugins: Plugins) -> Success:
         plugins.require_tool(context.tool)
@@ -168,13 +175,14 @@ def status(
         result["backup_leftovers_unchecked"] = unchecked
         if state.failed:
             raise MigrationFailed(
-                f"{environment} has {len(state.failed)} failed migration(s): {', '.join(state.failed)}",
+                f"{environment} has {len(state.failed)} failed migration(s): {unfinished.failed_names(state)}",
                 result=result,
                 suggestions=[
                     f"If its changes are gone (rolled back, or undone by hand): faber resolve {environment} "
                     f"--rolled-back {shlex.quote(state.failed[0])}",
                     f"If you completed it by hand: faber resolve {environment} --applied "
                     f"{shlex.quote(state.failed[0])}",
+                    *backup_before_failed_migrations(context, plugins),
                     f"Then deploy again: faber migrate {environment}",
                 ],
             )

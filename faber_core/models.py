@@ -84,6 +84,13 @@ class LocalMigration(DeferredModel):
         "estimate it and check preflight locks. Point it at the SQL the migration runs, or at a file that does "
         "not end in .sql (a code migration: faber then learns its SQL from the preview).",
     )
+    transactional: bool | None = Field(
+        None,
+        description="False: it runs outside a transaction (every Sequelize migration, a TypeORM one with "
+        "`transaction = false`), so a deploy killed inside it may leave part of it committed, which the tool does "
+        "not record: faber records it before applying it, for the next run to name. True or None (unknown): "
+        "nothing is recorded.",
+    )
     handler_data: Any = Field(
         None,
         exclude=True,

@@ -354,10 +354,12 @@ class Plugins:
         return True
 
     def migration_status(self, context: RunContext) -> MigrationState:
+        from faber_core.audit import unfinished
+
         answer = self._ask_handler("faber_migration_status", context)
         state = MigrationState.model_validate(answer)
         _refuse_names_not_utf8(state)
-        return state
+        return unfinished.with_killed_runs(context, state)
 
     def migration_validate(self, context: RunContext, pending: list[LocalMigration]) -> list[MigrationRefusal]:
         """The handler's refusals of pending migrations; none from a handler without the optional hook."""

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import ValidationError
 
 from faber_core import events
+from faber_core.audit import unfinished
 from faber_core.audit.history import refuse_shared_faber_schema
 from faber_core.backup import store, writes
 from faber_core.committed import uncommitted_files
@@ -166,7 +167,7 @@ def migrate(
         # The first signal stops the deploy; later ones must not cut its rollback and report short.
         with raised_once():
             try:
-                outcome = apply(context, plugins, lock, progress)
+                outcome = apply(context, plugins, lock, progress, backup)
                 # On a session started after the migrations: one started before them does not see
                 # what they changed for new sessions (ALTER DATABASE/ROLE ... SET), which an
                 # application connecting now gets.
@@ -186,6 +187,9 @@ def migrate(
             except (Exception, KeyboardInterrupt) as stopped:
                 with held_while_reporting():
                     raise roll_back_failed_deploy(context, plugins, lock, backup, progress, stopped) from stopped
+            finally:
+                # Reached however the run ends but killed: only a killed run leaves its record.
+                unfinished.forget_run(context)
     return deployed(
         context, outcome, backup, health_before.status, health_after.status, time.monotonic() - started, review
     )
@@ -597,7 +601,7 @@ def migrations_check(context: RunContext, state: MigrationState) -> HealthCheckR
     """No failed migration, and every applied migration present locally and unedited."""
     problems = []
     if state.failed:
-        problems.append(f"failed migrations not rolled back: {', '.join(state.failed)}")
+        problems.append(f"failed migrations not rolled back: {unfinished.failed_names(state)}")
     if state.checksum_mismatches:
         problems.append(f"applied migrations edited since: {', '.join(state.checksum_mismatches)}")
     if state.missing_locally:
@@ -1013,7 +1017,9 @@ class DeployProgress:
         return next((m.path for m in self.pending if m.name == name), None)
 
 
-def apply(context: RunContext, plugins: Plugins, lock: DeployLock, progress: DeployProgress) -> ApplyOutcome:
+def apply(
+    context: RunContext, plugins: Plugins, lock: DeployLock, progress: DeployProgress, backup: BackupRecord | None
+) -> ApplyOutcome:
     """Apply the pending migrations; raise :class:`MigrationFailed` when one fails.
 
     faber's lock is checked before the run, before each migration (handlers call
@@ -1023,6 +1029,7 @@ def apply(context: RunContext, plugins: Plugins, lock: DeployLock, progress: Dep
     pending = progress.pending
     lock.require_held(f"migration {pending[0].name}", context)
     progress.invalid_indexes_before = context.database.engine.invalid_indexes(lock.conn)
+    unfinished.record(context, lock.conn, pending, backup)
 
     def lock_still_held(name: str) -> None:
         lock.require_held_before_migration(name, context)
@@ -1607,6 +1614,7 @@ def restore_backup(context: RunContext, plugins: Plugins, backup: BackupRecord, 
         if restored_beside(outcome):
             context.emit("rollback.finished", backup_id=backup.id, status="restored_side_by_side")
             return outcome
+        unfinished.forget_restored(context, backup)
         try:
             with interruptible():
                 state = read_status(context, plugins, quiet=True)
@@ -1950,7 +1958,12 @@ def resolve(context: RunContext, plugins: Plugins, name: str, resolution: Resolu
     """``faber resolve ENV``: record how a failed migration was repaired, so deploys can go on."""
     plugins.require_tool(context.tool)
     with deploy_lock(context):
-        state = plugins.migration_resolve(context, name, resolution)
+        # A migration a killed deploy left in part that its tool does not record (it ran outside a
+        # transaction) has nothing for the tool to mark rolled back: faber's record of it goes.
+        left_by_a_killed_run = unfinished.forget_migration(context, name)
+        state = plugins.migration_status(context)
+        if not left_by_a_killed_run or resolution == "applied" or name in state.failed:
+            state = plugins.migration_resolve(context, name, resolution)
     context.emit("migration.resolved", name=name, resolution=resolution)
     return Success(
         operation="resolve-migration",

@@ -57,12 +57,15 @@ from faber_core.models import (
 )
 from faber_core.processes import child_environment, find_program, how_it_ended, spawn, supervised
 
+UNFINISHED_MIGRATIONS = "faber_unfinished_migrations"
+"""Migrations a deploy was about to run outside a transaction (:mod:`faber_core.audit.unfinished`)."""
+
 PROVIDER = "mysqldump"
 JOURNAL = "faber_restore_journal"
 """The restore's swap in progress, in the target database (faber's: backups leave it out, the swap
 does not move it) only while the swap is under way: what a kill between its statements would leave
 half done, and how to finish."""
-FABER_TABLES = ("faber_deployments", JOURNAL)
+FABER_TABLES = ("faber_deployments", JOURNAL, UNFINISHED_MIGRATIONS)
 """faber's own tables in the target database (its history, :mod:`faber_core.engines.mysql_history`,
 and the journal): a backup leaves them out and a restore keeps them. Only these: an application's
 table whose name starts with ``faber_`` too is the application's, backed up and restored."""

@@ -33,7 +33,7 @@ def session_lock_key(conn: psycopg.Connection) -> int:
     return faber_lock_key(conn.execute("SELECT pg_catalog.current_database()").fetchone()[0])
 
 
-_HOLDING = """
+HOLDING = """
         FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
         WHERE l.locktype = 'advisory' AND l.granted
           -- advisory locks belong to a database: the same key elsewhere is someone else's
@@ -47,7 +47,7 @@ _HOLDING = """
 
 def lock_held(conn: psycopg.Connection, key: int) -> bool:
     """Whether a session holds advisory lock ``key`` on the connection's database."""
-    return conn.execute(f"SELECT EXISTS (SELECT 1 {_HOLDING})", {"key": key}).fetchone()[0]
+    return conn.execute(f"SELECT EXISTS (SELECT 1 {HOLDING})", {"key": key}).fetchone()[0]
 
 
 def lock_holder(conn: psycopg.Connection, key: int) -> str:
@@ -56,7 +56,7 @@ def lock_holder(conn: psycopg.Connection, key: int) -> str:
         f"""
         SELECT a.pid, coalesce(nullif(a.application_name, ''), 'unknown client'),
                coalesce(a.client_addr::text, 'local'), now() - a.backend_start
-        {_HOLDING}
+        {HOLDING}
         LIMIT 1
         """,
         {"key": key},

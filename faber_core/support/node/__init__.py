@@ -574,7 +574,10 @@ def read_state(tool: NodeTool, context: RunContext, args: Iterable[str]) -> Migr
     status = _status_event(tool, context, args)
     return MigrationState(
         tool=tool.name,
-        local=[LocalMigration(name=item["name"], path=item.get("path")) for item in status["local"]],
+        local=[
+            LocalMigration(name=item["name"], path=item.get("path"), transactional=item.get("transactional"))
+            for item in status["local"]
+        ],
         records=[MigrationRecord(name=item["name"], state="applied") for item in status["records"]],
         bookkeeping_table=status.get("bookkeeping_table"),
     )

@@ -1,0 +1,246 @@
+"""Deploys that may have left a migration in part: ``faber_unfinished_migrations``.
+
+A migration that runs outside a transaction (every Sequelize migration, a TypeORM one with
+``transaction = false``) commits statement by statement, and its tool records it only once it has
+finished. A deploy killed inside one (``kill -9``, the machine lost) leaves part of it committed
+and nothing that says so: the next deploy would run it again from its start. So, before the apply
+step of a deploy with such a migration pending, faber records the pending migrations in its own
+table (PostgreSQL: in ``faber_schema``; MySQL/MariaDB: beside the application's, one of faber's
+tables), which backups leave out and restores keep, and removes them when the run ends, however
+it ends short of being killed.
+
+A record of another run whose lock session has ended (a run still deploying holds faber's lock
+on that session) is a deploy that was killed: migrations apply in order, so the first of its
+migrations still pending is the one it was in (or had not reached). When that one
+runs outside a transaction, every status read reports it as failed, so the next deploy stops at
+its health check, naming it, the backup that run took and ``faber resolve``. A restore of a backup
+taken before that run, or ``faber resolve ENV NAME``, removes the record.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from faber_core.backup.mysqldump import UNFINISHED_MIGRATIONS as TABLE
+from faber_core.context import RunContext
+from faber_core.models import BackupRecord, LocalMigration, MigrationRecord, MigrationState
+
+_COLUMNS = (
+    "run_id",
+    "lock_session",
+    "environment",
+    "position",
+    "migration",
+    "outside_transaction",
+    "backup_id",
+    "backup_created_at",
+)
+_CREATE = """
+CREATE TABLE IF NOT EXISTS {table} (
+    run_id              varchar(64) NOT NULL,
+    lock_session        varchar(128) NOT NULL,
+    environment         varchar(255) NOT NULL,
+    position            int NOT NULL,
+    migration           varchar(1024) NOT NULL,
+    outside_transaction boolean NOT NULL,
+    backup_id           varchar(255),
+    backup_created_at   varchar(64),
+    PRIMARY KEY (run_id, position)
+)
+"""
+
+
+KILLED = "a faber migrate was killed while it ran, outside a transaction: part of it may have committed"
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """The migration a killed deploy may have left in part, and the backup that deploy took."""
+
+    migration: str
+    run_id: str
+    backup_id: str | None
+
+
+def _table(context: RunContext) -> str:
+    if context.database.engine.faber_schema_of_its_own:
+        schema = context.config.database.faber_schema
+        return '"' + schema.replace('"', '""') + '".' + TABLE
+    return TABLE
+
+
+def _exists(context: RunContext, conn: Any) -> bool:
+    if context.database.engine.faber_schema_of_its_own:
+        query = "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = %s AND tablename = %s"
+        return conn.execute(query, [context.config.database.faber_schema, TABLE]).fetchone() is not None
+    query = "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s"
+    return conn.execute(query, [TABLE]).fetchone() is not None
+
+
+def _warn(what: str, context: RunContext, exc: Exception) -> None:
+    text = str(exc).strip()
+    reason = context.redactor.redact(text.splitlines()[0] if text else type(exc).__name__)
+    sys.stderr.write(f"warning: {what}: {reason}\n")
+
+
+def _mysql(context: RunContext) -> bool:
+    return not context.database.engine.faber_schema_of_its_own
+
+
+def _session(context: RunContext, conn: Any) -> str:
+    """The server session ``conn`` is, as :func:`_lock_holder` names it."""
+    if _mysql(context):
+        return str(conn.execute("SELECT CONNECTION_ID()").fetchone()[0])
+    query = (
+        "SELECT pid || '@' || extract(epoch FROM backend_start) FROM pg_catalog.pg_stat_activity"
+        " WHERE pid = pg_backend_pid()"
+    )
+    return conn.execute(query).fetchone()[0]
+
+
+def _lock_holder(context: RunContext, conn: Any) -> str | None:
+    """The server session holding faber's lock on the database now, if one does."""
+    if _mysql(context):
+        from faber_core.engines.mysql import faber_lock_name_on_server
+
+        holder = conn.execute("SELECT IS_USED_LOCK(%s)", [faber_lock_name_on_server(conn)]).fetchone()[0]
+        return None if holder is None else str(holder)
+    from faber_core.postgres.locks import HOLDING, session_lock_key
+
+    query = f"SELECT a.pid || '@' || extract(epoch FROM a.backend_start) {HOLDING}"
+    row = conn.execute(query, {"key": session_lock_key(conn)}).fetchone()
+    return None if row is None else row[0]
+
+
+def record(context: RunContext, lock_conn: Any, pending: list[LocalMigration], backup: BackupRecord | None) -> None:
+    """Before the apply step, faber's lock held on ``lock_conn``: record ``pending`` when one of
+    them runs outside a transaction. Not recorded (the table cannot be created, say), the deploy
+    goes on, with a warning."""
+    if not any(migration.transactional is False for migration in pending):
+        return
+    try:
+        lock_session = _session(context, lock_conn)
+    except context.database.engine.driver_error as exc:
+        _warn("the migrations about to run outside a transaction were not recorded", context, exc)
+        return
+    rows = [
+        [
+            context.run_id,
+            lock_session,
+            context.environment,
+            position,
+            migration.name,
+            migration.transactional is False,
+            backup.id if backup else None,
+            backup.created_at.isoformat() if backup else None,
+        ]
+        for position, migration in enumerate(pending)
+    ]
+    values = ", ".join("(" + ", ".join(["%s"] * len(_COLUMNS)) + ")" for _ in rows)
+    try:
+        with context.database.session() as conn:
+            if not _exists(context, conn):
+                if context.database.engine.faber_schema_of_its_own:
+                    from faber_core.audit.history import ensure_table
+
+                    ensure_table(conn, context.config.database.faber_schema)  # creates faber's schema
+                conn.execute(_CREATE.format(table=_table(context)))
+            conn.execute(
+                f"INSERT INTO {_table(context)} ({', '.join(_COLUMNS)}) VALUES {values}",
+                [value for row in rows for value in row],
+            )
+    except context.database.engine.driver_error as exc:
+        _warn("the migrations about to run outside a transaction were not recorded", context, exc)
+
+
+def _delete(context: RunContext, condition: str, params: list[Any]) -> bool:
+    """Whether there was a record to remove."""
+    where = f"FROM {_table(context)} WHERE environment = %s AND {condition}"
+    try:
+        with context.database.session() as conn:
+            if not _exists(context, conn) or conn.execute(f"SELECT 1 {where} LIMIT 1", params).fetchone() is None:
+                return False
+            conn.execute(f"DELETE {where}", params)
+            return True
+    except context.database.engine.driver_error as exc:
+        _warn("the record of the migrations this run started was not removed", context, exc)
+        return False
+
+
+def forget_run(context: RunContext) -> None:
+    """The run ended (not killed): what it recorded says nothing any more."""
+    _delete(context, "run_id = %s", [context.environment, context.run_id])
+
+
+def forget_migration(context: RunContext, name: str) -> bool:
+    """``faber resolve``: a person has dealt with what a killed deploy left of ``name``. Whether a
+    killed deploy had left it."""
+    return _delete(context, "migration = %s", [context.environment, name])
+
+
+def forget_restored(context: RunContext, backup: BackupRecord) -> None:
+    """``backup`` was restored: what deploys that took their backup since did is gone."""
+    try:
+        with context.database.session() as conn:
+            if not _exists(context, conn):
+                return
+            taken = conn.execute(
+                f"SELECT DISTINCT run_id, backup_created_at FROM {_table(context)} WHERE environment = %s",
+                [context.environment],
+            ).fetchall()
+            for run_id, created_at in taken:
+                if created_at is not None and dt.datetime.fromisoformat(created_at) >= backup.created_at:
+                    conn.execute(
+                        f"DELETE FROM {_table(context)} WHERE environment = %s AND run_id = %s",
+                        [context.environment, run_id],
+                    )
+    except context.database.engine.driver_error as exc:
+        _warn("the record of the migrations killed deploys left was not updated", context, exc)
+
+
+def left_by_killed_runs(context: RunContext, conn: Any, applied: set[str]) -> list[Unfinished]:
+    """Per killed run that recorded migrations: the first of them not applied now, when it runs
+    outside a transaction."""
+    if not _exists(context, conn):
+        return []
+    rows = conn.execute(
+        f"SELECT run_id, lock_session, migration, outside_transaction, backup_id FROM {_table(context)}"
+        " WHERE environment = %s AND run_id <> %s ORDER BY run_id, position",
+        [context.environment, context.run_id],
+    ).fetchall()
+    if not rows:
+        return []
+    live = _lock_holder(context, conn)  # a run deploying now: its migrations are not left by anyone
+    found, seen = [], set()
+    for run_id, lock_session, migration, outside_transaction, backup_id in rows:
+        if run_id in seen or lock_session == live or migration in applied:
+            continue
+        seen.add(run_id)
+        if outside_transaction:
+            found.append(Unfinished(migration, run_id, backup_id))
+    return found
+
+
+def with_killed_runs(context: RunContext, state: MigrationState) -> MigrationState:
+    """``state`` with each migration a killed deploy may have left in part recorded as failed."""
+    try:
+        with context.database.session() as conn:
+            unfinished = left_by_killed_runs(context, conn, set(state.applied))
+    except context.database.engine.driver_error:
+        return state  # the status read that follows reports an unreachable database
+    failed = set(state.failed)
+    added = [
+        MigrationRecord(name=item.migration, state="failed", logs=KILLED)
+        for item in unfinished
+        if item.migration not in failed
+    ]
+    return state.model_copy(update={"records": [*state.records, *added]}) if added else state
+
+
+def failed_names(state: MigrationState) -> str:
+    """The failed migrations, each left by a killed deploy saying so."""
+    killed = {record.name for record in state.records if record.state == "failed" and record.logs == KILLED}
+    return ", ".join(f"{name} ({KILLED})" if name in killed else name for name in state.failed)
