@@ -1614,9 +1614,9 @@ def restore_backup(context: RunContext, plugins: Plugins, backup: BackupRecord, 
         if restored_beside(outcome):
             context.emit("rollback.finished", backup_id=backup.id, status="restored_side_by_side")
             return outcome
-        unfinished.forget_restored(context, backup)
         try:
             with interruptible():
+                unfinished.forget_restored(context, backup)
                 state = read_status(context, plugins, quiet=True)
         except KeyboardInterrupt as interrupt:
             return RestoreOutcome.interrupted(

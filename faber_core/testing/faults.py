@@ -12,7 +12,9 @@ handler or backup provider:
   constraint and index with its validity (PostgreSQL), and the row count of every table.
 - :func:`node_runner` finds a handler's Node runner among faber's processes, to kill it alone;
   :data:`WAITING_ON_ADVISORY_LOCK` tells when a migration waits on a lock the test holds;
-  :class:`LockTakenMidDeploy` deploys while another run takes faber's lock from it.
+  :class:`LockTakenMidDeploy` deploys while another run takes faber's lock from it;
+  :class:`KilledInsideAMigration` kills a deploy inside a migration that runs outside a
+  transaction and checks what the next runs say of it.
 - :func:`server_leftovers` lists the sessions and advisory locks still on a database;
   :func:`mysql_leftovers` the sessions and faber's lock still on a MySQL/MariaDB server.
 - :class:`AnswerDropped` loses one session's connection right after the server ran its
@@ -641,11 +643,9 @@ WAITING_ON_ADVISORY_LOCK = (
 database waits for that lock (a migration the test holds there, until it releases the lock)."""
 
 
-class LockTakenMidDeploy:
-    """A deploy that loses faber's lock while its first pending migration runs, and another run
-    that takes the lock then, as ``pg_terminate_backend``, ``KILL`` or a proxy's timeout and a
-    second deploy would. The migration waits on :attr:`hold_statement` (SQL to put in it), a lock
-    of this test's own, until the lock is taken; :meth:`run` deploys and returns faber's document."""
+class HeldMigration:
+    """A migration that waits on :attr:`hold_statement` (SQL to put in it), a lock of this test's
+    own, on PostgreSQL or MySQL/MariaDB, until the test lets it go."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -660,16 +660,44 @@ class LockTakenMidDeploy:
             return f"SELECT GET_LOCK('{self.hold}', 60)"
         return f"SELECT pg_advisory_xact_lock({self.key})"
 
+    def connect(self) -> Any:
+        from faber_core.testing.fixtures import mysql_connect
+
+        return mysql_connect(self.url) if self.mysql else psycopg.connect(self.url, autocommit=True)
+
+    def query(self, statement: str) -> list[tuple]:
+        """``statement``'s rows, on a connection of its own (an idle one would hold a restore's
+        check of the rows written since its backup back, see docs/workflow.md)."""
+        with self.connect() as conn:
+            cursor = conn.execute(statement)
+            return list(cursor.fetchall()) if cursor.description else []
+
+    def take(self, conn: Any) -> None:
+        """Take the lock the migration waits for on ``conn`` (released as it closes)."""
+        if self.mysql:
+            assert conn.execute("SELECT GET_LOCK(%s, 0)", [self.hold]).fetchone()[0] == 1
+        else:
+            conn.execute("SELECT pg_advisory_lock(%s)", [self.key])
+
+    def _waiting(self, conn: Any) -> bool:
+        if self.mysql:
+            statement = f"SELECT GET_LOCK('{self.hold}'%"
+            query = "SELECT 1 FROM information_schema.PROCESSLIST WHERE INFO LIKE %s AND ID <> CONNECTION_ID()"
+            return bool(conn.execute(query, [statement]).fetchone())
+        return bool(conn.execute(WAITING_ON_ADVISORY_LOCK, [self.key]).fetchone())
+
+
+class LockTakenMidDeploy(HeldMigration):
+    """A deploy that loses faber's lock while its first pending migration runs, and another run
+    that takes the lock then, as ``pg_terminate_backend``, ``KILL`` or a proxy's timeout and a
+    second deploy would. The migration waits on :attr:`hold_statement` until the lock is taken;
+    :meth:`run` deploys and returns faber's document."""
+
     def run(self, project_dir: Path, environment: str = "staging") -> tuple[int, dict, FaberProcess]:
         """``(exit code, JSON document, process)`` of ``faber migrate ENV --yes --json`` from
         ``project_dir``, its lock taken while the held migration waits."""
-        from faber_core.testing.fixtures import mysql_connect
-
-        with mysql_connect(self.url) if self.mysql else psycopg.connect(self.url, autocommit=True) as other_deploy:
-            if self.mysql:
-                assert other_deploy.execute("SELECT GET_LOCK(%s, 0)", [self.hold]).fetchone()[0] == 1
-            else:
-                other_deploy.execute("SELECT pg_advisory_lock(%s)", [self.key])
+        with self.connect() as other_deploy:
+            self.take(other_deploy)
             run = FaberProcess.start(project_dir, "migrate", environment, "--yes", "--json")
             try:
                 run.wait_until(lambda: self._waiting(other_deploy), what="the first migration held")
@@ -682,13 +710,6 @@ class LockTakenMidDeploy:
             finally:
                 run.stop_everything()
         return code, json.loads(run.stdout()), run
-
-    def _waiting(self, conn: Any) -> bool:
-        if self.mysql:
-            statement = f"SELECT GET_LOCK('{self.hold}'%"
-            query = "SELECT 1 FROM information_schema.PROCESSLIST WHERE INFO LIKE %s AND ID <> CONNECTION_ID()"
-            return bool(conn.execute(query, [statement]).fetchone())
-        return bool(conn.execute(WAITING_ON_ADVISORY_LOCK, [self.key]).fetchone())
 
     def _take_faber_lock(self, run: FaberProcess, conn: Any) -> None:
         """End the session holding ``run``'s lock and take the lock on ``conn`` until it closes."""
@@ -712,6 +733,70 @@ class LockTakenMidDeploy:
             take = "SELECT pg_try_advisory_lock(%s)"
         # The session was only told to end: the lock is free once it has.
         run.wait_until(lambda: conn.execute(take, [name]).fetchone()[0], what="faber's lock taken by another run")
+
+
+class KilledInsideAMigration(HeldMigration):
+    """A deploy killed (SIGKILL) inside a migration that runs outside a transaction, once the
+    migration's first statement, :attr:`copy_statement` (which copies a ledger's ten rows),
+    committed; and what the next runs say of it (docs/workflow.md#interrupts). The migration runs
+    :attr:`copy_statement`, any statements of the test's, then :attr:`hold_statement`."""
+
+    copy_statement = "INSERT INTO ledger SELECT id + 100 FROM ledger"
+
+    def ledger(self) -> int:
+        return self.query("SELECT count(*) FROM ledger")[0][0]
+
+    def check(
+        self, project_dir: Path, migration: str, run_faber: Callable[..., Any], recovery: str, undo: Iterable[str] = ()
+    ) -> None:
+        """Deploy ``migration`` (pending in ``project_dir``'s ``staging``, which takes a backup) and
+        kill it inside; ``faber status`` meanwhile sees nothing failed, and afterwards both it and
+        the next ``faber migrate`` name the migration as left by a killed run, with the restore that
+        undoes it. ``recovery``: ``restore`` (that backup) or ``resolve`` (``undo`` and the copy
+        undone by hand, then ``faber resolve --rolled-back``); then the migration deploys."""
+
+        def faber(*args: str) -> Any:
+            return run_faber(*args, "--cwd", str(project_dir))
+
+        self.query("CREATE TABLE ledger (id int)")
+        self.query("INSERT INTO ledger VALUES (1), (2), (3), (4), (5), (6), (7), (8), (9), (10)")
+        with self.connect() as holder:
+            self.take(holder)
+            run = FaberProcess.start(project_dir, "migrate", "staging", "--yes", "--json")
+            try:
+                run.wait_until(lambda: self._waiting(holder), what="the migration to wait", timeout=60)
+                meanwhile = faber("status", "staging", "--json")  # a deploy under way: nothing failed
+                assert meanwhile.returncode == 0, meanwhile.output
+                assert json.loads(meanwhile.stdout)["result"]["failed"] == []
+                run.kill(signal.SIGKILL)
+                assert run.wait(30) == -signal.SIGKILL
+            finally:
+                run.stop_everything()
+        backup_id = run.wait_for("backup.created")["data"]["backup_id"]
+        assert self.ledger() == 20  # the copy committed
+
+        status = faber("status", "staging", "--json")
+        again = faber("migrate", "staging", "--yes", "--json")
+        for told, code in ((status, 6), (again, 3)):
+            assert told.returncode == code, told.output
+            document = json.loads(told.stdout)
+            assert f"{migration} (a faber migrate was killed while it ran, outside a transaction" in told.stdout
+            assert f"faber rollback staging --to {backup_id}" in " ".join(document["recovery"]["suggestions"])
+        assert json.loads(status.stdout)["result"]["failed"] == [migration]
+        assert json.loads(again.stdout)["code"] == "HEALTH_CHECK_FAILED"
+        assert self.ledger() == 20  # not run again
+
+        if recovery == "restore":
+            undone = faber("rollback", "staging", "--to", backup_id, "--yes", "--discard-app-writes", "--json")
+        else:
+            for statement in [*undo, "DELETE FROM ledger WHERE id > 100"]:
+                self.query(statement)
+            undone = faber("resolve", "staging", "--rolled-back", migration, "--json")
+        assert undone.returncode == 0, undone.output
+        assert self.ledger() == 10
+        deployed = faber("migrate", "staging", "--yes", "--json")
+        assert deployed.returncode == 0, deployed.output
+        assert self.ledger() == 20
 
 
 def server_leftovers(admin_url: str, database: str, *, ignore_pids: Iterable[int] = ()) -> Leftovers:

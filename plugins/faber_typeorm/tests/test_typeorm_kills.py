@@ -1,0 +1,29 @@
+"""`faber migrate` of a TypeORM project killed (SIGKILL) inside a migration that runs outside a
+transaction: what it committed stays, and TypeORM's table records nothing of it."""
+
+from __future__ import annotations
+
+import pytest
+from faber_core.testing.faults import KilledInsideAMigration
+
+COPY = "CopyLedger1700000200000"
+
+
+@pytest.mark.parametrize("engine", ["postgres", "mysql"])
+def test_a_deploy_killed_inside_a_migration_outside_a_transaction_stops_the_next_one(
+    typeorm_migration, run_faber, request, engine
+):
+    """PostgreSQL: a migration with `transaction = false`. MySQL: one whose DDL (a CREATE TABLE)
+    commits the copy before it."""
+    prefix = "" if engine == "postgres" else "mysql_"
+    killed = KilledInsideAMigration(request.getfixturevalue(f"{prefix}database_url"))
+    statements = [killed.copy_statement, "CREATE TABLE ledger_notes (id int)", killed.hold_statement]
+    project = request.getfixturevalue(f"{prefix}typeorm_project")(
+        {"1700000200000-CopyLedger.js": typeorm_migration(COPY, *statements, transaction=engine != "postgres")},
+        fixture_migrations=False,
+        backup_before_migrate=True,
+        auto_rollback=True,
+        protected=True,
+        lint="off",
+    )
+    killed.check(project, COPY, run_faber, "resolve", undo=["DROP TABLE ledger_notes"])
