@@ -65,15 +65,20 @@ class Unfinished:
     backup_id: str | None
 
 
+def _mysql(context: RunContext) -> bool:
+    """faber's tables beside the application's (MySQL/MariaDB), not in a schema of its own."""
+    return not context.database.engine.faber_schema_of_its_own
+
+
 def _table(context: RunContext) -> str:
-    if context.database.engine.faber_schema_of_its_own:
+    if not _mysql(context):
         schema = context.config.database.faber_schema
         return '"' + schema.replace('"', '""') + '".' + TABLE
     return TABLE
 
 
 def _exists(context: RunContext, conn: Any) -> bool:
-    if context.database.engine.faber_schema_of_its_own:
+    if not _mysql(context):
         query = "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = %s AND tablename = %s"
         return conn.execute(query, [context.config.database.faber_schema, TABLE]).fetchone() is not None
     query = "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s"
@@ -84,10 +89,6 @@ def _warn(what: str, context: RunContext, exc: Exception) -> None:
     text = str(exc).strip()
     reason = context.redactor.redact(text.splitlines()[0] if text else type(exc).__name__)
     sys.stderr.write(f"warning: {what}: {reason}\n")
-
-
-def _mysql(context: RunContext) -> bool:
-    return not context.database.engine.faber_schema_of_its_own
 
 
 def _session(context: RunContext, conn: Any) -> str:
@@ -143,7 +144,7 @@ def record(context: RunContext, lock_conn: Any, pending: list[LocalMigration], b
     try:
         with context.database.session() as conn:
             if not _exists(context, conn):
-                if context.database.engine.faber_schema_of_its_own:
+                if not _mysql(context):
                     from faber_core.audit.history import ensure_table
 
                     ensure_table(conn, context.config.database.faber_schema)  # creates faber's schema
