@@ -178,8 +178,25 @@ def forget_run(context: RunContext) -> None:
 
 def forget_migration(context: RunContext, name: str) -> bool:
     """``faber resolve``: a person has dealt with what a killed deploy left of ``name``. Whether a
-    killed deploy had left it."""
-    return _delete(context, "migration = %s", [context.environment, name])
+    killed deploy had left it. A run that recorded ``name`` forgets it and the migrations it
+    recorded after it: killed in ``name`` or before, it never started those."""
+    try:
+        with context.database.session() as conn:
+            if not _exists(context, conn):
+                return False
+            recorded = conn.execute(
+                f"SELECT run_id, position FROM {_table(context)} WHERE environment = %s AND migration = %s",
+                [context.environment, name],
+            ).fetchall()
+            for run_id, position in recorded:
+                conn.execute(
+                    f"DELETE FROM {_table(context)} WHERE environment = %s AND run_id = %s AND position >= %s",
+                    [context.environment, run_id, position],
+                )
+            return bool(recorded)
+    except context.database.engine.driver_error as exc:
+        _warn("the record of the migrations a killed run started was not removed", context, exc)
+        return False
 
 
 def forget_restored(context: RunContext, backup: BackupRecord) -> None:

@@ -1,0 +1,57 @@
+"""What faber's record of a deploy killed inside a Sequelize migration (which runs outside a
+transaction) says once a person has dealt with it, and what the record costs a deploy."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+from faber_core.testing.faults import FaberProcess, KilledInsideAMigration
+
+COPY = "20240103000000-copy.js"
+LATER = "20240104000000-later.js"
+
+
+def killed_inside_copy(killed: KilledInsideAMigration, project, run_faber) -> None:
+    """``faber migrate staging`` killed (SIGKILL) inside COPY, once its copy committed."""
+    killed.query("CREATE TABLE ledger (id int)")
+    killed.query("INSERT INTO ledger VALUES (1), (2), (3), (4), (5), (6), (7), (8), (9), (10)")
+    with killed.connect() as holder:
+        killed.take(holder)
+        run = FaberProcess.start(project, "migrate", "staging", "--yes", "--json")
+        try:
+            run.wait_until(lambda: killed._waiting(holder), what="the migration to wait", timeout=60)
+            run.kill(signal.SIGKILL)
+            assert run.wait(30) == -signal.SIGKILL
+        finally:
+            run.stop_everything()
+    assert killed.ledger() == 20
+
+
+def test_resolving_the_migration_a_killed_deploy_was_in_clears_that_deploy_s_record(
+    sequelize_migration, sequelize_project, database_url, run_faber
+):
+    """The killed run had recorded both its pending migrations. Before, resolving the one it was in
+    named the next one, which it never started, as left in part by that killed run."""
+    killed = KilledInsideAMigration(database_url)
+    project = sequelize_project(
+        {
+            COPY: sequelize_migration(killed.copy_statement, killed.hold_statement),
+            LATER: sequelize_migration("CREATE TABLE later (id int)"),
+        },
+        fixture_migrations=False,
+        lint="off",
+    )
+    killed_inside_copy(killed, project, run_faber)
+
+    killed.query("DELETE FROM ledger WHERE id > 100")
+    resolved = run_faber("resolve", "staging", "--rolled-back", COPY, "--json", "--cwd", str(project))
+    assert resolved.returncode == 0, resolved.output
+
+    status = run_faber("status", "staging", "--json", "--cwd", str(project))
+    assert status.returncode == 0, status.output
+    result = json.loads(status.stdout)["result"]
+    assert result["failed"] == []
+    deployed = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+    assert deployed.returncode == 0, deployed.output
+    assert killed.ledger() == 20
