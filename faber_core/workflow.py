@@ -188,8 +188,10 @@ def migrate(
                 with held_while_reporting():
                     raise roll_back_failed_deploy(context, plugins, lock, backup, progress, stopped) from stopped
             finally:
-                # Reached however the run ends but killed: only a killed run leaves its record.
-                unfinished.forget_run(context)
+                # Reached however the run ends but killed: only a killed run leaves its record. A
+                # signal here must not replace the report of what committed, now written.
+                with held_while_reporting():
+                    unfinished.forget_run(context)
     return deployed(
         context, outcome, backup, health_before.status, health_after.status, time.monotonic() - started, review
     )

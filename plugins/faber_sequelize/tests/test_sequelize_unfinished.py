@@ -55,3 +55,41 @@ def test_resolving_the_migration_a_killed_deploy_was_in_clears_that_deploy_s_rec
     deployed = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
     assert deployed.returncode == 0, deployed.output
     assert killed.ledger() == 20
+
+
+def test_a_signal_while_a_deploy_that_committed_forgets_its_record_ends_with_its_report(
+    sequelize_migration, sequelize_project, database_url
+):
+    """Once its migrations committed and were checked, the deploy removes its record of them; a
+    SIGTERM then raised out of that removal. Before, the run ended INTERRUPTED (exit 130), not
+    saying the migration had committed; now it ends with the deploy's report."""
+    import psycopg
+
+    killed = KilledInsideAMigration(database_url)
+    killed.query("CREATE TABLE ledger (id int)")
+    project = sequelize_project(
+        {COPY: sequelize_migration(killed.copy_statement, killed.hold_statement)},
+        fixture_migrations=False,
+        lint="off",
+    )
+    record = "faber.faber_unfinished_migrations"
+    removal_waiting = (
+        "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        " AND query LIKE 'DELETE FROM %%faber_unfinished_migrations%%'"
+    )
+    with killed.connect() as holder, psycopg.connect(database_url) as keeper:
+        killed.take(holder)
+        run = FaberProcess.start(project, "migrate", "staging", "--yes", "--json")
+        try:
+            run.wait_until(lambda: killed._waiting(holder), what="the migration to wait", timeout=60)
+            keeper.execute(f"SELECT 1 FROM {record} FOR UPDATE")  # the removal waits for these rows
+            holder.execute("SELECT pg_advisory_unlock(%s)", [killed.key])
+            run.wait_until(lambda: holder.execute(removal_waiting).fetchone(), what="the removal to wait")
+            run.kill(signal.SIGTERM)
+            keeper.rollback()
+            code = run.wait(30)
+        finally:
+            run.stop_everything()
+    document = json.loads(run.stdout())
+    assert (code, document["status"]) == (0, "success"), run.stdout()
+    assert killed.query(f"SELECT count(*) FROM {record}") == [(0,)]
