@@ -642,8 +642,16 @@ def backup_before_failed_migrations(context: RunContext, plugins: Plugins) -> li
     except (FaberError, context.database.engine.driver_error):
         return []
     applied = sorted(state.applied_fingerprint())
+    until = unfinished.undone_by_backups_until(context, state)
     before = next(
-        (b for b in backups if b.status == "available" and sorted(tuple(m) for m in b.migrations) == applied), None
+        (
+            b
+            for b in backups
+            if b.status == "available"
+            and sorted(tuple(m) for m in b.migrations) == applied
+            and (until is None or b.created_at <= until)
+        ),
+        None,
     )
     if before is None:
         return []

@@ -35,8 +35,7 @@ _COLUMNS = (
     "position",
     "migration",
     "outside_transaction",
-    "backup_id",
-    "backup_created_at",
+    "before_run",
 )
 _CREATE = """
 CREATE TABLE IF NOT EXISTS {table} (
@@ -46,8 +45,7 @@ CREATE TABLE IF NOT EXISTS {table} (
     position            int NOT NULL,
     migration           varchar(1024) NOT NULL,
     outside_transaction boolean NOT NULL,
-    backup_id           varchar(255),
-    backup_created_at   varchar(64),
+    before_run          varchar(64) NOT NULL,
     PRIMARY KEY (run_id, position)
 )
 """
@@ -58,11 +56,12 @@ KILLED = "a faber migrate was killed while it ran, outside a transaction: part o
 
 @dataclass(frozen=True)
 class Unfinished:
-    """The migration a killed deploy may have left in part, and the backup that deploy took."""
+    """The migration a killed deploy may have left in part, and the time a backup that holds none
+    of that deploy's migrations was taken by (the one it took, or the start of its apply step)."""
 
     migration: str
     run_id: str
-    backup_id: str | None
+    before_run: dt.datetime
 
 
 def _mysql(context: RunContext) -> bool:
@@ -127,6 +126,9 @@ def record(context: RunContext, lock_conn: Any, pending: list[LocalMigration], b
     except context.database.engine.driver_error as exc:
         _warn("the migrations about to run outside a transaction were not recorded", context, exc)
         return
+    # A backup's time by its provider's clock, the one a restore compares; a run without a backup
+    # of its own is undone by any backup taken before its apply step.
+    before_run = backup.created_at if backup else dt.datetime.now(dt.timezone.utc)
     rows = [
         [
             context.run_id,
@@ -135,8 +137,7 @@ def record(context: RunContext, lock_conn: Any, pending: list[LocalMigration], b
             position,
             migration.name,
             migration.transactional is False,
-            backup.id if backup else None,
-            backup.created_at.isoformat() if backup else None,
+            before_run.isoformat(),
         ]
         for position, migration in enumerate(pending)
     ]
@@ -206,11 +207,11 @@ def forget_restored(context: RunContext, backup: BackupRecord) -> None:
             if not _exists(context, conn):
                 return
             taken = conn.execute(
-                f"SELECT DISTINCT run_id, backup_created_at FROM {_table(context)} WHERE environment = %s",
+                f"SELECT DISTINCT run_id, before_run FROM {_table(context)} WHERE environment = %s",
                 [context.environment],
             ).fetchall()
-            for run_id, created_at in taken:
-                if created_at is not None and dt.datetime.fromisoformat(created_at) >= backup.created_at:
+            for run_id, before_run in taken:
+                if dt.datetime.fromisoformat(before_run) >= backup.created_at:
                     conn.execute(
                         f"DELETE FROM {_table(context)} WHERE environment = %s AND run_id = %s",
                         [context.environment, run_id],
@@ -225,7 +226,7 @@ def left_by_killed_runs(context: RunContext, conn: Any, applied: set[str]) -> li
     if not _exists(context, conn):
         return []
     rows = conn.execute(
-        f"SELECT run_id, lock_session, migration, outside_transaction, backup_id FROM {_table(context)}"
+        f"SELECT run_id, lock_session, migration, outside_transaction, before_run FROM {_table(context)}"
         " WHERE environment = %s AND run_id <> %s ORDER BY run_id, position",
         [context.environment, context.run_id],
     ).fetchall()
@@ -233,12 +234,12 @@ def left_by_killed_runs(context: RunContext, conn: Any, applied: set[str]) -> li
         return []
     live = _lock_holder(context, conn)  # a run deploying now: its migrations are not left by anyone
     found, seen = [], set()
-    for run_id, lock_session, migration, outside_transaction, backup_id in rows:
+    for run_id, lock_session, migration, outside_transaction, before_run in rows:
         if run_id in seen or lock_session == live or migration in applied:
             continue
         seen.add(run_id)
         if outside_transaction:
-            found.append(Unfinished(migration, run_id, backup_id))
+            found.append(Unfinished(migration, run_id, dt.datetime.fromisoformat(before_run)))
     return found
 
 
@@ -256,6 +257,18 @@ def with_killed_runs(context: RunContext, state: MigrationState) -> MigrationSta
         if item.migration not in failed
     ]
     return state.model_copy(update={"records": [*state.records, *added]}) if added else state
+
+
+def undone_by_backups_until(context: RunContext, state: MigrationState) -> dt.datetime | None:
+    """The time by which a backup that undoes what killed deploys left of ``state``'s failed
+    migrations was taken (a later one holds what they committed); None when no killed deploy left
+    one (or the record cannot be read)."""
+    try:
+        with context.database.session() as conn:
+            unfinished = left_by_killed_runs(context, conn, set(state.applied))
+    except context.database.engine.driver_error:
+        return None
+    return min((item.before_run for item in unfinished if item.migration in state.failed), default=None)
 
 
 def failed_names(state: MigrationState) -> str:

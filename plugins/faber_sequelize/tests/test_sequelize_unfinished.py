@@ -12,10 +12,13 @@ COPY = "20240103000000-copy.js"
 LATER = "20240104000000-later.js"
 
 
-def killed_inside_copy(killed: KilledInsideAMigration, project, run_faber) -> None:
-    """``faber migrate staging`` killed (SIGKILL) inside COPY, once its copy committed."""
+def ten_rows_ledger(killed: KilledInsideAMigration) -> None:
     killed.query("CREATE TABLE ledger (id int)")
     killed.query("INSERT INTO ledger VALUES (1), (2), (3), (4), (5), (6), (7), (8), (9), (10)")
+
+
+def killed_inside_copy(killed: KilledInsideAMigration, project, run_faber) -> None:
+    """``faber migrate staging`` killed (SIGKILL) inside COPY, once its copy of the ledger committed."""
     with killed.connect() as holder:
         killed.take(holder)
         run = FaberProcess.start(project, "migrate", "staging", "--yes", "--json")
@@ -42,6 +45,7 @@ def test_resolving_the_migration_a_killed_deploy_was_in_clears_that_deploy_s_rec
         fixture_migrations=False,
         lint="off",
     )
+    ten_rows_ledger(killed)
     killed_inside_copy(killed, project, run_faber)
 
     killed.query("DELETE FROM ledger WHERE id > 100")
@@ -93,3 +97,40 @@ def test_a_signal_while_a_deploy_that_committed_forgets_its_record_ends_with_its
     document = json.loads(run.stdout())
     assert (code, document["status"]) == (0, "success"), run.stdout()
     assert killed.query(f"SELECT count(*) FROM {record}") == [(0,)]
+
+
+def test_the_restore_named_for_a_killed_deploy_is_of_a_backup_taken_before_it(
+    sequelize_migration, sequelize_project, database_url, run_faber
+):
+    """The deploy took no backup of its own; one was taken before it and one after it was killed,
+    both with the same migrations applied. Before, faber named the newest, which holds what the
+    killed migration committed, as 'taken just before' it ran; and restoring the one before left
+    the record, so the next deploy still stopped."""
+    killed = KilledInsideAMigration(database_url)
+    project = sequelize_project(
+        {COPY: sequelize_migration(killed.copy_statement, killed.hold_statement)},
+        fixture_migrations=False,
+        lint="off",
+    )
+
+    def faber(*args: str):
+        return run_faber(*args, "--json", "--cwd", str(project))
+
+    ten_rows_ledger(killed)
+    before = faber("backup", "staging")
+    assert before.returncode == 0, before.output
+    before_id = json.loads(before.stdout)["result"]["id"]
+    killed_inside_copy(killed, project, run_faber)
+    after = faber("backup", "staging")
+    assert after.returncode == 0, after.output
+
+    status = faber("status", "staging")
+    assert status.returncode == 6, status.output
+    suggestions = " ".join(json.loads(status.stdout)["recovery"]["suggestions"])
+    assert f"faber rollback staging --to {before_id}" in suggestions, suggestions
+    restored = faber("rollback", "staging", "--to", before_id, "--yes", "--discard-app-writes")
+    assert restored.returncode == 0, restored.output
+    assert killed.ledger() == 10
+    status = faber("status", "staging")
+    assert status.returncode == 0, status.output
+    assert json.loads(status.stdout)["result"]["pending"] == [COPY]
