@@ -188,10 +188,13 @@ def migrate(
                 with held_while_reporting():
                     raise roll_back_failed_deploy(context, plugins, lock, backup, progress, stopped) from stopped
             finally:
-                # Reached however the run ends but killed: only a killed run leaves its record. A
-                # signal here must not replace the report of what committed, now written.
+                # Reached however the run ends but killed. A run that stopped inside a migration part
+                # of which may have committed keeps its record, as a killed one does, for the next
+                # to name (a restore of its backup removed it). A signal here must not replace the
+                # report of what committed, now written.
                 with held_while_reporting():
-                    unfinished.forget_run(context)
+                    if not progress.may_have_left_part():
+                        unfinished.forget_run(context)
     return deployed(
         context, outcome, backup, health_before.status, health_after.status, time.monotonic() - started, review
     )
@@ -1002,6 +1005,13 @@ class DeployProgress:
                 # written before context.migration_failed did) says nothing of its transaction:
                 # the migration stays unmeasured, and its returned outcome is what counts.
                 pass
+
+    def may_have_left_part(self) -> bool:
+        """Whether the deploy stopped inside a migration part of which may have committed."""
+        failure = self.outcome.failure if self.outcome else self.stopped_in
+        if failure is None:
+            return self.running is not None
+        return failure.started and not failure.transaction_rolled_back and failure.statements_committed != 0
 
     def record(self, outcome: ApplyOutcome) -> None:
         self.outcome = outcome

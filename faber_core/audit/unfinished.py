@@ -6,11 +6,12 @@ finished. A deploy killed inside one (``kill -9``, the machine lost) leaves part
 and nothing that says so: the next deploy would run it again from its start. So, before the apply
 step of a deploy with such a migration pending, faber records the pending migrations in its own
 table (PostgreSQL: in ``faber_schema``; MySQL/MariaDB: beside the application's, one of faber's
-tables), which backups leave out and restores keep, and removes them when the run ends, however
-it ends short of being killed.
+tables), which backups leave out and restores keep, and removes them when the run ends, unless
+killed or stopped by a failure inside such a migration after part of it may have committed (and
+not restored): a failed deploy's report is read once, and the next deploy would run it again too.
 
 A record of another run whose lock session has ended (a run still deploying holds faber's lock
-on that session) is a deploy that was killed: migrations apply in order, so the first of its
+on that session) is a deploy that was killed or failed inside a migration: migrations apply in order, so the first of its
 migrations still pending is the one it was in (or had not reached). When that one
 runs outside a transaction, every status read reports it as failed, so the next deploy stops at
 its health check, naming it, the backup that run took and ``faber resolve``. A restore of a backup
@@ -51,7 +52,10 @@ CREATE TABLE IF NOT EXISTS {table} (
 """
 
 
-KILLED = "a faber migrate was killed while it ran, outside a transaction: part of it may have committed"
+KILLED = (
+    "a faber migrate was killed inside it, or it failed and was not rolled back; it runs outside a transaction:"
+    " part of it may have committed"
+)
 
 
 @dataclass(frozen=True)

@@ -780,7 +780,7 @@ class KilledInsideAMigration(HeldMigration):
         for told, code in ((status, 6), (again, 3)):
             assert told.returncode == code, told.output
             document = json.loads(told.stdout)
-            assert f"{migration} (a faber migrate was killed while it ran, outside a transaction" in told.stdout
+            assert f"{migration} (a faber migrate was killed inside it, or it failed" in told.stdout
             assert f"faber rollback staging --to {backup_id}" in " ".join(document["recovery"]["suggestions"])
         assert json.loads(status.stdout)["result"]["failed"] == [migration]
         assert json.loads(again.stdout)["code"] == "HEALTH_CHECK_FAILED"

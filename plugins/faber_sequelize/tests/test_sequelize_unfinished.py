@@ -134,3 +134,28 @@ def test_the_restore_named_for_a_killed_deploy_is_of_a_backup_taken_before_it(
     status = faber("status", "staging")
     assert status.returncode == 0, status.output
     assert json.loads(status.stdout)["result"]["pending"] == [COPY]
+
+
+def test_a_deploy_that_failed_inside_a_migration_outside_a_transaction_stops_the_next_one(
+    sequelize_migration, sequelize_project, database_url, run_faber
+):
+    """The migration's copy committed, then its next statement failed; the deploy took no backup,
+    so nothing was restored. Before, the next deploy ran the migration again from its start."""
+    killed = KilledInsideAMigration(database_url)
+    project = sequelize_project(
+        {COPY: sequelize_migration(killed.copy_statement, "SELECT * FROM no_such_table")},
+        fixture_migrations=False,
+        lint="off",
+    )
+
+    def faber(*args: str):
+        return run_faber(*args, "--json", "--cwd", str(project))
+
+    ten_rows_ledger(killed)
+    failed = faber("migrate", "staging", "--yes")
+    assert json.loads(failed.stdout)["code"] == "MIGRATION_FAILED", failed.output
+    assert killed.ledger() == 20
+    again = faber("migrate", "staging", "--yes")
+    assert json.loads(again.stdout)["code"] == "HEALTH_CHECK_FAILED", again.output
+    assert f"{COPY} (a faber migrate was killed inside it, or it failed" in again.stdout
+    assert killed.ledger() == 20  # not run again
