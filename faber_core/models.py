@@ -6,10 +6,10 @@ enters the core, and the same objects serialise into ``faber status --json`` and
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, computed_field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, computed_field, field_validator
 
 from faber_core.interrupts import signal_name
 from faber_core.model_base import DeferredModel
@@ -341,6 +341,13 @@ class BackupRecord(DeferredModel):
         "settings), kept in the manifest and given back to faber_backup_restore; never shown: every dump of the "
         "record leaves them out but the manifest faber's backup store writes.",
     )
+
+    @field_validator("created_at")
+    @classmethod
+    def _in_utc(cls, value: datetime) -> datetime:
+        # A time without a zone (a manifest written by hand, a provider's naive time) is UTC, as
+        # faber writes them: faber compares backups' times with its own, which name their zone.
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
 
 
 class BackupPruneOutcome(DeferredModel):

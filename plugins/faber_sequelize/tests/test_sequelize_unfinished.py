@@ -159,3 +159,33 @@ def test_a_deploy_that_failed_inside_a_migration_outside_a_transaction_stops_the
     assert json.loads(again.stdout)["code"] == "HEALTH_CHECK_FAILED", again.output
     assert f"{COPY} (a faber migrate was killed inside it, or it failed" in again.stdout
     assert killed.ledger() == 20  # not run again
+
+
+def test_a_backup_whose_time_names_no_time_zone_is_compared_with_a_killed_deploy_s_record(
+    sequelize_migration, sequelize_project, database_url, run_faber
+):
+    """A manifest written without a time zone (by hand, or a provider that gives naive times) is in
+    UTC. Before, comparing it with the record's time raised TypeError out of faber status."""
+    killed = KilledInsideAMigration(database_url)
+    project = sequelize_project(
+        {COPY: sequelize_migration(killed.copy_statement, killed.hold_statement)},
+        fixture_migrations=False,
+        lint="off",
+    )
+
+    def faber(*args: str):
+        return run_faber(*args, "--json", "--cwd", str(project))
+
+    ten_rows_ledger(killed)
+    before = json.loads(faber("backup", "staging").stdout)["result"]
+    manifest = (project / before["location"]).with_suffix(".json")
+    written = json.loads(manifest.read_text())
+    written["created_at"] = written["created_at"].replace("+00:00", "").replace("Z", "")
+    manifest.write_text(json.dumps(written))
+    killed_inside_copy(killed, project, run_faber)
+
+    status = faber("status", "staging")
+    assert status.returncode == 6, status.output
+    assert f"faber rollback staging --to {before['id']}" in status.stdout
+    restored = faber("rollback", "staging", "--to", before["id"], "--yes", "--discard-app-writes")
+    assert restored.returncode == 0, restored.output
