@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 
+import pytest
 from faber_core.testing.faults import FaberProcess, KilledInsideAMigration
 
 COPY = "20240103000000-copy.js"
@@ -136,13 +137,15 @@ def test_the_restore_named_for_a_killed_deploy_is_of_a_backup_taken_before_it(
     assert json.loads(status.stdout)["result"]["pending"] == [COPY]
 
 
+@pytest.mark.parametrize("engine", ["postgres", "mysql"])
 def test_a_deploy_that_failed_inside_a_migration_outside_a_transaction_stops_the_next_one(
-    sequelize_migration, sequelize_project, database_url, run_faber
+    sequelize_migration, run_faber, request, engine
 ):
     """The migration's copy committed, then its next statement failed; the deploy took no backup,
     so nothing was restored. Before, the next deploy ran the migration again from its start."""
-    killed = KilledInsideAMigration(database_url)
-    project = sequelize_project(
+    prefix = "" if engine == "postgres" else "mysql_"
+    killed = KilledInsideAMigration(request.getfixturevalue(f"{prefix}database_url"))
+    project = request.getfixturevalue(f"{prefix}sequelize_project")(
         {COPY: sequelize_migration(killed.copy_statement, "SELECT * FROM no_such_table")},
         fixture_migrations=False,
         lint="off",
