@@ -396,7 +396,9 @@ def _drop_leftovers(admin: psycopg.Connection, swap: _Swap) -> None:
                 suggestions=[f"Rename or drop {name}, or restore in place (restore_mode in-place)"],
                 backup_id=swap.backup.id,
             )
-        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+        # IF EXISTS: the killed run's own DROP of it may still be running on the server (a backend
+        # finishes its statement before it notices its client is gone), and ends first.
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
         swap.done(f"dropped {name}, left by an earlier swap restore that was stopped")
 
 
