@@ -770,9 +770,8 @@ def _execute(
             # A deploy interrupted after its backup reports through its failure path (an
             # Interrupted error, above); this is an interrupt anywhere else.
             document = ErrorDocument.from_error(
-                Interrupted(
-                    f"Interrupted by {signal_name(interrupt)}",
-                    result={"interrupted_by": signal_name(interrupt)},
+                Interrupted.by(
+                    interrupt,
                     suggestions=[f"Check the state with: faber status {environment}"] if environment else [],
                 ),
                 operation=operation,

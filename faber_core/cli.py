@@ -442,7 +442,7 @@ def request(
     Exit codes as for faber migrate; an invalid request is a CONFIG_INVALID error document (exit 2).
     """  # noqa: E501
     from faber_core.errors import Interrupted
-    from faber_core.interrupts import raise_held, signal_name, sigterm_as_interrupt
+    from faber_core.interrupts import raise_held, sigterm_as_interrupt
 
     from_stdin = file is None or str(file) == "-"
     # A caller may hold stdin open and never send the request: an interrupt held until the read
@@ -452,10 +452,7 @@ def request(
             raise_held()  # one that arrived while faber started (faber_core/command.py)
             text = _read_request(file, from_stdin)
         except KeyboardInterrupt as interrupt:
-            error = Interrupted(
-                f"Interrupted by {signal_name(interrupt)} while reading the request: nothing was done",
-                result={"interrupted_by": signal_name(interrupt)},
-            )
+            error = Interrupted.by(interrupt, "while reading the request: nothing was done")
             _finish(api.error_document(error, api.REQUEST), json_output=True)
     # Approval at a prompt needs stdin, which a request sent on stdin has used up.
     approver = None if from_stdin else _approver()

@@ -125,6 +125,27 @@ class Interrupted(FaberError):
 
     code = "INTERRUPTED"
 
+    @classmethod
+    def by(
+        cls,
+        interrupt: KeyboardInterrupt,
+        while_doing: str = "",
+        *,
+        result: dict[str, Any] | None = None,
+        suggestions: list[str] | None = None,
+    ) -> Interrupted:
+        """The error for a step of yours that ``interrupt`` stopped (faber raises SIGTERM and SIGHUP
+        as :class:`KeyboardInterrupt` too): "Interrupted by SIGTERM", then `` while_doing`` (e.g.
+        "while RDS was making snapshot ..."), and the signal's name in ``result["interrupted_by"]``."""
+        from faber_core.interrupts import signal_name
+
+        name = signal_name(interrupt)
+        return cls(
+            f"Interrupted by {name} {while_doing}".rstrip(),
+            result={"interrupted_by": name, **(result or {})},
+            suggestions=suggestions,
+        )
+
 
 EXIT_CODES: dict[str, int] = {
     "INTERNAL_ERROR": 1,

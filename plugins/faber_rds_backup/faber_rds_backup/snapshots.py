@@ -15,7 +15,6 @@ from pathlib import Path
 from faber_core import events
 from faber_core.context import RunContext
 from faber_core.errors import BackupFailed, Interrupted
-from faber_core.interrupts import signal_name
 from faber_core.models import BackupRecord, BackupStatus
 from faber_core.support import backups
 
@@ -106,11 +105,11 @@ def snapshot_interrupted(
     RDS deletes only an available snapshot, so faber cannot take it back; it names it instead.
     Without the manifest (written once the snapshot is available) faber cannot roll back to it.
     """
-    name = signal_name(interrupt)
-    return Interrupted(
-        f"Interrupted by {name} while RDS was making snapshot {snapshot_id} of {target.identifier}; the snapshot "
-        "goes on in AWS (and is billed), but faber wrote no manifest for it, so faber cannot roll back to it",
-        result={"interrupted_by": name, "snapshot_id": snapshot_id, "source_identifier": target.identifier},
+    return Interrupted.by(
+        interrupt,
+        f"while RDS was making snapshot {snapshot_id} of {target.identifier}; the snapshot goes on in AWS (and is "
+        "billed), but faber wrote no manifest for it, so faber cannot roll back to it",
+        result={"snapshot_id": snapshot_id, "source_identifier": target.identifier},
         suggestions=[
             f"Follow it until its status is available: {target.snapshot_describe_command(snapshot_id)}",
             f"Then delete it: {target.snapshot_delete_command(snapshot_id)}",
