@@ -44,11 +44,16 @@ def oids(admin_url: str, names: list[str]) -> dict[str, int]:
     return dict(admin_execute(admin_url, "SELECT datname, oid::int FROM pg_database WHERE datname = ANY(%s)", [names]))
 
 
-def rehearsals(admin_url: str) -> list[str]:
+def rehearsals_of(admin_url: str, target: str) -> list[str]:
+    """The rehearsal copies whose comment names ``target`` (or its alias, ``<target>_alias``): the
+    server's other rehearsals are other tests'."""
     return [
         name
         for (name,) in admin_execute(
-            admin_url, "SELECT datname FROM pg_database WHERE datname LIKE 'faber\\_rehearsal\\_%'"
+            admin_url,
+            "SELECT datname FROM pg_database WHERE datname LIKE 'faber\\_rehearsal\\_%%'"
+            " AND strpos(coalesce(shobj_description(oid, 'pg_database'), ''), %s) > 0",
+            [target],
         )
     ]
 
@@ -147,7 +152,6 @@ def test_a_rehearsal_through_an_alias_is_refused_before_it_creates_its_copy(
     project, run_faber, monkeypatch, database_url, postgres_admin_url, alias_url
 ):
     project_dir = failing_deploy_through(project, monkeypatch, alias_url)
-    existing = rehearsals(postgres_admin_url)
 
     previewed = run_faber("migrate", "production", "--dry-run", "--rehearse", "--json", cwd=project_dir, env=SQLFILES)
 
@@ -155,7 +159,7 @@ def test_a_rehearsal_through_an_alias_is_refused_before_it_creates_its_copy(
     assert previewed.json["code"] == "CONFIG_INVALID"
     problem = f"reaches database {name_of(database_url)} under another name, {name_of(alias_url)}"
     assert problem in previewed.json["error"] and "nothing was created or changed" in previewed.json["error"]
-    assert rehearsals(postgres_admin_url) == existing
+    assert rehearsals_of(postgres_admin_url, name_of(database_url)) == []
 
 
 @pytest.fixture
