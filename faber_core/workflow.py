@@ -1216,6 +1216,8 @@ def roll_back_failed_deploy(
     backup_id = backup.id if backup else ""
     if rollback.discarded:
         message += f"; rolled back to {backup_id}, discarding {rollback.discarded}"
+    if rollback.status == "unreachable" and not progress.unreachable:
+        message += f"; the database then refused connections, so the automatic rollback to {backup_id} could not run"
     if rollback.status == "failed":
         error = RestoreFailed
         message = f"{cause.message}; the automatic rollback to {backup_id} failed: {rollback.error}"
@@ -1310,17 +1312,47 @@ def rollback_step(
         return withheld_for_unreachable(context, backup)
     if not lock.held():
         return withheld_for_lost_lock(context, backup)
+    # faber's own sessions may still be open on a database that now refuses new ones, which the
+    # restore needs: asked, it would fail on its first connection.
+    refused = refused_connection(context)
+    if refused is not None:
+        return withheld_for_unreachable(context, backup, refused=refused)
     return restore_unless_refused(context, plugins, lock, backup)
 
 
-def withheld_for_unreachable(context: RunContext, backup: BackupRecord) -> Rollback:
+def refused_connection(context: RunContext) -> str | None:
+    """Why the database refuses a new connection (redacted), or None when it accepts one."""
+    database = context.database
+    try:
+        with database.connect() as conn:
+            conn.execute("SELECT 1")
+    except database.engine.driver_error as exc:
+        return context.redactor.redact(database.engine.describe_connection_error(exc, database))
+    return None
+
+
+def withheld_for_unreachable(context: RunContext, backup: BackupRecord, *, refused: str | None = None) -> Rollback:
+    """No restore: the database refuses connections. ``refused`` (why) when the post-deployment
+    check ran to its verdict and the restore's own connection was refused; without it, the check
+    lost its session and could not run again, so the deploy's health is unknown."""
     env = context.environment
-    reason = "the database refuses connections: a restore could not run, and its health after the deploy is unknown"
+    if refused is None:  # the lost check's error already advises verifying the database
+        reason = "the database refuses connections: a restore could not run, and its health after the deploy is unknown"
+        context.emit("rollback.withheld", reason=reason)
+        return Rollback(
+            "unreachable",
+            reason=reason,
+            advice_last=[
+                f"If its health checks fail once it answers, roll back: faber rollback {env} --to {backup.id}"
+            ],
+        )
+    reason = f"the database refuses connections ({refused}): the restore could not run"
     context.emit("rollback.withheld", reason=reason)
     return Rollback(
         "unreachable",
         reason=reason,
-        advice_last=[f"If its health checks fail once it answers, roll back: faber rollback {env} --to {backup.id}"],
+        advice_first=["Verify database is running"],
+        advice_last=[f"Once it answers, roll back: faber rollback {env} --to {backup.id}"],
     )
 
 

@@ -19,7 +19,7 @@ from psycopg import sql
 
 from faber_core.postgres.locks import session_lock_key
 from faber_core.testing.faults import WAITING_ON_ADVISORY_LOCK, FaberProcess
-from faber_core.testing.held_check import HOLD_ENV
+from faber_core.testing.held_check import HOLD_ENV, VERDICT_ENV
 
 ENVIRONMENT = "production"
 URL_ENV = "FAULTS_DATABASE_URL"
@@ -61,16 +61,21 @@ class LostSessionDeploy:
         assert base.finish() == 0, base.stdout() + base.stderr()
         (self.project / "migrations" / f"{MIGRATION}.sql").write_text(migration)
 
-    def start(self, *args: str) -> FaberProcess:
+    def start(self, *args: str, check_fails: bool = False) -> FaberProcess:
         env = {"FABER_PLUGINS": PLUGINS, URL_ENV: self.url, HOLD_ENV: str(self.check_key)}
+        if check_fails:
+            env[VERDICT_ENV] = "failed"
         return FaberProcess.start(self.project, "migrate", ENVIRONMENT, "--yes", "--json", *args, env=env)
 
-    def run(self, *, end_lock_session: bool = False, refuse_connections: bool = False) -> tuple[int, dict]:
+    def run(
+        self, *, end_lock_session: bool = False, refuse_connections: bool = False, check_fails: bool = False
+    ) -> tuple[int, dict]:
         """Deploy; end the health check's session as it waits (and faber's lock's session, or
-        first refuse new connections to the database); the exit code and the document."""
+        first refuse new connections to the database); the exit code and the document. With
+        ``check_fails`` the check's session is left alone and the check reports failed."""
         with psycopg.connect(self.url, autocommit=True) as test:
             test.execute("SELECT pg_advisory_lock(%s)", [self.migration_key])
-            run = self.start()
+            run = self.start(check_fails=check_fails)
             try:
                 run.wait_until(lambda: waiting_on(test, self.migration_key), what="the migration held")
                 test.execute("SELECT pg_advisory_lock(%s)", [self.check_key])
@@ -79,6 +84,8 @@ class LostSessionDeploy:
                 if refuse_connections:
                     self.allow_connections(test.info.dbname, allow=False)
                 ended = [checking, *([faber_lock_holder(test)] if end_lock_session else [])]
+                if check_fails:
+                    ended = []
                 test.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) pid", [ended])
                 test.execute("SELECT pg_advisory_unlock(%s)", [self.check_key])
                 code = run.finish(120)
@@ -173,4 +180,19 @@ def test_a_database_refusing_a_fresh_connection_after_the_lost_session_is_report
     advice = document["recovery"]["suggestions"]
     assert advice[0] == "Verify database is running", advice
     assert any("faber rollback production --to" in line for line in advice), advice
+    assert columns(database_url) == ["id", "tier"]
+
+
+def test_a_failed_post_deployment_check_on_a_database_then_refusing_connections_is_reported_unreachable(
+    deploy, database_url
+):
+    code, document = deploy.run(refuse_connections=True, check_fails=True)
+
+    assert (code, document["code"]) == (3, "HEALTH_CHECK_FAILED"), json.dumps(document)
+    result = document["result"]
+    assert (result["rollback_status"], result["health_check_after"]) == ("unreachable", "failed"), result
+    assert result["applied_migrations"] == [MIGRATION] and result["rollback_initiated"] is False, result
+    assert "refuses connections" in result["rollback_reason"], result
+    assert document["recovery"]["rollback_command"].startswith("faber rollback production --to"), document
+    assert "refused connections" in document["error"], document
     assert columns(database_url) == ["id", "tier"]

@@ -6,7 +6,9 @@ in the environment's ``health_checks``. It waits while the lock :data:`HOLD_ENV`
 elsewhere: on PostgreSQL an advisory lock's key (wait with ``pg_advisory_lock_shared``, which a
 test's exclusive ``pg_advisory_lock`` blocks), on MySQL/MariaDB a ``GET_LOCK`` name. Without
 :data:`HOLD_ENV` it passes at once. Like the built-in checks, it reports a database error as a
-failed check rather than raising it.
+failed check rather than raising it. With :data:`VERDICT_ENV` set to ``failed``, a check that had to
+wait reports failed once the lock is free (its session intact), as a check that finds the deployed
+application unhealthy does: the test picks which run of it fails by holding the lock then.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from faber_core.models import HealthCheckInfo, HealthCheckResult
 NAME = "held"
 HOLD_ENV = "FAULTS_HELD_CHECK_LOCK"
 """The lock ``held`` waits for: an advisory lock key (PostgreSQL) or a ``GET_LOCK`` name (MySQL)."""
+VERDICT_ENV = "FAULTS_HELD_CHECK_VERDICT"
+"""``failed``: a check that waited for the lock reports failed once it is free."""
 WAIT_SECONDS = 60
 
 
@@ -34,17 +38,24 @@ def faber_health_checks(context: RunContext, checks: list[str]) -> list[HealthCh
         return []
     lock = os.environ.get(HOLD_ENV)
     database = context.database
+    waited = False
     try:
         with database.session() as conn:
             if lock and database.engine.name == "mysql":
-                conn.execute("SELECT GET_LOCK(%s, %s)", [lock, WAIT_SECONDS])
+                waited = not conn.execute("SELECT GET_LOCK(%s, 0)", [lock]).fetchone()[0]
+                if waited:
+                    conn.execute("SELECT GET_LOCK(%s, %s)", [lock, WAIT_SECONDS])
                 conn.execute("SELECT RELEASE_LOCK(%s)", [lock])
             elif lock:
-                conn.execute("SELECT pg_advisory_lock_shared(%s)", [int(lock)])
+                waited = not conn.execute("SELECT pg_try_advisory_lock_shared(%s)", [int(lock)]).fetchone()[0]
+                if waited:
+                    conn.execute("SELECT pg_advisory_lock_shared(%s)", [int(lock)])
                 conn.execute("SELECT pg_advisory_unlock_shared(%s)", [int(lock)])
             else:
                 conn.execute("SELECT 1")
     except database.engine.driver_error as exc:
         details = database.engine.describe_connection_error(exc, database)
         return [HealthCheckResult(name=NAME, status="failed", details=details)]
+    if waited and os.environ.get(VERDICT_ENV) == "failed":
+        return [HealthCheckResult(name=NAME, status="failed", details="the application answers with errors")]
     return [HealthCheckResult(name=NAME, status="passed", details="the lock was free")]
