@@ -1047,9 +1047,6 @@ def apply(
     run ``context.lock_check_in_transaction``'s SQL or wait for faber's check) and after the run.
     """
     pending = progress.pending
-    lock.require_held(f"migration {pending[0].name}", context)
-    progress.invalid_indexes_before = context.database.engine.invalid_indexes(lock.conn)
-    unfinished.record(context, lock.conn, pending, backup)
 
     def lock_still_held(name: str) -> None:
         lock.require_held_before_migration(name, context)
@@ -1058,6 +1055,11 @@ def apply(
     context.before_each_migration.append(lock_still_held)
     context.lock_check_in_transaction = lock.check_in_transaction(context)
     try:
+        # Lost already, the first migration is the one the deploy stopped at, not started, as a
+        # later one is when the check before it finds the lock lost.
+        lock_still_held(pending[0].name)
+        progress.invalid_indexes_before = context.database.engine.invalid_indexes(lock.conn)
+        unfinished.record(context, lock.conn, pending, backup)
         with step(context, "apply"):
             context.emit("apply.started", migrations=[m.model_dump(include={"name", "checksum"}) for m in pending])
             outcome = plugins.migration_dev(context) if context.mode == "dev" else None

@@ -97,6 +97,22 @@ class LostSessionDeploy:
         self.progress = run.stderr()
         return code, json.loads(run.stdout())
 
+    def run_losing_the_lock_before_the_migrations(self) -> tuple[int, dict]:
+        """Deploy; end faber's lock's session while the pre-deployment check waits, so the check
+        before the first migration finds the lock lost; the exit code and the document."""
+        with psycopg.connect(self.url, autocommit=True) as test:
+            test.execute("SELECT pg_advisory_lock(%s)", [self.check_key])
+            run = self.start()
+            try:
+                run.wait_until(lambda: waiting_on(test, self.check_key), what="the pre-deployment check held")
+                test.execute("SELECT pg_terminate_backend(%s)", [faber_lock_holder(test)])
+                test.execute("SELECT pg_advisory_unlock(%s)", [self.check_key])
+                code = run.finish(120)
+            finally:
+                run.stop_everything()
+        assert run.stdout(), run.stderr()[-3000:]
+        return code, json.loads(run.stdout())
+
     def allow_connections(self, database: str, *, allow: bool) -> None:
         """Let new sessions into ``database`` or refuse them (its own sessions stay)."""
         with psycopg.connect(self.admin_url, autocommit=True) as admin:
@@ -196,3 +212,17 @@ def test_a_failed_post_deployment_check_on_a_database_then_refusing_connections_
     assert document["recovery"]["rollback_command"].startswith("faber rollback production --to"), document
     assert "refused connections" in document["error"], document
     assert columns(database_url) == ["id", "tier"]
+
+
+def test_a_lock_lost_before_the_first_migration_names_it_as_not_started(deploy, database_url):
+    code, document = deploy.run_losing_the_lock_before_the_migrations()
+
+    assert (code, document["code"]) == (7, "LOCKED"), json.dumps(document)
+    assert document["error"].startswith(f"faber's lock on the database was lost before migration {MIGRATION}")
+    result = document["result"]
+    assert result["failed_migration"] == MIGRATION and "transaction_rolled_back" not in result, result
+    assert (result["applied_migrations"], result["remaining_migrations"]) == ([], [MIGRATION]), result
+    assert result["rollback_status"] == "not_needed", result
+    suggestions = document["recovery"]["suggestions"]
+    assert suggestions[0] == f"Database unchanged: faber's lock was lost before {MIGRATION} started", suggestions
+    assert columns(database_url) == ["id"]
