@@ -39,7 +39,7 @@ with one JSON object per line on the protocol pipe (the descriptor named by
     {"event": "query", "name": ..., "phase": "migration" | "bookkeeping", "sql": ..., "parameters": [...]}
     {"event": "migration_finished", "name": ..., "duration_seconds": ...}
     {"event": "migration_failed", "name": ..., "code": "42P07", "message": ..., "query": ...,
-     "transaction_rolled_back": true, "duration_seconds": ..., "at_lock_check": true}
+     "transaction_rolled_back": true, "duration_seconds": ..., "at_lock_check": true, "started": true}
     {"event": "setup_error", "kind": "module_missing" | "typescript_loader_missing" | "load_failed"
      | "not_regular_file" | "not_found" | "unsupported" | "plan_mismatch" | "connection_failed" | "invalid",
      "message": ..., "module": ..., "file": ...}
@@ -72,7 +72,9 @@ statement timeouts: the runner runs them first in every session that applies mig
 faber's session still holds its lock: the runner runs it as each migration starts, right after
 ``migration_started`` and before any of the migration's statements, in the migration's own
 transaction when it has one (``checkLock`` in ``runner-common.cjs``). Failing, it fails that
-migration (``at_lock_check``, nothing of it run) and the runner starts no other; faber then
+migration (``at_lock_check``, nothing of it run: ``transaction_rolled_back`` and ``started``
+true where the check ran in its transaction, false where it ran just before one with none) and
+the runner starts no other; faber then
 raises :class:`~faber_core.errors.LockLost`. ``confirm_each_migration`` (a deploy's apply where
 the engine has no such SQL: MySQL) has the runner wait after each ``migration_started`` for a line
 on its stdin, ``{"start": true}``, which faber writes once it has checked its lock on its own
@@ -809,6 +811,7 @@ def outcome_of(result: RunnerResult, paths: dict[str, str | None], code_label: s
             output=_failure_output(failed, result.stderr),
             path=paths.get(failed["name"]) or failed.get("path"),
             transaction_rolled_back=bool(failed.get("transaction_rolled_back")),
+            started=failed.get("started", True),
             sqlstate=failed.get("code"),
         ),
     )

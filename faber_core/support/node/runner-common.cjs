@@ -267,26 +267,29 @@ function serve(load) {
 // session still holds its lock. Run by `query` as a migration starts, before anything of it: in the
 // migration's own transaction when it has one, so that a lost lock rolls it back with nothing of it
 // run and no further migration starts while another deploy may. A failure of the check is a
-// LockCheckFailed, whose fields are those of the migration's "migration_failed".
+// LockCheckFailed, whose fields are those of the migration's "migration_failed": checked in the
+// migration's transaction (inTransaction), that transaction rolled back; checked just before a
+// migration that has none, the migration never started and no transaction of its rolled back.
 class LockCheckFailed extends Error {
-  constructor(error) {
+  constructor(error, inTransaction) {
     super(describe(error));
     this.fields = {
       code: errorCode((error && (error.driverError || error.original || error.parent)) || error),
       message: this.message,
       at_lock_check: true,
-      transaction_rolled_back: true,
+      transaction_rolled_back: inTransaction,
+      started: inTransaction,
       duration_seconds: 0,
     };
   }
 }
 
-async function checkLock(statement, query) {
+async function checkLock(statement, query, { inTransaction }) {
   if (!statement) return;
   try {
     await query(statement);
   } catch (error) {
-    throw new LockCheckFailed(error);
+    throw new LockCheckFailed(error, inTransaction);
   }
 }
 

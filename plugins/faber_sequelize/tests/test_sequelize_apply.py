@@ -195,3 +195,21 @@ def test_the_canary_password_never_appears_in_events_results_or_errors(
     assert "cannot use no url" in outcome.failure.error, "the runner hides the URL from project code"
     text = outcome.model_dump_json() + "".join(e.model_dump_json() for e in events)
     assert CANARY_PASSWORD not in text
+
+
+def test_a_failed_lock_check_says_the_migration_without_a_transaction_never_started(
+    sequelize_project, sequelize_migration, sequelize_context, sequelize_plugins, query
+):
+    # sequelize-cli gives a migration no transaction: the check runs just before it, so a failing
+    # check leaves it not started, with no transaction of its rolled back.
+    context = sequelize_context(
+        sequelize_project({"20240103000000-add-posts.js": sequelize_migration('CREATE TABLE "posts" (id int)')})
+    )
+    pending = [m.name for m in sequelize_plugins.migration_status(context).pending_migrations()]
+
+    result = run_runner(RUNNER, context, "apply", runner_args(context), expected=pending, lock_check="SELECT 1/0")
+
+    failed = result.first("migration_failed")
+    assert (failed["name"], failed["at_lock_check"]) == (CREATE_USERS, True), failed
+    assert (failed["transaction_rolled_back"], failed["started"]) == (False, False), failed
+    assert not table_exists(query, "users") and not table_exists(query, "posts")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+from faber_core.support.node import run_runner
 from faber_core.testing.fixtures import CANARY_PASSWORD
+
+from faber_typeorm.runner import RUNNER, runner_args
 
 CREATE_USERS = "CreateUsers1700000000000"
 ADD_USER_NAME = "AddUserName1700000100000"
@@ -242,3 +245,20 @@ def test_typeorm_sessions_run_with_fabers_lock_timeout(
 
     assert outcome.failure is None, outcome.failure
     assert query("SELECT lock_timeout FROM session_settings") == [("3s",)]
+
+
+def test_a_failed_lock_check_says_a_migration_without_a_transaction_never_started(
+    typeorm_project, typeorm_migration, typeorm_context, typeorm_plugins, query
+):
+    # transaction = false: the check runs just before the migration, which then never started, and
+    # no transaction of its rolled back.
+    migration = typeorm_migration("First1700000200000", "CREATE TABLE first (id int)", transaction=False)
+    context = typeorm_context(typeorm_project({"1700000200000-First.js": migration}, fixture_migrations=False))
+    pending = [m.name for m in typeorm_plugins.migration_status(context).pending_migrations()]
+
+    result = run_runner(RUNNER, context, "apply", runner_args(context), expected=pending, lock_check="SELECT 1/0")
+
+    failed = result.first("migration_failed")
+    assert (failed["name"], failed["at_lock_check"]) == ("First1700000200000", True), failed
+    assert (failed["transaction_rolled_back"], failed["started"]) == (False, False), failed
+    assert not table_exists(query, "first")

@@ -248,7 +248,7 @@ async function apply(context, track, expected, lockCheck) {
     try {
       await faber.migrationStarted({ name: migration.name, transactional: false });
       // Just before the migration: sequelize-cli gives it no transaction of its own.
-      await faber.checkLock(lockCheck, (statement) => sequelize.query(statement));
+      await faber.checkLock(lockCheck, (statement) => sequelize.query(statement), { inTransaction: false });
       track.current = migration.name;
       track.phase = "migration";
       await faber.runMigration(migration.name, () => migration.steps.up(queryInterface, SequelizeModule));

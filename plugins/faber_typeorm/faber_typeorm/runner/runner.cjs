@@ -264,7 +264,9 @@ function tracker() {
       finish();
       await faber.migrationStarted({ name: migration.name, transactional: isTransactional(instance) });
       // In the transaction TypeORM just started for it (just before it, for one with transaction = false).
-      await faber.checkLock(lockCheck, (statement) => queryRunner.query(statement));
+      await faber.checkLock(lockCheck, (statement) => queryRunner.query(statement), {
+        inTransaction: isTransactional(instance),
+      });
       state.current = migration;
       state.phase = "migration";
       state.started = performance.now();
