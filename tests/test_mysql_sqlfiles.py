@@ -210,9 +210,7 @@ LATER = {
 }
 
 
-def test_estimates_come_from_the_tables_statistics_and_say_their_basis(
-    mysql_project, mysql_database_url, mysql_query
-):
+def test_estimates_come_from_the_tables_statistics_and_say_their_basis(mysql_project, mysql_database_url, mysql_query):
     project = mysql_project({"001_events": EVENTS})
     assert faber(project, "migrate", "production", url=mysql_database_url)[0] == 0
     mysql_query(f"INSERT INTO events SELECT seq, seq % 1000, MD5(seq) FROM seq_1_to_{EVENT_ROWS}")
@@ -418,6 +416,20 @@ def test_a_connection_error_says_what_is_wrong_without_the_password(
         assert code == 3 and document["code"] == "HEALTH_CHECK_FAILED", document
         assert reported in json.dumps(document).lower()
         assert CANARY_PASSWORD not in json.dumps(document) + stderr
+
+
+def test_a_url_naming_no_database_is_refused_before_any_connection(mysql_project, mysql_database_url):
+    # faber deploys to one database, and finds its lock, leftovers and interrupted swaps by that
+    # database's name: a MySQL URL without one (whose session would have no DATABASE()) never runs.
+    project = mysql_project(MIGRATIONS)
+    without_database = mysql_database_url.rpartition("/")[0]
+
+    for command in (("migrate", "production"), ("status", "production")):
+        code, document, stderr = faber(project, *command, url=without_database)
+
+        assert (code, document["code"]) == (2, "CONFIG_INVALID"), document
+        assert "names no database" in document["error"], document
+        assert "Connecting to" not in stderr and CANARY_PASSWORD not in json.dumps(document) + stderr
 
 
 def test_preview_reports_a_long_open_transaction_that_may_block_the_alter(

@@ -676,14 +676,14 @@ class MySQLEngine(Engine):
         names no target)."""
         from faber_core.backup.mysqldump import restore_leftovers
 
-        if not database.name or lock_in_use(conn):
+        if lock_in_use(conn):
             return []
         return restore_leftovers(conn, database.name)
 
     def interrupted_restores(self, conn: MySQLConnection, database: Database) -> list[InterruptedRestore]:
         from faber_core.backup.mysqldump import interrupted_swaps
 
-        if not database.name or lock_in_use(conn):
+        if lock_in_use(conn):
             return []
         return interrupted_swaps(conn, database.name)
 
