@@ -1199,14 +1199,16 @@ def roll_back_failed_deploy(
         result.migrations_applied = len(progress.applied)
         result.health_check_after = progress.health_after
         result.auto_rollback_triggered = rollback.initiated
-    leftovers = leftover_indexes(context, progress, rollback.status)
+    # A database refusing connections cannot be read: each read would only wait for its refusal.
+    unreachable = rollback.status == "unreachable"
+    leftovers = [] if unreachable else leftover_indexes(context, progress, rollback.status)
     result.invalid_indexes = leftovers or None
     suggestions = [
         *rollback.advice_first,
         *cause.suggestions,
         *[f"Drop the invalid index left behind: DROP INDEX CONCURRENTLY {name};" for name in leftovers],
         *left_behind_by(failure, rollback.status),
-        *resolve_advice(context, plugins, rollback.status),
+        *(not_checked_while_unreachable(context) if unreachable else resolve_advice(context, plugins, rollback.status)),
         *rollback.advice_last,
     ]
     if progress.health_after == "failed":
@@ -1549,6 +1551,14 @@ def resolve_advice(context: RunContext, plugins: Plugins, status: RollbackStatus
     if status in RESTORE_TRIED:
         return []
     return failed_migration_advice(context, unresolved_migrations(context, plugins))
+
+
+def not_checked_while_unreachable(context: RunContext) -> list[str]:
+    env = context.environment
+    return [
+        "Not checked, as the database refuses connections: invalid indexes left behind and migrations recorded "
+        f"as failed; once it answers, see them with faber status {env} and faber health {env}"
+    ]
 
 
 def left_behind_by(failure: MigrationFailure | None, status: RollbackStatus) -> list[str]:

@@ -210,7 +210,9 @@ def test_a_failed_post_deployment_check_on_a_database_then_refusing_connections_
     assert result["applied_migrations"] == [MIGRATION] and result["rollback_initiated"] is False, result
     assert "refuses connections" in result["rollback_reason"], result
     assert document["recovery"]["rollback_command"].startswith("faber rollback production --to"), document
+    advice = document["recovery"]["suggestions"]
     assert "refused connections" in document["error"], document
+    assert any(line.startswith("Not checked, as the database refuses connections") for line in advice), advice
     assert columns(database_url) == ["id", "tier"]
 
 
