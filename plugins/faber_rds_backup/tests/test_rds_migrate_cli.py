@@ -224,27 +224,32 @@ def wait_for_restored_copy(rds) -> set[str]:
         time.sleep(0.1)
 
 
+def rollback_killed(project, run_faber, rds, throttling_proxy, *, after: str) -> tuple[str, set[str]]:
+    """Back up, then SIGKILL a rollback to that backup while RDS holds its first DescribeDBInstances
+    after ``after`` (its wait for what it asked): the backup's id and the instances left."""
+    backup = run_faber("backup", "production", "--json", "--cwd", str(project))
+    assert backup.returncode == 0, backup.output
+    backup_id = backup.json["result"]["id"]
+    throttling_proxy.hold("DescribeDBInstances", after=after)
+
+    run = FaberProcess.start(project, "rollback", "production", "--to", backup_id, "--yes", "--json")
+    try:
+        run.wait_until(throttling_proxy.holding.is_set, what=f"the rollback's wait after {after}")
+        run.kill(signal.SIGKILL)
+        run.wait(30)
+    finally:
+        throttling_proxy.release()
+        run.stop_everything()
+    return backup_id, {db["DBInstanceIdentifier"] for db in rds.describe_db_instances()["DBInstances"]}
+
+
 def test_a_rollback_killed_between_its_renames_is_found_and_explained_by_the_next_run(
     rds, rds_instance, prisma_rds_project, run_faber, throttling_proxy
 ):
     # SIGKILL leaves no report: the next run finds prod-db missing. It said "Nothing was changed:
     # prod-db still serves the database" (rollback) and "check backup.db_instance_identifier" (migrate).
     project = prisma_rds_project({"0001_init": INIT}, endpoint_url=throttling_proxy.url)
-    backup = run_faber("backup", "production", "--json", "--cwd", str(project))
-    assert backup.returncode == 0, backup.output
-    backup_id = backup.json["result"]["id"]
-    throttling_proxy.hold("DescribeDBInstances", after="ModifyDBInstance", count=1)
-
-    run = FaberProcess.start(project, "rollback", "production", "--to", backup_id, "--yes", "--json")
-    try:
-        run.wait_until(throttling_proxy.holding.is_set, what="the wait after the first rename")
-        run.kill(signal.SIGKILL)
-        run.wait(30)
-    finally:
-        throttling_proxy.release()
-        run.stop_everything()
-
-    left = {db["DBInstanceIdentifier"] for db in rds.describe_db_instances()["DBInstances"]}
+    backup_id, left = rollback_killed(project, run_faber, rds, throttling_proxy, after="ModifyDBInstance")
     [previous] = [i for i in left if "-pre-rollback-" in i]
     [restored] = [i for i in left if "-restored-" in i]
     assert left == {previous, restored}, "the kill came between the two renames"
@@ -290,21 +295,9 @@ def test_a_rollback_killed_before_its_swap_leaves_a_copy_the_next_runs_name_and_
     # SIGKILL once the restore was requested: prod-db-restored-<ts> is billed beside prod-db. The next
     # rollback made a second copy, and a deploy went on, with nothing mentioning the first.
     project = prisma_rds_project({"0001_init": INIT}, endpoint_url=throttling_proxy.url)
-    backup = run_faber("backup", "production", "--json", "--cwd", str(project))
-    assert backup.returncode == 0, backup.output
-    backup_id = backup.json["result"]["id"]
-    throttling_proxy.hold("DescribeDBInstances", after="RestoreDBInstanceFromDBSnapshot")
-
-    run = FaberProcess.start(project, "rollback", "production", "--to", backup_id, "--yes", "--json")
-    try:
-        run.wait_until(throttling_proxy.holding.is_set, what="the wait for the restored copy")
-        run.kill(signal.SIGKILL)
-        run.wait(30)
-    finally:
-        throttling_proxy.release()
-        run.stop_everything()
-
-    left = {db["DBInstanceIdentifier"] for db in rds.describe_db_instances()["DBInstances"]}
+    backup_id, left = rollback_killed(
+        project, run_faber, rds, throttling_proxy, after="RestoreDBInstanceFromDBSnapshot"
+    )
     [copy] = left - {"prod-db"}
     assert "prod-db" in left and "-restored-" in copy, left
     snapshots = manual_snapshots(rds)
