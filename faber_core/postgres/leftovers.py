@@ -17,7 +17,7 @@ from psycopg import sql
 from faber_core.backup.swap import MARKER, previous_name, restoring_name
 from faber_core.engines import REHEARSAL_PREFIX, REHEARSAL_STALE_MINUTES, rehearsal_age
 from faber_core.models import LeftoverDatabase
-from faber_core.postgres.locks import lock_held, session_lock_key
+from faber_core.postgres.locks import faber_lock_key, lock_held
 from faber_core.postgres.names import names_of
 from faber_core.postgres.rehearsal import rehearsal_comment
 
@@ -35,7 +35,7 @@ def leftover_databases(conn: psycopg.Connection) -> list[LeftoverDatabase]:
     server's name of it, which the swap and the rehearsal name theirs after, whatever the URL calls it."""
     target = names_of(conn).server
     swap = [restoring_name(target), previous_name(target)]
-    if swap and lock_held(conn, session_lock_key(conn)):
+    if swap and lock_held(conn, faber_lock_key(target)):  # session_lock_key's key, from the name just read
         swap = []
     rows = conn.execute(_CANDIDATES, {"swap": swap, "prefix": REHEARSAL_PREFIX}).fetchall()
     leftovers = []
