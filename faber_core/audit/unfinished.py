@@ -52,6 +52,9 @@ CREATE TABLE IF NOT EXISTS {table} (
 """
 
 
+_RECORDED = "unfinished_recorded"
+"""``Database.learnt``'s key: this run wrote its pending migrations to the table (:func:`record`)."""
+
 KILLED = (
     "a faber migrate was killed inside it, or it failed and was not rolled back; it runs outside a transaction:"
     " part of it may have committed"
@@ -146,6 +149,8 @@ def record(context: RunContext, lock_conn: Any, pending: list[LocalMigration], b
         for position, migration in enumerate(pending)
     ]
     values = ", ".join("(" + ", ".join(["%s"] * len(_COLUMNS)) + ")" for _ in rows)
+    # Before the write: an INSERT whose answer is lost may have committed.
+    context.database.learnt[_RECORDED] = True
     try:
         with context.database.session() as conn:
             if not _exists(context, conn):
@@ -177,8 +182,11 @@ def _delete(context: RunContext, condition: str, params: list[Any]) -> bool:
 
 
 def forget_run(context: RunContext) -> None:
-    """The run ended (not killed): what it recorded says nothing any more."""
-    _delete(context, "run_id = %s", [context.environment, context.run_id])
+    """The run ended (not killed): what it recorded says nothing any more. A run that recorded
+    nothing (no migration outside a transaction was pending) has nothing to remove: its rows are
+    its own, by its run id."""
+    if context.database.learnt.get(_RECORDED):
+        _delete(context, "run_id = %s", [context.environment, context.run_id])
 
 
 def forget_migration(context: RunContext, name: str) -> bool:
