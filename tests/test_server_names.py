@@ -17,7 +17,10 @@ import pytest
 from psycopg import sql
 
 from faber_core.backup.swap import previous_name, restoring_name
+from faber_core.context import Database
+from faber_core.postgres.names import database_names
 from faber_core.postgres.rehearsal import rehearsal_comment
+from faber_core.secrets import Secret
 from faber_core.testing.fixtures import CANARY_PASSWORD, database_state
 
 SQLFILES = {"FABER_PLUGINS": "faber_core.testing.sqlfiles"}
@@ -236,3 +239,21 @@ def test_status_reports_the_leftovers_of_the_server_s_name_of_the_database_howev
         ]
     finally:
         drop(postgres_admin_url, *comments)
+
+
+def test_the_server_s_name_is_learnt_on_the_run_s_first_session_without_a_connection_of_its_own(
+    database_url, monkeypatch
+):
+    database = Database(Secret(database_url), source="test", lock_timeout=1.5, statement_timeout=7)
+    with database.session():
+        pass
+    connections = []
+    connect = psycopg.connect
+    monkeypatch.setattr(
+        psycopg, "connect", lambda *args, **kwargs: connections.append(args) or connect(*args, **kwargs)
+    )
+
+    names = database_names(database)
+
+    assert (names.server, names.asked) == (name_of(database_url), name_of(database_url))
+    assert connections == []

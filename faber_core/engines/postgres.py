@@ -312,7 +312,7 @@ class PostgresEngine(Engine):
     def leftover_databases(self, conn: psycopg.Connection, database: Database) -> list[LeftoverDatabase]:
         from faber_core.postgres.leftovers import leftover_databases
 
-        return leftover_databases(conn)
+        return leftover_databases(conn, database)
 
     @contextmanager
     def deploy_lock(

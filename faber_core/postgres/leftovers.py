@@ -15,10 +15,11 @@ import psycopg
 from psycopg import sql
 
 from faber_core.backup.swap import MARKER, previous_name, restoring_name
+from faber_core.context import Database
 from faber_core.engines import REHEARSAL_PREFIX, REHEARSAL_STALE_MINUTES, rehearsal_age
 from faber_core.models import LeftoverDatabase
 from faber_core.postgres.locks import faber_lock_key, lock_held
-from faber_core.postgres.names import names_of
+from faber_core.postgres.names import learnt_names
 from faber_core.postgres.rehearsal import rehearsal_comment
 
 _CANDIDATES = """
@@ -30,12 +31,12 @@ ORDER BY d.datname
 """
 
 
-def leftover_databases(conn: psycopg.Connection) -> list[LeftoverDatabase]:
-    """The leftovers of the database ``conn`` is a session of, on its server, by name: the
+def leftover_databases(conn: psycopg.Connection, database: Database) -> list[LeftoverDatabase]:
+    """The leftovers of ``database`` (``conn`` is a session of it), on its server, by name: the
     server's name of it, which the swap and the rehearsal name theirs after, whatever the URL calls it."""
-    target = names_of(conn).server
+    target = learnt_names(database, conn).server
     swap = [restoring_name(target), previous_name(target)]
-    if swap and lock_held(conn, faber_lock_key(target)):  # session_lock_key's key, from the name just read
+    if swap and lock_held(conn, faber_lock_key(target)):  # session_lock_key's key, from that name
         swap = []
     rows = conn.execute(_CANDIDATES, {"swap": swap, "prefix": REHEARSAL_PREFIX}).fetchall()
     leftovers = []

@@ -41,12 +41,20 @@ def names_of(conn: psycopg.Connection) -> DatabaseNames:
 
 
 def database_names(database: Database) -> DatabaseNames:
-    """The names of ``database``, asked once per run, on a session of its own: the run's shared one
-    is not kept across a swap restore, which ends every session of the database."""
+    """The names of ``database``, asked once per run: on its first session, which reads its
+    timeouts back in the same query (:mod:`~faber_core.postgres.pooler`), or else on a session of
+    its own: the run's shared one is not kept across a swap restore, which ends every session of
+    the database."""
     if "names" not in database.learnt:
         with database.connect() as conn:
             database.learnt["names"] = names_of(conn)
     return database.learnt["names"]
+
+
+def learnt_names(database: Database, conn: psycopg.Connection) -> DatabaseNames:
+    """The names of ``database``: as the run learnt them (:func:`database_names`), or else asked on
+    ``conn``, a session of it."""
+    return database.learnt.get("names") or names_of(conn)
 
 
 def alias_refusal(names: DatabaseNames, what: str) -> str | None:

@@ -31,6 +31,13 @@ REFUSED = "unsupported startup parameter: options"
 """How PgBouncer refuses the ``options`` startup parameter."""
 
 _TIMEOUTS = "SELECT name, setting FROM pg_catalog.pg_settings WHERE name IN ('lock_timeout', 'statement_timeout')"
+_FIRST_SESSION = (
+    "SELECT pg_catalog.current_database(), name, setting FROM pg_catalog.pg_settings"
+    " WHERE name IN ('lock_timeout', 'statement_timeout')"
+)
+"""The timeouts read back on the run's first session, with the server's name of the database, which
+the run learns there (:func:`~faber_core.postgres.names.database_names`) rather than on a session
+of its own."""
 
 
 def session_with_timeouts(
@@ -56,7 +63,7 @@ def session_with_timeouts(
     conn = conn or connect(own_options)
     try:
         if "startup_options" not in learnt:  # the first session, given the options
-            carried = timeouts_in_effect(conn, timeouts)
+            carried = _first_session_has(conn, timeouts, learnt)
             learnt["startup_options"] = "carried" if carried else "ignored"
             if carried:
                 return conn
@@ -79,6 +86,15 @@ def carries_options(learnt: dict[str, Any]) -> bool:
 def timeouts_in_effect(conn: psycopg.Connection, wanted: dict[str, int]) -> bool:
     """Whether the session of ``conn`` has the timeouts ``wanted`` (milliseconds by name)."""
     return {name: int(setting) for name, setting in conn.execute(_TIMEOUTS).fetchall()} == wanted
+
+
+def _first_session_has(conn: psycopg.Connection, wanted: dict[str, int], learnt: dict[str, Any]) -> bool:
+    """:func:`timeouts_in_effect`, learning the database's names in the same query."""
+    from faber_core.postgres.names import DatabaseNames
+
+    rows = conn.execute(_FIRST_SESSION).fetchall()
+    learnt.setdefault("names", DatabaseNames(server=rows[0][0], asked=conn.info.dbname))
+    return {name: int(setting) for _, name, setting in rows} == wanted
 
 
 def set_timeouts(conn: psycopg.Connection, wanted: dict[str, int], source: str) -> None:
