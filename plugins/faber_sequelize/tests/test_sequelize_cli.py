@@ -343,7 +343,17 @@ def test_a_migration_ending_the_runner_with_process_exit_fails_the_deploy(
     assert result["applied_migrations"] == FIXTURE_MIGRATIONS
     assert result["failed_migration"] == "20240103000000-exits.js"
     assert [name for (name,) in query('SELECT name FROM "SequelizeMeta" ORDER BY name')] == FIXTURE_MIGRATIONS
+    # Its first statement committed (no transaction): the next deploy names it rather than run it again.
+    assert query("SELECT to_regclass('exits') IS NOT NULL") == [(True,)]
     (project / "db/migrations" / "20240103000000-exits.js").write_text(sequelize_migration("SELECT 1"))
+    stopped = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+    assert stopped.returncode == 3, stopped.output
+    assert "failed migrations not rolled back: 20240103000000-exits.js" in stopped.json["result"]["details"]
+    query("DROP TABLE exits")
+    resolved = run_faber(
+        "resolve", "staging", "--rolled-back", "20240103000000-exits.js", "--json", "--cwd", str(project)
+    )
+    assert resolved.returncode == 0, resolved.output
     again = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
     assert again.returncode == 0, again.output
 
