@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, BinaryIO, NoReturn
 
 import typer
 import typer.main
@@ -460,6 +460,28 @@ def request(
     _finish(document, json_output=True)
 
 
+def _read_interruptibly(handle: BinaryIO, limit: int) -> bytes:
+    """Up to ``limit`` bytes of ``handle``, to its end. Python runs a signal's handler when a read
+    is cut short by it, or between reads: one arriving just after a read returned, while a buffered
+    read loops in C to the next, would wait until that read returned, for ever on a stream its
+    writer keeps open. Each wait here is a select() of at most half a second, after which Python
+    runs any handler due."""
+    import select
+
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        ready, _, _ = select.select([handle], [], [], 0.5)
+        if not ready:
+            continue
+        chunk = os.read(handle.fileno(), min(65536, limit - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def _read_request(file: Path | None, from_stdin: bool) -> bytes:
     """The request's bytes, from ``file`` or stdin; a request that cannot be read ends faber with its error document."""
     from faber_core.errors import ConfigError
@@ -471,10 +493,10 @@ def _read_request(file: Path | None, from_stdin: bool) -> bytes:
                 suggestions=["faber request request.json", "echo '{...}' | faber request"],
             )
         if from_stdin:
-            text = sys.stdin.buffer.read(MAX_REQUEST_BYTES + 1)
+            text = _read_interruptibly(sys.stdin.buffer, MAX_REQUEST_BYTES + 1)
         else:
             with file.open("rb") as handle:
-                text = handle.read(MAX_REQUEST_BYTES + 1)
+                text = _read_interruptibly(handle, MAX_REQUEST_BYTES + 1)
         if len(text) > MAX_REQUEST_BYTES:
             # A request is a few hundred bytes; a stream that goes on (/dev/zero, `yes |`) is no request.
             raise ConfigError(

@@ -264,13 +264,14 @@ def test_a_request_that_never_ends_is_refused_at_its_size_limit(run_faber):
         assert "larger than 1 MiB" in run.json["error"], run.json
 
 
-def reading_its_stdin(pid: int) -> bool:
-    """Whether the process is blocked in read(0, ...) (Linux /proc: syscall 0 on x86-64, 63 on arm64)."""
+def waiting_for_its_stdin(pid: int) -> bool:
+    """Whether the process waits for its stdin to be readable: blocked in pselect6 on fd 0 alone
+    (Linux /proc: syscall 270 on x86-64, 72 on arm64; its first argument, 1, the highest fd + 1)."""
     try:
         call = Path(f"/proc/{pid}/syscall").read_text().split()
     except (FileNotFoundError, PermissionError):
         return False
-    return call[:2] in (["0", "0x0"], ["63", "0x0"])
+    return call[:2] in (["270", "0x1"], ["72", "0x1"])
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
@@ -287,7 +288,7 @@ def test_a_signal_while_the_request_is_awaited_on_an_open_stdin_ends_faber_at_on
     try:
         faber.stdin.write(b'{"operation": "deploy-mig')
         faber.stdin.flush()
-        wait_for(lambda: reading_its_stdin(faber.pid), "faber to wait for the rest of the request")
+        wait_for(lambda: waiting_for_its_stdin(faber.pid), "faber to wait for the rest of the request")
         faber.send_signal(signum)
         returncode = faber.wait(timeout=30)
     finally:
