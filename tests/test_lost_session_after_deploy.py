@@ -19,6 +19,7 @@ from psycopg import sql
 
 from faber_core.postgres.locks import session_lock_key
 from faber_core.testing.faults import WAITING_ON_ADVISORY_LOCK, FaberProcess
+from faber_core.testing.fixtures import CANARY_PASSWORD
 from faber_core.testing.held_check import HOLD_ENV, VERDICT_ENV
 
 ENVIRONMENT = "production"
@@ -94,6 +95,7 @@ class LostSessionDeploy:
                     self.allow_connections(test.info.dbname, allow=True)
                 run.stop_everything()
         assert run.stdout(), run.stderr()[-3000:]
+        assert CANARY_PASSWORD not in run.stdout() + run.stderr()
         self.progress = run.stderr()
         return code, json.loads(run.stdout())
 
