@@ -281,6 +281,8 @@ def test_a_signal_while_the_request_is_awaited_on_an_open_stdin_ends_faber_at_on
     faber = subprocess.Popen(
         [sys.executable, "-m", "faber_core", "request", "-"],
         cwd=tmp_path,
+        # As from a terminal: a runner started under nohup passes SIGHUP on ignored, and faber keeps it so.
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
