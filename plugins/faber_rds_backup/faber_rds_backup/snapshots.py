@@ -66,16 +66,21 @@ def is_fabers(snapshot: Snapshot, environment: str) -> bool:
 def create(context: RunContext, reason: str, migrations: list[tuple[str, str | None]]) -> BackupRecord:
     settings, target = open_target(context)
     now = dt.datetime.now(dt.timezone.utc)
+    asked: list[str] = []
     try:
         # A deploy beside a stopped rollback's copy would be undone by whoever finishes that rollback.
         leftovers.refuse_copies_beside(target)
-        snapshot_id = _start_snapshot(context, target, now, reason)
+        snapshot_id = _start_snapshot(context, target, now, reason, asked)
     except leftovers.CopyLeftBeside as left:
         raise left_behind(context, target, left) from None
     except Exception as exc:
         raise backup_failed(context, settings, exc, target=target) from None
-    context.emit(events.BACKUP_PROGRESS, target=snapshot_id, status="creating", source=target.identifier)
+    except KeyboardInterrupt as interrupt:
+        if not asked:
+            raise  # before the request: nothing was asked of AWS
+        raise snapshot_requested_interrupted(context, target, asked[-1], interrupt) from None
     try:
+        context.emit(events.BACKUP_PROGRESS, target=snapshot_id, status="creating", source=target.identifier)
         wait_until_available(
             context,
             snapshot_id,
@@ -109,7 +114,7 @@ def snapshot_interrupted(
         interrupt,
         f"while RDS was making snapshot {snapshot_id} of {target.identifier}; the snapshot goes on in AWS (and is "
         "billed), but faber wrote no manifest for it, so faber cannot roll back to it",
-        result={"snapshot_id": snapshot_id, "source_identifier": target.identifier},
+        result={"snapshot_id": snapshot_id, "snapshot_exists": True, "source_identifier": target.identifier},
         suggestions=[
             f"Follow it until its status is available: {target.snapshot_describe_command(snapshot_id)}",
             f"Then delete it: {target.snapshot_delete_command(snapshot_id)}",
@@ -118,20 +123,47 @@ def snapshot_interrupted(
     )
 
 
-def _start_snapshot(context: RunContext, target: Target, now: dt.datetime, reason: str) -> str:
-    """Ask RDS for the snapshot; a second backup within the same second takes the next free name."""
+def snapshot_requested_interrupted(
+    context: RunContext, target: Target, snapshot_id: str, interrupt: KeyboardInterrupt
+) -> Interrupted:
+    """A signal stopped faber while it waited for RDS's answer to its request for ``snapshot_id``.
+
+    The request may have reached AWS and the snapshot been created with its answer lost, or not:
+    faber chose the identifier before asking, so it names it as one that may exist, with the
+    commands that tell and that delete it.
+    """
+    return Interrupted.by(
+        interrupt,
+        f"while asking RDS for snapshot {snapshot_id} of {target.identifier}; the request may have reached AWS "
+        "before the signal, so the snapshot may exist (and be billed) or not. If it does, faber wrote no manifest "
+        "for it, so faber cannot roll back to it",
+        result={"snapshot_id": snapshot_id, "snapshot_exists": None, "source_identifier": target.identifier},
+        suggestions=[
+            f"Check whether it exists (SnapshotNotFound means it was never made): "
+            f"{target.snapshot_describe_command(snapshot_id)}",
+            f"If it does, once its status is available, delete it: {target.snapshot_delete_command(snapshot_id)}",
+            f"Take a backup faber can roll back to: faber backup {context.environment}",
+        ],
+    )
+
+
+def _start_snapshot(context: RunContext, target: Target, now: dt.datetime, reason: str, asked: list[str]) -> str:
+    """Ask RDS for the snapshot; a second backup within the same second takes the next free name.
+
+    Each identifier is appended to ``asked`` before its request is sent, so a signal that stops
+    faber while it waits for the answer can name the snapshot the request may have created.
+    """
     tags = faber_tags(context, reason)
-    for attempt in range(1, _MAX_NAME_ATTEMPTS):
+    for attempt in range(1, _MAX_NAME_ATTEMPTS + 1):
         snapshot_id = naming.snapshot_identifier(context.environment, now, attempt)
+        asked.append(snapshot_id)
         try:
             target.create_snapshot(snapshot_id, tags)
             return snapshot_id
         except Exception as exc:
-            if not _name_taken(exc):
+            if attempt == _MAX_NAME_ATTEMPTS or not _name_taken(exc):
                 raise
-    snapshot_id = naming.snapshot_identifier(context.environment, now, _MAX_NAME_ATTEMPTS)
-    target.create_snapshot(snapshot_id, tags)
-    return snapshot_id
+    raise AssertionError("unreachable")  # the last attempt returned or raised
 
 
 def _name_taken(exc: Exception) -> bool:

@@ -198,6 +198,7 @@ class ThrottlingProxy:
         self.forwarded: list[str] = []
         self.held_action = ""
         self.hold_after: tuple[str, int] = ("", 0)
+        self.hold_answer = False
         self.holding = threading.Event()
         self.released = threading.Event()
         proxy = self
@@ -211,14 +212,19 @@ class ThrottlingProxy:
                     proxy.throttled += 1
                     self._answer(400, {"Content-Type": "text/xml"}, proxy.error(self.headers).encode())
                     return
-                if action == proxy.held_action and proxy.forwarded.count(proxy.hold_after[0]) >= proxy.hold_after[1]:
+                held = action == proxy.held_action and proxy.forwarded.count(proxy.hold_after[0]) >= proxy.hold_after[1]
+                if held and not proxy.hold_answer:
                     proxy.holding.set()
                     proxy.released.wait(60)
                 proxy.forwarded.append(action)
                 upstream = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=30)
                 upstream.request("POST", self.path, body, dict(self.headers))
                 response = upstream.getresponse()
-                self._answer(response.status, dict(response.getheaders()), response.read())
+                answer = response.read()
+                if held and proxy.hold_answer:
+                    proxy.holding.set()
+                    proxy.released.wait(60)
+                self._answer(response.status, dict(response.getheaders()), answer)
 
             def _answer(self, status: int, headers: dict[str, str], body: bytes) -> None:
                 self.send_response(status)
@@ -226,8 +232,11 @@ class ThrottlingProxy:
                     if name.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
                         self.send_header(name, value)
                 self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the caller was stopped while its answer was held
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -243,9 +252,12 @@ class ThrottlingProxy:
         """Answer the next ``count`` calls of ``action`` with ``error(request headers)``, an RDS error document."""
         self.action, self.remaining, self.error = action, count, error
 
-    def hold(self, action: str, *, after: str, count: int = 1) -> None:
-        """Hold every call of ``action`` made once ``after`` was forwarded ``count`` times, until :meth:`release`."""
-        self.held_action, self.hold_after = action, (after, count)
+    def hold(self, action: str, *, after: str, count: int = 1, answer: bool = False) -> None:
+        """Hold every call of ``action`` made once ``after`` was forwarded ``count`` times, until :meth:`release`.
+
+        With ``answer``, the call reaches moto at once and its answer is held instead: what it asked
+        for exists while the caller still waits, as when AWS's answer is slow or lost."""
+        self.held_action, self.hold_after, self.hold_answer = action, (after, count), answer
 
     def release(self) -> None:
         self.held_action = ""

@@ -372,6 +372,59 @@ def test_a_snapshot_still_being_made_when_a_signal_stops_the_backup_is_named(
     assert CANARY_PASSWORD not in run.stdout() + run.stderr()
 
 
+@pytest.mark.parametrize("command", ["backup", "migrate"])
+@pytest.mark.parametrize("answer", [True, False], ids=["created-answer-held", "request-held"])
+def test_a_signal_while_rds_has_not_answered_the_snapshot_request_names_the_snapshot_that_may_exist(
+    rds, rds_instance, prisma_rds_project, run_faber, throttling_proxy, database_url, command, answer
+):
+    # It said only "Interrupted by SIGTERM", with no snapshot named, though faber had chosen its
+    # identifier and the request may have created it (it did, when only RDS's answer was slow).
+    project = prisma_rds_project({"0001_init": INIT}, endpoint_url=throttling_proxy.url)
+    if command == "migrate":
+        assert deploy(run_faber, project).returncode == 0
+        prisma_rds_project({"0001_init": INIT, "0002_name": ADD_NAME}, endpoint_url=throttling_proxy.url)
+    before = manual_snapshots(rds)
+    throttling_proxy.hold("CreateDBSnapshot", after="DescribeDBInstances", count=0, answer=answer)
+    argv = ["migrate", "production", "--yes"] if command == "migrate" else ["backup", "production"]
+
+    run = FaberProcess.start(project, *argv, "--json")
+    try:
+        run.wait_until(throttling_proxy.holding.is_set, what="the CreateDBSnapshot request in flight")
+        if answer:
+            assert len(manual_snapshots(rds) - before) == 1, "moto made the snapshot; its answer is held"
+        else:
+            assert manual_snapshots(rds) == before, "the request has not reached moto yet"
+        run.kill(signal.SIGTERM)
+        code = run.wait(30)
+    finally:
+        throttling_proxy.release()
+        run.stop_everything()
+
+    assert code == 130, run.stdout() + run.stderr()
+    document = json.loads(run.stdout())
+    assert document["code"] == "INTERRUPTED", document
+    snapshot_id = document["result"]["snapshot_id"]
+    assert re.fullmatch(r"faber-production-\d{8}-\d{6}", snapshot_id), document["result"]
+    assert document["result"]["snapshot_exists"] is None, "faber cannot tell whether the request reached AWS"
+    assert f"snapshot {snapshot_id} of prod-db" in document["error"], document["error"]
+    assert "may exist (and be billed) or not" in document["error"], document["error"]
+    suggestions = "\n".join(document["recovery"]["suggestions"])
+    assert f"describe-db-snapshots --db-snapshot-identifier {snapshot_id}" in suggestions, suggestions
+    assert f"delete-db-snapshot --db-snapshot-identifier {snapshot_id}" in suggestions, suggestions
+    # The held request, released, reaches moto either way: the snapshot named is the one made.
+    deadline = time.monotonic() + 30
+    while not manual_snapshots(rds) - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert manual_snapshots(rds) - before == {snapshot_id}
+    if command == "migrate":
+        import psycopg
+
+        with psycopg.connect(database_url) as conn:
+            columns = "SELECT column_name FROM information_schema.columns WHERE table_name = 'User'"
+            assert [c for (c,) in conn.execute(columns)] == ["id", "email"], "nothing was applied"
+    assert CANARY_PASSWORD not in run.stdout() + run.stderr()
+
+
 def test_status_names_no_rds_leftovers_when_there_are_none_and_answers_when_aws_cannot_be_reached(
     rds, rds_instance, prisma_rds_project, run_faber
 ):
