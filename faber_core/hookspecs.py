@@ -310,13 +310,16 @@ def faber_backup_restore(provider: str, context: RunContext, backup: BackupRecor
 
 @hookspec(firstresult=True)
 def faber_backup_leftovers(provider: str, context: RunContext) -> list[BackupLeftover]:
-    """What killed runs left where this provider keeps its backups, outside the database.
+    """What killed runs left where this provider keeps its backups, outside the database, and what
+    finished runs keep there on purpose for a person to delete.
 
     Called by ``faber status ENV``, beside what faber finds in the database itself (a swap
     restore's database, an interrupted table swap). Look, never change anything, and be quick:
     status is run often, so one bounded call (a short timeout, no retries) when there is nothing.
     Return :class:`~faber_core.models.BackupLeftover` items (an empty list when there is none),
     e.g. ``[BackupLeftover(name="prod-db-restored-20250124-110000", details="...", commands=[...])]``;
+    set ``kept=True`` on what a run that finished keeps on purpose (the database a swap replaced,
+    kept for inspection): status lists it as kept, not as something to finish or undo;
     raise :class:`faber_core.errors.BackupFailed` when you cannot look (the service cannot be
     reached): status still answers about the database and says this check could not run.
     Optional: a provider whose backups live in files faber manages does not implement it.

@@ -300,12 +300,18 @@ class InterruptedRestore(DeferredModel):
 
 class BackupLeftover(DeferredModel):
     """Something a killed run left where the backup provider keeps its backups, outside the database
-    (a cloud instance a restore made beside it): ``faber status`` names it with what to do, and
-    changes nothing."""
+    (a cloud instance a restore made beside it), or, with ``kept``, something a finished run keeps
+    there on purpose for a person to delete (the database a swap replaced): ``faber status`` names
+    it with what to do, and changes nothing."""
 
     name: str
     details: str = Field(description="What it is, and where things stand because of it.")
     commands: list[str] = Field(default_factory=list, description="The commands that finish or remove it.")
+    kept: bool = Field(
+        False,
+        description="Kept on purpose by a run that finished (for inspection; still billed), not left by a killed "
+        "one: nothing is unfinished because of it.",
+    )
 
 
 class BackupRecord(DeferredModel):

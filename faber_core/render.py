@@ -538,7 +538,8 @@ def _leftover_lines(env: str | None, result: dict[str, Any], prefix: str = "") -
             f"{env} (or faber rollback, faber resolve) finishes it"
         )
     for leftover in result.get("backup_leftovers", []):
-        lines.append(f"  ⚠ {prefix}{one_line(leftover['name'])}  {one_line(leftover['details'])}")
+        mark = "ℹ" if leftover.get("kept") else "⚠"
+        lines.append(f"  {mark} {prefix}{one_line(leftover['name'])}  {one_line(leftover['details'])}")
         lines += [f"      {one_line(command)}" for command in leftover["commands"]]
     if result.get("backup_leftovers_unchecked"):
         lines.append(f"  ? {prefix}{one_line(result['backup_leftovers_unchecked'])}")

@@ -12,6 +12,11 @@ reported by the run itself; a SIGKILL (or a lost machine) is not, so the next ru
   of its rollback, not a leftover): the kill came before the first rename. The copy is billed,
   and swapping it in later would undo whatever was deployed since, so it is named with the
   commands to finish that rollback or remove the copy.
+
+A rollback that finished keeps ``<id>-pre-rollback-<ts>`` on purpose: the database it swapped out,
+with the writes made since the snapshot, for inspection. It is billed until someone deletes it,
+and the rollback's result said so once; ``faber status`` lists it as kept (not as a killed run's
+leftover) with the commands to inspect and delete it.
 """
 
 from __future__ import annotations
@@ -163,6 +168,43 @@ def copies_beside(target: Target, existing: dict[str, Listed]) -> list[CopyBesid
     return copies
 
 
+@dataclass(frozen=True)
+class KeptOriginal:
+    original: str
+    previous: str
+    """A database a finished swap replaced, renamed ``<id>-pre-rollback-<ts>``."""
+    made_at: dt.datetime
+    status: str
+
+
+def kept_originals(target: Target, existing: dict[str, Listed]) -> list[KeptOriginal]:
+    """The ``-pre-rollback-`` databases of the target that finished swaps kept, oldest first; not the
+    one a swap stopped between its renames left (:func:`moved_original`), which is not finished."""
+    moved = moved_original(target, existing)
+    kept = []
+    for name, listed in existing.items():
+        made_at = _made_at(name)
+        if (
+            made_at is not None
+            and name == naming.pre_rollback_identifier(target.identifier, made_at)
+            and (moved is None or name != moved.previous)
+        ):
+            kept.append(KeptOriginal(target.identifier, name, made_at, listed.status))
+    return sorted(kept, key=lambda k: (k.made_at, k.previous))
+
+
+def describe_kept(target: Target, kept: KeptOriginal) -> tuple[str, list[str]]:
+    return (
+        f"kept on purpose ({kept.status}): {kept.original} as it was when a rollback started at "
+        f"{kept.made_at:%Y-%m-%d %H:%M:%S} UTC swapped a snapshot in, writes since that snapshot included, kept by "
+        "that rollback for inspection; it is billed until you delete it.",
+        [
+            f"Inspect it: {target.describe_command(kept.previous)}",
+            f"When satisfied, delete it: {target.delete_command(kept.previous)}",
+        ],
+    )
+
+
 def refuse_copies_beside(target: Target) -> None:
     """Raise :class:`CopyLeftBeside` for the oldest copy a stopped swap left; a listing that fails raises."""
     copies = copies_beside(target, target.existing())
@@ -205,7 +247,8 @@ def describe_copy(target: Target, copy: CopyBeside) -> tuple[str, list[str]]:
 
 
 def survey(context: RunContext) -> list[BackupLeftover]:
-    """For ``faber status``: what killed rollbacks left of the target, from one listing, tried once."""
+    """For ``faber status``: what killed rollbacks left of the target, and the databases finished swaps
+    kept, from one listing, tried once."""
     settings = load_settings(context)
     target = target_for(rds_client(context, settings, quick_seconds=SURVEY_SECONDS), settings)
     try:
@@ -225,4 +268,7 @@ def survey(context: RunContext) -> list[BackupLeftover]:
     for copy in copies_beside(target, existing):
         where, commands = describe_copy(target, copy)
         found.append(BackupLeftover(name=copy.copy, details=where, commands=commands))
+    for kept in kept_originals(target, existing):
+        where, commands = describe_kept(target, kept)
+        found.append(BackupLeftover(name=kept.previous, details=where, commands=commands, kept=True))
     return found

@@ -453,6 +453,34 @@ def test_status_names_no_rds_leftovers_when_there_are_none_and_answers_when_aws_
     assert CANARY_PASSWORD not in status.output + human.output
 
 
+def test_status_lists_the_database_a_finished_rollback_kept_as_kept_and_deploys_go_on(
+    rds, rds_instance, prisma_rds_project, run_faber
+):
+    # The swapped-out instance, kept on purpose and billed, was named once by the rollback's result
+    # and never again: faber status said nothing of it.
+    # (moto's restore leaves the local database as it is, so the rollback goes back to no migration.)
+    project = prisma_rds_project({"0001_init": INIT})
+    assert run_faber("backup", "production", "--cwd", str(project)).returncode == 0
+    rollback = run_faber("rollback", "production", "--yes", "--json", "--cwd", str(project))
+    assert rollback.returncode == 0, rollback.output
+    [previous] = {db["DBInstanceIdentifier"] for db in rds.describe_db_instances()["DBInstances"]} - {"prod-db"}
+
+    status = run_faber("status", "production", "--json", "--cwd", str(project))
+
+    assert status.returncode == 0, status.output
+    [kept] = status.json["result"]["backup_leftovers"]
+    assert (kept["name"], kept["kept"]) == (previous, True), kept
+    assert kept["details"].startswith("kept on purpose (available): prod-db as it was when a rollback"), kept
+    assert any(f"delete-db-instance --db-instance-identifier {previous}" in c for c in kept["commands"]), kept
+    human = run_faber("status", "production", "--cwd", str(project))
+    assert human.returncode == 0 and f"ℹ {previous}  kept on purpose" in human.output, human.output
+    assert f"⚠ {previous}" not in human.output
+    # Kept is not left behind: the next deploy backs up and goes on.
+    again = deploy(run_faber, project)
+    assert again.returncode == 0, again.output
+    assert CANARY_PASSWORD not in status.output + human.output + again.output
+
+
 def manual_snapshots(rds) -> set[str]:
     return {s["DBSnapshotIdentifier"] for s in rds.describe_db_snapshots(SnapshotType="manual")["DBSnapshots"]}
 

@@ -204,3 +204,42 @@ def test_a_missing_original_is_looked_for_under_the_newest_pre_rollback_name(
     )
     assert error.suggestions[0].startswith("prod-db was renamed to prod-db-pre-rollback-20250102-000000;")
     assert set(instances(rds)) == before, "nothing was changed"
+
+
+def test_status_lists_the_originals_finished_swaps_kept_as_kept_and_the_one_a_killed_swap_moved_as_not(
+    rds, rds_instance, new_instance, rds_context, rds_plugins
+):
+    # A finished swap keeps <id>-pre-rollback-<ts> on purpose (billed); faber status did not list it.
+    new_instance("prod-db-pre-rollback-20250101-000000")
+    new_instance("prod-db-pre-rollback-20250102-000000")
+    new_instance("other-db-pre-rollback-20250102-000000")  # another instance's, not this target's
+    context = rds_context()
+
+    kept = rds_plugins.backup_leftovers(context)
+
+    assert [(k.name, k.kept) for k in kept] == [
+        ("prod-db-pre-rollback-20250101-000000", True),
+        ("prod-db-pre-rollback-20250102-000000", True),
+    ]
+    assert kept[0].details.startswith("kept on purpose (available): prod-db as it was when a rollback started at ")
+    assert "2025-01-01 00:00:00 UTC" in kept[0].details
+    assert any(
+        "delete-db-instance --db-instance-identifier prod-db-pre-rollback-20250101-000000 --skip-final-snapshot" in c
+        for c in kept[0].commands
+    ), kept[0].commands
+
+    # Killed between its renames: the newest is the original moved away, not a kept one.
+    rds.modify_db_instance(
+        DBInstanceIdentifier="prod-db",
+        NewDBInstanceIdentifier="prod-db-pre-rollback-20250103-000000",
+        ApplyImmediately=True,
+    )
+
+    found = rds_plugins.backup_leftovers(context)
+
+    assert [(k.name, k.kept) for k in found] == [
+        ("prod-db-pre-rollback-20250103-000000", False),
+        ("prod-db-pre-rollback-20250101-000000", True),
+        ("prod-db-pre-rollback-20250102-000000", True),
+    ]
+    assert found[0].details.startswith("prod-db was renamed to prod-db-pre-rollback-20250103-000000;")
