@@ -314,12 +314,16 @@ def faber_backup_leftovers(provider: str, context: RunContext) -> list[BackupLef
     finished runs keep there on purpose for a person to delete.
 
     Called by ``faber status ENV``, beside what faber finds in the database itself (a swap
-    restore's database, an interrupted table swap). Look, never change anything, and be quick:
-    status is run often, so one bounded call (a short timeout, no retries) when there is nothing.
+    restore's database, an interrupted table swap), and by ``faber migrate ENV --skip-backup``
+    where the environment backs up: a backup would have looked (and may have refused to go on),
+    so the deploy names what killed runs left as warnings (``result.backup_leftovers``) and goes
+    on. Look, never change anything, and be quick: status is run often, so one bounded call (a
+    short timeout, no retries) when there is nothing.
     Return :class:`~faber_core.models.BackupLeftover` items (an empty list when there is none),
     e.g. ``[BackupLeftover(name="prod-db-restored-20250124-110000", details="...", commands=[...])]``;
     set ``kept=True`` on what a run that finished keeps on purpose (the database a swap replaced,
-    kept for inspection): status lists it as kept, not as something to finish or undo;
+    kept for inspection): status lists it as kept, not as something to finish or undo, and a
+    deploy does not warn about it;
     raise :class:`faber_core.errors.BackupFailed` when you cannot look (the service cannot be
     reached): status still answers about the database and says this check could not run.
     Optional: a provider whose backups live in files faber manages does not implement it.

@@ -267,6 +267,13 @@ class ProgressPrinter:
 
     def on_backup_skipped(self, event: AuditEvent) -> None:
         self.line(f"⚠ Backup skipped ({event.data['reason']}): no automatic rollback is possible")
+        # What the backup would have refused to go on beside: the deploy goes on, and says so.
+        for leftover in event.data.get("leftovers") or []:
+            self.line(f"  ⚠ {one_line(leftover['name'])}  {one_line(leftover['details'])}")
+            for command in leftover["commands"]:
+                self.line(f"      {one_line(command)}")
+        if event.data.get("leftovers_unchecked"):
+            self.line(f"  ? {one_line(event.data['leftovers_unchecked'])}")
 
     def on_dev_fallback(self, event: AuditEvent) -> None:
         self.line(f"ℹ {event.data['tool']} has no separate dev command here: applying pending migrations as committed")

@@ -14,7 +14,7 @@ from pydantic import Field, model_serializer
 from faber_core.backup.writes import WritesSinceBackup
 from faber_core.errors import FaberError, exit_code_for
 from faber_core.model_base import DeferredModel
-from faber_core.models import AppliedMigration, MigrationPreview
+from faber_core.models import AppliedMigration, BackupLeftover, MigrationPreview
 from faber_core.safety.models import LintFinding, PreflightReport
 
 
@@ -32,6 +32,24 @@ class DeployResult(DeferredModel):
     )
     preflight: PreflightReport | None = None
     staging_proof: dict[str, Any] | None = None
+    backup_leftovers: list[BackupLeftover] | None = Field(
+        None,
+        description="--skip-backup: what killed runs left where the backup provider keeps its backups (a stopped "
+        "rollback's copy), which the backup would have refused to go on beside; left out when the backup was not "
+        "skipped.",
+    )
+    backup_leftovers_unchecked: str | None = Field(
+        None, description="--skip-backup: why the provider could not look for them, when it could not."
+    )
+
+    @model_serializer(mode="wrap")
+    def _drop_unchecked(self, handler: Any) -> dict[str, Any]:
+        # Only a deploy that skipped its backup looked: the others' results are as they were.
+        data = handler(self)
+        if self.backup_leftovers is None:
+            data.pop("backup_leftovers", None)
+            data.pop("backup_leftovers_unchecked", None)
+        return data
 
 
 RollbackStatus = Literal[
@@ -87,6 +105,12 @@ class FailedDeployResult(DeferredModel):
     )
     invalid_indexes: list[str] | None = Field(
         None, description="Invalid indexes the failure left (a failed CREATE INDEX CONCURRENTLY), to drop."
+    )
+    backup_leftovers: list[BackupLeftover] | None = Field(
+        None, description="--skip-backup: what killed runs left where the backup provider keeps its backups."
+    )
+    backup_leftovers_unchecked: str | None = Field(
+        None, description="--skip-backup: why the provider could not look for them, when it could not."
     )
 
     @model_serializer(mode="wrap")

@@ -163,7 +163,8 @@ def migrate(
             approve(context, options, len(pending))
         safety.preflight_before_apply(context, review)
         backup = create_backup(context, plugins, options, state)
-        progress = DeployProgress(pending=pending)
+        skipped = beside_skipped_backup(context, plugins, options)
+        progress = DeployProgress(pending=pending, beside_skipped_backup=skipped)
         # The first signal stops the deploy; later ones must not cut its rollback and report short.
         with raised_once():
             try:
@@ -196,7 +197,14 @@ def migrate(
                     if not progress.may_have_left_part():
                         unfinished.forget_run(context)
     return deployed(
-        context, outcome, backup, health_before.status, health_after.status, time.monotonic() - started, review
+        context,
+        outcome,
+        backup,
+        health_before.status,
+        health_after.status,
+        time.monotonic() - started,
+        review,
+        progress.beside_skipped_backup,
     )
 
 
@@ -931,8 +939,6 @@ def create_backup(
     context: RunContext, plugins: Plugins, options: DeployOptions, state: MigrationState
 ) -> BackupRecord | None:
     if not wants_backup(context, options):
-        if context.settings.backup_before_migrate:
-            context.emit("backup.skipped", reason="--skip-backup")
         return None
     try:
         return take_backup(context, plugins, "pre-migration backup", state)
@@ -945,6 +951,38 @@ def create_backup(
         ]
         failed.suggestions += [s for s in fallbacks if s not in failed.suggestions]
         raise
+
+
+@dataclass
+class SkippedBackupCheck:
+    """What a deploy that skipped its backup found where the provider keeps its backups."""
+
+    leftovers: list[BackupLeftover]
+    """What killed runs left there (a stopped rollback's copy beside the instance), which the
+    backup would have refused to go on beside; what finished runs keep on purpose is left out."""
+    unchecked: str | None
+    """Why the provider could not look, when it could not."""
+
+
+def beside_skipped_backup(context: RunContext, plugins: Plugins, options: DeployOptions) -> SkippedBackupCheck | None:
+    """For ``faber migrate --skip-backup`` where the environment backs up: the provider's leftovers,
+    named as warnings. The backup would have refused to go on beside them (whoever later finishes a
+    stopped rollback would undo this deploy); a deploy that makes no backup goes on, but says so.
+    None for a deploy that backs up (its backup looks) or whose environment does not."""
+    if not context.settings.backup_before_migrate or not options.skip_backup or options.dry_run:
+        return None
+    try:
+        found, unchecked = read_backup_leftovers(context, plugins)
+    except FaberError as error:  # the provider's setup (an unknown AWS profile): the deploy goes on without it
+        found, unchecked = [], f"the {context.settings.backup.provider} check could not run: {error.message}"
+    check = SkippedBackupCheck([leftover for leftover in found if not leftover.kept], unchecked)
+    context.emit(
+        "backup.skipped",
+        reason="--skip-backup",
+        leftovers=[leftover.model_dump(mode="json") for leftover in check.leftovers],
+        leftovers_unchecked=check.unchecked,
+    )
+    return check
 
 
 def take_backup(context: RunContext, plugins: Plugins, reason: str, state: MigrationState) -> BackupRecord:
@@ -973,6 +1011,8 @@ class DeployProgress:
     """
 
     pending: list[LocalMigration]
+    beside_skipped_backup: SkippedBackupCheck | None = None
+    """What the provider found for a deploy that skipped its backup, reported in either result."""
     committed: list[AppliedMigration] = field(default_factory=list)
     running: str | None = None
     """The migration started and neither applied nor reported failed: part of it may have committed."""
@@ -1194,6 +1234,7 @@ def roll_back_failed_deploy(
         restored_endpoint=rollback.restored_endpoint,
         restore_committed=rollback.restore_committed,
         writes_since_backup=rollback.writes_since_backup,
+        **skipped_backup_fields(progress.beside_skipped_backup),
     )
     if progress.health_after in ("failed", NOT_VERIFIED):
         result.migrations_applied = len(progress.applied)
@@ -1745,6 +1786,14 @@ def verify_applied(context: RunContext, state: MigrationState) -> None:
 # 15-16: result -------------------------------------------------------------------------
 
 
+def skipped_backup_fields(check: SkippedBackupCheck | None) -> dict[str, Any]:
+    """A result's ``backup_leftovers`` (and ``backup_leftovers_unchecked``) after a deploy that
+    skipped its backup; nothing for one that did not skip it."""
+    if check is None:
+        return {}
+    return {"backup_leftovers": check.leftovers, "backup_leftovers_unchecked": check.unchecked}
+
+
 def deployed(
     context: RunContext,
     outcome: ApplyOutcome,
@@ -1753,6 +1802,7 @@ def deployed(
     health_after: str,
     duration: float,
     review: safety.Review,
+    skipped_backup: SkippedBackupCheck | None = None,
 ) -> Success:
     count = len(outcome.applied)
     return Success(
@@ -1770,6 +1820,7 @@ def deployed(
             lint_not_run=review.lint_not_run or None,
             preflight=review.preflight,
             staging_proof=review.staging_proof,
+            **skipped_backup_fields(skipped_backup),
         ),
         message=f"Successfully applied {count} migration{'s' if count != 1 else ''} to {context.environment}",
     )

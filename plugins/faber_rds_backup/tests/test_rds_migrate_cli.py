@@ -336,6 +336,22 @@ def test_a_rollback_killed_before_its_swap_leaves_a_copy_the_next_runs_name_and_
     assert {db["DBInstanceIdentifier"] for db in rds.describe_db_instances()["DBInstances"]} == left
     assert CANARY_PASSWORD not in rollback.output + migrate.output + status.output + human.output
 
+    # --skip-backup made no backup, so nothing refused, and nothing named the copy either.
+    skipped = run_faber("migrate", "production", "--yes", "--skip-backup", "--json", "--cwd", str(project))
+
+    assert skipped.returncode == 0, skipped.output
+    result = skipped.json["result"]
+    assert result["migrations_applied"] == 2 and result["backup_id"] is None, result
+    [warned] = result["backup_leftovers"]
+    assert warned["name"] == copy and warned["details"].startswith("prod-db is unchanged"), warned
+    assert any(remove in command for command in warned["commands"]), warned
+    assert result["backup_leftovers_unchecked"] is None
+    assert f"  ⚠ {copy}  prod-db is unchanged" in skipped.stderr, skipped.stderr
+    assert remove in skipped.stderr
+    assert {db["DBInstanceIdentifier"] for db in rds.describe_db_instances()["DBInstances"]} == left
+    assert manual_snapshots(rds) == snapshots, "no snapshot"
+    assert CANARY_PASSWORD not in skipped.output
+
 
 @pytest.mark.parametrize("command", ["backup", "migrate"])
 def test_a_snapshot_still_being_made_when_a_signal_stops_the_backup_is_named(
@@ -450,7 +466,15 @@ def test_status_names_no_rds_leftovers_when_there_are_none_and_answers_when_aws_
     assert unchecked.startswith("the rds-snapshot check could not run: could not list the RDS DB instances"), unchecked
     human = run_faber("status", "production", "--cwd", str(project))
     assert human.returncode == 0 and "the rds-snapshot check could not run" in human.output, human.output
-    assert CANARY_PASSWORD not in status.output + human.output
+    # A deploy that skips its backup (perhaps because AWS is down) goes on, and says it could not look.
+    prisma_rds_project({"0001_init": INIT, "0002_name": ADD_NAME}, endpoint_url=unreachable)
+    skipped = run_faber("migrate", "production", "--yes", "--skip-backup", "--json", "--cwd", str(project))
+    assert skipped.returncode == 0, skipped.output
+    assert skipped.json["result"]["migrations_applied"] == 1 and skipped.json["result"]["backup_leftovers"] == []
+    unchecked = skipped.json["result"]["backup_leftovers_unchecked"]
+    assert unchecked.startswith("the rds-snapshot check could not run: could not list the RDS DB instances"), unchecked
+    assert "? the rds-snapshot check could not run" in skipped.stderr, skipped.stderr
+    assert CANARY_PASSWORD not in status.output + human.output + skipped.output
 
 
 def test_status_lists_the_database_a_finished_rollback_kept_as_kept_and_deploys_go_on(
@@ -475,10 +499,17 @@ def test_status_lists_the_database_a_finished_rollback_kept_as_kept_and_deploys_
     human = run_faber("status", "production", "--cwd", str(project))
     assert human.returncode == 0 and f"ℹ {previous}  kept on purpose" in human.output, human.output
     assert f"⚠ {previous}" not in human.output
-    # Kept is not left behind: the next deploy backs up and goes on.
+    # Kept is not left behind: the next deploy backs up and goes on, and one that skips its backup
+    # is not warned about it.
     again = deploy(run_faber, project)
     assert again.returncode == 0, again.output
-    assert CANARY_PASSWORD not in status.output + human.output + again.output
+    assert "backup_leftovers" not in again.json["result"], "only a deploy that skips its backup looks"
+    prisma_rds_project({"0001_init": INIT, "0002_name": ADD_NAME})
+    skipped = run_faber("migrate", "production", "--yes", "--skip-backup", "--json", "--cwd", str(project))
+    assert skipped.returncode == 0, skipped.output
+    assert skipped.json["result"]["backup_leftovers"] == [], skipped.json["result"]
+    assert previous not in skipped.output
+    assert CANARY_PASSWORD not in status.output + human.output + again.output + skipped.output
 
 
 def manual_snapshots(rds) -> set[str]:
