@@ -224,13 +224,16 @@ def wait_for_restored_copy(rds) -> set[str]:
         time.sleep(0.1)
 
 
-def rollback_killed(project, run_faber, rds, throttling_proxy, *, after: str) -> tuple[str, set[str]]:
-    """Back up, then SIGKILL a rollback to that backup while RDS holds its first DescribeDBInstances
-    after ``after`` (its wait for what it asked): the backup's id and the instances left."""
+def rollback_killed(
+    project, run_faber, rds, throttling_proxy, *, after: str, held: str = "DescribeDBInstances"
+) -> tuple[str, set[str]]:
+    """Back up, then SIGKILL a rollback to that backup while RDS holds its first ``held`` call (an
+    instance's DescribeDBInstances, a cluster's DescribeDBClusters) after ``after`` (its wait for
+    what it asked): the backup's id and the instances (or clusters) left."""
     backup = run_faber("backup", "production", "--json", "--cwd", str(project))
     assert backup.returncode == 0, backup.output
     backup_id = backup.json["result"]["id"]
-    throttling_proxy.hold("DescribeDBInstances", after=after)
+    throttling_proxy.hold(held, after=after)
 
     run = FaberProcess.start(project, "rollback", "production", "--to", backup_id, "--yes", "--json")
     try:
@@ -240,6 +243,8 @@ def rollback_killed(project, run_faber, rds, throttling_proxy, *, after: str) ->
     finally:
         throttling_proxy.release()
         run.stop_everything()
+    if held == "DescribeDBClusters":
+        return backup_id, {c["DBClusterIdentifier"] for c in rds.describe_db_clusters()["DBClusters"]}
     return backup_id, {db["DBInstanceIdentifier"] for db in rds.describe_db_instances()["DBInstances"]}
 
 
@@ -510,6 +515,129 @@ def test_status_lists_the_database_a_finished_rollback_kept_as_kept_and_deploys_
     assert skipped.json["result"]["backup_leftovers"] == [], skipped.json["result"]
     assert previous not in skipped.output
     assert CANARY_PASSWORD not in status.output + human.output + again.output + skipped.output
+
+
+def create_aurora_cluster(rds, identifier: str = "prod-aurora") -> None:
+    rds.create_db_cluster(
+        DBClusterIdentifier=identifier,
+        Engine="aurora-postgresql",
+        MasterUsername="app",
+        MasterUserPassword="not-a-real-secret-1",
+        Tags=[{"Key": "team", "Value": "payments"}],
+    )
+    rds.create_db_instance(
+        DBInstanceIdentifier=f"{identifier}-1",
+        DBClusterIdentifier=identifier,
+        Engine="aurora-postgresql",
+        DBInstanceClass="db.r6g.large",
+    )
+
+
+def test_an_aurora_cluster_is_backed_up_deployed_rolled_back_and_its_kept_cluster_listed(
+    rds, prisma_rds_project, run_faber
+):
+    create_aurora_cluster(rds)
+    cluster = {"db_instance_identifier": None, "db_cluster_identifier": "prod-aurora"}
+    project = prisma_rds_project({"0001_init": INIT}, **cluster)
+
+    backup = run_faber("backup", "production", "--json", "--cwd", str(project))
+
+    assert backup.returncode == 0, backup.output
+    backup_id = backup.json["result"]["id"]
+    [snapshot] = rds.describe_db_cluster_snapshots(DBClusterIdentifier="prod-aurora", SnapshotType="manual")[
+        "DBClusterSnapshots"
+    ]
+    assert snapshot["DBClusterSnapshotIdentifier"] == backup_id and snapshot["Status"] == "available"
+    assert rds.describe_db_snapshots(SnapshotType="manual")["DBSnapshots"] == [], "a cluster snapshot only"
+    listing = run_faber("backups", "production", "--json", "--cwd", str(project))
+    assert [b["id"] for b in listing.json["result"]["backups"]] == [backup_id], listing.output
+
+    rollback = run_faber("rollback", "production", "--to", backup_id, "--yes", "--json", "--cwd", str(project))
+
+    assert rollback.returncode == 0, rollback.output
+    assert rollback.json["result"]["rollback_status"] == "success", rollback.json
+    clusters = {c["DBClusterIdentifier"]: c for c in rds.describe_db_clusters()["DBClusters"]}
+    [previous] = set(clusters) - {"prod-aurora"}
+    assert re.fullmatch(r"prod-aurora-pre-rollback-\d{8}-\d{6}", previous)
+    tags = {t["Key"]: t["Value"] for t in clusters["prod-aurora"]["TagList"]}
+    assert tags["faber:restored-from"] == backup_id and tags["team"] == "payments", tags
+
+    status = run_faber("status", "production", "--json", "--cwd", str(project))
+
+    assert status.returncode == 0, status.output
+    [kept] = status.json["result"]["backup_leftovers"]
+    assert (kept["name"], kept["kept"]) == (previous, True), kept
+    assert any(f"delete-db-cluster --db-cluster-identifier {previous}" in c for c in kept["commands"]), kept
+
+    deployed = deploy(run_faber, project)
+
+    assert deployed.returncode == 0, deployed.output
+    assert deployed.json["result"]["backup_id"] in {
+        s["DBClusterSnapshotIdentifier"]
+        for s in rds.describe_db_cluster_snapshots(DBClusterIdentifier="prod-aurora")["DBClusterSnapshots"]
+    }
+    assert CANARY_PASSWORD not in backup.output + rollback.output + status.output + deployed.output
+
+
+def test_a_signal_while_rds_has_not_answered_the_cluster_snapshot_request_names_the_snapshot(
+    rds, prisma_rds_project, run_faber, throttling_proxy
+):
+    create_aurora_cluster(rds)
+    project = prisma_rds_project(
+        {"0001_init": INIT},
+        db_instance_identifier=None,
+        db_cluster_identifier="prod-aurora",
+        endpoint_url=throttling_proxy.url,
+    )
+    throttling_proxy.hold("CreateDBClusterSnapshot", after="DescribeDBClusters", count=0, answer=True)
+
+    run = FaberProcess.start(project, "backup", "production", "--json")
+    try:
+        run.wait_until(throttling_proxy.holding.is_set, what="the CreateDBClusterSnapshot answer held")
+        run.kill(signal.SIGTERM)
+        code = run.wait(30)
+    finally:
+        throttling_proxy.release()
+        run.stop_everything()
+
+    assert code == 130, run.stdout() + run.stderr()
+    document = json.loads(run.stdout())
+    [made] = rds.describe_db_cluster_snapshots(SnapshotType="manual")["DBClusterSnapshots"]
+    snapshot_id = made["DBClusterSnapshotIdentifier"]
+    assert (document["result"]["snapshot_id"], document["result"]["snapshot_exists"]) == (snapshot_id, None)
+    suggestions = "\n".join(document["recovery"]["suggestions"])
+    assert f"describe-db-cluster-snapshots --db-cluster-snapshot-identifier {snapshot_id}" in suggestions
+    assert f"delete-db-cluster-snapshot --db-cluster-snapshot-identifier {snapshot_id}" in suggestions
+    assert CANARY_PASSWORD not in run.stdout() + run.stderr()
+
+
+def test_an_aurora_rollback_killed_before_its_swap_leaves_a_cluster_the_next_runs_name(
+    rds, prisma_rds_project, run_faber, throttling_proxy
+):
+    create_aurora_cluster(rds)
+    cluster = {"db_instance_identifier": None, "db_cluster_identifier": "prod-aurora"}
+    project = prisma_rds_project({"0001_init": INIT}, endpoint_url=throttling_proxy.url, **cluster)
+    backup_id, left = rollback_killed(
+        project, run_faber, rds, throttling_proxy, after="RestoreDBClusterFromSnapshot", held="DescribeDBClusters"
+    )
+    [copy] = left - {"prod-aurora"}
+    assert "prod-aurora" in left and "-restored-" in copy, left
+    remove = f"delete-db-cluster --db-cluster-identifier {copy}"
+
+    rollback = run_faber("rollback", "production", "--to", backup_id, "--yes", "--json", "--cwd", str(project))
+
+    assert rollback.returncode == 8, rollback.output
+    assert f"{copy} exists beside prod-aurora" in rollback.json["error"], rollback.json
+    assert remove in "\n".join(rollback.json["recovery"]["suggestions"])
+    status = run_faber("status", "production", "--json", "--cwd", str(project))
+    assert status.returncode == 0, status.output
+    [leftover] = status.json["result"]["backup_leftovers"]
+    assert (leftover["name"], leftover["kept"]) == (copy, False), leftover
+    skipped = run_faber("migrate", "production", "--yes", "--skip-backup", "--json", "--cwd", str(project))
+    assert skipped.returncode == 0, skipped.output
+    assert [w["name"] for w in skipped.json["result"]["backup_leftovers"]] == [copy], skipped.json["result"]
+    assert {c["DBClusterIdentifier"] for c in rds.describe_db_clusters()["DBClusters"]} == left
+    assert CANARY_PASSWORD not in rollback.output + status.output + skipped.output
 
 
 def manual_snapshots(rds) -> set[str]:
