@@ -636,8 +636,16 @@ def test_an_aurora_rollback_killed_before_its_swap_leaves_a_cluster_the_next_run
     skipped = run_faber("migrate", "production", "--yes", "--skip-backup", "--json", "--cwd", str(project))
     assert skipped.returncode == 0, skipped.output
     assert [w["name"] for w in skipped.json["result"]["backup_leftovers"]] == [copy], skipped.json["result"]
+    # A deploy that skipped its backup and failed names it too.
+    prisma_rds_project(
+        {"0001_init": INIT, "0002_broken": FAILING_CONCURRENT_INDEX}, endpoint_url=throttling_proxy.url, **cluster
+    )
+    failed = run_faber("migrate", "production", "--yes", "--skip-backup", "--json", "--cwd", str(project))
+    assert failed.returncode == 6, failed.output
+    assert failed.json["result"]["rollback_status"] == "no_backup", failed.json["result"]
+    assert [w["name"] for w in failed.json["result"]["backup_leftovers"]] == [copy], failed.json["result"]
     assert {c["DBClusterIdentifier"] for c in rds.describe_db_clusters()["DBClusters"]} == left
-    assert CANARY_PASSWORD not in rollback.output + status.output + skipped.output
+    assert CANARY_PASSWORD not in rollback.output + status.output + skipped.output + failed.output
 
 
 def manual_snapshots(rds) -> set[str]:
