@@ -16,7 +16,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from faber_core import events
 from faber_core.config import EnvironmentSettings, FaberConfig, Options, plugin_options
-from faber_core.errors import ConfigError
+from faber_core.errors import ConfigError, SessionRefused
 from faber_core.models import AppliedMigration, AuditEvent, MigrationFailure
 from faber_core.secrets import Redactor, Secret
 
@@ -154,6 +154,20 @@ class Database:
             if self._session is conn and not self.engine.reusable(conn):
                 self.sessions_lost += self.engine.ended(conn)
                 self.close_session()
+
+    @property
+    def connect_errors(self) -> tuple[type[Exception], ...]:
+        """What opening a connection (:meth:`connect`, :meth:`session`) raises when the database
+        cannot be used through it: the driver's errors, and faber's own refusal of the session it
+        opened (:class:`~faber_core.errors.SessionRefused`: a pooler sharing server sessions)."""
+        return (self.engine.driver_error, SessionRefused)
+
+    def describe_connect_error(self, exc: BaseException) -> str:
+        """One line on why a connection could not be used (one of :attr:`connect_errors`), naming
+        the server, never the password; not redacted: the caller passes it through the redactor."""
+        if isinstance(exc, SessionRefused):
+            return exc.message
+        return self.engine.describe_connection_error(exc, self)
 
     def close_session(self) -> None:
         """Close the connection :meth:`session` kept, if any (the run's end calls it)."""

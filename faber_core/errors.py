@@ -44,6 +44,14 @@ class ConfigError(FaberError):
     code = "CONFIG_INVALID"
 
 
+class SessionRefused(ConfigError):
+    """faber refused a session it had just opened to the database: the route to it does not keep
+    what faber's sessions need (a connection pooler that shares server sessions between clients,
+    where neither faber's lock nor its sessions' timeouts would hold). Raised only by opening a
+    connection. At a run's start nothing changed (exit 2); once a deploy's migrations may have
+    committed, its failure path takes the database for one it cannot reach safely (``unreachable``)."""
+
+
 class HealthCheckFailed(FaberError):
     code = "HEALTH_CHECK_FAILED"
 

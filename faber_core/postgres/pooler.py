@@ -25,7 +25,7 @@ from typing import Any
 
 import psycopg
 
-from faber_core.errors import ConfigError
+from faber_core.errors import SessionRefused
 
 REFUSED = "unsupported startup parameter: options"
 """How PgBouncer refuses the ``options`` startup parameter."""
@@ -124,8 +124,8 @@ def refuse_shared_server_sessions(
         raise pooled_by_transaction(source)
 
 
-def pooled_by_transaction(source: str) -> ConfigError:
-    return ConfigError(
+def pooled_by_transaction(source: str) -> SessionRefused:
+    return SessionRefused(
         f"The database URL ({source}) reaches PostgreSQL through a connection pooler that shares server sessions "
         "between clients (transaction or statement pooling): faber's lock and its sessions' lock_timeout and "
         "statement_timeout hold for a whole session, and would be lost or given to another client",
