@@ -31,7 +31,7 @@ from __future__ import annotations
 import shlex
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -57,6 +57,7 @@ from faber_core.errors import (
     MigrationFailed,
     ReadBlocked,
     RestoreFailed,
+    SessionRefused,
     ToolCannotConnect,
     WritesDuringRestore,
 )
@@ -529,14 +530,16 @@ def check_health_after_deploy(
     checks run once more on a fresh connection, under faber's lock. When that connection is refused
     the database is unreachable (a restore could not run either), and when faber's lock is gone
     another run may have begun: either way the deploy stops with its health not verified
-    (``progress.health_after``), and the failure path restores nothing."""
+    (``progress.health_after``), and the failure path restores nothing. A session the checks open
+    that faber refuses (:class:`SessionRefused`: a pooler now sharing server sessions) makes the
+    database as unreachable: no check, and no restore, can run on it safely."""
     database = context.database
     lost_before = database.sessions_lost
     try:
-        health = check_health(context, plugins, "after", options)
+        health = health_after_deploy(context, plugins, options, progress, lost_before)
     except (HealthCheckFailed, database.engine.driver_error) as exc:
         # The migrations check's status read, or a plugin's check, raised on the lost session.
-        if database.sessions_lost == lost_before:
+        if database.sessions_lost == lost_before or progress.unreachable:
             raise
         details = exc.message if isinstance(exc, FaberError) else str(exc)
     else:
@@ -544,30 +547,66 @@ def check_health_after_deploy(
             return health
         details = health.findings()["details"]
     context.emit(events.HEALTH_SESSION_LOST, details=context.redactor.redact(first_line(details)))
-    try:
-        with database.session() as conn:
-            conn.execute("SELECT 1")
-    except database.engine.driver_error as exc:
-        progress.health_after = NOT_VERIFIED
-        progress.unreachable = True
-        raise unreachable_after_deploy(context, exc, progress) from None
+    # On the run's shared session: the checks run again on it.
+    refused = connection_refused(context, database.session)
+    if refused is not None:
+        raise unreachable_after_deploy(context, refused, progress)
     if not lock.held():
         progress.health_after = NOT_VERIFIED
         raise lock_lost_after_deploy(context, progress)
-    return check_health(context, plugins, "after", options)
+    return health_after_deploy(context, plugins, options, progress, lost_before)
+
+
+def health_after_deploy(
+    context: RunContext, plugins: Plugins, options: DeployOptions, progress: DeployProgress, lost_before: int
+) -> Health:
+    """The checks after the migrations, on a database whose new sessions faber may refuse
+    (``lost_before``: how many sessions the run had lost before the first of them)."""
+    try:
+        return check_health(context, plugins, "after", options)
+    except SessionRefused as refused:
+        details = context.redactor.redact(refused.message)
+        lost = context.database.sessions_lost != lost_before
+        raise unreachable_after_deploy(context, details, progress, session_lost=lost) from None
+
+
+def connection_refused(context: RunContext, connect: Callable[[], AbstractContextManager[Any]]) -> str | None:
+    """Why the database refuses a new session (redacted), or None when it accepts one and answers.
+    ``connect``: how to open it, the run's shared session (:meth:`Database.session`, which the
+    next queries then use) or a connection of its own (:meth:`Database.connect`). Refused: the
+    driver's error, or faber's own refusal of the session (:class:`SessionRefused`)."""
+    database = context.database
+    try:
+        with connect() as conn:
+            conn.execute("SELECT 1")
+    except database.connect_errors as exc:
+        return context.redactor.redact(database.describe_connect_error(exc))
+    return None
 
 
 def committed_by(progress: DeployProgress) -> str:
     return f"this deploy's migrations committed ({', '.join(progress.applied)})"
 
 
-def unreachable_after_deploy(context: RunContext, exc: Exception, progress: DeployProgress) -> HealthCheckFailed:
-    details = context.redactor.redact(context.database.engine.describe_connection_error(exc, context.database))
+def unreachable_after_deploy(
+    context: RunContext, details: str, progress: DeployProgress, *, session_lost: bool = True
+) -> HealthCheckFailed:
+    """The post-deployment check could not run (again) on a new session, refused for ``details``
+    (redacted): its health is not verified, and the failure path restores nothing (``progress``
+    says so). ``session_lost``: the check had lost its session first."""
+    progress.health_after = NOT_VERIFIED
+    progress.unreachable = True
     env = context.environment
     env_var = context.settings.database_url_env
+    if session_lost:
+        what = (
+            f"Lost the connection to the {env} database during the post-deployment health check, and a new one was "
+            f"refused: {details}"
+        )
+    else:
+        what = f"The post-deployment health check could not open a session on the {env} database: {details}"
     return HealthCheckFailed(
-        f"Lost the connection to the {env} database during the post-deployment health check, and a new one was "
-        f"refused: {details}. {committed_by(progress).capitalize()}; their health was not verified",
+        f"{what}. {committed_by(progress).capitalize()}; their health was not verified",
         result={"details": details},
         suggestions=[
             "Verify database is running",
@@ -1304,6 +1343,13 @@ def cause_of(context: RunContext, stopped: BaseException, progress: DeployProgre
         if stopped_in is not None and stopped_in.statements_committed is not None:
             during += f": {first_line(stopped_in.error)}"  # outside a transaction: which statements committed
         return Cause(Interrupted, f"Interrupted by {name}{during}", [], interrupted_by=name)
+    if isinstance(stopped, SessionRefused):
+        # Raised only by opening a connection: past the backup, a database faber cannot use safely
+        # is one it cannot reach (exit 3, as a refused connection), not a configuration to fix
+        # before a run (exit 2), and the failure path finds the same when its restore would connect.
+        refused = context.redactor.redact(stopped.message)
+        message = f"Cannot use a new connection to the {context.environment} database{during}: {refused}"
+        return Cause(HealthCheckFailed, message, [*stopped.suggestions, *database_suggestions(context)])
     if isinstance(stopped, FaberError):
         return Cause(type(stopped), stopped.message, stopped.suggestions, stopped.result, stopped.tool_output)
     detail = context.redactor.redact(first_line(str(stopped)) or type(stopped).__name__)
@@ -1358,22 +1404,12 @@ def rollback_step(
     if not lock.held():
         return withheld_for_lost_lock(context, backup)
     # faber's own sessions may still be open on a database that now refuses new ones, which the
-    # restore needs: asked, it would fail on its first connection.
-    refused = refused_connection(context)
+    # restore needs: asked, it would fail on its first connection. So on a connection of its own,
+    # not the shared session, which may be one of those.
+    refused = connection_refused(context, context.database.connect)
     if refused is not None:
         return withheld_for_unreachable(context, backup, refused=refused)
     return restore_unless_refused(context, plugins, lock, backup)
-
-
-def refused_connection(context: RunContext) -> str | None:
-    """Why the database refuses a new connection (redacted), or None when it accepts one."""
-    database = context.database
-    try:
-        with database.connect() as conn:
-            conn.execute("SELECT 1")
-    except database.engine.driver_error as exc:
-        return context.redactor.redact(database.engine.describe_connection_error(exc, database))
-    return None
 
 
 def withheld_for_unreachable(context: RunContext, backup: BackupRecord, *, refused: str | None = None) -> Rollback:
@@ -1452,6 +1488,8 @@ def restore_unless_refused(context: RunContext, plugins: Plugins, lock: DeployLo
     try:
         with interruptible():
             since = check_writes_since_backup(context, backup)
+    except SessionRefused as refused:  # its session opened since the check of a new connection
+        return withheld_for_unreachable(context, backup, refused=context.redactor.redact(refused.message))
     except KeyboardInterrupt as interrupt:  # the check waits seconds for the server's counters
         name = signal_name(interrupt)
         return Rollback(
@@ -1581,7 +1619,7 @@ def leftover_indexes(context: RunContext, progress: DeployProgress, status: Roll
     try:
         with context.database.session() as conn:
             now = context.database.engine.invalid_indexes(conn)
-    except context.database.engine.driver_error:
+    except context.database.connect_errors:
         return []
     return [name for name in now if name not in progress.invalid_indexes_before]
 
@@ -1727,11 +1765,12 @@ def restore_backup(context: RunContext, plugins: Plugins, backup: BackupRecord, 
             return RestoreOutcome.interrupted(
                 backup.id, interrupt, committed=True, details=f"{outcome.details}; interrupted while verifying it"
             )
-        except HealthCheckFailed as unread:
-            # The restore committed: a connection lost (or a read blocked) now keeps only its proof
-            # from running, and must not be reported as a restore that failed.
-            context.emit("rollback.finished", backup_id=backup.id, status="unverified", reason=unread.message)
-            return unverified(context, outcome, unread.message)
+        except (HealthCheckFailed, SessionRefused) as unread:
+            # The restore committed: a connection lost or refused (or a read blocked) now keeps only
+            # its proof from running, and must not be reported as a restore that failed.
+            reason = context.redactor.redact(unread.message)
+            context.emit("rollback.finished", backup_id=backup.id, status="unverified", reason=reason)
+            return unverified(context, outcome, reason)
     expected = sorted(tuple(item) for item in backup.migrations)
     if sorted(state.applied_fingerprint()) != expected:
         raise RestoreFailed(

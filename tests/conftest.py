@@ -66,7 +66,8 @@ def pgbouncer(database_url: str, tmp_path: Path) -> Iterator[Callable[..., str]]
     ``databases``: PgBouncer's name of each database it serves, to the server's name of it (``*``
     for the fallback entry, which passes any other name through). ``options``: what it does with
     the ``options`` startup parameter, which carries faber's session timeouts: ``ignored``
-    (``ignore_startup_parameters = options``) or ``refused`` (PgBouncer's default)."""
+    (``ignore_startup_parameters = options``) or ``refused`` (PgBouncer's default). Its console
+    (database ``pgbouncer``) takes ``postgres``'s commands (``SET pool_mode = ...``)."""
     binary = pgbouncer_binary()
     server = urlsplit(database_url)
     started: list[subprocess.Popen] = []
@@ -85,7 +86,8 @@ def pgbouncer(database_url: str, tmp_path: Path) -> Iterator[Callable[..., str]]
         config.write_text(
             f"[databases]\n{entries}"
             f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\nauth_type = trust\n"
-            f"auth_file = {home / 'users.txt'}\npool_mode = {pool_mode}\nlogfile =\npidfile =\n{ignored}"
+            f"auth_file = {home / 'users.txt'}\nadmin_users = postgres\npool_mode = {pool_mode}\nlogfile =\npidfile =\n"
+            f"{ignored}"
         )
         # PgBouncer refuses to run as root; it reads its configuration before it takes the user's identity.
         as_user = ["-u", "nobody"] if os.geteuid() == 0 else []

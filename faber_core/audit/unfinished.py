@@ -130,7 +130,7 @@ def record(context: RunContext, lock_conn: Any, pending: list[LocalMigration], b
         return
     try:
         lock_session = _session(context, lock_conn)
-    except context.database.engine.driver_error as exc:
+    except context.database.connect_errors as exc:
         _warn("the migrations about to run outside a transaction were not recorded", context, exc)
         return
     # A backup's time by its provider's clock, the one a restore compares; a run without a backup
@@ -163,7 +163,7 @@ def record(context: RunContext, lock_conn: Any, pending: list[LocalMigration], b
                 f"INSERT INTO {_table(context)} ({', '.join(_COLUMNS)}) VALUES {values}",
                 [value for row in rows for value in row],
             )
-    except context.database.engine.driver_error as exc:
+    except context.database.connect_errors as exc:
         _warn("the migrations about to run outside a transaction were not recorded", context, exc)
 
 
@@ -176,7 +176,7 @@ def _delete(context: RunContext, condition: str, params: list[Any]) -> bool:
                 return False
             conn.execute(f"DELETE {where}", params)
             return True
-    except context.database.engine.driver_error as exc:
+    except context.database.connect_errors as exc:
         _warn("the record of the migrations this run started was not removed", context, exc)
         return False
 
@@ -207,7 +207,7 @@ def forget_migration(context: RunContext, name: str) -> bool:
                     [context.environment, run_id, position],
                 )
             return bool(recorded)
-    except context.database.engine.driver_error as exc:
+    except context.database.connect_errors as exc:
         _warn("the record of the migrations a killed run started was not removed", context, exc)
         return False
 
@@ -228,7 +228,7 @@ def forget_restored(context: RunContext, backup: BackupRecord) -> None:
                         f"DELETE FROM {_table(context)} WHERE environment = %s AND run_id = %s",
                         [context.environment, run_id],
                     )
-    except context.database.engine.driver_error as exc:
+    except context.database.connect_errors as exc:
         _warn("the record of the migrations killed deploys left was not updated", context, exc)
 
 
@@ -260,7 +260,7 @@ def with_killed_runs(context: RunContext, state: MigrationState) -> MigrationSta
     try:
         with context.database.session() as conn:
             unfinished = left_by_killed_runs(context, conn, set(state.applied))
-    except context.database.engine.driver_error:
+    except context.database.connect_errors:
         return state  # the status read that follows reports an unreachable database
     failed = set(state.failed)
     added = [
@@ -278,7 +278,7 @@ def undone_by_backups_until(context: RunContext, state: MigrationState) -> dt.da
     try:
         with context.database.session() as conn:
             unfinished = left_by_killed_runs(context, conn, set(state.applied))
-    except context.database.engine.driver_error:
+    except context.database.connect_errors:
         return None
     return min((item.before_run for item in unfinished if item.migration in state.failed), default=None)
 

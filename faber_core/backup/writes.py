@@ -55,6 +55,7 @@ from pydantic import Field
 from faber_core import events
 from faber_core.context import LockCheck, RunContext
 from faber_core.engines import LOCK_LOST
+from faber_core.errors import SessionRefused
 from faber_core.model_base import DeferredModel
 from faber_core.models import ApplyOutcome, BackupRecord
 from faber_core.safety.timeouts import session_timeouts_again
@@ -506,7 +507,7 @@ def record_faber_writes(context: RunContext, outcome: ApplyOutcome) -> None:
             conn.execute(
                 sql.SQL(_ADD_FABER_WRITES).format(_table(context)), [json.dumps(measured), known, context.environment]
             )
-    except psycopg.Error as exc:
+    except (psycopg.Error, SessionRefused) as exc:
         context.emit(events.BACKUP_BASELINE_FAILED, error=context.redactor.redact(str(exc).strip()))
 
 
