@@ -11,6 +11,8 @@ The deploy's one migration waits on a lock of the test's own; once it does, the 
 lock the ``held`` check (faber_core.testing.held_check) waits for and lets the migration commit.
 With the post-deployment check waiting, the test switches PgBouncer (round robin over its idle
 server sessions, so two statements of one client land on two of them), then lets the check go on.
+A deploy without health checks is switched while its migration waits, and its verification's status
+read opens the refused session.
 """
 
 from __future__ import annotations
@@ -92,15 +94,24 @@ def pooled_deploy(faber_project, database_url, pgbouncer):
         f"ALTER TABLE accounts ADD COLUMN tier int;\nSELECT pg_advisory_xact_lock({MIGRATION_KEY});\n"
     )
 
-    def run(*, end_check_session: bool = False, health_checks: list[str] | None = None) -> tuple[int, dict, str]:
+    def run(
+        *, end_check_session: bool = False, health_checks: list[str] | None = None, skip_health_check: bool = False
+    ) -> tuple[int, dict, str]:
+        """With ``skip_health_check``, PgBouncer is switched while the migration waits instead."""
         if health_checks is not None:
             config["database"]["environments"][ENVIRONMENT]["health_checks"] = health_checks
             faber_project(config)
         with psycopg.connect(database_url, autocommit=True) as test:  # the server itself, not the pooler
             test.execute("SELECT pg_advisory_lock(%s)", [MIGRATION_KEY])
-            deploy = FaberProcess.start(project, "migrate", ENVIRONMENT, "--yes", "--json", env=env)
+            skip = ["--skip-health-check"] if skip_health_check else []
+            deploy = FaberProcess.start(project, "migrate", ENVIRONMENT, "--yes", "--json", *skip, env=env)
             try:
                 wait_until_waiting(deploy, test, MIGRATION_KEY, "the migration held")
+                if skip_health_check:
+                    switch_to_transaction_pooling(bouncer, name)
+                    test.execute("SELECT pg_advisory_unlock(%s)", [MIGRATION_KEY])
+                    code = deploy.finish(120)
+                    return code, json.loads(deploy.stdout()), deploy.stdout() + deploy.stderr()
                 test.execute("SELECT pg_advisory_lock(%s)", [CHECK_KEY])
                 test.execute("SELECT pg_advisory_unlock(%s)", [MIGRATION_KEY])
                 wait_until_waiting(deploy, test, CHECK_KEY, "the post-deployment check held")
@@ -165,5 +176,22 @@ def test_a_lost_check_session_whose_replacement_faber_refuses_before_checking_ag
     assert result["applied_migrations"] == [MIGRATION] and result["rollback_initiated"] is False, result
     assert "and a new one was refused" in document["error"], document
     assert "transaction or statement pooling" in document["error"], document
+    assert columns(database_url) == ["id", "tier"], "the deploy was restored from its backup"
+    assert CANARY_PASSWORD not in output
+
+
+def test_a_verification_whose_session_faber_refuses_is_an_unreachable_database_not_a_configuration_error(
+    pooled_deploy, database_url
+):
+    code, document, output = pooled_deploy(skip_health_check=True)
+
+    assert (code, document["code"]) == (3, "HEALTH_CHECK_FAILED"), output
+    assert document["error"].startswith("Cannot use a new connection to the production database"), document
+    result = document["result"]
+    # faber's lock session ran statements since the switch, each on whichever server session was
+    # free: its lock reads as lost (lock_lost), else the restore's connection is refused (unreachable).
+    assert result["rollback_status"] in ("lock_lost", "unreachable"), result
+    assert result["rollback_initiated"] is False and "transaction or statement pooling" in document["error"], result
+    assert result["applied_migrations"] == [MIGRATION] and result["remaining_migrations"] == [], result
     assert columns(database_url) == ["id", "tier"], "the deploy was restored from its backup"
     assert CANARY_PASSWORD not in output
