@@ -11,8 +11,8 @@ killed or stopped by a failure inside such a migration after part of it may have
 not restored): a failed deploy's report is read once, and the next deploy would run it again too.
 
 A record of another run whose lock session has ended (a run still deploying holds faber's lock
-on that session) is a deploy that was killed or failed inside a migration: migrations apply in order, so the first of its
-migrations still pending is the one it was in (or had not reached). When that one
+on that session) is a deploy that was killed or failed inside a migration: migrations apply in
+order, so the first of its migrations still pending is the one it was in (or had not reached). When that one
 runs outside a transaction, every status read reports it as failed, so the next deploy stops at
 its health check, naming it, the backup that run took and ``faber resolve``. A restore of a backup
 taken before that run, or ``faber resolve ENV NAME``, removes the record.
@@ -115,10 +115,10 @@ def _lock_holder(context: RunContext, conn: Any) -> str | None:
 
         holder = conn.execute("SELECT IS_USED_LOCK(%s)", [faber_lock_name_on_server(conn)]).fetchone()[0]
         return None if holder is None else str(holder)
-    from faber_core.postgres.locks import HOLDING, session_lock_key
+    from faber_core.postgres.locks import HOLDING, database_lock_key
 
     query = f"SELECT a.pid || '@' || extract(epoch FROM a.backend_start) {HOLDING}"
-    row = conn.execute(query, {"key": session_lock_key(conn)}).fetchone()
+    row = conn.execute(query, {"key": database_lock_key(context.database, conn)}).fetchone()
     return None if row is None else row[0]
 
 

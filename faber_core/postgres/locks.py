@@ -9,11 +9,15 @@ import contextlib
 import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import psycopg
 
 from faber_core.engines import wait_for_lock
 from faber_core.errors import ReadBlocked
+
+if TYPE_CHECKING:
+    from faber_core.context import Database
 
 
 def faber_lock_key(database_name: str) -> int:
@@ -25,12 +29,24 @@ def faber_lock_key(database_name: str) -> int:
 
 def session_lock_key(conn: psycopg.Connection) -> int:
     """faber's key for the database ``conn`` is a session of, from the server's name for it
-    (``current_database()``), not the URL's: a URL that reaches the same database under another
-    name (a PgBouncer alias, or none, libpq then taking the user's) takes the same lock. A swap
-    restore's database, renamed to the target's name, takes the key of the one it replaced. The
-    same key as the URL's name gives when the URL names the database as the server does, so runs
-    of faber versions that hashed the URL's name still exclude these there."""
-    return faber_lock_key(conn.execute("SELECT pg_catalog.current_database()").fetchone()[0])
+    (``current_database()``, :func:`~faber_core.postgres.names.names_of`), not the URL's: a URL
+    that reaches the same database under another name (a PgBouncer alias, or none, libpq then
+    taking the user's) takes the same lock. A swap restore's database, renamed to the target's
+    name, takes the key of the one it replaced. The same key as the URL's name gives when the URL
+    names the database as the server does, so runs of faber versions that hashed the URL's name
+    still exclude these there. A run keys it on the name it kept (:func:`database_lock_key`)."""
+    from faber_core.postgres.names import names_of
+
+    return faber_lock_key(names_of(conn).server)
+
+
+def database_lock_key(database: Database, conn: psycopg.Connection) -> int:
+    """:func:`session_lock_key` of ``database``, from the server's name of it the run kept
+    (:func:`~faber_core.postgres.names.learnt_names`), else asked on ``conn``, a session of it:
+    the same name, so the same key, as ``current_database()`` on any session of the run's URL."""
+    from faber_core.postgres.names import learnt_names
+
+    return faber_lock_key(learnt_names(database, conn).server)
 
 
 HOLDING = """
