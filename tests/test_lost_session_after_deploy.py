@@ -99,6 +99,34 @@ class LostSessionDeploy:
         self.progress = run.stderr()
         return code, json.loads(run.stdout())
 
+    def run_refusing_the_restore_s_own_connection(self) -> tuple[int, dict]:
+        """Deploy; its post-deployment check fails, and the database refuses new connections once
+        the check of a new one before the restore has passed: while the writes check before the
+        restore waits, on the run's open session, for a lock the test holds on faber's table of
+        baselines. The restore's own first connection is then refused."""
+        baselines = "faber.faber_backup_baselines"
+        with psycopg.connect(self.url, autocommit=True) as test, psycopg.connect(self.url) as holder:
+            test.execute("SELECT pg_advisory_lock(%s)", [self.migration_key])
+            run = self.start(check_fails=True)
+            try:
+                run.wait_until(lambda: waiting_on(test, self.migration_key), what="the migration held")
+                test.execute("SELECT pg_advisory_lock(%s)", [self.check_key])
+                test.execute("SELECT pg_advisory_unlock(%s)", [self.migration_key])
+                run.wait_until(lambda: waiting_on(test, self.check_key), what="the check held")
+                holder.execute(f"LOCK TABLE {baselines} IN ACCESS EXCLUSIVE MODE")
+                test.execute("SELECT pg_advisory_unlock(%s)", [self.check_key])
+                waiting = "SELECT 1 FROM pg_locks WHERE relation = to_regclass(%s) AND NOT granted"
+                run.wait_until(lambda: test.execute(waiting, [baselines]).fetchone(), what="the writes check held")
+                self.allow_connections(test.info.dbname, allow=False)
+                holder.rollback()
+                code = run.finish(120)
+            finally:
+                self.allow_connections(test.info.dbname, allow=True)
+                run.stop_everything()
+        assert run.stdout(), run.stderr()[-3000:]
+        assert CANARY_PASSWORD not in run.stdout() + run.stderr()
+        return code, json.loads(run.stdout())
+
     def run_losing_the_lock_before_the_migrations(self) -> tuple[int, dict]:
         """Deploy; end faber's lock's session while the pre-deployment check waits, so the check
         before the first migration finds the lock lost; the exit code and the document."""
@@ -215,6 +243,20 @@ def test_a_failed_post_deployment_check_on_a_database_then_refusing_connections_
     advice = document["recovery"]["suggestions"]
     assert "refused connections" in document["error"], document
     assert any(line.startswith("Not checked, as the database refuses connections") for line in advice), advice
+    assert columns(database_url) == ["id", "tier"]
+
+
+def test_a_restore_whose_own_connection_is_refused_after_the_check_says_what_committed_and_that_it_did_not_start(
+    deploy, database_url
+):
+    code, document = deploy.run_refusing_the_restore_s_own_connection()
+
+    assert (code, document["code"]) == (8, "RESTORE_FAILED"), json.dumps(document)
+    result = document["result"]
+    assert (result["rollback_status"], result["health_check_after"]) == ("failed", "failed"), result
+    assert result["applied_migrations"] == [MIGRATION] and result["remaining_migrations"] == [], result
+    assert "did not start" in result["rollback_error"] and "the database is unchanged" in result["rollback_error"]
+    assert document["recovery"]["rollback_command"].startswith("faber rollback production --to"), document
     assert columns(database_url) == ["id", "tier"]
 
 

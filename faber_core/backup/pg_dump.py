@@ -31,7 +31,7 @@ from faber_core import hookimpl
 from faber_core.backup import database_properties, store
 from faber_core.backup.database_properties import DatabaseProperties
 from faber_core.context import RunContext
-from faber_core.errors import BackupFailed
+from faber_core.errors import BackupFailed, RestoreFailed
 from faber_core.models import BackupProviderInfo, BackupPruneOutcome, BackupRecord, RestoreOutcome
 from faber_core.postgres.embedded import embedded_bin_dirs
 from faber_core.postgres.names import DatabaseNames, alias_refusal, alias_suggestions, database_names
@@ -246,8 +246,18 @@ def faber_backup_prune(context: RunContext, keep_last: int | None, dry_run: bool
 def faber_backup_restore(context: RunContext, backup: BackupRecord) -> RestoreOutcome:
     store.refuse_another_database(context, backup)
     options = context.backup_options(PgDumpOptions)
-    with context.database.connect() as conn:
-        major = conn.info.server_version // 10000
+    database = context.database
+    try:
+        with database.connect() as conn:
+            major = conn.info.server_version // 10000
+    except database.connect_errors as exc:  # before anything of the restore ran
+        reason = context.redactor.redact(database.describe_connect_error(exc))
+        raise RestoreFailed(
+            f"Restore of {backup.id} did not start, as its connection was refused ({reason}); the database is "
+            "unchanged",
+            suggestions=["Verify database is running"],
+            backup_id=backup.id,
+        ) from None
     tools = find_client_dir(major)
     # Imported here: only a restore needs them, and every command registers this plugin (start-up).
     from faber_core.backup.restore import restore_archive
