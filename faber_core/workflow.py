@@ -394,7 +394,8 @@ def deploy_lock(context: RunContext, *, checks_skipped: bool = False) -> Iterato
             refuse_shared_faber_schema(conn, context.config.database.faber_schema)
         context.emit("lock.acquired")
         engine.finish_interrupted_restores(context, conn)
-        yield DeployLock(conn, held)
+        with unfinished.reads_under_lock(context):
+            yield DeployLock(conn, held)
 
 
 def lock_wait_ended(context: RunContext, exc: Exception) -> Locked:

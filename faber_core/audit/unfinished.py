@@ -12,8 +12,8 @@ not restored): a failed deploy's report is read once, and the next deploy would 
 
 A record of another run whose lock session has ended (a run still deploying holds faber's lock
 on that session) is a deploy that was killed or failed inside a migration: migrations apply in
-order, so the first of its migrations still pending is the one it was in (or had not reached). When that one
-runs outside a transaction, every status read reports it as failed, so the next deploy stops at
+order, so the first of its migrations still pending is the one it was in (or had not reached).
+When that one runs outside a transaction, every status read reports it as failed, so the next deploy stops at
 its health check, naming it, the backup that run took and ``faber resolve``. A restore of a backup
 taken before that run, or ``faber resolve ENV NAME``, removes the record.
 """
@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +57,13 @@ CREATE TABLE IF NOT EXISTS {table} (
 _RECORDED = "unfinished_recorded"
 """``Database.learnt``'s key: this run wrote its pending migrations to the table (:func:`record`)."""
 
+_LOCKED = "unfinished_under_lock"
+"""``Database.learnt``'s key: this run holds faber's lock (:func:`reads_under_lock`)."""
+
+_EXISTS = "unfinished_table_exists"
+"""``Database.learnt``'s key: whether the table exists, as a look made under faber's lock found it,
+or as this run made it since."""
+
 KILLED = (
     "a faber migrate was killed inside it, or it failed and was not rolled back; it runs outside a transaction:"
     " part of it may have committed"
@@ -83,12 +92,35 @@ def _table(context: RunContext) -> str:
     return TABLE
 
 
+@contextmanager
+def reads_under_lock(context: RunContext) -> Iterator[None]:
+    """While faber's lock is held by this run: only this run can create the table (:func:`record`
+    creates it under the lock), so the first look under the lock is kept for the reads after it.
+    That first look must still be made: a run killed while it held the lock before this one may
+    have created the table before this run took the lock. Once the lock is let go, another run
+    may create it: what was learnt is forgotten."""
+    learnt = context.database.learnt
+    learnt[_LOCKED] = True
+    try:
+        yield
+    finally:
+        learnt.pop(_LOCKED, None)
+        learnt.pop(_EXISTS, None)
+
+
 def _exists(context: RunContext, conn: Any) -> bool:
+    learnt = context.database.learnt
+    if _EXISTS in learnt:
+        return learnt[_EXISTS]
     if not _mysql(context):
         query = "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = %s AND tablename = %s"
-        return conn.execute(query, [context.config.database.faber_schema, TABLE]).fetchone() is not None
-    query = "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s"
-    return conn.execute(query, [TABLE]).fetchone() is not None
+        exists = conn.execute(query, [context.config.database.faber_schema, TABLE]).fetchone() is not None
+    else:
+        query = "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s"
+        exists = conn.execute(query, [TABLE]).fetchone() is not None
+    if learnt.get(_LOCKED):
+        learnt[_EXISTS] = exists
+    return exists
 
 
 def _warn(what: str, context: RunContext, exc: Exception) -> None:
@@ -154,11 +186,15 @@ def record(context: RunContext, lock_conn: Any, pending: list[LocalMigration], b
     try:
         with context.database.session() as conn:
             if not _exists(context, conn):
+                # Unknown until it is made: a CREATE whose answer is lost may have committed.
+                context.database.learnt.pop(_EXISTS, None)
                 if not _mysql(context):
                     from faber_core.audit.history import ensure_table
 
                     ensure_table(conn, context.config.database.faber_schema)  # creates faber's schema
                 conn.execute(_CREATE.format(table=_table(context)))
+                if context.database.learnt.get(_LOCKED):
+                    context.database.learnt[_EXISTS] = True
             conn.execute(
                 f"INSERT INTO {_table(context)} ({', '.join(_COLUMNS)}) VALUES {values}",
                 [value for row in rows for value in row],
@@ -214,6 +250,7 @@ def forget_migration(context: RunContext, name: str) -> bool:
 
 def forget_restored(context: RunContext, backup: BackupRecord) -> None:
     """``backup`` was restored: what deploys that took their backup since did is gone."""
+    context.database.learnt.pop(_EXISTS, None)  # the database is the backup's now: look again
     try:
         with context.database.session() as conn:
             if not _exists(context, conn):
