@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pglast
@@ -224,3 +225,18 @@ def test_where_the_deep_stack_cannot_be_had_the_parse_runs_on_the_callers_stack(
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
 
     assert (run.returncode, run.stdout) == (0, "2\n"), run.stderr[-2000:]
+
+
+def test_every_parse_runs_on_one_thread_with_the_deep_stack(monkeypatch):
+    # A thread started per parse cost a deploy of 200 migrations 200 thread starts, each mapping
+    # and unmapping its 1 GiB stack: one thread serves them all, and still raises on the caller's.
+    started = []
+    start = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", lambda thread: started.append(thread.name) or start(thread))
+    parsed = [parse_script(f"CREATE TABLE t_{number} (id int); SELECT {number};") for number in range(20)]
+
+    assert [len(script) for script in parsed] == [2] * 20
+    assert started in ([], ["faber-sql-parser"])  # none when an earlier test of this process started it
+    with pytest.raises(ParseError):
+        parse_script("CREATE TABLE broken (")
+    assert [thread.name for thread in threading.enumerate()].count("faber-sql-parser") == 1

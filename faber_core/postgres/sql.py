@@ -13,6 +13,8 @@ shape does not parse and the whole script is split by the parser instead.
 from __future__ import annotations
 
 import functools
+import os
+import queue
 import re
 import threading
 from array import array
@@ -135,33 +137,67 @@ stack, overflows at about 25,000 levels and the process dies of a segmentation f
 
 
 def _on_a_deep_stack(function: Callable[[str], Script], sql: str) -> Script:
-    """``function(sql)`` in a thread of its own with :data:`PARSER_STACK_BYTES` of stack; what it
-    raises is raised here. Where the system refuses that much address space (``ulimit -v``), it
-    runs on the caller's stack, as deep as that holds."""
+    """``function(sql)`` on the parser's thread, which has :data:`PARSER_STACK_BYTES` of stack;
+    what it raises is raised here. The thread is started at the first parse and serves every
+    parse after it: one started per parse (a 1 GiB mapping made and unmapped each time) cost
+    a deploy of 200 migrations 200 thread starts. Where the system refuses that much address space
+    (``ulimit -v``), it runs on the caller's stack, as deep as that holds."""
+    parser = _parser_thread()
+    if parser is None or threading.get_ident() == _parser_ident:
+        # No thread ("can't start new thread": its stack could not be mapped), or on it already.
+        return function(sql)
     outcome: list = []
-
-    def run() -> None:
-        try:
-            outcome.append(function(sql))
-        except BaseException as exc:  # handed to the caller's thread, raised there
-            outcome.append(exc)
-
-    with _stack_size_lock:
-        previous = threading.stack_size(PARSER_STACK_BYTES)
-        try:
-            parser = threading.Thread(target=run, name="faber-sql-parser", daemon=True)
-            parser.start()
-        except RuntimeError:  # "can't start new thread": its stack could not be mapped
-            return function(sql)
-        finally:
-            threading.stack_size(previous)
-    parser.join()
+    answered = threading.Lock()
+    answered.acquire()
+    parser.put((function, sql, outcome, answered))
+    answered.acquire()
     if isinstance(outcome[0], BaseException):
         raise outcome[0]
     return outcome[0]
 
 
 _stack_size_lock = threading.Lock()
+_requests: queue.SimpleQueue | None = None
+"""The parser thread's requests: what to run, and where to put and signal its outcome."""
+_parser_ident: int | None = None
+
+
+def _parser_thread() -> queue.SimpleQueue | None:
+    """The requests of the parser's thread, started on first use; None where it cannot start."""
+    global _requests
+    with _stack_size_lock:
+        if _requests is None:
+            requests: queue.SimpleQueue = queue.SimpleQueue()
+            previous = threading.stack_size(PARSER_STACK_BYTES)
+            try:
+                threading.Thread(target=_serve, args=(requests,), name="faber-sql-parser", daemon=True).start()
+            except RuntimeError:
+                return None
+            finally:
+                threading.stack_size(previous)
+            _requests = requests
+        return _requests
+
+
+def _serve(requests: queue.SimpleQueue) -> None:
+    global _parser_ident
+    _parser_ident = threading.get_ident()
+    while True:
+        function, sql, outcome, answered = requests.get()
+        try:
+            outcome.append(function(sql))
+        except BaseException as exc:  # handed to the caller's thread, raised there
+            outcome.append(exc)
+        answered.release()
+
+
+def _forget_parser_thread() -> None:
+    """In a forked child: the parent's parser thread is not there, the first parse starts one."""
+    global _requests
+    _requests = None
+
+
+os.register_at_fork(after_in_child=_forget_parser_thread)
 
 
 def _parse_script(sql: str) -> Script:
