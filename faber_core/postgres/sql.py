@@ -189,12 +189,13 @@ def _serve(requests: queue.SimpleQueue) -> None:
         except BaseException as exc:  # handed to the caller's thread, raised there
             outcome.append(exc)
         answered.release()
+        del function, sql, outcome, answered  # the script and its tree are the caller's now, not kept here
 
 
 def _forget_parser_thread() -> None:
     """In a forked child: the parent's parser thread is not there, the first parse starts one."""
-    global _requests
-    _requests = None
+    global _requests, _parser_ident
+    _requests = _parser_ident = None
 
 
 os.register_at_fork(after_in_child=_forget_parser_thread)
