@@ -751,7 +751,7 @@ def _execute(
     ``redactor``: a fleet's, shared by its targets (it knows every target's URL).
     """
     from faber_core.errors import Interrupted
-    from faber_core.interrupts import raise_held, signal_name, sigterm_as_interrupt
+    from faber_core.interrupts import raise_held, settled_by, signal_name, sigterm_as_interrupt
     from faber_core.results import ErrorDocument
     from faber_core.secrets import Redactor
     from faber_core.telemetry import command_span, record_outcome
@@ -767,8 +767,10 @@ def _execute(
                 _print_traceback(bug, run.redactor)
             document = ErrorDocument.from_error(exc, operation=operation, environment=environment, tool=_tool(run))
         except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (faber_core/interrupts.py)
-            # A deploy interrupted after its backup reports through its failure path (an
-            # Interrupted error, above); this is an interrupt anywhere else.
+            # A deploy interrupted after its backup reports through its failure path, a rollback
+            # stopped once its restore began through the restore's outcome (Interrupted errors,
+            # above), and a run whose outcome is decided holds the signal (interrupts.settle):
+            # this is an interrupt anywhere else, never one after a restore committed.
             document = ErrorDocument.from_error(
                 Interrupted.by(
                     interrupt,
@@ -809,6 +811,16 @@ def _execute(
                 )
             finally:
                 run.context.close()  # the run's last event is out: what hooks kept for it can go
+        dropped = settled_by()
+        if dropped is not None:
+            import sys
+
+            # A settled run (a restore committed and verified, a failed deploy's report built) holds
+            # a signal and drops it as it ends: the document is the outcome it had reached.
+            sys.stderr.write(
+                f"warning: {dropped} arrived once the run's outcome was decided: it stopped nothing, and the "
+                "document reports that outcome\n"
+            )
         record_outcome(span, document.exit_code, document, run.redactor)
     return redacted(document, run.redactor)
 

@@ -31,7 +31,8 @@ class HungUp(Terminated):
 class _Holding:
     """Signals held rather than raised: while the main thread was forking or handling a line from a
     child (raised once it is done), while the ``faber`` command was starting (raised as its run
-    begins), and while a deploy's failure path built its report (raised as a step it may stop starts)."""
+    begins), while a deploy's failure path built its report (raised as a step it may stop starts),
+    and once the run's outcome was decided (dropped as the run ends: :func:`settle`)."""
 
     def __init__(self) -> None:
         self.active = 0
@@ -55,6 +56,9 @@ class _Holding:
         """The signal of the first interrupt raised since the command started, for :func:`pause`."""
         self.arrival = threading.Event()
         """Set with :attr:`arrived_in_command`: wakes other threads' :func:`pause`."""
+        self.settled = False
+        """Since :func:`settle`: the run's outcome is decided; an interrupt is held until the run ends,
+        then dropped."""
 
 
 # Python runs signal handlers in the main thread only, so this state is the main thread's.
@@ -76,6 +80,7 @@ def _held() -> bool:
     """Whether an interrupt arriving now is held rather than raised."""
     return (
         _holding.active
+        or _holding.settled
         or (_holding.outside_runs and _holding.runs == 0)
         or (_holding.reporting > 0 and _holding.interruptible == 0)
     )
@@ -152,6 +157,10 @@ def sigterm_as_interrupt() -> Iterator[None]:
         _holding.runs -= 1
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        if _holding.settled:
+            _holding.settled = False
+            if _holding.runs == 0:
+                _holding.arrived = []  # what arrived once the outcome was decided stopped nothing
         _holding.raised = False
         _holding.arrived_in_command = None
         _holding.arrival.clear()
@@ -237,6 +246,28 @@ def interruptible() -> Iterator[None]:
         yield
     finally:
         _holding.interruptible -= 1
+
+
+def settle() -> None:
+    """The run's outcome is decided: a restore committed and was verified (or could not be, or
+    failed and said so), a deploy's failure path built its report. From here to the end of the
+    run (:func:`sigterm_as_interrupt`) an interrupt is held, whatever block faber is in, and then
+    dropped: what is left (faber's lock released, the unfinished record forgotten, the history
+    row, the document) only reports that outcome, which a bare ``INTERRUPTED`` raised there would
+    replace with one that says nothing of it (a rollback that happened reported as one that did
+    not). :func:`settled_by` names the first signal dropped, for a warning. ``kill -9`` still
+    stops faber at once. Only the main thread holds interrupts: elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread() or _holding.runs == 0:
+        return
+    _holding.settled = True
+
+
+def settled_by() -> str | None:
+    """In a run :func:`settle` decided, the first signal (``SIGTERM``, ``SIGINT``, ``SIGHUP``) held
+    to be dropped as the run ends; None when none is, or the run is not settled."""
+    if not _holding.settled or not _holding.arrived:
+        return None
+    return signal.Signals(_holding.arrived[0]).name
 
 
 def pause(seconds: float) -> None:
