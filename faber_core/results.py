@@ -118,6 +118,41 @@ class FailedDeployResult(DeferredModel):
         return {k: v for k, v in handler(self).items() if v is not None or k == "backup_id"}
 
 
+class RollbackResult(DeferredModel):
+    """The ``result`` of ``faber rollback``: the backup and what its restore did. The same model is
+    the result of its ``INTERRUPTED`` document (``interrupted_by`` set): a signal that stopped the
+    restore or its proof still says, from the restore's own outcome, whether it committed.
+
+    Fields that do not apply are left out of the JSON.
+    """
+
+    backup_id: str
+    rollback_status: Literal["success", "restored_side_by_side", "failed"] | None = Field(
+        None,
+        description="success: the backup is restored (verified or not); restored_side_by_side: restored beside "
+        "the database; failed (interrupted): the restore had not committed, the database is as it was. Absent "
+        "from an interrupted rollback whose provider cannot tell.",
+    )
+    verified: bool | None = Field(None, description="Whether faber read the restored history and found the backup's.")
+    migrations: list[str] | None = Field(None, description="The migrations the backup holds.")
+    details: str = ""
+    writes_since_backup: WritesSinceBackup | None = None
+    interrupted_by: str | None = Field(None, description="SIGINT, SIGTERM or SIGHUP, when one stopped the rollback.")
+    restore_committed: bool | None = Field(
+        None,
+        description="After a signal: true if the restore had committed (the database is exactly the backup), false "
+        "if not; absent when the provider cannot tell. Also true on success when the restore committed but its "
+        "migration history could not be read to verify it.",
+    )
+    original_unchanged: bool | None = None
+    endpoint: str | None = None
+    provider_data: dict[str, Any] | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_unset(self, handler: Any) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
 class NoPendingResult(DeferredModel):
     migrations_applied: Literal[0] = 0
     message: str = "No pending migrations"

@@ -61,7 +61,7 @@ from faber_core.errors import (
     ToolCannotConnect,
     WritesDuringRestore,
 )
-from faber_core.interrupts import held_while_reporting, interruptible, raised_once, signal_name
+from faber_core.interrupts import held_while_reporting, interruptible, raised_once, settle, signal_name
 from faber_core.models import (
     AppliedMigration,
     ApplyOutcome,
@@ -84,6 +84,7 @@ from faber_core.results import (
     FailedDeployResult,
     NoPendingResult,
     PreviewResult,
+    RollbackResult,
     RollbackStatus,
     Success,
 )
@@ -188,7 +189,11 @@ def migrate(
                     )
             except (Exception, KeyboardInterrupt) as stopped:
                 with held_while_reporting():
-                    raise roll_back_failed_deploy(context, plugins, lock, backup, progress, stopped) from stopped
+                    report = roll_back_failed_deploy(context, plugins, lock, backup, progress, stopped)
+                    # The report is the run's outcome (what committed, what the rollback did): a signal
+                    # from here on, as faber's lock is released, is held and dropped, as within this block.
+                    settle()
+                    raise report from stopped
             finally:
                 # Reached however the run ends but killed. A run that stopped inside a migration part
                 # of which may have committed keeps its record, as a killed one does, for the next
@@ -1726,7 +1731,11 @@ def restore_backup(context: RunContext, plugins: Plugins, backup: BackupRecord, 
     through ``context.restore_swapping``).
 
     An interrupt (SIGINT, SIGTERM) during the restore or its proof returns an ``interrupted``
-    outcome saying whether the restore committed, for the caller to report.
+    outcome saying whether the restore committed, for the caller to report: once the provider
+    said its restore committed, a signal anywhere before the outcome is decided reports it
+    committed. Once it is decided (verified, unverified, restored beside, failed, interrupted),
+    the run is settled (:func:`~faber_core.interrupts.settle`): a later signal stops nothing and
+    the run ends with that outcome's document.
 
     A provider that restores beside the database (``original_unchanged``) leaves the
     target as it is, so there is nothing to verify on it; the outcome says where the copy is.
@@ -1740,40 +1749,75 @@ def restore_backup(context: RunContext, plugins: Plugins, backup: BackupRecord, 
         context.database.close_session()
         context.before_restore_swap.append(checked.again)
         context.after_restore_sessions_ended.append(checked.sessions_ended)
+        restored: RestoreOutcome | None = None
         try:
-            with interruptible():
-                outcome = plugins.backup_restore(context, backup)
-        except KeyboardInterrupt as interrupt:  # from a provider that does not say where it stopped
-            outcome = RestoreOutcome.interrupted(
-                backup.id, interrupt, committed=None, details="the backup provider did not say whether it committed"
-            )
-        finally:
-            context.before_restore_swap.remove(checked.again)
-            context.after_restore_sessions_ended.remove(checked.sessions_ended)
-        if outcome.status == "interrupted":
-            context.emit("rollback.finished", backup_id=backup.id, status="interrupted", committed=outcome.committed)
-            return outcome
-        if outcome.status != "success":
-            raise RestoreFailed(f"Restore of {backup.id} failed: {outcome.details}", backup_id=backup.id)
+            try:
+                with interruptible():
+                    restored = plugins.backup_restore(context, backup)
+            finally:
+                context.before_restore_swap.remove(checked.again)
+                context.after_restore_sessions_ended.remove(checked.sessions_ended)
+            return decided_restore(context, plugins, backup, restored)
+        except KeyboardInterrupt as interrupt:
+            outcome = stopped_after(backup, restored, interrupt)
+        settle()
         if restored_beside(outcome):
             context.emit("rollback.finished", backup_id=backup.id, status="restored_side_by_side")
-            return outcome
-        try:
-            with interruptible():
-                unfinished.forget_restored(context, backup)
-                state = read_status(context, plugins, quiet=True)
-        except KeyboardInterrupt as interrupt:
-            return RestoreOutcome.interrupted(
-                backup.id, interrupt, committed=True, details=f"{outcome.details}; interrupted while verifying it"
-            )
-        except (HealthCheckFailed, SessionRefused) as unread:
-            # The restore committed: a connection lost or refused (or a read blocked) now keeps only
-            # its proof from running, and must not be reported as a restore that failed.
-            reason = context.redactor.redact(unread.message)
-            context.emit("rollback.finished", backup_id=backup.id, status="unverified", reason=reason)
-            return unverified(context, outcome, reason)
+        else:
+            context.emit("rollback.finished", backup_id=backup.id, status="interrupted", committed=outcome.committed)
+        return outcome
+
+
+def stopped_after(
+    backup: BackupRecord, restored: RestoreOutcome | None, interrupt: KeyboardInterrupt
+) -> RestoreOutcome:
+    """The outcome of a restore whose run ``interrupt`` stopped, from what its provider had answered
+    (``restored``; None: it raised the interrupt instead of answering)."""
+    if restored is None:  # from a provider that does not say where it stopped
+        return RestoreOutcome.interrupted(
+            backup.id, interrupt, committed=None, details="the backup provider did not say whether it committed"
+        )
+    if restored.status == "interrupted" or restored_beside(restored):
+        return restored  # it says where things stand; the target is not what a signal changes now
+    if restored.status != "success":
+        return RestoreOutcome.interrupted(backup.id, interrupt, committed=False, details=restored.details)
+    # The provider said its restore committed: the signal stopped only faber's proof of it.
+    return RestoreOutcome.interrupted(
+        backup.id, interrupt, committed=True, details=f"{restored.details}; interrupted while verifying it"
+    )
+
+
+def decided_restore(
+    context: RunContext, plugins: Plugins, backup: BackupRecord, outcome: RestoreOutcome
+) -> RestoreOutcome:
+    """What the provider's answer ``outcome`` decides, verified where the restore was in place. An
+    interrupt raised here (before the run is settled) reaches :func:`restore_backup`."""
+    if outcome.status == "interrupted":
+        settle()
+        context.emit("rollback.finished", backup_id=backup.id, status="interrupted", committed=outcome.committed)
+        return outcome
+    if outcome.status != "success":
+        settle()
+        raise RestoreFailed(f"Restore of {backup.id} failed: {outcome.details}", backup_id=backup.id)
+    if restored_beside(outcome):
+        settle()
+        context.emit("rollback.finished", backup_id=backup.id, status="restored_side_by_side")
+        return outcome
+    try:
+        with interruptible():
+            unfinished.forget_restored(context, backup)
+            state = read_status(context, plugins, quiet=True)
+    except (HealthCheckFailed, SessionRefused) as unread:
+        # The restore committed: a connection lost or refused (or a read blocked) now keeps only
+        # its proof from running, and must not be reported as a restore that failed.
+        reason = context.redactor.redact(unread.message)
+        settle()
+        context.emit("rollback.finished", backup_id=backup.id, status="unverified", reason=reason)
+        return unverified(context, outcome, reason)
     expected = sorted(tuple(item) for item in backup.migrations)
-    if sorted(state.applied_fingerprint()) != expected:
+    matches = sorted(state.applied_fingerprint()) == expected
+    settle()
+    if not matches:
         raise RestoreFailed(
             f"Restore of {backup.id} finished but the migration history does not match the backup's manifest",
             result={"expected_applied": [n for n, _ in expected], "actual_applied": state.applied},
@@ -1927,7 +1971,8 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
     except KeyboardInterrupt as interrupt:
         if outcome is None or outcome.status != "success" or restored_beside(outcome):
             raise
-        # The restore committed and was verified; the signal came as faber released its lock.
+        # The restore committed and was verified, which settles the run (a signal is then held and
+        # dropped): this is an interrupt that reached the run otherwise, as faber released its lock.
         outcome = RestoreOutcome.interrupted(
             chosen.id, interrupt, committed=True, details=f"{outcome.details}; interrupted once it was verified"
         )
@@ -1938,21 +1983,27 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
     message = f"Rolled back {context.environment} to {chosen.id}"
     if committed_unverified:
         message += f": {outcome.details}; {outcome.suggestions[-1]}"
+    result = RollbackResult(
+        backup_id=chosen.id,
+        rollback_status="restored_side_by_side" if beside else "success",
+        verified=verified(outcome),
+        migrations=[name for name, _ in chosen.migrations],
+        details=outcome.details,
+        writes_since_backup=checked.latest,
+        restore_committed=True if committed_unverified else None,
+        **provider_fields(outcome),
+    )
     return Success(
         operation="rollback",
         environment=context.environment,
-        result={
-            "backup_id": chosen.id,
-            "rollback_status": "restored_side_by_side" if beside else "success",
-            "verified": verified(outcome),
-            "migrations": [name for name, _ in chosen.migrations],
-            "details": outcome.details,
-            "writes_since_backup": checked.latest.model_dump(mode="json"),
-            **({"restore_committed": True} if committed_unverified else {}),
-            **outcome.model_dump(include={"original_unchanged", "endpoint", "provider_data"}, exclude_defaults=True),
-        },
+        result=result,
         message=outcome.details if beside else message,
     )
+
+
+def provider_fields(outcome: RestoreOutcome) -> dict[str, Any]:
+    """What a restore's provider said of where it restored, for :class:`RollbackResult`: left out when unset."""
+    return outcome.model_dump(include={"original_unchanged", "endpoint", "provider_data"}, exclude_defaults=True)
 
 
 def applied_or_unknown(context: RunContext, plugins: Plugins) -> list[str] | None:
@@ -2017,14 +2068,19 @@ def interrupted_rollback(context: RunContext, backup: BackupRecord, outcome: Res
             f"If it was not restored, retry the rollback: faber rollback {env} --to {backup.id}",
         ],
     }[outcome.committed]
+    result = RollbackResult(
+        backup_id=backup.id,
+        # As a failed deploy's automatic rollback says it: unknown, it is left out.
+        rollback_status={True: "success", False: "failed", None: None}[outcome.committed],
+        interrupted_by=outcome.interrupted_by,
+        restore_committed=outcome.committed,
+        migrations=[name for name, _ in backup.migrations] if outcome.committed else None,
+        details=outcome.details,
+        **provider_fields(outcome),
+    )
     return Interrupted(
         f"Interrupted by {outcome.interrupted_by}; {where}",
-        result={
-            "interrupted_by": outcome.interrupted_by,
-            "backup_id": backup.id,
-            "restore_committed": outcome.committed,
-            "details": outcome.details,
-        },
+        result=result.model_dump(mode="json"),
         suggestions=[*outcome.suggestions, *suggestions],
         backup_id=backup.id,
     )
