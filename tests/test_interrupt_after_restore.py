@@ -1,0 +1,229 @@
+"""A signal that arrives once a restore has committed never reads as if nothing was restored.
+
+``faber rollback --to`` and a failed deploy's automatic rollback, on PostgreSQL and on MariaDB, get
+SIGTERM once the real ``rollback.finished`` event is in the audit log. With ``held``, the run is
+held there a few seconds (faber_core/testing/held_event.py), so the signal lands while faber is at
+that moment: the outcome is decided, the signal is dropped with a warning, and the document is the
+outcome (docs/workflow.md, "Interrupts"). Without, it lands wherever the run has got to by then
+(the verification, faber's lock being released, the history row, the document being printed).
+
+Either way the document must tell the truth: the backup was restored (``rollback_status:
+"success"``, the backup's id); a document naming the signal is ``INTERRUPTED`` (exit 130) with
+``restore_committed: true`` and what to check next; and the database really is the backup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from faber_core import api, workflow
+from faber_core.testing import held_event
+from faber_core.testing.faults import FaberProcess, event_matcher
+from faber_core.testing.fixtures import CANARY_PASSWORD, mysql_connect
+
+ENVIRONMENT = "production"
+URL_ENV = "FAULTS_DATABASE_URL"
+PLUGINS = "faber_core.testing.sqlfiles,faber_core.testing.held_event"
+HOLD_SECONDS = 5
+"""How long the run holds after ``rollback.finished`` (``held``): ample time for the signal to land there."""
+EXIT_BOUND = 30
+
+BASE = """
+CREATE TABLE accounts (id int PRIMARY KEY, email varchar(100) NOT NULL);
+INSERT INTO accounts VALUES (1, 'one@example.com'), (2, 'two@example.com');
+"""
+TIER = "ALTER TABLE accounts ADD COLUMN tier int;\n"
+LEDGERS = "CREATE TABLE ledgers (id int PRIMARY KEY, total int NOT NULL);\n"
+FAILING = {"postgres": "SELECT 1 / 0;\n", "mysql": "SELECT * FROM no_such_table;\n"}
+
+
+@dataclass
+class Engine:
+    name: str
+    url: str
+    columns: Callable[[], list[str]]
+    tables: Callable[[], list[str]]
+    applied: Callable[[], list[str]]
+
+
+def postgres_engine(url: str) -> Engine:
+    def rows(query: str) -> list[str]:
+        with psycopg.connect(url) as conn:
+            return [row[0] for row in conn.execute(query).fetchall()]
+
+    return Engine(
+        "postgres",
+        url,
+        lambda: rows("SELECT column_name FROM information_schema.columns WHERE table_name = 'accounts' ORDER BY 1"),
+        lambda: rows("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"),
+        lambda: rows("SELECT name FROM sqlfiles_migrations ORDER BY 1"),
+    )
+
+
+def mysql_engine(url: str) -> Engine:
+    def rows(query: str) -> list[str]:
+        with mysql_connect(url) as conn:
+            return [row[0] for row in conn.execute(query).fetchall()]
+
+    schema = "TABLE_SCHEMA = DATABASE()"
+    return Engine(
+        "mysql",
+        url,
+        lambda: rows(f"SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE {schema} AND TABLE_NAME = 'accounts'"),
+        lambda: rows(f"SELECT TABLE_NAME FROM information_schema.TABLES WHERE {schema} ORDER BY 1"),
+        lambda: rows("SELECT name FROM sqlfiles_migrations WHERE state = 'applied' ORDER BY 1"),
+    )
+
+
+@pytest.fixture(params=["postgres", "mysql"])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    if request.param == "postgres":
+        return postgres_engine(request.getfixturevalue("database_url"))
+    return mysql_engine(request.getfixturevalue("mysql_database_url"))
+
+
+def write_project(root: Path, migrations: dict[str, str]) -> Path:
+    config = root / ".fractary/plugins/faber-db/config.json"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    settings = {"database_url_env": URL_ENV, "lock_wait_seconds": 5, "auto_rollback": True}
+    config.write_text(json.dumps({"database": {"migration_tool": "sqlfiles", "environments": {ENVIRONMENT: settings}}}))
+    (root / "migrations").mkdir(exist_ok=True)
+    for name, sql in migrations.items():
+        (root / f"migrations/{name}.sql").write_text(sql)
+    return root
+
+
+def faber(project: Path, url: str, *args: str, hold: bool = False) -> FaberProcess:
+    env = {URL_ENV: url, "FABER_PLUGINS": PLUGINS}
+    if hold:
+        env |= {held_event.EVENT_ENV: "rollback.finished", held_event.SECONDS_ENV: str(HOLD_SECONDS)}
+    return FaberProcess.start(project, *args, "--json", env=env)
+
+
+def faber_ok(project: Path, url: str, *args: str) -> dict[str, Any]:
+    run = faber(project, url, *args)
+    code = run.finish()
+    assert code == 0, f"faber {' '.join(args)} exited {code}: {run.stdout()}\n{run.stderr()[-3000:]}"
+    return json.loads(run.stdout())
+
+
+@pytest.mark.parametrize("held", [True, False], ids=["held-at-the-event", "as-it-runs-on"])
+@pytest.mark.parametrize("command", ["rollback", "failed-deploy"])
+def test_sigterm_once_the_restore_committed_says_it_committed(
+    engine: Engine, command: str, held: bool, tmp_path: Path
+) -> None:
+    project = write_project(tmp_path / "project", {"000_base": BASE})
+    faber_ok(project, engine.url, "migrate", ENVIRONMENT, "--yes", "--skip-backup")
+    backup_id = None
+    if command == "rollback":
+        backup_id = faber_ok(project, engine.url, "backup", ENVIRONMENT)["result"]["id"]
+        write_project(project, {"001_tier": TIER, "002_ledgers": LEDGERS})
+        faber_ok(project, engine.url, "migrate", ENVIRONMENT, "--yes", "--skip-backup")
+        assert "tier" in engine.columns() and "ledgers" in engine.tables()
+        args: tuple[str, ...] = ("rollback", ENVIRONMENT, "--to", backup_id, "--yes")
+    else:
+        write_project(project, {"001_tier": TIER, "002_fails": FAILING[engine.name]})
+        args = ("migrate", ENVIRONMENT, "--yes")
+
+    run = faber(project, engine.url, *args, hold=held)
+    try:
+        finished = run.wait_for(event_matcher("rollback.finished"))
+        alive_at_the_signal = run.proc.poll() is None
+        run.kill(signal.SIGTERM)
+        code = run.wait(EXIT_BOUND)
+        assert code is not None, f"faber still running {EXIT_BOUND}s after SIGTERM"
+    finally:
+        run.stop_everything()
+    out, err = run.stdout(), run.stderr()
+    assert finished["data"]["status"] == "success", finished
+    assert CANARY_PASSWORD not in out + err
+
+    document = json.loads(out)
+    said = json.dumps(document)
+    assert finished["data"]["backup_id"] == (backup_id or document["result"].get("backup_id")), said
+    assert_says_restored(document, code, command, backup_id)
+    if held:
+        # The signal landed while the run was held at the event, its outcome decided: it was dropped,
+        # and said so, not taken as an interrupt of a rollback that had happened.
+        assert alive_at_the_signal and "SIGTERM" not in said, said
+        assert "SIGTERM arrived once the run's outcome was decided" in err, err[-3000:]
+    assert_is_the_backup(engine)
+
+
+def assert_says_restored(document: dict[str, Any], code: int, command: str, backup_id: str | None) -> None:
+    """The document says the backup was restored, whichever way the run ended."""
+    result = document.get("result") or {}
+    said = json.dumps(document)
+    assert result.get("backup_id") and result["backup_id"] == (backup_id or result["backup_id"]), said
+    assert result.get("rollback_status") == "success", said
+    if "SIGTERM" in said:
+        # Stopped before the outcome was decided (its verification, say): the signal is what the run
+        # ends on, and it says the restore committed and how to check it.
+        assert (code, document["code"]) == (130, "INTERRUPTED"), said
+        assert result["restore_committed"] is True and result["interrupted_by"] == "SIGTERM", said
+        assert any(f"faber status {ENVIRONMENT}" in hint for hint in document["recovery"]["suggestions"]), said
+    elif command == "rollback":
+        assert (code, document["status"], result["verified"]) == (0, "success", True), said
+    else:
+        assert (code, document["code"]) == (6, "MIGRATION_FAILED"), said
+        assert "002_fails" in document["error"] and result["applied_migrations"] == ["001_tier"], said
+
+
+def assert_is_the_backup(engine: Engine) -> None:
+    """No tier column, no ledgers, 000_base alone applied."""
+    assert "tier" not in engine.columns(), engine.columns()
+    assert "ledgers" not in engine.tables(), engine.tables()
+    assert engine.applied() == ["000_base"]
+
+
+@pytest.mark.parametrize("command", ["rollback", "failed-deploy"])
+def test_sigterm_as_faber_releases_its_lock_after_the_restore_stops_nothing(
+    engine: Engine, command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A real SIGTERM (to this process, running the command) sent as faber releases its lock, once
+    the restore was verified and the failed deploy's report built: the run ends with that outcome.
+    Raised there, it replaced the failed deploy's report with a bare "Interrupted by SIGTERM"."""
+    project = write_project(tmp_path / "project", {"000_base": BASE})
+    faber_ok(project, engine.url, "migrate", ENVIRONMENT, "--yes", "--skip-backup")
+    backup_id = None
+    if command == "rollback":
+        backup_id = faber_ok(project, engine.url, "backup", ENVIRONMENT)["result"]["id"]
+        write_project(project, {"001_tier": TIER, "002_ledgers": LEDGERS})
+        faber_ok(project, engine.url, "migrate", ENVIRONMENT, "--yes", "--skip-backup")
+    else:
+        write_project(project, {"001_tier": TIER, "002_fails": FAILING[engine.name]})
+    monkeypatch.setenv(URL_ENV, engine.url)
+    monkeypatch.setenv("FABER_PLUGINS", "faber_core.testing.sqlfiles")
+    locked = workflow.deploy_lock
+    sent: list[int] = []
+
+    @contextlib.contextmanager
+    def lock_released_as_a_signal_lands(context, **options):
+        with locked(context, **options) as lock:
+            try:
+                yield lock
+            finally:
+                sent.append(signal.SIGTERM)
+                os.kill(os.getpid(), signal.SIGTERM)  # handled at once, in this thread
+
+    monkeypatch.setattr(workflow, "deploy_lock", lock_released_as_a_signal_lands)
+    if command == "rollback":
+        document = api.rollback(ENVIRONMENT, to=backup_id, yes=True, working_directory=project)
+    else:
+        document = api.deploy(ENVIRONMENT, yes=True, working_directory=project)
+    err = capsys.readouterr().err
+
+    assert sent == [signal.SIGTERM], "the lock was not released once"
+    assert_says_restored(document.model_dump(mode="json"), document.exit_code, command, backup_id)
+    assert "SIGTERM arrived once the run's outcome was decided" in err, err[-3000:]
+    assert_is_the_backup(engine)
