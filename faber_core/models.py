@@ -390,7 +390,7 @@ class RestoreOutcome(DeferredModel):
         "provider cannot tell, and details say where things stand. faber sets it True on a successful restore "
         "whose migration history it could not read to verify it.",
     )
-    interrupted_by: Literal["SIGINT", "SIGTERM"] | None = None
+    interrupted_by: Literal["SIGINT", "SIGTERM", "SIGHUP"] | None = None
     details: str = ""
     steps: list[str] = Field(default_factory=list)
     original_unchanged: bool = Field(
