@@ -187,6 +187,9 @@ def migrate(
                     verify_applied(
                         context, health_after.state or read_status(context, plugins, quiet=True, after_apply=True)
                     )
+                # Every migration committed and was verified: the run's outcome. A signal from here on,
+                # as faber's lock is released, stops nothing (held, then dropped as the run ends).
+                settle()
             except (Exception, KeyboardInterrupt) as stopped:
                 with held_while_reporting():
                     report = roll_back_failed_deploy(context, plugins, lock, backup, progress, stopped)
