@@ -751,7 +751,7 @@ def _execute(
     ``redactor``: a fleet's, shared by its targets (it knows every target's URL).
     """
     from faber_core.errors import Interrupted
-    from faber_core.interrupts import raise_held, settled_by, signal_name, sigterm_as_interrupt
+    from faber_core.interrupts import raise_held, signal_name, sigterm_as_interrupt, unsettle
     from faber_core.results import ErrorDocument
     from faber_core.secrets import Redactor
     from faber_core.telemetry import command_span, record_outcome
@@ -792,6 +792,16 @@ def _execute(
                 environment=environment,
                 tool=_tool(run),
             )
+        dropped = unsettle()
+        if dropped is not None:
+            import sys
+
+            # A settled run (a restore committed and verified, a failed deploy's report built) held
+            # the signal: the document is the outcome it had reached.
+            sys.stderr.write(
+                f"warning: {dropped} arrived once the run's outcome was decided: it stopped nothing, and the "
+                "document reports that outcome\n"
+            )
         if run.context is not None:
             try:
                 run.context.emit(
@@ -811,16 +821,6 @@ def _execute(
                 )
             finally:
                 run.context.close()  # the run's last event is out: what hooks kept for it can go
-        dropped = settled_by()
-        if dropped is not None:
-            import sys
-
-            # A settled run (a restore committed and verified, a failed deploy's report built) holds
-            # a signal and drops it as it ends: the document is the outcome it had reached.
-            sys.stderr.write(
-                f"warning: {dropped} arrived once the run's outcome was decided: it stopped nothing, and the "
-                "document reports that outcome\n"
-            )
         record_outcome(span, document.exit_code, document, run.redactor)
     return redacted(document, run.redactor)
 

@@ -32,7 +32,7 @@ class _Holding:
     """Signals held rather than raised: while the main thread was forking or handling a line from a
     child (raised once it is done), while the ``faber`` command was starting (raised as its run
     begins), while a deploy's failure path built its report (raised as a step it may stop starts),
-    and once the run's outcome was decided (dropped as the run ends: :func:`settle`)."""
+    and once the run's outcome was decided (dropped as its document is built: :func:`settle`)."""
 
     def __init__(self) -> None:
         self.active = 0
@@ -57,7 +57,7 @@ class _Holding:
         self.arrival = threading.Event()
         """Set with :attr:`arrived_in_command`: wakes other threads' :func:`pause`."""
         self.settled = False
-        """Since :func:`settle`: the run's outcome is decided; an interrupt is held until the run ends,
+        """From :func:`settle` to :func:`unsettle`: the run's outcome is decided; an interrupt is held,
         then dropped."""
 
 
@@ -157,7 +157,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
         _holding.runs -= 1
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        if _holding.settled:
+        if _holding.settled:  # a run that ended otherwise than through its document
             _holding.settled = False
             if _holding.runs == 0:
                 _holding.arrived = []  # what arrived once the outcome was decided stopped nothing
@@ -250,24 +250,27 @@ def interruptible() -> Iterator[None]:
 
 def settle() -> None:
     """The run's outcome is decided: a restore committed and was verified (or could not be, or
-    failed and said so), a deploy's failure path built its report. From here to the end of the
-    run (:func:`sigterm_as_interrupt`) an interrupt is held, whatever block faber is in, and then
-    dropped: what is left (faber's lock released, the unfinished record forgotten, the history
-    row, the document) only reports that outcome, which a bare ``INTERRUPTED`` raised there would
-    replace with one that says nothing of it (a rollback that happened reported as one that did
-    not). :func:`settled_by` names the first signal dropped, for a warning. ``kill -9`` still
-    stops faber at once. Only the main thread holds interrupts: elsewhere this does nothing."""
+    failed and said so), a deploy's failure path built its report, a deploy's migrations were
+    verified. From here until the run's document is built (:func:`unsettle`) an interrupt is
+    held, whatever block faber is in, and then dropped: what is left (faber's lock released, the
+    unfinished record forgotten, the document built) only reports that outcome, which a bare
+    ``INTERRUPTED`` raised there would replace with one that says nothing of it (a rollback that
+    happened reported as one that did not). ``kill -9`` still stops faber at once. Only the main
+    thread holds interrupts: elsewhere, and outside a run, this does nothing."""
     if threading.current_thread() is not threading.main_thread() or _holding.runs == 0:
         return
     _holding.settled = True
 
 
-def settled_by() -> str | None:
-    """In a run :func:`settle` decided, the first signal (``SIGTERM``, ``SIGINT``, ``SIGHUP``) held
-    to be dropped as the run ends; None when none is, or the run is not settled."""
-    if not _holding.settled or not _holding.arrived:
+def unsettle() -> str | None:
+    """The run's document is built: end :func:`settle`'s hold, dropping what it held. Returns the
+    first signal dropped (``SIGTERM``, ``SIGINT``, ``SIGHUP``), for a warning; None when none was, or
+    the run was not settled. A signal from here on (while the run is recorded) is raised as usual."""
+    if threading.current_thread() is not threading.main_thread() or not _holding.settled:
         return None
-    return signal.Signals(_holding.arrived[0]).name
+    _holding.settled = False
+    dropped, _holding.arrived = _holding.arrived, []
+    return signal.Signals(dropped[0]).name if dropped else None
 
 
 def pause(seconds: float) -> None:

@@ -27,6 +27,7 @@ import psycopg
 import pytest
 
 from faber_core import api, workflow
+from faber_core.audit import unfinished
 from faber_core.testing import held_event
 from faber_core.testing.faults import FaberProcess, event_matcher
 from faber_core.testing.fixtures import CANARY_PASSWORD, mysql_connect
@@ -160,17 +161,19 @@ def test_sigterm_once_the_restore_committed_says_it_committed(
     assert_is_the_backup(engine)
 
 
-def assert_says_restored(document: dict[str, Any], code: int, command: str, backup_id: str | None) -> None:
+def assert_says_restored(
+    document: dict[str, Any], code: int, command: str, backup_id: str | None, sent: str = "SIGTERM"
+) -> None:
     """The document says the backup was restored, whichever way the run ended."""
     result = document.get("result") or {}
     said = json.dumps(document)
     assert result.get("backup_id") and result["backup_id"] == (backup_id or result["backup_id"]), said
     assert result.get("rollback_status") == "success", said
-    if "SIGTERM" in said:
+    if sent in said:
         # Stopped before the outcome was decided (its verification, say): the signal is what the run
         # ends on, and it says the restore committed and how to check it.
         assert (code, document["code"]) == (130, "INTERRUPTED"), said
-        assert result["restore_committed"] is True and result["interrupted_by"] == "SIGTERM", said
+        assert result["restore_committed"] is True and result["interrupted_by"] == sent, said
         assert any(f"faber status {ENVIRONMENT}" in hint for hint in document["recovery"]["suggestions"]), said
     elif command == "rollback":
         assert (code, document["status"], result["verified"]) == (0, "success", True), said
@@ -227,3 +230,78 @@ def test_sigterm_as_faber_releases_its_lock_after_the_restore_stops_nothing(
     assert_says_restored(document.model_dump(mode="json"), document.exit_code, command, backup_id)
     assert "SIGTERM arrived once the run's outcome was decided" in err, err[-3000:]
     assert_is_the_backup(engine)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+@pytest.mark.parametrize("command", ["rollback", "failed-deploy"])
+def test_a_signal_during_the_verification_of_a_committed_restore_says_it_committed(
+    engine: Engine, command: str, signum: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real signal (to this process) as faber starts verifying a restore its provider said had
+    committed: the run ends on the signal (130), saying the restore committed. SIGHUP, taken as
+    SIGTERM, once failed the restore's own outcome model, which knew SIGINT and SIGTERM only."""
+    project = write_project(tmp_path / "project", {"000_base": BASE})
+    faber_ok(project, engine.url, "migrate", ENVIRONMENT, "--yes", "--skip-backup")
+    backup_id = None
+    if command == "rollback":
+        backup_id = faber_ok(project, engine.url, "backup", ENVIRONMENT)["result"]["id"]
+        write_project(project, {"001_tier": TIER, "002_ledgers": LEDGERS})
+        faber_ok(project, engine.url, "migrate", ENVIRONMENT, "--yes", "--skip-backup")
+    else:
+        write_project(project, {"001_tier": TIER, "002_fails": FAILING[engine.name]})
+    monkeypatch.setenv(URL_ENV, engine.url)
+    monkeypatch.setenv("FABER_PLUGINS", "faber_core.testing.sqlfiles")
+    forget = unfinished.forget_restored
+    sent: list[int] = []
+
+    def verification_starting_as_a_signal_lands(context, backup):
+        sent.append(signum)
+        os.kill(os.getpid(), signum)  # handled at once, in this thread
+        forget(context, backup)
+
+    monkeypatch.setattr(unfinished, "forget_restored", verification_starting_as_a_signal_lands)
+    hangup = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as from a terminal: faber takes it as SIGTERM
+    try:
+        if command == "rollback":
+            document = api.rollback(ENVIRONMENT, to=backup_id, yes=True, working_directory=project)
+        else:
+            document = api.deploy(ENVIRONMENT, yes=True, working_directory=project)
+    finally:
+        signal.signal(signal.SIGHUP, hangup)
+
+    said = document.model_dump(mode="json")
+    assert sent == [signum], "the verification never started"
+    assert signum.name in json.dumps(said), said
+    assert_says_restored(said, document.exit_code, command, backup_id, sent=signum.name)
+    assert_is_the_backup(engine)
+
+
+def test_sigterm_as_a_verified_deploy_releases_its_lock_stops_nothing(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The same moment after a deploy that committed every migration and verified them: the run ends
+    with its success, not a bare "Interrupted by SIGTERM" that says nothing of what committed."""
+    project = write_project(tmp_path / "project", {"000_base": BASE})
+    faber_ok(project, engine.url, "migrate", ENVIRONMENT, "--yes", "--skip-backup")
+    write_project(project, {"001_tier": TIER, "002_ledgers": LEDGERS})
+    monkeypatch.setenv(URL_ENV, engine.url)
+    monkeypatch.setenv("FABER_PLUGINS", "faber_core.testing.sqlfiles")
+    locked = workflow.deploy_lock
+
+    @contextlib.contextmanager
+    def lock_released_as_a_signal_lands(context, **options):
+        with locked(context, **options) as lock:
+            try:
+                yield lock
+            finally:
+                os.kill(os.getpid(), signal.SIGTERM)  # handled at once, in this thread
+
+    monkeypatch.setattr(workflow, "deploy_lock", lock_released_as_a_signal_lands)
+    document = api.deploy(ENVIRONMENT, yes=True, working_directory=project)
+    err = capsys.readouterr().err
+
+    said = document.model_dump(mode="json")
+    assert (document.exit_code, said["status"], said["result"]["migrations_applied"]) == (0, "success", 2), said
+    assert "SIGTERM arrived once the run's outcome was decided" in err, err[-3000:]
+    assert "tier" in engine.columns() and "ledgers" in engine.tables()
+    assert engine.applied() == ["000_base", "001_tier", "002_ledgers"]
