@@ -188,7 +188,7 @@ def migrate(
                         context, health_after.state or read_status(context, plugins, quiet=True, after_apply=True)
                     )
                 # Every migration committed and was verified: the run's outcome. A signal from here on,
-                # as faber's lock is released, stops nothing (held, then dropped as the run ends).
+                # as faber's lock is released, stops nothing (held, then dropped as its document is built).
                 settle()
             except (Exception, KeyboardInterrupt) as stopped:
                 with held_while_reporting():
