@@ -13,9 +13,14 @@ not restored): a failed deploy's report is read once, and the next deploy would 
 A record of another run whose lock session has ended (a run still deploying holds faber's lock
 on that session) is a deploy that was killed or failed inside a migration: migrations apply in
 order, so the first of its migrations still pending is the one it was in (or had not reached).
-When that one runs outside a transaction, every status read reports it as failed, so the next deploy stops at
-its health check, naming it, the backup that run took and ``faber resolve``. A restore of a backup
-taken before that run, or ``faber resolve ENV NAME``, removes the record.
+When that one runs outside a transaction, every status read reports it as failed, so the next
+deploy stops at its health check, naming it, the backup that run took and ``faber resolve``. A
+restore of a backup taken before that run, or ``faber resolve ENV NAME``, removes the record.
+
+A session is named so that a later one is not taken for it: PostgreSQL's ``pid@backend_start``;
+MySQL/MariaDB's ``CONNECTION_ID()@server start`` (ids start again from 1 as the server restarts;
+a record of an older faber names the id alone). A run holding faber's lock takes no record of
+another run for a live one, whatever session it names.
 """
 
 from __future__ import annotations
@@ -25,11 +30,14 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from faber_core.backup.mysqldump import UNFINISHED_MIGRATIONS as TABLE
 from faber_core.context import RunContext
 from faber_core.models import BackupRecord, LocalMigration, MigrationRecord, MigrationState
+
+if TYPE_CHECKING:
+    from faber_core.engines import HeldLock
 
 _COLUMNS = (
     "run_id",
@@ -56,6 +64,8 @@ CREATE TABLE IF NOT EXISTS {table} (
 
 _RECORDED = "unfinished_recorded"
 """``Database.learnt``'s key: this run wrote its pending migrations to the table (:func:`record`)."""
+_OWN_LOCK_SESSION = "unfinished_own_lock_session"
+"""``Database.learnt``'s key: the server's id of the session holding this run's lock, while held."""
 
 _LOCKED = "unfinished_under_lock"
 """``Database.learnt``'s key: this run holds faber's lock (:func:`reads_under_lock`)."""
@@ -93,19 +103,23 @@ def _table(context: RunContext) -> str:
 
 
 @contextmanager
-def reads_under_lock(context: RunContext) -> Iterator[None]:
-    """While faber's lock is held by this run: only this run can create the table (:func:`record`
-    creates it under the lock), so the first look under the lock is kept for the reads after it.
-    That first look must still be made: a run killed while it held the lock before this one may
-    have created the table before this run took the lock. Once the lock is let go, another run
-    may create it: what was learnt is forgotten."""
+def reads_under_lock(context: RunContext, lock: HeldLock) -> Iterator[None]:
+    """While this run holds faber's lock (``lock``). A record of another run naming the session
+    holding it is never a run deploying now. And only this run can create the table
+    (:func:`record` creates it under the lock), so the first look under the lock is kept for the
+    reads after it. That first look must still be made: a run killed while it held the lock
+    before this one may have created the table before this run took the lock. Once the lock is
+    let go, another run may create it: what was learnt is forgotten."""
     learnt = context.database.learnt
     learnt[_LOCKED] = True
+    session_id = lock.session_id()
+    if session_id is not None:
+        learnt[_OWN_LOCK_SESSION] = session_id
     try:
         yield
     finally:
-        learnt.pop(_LOCKED, None)
-        learnt.pop(_EXISTS, None)
+        for key in (_LOCKED, _EXISTS, _OWN_LOCK_SESSION):
+            learnt.pop(key, None)
 
 
 def _exists(context: RunContext, conn: Any) -> bool:
@@ -129,10 +143,25 @@ def _warn(what: str, context: RunContext, exc: Exception) -> None:
     sys.stderr.write(f"warning: {what}: {reason}\n")
 
 
+BOOT_TOLERANCE_SECONDS = 5
+"""How far apart two reads of a MySQL/MariaDB server's start (now less its ``Uptime``, each to the
+second) may be and still name the same start: a restart moves it by the whole uptime before it."""
+
+
+def _mysql_boot(conn: Any) -> int:
+    """When the MySQL/MariaDB server started (Unix time): its connection ids start again from 1
+    then, so an id names a session only together with it."""
+    uptime = int(conn.execute("SHOW GLOBAL STATUS LIKE 'Uptime'").fetchone()[1])
+    return int(conn.execute("SELECT UNIX_TIMESTAMP()").fetchone()[0]) - uptime
+
+
 def _session(context: RunContext, conn: Any) -> str:
-    """The server session ``conn`` is, as :func:`_lock_holder` names it."""
+    """The server session ``conn`` is, as :func:`_lock_holder` names it: PostgreSQL
+    ``pid@backend_start``; MySQL/MariaDB ``CONNECTION_ID()@server start`` (a record of an older
+    faber names the id alone)."""
     if _mysql(context):
-        return str(conn.execute("SELECT CONNECTION_ID()").fetchone()[0])
+        session_id = conn.execute("SELECT CONNECTION_ID()").fetchone()[0]
+        return f"{session_id}@{_mysql_boot(conn)}"
     query = (
         "SELECT pid || '@' || extract(epoch FROM backend_start) FROM pg_catalog.pg_stat_activity"
         " WHERE pid = pg_backend_pid()"
@@ -141,17 +170,44 @@ def _session(context: RunContext, conn: Any) -> str:
 
 
 def _lock_holder(context: RunContext, conn: Any) -> str | None:
-    """The server session holding faber's lock on the database now, if one does."""
+    """The server session holding faber's lock on the database now, if one does, named as
+    :func:`_session` names it; None too when it is this run's own lock session (:func:`reads_under_lock`):
+    holding the lock, it is the only run deploying, and a record of another run naming its session
+    was left by a run of the same session id before a restart of the server."""
     if _mysql(context):
         from faber_core.engines.mysql import faber_lock_name_on_server
 
         holder = conn.execute("SELECT IS_USED_LOCK(%s)", [faber_lock_name_on_server(conn)]).fetchone()[0]
-        return None if holder is None else str(holder)
+        if holder is None or str(holder) == context.database.learnt.get(_OWN_LOCK_SESSION):
+            return None
+        return f"{holder}@{_mysql_boot(conn)}"
     from faber_core.postgres.locks import HOLDING, database_lock_key
 
-    query = f"SELECT a.pid || '@' || extract(epoch FROM a.backend_start) {HOLDING}"
+    query = f"SELECT a.pid, a.pid || '@' || extract(epoch FROM a.backend_start) {HOLDING}"
     row = conn.execute(query, {"key": database_lock_key(context.database, conn)}).fetchone()
-    return None if row is None else row[0]
+    if row is None or str(row[0]) == context.database.learnt.get(_OWN_LOCK_SESSION):
+        return None
+    return row[1]
+
+
+def _is_holder(context: RunContext, recorded: str, holder: str | None) -> bool:
+    """Whether the session a record names (:func:`_session`) is ``holder``, the one holding
+    faber's lock now. On MySQL/MariaDB the same id and the same server start, within
+    :data:`BOOT_TOLERANCE_SECONDS`; a record of an older faber, without the start, by its id."""
+    if holder is None:
+        return False
+    if not _mysql(context):
+        return recorded == holder
+    recorded_id, _, recorded_boot = recorded.partition("@")
+    holder_id, _, holder_boot = holder.partition("@")
+    if recorded_id != holder_id:
+        return False
+    if not recorded_boot:
+        return True
+    try:
+        return abs(int(recorded_boot) - int(holder_boot)) <= BOOT_TOLERANCE_SECONDS
+    except ValueError:
+        return False
 
 
 def record(context: RunContext, lock_conn: Any, pending: list[LocalMigration], backup: BackupRecord | None) -> None:
@@ -284,7 +340,7 @@ def left_by_killed_runs(context: RunContext, conn: Any, applied: set[str]) -> li
     live = _lock_holder(context, conn)  # a run deploying now: its migrations are not left by anyone
     found, seen = [], set()
     for run_id, lock_session, migration, outside_transaction, before_run in rows:
-        if run_id in seen or lock_session == live or migration in applied:
+        if run_id in seen or _is_holder(context, lock_session, live) or migration in applied:
             continue
         seen.add(run_id)
         if outside_transaction:

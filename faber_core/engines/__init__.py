@@ -290,6 +290,12 @@ class HeldLock(ABC):
         :meth:`held`)."""
         return None
 
+    def session_id(self) -> str | None:
+        """The server's id of the session holding the lock (PostgreSQL's pid, MySQL's
+        ``CONNECTION_ID()``), as that server names the sessions of others, without a round trip;
+        None where the engine cannot tell."""
+        return None
+
 
 class Engine(ABC):
     """One database engine. Subclasses are stateless: one instance serves every run."""

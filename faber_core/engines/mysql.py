@@ -333,6 +333,10 @@ class NamedLock(HeldLock):
             return False
         return bool(row and row[0])
 
+    def session_id(self) -> str | None:
+        """The id the server gave the session as it connected (``CONNECTION_ID()``)."""
+        return str(self.conn.server_thread_id[0]) if self.conn.server_thread_id else None
+
 
 def keep_alive(sock: socket.socket) -> None:
     """faber's TCP keepalives (:data:`~faber_core.engines.KEEPALIVE_IDLE_SECONDS`) on a session's

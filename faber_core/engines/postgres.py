@@ -98,6 +98,9 @@ class AdvisoryLock(HeldLock):
             return False
         return bool(row and row[0])
 
+    def session_id(self) -> str:
+        return str(self.holder[0])
+
     def check_statement(self) -> str:
         pid, started = self.holder
         return (

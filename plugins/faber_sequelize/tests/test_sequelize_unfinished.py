@@ -1,12 +1,17 @@
 """What faber's record of a deploy killed inside a Sequelize migration (which runs outside a
-transaction) says once a person has dealt with it, and what the record costs a deploy."""
+transaction) says once a person has dealt with it, and what the record costs a deploy; and whose
+record a run takes for a deploy still under way."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import signal
 
 import pytest
+from faber_core import api
+from faber_core.engines.mysql import faber_lock_name_on_server
+from faber_core.postgres.locks import HOLDING, session_lock_key
 from faber_core.testing.faults import FaberProcess, KilledInsideAMigration
 
 COPY = "20240103000000-copy.js"
@@ -192,3 +197,120 @@ def test_a_backup_whose_time_names_no_time_zone_is_compared_with_a_killed_deploy
     assert f"faber rollback staging --to {before['id']}" in status.stdout
     restored = faber("rollback", "staging", "--to", before["id"], "--yes", "--discard-app-writes")
     assert restored.returncode == 0, restored.output
+
+
+FIRST = "20240102000000-first.js"
+KILLED_TEXT = f"{COPY} (a faber migrate was killed inside it, or it failed"
+
+
+def engine_fixtures(request, engine: str) -> tuple[str, object]:
+    """The test database's URL and the Sequelize project maker on ``engine``."""
+    prefix = "" if engine == "postgres" else "mysql_"
+    return request.getfixturevalue(f"{prefix}database_url"), request.getfixturevalue(f"{prefix}sequelize_project")
+
+
+def table(killed: KilledInsideAMigration) -> str:
+    return "faber_unfinished_migrations" if killed.mysql else "faber.faber_unfinished_migrations"
+
+
+def server_start(conn) -> int:
+    """When the MySQL/MariaDB server started, as Unix time (now less its uptime)."""
+    uptime = int(conn.execute("SHOW GLOBAL STATUS LIKE 'Uptime'").fetchone()[1])
+    return int(conn.execute("SELECT UNIX_TIMESTAMP()").fetchone()[0]) - uptime
+
+
+def write_record(killed: KilledInsideAMigration, conn, lock_session: str, run_id: str = "run-killed-earlier") -> None:
+    """A record of ``run_id``, killed inside COPY with its lock on ``lock_session``, as a deploy
+    writes it before its apply step."""
+    placeholders = ", ".join(["%s"] * 7)
+    conn.execute(
+        f"INSERT INTO {table(killed)} (run_id, lock_session, environment, position, migration,"
+        f" outside_transaction, before_run) VALUES ({placeholders})",
+        [run_id, lock_session, "staging", 0, COPY, True, dt.datetime.now(dt.timezone.utc).isoformat()],
+    )
+    if killed.mysql:
+        conn.commit()
+
+
+def deployed_first(killed: KilledInsideAMigration, make_project, sequelize_migration, run_faber):
+    """A project whose FIRST (outside a transaction, so recorded and forgotten: faber's table is
+    there, empty) is deployed, and COPY pending; the ledger has ten rows."""
+    ten_rows_ledger(killed)
+    project = make_project(
+        {FIRST: sequelize_migration("CREATE TABLE first (id int)")}, fixture_migrations=False, lint="off"
+    )
+    first = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+    assert first.returncode == 0, first.output
+    assert killed.query(f"SELECT count(*) FROM {table(killed)}") == [(0,)]
+    (project / "db/migrations" / COPY).write_text(sequelize_migration(killed.copy_statement))
+    return project
+
+
+@pytest.mark.parametrize("engine", ["postgres", "mysql"])
+@pytest.mark.parametrize("recorded_as", ["session", "id-alone"])
+def test_a_killed_run_s_record_naming_the_lock_session_the_next_deploy_got_is_not_taken_for_a_live_run(
+    sequelize_migration, run_faber, request, engine, recorded_as
+):
+    """MySQL/MariaDB connection ids start again from 1 as the server restarts: a deploy killed with
+    the machine, the server restarted, the next deploy's lock session may get the id the killed
+    one's record names. Here the record is written, as the deploy takes faber's lock, naming the
+    session that took it (the server was not restarted, so even its start is the same; or the id
+    alone, as an older faber wrote it). Before, that record looked like a run still deploying (its
+    session held faber's lock) and the deploy ran the migration again."""
+    url, make_project = engine_fixtures(request, engine)
+    killed = KilledInsideAMigration(url)
+    if recorded_as == "id-alone" and not killed.mysql:
+        pytest.skip("a PostgreSQL record always names the session's start")
+    project = deployed_first(killed, make_project, sequelize_migration, run_faber)
+    written = []
+
+    def on_lock_taken(event) -> None:
+        if event.kind != "lock.acquired":
+            return
+        with killed.connect() as conn:
+            if killed.mysql:
+                holder = conn.execute("SELECT IS_USED_LOCK(%s)", [faber_lock_name_on_server(conn)]).fetchone()[0]
+                session = f"{holder}@{server_start(conn)}" if recorded_as == "session" else str(holder)
+            else:
+                query = f"SELECT a.pid || '@' || extract(epoch FROM a.backend_start) {HOLDING}"
+                session = conn.execute(query, {"key": session_lock_key(conn)}).fetchone()[0]
+            write_record(killed, conn, session)
+        written.append(session)
+
+    document = api.deploy("staging", working_directory=project, yes=True, listeners=[on_lock_taken])
+
+    assert written, "faber's lock was never taken"
+    answer = document.model_dump(mode="json")
+    assert answer.get("code") == "HEALTH_CHECK_FAILED", answer
+    assert KILLED_TEXT in json.dumps(answer)
+    assert killed.ledger() == 10  # not run again
+
+
+def test_a_record_naming_a_session_id_of_an_earlier_server_start_is_not_the_run_holding_the_lock_now(
+    sequelize_migration, mysql_sequelize_project, mysql_database_url, run_faber
+):
+    """A session of this server holds faber's lock (a run deploying now); records name its id. One
+    written in a session of the server's previous start (an hour before this one: the server
+    restarted since) is a killed run's, whose migration ``faber status`` reports as failed; one
+    of this start, or one of an older faber naming the id alone, is the run deploying now's.
+    Before, a record named the id alone, and any run given that id after a restart took it over."""
+    killed = KilledInsideAMigration(mysql_database_url)
+    project = deployed_first(killed, mysql_sequelize_project, sequelize_migration, run_faber)
+
+    def failed() -> list[str]:
+        status = run_faber("status", "staging", "--json", "--cwd", str(project))
+        assert status.returncode in (0, 6), status.output
+        return status.json["result"]["failed"]
+
+    with killed.connect() as deploying, killed.connect() as conn:
+        assert deploying.execute("SELECT GET_LOCK(%s, 0)", [faber_lock_name_on_server(deploying)]).fetchone()[0] == 1
+        session_id = deploying.thread_id()
+        started = server_start(conn)
+        for lock_session, left_by_killed_run in (
+            (f"{session_id}@{started}", False),
+            (str(session_id), False),
+            (f"{session_id}@{started - 3600}", True),
+        ):
+            conn.execute(f"DELETE FROM {table(killed)}")
+            write_record(killed, conn, lock_session)
+            assert failed() == ([COPY] if left_by_killed_run else []), lock_session
