@@ -20,7 +20,9 @@ restore of a backup taken before that run, or ``faber resolve ENV NAME``, remove
 A session is named so that a later one is not taken for it: PostgreSQL's ``pid@backend_start``;
 MySQL/MariaDB's ``CONNECTION_ID()@server start`` (ids start again from 1 as the server restarts;
 a record of an older faber names the id alone). A run holding faber's lock takes no record of
-another run for a live one, whatever session it names.
+another run for a live one, whatever session it names. The record is the database's: a run
+counts every record in it, whatever environment name the run that wrote it had (the
+``environment`` column says, for people reading the table).
 """
 
 from __future__ import annotations
@@ -261,7 +263,7 @@ def record(context: RunContext, lock_conn: Any, pending: list[LocalMigration], b
 
 def _delete(context: RunContext, condition: str, params: list[Any]) -> bool:
     """Whether there was a record to remove."""
-    where = f"FROM {_table(context)} WHERE environment = %s AND {condition}"
+    where = f"FROM {_table(context)} WHERE {condition}"
     try:
         with context.database.session() as conn:
             if not _exists(context, conn) or conn.execute(f"SELECT 1 {where} LIMIT 1", params).fetchone() is None:
@@ -278,7 +280,7 @@ def forget_run(context: RunContext) -> None:
     nothing (no migration outside a transaction was pending) has nothing to remove: its rows are
     its own, by its run id."""
     if context.database.learnt.get(_RECORDED):
-        _delete(context, "run_id = %s", [context.environment, context.run_id])
+        _delete(context, "run_id = %s", [context.run_id])
 
 
 def forget_migration(context: RunContext, name: str) -> bool:
@@ -290,14 +292,10 @@ def forget_migration(context: RunContext, name: str) -> bool:
             if not _exists(context, conn):
                 return False
             recorded = conn.execute(
-                f"SELECT run_id, position FROM {_table(context)} WHERE environment = %s AND migration = %s",
-                [context.environment, name],
+                f"SELECT run_id, position FROM {_table(context)} WHERE migration = %s", [name]
             ).fetchall()
             for run_id, position in recorded:
-                conn.execute(
-                    f"DELETE FROM {_table(context)} WHERE environment = %s AND run_id = %s AND position >= %s",
-                    [context.environment, run_id, position],
-                )
+                conn.execute(f"DELETE FROM {_table(context)} WHERE run_id = %s AND position >= %s", [run_id, position])
             return bool(recorded)
     except context.database.connect_errors as exc:
         _warn("the record of the migrations a killed run started was not removed", context, exc)
@@ -311,16 +309,10 @@ def forget_restored(context: RunContext, backup: BackupRecord) -> None:
         with context.database.session() as conn:
             if not _exists(context, conn):
                 return
-            taken = conn.execute(
-                f"SELECT DISTINCT run_id, before_run FROM {_table(context)} WHERE environment = %s",
-                [context.environment],
-            ).fetchall()
+            taken = conn.execute(f"SELECT DISTINCT run_id, before_run FROM {_table(context)}").fetchall()
             for run_id, before_run in taken:
                 if dt.datetime.fromisoformat(before_run) >= backup.created_at:
-                    conn.execute(
-                        f"DELETE FROM {_table(context)} WHERE environment = %s AND run_id = %s",
-                        [context.environment, run_id],
-                    )
+                    conn.execute(f"DELETE FROM {_table(context)} WHERE run_id = %s", [run_id])
     except context.database.connect_errors as exc:
         _warn("the record of the migrations killed deploys left was not updated", context, exc)
 
@@ -332,8 +324,8 @@ def left_by_killed_runs(context: RunContext, conn: Any, applied: set[str]) -> li
         return []
     rows = conn.execute(
         f"SELECT run_id, lock_session, migration, outside_transaction, before_run FROM {_table(context)}"
-        " WHERE environment = %s AND run_id <> %s ORDER BY run_id, position",
-        [context.environment, context.run_id],
+        " WHERE run_id <> %s ORDER BY run_id, position",
+        [context.run_id],
     ).fetchall()
     if not rows:
         return []

@@ -1,11 +1,12 @@
 """What faber's record of a deploy killed inside a Sequelize migration (which runs outside a
 transaction) says once a person has dealt with it, and what the record costs a deploy; and whose
-record a run takes for a deploy still under way."""
+record a run takes for a deploy still under way, whichever environment name wrote it."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import signal
 
 import pytest
@@ -314,3 +315,43 @@ def test_a_record_naming_a_session_id_of_an_earlier_server_start_is_not_the_run_
             conn.execute(f"DELETE FROM {table(killed)}")
             write_record(killed, conn, lock_session)
             assert failed() == ([COPY] if left_by_killed_run else []), lock_session
+
+
+@pytest.mark.parametrize("engine", ["postgres", "mysql"])
+def test_a_deploy_killed_inside_a_migration_is_named_after_its_environment_is_renamed(
+    sequelize_migration, run_faber, request, engine
+):
+    """The record is in the database the killed deploy changed, whatever the environment is called
+    now. Before, runs read only the records of their own environment's name: renamed in faber's
+    config, the next deploy ran the migration again (the ledger's rows copied twice)."""
+    url, make_project = engine_fixtures(request, engine)
+    killed = KilledInsideAMigration(url)
+    project = make_project(
+        {COPY: sequelize_migration(killed.copy_statement, killed.hold_statement)}, fixture_migrations=False, lint="off"
+    )
+    ten_rows_ledger(killed)
+    killed_inside_copy(killed, project, run_faber)
+    sessions = [row[0] for row in killed.query(f"SELECT lock_session FROM {table(killed)}")]
+    assert sessions and all(re.fullmatch(r"\d+@\d+(\.\d+)?", session) for session in sessions), sessions
+
+    config_path = project / ".fractary/plugins/faber-db/config.json"
+    config = json.loads(config_path.read_text())
+    environments = config["database"]["environments"]
+    environments["production"] = environments.pop("staging")
+    config_path.write_text(json.dumps(config))
+
+    def faber(*args: str):
+        return run_faber(*args, "--json", "--cwd", str(project))
+
+    status = faber("status", "production")
+    assert status.returncode == 6, status.output
+    assert status.json["result"]["failed"] == [COPY]
+    again = faber("migrate", "production", "--yes")
+    assert again.json["code"] == "HEALTH_CHECK_FAILED", again.output
+    assert KILLED_TEXT in again.stdout
+    assert killed.ledger() == 20  # not run again
+
+    killed.query("DELETE FROM ledger WHERE id > 100")
+    resolved = faber("resolve", "production", "--rolled-back", COPY)
+    assert resolved.returncode == 0, resolved.output
+    assert killed.query(f"SELECT count(*) FROM {table(killed)}") == [(0,)]
