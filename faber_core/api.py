@@ -173,6 +173,7 @@ def status(
         backup_leftovers, unchecked = read_backup_leftovers(context, plugins)
         result["backup_leftovers"] = [leftover.model_dump(mode="json") for leftover in backup_leftovers]
         result["backup_leftovers_unchecked"] = unchecked
+        result["unfinished_migrations_unchecked"] = unfinished.unchecked(context)
         if state.failed:
             raise MigrationFailed(
                 f"{environment} has {len(state.failed)} failed migration(s): {unfinished.failed_names(state)}",

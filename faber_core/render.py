@@ -497,6 +497,8 @@ def _deployed(document: Success, result: dict[str, Any]) -> list[str]:
         lines += [f"Lint {name}: {_finding(finding)}" for finding in findings]
     if result.get("lint_not_run"):
         lines.append(f"Lint: not run for {', '.join(result['lint_not_run'])}")
+    if result.get("unfinished_migrations_unchecked"):
+        lines.append(f"⚠ {one_line(result['unfinished_migrations_unchecked'])}")
     lines += _preflight_lines(result.get("preflight"))
     if result.get("staging_proof"):
         lines += _details({"staging_proof": result["staging_proof"]})
@@ -550,6 +552,8 @@ def _leftover_lines(env: str | None, result: dict[str, Any], prefix: str = "") -
         lines += [f"      {one_line(command)}" for command in leftover["commands"]]
     if result.get("backup_leftovers_unchecked"):
         lines.append(f"  ? {prefix}{one_line(result['backup_leftovers_unchecked'])}")
+    if result.get("unfinished_migrations_unchecked"):
+        lines.append(f"  ? {prefix}{one_line(result['unfinished_migrations_unchecked'])}")
     return lines
 
 

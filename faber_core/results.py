@@ -32,6 +32,11 @@ class DeployResult(DeferredModel):
     )
     preflight: PreflightReport | None = None
     staging_proof: dict[str, Any] | None = None
+    unfinished_migrations_unchecked: str | None = Field(
+        None,
+        description="Why the check for migrations a killed deploy left in part could not run (faber's record of "
+        "them could not be read), when it could not.",
+    )
     backup_leftovers: list[BackupLeftover] | None = Field(
         None,
         description="--skip-backup: what killed runs left where the backup provider keeps its backups (a stopped "
@@ -158,6 +163,11 @@ class NoPendingResult(DeferredModel):
     message: str = "No pending migrations"
     health_check_before: str
     mode: str
+    unfinished_migrations_unchecked: str | None = Field(
+        None,
+        description="Why the check for migrations a killed deploy left in part could not run (faber's record of "
+        "them could not be read), when it could not.",
+    )
 
 
 class PreviewResult(DeferredModel):

@@ -944,7 +944,11 @@ def no_pending(context: RunContext, health_before: str) -> Success:
     return Success(
         operation=DEPLOY,
         environment=context.environment,
-        result=NoPendingResult(health_check_before=health_before, mode=context.mode),
+        result=NoPendingResult(
+            health_check_before=health_before,
+            mode=context.mode,
+            unfinished_migrations_unchecked=unfinished.unchecked(context),
+        ),
         message="No pending migrations",
     )
 
@@ -1908,6 +1912,7 @@ def deployed(
             preflight=review.preflight,
             staging_proof=review.staging_proof,
             **skipped_backup_fields(skipped_backup),
+            unfinished_migrations_unchecked=unfinished.unchecked(context),
         ),
         message=f"Successfully applied {count} migration{'s' if count != 1 else ''} to {context.environment}",
     )

@@ -22,7 +22,9 @@ MySQL/MariaDB's ``CONNECTION_ID()@server start`` (ids start again from 1 as the 
 a record of an older faber names the id alone). A run holding faber's lock takes no record of
 another run for a live one, whatever session it names. The record is the database's: a run
 counts every record in it, whatever environment name the run that wrote it had (the
-``environment`` column says, for people reading the table).
+``environment`` column says, for people reading the table). A record that cannot be read (a user
+without the privilege) reports nothing failed, and the run says the check could not run
+(:func:`unchecked`).
 """
 
 from __future__ import annotations
@@ -66,6 +68,12 @@ CREATE TABLE IF NOT EXISTS {table} (
 
 _RECORDED = "unfinished_recorded"
 """``Database.learnt``'s key: this run wrote its pending migrations to the table (:func:`record`)."""
+_UNCHECKED = "unfinished_unchecked"
+"""``Database.learnt``'s key: why a read of the table failed (:func:`unchecked`)."""
+UNCHECKED = (
+    f"the check for migrations a killed deploy left in part could not run ({TABLE} could not be read),"
+    " so none is reported as failed"
+)
 _OWN_LOCK_SESSION = "unfinished_own_lock_session"
 """``Database.learnt``'s key: the server's id of the session holding this run's lock, while held."""
 
@@ -345,8 +353,11 @@ def with_killed_runs(context: RunContext, state: MigrationState) -> MigrationSta
     try:
         with context.database.session() as conn:
             unfinished = left_by_killed_runs(context, conn, set(state.applied))
-    except context.database.connect_errors:
-        return state  # the status read that follows reports an unreachable database
+    except context.database.connect_errors as exc:
+        # Unreachable, the status read that follows says so; refused (a user without the
+        # privilege on faber's table), the run goes on without the check, saying so.
+        _not_checked(context, exc)
+        return state
     failed = set(state.failed)
     added = [
         MigrationRecord(name=item.migration, state="failed", logs=KILLED)
@@ -354,6 +365,22 @@ def with_killed_runs(context: RunContext, state: MigrationState) -> MigrationSta
         if item.migration not in failed
     ]
     return state.model_copy(update={"records": [*state.records, *added]}) if added else state
+
+
+def _not_checked(context: RunContext, exc: Exception) -> None:
+    if context.database.learnt.get(_UNCHECKED):
+        return
+    text = str(exc).strip()
+    reason = context.redactor.redact(text.splitlines()[0] if text else type(exc).__name__)
+    context.database.learnt[_UNCHECKED] = f"{UNCHECKED}: {reason}"
+    sys.stderr.write(f"warning: {UNCHECKED}: {reason}\n")
+
+
+def unchecked(context: RunContext) -> str | None:
+    """Why this run could not read the record of deploys killed inside a migration that runs
+    outside a transaction (so a migration one left in part is not reported as failed), if it could
+    not: ``result.unfinished_migrations_unchecked`` of status and deploy documents."""
+    return context.database.learnt.get(_UNCHECKED)
 
 
 def undone_by_backups_until(context: RunContext, state: MigrationState) -> dt.datetime | None:

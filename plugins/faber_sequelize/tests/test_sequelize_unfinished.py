@@ -1,6 +1,7 @@
 """What faber's record of a deploy killed inside a Sequelize migration (which runs outside a
-transaction) says once a person has dealt with it, and what the record costs a deploy; and whose
-record a run takes for a deploy still under way, whichever environment name wrote it."""
+transaction) says once a person has dealt with it, and what the record costs a deploy; whose
+record a run takes for a deploy still under way, whichever environment name wrote it, and what a
+run says when it cannot read it."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ import datetime as dt
 import json
 import re
 import signal
+import uuid
 
+import psycopg
 import pytest
 from faber_core import api
 from faber_core.engines.mysql import faber_lock_name_on_server
 from faber_core.postgres.locks import HOLDING, session_lock_key
 from faber_core.testing.faults import FaberProcess, KilledInsideAMigration
+from faber_core.testing.fixtures import CANARY_PASSWORD
+from psycopg import sql
 
 COPY = "20240103000000-copy.js"
 LATER = "20240104000000-later.js"
@@ -355,3 +360,69 @@ def test_a_deploy_killed_inside_a_migration_is_named_after_its_environment_is_re
     resolved = faber("resolve", "production", "--rolled-back", COPY)
     assert resolved.returncode == 0, resolved.output
     assert killed.query(f"SELECT count(*) FROM {table(killed)}") == [(0,)]
+
+
+def test_a_run_whose_user_may_not_read_the_record_says_the_check_could_not_run(
+    sequelize_migration, sequelize_project, database_url, postgres_admin_url, run_faber, monkeypatch
+):
+    """A deploy failed inside COPY after its copy committed, so its record stays; the environment
+    then reaches the database as a role that may use everything but that record. Before, status
+    said nothing had failed and nothing of the check that could not run, and the deploy that ran
+    COPY again said nothing either."""
+    killed = KilledInsideAMigration(database_url)
+    project = sequelize_project(
+        {COPY: sequelize_migration(killed.copy_statement, "SELECT * FROM no_such_table")},
+        fixture_migrations=False,
+        lint="off",
+    )
+    ten_rows_ledger(killed)
+    failed = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+    assert failed.json["code"] == "MIGRATION_FAILED", failed.output
+    assert killed.query("SELECT count(*) FROM faber.faber_unfinished_migrations") == [(1,)]
+
+    role = f"faber_reader_{uuid.uuid4().hex[:12]}"
+    database = psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]
+    with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    try:
+        with psycopg.connect(database_url, autocommit=True) as owner:
+            for grant in (
+                "GRANT CONNECT ON DATABASE {db} TO {role}",
+                "GRANT USAGE, CREATE ON SCHEMA public, faber TO {role}",
+                "GRANT ALL ON ALL TABLES IN SCHEMA public, faber TO {role}",
+                "GRANT ALL ON ALL SEQUENCES IN SCHEMA public, faber TO {role}",
+                "REVOKE ALL ON faber.faber_unfinished_migrations FROM {role}",
+            ):
+                owner.execute(sql.SQL(grant).format(db=sql.Identifier(database), role=sql.Identifier(role)))
+        parts = psycopg.conninfo.conninfo_to_dict(database_url)
+        monkeypatch.setenv(
+            "SEQUELIZE_TEST_DATABASE_URL",  # conftest.URL_ENV: the URL the project's staging reads
+            f"postgresql://{role}:{CANARY_PASSWORD}@{parts['host']}:{parts.get('port', 5432)}/{database}",
+        )
+
+        status = run_faber("status", "staging", "--json", "--cwd", str(project))
+        assert status.returncode == 0, status.output
+        result = status.json["result"]
+        assert result["failed"] == []
+        unchecked = result["unfinished_migrations_unchecked"]
+        assert unchecked and "could not run" in unchecked and "permission denied" in unchecked, result
+        assert "could not run" in status.stderr
+        human = run_faber("status", "staging", "--cwd", str(project))
+        assert "could not run" in human.stdout, human.output
+
+        (project / "db/migrations" / COPY).write_text(sequelize_migration(killed.copy_statement))
+        deployed = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+        assert deployed.returncode == 0, deployed.output
+        unchecked = deployed.json["result"]["unfinished_migrations_unchecked"]
+        assert unchecked and "permission denied" in unchecked, deployed.output
+        for run in (status, human, deployed):
+            assert CANARY_PASSWORD not in run.output
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as owner:
+            owner.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s AND pid <> pg_backend_pid()",
+                [role],
+            )
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
