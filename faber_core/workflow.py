@@ -402,7 +402,7 @@ def deploy_lock(context: RunContext, *, checks_skipped: bool = False) -> Iterato
             refuse_shared_faber_schema(conn, context.config.database.faber_schema)
         context.emit("lock.acquired")
         engine.finish_interrupted_restores(context, conn)
-        with unfinished.reads_under_lock(context, held):
+        with unfinished.reads_under_lock(context, held.session_id()):
             yield DeployLock(conn, held)
 
 

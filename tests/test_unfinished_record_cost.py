@@ -65,7 +65,7 @@ def test_reads_under_the_lock_look_for_the_record_once_the_first_under_it_looked
     # A run killed while it held faber's lock, before this one took it, made the table meanwhile:
     # the first read under the lock still looks, and finds it.
     _killed_run_recorded(database_url, "0002_outside")
-    with unfinished.reads_under_lock(context):
+    with unfinished.reads_under_lock(context, None):
         assert _looks_for_the_table(context) == ["0002_outside", "looked"]
         assert _looks_for_the_table(context) == ["0002_outside"]
     assert _looks_for_the_table(context) == ["0002_outside", "looked"]  # the lock let go: looks again
@@ -73,7 +73,7 @@ def test_reads_under_the_lock_look_for_the_record_once_the_first_under_it_looked
 
 def test_a_run_that_makes_the_record_under_the_lock_reads_it_there(database_url):
     context = _context(database_url, "this-run")
-    with unfinished.reads_under_lock(context):
+    with unfinished.reads_under_lock(context, None):
         assert _looks_for_the_table(context) == ["looked"]  # no table: not looked for again
         assert _looks_for_the_table(context) == []
         with psycopg.connect(database_url, autocommit=True) as lock_conn:

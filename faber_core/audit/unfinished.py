@@ -34,14 +34,11 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from faber_core.backup.mysqldump import UNFINISHED_MIGRATIONS as TABLE
 from faber_core.context import RunContext
 from faber_core.models import BackupRecord, LocalMigration, MigrationRecord, MigrationState
-
-if TYPE_CHECKING:
-    from faber_core.engines import HeldLock
 
 _COLUMNS = (
     "run_id",
@@ -113,18 +110,18 @@ def _table(context: RunContext) -> str:
 
 
 @contextmanager
-def reads_under_lock(context: RunContext, lock: HeldLock) -> Iterator[None]:
-    """While this run holds faber's lock (``lock``). A record of another run naming the session
-    holding it is never a run deploying now. And only this run can create the table
-    (:func:`record` creates it under the lock), so the first look under the lock is kept for the
-    reads after it. That first look must still be made: a run killed while it held the lock
+def reads_under_lock(context: RunContext, lock_session: str | None) -> Iterator[None]:
+    """While this run holds faber's lock, on the server's session ``lock_session``
+    (:meth:`~faber_core.engines.HeldLock.session_id`; None where the engine cannot tell). A record
+    of another run naming that session is never a run deploying now. And only this run can create
+    the table (:func:`record` creates it under the lock), so the first look under the lock is kept
+    for the reads after it. That first look must still be made: a run killed while it held the lock
     before this one may have created the table before this run took the lock. Once the lock is
     let go, another run may create it: what was learnt is forgotten."""
     learnt = context.database.learnt
     learnt[_LOCKED] = True
-    session_id = lock.session_id()
-    if session_id is not None:
-        learnt[_OWN_LOCK_SESSION] = session_id
+    if lock_session is not None:
+        learnt[_OWN_LOCK_SESSION] = lock_session
     try:
         yield
     finally:
