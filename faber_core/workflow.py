@@ -692,7 +692,10 @@ def health_suggestions(context: RunContext, plugins: Plugins, failed: HealthChec
 def backup_before_failed_migrations(context: RunContext, plugins: Plugins) -> list[str]:
     """The restore that undoes failed migrations a run left (one killed mid-migration reports
     nothing and writes no history row): the newest backup whose migration history is exactly what
-    is applied now, as the run took it just before applying them. None without such a backup."""
+    is applied now, as the run took it just before applying them. Failing that, for migrations a
+    killed deploy left, the newest backup taken before that deploy whose migrations are all still
+    applied (the deploy's own, when it committed others before the one it was killed in): restoring
+    it also undoes the migrations applied since, which the advice names. None without either."""
     try:
         state = plugins.migration_status(context)
         if not state.failed:
@@ -702,21 +705,26 @@ def backup_before_failed_migrations(context: RunContext, plugins: Plugins) -> li
         return []
     applied = sorted(state.applied_fingerprint())
     until = unfinished.undone_by_backups_until(context, state)
-    before = next(
-        (
-            b
-            for b in backups
-            if b.status == "available"
-            and sorted(tuple(m) for m in b.migrations) == applied
-            and (until is None or b.created_at <= until)
-        ),
-        None,
-    )
+    usable = [b for b in backups if b.status == "available" and (until is None or b.created_at <= until)]
+    before = next((b for b in usable if sorted(tuple(m) for m in b.migrations) == applied), None)
+    if before is not None:
+        return [
+            f"Or undo all of it: {before.id} was taken just before {', '.join(state.failed)} ran (the same "
+            f"migrations applied): faber rollback {context.environment} --to {before.id}"
+        ]
+    if until is None:
+        return []
+    held = set(applied)
+    before = next((b for b in usable if {tuple(m) for m in b.migrations} <= held), None)
     if before is None:
         return []
+    in_backup = {tuple(m)[0] for m in before.migrations}
+    since = [name for name in state.applied if name not in in_backup]
+    named = ", ".join(since[:3]) + (f" and {len(since) - 3} more" if len(since) > 3 else "")
     return [
-        f"Or undo all of it: {before.id} was taken just before {', '.join(state.failed)} ran (the same migrations "
-        f"applied): faber rollback {context.environment} --to {before.id}"
+        f"Or undo all of it: {before.id} was taken just before the deploy killed inside "
+        f"{', '.join(state.failed)} (restoring it also undoes {named}, applied since): "
+        f"faber rollback {context.environment} --to {before.id}"
     ]
 
 

@@ -20,6 +20,7 @@ from faber_core.testing.faults import FaberProcess, KilledInsideAMigration
 from faber_core.testing.fixtures import CANARY_PASSWORD
 from psycopg import sql
 
+FIRST = "20240102000000-first.js"
 COPY = "20240103000000-copy.js"
 LATER = "20240104000000-later.js"
 
@@ -146,6 +147,55 @@ def test_the_restore_named_for_a_killed_deploy_is_of_a_backup_taken_before_it(
     status = faber("status", "staging")
     assert status.returncode == 0, status.output
     assert json.loads(status.stdout)["result"]["pending"] == [COPY]
+
+
+@pytest.mark.parametrize("engine", ["postgres", "mysql"])
+def test_the_restore_named_for_a_deploy_killed_after_committing_others_is_the_backup_it_took(
+    sequelize_migration, run_faber, request, engine
+):
+    """The deploy applied FIRST, then was killed inside COPY: no backup holds exactly the
+    migrations applied now. Before, status and the next deploy named no restore at all, though the
+    deploy's own backup undoes all of it (found on a real history killed in its 15th migration)."""
+    prefix = "" if engine == "postgres" else "mysql_"
+    killed = KilledInsideAMigration(request.getfixturevalue(f"{prefix}database_url"))
+    project = request.getfixturevalue(f"{prefix}sequelize_project")(
+        {
+            FIRST: sequelize_migration("CREATE TABLE first_done (id int)"),
+            COPY: sequelize_migration(killed.copy_statement, killed.hold_statement),
+        },
+        fixture_migrations=False,
+        lint="off",
+        backup_before_migrate=True,
+    )
+
+    def faber(*args: str):
+        return run_faber(*args, "--json", "--cwd", str(project))
+
+    ten_rows_ledger(killed)
+    killed_inside_copy(killed, project, run_faber)
+    backups = faber("backups", "staging")
+    assert backups.returncode == 0, backups.output
+    [taken] = json.loads(backups.stdout)["result"]["backups"]
+
+    status = faber("status", "staging")
+    assert status.returncode == 6, status.output
+    assert json.loads(status.stdout)["result"]["applied"] == [FIRST]
+    suggestions = " ".join(json.loads(status.stdout)["recovery"]["suggestions"])
+    assert f"faber rollback staging --to {taken['id']}" in suggestions, suggestions
+    assert f"also undoes {FIRST}" in suggestions, suggestions
+    again = faber("migrate", "staging", "--yes")
+    assert again.returncode == 3, again.output
+    assert f"faber rollback staging --to {taken['id']}" in " ".join(json.loads(again.stdout)["recovery"]["suggestions"])
+    restored = faber("rollback", "staging", "--to", taken["id"], "--yes", "--discard-app-writes")
+    assert restored.returncode == 0, restored.output
+    assert killed.ledger() == 10
+    assert killed.query(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'first_done'"
+        " AND table_schema NOT IN ('information_schema', 'pg_catalog')"
+    ) == [(0,)]
+    status = faber("status", "staging")
+    assert status.returncode == 0, status.output
+    assert json.loads(status.stdout)["result"]["pending"] == [FIRST, COPY]
 
 
 @pytest.mark.parametrize("engine", ["postgres", "mysql"])
