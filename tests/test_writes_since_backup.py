@@ -82,6 +82,8 @@ def test_without_a_baseline_the_result_is_unknown_and_says_why(deployed, context
     since = writes.writes_since_backup(context_for(project_dir, "rollback"), backup_record(project_dir, backup_id))
 
     assert since.status == "unknown" and "no baseline" in since.reason
+    # Nothing was counted, so nothing is said to be attributed (exactly or not).
+    assert "attribution" not in since.model_dump(mode="json")
 
 
 def test_rollback_refuses_a_bare_yes_when_the_application_wrote_and_names_the_tables(deployed, run_faber, database_url):

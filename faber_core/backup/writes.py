@@ -50,7 +50,7 @@ from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
-from pydantic import Field
+from pydantic import Field, model_serializer
 
 from faber_core import events
 from faber_core.context import LockCheck, RunContext
@@ -146,12 +146,21 @@ class WritesSinceBackup(DeferredModel):
     status: Literal["none", "found", "unknown"]
     tables: list[TableWrites] = Field(default_factory=list)
     attribution: Literal["exact", "unknown"] = Field(
-        "exact", description="unknown: a handler did not report its migrations' writes, so faber's share is not known."
+        "exact",
+        description="unknown: a handler did not report its migrations' writes, so faber's share is not known. Left "
+        "out when the status is unknown: nothing was counted to attribute.",
     )
     in_flight: list[str] = Field(
         default_factory=list, description="Sessions holding write locks on user tables right now (pid, app, table)."
     )
     reason: str | None = Field(None, description="Why the result is unknown, or what it could not see.")
+
+    @model_serializer(mode="wrap")
+    def _drop_attribution_of_nothing(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if self.status == "unknown":
+            data.pop("attribution", None)
+        return data
 
     @property
     def total_rows(self) -> int:
