@@ -251,8 +251,8 @@ class EnvironmentSettings(BaseModel):
     backup: BackupSettings = Field(default_factory=BackupSettings)
     lint: Literal["block", "warn", "off"] | None = Field(
         None,
-        description="Lint pending migrations with squawk. block: lock-risk errors stop the deploy; "
-        "warn: report only. Default: block in protected environments, warn elsewhere.",
+        description="Lint pending migrations with squawk. block: its errors (lock risks, breaking changes) stop the "
+        "deploy; warn: report only. Default: block in protected environments, warn elsewhere.",
     )
     lint_small_table_rows: int = Field(
         10_000,

@@ -103,7 +103,8 @@ class RestoreFailed(FaberError):
 
 
 class LintBlocked(FaberError):
-    """The lint found lock-risk errors in a pending migration, in an environment whose policy blocks."""
+    """The lint found errors (lock risks or breaking changes) in a pending migration, in an environment
+    whose policy blocks."""
 
     code = "LINT_BLOCKED"
 

@@ -74,6 +74,20 @@ def test_block_refuses_a_lock_risk_error_before_approval_and_backup(deployed_use
     assert "approval.granted" not in [e.kind for e in events]
 
 
+def test_block_names_a_breaking_change_for_what_it_is(deployed_users, context_for, plugins, database_url):
+    project_dir = deployed_users("ALTER TABLE users DROP COLUMN email;\n")
+
+    with pytest.raises(LintBlocked) as raised:
+        migrate(context_for(project_dir), plugins, YES)
+
+    [finding] = raised.value.result["lint"]["002_index"]
+    assert finding["rule"] == "ban-drop-column"
+    # Not a lock risk: the message does not call it one.
+    assert "breaking changes" in raised.value.message and "lock-risk" not in raised.value.message
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM information_schema.columns WHERE column_name = 'email'").fetchone()[0]
+
+
 def test_warn_reports_the_finding_and_deploys(deployed_users, context_for, plugins, database_url):
     project_dir = deployed_users(BLOCKING_INDEX, lint="warn")
 

@@ -259,8 +259,8 @@ def refuse_lint_errors(context: RunContext, findings: dict[str, list[LintFinding
     first_name, first = next(iter(errors.items()))
     count = sum(len(items) for items in errors.values())
     raise LintBlocked(
-        f"The lint found {count} lock-risk error(s) in {len(errors)} pending migration(s), e.g. {first_name} line "
-        f"{first[0].line}: {first[0].rule}. Nothing was applied",
+        f"The lint found {count} error(s) (lock risks or breaking changes) in {len(errors)} pending migration(s), "
+        f"e.g. {first_name} line {first[0].line}: {first[0].rule}. Nothing was applied",
         result={"lint": {name: [f.model_dump() for f in items] for name, items in findings.items() if items}},
         suggestions=[
             "Rewrite the statements as each finding's help says (a new migration, if this one was applied elsewhere)",
@@ -386,7 +386,10 @@ def _lint_previews(
         item.lint = findings.get(item.name, [])
         errors = sum(1 for f in item.lint if f.severity == "error")
         if errors and context.settings.lint == "block":
-            item.notes.append(f"lint: {errors} lock-risk error(s) would block the deploy to {context.environment}")
+            item.notes.append(
+                f"lint: {errors} error(s) (lock risks or breaking changes) would block the deploy to "
+                f"{context.environment}"
+            )
 
 
 def _preview_preflight(
