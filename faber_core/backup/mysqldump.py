@@ -29,6 +29,7 @@ nothing changed. docs/mysql.md says so.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -397,7 +398,10 @@ DEFINER_CLAUSE = re.compile(r"\s+DEFINER\s*=\s*`[^`]*`@`[^`]*`")
 
 def _take_objects(conn: Any, scratch: str, target: str) -> list[str]:
     """The scratch's views, triggers, routines and events as statements creating them in
-    ``target``; its views and triggers dropped, so its tables can move to another database."""
+    ``target``; its views and triggers dropped, so its tables can move to another database. Each
+    trigger, routine and event is created under the SQL mode it was created with (a
+    ``SET SESSION sql_mode`` before it), as the dump has it: the mode is part of the object (how
+    its body parses, ANSI_QUOTES, and how it runs, strict or not)."""
     statements: list[str] = []
     q = quote(scratch)
     views = conn.execute("SELECT TABLE_NAME FROM information_schema.VIEWS WHERE TABLE_SCHEMA = %s", [scratch])
@@ -405,21 +409,33 @@ def _take_objects(conn: Any, scratch: str, target: str) -> list[str]:
         statements.append(_retarget(conn.execute(f"SHOW CREATE VIEW {q}.{quote(name)}").fetchone()[1], scratch, target))
         conn.execute(f"DROP VIEW {q}.{quote(name)}")
     for name, create in triggers_of(conn, scratch):
-        statements.append(_retarget(create, scratch, target))
+        mode = conn.execute(
+            "SELECT SQL_MODE FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = %s AND TRIGGER_NAME = %s",
+            [scratch, name],
+        ).fetchone()[0]
+        statements += [_set_sql_mode(mode), _retarget(create, scratch, target)]
         conn.execute(f"DROP TRIGGER {q}.{quote(name)}")
     routines = conn.execute(
-        "SELECT ROUTINE_TYPE, ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = %s", [scratch]
+        "SELECT ROUTINE_TYPE, ROUTINE_NAME, SQL_MODE FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = %s",
+        [scratch],
     )
-    for kind, name in routines.fetchall():
-        statements.append(
-            _retarget(conn.execute(f"SHOW CREATE {kind} {q}.{quote(name)}").fetchone()[2], scratch, target)
-        )
-    event_rows = conn.execute("SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s", [scratch])
-    for (name,) in event_rows.fetchall():
-        statements.append(
-            _retarget(conn.execute(f"SHOW CREATE EVENT {q}.{quote(name)}").fetchone()[3], scratch, target)
-        )
+    for kind, name, mode in routines.fetchall():
+        create = conn.execute(f"SHOW CREATE {kind} {q}.{quote(name)}").fetchone()[2]
+        statements += [_set_sql_mode(mode), _retarget(create, scratch, target)]
+    event_rows = conn.execute(
+        "SELECT EVENT_NAME, SQL_MODE FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s", [scratch]
+    )
+    for name, mode in event_rows.fetchall():
+        create = conn.execute(f"SHOW CREATE EVENT {q}.{quote(name)}").fetchone()[3]
+        statements += [_set_sql_mode(mode), _retarget(create, scratch, target)]
     return statements
+
+
+def _set_sql_mode(mode: str) -> str:
+    """``SET SESSION sql_mode`` to a mode the server reported (names, commas: nothing to escape)."""
+    if not re.fullmatch(r"[A-Za-z0-9_,]*", mode):
+        raise RestoreFailed(f"Unexpected SQL mode in the backup's objects: {mode!r}")
+    return f"SET SESSION sql_mode = '{mode}'"
 
 
 def _retarget(create: str, scratch: str, target: str) -> str:
@@ -686,12 +702,17 @@ def _create_objects(conn: Any, swap: Swap) -> None:
         "SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s", [swap.target]
     ).fetchall():
         conn.execute(f"DROP EVENT {t}.{quote(name)}")
-    for statement in swap.backup_objects:
-        try:
-            conn.execute(statement)
-        except conn.Error as exc:
-            raise RestoreFailed(
-                "The backup's tables were restored, but one of its views, triggers, routines or events could not "
-                f"be recreated: {exc.args[-1]}",
-                suggestions=["Recreate it from the dump by hand"],
-            ) from None
+    (mode,) = conn.execute("SELECT @@SESSION.sql_mode").fetchone()
+    try:
+        for statement in swap.backup_objects:
+            try:
+                conn.execute(statement)
+            except conn.Error as exc:
+                raise RestoreFailed(
+                    "The backup's tables were restored, but one of its views, triggers, routines or events could not "
+                    f"be recreated: {exc.args[-1]}",
+                    suggestions=["Recreate it from the dump by hand"],
+                ) from None
+    finally:
+        with contextlib.suppress(conn.Error):
+            conn.execute("SET SESSION sql_mode = %s", [mode])
