@@ -118,22 +118,31 @@ def faber_ok(project: Path, url: str, *args: str) -> dict[str, Any]:
     return json.loads(run.stdout())
 
 
+def restore_ahead(engine: Engine, command: str, root: Path) -> tuple[Path, str | None]:
+    """A project deployed to ``engine`` whose next run restores a backup: for ``rollback``, a backup
+    of the base then two migrations deployed after it (returns its id); for ``failed-deploy``, a
+    pending migration after one that fails (its backup is taken by the deploy: None)."""
+    project = write_project(root, {"000_base": BASE})
+    faber_ok(project, engine.url, "migrate", ENVIRONMENT, "--yes", "--skip-backup")
+    if command != "rollback":
+        write_project(project, {"001_tier": TIER, "002_fails": FAILING[engine.name]})
+        return project, None
+    backup_id = faber_ok(project, engine.url, "backup", ENVIRONMENT)["result"]["id"]
+    write_project(project, {"001_tier": TIER, "002_ledgers": LEDGERS})
+    faber_ok(project, engine.url, "migrate", ENVIRONMENT, "--yes", "--skip-backup")
+    return project, backup_id
+
+
 @pytest.mark.parametrize("held", [True, False], ids=["held-at-the-event", "as-it-runs-on"])
 @pytest.mark.parametrize("command", ["rollback", "failed-deploy"])
 def test_sigterm_once_the_restore_committed_says_it_committed(
     engine: Engine, command: str, held: bool, tmp_path: Path
 ) -> None:
-    project = write_project(tmp_path / "project", {"000_base": BASE})
-    faber_ok(project, engine.url, "migrate", ENVIRONMENT, "--yes", "--skip-backup")
-    backup_id = None
-    if command == "rollback":
-        backup_id = faber_ok(project, engine.url, "backup", ENVIRONMENT)["result"]["id"]
-        write_project(project, {"001_tier": TIER, "002_ledgers": LEDGERS})
-        faber_ok(project, engine.url, "migrate", ENVIRONMENT, "--yes", "--skip-backup")
+    project, backup_id = restore_ahead(engine, command, tmp_path / "project")
+    if backup_id is not None:
         assert "tier" in engine.columns() and "ledgers" in engine.tables()
         args: tuple[str, ...] = ("rollback", ENVIRONMENT, "--to", backup_id, "--yes")
     else:
-        write_project(project, {"001_tier": TIER, "002_fails": FAILING[engine.name]})
         args = ("migrate", ENVIRONMENT, "--yes")
 
     run = faber(project, engine.url, *args, hold=held)
@@ -196,15 +205,7 @@ def test_sigterm_as_faber_releases_its_lock_after_the_restore_stops_nothing(
     """A real SIGTERM (to this process, running the command) sent as faber releases its lock, once
     the restore was verified and the failed deploy's report built: the run ends with that outcome.
     Raised there, it replaced the failed deploy's report with a bare "Interrupted by SIGTERM"."""
-    project = write_project(tmp_path / "project", {"000_base": BASE})
-    faber_ok(project, engine.url, "migrate", ENVIRONMENT, "--yes", "--skip-backup")
-    backup_id = None
-    if command == "rollback":
-        backup_id = faber_ok(project, engine.url, "backup", ENVIRONMENT)["result"]["id"]
-        write_project(project, {"001_tier": TIER, "002_ledgers": LEDGERS})
-        faber_ok(project, engine.url, "migrate", ENVIRONMENT, "--yes", "--skip-backup")
-    else:
-        write_project(project, {"001_tier": TIER, "002_fails": FAILING[engine.name]})
+    project, backup_id = restore_ahead(engine, command, tmp_path / "project")
     monkeypatch.setenv(URL_ENV, engine.url)
     monkeypatch.setenv("FABER_PLUGINS", "faber_core.testing.sqlfiles")
     locked = workflow.deploy_lock
@@ -240,15 +241,7 @@ def test_a_signal_during_the_verification_of_a_committed_restore_says_it_committ
     """A real signal (to this process) as faber starts verifying a restore its provider said had
     committed: the run ends on the signal (130), saying the restore committed. SIGHUP, taken as
     SIGTERM, once failed the restore's own outcome model, which knew SIGINT and SIGTERM only."""
-    project = write_project(tmp_path / "project", {"000_base": BASE})
-    faber_ok(project, engine.url, "migrate", ENVIRONMENT, "--yes", "--skip-backup")
-    backup_id = None
-    if command == "rollback":
-        backup_id = faber_ok(project, engine.url, "backup", ENVIRONMENT)["result"]["id"]
-        write_project(project, {"001_tier": TIER, "002_ledgers": LEDGERS})
-        faber_ok(project, engine.url, "migrate", ENVIRONMENT, "--yes", "--skip-backup")
-    else:
-        write_project(project, {"001_tier": TIER, "002_fails": FAILING[engine.name]})
+    project, backup_id = restore_ahead(engine, command, tmp_path / "project")
     monkeypatch.setenv(URL_ENV, engine.url)
     monkeypatch.setenv("FABER_PLUGINS", "faber_core.testing.sqlfiles")
     forget = unfinished.forget_restored
