@@ -21,14 +21,14 @@ ENVIRONMENT = "production"
 URL_ENV = "START_DATABASE_URL"
 CANARY = "canary-Start-7Qz"
 
-# The real entry point, with an import hook that pauses as faber_core.cli starts to load.
+# The real entry point, with an import hook that pauses as a module (PAUSE_AT) starts to load.
 ENTRY_PAUSED_IN_IMPORTS = """\
 import os, sys, time
 import importlib.abc
 
 class PauseAtCli(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name == "faber_core.cli":
+        if name == os.environ["PAUSE_AT"]:
             sys.meta_path.remove(self)
             os.write(int(os.environ["PAUSE_FD"]), b"importing\\n")
             time.sleep(2)  # a signal handler that holds the interrupt lets the sleep go on
@@ -60,14 +60,17 @@ def with_password(url: str) -> str:
     return f"{scheme}://{user.split(':')[0]}:{CANARY}@{host}"
 
 
-def interrupted_while_starting(project: Path, url: str, signum: int, *args: str) -> subprocess.CompletedProcess:
-    """Run faber ARGS, send ``signum`` while it imports its CLI, return how it ended."""
+def interrupted_while_starting(
+    project: Path, url: str, signum: int, *args: str, pause_at: str = "faber_core.cli"
+) -> subprocess.CompletedProcess:
+    """Run faber ARGS, send ``signum`` while it imports ``pause_at`` (its CLI), return how it ended."""
     read_end, write_end = os.pipe()
     env = {
         **os.environ,
         "FABER_PLUGINS": "faber_core.testing.sqlfiles",
         URL_ENV: with_password(url),
         "PAUSE_FD": str(write_end),
+        "PAUSE_AT": pause_at,
     }
     proc = subprocess.Popen(
         [sys.executable, "-c", ENTRY_PAUSED_IN_IMPORTS, *args, "--cwd", str(project)],
@@ -79,7 +82,7 @@ def interrupted_while_starting(project: Path, url: str, signum: int, *args: str)
     )
     os.close(write_end)
     with os.fdopen(read_end, "rb") as pause:
-        assert pause.readline() == b"importing\n", "faber did not reach its CLI import"
+        assert pause.readline() == b"importing\n", f"faber did not import {pause_at}"
     proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=60)
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
@@ -106,10 +109,16 @@ def deploy_base(project: Path, url: str) -> None:
     pending.write_text(held_back)
 
 
+# pluggy: the first library faber imports (for its plugins' marker); it must come after the hold.
+@pytest.mark.parametrize("pause_at", ["faber_core.cli", "pluggy"])
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_deploy_interrupted_while_faber_starts_reports_interrupted_and_applies_nothing(project, database_url, signum):
+def test_a_deploy_interrupted_while_faber_starts_reports_interrupted_and_applies_nothing(
+    project, database_url, signum, pause_at
+):
     deploy_base(project, database_url)
-    done = interrupted_while_starting(project, database_url, signum, "migrate", ENVIRONMENT, "--yes", "--json")
+    done = interrupted_while_starting(
+        project, database_url, signum, "migrate", ENVIRONMENT, "--yes", "--json", pause_at=pause_at
+    )
     assert done.returncode == 130, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
     document = json.loads(done.stdout)
