@@ -144,10 +144,12 @@ def _exists(context: RunContext, conn: Any) -> bool:
     return exists
 
 
-def _warn(what: str, context: RunContext, exc: Exception) -> None:
+def _warn(what: str, context: RunContext, exc: Exception) -> str:
+    """Say on stderr that ``what`` happened because of ``exc``; return the reason given (redacted)."""
     text = str(exc).strip()
     reason = context.redactor.redact(text.splitlines()[0] if text else type(exc).__name__)
     sys.stderr.write(f"warning: {what}: {reason}\n")
+    return reason
 
 
 BOOT_TOLERANCE_SECONDS = 5
@@ -365,12 +367,9 @@ def with_killed_runs(context: RunContext, state: MigrationState) -> MigrationSta
 
 
 def _not_checked(context: RunContext, exc: Exception) -> None:
-    if context.database.learnt.get(_UNCHECKED):
-        return
-    text = str(exc).strip()
-    reason = context.redactor.redact(text.splitlines()[0] if text else type(exc).__name__)
-    context.database.learnt[_UNCHECKED] = f"{UNCHECKED}: {reason}"
-    sys.stderr.write(f"warning: {UNCHECKED}: {reason}\n")
+    """Once per run: the record could not be read, said on stderr and kept for :func:`unchecked`."""
+    if not context.database.learnt.get(_UNCHECKED):
+        context.database.learnt[_UNCHECKED] = f"{UNCHECKED}: {_warn(UNCHECKED, context, exc)}"
 
 
 def unchecked(context: RunContext) -> str | None:

@@ -325,20 +325,14 @@ class PostgresEngine(Engine):
         from faber_core.postgres.names import DatabaseNames
 
         # The server's name of the database keys the lock (session_lock_key): the name the run kept
-        # from its first session, else read (and kept) with the session's pid and start in one
-        # statement. The function for one backend, not the pg_stat_activity view (every session's
-        # status, joined with two catalogs): a quarter of the server's CPU in a fresh session.
-        names = database.learnt.get("names")
-        if names is None:
-            server_name, *holder = conn.execute(
-                "SELECT pg_catalog.current_database(), pid, backend_start"
-                " FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid())"
-            ).fetchone()
-            names = database.learnt["names"] = DatabaseNames(server=server_name, asked=conn.info.dbname)
-        else:
-            holder = conn.execute(
-                "SELECT pid, backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid())"
-            ).fetchone()
+        # from its first session, else the one read (and kept) with the session's pid and start in
+        # the same statement. The function for one backend, not the pg_stat_activity view (every
+        # session's status, joined with two catalogs): a quarter of the server's CPU in a fresh session.
+        server_name, *holder = conn.execute(
+            "SELECT pg_catalog.current_database(), pid, backend_start"
+            " FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid())"
+        ).fetchone()
+        names = database.learnt.setdefault("names", DatabaseNames(server=server_name, asked=conn.info.dbname))
         key = faber_lock_key(names.server)
         with advisory_lock(conn, key, wait_seconds=wait_seconds, purpose=purpose):
             yield AdvisoryLock(conn, key, tuple(holder))
