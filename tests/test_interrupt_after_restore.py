@@ -198,16 +198,9 @@ def assert_is_the_backup(engine: Engine) -> None:
     assert engine.applied() == ["000_base"]
 
 
-@pytest.mark.parametrize("command", ["rollback", "failed-deploy"])
-def test_sigterm_as_faber_releases_its_lock_after_the_restore_stops_nothing(
-    engine: Engine, command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
-) -> None:
-    """A real SIGTERM (to this process, running the command) sent as faber releases its lock, once
-    the restore was verified and the failed deploy's report built: the run ends with that outcome.
-    Raised there, it replaced the failed deploy's report with a bare "Interrupted by SIGTERM"."""
-    project, backup_id = restore_ahead(engine, command, tmp_path / "project")
-    monkeypatch.setenv(URL_ENV, engine.url)
-    monkeypatch.setenv("FABER_PLUGINS", "faber_core.testing.sqlfiles")
+def sigterm_as_the_lock_is_released(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make faber's lock, as each run releases it, send SIGTERM to this process (handled at once,
+    in this thread); returns the signals sent, one per release."""
     locked = workflow.deploy_lock
     sent: list[int] = []
 
@@ -218,9 +211,23 @@ def test_sigterm_as_faber_releases_its_lock_after_the_restore_stops_nothing(
                 yield lock
             finally:
                 sent.append(signal.SIGTERM)
-                os.kill(os.getpid(), signal.SIGTERM)  # handled at once, in this thread
+                os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(workflow, "deploy_lock", lock_released_as_a_signal_lands)
+    return sent
+
+
+@pytest.mark.parametrize("command", ["rollback", "failed-deploy"])
+def test_sigterm_as_faber_releases_its_lock_after_the_restore_stops_nothing(
+    engine: Engine, command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A real SIGTERM (to this process, running the command) sent as faber releases its lock, once
+    the restore was verified and the failed deploy's report built: the run ends with that outcome.
+    Raised there, it replaced the failed deploy's report with a bare "Interrupted by SIGTERM"."""
+    project, backup_id = restore_ahead(engine, command, tmp_path / "project")
+    monkeypatch.setenv(URL_ENV, engine.url)
+    monkeypatch.setenv("FABER_PLUGINS", "faber_core.testing.sqlfiles")
+    sent = sigterm_as_the_lock_is_released(monkeypatch)
     if command == "rollback":
         document = api.rollback(ENVIRONMENT, to=backup_id, yes=True, working_directory=project)
     else:
@@ -279,19 +286,11 @@ def test_sigterm_as_a_verified_deploy_releases_its_lock_stops_nothing(
     write_project(project, {"001_tier": TIER, "002_ledgers": LEDGERS})
     monkeypatch.setenv(URL_ENV, engine.url)
     monkeypatch.setenv("FABER_PLUGINS", "faber_core.testing.sqlfiles")
-    locked = workflow.deploy_lock
-
-    @contextlib.contextmanager
-    def lock_released_as_a_signal_lands(context, **options):
-        with locked(context, **options) as lock:
-            try:
-                yield lock
-            finally:
-                os.kill(os.getpid(), signal.SIGTERM)  # handled at once, in this thread
-
-    monkeypatch.setattr(workflow, "deploy_lock", lock_released_as_a_signal_lands)
+    sent = sigterm_as_the_lock_is_released(monkeypatch)
     document = api.deploy(ENVIRONMENT, yes=True, working_directory=project)
     err = capsys.readouterr().err
+
+    assert sent == [signal.SIGTERM], "the lock was not released once"
 
     said = document.model_dump(mode="json")
     assert (document.exit_code, said["status"], said["result"]["migrations_applied"]) == (0, "success", 2), said
