@@ -44,26 +44,14 @@ _CONNECTION_EXCEPTION_CLASS = "08"
 _INVALID_AUTHORIZATION_CLASS = "28"
 _INVALID_CATALOG_NAME = "3D000"
 
-HOLDS_LOCK = """
-SELECT EXISTS (
-    SELECT FROM pg_locks
-    WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()
-      AND classid = ((%(key)s::bigint >> 32) & 4294967295)::oid
-      AND objid = (%(key)s::bigint & 4294967295)::oid
-      AND objsubid = 1
-)
-"""
-
-
-# SQL cannot raise an error of its own without PL/pgSQL, and a DO block costs about a millisecond
-# more per migration than the query alone: the text cast to an integer fails, saying LOCK_LOST,
-# only when no row of the lock is found (the checking session's pid in it keeps the planner from
-# casting it beforehand). The holding session is named by its pid and its start, so a later
-# session given the same pid is not taken for it. Its start is hidden (NULL) from a role that
-# may not see the holding session's details, as after a migration's SET ROLE: then the holder's pid
-# holding the lock is all the check can see, and is taken for the holder.
-_CHECK_HELD_BY = """
-SELECT ({lost} || ' (checked by session ' || pg_catalog.pg_backend_pid() || ')')::int WHERE NOT EXISTS (
+# The lock counts as held while the session that took it (its pid and its start, so a later
+# session given the same pid is not taken for it) holds it, whichever session asks: a migration's
+# own, or faber's lock session after a pooler switched to transaction pooling handed its statements
+# to another server session (the lock stays on the first; asking "do I hold it?" there would say
+# it was lost, and faber would advise a hand restore that could discard another run's deploy). The
+# holder's start is hidden (NULL) from a role that may not see the holding session's details, as
+# after a migration's SET ROLE: then the holder's pid holding the lock is all the check can see.
+_HELD_BY_HOLDER = """EXISTS (
     SELECT FROM pg_catalog.pg_locks l, pg_catalog.pg_stat_get_activity({pid}) a
     WHERE l.locktype = 'advisory' AND l.granted AND l.pid = {pid}
       AND (a.backend_start = {started} OR a.backend_start IS NULL)
@@ -71,6 +59,14 @@ SELECT ({lost} || ' (checked by session ' || pg_catalog.pg_backend_pid() || ')')
       AND l.classid = (({key}::bigint >> 32) & 4294967295)::oid AND l.objid = ({key}::bigint & 4294967295)::oid
       AND l.objsubid = 1
 )"""
+
+# SQL cannot raise an error of its own without PL/pgSQL, and a DO block costs about a millisecond
+# more per migration than the query alone: the text cast to an integer fails, saying LOCK_LOST,
+# only when the holder does not hold the lock (the checking session's pid in it keeps the planner
+# from casting it beforehand).
+_CHECK_HELD_BY = (
+    "SELECT ({lost} || ' (checked by session ' || pg_catalog.pg_backend_pid() || ')')::int WHERE NOT " + _HELD_BY_HOLDER
+)
 
 KEEPALIVES = {
     "keepalives": 1,
@@ -93,7 +89,7 @@ class AdvisoryLock(HeldLock):
     def held(self) -> bool:
         """``pg_terminate_backend`` of the session, or a dropped connection, frees the lock."""
         try:
-            row = self.conn.execute(HOLDS_LOCK, {"key": self.key}).fetchone()
+            row = self.conn.execute(self._statement("SELECT " + _HELD_BY_HOLDER)).fetchone()
         except psycopg.Error:
             return False
         return bool(row and row[0])
@@ -102,10 +98,11 @@ class AdvisoryLock(HeldLock):
         return str(self.holder[0])
 
     def check_statement(self) -> str:
+        return self._statement(_CHECK_HELD_BY)
+
+    def _statement(self, template: str) -> str:
         pid, started = self.holder
-        return (
-            sql.SQL(_CHECK_HELD_BY).format(pid=pid, started=started, key=self.key, lost=LOCK_LOST).as_string(self.conn)
-        )
+        return sql.SQL(template).format(pid=pid, started=started, key=self.key, lost=LOCK_LOST).as_string(self.conn)
 
 
 class PostgresEngine(Engine):
