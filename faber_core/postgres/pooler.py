@@ -30,7 +30,10 @@ from faber_core.errors import SessionRefused
 REFUSED = "unsupported startup parameter: options"
 """How PgBouncer refuses the ``options`` startup parameter."""
 
-_TIMEOUTS = "SELECT name, setting FROM pg_catalog.pg_settings WHERE name IN ('lock_timeout', 'statement_timeout')"
+_TIMEOUTS = (
+    "SELECT name, setting, pg_catalog.pg_backend_pid() FROM pg_catalog.pg_settings"
+    " WHERE name IN ('lock_timeout', 'statement_timeout')"
+)
 _FIRST_SESSION = (
     "SELECT pg_catalog.current_database(), name, setting FROM pg_catalog.pg_settings"
     " WHERE name IN ('lock_timeout', 'statement_timeout')"
@@ -83,11 +86,6 @@ def carries_options(learnt: dict[str, Any]) -> bool:
     return learnt.get("startup_options", "carried") == "carried"
 
 
-def timeouts_in_effect(conn: psycopg.Connection, wanted: dict[str, int]) -> bool:
-    """Whether the session of ``conn`` has the timeouts ``wanted`` (milliseconds by name)."""
-    return {name: int(setting) for name, setting in conn.execute(_TIMEOUTS).fetchall()} == wanted
-
-
 def _first_session_has(conn: psycopg.Connection, wanted: dict[str, int], learnt: dict[str, Any]) -> bool:
     """:func:`timeouts_in_effect`, learning the database's names in the same query."""
     from faber_core.postgres.names import DatabaseNames
@@ -100,8 +98,16 @@ def _first_session_has(conn: psycopg.Connection, wanted: dict[str, int], learnt:
 def set_timeouts(conn: psycopg.Connection, wanted: dict[str, int], source: str) -> None:
     """SET the timeouts ``wanted`` on the session of ``conn`` and read them back."""
     # Names and values are faber's own (a setting name, a number of milliseconds): nothing to quote.
-    conn.execute("".join(f"SET {name} = {milliseconds};\n" for name, milliseconds in wanted.items()))
-    if not timeouts_in_effect(conn, wanted):
+    # One message is one transaction, so the SETs and the server session's pid are of one session.
+    # Read back in the next transaction, a pooler sharing server sessions (switched to it during
+    # the run) gives another session: its pid tells, even where that session has the same timeouts
+    # from an earlier client's SET.
+    setting = conn.execute(
+        "SELECT pg_catalog.pg_backend_pid();\n" + "".join(f"SET {name} = {ms};\n" for name, ms in wanted.items())
+    )
+    (pid,) = setting.fetchone()
+    read_back = conn.execute(_TIMEOUTS).fetchall()
+    if {name: int(value) for name, value, _ in read_back} != wanted or {session for *_, session in read_back} != {pid}:
         raise pooled_by_transaction(source)
 
 
