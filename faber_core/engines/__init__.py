@@ -320,6 +320,8 @@ class Engine(ABC):
     error_code_label: ClassVar[str]
     """How messages name the server's error codes (``MigrationFailure.sqlstate``): ``SQLSTATE``
     on PostgreSQL, ``error`` (MySQL's error numbers) on MySQL."""
+    server_clock_query: ClassVar[str]
+    """A query whose one value is the server's clock now, in UTC (with its zone, or none for UTC)."""
     unsupported: ClassVar[dict[Feature, str]] = {}
     """faber's checks this engine lacks, each with the sentence the preview and docs show."""
     estimate_caveat: ClassVar[str] = ""
@@ -387,6 +389,17 @@ class Engine(ABC):
     @abstractmethod
     def server_version(self, database: Database) -> str | None:
         """The server's version, e.g. ``15.4`` or ``10.11.6-MariaDB``; None when it cannot be reached."""
+
+    def server_clock_ahead(self, conn: Any) -> dt.timedelta:
+        """How far the server's clock is ahead of faber's (negative: behind), to within half a
+        round trip: what to take off a time the server wrote to compare it with faber's times
+        (a backup's)."""
+        before = dt.datetime.now(dt.timezone.utc)
+        (server_now,) = conn.execute(self.server_clock_query).fetchone()
+        after = dt.datetime.now(dt.timezone.utc)
+        if server_now.tzinfo is None:
+            server_now = server_now.replace(tzinfo=dt.timezone.utc)
+        return server_now - (before + (after - before) / 2)
 
     # Errors ----------------------------------------------------------------------------
 

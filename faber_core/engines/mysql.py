@@ -405,6 +405,7 @@ class MySQLEngine(Engine):
     faber_schema_of_its_own: ClassVar[bool] = False
     lock_release_hint: ClassVar[str] = "KILL <connection id>"
     error_code_label: ClassVar[str] = "error"
+    server_clock_query: ClassVar[str] = "SELECT UTC_TIMESTAMP(6)"
     unsupported: ClassVar[dict[Feature, str]] = {
         "sql_analysis": "MySQL/MariaDB: faber's SQL analysis reads PostgreSQL's grammar; statements are split, "
         "not classified by lock level",

@@ -115,6 +115,7 @@ class PostgresEngine(Engine):
     faber_schema_of_its_own: ClassVar[bool] = True
     lock_release_hint: ClassVar[str] = "SELECT pg_terminate_backend(<pid>)"
     error_code_label: ClassVar[str] = "SQLSTATE"
+    server_clock_query: ClassVar[str] = "SELECT clock_timestamp()"
 
     @property
     def driver_error(self) -> type[Exception]:
