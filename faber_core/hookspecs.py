@@ -108,6 +108,9 @@ def faber_migration_status(tool: str, context: RunContext) -> MigrationState:
 
     Returns :class:`~faber_core.models.MigrationState`: ``local`` in apply order and ``records``
     from the database. faber derives pending, failed, missing-locally and edited migrations.
+    Give a failed record its ``started_at`` when your tool keeps one (by the database server's
+    clock, as a column default or ``now()`` writes it): the restore faber advises for it is then of
+    a backup taken before the attempt began, never of one taken since, which holds what it left.
     Set ``bookkeeping_table`` to the table your tool records migrations in (``'"public"."migrations"'``):
     before an automatic restore faber checks that nobody else wrote rows since the backup, and
     rows in that table are then known to be faber's, even when your apply hook does not measure

@@ -28,6 +28,7 @@ approval then leaves no backup behind, and every backup belongs to a deploy that
 
 from __future__ import annotations
 
+import datetime as dt
 import shlex
 import time
 from collections.abc import Callable, Iterator
@@ -692,24 +693,27 @@ def health_suggestions(context: RunContext, plugins: Plugins, failed: HealthChec
 def backup_before_failed_migrations(context: RunContext, plugins: Plugins) -> list[str]:
     """The restore that undoes failed migrations a run left (one killed mid-migration reports
     nothing and writes no history row): the newest backup whose migration history is exactly what
-    is applied now, as the run took it just before applying them. Failing that, for migrations a
-    killed deploy left, the newest backup taken before that deploy whose migrations are all still
-    applied (the deploy's own, when it committed others before the one it was killed in): restoring
-    it also undoes the migrations applied since, which the advice names. None without either."""
+    is applied now, as the run took it just before applying them. When faber knows when the failed
+    migrations began (the tool's record of a failed attempt, faber's record of a killed deploy),
+    only a backup taken by then counts (one taken since holds what they left): failing an exact
+    one, the newest taken by then whose migrations are all still applied (the deploy's own, when it
+    committed others before the failed one), whose restore also undoes the migrations applied
+    since, which the advice names; failing that too, the advice says no backup undoes them."""
     try:
         state = plugins.migration_status(context)
         if not state.failed:
             return []
         backups = plugins.backup_list(context)  # a provider not installed: a ConfigError
+        until = undoing_backup_taken_by(context, state)
     except (FaberError, context.database.engine.driver_error):
         return []
     applied = sorted(state.applied_fingerprint())
-    until = unfinished.undone_by_backups_until(context, state)
     usable = [b for b in backups if b.status == "available" and (until is None or b.created_at <= until)]
+    failed = ", ".join(state.failed)
     before = next((b for b in usable if sorted(tuple(m) for m in b.migrations) == applied), None)
     if before is not None:
         return [
-            f"Or undo all of it: {before.id} was taken just before {', '.join(state.failed)} ran (the same "
+            f"Or undo all of it: {before.id} was taken just before {failed} ran (the same "
             f"migrations applied): faber rollback {context.environment} --to {before.id}"
         ]
     if until is None:
@@ -717,15 +721,35 @@ def backup_before_failed_migrations(context: RunContext, plugins: Plugins) -> li
     held = set(applied)
     before = next((b for b in usable if {tuple(m) for m in b.migrations} <= held), None)
     if before is None:
-        return []
+        return [
+            f"No backup undoes it: none was taken before {failed} began (with its migrations all still applied); "
+            "one taken since holds what it left"
+        ]
     in_backup = {tuple(m)[0] for m in before.migrations}
     since = [name for name in state.applied if name not in in_backup]
     named = ", ".join(since[:3]) + (f" and {len(since) - 3} more" if len(since) > 3 else "")
     return [
-        f"Or undo all of it: {before.id} was taken just before the deploy killed inside "
-        f"{', '.join(state.failed)} (restoring it also undoes {named}, applied since): "
-        f"faber rollback {context.environment} --to {before.id}"
+        f"Or undo all of it: {before.id} was taken before {failed} began (restoring it also undoes {named}, "
+        f"applied since): faber rollback {context.environment} --to {before.id}"
     ]
+
+
+def undoing_backup_taken_by(context: RunContext, state: MigrationState) -> dt.datetime | None:
+    """The time, by faber's clock (the one backups are timed by), by which a backup that undoes
+    ``state``'s failed migrations was taken: the earliest of the starts the tool recorded for them
+    (by the database server's clock, moved onto faber's by how far the two are apart now) and of
+    the times faber's record of killed deploys keeps; None when neither knows."""
+    started = [
+        record.started_at
+        for record in state.records
+        if record.state == "failed" and record.name in state.failed and record.started_at is not None
+    ]
+    if started:
+        with context.database.session() as conn:
+            ahead = context.database.engine.server_clock_ahead(conn)
+        started = [moment - ahead for moment in started]
+    killed = unfinished.undone_by_backups_until(context, state)
+    return min([*started, *([killed] if killed else [])], default=None)
 
 
 # 9: migration status -------------------------------------------------------------------

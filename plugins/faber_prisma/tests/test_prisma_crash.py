@@ -1,4 +1,5 @@
-"""faber killed while the Prisma handler applies a migration (faber_core.testing.faults)."""
+"""faber killed while the Prisma handler applies a migration (faber_core.testing.faults), and the
+restore the next runs name for what it left."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from faber_core.postgres.locks import faber_lock_key
 from faber_core.testing.faults import (
     FaberProcess,
+    KilledInsideAMigration,
     event_matcher,
     holdable_migration,
     session_settings,
@@ -108,9 +110,7 @@ def test_an_interrupted_transactional_migration_is_known_to_have_rolled_back(pro
         backup_before_migrate=True,
     )
     for held, rollback_status, applied in ((first, "not_needed", []), (second, "success", [first])):
-        run = faber(
-            directory, database_url, "migrate", ENVIRONMENT, "--yes", "--json", env=session_settings(hold=held)
-        )
+        run = faber(directory, database_url, "migrate", ENVIRONMENT, "--yes", "--json", env=session_settings(hold=held))
         try:
             run.wait_for(event_matcher("migration.started", name=held))
             with psycopg.connect(database_url, autocommit=True) as conn:
@@ -335,3 +335,117 @@ def test_a_concurrent_index_that_fails_before_anything_ran_is_not_restored(proje
     assert faber(directory, database_url, "resolve", ENVIRONMENT, "--rolled-back", name, "--json").finish() == 0
     again = faber(directory, database_url, "migrate", ENVIRONMENT, "--yes", "--json")
     assert again.finish() == 0, again.stdout()
+
+
+# A migration a deploy is killed inside, each with its failed row left in _prisma_migrations, on
+# PostgreSQL (a CREATE INDEX CONCURRENTLY makes it run statement by statement) and MySQL/MariaDB.
+LEDGER = "CREATE TABLE ledger (id int);\nINSERT INTO ledger VALUES (1), (2), (3), (4), (5), (6), (7), (8), (9), (10);\n"
+FIRST, COPY = "1_first", "2_copy"
+
+
+class KilledPrismaDeploy:
+    """A Prisma project on ``engine`` (``staging``, 0_init with a ten-row ledger deployed), whose
+    next deploy is killed (SIGKILL) inside COPY once COPY's copy of the ledger committed."""
+
+    def __init__(self, request: pytest.FixtureRequest, engine: str, **settings) -> None:
+        on_mysql = engine == "mysql"
+        self.killed = KilledInsideAMigration(
+            request.getfixturevalue("mysql_database_url" if on_mysql else "database_url")
+        )
+        make = request.getfixturevalue("mysql_prisma_project" if on_mysql else "prisma_project")
+        self.project = make({"0_init": LEDGER}, lint="off", lock_wait_seconds=60, **settings)
+        self.run_faber = request.getfixturevalue("run_faber")
+        self.add_migration = request.getfixturevalue("add_migration")
+        self.concurrently = "" if on_mysql else "CREATE INDEX CONCURRENTLY ledger_id ON ledger (id);\n"
+        assert self.faber("migrate", "staging", "--yes").returncode == 0
+
+    def faber(self, *args: str):
+        return self.run_faber(*args, "--json", "--cwd", str(self.project))
+
+    def kill_inside_copy(self, *, after_first: bool = False) -> FaberProcess:
+        """Deploy COPY (FIRST before it when ``after_first``) and SIGKILL faber inside COPY."""
+        if after_first:
+            self.add_migration(self.project, FIRST, "CREATE TABLE first_done (id int);\n")
+        copy = f"{self.killed.copy_statement};\n{self.concurrently}{self.killed.hold_statement};\n"
+        self.add_migration(self.project, COPY, copy)
+        with self.killed.connect() as holder:
+            self.killed.take(holder)
+            run = FaberProcess.start(self.project, "migrate", "staging", "--yes", "--json")
+            try:
+                run.wait_until(lambda: self.killed._waiting(holder), what=f"{COPY} to wait", timeout=60)
+                run.kill(signal.SIGKILL)
+                assert run.wait(30) == -signal.SIGKILL
+            finally:
+                run.stop_everything()
+        assert self.killed.ledger() == 20  # the copy committed
+        return run
+
+    def backup_now(self) -> str:
+        """``faber backup staging``: the id of the backup it took."""
+        taken = self.faber("backup", "staging")
+        assert taken.returncode == 0, taken.output
+        return json.loads(taken.stdout)["result"]["id"]
+
+    def advice(self) -> list[str]:
+        """The recovery suggestions of ``faber status`` (COPY failed), which the next ``faber migrate``
+        (stopped at its health check) gives as well."""
+        status = self.faber("status", "staging")
+        assert status.returncode == 6, status.output
+        assert json.loads(status.stdout)["result"]["failed"] == [COPY]
+        suggestions = json.loads(status.stdout)["recovery"]["suggestions"]
+        again = self.faber("migrate", "staging", "--yes")
+        assert again.returncode == 3, again.output
+        told = json.loads(again.stdout)["recovery"]["suggestions"]
+        assert [s for s in suggestions if "backup" in s.lower()] == [s for s in told if "backup" in s.lower()]
+        return suggestions
+
+
+ENGINES = pytest.mark.parametrize("engine", ["postgresql", "mysql"])
+
+
+@ENGINES
+def test_the_restore_named_for_a_killed_prisma_migration_is_of_the_backup_taken_before_it_began(request, engine):
+    """The killed deploy took a backup; one more was taken after the kill (faber backup), with the
+    same migrations applied. Before, faber named the newer one, which holds what COPY committed."""
+    deploy = KilledPrismaDeploy(request, engine, backup_before_migrate=True)
+    run = deploy.kill_inside_copy()
+    before = run.wait_for("backup.created")["data"]["backup_id"]
+    later = deploy.backup_now()
+
+    advice = " ".join(deploy.advice())
+    assert f"faber rollback staging --to {before}" in advice, advice
+    assert later not in advice, advice
+    restored = deploy.faber("rollback", "staging", "--to", before, "--yes", "--discard-app-writes")
+    assert restored.returncode == 0, restored.output
+    assert deploy.killed.ledger() == 10
+    status = deploy.faber("status", "staging")
+    assert status.returncode == 0, status.output
+    assert json.loads(status.stdout)["result"]["pending"] == [COPY]
+
+
+@ENGINES
+def test_the_restore_named_for_a_prisma_deploy_killed_after_committing_others_says_what_it_also_undoes(request, engine):
+    """The killed deploy committed FIRST before COPY: its own backup lacks FIRST, and the backup
+    taken after the kill holds exactly what is applied. Before, faber named the later one."""
+    deploy = KilledPrismaDeploy(request, engine, backup_before_migrate=True)
+    run = deploy.kill_inside_copy(after_first=True)
+    before = run.wait_for("backup.created")["data"]["backup_id"]
+    later = deploy.backup_now()
+
+    advice = " ".join(deploy.advice())
+    assert f"faber rollback staging --to {before}" in advice, advice
+    assert f"restoring it also undoes {FIRST}, applied since" in advice, advice
+    assert later not in advice, advice
+
+
+@ENGINES
+def test_no_backup_is_named_for_a_killed_prisma_migration_when_none_was_taken_before_it_began(request, engine):
+    """The killed deploy took no backup; the only one was taken after the kill: the advice says no
+    backup undoes it instead of naming that one."""
+    deploy = KilledPrismaDeploy(request, engine, backup_before_migrate=False)
+    deploy.kill_inside_copy()
+    later = deploy.backup_now()
+
+    advice = deploy.advice()
+    assert f"No backup undoes it: none was taken before {COPY} began" in " ".join(advice), advice
+    assert not any(later in suggestion or "faber rollback" in suggestion for suggestion in advice), advice

@@ -149,6 +149,34 @@ def test_the_restore_named_for_a_killed_deploy_is_of_a_backup_taken_before_it(
     assert json.loads(status.stdout)["result"]["pending"] == [COPY]
 
 
+def test_no_backup_is_named_for_a_killed_deploy_when_none_was_taken_before_it(
+    sequelize_migration, sequelize_project, database_url, run_faber
+):
+    """The deploy took no backup of its own, and the only backup was taken after it was killed:
+    the advice says no backup undoes it (before, it said nothing of a restore)."""
+    killed = KilledInsideAMigration(database_url)
+    project = sequelize_project(
+        {COPY: sequelize_migration(killed.copy_statement, killed.hold_statement)},
+        fixture_migrations=False,
+        lint="off",
+    )
+
+    def faber(*args: str):
+        return run_faber(*args, "--json", "--cwd", str(project))
+
+    ten_rows_ledger(killed)
+    killed_inside_copy(killed, project, run_faber)
+    after = faber("backup", "staging")
+    assert after.returncode == 0, after.output
+    after_id = json.loads(after.stdout)["result"]["id"]
+
+    status = faber("status", "staging")
+    assert status.returncode == 6, status.output
+    suggestions = json.loads(status.stdout)["recovery"]["suggestions"]
+    assert f"No backup undoes it: none was taken before {COPY} began" in " ".join(suggestions), suggestions
+    assert not any(after_id in s or "faber rollback" in s for s in suggestions), suggestions
+
+
 @pytest.mark.parametrize("engine", ["postgres", "mysql"])
 def test_the_restore_named_for_a_deploy_killed_after_committing_others_is_the_backup_it_took(
     sequelize_migration, run_faber, request, engine
