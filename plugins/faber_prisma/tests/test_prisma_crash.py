@@ -4,6 +4,7 @@ restore the next runs name for what it left."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -343,12 +344,38 @@ LEDGER = "CREATE TABLE ledger (id int);\nINSERT INTO ledger VALUES (1), (2), (3)
 FIRST, COPY = "1_first", "2_copy"
 
 
+SHIFTED_CLOCK = """
+import datetime, os
+
+_SHIFT = datetime.timedelta(seconds=float(os.environ["FABER_TEST_CLOCK_SHIFT_SECONDS"]))
+
+
+class _ShiftedClock(datetime.datetime):
+    @classmethod
+    def now(cls, tz=None):
+        return super().now(tz) + _SHIFT
+
+
+datetime.datetime = _ShiftedClock
+"""
+"""A ``sitecustomize`` for faber's processes: their ``datetime.now()`` is that of a machine whose
+clock is ``FABER_TEST_CLOCK_SHIFT_SECONDS`` from the database server's (the same machine's)."""
+
+
 class KilledPrismaDeploy:
     """A Prisma project on ``engine`` (``staging``, 0_init with a ten-row ledger deployed), whose
-    next deploy is killed (SIGKILL) inside COPY once COPY's copy of the ledger committed."""
+    next deploy is killed (SIGKILL) inside COPY once COPY's copy of the ledger committed. Every
+    faber command runs with its clock ``clock_shift`` seconds from the server's."""
 
-    def __init__(self, request: pytest.FixtureRequest, engine: str, **settings) -> None:
+    def __init__(self, request: pytest.FixtureRequest, engine: str, *, clock_shift: float = 0, **settings) -> None:
         on_mysql = engine == "mysql"
+        self.env: dict[str, str] = {}
+        if clock_shift:
+            site = request.getfixturevalue("tmp_path") / "shifted-clock"
+            site.mkdir()
+            (site / "sitecustomize.py").write_text(SHIFTED_CLOCK)
+            path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+            self.env = {"PYTHONPATH": path, "FABER_TEST_CLOCK_SHIFT_SECONDS": str(clock_shift)}
         self.killed = KilledInsideAMigration(
             request.getfixturevalue("mysql_database_url" if on_mysql else "database_url")
         )
@@ -360,7 +387,7 @@ class KilledPrismaDeploy:
         assert self.faber("migrate", "staging", "--yes").returncode == 0
 
     def faber(self, *args: str):
-        return self.run_faber(*args, "--json", "--cwd", str(self.project))
+        return self.run_faber(*args, "--json", "--cwd", str(self.project), env=self.env)
 
     def kill_inside_copy(self, *, after_first: bool = False) -> FaberProcess:
         """Deploy COPY (FIRST before it when ``after_first``) and SIGKILL faber inside COPY."""
@@ -370,7 +397,7 @@ class KilledPrismaDeploy:
         self.add_migration(self.project, COPY, copy)
         with self.killed.connect() as holder:
             self.killed.take(holder)
-            run = FaberProcess.start(self.project, "migrate", "staging", "--yes", "--json")
+            run = FaberProcess.start(self.project, "migrate", "staging", "--yes", "--json", env=self.env)
             try:
                 run.wait_until(lambda: self.killed._waiting(holder), what=f"{COPY} to wait", timeout=60)
                 run.kill(signal.SIGKILL)
@@ -421,6 +448,24 @@ def test_the_restore_named_for_a_killed_prisma_migration_is_of_the_backup_taken_
     status = deploy.faber("status", "staging")
     assert status.returncode == 0, status.output
     assert json.loads(status.stdout)["result"]["pending"] == [COPY]
+
+
+@ENGINES
+@pytest.mark.parametrize("clock_shift", [-3600, 3600], ids=["faber-an-hour-behind", "faber-an-hour-ahead"])
+def test_the_restore_named_for_a_killed_prisma_migration_is_the_same_whatever_faber_s_clock_says(
+    request, engine, clock_shift
+):
+    """started_at is the server's time, a backup's faber's: with faber's clock an hour behind the
+    server's, a raw comparison took the backup taken after the kill for one taken before it; an
+    hour ahead, it took the killed deploy's own backup for one taken after it, and named none."""
+    deploy = KilledPrismaDeploy(request, engine, clock_shift=clock_shift, backup_before_migrate=True)
+    run = deploy.kill_inside_copy()
+    before = run.wait_for("backup.created")["data"]["backup_id"]
+    later = deploy.backup_now()
+
+    advice = " ".join(deploy.advice())
+    assert f"faber rollback staging --to {before}" in advice, advice
+    assert later not in advice, advice
 
 
 @ENGINES
