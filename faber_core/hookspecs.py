@@ -108,7 +108,7 @@ def faber_migration_status(tool: str, context: RunContext) -> MigrationState:
 
     Returns :class:`~faber_core.models.MigrationState`: ``local`` in apply order and ``records``
     from the database. faber derives pending, failed, missing-locally and edited migrations.
-    Give a failed record its ``started_at`` when your tool keeps one (by the database server's
+    Give a failed record its ``started_at`` when your tool keeps one (time zone aware, by the server's
     clock, as a column default or ``now()`` writes it): the restore faber advises for it is then of
     a backup taken before the attempt began, never of one taken since, which holds what it left.
     Set ``bookkeeping_table`` to the table your tool records migrations in (``'"public"."migrations"'``):

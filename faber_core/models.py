@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, computed_field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, computed_field, field_validator
 
 from faber_core.interrupts import signal_name
 from faber_core.model_base import DeferredModel
@@ -107,21 +107,15 @@ class MigrationRecord(DeferredModel):
     name: str
     checksum: str | None = None
     state: Literal["applied", "failed", "rolled_back"]
-    started_at: datetime | None = Field(
+    started_at: AwareDatetime | None = Field(
         None,
-        description="When the attempt began, by the database server's clock (a time without a zone is UTC). For a "
+        description="When the attempt began, by the database server's clock, with its time zone. For a "
         "failed attempt faber names, as the restore that undoes it, only a backup taken before it began: one taken "
         "since holds what it left. faber compares it with backups' times (its own clock's) after measuring how far "
         "the server's clock is from its own. None: unknown.",
     )
     finished_at: datetime | None = None
     logs: str | None = None
-
-    @field_validator("started_at", "finished_at")
-    @classmethod
-    def _in_utc(cls, value: datetime | None) -> datetime | None:
-        # faber compares these with its own times, which name their zone.
-        return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
 
 
 class MigrationState(DeferredModel):
