@@ -129,13 +129,18 @@ def faber_migration_validate(tool: str, context: RunContext, pending: list[Local
     """Refuse pending migrations before anything is touched: before faber's lock, the backup and apply.
 
     Called in ``faber migrate`` (and its ``--dry-run``) once the status is read, with the pending
-    migrations of that status (their ``handler_data`` included). Optional. Check what only your
-    tool can know (a migration your tool's version cannot run, a missing file it needs); do not
-    connect to change anything.
+    migrations of that status (their ``handler_data`` included); again under faber's lock for any
+    that became pending while the run waited for it. Optional. Check what only your tool can know
+    (a migration your tool's version cannot run, a missing file it needs, a code migration that
+    cannot be loaded); do not connect to change anything. ``faber status`` never calls it, so it
+    is the place for a check that runs project code: faber-typeorm and faber-sequelize load each
+    pending migration module here, in the run's runner, without calling its ``up`` (the ORM would
+    load it before running any migration anyway, in that same process).
 
     Returns a :class:`~faber_core.models.MigrationRefusal` per migration you refuse, ``[]`` when
-    all can be applied. faber then stops with ``MIGRATION_FAILED`` (exit 6) naming the first,
-    with nothing applied and no backup taken::
+    all can be applied (set ``path`` when the refusal is about the migration's file: it becomes
+    ``result.file``). faber then stops with ``MIGRATION_FAILED`` (exit 6) naming the first, with
+    nothing locked, approved, backed up or applied::
 
         @hookimpl
         def faber_migration_validate(context, pending):

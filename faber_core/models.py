@@ -189,6 +189,9 @@ class MigrationRefusal(DeferredModel):
 
     name: str = Field(description="The pending migration's name.")
     reason: str = Field(description="Why, as a sentence the user can act on; already scrubbed of credentials.")
+    path: str | None = Field(
+        None, description="The migration's file, relative to the project, when the refusal is about it."
+    )
 
 
 class MigrationPreview(DeferredModel):

@@ -129,6 +129,7 @@ def refuse_what_the_handler_refuses(context: RunContext, plugins: Plugins, pendi
         "Nothing was applied, no lock or backup was taken",
         result={
             "failed_migration": first.name,
+            **({"file": first.path} if first.path else {}),
             "refused": [refusal.model_dump() for refusal in refusals],
             "migrations_applied_before_failure": 0,
             "rollback_initiated": False,

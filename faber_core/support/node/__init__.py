@@ -6,7 +6,8 @@ can be too. Its stable API:
 - :class:`NodeTool`: what faber needs to know about one ORM's runner script, including its
   options model, a subclass of :class:`NodeToolOptions` (``rehearsal_data``);
 - :class:`NodeHandler`: the hook implementations of a migration tool whose work a runner does
-  (prepare: start the runner; status, preview by rehearsal on a throwaway copy, apply), registered as the plugin object
+  (prepare: start the runner; status; validate: load the pending migration modules; preview by
+  rehearsal on a throwaway copy; apply), registered as the plugin object
   (``[project.entry-points.faber] mytool = "faber_mytool.plugin:handler"``);
 - :func:`run_runner` (a request to the run's runner), :func:`start_runner` (start it ahead of
   its first request), and :class:`RunnerResult`, :class:`Rehearsed`,
@@ -23,6 +24,7 @@ throwaway copy a rehearsal applies to). The first line on stdin is the run's non
 token the runner reads before it loads any project code::
 
     {"command": "status", "database_url": ...}
+    {"command": "load", "database_url": ..., "migrations": ["<migration name>", ...]}
     {"command": "apply", "database_url": ..., "expected": ["<migration name>", ...],
      "session_statements": ["SET SESSION lock_wait_timeout = 5, ...", ...], "queries": "of_failure",
      "lock_check": "SELECT ...", "confirm_each_migration": true}
@@ -40,12 +42,24 @@ with one JSON object per line on the protocol pipe (the descriptor named by
     {"event": "migration_finished", "name": ..., "duration_seconds": ...}
     {"event": "migration_failed", "name": ..., "code": "42P07", "message": ..., "query": ...,
      "transaction_rolled_back": true, "duration_seconds": ..., "at_lock_check": true, "started": true}
+    {"event": "migration_load_failed", "name": ..., "file": "migrations/...js", "message": ...}
     {"event": "setup_error", "kind": "module_missing" | "typescript_loader_missing" | "load_failed"
-     | "not_regular_file" | "not_found" | "unsupported" | "plan_mismatch" | "connection_failed" | "invalid",
-     "message": ..., "module": ..., "file": ...}
+     | "migration_load_failed" | "not_regular_file" | "not_found" | "unsupported" | "plan_mismatch"
+     | "connection_failed" | "invalid", "message": ..., "module": ..., "file": ...}
     {"event": "loading", "what": "the data source", "file": "data-source.js"}
     {"event": "loaded"}
     {"event": "done", "exit_code": 0}
+
+``load`` (``faber_migration_validate``: a deploy and its preview, before faber's lock, approval
+and backup) loads each of the named pending migrations as the apply will, without calling its
+``up``, and says each one that cannot be loaded (``migration_load_failed``: a syntax error, a
+missing module, a top-level throw, no ``up``), the loader's message in one line with the line of
+the file it points at. It runs the modules' top-level code, which is why ``faber status`` never
+asks for it; the ORM would run that code anyway before any migration, and in the same runner,
+whose module cache the apply then reads, so each module's top-level code still runs once per
+run. A migration module the ORM itself loads to read the status (TypeORM loads every migration
+file as it connects) and that fails is a ``setup_error`` of kind ``migration_load_failed`` naming
+its file: a :class:`~faber_core.errors.MigrationFailed`.
 
 A step of the runner's that runs project code or waits on the ORM before any migration runs
 (loading a project file such as the data source, a config or a migration module; starting the
@@ -125,6 +139,7 @@ from faber_core.models import (
     MigrationFailure,
     MigrationPreview,
     MigrationRecord,
+    MigrationRefusal,
     MigrationState,
     ToolInfo,
 )
@@ -209,6 +224,7 @@ def run_runner(
     queries_of_failure_only: bool = False,
     lock_check: str | None = None,
     confirm_each_migration: bool = False,
+    migrations: list[str] | None = None,
 ) -> RunnerResult:
     """Ask the run's runner (started on first use, ``node <runner> <args>`` in the project
     directory) to do ``command`` on ``database`` (the context's by default), streaming its events.
@@ -218,7 +234,8 @@ def run_runner(
     (a deploy needs no others). ``lock_check``: faber's lock check as SQL, which the runner runs as
     each migration starts, in its transaction (see :meth:`RunContext.start_migration`).
     ``confirm_each_migration``: the runner waits at each ``migration_started`` until ``on_event``
-    has returned (it raises to stop the runner before that migration). Raises
+    has returned (it raises to stop the runner before that migration). ``migrations``: the
+    migrations a ``load`` request is about. Raises
     :class:`ConfigError` for a broken setup and :class:`FaberError` when the runner dies without
     saying why or outlives the context's deadline (it is stopped then); a failing migration is an
     event, not an exception.
@@ -236,6 +253,8 @@ def run_runner(
         request["lock_check"] = lock_check
     if confirm_each_migration:
         request["confirm_each_migration"] = True
+    if migrations is not None:
+        request["migrations"] = migrations
     result = runner.request(context, request, on_event)
     setup_error = result.first("setup_error")
     if setup_error is not None:
@@ -536,6 +555,17 @@ def setup_failure(tool: NodeTool, context: RunContext, event: Event, stderr: str
             ],
             tool_output=_tail(stderr) or None,
         )
+    if kind == "migration_load_failed":
+        file = event.get("file") or "a migration file"
+        return MigrationFailed(
+            f"Migration file {file} cannot be loaded: {message}. Nothing was run or changed",
+            result={"file": file, "reason": message},
+            suggestions=[
+                f"Fix {file}, then retry; node -e \"require('./{file}')\" in {project} shows the same error",
+                f"{tool.name} loads every migration file before it runs any, so none can be applied until it loads",
+            ],
+            tool_output=_tail(stderr) or None,
+        )
     if kind == "not_regular_file":
         file = event.get("file") or "the file"
         return ConfigError(
@@ -591,6 +621,28 @@ def _status_event(tool: NodeTool, context: RunContext, args: Iterable[str]) -> E
     if status is None:
         raise FaberError(f"The {tool.name} runner reported no status", tool_output=_tail(result.stderr))
     return status
+
+
+# Validate -------------------------------------------------------------------------------
+
+
+def refuse_unloadable(
+    tool: NodeTool, context: RunContext, pending: list[LocalMigration], args: Iterable[str]
+) -> list[MigrationRefusal]:
+    """Each pending migration whose module cannot be loaded, loaded by the runner as the apply would
+    load it, its ``up`` not called (the ``load`` request); refused with the file and the loader's
+    message."""
+    if not pending:
+        return []
+    result = run_runner(tool, context, "load", args, migrations=[m.name for m in pending])
+    return [
+        MigrationRefusal(
+            name=event["name"],
+            path=event.get("file"),
+            reason=f"{event.get('file') or event['name']} cannot be loaded: {event.get('message') or 'unknown error'}",
+        )
+        for event in result.of("migration_load_failed")
+    ]
 
 
 # Apply ----------------------------------------------------------------------------------
@@ -1025,6 +1077,10 @@ class NodeHandler:
     @hookimpl
     def faber_migration_status(self, context: RunContext) -> MigrationState:
         return read_state(self.runner, context, self.arguments(context))
+
+    @hookimpl
+    def faber_migration_validate(self, context: RunContext, pending: list[LocalMigration]) -> list[MigrationRefusal]:
+        return refuse_unloadable(self.runner, context, pending, self.arguments(context))
 
     @hookimpl
     def faber_migration_preview(self, context: RunContext, pending: list[LocalMigration]) -> list[MigrationPreview]:

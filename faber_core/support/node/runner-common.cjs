@@ -205,6 +205,22 @@ function describe(thrown) {
   }
 }
 
+// Why a migration module could not be loaded, for faber's report: the loader's message, its first
+// line only (Node's "Cannot find module" goes on with every absolute path of its require stack), and
+// the line of `file` the error points at, when its stack names one (a syntax error, a top-level throw).
+function loadFailure(error, file) {
+  const message = describe(error).split("\n")[0];
+  let stack = "";
+  try {
+    stack = String((error && error.stack) || "");
+  } catch {
+    // a stack that cannot be read only loses the line number
+  }
+  const escaped = file.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  const at = new RegExp(`${escaped}:(\\d+)`).exec(stack);
+  return at ? `${message} (line ${at[1]})` : message;
+}
+
 function emitSetupError(error) {
   if (error instanceof SetupError) {
     emit("setup_error", { kind: error.kind, message: error.message, ...error.fields });
@@ -334,6 +350,7 @@ module.exports = {
   errorCode,
   qualifiedName,
   describe,
+  loadFailure,
   MIGRATION_FAILED_EXIT,
   emit,
   migrationStarted,

@@ -52,7 +52,7 @@ async function loadModule(projectDir, file) {
     }
   } catch (error) {
     if (error instanceof faber.SetupError) throw error;
-    throw new faber.SetupError("load_failed", faber.describe(error), { file: relative });
+    throw new faber.SetupError("load_failed", faber.loadFailure(error, file), { file: relative });
   }
 }
 
@@ -212,6 +212,24 @@ async function migrationSteps(projectDir, migration) {
   return steps;
 }
 
+// faber's check before its lock, approval and backup (faber_migration_validate): each of the named
+// pending migrations loaded as the apply loads it, its up() not called, and each one that cannot be
+// loaded reported (migration_load_failed) rather than thrown, so that all of them are named at once.
+// Node keeps the modules that loaded: the apply later gets them from its module cache, so each
+// module's top-level code runs once per run, as before, only sooner. No connection is opened.
+async function loadPending(projectDir, migrationsDir, names) {
+  const named = new Set(names);
+  for (const migration of localMigrations(projectDir, migrationsDir).filter((m) => named.has(m.name))) {
+    try {
+      await migrationSteps(projectDir, migration);
+    } catch (error) {
+      if (!(error instanceof faber.SetupError && error.kind === "load_failed")) throw error;
+      faber.emit("migration_load_failed", { name: migration.name, file: migration.path, message: error.message });
+    }
+  }
+  return 0;
+}
+
 async function status(context) {
   const { sequelize, storage, projectDir, migrationsDir } = context;
   const table = await bookkeepingTable(sequelize, storage);
@@ -230,8 +248,9 @@ async function apply(context, track, expected, lockCheck) {
   const pending = localMigrations(projectDir, migrationsDir).filter((m) => !applied.has(m.name));
   faber.requireExpectedPlan(expected, pending.map((m) => m.name));
   if (pending.length === 0) return 0;
-  // Every pending file loads before the first one runs: a file that cannot load is a broken setup,
-  // found before anything is applied.
+  // Every pending file loads before the first one runs (sequelize-cli loads each as it runs it): a
+  // file that cannot load is a broken setup, found before anything is applied. A deploy loaded them
+  // all before its lock (loadPending): these come from Node's module cache.
   for (const migration of pending) migration.steps = await migrationSteps(projectDir, migration);
   const queryInterface = sequelize.getQueryInterface();
   if (await tableExists(sequelize, table)) {
@@ -320,6 +339,7 @@ async function load(options) {
   const layout = await projectLayout(projectDir);
   return {
     status: (request) => connected(projectDir, layout, options, request, (context) => status(context)),
+    load: (request) => loadPending(projectDir, layout.migrationsDir, request.migrations),
     apply: (request) =>
       connected(projectDir, layout, options, request, (context, track) => apply(context, track, request.expected, request.lock_check)),
   };

@@ -54,9 +54,13 @@ function findDataSource(exported, relative) {
 // TypeORM finds the DataSource's migrations (and entities, subscribers) by glob as it connects, and
 // loads each through importOrRequireFile: wrapped so that each is stat'ed first and refused unless it
 // is a regular file (see faber.requireRegularFile), named as a migration while TypeORM builds the
-// migrations. Both are read from their modules' exports at each call, so replacing them there is what
-// TypeORM calls. A TypeORM without these modules loads its files unchecked.
-function refuseIrregularFiles(projectDir) {
+// migrations; a migration module that fails to load (a syntax error, a missing module, a top-level
+// throw) is reported naming its file (migration_load_failed), where TypeORM's own error names none.
+// TypeORM loads every migration file as it connects, before it runs any (its migration:show too), so
+// the status read, before faber's lock and backup, finds it. Both functions are read from their
+// modules' exports at each call, so replacing them there is what TypeORM calls. A TypeORM without
+// these modules loads its files unchecked.
+function checkLoadedFiles(projectDir) {
   const typeormDir = path.dirname(require.resolve("typeorm", { paths: [projectDir] }));
   let importUtils, metadataBuilder;
   try {
@@ -69,10 +73,19 @@ function refuseIrregularFiles(projectDir) {
   const builder = metadataBuilder.ConnectionMetadataBuilder && metadataBuilder.ConnectionMetadataBuilder.prototype;
   if (typeof importOrRequireFile !== "function" || !builder || typeof builder.buildMigrations !== "function") return;
   let buildingMigrations = false;
-  importUtils.importOrRequireFile = function checkedImportOrRequireFile(file, ...rest) {
+  importUtils.importOrRequireFile = async function checkedImportOrRequireFile(file, ...rest) {
     const local = String(file).startsWith("file://") ? fileURLToPath(file) : file;
-    faber.requireRegularFile(projectDir, local, buildingMigrations ? "Migration file" : "TypeORM's file");
-    return importOrRequireFile.call(this, file, ...rest);
+    const migration = buildingMigrations;
+    faber.requireRegularFile(projectDir, local, migration ? "Migration file" : "TypeORM's file");
+    if (!migration) return importOrRequireFile.call(this, file, ...rest);
+    try {
+      return await importOrRequireFile.call(this, file, ...rest);
+    } catch (error) {
+      if (error instanceof faber.SetupError) throw error;
+      throw new faber.SetupError("migration_load_failed", faber.loadFailure(error, local), {
+        file: path.relative(projectDir, local),
+      });
+    }
   };
   const buildMigrations = builder.buildMigrations;
   builder.buildMigrations = async function checkedBuildMigrations(...args) {
@@ -91,7 +104,7 @@ async function loadDataSource(projectDir, relative) {
     throw new faber.SetupError("load_failed", `${relative} does not exist in ${projectDir}`, { file: relative });
   }
   faber.projectRequire(projectDir, "typeorm");
-  refuseIrregularFiles(projectDir);
+  checkLoadedFiles(projectDir);
   faber.registerTypeScript(projectDir, relative);
   let exported;
   try {
@@ -167,6 +180,22 @@ function exportingFiles(projectDir) {
 // MySQL commits each DDL statement on its own, so no migration there is all-or-nothing.
 function isTransactional(instance) {
   return faber.engine() === "postgres" && instance.transaction !== false;
+}
+
+// faber's check before its lock, approval and backup (faber_migration_validate). TypeORM loaded every
+// migration module as the run's first request connected (one that failed to load failed that
+// request: see checkLoadedFiles); what is left is what TypeORM finds only as it runs a migration: a
+// class without up(). Checked on the instances of that first request: no connection is opened.
+function migrationsWithoutUp(migrations, projectDir, names) {
+  const named = new Set(names);
+  const files = exportingFiles(projectDir);
+  for (const instance of migrations) {
+    const name = instance.name || instance.constructor.name; // TypeORM's own naming
+    if (!named.has(name) || typeof instance.up === "function") continue;
+    const file = files.get(instance.constructor) || null;
+    faber.emit("migration_load_failed", { name, file, message: "its class has no up() method" });
+  }
+  return 0;
 }
 
 async function status(dataSource, projectDir) {
@@ -351,7 +380,8 @@ async function connected(userDataSource, run, request, work) {
   const track = tracker();
   const dataSource = retarget(userDataSource, request.database_url, track.logger, run.migrationClasses);
   await connect(dataSource, run.dataSourceFile);
-  run.migrationClasses = run.migrationClasses || dataSource.migrations.map((migration) => migration.constructor);
+  run.migrations = run.migrations || dataSource.migrations;
+  run.migrationClasses = run.migrationClasses || run.migrations.map((migration) => migration.constructor);
   try {
     return await work(dataSource, track);
   } finally {
@@ -368,7 +398,7 @@ async function load(options) {
   // faber's lock, the apply, the status after it, a rehearsal) get those classes. So every request
   // of a run sees the migrations faber analysed and approved, a file added meanwhile waiting for
   // the next run, and none searches the folders again (10-60 ms each for 300 migrations).
-  const run = { migrationClasses: null, dataSourceFile };
+  const run = { migrations: null, migrationClasses: null, dataSourceFile };
   return {
     status: (request) =>
       connected(userDataSource, run, request, async (dataSource) => {
@@ -377,6 +407,10 @@ async function load(options) {
       }),
     apply: (request) =>
       connected(userDataSource, run, request, (dataSource, track) => apply(dataSource, projectDir, track, request)),
+    load: async (request) => {
+      if (!run.migrations) await connected(userDataSource, run, request, async () => 0); // a runner started anew
+      return migrationsWithoutUp(run.migrations, projectDir, request.migrations);
+    },
   };
 }
 
