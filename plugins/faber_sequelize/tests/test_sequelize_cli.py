@@ -219,33 +219,41 @@ def test_a_lost_lock_stops_the_runner_before_the_next_migration_runs(
 
 
 STARTING = "runner-starting-the-migrations"
-"""The file a migration below writes in the project as the runner loads it, before any migration runs."""
+"""The file a migration below writes in the project as the runner's apply starts, before any migration runs."""
 
-HOLDS_THE_RUNNER_AS_IT_LOADS = (
-    '"use strict";\n\n'
-    f'require("fs").writeFileSync("{STARTING}", "");\n'
-    "Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 600000);\n\n"
-    "module.exports = {\n  async up() {},\n\n  async down() {},\n};\n"
+
+def holds_the_runner_as_the_apply_starts(until: str) -> str:
+    """A migration whose module has every Sequelize the runner opens hold it (``until``: JavaScript that
+    waits) as it defines a model: the apply defines SequelizeMeta once it has loaded the pending
+    migrations and before the first one starts (its lock check included). Not the module's top-level
+    code: a deploy loads it before its lock, the apply reads it from Node's module cache."""
+    return (
+        '"use strict";\n\n'
+        'const fs = require("fs");\n'
+        'const { Sequelize } = require("sequelize");\n\n'
+        'Sequelize.addHook("afterInit", (sequelize) =>\n'
+        '  sequelize.addHook("beforeDefine", () => {\n'
+        f'    fs.writeFileSync("{STARTING}", "");\n'
+        f"    {until}\n"
+        "  }),\n);\n\n"
+        "module.exports = {\n  async up() {},\n\n  async down() {},\n};\n"
+    )
+
+
+HOLDS_THE_RUNNER_AS_THE_APPLY_STARTS = holds_the_runner_as_the_apply_starts(
+    "Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 600000);"
 )
-"""A migration whose file holds the runner when loaded: sequelize's runner loads every pending file
-before the first one runs."""
-
-
-HOLDS_THE_RUNNER_UNTIL_GO = (
-    '"use strict";\n\n'
-    'const fs = require("fs");\n'
-    f'fs.writeFileSync("{STARTING}", "");\n'
-    'while (!fs.existsSync("go")) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);\n\n'
-    "module.exports = {\n  async up() {},\n\n  async down() {},\n};\n"
+HOLDS_THE_RUNNER_UNTIL_GO = holds_the_runner_as_the_apply_starts(
+    'while (!fs.existsSync("go")) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);'
 )
-"""As :data:`HOLDS_THE_RUNNER_AS_IT_LOADS`, until a file ``go`` appears in the project."""
+"""As :data:`HOLDS_THE_RUNNER_AS_THE_APPLY_STARTS`, until a file ``go`` appears in the project."""
 
 
 def test_a_lock_lost_before_the_first_migration_started_changes_nothing_and_says_so(
     sequelize_project, sequelize_migration, run_faber, database_url, query
 ):
-    """faber's lock session is ended while the runner loads the migrations, and another session takes
-    the lock: the first migration's check fails before it starts, so nothing of the deploy ran."""
+    """faber's lock session is ended as the runner's apply starts, and another session takes the
+    lock: the first migration's check fails before it starts, so nothing of the deploy ran."""
     project = sequelize_project(backup_before_migrate=True, auto_rollback=True, protected=True, lint="off")
     assert run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project)).returncode == 0
     first = "20240103000000-first.js"
@@ -256,7 +264,7 @@ def test_a_lock_lost_before_the_first_migration_started_changes_nothing_and_says
     try:
         with psycopg.connect(database_url, autocommit=True) as other_deploy:
             run.wait_for("apply.started")
-            run.wait_until((project / STARTING).exists, what="the runner to load the migrations")
+            run.wait_until((project / STARTING).exists, what="the runner to start the apply")
             key = session_lock_key(other_deploy)
             other_deploy.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted"
@@ -291,13 +299,13 @@ def test_a_runner_killed_before_the_first_migration_started_fails_it_and_changes
     assert run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project)).returncode == 0
     migrations = project / "db/migrations"
     (migrations / "20240103000000-first.js").write_text(sequelize_migration('CREATE TABLE "first" (id int)'))
-    (migrations / "20240104000000-holds.js").write_text(HOLDS_THE_RUNNER_AS_IT_LOADS)
+    (migrations / "20240104000000-holds.js").write_text(HOLDS_THE_RUNNER_AS_THE_APPLY_STARTS)
 
-    def loading_the_migrations(run: FaberProcess) -> None:
+    def starting_the_apply(run: FaberProcess) -> None:
         run.wait_for("apply.started")
-        run.wait_until((project / STARTING).exists, what="the runner to load the migrations")
+        run.wait_until((project / STARTING).exists, what="the runner to start the apply")
 
-    code, run = deploy_with_the_runner_killed(project, loading_the_migrations)
+    code, run = deploy_with_the_runner_killed(project, starting_the_apply)
 
     assert code == 6, run.stdout() + run.stderr()
     document = json.loads(run.stdout())
