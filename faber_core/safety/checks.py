@@ -130,7 +130,7 @@ def refuse_what_the_handler_refuses(context: RunContext, plugins: Plugins, pendi
         result={
             "failed_migration": first.name,
             **({"file": first.path} if first.path else {}),
-            "refused": [refusal.model_dump() for refusal in refusals],
+            "refused": [refusal.model_dump(exclude_none=True) for refusal in refusals],
             "migrations_applied_before_failure": 0,
             "rollback_initiated": False,
             "rollback_status": "not_needed",
