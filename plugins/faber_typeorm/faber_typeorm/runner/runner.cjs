@@ -188,12 +188,17 @@ function isTransactional(instance) {
 // class without up(). Checked on the instances of that first request: no connection is opened.
 function migrationsWithoutUp(migrations, projectDir, names) {
   const named = new Set(names);
-  const files = exportingFiles(projectDir);
-  for (const instance of migrations) {
-    const name = instance.name || instance.constructor.name; // TypeORM's own naming
-    if (!named.has(name) || typeof instance.up === "function") continue;
-    const file = files.get(instance.constructor) || null;
-    faber.emit("migration_load_failed", { name, file, message: "its class has no up() method" });
+  const refused = migrations.filter(
+    (instance) => named.has(instance.name || instance.constructor.name) && typeof instance.up !== "function",
+  );
+  // Which file exports each class: one pass over the module cache, only when there is one to name.
+  const files = refused.length > 0 ? exportingFiles(projectDir) : null;
+  for (const instance of refused) {
+    faber.emit("migration_load_failed", {
+      name: instance.name || instance.constructor.name, // TypeORM's own naming
+      file: files.get(instance.constructor) || null,
+      message: "its class has no up() method",
+    });
   }
   return 0;
 }
