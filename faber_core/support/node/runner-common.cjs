@@ -205,11 +205,17 @@ function describe(thrown) {
   }
 }
 
-// Why a migration module could not be loaded, for faber's report: the loader's message, its first
-// line only (Node's "Cannot find module" goes on with every absolute path of its require stack), and
+// Why a migration module could not be loaded, for faber's report: the loader's message on one line,
+// without the require stack Node's "Cannot find module" ends with (every absolute path that led to
+// it; ts-node's "Unable to compile TypeScript" has its diagnostics on the lines after the first), and
 // the line of `file` the error points at, when its stack names one (a syntax error, a top-level throw).
 function loadFailure(error, file) {
-  const message = describe(error).split("\n")[0];
+  const lines = describe(error).split("\n");
+  const stackStart = lines.findIndex((line) => line.startsWith("Require stack:"));
+  const message = (stackStart === -1 ? lines : lines.slice(0, stackStart))
+    .map((line) => line.trim())
+    .filter(Boolean)
+    .join(" ");
   let stack = "";
   try {
     stack = String((error && error.stack) || "");
