@@ -29,6 +29,11 @@ UNLOADABLE = {
         f'"use strict";\n\nthrow new Error("no secrets file for {LEAKS_THE_URL}");\n',
         "no secrets file for postgres://app:***@db.internal/app (line 3)",
     ),
+    "no class": (
+        "module.exports = {\n  async up() {},\n  async down() {},\n};\n",
+        "it exports up, which is not a class: TypeORM makes a migration of each function a migration file exports, "
+        "with new",
+    ),
 }
 
 

@@ -78,14 +78,24 @@ function checkLoadedFiles(projectDir) {
     const migration = buildingMigrations;
     faber.requireRegularFile(projectDir, local, migration ? "Migration file" : "TypeORM's file");
     if (!migration) return importOrRequireFile.call(this, file, ...rest);
+    const relative = path.relative(projectDir, local);
+    let loaded;
     try {
-      return await importOrRequireFile.call(this, file, ...rest);
+      loaded = await importOrRequireFile.call(this, file, ...rest);
     } catch (error) {
       if (error instanceof faber.SetupError) throw error;
-      throw new faber.SetupError("migration_load_failed", faber.loadFailure(error, local), {
-        file: path.relative(projectDir, local),
-      });
+      throw new faber.SetupError("migration_load_failed", faber.loadFailure(error, local), { file: relative });
     }
+    const notAClass = exportedNonClass(loaded[0]);
+    if (notAClass) {
+      throw new faber.SetupError(
+        "migration_load_failed",
+        `it exports ${notAClass.name || "a function"}, which is not a class: TypeORM makes a migration of ` +
+          "each function a migration file exports, with new",
+        { file: relative },
+      );
+    }
+    return loaded;
   };
   const buildMigrations = builder.buildMigrations;
   builder.buildMigrations = async function checkedBuildMigrations(...args) {
@@ -96,6 +106,28 @@ function checkLoadedFiles(projectDir) {
       buildingMigrations = false;
     }
   };
+}
+
+// The first function `exported` holds that is no class, looked for where TypeORM looks for migration
+// classes (the export itself, arrays, objects' values). TypeORM calls `new` on each: a method or
+// arrow function (a module shaped like sequelize-cli's, `{ up() {} }`) fails it with "migrationClass
+// is not a constructor", naming no file. Reflect.construct with another function's body tells
+// without calling it.
+function exportedNonClass(exported) {
+  if (typeof exported === "function") {
+    try {
+      Reflect.construct(String, [], exported);
+      return null;
+    } catch {
+      return exported;
+    }
+  }
+  if (exported === null || typeof exported !== "object") return null;
+  for (const value of Array.isArray(exported) ? exported : Object.values(exported)) {
+    const found = exportedNonClass(value);
+    if (found) return found;
+  }
+  return null;
 }
 
 async function loadDataSource(projectDir, relative) {
