@@ -3,6 +3,7 @@ with the hint to percent-encode, and no piece of the password in any channel."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import textwrap
 from urllib.parse import quote
@@ -235,3 +236,32 @@ def test_a_password_given_as_a_query_parameter_is_masked_everywhere(
     rows = query("SELECT row_to_json(d)::text FROM faber.faber_deployments d")
     channels = [deploy.output, history.output, (project / ".faber" / "audit.log").read_text(), *(r[0] for r in rows)]
     assert pieces_in("\n".join(channels)) == []
+
+
+def test_a_password_sharing_a_piece_with_the_manifest_leaves_the_backup_restorable(
+    faber_project, run_faber, database_url
+):
+    """A password such as ``...@2026`` (percent-encoded in the URL) has the piece ``2026``, masked
+    in output wherever it stands. The manifest was written through the redactor too: its id, dates
+    and location lost the year, and every backup was unusable (a rollback found none)."""
+    year = str(dt.datetime.now(dt.timezone.utc).year)
+    password = f"{CANARY_PASSWORD}@{year}"
+    url = database_url.replace(f":{CANARY_PASSWORD}@", f":{quote(password, safe='')}@")
+    project = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"production": {"database_url_env": "APP_URL"}}}},
+        {"migrations/001_users.sql": "CREATE TABLE users (id bigint);"},
+    )
+    env = {"FABER_PLUGINS": "faber_core.testing.sqlfiles", "APP_URL": url}
+    cwd = ("--cwd", str(project))
+
+    backup = run_faber("backup", "production", "--reason", f"before {password}", "--json", *cwd, env=env)
+    listed = run_faber("backups", "production", "--json", *cwd, env=env)
+    rollback = run_faber("rollback", "production", "--yes", "--json", *cwd, env=env)
+
+    assert backup.returncode == listed.returncode == 0, backup.output + listed.output
+    assert [b["status"] for b in listed.json["result"]["backups"]] == ["available"], listed.json
+    assert rollback.returncode == 0, rollback.output
+    (manifest,) = (project / ".faber" / "backups" / "production").glob("*.json")
+    assert json.loads(manifest.read_text())["id"] == manifest.name.removesuffix(".json")
+    files = [path.read_bytes().decode(errors="replace") for path in (project / ".faber").rglob("*") if path.is_file()]
+    assert CANARY_PASSWORD not in "\n".join([backup.output, listed.output, rollback.output, *files])

@@ -348,10 +348,16 @@ def create_backup(
             private_data=private_data or {},
         )
         # The record's dumps leave private_data out (it may hold secrets): the manifest alone keeps it.
-        manifest = {**record.model_dump(mode="json"), "private_data": record.private_data}
-        write_manifest(
-            reservation.manifest, context.redactor.redact(json.dumps(manifest, indent=2, ensure_ascii=False)) + "\n"
-        )
+        # faber reads the manifest back to find, check and restore the archive: every value stays
+        # as it is (a password "Winter@2026" would mask the year in its id, dates and location, and
+        # "postgres" the database's owner, leaving the backup unusable), but the reason, the one
+        # text a person writes; what comes from the database is in the archive beside it anyway.
+        manifest = {
+            **record.model_dump(mode="json"),
+            "reason": context.redactor.redact(reason),
+            "private_data": record.private_data,
+        }
+        write_manifest(reservation.manifest, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     except OSError as exc:
         reservation.discard()
         raise write_failure(context, directory, exc) from None
