@@ -42,6 +42,7 @@ _SCHEME_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/*")
 # Where URL parsers (urllib, libpq) and their error messages cut a password that was not
 # percent-encoded: at the userinfo and path delimiters, the query and fragment marks, and '%'.
 _PIECE_SEPARATORS = re.compile(r"[@/:%?#&=\s\[\]]+")
+_WORD = re.compile(r"\w")
 MIN_SECRET_LENGTH = 3
 """Shorter forms are not masked: they would mask ordinary words in every output."""
 MIN_PIECE_LENGTH = 4
@@ -110,22 +111,42 @@ def _printed_forms(text: str) -> set[str]:
 
 
 def secret_forms(value: str) -> set[str]:
-    """The secret ``value`` and every piece of it an output could carry.
+    """The secret ``value`` and every piece of it an output could carry (:func:`_whole_and_pieces`)."""
+    whole, pieces = _whole_and_pieces(value)
+    return whole | pieces
 
-    The whole value; each possible password (:func:`_passwords`) raw,
-    percent-decoded and percent-encoded; the pieces of those split where parsers cut; each as
-    raw text, JSON-escaped and repr-escaped. Forms shorter than the minimum lengths are left out.
+
+def _whole_and_pieces(value: str) -> tuple[set[str], set[str]]:
+    """The forms of ``value`` masked wherever they stand, and the pieces masked where they stand as a whole.
+
+    Whole: the value; each possible password (:func:`_passwords`) raw, percent-decoded and
+    percent-encoded. Pieces: those split where parsers cut. Each as raw text, JSON-escaped and
+    repr-escaped. Forms shorter than the minimum lengths are left out.
     """
-    forms = set(_printed_forms(value)) if value else set()
+    whole = set(_printed_forms(value)) if value else set()
+    pieces: set[str] = set()
     for password in _passwords(value):
         decoded = unquote(password)
         for form in {password, decoded, quote(decoded, safe=""), quote(decoded)}:
             if len(form) >= MIN_SECRET_LENGTH:
-                forms |= _printed_forms(form)
+                whole |= _printed_forms(form)
             for piece in _PIECE_SEPARATORS.split(form):
                 if len(piece) >= MIN_PIECE_LENGTH:
-                    forms |= _printed_forms(piece)
-    return {form for form in forms if len(form) >= MIN_SECRET_LENGTH}
+                    pieces |= _printed_forms(piece)
+    whole = {form for form in whole if len(form) >= MIN_SECRET_LENGTH}
+    return whole, {form for form in pieces if len(form) >= MIN_SECRET_LENGTH} - whole
+
+
+def _as_a_whole(piece: str) -> re.Pattern[str]:
+    """``piece`` where no letter, digit or ``_`` runs on from it (a percent escape may precede it).
+
+    A parser that cut a password prints the piece between the password's delimiters or its own
+    quotes; a piece inside a longer word is some other text: the ``2026`` of ``Winter@2026`` in a
+    backup id (``backup-20261128-...``), a timestamped migration name or a checksum, which masked
+    would name nothing that exists."""
+    before = r"(?:(?<!\w)|(?<=%[0-9A-Fa-f]{2}))" if _WORD.match(piece[0]) else ""
+    after = r"(?!\w)" if _WORD.match(piece[-1]) else ""
+    return re.compile(before + re.escape(piece) + after)
 
 
 class Redactor:
@@ -134,7 +155,10 @@ class Redactor:
 
     def __init__(self) -> None:
         self._values: set[str] = set()
-        self._ordered: list[str] = []
+        self._pieces: dict[str, re.Pattern[str]] = {}
+        """Those of ``_values`` masked only where they stand as a whole, with their pattern (:func:`_as_a_whole`)."""
+        self._ordered: list[tuple[str, re.Pattern[str] | None]] = []
+        """Every form, longest first, with its pattern when it is one of ``_pieces``."""
         self._found_by: tuple[re.Pattern[str], ...] = ()
         """Patterns that together match every form but those ``_pending``. A fleet's redactor
         knows every target's forms and most text holds none of them: a search or a few instead
@@ -155,14 +179,20 @@ class Redactor:
         if value is None:
             return
         text = value.reveal() if isinstance(value, Secret) else value
-        forms = secret_forms(text)
+        whole, pieces = _whole_and_pieces(text)
         with self._adding:
-            new = forms - self._values
-            if new:
+            new = (whole | pieces) - self._values
+            # A piece of one secret that is the whole of another is masked wherever it stands.
+            known_whole = self._values - self._pieces.keys()
+            pieces = {
+                piece for piece in self._pieces.keys() | pieces if piece not in whole and piece not in known_whole
+            }
+            if new or pieces != self._pieces.keys():
                 self._values |= new
+                self._pieces = {piece: self._pieces.get(piece) or _as_a_whole(piece) for piece in pieces}
                 # Longest first, so a piece never leaves the rest of a longer form behind; a new
                 # list, so a redact running meanwhile reads a whole one.
-                self._ordered = sorted(self._values, key=len, reverse=True)
+                self._ordered = [(form, self._pieces.get(form)) for form in sorted(self._values, key=len, reverse=True)]
                 self._pending = [*self._pending, *new]
                 self._remembered = {}
 
@@ -192,9 +222,9 @@ class Redactor:
         if any(pattern.search(text) for pattern in self._found_by):
             # Longest first, each in turn: a shorter form overlapping a longer one never leaves
             # part of the longer behind (one pass of the pattern would take the leftmost).
-            for value in ordered:
+            for value, as_a_whole in ordered:
                 if value in text:
-                    text = text.replace(value, MASK)
+                    text = text.replace(value, MASK) if as_a_whole is None else as_a_whole.sub(MASK, text)
         text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
         if " is not valid JSON" in text:
             text = _JSON_SYNTAX_CONTEXT.sub(lambda m: f"{m['head']}{m['quote']}{MASK}{m['quote']}", text)

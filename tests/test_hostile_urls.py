@@ -13,7 +13,12 @@ import pytest
 from faber_core.context import Database
 from faber_core.errors import ConfigError
 from faber_core.secrets import Redactor, Secret, secret_forms
-from faber_core.testing.fixtures import CANARY_PASSWORD
+from faber_core.testing.fixtures import (
+    CANARY_PASSWORD,
+    create_database,
+    database_url_for,
+    discard_database,
+)
 
 PASSWORD_PIECES = ("Alpha-93xq", "Bravo-51kd", "Charlie-7z")
 
@@ -265,3 +270,43 @@ def test_a_password_sharing_a_piece_with_the_manifest_leaves_the_backup_restorab
     assert json.loads(manifest.read_text())["id"] == manifest.name.removesuffix(".json")
     files = [path.read_bytes().decode(errors="replace") for path in (project / ".faber").rglob("*") if path.is_file()]
     assert CANARY_PASSWORD not in "\n".join([backup.output, listed.output, rollback.output, *files])
+
+
+def test_a_password_piece_inside_a_longer_word_is_not_masked(
+    faber_project, run_faber, database_url, postgres_admin_url, query
+):
+    """The ``2026`` of a password ``...@2026`` is masked where a parser could print it (between
+    delimiters), not inside the backup ids and timestamped migration names of that year: the
+    documents named a backup ``backup-***1128-...`` that no rollback could find, and staging's
+    history recorded migrations production's staging proof never found (exit 10)."""
+    year = str(dt.datetime.now(dt.timezone.utc).year)
+    password = f"{CANARY_PASSWORD}@{year}"
+    staging_url = database_url.replace(f":{CANARY_PASSWORD}@", f":{quote(password, safe='')}@")
+    production = create_database(postgres_admin_url)
+    try:
+        production_url = database_url_for(postgres_admin_url, production, password=quote(password, safe=""))
+        environments = {
+            "staging": {"database_url_env": "STAGING_URL", "mode": "deploy"},
+            "production": {"database_url_env": "APP_URL", "requires_success_in": "staging"},
+        }
+        project = faber_project(
+            {"database": {"migration_tool": "sqlfiles", "environments": environments}},
+            {f"migrations/{year}0101000000_users.sql": "CREATE TABLE users (id bigint);"},
+        )
+        env = {"FABER_PLUGINS": "faber_core.testing.sqlfiles", "STAGING_URL": staging_url, "APP_URL": production_url}
+        cwd = ("--cwd", str(project))
+
+        staging = run_faber("migrate", "staging", "--yes", "--json", *cwd, env=env)
+        deploy = run_faber("migrate", "production", "--yes", "--json", *cwd, env=env)
+        assert staging.returncode == deploy.returncode == 0, staging.output + deploy.output
+        backup_id = deploy.json["result"]["backup_id"]
+        rollback = run_faber("rollback", "production", "--to", backup_id, "--yes", "--json", *cwd, env=env)
+    finally:
+        discard_database(postgres_admin_url, production)
+
+    assert [m["name"] for m in deploy.json["result"]["migrations"]] == [f"{year}0101000000_users"]
+    assert (project / ".faber" / "backups" / "production" / f"{backup_id}.json").is_file(), backup_id
+    assert rollback.returncode == 0, rollback.output
+    (recorded,) = query("SELECT migrations::text FROM faber.faber_deployments WHERE environment = 'staging'")
+    assert f"{year}0101000000_users" in recorded[0]
+    assert CANARY_PASSWORD not in staging.output + deploy.output + rollback.output

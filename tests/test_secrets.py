@@ -221,3 +221,16 @@ def test_no_json_syntax_error_node_reports_in_a_config_shows_four_characters_of_
         pieces = {password[i : i + 4] for i in range(len(password) - 3)}
         assert not [piece for piece in pieces if piece.strip() == piece and piece in redacted], (message, redacted)
     assert quoting > 100
+
+
+def test_a_password_piece_is_masked_where_it_stands_as_a_whole():
+    """Parsers cut a password at its delimiters and print the pieces between quotes or those
+    delimiters; the same digits inside a longer word (an id, a timestamped name) are not it."""
+    redactor = Redactor()
+    redactor.add("postgresql://app:Winter%402026@db/app")
+
+    assert redactor.redact('could not translate host name "2026@db"') == 'could not translate host name "***@db"'
+    assert redactor.redact("user app:2026 x%252026") == "user app:*** x%25***"
+    named = "backup-20261128-100050 20261128000000_users"
+    assert redactor.redact(named) == named
+    assert redactor.redact("Winter@2026 pwWinter@2026x") == "*** pw***x"  # the whole password, wherever it stands
