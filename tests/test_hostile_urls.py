@@ -310,3 +310,25 @@ def test_a_password_piece_inside_a_longer_word_is_not_masked(
     (recorded,) = query("SELECT migrations::text FROM faber.faber_deployments WHERE environment = 'staging'")
     assert f"{year}0101000000_users" in recorded[0]
     assert CANARY_PASSWORD not in staging.output + deploy.output + rollback.output
+
+
+@pytest.mark.parametrize("replication", ["database", "true", "1"])
+def test_a_url_asking_for_a_replication_session_is_refused_before_anything_runs(
+    replication, faber_project, run_faber, database_url, query
+):
+    """A replication session takes no ordinary query: faber's lock wait failed as a lock ended
+    by another run (exit 7) and its status read as a bug (exit 1, INTERNAL_ERROR)."""
+    project = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"production": {"database_url_env": "APP_URL"}}}},
+        {"migrations/001_users.sql": "CREATE TABLE users (id bigint);"},
+    )
+    env = {"FABER_PLUGINS": "faber_core.testing.sqlfiles", "APP_URL": f"{database_url}?replication={replication}"}
+
+    deploy = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
+    status = run_faber("status", "production", "--json", "--cwd", str(project), env=env)
+
+    for run in (deploy, status):
+        assert run.returncode == 2, run.output
+        assert run.json["code"] == "CONFIG_INVALID" and "replication session" in run.json["error"], run.json
+        assert CANARY_PASSWORD not in run.output
+    assert query("SELECT relname FROM pg_class WHERE relname = 'users'") == []

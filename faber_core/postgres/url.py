@@ -82,6 +82,9 @@ WHERE_TO_CONNECT = {
 
 
 URL_PREFIXES = ("postgresql://", "postgres://")
+_NOT_REPLICATION = frozenset({"off", "false", "no", "0"})
+"""libpq's values of ``replication`` for an ordinary session (``on``, ``true``, ``database``, ...: a
+replication session, which takes no ordinary query)."""
 _PARAMETER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -129,6 +132,12 @@ def parse_database_url(raw: str, source: str) -> ParsedUrl:
     if repeated:
         raise invalid(f"the query parameter {repeated} is given twice, with two values (which one was meant?)")
     params = {unquote(key): unquote(value) for key, _, value in (pair.partition("=") for pair in pairs)}
+    if params.get("replication", "off").lower() not in _NOT_REPLICATION:
+        raise ConfigError(
+            f"The database URL in {source} asks for a replication session (replication=), which runs no ordinary "
+            "queries: faber could not check, lock, back up or migrate the database through it",
+            suggestions=["Remove replication= from the URL"],
+        )
     kept = "&".join(pair for pair in pairs if unquote(pair.partition("=")[0]) in _LIBPQ_PARAMS)
     libpq_url = f"{parts.scheme}://{parts.netloc}{parts.path}" + (f"?{kept}" if kept else "")
     try:
