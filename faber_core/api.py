@@ -867,7 +867,7 @@ def redacted(value: Value, redactor: Redactor) -> Value:
                 changed[name] = redacted_item
         return value.model_copy(update=changed) if changed else value
     if isinstance(value, dict):
-        pairs = [(key, item, redacted(key, redactor), redacted(item, redactor)) for key, item in value.items()]
+        pairs = [(key, item, _redacted_key(key, redactor), redacted(item, redactor)) for key, item in value.items()]
         if all(new_key is key and new_item is item for key, item, new_key, new_item in pairs):
             return value
         return {new_key: new_item for _, _, new_key, new_item in pairs}  # type: ignore[return-value]
@@ -877,3 +877,11 @@ def redacted(value: Value, redactor: Redactor) -> Value:
             return value
         return type(value)(items)  # type: ignore[return-value]
     return value
+
+
+def _redacted_key(key: Any, redactor: Redactor) -> Any:
+    """A dict's key as :meth:`Redactor.redact_key` gives it: a name stays as it is, the same object."""
+    if not isinstance(key, str):
+        return key
+    text = redactor.redact_key(key)
+    return key if text == key else text

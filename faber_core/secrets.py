@@ -43,6 +43,7 @@ _SCHEME_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/*")
 # percent-encoded: at the userinfo and path delimiters, the query and fragment marks, and '%'.
 _PIECE_SEPARATORS = re.compile(r"[@/:%?#&=\s\[\]]+")
 _WORD = re.compile(r"\w")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MIN_SECRET_LENGTH = 3
 """Shorter forms are not masked: they would mask ordinary words in every output."""
 MIN_PIECE_LENGTH = 4
@@ -230,14 +231,23 @@ class Redactor:
             text = _JSON_SYNTAX_CONTEXT.sub(lambda m: f"{m['head']}{m['quote']}{MASK}{m['quote']}", text)
         return _KEYWORD_PASSWORD.sub(lambda m: f"{m[1]}{m[2]}{MASK}", text)
 
+    def redact_key(self, key: str) -> str:
+        """A key of JSON data, redacted unless it is a name (ASCII letters, digits and ``_``): the
+        fields of faber's documents and events, which their readers look up. A password such as
+        ``status`` or ``pending`` masked them: the documents lost their shape (``"***": []``) and
+        the progress printer failed on every event (exit 1). A key that can hold a credential
+        (a URL, ``password=...``, a schema-qualified table name) is no such name."""
+        return key if _NAME.fullmatch(key) else self.redact(key)
+
     def redact_data(self, value: Any) -> Any:
-        """``value`` (JSON data: dicts, lists, scalars) with every text in it redacted, keys too.
-        Redacting each text rather than the JSON that holds it keeps the JSON whole: a password
-        setting such as ``pwd=x`` at the end of a value would otherwise take its closing quote."""
+        """``value`` (JSON data: dicts, lists, scalars) with every text in it redacted, keys too
+        (:meth:`redact_key`). Redacting each text rather than the JSON that holds it keeps the JSON
+        whole: a password setting such as ``pwd=x`` at the end of a value would otherwise take its
+        closing quote."""
         if isinstance(value, str):
             return self.redact(value)
         if isinstance(value, dict):
-            return {self.redact(str(key)): self.redact_data(item) for key, item in value.items()}
+            return {self.redact_key(str(key)): self.redact_data(item) for key, item in value.items()}
         if isinstance(value, list | tuple):
             return [self.redact_data(item) for item in value]
         return value
@@ -253,7 +263,7 @@ class Redactor:
         if kind is int or kind is float or kind is bool or value is None:
             return value
         if kind is dict and all(type(key) is str for key in value):
-            return {self.redact(key): self.redact_as_json(item) for key, item in value.items()}
+            return {self.redact_key(key): self.redact_as_json(item) for key, item in value.items()}
         if kind is list or kind is tuple:
             return [self.redact_as_json(item) for item in value]
         return self.redact_data(json.loads(json.dumps(value, default=str)))

@@ -332,3 +332,28 @@ def test_a_url_asking_for_a_replication_session_is_refused_before_anything_runs(
         assert run.json["code"] == "CONFIG_INVALID" and "replication session" in run.json["error"], run.json
         assert CANARY_PASSWORD not in run.output
     assert query("SELECT relname FROM pg_class WHERE relname = 'users'") == []
+
+
+@pytest.mark.parametrize("password", ["name", "pending", "migrations", "status"])
+def test_a_password_that_is_the_name_of_a_field_deploys(password, faber_project, run_faber, database_url, query):
+    """A password masks the same word in every output; it masked the names of the documents' and
+    events' fields too: the progress printer failed on every event (``event.data["name"]``, exit
+    1) and the documents lost their shape (``"***": []``). The password, as a value, appears
+    nowhere."""
+    url = database_url.replace(f":{CANARY_PASSWORD}@", f":{password}@")
+    project = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"production": {"database_url_env": "APP_URL"}}}},
+        {"migrations/001_users.sql": "CREATE TABLE users (id bigint);"},
+    )
+    env = {"FABER_PLUGINS": "faber_core.testing.sqlfiles", "APP_URL": url}
+
+    deploy = run_faber("migrate", "production", "--yes", "--cwd", str(project), env=env)
+    again = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
+    status = run_faber("status", "production", "--json", "--cwd", str(project), env=env)
+
+    assert deploy.returncode == again.returncode == status.returncode == 0, deploy.output + again.output
+    assert again.json["status"] == status.json["status"] == "success", again.output
+    assert status.json["result"]["applied"] == ["001_users"] and status.json["result"]["pending"] == []
+    assert query("SELECT count(*) FROM users") == [(0,)]
+    audit = (project / ".faber" / "audit.log").read_text()
+    assert f': "{password}"' not in deploy.output + again.output + status.output + audit  # as a value

@@ -126,7 +126,7 @@ def test_event_data_is_json_data_redacted_as_a_json_round_trip_gives_it():
     data = {
         "name": "m1 hunter22",
         "counts": (1, 2.5, float("inf"), True, None),
-        "nested": {"hunter22": ["x", {"y": "postgres://u:pw@h/d"}]},
+        "nested": {"public.hunter22": ["x", {"y": "postgres://u:pw@h/d"}]},
         "numbered": {1: "one", 2.5: "half", None: "none", False: "no"},
         "when": dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc),
         "path": Path("/srv/hunter22.sql"),
