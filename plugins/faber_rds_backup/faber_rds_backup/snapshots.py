@@ -214,10 +214,11 @@ def _backup_status(snapshot_status: str) -> BackupStatus:
 
 
 def _write_manifest(context: RunContext, record: BackupRecord) -> None:
+    """The record as faber reads it back: every value unmasked but the reason, as in faber's own
+    manifests (a password ``...@2026`` masked the year of its ``created_at``: unreadable)."""
     directory = backups.private_backup_dir(context)
-    backups.write_manifest(
-        directory / f"{record.id}.json", context.redactor.redact(record.model_dump_json(indent=2)) + "\n"
-    )
+    written = record.model_copy(update={"reason": context.redactor.redact(record.reason)})
+    backups.write_manifest(directory / f"{record.id}.json", written.model_dump_json(indent=2) + "\n")
 
 
 def _read_manifest(context: RunContext, snapshot_id: str) -> BackupRecord | None:

@@ -149,3 +149,21 @@ def test_retention_keeps_a_snapshot_when_either_rule_keeps_it():
     assert doomed(keep_last=3, max_age_days=5) == ["d50"]
     assert doomed(keep_last=1, max_age_days=45) == ["d50"]
     assert not _retention().retention.enabled, "without rules nothing is pruned at all"
+
+
+def test_a_password_sharing_a_piece_with_the_manifest_leaves_the_snapshot_usable(
+    rds, rds_instance, rds_context, rds_plugins, monkeypatch
+):
+    """The ``2026`` of a password ``...@2026`` stands alone in the manifest's ``created_at``
+    (``"2026-11-28T..."``): the manifest was written through the redactor, so it did not parse and
+    the snapshot was listed unusable, its migrations unknown."""
+    year = str(dt.datetime.now(dt.timezone.utc).year)
+    monkeypatch.setenv("RDS_TEST_DATABASE_URL", f"postgresql://app:{CANARY_PASSWORD}%40{year}@127.0.0.1:5432/app")
+    context = rds_context()
+    record = rds_plugins.backup_create(context, f"before {CANARY_PASSWORD}", MIGRATIONS)
+
+    [listed] = rds_plugins.backup_list(context)
+
+    assert listed.id == record.id and listed.status == "available", listed.problem
+    assert [tuple(m) for m in listed.migrations] == MIGRATIONS
+    assert CANARY_PASSWORD not in (context.state_dir / "backups" / "production" / f"{record.id}.json").read_text()
