@@ -93,3 +93,20 @@ def test_the_override_deploys_and_is_recorded_in_the_audit_log(two_environments,
     events = [json.loads(line) for line in (project / ".faber/audit.log").read_text().splitlines()]
     skipped = [e for e in events if e["kind"] == "staging_proof.skipped"]
     assert skipped and skipped[0]["data"]["migrations"] == ["001_users"]
+
+
+def test_a_migration_named_with_stagings_password_is_proven(two_environments, run_faber, staging_url):
+    """Staging's history records the names as its output shows them, the word of its password
+    masked (``001_add_***_roles`` for a password ``admin``): production never found the migration
+    it deployed and refused it for ever (exit 10)."""
+    project, env = two_environments
+    (project / "migrations" / "002_add_admin_roles.sql").write_text("CREATE TABLE admin_roles (id bigint);\n")
+    env = {**env, "STAGING_DATABASE_URL": staging_url.replace(f":{CANARY_PASSWORD}@", ":admin@")}
+
+    staging = migrate(run_faber, project, env, "staging")
+    production = migrate(run_faber, project, env, "production")
+
+    assert staging.returncode == 0, staging.output
+    assert production.returncode == 0, production.output
+    assert production.json["result"]["staging_proof"]["status"] == "passed"
+    assert CANARY_PASSWORD not in staging.output + production.output

@@ -34,7 +34,11 @@ def check(context: RunContext, pending: list[LocalMigration], *, skip: bool) -> 
         context.emit(events.STAGING_PROOF_SKIPPED, predecessor=predecessor, migrations=_names(pending))
         return {"requires_success_in": predecessor, "status": "skipped", "skipped_by": "--skip-staging-proof"}
     proven = succeeded_migrations(context, predecessor)
-    unproven = [m for m in pending if m.checksum is None or (m.name, m.checksum) not in proven]
+    # The history records names as its run's output showed them, a password's word masked (a staging
+    # password "admin" records 001_add_admin_roles as 001_add_***_roles): the pending names are
+    # compared as this run masks them, which knows the predecessor's password too.
+    redact = context.redactor.redact
+    unproven = [m for m in pending if m.checksum is None or (redact(m.name), m.checksum) not in proven]
     if unproven:
         raise StagingProofMissing(
             f"{len(unproven)} pending migration(s) have not been deployed successfully to {predecessor} "
@@ -52,7 +56,7 @@ def check(context: RunContext, pending: list[LocalMigration], *, skip: bool) -> 
 
 def succeeded_migrations(context: RunContext, predecessor: str) -> set[tuple[str, str]]:
     """(name, checksum) of every migration applied by a successful deploy in ``predecessor``,
-    read from that environment's own database."""
+    read from that environment's own database, the name masked as this run masks names."""
     database = predecessor_database(context, predecessor)
     try:
         with database.connect(application_name="faber staging proof") as conn:
@@ -66,7 +70,7 @@ def succeeded_migrations(context: RunContext, predecessor: str) -> set[tuple[str
                 f"Or override (recorded in the audit trail): faber migrate {context.environment} --skip-staging-proof",
             ],
         ) from None
-    return {(name, checksum) for name, checksum, _ in rows}
+    return {(context.redactor.redact(name), checksum) for name, checksum, _ in rows}
 
 
 def predecessor_database(context: RunContext, predecessor: str) -> Database:
