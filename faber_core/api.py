@@ -758,7 +758,7 @@ def _execute(
     from faber_core.telemetry import command_span, record_outcome
 
     run = _Run(redactor or Redactor())
-    with command_span(operation, environment) as span, sigterm_as_interrupt():
+    with command_span(operation, environment, run.redactor) as span, sigterm_as_interrupt():
         try:
             raise_held()  # one that arrived while faber started (faber_core/command.py)
             document: Document = action(run)

@@ -65,12 +65,15 @@ def command_name(operation: str) -> str:
 
 
 @contextmanager
-def command_span(operation: str, environment: str | None) -> Iterator[trace.Span]:
-    """The root span of one faber command; step spans nest under it. Exported and flushed on exit."""
+def command_span(operation: str, environment: str | None, redactor: Redactor) -> Iterator[trace.Span]:
+    """The root span of one faber command; step spans nest under it. Exported and flushed on exit.
+
+    ``environment`` is the command line's, not yet checked against the config: a database URL
+    pasted there is shown with its password masked, as the command's document shows it."""
     provider = configure_tracing()
     attributes = {"faber.operation": operation, "faber.version": __version__}
     if environment:
-        attributes["faber.environment"] = environment
+        attributes["faber.environment"] = redactor.redact(environment)
     if operation == "preview-migrations":
         attributes["faber.dry_run"] = True
     try:

@@ -150,3 +150,20 @@ def test_with_nothing_configured_no_sdk_is_loaded(cli_project):
 
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "LOADED []"
+
+
+def test_a_url_given_as_the_environment_is_exported_without_its_password(cli_project, run_faber, otlp_receiver):
+    """The root span named the command line's environment as given: a database URL pasted there
+    reached the collector with its password, which the command's document masked."""
+    project, env = cli_project
+    pasted = f"postgresql://app:{CANARY_PASSWORD}@db.internal:5432/app"
+
+    otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.endpoint}
+
+    run = run_faber("status", pasted, "--json", "--cwd", str(project), env={**env, **otel})
+
+    assert run.returncode == 2 and run.json["code"] == "CONFIG_INVALID", run.output
+    root = next(s for s in otlp_receiver.spans() if s.name == "faber.status")
+    assert root.attributes["faber.environment"] == "postgresql://app:***@db.internal:5432/app"
+    assert all(CANARY_PASSWORD.encode() not in body for body in otlp_receiver.bodies)
+    assert CANARY_PASSWORD not in run.output
