@@ -402,3 +402,46 @@ def test_the_git_check_finds_every_uncommitted_migration_whatever_its_name(capsy
     check()
     report(capsys, "git check on hostile file names, in-process", ran)
     assert ran >= 30
+
+
+PIECE_DELIMITERS = ['"', "'", "@", ":", "/", " ", "\n", "(", "=", "%40", ""]
+
+
+def test_a_password_piece_is_masked_between_any_delimiters_and_kept_inside_longer_words(capsys):
+    """A parser prints the pieces it cut from a password between its delimiters or its own quotes:
+    masked there, whatever stands around them. The same letters and digits inside a longer word
+    (a backup id ``backup-20261128-...`` for the piece ``2026``) are no piece: left as they are.
+    JSON keys that are names (a document's fields) are kept; other keys are redacted as texts."""
+    ran = 0
+    piece = st.text(alphabet=string.ascii_letters + string.digits, min_size=4, max_size=10)
+
+    @settings(FUZZ, max_examples=400)
+    @given(
+        pieces=st.lists(piece, min_size=2, max_size=3, unique=True),
+        separator=st.sampled_from(list("@/:?#&= ")),
+        before=st.sampled_from(PIECE_DELIMITERS),
+        after=st.sampled_from(PIECE_DELIMITERS),
+        glue=st.sampled_from(["x", "7", "_", "é"]),
+    )
+    def check(pieces, separator, before, after, glue):
+        nonlocal ran
+        ran += 1
+        password = separator.join(pieces)
+        redactor = Redactor()
+        redactor.add(f"postgresql://app:{quote(password, safe='')}@db.internal/app")
+        for cut in pieces:
+            shown = redactor.redact(f"could not use {before}{cut}{after} here")
+            assert cut not in shown, shown
+            inside = f"id-{glue}{cut}{glue}-1"
+            if not any(other in inside for other in pieces if other != cut):
+                assert redactor.redact(inside) == inside
+        assert redactor.redact_data({"status": {"name": 1}}) == {"status": {"name": 1}}
+        assert leaked_pieces(json.dumps(redactor.redact_data({f"public.{pieces[0]}": pieces[1]})), pieces) == []
+
+    check()
+    report(capsys, "password pieces between delimiters and inside words, in-process", ran)
+    assert ran >= 200
+
+
+def leaked_pieces(text: str, pieces: list[str]) -> list[str]:
+    return [piece for piece in pieces if piece in text]
