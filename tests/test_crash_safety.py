@@ -233,6 +233,30 @@ def test_under_nohup_a_hangup_does_not_stop_a_deploy(project, database_url):
     assert [m["name"] for m in json.loads(run.stdout())["result"]["migrations"]] == ["001_tier", "002_held"]
 
 
+def test_a_deploy_started_in_the_background_by_a_script_is_still_interrupted_by_sigint(project, database_url):
+    """A script's ``faber migrate ... &`` starts with SIGINT ignored (the shell's rule for background
+    jobs). A cancelled CI job sends SIGINT first: faber takes it as an interrupt all the same, and
+    the deploy is rolled back and reported, not left running until SIGTERM or SIGKILL."""
+    directory = project({"001_tier": "ALTER TABLE accounts ADD COLUMN tier int;", "002_held": SLEEPING})
+    before = snapshot(database_url)
+    held = session_settings(hold="002_held")
+    faber = [sys.executable, "-m", "faber_core", "migrate", ENVIRONMENT, "--yes", "--json", "--cwd", str(directory)]
+    environment = {"FABER_PLUGINS": SQLFILES, URL_ENV: database_url, **held}
+    run = FaberProcess.spawn(directory, ["sh", "-c", "trap '' INT; exec \"$@\"", "sh", *faber], env=environment)
+    try:
+        run.wait_for(event_matcher("migration.started", name="002_held"))
+        run.kill(signal.SIGINT)
+        code = run.wait(EXIT_BOUND)
+    finally:
+        run.stop_everything()
+
+    assert code == 130, run.stdout() + run.stderr()
+    document = json.loads(run.stdout())
+    assert document["code"] == "INTERRUPTED" and document["result"]["interrupted_by"] == "SIGINT", document
+    assert document["result"]["rollback_status"] == "success", document
+    assert not snapshot(database_url).differences(before)
+
+
 def test_a_deploy_whose_terminal_closes_rolls_back_records_it_and_exits_130(project, database_url):
     """The real event: faber runs on a terminal (a pty) that closes mid-deploy. It gets SIGHUP,
     and every line it then writes fails (EIO): it rolls back all the same, records the run, and
