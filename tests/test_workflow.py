@@ -221,6 +221,22 @@ def test_the_post_deployment_check_sees_what_the_migrations_changed_for_new_sess
     assert result["details"] == "Database sessions default to read-only transactions"
 
 
+def test_a_deploy_that_made_new_sessions_read_only_is_restored(project, context_for, plugins, database_url):
+    """The restore runs on a session started after that migration, read-only by default: its
+    transaction must still be able to write, or the deploy's automatic rollback fails."""
+    database = psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]
+    read_only = f'ALTER DATABASE "{database}" SET default_transaction_read_only = on;'
+    project_dir = project({"001_users": USERS, "002_read_only": read_only}, auto_rollback=True)
+
+    with pytest.raises(HealthCheckFailed) as raised:
+        migrate(context_for(project_dir), plugins, YES)
+
+    assert raised.value.result["rollback_status"] == "success", raised.value.result
+    assert tables(database_url) == set()
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("off",)
+
+
 def test_unreachable_database_fails_the_health_check(faber_project, context_for, plugins, monkeypatch):
     monkeypatch.setenv("DOWN_URL", f"postgresql://app:{CANARY_PASSWORD}@127.0.0.1:1/nothing")
     project_dir = faber_project(

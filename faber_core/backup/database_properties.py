@@ -279,6 +279,9 @@ def tried(context: RunContext, conn: psycopg.Connection, wanted: Iterable[Change
     "…"`` quotes it)."""
     outcome = Tried([], [])
     with conn.transaction(force_rollback=True):
+        # As the restore's own transaction: a migration being rolled back may have made sessions
+        # default to read-only, and that is one of the settings to put back.
+        conn.execute("SET TRANSACTION READ WRITE")
         for change in wanted:
             if change.refused is not None:
                 outcome.refused.append(f"{change.what}: {change.refused}")

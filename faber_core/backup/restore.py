@@ -2,7 +2,7 @@
 
 One ``psql`` session runs, in this order::
 
-    BEGIN;
+    BEGIN READ WRITE;
     txid_current()     the transaction's id, read back by faber
     <prelude>          drop what the archive brings back: event triggers, subscriptions,
                        publications, large objects, foreign servers, user casts, every schema
@@ -388,7 +388,9 @@ def _begin(psql: subprocess.Popen) -> int | None:
     """Open the restore's transaction; returns its id, by which the server later says whether it
     committed (None if psql stopped first). Later query output is discarded."""
     assert psql.stdin and psql.stdout
-    psql.stdin.write(b"BEGIN;\nSELECT pg_catalog.txid_current();\n\\o " + os.devnull.encode() + b"\n")
+    # READ WRITE: a migration being rolled back may have made new sessions default to read-only
+    # (ALTER DATABASE ... SET default_transaction_read_only); the restore sets that back itself.
+    psql.stdin.write(b"BEGIN READ WRITE;\nSELECT pg_catalog.txid_current();\n\\o " + os.devnull.encode() + b"\n")
     psql.stdin.flush()
     line = psql.stdout.readline().strip()
     return int(line) if line.isdigit() else None
