@@ -2017,7 +2017,7 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
             chosen.id, interrupt, committed=True, details=f"{outcome.details}; interrupted once it was verified"
         )
     if outcome.status == "interrupted":
-        raise interrupted_rollback(context, chosen, outcome)
+        raise interrupted_rollback(context, chosen, outcome, checked.latest)
     beside = restored_beside(outcome)
     committed_unverified = not beside and not verified(outcome)
     message = f"Rolled back {context.environment} to {chosen.id}"
@@ -2092,8 +2092,11 @@ def refuse_if_deployed_meanwhile(
     )
 
 
-def interrupted_rollback(context: RunContext, backup: BackupRecord, outcome: RestoreOutcome) -> Interrupted:
-    """``faber rollback`` stopped by a signal: where the database is, from the provider's word."""
+def interrupted_rollback(
+    context: RunContext, backup: BackupRecord, outcome: RestoreOutcome, since: writes.WritesSinceBackup
+) -> Interrupted:
+    """``faber rollback`` stopped by a signal: where the database is, from the provider's word, and
+    the writes since the backup its checks found (a restore that committed discarded them)."""
     env = context.environment
     where = {
         True: f"the restore had committed: {env} is exactly {backup.id}",
@@ -2116,6 +2119,7 @@ def interrupted_rollback(context: RunContext, backup: BackupRecord, outcome: Res
         restore_committed=outcome.committed,
         migrations=[name for name, _ in backup.migrations] if outcome.committed else None,
         details=outcome.details,
+        writes_since_backup=since,
         **provider_fields(outcome),
     )
     return Interrupted(

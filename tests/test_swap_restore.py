@@ -350,6 +350,9 @@ def test_a_kill_at_each_moment_of_a_swap_leaves_one_side_and_the_next_rollback_c
         if moment == "after_swap":  # the previous database is kept, named with the command that drops it
             advice = result["recovery"]["suggestions"][0]
             assert previous_name(target) in advice and "DROP DATABASE" in advice
+            # The rows deleted since the backup are back: the document says the restore discarded that write.
+            since = result["result"]["writes_since_backup"]
+            assert since["status"] == "found" and "public.accounts" in [t["table"] for t in since["tables"]], since
         else:
             assert list(present) == [target]
 
