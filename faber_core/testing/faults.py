@@ -73,6 +73,19 @@ def top_level_steps(events: list[Event]) -> list[Event]:
     return found
 
 
+def steps_of_the_last_run(project: Path) -> list[str]:
+    """The steps the last run in ``project``'s audit log started, nested ones included, in order."""
+    events = [json.loads(line) for line in (project / AUDIT_LOG).read_text().splitlines()]
+    last = [e for e in events if e["kind"] == "run.started"][-1]["run_id"]
+    return [e["data"]["step"] for e in events if e["run_id"] == last and e["kind"] == "step.started"]
+
+
+def backup_files(project: Path) -> list[str]:
+    """The names of the files under ``project``'s local backups folder (none: no backup was taken)."""
+    folder = project / ".faber" / "backups"
+    return sorted(p.name for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
 def moments_without_a_point(command: str, events: list[Event], points: Iterable[Any]) -> list[str]:
     """The top-level steps and migrations of a ``command`` run (its ``events``) that no injection
     point of that command (``point.command``, ``point.event(event)``) kills at. For a failed deploy,
@@ -679,7 +692,8 @@ class HeldMigration:
         else:
             conn.execute("SELECT pg_advisory_lock(%s)", [self.key])
 
-    def _waiting(self, conn: Any) -> bool:
+    def waiting(self, conn: Any) -> bool:
+        """Whether another session (the migration's) waits on the hold ``conn`` took."""
         if self.mysql:
             statement = f"SELECT GET_LOCK('{self.hold}'%"
             query = "SELECT 1 FROM information_schema.PROCESSLIST WHERE INFO LIKE %s AND ID <> CONNECTION_ID()"
@@ -700,7 +714,7 @@ class LockTakenMidDeploy(HeldMigration):
             self.take(other_deploy)
             run = FaberProcess.start(project_dir, "migrate", environment, "--yes", "--json")
             try:
-                run.wait_until(lambda: self._waiting(other_deploy), what="the first migration held")
+                run.wait_until(lambda: self.waiting(other_deploy), what="the first migration held")
                 self._take_faber_lock(run, other_deploy)
                 if self.mysql:
                     other_deploy.execute("SELECT RELEASE_LOCK(%s)", [self.hold])
@@ -764,7 +778,7 @@ class KilledInsideAMigration(HeldMigration):
             self.take(holder)
             run = FaberProcess.start(project_dir, "migrate", "staging", "--yes", "--json")
             try:
-                run.wait_until(lambda: self._waiting(holder), what="the migration to wait", timeout=60)
+                run.wait_until(lambda: self.waiting(holder), what="the migration to wait", timeout=60)
                 meanwhile = faber("status", "staging", "--json")  # a deploy under way: nothing failed
                 assert meanwhile.returncode == 0, meanwhile.output
                 assert json.loads(meanwhile.stdout)["result"]["failed"] == []

@@ -399,7 +399,7 @@ class KilledPrismaDeploy:
             self.killed.take(holder)
             run = FaberProcess.start(self.project, "migrate", "staging", "--yes", "--json", env=self.env)
             try:
-                run.wait_until(lambda: self.killed._waiting(holder), what=f"{COPY} to wait", timeout=60)
+                run.wait_until(lambda: self.killed.waiting(holder), what=f"{COPY} to wait", timeout=60)
                 run.kill(signal.SIGKILL)
                 assert run.wait(30) == -signal.SIGKILL
             finally:

@@ -3,10 +3,8 @@ and backup, naming its file and the loader's message; valid migrations load once
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
+from faber_core.testing.faults import backup_files, steps_of_the_last_run
 from faber_core.testing.fixtures import CANARY_PASSWORD, database_state
 
 BROKEN = "20240104000000-broken.js"
@@ -32,24 +30,13 @@ UNLOADABLE = {
 }
 
 
-def steps_of_the_last_run(project: Path) -> list[str]:
-    events = [json.loads(line) for line in (project / ".faber/audit.log").read_text().splitlines()]
-    last = [e for e in events if e["kind"] == "run.started"][-1]["run_id"]
-    return [e["data"]["step"] for e in events if e["run_id"] == last and e["kind"] == "step.started"]
-
-
-def backups_of(project: Path) -> list[str]:
-    folder = project / ".faber/backups"
-    return sorted(p.name for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
-
-
 @pytest.mark.parametrize(("source", "reason"), UNLOADABLE.values(), ids=UNLOADABLE.keys())
 def test_an_unloadable_migration_is_refused_before_the_lock_approval_and_backup(
     sequelize_project, sequelize_migration, run_faber, database_url, query, source, reason
 ):
     project = sequelize_project(backup_before_migrate=True, auto_rollback=True, protected=True)
     assert run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project)).returncode == 0
-    backups = backups_of(project)
+    backups = backup_files(project)
     migrations = project / "db/migrations"
     (migrations / VALID_BEFORE_IT).write_text(sequelize_migration('CREATE TABLE "posts" (id int)'))
     (migrations / BROKEN).write_text(source)
@@ -70,7 +57,7 @@ def test_an_unloadable_migration_is_refused_before_the_lock_approval_and_backup(
         assert (result["failed_migration"], result["file"]) == (BROKEN, SHOWN)
         assert result["refused"] == [{"name": BROKEN, "path": SHOWN, "reason": f"{SHOWN} cannot be loaded: {reason}"}]
     assert steps == ["analyse", "status"], "no lock, health check, lint, approval or backup"
-    assert backups_of(project) == backups, "no backup taken"
+    assert backup_files(project) == backups, "no backup taken"
     assert database_state(database_url) == before
     assert [name for (name,) in query('SELECT name FROM "SequelizeMeta" ORDER BY name')] == FIXTURE_MIGRATIONS
     audit_log = (project / ".faber/audit.log").read_text()
@@ -119,7 +106,7 @@ def test_an_unloadable_migration_on_mariadb_is_refused_before_the_backup(
 ):
     project = mysql_sequelize_project(backup_before_migrate=True, protected=True)
     assert run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project)).returncode == 0
-    backups = backups_of(project)
+    backups = backup_files(project)
     (project / "db/migrations" / VALID_BEFORE_IT).write_text(sequelize_migration("CREATE TABLE posts (id int)"))
     (project / "db/migrations" / BROKEN).write_text(UNLOADABLE["a missing module"][0])
 
@@ -128,7 +115,7 @@ def test_an_unloadable_migration_on_mariadb_is_refused_before_the_backup(
     assert (run.returncode, run.json["result"]["file"]) == (6, SHOWN), run.output
     assert f"{SHOWN} cannot be loaded: Cannot find module 'left-pad-not-installed'" in run.json["error"]
     assert steps_of_the_last_run(project) == ["analyse", "status"]
-    assert backups_of(project) == backups
+    assert backup_files(project) == backups
     assert mysql_query("SELECT count(*) FROM information_schema.tables WHERE table_name = 'posts'") == [(0,)]
     assert [name for (name,) in mysql_query("SELECT name FROM SequelizeMeta ORDER BY name")] == FIXTURE_MIGRATIONS
     assert CANARY_PASSWORD not in run.output

@@ -36,7 +36,7 @@ def killed_inside_copy(killed: KilledInsideAMigration, project, run_faber) -> No
         killed.take(holder)
         run = FaberProcess.start(project, "migrate", "staging", "--yes", "--json")
         try:
-            run.wait_until(lambda: killed._waiting(holder), what="the migration to wait", timeout=60)
+            run.wait_until(lambda: killed.waiting(holder), what="the migration to wait", timeout=60)
             run.kill(signal.SIGKILL)
             assert run.wait(30) == -signal.SIGKILL
         finally:
@@ -98,7 +98,7 @@ def test_a_signal_while_a_deploy_that_committed_forgets_its_record_ends_with_its
         killed.take(holder)
         run = FaberProcess.start(project, "migrate", "staging", "--yes", "--json")
         try:
-            run.wait_until(lambda: killed._waiting(holder), what="the migration to wait", timeout=60)
+            run.wait_until(lambda: killed.waiting(holder), what="the migration to wait", timeout=60)
             keeper.execute(f"SELECT 1 FROM {record} FOR UPDATE")  # the removal waits for these rows
             holder.execute("SELECT pg_advisory_unlock(%s)", [killed.key])
             run.wait_until(lambda: holder.execute(removal_waiting).fetchone(), what="the removal to wait")

@@ -3,10 +3,10 @@ naming its file and the loader's message; valid migrations load once and deploy.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
+from faber_core.testing.faults import backup_files, steps_of_the_last_run
 from faber_core.testing.fixtures import CANARY_PASSWORD, database_state
 
 BROKEN_FILE = "1700000200000-Broken.js"
@@ -37,21 +37,10 @@ UNLOADABLE = {
 }
 
 
-def steps_of_the_last_run(project: Path) -> list[str]:
-    events = [json.loads(line) for line in (project / ".faber/audit.log").read_text().splitlines()]
-    last = [e for e in events if e["kind"] == "run.started"][-1]["run_id"]
-    return [e["data"]["step"] for e in events if e["run_id"] == last and e["kind"] == "step.started"]
-
-
-def backups_of(project: Path) -> list[str]:
-    folder = project / ".faber/backups"
-    return sorted(p.name for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
-
-
 def deployed(project: Path, run_faber) -> list[str]:
     """The fixture migrations deployed in a protected environment that backs up; its backups."""
     assert run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project)).returncode == 0
-    return backups_of(project)
+    return backup_files(project)
 
 
 def applied(query) -> list[str]:
@@ -85,7 +74,7 @@ def test_a_migration_typeorm_cannot_load_is_named_before_the_lock_approval_and_b
         assert run.json["error"] == f"Migration file {SHOWN} cannot be loaded: {reason}. Nothing was run or changed"
         assert run.json["result"] == {"file": SHOWN, "reason": reason}
     assert steps == ["analyse", "status"], "no lock, health check, lint, approval or backup"
-    assert backups_of(project) == backups, "no backup taken"
+    assert backup_files(project) == backups, "no backup taken"
     assert database_state(database_url) == before
     assert applied(query) == FIXTURE_MIGRATIONS
     audit_log = (project / ".faber/audit.log").read_text()
@@ -119,7 +108,7 @@ def test_a_migration_class_without_up_is_refused_before_the_lock_approval_and_ba
         assert (run.json["result"]["failed_migration"], run.json["result"]["file"]) == ("Broken1700000200000", SHOWN)
     assert steps == ["analyse", "status"]
     assert status.returncode == 0 and status.json["result"]["pending"][-1] == "Broken1700000200000", status.output
-    assert backups_of(project) == backups
+    assert backup_files(project) == backups
     assert database_state(database_url) == before
     assert applied(query) == FIXTURE_MIGRATIONS
     assert CANARY_PASSWORD not in deploy.output + preview.output
