@@ -1298,7 +1298,12 @@ def roll_back_failed_deploy(
     """
     cause = cause_of(context, stopped, progress)
     if progress.outcome is None:  # the handler raised: record what its events told
-        writes.record_faber_writes(context, progress.as_outcome())
+        outcome = progress.as_outcome()
+        writes.record_faber_writes(context, outcome)
+        if progress.stopped_in is None and outcome.failure is not None:
+            # The handler reported nothing of the migration it raised in (its session lost, say):
+            # the audit log says it failed all the same, part of it perhaps committed.
+            context.migration_failed(outcome.failure.model_copy(update={"error": cause.message}))
     failure = progress.outcome.failure if progress.outcome else progress.stopped_in
     rollback = rollback_step(context, plugins, lock, backup, progress, failure, lock_was_lost=cause.error is LockLost)
     failed_migration = failure.name if failure else progress.running
