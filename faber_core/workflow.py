@@ -2012,7 +2012,14 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
             # have ended meanwhile, and another run deployed what the restore would discard.
             lock.require_held(f"the restore of {chosen.id}", context)
             checked = WritesCheck(context, chosen, approved=since)
+            # A swap restore ends faber's lock session itself, then takes the lock again.
+            swapped: list[dict[str, int]] = []
+            context.after_restore_sessions_ended.append(swapped.append)
             outcome = restore_backup(context, plugins, chosen, checked)
+            # Any other restore runs on sessions of its own: with the lock's session ended under
+            # it, another run may have taken the lock and read, backed up or deployed meanwhile.
+            if outcome.status == "success" and not swapped and not lock.held():
+                raise lock_lost_during_restore(context, chosen, outcome)
     except KeyboardInterrupt as interrupt:
         if outcome is None or outcome.status != "success" or restored_beside(outcome):
             raise
@@ -2058,6 +2065,24 @@ def applied_or_unknown(context: RunContext, plugins: Plugins) -> list[str] | Non
         return read_status(context, plugins, quiet=True).applied
     except Exception:  # whatever keeps the status from being read, the restore must still be possible
         return None
+
+
+def lock_lost_during_restore(context: RunContext, backup: BackupRecord, outcome: RestoreOutcome) -> LockLost:
+    """``faber rollback`` whose restore committed while faber's lock was lost: another run may have
+    worked on the database as it was half restored."""
+    env = context.environment
+    return LockLost(
+        f"faber's lock on the database was lost during the restore of {backup.id}: its session ended or let "
+        f"it go (e.g. {context.database.engine.lock_release_hint}), so another run may have read, backed up or "
+        f"deployed {env} while it restored; the restore committed ({outcome.details})",
+        result={"backup_id": backup.id, "restore_committed": True, "details": outcome.details},
+        suggestions=[
+            "Find out who ended faber's session (an operator, a connection limit, a proxy timeout)",
+            f"Check what ran meanwhile: faber history {env} and faber status {env}",
+            "A run that deployed meanwhile read the database half restored: its result and its backup may be "
+            f"wrong; once no other run is active, run faber rollback {env} --to {backup.id} again if needed",
+        ],
+    )
 
 
 def refuse_if_deployed_meanwhile(
