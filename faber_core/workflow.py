@@ -1566,7 +1566,7 @@ def restore_unless_refused(context: RunContext, plugins: Plugins, lock: DeployLo
         return withheld_for_lost_lock(context, backup)
     checked = WritesCheck(context, backup, approved=since)
     try:
-        outcome = restore_backup(context, plugins, backup, checked)
+        outcome, lock_lost = restore_holding_lock(context, plugins, lock, backup, checked)
     except WritesDuringRestore as exc:
         context.emit("rollback.withheld", reason=exc.message)
         return Rollback(
@@ -1602,13 +1602,22 @@ def restore_unless_refused(context: RunContext, plugins: Plugins, lock: DeployLo
     rolled_back = f"Database rolled back to {backup.id}" + (f"; the restore discarded {discarded}" if discarded else "")
     if not verified(outcome):
         rolled_back += f": {outcome.details}"
+    lost = [lock_lost_while_restoring(context)] if lock_lost else []
     return Rollback(
         "success",
         initiated=True,
         writes_since_backup=since,
         discarded=discarded,
-        restore_committed=None if verified(outcome) else True,
-        advice_first=[rolled_back, *([] if verified(outcome) else outcome.suggestions)],
+        restore_committed=None if verified(outcome) and not lock_lost else True,
+        advice_first=[rolled_back, *lost, *([] if verified(outcome) else outcome.suggestions)],
+    )
+
+
+def lock_lost_while_restoring(context: RunContext) -> str:
+    env = context.environment
+    return (
+        "faber's lock was lost while the restore ran (its session ended), so another run may have read, backed up "
+        f"or deployed {env} half restored: check what ran meanwhile: faber history {env} and faber status {env}"
     )
 
 
@@ -2012,13 +2021,8 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
             # have ended meanwhile, and another run deployed what the restore would discard.
             lock.require_held(f"the restore of {chosen.id}", context)
             checked = WritesCheck(context, chosen, approved=since)
-            # A swap restore ends faber's lock session itself, then takes the lock again.
-            swapped: list[dict[str, int]] = []
-            context.after_restore_sessions_ended.append(swapped.append)
-            outcome = restore_backup(context, plugins, chosen, checked)
-            # Any other restore runs on sessions of its own: with the lock's session ended under
-            # it, another run may have taken the lock and read, backed up or deployed meanwhile.
-            if outcome.status == "success" and not swapped and not lock.held():
+            outcome, lock_lost = restore_holding_lock(context, plugins, lock, chosen, checked)
+            if lock_lost:
                 raise lock_lost_during_restore(context, chosen, outcome)
     except KeyboardInterrupt as interrupt:
         if outcome is None or outcome.status != "success" or restored_beside(outcome):
@@ -2065,6 +2069,19 @@ def applied_or_unknown(context: RunContext, plugins: Plugins) -> list[str] | Non
         return read_status(context, plugins, quiet=True).applied
     except Exception:  # whatever keeps the status from being read, the restore must still be possible
         return None
+
+
+def restore_holding_lock(
+    context: RunContext, plugins: Plugins, lock: DeployLock, backup: BackupRecord, checked: WritesCheck
+) -> tuple[RestoreOutcome, bool]:
+    """:func:`restore_backup`, and whether faber's lock was lost while the restore ran. A restore
+    runs on sessions of its own and goes on when the lock's session is ended under it: another
+    run may then have taken the lock and read, backed up or deployed the database half restored.
+    A swap restore ends the lock's session itself and takes the lock again: not a loss."""
+    swapped: list[dict[str, int]] = []
+    context.after_restore_sessions_ended.append(swapped.append)
+    outcome = restore_backup(context, plugins, backup, checked)
+    return outcome, outcome.status == "success" and not swapped and not lock.held()
 
 
 def lock_lost_during_restore(context: RunContext, backup: BackupRecord, outcome: RestoreOutcome) -> LockLost:
