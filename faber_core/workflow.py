@@ -2080,7 +2080,10 @@ def restore_holding_lock(
     A swap restore ends the lock's session itself and takes the lock again: not a loss."""
     swapped: list[dict[str, int]] = []
     context.after_restore_sessions_ended.append(swapped.append)
-    outcome = restore_backup(context, plugins, backup, checked)
+    try:
+        outcome = restore_backup(context, plugins, backup, checked)
+    finally:
+        context.after_restore_sessions_ended.remove(swapped.append)
     return outcome, outcome.status == "success" and not swapped and not lock.held()
 
 
