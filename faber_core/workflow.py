@@ -1137,6 +1137,17 @@ class DeployProgress:
             return self.running is not None
         return failure.started and not failure.transaction_rolled_back and failure.statements_committed != 0
 
+    def left_recorded_as_failed(self, context: RunContext) -> str | None:
+        """The migration this run stopped in, when it runs outside a transaction and part of it may
+        have committed: the run keeps its record (:mod:`faber_core.audit.unfinished`), so the next
+        run reports it as failed until it is resolved or a backup is restored, as after a kill."""
+        if not self.may_have_left_part() or not unfinished.recorded(context):
+            return None
+        failure = self.outcome.failure if self.outcome else self.stopped_in
+        name = failure.name if failure else self.running
+        stopped_in = next((m for m in self.pending if m.name == name), None)
+        return name if stopped_in is not None and stopped_in.transactional is False else None
+
     def record(self, outcome: ApplyOutcome) -> None:
         self.outcome = outcome
         self.committed = list(outcome.applied)
@@ -1338,7 +1349,11 @@ def roll_back_failed_deploy(
         *cause.suggestions,
         *[f"Drop the invalid index left behind: DROP INDEX CONCURRENTLY {name};" for name in leftovers],
         *left_behind_by(failure, rollback.status),
-        *(not_checked_while_unreachable(context) if unreachable else resolve_advice(context, plugins, rollback.status)),
+        *(
+            not_checked_while_unreachable(context)
+            if unreachable
+            else resolve_advice(context, plugins, rollback.status, progress.left_recorded_as_failed(context))
+        ),
         *rollback.advice_last,
     ]
     if progress.health_after == "failed":
@@ -1683,12 +1698,19 @@ def leftover_indexes(context: RunContext, progress: DeployProgress, status: Roll
     return [name for name in now if name not in progress.invalid_indexes_before]
 
 
-def resolve_advice(context: RunContext, plugins: Plugins, status: RollbackStatus) -> list[str]:
+def resolve_advice(
+    context: RunContext, plugins: Plugins, status: RollbackStatus, left_recorded: str | None
+) -> list[str]:
     """After a failure the database still shows (no restore), name each migration its tool records
-    as failed, with the command that lets the next deploy go on once its leftovers are undone."""
+    as failed, and ``left_recorded``, the one this run stopped in that faber's record makes the
+    next run report as failed (the tool records nothing of it: TypeORM, Sequelize), with the
+    command that lets the next deploy go on once its leftovers are undone."""
     if status in RESTORE_TRIED:
         return []
-    return failed_migration_advice(context, unresolved_migrations(context, plugins))
+    failed = unresolved_migrations(context, plugins)
+    if left_recorded is not None and left_recorded not in failed:
+        failed.append(left_recorded)
+    return failed_migration_advice(context, failed)
 
 
 def not_checked_while_unreachable(context: RunContext) -> list[str]:

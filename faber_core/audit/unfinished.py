@@ -282,11 +282,17 @@ def _delete(context: RunContext, condition: str, params: list[Any]) -> bool:
         return False
 
 
+def recorded(context: RunContext) -> bool:
+    """Whether this run recorded its pending migrations (it may have: an INSERT whose answer was
+    lost counts), so that a record it keeps makes the next run report its migration as failed."""
+    return bool(context.database.learnt.get(_RECORDED))
+
+
 def forget_run(context: RunContext) -> None:
     """The run ended (not killed): what it recorded says nothing any more. A run that recorded
     nothing (no migration outside a transaction was pending) has nothing to remove: its rows are
     its own, by its run id."""
-    if context.database.learnt.get(_RECORDED):
+    if recorded(context):
         _delete(context, "run_id = %s", [context.run_id])
 
 

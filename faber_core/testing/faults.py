@@ -812,6 +812,24 @@ class KilledInsideAMigration(HeldMigration):
         assert deployed.returncode == 0, deployed.output
         assert self.ledger() == 20
 
+    def interrupted(self, project_dir: Path, signum: int) -> dict:
+        """The document of ``faber migrate staging --yes --json`` from ``project_dir`` stopped by
+        ``signum`` once the held migration waits, its first statement (:attr:`copy_statement`) committed."""
+        self.query("CREATE TABLE ledger (id int)")
+        self.query("INSERT INTO ledger VALUES (1), (2), (3), (4), (5), (6), (7), (8), (9), (10)")
+        with self.connect() as holder:
+            self.take(holder)
+            run = FaberProcess.start(project_dir, "migrate", "staging", "--yes", "--json")
+            try:
+                run.wait_until(lambda: self._waiting(holder), what="the migration to wait", timeout=60)
+                run.kill(signum)
+                assert run.wait(60) == 130, run.stderr()
+            finally:
+                run.stop_everything()
+        assert "Traceback" not in run.stderr(), run.stderr()
+        assert self.ledger() == 20  # the copy committed
+        return json.loads(run.stdout())
+
 
 def server_leftovers(admin_url: str, database: str, *, ignore_pids: Iterable[int] = ()) -> Leftovers:
     """Sessions connected to ``database`` and advisory locks held in it, except ``ignore_pids``."""
