@@ -757,6 +757,11 @@ class KilledInsideAMigration(HeldMigration):
 
     copy_statement = "INSERT INTO ledger SELECT id + 100 FROM ledger"
 
+    def create_ledger(self) -> None:
+        """The ledger's ten rows, which :attr:`copy_statement` copies."""
+        self.query("CREATE TABLE ledger (id int)")
+        self.query("INSERT INTO ledger VALUES (1), (2), (3), (4), (5), (6), (7), (8), (9), (10)")
+
     def ledger(self) -> int:
         return self.query("SELECT count(*) FROM ledger")[0][0]
 
@@ -772,8 +777,7 @@ class KilledInsideAMigration(HeldMigration):
         def faber(*args: str) -> Any:
             return run_faber(*args, "--cwd", str(project_dir))
 
-        self.query("CREATE TABLE ledger (id int)")
-        self.query("INSERT INTO ledger VALUES (1), (2), (3), (4), (5), (6), (7), (8), (9), (10)")
+        self.create_ledger()
         with self.connect() as holder:
             self.take(holder)
             run = FaberProcess.start(project_dir, "migrate", "staging", "--yes", "--json")
@@ -815,8 +819,7 @@ class KilledInsideAMigration(HeldMigration):
     def interrupted(self, project_dir: Path, signum: int) -> dict:
         """The document of ``faber migrate staging --yes --json`` from ``project_dir`` stopped by
         ``signum`` once the held migration waits, its first statement (:attr:`copy_statement`) committed."""
-        self.query("CREATE TABLE ledger (id int)")
-        self.query("INSERT INTO ledger VALUES (1), (2), (3), (4), (5), (6), (7), (8), (9), (10)")
+        self.create_ledger()
         with self.connect() as holder:
             self.take(holder)
             run = FaberProcess.start(project_dir, "migrate", "staging", "--yes", "--json")
