@@ -752,7 +752,7 @@ def _execute(
     ``redactor``: a fleet's, shared by its targets (it knows every target's URL).
     """
     from faber_core.errors import Interrupted
-    from faber_core.interrupts import raise_held, signal_name, sigterm_as_interrupt, unsettle
+    from faber_core.interrupts import held_while_reporting, raise_held, signal_name, sigterm_as_interrupt, unsettle
     from faber_core.results import ErrorDocument
     from faber_core.secrets import Redactor
     from faber_core.telemetry import command_span, record_outcome
@@ -821,8 +821,13 @@ def _execute(
                     "history row may be missing\n"
                 )
             finally:
-                run.context.close()  # the run's last event is out: what hooks kept for it can go
-        record_outcome(span, document.exit_code, document, run.redactor)
+                # The run's last event is out: what hooks kept for it can go (a Node runner stopped,
+                # which takes a moment). A signal meanwhile is dropped: raised, it would end faber
+                # with exit 130 and without the document of the run that is over.
+                with held_while_reporting():
+                    run.context.close()
+        with held_while_reporting():
+            record_outcome(span, document.exit_code, document, run.redactor)
     return redacted(document, run.redactor)
 
 

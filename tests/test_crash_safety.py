@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
+from faber_core.config import CONFIG_PATH
 from faber_core.postgres.locks import faber_lock_key
 from faber_core.testing.faults import (
     AUDIT_LOG,
@@ -186,6 +187,64 @@ def test_a_deploy_whose_progress_reader_dies_goes_on_and_reports_what_it_did(pro
     with psycopg.connect(database_url) as conn:
         applied = [name for (name,) in conn.execute("SELECT name FROM sqlfiles_migrations ORDER BY name")]
     assert applied == ["000_base", "001_tier", "002_held", "003_c"]
+
+
+# A signal as the finished run closes what it kept ---------------------------------------------
+
+SIGNALLED_AT_CLOSE = """
+import os, signal, time
+from pathlib import Path
+
+from faber_core import hookimpl
+from faber_core.models import HealthCheckInfo, HealthCheckResult
+
+
+class SignalsAsItCloses:
+    def close(self):
+        Path(os.environ["SIGNALLED_AT_CLOSE"]).write_text("sent")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.3)  # as a Node runner takes a moment to stop: the handler runs meanwhile
+
+
+@hookimpl
+def faber_health_check_names():
+    return [HealthCheckInfo(name="keeps", description="keeps a resource for the run")]
+
+
+@hookimpl
+def faber_health_checks(context, checks):
+    if "keeps" not in checks:
+        return []
+    context.kept("signals as it closes", SignalsAsItCloses)
+    return [HealthCheckResult(name="keeps", status="passed", details="kept")]
+"""
+"""A plugin that keeps, for the run, a resource whose closing (at the run's end, after its
+``run.finished`` event) brings faber a SIGTERM: the moment a Node runner stops."""
+
+
+def test_a_signal_as_the_finished_run_closes_what_it_kept_keeps_its_document(project, database_url, tmp_path):
+    """The deploy is over and recorded when faber closes what hooks kept (the Node runner, which
+    takes a moment to stop): a signal then stops nothing, and the document is printed. It escaped
+    there: exit 130, no document, for a deploy the audit log had finished with exit 0."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "signals_at_close.py").write_text(SIGNALLED_AT_CLOSE)
+    sent = tmp_path / "sent"
+    directory = project({"001_tier": "ALTER TABLE accounts ADD COLUMN tier int;"})
+    config = json.loads((directory / CONFIG_PATH).read_text())
+    config["database"]["environments"][ENVIRONMENT]["health_checks"] = ["connectivity", "keeps"]
+    (directory / CONFIG_PATH).write_text(json.dumps(config))
+    path = os.pathsep.join(filter(None, [str(plugins), os.environ.get("PYTHONPATH")]))
+    env = {"FABER_PLUGINS": f"{SQLFILES},signals_at_close", "PYTHONPATH": path, "SIGNALLED_AT_CLOSE": str(sent)}
+    run = FaberProcess.start(
+        directory, "migrate", ENVIRONMENT, "--yes", "--json", "--skip-backup", env={URL_ENV: database_url, **env}
+    )
+    code = run.finish(EXIT_BOUND)
+
+    assert sent.read_text() == "sent"
+    assert code == 0, run.stdout() + run.stderr()
+    assert json.loads(run.stdout())["status"] == "success"
+    assert "Traceback" not in run.stderr()
 
 
 # A closed terminal or SSH session (SIGHUP) --------------------------------------------------
