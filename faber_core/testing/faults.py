@@ -824,7 +824,7 @@ class KilledInsideAMigration(HeldMigration):
             self.take(holder)
             run = FaberProcess.start(project_dir, "migrate", "staging", "--yes", "--json")
             try:
-                run.wait_until(lambda: self._waiting(holder), what="the migration to wait", timeout=60)
+                run.wait_until(lambda: self.waiting(holder), what="the migration to wait", timeout=60)
                 run.kill(signum)
                 assert run.wait(60) == 130, run.stderr()
             finally:
