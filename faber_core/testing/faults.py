@@ -692,6 +692,30 @@ class HeldMigration:
         else:
             conn.execute("SELECT pg_advisory_lock(%s)", [self.key])
 
+    def deploy_stopped_inside(
+        self,
+        project_dir: Path,
+        signum: int,
+        *,
+        meanwhile: Callable[[], None] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> tuple[FaberProcess, int]:
+        """``faber migrate staging --yes --json`` from ``project_dir``, sent ``signum`` once the held
+        migration waits (its first statement, :attr:`copy_statement`, committed), after
+        ``meanwhile()`` ran at that moment; the process and how it ended (``Popen.returncode``)."""
+        with self.connect() as holder:
+            self.take(holder)
+            run = FaberProcess.start(project_dir, "migrate", "staging", "--yes", "--json", env=env)
+            try:
+                run.wait_until(lambda: self.waiting(holder), what="the migration to wait", timeout=60)
+                if meanwhile is not None:
+                    meanwhile()
+                run.kill(signum)
+                code = run.wait(60)
+            finally:
+                run.stop_everything()
+        return run, code
+
     def waiting(self, conn: Any) -> bool:
         """Whether another session (the migration's) waits on the hold ``conn`` took."""
         if self.mysql:
@@ -777,19 +801,14 @@ class KilledInsideAMigration(HeldMigration):
         def faber(*args: str) -> Any:
             return run_faber(*args, "--cwd", str(project_dir))
 
+        def nothing_failed_meanwhile() -> None:
+            meanwhile = faber("status", "staging", "--json")  # a deploy under way: nothing failed
+            assert meanwhile.returncode == 0, meanwhile.output
+            assert json.loads(meanwhile.stdout)["result"]["failed"] == []
+
         self.create_ledger()
-        with self.connect() as holder:
-            self.take(holder)
-            run = FaberProcess.start(project_dir, "migrate", "staging", "--yes", "--json")
-            try:
-                run.wait_until(lambda: self.waiting(holder), what="the migration to wait", timeout=60)
-                meanwhile = faber("status", "staging", "--json")  # a deploy under way: nothing failed
-                assert meanwhile.returncode == 0, meanwhile.output
-                assert json.loads(meanwhile.stdout)["result"]["failed"] == []
-                run.kill(signal.SIGKILL)
-                assert run.wait(30) == -signal.SIGKILL
-            finally:
-                run.stop_everything()
+        run, code = self.deploy_stopped_inside(project_dir, signal.SIGKILL, meanwhile=nothing_failed_meanwhile)
+        assert code == -signal.SIGKILL
         backup_id = run.wait_for("backup.created")["data"]["backup_id"]
         assert self.ledger() == 20  # the copy committed
 
@@ -820,15 +839,8 @@ class KilledInsideAMigration(HeldMigration):
         """The document of ``faber migrate staging --yes --json`` from ``project_dir`` stopped by
         ``signum`` once the held migration waits, its first statement (:attr:`copy_statement`) committed."""
         self.create_ledger()
-        with self.connect() as holder:
-            self.take(holder)
-            run = FaberProcess.start(project_dir, "migrate", "staging", "--yes", "--json")
-            try:
-                run.wait_until(lambda: self.waiting(holder), what="the migration to wait", timeout=60)
-                run.kill(signum)
-                assert run.wait(60) == 130, run.stderr()
-            finally:
-                run.stop_everything()
+        run, code = self.deploy_stopped_inside(project_dir, signum)
+        assert code == 130, run.stderr()
         assert "Traceback" not in run.stderr(), run.stderr()
         assert self.ledger() == 20  # the copy committed
         return json.loads(run.stdout())

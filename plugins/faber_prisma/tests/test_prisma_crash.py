@@ -395,15 +395,8 @@ class KilledPrismaDeploy:
             self.add_migration(self.project, FIRST, "CREATE TABLE first_done (id int);\n")
         copy = f"{self.killed.copy_statement};\n{self.concurrently}{self.killed.hold_statement};\n"
         self.add_migration(self.project, COPY, copy)
-        with self.killed.connect() as holder:
-            self.killed.take(holder)
-            run = FaberProcess.start(self.project, "migrate", "staging", "--yes", "--json", env=self.env)
-            try:
-                run.wait_until(lambda: self.killed.waiting(holder), what=f"{COPY} to wait", timeout=60)
-                run.kill(signal.SIGKILL)
-                assert run.wait(30) == -signal.SIGKILL
-            finally:
-                run.stop_everything()
+        run, code = self.killed.deploy_stopped_inside(self.project, signal.SIGKILL, env=self.env)
+        assert code == -signal.SIGKILL
         assert self.killed.ledger() == 20  # the copy committed
         return run
 

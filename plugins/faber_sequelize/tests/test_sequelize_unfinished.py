@@ -32,15 +32,8 @@ def ten_rows_ledger(killed: KilledInsideAMigration) -> None:
 
 def killed_inside_copy(killed: KilledInsideAMigration, project, run_faber) -> None:
     """``faber migrate staging`` killed (SIGKILL) inside COPY, once its copy of the ledger committed."""
-    with killed.connect() as holder:
-        killed.take(holder)
-        run = FaberProcess.start(project, "migrate", "staging", "--yes", "--json")
-        try:
-            run.wait_until(lambda: killed.waiting(holder), what="the migration to wait", timeout=60)
-            run.kill(signal.SIGKILL)
-            assert run.wait(30) == -signal.SIGKILL
-        finally:
-            run.stop_everything()
+    _, code = killed.deploy_stopped_inside(project, signal.SIGKILL)
+    assert code == -signal.SIGKILL
     assert killed.ledger() == 20
 
 
