@@ -154,8 +154,11 @@ def _start_snapshot(context: RunContext, target: Target, now: dt.datetime, reaso
     faber while it waits for the answer can name the snapshot the request may have created.
     """
     tags = faber_tags(context, reason)
+    taken = _identifiers_taken(target)
     for attempt in range(1, _MAX_NAME_ATTEMPTS + 1):
         snapshot_id = naming.snapshot_identifier(context.environment, now, attempt)
+        if snapshot_id in taken and attempt < _MAX_NAME_ATTEMPTS:
+            continue
         asked.append(snapshot_id)
         try:
             target.create_snapshot(snapshot_id, tags)
@@ -164,6 +167,18 @@ def _start_snapshot(context: RunContext, target: Target, now: dt.datetime, reaso
             if attempt == _MAX_NAME_ATTEMPTS or not _name_taken(exc):
                 raise
     raise AssertionError("unreachable")  # the last attempt returned or raised
+
+
+def _identifiers_taken(target: Target) -> set[str]:
+    """The target's manual snapshots' identifiers, skipped before asking: a backup within the same
+    second as the last (a deploy right after another) would otherwise ask first for the earlier
+    backup's name, and a signal while RDS has not answered would name that backup as the one that
+    may exist, with the command that deletes it. Unreadable, none are skipped: RDS's answer to a
+    name taken still moves on to the next."""
+    try:
+        return {snapshot.id for snapshot in target.snapshots()}
+    except Exception:
+        return set()
 
 
 def _name_taken(exc: Exception) -> bool:

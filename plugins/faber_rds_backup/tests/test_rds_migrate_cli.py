@@ -3,6 +3,7 @@ PostgreSQL, the RDS instance a moto one, the migrations a Prisma project (faber-
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import signal
@@ -12,6 +13,8 @@ import time
 import pytest
 from faber_core.testing.faults import FaberProcess
 from faber_core.testing.fixtures import CANARY_PASSWORD
+
+from faber_rds_backup import naming
 
 pytest.importorskip("faber_prisma", reason="the end-to-end deploy drives the Prisma handler")
 
@@ -393,6 +396,39 @@ def test_a_snapshot_still_being_made_when_a_signal_stops_the_backup_is_named(
     assert CANARY_PASSWORD not in run.stdout() + run.stderr()
 
 
+def test_a_signal_while_rds_has_not_answered_never_names_an_earlier_backup_whose_name_was_taken(
+    rds, rds_instance, prisma_rds_project, throttling_proxy
+):
+    """Snapshots already hold the names of the seconds the backup runs in (as an earlier deploy's
+    within the same second does). faber asked first for the taken name, and a signal while RDS had
+    not answered named that earlier backup as the one that may exist, advising to delete it."""
+    project = prisma_rds_project({"0001_init": INIT}, endpoint_url=throttling_proxy.url)
+    start = dt.datetime.now(dt.timezone.utc)
+    earlier = {naming.snapshot_identifier("production", start + dt.timedelta(seconds=second)) for second in range(30)}
+    for identifier in earlier:
+        rds.create_db_snapshot(
+            DBSnapshotIdentifier=identifier, DBInstanceIdentifier=rds_instance["DBInstanceIdentifier"]
+        )
+    throttling_proxy.hold("CreateDBSnapshot", after="DescribeDBInstances", count=0)
+
+    run = FaberProcess.start(project, "backup", "production", "--json")
+    try:
+        run.wait_until(throttling_proxy.holding.is_set, what="the CreateDBSnapshot request in flight")
+        run.kill(signal.SIGTERM)
+        code = run.wait(30)
+    finally:
+        throttling_proxy.release()
+        run.stop_everything()
+
+    assert code == 130, run.stdout() + run.stderr()
+    snapshot_id = json.loads(run.stdout())["result"]["snapshot_id"]
+    assert snapshot_id not in earlier and snapshot_id.endswith("-2"), snapshot_id
+    deadline = time.monotonic() + 30
+    while snapshot_id not in manual_snapshots(rds) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert manual_snapshots(rds) == earlier | {snapshot_id}
+
+
 @pytest.mark.parametrize("command", ["backup", "migrate"])
 @pytest.mark.parametrize("answer", [True, False], ids=["created-answer-held", "request-held"])
 def test_a_signal_while_rds_has_not_answered_the_snapshot_request_names_the_snapshot_that_may_exist(
@@ -425,7 +461,7 @@ def test_a_signal_while_rds_has_not_answered_the_snapshot_request_names_the_snap
     document = json.loads(run.stdout())
     assert document["code"] == "INTERRUPTED", document
     snapshot_id = document["result"]["snapshot_id"]
-    assert re.fullmatch(r"faber-production-\d{8}-\d{6}", snapshot_id), document["result"]
+    assert re.fullmatch(r"faber-production-\d{8}-\d{6}(-\d+)?", snapshot_id), document["result"]
     assert document["result"]["snapshot_exists"] is None, "faber cannot tell whether the request reached AWS"
     assert f"snapshot {snapshot_id} of prod-db" in document["error"], document["error"]
     assert "may exist (and be billed) or not" in document["error"], document["error"]
