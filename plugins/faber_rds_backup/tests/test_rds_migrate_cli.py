@@ -193,14 +193,17 @@ def test_sigterm_during_rollback_says_whether_the_swap_happened(
     backup_id = backup.json["result"]["id"]
     throttling_proxy.hold(held, after=after, count=count)
 
-    run = FaberProcess.start(project, "rollback", "production", "--to", backup_id, "--yes", "--json")
-    try:
-        run.wait_until(throttling_proxy.holding.is_set, what=f"{held} held after {after}")
-        run.kill(signal.SIGTERM)
-        code = run.wait(30)
-    finally:
-        throttling_proxy.release()
-        run.stop_everything()
+    run, code = stopped_while_held(
+        throttling_proxy,
+        project,
+        "rollback",
+        "production",
+        "--to",
+        backup_id,
+        "--yes",
+        "--json",
+        what=f"{held} held after {after}",
+    )
 
     assert code == 130, run.stdout() + run.stderr()
     document = json.loads(run.stdout())
@@ -238,14 +241,18 @@ def rollback_killed(
     backup_id = backup.json["result"]["id"]
     throttling_proxy.hold(held, after=after)
 
-    run = FaberProcess.start(project, "rollback", "production", "--to", backup_id, "--yes", "--json")
-    try:
-        run.wait_until(throttling_proxy.holding.is_set, what=f"the rollback's wait after {after}")
-        run.kill(signal.SIGKILL)
-        run.wait(30)
-    finally:
-        throttling_proxy.release()
-        run.stop_everything()
+    stopped_while_held(
+        throttling_proxy,
+        project,
+        "rollback",
+        "production",
+        "--to",
+        backup_id,
+        "--yes",
+        "--json",
+        what=f"the rollback's wait after {after}",
+        signum=signal.SIGKILL,
+    )
     if held == "DescribeDBClusters":
         return backup_id, {c["DBClusterIdentifier"] for c in rds.describe_db_clusters()["DBClusters"]}
     return backup_id, {db["DBInstanceIdentifier"] for db in rds.describe_db_instances()["DBInstances"]}
@@ -375,14 +382,7 @@ def test_a_snapshot_still_being_made_when_a_signal_stops_the_backup_is_named(
     throttling_proxy.hold("DescribeDBSnapshots", after="CreateDBSnapshot", count=len(before) + 1)
     argv = ["migrate", "production", "--yes"] if command == "migrate" else ["backup", "production"]
 
-    run = FaberProcess.start(project, *argv, "--json")
-    try:
-        run.wait_until(throttling_proxy.holding.is_set, what="the wait for the snapshot")
-        run.kill(signal.SIGTERM)
-        code = run.wait(30)
-    finally:
-        throttling_proxy.release()
-        run.stop_everything()
+    run, code = stopped_while_held(throttling_proxy, project, *argv, "--json", what="the wait for the snapshot")
 
     assert code == 130, run.stdout() + run.stderr()
     document = json.loads(run.stdout())
@@ -411,14 +411,9 @@ def test_a_signal_while_rds_has_not_answered_never_names_an_earlier_backup_whose
         )
     throttling_proxy.hold("CreateDBSnapshot", after="DescribeDBInstances", count=0)
 
-    run = FaberProcess.start(project, "backup", "production", "--json")
-    try:
-        run.wait_until(throttling_proxy.holding.is_set, what="the CreateDBSnapshot request in flight")
-        run.kill(signal.SIGTERM)
-        code = run.wait(30)
-    finally:
-        throttling_proxy.release()
-        run.stop_everything()
+    run, code = stopped_while_held(
+        throttling_proxy, project, "backup", "production", "--json", what="the CreateDBSnapshot request in flight"
+    )
 
     assert code == 130, run.stdout() + run.stderr()
     snapshot_id = json.loads(run.stdout())["result"]["snapshot_id"]
@@ -444,18 +439,15 @@ def test_a_signal_while_rds_has_not_answered_the_snapshot_request_names_the_snap
     throttling_proxy.hold("CreateDBSnapshot", after="DescribeDBInstances", count=0, answer=answer)
     argv = ["migrate", "production", "--yes"] if command == "migrate" else ["backup", "production"]
 
-    run = FaberProcess.start(project, *argv, "--json")
-    try:
-        run.wait_until(throttling_proxy.holding.is_set, what="the CreateDBSnapshot request in flight")
+    def meanwhile() -> None:
         if answer:
             assert len(manual_snapshots(rds) - before) == 1, "moto made the snapshot; its answer is held"
         else:
             assert manual_snapshots(rds) == before, "the request has not reached moto yet"
-        run.kill(signal.SIGTERM)
-        code = run.wait(30)
-    finally:
-        throttling_proxy.release()
-        run.stop_everything()
+
+    run, code = stopped_while_held(
+        throttling_proxy, project, *argv, "--json", what="the CreateDBSnapshot request in flight", meanwhile=meanwhile
+    )
 
     assert code == 130, run.stdout() + run.stderr()
     document = json.loads(run.stdout())
@@ -627,14 +619,9 @@ def test_a_signal_while_rds_has_not_answered_the_cluster_snapshot_request_names_
     )
     throttling_proxy.hold("CreateDBClusterSnapshot", after="DescribeDBClusters", count=0, answer=True)
 
-    run = FaberProcess.start(project, "backup", "production", "--json")
-    try:
-        run.wait_until(throttling_proxy.holding.is_set, what="the CreateDBClusterSnapshot answer held")
-        run.kill(signal.SIGTERM)
-        code = run.wait(30)
-    finally:
-        throttling_proxy.release()
-        run.stop_everything()
+    run, code = stopped_while_held(
+        throttling_proxy, project, "backup", "production", "--json", what="the CreateDBClusterSnapshot answer held"
+    )
 
     assert code == 130, run.stdout() + run.stderr()
     document = json.loads(run.stdout())
@@ -682,6 +669,24 @@ def test_an_aurora_rollback_killed_before_its_swap_leaves_a_cluster_the_next_run
     assert [w["name"] for w in failed.json["result"]["backup_leftovers"]] == [copy], failed.json["result"]
     assert {c["DBClusterIdentifier"] for c in rds.describe_db_clusters()["DBClusters"]} == left
     assert CANARY_PASSWORD not in rollback.output + status.output + skipped.output + failed.output
+
+
+def stopped_while_held(
+    proxy, project, *argv: str, what: str, signum: int = signal.SIGTERM, meanwhile=None
+) -> tuple[FaberProcess, int | None]:
+    """``faber <argv>`` in ``project``, sent ``signum`` once ``proxy`` holds its AWS call (``what``
+    names it) and ``meanwhile()`` ran; then the call is let go. The process and how it ended."""
+    run = FaberProcess.start(project, *argv)
+    try:
+        run.wait_until(proxy.holding.is_set, what=what)
+        if meanwhile is not None:
+            meanwhile()
+        run.kill(signum)
+        code = run.wait(30)
+    finally:
+        proxy.release()
+        run.stop_everything()
+    return run, code
 
 
 def manual_snapshots(rds) -> set[str]:
