@@ -404,6 +404,7 @@ def deploy_lock(context: RunContext, *, checks_skipped: bool = False) -> Iterato
         context.emit("lock.acquired")
         engine.finish_interrupted_restores(context, conn)
         with unfinished.reads_under_lock(context, held.session_id()):
+            unfinished.refuse_while_another_run_deploys(context)
             yield DeployLock(conn, held)
 
 

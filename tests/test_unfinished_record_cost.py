@@ -33,9 +33,9 @@ def _context(database_url: str, run_id: str) -> SimpleNamespace:
 
 def _killed_run_recorded(database_url: str, migration: str) -> None:
     """A run that recorded ``migration`` (outside a transaction) under its lock, then was killed:
-    its lock session has ended."""
+    its lock session has ended, and its run lock with it."""
     killed = _context(database_url, "killed-run")
-    with psycopg.connect(database_url, autocommit=True) as lock_conn:
+    with psycopg.connect(database_url, autocommit=True) as lock_conn, unfinished.reads_under_lock(killed, None):
         unfinished.record(killed, lock_conn, [LocalMigration(name=migration, transactional=False)], None)
     killed.database.close_session()
 

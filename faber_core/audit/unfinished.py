@@ -10,12 +10,24 @@ tables), which backups leave out and restores keep, and removes them when the ru
 killed or stopped by a failure inside such a migration after part of it may have committed (and
 not restored): a failed deploy's report is read once, and the next deploy would run it again too.
 
-A record of another run whose lock session has ended (a run still deploying holds faber's lock
-on that session) is a deploy that was killed or failed inside a migration: migrations apply in
-order, so the first of its migrations still pending is the one it was in (or had not reached).
-When that one runs outside a transaction, every status read reports it as failed, so the next
-deploy stops at its health check, naming it, the backup that run took and ``faber resolve``. A
-restore of a backup taken before that run, or ``faber resolve ENV NAME``, removes the record.
+A record of another run that shows no sign of life is a deploy that was killed or failed inside
+a migration: migrations apply in order, so the first of its migrations still pending is the one it
+was in (or had not reached). When that one runs outside a transaction, every status read reports
+it as failed, so the next deploy stops at its health check, naming it, the backup that run took
+and ``faber resolve``. A restore of a backup taken before that run, or ``faber resolve ENV NAME``,
+removes the record.
+
+A run still deploying shows it two ways: its lock session holds faber's lock, and, from as it
+writes its record until it lets faber's lock go, it holds a lock of its own named by its run id,
+on a session a thread of it replaces when ended (:mod:`faber_core.audit.run_lock`). The lock
+session alone is not enough: ended while the run is inside a migration on another session, it
+frees faber's lock for the next run while the migration goes on. A run that takes faber's lock
+and finds a record of a run alive (its run lock held) stops there, changing nothing
+(:func:`refuse_while_another_run_deploys`, ``LOCKED``); status reads report nothing of it as
+failed. A record showing neither sign is looked at again
+:data:`~faber_core.audit.run_lock.SETTLE_SECONDS` later, once per process, before it is taken for a
+killed run's: both sessions of a live run may have just been ended, its run lock not yet taken
+again; a record of an older faber, which takes no run lock, is so read too.
 
 A session is named so that a later one is not taken for it: PostgreSQL's ``pid@backend_start``;
 MySQL/MariaDB's ``CONNECTION_ID()@server start`` (ids start again from 1 as the server restarts;
@@ -36,8 +48,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from faber_core.audit import run_lock
+from faber_core.audit.run_lock import RunLock
 from faber_core.backup.mysqldump import UNFINISHED_MIGRATIONS as TABLE
 from faber_core.context import RunContext
+from faber_core.errors import Locked
+from faber_core.interrupts import pause
 from faber_core.models import BackupRecord, LocalMigration, MigrationRecord, MigrationState
 
 _COLUMNS = (
@@ -73,6 +89,13 @@ UNCHECKED = (
 )
 _OWN_LOCK_SESSION = "unfinished_own_lock_session"
 """``Database.learnt``'s key: the server's id of the session holding this run's lock, while held."""
+
+_RUN_LOCK = "unfinished_run_lock"
+"""``Database.learnt``'s key: this run's :class:`~faber_core.audit.run_lock.RunLock`, from
+:func:`record` until faber's lock is let go (:func:`reads_under_lock`)."""
+_KILLED_RUNS = "unfinished_killed_runs"
+"""``Database.learnt``'s key: the run ids whose records a look found without a sign of life, twice
+:data:`~faber_core.audit.run_lock.SETTLE_SECONDS` apart: a killed run stays killed."""
 
 _LOCKED = "unfinished_under_lock"
 """``Database.learnt``'s key: this run holds faber's lock (:func:`reads_under_lock`)."""
@@ -117,7 +140,8 @@ def reads_under_lock(context: RunContext, lock_session: str | None) -> Iterator[
     the table (:func:`record` creates it under the lock), so the first look under the lock is kept
     for the reads after it. That first look must still be made: a run killed while it held the lock
     before this one may have created the table before this run took the lock. Once the lock is
-    let go, another run may create it: what was learnt is forgotten."""
+    let go, another run may create it: what was learnt is forgotten. And this run deploys no
+    more: the run lock :func:`record` took is let go."""
     learnt = context.database.learnt
     learnt[_LOCKED] = True
     if lock_session is not None:
@@ -127,6 +151,11 @@ def reads_under_lock(context: RunContext, lock_session: str | None) -> Iterator[
     finally:
         for key in (_LOCKED, _EXISTS, _OWN_LOCK_SESSION):
             learnt.pop(key, None)
+        # Before faber's lock goes: a run taking it next must find this run's record (kept by a
+        # failure inside a migration) without a sign of life.
+        kept = learnt.pop(_RUN_LOCK, None)
+        if kept is not None:
+            kept.let_go()
 
 
 def _exists(context: RunContext, conn: Any) -> bool:
@@ -246,6 +275,7 @@ def record(context: RunContext, lock_conn: Any, pending: list[LocalMigration], b
         for position, migration in enumerate(pending)
     ]
     values = ", ".join("(" + ", ".join(["%s"] * len(_COLUMNS)) + ")" for _ in rows)
+    _keep_alive(context)
     # Before the write: an INSERT whose answer is lost may have committed.
     context.database.learnt[_RECORDED] = True
     try:
@@ -266,6 +296,18 @@ def record(context: RunContext, lock_conn: Any, pending: list[LocalMigration], b
             )
     except context.database.connect_errors as exc:
         _warn("the migrations about to run outside a transaction were not recorded", context, exc)
+
+
+def _keep_alive(context: RunContext) -> None:
+    """Take this run's lock (:mod:`faber_core.audit.run_lock`) as its record is written, so that
+    the record shows the run alive even once its lock session has ended. Until a session of its
+    own is connected the lock session shows it; where none can be had (the server refuses new
+    sessions), the lock session is the only sign, as for a record of an older faber."""
+    kept = RunLock(
+        context.database, context.run_id, mysql=_mysql(context), application_name=f"faber run {context.run_id}"
+    )
+    kept.take()
+    context.database.learnt[_RUN_LOCK] = kept
 
 
 def _delete(context: RunContext, condition: str, params: list[Any]) -> bool:
@@ -342,15 +384,80 @@ def left_by_killed_runs(context: RunContext, conn: Any, applied: set[str]) -> li
     ).fetchall()
     if not rows:
         return []
-    live = _lock_holder(context, conn)  # a run deploying now: its migrations are not left by anyone
+    # A run deploying now: its migrations are not left by anyone.
+    live = _live_runs(context, conn, [(run_id, lock_session) for run_id, lock_session, *_ in rows])
     found, seen = [], set()
-    for run_id, lock_session, migration, outside_transaction, before_run in rows:
-        if run_id in seen or _is_holder(context, lock_session, live) or migration in applied:
+    for run_id, _, migration, outside_transaction, before_run in rows:
+        if run_id in seen or run_id in live or migration in applied:
             continue
         seen.add(run_id)
         if outside_transaction:
             found.append(Unfinished(migration, run_id, dt.datetime.fromisoformat(before_run)))
     return found
+
+
+def _live_runs(context: RunContext, conn: Any, records: list[tuple[str, str]]) -> set[str]:
+    """Of the runs of ``records`` (run id, lock session), those alive: their lock session holds
+    faber's lock, or a session holds their run lock (:mod:`faber_core.audit.run_lock`). A run that
+    shows neither is looked at again :data:`~faber_core.audit.run_lock.SETTLE_SECONDS` later (once
+    per process: a killed run stays killed), as a run both of whose sessions were just ended takes
+    its run lock again meanwhile; a record of an older faber, which takes no run lock, is so taken
+    for a killed run's after that wait."""
+    killed = context.database.learnt.setdefault(_KILLED_RUNS, set())
+    sessions = {run_id: lock_session for run_id, lock_session in records if run_id not in killed}
+    if not sessions:
+        return set()
+
+    def alive(run_ids: set[str]) -> set[str]:
+        holder = _lock_holder(context, conn)
+        locking = {run_id for run_id in run_ids if _is_holder(context, sessions[run_id], holder)}
+        return locking | run_lock.held(conn, sorted(run_ids - locking), mysql=_mysql(context))
+
+    live = alive(set(sessions))
+    if silent := set(sessions) - live:
+        pause(run_lock.SETTLE_SECONDS)
+        live |= alive(silent)
+        killed.update(silent - live)
+    return live
+
+
+def refuse_while_another_run_deploys(context: RunContext) -> None:
+    """Just after this run took faber's lock: raise :class:`~faber_core.errors.Locked` when a run
+    whose record is in the table still lives. It deploys without faber's lock (its lock session
+    was ended under it, inside a migration that runs on another session): a deploy now would run
+    its migration again beside it, and the advice to resolve it would discard its work. Nothing
+    is changed; the run can be retried once that one has ended. A record that cannot be read is
+    left to the status read, which says so (:func:`unchecked`)."""
+    try:
+        with context.database.session() as conn:
+            if not _exists(context, conn):
+                return
+            rows = conn.execute(
+                f"SELECT run_id, lock_session, migration FROM {_table(context)} WHERE run_id <> %s"
+                " ORDER BY run_id, position",
+                [context.run_id],
+            ).fetchall()
+            if not rows:
+                return
+            live = _live_runs(context, conn, [(run_id, lock_session) for run_id, lock_session, _ in rows])
+            if not live:
+                return
+            deploying = min(live)
+            sign = run_lock.holder(conn, deploying, mysql=_mysql(context))
+    except context.database.connect_errors:
+        return
+    migrations = ", ".join(migration for run_id, _, migration in rows if run_id == deploying)
+    raise Locked(
+        f"Another faber run ({deploying}) is still deploying {migrations} on this database, though its "
+        "session holding faber's lock was ended; nothing was changed",
+        suggestions=[
+            f"It shows it is alive by holding its own lock ({sign or 'taken again as this run looked'});"
+            " wait for it to end, then run the same command again",
+            f"Check on it with: faber status {context.environment} (its migrations stay pending, none failed,"
+            " while it runs; named as failed if it is killed)",
+        ],
+        result={"deploying_run": deploying, "deploying_migrations": migrations.split(", ")},
+    )
 
 
 def with_killed_runs(context: RunContext, state: MigrationState) -> MigrationState:

@@ -692,6 +692,39 @@ class HeldMigration:
         else:
             conn.execute("SELECT pg_advisory_lock(%s)", [self.key])
 
+    def release(self, conn: Any) -> None:
+        """Let the held migration go on: release the lock :meth:`take` took on ``conn``."""
+        if self.mysql:
+            conn.execute("SELECT RELEASE_LOCK(%s)", [self.hold])
+        else:
+            conn.execute("SELECT pg_advisory_unlock(%s)", [self.key])
+
+    def end_sessions(self, conn: Any, *, run_id: str | None = None) -> None:
+        """End, from ``conn``, the session holding faber's lock, and with ``run_id`` the one holding
+        that run's own lock too (:mod:`faber_core.audit.run_lock`), in one go: as an operator
+        ending faber's sessions, an idle-session timeout or a proxy would. The server is only told
+        to end them: a lock they held is free once they have ended."""
+        from faber_core.audit.run_lock import run_lock_key, run_lock_name
+
+        if self.mysql:
+            from faber_core.support.mysql import faber_lock_name_on_server
+
+            names = [faber_lock_name_on_server(conn), *([run_lock_name(run_id)] if run_id else [])]
+            holders = [conn.execute("SELECT IS_USED_LOCK(%s)", [name]).fetchone()[0] for name in names]
+            assert None not in holders, f"not every lock of {names} is held: {holders}"
+            for holder in holders:
+                conn.execute(f"KILL {int(holder)}")
+            return
+        keys = [session_lock_key(conn), *([run_lock_key(run_id)] if run_id else [])]
+        ended = conn.execute(
+            "SELECT pg_terminate_backend(l.pid) FROM pg_locks l, unnest(%s::bigint[]) k"
+            " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+            " AND l.classid = ((k >> 32) & 4294967295)::oid AND l.objid = (k & 4294967295)::oid"
+            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            [keys],
+        ).fetchall()
+        assert len(ended) == len(keys), f"not every lock of {keys} is held"
+
     def deploy_stopped_inside(
         self,
         project_dir: Path,
@@ -740,10 +773,7 @@ class LockTakenMidDeploy(HeldMigration):
             try:
                 run.wait_until(lambda: self.waiting(other_deploy), what="the first migration held")
                 self._take_faber_lock(run, other_deploy)
-                if self.mysql:
-                    other_deploy.execute("SELECT RELEASE_LOCK(%s)", [self.hold])
-                else:
-                    other_deploy.execute("SELECT pg_advisory_unlock(%s)", [self.key])
+                self.release(other_deploy)
                 code = run.wait(60)
             finally:
                 run.stop_everything()
@@ -755,20 +785,11 @@ class LockTakenMidDeploy(HeldMigration):
             from faber_core.support.mysql import faber_lock_name_on_server
 
             name = faber_lock_name_on_server(conn)
-            holder = conn.execute("SELECT IS_USED_LOCK(%s)", [name]).fetchone()[0]
-            assert holder is not None, "faber holds no lock on the database"
-            conn.execute(f"KILL {int(holder)}")
             take = "SELECT GET_LOCK(%s, 0) = 1"
         else:
             name = session_lock_key(conn)
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted"
-                " AND classid = ((%(key)s::bigint >> 32) & 4294967295)::oid"
-                " AND objid = (%(key)s::bigint & 4294967295)::oid AND objsubid = 1"
-                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-                {"key": name},
-            )
             take = "SELECT pg_try_advisory_lock(%s)"
+        self.end_sessions(conn)
         # The session was only told to end: the lock is free once it has.
         run.wait_until(lambda: conn.execute(take, [name]).fetchone()[0], what="faber's lock taken by another run")
 

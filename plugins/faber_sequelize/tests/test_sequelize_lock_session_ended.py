@@ -1,0 +1,101 @@
+"""A deploy whose session holding faber's lock is ended (``pg_terminate_backend``, ``KILL``, an
+idle-session timeout, a proxy) while it is inside a Sequelize migration, which runs outside a
+transaction on another session and goes on: the run that takes faber's lock then must not take
+the deploy for a killed one (docs/workflow.md#interrupts)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from faber_core.audit import run_lock
+from faber_core.testing.faults import FaberProcess, KilledInsideAMigration, event_matcher
+from faber_core.testing.fixtures import CANARY_PASSWORD
+
+COPY = "20240103000000-copy.js"
+
+
+def record_of(killed: KilledInsideAMigration) -> list[tuple]:
+    table = "faber_unfinished_migrations" if killed.mysql else "faber.faber_unfinished_migrations"
+    return killed.query(f"SELECT run_id, migration FROM {table}")
+
+
+def applied(killed: KilledInsideAMigration) -> list[str]:
+    table = "SequelizeMeta" if killed.mysql else '"SequelizeMeta"'
+    return [name for (name,) in killed.query(f"SELECT name FROM {table}")]
+
+
+@pytest.mark.parametrize("ended", ["lock session", "both sessions"])
+@pytest.mark.parametrize("engine", ["postgres", "mysql"])
+def test_a_deploy_still_inside_a_migration_after_its_lock_session_ended_stops_the_next_run_unchanged(
+    sequelize_migration, run_faber, request, tmp_path, engine, ended
+):
+    """The first deploy is inside COPY (its copy of the ledger committed) when its session holding
+    faber's lock is ended (with ``both sessions``, the session holding its own run lock too, at
+    once); a second deploy waits for faber's lock meanwhile and takes it then. Before, the second
+    run read the first one's record as a killed run's, and stopped at its health check naming COPY
+    as failed with ``faber resolve staging --rolled-back``, which would discard the first run's
+    work as it went on. Now it stops with LOCKED, naming that run and COPY, and changes nothing;
+    the first run finishes COPY, and the next deploy finds nothing to do and nothing failed."""
+    prefix = "" if engine == "postgres" else "mysql_"
+    killed = KilledInsideAMigration(request.getfixturevalue(f"{prefix}database_url"))
+    project = request.getfixturevalue(f"{prefix}sequelize_project")(
+        {COPY: sequelize_migration(killed.copy_statement, killed.hold_statement)},
+        fixture_migrations=False,
+        lint="off",
+        lock_wait_seconds=60,
+        lock_timeout_seconds=0,  # the held migration waits as long as the test holds it
+    )
+    killed.create_ledger()
+    # Its own project folder, so each run's audit log is its own; the same database.
+    other_project = shutil.copytree(project, tmp_path / "other", symlinks=True)
+
+    with killed.connect() as holder:
+        killed.take(holder)
+        first = FaberProcess.start(project, "migrate", "staging", "--yes", "--json")
+        second = None
+        try:
+            first_run_id = first.wait_for("run.started")["run_id"]
+            first.wait_until(lambda: killed.waiting(holder), what="the migration to wait", timeout=60)
+            second = FaberProcess.start(other_project, "migrate", "staging", "--yes", "--json")
+            second.wait_for(event_matcher("step.started", step="lock"))
+            if ended == "both sessions":
+                first.wait_until(lambda: run_lock.held(holder, [first_run_id], mysql=killed.mysql), what="its run lock")
+            killed.end_sessions(holder, run_id=first_run_id if ended == "both sessions" else None)
+            code = second.finish(120)
+            document = json.loads(second.stdout())
+            assert (code, document["code"]) == (7, "LOCKED"), second.stdout() + second.stderr()[-3000:]
+            assert first_run_id in document["error"] and COPY in document["error"], document
+            assert "nothing was changed" in document["error"], document
+            assert document["result"]["deploying_run"] == first_run_id, document
+            assert "faber status staging" in " ".join(document["recovery"]["suggestions"]), document
+            output = second.stdout() + second.stderr()
+            assert "resolve" not in output and "killed inside it" not in output, output
+            assert "Traceback" not in output and CANARY_PASSWORD not in output, output
+            # Unchanged: the copy committed once, COPY neither applied nor run again, the record kept.
+            assert killed.ledger() == 20
+            assert record_of(killed) == [(first_run_id, COPY)]
+            assert COPY not in applied(killed)
+
+            meanwhile = run_faber("status", "staging", "--json", "--cwd", str(project))
+            assert meanwhile.returncode == 0, meanwhile.output
+            assert meanwhile.json["result"]["failed"] == [], meanwhile.output
+
+            killed.release(holder)
+            first.finish(120)
+        finally:
+            first.stop_everything()
+            if second is not None:
+                second.stop_everything()
+    assert "Traceback" not in first.stderr(), first.stderr()
+    assert CANARY_PASSWORD not in first.stdout() + first.stderr()
+    assert killed.ledger() == 20
+    assert COPY in applied(killed), first.stdout()
+
+    third = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+    assert third.returncode == 0, third.output
+    assert killed.ledger() == 20
+    assert record_of(killed) == []
+    status = run_faber("status", "staging", "--json", "--cwd", str(project))
+    assert (status.returncode, status.json["result"]["failed"]) == (0, []), status.output
