@@ -1209,6 +1209,7 @@ def apply(
             if outcome.failure:
                 context.migration_failed(outcome.failure)
     finally:
+        unfinished.apply_ended(context)
         context.listeners.remove(progress.follow)
         context.before_each_migration.remove(lock_still_held)
         context.lock_check_in_transaction = None

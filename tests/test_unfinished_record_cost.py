@@ -35,8 +35,9 @@ def _killed_run_recorded(database_url: str, migration: str) -> None:
     """A run that recorded ``migration`` (outside a transaction) under its lock, then was killed:
     its lock session has ended, and its run lock with it."""
     killed = _context(database_url, "killed-run")
-    with psycopg.connect(database_url, autocommit=True) as lock_conn, unfinished.reads_under_lock(killed, None):
+    with psycopg.connect(database_url, autocommit=True) as lock_conn:
         unfinished.record(killed, lock_conn, [LocalMigration(name=migration, transactional=False)], None)
+    unfinished.apply_ended(killed)
     killed.database.close_session()
 
 
@@ -81,3 +82,4 @@ def test_a_run_that_makes_the_record_under_the_lock_reads_it_there(database_url)
         # The table this run made is read: its rows, not this run's, would be named.
         _killed_run_recorded(database_url, "0004_outside")
         assert _looks_for_the_table(context) == ["0004_outside"]
+        unfinished.apply_ended(context)

@@ -18,7 +18,7 @@ and ``faber resolve``. A restore of a backup taken before that run, or ``faber r
 removes the record.
 
 A run still deploying shows it two ways: its lock session holds faber's lock, and, from as it
-writes its record until it lets faber's lock go, it holds a lock of its own named by its run id,
+writes its record until its apply step ends, it holds a lock of its own named by its run id,
 on a session a thread of it replaces when ended (:mod:`faber_core.audit.run_lock`). The lock
 session alone is not enough: ended while the run is inside a migration on another session, it
 frees faber's lock for the next run while the migration goes on. A run that takes faber's lock
@@ -92,7 +92,7 @@ _OWN_LOCK_SESSION = "unfinished_own_lock_session"
 
 _RUN_LOCK = "unfinished_run_lock"
 """``Database.learnt``'s key: this run's :class:`~faber_core.audit.run_lock.RunLock`, from
-:func:`record` until faber's lock is let go (:func:`reads_under_lock`)."""
+:func:`record` until the apply step ends (:func:`apply_ended`)."""
 _KILLED_RUNS = "unfinished_killed_runs"
 """``Database.learnt``'s key: the run ids whose records a look found without a sign of life, twice
 :data:`~faber_core.audit.run_lock.SETTLE_SECONDS` apart: a killed run stays killed."""
@@ -140,8 +140,7 @@ def reads_under_lock(context: RunContext, lock_session: str | None) -> Iterator[
     the table (:func:`record` creates it under the lock), so the first look under the lock is kept
     for the reads after it. That first look must still be made: a run killed while it held the lock
     before this one may have created the table before this run took the lock. Once the lock is
-    let go, another run may create it: what was learnt is forgotten. And this run deploys no
-    more: the run lock :func:`record` took is let go."""
+    let go, another run may create it: what was learnt is forgotten."""
     learnt = context.database.learnt
     learnt[_LOCKED] = True
     if lock_session is not None:
@@ -151,11 +150,6 @@ def reads_under_lock(context: RunContext, lock_session: str | None) -> Iterator[
     finally:
         for key in (_LOCKED, _EXISTS, _OWN_LOCK_SESSION):
             learnt.pop(key, None)
-        # Before faber's lock goes: a run taking it next must find this run's record (kept by a
-        # failure inside a migration) without a sign of life.
-        kept = learnt.pop(_RUN_LOCK, None)
-        if kept is not None:
-            kept.let_go()
 
 
 def _exists(context: RunContext, conn: Any) -> bool:
@@ -308,6 +302,18 @@ def _keep_alive(context: RunContext) -> None:
     )
     kept.take()
     context.database.learnt[_RUN_LOCK] = kept
+
+
+def apply_ended(context: RunContext) -> None:
+    """The apply step ended (the migrations applied, one failed, or the run interrupted and its
+    runner stopped): no migration of this run goes on, so its run lock is let go. A record it keeps
+    then (a failure inside a migration) reads as a killed run's, which it is as much: nothing will
+    finish that migration. Let go here, not as faber's lock goes: a swap restore after a failed
+    deploy ends every session of the database, and a run lock taken again meanwhile would hold a
+    session the swap's rename waits for."""
+    kept = context.database.learnt.pop(_RUN_LOCK, None)
+    if kept is not None:
+        kept.let_go()
 
 
 def _delete(context: RunContext, condition: str, params: list[Any]) -> bool:

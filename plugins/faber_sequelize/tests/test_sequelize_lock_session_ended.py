@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import psycopg
 import pytest
 from faber_core.audit import run_lock
 from faber_core.testing.faults import FaberProcess, KilledInsideAMigration, event_matcher
@@ -99,3 +100,27 @@ def test_a_deploy_still_inside_a_migration_after_its_lock_session_ended_stops_th
     assert record_of(killed) == []
     status = run_faber("status", "staging", "--json", "--cwd", str(project))
     assert (status.returncode, status.json["result"]["failed"]) == (0, []), status.output
+
+
+def test_a_deploy_failed_inside_a_migration_is_rolled_back_by_a_swap_after_its_run_lock_is_let_go(
+    sequelize_migration, sequelize_project, database_url, run_faber
+):
+    """A Sequelize migration fails after part of it committed; the automatic rollback restores the
+    backup by swapping databases, which ends every session of the database and renames it. The run
+    lock, taken as the record is written, is let go as the apply step ends, before the restore: its
+    thread would otherwise take it again on a new session of the database as the swap ended the old
+    one, a session the rename must wait for (the swap tries again, so this was not seen to fail)."""
+    failing = "20240103000000-fails.js"
+    project = sequelize_project(
+        {failing: sequelize_migration("CREATE TABLE made (id int)", "SELECT no_such_function()")},
+        fixture_migrations=False,
+        lint="off",
+        backup_before_migrate=True,
+        auto_rollback=True,
+        backup={"provider": "pg_dump", "restore_mode": "swap"},
+    )
+    run = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+    assert run.json["result"]["rollback_status"] == "success", run.output
+    assert run.returncode == 6, run.output
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT to_regclass('made')").fetchone() == (None,)
