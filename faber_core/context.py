@@ -234,6 +234,12 @@ class RunContext:
     after_restore_sessions_ended: list[Callable[[dict[str, int]], None]] = field(default_factory=list)
     """Checks the core runs when a restore provider calls :meth:`restore_sessions_ended`; one
     raises to stop the restore before it changes the database."""
+    before_restore_commit: list[Callable[[], None]] = field(default_factory=list)
+    """Checks the core runs when a restore provider calls :meth:`restore_committing` (faber's lock
+    still held); one raises to stop the restore before its commit point."""
+    lock_check_in_restore: LockCheck | None = None
+    """The same check as SQL for the restore's own transaction (``restore_committing(in_transaction=True)``),
+    while the core restores on an engine that has it."""
     _kept: dict[Hashable, Closable] = field(default_factory=dict, repr=False, compare=False)
     """Shared with the contexts ``dataclasses.replace`` derives from this one (a deadline, a
     rehearsal database): they are the same run."""
@@ -367,6 +373,33 @@ class RunContext:
         for check in self.after_restore_sessions_ended:
             check(committed)
 
+    def restore_committing(self, *, in_transaction: bool = False) -> LockCheck | None:
+        """Restore providers call this right before the step that changes the database for good:
+        the COMMIT of a restore in one transaction, a swap's rename, a copy taking the database's
+        name, an instance replaced.
+
+        It runs the core's checks (is faber's lock still held?) and raises
+        :class:`~faber_core.errors.LockLost` when the restore must not commit: the lock's session
+        was ended (an operator, a proxy timeout) and another run may already hold the lock and be
+        reading, backing up or deploying the database. Undo what the restore did beside the database
+        (a copy, a renamed database), name in the error's message whatever could not be undone, and
+        let it propagate: faber reports ``LOCKED`` (exit 7) with ``restore_committed: false``.
+
+        ``in_transaction=True``, from a provider whose commit point is the COMMIT of a transaction
+        on a session of the database (a ``psql`` script): where the engine can, the check is
+        returned instead, as SQL to run inside that transaction right before its COMMIT, so that
+        nothing commits once the lock is lost. Its error's message then says
+        :data:`~faber_core.engines.LOCK_LOST`, the transaction rolls back, and the provider raises
+        ``check.lost()``. None means the check was made here (a round trip on faber's own session:
+        the lock may still be lost between this call and the commit point; say how long that window
+        is in your provider's docs).
+        """
+        if in_transaction and self.lock_check_in_restore is not None:
+            return self.lock_check_in_restore
+        for round_trip in self.before_restore_commit:
+            round_trip()
+        return None
+
     def migration_applied(self, migration: AppliedMigration) -> None:
         """Handlers call this right after each migration committed, with the rows it wrote when
         measured (``table_writes``): listeners show progress (``migration.applied``), and faber
@@ -408,17 +441,19 @@ class RunContext:
 
 @dataclass(frozen=True)
 class LockCheck:
-    """faber's lock check before a migration, as SQL run in the migration's own transaction."""
+    """faber's lock check as SQL run in a transaction of the database: a migration's own, before
+    its statements (:meth:`RunContext.start_migration`), or a restore's, right before its COMMIT
+    (:meth:`RunContext.restore_committing`)."""
 
     statement: str
-    """Runs before the migration's statements; fails, saying :data:`~faber_core.engines.LOCK_LOST`,
-    when faber's lock is no longer held, and the transaction rolls back with nothing of the
-    migration run."""
+    """Fails, saying :data:`~faber_core.engines.LOCK_LOST`, when faber's lock is no longer held, and
+    the transaction rolls back: nothing of the migration ran, nothing of the restore committed."""
     lost: Callable[..., BaseException]
-    """Called then: reports the migration failed with nothing of it run (``migration.failed``), and
-    returns the error to raise (:class:`~faber_core.errors.LockLost`). ``lost()``: the check ran in
-    the migration's transaction, which rolled back; ``lost(in_transaction=False)``: it ran just
-    before a migration that has no transaction, which never started."""
+    """Called then: returns the error to raise (:class:`~faber_core.errors.LockLost`). Before a
+    migration it also reports the migration failed with nothing of it run (``migration.failed``):
+    ``lost()``, the check ran in the migration's transaction, which rolled back;
+    ``lost(in_transaction=False)``, it ran just before a migration that has no transaction, which
+    never started. Before a restore's COMMIT: ``lost()``, the restore's transaction rolled back."""
 
 
 def _fleet_target(

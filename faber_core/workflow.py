@@ -343,6 +343,20 @@ class DeployLock:
 
         return check
 
+    def check_before_restore_commit(self, context: RunContext, backup: BackupRecord) -> LockCheck | None:
+        """The check before a restore's COMMIT as SQL for the restore's own transaction, where the
+        engine has it (see :meth:`RunContext.restore_committing`). Made while the lock is held: the
+        statement names the holding session as it is now."""
+        statement = self.lock.check_statement()
+        if statement is None:
+            return None
+        return LockCheck(statement, lambda: lock_lost_before_restore_committed(context, backup))
+
+    def require_held_before_restore_commit(self, context: RunContext, backup: BackupRecord) -> None:
+        """The check before a restore's commit point on faber's own session: lost, :class:`LockLost`."""
+        if not self.held():
+            raise lock_lost_before_restore_committed(context, backup)
+
     def require_held_before_migration(self, name: str, context: RunContext) -> None:
         """The check before migration ``name`` on faber's own session: lost, the migration did not
         start (reported so, as the one the deploy stopped at) and :class:`LockLost` is raised."""
@@ -1281,7 +1295,8 @@ class Rollback:
     error: str | None = None
     restored_endpoint: str | None = None
     restore_committed: bool | None = None
-    """Set when a signal interrupted the restore and its provider said on which side of its commit."""
+    """Set when a signal interrupted the restore and its provider said on which side of its commit,
+    and False when faber's lost lock stopped it before its commit point."""
     interrupted_by: str | None = None
     """``SIGINT``/``SIGTERM`` when a signal stopped the rollback step: the deploy then reports
     ``INTERRUPTED``, whatever stopped it first."""
@@ -1373,6 +1388,11 @@ def roll_back_failed_deploy(
         error = RestoreFailed
         message = f"{cause.message}; the automatic rollback to {backup_id} failed: {rollback.error}"
         suggestions = [*rollback.restore_suggestions, *suggestions]
+    if rollback.status == "lock_lost" and rollback.initiated:
+        # As a failed restore is the run's outcome (RESTORE_FAILED), so is the lock lost under it:
+        # another run may hold the lock now, and the database is as this deploy left it.
+        error = LockLost
+        message = f"{cause.message}; the automatic rollback to {backup_id} did not commit: {rollback.error}"
     if rollback.interrupted_by:
         # The signal is what the run ends on, as when it stops a migration: exit 130, and the
         # message says which side of the restore the database is on.
@@ -1592,6 +1612,17 @@ def restore_unless_refused(context: RunContext, plugins: Plugins, lock: DeployLo
             writes_since_backup=checked.latest,
             advice_first=[f"Database not rolled back: {exc.message}"],
             advice_last=exc.suggestions,
+        )
+    except LockLost as exc:  # raised before the restore's commit point: nothing of it committed
+        context.emit("rollback.withheld", reason=exc.message)
+        return Rollback(
+            "lock_lost",
+            initiated=True,
+            restore_committed=False,
+            writes_since_backup=since,
+            error=exc.message,
+            advice_first=[f"Database not rolled back: {exc.message}"],
+            advice_last=restore_stopped_for_lost_lock(context, backup),
         )
     except FaberError as exc:
         return Rollback(
@@ -2098,17 +2129,58 @@ def applied_or_unknown(context: RunContext, plugins: Plugins) -> list[str] | Non
 def restore_holding_lock(
     context: RunContext, plugins: Plugins, lock: DeployLock, backup: BackupRecord, checked: WritesCheck
 ) -> tuple[RestoreOutcome, bool]:
-    """:func:`restore_backup`, and whether faber's lock was lost while the restore ran. A restore
-    runs on sessions of its own and goes on when the lock's session is ended under it: another
-    run may then have taken the lock and read, backed up or deployed the database half restored.
-    A swap restore ends the lock's session itself and takes the lock again: not a loss."""
+    """:func:`restore_backup`, and whether faber's lock was lost while the restore ran.
+
+    A restore runs on sessions of its own and goes on when the lock's session is ended under it:
+    another run may then take the lock and read, back up or deploy the database half restored. So
+    the provider checks the lock right before its commit point (``context.restore_committing``),
+    inside the restore's transaction where it can, and raises :class:`LockLost` with nothing
+    committed. What commits all the same (a provider that does not check, the lock lost after its
+    check) is what the second value reports. A swap restore ends the lock's session itself and
+    takes the lock again: not a loss."""
+
+    def lock_still_held() -> None:
+        lock.require_held_before_restore_commit(context, backup)
+
     swapped: list[dict[str, int]] = []
     context.after_restore_sessions_ended.append(swapped.append)
+    context.before_restore_commit.append(lock_still_held)
+    context.lock_check_in_restore = lock.check_before_restore_commit(context, backup)
     try:
         outcome = restore_backup(context, plugins, backup, checked)
     finally:
         context.after_restore_sessions_ended.remove(swapped.append)
+        context.before_restore_commit.remove(lock_still_held)
+        context.lock_check_in_restore = None
     return outcome, outcome.status == "success" and not swapped and not lock.held()
+
+
+def lock_lost_before_restore_committed(context: RunContext, backup: BackupRecord) -> LockLost:
+    """The error a restore provider raises when faber's lock was lost before its commit point
+    (:meth:`RunContext.restore_committing`): nothing of the restore committed."""
+    env = context.environment
+    message = (
+        f"faber's lock on the database was lost during the restore of {backup.id}: its session ended or let it go "
+        f"(e.g. {context.database.engine.lock_release_hint}), so the restore stopped before it committed; {env} is "
+        "exactly as it was before the restore"
+    )
+    return LockLost(
+        message,
+        result=RollbackResult(
+            backup_id=backup.id, rollback_status="failed", restore_committed=False, details=message
+        ).model_dump(mode="json"),
+        suggestions=restore_stopped_for_lost_lock(context, backup),
+        backup_id=backup.id,
+    )
+
+
+def restore_stopped_for_lost_lock(context: RunContext, backup: BackupRecord) -> list[str]:
+    env = context.environment
+    return [
+        "Find out who ended faber's session (an operator, a connection limit, a proxy timeout)",
+        f"Another run may have taken faber's lock since: see what it did: faber history {env}, faber status {env}",
+        f"Once no other run is active, run the rollback again: faber rollback {env} --to {backup.id}",
+    ]
 
 
 def lock_lost_during_restore(context: RunContext, backup: BackupRecord, outcome: RestoreOutcome) -> LockLost:

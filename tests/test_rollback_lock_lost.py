@@ -3,7 +3,13 @@ real PostgreSQL.
 
 The restore runs on sessions of its own (psql, pg_restore): ending the lock's session frees the
 lock while the restore goes on, and another run may take it, read the database half restored,
-back it up or deploy. The result says so, not a plain success.
+back it up or deploy. So the restore checks faber's lock inside its own transaction right before
+its COMMIT: lost, nothing commits, the run says so (exit 7) and the database is exactly as before.
+
+Each test holds the restore at a real moment: the run holds just after ``rollback.started``
+(:mod:`faber_core.testing.held_event`) while the test takes a lock on the application's table,
+which the restore's transaction then waits for, its prelude already run; the test ends faber's lock
+session there, then lets the restore go on to its COMMIT.
 """
 
 from __future__ import annotations
@@ -13,12 +19,13 @@ import json
 import psycopg
 
 from faber_core.postgres.locks import session_lock_key
-from faber_core.testing.faults import FaberProcess, event_matcher
+from faber_core.testing import held_event
+from faber_core.testing.faults import FaberProcess, event_matcher, snapshot
 from faber_core.testing.fixtures import CANARY_PASSWORD
 
 ENVIRONMENT = "production"
 URL_ENV = "ROLLBACK_LOCK_DATABASE_URL"
-PLUGINS = "faber_core.testing.sqlfiles"
+PLUGINS = "faber_core.testing.sqlfiles,faber_core.testing.held_event"
 
 
 def faber_lock_holder(conn: psycopg.Connection) -> int:
@@ -33,6 +40,23 @@ def faber_lock_holder(conn: psycopg.Connection) -> int:
     return row[0]
 
 
+def restore_waiting_for_a_lock(conn: psycopg.Connection) -> int | None:
+    row = conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        " AND application_name LIKE 'faber restore %' AND wait_event_type = 'Lock'"
+    ).fetchone()
+    return row[0] if row else None
+
+
+def run_env(database_url: str) -> dict[str, str]:
+    return {
+        "FABER_PLUGINS": PLUGINS,
+        URL_ENV: database_url,
+        held_event.EVENT_ENV: "rollback.started",
+        held_event.SECONDS_ENV: "5",
+    }
+
+
 def deployed_project(faber_project, env: dict[str, str]):
     settings = {"database_url_env": URL_ENV, "lint": "warn", "backup_before_migrate": True, "auto_rollback": True}
     config = {"database": {"migration_tool": "sqlfiles", "environments": {ENVIRONMENT: settings}}}
@@ -40,55 +64,68 @@ def deployed_project(faber_project, env: dict[str, str]):
     project = faber_project(config, {"migrations/000_base.sql": base})
     first = FaberProcess.start(project, "migrate", ENVIRONMENT, "--yes", "--json", "--skip-backup", env=env)
     assert first.finish() == 0, first.stdout() + first.stderr()
+    (project / "migrations" / "001_tier.sql").write_text("ALTER TABLE accounts ADD COLUMN tier int;\n")
     return project
 
 
-def end_the_lock_session_once_the_restore_began(run: FaberProcess, url: str) -> tuple[int, int]:
-    """The run's exit code, and whether the ``tier`` column the restore removes is still there."""
-    with psycopg.connect(url, autocommit=True) as test:
+def end_the_lock_session_inside_the_restore(run: FaberProcess, url: str) -> dict:
+    """The run's document, once faber's lock session was ended while the restore's transaction
+    waited for this test's lock on ``accounts``; asserts the database is as before the restore."""
+    with psycopg.connect(url) as holding, psycopg.connect(url, autocommit=True) as test:
         try:
-            run.wait_for(event_matcher("rollback.started"))
+            run.wait_for(event_matcher("rollback.started"))  # the run holds here (held_event)
+            before = snapshot(url)
+            holding.execute("LOCK TABLE accounts IN ACCESS SHARE MODE")
+            run.wait_until(lambda: restore_waiting_for_a_lock(test), what="the restore waiting for the table lock")
             test.execute("SELECT pg_terminate_backend(%s)", [faber_lock_holder(test)])
+            holding.rollback()
             code = run.finish(120)
         finally:
             run.stop_everything()
-        tier = test.execute(
-            "SELECT count(*) FROM information_schema.columns WHERE table_name = 'accounts' AND column_name = 'tier'"
-        ).fetchone()[0]
     assert CANARY_PASSWORD not in run.stdout() + run.stderr()
     assert "Traceback" not in run.stderr()
-    return code, tier
+    after = snapshot(url)
+    assert after == before, after.differences(before)
+    document = json.loads(run.stdout())
+    assert (code, document["code"]) == (7, "LOCKED"), document
+    return document
 
 
-def test_a_rollback_whose_lock_was_lost_during_the_restore_says_so(faber_project, database_url):
-    env = {"FABER_PLUGINS": PLUGINS, URL_ENV: database_url}
+def test_a_rollback_whose_lock_is_lost_during_the_restore_does_not_commit(faber_project, database_url):
+    env = run_env(database_url)
     project = deployed_project(faber_project, env)
-    (project / "migrations" / "001_tier.sql").write_text("ALTER TABLE accounts ADD COLUMN tier int;\n")
     deploy = FaberProcess.start(project, "migrate", ENVIRONMENT, "--yes", "--json", env=env)
     assert deploy.finish() == 0, deploy.stdout() + deploy.stderr()
     backup_id = json.loads(deploy.stdout())["result"]["backup_id"]
 
     run = FaberProcess.start(project, "rollback", ENVIRONMENT, "--to", backup_id, "--yes", "--json", env=env)
-    code, tier = end_the_lock_session_once_the_restore_began(run, database_url)
+    document = end_the_lock_session_inside_the_restore(run, database_url)
 
-    document = json.loads(run.stdout())
-    assert (code, document["code"]) == (7, "LOCKED"), document
-    assert "lost during the restore" in document["error"], document
-    assert document["result"]["restore_committed"] is True, document
-    assert tier == 0, "the restore did not commit"
+    assert "the restore stopped before it committed" in document["error"], document
+    result = document["result"]
+    assert (result["rollback_status"], result["restore_committed"]) == ("failed", False), result
+    suggestions = document["recovery"]["suggestions"]
+    assert any("Find out who ended faber's session" in s for s in suggestions), suggestions
+    assert f"Once no other run is active, run the rollback again: faber rollback {ENVIRONMENT} --to {backup_id}" in (
+        suggestions
+    )
 
 
-def test_a_failed_deploy_whose_lock_was_lost_during_its_automatic_restore_says_so(faber_project, database_url):
-    env = {"FABER_PLUGINS": PLUGINS, URL_ENV: database_url}
+def test_a_failed_deploy_whose_lock_is_lost_during_its_automatic_restore_does_not_commit(faber_project, database_url):
+    env = run_env(database_url)
     project = deployed_project(faber_project, env)
-    (project / "migrations" / "001_tier.sql").write_text("ALTER TABLE accounts ADD COLUMN tier int;\n")
     (project / "migrations" / "002_broken.sql").write_text("SELECT 1 / 0;\n")
     run = FaberProcess.start(project, "migrate", ENVIRONMENT, "--yes", "--json", env=env)
-    code, tier = end_the_lock_session_once_the_restore_began(run, database_url)
+    document = end_the_lock_session_inside_the_restore(run, database_url)
 
-    document = json.loads(run.stdout())
-    assert (code, document["code"]) == (6, "MIGRATION_FAILED"), document
     result = document["result"]
-    assert (result["rollback_status"], result["restore_committed"]) == ("success", True), result
-    assert any("lock was lost while the restore ran" in s for s in document["recovery"]["suggestions"]), document
-    assert tier == 0, "the restore did not commit"
+    assert (result["failed_migration"], result["applied_migrations"]) == ("002_broken", ["001_tier"]), result
+    assert (result["rollback_initiated"], result["rollback_status"], result["restore_committed"]) == (
+        True,
+        "lock_lost",
+        False,
+    ), result
+    assert "the automatic rollback to" in document["error"] and "did not commit" in document["error"], document
+    suggestions = document["recovery"]["suggestions"]
+    assert any(s.startswith("Database not rolled back: faber's lock") for s in suggestions), suggestions
+    assert any("run the rollback again" in s for s in suggestions), suggestions

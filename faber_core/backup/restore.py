@@ -12,10 +12,15 @@ One ``psql`` session runs, in this order::
                        and faber's user may change (:mod:`~faber_core.backup.database_properties`)
     <pg_restore -1>    the archive as SQL, minus its final COMMIT and faber's schemas
                        (:func:`restore_list`)
+    <lock check>       faber's lock still held by faber's lock session
+                       (``context.restore_committing``): fails otherwise, so nothing commits
     COMMIT;
     ANALYZE            every restored table, so the planner has statistics at once
 
-The COMMIT is sent only after ``pg_restore`` exited 0 and its script ended as expected. If faber
+The COMMIT is sent only after ``pg_restore`` exited 0 and its script ended as expected, and runs
+only if the lock check before it passed in the same transaction: once faber's lock session is
+ended (an operator, a proxy timeout), another run may take the lock, so the restore rolls back and
+raises :class:`~faber_core.errors.LockLost`, the database exactly as before. If faber
 is killed (SIGKILL included: its children die with it, see :mod:`faber_core.processes`),
 interrupted, or anything fails, ``psql`` reaches the end of its input, or dies, inside the open
 transaction, and the server rolls everything back: the database is exactly as before the
@@ -48,7 +53,8 @@ from psycopg import sql
 from faber_core import events
 from faber_core.backup import database_properties, store
 from faber_core.backup.writes import IS_A_FABER_SCHEMA
-from faber_core.context import RunContext
+from faber_core.context import LockCheck, RunContext
+from faber_core.engines import LOCK_LOST
 from faber_core.errors import RestoreFailed
 from faber_core.models import BackupRecord, RestoreOutcome
 from faber_core.processes import child_environment, how_it_ended, spawn, stop, supervised
@@ -333,6 +339,7 @@ def _run_in_one_transaction(
         assert psql.stdin and restore.stdout
         problem: str | None = None
         transaction: int | None = None
+        lock_check: LockCheck | None = None
         commit_sent = False
         try:
             try:
@@ -343,6 +350,9 @@ def _run_in_one_transaction(
                     problem = f"pg_restore {how_it_ended(restore.returncode)}"
                 else:
                     psql.stdin.write(_without_final_commit(tail))
+                    lock_check = context.restore_committing(in_transaction=True)
+                    if lock_check is not None:
+                        psql.stdin.write(lock_check.statement.encode() + b";\n")
                     commit_sent = True
                     # Statistics after the COMMIT: a failing ANALYZE must not undo the restore.
                     psql.stdin.write(b"COMMIT;\n\\set ON_ERROR_STOP 0\n" + finish.encode())
@@ -372,6 +382,8 @@ def _run_in_one_transaction(
         # psql may end in error after the COMMIT ran (a lost connection, killed): the server knows.
         analyze = first_error(psql_err) or (f"psql {how_it_ended(psql.returncode)}" if psql.returncode else "")
         return f"; statistics not refreshed: {context.redactor.redact(analyze)}" if analyze else ""
+    if lock_check is not None and LOCK_LOST in psql_err:
+        raise lock_check.lost()  # the check failed in the restore's transaction, which rolled back
     # Without a word from either program, how they ended is the reason (psql killed before the
     # COMMIT reached it, by the out-of-memory killer say, says nothing).
     ended = problem or f"psql {how_it_ended(psql.returncode)}"
