@@ -18,6 +18,7 @@ from faber_core.backup import mysqldump
 from faber_core.context import open_context
 from faber_core.errors import RestoreFailed
 from faber_core.models import BackupRecord
+from faber_core.support.mysql import faber_lock_name_on_server
 from faber_core.testing.faults import AnswerDropped
 from faber_core.testing.fixtures import (
     CANARY_PASSWORD,
@@ -158,6 +159,59 @@ def test_a_restore_killed_while_loading_leaves_the_database_as_before_and_the_ne
     assert state(mysql_admin_url, name) == backup_state
     assert mysql_query("SELECT name FROM small_names") == [("ONE",)]
     assert mysql_query("SELECT twice(21)") == [(42,)]
+    assert not mysql_scratch_databases(mysql_admin_url, name)
+
+
+def test_a_restore_whose_lock_is_lost_while_loading_stops_before_its_table_swap(
+    faber_project, mysql_database_url, mysql_admin_url, mysql_query
+):
+    """faber's lock session killed while the dump loads beside the database (an operator's KILL, a
+    proxy timeout): another run may hold the lock by the time the load ends, so the table swap must
+    not happen. The rollback stops with LOCKED (exit 7), restore_committed false, the database
+    exactly as before and no scratch database left."""
+    name = mysql_database_url.rpartition("/")[2]
+    files = {"migrations/001_schema.sql": SCHEMA}
+    env = {"database_url_env": "TEST_DATABASE_URL", "require_approval": False, "lock_wait_seconds": 1}
+    project = faber_project({"database": {"migration_tool": "sqlfiles", "environments": {"production": env}}}, files)
+    faber(project, mysql_database_url, "migrate", "production")
+    mysql_query("INSERT INTO big VALUES (1, REPEAT('x', 200))")
+    for _ in range(ROWS_DOUBLINGS):
+        mysql_query("INSERT INTO big SELECT id + (SELECT MAX(id) FROM big), payload FROM big")
+    backup_id = faber(project, mysql_database_url, "backup", "production")["result"]["id"]
+    (project / "migrations/002_change.sql").write_text(CHANGE)
+    faber(project, mysql_database_url, "migrate", "production")
+    before = state(mysql_admin_url, name)
+
+    run = start_faber(
+        *("rollback", "production", "--to", backup_id, "--yes", "--json"),
+        cwd=project,
+        env={"TEST_DATABASE_URL": mysql_database_url, "FABER_PLUGINS": "faber_core.testing.sqlfiles"},
+    )
+    try:
+        with mysql_connect(mysql_admin_url) as conn:
+            wait_for(
+                lambda: conn.execute(
+                    "SELECT 1 FROM information_schema.PROCESSLIST WHERE LEFT(DB, %s) = %s"
+                    " AND INFO LIKE 'INSERT INTO `big`%%'",
+                    [len(mysqldump.scratch_prefix(name)), mysqldump.scratch_prefix(name)],
+                ).fetchone(),
+                "the restore to be loading the dump",
+                timeout=60,
+            )
+            (holder,) = conn.execute("SELECT IS_USED_LOCK(%s)", [faber_lock_name_on_server(conn, name)]).fetchone()
+            assert holder is not None, "faber holds its lock while it restores"
+            conn.execute(f"KILL {int(holder)}")
+        out, err = (stream.decode() for stream in run.communicate(timeout=120))
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert CANARY_PASSWORD not in out + err
+    assert "Traceback" not in err
+    document = json.loads(out)
+    assert (run.returncode, document["code"]) == (7, "LOCKED"), out + err
+    assert "the restore stopped before it committed" in document["error"], document
+    assert (document["result"]["rollback_status"], document["result"]["restore_committed"]) == ("failed", False)
+    assert state(mysql_admin_url, name) == before  # not a row, column, view or trigger changed
     assert not mysql_scratch_databases(mysql_admin_url, name)
 
 
