@@ -18,8 +18,7 @@ from faber_core.backup import mysqldump
 from faber_core.context import open_context
 from faber_core.errors import RestoreFailed
 from faber_core.models import BackupRecord
-from faber_core.support.mysql import faber_lock_name_on_server
-from faber_core.testing.faults import AnswerDropped
+from faber_core.testing.faults import AnswerDropped, end_faber_lock_session
 from faber_core.testing.fixtures import (
     CANARY_PASSWORD,
     mysql_connect,
@@ -198,9 +197,8 @@ def test_a_restore_whose_lock_is_lost_while_loading_stops_before_its_table_swap(
                 "the restore to be loading the dump",
                 timeout=60,
             )
-            (holder,) = conn.execute("SELECT IS_USED_LOCK(%s)", [faber_lock_name_on_server(conn, name)]).fetchone()
-            assert holder is not None, "faber holds its lock while it restores"
-            conn.execute(f"KILL {int(holder)}")
+        with mysql_connect(mysql_database_url) as conn:
+            end_faber_lock_session(conn)
         out, err = (stream.decode() for stream in run.communicate(timeout=120))
     finally:
         if run.poll() is None:

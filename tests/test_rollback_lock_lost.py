@@ -18,26 +18,13 @@ import json
 
 import psycopg
 
-from faber_core.postgres.locks import session_lock_key
 from faber_core.testing import held_event
-from faber_core.testing.faults import FaberProcess, event_matcher, snapshot
+from faber_core.testing.faults import FaberProcess, end_faber_lock_session, event_matcher, snapshot
 from faber_core.testing.fixtures import CANARY_PASSWORD
 
 ENVIRONMENT = "production"
 URL_ENV = "ROLLBACK_LOCK_DATABASE_URL"
 PLUGINS = "faber_core.testing.sqlfiles,faber_core.testing.held_event"
-
-
-def faber_lock_holder(conn: psycopg.Connection) -> int:
-    row = conn.execute(
-        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
-        " AND classid = ((%(key)s::bigint >> 32) & 4294967295)::oid"
-        " AND objid = (%(key)s::bigint & 4294967295)::oid AND objsubid = 1"
-        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-        {"key": session_lock_key(conn)},
-    ).fetchone()
-    assert row, "faber holds no lock on the database"
-    return row[0]
 
 
 def restore_waiting_for_a_lock(conn: psycopg.Connection) -> int | None:
@@ -77,7 +64,7 @@ def end_the_lock_session_inside_the_restore(run: FaberProcess, url: str) -> dict
             before = snapshot(url)
             holding.execute("LOCK TABLE accounts IN ACCESS SHARE MODE")
             run.wait_until(lambda: restore_waiting_for_a_lock(test), what="the restore waiting for the table lock")
-            test.execute("SELECT pg_terminate_backend(%s)", [faber_lock_holder(test)])
+            end_faber_lock_session(test)
             holding.rollback()
             code = run.finish(120)
         finally:

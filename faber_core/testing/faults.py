@@ -699,32 +699,6 @@ class HeldMigration:
         else:
             conn.execute("SELECT pg_advisory_unlock(%s)", [self.key])
 
-    def end_sessions(self, conn: Any, *, run_id: str | None = None) -> None:
-        """End, from ``conn``, the session holding faber's lock, and with ``run_id`` the one holding
-        that run's own lock too (:mod:`faber_core.audit.run_lock`), in one go: as an operator
-        ending faber's sessions, an idle-session timeout or a proxy would. The server is only told
-        to end them: a lock they held is free once they have ended."""
-        from faber_core.audit.run_lock import run_lock_key, run_lock_name
-
-        if self.mysql:
-            from faber_core.support.mysql import faber_lock_name_on_server
-
-            names = [faber_lock_name_on_server(conn), *([run_lock_name(run_id)] if run_id else [])]
-            holders = [conn.execute("SELECT IS_USED_LOCK(%s)", [name]).fetchone()[0] for name in names]
-            assert None not in holders, f"not every lock of {names} is held: {holders}"
-            for holder in holders:
-                conn.execute(f"KILL {int(holder)}")
-            return
-        keys = [session_lock_key(conn), *([run_lock_key(run_id)] if run_id else [])]
-        ended = conn.execute(
-            "SELECT pg_terminate_backend(l.pid) FROM pg_locks l, unnest(%s::bigint[]) k"
-            " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
-            " AND l.classid = ((k >> 32) & 4294967295)::oid AND l.objid = (k & 4294967295)::oid"
-            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            [keys],
-        ).fetchall()
-        assert len(ended) == len(keys), f"not every lock of {keys} is held"
-
     def deploy_stopped_inside(
         self,
         project_dir: Path,
@@ -781,6 +755,7 @@ class LockTakenMidDeploy(HeldMigration):
 
     def _take_faber_lock(self, run: FaberProcess, conn: Any) -> None:
         """End the session holding ``run``'s lock and take the lock on ``conn`` until it closes."""
+        end_faber_lock_session(conn)
         if self.mysql:
             from faber_core.support.mysql import faber_lock_name_on_server
 
@@ -789,9 +764,36 @@ class LockTakenMidDeploy(HeldMigration):
         else:
             name = session_lock_key(conn)
             take = "SELECT pg_try_advisory_lock(%s)"
-        self.end_sessions(conn)
         # The session was only told to end: the lock is free once it has.
         run.wait_until(lambda: conn.execute(take, [name]).fetchone()[0], what="faber's lock taken by another run")
+
+
+def end_faber_lock_session(conn: Any, *, run_id: str | None = None) -> None:
+    """End, from ``conn`` (a session of the database, autocommit), the session holding faber's lock,
+    and with ``run_id`` the one holding that run's own lock too (:mod:`faber_core.audit.run_lock`),
+    in one go: as an operator ending faber's sessions, an idle-session timeout or a proxy would
+    (``pg_terminate_backend`` on PostgreSQL, ``KILL`` on MySQL/MariaDB). Asserts that each lock is
+    held. The server is only told to end them: a lock they held is free once they have ended."""
+    from faber_core.audit.run_lock import run_lock_key, run_lock_name
+
+    if not isinstance(conn, psycopg.Connection):
+        from faber_core.support.mysql import faber_lock_name_on_server
+
+        names = [faber_lock_name_on_server(conn), *([run_lock_name(run_id)] if run_id else [])]
+        holders = [conn.execute("SELECT IS_USED_LOCK(%s)", [name]).fetchone()[0] for name in names]
+        assert None not in holders, f"not every lock of {names} is held: {holders}"
+        for holder in holders:
+            conn.execute(f"KILL {int(holder)}")
+        return
+    keys = [session_lock_key(conn), *([run_lock_key(run_id)] if run_id else [])]
+    ended = conn.execute(
+        "SELECT pg_terminate_backend(l.pid) FROM pg_locks l, unnest(%s::bigint[]) k"
+        " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+        " AND l.classid = ((k >> 32) & 4294967295)::oid AND l.objid = (k & 4294967295)::oid"
+        " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        [keys],
+    ).fetchall()
+    assert len(ended) == len(keys), f"not every lock of {keys} is held"
 
 
 class KilledInsideAMigration(HeldMigration):

@@ -11,7 +11,7 @@ import shutil
 import psycopg
 import pytest
 from faber_core.audit import run_lock
-from faber_core.testing.faults import FaberProcess, KilledInsideAMigration, event_matcher
+from faber_core.testing.faults import FaberProcess, KilledInsideAMigration, end_faber_lock_session, event_matcher
 from faber_core.testing.fixtures import CANARY_PASSWORD
 
 COPY = "20240103000000-copy.js"
@@ -63,7 +63,7 @@ def test_a_deploy_still_inside_a_migration_after_its_lock_session_ended_stops_th
             second.wait_for(event_matcher("step.started", step="lock"))
             if ended == "both sessions":
                 first.wait_until(lambda: run_lock.held(holder, [first_run_id], mysql=killed.mysql), what="its run lock")
-            killed.end_sessions(holder, run_id=first_run_id if ended == "both sessions" else None)
+            end_faber_lock_session(holder, run_id=first_run_id if ended == "both sessions" else None)
             code = second.finish(120)
             document = json.loads(second.stdout())
             assert (code, document["code"]) == (7, "LOCKED"), second.stdout() + second.stderr()[-3000:]
