@@ -36,7 +36,7 @@ from faber_core.events import BACKUP_RESTORE_STEP, WRITES_WAITING
 from faber_core.interrupts import Terminated
 from faber_core.postgres.locks import faber_lock_key
 from faber_core.testing import sqlfiles
-from faber_core.testing.faults import FaberProcess
+from faber_core.testing.faults import FaberProcess, end_faber_lock_session
 from faber_core.testing.fixtures import (
     CANARY_PASSWORD,
     database_state,
@@ -1238,3 +1238,46 @@ def test_a_signal_as_the_rollback_releases_faber_s_lock_says_the_restore_committ
     assert document.error.startswith("Interrupted by SIGTERM; the restore had committed"), document.error
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT id FROM accounts").fetchall() == [(1,)]
+
+
+def test_a_swap_rollback_whose_lock_is_lost_during_pg_restore_stops_before_the_swap(
+    swapped, run_faber, database_url, postgres_admin_url
+):
+    """faber's lock session ended while pg_restore -j fills the copy (an operator, a proxy
+    timeout): another run may hold the lock by the time the copy is ready, so the swap must not
+    happen. The rollback stops with LOCKED (exit 7), restore_committed false, the target exactly
+    as it was and the copy dropped."""
+    project_dir, target = swapped
+    holder = application_tables(database_url, restoring_name(target))  # holds pg_restore -j in the copy
+    backup_id = backup(run_faber, project_dir)
+    execute(database_url, "DELETE FROM accounts WHERE id > 100")
+    before = database_state(database_url)
+    oid_before = databases(postgres_admin_url, target)[target]
+
+    with psycopg.connect(postgres_admin_url, autocommit=True, application_name=holder) as gate:
+        run = FaberProcess.start(
+            project_dir,
+            *("rollback", "production", "--to", backup_id, "--yes", "--discard-app-writes", "--json"),
+            env=SQLFILES,
+        )
+        try:
+            run.wait_until(
+                lambda: sessions_waiting(postgres_admin_url, restoring_name(target), "PgSleep"), what="the gate"
+            )
+            with psycopg.connect(database_url, autocommit=True) as operator:
+                end_faber_lock_session(operator)
+            gate.close()
+            code = run.finish(120)
+        finally:
+            run.stop_everything()
+
+    document = json.loads(run.stdout())
+    assert (code, document["code"]) == (7, "LOCKED"), document
+    assert "the restore stopped before it committed" in document["error"], document
+    result = document["result"]
+    assert (result["rollback_status"], result["restore_committed"]) == ("failed", False), result
+    assert "provider_data" not in result, "nothing is left behind to name"
+    assert databases(postgres_admin_url, target) == {target: oid_before}, "the copy is dropped, nothing renamed"
+    assert database_state(database_url) == before
+    assert CANARY_PASSWORD not in run.stdout() + run.stderr()
+    assert "Traceback" not in run.stderr()

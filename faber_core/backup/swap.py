@@ -21,6 +21,8 @@ switch the atomic step instead::
                         under restore_with_app_writes refuse, rows the application wrote
                         while pg_restore ran stop the restore here, the target unchanged
     swap, one transaction, from a maintenance database:
+        faber's lock still held by faber's lock session (context.restore_committing): lost, the
+                        transaction rolls back, <restoring> is dropped, the target unchanged
         end the sessions of both databases (the application's, faber's own lock session)
         writes a third time: the rows whose commits the ended sessions reported as they ended,
                         under the same policy (context.restore_sessions_ended); a refusal rolls back
@@ -63,7 +65,7 @@ from faber_core.backup import database_properties, store, writes
 from faber_core.backup.database_properties import DatabaseProperties
 from faber_core.backup.restore import analyze_restored, first_error, kept_schemas, restore_list
 from faber_core.context import RunContext
-from faber_core.errors import FaberError, RestoreFailed
+from faber_core.errors import FaberError, LockLost, RestoreFailed
 from faber_core.models import BackupRecord, RestoreOutcome
 from faber_core.postgres.names import alias_refusal, alias_suggestions, database_names
 from faber_core.processes import how_it_ended, spawn
@@ -164,6 +166,11 @@ def restore_by_swap(context: RunContext, backup: BackupRecord, tools: Path, majo
                 _run(swap, tools, major, listed, keep)
         except KeyboardInterrupt as interrupt:
             return _interrupted(swap, interrupt)
+        except LockLost as lost:  # before the swap: the target is unchanged
+            if swap.created and not _drop_quietly(swap, swap.restoring):
+                _add_notes(lost, [_drop_advice(swap.restoring, "a restored copy the swap did not take in")])
+                lost.result["provider_data"] = {"restore_mode": "swap", "leftover_database": swap.restoring}
+            raise
         except psycopg.Error as exc:
             if not swap.swapped and swap.created:
                 _drop_quietly(swap, swap.restoring)
@@ -589,6 +596,12 @@ def _swap_names(swap: _Swap, committed: dict[str, int]) -> None:
         for attempt in range(1, SWAP_ATTEMPTS + 1):
             try:
                 with admin.transaction():
+                    if not swap.sessions_ended:
+                        # Checked on faber's lock session, which the next statement ends (a retry
+                        # finds it ended by the swap itself). A run that takes the lock in between
+                        # has its session ended with the others; what it committed by then, the
+                        # swap discards (docs/workflow.md names this window).
+                        swap.context.restore_committing()
                     # In the select list: a WHERE may call it before the other conditions, on any session.
                     ended = admin.execute(
                         "SELECT pid, pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity"
