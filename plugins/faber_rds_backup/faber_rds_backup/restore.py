@@ -7,6 +7,11 @@ endpoint the application uses (derived from the identifier) now serves the resto
 old database stays available for inspection. In ``side-by-side`` mode it stops after the
 restore and reports the new endpoint.
 
+faber's lock is checked right before the first rename (``context.restore_committing``): lost (its
+session ended), the restore stops there, the original unchanged, the restored copy named. The
+renames themselves take minutes and cannot be made conditional on the lock: once the first one is
+asked, a lock lost is only reported afterwards (docs/rds-backup.md).
+
 Each step is reported as it finishes. When one fails, :class:`RestoreFailed` says exactly where
 things stand and gives the ``aws rds`` commands that finish or undo the swap by hand. When SIGINT
 or SIGTERM stops it, the interrupted outcome says the same, and whether the swap (the commit of
@@ -24,7 +29,7 @@ from typing import Any
 
 from faber_core import events
 from faber_core.context import RunContext
-from faber_core.errors import FaberError, RestoreFailed
+from faber_core.errors import FaberError, LockLost, RestoreFailed
 from faber_core.models import BackupRecord, RestoreOutcome
 
 from faber_rds_backup import leftovers, naming, snapshots
@@ -88,6 +93,7 @@ def _swap(run: _Runner, settings: RdsBackupSettings, target: Target, plan: Plan)
     if settings.restore_mode == "side-by-side":
         return _side_by_side(target, plan)
     run.step(f"{plan.original} is ready to be renamed", _restored_beside, lambda: run.wait(plan.original))
+    _lock_still_held(run.context, target, plan)
     run.step(
         f"renamed {plan.original} to {plan.previous}",
         _restored_beside,
@@ -115,6 +121,25 @@ def _swap(run: _Runner, settings: RdsBackupSettings, target: Target, plan: Plan)
             "cleanup": f"When satisfied, delete the previous database: {target.delete_command(plan.previous)}",
         },
     )
+
+
+def _lock_still_held(context: RunContext, target: Target, plan: Plan) -> None:
+    """faber's lock, checked right before the first rename (this restore's commit point): lost,
+    the original is unchanged and still serves the database, and the restored copy, left beside
+    it, is named in the error with what to do with it."""
+    try:
+        context.restore_committing()
+    except LockLost as lost:
+        left = f"{plan.restored}, restored from {plan.backup_id}, is left beside it"
+        lost.message += f"; {left}"
+        lost.args = (lost.message,)
+        lost.suggestions += [
+            f"Remove the copy: {target.delete_command(plan.restored)}",
+            f"Or, once no other run is active, swap it in: {target.rename_command(plan.original, plan.previous)}, "
+            f"then, once {plan.previous} is available: {target.rename_command(plan.restored, plan.original)}",
+        ]
+        lost.result["provider_data"] = {"mode": "swap", "restored_" + target.kind: plan.restored}
+        raise
 
 
 def _prepare(context: RunContext, target: Target, plan: Plan) -> dict[str, Any]:

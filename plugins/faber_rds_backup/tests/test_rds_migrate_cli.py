@@ -11,7 +11,7 @@ import socket
 import time
 
 import pytest
-from faber_core.testing.faults import FaberProcess
+from faber_core.testing.faults import FaberProcess, end_faber_lock_session
 from faber_core.testing.fixtures import CANARY_PASSWORD
 
 from faber_rds_backup import naming
@@ -737,3 +737,44 @@ def test_a_fleet_backed_up_by_snapshots_leaves_the_other_environments_commands_r
     refused = run_faber("backup", "tenants/acme", "--json", "--cwd", str(project))
     assert refused.returncode == 2, refused.output
     assert "backs up and restores a whole instance" in refused.json["error"], refused.json["error"]
+
+
+def test_a_rollback_whose_lock_is_lost_while_the_copy_restores_stops_before_the_swap(
+    rds, rds_instance, prisma_rds_project, run_faber, throttling_proxy, database_url
+):
+    """faber's lock session ended while RDS restores the copy (minutes, in AWS): another run may
+    hold the lock by the time the copy is ready, so the renames must not start. The rollback stops
+    with LOCKED (exit 7), restore_committed false, prod-db untouched, and the copy named."""
+    import psycopg
+
+    project = prisma_rds_project({"0001_init": INIT}, endpoint_url=throttling_proxy.url)
+    backup = run_faber("backup", "production", "--json", "--cwd", str(project))
+    assert backup.returncode == 0, backup.output
+    backup_id = backup.json["result"]["id"]
+    throttling_proxy.hold("DescribeDBInstances", after="RestoreDBInstanceFromDBSnapshot")
+
+    run = FaberProcess.start(project, "rollback", "production", "--to", backup_id, "--yes", "--json")
+    try:
+        run.wait_until(throttling_proxy.holding.is_set, what="the wait for the restored copy")
+        with psycopg.connect(database_url, autocommit=True) as operator:
+            end_faber_lock_session(operator)
+        throttling_proxy.release()
+        code = run.finish(120)
+    finally:
+        throttling_proxy.release()
+        run.stop_everything()
+
+    document = json.loads(run.stdout())
+    assert (code, document["code"]) == (7, "LOCKED"), document
+    result = document["result"]
+    assert (result["rollback_status"], result["restore_committed"]) == ("failed", False), result
+    [restored] = {db["DBInstanceIdentifier"] for db in rds.describe_db_instances()["DBInstances"]} - {"prod-db"}
+    assert result["provider_data"] == {"mode": "swap", "restored_instance": restored}, result
+    assert f"{restored}, restored from {backup_id}, is left beside it" in document["error"], document
+    arn = rds.describe_db_instances(DBInstanceIdentifier="prod-db")["DBInstances"][0]["DBInstanceArn"]
+    tags = {t["Key"]: t["Value"] for t in rds.list_tags_for_resource(ResourceName=arn)["TagList"]}
+    assert tags == {"team": "payments"}, "prod-db is the original, never renamed"
+    suggestions = document["recovery"]["suggestions"]
+    assert any(f"delete-db-instance --db-instance-identifier {restored}" in s for s in suggestions), suggestions
+    assert "ModifyDBInstance" not in throttling_proxy.forwarded
+    assert CANARY_PASSWORD not in run.stdout() + run.stderr()
