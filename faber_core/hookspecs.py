@@ -288,6 +288,18 @@ def faber_backup_restore(provider: str, context: RunContext, backup: BackupRecor
     since are removed), except the faber schema. faber verifies the migration bookkeeping
     against ``backup.migrations`` afterwards.
 
+    faber's lock is on a session of faber's own, which an operator or a proxy may end while the
+    restore runs: call ``context.restore_committing()`` right before the step that changes the
+    database for good (a COMMIT, a rename). It raises :class:`faber_core.errors.LockLost` when the
+    lock was lost: undo what the restore made beside the database, name in the error's message what
+    could not be undone, and let it propagate (exit 7, ``restore_committed: false``). A restore in
+    one transaction asks ``context.restore_committing(in_transaction=True)`` for the check as SQL
+    to run inside it just before its COMMIT; failing, the error says
+    :data:`faber_core.engines.LOCK_LOST`: raise ``check.lost()``::
+
+        check = context.restore_committing(in_transaction=True)
+        script = (check.statement + ";\n" if check else "") + "COMMIT;\n"
+
     Returns :class:`~faber_core.models.RestoreOutcome`; set ``original_unchanged`` and
     ``endpoint`` when you restored beside the database (a new instance) instead of into it.
     Raise :class:`faber_core.errors.RestoreFailed` with the manual recovery steps when it fails

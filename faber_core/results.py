@@ -103,7 +103,8 @@ class FailedDeployResult(DeferredModel):
         None,
         description="When a signal interrupted the automatic restore: true if the restore had committed (the "
         "database is exactly the backup), false if not (exactly as before the restore); absent when unknown. "
-        "Also true when the restore committed but its migration history could not be read to verify it.",
+        "Also true when the restore committed but its migration history could not be read to verify it, and "
+        "false when faber's lock was lost before the restore's commit point (rollback_status lock_lost).",
     )
     writes_since_backup: WritesSinceBackup | None = Field(
         None, description="Before an automatic restore: rows others wrote since the backup (restore_with_app_writes)."
@@ -147,7 +148,8 @@ class RollbackResult(DeferredModel):
         None,
         description="After a signal: true if the restore had committed (the database is exactly the backup), false "
         "if not; absent when the provider cannot tell. Also true on success when the restore committed but its "
-        "migration history could not be read to verify it.",
+        "migration history could not be read to verify it; with LOCKED, false when faber's lock was lost before the "
+        "restore's commit point (the database as before), true when it was lost once the restore committed.",
     )
     original_unchanged: bool | None = None
     endpoint: str | None = None
