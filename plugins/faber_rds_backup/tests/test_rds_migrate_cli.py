@@ -778,3 +778,38 @@ def test_a_rollback_whose_lock_is_lost_while_the_copy_restores_stops_before_the_
     assert any(f"delete-db-instance --db-instance-identifier {restored}" in s for s in suggestions), suggestions
     assert "ModifyDBInstance" not in throttling_proxy.forwarded
     assert CANARY_PASSWORD not in run.stdout() + run.stderr()
+
+
+def test_a_rollback_whose_lock_is_lost_between_the_renames_says_the_swap_went_on(
+    rds, rds_instance, prisma_rds_project, run_faber, throttling_proxy, database_url
+):
+    """Past the check before the first rename, RDS's renames cannot depend on faber's lock: a lock
+    session ended between them does not stop the swap, and the rollback says so (exit 7,
+    restore_committed true) rather than reporting a plain success."""
+    import psycopg
+
+    project = prisma_rds_project({"0001_init": INIT}, endpoint_url=throttling_proxy.url)
+    backup = run_faber("backup", "production", "--json", "--cwd", str(project))
+    assert backup.returncode == 0, backup.output
+    backup_id = backup.json["result"]["id"]
+    throttling_proxy.hold("DescribeDBInstances", after="ModifyDBInstance")
+
+    run = FaberProcess.start(project, "rollback", "production", "--to", backup_id, "--yes", "--json")
+    try:
+        run.wait_until(throttling_proxy.holding.is_set, what="the wait between the renames")
+        with psycopg.connect(database_url, autocommit=True) as operator:
+            end_faber_lock_session(operator)
+        throttling_proxy.release()
+        code = run.finish(120)
+    finally:
+        throttling_proxy.release()
+        run.stop_everything()
+
+    document = json.loads(run.stdout())
+    assert (code, document["code"]) == (7, "LOCKED"), document
+    assert document["result"]["restore_committed"] is True, document
+    assert "lost during the restore" in document["error"], document
+    arn = rds.describe_db_instances(DBInstanceIdentifier="prod-db")["DBInstances"][0]["DBInstanceArn"]
+    tags = {t["Key"]: t["Value"] for t in rds.list_tags_for_resource(ResourceName=arn)["TagList"]}
+    assert tags.get("faber:restored-from") == backup_id, "the swap went on"
+    assert CANARY_PASSWORD not in run.stdout() + run.stderr()
