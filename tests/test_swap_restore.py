@@ -1281,3 +1281,49 @@ def test_a_swap_rollback_whose_lock_is_lost_during_pg_restore_stops_before_the_s
     assert database_state(database_url) == before
     assert CANARY_PASSWORD not in run.stdout() + run.stderr()
     assert "Traceback" not in run.stderr()
+
+
+def test_a_failed_deploy_whose_lock_is_lost_during_its_swap_rollback_keeps_the_deploy_and_says_so(
+    project, database_url, postgres_admin_url
+):
+    project_dir = project(
+        {
+            "001_orders": "CREATE TABLE orders (id int PRIMARY KEY);",
+            "002_broken": "INSERT INTO orders VALUES (1); SELECT 1/0;",
+        },
+        **SWAP,
+    )
+    target = name_of(database_url)
+    holder = application_tables(database_url, restoring_name(target))  # holds pg_restore -j in the copy
+    oid_before = databases(postgres_admin_url, target)[target]
+
+    try:
+        with psycopg.connect(postgres_admin_url, autocommit=True, application_name=holder) as gate:
+            run = FaberProcess.start(project_dir, "migrate", "production", "--yes", "--json", env=SQLFILES)
+            try:
+                run.wait_until(
+                    lambda: sessions_waiting(postgres_admin_url, restoring_name(target), "PgSleep"), what="the gate"
+                )
+                as_the_deploy_left_it = database_state(database_url)
+                with psycopg.connect(database_url, autocommit=True) as operator:
+                    end_faber_lock_session(operator)
+                gate.close()
+                code = run.finish(120)
+            finally:
+                run.stop_everything()
+        left = databases(postgres_admin_url, target)
+    finally:
+        drop_swap_databases(postgres_admin_url, target)
+
+    document = json.loads(run.stdout())
+    assert (code, document["code"]) == (7, "LOCKED"), document
+    result = document["result"]
+    assert (result["applied_migrations"], result["failed_migration"]) == (["001_orders"], "002_broken"), result
+    assert (result["rollback_initiated"], result["rollback_status"], result["restore_committed"]) == (
+        True,
+        "lock_lost",
+        False,
+    ), result
+    assert left == {target: oid_before}, "the copy is dropped, nothing renamed"
+    assert database_state(database_url) == as_the_deploy_left_it
+    assert CANARY_PASSWORD not in run.stdout() + run.stderr()
