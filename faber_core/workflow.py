@@ -2166,9 +2166,9 @@ def lock_lost_before_restore_committed(context: RunContext, backup: BackupRecord
     )
     return LockLost(
         message,
-        result=RollbackResult(
-            backup_id=backup.id, rollback_status="failed", restore_committed=False, details=message
-        ).model_dump(mode="json"),
+        result=RollbackResult(backup_id=backup.id, rollback_status="failed", restore_committed=False).model_dump(
+            mode="json"
+        ),
         suggestions=restore_stopped_for_lost_lock(context, backup),
         backup_id=backup.id,
     )
