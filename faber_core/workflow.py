@@ -2359,12 +2359,19 @@ def resolve(context: RunContext, plugins: Plugins, name: str, resolution: Resolu
     """``faber resolve ENV``: record how a failed migration was repaired, so deploys can go on."""
     plugins.require_tool(context.tool)
     with deploy_lock(context):
-        # A migration a killed deploy left in part that its tool does not record (it ran outside a
-        # transaction) has nothing for the tool to mark rolled back: faber's record of it goes.
-        left_by_a_killed_run = unfinished.forget_migration(context, name)
-        state = plugins.migration_status(context)
-        if not left_by_a_killed_run or resolution == "applied" or name in state.failed:
+        if resolution == "applied":
+            # The tool marks it applied before faber's record of a killed deploy inside it goes: a
+            # tool that refuses (or a kill in between) leaves the migration failed, never merely
+            # pending, which the next deploy would run again over what of it committed.
             state = plugins.migration_resolve(context, name, resolution)
+            unfinished.forget_migration(context, name)
+        else:
+            # A migration a killed deploy left in part that its tool does not record (it ran outside
+            # a transaction) has nothing for the tool to mark rolled back: faber's record of it goes.
+            left_by_a_killed_run = unfinished.forget_migration(context, name)
+            state = plugins.migration_status(context)
+            if not left_by_a_killed_run or name in state.failed:
+                state = plugins.migration_resolve(context, name, resolution)
     context.emit("migration.resolved", name=name, resolution=resolution)
     return Success(
         operation="resolve-migration",

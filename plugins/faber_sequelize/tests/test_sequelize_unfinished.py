@@ -67,6 +67,30 @@ def test_resolving_the_migration_a_killed_deploy_was_in_clears_that_deploy_s_rec
     assert killed.ledger() == 20
 
 
+def test_a_migration_a_killed_deploy_was_in_stays_failed_when_sequelize_cannot_mark_it_applied(
+    sequelize_migration, sequelize_project, database_url, run_faber
+):
+    """Sequelize cannot mark a migration applied (its handler has no resolve). Before, ``faber
+    resolve --applied`` removed faber's record of the killed deploy first, then failed: the
+    migration the deploy was killed in read as merely pending, and the next deploy ran its copy
+    again over what had committed."""
+    killed = KilledInsideAMigration(database_url)
+    project = sequelize_project(
+        {COPY: sequelize_migration(killed.copy_statement, killed.hold_statement)}, fixture_migrations=False, lint="off"
+    )
+    ten_rows_ledger(killed)
+    killed_inside_copy(killed, project, run_faber)
+
+    resolved = run_faber("resolve", "staging", "--applied", COPY, "--json", "--cwd", str(project))
+    status = run_faber("status", "staging", "--json", "--cwd", str(project))
+    again = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+
+    assert resolved.returncode != 0 and "Traceback" not in resolved.output, resolved.output
+    assert json.loads(status.stdout)["result"]["failed"] == [COPY], status.output
+    assert again.returncode == 3, again.output
+    assert killed.ledger() == 20  # not copied again
+
+
 def test_a_signal_while_a_deploy_that_committed_forgets_its_record_ends_with_its_report(
     sequelize_migration, sequelize_project, database_url
 ):
