@@ -179,10 +179,14 @@ class History:
     def mark_applied(self, name: str, checksum: str) -> None:
         """``prisma migrate resolve --applied``: the failed attempts are rolled back and a finished
         row with no applied steps says the changes were completed by hand."""
-        self.mark_rolled_back(name)
-        migration_id = str(uuid.uuid4())
-        self._run(
-            "INSERT INTO {table} (id, checksum, started_at, finished_at, migration_name, applied_steps_count)"
-            " VALUES (%(id)s, %(checksum)s, clock_timestamp(), clock_timestamp(), %(name)s, 0)",
-            {"id": migration_id, "checksum": checksum, "name": name},
-        )
+        # One transaction: committed alone, the first would leave the migration neither failed nor
+        # applied but pending, and a faber resolve killed between the two would make the next
+        # deploy run again what was completed by hand.
+        with self.conn.transaction():
+            self.mark_rolled_back(name)
+            migration_id = str(uuid.uuid4())
+            self._run(
+                "INSERT INTO {table} (id, checksum, started_at, finished_at, migration_name, applied_steps_count)"
+                " VALUES (%(id)s, %(checksum)s, clock_timestamp(), clock_timestamp(), %(name)s, 0)",
+                {"id": migration_id, "checksum": checksum, "name": name},
+            )

@@ -139,12 +139,16 @@ class MysqlHistory:
     def mark_applied(self, name: str, checksum: str) -> None:
         """``prisma migrate resolve --applied``: the failed attempts are rolled back and a finished
         row with no applied steps and empty logs says the changes were completed by hand."""
-        self.mark_rolled_back(name)
-        self._run(
-            "INSERT INTO {table} (id, checksum, logs, started_at, finished_at, migration_name)"
-            f" VALUES (%(id)s, %(checksum)s, '', {_NOW}, {_NOW}, %(name)s)",
-            {"id": str(uuid.uuid4()), "checksum": checksum, "name": name},
-        )
+        # One transaction: committed alone, the first would leave the migration neither failed nor
+        # applied but pending, and a faber resolve killed between the two would make the next
+        # deploy run again what was completed by hand.
+        with self.conn.transaction():
+            self.mark_rolled_back(name)
+            self._run(
+                "INSERT INTO {table} (id, checksum, logs, started_at, finished_at, migration_name)"
+                f" VALUES (%(id)s, %(checksum)s, '', {_NOW}, {_NOW}, %(name)s)",
+                {"id": str(uuid.uuid4()), "checksum": checksum, "name": name},
+            )
 
 
 

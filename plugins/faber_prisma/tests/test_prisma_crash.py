@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from faber_core.postgres.locks import faber_lock_key
 from faber_core.testing.faults import (
+    WAITING_ON_ADVISORY_LOCK,
     FaberProcess,
     KilledInsideAMigration,
     event_matcher,
@@ -225,6 +226,56 @@ def test_a_killed_non_transactional_migration_is_reported_with_what_a_person_mus
             "SELECT indisvalid FROM pg_index WHERE indexrelid = 'accounts_email_idx'::regclass"
         ).fetchone()
     assert valid == (True,)
+
+
+def test_resolve_applied_killed_as_it_records_the_migration_leaves_it_failed_not_pending(project, database_url):
+    """``--applied`` marks the failed attempt rolled back and records a finished row. Before, the
+    two committed apart: faber killed between them left the migration merely pending, and the
+    next deploy ran again what a person had completed by hand."""
+    name = "1_email_index"
+    sql = 'CREATE INDEX CONCURRENTLY "accounts_email_idx" ON "accounts" ("email");\nSELECT 1 / 0;\n'
+    directory = project({name: sql})
+    failed = faber(directory, database_url, "migrate", ENVIRONMENT, "--yes", "--json")
+    assert failed.finish() == 6, failed.stdout()
+    assert prisma_rows(database_url)[-1] == (name, False, False)
+    hold = 0x5EED
+    with psycopg.connect(database_url, autocommit=True) as holder:
+        # The finished row's INSERT waits on the test's lock: faber is killed after the failed
+        # attempt was marked rolled back, before the row saying it was applied is in.
+        holder.execute(
+            "CREATE FUNCTION hold_insert() RETURNS trigger LANGUAGE plpgsql AS"
+            f" $$ BEGIN PERFORM pg_advisory_xact_lock({hold}); RETURN NEW; END $$;"
+            "CREATE TRIGGER hold_insert BEFORE INSERT ON _prisma_migrations"
+            " FOR EACH ROW EXECUTE FUNCTION hold_insert()"
+        )
+        holder.execute("SELECT pg_advisory_lock(%s)", [hold])
+        run = faber(directory, database_url, "resolve", ENVIRONMENT, "--applied", name, "--json")
+        try:
+            run.wait_until(lambda: holder.execute(WAITING_ON_ADVISORY_LOCK, [hold]).fetchone(), what="the INSERT held")
+            run.kill(signal.SIGKILL)
+            assert run.wait(5) == -signal.SIGKILL
+        finally:
+            run.stop_everything()
+        # The server ends the dead client's session (here at once, not when the lock frees).
+        holder.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = %s AND NOT granted",
+            [hold],
+        )
+        released = wait_for_server_release(
+            database_url, database_name(database_url), within=SERVER_BOUND, ignore_pids=[holder.info.backend_pid]
+        )
+        assert not released
+        holder.execute("DROP TRIGGER hold_insert ON _prisma_migrations")
+
+    status = faber(directory, database_url, "status", ENVIRONMENT, "--json")
+    status.finish()
+    assert json.loads(status.stdout())["result"]["failed"] == [name], status.stdout()
+    resolved = faber(directory, database_url, "resolve", ENVIRONMENT, "--applied", name, "--json")
+    assert resolved.finish() == 0, resolved.stdout()
+    deployed = faber(directory, database_url, "migrate", ENVIRONMENT, "--yes", "--json")
+    assert deployed.finish() == 0, deployed.stdout()
+    # Not run again: the failed attempt, marked rolled back, and the row saying it was applied.
+    assert prisma_rows(database_url)[1:] == [(name, False, True), (name, True, False)]
 
 
 LONG_ALTER = 'ALTER TABLE "accounts" ADD COLUMN "z" INTEGER; SELECT pg_sleep(20);'
