@@ -13,11 +13,12 @@ import hashlib
 import json
 import signal
 import threading
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from faber_core.errors import Locked, MigrationFailed
-from faber_core.testing.faults import AnswerDropped
+from faber_core.testing.faults import AnswerDropped, FaberProcess
 from faber_core.testing.fixtures import CANARY_PASSWORD, faber_at_once, mysql_connect, start_faber, wait_for
 
 from faber_prisma.mysql import LOCK_NAME
@@ -206,6 +207,35 @@ def test_resolve_applied_writes_the_row_prisma_writes(
     assert prisma_plugins.migration_status(context).pending_migrations() == []
 
 
+def test_resolve_applied_killed_as_it_records_the_migration_leaves_it_failed_not_pending(
+    mysql_prisma_project, prisma_context, prisma_plugins, mysql_database_url, mysql_query, run_faber
+):
+    """Before, marking the failed attempt rolled back committed apart from the row saying it was
+    applied: faber killed between them left the migration pending, and the next deploy ran it again."""
+    project = mysql_prisma_project({"20240101000000_init": INIT, "20240102000000_half": HALF})
+    apply_pending(prisma_plugins, prisma_context(project))
+    hold = f"faber-test-hold-{uuid.uuid4().hex[:12]}"
+    held = f"SET @held = GET_LOCK('{hold}', 60)"
+    mysql_query(f"CREATE TRIGGER hold_insert BEFORE INSERT ON _prisma_migrations FOR EACH ROW {held}")
+    with mysql_connect(mysql_database_url) as holder:
+        assert holder.execute("SELECT GET_LOCK(%s, 0)", [hold]).fetchone()[0] == 1
+        run = FaberProcess.start(project, "resolve", "staging", "--applied", "20240102000000_half", "--json")
+        # The trigger's statement, as the process list shows the session while it waits.
+        waiting = "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO = %s"
+        try:
+            session = run.wait_until(lambda: holder.execute(waiting, [held]).fetchone(), what="the INSERT held")[0]
+            run.kill(signal.SIGKILL)
+            assert run.wait(5) == -signal.SIGKILL
+        finally:
+            run.stop_everything()
+        # The dead client's session, ended rather than left waiting on the test's lock.
+        holder.execute(f"KILL {int(session)}")
+    mysql_query("DROP TRIGGER hold_insert")
+
+    status = faber(run_faber, project, "status", "staging")
+    assert json.loads(status.stdout)["result"]["failed"] == ["20240102000000_half"], status.output
+
+
 def test_prismas_lock_is_held_while_applying(mysql_prisma_project, prisma_context, prisma_plugins, mysql_database_url):
     """A `prisma migrate deploy` holding GET_LOCK('prisma_migrate') makes faber wait, then refuse
     naming it; once it lets go, faber applies."""
@@ -227,11 +257,14 @@ def test_prismas_lock_is_held_while_applying(mysql_prisma_project, prisma_contex
 def held_by_another_session_of_this_test(conn) -> bool:
     """Whether Prisma's lock is held by a session of this test's own user other than ``conn``
     (tests on other databases use other users)."""
-    return conn.execute(
-        "SELECT COUNT(*) FROM information_schema.processlist WHERE id = IS_USED_LOCK(%s)"
-        " AND user = SUBSTRING_INDEX(USER(), '@', 1) AND id != CONNECTION_ID()",
-        [LOCK_NAME],
-    ).fetchone()[0] == 1
+    return (
+        conn.execute(
+            "SELECT COUNT(*) FROM information_schema.processlist WHERE id = IS_USED_LOCK(%s)"
+            " AND user = SUBSTRING_INDEX(USER(), '@', 1) AND id != CONNECTION_ID()",
+            [LOCK_NAME],
+        ).fetchone()[0]
+        == 1
+    )
 
 
 def test_faber_holds_prismas_lock_until_it_is_done(
@@ -436,7 +469,9 @@ def test_an_interrupt_mid_script_names_the_statements_that_committed(
     assert "tags" in tables and "never" not in tables
 
 
-def test_a_preview_before_the_first_deploy_leaves_the_database_empty_for_it(mysql_prisma_project, run_faber, mysql_query):
+def test_a_preview_before_the_first_deploy_leaves_the_database_empty_for_it(
+    mysql_prisma_project, run_faber, mysql_query
+):
     # The preview records itself in faber_deployments, in the target database on MySQL: a table of
     # faber's, not one that makes the database "not empty" for the first deploy (P3005).
     project = mysql_prisma_project({"0001_init": INIT})
