@@ -1092,7 +1092,25 @@ def take_backup(context: RunContext, plugins: Plugins, reason: str, state: Migra
         # the safe side (faber_core/backup/writes.py).
         counters = writes.read_counters(context)
         record = plugins.backup_create(context, reason, state.applied_fingerprint())
-        writes.record_baseline(context, record, counters, state.bookkeeping_table)
+        try:
+            writes.record_baseline(context, record, counters, state.bookkeeping_table)
+        except KeyboardInterrupt as interrupt:
+            # The backup is whole and listed: a bare INTERRUPTED would read as if none was made.
+            env = context.environment
+            raise Interrupted.by(
+                interrupt,
+                f"once backup {record.id} was made",
+                result={"backup_id": record.id},
+                suggestions=[
+                    f"Backup {record.id} is whole (faber backups {env} lists it); its restore cannot tell the rows "
+                    "written since it (the counters it compares were not recorded)",
+                    *(
+                        [f"Nothing was applied: deploy again with faber migrate {env}"]
+                        if context.operation == DEPLOY
+                        else []
+                    ),
+                ],
+            ) from None
         span.set_attribute("faber.backup.id", record.id)
     context.emit("backup.created", backup_id=record.id, size_bytes=record.size_bytes)
     return record

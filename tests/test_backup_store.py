@@ -24,7 +24,7 @@ from faber_core.backup import store
 from faber_core.errors import BackupFailed, RestoreFailed
 from faber_core.models import BackupRecord, MigrationState
 from faber_core.testing.faults import FaberProcess, application_sessions, descendants
-from faber_core.testing.fixtures import mysql_connect, process_alive, start_faber, wait_for
+from faber_core.testing.fixtures import CANARY_PASSWORD, mysql_connect, process_alive, start_faber, wait_for
 from faber_core.workflow import take_backup
 
 SQLFILES = {"FABER_PLUGINS": "faber_core.testing.sqlfiles"}
@@ -432,6 +432,42 @@ def test_killing_faber_during_pg_dump_leaves_no_orphan_and_no_partial_file(produ
 
     assert listed.returncode == 0 and listed.json["result"]["backups"] == []
     assert list(folder(project_dir).iterdir()) == []
+
+
+def test_a_backup_interrupted_once_it_was_made_says_it_was_made(production, database_url, run_faber):
+    """The signal lands as the backup's write counters are recorded, after its manifest: the backup
+    is whole and listed. Before, the document was a bare INTERRUPTED that named no backup, as if
+    none had been made."""
+    project_dir, _ = production
+    assert run_faber("backup", "production", "--json", cwd=project_dir, env=SQLFILES).returncode == 0
+    with psycopg.connect(database_url) as holder:
+        holder.execute("LOCK TABLE faber.faber_backup_baselines IN ACCESS EXCLUSIVE MODE")
+        run = FaberProcess.start(project_dir, "backup", "production", "--json", env=SQLFILES)
+        try:
+            run.wait_for("backup.started")
+            run.wait_until(lambda: baseline_waits(database_url), what="the write counters' record held")
+            run.kill(signal.SIGTERM)
+            code = run.wait(60)
+        finally:
+            run.stop_everything()
+        holder.rollback()
+    document = json.loads(run.stdout())
+    listed = run_faber("backups", "production", "--json", cwd=project_dir, env=SQLFILES)
+
+    assert code == 130 and document["code"] == "INTERRUPTED", run.stdout()
+    newest = listed.json["result"]["backups"][0]
+    assert newest["status"] == "available" and document["result"]["backup_id"] == newest["id"], run.stdout()
+    assert f"once backup {newest['id']} was made" in document["error"]
+    assert CANARY_PASSWORD not in run.stdout() + run.stderr()
+
+
+def baseline_waits(url: str) -> bool:
+    with psycopg.connect(url, autocommit=True) as conn:
+        query = (
+            "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            " AND query LIKE '%faber_backup_baselines%'"
+        )
+        return conn.execute(query).fetchone() is not None
 
 
 def test_concurrent_backups_in_the_same_second_get_different_ids(tmp_path):
