@@ -25,6 +25,7 @@ import psycopg
 import pytest
 
 from faber_core.config import CONFIG_PATH
+from faber_core.engines import REHEARSAL_PREFIX
 from faber_core.postgres.locks import faber_lock_key
 from faber_core.testing.faults import (
     AUDIT_LOG,
@@ -37,7 +38,7 @@ from faber_core.testing.faults import (
     snapshot,
     wait_for_server_release,
 )
-from faber_core.testing.fixtures import CANARY_PASSWORD
+from faber_core.testing.fixtures import CANARY_PASSWORD, wait_for
 
 ENVIRONMENT = "production"
 URL_ENV = "FAULTS_DATABASE_URL"
@@ -503,6 +504,67 @@ def test_a_signal_while_the_rehearsal_copy_is_being_labelled_drops_it(
     assert copy not in rehearsal_copies(postgres_admin_url), "the rehearsal copy was left on the server"
     assert code == 130, run.stdout() + run.stderr()
     assert json.loads(run.stdout())["code"] == "INTERRUPTED"
+
+
+def test_a_rehearsal_copy_killed_before_it_was_labelled_is_named_by_faber_status(
+    project, database_url, postgres_admin_url, tmp_path
+):
+    """``kill -9`` between creating the ``--rehearse`` copy and labelling it (the label is what
+    tied a leftover copy to its database) left it unlabelled: never reported, never dropped.
+    Its name carries a tag of its database's, by which ``faber status`` names it once stale."""
+    directory = project({"001_users": "CREATE TABLE users (id int);"})
+    shims, gate, asked = tmp_path / "bin", tmp_path / "gate", tmp_path / "asked"
+    shims.mkdir()
+    real = shutil.which("pg_dump")
+    assert real, "pg_dump is not installed"
+    # Asked its version just before faber creates its copy: the catalog is locked only from then.
+    wait = f'if [ "$1" = --version ]; then touch {asked}; while [ ! -e {gate} ]; do sleep 0.05; done; fi\n'
+    (shims / "pg_dump").write_text(f'#!/bin/sh\n{wait}exec {real} "$@"\n')
+    (shims / "pg_dump").chmod(0o755)
+    path = {"PATH": f"{shims}:{os.environ['PATH']}"}
+    run = start(directory, database_url, "migrate", ENVIRONMENT, "--dry-run", "--rehearse", "--json", env=path)
+    stale = None
+    try:
+        run.wait_until(asked.exists, what="faber to look for pg_dump")
+        with psycopg.connect(postgres_admin_url, autocommit=True) as catalog:
+            catalog.execute("BEGIN")
+            catalog.execute("LOCK TABLE pg_catalog.pg_shdescription IN EXCLUSIVE MODE")
+            gate.touch()
+            copy = run.wait_until(lambda: labelling(postgres_admin_url, database_name(database_url)), what="the label")
+            run.kill(signal.SIGKILL)
+            assert run.wait(timeout=EXIT_BOUND) == -signal.SIGKILL
+            # The label was never sent: the server ends the dead client's session before it runs.
+            catalog.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'COMMENT ON DATABASE%'"
+                " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            )
+            catalog.execute("ROLLBACK")
+        # As it is 15 minutes on: a copy is named once stale (a preview may still be rehearsing in it).
+        stale = "faber_rehearsal_20200101000000_" + copy.removeprefix(REHEARSAL_PREFIX).partition("_")[2]
+        with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
+            wait_for(lambda: not admin.execute(SESSIONS_ON, [copy]).fetchone(), "the copy's sessions to end")
+            admin.execute(f'ALTER DATABASE "{copy}" RENAME TO "{stale}"')
+            label = admin.execute(
+                "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", [stale]
+            )
+            assert label.fetchall() == [(None,)]
+
+        status = start(directory, database_url, "status", ENVIRONMENT, "--json")
+        assert status.finish() == 0, status.stdout()
+        leftovers = json.loads(status.stdout())["result"]["leftover_databases"]
+        assert [(left["name"], left["left_by"], left["drop"]) for left in leftovers] == [
+            (stale, "rehearsal", f'DROP DATABASE "{stale}"')
+        ], leftovers
+        assert CANARY_PASSWORD not in status.stdout() + status.stderr()
+    finally:
+        gate.touch()
+        run.stop_everything()
+        if stale is not None:
+            with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{stale}"')
+
+
+SESSIONS_ON = "SELECT 1 FROM pg_stat_activity WHERE datname = %s"
 
 
 def labelling(admin_url: str, target: str) -> str | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import re
 import subprocess
 import time
@@ -182,9 +183,23 @@ AUTO_DATA_LIMIT_BYTES = 64 * 1024 * 1024
 """Below this much table data, a rehearsal copies the rows too: closer to the real run, still quick."""
 
 
-def rehearsal_name() -> str:
-    """A new rehearsal database's name: unique, and when it was made (a leftover tells its age)."""
-    return f"{REHEARSAL_PREFIX}{dt.datetime.now(dt.timezone.utc):{REHEARSAL_TIME_FORMAT}}_{uuid.uuid4().hex[:8]}"
+def rehearsal_name(target: str) -> str:
+    """A new rehearsal database's name: unique, when it was made (a leftover tells its age) and of
+    which database, the server's ``target`` (:func:`rehearsal_tag`)."""
+    stamp = f"{dt.datetime.now(dt.timezone.utc):{REHEARSAL_TIME_FORMAT}}"
+    return f"{REHEARSAL_PREFIX}{stamp}_{rehearsal_tag(target)}{uuid.uuid4().hex[:8]}"
+
+
+def rehearsal_tag(target: str) -> str:
+    """Eight hex digits of ``target``'s name, in the names of its rehearsal copies: a copy faber was
+    killed before it labelled (PostgreSQL's ``COMMENT ON DATABASE`` follows the ``CREATE``) is
+    still tied to its database by its name."""
+    return hashlib.sha256(target.encode()).hexdigest()[:8]
+
+
+def tagged_rehearsal_of(name: str, target: str) -> bool:
+    """Whether rehearsal database ``name`` carries the tag of ``target`` (:func:`rehearsal_name`)."""
+    return name.removeprefix(REHEARSAL_PREFIX).partition("_")[2].startswith(rehearsal_tag(target))
 
 
 REHEARSAL_TIME_FORMAT = "%Y%m%d%H%M%S"

@@ -67,7 +67,7 @@ def rehearsal_database(
         rows_of = _existing_tables(conn, target.name or "", copy_rows_of)
         left_out = [table for table in _faber_tables(conn) if table not in rows_of]
         tools = _tools()
-        name = rehearsal_name()
+        name = rehearsal_name(target.name or "")
         _create_database(conn, context, name, target.name or "")
     rehearsal = Rehearsal(
         name=name,

@@ -4,9 +4,11 @@ A swap restore killed before its swap leaves ``<db>_faber_restoring``, killed af
 ``<db>_faber_previous`` (:mod:`faber_core.backup.swap`); a preview killed during its rehearsal
 leaves ``faber_rehearsal_<time>_<id>``. Each carries a comment faber gave it, which is what ties
 it to faber and to the target: a database of such a name without that comment is someone
-else's and is not reported. A database a session is connected to is in use (a restore or a
-preview running now) and is not reported either, nor are the swap's copies while a run holds
-faber's lock on the target (a swap restore may be between two steps).
+else's and is not reported, except a rehearsal copy whose name carries the target's tag
+(:func:`~faber_core.engines.rehearsal_tag`), which faber was killed before it could label. A
+database a session is connected to is in use (a restore or a preview running now) and is not
+reported either, nor are the swap's copies while a run holds faber's lock on the target (a swap
+restore may be between two steps).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from psycopg import sql
 
 from faber_core.backup.swap import MARKER, previous_name, restoring_name
 from faber_core.context import Database
-from faber_core.engines import REHEARSAL_PREFIX, REHEARSAL_STALE_MINUTES, rehearsal_age
+from faber_core.engines import REHEARSAL_PREFIX, REHEARSAL_STALE_MINUTES, rehearsal_age, tagged_rehearsal_of
 from faber_core.models import LeftoverDatabase
 from faber_core.postgres.locks import faber_lock_key, lock_held
 from faber_core.postgres.names import learnt_names
@@ -44,8 +46,13 @@ def leftover_databases(conn: psycopg.Connection, database: Database) -> list[Lef
         drop = sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)).as_string(conn)
         if name in swap and (comment or "").startswith(MARKER):
             leftovers.append(LeftoverDatabase(name=name, left_by="swap_restore", details=comment, drop=drop))
-        elif name.startswith(REHEARSAL_PREFIX) and comment == rehearsal_comment(target) and _stale(name):
-            leftovers.append(LeftoverDatabase(name=name, left_by="rehearsal", details=comment, drop=drop))
+        elif name.startswith(REHEARSAL_PREFIX) and _stale(name):
+            if comment == rehearsal_comment(target):
+                leftovers.append(LeftoverDatabase(name=name, left_by="rehearsal", details=comment, drop=drop))
+            elif comment is None and tagged_rehearsal_of(name, target):
+                # faber was killed between creating the copy and labelling it: its name still says whose.
+                details = f"{rehearsal_comment(target)} (unlabelled: faber was killed as it made it)"
+                leftovers.append(LeftoverDatabase(name=name, left_by="rehearsal", details=details, drop=drop))
     return leftovers
 
 

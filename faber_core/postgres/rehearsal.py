@@ -60,7 +60,7 @@ def rehearsal_database(
         tools = _client_tools(conn)
         includes_data = _wants_data(conn, context, include_data)
         tables = [] if includes_data else _existing_tables(conn, copy_rows_of)
-        name = rehearsal_name()
+        name = rehearsal_name(names.server)
         _create_database(conn, context, name, names.server)
     rehearsal = Rehearsal(
         name=name,
