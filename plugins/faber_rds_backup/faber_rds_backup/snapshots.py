@@ -266,9 +266,11 @@ def list_backups(context: RunContext) -> list[BackupRecord]:
             # them it cannot be checked, and would be reported failed after the swap.
             shown = (manifest_dir(context) / f"{snapshot.id}.json").relative_to(context.project_dir)
             record.status = "unusable"
+            # No machine has it when the run that took the snapshot was killed while RDS made it.
             record.problem = (
                 f"its manifest {shown} is missing or unreadable, so a restore of it cannot be verified; copy it "
-                "from the machine that took the snapshot"
+                "from the machine that took the snapshot, or, if the faber run that took it was stopped before the "
+                f"snapshot was available (it then wrote none), delete it: {target.snapshot_delete_command(snapshot.id)}"
             )
         records.append(record)
     return records

@@ -396,6 +396,27 @@ def test_a_snapshot_still_being_made_when_a_signal_stops_the_backup_is_named(
     assert CANARY_PASSWORD not in run.stdout() + run.stderr()
 
 
+def test_a_snapshot_whose_backup_was_killed_while_rds_made_it_is_listed_with_the_command_that_deletes_it(
+    rds, rds_instance, prisma_rds_project, run_faber, throttling_proxy
+):
+    # kill -9 leaves no report, and no manifest anywhere: the listing said only to copy the manifest
+    # from the machine that took the snapshot, which has none.
+    project = prisma_rds_project({"0001_init": INIT}, endpoint_url=throttling_proxy.url)
+    throttling_proxy.hold("DescribeDBSnapshots", after="CreateDBSnapshot", count=1)
+
+    run, code = stopped_while_held(
+        throttling_proxy, project, "backup", "production", "--json", what="the wait", signum=signal.SIGKILL
+    )
+    listed = run_faber("backups", "production", "--json", "--cwd", str(project))
+
+    assert code == -signal.SIGKILL
+    assert listed.returncode == 0, listed.output
+    [snapshot] = listed.json["result"]["backups"]
+    assert snapshot["status"] == "unusable" and snapshot["provider_data"]["manifest"] is False, snapshot
+    assert f"delete-db-snapshot --db-snapshot-identifier {snapshot['id']}" in snapshot["problem"], snapshot["problem"]
+    assert CANARY_PASSWORD not in listed.output
+
+
 def test_a_signal_while_rds_has_not_answered_never_names_an_earlier_backup_whose_name_was_taken(
     rds, rds_instance, prisma_rds_project, throttling_proxy
 ):
