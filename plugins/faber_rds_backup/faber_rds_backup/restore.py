@@ -98,12 +98,14 @@ def _swap(run: _Runner, settings: RdsBackupSettings, target: Target, plan: Plan)
         f"renamed {plan.original} to {plan.previous}",
         _restored_beside,
         lambda: target.rename(plan.original, plan.previous),
+        unanswered=_rename_requested,
     )
     run.step(f"{plan.previous} is available", _original_moved, lambda: run.wait(plan.previous))
     run.step(
         f"renamed {plan.restored} to {plan.original}",
         _original_moved,
         lambda: target.rename(plan.restored, plan.original),
+        unanswered=_swap_requested,
     )
     run.step(f"{plan.original} serves the restored data", _swapped_pending, lambda: run.wait_serving(plan.original))
     return RestoreOutcome(
@@ -201,8 +203,17 @@ class _Runner:
         self.target = target
         self.plan = plan
 
-    def step(self, done: str, state: Callable[[Target, Plan], tuple[str, list[str]]], action: Callable[[], Any]) -> Any:
-        self.plan.state = state
+    def step(
+        self,
+        done: str,
+        state: Callable[[Target, Plan], tuple[str, list[str]]],
+        action: Callable[[], Any],
+        *,
+        unanswered: Callable[[Target, Plan], tuple[str, list[str]]] | None = None,
+    ) -> Any:
+        """Run ``action``; where things stand if it fails is ``state``, and if an interrupt stops
+        faber before AWS answered it, ``unanswered`` (a request AWS may have carried out) or ``state``."""
+        self.plan.state = unanswered or state
         try:
             result = action()
         except Exception as exc:
@@ -309,6 +320,35 @@ def _restored_beside(target: Target, plan: Plan) -> tuple[str, list[str]]:
     )
 
 
+def _rename_requested(target: Target, plan: Plan) -> tuple[str, list[str]]:
+    # As for the restore's request: AWS may have renamed it though its answer never came.
+    moved, commands = _original_moved(target, plan)
+    return (
+        f"The rename of {plan.original} to {plan.previous} was requested, so it may have happened. If it did not, "
+        f"{plan.original} is unchanged and still serves the database, {plan.restored} restored beside it; if it "
+        f"did: {moved}",
+        [
+            f"Check which: {target.describe_command(plan.original)} (not found: it was renamed)",
+            *commands,
+            f"If it was not renamed, remove the copy: {target.delete_command(plan.restored)}",
+        ],
+    )
+
+
+def _swap_requested(target: Target, plan: Plan) -> tuple[str, list[str]]:
+    moved, commands = _original_moved(target, plan)
+    return (
+        f"The rename of {plan.restored} to {plan.original} was requested, so it may have happened. If it did, "
+        f"{plan.original} serves snapshot {plan.backup_id} and the previous database is {plan.previous}; if it "
+        f"did not: {moved}",
+        [
+            f"Check which: {target.describe_command(plan.restored)} (not found: it was renamed)",
+            *commands,
+            f"If it was renamed, once satisfied, delete the previous database: {target.delete_command(plan.previous)}",
+        ],
+    )
+
+
 def _original_moved(target: Target, plan: Plan) -> tuple[str, list[str]]:
     return leftovers.describe(target, leftovers.MovedOriginal(plan.original, plan.previous, plan.restored))
 
@@ -356,6 +396,8 @@ _COMMITTED: dict[Callable[[Target, Plan], tuple[str, list[str]]], bool | None] =
     _unchanged: False,
     _restore_requested: False,
     _restored_beside: False,
+    _rename_requested: None,
     _original_moved: None,
+    _swap_requested: None,
     _swapped_pending: True,
 }

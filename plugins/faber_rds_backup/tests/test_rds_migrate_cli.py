@@ -220,6 +220,41 @@ def test_sigterm_during_rollback_says_whether_the_swap_happened(
     assert CANARY_PASSWORD not in run.stdout() + run.stderr()
 
 
+@pytest.mark.parametrize(
+    ("count", "renamed"),
+    [(1, ("prod-db", "-pre-rollback-")), (2, ("-restored-", "prod-db"))],
+    ids=["first-rename", "second-rename"],
+)
+def test_sigterm_while_rds_has_not_answered_a_rename_says_it_may_have_happened(
+    rds, rds_instance, prisma_rds_project, run_faber, throttling_proxy, count, renamed
+):
+    # AWS renamed the instance and its answer was held: faber said "the restore had not committed:
+    # production is exactly as it was before the rollback" (first rename) though prod-db no longer
+    # existed, or named only the state between the renames (second) though the swap was done.
+    project = prisma_rds_project({"0001_init": INIT}, endpoint_url=throttling_proxy.url)
+    backup = run_faber("backup", "production", "--json", "--cwd", str(project))
+    assert backup.returncode == 0, backup.output
+    backup_id = backup.json["result"]["id"]
+    throttling_proxy.hold("ModifyDBInstance", after="ModifyDBInstance", count=count - 1, answer=True)
+
+    run, code = stopped_while_held(
+        throttling_proxy, project, "rollback", "production", "--to", backup_id, "--yes", "--json", what="the rename"
+    )
+
+    assert code == 130, run.stdout() + run.stderr()
+    document = json.loads(run.stdout())
+    assert document["code"] == "INTERRUPTED" and document["result"].get("restore_committed") is None, document
+    said = document["error"] + " ".join(document["recovery"]["suggestions"])
+    assert "exactly as it was before the rollback" not in said, said
+    details = document["result"]["details"]
+    assert "was requested, so it may have happened" in details, details
+    commands = "\n".join(document["result"]["provider_data"]["commands"])
+    assert "--new-db-instance-identifier prod-db" in commands, commands  # finish or undo the swap
+    source, _ = renamed
+    assert any(source in line and "describe-db-instances" in line for line in commands.splitlines()), commands
+    assert CANARY_PASSWORD not in run.stdout() + run.stderr()
+
+
 def wait_for_restored_copy(rds) -> set[str]:
     """The instances, once the restore a test let through has reached moto."""
     deadline = time.monotonic() + 30
