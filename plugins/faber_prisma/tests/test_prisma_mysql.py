@@ -257,14 +257,11 @@ def test_prismas_lock_is_held_while_applying(mysql_prisma_project, prisma_contex
 def held_by_another_session_of_this_test(conn) -> bool:
     """Whether Prisma's lock is held by a session of this test's own user other than ``conn``
     (tests on other databases use other users)."""
-    return (
-        conn.execute(
-            "SELECT COUNT(*) FROM information_schema.processlist WHERE id = IS_USED_LOCK(%s)"
-            " AND user = SUBSTRING_INDEX(USER(), '@', 1) AND id != CONNECTION_ID()",
-            [LOCK_NAME],
-        ).fetchone()[0]
-        == 1
-    )
+    return conn.execute(
+        "SELECT COUNT(*) FROM information_schema.processlist WHERE id = IS_USED_LOCK(%s)"
+        " AND user = SUBSTRING_INDEX(USER(), '@', 1) AND id != CONNECTION_ID()",
+        [LOCK_NAME],
+    ).fetchone()[0] == 1
 
 
 def test_faber_holds_prismas_lock_until_it_is_done(
@@ -469,9 +466,7 @@ def test_an_interrupt_mid_script_names_the_statements_that_committed(
     assert "tags" in tables and "never" not in tables
 
 
-def test_a_preview_before_the_first_deploy_leaves_the_database_empty_for_it(
-    mysql_prisma_project, run_faber, mysql_query
-):
+def test_a_preview_before_the_first_deploy_leaves_the_database_empty_for_it(mysql_prisma_project, run_faber, mysql_query):
     # The preview records itself in faber_deployments, in the target database on MySQL: a table of
     # faber's, not one that makes the database "not empty" for the first deploy (P3005).
     project = mysql_prisma_project({"0001_init": INIT})
