@@ -9,12 +9,38 @@ command's run begins and ends it the way every interrupt does: an ``INTERRUPTED`
 
 from __future__ import annotations
 
+import os
 import sys
 
 from faber_core import interrupts
 
+_STANDARD_STREAMS = ((0, "stdin", os.O_RDONLY), (1, "stdout", os.O_WRONLY), (2, "stderr", os.O_WRONLY))
+
+
+def open_closed_standard_streams() -> None:
+    """Give a standard stream its caller closed (``faber ... <&-``, a supervisor that closes them)
+    /dev/null. Python leaves such a stream None, which the prompt, the request's read and every
+    warning would fail on with a traceback; and the descriptor left free would be the next file
+    faber opens (the config, a backup archive, a database socket), where a child process or a
+    print aimed at the stream would then write."""
+    for fd, name, flags in _STANDARD_STREAMS:
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        # The lower descriptors are open (or were just given /dev/null): this one is the lowest free.
+        opened = os.open(os.devnull, flags)
+        if opened != fd:
+            os.dup2(opened, fd)
+            os.close(opened)
+        if getattr(sys, name) is None:
+            mode = "r" if flags == os.O_RDONLY else "w"
+            setattr(sys, name, open(fd, mode, encoding="utf-8", errors="backslashreplace", closefd=False))
+
 
 def main() -> None:
+    open_closed_standard_streams()
     interrupts.hold_outside_runs()
     from faber_core.cli import main as run_command_line
 

@@ -1,0 +1,57 @@
+"""What the process around faber can get wrong: standard streams its caller closed. Each is
+refused with a document and its exit code, never a traceback, the database unchanged."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from faber_core.errors import EXIT_CODES
+
+SQLFILES = {"FABER_PLUGINS": "faber_core.testing.sqlfiles"}
+
+
+def faber_with_stdin_closed(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m faber_core ARGS`` started with no descriptor 0 at all (``faber ... <&-``, a
+    supervisor that closes its children's stdin), which Python shows as ``sys.stdin`` None."""
+    return subprocess.run(
+        [sys.executable, "-m", "faber_core", *args],
+        cwd=cwd,
+        env={**os.environ, **SQLFILES},
+        stdin=subprocess.DEVNULL,
+        preexec_fn=lambda: os.close(0),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["migrate", "production", "--json"], "APPROVAL_REQUIRED"),
+        (["rollback", "production", "--json"], "CONFIG_INVALID"),  # no backup yet
+        (["request"], "CONFIG_INVALID"),  # an empty request
+    ],
+    ids=["migrate", "rollback", "request"],
+)
+def test_a_closed_stdin_is_no_terminal_and_no_request_not_a_traceback(project, database_url, args, code):
+    """faber asked the missing stdin whether it was a terminal (AttributeError on None): exit 1,
+    a traceback and no document; now it reads as /dev/null: no terminal to approve on, an empty request."""
+    project_dir = project({"001_users": "CREATE TABLE users (id int);"})
+    if args[0] == "request":
+        args = ["request", "--cwd", str(project_dir)]
+
+    run = faber_with_stdin_closed(*args, cwd=project_dir)
+
+    assert "Traceback" not in run.stderr, run.stderr
+    document = json.loads(run.stdout)
+    assert (run.returncode, document["code"]) == (EXIT_CODES[code], code), document
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT to_regclass('users')").fetchone() == (None,)
