@@ -533,6 +533,21 @@ def find_project_dir(cwd: str | Path | None, *, required: bool) -> Path | None:
     )
 
 
+def read_url_variable(name: str) -> str:
+    """The database URL (or URLs) in environment variable ``name`` ('' when it is not set); a
+    ConfigError, which does not quote it, when it is not UTF-8 text: Python reads such bytes as
+    lone surrogates, which no URL parser, driver or mask of its password takes."""
+    value = os.environ.get(name, "")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(
+            f"Environment variable {name} is not UTF-8 text: refused",
+            suggestions=[f"Percent-encode the bytes of {name} that are not UTF-8 (a byte 0xFF as %FF)"],
+        ) from None
+    return value
+
+
 def open_context(
     project_dir: Path,
     environment: str,
@@ -574,7 +589,7 @@ def open_context(
             suggestions=[f"Use the environment's name: {fleet}"],
         )
     elif settings.database_url_env:
-        value = os.environ.get(settings.database_url_env, "").strip()
+        value = read_url_variable(settings.database_url_env).strip()
         if not value:
             raise ConfigError(
                 f"Environment variable {settings.database_url_env} is not set",

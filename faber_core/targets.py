@@ -116,9 +116,10 @@ def url_variables(targets: Iterable[Target]) -> frozenset[str]:
 
 
 def _from_urls_variable(variable: str, redactor: Redactor) -> list[Target]:
+    from faber_core.context import read_url_variable
     from faber_core.engines import engine_for_url
 
-    text = os.environ.get(variable, "")
+    text = read_url_variable(variable)
     entries = []
     # Lines end at "\n" only (a "\r" before it is stripped): splitlines() also splits at "\r", "\f",
     # "\x1c", ..., which a password may hold, and would quote its second half as a target's name.
@@ -202,12 +203,12 @@ def _file_entries(project_dir: Path, relative: str) -> list[_Entry]:
 def _catalog_entries(settings: EnvironmentSettings, redactor: Redactor) -> list[_Entry]:
     import psycopg
 
-    from faber_core.context import Database
+    from faber_core.context import Database, read_url_variable
     from faber_core.postgres.health import describe_connection_error
 
     assert settings.targets is not None and settings.targets.catalog is not None
     catalog = settings.targets.catalog
-    value = os.environ.get(catalog.url_env, "").strip()
+    value = read_url_variable(catalog.url_env).strip()
     if not value:
         raise ConfigError(
             f"Environment variable {catalog.url_env} is not set",
@@ -253,6 +254,8 @@ def _catalog_entries(settings: EnvironmentSettings, redactor: Redactor) -> list[
 
 
 def _from_variables(entries: Iterable[_Entry], redactor: Redactor) -> list[Target]:
+    from faber_core.context import read_url_variable
+
     found, missing = [], []
     for entry in entries:
         _check_name(entry.name, entry.where)
@@ -263,7 +266,7 @@ def _from_variables(entries: Iterable[_Entry], redactor: Redactor) -> list[Targe
                 "(letters, digits and '_')",
                 suggestions=["Put each target's URL in a variable of its own and name it: acme ACME_DATABASE_URL"],
             )
-        value = os.environ.get(entry.variable, "").strip()
+        value = read_url_variable(entry.variable).strip()
         if not value:
             missing.append(entry.variable)
             continue

@@ -1,5 +1,6 @@
-"""What the process around faber can get wrong: standard streams its caller closed. Each is
-refused with a document and its exit code, never a traceback, the database unchanged."""
+"""What the process around faber can get wrong: standard streams its caller closed, environment
+variables holding bytes that are not UTF-8. Each is refused with a document and its exit code,
+never a traceback, the database unchanged, no password shown."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import psycopg
 import pytest
 
 from faber_core.errors import EXIT_CODES
+from faber_core.testing.fixtures import CANARY_PASSWORD
 
 SQLFILES = {"FABER_PLUGINS": "faber_core.testing.sqlfiles"}
 
@@ -55,3 +57,33 @@ def test_a_closed_stdin_is_no_terminal_and_no_request_not_a_traceback(project, d
     assert (run.returncode, document["code"]) == (EXIT_CODES[code], code), document
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT to_regclass('users')").fetchone() == (None,)
+
+
+@pytest.mark.parametrize("debug", ["0", "1"])
+@pytest.mark.parametrize("fleet", [False, True], ids=["database_url_env", "fleet-urls_env"])
+def test_a_url_variable_holding_bytes_that_are_not_utf8_is_config_invalid_without_its_password(
+    faber_project, debug, fleet
+):
+    """Python reads such bytes as lone surrogates, on which the mask of the password failed:
+    INTERNAL_ERROR ("surrogates not allowed"), exit 1."""
+    environment = {"lock_wait_seconds": 1}
+    environment |= {"targets": {"urls_env": "APP_URLS"}} if fleet else {"database_url_env": "APP_URLS"}
+    config = {"database": {"migration_tool": "sqlfiles", "environments": {"production": environment}}}
+    project_dir = faber_project(config)
+    env = {key.encode(): value.encode() for key, value in {**os.environ, **SQLFILES, "FABER_DEBUG": debug}.items()}
+    env[b"APP_URLS"] = b"postgresql://app:\xff" + CANARY_PASSWORD.encode() + b"@127.0.0.1:1/app"
+
+    run = subprocess.run(
+        [sys.executable, "-m", "faber_core", "migrate", "production", "--yes", "--json"],
+        cwd=project_dir,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=300,
+    )
+
+    output = (run.stdout + run.stderr).decode(errors="replace")
+    assert run.returncode == EXIT_CODES["CONFIG_INVALID"], output
+    document = json.loads(run.stdout)
+    assert document["error"] == "Environment variable APP_URLS is not UTF-8 text: refused", document
+    assert CANARY_PASSWORD not in output and "Traceback" not in output
