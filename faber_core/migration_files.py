@@ -19,11 +19,17 @@ MAX_MIGRATION_BYTES = 2 * 1024**3
 
 
 def migrations_folder(project_dir: Path, configured: str, setting: str) -> Path:
-    """The configured migrations folder, which must exist (it may live anywhere, symlinked or not)."""
+    """The configured migrations folder, which must exist and be one faber may list and open files
+    in (it may live anywhere, symlinked or not)."""
     folder = project_dir / configured
     try:
         is_folder = folder.is_dir()
-    except OSError as exc:  # a name too long, a folder on the way faber may not search
+        if is_folder:
+            # Listed (read permission) and its entries reached (search permission, which "folder/."
+            # needs): refused here by name, not as an unexpected error midway through reading it.
+            os.scandir(folder).close()
+            os.stat(os.path.join(folder, "."))
+    except OSError as exc:  # a name too long, a folder on the way faber may not search or read
         raise ConfigError(
             f"Cannot read the migrations folder {_shown(folder, project_dir)}: {exc.strerror}",
             suggestions=[f"Check {setting} in the config (relative to {project_dir})"],
@@ -60,8 +66,12 @@ def read_migration_file(path: Path, folder: Path, *, shown: str | None = None) -
     when it does not exist at all, so callers can treat a missing file their own way.
     """
     shown = shown or str(path)
-    if not path.exists() and not path.is_symlink():
-        raise FileNotFoundError(path)
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise FileNotFoundError(path) from None
+    except OSError as exc:  # a migration folder faber may not search
+        raise ConfigError(f"Cannot read migration file {shown}: {exc.strerror}") from None
     if not inside(path, folder):
         target = os.path.realpath(path)
         raise ConfigError(

@@ -4,7 +4,11 @@ wherever migration SQL is read: the Prisma plugin, faber's safety checks and the
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -178,5 +182,61 @@ def test_a_migration_whose_file_name_is_not_utf8_is_refused_before_anything_runs
     assert "The migration 002_caf\\xe9 has a name that is not UTF-8 text" in text
     assert "Rename migrations/002_caf\\xe9.sql" in text and "Traceback" not in run.output
     assert query("SELECT count(*) FROM pg_namespace WHERE nspname = 'faber'") == [(0,)]
+    assert query("SELECT to_regclass('users')") == [(None,)]
+    assert not (project / ".faber" / "backups").exists()
+
+
+def without_root_file_access() -> list[str]:
+    """The prefix that runs a program as this user without the power to read any file: root's
+    is taken from it (``setpriv``), as a deploy user's never had it."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv to run faber as root without the power to read any file")
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
+
+
+@pytest.mark.parametrize(
+    ("folder", "mode", "refused"),
+    [
+        ("prisma/migrations", 0o000, "Cannot read the migrations folder prisma/migrations: Permission denied"),
+        ("prisma/migrations", 0o100, "Cannot read the migrations folder prisma/migrations: Permission denied"),
+        ("prisma/migrations", 0o400, "Cannot read the migrations folder prisma/migrations: Permission denied"),
+        (
+            "prisma/migrations/20240102000000_next",
+            0o000,
+            "Cannot read migration file prisma/migrations/20240102000000_next/migration.sql: Permission denied",
+        ),
+    ],
+    ids=["migrations-folder-000", "migrations-folder-search-only", "migrations-folder-list-only", "migration-000"],
+)
+def test_a_migration_folder_faber_may_not_read_is_exit_2_naming_it(
+    faber_project, database_url, query, folder, mode, refused
+):
+    """It was an unexpected error (PermissionError, exit 1, "please report this as a bug")."""
+    project = faber_project(
+        PRISMA_CONFIG,
+        {
+            "prisma/migrations/20240101000000_init/migration.sql": "CREATE TABLE users (id bigint);",
+            "prisma/migrations/20240102000000_next/migration.sql": "CREATE TABLE posts (id bigint);",
+        },
+    )
+    os.chmod(project / folder, mode)
+    try:
+        run = subprocess.run(
+            [*without_root_file_access(), sys.executable, "-m", "faber_core", "migrate", "production"]
+            + ["--yes", "--json"],
+            cwd=project,
+            env={**os.environ, "APP_URL": database_url},
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        os.chmod(project / folder, 0o755)  # for the temporary folder's removal
+
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert json.loads(run.stdout)["error"] == refused
     assert query("SELECT to_regclass('users')") == [(None,)]
     assert not (project / ".faber" / "backups").exists()
