@@ -127,6 +127,46 @@ def test_unreadable_manifests_are_reported_and_skipped(production, run_faber):
     assert newest.returncode == 0 and newest.json["result"]["backup_id"] == good.id, newest.output
 
 
+PLANTED = {
+    "a FIFO as a manifest": ("backup-20990101-000000.json", "fifo"),
+    "/dev/zero as a manifest": ("backup-20990101-000000.json", "/dev/zero"),
+    "a FIFO as a partial archive": ("backup-20990101-000000.dump.partial", "fifo"),
+    "a FIFO as an archive without its manifest": ("backup-20990101-000000.dump", "fifo"),
+    "a FIFO as a partial directory archive": ("backup-20990101-000000.dir.partial", "fifo"),
+}
+
+
+@pytest.mark.parametrize(("name", "kind"), list(PLANTED.values()), ids=list(PLANTED))
+def test_a_fifo_or_device_planted_in_the_backup_folder_stops_nothing(production, run_faber, name, kind):
+    """Anyone able to write the folder can plant a FIFO or a link to a device under a backup's name:
+    faber read a manifest to its end (a FIFO: waiting for a writer for ever; /dev/zero: until memory
+    ran out) and opened an archive to lock it (a FIFO: for ever), so listing, pruning, backing up
+    and rolling back hung. Now such a manifest is an unusable backup and such an archive a leftover."""
+    project_dir, backup = production
+    good = backup()
+    planted = folder(project_dir) / name
+    if kind == "fifo":
+        os.mkfifo(planted)
+    else:
+        planted.symlink_to(kind)
+
+    listed = run_faber("backups", "production", "--json", cwd=project_dir, timeout=60)
+    pruned = run_faber("backups", "prune", "production", "--keep", "1", "--json", cwd=project_dir, timeout=60)
+    backed_up = run_faber("backup", "production", "--json", cwd=project_dir, timeout=60)
+    restored = run_faber("rollback", "production", "--to", good.id, "--yes", "--json", cwd=project_dir, timeout=60)
+
+    for run in (listed, pruned, backed_up, restored):
+        assert run.returncode == 0, run.output
+    by_id = {b["id"]: b for b in listed.json["result"]["backups"]}
+    if name.endswith(".json"):
+        assert by_id["backup-20990101-000000"]["status"] == "unusable"
+        assert "is not a regular file" in by_id["backup-20990101-000000"]["problem"], by_id
+        assert planted.is_symlink() or planted.exists()  # a manifest, even a broken one, is never deleted
+    else:
+        assert not os.path.lexists(planted)  # removed as a dead run's leftover
+    assert restored.json["result"]["backup_id"] == good.id
+
+
 def test_a_manifest_pointing_outside_the_backup_folder_is_never_restored(production, run_faber, tmp_path):
     """A manifest is JSON anyone who can write the folder may edit: its location must not send
     the restore to another file (another environment's backup, or anything else)."""

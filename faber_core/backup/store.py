@@ -50,6 +50,7 @@ from faber_core import events
 from faber_core.api import DEPLOY
 from faber_core.context import RunContext
 from faber_core.errors import BackupFailed, ConfigError, RestoreFailed
+from faber_core.migration_files import read_regular_file
 from faber_core.models import BackupPruneOutcome, BackupRecord
 from faber_core.processes import how_it_ended, spawn, supervised
 
@@ -68,6 +69,8 @@ a restore keeps that schema (see :func:`faber_schemas`)."""
 FILES = "files"
 """The key of a directory archive's ``provider_data`` listing its files: ``{name: {"size": bytes,
 "sha256": hex}}``. The manifest's ``sha256`` is that of the listing (:func:`_listing_digest`)."""
+MAX_MANIFEST_BYTES = 64 * 1024**2
+"""A larger manifest is refused unread: a directory archive's lists one line per file (per table)."""
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _NO_SPACE_TEXT = tuple(os.strerror(number) for number in _NO_SPACE)
 _ERRNO_TEXT = re.compile(r"\berrno:? (\d+)", re.IGNORECASE)
@@ -139,7 +142,8 @@ def write_failure(context: RunContext, directory: Path, exc: OSError) -> BackupF
 def _try_lock(path: Path, operation: int) -> int | None:
     """An open descriptor of ``path`` holding ``operation``; None when another process holds it."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        # O_NONBLOCK: a FIFO planted under an archive's name would wait for a writer for ever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
     try:
@@ -663,7 +667,7 @@ def _scan(context: RunContext, directory: Path) -> list[tuple[BackupRecord, bool
 def _read_manifest(context: RunContext, manifest: Path) -> tuple[BackupRecord, bool]:
     backup_id = manifest.name[: -len(MANIFEST)]
     try:
-        raw = manifest.read_bytes()
+        raw = read_regular_file(manifest, "It", MAX_MANIFEST_BYTES)
         if not raw.strip():
             raise ValueError(f"empty ({len(raw)} bytes)")
         record = _manifest_record(raw)
@@ -671,7 +675,8 @@ def _read_manifest(context: RunContext, manifest: Path) -> tuple[BackupRecord, b
             # The id names the files a restore reads and a prune deletes: only the file's own.
             raise ValueError(f"its id {record.id!r} is not its file name's")
         return record, True
-    except (OSError, ValueError, ValidationError, RecursionError) as exc:  # RecursionError: nested too deeply
+    # ConfigError: not a regular file (a FIFO, a device) or too large; RecursionError: nested too deeply.
+    except (OSError, ConfigError, ValueError, ValidationError, RecursionError) as exc:
         problem = _manifest_problem(exc)
         context.emit(events.BACKUP_MANIFEST_UNREADABLE, backup_id=backup_id, problem=problem)
         archive = _archive_of(manifest.parent, backup_id)
@@ -699,7 +704,8 @@ def _manifest_problem(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         first = exc.errors()[0]
         return f"{first['msg']} ({'.'.join(str(p) for p in first['loc']) or 'document'})"
-    return str(exc)
+    text = str(exc)
+    return text[:1].lower() + text[1:] if isinstance(exc, ConfigError) else text
 
 
 # Retention ------------------------------------------------------------------------------
