@@ -209,6 +209,40 @@ def test_a_log_that_is_a_symbolic_link_is_not_followed(faber_project, database_u
     assert elsewhere.read_text() == "# a file outside the project\n"
 
 
+def test_a_log_that_is_a_fifo_is_a_warning_and_the_deploy_goes_on(faber_project, database_url, run_faber):
+    """A FIFO planted as the log took faber's events until its buffer (64 KiB) was full, then
+    every write waited for a reader that never came: the deploy hung midway, holding its lock."""
+    # Long names: the run's events (over 120 KiB) fill that buffer.
+    long_name = "_add_" + "a_table_" * 22
+    migrations = {f"migrations/{n:03d}{long_name}.sql": f"CREATE TABLE t{n} (id bigint);" for n in range(60)}
+    project = faber_project(
+        {
+            "database": {
+                "migration_tool": "sqlfiles",
+                "environments": {"production": {"database_url_env": "APP_DATABASE_URL"}},
+            }
+        },
+        migrations,
+    )
+    (project / ".faber").mkdir()
+    os.mkfifo(project / ".faber/audit.log")
+
+    run = run_faber(
+        "migrate",
+        "production",
+        "--yes",
+        "--json",
+        "--cwd",
+        str(project),
+        env={"FABER_PLUGINS": "faber_core.testing.sqlfiles", "APP_DATABASE_URL": database_url},
+        timeout=120,
+    )
+
+    assert run.returncode == 0 and run.json["result"]["migrations_applied"] == 60, run.output
+    assert run.stderr.count("warning: cannot append to") == 1
+    assert "audit.log: not a regular file" in run.stderr
+
+
 class BrokenSink:
     """An audit plugin that raises on every migration it hears about."""
 

@@ -7,7 +7,9 @@ A log that cannot be written is a warning, never a reason for a command to fail.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import BinaryIO
@@ -83,4 +85,10 @@ class LogFile:
 def _private(path: str, flags: int) -> int:
     # Never through a symbolic link: one planted in the project would have faber append its
     # events, texts of the project's choosing, to any file the person running it may write.
-    return os.open(path, flags | os.O_NOFOLLOW, 0o600)
+    # Never into a FIFO either: its open waits for a reader, or once its buffer is full every
+    # event's write waits, and the deploy with it, holding its lock (O_NONBLOCK for the open).
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file")
+    return fd
