@@ -228,7 +228,7 @@ class ProgressPrinter:
         self.line(f"{mark} {phase} health check: {status}")
         for check in event.data.get("checks", []):
             if check["status"] in ("failed", "warning"):
-                self.line(f"    {check['name']}: {check['details']}")
+                self.line(f"    {check['name']}: {one_line(check['details'])}")
 
     def on_health_session_lost(self, event: AuditEvent) -> None:
         self.line(
@@ -729,7 +729,7 @@ def _fleet(document: Success | ErrorDocument, result: dict[str, Any]) -> list[st
     if document.operation == "preview-migrations":
         lines += [f"  {migration}: {count} target(s)" for migration, count in result["migrations"].items()]
     if failed:
-        lines.append(f"Error: {document.error}")
+        lines.append(f"Error: {one_line(document.error)}")
     lines.append(f"Duration: {_number(result['total_duration_seconds'])} seconds")
     lines += _fleet_table(document.operation, result["targets"])
     for row in result["targets"]:
@@ -796,7 +796,7 @@ def _error_lines(document: ErrorDocument, result: dict[str, Any]) -> list[str]:
         lines = [f"❌ FAILED: {title(document.operation)}"]
         if document.environment:
             lines.append(f"Environment: {document.environment}")
-        lines.append(f"Error: {document.error}")
+        lines.append(f"Error: {one_line(document.error)}")
         lines += _check_lines(result.get("checks", []))
         lines += _details({k: v for k, v in result.items() if k != "checks"})
     output = document.tool_output
@@ -813,7 +813,7 @@ def _error_lines(document: ErrorDocument, result: dict[str, Any]) -> list[str]:
 
 def _check_lines(checks: list[dict[str, Any]]) -> list[str]:
     marks = {"passed": "✓", "warning": "⚠", "skipped": "·"}
-    return [f"  {marks.get(c['status'], '✗')} {c['name']}: {c['details'] or c['status']}" for c in checks]
+    return [f"  {marks.get(c['status'], '✗')} {c['name']}: {one_line(c['details'] or c['status'])}" for c in checks]
 
 
 # Values ----------------------------------------------------------------------------------
@@ -868,7 +868,8 @@ def _scalar(value: Any) -> str:
         return "yes" if value else "no"
     if isinstance(value, float):
         return _number(value)
-    return str(value)
+    # A name from a file or the database may hold a line break: it must not print a line of its own.
+    return one_line(str(value))
 
 
 def _number(value: float) -> str:

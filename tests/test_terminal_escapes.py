@@ -70,3 +70,36 @@ def test_a_line_break_in_a_name_or_reason_cannot_forge_a_line(faber_project, run
     for run in runs:
         assert not [line for line in run.output.splitlines() if line.strip().startswith(FORGED)], run.output
     assert f"20240101000000_init\\n{FORGED}" in runs[2].output
+
+
+def test_a_line_break_in_a_name_the_database_records_cannot_forge_a_line_in_errors(
+    faber_project, run_faber, database_url, query
+):
+    """A name recorded in the database (anyone who can write its migration table chose it) reaches
+    the failed health check's details, the error's message and the result's values: each printed
+    its line break as it was, and its second half as a line of faber's own."""
+    project = faber_project(
+        {
+            "database": {
+                "migration_tool": "sqlfiles",
+                "environments": {"production": {"database_url_env": "APP_URL", "lock_wait_seconds": 5}},
+            }
+        },
+        {"migrations/001_users.sql": "CREATE TABLE users (id bigint);"},
+    )
+    env = {"APP_URL": database_url, "FABER_PLUGINS": "faber_core.testing.sqlfiles"}
+    assert run_faber("migrate", "production", "--yes", "--cwd", str(project), env=env).returncode == 0
+    hostile = f"002_posts\n{FORGED}"
+    query("INSERT INTO sqlfiles_migrations (name, checksum) VALUES (%s, 'x')", [hostile])
+
+    runs = [
+        run_faber("health", "production", "--cwd", str(project), env=env),
+        run_faber("migrate", "production", "--dry-run", "--cwd", str(project), env=env),
+        run_faber("migrate", "production", "--yes", "--cwd", str(project), env=env),
+        run_faber("resolve", "production", "--rolled-back", hostile, "--cwd", str(project), env=env),
+    ]
+
+    assert [run.returncode for run in runs] == [3, 3, 3, 2], [run.output for run in runs]
+    for run in runs:
+        assert not [line for line in run.output.splitlines() if line.strip().startswith(FORGED)], run.output
+    assert f"applied migrations missing locally: 002_posts\\n{FORGED}" in runs[0].output
