@@ -291,7 +291,7 @@ def _package_json(project: Path) -> dict:
     text = _small_text_file(project / "package.json")
     try:
         return _object(json.loads(text)) if text is not None else {}
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser follows
         return {}
 
 

@@ -165,6 +165,8 @@ def test_an_empty_folder_still_gets_the_prisma_starter(tmp_path):
         "[1, 2]",
         '{"dependencies": {"typeorm": "^0.3"',
         "\udcff not json",
+        # deeper than Python's JSON parser follows (it was INTERNAL_ERROR, a RecursionError), under the 1 MB read
+        pytest.param("[" * 100_000 + "]" * 100_000, id="nested-100000-deep"),
     ],
 )
 def test_a_package_json_of_any_shape_gives_the_prisma_starter_not_a_traceback(tmp_path, package_json):
