@@ -185,6 +185,32 @@ def test_a_manifest_pointing_outside_the_backup_folder_is_never_restored(product
     assert (refused.returncode, refused.json["code"]) == (2, "CONFIG_INVALID"), refused.output
 
 
+@pytest.mark.parametrize("location", ["a NUL byte", "a symbolic link loop"])
+def test_a_manifest_naming_a_location_no_archive_can_have_is_unusable_not_an_internal_error(
+    production, run_faber, location
+):
+    """Resolving such a location raised (ValueError: embedded null byte; RuntimeError: symlink
+    loop): faber backups, rollback and prune ended with INTERNAL_ERROR, exit 1."""
+    project_dir, backup = production
+    record = backup()
+    if location == "a NUL byte":
+        named = f".faber/backups/production/{record.id}\0.dump"
+    else:
+        (folder(project_dir) / "loop").symlink_to("loop")
+        named = ".faber/backups/production/loop"
+    manifest = folder(project_dir) / f"{record.id}.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "location": named}))
+
+    listed = run_faber("backups", "production", "--json", cwd=project_dir)
+    refused = run_faber("rollback", "production", "--to", record.id, "--yes", "--json", cwd=project_dir)
+    pruned = run_faber("backups", "prune", "production", "--keep", "1", "--json", cwd=project_dir)
+
+    [listed_record] = listed.json["result"]["backups"]
+    assert listed_record["status"] == "unusable" and "is outside production/" in listed_record["problem"]
+    assert (refused.returncode, refused.json["code"]) == (2, "CONFIG_INVALID"), refused.output
+    assert pruned.returncode == 0, pruned.output
+
+
 def test_a_manifest_whose_id_is_not_its_file_name_is_never_pruned_or_restored(production, run_faber, tmp_path):
     """The id names the files a prune deletes: a manifest naming another backup, or a path, would
     have the prune delete that backup's files, or files outside the folder."""

@@ -170,7 +170,7 @@ def hold_chosen(context: RunContext, backup: BackupRecord) -> None:
     """
     directory = backup_dir(context)
     archive = context.project_dir / (backup.location or "")
-    if not backup.location or not archive.resolve().is_relative_to(directory.resolve()):
+    if not backup.location or not _resolves_inside(archive, directory):
         return
     try:
         fd = os.open(archive, os.O_RDONLY)
@@ -640,6 +640,15 @@ def read_backups(context: RunContext, directory: Path) -> list[BackupRecord]:
     return [record for record, _ in _scan(context, directory)]
 
 
+def _resolves_inside(archive: Path, directory: Path) -> bool:
+    """Whether ``archive`` (a manifest's ``location``) resolves into ``directory``: not when it is
+    no path a file can have (a NUL byte) or a symbolic link loop, which a manifest may name too."""
+    try:
+        return archive.resolve().is_relative_to(directory.resolve())
+    except (OSError, ValueError, RuntimeError):
+        return False
+
+
 def _archive_of(directory: Path, backup_id: str) -> Path:
     """The archive of backup ``backup_id``: its directory if there is one, else its file."""
     folder = directory / f"{backup_id}{DIRECTORY_ARCHIVE}"
@@ -652,7 +661,7 @@ def _scan(context: RunContext, directory: Path) -> list[tuple[BackupRecord, bool
     for manifest in directory.glob(f"backup-*{MANIFEST}") if directory.is_dir() else []:
         record, readable = _read_manifest(context, manifest)
         archive = context.project_dir / (record.location or "")
-        if readable and not archive.resolve().is_relative_to(directory.resolve()):
+        if readable and not _resolves_inside(archive, directory):
             # A manifest is only JSON anyone able to write the folder may edit: never restore from elsewhere.
             record.status, record.problem = "unusable", f"its archive {record.location} is outside {directory.name}/"
         elif readable and not archive_present(archive):
