@@ -556,14 +556,22 @@ def _refuse_unusable_text(raw: Any) -> None:
     """Refuse a NUL character or a lone surrogate (JSON's ``\\u0000``, ``\\udc80``) anywhere in the
     config: no name, path, program argument or SQL can hold one, and a plugin's option would
     otherwise fail only where it is used (a Node runner's argument, a file's path)."""
+    where = unusable_text(raw)
+    if where is not None:
+        raise ConfigError(
+            f"Invalid configuration {CONFIG_PATH}: {where}: holds a NUL character or a lone surrogate "
+            "(\\u0000, \\ud800 to \\udfff), which no setting can use",
+            suggestions=["Remove the character; check the file was written as UTF-8 text"],
+        )
+
+
+def unusable_text(raw: Any) -> str | None:
+    """Where the parsed JSON ``raw`` holds a text with a NUL character or a lone surrogate, which
+    no name, path or SQL parameter can hold (dotted keys, ``(root)`` for the whole); None if nowhere."""
     for location, text in _texts(raw):
         if "\0" in text or not _encodable(text):
-            where = ".".join(json.dumps(str(part))[1:-1] for part in location) or "(root)"
-            raise ConfigError(
-                f"Invalid configuration {CONFIG_PATH}: {where}: holds a NUL character or a lone surrogate "
-                "(\\u0000, \\ud800 to \\udfff), which no setting can use",
-                suggestions=["Remove the character; check the file was written as UTF-8 text"],
-            )
+            return ".".join(json.dumps(str(part))[1:-1] for part in location) or "(root)"
+    return None
 
 
 def _encodable(text: str) -> bool:

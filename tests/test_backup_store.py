@@ -185,9 +185,15 @@ def test_a_manifest_pointing_outside_the_backup_folder_is_never_restored(product
     assert (refused.returncode, refused.json["code"]) == (2, "CONFIG_INVALID"), refused.output
 
 
-@pytest.mark.parametrize("location", ["a NUL byte", "a symbolic link loop"])
+@pytest.mark.parametrize(
+    ("location", "problem"),
+    [
+        ("a NUL byte", "location holds a NUL character or a lone surrogate"),
+        ("a symbolic link loop", "is outside production/"),
+    ],
+)
 def test_a_manifest_naming_a_location_no_archive_can_have_is_unusable_not_an_internal_error(
-    production, run_faber, location
+    production, run_faber, location, problem
 ):
     """Resolving such a location raised (ValueError: embedded null byte; RuntimeError: symlink
     loop): faber backups, rollback and prune ended with INTERNAL_ERROR, exit 1."""
@@ -206,9 +212,35 @@ def test_a_manifest_naming_a_location_no_archive_can_have_is_unusable_not_an_int
     pruned = run_faber("backups", "prune", "production", "--keep", "1", "--json", cwd=project_dir)
 
     [listed_record] = listed.json["result"]["backups"]
-    assert listed_record["status"] == "unusable" and "is outside production/" in listed_record["problem"]
+    assert listed_record["status"] == "unusable" and problem in listed_record["problem"], listed_record
     assert (refused.returncode, refused.json["code"]) == (2, "CONFIG_INVALID"), refused.output
     assert pruned.returncode == 0, pruned.output
+
+
+@pytest.mark.parametrize("text", ["faber\u0000", "\udcff"], ids=["nul", "lone-surrogate"])
+def test_a_manifest_holding_a_nul_or_a_lone_surrogate_is_unusable_and_the_database_unchanged(
+    production, run_faber, database_url, text
+):
+    """Its restore passed the manifest's excluded schema to the database, which refused it
+    (DataError; UnicodeEncodeError): INTERNAL_ERROR, exit 1, after the rollback had begun."""
+    project_dir, backup = production
+    record = backup()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE after_the_backup (id int)")
+    manifest = folder(project_dir) / f"{record.id}.json"
+    document = json.loads(manifest.read_text())
+    document["provider_data"]["excluded_schema"] = text
+    manifest.write_text(json.dumps(document))
+
+    listed = run_faber("backups", "production", "--json", cwd=project_dir)
+    refused = run_faber("rollback", "production", "--to", record.id, "--yes", "--json", cwd=project_dir)
+
+    [listed_record] = listed.json["result"]["backups"]
+    assert listed_record["status"] == "unusable", listed_record
+    assert "provider_data.excluded_schema holds a NUL character or a lone surrogate" in listed_record["problem"]
+    assert (refused.returncode, refused.json["code"]) == (2, "CONFIG_INVALID"), refused.output
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT to_regclass('after_the_backup')").fetchone() == ("after_the_backup",)
 
 
 def test_a_manifest_whose_id_is_not_its_file_name_is_never_pruned_or_restored(production, run_faber, tmp_path):

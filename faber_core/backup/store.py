@@ -48,6 +48,7 @@ from pydantic import JsonValue, ValidationError
 
 from faber_core import events
 from faber_core.api import DEPLOY
+from faber_core.config import unusable_text
 from faber_core.context import RunContext
 from faber_core.errors import BackupFailed, ConfigError, RestoreFailed
 from faber_core.migration_files import read_regular_file
@@ -642,10 +643,10 @@ def read_backups(context: RunContext, directory: Path) -> list[BackupRecord]:
 
 def _resolves_inside(archive: Path, directory: Path) -> bool:
     """Whether ``archive`` (a manifest's ``location``) resolves into ``directory``: not when it is
-    no path a file can have (a NUL byte) or a symbolic link loop, which a manifest may name too."""
+    a symbolic link loop, which a manifest may name too."""
     try:
         return archive.resolve().is_relative_to(directory.resolve())
-    except (OSError, ValueError, RuntimeError):
+    except (OSError, RuntimeError):
         return False
 
 
@@ -703,6 +704,10 @@ def _read_manifest(context: RunContext, manifest: Path) -> tuple[BackupRecord, b
 
 def _manifest_record(raw: bytes) -> BackupRecord:
     document = json.loads(raw)
+    where = unusable_text(document)
+    if where is not None:
+        # Its restore would pass it to the database (a schema's name) or to a path, and fail there.
+        raise ValueError(f"{where} holds a NUL character or a lone surrogate")
     # Manifests written before provider_data existed name the excluded schema at the top level.
     if isinstance(document, dict) and EXCLUDED_SCHEMA in document:
         document.setdefault("provider_data", {})[EXCLUDED_SCHEMA] = document.pop(EXCLUDED_SCHEMA)
