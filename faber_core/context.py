@@ -504,7 +504,7 @@ def find_project_dir(cwd: str | Path | None, *, required: bool) -> Path | None:
         except (OSError, ValueError, RuntimeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise ConfigError(
-                f"Project directory {chosen!r} cannot be used: {reason}",
+                f"Project directory {str(chosen)!r} cannot be used: {reason}",
                 suggestions=[f"Point --cwd or FABER_DB_CWD at the directory that holds {CONFIG_PATH}"],
             ) from None
         if exists and not is_dir:

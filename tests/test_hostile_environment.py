@@ -87,3 +87,14 @@ def test_a_url_variable_holding_bytes_that_are_not_utf8_is_config_invalid_withou
     document = json.loads(run.stdout)
     assert document["error"] == "Environment variable APP_URLS is not UTF-8 text: refused", document
     assert CANARY_PASSWORD not in output and "Traceback" not in output
+
+
+def test_a_project_directory_that_is_a_symbolic_link_loop_is_named_as_given(run_faber, tmp_path):
+    """Given as --cwd, it was named as Python's repr of a path: "Project directory PosixPath('...')"."""
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+
+    run = run_faber("status", "production", "--json", "--cwd", str(loop))
+
+    assert run.returncode == EXIT_CODES["CONFIG_INVALID"], run.output
+    assert run.json["error"] == f"Project directory '{loop}' cannot be used: Symlink loop from '{loop}'"
