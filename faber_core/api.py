@@ -868,11 +868,14 @@ def redacted(value: Value, redactor: Redactor) -> Value:
         changed = {}
         for name in [*type(value).model_fields, *(value.model_extra or {})]:
             item = getattr(value, name)
-            if (redacted_item := redacted(item, redactor)) is not item:
+            if (redacted_item := _redacted_field(name, item, redactor)) is not item:
                 changed[name] = redacted_item
         return value.model_copy(update=changed) if changed else value
     if isinstance(value, dict):
-        pairs = [(key, item, _redacted_key(key, redactor), redacted(item, redactor)) for key, item in value.items()]
+        pairs = [
+            (key, item, _redacted_key(key, redactor), _redacted_field(key, item, redactor))
+            for key, item in value.items()
+        ]
         if all(new_key is key and new_item is item for key, item, new_key, new_item in pairs):
             return value
         return {new_key: new_item for _, _, new_key, new_item in pairs}  # type: ignore[return-value]
@@ -882,6 +885,15 @@ def redacted(value: Value, redactor: Redactor) -> Value:
             return value
         return type(value)(items)  # type: ignore[return-value]
     return value
+
+
+def _redacted_field(key: Any, item: Value, redactor: Redactor) -> Value:
+    """The value of a model's field or a dict's item: a text as :meth:`Redactor.redact_field` gives
+    it (a field's fixed word stays), anything else as :func:`redacted` does."""
+    if isinstance(key, str) and isinstance(item, str):
+        text = redactor.redact_field(key, item)
+        return item if text == item else text  # type: ignore[return-value]
+    return redacted(item, redactor)
 
 
 def _redacted_key(key: Any, redactor: Redactor) -> Any:

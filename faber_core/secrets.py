@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import threading
 from typing import Any
 from urllib.parse import quote, unquote
@@ -45,7 +46,8 @@ _PIECE_SEPARATORS = re.compile(r"[@/:%?#&=\s\[\]]+")
 _WORD = re.compile(r"\w")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MIN_SECRET_LENGTH = 3
-"""Shorter forms are not masked: they would mask ordinary words in every output."""
+"""Shorter forms are not masked: they would mask ordinary words in every output. A password that
+short is never masked, and faber says so once on stderr (:func:`_warn_unmaskable`)."""
 MIN_PIECE_LENGTH = 4
 """A piece of a password shorter than this says little about it, and masking it would garble output."""
 PASSWORD_VARIABLES = ("PGPASSWORD", "MYSQL_PWD")
@@ -150,6 +152,20 @@ def _as_a_whole(piece: str) -> re.Pattern[str]:
     return re.compile(before + re.escape(piece) + after)
 
 
+_warned_unmaskable = threading.Event()
+
+
+def _warn_unmaskable() -> None:
+    """Say once per process, on stderr and without the password, that a password too short to
+    mask (:data:`MIN_SECRET_LENGTH`) may appear in output."""
+    if not _warned_unmaskable.is_set():
+        _warned_unmaskable.set()
+        sys.stderr.write(
+            f"warning: a password shorter than {MIN_SECRET_LENGTH} characters cannot be masked in faber's output "
+            "(masking it would mask ordinary words): use a longer one\n"
+        )
+
+
 class Redactor:
     """Masks every known secret value (in every form :func:`secret_forms` gives) and every URL
     password in text. It knows the passwords of :data:`PASSWORD_VARIABLES` from the start."""
@@ -180,6 +196,8 @@ class Redactor:
         if value is None:
             return
         text = value.reveal() if isinstance(value, Secret) else value
+        if any(0 < len(password) < MIN_SECRET_LENGTH for password in _passwords(text) | {text}):
+            _warn_unmaskable()
         whole, pieces = _whole_and_pieces(text)
         with self._adding:
             new = (whole | pieces) - self._values
@@ -239,15 +257,28 @@ class Redactor:
         (a URL, ``password=...``, a schema-qualified table name) is no such name."""
         return key if _NAME.fullmatch(key) else self.redact(key)
 
+    def redact_field(self, key: str, value: str) -> str:
+        """The text ``value`` of the field ``key``, kept when it is one of that field's fixed words
+        (:func:`faber_core.vocabulary.words_by_field`: ``"status": "success"`` with the password
+        ``success``), redacted otherwise. A password masks itself in free text still."""
+        from faber_core.vocabulary import words_by_field
+
+        return value if value in words_by_field().get(key, ()) else self.redact(value)
+
     def redact_data(self, value: Any) -> Any:
         """``value`` (JSON data: dicts, lists, scalars) with every text in it redacted, keys too
         (:meth:`redact_key`). Redacting each text rather than the JSON that holds it keeps the JSON
         whole: a password setting such as ``pwd=x`` at the end of a value would otherwise take its
-        closing quote."""
+        closing quote. A field's fixed word stays (:meth:`redact_field`)."""
         if isinstance(value, str):
             return self.redact(value)
         if isinstance(value, dict):
-            return {self.redact_key(str(key)): self.redact_data(item) for key, item in value.items()}
+            return {
+                self.redact_key(str(key)): (
+                    self.redact_field(str(key), item) if isinstance(item, str) else self.redact_data(item)
+                )
+                for key, item in value.items()
+            }
         if isinstance(value, list | tuple):
             return [self.redact_data(item) for item in value]
         return value
@@ -263,7 +294,10 @@ class Redactor:
         if kind is int or kind is float or kind is bool or value is None:
             return value
         if kind is dict and all(type(key) is str for key in value):
-            return {self.redact_key(key): self.redact_as_json(item) for key, item in value.items()}
+            return {
+                self.redact_key(key): self.redact_field(key, item) if type(item) is str else self.redact_as_json(item)
+                for key, item in value.items()
+            }
         if kind is list or kind is tuple:
             return [self.redact_as_json(item) for item in value]
         return self.redact_data(json.loads(json.dumps(value, default=str)))

@@ -30,6 +30,7 @@ from faber_core import __version__, events, hookimpl
 from faber_core.context import RunContext
 from faber_core.models import AuditEvent
 from faber_core.secrets import Redactor
+from faber_core.vocabulary import Step
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -101,8 +102,10 @@ def record_outcome(span: trace.Span, exit_code: int, document: Success | ErrorDo
 
 
 @contextmanager
-def step(context: RunContext, name: str, **attributes: Any) -> Iterator[trace.Span]:
-    """A span named ``faber.step.<name>`` wrapped in ``step.started`` / ``step.finished`` events."""
+def step(context: RunContext, name: Step, **attributes: Any) -> Iterator[trace.Span]:
+    """A span named ``faber.step.<name>`` wrapped in ``step.started`` / ``step.finished`` events.
+
+    ``name`` is one of :data:`faber_core.vocabulary.Step`, which redaction keeps as it is."""
     context.emit(events.STEP_STARTED, step=name)
     started = time.monotonic()
     safe = {key: _safe_value(value, context.redactor) for key, value in attributes.items()}

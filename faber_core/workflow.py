@@ -527,7 +527,7 @@ def check_health(context: RunContext, plugins: Plugins, phase: str, options: Dep
     if options.skip_health_check:
         context.emit("health.finished", phase=phase, status="skipped", checks=[])
         return Health("skipped")
-    with step(context, f"health_check_{phase}"):
+    with step(context, "health_check_before" if phase == "before" else "health_check_after"):
         results, state = run_health_checks(context, plugins, after_apply=phase == "after")
     health = Health(overall_health(results), state, results)
     context.emit("health.finished", phase=phase, status=health.status, checks=[r.model_dump() for r in results])

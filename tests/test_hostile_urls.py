@@ -4,8 +4,10 @@ with the hint to percent-encode, and no piece of the password in any channel."""
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import json
 import textwrap
+from collections.abc import Mapping
 from urllib.parse import quote
 
 import pytest
@@ -19,6 +21,7 @@ from faber_core.testing.fixtures import (
     database_url_for,
     discard_database,
 )
+from faber_core.vocabulary import DOCUMENT_MODULES, words_by_field
 
 PASSWORD_PIECES = ("Alpha-93xq", "Bravo-51kd", "Charlie-7z")
 
@@ -356,4 +359,85 @@ def test_a_password_that_is_the_name_of_a_field_deploys(password, faber_project,
     assert status.json["result"]["applied"] == ["001_users"] and status.json["result"]["pending"] == []
     assert query("SELECT count(*) FROM users") == [(0,)]
     audit = (project / ".faber" / "audit.log").read_text()
-    assert f': "{password}"' not in deploy.output + again.output + status.output + audit  # as a value
+    documents = [again.json, status.json, *map(json.loads, audit.splitlines())]
+    # As a value only where it is that field's fixed word (``"step": "status"``), never elsewhere.
+    assert [key for key in fields_holding(documents, password) if password not in every_fixed_word().get(key, ())] == []
+
+
+def every_fixed_word() -> Mapping[str, frozenset[str]]:
+    """The fixed words of every field, with every module of document models loaded."""
+    for module in DOCUMENT_MODULES:
+        importlib.import_module(module)
+    return words_by_field()
+
+
+def fields_holding(data: object, text: str) -> list[str]:
+    """The keys, anywhere in JSON ``data``, whose value is exactly ``text``."""
+    if isinstance(data, dict):
+        return [key for key, item in data.items() if item == text] + fields_holding(list(data.values()), text)
+    if isinstance(data, list):
+        return [key for item in data for key in fields_holding(item, text)]
+    return []
+
+
+@pytest.mark.parametrize("password", ["success", "failed", "pending", "error"])
+def test_a_password_that_is_a_status_word_leaves_the_documents_words_and_masks_free_text(
+    password, faber_project, run_faber, database_url
+):
+    """A password masked the same word as a field's value: ``"status": "***"``, ``"rollback_status":
+    "***"`` in --json documents and events. A field's fixed word (a status word, a step name, an
+    exit name) stays; the password in free text (a database error's message) is masked still."""
+    url = database_url.replace(f":{CANARY_PASSWORD}@", f":{password}@")
+    project = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"production": {"database_url_env": "APP_URL"}}}},
+        {
+            "migrations/001_users.sql": "CREATE TABLE users (id bigint);",
+            "migrations/002_broken.sql": f"DO $$ BEGIN RAISE EXCEPTION 'refused: {password} here'; END $$;",
+        },
+    )
+    env = {"FABER_PLUGINS": "faber_core.testing.sqlfiles", "APP_URL": url}
+
+    run_faber("migrate", "production", "--dry-run", "--cwd", str(project), env=env)  # history: "pending"
+    failed = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
+    (project / "migrations" / "002_broken.sql").unlink()
+    deployed = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
+    status = run_faber("status", "production", "--json", "--cwd", str(project), env=env)
+    history = run_faber("history", "production", "--json", "--cwd", str(project), env=env)
+
+    assert failed.returncode == 6, failed.output
+    assert failed.json["status"] == "error" and failed.json["code"] == "MIGRATION_FAILED", failed.json
+    assert failed.json["result"]["rollback_status"] == "success", failed.json
+    assert "refused: *** here" in failed.json["error"] and f"refused: {password} here" not in failed.output
+    assert deployed.returncode == status.returncode == 0, deployed.output + status.output
+    assert deployed.json["status"] == status.json["status"] == "success", deployed.output
+    events = [json.loads(line) for line in (project / ".faber" / "audit.log").read_text().splitlines()]
+    assert {event["data"]["step"] for event in events if event["kind"] == "step.started"} >= {"backup", "apply"}
+    assert history.returncode == 0, history.output
+    documents = [failed.json, deployed.json, status.json, history.json, *events]
+    assert fields_holding(history.json, password), history.json  # the history's own words, kept
+    vocabulary = every_fixed_word()
+    # No field's fixed word masked, and the password as a value only where it is one.
+    assert [key for key in fields_holding(documents, "***") if key in vocabulary] == []
+    assert [key for key in fields_holding(documents, password) if password not in vocabulary.get(key, ())] == []
+
+
+def test_a_password_too_short_to_mask_is_warned_about_once(faber_project, run_faber, database_url):
+    """A password shorter than 3 characters is not masked (it would mask ordinary words): faber
+    says so once on stderr, without the password."""
+    password = "q7"
+    url = database_url.replace(f":{CANARY_PASSWORD}@", f":{password}@")
+    project = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"production": {"database_url_env": "APP_URL"}}}},
+        {"migrations/001_users.sql": "CREATE TABLE users (id bigint);"},
+    )
+    env = {"FABER_PLUGINS": "faber_core.testing.sqlfiles", "APP_URL": url, "PGPASSWORD": "z9"}
+
+    deploy = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
+
+    assert deploy.returncode == 0, deploy.output
+    warnings = [line for line in deploy.stderr.splitlines() if "cannot be masked" in line]
+    assert warnings == [
+        "warning: a password shorter than 3 characters cannot be masked in faber's output "
+        "(masking it would mask ordinary words): use a longer one"
+    ], deploy.stderr
+    assert password not in warnings[0] and "z9" not in warnings[0]
