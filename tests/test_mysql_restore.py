@@ -18,7 +18,7 @@ from faber_core.backup import mysqldump
 from faber_core.context import open_context
 from faber_core.errors import RestoreFailed
 from faber_core.models import BackupRecord
-from faber_core.testing.faults import AnswerDropped, end_faber_lock_session
+from faber_core.testing.faults import AnswerDropped, end_faber_lock_session, mysql_session
 from faber_core.testing.fixtures import (
     CANARY_PASSWORD,
     mysql_connect,
@@ -274,4 +274,61 @@ def test_a_restore_whose_connection_is_lost_as_its_table_swap_runs_is_finished_a
     assert (document["result"]["rollback_status"], document["result"]["verified"]) == ("success", True), document
     assert state(mysql_admin_url, name) == backup_state
     assert mysql_query("SELECT name FROM small_names") == [("ONE",)]
+    assert not mysql_scratch_databases(mysql_admin_url, name)
+
+
+def test_a_restore_whose_session_is_killed_before_its_swap_says_so_and_to_run_it_again(
+    faber_project, mysql_database_url, mysql_admin_url, mysql_query
+):
+    """An administrator's ``KILL`` of the restore's session (or a server ending it) stops the
+    restore before its table swap: the database is unchanged, and the advice is that the session
+    ended and to run the restore again. It was to grant privileges on the scratch databases,
+    which the restore had, and had used."""
+    name = mysql_database_url.rpartition("/")[2]
+    env = {"database_url_env": "TEST_DATABASE_URL", "require_approval": False, "lock_wait_seconds": 1}
+    project = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"production": env}}},
+        {"migrations/001_schema.sql": SCHEMA},
+    )
+    faber(project, mysql_database_url, "migrate", "production")
+    (project / "migrations/002_change.sql").write_text(CHANGE)
+    backup_id = faber(project, mysql_database_url, "migrate", "production")["result"]["backup_id"]
+    before = state(mysql_admin_url, name)
+
+    with mysql_connect(mysql_admin_url) as holder:
+        # A transaction reading `small` holds the table: the swap waits for it as it drops the
+        # table's trigger, the restore's session busy there, the dump loaded beside the database.
+        holder.execute("BEGIN")
+        holder.execute(f"SELECT * FROM `{name}`.small FOR UPDATE").fetchall()
+        run = start_faber(
+            "rollback",
+            "production",
+            "--to",
+            backup_id,
+            "--yes",
+            "--json",
+            cwd=project,
+            env={"TEST_DATABASE_URL": mysql_database_url, "FABER_PLUGINS": "faber_core.testing.sqlfiles"},
+        )
+        try:
+            session = wait_for(
+                lambda: mysql_session(mysql_admin_url, "INFO LIKE %s", [f"DROP TRIGGER `{name}`.%"]),
+                "the restore's session to wait in its swap",
+            )
+            holder.execute(f"KILL {session[0]}")
+            holder.execute("ROLLBACK")
+            out, err = (stream.decode() for stream in run.communicate(timeout=60))
+        finally:
+            if run.poll() is None:
+                run.kill()
+
+    assert CANARY_PASSWORD not in out + err
+    document = json.loads(out)
+    assert run.returncode == 8 and document["code"] == "RESTORE_FAILED", out + err
+    assert (
+        "its session on the server ended" in document["error"] and "the database is unchanged" in document["error"]
+    ), document
+    advice = " ".join(document["recovery"]["suggestions"])
+    assert "GRANT" not in advice and f"faber rollback production --to {backup_id}" in advice, document
+    assert state(mysql_admin_url, name) == before
     assert not mysql_scratch_databases(mysql_admin_url, name)

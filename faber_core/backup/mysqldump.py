@@ -234,7 +234,9 @@ def faber_backup_restore(context: RunContext, backup: BackupRecord) -> RestoreOu
     except KeyboardInterrupt as interrupt:
         return _interrupted(context, backup, target, interrupt, progress)
     except context.database.engine.driver_error as exc:
-        return _stopped(context, backup, target, context.redactor.redact(str(exc.args[-1]) or repr(exc)), progress)
+        reason = context.redactor.redact(str(exc.args[-1]) or repr(exc))
+        lost = context.database.engine.classify_error(exc) == "lost_connection"
+        return _stopped(context, backup, target, reason, progress, session_lost=lost)
 
 
 @dataclass
@@ -295,11 +297,19 @@ def _finish_on_a_new_connection(context: RunContext, target: str) -> list[bool]:
 
 
 def _stopped(
-    context: RunContext, backup: BackupRecord, target: str, reason: str, progress: RestoreProgress
+    context: RunContext,
+    backup: BackupRecord,
+    target: str,
+    reason: str,
+    progress: RestoreProgress,
+    *,
+    session_lost: bool,
 ) -> RestoreOutcome:
     """A database error stopped the restore (a statement refused, its session lost, perhaps once the
     server had run its RENAME TABLE): finish the step it was in, as after an interrupt, and say
-    which side of the swap the database is on. Swapped, the restore is done."""
+    which side of the swap the database is on. Swapped, the restore is done. Not swapped, the
+    advice follows the cause: a session that ended (``KILL``, a server restart, a network cut) is
+    no missing privilege, and running the restore again is what helps."""
     env = context.environment
     try:
         finished = _finish_on_a_new_connection(context, target)
@@ -312,6 +322,16 @@ def _stopped(
         ) from None
     if progress.swapped or (finished and finished[0]):
         return _restored(backup, f"; its session was lost after the swap ({reason}), which faber finished on another")
+    if session_lost:
+        raise RestoreFailed(
+            f"The restore of {backup.id} stopped before its table swap: its session on the server ended ({reason}); "
+            "nothing of it committed, the database is unchanged",
+            suggestions=[
+                f"Run the restore again: faber rollback {env} --to {backup.id}",
+                "A session ends when it is killed (KILL), the server restarts or the network drops it: check what "
+                "ended it if it happens again",
+            ],
+        ) from None
     raise RestoreFailed(
         f"The restore of {backup.id} stopped before its table swap: {reason}; the database is unchanged",
         suggestions=[
