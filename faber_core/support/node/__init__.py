@@ -53,7 +53,8 @@ with one JSON object per line on the protocol pipe (the descriptor named by
 ``load`` (``faber_migration_validate``: a deploy and its preview, before faber's lock, approval
 and backup) loads each of the named pending migrations as the apply will, without calling its
 ``up``, and says each one that cannot be loaded (``migration_load_failed``: a syntax error, a
-missing module, a top-level throw, no ``up``), the loader's message in one line with the line of
+missing module, a top-level throw, a top-level ``process.exit()``, which throws while a migration
+module loads (``exitRefused`` in ``runner-common.cjs``), no ``up``), the loader's message in one line with the line of
 the file it points at. It runs the modules' top-level code, which is why ``faber status`` never
 asks for it; the ORM would run that code anyway before any migration, and in the same runner,
 whose module cache the apply then reads, so each module's top-level code still runs once per
@@ -106,7 +107,7 @@ says ``transaction_rolled_back`` only of a migration that did neither. Each
 request connects on its own and disconnects before ``done``. Every string the runner prints is
 redacted before faber looks at it. Exit code 0: done; 1: a migration failed; 2: the setup is
 broken (a ``setup_error`` says how); any other end of an apply (the out-of-memory killer, ``kill -9``,
-a migration calling ``process.exit()``) fails the deploy as a failed migration does, naming the
+a migration calling ``process.exit()`` in its ``up``) fails the deploy as a failed migration does, naming the
 runner's end; in a rehearsal it fails the migration the runner was in. The runner exits when faber
 closes its stdin, at the end of the run (:meth:`~faber_core.context.RunContext.close`).
 """

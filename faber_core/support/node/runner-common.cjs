@@ -227,6 +227,23 @@ function loadFailure(error, file) {
   return at ? `${message} (line ${at[1]})` : message;
 }
 
+// A migration module calling process.exit() as it loads would end this runner mid-request, which
+// faber could only report as a runner that died, after nothing named the file. While a migration
+// module loads, process.exit throws instead: the load fails like a top-level throw, naming the file
+// and the line (migration_load_failed), before faber's lock, approval and backup. An exit called
+// later (in up(), or from a timer the module set) still ends the runner.
+async function exitRefused(work) {
+  const exit = process.exit;
+  process.exit = function refusedExit(code) {
+    throw new Error(`it calls process.exit(${code === undefined ? "" : code}) as it loads`);
+  };
+  try {
+    return await work();
+  } finally {
+    process.exit = exit;
+  }
+}
+
 function emitSetupError(error) {
   if (error instanceof SetupError) {
     emit("setup_error", { kind: error.kind, message: error.message, ...error.fields });
@@ -357,6 +374,7 @@ module.exports = {
   qualifiedName,
   describe,
   loadFailure,
+  exitRefused,
   MIGRATION_FAILED_EXIT,
   emit,
   migrationStarted,

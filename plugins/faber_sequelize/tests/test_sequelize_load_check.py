@@ -26,6 +26,11 @@ UNLOADABLE = {
         f'"use strict";\n\nthrow new Error("no secrets file for {LEAKS_THE_URL}");\n',
         "no secrets file for postgres://app:***@db.internal/app (line 3)",
     ),
+    # It ended the runner: "the runner died", after nothing named the file.
+    "a top-level process.exit()": (
+        '"use strict";\n\nif (!process.env.MIGRATION_SECRET) {\n  process.exit(3);\n}\n',
+        "it calls process.exit(3) as it loads (line 4)",
+    ),
     "no up()": ('"use strict";\n\nmodule.exports = { async down() {} };\n', "it exports no up() function"),
 }
 

@@ -203,7 +203,7 @@ function metaModel(sequelize, SequelizeModule, storage) {
 
 async function migrationSteps(projectDir, migration) {
   const exported = await faber.bounded("the migration", migration.path, () =>
-    loadModule(projectDir, path.join(projectDir, migration.path)),
+    faber.exitRefused(() => loadModule(projectDir, path.join(projectDir, migration.path))),
   );
   const steps = exported && typeof exported.up !== "function" && exported.default ? exported.default : exported;
   if (!steps || typeof steps.up !== "function") {

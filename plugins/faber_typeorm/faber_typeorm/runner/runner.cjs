@@ -55,7 +55,8 @@ function findDataSource(exported, relative) {
 // loads each through importOrRequireFile: wrapped so that each is stat'ed first and refused unless it
 // is a regular file (see faber.requireRegularFile), named as a migration while TypeORM builds the
 // migrations; a migration module that fails to load (a syntax error, a missing module, a top-level
-// throw) is reported naming its file (migration_load_failed), where TypeORM's own error names none.
+// throw or process.exit(): see faber.exitRefused) is reported naming its file
+// (migration_load_failed), where TypeORM's own error names none.
 // TypeORM loads every migration file as it connects, before it runs any (its migration:show too), so
 // the status read, before faber's lock and backup, finds it. Both functions are read from their
 // modules' exports at each call, so replacing them there is what TypeORM calls. A TypeORM without
@@ -81,7 +82,7 @@ function checkLoadedFiles(projectDir) {
     const relative = path.relative(projectDir, local);
     let loaded;
     try {
-      loaded = await importOrRequireFile.call(this, file, ...rest);
+      loaded = await faber.exitRefused(() => importOrRequireFile.call(this, file, ...rest));
     } catch (error) {
       if (error instanceof faber.SetupError) throw error;
       throw new faber.SetupError("migration_load_failed", faber.loadFailure(error, local), { file: relative });
