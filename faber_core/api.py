@@ -793,16 +793,9 @@ def _execute(
                 environment=environment,
                 tool=_tool(run),
             )
-        dropped = unsettle()
-        if dropped is not None:
-            import sys
-
-            # A settled run (a restore committed and verified, a failed deploy's report built) held
-            # the signal: the document is the outcome it had reached.
-            sys.stderr.write(
-                f"warning: {dropped} arrived once the run's outcome was decided: it stopped nothing, and the "
-                "document reports that outcome\n"
-            )
+        # A settled run (a restore committed and verified, a failed deploy's report built) held
+        # the signal: the document is the outcome it had reached.
+        _warn_dropped(unsettle())
         if run.context is not None:
             try:
                 run.context.emit(
@@ -824,11 +817,25 @@ def _execute(
                 # The run's last event is out: what hooks kept for it can go (a Node runner stopped,
                 # which takes a moment). A signal meanwhile is dropped: raised, it would end faber
                 # with exit 130 and without the document of the run that is over.
-                with held_while_reporting():
+                with held_while_reporting() as dropped:
                     run.context.close()
-        with held_while_reporting():
+                _warn_dropped(dropped.signal)
+        with held_while_reporting() as dropped:
             record_outcome(span, document.exit_code, document, run.redactor)
+        _warn_dropped(dropped.signal)
     return redacted(document, run.redactor)
+
+
+def _warn_dropped(signal: str | None) -> None:
+    """Say on stderr that ``signal`` (``SIGTERM``) arrived once the run's outcome was decided and
+    was dropped: it stopped nothing, and the run's document is its outcome's."""
+    if signal is not None:
+        import sys
+
+        sys.stderr.write(
+            f"warning: {signal} arrived once the run's outcome was decided: it stopped nothing, and the "
+            "document reports that outcome\n"
+        )
 
 
 def _print_traceback(exc: BaseException, redactor: Redactor) -> None:

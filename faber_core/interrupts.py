@@ -211,8 +211,15 @@ def raised_once() -> Iterator[None]:
         _holding.once = outer
 
 
+class Dropped:
+    """What :func:`held_while_reporting` dropped as its block ended: the first signal's name
+    (``SIGTERM``), for a warning, or None."""
+
+    signal: str | None = None
+
+
 @contextmanager
-def held_while_reporting() -> Iterator[None]:
+def held_while_reporting() -> Iterator[Dropped]:
     """A deploy's failure path: within the block an interrupt is held, not raised, except within
     :func:`interruptible` blocks (its waits, its restore), which raise one held at their start.
 
@@ -220,16 +227,20 @@ def held_while_reporting() -> Iterator[None]:
     what the rollback did (faber's writes recorded, its lock checked, invalid indexes and failed
     migrations named): an interrupt there would end the run with a bare ``INTERRUPTED`` that
     says none of it. One still held when the block ends is dropped: the run ends with the report.
+    The block gets a :class:`Dropped` saying which, for a caller whose run is over to warn of it.
     """
+    dropped = Dropped()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield dropped
         return
     _holding.reporting += 1
     try:
-        yield
+        yield dropped
     finally:
         _holding.reporting -= 1
         if _holding.reporting == 0 and not _held():
+            if _holding.arrived:
+                dropped.signal = signal.Signals(_holding.arrived[0]).name
             _holding.arrived = []
 
 

@@ -226,7 +226,8 @@ def faber_health_checks(context, checks):
 def test_a_signal_as_the_finished_run_closes_what_it_kept_keeps_its_document(project, database_url, tmp_path):
     """The deploy is over and recorded when faber closes what hooks kept (the Node runner, which
     takes a moment to stop): a signal then stops nothing, and the document is printed. It escaped
-    there: exit 130, no document, for a deploy the audit log had finished with exit 0."""
+    there: exit 130, no document, for a deploy the audit log had finished with exit 0. Dropped, it
+    is said on stderr, as at the run's other settled moments; it was dropped without a word."""
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "signals_at_close.py").write_text(SIGNALLED_AT_CLOSE)
@@ -246,6 +247,10 @@ def test_a_signal_as_the_finished_run_closes_what_it_kept_keeps_its_document(pro
     assert code == 0, run.stdout() + run.stderr()
     assert json.loads(run.stdout())["status"] == "success"
     assert "Traceback" not in run.stderr()
+    assert (
+        "warning: SIGTERM arrived once the run's outcome was decided: it stopped nothing, and the document "
+        "reports that outcome\n"
+    ) in run.stderr()
 
 
 # A closed terminal or SSH session (SIGHUP) --------------------------------------------------
