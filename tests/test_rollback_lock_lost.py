@@ -15,6 +15,10 @@ session there, then lets the restore go on to its COMMIT.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+from pathlib import Path
 
 import psycopg
 
@@ -116,3 +120,46 @@ def test_a_failed_deploy_whose_lock_is_lost_during_its_automatic_restore_does_no
     suggestions = document["recovery"]["suggestions"]
     assert any(s.startswith("Database not rolled back: faber's lock") for s in suggestions), suggestions
     assert any("run the rollback again" in s for s in suggestions), suggestions
+
+
+def test_a_rollback_stopped_before_its_restore_transaction_began_says_nothing_was_restored(
+    faber_project, database_url, tmp_path
+):
+    """SIGTERM while the in-place restore reads the archive's list (``pg_restore --list``), before
+    its transaction began. Before, the provider let the interrupt through and the run said that
+    it "did not say whether it committed" (no ``restore_committed``); now it says the restore was
+    stopped before it began: ``restore_committed: false``, the database exactly as before."""
+    real = Path(shutil.which("pg_restore")).parent
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    for program in ("pg_dump", "psql"):
+        (tools / program).symlink_to(real / program)
+    listing = tmp_path / "listing"
+    # The listing is held until the signal has landed, then goes on as the real one.
+    (tools / "pg_restore").write_text(
+        f'#!/bin/sh\ncase " $* " in *" --list "*) touch {listing}; sleep 5 ;; esac\nexec {real / "pg_restore"} "$@"\n'
+    )
+    (tools / "pg_restore").chmod(0o755)
+    env = {**run_env(database_url), held_event.EVENT_ENV: "", "PATH": f"{tools}:{os.environ['PATH']}"}
+    project = deployed_project(faber_project, env)
+    deploy = FaberProcess.start(project, "migrate", ENVIRONMENT, "--yes", "--json", env=env)
+    assert deploy.finish() == 0, deploy.stdout() + deploy.stderr()
+    backup_id = json.loads(deploy.stdout())["result"]["backup_id"]
+    before = snapshot(database_url)
+
+    run = FaberProcess.start(project, "rollback", ENVIRONMENT, "--to", backup_id, "--yes", "--json", env=env)
+    try:
+        run.wait_for(event_matcher("rollback.started"))
+        run.wait_until(listing.exists, what="the restore reading the archive's list")
+        run.kill(signal.SIGTERM)
+        code = run.finish(60)
+    finally:
+        run.stop_everything()
+    assert "Traceback" not in run.stderr() and CANARY_PASSWORD not in run.stdout() + run.stderr()
+    document = json.loads(run.stdout())
+    assert (code, document["code"]) == (130, "INTERRUPTED"), document
+    result = document["result"]
+    assert (result["rollback_status"], result["restore_committed"]) == ("failed", False), result
+    assert "stopped before it began" in result["details"], result
+    after = snapshot(database_url)
+    assert after == before, after.differences(before)

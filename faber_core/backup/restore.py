@@ -112,16 +112,29 @@ def restore_archive(context: RunContext, backup: BackupRecord, tools: Path, majo
         raise RestoreFailed(f"Backup archive {backup.location} is missing", suggestions=manual[1:])
     keep = kept_schemas(context, backup)
     with store.reading(archive) as fd:
-        store.verify_archive(context, backup, fd)
-        with context.database.connect() as conn:
-            properties = database_properties.restoring_in_place(context, conn, backup)
-            prelude = restore_prelude(conn, *keep) + properties.script
-            finish = analyze_restored(keep).as_string(conn)
+        # Stopped before the restore's transaction began (checking the archive, reading what to
+        # restore), nothing was changed: said so, as a stop inside the transaction is.
+        restore_started = False
         try:
+            store.verify_archive(context, backup, fd)
+            with context.database.connect() as conn:
+                properties = database_properties.restoring_in_place(context, conn, backup)
+                prelude = restore_prelude(conn, *keep) + properties.script
+                finish = analyze_restored(keep).as_string(conn)
             with restore_list(context, backup, tools, archive, fd, keep) as listed:
+                restore_started = True
                 notes = _run_in_one_transaction(
                     context, backup, tools, major, archive, fd, listed, prelude, finish, manual
                 )
+        except KeyboardInterrupt as interrupt:
+            if restore_started:
+                raise
+            return RestoreOutcome.interrupted(
+                backup.id,
+                interrupt,
+                committed=False,
+                details=f"The restore of {backup.id} was stopped before it began: the database is exactly as before it",
+            )
         except _Interrupted as stopped:
             return RestoreOutcome.interrupted(
                 backup.id,
