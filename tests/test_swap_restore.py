@@ -1213,6 +1213,32 @@ def test_when_faber_cannot_take_its_lock_again_after_a_failed_swap_the_error_say
     assert f"{target} is unchanged; faber's lock could not be taken again after the failed swap" in document.error
 
 
+def test_a_signal_while_the_swap_checks_the_archive_says_nothing_was_restored(
+    swapped, run_faber, database_url, postgres_admin_url, monkeypatch
+):
+    """SIGTERM while the swap restore checks the archive's digest (long for a large archive), before
+    any copy exists: the document says the restore was stopped before the swap, the database as
+    it was. Before, the check ran outside the restore's own handling of a signal, and the run said
+    the provider "did not say whether it committed"."""
+    project_dir, target = swapped
+    execute(database_url, "CREATE TABLE accounts (id int); INSERT INTO accounts VALUES (1)")
+    backup_id = backup(run_faber, project_dir)
+    execute(database_url, "INSERT INTO accounts VALUES (2)")
+    before = database_state(database_url)
+
+    def signal_while_checking(*args):
+        raise Terminated()
+
+    monkeypatch.setattr(swap_module.store, "verify_archive", signal_while_checking)
+    document = rollback_in_process(project_dir, backup_id, monkeypatch)
+
+    assert document.code == "INTERRUPTED", document
+    assert document.result["restore_committed"] is False, document
+    assert "stopped before the swap" in document.result["details"], document
+    assert database_state(database_url) == before
+    assert set(databases(postgres_admin_url, target)) == {target}
+
+
 def test_a_signal_as_the_rollback_releases_faber_s_lock_says_the_restore_committed(
     swapped, run_faber, database_url, monkeypatch
 ):

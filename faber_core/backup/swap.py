@@ -159,9 +159,11 @@ def restore_by_swap(context: RunContext, backup: BackupRecord, tools: Path, majo
     )
     keep = kept_schemas(context, backup)
     with interrupts.raised_once(), store.reading(archive) as fd:
-        store.verify_archive(context, backup, fd)
         swap.properties = database_properties.recorded(backup)
         try:
+            # Inside: a signal while a large archive is checked stops a restore that changed nothing,
+            # and says so, as one stopped later before the swap does.
+            store.verify_archive(context, backup, fd)
             with restore_list(context, backup, tools, archive, fd, keep) as listed:
                 _run(swap, tools, major, listed, keep)
         except KeyboardInterrupt as interrupt:
