@@ -35,7 +35,9 @@ CREATE VIEW small_names AS SELECT name FROM small;
 CREATE FUNCTION twice(x int) RETURNS int DETERMINISTIC RETURN x * 2;
 INSERT INTO small (id, name) VALUES (1, 'one');
 -- A named constraint, as the ORMs name theirs: constraint names are the database's.
-CREATE TABLE notes (id int PRIMARY KEY, small_id int, CONSTRAINT notes_small_fkey FOREIGN KEY (small_id) REFERENCES small(id));
+CREATE TABLE notes (
+    id int PRIMARY KEY, small_id int, CONSTRAINT notes_small_fkey FOREIGN KEY (small_id) REFERENCES small(id)
+);
 INSERT INTO notes VALUES (1, 1);
 """
 CHANGE = (
@@ -92,6 +94,21 @@ def faber(project, url: str, *args: str) -> dict:
     return json.loads(done.stdout)
 
 
+def wait_until_loading_the_dump(admin_url: str, name: str) -> None:
+    """Wait until the restore of database ``name`` loads its dump's rows of ``big`` into its
+    scratch copy (this database's: other tests restore on the same server at once)."""
+    with mysql_connect(admin_url) as conn:
+        wait_for(
+            lambda: conn.execute(
+                "SELECT 1 FROM information_schema.PROCESSLIST WHERE LEFT(DB, %s) = %s"
+                " AND INFO LIKE 'INSERT INTO `big`%%'",
+                [len(mysqldump.scratch_prefix(name)), mysqldump.scratch_prefix(name)],
+            ).fetchone(),
+            "the restore to be loading the dump",
+            timeout=60,
+        )
+
+
 @pytest.mark.parametrize(
     "signals",
     [[signal.SIGKILL], [signal.SIGTERM], [signal.SIGTERM, signal.SIGTERM]],
@@ -126,17 +143,7 @@ def test_a_restore_killed_while_loading_leaves_the_database_as_before_and_the_ne
         env={"TEST_DATABASE_URL": mysql_database_url, "FABER_PLUGINS": "faber_core.testing.sqlfiles"},
     )
     try:
-        with mysql_connect(mysql_admin_url) as conn:
-            wait_for(
-                # This database's scratch copy: other tests restore on the same server at once.
-                lambda: conn.execute(
-                    "SELECT 1 FROM information_schema.PROCESSLIST WHERE LEFT(DB, %s) = %s"
-                    " AND INFO LIKE 'INSERT INTO `big`%%'",
-                    [len(mysqldump.scratch_prefix(name)), mysqldump.scratch_prefix(name)],
-                ).fetchone(),
-                "the restore to be loading the dump",
-                timeout=60,
-            )
+        wait_until_loading_the_dump(mysql_admin_url, name)
         run.send_signal(signals[0])
         for again in signals[1:]:
             time.sleep(0.1)  # a CI runner's second SIGTERM, while faber drops the scratch databases
@@ -187,16 +194,7 @@ def test_a_restore_whose_lock_is_lost_while_loading_stops_before_its_table_swap(
         env={"TEST_DATABASE_URL": mysql_database_url, "FABER_PLUGINS": "faber_core.testing.sqlfiles"},
     )
     try:
-        with mysql_connect(mysql_admin_url) as conn:
-            wait_for(
-                lambda: conn.execute(
-                    "SELECT 1 FROM information_schema.PROCESSLIST WHERE LEFT(DB, %s) = %s"
-                    " AND INFO LIKE 'INSERT INTO `big`%%'",
-                    [len(mysqldump.scratch_prefix(name)), mysqldump.scratch_prefix(name)],
-                ).fetchone(),
-                "the restore to be loading the dump",
-                timeout=60,
-            )
+        wait_until_loading_the_dump(mysql_admin_url, name)
         with mysql_connect(mysql_database_url) as conn:
             end_faber_lock_session(conn)
         out, err = (stream.decode() for stream in run.communicate(timeout=120))

@@ -378,16 +378,22 @@ def forget_restored(context: RunContext, backup: BackupRecord) -> None:
         _warn("the record of the migrations killed deploys left was not updated", context, exc)
 
 
-def left_by_killed_runs(context: RunContext, conn: Any, applied: set[str]) -> list[Unfinished]:
-    """Per killed run that recorded migrations: the first of them not applied now, when it runs
-    outside a transaction."""
+def _records_of_other_runs(context: RunContext, conn: Any) -> list[tuple[Any, ...]]:
+    """The record's rows of the runs other than this one, each run's in order: ``(run_id,
+    lock_session, migration, outside_transaction, before_run)``; none without the table."""
     if not _exists(context, conn):
         return []
-    rows = conn.execute(
+    return conn.execute(
         f"SELECT run_id, lock_session, migration, outside_transaction, before_run FROM {_table(context)}"
         " WHERE run_id <> %s ORDER BY run_id, position",
         [context.run_id],
     ).fetchall()
+
+
+def left_by_killed_runs(context: RunContext, conn: Any, applied: set[str]) -> list[Unfinished]:
+    """Per killed run that recorded migrations: the first of them not applied now, when it runs
+    outside a transaction."""
+    rows = _records_of_other_runs(context, conn)
     if not rows:
         return []
     # A run deploying now: its migrations are not left by anyone.
@@ -436,23 +442,17 @@ def refuse_while_another_run_deploys(context: RunContext) -> None:
     left to the status read, which says so (:func:`unchecked`)."""
     try:
         with context.database.session() as conn:
-            if not _exists(context, conn):
-                return
-            rows = conn.execute(
-                f"SELECT run_id, lock_session, migration FROM {_table(context)} WHERE run_id <> %s"
-                " ORDER BY run_id, position",
-                [context.run_id],
-            ).fetchall()
+            rows = _records_of_other_runs(context, conn)
             if not rows:
                 return
-            live = _live_runs(context, conn, [(run_id, lock_session) for run_id, lock_session, _ in rows])
+            live = _live_runs(context, conn, [(run_id, lock_session) for run_id, lock_session, *_ in rows])
             if not live:
                 return
             deploying = min(live)
             sign = run_lock.holder(conn, deploying, mysql=_mysql(context))
     except context.database.connect_errors:
         return
-    migrations = ", ".join(migration for run_id, _, migration in rows if run_id == deploying)
+    migrations = ", ".join(migration for run_id, _, migration, *_ in rows if run_id == deploying)
     raise Locked(
         f"Another faber run ({deploying}) is still deploying {migrations} on this database, though its "
         "session holding faber's lock was ended; nothing was changed",

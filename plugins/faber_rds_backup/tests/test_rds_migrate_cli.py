@@ -745,6 +745,27 @@ def stopped_while_held(
     return run, code
 
 
+def rollback_losing_its_lock_while_held(
+    proxy, project, backup_id: str, database_url: str, *, what: str
+) -> tuple[FaberProcess, int]:
+    """``faber rollback production --to backup_id`` in ``project``, its lock session ended (as an
+    operator or a proxy's timeout would) once ``proxy`` holds its AWS call (``what`` names it),
+    then the call let go. The process and its exit code."""
+    import psycopg
+
+    run = FaberProcess.start(project, "rollback", "production", "--to", backup_id, "--yes", "--json")
+    try:
+        run.wait_until(proxy.holding.is_set, what=what)
+        with psycopg.connect(database_url, autocommit=True) as operator:
+            end_faber_lock_session(operator)
+        proxy.release()
+        code = run.finish(120)
+    finally:
+        proxy.release()
+        run.stop_everything()
+    return run, code
+
+
 def manual_snapshots(rds) -> set[str]:
     return {s["DBSnapshotIdentifier"] for s in rds.describe_db_snapshots(SnapshotType="manual")["DBSnapshots"]}
 
@@ -801,24 +822,15 @@ def test_a_rollback_whose_lock_is_lost_while_the_copy_restores_stops_before_the_
     """faber's lock session ended while RDS restores the copy (minutes, in AWS): another run may
     hold the lock by the time the copy is ready, so the renames must not start. The rollback stops
     with LOCKED (exit 7), restore_committed false, prod-db untouched, and the copy named."""
-    import psycopg
-
     project = prisma_rds_project({"0001_init": INIT}, endpoint_url=throttling_proxy.url)
     backup = run_faber("backup", "production", "--json", "--cwd", str(project))
     assert backup.returncode == 0, backup.output
     backup_id = backup.json["result"]["id"]
     throttling_proxy.hold("DescribeDBInstances", after="RestoreDBInstanceFromDBSnapshot")
 
-    run = FaberProcess.start(project, "rollback", "production", "--to", backup_id, "--yes", "--json")
-    try:
-        run.wait_until(throttling_proxy.holding.is_set, what="the wait for the restored copy")
-        with psycopg.connect(database_url, autocommit=True) as operator:
-            end_faber_lock_session(operator)
-        throttling_proxy.release()
-        code = run.finish(120)
-    finally:
-        throttling_proxy.release()
-        run.stop_everything()
+    run, code = rollback_losing_its_lock_while_held(
+        throttling_proxy, project, backup_id, database_url, what="the wait for the restored copy"
+    )
 
     document = json.loads(run.stdout())
     assert (code, document["code"]) == (7, "LOCKED"), document
@@ -842,24 +854,15 @@ def test_a_rollback_whose_lock_is_lost_between_the_renames_says_the_swap_went_on
     """Past the check before the first rename, RDS's renames cannot depend on faber's lock: a lock
     session ended between them does not stop the swap, and the rollback says so (exit 7,
     restore_committed true) rather than reporting a plain success."""
-    import psycopg
-
     project = prisma_rds_project({"0001_init": INIT}, endpoint_url=throttling_proxy.url)
     backup = run_faber("backup", "production", "--json", "--cwd", str(project))
     assert backup.returncode == 0, backup.output
     backup_id = backup.json["result"]["id"]
     throttling_proxy.hold("DescribeDBInstances", after="ModifyDBInstance")
 
-    run = FaberProcess.start(project, "rollback", "production", "--to", backup_id, "--yes", "--json")
-    try:
-        run.wait_until(throttling_proxy.holding.is_set, what="the wait between the renames")
-        with psycopg.connect(database_url, autocommit=True) as operator:
-            end_faber_lock_session(operator)
-        throttling_proxy.release()
-        code = run.finish(120)
-    finally:
-        throttling_proxy.release()
-        run.stop_everything()
+    run, code = rollback_losing_its_lock_while_held(
+        throttling_proxy, project, backup_id, database_url, what="the wait between the renames"
+    )
 
     document = json.loads(run.stdout())
     assert (code, document["code"]) == (7, "LOCKED"), document
