@@ -2037,6 +2037,29 @@ def deployed(
     )
 
 
+def refuse_an_older_backup_than_the_newest(
+    context: RunContext, listed: list[BackupRecord], newest_usable: BackupRecord
+) -> None:
+    """``faber rollback ENV`` restores the newest backup. When a newer one is unusable (its archive
+    damaged or gone, its manifest unreadable or edited), the newest usable one is older than the
+    person running it may think, and restoring it undoes more: every migration and write since it.
+    faber does not make that choice for them: it stops, the database unchanged, and names both."""
+    newer = [b for b in listed if b.status == "unusable" and b.created_at > newest_usable.created_at]
+    if not newer:
+        return
+    newest = max(newer, key=lambda b: b.created_at)
+    env = context.environment
+    raise ConfigError(
+        f"The newest backup of {env}, {newest.id}, is unusable ({newest.problem or 'unusable'}); the newest "
+        f"usable one, {newest_usable.id}, is older, and restoring it would also undo everything since it: faber "
+        "does not choose it for you; the database is unchanged",
+        suggestions=[
+            f"See every backup and why it is unusable: faber backups {env}",
+            f"To restore the older one all the same: faber rollback {env} --to {newest_usable.id}",
+        ],
+    )
+
+
 def first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), text)
 
@@ -2077,6 +2100,7 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
             )
     elif backups:
         chosen = backups[0]
+        refuse_an_older_backup_than_the_newest(context, listed, chosen)
     else:
         raise ConfigError(
             f"No backups found for {context.environment}",

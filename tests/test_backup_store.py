@@ -105,7 +105,7 @@ DAMAGED_MANIFESTS = [
 ]
 
 
-def test_unreadable_manifests_are_reported_and_skipped(production, run_faber):
+def test_unreadable_manifests_are_reported_and_never_skipped_for_an_older_backup(production, run_faber):
     project_dir, backup = production
     good = backup()
     damaged = [backup().id for _ in DAMAGED_MANIFESTS]
@@ -124,7 +124,14 @@ def test_unreadable_manifests_are_reported_and_skipped(production, run_faber):
         assert f"manifest {backup_id}.json is unreadable" in by_id[backup_id]["problem"]
     assert f"{len(DAMAGED_MANIFESTS)} unusable" in listed.json["message"]
     assert to_damaged.returncode == 2 and "empty (0 bytes)" in to_damaged.json["error"], to_damaged.output
-    assert newest.returncode == 0 and newest.json["result"]["backup_id"] == good.id, newest.output
+    # The newest backups are unusable: restoring the older good one would undo more than asked.
+    assert (newest.returncode, newest.json["code"]) == (2, "CONFIG_INVALID"), newest.output
+    assert (
+        "is unusable" in newest.json["error"] and f"the newest usable one, {good.id}, is older" in newest.json["error"]
+    )
+    assert f"faber rollback production --to {good.id}" in " ".join(newest.json["recovery"]["suggestions"])
+    chosen = run_faber("rollback", "production", "--to", good.id, "--yes", "--json", cwd=project_dir)
+    assert chosen.returncode == 0 and chosen.json["result"]["backup_id"] == good.id, chosen.output
 
 
 PLANTED = {
