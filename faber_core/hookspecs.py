@@ -224,6 +224,11 @@ def faber_migration_resolve(tool: str, context: RunContext, name: str, resolutio
     Raise :class:`faber_core.errors.ConfigError` when ``name`` is not a failed migration (a tool
     that can baseline, like Prisma, also accepts ``applied`` for one never attempted).
 
+    Optional: a tool whose history keeps no failed migrations (Sequelize, TypeORM) does not
+    implement it; ``faber resolve`` then says the tool cannot mark one (exit 2), except for a
+    migration faber's own record of a killed deploy reports as failed, which ``--rolled-back``
+    clears without asking the tool.
+
     Returns the :class:`~faber_core.models.MigrationState` afterwards.
     """
 

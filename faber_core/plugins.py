@@ -386,6 +386,20 @@ class Plugins:
         return ApplyOutcome.model_validate(answer)
 
     def migration_resolve(self, context: RunContext, name: str, resolution: Resolution) -> MigrationState:
+        owner = self.require_tool(context.tool)
+        if not self._implements(owner, "faber_migration_resolve"):
+            # Optional: a tool whose history has no failed state (Sequelize, TypeORM) has nothing to
+            # mark; saying so is not the plugin's bug to report.
+            flag = "--applied" if resolution == "applied" else "--rolled-back"
+            raise ConfigError(
+                f"{context.tool} cannot mark migration {name} {resolution.replace('_', ' ')}: its plugin "
+                f"({owner.package}) keeps no failed migrations to resolve; nothing was changed",
+                suggestions=[
+                    f"faber status {context.environment} names what is failed and why",
+                    f"faber resolve {flag} applies to migrations {context.tool} or faber's record of a killed "
+                    "deploy reports as failed",
+                ],
+            )
         answer = self._ask_handler("faber_migration_resolve", context, name=name, resolution=resolution)
         return MigrationState.model_validate(answer)
 

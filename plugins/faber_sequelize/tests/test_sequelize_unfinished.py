@@ -85,7 +85,9 @@ def test_a_migration_a_killed_deploy_was_in_stays_failed_when_sequelize_cannot_m
     status = run_faber("status", "staging", "--json", "--cwd", str(project))
     again = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
 
-    assert resolved.returncode != 0 and "Traceback" not in resolved.output, resolved.output
+    assert (resolved.returncode, resolved.json["code"]) == (2, "CONFIG_INVALID"), resolved.output
+    assert "sequelize cannot mark migration" in resolved.json["error"], resolved.output
+    assert "Report this to the plugin's authors" not in resolved.output, resolved.output
     assert json.loads(status.stdout)["result"]["failed"] == [COPY], status.output
     assert again.returncode == 3, again.output
     assert killed.ledger() == 20  # not copied again
