@@ -231,16 +231,25 @@ function loadFailure(error, file) {
 // faber could only report as a runner that died, after nothing named the file. While a migration
 // module loads, process.exit throws instead: the load fails like a top-level throw, naming the file
 // and the line (migration_load_failed), before faber's lock, approval and backup. An exit called
-// later (in up(), or from a timer the module set) still ends the runner.
+// later (in up(), or from a timer the module set) still ends the runner. TypeORM loads its migration
+// files at once: the loads overlap, so the real process.exit is put back when the last of them ends
+// (each putting back what it found replaced, one could end with process.exit refused for good, and a
+// migration's own process.exit() in up() read as a load failure).
+const processExit = process.exit;
+let loadsUnderway = 0;
+
+function refusedExit(code) {
+  throw new Error(`it calls process.exit(${code === undefined ? "" : code}) as it loads`);
+}
+
 async function exitRefused(work) {
-  const exit = process.exit;
-  process.exit = function refusedExit(code) {
-    throw new Error(`it calls process.exit(${code === undefined ? "" : code}) as it loads`);
-  };
+  loadsUnderway += 1;
+  process.exit = refusedExit;
   try {
     return await work();
   } finally {
-    process.exit = exit;
+    loadsUnderway -= 1;
+    if (loadsUnderway === 0) process.exit = processExit;
   }
 }
 
