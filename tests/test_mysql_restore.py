@@ -94,6 +94,16 @@ def faber(project, url: str, *args: str) -> dict:
     return json.loads(done.stdout)
 
 
+def start_rollback(project, backup_id: str, url: str) -> subprocess.Popen:
+    """``faber rollback production --to backup_id --yes --json`` of the sqlfiles project on ``url``,
+    in the background."""
+    return start_faber(
+        *("rollback", "production", "--to", backup_id, "--yes", "--json"),
+        cwd=project,
+        env={"TEST_DATABASE_URL": url, "FABER_PLUGINS": "faber_core.testing.sqlfiles"},
+    )
+
+
 def wait_until_loading_the_dump(admin_url: str, name: str) -> None:
     """Wait until the restore of database ``name`` loads its dump's rows of ``big`` into its
     scratch copy (this database's: other tests restore on the same server at once)."""
@@ -132,16 +142,7 @@ def test_a_restore_killed_while_loading_leaves_the_database_as_before_and_the_ne
     before = state(mysql_admin_url, name)
     assert before != backup_state
 
-    run = start_faber(
-        "rollback",
-        "production",
-        "--to",
-        backup_id,
-        "--yes",
-        "--json",
-        cwd=project,
-        env={"TEST_DATABASE_URL": mysql_database_url, "FABER_PLUGINS": "faber_core.testing.sqlfiles"},
-    )
+    run = start_rollback(project, backup_id, mysql_database_url)
     try:
         wait_until_loading_the_dump(mysql_admin_url, name)
         run.send_signal(signals[0])
@@ -188,11 +189,7 @@ def test_a_restore_whose_lock_is_lost_while_loading_stops_before_its_table_swap(
     faber(project, mysql_database_url, "migrate", "production")
     before = state(mysql_admin_url, name)
 
-    run = start_faber(
-        *("rollback", "production", "--to", backup_id, "--yes", "--json"),
-        cwd=project,
-        env={"TEST_DATABASE_URL": mysql_database_url, "FABER_PLUGINS": "faber_core.testing.sqlfiles"},
-    )
+    run = start_rollback(project, backup_id, mysql_database_url)
     try:
         wait_until_loading_the_dump(mysql_admin_url, name)
         with mysql_connect(mysql_database_url) as conn:
@@ -298,16 +295,7 @@ def test_a_restore_whose_session_is_killed_before_its_swap_says_so_and_to_run_it
         # table's trigger, the restore's session busy there, the dump loaded beside the database.
         holder.execute("BEGIN")
         holder.execute(f"SELECT * FROM `{name}`.small FOR UPDATE").fetchall()
-        run = start_faber(
-            "rollback",
-            "production",
-            "--to",
-            backup_id,
-            "--yes",
-            "--json",
-            cwd=project,
-            env={"TEST_DATABASE_URL": mysql_database_url, "FABER_PLUGINS": "faber_core.testing.sqlfiles"},
-        )
+        run = start_rollback(project, backup_id, mysql_database_url)
         try:
             session = wait_for(
                 lambda: mysql_session(mysql_admin_url, "INFO LIKE %s", [f"DROP TRIGGER `{name}`.%"]),
