@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -94,6 +95,19 @@ def faber(project, url: str, *args: str) -> dict:
     return json.loads(done.stdout)
 
 
+def backed_up_with_big_table(faber_project, url: str, query) -> tuple[Path, str]:
+    """A sqlfiles project on ``url`` whose table ``big`` holds enough rows for a restore to be
+    caught loading them, backed up: the project and the backup's id."""
+    files = {"migrations/001_schema.sql": SCHEMA}
+    env = {"database_url_env": "TEST_DATABASE_URL", "require_approval": False, "lock_wait_seconds": 1}
+    project = faber_project({"database": {"migration_tool": "sqlfiles", "environments": {"production": env}}}, files)
+    faber(project, url, "migrate", "production")
+    query("INSERT INTO big VALUES (1, REPEAT('x', 200))")
+    for _ in range(ROWS_DOUBLINGS):
+        query("INSERT INTO big SELECT id + (SELECT MAX(id) FROM big), payload FROM big")
+    return project, faber(project, url, "backup", "production")["result"]["id"]
+
+
 def start_rollback(project, backup_id: str, url: str) -> subprocess.Popen:
     """``faber rollback production --to backup_id --yes --json`` of the sqlfiles project on ``url``,
     in the background."""
@@ -128,14 +142,7 @@ def test_a_restore_killed_while_loading_leaves_the_database_as_before_and_the_ne
     faber_project, mysql_database_url, mysql_admin_url, mysql_query, signals
 ):
     name = mysql_database_url.rpartition("/")[2]
-    files = {"migrations/001_schema.sql": SCHEMA}
-    env = {"database_url_env": "TEST_DATABASE_URL", "require_approval": False, "lock_wait_seconds": 1}
-    project = faber_project({"database": {"migration_tool": "sqlfiles", "environments": {"production": env}}}, files)
-    faber(project, mysql_database_url, "migrate", "production")
-    mysql_query("INSERT INTO big VALUES (1, REPEAT('x', 200))")
-    for _ in range(ROWS_DOUBLINGS):
-        mysql_query("INSERT INTO big SELECT id + (SELECT MAX(id) FROM big), payload FROM big")
-    backup_id = faber(project, mysql_database_url, "backup", "production")["result"]["id"]
+    project, backup_id = backed_up_with_big_table(faber_project, mysql_database_url, mysql_query)
     backup_state = state(mysql_admin_url, name)
     (project / "migrations/002_change.sql").write_text(CHANGE)
     faber(project, mysql_database_url, "migrate", "production")
@@ -177,14 +184,7 @@ def test_a_restore_whose_lock_is_lost_while_loading_stops_before_its_table_swap(
     not happen. The rollback stops with LOCKED (exit 7), restore_committed false, the database
     exactly as before and no scratch database left."""
     name = mysql_database_url.rpartition("/")[2]
-    files = {"migrations/001_schema.sql": SCHEMA}
-    env = {"database_url_env": "TEST_DATABASE_URL", "require_approval": False, "lock_wait_seconds": 1}
-    project = faber_project({"database": {"migration_tool": "sqlfiles", "environments": {"production": env}}}, files)
-    faber(project, mysql_database_url, "migrate", "production")
-    mysql_query("INSERT INTO big VALUES (1, REPEAT('x', 200))")
-    for _ in range(ROWS_DOUBLINGS):
-        mysql_query("INSERT INTO big SELECT id + (SELECT MAX(id) FROM big), payload FROM big")
-    backup_id = faber(project, mysql_database_url, "backup", "production")["result"]["id"]
+    project, backup_id = backed_up_with_big_table(faber_project, mysql_database_url, mysql_query)
     (project / "migrations/002_change.sql").write_text(CHANGE)
     faber(project, mysql_database_url, "migrate", "production")
     before = state(mysql_admin_url, name)

@@ -746,13 +746,19 @@ def stopped_while_held(
 
 
 def rollback_losing_its_lock_while_held(
-    proxy, project, backup_id: str, database_url: str, *, what: str
-) -> tuple[FaberProcess, int]:
-    """``faber rollback production --to backup_id`` in ``project``, its lock session ended (as an
-    operator or a proxy's timeout would) once ``proxy`` holds its AWS call (``what`` names it),
-    then the call let go. The process and its exit code."""
+    prisma_rds_project, run_faber, proxy, database_url: str, *, after: str, what: str
+) -> tuple[str, FaberProcess, int]:
+    """A backup of a Prisma project on RDS, then ``faber rollback production --to`` it, its lock
+    session ended (as an operator or a proxy's timeout would) once ``proxy`` holds the
+    ``DescribeDBInstances`` that follows the AWS call ``after`` (``what`` names that wait), then
+    the call let go. The backup's id, the rollback's process and its exit code."""
     import psycopg
 
+    project = prisma_rds_project({"0001_init": INIT}, endpoint_url=proxy.url)
+    backup = run_faber("backup", "production", "--json", "--cwd", str(project))
+    assert backup.returncode == 0, backup.output
+    backup_id = backup.json["result"]["id"]
+    proxy.hold("DescribeDBInstances", after=after)
     run = FaberProcess.start(project, "rollback", "production", "--to", backup_id, "--yes", "--json")
     try:
         run.wait_until(proxy.holding.is_set, what=what)
@@ -763,7 +769,7 @@ def rollback_losing_its_lock_while_held(
     finally:
         proxy.release()
         run.stop_everything()
-    return run, code
+    return backup_id, run, code
 
 
 def manual_snapshots(rds) -> set[str]:
@@ -822,14 +828,13 @@ def test_a_rollback_whose_lock_is_lost_while_the_copy_restores_stops_before_the_
     """faber's lock session ended while RDS restores the copy (minutes, in AWS): another run may
     hold the lock by the time the copy is ready, so the renames must not start. The rollback stops
     with LOCKED (exit 7), restore_committed false, prod-db untouched, and the copy named."""
-    project = prisma_rds_project({"0001_init": INIT}, endpoint_url=throttling_proxy.url)
-    backup = run_faber("backup", "production", "--json", "--cwd", str(project))
-    assert backup.returncode == 0, backup.output
-    backup_id = backup.json["result"]["id"]
-    throttling_proxy.hold("DescribeDBInstances", after="RestoreDBInstanceFromDBSnapshot")
-
-    run, code = rollback_losing_its_lock_while_held(
-        throttling_proxy, project, backup_id, database_url, what="the wait for the restored copy"
+    backup_id, run, code = rollback_losing_its_lock_while_held(
+        prisma_rds_project,
+        run_faber,
+        throttling_proxy,
+        database_url,
+        after="RestoreDBInstanceFromDBSnapshot",
+        what="the wait for the restored copy",
     )
 
     document = json.loads(run.stdout())
@@ -854,14 +859,13 @@ def test_a_rollback_whose_lock_is_lost_between_the_renames_says_the_swap_went_on
     """Past the check before the first rename, RDS's renames cannot depend on faber's lock: a lock
     session ended between them does not stop the swap, and the rollback says so (exit 7,
     restore_committed true) rather than reporting a plain success."""
-    project = prisma_rds_project({"0001_init": INIT}, endpoint_url=throttling_proxy.url)
-    backup = run_faber("backup", "production", "--json", "--cwd", str(project))
-    assert backup.returncode == 0, backup.output
-    backup_id = backup.json["result"]["id"]
-    throttling_proxy.hold("DescribeDBInstances", after="ModifyDBInstance")
-
-    run, code = rollback_losing_its_lock_while_held(
-        throttling_proxy, project, backup_id, database_url, what="the wait between the renames"
+    backup_id, run, code = rollback_losing_its_lock_while_held(
+        prisma_rds_project,
+        run_faber,
+        throttling_proxy,
+        database_url,
+        after="ModifyDBInstance",
+        what="the wait between the renames",
     )
 
     document = json.loads(run.stdout())
