@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -449,6 +451,15 @@ def test_a_terminated_lock_session_stops_the_deploy_before_the_next_migration(
     assert [m["name"] for m in json.loads(second.stdout())["result"]["migrations"]] == ["003_tags"]
 
 
+@contextmanager
+def application_connected(database_url: str) -> Iterator[None]:
+    """An application session on the database, idle a moment ago: faber waits for its write
+    counters before a restore (with no other session connected it does not wait)."""
+    with psycopg.connect(database_url, autocommit=True) as application:
+        application.execute("SELECT 1")
+        yield
+
+
 def exit_when_lock_lost_while_counting_writes(run: FaberProcess, admin_url: str, database: str, operation: str) -> int:
     """``run``'s exit code when, while it waits for the write counters before its restore, its lock
     session is ended and another session takes faber's lock (as a second deploy would) and holds it."""
@@ -460,12 +471,11 @@ def exit_when_lock_lost_while_counting_writes(run: FaberProcess, admin_url: str,
 
 
 def lose_faber_lock_while_counting_writes(run: FaberProcess, admin_url: str, database: str, operation: str):
-    """While ``run`` waits for the write counters before its restore, end its lock session and take
-    faber's lock from another session (as a second deploy would); return that session, still
-    holding the lock. An application session idle a moment ago makes faber wait the longest."""
-    with psycopg.connect(admin_url, autocommit=True) as application:
-        application.execute("SELECT 1")
-        run.wait_for(events.WRITES_WAITING)
+    """While ``run`` waits for the write counters before its restore (the test keeps an
+    application session on the database, see :func:`application_connected`), end its lock session
+    and take faber's lock from another session (as a second deploy would); return that session,
+    still holding the lock."""
+    run.wait_for(events.WRITES_WAITING)
     other = psycopg.connect(admin_url.rsplit("/", 1)[0] + f"/{database}", autocommit=True)
     with psycopg.connect(admin_url, autocommit=True) as admin:
         [[pid]] = admin.execute(
@@ -488,8 +498,9 @@ def test_a_rollback_whose_lock_was_lost_before_the_restore_restores_nothing(
     database = database_url.rsplit("/", 1)[1]
     project_dir = sql_project({"001_users": USERS})
     assert start(project_dir, database_url, "migrate", ENVIRONMENT, "--yes").finish() == 0
-    run = start(project_dir, database_url, "rollback", ENVIRONMENT, "--yes", "--json")
-    code = exit_when_lock_lost_while_counting_writes(run, postgres_admin_url, database, "rollback")
+    with application_connected(database_url):
+        run = start(project_dir, database_url, "rollback", ENVIRONMENT, "--yes", "--json")
+        code = exit_when_lock_lost_while_counting_writes(run, postgres_admin_url, database, "rollback")
 
     assert code == 7, run.stdout()
     document = json.loads(run.stdout())
@@ -507,8 +518,9 @@ def test_an_automatic_rollback_whose_lock_was_lost_before_the_restore_restores_n
     again after it, which waits seconds."""
     database = database_url.rsplit("/", 1)[1]
     project_dir = sql_project({"001_users": USERS, "002_broken": "SELECT * FROM no_such_table;"})
-    run = start(project_dir, database_url, "migrate", ENVIRONMENT, "--yes", "--json")
-    code = exit_when_lock_lost_while_counting_writes(run, postgres_admin_url, database, "deploy-migrations")
+    with application_connected(database_url):
+        run = start(project_dir, database_url, "migrate", ENVIRONMENT, "--yes", "--json")
+        code = exit_when_lock_lost_while_counting_writes(run, postgres_admin_url, database, "deploy-migrations")
 
     assert code == 6, run.stdout()
     result = json.loads(run.stdout())["result"]

@@ -679,12 +679,15 @@ def test_a_signal_before_the_automatic_restore_began_says_what_committed_and_how
     database = bed.clone(bed.template)
     bed.set_database(database, fail=FAILING)
     project = bed.project()
+    # Connected, as the application would be: faber then waits for its write counters.
+    app = psycopg.connect(bed.url(database), application_name="the application")
     run = faber(project, bed.url(database, password=CANARY_PASSWORD), "migrate", ENVIRONMENT, "--yes", "--json")
     try:
         run.wait_for(event_matcher("writes.waiting"), after=run.wait_for(event_matcher("migration.failed")))
         run.kill(signum)
         assert run.wait(EXIT_BOUND) is not None, f"faber still running {EXIT_BOUND}s after the signal"
     finally:
+        app.close()
         run.stop_everything()
     try:
         document = json.loads(run.stdout())

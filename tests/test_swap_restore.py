@@ -218,7 +218,7 @@ def test_a_user_without_createdb_is_refused_before_anything_changes(
 def application_tables(database_url: str, gated_in: str) -> str:
     """The application's ``accounts`` (3000 rows), and ``zz_gated``, whose index calls
     :func:`gate_function` for database ``gated_in``; the name of the session that holds the gate."""
-    holder = f"faber-test-gate-{uuid.uuid4().hex[:8]}"
+    holder = f"test-gate-{uuid.uuid4().hex[:8]}"  # not faber-named: faber takes those sessions for its own
     execute(
         database_url,
         gate_function(holder)
@@ -611,7 +611,8 @@ def test_a_kill_before_the_swap_leaves_the_target_as_it_was_and_the_next_rollbac
     execute(database_url, CHANGE_DATABASE_PROPERTIES)
     before = database_state(database_url)
 
-    with psycopg.connect(postgres_admin_url, autocommit=True, application_name=holder):
+    # Connected to the target, as the application would be: faber then waits for its write counters.
+    with psycopg.connect(database_url, autocommit=True, application_name=holder):
         run = FaberProcess.start(
             project_dir,
             *("rollback", "production", "--to", backup_id, "--yes", "--discard-app-writes", "--json"),

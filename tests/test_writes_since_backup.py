@@ -74,6 +74,60 @@ def test_the_applications_rows_are_counted_per_table_without_faber_s_own(deploye
     assert "public.orders (10 rows)" in since.summary()
 
 
+def test_with_no_other_session_faber_does_not_wait_and_counts_a_session_that_just_ended(
+    deployed, context_for, database_url
+):
+    """A session reports its counters as it ends, before it leaves pg_stat_activity: once no
+    other session is connected, every write is counted without waiting. Each round's session
+    writes and disconnects right before the check, at whatever point of its exit the check
+    finds it (still listed: faber waits; gone: its counts are in)."""
+    project_dir, backup_id = deployed
+    backup = backup_record(project_dir, backup_id)
+    for written in range(1, 21):
+        with psycopg.connect(database_url, autocommit=True) as app:
+            app.execute("INSERT INTO orders (note) VALUES ('from the app')")
+        seen: list = []
+        since = writes.writes_since_backup(context_for(project_dir, "rollback", seen), backup)
+        assert [(t.table, t.rows) for t in since.tables] == [("public.orders", written)], since
+    started = time.monotonic()
+    writes.writes_since_backup(context_for(project_dir, "rollback", seen := []), backup)
+    assert time.monotonic() - started < writes.MIN_WAIT_SECONDS
+    assert not [event for event in seen if event.kind == "writes.waiting"]
+
+
+def test_a_session_whose_state_faber_may_not_see_is_waited_for_the_longest(
+    deployed, context_for, database_url, postgres_admin_url, monkeypatch
+):
+    """faber's role may not see when another role's session went idle (PostgreSQL shows it to
+    that role, superusers and pg_read_all_stats only). A session that writes twice within a
+    second reports the second write up to 10 s later: faber must wait that long, not a second."""
+    project_dir, backup_id = deployed
+    reader = f"faber_test_reader_{os.getpid()}_{time.monotonic_ns()}"
+    with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {reader} LOGIN")
+    try:
+        with psycopg.connect(database_url, autocommit=True) as owner:
+            owner.execute(
+                f"GRANT USAGE ON SCHEMA faber TO {reader}; GRANT SELECT ON ALL TABLES IN SCHEMA faber TO {reader}"
+            )
+        monkeypatch.setenv("TEST_DATABASE_URL", database_url.replace("//postgres:", f"//{reader}:", 1))
+        with psycopg.connect(database_url, autocommit=True) as app:
+            app.execute("INSERT INTO orders (note) VALUES ('reported')")
+            app.execute("INSERT INTO orders (note) VALUES ('held back'), ('held back')")
+            seen: list = []
+            backup = backup_record(project_dir, backup_id)
+            since = writes.writes_since_backup(context_for(project_dir, "rollback", seen), backup)
+        assert [(t.table, t.rows) for t in since.tables] == [("public.orders", 3)], since
+        assert [event.data["seconds"] for event in seen if event.kind == "writes.waiting"] == [
+            writes.IDLE_FLUSH_SECONDS
+        ]
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as owner:
+            owner.execute(f"DROP OWNED BY {reader}")
+        with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
+            admin.execute(f"DROP ROLE IF EXISTS {reader}")
+
+
 def test_without_a_baseline_the_result_is_unknown_and_says_why(deployed, context_for, database_url):
     project_dir, backup_id = deployed
     with psycopg.connect(database_url, autocommit=True) as conn:

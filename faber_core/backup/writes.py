@@ -16,8 +16,11 @@ What the counters can and cannot tell, and how faber errs:
   idle at most once a second; a session that went idle less than a second after its last report
   reports within 10 s (PostgreSQL 15's ``PGSTAT_IDLE_INTERVAL``). faber therefore waits until
   every idle session of the database has been idle for :data:`IDLE_FLUSH_SECONDS` (at most that
-  long, at least :data:`MIN_WAIT_SECONDS`). Writes of a transaction still open then are not
-  counted: sessions holding write locks on user tables at that moment are reported as
+  long, at least :data:`MIN_WAIT_SECONDS`); the whole :data:`IDLE_FLUSH_SECONDS` when it may not
+  see when some session went idle (its role lacks ``pg_read_all_stats``). It does not wait when
+  no other session is connected to the database: from PostgreSQL 15 a session reports its
+  counters as it ends, before it leaves ``pg_stat_activity``. Writes of a transaction still open
+  are not counted: sessions holding write locks on user tables at that moment are reported as
   ``in_flight``, and a session busy without a pause can hold its counts back for up to a minute.
 - **Counted before the backup.** The baseline is read just before the backup starts, so
   writes in between are counted as "since the backup" though the backup has them: a false
@@ -67,11 +70,19 @@ IDLE_FLUSH_SECONDS = 10.5
 """An idle session has reported its counters once it has been idle this long (PGSTAT_IDLE_INTERVAL + margin)."""
 MIN_WAIT_SECONDS = 1.1
 """Busy sessions report at their next idle moment, at most once a second (PGSTAT_MIN_INTERVAL + margin)."""
-_LAST_IDLE = """
-SELECT extract(epoch FROM now() - max(state_change)) FROM pg_stat_activity
-WHERE datname = current_database() AND state = 'idle' AND backend_type = 'client backend'
-  AND pid <> pg_backend_pid() AND application_name NOT LIKE 'faber%%'
+_REPORTS_AS_IT_ENDS = 150000
+"""From PostgreSQL 15 a session reports its counters as it ends, before it leaves pg_stat_activity
+(before, a statistics collector process received them later)."""
+_OTHER_SESSIONS = """
+SELECT count(*),
+       count(*) FILTER (WHERE backend_type IS NULL),
+       extract(epoch FROM now() - max(state_change) FILTER (WHERE state = 'idle' AND backend_type = 'client backend'))
+FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name NOT LIKE 'faber%%'
 """
+"""Sessions of the database but faber's: how many, how many of them faber's role may not see the
+state of (PostgreSQL shows it only to their own role, superusers and ``pg_read_all_stats``), and
+how long ago the last idle one went idle."""
 
 _CREATE_TABLE = """
 CREATE TABLE IF NOT EXISTS {table} (
@@ -564,9 +575,15 @@ def writes_since_backup(context: RunContext, backup: BackupRecord) -> WritesSinc
 
 def _wait_for_reports(context: RunContext, conn: psycopg.Connection) -> None:
     """Wait until other sessions' counters have reached the statistics (see the module docstring)."""
-    (idle_for,) = conn.execute(_LAST_IDLE).fetchone()
-    wait = MIN_WAIT_SECONDS if idle_for is None else max(MIN_WAIT_SECONDS, IDLE_FLUSH_SECONDS - float(idle_for))
-    wait = min(wait, IDLE_FLUSH_SECONDS)
+    others, unseen, idle_for = conn.execute(_OTHER_SESSIONS).fetchone()
+    if others == 0 and conn.info.server_version >= _REPORTS_AS_IT_ENDS:
+        return  # every session that wrote has ended, and has reported as it ended
+    if unseen:
+        wait = IDLE_FLUSH_SECONDS  # one of them may have gone idle just now
+    elif idle_for is None:
+        wait = MIN_WAIT_SECONDS
+    else:
+        wait = min(max(MIN_WAIT_SECONDS, IDLE_FLUSH_SECONDS - float(idle_for)), IDLE_FLUSH_SECONDS)
     context.emit(events.WRITES_WAITING, seconds=round(wait, 1))
     time.sleep(wait)
 
