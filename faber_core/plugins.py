@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -534,15 +535,31 @@ def _refuse_names_not_utf8(state: MigrationState) -> None:
         try:
             migration.name.encode("utf-8")
         except UnicodeEncodeError:
+            if _utf8_read_as_another_encoding(migration.name):
+                raise ConfigError(
+                    f"The migration {shown(migration.name)} has a UTF-8 name, but this Python reads file names "
+                    f"as {sys.getfilesystemencoding()} (the C or POSIX locale with PYTHONUTF8=0): refused",
+                    suggestions=["Run faber with PYTHONUTF8=1, or in a UTF-8 locale (LC_ALL=C.UTF-8)"],
+                ) from None
             raise ConfigError(
                 f"The migration {shown(migration.name)} has a name that is not UTF-8 text: refused",
                 suggestions=[f"Rename {shown(migration.path or migration.name)} to a UTF-8 name"],
             ) from None
 
 
-def _warn_sink_failed(context: RunContext, owner: str, event: AuditEvent, exc: Exception) -> None:
-    import sys
+def _utf8_read_as_another_encoding(name: str) -> bool:
+    """Whether ``name``'s bytes are UTF-8 that the file system encoding could not read (in the C
+    locale with UTF-8 mode off Python reads file names as ASCII, ``café`` with two bad bytes)."""
+    if sys.getfilesystemencoding().lower().replace("-", "") == "utf8":
+        return False
+    try:
+        os.fsencode(name).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
+
+def _warn_sink_failed(context: RunContext, owner: str, event: AuditEvent, exc: Exception) -> None:
     reason = context.redactor.redact(f"{type(exc).__name__}: {exc}".strip())
     sys.stderr.write(
         f"warning: audit plugin {owner} failed on the {event.kind} event: {reason} "

@@ -186,6 +186,25 @@ def test_a_migration_whose_file_name_is_not_utf8_is_refused_before_anything_runs
     assert not (project / ".faber" / "backups").exists()
 
 
+def test_a_utf8_name_read_in_the_c_locale_is_refused_saying_how_to_run_faber(
+    faber_project, run_faber, database_url, query
+):
+    """With UTF-8 mode off in the C locale Python reads ``café`` as ASCII with two bad bytes: the
+    name is fine, the way faber runs is not, and the message says so instead of "rename it"."""
+    project = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"production": {"database_url_env": "APP_URL"}}}},
+        {"migrations/001_users.sql": "CREATE TABLE users (id bigint);", "migrations/002_café.sql": "SELECT 1;"},
+    )
+    env = {"APP_URL": database_url, "FABER_PLUGINS": "faber_core.testing.sqlfiles", "PYTHONUTF8": "0", "LC_ALL": "C"}
+
+    run = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
+
+    assert run.returncode == 2, run.output
+    assert "has a UTF-8 name, but this Python reads file names as ascii" in run.json["error"], run.json
+    assert run.json["recovery"]["suggestions"] == ["Run faber with PYTHONUTF8=1, or in a UTF-8 locale (LC_ALL=C.UTF-8)"]
+    assert query("SELECT to_regclass('users')") == [(None,)]
+
+
 def without_root_file_access() -> list[str]:
     """The prefix that runs a program as this user without the power to read any file: root's
     is taken from it (``setpriv``), as a deploy user's never had it."""
