@@ -161,8 +161,8 @@ def _warn_unmaskable() -> None:
     if not _warned_unmaskable.is_set():
         _warned_unmaskable.set()
         sys.stderr.write(
-            f"warning: a password shorter than {MIN_SECRET_LENGTH} characters cannot be masked in faber's output "
-            "(masking it would mask ordinary words): use a longer one\n"
+            f"warning: a password or other secret shorter than {MIN_SECRET_LENGTH} characters cannot be masked in "
+            "faber's output (masking it would mask ordinary words): use a longer one\n"
         )
 
 

@@ -437,7 +437,7 @@ def test_a_password_too_short_to_mask_is_warned_about_once(faber_project, run_fa
     assert deploy.returncode == 0, deploy.output
     warnings = [line for line in deploy.stderr.splitlines() if "cannot be masked" in line]
     assert warnings == [
-        "warning: a password shorter than 3 characters cannot be masked in faber's output "
+        "warning: a password or other secret shorter than 3 characters cannot be masked in faber's output "
         "(masking it would mask ordinary words): use a longer one"
     ], deploy.stderr
     assert password not in warnings[0] and "z9" not in warnings[0]
