@@ -322,11 +322,9 @@ def _relative(path: Path, project: Path) -> str:
 
 
 def _write_files(project: Path, tool: str, layout: _Layout) -> list[str]:
+    """Write the project's files, faber's config last: a config means a finished ``faber init``,
+    so an init stopped half-way (a kill) leaves none, and running it again needs no ``--force``."""
     written = []
-    config = project / CONFIG_PATH
-    config.parent.mkdir(parents=True, exist_ok=True)
-    replace_file(config, json.dumps(starter_config(tool, layout.section), indent=2) + "\n")
-    written.append(str(CONFIG_PATH))
     state_ignore = project / STATE_DIR / ".gitignore"
     state_ignore.parent.mkdir(exist_ok=True)
     # Backups and the embedded database must never end up in version control.
@@ -338,7 +336,10 @@ def _write_files(project: Path, tool: str, layout: _Layout) -> list[str]:
             (project / path).parent.mkdir(parents=True, exist_ok=True)
             replace_file(project / path, text)
             written.append(path)
-    return written
+    config = project / CONFIG_PATH
+    config.parent.mkdir(parents=True, exist_ok=True)
+    replace_file(config, json.dumps(starter_config(tool, layout.section), indent=2) + "\n")
+    return [str(CONFIG_PATH), *written]
 
 
 def replace_file(path: Path, text: str) -> None:

@@ -583,6 +583,31 @@ def test_init_below_a_file_is_a_config_error_that_says_why(run_faber, tmp_path):
     assert (tmp_path / "notes.txt").read_text() == "not a project"
 
 
+def test_init_stopped_before_its_starter_files_are_written_leaves_no_config_and_runs_again_without_force(
+    run_faber, tmp_path
+):
+    """faber's config is written last: an init stopped half-way (here a file where the starter
+    migrations' folder goes) leaves none, so the project is not taken for an initialised one
+    without its starter files, and init runs again once the way is clear."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "migrations").write_text("in the way")
+
+    stopped = run_faber("init", "--tool", "sequelize", "--json", "--cwd", str(project))
+
+    assert stopped.returncode == 2, stopped.output
+    assert stopped.json["error"].startswith(f"Cannot write the starter project into {project}:")
+    assert not (project / ".fractary/plugins/faber-db/config.json").exists()
+    (project / "migrations").unlink()
+    again = run_faber("init", "--tool", "sequelize", "--json", "--cwd", str(project))
+    assert again.returncode == 0, again.output
+    assert [path.name for path in (project / "migrations").iterdir()][0].endswith("-create-example-items.js")
+    assert (
+        json.loads((project / ".fractary/plugins/faber-db/config.json").read_text())["database"]["migration_tool"]
+        == "sequelize"
+    )
+
+
 def _password_rejecting_server() -> socket.socket:
     """A server speaking just enough of PostgreSQL's protocol to ask for a password and reject it."""
 
