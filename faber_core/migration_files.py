@@ -43,13 +43,16 @@ def migrations_folder(project_dir: Path, configured: str, setting: str) -> Path:
     return folder
 
 
-def inside(path: Path, folder: Path) -> bool:
-    """Whether ``path`` resolves (symlinks followed) to ``folder`` or a path under it."""
+def inside(path: Path, folder: Path, *, lstat_mode: int | None = None) -> bool:
+    """Whether ``path`` resolves (symlinks followed) to ``folder`` or a path under it.
+
+    ``lstat_mode`` is ``os.lstat(path).st_mode`` when the caller has it already (one syscall less
+    per file read)."""
     if path.parent == folder and path.name not in ("", ".", ".."):
         # An entry of the folder that is not a symlink is inside it wherever the folder itself
         # resolves: one lstat instead of resolving both paths component by component.
         try:
-            if not stat.S_ISLNK(os.lstat(path).st_mode):
+            if not stat.S_ISLNK(os.lstat(path).st_mode if lstat_mode is None else lstat_mode):
                 return True
         except OSError:  # missing
             return False
@@ -67,12 +70,12 @@ def read_migration_file(path: Path, folder: Path, *, shown: str | None = None) -
     """
     shown = shown or str(path)
     try:
-        os.lstat(path)
+        mode = os.lstat(path).st_mode
     except (FileNotFoundError, NotADirectoryError):
         raise FileNotFoundError(path) from None
     except OSError as exc:  # a migration folder faber may not search
         raise ConfigError(f"Cannot read migration file {shown}: {exc.strerror}") from None
-    if not inside(path, folder):
+    if not inside(path, folder, lstat_mode=mode):
         target = os.path.realpath(path)
         raise ConfigError(
             f"Migration file {shown} resolves outside its folder ({target}): refused",
@@ -100,10 +103,20 @@ def read_regular_file(path: Path, what: str, max_bytes: int) -> bytes:
             )
         if info.st_size > max_bytes:
             raise ConfigError(f"{what} is larger than {_size(max_bytes)}: refused")
-        with os.fdopen(descriptor, "rb", closefd=False) as handle:
-            return handle.read()
+        # Read to its end straight from the descriptor: a file object around it would ask the
+        # file system again (its size, whether it is a terminal, its position) for every file.
+        data = os.read(descriptor, info.st_size + 1)
+        rest = []
+        while chunk := os.read(descriptor, _READ_BYTES):
+            rest.append(chunk)
+        return b"".join([data, *rest]) if rest else data
     finally:
         os.close(descriptor)
+
+
+_READ_BYTES = 64 * 1024
+"""What each read after the first asks for: the first asks for the whole file, and more comes only from a
+file that grew since its size was read (or one larger than a single read returns)."""
 
 
 def _size(count: int) -> str:

@@ -259,3 +259,56 @@ def test_a_migration_folder_faber_may_not_read_is_exit_2_naming_it(
     assert json.loads(run.stdout)["error"] == refused
     assert query("SELECT to_regclass('users')") == [(None,)]
     assert not (project / ".faber" / "backups").exists()
+
+
+def _count_file_type_lookups(monkeypatch) -> list[str]:
+    """Every os.stat and os.lstat made from now on, by the path asked about."""
+    asked: list[str] = []
+    for name in ("stat", "lstat"):
+        real = getattr(os, name)
+
+        def counted(path, *args, real=real, **kwargs):
+            asked.append(str(path))
+            return real(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, name, counted)
+    return asked
+
+
+def test_a_migration_file_is_looked_up_once_as_it_is_read(tmp_path, monkeypatch):
+    # Its lstat says whether it is a symlink: the check that it stays in its folder asks no more.
+    (tmp_path / "001.sql").write_text("SELECT 1;")
+    asked = _count_file_type_lookups(monkeypatch)
+
+    assert read_sql(tmp_path / "001.sql", tmp_path, shown="001.sql") == "SELECT 1;"
+    assert asked == [str(tmp_path / "001.sql")]
+
+
+def test_prisma_reads_a_plain_migration_folder_with_one_lookup_of_its_script(faber_project, run_context, monkeypatch):
+    # A status reads every folder: the listing says which entries are plain folders (200 folders
+    # cost 800 stat calls before, 200 now). A symlinked folder is still followed and checked
+    # (test_symlinks_inside_the_folder_and_a_symlinked_folder_are_fine).
+    from faber_prisma.migrations import read_migrations
+
+    project = faber_project(
+        PRISMA_CONFIG,
+        {"prisma/migrations/001_a/migration.sql": "SELECT 1;", "prisma/migrations/002_b/migration.sql": "SELECT 2;"},
+    )
+    (project / "prisma/migrations/003_empty").mkdir()
+    (project / "prisma/migrations/notes.txt").write_text("not a migration")
+    monkeypatch.setenv("APP_URL", "postgresql://app@127.0.0.1/app")
+    context = run_context(project)
+    asked = _count_file_type_lookups(monkeypatch)
+
+    folders = read_migrations(context)
+
+    assert [(folder.name, folder.path) for folder in folders] == [
+        ("001_a", "prisma/migrations/001_a/migration.sql"),
+        ("002_b", "prisma/migrations/002_b/migration.sql"),
+        ("003_empty", "prisma/migrations/003_empty"),
+    ]
+    entries = str(project / "prisma/migrations") + "/"
+    # Left out: the migrations folder's own check that faber may search it ("migrations/.").
+    assert sorted(path for path in asked if path.startswith(entries) and path != entries + ".") == [
+        str(project / "prisma/migrations" / name / "migration.sql") for name in ("001_a", "002_b", "003_empty")
+    ]

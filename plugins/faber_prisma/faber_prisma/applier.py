@@ -303,7 +303,7 @@ def _apply_one(
         return MigrationFailure(
             name=folder.name,
             error=f"The SQL could not be parsed, nothing was run: {context.redactor.redact(str(exc))}",
-            path=folder.relative_path(context.project_dir),
+            path=folder.path,
             transaction_rolled_back=True,
         )
     if transactional:
@@ -330,7 +330,7 @@ def _apply_in_transaction(
                 MigrationFailure(
                     name=folder.name,
                     error="interrupted; its transaction rolled back",
-                    path=folder.relative_path(context.project_dir),
+                    path=folder.path,
                     transaction_rolled_back=True,
                     table_writes=measured.rows,
                 )
@@ -349,7 +349,7 @@ def _apply_in_transaction(
             error=database_error_summary(context, exc) + unrecorded,
             output="Error: P3018\n\n"
             + prisma_logs(context, folder.name, exc.sqlstate, database_error(exc), recovery_needed=False),
-            path=folder.relative_path(context.project_dir),
+            path=folder.path,
             transaction_rolled_back=True,
             sqlstate=exc.sqlstate,
         )
@@ -382,7 +382,7 @@ def _apply_statement_by_statement(
                 + _rolled_back(block_began, number)
                 + unrecorded,
                 output=f"Error: P3018\n\n{logs}",
-                path=folder.relative_path(context.project_dir),
+                path=folder.path,
                 transaction_rolled_back=False,
                 sqlstate=exc.sqlstate,
                 statements_committed=committed,
@@ -411,7 +411,7 @@ def _apply_on_mysql(context: RunContext, history: MysqlHistory, folder: Migratio
                 name=folder.name,
                 error=f"{stopped.message.capitalize()}. MySQL commits each statement on its own: "
                 f"{_committed_on_mysql(stopped)}; its failed record stays until resolved.",
-                path=folder.relative_path(context.project_dir),
+                path=folder.path,
                 transaction_rolled_back=False,
                 statements_committed=stopped.committed,
             )
@@ -435,7 +435,7 @@ def _apply_on_mysql(context: RunContext, history: MysqlHistory, folder: Migratio
         + "; its failed record stays until resolved."
         + unrecorded,
         output=f"Error: P3018\n\n{logs}",
-        path=folder.relative_path(context.project_dir),
+        path=folder.path,
         transaction_rolled_back=False,
         sqlstate=code,
         statements_committed=failure.committed,

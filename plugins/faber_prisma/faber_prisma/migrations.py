@@ -13,6 +13,8 @@ migrations folder itself may live anywhere the config points, symlinked or not.
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +48,9 @@ class MigrationFolder:
     name: str
     directory: Path
     script: bytes | None
+    path: str
+    """The script's path relative to the project directory (the folder's, when it has no script), as
+    errors and results show it."""
     text: str | None = None
     """The script decoded (strict UTF-8); None when there is no script."""
 
@@ -57,11 +62,8 @@ class MigrationFolder:
     def checksum(self) -> str | None:
         return checksum(self.script) if self.script is not None else None
 
-    def relative_path(self, project_dir: Path) -> str:
-        return _relative(self.directory / SCRIPT_NAME if self.script is not None else self.directory, project_dir)
-
-    def as_local(self, project_dir: Path) -> LocalMigration:
-        return LocalMigration(name=self.name, checksum=self.checksum, path=self.relative_path(project_dir))
+    def as_local(self) -> LocalMigration:
+        return LocalMigration(name=self.name, checksum=self.checksum, path=self.path)
 
 
 class PrismaOptions(BaseModel):
@@ -97,12 +99,20 @@ def read_migrations(context: RunContext) -> list[MigrationFolder]:
 
 def _read_folders(context: RunContext) -> list[MigrationFolder]:
     directory = migrations_dir(context)
+    shown_directory = _relative(directory, context.project_dir)
     folders = []
-    for entry in sorted(directory.iterdir(), key=lambda path: path.name):
-        if not entry.is_dir():
+    # os.scandir: the listing tells which entries are folders and which are symlinks, so a plain
+    # folder costs no stat of its own (a symlink is still followed and checked below).
+    with os.scandir(directory) as listing:
+        entries = sorted(listing, key=lambda entry: entry.name)
+    for listed in entries:
+        plain_folder = listed.is_dir(follow_symlinks=False)
+        if not plain_folder and not (listed.is_symlink() and directory.joinpath(listed.name).is_dir()):
             continue
-        shown = _relative(entry, context.project_dir)
-        if not inside(entry, directory):
+        entry = directory / listed.name
+        # The folder's path relative to the project, as Path.relative_to gives it, without one per folder.
+        shown = listed.name if shown_directory == "." else os.path.join(shown_directory, listed.name)
+        if not inside(entry, directory, lstat_mode=stat.S_IFDIR if plain_folder else None):
             raise ConfigError(
                 f"Migration folder {shown} resolves outside the migrations folder: refused",
                 suggestions=[f"Keep each migration folder inside {directory}"],
@@ -112,10 +122,10 @@ def _read_folders(context: RunContext) -> list[MigrationFolder]:
         try:
             script = read_migration_file(script_path, entry, shown=shown_script)
         except FileNotFoundError:
-            folders.append(MigrationFolder(name=entry.name, directory=entry, script=None))
+            folders.append(MigrationFolder(name=listed.name, directory=entry, script=None, path=shown))
             continue
         text = decode_sql(script, shown_script)
-        folders.append(MigrationFolder(name=entry.name, directory=entry, script=script, text=text))
+        folders.append(MigrationFolder(name=listed.name, directory=entry, script=script, text=text, path=shown_script))
     return folders
 
 
@@ -130,7 +140,7 @@ def require_scripts(context: RunContext, folders: list[MigrationFolder]) -> None
     """Refuse, before anything runs, to apply a migration folder that has no script."""
     missing = [folder for folder in folders if folder.script is None]
     if missing:
-        paths = ", ".join(folder.relative_path(context.project_dir) for folder in missing)
+        paths = ", ".join(folder.path for folder in missing)
         raise ConfigError(
             f"Migration folder without {SCRIPT_NAME}: {paths}",
             suggestions=[

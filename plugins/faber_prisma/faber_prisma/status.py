@@ -49,7 +49,7 @@ def local_migrations(
     applied = {record.name: record.checksum for record in records if record.state == "applied"}
     local = []
     for folder in folders:
-        migration = folder.as_local(context.project_dir)
+        migration = folder.as_local()
         recorded = applied.get(folder.name)
         if folder.script is not None and recorded and recorded != migration.checksum:
             if recorded in equivalent_checksums(folder.script):
