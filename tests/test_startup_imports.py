@@ -53,6 +53,7 @@ NOT_FOR_A_STATUS = {
     "faber_prisma.applier": "the Prisma hooks import it when they apply, validate or resolve",
     "faber_prisma.preview": "only a preview",
     "faber_prisma.cli": "only `faber migrate dev` runs the Prisma CLI",
+    "faber_core.backup.database_properties": "only a pg_dump backup or restore reads or gives them",
 }
 
 OTHER_TOOLS_OPTIONS = {"NodeToolOptions", "TypeormOptions", "SequelizeOptions"}

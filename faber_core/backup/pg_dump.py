@@ -22,14 +22,13 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import psycopg
 from pydantic import BaseModel, ConfigDict, Field
 
 from faber_core import hookimpl
-from faber_core.backup import database_properties, store
-from faber_core.backup.database_properties import DatabaseProperties
+from faber_core.backup import store
 from faber_core.context import RunContext
 from faber_core.errors import BackupFailed, RestoreFailed
 from faber_core.models import BackupProviderInfo, BackupPruneOutcome, BackupRecord, RestoreOutcome
@@ -38,6 +37,9 @@ from faber_core.postgres.names import DatabaseNames, alias_refusal, alias_sugges
 from faber_core.postgres.pooler import carries_options
 from faber_core.processes import child_environment, find_program, run_captured
 from faber_core.safety.timeouts import CONNECTION_CHECK_INTERVAL_MS, CONNECTION_CHECK_SINCE
+
+if TYPE_CHECKING:
+    from faber_core.backup.database_properties import DatabaseProperties
 
 PROVIDER = "pg_dump"
 _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
@@ -88,6 +90,10 @@ def faber_backup_providers() -> list[BackupProviderInfo]:
 def _server_and_properties(context: RunContext) -> tuple[int, str, DatabaseProperties]:
     """The server's major version and its version string, and the database's own properties,
     which the archive leaves out and the manifest records (:mod:`~faber_core.backup.database_properties`)."""
+    # Imported by a backup or a restore only: the module and its models are ~11 M instructions of
+    # every command's start, which registers this provider (a status among them).
+    from faber_core.backup import database_properties
+
     with context.database.connect() as conn:
         number, text, database = conn.execute(
             "SELECT current_setting('server_version_num')::int, current_setting('server_version'), current_database()"
@@ -165,6 +171,8 @@ def client_env(context: RunContext, server_major: int, **settings: str) -> dict[
 
 @hookimpl
 def faber_backup_create(context: RunContext, reason: str, migrations: list[tuple[str, str | None]]) -> BackupRecord:
+    from faber_core.backup import database_properties
+
     try:
         major, version, properties = _server_and_properties(context)
         names = database_names(context.database)

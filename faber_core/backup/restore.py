@@ -51,7 +51,7 @@ import psycopg
 from psycopg import sql
 
 from faber_core import events
-from faber_core.backup import database_properties, store
+from faber_core.backup import store
 from faber_core.backup.writes import IS_A_FABER_SCHEMA
 from faber_core.context import LockCheck, RunContext
 from faber_core.engines import LOCK_LOST
@@ -103,6 +103,9 @@ def kept_schemas(context: RunContext, backup: BackupRecord) -> list[str]:
 
 
 def restore_archive(context: RunContext, backup: BackupRecord, tools: Path, major: int) -> RestoreOutcome:
+    # Imported by a restore only: a status imports this module through the swap restore's.
+    from faber_core.backup import database_properties
+
     archive = context.project_dir / (backup.location or "")
     manual = [
         f"The database is unchanged; restore by hand with: pg_restore --clean --if-exists -d <database> {archive}",

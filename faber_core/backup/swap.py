@@ -56,19 +56,22 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
 
 from faber_core import events, interrupts
-from faber_core.backup import database_properties, store, writes
-from faber_core.backup.database_properties import DatabaseProperties
+from faber_core.backup import store, writes
 from faber_core.backup.restore import analyze_restored, first_error, kept_schemas, restore_list
 from faber_core.context import RunContext
 from faber_core.errors import FaberError, LockLost, RestoreFailed
 from faber_core.models import BackupRecord, RestoreOutcome
 from faber_core.postgres.names import alias_refusal, alias_suggestions, database_names
 from faber_core.processes import how_it_ended, spawn
+
+if TYPE_CHECKING:
+    from faber_core.backup.database_properties import DatabaseProperties
 
 MARKER = "faber: "
 """How the comment of a database faber created for a swap begins: only those are dropped as leftovers."""
@@ -144,6 +147,9 @@ class _Swap:
 
 
 def restore_by_swap(context: RunContext, backup: BackupRecord, tools: Path, major: int, jobs: int) -> RestoreOutcome:
+    # Imported by a restore only: a status imports this module for the databases a killed swap left.
+    from faber_core.backup import database_properties
+
     target = _server_name(context, backup)
     archive = context.project_dir / (backup.location or "")
     if not store.archive_present(archive):
@@ -370,6 +376,8 @@ def _properties_refusal(admin: psycopg.Connection, swap: _Swap) -> str | None:
     """Why the new database could not be given the properties the backup recorded, or None: each
     change from a new database's to the recorded ones is tried on the target in a transaction
     rolled back (the privileges they need are the same on either database)."""
+    from faber_core.backup import database_properties
+
     if swap.properties is None:
         return None
     (owner,) = admin.execute(
@@ -649,6 +657,8 @@ def _given_properties(admin: psycopg.Connection, swap: _Swap) -> list[sql.Compos
     """The statements that give the restored database, once renamed to the target's name, the
     properties the backup recorded (which :func:`_properties_refusal` found it may give); without a
     record, the target's comment and connection limit."""
+    from faber_core.backup import database_properties
+
     if swap.properties is None:
         comment, limit = admin.execute(
             "SELECT pg_catalog.shobj_description(oid, 'pg_database'), datconnlimit FROM pg_catalog.pg_database"
