@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -106,6 +107,23 @@ def test_a_project_file_that_never_finishes_loading_stops_the_runner_at_the_dead
     assert error.result["file"] == step.split("(")[1].rstrip(")")
     assert not process_alive(int((project / "runner.pid").read_text()))
     assert nothing_applied(query)
+
+
+def test_one_thread_watches_the_deadline_of_every_migration_module_a_request_loads(
+    sequelize_project, sequelize_context, sequelize_plugins, sequelize_migration, monkeypatch
+):
+    modules = {f"20240201{number:06d}-table-{number}.js": sequelize_migration("SELECT 1") for number in range(40)}
+    context = sequelize_context(sequelize_project(modules))
+    pending = sequelize_plugins.migration_status(context).pending_migrations()
+    started = []
+    start_thread = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", lambda thread: (started.append(thread), start_thread(thread))[1])
+
+    # The load check: each of the 42 pending modules is a step of its own, bounded by runner_load_timeout_seconds.
+    assert sequelize_plugins.migration_validate(context, pending) == []
+
+    assert len(pending) == 42
+    assert [thread.name for thread in started] == ["faber runner step deadline"]
 
 
 # A password of the project's own (not the URL's, so faber never learnt it), just before a syntax
