@@ -4,6 +4,7 @@ and backup, naming its file and the loader's message; valid migrations load once
 from __future__ import annotations
 
 import pytest
+from faber_core.support import node
 from faber_core.testing.faults import backup_files, steps_of_the_last_run
 from faber_core.testing.fixtures import CANARY_PASSWORD, database_state
 
@@ -124,3 +125,22 @@ def test_an_unloadable_migration_on_mariadb_is_refused_before_the_backup(
     assert mysql_query("SELECT count(*) FROM information_schema.tables WHERE table_name = 'posts'") == [(0,)]
     assert [name for (name,) in mysql_query("SELECT name FROM SequelizeMeta ORDER BY name")] == FIXTURE_MIGRATIONS
     assert CANARY_PASSWORD not in run.output
+
+
+def test_the_apply_takes_the_modules_the_load_check_loaded_from_nodes_cache_without_a_step_each(
+    sequelize_project, sequelize_context, sequelize_plugins, sequelize_migration, monkeypatch
+):
+    modules = {f"20240201{number:06d}-table-{number}.js": sequelize_migration("SELECT 1") for number in range(20)}
+    context = sequelize_context(sequelize_project(modules))
+    pending = sequelize_plugins.migration_status(context).pending_migrations()
+    assert sequelize_plugins.migration_validate(context, pending) == []
+    steps = []
+    begin = node._StepDeadline.begin
+    monkeypatch.setattr(node._StepDeadline, "begin", lambda deadline: (steps.append(deadline), begin(deadline))[1])
+
+    outcome = sequelize_plugins.migration_apply(context, pending)
+
+    assert [migration.name for migration in outcome.applied] == [migration.name for migration in pending]
+    assert len(pending) == 22
+    # The apply's one step is its connection (authenticate()), as each request opens its own.
+    assert len(steps) == 1
