@@ -142,6 +142,7 @@ from faber_core.models import (
     MigrationRecord,
     MigrationRefusal,
     MigrationState,
+    Resolution,
     ToolInfo,
 )
 from faber_core.processes import (
@@ -236,7 +237,7 @@ def run_runner(
     each migration starts, in its transaction (see :meth:`RunContext.start_migration`).
     ``confirm_each_migration``: the runner waits at each ``migration_started`` until ``on_event``
     has returned (it raises to stop the runner before that migration). ``migrations``: the
-    migrations a ``load`` request is about. Raises
+    migrations a ``load`` or ``mark_applied`` request is about. Raises
     :class:`ConfigError` for a broken setup and :class:`FaberError` when the runner dies without
     saying why or outlives the context's deadline (it is stopped then); a failing migration is an
     event, not an exception.
@@ -666,6 +667,48 @@ def _status_event(tool: NodeTool, context: RunContext, args: Iterable[str]) -> E
     if status is None:
         raise FaberError(f"The {tool.name} runner reported no status", tool_output=_tail(result.stderr))
     return status
+
+
+# Resolve --------------------------------------------------------------------------------
+
+
+def mark_applied(tool: NodeTool, context: RunContext, name: str, args: Iterable[str]) -> MigrationState:
+    """``faber resolve ENV --applied NAME``: the runner records the pending migration ``name`` in the
+    ORM's own history as the ORM records one that has run, its ``up`` not called (the
+    ``mark_applied`` request). Refused, nothing written, for a migration the ORM does not know or
+    has already recorded."""
+    state = read_state(tool, context, args)
+    if name in state.applied:
+        raise ConfigError(
+            f"Migration {name} is already applied: {tool.name} records it in {state.bookkeeping_table}; "
+            "nothing was changed",
+            suggestions=[f"faber status {context.environment} lists the applied and pending migrations"],
+        )
+    if name not in state.pending:
+        raise ConfigError(
+            f"{tool.name} has no migration named {name} in {context.project_dir}; nothing was changed",
+            suggestions=[
+                f"faber status {context.environment} lists the migrations {tool.name} knows",
+                "Give the name as the status shows it",
+            ],
+        )
+    run_runner(tool, context, "mark_applied", args, migrations=[name])
+    return read_state(tool, context, args)
+
+
+def cannot_mark_rolled_back(tool: NodeTool, context: RunContext, name: str) -> ConfigError:
+    """``--rolled-back`` of a migration faber's record of a killed deploy does not name (that case
+    never reaches the handler): the ORM records a migration only once it has run, so it has no
+    failed one to mark."""
+    return ConfigError(
+        f"{tool.name} cannot mark migration {name} rolled back: {tool.name} records a migration only once it "
+        "has run, and faber's record of a killed deploy does not name it; nothing was changed",
+        suggestions=[
+            f"faber status {context.environment} names what is failed and why",
+            f"faber resolve --rolled-back applies to migrations faber's record of a killed {tool.name} deploy reports "
+            "as failed",
+        ],
+    )
 
 
 # Validate -------------------------------------------------------------------------------
@@ -1134,3 +1177,9 @@ class NodeHandler:
     @hookimpl
     def faber_migration_apply(self, context: RunContext, pending: list[LocalMigration]) -> ApplyOutcome:
         return apply(self.runner, context, pending, self.arguments(context))
+
+    @hookimpl
+    def faber_migration_resolve(self, context: RunContext, name: str, resolution: Resolution) -> MigrationState:
+        if resolution == "rolled_back":
+            raise cannot_mark_rolled_back(self.runner, context, name)
+        return mark_applied(self.runner, context, name, self.arguments(context))

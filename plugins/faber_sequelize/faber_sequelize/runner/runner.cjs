@@ -201,6 +201,22 @@ function metaModel(sequelize, SequelizeModule, storage) {
   );
 }
 
+// The history table as sequelize-cli's storage prepares it before it records a migration: created
+// (with its schema) when missing, and a table that has timestamps keeps getting them.
+async function preparedMeta(context, table) {
+  const { sequelize, SequelizeModule, storage } = context;
+  const queryInterface = sequelize.getQueryInterface();
+  if (await tableExists(sequelize, table)) {
+    const columns = await queryInterface.describeTable({ tableName: storage.tableName, schema: storage.schema });
+    storage.timestamps = storage.timestamps || "createdAt" in columns;
+  } else if (storage.schema) {
+    await queryInterface.createSchema(storage.schema);
+  }
+  const Meta = metaModel(sequelize, SequelizeModule, storage);
+  await Meta.sync();
+  return Meta;
+}
+
 async function migrationSteps(projectDir, migration) {
   const file = path.join(projectDir, migration.path);
   // A module the load check loaded comes from Node's module cache: none of its code runs again, so
@@ -260,15 +276,7 @@ async function apply(context, track, expected, lockCheck) {
   // all before its lock (loadPending): these come from Node's module cache.
   for (const migration of pending) migration.steps = await migrationSteps(projectDir, migration);
   const queryInterface = sequelize.getQueryInterface();
-  if (await tableExists(sequelize, table)) {
-    // As sequelize-cli: a history table that has timestamps keeps getting them.
-    const columns = await queryInterface.describeTable({ tableName: storage.tableName, schema: storage.schema });
-    storage.timestamps = storage.timestamps || "createdAt" in columns;
-  } else if (storage.schema) {
-    await queryInterface.createSchema(storage.schema);
-  }
-  const Meta = metaModel(sequelize, SequelizeModule, storage);
-  await Meta.sync();
+  const Meta = await preparedMeta(context, table);
   for (const migration of pending) {
     const started = performance.now();
     try {
@@ -300,6 +308,20 @@ async function apply(context, track, expected, lockCheck) {
     faber.emit("migration_finished", { name: migration.name, duration_seconds: (performance.now() - started) / 1000 });
     track.current = null;
   }
+  return 0;
+}
+
+// `faber resolve --applied`: records a pending migration as run, its up() not called, with the row
+// sequelize-cli writes once a migration has run.
+async function markApplied(context, name) {
+  const { sequelize, projectDir, migrationsDir } = context;
+  const table = await bookkeepingTable(sequelize, context.storage);
+  const applied = new Set(await appliedNames(sequelize, table));
+  if (!localMigrations(projectDir, migrationsDir).some((m) => m.name === name && !applied.has(m.name))) {
+    throw new faber.SetupError("plan_mismatch", `${name} is not a pending migration of ${table.qualified}`);
+  }
+  const Meta = await preparedMeta(context, table);
+  await Meta.create({ name });
   return 0;
 }
 
@@ -349,6 +371,8 @@ async function load(options) {
     load: (request) => loadPending(projectDir, layout.migrationsDir, request.migrations),
     apply: (request) =>
       connected(projectDir, layout, options, request, (context, track) => apply(context, track, request.expected, request.lock_check)),
+    mark_applied: (request) =>
+      connected(projectDir, layout, options, request, (context) => markApplied(context, request.migrations[0])),
   };
 }
 

@@ -412,6 +412,27 @@ async function apply(dataSource, projectDir, track, request) {
   }
 }
 
+// `faber resolve --applied`: records a pending migration as executed, its up() not called, as
+// `typeorm migration:run --fake` records each one: the table created if missing, then TypeORM's row.
+async function markApplied(dataSource, projectDir, name) {
+  const queryRunner = dataSource.createQueryRunner();
+  try {
+    const executor = new (faber.projectRequire(projectDir, "typeorm").MigrationExecutor)(dataSource, queryRunner);
+    const exists = await queryRunner.hasTable(executor.migrationsTable);
+    const applied = new Set(exists ? (await executor.loadExecutedMigrations(queryRunner)).map((r) => r.name) : []);
+    const migration = executor.getMigrations().find((m) => m.name === name && !applied.has(m.name));
+    if (!migration) {
+      const table = await bookkeepingTable(executor, queryRunner);
+      throw new faber.SetupError("plan_mismatch", `${name} is not a pending migration of ${table}`);
+    }
+    await executor.createMigrationsTableIfNotExist(queryRunner);
+    await executor.insertExecutedMigration(queryRunner, migration);
+    return 0;
+  } finally {
+    await queryRunner.release();
+  }
+}
+
 // Each request gets a DataSource of its own on the request's database, connected for that request
 // only: between requests the runner holds no connection.
 async function connected(userDataSource, run, request, work) {
@@ -445,6 +466,8 @@ async function load(options) {
       }),
     apply: (request) =>
       connected(userDataSource, run, request, (dataSource, track) => apply(dataSource, projectDir, track, request)),
+    mark_applied: (request) =>
+      connected(userDataSource, run, request, (dataSource) => markApplied(dataSource, projectDir, request.migrations[0])),
     load: async (request) => {
       if (!run.migrations) await connected(userDataSource, run, request, async () => 0); // a runner started anew
       return migrationsWithoutUp(run.migrations, projectDir, request.migrations);
