@@ -2404,7 +2404,10 @@ def resolve(context: RunContext, plugins: Plugins, name: str, resolution: Resolu
         if resolution == "applied":
             # The tool marks it applied before faber's record of a killed deploy inside it goes: a
             # tool that refuses (or a kill in between) leaves the migration failed, never merely
-            # pending, which the next deploy would run again over what of it committed.
+            # pending, which the next deploy would run again over what of it committed. The
+            # migrations that deploy recorded after it, which it never started, go first: killed
+            # once the tool has marked it, the record then names none of them as the one it was in.
+            unfinished.forget_migrations_after(context, name)
             state = plugins.migration_resolve(context, name, resolution)
             unfinished.forget_migration(context, name)
         else:

@@ -348,6 +348,17 @@ def forget_migration(context: RunContext, name: str) -> bool:
     """``faber resolve``: a person has dealt with what a killed deploy left of ``name``. Whether a
     killed deploy had left it. A run that recorded ``name`` forgets it and the migrations it
     recorded after it: killed in ``name`` or before, it never started those."""
+    return _forget_from(context, name, ">=")
+
+
+def forget_migrations_after(context: RunContext, name: str) -> bool:
+    """``faber resolve --applied``, before the tool marks ``name`` applied: a run that recorded
+    ``name`` forgets the migrations it recorded after it, which it never started. Else, killed once
+    the tool had marked ``name``, the record would name the first of those as the one it was in."""
+    return _forget_from(context, name, ">")
+
+
+def _forget_from(context: RunContext, name: str, position_is: str) -> bool:
     try:
         with context.database.session() as conn:
             if not _exists(context, conn):
@@ -356,7 +367,9 @@ def forget_migration(context: RunContext, name: str) -> bool:
                 f"SELECT run_id, position FROM {_table(context)} WHERE migration = %s", [name]
             ).fetchall()
             for run_id, position in recorded:
-                conn.execute(f"DELETE FROM {_table(context)} WHERE run_id = %s AND position >= %s", [run_id, position])
+                conn.execute(
+                    f"DELETE FROM {_table(context)} WHERE run_id = %s AND position {position_is} %s", [run_id, position]
+                )
             return bool(recorded)
     except context.database.connect_errors as exc:
         _warn("the record of the migrations a killed run started was not removed", context, exc)

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 import signal
+import subprocess
 import uuid
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -67,30 +70,163 @@ def test_resolving_the_migration_a_killed_deploy_was_in_clears_that_deploy_s_rec
     assert killed.ledger() == 20
 
 
-def test_a_migration_a_killed_deploy_was_in_stays_failed_when_sequelize_cannot_mark_it_applied(
-    sequelize_migration, sequelize_project, database_url, run_faber
-):
-    """Sequelize cannot mark a migration applied (its handler has no resolve). Before, ``faber
-    resolve --applied`` removed faber's record of the killed deploy first, then failed: the
-    migration the deploy was killed in read as merely pending, and the next deploy ran its copy
-    again over what had committed."""
-    killed = KilledInsideAMigration(database_url)
-    project = sequelize_project(
-        {COPY: sequelize_migration(killed.copy_statement, killed.hold_statement)}, fixture_migrations=False, lint="off"
+SEQUELIZE_CLI = Path(__file__).parents[3] / "bench" / "orm-project" / "node_modules" / ".bin" / "sequelize"
+
+
+def sequelize_cli_status(project: Path, url: str) -> dict[str, str]:
+    """``sequelize db:migrate:status`` of ``project``'s staging section on ``url``: each migration's
+    ``up`` or ``down``, as sequelize-cli reads SequelizeMeta."""
+    if not SEQUELIZE_CLI.exists():
+        pytest.skip("sequelize-cli is not installed: npm ci in bench/orm-project")
+    shown = subprocess.run(
+        [str(SEQUELIZE_CLI), "db:migrate:status", "--env", "staging"],
+        cwd=project,
+        # bench's Sequelize finds its database driver (mysql2, pg) in the project's node_modules.
+        env={**os.environ, "APP_DATABASE_URL": url, "NODE_PATH": str(project / "node_modules")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    return {name: state for state, name in re.findall(r"^(up|down) (\S+)$", shown.stdout, re.MULTILINE)}
+
+
+def killed_inside_copy_before_later(killed: KilledInsideAMigration, make_project, sequelize_migration, run_faber):
+    """A project with COPY and LATER pending, its deploy killed inside COPY once the copy committed."""
+    project = make_project(
+        {
+            COPY: sequelize_migration(killed.copy_statement, killed.hold_statement),
+            LATER: sequelize_migration("CREATE TABLE later (id int)"),
+        },
+        fixture_migrations=False,
+        lint="off",
     )
     ten_rows_ledger(killed)
     killed_inside_copy(killed, project, run_faber)
+    return project
+
+
+@pytest.mark.parametrize("engine", ["postgres", "mysql"])
+def test_resolve_applied_records_a_migration_completed_by_hand_as_sequelize_cli_does(
+    sequelize_migration, run_faber, request, engine
+):
+    """Before, Sequelize could not mark a migration applied: an operator who completed by hand the
+    migration a killed deploy was in had no way to say so."""
+    url, make_project = engine_fixtures(request, engine)
+    killed = KilledInsideAMigration(url)
+    project = killed_inside_copy_before_later(killed, make_project, sequelize_migration, run_faber)
 
     resolved = run_faber("resolve", "staging", "--applied", COPY, "--json", "--cwd", str(project))
     status = run_faber("status", "staging", "--json", "--cwd", str(project))
-    again = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+    deployed = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+
+    assert resolved.returncode == 0, resolved.output
+    assert (resolved.json["result"]["failed"], resolved.json["result"]["pending"]) == ([], [LATER])
+    assert json.loads(status.stdout)["result"]["failed"] == [], status.output
+    assert deployed.returncode == 0, deployed.output
+    assert [m["name"] for m in deployed.json["result"]["migrations"]] == [LATER]
+    assert killed.ledger() == 20  # not copied again
+    assert sequelize_cli_status(project, url) == {COPY: "up", LATER: "up"}
+    assert killed.query(f"SELECT count(*) FROM {table(killed)}") == [(0,)]
+
+
+@pytest.mark.parametrize("engine", ["postgres", "mysql"])
+def test_resolve_applied_refuses_a_migration_sequelize_does_not_know_or_has_applied(
+    sequelize_migration, run_faber, request, engine
+):
+    url, make_project = engine_fixtures(request, engine)
+    project = make_project({COPY: sequelize_migration("SELECT 1")}, lint="off")
+    deployed = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+    assert deployed.returncode == 0, deployed.output
+    before = sequelize_cli_status(project, url)
+
+    unknown = run_faber("resolve", "staging", "--applied", "20240109000000-nowhere.js", "--json", "--cwd", str(project))
+    applied = run_faber("resolve", "staging", "--applied", COPY, "--json", "--cwd", str(project))
+
+    assert (unknown.returncode, unknown.json["code"]) == (2, "CONFIG_INVALID"), unknown.output
+    assert "sequelize has no migration named 20240109000000-nowhere.js" in unknown.json["error"]
+    assert (applied.returncode, applied.json["code"]) == (2, "CONFIG_INVALID"), applied.output
+    assert f"Migration {COPY} is already applied" in applied.json["error"]
+    assert "nothing was changed" in unknown.json["error"] and "nothing was changed" in applied.json["error"]
+    assert sequelize_cli_status(project, url) == before
+
+
+def test_rolled_back_is_refused_for_a_migration_no_killed_deploy_left(
+    sequelize_migration, sequelize_project, run_faber
+):
+    project = sequelize_project({COPY: sequelize_migration("SELECT 1")}, lint="off")
+
+    resolved = run_faber("resolve", "staging", "--rolled-back", COPY, "--json", "--cwd", str(project))
 
     assert (resolved.returncode, resolved.json["code"]) == (2, "CONFIG_INVALID"), resolved.output
-    assert "sequelize cannot mark migration" in resolved.json["error"], resolved.output
+    assert f"sequelize cannot mark migration {COPY} rolled back" in resolved.json["error"], resolved.output
     assert "Report this to the plugin's authors" not in resolved.output, resolved.output
-    assert json.loads(status.stdout)["result"]["failed"] == [COPY], status.output
-    assert again.returncode == 3, again.output
+
+
+@pytest.mark.parametrize("engine", ["postgres", "mysql"])
+def test_resolve_applied_killed_once_sequelize_recorded_it_leaves_every_migration_as_it_is(
+    sequelize_migration, run_faber, request, engine
+):
+    """faber killed (SIGKILL) between SequelizeMeta's row and removing its record of the killed
+    deploy. Before, the record then named LATER, which that deploy never started, as the migration
+    it was killed in: the next deploy stopped there."""
+    url, make_project = engine_fixtures(request, engine)
+    killed = KilledInsideAMigration(url)
+    project = killed_inside_copy_before_later(killed, make_project, sequelize_migration, run_faber)
+    with killed.connect() as holder:
+        hold_removal_of_copy(killed, holder)
+        run = FaberProcess.start(project, "resolve", "staging", "--applied", COPY, "--json")
+        try:
+            session = run.wait_until(lambda: removal_waiting(killed), what="the record's removal to wait", timeout=60)
+            assert sequelize_cli_status(project, url)[COPY] == "up"
+            run.kill(signal.SIGKILL)
+            assert run.wait(10) == -signal.SIGKILL
+        finally:
+            run.stop_everything()
+        # The dead client's session, ended rather than left to remove the row once the test lets go.
+        killed.query(f"KILL {int(session)}" if killed.mysql else f"SELECT pg_terminate_backend({int(session)})")
+    assert killed.query(f"SELECT migration FROM {table(killed)}") == [(COPY,)]
+
+    status = run_faber("status", "staging", "--json", "--cwd", str(project))
+    deployed = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+
+    assert status.returncode == 0, status.output
+    assert json.loads(status.stdout)["result"]["failed"] == [], status.output
+    assert deployed.returncode == 0, deployed.output
+    assert [m["name"] for m in deployed.json["result"]["migrations"]] == [LATER]
     assert killed.ledger() == 20  # not copied again
+
+
+def hold_removal_of_copy(killed: KilledInsideAMigration, holder) -> None:
+    """Make a removal of COPY's row from faber's record wait on ``holder``: PostgreSQL, the row
+    locked; MySQL/MariaDB (whose DELETE of the other rows may lock every row it scans), a trigger
+    that waits on a lock ``holder`` takes, for that row only."""
+    if killed.mysql:
+        hold = f"{killed.hold}-record"
+        assert holder.execute("SELECT GET_LOCK(%s, 0)", [hold]).fetchone()[0] == 1
+        killed.query(
+            f"CREATE TRIGGER hold_removal BEFORE DELETE ON {table(killed)} FOR EACH ROW"
+            f" IF OLD.migration = '{COPY}' THEN SET @held = GET_LOCK('{hold}', 60); END IF"
+        )
+    else:
+        holder.execute("BEGIN")
+        holder.execute(f"SELECT migration FROM {table(killed)} WHERE migration = %s FOR UPDATE", [COPY])
+
+
+def removal_waiting(killed: KilledInsideAMigration) -> int | None:
+    """The server session whose removal of COPY's row from faber's record waits on the test."""
+    if killed.mysql:
+        waiting = (
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SET @held = GET_LOCK%'"
+            " AND ID <> CONNECTION_ID()"
+        )
+    else:
+        waiting = (
+            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND query LIKE 'DELETE FROM%faber_unfinished_migrations%position >=%'"
+        )
+    found = killed.query(waiting)
+    return found[0][0] if found else None
 
 
 def test_a_signal_while_a_deploy_that_committed_forgets_its_record_ends_with_its_report(
