@@ -222,12 +222,24 @@ def faber_migration_resolve(tool: str, context: RunContext, name: str, resolutio
     migration's changes are gone, apply it again on the next deploy) or ``--applied NAME``
     (``"applied"``: its changes were completed by hand, never apply it). faber holds its lock.
     Raise :class:`faber_core.errors.ConfigError` when ``name`` is not a failed migration (a tool
-    that can baseline, like Prisma, also accepts ``applied`` for one never attempted).
+    that can baseline, like Prisma, also accepts ``applied`` for one never attempted), and for
+    ``applied`` of a migration the tool does not know or has already applied, nothing written.
 
-    Optional: a tool whose history keeps no failed migrations (Sequelize, TypeORM) does not
-    implement it; ``faber resolve`` then says the tool cannot mark one (exit 2), except for a
-    migration faber's own record of a killed deploy reports as failed, which ``--rolled-back``
-    clears without asking the tool.
+    ``applied`` writes the tool's own record of the migration exactly as the tool writes it for
+    one that ran, committed before the hook returns: faber removes its record of a killed deploy
+    inside ``name`` only afterwards, so a refusal or a kill in between leaves the migration failed,
+    never pending (the next deploy would run it again over what of it committed).
+
+    A tool whose history keeps no failed migrations (Sequelize, TypeORM: a migration is recorded
+    only once it has run) may implement it for ``applied`` alone, recording a pending migration
+    (the one a killed deploy was in, once completed by hand) as run, as the TypeORM and Sequelize
+    handlers do (``typeorm migration:run --fake``'s row, ``SequelizeMeta``'s); for ``rolled_back``
+    it raises ``ConfigError``: faber's own record of a killed deploy is the only failure there, and
+    ``--rolled-back`` clears that without asking the tool. Optional: without it, ``faber resolve``
+    says the tool cannot mark the migration (exit 2), except for that ``--rolled-back``.
+
+    Example: ``faber resolve production --applied 20240103000000-copy.js`` after finishing by hand
+    the copy a killed deploy was in returns the state with it applied and none failed.
 
     Returns the :class:`~faber_core.models.MigrationState` afterwards.
     """

@@ -7,7 +7,8 @@ can be too. Its stable API:
   options model, a subclass of :class:`NodeToolOptions` (``rehearsal_data``);
 - :class:`NodeHandler`: the hook implementations of a migration tool whose work a runner does
   (prepare: start the runner; status; validate: load the pending migration modules; preview by
-  rehearsal on a throwaway copy; apply), registered as the plugin object
+  rehearsal on a throwaway copy; apply; resolve ``--applied``: record a pending migration as
+  run), registered as the plugin object
   (``[project.entry-points.faber] mytool = "faber_mytool.plugin:handler"``);
 - :func:`run_runner` (a request to the run's runner), :func:`start_runner` (start it ahead of
   its first request), and :class:`RunnerResult`, :class:`Rehearsed`,
@@ -25,6 +26,7 @@ token the runner reads before it loads any project code::
 
     {"command": "status", "database_url": ...}
     {"command": "load", "database_url": ..., "migrations": ["<migration name>", ...]}
+    {"command": "mark_applied", "database_url": ..., "migrations": ["<migration name>"]}
     {"command": "apply", "database_url": ..., "expected": ["<migration name>", ...],
      "session_statements": ["SET SESSION lock_wait_timeout = 5, ...", ...], "queries": "of_failure",
      "lock_check": "SELECT ...", "confirm_each_migration": true}
@@ -49,6 +51,11 @@ with one JSON object per line on the protocol pipe (the descriptor named by
     {"event": "loading", "what": "the data source", "file": "data-source.js"}
     {"event": "loaded"}
     {"event": "done", "exit_code": 0}
+
+``mark_applied`` (``faber resolve --applied``) writes the ORM's own record of the one named
+pending migration exactly as the ORM writes it for a migration that ran (through the ORM: its
+table created if missing), without loading or running the migration; a migration the ORM does not
+know or has recorded is a ``setup_error`` of kind ``plan_mismatch``, nothing written.
 
 ``load`` (``faber_migration_validate``: a deploy and its preview, before faber's lock, approval
 and backup) loads each of the named pending migrations as the apply will, without calling its
