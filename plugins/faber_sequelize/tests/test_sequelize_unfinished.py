@@ -151,6 +151,29 @@ def test_resolve_applied_refuses_a_migration_sequelize_does_not_know_or_has_appl
     assert sequelize_cli_status(project, url) == before
 
 
+@pytest.mark.parametrize("engine", ["postgres", "mysql"])
+def test_resolve_applied_writes_the_config_s_storage_table(sequelize_migration, run_faber, request, engine):
+    """``migrationStorageTableName``: sequelize-cli keeps its history there, created if missing."""
+    url, make_project = engine_fixtures(request, engine)
+    section = {"use_env_variable": "APP_DATABASE_URL", "dialect": engine, "migrationStorageTableName": "app_meta"}
+    project = make_project(
+        {COPY: sequelize_migration("CREATE TABLE never_run (id int)")},
+        files={"db/config.json": json.dumps({"staging": section})},
+        fixture_migrations=False,
+        lint="off",
+    )
+
+    resolved = run_faber("resolve", "staging", "--applied", COPY, "--json", "--cwd", str(project))
+
+    assert resolved.returncode == 0, resolved.output
+    assert resolved.json["result"]["pending"] == []
+    assert sequelize_cli_status(project, url) == {COPY: "up"}
+    query = request.getfixturevalue("query" if engine == "postgres" else "mysql_query")
+    assert query("SELECT name FROM app_meta") == [(COPY,)]
+    tables = "SELECT count(*) FROM information_schema.tables WHERE table_name IN ('SequelizeMeta', 'never_run')"
+    assert query(tables) == [(0,)]
+
+
 def test_rolled_back_is_refused_for_a_migration_no_killed_deploy_left(
     sequelize_migration, sequelize_project, run_faber
 ):
