@@ -858,6 +858,54 @@ class KilledInsideAMigration(HeldMigration):
         assert deployed.returncode == 0, deployed.output
         assert self.ledger() == 20
 
+    @property
+    def record_table(self) -> str:
+        """faber's record of the migrations a deploy left pending (``faber_unfinished_migrations``)."""
+        return "faber_unfinished_migrations" if self.mysql else "faber.faber_unfinished_migrations"
+
+    def resolve_applied_killed_once_the_tool_recorded(
+        self, project_dir: Path, migration: str, tool_recorded: Callable[[], bool]
+    ) -> None:
+        """``faber resolve staging --applied migration`` from ``project_dir``, killed (SIGKILL) once
+        the tool's record says it ran (``tool_recorded()``) while faber's removal of its own record
+        of ``migration`` waits: held on the row (PostgreSQL) or by a trigger on it (MySQL/MariaDB,
+        whose DELETE of the other rows may lock every row it scans). Then faber's record names
+        ``migration`` alone."""
+        with self.connect() as holder:
+            if self.mysql:
+                hold = f"{self.hold}-record"
+                assert holder.execute("SELECT GET_LOCK(%s, 0)", [hold]).fetchone()[0] == 1
+                self.query(
+                    f"CREATE TRIGGER hold_removal BEFORE DELETE ON {self.record_table} FOR EACH ROW"
+                    f" IF OLD.migration = '{migration}' THEN SET @held = GET_LOCK('{hold}', 60); END IF"
+                )
+                waiting = (
+                    "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SET @held = GET_LOCK%'"
+                    " AND DB = DATABASE() AND ID <> CONNECTION_ID()"
+                )
+            else:
+                holder.execute("BEGIN")
+                holder.execute(f"SELECT 1 FROM {self.record_table} WHERE migration = %s FOR UPDATE", [migration])
+                waiting = (
+                    "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                    " AND query LIKE 'DELETE FROM%faber_unfinished_migrations%position >=%'"
+                )
+            run = FaberProcess.start(project_dir, "resolve", "staging", "--applied", migration, "--json")
+            try:
+                run.wait_until(lambda: self.query(waiting), what="faber's record's removal to wait")
+                assert tool_recorded(), f"the tool has not recorded {migration} while faber's removal waits"
+                run.kill(signal.SIGKILL)
+                assert run.wait(10) == -signal.SIGKILL
+            finally:
+                run.stop_everything()
+            # The dead client's session, ended (if the server has not yet) rather than left to remove
+            # the row once the test lets go.
+            for (session,) in self.query(waiting):
+                self.query(f"KILL {int(session)}" if self.mysql else f"SELECT pg_terminate_backend({int(session)})")
+        if self.mysql:
+            self.query("DROP TRIGGER hold_removal")
+        assert self.query(f"SELECT migration FROM {self.record_table}") == [(migration,)]
+
     def interrupted(self, project_dir: Path, signum: int) -> dict:
         """The document of ``faber migrate staging --yes --json`` from ``project_dir`` stopped by
         ``signum`` once the held migration waits, its first statement (:attr:`copy_statement`) committed."""

@@ -127,7 +127,7 @@ def test_resolve_applied_records_a_migration_completed_by_hand_as_sequelize_cli_
     assert [m["name"] for m in deployed.json["result"]["migrations"]] == [LATER]
     assert killed.ledger() == 20  # not copied again
     assert sequelize_cli_status(project, url) == {COPY: "up", LATER: "up"}
-    assert killed.query(f"SELECT count(*) FROM {table(killed)}") == [(0,)]
+    assert killed.query(f"SELECT count(*) FROM {killed.record_table}") == [(0,)]
 
 
 @pytest.mark.parametrize("engine", ["postgres", "mysql"])
@@ -196,19 +196,10 @@ def test_resolve_applied_killed_once_sequelize_recorded_it_leaves_every_migratio
     url, make_project = engine_fixtures(request, engine)
     killed = KilledInsideAMigration(url)
     project = killed_inside_copy_before_later(killed, make_project, sequelize_migration, run_faber)
-    with killed.connect() as holder:
-        hold_removal_of_copy(killed, holder)
-        run = FaberProcess.start(project, "resolve", "staging", "--applied", COPY, "--json")
-        try:
-            session = run.wait_until(lambda: removal_waiting(killed), what="the record's removal to wait", timeout=60)
-            assert sequelize_cli_status(project, url)[COPY] == "up"
-            run.kill(signal.SIGKILL)
-            assert run.wait(10) == -signal.SIGKILL
-        finally:
-            run.stop_everything()
-        # The dead client's session, ended rather than left to remove the row once the test lets go.
-        killed.query(f"KILL {int(session)}" if killed.mysql else f"SELECT pg_terminate_backend({int(session)})")
-    assert killed.query(f"SELECT migration FROM {table(killed)}") == [(COPY,)]
+
+    killed.resolve_applied_killed_once_the_tool_recorded(
+        project, COPY, lambda: sequelize_cli_status(project, url)[COPY] == "up"
+    )
 
     status = run_faber("status", "staging", "--json", "--cwd", str(project))
     deployed = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
@@ -218,38 +209,6 @@ def test_resolve_applied_killed_once_sequelize_recorded_it_leaves_every_migratio
     assert deployed.returncode == 0, deployed.output
     assert [m["name"] for m in deployed.json["result"]["migrations"]] == [LATER]
     assert killed.ledger() == 20  # not copied again
-
-
-def hold_removal_of_copy(killed: KilledInsideAMigration, holder) -> None:
-    """Make a removal of COPY's row from faber's record wait on ``holder``: PostgreSQL, the row
-    locked; MySQL/MariaDB (whose DELETE of the other rows may lock every row it scans), a trigger
-    that waits on a lock ``holder`` takes, for that row only."""
-    if killed.mysql:
-        hold = f"{killed.hold}-record"
-        assert holder.execute("SELECT GET_LOCK(%s, 0)", [hold]).fetchone()[0] == 1
-        killed.query(
-            f"CREATE TRIGGER hold_removal BEFORE DELETE ON {table(killed)} FOR EACH ROW"
-            f" IF OLD.migration = '{COPY}' THEN SET @held = GET_LOCK('{hold}', 60); END IF"
-        )
-    else:
-        holder.execute("BEGIN")
-        holder.execute(f"SELECT migration FROM {table(killed)} WHERE migration = %s FOR UPDATE", [COPY])
-
-
-def removal_waiting(killed: KilledInsideAMigration) -> int | None:
-    """The server session whose removal of COPY's row from faber's record waits on the test."""
-    if killed.mysql:
-        waiting = (
-            "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SET @held = GET_LOCK%'"
-            " AND ID <> CONNECTION_ID()"
-        )
-    else:
-        waiting = (
-            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            " AND query LIKE 'DELETE FROM%faber_unfinished_migrations%position >=%'"
-        )
-    found = killed.query(waiting)
-    return found[0][0] if found else None
 
 
 def test_a_signal_while_a_deploy_that_committed_forgets_its_record_ends_with_its_report(
@@ -471,10 +430,6 @@ def engine_fixtures(request, engine: str) -> tuple[str, object]:
     return request.getfixturevalue(f"{prefix}database_url"), request.getfixturevalue(f"{prefix}sequelize_project")
 
 
-def table(killed: KilledInsideAMigration) -> str:
-    return "faber_unfinished_migrations" if killed.mysql else "faber.faber_unfinished_migrations"
-
-
 def server_start(conn) -> int:
     """When the MySQL/MariaDB server started, as Unix time (now less its uptime)."""
     uptime = int(conn.execute("SHOW GLOBAL STATUS LIKE 'Uptime'").fetchone()[1])
@@ -486,7 +441,7 @@ def write_record(killed: KilledInsideAMigration, conn, lock_session: str, run_id
     writes it before its apply step."""
     placeholders = ", ".join(["%s"] * 7)
     conn.execute(
-        f"INSERT INTO {table(killed)} (run_id, lock_session, environment, position, migration,"
+        f"INSERT INTO {killed.record_table} (run_id, lock_session, environment, position, migration,"
         f" outside_transaction, before_run) VALUES ({placeholders})",
         [run_id, lock_session, "staging", 0, COPY, True, dt.datetime.now(dt.timezone.utc).isoformat()],
     )
@@ -503,7 +458,7 @@ def deployed_first(killed: KilledInsideAMigration, make_project, sequelize_migra
     )
     first = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
     assert first.returncode == 0, first.output
-    assert killed.query(f"SELECT count(*) FROM {table(killed)}") == [(0,)]
+    assert killed.query(f"SELECT count(*) FROM {killed.record_table}") == [(0,)]
     (project / "db/migrations" / COPY).write_text(sequelize_migration(killed.copy_statement))
     return project
 
@@ -573,7 +528,7 @@ def test_a_record_naming_a_session_id_of_an_earlier_server_start_is_not_the_run_
             (str(session_id), False),
             (f"{session_id}@{started - 3600}", True),
         ):
-            conn.execute(f"DELETE FROM {table(killed)}")
+            conn.execute(f"DELETE FROM {killed.record_table}")
             write_record(killed, conn, lock_session)
             assert failed() == ([COPY] if left_by_killed_run else []), lock_session
 
@@ -592,7 +547,7 @@ def test_a_deploy_killed_inside_a_migration_is_named_after_its_environment_is_re
     )
     ten_rows_ledger(killed)
     killed_inside_copy(killed, project, run_faber)
-    sessions = [row[0] for row in killed.query(f"SELECT lock_session FROM {table(killed)}")]
+    sessions = [row[0] for row in killed.query(f"SELECT lock_session FROM {killed.record_table}")]
     assert sessions and all(re.fullmatch(r"\d+@\d+(\.\d+)?", session) for session in sessions), sessions
 
     config_path = project / ".fractary/plugins/faber-db/config.json"
@@ -615,7 +570,7 @@ def test_a_deploy_killed_inside_a_migration_is_named_after_its_environment_is_re
     killed.query("DELETE FROM ledger WHERE id > 100")
     resolved = faber("resolve", "production", "--rolled-back", COPY)
     assert resolved.returncode == 0, resolved.output
-    assert killed.query(f"SELECT count(*) FROM {table(killed)}") == [(0,)]
+    assert killed.query(f"SELECT count(*) FROM {killed.record_table}") == [(0,)]
 
 
 def test_a_run_whose_user_may_not_read_the_record_says_the_check_could_not_run(

@@ -113,3 +113,22 @@ def test_resolve_applied_refuses_a_migration_typeorm_does_not_know_or_has_applie
     assert TABLE in applied.json["error"]
     assert killed.query(f"SELECT name FROM {TABLE}") == [(COPY,)]
     assert typeorm_cli_show(project, url) == {COPY: True, LATER: False}
+
+
+@pytest.mark.parametrize("engine", ["postgres", "mysql"])
+def test_resolve_applied_killed_once_typeorm_recorded_it_leaves_every_migration_as_it_is(
+    typeorm_migration, run_faber, request, engine
+):
+    """faber killed (SIGKILL) between TypeORM's row and removing its record of the killed deploy:
+    the migration is applied, none is failed, and the next deploy applies only LATER."""
+    killed, project, url = killed_inside_copy(typeorm_migration, request, engine)
+
+    killed.resolve_applied_killed_once_the_tool_recorded(project, COPY, lambda: typeorm_cli_show(project, url)[COPY])
+    status = run_faber("status", "staging", "--json", "--cwd", str(project))
+    deployed = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+
+    assert status.returncode == 0, status.output
+    assert json.loads(status.stdout)["result"]["failed"] == [], status.output
+    assert deployed.returncode == 0, deployed.output
+    assert [m["name"] for m in deployed.json["result"]["migrations"]] == [LATER]
+    assert killed.ledger() == 20  # not copied again
