@@ -360,8 +360,8 @@ def resolve(
         str | None,
         typer.Option(
             "--applied",
-            help="NAME failed but was completed by hand, or (Prisma) a database created outside Prisma already "
-            "has its changes: never apply it.",
+            help="NAME failed (or a killed deploy left it in part) but was completed by hand, or a database "
+            "created outside the tool already has its changes: never apply it.",
         ),
     ] = None,
     json_output: JsonFlag = False,
