@@ -36,7 +36,8 @@ def sequelize_migration():
 @pytest.fixture(scope="session")
 def sequelize_node_modules() -> Path:
     """The fixture project's locked dependencies, installed with ``npm ci`` once."""
-    return install_node_project(FIXTURE, "node_modules/mysql2/package.json")
+    # sequelize-cli came last: a project installed before it is installed again.
+    return install_node_project(FIXTURE, "node_modules/sequelize-cli/package.json")
 
 
 @pytest.fixture
