@@ -61,7 +61,22 @@ def test_the_contract_catches_a_status_that_writes(plugin_manager, faber_project
         HandlerContract().test_status_and_preview_never_write(Plugins(plugin_manager), contexts, database_url)
 
 
+def pg_dump_contexts(faber_project, database_url, monkeypatch, backup: dict):
+    monkeypatch.setenv("CONTRACT_URL", database_url)
+
+    def make(events: list) -> RunContext:
+        environment = {"database_url_env": "CONTRACT_URL", "backup": backup}
+        project = faber_project(
+            {"database": {"migration_tool": sqlfiles.TOOL, "environments": {"production": environment}}}
+        )
+        return open_context(project, "production", "rollback", listeners=[events.append])
+
+    return make
+
+
 class TestPgDumpContract(BackupProviderContract):
+    backup_settings = {"provider": "pg_dump"}
+
     @pytest.fixture
     def contract_plugins(self, plugin_manager) -> Plugins:
         plugin_manager.register(sqlfiles, name="sqlfiles")
@@ -69,13 +84,24 @@ class TestPgDumpContract(BackupProviderContract):
 
     @pytest.fixture
     def contract_context(self, faber_project, database_url, monkeypatch):
-        monkeypatch.setenv("CONTRACT_URL", database_url)
+        return pg_dump_contexts(faber_project, database_url, monkeypatch, self.backup_settings)
 
-        def make(events: list) -> RunContext:
-            environment = {"database_url_env": "CONTRACT_URL", "backup": {"provider": "pg_dump"}}
-            project = faber_project(
-                {"database": {"migration_tool": sqlfiles.TOOL, "environments": {"production": environment}}}
-            )
-            return open_context(project, "production", "rollback", listeners=[events.append])
 
-        return make
+class TestPgDumpSwapContract(TestPgDumpContract):
+    backup_settings = {"provider": "pg_dump", "restore_mode": "swap"}
+
+
+@pytest.mark.parametrize("restore_mode", ["in-place", "swap"])
+def test_the_contract_catches_a_restore_that_ignores_a_lost_lock(
+    plugin_manager, faber_project, database_url, monkeypatch, restore_mode
+):
+    plugin_manager.register(sqlfiles, name="sqlfiles")
+    contexts = pg_dump_contexts(
+        faber_project, database_url, monkeypatch, {"provider": "pg_dump", "restore_mode": restore_mode}
+    )
+    monkeypatch.setattr(RunContext, "restore_committing", lambda self, in_transaction=False: None)
+
+    with pytest.raises(pytest.fail.Exception, match=r"call context\.restore_committing\(\) right before"):
+        BackupProviderContract().test_a_restore_whose_lock_is_lost_stops_before_it_commits(
+            Plugins(plugin_manager), contexts, database_url
+        )

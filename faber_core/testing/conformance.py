@@ -52,7 +52,9 @@ from psycopg import sql
 from pydantic import BaseModel
 
 from faber_core import events as kinds
-from faber_core.context import RunContext
+from faber_core.context import LockCheck, RunContext
+from faber_core.engines import LOCK_LOST
+from faber_core.errors import LockLost
 from faber_core.models import AuditEvent, BackupRecord, MigrationState
 from faber_core.plugins import Plugins
 from faber_core.safety.timeouts import LOCK_NOT_AVAILABLE, apply_with_lock_retry
@@ -295,6 +297,58 @@ class BackupProviderContract:
         else:
             assert outcome.endpoint, "say where the restored database answers"
         assert_no_canary(record, *listed, outcome, *[e.data for e in events])
+
+    def test_a_restore_whose_lock_is_lost_stops_before_it_commits(
+        self, contract_plugins, contract_context, database_url
+    ):
+        events: list[AuditEvent] = []
+        context = contract_context(events)
+        if self.restores_in_place:
+            _execute(database_url, "CREATE TABLE kept (id int); INSERT INTO kept VALUES (1)")
+        fingerprint = MigrationState(tool="contract", local=[], records=[]).applied_fingerprint()
+        record = contract_plugins.backup_create(context, "contract", fingerprint)
+        listed = contract_plugins.backup_list(context)
+        if self.restores_in_place:
+            _execute(database_url, "INSERT INTO kept VALUES (2); CREATE TABLE added (id int)")
+        before = user_objects(database_url)
+        checks = _lock_reported_lost(context)
+
+        try:
+            contract_plugins.backup_restore(context, _listed(listed, record))
+        except LockLost as lost:
+            assert checks, "raise the LockLost that context.restore_committing() raised, not one of your own"
+            assert_no_canary(lost.message, *[e.data for e in events])
+        else:
+            pytest.fail(
+                "the restore went on although faber's lock was lost: call context.restore_committing() right "
+                "before your commit point and let its LockLost propagate (with in_transaction=True, run the "
+                "check's statement inside your transaction before its COMMIT and raise check.lost() when it "
+                "fails); see docs/writing-a-backup-provider.md"
+            )
+        assert user_objects(database_url) == before, "the restore changed the database after faber's lock was lost"
+
+
+def _lock_reported_lost(context: RunContext) -> list[str]:
+    """Has ``context.restore_committing`` report faber's lock lost, in both of its forms, as the core
+    does when the lock's session was ended during the restore; returns which form the provider used."""
+    used: list[str] = []
+
+    def lost() -> LockLost:
+        return LockLost("faber's lock on the database was lost during the restore (the contract's check)")
+
+    def check_round_trip() -> None:
+        used.append("round trip")
+        raise lost()
+
+    def lost_in_transaction() -> LockLost:
+        used.append("in transaction")
+        return lost()
+
+    context.before_restore_commit.append(check_round_trip)
+    # Fails as the engine's check does when the lock is lost: its message saying LOCK_LOST.
+    statement = sql.SQL("SELECT {}::int").format(sql.Literal(LOCK_LOST)).as_string()
+    context.lock_check_in_restore = LockCheck(statement, lost_in_transaction)
+    return used
 
 
 def _listed(listed: list[BackupRecord], record: BackupRecord) -> BackupRecord:
