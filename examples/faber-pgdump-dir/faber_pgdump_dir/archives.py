@@ -7,7 +7,8 @@
 - **Restore, in one transaction.** Parallel restore (``pg_restore --jobs``) cannot run in one
   transaction, so the restore is serial: ``pg_restore`` writes the archive as SQL, and ``psql
   --single-transaction`` runs faber's schema-drop prelude and that SQL as one transaction. The
-  database ends as the backup (faber's schema apart) or, when anything fails, as it was.
+  database ends as the backup (faber's schema apart) or, when anything fails, as it was. faber's
+  lock check runs last in that transaction (``context.restore_committing``): lost, nothing commits.
 - **Credentials** reach pg_dump, pg_restore and psql only in their environment, and what they
   print is redacted.
 """
@@ -21,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from faber_core.context import RunContext
+from faber_core.engines import LOCK_LOST
 from faber_core.errors import BackupFailed, RestoreFailed
 from faber_core.models import BackupRecord, RestoreOutcome
 from faber_core.support.backups import creation_failed, restore_prelude
@@ -141,7 +143,7 @@ def restore(context: RunContext, backup: BackupRecord) -> RestoreOutcome:
             suggestions=[f"List the usable backups: faber backups {context.environment}"],
         )
     with tempfile.TemporaryDirectory(prefix="faber-pgdump-dir-") as scratch:
-        prelude, script = Path(scratch) / "prelude.sql", Path(scratch) / "restore.sql"
+        prelude, script, lock_check = (Path(scratch) / name for name in ("prelude.sql", "restore.sql", "check.sql"))
         with context.database.connect(application_name="faber pgdump-dir restore") as conn:
             prelude.write_text(restore_prelude(conn, context.config.database.faber_schema))
         as_sql = run_tool([pg_restore, f"--file={script}", archive], redactor=context.redactor, env={})
@@ -150,11 +152,16 @@ def restore(context: RunContext, backup: BackupRecord) -> RestoreOutcome:
                 f"pg_restore cannot read {backup.id}: {_last_line(as_sql.stderr)}; nothing was changed",
                 suggestions=["The database is as it was before the restore", "Try an older backup"],
             )
+        check = context.restore_committing(in_transaction=True)
+        lock_check.write_text(f"{check.statement};\n" if check is not None else "")
         replay = run_tool(
-            [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f", prelude, "-f", script],
+            [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction"]
+            + ["-f", prelude, "-f", script, "-f", lock_check],
             redactor=context.redactor,
             env=context.database.client_env(),
         )
+    if check is not None and LOCK_LOST in replay.stderr:
+        raise check.lost()  # the transaction rolled back: nothing of the restore committed
     if replay.returncode != 0:
         raise RestoreFailed(
             f"Restore of {backup.id} failed and was rolled back: {_last_line(replay.stderr)}",
