@@ -31,9 +31,11 @@ from faber_core import api, workflow
 from faber_core.backup import database_properties
 from faber_core.backup import swap as swap_module
 from faber_core.backup.swap import previous_name, restoring_name
-from faber_core.errors import RestoreFailed
+from faber_core.context import open_context
+from faber_core.errors import LockLost, RestoreFailed
 from faber_core.events import BACKUP_RESTORE_STEP, WRITES_WAITING
 from faber_core.interrupts import Terminated
+from faber_core.plugins import Plugins
 from faber_core.postgres.locks import faber_lock_key
 from faber_core.testing import sqlfiles
 from faber_core.testing.faults import FaberProcess, end_faber_lock_session
@@ -1354,3 +1356,62 @@ def test_a_failed_deploy_whose_lock_is_lost_during_its_swap_rollback_keeps_the_d
     assert left == {target: oid_before}, "the copy is dropped, nothing renamed"
     assert database_state(database_url) == as_the_deploy_left_it
     assert CANARY_PASSWORD not in run.stdout() + run.stderr()
+
+
+def test_a_lost_lock_whose_copy_cannot_be_dropped_names_the_copy_and_how_to_drop_it(
+    project, run_faber, database_url, postgres_admin_url, plugin_manager, monkeypatch
+):
+    """faber's lock is lost right before the swap, and the copy is no longer faber's user's to drop
+    (given to another owner meanwhile): the target is unchanged, and the error names the copy left
+    behind with the DROP DATABASE that removes it."""
+    role = f"faber_swap_owner_{uuid.uuid4().hex[:8]}"
+    target = name_of(database_url)
+    copy = restoring_name(target)
+    admin_execute(
+        postgres_admin_url,
+        sql.SQL(
+            "CREATE ROLE {role} LOGIN CREATEDB; ALTER DATABASE {target} OWNER TO {role};"
+            " GRANT CREATE ON TABLESPACE pg_default TO {role}"  # the copy is created in the target's tablespace
+        ).format(role=sql.Identifier(role), target=sql.Identifier(target)),
+    )
+    try:
+        url = database_url.replace("://postgres:", f"://{role}:")
+        monkeypatch.setenv("TEST_DATABASE_URL", url)
+        project_dir = project({}, **SWAP)
+        execute(url, "CREATE TABLE accounts (id int); INSERT INTO accounts VALUES (1)")
+        backup_id = backup(run_faber, project_dir)
+        execute(url, "INSERT INTO accounts VALUES (2)")
+        plugin_manager.register(sqlfiles, name="sqlfiles")
+        plugins = Plugins(plugin_manager)
+        context = open_context(project_dir, "production", "rollback")
+        record = next(b for b in plugins.backup_list(context) if b.id == backup_id)
+
+        def copy_taken_away_and_lock_lost() -> None:
+            admin_execute(
+                postgres_admin_url, sql.SQL("ALTER DATABASE {} OWNER TO postgres").format(sql.Identifier(copy))
+            )
+            raise workflow.lock_lost_before_restore_committed(context, record)
+
+        context.before_restore_commit.append(copy_taken_away_and_lock_lost)
+        with pytest.raises(LockLost) as lost:
+            plugins.backup_restore(context, record)
+
+        drop = f'DROP DATABASE "{copy}"'
+        assert f"{copy} is a restored copy the swap did not take in" in lost.value.message, lost.value.message
+        assert drop in lost.value.message, lost.value.message
+        assert lost.value.result["provider_data"] == {"restore_mode": "swap", "leftover_database": copy}
+        assert lost.value.result["restore_committed"] is False
+        assert set(databases(postgres_admin_url, target)) == {target, copy}
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT id FROM accounts ORDER BY 1").fetchall() == [(1,), (2,)]
+        assert CANARY_PASSWORD not in lost.value.message
+    finally:
+        drop_swap_databases(postgres_admin_url, target)
+        as_admin = database_url_for(postgres_admin_url, target)
+        admin_execute(as_admin, sql.SQL("REASSIGN OWNED BY {} TO postgres").format(sql.Identifier(role)))
+        admin_execute(
+            postgres_admin_url,
+            sql.SQL("REVOKE CREATE ON TABLESPACE pg_default FROM {role}; DROP ROLE {role}").format(
+                role=sql.Identifier(role)
+            ),
+        )
