@@ -163,3 +163,54 @@ def test_a_rollback_stopped_before_its_restore_transaction_began_says_nothing_wa
     assert "stopped before it began" in result["details"], result
     after = snapshot(database_url)
     assert after == before, after.differences(before)
+
+
+def kept_schemas_waiting(admin: psycopg.Connection, database: str) -> bool:
+    """Whether the restore's query for the schemas it keeps waits for the test's lock (asked from
+    another database, whose catalog the lock leaves free)."""
+    return bool(
+        admin.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'"
+            " AND query LIKE '%%n.nspname <> ALL%%'",
+            [database],
+        ).fetchone()
+    )
+
+
+def test_a_rollback_stopped_while_it_reads_the_schemas_it_keeps_says_nothing_was_restored(
+    faber_project, database_url, postgres_admin_url
+):
+    """SIGTERM while the in-place restore reads which schemas it keeps (other projects' faber
+    schemas), its first query: held there by the test's lock on the catalog of schemas. The restore
+    has not begun: ``restore_committed: false``, the database exactly as before."""
+    env = run_env(database_url)
+    project = deployed_project(faber_project, env)
+    deploy = FaberProcess.start(project, "migrate", ENVIRONMENT, "--yes", "--json", env=env)
+    assert deploy.finish() == 0, deploy.stdout() + deploy.stderr()
+    backup_id = json.loads(deploy.stdout())["result"]["backup_id"]
+    before = snapshot(database_url)
+
+    run = FaberProcess.start(project, "rollback", ENVIRONMENT, "--to", backup_id, "--yes", "--json", env=env)
+    database = psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]
+    with psycopg.connect(database_url) as holding, psycopg.connect(postgres_admin_url, autocommit=True) as admin:
+        try:
+            run.wait_for(event_matcher("rollback.started"))  # the run holds here (held_event)
+            holding.execute("LOCK TABLE pg_catalog.pg_namespace IN ACCESS EXCLUSIVE MODE")
+            run.wait_until(
+                lambda: kept_schemas_waiting(admin, database), what="the restore reading the schemas it keeps"
+            )
+            run.kill(signal.SIGTERM)
+            run.wait_until(lambda: not kept_schemas_waiting(admin, database), what="the restore's query cancelled")
+            holding.rollback()
+            code = run.finish(60)
+        finally:
+            holding.rollback()
+            run.stop_everything()
+    assert "Traceback" not in run.stderr() and CANARY_PASSWORD not in run.stdout() + run.stderr()
+    document = json.loads(run.stdout())
+    assert (code, document["code"]) == (130, "INTERRUPTED"), document
+    result = document["result"]
+    assert (result["rollback_status"], result["restore_committed"]) == ("failed", False), result
+    assert "stopped before it began" in result["details"], result
+    after = snapshot(database_url)
+    assert after == before, after.differences(before)

@@ -113,12 +113,13 @@ def restore_archive(context: RunContext, backup: BackupRecord, tools: Path, majo
     ]
     if not store.archive_present(archive):
         raise RestoreFailed(f"Backup archive {backup.location} is missing", suggestions=manual[1:])
-    keep = kept_schemas(context, backup)
     with store.reading(archive) as fd:
-        # Stopped before the restore's transaction began (checking the archive, reading what to
-        # restore), nothing was changed: said so, as a stop inside the transaction is.
+        # Stopped before the restore's transaction began (reading which schemas to keep, checking
+        # the archive, reading what to restore), nothing was changed: said so, as a stop inside the
+        # transaction is.
         restore_started = False
         try:
+            keep = kept_schemas(context, backup)
             store.verify_archive(context, backup, fd)
             with context.database.connect() as conn:
                 properties = database_properties.restoring_in_place(context, conn, backup)
