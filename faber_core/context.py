@@ -16,6 +16,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from faber_core import events
 from faber_core.config import EnvironmentSettings, FaberConfig, Options, plugin_options
+from faber_core.engines import LOCK_LOST
 from faber_core.errors import ConfigError, SessionRefused
 from faber_core.models import AppliedMigration, AuditEvent, MigrationFailure
 from faber_core.secrets import Redactor, Secret
@@ -454,6 +455,11 @@ class LockCheck:
     ``lost()``, the check ran in the migration's transaction, which rolled back;
     ``lost(in_transaction=False)``, it ran just before a migration that has no transaction, which
     never started. Before a restore's COMMIT: ``lost()``, the restore's transaction rolled back."""
+
+    def failed(self, message: str) -> bool:
+        """Whether ``message`` (the database's error, or the output of a client program that ran
+        :attr:`statement`, such as psql's stderr) says this check failed: raise :attr:`lost` then."""
+        return LOCK_LOST in message
 
 
 def _fleet_target(

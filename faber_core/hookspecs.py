@@ -311,8 +311,8 @@ def faber_backup_restore(provider: str, context: RunContext, backup: BackupRecor
     lock was lost: undo what the restore made beside the database, name in the error's message what
     could not be undone, and let it propagate (exit 7, ``restore_committed: false``). A restore in
     one transaction asks ``context.restore_committing(in_transaction=True)`` for the check as SQL
-    to run inside it just before its COMMIT; failing, the error says
-    :data:`faber_core.engines.LOCK_LOST`: raise ``check.lost()``::
+    to run inside it just before its COMMIT; when it fails (``check.failed(error_message)``),
+    raise ``check.lost()``::
 
         check = context.restore_committing(in_transaction=True)
         script = (check.statement + ";\n" if check else "") + "COMMIT;\n"

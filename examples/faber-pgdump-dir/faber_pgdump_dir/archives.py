@@ -22,7 +22,6 @@ import tempfile
 from pathlib import Path
 
 from faber_core.context import RunContext
-from faber_core.engines import LOCK_LOST
 from faber_core.errors import BackupFailed, RestoreFailed
 from faber_core.models import BackupRecord, RestoreOutcome
 from faber_core.support.backups import creation_failed, restore_prelude
@@ -160,7 +159,7 @@ def restore(context: RunContext, backup: BackupRecord) -> RestoreOutcome:
             redactor=context.redactor,
             env=context.database.client_env(),
         )
-    if check is not None and LOCK_LOST in replay.stderr:
+    if check is not None and check.failed(replay.stderr):
         raise check.lost()  # the transaction rolled back: nothing of the restore committed
     if replay.returncode != 0:
         raise RestoreFailed(
