@@ -23,7 +23,7 @@ from pathlib import Path
 import psycopg
 
 from faber_core.testing import held_event
-from faber_core.testing.faults import FaberProcess, end_faber_lock_session, event_matcher, snapshot
+from faber_core.testing.faults import DatabaseState, FaberProcess, end_faber_lock_session, event_matcher, snapshot
 from faber_core.testing.fixtures import CANARY_PASSWORD
 
 ENVIRONMENT = "production"
@@ -155,6 +155,12 @@ def test_a_rollback_stopped_before_its_restore_transaction_began_says_nothing_wa
         code = run.finish(60)
     finally:
         run.stop_everything()
+    stopped_before_the_restore_began(run, code, database_url, before)
+
+
+def stopped_before_the_restore_began(run: FaberProcess, code: int, database_url: str, before: DatabaseState) -> None:
+    """``run``, stopped by SIGTERM before its restore began: exit 130, ``restore_committed: false``
+    and "stopped before it began", the database exactly as ``before``, no traceback, no password."""
     assert "Traceback" not in run.stderr() and CANARY_PASSWORD not in run.stdout() + run.stderr()
     document = json.loads(run.stdout())
     assert (code, document["code"]) == (130, "INTERRUPTED"), document
@@ -206,11 +212,4 @@ def test_a_rollback_stopped_while_it_reads_the_schemas_it_keeps_says_nothing_was
         finally:
             holding.rollback()
             run.stop_everything()
-    assert "Traceback" not in run.stderr() and CANARY_PASSWORD not in run.stdout() + run.stderr()
-    document = json.loads(run.stdout())
-    assert (code, document["code"]) == (130, "INTERRUPTED"), document
-    result = document["result"]
-    assert (result["rollback_status"], result["restore_committed"]) == ("failed", False), result
-    assert "stopped before it began" in result["details"], result
-    after = snapshot(database_url)
-    assert after == before, after.differences(before)
+    stopped_before_the_restore_began(run, code, database_url, before)

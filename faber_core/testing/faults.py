@@ -906,6 +906,17 @@ class KilledInsideAMigration(HeldMigration):
             self.query("DROP TRIGGER hold_removal")
         assert self.query(f"SELECT migration FROM {self.record_table}") == [(migration,)]
 
+    def next_runs_see_it_applied(self, run_faber: Callable[..., Any], project_dir: Path, later: str) -> None:
+        """After ``faber resolve --applied`` of the migration the deploy was killed in: the status
+        names no migration failed, and the next deploy applies ``later`` alone, copying nothing again."""
+        status = run_faber("status", "staging", "--json", "--cwd", str(project_dir))
+        deployed = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project_dir))
+        assert status.returncode == 0, status.output
+        assert json.loads(status.stdout)["result"]["failed"] == [], status.output
+        assert deployed.returncode == 0, deployed.output
+        assert [m["name"] for m in deployed.json["result"]["migrations"]] == [later]
+        assert self.ledger() == 20  # not copied again
+
     def end_session(self, session: int) -> None:
         """End the server session ``session``, unless the server has ended it already."""
         if not self.mysql:
