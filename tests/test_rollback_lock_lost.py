@@ -59,6 +59,13 @@ def deployed_project(faber_project, env: dict[str, str]):
     return project
 
 
+def deployed_with_a_backup(project: Path, env: dict[str, str]) -> str:
+    """Deploy ``project``'s pending migration, which takes a backup first; the backup's id."""
+    deploy = FaberProcess.start(project, "migrate", ENVIRONMENT, "--yes", "--json", env=env)
+    assert deploy.finish() == 0, deploy.stdout() + deploy.stderr()
+    return json.loads(deploy.stdout())["result"]["backup_id"]
+
+
 def end_the_lock_session_inside_the_restore(run: FaberProcess, url: str) -> dict:
     """The run's document, once faber's lock session was ended while the restore's transaction
     waited for this test's lock on ``accounts``; asserts the database is as before the restore."""
@@ -85,9 +92,7 @@ def end_the_lock_session_inside_the_restore(run: FaberProcess, url: str) -> dict
 def test_a_rollback_whose_lock_is_lost_during_the_restore_does_not_commit(faber_project, database_url):
     env = run_env(database_url)
     project = deployed_project(faber_project, env)
-    deploy = FaberProcess.start(project, "migrate", ENVIRONMENT, "--yes", "--json", env=env)
-    assert deploy.finish() == 0, deploy.stdout() + deploy.stderr()
-    backup_id = json.loads(deploy.stdout())["result"]["backup_id"]
+    backup_id = deployed_with_a_backup(project, env)
 
     run = FaberProcess.start(project, "rollback", ENVIRONMENT, "--to", backup_id, "--yes", "--json", env=env)
     document = end_the_lock_session_inside_the_restore(run, database_url)
@@ -142,9 +147,7 @@ def test_a_rollback_stopped_before_its_restore_transaction_began_says_nothing_wa
     (tools / "pg_restore").chmod(0o755)
     env = {**run_env(database_url), held_event.EVENT_ENV: "", "PATH": f"{tools}:{os.environ['PATH']}"}
     project = deployed_project(faber_project, env)
-    deploy = FaberProcess.start(project, "migrate", ENVIRONMENT, "--yes", "--json", env=env)
-    assert deploy.finish() == 0, deploy.stdout() + deploy.stderr()
-    backup_id = json.loads(deploy.stdout())["result"]["backup_id"]
+    backup_id = deployed_with_a_backup(project, env)
     before = snapshot(database_url)
 
     run = FaberProcess.start(project, "rollback", ENVIRONMENT, "--to", backup_id, "--yes", "--json", env=env)
@@ -191,9 +194,7 @@ def test_a_rollback_stopped_while_it_reads_the_schemas_it_keeps_says_nothing_was
     has not begun: ``restore_committed: false``, the database exactly as before."""
     env = run_env(database_url)
     project = deployed_project(faber_project, env)
-    deploy = FaberProcess.start(project, "migrate", ENVIRONMENT, "--yes", "--json", env=env)
-    assert deploy.finish() == 0, deploy.stdout() + deploy.stderr()
-    backup_id = json.loads(deploy.stdout())["result"]["backup_id"]
+    backup_id = deployed_with_a_backup(project, env)
     before = snapshot(database_url)
 
     run = FaberProcess.start(project, "rollback", ENVIRONMENT, "--to", backup_id, "--yes", "--json", env=env)
