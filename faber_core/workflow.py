@@ -2107,9 +2107,11 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
             suggestions=[f"Create one with: faber backup {context.environment}"],
         )
     store.hold_chosen(context, chosen)
-    applied_at_start = applied_or_unknown(context, plugins)
     outcome: RestoreOutcome | None = None
+    since: writes.WritesSinceBackup | None = None
+    restore_began = False
     try:
+        applied_at_start = applied_or_unknown(context, plugins)
         with deploy_lock(context) as lock:
             refuse_if_deployed_meanwhile(context, plugins, chosen, applied_at_start)
             since = check_writes_since_backup(context, chosen)
@@ -2118,10 +2120,13 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
             # have ended meanwhile, and another run deployed what the restore would discard.
             lock.require_held(f"the restore of {chosen.id}", context)
             checked = WritesCheck(context, chosen, approved=since)
+            restore_began = True
             outcome, lock_lost = restore_holding_lock(context, plugins, lock, chosen, checked)
             if lock_lost:
                 raise lock_lost_during_restore(context, chosen, outcome)
     except KeyboardInterrupt as interrupt:
+        if not restore_began:  # waiting for the lock, the writes' counters or the approval
+            raise rollback_interrupted_before_the_restore(context, chosen, since, interrupt) from None
         if outcome is None or outcome.status != "success" or restored_beside(outcome):
             raise
         # The restore committed and was verified, which settles the run (a signal is then held and
@@ -2277,6 +2282,27 @@ def refuse_if_deployed_meanwhile(
             f"See what that run did: faber history {env}",
             f"If the rollback is still what you want, run it again: faber rollback {env} --to {backup.id}",
         ],
+    )
+
+
+def rollback_interrupted_before_the_restore(
+    context: RunContext, backup: BackupRecord, since: writes.WritesSinceBackup | None, interrupt: KeyboardInterrupt
+) -> Interrupted:
+    """``faber rollback`` stopped by a signal before its restore began: nothing was restored."""
+    env = context.environment
+    name = signal_name(interrupt)
+    result = RollbackResult(
+        backup_id=backup.id,
+        rollback_status="failed",
+        interrupted_by=name,
+        restore_committed=False,
+        writes_since_backup=since,
+    )
+    return Interrupted(
+        f"Interrupted by {name} before the restore began; nothing was restored: {env} is as it was",
+        result=result.model_dump(mode="json"),
+        suggestions=[f"Roll back when ready: faber rollback {env} --to {backup.id}"],
+        backup_id=backup.id,
     )
 
 

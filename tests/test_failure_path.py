@@ -511,6 +511,36 @@ def test_a_rollback_whose_lock_was_lost_before_the_restore_restores_nothing(
     assert tables(database_url) == set()
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_rollback_stopped_while_counting_writes_says_nothing_was_restored(
+    sql_project, database_url, postgres_admin_url, signum
+):
+    """A signal while `faber rollback` waits for the write counters, before its restore began:
+    before, the run ended with a bare INTERRUPTED that did not say whether anything was restored."""
+    url = database_url_for(postgres_admin_url, database_url.rsplit("/", 1)[1], password=CANARY_PASSWORD)
+    project_dir = sql_project({"001_users": USERS})
+    assert start(project_dir, url, "migrate", ENVIRONMENT, "--yes").finish() == 0
+    with application_connected(database_url):
+        run = start(project_dir, url, "rollback", ENVIRONMENT, "--yes", "--json")
+        try:
+            run.wait_for(events.WRITES_WAITING)
+            run.kill(signum)
+            code = run.wait(EXIT_BOUND)
+        finally:
+            run.stop_everything()
+
+    document = json.loads(run.stdout())
+    assert (code, document["code"]) == (130, "INTERRUPTED"), document
+    result = document["result"]
+    assert (result["rollback_status"], result["restore_committed"]) == ("failed", False), result
+    assert result["interrupted_by"] == signal.Signals(signum).name
+    assert "before the restore began; nothing was restored" in document["error"], document
+    retry = f"faber rollback {ENVIRONMENT} --to {result['backup_id']}"
+    assert any(retry in hint for hint in document["recovery"]["suggestions"]), document
+    assert tables(database_url) == {"users", "sqlfiles_migrations"}
+    assert "Traceback" not in run.stderr() and CANARY_PASSWORD not in run.stdout() + run.stderr()
+
+
 def test_an_automatic_rollback_whose_lock_was_lost_before_the_restore_restores_nothing(
     sql_project, database_url, postgres_admin_url
 ):
