@@ -54,6 +54,9 @@ NOT_FOR_A_STATUS = {
     "faber_prisma.preview": "only a preview",
     "faber_prisma.cli": "only `faber migrate dev` runs the Prisma CLI",
     "faber_core.backup.database_properties": "only a pg_dump backup or restore reads or gives them",
+    "faber_core.backup.swap": "a status names what a killed swap left from faber_core.postgres.scratch",
+    "faber_core.backup.restore": "only a restore",
+    "faber_core.postgres.rehearsal": "a status names a leftover rehearsal copy from faber_core.postgres.scratch",
 }
 
 OTHER_TOOLS_OPTIONS = {"NodeToolOptions", "TypeormOptions", "SequelizeOptions"}

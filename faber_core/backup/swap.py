@@ -49,7 +49,6 @@ lock makes the rename fail; the swap is then retried.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import signal
 import subprocess
 import tempfile
@@ -68,16 +67,12 @@ from faber_core.context import RunContext
 from faber_core.errors import FaberError, LockLost, RestoreFailed
 from faber_core.models import BackupRecord, RestoreOutcome
 from faber_core.postgres.names import alias_refusal, alias_suggestions, database_names
+from faber_core.postgres.scratch import MARKER, previous_name, restoring_name
 from faber_core.processes import how_it_ended, spawn
 
 if TYPE_CHECKING:
     from faber_core.backup.database_properties import DatabaseProperties
 
-MARKER = "faber: "
-"""How the comment of a database faber created for a swap begins: only those are dropped as leftovers."""
-_NAME_ROOM = 40
-"""Bytes of the target's name kept in the names of the two databases: PostgreSQL cuts a name at 63
-bytes, which would give both the same name."""
 SWAP_ATTEMPTS = 3
 """Tries of the swap when a session connected between the end of the others and the rename."""
 SESSIONS_END_SECONDS = 10.0
@@ -85,23 +80,6 @@ SESSIONS_END_SECONDS = 10.0
 SWAP_CHECK_SECONDS = 10.0
 """How long to wait for the server to end an abandoned swap's session before reading which side it is on."""
 _OBJECT_IN_USE = "55006"
-
-
-def restoring_name(target: str) -> str:
-    return f"{_base(target)}_faber_restoring"
-
-
-def previous_name(target: str) -> str:
-    return f"{_base(target)}_faber_previous"
-
-
-def _base(target: str) -> str:
-    encoded = target.encode()
-    if len(encoded) <= _NAME_ROOM:
-        return target
-    # Cut on a character boundary: a multibyte character cut in two is dropped whole.
-    head = encoded[: _NAME_ROOM - 9].decode(errors="ignore")
-    return f"{head}_{hashlib.sha256(encoded).hexdigest()[:8]}"
 
 
 @dataclass

@@ -16,13 +16,12 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
-from faber_core.backup.swap import MARKER, previous_name, restoring_name
 from faber_core.context import Database
 from faber_core.engines import REHEARSAL_PREFIX, REHEARSAL_STALE_MINUTES, rehearsal_age, tagged_rehearsal_of
 from faber_core.models import LeftoverDatabase
 from faber_core.postgres.locks import faber_lock_key, lock_held
 from faber_core.postgres.names import learnt_names
-from faber_core.postgres.rehearsal import rehearsal_comment
+from faber_core.postgres.scratch import MARKER, previous_name, rehearsal_comment, restoring_name
 
 _CANDIDATES = """
 SELECT d.datname, pg_catalog.shobj_description(d.oid, 'pg_database')

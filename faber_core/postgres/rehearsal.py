@@ -39,6 +39,7 @@ from faber_core.engines import (
 from faber_core.errors import BackupFailed, ConfigError, FaberError
 from faber_core.interrupts import deferred
 from faber_core.postgres.names import DatabaseNames, alias_refusal, alias_suggestions, names_of
+from faber_core.postgres.scratch import rehearsal_comment
 from faber_core.processes import how_it_ended, run_tool
 
 
@@ -187,12 +188,6 @@ def _create_database(conn: psycopg.Connection, context: RunContext, name: str, t
         with contextlib.suppress(KeyboardInterrupt), deferred():
             _drop(context, name, raise_on_failure=False)
         raise
-
-
-def rehearsal_comment(target: str) -> str:
-    """The comment on a rehearsal database of the database the server names ``target``: what ties
-    a leftover one to it, whatever name a URL gives it."""
-    return f"faber rehearsal of {target}: a throwaway copy, safe to drop"
 
 
 def _copy_target(context: RunContext, tools: Path, rehearsal: Rehearsal) -> None:
