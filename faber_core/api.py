@@ -47,7 +47,8 @@ if TYPE_CHECKING:
     Listener: TypeAlias = Callable[[AuditEvent], None]
     Body: TypeAlias = Callable[[RunContext, Plugins], Success]
     from faber_core.fleet import Runner
-    from faber_core.targets import FleetOptions, Target
+    from faber_core.fleet_options import FleetOptions
+    from faber_core.targets import Target
 
     FleetBody: TypeAlias = Callable[[Runner, Plugins], Success]
 
@@ -102,7 +103,7 @@ def deploy(
     On a fleet environment (docs/fleet.md) every target not up to date is deployed, at most
     ``concurrency`` at once; ``shard`` (``"I/N"``) takes this process's share of the targets.
     """
-    from faber_core.targets import FleetOptions
+    from faber_core.fleet_options import FleetOptions
     from faber_core.workflow import DeployOptions
     from faber_core.workflow import migrate as run_migrate
 
@@ -151,8 +152,8 @@ def status(
     """
     from faber_core.audit import unfinished
     from faber_core.errors import MigrationFailed
+    from faber_core.fleet_options import FleetOptions
     from faber_core.results import Success
-    from faber_core.targets import FleetOptions
     from faber_core.workflow import (
         backup_before_failed_migrations,
         read_backup_leftovers,
@@ -658,8 +659,8 @@ def run_command(
     environment it runs instead of ``body``, running commands on the targets through its runner.
     """
     from faber_core.context import resolve_project_dir
+    from faber_core.fleet_options import FleetOptions, fleet_settings
     from faber_core.plugins import Plugins
-    from faber_core.targets import FleetOptions, fleet_settings
 
     def opened(run: _Run) -> Success:
         project = resolve_project_dir(working_directory)

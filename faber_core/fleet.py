@@ -49,13 +49,14 @@ from faber_core.errors import (
     MigrationFailed,
     exit_code_for,
 )
+from faber_core.fleet_options import FleetOptions
 from faber_core.interrupts import signal_name
 from faber_core.model_base import build_deferred_models
 from faber_core.models import InterruptedRestore, LeftoverDatabase, MigrationState
 from faber_core.render import escape_controls
 from faber_core.results import DeployResult, ErrorDocument, Success
 from faber_core.secrets import Redactor
-from faber_core.targets import FleetOptions, Shard, Target, discover_targets, parse_shard, shard_from_job, url_variables
+from faber_core.targets import Shard, Target, discover_targets, parse_shard, shard_from_job, url_variables
 
 if TYPE_CHECKING:
     from faber_core.api import Document
@@ -162,7 +163,7 @@ class Fleet:
 def open_fleet(
     project_dir: Path, environment: str, settings: EnvironmentSettings, redactor: Redactor, options: FleetOptions
 ) -> Fleet:
-    """The fleet ``environment`` names (its ``settings``: :func:`faber_core.targets.fleet_settings`)."""
+    """The fleet ``environment`` names (its ``settings``: :func:`faber_core.fleet_options.fleet_settings`)."""
     concurrency = options.concurrency or DEFAULT_CONCURRENCY
     if not 1 <= concurrency <= MAX_CONCURRENCY:
         raise ConfigError(f"--concurrency must be between 1 and {MAX_CONCURRENCY}")

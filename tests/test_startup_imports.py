@@ -45,6 +45,7 @@ NOT_FOR_ONE_POSTGRESQL_DATABASE = {
     "boto3": "only the RDS backup provider",
     "pymysql": "only a MySQL/MariaDB URL",
     "faber_core.fleet": "only a fleet environment",
+    "faber_core.targets": "only a fleet environment, or one of its targets",
 }
 
 NOT_BUILT_FOR_A_STATUS = {"DeployResult", "FailedDeployResult", "PreviewResult", "LintFinding", "WritesSinceBackup"}
