@@ -154,7 +154,7 @@ def status(
     from faber_core.errors import MigrationFailed
     from faber_core.fleet_options import FleetOptions
     from faber_core.results import Success
-    from faber_core.workflow import (
+    from faber_core.status_reads import (
         backup_before_failed_migrations,
         read_backup_leftovers,
         read_leftovers,

@@ -59,7 +59,7 @@ class HealthCheckFailed(FaberError):
 class ToolCannotConnect(HealthCheckFailed):
     """A migration tool's own driver could not connect to the database: exit 3, as when faber's own
     connection fails. ``details`` says why; a status read words it for the command that ran
-    (:func:`faber_core.workflow.connection_failed`)."""
+    (:func:`faber_core.status_reads.connection_failed`)."""
 
     def __init__(self, message: str, *, details: str, suggestions: list[str] | None = None) -> None:
         super().__init__(message, suggestions=suggestions, result={"details": details})

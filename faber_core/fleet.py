@@ -345,8 +345,8 @@ def read_target(
 ) -> Surveyed:
     """One target's migration status (and with ``leftovers``, what killed runs left of it);
     ``checks_skipped``: read by a deploy whose health checks are off, whose unreachable target is no
-    failed check (:func:`faber_core.workflow.connection_failed`)."""
-    from faber_core.workflow import read_leftovers, read_past_another_run, read_status
+    failed check (:func:`faber_core.status_reads.connection_failed`)."""
+    from faber_core.status_reads import read_leftovers, read_past_another_run, read_status
 
     plugins.require_tool(context.tool)
     state = read_past_another_run(

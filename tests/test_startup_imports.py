@@ -58,6 +58,7 @@ NOT_FOR_A_STATUS = {
     "faber_core.backup.swap": "a status names what a killed swap left from faber_core.postgres.scratch",
     "faber_core.backup.restore": "only a restore",
     "faber_core.postgres.rehearsal": "a status names a leftover rehearsal copy from faber_core.postgres.scratch",
+    "faber_core.workflow": "a status reads through faber_core.status_reads; the workflow deploys, rolls back, resolves",
 }
 
 OTHER_TOOLS_OPTIONS = {"NodeToolOptions", "TypeormOptions", "SequelizeOptions"}
