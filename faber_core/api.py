@@ -761,7 +761,10 @@ def _execute(
     run = _Run(redactor or Redactor())
     with command_span(operation, environment, run.redactor) as span, sigterm_as_interrupt():
         try:
-            raise_held()  # one that arrived while faber started (faber_core/command.py)
+            try:
+                raise_held()  # one that arrived while faber started (faber_core/command.py)
+            except KeyboardInterrupt as interrupt:
+                raise Interrupted.by(interrupt, "as faber started: nothing was done") from None
             document: Document = action(run)
         except FaberError as exc:
             bug = _unexpected_cause(exc)

@@ -472,6 +472,15 @@ def load_config(project_dir: Path) -> FaberConfig:
     every key known (with a suggestion when misspelt), booleans and numbers as JSON types, numbers
     finite and within bounds."""
     path = config_file(project_dir)
+    try:
+        path.stat()
+    except PermissionError as exc:
+        # A folder on its way faber may not search (a project directory of another user's, mode
+        # 700): every check below would raise it as an unexpected error, so it is refused as an
+        # unreadable config is.
+        raise ConfigError(f"Cannot read {CONFIG_PATH}: {exc}") from None
+    except OSError:
+        pass  # missing, or a symlink loop: the checks below say which
     if path.is_dir():
         raise ConfigError(
             f"The configuration {path} is a directory, not a file",

@@ -179,7 +179,10 @@ def exit_code_for(code: str) -> int:
 
 def validation_problems(error: ValidationError, root: str, model: type[BaseModel]) -> list[str]:
     """One ``dotted.path: message`` line per problem pydantic found validating ``model``, with a
-    suggestion for a misspelt key; ``root`` names the document itself."""
+    suggestion for a misspelt key, for the first ``MAX_REPORTED_PROBLEMS`` of them and how many
+    more (as for the config: a 1 MiB request of unknown keys took seconds to describe and answered
+    with 6 MB); ``root`` names the document itself."""
+    from faber_core.config import MAX_REPORTED_PROBLEMS
     from faber_core.suggest import did_you_mean, known_fields
 
     def hint(problem: Any) -> str:
@@ -187,7 +190,11 @@ def validation_problems(error: ValidationError, root: str, model: type[BaseModel
             return ""
         return did_you_mean(str(problem["loc"][-1]), known_fields(model, problem["loc"][:-1]))
 
-    return [
+    errors = error.errors(include_url=False, include_input=False)
+    problems = [
         f"{'.'.join(str(part) for part in problem['loc']) or root}: {problem['msg']}{hint(problem)}"
-        for problem in error.errors()
+        for problem in errors[:MAX_REPORTED_PROBLEMS]
     ]
+    if len(errors) > MAX_REPORTED_PROBLEMS:
+        problems.append(f"and {len(errors) - MAX_REPORTED_PROBLEMS} more problems")
+    return problems

@@ -436,11 +436,10 @@ def check_health(context: RunContext, plugins: Plugins, phase: str, options: Dep
     health = Health(overall_health(results), state, results)
     context.emit("health.finished", phase=phase, status=health.status, checks=[r.model_dump() for r in results])
     if health.status == "failed" and phase == "before":
-        first = next(r for r in results if r.status == "failed")
         raise HealthCheckFailed(
             "Pre-deployment health check failed",
             result={"health_check": "failed", **health.findings()},
-            suggestions=health_suggestions(context, plugins, first),
+            suggestions=health_suggestions(context, plugins, results),
         )
     return health
 
@@ -596,17 +595,42 @@ def migrations_check(context: RunContext, state: MigrationState) -> HealthCheckR
     return HealthCheckResult(name="migrations", status="failed" if severe else "warning", details="; ".join(problems))
 
 
-def health_suggestions(context: RunContext, plugins: Plugins, failed: HealthCheckResult) -> list[str]:
+def health_suggestions(context: RunContext, plugins: Plugins, results: list[HealthCheckResult]) -> list[str]:
+    """What to do about the checks that failed. A database that cannot be reached fails the checks
+    after connectivity too, so its advice comes alone; once connected, what a migration stopped
+    halfway left (an invalid index, its failed record: a killed CREATE INDEX CONCURRENTLY leaves
+    both) is named, not the advice of a database that is down."""
     env = context.environment
-    if failed.name == "migrations":
+    failed = {r.name for r in results if r.status == "failed"}
+    if "connectivity" in failed:
+        return database_suggestions(context)
+    drop_indexes = drop_invalid_indexes(context) if "schema" in failed else []
+    if "migrations" in failed:
         return [
             f"Inspect the history: faber status {env}",
+            *drop_indexes,
             *failed_migration_advice(context, unresolved_migrations(context, plugins)),
             *backup_before_failed_migrations(context, plugins),
             "An edited migration: restore the file to what was applied, and put the change in a new migration",
             f"Retry when issue resolved: {rerun_command(context)}",
         ]
+    if drop_indexes:
+        return [*drop_indexes, f"Retry when issue resolved: {rerun_command(context)}"]
     return database_suggestions(context)
+
+
+def drop_invalid_indexes(context: RunContext) -> list[str]:
+    """The statement that drops each invalid index; none when they cannot be read."""
+    try:
+        with context.database.session() as conn:
+            invalid = context.database.engine.invalid_indexes(conn)
+    except context.database.connect_errors:
+        return []
+    return [drop_invalid_index(name) for name in invalid]
+
+
+def drop_invalid_index(name: str) -> str:
+    return f"Drop the invalid index left behind: DROP INDEX CONCURRENTLY {name};"
 
 
 # 9: migration status -------------------------------------------------------------------
@@ -1183,7 +1207,7 @@ def roll_back_failed_deploy(
     suggestions = [
         *rollback.advice_first,
         *cause.suggestions,
-        *[f"Drop the invalid index left behind: DROP INDEX CONCURRENTLY {name};" for name in leftovers],
+        *[drop_invalid_index(name) for name in leftovers],
         *left_behind_by(failure, rollback.status),
         *(
             not_checked_while_unreachable(context)

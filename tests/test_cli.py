@@ -182,6 +182,41 @@ def test_unreachable_database(faber_project, run_faber):
     assert_no_canary(run, project)
 
 
+def test_the_run_after_a_concurrent_index_build_stopped_halfway_says_what_it_left_not_to_check_the_connection(
+    faber_project, run_faber, database_url
+):
+    """A CREATE INDEX CONCURRENTLY that failed (or was killed) halfway leaves an invalid index and
+    its migration recorded as failed. The next run's health check fails on both, and its advice was
+    an unreachable database's ("Verify database is running", "Check connection string"), though
+    the connectivity check passed: nothing said to drop the index and resolve the migration."""
+    project = faber_project(
+        {"database": {"migration_tool": "prisma", "environments": {"dev": {"database_url_env": "APP_DATABASE_URL"}}}},
+        {
+            "prisma/migrations/001_votes/migration.sql": "CREATE TABLE votes (voter int);\n"
+            "INSERT INTO votes VALUES (1), (1);",
+            "prisma/migrations/002_one_vote_each/migration.sql": "CREATE UNIQUE INDEX CONCURRENTLY votes_voter\n"
+            "ON votes (voter);",
+        },
+    )
+    env = {"APP_DATABASE_URL": database_url}
+
+    failed = run_faber("migrate", "dev", "--yes", "--json", "--cwd", str(project), env=env)
+    again = run_faber("migrate", "dev", "--yes", "--json", "--cwd", str(project), env=env)
+
+    assert failed.returncode == EXIT_CODES["MIGRATION_FAILED"], failed.output
+    assert again.returncode == EXIT_CODES["HEALTH_CHECK_FAILED"], again.output
+    assert [check["status"] for check in again.json["result"]["checks"]] == ["passed", "failed", "failed"]
+    suggestions = again.json["recovery"]["suggestions"]
+    assert suggestions[:3] == [
+        "Inspect the history: faber status dev",
+        "Drop the invalid index left behind: DROP INDEX CONCURRENTLY public.votes_voter;",
+        "002_one_vote_each is recorded as failed: undo what it left behind, then: faber resolve dev --rolled-back "
+        "002_one_vote_each (or --applied 002_one_vote_each if you completed it by hand)",
+    ], suggestions
+    assert not any("Verify database is running" in s or "connection string" in s for s in suggestions), suggestions
+    assert suggestions[-1] == "Retry when issue resolved: faber migrate dev"
+
+
 def test_unreachable_database_on_status_says_it_cannot_connect_not_that_a_check_failed(faber_project, run_faber):
     project = faber_project(
         {

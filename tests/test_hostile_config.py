@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import psycopg
 import pytest
 
 from faber_core.config import CONFIG_PATH, MAX_CONFIG_BYTES, MAX_REPORTED_PROBLEMS, load_config
 from faber_core.errors import ConfigError
-from faber_core.testing.fixtures import CANARY_PASSWORD
+from faber_core.testing.fixtures import CANARY_PASSWORD, without_root_file_access
 
 SQLFILES = {"FABER_PLUGINS": "faber_core.testing.sqlfiles"}
 
@@ -339,3 +341,34 @@ def test_a_config_larger_than_any_config_is_refused_before_it_is_read(tmp_path):
         load_config(tmp_path)
 
     assert refused.value.message == f"The configuration {path} is larger than 16 MiB: refused"
+
+
+@pytest.mark.parametrize("locked", ["project", "config-folder"])
+def test_a_project_faber_may_not_enter_is_exit_2_naming_the_config(tmp_path, locked):
+    """A request's working_directory (or FABER_DB_CWD) naming another user's project (mode 700),
+    or a project whose .fractary faber may not search, was an unexpected error (PermissionError,
+    exit 1, "please report this as a bug")."""
+    project = write_config(tmp_path / "project", json.dumps(production()))
+    folder = project if locked == "project" else project / ".fractary"
+    request = {"operation": "preview-migrations", "parameters": {"environment": "production"}}
+    request["parameters"]["working_directory"] = str(project)
+    os.chmod(folder, 0o000)
+    try:
+        run = subprocess.run(
+            [*without_root_file_access(), sys.executable, "-m", "faber_core", "request"],
+            input=json.dumps(request),
+            env={**os.environ, "X": "postgresql://127.0.0.1:1/app"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.chmod(folder, 0o755)  # for the temporary folder's removal
+
+    assert run.returncode == 2, run.stdout + run.stderr
+    document = json.loads(run.stdout)
+    assert document["code"] == "CONFIG_INVALID" and document["operation"] == "preview-migrations", document
+    assert document["error"] == (
+        f"Cannot read {CONFIG_PATH}: [Errno 13] Permission denied: '{project / CONFIG_PATH}'"
+    ), document
+    assert "Traceback" not in run.stderr

@@ -104,10 +104,11 @@ def write_project(root: Path, migrations: dict[str, str]) -> Path:
     return root
 
 
-def faber(project: Path, url: str, *args: str, hold: bool = False) -> FaberProcess:
+def faber(project: Path, url: str, *args: str, hold_after: str | None = None) -> FaberProcess:
+    """``faber *args --json``, held ``HOLD_SECONDS`` after each ``hold_after`` event."""
     env = {URL_ENV: url, "FABER_PLUGINS": PLUGINS}
-    if hold:
-        env |= {held_event.EVENT_ENV: "rollback.finished", held_event.SECONDS_ENV: str(HOLD_SECONDS)}
+    if hold_after:
+        env |= {held_event.EVENT_ENV: hold_after, held_event.SECONDS_ENV: str(HOLD_SECONDS)}
     return FaberProcess.start(project, *args, "--json", env=env)
 
 
@@ -145,7 +146,7 @@ def test_sigterm_once_the_restore_committed_says_it_committed(
     else:
         args = ("migrate", ENVIRONMENT, "--yes")
 
-    run = faber(project, engine.url, *args, hold=held)
+    run = faber(project, engine.url, *args, hold_after="rollback.finished" if held else None)
     try:
         finished = run.wait_for(event_matcher("rollback.finished"))
         alive_at_the_signal = run.proc.poll() is None
@@ -167,6 +168,32 @@ def test_sigterm_once_the_restore_committed_says_it_committed(
         # and said so, not taken as an interrupt of a rollback that had happened.
         assert alive_at_the_signal and "SIGTERM" not in said, said
         assert "SIGTERM arrived once the run's outcome was decided" in err, err[-3000:]
+    assert_is_the_backup(engine)
+
+
+@pytest.mark.parametrize("command", ["rollback", "failed-deploy"])
+def test_sigterm_as_the_in_place_restore_ends_after_its_commit_says_it_committed(
+    database_url: str, command: str, tmp_path: Path
+) -> None:
+    """SIGTERM once the in-place restore's COMMIT returned, as the provider ends (it removes its
+    scratch list, closes the archive): before, the signal left the provider without an answer and
+    the run said "the backup provider did not say whether it committed" (no ``restore_committed``)."""
+    engine = postgres_engine(database_url)
+    project, backup_id = restore_ahead(engine, command, tmp_path / "project")
+    args = ("rollback", ENVIRONMENT, "--to", backup_id, "--yes") if backup_id else ("migrate", ENVIRONMENT, "--yes")
+
+    run = faber(project, engine.url, *args, hold_after="backup.restore_step")
+    try:
+        committed = run.wait_for(event_matcher("backup.restore_step"))
+        run.kill(signal.SIGTERM)
+        code = run.wait(EXIT_BOUND)
+    finally:
+        run.stop_everything()
+    assert committed["data"] == {"step": "committed", "status": "done"}, committed
+    document = json.loads(run.stdout())
+    assert_says_restored(document, code, command, backup_id)
+    assert document["code"] == "INTERRUPTED", document
+    assert "did not say" not in json.dumps(document), document
     assert_is_the_backup(engine)
 
 

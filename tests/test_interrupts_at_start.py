@@ -124,6 +124,8 @@ def test_a_deploy_interrupted_while_faber_starts_reports_interrupted_and_applies
     document = json.loads(done.stdout)
     assert document["code"] == "INTERRUPTED"
     assert document["result"]["interrupted_by"] == signal.Signals(signum).name
+    # Said, so that no one goes looking for what a run that never began may have changed.
+    assert document["error"] == f"Interrupted by {signal.Signals(signum).name} as faber started: nothing was done"
     assert applied(database_url) == []
     assert not (project / ".faber/backups").exists() or not any((project / ".faber/backups").iterdir())
     assert CANARY not in done.stdout + done.stderr

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -14,6 +13,7 @@ import pytest
 
 from faber_core.errors import ConfigError
 from faber_core.migration_files import decode_sql, read_sql
+from faber_core.testing.fixtures import without_root_file_access
 
 SECRET = "ci-token-Zq81xw0"
 PRISMA_CONFIG = {
@@ -203,16 +203,6 @@ def test_a_utf8_name_read_in_the_c_locale_is_refused_saying_how_to_run_faber(
     assert "has a UTF-8 name, but this Python reads file names as ascii" in run.json["error"], run.json
     assert run.json["recovery"]["suggestions"] == ["Run faber with PYTHONUTF8=1, or in a UTF-8 locale (LC_ALL=C.UTF-8)"]
     assert query("SELECT to_regclass('users')") == [(None,)]
-
-
-def without_root_file_access() -> list[str]:
-    """The prefix that runs a program as this user without the power to read any file: root's
-    is taken from it (``setpriv``), as a deploy user's never had it."""
-    if os.geteuid() != 0:
-        return []
-    if shutil.which("setpriv") is None:
-        pytest.skip("needs setpriv to run faber as root without the power to read any file")
-    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
 
 
 @pytest.mark.parametrize(

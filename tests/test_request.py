@@ -219,6 +219,20 @@ def test_invalid_requests_are_config_invalid_documents(run_faber, request_text, 
     assert "Traceback" not in run.stderr
 
 
+def test_a_request_of_thousands_of_unknown_keys_reports_the_first_ones_and_how_many_more(run_faber):
+    """Every problem was described (a spelling suggestion each) in the error and in result.problems:
+    a request just under 1 MiB of unknown keys took seconds and answered with 6 MB."""
+    parameters = {"environment": "production", **{f"k{number}": 0 for number in range(60_000)}}
+
+    run = run_faber("request", "--yes", input=json.dumps({"operation": "deploy-migrations", "parameters": parameters}))
+
+    assert run.returncode == EXIT_CODES["CONFIG_INVALID"], run.output[-2000:]
+    problems = run.json["result"]["problems"]
+    assert len(problems) == 21 and problems[-1] == "and 59980 more problems", problems[-2:]
+    assert problems[0] == "parameters.k0: Extra inputs are not permitted"
+    assert len(run.stdout) < 10_000
+
+
 def test_a_request_that_says_a_parameter_twice_is_refused_and_changes_nothing(project, run_faber):
     """JSON parsers disagree on which of two equal keys wins: a request saying both "dry_run": true
     and "dry_run": false must not deploy to production on the strength of the last one."""

@@ -21,6 +21,7 @@ import signal
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from faber_core.testing import held_event
 from faber_core.testing.faults import DatabaseState, FaberProcess, end_faber_lock_session, event_matcher, snapshot
@@ -48,8 +49,14 @@ def run_env(database_url: str) -> dict[str, str]:
     }
 
 
-def deployed_project(faber_project, env: dict[str, str]):
-    settings = {"database_url_env": URL_ENV, "lint": "warn", "backup_before_migrate": True, "auto_rollback": True}
+def deployed_project(faber_project, env: dict[str, str], restore_mode: str = "in-place"):
+    settings = {
+        "database_url_env": URL_ENV,
+        "lint": "warn",
+        "backup_before_migrate": True,
+        "auto_rollback": True,
+        "backup": {"provider": "pg_dump", "restore_mode": restore_mode},
+    }
     config = {"database": {"migration_tool": "sqlfiles", "environments": {ENVIRONMENT: settings}}}
     base = "CREATE TABLE accounts (id int PRIMARY KEY);\nINSERT INTO accounts SELECT generate_series(1, 1000);\n"
     project = faber_project(config, {"migrations/000_base.sql": base})
@@ -186,14 +193,16 @@ def kept_schemas_waiting(admin: psycopg.Connection, database: str) -> bool:
     )
 
 
+@pytest.mark.parametrize("restore_mode", ["in-place", "swap"])
 def test_a_rollback_stopped_while_it_reads_the_schemas_it_keeps_says_nothing_was_restored(
-    faber_project, database_url, postgres_admin_url
+    faber_project, database_url, postgres_admin_url, restore_mode
 ):
-    """SIGTERM while the in-place restore reads which schemas it keeps (other projects' faber
-    schemas), its first query: held there by the test's lock on the catalog of schemas. The restore
-    has not begun: ``restore_committed: false``, the database exactly as before."""
+    """SIGTERM while the restore reads which schemas it keeps (other projects' faber schemas), its
+    first query: held there by the test's lock on the catalog of schemas. The restore has not
+    begun: ``restore_committed: false``, the database exactly as before. The swap restore read
+    them outside its signal handling, and the run said the provider "did not say"."""
     env = run_env(database_url)
-    project = deployed_project(faber_project, env)
+    project = deployed_project(faber_project, env, restore_mode)
     backup_id = deployed_with_a_backup(project, env)
     before = snapshot(database_url)
 

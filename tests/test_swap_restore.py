@@ -1220,7 +1220,7 @@ def test_a_signal_while_the_swap_checks_the_archive_says_nothing_was_restored(
     swapped, run_faber, database_url, postgres_admin_url, monkeypatch
 ):
     """SIGTERM while the swap restore checks the archive's digest (long for a large archive), before
-    any copy exists: the document says the restore was stopped before the swap, the database as
+    any copy exists: the document says the restore was stopped before it began, the database as
     it was. Before, the check ran outside the restore's own handling of a signal, and the run said
     the provider "did not say whether it committed"."""
     project_dir, target = swapped
@@ -1237,7 +1237,7 @@ def test_a_signal_while_the_swap_checks_the_archive_says_nothing_was_restored(
 
     assert document.code == "INTERRUPTED", document
     assert document.result["restore_committed"] is False, document
-    assert "stopped before the swap" in document.result["details"], document
+    assert "stopped before it began" in document.result["details"], document
     assert database_state(database_url) == before
     assert set(databases(postgres_admin_url, target)) == {target}
 

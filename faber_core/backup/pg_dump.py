@@ -252,12 +252,18 @@ def faber_backup_prune(context: RunContext, keep_last: int | None, dry_run: bool
 
 @hookimpl
 def faber_backup_restore(context: RunContext, backup: BackupRecord) -> RestoreOutcome:
+    # Imported here: only a restore needs them, and every command registers this plugin (start-up).
+    from faber_core.backup.restore import restore_archive, stopped_before_it_began
+    from faber_core.backup.swap import restore_by_swap
+
     store.refuse_another_database(context, backup)
     options = context.backup_options(PgDumpOptions)
     database = context.database
     try:
         with database.connect() as conn:
             major = conn.info.server_version // 10000
+    except KeyboardInterrupt as interrupt:  # a connection may take seconds to be refused
+        return stopped_before_it_began(backup, interrupt)
     except database.connect_errors as exc:  # before anything of the restore ran
         reason = context.redactor.redact(database.describe_connect_error(exc))
         raise RestoreFailed(
@@ -267,10 +273,6 @@ def faber_backup_restore(context: RunContext, backup: BackupRecord) -> RestoreOu
             backup_id=backup.id,
         ) from None
     tools = find_client_dir(major)
-    # Imported here: only a restore needs them, and every command registers this plugin (start-up).
-    from faber_core.backup.restore import restore_archive
-    from faber_core.backup.swap import restore_by_swap
-
     if options.restore_mode == "swap":
         return restore_by_swap(context, backup, tools, major, jobs(options))
     return restore_archive(context, backup, tools, major)

@@ -30,7 +30,9 @@ ends early.
 An interrupt (SIGINT, SIGTERM) can also arrive once the COMMIT is on its way or done (during the
 ANALYZE). So after stopping ``psql`` and ending its session, faber asks the server what became of
 the transaction (``txid_status``) and returns an interrupted :class:`RestoreOutcome` saying
-whether it committed: the database is then exactly the backup, or exactly as before.
+whether it committed: the database is then exactly the backup, or exactly as before. One that
+arrives once ``psql`` ended after the COMMIT (``backup.restore_step`` ``committed`` emitted, the
+scratch list being removed) says it committed.
 
 Sessions carry ``client_connection_check_interval`` so the server notices a dead ``psql`` within
 seconds, even mid-statement; on an interrupt faber also terminates the session itself.
@@ -46,6 +48,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -113,12 +116,13 @@ def restore_archive(context: RunContext, backup: BackupRecord, tools: Path, majo
     ]
     if not store.archive_present(archive):
         raise RestoreFailed(f"Backup archive {backup.location} is missing", suggestions=manual[1:])
-    with store.reading(archive) as fd:
-        # Stopped before the restore's transaction began (reading which schemas to keep, checking
-        # the archive, reading what to restore), nothing was changed: said so, as a stop inside the
-        # transaction is.
-        restore_started = False
-        try:
+    # Stopped before the restore's transaction began (reading which schemas to keep, checking the
+    # archive, reading what to restore), nothing was changed; stopped once it committed (removing
+    # the scratch list, closing the archive), the database is the backup: either is said, as a
+    # stop inside the transaction is.
+    notes: str | None = None
+    try:
+        with store.reading(archive) as fd:
             keep = kept_schemas(context, backup)
             store.verify_archive(context, backup, fd)
             with context.database.connect() as conn:
@@ -126,45 +130,62 @@ def restore_archive(context: RunContext, backup: BackupRecord, tools: Path, majo
                 prelude = restore_prelude(conn, *keep) + properties.script
                 finish = analyze_restored(keep).as_string(conn)
             with restore_list(context, backup, tools, archive, fd, keep) as listed:
-                restore_started = True
                 notes = _run_in_one_transaction(
                     context, backup, tools, major, archive, fd, listed, prelude, finish, manual
                 )
-        except KeyboardInterrupt as interrupt:
-            if restore_started:
-                raise
-            return RestoreOutcome.interrupted(
-                backup.id,
-                interrupt,
-                committed=False,
-                details=f"The restore of {backup.id} was stopped before it began: the database is exactly as before it",
-            )
-        except _Interrupted as stopped:
-            return RestoreOutcome.interrupted(
-                backup.id,
-                stopped.interrupt,
-                committed=stopped.committed,
-                details={
-                    True: f"The restore of {backup.id} had committed: the database is exactly the backup",
-                    False: f"The restore of {backup.id} had not committed and was rolled back: the database is "
-                    "exactly as before it",
-                    None: f"Could not ask the server whether the restore of {backup.id} committed",
-                }[stopped.committed],
+                context.emit(events.BACKUP_RESTORE_STEP, step="committed", status="done")
+            restored = RestoreOutcome(
+                backup_id=backup.id,
+                status="success",
+                details=f"Restored {backup.id} ({backup.size_bytes} bytes) in one transaction{notes}"
+                f"{properties.details()}",
+                steps=[
+                    "dropped what changed since the backup (schemas, large objects, publications, subscriptions, "
+                    "event triggers, extensions)",
+                    "put back the database's own settings, comment, grants and connection limit that changed",
+                    "replayed the archive",
+                    "committed",
+                    "analyzed the restored tables",
+                ],
                 provider_data=properties.provider_data(),
             )
-    return RestoreOutcome(
-        backup_id=backup.id,
-        status="success",
-        details=f"Restored {backup.id} ({backup.size_bytes} bytes) in one transaction{notes}{properties.details()}",
-        steps=[
-            "dropped what changed since the backup (schemas, large objects, publications, subscriptions, "
-            "event triggers, extensions)",
-            "put back the database's own settings, comment, grants and connection limit that changed",
-            "replayed the archive",
-            "committed",
-            "analyzed the restored tables",
-        ],
-        provider_data=properties.provider_data(),
+    except KeyboardInterrupt as interrupt:
+        if notes is None:
+            return stopped_before_it_began(backup, interrupt)
+        return _stopped_in_or_after_the_transaction(backup, interrupt, True, properties.provider_data())
+    except _Interrupted as stopped:
+        return _stopped_in_or_after_the_transaction(
+            backup, stopped.interrupt, stopped.committed, properties.provider_data()
+        )
+    return restored
+
+
+def stopped_before_it_began(backup: BackupRecord, interrupt: KeyboardInterrupt) -> RestoreOutcome:
+    """The outcome of a restore a signal stopped before it changed anything."""
+    return RestoreOutcome.interrupted(
+        backup.id,
+        interrupt,
+        committed=False,
+        details=f"The restore of {backup.id} was stopped before it began: the database is exactly as before it",
+    )
+
+
+def _stopped_in_or_after_the_transaction(
+    backup: BackupRecord, interrupt: KeyboardInterrupt, committed: bool | None, provider_data: dict[str, Any]
+) -> RestoreOutcome:
+    """The outcome of a restore a signal stopped once its transaction began: ``committed`` as the
+    server said of it (None: it could not be asked)."""
+    return RestoreOutcome.interrupted(
+        backup.id,
+        interrupt,
+        committed=committed,
+        details={
+            True: f"The restore of {backup.id} had committed: the database is exactly the backup",
+            False: f"The restore of {backup.id} had not committed and was rolled back: the database is "
+            "exactly as before it",
+            None: f"Could not ask the server whether the restore of {backup.id} committed",
+        }[committed],
+        provider_data=provider_data,
     )
 
 
@@ -332,33 +353,36 @@ def _run_in_one_transaction(
     psql_env = client_env(context, major, client_min_messages="error") | {"PGAPPNAME": application}
     directory = archive.is_dir()
     size = None if directory else os.fstat(archive_fd).st_size
-    with tempfile.TemporaryFile() as psql_errors, tempfile.TemporaryFile() as restore_errors:
-        psql = spawn(
-            [tools / "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-f", "-"],
-            env=psql_env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=psql_errors,
-        )
-        restore = spawn(
-            [
-                tools / "pg_restore",
-                "--single-transaction",
-                f"--use-list={listed}",
-                "--file=-",
-                *([archive] if directory else []),
-            ],
-            env=client_env(context, major),
-            stdin=subprocess.DEVNULL if directory else archive_fd,
-            stdout=subprocess.PIPE,
-            stderr=restore_errors,
-        )
-        assert psql.stdin and restore.stdout
-        problem: str | None = None
-        transaction: int | None = None
-        lock_check: LockCheck | None = None
-        commit_sent = False
-        try:
+    started: list[subprocess.Popen] = []  # psql, then pg_restore
+    transaction: int | None = None
+    commit_sent = False
+    try:
+        with tempfile.TemporaryFile() as psql_errors, tempfile.TemporaryFile() as restore_errors:
+            psql = spawn(
+                [tools / "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-f", "-"],
+                env=psql_env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=psql_errors,
+            )
+            started.append(psql)
+            restore = spawn(
+                [
+                    tools / "pg_restore",
+                    "--single-transaction",
+                    f"--use-list={listed}",
+                    "--file=-",
+                    *([archive] if directory else []),
+                ],
+                env=client_env(context, major),
+                stdin=subprocess.DEVNULL if directory else archive_fd,
+                stdout=subprocess.PIPE,
+                stderr=restore_errors,
+            )
+            started.append(restore)
+            assert psql.stdin and restore.stdout
+            problem: str | None = None
+            lock_check: LockCheck | None = None
             try:
                 transaction = _begin(psql)
                 psql.stdin.write(prelude.encode())
@@ -380,23 +404,25 @@ def _run_in_one_transaction(
                 problem = f"psql {how_it_ended(psql.wait())}"
             except _ScriptProblem as exc:
                 problem = str(exc)
-        except KeyboardInterrupt as interrupt:
-            _abandon(context, application, restore, psql)
-            raise _Interrupted(interrupt, _committed(context, transaction) if commit_sent else False) from None
-        except BaseException:
-            # Stopped otherwise: end the transaction for sure before anything else happens.
-            _abandon(context, application, restore, psql)
-            raise
-        if problem is not None:
-            # No COMMIT was sent. Stop psql rather than close its input: a psql waiting for a
-            # lock does not read, and flushing into its full pipe would wait as long.
-            _abandon(context, application, restore, psql)
-        restore.wait()
-        psql.wait()
-        psql_err = _read(psql_errors)
-        restore_err = _read(restore_errors)
-    if problem is None and (psql.returncode == 0 or _committed(context, transaction)):
+            if problem is not None:
+                # No COMMIT was sent. Stop psql rather than close its input: a psql waiting for a
+                # lock does not read, and flushing into its full pipe would wait as long.
+                _abandon(context, application, started)
+            restore.wait()
+            psql.wait()
+            psql_err = _read(psql_errors)
+            restore_err = _read(restore_errors)
         # psql may end in error after the COMMIT ran (a lost connection, killed): the server knows.
+        committed = problem is None and (psql.returncode == 0 or _committed(context, transaction))
+    except BaseException as stopped:
+        # Stopped anyhow, at any moment from psql's start to the answer on its COMMIT: end the
+        # transaction for sure before anything else happens, and on a signal ask the server
+        # which side of the COMMIT it ended on.
+        _abandon(context, application, started)
+        if isinstance(stopped, KeyboardInterrupt):
+            raise _Interrupted(stopped, _committed(context, transaction) if commit_sent else False) from None
+        raise
+    if committed:
         analyze = first_error(psql_err) or (f"psql {how_it_ended(psql.returncode)}" if psql.returncode else "")
         return f"; statistics not refreshed: {context.redactor.redact(analyze)}" if analyze else ""
     if lock_check is not None and LOCK_LOST in psql_err:
@@ -487,13 +513,14 @@ def _without_final_commit(tail: bytes) -> bytes:
     return tail[: match.start()] + b"\n" + match.group(1)
 
 
-def _abandon(context: RunContext, application: str, restore: subprocess.Popen, psql: subprocess.Popen) -> None:
-    """Stop both programs and end the restore's server session: its transaction rolls back now."""
-    stop(restore)
-    stop(psql)
-    assert psql.stdin
-    with contextlib.suppress(OSError, ValueError):
-        psql.stdin.close()  # psql is gone: nothing is flushed, nothing waits
+def _abandon(context: RunContext, application: str, started: list[subprocess.Popen]) -> None:
+    """Stop the programs ``started`` and end the restore's server session: its transaction rolls
+    back now."""
+    for program in reversed(started):
+        stop(program)
+        if program.stdin:
+            with contextlib.suppress(OSError, ValueError):
+                program.stdin.close()  # the program is gone: nothing is flushed, nothing waits
     _terminate_session(context, application)
 
 

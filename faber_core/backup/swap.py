@@ -62,7 +62,7 @@ from psycopg import sql
 
 from faber_core import events, interrupts
 from faber_core.backup import store, writes
-from faber_core.backup.restore import analyze_restored, first_error, kept_schemas, restore_list
+from faber_core.backup.restore import analyze_restored, first_error, kept_schemas, restore_list, stopped_before_it_began
 from faber_core.context import RunContext
 from faber_core.errors import FaberError, LockLost, RestoreFailed
 from faber_core.models import BackupRecord, RestoreOutcome
@@ -128,10 +128,13 @@ def restore_by_swap(context: RunContext, backup: BackupRecord, tools: Path, majo
     # Imported by a restore only: a status imports this module for the databases a killed swap left.
     from faber_core.backup import database_properties
 
-    target = _server_name(context, backup)
     archive = context.project_dir / (backup.location or "")
     if not store.archive_present(archive):
         raise RestoreFailed(f"Backup archive {backup.location} is missing; the database is unchanged")
+    try:
+        target = _server_name(context, backup)
+    except KeyboardInterrupt as interrupt:
+        return stopped_before_it_began(backup, interrupt)
     swap = _Swap(
         context=context,
         backup=backup,
@@ -141,15 +144,17 @@ def restore_by_swap(context: RunContext, backup: BackupRecord, tools: Path, majo
         maintenance=_maintenance_database(target),
         jobs=jobs,
     )
-    keep = kept_schemas(context, backup)
-    with interrupts.raised_once(), store.reading(archive) as fd:
-        swap.properties = database_properties.recorded(backup)
+    with interrupts.raised_once():
         try:
-            # Inside: a signal while a large archive is checked stops a restore that changed nothing,
-            # and says so, as one stopped later before the swap does.
-            store.verify_archive(context, backup, fd)
-            with restore_list(context, backup, tools, archive, fd, keep) as listed:
-                _run(swap, tools, major, listed, keep)
+            # Inside: a signal while the schemas to keep are read (a query that may wait for a lock)
+            # or a large archive is checked stops a restore that changed nothing, and says so, as
+            # one stopped later before the swap does.
+            with store.reading(archive) as fd:
+                keep = kept_schemas(context, backup)
+                swap.properties = database_properties.recorded(backup)
+                store.verify_archive(context, backup, fd)
+                with restore_list(context, backup, tools, archive, fd, keep) as listed:
+                    _run(swap, tools, major, listed, keep)
         except KeyboardInterrupt as interrupt:
             return _interrupted(swap, interrupt)
         except LockLost as lost:  # before the swap: the target is unchanged
@@ -745,7 +750,8 @@ def _interrupted(swap: _Swap, interrupt: KeyboardInterrupt) -> RestoreOutcome:
     if committed is False:
         gone = not swap.created or _drop_quietly(swap, swap.restoring)
         leftover = None if gone else swap.restoring
-        details = f"The restore of {backup} was stopped before the swap: {target} is exactly as before it"
+        before = "the swap" if swap.created else "it began"
+        details = f"The restore of {backup} was stopped before {before}: {target} is exactly as before it"
         advice = [] if leftover is None else [_drop_advice(leftover, "a partly restored copy")]
     elif committed:
         leftover = None if swap.dropped_previous else swap.previous

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import uuid
@@ -362,6 +363,16 @@ def faber_at_once(count: int, *args: str, cwd: Path, timeout: float = 300) -> li
     runs = [start_faber(*args, cwd=cwd) for _ in range(count)]
     finished = [run.communicate(timeout=timeout) for run in runs]
     return [FaberRun(run.returncode, out.decode(), err.decode()) for run, (out, err) in zip(runs, finished)]
+
+
+def without_root_file_access() -> list[str]:
+    """The prefix that runs a program as this user without the power to read any file: root's
+    is taken from it (``setpriv``), as a deploy user's never had it."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv to run faber as root without the power to read any file")
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
 
 
 def free_port() -> int:
