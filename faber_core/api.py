@@ -663,6 +663,7 @@ def run_command(
     from faber_core.plugins import Plugins
 
     def opened(run: _Run) -> Success:
+        run.preparing = True
         project = resolve_project_dir(working_directory)
         plugins_ = Plugins()
         options = fleet_options or FleetOptions()
@@ -670,6 +671,7 @@ def run_command(
         if settings is None or fleet_body is None:
             return _run_body(run, project, plugins_, operation, environment, body, progress, listeners)
         plugins_.require_fleet_backup(environment, settings)  # before any target is touched
+        run.preparing = False
         fleet = _fleet()
         # The run's redactor learns every target's URL before the first target starts.
         found = fleet.open_fleet(project, environment, settings, run.redactor, options)
@@ -717,6 +719,7 @@ def _run_body(
     from faber_core.context import open_context
     from faber_core.render import ProgressPrinter
 
+    run.preparing = True
     # The run's redactor, so that errors raised while the URL is parsed are masked too.
     run.context = context = open_context(
         project,
@@ -731,6 +734,7 @@ def _run_body(
     if progress is not None:
         context.listeners.append(ProgressPrinter(progress, context.redactor))
     context.listeners += [*listeners, plugins.audit_listener(context)]
+    run.preparing = False
     return body(context, plugins)
 
 
@@ -743,6 +747,9 @@ def run_guarded(operation: str, environment: str | None, body: Callable[[], Succ
 class _Run:
     redactor: Redactor
     context: RunContext | None = None
+    preparing: bool = False
+    """Loading the plugins, reading the config, opening the context: nothing done yet that an
+    interrupt could leave half done."""
 
 
 def _execute(
@@ -776,11 +783,15 @@ def _execute(
             # stopped once its restore began through the restore's outcome (Interrupted errors,
             # above), and a run whose outcome is decided holds the signal (interrupts.settle):
             # this is an interrupt anywhere else, never one after a restore committed.
-            document = ErrorDocument.from_error(
-                Interrupted.by(
+            if run.preparing:
+                stopped = Interrupted.by(interrupt, "before the run began: nothing was done")
+            else:
+                stopped = Interrupted.by(
                     interrupt,
                     suggestions=[f"Check the state with: faber status {environment}"] if environment else [],
-                ),
+                )
+            document = ErrorDocument.from_error(
+                stopped,
                 operation=operation,
                 environment=environment,
                 tool=_tool(run),

@@ -1908,30 +1908,20 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
                 f"Leave --to out to restore the newest: faber rollback {context.environment}",
             ],
         )
-    listed = plugins.backup_list(context)
-    backups = [b for b in listed if b.status == "available"]
-    if backup_id is not None:
-        chosen = next((b for b in backups if b.id == backup_id), None)
-        if chosen is None:
-            unusable = next((b for b in listed if b.id == backup_id), None)
-            why = f": {unusable.problem or unusable.status}" if unusable else ""
-            raise ConfigError(
-                f"No usable backup {backup_id} for {context.environment}{why}",
-                suggestions=[f"List backups with: faber backups {context.environment}"],
-            )
-    elif backups:
-        chosen = backups[0]
-        refuse_an_older_backup_than_the_newest(context, listed, chosen)
-    else:
-        raise ConfigError(
-            f"No backups found for {context.environment}",
-            suggestions=[f"Create one with: faber backup {context.environment}"],
-        )
-    store.hold_chosen(context, chosen)
+    try:  # listing the backups reads each one's manifest
+        chosen = backup_to_restore(context, plugins, backup_id)
+    except KeyboardInterrupt as interrupt:
+        retry = f"faber rollback {context.environment}" + (f" --to {backup_id}" if backup_id else "")
+        raise Interrupted.by(
+            interrupt,
+            "before the restore began: nothing was restored",
+            suggestions=[f"Roll back when ready: {retry}"],
+        ) from None
     outcome: RestoreOutcome | None = None
     since: writes.WritesSinceBackup | None = None
     restore_began = False
     try:
+        store.hold_chosen(context, chosen)
         applied_at_start = applied_or_unknown(context, plugins)
         with deploy_lock(context) as lock:
             refuse_if_deployed_meanwhile(context, plugins, chosen, applied_at_start)
@@ -2104,6 +2094,30 @@ def refuse_if_deployed_meanwhile(
             f"If the rollback is still what you want, run it again: faber rollback {env} --to {backup.id}",
         ],
     )
+
+
+def backup_to_restore(context: RunContext, plugins: Plugins, backup_id: str | None) -> BackupRecord:
+    """The backup ``faber rollback`` restores: ``backup_id``, or the newest usable one."""
+    listed = plugins.backup_list(context)
+    backups = [b for b in listed if b.status == "available"]
+    if backup_id is not None:
+        chosen = next((b for b in backups if b.id == backup_id), None)
+        if chosen is None:
+            unusable = next((b for b in listed if b.id == backup_id), None)
+            why = f": {unusable.problem or unusable.status}" if unusable else ""
+            raise ConfigError(
+                f"No usable backup {backup_id} for {context.environment}{why}",
+                suggestions=[f"List backups with: faber backups {context.environment}"],
+            )
+    elif backups:
+        chosen = backups[0]
+        refuse_an_older_backup_than_the_newest(context, listed, chosen)
+    else:
+        raise ConfigError(
+            f"No backups found for {context.environment}",
+            suggestions=[f"Create one with: faber backup {context.environment}"],
+        )
+    return chosen
 
 
 def rollback_interrupted_before_the_restore(

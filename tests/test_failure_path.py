@@ -541,6 +541,35 @@ def test_a_rollback_stopped_while_counting_writes_says_nothing_was_restored(
     assert "Traceback" not in run.stderr() and CANARY_PASSWORD not in run.stdout() + run.stderr()
 
 
+def test_a_rollback_stopped_while_it_lists_the_backups_says_nothing_was_restored(
+    sql_project, database_url, monkeypatch
+):
+    """A signal while `faber rollback` reads the backups' manifests to choose one (this process
+    sends it to itself as the listing starts): found by a kill sweep, this ended with a bare
+    "Interrupted by SIGTERM" and "check the state", as if a restore may have run."""
+    from faber_core import api
+    from faber_core.backup import store
+
+    project_dir = sql_project({"001_users": USERS})
+    assert start(project_dir, database_url, "migrate", ENVIRONMENT, "--yes").finish() == 0
+    list_backups = store.list_backups
+
+    def listing_as_a_signal_lands(context):
+        os.kill(os.getpid(), signal.SIGTERM)  # handled at once, in this thread
+        return list_backups(context)
+
+    monkeypatch.setattr(store, "list_backups", listing_as_a_signal_lands)
+    monkeypatch.setenv(URL_ENV, database_url)
+    monkeypatch.setenv("FABER_PLUGINS", "faber_core.testing.sqlfiles")
+    ended = api.rollback(ENVIRONMENT, yes=True, working_directory=project_dir)
+    document = ended.model_dump(mode="json")
+
+    assert (ended.exit_code, document["code"]) == (130, "INTERRUPTED"), document
+    assert document["error"] == "Interrupted by SIGTERM before the restore began: nothing was restored", document
+    assert document["recovery"]["suggestions"] == [f"Roll back when ready: faber rollback {ENVIRONMENT}"], document
+    assert tables(database_url) == {"users", "sqlfiles_migrations"}
+
+
 def test_an_automatic_rollback_whose_lock_was_lost_before_the_restore_restores_nothing(
     sql_project, database_url, postgres_admin_url
 ):

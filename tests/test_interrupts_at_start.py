@@ -137,3 +137,31 @@ def test_a_command_line_that_runs_nothing_still_ends_as_interrupted(project, dat
     assert done.returncode == 130, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
     assert f"Interrupted by {signal.Signals(signum).name} before faber started: nothing was done" in done.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_run_interrupted_while_it_checks_its_config_says_nothing_was_done(project, database_url, signum, monkeypatch):
+    """A signal once faber started, while its run reads the config and checks that every plugin it
+    names is installed (this process sends it to itself then): found by a kill sweep of `faber
+    rollback`, this ended with a bare "Interrupted by SIGINT" and "check the state", as if a
+    restore may have run."""
+    from faber_core import api
+    from faber_core.plugins import Plugins
+
+    check_config = Plugins.check_config
+
+    def checked_as_a_signal_lands(self, context):
+        os.kill(os.getpid(), signum)  # handled at once, in this thread
+        return check_config(self, context)
+
+    monkeypatch.setattr(Plugins, "check_config", checked_as_a_signal_lands)
+    monkeypatch.setenv("FABER_PLUGINS", "faber_core.testing.sqlfiles")
+    monkeypatch.setenv(URL_ENV, with_password(database_url))
+    ended = api.deploy(ENVIRONMENT, yes=True, working_directory=project)
+    document = ended.model_dump(mode="json")
+
+    assert (ended.exit_code, document["code"]) == (130, "INTERRUPTED"), document
+    name = signal.Signals(signum).name
+    assert document["error"] == f"Interrupted by {name} before the run began: nothing was done", document
+    assert applied(database_url) == []
+    assert CANARY not in json.dumps(document)

@@ -596,6 +596,30 @@ def test_a_database_named_like_the_restoring_copy_that_is_not_faber_s_is_never_d
         assert conn.execute("SELECT id FROM invoices").fetchall() == [(7,)]
 
 
+def test_an_unlabelled_copy_whose_drop_was_interrupted_is_dropped_by_the_next_swap(
+    swapped, run_faber, database_url, postgres_admin_url
+):
+    """A run killed as it created its copy, before the COMMENT that names it faber's, leaves the copy
+    empty; a later run stopped while it dropped that copy leaves it invalid: PostgreSQL marks a
+    database so (``datconnlimit`` -2) before it removes its files, and no one can connect to it
+    since. Marked here as DROP DATABASE marks it (a signal landing inside the drop's checkpoint
+    is a race). Found by a kill sweep: every later swap restore refused the name as not faber's."""
+    project_dir, target = swapped
+    copy = restoring_name(target)
+    admin_execute(postgres_admin_url, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(copy)))
+    admin_execute(postgres_admin_url, "UPDATE pg_catalog.pg_database SET datconnlimit = -2 WHERE datname = %s", [copy])
+    execute(database_url, "CREATE TABLE accounts (id int PRIMARY KEY); INSERT INTO accounts VALUES (1)")
+    backup_id = backup(run_faber, project_dir)
+    at_backup = database_state(database_url)
+    execute(database_url, "INSERT INTO accounts VALUES (2)")
+
+    done = rollback(run_faber, project_dir, backup_id)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert database_state(database_url) == at_backup
+    assert list(databases(postgres_admin_url, target)) == [target]
+
+
 @pytest.mark.parametrize(
     "signals",
     [[signal.SIGKILL], [signal.SIGTERM], [signal.SIGINT], [signal.SIGTERM, signal.SIGTERM]],

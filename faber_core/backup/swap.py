@@ -73,6 +73,9 @@ from faber_core.processes import how_it_ended, spawn
 if TYPE_CHECKING:
     from faber_core.backup.database_properties import DatabaseProperties
 
+INVALID_DATABASE = -2
+"""``pg_database.datconnlimit`` of a database whose DROP DATABASE was interrupted (from PostgreSQL
+15.4 on; it is marked so before its files go): no one can connect to it, and it can only be dropped."""
 SWAP_ATTEMPTS = 3
 """Tries of the swap when a session connected between the end of the others and the rename."""
 SESSIONS_END_SECONDS = 10.0
@@ -382,14 +385,18 @@ def _drop_leftovers(admin: psycopg.Connection, swap: _Swap) -> None:
     database of those names is not faber's."""
     for name in (swap.restoring, swap.previous):
         row = admin.execute(
-            "SELECT pg_catalog.shobj_description(oid, 'pg_database') FROM pg_catalog.pg_database WHERE datname = %s",
-            [name],
+            "SELECT pg_catalog.shobj_description(oid, 'pg_database'), datconnlimit = %s"
+            " FROM pg_catalog.pg_database WHERE datname = %s",
+            [INVALID_DATABASE, name],
         ).fetchone()
         if row is None:
             continue
-        # A kill between its CREATE and its COMMENT leaves the restoring database without one, and empty.
-        uncommented_copy = name == swap.restoring and row[0] is None and _empty(swap, name)
-        if not (row[0] or "").startswith(MARKER) and not uncommented_copy:
+        comment, invalid = row
+        # A kill between its CREATE and its COMMENT leaves the restoring database without one, and
+        # empty; a run stopped while it dropped that copy, invalid (see INVALID_DATABASE), which no
+        # one can connect to to see that it is empty.
+        uncommented_copy = name == swap.restoring and comment is None and (invalid or _empty(swap, name))
+        if not (comment or "").startswith(MARKER) and not uncommented_copy:
             raise RestoreFailed(
                 f"restore_mode swap needs the name {name} for itself, but a database of that name exists that faber "
                 "did not create; the database is unchanged",
