@@ -560,6 +560,12 @@ def test_a_swap_restore_of_a_database_with_a_hostile_name(
         },
         {},
     )
+    rollback_restores_the_backup(run_faber, project_dir, url, postgres_admin_url, name)
+
+
+def rollback_restores_the_backup(run_faber, project_dir, url: str, admin_url: str, name: str) -> None:
+    """A table, a backup of it and a row written since; then `faber rollback --to` that backup
+    succeeds, the database is the backup's again and no database of the swap's is left."""
     execute(url, "CREATE TABLE accounts (id int PRIMARY KEY); INSERT INTO accounts VALUES (1)")
     backup_id = backup(run_faber, project_dir)
     at_backup = database_state(url)
@@ -570,7 +576,7 @@ def test_a_swap_restore_of_a_database_with_a_hostile_name(
     assert done.returncode == 0, done.stdout + done.stderr
     assert CANARY_PASSWORD not in done.stdout + done.stderr
     assert database_state(url) == at_backup
-    assert list(databases(postgres_admin_url, name)) == [name]
+    assert list(databases(admin_url, name)) == [name]
 
 
 def test_a_database_named_like_the_restoring_copy_that_is_not_faber_s_is_never_dropped(
@@ -608,16 +614,7 @@ def test_an_unlabelled_copy_whose_drop_was_interrupted_is_dropped_by_the_next_sw
     copy = restoring_name(target)
     admin_execute(postgres_admin_url, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(copy)))
     admin_execute(postgres_admin_url, "UPDATE pg_catalog.pg_database SET datconnlimit = -2 WHERE datname = %s", [copy])
-    execute(database_url, "CREATE TABLE accounts (id int PRIMARY KEY); INSERT INTO accounts VALUES (1)")
-    backup_id = backup(run_faber, project_dir)
-    at_backup = database_state(database_url)
-    execute(database_url, "INSERT INTO accounts VALUES (2)")
-
-    done = rollback(run_faber, project_dir, backup_id)
-
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert database_state(database_url) == at_backup
-    assert list(databases(postgres_admin_url, target)) == [target]
+    rollback_restores_the_backup(run_faber, project_dir, database_url, postgres_admin_url, target)
 
 
 @pytest.mark.parametrize(
