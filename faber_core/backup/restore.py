@@ -61,6 +61,7 @@ from faber_core.engines import LOCK_LOST
 from faber_core.errors import RestoreFailed
 from faber_core.models import BackupRecord, RestoreOutcome
 from faber_core.processes import child_environment, how_it_ended, spawn, stop, supervised
+from faber_core.support.scratch_folders import scratch_folder
 
 CHUNK = 1 << 20
 _TAIL_BYTES = 1 << 16
@@ -219,13 +220,9 @@ def restore_list(
         and _entry_schema(line) not in kept
     ]
     # Written before anything changes: a full temporary disk there leaves the database unchanged.
-    try:
-        scratch = tempfile.TemporaryDirectory(prefix="faber-restore-")
-    except OSError as exc:
-        raise _list_not_written(context, backup, exc) from None
-    with scratch:
-        listed = Path(scratch.name) / "restore.list"
+    with contextlib.ExitStack() as scratch:
         try:
+            listed = scratch.enter_context(scratch_folder("faber-restore-")) / "restore.list"
             listed.write_bytes(b"".join(listed_lines))
         except OSError as exc:
             raise _list_not_written(context, backup, exc) from None

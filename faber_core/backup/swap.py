@@ -69,6 +69,7 @@ from faber_core.models import BackupRecord, RestoreOutcome
 from faber_core.postgres.names import alias_refusal, alias_suggestions, database_names
 from faber_core.postgres.scratch import MARKER, previous_name, restoring_name
 from faber_core.processes import how_it_ended, spawn
+from faber_core.support.scratch_folders import scratch_folder
 
 if TYPE_CHECKING:
     from faber_core.backup.database_properties import DatabaseProperties
@@ -500,7 +501,7 @@ def _copy_faber_schema(swap: _Swap, tools: Path, major: int, keep: list[str]) ->
         ]
     if not present:
         return  # nothing recorded yet
-    with tempfile.TemporaryDirectory(prefix="faber-swap-") as scratch:
+    with scratch_folder("faber-swap-") as scratch:
         copy = Path(scratch) / "faber-schema.dump"
         source_env = client_env(context, major) | {"PGAPPNAME": swap.application}
         _run_tool(

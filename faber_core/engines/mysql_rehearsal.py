@@ -47,6 +47,7 @@ from faber_core.engines import (
 from faber_core.engines.mysql import DATABASE_ACCESS_DENIED, error_code
 from faber_core.errors import BackupFailed, ConfigError, FaberError
 from faber_core.processes import how_it_ended, spawn, supervised
+from faber_core.support.scratch_folders import scratch_folder
 
 GRANT = f"GRANT ALL ON `{like_prefix(REHEARSAL_PREFIX)}`.* TO <user>"
 _QUOTED_PART = re.compile(r"`((?:[^`]|``)*)`")
@@ -167,7 +168,7 @@ def _copy_target(context: RunContext, tools: tuple[Path, Path], rehearsal: Rehea
     dump, client = tools
     target = context.database.name or ""
     ignored = [f"--ignore-table={target}.{table}" for table in left_out]
-    with tempfile.TemporaryDirectory(prefix="faber-rehearsal-") as scratch:
+    with scratch_folder("faber-rehearsal-") as scratch:
         schema = Path(scratch) / "schema.sql"
         selection = ["--hex-blob"] if rehearsal.includes_data else ["--no-data"]
         _dump(context, dump, schema, ["--routines", "--triggers", "--events", *selection, *ignored, target])

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,6 +40,7 @@ from faber_core.interrupts import deferred
 from faber_core.postgres.names import DatabaseNames, alias_refusal, alias_suggestions, names_of
 from faber_core.postgres.scratch import rehearsal_comment
 from faber_core.processes import how_it_ended, run_tool
+from faber_core.support.scratch_folders import scratch_folder
 
 
 @contextmanager
@@ -191,7 +191,7 @@ def _create_database(conn: psycopg.Connection, context: RunContext, name: str, t
 
 
 def _copy_target(context: RunContext, tools: Path, rehearsal: Rehearsal) -> None:
-    with tempfile.TemporaryDirectory(prefix="faber-rehearsal-") as scratch:
+    with scratch_folder("faber-rehearsal-") as scratch:
         schema_archive = Path(scratch) / "schema.dump"
         _dump(context, tools, schema_archive, [] if rehearsal.includes_data else ["--schema-only"])
         _restore(context, tools, schema_archive, rehearsal)

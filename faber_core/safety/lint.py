@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import tempfile
 from pathlib import Path
 
 from pglast.parser import ParseError
@@ -32,6 +31,7 @@ from faber_core.processes import find_program, run_captured
 from faber_core.safety import rules
 from faber_core.safety.models import LintFinding
 from faber_core.safety.statements import located_statements
+from faber_core.support.scratch_folders import scratch_folder
 
 SQUAWK = "squawk"
 RULES_FABER_SATISFIES = (
@@ -83,7 +83,7 @@ def lint_migrations(
             suggestions=["pip install squawk-cli", 'Or set "lint": "off" for this environment'],
         )
     findings: dict[str, list[LintFinding]] = {name: [] for name in migrations}
-    with tempfile.TemporaryDirectory(prefix="faber-lint-") as scratch:
+    with scratch_folder("faber-lint-") as scratch:
         for in_transaction in (True, False):
             batch = {
                 name: sql
