@@ -230,7 +230,7 @@ def health(
                 f"Health check of {environment} failed: "
                 + "; ".join(f"{r.name}: {r.details}" if r.details else r.name for r in failed),
                 result={"health_check": "failed", "checks": checks, "details": "; ".join(r.details for r in failed)},
-                suggestions=health_suggestions(context, plugins, failed[0]),
+                suggestions=health_suggestions(context, plugins, results),
             )
         return Success(
             operation=HEALTH,
