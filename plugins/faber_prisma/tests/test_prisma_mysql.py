@@ -216,20 +216,23 @@ def test_resolve_applied_killed_as_it_records_the_migration_leaves_it_failed_not
     apply_pending(prisma_plugins, prisma_context(project))
     hold = f"faber-test-hold-{uuid.uuid4().hex[:12]}"
     held = f"SET @held = GET_LOCK('{hold}', 60)"
-    mysql_query(f"CREATE TRIGGER hold_insert BEFORE INSERT ON _prisma_migrations FOR EACH ROW {held}")
+    # MariaDB ends the wait of a client that died at once: the trigger fails the INSERT whatever
+    # ends the wait, as the killed run's would never commit.
+    mysql_query(
+        f"CREATE TRIGGER hold_insert BEFORE INSERT ON _prisma_migrations FOR EACH ROW"
+        f" BEGIN {held}; SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'the INSERT the test held'; END"
+    )
     with mysql_connect(mysql_database_url) as holder:
         assert holder.execute("SELECT GET_LOCK(%s, 0)", [hold]).fetchone()[0] == 1
         run = FaberProcess.start(project, "resolve", "staging", "--applied", "20240102000000_half", "--json")
         # The trigger's statement, as the process list shows the session while it waits.
         waiting = "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO = %s"
         try:
-            session = run.wait_until(lambda: holder.execute(waiting, [held]).fetchone(), what="the INSERT held")[0]
+            run.wait_until(lambda: holder.execute(waiting, [held]).fetchone(), what="the INSERT held")
             run.kill(signal.SIGKILL)
             assert run.wait(5) == -signal.SIGKILL
         finally:
             run.stop_everything()
-        # The dead client's session, ended rather than left waiting on the test's lock.
-        holder.execute(f"KILL {int(session)}")
     mysql_query("DROP TRIGGER hold_insert")
 
     status = faber(run_faber, project, "status", "staging")
@@ -257,11 +260,14 @@ def test_prismas_lock_is_held_while_applying(mysql_prisma_project, prisma_contex
 def held_by_another_session_of_this_test(conn) -> bool:
     """Whether Prisma's lock is held by a session of this test's own user other than ``conn``
     (tests on other databases use other users)."""
-    return conn.execute(
-        "SELECT COUNT(*) FROM information_schema.processlist WHERE id = IS_USED_LOCK(%s)"
-        " AND user = SUBSTRING_INDEX(USER(), '@', 1) AND id != CONNECTION_ID()",
-        [LOCK_NAME],
-    ).fetchone()[0] == 1
+    return (
+        conn.execute(
+            "SELECT COUNT(*) FROM information_schema.processlist WHERE id = IS_USED_LOCK(%s)"
+            " AND user = SUBSTRING_INDEX(USER(), '@', 1) AND id != CONNECTION_ID()",
+            [LOCK_NAME],
+        ).fetchone()[0]
+        == 1
+    )
 
 
 def test_faber_holds_prismas_lock_until_it_is_done(
@@ -466,7 +472,9 @@ def test_an_interrupt_mid_script_names_the_statements_that_committed(
     assert "tags" in tables and "never" not in tables
 
 
-def test_a_preview_before_the_first_deploy_leaves_the_database_empty_for_it(mysql_prisma_project, run_faber, mysql_query):
+def test_a_preview_before_the_first_deploy_leaves_the_database_empty_for_it(
+    mysql_prisma_project, run_faber, mysql_query
+):
     # The preview records itself in faber_deployments, in the target database on MySQL: a table of
     # faber's, not one that makes the database "not empty" for the first deploy (P3005).
     project = mysql_prisma_project({"0001_init": INIT})
