@@ -494,6 +494,12 @@ def check_document(bed: Bed, point: Point, run: FaberProcess, matched: str | Non
     is what it holds; its scratch databases are gone."""
     problems = [f"scratch database left: {name}" for name in mysql_scratch_databases(bed.admin_url, bed.name)]
     said = document(run)
+    if not said:
+        return [
+            *problems,
+            f"no JSON document (exit {run.proc.returncode}): {run.stdout()[-2000:]!r}"
+            f"\n  stderr: {run.stderr()[-3000:]}",
+        ]
     text = json.dumps(said)
     result = said.get("result") or {}
     decided = said.get("status") == "success" or result.get("rollback_status") == "success"
@@ -502,10 +508,7 @@ def check_document(bed: Bed, point: Point, run: FaberProcess, matched: str | Non
         # small restore finished, while the run records or prints): what it says is checked below.
         pass
     elif "SIGTERM" not in text:
-        problems.append(
-            f"the document does not name SIGTERM (exit {run.proc.returncode}): {run.stdout()[-2000:]!r}"
-            f"\n  stderr: {run.stderr()[-3000:]}"
-        )
+        problems.append(f"the document does not name SIGTERM: {text[:2000]}")
     elif run.proc.returncode != 130 or said.get("code") != "INTERRUPTED":
         problems.append(f"exit {run.proc.returncode} with {said.get('code')}: {text[:2000]}")
     committed = result.get("restore_committed")
