@@ -20,14 +20,9 @@ from faber_core.models import (
 )
 from faber_core.support.sessions import Measurement, measured_transaction
 from faber_core.support.sql import is_transactional, split_statements
-from faber_plainsql import TOOL, history
+from faber_plainsql import history
 from faber_plainsql.migrations import read_migrations
-
-
-def read_state(context: RunContext) -> MigrationState:
-    local = [file.migration for file in read_migrations(context)]
-    with context.database.connect(application_name="faber plainsql status") as conn:
-        return MigrationState(tool=TOOL, local=local, records=history.read_records(conn))
+from faber_plainsql.status import read_state
 
 
 def apply(context: RunContext, pending: list[LocalMigration]) -> ApplyOutcome:

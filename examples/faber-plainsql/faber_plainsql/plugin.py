@@ -27,9 +27,9 @@ def faber_migration_tools() -> list[ToolInfo]:
 
 @hookimpl
 def faber_migration_status(context: RunContext) -> MigrationState:
-    from faber_plainsql import applier
+    from faber_plainsql.status import read_state
 
-    return applier.read_state(context)
+    return read_state(context)
 
 
 @hookimpl
