@@ -19,7 +19,6 @@ def build_deferred_models() -> None:
     pydantic builds a deferred model on its first use without a lock: threads using one for the
     first time at once can find it half built ("'MockValSer' object is not an instance of
     'SchemaSerializer'"). A fleet calls this before its targets' threads start."""
-    import faber_core.backup.writes
     import faber_core.models
     import faber_core.results
     import faber_core.safety.models  # noqa: F401  (the modules that define them)

@@ -46,7 +46,6 @@ DOCUMENT_MODULES = (
     "faber_core.models",
     "faber_core.results",
     "faber_core.safety.models",
-    "faber_core.backup.writes",
     "faber_core.fleet",
 )
 """The modules of the models whose ``Literal`` fields give words. Only those imported count: a

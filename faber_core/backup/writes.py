@@ -49,18 +49,17 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import psycopg
 from psycopg import sql
-from pydantic import Field, model_serializer
 
 from faber_core import events
 from faber_core.context import LockCheck, RunContext
 from faber_core.engines import LOCK_LOST
 from faber_core.errors import SessionRefused
-from faber_core.model_base import DeferredModel
 from faber_core.models import ApplyOutcome, BackupRecord
+from faber_core.results import TableWrites, WritesSinceBackup
 from faber_core.safety.timeouts import session_timeouts_again
 
 TABLE = "faber_backup_baselines"
@@ -143,48 +142,6 @@ class Counters:
     """relid -> (qualified name, inserted + updated + deleted)"""
     stats_reset: dt.datetime | None
     server_started_at: dt.datetime
-
-
-class TableWrites(DeferredModel):
-    table: str
-    rows: int = Field(description="Rows inserted, updated or deleted since the backup, faber's own writes excluded.")
-
-
-class WritesSinceBackup(DeferredModel):
-    """What a restore of ``backup_id`` would discard, as far as PostgreSQL's counters tell."""
-
-    backup_id: str
-    status: Literal["none", "found", "unknown"]
-    tables: list[TableWrites] = Field(default_factory=list)
-    attribution: Literal["exact", "unknown"] = Field(
-        "exact",
-        description="unknown: a handler did not report its migrations' writes, so faber's share is not known. Left "
-        "out when the status is unknown: nothing was counted to attribute.",
-    )
-    in_flight: list[str] = Field(
-        default_factory=list, description="Sessions holding write locks on user tables right now (pid, app, table)."
-    )
-    reason: str | None = Field(None, description="Why the result is unknown, or what it could not see.")
-
-    @model_serializer(mode="wrap")
-    def _drop_attribution_of_nothing(self, handler: Any) -> dict[str, Any]:
-        data = handler(self)
-        if self.status == "unknown":
-            data.pop("attribution", None)
-        return data
-
-    @property
-    def total_rows(self) -> int:
-        return sum(t.rows for t in self.tables)
-
-    def summary(self) -> str:
-        if self.status == "unknown":
-            return f"writes since {self.backup_id} unknown: {self.reason}"
-        if self.status == "none":
-            return f"no rows written since {self.backup_id} by anything but faber"
-        who = "the application (or faber's unmeasured migrations)" if self.attribution == "unknown" else "others"
-        listed = ", ".join(f"{t.table} ({t.rows} row{'s' if t.rows != 1 else ''})" for t in self.tables)
-        return f"rows written since {self.backup_id} by {who}: {listed}"
 
 
 # For handlers: measuring a migration's own writes ------------------------------------------

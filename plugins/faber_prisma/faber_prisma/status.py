@@ -8,7 +8,6 @@ import psycopg
 from faber_core.context import RunContext
 from faber_core.errors import HealthCheckFailed
 from faber_core.models import LocalMigration, MigrationRecord, MigrationState
-from faber_core.support.sessions import blocked_read_error
 from psycopg import sql
 
 from faber_prisma import TOOL, is_mysql
@@ -72,6 +71,9 @@ def read_state(context: RunContext) -> MigrationState:
         try:
             records = history.records()
         except psycopg.errors.LockNotAvailable:
+            # Imported here: support.sessions brings the writes measurement, which a status never uses.
+            from faber_core.support.sessions import blocked_read_error
+
             raise blocked_read_error(
                 conn, history.table.as_string(conn), context.database.lock_timeout, context.redactor.redact
             ) from None
