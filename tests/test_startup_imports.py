@@ -59,6 +59,8 @@ NOT_FOR_A_STATUS = {
     "faber_core.backup.restore": "only a restore",
     "faber_core.postgres.rehearsal": "a status names a leftover rehearsal copy from faber_core.postgres.scratch",
     "faber_core.workflow": "a status reads through faber_core.status_reads; the workflow deploys, rolls back, resolves",
+    "faber_core.backup.store": "the backup providers import it when a backup is taken, listed or restored",
+    "faber_core.backup.writes": "only a backup, a restore or a deploy's measured migrations",
 }
 
 OTHER_TOOLS_OPTIONS = {"NodeToolOptions", "TypeormOptions", "SequelizeOptions"}
@@ -137,3 +139,38 @@ def test_deploy_and_status_of_one_postgresql_database_import_no_heavy_library(fa
     assert not set(status_run["models"]) & NOT_BUILT_FOR_A_STATUS, status_run["models"]
     for run in (deploy_run, status_run):
         assert not set(run["models"]) & OTHER_TOOLS_OPTIONS, run["models"]
+
+
+def test_status_of_a_plain_sql_project_imports_neither_the_applier_nor_the_backup_modules(
+    faber_project, database_url, tmp_path
+):
+    config = {
+        "database": {
+            "migration_tool": "plainsql",
+            "plainsql": {"folder": "sql"},
+            "environments": {
+                "production": {"database_url_env": "STARTUP_DATABASE_URL", "backup_before_migrate": False}
+            },
+        }
+    }
+    project = faber_project(config, {"sql/V1__t1.sql": "CREATE TABLE t1 (id bigint);\n"})
+    env = {"STARTUP_DATABASE_URL": database_url}
+    deploy, deploy_run = run_recording_modules(
+        tmp_path, "migrate", "production", "--yes", "--cwd", str(project), env=env
+    )
+    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+    status, status_run = run_recording_modules(
+        tmp_path, "status", "production", "--json", "--cwd", str(project), env=env
+    )
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert json.loads(status.stdout)["result"]["applied"] == ["V1__t1"]
+    assert "faber_plainsql.applier" in deploy_run["modules"]  # the deploy imported it when it applied
+    modules = set(status_run["modules"])
+    not_needed = {
+        "faber_plainsql.applier": "the status reads the history through faber_plainsql.status",
+        "faber_core.support.sql": "only the applier and the preview split or estimate SQL",
+        **NOT_FOR_A_STATUS,
+    }
+    loaded = {name: why for name, why in not_needed.items() if imported(modules, name)}
+    assert not loaded, f"imported although {loaded}"
+    assert "faber_plainsql.status" in modules

@@ -45,7 +45,6 @@ from typing import Any
 # No `import pymysql`: this built-in plugin is registered on every run, PostgreSQL's too. Its
 # errors are the engine's `driver_error` and the connection's `Error` (PEP 249) instead.
 from faber_core import events, hookimpl
-from faber_core.backup import store
 from faber_core.context import RunContext
 from faber_core.errors import BackupFailed, RestoreFailed
 from faber_core.models import (
@@ -141,6 +140,9 @@ def client_environment(context: RunContext) -> dict[str, str]:
 
 @hookimpl
 def faber_backup_create(context: RunContext, reason: str, migrations: list[tuple[str, str | None]]) -> BackupRecord:
+    # Imported here: every command registers this plugin, few use the store (start-up).
+    from faber_core.backup import store
+
     database = context.database
     version = database.engine.server_version(database)
     if version is None:
@@ -195,11 +197,17 @@ def _faber_tables(context: RunContext) -> list[str]:
 
 @hookimpl
 def faber_backup_list(context: RunContext) -> list[BackupRecord]:
+    # Imported here: every command registers this plugin, few use the store (start-up).
+    from faber_core.backup import store
+
     return store.list_backups(context)
 
 
 @hookimpl
 def faber_backup_prune(context: RunContext, keep_last: int | None, dry_run: bool) -> BackupPruneOutcome:
+    # Imported here: every command registers this plugin, few use the store (start-up).
+    from faber_core.backup import store
+
     return store.prune_backups(context, keep_last, dry_run)
 
 
@@ -221,6 +229,9 @@ def like_prefix(prefix: str) -> str:
 
 @hookimpl
 def faber_backup_restore(context: RunContext, backup: BackupRecord) -> RestoreOutcome:
+    # Imported here: every command registers this plugin, few use the store (start-up).
+    from faber_core.backup import store
+
     archive = context.project_dir / (backup.location or "")
     target = context.database.name or ""
     manual = [f"The database is unchanged; restore by hand with: mariadb {target} < {archive}"]
@@ -254,6 +265,9 @@ def _restore(
     manual: list[str],
     progress: RestoreProgress,
 ) -> RestoreOutcome:
+    # Imported here: every command registers this plugin, few use the store (start-up).
+    from faber_core.backup import store
+
     prefix = scratch_prefix(target)
     run = f"{int(time.time() * 1000):x}"
     scratch, displaced = f"{prefix}{run}_new", f"{prefix}{run}_old"

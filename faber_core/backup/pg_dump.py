@@ -28,7 +28,6 @@ import psycopg
 from pydantic import BaseModel, ConfigDict, Field
 
 from faber_core import hookimpl
-from faber_core.backup import store
 from faber_core.context import RunContext
 from faber_core.errors import BackupFailed, RestoreFailed
 from faber_core.models import BackupProviderInfo, BackupPruneOutcome, BackupRecord, RestoreOutcome
@@ -171,7 +170,8 @@ def client_env(context: RunContext, server_major: int, **settings: str) -> dict[
 
 @hookimpl
 def faber_backup_create(context: RunContext, reason: str, migrations: list[tuple[str, str | None]]) -> BackupRecord:
-    from faber_core.backup import database_properties
+    # Imported here: every command registers this plugin, only a backup uses these (start-up).
+    from faber_core.backup import database_properties, store
 
     try:
         major, version, properties = _server_and_properties(context)
@@ -242,17 +242,24 @@ def jobs(options: PgDumpOptions) -> int:
 
 @hookimpl
 def faber_backup_list(context: RunContext) -> list[BackupRecord]:
+    # Imported here: every command registers this plugin, few use the store (start-up).
+    from faber_core.backup import store
+
     return store.list_backups(context)
 
 
 @hookimpl
 def faber_backup_prune(context: RunContext, keep_last: int | None, dry_run: bool) -> BackupPruneOutcome:
+    # Imported here: every command registers this plugin, few use the store (start-up).
+    from faber_core.backup import store
+
     return store.prune_backups(context, keep_last, dry_run)
 
 
 @hookimpl
 def faber_backup_restore(context: RunContext, backup: BackupRecord) -> RestoreOutcome:
     # Imported here: only a restore needs them, and every command registers this plugin (start-up).
+    from faber_core.backup import store
     from faber_core.backup.restore import restore_archive, stopped_before_it_began
     from faber_core.backup.swap import restore_by_swap
 
