@@ -31,6 +31,7 @@ from faber_core.testing.faults import (
     AUDIT_LOG,
     AnswerDropped,
     FaberProcess,
+    backup_files,
     event_matcher,
     holdable_migration,
     migration_session,
@@ -125,7 +126,7 @@ def test_reads_work_again_soon_after_faber_dies_inside_a_long_migration(project,
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
-@pytest.mark.parametrize("command", ["rollback", "migrate"])
+@pytest.mark.parametrize("command", ["rollback", "migrate", "backup"])
 def test_a_signal_ends_the_wait_for_faber_lock_and_changes_nothing(project, database_url, signum, command):
     directory = project({}, lock_wait_seconds=600)
     backup = start(directory, database_url, "backup", ENVIRONMENT, "--json")
@@ -134,7 +135,10 @@ def test_a_signal_ends_the_wait_for_faber_lock_and_changes_nothing(project, data
     before = snapshot(database_url)
     with psycopg.connect(database_url, autocommit=True) as other_run:
         other_run.execute("SELECT pg_advisory_lock(%s)", [faber_lock_key(database_name(database_url))])
-        run = start(directory, database_url, command, ENVIRONMENT, "--yes", "--json")
+        backups = backup_files(directory)
+        run = start(
+            directory, database_url, command, ENVIRONMENT, *([] if command == "backup" else ["--yes"]), "--json"
+        )
         try:
             run.wait_for(event_matcher("step.finished", step="lock"))  # connected: from here it waits
             run.kill(signum)
@@ -147,6 +151,7 @@ def test_a_signal_ends_the_wait_for_faber_lock_and_changes_nothing(project, data
     assert document["code"] == "INTERRUPTED" and document["result"]["interrupted_by"] == signum.name
     assert "lock.acquired" not in run.kinds()
     assert not snapshot(database_url).differences(before)
+    assert backup_files(directory) == backups
     assert CANARY_PASSWORD not in run.stdout() + run.stderr()
 
 
