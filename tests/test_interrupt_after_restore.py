@@ -197,6 +197,37 @@ def test_sigterm_as_the_in_place_restore_ends_after_its_commit_says_it_committed
     assert_is_the_backup(engine)
 
 
+def test_sigterm_after_the_in_place_restore_committed_reports_the_application_rows_it_discarded(
+    database_url: str, tmp_path: Path
+) -> None:
+    """``faber rollback --discard-app-writes`` interrupted once its restore committed: the
+    INTERRUPTED document still lists the application's rows the restore discarded
+    (``writes_since_backup``), as an uninterrupted rollback's does; they are gone for good."""
+    engine = postgres_engine(database_url)
+    project, backup_id = restore_ahead(engine, "rollback", tmp_path / "project")
+    with psycopg.connect(database_url) as application:
+        application.execute("INSERT INTO accounts (id, email) VALUES (3, 'three@example.com')")
+    args = ("rollback", ENVIRONMENT, "--to", backup_id, "--yes", "--discard-app-writes")
+
+    run = faber(project, engine.url, *args, hold_after="backup.restore_step")
+    try:
+        committed = run.wait_for(event_matcher("backup.restore_step"))
+        run.kill(signal.SIGTERM)
+        code = run.wait(EXIT_BOUND)
+    finally:
+        run.stop_everything()
+    assert committed["data"] == {"step": "committed", "status": "done"}, committed
+    document = json.loads(run.stdout())
+    assert_says_restored(document, code, "rollback", backup_id)
+    assert document["code"] == "INTERRUPTED", document
+    writes = document["result"].get("writes_since_backup") or {}
+    assert writes.get("status") == "found", document
+    assert writes.get("tables") == [{"table": "public.accounts", "rows": 1}], document
+    assert_is_the_backup(engine)
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM accounts").fetchone() == (2,)
+
+
 def assert_says_restored(
     document: dict[str, Any], code: int, command: str, backup_id: str | None, sent: str = "SIGTERM"
 ) -> None:
