@@ -150,6 +150,9 @@ def test_a_signal_ends_the_wait_for_faber_lock_and_changes_nothing(project, data
     document = json.loads(run.stdout())
     assert document["code"] == "INTERRUPTED" and document["result"]["interrupted_by"] == signum.name
     assert "lock.acquired" not in run.kinds()
+    if command == "rollback":  # stopped before its restore began: it says nothing was restored
+        result = document["result"]
+        assert (result.get("rollback_status"), result.get("restore_committed")) == ("failed", False), document
     assert not snapshot(database_url).differences(before)
     assert backup_files(directory) == backups
     assert CANARY_PASSWORD not in run.stdout() + run.stderr()
