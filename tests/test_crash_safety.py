@@ -158,6 +158,56 @@ def test_a_signal_ends_the_wait_for_faber_lock_and_changes_nothing(project, data
     assert CANARY_PASSWORD not in run.stdout() + run.stderr()
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+@pytest.mark.parametrize("command", ["rollback", "migrate"])
+def test_a_signal_at_the_approval_prompt_is_an_interrupt_that_changes_nothing(project, database_url, signum, command):
+    """faber asks on its terminal (a pty) before it restores or deploys a protected environment; a
+    CI runner's SIGTERM or a Ctrl-C there ends the run as an interrupt (exit 130, ``INTERRUPTED``,
+    a rollback's ``restore_committed: false``), not as a question answered no, and changes nothing."""
+    directory = project({})
+    backup = start(directory, database_url, "backup", ENVIRONMENT, "--json")
+    assert backup.finish() == 0, backup.stdout()
+    backup_id = json.loads(backup.stdout())["result"]["id"]
+    (directory / "migrations" / "001_orders.sql").write_text("CREATE TABLE orders (id int);")
+    if command == "rollback":
+        with psycopg.connect(database_url) as conn:
+            conn.execute("CREATE TABLE since_backup (id int)")  # what a restore would drop
+    before = snapshot(database_url)
+    backups = backup_files(directory)
+    terminal, seat = pty.openpty()
+    args = ["--to", backup_id] if command == "rollback" else []
+    argv = [sys.executable, "-m", "faber_core", command, ENVIRONMENT, *args, "--json", "--cwd", str(directory)]
+    offset = (directory / AUDIT_LOG).stat().st_size
+    stdout, stderr = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    proc = subprocess.Popen(
+        argv,
+        stdin=seat,
+        stdout=stdout,
+        stderr=stderr,
+        env={**os.environ, "FABER_PLUGINS": SQLFILES, URL_ENV: database_url},
+        start_new_session=True,
+    )
+    os.close(seat)
+    run = FaberProcess(directory, argv, proc, stdout, stderr, offset)
+    try:
+        run.wait_until(lambda: "[y/N]" in run.stderr(), what="the approval prompt")
+        run.kill(signum)
+        code = run.wait(EXIT_BOUND)
+    finally:
+        run.stop_everything()
+        os.close(terminal)
+
+    assert code == 130, run.stdout() + run.stderr()
+    document = json.loads(run.stdout())
+    assert document["code"] == "INTERRUPTED" and document["result"]["interrupted_by"] == signum.name, document
+    if command == "rollback":
+        result = document["result"]
+        assert (result.get("rollback_status"), result.get("restore_committed")) == ("failed", False), document
+    assert not snapshot(database_url).differences(before)
+    assert backup_files(directory) == backups
+    assert CANARY_PASSWORD not in run.stdout() + run.stderr()
+
+
 # The reader of faber's progress goes away -------------------------------------------------
 
 HELD = holdable_migration("002_held", "UPDATE accounts SET tier = 2 WHERE id < 100;")
