@@ -158,7 +158,7 @@ def test_a_signal_ends_the_wait_for_faber_lock_and_changes_nothing(project, data
     assert CANARY_PASSWORD not in run.stdout() + run.stderr()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
 @pytest.mark.parametrize("command", ["rollback", "migrate"])
 def test_a_signal_at_the_approval_prompt_is_an_interrupt_that_changes_nothing(project, database_url, signum, command):
     """faber asks on its terminal (a pty) before it restores or deploys a protected environment; a
