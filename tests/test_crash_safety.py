@@ -32,6 +32,7 @@ from faber_core.testing.faults import (
     AnswerDropped,
     FaberProcess,
     backup_files,
+    end_faber_lock_session,
     event_matcher,
     holdable_migration,
     migration_session,
@@ -174,21 +175,8 @@ def test_a_signal_at_the_approval_prompt_is_an_interrupt_that_changes_nothing(pr
             conn.execute("CREATE TABLE since_backup (id int)")  # what a restore would drop
     before = snapshot(database_url)
     backups = backup_files(directory)
-    terminal, seat = pty.openpty()
     args = ["--to", backup_id] if command == "rollback" else []
-    argv = [sys.executable, "-m", "faber_core", command, ENVIRONMENT, *args, "--json", "--cwd", str(directory)]
-    offset = (directory / AUDIT_LOG).stat().st_size
-    stdout, stderr = tempfile.TemporaryFile(), tempfile.TemporaryFile()
-    proc = subprocess.Popen(
-        argv,
-        stdin=seat,
-        stdout=stdout,
-        stderr=stderr,
-        env={**os.environ, "FABER_PLUGINS": SQLFILES, URL_ENV: database_url},
-        start_new_session=True,
-    )
-    os.close(seat)
-    run = FaberProcess(directory, argv, proc, stdout, stderr, offset)
+    run, terminal = start_on_a_terminal(directory, database_url, command, ENVIRONMENT, *args, "--json")
     try:
         run.wait_until(lambda: "[y/N]" in run.stderr(), what="the approval prompt")
         run.kill(signum)
@@ -205,6 +193,59 @@ def test_a_signal_at_the_approval_prompt_is_an_interrupt_that_changes_nothing(pr
         assert (result.get("rollback_status"), result.get("restore_committed")) == ("failed", False), document
     assert not snapshot(database_url).differences(before)
     assert backup_files(directory) == backups
+    assert CANARY_PASSWORD not in run.stdout() + run.stderr()
+
+
+def start_on_a_terminal(directory: Path, url: str, *args: str) -> tuple[FaberProcess, int]:
+    """``faber ARGS`` with a pseudo-terminal on stdin (so it asks at its prompt), its output in files;
+    the run and the terminal's side to answer on (close it when done)."""
+    terminal, seat = pty.openpty()
+    argv = [sys.executable, "-m", "faber_core", *args, "--cwd", str(directory)]
+    offset = (directory / AUDIT_LOG).stat().st_size
+    stdout, stderr = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    proc = subprocess.Popen(
+        argv,
+        stdin=seat,
+        stdout=stdout,
+        stderr=stderr,
+        env={**os.environ, "FABER_PLUGINS": SQLFILES, URL_ENV: url},
+        start_new_session=True,
+    )
+    os.close(seat)
+    return FaberProcess(directory, argv, proc, stdout, stderr, offset), terminal
+
+
+def test_a_rollback_whose_lock_was_lost_while_a_person_approved_restores_nothing(project, database_url):
+    """faber rollback checks its lock once more after its prompt: ended while the question waited
+    (an idle-session timeout, an operator), and taken by another run, the yes restores nothing:
+    exit 7, LOCKED, the database unchanged."""
+    directory = project({})
+    backup = start(directory, database_url, "backup", ENVIRONMENT, "--json")
+    assert backup.finish() == 0, backup.stdout()
+    backup_id = json.loads(backup.stdout())["result"]["id"]
+    with psycopg.connect(database_url) as conn:
+        conn.execute("CREATE TABLE since_backup (id int)")  # what a restore would drop
+    before = snapshot(database_url)
+    run, terminal = start_on_a_terminal(directory, database_url, "rollback", ENVIRONMENT, "--to", backup_id, "--json")
+    try:
+        with psycopg.connect(database_url, autocommit=True) as other_run:
+            run.wait_until(lambda: "[y/N]" in run.stderr(), what="the approval prompt")
+            end_faber_lock_session(other_run)
+            key = faber_lock_key(database_name(database_url))
+            run.wait_until(
+                lambda: other_run.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()[0],
+                what="faber's lock taken by another run",
+            )
+            os.write(terminal, b"y\n")
+            code = run.wait(EXIT_BOUND)
+    finally:
+        run.stop_everything()
+        os.close(terminal)
+
+    assert code == 7, run.stdout() + run.stderr()
+    document = json.loads(run.stdout())
+    assert document["code"] == "LOCKED", document
+    assert not snapshot(database_url).differences(before)
     assert CANARY_PASSWORD not in run.stdout() + run.stderr()
 
 
