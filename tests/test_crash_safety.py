@@ -196,6 +196,39 @@ def test_a_signal_at_the_approval_prompt_is_an_interrupt_that_changes_nothing(pr
     assert CANARY_PASSWORD not in run.stdout() + run.stderr()
 
 
+def test_a_terminal_closing_at_the_approval_prompt_is_a_hangup_that_changes_nothing(project, database_url):
+    """The terminal (or SSH session) faber asks on closes while the question waits: SIGHUP and the end
+    of its input come together, and the run ends as interrupted by SIGHUP, having changed nothing."""
+    directory = project({"001_orders": "CREATE TABLE orders (id int);"})
+    before = snapshot(database_url)
+    terminal, seat = pty.openpty()
+    argv = [sys.executable, "-m", "faber_core", "migrate", ENVIRONMENT, "--cwd", str(directory)]
+    offset = (directory / AUDIT_LOG).stat().st_size
+    stderr = tempfile.TemporaryFile()
+    proc = subprocess.Popen(
+        argv,
+        stdin=seat,
+        stdout=seat,
+        stderr=stderr,
+        env={**os.environ, "FABER_PLUGINS": SQLFILES, URL_ENV: database_url},
+        start_new_session=True,
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),  # the pty is its terminal
+    )
+    os.close(seat)
+    run = FaberProcess(directory, argv, proc, tempfile.TemporaryFile(), stderr, offset)
+    try:
+        run.wait_until(lambda: "[y/N]" in run.stderr(), what="the approval prompt")
+        os.close(terminal)  # the terminal window, or the SSH session, closes
+        code = run.wait(EXIT_BOUND)
+    finally:
+        run.stop_everything()
+
+    finished = run.wait_for("run.finished", timeout=0)
+    assert code == 130, finished
+    assert finished["data"]["document"]["result"]["interrupted_by"] == "SIGHUP", finished
+    assert not snapshot(database_url).differences(before)
+
+
 def start_on_a_terminal(directory: Path, url: str, *args: str) -> tuple[FaberProcess, int]:
     """``faber ARGS`` with a pseudo-terminal on stdin (so it asks at its prompt), its output in files;
     the run and the terminal's side to answer on (close it when done)."""
