@@ -324,6 +324,39 @@ def test_an_interrupt_during_a_migration_restores_and_reports_what_committed(
 
 
 @pytest.mark.parametrize("again", [signal.SIGTERM, signal.SIGINT], ids=lambda s: f"then-{s.name}")
+def test_a_second_signal_while_the_interrupted_deploy_waits_for_the_write_counters_still_restores(
+    sql_project, database_url, postgres_admin_url, again
+):
+    """The second signal lands while the automatic rollback of an interrupted deploy waits for the
+    write counters, before its restore began (an application session is connected): later signals
+    are ignored from the moment a deploy starts applying, so the deploy still restores its backup."""
+    held = holdable_migration("002_posts", POSTS)
+    project_dir = sql_project({"001_users": USERS, "002_posts": held, "003_more": "SELECT 1;"})
+    name = database_url.rsplit("/", 1)[1]
+    url = database_url_for(postgres_admin_url, name, password=CANARY_PASSWORD)
+    run = start(project_dir, url, "migrate", ENVIRONMENT, "--yes", "--json", env=session_settings(hold="002_posts"))
+    try:
+        with application_connected(database_url):
+            run.wait_for(event_matcher("migration.started", name="002_posts"))
+            held_in(run, postgres_admin_url, name)
+            run.kill(signal.SIGTERM)
+            run.wait_for(events.WRITES_WAITING)
+            run.kill(again)
+            code = run.wait(EXIT_BOUND)
+    finally:
+        run.stop_everything()
+
+    assert code == 130, run.stderr()[-2000:]
+    document = json.loads(run.stdout())
+    result = document["result"]
+    assert (document["code"], result["interrupted_by"]) == ("INTERRUPTED", "SIGTERM"), document
+    assert result["applied_migrations"] == ["001_users"], document
+    assert result["rollback_status"] == "success" and result["backup_id"], document
+    assert tables(database_url) == set()
+    assert CANARY_PASSWORD not in run.stdout() + run.stderr()
+
+
+@pytest.mark.parametrize("again", [signal.SIGTERM, signal.SIGINT], ids=lambda s: f"then-{s.name}")
 def test_a_second_signal_while_the_interrupted_deploy_restores_is_ignored_and_the_restore_finishes(
     sql_project, database_url, postgres_admin_url, again
 ):
