@@ -127,7 +127,7 @@ def test_reads_work_again_soon_after_faber_dies_inside_a_long_migration(project,
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
-@pytest.mark.parametrize("command", ["rollback", "migrate", "backup"])
+@pytest.mark.parametrize("command", ["rollback", "migrate", "backup", "resolve"])
 def test_a_signal_ends_the_wait_for_faber_lock_and_changes_nothing(project, database_url, signum, command):
     directory = project({}, lock_wait_seconds=600)
     backup = start(directory, database_url, "backup", ENVIRONMENT, "--json")
@@ -137,9 +137,8 @@ def test_a_signal_ends_the_wait_for_faber_lock_and_changes_nothing(project, data
     with psycopg.connect(database_url, autocommit=True) as other_run:
         other_run.execute("SELECT pg_advisory_lock(%s)", [faber_lock_key(database_name(database_url))])
         backups = backup_files(directory)
-        run = start(
-            directory, database_url, command, ENVIRONMENT, *([] if command == "backup" else ["--yes"]), "--json"
-        )
+        options = {"backup": [], "resolve": ["--rolled-back", "001_orders"]}.get(command, ["--yes"])
+        run = start(directory, database_url, command, ENVIRONMENT, *options, "--json")
         try:
             run.wait_for(event_matcher("step.finished", step="lock"))  # connected: from here it waits
             run.kill(signum)
