@@ -497,7 +497,7 @@ def test_a_signal_while_the_rehearsal_copy_is_being_labelled_drops_it(
             run.kill(signal.SIGTERM)
             # Dropping the copy deletes its label too, so it waits for the catalog as well.
             run.wait_until(
-                lambda: run.proc.poll() is not None or drop_waiting(postgres_admin_url, copy),
+                lambda: not run.running() or drop_waiting(postgres_admin_url, copy),
                 what="faber to exit or to drop its copy",
             )
             catalog.execute("ROLLBACK")
