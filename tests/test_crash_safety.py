@@ -384,6 +384,54 @@ def test_a_signal_as_the_finished_run_closes_what_it_kept_keeps_its_document(pro
     ) in run.stderr()
 
 
+# A signal while a finalizer runs ---------------------------------------------------------
+
+SIGNALLED_IN_A_FINALIZER = """
+import os, signal, time
+
+from faber_core import hookimpl
+
+
+class SignalledAsItIsFinalized:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.3)  # the handler runs meanwhile, inside the finalizer
+
+
+@hookimpl
+def faber_audit_event(event):
+    if event.kind == "migration.started" and event.data.get("name") == "002_ledgers":
+        SignalledAsItIsFinalized()  # dropped at once: its finalizer runs here
+        time.sleep(1)  # the migration goes on: a signal stops it
+"""
+"""A plugin in whose object's finalizer (``__del__``) faber gets a SIGTERM, as migration 002 starts."""
+
+
+def test_a_signal_while_a_finalizer_runs_still_stops_the_deploy(project, database_url, tmp_path):
+    """Python ignores an exception raised in a finalizer (an object's ``__del__``, a generator the
+    garbage collector closes), and finalizers run wherever faber is. A SIGTERM landing in one was
+    lost: "Exception ignored" and a traceback on stderr, and the deploy it was meant to stop went
+    on to the end (seen in the MySQL step sweep: a SIGTERM at the backup, then every migration
+    applied and exit 0)."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "signalled_in_a_finalizer.py").write_text(SIGNALLED_IN_A_FINALIZER)
+    directory = project(
+        {"001_tier": "ALTER TABLE accounts ADD COLUMN tier int;", "002_ledgers": "CREATE TABLE ledgers (id int);"}
+    )
+    path = os.pathsep.join(filter(None, [str(plugins), os.environ.get("PYTHONPATH")]))
+    env = {URL_ENV: database_url, "FABER_PLUGINS": f"{SQLFILES},signalled_in_a_finalizer", "PYTHONPATH": path}
+    run = FaberProcess.start(directory, "migrate", ENVIRONMENT, "--yes", "--json", env=env)
+    code = run.finish(EXIT_BOUND)
+
+    assert code == 130, run.stdout() + run.stderr()
+    document = json.loads(run.stdout())
+    assert document["code"] == "INTERRUPTED" and document["result"]["interrupted_by"] == "SIGTERM"
+    assert "Exception ignored" not in run.stderr() and "Traceback" not in run.stderr()
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT to_regclass('ledgers')").fetchone()[0] is None
+
+
 # A closed terminal or SSH session (SIGHUP) --------------------------------------------------
 
 SLEEPING = holdable_migration("002_held", "SELECT 1;")
@@ -628,7 +676,7 @@ def test_a_signal_while_the_rehearsal_copy_is_being_labelled_drops_it(
             run.kill(signal.SIGTERM)
             # Dropping the copy deletes its label too, so it waits for the catalog as well.
             run.wait_until(
-                lambda: run.proc.poll() is not None or drop_waiting(postgres_admin_url, copy),
+                lambda: not run.running() or drop_waiting(postgres_admin_url, copy),
                 what="faber to exit or to drop its copy",
             )
             catalog.execute("ROLLBACK")

@@ -149,7 +149,7 @@ def test_sigterm_once_the_restore_committed_says_it_committed(
     run = faber(project, engine.url, *args, hold_after="rollback.finished" if held else None)
     try:
         finished = run.wait_for(event_matcher("rollback.finished"))
-        alive_at_the_signal = run.proc.poll() is None
+        alive_at_the_signal = run.running()
         run.kill(signal.SIGTERM)
         code = run.wait(EXIT_BOUND)
         assert code is not None, f"faber still running {EXIT_BOUND}s after SIGTERM"
