@@ -141,13 +141,16 @@ def test_a_lock_lost_once_the_in_place_restore_committed_is_reported_with_the_re
     """faber's lock session ended once the in-place restore's COMMIT had run (the run held at the
     restore's "committed" step): the restore is the backup, and the run says the lock was lost
     while it restored. ``faber rollback`` exits 7 (``LOCKED``, ``restore_committed: true``), not
-    success; a failed deploy keeps its own exit code and ``rollback_status: "success"`` with
+    success, and names the application's rows the restore discarded (before, it left them out); a
+    failed deploy keeps its own exit code and ``rollback_status: "success"`` with
     ``restore_committed: true`` and a suggestion naming the lost lock."""
     env = {**run_env(database_url), held_event.EVENT_ENV: ""}
     project = deployed_project(faber_project, env)
     if command == "rollback":
         backup_id = deployed_with_a_backup(project, env)
-        args: tuple[str, ...] = ("rollback", ENVIRONMENT, "--to", backup_id, "--yes", "--json")
+        with psycopg.connect(database_url, autocommit=True) as application:
+            application.execute("INSERT INTO accounts (id) SELECT generate_series(1001, 1005)")
+        args: tuple[str, ...] = ("rollback", ENVIRONMENT, "--to", backup_id, "--yes", "--discard-app-writes", "--json")
     else:
         (project / "migrations" / "002_broken.sql").write_text("SELECT 1 / 0;\n")
         args = ("migrate", ENVIRONMENT, "--yes", "--json")
@@ -171,7 +174,10 @@ def test_a_lock_lost_once_the_in_place_restore_committed_is_reported_with_the_re
     assert columns == [("id",)], "the restore committed: the backup's accounts, without tier"
     if command == "rollback":
         assert (code, document["code"]) == (7, "LOCKED"), document
-        assert result["restore_committed"] is True, result
+        assert (result["rollback_status"], result["restore_committed"]) == ("success", True), result
+        assert result["migrations"] == ["000_base"], result
+        discarded = result["writes_since_backup"]
+        assert discarded["status"] == "found" and discarded["tables"][0]["rows"] == 5, discarded
         assert "the restore committed" in document["error"], document
     else:
         assert (code, document["code"]) == (6, "MIGRATION_FAILED"), document
