@@ -203,8 +203,9 @@ def _raise_again_if_interrupt(
 
 def _send_held_again() -> None:
     time.sleep(0.01)
-    if _holding.arrived:  # not raised meanwhile
-        signal.pthread_kill(threading.main_thread().ident, _holding.arrived[0])
+    held = list(_holding.arrived)  # the main thread may raise and empty it meanwhile
+    if held:  # not raised meanwhile
+        signal.pthread_kill(threading.main_thread().ident, held[0])
 
 
 @contextmanager
