@@ -149,7 +149,11 @@ def _approver() -> Callable[[str], bool] | None:
     def ask(question: str) -> bool:
         try:
             return typer.confirm(question, default=False, err=True)
-        except typer.Abort:
+        except typer.Abort as abort:
+            # Click turns an interrupt at the prompt into Abort, as it does end of input: a
+            # SIGTERM or Ctrl-C there stops the run (INTERRUPTED), it is no answer.
+            if isinstance(abort.__context__, KeyboardInterrupt):
+                raise abort.__context__ from None
             return False
 
     return ask

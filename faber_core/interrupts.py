@@ -11,11 +11,14 @@ cancels the statement it waits on, and the workflow's failure path reports ``INT
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from types import FrameType
+from typing import Any
 
 
 class Terminated(KeyboardInterrupt):
@@ -90,6 +93,7 @@ def _on_interrupt(signum: int, frame: FrameType | None) -> None:
     if _held():
         _holding.arrived.append(signum)
         return
+    _holding.arrived = []  # one held and not yet raised (see _raise_again_if_interrupt) is this one
     _raise(signum)
 
 
@@ -149,6 +153,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
         return
     previous = {signum: signal.signal(signum, _on_interrupt) for signum in _handled()}
+    previous_unraisable_hook = sys.unraisablehook
+    sys.unraisablehook = partial(_raise_again_if_interrupt, otherwise=previous_unraisable_hook)
     _holding.runs += 1
     _holding.ran = True
     try:
@@ -157,6 +163,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
         _holding.runs -= 1
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        sys.unraisablehook = previous_unraisable_hook
         if _holding.settled:  # a run that ended otherwise than through its document
             _holding.settled = False
             if _holding.runs == 0:
@@ -164,6 +171,41 @@ def sigterm_as_interrupt() -> Iterator[None]:
         _holding.raised = False
         _holding.arrived_in_command = None
         _holding.arrival.clear()
+
+
+def _raise_again_if_interrupt(
+    unraisable: sys.UnraisableHookArgs, otherwise: Callable[[sys.UnraisableHookArgs], Any]
+) -> None:
+    """An interrupt raised where Python ignores exceptions (an object's ``__del__``, a generator
+    closed by the garbage collector, a weakref callback: finalizers, which run wherever the main
+    thread is) is sent again, to be raised in the run's own code.
+
+    Python hands such an exception here, prints it as "Exception ignored in ..." and goes on:
+    a SIGTERM landing while a finalizer ran (a closed file, a process handle, a connection
+    dropped) was lost, and the deploy it was meant to stop went on to the end. Here it is held and,
+    a moment later, sent again to the main thread: raised in the run's own code once the finalizer
+    has returned (lost again, it comes back here), or as the run's next step starts, whichever is
+    first. Any other exception goes to ``otherwise``, the hook the run found."""
+    interrupt = unraisable.exc_value
+    if not isinstance(interrupt, KeyboardInterrupt) or threading.current_thread() is not threading.main_thread():
+        otherwise(unraisable)
+        return
+    _holding.raised = False  # it stopped nothing: within raised_once(), it is still the first
+    # Sent again from another thread, so that a step that runs long (a migration) is stopped too:
+    # sent from this one, it would be handled at once, in the hook, and ignored for good.
+    _holding.arrived.append(_signal_number(interrupt))
+    _holding.active += 1  # Thread.start() waits: a signal meanwhile is held too
+    try:
+        threading.Thread(target=_send_held_again, name="faber-interrupt-again", daemon=True).start()
+    finally:
+        _holding.active -= 1
+
+
+def _send_held_again() -> None:
+    time.sleep(0.01)
+    held = list(_holding.arrived)  # the main thread may raise and empty it meanwhile
+    if held:  # not raised meanwhile
+        signal.pthread_kill(threading.main_thread().ident, held[0])
 
 
 @contextmanager
@@ -301,6 +343,10 @@ def pause(seconds: float) -> None:
 
 def signal_name(interrupt: KeyboardInterrupt) -> str:
     """The signal behind an interrupt, for messages: ``SIGTERM``, ``SIGHUP`` or ``SIGINT`` (Ctrl-C)."""
+    return signal.Signals(_signal_number(interrupt)).name
+
+
+def _signal_number(interrupt: KeyboardInterrupt) -> int:
     if isinstance(interrupt, HungUp):
-        return "SIGHUP"
-    return "SIGTERM" if isinstance(interrupt, Terminated) else "SIGINT"
+        return signal.SIGHUP
+    return signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT

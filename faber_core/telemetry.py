@@ -28,6 +28,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from faber_core import __version__, events, hookimpl
 from faber_core.context import RunContext
+from faber_core.interrupts import raise_held
 from faber_core.models import AuditEvent
 from faber_core.secrets import Redactor
 from faber_core.vocabulary import Step
@@ -105,7 +106,9 @@ def record_outcome(span: trace.Span, exit_code: int, document: Success | ErrorDo
 def step(context: RunContext, name: Step, **attributes: Any) -> Iterator[trace.Span]:
     """A span named ``faber.step.<name>`` wrapped in ``step.started`` / ``step.finished`` events.
 
-    ``name`` is one of :data:`faber_core.vocabulary.Step`, which redaction keeps as it is."""
+    ``name`` is one of :data:`faber_core.vocabulary.Step`, which redaction keeps as it is. An
+    interrupt held and not yet raised (:func:`faber_core.interrupts.raise_held`) is raised first."""
+    raise_held()
     context.emit(events.STEP_STARTED, step=name)
     started = time.monotonic()
     safe = {key: _safe_value(value, context.redactor) for key, value in attributes.items()}

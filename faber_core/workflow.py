@@ -1934,7 +1934,7 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
             restore_began = True
             outcome, lock_lost = restore_holding_lock(context, plugins, lock, chosen, checked)
             if lock_lost:
-                raise lock_lost_during_restore(context, chosen, outcome)
+                raise lock_lost_during_restore(context, chosen, outcome, checked.latest)
     except KeyboardInterrupt as interrupt:
         if not restore_began:  # waiting for the lock, the writes' counters or the approval
             raise rollback_interrupted_before_the_restore(context, chosen, since, interrupt) from None
@@ -2041,15 +2041,27 @@ def restore_stopped_for_lost_lock(context: RunContext, backup: BackupRecord) -> 
     ]
 
 
-def lock_lost_during_restore(context: RunContext, backup: BackupRecord, outcome: RestoreOutcome) -> LockLost:
+def lock_lost_during_restore(
+    context: RunContext, backup: BackupRecord, outcome: RestoreOutcome, since: writes.WritesSinceBackup
+) -> LockLost:
     """``faber rollback`` whose restore committed while faber's lock was lost: another run may have
-    worked on the database as it was half restored."""
+    worked on the database as it was half restored. The result is the restore's, with the writes
+    since the backup its checks found, which it discarded."""
     env = context.environment
+    result = RollbackResult(
+        backup_id=backup.id,
+        rollback_status="success",
+        restore_committed=True,
+        migrations=[name for name, _ in backup.migrations],
+        details=outcome.details,
+        writes_since_backup=since,
+        **provider_fields(outcome),
+    )
     return LockLost(
         f"faber's lock on the database was lost during the restore of {backup.id}: its session ended or let "
         f"it go (e.g. {context.database.engine.lock_release_hint}), so another run may have read, backed up or "
         f"deployed {env} while it restored; the restore committed ({outcome.details})",
-        result={"backup_id": backup.id, "restore_committed": True, "details": outcome.details},
+        result=result.model_dump(mode="json"),
         suggestions=[
             "Find out who ended faber's session (an operator, a connection limit, a proxy timeout)",
             f"Check what ran meanwhile: faber history {env} and faber status {env}",

@@ -180,7 +180,7 @@ def restore_sessions(url: str) -> list[tuple]:
         ).fetchall()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
 def test_a_kill_in_the_middle_of_a_restore_leaves_the_database_as_before(
     production, database_url, signum, postgres_admin_url
 ):
@@ -225,12 +225,22 @@ def test_a_kill_in_the_middle_of_a_restore_leaves_the_database_as_before(
         finally:
             if faber.poll() is None:
                 faber.kill()
-            faber.communicate()
+            out, err = faber.communicate()
         # The server ends the killed client's session by itself (client_connection_check_interval).
         wait_for(lambda: not restore_sessions(database_url), "the restore session to end", timeout=20)
 
     assert faber.returncode != 0
     assert database_state(database_url) == before
+    assert CANARY_PASSWORD not in (out + err).decode()
+    if signum != signal.SIGKILL:
+        # The document says the restore was stopped before its COMMIT: nothing of it remains.
+        document = json.loads(out)
+        said = json.dumps(document)
+        assert (faber.returncode, document["code"]) == (130, "INTERRUPTED"), said
+        result = document["result"]
+        assert result["interrupted_by"] == signum.name, said
+        assert result["restore_committed"] is False and result["rollback_status"] == "failed", said
+        assert result["backup_id"] == record.id, said
 
 
 def test_psql_killed_in_the_middle_of_a_restore_is_named_and_the_database_is_as_before(production, database_url):

@@ -539,15 +539,20 @@ def test_killing_faber_during_pg_dump_leaves_no_orphan_and_no_partial_file(produ
     assert list(folder(project_dir).iterdir()) == []
 
 
-def test_a_backup_interrupted_once_it_was_made_says_it_was_made(production, database_url, run_faber):
+@pytest.mark.parametrize("command", ["backup", "migrate"])
+def test_a_backup_interrupted_once_it_was_made_says_it_was_made(production, database_url, run_faber, command):
     """The signal lands as the backup's write counters are recorded, after its manifest: the backup
     is whole and listed. Before, the document was a bare INTERRUPTED that named no backup, as if
-    none had been made."""
+    none had been made. A deploy stopped there applied nothing, and its backup restores, saying
+    the rows written since it are unknown (its write counters were never recorded)."""
     project_dir, _ = production
     assert run_faber("backup", "production", "--json", cwd=project_dir, env=SQLFILES).returncode == 0
+    (project_dir / "migrations").mkdir(exist_ok=True)
+    (project_dir / "migrations" / "001_orders.sql").write_text("CREATE TABLE orders (id int);")
+    args = ("backup", "production", "--json") if command == "backup" else ("migrate", "production", "--yes", "--json")
     with psycopg.connect(database_url) as holder:
         holder.execute("LOCK TABLE faber.faber_backup_baselines IN ACCESS EXCLUSIVE MODE")
-        run = FaberProcess.start(project_dir, "backup", "production", "--json", env=SQLFILES)
+        run = FaberProcess.start(project_dir, *args, env=SQLFILES)
         try:
             run.wait_for("backup.started")
             run.wait_until(lambda: baseline_waits(database_url), what="the write counters' record held")
@@ -564,6 +569,19 @@ def test_a_backup_interrupted_once_it_was_made_says_it_was_made(production, data
     assert newest["status"] == "available" and document["result"]["backup_id"] == newest["id"], run.stdout()
     assert f"once backup {newest['id']} was made" in document["error"]
     assert CANARY_PASSWORD not in run.stdout() + run.stderr()
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT to_regclass('public.orders')").fetchone() == (None,)
+    if command == "migrate":
+        assert document["result"].get("applied_migrations", []) == [], run.stdout()
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE orders (id int)")  # what the restore must undo
+        restored = run_faber(
+            "rollback", "production", "--to", newest["id"], "--yes", "--json", cwd=project_dir, env=SQLFILES
+        )
+        assert restored.returncode == 0, restored.stdout
+        assert restored.json["result"]["writes_since_backup"]["status"] == "unknown", restored.stdout
+        with psycopg.connect(database_url) as conn:
+            assert conn.execute("SELECT to_regclass('public.orders')").fetchone() == (None,)
 
 
 def baseline_waits(url: str) -> bool:

@@ -31,6 +31,8 @@ from faber_core.testing.faults import (
     AUDIT_LOG,
     AnswerDropped,
     FaberProcess,
+    backup_files,
+    end_faber_lock_session,
     event_matcher,
     holdable_migration,
     migration_session,
@@ -125,7 +127,7 @@ def test_reads_work_again_soon_after_faber_dies_inside_a_long_migration(project,
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
-@pytest.mark.parametrize("command", ["rollback", "migrate"])
+@pytest.mark.parametrize("command", ["rollback", "migrate", "backup", "resolve"])
 def test_a_signal_ends_the_wait_for_faber_lock_and_changes_nothing(project, database_url, signum, command):
     directory = project({}, lock_wait_seconds=600)
     backup = start(directory, database_url, "backup", ENVIRONMENT, "--json")
@@ -134,7 +136,9 @@ def test_a_signal_ends_the_wait_for_faber_lock_and_changes_nothing(project, data
     before = snapshot(database_url)
     with psycopg.connect(database_url, autocommit=True) as other_run:
         other_run.execute("SELECT pg_advisory_lock(%s)", [faber_lock_key(database_name(database_url))])
-        run = start(directory, database_url, command, ENVIRONMENT, "--yes", "--json")
+        backups = backup_files(directory)
+        options = {"backup": [], "resolve": ["--rolled-back", "001_orders"]}.get(command, ["--yes"])
+        run = start(directory, database_url, command, ENVIRONMENT, *options, "--json")
         try:
             run.wait_for(event_matcher("step.finished", step="lock"))  # connected: from here it waits
             run.kill(signum)
@@ -146,6 +150,133 @@ def test_a_signal_ends_the_wait_for_faber_lock_and_changes_nothing(project, data
     document = json.loads(run.stdout())
     assert document["code"] == "INTERRUPTED" and document["result"]["interrupted_by"] == signum.name
     assert "lock.acquired" not in run.kinds()
+    if command == "rollback":  # stopped before its restore began: it says nothing was restored
+        result = document["result"]
+        assert (result.get("rollback_status"), result.get("restore_committed")) == ("failed", False), document
+    assert not snapshot(database_url).differences(before)
+    assert backup_files(directory) == backups
+    assert CANARY_PASSWORD not in run.stdout() + run.stderr()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
+@pytest.mark.parametrize("command", ["rollback", "migrate"])
+def test_a_signal_at_the_approval_prompt_is_an_interrupt_that_changes_nothing(project, database_url, signum, command):
+    """faber asks on its terminal (a pty) before it restores or deploys a protected environment; a
+    CI runner's SIGTERM or a Ctrl-C there ends the run as an interrupt (exit 130, ``INTERRUPTED``,
+    a rollback's ``restore_committed: false``), not as a question answered no, and changes nothing."""
+    directory = project({})
+    backup = start(directory, database_url, "backup", ENVIRONMENT, "--json")
+    assert backup.finish() == 0, backup.stdout()
+    backup_id = json.loads(backup.stdout())["result"]["id"]
+    (directory / "migrations" / "001_orders.sql").write_text("CREATE TABLE orders (id int);")
+    if command == "rollback":
+        with psycopg.connect(database_url) as conn:
+            conn.execute("CREATE TABLE since_backup (id int)")  # what a restore would drop
+    before = snapshot(database_url)
+    backups = backup_files(directory)
+    args = ["--to", backup_id] if command == "rollback" else []
+    run, terminal = start_on_a_terminal(directory, database_url, command, ENVIRONMENT, *args, "--json")
+    try:
+        run.wait_until(lambda: "[y/N]" in run.stderr(), what="the approval prompt")
+        run.kill(signum)
+        code = run.wait(EXIT_BOUND)
+    finally:
+        run.stop_everything()
+        os.close(terminal)
+
+    assert code == 130, run.stdout() + run.stderr()
+    document = json.loads(run.stdout())
+    assert document["code"] == "INTERRUPTED" and document["result"]["interrupted_by"] == signum.name, document
+    if command == "rollback":
+        result = document["result"]
+        assert (result.get("rollback_status"), result.get("restore_committed")) == ("failed", False), document
+    assert not snapshot(database_url).differences(before)
+    assert backup_files(directory) == backups
+    assert CANARY_PASSWORD not in run.stdout() + run.stderr()
+
+
+def test_a_terminal_closing_at_the_approval_prompt_is_a_hangup_that_changes_nothing(project, database_url):
+    """The terminal (or SSH session) faber asks on closes while the question waits: SIGHUP and the end
+    of its input come together, and the run ends as interrupted by SIGHUP, having changed nothing."""
+    directory = project({"001_orders": "CREATE TABLE orders (id int);"})
+    before = snapshot(database_url)
+    terminal, seat = pty.openpty()
+    argv = [sys.executable, "-m", "faber_core", "migrate", ENVIRONMENT, "--cwd", str(directory)]
+    offset = (directory / AUDIT_LOG).stat().st_size
+    stderr = tempfile.TemporaryFile()
+    proc = subprocess.Popen(
+        argv,
+        stdin=seat,
+        stdout=seat,
+        stderr=stderr,
+        env={**os.environ, "FABER_PLUGINS": SQLFILES, URL_ENV: database_url},
+        start_new_session=True,
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),  # the pty is its terminal
+    )
+    os.close(seat)
+    run = FaberProcess(directory, argv, proc, tempfile.TemporaryFile(), stderr, offset)
+    try:
+        run.wait_until(lambda: "[y/N]" in run.stderr(), what="the approval prompt")
+        os.close(terminal)  # the terminal window, or the SSH session, closes
+        code = run.wait(EXIT_BOUND)
+    finally:
+        run.stop_everything()
+
+    finished = run.wait_for("run.finished", timeout=0)
+    assert code == 130, finished
+    assert finished["data"]["document"]["result"]["interrupted_by"] == "SIGHUP", finished
+    assert not snapshot(database_url).differences(before)
+
+
+def start_on_a_terminal(directory: Path, url: str, *args: str) -> tuple[FaberProcess, int]:
+    """``faber ARGS`` with a pseudo-terminal on stdin (so it asks at its prompt), its output in files;
+    the run and the terminal's side to answer on (close it when done)."""
+    terminal, seat = pty.openpty()
+    argv = [sys.executable, "-m", "faber_core", *args, "--cwd", str(directory)]
+    offset = (directory / AUDIT_LOG).stat().st_size
+    stdout, stderr = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    proc = subprocess.Popen(
+        argv,
+        stdin=seat,
+        stdout=stdout,
+        stderr=stderr,
+        env={**os.environ, "FABER_PLUGINS": SQLFILES, URL_ENV: url},
+        start_new_session=True,
+    )
+    os.close(seat)
+    return FaberProcess(directory, argv, proc, stdout, stderr, offset), terminal
+
+
+def test_a_rollback_whose_lock_was_lost_while_a_person_approved_restores_nothing(project, database_url):
+    """faber rollback checks its lock once more after its prompt: ended while the question waited
+    (an idle-session timeout, an operator), and taken by another run, the yes restores nothing:
+    exit 7, LOCKED, the database unchanged."""
+    directory = project({})
+    backup = start(directory, database_url, "backup", ENVIRONMENT, "--json")
+    assert backup.finish() == 0, backup.stdout()
+    backup_id = json.loads(backup.stdout())["result"]["id"]
+    with psycopg.connect(database_url) as conn:
+        conn.execute("CREATE TABLE since_backup (id int)")  # what a restore would drop
+    before = snapshot(database_url)
+    run, terminal = start_on_a_terminal(directory, database_url, "rollback", ENVIRONMENT, "--to", backup_id, "--json")
+    try:
+        with psycopg.connect(database_url, autocommit=True) as other_run:
+            run.wait_until(lambda: "[y/N]" in run.stderr(), what="the approval prompt")
+            end_faber_lock_session(other_run)
+            key = faber_lock_key(database_name(database_url))
+            run.wait_until(
+                lambda: other_run.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()[0],
+                what="faber's lock taken by another run",
+            )
+            os.write(terminal, b"y\n")
+            code = run.wait(EXIT_BOUND)
+    finally:
+        run.stop_everything()
+        os.close(terminal)
+
+    assert code == 7, run.stdout() + run.stderr()
+    document = json.loads(run.stdout())
+    assert document["code"] == "LOCKED", document
     assert not snapshot(database_url).differences(before)
     assert CANARY_PASSWORD not in run.stdout() + run.stderr()
 
@@ -251,6 +382,54 @@ def test_a_signal_as_the_finished_run_closes_what_it_kept_keeps_its_document(pro
         "warning: SIGTERM arrived once the run's outcome was decided: it stopped nothing, and the document "
         "reports that outcome\n"
     ) in run.stderr()
+
+
+# A signal while a finalizer runs ---------------------------------------------------------
+
+SIGNALLED_IN_A_FINALIZER = """
+import os, signal, time
+
+from faber_core import hookimpl
+
+
+class SignalledAsItIsFinalized:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.3)  # the handler runs meanwhile, inside the finalizer
+
+
+@hookimpl
+def faber_audit_event(event):
+    if event.kind == "migration.started" and event.data.get("name") == "002_ledgers":
+        SignalledAsItIsFinalized()  # dropped at once: its finalizer runs here
+        time.sleep(1)  # the migration goes on: a signal stops it
+"""
+"""A plugin in whose object's finalizer (``__del__``) faber gets a SIGTERM, as migration 002 starts."""
+
+
+def test_a_signal_while_a_finalizer_runs_still_stops_the_deploy(project, database_url, tmp_path):
+    """Python ignores an exception raised in a finalizer (an object's ``__del__``, a generator the
+    garbage collector closes), and finalizers run wherever faber is. A SIGTERM landing in one was
+    lost: "Exception ignored" and a traceback on stderr, and the deploy it was meant to stop went
+    on to the end (seen in the MySQL step sweep: a SIGTERM at the backup, then every migration
+    applied and exit 0)."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "signalled_in_a_finalizer.py").write_text(SIGNALLED_IN_A_FINALIZER)
+    directory = project(
+        {"001_tier": "ALTER TABLE accounts ADD COLUMN tier int;", "002_ledgers": "CREATE TABLE ledgers (id int);"}
+    )
+    path = os.pathsep.join(filter(None, [str(plugins), os.environ.get("PYTHONPATH")]))
+    env = {URL_ENV: database_url, "FABER_PLUGINS": f"{SQLFILES},signalled_in_a_finalizer", "PYTHONPATH": path}
+    run = FaberProcess.start(directory, "migrate", ENVIRONMENT, "--yes", "--json", env=env)
+    code = run.finish(EXIT_BOUND)
+
+    assert code == 130, run.stdout() + run.stderr()
+    document = json.loads(run.stdout())
+    assert document["code"] == "INTERRUPTED" and document["result"]["interrupted_by"] == "SIGTERM"
+    assert "Exception ignored" not in run.stderr() and "Traceback" not in run.stderr()
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT to_regclass('ledgers')").fetchone()[0] is None
 
 
 # A closed terminal or SSH session (SIGHUP) --------------------------------------------------
@@ -497,7 +676,7 @@ def test_a_signal_while_the_rehearsal_copy_is_being_labelled_drops_it(
             run.kill(signal.SIGTERM)
             # Dropping the copy deletes its label too, so it waits for the catalog as well.
             run.wait_until(
-                lambda: run.proc.poll() is not None or drop_waiting(postgres_admin_url, copy),
+                lambda: not run.running() or drop_waiting(postgres_admin_url, copy),
                 what="faber to exit or to drop its copy",
             )
             catalog.execute("ROLLBACK")

@@ -323,6 +323,90 @@ def test_an_interrupt_during_a_migration_restores_and_reports_what_committed(
     assert CANARY_PASSWORD not in json.dumps(row, default=str)
 
 
+@pytest.mark.parametrize("again", [signal.SIGTERM, signal.SIGINT], ids=lambda s: f"then-{s.name}")
+def test_a_second_signal_while_the_interrupted_deploy_waits_for_the_write_counters_still_restores(
+    sql_project, database_url, postgres_admin_url, again
+):
+    """The second signal lands while the automatic rollback of an interrupted deploy waits for the
+    write counters, before its restore began (an application session is connected): later signals
+    are ignored from the moment a deploy starts applying, so the deploy still restores its backup."""
+    held = holdable_migration("002_posts", POSTS)
+    project_dir = sql_project({"001_users": USERS, "002_posts": held, "003_more": "SELECT 1;"})
+    name = database_url.rsplit("/", 1)[1]
+    url = database_url_for(postgres_admin_url, name, password=CANARY_PASSWORD)
+    run = start(project_dir, url, "migrate", ENVIRONMENT, "--yes", "--json", env=session_settings(hold="002_posts"))
+    try:
+        with application_connected(database_url):
+            run.wait_for(event_matcher("migration.started", name="002_posts"))
+            held_in(run, postgres_admin_url, name)
+            run.kill(signal.SIGTERM)
+            run.wait_for(events.WRITES_WAITING)
+            run.kill(again)
+            code = run.wait(EXIT_BOUND)
+    finally:
+        run.stop_everything()
+
+    assert code == 130, run.stderr()[-2000:]
+    document = json.loads(run.stdout())
+    result = document["result"]
+    assert (document["code"], result["interrupted_by"]) == ("INTERRUPTED", "SIGTERM"), document
+    assert result["applied_migrations"] == ["001_users"], document
+    assert result["rollback_status"] == "success" and result["backup_id"], document
+    assert tables(database_url) == set()
+    assert CANARY_PASSWORD not in run.stdout() + run.stderr()
+
+
+@pytest.mark.parametrize("again", [signal.SIGTERM, signal.SIGINT], ids=lambda s: f"then-{s.name}")
+def test_a_second_signal_while_the_interrupted_deploy_restores_is_ignored_and_the_restore_finishes(
+    sql_project, database_url, postgres_admin_url, again
+):
+    """A CI runner's second signal (or Ctrl-C pressed again) arrives while the automatic rollback of
+    an interrupted deploy restores: it does not cut the restore short. The application holds a
+    lock on the table the restore drops, so the restore is caught waiting when the second signal
+    comes; once the application lets go, the restore commits and the run reports it."""
+    held = holdable_migration("002_posts", POSTS)
+    project_dir = sql_project({"001_users": USERS, "002_posts": held, "003_more": "SELECT 1;"})
+    name = database_url.rsplit("/", 1)[1]
+    url = database_url_for(postgres_admin_url, name, password=CANARY_PASSWORD)
+    run = start(project_dir, url, "migrate", ENVIRONMENT, "--yes", "--json", env=session_settings(hold="002_posts"))
+    application = psycopg.connect(database_url, application_name="the application")
+    try:
+        run.wait_for(event_matcher("migration.started", name="002_posts"))
+        held_in(run, postgres_admin_url, name)
+        application.execute("LOCK TABLE users IN ACCESS SHARE MODE")  # 001_users committed it
+        run.kill(signal.SIGTERM)
+        run.wait_for(event_matcher("rollback.started"))
+        with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
+            run.wait_until(
+                lambda: admin.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock' AND pid <> %s",
+                    [name, application.info.backend_pid],
+                ).fetchone(),
+                what="the restore waiting for the application's lock",
+            )
+        run.kill(again)
+        assert run.wait(2) is None, f"faber ended on the second signal: {run.stdout()[-2000:]}"
+        application.rollback()
+        code = run.wait(EXIT_BOUND)
+    finally:
+        application.close()
+        run.stop_everything()
+
+    assert code == 130, run.stderr()[-2000:]
+    document = json.loads(run.stdout())
+    assert document["code"] == "INTERRUPTED"
+    result = document["result"]
+    assert result["interrupted_by"] == "SIGTERM"
+    assert result["applied_migrations"] == ["001_users"]
+    assert result["rollback_status"] == "success" and result["backup_id"]
+    assert result.get("restore_committed", True) is True
+    assert document["recovery"]["suggestions"][0] == f"Database rolled back to {result['backup_id']}"
+    assert tables(database_url) == set()
+    [row] = history_rows(database_url)
+    assert row[:4] == ("deploy-migrations", 130, "INTERRUPTED", "success")
+    assert CANARY_PASSWORD not in run.stdout() + run.stderr()
+
+
 def test_sigterm_without_auto_rollback_leaves_the_committed_migrations_and_says_how_to_undo_them(
     sql_project, database_url, postgres_admin_url
 ):

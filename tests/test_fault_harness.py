@@ -4,7 +4,9 @@ sees what a dead faber can leave behind."""
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
+import time
 from urllib.parse import urlsplit
 
 import psycopg
@@ -65,6 +67,24 @@ def test_a_child_that_outlives_a_killed_parent_is_found(tmp_path):
     finally:
         parent.stop_everything()
     assert not parent.surviving_children(within=2)
+
+
+def test_a_session_of_faber_s_number_started_after_it_ended_is_not_its_leftover(tmp_path):
+    """CI starts more processes than there are pids: once faber has ended, another test's faber may
+    get its pid and lead a session of that number. Before, the first test's cleanup took it for
+    what its faber left and killed it (SIGKILL, no document: CI saw it as that test's failure)."""
+    ended = FaberProcess.spawn(tmp_path, [sys.executable, "-c", "pass"])
+    assert ended.wait(30) == 0
+    time.sleep(0.1)  # later than the end, in /proc's start times (clock ticks)
+    other = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        ended.proc.pid = other.pid  # the pid come round to the other session's leader
+        assert ended.surviving_children(within=0) == []
+        ended.stop_everything()
+        assert other.poll() is None, "the other session's leader was killed"
+    finally:
+        other.kill()
+        other.wait()
 
 
 def parent_has_child(parent: FaberProcess) -> bool:

@@ -325,6 +325,39 @@ def test_a_protected_fleet_is_approved_once_for_every_target(make_fleet):
     assert {event.data["by"] for event in grants} == {"prompt"}
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_at_the_fleet_s_approval_prompt_is_an_interrupt_and_deploys_no_target(make_fleet, signum):
+    """The fleet asks once on its terminal (a pty); a CI runner's SIGTERM or a Ctrl-C there stops the
+    whole fleet as an interrupt (exit 130, INTERRUPTED), not as a question answered no."""
+    import pty
+    import tempfile
+
+    fleet = make_fleet(2, require_approval=True)
+    terminal, seat = pty.openpty()
+    argv = [sys.executable, "-m", "faber_core", "migrate", "tenants", "--json", "--cwd", str(fleet.project)]
+    log = fleet.project / ".faber" / "audit.log"
+    offset = log.stat().st_size if log.exists() else 0
+    stdout, stderr = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    proc = subprocess.Popen(
+        argv, stdin=seat, stdout=stdout, stderr=stderr, env=dict(os.environ), start_new_session=True
+    )
+    os.close(seat)
+    run = FaberProcess(fleet.project, argv, proc, stdout, stderr, offset)
+    try:
+        run.wait_until(lambda: "[y/N]" in run.stderr(), what="the fleet's approval prompt")
+        run.kill(signum)
+        code = run.wait(30)
+    finally:
+        run.stop_everything()
+        os.close(terminal)
+
+    assert code == 130, run.stdout() + run.stderr()
+    document = json.loads(run.stdout())
+    assert document["code"] == "INTERRUPTED", document
+    assert all(fleet.applied(name) == [] and fleet.history(name) == [] for name in fleet.names)
+    assert CANARY_PASSWORD not in run.stdout() + run.stderr()
+
+
 def test_dry_run_counts_the_targets_needing_each_migration_and_changes_nothing(make_fleet):
     fleet = make_fleet(5)
     for name in ("t00", "t01"):

@@ -29,7 +29,7 @@ import pytest
 from faber_core import api, workflow
 from faber_core.audit import unfinished
 from faber_core.testing import held_event
-from faber_core.testing.faults import FaberProcess, event_matcher
+from faber_core.testing.faults import FaberProcess, end_faber_lock_session, event_matcher
 from faber_core.testing.fixtures import CANARY_PASSWORD, mysql_connect
 
 ENVIRONMENT = "production"
@@ -149,7 +149,7 @@ def test_sigterm_once_the_restore_committed_says_it_committed(
     run = faber(project, engine.url, *args, hold_after="rollback.finished" if held else None)
     try:
         finished = run.wait_for(event_matcher("rollback.finished"))
-        alive_at_the_signal = run.proc.poll() is None
+        alive_at_the_signal = run.running()
         run.kill(signal.SIGTERM)
         code = run.wait(EXIT_BOUND)
         assert code is not None, f"faber still running {EXIT_BOUND}s after SIGTERM"
@@ -194,6 +194,76 @@ def test_sigterm_as_the_in_place_restore_ends_after_its_commit_says_it_committed
     assert_says_restored(document, code, command, backup_id)
     assert document["code"] == "INTERRUPTED", document
     assert "did not say" not in json.dumps(document), document
+    assert_is_the_backup(engine)
+
+
+def test_sigterm_after_the_in_place_restore_committed_reports_the_application_rows_it_discarded(
+    database_url: str, tmp_path: Path
+) -> None:
+    """``faber rollback --discard-app-writes`` interrupted once its restore committed: the
+    INTERRUPTED document still lists the application's rows the restore discarded
+    (``writes_since_backup``), as an uninterrupted rollback's does; they are gone for good."""
+    engine = postgres_engine(database_url)
+    project, backup_id = restore_ahead(engine, "rollback", tmp_path / "project")
+    with psycopg.connect(database_url) as application:
+        application.execute("INSERT INTO accounts (id, email) VALUES (3, 'three@example.com')")
+    args = ("rollback", ENVIRONMENT, "--to", backup_id, "--yes", "--discard-app-writes")
+
+    run = faber(project, engine.url, *args, hold_after="backup.restore_step")
+    try:
+        committed = run.wait_for(event_matcher("backup.restore_step"))
+        run.kill(signal.SIGTERM)
+        code = run.wait(EXIT_BOUND)
+    finally:
+        run.stop_everything()
+    assert committed["data"] == {"step": "committed", "status": "done"}, committed
+    document = json.loads(run.stdout())
+    assert_says_restored(document, code, "rollback", backup_id)
+    assert document["code"] == "INTERRUPTED", document
+    writes = document["result"].get("writes_since_backup") or {}
+    assert writes.get("status") == "found", document
+    assert writes.get("tables") == [{"table": "public.accounts", "rows": 1}], document
+    assert_is_the_backup(engine)
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM accounts").fetchone() == (2,)
+
+
+@pytest.mark.parametrize("command", ["rollback", "failed-deploy"])
+def test_a_lock_lost_once_the_restore_was_verified_is_reported_with_the_restore(
+    engine: Engine, command: str, tmp_path: Path
+) -> None:
+    """faber's lock session ended (an operator's ``pg_terminate_backend`` or ``KILL``) once the
+    restore committed and was verified, before faber checks its lock again: the document says the
+    restore committed and the lock was lost meanwhile, never that nothing was restored nor a bare
+    success. ``faber rollback`` exits 7 (``LOCKED``, ``restore_committed: true``); a failed deploy
+    keeps its exit code and ``rollback_status: "success"``, with ``restore_committed: true``."""
+    project, backup_id = restore_ahead(engine, command, tmp_path / "project")
+    args = ("rollback", ENVIRONMENT, "--to", backup_id, "--yes") if backup_id else ("migrate", ENVIRONMENT, "--yes")
+    run = faber(project, engine.url, *args, hold_after="rollback.finished")
+
+    def connect(url: str) -> Any:
+        return psycopg.connect(url, autocommit=True) if engine.name == "postgres" else mysql_connect(url)
+
+    try:
+        finished = run.wait_for(event_matcher("rollback.finished"))  # the run holds here
+        with connect(engine.url) as test:
+            end_faber_lock_session(test)
+        code = run.finish(EXIT_BOUND * 4)
+    finally:
+        run.stop_everything()
+    out, err = run.stdout(), run.stderr()
+    assert finished["data"]["status"] == "success", finished
+    assert "Traceback" not in err and CANARY_PASSWORD not in out + err, err[-3000:]
+    document = json.loads(out)
+    result = document["result"]
+    if command == "rollback":
+        assert (code, document["code"]) == (7, "LOCKED"), document
+        assert result["restore_committed"] is True and result["backup_id"] == backup_id, document
+    else:
+        assert (code, document["code"]) == (6, "MIGRATION_FAILED"), document
+        assert (result["rollback_status"], result["restore_committed"]) == ("success", True), document
+        suggestions = document["recovery"]["suggestions"]
+        assert any("faber's lock was lost while the restore ran" in s for s in suggestions), suggestions
     assert_is_the_backup(engine)
 
 

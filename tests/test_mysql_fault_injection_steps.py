@@ -442,6 +442,8 @@ def interrupt_and_check(bed: Bed, point: Point, signum: int, states: dict[str, d
         )
     if signum != signal.SIGKILL:
         problems += check_document(bed, point, run, matched)
+    if problems:
+        problems.append(f"faber's stderr: {run.stderr()[-3000:]}")
     problems += converge(bed, states)
     return problems
 
@@ -495,11 +497,7 @@ def check_document(bed: Bed, point: Point, run: FaberProcess, matched: str | Non
     problems = [f"scratch database left: {name}" for name in mysql_scratch_databases(bed.admin_url, bed.name)]
     said = document(run)
     if not said:
-        return [
-            *problems,
-            f"no JSON document (exit {run.proc.returncode}): {run.stdout()[-2000:]!r}"
-            f"\n  stderr: {run.stderr()[-3000:]}",
-        ]
+        return [*problems, f"no JSON document (exit {run.proc.returncode}): {run.stdout()[-2000:]!r}"]
     text = json.dumps(said)
     result = said.get("result") or {}
     decided = said.get("status") == "success" or result.get("rollback_status") == "success"

@@ -134,6 +134,58 @@ def test_a_failed_deploy_whose_lock_is_lost_during_its_automatic_restore_does_no
     assert any("run the rollback again" in s for s in suggestions), suggestions
 
 
+@pytest.mark.parametrize("command", ["rollback", "failed-deploy"])
+def test_a_lock_lost_once_the_in_place_restore_committed_is_reported_with_the_restore(
+    faber_project, database_url, command
+):
+    """faber's lock session ended once the in-place restore's COMMIT had run (the run held at the
+    restore's "committed" step): the restore is the backup, and the run says the lock was lost
+    while it restored. ``faber rollback`` exits 7 (``LOCKED``, ``restore_committed: true``), not
+    success, and names the application's rows the restore discarded (before, it left them out); a
+    failed deploy keeps its own exit code and ``rollback_status: "success"`` with
+    ``restore_committed: true`` and a suggestion naming the lost lock."""
+    env = {**run_env(database_url), held_event.EVENT_ENV: ""}
+    project = deployed_project(faber_project, env)
+    if command == "rollback":
+        backup_id = deployed_with_a_backup(project, env)
+        with psycopg.connect(database_url, autocommit=True) as application:
+            application.execute("INSERT INTO accounts (id) SELECT generate_series(1001, 1005)")
+        args: tuple[str, ...] = ("rollback", ENVIRONMENT, "--to", backup_id, "--yes", "--discard-app-writes", "--json")
+    else:
+        (project / "migrations" / "002_broken.sql").write_text("SELECT 1 / 0;\n")
+        args = ("migrate", ENVIRONMENT, "--yes", "--json")
+    held = {held_event.EVENT_ENV: "backup.restore_step", held_event.SECONDS_ENV: "3"}
+    run = FaberProcess.start(project, *args, env={**env, **held})
+    with psycopg.connect(database_url, autocommit=True) as test:
+        try:
+            step = run.wait_for(event_matcher("backup.restore_step"))  # the run holds here
+            end_faber_lock_session(test)
+            code = run.finish(120)
+        finally:
+            run.stop_everything()
+    assert step["data"] == {"step": "committed", "status": "done"}, step
+    assert "Traceback" not in run.stderr() and CANARY_PASSWORD not in run.stdout() + run.stderr()
+    document = json.loads(run.stdout())
+    result = document["result"]
+    with psycopg.connect(database_url) as conn:
+        columns = conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'accounts'"
+        ).fetchall()
+    assert columns == [("id",)], "the restore committed: the backup's accounts, without tier"
+    if command == "rollback":
+        assert (code, document["code"]) == (7, "LOCKED"), document
+        assert (result["rollback_status"], result["restore_committed"]) == ("success", True), result
+        assert result["migrations"] == ["000_base"], result
+        discarded = result["writes_since_backup"]
+        assert discarded["status"] == "found" and discarded["tables"][0]["rows"] == 5, discarded
+        assert "the restore committed" in document["error"], document
+    else:
+        assert (code, document["code"]) == (6, "MIGRATION_FAILED"), document
+        assert (result["rollback_status"], result["restore_committed"]) == ("success", True), result
+        suggestions = document["recovery"]["suggestions"]
+        assert any("faber's lock was lost while the restore ran" in s for s in suggestions), suggestions
+
+
 def test_a_rollback_stopped_before_its_restore_transaction_began_says_nothing_was_restored(
     faber_project, database_url, tmp_path
 ):

@@ -196,14 +196,22 @@ def deploy_with_the_runner_killed(
         run.stop_everything()
 
 
-def session_members(session: int) -> list[ProcessInfo]:
-    """Every living process of process session ``session``."""
+def session_members(session: int, *, started_by: int | None = None) -> list[ProcessInfo]:
+    """Every living process of process session ``session``; with ``started_by`` (clock ticks since
+    boot, :func:`ticks_since_boot`), only those started by then."""
     members = []
     for pid in _all_pids():
         info = _process(pid)
-        if info is not None and info.session == session and _state(pid) != "Z":
+        if info is None or info.session != session or _state(pid) == "Z":
+            continue
+        if started_by is None or info.start_time <= started_by:
             members.append(info)
     return members
+
+
+def ticks_since_boot() -> int:
+    """Now, in the unit of the process start times /proc gives (clock ticks since boot)."""
+    return int(float(Path("/proc/uptime").read_text().split()[0]) * os.sysconf("SC_CLK_TCK"))
 
 
 @dataclass
@@ -223,6 +231,10 @@ class FaberProcess:
     events: list[Event] = field(default_factory=list)
     children_at_kill: list[ProcessInfo] = field(default_factory=list)
     signal_sent: int | None = None
+    ended_at: int | None = None
+    """When faber was seen ended (:func:`ticks_since_boot`). Its pid is free from then on: another
+    test's faber may get it, and lead a session of the same number (CI starts more processes than
+    there are pids), so its own session's members are those started by then."""
     _partial_line: bytes = b""
 
     @classmethod
@@ -297,8 +309,14 @@ class FaberProcess:
             self._check_running(what, deadline)
             time.sleep(POLL_SECONDS)
 
+    def running(self) -> bool:
+        """Whether faber still runs (its end noted, :attr:`ended_at`, once it does not)."""
+        if self.ended_at is None and self.proc.poll() is not None:
+            self.ended_at = ticks_since_boot()
+        return self.ended_at is None
+
     def _check_running(self, what: str, deadline: float) -> None:
-        if self.proc.poll() is not None:
+        if not self.running():
             self.read_events()
             raise FaberExited(
                 f"faber exited with {self.proc.returncode} before {what}; events: {self.kinds()}\n"
@@ -310,17 +328,22 @@ class FaberProcess:
     # Signals and the end ----------------------------------------------------------------
 
     def kill(self, signum: int) -> None:
-        """Send ``signum`` to faber's pid only (as ``kill`` does), noting its children at that moment."""
+        """Send ``signum`` to faber's pid only (as ``kill`` does), noting its children at that moment;
+        nothing once faber has ended (its pid may be another process's)."""
+        if not self.running():
+            return
         self.children_at_kill = descendants(self.pid)
         self.signal_sent = signum
-        os.kill(self.pid, signum)
+        self.proc.send_signal(signum)
 
-    def wait(self, timeout: float) -> int | None:
+    def wait(self, timeout: float | None) -> int | None:
         """faber's exit code (negative: killed by that signal), or None if it still runs after ``timeout``."""
         try:
-            return self.proc.wait(timeout=timeout)
+            self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             return None
+        self.running()
+        return self.proc.returncode
 
     def finish(self, timeout: float = 300) -> int:
         """Wait for faber to end by itself; its exit code."""
@@ -342,17 +365,21 @@ class FaberProcess:
         deadline = time.monotonic() + within
         while True:
             survivors = {info.pid: info for info in self.children_at_kill if info.alive()}
-            survivors.update({info.pid: info for info in session_members(self.pid) if info.pid != self.pid})
+            survivors.update({info.pid: info for info in self.session_members() if info.pid != self.pid})
             if not survivors or time.monotonic() >= deadline:
                 return list(survivors.values())
             time.sleep(0.05)
 
+    def session_members(self) -> list[ProcessInfo]:
+        """The living processes of faber's session: its own while it runs, and those it left."""
+        return session_members(self.pid, started_by=None if self.running() else self.ended_at)
+
     def stop_everything(self) -> None:
         """Kill faber and every process it left behind (cleanup after a test, pass or fail)."""
-        if self.proc.poll() is None:
+        if self.running():
             self.proc.kill()
-            self.proc.wait()
-        for info in [*self.children_at_kill, *session_members(self.pid)]:
+            self.wait(None)
+        for info in [*self.children_at_kill, *self.session_members()]:
             if info.alive():
                 try:
                     os.kill(info.pid, signal.SIGKILL)
