@@ -83,6 +83,8 @@ from faber_core.results import (
     RollbackResult,
     RollbackStatus,
     Success,
+    TableWrites,
+    WritesSinceBackup,
 )
 from faber_core.safety.timeouts import apply_with_lock_retry
 from faber_core.status_reads import (
@@ -1143,7 +1145,7 @@ class Rollback:
     interrupted_by: str | None = None
     """``SIGINT``/``SIGTERM`` when a signal stopped the rollback step: the deploy then reports
     ``INTERRUPTED``, whatever stopped it first."""
-    writes_since_backup: writes.WritesSinceBackup | None = None
+    writes_since_backup: WritesSinceBackup | None = None
     discarded: str | None = None
     """What the restore discarded that others wrote (policy warn), for the message."""
     advice_first: list[str] = field(default_factory=list)
@@ -1513,7 +1515,7 @@ def lock_lost_while_restoring(context: RunContext) -> str:
 
 
 def interrupted_restore(
-    context: RunContext, backup: BackupRecord, outcome: RestoreOutcome, since: writes.WritesSinceBackup
+    context: RunContext, backup: BackupRecord, outcome: RestoreOutcome, since: WritesSinceBackup
 ) -> Rollback:
     """A signal stopped the restore: say exactly which side of its commit the database is on."""
     env = context.environment
@@ -1634,8 +1636,8 @@ class WritesCheck:
 
     context: RunContext
     backup: BackupRecord
-    approved: writes.WritesSinceBackup
-    latest: writes.WritesSinceBackup = field(init=False)
+    approved: WritesSinceBackup
+    latest: WritesSinceBackup = field(init=False)
 
     def __post_init__(self) -> None:
         self.latest = self.approved
@@ -1652,12 +1654,12 @@ class WritesCheck:
         if not committed:
             return
         late = self.latest.model_copy(
-            update={"status": "found", "tables": [writes.TableWrites(table=t, rows=n) for t, n in committed.items()]}
+            update={"status": "found", "tables": [TableWrites(table=t, rows=n) for t, n in committed.items()]}
         )
         self.latest = writes.added(self.latest, late)
         self._apply_policy(late)
 
-    def _apply_policy(self, during: writes.WritesSinceBackup) -> None:
+    def _apply_policy(self, during: WritesSinceBackup) -> None:
         if during.status != "found" or self.context.settings.restore_with_app_writes != "refuse":
             return
         env, backup_id = self.context.environment, self.backup.id
@@ -1918,7 +1920,7 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
             suggestions=[f"Roll back when ready: {retry}"],
         ) from None
     outcome: RestoreOutcome | None = None
-    since: writes.WritesSinceBackup | None = None
+    since: WritesSinceBackup | None = None
     restore_began = False
     try:
         store.hold_chosen(context, chosen)
@@ -2042,7 +2044,7 @@ def restore_stopped_for_lost_lock(context: RunContext, backup: BackupRecord) -> 
 
 
 def lock_lost_during_restore(
-    context: RunContext, backup: BackupRecord, outcome: RestoreOutcome, since: writes.WritesSinceBackup
+    context: RunContext, backup: BackupRecord, outcome: RestoreOutcome, since: WritesSinceBackup
 ) -> LockLost:
     """``faber rollback`` whose restore committed while faber's lock was lost: another run may have
     worked on the database as it was half restored. The result is the restore's, with the writes
@@ -2133,7 +2135,7 @@ def backup_to_restore(context: RunContext, plugins: Plugins, backup_id: str | No
 
 
 def rollback_interrupted_before_the_restore(
-    context: RunContext, backup: BackupRecord, since: writes.WritesSinceBackup | None, interrupt: KeyboardInterrupt
+    context: RunContext, backup: BackupRecord, since: WritesSinceBackup | None, interrupt: KeyboardInterrupt
 ) -> Interrupted:
     """``faber rollback`` stopped by a signal before its restore began: nothing was restored."""
     env = context.environment
@@ -2154,7 +2156,7 @@ def rollback_interrupted_before_the_restore(
 
 
 def interrupted_rollback(
-    context: RunContext, backup: BackupRecord, outcome: RestoreOutcome, since: writes.WritesSinceBackup
+    context: RunContext, backup: BackupRecord, outcome: RestoreOutcome, since: WritesSinceBackup
 ) -> Interrupted:
     """``faber rollback`` stopped by a signal: where the database is, from the provider's word, and
     the writes since the backup its checks found (a restore that committed discarded them)."""
@@ -2207,7 +2209,7 @@ def prune_backups(context: RunContext, plugins: Plugins, keep_last: int | None, 
     )
 
 
-def check_writes_since_backup(context: RunContext, backup: BackupRecord) -> writes.WritesSinceBackup:
+def check_writes_since_backup(context: RunContext, backup: BackupRecord) -> WritesSinceBackup:
     """What a restore of ``backup`` would discard that faber did not write (faber_core/backup/writes.py)."""
     since = writes.writes_since_backup(context, backup)
     context.emit("writes.checked", **since.model_dump(mode="json"))
@@ -2215,7 +2217,7 @@ def check_writes_since_backup(context: RunContext, backup: BackupRecord) -> writ
 
 
 def confirm_rollback(
-    context: RunContext, options: DeployOptions, backup: BackupRecord, since: writes.WritesSinceBackup
+    context: RunContext, options: DeployOptions, backup: BackupRecord, since: WritesSinceBackup
 ) -> None:
     """A person's yes before ``faber rollback`` restores; naming the tables when others wrote to them.
 
@@ -2255,11 +2257,11 @@ def confirm_rollback(
     )
 
 
-def writes_result(since: writes.WritesSinceBackup) -> dict[str, object]:
+def writes_result(since: WritesSinceBackup) -> dict[str, object]:
     return {"writes_since_backup": since.model_dump(mode="json")}
 
 
-def save_rows_commands(context: RunContext, since: writes.WritesSinceBackup) -> list[str]:
+def save_rows_commands(context: RunContext, since: WritesSinceBackup) -> list[str]:
     """How to keep a copy of the rows a restore would discard, before restoring."""
     url = f'"${context.settings.database_url_env}"' if context.settings.database_url_env else "<database URL>"
     # Table names come from the database: single-quoted for the shell, their own quotes escaped.
