@@ -229,22 +229,7 @@ def test_a_terminal_closing_at_the_approval_prompt_is_a_hangup_that_changes_noth
 
 
 def start_on_a_terminal(directory: Path, url: str, *args: str) -> tuple[FaberProcess, int]:
-    """``faber ARGS`` with a pseudo-terminal on stdin (so it asks at its prompt), its output in files;
-    the run and the terminal's side to answer on (close it when done)."""
-    terminal, seat = pty.openpty()
-    argv = [sys.executable, "-m", "faber_core", *args, "--cwd", str(directory)]
-    offset = (directory / AUDIT_LOG).stat().st_size
-    stdout, stderr = tempfile.TemporaryFile(), tempfile.TemporaryFile()
-    proc = subprocess.Popen(
-        argv,
-        stdin=seat,
-        stdout=stdout,
-        stderr=stderr,
-        env={**os.environ, "FABER_PLUGINS": SQLFILES, URL_ENV: url},
-        start_new_session=True,
-    )
-    os.close(seat)
-    return FaberProcess(directory, argv, proc, stdout, stderr, offset), terminal
+    return FaberProcess.start_on_a_terminal(directory, *args, env={"FABER_PLUGINS": SQLFILES, URL_ENV: url})
 
 
 def test_a_rollback_whose_lock_was_lost_while_a_person_approved_restores_nothing(project, database_url):

@@ -329,20 +329,9 @@ def test_a_protected_fleet_is_approved_once_for_every_target(make_fleet):
 def test_a_signal_at_the_fleet_s_approval_prompt_is_an_interrupt_and_deploys_no_target(make_fleet, signum):
     """The fleet asks once on its terminal (a pty); a CI runner's SIGTERM or a Ctrl-C there stops the
     whole fleet as an interrupt (exit 130, INTERRUPTED), not as a question answered no."""
-    import pty
-    import tempfile
 
     fleet = make_fleet(2, require_approval=True)
-    terminal, seat = pty.openpty()
-    argv = [sys.executable, "-m", "faber_core", "migrate", "tenants", "--json", "--cwd", str(fleet.project)]
-    log = fleet.project / ".faber" / "audit.log"
-    offset = log.stat().st_size if log.exists() else 0
-    stdout, stderr = tempfile.TemporaryFile(), tempfile.TemporaryFile()
-    proc = subprocess.Popen(
-        argv, stdin=seat, stdout=stdout, stderr=stderr, env=dict(os.environ), start_new_session=True
-    )
-    os.close(seat)
-    run = FaberProcess(fleet.project, argv, proc, stdout, stderr, offset)
+    run, terminal = FaberProcess.start_on_a_terminal(fleet.project, "migrate", "tenants", "--json")
     try:
         run.wait_until(lambda: "[y/N]" in run.stderr(), what="the fleet's approval prompt")
         run.kill(signum)

@@ -171,6 +171,20 @@ def test_sigterm_once_the_restore_committed_says_it_committed(
     assert_is_the_backup(engine)
 
 
+def sigterm_once_the_restore_committed(project: Path, url: str, args: tuple[str, ...]) -> tuple[dict, int | None]:
+    """``faber ARGS`` sent SIGTERM once its in-place restore's COMMIT returned (held at the
+    restore's "committed" step): its document and exit code."""
+    run = faber(project, url, *args, hold_after="backup.restore_step")
+    try:
+        committed = run.wait_for(event_matcher("backup.restore_step"))
+        run.kill(signal.SIGTERM)
+        code = run.wait(EXIT_BOUND)
+    finally:
+        run.stop_everything()
+    assert committed["data"] == {"step": "committed", "status": "done"}, committed
+    return json.loads(run.stdout()), code
+
+
 @pytest.mark.parametrize("command", ["rollback", "failed-deploy"])
 def test_sigterm_as_the_in_place_restore_ends_after_its_commit_says_it_committed(
     database_url: str, command: str, tmp_path: Path
@@ -182,15 +196,7 @@ def test_sigterm_as_the_in_place_restore_ends_after_its_commit_says_it_committed
     project, backup_id = restore_ahead(engine, command, tmp_path / "project")
     args = ("rollback", ENVIRONMENT, "--to", backup_id, "--yes") if backup_id else ("migrate", ENVIRONMENT, "--yes")
 
-    run = faber(project, engine.url, *args, hold_after="backup.restore_step")
-    try:
-        committed = run.wait_for(event_matcher("backup.restore_step"))
-        run.kill(signal.SIGTERM)
-        code = run.wait(EXIT_BOUND)
-    finally:
-        run.stop_everything()
-    assert committed["data"] == {"step": "committed", "status": "done"}, committed
-    document = json.loads(run.stdout())
+    document, code = sigterm_once_the_restore_committed(project, engine.url, args)
     assert_says_restored(document, code, command, backup_id)
     assert document["code"] == "INTERRUPTED", document
     assert "did not say" not in json.dumps(document), document
@@ -209,15 +215,7 @@ def test_sigterm_after_the_in_place_restore_committed_reports_the_application_ro
         application.execute("INSERT INTO accounts (id, email) VALUES (3, 'three@example.com')")
     args = ("rollback", ENVIRONMENT, "--to", backup_id, "--yes", "--discard-app-writes")
 
-    run = faber(project, engine.url, *args, hold_after="backup.restore_step")
-    try:
-        committed = run.wait_for(event_matcher("backup.restore_step"))
-        run.kill(signal.SIGTERM)
-        code = run.wait(EXIT_BOUND)
-    finally:
-        run.stop_everything()
-    assert committed["data"] == {"step": "committed", "status": "done"}, committed
-    document = json.loads(run.stdout())
+    document, code = sigterm_once_the_restore_committed(project, engine.url, args)
     assert_says_restored(document, code, "rollback", backup_id)
     assert document["code"] == "INTERRUPTED", document
     writes = document["result"].get("writes_since_backup") or {}

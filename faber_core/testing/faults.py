@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pty
 import signal
 import socket
 import subprocess
@@ -243,14 +244,29 @@ class FaberProcess:
         return cls.spawn(project, [sys.executable, "-m", "faber_core", *args, "--cwd", str(project)], env=env)
 
     @classmethod
-    def spawn(cls, project: Path, argv: list[str], env: dict[str, str] | None = None) -> FaberProcess:
+    def start_on_a_terminal(
+        cls, project: Path, *args: str, env: dict[str, str] | None = None
+    ) -> tuple[FaberProcess, int]:
+        """:meth:`start` with a pseudo-terminal on stdin, so that faber asks at its prompt; the run
+        and the terminal's side to answer on (close it when done)."""
+        terminal, seat = pty.openpty()
+        try:
+            argv = [sys.executable, "-m", "faber_core", *args, "--cwd", str(project)]
+            return cls.spawn(project, argv, env=env, stdin=seat), terminal
+        finally:
+            os.close(seat)
+
+    @classmethod
+    def spawn(
+        cls, project: Path, argv: list[str], env: dict[str, str] | None = None, stdin: int = subprocess.DEVNULL
+    ) -> FaberProcess:
         """Start ``argv`` (normally faber) in a session of its own, following ``project``'s audit log."""
         log = project / AUDIT_LOG
         offset = log.stat().st_size if log.exists() else 0
         stdout, stderr = tempfile.TemporaryFile(), tempfile.TemporaryFile()
         proc = subprocess.Popen(
             argv,
-            stdin=subprocess.DEVNULL,
+            stdin=stdin,
             stdout=stdout,
             stderr=stderr,
             env={**os.environ, **(env or {})},
