@@ -289,6 +289,10 @@ class MySQLConnection(pymysql.connections.Connection):
                     break
         except (pymysql.Error, OSError):
             pass  # the server's error for the statement the KILL stopped, or the end of the stream
+        except Exception:  # noqa: BLE001  (the protocol's parser fails as it may: struct.error, IndexError, ...)
+            # The interrupt came inside a result (its rows, or its closing packet, not all read):
+            # what follows is the rest of it, not results, and says nothing more.
+            pass
         finally:
             self._sock = self._rfile = None
         return statuses
