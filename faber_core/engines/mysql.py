@@ -195,10 +195,11 @@ class MySQLConnection(pymysql.connections.Connection):
         self._params = params
         self._awaiting_answer = False
         self._interrupted_stream: tuple[Any, Any] | None = None
-        self.answered_after_interrupt: list[int] = []
+        self.answered_after_interrupt: list[int] | None = []
         """After an interrupt: the server status of each result the server had sent, unread, when the
         ``KILL`` ended the session, i.e. of each further statement of a multi-statement request that
-        finished (and committed, outside a transaction) before the session ended."""
+        finished (and committed, outside a transaction) before the session ended. None when the
+        interrupt came inside a result: which statements finished is not known."""
         super().__init__(**params)
 
     def _force_close(self) -> None:
@@ -224,7 +225,8 @@ class MySQLConnection(pymysql.connections.Connection):
             return read()
         except KeyboardInterrupt:
             self.end_session()
-            if self._result is not None and self._result is not before:  # read just before the interrupt
+            read_just_before = self._result is not None and self._result is not before
+            if read_just_before and self.answered_after_interrupt is not None:
                 self.answered_after_interrupt.insert(0, self._result.server_status)
             raise
         finally:
@@ -275,8 +277,9 @@ class MySQLConnection(pymysql.connections.Connection):
             return error_code(exc) == UNKNOWN_THREAD  # already gone; otherwise out of reach
         return False
 
-    def _results_left_in(self, stream: tuple[Any, Any]) -> list[int]:
-        """The server status of each result still to read on the ended session's socket."""
+    def _results_left_in(self, stream: tuple[Any, Any]) -> list[int] | None:
+        """The server status of each result still to read on the ended session's socket; None when
+        the stream was inside a result."""
         self._sock, self._rfile = stream
         self._read_timeout = SESSION_END_SECONDS  # the session is gone: the rest is already sent
         statuses = []
@@ -291,8 +294,9 @@ class MySQLConnection(pymysql.connections.Connection):
             pass  # the server's error for the statement the KILL stopped, or the end of the stream
         except Exception:  # noqa: BLE001  (the protocol's parser fails as it may: struct.error, IndexError, ...)
             # The interrupt came inside a result (its rows, or its closing packet, not all read):
-            # what follows is the rest of it, not results, and says nothing more.
-            pass
+            # what follows is the rest of it, not results. That statement had finished; whether
+            # others did after it cannot be read.
+            return None
         finally:
             self._sock = self._rfile = None
         return statuses

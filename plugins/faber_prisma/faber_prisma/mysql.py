@@ -151,7 +151,6 @@ class MysqlHistory:
             )
 
 
-
 @contextmanager
 def prisma_lock(conn: MySQLConnection, *, wait_seconds: float) -> Iterator[None]:
     """Hold Prisma's named lock on ``conn`` for the block, waiting up to ``wait_seconds`` for a
@@ -244,6 +243,10 @@ def run_script(
             # last is not known for sure, so the migration stays one that may have committed in part.
             conn.end_session()
             raise
+        if conn.answered_after_interrupt is None:
+            # Inside a result: which statements finished is not known, so the migration stays one
+            # that may have committed in part.
+            raise
         finished = False
         for status in conn.answered_after_interrupt:
             block_began = _transaction_block(block_began, statement, status)
@@ -277,4 +280,3 @@ def connect(context: RunContext, application_name: str) -> MySQLConnection:
         program_name=application_name[:32],
         client_flag=CLIENT.MULTI_STATEMENTS,
     )
-
