@@ -177,7 +177,7 @@ def test_a_signal_at_the_approval_prompt_is_an_interrupt_that_changes_nothing(pr
     args = ["--to", backup_id] if command == "rollback" else []
     run, terminal = start_on_a_terminal(directory, database_url, command, ENVIRONMENT, *args, "--json")
     try:
-        run.wait_until(lambda: "[y/N]" in run.stderr(), what="the approval prompt")
+        run.wait_for_prompt()
         run.kill(signum)
         code = run.wait(EXIT_BOUND)
     finally:
@@ -216,7 +216,7 @@ def test_a_terminal_closing_at_the_approval_prompt_is_a_hangup_that_changes_noth
     os.close(seat)
     run = FaberProcess(directory, argv, proc, tempfile.TemporaryFile(), stderr, offset)
     try:
-        run.wait_until(lambda: "[y/N]" in run.stderr(), what="the approval prompt")
+        run.wait_for_prompt()
         os.close(terminal)  # the terminal window, or the SSH session, closes
         code = run.wait(EXIT_BOUND)
     finally:
@@ -246,7 +246,7 @@ def test_a_rollback_whose_lock_was_lost_while_a_person_approved_restores_nothing
     run, terminal = start_on_a_terminal(directory, database_url, "rollback", ENVIRONMENT, "--to", backup_id, "--json")
     try:
         with psycopg.connect(database_url, autocommit=True) as other_run:
-            run.wait_until(lambda: "[y/N]" in run.stderr(), what="the approval prompt")
+            run.wait_for_prompt()
             end_faber_lock_session(other_run)
             key = faber_lock_key(database_name(database_url))
             run.wait_until(

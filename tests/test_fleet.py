@@ -333,7 +333,7 @@ def test_a_signal_at_the_fleet_s_approval_prompt_is_an_interrupt_and_deploys_no_
     fleet = make_fleet(2, require_approval=True)
     run, terminal = FaberProcess.start_on_a_terminal(fleet.project, "migrate", "tenants", "--json")
     try:
-        run.wait_until(lambda: "[y/N]" in run.stderr(), what="the fleet's approval prompt")
+        run.wait_for_prompt()
         run.kill(signum)
         code = run.wait(30)
     finally:

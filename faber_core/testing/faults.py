@@ -256,6 +256,10 @@ class FaberProcess:
         finally:
             os.close(seat)
 
+    def wait_for_prompt(self) -> None:
+        """Wait until faber asks its yes/no question on its terminal (:meth:`start_on_a_terminal`)."""
+        self.wait_until(lambda: "[y/N]" in self.stderr(), what="the approval prompt")
+
     @classmethod
     def spawn(
         cls, project: Path, argv: list[str], env: dict[str, str] | None = None, stdin: int = subprocess.DEVNULL
