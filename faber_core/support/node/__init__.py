@@ -29,7 +29,8 @@ token the runner reads before it loads any project code::
     {"command": "mark_applied", "database_url": ..., "migrations": ["<migration name>"]}
     {"command": "apply", "database_url": ..., "expected": ["<migration name>", ...],
      "session_statements": ["SET SESSION lock_wait_timeout = 5, ...", ...], "queries": "of_failure",
-     "lock_check": "SELECT ...", "confirm_each_migration": true}
+     "lock_check": "SELECT ...", "confirm_each_migration": true,
+     "measure_writes": {"start": [...], "before_commit": [...], "after_failure": [...], "after_unmeasured": [...]}}
 
 with one JSON object per line on the protocol pipe (the descriptor named by
 ``FABER_RUNNER_PROTOCOL_FD``), each carrying the nonce, the last one ``done``::
@@ -41,9 +42,10 @@ with one JSON object per line on the protocol pipe (the descriptor named by
     {"event": "migration_started", "name": ..., "transactional": true}
     {"event": "migration_outside_transaction", "name": ...}
     {"event": "query", "name": ..., "phase": "migration" | "bookkeeping", "sql": ..., "parameters": [...]}
-    {"event": "migration_finished", "name": ..., "duration_seconds": ...}
+    {"event": "migration_finished", "name": ..., "duration_seconds": ..., "table_writes": {"public.users": 40}}
     {"event": "migration_failed", "name": ..., "code": "42P07", "message": ..., "query": ...,
-     "transaction_rolled_back": true, "duration_seconds": ..., "at_lock_check": true, "started": true}
+     "transaction_rolled_back": true, "duration_seconds": ..., "at_lock_check": true, "started": true,
+     "table_writes": null}
     {"event": "migration_load_failed", "name": ..., "file": "migrations/...js", "message": ...}
     {"event": "setup_error", "kind": "module_missing" | "typescript_loader_missing" | "load_failed"
      | "migration_load_failed" | "not_regular_file" | "not_found" | "unsupported" | "plan_mismatch"
@@ -103,8 +105,14 @@ on its stdin, ``{"start": true}``, which faber writes once it has checked its lo
 session; a lost lock has faber stop the runner there instead, before anything of the migration ran.
 ``"queries": "of_failure"`` (a deploy's apply) asks for the ``query`` events of the migration
 that fails only, sent just before its ``migration_failed`` (what of it ran: the failure report
-names those statements); a rehearsal gets every query, as the preview shows them. On
-PostgreSQL an apply first names the session its migrations run in (``migration_session``), so
+names those statements); a rehearsal gets every query, as the preview shows them.
+``measure_writes`` (a deploy's apply on PostgreSQL 15 and later:
+:func:`faber_core.backup.writes.measurement_statements`) is the SQL with which the runner measures
+the rows each transactional migration writes, on the migration's own connection and in its
+transaction (``writesMeasurement`` in ``runner-common.cjs``), what a failed one tried included;
+the measure goes with its ``migration_finished`` or ``migration_failed`` as ``table_writes``
+(rows per table; null: not measured), so that a restore tells the migrations' rows from the
+application's. On PostgreSQL an apply first names the session its migrations run in (``migration_session``), so
 that faber, stopped by a signal or finding the runner dead, can end that session and read whether
 the migration the runner stopped in committed (a migration whose ``transactional`` is true runs in
 one transaction with its row in ``bookkeeping_table``, unless it commits work outside it: a COMMIT
@@ -233,6 +241,7 @@ def run_runner(
     queries_of_failure_only: bool = False,
     lock_check: str | None = None,
     confirm_each_migration: bool = False,
+    measure_writes: dict[str, list[str]] | None = None,
     migrations: list[str] | None = None,
 ) -> RunnerResult:
     """Ask the run's runner (started on first use, ``node <runner> <args>`` in the project
@@ -243,7 +252,9 @@ def run_runner(
     (a deploy needs no others). ``lock_check``: faber's lock check as SQL, which the runner runs as
     each migration starts, in its transaction (see :meth:`RunContext.start_migration`).
     ``confirm_each_migration``: the runner waits at each ``migration_started`` until ``on_event``
-    has returned (it raises to stop the runner before that migration). ``migrations``: the
+    has returned (it raises to stop the runner before that migration). ``measure_writes``: the
+    SQL measuring each transactional migration's writes
+    (:func:`faber_core.backup.writes.measurement_statements`). ``migrations``: the
     migrations a ``load`` or ``mark_applied`` request is about. Raises
     :class:`ConfigError` for a broken setup and :class:`FaberError` when the runner dies without
     saying why or outlives the context's deadline (it is stopped then); a failing migration is an
@@ -262,6 +273,8 @@ def run_runner(
         request["lock_check"] = lock_check
     if confirm_each_migration:
         request["confirm_each_migration"] = True
+    if measure_writes is not None:
+        request["measure_writes"] = measure_writes
     if migrations is not None:
         request["migrations"] = migrations
     result = runner.request(context, request, on_event)
@@ -768,9 +781,7 @@ def apply(tool: NodeTool, context: RunContext, pending: list[LocalMigration], ar
             # runner's own lock check otherwise.
             context.start_migration(event["name"], in_transaction=lock_check is not None)
         elif event["event"] == "migration_finished":
-            context.migration_applied(
-                AppliedMigration(name=event["name"], duration_seconds=round(event["duration_seconds"], 3))
-            )
+            context.migration_applied(applied_migration(event))
             running = None
 
     def settled() -> Settled | None:
@@ -786,6 +797,11 @@ def apply(tool: NodeTool, context: RunContext, pending: list[LocalMigration], ar
     # The runner applies every migration in one request: it runs faber's lock check as each one starts
     # where the engine has it as SQL (PostgreSQL); elsewhere it waits there while faber checks.
     lock_check = context.lock_check_in_transaction
+    measure_writes = None
+    if context.database.engine.supports("write_counters"):
+        from faber_core.backup.writes import measurement_statements  # a deploy's apply alone needs it
+
+        measure_writes = measurement_statements(context.database)
     try:
         result = run_runner(
             tool,
@@ -797,6 +813,7 @@ def apply(tool: NodeTool, context: RunContext, pending: list[LocalMigration], ar
             queries_of_failure_only=True,
             lock_check=lock_check(pending[0].name).statement if lock_check is not None and pending else None,
             confirm_each_migration=lock_check is None and bool(context.before_each_migration),
+            measure_writes=measure_writes,
         )
     except KeyboardInterrupt:
         stopped = settled()
@@ -858,10 +875,7 @@ def _outcome_of_death(
     migrations (the one it was in committed, or it was in none), the next one failed before it
     started."""
     result = died.runner_result
-    applied = [
-        AppliedMigration(name=e["name"], duration_seconds=round(e["duration_seconds"], 3))
-        for e in result.of("migration_finished")
-    ]
+    applied = [applied_migration(e) for e in result.of("migration_finished")]
     if stopped is not None and not stopped.committed:
         failure = stopped.failure(f"{died.how} while it ran", pending, died.tool_output, died.killed_by)
         return ApplyOutcome(applied=applied, failure=failure)
@@ -941,12 +955,19 @@ def _session_ended(conn: Any, pid: int, started: str) -> bool:
     return True
 
 
+def applied_migration(finished: Event) -> AppliedMigration:
+    """A ``migration_finished`` event as the migration faber reports applied, with the rows it
+    wrote where the runner measured them (``table_writes``; None: not measured)."""
+    return AppliedMigration(
+        name=finished["name"],
+        duration_seconds=round(finished["duration_seconds"], 3),
+        table_writes=finished.get("table_writes"),
+    )
+
+
 def outcome_of(result: RunnerResult, paths: dict[str, str | None], code_label: str) -> ApplyOutcome:
     """The runner's apply events as an outcome; ``code_label`` names the failure's error code."""
-    applied = [
-        AppliedMigration(name=e["name"], duration_seconds=round(e["duration_seconds"], 3))
-        for e in result.of("migration_finished")
-    ]
+    applied = [applied_migration(e) for e in result.of("migration_finished")]
     failed = result.first("migration_failed")
     if failed is None:
         return ApplyOutcome(applied=applied)
@@ -960,6 +981,7 @@ def outcome_of(result: RunnerResult, paths: dict[str, str | None], code_label: s
             transaction_rolled_back=bool(failed.get("transaction_rolled_back")),
             started=failed.get("started", True),
             sqlstate=failed.get("code"),
+            table_writes=failed.get("table_writes"),
         ),
     )
 

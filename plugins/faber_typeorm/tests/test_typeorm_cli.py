@@ -136,7 +136,7 @@ def test_a_failing_migration_in_a_protected_environment_is_rolled_back_to_the_ba
     assert result["applied_migrations"] == ["AddPosts1700000200000"]
     assert result["transaction_rolled_back"] is True
     assert (result["rollback_initiated"], result["rollback_status"]) == (True, "success")
-    assert result["writes_since_backup"]["attribution"] == "unknown"
+    assert result["writes_since_backup"]["attribution"] == "exact"
     assert [name for (name,) in query("SELECT name FROM migrations ORDER BY id")] == FIXTURE_MIGRATIONS
     assert query("SELECT to_regclass('posts'), to_regclass('later')") == [(None, None)]
     assert query("SELECT email FROM users") == [("kept@example.com",)]
@@ -147,17 +147,27 @@ def test_a_failing_migration_in_a_protected_environment_is_rolled_back_to_the_ba
 def test_under_refuse_a_failed_deploy_is_restored_unless_the_application_wrote(
     typeorm_project, typeorm_migration, query, application_writes
 ):
-    """The runner does not measure its migrations' writes, but it declares its bookkeeping table:
-    the row AddPosts left there is faber's, so under the default "refuse" the deploy is restored,
-    unless the application wrote a row while the deploy ran (then nothing is restored)."""
+    """The runner measures each migration's writes in its transaction: the 40 rows AddPosts wrote
+    (committed) and the 5 Broken tried (rolled back) are faber's, so under the default "refuse"
+    the deploy is restored, unless the application wrote a row while the deploy ran: then
+    nothing is restored, and that row alone is reported."""
     project = typeorm_project(backup_before_migrate=True, auto_rollback=True, protected=True)
     assert FaberProcess.start(project, "migrate", "staging", "--yes", "--json").finish() == 0
     migrations = project / "migrations"
     (migrations / "1700000200000-AddPosts.js").write_text(
-        typeorm_migration("AddPosts1700000200000", 'CREATE TABLE "posts" (id int)', "SELECT pg_sleep(1)")
+        typeorm_migration(
+            "AddPosts1700000200000",
+            'CREATE TABLE "posts" (id int)',
+            "INSERT INTO users (email) SELECT 'seed-' || g FROM generate_series(1, 40) g",
+            "SELECT pg_sleep(1)",
+        )
     )
     (migrations / "1700000300000-Broken.js").write_text(
-        typeorm_migration("Broken1700000300000", 'ALTER TABLE "users" ADD "email" text')
+        typeorm_migration(
+            "Broken1700000300000",
+            "INSERT INTO users (email) SELECT 'tried-' || g FROM generate_series(1, 5) g",
+            'ALTER TABLE "users" ADD "email" text',
+        )
     )
 
     write = functools.partial(query, "INSERT INTO users (email) VALUES ('written@example.com')")
@@ -178,7 +188,38 @@ def test_under_refuse_a_failed_deploy_is_restored_unless_the_application_wrote(
         assert (result["rollback_initiated"], result["rollback_status"]) == (True, "success"), result
         assert result["writes_since_backup"]["status"] == "none"
         assert query("SELECT to_regclass('posts')") == [(None,)]
+        assert query("SELECT count(*) FROM users") == [(0,)]
         assert [name for (name,) in query("SELECT name FROM migrations ORDER BY id")] == FIXTURE_MIGRATIONS
+    assert result["writes_since_backup"]["attribution"] == "exact"
+
+
+def test_the_writes_of_a_migration_without_a_transaction_are_not_measured_so_refuse_keeps_them(
+    typeorm_project, typeorm_migration, query
+):
+    """A migration with transaction = false commits statement by statement: nothing measures its
+    writes, so faber cannot tell its rows from the application's, and "refuse" restores nothing."""
+    project = typeorm_project(backup_before_migrate=True, auto_rollback=True, protected=True)
+    assert FaberProcess.start(project, "migrate", "staging", "--yes", "--json").finish() == 0
+    migrations = project / "migrations"
+    (migrations / "1700000200000-Seed.js").write_text(
+        typeorm_migration(
+            "Seed1700000200000",
+            "INSERT INTO users (email) SELECT 'seed-' || g FROM generate_series(1, 3) g",
+            transaction=False,
+        )
+    )
+    (migrations / "1700000300000-Broken.js").write_text(
+        typeorm_migration("Broken1700000300000", 'ALTER TABLE "users" ADD "email" text')
+    )
+
+    code, document = deploy_with_application_write(project, "staging", "Broken1700000300000", None)
+
+    assert code == 6, document
+    result = document["result"]
+    assert (result["rollback_initiated"], result["rollback_status"]) == (False, "refused"), result
+    assert result["writes_since_backup"]["attribution"] == "unknown"
+    assert result["writes_since_backup"]["tables"] == [{"table": "public.users", "rows": 3}]
+    assert query("SELECT count(*) FROM users") == [(3,)]
 
 
 def test_one_runner_serves_a_whole_deploy_and_ends_with_it(typeorm_project):
