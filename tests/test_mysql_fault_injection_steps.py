@@ -452,7 +452,7 @@ OBJECTS = ("views", "triggers", "routines")
 
 
 def unfinished_restores(bed: Bed) -> list[tuple]:
-    """The journal rows of restores stopped inside their swap (faber_core/backup/mysqldump.py)."""
+    """The journal rows of restores stopped inside their swap (faber_core/backup/mysql_dumps.py)."""
     with mysql_connect(bed.admin_url) as conn:
         exists = conn.execute(
             "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s", [bed.name, JOURNAL]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from faber_core.backup import mysqldump
+from faber_core.backup import mysql_dumps, mysqldump
 from faber_core.context import open_context
 from faber_core.errors import RestoreFailed
 from faber_core.models import BackupRecord
@@ -126,7 +126,7 @@ def wait_until_loading_the_dump(admin_url: str, name: str) -> None:
             lambda: conn.execute(
                 "SELECT 1 FROM information_schema.PROCESSLIST WHERE LEFT(DB, %s) = %s"
                 " AND INFO LIKE 'INSERT INTO `big`%%'",
-                [len(mysqldump.scratch_prefix(name)), mysqldump.scratch_prefix(name)],
+                [len(mysql_dumps.scratch_prefix(name)), mysql_dumps.scratch_prefix(name)],
             ).fetchone(),
             "the restore to be loading the dump",
             timeout=60,

@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from faber_core.backup.mysqldump import FABER_TABLES, JOURNAL, scratch_prefix
+from faber_core.backup.mysql_dumps import scratch_prefix
+from faber_core.backup.mysqldump import FABER_TABLES, JOURNAL
 from faber_core.engines import mysql_history
 from faber_core.support.mysql import faber_lock_name
 from faber_core.testing.fixtures import (

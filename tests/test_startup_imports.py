@@ -12,7 +12,7 @@ from pathlib import Path
 
 # faber's CLI run as the entry point does, then the names of every module it loaded written out.
 PROBE = """\
-import json, sys
+import dataclasses, json, sys
 import typer.main
 from pydantic import BaseModel
 modules_file, sys.argv = sys.argv[1], ["faber", *sys.argv[2:]]
@@ -32,11 +32,27 @@ def built_models():
             if model.__module__.startswith("faber") and model.__pydantic_complete__:
                 found.add(model.__name__)
     return sorted(found)
+def defined_dataclasses():
+    return sorted(
+        value.__qualname__
+        for name, module in list(sys.modules.items())
+        if name.startswith("faber")
+        for value in vars(module).values()
+        if isinstance(value, type) and dataclasses.is_dataclass(value) and value.__module__ == name
+    )
 try:
     main()
 finally:
     with open(modules_file, "w") as out:
-        json.dump({"modules": sorted(sys.modules), "commands": built_commands, "models": built_models()}, out)
+        json.dump(
+            {
+                "modules": sorted(sys.modules),
+                "commands": built_commands,
+                "models": built_models(),
+                "dataclasses": defined_dataclasses(),
+            },
+            out,
+        )
 """
 
 NOT_FOR_ONE_POSTGRESQL_DATABASE = {
@@ -61,6 +77,7 @@ NOT_FOR_A_STATUS = {
     "faber_core.workflow": "a status reads through faber_core.status_reads; the workflow deploys, rolls back, resolves",
     "faber_core.backup.store": "the backup providers import it when a backup is taken, listed or restored",
     "faber_core.backup.writes": "only a backup, a restore or a deploy's measured migrations",
+    "faber_core.backup.mysql_dumps": "the mysqldump provider's hooks import it when they dump or restore",
 }
 
 OTHER_TOOLS_OPTIONS = {"NodeToolOptions", "TypeormOptions", "SequelizeOptions"}
@@ -68,8 +85,8 @@ OTHER_TOOLS_OPTIONS = {"NodeToolOptions", "TypeormOptions", "SequelizeOptions"}
 
 
 def run_recording_modules(tmp_path: Path, *args: str, env: dict[str, str]) -> tuple[subprocess.CompletedProcess, dict]:
-    """The run, and what it loaded: its modules, the commands whose parameters typer built, and
-    faber's models built (validator and serializer) by the end."""
+    """The run, and what it loaded: its modules, the commands whose parameters typer built,
+    faber's models built (validator and serializer) by the end, and faber's dataclasses defined."""
     modules_file = tmp_path / "modules.json"
     done = subprocess.run(
         [sys.executable, "-c", PROBE, str(modules_file), *args],
@@ -174,3 +191,5 @@ def test_status_of_a_plain_sql_project_imports_neither_the_applier_nor_the_backu
     loaded = {name: why for name, why in not_needed.items() if imported(modules, name)}
     assert not loaded, f"imported although {loaded}"
     assert "faber_plainsql.status" in modules
+    # The mysqldump provider is registered by every command; its restore's dataclasses are not defined.
+    assert not {"RestoreProgress", "Swap"} & set(status_run["dataclasses"]), status_run["dataclasses"]

@@ -678,7 +678,7 @@ class MySQLEngine(Engine):
                 pass  # a broken connection has already dropped the lock; keep the original error
 
     def finish_interrupted_restores(self, context: RunContext, conn: MySQLConnection) -> None:
-        from faber_core.backup.mysqldump import finish_interrupted_restores
+        from faber_core.backup.mysql_dumps import finish_interrupted_restores
 
         finish_interrupted_restores(context, conn)
 
@@ -687,14 +687,14 @@ class MySQLEngine(Engine):
         holds faber's lock on it (a restore may be using them). No other database on a MySQL
         server can be told to be faber's: it has no comment (a ``faber_rehearsal_*`` database
         names no target)."""
-        from faber_core.backup.mysqldump import restore_leftovers
+        from faber_core.backup.mysql_dumps import restore_leftovers
 
         if lock_in_use(conn):
             return []
         return restore_leftovers(conn, database.name)
 
     def interrupted_restores(self, conn: MySQLConnection, database: Database) -> list[InterruptedRestore]:
-        from faber_core.backup.mysqldump import interrupted_swaps
+        from faber_core.backup.mysql_dumps import interrupted_swaps
 
         if lock_in_use(conn):
             return []

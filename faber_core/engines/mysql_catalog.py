@@ -22,7 +22,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from faber_core.backup.mysqldump import DEFINER_CLAUSE, FABER_TABLES, quote, triggers_of
+from faber_core.backup.mysql_dumps import DEFINER_CLAUSE, quote, triggers_of
+from faber_core.backup.mysqldump import FABER_TABLES
 from faber_core.engines.mysql import split_statements, strip_leading_comments
 from faber_core.safety.analysis import Kind, StatementEffect, TableName, heaviest
 from faber_core.safety.catalog import TableStats

@@ -25,15 +25,15 @@ from typing import Any
 import pymysql
 
 from faber_core import events
-from faber_core.backup.mysqldump import (
+from faber_core.backup.mysql_dumps import (
     DEFINER_CLAUSE,
-    FABER_TABLES,
     client_args,
     client_environment,
     client_program,
     like_prefix,
     quote,
 )
+from faber_core.backup.mysqldump import FABER_TABLES
 from faber_core.context import RunContext
 from faber_core.engines import (
     AUTO_DATA_LIMIT_BYTES,

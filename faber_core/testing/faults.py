@@ -660,7 +660,8 @@ def snapshot(url: str, *, exclude_schemas: Iterable[str] = ("faber",)) -> Databa
 
 def _mysql_row_counts(conn: Any) -> tuple[tuple[str, int], ...]:
     """Every application table's exact row count (``information_schema`` has InnoDB's estimate)."""
-    from faber_core.backup.mysqldump import FABER_TABLES, quote
+    from faber_core.backup.mysql_dumps import quote
+    from faber_core.backup.mysqldump import FABER_TABLES
 
     tables = conn.execute(
         "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()"

@@ -252,7 +252,7 @@ def mysql_database_url(mysql_admin_url: str, pytestconfig: pytest.Config) -> Ite
 
 def mysql_scratch_databases(admin_url: str, database: str) -> list[str]:
     """The scratch databases that restores of ``database`` by the mysqldump provider left on the server."""
-    from faber_core.backup.mysqldump import scratch_prefix
+    from faber_core.backup.mysql_dumps import scratch_prefix
 
     with mysql_connect(admin_url) as conn:
         rows = conn.execute(
