@@ -450,8 +450,8 @@ def test_an_interrupted_deploy_whose_migrations_wrote_rows_is_restored_under_ref
 
 def test_an_interrupted_migration_that_does_not_answer_is_stopped_with_its_runner(typeorm_project, run_faber, query):
     # Awaiting a timer, the migration runs no statement to cancel: the runner is stopped once it
-    # has had its moment, faber ends its session, and the rows it tried are not known, so "refuse"
-    # restores nothing.
+    # has had its moment (a second SIGTERM meanwhile cuts nothing short), faber ends its session,
+    # and the migration is reported rolled back.
     project = typeorm_project(backup_before_migrate=True, auto_rollback=True, protected=True, lint="off")
     assert run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project)).returncode == 0
     (project / "migrations" / "1700000200000-Waits.js").write_text(
@@ -465,11 +465,20 @@ def test_an_interrupted_migration_that_does_not_answer_is_stopped_with_its_runne
         "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND state = 'idle in transaction'"
         " AND query LIKE 'INSERT INTO users%'"
     )
-    started = time.monotonic()
-    code, stdout = deploy_sent_sigterm(project, lambda: query(waiting), "the migration to wait")
+    faber = start_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project), cwd=project)
+    try:
+        wait_for(lambda: query(waiting), "the migration to wait")
+        faber.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        time.sleep(1)
+        faber.send_signal(signal.SIGTERM)
+        stdout, _ = faber.communicate(timeout=60)
+    finally:
+        if faber.poll() is None:
+            faber.kill()
 
-    assert code == 130, stdout
-    assert time.monotonic() - started < 40
+    assert faber.returncode == 130, stdout
+    assert time.monotonic() - signalled < 30  # the runner's 3 s, the session's end, the report
     result = json.loads(stdout)["result"]
     assert result["failed_migration"] == "Waits1700000200000" and result["transaction_rolled_back"] is True
     assert result["rollback_status"] == "not_needed"
