@@ -487,9 +487,8 @@ class RunnerProcess:
         redactor: Redactor,
     ) -> None:
         """After an interrupt (:meth:`request`): the runner asked to stop, then heard until it has
-        answered, for at most :data:`WIND_DOWN_SECONDS`, after which it is stopped (code that
-        never yields, a migration awaiting a timer); its last events stay in the pipe for the
-        caller to read once it is stopped."""
+        answered, for at most :data:`WIND_DOWN_SECONDS`; then it is stopped (code that never
+        yields, a migration awaiting a timer), and the caller reads what it wrote meanwhile."""
         _write_line(proc, {"stop": True})
         if not wind_down():
             return
