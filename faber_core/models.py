@@ -222,8 +222,9 @@ class MigrationPreview(DeferredModel):
 
 TABLE_WRITES_DESCRIPTION = (
     "Rows the migration's transaction inserted, updated or deleted, per table ('schema.table'), as PostgreSQL "
-    "counted them (pg_stat_xact_user_tables) just before it ended, including the bookkeeping row and, for a "
-    "failed migration, the rows its rolled-back transaction touched. None when the handler does not measure: "
+    "counted them (pg_stat_xact_user_tables) just before it ended (the bookkeeping row may be left out: faber "
+    "never counts rows there as the application's) and, for a failed migration, the rows its rolled-back "
+    "transaction touched. None when the handler does not measure: "
     "faber then cannot tell its own writes from the application's (see faber_core.backup.writes)."
 )
 

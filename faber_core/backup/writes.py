@@ -28,8 +28,9 @@ What the counters can and cannot tell, and how faber errs:
 - **Aborted transactions count.** A rolled-back insert still counts. faber's own failed
   migration is measured by the handler too (after rolling back to a savepoint the counters stay
   visible); an application's rolled-back writes show up as writes.
-- **Unknown attribution.** A handler that does not measure its migrations' writes (the ORM
-  runners, third-party handlers) makes faber's share unknown: every counted write is then
+- **Unknown attribution.** A handler that does not measure its migrations' writes (the
+  Sequelize runner, TypeORM migrations outside a transaction, third-party handlers) makes
+  faber's share unknown: every counted write is then
   reported as possibly the application's (``attribution: "unknown"``), and the policy treats it
   as an application write. Except in the tool's bookkeeping table, which the handler declares
   (``MigrationState.bookkeeping_table``, recorded with the baseline): only faber writes there, so
@@ -55,8 +56,9 @@ import psycopg
 from psycopg import sql
 
 from faber_core import events
-from faber_core.context import LockCheck, RunContext
+from faber_core.context import Database, LockCheck, RunContext
 from faber_core.engines import LOCK_LOST
+from faber_core.engines.postgres import server_version_num
 from faber_core.errors import SessionRefused
 from faber_core.models import ApplyOutcome, BackupRecord
 from faber_core.results import TableWrites, WritesSinceBackup
@@ -177,7 +179,7 @@ def _reported(writes: str) -> str:
     session asked to report its counters at its next idle moment (so the next transaction's
     counts are its own). An aggregate always gives one row, so the request is always made."""
     return (
-        "SELECT pg_stat_force_next_flush(), coalesce(jsonb_object_agg(w.table_name, w.row_count), '{}')"
+        "SELECT pg_stat_force_next_flush(), coalesce(jsonb_object_agg(w.table_name, w.row_count), '{}') AS table_writes"
         f" FROM ({writes}) AS w(table_name, row_count)"
     )
 
@@ -251,6 +253,29 @@ def measured_transaction(conn: psycopg.Connection, into: Measurement | None = No
 _TUPLES_OK = psycopg.pq.ExecStatus.TUPLES_OK
 _MEASURED = "faber_measured"
 """The savepoint a measured script runs in, so what it tried can be measured after it failed."""
+
+
+def measurement_statements(database: Database) -> dict[str, list[str]] | None:
+    """The SQL with which a migration run in another process (an ORM's runner) is measured as
+    :func:`measured_transaction` measures one in faber's: ``start``, in the migration's transaction
+    before any of its statements (a savepoint); ``before_commit``, after its last statement and
+    before its commit; ``after_failure``, once it failed and before its rollback (back to the
+    savepoint, where the counts of what it tried stay visible). The last statement of the latter
+    two returns one row whose ``table_writes`` column is a JSON object, rows per table.
+    ``after_unmeasured``, after a migration that could not be measured (no transaction of its own):
+    the session reports its counts at its next idle moment, so the next migration's measure holds
+    its own rows only. None where nothing can be measured: on a server before PostgreSQL 15, or one
+    faber cannot reach.
+    """
+    version = server_version_num(database)
+    if version is None or version < _REPORTS_ON_REQUEST:
+        return None
+    return {
+        "start": [f"SAVEPOINT {_MEASURED}"],
+        "before_commit": [_REPORTED_WRITES_TO_LOCKED_TABLES],
+        "after_failure": [f"ROLLBACK TO SAVEPOINT {_MEASURED}", _REPORTED_WRITES_TO_ANY_TABLE],
+        "after_unmeasured": ["SELECT pg_stat_force_next_flush()"],
+    }
 
 
 def run_measured_script(

@@ -29,7 +29,8 @@ token the runner reads before it loads any project code::
     {"command": "mark_applied", "database_url": ..., "migrations": ["<migration name>"]}
     {"command": "apply", "database_url": ..., "expected": ["<migration name>", ...],
      "session_statements": ["SET SESSION lock_wait_timeout = 5, ...", ...], "queries": "of_failure",
-     "lock_check": "SELECT ...", "confirm_each_migration": true}
+     "lock_check": "SELECT ...", "confirm_each_migration": true,
+     "measure_writes": {"start": [...], "before_commit": [...], "after_failure": [...], "after_unmeasured": [...]}}
 
 with one JSON object per line on the protocol pipe (the descriptor named by
 ``FABER_RUNNER_PROTOCOL_FD``), each carrying the nonce, the last one ``done``::
@@ -41,9 +42,10 @@ with one JSON object per line on the protocol pipe (the descriptor named by
     {"event": "migration_started", "name": ..., "transactional": true}
     {"event": "migration_outside_transaction", "name": ...}
     {"event": "query", "name": ..., "phase": "migration" | "bookkeeping", "sql": ..., "parameters": [...]}
-    {"event": "migration_finished", "name": ..., "duration_seconds": ...}
+    {"event": "migration_finished", "name": ..., "duration_seconds": ..., "table_writes": {"public.users": 40}}
     {"event": "migration_failed", "name": ..., "code": "42P07", "message": ..., "query": ...,
-     "transaction_rolled_back": true, "duration_seconds": ..., "at_lock_check": true, "started": true}
+     "transaction_rolled_back": true, "duration_seconds": ..., "at_lock_check": true, "started": true,
+     "table_writes": null}
     {"event": "migration_load_failed", "name": ..., "file": "migrations/...js", "message": ...}
     {"event": "setup_error", "kind": "module_missing" | "typescript_loader_missing" | "load_failed"
      | "migration_load_failed" | "not_regular_file" | "not_found" | "unsupported" | "plan_mismatch"
@@ -103,8 +105,14 @@ on its stdin, ``{"start": true}``, which faber writes once it has checked its lo
 session; a lost lock has faber stop the runner there instead, before anything of the migration ran.
 ``"queries": "of_failure"`` (a deploy's apply) asks for the ``query`` events of the migration
 that fails only, sent just before its ``migration_failed`` (what of it ran: the failure report
-names those statements); a rehearsal gets every query, as the preview shows them. On
-PostgreSQL an apply first names the session its migrations run in (``migration_session``), so
+names those statements); a rehearsal gets every query, as the preview shows them.
+``measure_writes`` (a deploy's apply on PostgreSQL 15 and later:
+:func:`faber_core.backup.writes.measurement_statements`) is the SQL with which the runner measures
+the rows each transactional migration writes, on the migration's own connection and in its
+transaction (``writesMeasurement`` in ``runner-common.cjs``), what a failed one tried included;
+the measure goes with its ``migration_finished`` or ``migration_failed`` as ``table_writes``
+(rows per table; null: not measured), so that a restore tells the migrations' rows from the
+application's. On PostgreSQL an apply first names the session its migrations run in (``migration_session``), so
 that faber, stopped by a signal or finding the runner dead, can end that session and read whether
 the migration the runner stopped in committed (a migration whose ``transactional`` is true runs in
 one transaction with its row in ``bookkeeping_table``, unless it commits work outside it: a COMMIT
@@ -233,6 +241,8 @@ def run_runner(
     queries_of_failure_only: bool = False,
     lock_check: str | None = None,
     confirm_each_migration: bool = False,
+    measure_writes: dict[str, list[str]] | None = None,
+    wind_down: Callable[[], bool] | None = None,
     migrations: list[str] | None = None,
 ) -> RunnerResult:
     """Ask the run's runner (started on first use, ``node <runner> <args>`` in the project
@@ -243,7 +253,10 @@ def run_runner(
     (a deploy needs no others). ``lock_check``: faber's lock check as SQL, which the runner runs as
     each migration starts, in its transaction (see :meth:`RunContext.start_migration`).
     ``confirm_each_migration``: the runner waits at each ``migration_started`` until ``on_event``
-    has returned (it raises to stop the runner before that migration). ``migrations``: the
+    has returned (it raises to stop the runner before that migration). ``measure_writes``: the
+    SQL measuring each transactional migration's writes
+    (:func:`faber_core.backup.writes.measurement_statements`). ``wind_down``: on an interrupt,
+    before the runner is stopped (see :meth:`RunnerProcess.request`). ``migrations``: the
     migrations a ``load`` or ``mark_applied`` request is about. Raises
     :class:`ConfigError` for a broken setup and :class:`FaberError` when the runner dies without
     saying why or outlives the context's deadline (it is stopped then); a failing migration is an
@@ -262,9 +275,11 @@ def run_runner(
         request["lock_check"] = lock_check
     if confirm_each_migration:
         request["confirm_each_migration"] = True
+    if measure_writes is not None:
+        request["measure_writes"] = measure_writes
     if migrations is not None:
         request["migrations"] = migrations
-    result = runner.request(context, request, on_event)
+    result = runner.request(context, request, on_event, wind_down)
     setup_error = result.first("setup_error")
     if setup_error is not None:
         raise setup_failure(tool, context, setup_error, result.stderr)
@@ -369,9 +384,20 @@ class RunnerProcess:
             self.protocol = None
 
     def request(
-        self, context: RunContext, request: dict[str, Any], on_event: Callable[[Event], None] | None
+        self,
+        context: RunContext,
+        request: dict[str, Any],
+        on_event: Callable[[Event], None] | None,
+        wind_down: Callable[[], bool] | None = None,
     ) -> RunnerResult:
-        """``request`` answered, within ``context``'s deadline (the run's, or a lint rehearsal's)."""
+        """``request`` answered, within ``context``'s deadline (the run's, or a lint rehearsal's).
+
+        An interrupt stops the runner. With ``wind_down`` it first gets the chance to stop on its
+        own: the runner is asked to start no further migration (``{"stop": true}`` on its stdin),
+        ``wind_down`` runs (it cancels the running migration's statement on the server, and says
+        whether the runner may now answer), and for up to :data:`WIND_DOWN_SECONDS` its events are
+        heard as usual, the migration it was in reporting itself failed, rolled back, with what it
+        tried. Then the interrupt goes on."""
         proc, protocol = self.start()
         events: list[Event] = []
         returncode: int | None = None
@@ -412,6 +438,8 @@ class RunnerProcess:
                 returncode = proc.wait()
         except BaseException as stopped:
             # Ctrl-C or a failing listener: the child must not keep migrating on its own.
+            if isinstance(stopped, KeyboardInterrupt) and wind_down is not None:
+                self._wind_down(proc, protocol, wind_down, on_event, context.redactor)
             stop(proc)
             if isinstance(stopped, KeyboardInterrupt) and on_event is not None:
                 # What it wrote before it stopped (a migration it finished, the next one started)
@@ -449,6 +477,35 @@ class RunnerProcess:
             result={"step": what, "file": file, "runner_load_timeout_seconds": seconds},
             tool_output=_tail(stderr) or None,
         )
+
+    def _wind_down(
+        self,
+        proc: subprocess.Popen,
+        protocol: BinaryIO,
+        wind_down: Callable[[], bool],
+        on_event: Callable[[Event], None] | None,
+        redactor: Redactor,
+    ) -> None:
+        """After an interrupt (:meth:`request`): the runner asked to stop, then heard until it has
+        answered, for at most :data:`WIND_DOWN_SECONDS`; then it is stopped (code that never
+        yields, a migration awaiting a timer), and the caller reads what it wrote meanwhile."""
+        _write_line(proc, {"stop": True})
+        if not wind_down():
+            return
+        timer = threading.Timer(WIND_DOWN_SECONDS, stop, [proc])
+        timer.daemon = True
+        timer.start()
+        try:
+            while protocol.peek(1):
+                event = _parse(protocol.readline(), self.nonce, redactor)
+                if event is None:
+                    continue
+                if event["event"] == "done":
+                    return
+                if on_event is not None:
+                    on_event(event)
+        finally:
+            timer.cancel()
 
     def _written_before_it_stopped(self, protocol: BinaryIO, redactor: Redactor) -> list[Event]:
         """The events left in the pipe of a runner that was stopped, read without waiting for more
@@ -755,9 +812,11 @@ def apply(tool: NodeTool, context: RunContext, pending: list[LocalMigration], ar
     """The migration started and not yet reported finished, and when faber heard it start."""
     outside_transaction: set[str] = set()
     """The transactional migrations that committed work of their own outside their transaction."""
+    failed: Event | None = None
+    """The runner's report of a migration that failed (one an interrupt stopped, as it wound down)."""
 
     def progress(event: Event) -> None:
-        nonlocal session, running
+        nonlocal session, running, failed
         if event["event"] == "migration_session":
             session = event
         elif event["event"] == "migration_outside_transaction":
@@ -768,24 +827,43 @@ def apply(tool: NodeTool, context: RunContext, pending: list[LocalMigration], ar
             # runner's own lock check otherwise.
             context.start_migration(event["name"], in_transaction=lock_check is not None)
         elif event["event"] == "migration_finished":
-            context.migration_applied(
-                AppliedMigration(name=event["name"], duration_seconds=round(event["duration_seconds"], 3))
-            )
+            context.migration_applied(applied_migration(event))
             running = None
+        elif event["event"] == "migration_failed":
+            failed = event
 
     def settled() -> Settled | None:
         """What became of the migration the runner was in when it stopped, if it was in one."""
         if running is None:
             return None
         event, started_at = running
+        duration = round(time.monotonic() - started_at, 3)
+        if failed is not None and failed["name"] == event["name"]:
+            # It reported itself as the interrupt wound the runner down: rolled back, measured.
+            rolled_back = bool(failed.get("transaction_rolled_back"))
+            return Settled(event["name"], duration, False, rolled_back, failed.get("table_writes"))
         atomic = bool(event.get("transactional")) and event["name"] not in outside_transaction
         committed = _committed(context, session, event["name"]) if session is not None else None
-        return Settled(event["name"], round(time.monotonic() - started_at, 3), committed, atomic)
+        return Settled(event["name"], duration, committed, atomic)
+
+    def wind_down() -> bool:
+        """On an interrupt, where the runner named its session: cancel the statement it runs there,
+        so that the migration it is in fails, rolls back and reports what it tried."""
+        if session is None:
+            return False
+        if running is not None:
+            _cancel_statement(context, session)
+        return True
 
     expected = [m.name for m in pending]
     # The runner applies every migration in one request: it runs faber's lock check as each one starts
     # where the engine has it as SQL (PostgreSQL); elsewhere it waits there while faber checks.
     lock_check = context.lock_check_in_transaction
+    measure_writes = None
+    if context.database.engine.supports("write_counters"):
+        from faber_core.backup.writes import measurement_statements  # a deploy's apply alone needs it
+
+        measure_writes = measurement_statements(context.database)
     try:
         result = run_runner(
             tool,
@@ -797,6 +875,8 @@ def apply(tool: NodeTool, context: RunContext, pending: list[LocalMigration], ar
             queries_of_failure_only=True,
             lock_check=lock_check(pending[0].name).statement if lock_check is not None and pending else None,
             confirm_each_migration=lock_check is None and bool(context.before_each_migration),
+            measure_writes=measure_writes,
+            wind_down=wind_down,
         )
     except KeyboardInterrupt:
         stopped = settled()
@@ -828,6 +908,8 @@ class Settled:
     """Its row is in the tool's table (True), or not (False); None: faber cannot tell."""
     atomic: bool
     """It ran in one transaction with its row and committed nothing outside it."""
+    table_writes: dict[str, int] | None = None
+    """The rows it tried to write, where the runner measured them as it stopped."""
 
     @property
     def rolled_back(self) -> bool:
@@ -847,6 +929,7 @@ class Settled:
             path=next((m.path for m in pending if m.name == self.name), None),
             transaction_rolled_back=self.rolled_back,
             killed_by=killed_by,
+            table_writes=self.table_writes,
         )
 
 
@@ -858,10 +941,7 @@ def _outcome_of_death(
     migrations (the one it was in committed, or it was in none), the next one failed before it
     started."""
     result = died.runner_result
-    applied = [
-        AppliedMigration(name=e["name"], duration_seconds=round(e["duration_seconds"], 3))
-        for e in result.of("migration_finished")
-    ]
+    applied = [applied_migration(e) for e in result.of("migration_finished")]
     if stopped is not None and not stopped.committed:
         failure = stopped.failure(f"{died.how} while it ran", pending, died.tool_output, died.killed_by)
         return ApplyOutcome(applied=applied, failure=failure)
@@ -891,6 +971,9 @@ def _outcome_of_death(
 
 # How long faber waits for the server to end the session of a runner it stopped or that died.
 _SESSION_END_SECONDS = 5.0
+WIND_DOWN_SECONDS = 3.0
+"""How long an interrupted runner has to report the migration it was in, once faber cancelled its
+statement, before it is stopped (:meth:`RunnerProcess.request`)."""
 
 
 def _committed(context: RunContext, session: Event, name: str) -> bool | None:
@@ -928,25 +1011,48 @@ def _committed(context: RunContext, session: Event, name: str) -> bool | None:
         return None
 
 
+# The runner's session ``pid`` that started at ``started`` (microseconds since the epoch), so that
+# a later session given the same pid is left alone.
+_IDENTIFIED = "pid = %s AND (extract(epoch FROM backend_start) * 1000000)::bigint::text = %s"
+
+
+def _cancel_statement(context: RunContext, session: Event) -> None:
+    """Cancel the statement the runner's migration session (``migration_session``) runs, if any;
+    faber goes on whatever stops it (the runner is stopped all the same, soon)."""
+    try:
+        with context.database.connect() as conn:
+            conn.execute(
+                f"SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE {_IDENTIFIED}",
+                [int(session["pid"]), str(session["started"])],
+            )
+    except context.database.engine.driver_error:
+        pass
+
+
 def _session_ended(conn: Any, pid: int, started: str) -> bool:
-    """End the server session ``pid`` that started at ``started`` (microseconds since the epoch,
-    so that a later session given the same pid is left alone) and wait until it is gone."""
-    identified = "pid = %s AND (extract(epoch FROM backend_start) * 1000000)::bigint::text = %s"
-    conn.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {identified}", [pid, started])
+    """End the server session ``pid`` that started at ``started`` and wait until it is gone."""
+    conn.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {_IDENTIFIED}", [pid, started])
     deadline = time.monotonic() + _SESSION_END_SECONDS
-    while conn.execute(f"SELECT 1 FROM pg_stat_activity WHERE {identified}", [pid, started]).fetchone():
+    while conn.execute(f"SELECT 1 FROM pg_stat_activity WHERE {_IDENTIFIED}", [pid, started]).fetchone():
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
     return True
 
 
+def applied_migration(finished: Event) -> AppliedMigration:
+    """A ``migration_finished`` event as the migration faber reports applied, with the rows it
+    wrote where the runner measured them (``table_writes``; None: not measured)."""
+    return AppliedMigration(
+        name=finished["name"],
+        duration_seconds=round(finished["duration_seconds"], 3),
+        table_writes=finished.get("table_writes"),
+    )
+
+
 def outcome_of(result: RunnerResult, paths: dict[str, str | None], code_label: str) -> ApplyOutcome:
     """The runner's apply events as an outcome; ``code_label`` names the failure's error code."""
-    applied = [
-        AppliedMigration(name=e["name"], duration_seconds=round(e["duration_seconds"], 3))
-        for e in result.of("migration_finished")
-    ]
+    applied = [applied_migration(e) for e in result.of("migration_finished")]
     failed = result.first("migration_failed")
     if failed is None:
         return ApplyOutcome(applied=applied)
@@ -960,6 +1066,7 @@ def outcome_of(result: RunnerResult, paths: dict[str, str | None], code_label: s
             transaction_rolled_back=bool(failed.get("transaction_rolled_back")),
             started=failed.get("started", True),
             sqlstate=failed.get("code"),
+            table_writes=failed.get("table_writes"),
         ),
     )
 

@@ -63,7 +63,30 @@ function write(event, fields) {
 let confirmEachMigration = false;
 let awaitingFaber = null;
 
+// faber, stopped by a signal during an apply, asks the runner to stop (a line `{"stop": true}` on
+// stdin) and cancels the running migration's statement on the server: that migration fails as any
+// other does (rolled back, what it tried measured) and is reported, and no further migration
+// starts: migrationStarted throws Stopped instead, before anything of it (reported with
+// `started: false`).
+let stopRequested = false;
+
+class Stopped extends Error {
+  constructor() {
+    super("faber was stopped by a signal before this migration started; nothing of it ran");
+  }
+}
+
+function isStopLine(line) {
+  try {
+    const message = JSON.parse(line);
+    return message !== null && message.stop === true && message.command === undefined;
+  } catch {
+    return false;
+  }
+}
+
 async function migrationStarted(fields) {
+  if (stopRequested) throw new Stopped();
   emit("migration_started", fields);
   if (!confirmEachMigration) return;
   // Set in this tick, before faber can have read the event and answered.
@@ -282,6 +305,8 @@ function serve(load) {
       requestEngine = /^(mysql|mariadb):/i.test(request.database_url || "") ? "mysql" : "postgres";
       queriesOfFailureOnly = request.queries === "of_failure";
       confirmEachMigration = request.confirm_each_migration === true;
+      stopRequested = false;
+      writesStatements = request.measure_writes || null;
       heldQueries = [];
       const commands = await loaded;
       const command = commands[request.command];
@@ -295,7 +320,11 @@ function serve(load) {
   }
   const requests = readline.createInterface({ input: process.stdin });
   requests.on("line", (line) => {
-    if (awaitingFaber !== null) {
+    if (nonce !== null && isStopLine(line)) {
+      stopRequested = true;
+      if (awaitingFaber !== null) awaitingFaber(null);
+      awaitingFaber = null;
+    } else if (awaitingFaber !== null) {
       const resolve = awaitingFaber;
       awaitingFaber = null;
       resolve(line);
@@ -339,6 +368,52 @@ async function checkLock(statement, query, { inTransaction }) {
   } catch (error) {
     throw new LockCheckFailed(error, inTransaction);
   }
+}
+
+// An apply request's "measure_writes" (a deploy on PostgreSQL 15 and later): faber's SQL measuring the
+// rows a transactional migration writes, as faber's own appliers measure theirs, so that a restore
+// can tell the migrations' rows from the application's. `start` runs in the migration's transaction
+// before any of its statements; `before_commit` after its last one, before the ORM records and
+// commits it; `after_failure` once it failed, before the ORM rolls it back. The last statement of
+// the latter two returns one row whose `table_writes` is an object: rows per table. The measure goes
+// with the migration's "migration_finished" or "migration_failed" as `table_writes`; null when it
+// could not be measured (no transaction, one the migration ended itself, a statement that failed),
+// which faber takes for "unknown", the safe side. `after_unmeasured` runs after a migration that
+// finished unmeasured: the server's per-transaction counts still hold a session's earlier
+// transactions until it reports them, which these statements ask for, so that the next migration's
+// measure holds its own rows only.
+let writesStatements = null;
+
+// The measure of one migration's writes, through `query` (a statement -> a Promise of its rows, on
+// the migration's own connection and unseen by the ORM's logging); null when the request asks for none.
+function writesMeasurement(query) {
+  if (writesStatements === null) return null;
+  const statements = writesStatements;
+  const run = async (list) => {
+    let rows = [];
+    for (const statement of list) rows = await query(statement);
+    return rows;
+  };
+  return {
+    start: () => run(statements.start),
+    // At `moment` ("commit", "failure" or "unmeasured"), the rows per table, or null: measuring
+    // never fails the migration (a statement failing here fails the ORM's own next one anyway, or
+    // the rollback follows).
+    async measure(moment) {
+      const list = { commit: statements.before_commit, failure: statements.after_failure }[moment];
+      try {
+        const [row] = await run(list || statements.after_unmeasured);
+        return list && row && typeof row.table_writes === "object" ? row.table_writes : null;
+      } catch {
+        return null;
+      }
+    },
+  };
+}
+
+// What a migration that never started wrote, where the request measures writes: nothing.
+function nothingWritten() {
+  return writesStatements === null ? null : {};
 }
 
 // Every query a migration issues is attributed to it through the async context it started in, so
@@ -399,4 +474,7 @@ module.exports = {
   trackQueries,
   LockCheckFailed,
   checkLock,
+  Stopped,
+  writesMeasurement,
+  nothingWritten,
 };

@@ -136,7 +136,7 @@ def test_a_failing_migration_in_a_protected_environment_is_rolled_back_to_the_ba
     assert result["applied_migrations"] == ["AddPosts1700000200000"]
     assert result["transaction_rolled_back"] is True
     assert (result["rollback_initiated"], result["rollback_status"]) == (True, "success")
-    assert result["writes_since_backup"]["attribution"] == "unknown"
+    assert result["writes_since_backup"]["attribution"] == "exact"
     assert [name for (name,) in query("SELECT name FROM migrations ORDER BY id")] == FIXTURE_MIGRATIONS
     assert query("SELECT to_regclass('posts'), to_regclass('later')") == [(None, None)]
     assert query("SELECT email FROM users") == [("kept@example.com",)]
@@ -147,17 +147,27 @@ def test_a_failing_migration_in_a_protected_environment_is_rolled_back_to_the_ba
 def test_under_refuse_a_failed_deploy_is_restored_unless_the_application_wrote(
     typeorm_project, typeorm_migration, query, application_writes
 ):
-    """The runner does not measure its migrations' writes, but it declares its bookkeeping table:
-    the row AddPosts left there is faber's, so under the default "refuse" the deploy is restored,
-    unless the application wrote a row while the deploy ran (then nothing is restored)."""
+    """The runner measures each migration's writes in its transaction: the 40 rows AddPosts wrote
+    (committed) and the 5 Broken tried (rolled back) are faber's, so under the default "refuse"
+    the deploy is restored, unless the application wrote a row while the deploy ran: then
+    nothing is restored, and that row alone is reported."""
     project = typeorm_project(backup_before_migrate=True, auto_rollback=True, protected=True)
     assert FaberProcess.start(project, "migrate", "staging", "--yes", "--json").finish() == 0
     migrations = project / "migrations"
     (migrations / "1700000200000-AddPosts.js").write_text(
-        typeorm_migration("AddPosts1700000200000", 'CREATE TABLE "posts" (id int)', "SELECT pg_sleep(1)")
+        typeorm_migration(
+            "AddPosts1700000200000",
+            'CREATE TABLE "posts" (id int)',
+            "INSERT INTO users (email) SELECT 'seed-' || g FROM generate_series(1, 40) g",
+            "SELECT pg_sleep(1)",
+        )
     )
     (migrations / "1700000300000-Broken.js").write_text(
-        typeorm_migration("Broken1700000300000", 'ALTER TABLE "users" ADD "email" text')
+        typeorm_migration(
+            "Broken1700000300000",
+            "INSERT INTO users (email) SELECT 'tried-' || g FROM generate_series(1, 5) g",
+            'ALTER TABLE "users" ADD "email" text',
+        )
     )
 
     write = functools.partial(query, "INSERT INTO users (email) VALUES ('written@example.com')")
@@ -178,7 +188,38 @@ def test_under_refuse_a_failed_deploy_is_restored_unless_the_application_wrote(
         assert (result["rollback_initiated"], result["rollback_status"]) == (True, "success"), result
         assert result["writes_since_backup"]["status"] == "none"
         assert query("SELECT to_regclass('posts')") == [(None,)]
+        assert query("SELECT count(*) FROM users") == [(0,)]
         assert [name for (name,) in query("SELECT name FROM migrations ORDER BY id")] == FIXTURE_MIGRATIONS
+    assert result["writes_since_backup"]["attribution"] == "exact"
+
+
+def test_the_writes_of_a_migration_without_a_transaction_are_not_measured_so_refuse_keeps_them(
+    typeorm_project, typeorm_migration, query
+):
+    """A migration with transaction = false commits statement by statement: nothing measures its
+    writes, so faber cannot tell its rows from the application's, and "refuse" restores nothing."""
+    project = typeorm_project(backup_before_migrate=True, auto_rollback=True, protected=True)
+    assert FaberProcess.start(project, "migrate", "staging", "--yes", "--json").finish() == 0
+    migrations = project / "migrations"
+    (migrations / "1700000200000-Seed.js").write_text(
+        typeorm_migration(
+            "Seed1700000200000",
+            "INSERT INTO users (email) SELECT 'seed-' || g FROM generate_series(1, 3) g",
+            transaction=False,
+        )
+    )
+    (migrations / "1700000300000-Broken.js").write_text(
+        typeorm_migration("Broken1700000300000", 'ALTER TABLE "users" ADD "email" text')
+    )
+
+    code, document = deploy_with_application_write(project, "staging", "Broken1700000300000", None)
+
+    assert code == 6, document
+    result = document["result"]
+    assert (result["rollback_initiated"], result["rollback_status"]) == (False, "refused"), result
+    assert result["writes_since_backup"]["attribution"] == "unknown"
+    assert result["writes_since_backup"]["tables"] == [{"table": "public.users", "rows": 3}]
+    assert query("SELECT count(*) FROM users") == [(3,)]
 
 
 def test_one_runner_serves_a_whole_deploy_and_ends_with_it(typeorm_project):
@@ -372,6 +413,76 @@ def test_a_signal_in_the_only_migration_of_a_deploy_restores_nothing_and_keeps_t
     assert result["applied_migrations"] == [] and result["rollback_status"] == "not_needed"
     assert query("SELECT email FROM users") == [("written-during-the-deploy@example.com",)]
     assert query("SELECT to_regclass('slow') IS NULL") == [(True,)]
+
+
+def test_an_interrupted_deploy_whose_migrations_wrote_rows_is_restored_under_refuse(
+    typeorm_project, typeorm_migration, run_faber, query
+):
+    # faber cancels the interrupted migration's statement: the runner reports it rolled back with
+    # the rows it tried, so every row counted since the backup is the migrations' own, and under
+    # the default "refuse" the backup is restored.
+    project = typeorm_project(backup_before_migrate=True, auto_rollback=True, protected=True, lint="off")
+    assert run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project)).returncode == 0
+    migrations = project / "migrations"
+    (migrations / "1700000200000-Seed.js").write_text(
+        typeorm_migration(
+            "Seed1700000200000", "INSERT INTO users (email) SELECT 'seed-' || g FROM generate_series(1, 40) g"
+        )
+    )
+    (migrations / "1700000300000-Slow.js").write_text(
+        typeorm_migration(
+            "Slow1700000300000",
+            "INSERT INTO users (email) SELECT 'tried-' || g FROM generate_series(1, 5) g",
+            "SELECT pg_sleep(60)",
+        )
+    )
+    code, stdout = deploy_sent_sigterm(project, lambda: query(SLEEPING.format(60)), "the slow migration to run")
+
+    assert code == 130, stdout
+    result = json.loads(stdout)["result"]
+    assert result["applied_migrations"] == ["Seed1700000200000"]
+    assert result["failed_migration"] == "Slow1700000300000" and result["transaction_rolled_back"] is True
+    assert result["rollback_status"] == "success", result
+    assert (result["writes_since_backup"]["status"], result["writes_since_backup"]["attribution"]) == ("none", "exact")
+    assert query("SELECT count(*) FROM users") == [(0,)]
+    assert [name for (name,) in query("SELECT name FROM migrations ORDER BY id")] == FIXTURE_MIGRATIONS
+
+
+def test_an_interrupted_migration_that_does_not_answer_is_stopped_with_its_runner(typeorm_project, run_faber, query):
+    # Awaiting a timer, the migration runs no statement to cancel: the runner is stopped once it
+    # has had its moment (a second SIGTERM meanwhile cuts nothing short), faber ends its session,
+    # and the migration is reported rolled back.
+    project = typeorm_project(backup_before_migrate=True, auto_rollback=True, protected=True, lint="off")
+    assert run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project)).returncode == 0
+    (project / "migrations" / "1700000200000-Waits.js").write_text(
+        "module.exports = class Waits1700000200000 {\n"
+        "  async up(queryRunner) {\n"
+        "    await queryRunner.query(\"INSERT INTO users (email) VALUES ('tried')\");\n"
+        "    await new Promise((resolve) => setTimeout(resolve, 60000));\n"
+        "  }\n\n  async down() {}\n};\n"
+    )
+    waiting = (
+        "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND state = 'idle in transaction'"
+        " AND query LIKE 'INSERT INTO users%'"
+    )
+    faber = start_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project), cwd=project)
+    try:
+        wait_for(lambda: query(waiting), "the migration to wait")
+        faber.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        time.sleep(1)
+        faber.send_signal(signal.SIGTERM)
+        stdout, _ = faber.communicate(timeout=60)
+    finally:
+        if faber.poll() is None:
+            faber.kill()
+
+    assert faber.returncode == 130, stdout
+    assert time.monotonic() - signalled < 30  # the runner's 3 s, the session's end, the report
+    result = json.loads(stdout)["result"]
+    assert result["failed_migration"] == "Waits1700000200000" and result["transaction_rolled_back"] is True
+    assert result["rollback_status"] == "not_needed"
+    assert query("SELECT count(*) FROM users") == [(0,)]
 
 
 def test_a_migration_that_committed_while_faber_was_not_reading_is_reported_applied(

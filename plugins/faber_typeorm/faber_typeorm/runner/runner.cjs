@@ -278,6 +278,7 @@ function tracker() {
     queryRunner: null,
     leftTransaction: false,
     lastQuery: null,
+    tableWrites: null,
     finished: new Set(),
   };
   const finish = () => {
@@ -285,6 +286,7 @@ function tracker() {
     faber.emit("migration_finished", {
       name: state.current.name,
       duration_seconds: (performance.now() - state.started) / 1000,
+      table_writes: state.tableWrites,
     });
     state.finished.add(state.current.name);
     state.current = null;
@@ -334,6 +336,13 @@ function tracker() {
       await faber.checkLock(lockCheck, (statement) => queryRunner.query(statement), {
         inTransaction: isTransactional(instance),
       });
+      // Measured in its transaction, on the driver's connection itself: not one of its queries.
+      const writes = faber.writesMeasurement((statement) =>
+        queryRunner.databaseConnection.query(statement).then((result) => result.rows),
+      );
+      const measured = writes !== null && isTransactional(instance);
+      if (measured) await writes.start();
+      state.tableWrites = null;
       state.current = migration;
       state.phase = "migration";
       state.started = performance.now();
@@ -344,12 +353,17 @@ function tracker() {
       queryRunner.query = faber.trackQueries(queryRunner.query);
       try {
         await faber.runMigration(migration.name, () => up(queryRunner));
+      } catch (error) {
+        // What it tried counts too (rolled-back rows are in the server's counters all the same).
+        if (measured && !state.leftTransaction) state.tableWrites = await writes.measure("failure");
+        throw error;
       } finally {
         if (ownQuery) queryRunner.query = ownQuery;
         else delete queryRunner.query;
         // What follows is TypeORM's own: the bookkeeping row, COMMIT or ROLLBACK.
         state.phase = "bookkeeping";
       }
+      if (writes) state.tableWrites = await writes.measure(measured && !state.leftTransaction ? "commit" : "unmeasured");
     };
   };
   return { state, logger, wrap, finish };
@@ -358,8 +372,22 @@ function tracker() {
 function failureFields(error, state, pendingNames) {
   const driverError = (error && error.driverError) || error || {};
   const migration = state.current;
+  if (error instanceof faber.Stopped) {
+    return {
+      name: pendingNames.find((name) => !state.finished.has(name)),
+      message: error.message,
+      transaction_rolled_back: false,
+      started: false,
+      duration_seconds: 0,
+      table_writes: faber.nothingWritten(),
+    };
+  }
   if (error instanceof faber.LockCheckFailed) {
-    return { name: pendingNames.find((name) => !state.finished.has(name)), ...error.fields };
+    return {
+      name: pendingNames.find((name) => !state.finished.has(name)),
+      table_writes: faber.nothingWritten(),
+      ...error.fields,
+    };
   }
   return {
     // No migration running yet: TypeORM failed preparing (e.g. creating its table); the first
@@ -370,6 +398,7 @@ function failureFields(error, state, pendingNames) {
     query: (error && error.query) || state.lastQuery,
     transaction_rolled_back: migration ? isTransactional(migration.instance) && !state.leftTransaction : true,
     duration_seconds: migration ? (performance.now() - state.started) / 1000 : 0,
+    table_writes: migration ? state.tableWrites : faber.nothingWritten(),
   };
 }
 
