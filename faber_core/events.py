@@ -39,6 +39,8 @@ REHEARSAL_CREATED = "rehearsal.created"
 REHEARSAL_DROPPED = "rehearsal.dropped"
 REHEARSAL_DROP_FAILED = "rehearsal.drop_failed"
 REHEARSAL_MEASURED = "rehearsal.measured"
+REHEARSAL_LEFTOVER_DROPPED = "rehearsal.leftover_dropped"
+REHEARSAL_LEFTOVER_DROP_FAILED = "rehearsal.leftover_drop_failed"
 
 # Backups
 BACKUP_STARTED = "backup.started"

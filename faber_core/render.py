@@ -299,6 +299,16 @@ class ProgressPrinter:
         self.line(f"… Rehearsing on a throwaway copy of the database{data}")
         self.start_activity("Rehearsing")
 
+    def on_rehearsal_leftover_dropped(self, event: AuditEvent) -> None:
+        self.line(f"✓ Dropped {one_line(event.data['database'])}, a rehearsal copy a killed run left")
+
+    def on_rehearsal_leftover_drop_failed(self, event: AuditEvent) -> None:
+        data = event.data
+        self.line(
+            f"⚠ Could not drop {one_line(data['database'])}, a rehearsal copy a killed run left: "
+            f"{one_line(data['error'])}; kept (drop it with {one_line(data['drop'])})"
+        )
+
     def on_rehearsal_measured(self, event: AuditEvent) -> None:
         self.end_activity()
 

@@ -27,6 +27,7 @@ import pytest
 from faber_core.config import CONFIG_PATH
 from faber_core.engines import REHEARSAL_PREFIX
 from faber_core.postgres.locks import faber_lock_key
+from faber_core.postgres.scratch import rehearsal_comment
 from faber_core.testing.faults import (
     AUDIT_LOG,
     AnswerDropped,
@@ -703,9 +704,11 @@ def test_a_rehearsal_copy_killed_before_it_was_labelled_is_named_by_faber_status
             run.kill(signal.SIGKILL)
             assert run.wait(timeout=EXIT_BOUND) == -signal.SIGKILL
             # The label was never sent: the server ends the dead client's session before it runs.
+            # Only this test's: another test's faber may be labelling its copy meanwhile.
             catalog.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'COMMENT ON DATABASE%'"
-                " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'COMMENT ON DATABASE%%'"
+                " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid() AND datname = %s",
+                [database_name(database_url)],
             )
             catalog.execute("ROLLBACK")
         # As it is 15 minutes on: a copy is named once stale (a preview may still be rehearsing in it).
@@ -731,6 +734,49 @@ def test_a_rehearsal_copy_killed_before_it_was_labelled_is_named_by_faber_status
         if stale is not None:
             with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
                 admin.execute(f'DROP DATABASE IF EXISTS "{stale}"')
+
+
+def test_the_next_rehearsal_drops_the_copy_a_run_killed_during_its_rehearsal_left(
+    project, database_url, postgres_admin_url
+):
+    """``kill -9`` during a rehearsal leaves its copy of the database, with its data, on the
+    server: ``faber status`` names it once stale, and nothing dropped it. The next rehearsal of
+    the database drops it before it makes its own, and says so (an event, a line)."""
+    directory = project({"001_slow": "-- faults:rehearsed\nSELECT pg_sleep(60);"})
+    target = database_name(database_url)
+    run = start(directory, database_url, "migrate", ENVIRONMENT, "--dry-run", "--rehearse", "--json")
+    copy = stale = None
+    try:
+        copy = run.wait_for("rehearsal.created")["data"]["database"]
+        with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
+            run.wait_until(lambda: migration_session(admin, copy, "rehearsed"), what="the rehearsed migration")
+            run.kill(signal.SIGKILL)
+            assert run.wait(timeout=EXIT_BOUND) == -signal.SIGKILL
+            for database in (copy, target):  # the run's sessions, its lock on the target's among them
+                ended = lambda name=database: not admin.execute(SESSIONS_ON, [name]).fetchone()  # noqa: E731
+                wait_for(ended, f"the sessions on {database}")
+            # As it is 15 minutes on (a preview may still be rehearsing in a younger copy).
+            stale = "faber_rehearsal_20200101000000_" + copy.removeprefix(REHEARSAL_PREFIX).partition("_")[2]
+            admin.execute(f'ALTER DATABASE "{copy}" RENAME TO "{stale}"')
+        status = start(directory, database_url, "status", ENVIRONMENT, "--json")
+        assert status.finish() == 0, status.stdout()
+        assert [left["name"] for left in json.loads(status.stdout())["result"]["leftover_databases"]] == [stale]
+
+        (directory / "migrations" / "001_slow.sql").write_text("CREATE TABLE later (id int);")
+        again = start(directory, database_url, "migrate", ENVIRONMENT, "--dry-run", "--rehearse")
+        assert again.finish() == 0, again.stdout() + again.stderr()
+
+        assert stale not in rehearsal_copies(postgres_admin_url), "the killed run's copy is still on the server"
+        dropped = [event["data"] for event in again.read_events() if event["kind"] == "rehearsal.leftover_dropped"]
+        assert dropped == [{"database": stale, "details": rehearsal_comment(target)}], again.kinds()
+        assert f"✓ Dropped {stale}, a rehearsal copy a killed run left" in again.stderr()
+        assert CANARY_PASSWORD not in again.stdout() + again.stderr()
+    finally:
+        run.stop_everything()
+        with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
+            for name in (copy, stale):
+                if name is not None:
+                    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 SESSIONS_ON = "SELECT 1 FROM pg_stat_activity WHERE datname = %s"

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timezone
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from faber_core.context import open_context
-from faber_core.engines import REHEARSAL_PREFIX
+from faber_core.engines import REHEARSAL_PREFIX, rehearsal_tag
 from faber_core.errors import ConfigError, FaberError
+from faber_core.postgres.leftovers import leftover_databases
+from faber_core.postgres.locks import rehearsal_lock_key
 from faber_core.postgres.rehearsal import rehearsal_database
-from faber_core.testing.fixtures import CANARY_PASSWORD
+from faber_core.postgres.scratch import rehearsal_comment
+from faber_core.testing.fixtures import CANARY_PASSWORD, database_url_for
 
 URL_ENV = "REHEARSAL_TEST_DATABASE_URL"
 TARGET_SCHEMA = """
@@ -141,3 +146,146 @@ def test_the_rehearsal_url_keeps_the_credentials_secret(context):
     with rehearsal_database(context(), include_data=False) as rehearsal:
         assert CANARY_PASSWORD in rehearsal.database.url.reveal()
         assert CANARY_PASSWORD not in f"{rehearsal.database.url} {rehearsal!r}"
+
+
+# Copies killed runs left -------------------------------------------------------------
+
+
+def copy_name(target: str, *, stamp: str = "20200101000000", tagged: bool = True, of: str | None = None) -> str:
+    """A rehearsal copy's name, as ``rehearsal_name`` makes them: made at ``stamp``, with the tag of
+    ``of`` (default ``target``) or none."""
+    tag = rehearsal_tag(of or target) if tagged else ""
+    return f"{REHEARSAL_PREFIX}{stamp}_{tag}stalecopy{uuid.uuid4().hex[:6]}"
+
+
+def make_copy(admin_url: str, name: str, comment: str | None) -> None:
+    rows(admin_url, f'CREATE DATABASE "{name}"')
+    if comment is not None:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(comment)))
+
+
+def drop_copies(admin_url: str, names: list[str]) -> None:
+    for name in names:
+        rows(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def kinds_of(events: list, kind: str) -> list[str]:
+    return [event.data["database"] for event in events if event.kind == kind]
+
+
+def test_a_rehearsal_first_drops_the_stale_copies_of_its_database_and_nothing_else(context, target, postgres_admin_url):
+    """A run killed during its rehearsal (``kill -9``) left its copy of the database on the server
+    for good. The next rehearsal of the database drops those ``faber status`` lists: labelled as
+    its copies, or unlabelled with its tag, 15 minutes old, no session connected, no live run's
+    lock. Not a fresh copy, another database's, one merely named like one, one a session uses,
+    one whose run is alive between two steps."""
+    database = urlsplit(target).path.lstrip("/")
+    now = f"{datetime.now(timezone.utc):%Y%m%d%H%M%S}"
+    labelled, unlabelled = copy_name(database), copy_name(database, stamp="20200101000001")
+    copies = {
+        labelled: rehearsal_comment(database),
+        unlabelled: None,
+        (fresh := copy_name(database, stamp=now)): rehearsal_comment(database),
+        (elsewhere := copy_name(database, of="stalecopy_other")): rehearsal_comment("stalecopy_other"),
+        (untagged := copy_name(database, tagged=False)): None,
+        (look_alike := copy_name(database)): "an application's database",
+        (in_use := copy_name(database)): rehearsal_comment(database),
+        (live := copy_name(database)): rehearsal_comment(database),
+    }
+    events: list = []
+    try:
+        for name, comment in copies.items():
+            make_copy(postgres_admin_url, name, comment)
+        with (
+            psycopg.connect(database_url_for(postgres_admin_url, in_use), autocommit=True),
+            psycopg.connect(target, autocommit=True) as run,
+        ):
+            # A live run holds its copy's lock on the database, whether or not it is connected to the copy.
+            run.execute("SELECT pg_advisory_lock(%s)", [rehearsal_lock_key(live)])
+            ctx = context(events=events)
+            with ctx.database.connect() as conn:
+                listed = [leftover.name for leftover in leftover_databases(conn, ctx.database)]
+            assert sorted(listed) == sorted([labelled, unlabelled])
+
+            with rehearsal_database(ctx, include_data=False) as rehearsal:
+                assert database_exists(postgres_admin_url, rehearsal.name)
+
+        left = {name for name in copies if database_exists(postgres_admin_url, name)}
+        assert left == {fresh, elsewhere, untagged, look_alike, in_use, live}
+        assert sorted(kinds_of(events, "rehearsal.leftover_dropped")) == sorted([labelled, unlabelled])
+        assert kinds_of(events, "rehearsal.leftover_drop_failed") == []
+        kinds = [event.kind for event in events if event.kind.startswith("rehearsal.")]
+        assert kinds == ["rehearsal.leftover_dropped"] * 2 + ["rehearsal.created", "rehearsal.dropped"]
+    finally:
+        drop_copies(postgres_admin_url, list(copies))
+
+
+def test_a_live_rehearsal_between_two_steps_is_not_taken_for_a_leftover(
+    context, target, postgres_admin_url, monkeypatch
+):
+    """A rehearsal may run longer than 15 minutes (``lint_rehearsal_seconds``, ``--rehearse`` of a
+    big database), and between two steps no session is connected to its copy (its dump and its
+    restore, two migrations): its run's lock on the database is what says it is alive. A rehearsal
+    of the same database made meanwhile drops a dead run's copy and keeps the live one."""
+    from faber_core.postgres import leftovers
+
+    monkeypatch.setattr(leftovers, "REHEARSAL_STALE_MINUTES", -1)  # every copy is old enough now
+    database = urlsplit(target).path.lstrip("/")
+    dead = copy_name(database)
+    events: list = []
+    try:
+        with rehearsal_database(context(), include_data=False) as live:
+            assert not rows(postgres_admin_url, f"SELECT 1 FROM pg_stat_activity WHERE datname = '{live.name}'")
+            make_copy(postgres_admin_url, dead, rehearsal_comment(database))
+            with rehearsal_database(context(events=events), include_data=False):
+                pass
+            assert database_exists(postgres_admin_url, live.name), "a live run's copy was dropped"
+            assert not database_exists(postgres_admin_url, dead)
+    finally:
+        drop_copies(postgres_admin_url, [dead])
+    assert kinds_of(events, "rehearsal.leftover_dropped") == [dead]
+
+
+def test_a_stale_copy_that_cannot_be_dropped_is_reported_and_the_rehearsal_goes_on(
+    context, target, postgres_admin_url, monkeypatch
+):
+    """A session that connects to a stale copy after faber chose to drop it makes the drop fail
+    (no ``FORCE``): the copy is kept, the failure is an event with the statement that drops it,
+    and the rehearsal is made as usual; the next rehearsal drops the copy once it is free."""
+    from faber_core.postgres import rehearsal as module
+
+    database = urlsplit(target).path.lstrip("/")
+    stale = copy_name(database)
+    make_copy(postgres_admin_url, stale, rehearsal_comment(database))
+    sessions = []
+    chosen = module.stale_rehearsals
+
+    def connect_then(conn, name):
+        found = chosen(conn, name)
+        sessions.append(psycopg.connect(database_url_for(postgres_admin_url, stale), autocommit=True))
+        return found
+
+    events: list = []
+    try:
+        monkeypatch.setattr(module, "stale_rehearsals", connect_then)
+        with rehearsal_database(context(events=events), include_data=False) as rehearsal:
+            assert database_exists(postgres_admin_url, rehearsal.name)
+        assert not database_exists(postgres_admin_url, rehearsal.name)
+        assert database_exists(postgres_admin_url, stale)
+        [failed] = [event.data for event in events if event.kind == "rehearsal.leftover_drop_failed"]
+        assert failed["database"] == stale and "being accessed by other users" in failed["error"]
+        assert failed["drop"] == f'DROP DATABASE "{stale}"'
+        assert kinds_of(events, "rehearsal.leftover_dropped") == []
+        assert CANARY_PASSWORD not in repr([event.data for event in events])
+
+        sessions.pop().close()
+        monkeypatch.setattr(module, "stale_rehearsals", chosen)
+        with rehearsal_database(context(events=events), include_data=False):
+            pass
+        assert not database_exists(postgres_admin_url, stale), "its lock was kept after the failed drop"
+        assert kinds_of(events, "rehearsal.leftover_dropped") == [stale]
+    finally:
+        for session in sessions:
+            session.close()
+        drop_copies(postgres_admin_url, [stale])

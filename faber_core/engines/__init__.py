@@ -499,7 +499,9 @@ class Engine(ABC):
         target is only read. ``copy_rows_of`` names tables, as the handler's status quotes them
         (its migration bookkeeping), whose rows are copied too, so the ORM sees the same pending
         migrations; tables that do not exist are skipped. ``include_data``: True copies every
-        row, False none, None copies them when the target's tables are small."""
+        row, False none, None copies them when the target's tables are small. PostgreSQL's
+        first drops the copies of the target killed runs left that :meth:`leftover_databases`
+        reports (docs/workflow.md)."""
 
     # Estimates and verification --------------------------------------------------------
 
@@ -534,7 +536,8 @@ class Engine(ABC):
         """Databases on the server that a killed faber run left and that belong to ``database``
         (a swap restore's copies, a rehearsal older than :data:`REHEARSAL_STALE_MINUTES`), each
         recognised by the comment faber gave it or a name only faber builds for ``database``;
-        none in use by a session. Only read, never dropped: ``faber status`` reports them. None
+        none in use by a session. Only read here: ``faber status`` reports them (PostgreSQL's
+        next rehearsal of ``database`` drops its rehearsal copies). None
         on an engine whose runs leave none that faber can tell apart from the application's."""
         return []
 

@@ -27,6 +27,15 @@ def faber_lock_key(database_name: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+def rehearsal_lock_key(rehearsal: str) -> int:
+    """The key of the lock a run holds on the target, from before it creates rehearsal copy
+    ``rehearsal`` until the copy is dropped (:mod:`faber_core.postgres.rehearsal`): a copy whose key
+    nobody holds was left by a run that is gone. A signed 64-bit integer, distinct from
+    :func:`faber_lock_key`'s."""
+    digest = hashlib.sha256(f"faber-rehearsal:{rehearsal}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
 def session_lock_key(conn: psycopg.Connection) -> int:
     """faber's key for the database ``conn`` is a session of, from the server's name for it
     (``current_database()``, :func:`~faber_core.postgres.names.names_of`), not the URL's: a URL

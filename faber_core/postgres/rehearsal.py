@@ -37,6 +37,8 @@ from faber_core.engines import (
 )
 from faber_core.errors import BackupFailed, ConfigError, FaberError
 from faber_core.interrupts import deferred
+from faber_core.postgres.leftovers import stale_rehearsals
+from faber_core.postgres.locks import rehearsal_lock_key
 from faber_core.postgres.names import DatabaseNames, alias_refusal, alias_suggestions, names_of
 from faber_core.postgres.scratch import rehearsal_comment
 from faber_core.processes import how_it_ended, run_tool
@@ -55,27 +57,31 @@ def rehearsal_database(
     tables hold less than :data:`AUTO_DATA_LIMIT_BYTES`.
     """
     target = context.database
-    with _connect(context) as conn:
+    # This session holds the copy's lock for as long as the copy exists (_hold); closed, not
+    # committed, at the end: one the server ended meanwhile must not fail the rehearsal.
+    with contextlib.closing(_connect(context)) as conn:
         _require_createdb(conn, context)
         names = _server_names(conn)
+        _drop_stale_copies(context, conn, names.server)
         tools = _client_tools(conn)
         includes_data = _wants_data(conn, context, include_data)
         tables = [] if includes_data else _existing_tables(conn, copy_rows_of)
         name = rehearsal_name(names.server)
+        _hold(conn, name)
         _create_database(conn, context, name, names.server)
-    rehearsal = Rehearsal(
-        name=name,
-        database=target.sibling(name, source=f"rehearsal copy of {target.source}"),
-        includes_data=includes_data,
-        copied_rows_of=tables,
-    )
-    with rehearsing(
-        context,
-        rehearsal,
-        copy=lambda: _copy_target(context, tools, rehearsal),
-        drop=lambda **failure: _drop(context, name, **failure),
-    ):
-        yield rehearsal
+        rehearsal = Rehearsal(
+            name=name,
+            database=target.sibling(name, source=f"rehearsal copy of {target.source}"),
+            includes_data=includes_data,
+            copied_rows_of=tables,
+        )
+        with rehearsing(
+            context,
+            rehearsal,
+            copy=lambda: _copy_target(context, tools, rehearsal),
+            drop=lambda **failure: _drop(context, name, **failure),
+        ):
+            yield rehearsal
 
 
 def _connect(context: RunContext) -> psycopg.Connection:
@@ -156,6 +162,46 @@ def _existing_tables(conn: psycopg.Connection, references: Sequence[str]) -> lis
         if row:
             patterns.append(".".join('"' + part.replace('"', '""') + '"' for part in row))
     return patterns
+
+
+def _drop_stale_copies(context: RunContext, conn: psycopg.Connection, target: str) -> None:
+    """Drop the rehearsal copies of ``target`` that killed runs left, those ``faber status`` reports
+    (:func:`~faber_core.postgres.leftovers.stale_rehearsals`), and nothing else: a copy is dropped
+    only while this session holds its lock, which a live run holds for the copy's whole life
+    (:func:`_hold`), and without ``FORCE``, so a session connected to it meanwhile makes the drop
+    fail. A copy that cannot be dropped is reported and kept: the rehearsal goes on."""
+    for leftover in stale_rehearsals(conn, target):
+        key = rehearsal_lock_key(leftover.name)
+        try:
+            if not conn.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()[0]:
+                continue  # its run is alive after all
+            try:
+                conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(leftover.name)))
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", [key])
+        except psycopg.errors.InvalidCatalogName:
+            continue  # another rehearsal of the target dropped it meanwhile
+        except psycopg.Error as exc:
+            context.emit(
+                events.REHEARSAL_LEFTOVER_DROP_FAILED,
+                database=leftover.name,
+                error=context.redactor.redact(str(exc).strip()),
+                drop=leftover.drop,
+            )
+            if conn.broken:
+                return  # the rehearsal reports the lost connection as it goes on
+            continue
+        context.emit(events.REHEARSAL_LEFTOVER_DROPPED, database=leftover.name, details=leftover.details)
+
+
+def _hold(conn: psycopg.Connection, name: str) -> None:
+    """Take the lock of rehearsal copy ``name`` on the target (``conn``), before the copy exists,
+    for as long as ``conn`` stays open: until the copy is dropped. Whatever the copy is doing
+    (between ``pg_dump`` and ``pg_restore``, or between two migrations, no session may be
+    connected to it), the lock says its run is alive; when the run dies (``kill -9``), the server
+    ends its session and the lock with it, and the next rehearsal of the target may drop the copy
+    (:func:`_drop_stale_copies`). The copy's name, unique, is the key: nobody else holds it."""
+    conn.execute("SELECT pg_advisory_lock(%s)", [rehearsal_lock_key(name)])
 
 
 def _create_database(conn: psycopg.Connection, context: RunContext, name: str, target: str) -> None:

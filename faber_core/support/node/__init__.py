@@ -242,6 +242,7 @@ def run_runner(
     lock_check: str | None = None,
     confirm_each_migration: bool = False,
     measure_writes: dict[str, list[str]] | None = None,
+    wind_down: Callable[[], bool] | None = None,
     migrations: list[str] | None = None,
 ) -> RunnerResult:
     """Ask the run's runner (started on first use, ``node <runner> <args>`` in the project
@@ -254,7 +255,8 @@ def run_runner(
     ``confirm_each_migration``: the runner waits at each ``migration_started`` until ``on_event``
     has returned (it raises to stop the runner before that migration). ``measure_writes``: the
     SQL measuring each transactional migration's writes
-    (:func:`faber_core.backup.writes.measurement_statements`). ``migrations``: the
+    (:func:`faber_core.backup.writes.measurement_statements`). ``wind_down``: on an interrupt,
+    before the runner is stopped (see :meth:`RunnerProcess.request`). ``migrations``: the
     migrations a ``load`` or ``mark_applied`` request is about. Raises
     :class:`ConfigError` for a broken setup and :class:`FaberError` when the runner dies without
     saying why or outlives the context's deadline (it is stopped then); a failing migration is an
@@ -277,7 +279,7 @@ def run_runner(
         request["measure_writes"] = measure_writes
     if migrations is not None:
         request["migrations"] = migrations
-    result = runner.request(context, request, on_event)
+    result = runner.request(context, request, on_event, wind_down)
     setup_error = result.first("setup_error")
     if setup_error is not None:
         raise setup_failure(tool, context, setup_error, result.stderr)
@@ -382,9 +384,20 @@ class RunnerProcess:
             self.protocol = None
 
     def request(
-        self, context: RunContext, request: dict[str, Any], on_event: Callable[[Event], None] | None
+        self,
+        context: RunContext,
+        request: dict[str, Any],
+        on_event: Callable[[Event], None] | None,
+        wind_down: Callable[[], bool] | None = None,
     ) -> RunnerResult:
-        """``request`` answered, within ``context``'s deadline (the run's, or a lint rehearsal's)."""
+        """``request`` answered, within ``context``'s deadline (the run's, or a lint rehearsal's).
+
+        An interrupt stops the runner. With ``wind_down`` it first gets the chance to stop on its
+        own: the runner is asked to start no further migration (``{"stop": true}`` on its stdin),
+        ``wind_down`` runs (it cancels the running migration's statement on the server, and says
+        whether the runner may now answer), and for up to :data:`WIND_DOWN_SECONDS` its events are
+        heard as usual, the migration it was in reporting itself failed, rolled back, with what it
+        tried. Then the interrupt goes on."""
         proc, protocol = self.start()
         events: list[Event] = []
         returncode: int | None = None
@@ -425,6 +438,8 @@ class RunnerProcess:
                 returncode = proc.wait()
         except BaseException as stopped:
             # Ctrl-C or a failing listener: the child must not keep migrating on its own.
+            if isinstance(stopped, KeyboardInterrupt) and wind_down is not None:
+                self._wind_down(proc, protocol, wind_down, on_event, context.redactor)
             stop(proc)
             if isinstance(stopped, KeyboardInterrupt) and on_event is not None:
                 # What it wrote before it stopped (a migration it finished, the next one started)
@@ -462,6 +477,35 @@ class RunnerProcess:
             result={"step": what, "file": file, "runner_load_timeout_seconds": seconds},
             tool_output=_tail(stderr) or None,
         )
+
+    def _wind_down(
+        self,
+        proc: subprocess.Popen,
+        protocol: BinaryIO,
+        wind_down: Callable[[], bool],
+        on_event: Callable[[Event], None] | None,
+        redactor: Redactor,
+    ) -> None:
+        """After an interrupt (:meth:`request`): the runner asked to stop, then heard until it has
+        answered, for at most :data:`WIND_DOWN_SECONDS`; then it is stopped (code that never
+        yields, a migration awaiting a timer), and the caller reads what it wrote meanwhile."""
+        _write_line(proc, {"stop": True})
+        if not wind_down():
+            return
+        timer = threading.Timer(WIND_DOWN_SECONDS, stop, [proc])
+        timer.daemon = True
+        timer.start()
+        try:
+            while protocol.peek(1):
+                event = _parse(protocol.readline(), self.nonce, redactor)
+                if event is None:
+                    continue
+                if event["event"] == "done":
+                    return
+                if on_event is not None:
+                    on_event(event)
+        finally:
+            timer.cancel()
 
     def _written_before_it_stopped(self, protocol: BinaryIO, redactor: Redactor) -> list[Event]:
         """The events left in the pipe of a runner that was stopped, read without waiting for more
@@ -768,9 +812,11 @@ def apply(tool: NodeTool, context: RunContext, pending: list[LocalMigration], ar
     """The migration started and not yet reported finished, and when faber heard it start."""
     outside_transaction: set[str] = set()
     """The transactional migrations that committed work of their own outside their transaction."""
+    failed: Event | None = None
+    """The runner's report of a migration that failed (one an interrupt stopped, as it wound down)."""
 
     def progress(event: Event) -> None:
-        nonlocal session, running
+        nonlocal session, running, failed
         if event["event"] == "migration_session":
             session = event
         elif event["event"] == "migration_outside_transaction":
@@ -783,15 +829,31 @@ def apply(tool: NodeTool, context: RunContext, pending: list[LocalMigration], ar
         elif event["event"] == "migration_finished":
             context.migration_applied(applied_migration(event))
             running = None
+        elif event["event"] == "migration_failed":
+            failed = event
 
     def settled() -> Settled | None:
         """What became of the migration the runner was in when it stopped, if it was in one."""
         if running is None:
             return None
         event, started_at = running
+        duration = round(time.monotonic() - started_at, 3)
+        if failed is not None and failed["name"] == event["name"]:
+            # It reported itself as the interrupt wound the runner down: rolled back, measured.
+            rolled_back = bool(failed.get("transaction_rolled_back"))
+            return Settled(event["name"], duration, False, rolled_back, failed.get("table_writes"))
         atomic = bool(event.get("transactional")) and event["name"] not in outside_transaction
         committed = _committed(context, session, event["name"]) if session is not None else None
-        return Settled(event["name"], round(time.monotonic() - started_at, 3), committed, atomic)
+        return Settled(event["name"], duration, committed, atomic)
+
+    def wind_down() -> bool:
+        """On an interrupt, where the runner named its session: cancel the statement it runs there,
+        so that the migration it is in fails, rolls back and reports what it tried."""
+        if session is None:
+            return False
+        if running is not None:
+            _cancel_statement(context, session)
+        return True
 
     expected = [m.name for m in pending]
     # The runner applies every migration in one request: it runs faber's lock check as each one starts
@@ -814,6 +876,7 @@ def apply(tool: NodeTool, context: RunContext, pending: list[LocalMigration], ar
             lock_check=lock_check(pending[0].name).statement if lock_check is not None and pending else None,
             confirm_each_migration=lock_check is None and bool(context.before_each_migration),
             measure_writes=measure_writes,
+            wind_down=wind_down,
         )
     except KeyboardInterrupt:
         stopped = settled()
@@ -845,6 +908,8 @@ class Settled:
     """Its row is in the tool's table (True), or not (False); None: faber cannot tell."""
     atomic: bool
     """It ran in one transaction with its row and committed nothing outside it."""
+    table_writes: dict[str, int] | None = None
+    """The rows it tried to write, where the runner measured them as it stopped."""
 
     @property
     def rolled_back(self) -> bool:
@@ -864,6 +929,7 @@ class Settled:
             path=next((m.path for m in pending if m.name == self.name), None),
             transaction_rolled_back=self.rolled_back,
             killed_by=killed_by,
+            table_writes=self.table_writes,
         )
 
 
@@ -905,6 +971,9 @@ def _outcome_of_death(
 
 # How long faber waits for the server to end the session of a runner it stopped or that died.
 _SESSION_END_SECONDS = 5.0
+WIND_DOWN_SECONDS = 3.0
+"""How long an interrupted runner has to report the migration it was in, once faber cancelled its
+statement, before it is stopped (:meth:`RunnerProcess.request`)."""
 
 
 def _committed(context: RunContext, session: Event, name: str) -> bool | None:
@@ -942,13 +1011,29 @@ def _committed(context: RunContext, session: Event, name: str) -> bool | None:
         return None
 
 
+# The runner's session ``pid`` that started at ``started`` (microseconds since the epoch), so that
+# a later session given the same pid is left alone.
+_IDENTIFIED = "pid = %s AND (extract(epoch FROM backend_start) * 1000000)::bigint::text = %s"
+
+
+def _cancel_statement(context: RunContext, session: Event) -> None:
+    """Cancel the statement the runner's migration session (``migration_session``) runs, if any;
+    faber goes on whatever stops it (the runner is stopped all the same, soon)."""
+    try:
+        with context.database.connect() as conn:
+            conn.execute(
+                f"SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE {_IDENTIFIED}",
+                [int(session["pid"]), str(session["started"])],
+            )
+    except context.database.engine.driver_error:
+        pass
+
+
 def _session_ended(conn: Any, pid: int, started: str) -> bool:
-    """End the server session ``pid`` that started at ``started`` (microseconds since the epoch,
-    so that a later session given the same pid is left alone) and wait until it is gone."""
-    identified = "pid = %s AND (extract(epoch FROM backend_start) * 1000000)::bigint::text = %s"
-    conn.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {identified}", [pid, started])
+    """End the server session ``pid`` that started at ``started`` and wait until it is gone."""
+    conn.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {_IDENTIFIED}", [pid, started])
     deadline = time.monotonic() + _SESSION_END_SECONDS
-    while conn.execute(f"SELECT 1 FROM pg_stat_activity WHERE {identified}", [pid, started]).fetchone():
+    while conn.execute(f"SELECT 1 FROM pg_stat_activity WHERE {_IDENTIFIED}", [pid, started]).fetchone():
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)

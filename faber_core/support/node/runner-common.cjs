@@ -63,7 +63,30 @@ function write(event, fields) {
 let confirmEachMigration = false;
 let awaitingFaber = null;
 
+// faber, stopped by a signal during an apply, asks the runner to stop (a line `{"stop": true}` on
+// stdin) and cancels the running migration's statement on the server: that migration fails as any
+// other does (rolled back, what it tried measured) and is reported, and no further migration
+// starts: migrationStarted throws Stopped instead, before anything of it (reported with
+// `started: false`).
+let stopRequested = false;
+
+class Stopped extends Error {
+  constructor() {
+    super("faber was stopped by a signal before this migration started; nothing of it ran");
+  }
+}
+
+function isStopLine(line) {
+  try {
+    const message = JSON.parse(line);
+    return message !== null && message.stop === true && message.command === undefined;
+  } catch {
+    return false;
+  }
+}
+
 async function migrationStarted(fields) {
+  if (stopRequested) throw new Stopped();
   emit("migration_started", fields);
   if (!confirmEachMigration) return;
   // Set in this tick, before faber can have read the event and answered.
@@ -282,6 +305,7 @@ function serve(load) {
       requestEngine = /^(mysql|mariadb):/i.test(request.database_url || "") ? "mysql" : "postgres";
       queriesOfFailureOnly = request.queries === "of_failure";
       confirmEachMigration = request.confirm_each_migration === true;
+      stopRequested = false;
       writesStatements = request.measure_writes || null;
       heldQueries = [];
       const commands = await loaded;
@@ -296,7 +320,11 @@ function serve(load) {
   }
   const requests = readline.createInterface({ input: process.stdin });
   requests.on("line", (line) => {
-    if (awaitingFaber !== null) {
+    if (nonce !== null && isStopLine(line)) {
+      stopRequested = true;
+      if (awaitingFaber !== null) awaitingFaber(null);
+      awaitingFaber = null;
+    } else if (awaitingFaber !== null) {
       const resolve = awaitingFaber;
       awaitingFaber = null;
       resolve(line);
@@ -446,6 +474,7 @@ module.exports = {
   trackQueries,
   LockCheckFailed,
   checkLock,
+  Stopped,
   writesMeasurement,
   nothingWritten,
 };

@@ -415,6 +415,76 @@ def test_a_signal_in_the_only_migration_of_a_deploy_restores_nothing_and_keeps_t
     assert query("SELECT to_regclass('slow') IS NULL") == [(True,)]
 
 
+def test_an_interrupted_deploy_whose_migrations_wrote_rows_is_restored_under_refuse(
+    typeorm_project, typeorm_migration, run_faber, query
+):
+    # faber cancels the interrupted migration's statement: the runner reports it rolled back with
+    # the rows it tried, so every row counted since the backup is the migrations' own, and under
+    # the default "refuse" the backup is restored.
+    project = typeorm_project(backup_before_migrate=True, auto_rollback=True, protected=True, lint="off")
+    assert run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project)).returncode == 0
+    migrations = project / "migrations"
+    (migrations / "1700000200000-Seed.js").write_text(
+        typeorm_migration(
+            "Seed1700000200000", "INSERT INTO users (email) SELECT 'seed-' || g FROM generate_series(1, 40) g"
+        )
+    )
+    (migrations / "1700000300000-Slow.js").write_text(
+        typeorm_migration(
+            "Slow1700000300000",
+            "INSERT INTO users (email) SELECT 'tried-' || g FROM generate_series(1, 5) g",
+            "SELECT pg_sleep(60)",
+        )
+    )
+    code, stdout = deploy_sent_sigterm(project, lambda: query(SLEEPING.format(60)), "the slow migration to run")
+
+    assert code == 130, stdout
+    result = json.loads(stdout)["result"]
+    assert result["applied_migrations"] == ["Seed1700000200000"]
+    assert result["failed_migration"] == "Slow1700000300000" and result["transaction_rolled_back"] is True
+    assert result["rollback_status"] == "success", result
+    assert (result["writes_since_backup"]["status"], result["writes_since_backup"]["attribution"]) == ("none", "exact")
+    assert query("SELECT count(*) FROM users") == [(0,)]
+    assert [name for (name,) in query("SELECT name FROM migrations ORDER BY id")] == FIXTURE_MIGRATIONS
+
+
+def test_an_interrupted_migration_that_does_not_answer_is_stopped_with_its_runner(typeorm_project, run_faber, query):
+    # Awaiting a timer, the migration runs no statement to cancel: the runner is stopped once it
+    # has had its moment (a second SIGTERM meanwhile cuts nothing short), faber ends its session,
+    # and the migration is reported rolled back.
+    project = typeorm_project(backup_before_migrate=True, auto_rollback=True, protected=True, lint="off")
+    assert run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project)).returncode == 0
+    (project / "migrations" / "1700000200000-Waits.js").write_text(
+        "module.exports = class Waits1700000200000 {\n"
+        "  async up(queryRunner) {\n"
+        "    await queryRunner.query(\"INSERT INTO users (email) VALUES ('tried')\");\n"
+        "    await new Promise((resolve) => setTimeout(resolve, 60000));\n"
+        "  }\n\n  async down() {}\n};\n"
+    )
+    waiting = (
+        "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND state = 'idle in transaction'"
+        " AND query LIKE 'INSERT INTO users%'"
+    )
+    faber = start_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project), cwd=project)
+    try:
+        wait_for(lambda: query(waiting), "the migration to wait")
+        faber.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        time.sleep(1)
+        faber.send_signal(signal.SIGTERM)
+        stdout, _ = faber.communicate(timeout=60)
+    finally:
+        if faber.poll() is None:
+            faber.kill()
+
+    assert faber.returncode == 130, stdout
+    assert time.monotonic() - signalled < 30  # the runner's 3 s, the session's end, the report
+    result = json.loads(stdout)["result"]
+    assert result["failed_migration"] == "Waits1700000200000" and result["transaction_rolled_back"] is True
+    assert result["rollback_status"] == "not_needed"
+    assert query("SELECT count(*) FROM users") == [(0,)]
+
+
 def test_a_migration_that_committed_while_faber_was_not_reading_is_reported_applied(
     typeorm_project, typeorm_migration, query
 ):

@@ -372,6 +372,16 @@ function tracker() {
 function failureFields(error, state, pendingNames) {
   const driverError = (error && error.driverError) || error || {};
   const migration = state.current;
+  if (error instanceof faber.Stopped) {
+    return {
+      name: pendingNames.find((name) => !state.finished.has(name)),
+      message: error.message,
+      transaction_rolled_back: false,
+      started: false,
+      duration_seconds: 0,
+      table_writes: faber.nothingWritten(),
+    };
+  }
   if (error instanceof faber.LockCheckFailed) {
     return {
       name: pendingNames.find((name) => !state.finished.has(name)),
