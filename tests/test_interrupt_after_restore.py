@@ -159,6 +159,7 @@ def test_sigterm_once_the_restore_committed_says_it_committed(
     assert finished["data"]["status"] == "success", finished
     assert CANARY_PASSWORD not in out + err
 
+    assert out, f"no document (exit {code}): {err[-3000:]}"
     document = json.loads(out)
     said = json.dumps(document)
     assert finished["data"]["backup_id"] == (backup_id or document["result"].get("backup_id")), said
