@@ -51,14 +51,24 @@ class WritesSinceBackup(DeferredModel):
     def total_rows(self) -> int:
         return sum(t.rows for t in self.tables)
 
+    @property
+    def discards_others(self) -> bool:
+        """A restore would discard others' rows: rows were counted since the backup, or sessions
+        were writing as they were counted (an open transaction whose rows a restore discards
+        unseen if it commits before the restore locks its tables)."""
+        return self.status == "found" or (self.status == "none" and bool(self.in_flight))
+
     def summary(self) -> str:
         if self.status == "unknown":
             return f"writes since {self.backup_id} unknown: {self.reason}"
+        writing = f"sessions writing as faber checked (open transactions): {'; '.join(self.in_flight)}"
         if self.status == "none":
-            return f"no rows written since {self.backup_id} by anything but faber"
+            counted = f"no rows written since {self.backup_id} by anything but faber"
+            return f"{counted}, but {writing}" if self.in_flight else counted
         who = "the application (or faber's unmeasured migrations)" if self.attribution == "unknown" else "others"
         listed = ", ".join(f"{t.table} ({t.rows} row{'s' if t.rows != 1 else ''})" for t in self.tables)
-        return f"rows written since {self.backup_id} by {who}: {listed}"
+        also = f"; and {writing}" if self.in_flight else ""
+        return f"rows written since {self.backup_id} by {who}: {listed}{also}"
 
 
 class DeployResult(DeferredModel):

@@ -1431,7 +1431,7 @@ def restore_unless_refused(context: RunContext, plugins: Plugins, lock: DeployLo
             restore_suggestions=[f"Roll back when ready: faber rollback {env} --to {backup.id}"],
         )
     policy = context.settings.restore_with_app_writes
-    if since.status == "found" and policy == "refuse":
+    if since.discards_others and policy == "refuse":
         reason = f"a restore would discard {since.summary()} (restore_with_app_writes: refuse)"
         context.emit("rollback.withheld", reason=reason)
         return Rollback(
@@ -1491,7 +1491,7 @@ def restore_unless_refused(context: RunContext, plugins: Plugins, lock: DeployLo
                 f"{outcome.details}"
             ],
         )
-    discarded = since.summary() if since.status == "found" and policy == "warn" else None
+    discarded = since.summary() if since.discards_others and policy == "warn" else None
     rolled_back = f"Database rolled back to {backup.id}" + (f"; the restore discarded {discarded}" if discarded else "")
     if not verified(outcome):
         rolled_back += f": {outcome.details}"
@@ -2227,7 +2227,7 @@ def confirm_rollback(
     application's rows unseen.
     """
     env = context.environment
-    discards = since.status == "found" and context.settings.restore_with_app_writes != "allow"
+    discards = since.discards_others and context.settings.restore_with_app_writes != "allow"
     if not (context.settings.protected or discards):
         return
     warning = f" It discards {since.summary()}." if discards else " Writes made since then are lost."
@@ -2263,6 +2263,8 @@ def writes_result(since: WritesSinceBackup) -> dict[str, object]:
 
 def save_rows_commands(context: RunContext, since: WritesSinceBackup) -> list[str]:
     """How to keep a copy of the rows a restore would discard, before restoring."""
+    if not since.tables:  # only sessions writing as faber checked: their rows are not there yet
+        return ["Let those sessions finish (or stop the application's writes), then roll back again"]
     url = f'"${context.settings.database_url_env}"' if context.settings.database_url_env else "<database URL>"
     # Table names come from the database: single-quoted for the shell, their own quotes escaped.
     tables = " ".join("--table='{}'".format(t.table.replace("'", "'\\''")) for t in since.tables)

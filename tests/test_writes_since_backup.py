@@ -164,6 +164,28 @@ def test_rollback_refuses_a_bare_yes_when_the_application_wrote_and_names_the_ta
         assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 0
 
 
+def test_rollback_refuses_while_the_application_writes_in_an_open_transaction(deployed, run_faber, database_url):
+    """Its row is not counted (not committed yet), but a restore that began now would discard it
+    unseen once it committed before the restore locked the table: refused, the session named."""
+    project_dir, backup_id = deployed
+    application = psycopg.connect(database_url, application_name="shop")  # a transaction stays open
+    try:
+        application.execute("INSERT INTO orders (note) VALUES ('in flight')")
+        refused = run_faber("rollback", "production", "--to", backup_id, "--yes", "--json", cwd=project_dir)
+        application.commit()
+    finally:
+        application.close()
+
+    assert refused.returncode == 5, refused.output
+    since = refused.json["result"]["writes_since_backup"]
+    assert (since["status"], since["tables"]) == ("none", [])
+    assert any(session.endswith(" shop public.orders") for session in since["in_flight"]), since
+    assert "sessions writing as faber checked" in refused.json["error"]
+    assert any("Let those sessions finish" in s for s in refused.json["recovery"]["suggestions"])
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM orders WHERE note = 'in flight'").fetchone()[0] == 1
+
+
 @pytest.mark.parametrize("policy", ["warn", "allow"])
 def test_rollback_with_warn_or_allow_restores_on_yes_and_reports(deployed, run_faber, database_url, policy):
     project_dir, backup_id = deployed
