@@ -11,8 +11,8 @@ top-level ``conftest.py``::
 
 - ``postgres_admin_url``: a real PostgreSQL for the test session: the server at
   127.0.0.1:5432 when one answers (or ``FABER_TEST_ADMIN_URL``), otherwise an embedded one.
-- ``database_url``: a fresh, empty database for one test, dropped afterwards (in the background:
-  :func:`discard_database`).
+- ``database_url``: a fresh, empty database for one test, created while the test before it ran
+  (:class:`_FreshDatabases`) and dropped afterwards (in the background: :func:`discard_database`).
 - ``faber_project``: a project directory with a faber config, built from a dict.
 - ``run_faber``: runs the ``faber`` command in a subprocess and parses ``--json`` output.
 - ``plugin_manager``: a PluginManager with only the built-in plugins, for registering test plugins.
@@ -92,7 +92,9 @@ def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
         from faber_core.postgres.embedded import start_embedded_server
 
         yield start_embedded_server(tmp_path_factory.mktemp("embedded-pg"))
-    # Before the embedded server stops: the databases the tests discarded are dropped on it.
+    # Before the embedded server stops: the databases the tests discarded, and the one made ready
+    # for a test that did not come, are dropped on it.
+    _fresh.discard_unused()
     failures = _discards.drain()
     if failures:
         pytest.fail("Could not drop the test databases: " + "; ".join(failures), pytrace=False)
@@ -149,6 +151,45 @@ def discard_database(admin_url: str, name: str) -> None:
     _discards.add(admin_url, name)
 
 
+class _FreshDatabases:
+    """The next test's database, created while the current test runs.
+
+    A CREATE DATABASE writes out a copy of ``template1`` (a thousand pages) and waits for it to
+    reach the disk: 100 to 500 ms here, mostly waiting, which the test need not spend. Each test
+    still gets a database of its own that nothing used before it; the last one made ready, which no
+    test took, is dropped with the others when the session ends (``postgres_admin_url``)."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test database creates")
+        self._next: tuple[str, str, Future[str]] | None = None
+
+    def take(self, admin_url: str, prefix: str) -> str:
+        """A new database on ``admin_url`` named with ``prefix``; another is created for the next test."""
+        ready, self._next = self._next, None
+        if ready is not None and ready[:2] != (admin_url, prefix):
+            self._discard(ready)
+            ready = None
+        if ready is None:
+            ready = (admin_url, prefix, self._pool.submit(create_database, admin_url, prefix))
+        self._next = (admin_url, prefix, self._pool.submit(create_database, admin_url, prefix))
+        return ready[2].result()
+
+    def discard_unused(self) -> None:
+        """Drop (:func:`discard_database`) the database made ready for a test that did not come."""
+        ready, self._next = self._next, None
+        if ready is not None:
+            self._discard(ready)
+
+    @staticmethod
+    def _discard(ready: tuple[str, str, Future[str]]) -> None:
+        admin_url, _, created = ready
+        if created.exception() is None:  # one that could not be created is no test's failure
+            discard_database(admin_url, created.result())
+
+
+_fresh = _FreshDatabases()
+
+
 def rehearsal_databases_of(url: str) -> list[str]:
     """The rehearsal databases (``faber_rehearsal_*``) of the PostgreSQL database at ``url`` that
     exist: those whose comment names it (``rehearsal_comment``)."""
@@ -184,7 +225,7 @@ def database_url_for(admin_url: str, name: str, password: str | None = None) -> 
 @pytest.fixture
 def database_url(postgres_admin_url: str, pytestconfig: pytest.Config) -> Iterator[str]:
     """A fresh database for this test; its URL carries the canary password (trust auth ignores it)."""
-    name = create_database(postgres_admin_url, pytestconfig.getini(DATABASE_PREFIX_OPTION))
+    name = _fresh.take(postgres_admin_url, pytestconfig.getini(DATABASE_PREFIX_OPTION))
     try:
         yield database_url_for(postgres_admin_url, name, password=CANARY_PASSWORD)
     finally:
@@ -362,7 +403,9 @@ def faber_at_once(count: int, *args: str, cwd: Path, timeout: float = 300) -> li
     all have finished: concurrent deploys of one project."""
     runs = [start_faber(*args, cwd=cwd) for _ in range(count)]
     finished = [run.communicate(timeout=timeout) for run in runs]
-    return [FaberRun(run.returncode, out.decode(), err.decode()) for run, (out, err) in zip(runs, finished)]
+    return [
+        FaberRun(run.returncode, out.decode(), err.decode()) for run, (out, err) in zip(runs, finished, strict=True)
+    ]
 
 
 def without_root_file_access() -> list[str]:
