@@ -109,3 +109,37 @@ def test_a_database_dropped_in_the_background_that_could_not_be_fails_the_sessio
     assert run.returncode == pytest.ExitCode.TESTS_FAILED, run.stdout + run.stderr
     assert "1 passed, 1 error" in run.stdout, run.stdout
     assert "Could not drop the test databases: shop_test_gone" in run.stdout, run.stdout
+
+
+SETS_LIBPQ_VARIABLES = """
+import time
+
+import pytest
+
+@pytest.fixture
+def libpq_variables(monkeypatch):
+    monkeypatch.setenv("PGSSLMODE", "verify-full")  # libpq cannot connect to the test server so
+
+def test_a_first_one(database_url):
+    pass
+
+def test_one_that_sets_libpq_variables(libpq_variables, database_url):
+    time.sleep(2)  # the next test's database is made ready meanwhile, under PGSSLMODE
+
+def test_the_next_one_gets_its_database(database_url, query):
+    assert query("SELECT current_database()")[0][0] == database_url.rsplit("/", 1)[1]
+"""
+
+
+def test_a_test_setting_libpq_variables_does_not_cost_the_next_one_its_database(tmp_path, postgres_admin_url):
+    """The next test's database is created while a test runs; one that sets PGSSLMODE meanwhile
+    must not leave the next test without one."""
+    (tmp_path / "pytest.ini").write_text("[pytest]\nfaber_database_prefix = libpq_test\n")
+    (tmp_path / "conftest.py").write_text('pytest_plugins = ["faber_core.testing.fixtures"]\n')
+    (tmp_path / "test_app.py").write_text(SETS_LIBPQ_VARIABLES)
+
+    run = run_pytest(tmp_path, postgres_admin_url)
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "3 passed" in run.stdout
+    assert databases_named(postgres_admin_url, "libpq_test_") == []

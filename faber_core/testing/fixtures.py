@@ -172,7 +172,11 @@ class _FreshDatabases:
         if ready is None:
             ready = (admin_url, prefix, self._pool.submit(create_database, admin_url, prefix))
         self._next = (admin_url, prefix, self._pool.submit(create_database, admin_url, prefix))
-        return ready[2].result()
+        if ready[2].exception() is None:
+            return ready[2].result()
+        # It was created while another test ran, under that test's environment (a PGSSLMODE it
+        # set for libpq, say): this test's own attempt decides.
+        return create_database(admin_url, prefix)
 
     def discard_unused(self) -> None:
         """Drop (:func:`discard_database`) the database made ready for a test that did not come."""
