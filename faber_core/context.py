@@ -229,9 +229,9 @@ class RunContext:
     lock_check_in_transaction: Callable[[str], LockCheck] | None = None
     """The same checks as SQL for a migration's own transaction (``start_migration(name,
     in_transaction=True)``), while the core applies migrations on an engine that has it."""
-    before_restore_swap: list[Callable[[], None]] = field(default_factory=list)
-    """Checks the core runs when a restore provider calls :meth:`restore_swapping`; one raises to
-    stop the restore before it changes the database."""
+    before_restore_replace: list[Callable[[bool], None]] = field(default_factory=list)
+    """Checks the core runs when a restore provider calls :meth:`restore_replacing` (with its
+    ``sessions_ended``); one raises to stop the restore before it changes the database."""
     after_restore_sessions_ended: list[Callable[[dict[str, int]], None]] = field(default_factory=list)
     """Checks the core runs when a restore provider calls :meth:`restore_sessions_ended`; one
     raises to stop the restore before it changes the database."""
@@ -347,27 +347,37 @@ class RunContext:
         self.emit("migration.started", name=name)
         return check
 
-    def restore_swapping(self) -> None:
-        """A restore provider that copies the backup beside the database while the application
-        keeps working calls this right before the step that makes its copy the database (a swap).
+    def restore_replacing(self, *, sessions_ended: bool = False) -> None:
+        """A restore provider calls this right before the step that discards the database's rows:
+        the check of the rows written since the backup, again, for those written since faber
+        checked before the restore.
+
+        - A restore in place, in one transaction, calls it once that transaction holds the lock of
+          every table it replaces, so that nothing can commit there any more, and it has ended the
+          application's sessions (``faber_core.backup.writes.end_application_sessions``, which
+          says whether all of them ended: ``sessions_ended``), so that they reported their counts
+          as they ended and faber need not wait for reports.
+        - A restore that copies the backup beside the database while the application keeps
+          working calls it right before the step that makes its copy the database (a swap).
 
         It runs the core's checks (the rows written since the backup, again, under the
         environment's ``restore_with_app_writes``) and raises a
         :class:`~faber_core.errors.FaberError` (:class:`~faber_core.errors.WritesDuringRestore`)
-        when the restore must not go on: drop the copy and let it propagate, the database unchanged.
+        when the restore must not go on: roll back, drop the copy, and let it propagate, the
+        database unchanged.
         """
-        for check in self.before_restore_swap:
-            check()
+        for check in self.before_restore_replace:
+            check(sessions_ended)
 
     def restore_sessions_ended(self, committed: dict[str, int]) -> None:
-        """A provider that called :meth:`restore_swapping` calls this once it has ended the
-        application's sessions, right before its swap, with the rows per table (``schema.table``
+        """A provider that called :meth:`restore_replacing` before a swap calls this once it has
+        ended the application's sessions, right before its swap, with the rows per table (``schema.table``
         as ``format('%I.%I')`` names it) whose commits were reported since that call (the sessions
         it ended report theirs as they end): rows that call could not see, which the swap would
         discard.
 
         The core applies the environment's ``restore_with_app_writes`` to them as
-        :meth:`restore_swapping` does: raises :class:`~faber_core.errors.WritesDuringRestore`
+        :meth:`restore_replacing` does: raises :class:`~faber_core.errors.WritesDuringRestore`
         when the restore must not go on (drop the copy, the database unchanged), otherwise
         reports them with the restore.
         """

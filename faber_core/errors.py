@@ -80,9 +80,11 @@ class ApprovalRequired(FaberError):
 
 
 class WritesDuringRestore(ApprovalRequired):
-    """A restore that worked beside the database (``restore_mode: swap``) found, right before making
-    its copy the database, rows the application wrote since the backup that the environment's
-    ``restore_with_app_writes`` does not let it discard; the copy was dropped, the database is unchanged."""
+    """A restore found, right before discarding the database's rows (in place: its tables locked, the
+    application's sessions ended; by swap: before making its copy the database), rows the
+    application wrote since faber checked before the restore, which the environment's
+    ``restore_with_app_writes`` does not let it discard; it rolled back (the copy dropped), the
+    database is unchanged."""
 
 
 class MigrationFailed(FaberError):

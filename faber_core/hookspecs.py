@@ -317,6 +317,16 @@ def faber_backup_restore(provider: str, context: RunContext, backup: BackupRecor
         check = context.restore_committing(in_transaction=True)
         script = (check.statement + ";\n" if check else "") + "COMMIT;\n"
 
+    Rows the application commits between faber's check of the writes since the backup and your
+    restore would be discarded unseen: call ``context.restore_replacing()`` right before the step
+    that discards the database's rows, once nothing can commit to them any more (in place: your
+    transaction holds every replaced table's lock and you ended the application's sessions, passing
+    ``sessions_ended=`` as :func:`faber_core.backup.writes.end_application_sessions` returned), or
+    right before a swap makes your copy the database. It raises
+    :class:`faber_core.errors.WritesDuringRestore` when the environment's
+    ``restore_with_app_writes`` does not let the restore discard them: roll back, drop what you
+    made beside the database, and let it propagate (exit 5, the database unchanged).
+
     Returns :class:`~faber_core.models.RestoreOutcome`; set ``original_unchanged`` and
     ``endpoint`` when you restored beside the database (a new instance) instead of into it.
     Raise :class:`faber_core.errors.RestoreFailed` with the manual recovery steps when it fails

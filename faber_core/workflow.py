@@ -1631,8 +1631,10 @@ def failed_migration_advice(context: RunContext, failed: list[str]) -> list[str]
 @dataclass
 class WritesCheck:
     """The rows written since a backup, as checked before restoring it (``approved``: the policy or
-    the person let the restore discard those) and, for a restore that works beside the database
-    while the application writes (a swap), again right before it makes its copy the database."""
+    the person let the restore discard those) and again right before the restore discards the
+    database's rows (:meth:`RunContext.restore_replacing`): a restore in place once it holds its
+    tables' locks and has ended the application's sessions, a swap before making its copy the
+    database."""
 
     context: RunContext
     backup: BackupRecord
@@ -1642,13 +1644,14 @@ class WritesCheck:
     def __post_init__(self) -> None:
         self.latest = self.approved
 
-    def again(self) -> None:
-        """Check again; under ``restore_with_app_writes: refuse``, stop the restore if rows were
-        written since the first check (nobody approved discarding those)."""
-        self.latest = check_writes_since_backup(self.context, self.backup)
+    def again(self, sessions_ended: bool) -> None:
+        """Check again (``sessions_ended``: see :meth:`RunContext.restore_replacing`); under
+        ``restore_with_app_writes: refuse``, stop the restore if rows were written since the first
+        check (nobody approved discarding those)."""
+        self.latest = check_writes_since_backup(self.context, self.backup, sessions_ended=sessions_ended)
         self._apply_policy(writes.beyond(self.approved, self.latest))
 
-    def sessions_ended(self, committed: dict[str, int]) -> None:
+    def ended_sessions_committed(self, committed: dict[str, int]) -> None:
         """The rows the swap's ended sessions committed after :meth:`again` read the counters:
         under ``refuse``, stop the restore; otherwise count them with the rest."""
         if not committed:
@@ -1664,14 +1667,12 @@ class WritesCheck:
             return
         env, backup_id = self.context.environment, self.backup.id
         raise WritesDuringRestore(
-            f"Restore of {backup_id} stopped before its swap: while it ran, {during.summary()}, which the swap "
-            f"would discard (restore_with_app_writes: refuse); {env} is unchanged",
+            f"Restore of {backup_id} stopped before it changed {env}: since faber checked, {during.summary()}, "
+            f"which the restore would discard (restore_with_app_writes: refuse); {env} is unchanged",
             result={**writes_result(self.latest), "writes_during_restore": during.model_dump(mode="json")},
             suggestions=[
                 *save_rows_commands(self.context, during),
                 f"Stop the application's writes, then retry: faber rollback {env} --to {backup_id}",
-                f"Or restore in place, which locks the tables instead: set restore_mode to in-place in "
-                f"database.environments.{env}.backup",
             ],
             backup_id=backup_id,
         )
@@ -1680,8 +1681,8 @@ class WritesCheck:
 def restore_backup(context: RunContext, plugins: Plugins, backup: BackupRecord, checked: WritesCheck) -> RestoreOutcome:
     """Restore, then prove it: the migration bookkeeping must equal the backup's manifest.
 
-    A provider that swaps a copy in checks the writes again right before (``checked.again``,
-    through ``context.restore_swapping``).
+    The provider checks the writes again right before it discards the database's rows
+    (``checked.again``, through ``context.restore_replacing``).
 
     An interrupt (SIGINT, SIGTERM) during the restore or its proof returns an ``interrupted``
     outcome saying whether the restore committed, for the caller to report: once the provider
@@ -1700,16 +1701,16 @@ def restore_backup(context: RunContext, plugins: Plugins, backup: BackupRecord, 
         # A restore may end every session of the database (a swap restore does): faber's shared
         # one is not kept across it.
         context.database.close_session()
-        context.before_restore_swap.append(checked.again)
-        context.after_restore_sessions_ended.append(checked.sessions_ended)
+        context.before_restore_replace.append(checked.again)
+        context.after_restore_sessions_ended.append(checked.ended_sessions_committed)
         restored: RestoreOutcome | None = None
         try:
             try:
                 with interruptible():
                     restored = plugins.backup_restore(context, backup)
             finally:
-                context.before_restore_swap.remove(checked.again)
-                context.after_restore_sessions_ended.remove(checked.sessions_ended)
+                context.before_restore_replace.remove(checked.again)
+                context.after_restore_sessions_ended.remove(checked.ended_sessions_committed)
             return decided_restore(context, plugins, backup, restored)
         except KeyboardInterrupt as interrupt:
             outcome = stopped_after(backup, restored, interrupt)
@@ -2209,9 +2210,11 @@ def prune_backups(context: RunContext, plugins: Plugins, keep_last: int | None, 
     )
 
 
-def check_writes_since_backup(context: RunContext, backup: BackupRecord) -> WritesSinceBackup:
+def check_writes_since_backup(
+    context: RunContext, backup: BackupRecord, *, sessions_ended: bool = False
+) -> WritesSinceBackup:
     """What a restore of ``backup`` would discard that faber did not write (faber_core/backup/writes.py)."""
-    since = writes.writes_since_backup(context, backup)
+    since = writes.writes_since_backup(context, backup, sessions_ended=sessions_ended)
     context.emit("writes.checked", **since.model_dump(mode="json"))
     return since
 

@@ -24,6 +24,7 @@ from faber_core.models import MigrationState
 from faber_core.testing.faults import FaberProcess, descendants
 from faber_core.testing.fixtures import (
     CANARY_PASSWORD,
+    TEST_SESSION,
     create_database,
     database_state,
     database_url_for,
@@ -173,7 +174,7 @@ def test_a_failing_restore_changes_nothing_and_says_why(production, context_for,
 
 
 def restore_sessions(url: str) -> list[tuple]:
-    with psycopg.connect(url) as conn:
+    with psycopg.connect(url, application_name=TEST_SESSION) as conn:
         return conn.execute(
             "SELECT pid, wait_event_type, wait_event FROM pg_stat_activity"
             " WHERE application_name LIKE 'faber restore %%' AND datname = current_database()"
@@ -206,7 +207,7 @@ def test_a_kill_in_the_middle_of_a_restore_leaves_the_database_as_before(
     )
     before = database_state(database_url)
 
-    with psycopg.connect(database_url, autocommit=True) as gate:
+    with psycopg.connect(database_url, autocommit=True, application_name=TEST_SESSION) as gate:
         gate.execute("SELECT pg_advisory_lock(%s)", [GATE_LOCK])
         faber = start_faber(
             # The rows changed since the backup are the test's own: it means to discard them.
@@ -262,7 +263,7 @@ def test_psql_killed_in_the_middle_of_a_restore_is_named_and_the_database_is_as_
     execute(database_url, "CREATE TABLE since_backup (note text)")
     before = database_state(database_url)
 
-    with psycopg.connect(database_url, autocommit=True) as gate:
+    with psycopg.connect(database_url, autocommit=True, application_name=TEST_SESSION) as gate:
         gate.execute("SELECT pg_advisory_lock(%s)", [GATE_LOCK])
         faber = start_faber(
             "rollback", "production", "--to", record.id, "--yes", "--json", cwd=project_dir, env=SQLFILES
@@ -317,7 +318,7 @@ def test_a_deploy_during_a_rollback_is_refused_as_locked_naming_the_rollback(fab
     refused as during another deploy (exit 7), naming the rollback."""
     project_dir, env, backup_id = deployed_with_a_gated_table(faber_project, run_faber, database_url)
 
-    with psycopg.connect(database_url, autocommit=True) as gate:
+    with psycopg.connect(database_url, autocommit=True, application_name=TEST_SESSION) as gate:
         gate.execute("SELECT pg_advisory_lock(%s)", [GATE_LOCK])
         rollback_args = ("rollback", "production", "--to", backup_id, "--yes")
         rollback = FaberProcess.start(project_dir, *rollback_args, "--discard-app-writes", "--json", env=env)
@@ -340,7 +341,7 @@ def test_a_deploy_during_a_rollback_is_refused_as_locked_naming_the_rollback(fab
 
 def blocked_read(url: str) -> int | None:
     """The session whose read waits on a table's lock (not the restore's, which waits on the gate)."""
-    with psycopg.connect(url) as conn:
+    with psycopg.connect(url, application_name=TEST_SESSION) as conn:
         row = conn.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'relation'"
             " AND application_name NOT LIKE 'faber restore %%'"
@@ -349,7 +350,7 @@ def blocked_read(url: str) -> int | None:
 
 
 def session_waiting(url: str, pid: int) -> bool:
-    with psycopg.connect(url) as conn:
+    with psycopg.connect(url, application_name=TEST_SESSION) as conn:
         return bool(
             conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event = 'relation'", [pid]).fetchone()
         )
@@ -365,7 +366,7 @@ def test_a_deploy_whose_status_read_outlasted_a_rollback_that_just_ended_reads_a
     ended, the moment the race leaves it otherwise."""
     project_dir, env, backup_id = deployed_with_a_gated_table(faber_project, run_faber, database_url)
 
-    with psycopg.connect(database_url, autocommit=True) as gate:
+    with psycopg.connect(database_url, autocommit=True, application_name=TEST_SESSION) as gate:
         gate.execute("SELECT pg_advisory_lock(%s)", [GATE_LOCK])
         rollback_args = ("rollback", "production", "--to", backup_id, "--yes")
         rollback = FaberProcess.start(project_dir, *rollback_args, "--discard-app-writes", "--json", env=env)

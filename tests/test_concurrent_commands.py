@@ -18,7 +18,7 @@ from faber_core.backup import store
 from faber_core.errors import ConfigError
 from faber_core.models import MigrationState
 from faber_core.testing.faults import FaberProcess
-from faber_core.testing.fixtures import start_faber
+from faber_core.testing.fixtures import TEST_SESSION, start_faber
 from faber_core.workflow import take_backup
 
 SQLFILES = {"FABER_PLUGINS": "faber_core.testing.sqlfiles"}
@@ -193,7 +193,7 @@ GATE_LOCK = 4343
 
 def restore_waits_at_the_gate(url: str) -> bool:
     """Whether the rollback's restore is loading the gated table, waiting for the test's lock."""
-    with psycopg.connect(url) as conn:
+    with psycopg.connect(url, application_name=TEST_SESSION) as conn:
         return conn.execute(
             "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE application_name LIKE 'faber restore %%'"
             " AND datname = current_database() AND wait_event = 'advisory')"
@@ -202,7 +202,7 @@ def restore_waits_at_the_gate(url: str) -> bool:
 
 def waits_for_faber_s_lock(url: str, application_name: str) -> bool:
     """Whether the run of ``application_name`` tries for faber's lock, which the rollback holds."""
-    with psycopg.connect(url) as conn:
+    with psycopg.connect(url, application_name=TEST_SESSION) as conn:
         return conn.execute(
             "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE application_name = %s"
             " AND query LIKE '%%pg_try_advisory_lock%%')",
@@ -234,7 +234,7 @@ def test_status_and_a_preview_during_a_rollback_wait_for_it_rather_than_call_the
 
     rollback = FaberProcess.start(first, "rollback", "production", "--to", before_deploy, "--yes", "--json", env=env)
     preview = None
-    with psycopg.connect(database_url, autocommit=True) as gate:
+    with psycopg.connect(database_url, autocommit=True, application_name=TEST_SESSION) as gate:
         try:
             # Taken once the write counters are read: the check would wait for this session to report its own.
             stopped_at(rollback, "writes.checked")

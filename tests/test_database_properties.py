@@ -17,7 +17,14 @@ from psycopg import sql
 from faber_core.backup.database_properties import RECORD
 from faber_core.backup.swap import previous_name, restoring_name
 from faber_core.testing import sqlfiles
-from faber_core.testing.fixtures import CANARY_PASSWORD, database_state, database_url_for, start_faber, wait_for
+from faber_core.testing.fixtures import (
+    CANARY_PASSWORD,
+    TEST_SESSION,
+    database_state,
+    database_url_for,
+    start_faber,
+    wait_for,
+)
 from faber_core.testing.otlp import OtlpReceiver
 
 SQLFILES = {"FABER_PLUGINS": "faber_core.testing.sqlfiles"}
@@ -176,7 +183,7 @@ def test_a_kill_in_the_middle_of_a_restore_leaves_the_database_s_properties_as_b
     change_properties(postgres_admin_url, name, role)
     before = database_state(url)
 
-    with psycopg.connect(url, autocommit=True) as gate:
+    with psycopg.connect(url, autocommit=True, application_name=TEST_SESSION) as gate:
         gate.execute("SELECT pg_advisory_lock(%s)", [GATE_LOCK])
         faber = start_faber(
             *("rollback", "production", "--to", backup_id, "--yes", "--discard-app-writes", "--json"),

@@ -613,9 +613,10 @@ def test_interrupted_restore_reports_whether_it_committed(bed: FaultBed, command
     holding = application_session(bed, database, "restore-waits" if moment == "before-commit" else None)
     args = ("rollback", ENVIRONMENT, "--to", bed.backup_id) if command == "rollback" else ("migrate", ENVIRONMENT)
     run = faber(project, bed.url(database), *args, "--yes", "--json")
-    # For after-commit: the application's lock request, queued behind the restore's own locks.
-    app = psycopg.connect(bed.url(database), application_name="the application")
-    waiting = threading.Thread(target=app.execute, args=["LOCK TABLE transfers IN SHARE UPDATE EXCLUSIVE MODE"])
+    # For after-commit: the application's lock request, queued behind the restore's own locks, from
+    # a session that connects during the replay (the restore ended those connected before it).
+    app: psycopg.Connection | None = None
+    waiting: threading.Thread | None = None
     try:
         run.wait_for(event_matcher("rollback.started"))
         with psycopg.connect(bed.admin_url, autocommit=True) as admin:
@@ -625,6 +626,10 @@ def test_interrupted_restore_reports_whether_it_committed(bed: FaultBed, command
             else:
                 condition, params = inside_condition("restore", None)
                 run.wait_until(lambda: session_doing(admin, database, condition, params), what="the replay")
+                app = psycopg.connect(bed.url(database), application_name="the application")
+                waiting = threading.Thread(
+                    target=app.execute, args=["LOCK TABLE transfers IN SHARE UPDATE EXCLUSIVE MODE"]
+                )
                 waiting.start()
                 run.wait_until(
                     lambda: session_doing(
@@ -638,9 +643,10 @@ def test_interrupted_restore_reports_whether_it_committed(bed: FaultBed, command
             run.kill(again)
         assert run.wait(EXIT_BOUND) is not None, f"faber still running {EXIT_BOUND}s after the signal"
     finally:
-        if waiting.is_alive():
+        if waiting is not None:
             waiting.join(EXIT_BOUND)
-        app.close()
+        if app is not None:
+            app.close()
         if holding is not None:
             holding.close()
         run.stop_everything()

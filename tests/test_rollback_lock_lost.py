@@ -156,13 +156,14 @@ def test_a_lock_lost_once_the_in_place_restore_committed_is_reported_with_the_re
         args = ("migrate", ENVIRONMENT, "--yes", "--json")
     held = {held_event.EVENT_ENV: "backup.restore_step", held_event.SECONDS_ENV: "3"}
     run = FaberProcess.start(project, *args, env={**env, **held})
-    with psycopg.connect(database_url, autocommit=True) as test:
-        try:
-            step = run.wait_for(event_matcher("backup.restore_step"))  # the run holds here
+    try:
+        step = run.wait_for(event_matcher("backup.restore_step"))  # the run holds here
+        # Connected now: the restore ended the sessions connected before it locked the tables.
+        with psycopg.connect(database_url, autocommit=True) as test:
             end_faber_lock_session(test)
-            code = run.finish(120)
-        finally:
-            run.stop_everything()
+        code = run.finish(120)
+    finally:
+        run.stop_everything()
     assert step["data"] == {"step": "committed", "status": "done"}, step
     assert "Traceback" not in run.stderr() and CANARY_PASSWORD not in run.stdout() + run.stderr()
     document = json.loads(run.stdout())

@@ -356,3 +356,111 @@ def test_the_command_that_saves_the_rows_is_safe_to_paste_whatever_the_table_is_
     assert saved.returncode == 0
     assert not (tmp_path / "PWNED").exists()
     assert "424242" in (tmp_path / "writes-since-backup.sql").read_text()
+
+
+class AtRestoreStart(list):
+    """The run's events, and ``action`` run once as the restore starts: after faber checked the
+    writes (and the approval), before the restore locks anything."""
+
+    def __init__(self, action) -> None:
+        super().__init__()
+        self.action = action
+
+    def append(self, event) -> None:
+        super().append(event)
+        if event.kind == "rollback.started":
+            self.action()
+
+
+def writes_twice_and_stays(url: str, application: list) -> None:
+    """The application commits 2 then 3 rows and stays connected: the second commit follows the
+    session's first report by less than a second, so its counts are held back up to 10 s."""
+    conn = psycopg.connect(url, autocommit=True, application_name="shop")
+    conn.execute("INSERT INTO orders (note) SELECT 'late' FROM generate_series(1, 2)")
+    conn.execute("INSERT INTO orders (note) SELECT 'late' FROM generate_series(1, 3)")
+    application.append(conn)
+
+
+def application_session_ended(conn: psycopg.Connection) -> bool:
+    try:
+        conn.execute("SELECT 1")
+    except psycopg.OperationalError:
+        return True
+    return False
+
+
+def test_rows_committed_between_the_check_and_the_in_place_restore_s_locks_refuse_it(
+    deployed, context_for, plugins, database_url
+):
+    """The rows reach faber only when their session is ended: the restore locks the tables, ends
+    the application's sessions, checks again, and under refuse rolls back, the rows kept."""
+    from faber_core.errors import WritesDuringRestore
+    from faber_core.workflow import rollback
+
+    project_dir, backup_id = deployed
+    application: list[psycopg.Connection] = []
+    events = AtRestoreStart(lambda: writes_twice_and_stays(database_url, application))
+
+    with pytest.raises(WritesDuringRestore) as refused:
+        rollback(context_for(project_dir, "rollback", events), plugins, backup_id, YES)
+
+    assert refused.value.result["writes_during_restore"]["tables"] == [{"table": "public.orders", "rows": 5}]
+    assert "public.orders (5 rows)" in refused.value.message and "is unchanged" in refused.value.message
+    assert application_session_ended(application[0])
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM orders WHERE note = 'late'").fetchone()[0] == 5
+        assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 105
+
+
+def test_under_warn_the_in_place_restore_reports_rows_committed_after_the_check(
+    deployed, context_for, plugins, database_url
+):
+    from faber_core.workflow import rollback
+
+    project_dir, backup_id = deployed
+    set_policy(project_dir, "warn")
+    application: list[psycopg.Connection] = []
+    events = AtRestoreStart(lambda: writes_twice_and_stays(database_url, application))
+
+    result = rollback(context_for(project_dir, "rollback", events), plugins, backup_id, YES).model_dump(mode="json")
+
+    assert result["result"]["writes_since_backup"]["tables"] == [{"table": "public.orders", "rows": 5}]
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 0
+
+
+def test_an_application_write_waiting_for_the_restore_s_locks_never_commits_and_stops_nothing(
+    deployed, context_for, plugins, database_url
+):
+    """Started once the restore holds the table, the write waits for it; the restore ends its
+    session before checking again, so the write rolls back, discards nothing, refuses nothing."""
+    import threading
+
+    from faber_core.workflow import rollback
+
+    project_dir, backup_id = deployed
+    outcome: list[BaseException | None] = []
+
+    def write_once_locked() -> None:
+        with psycopg.connect(database_url, autocommit=True, application_name="shop") as conn:
+            while not conn.execute(
+                "SELECT 1 FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE l.relation = 'orders'::regclass"
+                " AND l.mode = 'AccessExclusiveLock' AND l.granted AND a.application_name LIKE 'faber restore%'"
+            ).fetchone():
+                time.sleep(0.005)
+            try:
+                conn.execute("INSERT INTO orders (note) VALUES ('waited')")
+                outcome.append(None)
+            except psycopg.OperationalError as ended:
+                outcome.append(ended)
+
+    writer = threading.Thread(target=write_once_locked)
+    events = AtRestoreStart(writer.start)
+    result = rollback(context_for(project_dir, "rollback", events), plugins, backup_id, YES).model_dump(mode="json")
+    writer.join(30)
+
+    assert result["result"]["rollback_status"] == "success", result
+    assert result["result"]["writes_since_backup"]["status"] == "none"
+    assert isinstance(outcome[0], psycopg.OperationalError), outcome
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 0

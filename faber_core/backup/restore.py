@@ -4,6 +4,12 @@ One ``psql`` session runs, in this order::
 
     BEGIN READ WRITE;
     txid_current()     the transaction's id, read back by faber
+    <lock>             every table the restore replaces, ACCESS EXCLUSIVE (lock_replaced_tables),
+                       waiting for the transactions writing them to end; psql says when
+    <writes again>     faber, on a session of its own: end the application's sessions (each
+                       reports its counts as it ends), check the rows written since the backup
+                       again (context.restore_replacing); under restore_with_app_writes refuse,
+                       rows committed since faber's first check stop the restore here: rolled back
     <prelude>          drop what the archive brings back: event triggers, subscriptions,
                        publications, large objects, foreign servers, user casts, every schema
                        but faber's own (:func:`~faber_core.backup.store.faber_schemas`), then the
@@ -47,6 +53,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +61,7 @@ import psycopg
 from psycopg import sql
 
 from faber_core import events
-from faber_core.backup import store
+from faber_core.backup import store, writes
 from faber_core.backup.writes import IS_A_FABER_SCHEMA
 from faber_core.context import LockCheck, RunContext
 from faber_core.engines import LOCK_LOST
@@ -71,24 +78,39 @@ PROGRESS_INTERVAL_SECONDS = 5.0
 COMMIT_CHECK_SECONDS = 10.0
 """How long to wait for the server to end an abandoned restore's session before asking whether it committed."""
 
-ANALYZE_RESTORED = """
+_FOR_EACH_RESTORED_TABLE = """
 DO $faber$
 DECLARE relation regclass;
 BEGIN
   FOR relation IN
     SELECT c.oid::regclass FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.relkind IN ('r', 'm', 'p') AND n.nspname NOT IN ({keep})
+    WHERE c.relkind IN ({kinds}) AND n.nspname NOT IN ({keep}) AND {which}
       AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'
+    ORDER BY c.oid
   LOOP
-    EXECUTE pg_catalog.format('ANALYZE %s', relation);
+    EXECUTE pg_catalog.format({statement}, relation);
   END LOOP;
 END
 $faber$;
 """
+"""Run ``statement`` (a format string, ``%s`` the table) on each table outside the kept schemas."""
+
+
+@dataclass(frozen=True)
+class _Statements:
+    """The SQL faber writes around pg_restore's script, in the order it runs."""
+
+    lock: str
+    """:func:`lock_replaced_tables`, right after the restore's transaction began."""
+    prelude: str
+    """:func:`restore_prelude` and the database's own properties, before pg_restore's script."""
+    finish: str
+    """:func:`analyze_restored`, after the COMMIT."""
 
 
 class _ScriptProblem(Exception):
-    """pg_restore's script did not end as expected; nothing is committed."""
+    """The restore's script could not go on (psql ended, pg_restore's script did not end as
+    expected); nothing is committed."""
 
 
 def kept_schemas(context: RunContext, backup: BackupRecord) -> list[str]:
@@ -128,12 +150,13 @@ def restore_archive(context: RunContext, backup: BackupRecord, tools: Path, majo
             store.verify_archive(context, backup, fd)
             with context.database.connect() as conn:
                 properties = database_properties.restoring_in_place(context, conn, backup)
-                prelude = restore_prelude(conn, *keep) + properties.script
-                finish = analyze_restored(keep).as_string(conn)
-            with restore_list(context, backup, tools, archive, fd, keep) as listed:
-                notes = _run_in_one_transaction(
-                    context, backup, tools, major, archive, fd, listed, prelude, finish, manual
+                statements = _Statements(
+                    lock=lock_replaced_tables(keep).as_string(conn),
+                    prelude=restore_prelude(conn, *keep) + properties.script,
+                    finish=analyze_restored(keep).as_string(conn),
                 )
+            with restore_list(context, backup, tools, archive, fd, keep) as listed:
+                notes = _run_in_one_transaction(context, backup, tools, major, archive, fd, listed, statements, manual)
                 context.emit(events.BACKUP_RESTORE_STEP, step="committed", status="done")
             restored = RestoreOutcome(
                 backup_id=backup.id,
@@ -141,6 +164,8 @@ def restore_archive(context: RunContext, backup: BackupRecord, tools: Path, majo
                 details=f"Restored {backup.id} ({backup.size_bytes} bytes) in one transaction{notes}"
                 f"{properties.details()}",
                 steps=[
+                    "locked the restored tables, ended the application's sessions and checked the rows written "
+                    "since the backup again",
                     "dropped what changed since the backup (schemas, large objects, publications, subscriptions, "
                     "event triggers, extensions)",
                     "put back the database's own settings, comment, grants and connection limit that changed",
@@ -313,7 +338,29 @@ def _entry_schema(line: bytes) -> bytes | None:
 
 def analyze_restored(faber_schemas: list[str]) -> sql.Composed:
     """ANALYZE every restored table, that is every table outside ``faber_schemas``."""
-    return sql.SQL(ANALYZE_RESTORED).format(keep=sql.SQL(", ").join(map(sql.Literal, faber_schemas)))
+    return _for_each_restored_table(faber_schemas, "'r', 'm', 'p'", "true", "ANALYZE %s")
+
+
+def lock_replaced_tables(faber_schemas: list[str]) -> sql.Composed:
+    """Lock every table the restore replaces that faber's user may lock (UPDATE, DELETE or
+    TRUNCATE on it, as ``ACCESS EXCLUSIVE`` requires): from then on nothing else commits to them.
+    One it may not lock is locked later by the prelude's ``DROP SCHEMA`` (its schema's owner may
+    drop it)."""
+    return _for_each_restored_table(
+        faber_schemas,
+        "'r', 'p'",
+        "pg_catalog.has_table_privilege(c.oid, 'UPDATE, DELETE, TRUNCATE')",
+        "LOCK TABLE %s IN ACCESS EXCLUSIVE MODE",
+    )
+
+
+def _for_each_restored_table(faber_schemas: list[str], kinds: str, which: str, statement: str) -> sql.Composed:
+    return sql.SQL(_FOR_EACH_RESTORED_TABLE).format(
+        kinds=sql.SQL(kinds),
+        keep=sql.SQL(", ").join(map(sql.Literal, faber_schemas)),
+        which=sql.SQL(which),
+        statement=sql.Literal(statement),
+    )
 
 
 class _Interrupted(Exception):
@@ -333,8 +380,7 @@ def _run_in_one_transaction(
     archive: Path,
     archive_fd: int,
     listed: Path,
-    prelude: str,
-    finish: str,
+    statements: _Statements,
     manual: list[str],
 ) -> str:
     """Run the restore of the archive's entries ``listed`` (:func:`restore_list`); returns notes
@@ -382,7 +428,11 @@ def _run_in_one_transaction(
             lock_check: LockCheck | None = None
             try:
                 transaction = _begin(psql)
-                psql.stdin.write(prelude.encode())
+                _lock(psql, statements.lock)
+                # Nothing commits to the restored tables any more: rows committed since faber's
+                # check before the restore are counted now, once their sessions reported them.
+                context.restore_replacing(sessions_ended=_end_application_sessions(context))
+                psql.stdin.write(statements.prelude.encode())
                 tail = _forward_all_but_tail(context, backup, restore, psql, archive_fd, size)
                 if restore.wait() != 0:
                     problem = f"pg_restore {how_it_ended(restore.returncode)}"
@@ -393,7 +443,7 @@ def _run_in_one_transaction(
                         psql.stdin.write(lock_check.statement.encode() + b";\n")
                     commit_sent = True
                     # Statistics after the COMMIT: a failing ANALYZE must not undo the restore.
-                    psql.stdin.write(b"COMMIT;\n\\set ON_ERROR_STOP 0\n" + finish.encode())
+                    psql.stdin.write(b"COMMIT;\n\\set ON_ERROR_STOP 0\n" + statements.finish.encode())
                     psql.stdin.close()
                     psql.wait()
             except BrokenPipeError:
@@ -446,6 +496,27 @@ def _begin(psql: subprocess.Popen) -> int | None:
     psql.stdin.flush()
     line = psql.stdout.readline().strip()
     return int(line) if line.isdigit() else None
+
+
+def _lock(psql: subprocess.Popen, lock: str) -> None:
+    """Lock the restored tables in the restore's transaction; returns once they are locked, which
+    waits for the transactions holding any of them (faber's interrupt stops the wait)."""
+    assert psql.stdin and psql.stdout
+    psql.stdin.write(lock.encode() + b"\\echo locked\n")
+    psql.stdin.flush()
+    if psql.stdout.readline().strip() != b"locked":
+        # It ended: at an error (a deadlock with the application, say; its stderr says which) or killed.
+        raise _ScriptProblem(f"psql {how_it_ended(psql.wait())} before the restored tables were locked")
+
+
+def _end_application_sessions(context: RunContext) -> bool:
+    """End the application's sessions of the database (:func:`writes.end_application_sessions`);
+    whether they all ended. One that cannot be reached says no: faber then waits for reports."""
+    try:
+        with context.database.connect(application_name="faber restore check") as conn:
+            return writes.end_application_sessions(conn)
+    except psycopg.Error:
+        return False
 
 
 def _committed(context: RunContext, transaction: int | None) -> bool | None:

@@ -17,7 +17,7 @@ switch the atomic step instead::
     pg_restore -j N     the archive into it, but faber's schemas (restore.restore_list);
                         nothing else connects to it
     verify              pg_restore exited 0 and faber's tables hold the target's rows
-    writes again        the rows written since the backup, checked again (context.restore_swapping):
+    writes again        the rows written since the backup, checked again (context.restore_replacing):
                         under restore_with_app_writes refuse, rows the application wrote
                         while pg_restore ran stop the restore here, the target unchanged
     swap, one transaction, from a maintenance database:
@@ -79,8 +79,6 @@ INVALID_DATABASE = -2
 15.4 on; it is marked so before its files go): no one can connect to it, and it can only be dropped."""
 SWAP_ATTEMPTS = 3
 """Tries of the swap when a session connected between the end of the others and the rename."""
-SESSIONS_END_SECONDS = 10.0
-"""How long the swap waits for the sessions it ended to be gone before reading what they reported."""
 SWAP_CHECK_SECONDS = 10.0
 """How long to wait for the server to end an abandoned swap's session before reading which side it is on."""
 _OBJECT_IN_USE = "55006"
@@ -267,7 +265,7 @@ def _run(swap: _Swap, tools: Path, major: int, listed: Path, keep: list[str]) ->
     # The application kept writing to the target meanwhile (minutes, for a large archive): the swap
     # would discard those rows, so faber checks again under the environment's policy. The rows
     # committed from then on are checked once the swap has ended the sessions that committed them.
-    context.restore_swapping()
+    context.restore_replacing()
     with _on_target(swap) as conn:
         committed = writes.committed_changes(conn, context.config.database.faber_schema)
     swap.done("checked the rows written since the backup again")
@@ -578,7 +576,7 @@ def _swap_names(swap: _Swap, committed: dict[str, int]) -> None:
     """The swap: one transaction from the maintenance database (see the module docstring).
 
     ``committed``: the committed row changes of the target's tables, read right after the check
-    :meth:`~faber_core.context.RunContext.restore_swapping` ran. A session reports its counts
+    :meth:`~faber_core.context.RunContext.restore_replacing` ran. A session reports its counts
     when idle outside a transaction, at most once a second, or when it ends: what the check could
     not see, the sessions report as the swap ends them. So once they are gone, a session on the
     target reads the counts again, and closes before the rename (which waits for it to be gone,
@@ -610,7 +608,9 @@ def _swap_names(swap: _Swap, committed: dict[str, int]) -> None:
                         [swap.target, swap.restoring],
                     ).fetchall()
                     swap.sessions_ended = True
-                    _wait_until_ended(admin, [pid for pid, signalled in ended if signalled])
+                    # Each reports its counts as it ends; one still there makes the rename fail,
+                    # and the swap is retried.
+                    writes.wait_until_ended(admin, [pid for pid, signalled in ended if signalled])
                     with _on_target(swap) as reader:
                         now = writes.committed_changes(reader, faber_schema)
                     late, committed = writes.committed_between(committed, now), now
@@ -664,17 +664,6 @@ def _given_properties(admin: psycopg.Connection, swap: _Swap) -> list[sql.Compos
     wanted = database_properties.changes(swap.target, database_properties.read(admin, swap.restoring), swap.properties)
     swap.restored_properties = [change.what for change in wanted]
     return [statement for change in wanted for statement in change.statements]
-
-
-def _wait_until_ended(admin: psycopg.Connection, pids: list[int]) -> None:
-    """Wait until the sessions ``pids`` have ended (each reports its counts as it ends), at most
-    :data:`SESSIONS_END_SECONDS`: one still there makes the rename fail, and the swap is retried."""
-    deadline = time.monotonic() + SESSIONS_END_SECONDS
-    while pids and time.monotonic() < deadline:
-        admin.execute("SELECT pg_catalog.pg_stat_clear_snapshot()")
-        if not admin.execute("SELECT 1 FROM pg_catalog.pg_stat_activity WHERE pid = ANY(%s)", [pids]).fetchone():
-            return
-        time.sleep(0.01)
 
 
 def _lock_again(swap: _Swap, when: str) -> None:

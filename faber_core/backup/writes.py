@@ -71,6 +71,8 @@ IDLE_FLUSH_SECONDS = 10.5
 """An idle session has reported its counters once it has been idle this long (PGSTAT_IDLE_INTERVAL + margin)."""
 MIN_WAIT_SECONDS = 1.1
 """Busy sessions report at their next idle moment, at most once a second (PGSTAT_MIN_INTERVAL + margin)."""
+SESSIONS_END_SECONDS = 10.0
+"""How long a restore waits for the sessions it ended to be gone before reading what they reported."""
 _REPORTS_AS_IT_ENDS = 150000
 """From PostgreSQL 15 a session reports its counters as it ends, before it leaves pg_stat_activity
 (before, a statistics collector process received them later)."""
@@ -524,15 +526,22 @@ WHERE environment = %s
 """
 
 
-def writes_since_backup(context: RunContext, backup: BackupRecord) -> WritesSinceBackup:
-    """Compare the counters now with ``backup``'s baseline, minus faber's own writes."""
+def writes_since_backup(
+    context: RunContext, backup: BackupRecord, *, sessions_ended: bool = False
+) -> WritesSinceBackup:
+    """Compare the counters now with ``backup``'s baseline, minus faber's own writes.
+
+    ``sessions_ended``: the application's sessions were ended (:func:`end_application_sessions`)
+    while nothing could write the application's tables, so every count is in (from PostgreSQL 15)
+    and the sessions since connected have none to report: faber does not wait for reports."""
     faber_schema = context.config.database.faber_schema
     engine = context.database.engine
     if not engine.supports("write_counters"):
         return WritesSinceBackup(backup_id=backup.id, status="unknown", reason=engine.unsupported["write_counters"])
     try:
         with context.database.session() as conn:
-            _wait_for_reports(context, conn)
+            if not (sessions_ended and conn.info.server_version >= _REPORTS_AS_IT_ENDS):
+                _wait_for_reports(context, conn)
             baseline = _baseline(conn, context, backup)
             now = _counters(conn, faber_schema)
             in_flight = [
@@ -667,6 +676,43 @@ _COMMITTED_CHANGES = f"""
 SELECT format('%%I.%%I', s.schemaname, s.relname), s.n_mod_since_analyze FROM pg_stat_user_tables s
 WHERE {_NOT_IN_A_FABER_SCHEMA}
 """
+
+
+def end_application_sessions(conn: psycopg.Connection) -> bool:
+    """End every session of ``conn``'s database but faber's (the sessions the counters are
+    compared for, see ``_OTHER_SESSIONS``) and wait until they are gone (:func:`wait_until_ended`):
+    from PostgreSQL 15 each reports its counts as it ends. ``conn`` is in autocommit. Returns
+    whether they all ended; one faber's role may not end (another role's, without
+    ``pg_signal_backend``; a superuser's) is left, and may still hold counts back."""
+    pids = [
+        pid
+        for (pid,) in conn.execute(
+            "SELECT pid FROM pg_catalog.pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_catalog.pg_backend_pid() AND application_name NOT LIKE 'faber%%'"
+            " AND (backend_type = 'client backend' OR backend_type IS NULL)"
+        ).fetchall()
+    ]
+    ended = []
+    for pid in pids:
+        try:
+            if conn.execute("SELECT pg_catalog.pg_terminate_backend(%s)", [pid]).fetchone()[0]:
+                ended.append(pid)
+        except psycopg.errors.InsufficientPrivilege:
+            continue
+    return wait_until_ended(conn, ended) and len(ended) == len(pids)
+
+
+def wait_until_ended(conn: psycopg.Connection, pids: list[int]) -> bool:
+    """Wait until the sessions ``pids`` have ended, at most :data:`SESSIONS_END_SECONDS`; whether they have."""
+    deadline = time.monotonic() + SESSIONS_END_SECONDS
+    while pids:
+        conn.execute("SELECT pg_catalog.pg_stat_clear_snapshot()")
+        if not conn.execute("SELECT 1 FROM pg_catalog.pg_stat_activity WHERE pid = ANY(%s)", [pids]).fetchone():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def committed_changes(conn: psycopg.Connection, faber_schema: str) -> dict[str, int]:

@@ -48,6 +48,11 @@ CANARY_PASSWORD = "canary-Pw-7f3a9c1e"
 LOCAL_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DATABASE_PREFIX_OPTION = "faber_database_prefix"
 DEFAULT_DATABASE_PREFIX = "faber_test"
+TEST_SESSION = "faber tests"
+"""``application_name`` of a test's own sessions of a database a restore in place runs on: one
+that holds the restore back midway (an advisory lock a restored table's check waits on), one that
+watches it. The restore ends every session of the database but faber's own (named ``faber…``)
+before it changes anything: the application's."""
 # A database name is at most 63 bytes: the prefix, "_" and 12 random hex digits.
 _DATABASE_PREFIX = re.compile(r"[a-z_][a-z0-9_]{0,49}")
 
