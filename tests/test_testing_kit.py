@@ -51,6 +51,19 @@ def run_pytest(project: Path, admin_url: str, *options: str) -> subprocess.Compl
     )
 
 
+def run_suite_using_the_kit(project: Path, admin_url: str, prefix: str, tests: str) -> subprocess.CompletedProcess:
+    """Run ``tests`` in a project that opts in to the kit with ``prefix``; it must pass and leave no database."""
+    (project / "pytest.ini").write_text(f"[pytest]\nfaber_database_prefix = {prefix}\n")
+    (project / "conftest.py").write_text('pytest_plugins = ["faber_core.testing.fixtures"]\n')
+    (project / "test_app.py").write_text(tests)
+
+    run = run_pytest(project, admin_url)
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert databases_named(admin_url, prefix + "_") == []  # each dropped after its test
+    return run
+
+
 def databases_named(admin_url: str, prefix: str) -> list[str]:
     with psycopg.connect(admin_url) as conn:
         rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [prefix + "%"]).fetchall()
@@ -69,15 +82,9 @@ def test_installing_faber_adds_no_fixture_to_another_projects_tests(tmp_path, po
 
 
 def test_a_suite_that_opts_in_gets_fresh_databases_under_its_own_prefix(tmp_path, postgres_admin_url):
-    (tmp_path / "pytest.ini").write_text("[pytest]\nfaber_database_prefix = shop_test\n")
-    (tmp_path / "conftest.py").write_text('pytest_plugins = ["faber_core.testing.fixtures"]\n')
-    (tmp_path / "test_app.py").write_text(USES_THE_KIT)
+    run = run_suite_using_the_kit(tmp_path, postgres_admin_url, "shop_test", USES_THE_KIT)
 
-    run = run_pytest(tmp_path, postgres_admin_url)
-
-    assert run.returncode == 0, run.stdout + run.stderr
     assert "1 passed" in run.stdout
-    assert databases_named(postgres_admin_url, "shop_test_") == []  # dropped after the test
 
 
 def test_a_prefix_that_cannot_name_a_database_is_a_usage_error(tmp_path, postgres_admin_url):
@@ -134,12 +141,6 @@ def test_the_next_one_gets_its_database(database_url, query):
 def test_a_test_setting_libpq_variables_does_not_cost_the_next_one_its_database(tmp_path, postgres_admin_url):
     """The next test's database is created while a test runs; one that sets PGSSLMODE meanwhile
     must not leave the next test without one."""
-    (tmp_path / "pytest.ini").write_text("[pytest]\nfaber_database_prefix = libpq_test\n")
-    (tmp_path / "conftest.py").write_text('pytest_plugins = ["faber_core.testing.fixtures"]\n')
-    (tmp_path / "test_app.py").write_text(SETS_LIBPQ_VARIABLES)
+    run = run_suite_using_the_kit(tmp_path, postgres_admin_url, "libpq_test", SETS_LIBPQ_VARIABLES)
 
-    run = run_pytest(tmp_path, postgres_admin_url)
-
-    assert run.returncode == 0, run.stdout + run.stderr
     assert "3 passed" in run.stdout
-    assert databases_named(postgres_admin_url, "libpq_test_") == []
