@@ -464,3 +464,62 @@ def test_an_application_write_waiting_for_the_restore_s_locks_never_commits_and_
     assert isinstance(outcome[0], psycopg.OperationalError), outcome
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 0
+
+
+def reads_in_an_open_transaction(url: str, application_name: str, application: list) -> None:
+    """A session that read ``orders`` and stays idle in its transaction: it holds a lock on the
+    table until it ends (at most 20 s here: the server ends it then, so a restore that waited for
+    it fails its test instead of hanging)."""
+    conn = psycopg.connect(url, application_name=application_name)
+    conn.execute("SET idle_in_transaction_session_timeout = '20s'")
+    conn.execute("SELECT count(*) FROM orders").fetchone()
+    application.append(conn)
+
+
+def test_an_application_transaction_holding_a_restored_table_is_ended_and_the_restore_goes_on(
+    deployed, context_for, plugins, database_url
+):
+    """Every query on the table queues behind the restore's waiting lock: faber ends the
+    application's session that holds it, and the restore completes."""
+    from faber_core.workflow import rollback
+
+    project_dir, backup_id = deployed
+    application: list[psycopg.Connection] = []
+    events = AtRestoreStart(lambda: reads_in_an_open_transaction(database_url, "shop", application))
+
+    started = time.monotonic()
+    result = rollback(context_for(project_dir, "rollback", events), plugins, backup_id, YES).model_dump(mode="json")
+
+    assert result["result"]["rollback_status"] == "success", result
+    assert time.monotonic() - started < 15  # not ended, the session would hold the table 20 s
+    assert application_session_ended(application[0])
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 0
+
+
+def test_a_session_faber_does_not_end_holding_a_restored_table_stops_the_restore_with_the_database_unchanged(
+    deployed, context_for, plugins, database_url, monkeypatch
+):
+    """faber ends no session of its own (named faber…), nor one its role may not end: held past
+    the wait, the restore stops before it changed anything and names the session."""
+    from faber_core.backup import restore
+    from faber_core.errors import RestoreFailed
+    from faber_core.workflow import rollback
+
+    monkeypatch.setattr(restore, "LOCK_WAIT_SECONDS", 3.0, raising=False)
+    project_dir, backup_id = deployed
+    application: list[psycopg.Connection] = []
+    events = AtRestoreStart(lambda: reads_in_an_open_transaction(database_url, "faber report", application))
+
+    with pytest.raises(RestoreFailed) as stopped:
+        rollback(context_for(project_dir, "rollback", events), plugins, backup_id, YES)
+
+    pid = application[0].info.backend_pid
+    assert f"pid {pid} (faber report, role " in stopped.value.message, stopped.value.message
+    assert "stopped before it changed production" in stopped.value.message
+    assert stopped.value.result["holding_sessions"][0].startswith(f"pid {pid} ")
+    assert f"faber rollback production --to {backup_id}" in stopped.value.suggestions[0]
+    assert not application_session_ended(application[0])
+    application[0].rollback()
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 100  # as before the restore

@@ -5,7 +5,10 @@ One ``psql`` session runs, in this order::
     BEGIN READ WRITE;
     txid_current()     the transaction's id, read back by faber
     <lock>             every table the restore replaces, ACCESS EXCLUSIVE (lock_replaced_tables),
-                       waiting for the transactions writing them to end; psql says when
+                       waiting for the transactions holding them to end; psql says when. After
+                       LOCK_PATIENCE_SECONDS faber ends the application's sessions that still
+                       block it (it ends them all once locked anyway); sessions it may not end
+                       that block it past LOCK_WAIT_SECONDS stop the restore, nothing changed
     <writes again>     faber, on a session of its own: end the application's sessions (each
                        reports its counts as it ends), check the rows written since the backup
                        again (context.restore_replacing); under restore_with_app_writes refuse,
@@ -49,6 +52,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import select
 import subprocess
 import tempfile
 import time
@@ -77,6 +81,14 @@ _FINAL_COMMIT = re.compile(rb"(?:^|\n)COMMIT;\n((?:\n|--[^\n]*\n|\\unrestrict [^
 PROGRESS_INTERVAL_SECONDS = 5.0
 COMMIT_CHECK_SECONDS = 10.0
 """How long to wait for the server to end an abandoned restore's session before asking whether it committed."""
+LOCK_PATIENCE_SECONDS = 2.0
+"""How long the restore's lock waits for the application's transactions on the restored tables to
+end by themselves. Every later query on those tables queues behind the waiting lock, so past this
+faber ends the application's sessions that block it, as it ends them all once it holds the lock."""
+LOCK_WAIT_SECONDS = 30.0
+"""How long the restore waits in all for sessions faber may not end (another role's, a superuser's)
+to release the restored tables; past it the restore stops, the database unchanged."""
+_LOCK_POLL_SECONDS = 0.2
 
 _FOR_EACH_RESTORED_TABLE = """
 DO $faber$
@@ -111,6 +123,15 @@ class _Statements:
 class _ScriptProblem(Exception):
     """The restore's script could not go on (psql ended, pg_restore's script did not end as
     expected); nothing is committed."""
+
+
+class _LockNotGranted(Exception):
+    """Sessions faber may not end held the restored tables past :data:`LOCK_WAIT_SECONDS`."""
+
+    def __init__(self, holders: list[str], waited: float) -> None:
+        super().__init__()
+        self.holders = holders
+        self.waited = waited
 
 
 def kept_schemas(context: RunContext, backup: BackupRecord) -> list[str]:
@@ -425,10 +446,11 @@ def _run_in_one_transaction(
             started.append(restore)
             assert psql.stdin and restore.stdout
             problem: str | None = None
+            not_granted: _LockNotGranted | None = None
             lock_check: LockCheck | None = None
             try:
                 transaction = _begin(psql)
-                _lock(psql, statements.lock)
+                _lock(context, psql, statements.lock, application)
                 # Nothing commits to the restored tables any more: rows committed since faber's
                 # check before the restore are counted now, once their sessions reported them.
                 context.restore_replacing(sessions_ended=_end_application_sessions(context))
@@ -451,6 +473,9 @@ def _run_in_one_transaction(
                 problem = f"psql {how_it_ended(psql.wait())}"
             except _ScriptProblem as exc:
                 problem = str(exc)
+            except _LockNotGranted as exc:
+                not_granted = exc
+                problem = "the restored tables were not locked"
             if problem is not None:
                 # No COMMIT was sent. Stop psql rather than close its input: a psql waiting for a
                 # lock does not read, and flushing into its full pipe would wait as long.
@@ -474,6 +499,8 @@ def _run_in_one_transaction(
         return f"; statistics not refreshed: {context.redactor.redact(analyze)}" if analyze else ""
     if lock_check is not None and LOCK_LOST in psql_err:
         raise lock_check.lost()  # the check failed in the restore's transaction, which rolled back
+    if not_granted is not None:
+        raise _held_by_sessions(context, backup, not_granted)
     # Without a word from either program, how they ended is the reason (psql killed before the
     # COMMIT reached it, by the out-of-memory killer say, says nothing).
     ended = problem or f"psql {how_it_ended(psql.returncode)}"
@@ -498,15 +525,74 @@ def _begin(psql: subprocess.Popen) -> int | None:
     return int(line) if line.isdigit() else None
 
 
-def _lock(psql: subprocess.Popen, lock: str) -> None:
-    """Lock the restored tables in the restore's transaction; returns once they are locked, which
-    waits for the transactions holding any of them (faber's interrupt stops the wait)."""
+def _lock(context: RunContext, psql: subprocess.Popen, lock: str, application: str) -> None:
+    """Lock the restored tables in the restore's transaction (the session named ``application``);
+    returns once they are locked. It waits for the transactions holding any of them, ends the
+    application's sessions among them after :data:`LOCK_PATIENCE_SECONDS`, and raises
+    :class:`_LockNotGranted` when others still hold them after :data:`LOCK_WAIT_SECONDS`
+    (faber's interrupt stops the wait)."""
     assert psql.stdin and psql.stdout
     psql.stdin.write(lock.encode() + b"\\echo locked\n")
     psql.stdin.flush()
+    started = time.monotonic()
+    if not _answered(psql, LOCK_PATIENCE_SECONDS):
+        with context.database.connect(application_name="faber restore check") as conn:
+            while not _answered(psql, _LOCK_POLL_SECONDS):
+                holders = _end_application_sessions_blocking(context, conn, application)
+                waited = time.monotonic() - started
+                if holders and waited >= LOCK_WAIT_SECONDS:
+                    raise _LockNotGranted(holders, waited)
     if psql.stdout.readline().strip() != b"locked":
         # It ended: at an error (a deadlock with the application, say; its stderr says which) or killed.
         raise _ScriptProblem(f"psql {how_it_ended(psql.wait())} before the restored tables were locked")
+
+
+def _answered(psql: subprocess.Popen, seconds: float) -> bool:
+    """Whether psql wrote to its output (or closed it) within ``seconds``."""
+    assert psql.stdout
+    return bool(select.select([psql.stdout], [], [], seconds)[0])
+
+
+# A prepared transaction that holds a lock blocks as pid 0, which no session has.
+_SESSIONS_BLOCKING = """
+SELECT DISTINCT b.pid, a.application_name, a.usename, a.state, a.backend_type,
+       extract(epoch FROM now() - coalesce(a.xact_start, a.backend_start))::float8
+FROM pg_catalog.unnest(pg_catalog.pg_blocking_pids((
+  SELECT r.pid FROM pg_catalog.pg_stat_activity r WHERE r.application_name = %s AND r.datname = current_database()
+))) AS b(pid)
+LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = b.pid
+"""
+
+
+def _end_application_sessions_blocking(context: RunContext, conn: psycopg.Connection, application: str) -> list[str]:
+    """End the application's sessions (as :func:`writes.end_application_sessions` names them) that
+    block the restore's session ``application``; returns the others that block it, described."""
+    holders = []
+    for pid, name, role, state, backend, age in conn.execute(_SESSIONS_BLOCKING, [application]).fetchall():
+        if backend == "client backend" and not (name or "").startswith("faber"):
+            with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+                if conn.execute("SELECT pg_catalog.pg_terminate_backend(%s)", [pid]).fetchone()[0]:
+                    continue
+        if backend is None:
+            holders.append("a prepared transaction (pg_prepared_xacts)" if pid == 0 else f"pid {pid}")
+            continue
+        who = context.redactor.redact(f"{name or backend}, role {role}" if role else name or backend)
+        holders.append(f"pid {pid} ({who}, {state or 'no state'}, {age or 0:.0f}s)")
+    return holders
+
+
+def _held_by_sessions(context: RunContext, backup: BackupRecord, not_granted: _LockNotGranted) -> RestoreFailed:
+    env = context.environment
+    return RestoreFailed(
+        f"Restore of {backup.id} stopped before it changed {env}: sessions faber may not end held the "
+        f"restored tables for {not_granted.waited:.0f}s: {'; '.join(not_granted.holders)}; {env} is unchanged",
+        result={"restore_error": "the restored tables were not locked", "holding_sessions": not_granted.holders},
+        suggestions=[
+            "End those sessions (SELECT pg_terminate_backend(<pid>), as their role or a superuser) or stop "
+            f"what runs them, then restore again: faber rollback {env} --to {backup.id}",
+        ],
+        backup_id=backup.id,
+    )
 
 
 def _end_application_sessions(context: RunContext) -> bool:
