@@ -127,8 +127,13 @@ import pytest
 def libpq_variables(monkeypatch):
     monkeypatch.setenv("PGSSLMODE", "verify-full")  # libpq cannot connect to the test server so
 
-def test_a_first_one(database_url):
-    pass
+def test_a_first_one(database_url, query):
+    # The next test's database is created meanwhile: once it is there, that test's PGSSLMODE
+    # falls on the database made ready after it.
+    deadline = time.monotonic() + 60
+    while query("SELECT count(*) FROM pg_database WHERE datname LIKE 'libpq\\_test\\_%'")[0][0] < 2:
+        assert time.monotonic() < deadline, "the next test's database was not created"
+        time.sleep(0.05)
 
 def test_one_that_sets_libpq_variables(libpq_variables, database_url):
     time.sleep(2)  # the next test's database is made ready meanwhile, under PGSSLMODE
