@@ -151,6 +151,7 @@ def test_sigterm_once_the_restore_committed_says_it_committed(
         finished = run.wait_for(event_matcher("rollback.finished"))
         alive_at_the_signal = run.running()
         run.kill(signal.SIGTERM)
+        run.release()
         code = run.wait(EXIT_BOUND)
         assert code is not None, f"faber still running {EXIT_BOUND}s after SIGTERM"
     finally:
@@ -247,6 +248,7 @@ def test_a_lock_lost_once_the_restore_was_verified_is_reported_with_the_restore(
         finished = run.wait_for(event_matcher("rollback.finished"))  # the run holds here
         with connect(engine.url) as test:
             end_faber_lock_session(test)
+        run.release()
         code = run.finish(EXIT_BOUND * 4)
     finally:
         run.stop_everything()

@@ -25,7 +25,7 @@ import pytest
 
 from faber_core.testing import held_event
 from faber_core.testing.faults import DatabaseState, FaberProcess, end_faber_lock_session, event_matcher, snapshot
-from faber_core.testing.fixtures import CANARY_PASSWORD
+from faber_core.testing.fixtures import CANARY_PASSWORD, TEST_SESSION
 
 ENVIRONMENT = "production"
 URL_ENV = "ROLLBACK_LOCK_DATABASE_URL"
@@ -76,11 +76,16 @@ def deployed_with_a_backup(project: Path, env: dict[str, str]) -> str:
 def end_the_lock_session_inside_the_restore(run: FaberProcess, url: str) -> dict:
     """The run's document, once faber's lock session was ended while the restore's transaction
     waited for this test's lock on ``accounts``; asserts the database is as before the restore."""
-    with psycopg.connect(url) as holding, psycopg.connect(url, autocommit=True) as test:
+    # The test's sessions are named as faber's: faber neither waits for their write counters nor ends them.
+    with (
+        psycopg.connect(url, application_name=TEST_SESSION) as holding,
+        psycopg.connect(url, autocommit=True, application_name=TEST_SESSION) as test,
+    ):
         try:
             run.wait_for(event_matcher("rollback.started"))  # the run holds here (held_event)
             before = snapshot(url)
             holding.execute("LOCK TABLE accounts IN ACCESS SHARE MODE")
+            run.release()
             run.wait_until(lambda: restore_waiting_for_a_lock(test), what="the restore waiting for the table lock")
             end_faber_lock_session(test)
             holding.rollback()
@@ -161,6 +166,7 @@ def test_a_lock_lost_once_the_in_place_restore_committed_is_reported_with_the_re
         # Connected now: the restore ended the sessions connected before it locked the tables.
         with psycopg.connect(database_url, autocommit=True) as test:
             end_faber_lock_session(test)
+        run.release()
         code = run.finish(120)
     finally:
         run.stop_everything()
@@ -261,10 +267,14 @@ def test_a_rollback_stopped_while_it_reads_the_schemas_it_keeps_says_nothing_was
 
     run = FaberProcess.start(project, "rollback", ENVIRONMENT, "--to", backup_id, "--yes", "--json", env=env)
     database = psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]
-    with psycopg.connect(database_url) as holding, psycopg.connect(postgres_admin_url, autocommit=True) as admin:
+    with (
+        psycopg.connect(database_url, application_name=TEST_SESSION) as holding,
+        psycopg.connect(postgres_admin_url, autocommit=True) as admin,
+    ):
         try:
             run.wait_for(event_matcher("rollback.started"))  # the run holds here (held_event)
             holding.execute("LOCK TABLE pg_catalog.pg_namespace IN ACCESS EXCLUSIVE MODE")
+            run.release()
             run.wait_until(
                 lambda: kept_schemas_waiting(admin, database), what="the restore reading the schemas it keeps"
             )

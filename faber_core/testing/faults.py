@@ -50,6 +50,7 @@ import pytest
 from faber_core.context import Database
 from faber_core.postgres.locks import session_lock_key
 from faber_core.secrets import Secret
+from faber_core.testing import held_event
 
 AUDIT_LOG = Path(".faber") / "audit.log"
 POLL_SECONDS = 0.01
@@ -236,6 +237,8 @@ class FaberProcess:
     """When faber was seen ended (:func:`ticks_since_boot`). Its pid is free from then on: another
     test's faber may get it, and lead a session of the same number (CI starts more processes than
     there are pids), so its own session's members are those started by then."""
+    release_file: Path | None = None
+    """Created by :meth:`release` to let a run held at an event go on (:mod:`~faber_core.testing.held_event`)."""
     _partial_line: bytes = b""
 
     @classmethod
@@ -268,15 +271,16 @@ class FaberProcess:
         log = project / AUDIT_LOG
         offset = log.stat().st_size if log.exists() else 0
         stdout, stderr = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+        release_file = Path(tempfile.gettempdir()) / f"faber-hold-release-{uuid.uuid4().hex}"
         proc = subprocess.Popen(
             argv,
             stdin=stdin,
             stdout=stdout,
             stderr=stderr,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, held_event.RELEASE_ENV: str(release_file), **(env or {})},
             start_new_session=True,
         )
-        return cls(project, argv, proc, stdout, stderr, offset)
+        return cls(project, argv, proc, stdout, stderr, offset, release_file=release_file)
 
     @property
     def pid(self) -> int:
@@ -356,6 +360,12 @@ class FaberProcess:
         self.signal_sent = signum
         self.proc.send_signal(signum)
 
+    def release(self) -> None:
+        """Let the run go on from the event it is held at, and from every later one
+        (:mod:`~faber_core.testing.held_event`)."""
+        assert self.release_file is not None
+        self.release_file.touch()
+
     def wait(self, timeout: float | None) -> int | None:
         """faber's exit code (negative: killed by that signal), or None if it still runs after ``timeout``."""
         try:
@@ -405,6 +415,8 @@ class FaberProcess:
                     os.kill(info.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+        if self.release_file is not None:
+            self.release_file.unlink(missing_ok=True)
 
 
 def deploy_with_application_write(
