@@ -584,7 +584,7 @@ def _end_application_sessions_blocking(context: RunContext, conn: psycopg.Connec
 def _held_by_sessions(context: RunContext, backup: BackupRecord, not_granted: _LockNotGranted) -> RestoreFailed:
     env = context.environment
     return RestoreFailed(
-        f"Restore of {backup.id} stopped before it changed {env}: sessions faber may not end held the "
+        f"Restore of {backup.id} stopped before it changed {env}: sessions faber does not end held the "
         f"restored tables for {not_granted.waited:.0f}s: {'; '.join(not_granted.holders)}; {env} is unchanged",
         result={"restore_error": "the restored tables were not locked", "holding_sessions": not_granted.holders},
         suggestions=[
