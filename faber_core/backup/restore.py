@@ -7,7 +7,7 @@ One ``psql`` session runs, in this order::
     <lock>             every table the restore replaces, ACCESS EXCLUSIVE (lock_replaced_tables),
                        waiting for the transactions holding them to end; psql says when. After
                        LOCK_PATIENCE_SECONDS faber ends the application's sessions that still
-                       block it (it ends them all once locked anyway); sessions it may not end
+                       block it (it ends them all once locked anyway); sessions it does not end
                        that block it past LOCK_WAIT_SECONDS stop the restore, nothing changed
     <writes again>     faber, on a session of its own: end the application's sessions (each
                        reports its counts as it ends), check the rows written since the backup
@@ -86,8 +86,9 @@ LOCK_PATIENCE_SECONDS = 2.0
 end by themselves. Every later query on those tables queues behind the waiting lock, so past this
 faber ends the application's sessions that block it, as it ends them all once it holds the lock."""
 LOCK_WAIT_SECONDS = 30.0
-"""How long the restore waits in all for sessions faber may not end (another role's, a superuser's)
-to release the restored tables; past it the restore stops, the database unchanged."""
+"""How long the restore waits in all for sessions faber does not end (its own, another role's, a
+superuser's, a prepared transaction) to release the restored tables; past it the restore stops,
+the database unchanged."""
 _LOCK_POLL_SECONDS = 0.2
 
 _FOR_EACH_RESTORED_TABLE = """
@@ -126,7 +127,7 @@ class _ScriptProblem(Exception):
 
 
 class _LockNotGranted(Exception):
-    """Sessions faber may not end held the restored tables past :data:`LOCK_WAIT_SECONDS`."""
+    """Sessions faber does not end held the restored tables past :data:`LOCK_WAIT_SECONDS`."""
 
     def __init__(self, holders: list[str], waited: float) -> None:
         super().__init__()
