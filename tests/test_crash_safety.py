@@ -41,7 +41,7 @@ from faber_core.testing.faults import (
     snapshot,
     wait_for_server_release,
 )
-from faber_core.testing.fixtures import CANARY_PASSWORD, wait_for
+from faber_core.testing.fixtures import CANARY_PASSWORD, TEST_SESSION, wait_for
 
 ENVIRONMENT = "production"
 URL_ENV = "FAULTS_DATABASE_URL"
@@ -246,7 +246,8 @@ def test_a_rollback_whose_lock_was_lost_while_a_person_approved_restores_nothing
     before = snapshot(database_url)
     run, terminal = start_on_a_terminal(directory, database_url, "rollback", ENVIRONMENT, "--to", backup_id, "--json")
     try:
-        with psycopg.connect(database_url, autocommit=True) as other_run:
+        # Named as faber's, as another run's session is: its counters are not waited for.
+        with psycopg.connect(database_url, autocommit=True, application_name=TEST_SESSION) as other_run:
             run.wait_for_prompt()
             end_faber_lock_session(other_run)
             key = faber_lock_key(database_name(database_url))

@@ -19,7 +19,7 @@ from psycopg import sql
 
 from faber_core.postgres.locks import session_lock_key
 from faber_core.testing.faults import WAITING_ON_ADVISORY_LOCK, FaberProcess
-from faber_core.testing.fixtures import CANARY_PASSWORD
+from faber_core.testing.fixtures import CANARY_PASSWORD, TEST_SESSION
 from faber_core.testing.held_check import HOLD_ENV, VERDICT_ENV
 
 ENVIRONMENT = "production"
@@ -105,7 +105,11 @@ class LostSessionDeploy:
         restore waits, on the run's open session, for a lock the test holds on faber's table of
         baselines. The restore's own first connection is then refused."""
         baselines = "faber.faber_backup_baselines"
-        with psycopg.connect(self.url, autocommit=True) as test, psycopg.connect(self.url) as holder:
+        # The test's own sessions, named as faber's: the writes check does not wait for their counters.
+        with (
+            psycopg.connect(self.url, autocommit=True, application_name=TEST_SESSION) as test,
+            psycopg.connect(self.url, application_name=TEST_SESSION) as holder,
+        ):
             test.execute("SELECT pg_advisory_lock(%s)", [self.migration_key])
             run = self.start(check_fails=True)
             try:

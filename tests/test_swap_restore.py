@@ -627,42 +627,48 @@ def test_a_kill_before_the_swap_leaves_the_target_as_it_was_and_the_next_rollbac
     swapped, run_faber, database_url, postgres_admin_url, moment, signals
 ):
     project_dir, target = swapped
-    holder = application_tables(database_url, restoring_name(target) if moment == "during_pg_restore" else "none")
+    holder = application_tables(database_url, restoring_name(target))
     backup_id = backup(run_faber, project_dir)
     at_backup = database_state(database_url)
     execute(database_url, "DELETE FROM accounts WHERE id > 100")
     execute(database_url, CHANGE_DATABASE_PROPERTIES)
     before = database_state(database_url)
 
-    # Connected to the target, as the application would be: faber then waits for its write counters.
-    with psycopg.connect(database_url, autocommit=True, application_name=holder):
-        run = FaberProcess.start(
-            project_dir,
-            *("rollback", "production", "--to", backup_id, "--yes", "--discard-app-writes", "--json"),
-            env=SQLFILES,
-        )
-        try:
-            if moment == "during_pg_restore":
-                run.wait_until(
-                    lambda: sessions_waiting(postgres_admin_url, restoring_name(target), "PgSleep"), what="the gate"
-                )
-            else:
-                restored = run.wait_for(
-                    lambda e: e["kind"] == BACKUP_RESTORE_STEP and e["data"]["step"].startswith("restored ")
-                )
-                run.wait_for(WRITES_WAITING, after=restored)
-            for signum in signals:
-                run.kill(signum)
-            code = run.wait(timeout=60)
-            if moment == "during_pg_restore":
-                # pg_restore's workers stop with faber, though the gate still holds the one on the index.
-                wait_for(
-                    lambda: not sessions_waiting(postgres_admin_url, restoring_name(target), "PgSleep"),
-                    "pg_restore's workers to stop",
-                    timeout=10,
-                )
-        finally:
-            run.stop_everything()
+    # The gate's session is on another database: on the target, idle, it would hold the check
+    # before the restore back ~10 s for its write counters.
+    gate = psycopg.connect(postgres_admin_url, autocommit=True, application_name=holder)
+    application = None
+    run = FaberProcess.start(
+        project_dir,
+        *("rollback", "production", "--to", backup_id, "--yes", "--discard-app-writes", "--json"),
+        env=SQLFILES,
+    )
+    try:
+        run.wait_until(lambda: sessions_waiting(postgres_admin_url, restoring_name(target), "PgSleep"), what="the gate")
+        if moment == "during_the_writes_check_before_the_swap":
+            # Connected to the target during pg_restore, as the application would be: the check
+            # before the swap then waits for its write counters.
+            application = psycopg.connect(database_url, autocommit=True)
+            gate.close()
+            restored = run.wait_for(
+                lambda e: e["kind"] == BACKUP_RESTORE_STEP and e["data"]["step"].startswith("restored ")
+            )
+            run.wait_for(WRITES_WAITING, after=restored)
+        for signum in signals:
+            run.kill(signum)
+        code = run.wait(timeout=60)
+        if moment == "during_pg_restore":
+            # pg_restore's workers stop with faber, though the gate still holds the one on the index.
+            wait_for(
+                lambda: not sessions_waiting(postgres_admin_url, restoring_name(target), "PgSleep"),
+                "pg_restore's workers to stop",
+                timeout=10,
+            )
+    finally:
+        run.stop_everything()
+        gate.close()
+        if application is not None:
+            application.close()
     left = stopped_before_the_swap(run, code, postgres_admin_url, database_url, before)
     if signals != [signal.SIGKILL]:
         assert left == [], run.stdout()  # faber dropped its copy before it exited
@@ -915,14 +921,18 @@ def swap_with_a_session_left_open(
         run = FaberProcess.start(
             project_dir, *("rollback", "production", "--to", backup_id, "--yes", "--json"), env=SQLFILES
         )
-        shop = psycopg.connect(database_url, autocommit=True, application_name="shop")
+        shop = None
         try:
             run.wait_until(
                 lambda: sessions_waiting(admin_url, restoring_name(target), "PgSleep"), what="pg_restore at the gate"
             )
+            # Connected once the check before the restore has passed: idle then, the session
+            # would hold that check back ~10 s for its counters, which say nothing yet.
+            shop = psycopg.connect(database_url, autocommit=True, application_name="shop")
             shop.execute(script)
         except BaseException:
-            shop.close()
+            if shop is not None:
+                shop.close()
             run.stop_everything()
             raise
     try:

@@ -19,7 +19,7 @@ from faber_core.testing.faults import (
     deploy_with_application_write,
     deploy_with_the_runner_killed,
 )
-from faber_core.testing.fixtures import CANARY_PASSWORD, rehearsal_databases_of
+from faber_core.testing.fixtures import CANARY_PASSWORD, TEST_SESSION, rehearsal_databases_of
 
 FIXTURE_MIGRATIONS = ["20240101000000-create-users.js", "20240102000000-add-user-name.js"]
 
@@ -163,7 +163,8 @@ def test_a_runner_killed_in_a_migration_fails_the_deploy_and_the_backup_is_resto
     blocked.write_text(
         sequelize_migration('CREATE TABLE "blocked" (id int)', f"SELECT pg_advisory_lock({RUNNER_LOCK})")
     )
-    with psycopg.connect(database_url, autocommit=True) as holder:
+    # The test's lock, named as faber's: the restore does not wait for its counters.
+    with psycopg.connect(database_url, autocommit=True, application_name=TEST_SESSION) as holder:
         holder.execute("SELECT pg_advisory_lock(%s)", [RUNNER_LOCK])
         waiting = functools.partial(query, WAITING_ON_ADVISORY_LOCK, [RUNNER_LOCK])
         code, run = deploy_with_the_runner_killed(
