@@ -777,6 +777,9 @@ class HeldMigration:
                 run.wait_until(lambda: self.waiting(holder), what="the migration to wait", timeout=60)
                 if meanwhile is not None:
                     meanwhile()
+                # Still inside it: a lock timeout of the environment's could have ended the wait,
+                # and the signal would land in whatever the run does next (its rollback, say).
+                assert self.waiting(holder), f"the migration no longer waits; events: {run.kinds()}"
                 run.kill(signum)
                 code = run.wait(60)
             finally:

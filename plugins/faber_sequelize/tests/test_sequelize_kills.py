@@ -26,6 +26,7 @@ def test_a_deploy_killed_inside_a_migration_stops_the_next_one_until_it_is_undon
         backup_before_migrate=True,
         auto_rollback=True,
         protected=True,
+        lock_timeout_seconds=0,  # a protected environment's 0.5 s would end the held migration's wait
         lint="off",
     )
     killed.check(project, COPY, run_faber, recovery)

@@ -26,6 +26,7 @@ def test_a_deploy_killed_inside_a_migration_outside_a_transaction_stops_the_next
         backup_before_migrate=True,
         auto_rollback=True,
         protected=True,
+        lock_timeout_seconds=0,  # a protected environment's 0.5 s would end the held migration's wait
         lint="off",
     )
     killed.check(project, COPY, run_faber, "resolve", undo=["DROP TABLE ledger_notes"])
