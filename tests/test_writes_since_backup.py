@@ -506,7 +506,7 @@ def test_a_session_faber_does_not_end_holding_a_restored_table_stops_the_restore
     from faber_core.errors import RestoreFailed
     from faber_core.workflow import rollback
 
-    monkeypatch.setattr(restore, "LOCK_WAIT_SECONDS", 3.0, raising=False)
+    monkeypatch.setattr(restore, "LOCK_WAIT_SECONDS", 3.0)
     project_dir, backup_id = deployed
     application: list[psycopg.Connection] = []
     events = AtRestoreStart(lambda: reads_in_an_open_transaction(database_url, "faber report", application))

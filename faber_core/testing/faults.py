@@ -734,9 +734,13 @@ class HeldMigration:
         return f"SELECT pg_advisory_xact_lock({self.key})"
 
     def connect(self) -> Any:
-        from faber_core.testing.fixtures import mysql_connect
+        """A session of the test's own: on PostgreSQL named as faber's, so a restore neither waits
+        for its write counters nor ends it."""
+        from faber_core.testing.fixtures import TEST_SESSION, mysql_connect
 
-        return mysql_connect(self.url) if self.mysql else psycopg.connect(self.url, autocommit=True)
+        if self.mysql:
+            return mysql_connect(self.url)
+        return psycopg.connect(self.url, autocommit=True, application_name=TEST_SESSION)
 
     def query(self, statement: str) -> list[tuple]:
         """``statement``'s rows, on a connection of its own (an idle one would hold a restore's
