@@ -44,6 +44,8 @@ from typing import Any
 
 import pytest
 
+from faber_core.testing.forked import can_fork_with, run_faber_forked
+
 CANARY_PASSWORD = "canary-Pw-7f3a9c1e"
 LOCAL_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DATABASE_PREFIX_OPTION = "faber_database_prefix"
@@ -365,34 +367,42 @@ class FaberRun:
         return self.stdout + self.stderr
 
 
-@pytest.fixture
-def run_faber():
-    """Return ``run(*args, env={...}, cwd=None, input=None, timeout=300) -> FaberRun``.
+def faber_command(
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    input: str | None = None,
+    timeout: float = 300,
+) -> FaberRun:
+    """Run ``python -m faber_core ARGS`` to its end in a process of its own, ``env`` added to this
+    process's environment, ``input`` (or nothing) on its stdin and no terminal, so approval
+    prompts behave as in CI; raises :class:`subprocess.TimeoutExpired` after ``timeout`` seconds.
 
-    Runs ``python -m faber_core`` in a subprocess with no terminal on stdin, so approval prompts
-    behave as in CI.
+    The process is a fork of an interpreter that has imported faber already
+    (:mod:`faber_core.testing.forked`: a test spends no CPU on faber's start-up), or a new
+    interpreter where ``env`` changes how one starts.
     """
-
-    def run(
-        *args: str,
-        env: dict[str, str] | None = None,
-        cwd: Path | None = None,
-        input: str | None = None,
-        timeout: float = 300,
-    ) -> FaberRun:
-        full_env = {**os.environ, **(env or {})}
+    full_env = {**os.environ, **(env or {})}
+    stdin = input if input is not None else ""
+    if can_fork_with(full_env):
+        proc = run_faber_forked(list(args), cwd=cwd, environ=full_env, input=stdin, timeout=timeout)
+    else:
         proc = subprocess.run(
             [sys.executable, "-m", "faber_core", *args],
             cwd=cwd,
             env=full_env,
-            input=input if input is not None else "",
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=timeout,
         )
-        return FaberRun(proc.returncode, proc.stdout, proc.stderr)
+    return FaberRun(proc.returncode, proc.stdout, proc.stderr)
 
-    return run
+
+@pytest.fixture
+def run_faber():
+    """Return :func:`faber_command`: ``run(*args, env={...}, cwd=None, input=None, timeout=300) -> FaberRun``."""
+    return faber_command
 
 
 def start_faber(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
