@@ -51,6 +51,7 @@ from faber_core.context import Database
 from faber_core.postgres.locks import session_lock_key
 from faber_core.secrets import Secret
 from faber_core.testing import held_event
+from faber_core.testing.forked import ForkedFaber, can_fork_with, start_forked
 
 AUDIT_LOG = Path(".faber") / "audit.log"
 POLL_SECONDS = 0.01
@@ -226,7 +227,7 @@ class FaberProcess:
 
     project: Path
     argv: list[str]
-    proc: subprocess.Popen
+    proc: subprocess.Popen | ForkedFaber
     stdout_file: Any
     stderr_file: Any
     log_offset: int
@@ -243,8 +244,10 @@ class FaberProcess:
 
     @classmethod
     def start(cls, project: Path, *args: str, env: dict[str, str] | None = None) -> FaberProcess:
-        """Start ``faber ARGS --cwd PROJECT`` with no terminal (as in CI)."""
-        return cls.spawn(project, [sys.executable, "-m", "faber_core", *args, "--cwd", str(project)], env=env)
+        """Start ``faber ARGS --cwd PROJECT`` with no terminal (as in CI): a fork of an interpreter
+        that has imported faber, unless ``env`` changes how one starts (:mod:`~faber_core.testing.forked`)."""
+        argv = [sys.executable, "-m", "faber_core", *args, "--cwd", str(project)]
+        return cls.spawn(project, argv, env=env, forked=True)
 
     @classmethod
     def start_on_a_terminal(
@@ -265,21 +268,28 @@ class FaberProcess:
 
     @classmethod
     def spawn(
-        cls, project: Path, argv: list[str], env: dict[str, str] | None = None, stdin: int = subprocess.DEVNULL
+        cls,
+        project: Path,
+        argv: list[str],
+        env: dict[str, str] | None = None,
+        stdin: int = subprocess.DEVNULL,
+        forked: bool = False,
     ) -> FaberProcess:
-        """Start ``argv`` (normally faber) in a session of its own, following ``project``'s audit log."""
+        """Start ``argv`` (normally faber) in a session of its own, following ``project``'s audit
+        log; ``forked``: ``argv`` is ``python -m faber_core ...``, to start as a fork where it can."""
         log = project / AUDIT_LOG
         offset = log.stat().st_size if log.exists() else 0
-        stdout, stderr = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+        stdout, stderr = tempfile.NamedTemporaryFile(), tempfile.NamedTemporaryFile()
         release_file = Path(tempfile.gettempdir()) / f"faber-hold-release-{uuid.uuid4().hex}"
-        proc = subprocess.Popen(
-            argv,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            env={**os.environ, held_event.RELEASE_ENV: str(release_file), **(env or {})},
-            start_new_session=True,
-        )
+        environ = {**os.environ, held_event.RELEASE_ENV: str(release_file), **(env or {})}
+        proc: subprocess.Popen | ForkedFaber
+        if forked and stdin == subprocess.DEVNULL and can_fork_with(environ):
+            streams = {"stdin": Path(os.devnull), "stdout": Path(stdout.name), "stderr": Path(stderr.name)}
+            proc = start_forked(argv[3:], cwd=Path.cwd(), environ=environ, new_session=True, **streams)
+        else:
+            proc = subprocess.Popen(
+                argv, stdin=stdin, stdout=stdout, stderr=stderr, env=environ, start_new_session=True
+            )
         return cls(project, argv, proc, stdout, stderr, offset, release_file=release_file)
 
     @property
