@@ -22,6 +22,7 @@ from faber_core.models import BackupRecord
 from faber_core.testing.faults import AnswerDropped, end_faber_lock_session, mysql_session
 from faber_core.testing.fixtures import (
     CANARY_PASSWORD,
+    faber_command,
     mysql_connect,
     mysql_scratch_databases,
     start_faber,
@@ -86,10 +87,8 @@ def state(admin_url: str, name: str) -> dict:
 
 
 def faber(project, url: str, *args: str) -> dict:
-    env = {**os.environ, "TEST_DATABASE_URL": url, "FABER_PLUGINS": "faber_core.testing.sqlfiles"}
-    done = subprocess.run(
-        [sys.executable, "-m", "faber_core", *args, "--json"], cwd=project, env=env, capture_output=True, text=True
-    )
+    env = {"TEST_DATABASE_URL": url, "FABER_PLUGINS": "faber_core.testing.sqlfiles"}
+    done = faber_command(*args, "--json", cwd=project, env=env)
     assert CANARY_PASSWORD not in done.stdout + done.stderr
     assert done.returncode == 0, done.stdout + done.stderr
     return json.loads(done.stdout)

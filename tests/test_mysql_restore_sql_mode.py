@@ -5,11 +5,8 @@ quotes names with double quotes) is recreated, and one created under a lax mode 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
-from faber_core.testing.fixtures import CANARY_PASSWORD, mysql_connect
+from faber_core.testing.fixtures import CANARY_PASSWORD, faber_command, mysql_connect
 
 OBJECTS = [
     "CREATE TABLE t (id int PRIMARY KEY, v varchar(3))",
@@ -23,10 +20,8 @@ OBJECTS = [
 
 
 def faber(project, url: str, *args: str) -> dict:
-    env = {**os.environ, "TEST_DATABASE_URL": url, "FABER_PLUGINS": "faber_core.testing.sqlfiles"}
-    done = subprocess.run(
-        [sys.executable, "-m", "faber_core", *args, "--json"], cwd=project, env=env, capture_output=True, text=True
-    )
+    env = {"TEST_DATABASE_URL": url, "FABER_PLUGINS": "faber_core.testing.sqlfiles"}
+    done = faber_command(*args, "--json", cwd=project, env=env)
     assert CANARY_PASSWORD not in done.stdout + done.stderr
     assert done.returncode == 0, done.stdout + done.stderr
     return json.loads(done.stdout)

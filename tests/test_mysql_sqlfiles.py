@@ -19,6 +19,7 @@ from faber_core.engines import mysql_history
 from faber_core.support.mysql import faber_lock_name
 from faber_core.testing.fixtures import (
     CANARY_PASSWORD,
+    faber_command,
     mysql_connect,
     mysql_rehearsal_databases,
     start_faber,
@@ -42,10 +43,8 @@ def mysql_project(faber_project, mysql_database_url, monkeypatch):
 
 
 def faber(project, *args: str, url: str, check_canary: bool = True) -> tuple[int, dict, str]:
-    env = {**os.environ, "TEST_DATABASE_URL": url, "FABER_PLUGINS": "faber_core.testing.sqlfiles"}
-    done = subprocess.run(
-        [sys.executable, "-m", "faber_core", *args, "--json"], cwd=project, env=env, capture_output=True, text=True
-    )
+    env = {"TEST_DATABASE_URL": url, "FABER_PLUGINS": "faber_core.testing.sqlfiles"}
+    done = faber_command(*args, "--json", cwd=project, env=env)
     if check_canary:
         assert CANARY_PASSWORD not in done.stdout + done.stderr
     return done.returncode, json.loads(done.stdout) if done.stdout.strip() else {}, done.stderr
