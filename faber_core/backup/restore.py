@@ -566,14 +566,14 @@ LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = b.pid
 
 
 def _end_application_sessions_blocking(context: RunContext, conn: psycopg.Connection, application: str) -> list[str]:
-    """End the application's sessions (as :func:`writes.end_application_sessions` names them) that
-    block the restore's session ``application``; returns the others that block it, described."""
+    """End the application's sessions (:func:`writes.terminate_application_sessions`) that block
+    the restore's session ``application``; returns the others that block it, described."""
+    blocking = conn.execute(_SESSIONS_BLOCKING, [application]).fetchall()
+    ended, _ = writes.terminate_application_sessions(conn, among=[pid for pid, *_ in blocking])
     holders = []
-    for pid, name, role, state, backend, age in conn.execute(_SESSIONS_BLOCKING, [application]).fetchall():
-        if backend == "client backend" and not (name or "").startswith("faber"):
-            with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
-                if conn.execute("SELECT pg_catalog.pg_terminate_backend(%s)", [pid]).fetchone()[0]:
-                    continue
+    for pid, name, role, state, backend, age in blocking:
+        if pid in ended:
+            continue
         if backend is None:
             holders.append("a prepared transaction (pg_prepared_xacts)" if pid == 0 else f"pid {pid}")
             continue

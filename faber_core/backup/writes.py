@@ -678,28 +678,42 @@ WHERE {_NOT_IN_A_FABER_SCHEMA}
 """
 
 
+_APPLICATION_SESSIONS = """
+SELECT pid FROM pg_catalog.pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_catalog.pg_backend_pid() AND application_name NOT LIKE 'faber%%'
+  AND (backend_type = 'client backend' OR backend_type IS NULL)
+"""
+"""The sessions of the database but faber's own (every faber session's name starts with
+``faber``): clients', not PostgreSQL's workers; NULL: a session of a role faber's may not see."""
+
+
 def end_application_sessions(conn: psycopg.Connection) -> bool:
     """End every session of ``conn``'s database but faber's (the sessions the counters are
     compared for, see ``_OTHER_SESSIONS``) and wait until they are gone (:func:`wait_until_ended`):
     from PostgreSQL 15 each reports its counts as it ends. ``conn`` is in autocommit. Returns
     whether they all ended; one faber's role may not end (another role's, without
     ``pg_signal_backend``; a superuser's) is left, and may still hold counts back."""
-    pids = [
-        pid
-        for (pid,) in conn.execute(
-            "SELECT pid FROM pg_catalog.pg_stat_activity WHERE datname = current_database()"
-            " AND pid <> pg_catalog.pg_backend_pid() AND application_name NOT LIKE 'faber%%'"
-            " AND (backend_type = 'client backend' OR backend_type IS NULL)"
-        ).fetchall()
-    ]
-    ended = []
-    for pid in pids:
+    ended, left = terminate_application_sessions(conn)
+    return wait_until_ended(conn, ended) and not left
+
+
+def terminate_application_sessions(
+    conn: psycopg.Connection, among: list[int] | None = None
+) -> tuple[list[int], list[int]]:
+    """Ask the server to end the application's sessions of ``conn``'s database (those of them
+    ``among`` these pids if given), without waiting: the pids it is ending, and those of the
+    application's sessions faber's role may not end."""
+    query, params = _APPLICATION_SESSIONS, []
+    if among is not None:
+        query, params = query + " AND pid = ANY(%s)", [among]
+    ended, left = [], []
+    for (pid,) in conn.execute(query, params).fetchall():
         try:
-            if conn.execute("SELECT pg_catalog.pg_terminate_backend(%s)", [pid]).fetchone()[0]:
-                ended.append(pid)
+            terminated = conn.execute("SELECT pg_catalog.pg_terminate_backend(%s)", [pid]).fetchone()[0]
         except psycopg.errors.InsufficientPrivilege:
-            continue
-    return wait_until_ended(conn, ended) and len(ended) == len(pids)
+            terminated = False
+        (ended if terminated else left).append(pid)
+    return ended, left
 
 
 def wait_until_ended(conn: psycopg.Connection, pids: list[int]) -> bool:
