@@ -32,8 +32,9 @@ from functools import cache
 from pathlib import Path
 from typing import NoReturn
 
-# Imported once by the server, so each fork starts with them: the command line and everything a
-# command imports as it runs (the workflow, the backups, the bundled plugins and their libraries).
+# Imported once by the server, so each fork starts with them: the command line and what a migrate,
+# a status and a rollback import as they run (a module missing here is imported by the run itself;
+# one not installed is skipped).
 _PRELOADED_MODULES = [
     "faber_core.testing.forked",
     "faber_core.command",
@@ -41,12 +42,40 @@ _PRELOADED_MODULES = [
     "faber_core.api",
     "faber_core.workflow",
     "faber_core.fleet",
-    "faber_core.backup.restore",
     "faber_core.telemetry",
-    "faber_prisma",
-    "faber_typeorm",
-    "faber_sequelize",
-    "faber_rds_backup",
+    "faber_core.audit.jsonl",
+    "faber_core.backup.pg_dump",
+    "faber_core.backup.restore",
+    "faber_core.backup.swap",
+    "faber_core.backup.database_properties",
+    "faber_core.engines.health",
+    "faber_core.postgres.estimate",
+    "faber_core.postgres.health",
+    "faber_core.postgres.leftovers",
+    "faber_core.postgres.scratch",
+    "faber_core.postgres.url",
+    "faber_core.postgres.passwords",
+    "faber_core.safety.preflight",
+    "faber_core.safety.lint",
+    "faber_core.safety.staging_proof",
+    "faber_core.safety.history",
+    "faber_core.safety.analysis",
+    "faber_core.safety.checks",
+    "faber_core.safety.estimate",
+    "faber_core.support.node",
+    "faber_core.testing.sqlfiles",
+    "pglast.parser",
+    "pydantic.type_adapter",
+    "typer._adapters",
+    "typer._click.decorators",
+    "encodings.idna",
+    "statistics",
+    "faber_prisma.plugin",
+    "faber_typeorm.plugin",
+    "faber_sequelize.plugin",
+    "faber_rds_backup.plugin",
+    "faber_plainsql.plugin",
+    "faber_pgdump_dir.plugin",
     "boto3",
 ]
 
