@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from faber_core.errors import ConfigError
+from faber_core.errors import ConfigError, echoed
 from faber_core.secrets import Redactor, secret_forms
 from faber_core.suggest import did_you_mean, known_fields
 
@@ -35,11 +35,12 @@ CONFIG_PATH = Path(".fractary/plugins/faber-db/config.json")
 MAX_CONFIG_BYTES = 16 * 1024**2
 """A config is a few kilobytes; a larger file is refused before it is read into memory."""
 DEV_MODE_ENVIRONMENTS = frozenset({"dev", "test"})
+MAX_ENVIRONMENT_NAME = 63
 EMBEDDED_ENVIRONMENT = "dev"
 PROTECTED_LOCK_TIMEOUT_SECONDS = 0.5
 """Live writes queue behind a migration waiting for its lock for at most this long (pgroll's default);
 the migration is retried with backoff instead (docs/safety.md)."""
-_ENVIRONMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_ENVIRONMENT_NAME = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_ENVIRONMENT_NAME - 1}}}$")
 _RESERVED_SCHEMAS = frozenset({"public", "information_schema"})
 _MAX_NESTING = 64
 """No valid config nests deeper than a few levels; deeper input is refused before it is walked."""
@@ -443,8 +444,11 @@ class FaberConfig(BaseModel):
         """The resolved settings of ``name``; ``dev`` exists even when not configured."""
         if not _ENVIRONMENT_NAME.match(name):
             raise ConfigError(
-                f"Invalid environment name: {name!r}",
-                suggestions=["Environment names use letters, digits, '.', '_' and '-'"],
+                f"Invalid environment name: {echoed(name, show=repr)}",
+                suggestions=[
+                    f"Environment names are 1 to {MAX_ENVIRONMENT_NAME} letters, digits, '.', '_' and '-', "
+                    "the first a letter or digit"
+                ],
             )
         settings = self.database.environments.get(name)
         if settings is None:

@@ -6,10 +6,20 @@ can branch on the code (see docs/exit-codes.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pydantic import BaseModel, ValidationError
+
+
+def echoed(value: str, limit: int = 80, show: Callable[[str], str] = str) -> str:
+    """``value`` as an error repeats what it was given (``show`` of it: ``repr`` to quote it): whole,
+    or where it is longer than ``limit`` its start and its length (a name a megabyte long is not
+    sent back, twice, to a CI log)."""
+    if len(value) <= limit:
+        return show(value)
+    return f"{show(value[: limit // 2])}… ({len(value)} characters)"
 
 
 class FaberError(Exception):

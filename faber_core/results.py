@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_serializer
+from pydantic import Field, field_validator, model_serializer
 
-from faber_core.errors import FaberError, exit_code_for
+from faber_core.config import MAX_ENVIRONMENT_NAME
+from faber_core.errors import FaberError, echoed, exit_code_for
 from faber_core.model_base import DeferredModel
 from faber_core.models import AppliedMigration, BackupLeftover, MigrationPreview
 from faber_core.safety.models import LintFinding, PreflightReport
@@ -265,6 +266,12 @@ class ErrorDocument(DeferredModel):
     tool: str | None = Field(None, exclude=True)
     tool_output: str | None = Field(None, exclude=True)
     exit_code: int = Field(1, exclude=True, description="The CLI's exit code for this error (docs/exit-codes.md).")
+
+    @field_validator("environment")
+    @classmethod
+    def _environment_as_echoed(cls, name: str | None) -> str | None:
+        """The environment asked for; one too long to be a name (refused) only by its start and length."""
+        return None if name is None else echoed(name, MAX_ENVIRONMENT_NAME)
 
     @model_serializer(mode="wrap")
     def _tool_output_key(self, handler: Any) -> dict[str, Any]:

@@ -372,3 +372,31 @@ def test_a_project_faber_may_not_enter_is_exit_2_naming_the_config(tmp_path, loc
         f"Cannot read {CONFIG_PATH}: [Errno 13] Permission denied: '{project / CONFIG_PATH}'"
     ), document
     assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status", "{name}", "--json"],
+        ["migrate", "{name}", "--yes"],
+        ["rollback", "{name}", "--yes", "--json"],
+        ["backup", "{name}"],
+        ["request", "--yes"],
+    ],
+    ids=["status", "migrate", "rollback", "backup", "request"],
+)
+def test_an_environment_name_a_hundred_kilobytes_long_is_refused_by_its_start_and_length(tmp_path, run_faber, args):
+    """A name no environment can have (over 63 characters) is not sent back whole: the document and
+    the message show its start and how long it was."""
+    project = write_config(tmp_path, json.dumps(production()))
+    name = "prod" * 25_000
+    parameters = {"environment": name, "working_directory": str(project)}
+    request = json.dumps({"operation": "deploy-migrations", "parameters": parameters})
+    arguments = [arg.format(name=name) for arg in args] + ([] if args[0] == "request" else ["--cwd", str(project)])
+
+    run = run_faber(*arguments, env=SQLFILES, input=request)
+
+    assert run.returncode == 2, run.output[:2000]
+    assert "Invalid environment name: 'prodprod" in run.output
+    assert "(100000 characters)" in run.output
+    assert len(run.output) < 2_000, run.output[:2000]
