@@ -74,6 +74,7 @@ ROLLBACK_FINISHED = "rollback.finished"
 MYSQLDUMP_RESTORE_FINISHED = "mysqldump.restore_finished"
 WRITES_WAITING = "writes.waiting"
 WRITES_CHECKED = "writes.checked"
+WRITES_SESSIONS_ENDED = "writes.sessions_ended"
 
 KINDS = frozenset(value for name, value in list(globals().items()) if name.isupper() and isinstance(value, str))
 """Every kind above: anything else is a plugin's own kind."""

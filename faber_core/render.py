@@ -342,6 +342,10 @@ class ProgressPrinter:
         if data.get("in_flight"):
             self.line(f"    sessions writing right now: {'; '.join(data['in_flight'])}")
 
+    def on_writes_sessions_ended(self, event: AuditEvent) -> None:
+        sessions = [f"pid {one['pid']} ({one_line(one['application_name'] or '?')})" for one in event.data["sessions"]]
+        self.line(f"⚠ Ended the application's sessions ({one_line(event.data['reason'])}): {', '.join(sessions)}")
+
     def on_rollback_started(self, event: AuditEvent) -> None:
         self.line(f"↺ Restoring backup {event.data['backup_id']}")
         self.start_activity(f"Restoring {event.data['backup_id']}", plain=False)

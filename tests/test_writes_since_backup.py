@@ -407,6 +407,10 @@ def test_rows_committed_between_the_check_and_the_in_place_restore_s_locks_refus
     assert refused.value.result["writes_during_restore"]["tables"] == [{"table": "public.orders", "rows": 5}]
     assert "public.orders (5 rows)" in refused.value.message and "is unchanged" in refused.value.message
     assert application_session_ended(application[0])
+    ended = [event.data for event in events if event.kind == "writes.sessions_ended"]
+    assert [(one["reason"], [session["application_name"] for session in one["sessions"]]) for one in ended] == [
+        ("the restore replaces their tables", ["shop"])
+    ]
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT count(*) FROM orders WHERE note = 'late'").fetchone()[0] == 5
         assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 105
@@ -493,6 +497,10 @@ def test_an_application_transaction_holding_a_restored_table_is_ended_and_the_re
     assert result["result"]["rollback_status"] == "success", result
     assert time.monotonic() - started < 15  # not ended, the session would hold the table 20 s
     assert application_session_ended(application[0])
+    # The audit trail names the session ended for the lock (it was the application's only one).
+    ended = [event.data for event in events if event.kind == "writes.sessions_ended"]
+    assert ended[0]["reason"] == "they held the restored tables", ended
+    assert [session["application_name"] for session in ended[0]["sessions"]] == ["shop"], ended
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 0
 
@@ -520,6 +528,7 @@ def test_a_session_faber_does_not_end_holding_a_restored_table_stops_the_restore
     assert stopped.value.result["holding_sessions"][0].startswith(f"pid {pid} ")
     assert f"faber rollback production --to {backup_id}" in stopped.value.suggestions[0]
     assert not application_session_ended(application[0])
+    assert not [event for event in events if event.kind == "writes.sessions_ended"]
     application[0].rollback()
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 100  # as before the restore

@@ -570,9 +570,11 @@ def _end_application_sessions_blocking(context: RunContext, conn: psycopg.Connec
     the restore's session ``application``; returns the others that block it, described."""
     blocking = conn.execute(_SESSIONS_BLOCKING, [application]).fetchall()
     ended, _ = writes.terminate_application_sessions(conn, among=[pid for pid, *_ in blocking])
+    if ended:
+        _report_ended(context, ended, "they held the restored tables")
     holders = []
     for pid, name, role, state, backend, age in blocking:
-        if pid in ended:
+        if pid in {session.pid for session in ended}:
             continue
         if backend is None:
             holders.append("a prepared transaction (pg_prepared_xacts)" if pid == 0 else f"pid {pid}")
@@ -601,9 +603,19 @@ def _end_application_sessions(context: RunContext) -> bool:
     whether they all ended. One that cannot be reached says no: faber then waits for reports."""
     try:
         with context.database.connect(application_name="faber restore check") as conn:
-            return writes.end_application_sessions(conn)
+            return writes.end_application_sessions(
+                conn, ended=lambda sessions: _report_ended(context, sessions, "the restore replaces their tables")
+            )
     except psycopg.Error:
         return False
+
+
+def _report_ended(context: RunContext, sessions: list[writes.EndedSession], reason: str) -> None:
+    context.emit(
+        events.WRITES_SESSIONS_ENDED,
+        reason=reason,
+        sessions=[session._asdict() for session in sessions],
+    )
 
 
 def _committed(context: RunContext, transaction: int | None) -> bool | None:

@@ -47,10 +47,10 @@ import datetime as dt
 import json
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg import sql
@@ -679,7 +679,7 @@ WHERE {_NOT_IN_A_FABER_SCHEMA}
 
 
 _APPLICATION_SESSIONS = """
-SELECT pid FROM pg_catalog.pg_stat_activity
+SELECT pid, application_name, usename FROM pg_catalog.pg_stat_activity
 WHERE datname = current_database() AND pid <> pg_catalog.pg_backend_pid() AND application_name NOT LIKE 'faber%%'
   AND (backend_type = 'client backend' OR backend_type IS NULL)
 """
@@ -687,32 +687,49 @@ WHERE datname = current_database() AND pid <> pg_catalog.pg_backend_pid() AND ap
 ``faber``): clients', not PostgreSQL's workers; NULL: a session of a role faber's may not see."""
 
 
-def end_application_sessions(conn: psycopg.Connection) -> bool:
+class EndedSession(NamedTuple):
+    """A session of the application faber ended: its pid, ``application_name`` and role (None
+    where faber's role may not see them)."""
+
+    pid: int
+    application_name: str | None
+    role: str | None
+
+
+def end_application_sessions(
+    conn: psycopg.Connection, ended: Callable[[list[EndedSession]], None] | None = None
+) -> bool:
     """End every session of ``conn``'s database but faber's (the sessions the counters are
     compared for, see ``_OTHER_SESSIONS``) and wait until they are gone (:func:`wait_until_ended`):
     from PostgreSQL 15 each reports its counts as it ends. ``conn`` is in autocommit. Returns
     whether they all ended; one faber's role may not end (another role's, without
-    ``pg_signal_backend``; a superuser's) is left, and may still hold counts back."""
-    ended, left = terminate_application_sessions(conn)
-    return wait_until_ended(conn, ended) and not left
+    ``pg_signal_backend``; a superuser's) is left, and may still hold counts back. ``ended`` is
+    called with those it ended, if any (for the audit trail: ``context.emit``)."""
+    terminated, left = terminate_application_sessions(conn)
+    if terminated and ended is not None:
+        ended(terminated)
+    return wait_until_ended(conn, [session.pid for session in terminated]) and not left
 
 
 def terminate_application_sessions(
     conn: psycopg.Connection, among: list[int] | None = None
-) -> tuple[list[int], list[int]]:
+) -> tuple[list[EndedSession], list[int]]:
     """Ask the server to end the application's sessions of ``conn``'s database (those of them
-    ``among`` these pids if given), without waiting: the pids it is ending, and those of the
-    application's sessions faber's role may not end."""
+    ``among`` these pids if given), without waiting: the sessions it is ending, and the pids of
+    the application's sessions faber's role may not end."""
     query, params = _APPLICATION_SESSIONS, []
     if among is not None:
         query, params = query + " AND pid = ANY(%s)", [among]
     ended, left = [], []
-    for (pid,) in conn.execute(query, params).fetchall():
+    for pid, name, role in conn.execute(query, params).fetchall():
         try:
             terminated = conn.execute("SELECT pg_catalog.pg_terminate_backend(%s)", [pid]).fetchone()[0]
         except psycopg.errors.InsufficientPrivilege:
             terminated = False
-        (ended if terminated else left).append(pid)
+        if terminated:
+            ended.append(EndedSession(pid, name, role))
+        else:
+            left.append(pid)
     return ended, left
 
 
