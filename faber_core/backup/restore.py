@@ -572,9 +572,10 @@ def _end_application_sessions_blocking(context: RunContext, conn: psycopg.Connec
     ended, _ = writes.terminate_application_sessions(conn, among=[pid for pid, *_ in blocking])
     if ended:
         _report_ended(context, ended, "they held the restored tables")
+    ended_pids = {session.pid for session in ended}
     holders = []
     for pid, name, role, state, backend, age in blocking:
-        if pid in {session.pid for session in ended}:
+        if pid in ended_pids:
             continue
         if backend is None:
             holders.append("a prepared transaction (pg_prepared_xacts)" if pid == 0 else f"pid {pid}")
