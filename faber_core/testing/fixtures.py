@@ -370,7 +370,7 @@ class FaberRun:
 def faber_command(
     *args: str,
     env: dict[str, str] | None = None,
-    cwd: Path | None = None,
+    cwd: str | Path | None = None,
     input: str | None = None,
     timeout: float = 300,
 ) -> FaberRun:

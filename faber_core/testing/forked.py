@@ -11,6 +11,10 @@ handlers, environment, working directory and ``sys.path``, and it runs faber's `
 An environment that changes how the interpreter itself starts (``PYTHON*``, such as a
 ``PYTHONPATH`` with a ``sitecustomize``; the locale) cannot be given to a fork:
 :func:`can_fork_with` says so, and such a run needs a new interpreter.
+
+As with any :mod:`multiprocessing` start method but ``fork``, each fork first imports the main
+module of the process that asked for it (not as ``__main__``): a script, rather than pytest, that
+runs faber this way keeps its work under ``if __name__ == "__main__":``.
 """
 
 from __future__ import annotations
@@ -147,7 +151,7 @@ def start_forked(
 
 
 def run_faber_forked(
-    args: list[str], *, cwd: Path | None, environ: dict[str, str], input: str, timeout: float
+    args: list[str], *, cwd: str | Path | None, environ: dict[str, str], input: str, timeout: float
 ) -> subprocess.CompletedProcess[str]:
     """``python -m faber_core ARGS`` as a fork: ``input`` on its stdin, its output once it ends
     (text, newlines translated), as :func:`subprocess.run` with ``text=True`` returns them.
@@ -157,7 +161,9 @@ def run_faber_forked(
         stdin.write_text(input)
         stdout.touch()
         stderr.touch()
-        run = start_forked(args, cwd=cwd or Path.cwd(), environ=environ, stdin=stdin, stdout=stdout, stderr=stderr)
+        run = start_forked(
+            args, cwd=Path(cwd or Path.cwd()), environ=environ, stdin=stdin, stdout=stdout, stderr=stderr
+        )
         try:
             run.wait(timeout)
         except subprocess.TimeoutExpired:
