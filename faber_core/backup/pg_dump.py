@@ -30,7 +30,7 @@ from faber_core import hookimpl
 from faber_core.context import RunContext
 from faber_core.errors import BackupFailed, RestoreFailed
 from faber_core.models import BackupProviderInfo, BackupPruneOutcome, BackupRecord, RestoreOutcome
-from faber_core.postgres.client_programs import client_program_dirs
+from faber_core.postgres.client_programs import CLIENT_PROGRAMS, client_program_dirs
 from faber_core.postgres.names import DatabaseNames, alias_refusal, alias_suggestions, database_names
 from faber_core.postgres.pooler import carries_options
 from faber_core.processes import child_environment, run_captured
@@ -126,7 +126,7 @@ def find_client_dir(server_major: int) -> Path:
         if major is None:
             continue
         seen.append(f"{directory / 'pg_dump'} ({major})")
-        if major >= server_major and all((directory / p).exists() for p in ("pg_restore", "psql")):
+        if major >= server_major and all((directory / p).exists() for p in CLIENT_PROGRAMS):
             return directory
     found = "; ".join(seen) or "none found"
     raise BackupFailed(

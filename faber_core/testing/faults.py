@@ -55,6 +55,7 @@ from faber_core.testing.forked import ForkedFaber, can_fork_with, start_forked
 
 AUDIT_LOG = Path(".faber") / "audit.log"
 POLL_SECONDS = 0.01
+FABER_COMMAND = [sys.executable, "-m", "faber_core"]
 
 Event = dict[str, Any]
 
@@ -246,8 +247,7 @@ class FaberProcess:
     def start(cls, project: Path, *args: str, env: dict[str, str] | None = None) -> FaberProcess:
         """Start ``faber ARGS --cwd PROJECT`` with no terminal (as in CI): a fork of an interpreter
         that has imported faber, unless ``env`` changes how one starts (:mod:`~faber_core.testing.forked`)."""
-        argv = [sys.executable, "-m", "faber_core", *args, "--cwd", str(project)]
-        return cls.spawn(project, argv, env=env, forked=True)
+        return cls.spawn(project, [*FABER_COMMAND, *args, "--cwd", str(project)], env=env)
 
     @classmethod
     def start_on_a_terminal(
@@ -257,7 +257,7 @@ class FaberProcess:
         and the terminal's side to answer on (close it when done)."""
         terminal, seat = pty.openpty()
         try:
-            argv = [sys.executable, "-m", "faber_core", *args, "--cwd", str(project)]
+            argv = [*FABER_COMMAND, *args, "--cwd", str(project)]
             return cls.spawn(project, argv, env=env, stdin=seat), terminal
         finally:
             os.close(seat)
@@ -268,24 +268,21 @@ class FaberProcess:
 
     @classmethod
     def spawn(
-        cls,
-        project: Path,
-        argv: list[str],
-        env: dict[str, str] | None = None,
-        stdin: int = subprocess.DEVNULL,
-        forked: bool = False,
+        cls, project: Path, argv: list[str], env: dict[str, str] | None = None, stdin: int = subprocess.DEVNULL
     ) -> FaberProcess:
         """Start ``argv`` (normally faber) in a session of its own, following ``project``'s audit
-        log; ``forked``: ``argv`` is ``python -m faber_core ...``, to start as a fork where it can."""
+        log. faber (:data:`FABER_COMMAND`) with no stdin starts as a fork where the environment
+        lets it (:mod:`~faber_core.testing.forked`)."""
         log = project / AUDIT_LOG
         offset = log.stat().st_size if log.exists() else 0
         stdout, stderr = tempfile.NamedTemporaryFile(), tempfile.NamedTemporaryFile()
         release_file = Path(tempfile.gettempdir()) / f"faber-hold-release-{uuid.uuid4().hex}"
         environ = {**os.environ, held_event.RELEASE_ENV: str(release_file), **(env or {})}
         proc: subprocess.Popen | ForkedFaber
-        if forked and stdin == subprocess.DEVNULL and can_fork_with(environ):
+        faber_args = argv[len(FABER_COMMAND) :] if argv[: len(FABER_COMMAND)] == FABER_COMMAND else None
+        if faber_args is not None and stdin == subprocess.DEVNULL and can_fork_with(environ):
             streams = {"stdin": Path(os.devnull), "stdout": Path(stdout.name), "stderr": Path(stderr.name)}
-            proc = start_forked(argv[3:], cwd=Path.cwd(), environ=environ, new_session=True, **streams)
+            proc = start_forked(faber_args, cwd=Path.cwd(), environ=environ, new_session=True, **streams)
         else:
             proc = subprocess.Popen(
                 argv, stdin=stdin, stdout=stdout, stderr=stderr, env=environ, start_new_session=True
