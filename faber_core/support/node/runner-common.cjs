@@ -361,10 +361,19 @@ class LockCheckFailed extends Error {
   }
 }
 
-async function checkLock(statement, query, { inTransaction }) {
-  if (!statement) return;
+//
+// `followedBy`: statements of the same transaction that go in the same message after the check (a
+// measure's `start`): one round trip where there would be two. `query` sends its text without
+// parameters, which PostgreSQL runs statement by statement until one fails (its simple query
+// protocol, which node-postgres uses for a query without values): after a failed check none of
+// them runs.
+async function checkLock(statement, query, { inTransaction, followedBy = [] }) {
+  if (!statement) {
+    if (followedBy.length > 0) await query(followedBy.join(";\n"));
+    return;
+  }
   try {
-    await query(statement);
+    await query([statement, ...followedBy].join(";\n"));
   } catch (error) {
     throw new LockCheckFailed(error, inTransaction);
   }
@@ -395,7 +404,9 @@ function writesMeasurement(query) {
     return rows;
   };
   return {
-    start: () => run(statements.start),
+    // The statements that start the measure: the caller sends them with faber's lock check
+    // (checkLock's followedBy), in the migration's transaction before any of its statements.
+    start: statements.start,
     // At `moment` ("commit", "failure" or "unmeasured"), the rows per table, or null: measuring
     // never fails the migration (a statement failing here fails the ORM's own next one anyway, or
     // the rollback follows).

@@ -332,16 +332,17 @@ function tracker() {
     instance.up = async (queryRunner) => {
       finish();
       await faber.migrationStarted({ name: migration.name, transactional: isTransactional(instance) });
-      // In the transaction TypeORM just started for it (just before it, for one with transaction = false).
-      await faber.checkLock(lockCheck, (statement) => queryRunner.query(statement), {
-        inTransaction: isTransactional(instance),
-      });
-      // Measured in its transaction, on the driver's connection itself: not one of its queries.
-      const writes = faber.writesMeasurement((statement) =>
-        queryRunner.databaseConnection.query(statement).then((result) => result.rows),
-      );
+      // faber's own statements go on the driver's connection itself: none is one of its queries.
+      const onConnection = (statement) => queryRunner.databaseConnection.query(statement);
+      // Measured in its transaction.
+      const writes = faber.writesMeasurement((statement) => onConnection(statement).then((result) => result.rows));
       const measured = writes !== null && isTransactional(instance);
-      if (measured) await writes.start();
+      // In the transaction TypeORM just started for it (just before it, for one with transaction = false),
+      // with the measure's start in the same message.
+      await faber.checkLock(lockCheck, onConnection, {
+        inTransaction: isTransactional(instance),
+        followedBy: measured ? writes.start : [],
+      });
       state.tableWrites = null;
       state.current = migration;
       state.phase = "migration";
