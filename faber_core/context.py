@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from faber_core.targets import Target
 
 STATE_DIR = ".faber"
+PROJECT_DIR_VARIABLE = "FABER_DB_CWD"
+"""Names the project directory when ``--cwd`` does not; faber sets it for the project's own code."""
 
 DEFAULT_QUERY_LOCK_TIMEOUT = 5.0
 DEFAULT_QUERY_STATEMENT_TIMEOUT = 60.0
@@ -264,6 +266,13 @@ class RunContext:
                 named += [settings.targets.urls_env, catalog.url_env if catalog else None]
         return {name for name in named if name}
 
+    def project_code_environment(self) -> dict[str, str]:
+        """Variables for a program that runs the project's own code (an ORM's runner, the tool's
+        CLI), beside the environment :meth:`url_variables` leaves it: ``FABER_DB_CWD`` names the
+        project directory this run settled on (``--cwd``, ``FABER_DB_CWD`` or the one found), so
+        that project code reading it sees this run's project, never one an inherited variable names."""
+        return {PROJECT_DIR_VARIABLE: str(self.project_dir)}
+
     @property
     def tool(self) -> str:
         return self.config.database.migration_tool
@@ -494,7 +503,7 @@ def resolve_project_dir(cwd: str | Path | None, *, discover: bool = True) -> Pat
 
     ``discover=False`` (``faber init``) takes the current directory instead of searching.
     """
-    if not discover and not (cwd or os.environ.get("FABER_DB_CWD")):
+    if not discover and not (cwd or os.environ.get(PROJECT_DIR_VARIABLE)):
         return Path.cwd()
     project = find_project_dir(cwd, required=True)
     assert project is not None
@@ -510,7 +519,7 @@ def find_project_dir(cwd: str | Path | None, *, required: bool) -> Path | None:
     """
     from faber_core.config import CONFIG_PATH, config_file
 
-    chosen = cwd or os.environ.get("FABER_DB_CWD")
+    chosen = cwd or os.environ.get(PROJECT_DIR_VARIABLE)
     if chosen:
         # A hostile or mistyped path (a NUL byte, too long, a symlink loop, ~unknown-user) is an
         # error of the caller's, not of faber's.

@@ -351,6 +351,7 @@ class RunnerProcess:
                 {
                     COMMON_VARIABLE: str(RUNNER_COMMON),
                     PROTOCOL_FD_VARIABLE: str(protocol_write),
+                    **self.context.project_code_environment(),
                     **self.context.session_timeout_env(),
                 },
                 withheld=self.context.url_variables(),

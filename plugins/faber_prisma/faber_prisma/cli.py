@@ -42,7 +42,10 @@ def migrate_dev(context: RunContext) -> ApplyOutcome | None:
     if context.mode != "dev" or binary is None:
         return None
     before = read_state(context)
-    env = {"DATABASE_URL": with_schema(context.database.url.reveal(), context.database.schema)}
+    env = {
+        "DATABASE_URL": with_schema(context.database.url.reveal(), context.database.schema),
+        **context.project_code_environment(),
+    }
     run = (
         _run_interactive(binary, context, env)
         if sys.stdin.isatty()

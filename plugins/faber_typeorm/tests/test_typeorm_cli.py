@@ -52,6 +52,23 @@ def test_faber_migrate_deploys_and_a_second_run_has_nothing_to_do(typeorm_projec
     assert CANARY_PASSWORD not in first.output + again.output
 
 
+def test_project_code_reads_the_project_directory_faber_settled_on(typeorm_project, run_faber, tmp_path):
+    # FABER_DB_CWD names the project for its own code; inherited, naming another project, it was
+    # passed on as it was while --cwd chose this one.
+    data_source = FIXTURE_DATA_SOURCE.read_text()
+    recording = "require('fs').writeFileSync('seen.txt', String(process.env.FABER_DB_CWD));\n" + data_source
+    project = typeorm_project(files={"data-source.js": recording})
+    other = tmp_path / "other-project"
+    other.mkdir()
+
+    for env, args in (({"FABER_DB_CWD": str(other)}, ["--cwd", str(project)]), ({"FABER_DB_CWD": str(project)}, [])):
+        (project / "seen.txt").unlink(missing_ok=True)
+        run = run_faber("status", "staging", "--json", *args, env=env, cwd=tmp_path)
+
+        assert run.returncode == 0, run.output
+        assert (project / "seen.txt").read_text() == str(project)
+
+
 def test_no_target_of_a_fleet_lets_project_code_read_another_targets_url(
     typeorm_project, run_faber, database_url, postgres_admin_url
 ):
