@@ -142,6 +142,26 @@ def test_failed_deploy_rollback_and_preview_are_recorded_and_survive_the_restore
     assert "MIGRATION_FAILED: Migration 003_broken failed" in human.stdout
 
 
+def test_a_deploy_that_made_sessions_read_only_is_recorded_once_restored(history_project, run_faber, database_url):
+    # The migration makes the database's sessions default to read-only: the health check after it
+    # fails, the restore puts the setting back, and the history is written on a session opened
+    # while the setting held, which refused the row.
+    read_only = (
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_read_only = on',"
+        " current_database()); END $$;"
+    )
+    project, env = history_project({"001_users": USERS, "002_read_only": read_only})
+
+    failed = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
+
+    assert failed.returncode == 3, failed.output
+    assert failed.json["result"]["rollback_status"] == "success", failed.output
+    assert "history was not recorded" not in failed.stderr
+    (deploy,) = rows(database_url)
+    assert (deploy["status"], deploy["error_code"]) == ("error", "HEALTH_CHECK_FAILED")
+    assert [(m["name"], m["status"]) for m in deploy["migrations"]] == [("001_users", "applied"), ("002_read_only", "applied")]
+
+
 def test_other_commands_and_unreachable_databases_write_no_history(history_project, run_faber, database_url):
     project, env = history_project({"001_users": USERS})
     unreachable = {**env, "APP_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/nowhere"}

@@ -212,6 +212,9 @@ def insert_row(conn: psycopg.Connection, schema: str, row: dict[str, Any]) -> No
     transaction (one commit)."""
     placeholders = sql.SQL(", ").join(sql.Placeholder(name) for name in COLUMNS)
     with conn.transaction():
+        # The run's session may have opened while a migration made sessions default to read-only
+        # (the restore that undid it puts the setting back for new sessions only).
+        conn.execute("SET TRANSACTION READ WRITE")
         ensure_table(conn, schema)
         conn.execute(
             sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
