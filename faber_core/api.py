@@ -580,7 +580,7 @@ def init(tool: str | None = None, *, force: bool = False, working_directory: str
 
     def body() -> Success:
         from faber_core.context import resolve_project_dir
-        from faber_core.scaffold import NEXT_STEPS, make_project_dir, write_starter_project
+        from faber_core.scaffold import MYSQL_DEV_URL_ENV, NEXT_STEPS, make_project_dir, write_starter_project
 
         if working_directory is not None and not Path(working_directory).exists():  # a file: refused below
             make_project_dir(Path(working_directory))
@@ -592,7 +592,13 @@ def init(tool: str | None = None, *, force: bool = False, working_directory: str
                 "written": starter.written,
                 "found": starter.found,
                 # A project with its own files has its packages already: the starter's install step is not its next one.
-                "next": "faber migrate dev" if starter.found else NEXT_STEPS[starter.tool],
+                "next": (
+                    f"export {MYSQL_DEV_URL_ENV}=<a MySQL or MariaDB database URL for dev>, then faber migrate dev"
+                    if starter.mysql
+                    else "faber migrate dev"
+                    if starter.found
+                    else NEXT_STEPS[starter.tool]
+                ),
             },
             message=f"Project initialised for {starter.tool}",
         )

@@ -412,7 +412,9 @@ def init(
     json_output: JsonFlag = False,
     cwd: CwdOption = None,
 ) -> None:
-    """Write a starter config (dev on the embedded PostgreSQL, staging, production) and an example migration.
+    """Write a starter config (dev, staging, production) and an example migration.
+
+    dev runs on the embedded PostgreSQL; in a project whose files name MySQL or MariaDB, on $DEV_DATABASE_URL.
 
     In a project that already uses the tool, the config points at its own migrations folder (Prisma's
     migration_lock.toml, prisma.config.*, package.json "prisma.schema") or data source, and no example

@@ -95,13 +95,17 @@ _NOT_SEARCHED = {"node_modules", "dist", "build", "out", "coverage"}
 _SEARCH_DEPTH = 4
 
 
-def starter_config(tool: str, section: dict) -> dict:
+# dev of a project whose files name MySQL or MariaDB: the embedded server is PostgreSQL.
+MYSQL_DEV_URL_ENV = "DEV_DATABASE_URL"
+
+
+def starter_config(tool: str, section: dict, *, mysql: bool = False) -> dict:
     return {
         "database": {
             "migration_tool": tool,
             tool: section,
             "environments": {
-                "dev": {},
+                "dev": {"database_url_env": MYSQL_DEV_URL_ENV} if mysql else {},
                 "staging": {"database_url_env": "STAGING_DATABASE_URL"},
                 "production": {
                     "database_url_env": "PROD_DATABASE_URL",
@@ -124,6 +128,8 @@ class StarterProject:
     found: list[str]
     """The project's own files the config points at (an existing migrations folder, data source), so
     the user can check that ``faber init`` chose the ones they deploy."""
+    mysql: bool = False
+    """The project's files name MySQL or MariaDB: dev reads :data:`MYSQL_DEV_URL_ENV`."""
 
 
 def write_starter_project(project: Path, tool: str | None, *, force: bool = False) -> StarterProject:
@@ -144,7 +150,7 @@ def write_starter_project(project: Path, tool: str | None, *, force: bool = Fals
         written = _write_files(project, tool, layout)
     except OSError as exc:
         raise cannot_write(project, exc) from None
-    return StarterProject(tool=tool, written=written, found=layout.found)
+    return StarterProject(tool=tool, written=written, found=layout.found, mysql=layout.mysql)
 
 
 def detect_tool(project: Path) -> str:
@@ -188,6 +194,8 @@ class _Layout:
     found: list[str]
     starter: bool
     """Whether the project has nothing of the tool yet, so an example migration is written."""
+    mysql: bool = False
+    """Whether the project's files name MySQL or MariaDB as its database."""
 
 
 def _existing_layout(project: Path, tool: str) -> _Layout:
@@ -195,16 +203,31 @@ def _existing_layout(project: Path, tool: str) -> _Layout:
     the project's own migrations and ``faber init`` adds no example beside them."""
     if tool == "prisma":
         folder = _prisma_migrations_folder(project)
+        named = [f"{folder}/migration_lock.toml"] if folder is not None else []
+        mysql = _names_mysql(project, [*named, "prisma/schema.prisma", "schema.prisma"], _PRISMA_MYSQL)
         if folder is not None:
-            return _Layout({"migrations_dir": folder}, [folder], starter=False)
-        return _Layout(dict(TOOL_SECTIONS["prisma"]), [], starter=not _prisma_schema_exists(project))
+            return _Layout({"migrations_dir": folder}, [folder], starter=False, mysql=mysql)
+        return _Layout(dict(TOOL_SECTIONS["prisma"]), [], starter=not _prisma_schema_exists(project), mysql=mysql)
     if tool == "typeorm":
         data_source = _typeorm_data_source(project)
         if data_source is not None:
-            return _Layout({"data_source": data_source}, [data_source], starter=False)
+            mysql = _names_mysql(project, [data_source], _TYPEORM_MYSQL)
+            return _Layout({"data_source": data_source}, [data_source], starter=False, mysql=mysql)
         return _Layout(dict(TOOL_SECTIONS["typeorm"]), [], starter=True)
     own = [name for name in (".sequelizerc", "config/config.js", "config/config.json") if (project / name).exists()]
-    return _Layout({}, own, starter=".sequelizerc" not in own)
+    mysql = _names_mysql(project, own, _SEQUELIZE_MYSQL)
+    return _Layout({}, own, starter=".sequelizerc" not in own, mysql=mysql)
+
+
+# How each tool's files name a MySQL or MariaDB database: Prisma's provider (its schema's datasource,
+# its migration_lock.toml), TypeORM's DataSource type, Sequelize's dialect. Read as text, not run.
+_PRISMA_MYSQL = re.compile(r"""\bprovider\s*=\s*["']mysql["']""")
+_TYPEORM_MYSQL = re.compile(r"""\btype\s*:\s*["'`](?:mysql|mariadb)["'`]""")
+_SEQUELIZE_MYSQL = re.compile(r"""["']?\bdialect["']?\s*:\s*["'`](?:mysql|mariadb)["'`]""")
+
+
+def _names_mysql(project: Path, files: list[str], pattern: re.Pattern[str]) -> bool:
+    return any(pattern.search(_small_text_file(project / name) or "") for name in files)
 
 
 def _prisma_migrations_folder(project: Path) -> str | None:
@@ -338,7 +361,7 @@ def _write_files(project: Path, tool: str, layout: _Layout) -> list[str]:
             written.append(path)
     config = project / CONFIG_PATH
     config.parent.mkdir(parents=True, exist_ok=True)
-    replace_file(config, json.dumps(starter_config(tool, layout.section), indent=2) + "\n")
+    replace_file(config, json.dumps(starter_config(tool, layout.section, mysql=layout.mysql), indent=2) + "\n")
     return [str(CONFIG_PATH), *written]
 
 

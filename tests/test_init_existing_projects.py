@@ -196,3 +196,44 @@ def test_a_fifo_or_device_named_like_a_project_file_does_not_hang_init(tmp_path)
     result, config = initialised(tmp_path)
 
     assert result["tool"] == "prisma" and config["prisma"]["migrations_dir"] == "prisma/migrations"
+
+
+@pytest.mark.parametrize(
+    ("tool", "files"),
+    [
+        pytest.param(
+            "prisma",
+            {
+                "prisma/migrations/migration_lock.toml": 'provider = "mysql"\n',
+                "prisma/migrations/1_a/migration.sql": "",
+            },
+            id="prisma-migration-lock",
+        ),
+        pytest.param("prisma", {"prisma/schema.prisma": SCHEMA.replace('"postgresql"', '"mysql"')}, id="prisma-schema"),
+        pytest.param("typeorm", {"src/data-source.ts": 'new DataSource({ type: "mariadb", url })'}, id="typeorm"),
+        pytest.param(
+            "sequelize",
+            {".sequelizerc": "", "config/config.json": '{"development": {"dialect": "mysql"}}'},
+            id="sequelize-json",
+        ),
+        pytest.param("sequelize", {".sequelizerc": "", "config/config.js": "dialect: 'mariadb',"}, id="sequelize-js"),
+    ],
+)
+def test_a_mysql_project_gets_dev_on_its_own_server_not_the_embedded_postgresql(tmp_path, tool, files):
+    # Its migrations are MySQL's: on the embedded PostgreSQL, `faber migrate dev` refused them as SQL
+    # that does not parse.
+    write(tmp_path, files)
+
+    result, config = initialised(tmp_path, tool)
+
+    assert config["environments"]["dev"] == {"database_url_env": "DEV_DATABASE_URL"}
+    assert result["next"].startswith("export DEV_DATABASE_URL=")
+
+
+def test_a_postgresql_project_keeps_dev_on_the_embedded_server(tmp_path):
+    write(tmp_path, {"prisma/migrations/migration_lock.toml": 'provider = "postgresql"\n'})
+
+    result, config = initialised(tmp_path, "prisma")
+
+    assert config["environments"]["dev"] == {}
+    assert result["next"] == "faber migrate dev"
