@@ -50,6 +50,13 @@ MIN_SECRET_LENGTH = 3
 short is never masked, and faber says so once on stderr (:func:`_warn_unmaskable`)."""
 MIN_PIECE_LENGTH = 4
 """A piece of a password shorter than this says little about it, and masking it would garble output."""
+MIN_CUT_LENGTH = 6
+"""The start of a password that what printed it cut off (see :meth:`Redactor._mask_cut_passwords`)
+is masked from this length on: shorter, it could be the end of many an ordinary text."""
+# Where printed text was cut: the marks servers and faber put there (MySQL's "near '...'" quotes
+# 80 characters and then "..."), or the end of a text (PostgreSQL keeps the first 1 kB of a
+# session's query).
+_CUT_MARKS = re.compile(r"\.\.\.|\u2026|\Z")
 PASSWORD_VARIABLES = ("PGPASSWORD", "MYSQL_PWD")
 """Environment variables holding a password the database clients read when the URL has none
 (libpq: faber's own connections, pg_dump, psql; the MySQL client programs)."""
@@ -119,6 +126,17 @@ def secret_forms(value: str) -> set[str]:
     return whole | pieces
 
 
+def password_forms(value: str) -> set[str]:
+    """Each possible password of ``value`` (:func:`_passwords`) raw, percent-decoded and
+    percent-encoded, as the channels print it: what a cut text may hold the start of."""
+    forms: set[str] = set()
+    for password in _passwords(value):
+        decoded = unquote(password)
+        for form in {password, decoded, quote(decoded, safe=""), quote(decoded)}:
+            forms |= _printed_forms(form)
+    return forms
+
+
 def _whole_and_pieces(value: str) -> tuple[set[str], set[str]]:
     """The forms of ``value`` masked wherever they stand, and the pieces masked where they stand as a whole.
 
@@ -182,6 +200,10 @@ class Redactor:
         of a substring test per form. Each built once, at the first redact after adds (a pattern
         of every form of a large fleet takes a while to compile)."""
         self._pending: list[str] = []
+        self._cut_starts: dict[str, frozenset[str]] = {}
+        """The passwords long enough to be cut (:meth:`_mask_cut_passwords`), by their first
+        :data:`MIN_CUT_LENGTH` characters."""
+        self._longest_password = 0
         self._remembered: dict[str, str] = {}
         """Short texts redacted with the forms known now: replaced by an empty one at every add
         that learns a new form, after the forms are updated (see :meth:`redact`)."""
@@ -199,7 +221,15 @@ class Redactor:
         if any(0 < len(password) < MIN_SECRET_LENGTH for password in _passwords(text) | {text}):
             _warn_unmaskable()
         whole, pieces = _whole_and_pieces(text)
+        cuttable = {form for form in password_forms(text) if len(form) > MIN_CUT_LENGTH}
         with self._adding:
+            if cuttable:
+                starts = dict(self._cut_starts)
+                for form in cuttable:
+                    starts[form[:MIN_CUT_LENGTH]] = starts.get(form[:MIN_CUT_LENGTH], frozenset()) | {form}
+                self._cut_starts = starts
+                self._longest_password = max(self._longest_password, *map(len, cuttable))
+                self._remembered = {}
             new = (whole | pieces) - self._values
             # A piece of one secret that is the whole of another is masked wherever it stands.
             known_whole = self._values - self._pieces.keys()
@@ -244,10 +274,34 @@ class Redactor:
             for value, as_a_whole in ordered:
                 if value in text:
                     text = text.replace(value, MASK) if as_a_whole is None else as_a_whole.sub(MASK, text)
+        text = self._mask_cut_passwords(text)
         text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
         if " is not valid JSON" in text:
             text = _JSON_SYNTAX_CONTEXT.sub(lambda m: f"{m['head']}{m['quote']}{MASK}{m['quote']}", text)
         return _KEYWORD_PASSWORD.sub(lambda m: f"{m[1]}{m[2]}{MASK}", text)
+
+    def _mask_cut_passwords(self, text: str) -> str:
+        """``text`` with the start of a known password masked where what printed it cut it off:
+        just before a cut mark (:data:`_CUT_MARKS`), after a character that cannot be part of a
+        word (a quote, ``=``, a space) or, before ``...``, at the start of the text. A database's
+        error quoting a statement cut mid-password, or a session's query cut at its length limit,
+        holds no whole form of the password for :meth:`_redact` to find."""
+        starts = self._cut_starts
+        if not starts:
+            return text
+        cuts: list[tuple[int, int]] = []
+        for mark in _CUT_MARKS.finditer(text):
+            end = mark.start()
+            for start in range(max(0, end - self._longest_password + 1), end - MIN_CUT_LENGTH + 1):
+                forms = starts.get(text[start : start + MIN_CUT_LENGTH])
+                if not forms or (start > 0 and _WORD.match(text[start - 1])) or (start == 0 and not mark.group()):
+                    continue
+                if any(form.startswith(text[start:end]) for form in forms):
+                    cuts.append((start, end))
+                    break
+        for start, end in reversed(cuts):
+            text = text[:start] + MASK + text[end:]
+        return text
 
     def redact_key(self, key: str) -> str:
         """A key of JSON data, redacted unless it is a name (ASCII letters, digits and ``_``): the

@@ -234,3 +234,33 @@ def test_a_password_piece_is_masked_where_it_stands_as_a_whole():
     named = "backup-20261128-100050 20261128000000_users"
     assert redactor.redact(named) == named
     assert redactor.redact("Winter@2026 pwWinter@2026x") == "*** pw***x"  # the whole password, wherever it stands
+
+
+def test_the_start_of_a_password_that_a_printer_cut_off_is_masked():
+    # MySQL's "near '...'" quotes 80 characters of the statement and adds "..."; PostgreSQL keeps a
+    # session's query to 1 kB: a password cut there is in no form the redactor knew, and its first
+    # characters showed.
+    password = "Zq8canaryPASSWORDx91longpart"
+    redactor = Redactor()
+    redactor.add(f"mysql://app:{password}@db:3306/app")
+
+    cut_by_mysql = f"You have an error in your SQL syntax near 'dual WHERE x = '{password[:15]}...' at line 1"
+    cut_at_the_end = f"UPDATE users SET note = '{password[:14]}"
+    in_json = json.dumps({"error": cut_by_mysql})
+
+    assert (
+        redactor.redact(cut_by_mysql) == "You have an error in your SQL syntax near 'dual WHERE x = '***...' at line 1"
+    )
+    assert redactor.redact(cut_at_the_end) == "UPDATE users SET note = '***"
+    assert password[:6] not in redactor.redact(in_json) and json.loads(redactor.redact(in_json))
+    assert redactor.redact(f"{password[:9]}\u2026 and more") == "***\u2026 and more"
+
+
+def test_a_cut_password_is_masked_only_where_it_was_cut():
+    redactor = Redactor()
+    redactor.add("postgresql://app:production-Pw-41@db/app")
+
+    # The whole text, a word running on, or a start too short to say much: not a cut password.
+    for text in ["production", "production-Pw", "reproduction...", "a prod...", "the productio and more"]:
+        assert redactor.redact(text) == text
+    assert redactor.redact("environment production-P...") == "environment ***..."

@@ -244,7 +244,7 @@ def _mysql_apply(context: RunContext, pending: list[LocalMigration]) -> ApplyOut
                 error = context.redactor.redact(str(exc))
                 if not transactional:
                     _record_failure(conn, migration.name, error, committed)
-                    error = _committed_report(error, statements, committed)
+                    error = _committed_report(error, [context.redactor.redact(s) for s in statements], committed)
                 code = error_code(exc)
                 outcome.failure = MigrationFailure(
                     name=migration.name,
@@ -275,7 +275,8 @@ def _record_failure(conn: Any, name: str, error: str, committed: int) -> None:
 
 
 def _committed_report(error: str, statements: list[str], committed: int) -> str:
-    """The error, then which statements committed before it (MySQL cannot roll DDL back)."""
+    """The error, then which statements committed before it (MySQL cannot roll DDL back), each
+    shortened: ``statements`` redacted, since a password cut short is no longer one to mask."""
     if not committed:
         return f"{error} (at statement 1 of {len(statements)}; nothing of this migration committed)"
     done = "; ".join(" ".join(statement.split())[:80] for statement in statements[:committed])

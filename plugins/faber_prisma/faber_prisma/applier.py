@@ -462,8 +462,9 @@ def _committed_on_mysql(failure: mysql.ScriptFailure) -> str:
 def _already_ran(context: RunContext, statements: list[str]) -> str:
     if not statements:
         return "no statement of it committed, but its failed record stays until resolved."
-    described = "; ".join(f"{n}: {_one_line(s)}" for n, s in enumerate(statements, start=1))
-    return f"statements already run and committed (not undone): {context.redactor.redact(described)}"
+    # Redacted before shortened: a password cut short is no longer one to mask.
+    described = "; ".join(f"{n}: {_one_line(context.redactor.redact(s))}" for n, s in enumerate(statements, start=1))
+    return f"statements already run and committed (not undone): {described}"
 
 
 def _rolled_back(block_began: int | None, failed: int) -> str:
