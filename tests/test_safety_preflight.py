@@ -7,6 +7,8 @@ import psycopg
 import pytest
 
 from faber_core.errors import PreflightBlocked
+from faber_core.safety.preflight import scrub_query
+from faber_core.secrets import Redactor
 from faber_core.workflow import DeployOptions, migrate
 
 YES = DeployOptions(assume_yes=True)
@@ -62,6 +64,34 @@ def test_preview_reports_an_idle_in_transaction_lock_holder(orders_project, cont
     assert blocker["tables"] == ["public.orders"] and blocker["lock_modes"] == ["AccessShareLock"]
     assert blocker["blocks_migration"] is True and blocker["age_seconds"] >= 0
     assert "FROM orders WHERE customer = '…'" in blocker["query"] and SECRET_LITERAL not in blocker["query"]
+
+
+def test_a_lock_holders_statement_shows_no_literal_of_any_quoting(orders_project, context_for, plugins, database_url):
+    # Dollar quotes and E'' strings with a \' inside showed what they held; a literal cut where the
+    # server stops keeping a statement (its first kilobyte) showed its start.
+    project_dir = orders_project()
+    statements = [
+        f"SELECT * FROM orders WHERE customer = $${SECRET_LITERAL}$$",
+        f"SELECT * FROM orders WHERE customer = $x${SECRET_LITERAL}$x$ OR customer = E'a\\'{SECRET_LITERAL}'",
+        "SELECT * FROM orders WHERE customer = " + " " * 970 + f"'{SECRET_LITERAL}{'.' * 100}'",
+    ]
+    for statement in statements:
+        with psycopg.connect(database_url) as holder:
+            holder.execute(statement)
+
+            preview = migrate(context_for(project_dir, "preview-migrations"), plugins, DeployOptions(dry_run=True))
+
+            (blocker,) = preview.model_dump(mode="json")["result"]["preflight"]["blockers"]
+            assert blocker["query"].startswith("SELECT * FROM orders WHERE customer = '…'"), blocker["query"]
+            assert "alice" not in blocker["query"], blocker["query"]
+
+
+def test_a_mysql_statements_double_quoted_strings_are_literals_too():
+    statement = f"""SELECT * FROM orders WHERE customer = "{SECRET_LITERAL}" OR note = 'it\\'s {SECRET_LITERAL}'"""
+
+    scrubbed = scrub_query(statement, Redactor(), mysql=True)
+
+    assert scrubbed == "SELECT * FROM orders WHERE customer = '…' OR note = '…'"
 
 
 def test_abort_applies_nothing_and_takes_no_backup(

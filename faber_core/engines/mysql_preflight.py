@@ -125,7 +125,7 @@ def find_blockers(
                 age_seconds=float(age or 0),
                 state=" ".join(part for part in (command, state) if part) or None,
                 application_name=redactor.redact(user or "") or None,
-                query=scrub_query(info, redactor),
+                query=scrub_query(info, redactor, mysql=True),
                 tables=sorted({t for t, _ in on}),
                 lock_modes=sorted({m for _, m in on}),
                 reason=reason,

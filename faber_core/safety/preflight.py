@@ -21,7 +21,14 @@ from faber_core.secrets import Redactor
 
 POLL_SECONDS = 0.5
 QUERY_WIDTH = 200
-_STRING_LITERAL = re.compile(r"'(?:[^']|'')*'")
+# The literals of another session's statement, each to its end or to the end of the text (the
+# server keeps the first kilobyte of a statement, so the last may be cut): '...' with '' inside,
+# and a backslash taking the next character as E'...' and MySQL strings do (in a standard string
+# it over-reaches, hiding more: the safe side); PostgreSQL's dollar quotes, $tag$...$tag$.
+_LITERALS = r"""\$(?P<tag>[A-Za-z_][A-Za-z0-9_]*|)\$.*?(?:\$(?P=tag)\$|\Z)|'(?:[^'\\]|''|\\.)*(?:'|\Z)"""
+_STRING_LITERAL = re.compile(_LITERALS, re.S)
+# MySQL quotes strings with " too (unless ANSI_QUOTES makes them identifiers: hidden all the same).
+_MYSQL_STRING_LITERAL = re.compile(_LITERALS + r"""|"(?:[^"\\]|""|\\.)*(?:"|\Z)""", re.S)
 
 _SESSIONS = """
 SELECT a.pid,
@@ -39,9 +46,11 @@ GROUP BY a.pid, a.xact_start, a.query_start, a.state, a.application_name, a.quer
 """
 
 
-def scrub_query(text: str | None, redactor: Redactor) -> str:
-    """Another session's statement, without its string literals (they may hold personal data)."""
-    scrubbed = _STRING_LITERAL.sub("'…'", redactor.redact(" ".join((text or "").split())))
+def scrub_query(text: str | None, redactor: Redactor, *, mysql: bool = False) -> str:
+    """Another session's statement, without its string literals (they may hold personal data);
+    ``mysql``: a MySQL statement, whose double-quoted strings are literals too."""
+    literals = _MYSQL_STRING_LITERAL if mysql else _STRING_LITERAL
+    scrubbed = literals.sub("'…'", redactor.redact(" ".join((text or "").split())))
     return scrubbed if len(scrubbed) <= QUERY_WIDTH else scrubbed[: QUERY_WIDTH - 1] + "…"
 
 
