@@ -85,6 +85,38 @@ def test_a_mysql_url_that_does_not_parse_one_way_is_refused_without_echo(url):
     assert pieces_in(error.message + "\n".join(error.suggestions)) == []
 
 
+# Values libpq refuses only as it connects: the health check failed (exit 3, "Verify database is
+# running"), or, for the one faber's own sessions set themselves, only the backup's pg_dump.
+UNACCEPTED_SETTINGS = {
+    "sslmode": ("?sslmode=bogus", "sslmode is none of libpq's values"),
+    "target_session_attrs": ("?target_session_attrs=primary-ish", "target_session_attrs is none of libpq's values"),
+    "keepalives": ("?keepalives=abc", "keepalives is not a whole number"),
+    "connect_timeout": ("?connect_timeout=ten", "connect_timeout is not a whole number"),
+    "port 0": (":0", "the port is not a number from 1 to 65535"),
+    "port parameter": ("?port=70000", "the port is not a number from 1 to 65535"),
+}
+
+
+@pytest.mark.parametrize(("setting", "said"), UNACCEPTED_SETTINGS.values(), ids=UNACCEPTED_SETTINGS.keys())
+def test_a_setting_libpq_would_refuse_as_it_connects_is_refused_before_anything_runs(
+    setting, said, faber_project, run_faber, database_url, query
+):
+    url = database_url.replace("@", f":{PASSWORD_PIECES[0]}@", 1)
+    url = url.replace(":5432/", ":0/") if setting == ":0" else url + setting
+    project = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"production": {"database_url_env": "APP_URL"}}}},
+        {"migrations/001_users.sql": "CREATE TABLE users (id bigint);"},
+    )
+    env = {"FABER_PLUGINS": "faber_core.testing.sqlfiles", "APP_URL": url}
+
+    run = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
+
+    assert run.returncode == 2 and run.json["code"] == "CONFIG_INVALID", run.output
+    assert said in run.json["error"] and pieces_in(run.output) == []
+    assert query("SELECT to_regclass('users')") == [(None,)]
+    assert not (project / ".faber" / "backups").exists()
+
+
 @pytest.mark.parametrize(
     "url",
     [

@@ -86,6 +86,28 @@ _NOT_REPLICATION = frozenset({"off", "false", "no", "0"})
 """libpq's values of ``replication`` for an ordinary session (``on``, ``true``, ``database``, ...: a
 replication session, which takes no ordinary query)."""
 _PARAMETER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# The settings whose values libpq checks only as it connects, with the values it takes (its
+# "Parameter Key Words"). Checked as the URL is read, a mistyped one is a configuration error
+# before anything connects, whichever program would read it first: faber's own sessions set
+# their connect_timeout, so connect_timeout=abc failed only pg_dump, after the health check.
+_LIBPQ_CHOICES = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "sslcertmode": ("disable", "allow", "require"),
+    "sslnegotiation": ("postgres", "direct"),
+    "gssencmode": ("disable", "prefer", "require"),
+    "channel_binding": ("disable", "prefer", "require"),
+    "target_session_attrs": ("any", "read-write", "read-only", "primary", "standby", "prefer-standby"),
+    "load_balance_hosts": ("disable", "random"),
+}
+_LIBPQ_INTEGERS = (
+    "connect_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+)
+_LIBPQ_INTEGER = re.compile(r"\s*[+-]?\d{1,9}\s*")
 
 
 @dataclass(frozen=True)
@@ -146,7 +168,7 @@ def parse_database_url(raw: str, source: str) -> ParsedUrl:
         libpq = conninfo_to_dict(libpq_url)
     except Exception:  # noqa: BLE001 - libpq's message quotes the value
         raise invalid("libpq cannot parse it (a '%' that is not followed by two hex digits?)") from None
-    problem = unresolvable_host(libpq.get("host"))
+    problem = unresolvable_host(libpq.get("host")) or invalid_setting(libpq)
     if problem:
         raise invalid(problem)
     dbname = unquote(parts.path.lstrip("/")) or None
@@ -159,6 +181,20 @@ def parse_database_url(raw: str, source: str) -> ParsedUrl:
     if any((libpq.get(key) or None) != value for key, value in urllib_view.items() if key not in params):
         raise invalid("the user name, password or database name holds a character that must be percent-encoded")
     return ParsedUrl(libpq_url=libpq_url, params=params, dbname=params.get("dbname") or dbname)
+
+
+def invalid_setting(libpq_params: Mapping[str, str]) -> str | None:
+    """What libpq would refuse as it connects in ``libpq_params``' values (never quoting them), or None."""
+    for key, choices in _LIBPQ_CHOICES.items():
+        if key in libpq_params and libpq_params[key] not in choices:
+            return f"{key} is none of libpq's values ({', '.join(choices)})"
+    for key in _LIBPQ_INTEGERS:
+        if key in libpq_params and not _LIBPQ_INTEGER.fullmatch(libpq_params[key]):
+            return f"{key} is not a whole number"
+    ports = (libpq_params.get("port") or "").split(",")
+    if any(port.strip() and not (port.strip().isdigit() and 1 <= int(port) <= 65535) for port in ports):
+        return "the port is not a number from 1 to 65535"
+    return None
 
 
 def refuse_where_to_connect_from_environment(
