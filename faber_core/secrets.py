@@ -26,7 +26,10 @@ MASK = "***"
 # of the text to the next, instead of trying the lookbehind at every character of every text
 # faber redacts (its progress lines, its events' names).
 _URL_USERINFO = re.compile(r"(?P<scheme>:(?<=[a-zA-Z0-9+.-]:)/+)(?P<user>[^:@/\s]*):(?P<password>[^@/\s]*)@")
-_KEYWORD_PASSWORD = re.compile(r"(?i)\b((?:ssl)?password|passwd|pwd)(\s*[=:]\s*)('[^']*'|\"[^\"]*\"|\S+)")
+# MySQL's "Access denied for user 'app'@'host' (using password: YES)" says whether one was given.
+_KEYWORD_PASSWORD = re.compile(
+    r"(?i)\b((?:ssl)?password|passwd|pwd)(\s*[=:]\s*)(?!(?:YES|NO)\)(?!\S))('[^']*'|\"[^\"]*\"|\S+)"
+)
 # A URL's query may carry a password too: libpq reads ``?password=`` (and ``?sslpassword=``, the
 # client key's), as do the Node tools that get the URL.
 _QUERY_PASSWORD = re.compile(r"(?i)[?&](?:ssl)?password=([^&#]*)")

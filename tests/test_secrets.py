@@ -55,6 +55,15 @@ def test_redactor_masks_any_url_userinfo_and_password_settings():
     assert "postgres://bob:***@host/db" in text and "sslpassword=***" in text and "user=y" in text
 
 
+def test_mysqls_word_for_whether_a_password_was_given_stays():
+    redactor = Redactor()
+
+    denied = redactor.redact("Access denied for user 'app'@'10.0.0.5' (using password: YES)")
+
+    assert denied == "Access denied for user 'app'@'10.0.0.5' (using password: YES)"
+    assert redactor.redact("password: YESMAN") == "password: ***"
+
+
 def test_the_text_a_json_parser_quotes_around_a_syntax_error_is_masked_in_every_printed_form():
     """Node's JSON.parse quotes up to 21 characters of the input around the error: in an ORM
     config or package.json, often a password faber never learnt (not the URL's)."""
