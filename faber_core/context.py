@@ -99,10 +99,16 @@ class Database:
         return self.parsed.user
 
     @property
-    def target(self) -> str:
-        """``host:port/database as user``, for progress lines and connection errors."""
+    def database_and_user(self) -> str:
+        """``database as user``: what every run's progress says it connects to. Never the host: CI
+        logs are read by many, and where the servers are is for those who hold the URL."""
         user = f" as {self.user}" if self.user else ""
-        return f"{self.address}/{self.name_for_display}{user}"
+        return f"{self.name_for_display}{user}"
+
+    @property
+    def target(self) -> str:
+        """``host:port/database as user``, for connection errors (which server refused matters there)."""
+        return f"{self.address}/{self.database_and_user}"
 
     def connect(
         self, *, autocommit: bool = True, application_name: str = "faber", migration_session: bool = False
@@ -666,5 +672,5 @@ def open_context(
         fleet_url_variables=frozenset(fleet_url_variables),
         _once=once,
     )
-    database.before_first_connect = lambda: context.emit(events.DATABASE_CONNECTING, target=database.target)
+    database.before_first_connect = lambda: context.emit(events.DATABASE_CONNECTING, target=database.database_and_user)
     return context
