@@ -31,7 +31,10 @@ _TITLES = {
 _PHASES = {"before": "Pre-deployment", "after": "Post-deployment"}
 # C0 and C1 control characters, DEL, and the bidirectional overrides that reorder what is shown;
 # line breaks and tabs are kept where faber's own layout puts them.
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# C0 and C1 controls (but newline and tab), the marks that reorder text (bidirectional
+# embeddings, overrides, isolates) or hide it (zero-width spaces and joiners, the byte order
+# mark), and the line and paragraph separators some log viewers break lines at.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
 
 
 def escape_controls(text: str) -> str:

@@ -12,6 +12,13 @@ def test_control_characters_are_shown_as_escapes():
     assert escape_controls("a\x1b[31mb\x07\x9b\u202ec\nd\te") == "a\\x1b[31mb\\x07\\x9b\\u202ec\nd\te"
 
 
+def test_invisible_and_line_separating_characters_are_shown_as_escapes():
+    hidden = "a\u200bb\u200fc\u2028d\u2029e\ufefff\u2060g"
+
+    assert escape_controls(hidden) == "a\\u200bb\\u200fc\\u2028d\\u2029e\\ufefff\\u2060g"
+    assert escape_controls("ünïcödé ✓ 日本") == "ünïcödé ✓ 日本"
+
+
 def test_a_hostile_migration_folder_name_is_escaped_in_human_output(faber_project, run_faber, database_url):
     project = faber_project(
         {
