@@ -129,15 +129,13 @@ def secret_forms(value: str) -> set[str]:
     return whole | pieces
 
 
-def password_forms(value: str) -> set[str]:
-    """Each possible password of ``value`` (:func:`_passwords`) raw, percent-decoded and
-    percent-encoded, as the channels print it: what a cut text may hold the start of."""
-    forms: set[str] = set()
+def _password_variants(value: str) -> set[str]:
+    """Each possible password of ``value`` (:func:`_passwords`) raw, percent-decoded and percent-encoded."""
+    variants: set[str] = set()
     for password in _passwords(value):
         decoded = unquote(password)
-        for form in {password, decoded, quote(decoded, safe=""), quote(decoded)}:
-            forms |= _printed_forms(form)
-    return forms
+        variants |= {password, decoded, quote(decoded, safe=""), quote(decoded)}
+    return variants
 
 
 def _whole_and_pieces(value: str) -> tuple[set[str], set[str]]:
@@ -149,14 +147,12 @@ def _whole_and_pieces(value: str) -> tuple[set[str], set[str]]:
     """
     whole = set(_printed_forms(value)) if value else set()
     pieces: set[str] = set()
-    for password in _passwords(value):
-        decoded = unquote(password)
-        for form in {password, decoded, quote(decoded, safe=""), quote(decoded)}:
-            if len(form) >= MIN_SECRET_LENGTH:
-                whole |= _printed_forms(form)
-            for piece in _PIECE_SEPARATORS.split(form):
-                if len(piece) >= MIN_PIECE_LENGTH:
-                    pieces |= _printed_forms(piece)
+    for form in _password_variants(value):
+        if len(form) >= MIN_SECRET_LENGTH:
+            whole |= _printed_forms(form)
+        for piece in _PIECE_SEPARATORS.split(form):
+            if len(piece) >= MIN_PIECE_LENGTH:
+                pieces |= _printed_forms(piece)
     whole = {form for form in whole if len(form) >= MIN_SECRET_LENGTH}
     return whole, {form for form in pieces if len(form) >= MIN_SECRET_LENGTH} - whole
 
@@ -224,7 +220,9 @@ class Redactor:
         if any(0 < len(password) < MIN_SECRET_LENGTH for password in _passwords(text) | {text}):
             _warn_unmaskable()
         whole, pieces = _whole_and_pieces(text)
-        cuttable = {form for form in password_forms(text) if len(form) > MIN_CUT_LENGTH}
+        # Each password as the channels print it: what a cut text may hold the start of.
+        printed = {form for variant in _password_variants(text) for form in _printed_forms(variant)}
+        cuttable = {form for form in printed if len(form) > MIN_CUT_LENGTH}
         with self._adding:
             if cuttable:
                 starts = dict(self._cut_starts)
