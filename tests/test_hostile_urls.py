@@ -47,6 +47,7 @@ BAD_URLS = {
     "no host, password as port": f"postgresql://u:{PASSWORD_PIECES[0]}",
     "line break": f"postgresql://u:{PASSWORD_PIECES[0]}\n@127.0.0.1/db",
     "not a URL": f"host=127.0.0.1 password={PASSWORD_PIECES[0]}",
+    "unescaped space": f"postgresql://u:{PASSWORD_PIECES[0]} {PASSWORD_PIECES[1]}@127.0.0.1/db",
     # Python's host lookup raised a UnicodeError for these (exit 1, an unexpected error).
     "host part of 64 characters": f"postgresql://u:{PASSWORD_PIECES[0]}@{'h' * 64}.example.com/db",
     "empty host part": f"postgresql://u:{PASSWORD_PIECES[0]}@db..example.com/db",
@@ -67,11 +68,11 @@ def test_a_url_that_does_not_parse_one_way_is_refused_without_echo(url):
 
 
 # A MySQL URL goes to one parser only (faber's, which hands PyMySQL its pieces), so an unescaped
-# '@' in the password is read one way: up to the last '@', as a browser would.
+# '@' in the password is read one way: up to the last '@', as a browser would; a space as a space.
 MYSQL_BAD_URLS = {
     name: url.replace("postgresql://", "mysql://", 1)
     for name, url in BAD_URLS.items()
-    if "://" in url and name not in ("unescaped @", "?host= parameter")
+    if "://" in url and name not in ("unescaped @", "?host= parameter", "unescaped space")
 }
 
 

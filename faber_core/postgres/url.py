@@ -139,6 +139,8 @@ def parse_database_url(raw: str, source: str) -> ParsedUrl:
     problem = unsafe_url_text(raw)
     if problem:
         raise invalid(problem)
+    if any(char.isspace() for char in raw):  # libpq refuses it, saying nothing of why
+        raise invalid("it contains a space (percent-encoded, %20)")
     try:
         parts = urlsplit(raw)
         if "," not in parts.netloc.rpartition("@")[2]:  # libpq's multi-host form has no single port
@@ -167,7 +169,7 @@ def parse_database_url(raw: str, source: str) -> ParsedUrl:
 
         libpq = conninfo_to_dict(libpq_url)
     except Exception:  # noqa: BLE001 - libpq's message quotes the value
-        raise invalid("libpq cannot parse it (a '%' that is not followed by two hex digits?)") from None
+        raise invalid("libpq cannot parse it") from None
     problem = unresolvable_host(libpq.get("host")) or invalid_setting(libpq)
     if problem:
         raise invalid(problem)
