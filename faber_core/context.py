@@ -17,7 +17,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from faber_core import events
 from faber_core.config import EnvironmentSettings, FaberConfig, Options, plugin_options
 from faber_core.engines import LOCK_LOST
-from faber_core.errors import ConfigError, SessionRefused
+from faber_core.errors import ConfigError, SessionRefused, echoed
 from faber_core.models import AppliedMigration, AuditEvent, MigrationFailure
 from faber_core.secrets import Redactor, Secret
 
@@ -606,7 +606,17 @@ def open_context(
         once["config", project_dir] = load_config(project_dir)
     config: FaberConfig = once["config", project_dir]
     fleet, slash, target_name = environment.partition("/")
-    settings = config.environment(fleet)
+    try:
+        settings = config.environment(fleet)
+    except ConfigError as refused:
+        if not slash:
+            raise
+        # The name refused is the part before the '/': said so, or '../etc' reads as a refused '..'.
+        raise ConfigError(
+            f"{refused.message} (the environment of {echoed(environment, show=repr)}: ENVIRONMENT/TARGET names a "
+            "target of a fleet)",
+            suggestions=refused.suggestions,
+        ) from None
     redactor = redactor if redactor is not None else Redactor()
     if settings.targets is not None:
         if target is None:

@@ -400,3 +400,21 @@ def test_an_environment_name_a_hundred_kilobytes_long_is_refused_by_its_start_an
     assert "Invalid environment name: 'prodprod" in run.output
     assert "(100000 characters)" in run.output
     assert len(run.output) < 2_000, run.output[:2000]
+
+
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        ("../etc", "Invalid environment name: '..' (the environment of '../etc': ENVIRONMENT/TARGET"),
+        ("/etc/passwd", "Invalid environment name: '' (the environment of '/etc/passwd': ENVIRONMENT/TARGET"),
+        ("staging/one", "Unknown environment: staging (the environment of 'staging/one': ENVIRONMENT/TARGET"),
+    ],
+)
+def test_a_name_with_a_slash_is_refused_naming_what_was_asked_for(tmp_path, run_faber, name, said):
+    # The part before the '/' (a fleet's name) was refused alone: '../etc' read as a refused '..'.
+    project = write_config(tmp_path, json.dumps(production()))
+
+    run = run_faber("status", name, "--json", "--cwd", str(project), env=SQLFILES)
+
+    assert run.returncode == 2 and run.json["code"] == "CONFIG_INVALID", run.output
+    assert run.json["error"].startswith(said), run.json["error"]
