@@ -95,6 +95,7 @@ def test_dev_mode_withholds_the_configs_url_variables_from_prisma_and_the_projec
 
     seen = json.loads((project / "environment.json").read_text())
     assert "DATABASE_URL" in seen  # the one URL it needs
+    assert seen["FABER_DB_CWD"] == str(project)  # the project faber settled on
     assert "PRODUCTION_URL" not in seen and "PRISMA_TEST_DATABASE_URL" not in seen
     assert production_password not in json.dumps(seen)
 
