@@ -108,6 +108,11 @@ def faber_migration_status(tool: str, context: RunContext) -> MigrationState:
 
     Returns :class:`~faber_core.models.MigrationState`: ``local`` in apply order and ``records``
     from the database. faber derives pending, failed, missing-locally and edited migrations.
+    Set ``LocalMigration.transactional`` False for a migration your apply runs outside a transaction
+    and records only once it finished: faber records it before applying it, so the next run names it
+    if a deploy is killed inside it. faber does so too for a migration whose ``.sql`` file it finds
+    cannot run in a transaction (``CREATE INDEX CONCURRENTLY``), whatever the flag says; never the
+    other way round.
     Give a failed record its ``started_at`` when your tool keeps one (time zone aware, by the server's
     clock, as a column default or ``now()`` writes it): the restore faber advises for it is then of
     a backup taken before the attempt began, never of one taken since, which holds what it left.

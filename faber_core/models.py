@@ -87,9 +87,12 @@ class LocalMigration(DeferredModel):
     transactional: bool | None = Field(
         None,
         description="False: it runs outside a transaction (every Sequelize migration, a TypeORM one with "
-        "`transaction = false`), so a deploy killed inside it may leave part of it committed, which the tool does "
-        "not record: faber records it before applying it, for the next run to name. True or None (unknown): "
-        "nothing is recorded.",
+        "`transaction = false`, SQL with `CREATE INDEX CONCURRENTLY`), so a deploy killed inside it may leave part "
+        "of it committed, which the tool does not record: faber records it before applying it, for the next run to "
+        "name. True or None (unknown): nothing is recorded, unless faber's own analysis of the migration's SQL (a "
+        "`path` ending in .sql, on PostgreSQL) finds a statement that cannot run in a transaction or a script's own "
+        "BEGIN/COMMIT: such a migration is recorded whatever this says. Never the other way round: SQL faber finds "
+        "transactional leaves a False as it is.",
     )
     handler_data: Any = Field(
         None,

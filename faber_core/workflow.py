@@ -173,7 +173,11 @@ def migrate(
         safety.preflight_before_apply(context, review)
         backup = create_backup(context, plugins, options, state)
         skipped = beside_skipped_backup(context, plugins, options)
-        progress = DeployProgress(pending=pending, beside_skipped_backup=skipped)
+        progress = DeployProgress(
+            pending=pending,
+            outside_transaction=safety.outside_a_transaction(context, pending),
+            beside_skipped_backup=skipped,
+        )
         # The first signal stops the deploy; later ones must not cut its rollback and report short.
         with raised_once():
             try:
@@ -955,6 +959,9 @@ class DeployProgress:
     """
 
     pending: list[LocalMigration]
+    outside_transaction: set[str]
+    """The names of the pending migrations that run outside a transaction
+    (:func:`faber_core.safety.checks.outside_a_transaction`)."""
     beside_skipped_backup: SkippedBackupCheck | None = None
     """What the provider found for a deploy that skipped its backup, reported in either result."""
     committed: list[AppliedMigration] = field(default_factory=list)
@@ -1005,8 +1012,7 @@ class DeployProgress:
             return None
         failure = self.outcome.failure if self.outcome else self.stopped_in
         name = failure.name if failure else self.running
-        stopped_in = next((m for m in self.pending if m.name == name), None)
-        return name if stopped_in is not None and stopped_in.transactional is False else None
+        return name if name in self.outside_transaction else None
 
     def record(self, outcome: ApplyOutcome) -> None:
         self.outcome = outcome
@@ -1054,7 +1060,7 @@ def apply(
         # later one is when the check before it finds the lock lost.
         lock_still_held(pending[0].name)
         progress.invalid_indexes_before = context.database.engine.invalid_indexes(lock.conn)
-        unfinished.record(context, lock.conn, pending, backup)
+        unfinished.record(context, lock.conn, pending, progress.outside_transaction, backup)
         with step(context, "apply"):
             context.emit("apply.started", migrations=[m.model_dump(include={"name", "checksum"}) for m in pending])
             outcome = plugins.migration_dev(context) if context.mode == "dev" else None

@@ -32,6 +32,7 @@ from faber_core.testing.faults import (
     AUDIT_LOG,
     AnswerDropped,
     FaberProcess,
+    KilledInsideAMigration,
     backup_files,
     end_faber_lock_session,
     event_matcher,
@@ -122,6 +123,74 @@ def test_reads_work_again_soon_after_faber_dies_inside_a_long_migration(project,
         run.stop_everything()
     assert waited is not None, f"accounts still locked {READ_BOUND}s after {signum.name}"
     assert not wait_for_server_release(database_url, database_name(database_url), within=SERVER_BOUND)
+
+
+# A killed migration whose SQL cannot run in a transaction, its handler silent about it ------
+
+UNFLAGGED_HANDLER = """
+from faber_core import hookimpl
+from faber_core.models import AppliedMigration, ApplyOutcome, MigrationPreview, ToolInfo
+from faber_core.support.sql import split_statements
+from faber_core.testing.sqlfiles import BOOKKEEPING, TOOL, faber_migration_status
+
+
+@hookimpl
+def faber_migration_tools():
+    return [ToolInfo(name=TOOL, description="migrations/*.sql, statement by statement outside a transaction")]
+
+
+@hookimpl
+def faber_migration_preview(pending):
+    return [MigrationPreview(name=m.name, sql=m.handler_data, transactional=False) for m in pending]
+
+
+@hookimpl
+def faber_migration_apply(context, pending):
+    outcome = ApplyOutcome()
+    with context.database.connect(application_name="faber unflagged apply", migration_session=True) as conn:
+        conn.execute(BOOKKEEPING)
+        context.apply_session_timeouts(conn)
+        for migration in pending:
+            context.start_migration(migration.name)
+            for statement in split_statements(migration.handler_data):
+                conn.execute(statement)
+            conn.execute("INSERT INTO sqlfiles_migrations VALUES (%s, %s)", [migration.name, migration.checksum])
+            applied = AppliedMigration(name=migration.name, duration_seconds=0)
+            outcome.applied.append(applied)
+            context.migration_applied(applied)
+    return outcome
+"""
+"""sqlfiles' migrations run statement by statement outside a transaction and recorded once finished,
+``LocalMigration.transactional`` left unset: as the plain SQL example handler ran them."""
+
+
+def test_a_deploy_killed_inside_sql_that_cannot_run_in_a_transaction_stops_the_next_though_its_handler_did_not_say(
+    faber_project, database_url, run_faber, tmp_path, monkeypatch
+):
+    """faber's analysis of the SQL knows that ``CREATE INDEX CONCURRENTLY`` cannot run in a
+    transaction. It recorded nothing for a handler that left the flag unset: killed after the copy
+    committed, the status named nothing failed and the next deploy ran the copy again."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "unflagged_handler.py").write_text(UNFLAGGED_HANDLER)
+    monkeypatch.setenv("FABER_PLUGINS", "unflagged_handler")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(plugins), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv(URL_ENV, database_url)
+    killed = KilledInsideAMigration(database_url)
+    migration = "001_index_and_copy"
+    sql = f"CREATE INDEX CONCURRENTLY ledger_id ON ledger (id);\n{killed.copy_statement};\n{killed.hold_statement};\n"
+    staging = {
+        "database_url_env": URL_ENV,
+        "backup_before_migrate": True,
+        "auto_rollback": True,
+        "protected": True,
+        "lock_timeout_seconds": 0,  # a protected environment's 0.5 s would end the held migration's wait
+        "lint": "off",
+    }
+    config = {"database": {"migration_tool": "sqlfiles", "environments": {"staging": staging}}}
+    project = faber_project(config, {f"migrations/{migration}.sql": sql})
+
+    killed.check(project, migration, run_faber, "resolve", undo=["DROP INDEX ledger_id"])
 
 
 # A command waiting for faber's lock stops at the first signal -------------------------

@@ -36,7 +36,7 @@ def _killed_run_recorded(database_url: str, migration: str) -> None:
     its lock session has ended, and its run lock with it."""
     killed = _context(database_url, "killed-run")
     with psycopg.connect(database_url, autocommit=True) as lock_conn:
-        unfinished.record(killed, lock_conn, [LocalMigration(name=migration, transactional=False)], None)
+        unfinished.record(killed, lock_conn, [LocalMigration(name=migration)], {migration}, None)
     unfinished.apply_ended(killed)
     killed.database.close_session()
 
@@ -78,7 +78,7 @@ def test_a_run_that_makes_the_record_under_the_lock_reads_it_there(database_url)
         assert _looks_for_the_table(context) == ["looked"]  # no table: not looked for again
         assert _looks_for_the_table(context) == []
         with psycopg.connect(database_url, autocommit=True) as lock_conn:
-            unfinished.record(context, lock_conn, [LocalMigration(name="0003_outside", transactional=False)], None)
+            unfinished.record(context, lock_conn, [LocalMigration(name="0003_outside")], {"0003_outside"}, None)
         # The table this run made is read: its rows, not this run's, would be named.
         _killed_run_recorded(database_url, "0004_outside")
         assert _looks_for_the_table(context) == ["0004_outside"]

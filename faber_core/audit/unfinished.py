@@ -1,9 +1,11 @@
 """Deploys that may have left a migration in part: ``faber_unfinished_migrations``.
 
 A migration that runs outside a transaction (every Sequelize migration, a TypeORM one with
-``transaction = false``) commits statement by statement, and its tool records it only once it has
-finished. A deploy killed inside one (``kill -9``, the machine lost) leaves part of it committed
-and nothing that says so: the next deploy would run it again from its start. So, before the apply
+``transaction = false``, SQL that cannot run in one, whatever its handler says:
+:func:`faber_core.safety.checks.outside_a_transaction`) commits statement by statement, and its
+tool may record it only once it has finished. A deploy killed inside one (``kill -9``, the
+machine lost) leaves part of it committed and nothing that says so: the next deploy would run it
+again from its start. So, before the apply
 step of a deploy with such a migration pending, faber records the pending migrations in its own
 table (PostgreSQL: in ``faber_schema``; MySQL/MariaDB: beside the application's, one of faber's
 tables), which backups leave out and restores keep, and removes them when the run ends, unless
@@ -242,11 +244,18 @@ def _is_holder(context: RunContext, recorded: str, holder: str | None) -> bool:
         return False
 
 
-def record(context: RunContext, lock_conn: Any, pending: list[LocalMigration], backup: BackupRecord | None) -> None:
+def record(
+    context: RunContext,
+    lock_conn: Any,
+    pending: list[LocalMigration],
+    outside_transaction: set[str],
+    backup: BackupRecord | None,
+) -> None:
     """Before the apply step, faber's lock held on ``lock_conn``: record ``pending`` when one of
-    them runs outside a transaction. Not recorded (the table cannot be created, say), the deploy
-    goes on, with a warning."""
-    if not any(migration.transactional is False for migration in pending):
+    them runs outside a transaction, as ``outside_transaction`` names them: those the handler says
+    so of, and those whose SQL faber analysed as such (:func:`faber_core.safety.checks.outside_a_transaction`).
+    Not recorded (the table cannot be created, say), the deploy goes on, with a warning."""
+    if not any(migration.name in outside_transaction for migration in pending):
         return
     try:
         lock_session = _session(context, lock_conn)
@@ -263,7 +272,7 @@ def record(context: RunContext, lock_conn: Any, pending: list[LocalMigration], b
             context.environment,
             position,
             migration.name,
-            migration.transactional is False,
+            migration.name in outside_transaction,
             before_run.isoformat(),
         ]
         for position, migration in enumerate(pending)

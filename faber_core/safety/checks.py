@@ -146,6 +146,23 @@ def transactional(sql: str) -> bool | None:
         return None
 
 
+def outside_a_transaction(context: RunContext, pending: list[LocalMigration]) -> set[str]:
+    """The pending migrations a deploy killed inside may leave in part, which faber records before
+    applying them (:mod:`faber_core.audit.unfinished`): those its handler says run outside a
+    transaction (``LocalMigration.transactional`` False), and those whose SQL faber's analysis finds
+    cannot run in one (``CREATE INDEX CONCURRENTLY``, a script's own ``COMMIT``), whatever the flag
+    says: no handler can run such SQL in one transaction, and one that forgets the flag must not
+    leave a killed deploy's work to be run again from its start. SQL the analysis finds transactional
+    never overrides a handler's False: the handler knows how it runs the migration."""
+    analysed = context.database.engine.supports("sql_analysis")
+    return {
+        migration.name
+        for migration in pending
+        if migration.transactional is False
+        or (analysed and (sql := migration_sql(context, migration)) is not None and transactional(sql) is False)
+    }
+
+
 NOT_TRANSACTIONAL = (
     "{engine} commits each DDL statement on its own: if this migration fails part-way, the statements "
     "before the failure stay committed, faber reports which, and the rollback restores the backup"

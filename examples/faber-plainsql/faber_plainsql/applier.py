@@ -1,6 +1,10 @@
 """Applying pending migrations: each in one transaction with its history row where its SQL allows
-it, else statement by statement with a ``failed`` row left behind when one fails (resolved by
-``faber resolve``)."""
+it, else statement by statement (``LocalMigration.transactional`` False, as the status read it),
+with a ``failed`` row left behind when one fails (resolved by ``faber resolve``).
+
+A migration outside a transaction that a deploy was killed or interrupted in has no row: faber
+recorded it before the apply step, and the next run names it as failed from that record.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from faber_core.models import (
     Resolution,
 )
 from faber_core.support.sessions import Measurement, measured_transaction
-from faber_core.support.sql import is_transactional, split_statements
+from faber_core.support.sql import split_statements
 from faber_plainsql import history
 from faber_plainsql.migrations import read_migrations
 from faber_plainsql.status import read_state
@@ -35,7 +39,8 @@ def apply(context: RunContext, pending: list[LocalMigration]) -> ApplyOutcome:
             context.start_migration(migration.name)  # raises when faber's lock was lost: let it propagate
             started = time.monotonic()
             measured = Measurement()
-            transactional = is_transactional(sql[migration.name])
+            transactional = migration.transactional is not False
+            statements = [] if transactional else split_statements(sql[migration.name])
             committed = 0  # statements committed, outside a transaction
             try:
                 if transactional:
@@ -44,7 +49,7 @@ def apply(context: RunContext, pending: list[LocalMigration]) -> ApplyOutcome:
                         conn.execute(history.RECORD_APPLIED, [migration.name, migration.checksum])
                 else:
                     # CREATE INDEX CONCURRENTLY and its like: one statement at a time, outside a transaction.
-                    for statement in split_statements(sql[migration.name]):
+                    for statement in statements:
                         conn.execute(statement)
                         committed += 1
                     conn.execute(history.RECORD_APPLIED, [migration.name, migration.checksum])
@@ -62,6 +67,21 @@ def apply(context: RunContext, pending: list[LocalMigration]) -> ApplyOutcome:
                     table_writes=measured.rows if transactional else None,
                 )
                 return outcome  # faber emits migration.failed for it
+            except KeyboardInterrupt:
+                # Said before the interrupt goes on: what of the migration remains decides the rollback.
+                if not transactional:
+                    context.migration_failed(interrupted_outside_a_transaction(migration, committed, len(statements)))
+                elif measured.rolled_back:
+                    context.migration_failed(
+                        MigrationFailure(
+                            name=migration.name,
+                            error="interrupted; its transaction rolled back",
+                            path=migration.path,
+                            transaction_rolled_back=True,
+                            table_writes=measured.rows,
+                        )
+                    )
+                raise
             applied = AppliedMigration(
                 name=migration.name,
                 duration_seconds=round(time.monotonic() - started, 3),
@@ -72,18 +92,47 @@ def apply(context: RunContext, pending: list[LocalMigration]) -> ApplyOutcome:
     return outcome
 
 
+def interrupted_outside_a_transaction(migration: LocalMigration, committed: int, statements: int) -> MigrationFailure:
+    """An interrupt stopped ``migration`` after ``committed`` of its ``statements`` committed. How
+    many is not known for sure, so none is given (faber then keeps its record of the migration, for
+    the next run to name as failed): the statement running may have finished just as the interrupt
+    came, before its cancel reached the server, or before it was counted."""
+    if committed == 0:
+        before = "No statement of it had committed"
+    elif committed == 1:
+        before = "Statement 1 committed and stays"
+    else:
+        before = f"Statements 1 to {committed} committed and stay"
+    if committed == statements:
+        after = "its history row may not have been written"
+    else:
+        after = f"statement {committed + 1} may have committed too, had it finished as the interrupt came"
+    return MigrationFailure(
+        name=migration.name,
+        error=f"Interrupted outside a transaction\n{before}; {after}",
+        path=migration.path,
+        transaction_rolled_back=False,
+    )
+
+
 def resolve(context: RunContext, name: str, resolution: Resolution) -> MigrationState:
     """After a person repaired the database: ``rolled_back`` forgets the failed row (the migration
-    runs again), ``applied`` marks it applied (it never runs again)."""
+    runs again), ``applied`` marks it applied (it never runs again). ``applied`` also records a
+    migration still to run that has no row: the one a deploy was killed or interrupted in outside a
+    transaction, which only faber's record names as failed, once a person completed it by hand."""
+    local = {file.migration.name: file.migration for file in read_migrations(context)}
     with context.database.connect(application_name="faber plainsql resolve") as conn:
-        failed = {record.name for record in history.read_records(conn) if record.state == "failed"}
-        if name not in failed:
+        state = {record.name: record.state for record in history.read_records(conn)}.get(name)
+        if state == "failed" and resolution == "rolled_back":
+            conn.execute(f"DELETE FROM {history.TABLE} WHERE name = %s", [name])
+        elif state == "failed":
+            conn.execute(f"UPDATE {history.TABLE} SET state = 'applied', error = NULL WHERE name = %s", [name])
+        elif state is None and name in local and resolution == "applied":
+            conn.execute(history.CREATE)
+            conn.execute(history.RECORD_APPLIED, [name, local[name].checksum])
+        else:
             raise ConfigError(
-                f"{name} is not a failed migration",
+                f"{name} is not a failed migration" + (" nor one still to run" if resolution == "applied" else ""),
                 suggestions=[f"faber status {context.environment} lists the failed ones"],
             )
-        if resolution == "rolled_back":
-            conn.execute(f"DELETE FROM {history.TABLE} WHERE name = %s", [name])
-        else:
-            conn.execute(f"UPDATE {history.TABLE} SET state = 'applied', error = NULL WHERE name = %s", [name])
     return read_state(context)

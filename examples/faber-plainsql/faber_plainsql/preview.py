@@ -1,11 +1,11 @@
-"""What a deploy would run: each pending migration's SQL, whether it runs in a transaction, and
-an estimate from faber's reading of the statements."""
+"""What a deploy would run: each pending migration's SQL, whether it runs in a transaction (as the
+status read it), and an estimate from faber's reading of the statements."""
 
 from __future__ import annotations
 
 from faber_core.context import RunContext
 from faber_core.models import LocalMigration, MigrationPreview
-from faber_core.support.sql import estimate_seconds, is_transactional
+from faber_core.support.sql import estimate_seconds
 from faber_plainsql.migrations import read_migrations
 
 OUTSIDE_A_TRANSACTION = (
@@ -17,7 +17,7 @@ def preview(context: RunContext, pending: list[LocalMigration]) -> list[Migratio
     sql = {file.migration.name: file.sql for file in read_migrations(context)}
     previews = []
     for migration in pending:
-        transactional = is_transactional(sql[migration.name])
+        transactional = migration.transactional is not False
         previews.append(
             MigrationPreview(
                 name=migration.name,

@@ -10,12 +10,12 @@ URL_ENV = "PLAINSQL_DATABASE_URL"
 
 @pytest.fixture
 def plainsql_project(faber_project, database_url):
-    """``make(files: {file name: sql}, **environment settings) -> (project, env)``."""
+    """``make(files: {file name: sql}, environment="production", **its settings) -> (project, env)``."""
 
-    def make(files: dict[str, str], **settings):
-        environment = {"database_url_env": URL_ENV, "lock_wait_seconds": 1, **settings}
+    def make(files: dict[str, str], environment: str = "production", **settings):
+        settings = {"database_url_env": URL_ENV, "lock_wait_seconds": 1, **settings}
         project = faber_project(
-            {"database": {"migration_tool": "plainsql", "environments": {"production": environment}}},
+            {"database": {"migration_tool": "plainsql", "environments": {environment: settings}}},
             {f"sql/{name}": sql for name, sql in files.items()},
         )
         return project, {URL_ENV: database_url}
