@@ -9,6 +9,9 @@
   --single-transaction`` runs faber's schema-drop prelude and that SQL as one transaction. The
   database ends as the backup (faber's schema apart) or, when anything fails, as it was. faber's
   lock check runs last in that transaction (``context.restore_committing``): lost, nothing commits.
+  The SQL, every row of the backup, is written in a scratch folder
+  (``faber_core.support.scratch_folders``): removed after the restore, or by the next run when
+  faber is killed during it.
 - **Credentials** reach pg_dump, pg_restore and psql only in their environment, and what they
   print is redacted.
 """
@@ -18,7 +21,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from faber_core.context import RunContext
@@ -26,6 +28,7 @@ from faber_core.errors import BackupFailed, RestoreFailed
 from faber_core.models import BackupRecord, RestoreOutcome
 from faber_core.support.backups import creation_failed, restore_prelude
 from faber_core.support.programs import find_program, run_tool
+from faber_core.support.scratch_folders import scratch_folder
 from faber_pgdump_dir import PROVIDER
 
 JOBS = 2
@@ -141,8 +144,8 @@ def restore(context: RunContext, backup: BackupRecord) -> RestoreOutcome:
             f"Backup {backup.id} has no archive at {archive.relative_to(context.project_dir)}; nothing was changed",
             suggestions=[f"List the usable backups: faber backups {context.environment}"],
         )
-    with tempfile.TemporaryDirectory(prefix="faber-pgdump-dir-") as scratch:
-        prelude, script, lock_check = (Path(scratch) / name for name in ("prelude.sql", "restore.sql", "check.sql"))
+    with scratch_folder("faber-pgdump-dir-") as scratch:
+        prelude, script, lock_check = (scratch / name for name in ("prelude.sql", "restore.sql", "check.sql"))
         with context.database.connect(application_name="faber pgdump-dir restore") as conn:
             prelude.write_text(restore_prelude(conn, context.config.database.faber_schema))
         as_sql = run_tool([pg_restore, f"--file={script}", archive], redactor=context.redactor, env={})
