@@ -128,3 +128,26 @@ def test_another_user_s_folder_is_kept(temporary_directory: Path):
     sweep_stale()
 
     assert theirs.is_dir()
+
+
+def test_a_plugin_s_folder_is_swept_like_faber_s(temporary_directory: Path):
+    with scratch_folder("faber-pgdump-dir-") as in_use:
+        settled(in_use)
+        sweep_stale()
+        assert in_use.is_dir()
+    left = temporary_directory / "faber-pgdump-dir-left"
+    left.mkdir()
+    (left / scratch_folders.LOCK_FILE).touch()
+    (left / "restore.sql").write_text("COPY accounts FROM stdin;")
+    settled(left)
+
+    with scratch_folder("faber-lint-"):
+        assert not left.exists()
+
+
+@pytest.mark.parametrize("prefix", ["pgdump-dir-", "faber-", "faber-pgdump", "faber-../tmp-", "faber-a/b-", "Faber-x-"])
+def test_a_prefix_the_sweep_would_not_find_is_refused(temporary_directory: Path, prefix: str):
+    with pytest.raises(ValueError, match="prefix"):
+        with scratch_folder(prefix):
+            pass
+    assert list(temporary_directory.iterdir()) == []

@@ -693,7 +693,7 @@ def _read_manifest(context: RunContext, manifest: Path) -> tuple[BackupRecord, b
         written = manifest.stat() if manifest.exists() else None
         return BackupRecord(
             id=backup_id,
-            provider="pg_dump",
+            provider=context.settings.backup.provider,  # the provider whose listing this is
             environment=context.environment,
             created_at=dt.datetime.fromtimestamp(written.st_mtime if written else 0, dt.timezone.utc),
             status="unusable",

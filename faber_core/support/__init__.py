@@ -12,6 +12,8 @@ A plugin imports from faber only ``faber_core`` (``hookimpl``), ``faber_core.mod
   writes (and, on the run context, ``apply_session_timeouts`` and ``session_timeout_env``);
 - :mod:`faber_core.support.backups`: the crash-safe manifest store and the schema-drop prelude
   of a restore, for backup providers;
+- :mod:`faber_core.support.scratch_folders`: a private folder in the temporary directory for the
+  files a step writes (a restore's SQL script), removed by the next run when this one is killed;
 - :mod:`faber_core.support.mysql`: MySQL/MariaDB statement splitting, DDL detection, error
   numbers and faber's lock name (the engine itself: ``context.database.engine``, :mod:`faber_core.engines`);
 - :mod:`faber_core.support.node`: a migration-tool handler whose work a Node script does (the

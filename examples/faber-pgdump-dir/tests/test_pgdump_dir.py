@@ -30,7 +30,7 @@ def test_a_deploy_backs_up_in_directory_format_and_lists_it(pgdump_dir_project, 
 
     assert deploy.returncode == 0, deploy.output
     backup_id = deploy.json["result"]["backup_id"]
-    archive = project / ".faber/pgdump-dir/production" / backup_id
+    archive = project / ".faber/backups/production" / f"{backup_id}.dir"
     assert (archive / "toc.dat").is_file()  # pg_dump's directory format
     assert oct((archive.parent).stat().st_mode & 0o777) == "0o700"
     assert [b["id"] for b in listing.json["result"]["backups"]] == [backup_id]
@@ -66,7 +66,7 @@ def test_a_broken_archive_fails_the_rollback_and_changes_nothing(pgdump_dir_proj
     assert faber(run_faber, project, env, "migrate", "production", "--yes").returncode == 0
     backup_id = faber(run_faber, project, env, "backup", "production").json["result"]["id"]
     query("INSERT INTO users VALUES (1, 'kept@example.com')")
-    archive = project / ".faber/pgdump-dir/production" / backup_id
+    archive = project / ".faber/backups/production" / f"{backup_id}.dir"
     (archive / "toc.dat").write_bytes(b"not an archive")
 
     rollback = rollback_to(run_faber, project, env, backup_id)
