@@ -646,13 +646,14 @@ def _finish(context: RunContext, conn: Any, target: str) -> list[bool]:
 
 
 def interrupted_swaps(conn: Any, target: str) -> list[InterruptedRestore]:
-    """The swaps the journal in ``target`` holds: a restore killed in steps 2 to 4, which
+    """The swaps the journal in ``target`` holds: a restore killed in steps 2 to 4 (or one whose
+    triggers could not be put back, or whose finishing could not connect), which
     :func:`finish_interrupted_restores` finishes. Only read (``faber status``)."""
     return [
         InterruptedRestore(
             backup_id=backup_id,
             journal=JOURNAL,
-            details=f"a restore of {backup_id} was killed during its table swap: the tables and rows are all as "
+            details=f"a restore of {backup_id} stopped during its table swap: the tables and rows are all as "
             "before it or all the backup's, and triggers, views, routines or events may be missing until the "
             "next faber migrate, faber rollback or faber resolve finishes it",
         )
