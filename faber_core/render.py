@@ -559,7 +559,7 @@ def _leftover_lines(env: str | None, result: dict[str, Any], prefix: str = "") -
         )
     for restore in result.get("interrupted_restores", []):
         lines.append(
-            f"  ⚠ {prefix}{one_line(restore['journal'])}  a restore of {one_line(restore['backup_id'])} was killed "
+            f"  ⚠ {prefix}{one_line(restore['journal'])}  a restore of {one_line(restore['backup_id'])} stopped "
             "during its table swap: triggers, views, routines or events may be missing until faber migrate "
             f"{env} (or faber rollback, faber resolve) finishes it"
         )

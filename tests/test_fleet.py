@@ -415,7 +415,7 @@ def test_status_names_per_target_what_killed_runs_left(make_fleet, postgres_admi
     human = render_human(document, Redactor())
     assert f"⚠ t01: {left}  left on the server by a killed swap restore" in human
     assert f'DROP DATABASE "{left}"' in human
-    assert "⚠ t02: faber_restore_journal  a restore of backup-2 was killed during its table swap" in human
+    assert "⚠ t02: faber_restore_journal  a restore of backup-2 stopped during its table swap" in human
     assert "faber migrate tenants/t02 (or faber rollback, faber resolve) finishes it" in human
     assert CANARY_PASSWORD not in document.model_dump_json() + human
 

@@ -317,3 +317,133 @@ def test_a_restore_whose_session_is_killed_before_its_swap_says_so_and_to_run_it
     assert "GRANT" not in advice and f"faber rollback production --to {backup_id}" in advice, document
     assert state(mysql_admin_url, name) == before
     assert not mysql_scratch_databases(mysql_admin_url, name)
+
+
+@pytest.mark.parametrize(
+    ("held", "waiting"),
+    [("small", "DROP TRIGGER"), ("notes", "RENAME TABLE")],
+    ids=["the-trigger-s-table", "a-table-without-triggers"],
+)
+def test_a_swap_that_waits_past_the_lock_timeout_leaves_the_database_exactly_as_before(
+    faber_project, mysql_database_url, mysql_admin_url, mysql_query, held, waiting
+):
+    """An application's transaction holds a table (reading it keeps its metadata lock) for the
+    whole restore: the swap waits for it, as it drops the table's trigger or in its RENAME TABLE,
+    past the lock timeout, and fails before any table moved. The database must be exactly as before
+    the restore while that transaction is still open, its view and trigger included, with no
+    journal to finish and no scratch database left, and the result must say nothing committed."""
+    name = mysql_database_url.rpartition("/")[2]
+    env = {
+        "database_url_env": "TEST_DATABASE_URL",
+        "require_approval": False,
+        "lock_wait_seconds": 1,
+        "query_lock_timeout_seconds": 1,
+    }
+    project = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"production": env}}},
+        {"migrations/001_schema.sql": SCHEMA},
+    )
+    faber(project, mysql_database_url, "migrate", "production")
+    (project / "migrations/002_change.sql").write_text(
+        "ALTER TABLE small ADD COLUMN note varchar(20); INSERT INTO small VALUES (2, 'two', 'n');"
+    )
+    backup_id = faber(project, mysql_database_url, "migrate", "production")["result"]["backup_id"]
+    before = state(mysql_admin_url, name)
+
+    with mysql_connect(mysql_admin_url) as application:
+        application.execute("BEGIN")
+        application.execute(f"SELECT * FROM `{name}`.{held}").fetchall()
+        run = start_rollback(project, backup_id, mysql_database_url)
+        try:
+            wait_for(
+                lambda: mysql_session(
+                    mysql_admin_url,
+                    "INFO LIKE %s AND STATE LIKE 'Waiting for table metadata lock%%'",
+                    [f"{waiting} %{name}%"],
+                ),
+                f"the restore's {waiting} to wait for the application's table",
+            )
+            out, err = (stream.decode() for stream in run.communicate(timeout=60))
+        finally:
+            if run.poll() is None:
+                run.kill()
+        during = state(mysql_admin_url, name)
+        view = mysql_query("SELECT name FROM small_names ORDER BY name")
+        application.execute("ROLLBACK")
+
+    assert CANARY_PASSWORD not in out + err
+    document = json.loads(out)
+    assert (run.returncode, document["code"]) == (8, "RESTORE_FAILED"), out + err
+    assert "changed nothing" in document["error"], document
+    assert (document["result"]["rollback_status"], document["result"]["restore_committed"]) == ("failed", False)
+    assert during == before  # not a row, column, view or trigger changed
+    assert view == [("ONE",), ("TWO",)]
+    assert not mysql_query(
+        "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s",
+        [mysqldump.JOURNAL],
+    )
+    assert not mysql_scratch_databases(mysql_admin_url, name)
+    assert not faber(project, mysql_database_url, "status", "production")["result"]["interrupted_restores"]
+
+
+def test_a_trigger_the_failed_swap_cannot_put_back_is_put_back_by_the_next_run(
+    faber_project, mysql_database_url, mysql_admin_url, mysql_query
+):
+    """The swap dropped ``small``'s trigger, its RENAME TABLE waits for ``notes`` past the lock
+    timeout, and meanwhile a second transaction took ``small``: putting the trigger back waits for
+    it and fails too. The error must say exactly that (no table moved, the trigger not back yet),
+    the journal must stay, with the scratch databases it tells the side by, and the next
+    ``faber migrate`` must put the trigger back, leaving the database exactly as before."""
+    name = mysql_database_url.rpartition("/")[2]
+    env = {
+        "database_url_env": "TEST_DATABASE_URL",
+        "require_approval": False,
+        "lock_wait_seconds": 1,
+        "query_lock_timeout_seconds": 2,
+    }
+    project = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"production": env}}},
+        {"migrations/001_schema.sql": SCHEMA},
+    )
+    faber(project, mysql_database_url, "migrate", "production")
+    (project / "migrations/002_change.sql").write_text(
+        "ALTER TABLE small ADD COLUMN note varchar(20); INSERT INTO small VALUES (2, 'two', 'n');"
+    )
+    backup_id = faber(project, mysql_database_url, "migrate", "production")["result"]["backup_id"]
+    before = state(mysql_admin_url, name)
+
+    with mysql_connect(mysql_admin_url) as holding_notes, mysql_connect(mysql_admin_url) as holding_small:
+        holding_notes.execute("BEGIN")
+        holding_notes.execute(f"SELECT * FROM `{name}`.notes").fetchall()
+        run = start_rollback(project, backup_id, mysql_database_url)
+        try:
+            wait_for(
+                lambda: mysql_session(
+                    mysql_admin_url,
+                    "INFO LIKE %s AND STATE LIKE 'Waiting for table metadata lock%%'",
+                    [f"RENAME TABLE %{name}%"],
+                ),
+                "the restore's RENAME TABLE to wait for the application's table",
+            )
+            holding_small.execute("BEGIN")
+            holding_small.execute(f"SELECT * FROM `{name}`.small").fetchall()
+            out, err = (stream.decode() for stream in run.communicate(timeout=60))
+        finally:
+            if run.poll() is None:
+                run.kill()
+        holding_small.execute("ROLLBACK")
+        holding_notes.execute("ROLLBACK")
+
+    assert CANARY_PASSWORD not in out + err
+    document = json.loads(out)
+    assert (run.returncode, document["code"]) == (8, "RESTORE_FAILED"), out + err
+    assert "moved none of them" in document["error"] and "small_upper" in document["error"], document
+    assert (document["result"]["rollback_status"], document["result"]["restore_committed"]) == ("failed", False)
+    left = state(mysql_admin_url, name)
+    assert (left["tables"], left["views"], left["routines"]) == (before["tables"], before["views"], before["routines"])
+    assert [trigger for trigger, *_ in left["triggers"]] == []
+    assert faber(project, mysql_database_url, "status", "production")["result"]["interrupted_restores"]
+
+    faber(project, mysql_database_url, "migrate", "production")
+    assert state(mysql_admin_url, name) == before
+    assert not mysql_scratch_databases(mysql_admin_url, name)

@@ -369,7 +369,7 @@ def test_status_reports_what_a_killed_restore_left_and_changes_nothing(
         assert "next faber migrate, faber rollback or faber resolve finishes it" in interrupted["details"]
         assert human.returncode == 0, human.stderr
         assert f"DROP DATABASE `{left}`" in human.stdout
-        assert f"⚠ {JOURNAL}  a restore of backup-1 was killed during its table swap" in human.stdout
+        assert f"⚠ {JOURNAL}  a restore of backup-1 stopped during its table swap" in human.stdout
         assert "faber migrate production (or faber rollback, faber resolve) finishes it" in human.stdout
         assert look_alike not in human.stdout and not any(name in human.stdout for name in in_swap)
         assert CANARY_PASSWORD not in human.stdout + human.stderr

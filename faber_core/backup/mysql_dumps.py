@@ -22,10 +22,12 @@ made atomic where MySQL offers atomicity, in one ``RENAME TABLE``:
    dropped and both scratch databases dropped.
 
 Steps 2 to 4 are outside the rename's atomicity, so the journal row says how to finish them from
-either side of the rename (:func:`_finish`): an interrupt (SIGINT, SIGTERM) finishes them at
-once, and after SIGKILL the next run that takes faber's lock does, or the next restore. A rename
-that fails (a session holding a table past the lock timeout) puts the target's triggers back:
-nothing changed. docs/mysql.md says so.
+either side of the rename (:func:`_finish`), which it tells by where the restored tables are: the
+scratch databases are kept as long as the journal names them. An interrupt (SIGINT, SIGTERM)
+finishes them at once, and after SIGKILL the next run that takes faber's lock does, or the next
+restore. A trigger's drop or the rename that fails (a session holding a table past the lock
+timeout) moved no table: the target's triggers are put back and the journal dropped, so nothing
+changed. docs/mysql.md says so.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from faber_core import events
 from faber_core.backup.mysqldump import FABER_TABLES, JOURNAL, PROVIDER
@@ -49,6 +51,7 @@ from faber_core.context import RunContext
 from faber_core.errors import BackupFailed, RestoreFailed
 from faber_core.models import BackupRecord, InterruptedRestore, LeftoverDatabase, RestoreOutcome
 from faber_core.processes import child_environment, find_program, how_it_ended, spawn, supervised
+from faber_core.results import RollbackResult
 
 EXCLUDED_TABLES = "excluded_tables"
 """The key of a manifest's ``provider_data`` listing the tables its archive leaves out. A manifest
@@ -208,6 +211,9 @@ def restore(context: RunContext, backup: BackupRecord) -> RestoreOutcome:
 class RestoreProgress:
     swapped: bool = False
     """The swap is done, the backup's objects created: the database is the backup."""
+    journalled: bool = False
+    """The journal holds the swap: it is finished from there (:func:`_finish`), which needs the
+    scratch databases to tell whether the rename ran."""
 
 
 def _restore(
@@ -235,11 +241,12 @@ def _restore(
             _load(context, client, fd, scratch, manual)
             objects = _take_objects(conn, scratch, target)
             swap = Swap(backup.id, target, scratch, displaced, triggers_of(conn, target), objects)
-            _swap(context, conn, swap, _kept_by_restore(backup), manual)
+            _swap(context, conn, swap, _kept_by_restore(backup), manual, progress)
             progress.swapped = True
         finally:
-            _drop_quietly(conn, scratch)
-            _drop_quietly(conn, displaced)
+            if not progress.journalled:  # else _finish needs them, to tell which side of the rename it is on
+                _drop_quietly(conn, scratch)
+                _drop_quietly(conn, displaced)
     return _restored(backup)
 
 
@@ -486,7 +493,14 @@ def _kept_by_restore(backup: BackupRecord) -> Callable[[str], bool]:
     return lambda table: table.startswith("faber_")
 
 
-def _swap(context: RunContext, conn: Any, swap: Swap, kept: Callable[[str], bool], manual: list[str]) -> None:
+def _swap(
+    context: RunContext,
+    conn: Any,
+    swap: Swap,
+    kept: Callable[[str], bool],
+    manual: list[str],
+    progress: RestoreProgress,
+) -> None:
     """One RENAME TABLE: the target's tables into ``displaced``, the restored ones into the target.
 
     Across databases, because constraint names are the database's (Prisma, TypeORM and Sequelize
@@ -494,8 +508,9 @@ def _swap(context: RunContext, conn: Any, swap: Swap, kept: Callable[[str], bool
     arrive. MySQL moves no table with triggers to another database, so the target's triggers are
     dropped just before, and the backup's created just after: the journal row written first says
     how to finish from either side (:func:`_finish`), whatever stops the restore in between. A
-    rename that fails changed nothing: the target's triggers are put back. faber's lock is checked
-    (``context.restore_committing``) before the first of these changes."""
+    trigger's drop or the rename that fails on a live session moved no table
+    (:func:`_undo_before_the_rename`). faber's lock is checked (``context.restore_committing``)
+    before the first of these changes."""
     t = quote(swap.target)
     swap.replaced = [
         name
@@ -516,29 +531,70 @@ def _swap(context: RunContext, conn: Any, swap: Swap, kept: Callable[[str], bool
     # the RENAME TABLE, which commits on its own: docs/mysql.md names the window left.
     context.restore_committing()
     conn.execute(_JOURNAL_TABLE)
+    progress.journalled = True  # before the row: whatever stops the restore from here keeps the scratch databases
     conn.execute(
         f"INSERT INTO {t}.{JOURNAL} (scratch, displaced, backup_id, swap) VALUES (%s, %s, %s, %s)",
         [swap.scratch, swap.displaced, swap.backup_id, json.dumps(asdict(swap))],
     )
-    for name, _ in swap.target_triggers:
-        conn.execute(f"DROP TRIGGER {t}.{quote(name)}")
     try:
+        # A DROP TRIGGER waits for its table's metadata lock as the rename does, and fails as it does.
+        for name, _ in swap.target_triggers:
+            conn.execute(f"DROP TRIGGER {t}.{quote(name)}")
         if swap.replaced or swap.restored:
             conn.execute(swap.renames())
     except conn.Error as exc:
         if not conn.open:
             raise  # the session was lost, perhaps once the rename had run: the journal says (_stopped)
-        _put_back_triggers(conn, swap)
-        conn.execute(f"DROP TABLE {t}.{JOURNAL}")
-        raise RestoreFailed(
-            f"Swapping in the restored tables failed, and changed nothing: {exc.args[-1]}",
-            suggestions=[
-                "Sessions holding the tables (long transactions) block the swap: retry when they end",
-                *manual,
-            ],
-        ) from None
+        _undo_before_the_rename(context, conn, swap, context.redactor.redact(str(exc.args[-1])), manual, progress)
     _create_objects(conn, swap)
     conn.execute(f"DROP TABLE {t}.{JOURNAL}")
+    progress.journalled = False
+
+
+def _undo_before_the_rename(
+    context: RunContext, conn: Any, swap: Swap, reason: str, manual: list[str], progress: RestoreProgress
+) -> NoReturn:
+    """A trigger's drop or the rename failed on a live session (MySQL applies a failed rename not at
+    all): no table moved, and views, routines and events are only touched after the rename. So the
+    target's triggers dropped are put back and the journal dropped, leaving the database exactly as
+    before the restore. Where putting a trigger back fails too (the session holding its table took
+    it meanwhile), the journal stays for the next run that takes faber's lock to finish (:func:`_finish`)."""
+    env = context.environment
+
+    def not_committed(details: str) -> dict[str, Any]:
+        result = RollbackResult(
+            backup_id=swap.backup_id, rollback_status="failed", restore_committed=False, details=details
+        )
+        return {**result.model_dump(mode="json"), "restore_error": reason}
+
+    try:
+        _put_back_triggers(conn, swap)
+        conn.execute(f"DROP TABLE {quote(swap.target)}.{JOURNAL}")
+    except conn.Error as exc:
+        missing = ", ".join(name for name, _ in swap.target_triggers)
+        refused = context.redactor.redact(str(exc.args[-1]))
+        raise RestoreFailed(
+            f"Swapping in the restored tables failed and moved none of them ({reason}): the tables and rows are as "
+            f"before the restore, but of the triggers it had set aside ({missing}) not all could be put back "
+            f"({refused}); the next faber migrate or faber rollback {env} puts them back",
+            result=not_committed(f"no table moved; of the triggers set aside ({missing}) not all are back yet"),
+            suggestions=[
+                "Sessions holding the tables (long transactions) block the triggers too: end them, then run faber "
+                f"migrate {env}, which puts the triggers back first",
+                f"See what the database holds: faber status {env}",
+            ],
+            backup_id=swap.backup_id,
+        ) from None
+    progress.journalled = False
+    raise RestoreFailed(
+        f"Swapping in the restored tables failed, and changed nothing: {reason}",
+        result=not_committed("no table moved: the database is exactly as before the restore"),
+        suggestions=[
+            "Sessions holding the tables (long transactions) block the swap: retry when they end",
+            *manual,
+        ],
+        backup_id=swap.backup_id,
+    ) from None
 
 
 def _put_back_triggers(conn: Any, swap: Swap) -> None:
@@ -556,23 +612,24 @@ def finish_interrupted_restores(context: RunContext, conn: Any) -> None:
 def _finish(context: RunContext, conn: Any, target: str) -> list[bool]:
     """Finish the swaps the journal holds (one at most: restores take faber's lock): put the target's
     triggers back where the rename did not happen, create the backup's objects where it did;
-    whether each had swapped; then its scratch databases are dropped. Sessions still working for
-    a killed restore (a RENAME TABLE waiting for a lock) are ended first, so what is found stays so."""
+    whether each had swapped; then the journal is dropped, and only then its scratch databases:
+    until it is gone, they tell which side of the rename the database is on. Sessions still working
+    for a killed restore (a RENAME TABLE waiting for a lock) are ended first, so what is found stays so."""
     t = quote(target)
     if not _journal_exists(conn, target):
         return []
     finished = []
+    swaps = []
     for (text,) in conn.execute(f"SELECT swap FROM {t}.{JOURNAL}").fetchall():
         fields = json.loads(text)
         swap = Swap(**{**fields, "target_triggers": [tuple(pair) for pair in fields["target_triggers"]]})
+        swaps.append(swap)
         _end_sessions_on(conn, [swap.scratch, swap.displaced])
         swapped = swap.happened(conn)
         if swapped:
             _create_objects(conn, swap)
         else:
             _put_back_triggers(conn, swap)
-        _drop_quietly(conn, swap.scratch)
-        _drop_quietly(conn, swap.displaced)
         context.emit(
             events.MYSQLDUMP_RESTORE_FINISHED,
             backup_id=swap.backup_id,
@@ -582,17 +639,21 @@ def _finish(context: RunContext, conn: Any, target: str) -> list[bool]:
         )
         finished.append(swapped)
     conn.execute(f"DROP TABLE {t}.{JOURNAL}")
+    for swap in swaps:
+        _drop_quietly(conn, swap.scratch)
+        _drop_quietly(conn, swap.displaced)
     return finished
 
 
 def interrupted_swaps(conn: Any, target: str) -> list[InterruptedRestore]:
-    """The swaps the journal in ``target`` holds: a restore killed in steps 2 to 4, which
+    """The swaps the journal in ``target`` holds: a restore killed in steps 2 to 4 (or one whose
+    triggers could not be put back, or whose finishing could not connect), which
     :func:`finish_interrupted_restores` finishes. Only read (``faber status``)."""
     return [
         InterruptedRestore(
             backup_id=backup_id,
             journal=JOURNAL,
-            details=f"a restore of {backup_id} was killed during its table swap: the tables and rows are all as "
+            details=f"a restore of {backup_id} stopped during its table swap: the tables and rows are all as "
             "before it or all the backup's, and triggers, views, routines or events may be missing until the "
             "next faber migrate, faber rollback or faber resolve finishes it",
         )
