@@ -293,7 +293,9 @@ def _stopped(
             f"The restore of {backup.id} stopped: {reason}; it could not be finished "
             f"({context.redactor.redact(str(exc.args[-1]))}): the tables and rows are either as before it or the "
             f"backup's (one atomic swap); the next faber migrate or faber rollback {env} finishes it",
+            result={"restore_error": reason},
             suggestions=[f"See what the database holds: faber status {env}"],
+            backup_id=backup.id,
         ) from None
     if progress.swapped or (finished and finished[0]):
         return _restored(backup, f"; its session was lost after the swap ({reason}), which faber finished on another")
@@ -301,6 +303,8 @@ def _stopped(
         raise RestoreFailed(
             f"The restore of {backup.id} stopped before its table swap: its session on the server ended ({reason}); "
             "nothing of it committed, the database is unchanged",
+            result={"restore_error": reason, "restore_committed": False},
+            backup_id=backup.id,
             suggestions=[
                 f"Run the restore again: faber rollback {env} --to {backup.id}",
                 "A session ends when it is killed (KILL), the server restarts or the network drops it: check what "
@@ -309,6 +313,8 @@ def _stopped(
         ) from None
     raise RestoreFailed(
         f"The restore of {backup.id} stopped before its table swap: {reason}; the database is unchanged",
+        result={"restore_error": reason, "restore_committed": False},
+        backup_id=backup.id,
         suggestions=[
             "The user needs every privilege on the scratch databases: GRANT ALL ON `faber\\_restore\\_%`.* "
             "TO <user> (docs/mysql.md)",
