@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from faber_core import events
+from faber_core import events, interrupts
 from faber_core.backup.mysqldump import FABER_TABLES, JOURNAL, PROVIDER
 from faber_core.context import RunContext
 from faber_core.errors import BackupFailed, RestoreFailed
@@ -242,7 +242,6 @@ def _restore(
             objects = _take_objects(conn, scratch, target)
             swap = Swap(backup.id, target, scratch, displaced, triggers_of(conn, target), objects)
             _swap(context, conn, swap, _kept_by_restore(backup), manual, progress)
-            progress.swapped = True
         finally:
             if not progress.journalled:  # else _finish needs them, to tell which side of the rename it is on
                 _drop_quietly(conn, scratch)
@@ -553,8 +552,12 @@ def _swap(
             raise  # the session was lost, perhaps once the rename had run: the journal says (_stopped)
         _undo_before_the_rename(context, conn, swap, context.redactor.redact(str(exc.args[-1])), manual, progress)
     _create_objects(conn, swap)
-    conn.execute(f"DROP TABLE {t}.{JOURNAL}")
-    progress.journalled = False
+    # The journal gone and the swap known done, together: an interrupt in between would leave
+    # nothing to say that the restore committed.
+    with interrupts.deferred():
+        conn.execute(f"DROP TABLE {t}.{JOURNAL}")
+        progress.journalled = False
+        progress.swapped = True
 
 
 def _undo_before_the_rename(
