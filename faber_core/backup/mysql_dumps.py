@@ -191,7 +191,10 @@ def restore(context: RunContext, backup: BackupRecord) -> RestoreOutcome:
 
     archive = context.project_dir / (backup.location or "")
     target = context.database.name or ""
-    manual = [f"The database is unchanged; restore by hand with: mariadb {target} < {archive}"]
+    manual = [
+        f"The database is unchanged; restore by hand with: mariadb {target} < {archive} (it replaces the backup's "
+        "tables; tables created since the backup stay: drop them first)"
+    ]
     if not archive.is_file():
         raise RestoreFailed(f"Backup archive {backup.location} is missing", suggestions=manual[1:])
     store.refuse_another_database(context, backup)
