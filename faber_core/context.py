@@ -416,9 +416,14 @@ class RunContext:
         returned instead, as SQL to run inside that transaction right before its COMMIT, so that
         nothing commits once the lock is lost. Its error's message then says
         :data:`~faber_core.engines.LOCK_LOST`, the transaction rolls back, and the provider raises
-        ``check.lost()``. None means the check was made here (a round trip on faber's own session:
-        the lock may still be lost between this call and the commit point; say how long that window
-        is in your provider's docs).
+        ``check.lost()``. The lock held, the same SQL then removes faber's records of the deploys
+        killed inside a migration that the backup undoes (``faber_unfinished_migrations``, in
+        faber's schema, which the restore keeps), so that they go as the restore commits: a kill
+        right after the COMMIT leaves none to report a migration failed that the backup undid.
+        Run it whole, as one script, in the transaction. None means the check was made here (a
+        round trip on faber's own session: the lock may still be lost between this call and the
+        commit point; say how long that window is in your provider's docs), and faber removes the
+        records once the restore returned.
         """
         if in_transaction and self.lock_check_in_restore is not None:
             return self.lock_check_in_restore
@@ -473,7 +478,9 @@ class LockCheck:
 
     statement: str
     """Fails, saying :data:`~faber_core.engines.LOCK_LOST`, when faber's lock is no longer held, and
-    the transaction rolls back: nothing of the migration ran, nothing of the restore committed."""
+    the transaction rolls back: nothing of the migration ran, nothing of the restore committed.
+    Before a restore's COMMIT, it then removes the records of killed deploys the backup undoes
+    (:meth:`RunContext.restore_committing`): more than one statement, separated by ``;``."""
     lost: Callable[..., BaseException]
     """Called then: returns the error to raise (:class:`~faber_core.errors.LockLost`). Before a
     migration it also reports the migration failed with nothing of it run (``migration.failed``):

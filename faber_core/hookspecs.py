@@ -317,7 +317,8 @@ def faber_backup_restore(provider: str, context: RunContext, backup: BackupRecor
     could not be undone, and let it propagate (exit 7, ``restore_committed: false``). A restore in
     one transaction asks ``context.restore_committing(in_transaction=True)`` for the check as SQL
     to run inside it just before its COMMIT; when it fails (``check.failed(error_message)``),
-    raise ``check.lost()``::
+    raise ``check.lost()``. Run the SQL whole: after the check, it removes faber's records of deploys
+    killed inside a migration that the backup undoes, so that they go as your restore commits::
 
         check = context.restore_committing(in_transaction=True)
         script = (check.statement + ";\n" if check else "") + "COMMIT;\n"

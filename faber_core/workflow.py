@@ -315,11 +315,16 @@ class DeployLock:
 
     def check_before_restore_commit(self, context: RunContext, backup: BackupRecord) -> LockCheck | None:
         """The check before a restore's COMMIT as SQL for the restore's own transaction, where the
-        engine has it (see :meth:`RunContext.restore_committing`). Made while the lock is held: the
-        statement names the holding session as it is now."""
+        engine has it (see :meth:`RunContext.restore_committing`), followed by the removal of the
+        records of killed deploys that ``backup`` undoes, which so commits with the restore. Made
+        while the lock is held: the statement names the holding session as it is now."""
         statement = self.lock.check_statement()
         if statement is None:
             return None
+        forget = unfinished.forget_undone_statement(context, backup.created_at)
+        if forget is not None:
+            # After the check: a lost lock fails the transaction before the removal runs.
+            statement += ";\n" + forget
         return LockCheck(statement, lambda: lock_lost_before_restore_committed(context, backup))
 
     def require_held_before_restore_commit(self, context: RunContext, backup: BackupRecord) -> None:

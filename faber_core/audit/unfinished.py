@@ -158,15 +158,19 @@ def _exists(context: RunContext, conn: Any) -> bool:
     learnt = context.database.learnt
     if _EXISTS in learnt:
         return learnt[_EXISTS]
-    if not _mysql(context):
-        query = "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = %s AND tablename = %s"
-        exists = conn.execute(query, [context.config.database.faber_schema, TABLE]).fetchone() is not None
-    else:
-        query = "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s"
-        exists = conn.execute(query, [TABLE]).fetchone() is not None
+    exists = _present(context, conn)
     if learnt.get(_LOCKED):
         learnt[_EXISTS] = exists
     return exists
+
+
+def _present(context: RunContext, conn: Any) -> bool:
+    """Whether the table is in the database ``conn`` is a session of, as a look now finds it."""
+    if not _mysql(context):
+        query = "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = %s AND tablename = %s"
+        return conn.execute(query, [context.config.database.faber_schema, TABLE]).fetchone() is not None
+    query = "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s"
+    return conn.execute(query, [TABLE]).fetchone() is not None
 
 
 def _warn(what: str, context: RunContext, exc: Exception) -> str:
@@ -385,19 +389,63 @@ def _forget_from(context: RunContext, name: str, position_is: str) -> bool:
         return False
 
 
+_NOT_UPDATED = "the record of the migrations killed deploys left was not updated"
+
+
 def forget_restored(context: RunContext, backup: BackupRecord) -> None:
     """``backup`` was restored: what deploys that took their backup since did is gone."""
     context.database.learnt.pop(_EXISTS, None)  # the database is the backup's now: look again
     try:
         with context.database.session() as conn:
-            if not _exists(context, conn):
-                return
-            taken = conn.execute(f"SELECT DISTINCT run_id, before_run FROM {_table(context)}").fetchall()
-            for run_id, before_run in taken:
-                if dt.datetime.fromisoformat(before_run) >= backup.created_at:
-                    conn.execute(f"DELETE FROM {_table(context)} WHERE run_id = %s", [run_id])
+            forget_undone(context, conn, backup.created_at)
     except context.database.connect_errors as exc:
-        _warn("the record of the migrations killed deploys left was not updated", context, exc)
+        _warn(_NOT_UPDATED, context, exc)
+
+
+def forget_undone(context: RunContext, conn: Any, backup_taken: dt.datetime) -> None:
+    """On ``conn``, a session of the database a backup taken at ``backup_taken`` replaced, or of
+    the copy of it about to take the database's place: remove the records of the runs that backup
+    undoes (:func:`_undone_runs`). Not removed (a user who may not), a warning says so."""
+    try:
+        for run_id in _undone_runs(context, conn, backup_taken):
+            conn.execute(f"DELETE FROM {_table(context)} WHERE run_id = %s", [run_id])
+    except context.database.connect_errors as exc:
+        _warn(_NOT_UPDATED, context, exc)
+
+
+def forget_undone_statement(context: RunContext, backup_taken: dt.datetime) -> str | None:
+    """:func:`forget_undone` as SQL for a restore's own transaction on PostgreSQL, where it commits
+    with the restore: killed once the restore committed, faber has nothing left to remove. Decided
+    now, before the restore, from the record as it is: faber holds its lock, so no other run writes
+    it meanwhile, and the restore keeps faber's schema. None when there is nothing to remove, or
+    when this user may not read or write the record: the restore must not fail on that, and the
+    removal after it says so (:func:`forget_restored`)."""
+    from psycopg import sql
+
+    table = _table(context)
+    try:
+        with context.database.session() as conn:
+            undone = _undone_runs(context, conn, backup_taken)
+            if not undone:
+                return None
+            may_delete = conn.execute("SELECT pg_catalog.has_table_privilege(%s, 'DELETE')", [table]).fetchone()[0]
+            if not may_delete:
+                return None
+            runs = sql.SQL(", ").join(sql.Literal(run_id) for run_id in undone)
+            return sql.SQL("DELETE FROM {} WHERE run_id IN ({})").format(sql.SQL(table), runs).as_string(conn)
+    except context.database.connect_errors:
+        return None
+
+
+def _undone_runs(context: RunContext, conn: Any, backup_taken: dt.datetime) -> list[str]:
+    """The runs whose records a restore of a backup taken at ``backup_taken`` makes obsolete: those
+    that took their backup then or later (or began their apply step then or later), whose
+    migrations that backup holds none of. Looked for on ``conn`` itself, which may be a copy of the
+    database (what was learnt of the table is the database's)."""
+    if not _present(context, conn):
+        return []
+    taken = conn.execute(f"SELECT DISTINCT run_id, before_run FROM {_table(context)}").fetchall()
+    return [run_id for run_id, before_run in taken if dt.datetime.fromisoformat(before_run) >= backup_taken]
 
 
 def _records_of_other_runs(context: RunContext, conn: Any) -> list[tuple[Any, ...]]:
