@@ -17,6 +17,9 @@ switch the atomic step instead::
     pg_restore -j N     the archive into it, but faber's schemas (restore.restore_list);
                         nothing else connects to it
     verify              pg_restore exited 0 and faber's tables hold the target's rows
+    forget              faber's records of the deploys killed inside a migration that the backup
+                        undoes, removed from the copy: they go with the swap, whatever kills faber
+                        after it (faber_core.audit.unfinished)
     writes again        the rows written since the backup, checked again (context.restore_replacing):
                         under restore_with_app_writes refuse, rows the application wrote
                         while pg_restore ran stop the restore here, the target unchanged
@@ -61,6 +64,7 @@ import psycopg
 from psycopg import sql
 
 from faber_core import events, interrupts
+from faber_core.audit import unfinished
 from faber_core.backup import store, writes
 from faber_core.backup.restore import analyze_restored, first_error, kept_schemas, restore_list, stopped_before_it_began
 from faber_core.context import RunContext
@@ -262,6 +266,7 @@ def _run(swap: _Swap, tools: Path, major: int, listed: Path, keep: list[str]) ->
     _pg_restore(swap, tools, listed, client_env(context, major) | {"PGAPPNAME": swap.application})
     swap.done(f"restored {swap.backup.id} into {swap.restoring} with pg_restore -j {swap.jobs}")
     _check_faber_rows(swap, keep)
+    _forget_undone_runs(swap)
     # The application kept writing to the target meanwhile (minutes, for a large archive): the swap
     # would discard those rows, so faber checks again under the environment's policy. The rows
     # committed from then on are checked once the swap has ended the sessions that committed them.
@@ -539,6 +544,15 @@ def _check_faber_rows(swap: _Swap, keep: list[str]) -> None:
             f"{counts[0]}); the database is unchanged",
             backup_id=swap.backup.id,
         )
+
+
+def _forget_undone_runs(swap: _Swap) -> None:
+    """The records of the deploys the backup undoes, removed from the copy of faber's schema in the
+    restored database (:func:`~faber_core.audit.unfinished.forget_undone`)."""
+    context = swap.context
+    restoring = context.database.sibling(swap.restoring, source=context.database.source)
+    with restoring.connect(application_name=swap.application) as conn:
+        unfinished.forget_undone(context, conn, swap.backup.created_at)
 
 
 def _run_tool(swap: _Swap, command: list, env: dict[str, str], failure: str) -> None:
