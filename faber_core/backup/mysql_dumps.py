@@ -18,8 +18,9 @@ made atomic where MySQL offers atomicity, in one ``RENAME TABLE``:
    every restored table into the target: MySQL and MariaDB apply a multi-table rename all or
    nothing, so the tables and their rows are either all the target's or all the backup's. Across
    databases, because foreign-key constraint names are the database's (the ORMs name theirs);
-4. the backup's views, triggers, routines and events are created in the target, the journal
-   dropped and both scratch databases dropped.
+4. the backup's views, triggers, routines and events are created in the target, faber's records
+   of the deploys killed inside a migration that the backup undoes removed
+   (:mod:`faber_core.audit.unfinished`), the journal dropped and both scratch databases dropped.
 
 Steps 2 to 4 are outside the rename's atomicity, so the journal row says how to finish them from
 either side of the rename (:func:`_finish`), which it tells by where the restored tables are: the
@@ -33,6 +34,7 @@ changed. docs/mysql.md says so.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import functools
 import hashlib
 import json
@@ -46,6 +48,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from faber_core import events, interrupts
+from faber_core.audit import unfinished
 from faber_core.backup.mysqldump import FABER_TABLES, JOURNAL, PROVIDER
 from faber_core.context import RunContext
 from faber_core.errors import BackupFailed, RestoreFailed
@@ -242,8 +245,11 @@ def _restore(
         try:
             context.emit(events.BACKUP_PROGRESS, target=backup.id, status="loading the dump beside the database")
             _load(context, client, fd, scratch, manual)
+            context.emit(events.BACKUP_RESTORE_STEP, step=LOADED, status="done")
             objects = _take_objects(conn, scratch, target)
-            swap = Swap(backup.id, target, scratch, displaced, triggers_of(conn, target), objects)
+            swap = Swap(
+                backup.id, target, scratch, displaced, triggers_of(conn, target), objects, backup.created_at.isoformat()
+            )
             _swap(context, conn, swap, _kept_by_restore(backup), manual, progress)
         finally:
             if not progress.journalled:  # else _finish needs them, to tell which side of the rename it is on
@@ -252,17 +258,18 @@ def _restore(
     return _restored(backup)
 
 
+# The restore's steps, each emitted as it is done (backup.restore_step) and listed in its outcome.
+LOADED = "loaded the dump into a scratch database beside the target"
+SWAPPED = "swapped every table in one RENAME TABLE"
+FINISHED = "recreated the backup's views, triggers, routines and events"
+
+
 def _restored(backup: BackupRecord, note: str = "") -> RestoreOutcome:
     return RestoreOutcome(
         backup_id=backup.id,
         status="success",
         details=f"Restored {backup.id} ({backup.size_bytes} bytes) by one atomic table swap{note}",
-        steps=[
-            "loaded the dump into a scratch database beside the target",
-            "swapped every table in one RENAME TABLE",
-            "recreated the backup's views, triggers, routines and events",
-            "dropped the replaced tables and the scratch database",
-        ],
+        steps=[LOADED, SWAPPED, FINISHED, "dropped the replaced tables and the scratch database"],
     )
 
 
@@ -468,6 +475,9 @@ class Swap:
     """The target's triggers (name, CREATE statement), set aside while its tables move out."""
     backup_objects: list[str]
     """The backup's views, triggers, routines and events, to create once its tables moved in."""
+    backup_created_at: str | None = None
+    """When the backup was taken (ISO 8601): the records of the deploys it undoes go once its
+    tables moved in. None in a journal an older faber wrote, which did not say."""
     replaced: list[str] = field(default_factory=list)
     restored: list[str] = field(default_factory=list)
 
@@ -554,13 +564,24 @@ def _swap(
         if not conn.open:
             raise  # the session was lost, perhaps once the rename had run: the journal says (_stopped)
         _undo_before_the_rename(context, conn, swap, context.redactor.redact(str(exc.args[-1])), manual, progress)
+    context.emit(events.BACKUP_RESTORE_STEP, step=SWAPPED, status="done")
     _create_objects(conn, swap)
+    _forget_undone_runs(context, conn, swap)
     # The journal gone and the swap known done, together: an interrupt in between would leave
     # nothing to say that the restore committed.
     with interrupts.deferred():
         conn.execute(f"DROP TABLE {t}.{JOURNAL}")
         progress.journalled = False
         progress.swapped = True
+    context.emit(events.BACKUP_RESTORE_STEP, step=FINISHED, status="done")
+
+
+def _forget_undone_runs(context: RunContext, conn: Any, swap: Swap) -> None:
+    """The records of the deploys the backup undoes, removed once its tables moved in
+    (:func:`~faber_core.audit.unfinished.forget_undone`): before the journal goes, so that a restore
+    stopped in between removes them as it is finished (:func:`_finish`)."""
+    if swap.backup_created_at is not None:
+        unfinished.forget_undone(context, conn, dt.datetime.fromisoformat(swap.backup_created_at))
 
 
 def _undo_before_the_rename(
@@ -640,6 +661,7 @@ def _finish(context: RunContext, conn: Any, target: str) -> list[bool]:
         swapped = swap.happened(conn)
         if swapped:
             _create_objects(conn, swap)
+            _forget_undone_runs(context, conn, swap)
         else:
             _put_back_triggers(conn, swap)
         context.emit(
