@@ -1726,6 +1726,7 @@ def restore_backup(context: RunContext, plugins: Plugins, backup: BackupRecord, 
         except KeyboardInterrupt as interrupt:
             outcome = stopped_after(backup, restored, interrupt)
         settle()
+        forget_if_restored(context, backup, outcome)
         if restored_beside(outcome):
             context.emit("rollback.finished", backup_id=backup.id, status="restored_side_by_side")
         else:
@@ -1752,6 +1753,14 @@ def stopped_after(
     )
 
 
+def forget_if_restored(context: RunContext, backup: BackupRecord, outcome: RestoreOutcome) -> None:
+    """A signal stopped the run once the restore had committed into the database: the records of
+    the killed deploys ``backup`` undoes go, as after a verified restore. The built-in providers
+    removed them as the restore committed; another's may not have."""
+    if outcome.committed and not restored_beside(outcome):
+        unfinished.forget_restored(context, backup)
+
+
 def decided_restore(
     context: RunContext, plugins: Plugins, backup: BackupRecord, outcome: RestoreOutcome
 ) -> RestoreOutcome:
@@ -1759,6 +1768,7 @@ def decided_restore(
     interrupt raised here (before the run is settled) reaches :func:`restore_backup`."""
     if outcome.status == "interrupted":
         settle()
+        forget_if_restored(context, backup, outcome)
         context.emit("rollback.finished", backup_id=backup.id, status="interrupted", committed=outcome.committed)
         return outcome
     if outcome.status != "success":
