@@ -17,7 +17,11 @@ a migration: migrations apply in order, so the first of its migrations still pen
 was in (or had not reached). When that one runs outside a transaction, every status read reports
 it as failed, so the next deploy stops at its health check, naming it, the backup that run took
 and ``faber resolve``. A restore of a backup taken before that run, or ``faber resolve ENV NAME``,
-removes the record.
+removes the record. A restore removes it as it commits, so that no kill leaves the backup restored
+and its record behind: in the restore's own transaction (:func:`forget_undone_statement`), in the
+copy a swap makes the database, or, on MySQL/MariaDB, before the swap's journal goes, which a
+restore stopped in between is finished from (:func:`forget_undone`); for any other provider's
+restore, once it returned (:func:`forget_restored`).
 
 A run still deploying shows it two ways: its lock session holds faber's lock, and, from as it
 writes its record until its apply step ends, it holds a lock of its own named by its run id,
