@@ -319,6 +319,26 @@ def test_a_restore_whose_session_is_killed_before_its_swap_says_so_and_to_run_it
     assert not mysql_scratch_databases(mysql_admin_url, name)
 
 
+def deployed_twice(faber_project, url: str, *, query_lock_timeout_seconds: int) -> tuple[Path, str]:
+    """A project with :data:`SCHEMA` deployed, then a change to ``small`` deployed: the project and
+    the backup the second deploy took (``small`` without its ``note`` column)."""
+    env = {
+        "database_url_env": "TEST_DATABASE_URL",
+        "require_approval": False,
+        "lock_wait_seconds": 1,
+        "query_lock_timeout_seconds": query_lock_timeout_seconds,
+    }
+    project = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"production": env}}},
+        {"migrations/001_schema.sql": SCHEMA},
+    )
+    faber(project, url, "migrate", "production")
+    (project / "migrations/002_change.sql").write_text(
+        "ALTER TABLE small ADD COLUMN note varchar(20); INSERT INTO small VALUES (2, 'two', 'n');"
+    )
+    return project, faber(project, url, "migrate", "production")["result"]["backup_id"]
+
+
 @pytest.mark.parametrize(
     ("held", "waiting"),
     [("small", "DROP TRIGGER"), ("notes", "RENAME TABLE")],
@@ -333,21 +353,7 @@ def test_a_swap_that_waits_past_the_lock_timeout_leaves_the_database_exactly_as_
     the restore while that transaction is still open, its view and trigger included, with no
     journal to finish and no scratch database left, and the result must say nothing committed."""
     name = mysql_database_url.rpartition("/")[2]
-    env = {
-        "database_url_env": "TEST_DATABASE_URL",
-        "require_approval": False,
-        "lock_wait_seconds": 1,
-        "query_lock_timeout_seconds": 1,
-    }
-    project = faber_project(
-        {"database": {"migration_tool": "sqlfiles", "environments": {"production": env}}},
-        {"migrations/001_schema.sql": SCHEMA},
-    )
-    faber(project, mysql_database_url, "migrate", "production")
-    (project / "migrations/002_change.sql").write_text(
-        "ALTER TABLE small ADD COLUMN note varchar(20); INSERT INTO small VALUES (2, 'two', 'n');"
-    )
-    backup_id = faber(project, mysql_database_url, "migrate", "production")["result"]["backup_id"]
+    project, backup_id = deployed_twice(faber_project, mysql_database_url, query_lock_timeout_seconds=1)
     before = state(mysql_admin_url, name)
 
     with mysql_connect(mysql_admin_url) as application:
@@ -395,21 +401,7 @@ def test_a_trigger_the_failed_swap_cannot_put_back_is_put_back_by_the_next_run(
     the journal must stay, with the scratch databases it tells the side by, and the next
     ``faber migrate`` must put the trigger back, leaving the database exactly as before."""
     name = mysql_database_url.rpartition("/")[2]
-    env = {
-        "database_url_env": "TEST_DATABASE_URL",
-        "require_approval": False,
-        "lock_wait_seconds": 1,
-        "query_lock_timeout_seconds": 2,
-    }
-    project = faber_project(
-        {"database": {"migration_tool": "sqlfiles", "environments": {"production": env}}},
-        {"migrations/001_schema.sql": SCHEMA},
-    )
-    faber(project, mysql_database_url, "migrate", "production")
-    (project / "migrations/002_change.sql").write_text(
-        "ALTER TABLE small ADD COLUMN note varchar(20); INSERT INTO small VALUES (2, 'two', 'n');"
-    )
-    backup_id = faber(project, mysql_database_url, "migrate", "production")["result"]["backup_id"]
+    project, backup_id = deployed_twice(faber_project, mysql_database_url, query_lock_timeout_seconds=2)
     before = state(mysql_admin_url, name)
 
     with mysql_connect(mysql_admin_url) as holding_notes, mysql_connect(mysql_admin_url) as holding_small:
