@@ -64,8 +64,9 @@ def test_when_the_rehearsal_does_not_finish_in_time_the_deploy_says_lint_not_run
     assert "in the time allowed" in human.output
     assert "✓ Lint" not in human.output and "Lint: 0 error(s)" not in human.output
     assert "Lint: not run for CreateUsers1700000000000, AddUserName1700000100000" in human.stdout
+    # Slower than the bound in its rehearsal, whatever the machine: one migration alone rehearsed in 0.2 s.
     (project / "migrations/1700000200000-AddPosts.js").write_text(
-        typeorm_migration("AddPosts1700000200000", 'CREATE TABLE "posts" (id int)')
+        typeorm_migration("AddPosts1700000200000", 'CREATE TABLE "posts" (id int)', "SELECT pg_sleep(1)")
     )
 
     document = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project)).json
