@@ -159,7 +159,10 @@ def test_a_deploy_that_made_sessions_read_only_is_recorded_once_restored(history
     assert "history was not recorded" not in failed.stderr
     (deploy,) = rows(database_url)
     assert (deploy["status"], deploy["error_code"]) == ("error", "HEALTH_CHECK_FAILED")
-    assert [(m["name"], m["status"]) for m in deploy["migrations"]] == [("001_users", "applied"), ("002_read_only", "applied")]
+    assert [(m["name"], m["status"]) for m in deploy["migrations"]] == [
+        ("001_users", "applied"),
+        ("002_read_only", "applied"),
+    ]
 
 
 def test_other_commands_and_unreachable_databases_write_no_history(history_project, run_faber, database_url):

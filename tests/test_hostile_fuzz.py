@@ -63,7 +63,9 @@ def test_urls_parse_or_are_refused_without_leaking_in_process(capsys, encoded):
     ran = 0
 
     @settings(FUZZ, max_examples=300)
-    @given(password=passwords, tail=st.sampled_from(["127.0.0.1:5432/app", "[::1]/app?schema=s", "h:1/d?sslmode=disable"]))
+    @given(
+        password=passwords, tail=st.sampled_from(["127.0.0.1:5432/app", "[::1]/app?schema=s", "h:1/d?sslmode=disable"])
+    )
     def check(password, tail):
         nonlocal ran
         ran += 1

@@ -511,9 +511,7 @@ def database_error_summary(context: RunContext, exc: psycopg.Error) -> str:
     return context.redactor.redact(f"{primary}{code}")
 
 
-def prisma_logs(
-    context: RunContext, name: str, code: str | None, error: str, *, recovery_needed: bool = True
-) -> str:
+def prisma_logs(context: RunContext, name: str, code: str | None, error: str, *, recovery_needed: bool = True) -> str:
     """The ``logs`` Prisma writes for a failed migration (P3018), redacted: ``code`` is the
     database's error code (SQLSTATE, or MySQL's error number), ``error`` its text. Without the
     first paragraph (recovery needed) for a migration whose failure left nothing to recover from."""
