@@ -312,7 +312,7 @@ def _stopped(
         raise RestoreFailed(
             f"The restore of {backup.id} stopped before its table swap: its session on the server ended ({reason}); "
             "nothing of it committed, the database is unchanged",
-            result={"restore_error": reason, "restore_committed": False},
+            result=_not_committed(backup.id, reason, "its session ended before the table swap: nothing committed"),
             backup_id=backup.id,
             suggestions=[
                 f"Run the restore again: faber rollback {env} --to {backup.id}",
@@ -322,7 +322,7 @@ def _stopped(
         ) from None
     raise RestoreFailed(
         f"The restore of {backup.id} stopped before its table swap: {reason}; the database is unchanged",
-        result={"restore_error": reason, "restore_committed": False},
+        result=_not_committed(backup.id, reason, "stopped before the table swap: nothing committed"),
         backup_id=backup.id,
         suggestions=[
             "The user needs every privilege on the scratch databases: GRANT ALL ON `faber\\_restore\\_%`.* "
@@ -330,6 +330,12 @@ def _stopped(
             f"See what the database holds: faber status {env}",
         ],
     ) from None
+
+
+def _not_committed(backup_id: str, reason: str, details: str) -> dict[str, Any]:
+    """The result of a restore that failed with nothing of it committed: the database as before it."""
+    result = RollbackResult(backup_id=backup_id, rollback_status="failed", restore_committed=False, details=details)
+    return {**result.model_dump(mode="json"), "restore_error": reason}
 
 
 def _interrupted(
@@ -593,13 +599,6 @@ def _undo_before_the_rename(
     before the restore. Where putting a trigger back fails too (the session holding its table took
     it meanwhile), the journal stays for the next run that takes faber's lock to finish (:func:`_finish`)."""
     env = context.environment
-
-    def not_committed(details: str) -> dict[str, Any]:
-        result = RollbackResult(
-            backup_id=swap.backup_id, rollback_status="failed", restore_committed=False, details=details
-        )
-        return {**result.model_dump(mode="json"), "restore_error": reason}
-
     try:
         _put_back_triggers(conn, swap)
         conn.execute(f"DROP TABLE {quote(swap.target)}.{JOURNAL}")
@@ -610,7 +609,9 @@ def _undo_before_the_rename(
             f"Swapping in the restored tables failed and moved none of them ({reason}): the tables and rows are as "
             f"before the restore, but of the triggers it had set aside ({missing}) not all could be put back "
             f"({refused}); the next faber migrate or faber rollback {env} puts them back",
-            result=not_committed(f"no table moved; of the triggers set aside ({missing}) not all are back yet"),
+            result=_not_committed(
+                swap.backup_id, reason, f"no table moved; of the triggers set aside ({missing}) not all are back yet"
+            ),
             suggestions=[
                 "Sessions holding the tables (long transactions) block the triggers too: end them, then run faber "
                 f"migrate {env}, which puts the triggers back first",
@@ -621,7 +622,7 @@ def _undo_before_the_rename(
     progress.journalled = False
     raise RestoreFailed(
         f"Swapping in the restored tables failed, and changed nothing: {reason}",
-        result=not_committed("no table moved: the database is exactly as before the restore"),
+        result=_not_committed(swap.backup_id, reason, "no table moved: the database is exactly as before the restore"),
         suggestions=[
             "Sessions holding the tables (long transactions) block the swap: retry when they end",
             *manual,
