@@ -31,6 +31,17 @@ def settled(folder: Path) -> None:
     os.utime(folder, (past, past))
 
 
+def killed_while_waiting(project, args: tuple[str, ...], env: dict, query, program: str) -> None:
+    """Run ``faber ARGS`` and SIGKILL it once ``program`` (its pg_dump, its psql) waits for a table lock."""
+    killed = FaberProcess.start(project, *args, env=env)
+    try:
+        killed.wait_until(lambda: query(WAITING_FOR_A_LOCK, [program])[0][0], what=f"{program} waiting for a lock")
+        killed.kill(signal.SIGKILL)
+        killed.wait(30)
+    finally:
+        killed.stop_everything()
+
+
 def test_the_partial_archive_of_a_backup_killed_by_sigkill_is_removed_by_the_next_listing(
     pgdump_dir_project, run_faber, query, database_url
 ):
@@ -41,13 +52,7 @@ def test_the_partial_archive_of_a_backup_killed_by_sigkill_is_removed_by_the_nex
     with psycopg.connect(database_url) as locker:
         # pg_dump waits for this lock with its archive begun, until faber is killed.
         locker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
-        killed = FaberProcess.start(project, "backup", "production", "--json", env=env)
-        try:
-            killed.wait_until(lambda: query(WAITING_FOR_A_LOCK, ["pg_dump"])[0][0], what="pg_dump waiting for the lock")
-            killed.kill(signal.SIGKILL)
-            killed.wait(30)
-        finally:
-            killed.stop_everything()
+        killed_while_waiting(project, ("backup", "production", "--json"), env, query, "pg_dump")
         locker.rollback()
     assert len(partials(project)) == 1  # the archive pg_dump had begun
 
@@ -77,13 +82,7 @@ def test_the_sql_of_a_restore_killed_by_sigkill_is_removed_by_the_next_rollback(
     with psycopg.connect(database_url) as reader:
         # An open transaction that read users: the restore's DROP waits for it, with psql running.
         reader.execute("SELECT * FROM users")
-        killed = FaberProcess.start(project, *rollback, env=env)
-        try:
-            killed.wait_until(lambda: query(WAITING_FOR_A_LOCK, ["psql"])[0][0], what="psql waiting for the reader")
-            killed.kill(signal.SIGKILL)
-            killed.wait(30)
-        finally:
-            killed.stop_everything()
+        killed_while_waiting(project, rollback, env, query, "psql")
         reader.rollback()
     [left] = tmp.glob("faber-pgdump-dir-*")
     assert "secret@example.com" in (left / "restore.sql").read_text()
