@@ -143,6 +143,25 @@ def test_the_next_one_gets_its_database(database_url, query):
 """
 
 
+DISCARDS_UNDER_LIBPQ_VARIABLES = """
+import time
+
+from faber_core.testing.fixtures import create_database, discard_database
+
+def test_one_that_discards_a_database_while_it_sets_libpq_variables(postgres_admin_url, monkeypatch):
+    name = create_database(postgres_admin_url, "libpq_drop")
+    monkeypatch.setenv("PGSSLMODE", "verify-full")  # libpq cannot connect to the test server so
+    discard_database(postgres_admin_url, name)
+    time.sleep(1)  # the drop runs meanwhile, on a thread of its own, under PGSSLMODE
+"""
+
+
+def test_a_database_discarded_while_a_test_sets_libpq_variables_is_dropped_all_the_same(tmp_path, postgres_admin_url):
+    # The drop ran under the test's PGSSLMODE and failed, and the session ended failing: "Could not
+    # drop the test databases".
+    run_suite_using_the_kit(tmp_path, postgres_admin_url, "libpq_drop", DISCARDS_UNDER_LIBPQ_VARIABLES)
+
+
 def test_a_test_setting_libpq_variables_does_not_cost_the_next_one_its_database(tmp_path, postgres_admin_url):
     """The next test's database is created while a test runs; one that sets PGSSLMODE meanwhile
     must not leave the next test without one."""
