@@ -10,7 +10,8 @@ Every child process faber starts goes through :func:`spawn`:
   would otherwise finish the table they are on. The signal is tied to the thread that started
   the child: spawn from a thread that outlives it.
 - **It runs in its own session and process group.** Ctrl-C in a terminal reaches faber alone, which then
-  stops the child deliberately (:func:`stop` signals the whole group, grandchildren included),
+  stops the child deliberately (:func:`stop` signals the whole group, grandchildren included,
+  and waits for all of them),
   instead of every process reacting at once. Programs that need the terminal (an interactive
   ``prisma migrate dev``) stay in faber's group: ``spawn(..., own_group=False)``.
 - **An interrupt is not lost while it starts.** SIGINT and SIGTERM are held during the fork
@@ -32,6 +33,7 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,24 +158,75 @@ def _release(held: set[int] | None) -> None:
 
 
 def stop(proc: subprocess.Popen, grace: float = STOP_GRACE_SECONDS) -> None:
-    """End ``proc`` (and its process group): SIGTERM, then SIGKILL after ``grace`` seconds."""
+    """End ``proc`` and its process group: SIGTERM, then SIGKILL for what still runs after ``grace`` seconds.
+
+    The whole group is waited for, not only ``proc``: ``pg_dump --jobs`` workers, signalled with
+    their leader, still cancel their queries after it has exited, and would outlive faber."""
     if proc.poll() is not None:
         return
-    _signal(proc, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    group = _group_led_by(proc)
+    _signal(proc, group, signal.SIGTERM)
     try:
         proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
-        _signal(proc, signal.SIGKILL)
+        _signal(proc, group, signal.SIGKILL)
         proc.wait()
+    if group is not None:
+        _wait_for_group(group, deadline)
 
 
-def _signal(proc: subprocess.Popen, signum: int) -> None:
+def _group_led_by(proc: subprocess.Popen) -> int | None:
+    """``proc``'s process group when ``proc`` leads it (spawned with ``own_group``), else None."""
+    try:
+        return proc.pid if os.getpgid(proc.pid) == proc.pid else None
+    except (ProcessLookupError, PermissionError):
+        return None
+
+
+def _signal(proc: subprocess.Popen, group: int | None, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        if os.getpgid(proc.pid) == proc.pid:
-            os.killpg(proc.pid, signum)
+        if group is not None:
+            os.killpg(group, signum)
             return
     with contextlib.suppress(ProcessLookupError):
         proc.send_signal(signum)
+
+
+_GROUP_POLL_SECONDS = 0.02
+
+
+def _wait_for_group(group: int, deadline: float) -> None:
+    """Wait until no process of ``group`` runs; SIGKILL those still running at ``deadline``."""
+    while _group_running(group):
+        if time.monotonic() >= deadline:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, signal.SIGKILL)
+            return  # SIGKILL cannot be caught: they end as the kernel delivers it
+        time.sleep(_GROUP_POLL_SECONDS)
+
+
+def _group_running(group: int) -> bool:
+    """Whether a process of ``group`` still runs. On Linux, from ``/proc``: the members' zombies,
+    which only their new parent reaps (in a container, an init that may never), do not count."""
+    if not sys.platform.startswith("linux"):
+        try:
+            os.killpg(group, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # it ended while listed
+        state, process_group = fields[0], int(fields[2])
+        if process_group == group and state not in (b"Z", b"X"):
+            return True
+    return False
 
 
 @contextlib.contextmanager

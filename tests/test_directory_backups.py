@@ -306,6 +306,8 @@ def test_a_directory_dump_killed_while_its_workers_write_leaves_no_backup(
             faber.kill()
         stdout, stderr = faber.communicate()
     assert len(dumpers) >= 3, "pg_dump and its two workers"
+    if signum == signal.SIGTERM:  # faber stopped pg_dump and waited for its workers before it exited
+        assert not [pid for pid in dumpers if process_alive(pid)]
     wait_for(lambda: not any(process_alive(pid) for pid in dumpers), "pg_dump and its workers to die", timeout=10)
     wait_for(lambda: not application_sessions(database_url, "pg_dump"), "pg_dump's sessions to end", timeout=10)
     assert CANARY_PASSWORD not in stdout.decode() + stderr.decode()

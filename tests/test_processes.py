@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from faber_core.processes import child_environment, how_it_ended, run_captured, signal_of
+from faber_core.processes import child_environment, how_it_ended, run_captured, signal_of, spawn, stop
 from faber_core.testing.fixtures import process_alive, wait_for
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux")
@@ -49,6 +49,55 @@ def test_a_timeout_stops_the_whole_process_group(tmp_path):
 
     grandchild = int(pid_file.read_text())
     assert wait_until_dead(grandchild)
+
+
+# A leader that exits on SIGTERM at once, and a worker of its group that takes a second to finish
+# on SIGTERM (pg_dump --jobs workers cancel their queries first) or ignores it; the worker's pid
+# is printed once both are set up.
+_LEADER_AND_WORKER = """
+import signal, subprocess, sys, time
+worker = subprocess.Popen([sys.executable, "-c", sys.argv[1]])
+print(worker.pid, flush=True)
+time.sleep(300)
+"""
+_SLOW_WORKER = """
+import signal, sys, time
+signal.signal(signal.SIGTERM, lambda *args: (time.sleep(1), sys.exit(0)))
+print("ready", flush=True)
+time.sleep(300)
+"""
+_STUBBORN_WORKER = """
+import signal, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print("ready", flush=True)
+time.sleep(300)
+"""
+
+
+def _leader_with_worker(worker_code: str) -> tuple[subprocess.Popen, int]:
+    leader = spawn(
+        [sys.executable, "-c", _LEADER_AND_WORKER, worker_code],
+        env=child_environment({}),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    worker = int(leader.stdout.readline())
+    assert leader.stdout.readline().strip() == "ready"  # the worker's handler is in place
+    return leader, worker
+
+
+def test_stopping_a_child_waits_for_the_workers_of_its_group():
+    """The leader exits at once; its worker, signalled with it, takes a second: stop() returns
+    only once the worker has ended too, so nothing of a stopped pg_dump outlives faber."""
+    leader, worker = _leader_with_worker(_SLOW_WORKER)
+    stop(leader)
+    assert not process_alive(worker)
+
+
+def test_stopping_a_child_kills_a_worker_of_its_group_that_ignores_sigterm():
+    leader, worker = _leader_with_worker(_STUBBORN_WORKER)
+    stop(leader, grace=1)
+    assert wait_until_dead(worker)
 
 
 def test_connection_settings_of_the_caller_never_reach_a_child(monkeypatch):
