@@ -1226,6 +1226,36 @@ def rollback_in_process(project_dir, backup_id: str, monkeypatch):
     return api.rollback("production", to=backup_id, yes=True, discard_app_writes=True, working_directory=project_dir)
 
 
+def test_a_session_that_connects_before_the_rename_makes_the_swap_try_again_and_succeed(
+    swapped, run_faber, database_url, postgres_admin_url, monkeypatch
+):
+    """An application's pool reconnects as soon as the swap ends its sessions: a session that
+    connects between the end of the others and the rename makes the rename fail ("being accessed
+    by other users"), and the swap is tried again, which ends it too, and restores the backup."""
+    project_dir, target = swapped
+    execute(database_url, "CREATE TABLE accounts (id int); INSERT INTO accounts VALUES (1)")
+    at_backup = database_state(database_url)
+    backup_id = backup(run_faber, project_dir)
+    execute(database_url, "INSERT INTO accounts VALUES (2)")
+    reconnected: list[psycopg.Connection] = []
+    real_wait_until_ended = swap_module.writes.wait_until_ended
+
+    def pool_reconnecting_once_the_sessions_ended(admin, pids):
+        real_wait_until_ended(admin, pids)
+        if not reconnected:
+            reconnected.append(psycopg.connect(database_url, autocommit=True))
+
+    monkeypatch.setattr(swap_module.writes, "wait_until_ended", pool_reconnecting_once_the_sessions_ended)
+    document = rollback_in_process(project_dir, backup_id, monkeypatch)
+
+    assert document.status == "success", document
+    assert document.result.rollback_status == "success"
+    with pytest.raises(psycopg.OperationalError), reconnected[0]:  # the second attempt ended it too
+        reconnected[0].execute("SELECT 1")
+    assert database_state(database_url) == at_backup
+    assert list(databases(postgres_admin_url, target)) == [target]
+
+
 def test_when_faber_cannot_take_its_lock_again_after_a_failed_swap_the_error_says_so(
     swapped, run_faber, database_url, monkeypatch
 ):

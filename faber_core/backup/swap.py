@@ -637,8 +637,8 @@ def _swap_names(swap: _Swap, committed: dict[str, int]) -> None:
             except psycopg.Error as exc:
                 # Failing at its COMMIT, the connection may be what failed, once the server had
                 # committed: the catalog says whether the swap happened.
-                committed = _swapped(swap) if swap.swapped else False
-                if committed:
+                swap_committed = _swapped(swap) if swap.swapped else False
+                if swap_committed:
                     break
                 swap.swapped = False
                 if exc.sqlstate == _OBJECT_IN_USE and attempt < SWAP_ATTEMPTS:
@@ -646,7 +646,7 @@ def _swap_names(swap: _Swap, committed: dict[str, int]) -> None:
                 detail = swap.context.redactor.redact(str(exc).strip())
                 where = (
                     f"was rolled back: {detail}; {swap.target} is unchanged"
-                    if committed is False
+                    if swap_committed is False
                     else f"may have committed: {detail}; the server could not say whether it did: {swap.target} is "
                     f"either unchanged or exactly {swap.backup.id}, which it is if {swap.previous} exists"
                 )
