@@ -23,7 +23,6 @@ renders the document, so both take one path through faber.
 
 from __future__ import annotations
 
-import os
 import shlex
 from collections.abc import Callable, Collection, Hashable, Iterable, Mapping
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, TextIO, TypeAlias, TypeVar
 
 from faber_core import events
-from faber_core.errors import ConfigError, FaberError, validation_problems
+from faber_core.errors import ConfigError, FaberError, print_debug_traceback, validation_problems
 
 if TYPE_CHECKING:
     from faber_core.context import RunContext
@@ -781,8 +780,8 @@ def _execute(
             document: Document = action(run)
         except FaberError as exc:
             bug = _unexpected_cause(exc)
-            if bug is not None and os.environ.get("FABER_DEBUG"):
-                _print_traceback(bug, run.redactor)
+            if bug is not None:
+                print_debug_traceback(bug, run.redactor)
             document = ErrorDocument.from_error(exc, operation=operation, environment=environment, tool=_tool(run))
         except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (faber_core/interrupts.py)
             # A deploy interrupted after its backup reports through its failure path, a rollback
@@ -803,8 +802,7 @@ def _execute(
                 tool=_tool(run),
             )
         except Exception as exc:  # a bug or an unexpected failure: still one structured document
-            if os.environ.get("FABER_DEBUG"):
-                _print_traceback(exc, run.redactor)
+            print_debug_traceback(exc, run.redactor)
             document = ErrorDocument.from_error(
                 FaberError(
                     f"Unexpected error: {type(exc).__name__}: {exc}",
@@ -857,14 +855,6 @@ def _warn_dropped(signal: str | None) -> None:
             f"warning: {signal} arrived once the run's outcome was decided: it stopped nothing, and the "
             "document reports that outcome\n"
         )
-
-
-def _print_traceback(exc: BaseException, redactor: Redactor) -> None:
-    """``FABER_DEBUG=1``: the traceback on stderr, through the run's redactor like every output."""
-    import sys
-    import traceback
-
-    sys.stderr.write(redactor.redact("".join(traceback.format_exception(type(exc), exc, exc.__traceback__))))
 
 
 def _unexpected_cause(error: FaberError) -> BaseException | None:

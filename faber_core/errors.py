@@ -6,11 +6,14 @@ can branch on the code (see docs/exit-codes.md).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pydantic import BaseModel, ValidationError
+
+    from faber_core.secrets import Redactor
 
 
 def echoed(value: str, limit: int = 80, show: Callable[[str], str] = str) -> str:
@@ -20,6 +23,17 @@ def echoed(value: str, limit: int = 80, show: Callable[[str], str] = str) -> str
     if len(value) <= limit:
         return show(value)
     return f"{show(value[: limit // 2])}… ({len(value)} characters)"
+
+
+def print_debug_traceback(exc: BaseException, redactor: Redactor) -> None:
+    """With ``FABER_DEBUG`` set, the traceback of an unexpected exception (a bug) on stderr,
+    through the run's redactor like every output."""
+    if not os.environ.get("FABER_DEBUG"):
+        return
+    import sys
+    import traceback
+
+    sys.stderr.write(redactor.redact("".join(traceback.format_exception(type(exc), exc, exc.__traceback__))))
 
 
 class FaberError(Exception):

@@ -58,6 +58,7 @@ from faber_core.errors import (
     RestoreFailed,
     SessionRefused,
     WritesDuringRestore,
+    print_debug_traceback,
 )
 from faber_core.interrupts import held_while_reporting, interruptible, raised_once, settle, signal_name
 from faber_core.models import (
@@ -1719,6 +1720,10 @@ def restore_backup(context: RunContext, plugins: Plugins, backup: BackupRecord, 
             try:
                 with interruptible():
                     restored = plugins.backup_restore(context, backup)
+            except FaberError:
+                raise
+            except Exception as exc:
+                raise restore_stopped_by_a_bug(context, backup, exc) from exc
             finally:
                 context.before_restore_replace.remove(checked.again)
                 context.after_restore_sessions_ended.remove(checked.ended_sessions_committed)
@@ -1732,6 +1737,24 @@ def restore_backup(context: RunContext, plugins: Plugins, backup: BackupRecord, 
         else:
             context.emit("rollback.finished", backup_id=backup.id, status="interrupted", committed=outcome.committed)
         return outcome
+
+
+def restore_stopped_by_a_bug(context: RunContext, backup: BackupRecord, exc: Exception) -> RestoreFailed:
+    """A restore an unexpected exception stopped (a bug in faber or its provider): it is the
+    restore's failure, reported as such (a failed deploy's document keeps what committed), saying
+    that faber cannot tell whether any of the restore committed."""
+    print_debug_traceback(exc, context.redactor)
+    detail = context.redactor.redact(first_line(str(exc)) or "")
+    env = context.environment
+    return RestoreFailed(
+        f"Restore of {backup.id} stopped by an unexpected error ({type(exc).__name__}: {detail}): faber cannot "
+        "tell whether any of it committed",
+        suggestions=[
+            f"See what the database holds: faber status {env}",
+            "Re-run with FABER_DEBUG=1 for a traceback, and please report this as a bug",
+        ],
+        backup_id=backup.id,
+    )
 
 
 def stopped_after(

@@ -1256,6 +1256,49 @@ def test_a_session_that_connects_before_the_rename_makes_the_swap_try_again_and_
     assert list(databases(postgres_admin_url, target)) == [target]
 
 
+def swap_with_a_bug(swap, committed):
+    raise AttributeError("'bool' object has no attribute 'get'")  # a bug faber once had here
+
+
+def test_a_restore_stopped_by_a_bug_is_a_failed_restore_that_says_faber_cannot_tell_whether_it_committed(
+    swapped, run_faber, database_url, monkeypatch
+):
+    project_dir, target = swapped
+    execute(database_url, "CREATE TABLE accounts (id int); INSERT INTO accounts VALUES (1)")
+    backup_id = backup(run_faber, project_dir)
+
+    monkeypatch.setattr(swap_module, "_swap_names", swap_with_a_bug)
+    document = rollback_in_process(project_dir, backup_id, monkeypatch)
+
+    assert (document.code, document.exit_code) == ("RESTORE_FAILED", 8), document
+    assert f"Restore of {backup_id} stopped by an unexpected error (AttributeError: " in document.error
+    assert "faber cannot tell whether any of it committed" in document.error
+    assert "See what the database holds: faber status production" in document.recovery.suggestions
+
+
+def test_a_failed_deploy_whose_automatic_restore_hits_a_bug_still_reports_what_committed(
+    project, database_url, monkeypatch
+):
+    """The deploy's document is what tells which migrations committed and which backup undoes
+    them: a bug in the restore makes the rollback step fail, it does not replace the document."""
+    project_dir = project(
+        {"001_orders": "CREATE TABLE orders (id int PRIMARY KEY);", "002_broken": "SELECT 1/0;"}, **SWAP
+    )
+    execute(database_url, "CREATE TABLE accounts (id int)")
+    monkeypatch.setattr(swap_module, "_swap_names", swap_with_a_bug)
+    for name, value in SQLFILES.items():
+        monkeypatch.setenv(name, value)
+
+    document = api.deploy("production", yes=True, working_directory=project_dir)
+
+    assert (document.code, document.exit_code) == ("RESTORE_FAILED", 8), document
+    result = document.result
+    assert result["applied_migrations"] == ["001_orders"] and result["failed_migration"] == "002_broken"
+    assert result["backup_id"] and result["rollback_status"] == "failed"
+    assert "stopped by an unexpected error (AttributeError: " in result["rollback_error"]
+    assert f"faber rollback production --to {result['backup_id']}" in " ".join(document.recovery.suggestions)
+
+
 def test_when_faber_cannot_take_its_lock_again_after_a_failed_swap_the_error_says_so(
     swapped, run_faber, database_url, monkeypatch
 ):
