@@ -220,7 +220,7 @@ def health(
 
     def body(context: RunContext, plugins: Plugins) -> Success:
         plugins.require_tool(context.tool)
-        results, _ = run_health_checks(context, plugins)
+        results, state = run_health_checks(context, plugins)
         checks = [r.model_dump() for r in results]
         status_ = overall_health(results)
         if status_ == "failed":
@@ -229,7 +229,7 @@ def health(
                 f"Health check of {environment} failed: "
                 + "; ".join(f"{r.name}: {r.details}" if r.details else r.name for r in failed),
                 result={"health_check": "failed", "checks": checks, "details": "; ".join(r.details for r in failed)},
-                suggestions=health_suggestions(context, plugins, results),
+                suggestions=health_suggestions(context, plugins, results, state),
             )
         return Success(
             operation=HEALTH,

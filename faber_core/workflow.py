@@ -451,7 +451,7 @@ def check_health(context: RunContext, plugins: Plugins, phase: str, options: Dep
         raise HealthCheckFailed(
             "Pre-deployment health check failed",
             result={"health_check": "failed", **health.findings()},
-            suggestions=health_suggestions(context, plugins, results),
+            suggestions=health_suggestions(context, plugins, results, state),
         )
     return health
 
@@ -607,11 +607,14 @@ def migrations_check(context: RunContext, state: MigrationState) -> HealthCheckR
     return HealthCheckResult(name="migrations", status="failed" if severe else "warning", details="; ".join(problems))
 
 
-def health_suggestions(context: RunContext, plugins: Plugins, results: list[HealthCheckResult]) -> list[str]:
+def health_suggestions(
+    context: RunContext, plugins: Plugins, results: list[HealthCheckResult], state: MigrationState | None
+) -> list[str]:
     """What to do about the checks that failed. A database that cannot be reached fails the checks
     after connectivity too, so its advice comes alone; once connected, what a migration stopped
     halfway left (an invalid index, its failed record: a killed CREATE INDEX CONCURRENTLY leaves
-    both) is named, not the advice of a database that is down."""
+    both) is named, not the advice of a database that is down; an edited migration and migrations
+    missing from the files (``state``, what the ``migrations`` check read) each get their own."""
     env = context.environment
     failed = {r.name for r in results if r.status == "failed"}
     if "connectivity" in failed:
@@ -623,7 +626,19 @@ def health_suggestions(context: RunContext, plugins: Plugins, results: list[Heal
             *drop_indexes,
             *failed_migration_advice(context, unresolved_migrations(context, plugins)),
             *backup_before_failed_migrations(context, plugins),
-            "An edited migration: restore the file to what was applied, and put the change in a new migration",
+            *(
+                ["An edited migration: restore the file to what was applied, and put the change in a new migration"]
+                if state is not None and state.checksum_mismatches
+                else []
+            ),
+            *(
+                [
+                    f"The database has migrations these files lack ({', '.join(state.missing_locally)}): deploy from "
+                    "a checkout that has them (the branch or commit that applied them)"
+                ]
+                if state is not None and state.missing_locally
+                else []
+            ),
             f"Retry when issue resolved: {rerun_command(context)}",
         ]
     if drop_indexes:

@@ -267,6 +267,26 @@ def test_edited_applied_migration_blocks_deploy(project, context_for, plugins, d
 
     assert "edited since: 001_users" in raised.value.result["details"]
     assert "public.posts" not in tables(database_url)
+    assert any(s.startswith("An edited migration: restore the file") for s in raised.value.suggestions)
+    assert not any("these files lack" in s for s in raised.value.suggestions)
+
+
+def test_a_database_ahead_of_the_files_is_told_to_deploy_from_a_checkout_that_has_them(
+    project, context_for, plugins, database_url
+):
+    project_dir = project({"001_users": USERS, "002_posts": POSTS})
+    migrate(context_for(project_dir), plugins, YES)
+    (project_dir / "migrations/002_posts.sql").unlink()  # an older checkout
+
+    with pytest.raises(HealthCheckFailed) as raised:
+        migrate(context_for(project_dir), plugins, YES)
+
+    assert raised.value.result["details"] == "applied migrations missing locally: 002_posts"
+    assert (
+        "The database has migrations these files lack (002_posts): deploy from a checkout that has them (the branch "
+        "or commit that applied them)" in raised.value.suggestions
+    )
+    assert not any(s.startswith("An edited migration") for s in raised.value.suggestions), raised.value.suggestions
 
 
 def test_second_run_waits_for_the_lock_then_reports_the_holder(project, context_for, plugins, database_url):
