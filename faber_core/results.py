@@ -25,12 +25,29 @@ class TableWrites(DeferredModel):
     rows: int = Field(description="Rows inserted, updated or deleted since the backup, faber's own writes excluded.")
 
 
+class SequenceDraws(DeferredModel):
+    sequence: str
+    values: int = Field(
+        description="Values drawn (nextval) since the backup, faber's own excluded: a restore sets the sequence back, "
+        "and hands them out again."
+    )
+
+
 class WritesSinceBackup(DeferredModel):
     """What a restore of ``backup_id`` would discard, as far as PostgreSQL's counters tell."""
 
     backup_id: str
     status: Literal["none", "found", "unknown"]
-    tables: list[TableWrites] = Field(default_factory=list)
+    tables: list[TableWrites] = Field(
+        default_factory=list,
+        description="Per table; large objects as the rows of pg_catalog.pg_largeobject_metadata (one per object "
+        "created, changed in owner or rights, or unlinked) and pg_catalog.pg_largeobject (one per 2 kB page written).",
+    )
+    sequences: list[SequenceDraws] = Field(
+        default_factory=list,
+        description="Sequences no table column owns that were drawn from since the backup (an owned one draws for "
+        "its table's rows, counted in tables).",
+    )
     attribution: Literal["exact", "unknown"] = Field(
         "exact",
         description="unknown: a handler did not report its migrations' writes, so faber's share is not known. Left "
@@ -67,7 +84,10 @@ class WritesSinceBackup(DeferredModel):
             counted = f"no rows written since {self.backup_id} by anything but faber"
             return f"{counted}, but {writing}" if self.in_flight else counted
         who = "the application (or faber's unmeasured migrations)" if self.attribution == "unknown" else "others"
-        listed = ", ".join(f"{t.table} ({t.rows} row{'s' if t.rows != 1 else ''})" for t in self.tables)
+        listed = ", ".join(
+            [f"{t.table} ({t.rows} row{'s' if t.rows != 1 else ''})" for t in self.tables]
+            + [f"sequence {s.sequence} ({s.values} value{'s' if s.values != 1 else ''} drawn)" for s in self.sequences]
+        )
         also = f"; and {writing}" if self.in_flight else ""
         return f"rows written since {self.backup_id} by {who}: {listed}{also}"
 

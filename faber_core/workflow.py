@@ -2325,13 +2325,19 @@ def writes_result(since: WritesSinceBackup) -> dict[str, object]:
 
 def save_rows_commands(context: RunContext, since: WritesSinceBackup) -> list[str]:
     """How to keep a copy of the rows a restore would discard, before restoring."""
-    if not since.tables:  # only sessions writing as faber checked: their rows are not there yet
+    if not (since.tables or since.sequences):  # only sessions writing as faber checked: their rows are not there yet
         return ["Let those sessions finish (or stop the application's writes), then roll back again"]
     url = f'"${context.settings.database_url_env}"' if context.settings.database_url_env else "<database URL>"
+    # pg_dump saves a sequence's data as the setval that puts it back, and large objects with --blobs.
+    saved = [t.table for t in since.tables if t.table not in writes.LARGE_OBJECT_CATALOGS]
+    saved += [s.sequence for s in since.sequences]
     # Table names come from the database: single-quoted for the shell, their own quotes escaped.
-    tables = " ".join("--table='{}'".format(t.table.replace("'", "'\\''")) for t in since.tables)
+    selection = " ".join("--table='{}'".format(name.replace("'", "'\\''")) for name in saved)
+    if len(saved) < len(since.tables) + len(since.sequences):
+        # Without a --table, every table's data would come with the large objects: none is asked for.
+        selection = f"--blobs {selection}" if saved else "--blobs --exclude-table-data='*.*'"
     return [
-        f"Save the tables others wrote to first: pg_dump --data-only {tables} --file=writes-since-backup.sql {url}",
+        f"Save the tables others wrote to first: pg_dump --data-only {selection} --file=writes-since-backup.sql {url}",
         "Then re-apply what must survive after the restore (the backup does not have those rows)",
     ]
 

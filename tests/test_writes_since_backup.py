@@ -534,3 +534,78 @@ def test_a_session_faber_does_not_end_holding_a_restored_table_stops_the_restore
     application[0].rollback()
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 100  # as before the restore
+
+
+INVOICES = "CREATE SEQUENCE invoice_no;"
+# faber's own draws and large object: measured with the migration, never the application's.
+SEEDS = "SELECT nextval('invoice_no') FROM generate_series(1, 3); SELECT lo_from_bytea(0, 'seeded by faber');"
+
+
+@pytest.fixture
+def invoicing(project, context_for, plugins, monkeypatch):
+    """A production project with a sequence no column owns, then a migration deployed on top that
+    draws from it and stores a large object (so its backup has both to tell apart from faber's)."""
+    for name, value in SQLFILES.items():
+        monkeypatch.setenv(name, value)
+    project_dir = project({"001_invoices": INVOICES})
+    migrate(context_for(project_dir), plugins, YES)
+    (project_dir / "migrations/002_seeds.sql").write_text(SEEDS)
+    backup_id = migrate(context_for(project_dir), plugins, YES).model_dump(mode="json")["result"]["backup_id"]
+    return project_dir, backup_id
+
+
+def test_a_deploy_s_own_sequence_draws_and_large_objects_are_no_write_by_others(invoicing, context_for):
+    project_dir, backup_id = invoicing
+
+    since = writes.writes_since_backup(context_for(project_dir, "rollback"), backup_record(project_dir, backup_id))
+
+    assert (since.status, since.tables, since.sequences) == ("none", [], []), since
+
+
+def test_rollback_refuses_after_the_application_stores_a_large_object(invoicing, run_faber, database_url):
+    project_dir, backup_id = invoicing
+    with psycopg.connect(database_url, autocommit=True) as app:
+        upload = app.execute("SELECT lo_from_bytea(0, 'precious customer upload')").fetchone()[0]
+
+    refused = run_faber("rollback", "production", "--to", backup_id, "--yes", "--json", cwd=project_dir)
+
+    assert refused.returncode == 5, refused.output
+    assert {"table": "pg_catalog.pg_largeobject_metadata", "rows": 1} in (
+        refused.json["result"]["writes_since_backup"]["tables"]
+    )
+    assert "pg_catalog.pg_largeobject_metadata (1 row)" in refused.json["error"]
+    [save] = [s for s in refused.json["recovery"]["suggestions"] if "pg_dump --data-only" in s]
+    assert "--blobs --exclude-table-data='*.*'" in save
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT lo_get(%s)", [upload]).fetchone()[0] == b"precious customer upload"
+
+
+def test_rollback_refuses_after_the_application_draws_from_a_sequence(invoicing, run_faber, database_url):
+    """Values drawn since the backup would be handed out again once the restore sets it back."""
+    project_dir, backup_id = invoicing
+    with psycopg.connect(database_url, autocommit=True) as app:
+        app.execute("SELECT nextval('invoice_no') FROM generate_series(1, 50)")
+
+    refused = run_faber("rollback", "production", "--to", backup_id, "--yes", "--json", cwd=project_dir)
+
+    assert refused.returncode == 5, refused.output
+    since = refused.json["result"]["writes_since_backup"]
+    assert (since["status"], since["sequences"]) == ("found", [{"sequence": "public.invoice_no", "values": 50}])
+    assert "sequence public.invoice_no (50 values drawn)" in refused.json["error"]
+    assert any("--table='public.invoice_no'" in s for s in refused.json["recovery"]["suggestions"])
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT nextval('invoice_no')").fetchone()[0] == 54
+
+
+def test_under_warn_the_rollback_names_the_sequences_and_large_objects_it_discards(invoicing, run_faber, database_url):
+    project_dir, backup_id = invoicing
+    set_policy(project_dir, "warn")
+    with psycopg.connect(database_url, autocommit=True) as app:
+        app.execute("SELECT nextval('invoice_no') FROM generate_series(1, 2); SELECT lo_from_bytea(0, 'upload')")
+
+    run = run_faber("rollback", "production", "--to", backup_id, "--yes", "--json", cwd=project_dir)
+
+    assert run.returncode == 0, run.output
+    since = run.json["result"]["writes_since_backup"]
+    assert since["sequences"] == [{"sequence": "public.invoice_no", "values": 2}]
+    assert {"table": "pg_catalog.pg_largeobject_metadata", "rows": 1} in since["tables"]

@@ -61,7 +61,7 @@ from faber_core.engines import LOCK_LOST
 from faber_core.engines.postgres import server_version_num
 from faber_core.errors import SessionRefused
 from faber_core.models import ApplyOutcome, BackupRecord
-from faber_core.results import TableWrites, WritesSinceBackup
+from faber_core.results import SequenceDraws, TableWrites, WritesSinceBackup
 from faber_core.safety.timeouts import session_timeouts_again
 
 TABLE = "faber_backup_baselines"
@@ -98,11 +98,14 @@ CREATE TABLE IF NOT EXISTS {table} (
     faber_writes          jsonb NOT NULL DEFAULT '{{}}',
     faber_writes_known    boolean NOT NULL DEFAULT true,
     bookkeeping_table     text,
+    sequences             jsonb,
     PRIMARY KEY (environment, backup_id)
 )
 """
-# Tables created by faber before bookkeeping_table existed get it on the next backup.
-_ADD_BOOKKEEPING_COLUMN = "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS bookkeeping_table text"
+# Tables created by an older faber get the columns it did not have on the next backup.
+_ADD_NEWER_COLUMNS = (
+    "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS bookkeeping_table text, ADD COLUMN IF NOT EXISTS sequences jsonb"
+)
 IS_A_FABER_SCHEMA = r"""(
     EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.relnamespace = n.oid AND c.relname = 'faber_deployments')
     AND NOT EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.relnamespace = n.oid AND c.relname NOT LIKE 'faber\_%%')
@@ -120,9 +123,41 @@ _NOT_IN_A_FABER_SCHEMA = f"""
 s.schemaname <> %s
 AND NOT EXISTS (SELECT FROM pg_catalog.pg_namespace n WHERE n.nspname = s.schemaname AND {IS_A_FABER_SCHEMA})"""
 
+LARGE_OBJECT_CATALOGS = ("pg_catalog.pg_largeobject", "pg_catalog.pg_largeobject_metadata")
+_LARGE_OBJECT_CATALOGS = ", ".join(f"'{name}'::regclass" for name in LARGE_OBJECT_CATALOGS)
+"""Where the database keeps its large objects (``lo_from_bytea``, ``lo_import``): one row per large
+object in ``pg_largeobject_metadata``, one per 2 kB page of its data in ``pg_largeobject``. A
+restore drops them and brings back the backup's, so their rows count like a user table's."""
+
+_FREE_SEQUENCES = """
+SELECT c.oid, n.nspname AS schemaname, format('%I.%I', n.nspname, c.relname) AS name,
+       coalesce((pg_catalog.pg_sequence_last_value(c.oid) - q.seqstart) / q.seqincrement + 1, 0) AS drawn
+FROM pg_catalog.pg_sequence q
+JOIN pg_catalog.pg_class c ON c.oid = q.seqrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE NOT pg_catalog.pg_is_other_temp_schema(n.oid)
+  AND CASE WHEN c.relkind = 'S' THEN pg_catalog.has_sequence_privilege(c.oid, 'SELECT,USAGE') END
+  AND NOT EXISTS (
+    SELECT FROM pg_catalog.pg_depend d
+    WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid AND d.deptype IN ('a', 'i'))
+"""
+"""The values drawn (``nextval``) from every sequence no table column owns, since it was created or
+last set: a restore sets each back to the backup's, and hands the values drawn since out again. A
+sequence a column owns (``serial``, identity, ``OWNED BY``) draws for that table's rows, which are
+counted with the table, and a value drawn for a row the restore discards may be drawn again.
+Sequences faber's role has neither ``SELECT`` nor ``USAGE`` on are left out (it may not read
+them). A value drawn is never taken back, so no transaction must end for it to be seen. Reading
+one locks it (``RowExclusiveLock``, as ``nextval`` does) until the transaction ends."""
+
 _COUNTERS = f"""
 SELECT s.relid::bigint, format('%%I.%%I', s.schemaname, s.relname), s.n_tup_ins + s.n_tup_upd + s.n_tup_del
 FROM pg_stat_user_tables s WHERE {_NOT_IN_A_FABER_SCHEMA}
+UNION ALL
+SELECT s.relid::bigint, format('%%I.%%I', s.schemaname, s.relname), s.n_tup_ins + s.n_tup_upd + s.n_tup_del
+FROM pg_stat_sys_tables s WHERE s.relid IN ({_LARGE_OBJECT_CATALOGS})
+"""
+_SEQUENCE_COUNTERS = f"""
+SELECT s.oid::bigint, s.name, s.drawn FROM ({_FREE_SEQUENCES.replace("%", "%%")}) s WHERE {_NOT_IN_A_FABER_SCHEMA}
 """
 _IN_FLIGHT = """
 SELECT DISTINCT a.pid, a.application_name, format('%%I.%%I', n.nspname, c.relname)
@@ -143,9 +178,12 @@ class Counters:
     """Row-change counters of every user table at one moment, with what would make them incomparable."""
 
     tables: dict[int, tuple[str, int]]
-    """relid -> (qualified name, inserted + updated + deleted)"""
+    """relid -> (qualified name, inserted + updated + deleted); the large objects' catalogs too"""
     stats_reset: dt.datetime | None
     server_started_at: dt.datetime
+    sequences: dict[int, tuple[str, int]] | None = None
+    """oid -> (qualified name, values drawn) of the sequences no column owns (``_FREE_SEQUENCES``);
+    None in a baseline recorded before faber counted them."""
 
 
 # For handlers: measuring a migration's own writes ------------------------------------------
@@ -160,20 +198,48 @@ _REPORTS_ON_REQUEST = 150000
 # however many tables the database has. A session's relation locks are in its own database but
 # for those on the shared catalogs, which are in pg_catalog and left out anyway: the query need
 # not look the database up (it is planned again for every migration).
-_WRITES_TO_LOCKED_TABLES = """
+_LOCKED_BY_THIS_TRANSACTION = (
+    "SELECT l.relation FROM pg_locks l WHERE l.locktype = 'relation' AND l.pid = pg_backend_pid()"
+)
+# Sequences are not transactional and have no counters: the values each one had drawn are kept in
+# the transaction's settings before the migration starts (before its savepoint, whose rollback
+# would take them back), and the migration drew the difference. Without them (a handler that did
+# not take them), nothing is said of sequences.
+_DRAWN_BEFORE = "faber.sequences_drawn_before"
+_SEQUENCES_BEFORE = (
+    f"SELECT set_config('{_DRAWN_BEFORE}', (SELECT coalesce(jsonb_object_agg(s.oid, s.drawn), '{{}}')"
+    f" FROM ({_FREE_SEQUENCES}) s)::text, true)"
+)
+
+
+def _sequences_drawn(among: str) -> str:
+    """The values each sequence of ``among`` (oids) drew since :data:`_SEQUENCES_BEFORE`, where it drew any."""
+    return f"""
+SELECT s.name, s.drawn - coalesce((b.drawn ->> s.oid::text)::bigint, 0)
+FROM (SELECT nullif(current_setting('{_DRAWN_BEFORE}', true), '')::jsonb AS drawn) b, ({_FREE_SEQUENCES}) s
+WHERE b.drawn IS NOT NULL AND s.oid IN ({among}) AND s.drawn > coalesce((b.drawn ->> s.oid::text)::bigint, 0)
+"""
+
+
+_WRITES_TO_LOCKED_TABLES = f"""
 SELECT format('%I.%I', n.nspname, c.relname), w.rows FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace,
 LATERAL (SELECT pg_stat_get_xact_tuples_inserted(c.oid) + pg_stat_get_xact_tuples_updated(c.oid)
                 + pg_stat_get_xact_tuples_deleted(c.oid) AS rows) w
-WHERE c.oid IN (SELECT l.relation FROM pg_locks l WHERE l.locktype = 'relation' AND l.pid = pg_backend_pid())
-  AND c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'
+WHERE (c.oid IN ({_LOCKED_BY_THIS_TRANSACTION}) AND c.relkind IN ('r', 'p')
+       AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'
+       -- large object functions release their catalogs' locks as they return
+       OR c.oid IN ({_LARGE_OBJECT_CATALOGS}))
   AND w.rows > 0
-"""
+UNION ALL {_sequences_drawn(_LOCKED_BY_THIS_TRANSACTION)}"""
 # After a rollback to a savepoint the locks taken inside it are released, but its counts stay.
-_WRITES_TO_ANY_TABLE = """
+_WRITES_TO_ANY_TABLE = f"""
 SELECT format('%I.%I', schemaname, relname), n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_xact_user_tables
 WHERE n_tup_ins + n_tup_upd + n_tup_del > 0
-"""
+UNION ALL
+SELECT format('%I.%I', schemaname, relname), n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_xact_sys_tables
+WHERE relid IN ({_LARGE_OBJECT_CATALOGS}) AND n_tup_ins + n_tup_upd + n_tup_del > 0
+UNION ALL {_sequences_drawn("SELECT seqrelid FROM pg_sequence")}"""
 
 
 def _reported(writes: str) -> str:
@@ -229,6 +295,8 @@ def measured_transaction(conn: psycopg.Connection, into: Measurement | None = No
     """
     measurement = into if into is not None else Measurement()
     with conn.transaction():
+        if conn.info.server_version >= _REPORTS_ON_REQUEST:
+            conn.execute(_SEQUENCES_BEFORE)
         try:
             with conn.transaction():
                 yield measurement
@@ -260,10 +328,10 @@ _MEASURED = "faber_measured"
 def measurement_statements(database: Database) -> dict[str, list[str]] | None:
     """The SQL with which a migration run in another process (an ORM's runner) is measured as
     :func:`measured_transaction` measures one in faber's: ``start``, in the migration's transaction
-    before any of its statements (a savepoint); ``before_commit``, after its last statement and
-    before its commit; ``after_failure``, once it failed and before its rollback (back to the
-    savepoint, where the counts of what it tried stay visible). The last statement of the latter
-    two returns one row whose ``table_writes`` column is a JSON object, rows per table.
+    before any of its statements (the values its sequences had drawn, a savepoint); ``before_commit``,
+    after its last statement and before its commit; ``after_failure``, once it failed and before
+    its rollback (back to the savepoint, where the counts of what it tried stay visible). The last
+    statement of the latter two returns one row whose ``table_writes`` column is a JSON object, rows per table.
     ``after_unmeasured``, after a migration that could not be measured (no transaction of its own):
     the session reports its counts at its next idle moment, so the next migration's measure holds
     its own rows only. None where nothing can be measured: on a server before PostgreSQL 15, or one
@@ -273,7 +341,7 @@ def measurement_statements(database: Database) -> dict[str, list[str]] | None:
     if version is None or version < _REPORTS_ON_REQUEST:
         return None
     return {
-        "start": [f"SAVEPOINT {_MEASURED}"],
+        "start": [_SEQUENCES_BEFORE, f"SAVEPOINT {_MEASURED}"],
         "before_commit": [_REPORTED_WRITES_TO_LOCKED_TABLES],
         "after_failure": [f"ROLLBACK TO SAVEPOINT {_MEASURED}", _REPORTED_WRITES_TO_ANY_TABLE],
         "after_unmeasured": ["SELECT pg_stat_force_next_flush()"],
@@ -318,7 +386,8 @@ def run_measured_script(
     again = session_timeouts_again(conn)
     # The newline after the script ends a trailing -- comment. The savepoint is not released:
     # COMMIT commits it with the transaction, and the measurement counts its rows all the same.
-    message = f"BEGIN;\n{again}SAVEPOINT {_MEASURED};\n{check}{script}\n;\n{measurement}COMMIT"
+    before = f"{_SEQUENCES_BEFORE};\n" if measurable else ""
+    message = f"BEGIN;\n{again}{before}SAVEPOINT {_MEASURED};\n{check}{script}\n;\n{measurement}COMMIT"
     cursor = conn.cursor()
     try:
         if lock_check is not None:
@@ -434,11 +503,12 @@ def read_counters(context: RunContext) -> Counters | None:
 def _counters(conn: psycopg.Connection, faber_schema: str) -> Counters:
     conn.execute("SELECT pg_stat_clear_snapshot()")
     tables = {relid: (name, changes) for relid, name, changes in conn.execute(_COUNTERS, [faber_schema]).fetchall()}
+    sequences = {oid: (name, drawn) for oid, name, drawn in conn.execute(_SEQUENCE_COUNTERS, [faber_schema]).fetchall()}
     stats_reset, started = conn.execute(
         "SELECT (SELECT stats_reset FROM pg_stat_database WHERE datname = current_database()),"
         " pg_postmaster_start_time()"
     ).fetchone()
-    return Counters(tables, stats_reset, started)
+    return Counters(tables, stats_reset, started, sequences)
 
 
 def _table(context: RunContext) -> sql.Composed:
@@ -460,11 +530,11 @@ def record_baseline(
         with context.database.session() as conn, conn.transaction():
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
             conn.execute(sql.SQL(_CREATE_TABLE).format(table=_table(context)))
-            conn.execute(sql.SQL(_ADD_BOOKKEEPING_COLUMN).format(table=_table(context)))
+            conn.execute(sql.SQL(_ADD_NEWER_COLUMNS).format(table=_table(context)))
             conn.execute(
                 sql.SQL(
                     "INSERT INTO {} (environment, backup_id, taken_at, stats_reset, server_started_at, counters,"
-                    " bookkeeping_table) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                    " bookkeeping_table, sequences) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
                     " ON CONFLICT (environment, backup_id) DO NOTHING"
                 ).format(_table(context)),
                 [
@@ -475,6 +545,7 @@ def record_baseline(
                     counters.server_started_at,
                     json.dumps({str(relid): list(entry) for relid, entry in counters.tables.items()}),
                     bookkeeping_table,
+                    json.dumps({str(oid): list(entry) for oid, entry in (counters.sequences or {}).items()}),
                 ],
             )
             conn.execute(
@@ -592,22 +663,25 @@ def _baseline(conn: psycopg.Connection, context: RunContext, backup: BackupRecor
     exists = conn.execute("SELECT to_regclass(%s)", [_table(context).as_string(conn)]).fetchone()[0]
     if exists is None:
         return None
-    # to_jsonb(b): a baseline table of an older faber has no bookkeeping_table column yet.
+    # to_jsonb(b): a baseline table of an older faber has no bookkeeping_table or sequences column yet.
     row = conn.execute(
         sql.SQL(
             "SELECT counters, stats_reset, server_started_at, faber_writes, faber_writes_known,"
             " (SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_class c"
             "  JOIN pg_namespace n ON n.oid = c.relnamespace"
-            "  WHERE c.oid = to_regclass(to_jsonb(b) ->> 'bookkeeping_table'))"
+            "  WHERE c.oid = to_regclass(to_jsonb(b) ->> 'bookkeeping_table')),"
+            " to_jsonb(b) -> 'sequences'"
             " FROM {} b WHERE environment = %s AND backup_id = %s"
         ).format(_table(context)),
         [context.environment, backup.id],
     ).fetchone()
     if row is None:
         return None
-    counters, stats_reset, started, faber_writes, known, bookkeeping = row
+    counters, stats_reset, started, faber_writes, known, bookkeeping, sequences = row
     tables = {int(relid): (entry[0], int(entry[1])) for relid, entry in counters.items()}
-    return Baseline(Counters(tables, stats_reset, started), dict(faber_writes), known, bookkeeping)
+    if sequences is not None:
+        sequences = {int(oid): (entry[0], int(entry[1])) for oid, entry in sequences.items()}
+    return Baseline(Counters(tables, stats_reset, started, sequences), dict(faber_writes), known, bookkeeping)
 
 
 def compare(backup_id: str, baseline: Baseline, now: Counters, in_flight: list[str]) -> WritesSinceBackup:
@@ -618,47 +692,81 @@ def compare(backup_id: str, baseline: Baseline, now: Counters, in_flight: list[s
         return unknown("the database's statistics were reset since the backup (pg_stat_reset)")
     if now.server_started_at != baseline.counters.server_started_at:
         return unknown("the server restarted since the backup, and a crash resets the counters")
-    names_at_backup = {name: relid for relid, (name, _) in baseline.counters.tables.items()}
-    changes: dict[str, int] = {}
-    recreated = []
-    for relid, (name, count) in now.tables.items():
-        before = baseline.counters.tables.get(relid)
-        if before is None and name in names_at_backup:
-            recreated.append(name)  # dropped and created again (a migration, an earlier restore)
-        elif before is None:
-            changes[name] = count  # created since the backup: every row change is new
-        elif count < before[1]:
-            return unknown(f"the counters of {name} went back since the backup")
-        else:
-            changes[name] = count - before[1]
-    if recreated:
-        return unknown(f"recreated since the backup, so their counters started again: {', '.join(sorted(recreated))}")
+    changes = _changes_since(baseline.counters.tables, now.tables)
+    if isinstance(changes, str):
+        return unknown(changes)
     changes.pop(baseline.bookkeeping_table or "", None)  # only faber writes there
-    tables = []
-    for name, rows in sorted(changes.items()):
-        others = rows - baseline.faber_writes.get(name, 0)
-        if others > 0:
-            tables.append(TableWrites(table=name, rows=others))
+    tables = [TableWrites(table=name, rows=rows) for name, rows in _others(changes, baseline.faber_writes)]
+    sequences: list[SequenceDraws] = []
+    not_compared = None
+    if baseline.counters.sequences is None:
+        not_compared = "sequences were not compared: this backup's baseline was recorded before faber counted them"
+    else:
+        drawn = _changes_since(baseline.counters.sequences, now.sequences or {}, _SET_BACK)
+        if isinstance(drawn, str):
+            return unknown(drawn)
+        sequences = [SequenceDraws(sequence=name, values=n) for name, n in _others(drawn, baseline.faber_writes)]
     return WritesSinceBackup(
         backup_id=backup_id,
-        status="found" if tables else "none",
+        status="found" if tables or sequences else "none",
         tables=tables,
+        sequences=sequences,
         attribution="exact" if baseline.faber_writes_known else "unknown",
         in_flight=in_flight,
+        reason=not_compared,
     )
 
 
+_SET_BACK = "the sequence {} was set back since the backup (setval, ALTER SEQUENCE RESTART, or it cycled)"
+
+
+def _changes_since(
+    before: dict[int, tuple[str, int]],
+    now: dict[int, tuple[str, int]],
+    went_back: str = "the counters of {} went back since the backup",
+) -> dict[str, int] | str:
+    """The count of each relation now minus its count at the backup, by name; or why they cannot be compared."""
+    names_at_backup = {name for name, _ in before.values()}
+    changes: dict[str, int] = {}
+    recreated = []
+    for relid, (name, count) in now.items():
+        at_backup = before.get(relid)
+        if at_backup is None and name in names_at_backup:
+            recreated.append(name)  # dropped and created again (a migration, an earlier restore)
+        elif at_backup is None:
+            changes[name] = count  # created since the backup: every count is new
+        elif count < at_backup[1]:
+            return went_back.format(name)
+        else:
+            changes[name] = count - at_backup[1]
+    if recreated:
+        return f"recreated since the backup, so their counters started again: {', '.join(sorted(recreated))}"
+    return changes
+
+
+def _others(changes: dict[str, int], faber_writes: dict[str, int]) -> list[tuple[str, int]]:
+    """What is left of each count once faber's own share is taken away, where something is."""
+    left = ((name, count - faber_writes.get(name, 0)) for name, count in sorted(changes.items()))
+    return [(name, count) for name, count in left if count > 0]
+
+
 def beyond(earlier: WritesSinceBackup, now: WritesSinceBackup) -> WritesSinceBackup:
-    """The rows ``now`` counts beyond those ``earlier`` counted, both since the same backup: what
-    was written between the two checks."""
+    """The rows and values ``now`` counts beyond those ``earlier`` counted, both since the same
+    backup: what was written between the two checks."""
     seen = {t.table: t.rows for t in earlier.tables}
     tables = [
         TableWrites(table=t.table, rows=t.rows - seen.get(t.table, 0))
         for t in now.tables
         if t.rows > seen.get(t.table, 0)
     ]
-    status = "found" if tables else ("unknown" if now.status == "unknown" else "none")
-    return now.model_copy(update={"status": status, "tables": tables})
+    drawn = {s.sequence: s.values for s in earlier.sequences}
+    sequences = [
+        SequenceDraws(sequence=s.sequence, values=s.values - drawn.get(s.sequence, 0))
+        for s in now.sequences
+        if s.values > drawn.get(s.sequence, 0)
+    ]
+    status = "found" if tables or sequences else ("unknown" if now.status == "unknown" else "none")
+    return now.model_copy(update={"status": status, "tables": tables, "sequences": sequences})
 
 
 def added(report: WritesSinceBackup, more: WritesSinceBackup) -> WritesSinceBackup:
@@ -667,7 +775,8 @@ def added(report: WritesSinceBackup, more: WritesSinceBackup) -> WritesSinceBack
     for t in more.tables:
         rows[t.table] = rows.get(t.table, 0) + t.rows
     tables = [TableWrites(table=name, rows=count) for name, count in sorted(rows.items())]
-    return report.model_copy(update={"status": "found" if tables else report.status, "tables": tables})
+    status = "found" if tables or report.sequences else report.status
+    return report.model_copy(update={"status": status, "tables": tables})
 
 
 # Committed changes only: n_tup_* also count the rows of transactions that rolled back (those of
