@@ -110,7 +110,11 @@ def database_suggestions(context: RunContext) -> list[str]:
     return [
         "Verify database is running",
         *(
-            [f"Check connection string: {env_var}", context.database.engine.test_connection_hint(env_var)]
+            [
+                f"Check connection string: {env_var}",
+                context.database.engine.test_connection_hint(env_var),
+                *context.database.engine.client_url_advice(context.database.parsed, env_var),
+            ]
             if env_var
             else []
         ),

@@ -2327,7 +2327,8 @@ def save_rows_commands(context: RunContext, since: WritesSinceBackup) -> list[st
     """How to keep a copy of the rows a restore would discard, before restoring."""
     if not (since.tables or since.sequences):  # only sessions writing as faber checked: their rows are not there yet
         return ["Let those sessions finish (or stop the application's writes), then roll back again"]
-    url = f'"${context.settings.database_url_env}"' if context.settings.database_url_env else "<database URL>"
+    env_var = context.settings.database_url_env
+    url = f'"${env_var}"' if env_var else "<database URL>"
     # pg_dump saves a sequence's data as the setval that puts it back, and large objects with --blobs.
     saved = [t.table for t in since.tables if t.table not in writes.LARGE_OBJECT_CATALOGS]
     saved += [s.sequence for s in since.sequences]
@@ -2338,6 +2339,7 @@ def save_rows_commands(context: RunContext, since: WritesSinceBackup) -> list[st
         selection = f"--blobs {selection}" if saved else "--blobs --exclude-table-data='*.*'"
     return [
         f"Save the tables others wrote to first: pg_dump --data-only {selection} --file=writes-since-backup.sql {url}",
+        *(context.database.engine.client_url_advice(context.database.parsed, env_var) if env_var else []),
         "Then re-apply what must survive after the restore (the backup does not have those rows)",
     ]
 

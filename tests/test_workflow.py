@@ -256,6 +256,31 @@ def test_unreachable_database_fails_the_health_check(faber_project, context_for,
     assert CANARY_PASSWORD not in repr(raised.value.__dict__)
 
 
+def test_advice_that_hands_the_url_to_psql_says_to_leave_out_the_parameters_it_refuses(
+    faber_project, context_for, plugins, monkeypatch
+):
+    """Prisma's ?schema= is faber's to read and drop; psql given the URL refuses it ("invalid URI
+    query parameter"), so the advice to test the connection with psql says so."""
+    monkeypatch.setenv("DOWN_URL", f"postgresql://app:{CANARY_PASSWORD}@127.0.0.1:1/nothing?schema=app&sslmode=disable")
+    project_dir = faber_project(
+        {
+            "database": {
+                "migration_tool": "sqlfiles",
+                "environments": {"production": {"database_url_env": "DOWN_URL", "connect_timeout_seconds": 2}},
+            }
+        }
+    )
+
+    with pytest.raises(HealthCheckFailed) as raised:
+        migrate(context_for(project_dir), plugins, YES)
+
+    suggestions = raised.value.suggestions
+    assert "Test connection: psql $DOWN_URL" in suggestions
+    assert (
+        "psql and pg_dump refuse the ?schema= of DOWN_URL (faber drops it): give them the URL without it" in suggestions
+    )
+
+
 def test_edited_applied_migration_blocks_deploy(project, context_for, plugins, database_url):
     project_dir = project({"001_users": USERS})
     migrate(context_for(project_dir), plugins, YES)

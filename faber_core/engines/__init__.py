@@ -359,6 +359,11 @@ class Engine(ABC):
     def test_connection_hint(self, env_var: str) -> str:
         """The suggestion that tests the connection by hand, e.g. ``Test connection: psql $DATABASE_URL``."""
 
+    def client_url_advice(self, url: TargetUrl, env_var: str) -> list[str]:
+        """What a command handing ``$env_var`` to the engine's own clients (psql, pg_dump) needs
+        said about ``url``: parameters they refuse that faber drops. None by default."""
+        return []
+
     @abstractmethod
     def parse_url(self, raw: str, source: str) -> TargetUrl:
         """Parse ``raw`` or raise :class:`ConfigError` naming ``source`` and never quoting the value."""

@@ -128,6 +128,15 @@ class PostgresEngine(Engine):
     def test_connection_hint(self, env_var: str) -> str:
         return f"Test connection: psql ${env_var}"
 
+    def client_url_advice(self, url: TargetUrl, env_var: str) -> list[str]:
+        from faber_core.postgres.url import client_refused_parameters
+
+        refused = client_refused_parameters(url.params)
+        if not refused:
+            return []
+        named = ", ".join(f"?{name}=" for name in refused)
+        return [f"psql and pg_dump refuse the {named} of {env_var} (faber drops it): give them the URL without it"]
+
     def parse_url(self, raw: str, source: str) -> TargetUrl:
         from faber_core.postgres.url import parse_database_url, refuse_where_to_connect_from_environment
 

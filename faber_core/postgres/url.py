@@ -121,6 +121,12 @@ class ParsedUrl:
     dbname: str | None
 
 
+def client_refused_parameters(params: Mapping[str, str]) -> list[str]:
+    """The URL's query parameters libpq does not know (Prisma's ``schema``): faber drops them
+    before connecting, but psql or pg_dump given the URL refuse it ("invalid URI query parameter")."""
+    return sorted(name for name in params if name not in _LIBPQ_PARAMS)
+
+
 def parse_database_url(raw: str, source: str) -> ParsedUrl:
     """Split a PostgreSQL URL, refusing one that does not parse or that urllib and libpq would
     read differently (a password with an unescaped ``@``, ``/``, ``?`` or ``#``).
