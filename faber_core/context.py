@@ -533,6 +533,7 @@ def find_project_dir(cwd: str | Path | None, *, required: bool) -> Path | None:
     from faber_core.config import CONFIG_PATH, config_file
 
     chosen = cwd or os.environ.get(PROJECT_DIR_VARIABLE)
+    given_by = "--cwd (or a request's working_directory)" if cwd else PROJECT_DIR_VARIABLE
     if chosen:
         # A hostile or mistyped path (a NUL byte, too long, a symlink loop, ~unknown-user) is an
         # error of the caller's, not of faber's.
@@ -551,7 +552,13 @@ def find_project_dir(cwd: str | Path | None, *, required: bool) -> Path | None:
                 suggestions=[f"Point --cwd or FABER_DB_CWD at the directory that holds {CONFIG_PATH}"],
             )
         if not is_dir:
-            raise ConfigError(f"Project directory does not exist: {chosen}")
+            raise ConfigError(
+                f"Project directory does not exist: {chosen}",
+                suggestions=[
+                    f"Check the path {given_by} gives",
+                    f"Point --cwd or {PROJECT_DIR_VARIABLE} at the directory that holds {CONFIG_PATH}",
+                ],
+            )
         return path
     start = directory = Path.cwd()
     device = start.stat().st_dev

@@ -110,6 +110,20 @@ def test_a_project_directory_that_cannot_be_resolved_is_config_invalid(run_faber
     assert "Traceback" not in run.stderr
 
 
+@pytest.mark.parametrize(
+    ("how", "named"), [("--cwd", "--cwd (or a request's working_directory)"), ("FABER_DB_CWD", "FABER_DB_CWD")]
+)
+def test_a_project_directory_that_does_not_exist_is_named_with_what_gave_it(run_faber, tmp_path, how, named):
+    missing = tmp_path / "no-such-project"
+    args, env = (["--cwd", str(missing)], {}) if how == "--cwd" else ([], {"FABER_DB_CWD": str(missing)})
+
+    run = run_faber("status", "production", "--json", *args, env=env, cwd=tmp_path)
+
+    assert run.returncode == 2, run.output
+    assert run.json["error"] == f"Project directory does not exist: {missing}"
+    assert f"Check the path {named} gives" in run.json["recovery"]["suggestions"]
+
+
 def test_a_migration_that_sets_a_password_column_gets_valid_json_documents(cli_project, run_faber):
     """The password masking (``password=...``) works on each text, not on the JSON around it: it
     swallowed the closing quote of a value ending in ``pwd=x``, and the dry run crashed."""
