@@ -124,6 +124,19 @@ def test_a_project_directory_that_does_not_exist_is_named_with_what_gave_it(run_
     assert f"Check the path {named} gives" in run.json["recovery"]["suggestions"]
 
 
+def test_an_environment_with_no_health_checks_says_they_were_skipped_not_passed(cli_project, run_faber):
+    project, env = cli_project({"001_users": USERS}, health_checks=[])
+
+    deploy = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
+    health = run_faber("health", "production", "--json", "--cwd", str(project), env=env)
+
+    assert deploy.returncode == 0, deploy.output
+    result = deploy.json["result"]
+    assert (result["health_check_before"], result["health_check_after"]) == ("skipped", "skipped")
+    assert health.returncode == 0, health.output
+    assert health.json["result"]["health_check"] == "skipped"
+
+
 def test_a_migration_that_sets_a_password_column_gets_valid_json_documents(cli_project, run_faber):
     """The password masking (``password=...``) works on each text, not on the JSON around it: it
     swallowed the closing quote of a value ending in ``pwd=x``, and the dry run crashed."""
