@@ -359,6 +359,13 @@ def _write_files(project: Path, tool: str, layout: _Layout) -> list[str]:
             (project / path).parent.mkdir(parents=True, exist_ok=True)
             replace_file(project / path, text)
             written.append(path)
+    elif tool == "prisma" and not (project / layout.section["migrations_dir"]).exists():
+        # A project right after `prisma init`: Prisma makes the folder with its first migration,
+        # but the config points at it, and faber reads it before anything runs.
+        folder = project / layout.section["migrations_dir"]
+        if folder.resolve().is_relative_to(project.resolve()):
+            folder.mkdir(parents=True)
+            written.append(layout.section["migrations_dir"])
     config = project / CONFIG_PATH
     config.parent.mkdir(parents=True, exist_ok=True)
     replace_file(config, json.dumps(starter_config(tool, layout.section, mysql=layout.mysql), indent=2) + "\n")

@@ -79,14 +79,18 @@ def test_prisma_projects_keep_their_own_migrations_folder(tmp_path, files, expec
     assert files_under(tmp_path) - before == {str(CONFIG_PATH), ".faber/.gitignore"}
 
 
-def test_a_prisma_project_without_migrations_yet_gets_no_example(tmp_path):
+def test_a_prisma_project_without_migrations_yet_gets_no_example_but_the_folder_its_config_names(tmp_path):
+    """Right after ``prisma init``: no example migration beside the project's schema, but the
+    (empty) folder the config points at, so that the ``next`` command runs rather than failing on
+    a missing folder."""
     write(tmp_path, {"prisma/schema.prisma": SCHEMA})
 
     result, config = initialised(tmp_path, "prisma")
 
     assert config["prisma"]["migrations_dir"] == "prisma/migrations"
-    assert result["written"] == [str(CONFIG_PATH), ".faber/.gitignore"]
-    assert not (tmp_path / "prisma/migrations").exists()
+    assert result["written"] == [str(CONFIG_PATH), ".faber/.gitignore", "prisma/migrations"]
+    assert list((tmp_path / "prisma/migrations").iterdir()) == []
+    assert result["next"] == "faber migrate dev"
 
 
 def test_a_typeorm_project_keeps_its_data_source_and_migrations(tmp_path):
