@@ -151,6 +151,8 @@ def migrate(
     # analysed, or SQL the handler refuses, touches nothing.
     with step(context, "analyse"):
         analysed = analysed or status_before_lock(context, plugins, checks_skipped=options.skip_health_check)
+        if options.skip_health_check:  # else the check under the lock names them (exit 3)
+            refuse_failed(context, analysed)
         refuse_out_of_order(context, analysed)
         refuse_uncommitted(context, analysed)
         check_before_lock(context, plugins, analysed.pending_migrations())
@@ -673,6 +675,19 @@ def status_after(context: RunContext, plugins: Plugins, health: Health) -> Migra
         return read_status(context, plugins)
     context.emit("status.read", pending=health.state.pending, applied=len(health.state.applied))
     return health.state
+
+
+def refuse_failed(context: RunContext, state: MigrationState) -> None:
+    """A migration recorded as failed stops a deploy whose health check is skipped before its lock
+    and backup: the tool refuses to apply past it anyway (Prisma's P3009), after a whole backup."""
+    if state.failed:
+        raise MigrationFailed(
+            f"The database has failed migrations that were never rolled back: {unfinished.failed_names(state)}. "
+            "Nothing was applied, no lock or backup was taken",
+            result={"failed_migrations": state.failed},
+            suggestions=failed_migration_advice(context, state.failed),
+            rollback_advised=False,
+        )
 
 
 def refuse_out_of_order(context: RunContext, state: MigrationState) -> None:

@@ -389,6 +389,29 @@ def test_faber_migrate_names_the_statements_a_failed_non_transactional_migration
     assert query("SELECT to_regclass('tags') IS NOT NULL") == [(True,)]
 
 
+def test_a_failed_migration_stops_a_deploy_that_skips_its_health_check_before_its_backup(
+    prisma_project, run_faber, query
+):
+    """The health check would name it; skipped, Prisma refuses to go past it (P3009), but only after
+    the approval and a whole backup, each retry another. It is refused before the lock and the
+    backup, and advised once."""
+    broken = 'CREATE TABLE "tags" ("id" int);\nCREATE INDEX CONCURRENTLY "users_nick_idx" ON "users" ("nick");\n'
+    project = prisma_project({"0001_init": INIT, "0002_index": broken}, backup_before_migrate=True, auto_rollback=False)
+    failed = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+    assert failed.json["result"]["failed_migration"] == "0002_index", failed.output
+    backups = sorted((project / ".faber/backups/staging").iterdir())
+
+    again = run_faber("migrate", "staging", "--yes", "--skip-health-check", "--json", "--cwd", str(project))
+
+    assert (again.returncode, again.json["code"]) == (6, "MIGRATION_FAILED"), again.output
+    assert again.json["result"].get("failed_migrations") == ["0002_index"], again.output
+    assert "no lock or backup was taken" in again.json["error"]
+    assert sorted((project / ".faber/backups/staging").iterdir()) == backups
+    [advice] = [s for s in again.json["recovery"]["suggestions"] if "resolve" in s]
+    assert advice.startswith("0002_index is recorded as failed: undo what it left behind")
+    assert "lock.acquired" not in again.stderr
+
+
 def test_a_long_migration_shows_periodic_progress_on_stderr_without_a_terminal(prisma_project, run_faber):
     slow = 'SELECT pg_sleep(2.5);\nALTER TABLE "users" ADD COLUMN "nickname" TEXT;\n'
     project = prisma_project({"0001_init": INIT, "0002_slow": slow})
