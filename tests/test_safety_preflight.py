@@ -104,9 +104,12 @@ def test_abort_applies_nothing_and_takes_no_backup(
     with pytest.raises(PreflightBlocked) as raised:
         migrate(context_for(project_dir), plugins, YES)
 
-    blockers = raised.value.result["preflight"]["blockers"]
-    assert [b["pid"] for b in blockers] == [holder.info.backend_pid]
-    assert "pg_terminate_backend" in " ".join(raised.value.suggestions)
+    report = raised.value.result["preflight"]
+    assert [b["pid"] for b in report["blockers"]] == [holder.info.backend_pid]
+    assert report["tables"] == ["public.orders"] and report["policy"] == "abort"
+    assert f"If a session is stuck, end it: SELECT pg_terminate_backend({holder.info.backend_pid})" in (
+        raised.value.suggestions
+    )
     assert not column_exists(database_url)
     assert set((project_dir / ".faber/backups/production").glob("*.dump")) == backups_before
 

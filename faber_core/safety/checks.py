@@ -301,6 +301,8 @@ def preflight_before_apply(context: RunContext, review: Review) -> PreflightRepo
             check,
             wait_seconds=context.settings.preflight_wait_seconds,
             environment=context.environment,
+            tables=tables,
+            release_hint=context.database.engine.lock_release_hint,
             on_wait=lambda found: context.emit(events.PREFLIGHT_WAITING, blockers=[b.model_dump() for b in found]),
         )
         review.preflight = PreflightReport(policy=policy, tables=tables, blockers=blockers, waited_seconds=waited)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import psycopg
 
 from faber_core.errors import PreflightBlocked
-from faber_core.safety.models import Blocker
+from faber_core.safety.models import Blocker, PreflightReport
 from faber_core.secrets import Redactor
 
 POLL_SECONDS = 0.5
@@ -96,11 +96,15 @@ def enforce(
     *,
     wait_seconds: float,
     environment: str,
+    tables: list[str],
+    release_hint: str,
     on_wait: Callable[[list[Blocker]], None],
     sleep: Callable[[float], None] = time.sleep,
 ) -> tuple[list[Blocker], float]:
     """Apply ``policy`` to the blockers ``check`` finds; returns the last blockers seen and how
-    long it waited. ``abort`` raises at once, ``wait`` after ``wait_seconds``, ``warn`` never."""
+    long it waited. ``abort`` raises at once, ``wait`` after ``wait_seconds``, ``warn`` never.
+    ``tables``: what the migrations touch, for the report; ``release_hint``: the engine's statement
+    that ends a session, its placeholder (``<pid>``) filled with each blocker's."""
     started = time.monotonic()
     blockers = check()
     if policy == "wait" and _blocking(blockers):
@@ -110,7 +114,8 @@ def enforce(
             blockers = check()
     waited = round(time.monotonic() - started, 1) if policy == "wait" else 0.0
     if policy in ("abort", "wait") and _blocking(blockers):
-        raise _blocked(policy, _blocking(blockers), environment, waited)
+        report = PreflightReport(policy=policy, tables=tables, blockers=_blocking(blockers), waited_seconds=waited)
+        raise _blocked(report, environment, release_hint)
     return blockers, waited
 
 
@@ -118,19 +123,19 @@ def _blocking(blockers: list[Blocker]) -> list[Blocker]:
     return [blocker for blocker in blockers if blocker.blocks_migration]
 
 
-def _blocked(policy: str, blockers: list[Blocker], environment: str, waited: float) -> PreflightBlocked:
+def _blocked(report: PreflightReport, environment: str, release_hint: str) -> PreflightBlocked:
+    blockers = report.blockers
     first = blockers[0]
     summary = f"pid {first.pid} ({first.state or 'unknown state'}, {first.age_seconds:.0f}s): {first.reason}"
     more = f" and {len(blockers) - 1} more" if len(blockers) > 1 else ""
-    still = f" after waiting {waited:.0f}s" if policy == "wait" else ""
+    still = f" after waiting {report.waited_seconds:.0f}s" if report.policy == "wait" else ""
+    ends = "; ".join(re.sub(r"<[^<>]+>", str(blocker.pid), release_hint) for blocker in blockers)
     return PreflightBlocked(
         f"Sessions would block the migration{still}: {summary}{more}. Nothing was applied",
-        result={
-            "preflight": {"policy": policy, "waited_seconds": waited, "blockers": [b.model_dump() for b in blockers]}
-        },
+        result={"preflight": report.model_dump()},
         suggestions=[
             "Let the listed sessions finish (or commit/roll back), then retry",
-            "If a session is stuck, end it: SELECT pg_terminate_backend(<pid>)",
+            f"If a session is stuck, end it: {ends}",
             f'Or set "preflight": "warn" for {environment} to proceed under lock_timeout and retry',
         ],
     )
