@@ -168,6 +168,8 @@ def _finish(document: Document, json_output: bool) -> NoReturn:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
     try:
+        if json_output:
+            _end_message_on_stderr(document)
         typer.echo(_render(document, json_output))
     except OSError:
         # Its reader is gone (a closed pipe, a hung-up terminal): the run's history row and audit
@@ -175,6 +177,18 @@ def _finish(document: Document, json_output: bool) -> NoReturn:
         # output it cannot flush at exit).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     raise typer.Exit(document.exit_code)
+
+
+def _end_message_on_stderr(document: Document) -> None:
+    """With ``--json``, the end message (``✅ COMPLETED`` or ``❌ FAILED`` and the recovery advice)
+    goes to stderr with the progress: a CI log shows how the run ended, stdout holds the document."""
+    from faber_core.render import render_human
+    from faber_core.secrets import Redactor
+
+    try:
+        typer.echo(render_human(document, Redactor()), err=True)
+    except OSError:
+        pass  # stderr's reader is gone: the document still goes to stdout
 
 
 def _render(document: Document, json_output: bool) -> str:

@@ -52,6 +52,19 @@ def test_migrate_json_is_one_document_and_progress_goes_to_stderr(cli_project, r
     assert "🎯 STARTING: Migration Deployer" in run.stderr
     assert "✓ Deploying migration: 001_users" in run.stderr
     assert f"✓ Backup created: {document['result']['backup_id']}" in run.stderr
+    assert "✅ COMPLETED: Migration Deployer" in run.stderr  # the end message, for the CI log
+    assert "COMPLETED" not in run.stdout
+    assert_no_canary(run, project)
+
+
+def test_with_json_a_failed_run_s_end_message_and_advice_go_to_stderr(cli_project, run_faber):
+    project, env = cli_project({"001_users": USERS, "002_broken": "SELECT 1/0;"})
+
+    run = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
+
+    assert run.returncode == 6 and run.json["code"] == "MIGRATION_FAILED", run.output
+    end = run.stderr[run.stderr.index("❌") :]
+    assert "Recovery:" in end and "Review migration: migrations/002_broken.sql" in end
     assert_no_canary(run, project)
 
 
