@@ -134,3 +134,35 @@ def test_a_percent_encoded_mysql_database_name_is_decoded(
     finally:
         with mysql_connect(mysql_admin_url) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+def test_a_mysql_password_with_non_ascii_characters_logs_faber_mysqldump_and_typeorm_in(
+    mysql_typeorm_project, typeorm_migration, run_faber, mysql_database_url, mysql_admin_url, mysql_query, monkeypatch
+):
+    # é is Latin-1, € is not: PyMySQL sent the first as Latin-1 (authentication failed) and could not
+    # encode the second (INTERNAL_ERROR); the server, the mysql client and the Node drivers take UTF-8.
+    user, password = f"faber_{uuid.uuid4().hex[:12]}", f"{CANARY_PASSWORD}-é€"
+    database = urlsplit(mysql_database_url).path.lstrip("/")
+    with mysql_connect(mysql_admin_url) as conn:
+        conn.execute("CREATE USER %s@'%%' IDENTIFIED BY %s", (user, password))
+        conn.execute(f"GRANT ALL PRIVILEGES ON `{database}`.* TO %s@'%%'", (user,))
+    try:
+        parts = urlsplit(mysql_database_url)
+        netloc = f"{user}:{quote(password, safe='')}@{parts.netloc.rpartition('@')[2]}"
+        migration = typeorm_migration(CREATE_USERS, "CREATE TABLE users (id INT PRIMARY KEY)")
+        project = mysql_typeorm_project(
+            {"1700000000000-CreateUsers.js": migration}, fixture_migrations=False, backup_before_migrate=True
+        )
+        monkeypatch.setenv("TYPEORM_TEST_DATABASE_URL", urlunsplit(parts._replace(netloc=netloc)))
+
+        deployed = faber(run_faber, project, "migrate", "staging", "--yes")
+        status = faber(run_faber, project, "status", "staging")
+
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        assert deployed.json["result"]["backup_id"]
+        assert mysql_query("SELECT name FROM migrations") == [(CREATE_USERS,)]
+        assert status.returncode == 0 and status.json["result"]["applied"] == [CREATE_USERS], status.stdout
+        assert password not in deployed.stdout + deployed.stderr + status.stdout + status.stderr
+    finally:
+        with mysql_connect(mysql_admin_url) as conn:
+            conn.execute("DROP USER IF EXISTS %s@'%%'", (user,))
