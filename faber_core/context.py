@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from faber_core import events
 from faber_core.config import EnvironmentSettings, FaberConfig, Options, plugin_options
@@ -79,8 +79,13 @@ class Database:
     def sibling(self, name: str, *, source: str) -> Database:
         """The database ``name`` on the same server, reached by the same user and URL parameters."""
         parts = urlsplit(self.url.reveal())
+        # libpq takes ?dbname= over the path: kept, it would point the sibling (a rehearsal's throwaway
+        # copy) at this very database.
+        query = "&".join(
+            pair for pair in parts.query.split("&") if pair and unquote(pair.partition("=")[0]) != "dbname"
+        )
         # Percent-encoded: a name may hold any character (quotes, spaces, '%', '?', '/').
-        url = Secret(urlunsplit(parts._replace(path=f"/{quote(name, safe='')}")))
+        url = Secret(urlunsplit(parts._replace(path=f"/{quote(name, safe='')}", query=query)))
         return Database(url, source=source, connect_timeout=self.connect_timeout)
 
     @property

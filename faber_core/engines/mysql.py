@@ -192,6 +192,10 @@ class MySQLConnection(pymysql.connections.Connection):
     """
 
     def __init__(self, **params: Any) -> None:
+        if isinstance(params.get("password"), str):
+            # As UTF-8, as the mysql client, mysqldump (MYSQL_PWD) and the Node drivers send it:
+            # PyMySQL encodes a str as Latin-1, which fails on a password with a non-ASCII character.
+            params["password"] = params["password"].encode()
         self._params = params
         self._awaiting_answer = False
         self._interrupted_stream: tuple[Any, Any] | None = None

@@ -24,10 +24,11 @@ its stdin, one JSON object per line, each naming the database it is for (the tar
 throwaway copy a rehearsal applies to). The first line on stdin is the run's nonce, a random
 token the runner reads before it loads any project code::
 
-    {"command": "status", "database_url": ...}
-    {"command": "load", "database_url": ..., "migrations": ["<migration name>", ...]}
-    {"command": "mark_applied", "database_url": ..., "migrations": ["<migration name>"]}
-    {"command": "apply", "database_url": ..., "expected": ["<migration name>", ...],
+    {"command": "status", "connection": {"engine": "postgres", "host": ..., "port": 5432, "user": ...,
+     "password": ..., "database": ..., "options": ..., "application_name": ..., "tls": null}}
+    {"command": "load", "connection": ..., "migrations": ["<migration name>", ...]}
+    {"command": "mark_applied", "connection": ..., "migrations": ["<migration name>"]}
+    {"command": "apply", "connection": ..., "expected": ["<migration name>", ...],
      "session_statements": ["SET SESSION lock_wait_timeout = 5, ...", ...], "queries": "of_failure",
      "lock_check": "SELECT ...", "confirm_each_migration": true,
      "measure_writes": {"start": [...], "before_commit": [...], "after_failure": [...], "after_unmeasured": [...]}}
@@ -87,7 +88,12 @@ Migrations run inside the runner and may print anything: their stdout and stderr
 migration can pass for the runner (report a migration applied, or the request done). The nonce is
 never in the runner's environment or argv, where project code could read it.
 
-The database URL reaches the runner only in the request, never in its environment or argv;
+A request's ``connection`` is where faber's own connections go, as
+:func:`~faber_core.support.node.connection.runner_connection` resolved it from the URL (a MySQL
+request has ``socket`` for a Unix socket; ``tls`` is null where the URL asks nothing of TLS): the
+runner gives the ORM these options, never a URL to parse again, which its parser would read
+differently (``?dbname=``, ``?socket=``, an IPv6 host, a percent-encoded database name). It
+reaches the runner only in the request, never in its environment or argv;
 ``expected`` lists the migrations faber means to apply, and the runner refuses to start if the
 ORM's own list differs. ``session_statements`` (MySQL, whose drivers read no timeout settings
 from the environment, unlike node-postgres and ``PGOPTIONS``) give the environment's lock and
@@ -170,6 +176,7 @@ from faber_core.processes import (
     stop,
 )
 from faber_core.secrets import Redactor
+from faber_core.support.node.connection import runner_connection
 
 COMMON_VARIABLE = "FABER_RUNNER_COMMON"
 PROTOCOL_FD_VARIABLE = "FABER_RUNNER_PROTOCOL_FD"
@@ -264,7 +271,7 @@ def run_runner(
     """
     target = database or context.database
     runner = start_runner(tool, context, args)
-    request: dict[str, Any] = {"command": command, "database_url": target.url.reveal()}
+    request: dict[str, Any] = {"command": command, "connection": runner_connection(target)}
     if expected is not None:
         request["expected"] = expected
         if not context.session_timeout_env():  # the driver cannot take the timeouts from its environment

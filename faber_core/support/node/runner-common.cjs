@@ -1,6 +1,6 @@
 "use strict";
-// What every faber ORM runner shares: the requests on stdin (each naming its database, whose URL
-// project code never sees in the environment) and the JSON-lines protocol on a pipe of its own,
+// What every faber ORM runner shares: the requests on stdin (each naming its database's connection,
+// which project code never sees in the environment) and the JSON-lines protocol on a pipe of its own,
 // setup errors, the approved plan, and loading modules from the project's own node_modules. See
 // faber_core/support/node/__init__.py.
 
@@ -21,18 +21,30 @@ let nonce = null;
 const SETUP_ERROR_EXIT = 2;
 const MIGRATION_FAILED_EXIT = 1;
 
-// The engine of the request being answered (requests are answered one at a time), from its URL's
-// scheme: `postgres`, or `mysql` for MySQL and MariaDB alike (the ORMs reach either server through
-// the project's own MySQL driver).
+// The engine of the request being answered (requests are answered one at a time), from its
+// connection: `postgres`, or `mysql` for MySQL and MariaDB alike (the ORMs reach either server
+// through the project's own MySQL driver).
 let requestEngine = "postgres";
 
 function engine() {
   return requestEngine;
 }
 
-// `url` with the scheme an ORM reads its dialect from (`mysql://`, `mariadb://`, ...).
-function withScheme(url, scheme) {
-  return url.replace(/^[a-z][a-z0-9+.-]*:/i, `${scheme}:`);
+// A request's connection.tls as Node's TLS options, for the drivers' `ssl` option: undefined where
+// the URL asks nothing of TLS (the ORM's own `ssl` applies), false for "disable", else the checks
+// faber's own connections make ("require": encrypted, the certificate unchecked; "verify-ca": signed
+// by the CA; "verify-full": and for the host named), with the files' contents.
+function tlsOptions(tls) {
+  if (!tls) return undefined;
+  if (tls.mode === "disable") return false;
+  const read = (file) => (file ? fs.readFileSync(file) : undefined);
+  const options = { rejectUnauthorized: tls.mode !== "require" };
+  const files = { ca: read(tls.ca), cert: read(tls.cert), key: read(tls.key), crl: read(tls.crl) };
+  for (const [name, value] of Object.entries(files)) if (value !== undefined) options[name] = value;
+  if (tls.passphrase) options.passphrase = tls.passphrase;
+  if (tls.servername) options.servername = tls.servername;
+  if (tls.mode === "verify-ca") options.checkServerIdentity = () => undefined;
+  return options;
 }
 
 // A driver error's code as faber reports it: PostgreSQL's SQLSTATE, or MySQL's error number
@@ -289,8 +301,8 @@ function emitSetupError(error) {
 // asks: load(options) loads the project and returns the runner's commands. It starts as soon as
 // the nonce is in, before the first request, so that the project loads while faber prepares the
 // run; a load that failed fails every request the same way. After the nonce, each line faber
-// writes on stdin is a request ({"command": "status", "database_url": ...},
-// {"command": "apply", "database_url": ..., "expected": [...]}) answered by the command's events
+// writes on stdin is a request ({"command": "status", "connection": {...}},
+// {"command": "apply", "connection": {...}, "expected": [...]}) answered by the command's events
 // and {"event": "done", "exit_code": N}.
 // A setup problem, or an error the ORM raised outside any migration, is one setup_error event
 // and exit code 2. The runner ends when faber closes stdin.
@@ -302,7 +314,7 @@ function serve(load) {
     let code;
     try {
       const request = JSON.parse(line);
-      requestEngine = /^(mysql|mariadb):/i.test(request.database_url || "") ? "mysql" : "postgres";
+      requestEngine = request.connection && request.connection.engine === "mysql" ? "mysql" : "postgres";
       queriesOfFailureOnly = request.queries === "of_failure";
       confirmEachMigration = request.confirm_each_migration === true;
       stopRequested = false;
@@ -464,7 +476,7 @@ function trackQueries(query) {
 
 module.exports = {
   engine,
-  withScheme,
+  tlsOptions,
   errorCode,
   qualifiedName,
   describe,

@@ -7,7 +7,7 @@
 //
 //   node runner.cjs [--env NAME] [--environment FABER_ENV]     (requests on stdin)
 //
-// Each request's database_url replaces the config's connection options.
+// Each request's connection replaces the config's connection options.
 //
 // The bookkeeping is written here with Sequelize itself rather than through umzug: every
 // Sequelize project has `sequelize`, while umzug is only a transitive dependency of
@@ -22,6 +22,7 @@ const faber = require(process.env.FABER_RUNNER_COMMON); // faber_core/support/no
 // sequelize-cli's own pattern for migration files.
 const MIGRATION_FILE = /^(?!.*\.d\.ts$).*\.(cjs|js|cts|ts)$/;
 const CONNECTION_KEYS = ["username", "password", "database", "host", "port", "url", "use_env_variable", "replication"];
+const DIALECT_CONNECTION_KEYS = ["host", "port", "user", "password", "database", "socketPath", "connectionString"];
 const LOGGED_QUERY = /^Executing \([^)]*\): /s;
 // The config dialects faber deploys to each engine's servers. A MySQL or MariaDB project keeps its
 // own dialect, so Sequelize loads the driver the project installed for it (mysql2, or mariadb).
@@ -125,11 +126,36 @@ function openSequelize(projectDir, section, request, logging) {
     );
   }
   const dialect = section.dialect || dialects[0];
+  const connection = request.connection;
   const options = { ...section };
   for (const key of CONNECTION_KEYS) delete options[key];
-  Object.assign(options, { dialect, logging, benchmark: false, logQueryParameters: false });
-  // Sequelize takes the dialect from the URL's scheme.
-  const sequelize = new SequelizeModule.Sequelize(faber.withScheme(request.database_url, dialect), options);
+  // The MySQL and MariaDB drivers take dialectOptions over Sequelize's own: none of it may say where
+  // to connect.
+  const dialectOptions = { ...section.dialectOptions };
+  for (const key of DIALECT_CONNECTION_KEYS) delete dialectOptions[key];
+  if (connection.socket) dialectOptions.socketPath = connection.socket;
+  const ssl = faber.tlsOptions(connection.tls);
+  if (ssl !== undefined) dialectOptions.ssl = ssl;
+  if (connection.options) {
+    // node-postgres takes `options` over PGOPTIONS, which carries faber's timeouts: both, the timeouts last.
+    dialectOptions.options = [connection.options, process.env.PGOPTIONS].filter(Boolean).join(" ");
+  }
+  if (connection.application_name) dialectOptions.application_name = connection.application_name;
+  // Where faber's own connections go, as explicit options: Sequelize's URL parser (and the drivers'
+  // under it) would read faber's URL differently (?socket=, ?dbname=, ?host=, ...).
+  Object.assign(options, {
+    dialect,
+    dialectOptions,
+    host: connection.host || undefined,
+    port: connection.port || undefined,
+    username: connection.user,
+    password: connection.password === null ? undefined : connection.password,
+    database: connection.database,
+    logging,
+    benchmark: false,
+    logQueryParameters: false,
+  });
+  const sequelize = new SequelizeModule.Sequelize(options);
   // Every session Sequelize opens for the migrations gets the environment's timeouts first (MySQL).
   const statements = request.session_statements || [];
   if (statements.length > 0) sequelize.addHook("afterConnect", (connection) => runFirst(connection, statements));

@@ -7,7 +7,7 @@
 //
 //   node runner.cjs --data-source data-source.js     (requests on stdin)
 //
-// Each request's database_url replaces the data source's connection options.
+// Each request's connection replaces the data source's connection options.
 
 const fs = require("fs");
 const path = require("path");
@@ -16,7 +16,7 @@ const { performance } = require("perf_hooks");
 
 const faber = require(process.env.FABER_RUNNER_COMMON); // faber_core/support/node/runner-common.cjs
 const CONNECTION_KEYS = ["url", "host", "port", "username", "password", "database", "replication", "socketPath"];
-const EXTRA_CONNECTION_KEYS = ["connectionString", "host", "port", "user", "password", "database"];
+const EXTRA_CONNECTION_KEYS = ["connectionString", "host", "hostaddr", "port", "user", "password", "database", "socketPath"];
 const SUCCESS_LOG = /^Migration (.+) has been (?:\(fake\) )?executed successfully\.$/;
 // Statements that end or start a transaction (not savepoints: ROLLBACK TO keeps it open).
 const TRANSACTION_CONTROL = /^\s*(COMMIT|END|ABORT|ROLLBACK(?!\s+TO\b)|BEGIN|START\s+TRANSACTION)\b/i;
@@ -149,10 +149,12 @@ async function loadDataSource(projectDir, relative) {
   return findDataSource(exported, relative);
 }
 
-// A new DataSource with the project's options, pointed at faber's database, never touching the
-// schema on its own (no synchronize, no migrationsRun, no dropSchema); given the run's migration
-// classes once a request has resolved them (see load).
-function retarget(userDataSource, databaseUrl, logger, migrationClasses) {
+// A new DataSource with the project's options, connected where faber's own connections go (the
+// request's connection, never a URL: TypeORM's parser drops a URL's query, keeps the database name
+// percent-encoded and splits an IPv6 host at its first ':'), never touching the schema on its own
+// (no synchronize, no migrationsRun, no dropSchema); given the run's migration classes once a
+// request has resolved them (see load).
+function retarget(userDataSource, connection, logger, migrationClasses) {
   const options = { ...userDataSource.options };
   if (migrationClasses) options.migrations = migrationClasses;
   const engine = faber.engine();
@@ -162,14 +164,29 @@ function retarget(userDataSource, databaseUrl, logger, migrationClasses) {
       `The environment's database is ${ENGINE_LABEL[engine]}; this DataSource is of type ${options.type}`,
     );
   }
+  const ssl = faber.tlsOptions(connection.tls);
   for (const key of CONNECTION_KEYS) delete options[key];
-  if (options.extra) {
-    options.extra = { ...options.extra };
-    for (const key of EXTRA_CONNECTION_KEYS) delete options.extra[key];
+  // The driver takes `extra` over TypeORM's own options: none of it may say where to connect.
+  options.extra = { ...options.extra };
+  for (const key of EXTRA_CONNECTION_KEYS) delete options.extra[key];
+  if (ssl !== undefined) {
+    delete options.extra.ssl;
+    options.ssl = ssl;
+  }
+  if (engine === "postgres") {
+    // node-postgres takes `options` over PGOPTIONS, which carries faber's timeouts: both, the timeouts last.
+    const sessionOptions = [connection.options, process.env.PGOPTIONS].filter(Boolean).join(" ");
+    if (connection.options) options.extra.options = sessionOptions;
+    if (connection.application_name) options.applicationName = connection.application_name;
   }
   Object.assign(options, {
     type: engine === "postgres" ? "postgres" : options.type,
-    url: faber.withScheme(databaseUrl, engine === "postgres" ? "postgres" : "mysql"),
+    host: connection.host || undefined,
+    port: connection.port || undefined,
+    socketPath: connection.socket || undefined,
+    username: connection.user,
+    password: connection.password === null ? undefined : connection.password,
+    database: connection.database,
     logger,
     logging: true,
     synchronize: false,
@@ -467,7 +484,7 @@ async function markApplied(dataSource, projectDir, name) {
 // only: between requests the runner holds no connection.
 async function connected(userDataSource, run, request, work) {
   const track = tracker();
-  const dataSource = retarget(userDataSource, request.database_url, track.logger, run.migrationClasses);
+  const dataSource = retarget(userDataSource, request.connection, track.logger, run.migrationClasses);
   await connect(dataSource, run.dataSourceFile);
   run.migrations = run.migrations || dataSource.migrations;
   run.migrationClasses = run.migrationClasses || run.migrations.map((migration) => migration.constructor);

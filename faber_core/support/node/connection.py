@@ -1,0 +1,182 @@
+"""Where a Node runner's ORM connects: the connection faber resolved from the URL, never the URL.
+
+The ORMs' URL parsers read a URL differently from libpq and from faber's MySQL parser: TypeORM
+drops its query and does not percent-decode the database name, node-postgres ignores libpq's
+``?dbname=``, ``?host=``, ``?hostaddr=``, ``?port=`` and ``?user=``, and mysql2 ignores
+``?socket=``. A deploy would check, lock and back up one database and migrate another. So a
+runner's request carries :func:`runner_connection`: host (or socket), port, user, password,
+database and TLS, each as faber's own connections use it, which the runner hands the ORM as
+explicit options. A setting the ORM's driver cannot honour as faber does is refused here, before
+the runner's first request, with a :class:`ConfigError` naming it.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from faber_core.context import Database
+from faber_core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from faber_core.engines.mysql import TlsSettings
+
+_PG_REFUSED_VALUES = {
+    "gssencmode": ("require",),
+    "channel_binding": ("require",),
+    "sslnegotiation": ("direct",),
+    "sslcertmode": ("require",),
+}
+"""libpq settings whose value asks for something node-postgres cannot do; their other values change
+nothing node-postgres would do differently."""
+_PG_REFUSED = {
+    "service": "node-postgres reads no service file",
+    "requirepeer": "node-postgres cannot check the server process's user on a Unix socket",
+    "sslcrldir": "Node's TLS takes a certificate revocation list file (sslcrl=), not a directory",
+}
+_PG_VERIFYING = ("verify-ca", "verify-full")
+_PG_DEFAULT_TLS_FILES = {
+    "sslrootcert": "root.crt",
+    "sslcert": "postgresql.crt",
+    "sslkey": "postgresql.key",
+    "sslcrl": "root.crl",
+}
+"""The files libpq reads from ``~/.postgresql`` when the URL names none."""
+
+
+def runner_connection(database: Database) -> dict[str, Any]:
+    """The connection a runner's ORM opens to ``database``: ``engine``, ``host`` (a host name, an
+    address, or a Unix socket: a directory on PostgreSQL, the socket file on MySQL as ``socket``),
+    ``port``, ``user``, ``password`` (None: the URL has none), ``database`` and ``tls`` (None: the
+    URL asks nothing of TLS, and the ORM's own ``ssl`` option applies). Raises :class:`ConfigError`
+    for a URL the ORM could not follow; worked out once per database."""
+    if "runner_connection" not in database.learnt:
+        build = _postgres_connection if database.engine.name == "postgresql" else _mysql_connection
+        database.learnt["runner_connection"] = build(database)
+    return dict(database.learnt["runner_connection"])
+
+
+def _refused(database: Database, parameter: str, why: str, suggestion: str) -> ConfigError:
+    return ConfigError(
+        f"The database URL in {database.source} sets {parameter}, which the migration tool's driver cannot follow "
+        f"as faber's connections do ({why}): faber would check, lock and back up one connection and migrate "
+        "through another",
+        suggestions=[suggestion],
+    )
+
+
+def _postgres_connection(database: Database) -> dict[str, Any]:
+    params = {key: str(value) for key, value in database.conninfo_params().items() if value not in (None, "")}
+    for key, why in _PG_REFUSED.items():
+        if key in params:
+            raise _refused(database, f"{key}=", why, f"Remove {key}= from the URL for this migration tool")
+    for key, values in _PG_REFUSED_VALUES.items():
+        if params.get(key) in values:
+            raise _refused(
+                database,
+                f"{key}={params[key]}",
+                "node-postgres cannot do it",
+                f"Remove {key}= from the URL for this migration tool",
+            )
+    if any("," in params.get(key, "") for key in ("host", "hostaddr", "port")):
+        raise _refused(
+            database,
+            "several hosts",
+            "node-postgres connects to one host and does not try the next",
+            "Name one host and port in the URL",
+        )
+    host, hostaddr = params.get("host"), params.get("hostaddr")
+    if host is None and hostaddr is None:
+        raise _refused(
+            database,
+            "no host",
+            "libpq then connects through its own default Unix socket directory, node-postgres to localhost",
+            "Name the host in the URL; a Unix socket by its directory: postgresql://USER@%2Fvar%2Frun%2Fpostgresql/DB",
+        )
+    # libpq's defaults: the operating system's name of the user faber runs as, a database named as the user.
+    user = params.get("user") or pwd.getpwuid(os.geteuid()).pw_name
+    return {
+        "engine": "postgres",
+        "host": hostaddr or host,
+        "port": int(params.get("port") or database.engine.default_port),
+        "user": user,
+        "password": params.get("password"),
+        "database": params.get("dbname") or user,
+        "options": params.get("options"),
+        "application_name": params.get("application_name"),
+        "tls": _postgres_tls(params, verify_name=host),
+    }
+
+
+def _postgres_tls(params: dict[str, str], verify_name: str | None) -> dict[str, Any] | None:
+    """libpq's TLS for the URL, as Node's TLS options: ``mode`` ``disable``, ``require`` (encrypted,
+    unverified), ``verify-ca`` or ``verify-full``; None for ``prefer`` and ``allow`` (libpq's default,
+    which node-postgres cannot do: the ORM's own ``ssl`` option applies)."""
+    mode = params.get("sslmode", "prefer")
+    if mode in ("prefer", "allow"):
+        return None
+    if mode == "disable":
+        return {"mode": "disable"}
+    files = {key: params.get(key) or _default_tls_file(default) for key, default in _PG_DEFAULT_TLS_FILES.items()}
+    if mode == "require" and files["sslrootcert"]:
+        mode = "verify-ca"  # libpq verifies the server's certificate when it has a CA file, as documented
+    return {
+        "mode": mode,
+        # sslrootcert=system: the system's CAs, which Node's defaults are; otherwise libpq's file alone.
+        "ca": None if mode not in _PG_VERIFYING or files["sslrootcert"] == "system" else files["sslrootcert"],
+        "cert": files["sslcert"],
+        "key": files["sslkey"] if files["sslcert"] else None,
+        "crl": files["sslcrl"] if mode in _PG_VERIFYING else None,
+        "passphrase": params.get("sslpassword"),
+        "servername": verify_name if verify_name and not verify_name.startswith("/") else None,
+    }
+
+
+def _default_tls_file(name: str) -> str | None:
+    try:
+        path = Path.home() / ".postgresql" / name
+    except RuntimeError:  # no home directory: libpq reads none either
+        return None
+    return str(path) if path.is_file() else None
+
+
+_MYSQL_TLS_MODES = {
+    "DISABLED": "disable",
+    "REQUIRED": "require",
+    "VERIFY_CA": "verify-ca",
+    "VERIFY_IDENTITY": "verify-full",
+}
+"""The URL's ``ssl-mode`` as libpq names the same checks, which the runners read for both engines."""
+
+
+def _mysql_connection(database: Database) -> dict[str, Any]:
+    params = database.conninfo_params()
+    socket = params.get("unix_socket")
+    return {
+        "engine": "mysql",
+        "host": None if socket else params["host"],
+        "port": None if socket else params["port"],
+        "socket": socket,
+        "user": params["user"],
+        "password": params["password"],
+        "database": params["database"],
+        "tls": _mysql_tls(database.parsed.extra["tls"], None if socket else params["host"]),
+    }
+
+
+def _mysql_tls(tls: TlsSettings, host: str | None) -> dict[str, Any] | None:
+    """As faber's own connections use TLS (:meth:`TlsSettings.driver_params`): a CA file verifies the
+    server's certificate whatever the mode; None without a TLS parameter in the URL (the ORM's own
+    ``ssl`` option applies)."""
+    if not tls.explicit:
+        return None
+    mode = _MYSQL_TLS_MODES[tls.mode]
+    if mode == "require" and tls.ca:
+        mode = "verify-ca"
+    files = {
+        role: str(Path(path).resolve()) if path else None
+        for role, path in (("ca", tls.ca), ("cert", tls.cert), ("key", tls.key))
+    }
+    return {"mode": mode, **files, "crl": None, "passphrase": None, "servername": host}
