@@ -5,6 +5,7 @@ plugins' test_*_connection.py."""
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 
 from faber_core.context import Database
@@ -54,7 +55,21 @@ def test_a_setting_node_postgres_cannot_follow_is_refused_naming_it(query, named
     assert named in refused.value.message and "$APP_DATABASE_URL" in refused.value.message
 
 
-@pytest.mark.parametrize("url", ["postgresql://app@a,b/shop", "postgresql://app@/shop"])
-def test_several_hosts_or_none_are_refused(url):
+def test_several_hosts_are_refused():
     with pytest.raises(ConfigError):
-        connection(url)
+        connection("postgresql://app@a,b/shop")
+
+
+def test_a_url_without_a_host_goes_through_the_socket_directory_libpq_uses():
+    """node-postgres alone would go to localhost: the runner gets the directory of libpq's own
+    default Unix socket, as faber's connection found it."""
+    url = "postgresql://postgres@/postgres"
+    try:
+        with psycopg.connect(url) as conn:
+            used = (conn.info.host, conn.info.port)
+    except psycopg.OperationalError:
+        pytest.skip("no PostgreSQL on libpq's default Unix socket here")
+
+    found = connection(url)
+
+    assert (found["host"], found["port"]) == used and used[0].startswith("/")

@@ -89,12 +89,10 @@ def _postgres_connection(database: Database) -> dict[str, Any]:
         )
     host, hostaddr = params.get("host"), params.get("hostaddr")
     if host is None and hostaddr is None:
-        raise _refused(
-            database,
-            "no host",
-            "libpq then connects through its own default Unix socket directory, node-postgres to localhost",
-            "Name the host in the URL; a Unix socket by its directory: postgresql://USER@%2Fvar%2Frun%2Fpostgresql/DB",
-        )
+        # libpq connects through the Unix socket directory it was built with (node-postgres would
+        # go to localhost instead): the directory faber's own connection used is the one.
+        with database.connect(application_name="faber runner connection") as conn:
+            host, params["port"] = conn.info.host, str(conn.info.port)
     # libpq's defaults: the operating system's name of the user faber runs as, a database named as the user.
     user = params.get("user") or pwd.getpwuid(os.geteuid()).pw_name
     return {
