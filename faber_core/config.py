@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from faber_core.errors import ConfigError, echoed
 from faber_core.secrets import Redactor, secret_forms
 from faber_core.suggest import did_you_mean, known_fields
+from faber_core.vocabulary import Mode
 
 CONFIG_PATH = Path(".fractary/plugins/faber-db/config.json")
 MAX_CONFIG_BYTES = 16 * 1024**2
@@ -209,7 +210,7 @@ class EnvironmentSettings(BaseModel):
         description="Name of the environment variable holding the database URL. "
         "Leave it out for `dev` to use the embedded PostgreSQL under .faber/.",
     )
-    mode: Literal["dev", "deploy"] | None = Field(
+    mode: Mode | None = Field(
         None, description="dev: may use the tool's interactive dev command. deploy: applies committed migrations only."
     )
     protected: bool | None = Field(None, description="Protected environments get backups, approval and rollback.")
