@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from faber_core.errors import ConfigError, echoed
 from faber_core.secrets import Redactor, secret_forms
 from faber_core.suggest import did_you_mean, known_fields
+from faber_core.vocabulary import Mode
 
 CONFIG_PATH = Path(".fractary/plugins/faber-db/config.json")
 MAX_CONFIG_BYTES = 16 * 1024**2
@@ -48,6 +49,9 @@ MAX_REPORTED_PROBLEMS = 20
 """A config with more problems gets the first ones and their count: a 16 MiB file of unknown keys
 took minutes to describe (a suggestion each) and printed a hundred megabytes."""
 DAY_SECONDS = 86_400.0
+MIN_TIMEOUT_SECONDS = 0.001
+"""The shortest timeout a database takes: PostgreSQL's ``lock_timeout`` and ``statement_timeout`` and
+MySQL's ``max_execution_time`` are whole milliseconds, 0 being no timeout at all."""
 # Every model: unknown keys are errors, and numbers are finite (JSON's 1e999 is infinity).
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -206,7 +210,7 @@ class EnvironmentSettings(BaseModel):
         description="Name of the environment variable holding the database URL. "
         "Leave it out for `dev` to use the embedded PostgreSQL under .faber/.",
     )
-    mode: Literal["dev", "deploy"] | None = Field(
+    mode: Mode | None = Field(
         None, description="dev: may use the tool's interactive dev command. deploy: applies committed migrations only."
     )
     protected: bool | None = Field(None, description="Protected environments get backups, approval and rollback.")
@@ -323,6 +327,21 @@ class EnvironmentSettings(BaseModel):
         "before the lock and the backup. Not checked outside a git work tree (a release artifact) or without git "
         "(the run says so). False: deploy them anyway (an emergency fix not yet committed).",
     )
+
+    @field_validator(
+        "query_lock_timeout_seconds",
+        "query_statement_timeout_seconds",
+        "lock_timeout_seconds",
+        "statement_timeout_seconds",
+    )
+    @classmethod
+    def _timeout_is_off_or_at_least_a_millisecond(cls, value: float | None) -> float | None:
+        if value and value < MIN_TIMEOUT_SECONDS:
+            raise ValueError(
+                f"{value:g} s is shorter than 1 ms, the finest timeout the database takes: it would round to 0, "
+                f"which turns the timeout off; set at least {MIN_TIMEOUT_SECONDS:g}"
+            )
+        return value
 
     @field_validator("database_url_env")
     @classmethod

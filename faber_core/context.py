@@ -20,6 +20,7 @@ from faber_core.engines import LOCK_LOST
 from faber_core.errors import ConfigError, SessionRefused, echoed
 from faber_core.models import AppliedMigration, AuditEvent, MigrationFailure
 from faber_core.secrets import Redactor, Secret
+from faber_core.vocabulary import Operation
 
 if TYPE_CHECKING:
     from faber_core.targets import Target
@@ -221,7 +222,7 @@ ValueT = TypeVar("ValueT")
 class RunContext:
     """Everything a hook implementation may need about the current run."""
 
-    operation: str
+    operation: Operation
     environment: str
     settings: EnvironmentSettings
     config: FaberConfig
@@ -458,15 +459,14 @@ class RunContext:
     def emit(self, kind: str, **data: Any) -> AuditEvent:
         """Tell every listener (progress output, audit sinks, spans) that something happened.
 
-        The event's texts are redacted here, once for every listener: its data (keys and values),
-        environment and operation. Its kind is left as emitted, for listeners to tell events apart;
-        one that shows it redacts it (the audit log does)."""
-        redact = self.redactor.redact
+        The event's texts are redacted here, once for every listener: its data (keys and values)
+        and environment. Its kind is left as emitted, for listeners to tell events apart; one that
+        shows it redacts it (the audit log does). Its operation is one of faber's fixed words."""
         event = AuditEvent(
             run_id=self.run_id,
             kind=kind,
-            environment=redact(self.environment),
-            operation=redact(self.operation),
+            environment=self.redactor.redact(self.environment),
+            operation=self.operation,
             timestamp=_dt.datetime.now(_dt.timezone.utc),
             data=self.redactor.redact_as_json(data),
         )

@@ -14,6 +14,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, com
 from faber_core.interrupts import signal_name
 from faber_core.model_base import DeferredModel
 from faber_core.safety.models import LintFinding
+from faber_core.vocabulary import Operation
 
 
 class ToolInfo(DeferredModel):
@@ -442,6 +443,6 @@ class AuditEvent(DeferredModel):
     run_id: str
     kind: str
     environment: str | None = None
-    operation: str | None = None
+    operation: Operation | None = None
     timestamp: datetime
     data: dict[str, Any] = Field(default_factory=dict)

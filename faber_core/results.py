@@ -16,6 +16,7 @@ from faber_core.errors import FaberError, echoed, exit_code_for
 from faber_core.model_base import DeferredModel
 from faber_core.models import AppliedMigration, BackupLeftover, MigrationPreview
 from faber_core.safety.models import LintFinding, PreflightReport
+from faber_core.vocabulary import HealthCheckOutcome, Mode, Operation
 
 
 # The writes check's result lives with the documents that carry it: a status, which never checks,
@@ -97,9 +98,9 @@ class DeployResult(DeferredModel):
     migrations: list[AppliedMigration]
     total_duration_seconds: float
     backup_id: str | None
-    health_check_before: str
-    health_check_after: str
-    mode: str
+    health_check_before: HealthCheckOutcome
+    health_check_after: HealthCheckOutcome
+    mode: Mode
     lint: dict[str, list[LintFinding]] | None = Field(None, description="Findings that did not block, by migration.")
     lint_not_run: dict[str, str] | None = Field(
         None, description="Migrations the lint did not check, with why (code migrations whose rehearsal failed)."
@@ -166,7 +167,7 @@ class FailedDeployResult(DeferredModel):
         None, description="SIGINT, SIGTERM or SIGHUP, when an interrupt stopped the deploy."
     )
     migrations_applied: int | None = Field(None, description="After a failed post-deployment health check (spec).")
-    health_check_after: str | None = None
+    health_check_after: HealthCheckOutcome | None = None
     auto_rollback_triggered: bool | None = None
     rollback_initiated: bool
     rollback_status: RollbackStatus
@@ -237,8 +238,8 @@ class RollbackResult(DeferredModel):
 class NoPendingResult(DeferredModel):
     migrations_applied: Literal[0] = 0
     message: str = "No pending migrations"
-    health_check_before: str
-    mode: str
+    health_check_before: HealthCheckOutcome
+    mode: Mode
     unfinished_migrations_unchecked: str | None = Field(
         None,
         description="Why the check for migrations a killed deploy left in part could not run (faber's record of "
@@ -255,7 +256,7 @@ class PreviewResult(DeferredModel):
 
 class Success(DeferredModel):
     status: Literal["success"] = "success"
-    operation: str
+    operation: Operation
     environment: str | None = None
     result: Any
     message: str
@@ -277,7 +278,7 @@ class Recovery(DeferredModel):
 
 class ErrorDocument(DeferredModel):
     status: Literal["error"] = "error"
-    operation: str
+    operation: Operation
     environment: str | None = None
     code: str
     error: str
@@ -303,7 +304,7 @@ class ErrorDocument(DeferredModel):
 
     @classmethod
     def from_error(
-        cls, error: FaberError, *, operation: str, environment: str | None, tool: str | None = None
+        cls, error: FaberError, *, operation: Operation, environment: str | None, tool: str | None = None
     ) -> ErrorDocument:
         rollback_command = None
         if error.backup_id and environment and error.rollback_advised:

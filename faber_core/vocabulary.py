@@ -7,8 +7,9 @@ not the password, and :meth:`faber_core.secrets.Redactor.redact_field` keeps it;
 free text (a message, a database error) is still masked.
 
 The words: every ``Literal`` of faber's result and hook models (status words such as
-``status``, ``state``, ``rollback_status``), the step names of ``step`` (:data:`Step`), the
-error codes of ``code`` (the exit names of docs/exit-codes.md) and a step's ``outcome``.
+``status``, ``state``, ``rollback_status``, ``health_check_before``; the command's ``operation``),
+the step names of ``step`` (:data:`Step`), the error codes of ``code`` (the exit names of
+docs/exit-codes.md), a step's ``outcome`` and a failed deploy's ``health_check``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,31 @@ Step = Literal[
 ]
 """The steps of a run, each a span and a ``step.started`` / ``step.finished`` pair (docs/events.md)."""
 STEP_OUTCOMES = ("ok", "error")
+Operation = Literal[
+    "deploy-migrations",
+    "preview-migrations",
+    "migration-status",
+    "health-check",
+    "create-backup",
+    "list-backups",
+    "prune-backups",
+    "rollback",
+    "resolve-migration",
+    "deployment-history",
+    "list-plugins",
+    "init",
+    "config-schema",
+    "request",
+    "version",
+    "usage",
+]
+"""The ``operation`` of every document and event: the command that made it (docs/api.md), or
+``usage`` for a command line naming no command faber knows."""
+HealthCheckOutcome = Literal["passed", "warning", "failed", "skipped", "not_verified"]
+"""A deploy's health check before or after its migrations (``health_check_before``,
+``health_check_after``, and ``health_check`` of the result of a failed one)."""
+Mode = Literal["dev", "deploy"]
+"""An environment's ``mode`` (docs/configuration.md), which a deploy's result names."""
 
 
 HISTORY_MIGRATION_STATUSES = ("applied", "failed", "pending")
@@ -69,6 +95,7 @@ def _words_by_field(modules: tuple[str, ...]) -> Mapping[str, frozenset[str]]:
         "outcome": set(STEP_OUTCOMES),
         "code": set(EXIT_CODES),
         "status": set(HISTORY_MIGRATION_STATUSES),
+        "health_check": set(get_args(HealthCheckOutcome)),  # a failed deploy's result, built as a dict
     }
     for model in _subclasses(BaseModel):
         if model.__module__ in modules:

@@ -199,6 +199,31 @@ def test_unknown_health_checks_are_a_config_error_not_a_pass(faber_project, run_
     assert "'conectivity'" in run.json["error"] and "(did you mean connectivity?)" in run.json["error"]
 
 
+TIMEOUTS = [
+    "lock_timeout_seconds",
+    "statement_timeout_seconds",
+    "query_lock_timeout_seconds",
+    "query_statement_timeout_seconds",
+]
+
+
+@pytest.mark.parametrize("setting", TIMEOUTS)
+def test_a_timeout_shorter_than_a_millisecond_is_refused_as_it_would_round_to_off(
+    faber_project, run_faber, database_url, query, setting
+):
+    """The database takes whole milliseconds and reads 0 as no timeout: 0.0004 s, sent as 0 ms,
+    let a blocked migration wait for its lock without bound."""
+    project = sqlfiles_project(faber_project, **{setting: 0.0004})
+
+    run = run_faber(
+        "migrate", "production", "--yes", "--json", "--cwd", str(project), env={**SQLFILES, "APP_URL": database_url}
+    )
+
+    assert run.returncode == 2 and run.json["code"] == "CONFIG_INVALID", run.output
+    assert f"production.{setting}: 0.0004 s is shorter than 1 ms" in run.json["error"], run.output
+    assert query("SELECT to_regclass('public.users')") == [(None,)]
+
+
 def test_a_missing_migrations_folder_is_exit_2_naming_it(faber_project, run_faber, database_url):
     project = faber_project(
         {

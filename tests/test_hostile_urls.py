@@ -20,6 +20,7 @@ from faber_core.testing.fixtures import (
     create_database,
     database_url_for,
     discard_database,
+    free_port,
 )
 from faber_core.vocabulary import DOCUMENT_MODULES, words_by_field
 
@@ -452,6 +453,72 @@ def test_a_password_that_is_a_status_word_leaves_the_documents_words_and_masks_f
     # No field's fixed word masked, and the password as a value only where it is one.
     assert [key for key in fields_holding(documents, "***") if key in vocabulary] == []
     assert [key for key in fields_holding(documents, password) if password not in vocabulary.get(key, ())] == []
+
+
+def values_outside_fixed_words(data: object, vocabulary: Mapping[str, frozenset[str]]) -> list[str]:
+    """Every text value anywhere in JSON ``data`` but a field's own fixed word."""
+    if isinstance(data, dict):
+        return [
+            value
+            for key, item in data.items()
+            for value in ([item] if isinstance(item, str) and item not in vocabulary.get(key, ()) else [])
+            + (values_outside_fixed_words(item, vocabulary) if isinstance(item, dict | list) else [])
+        ]
+    if isinstance(data, list):
+        return [value for item in data for value in values_outside_fixed_words(item, vocabulary)]
+    return []
+
+
+@pytest.mark.parametrize("password", ["passed", "pass", "deploy", "deploy-migrations", "migration-status"])
+def test_a_password_that_is_a_word_of_the_deploy_document_leaves_it_whole_and_is_masked_elsewhere(
+    password, faber_project, run_faber, database_url
+):
+    """``"health_check_before": "***"`` (or ``"***ed"`` for ``pass``), ``"operation": "***"``,
+    ``"mode": "***"``: these fields were typed as any text, so the redactor knew no word of theirs."""
+    url = database_url.replace(f":{CANARY_PASSWORD}@", f":{password}@")
+    project = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"production": {"database_url_env": "APP_URL"}}}},
+        {"migrations/001_users.sql": "CREATE TABLE users (id bigint);"},
+    )
+    env = {"FABER_PLUGINS": "faber_core.testing.sqlfiles", "APP_URL": url}
+
+    deploy = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
+    status = run_faber("status", "production", "--json", "--cwd", str(project), env=env)
+
+    assert deploy.returncode == status.returncode == 0, deploy.output + status.output
+    assert deploy.json["operation"] == "deploy-migrations" and status.json["operation"] == "migration-status"
+    result = deploy.json["result"]
+    assert (result["health_check_before"], result["health_check_after"], result["mode"]) == (
+        "passed",
+        "passed",
+        "deploy",
+    )
+    events = [json.loads(line) for line in (project / ".faber" / "audit.log").read_text().splitlines()]
+    assert {event["operation"] for event in events} == {"deploy-migrations", "migration-status"}
+    vocabulary = every_fixed_word()
+    texts = values_outside_fixed_words([deploy.json, status.json, *events], vocabulary)
+    assert [text for text in texts if password in text] == []
+    assert password not in deploy.stderr + status.stderr
+
+
+@pytest.mark.parametrize(
+    "password, options, word", [("failed", (), "failed"), ("skipped", ("--skip-health-check",), "skipped")]
+)
+def test_a_password_that_is_the_health_check_word_of_an_unreachable_deploy_leaves_it_whole(
+    password, options, word, faber_project, run_faber
+):
+    url = f"postgresql://postgres:{password}@127.0.0.1:{free_port()}/postgres"
+    project = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"production": {"database_url_env": "APP_URL"}}}},
+        {"migrations/001_users.sql": "CREATE TABLE users (id bigint);"},
+    )
+    env = {"FABER_PLUGINS": "faber_core.testing.sqlfiles", "APP_URL": url}
+
+    deploy = run_faber("migrate", "production", "--yes", "--json", *options, "--cwd", str(project), env=env)
+
+    assert deploy.returncode == 3 and deploy.json["result"]["health_check"] == word, deploy.output
+    assert [text for text in values_outside_fixed_words(deploy.json, every_fixed_word()) if password in text] == []
+    assert password not in deploy.stderr
 
 
 def test_a_password_too_short_to_mask_is_warned_about_once(faber_project, run_faber, database_url):

@@ -205,8 +205,8 @@ _json = st.recursive(
 @given(result=st.dictionaries(st.text("abcdefg_", min_size=1), _json, max_size=6))
 def test_any_json_result_renders_without_python_reprs(result):
     error = FaberError("Something failed", result=result, suggestions=["Try again"])
-    human(ErrorDocument.from_error(error, operation="some-operation", environment="production"))
-    human(Success(operation="some-operation", environment="production", result=result, message="Done"))
+    human(ErrorDocument.from_error(error, operation="resolve-migration", environment="production"))
+    human(Success(operation="resolve-migration", environment="production", result=result, message="Done"))
 
 
 class _ClosedPipe:

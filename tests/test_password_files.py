@@ -4,11 +4,12 @@ cannot read is a clear error that never quotes it."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from faber_core.postgres.passwords import passwords_from_files
+from faber_core.postgres.passwords import MAX_FILE_BYTES, passwords_from_files
 from faber_core.testing.fixtures import CANARY_PASSWORD
 from faber_core.testing.otlp import OtlpReceiver
 
@@ -136,7 +137,24 @@ def test_a_password_from_a_file_is_masked_in_every_channel(
 
 
 def unreadable(path: Path) -> None:
-    path.mkdir()  # faber runs as root in CI, where permissions would not stop it reading a file
+    path.symlink_to(path)  # faber runs as root in CI, where permissions would not stop it reading a file
+
+
+def a_directory(path: Path) -> None:
+    path.mkdir()
+
+
+def a_fifo(path: Path) -> None:
+    os.mkfifo(path)  # opened, it would wait for a writer that never comes
+
+
+def endless(path: Path) -> None:
+    path.symlink_to("/dev/zero")
+
+
+def too_large(path: Path) -> None:
+    with path.open("wb") as file:
+        file.truncate(MAX_FILE_BYTES + 1)  # sparse: its size costs no disk
 
 
 def not_utf8(path: Path) -> None:
@@ -148,17 +166,19 @@ def service_line_without_equals(path: Path) -> None:
     path.write_text(f"[faber_canary]\nsslmode=disable\n{CANARY_PASSWORD}\n")
 
 
+NOT_A_REGULAR_FILE = "is not a regular file (a directory, FIFO, device or socket): refused"
+SERVICE = ("PGSERVICEFILE", "?service=faber_canary")
 BROKEN_FILES = {
-    "password file unreadable": ("PGPASSFILE", "", unreadable, "password file", "cannot be read"),
+    "password file unreadable": ("PGPASSFILE", "", unreadable, "password file", "Too many levels of symbolic links"),
+    "password file a FIFO": ("PGPASSFILE", "", a_fifo, "password file", "is a FIFO: connecting would wait"),
+    "password file too large": ("PGPASSFILE", "", too_large, "password file", "is larger than 16 MiB: refused"),
     "password file not UTF-8": ("PGPASSFILE", "", not_utf8, "password file", "not UTF-8 text (line 1)"),
-    "service file unreadable": ("PGSERVICEFILE", "?service=faber_canary", unreadable, "service file", "cannot be read"),
-    "service file garbled": (
-        "PGSERVICEFILE",
-        "?service=faber_canary",
-        service_line_without_equals,
-        "service file",
-        "not key=value (line 3",
-    ),
+    "service file unreadable": (*SERVICE, unreadable, "service file", "Too many levels of symbolic links"),
+    "service file a directory": (*SERVICE, a_directory, "service file", NOT_A_REGULAR_FILE),
+    "service file a FIFO": (*SERVICE, a_fifo, "service file", NOT_A_REGULAR_FILE),
+    "service file a device": (*SERVICE, endless, "service file", NOT_A_REGULAR_FILE),
+    "service file too large": (*SERVICE, too_large, "service file", "is larger than 16 MiB: refused"),
+    "service file garbled": (*SERVICE, service_line_without_equals, "service file", "not key=value (line 3"),
 }
 
 
@@ -175,10 +195,31 @@ def test_a_password_or_service_file_faber_cannot_read_is_a_config_error_never_qu
         variable: str(broken),
     }
 
-    run = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
+    run = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env, timeout=60)
 
     assert run.returncode == 2, run.output
     assert run.json["code"] == "CONFIG_INVALID"
     assert f"PostgreSQL {kind} {broken}" in run.json["error"] and problem in run.json["error"]
     assert "Traceback" not in run.stderr and CANARY_PASSWORD not in run.output
     assert query("SELECT to_regclass('public.users')") == [(None,)]  # nothing applied
+
+
+@pytest.mark.parametrize("make_passfile", [endless, a_directory], ids=["a device", "a directory"])
+def test_a_password_file_that_is_not_a_regular_file_is_skipped_unread_as_libpq_skips_it(
+    faber_project, database_url, run_faber, tmp_path, make_passfile
+):
+    """libpq takes no password from such a file (and warns of it itself); /dev/null, a common
+    PGPASSFILE to keep ~/.pgpass out of the way, is one."""
+    project = deploy_project(faber_project)
+    passfile = tmp_path / "pgpass"
+    make_passfile(passfile)
+    env = {
+        "FABER_PLUGINS": "faber_core.testing.sqlfiles",
+        "APP_DATABASE_URL": without_password(database_url),
+        "PGPASSFILE": str(passfile),
+    }
+
+    run = run_faber("status", "production", "--json", "--cwd", str(project), env=env, timeout=60)
+
+    assert run.returncode == 0, run.output
+    assert run.json["result"]["pending"] == ["001_users", "002_leaky"], run.output

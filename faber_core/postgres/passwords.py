@@ -13,11 +13,18 @@ from __future__ import annotations
 
 import os
 import pwd
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
 from faber_core.errors import ConfigError
+from faber_core.migration_files import read_regular_file
 
+PASSWORD_FILE = "password file"
+SERVICE_FILE = "service file"
+MAX_FILE_BYTES = 16 * 1024**2
+"""The largest password or service file faber reads, held in memory whole: such a file holds a few
+lines, and a larger one (a sparse file of 8 GiB) would exhaust faber's memory."""
 DEFAULT_PORT = "5432"
 LOCALHOST = "localhost"
 """The host name a password file line matches for a connection through a Unix socket (libpq's
@@ -41,7 +48,7 @@ def passwords_from_files(params: Mapping[str, object], environ: Mapping[str, str
         return []
     home = _home(environ)
     passfile = settings.get("passfile") or environ.get("PGPASSFILE") or (f"{home}/.pgpass" if home else None)
-    lines = _read_lines(Path(passfile), "password file") if passfile else None
+    lines = _read_lines(Path(passfile), PASSWORD_FILE) if passfile else None
     # Without a user name (none in the URL, the account unknown) libpq cannot connect at all.
     account = _account()
     user = settings.get("user") or (account.pw_name if account else None)
@@ -72,16 +79,25 @@ def _account() -> pwd.struct_passwd | None:
 
 
 def _read_lines(path: Path, kind: str) -> list[str] | None:
-    """The file's lines, or None when it does not exist (libpq then reads none)."""
+    """The file's lines, or None when libpq reads none: the file does not exist, or it is a password
+    file that is not a regular file (a device such as /dev/zero or /dev/null, a directory), which
+    libpq skips, warning of it itself when it connects. A password file that is a FIFO is refused:
+    libpq opens it before it looks at its type, and waits there for a writer. A service file that
+    is not a regular file is refused unread: a FIFO would wait for a writer, a device never ends."""
     try:
-        data = path.read_bytes()
+        mode = os.stat(path).st_mode
     except FileNotFoundError:
         return None
     except OSError as exc:
+        raise ConfigError(f"Cannot read the PostgreSQL {kind} {path}: {exc.strerror}") from None
+    if kind == PASSWORD_FILE and stat.S_ISFIFO(mode):
         raise ConfigError(
-            f"The PostgreSQL {kind} {path} cannot be read ({exc.strerror or type(exc).__name__})",
-            suggestions=[f"Make {path} a file readable by the user running faber, or remove it"],
-        ) from None
+            f"The PostgreSQL password file {path} is a FIFO: connecting would wait for a writer",
+            suggestions=[f"Make {path} a regular file, or point PGPASSFILE (or ?passfile=) at one"],
+        )
+    if kind == PASSWORD_FILE and not stat.S_ISREG(mode):
+        return None
+    data = read_regular_file(path, f"The PostgreSQL {kind} {path}", MAX_FILE_BYTES)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -138,7 +154,7 @@ def service_entry(service: str, environ: Mapping[str, str]) -> dict[str, str]:
     if environ.get("PGSYSCONFDIR"):
         files.append(Path(environ["PGSYSCONFDIR"]) / "pg_service.conf")
     for path in files:
-        lines = _read_lines(path, "service file")
+        lines = _read_lines(path, SERVICE_FILE)
         entry = None if lines is None else _section(lines, service, path)
         if entry is not None:
             return entry
