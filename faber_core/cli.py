@@ -8,6 +8,7 @@ Exit codes (docs/exit-codes.md): 0 success, 1 internal error, 2 invalid input or
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import os
@@ -16,7 +17,7 @@ import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, BinaryIO, NoReturn
+from typing import TYPE_CHECKING, Annotated, BinaryIO, NoReturn, TextIO
 
 import typer
 import typer.main
@@ -121,7 +122,7 @@ def _version(ctx: typer.Context, value: bool) -> None:
         from faber_core.results import Success
 
         version = Success(operation=api.VERSION, result={"version": __version__}, message=f"faber {__version__}")
-        typer.echo(_render(version, json_output=True))
+        typer.echo(_render(version, json_output=True), file=_document_stdout)
     else:
         typer.echo(f"faber {__version__}")
     raise typer.Exit()
@@ -159,6 +160,10 @@ def _approver() -> Callable[[str], bool] | None:
     return ask
 
 
+_document_stdout: TextIO | None = None
+"""With ``--json``, the process's stdout, which the document alone reaches (:func:`main`)."""
+
+
 def _finish(document: Document, json_output: bool) -> NoReturn:
     """Print the document (human summary or one JSON document) and exit with its code.
 
@@ -170,7 +175,7 @@ def _finish(document: Document, json_output: bool) -> NoReturn:
     try:
         if json_output:
             _end_message_on_stderr(document)
-        typer.echo(_render(document, json_output))
+        typer.echo(_render(document, json_output), file=_document_stdout if json_output else None)
     except OSError:
         # Its reader is gone (a closed pipe, a hung-up terminal): the run's history row and audit
         # log hold its outcome. Exit with the run's code, not the print's (nor Python's for
@@ -565,7 +570,8 @@ def _wants_json(args: list[str]) -> bool:
     """``--json`` given, or ``faber request``, whose answer is always JSON."""
     options = args[: args.index("--")] if "--" in args else args
     words = [arg for arg in options if not arg.startswith("-")]
-    return "--json" in options or words[:1] == ["request"]
+    # --json=true is a usage error (a flag takes no value), which must be reported as JSON too.
+    return any(arg == "--json" or arg.startswith("--json=") for arg in options) or words[:1] == ["request"]
 
 
 def _usage_error(error: typer.TyperException, args: list[str]) -> Document:
@@ -621,12 +627,16 @@ def main() -> None:
         if not _wants_json(args):
             _app_running(args)()
             return
+        global _document_stdout
+        _document_stdout = sys.stdout
         try:
-            command_line = typer.main.get_command(_app_running(args))
-            code = command_line.main(args=args, prog_name="faber", standalone_mode=False)
+            # Only the document reaches stdout: what a plugin prints as it loads or runs goes to stderr.
+            with contextlib.redirect_stdout(sys.stderr):
+                command_line = typer.main.get_command(_app_running(args))
+                code = command_line.main(args=args, prog_name="faber", standalone_mode=False)
         except typer.TyperException as error:  # click's usage errors: unknown option, missing argument, bad value
             document = _usage_error(error, args)
-            typer.echo(_render(document, json_output=True))
+            typer.echo(_render(document, json_output=True), file=_document_stdout)
             code = document.exit_code
         sys.exit(code or 0)
     finally:

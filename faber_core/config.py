@@ -432,6 +432,21 @@ class DatabaseConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _requires_success_in_a_known_environment(self) -> DatabaseConfig:
+        """A mistyped ``requires_success_in`` is found as the config is read, not by the deploy alone
+        once ``faber status`` and ``--dry-run`` have passed."""
+        known = sorted({*self.environments, EMBEDDED_ENVIRONMENT})
+        for name, settings in self.environments.items():
+            required = settings.requires_success_in
+            if required is not None and required not in known:
+                hint = did_you_mean(required, known, cutoff=0.5)
+                raise ValueError(
+                    f"environments.{name}.requires_success_in names an unknown environment: {required!r}{hint}"
+                    f" (configured: {', '.join(known)})"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _name_the_tool(self) -> DatabaseConfig:
         """No default tool: faber does not guess which handler owns the project's migrations."""
         if self.migration_tool is None:

@@ -30,6 +30,10 @@ _URL_USERINFO = re.compile(r"(?P<scheme>:(?<=[a-zA-Z0-9+.-]:)/+)(?P<user>[^:@/\s
 _KEYWORD_PASSWORD = re.compile(
     r"(?i)\b((?:ssl)?password|passwd|pwd)(\s*[=:]\s*)(?!(?:YES|NO)\)(?!\S))('[^']*'|\"[^\"]*\"|\S+)"
 )
+# A role's password written into a migration's SQL (``CREATE ROLE app PASSWORD '...'``, MySQL's
+# ``IDENTIFIED BY '...'``): no URL holds it, so no known form masks it in a preview, the audit log
+# or a database error quoting the statement.
+_SQL_PASSWORD = re.compile(r"(?i)\b(PASSWORD|IDENTIFIED(?:\s+WITH\s+\w+)?\s+BY)(\s+E?)'(?:[^']|'')*'")
 # A URL's query may carry a password too: libpq reads ``?password=`` (and ``?sslpassword=``, the
 # client key's), as do the Node tools that get the URL.
 _QUERY_PASSWORD = re.compile(r"(?i)[?&](?:ssl)?password=([^&#]*)")
@@ -279,6 +283,7 @@ class Redactor:
         text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
         if " is not valid JSON" in text:
             text = _JSON_SYNTAX_CONTEXT.sub(lambda m: f"{m['head']}{m['quote']}{MASK}{m['quote']}", text)
+        text = _SQL_PASSWORD.sub(lambda m: f"{m[1]}{m[2]}'{MASK}'", text)
         return _KEYWORD_PASSWORD.sub(lambda m: f"{m[1]}{m[2]}{MASK}", text)
 
     def _mask_cut_passwords(self, text: str) -> str:

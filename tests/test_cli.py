@@ -68,6 +68,42 @@ def test_with_json_a_failed_run_s_end_message_and_advice_go_to_stderr(cli_projec
     assert_no_canary(run, project)
 
 
+PRINTING_PLUGIN = """
+from faber_core import hookimpl
+
+print("plugin loaded")
+
+
+@hookimpl
+def faber_audit_event(event, context):
+    print(f"debug: saw {event.kind}")
+"""
+
+
+def test_what_a_plugin_prints_on_stdout_does_not_break_the_json_document(cli_project, run_faber, tmp_path):
+    project, env = cli_project({"001_users": USERS})
+    (tmp_path / "printing_plugin.py").write_text(PRINTING_PLUGIN)
+    env = {
+        **env,
+        "FABER_PLUGINS": f"{env['FABER_PLUGINS']},printing_plugin",
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+    }
+
+    run = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
+
+    assert run.returncode == 0, run.output
+    assert json.loads(run.stdout)["result"]["migrations_applied"] == 1
+    assert "plugin loaded" in run.stderr and "debug: saw" in run.stderr
+
+
+@pytest.mark.parametrize("flag", ["--json=true", "--json=1"])
+def test_a_json_flag_given_a_value_is_a_usage_error_as_json(run_faber, tmp_path, flag):
+    run = run_faber("status", "production", flag, cwd=tmp_path)
+
+    assert run.returncode == 2
+    assert json.loads(run.stdout)["code"] == "CONFIG_INVALID"
+
+
 def test_human_output_ends_with_the_summary(cli_project, run_faber):
     project, env = cli_project({"001_users": USERS})
 

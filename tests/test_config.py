@@ -68,6 +68,17 @@ def test_an_unknown_environment_suggests_the_close_one_or_lists_them_all():
     assert unlike.value.suggestions[0] == "Configured environments: dev, production, staging"
 
 
+def test_requires_success_in_must_name_a_configured_environment():
+    """A typo there would pass the config check, faber status and --dry-run, and stop only the deploy."""
+    environments = {"production": {"requires_success_in": "stagign"}, "staging": {}}
+
+    with pytest.raises(ValidationError) as refused:
+        FaberConfig.model_validate({"database": {"migration_tool": "prisma", "environments": environments}})
+
+    assert "environments.production.requires_success_in names an unknown environment: 'stagign'" in str(refused.value)
+    assert "(did you mean staging?)" in str(refused.value)
+
+
 def test_environment_names_are_validated():
     with pytest.raises(ConfigError, match="Invalid environment name"):
         FaberConfig.model_validate({"database": {"migration_tool": "prisma"}}).environment("../etc")

@@ -55,6 +55,26 @@ def test_redactor_masks_any_url_userinfo_and_password_settings():
     assert "postgres://bob:***@host/db" in text and "sslpassword=***" in text and "user=y" in text
 
 
+@pytest.mark.parametrize(
+    ("sql", "shown"),
+    [
+        ("CREATE ROLE app LOGIN PASSWORD 'it''s-s3cret';", "CREATE ROLE app LOGIN PASSWORD '***';"),
+        ("ALTER ROLE app WITH ENCRYPTED PASSWORD E's3cret'", "ALTER ROLE app WITH ENCRYPTED PASSWORD E'***'"),
+        ("CREATE USER 'app'@'%' IDENTIFIED BY 's3cret'", "CREATE USER 'app'@'%' IDENTIFIED BY '***'"),
+        (
+            "ALTER USER app IDENTIFIED WITH caching_sha2_password BY 's3cret'",
+            "ALTER USER app IDENTIFIED WITH caching_sha2_password BY '***'",
+        ),
+        ("ALTER TABLE users ADD COLUMN password text", "ALTER TABLE users ADD COLUMN password text"),
+        ("SELECT 'password' AS label", "SELECT 'password' AS label"),
+    ],
+)
+def test_a_password_a_migration_gives_a_role_is_masked_wherever_its_sql_is_shown(sql, shown):
+    """No URL holds a role's password written into a migration: the preview, the audit log and a
+    database error quoting the statement would show it."""
+    assert Redactor().redact(sql) == shown
+
+
 def test_mysqls_word_for_whether_a_password_was_given_stays():
     redactor = Redactor()
 

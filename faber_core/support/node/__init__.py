@@ -1064,17 +1064,21 @@ def outcome_of(result: RunnerResult, paths: dict[str, str | None], code_label: s
     failed = result.first("migration_failed")
     if failed is None:
         return ApplyOutcome(applied=applied)
+    ran_before = _ran_before(failed, result)
     return ApplyOutcome(
         applied=applied,
         failure=MigrationFailure(
             name=failed["name"],
-            error=failure_text(failed, code_label) + _ran_before_report(failed, result),
+            error=failure_text(failed, code_label) + _ran_before_report(ran_before),
             output=_failure_output(failed, result.stderr),
             path=paths.get(failed["name"]) or failed.get("path"),
             transaction_rolled_back=bool(failed.get("transaction_rolled_back")),
             started=failed.get("started", True),
             sqlstate=failed.get("code"),
             table_writes=failed.get("table_writes"),
+            # None rather than 0 when none ran before it: the migration's own code may have
+            # committed something no query event shows, and None is "unknown", the safe side.
+            statements_committed=len(ran_before) or None,
         ),
     )
 
@@ -1084,13 +1088,13 @@ def failure_text(failed: Event, code_label: str) -> str:
     return f"{failed.get('message') or 'failed'}" + (f" ({code_label} {code})" if code else "")
 
 
-def _ran_before_report(failed: Event, result: RunnerResult) -> str:
+def _ran_before(failed: Event, result: RunnerResult) -> list[Event]:
     """Outside a transaction that rolled back (any migration on MySQL, whose DDL commits on its own),
-    which of the failed migration's statements ran before the failing one, so the report says what
-    may remain of it. Whether each stayed is the engine's rule: on MySQL every DDL statement commits
-    itself and whatever ran before it in its session."""
+    the failed migration's statements that ran before the failing one, and stayed: outside a
+    transaction each commits as it runs (on MySQL every DDL statement commits itself and whatever
+    ran before it in its session)."""
     if failed.get("transaction_rolled_back"):
-        return ""
+        return []
     ran = [
         event
         for event in result.of("query")
@@ -1100,6 +1104,11 @@ def _ran_before_report(failed: Event, result: RunnerResult) -> str:
     # the migration's own code after its queries.
     if ran and ran[-1]["sql"] == failed.get("query"):
         ran.pop()
+    return ran
+
+
+def _ran_before_report(ran: list[Event]) -> str:
+    """Which statements of the failed migration ran before the one that failed, for its error."""
     if not ran:
         return ""
     done = "; ".join(" ".join(_statement(event).split())[:80] for event in ran)

@@ -98,6 +98,7 @@ def test_a_failure_in_the_middle_leaves_the_statements_before_it(
     assert "already exists" in failure.error and "42701" in failure.error
     assert 'ALTER TABLE "users" ADD "email"' in failure.output
     assert '(at statement 2 of it; ran before it: CREATE TABLE "posts"' in failure.error
+    assert failure.statements_committed == 1
     assert failure.path == "db/migrations/20240103000000-add-posts.js"
     assert table_exists(query, "posts"), "half of the failed migration stays applied"
     assert not table_exists(query, "comments")

@@ -76,6 +76,7 @@ def test_a_failure_part_way_leaves_the_ddl_before_it_and_no_record(
     assert failure.name == "20240103000000-half.js" and failure.sqlstate == "1050"
     assert failure.transaction_rolled_back is False and "already exists (error 1050)" in failure.error
     assert failure.error.endswith("(at statement 2 of it; ran before it: CREATE TABLE tags (id INT PRIMARY KEY))")
+    assert failure.statements_committed == 1
     assert "tags" in {name for (name,) in mysql_query("SHOW TABLES")}
     assert mysql_query("SELECT name FROM SequelizeMeta ORDER BY name") == [(CREATE_USERS,), (ADD_USER_NAME,)]
 

@@ -113,6 +113,7 @@ def test_a_foreign_key_the_existing_rows_violate_reports_the_column_added_before
     assert failure.error.endswith(
         "(at statement 2 of it; ran before it: ALTER TABLE `posts` ADD `owner_id` int NOT NULL)"
     )
+    assert failure.statements_committed == 1
     columns = mysql_query(
         "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'posts'"
     )
