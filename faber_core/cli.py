@@ -631,7 +631,8 @@ def main() -> None:
         _document_stdout = sys.stdout
         try:
             # Only the document reaches stdout: what a plugin prints as it loads or runs goes to stderr.
-            with contextlib.redirect_stdout(sys.stderr):
+            # The help asked for is the one text that stays there.
+            with contextlib.redirect_stdout(sys.stderr) if "--help" not in args else contextlib.nullcontext():
                 command_line = typer.main.get_command(_app_running(args))
                 code = command_line.main(args=args, prog_name="faber", standalone_mode=False)
         except typer.TyperException as error:  # click's usage errors: unknown option, missing argument, bad value
