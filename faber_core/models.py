@@ -290,6 +290,12 @@ class HealthCheckResult(DeferredModel):
     name: str
     status: Literal["passed", "failed", "warning", "skipped"]
     details: str = ""
+    suggestions: list[str] = Field(
+        default_factory=list,
+        exclude=True,
+        description="What to do about a failed check, first among the run's recovery suggestions (e.g. for a "
+        "database that answers but refuses writes: point the URL at the primary). Not part of the check's JSON.",
+    )
 
 
 class LeftoverDatabase(DeferredModel):

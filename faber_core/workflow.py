@@ -623,7 +623,8 @@ def health_suggestions(
     env = context.environment
     failed = {r.name for r in results if r.status == "failed"}
     if "connectivity" in failed:
-        return database_suggestions(context)
+        own = [s for r in results if r.name == "connectivity" for s in r.suggestions]
+        return [*own, *database_suggestions(context)]
     drop_indexes = drop_invalid_indexes(context) if "schema" in failed else []
     if "migrations" in failed:
         return [

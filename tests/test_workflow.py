@@ -221,6 +221,24 @@ def test_the_post_deployment_check_sees_what_the_migrations_changed_for_new_sess
     assert result["details"] == "Database sessions default to read-only transactions"
 
 
+def test_a_database_that_answers_but_defaults_to_read_only_is_told_apart_from_one_that_is_down(
+    project, context_for, plugins, database_url
+):
+    database = psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]
+    project_dir = project({"001_users": USERS})
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+
+    with pytest.raises(HealthCheckFailed) as raised:
+        migrate(context_for(project_dir), plugins, YES)
+
+    assert raised.value.result["details"] == "Database sessions default to read-only transactions"
+    first, *rest = raised.value.suggestions
+    assert first.startswith("Point TEST_DATABASE_URL at a writable database, or turn read-only off: ALTER DATABASE")
+    assert "Verify database is running" in rest  # the spec's list follows
+    assert "suggestions" not in raised.value.result["checks"][0]
+
+
 def test_a_deploy_that_made_new_sessions_read_only_is_restored(project, context_for, plugins, database_url):
     """The restore runs on a session started after that migration, read-only by default: its
     transaction must still be able to write, or the deploy's automatic rollback fails."""

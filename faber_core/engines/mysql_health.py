@@ -21,13 +21,23 @@ def _connectivity(context: RunContext) -> HealthCheckResult:
         return HealthCheckResult(
             name="connectivity", status="failed", details=database.engine.describe_connection_error(exc, database)
         )
+    env_var = context.settings.database_url_env or "the database URL"
     if read_only:
         return HealthCheckResult(
-            name="connectivity", status="failed", details="Database server is read-only (read_only = ON: a replica?)"
+            name="connectivity",
+            status="failed",
+            details="Database server is read-only (read_only = ON: a replica?)",
+            suggestions=[f"Point {env_var} at the primary: the server it names takes no writes (read_only = ON)"],
         )
     if transaction_read_only:
         return HealthCheckResult(
-            name="connectivity", status="failed", details="Database sessions default to read-only transactions"
+            name="connectivity",
+            status="failed",
+            details="Database sessions default to read-only transactions",
+            suggestions=[
+                f"Point {env_var} at a writable server, or turn read-only transactions off for faber's user "
+                "(SET GLOBAL transaction_read_only = OFF; tx_read_only on MariaDB)"
+            ],
         )
     return HealthCheckResult(name="connectivity", status="passed", details=f"{version}, accepting writes")
 

@@ -49,13 +49,24 @@ def _connectivity(context: RunContext) -> HealthCheckResult:
         return HealthCheckResult(
             name="connectivity", status="failed", details=describe_connection_error(exc, context.database)
         )
+    env_var = context.settings.database_url_env or "the database URL"
     if in_recovery:
         return HealthCheckResult(
-            name="connectivity", status="failed", details="Database is a read-only replica (in recovery)"
+            name="connectivity",
+            status="failed",
+            details="Database is a read-only replica (in recovery)",
+            suggestions=[f"Point {env_var} at the primary: it names a replica, which takes no writes"],
         )
     if read_only == "on":
         return HealthCheckResult(
-            name="connectivity", status="failed", details="Database sessions default to read-only transactions"
+            name="connectivity",
+            status="failed",
+            details="Database sessions default to read-only transactions",
+            suggestions=[
+                f"Point {env_var} at a writable database, or turn read-only off: ALTER DATABASE "
+                f"{context.database.name_for_display} RESET default_transaction_read_only (or ALTER ROLE ... RESET "
+                "it, wherever it was set)"
+            ],
         )
     return HealthCheckResult(name="connectivity", status="passed", details=f"PostgreSQL {version}, accepting writes")
 
