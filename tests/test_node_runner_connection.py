@@ -5,6 +5,8 @@ plugins' test_*_connection.py."""
 
 from __future__ import annotations
 
+from urllib.parse import quote, urlsplit
+
 import psycopg
 import pytest
 
@@ -12,24 +14,50 @@ from faber_core.context import Database
 from faber_core.errors import ConfigError
 from faber_core.secrets import Secret
 from faber_core.support.node.connection import runner_connection
+from faber_core.testing.fixtures import CANARY_PASSWORD, create_database, discard_database
 
 
 def connection(url: str) -> dict:
     return runner_connection(Database(Secret(url), source="$APP_DATABASE_URL"))
 
 
-def test_an_ipv6_host_and_an_encoded_database_name_are_read_as_libpq_reads_them():
-    found = connection("postgresql://app:pw@[::1]:6543/shop%20%C3%A9?application_name=deploy")
+@pytest.fixture
+def encoded_database(postgres_admin_url):
+    """A database whose name needs percent-encoding in a URL; dropped after."""
+    name = create_database(postgres_admin_url, prefix="shop é #")
+    yield name
+    discard_database(postgres_admin_url, name)
 
-    assert (found["host"], found["port"], found["database"]) == ("::1", 6543, "shop é")
-    assert (found["user"], found["password"], found["application_name"]) == ("app", "pw", "deploy")
+
+def test_the_runner_goes_where_faber_s_connection_went_as_libpq_read_the_url(postgres_admin_url, encoded_database):
+    """An encoded database name, and libpq's ?dbname= and ?hostaddr= over the URL's path and host,
+    which node-postgres would not read: the runner gets where faber's own connection went."""
+    server = urlsplit(postgres_admin_url)
+    url = (
+        f"postgresql://{server.username}@localhost:{server.port}/decoy"
+        f"?dbname={quote(encoded_database, safe='')}&hostaddr=127.0.0.1&application_name=deploy"
+    )
+
+    found = connection(url)
+
+    assert (found["host"], found["port"], found["database"]) == ("127.0.0.1", server.port, encoded_database)
+    assert (found["user"], found["application_name"]) == (server.username, "deploy")
 
 
-def test_hostaddr_is_where_it_connects_and_the_host_is_what_tls_verifies():
-    found = connection("postgresql://app@db.internal/shop?hostaddr=10.0.0.7&sslmode=verify-full&sslrootcert=system")
+def test_a_password_libpq_reads_from_the_environment_reaches_the_runner(database_url, monkeypatch):
+    """The runner's environment has no PG* variables: the password faber's connection used goes
+    with the connection."""
+    monkeypatch.setenv("PGPASSWORD", CANARY_PASSWORD)
 
-    assert found["host"] == "10.0.0.7"
-    assert found["tls"]["mode"] == "verify-full" and found["tls"]["servername"] == "db.internal"
+    found = connection(database_url)
+
+    assert found["password"] == CANARY_PASSWORD
+
+
+def test_without_tls_on_faber_s_connection_the_orm_s_own_ssl_option_applies(database_url):
+    """The server here offers no TLS: libpq's prefer went without, and so may the ORM (its project's
+    ssl option decides); where faber's connection was encrypted, the runner's is too."""
+    assert connection(database_url)["tls"] is None
 
 
 def test_mysql_socket_and_tls_mode():

@@ -12,8 +12,6 @@ the runner's first request, with a :class:`ConfigError` naming it.
 
 from __future__ import annotations
 
-import os
-import pwd
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,9 +47,10 @@ _PG_DEFAULT_TLS_FILES = {
 def runner_connection(database: Database) -> dict[str, Any]:
     """The connection a runner's ORM opens to ``database``: ``engine``, ``host`` (a host name, an
     address, or a Unix socket: a directory on PostgreSQL, the socket file on MySQL as ``socket``),
-    ``port``, ``user``, ``password`` (None: the URL has none), ``database`` and ``tls`` (None: the
-    URL asks nothing of TLS, and the ORM's own ``ssl`` option applies). Raises :class:`ConfigError`
-    for a URL the ORM could not follow; worked out once per database."""
+    ``port``, ``user``, ``password`` (None: none), ``database`` and ``tls`` (None: the ORM's own
+    ``ssl`` option applies). On PostgreSQL these are what faber's own connection used, libpq's
+    environment and password file included (so this connects once); on MySQL what the URL says.
+    Raises :class:`ConfigError` for a URL the ORM could not follow; worked out once per database."""
     if "runner_connection" not in database.learnt:
         build = _postgres_connection if database.engine.name == "postgresql" else _mysql_connection
         database.learnt["runner_connection"] = build(database)
@@ -87,38 +86,38 @@ def _postgres_connection(database: Database) -> dict[str, Any]:
             "node-postgres connects to one host and does not try the next",
             "Name one host and port in the URL",
         )
-    host, hostaddr = params.get("host"), params.get("hostaddr")
-    if host is None and hostaddr is None:
-        # libpq connects through the Unix socket directory it was built with (node-postgres would
-        # go to localhost instead): the directory faber's own connection used is the one.
-        with database.connect(application_name="faber runner connection") as conn:
-            host, params["port"] = conn.info.host, str(conn.info.port)
-    # libpq's defaults: the operating system's name of the user faber runs as, a database named as the user.
-    user = params.get("user") or pwd.getpwuid(os.geteuid()).pw_name
+    # Where faber's own connection went and how, with what libpq took from beyond the URL (its
+    # default socket directory, PGSSLMODE and the other variables, ~/.pgpass): the ORM goes there
+    # the same way. node-postgres alone would go to localhost for a URL without a host, in the
+    # clear for libpq's sslmode=prefer, and read neither the variables nor the password file.
+    with database.connect(application_name="faber runner connection") as conn:
+        info, pgconn = conn.info, conn.pgconn
+        used = {option.keyword.decode(): option.val.decode() for option in pgconn.info if option.val}
+        host, address, encrypted = info.host, info.hostaddr, pgconn.ssl_in_use
+        where = {"port": info.port, "user": info.user, "password": info.password or None, "database": info.dbname}
     return {
         "engine": "postgres",
-        "host": hostaddr or host,
-        "port": int(params.get("port") or database.engine.default_port),
-        "user": user,
-        "password": params.get("password"),
-        "database": params.get("dbname") or user,
+        # The address faber reached (one of several a name resolves to), the name for TLS to verify.
+        "host": address or host,
+        **where,
         "options": params.get("options"),
         "application_name": params.get("application_name"),
-        "tls": _postgres_tls(params, verify_name=host),
+        "tls": _postgres_tls(used, verify_name=host, encrypted=encrypted),
     }
 
 
-def _postgres_tls(params: dict[str, str], verify_name: str | None) -> dict[str, Any] | None:
-    """libpq's TLS for the URL, as Node's TLS options: ``mode`` ``disable``, ``require`` (encrypted,
-    unverified), ``verify-ca`` or ``verify-full``; None for ``prefer`` and ``allow`` (libpq's default,
-    which node-postgres cannot do: the ORM's own ``ssl`` option applies)."""
-    mode = params.get("sslmode", "prefer")
-    if mode in ("prefer", "allow"):
+def _postgres_tls(used: dict[str, str], verify_name: str | None, *, encrypted: bool) -> dict[str, Any] | None:
+    """The TLS of faber's own connection (``used``: libpq's settings for it), as Node's TLS options:
+    ``mode`` ``require`` (encrypted, unverified), ``verify-ca`` or ``verify-full``; None when faber's
+    connection was not encrypted (``sslmode`` disable, or a server that offers no TLS to libpq's
+    prefer), where the ORM's own ``ssl`` option applies: never less than faber's."""
+    if not encrypted:
         return None
-    if mode == "disable":
-        return {"mode": "disable"}
-    files = {key: params.get(key) or _default_tls_file(default) for key, default in _PG_DEFAULT_TLS_FILES.items()}
-    if mode == "require" and files["sslrootcert"]:
+    mode = used.get("sslmode", "prefer")
+    files = {key: used.get(key) or _default_tls_file(default) for key, default in _PG_DEFAULT_TLS_FILES.items()}
+    if mode in ("prefer", "allow"):
+        mode = "require"  # libpq encrypted without verifying the server's certificate
+    elif mode == "require" and files["sslrootcert"]:
         mode = "verify-ca"  # libpq verifies the server's certificate when it has a CA file, as documented
     return {
         "mode": mode,
@@ -127,7 +126,7 @@ def _postgres_tls(params: dict[str, str], verify_name: str | None) -> dict[str, 
         "cert": files["sslcert"],
         "key": files["sslkey"] if files["sslcert"] else None,
         "crl": files["sslcrl"] if mode in _PG_VERIFYING else None,
-        "passphrase": params.get("sslpassword"),
+        "passphrase": used.get("sslpassword"),
         "servername": verify_name if verify_name and not verify_name.startswith("/") else None,
     }
 
