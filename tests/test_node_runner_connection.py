@@ -60,11 +60,15 @@ def test_without_tls_on_faber_s_connection_the_orm_s_own_ssl_option_applies(data
     assert connection(database_url)["tls"] is None
 
 
-def test_mysql_socket_and_tls_mode():
-    found = connection("mysql://app:p%C3%A9@db.internal:3307/shop?socket=/run/mysqld/mysqld.sock&ssl-mode=REQUIRED")
+def test_mysql_socket_charset_and_tls_mode():
+    found = connection(
+        "mysql://app:p%C3%A9@db.internal:3307/shop?socket=/run/mysqld/mysqld.sock&ssl-mode=REQUIRED&charset=latin1"
+    )
 
     assert (found["socket"], found["host"], found["port"]) == ("/run/mysqld/mysqld.sock", None, None)
     assert (found["password"], found["database"], found["tls"]["mode"]) == ("pé", "shop", "require")
+    assert found["charset"] == "latin1"
+    assert connection("mysql://app@db.internal/shop")["charset"] is None  # the ORM's own default
 
 
 @pytest.mark.parametrize(

@@ -159,6 +159,8 @@ def _mysql_connection(database: Database) -> dict[str, Any]:
         "user": params["user"],
         "password": params["password"],
         "database": params["database"],
+        # The URL's ?charset=, which faber's sessions use; without one the ORM's own default applies.
+        "charset": database.parsed.extra.get("charset"),
         "tls": _mysql_tls(database.parsed.extra["tls"], None if socket else params["host"]),
     }
 

@@ -134,6 +134,7 @@ function openSequelize(projectDir, section, request, logging) {
   const dialectOptions = { ...section.dialectOptions };
   for (const key of DIALECT_CONNECTION_KEYS) delete dialectOptions[key];
   if (connection.socket) dialectOptions.socketPath = connection.socket;
+  if (connection.charset) dialectOptions.charset = connection.charset;
   const ssl = faber.tlsOptions(connection.tls);
   if (ssl !== undefined) dialectOptions.ssl = ssl;
   if (connection.options) {

@@ -184,6 +184,7 @@ function retarget(userDataSource, connection, logger, migrationClasses) {
     host: connection.host || undefined,
     port: connection.port || undefined,
     socketPath: connection.socket || undefined,
+    ...(connection.charset ? { charset: connection.charset } : {}),
     username: connection.user,
     password: connection.password === null ? undefined : connection.password,
     database: connection.database,
@@ -203,8 +204,10 @@ async function connect(dataSource, relative) {
   } catch (error) {
     if (error instanceof faber.SetupError) throw error; // a file it would load, refused
     const code = error && (error.code || (error.driverError && error.driverError.code));
-    // Node's socket errors (ECONNREFUSED), PostgreSQL's SQLSTATEs, mysql2's ER_ names.
-    if (code && typeof code === "string" && /^(E[A-Z]+|[0-9A-Z]{5}|ER_[A-Z0-9_]+)$/.test(code)) {
+    // Node's socket errors (ECONNREFUSED), PostgreSQL's SQLSTATEs, mysql2's ER_ names, and Node's TLS
+    // refusals of the server's certificate (DEPTH_ZERO_SELF_SIGNED_CERT, ERR_TLS_CERT_ALTNAME_INVALID).
+    const connectionCode = /^(E[A-Z]+|[0-9A-Z]{5}|ER_[A-Z0-9_]+|ERR_TLS_[A-Z_]+|[A-Z_]*(CERT|UNABLE_TO_VERIFY)[A-Z_]*)$/;
+    if (code && typeof code === "string" && connectionCode.test(code)) {
       throw new faber.SetupError("connection_failed", String(error.message || error), { code });
     }
     throw new faber.SetupError("load_failed", `TypeORM could not start: ${(error && error.message) || error}`);
