@@ -12,6 +12,7 @@ the runner's first request, with a :class:`ConfigError` naming it.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -114,7 +115,10 @@ def _postgres_tls(used: dict[str, str], verify_name: str | None, *, encrypted: b
     if not encrypted:
         return None
     mode = used.get("sslmode", "prefer")
-    files = {key: used.get(key) or _default_tls_file(default) for key, default in _PG_DEFAULT_TLS_FILES.items()}
+    files = {
+        key: _from_faber_s_directory(used.get(key)) or _default_tls_file(default)
+        for key, default in _PG_DEFAULT_TLS_FILES.items()
+    }
     if mode in ("prefer", "allow"):
         mode = "require"  # libpq encrypted without verifying the server's certificate
     elif mode == "require" and files["sslrootcert"]:
@@ -129,6 +133,12 @@ def _postgres_tls(used: dict[str, str], verify_name: str | None, *, encrypted: b
         "passphrase": used.get("sslpassword"),
         "servername": verify_name if verify_name and not verify_name.startswith("/") else None,
     }
+
+
+def _from_faber_s_directory(path: str | None) -> str | None:
+    """``path`` as faber's own connection read it, relative to faber's working directory: the
+    runner runs in the project's. ``system`` (libpq's word for the system's CAs) stays."""
+    return os.path.abspath(path) if path and path != "system" else path
 
 
 def _default_tls_file(name: str) -> str | None:
@@ -150,7 +160,7 @@ _MYSQL_TLS_MODES = {
 
 def _mysql_connection(database: Database) -> dict[str, Any]:
     params = database.conninfo_params()
-    socket = params.get("unix_socket")
+    socket = _from_faber_s_directory(params.get("unix_socket"))
     return {
         "engine": "mysql",
         "host": None if socket else params["host"],

@@ -109,6 +109,30 @@ def test_mysql_socket_parameter_is_where_typeorm_connects(
     assert mysql_query("SELECT COUNT(*) FROM faber_deployments") == [(1,)]
 
 
+def test_a_relative_mysql_socket_is_read_from_where_faber_runs_not_from_the_project(
+    mysql_typeorm_project, typeorm_migration, run_faber, mysql_database_url, mysql_query, monkeypatch, tmp_path
+):
+    """A CI job runs faber from the repository's top with --cwd app/: a relative ?socket= names a
+    socket there, where faber's own connections go. The runner runs in the project directory,
+    where the same name finds nothing (or another server's socket)."""
+    ((socket,),) = mysql_query("SELECT @@socket")
+    where_faber_runs = tmp_path / "repository"
+    where_faber_runs.mkdir()
+    (where_faber_runs / "db.sock").symlink_to(socket)
+    parts = urlsplit(mysql_database_url)
+    url = urlunsplit(parts._replace(netloc=f"{parts.netloc.rpartition('@')[0]}@127.0.0.1:1", query="socket=db.sock"))
+    migration = typeorm_migration(CREATE_USERS, "CREATE TABLE users (id INT PRIMARY KEY)")
+    project = mysql_typeorm_project(
+        {"1700000000000-CreateUsers.js": migration}, fixture_migrations=False, backup_before_migrate=True
+    )
+    monkeypatch.setenv("TYPEORM_TEST_DATABASE_URL", url)
+
+    deployed = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project), cwd=where_faber_runs)
+
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    assert mysql_query("SELECT name FROM migrations") == [(CREATE_USERS,)]
+
+
 def test_a_percent_encoded_mysql_database_name_is_decoded(
     mysql_typeorm_project, typeorm_migration, run_faber, mysql_database_url, mysql_admin_url, monkeypatch
 ):

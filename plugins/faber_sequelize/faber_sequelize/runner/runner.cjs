@@ -22,7 +22,9 @@ const faber = require(process.env.FABER_RUNNER_COMMON); // faber_core/support/no
 // sequelize-cli's own pattern for migration files.
 const MIGRATION_FILE = /^(?!.*\.d\.ts$).*\.(cjs|js|cts|ts)$/;
 const CONNECTION_KEYS = ["username", "password", "database", "host", "port", "url", "use_env_variable", "replication"];
-const DIALECT_CONNECTION_KEYS = ["host", "port", "user", "password", "database", "socketPath", "connectionString"];
+// What the driver options (`dialectOptions`) may not say: where to connect; mysql2 also reads a `uri` for
+// every option left unset, and a `stream` is a connection of its own.
+const DIALECT_CONNECTION_KEYS = ["host", "port", "user", "password", "database", "socketPath", "connectionString", "uri", "stream"];
 const LOGGED_QUERY = /^Executing \([^)]*\): /s;
 // The config dialects faber deploys to each engine's servers. A MySQL or MariaDB project keeps its
 // own dialect, so Sequelize loads the driver the project installed for it (mysql2, or mariadb).

@@ -16,7 +16,9 @@ const { performance } = require("perf_hooks");
 
 const faber = require(process.env.FABER_RUNNER_COMMON); // faber_core/support/node/runner-common.cjs
 const CONNECTION_KEYS = ["url", "host", "port", "username", "password", "database", "replication", "socketPath"];
-const EXTRA_CONNECTION_KEYS = ["connectionString", "host", "hostaddr", "port", "user", "password", "database", "socketPath"];
+// What the driver options (`extra`) may not say: where to connect; mysql2 also reads a `uri` for every
+// option left unset, and a `stream` is a connection of its own.
+const EXTRA_CONNECTION_KEYS = ["connectionString", "host", "hostaddr", "port", "user", "password", "database", "socketPath", "uri", "stream"];
 const SUCCESS_LOG = /^Migration (.+) has been (?:\(fake\) )?executed successfully\.$/;
 // Statements that end or start a transaction (not savepoints: ROLLBACK TO keeps it open).
 const TRANSACTION_CONTROL = /^\s*(COMMIT|END|ABORT|ROLLBACK(?!\s+TO\b)|BEGIN|START\s+TRANSACTION)\b/i;
