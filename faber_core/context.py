@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from faber_core import events
 from faber_core.config import EnvironmentSettings, FaberConfig, Options, plugin_options
@@ -85,8 +85,10 @@ class Database:
         query = "&".join(
             pair for pair in parts.query.split("&") if pair and unquote(pair.partition("=")[0]) != "dbname"
         )
-        # Percent-encoded: a name may hold any character (quotes, spaces, '%', '?', '/').
-        url = Secret(urlunsplit(parts._replace(path=f"/{quote(name, safe='')}", query=query)))
+        # Percent-encoded: a name may hold any character (quotes, spaces, '%', '?', '/'). Put
+        # together by hand: urlunsplit drops the "//" of a URL without a host (postgresql:///db).
+        path = f"/{quote(name, safe='')}"
+        url = Secret(f"{parts.scheme}://{parts.netloc}{path}" + (f"?{query}" if query else ""))
         return Database(url, source=source, connect_timeout=self.connect_timeout)
 
     @property

@@ -541,3 +541,25 @@ def test_a_password_too_short_to_mask_is_warned_about_once(faber_project, run_fa
         "(masking it would mask ordinary words): use a longer one"
     ], deploy.stderr
     assert password not in warnings[0] and "z9" not in warnings[0]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql:///shop?host=/var/run/postgresql&user=app",
+        "postgresql://app@/shop?dbname=shop",
+        "postgresql:///shop",
+    ],
+)
+def test_the_sibling_of_a_database_reached_without_a_host_is_on_the_same_server(url):
+    """A rehearsal's copy and a swap's databases are siblings of the target: built with urlunsplit,
+    a URL without a host lost its "//" (postgresql:/copy), which faber then refused: the lint's
+    rehearsal did not run, and left its copy behind."""
+    target = Database(Secret(url), source="$X")
+
+    sibling = target.sibling("copy é", source="rehearsal copy of $X")
+
+    assert sibling.url.reveal().startswith("postgresql://")
+    assert sibling.url.reveal().partition("?")[0].endswith("/copy%20%C3%A9")
+    assert sibling.conninfo_params()["dbname"] == "copy é"
+    assert sibling.conninfo_params().get("host") == target.conninfo_params().get("host")
