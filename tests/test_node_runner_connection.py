@@ -78,6 +78,7 @@ def test_mysql_socket_charset_and_tls_mode():
         ("gssencmode=require", "gssencmode=require"),
         ("channel_binding=require", "channel_binding=require"),
         ("sslcrldir=/etc/crl", "sslcrldir="),
+        ("schema=app", "?schema=app"),
     ],
 )
 def test_a_setting_node_postgres_cannot_follow_is_refused_naming_it(query, named):

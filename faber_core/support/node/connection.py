@@ -80,6 +80,16 @@ def _postgres_connection(database: Database) -> dict[str, Any]:
                 "node-postgres cannot do it",
                 f"Remove {key}= from the URL for this migration tool",
             )
+    if database.parsed.schema != "public":
+        # Prisma's parameter: faber's lint and estimates judge the tables of that schema, which the
+        # ORM, going by its own options, would not migrate.
+        raise _refused(
+            database,
+            f"?schema={database.parsed.schema}",
+            "Prisma's parameter, which the ORM does not read",
+            "Remove ?schema= from the URL and set the schema in the tool's own options (TypeORM's schema, "
+            "Sequelize's searchPath), or in the URL as options=-c search_path=...",
+        )
     if any("," in params.get(key, "") for key in ("host", "hostaddr", "port")):
         raise _refused(
             database,
