@@ -68,6 +68,8 @@ def test_mysql_socket_charset_and_tls_mode():
     assert (found["socket"], found["host"], found["port"]) == ("/run/mysqld/mysqld.sock", None, None)
     assert (found["password"], found["database"], found["tls"]["mode"]) == ("pé", "shop", "require")
     assert found["charset"] == "latin1"
+    preferred = connection("mysql://app@db.internal/shop?ssl-mode=PREFERRED&ssl-ca=/etc/ca.pem")["tls"]
+    assert (preferred["mode"], preferred["ca"]) == ("verify-ca", "/etc/ca.pem")  # as faber's own connections
     assert connection("mysql://app@db.internal/shop")["charset"] is None  # the ORM's own default
 
 

@@ -161,6 +161,8 @@ def _default_tls_file(name: str) -> str | None:
 
 _MYSQL_TLS_MODES = {
     "DISABLED": "disable",
+    # With a CA or client certificate in the URL, faber's own connections require TLS (TlsSettings).
+    "PREFERRED": "require",
     "REQUIRED": "require",
     "VERIFY_CA": "verify-ca",
     "VERIFY_IDENTITY": "verify-full",
