@@ -60,7 +60,7 @@ def test_without_tls_on_faber_s_connection_the_orm_s_own_ssl_option_applies(data
     assert connection(database_url)["tls"] is None
 
 
-def test_mysql_socket_charset_and_tls_mode():
+def test_mysql_socket_charset_and_tls_mode(tmp_path):
     found = connection(
         "mysql://app:p%C3%A9@db.internal:3307/shop?socket=/run/mysqld/mysqld.sock&ssl-mode=REQUIRED&charset=latin1"
     )
@@ -68,8 +68,9 @@ def test_mysql_socket_charset_and_tls_mode():
     assert (found["socket"], found["host"], found["port"]) == ("/run/mysqld/mysqld.sock", None, None)
     assert (found["password"], found["database"], found["tls"]["mode"]) == ("pé", "shop", "require")
     assert found["charset"] == "latin1"
-    preferred = connection("mysql://app@db.internal/shop?ssl-mode=PREFERRED&ssl-ca=/etc/ca.pem")["tls"]
-    assert (preferred["mode"], preferred["ca"]) == ("verify-ca", "/etc/ca.pem")  # as faber's own connections
+    (tmp_path / "ca.pem").write_text("a CA")
+    preferred = connection(f"mysql://app@db.internal/shop?ssl-mode=PREFERRED&ssl-ca={tmp_path}/ca.pem")["tls"]
+    assert (preferred["mode"], preferred["ca"]) == ("verify-ca", f"{tmp_path}/ca.pem")  # as faber's own connections
     assert connection("mysql://app@db.internal/shop")["charset"] is None  # the ORM's own default
 
 
