@@ -5,6 +5,7 @@ plugins' test_*_connection.py."""
 
 from __future__ import annotations
 
+import subprocess
 from urllib.parse import quote, urlsplit
 
 import psycopg
@@ -68,7 +69,11 @@ def test_mysql_socket_charset_and_tls_mode(tmp_path):
     assert (found["socket"], found["host"], found["port"]) == ("/run/mysqld/mysqld.sock", None, None)
     assert (found["password"], found["database"], found["tls"]["mode"]) == ("pé", "shop", "require")
     assert found["charset"] == "latin1"
-    (tmp_path / "ca.pem").write_text("a CA")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+         "-keyout", tmp_path / "ca.key", "-out", tmp_path / "ca.pem"],
+        check=True, capture_output=True,
+    )  # fmt: skip
     preferred = connection(f"mysql://app@db.internal/shop?ssl-mode=PREFERRED&ssl-ca={tmp_path}/ca.pem")["tls"]
     assert (preferred["mode"], preferred["ca"]) == ("verify-ca", f"{tmp_path}/ca.pem")  # as faber's own connections
     assert connection("mysql://app@db.internal/shop")["charset"] is None  # the ORM's own default
