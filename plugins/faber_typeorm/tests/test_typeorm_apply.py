@@ -247,6 +247,28 @@ def test_typeorm_sessions_run_with_fabers_lock_timeout(
     assert query("SELECT lock_timeout FROM session_settings") == [("3s",)]
 
 
+def test_the_project_s_own_driver_options_keep_fabers_lock_timeout(
+    typeorm_project, typeorm_context, typeorm_plugins, typeorm_migration, query
+):
+    """node-postgres takes a project's extra.options over PGOPTIONS, which carries faber's timeouts:
+    the migrations ran without a lock timeout. Both apply now, the timeouts last."""
+    recorder = typeorm_migration(
+        "RecordSettings1700000200000",
+        "CREATE TABLE session_settings AS SELECT current_setting('lock_timeout') AS lock_timeout,"
+        " current_setting('application_name') AS application",
+    )
+    project = typeorm_project({"1700000200000-RecordSettings.js": recorder}, lock_timeout_seconds=3)
+    data_source = project / "data-source.js"
+    own_options = 'type: "postgres",\n  extra: { options: "-c application_name=the_app" },'
+    data_source.write_text(data_source.read_text().replace('type: "postgres",', own_options))
+    context = typeorm_context(project)
+
+    outcome = typeorm_plugins.migration_apply(context, typeorm_plugins.migration_status(context).pending_migrations())
+
+    assert outcome.failure is None, outcome.failure
+    assert query("SELECT lock_timeout, application FROM session_settings") == [("3s", "the_app")]
+
+
 def test_a_failed_lock_check_says_a_migration_without_a_transaction_never_started(
     typeorm_project, typeorm_migration, typeorm_context, typeorm_plugins, query
 ):

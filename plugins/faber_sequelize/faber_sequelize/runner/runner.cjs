@@ -139,9 +139,11 @@ function openSequelize(projectDir, section, request, logging) {
   if (connection.charset) dialectOptions.charset = connection.charset;
   const ssl = faber.tlsOptions(connection.tls);
   if (ssl !== undefined) dialectOptions.ssl = ssl;
-  if (connection.options) {
-    // node-postgres takes `options` over PGOPTIONS, which carries faber's timeouts: both, the timeouts last.
-    dialectOptions.options = [connection.options, process.env.PGOPTIONS].filter(Boolean).join(" ");
+  if (connection.engine === "postgres") {
+    // node-postgres takes `options` over PGOPTIONS, which carries faber's timeouts: the project's own
+    // options, the URL's and the timeouts, the timeouts last.
+    const sessionOptions = [dialectOptions.options, connection.options, process.env.PGOPTIONS].filter(Boolean);
+    if (sessionOptions.length > 0) dialectOptions.options = sessionOptions.join(" ");
   }
   if (connection.application_name) dialectOptions.application_name = connection.application_name;
   // Where faber's own connections go, as explicit options: Sequelize's URL parser (and the drivers'

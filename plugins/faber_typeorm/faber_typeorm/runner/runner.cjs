@@ -176,9 +176,10 @@ function retarget(userDataSource, connection, logger, migrationClasses) {
     options.ssl = ssl;
   }
   if (engine === "postgres") {
-    // node-postgres takes `options` over PGOPTIONS, which carries faber's timeouts: both, the timeouts last.
-    const sessionOptions = [connection.options, process.env.PGOPTIONS].filter(Boolean).join(" ");
-    if (connection.options) options.extra.options = sessionOptions;
+    // node-postgres takes `options` over PGOPTIONS, which carries faber's timeouts: the project's own
+    // options, the URL's and the timeouts, the timeouts last.
+    const sessionOptions = [options.extra.options, connection.options, process.env.PGOPTIONS].filter(Boolean);
+    if (sessionOptions.length > 0) options.extra.options = sessionOptions.join(" ");
     if (connection.application_name) options.applicationName = connection.application_name;
   }
   Object.assign(options, {
