@@ -29,8 +29,8 @@ class TableWrites(DeferredModel):
 class SequenceDraws(DeferredModel):
     sequence: str
     values: int = Field(
-        description="Values drawn (nextval) since the backup, faber's own excluded: a restore sets the sequence back, "
-        "and hands them out again."
+        description="Values drawn (nextval) since the backup, by any session, faber's migrations included (a "
+        "sequence's draws cannot be told apart): a restore sets the sequence back, and hands them out again."
     )
 
 

@@ -201,26 +201,10 @@ _REPORTS_ON_REQUEST = 150000
 _LOCKED_BY_THIS_TRANSACTION = (
     "SELECT l.relation FROM pg_locks l WHERE l.locktype = 'relation' AND l.pid = pg_backend_pid()"
 )
-# Sequences are not transactional and have no counters: the values each one had drawn are kept in
-# the transaction's settings before the migration starts (before its savepoint, whose rollback
-# would take them back), and the migration drew the difference. Without them (a handler that did
-# not take them), nothing is said of sequences.
-_DRAWN_BEFORE = "faber.sequences_drawn_before"
-_SEQUENCES_BEFORE = (
-    f"SELECT set_config('{_DRAWN_BEFORE}', (SELECT coalesce(jsonb_object_agg(s.oid, s.drawn), '{{}}')"
-    f" FROM ({_FREE_SEQUENCES}) s)::text, true)"
-)
-
-
-def _sequences_drawn(among: str) -> str:
-    """The values each sequence of ``among`` (oids) drew since :data:`_SEQUENCES_BEFORE`, where it drew any."""
-    return f"""
-SELECT s.name, s.drawn - coalesce((b.drawn ->> s.oid::text)::bigint, 0)
-FROM (SELECT nullif(current_setting('{_DRAWN_BEFORE}', true), '')::jsonb AS drawn) b, ({_FREE_SEQUENCES}) s
-WHERE b.drawn IS NOT NULL AND s.oid IN ({among}) AND s.drawn > coalesce((b.drawn ->> s.oid::text)::bigint, 0)
-"""
-
-
+# Sequences are not measured per migration: nextval is not transactional, and a sequence's value
+# moves with every session's draws while a migration runs; crediting the difference to the
+# migration would hide the application's draws. A migration's own draws from a free sequence
+# count as others', which refuses a restore that might not have needed to (the safe side).
 _WRITES_TO_LOCKED_TABLES = f"""
 SELECT format('%I.%I', n.nspname, c.relname), w.rows FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace,
@@ -231,7 +215,7 @@ WHERE (c.oid IN ({_LOCKED_BY_THIS_TRANSACTION}) AND c.relkind IN ('r', 'p')
        -- large object functions release their catalogs' locks as they return
        OR c.oid IN ({_LARGE_OBJECT_CATALOGS}))
   AND w.rows > 0
-UNION ALL {_sequences_drawn(_LOCKED_BY_THIS_TRANSACTION)}"""
+"""
 # After a rollback to a savepoint the locks taken inside it are released, but its counts stay.
 _WRITES_TO_ANY_TABLE = f"""
 SELECT format('%I.%I', schemaname, relname), n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_xact_user_tables
@@ -239,7 +223,7 @@ WHERE n_tup_ins + n_tup_upd + n_tup_del > 0
 UNION ALL
 SELECT format('%I.%I', schemaname, relname), n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_xact_sys_tables
 WHERE relid IN ({_LARGE_OBJECT_CATALOGS}) AND n_tup_ins + n_tup_upd + n_tup_del > 0
-UNION ALL {_sequences_drawn("SELECT seqrelid FROM pg_sequence")}"""
+"""
 
 
 def _reported(writes: str) -> str:
@@ -295,8 +279,6 @@ def measured_transaction(conn: psycopg.Connection, into: Measurement | None = No
     """
     measurement = into if into is not None else Measurement()
     with conn.transaction():
-        if conn.info.server_version >= _REPORTS_ON_REQUEST:
-            conn.execute(_SEQUENCES_BEFORE)
         try:
             with conn.transaction():
                 yield measurement
@@ -341,7 +323,7 @@ def measurement_statements(database: Database) -> dict[str, list[str]] | None:
     if version is None or version < _REPORTS_ON_REQUEST:
         return None
     return {
-        "start": [_SEQUENCES_BEFORE, f"SAVEPOINT {_MEASURED}"],
+        "start": [f"SAVEPOINT {_MEASURED}"],
         "before_commit": [_REPORTED_WRITES_TO_LOCKED_TABLES],
         "after_failure": [f"ROLLBACK TO SAVEPOINT {_MEASURED}", _REPORTED_WRITES_TO_ANY_TABLE],
         "after_unmeasured": ["SELECT pg_stat_force_next_flush()"],
@@ -386,8 +368,7 @@ def run_measured_script(
     again = session_timeouts_again(conn)
     # The newline after the script ends a trailing -- comment. The savepoint is not released:
     # COMMIT commits it with the transaction, and the measurement counts its rows all the same.
-    before = f"{_SEQUENCES_BEFORE};\n" if measurable else ""
-    message = f"BEGIN;\n{again}{before}SAVEPOINT {_MEASURED};\n{check}{script}\n;\n{measurement}COMMIT"
+    message = f"BEGIN;\n{again}SAVEPOINT {_MEASURED};\n{check}{script}\n;\n{measurement}COMMIT"
     cursor = conn.cursor()
     try:
         if lock_check is not None:
