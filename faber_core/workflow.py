@@ -1838,6 +1838,7 @@ def decided_restore(
     try:
         with interruptible():
             unfinished.forget_restored(context, backup)
+            writes.refresh_baseline(context, backup)
             state = read_status(context, plugins, quiet=True)
     except (HealthCheckFailed, SessionRefused) as unread:
         # The restore committed: a connection lost or refused (or a read blocked) now keeps only

@@ -10,6 +10,8 @@ import psycopg
 import pytest
 
 from faber_core.backup import writes
+from faber_core.postgres.scratch import previous_name, restoring_name
+from faber_core.testing.fixtures import discard_database
 from faber_core.workflow import DeployOptions, migrate
 
 YES = DeployOptions(assume_yes=True)
@@ -162,6 +164,34 @@ def test_rollback_refuses_a_bare_yes_when_the_application_wrote_and_names_the_ta
     assert discarded.json["result"]["writes_since_backup"]["status"] == "found"
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("restore_mode", ["in-place", "swap"])
+def test_a_second_rollback_to_the_same_backup_still_sees_the_applications_rows(
+    deployed, run_faber, database_url, postgres_admin_url, restore_mode
+):
+    """A retried CI job, or a second rollback: the first restore created the backup's tables anew, so
+    their counters started again. Compared with the backup's first baseline the writes were
+    "unknown", which restores: the application's rows since the first rollback were discarded
+    under refuse. The restore leaves the backup a baseline of the database it made."""
+    project_dir, backup_id = deployed
+    config_path = project_dir / ".fractary/plugins/faber-db/config.json"
+    config = json.loads(config_path.read_text())
+    config["database"]["environments"]["production"]["backup"] = {"provider": "pg_dump", "restore_mode": restore_mode}
+    config_path.write_text(json.dumps(config))
+    first = run_faber("rollback", "production", "--to", backup_id, "--yes", "--json", cwd=project_dir)
+    assert first.returncode == 0, first.output
+    app_inserts(database_url, 7).close()
+
+    again = run_faber("rollback", "production", "--to", backup_id, "--yes", "--json", cwd=project_dir)
+
+    assert again.returncode == 5, again.output
+    assert again.json["result"]["writes_since_backup"]["tables"] == [{"table": "public.orders", "rows": 7}]
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM orders WHERE note = 'from the app'").fetchone()[0] == 7
+    target = psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]
+    for leftover in (previous_name(target), restoring_name(target)):
+        discard_database(postgres_admin_url, leftover)
 
 
 def test_rollback_refuses_while_the_application_writes_in_an_open_transaction(deployed, run_faber, database_url):

@@ -492,6 +492,38 @@ def _counters(conn: psycopg.Connection, faber_schema: str) -> Counters:
     return Counters(tables, stats_reset, started, sequences)
 
 
+def refresh_baseline(context: RunContext, backup: BackupRecord) -> None:
+    """After a restore of ``backup`` committed, its baseline becomes the counters now: the database
+    is the backup again, its tables created anew by the restore (their counters started again).
+    Compared with the old baseline, a later rollback to the same backup (a retried job, a second
+    rollback) could only say ``unknown``, and restore over the application's rows since. Writes
+    between the restore's commit and this read go into the new baseline unseen. Never fails the
+    restore: a failure leaves the old baseline, and ``unknown``."""
+    counters = read_counters(context)
+    if counters is None:
+        return
+    try:
+        with context.database.session() as conn, conn.transaction():
+            conn.execute(
+                sql.SQL(
+                    "UPDATE {} SET stats_reset = %s, server_started_at = %s, counters = %s, sequences = %s,"
+                    " faber_writes = '{{}}', faber_writes_known = true WHERE environment = %s AND backup_id = %s"
+                ).format(_table(context)),
+                [
+                    counters.stats_reset,
+                    counters.server_started_at,
+                    json.dumps({str(relid): list(entry) for relid, entry in counters.tables.items()}),
+                    json.dumps({str(oid): list(entry) for oid, entry in (counters.sequences or {}).items()}),
+                    context.environment,
+                    backup.id,
+                ],
+            )
+    except psycopg.Error as exc:
+        context.emit(
+            events.BACKUP_BASELINE_FAILED, backup_id=backup.id, error=context.redactor.redact(str(exc).strip())
+        )
+
+
 def _table(context: RunContext) -> sql.Composed:
     return sql.SQL("{}.{}").format(sql.Identifier(context.config.database.faber_schema), sql.Identifier(TABLE))
 
