@@ -436,6 +436,7 @@ def test_rows_committed_between_the_check_and_the_in_place_restore_s_locks_refus
 
     assert refused.value.result["writes_during_restore"]["tables"] == [{"table": "public.orders", "rows": 5}]
     assert "public.orders (5 rows)" in refused.value.message and "is unchanged" in refused.value.message
+    assert refused.value.suggestions[-1].endswith("--yes --discard-app-writes")  # a retry finds them first
     assert application_session_ended(application[0])
     ended = [event.data for event in events if event.kind == "writes.sessions_ended"]
     assert [(one["reason"], [session["application_name"] for session in one["sessions"]]) for one in ended] == [
