@@ -47,6 +47,21 @@ def test_a_faber_killed_while_using_the_embedded_server_does_not_keep_it_running
     assert not postmaster.exists(), "the server was left running"
 
 
+def test_a_project_whose_path_holds_a_comma_is_told_the_embedded_server_cannot_run_there(tmp_path, run_faber):
+    project = tmp_path / "app,v2"
+    (project / ".fractary/plugins/faber-db").mkdir(parents=True)
+    (project / ".fractary/plugins/faber-db/config.json").write_text(
+        json.dumps({"database": {"migration_tool": "sqlfiles", "environments": {"dev": {}}}})
+    )
+    (project / "migrations").mkdir()
+
+    run = run_faber("migrate", "dev", "--json", "--cwd", str(project), env=SQLFILES)
+
+    assert (run.returncode, run.json["code"]) == (2, "CONFIG_INVALID"), run.output
+    assert "its path holds a comma" in run.json["error"]
+    assert not (project / ".faber/embedded").exists()
+
+
 def test_migrate_dev_on_the_embedded_server_ignores_a_pgport_set_in_the_shell(faber_project, run_faber):
     """The embedded server's URL named its socket directory and no port: libpq would take a shell's
     PGPORT (set for another server), and faber refused the URL it made itself as leaving where to

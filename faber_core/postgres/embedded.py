@@ -37,6 +37,17 @@ def start_embedded_server(data_dir: Path, *, keep_running: bool = False) -> str:
                 "Or set database_url_env for the dev environment to use a server of your own",
             ],
         ) from None
+    if "," in str(data_dir):
+        # The server's socket goes in its data directory, named in unix_socket_directories: a list
+        # separated by commas, which would split the path.
+        raise ConfigError(
+            f"The embedded PostgreSQL cannot run in {data_dir}: its path holds a comma, which PostgreSQL's "
+            "socket directory setting takes for a separator",
+            suggestions=[
+                "Move the project to a path without a comma",
+                "Or set database_url_env for the dev environment to use a server of your own",
+            ],
+        )
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         _forget_dead_users(data_dir)
