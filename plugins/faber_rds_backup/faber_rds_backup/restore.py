@@ -74,6 +74,8 @@ def restore(context: RunContext, backup: BackupRecord) -> RestoreOutcome:
             committed=_COMMITTED[plan.state],
             details=where,
             steps=plan.steps,
+            # What to do about the copy the stopped restore leaves: a plain retry refuses while it exists.
+            suggestions=commands,
             provider_data={"commands": commands},
         )
 

@@ -250,6 +250,8 @@ def test_sigterm_while_rds_has_not_answered_a_rename_says_it_may_have_happened(
     assert "was requested, so it may have happened" in details, details
     commands = "\n".join(document["result"]["provider_data"]["commands"])
     assert "--new-db-instance-identifier prod-db" in commands, commands  # finish or undo the swap
+    # The advice carries them too: a plain retry refuses while the copy exists.
+    assert document["recovery"]["suggestions"][: commands.count("\n") + 1] == commands.splitlines()
     source, _ = renamed
     assert any(source in line and "describe-db-instances" in line for line in commands.splitlines()), commands
     assert CANARY_PASSWORD not in run.stdout() + run.stderr()
