@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from faber_core.context import Database
-from faber_core.errors import ConfigError
+from faber_core.errors import ConfigError, ToolCannotConnect
 
 if TYPE_CHECKING:
     from faber_core.engines.mysql import TlsSettings
@@ -101,11 +101,19 @@ def _postgres_connection(database: Database) -> dict[str, Any]:
     # default socket directory, PGSSLMODE and the other variables, ~/.pgpass): the ORM goes there
     # the same way. node-postgres alone would go to localhost for a URL without a host, in the
     # clear for libpq's sslmode=prefer, and read neither the variables nor the password file.
-    with database.connect(application_name="faber runner connection") as conn:
-        info, pgconn = conn.info, conn.pgconn
-        used = {option.keyword.decode(): option.val.decode() for option in pgconn.info if option.val}
-        host, address, encrypted = info.host, info.hostaddr, pgconn.ssl_in_use
-        where = {"port": info.port, "user": info.user, "password": info.password or None, "database": info.dbname}
+    try:
+        with database.connect(application_name="faber runner connection") as conn:
+            info, pgconn = conn.info, conn.pgconn
+            used = {option.keyword.decode(): option.val.decode() for option in pgconn.info if option.val}
+            host, address, encrypted = info.host, info.hostaddr, pgconn.ssl_in_use
+            where = {"port": info.port, "user": info.user, "password": info.password or None, "database": info.dbname}
+    except database.connect_errors as exc:  # as the ORM's own connection would have failed: exit 3
+        details = database.describe_connect_error(exc)
+        raise ToolCannotConnect(
+            f"Cannot connect to the database {database.source} names: {details}",
+            details=details,
+            suggestions=["Verify the database is running and reachable", f"Check {database.source}"],
+        ) from None
     return {
         "engine": "postgres",
         # The address faber reached (one of several a name resolves to), the name for TLS to verify.
