@@ -255,8 +255,9 @@ def test_a_deploy_that_made_new_sessions_read_only_is_restored(project, context_
         assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("off",)
 
 
-def test_unreachable_database_fails_the_health_check(faber_project, context_for, plugins, monkeypatch):
-    monkeypatch.setenv("DOWN_URL", f"postgresql://app:{CANARY_PASSWORD}@127.0.0.1:1/nothing")
+def deploy_to_nothing(faber_project, context_for, plugins, monkeypatch, query: str = "") -> HealthCheckFailed:
+    """A deploy to a port nothing listens on, through ``DOWN_URL`` (plus ``query``): its error."""
+    monkeypatch.setenv("DOWN_URL", f"postgresql://app:{CANARY_PASSWORD}@127.0.0.1:1/nothing{query}")
     project_dir = faber_project(
         {
             "database": {
@@ -265,13 +266,17 @@ def test_unreachable_database_fails_the_health_check(faber_project, context_for,
             }
         }
     )
-
     with pytest.raises(HealthCheckFailed) as raised:
         migrate(context_for(project_dir), plugins, YES)
+    return raised.value
 
-    assert raised.value.result == {"health_check": "failed", "details": "Database connection refused at 127.0.0.1:1"}
-    assert "Check connection string: DOWN_URL" in raised.value.suggestions
-    assert CANARY_PASSWORD not in repr(raised.value.__dict__)
+
+def test_unreachable_database_fails_the_health_check(faber_project, context_for, plugins, monkeypatch):
+    failed = deploy_to_nothing(faber_project, context_for, plugins, monkeypatch)
+
+    assert failed.result == {"health_check": "failed", "details": "Database connection refused at 127.0.0.1:1"}
+    assert "Check connection string: DOWN_URL" in failed.suggestions
+    assert CANARY_PASSWORD not in repr(failed.__dict__)
 
 
 def test_advice_that_hands_the_url_to_psql_says_to_leave_out_the_parameters_it_refuses(
@@ -279,20 +284,9 @@ def test_advice_that_hands_the_url_to_psql_says_to_leave_out_the_parameters_it_r
 ):
     """Prisma's ?schema= is faber's to read and drop; psql given the URL refuses it ("invalid URI
     query parameter"), so the advice to test the connection with psql says so."""
-    monkeypatch.setenv("DOWN_URL", f"postgresql://app:{CANARY_PASSWORD}@127.0.0.1:1/nothing?schema=app&sslmode=disable")
-    project_dir = faber_project(
-        {
-            "database": {
-                "migration_tool": "sqlfiles",
-                "environments": {"production": {"database_url_env": "DOWN_URL", "connect_timeout_seconds": 2}},
-            }
-        }
-    )
+    failed = deploy_to_nothing(faber_project, context_for, plugins, monkeypatch, "?schema=app&sslmode=disable")
 
-    with pytest.raises(HealthCheckFailed) as raised:
-        migrate(context_for(project_dir), plugins, YES)
-
-    suggestions = raised.value.suggestions
+    suggestions = failed.suggestions
     assert "Test connection: psql $DOWN_URL" in suggestions
     assert (
         "psql and pg_dump refuse the ?schema= of DOWN_URL (faber drops it): give them the URL without it" in suggestions
