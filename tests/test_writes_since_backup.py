@@ -24,11 +24,19 @@ BACKFILL = "INSERT INTO orders (note) SELECT 'migrated' FROM generate_series(1, 
 def deployed(project, context_for, plugins, database_url, monkeypatch):
     """A production project with ``orders`` deployed, then a data-writing migration deployed on top
     (so its backup has a baseline and faber's own 200 row writes to tell apart)."""
+    return deployed_on_top(
+        project, context_for, plugins, monkeypatch, ("001_orders", ORDERS), ("002_backfill", BACKFILL)
+    )
+
+
+def deployed_on_top(project, context_for, plugins, monkeypatch, first, then) -> tuple:
+    """``(project_dir, backup_id)``: a production project with the migration ``first`` (name, SQL)
+    deployed, then ``then`` deployed on top; ``backup_id`` is the backup taken before ``then``."""
     for name, value in SQLFILES.items():
         monkeypatch.setenv(name, value)
-    project_dir = project({"001_orders": ORDERS})
+    project_dir = project({first[0]: first[1]})
     migrate(context_for(project_dir), plugins, YES)
-    (project_dir / "migrations/002_backfill.sql").write_text(BACKFILL)
+    (project_dir / f"migrations/{then[0]}.sql").write_text(then[1])
     backup_id = migrate(context_for(project_dir), plugins, YES).model_dump(mode="json")["result"]["backup_id"]
     return project_dir, backup_id
 
@@ -576,13 +584,7 @@ SEEDS = "SELECT lo_from_bytea(0, 'seeded by faber');"
 def invoicing(project, context_for, plugins, monkeypatch):
     """A production project with a sequence no column owns, then a migration deployed on top that
     stores a large object (so its backup has one to tell apart from faber's)."""
-    for name, value in SQLFILES.items():
-        monkeypatch.setenv(name, value)
-    project_dir = project({"001_invoices": INVOICES})
-    migrate(context_for(project_dir), plugins, YES)
-    (project_dir / "migrations/002_seeds.sql").write_text(SEEDS)
-    backup_id = migrate(context_for(project_dir), plugins, YES).model_dump(mode="json")["result"]["backup_id"]
-    return project_dir, backup_id
+    return deployed_on_top(project, context_for, plugins, monkeypatch, ("001_invoices", INVOICES), ("002_seeds", SEEDS))
 
 
 def test_a_deploy_s_own_large_objects_are_no_write_by_others(invoicing, context_for):
@@ -600,12 +602,10 @@ def test_sequence_draws_during_a_migration_count_as_others_whatever_drew_them(
     session's draws, so the migration's share cannot be told from the application's. All count as
     others' (the migration's too): a refusal that --discard-app-writes overrides, never values
     handed out twice."""
-    for name, value in SQLFILES.items():
-        monkeypatch.setenv(name, value)
-    project_dir = project({"001_invoices": INVOICES})
-    migrate(context_for(project_dir), plugins, YES)
-    (project_dir / "migrations/002_numbered.sql").write_text("SELECT nextval('invoice_no') FROM generate_series(1, 3);")
-    backup_id = migrate(context_for(project_dir), plugins, YES).model_dump(mode="json")["result"]["backup_id"]
+    numbered = ("002_numbered", "SELECT nextval('invoice_no') FROM generate_series(1, 3);")
+    project_dir, backup_id = deployed_on_top(
+        project, context_for, plugins, monkeypatch, ("001_invoices", INVOICES), numbered
+    )
     with psycopg.connect(database_url, autocommit=True) as app:
         app.execute("SELECT nextval('invoice_no') FROM generate_series(1, 25)")
 
