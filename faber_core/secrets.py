@@ -123,8 +123,16 @@ def _passwords(value: str) -> set[str]:
 
 
 def _printed_forms(text: str) -> set[str]:
-    """``text`` as the channels print it: raw, JSON-escaped (ASCII or not), and Python's repr."""
-    return {text, json.dumps(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1], repr(text)[1:-1]}
+    """``text`` as the channels print it: raw, JSON-escaped (ASCII or not), Python's repr, and with
+    its backslashes doubled alone (Node's ``util.inspect`` of a text holding both kinds of quote,
+    which it quotes with backticks: a driver printing its options)."""
+    return {
+        text,
+        json.dumps(text)[1:-1],
+        json.dumps(text, ensure_ascii=False)[1:-1],
+        repr(text)[1:-1],
+        text.replace("\\", "\\\\"),
+    }
 
 
 def secret_forms(value: str) -> set[str]:

@@ -6,6 +6,7 @@ import re
 import shutil
 import string
 import subprocess
+from urllib.parse import quote
 
 import pytest
 
@@ -73,6 +74,24 @@ def test_a_password_a_migration_gives_a_role_is_masked_wherever_its_sql_is_shown
     """No URL holds a role's password written into a migration: the preview, the audit log and a
     database error quoting the statement would show it."""
     assert Redactor().redact(sql) == shown
+
+
+def test_a_password_node_prints_with_its_backslashes_doubled_is_masked_whole():
+    """Node's util.inspect of a text holding both kinds of quote doubles its backslashes and quotes
+    it with backticks (a driver printing its options): the part after the backslash showed."""
+    password = "canary-Pw\\q\"z'w"
+    redactor = Redactor()
+    redactor.add(f"postgresql://app:{quote(password, safe='')}@db/app")
+    inspected = subprocess.run(
+        ["node", "-e", "console.log(require('util').inspect(process.argv[1]))", password],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+    shown = redactor.redact(f"opts {inspected}")
+
+    assert shown.strip() == f"opts `{MASK}`", shown
 
 
 def test_mysqls_word_for_whether_a_password_was_given_stays():
