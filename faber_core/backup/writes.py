@@ -499,6 +499,17 @@ def refresh_baseline(context: RunContext, backup: BackupRecord) -> None:
     rollback) could only say ``unknown``, and restore over the application's rows since. Writes
     between the restore's commit and this read go into the new baseline unseen. Never fails the
     restore: a failure leaves the old baseline, and ``unknown``."""
+    try:
+        with context.database.session() as conn:
+            # The restore's own session reports its rows as it ends, which may be just after its
+            # client exited: read before that, they would count as the application's next time.
+            restoring = conn.execute(
+                "SELECT pid FROM pg_catalog.pg_stat_activity WHERE datname = current_database()"
+                " AND application_name LIKE 'faber restore%%' AND pid <> pg_catalog.pg_backend_pid()"
+            ).fetchall()
+            wait_until_ended(conn, [pid for (pid,) in restoring])
+    except psycopg.Error:
+        pass  # the read below says what is wrong
     counters = read_counters(context)
     if counters is None:
         return
