@@ -499,6 +499,8 @@ def refresh_baseline(context: RunContext, backup: BackupRecord) -> None:
     rollback) could only say ``unknown``, and restore over the application's rows since. Writes
     between the restore's commit and this read go into the new baseline unseen. Never fails the
     restore: a failure leaves the old baseline, and ``unknown``."""
+    if not context.database.engine.supports("write_counters"):
+        return  # no counters to compare on this engine (MySQL, MariaDB)
     try:
         with context.database.session() as conn:
             # The restore's own session reports its rows as it ends, which may be just after its
