@@ -310,10 +310,10 @@ _MEASURED = "faber_measured"
 def measurement_statements(database: Database) -> dict[str, list[str]] | None:
     """The SQL with which a migration run in another process (an ORM's runner) is measured as
     :func:`measured_transaction` measures one in faber's: ``start``, in the migration's transaction
-    before any of its statements (the values its sequences had drawn, a savepoint); ``before_commit``,
-    after its last statement and before its commit; ``after_failure``, once it failed and before
-    its rollback (back to the savepoint, where the counts of what it tried stay visible). The last
-    statement of the latter two returns one row whose ``table_writes`` column is a JSON object, rows per table.
+    before any of its statements (a savepoint); ``before_commit``, after its last statement and
+    before its commit; ``after_failure``, once it failed and before its rollback (back to the
+    savepoint, where the counts of what it tried stay visible). The last statement of the latter
+    two returns one row whose ``table_writes`` column is a JSON object, rows per table.
     ``after_unmeasured``, after a migration that could not be measured (no transaction of its own):
     the session reports its counts at its next idle moment, so the next migration's measure holds
     its own rows only. None where nothing can be measured: on a server before PostgreSQL 15, or one
@@ -510,31 +510,35 @@ def refresh_baseline(context: RunContext, backup: BackupRecord) -> None:
                 " AND application_name LIKE 'faber restore%%' AND pid <> pg_catalog.pg_backend_pid()"
             ).fetchall()
             wait_until_ended(conn, [pid for (pid,) in restoring])
-    except psycopg.Error:
-        pass  # the read below says what is wrong
-    counters = read_counters(context)
-    if counters is None:
-        return
-    try:
-        with context.database.session() as conn, conn.transaction():
-            conn.execute(
-                sql.SQL(
-                    "UPDATE {} SET stats_reset = %s, server_started_at = %s, counters = %s, sequences = %s,"
-                    " faber_writes = '{{}}', faber_writes_known = true WHERE environment = %s AND backup_id = %s"
-                ).format(_table(context)),
-                [
-                    counters.stats_reset,
-                    counters.server_started_at,
-                    json.dumps({str(relid): list(entry) for relid, entry in counters.tables.items()}),
-                    json.dumps({str(oid): list(entry) for oid, entry in (counters.sequences or {}).items()}),
-                    context.environment,
-                    backup.id,
-                ],
-            )
+            counters = _counters(conn, context.config.database.faber_schema)
+            tables, sequences = _as_json(counters)
+            with conn.transaction():
+                conn.execute(
+                    sql.SQL(
+                        "UPDATE {} SET stats_reset = %s, server_started_at = %s, counters = %s, sequences = %s,"
+                        " faber_writes = '{{}}', faber_writes_known = true WHERE environment = %s AND backup_id = %s"
+                    ).format(_table(context)),
+                    [
+                        counters.stats_reset,
+                        counters.server_started_at,
+                        tables,
+                        sequences,
+                        context.environment,
+                        backup.id,
+                    ],
+                )
     except psycopg.Error as exc:
         context.emit(
             events.BACKUP_BASELINE_FAILED, backup_id=backup.id, error=context.redactor.redact(str(exc).strip())
         )
+
+
+def _as_json(counters: Counters) -> tuple[str, str]:
+    """The counters of the tables and of the sequences, as a baseline's columns hold them."""
+    return (
+        json.dumps({str(relid): list(entry) for relid, entry in counters.tables.items()}),
+        json.dumps({str(oid): list(entry) for oid, entry in (counters.sequences or {}).items()}),
+    )
 
 
 def _table(context: RunContext) -> sql.Composed:
@@ -552,6 +556,7 @@ def record_baseline(
     if counters is None:
         return
     schema = sql.Identifier(context.config.database.faber_schema)
+    tables, sequences = _as_json(counters)
     try:
         with context.database.session() as conn, conn.transaction():
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
@@ -569,9 +574,9 @@ def record_baseline(
                     backup.created_at,
                     counters.stats_reset,
                     counters.server_started_at,
-                    json.dumps({str(relid): list(entry) for relid, entry in counters.tables.items()}),
+                    tables,
                     bookkeeping_table,
-                    json.dumps({str(oid): list(entry) for oid, entry in (counters.sequences or {}).items()}),
+                    sequences,
                 ],
             )
             conn.execute(
