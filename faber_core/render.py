@@ -21,6 +21,7 @@ from faber_core import events
 from faber_core.models import AuditEvent
 from faber_core.results import ErrorDocument, Success
 from faber_core.secrets import Redactor
+from faber_core.vocabulary import RUN_IN_PROGRESS, RUN_UNFINISHED
 
 RULE = "─" * 39
 _TITLES = {
@@ -703,17 +704,21 @@ def _project_plugin_lines(project: dict[str, Any] | None) -> list[str]:
     ]
 
 
+_UNENDED = {
+    RUN_IN_PROGRESS: "in progress",
+    RUN_UNFINISHED: "unfinished: killed, or its machine lost, before it could record how it ended",
+}
+
+
 def _history_line(run: dict[str, Any]) -> str:
     """One recorded run: when, what, outcome, by whom, which migrations and backup."""
-    mark = "✓" if run["status"] == "success" else "✗"
+    mark = {"success": "✓", RUN_IN_PROGRESS: "…"}.get(run["status"], "✗")
     names = ", ".join(one_line(m["name"]) for m in run["migrations"]) or "no migrations"
-    parts = [
-        f"{mark} {_timestamp(run['started_at'])}",
-        run["operation"],
-        f"{_number(run['duration_seconds'])}s",
-        f"by {run['actor']}",
-        names,
-    ]
+    if run["duration_seconds"] is None:  # never finished: its migrations are not known either
+        how_long, names = _UNENDED[run["status"]], "faber status tells which migrations applied"
+    else:
+        how_long = f"{_number(run['duration_seconds'])}s"
+    parts = [f"{mark} {_timestamp(run['started_at'])}", run["operation"], how_long, f"by {run['actor']}", names]
     if run.get("backup_id"):
         parts.append(f"backup {run['backup_id']}")
     if run.get("error_code"):

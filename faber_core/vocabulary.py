@@ -68,6 +68,11 @@ Mode = Literal["dev", "deploy"]
 
 HISTORY_MIGRATION_STATUSES = ("applied", "failed", "pending")
 """The ``status`` of each migration of a deployment-history row (``faber history``)."""
+RUN_IN_PROGRESS = "running"
+RUN_UNFINISHED = "unfinished"
+HISTORY_RUN_STATUSES = (RUN_IN_PROGRESS, RUN_UNFINISHED)
+"""The ``status`` of a deployment-history row whose run has not recorded how it ended: in
+progress, or killed before it could (:mod:`faber_core.audit.history`)."""
 DOCUMENT_MODULES = (
     "faber_core.models",
     "faber_core.results",
@@ -94,7 +99,7 @@ def _words_by_field(modules: tuple[str, ...]) -> Mapping[str, frozenset[str]]:
         "step": set(get_args(Step)),
         "outcome": set(STEP_OUTCOMES),
         "code": set(EXIT_CODES),
-        "status": set(HISTORY_MIGRATION_STATUSES),
+        "status": {*HISTORY_MIGRATION_STATUSES, *HISTORY_RUN_STATUSES},
         "health_check": set(get_args(HealthCheckOutcome)),  # a failed deploy's result, built as a dict
     }
     for model in _subclasses(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import signal
 import subprocess
 
 import psycopg
@@ -13,6 +14,8 @@ from faber_core.audit.history import actor
 from faber_core.models import AuditEvent
 from faber_core.plugins import Plugins, build_plugin_manager
 from faber_core.testing import sqlfiles
+from faber_core.testing.faults import FaberProcess, event_matcher
+from faber_core.testing.fixtures import wait_for
 
 USERS = "CREATE TABLE users (id serial PRIMARY KEY, email text NOT NULL);"
 POSTS = "CREATE TABLE posts (id serial PRIMARY KEY, user_id int REFERENCES users(id));"
@@ -50,6 +53,17 @@ def rows(database_url: str, schema: str = "faber") -> list[dict]:
     with psycopg.connect(database_url) as conn:
         cursor = conn.cursor(row_factory=psycopg.rows.dict_row)
         return cursor.execute(f"SELECT * FROM {schema}.faber_deployments ORDER BY started_at").fetchall()
+
+
+OLDER_HISTORY_TABLE = """
+CREATE TABLE faber.faber_deployments (
+    id text PRIMARY KEY, environment text NOT NULL, operation text NOT NULL, status text NOT NULL,
+    exit_code integer NOT NULL, started_at timestamptz NOT NULL, finished_at timestamptz NOT NULL,
+    duration_seconds double precision NOT NULL, migrations jsonb NOT NULL DEFAULT '[]', backup_id text,
+    rollback_status text, tool text, actor text, faber_version text NOT NULL, git_commit text, error_code text,
+    error_message text
+)"""
+"""The history table as faber created it before runs wrote their rows from their start."""
 
 
 def history(run_faber, project, env, *args: str) -> list[dict]:
@@ -286,7 +300,8 @@ def test_two_plugin_managers_in_one_process_keep_their_runs_apart(
     finished = event("run.finished", status="success", exit_code=0, document={"status": "success", "result": {}})
 
     to_second(finished)
-    assert not history_table_exists(database_url)
+    [row] = rows(database_url)
+    assert (row["id"], row["status"], row["finished_at"]) == (context.run_id, "running", None)  # the first's
 
     to_first(finished)
     [row] = rows(database_url)
@@ -295,6 +310,61 @@ def test_two_plugin_managers_in_one_process_keep_their_runs_apart(
     assert row["migrations"] == [applied]
 
 
-def history_table_exists(database_url: str) -> bool:
+def test_a_killed_deploy_keeps_its_row_as_unfinished(history_project, run_faber, database_url):
+    """A deploy killed for good (SIGKILL) inside a migration: its row, written as it took faber's
+    lock and again with its backup, reads ``running`` while it runs and ``unfinished`` once it is
+    gone; the next run writes ``unfinished`` into it."""
+    project, env = history_project({"001_users": USERS, "002_slow": "SELECT pg_sleep(60);"})
+    run = FaberProcess.start(project, "migrate", "production", "--yes", "--json", env=env)
+    try:
+        run.wait_for(event_matcher("migration.started", name="002_slow"))
+        (in_progress,) = history(run_faber, project, env)
+        backup_id = run.wait_for("backup.created")["data"]["backup_id"]
+        run.kill(signal.SIGKILL)
+        run.wait(30)
+    finally:
+        run.stop_everything()
+    with psycopg.connect(database_url, autocommit=True) as conn:  # the killed run's migration session
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%'")
+
+    assert (in_progress["status"], in_progress["backup_id"]) == ("running", backup_id), in_progress
+    assert in_progress["finished_at"] is None and in_progress["exit_code"] is None
+    # The server ends the killed run's lock session as it notices the closed connection.
+    killed = wait_for(lambda: [r for r in history(run_faber, project, env) if r["status"] == "unfinished"], "the end")
+    assert [(r["id"], r["backup_id"], r["operation"]) for r in killed] == [
+        (in_progress["id"], backup_id, "deploy-migrations")
+    ]
+    assert [r["status"] for r in rows(database_url)] == ["running"]  # as written: read as unfinished
+    human = run_faber("history", "production", "--cwd", str(project), env=env)
+    assert "unfinished: killed, or its machine lost, before it could record how it ended" in human.stdout, human.output
+
+    (project / "migrations/002_slow.sql").write_text(POSTS)
+    assert run_faber("migrate", "production", "--yes", "--cwd", str(project), env=env).returncode == 0
+
+    assert [(r["status"], r["exit_code"]) for r in rows(database_url)] == [("unfinished", None), ("success", 0)]
+
+
+def test_a_history_table_of_an_older_faber_takes_the_rows_of_runs_in_progress(history_project, run_faber, database_url):
+    """An older faber declared the columns a run fills as it ends NOT NULL; the first run of this one
+    drops those constraints (it owns the table) and writes its rows as usual."""
+    project, env = history_project({"001_users": USERS})
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA faber")
+        conn.execute(OLDER_HISTORY_TABLE)
+        conn.execute(
+            "INSERT INTO faber.faber_deployments (id, environment, operation, status, exit_code, started_at,"
+            " finished_at, duration_seconds, faber_version) VALUES ('old', 'production', 'deploy-migrations',"
+            " 'success', 0, now() - interval '1 day', now() - interval '1 day', 1.5, '0.0.1')"
+        )
+        required = (
+            "SELECT count(*) FROM pg_attribute"
+            " WHERE attrelid = 'faber.faber_deployments'::regclass AND attnum > 0 AND attnotnull"
+        )
+        assert conn.execute(required).fetchone()[0] == 10
+
+    run = run_faber("migrate", "production", "--yes", "--cwd", str(project), env=env)
+
+    assert run.returncode == 0 and "history was not recorded" not in run.stderr, run.output
+    assert [(r["id"] == "old", r["status"]) for r in rows(database_url)] == [(True, "success"), (False, "success")]
     with psycopg.connect(database_url) as conn:
-        return conn.execute("SELECT to_regclass('faber.faber_deployments') IS NOT NULL").fetchone()[0]
+        assert conn.execute(required).fetchone()[0] == 7

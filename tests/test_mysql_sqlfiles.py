@@ -559,3 +559,45 @@ def test_a_history_table_altered_by_hand_is_named_with_what_to_do(mysql_project,
 
     assert (code, document["code"]) == (2, "CONFIG_INVALID"), stderr
     assert document["result"] == {"table": "`faber_deployments`", "missing_columns": ["actor"]}
+
+
+def test_a_killed_deploy_keeps_its_history_row_as_unfinished(
+    mysql_project, mysql_database_url, mysql_admin_url, mysql_query
+):
+    """As on PostgreSQL: the row a deploy wrote as it took faber's lock reads ``unfinished`` once the
+    deploy is killed for good, and the next run writes it so; an older faber's table, whose columns
+    filled as a run ends were NOT NULL, takes it."""
+    project = mysql_project({**MIGRATIONS, "003_slow": "DO SLEEP(60);"})
+    mysql_query(mysql_history._CREATE.replace("int,", "int NOT NULL,").replace("(6),", "(6) NOT NULL,"))
+    mysql_query("ALTER TABLE faber_deployments MODIFY duration_seconds double NOT NULL")
+    env = {**os.environ, "TEST_DATABASE_URL": mysql_database_url, "FABER_PLUGINS": "faber_core.testing.sqlfiles"}
+    run = start_faber("migrate", "production", "--json", cwd=project, env=env)
+    try:
+        with mysql_connect(mysql_admin_url) as admin:
+            sleeping = wait_for(
+                lambda: admin.execute(
+                    "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO = 'DO SLEEP(60)'"
+                ).fetchall(),
+                "the slow migration to be running",
+                timeout=30,
+            )
+            run.kill()
+            run.wait(30)
+            admin.execute(f"KILL {int(sleeping[0][0])}")
+    finally:
+        run.kill()
+
+    def unfinished() -> list[dict]:
+        runs = faber(project, "history", "production", url=mysql_database_url)[1]["result"]["deployments"]
+        return [run for run in runs if run["status"] == "unfinished"]
+
+    (killed,) = wait_for(unfinished, "the killed run's lock to be released", timeout=30)
+    assert killed["finished_at"] is None and killed["exit_code"] is None and killed["backup_id"], killed
+    assert mysql_query("SELECT status FROM faber_deployments") == [("running",)]
+
+    (project / "migrations/003_slow.sql").write_text("CREATE TABLE later (id int);")
+    assert faber(project, "migrate", "production", url=mysql_database_url)[0] == 0
+
+    recorded = mysql_query("SELECT id, status, exit_code FROM faber_deployments ORDER BY started_at")
+    assert [(status, code) for _, status, code in recorded] == [("unfinished", None), ("success", 0)]
+    assert recorded[0][0] == killed["id"]

@@ -1051,15 +1051,23 @@ def rollback_stopped_at_the_rename(
     """Start a swap rollback whose rename waits for a lock the test holds on the database (the swap
     has ended the target's sessions then, faber's lock session among them) and call ``stop(faber,
     gate)`` there, which must let go of the lock (``gate.execute("ROLLBACK")``). Then read who
-    holds faber's lock while the run writes its history row, the last thing it writes: a rule
-    holds that row until the test cancels it (a rule, not a function: faber's schema holds nothing
-    else of others, and the swap copies the rule with it)."""
+    holds faber's lock while the run writes its history row as it finishes, the last thing it
+    writes: a trigger holds that row until the test cancels it (its function named as faber's own:
+    faber's schema holds nothing else of others; the swap copies both with the schema)."""
     project_dir, target = swapped
     execute(database_url, "CREATE TABLE accounts (id int); INSERT INTO accounts VALUES (1)")
     backup_id = backup(run_faber, project_dir)
     done = run_faber("migrate", "production", "--yes", "--json", cwd=project_dir, env=SQLFILES)
     assert done.returncode == 0, done.stdout  # faber's history table exists
-    execute(database_url, "CREATE RULE gate AS ON INSERT TO faber.faber_deployments DO ALSO SELECT pg_sleep(600)")
+    execute(
+        database_url,
+        """
+        CREATE FUNCTION faber.faber_test_gate() RETURNS trigger LANGUAGE plpgsql AS
+            $$ BEGIN PERFORM pg_sleep(600); RETURN NEW; END $$;
+        CREATE TRIGGER faber_test_gate BEFORE INSERT OR UPDATE ON faber.faber_deployments
+            FOR EACH ROW WHEN (NEW.status <> 'running') EXECUTE FUNCTION faber.faber_test_gate();
+        """,
+    )
     execute(database_url, "INSERT INTO accounts VALUES (2)")
     before = database_state(database_url)
     oid_before = databases(admin_url, target)[target]
@@ -1091,7 +1099,7 @@ def rollback_stopped_at_the_rename(
                 if faber.poll() is None:
                     faber.kill()
                     faber.communicate()
-        execute(database_url, "DROP RULE gate ON faber.faber_deployments")
+        execute(database_url, "DROP FUNCTION faber.faber_test_gate() CASCADE")
     return StoppedAtTheRename(faber.returncode, out, err, before, oid_before, lock_holders)
 
 

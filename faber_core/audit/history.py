@@ -1,14 +1,21 @@
 """Deployment history in the target database: ``<faber_schema>.faber_deployments``.
 
-One row per deploy, preview and rollback run, written when the run finishes, so operators can
-answer from the database itself who deployed what, when, how long it took, which backup
-covered it and what failed. The faber schema is excluded from backups and restores, so a
-rollback never erases the record of the deploy it undid.
+One row per deploy, preview and rollback run, so operators can answer from the database itself
+who deployed what, when, how long it took, which backup covered it and what failed. The faber
+schema is excluded from backups and restores, so a rollback never erases the record of the
+deploy it undid.
+
+A deploy or rollback writes its row as soon as it holds faber's lock, with the status
+``running``, again once it has a backup (taken, or to restore), and whole when it finishes. So a
+run killed for good (``kill -9``, its machine lost) still has its row: its status stays
+``running``, which reads as ``unfinished`` once no run holds faber's lock, and the next run to take
+the lock writes ``unfinished`` into it. Its migrations are written only as a run finishes: for a
+killed run, ``faber status`` tells which applied.
 
 Writing history never changes a command's result: a failure is a warning on stderr. A run that
 never reached the database (its error already says so) writes nothing, nor does a run refused
-because another run held a lock (exit 7): it changed nothing, and the run holding the lock
-writes its own row.
+because another run held a lock (exit 7), whose row, if written, is removed: it changed nothing,
+and the run holding the lock writes its own row.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,11 +38,14 @@ from faber_core import __version__, hookimpl
 from faber_core.context import RunContext
 from faber_core.errors import ConfigError, Locked
 from faber_core.models import AuditEvent
-from faber_core.postgres.locks import blocked_read_error
+from faber_core.postgres.locks import blocked_read_error, database_lock_key, lock_held
 from faber_core.processes import run_tool
+from faber_core.vocabulary import RUN_IN_PROGRESS, RUN_UNFINISHED
 
 TABLE = "faber_deployments"
 RECORDED_OPERATIONS = frozenset({"deploy-migrations", "preview-migrations", "rollback"})
+# The runs whose row is written from their start: those that change the database.
+RECORDED_FROM_THE_START = frozenset({"deploy-migrations", "rollback"})
 # Events that prove the run talked to its database.
 _REACHED = frozenset({"lock.acquired", "status.read"})
 # Who triggered a CI job, per CI system; the OS user otherwise.
@@ -47,10 +58,10 @@ CREATE TABLE IF NOT EXISTS {table} (
     environment      text NOT NULL,
     operation        text NOT NULL,
     status           text NOT NULL,
-    exit_code        integer NOT NULL,
+    exit_code        integer,
     started_at       timestamptz NOT NULL,
-    finished_at      timestamptz NOT NULL,
-    duration_seconds double precision NOT NULL,
+    finished_at      timestamptz,
+    duration_seconds double precision,
     migrations       jsonb NOT NULL DEFAULT '[]',
     backup_id        text,
     rollback_status  text,
@@ -62,6 +73,8 @@ CREATE TABLE IF NOT EXISTS {table} (
     error_message    text
 )
 """
+ENDING_COLUMNS = ("exit_code", "finished_at", "duration_seconds")
+"""Unset while a run is in progress; a table of an older faber declares them NOT NULL."""
 COLUMNS = (
     "id",
     "environment",
@@ -92,6 +105,8 @@ class _Run:
     checksums: dict[str, str | None] = field(default_factory=dict)
     migrations: list[dict[str, Any]] = field(default_factory=list)
     backup_id: str | None = None
+    row_written: bool = False
+    write_failed: bool = False  # warned once: the history's next writes would most likely fail alike
 
 
 class DeploymentHistory:
@@ -108,6 +123,8 @@ class DeploymentHistory:
         data = event.data
         if event.kind in _REACHED or (event.kind == "health.finished" and _connectivity_passed(data)):
             run.reached_database = True
+            if event.kind == "lock.acquired" and context.operation in RECORDED_FROM_THE_START:
+                _record_running(context, event, run)
         elif event.kind == "apply.started":
             run.checksums = {m["name"]: m.get("checksum") for m in data.get("migrations", [])}
         elif event.kind == "migration.applied":
@@ -116,11 +133,16 @@ class DeploymentHistory:
             run.migrations.append(_migration(run, data["name"], "failed", None))
         elif event.kind in ("backup.created", "rollback.started"):
             run.backup_id = data.get("backup_id")
+            if run.row_written:
+                _record_running(context, event, run)
         elif event.kind == "run.finished":
             self._runs.pop(event.run_id, None)
             # A run refused a lock applied nothing; one that lost faber's lock mid-deploy may have.
             refused_lock = (data.get("document") or {}).get("code") == Locked.code and not run.migrations
-            if run.reached_database and not refused_lock:
+            if refused_lock and run.row_written:
+                engine = context.database.engine
+                _write(context, run, lambda conn, schema: engine.forget_deployment(conn, schema, event.run_id))
+            elif run.reached_database and not refused_lock:
                 _record(context, event, run)
 
 
@@ -134,12 +156,41 @@ def _migration(run: _Run, name: str, status: str, duration: float | None) -> dic
 
 def _record(context: RunContext, event: AuditEvent, run: _Run) -> None:
     row = deployment_row(context, event, run)
+    _write(context, run, lambda conn, schema: context.database.engine.record_deployment(conn, schema, row))
+
+
+def _record_running(context: RunContext, event: AuditEvent, run: _Run) -> None:
+    """The row of a run in progress: what it is, when it started, the backup once it has one."""
+    row = {
+        **dict.fromkeys(COLUMNS),
+        "id": event.run_id,
+        "environment": context.environment,
+        "operation": context.operation,
+        "status": RUN_IN_PROGRESS,
+        "started_at": run.started_at,
+        "migrations": "[]",
+        "backup_id": run.backup_id,
+        "tool": context.tool,
+        "actor": context.redactor.redact(actor()),
+        "faber_version": __version__,
+        "git_commit": context.once(("git commit", context.project_dir), lambda: git_commit(context)),
+    }
+    if _write(context, run, lambda conn, schema: context.database.engine.record_deployment(conn, schema, row)):
+        run.row_written = True
+
+
+def _write(context: RunContext, run: _Run, write: Callable[[Any, str], None]) -> bool:
+    """Run ``write(session, faber_schema)``; a failure is a warning (once a run), never the run's."""
     try:
         with context.database.session() as conn:
-            context.database.engine.record_deployment(conn, context.config.database.faber_schema, row)
+            write(conn, context.config.database.faber_schema)
     except Exception as exc:  # history is a record of the run, never a reason for it to fail
-        reason = context.redactor.redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-        sys.stderr.write(f"warning: the deployment history was not recorded: {reason}\n")
+        if not run.write_failed:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            sys.stderr.write(f"warning: the deployment history was not recorded: {context.redactor.redact(reason)}\n")
+        run.write_failed = True
+        return False
+    return True
 
 
 def deployment_row(context: RunContext, event: AuditEvent, run: _Run) -> dict[str, Any]:
@@ -207,21 +258,39 @@ def git_commit(context: RunContext) -> str | None:
     return commit if run.returncode == 0 and commit else None
 
 
-def insert_row(conn: psycopg.Connection, schema: str, row: dict[str, Any]) -> None:
-    """PostgreSQL: add ``row`` to ``<schema>.faber_deployments``, created when missing, in one
-    transaction (one commit)."""
+def write_row(conn: psycopg.Connection, schema: str, row: dict[str, Any]) -> None:
+    """PostgreSQL: write ``row`` to ``<schema>.faber_deployments``, created when missing, in place
+    of the run's earlier row, in one transaction (one commit). A row of a run in progress ends
+    every other row still ``running`` as ``unfinished``: it is written under faber's lock, which
+    no other run holds, so none of theirs is in progress."""
     placeholders = sql.SQL(", ").join(sql.Placeholder(name) for name in COLUMNS)
     with conn.transaction():
         # The run's session may have opened while a migration made sessions default to read-only
         # (the restore that undid it puts the setting back for new sessions only).
         conn.execute("SET TRANSACTION READ WRITE")
         ensure_table(conn, schema)
+        if row["status"] == RUN_IN_PROGRESS:
+            conn.execute(
+                sql.SQL("UPDATE {} SET status = %s WHERE status = %s AND id <> %s").format(_table(schema)),
+                [RUN_UNFINISHED, RUN_IN_PROGRESS, row["id"]],
+            )
         conn.execute(
-            sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
-                _table(schema), sql.SQL(", ").join(map(sql.Identifier, COLUMNS)), placeholders
+            sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT (id) DO UPDATE SET ({}) = ({})").format(
+                _table(schema),
+                sql.SQL(", ").join(map(sql.Identifier, COLUMNS)),
+                placeholders,
+                sql.SQL(", ").join(map(sql.Identifier, COLUMNS[1:])),
+                sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(name)) for name in COLUMNS[1:]),
             ),
             row,
         )
+
+
+def forget_row(conn: psycopg.Connection, schema: str, run_id: str) -> None:
+    """PostgreSQL: remove the row of run ``run_id``."""
+    with conn.transaction():
+        conn.execute("SET TRANSACTION READ WRITE")
+        conn.execute(sql.SQL("DELETE FROM {} WHERE id = %s").format(_table(schema)), [run_id])
 
 
 def _table(schema: str) -> sql.Composed:
@@ -234,8 +303,23 @@ def _table_exists(conn: psycopg.Connection, schema: str) -> bool:
 
 
 def ensure_table(conn: psycopg.Connection, schema: str) -> None:
-    """Create the schema and table when missing (a deploy role may not be allowed to create schemas)."""
-    if _table_exists(conn, schema):
+    """Create the schema and table when missing (a deploy role may not be allowed to create
+    schemas); let an older faber's table hold the row of a run in progress."""
+    exists, ending_required = conn.execute(
+        "SELECT t.oid IS NOT NULL, coalesce(a.attnotnull, false) FROM (SELECT to_regclass(%s) AS oid) t"
+        " LEFT JOIN pg_attribute a ON a.attrelid = t.oid AND a.attname = 'finished_at'",
+        [_table(schema).as_string(conn)],
+    ).fetchone()
+    if ending_required:
+        conn.execute(
+            sql.SQL("ALTER TABLE {} {}").format(
+                _table(schema),
+                sql.SQL(", ").join(
+                    sql.SQL("ALTER COLUMN {} DROP NOT NULL").format(sql.Identifier(name)) for name in ENDING_COLUMNS
+                ),
+            )
+        )
+    if exists:
         return
     if not conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [schema]).fetchone():
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
@@ -319,7 +403,17 @@ def read_rows(context: RunContext, conn: psycopg.Connection, limit: int) -> list
                 context.redactor.redact,
                 reading="the deployment history",
             ) from None
-    return [_jsonable(row) for row in rows]
+    return ended_unless_locked(
+        [_jsonable(row) for row in rows], lambda: lock_held(conn, database_lock_key(context.database, conn))
+    )
+
+
+def ended_unless_locked(rows: list[dict[str, Any]], lock_in_use: Callable[[], bool]) -> list[dict[str, Any]]:
+    """The rows as read, a row still ``running`` read as ``unfinished`` when no run holds faber's
+    lock: that run was killed before it could write how it ended."""
+    if any(row["status"] == RUN_IN_PROGRESS for row in rows) and not lock_in_use():
+        return [{**row, "status": RUN_UNFINISHED} if row["status"] == RUN_IN_PROGRESS else row for row in rows]
+    return rows
 
 
 def _read_rows(cursor: psycopg.Cursor, schema: str, environment: str, limit: int) -> list[dict[str, Any]]:

@@ -474,12 +474,19 @@ class Engine(ABC):
 
     @abstractmethod
     def record_deployment(self, conn: Any, faber_schema: str, row: dict[str, Any]) -> None:
-        """Add a finished run's row to faber's deployment history (created when missing), where
-        backups leave it out and restores keep it."""
+        """Write a run's row to faber's deployment history (created when missing), where backups
+        leave it out and restores keep it, in place of the run's earlier row. A row of a run in
+        progress (status ``running``, written under faber's lock) ends every other ``running`` row
+        as ``unfinished`` (:mod:`faber_core.audit.history`)."""
+
+    @abstractmethod
+    def forget_deployment(self, conn: Any, faber_schema: str, run_id: str) -> None:
+        """Remove run ``run_id``'s row from the deployment history (a run refused a lock)."""
 
     @abstractmethod
     def read_deployments(self, context: RunContext, conn: Any, limit: int) -> list[dict[str, Any]]:
-        """The environment's recorded runs, newest first, as JSON values; empty when none."""
+        """The environment's recorded runs, newest first, as JSON values; empty when none. A row
+        still ``running`` reads as ``unfinished`` when no run holds faber's lock."""
 
     @abstractmethod
     def successful_migrations(

@@ -614,11 +614,18 @@ class MySQLEngine(Engine):
 
         mysql_history.record(conn, row)
 
-    def read_deployments(self, context: RunContext, conn: MySQLConnection, limit: int) -> list[dict[str, Any]]:
-        from faber_core.audit.history import COLUMNS
+    def forget_deployment(self, conn: MySQLConnection, faber_schema: str, run_id: str) -> None:
         from faber_core.engines import mysql_history
 
-        return mysql_history.read(conn, context.environment, limit, COLUMNS)
+        mysql_history.forget(conn, run_id)
+
+    def read_deployments(self, context: RunContext, conn: MySQLConnection, limit: int) -> list[dict[str, Any]]:
+        from faber_core.audit.history import COLUMNS, ended_unless_locked
+        from faber_core.engines import mysql_history
+
+        return ended_unless_locked(
+            mysql_history.read(conn, context.environment, limit, COLUMNS), lambda: lock_in_use(conn)
+        )
 
     def successful_migrations(
         self, conn: MySQLConnection, faber_schema: str, environment: str

@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from faber_core.audit.history import altered_table
+from faber_core.vocabulary import RUN_IN_PROGRESS, RUN_UNFINISHED
 
 TABLE = "faber_deployments"
 _CREATE = f"""
@@ -20,10 +21,10 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     environment      varchar(255) NOT NULL,
     operation        varchar(64) NOT NULL,
     status           varchar(32) NOT NULL,
-    exit_code        int NOT NULL,
+    exit_code        int,
     started_at       datetime(6) NOT NULL,
-    finished_at      datetime(6) NOT NULL,
-    duration_seconds double NOT NULL,
+    finished_at      datetime(6),
+    duration_seconds double,
     migrations       longtext NOT NULL,
     backup_id        varchar(255),
     rollback_status  varchar(64),
@@ -38,6 +39,15 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
 """
 _EXISTS = "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s"
 _COLUMNS = "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s"
+_ENDING_REQUIRED = (
+    "SELECT 1 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s"
+    " AND COLUMN_NAME = 'finished_at' AND IS_NULLABLE = 'NO'"
+)
+# An older faber's table declares them NOT NULL: a run in progress has none of them yet.
+_ENDING_OPTIONAL = (
+    f"ALTER TABLE {TABLE} MODIFY exit_code int NULL, MODIFY finished_at datetime(6) NULL,"
+    " MODIFY duration_seconds double NULL"
+)
 
 
 def _utc(value: Any) -> Any:
@@ -48,12 +58,26 @@ def _utc(value: Any) -> Any:
 
 
 def record(conn: Any, row: dict[str, Any]) -> None:
+    """Write ``row`` in place of its run's earlier one (the history's docstring says how a row of
+    a run in progress ends the others)."""
     conn.execute(_CREATE)
+    if conn.execute(_ENDING_REQUIRED, [TABLE]).fetchone():
+        conn.execute(_ENDING_OPTIONAL)
+    if row["status"] == RUN_IN_PROGRESS:
+        conn.execute(
+            f"UPDATE {TABLE} SET status = %s WHERE status = %s AND id <> %s",
+            [RUN_UNFINISHED, RUN_IN_PROGRESS, row["id"]],
+        )
     columns = list(row)
     conn.execute(
-        f"INSERT INTO {TABLE} ({', '.join(columns)}) VALUES ({', '.join(f'%({c})s' for c in columns)})",
+        f"INSERT INTO {TABLE} ({', '.join(columns)}) VALUES ({', '.join(f'%({c})s' for c in columns)})"
+        f" ON DUPLICATE KEY UPDATE {', '.join(f'{c} = VALUES({c})' for c in columns if c != 'id')}",
         {column: _utc(value) for column, value in row.items()},
     )
+
+
+def forget(conn: Any, run_id: str) -> None:
+    conn.execute(f"DELETE FROM {TABLE} WHERE id = %s", [run_id])
 
 
 def read(conn: Any, environment: str, limit: int, columns: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -74,7 +98,8 @@ def read(conn: Any, environment: str, limit: int, columns: tuple[str, ...]) -> l
         run = dict(zip(columns, values, strict=True))
         run["migrations"] = json.loads(run["migrations"])
         for key in ("started_at", "finished_at"):
-            run[key] = run[key].replace(tzinfo=dt.timezone.utc).isoformat()
+            if run[key] is not None:  # a run in progress has not finished
+                run[key] = run[key].replace(tzinfo=dt.timezone.utc).isoformat()
         runs.append(run)
     return runs
 

@@ -261,9 +261,14 @@ class PostgresEngine(Engine):
         return CHECKS
 
     def record_deployment(self, conn: psycopg.Connection, faber_schema: str, row: dict[str, Any]) -> None:
-        from faber_core.audit.history import insert_row
+        from faber_core.audit.history import write_row
 
-        insert_row(conn, faber_schema, row)
+        write_row(conn, faber_schema, row)
+
+    def forget_deployment(self, conn: psycopg.Connection, faber_schema: str, run_id: str) -> None:
+        from faber_core.audit.history import forget_row
+
+        forget_row(conn, faber_schema, run_id)
 
     def read_deployments(self, context: RunContext, conn: psycopg.Connection, limit: int) -> list[dict[str, Any]]:
         from faber_core.audit.history import read_rows
