@@ -1260,9 +1260,15 @@ def _rehearsed(result: RunnerResult) -> dict[str, Rehearsed]:
 
 
 def _statement(event: Event) -> str:
+    """A query the ORM sent, as a statement of the migration's SQL (joined by ``;``): its bound
+    parameters in a comment on the line before it, not after, where the comment would swallow the
+    ``;`` ending it and the lint read two statements as one; and a line break before that ``;``
+    where the query's own last line may end in a comment."""
     text = event["sql"].strip().rstrip(";")
+    if "--" in text.rpartition("\n")[2]:
+        text += "\n"
     if event.get("parameters"):
-        text += f" -- parameters: {json.dumps(event['parameters'], default=str)}"
+        text = f"-- parameters: {json.dumps(event['parameters'], default=str)}\n{text}"
     return text
 
 

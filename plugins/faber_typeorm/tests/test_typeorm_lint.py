@@ -100,3 +100,38 @@ def test_a_migration_ending_the_runner_in_the_rehearsal_is_linted_from_what_it_r
     assert finding["rule"] == "require-concurrent-index-creation" and finding["severity"] == "error"
     assert query("SELECT to_regclass('users_email_lower')") == [(None,)], "nothing was applied"
     assert rehearsal_databases_of(database_url) == [], "the throwaway database is dropped"
+
+
+BOUND_PARAMETERS = """const { Table } = require("typeorm");
+
+module.exports = class SeedRoles1700000200000 {
+  async up(queryRunner) {
+    // TypeORM's own API asks the catalogs with bound parameters: is there a "roles" table?
+    await queryRunner.createTable(new Table({ name: "roles", columns: [{ name: "name", type: "text" }] }), true);
+    await queryRunner.query('INSERT INTO "roles" ("name") VALUES ($1), ($2)', ["admin", "-- not a comment"]);
+    await queryRunner.query('INSERT INTO "roles" ("name") VALUES (\\'viewer\\') -- the last one');
+  }
+  async down(queryRunner) {
+    await queryRunner.dropTable("roles");
+  }
+};
+"""
+
+
+def test_queries_with_bound_parameters_are_linted_as_the_statements_they_are(typeorm_project, run_faber, query):
+    """Each query's parameters are shown in a comment before it: after it, the comment swallowed the
+    ``;`` ending the query, and the lint, reading two statements as one, blocked a protected
+    environment's deploy with a syntax error in SQL TypeORM wrote."""
+    project = typeorm_project()
+    (project / "migrations/1700000200000-SeedRoles.js").write_text(BOUND_PARAMETERS)
+
+    preview = run_faber("migrate", "staging", "--dry-run", "--json", "--cwd", str(project))
+    run = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+
+    assert preview.returncode == 0, preview.output
+    (seed,) = [m for m in preview.json["result"]["migrations"] if m["name"] == "SeedRoles1700000200000"]
+    assert '-- parameters: ["admin", "-- not a comment"]\nINSERT INTO "roles"' in seed["sql"], seed["sql"]
+    assert "-- the last one\n;" in seed["sql"]
+    assert run.returncode == 0, run.output
+    assert "SeedRoles1700000200000" not in (run.json["result"]["lint"] or {}), run.json["result"]["lint"]
+    assert query("SELECT name FROM roles ORDER BY name") == [("-- not a comment",), ("admin",), ("viewer",)]
