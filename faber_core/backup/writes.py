@@ -61,6 +61,7 @@ from faber_core.engines import LOCK_LOST
 from faber_core.engines.postgres import server_version_num
 from faber_core.errors import SessionRefused
 from faber_core.models import ApplyOutcome, BackupRecord
+from faber_core.postgres.sql import keep_strings_read_as_faber
 from faber_core.results import SequenceDraws, TableWrites, WritesSinceBackup
 from faber_core.safety.timeouts import session_timeouts_again
 
@@ -278,6 +279,7 @@ def measured_transaction(conn: psycopg.Connection, into: Measurement | None = No
         AppliedMigration(..., table_writes=measured.rows)    # on failure too: MigrationFailure(table_writes=...)
     """
     measurement = into if into is not None else Measurement()
+    keep_strings_read_as_faber(conn)  # or the server could read the work's SQL otherwise than faber did
     with conn.transaction():
         try:
             with conn.transaction():
@@ -364,6 +366,7 @@ def run_measured_script(
     measured_writes = f"EXECUTE {_PREPARED_WRITES}" if prepared_measurement else _REPORTED_WRITES_TO_LOCKED_TABLES
     measurement = f"{measured_writes};\n" if measurable else ""
     check = f"EXECUTE {_PREPARED_CHECK};\n" if lock_check else ""
+    keep_strings_read_as_faber(conn)  # or the server could read the script otherwise than faber did
     # An earlier migration may have cleared the session's timeouts (RESET ALL, DISCARD ALL).
     again = session_timeouts_again(conn)
     # The newline after the script ends a trailing -- comment. The savepoint is not released:

@@ -156,7 +156,9 @@ class PostgresEngine(Engine):
     def connect(
         self, database: Database, *, autocommit: bool, application_name: str, migration_session: bool
     ) -> psycopg.Connection:
+        from faber_core.errors import ConfigError
         from faber_core.postgres import pooler
+        from faber_core.postgres.sql import refuse_nonstandard_strings
 
         params = database.conninfo_params()
         # A URL (or the service file it names) that sets any keepalive decides them all.
@@ -175,6 +177,11 @@ class PostgresEngine(Engine):
         own_options = params.get("options") or ""
         if migration_session:
             conn = connect(own_options)
+            try:
+                refuse_nonstandard_strings(conn, database.name)
+            except ConfigError:
+                conn.close()
+                raise
         else:
             timeouts = {
                 "lock_timeout": round(database.lock_timeout * 1000),

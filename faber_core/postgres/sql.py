@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 # pglast is imported where a script is parsed: reading the status, checking health or taking a
 # backup never parses SQL, and the parser costs tens of milliseconds to import.
 if TYPE_CHECKING:
+    import psycopg
     from pglast import ast
 
 # Tokens in which ';' does not end a statement; every alternative starts with its own character,
@@ -499,3 +500,51 @@ def is_transactional(sql: str) -> bool:
     SQL PostgreSQL would not parse.
     """
     return parse_script(sql).transactional
+
+
+# The session a migration's SQL runs on ----------------------------------------------------
+
+STRINGS_SETTING = "standard_conforming_strings"
+"""Off, a backslash in a plain string literal escapes the next character (``'a\\'`` does not end
+there). Everything above reads SQL as PostgreSQL does with it on, its default since 9.1; on a
+session where it is off, the server would end a string elsewhere, and could run as statements
+(a ``COMMIT``) what faber read as a string. The server reports the setting to the client each time
+it changes (``ParameterStatus``), so reading it costs no round trip."""
+
+
+def reads_strings_as_faber(conn: psycopg.Connection) -> bool:
+    """Whether the server reads the session's string literals as faber's parser does."""
+    return conn.info.parameter_status(STRINGS_SETTING) != "off"
+
+
+def keep_strings_read_as_faber(conn: psycopg.Connection) -> None:
+    """Before sending SQL faber read: turn the setting on again where an earlier migration turned
+    it off on this session (which started with it on: :func:`refuse_nonstandard_strings`). In a
+    message of its own: the server reads a whole message before it runs any of it."""
+    if not reads_strings_as_faber(conn):
+        conn.execute(f"SET {STRINGS_SETTING} = on")
+
+
+def refuse_nonstandard_strings(conn: psycopg.Connection, database_name: str) -> None:
+    """Refuse, before any migration runs on it, a session that reads string literals otherwise
+    than faber (:data:`STRINGS_SETTING` off: the database's, its role's or the URL's setting).
+    Applying migrations with the setting forced on would change what their backslashes mean."""
+    from psycopg import sql
+
+    from faber_core.errors import ConfigError
+
+    if reads_strings_as_faber(conn):
+        return
+    database = sql.Identifier(database_name).as_string(conn)
+    raise ConfigError(
+        f"The database {database_name} runs with {STRINGS_SETTING} off: a backslash in a string literal then "
+        "escapes the quote after it, and faber, which reads migrations as PostgreSQL does with the setting on, "
+        "could take for a string what the server runs as statements (a COMMIT), and could not tell what a "
+        "migration ran. Nothing was applied",
+        suggestions=[
+            f"Turn it on, PostgreSQL's default since 9.1: ALTER DATABASE {database} SET {STRINGS_SETTING} = on "
+            f"(and ALTER ROLE <role> RESET {STRINGS_SETTING} where a role sets it, or take it out of the URL)",
+            "Before that, look for backslashes in the migrations' string literals: with the setting on a backslash is "
+            "an ordinary character; write E'...' where an escape is meant",
+        ],
+    )

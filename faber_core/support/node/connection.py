@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from faber_core.context import Database
 from faber_core.errors import ConfigError, ToolCannotConnect
+from faber_core.postgres.sql import refuse_nonstandard_strings
 
 if TYPE_CHECKING:
     from faber_core.engines.mysql import TlsSettings
@@ -103,6 +104,9 @@ def _postgres_connection(database: Database) -> dict[str, Any]:
     # clear for libpq's sslmode=prefer, and read neither the variables nor the password file.
     try:
         with database.connect(application_name="faber runner connection") as conn:
+            # The ORM's sessions read string literals as this one does (the database's, the role's
+            # and the URL's settings): faber reads the SQL they run as PostgreSQL does by default.
+            refuse_nonstandard_strings(conn, database.name)
             info, pgconn = conn.info, conn.pgconn
             used = {option.keyword.decode(): option.val.decode() for option in pgconn.info if option.val}
             host, address, encrypted = info.host, info.hostaddr, pgconn.ssl_in_use

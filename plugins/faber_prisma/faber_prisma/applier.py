@@ -35,7 +35,7 @@ from faber_core.support.sessions import (
     run_measured_script,
     session_timeouts_again,
 )
-from faber_core.support.sql import is_transactional, split_statements
+from faber_core.support.sql import is_transactional, keep_strings_read_as_faber, split_statements
 from psycopg import sql
 
 from faber_prisma import is_mysql
@@ -368,6 +368,7 @@ def _apply_statement_by_statement(
     block_began: int | None = None  # the statement that opened the script's own transaction, while it is open
     for number, statement in enumerate(statements, start=1):
         try:
+            keep_strings_read_as_faber(history.conn)  # the statement before may have turned it off
             history.conn.execute(statement)
         except psycopg.Error as exc:
             _end_aborted_transaction(history.conn)  # which undoes the script's open transaction, if any

@@ -638,3 +638,52 @@ def test_the_migrations_after_one_that_clears_the_session_settings_still_run_und
 
     assert outcome.failure is None and len(outcome.applied) == 3
     assert query('SELECT "lock_timeout" FROM "seen"') == [("3s",)]
+
+
+STRINGS_OFF = "SET standard_conforming_strings = off;\n"
+# Read with standard_conforming_strings on, as faber reads it: one SELECT of two strings. Read
+# with it off, 'a\', ' is one string and the COMMITs, the table and the failure are statements.
+SMUGGLED = "SELECT 'a\\', '; COMMIT; CREATE TABLE smuggled (id int); COMMIT; SELECT 1/0; --';\n"
+
+
+def test_sql_is_read_by_the_server_as_faber_reads_it_after_a_migration_turned_the_setting_off(
+    prisma_project, prisma_context, prisma_plugins, query
+):
+    """A migration turned ``standard_conforming_strings`` off for the session: the next, in one
+    transaction or statement by statement, is read by the server with it on again, as faber read
+    it, so no statement faber took for a string runs (a COMMIT past faber's rollback)."""
+    context = prisma_context(
+        prisma_project(
+            {
+                "0001_init": INIT,
+                "0002_strings_off": STRINGS_OFF,
+                "0003_in_a_transaction": SMUGGLED,
+                "0004_strings_off_again": STRINGS_OFF,
+                "0005_statement_by_statement": CONCURRENT_INDEX + STRINGS_OFF + SMUGGLED,
+            }
+        )
+    )
+
+    outcome = apply_pending(prisma_plugins, context)
+
+    assert outcome.failure is None, outcome.failure
+    assert len(outcome.applied) == 5
+    assert query("SELECT to_regclass('smuggled')") == [(None,)]
+
+
+def test_a_database_reading_strings_otherwise_is_refused_before_anything_runs(
+    prisma_project, prisma_context, prisma_plugins, query, database_url
+):
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        database = conn.info.dbname
+        conn.execute(f'ALTER DATABASE "{database}" SET standard_conforming_strings = off')
+    context = prisma_context(prisma_project({"0001_init": INIT, "0002_smuggled": SMUGGLED}))
+
+    with pytest.raises(ConfigError) as refused:
+        apply_pending(prisma_plugins, context)
+
+    assert f"The database {database} runs with standard_conforming_strings off" in str(refused.value)
+    assert f'ALTER DATABASE "{database}" SET standard_conforming_strings = on' in refused.value.suggestions[0]
+    assert query("SELECT to_regclass('users'), to_regclass('smuggled'), to_regclass('_prisma_migrations')") == [
+        (None, None, None)
+    ]

@@ -86,6 +86,21 @@ def test_a_setting_node_postgres_cannot_follow_is_refused_before_anything(
     assert tables(database_url) == set(), "nothing locked, backed up, recorded or migrated"
 
 
+def test_a_database_reading_string_literals_otherwise_than_faber_is_refused_before_anything(
+    typeorm_project, run_faber, database_url, monkeypatch
+):
+    # With standard_conforming_strings off a backslash escapes a quote: faber would read the SQL
+    # the ORM runs otherwise than the server does.
+    project = typeorm_project(backup_before_migrate=True)
+    monkeypatch.setenv("TYPEORM_TEST_DATABASE_URL", f"{database_url}?options=-c%20standard_conforming_strings%3Doff")
+
+    refused = faber(run_faber, project, "migrate", "staging", "--yes")
+
+    assert refused.returncode == 2 and refused.json["code"] == "CONFIG_INVALID", refused.stdout + refused.stderr
+    assert "runs with standard_conforming_strings off" in refused.json["error"]
+    assert tables(database_url) == set(), "nothing locked, backed up, recorded or migrated"
+
+
 def test_mysql_socket_parameter_is_where_typeorm_connects(
     mysql_typeorm_project, typeorm_migration, run_faber, mysql_database_url, mysql_query, monkeypatch
 ):
