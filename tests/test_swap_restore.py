@@ -188,11 +188,13 @@ def test_a_swap_of_an_older_faber_s_backup_that_would_lose_what_lives_on_the_dat
 def test_a_user_without_createdb_is_refused_before_anything_changes(
     project, run_faber, database_url, postgres_admin_url, monkeypatch
 ):
+    """Refused at the backup a swap could not restore (a deploy stops there, before its migrations),
+    and at the restore of a backup taken while the user still had the privilege."""
     role = f"faber_nocreatedb_{uuid.uuid4().hex[:8]}"
     target = name_of(database_url)
     admin_execute(
         postgres_admin_url,
-        sql.SQL("CREATE ROLE {} LOGIN NOCREATEDB; ALTER DATABASE {} OWNER TO {}").format(
+        sql.SQL("CREATE ROLE {} LOGIN CREATEDB; ALTER DATABASE {} OWNER TO {}").format(
             sql.Identifier(role), sql.Identifier(target), sql.Identifier(role)
         ),
     )
@@ -202,15 +204,22 @@ def test_a_user_without_createdb_is_refused_before_anything_changes(
         project_dir = project({}, **SWAP)
         execute(url, "CREATE TABLE accounts (id int); INSERT INTO accounts VALUES (1)")
         backup_id = backup(run_faber, project_dir)
+        admin_execute(postgres_admin_url, sql.SQL("ALTER ROLE {} NOCREATEDB").format(sql.Identifier(role)))
         execute(url, "INSERT INTO accounts VALUES (2)")
 
+        refused_backup = run_faber("backup", "production", "--json", cwd=project_dir, env=SQLFILES)
         done = rollback(run_faber, project_dir, backup_id)
 
+        assert (refused_backup.returncode, refused_backup.json["code"]) == (4, "BACKUP_FAILED"), refused_backup.output
+        assert f"the user {role} lacks the CREATEDB privilege" in refused_backup.json["error"]
+        assert any("in-place" in s for s in refused_backup.json["recovery"]["suggestions"])
         assert done.returncode != 0
         assert "CREATEDB" in done.json["error"]
-        assert CANARY_PASSWORD not in done.stdout + done.stderr
+        assert CANARY_PASSWORD not in done.stdout + done.stderr + refused_backup.output
         with psycopg.connect(url) as conn:
             assert conn.execute("SELECT id FROM accounts ORDER BY 1").fetchall() == [(1,), (2,)]
+        listed = run_faber("backups", "production", "--json", cwd=project_dir, env=SQLFILES)
+        assert [b["id"] for b in listed.json["result"]["backups"]] == [backup_id], listed.output  # no other taken
     finally:
         as_admin = database_url_for(postgres_admin_url, target)
         admin_execute(as_admin, sql.SQL("REASSIGN OWNED BY {} TO postgres").format(sql.Identifier(role)))
@@ -561,6 +570,30 @@ def test_a_swap_restore_of_a_database_with_a_hostile_name(
         {},
     )
     rollback_restores_the_backup(run_faber, project_dir, url, postgres_admin_url, name)
+
+
+def test_the_database_s_owner_with_createdb_restores_by_swap_in_the_default_tablespace(
+    project, run_faber, database_url, postgres_admin_url, monkeypatch
+):
+    """What the swap asks of its user, and no more: CREATEDB and the owner's role. Naming the
+    tablespace in CREATE DATABASE needs CREATE on it, which on pg_default only superusers have."""
+    role = f"faber_owner_{uuid.uuid4().hex[:8]}"
+    target = name_of(database_url)
+    admin_execute(
+        postgres_admin_url,
+        sql.SQL("CREATE ROLE {role} LOGIN NOSUPERUSER CREATEDB; ALTER DATABASE {target} OWNER TO {role}").format(
+            role=sql.Identifier(role), target=sql.Identifier(target)
+        ),
+    )
+    try:
+        url = database_url.replace("://postgres:", f"://{role}:")
+        monkeypatch.setenv("TEST_DATABASE_URL", url)
+        rollback_restores_the_backup(run_faber, project({}, **SWAP), url, postgres_admin_url, target)
+    finally:
+        as_admin = database_url_for(postgres_admin_url, target)
+        admin_execute(as_admin, sql.SQL("REASSIGN OWNED BY {} TO postgres").format(sql.Identifier(role)))
+        admin_execute(as_admin, sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        admin_execute(postgres_admin_url, sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 def rollback_restores_the_backup(run_faber, project_dir, url: str, admin_url: str, name: str) -> None:
@@ -1481,10 +1514,9 @@ def test_a_lost_lock_whose_copy_cannot_be_dropped_names_the_copy_and_how_to_drop
     copy = restoring_name(target)
     admin_execute(
         postgres_admin_url,
-        sql.SQL(
-            "CREATE ROLE {role} LOGIN CREATEDB; ALTER DATABASE {target} OWNER TO {role};"
-            " GRANT CREATE ON TABLESPACE pg_default TO {role}"  # the copy is created in the target's tablespace
-        ).format(role=sql.Identifier(role), target=sql.Identifier(target)),
+        sql.SQL("CREATE ROLE {role} LOGIN CREATEDB; ALTER DATABASE {target} OWNER TO {role}").format(
+            role=sql.Identifier(role), target=sql.Identifier(target)
+        ),
     )
     try:
         url = database_url.replace("://postgres:", f"://{role}:")

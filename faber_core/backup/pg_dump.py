@@ -210,20 +210,33 @@ def faber_backup_create(context: RunContext, reason: str, migrations: list[tuple
 
 
 def _refuse_a_swap_it_could_not_restore(context: RunContext, names: DatabaseNames) -> None:
-    """Through a pooler's alias a swap restore refuses (:func:`~faber_core.backup.swap.restore_by_swap`):
-    a deploy is stopped here, before its migrations, rather than left migrated when one fails."""
+    """Through a pooler's alias, or as a user who may not create the database it restores into, a
+    swap restore refuses (:func:`~faber_core.backup.swap.restore_by_swap`): a deploy is stopped
+    here, before its migrations, rather than left migrated when one fails."""
+    from faber_core.backup.swap import creation_refusal
+
+    in_place = (
+        f"Or restore in place: set restore_mode to in-place in database.environments.{context.environment}.backup"
+    )
     problem = alias_refusal(names, "a swap restore (restore_mode swap)")
     if problem:
-        raise BackupFailed(
-            f"No backup taken and nothing applied: {problem}, so the backup could not be restored if a migration "
-            "failed",
-            result={"backup_error": problem},
-            suggestions=[
-                *alias_suggestions(names),
-                "Or restore in place, through the alias: set restore_mode to in-place in "
-                f"database.environments.{context.environment}.backup",
-            ],
-        )
+        suggestions = [*alias_suggestions(names), f"{in_place} (it goes through the alias)"]
+    else:
+        with context.database.session() as conn:
+            problem = creation_refusal(conn, names.server)
+        if not problem:
+            return
+        problem = f"a swap restore (restore_mode swap) creates a database to restore into, and {problem}"
+        suggestions = [
+            "Give the user what the swap needs (docs/workflow.md, restore_mode swap): CREATEDB, membership of the "
+            "database owner's role, and CREATE on the database's tablespace unless it is pg_default",
+            in_place,
+        ]
+    raise BackupFailed(
+        f"No backup taken and nothing applied: {problem}, so the backup could not be restored if a migration failed",
+        result={"backup_error": problem},
+        suggestions=suggestions,
+    )
 
 
 def jobs(options: PgDumpOptions) -> int:

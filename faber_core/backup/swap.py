@@ -311,19 +311,18 @@ def refusal(conn: psycopg.Connection, target: str, properties: DatabasePropertie
     own refused. Security labels, subscriptions and replication slots are refused."""
     row = conn.execute(
         """
-        SELECT d.oid, d.datistemplate, d.datacl IS NOT NULL, d.datlocprovider,
-               pg_catalog.pg_has_role(d.datdba, 'USAGE'),
-               (SELECT r.rolcreatedb OR r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
+        SELECT d.oid, d.datistemplate, d.datacl IS NOT NULL, d.datlocprovider
         FROM pg_catalog.pg_database d WHERE d.datname = %s
         """,
         [target],
     ).fetchone()
     if row is None:
         return f"the server has no database {target}"
-    oid, template, grants, provider, owner, createdb = row
+    oid, template, grants, provider = row
+    cannot_create = creation_refusal(conn, target)
+    if cannot_create:
+        return cannot_create
     checks = [
-        (not createdb, f"the user {conn.info.user} lacks the CREATEDB privilege"),
-        (not owner, f"the user {conn.info.user} is not a member of the owner of {target} (renaming needs it)"),
         (template, f"{target} is a template database"),
         (provider not in ("c", "i"), f"{target} uses locale provider {provider!r}"),
         (
@@ -358,6 +357,32 @@ def refusal(conn: psycopg.Connection, target: str, properties: DatabasePropertie
             _count(conn, "SELECT count(*) FROM pg_catalog.pg_shseclabel WHERE classoid = 1262 AND objoid = %s", oid),
             f"{target} has security labels, which a new database would not have",
         ),
+    ]
+    return next((reason for failed, reason in checks if failed), None)
+
+
+def creation_refusal(conn: psycopg.Connection, target: str) -> str | None:
+    """Why faber's user could not create the database a swap restores into as ``target`` was
+    created, nor rename it into place, or None. A backup that a swap would restore checks it first
+    (:mod:`~faber_core.backup.pg_dump`), so no deploy goes ahead with a rollback that cannot run."""
+    row = conn.execute(
+        """
+        SELECT (SELECT r.rolcreatedb OR r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user),
+               pg_catalog.pg_has_role(d.datdba, 'USAGE'), t.spcname,
+               t.spcname = 'pg_default' OR pg_catalog.has_tablespace_privilege(t.oid, 'CREATE')
+        FROM pg_catalog.pg_database d JOIN pg_catalog.pg_tablespace t ON t.oid = d.dattablespace
+        WHERE d.datname = %s
+        """,
+        [target],
+    ).fetchone()
+    if row is None:
+        return f"the server has no database {target}"
+    createdb, owner, tablespace, in_tablespace = row
+    user = conn.info.user
+    checks = [
+        (not createdb, f"the user {user} lacks the CREATEDB privilege"),
+        (not owner, f"the user {user} is not a member of the owner of {target} (renaming needs it)"),
+        (not in_tablespace, f"the user {user} may not create databases in {target}'s tablespace {tablespace}"),
     ]
     return next((reason for failed, reason in checks if failed), None)
 
@@ -448,18 +473,21 @@ def _create_like(admin: psycopg.Connection, swap: _Swap) -> int:
     icu_options = (
         sql.SQL(" LOCALE_PROVIDER icu ICU_LOCALE {}").format(sql.Literal(icu)) if provider == "i" else sql.SQL("")
     )
+    # template0's tablespace, pg_default, is the new database's unless one is named; naming one
+    # needs CREATE on it, which on pg_default only superusers have.
+    in_tablespace = (
+        sql.SQL("") if tablespace == "pg_default" else sql.SQL(" TABLESPACE {}").format(sql.Identifier(tablespace))
+    )
     swap.created = True  # the name is free (see _drop_leftovers): from here it is this restore's to drop
     admin.execute(
-        sql.SQL(
-            "CREATE DATABASE {} OWNER {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}{} TABLESPACE {}"
-        ).format(
+        sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}{}{}").format(
             sql.Identifier(swap.restoring),
             sql.Identifier(owner),
             sql.Literal(encoding),
             sql.Literal(collate),
             sql.Literal(ctype),
             icu_options,
-            sql.Identifier(tablespace),
+            in_tablespace,
         )
     )
     admin.execute(
