@@ -206,6 +206,17 @@ class MySQLConnection(pymysql.connections.Connection):
         interrupt came inside a result: which statements finished is not known."""
         super().__init__(**params)
 
+    def connect(self, sock: Any = None) -> None:
+        # PyMySQL bounds the TCP connect by connect_timeout, but not the server's greeting and the
+        # handshake after it, read without a timeout: a server, proxy or tunnel that accepts the
+        # connection and says nothing held faber (and a CI job) for ever. They are bounded too.
+        read_timeout, write_timeout = self._read_timeout, self._write_timeout
+        self._read_timeout = self._write_timeout = self.connect_timeout
+        try:
+            super().connect(sock)
+        finally:
+            self._read_timeout, self._write_timeout = read_timeout, write_timeout
+
     def _force_close(self) -> None:
         # PyMySQL closes the socket as an interrupt stops its wait for an answer: keep it until the
         # session is ended, to read what the server answered before (end_session).
