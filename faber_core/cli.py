@@ -173,14 +173,14 @@ def _finish(document: Document, json_output: bool) -> NoReturn:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
     try:
-        if json_output:
-            _end_message_on_stderr(document)
         typer.echo(_render(document, json_output), file=_document_stdout if json_output else None)
     except OSError:
         # Its reader is gone (a closed pipe, a hung-up terminal): the run's history row and audit
         # log hold its outcome. Exit with the run's code, not the print's (nor Python's for
         # output it cannot flush at exit).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if json_output:  # after the document, which nothing in the end message can then cost
+        _end_message_on_stderr(document)
     raise typer.Exit(document.exit_code)
 
 

@@ -711,13 +711,17 @@ _UNENDED = {
 
 
 def _history_line(run: dict[str, Any]) -> str:
-    """One recorded run: when, what, outcome, by whom, which migrations and backup."""
+    """One recorded run: when, what, outcome, by whom, which migrations and backup. The row is the
+    table's, which anyone with the deploy role may have edited: an odd value is shown, not trusted."""
     mark = {"success": "✓", RUN_IN_PROGRESS: "…"}.get(run["status"], "✗")
-    names = ", ".join(one_line(m["name"]) for m in run["migrations"]) or "no migrations"
-    if run["duration_seconds"] is None:  # never finished: its migrations are not known either
+    migrations = run["migrations"] if isinstance(run["migrations"], list) else []
+    names = ", ".join(one_line(str(m.get("name"))) for m in migrations if isinstance(m, dict)) or "no migrations"
+    if run["status"] in _UNENDED:  # never finished: its migrations are not known either
         how_long, names = _UNENDED[run["status"]], "faber status tells which migrations applied"
-    else:
+    elif isinstance(run["duration_seconds"], (int, float)):
         how_long = f"{_number(run['duration_seconds'])}s"
+    else:
+        how_long = "no duration recorded"
     parts = [f"{mark} {_timestamp(run['started_at'])}", run["operation"], how_long, f"by {run['actor']}", names]
     if run.get("backup_id"):
         parts.append(f"backup {run['backup_id']}")

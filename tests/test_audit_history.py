@@ -368,3 +368,33 @@ def test_a_history_table_of_an_older_faber_takes_the_rows_of_runs_in_progress(hi
     assert [(r["id"] == "old", r["status"]) for r in rows(database_url)] == [(True, "success"), (False, "success")]
     with psycopg.connect(database_url) as conn:
         assert conn.execute(required).fetchone()[0] == 7
+
+
+def test_rows_edited_by_hand_are_shown_as_they_are_never_a_traceback(history_project, run_faber, database_url):
+    """The table is the deploy role's to edit: a row with an odd value (no duration, NaN, migrations
+    that are not a list of objects) is shown, in valid JSON and in the human lines, not trusted."""
+    project, env = history_project({"001_users": USERS})
+    assert run_faber("migrate", "production", "--yes", "--cwd", str(project), env=env).returncode == 0
+    odd = [
+        ("no-duration", "[]", None),
+        ("nan", "[]", float("nan")),
+        ("numbers", "[1]", 1.0),
+        ("object", '{"a": 1}', 1.0),
+    ]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for run_id, migrations, duration in odd:
+            conn.execute(
+                "INSERT INTO faber.faber_deployments (id, environment, operation, status, exit_code, started_at,"
+                " migrations, duration_seconds, faber_version)"
+                " VALUES (%s, 'production', 'deploy-migrations', 'success', 0, now(), %s, %s, '0.0.1')",
+                [run_id, migrations, duration],
+            )
+
+    as_json = run_faber("history", "production", "--json", "--cwd", str(project), env=env)
+    for_people = run_faber("history", "production", "--cwd", str(project), env=env)
+
+    assert as_json.returncode == 0, as_json.output
+    durations = {run["id"]: run["duration_seconds"] for run in as_json.json["result"]["deployments"]}
+    assert (durations["no-duration"], durations["nan"], durations["numbers"]) == (None, None, 1.0)
+    assert for_people.returncode == 0 and "Traceback" not in for_people.output, for_people.output
+    assert for_people.stdout.count("no duration recorded") == 2

@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import json
+import math
 import os
 import subprocess
 import sys
@@ -426,4 +427,14 @@ def _read_rows(cursor: psycopg.Cursor, schema: str, environment: str, limit: int
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    return {key: value.isoformat() if isinstance(value, dt.datetime) else value for key, value in row.items()}
+    """The row's values as JSON has them: times in ISO 8601, a duration edited to NaN or infinity
+    (JSON has neither) as null."""
+    return {key: _json_value(value) for key, value in row.items()}
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
