@@ -44,7 +44,8 @@ def runner_args(context: RunContext) -> list[str]:
 
 NON_TRANSACTIONAL_NOTE = (
     "Sequelize runs a migration without a transaction: if a statement fails, the statements before it stay "
-    "applied (protected environments rely on faber's backup and automatic rollback)"
+    "applied (protected environments rely on faber's backup and automatic rollback, which, once the migrations "
+    "wrote rows, faber cannot tell from the application's, is refused under restore_with_app_writes: refuse)"
 )
 
 
