@@ -22,6 +22,7 @@ from faber_core.testing.fixtures import (
     faber_command,
     mysql_connect,
     mysql_rehearsal_databases,
+    mysql_scratch_databases,
     start_faber,
     wait_for,
 )
@@ -601,3 +602,23 @@ def test_a_killed_deploy_keeps_its_history_row_as_unfinished(
     recorded = mysql_query("SELECT id, status, exit_code FROM faber_deployments ORDER BY started_at")
     assert [(status, code) for _, status, code in recorded] == [("unfinished", None), ("success", 0)]
     assert recorded[0][0] == killed["id"]
+
+
+def test_a_user_who_may_not_create_the_restore_s_scratch_database_is_refused_at_the_backup(
+    mysql_project, mysql_database_url, mysql_admin_url, mysql_query
+):
+    """A grant on the application's database alone: the backup could never be restored (a restore
+    loads it into a scratch database beside it), so the deploy stops at its backup, nothing applied,
+    rather than going on with migrations whose DDL commits as it runs and nothing to undo them."""
+    project = mysql_project({"001_users": MIGRATIONS["001_users"]}, backup_before_migrate=True)
+    user = mysql_database_url.split("://", 1)[1].split(":", 1)[0]
+    with mysql_connect(mysql_admin_url) as admin:
+        admin.execute(f"REVOKE ALL PRIVILEGES ON `faber\\_restore\\_%`.* FROM '{user}'@'%'")
+
+    code, document, stderr = faber(project, "migrate", "production", url=mysql_database_url)
+
+    assert (code, document["code"]) == (4, "BACKUP_FAILED"), stderr
+    assert "the user may not create one" in document["error"] and "nothing applied" in document["error"]
+    assert any("GRANT ALL ON `faber\\_restore\\_%`.*" in s for s in document["recovery"]["suggestions"])
+    assert mysql_query("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_NAME = 'users'") == []
+    assert not mysql_scratch_databases(mysql_admin_url, mysql_database_url.rpartition("/")[2])

@@ -126,6 +126,7 @@ def create(context: RunContext, reason: str, migrations: list[tuple[str, str | N
             store.creation_failed(context, "the database cannot be reached"),
             suggestions=["Verify the database is reachable, then run the same command again"],
         )
+    _refuse_a_backup_it_could_not_restore(context)
     program = client_program("mariadb-dump", "mysqldump")
     excluded = _faber_tables(context)
 
@@ -169,6 +170,34 @@ def _faber_tables(context: RunContext) -> list[str]:
             [FABER_TABLES],
         ).fetchall()
     return [row[0] for row in rows]
+
+
+def _refuse_a_backup_it_could_not_restore(context: RunContext) -> None:
+    """A restore loads the dump into a scratch database beside the target: a user who may not create
+    one (a grant on the application's database alone) would take a backup no rollback can restore,
+    and a deploy would go on without the protection it relies on (on MySQL/MariaDB every migration's
+    DDL commits as it runs). So a backup first creates and drops a scratch database of its own."""
+    import pymysql
+
+    target = context.database.name or ""
+    probe = f"{scratch_prefix(target)}probe"
+    try:
+        with context.database.session() as conn:
+            conn.execute(f"CREATE DATABASE IF NOT EXISTS {quote(probe)}")
+            conn.execute(f"DROP DATABASE {quote(probe)}")
+    except pymysql.Error as exc:
+        reason = context.redactor.redact(str(exc.args[-1] if exc.args else exc).strip())
+        raise BackupFailed(
+            "No backup taken and nothing applied: a restore loads the backup into a scratch database beside "
+            f"{target}, and the user may not create one ({reason}), so the backup could not be restored if a "
+            "migration failed",
+            result={"backup_error": reason},
+            suggestions=[
+                "Give the user every privilege on the scratch databases: GRANT ALL ON `faber\\_restore\\_%`.* "
+                "TO <user> (docs/mysql.md)",
+                "Or deploy without a backup (--skip-backup), knowing that nothing will undo a failed migration",
+            ],
+        ) from None
 
 
 # Restore ---------------------------------------------------------------------------------
