@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 from faber_core.context import RunContext
-from faber_core.errors import HealthCheckFailed
+from faber_core.errors import ConfigError, HealthCheckFailed
 from faber_core.models import LocalMigration, MigrationRecord, MigrationState
 from psycopg import sql
 
@@ -77,7 +77,25 @@ def read_state(context: RunContext) -> MigrationState:
             raise blocked_read_error(
                 conn, history.table.as_string(conn), context.database.lock_timeout, context.redactor.redact
             ) from None
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise _schema_not_usable(context, conn, exc) from None
     return build_state(context, folders, records)
+
+
+def _schema_not_usable(context: RunContext, conn: psycopg.Connection, exc: psycopg.Error) -> ConfigError:
+    """The schema the URL names (``?schema=``) is one the user may not use: another team's, a
+    system schema, a typo that names one."""
+    schema, user = context.database.schema, conn.info.user
+    reason = context.redactor.redact(exc.diag.message_primary or str(exc).strip())
+    return ConfigError(
+        f"The database user {user} may not use the schema {schema} that {context.database.source} names "
+        f"(?schema={schema}): {reason}. Nothing was read or changed",
+        suggestions=[
+            f"Name the application's schema in the URL (?schema=...), or let the user use this one: "
+            f"GRANT USAGE, CREATE ON SCHEMA {sql.Identifier(schema).as_string(conn)} "
+            f"TO {sql.Identifier(user).as_string(conn)}",
+        ],
+    )
 
 
 def _mysql_records(context: RunContext, conn: MySQLConnection) -> list[MigrationRecord]:

@@ -26,16 +26,21 @@ def prisma_plugins(plugin_manager) -> Plugins:
 
 @pytest.fixture
 def prisma_project(faber_project, database_url, monkeypatch):
-    """``make(migrations: {name: sql}, url_suffix="", prisma_options=None, **settings) -> Path``.
+    """``make(migrations: {name: sql}, url=None, url_suffix="", prisma_options=None, **settings) -> Path``.
 
     Writes ``prisma/migrations/<name>/migration.sql`` and a config whose `staging` environment
-    reads the test database URL (plus ``url_suffix``, e.g. ``?schema=app``).
+    reads the test database URL, or ``url`` (plus ``url_suffix``, e.g. ``?schema=app``).
     """
 
     def make(
-        migrations: dict[str, str], *, url_suffix: str = "", prisma_options: dict | None = None, **settings
+        migrations: dict[str, str],
+        *,
+        url: str | None = None,
+        url_suffix: str = "",
+        prisma_options: dict | None = None,
+        **settings,
     ) -> Path:
-        monkeypatch.setenv(URL_ENV, database_url + url_suffix)
+        monkeypatch.setenv(URL_ENV, (url or database_url) + url_suffix)
         environment = {"database_url_env": URL_ENV, "lock_wait_seconds": 1, "backup_before_migrate": False, **settings}
         config = {"database": {"migration_tool": "prisma", "environments": {ENVIRONMENT: environment}}}
         if prisma_options is not None:

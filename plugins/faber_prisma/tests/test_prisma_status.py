@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 
+import psycopg
 import pytest
 from faber_core.errors import ConfigError
+from psycopg import sql
 
 INIT = 'CREATE TABLE "users" ("id" SERIAL PRIMARY KEY, "email" TEXT);\n'
 POSTS = 'CREATE TABLE "posts" ("id" SERIAL PRIMARY KEY, "title" TEXT);\n'
@@ -134,3 +137,26 @@ def test_status_reads_the_schema_named_in_the_url(prisma_project, prisma_context
         "SELECT to_regclass('app._prisma_migrations') IS NOT NULL, to_regclass('app.users') IS NOT NULL,"
         " to_regclass('public._prisma_migrations') IS NULL"
     ) == [(True, True, True)]
+
+
+def test_a_schema_the_user_may_not_use_is_a_config_error_naming_it(
+    prisma_project, prisma_context, prisma_plugins, query, database_url, postgres_admin_url
+):
+    """Another team's schema, a system one or a typo that names one: not an unexpected error."""
+    role = f"faber_app_{uuid.uuid4().hex[:8]}"
+    query("CREATE SCHEMA locked; REVOKE ALL ON SCHEMA locked FROM PUBLIC")
+    with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    try:
+        as_role = database_url.replace("://postgres:", f"://{role}:")
+        project = prisma_project({"0001_init": INIT}, url=as_role, url_suffix="?schema=locked")
+
+        with pytest.raises(ConfigError) as refused:
+            prisma_plugins.migration_status(prisma_context(project))
+    finally:
+        with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+    assert f"The database user {role} may not use the schema locked" in str(refused.value)
+    assert "permission denied for schema locked" in str(refused.value)
+    assert f'GRANT USAGE, CREATE ON SCHEMA "locked" TO "{role}"' in refused.value.suggestions[0]
