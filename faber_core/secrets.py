@@ -33,7 +33,19 @@ _KEYWORD_PASSWORD = re.compile(
 # A role's password written into a migration's SQL (``CREATE ROLE app PASSWORD '...'``, MySQL's
 # ``IDENTIFIED BY '...'``): no URL holds it, so no known form masks it in a preview, the audit log
 # or a database error quoting the statement.
-_SQL_PASSWORD = re.compile(r"(?i)\b(PASSWORD|IDENTIFIED(?:\s+WITH\s+\w+)?\s+BY)(\s+E?)'(?:[^']|'')*'")
+# Whatever the literal's quoting: PostgreSQL's '...', E'...', U&'...' and $tag$...$tag$, MySQL's
+# "..." and backslash escapes; after comments, and MySQL's SET PASSWORD [FOR user] = '...' and
+# PASSWORD('...'). The keyword must be followed by something (JSON's "password": "..." is not SQL).
+_SQL_PASSWORD = re.compile(
+    r"""(?ix)
+    \b(?P<keyword>PASSWORD(?:\s+FOR\s+\S+?)?|IDENTIFIED(?:\s+WITH\s+\w+)?\s+BY)
+    (?P<gap>(?:\s|=|\(|/\*(?s:.*?)\*/|--[^\n]*\n)+)
+    (?P<literal>
+        (?P<prefix>E|U&)?'(?:[^'\\]|\\.|'')*'
+      | "(?:[^"\\]|\\.|"")*"
+      | \$(?P<tag>(?:[A-Za-z_]\w*)?)\$(?s:.*?)\$(?P=tag)\$
+    )"""
+)
 # A URL's query may carry a password too: libpq reads ``?password=`` (and ``?sslpassword=``, the
 # client key's), as do the Node tools that get the URL.
 _QUERY_PASSWORD = re.compile(r"(?i)[?&](?:ssl)?password=([^&#]*)")
@@ -195,6 +207,18 @@ def _warn_unmaskable() -> None:
         )
 
 
+def _masked_sql_password(match: re.Match[str]) -> str:
+    """The password literal ``match`` found, masked in its own quoting."""
+    literal, prefix, tag = match["literal"], match["prefix"] or "", match["tag"]
+    if tag is not None:
+        masked = f"${tag}${MASK}${tag}$"
+    elif literal.startswith('"'):
+        masked = f'"{MASK}"'
+    else:
+        masked = f"{prefix}'{MASK}'"
+    return f"{match['keyword']}{match['gap']}{masked}"
+
+
 class Redactor:
     """Masks every known secret value (in every form :func:`secret_forms` gives) and every URL
     password in text. It knows the passwords of :data:`PASSWORD_VARIABLES` from the start."""
@@ -291,7 +315,7 @@ class Redactor:
         text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
         if " is not valid JSON" in text:
             text = _JSON_SYNTAX_CONTEXT.sub(lambda m: f"{m['head']}{m['quote']}{MASK}{m['quote']}", text)
-        text = _SQL_PASSWORD.sub(lambda m: f"{m[1]}{m[2]}'{MASK}'", text)
+        text = _SQL_PASSWORD.sub(_masked_sql_password, text)
         return _KEYWORD_PASSWORD.sub(lambda m: f"{m[1]}{m[2]}{MASK}", text)
 
     def _mask_cut_passwords(self, text: str) -> str:

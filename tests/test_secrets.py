@@ -68,6 +68,16 @@ def test_redactor_masks_any_url_userinfo_and_password_settings():
         ),
         ("ALTER TABLE users ADD COLUMN password text", "ALTER TABLE users ADD COLUMN password text"),
         ("SELECT 'password' AS label", "SELECT 'password' AS label"),
+        ("CREATE ROLE a PASSWORD $$s3cret$$;", "CREATE ROLE a PASSWORD $$***$$;"),
+        ("CREATE ROLE a PASSWORD $pw$s3'cret$pw$;", "CREATE ROLE a PASSWORD $pw$***$pw$;"),
+        ("CREATE ROLE a PASSWORD /* why */ 's3cret'", "CREATE ROLE a PASSWORD /* why */ '***'"),
+        ("CREATE ROLE a PASSWORD -- why\n  's3cret'", "CREATE ROLE a PASSWORD -- why\n  '***'"),
+        ("CREATE ROLE a PASSWORD U&'s3cret'", "CREATE ROLE a PASSWORD U&'***'"),
+        ("CREATE ROLE a PASSWORD E'it\\'s-s3cret'", "CREATE ROLE a PASSWORD E'***'"),
+        ("CREATE USER 'a'@'%' IDENTIFIED BY \"s3cret\"", "CREATE USER 'a'@'%' IDENTIFIED BY \"***\""),
+        ("SET PASSWORD FOR 'a'@'%' = 's3cret'", "SET PASSWORD FOR 'a'@'%' = '***'"),
+        ("SET PASSWORD FOR a = PASSWORD('s3cret')", "SET PASSWORD FOR a = PASSWORD('***')"),
+        ('{"password": "not SQL"}', '{"password": "not SQL"}'),
     ],
 )
 def test_a_password_a_migration_gives_a_role_is_masked_wherever_its_sql_is_shown(sql, shown):
