@@ -172,6 +172,42 @@ def test_a_migration_that_opts_out_of_transactions_leaves_its_earlier_statements
     assert table_exists(query, "users_email_idx")
 
 
+def test_the_data_source_s_transaction_mode_none_is_kept_and_each_migration_s_own_choice_with_it(
+    typeorm_project, typeorm_migration, typeorm_context, typeorm_plugins, query
+):
+    """migrationsTransactionMode "none", how projects run CREATE INDEX CONCURRENTLY: every migration
+    without a transaction, as `typeorm migration:run` runs them, unless its class says
+    `transaction = true`; faber reports each as it ran."""
+    project = typeorm_project(
+        {
+            "1700000200000-Concurrently.js": typeorm_migration(
+                "Concurrently1700000200000", 'CREATE INDEX CONCURRENTLY "users_email_idx" ON "users" ("email")'
+            ),
+            "1700000300000-InOne.js": typeorm_migration(
+                "InOne1700000300000",
+                'CREATE TABLE "audit" (id int)',
+                "SELECT missing_column FROM users",
+                transaction=True,
+            ),
+        }
+    )
+    data_source = (project / "data-source.js").read_text()
+    assert "migrations: [" in data_source
+    (project / "data-source.js").write_text(
+        data_source.replace("migrations: [", 'migrationsTransactionMode: "none",\n  migrations: [')
+    )
+    context = typeorm_context(project)
+
+    state = typeorm_plugins.migration_status(context)
+    outcome = typeorm_plugins.migration_apply(context, state.pending_migrations())
+
+    transactional = {m.name: m.transactional for m in state.local}
+    assert transactional["Concurrently1700000200000"] is False and transactional["InOne1700000300000"] is True
+    assert table_exists(query, "users_email_idx")
+    assert outcome.failure.name == "InOne1700000300000" and outcome.failure.transaction_rolled_back is True
+    assert not table_exists(query, "audit")
+
+
 def test_missing_locally_is_reported_from_typeorm_bookkeeping(typeorm_project, typeorm_context, typeorm_plugins, query):
     context = typeorm_context(typeorm_project())
     typeorm_plugins.migration_apply(context, typeorm_plugins.migration_status(context).pending_migrations())

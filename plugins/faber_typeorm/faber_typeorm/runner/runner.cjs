@@ -158,6 +158,7 @@ async function loadDataSource(projectDir, relative) {
 // request has resolved them (see load).
 function retarget(userDataSource, connection, logger, migrationClasses) {
   const options = { ...userDataSource.options };
+  projectTransactionMode = transactionMode(options);
   if (migrationClasses) options.migrations = migrationClasses;
   const engine = faber.engine();
   if (!TYPES[engine].includes(options.type)) {
@@ -196,10 +197,19 @@ function retarget(userDataSource, connection, logger, migrationClasses) {
     synchronize: false,
     migrationsRun: false,
     dropSchema: false,
-    migrationsTransactionMode: "each",
+    migrationsTransactionMode: transactionMode(userDataSource.options),
   });
   return new userDataSource.constructor(options);
 }
+
+// The project's "none" (every migration without a transaction unless its class says
+// `transaction = true`, how projects run CREATE INDEX CONCURRENTLY) is kept; "all" and the default
+// run each migration in its own transaction, which faber's per-migration measure, lock check and
+// report need: a failure leaves the migrations before it committed, as in "each".
+function transactionMode(options) {
+  return options.migrationsTransactionMode === "none" ? "none" : "each";
+}
+let projectTransactionMode = "each";
 
 async function connect(dataSource, relative) {
   try {
@@ -233,9 +243,11 @@ function exportingFiles(projectDir) {
   return files;
 }
 
+// As TypeORM's MigrationExecutor decides, by the transaction mode and the class's own `transaction`.
 // MySQL commits each DDL statement on its own, so no migration there is all-or-nothing.
 function isTransactional(instance) {
-  return faber.engine() === "postgres" && instance.transaction !== false;
+  const inOne = projectTransactionMode === "none" ? instance.transaction === true : instance.transaction !== false;
+  return faber.engine() === "postgres" && inOne;
 }
 
 // faber's check before its lock, approval and backup (faber_migration_validate). TypeORM loaded every
@@ -432,7 +444,7 @@ async function apply(dataSource, projectDir, track, request) {
   try {
     for (const statement of request.session_statements || []) await queryRunner.query(statement);
     const executor = new (faber.projectRequire(projectDir, "typeorm").MigrationExecutor)(dataSource, queryRunner);
-    executor.transaction = "each";
+    executor.transaction = projectTransactionMode;
     const pending = executor.getMigrations();
     const exists = await queryRunner.hasTable(executor.migrationsTable);
     const applied = new Set(exists ? (await executor.loadExecutedMigrations(queryRunner)).map((r) => r.name) : []);
