@@ -156,6 +156,29 @@ def write_starter_project(project: Path, tool: str | None, *, force: bool = Fals
 def detect_tool(project: Path) -> str:
     """The one tool the project's package.json depends on, or whose files it has; Prisma for a
     project that shows none. A project that shows several must choose."""
+    used = _tools_shown(project)
+    if len(used) > 1:
+        raise ConfigError(
+            f"This project uses {' and '.join(sorted(used))}: faber deploys the migrations of one tool",
+            suggestions=[f"Choose one: {', or '.join(f'faber init --tool {tool}' for tool in sorted(used))}"],
+        )
+    return used.pop() if used else "prisma"
+
+
+def another_tool_shown(project: Path, configured: str) -> str | None:
+    """The advice for a project whose package.json and files show one tool, not the ``configured``
+    one (a config copied from another project): None when they show it, several, or none."""
+    used = _tools_shown(project)
+    if len(used) != 1 or configured in used:
+        return None
+    (shown,) = used
+    return (
+        f"This project's package.json and files show {shown}, not {configured}: set database.migration_tool "
+        f'to "{shown}" in the config (faber init --tool {shown} --force writes a new one)'
+    )
+
+
+def _tools_shown(project: Path) -> set[str]:
     package = _package_json(project)
     dependencies = {**_object(package.get("dependencies")), **_object(package.get("devDependencies"))}
     used = {tool for tool, packages in TOOL_PACKAGES.items() if any(name in dependencies for name in packages)}
@@ -163,12 +186,7 @@ def detect_tool(project: Path) -> str:
         used.add("prisma")
     if (project / ".sequelizerc").exists():
         used.add("sequelize")
-    if len(used) > 1:
-        raise ConfigError(
-            f"This project uses {' and '.join(sorted(used))}: faber deploys the migrations of one tool",
-            suggestions=[f"Choose one: {', or '.join(f'faber init --tool {tool}' for tool in sorted(used))}"],
-        )
-    return used.pop() if used else "prisma"
+    return used
 
 
 def make_project_dir(project: Path) -> None:

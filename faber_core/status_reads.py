@@ -13,7 +13,15 @@ from typing import TypeVar
 
 from faber_core.audit import unfinished
 from faber_core.context import RunContext
-from faber_core.errors import BackupFailed, FaberError, HealthCheckFailed, Locked, ReadBlocked, ToolCannotConnect
+from faber_core.errors import (
+    BackupFailed,
+    ConfigError,
+    FaberError,
+    HealthCheckFailed,
+    Locked,
+    ReadBlocked,
+    ToolCannotConnect,
+)
 from faber_core.models import BackupLeftover, InterruptedRestore, LeftoverDatabase, MigrationState
 from faber_core.plugins import Plugins
 from faber_core.telemetry import command_name, step
@@ -208,6 +216,13 @@ def read_status(
             if context.database.engine.classify_error(exc) == "lock_timeout":
                 raise read_blocked(context, exc) from None
             raise connection_failed(context, exc, after_apply=after_apply, checks_skipped=checks_skipped) from None
+        except ConfigError as refused:  # the tool's files missing: maybe the config names another tool
+            from faber_core.scaffold import another_tool_shown
+
+            advice = another_tool_shown(context.project_dir, context.tool)
+            if advice:
+                refused.suggestions.insert(0, advice)
+            raise
     if not quiet:
         context.emit("status.read", pending=state.pending, applied=len(state.applied))
     return state

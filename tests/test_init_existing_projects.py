@@ -241,3 +241,24 @@ def test_a_postgresql_project_keeps_dev_on_the_embedded_server(tmp_path):
 
     assert config["environments"]["dev"] == {}
     assert result["next"] == "faber migrate dev"
+
+
+@pytest.mark.parametrize("configured", ["prisma", "sequelize"])
+def test_a_config_naming_another_tool_than_the_project_s_says_which_it_shows(
+    faber_project, run_faber, database_url, configured
+):
+    """A config copied from another project: the tool's files are missing, and the advice was to
+    install the other ORM or create an empty Prisma folder (whose deploy then passes, applying nothing)."""
+    environments = {"staging": {"database_url_env": "APP_URL"}}
+    project = faber_project(
+        {"database": {"migration_tool": configured, "environments": environments}},
+        {"package.json": '{"dependencies": {"typeorm": "1.1.1", "pg": "8.23.1"}}', "data-source.js": "// TypeORM"},
+    )
+
+    run = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project), env={"APP_URL": database_url})
+
+    assert (run.returncode, run.json["code"]) == (2, "CONFIG_INVALID"), run.output
+    assert run.json["recovery"]["suggestions"][0] == (
+        f"This project's package.json and files show typeorm, not {configured}: set database.migration_tool "
+        'to "typeorm" in the config (faber init --tool typeorm --force writes a new one)'
+    )
