@@ -1548,8 +1548,26 @@ def restore_unless_refused(context: RunContext, plugins: Plugins, lock: DeployLo
         writes_since_backup=since,
         discarded=discarded,
         restore_committed=None if verified(outcome) and not lock_lost else True,
-        advice_first=[rolled_back, *lost, *([] if verified(outcome) else outcome.suggestions)],
+        advice_first=[
+            rolled_back,
+            *lost,
+            *uncounted_writes(backup, since),
+            *([] if verified(outcome) else outcome.suggestions),
+        ],
     )
+
+
+def uncounted_writes(backup: BackupRecord, since: WritesSinceBackup) -> list[str]:
+    """What a restore made while the writes since its backup could not be counted (every restore on
+    MySQL/MariaDB) may have discarded, said where the run's advice is read: policy ``refuse`` cannot
+    refuse what it cannot see, and rows the application wrote since are not in the restored database."""
+    if since.status != "unknown":
+        return []
+    return [
+        f"{since.reason or 'Writes since the backup were not counted'}: whatever the application wrote between "
+        f"{backup.created_at:%Y-%m-%d %H:%M:%S} UTC and the restore is not in the restored database; look for it "
+        "in the application's logs or the server's binary log"
+    ]
 
 
 def lock_lost_while_restoring(context: RunContext) -> str:
