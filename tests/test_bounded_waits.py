@@ -185,3 +185,30 @@ def test_a_url_that_sets_keepalives_decides_them(database_url):
     system = tuple(int(Path(f"/proc/sys/net/ipv4/tcp_keepalive_{name}").read_text()) for name in ("intvl", "probes"))
     with Database(Secret(database_url + "?keepalives_idle=45"), source="$X").connect() as conn:
         assert keepalive_settings(conn.fileno()) == (1, 45, *system)
+
+
+def test_an_idle_session_timeout_does_not_end_faber_s_lock_session_during_a_long_migration(
+    faber_project, run_faber, database_url
+):
+    """A DBA's idle_session_timeout (set on the server, database or role to reap leaked
+    connections) ended faber's lock session, idle while a migration ran longer: the deploy stopped
+    after it with LOCKED, the next migration not run, though nobody stopped it."""
+    project = faber_project(
+        {
+            "database": {
+                "migration_tool": "sqlfiles",
+                "environments": {"production": {"database_url_env": "APP_URL", "lock_wait_seconds": 1}},
+            }
+        },
+        {"migrations/001_slow.sql": "SELECT pg_sleep(3);", "migrations/002_next.sql": "CREATE TABLE next (id int);"},
+    )
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"ALTER DATABASE \"{conn.info.dbname}\" SET idle_session_timeout = '1s'")
+
+    run = run_faber(
+        "migrate", "production", "--yes", "--json", "--cwd", str(project),
+        env={"APP_URL": database_url, "FABER_PLUGINS": "faber_core.testing.sqlfiles"},
+    )  # fmt: skip
+
+    assert run.returncode == 0, run.output
+    assert [m["name"] for m in run.json["result"]["migrations"]] == ["001_slow", "002_next"]

@@ -82,8 +82,15 @@ def holder(conn: Any, run_id: str, *, mysql: bool) -> str | None:
 
 
 def _take(conn: Any, run_id: str, *, mysql: bool) -> bool:
+    # The session sits idle while the run deploys: no idle timeout of the server's may end it.
     if mysql:
+        from faber_core.engines.mysql import never_ended_for_waiting
+
+        never_ended_for_waiting(conn)
         return conn.execute("SELECT GET_LOCK(%s, 0)", [run_lock_name(run_id)]).fetchone()[0] == 1
+    from faber_core.postgres.locks import never_ended_for_idling
+
+    never_ended_for_idling(conn)
     return bool(conn.execute("SELECT pg_try_advisory_lock(%s)", [run_lock_key(run_id)]).fetchone()[0])
 
 

@@ -397,6 +397,17 @@ def faber_lock_name_on_server(conn: MySQLConnection, schema: str | None = None) 
     return faber_lock_name(row[0] or "")
 
 
+LONGEST_WAIT_TIMEOUT = 31536000
+"""The largest ``wait_timeout`` MySQL and MariaDB take: a year, in seconds."""
+
+
+def never_ended_for_waiting(conn: MySQLConnection) -> None:
+    """Keep ``conn`` open however long it waits: a session holding a ``GET_LOCK`` lock sits idle
+    while the work it guards runs elsewhere, and a low ``wait_timeout`` (which DBAs set to reap
+    leaked connections) would end it, and the lock with it, part-way through a run."""
+    conn.execute(f"SET SESSION wait_timeout = {LONGEST_WAIT_TIMEOUT}")
+
+
 def lock_in_use(conn: MySQLConnection) -> bool:
     """Whether a session holds faber's lock on the session's database (a run is deploying or restoring it)."""
     return conn.execute("SELECT IS_USED_LOCK(%s)", [faber_lock_name_on_server(conn)]).fetchone()[0] is not None
@@ -684,6 +695,7 @@ class MySQLEngine(Engine):
         self, conn: MySQLConnection, database: Database, *, wait_seconds: float, purpose: str
     ) -> Iterator[NamedLock]:
         name = faber_lock_name_on_server(conn)
+        never_ended_for_waiting(conn)
         wait_for_lock(
             lambda: bool(conn.execute("SELECT GET_LOCK(%s, 0)", [name]).fetchone()[0]),
             lambda: lock_holder(conn, name),

@@ -138,12 +138,27 @@ def blocked_read_error(
     )
 
 
+IDLE_SESSION_TIMEOUT_SINCE = 140000
+"""``idle_session_timeout`` exists from PostgreSQL 14; older servers refuse the name."""
+
+
+def never_ended_for_idling(conn: psycopg.Connection) -> None:
+    """Keep ``conn`` open however long it waits: a session that holds a lock sits idle while the
+    work it guards runs elsewhere (a migration, a restore), and a server, database or role
+    ``idle_session_timeout`` (which DBAs set to reap leaked connections) would end it, and the lock
+    with it, part-way through a run that nobody stopped."""
+    if conn.info.server_version >= IDLE_SESSION_TIMEOUT_SINCE:
+        conn.execute("SET idle_session_timeout = 0")
+
+
 @contextmanager
 def advisory_lock(conn: psycopg.Connection, key: int, *, wait_seconds: float, purpose: str) -> Iterator[None]:
-    """Hold session advisory lock ``key`` on ``conn`` (autocommit) for the block.
+    """Hold session advisory lock ``key`` on ``conn`` (autocommit) for the block, on a session no
+    idle timeout ends (:func:`never_ended_for_idling`).
 
     Waits up to ``wait_seconds`` for a holder to let go, then raises :class:`~faber_core.errors.Locked` naming it.
     """
+    never_ended_for_idling(conn)
     wait_for_lock(
         lambda: bool(conn.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()[0]),
         lambda: lock_holder(conn, key),

@@ -38,7 +38,7 @@ from faber_core.engines import (
 from faber_core.errors import BackupFailed, ConfigError, FaberError
 from faber_core.interrupts import deferred
 from faber_core.postgres.leftovers import stale_rehearsals
-from faber_core.postgres.locks import rehearsal_lock_key
+from faber_core.postgres.locks import never_ended_for_idling, rehearsal_lock_key
 from faber_core.postgres.names import DatabaseNames, alias_refusal, alias_suggestions, names_of
 from faber_core.postgres.scratch import rehearsal_comment
 from faber_core.processes import how_it_ended, run_tool
@@ -201,6 +201,7 @@ def _hold(conn: psycopg.Connection, name: str) -> None:
     connected to it), the lock says its run is alive; when the run dies (``kill -9``), the server
     ends its session and the lock with it, and the next rehearsal of the target may drop the copy
     (:func:`_drop_stale_copies`). The copy's name, unique, is the key: nobody else holds it."""
+    never_ended_for_idling(conn)
     conn.execute("SELECT pg_advisory_lock(%s)", [rehearsal_lock_key(name)])
 
 
