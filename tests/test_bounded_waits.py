@@ -212,3 +212,32 @@ def test_an_idle_session_timeout_does_not_end_faber_s_lock_session_during_a_long
 
     assert run.returncode == 0, run.output
     assert [m["name"] for m in run.json["result"]["migrations"]] == ["001_slow", "002_next"]
+
+
+def test_a_database_whose_dates_are_not_shown_in_iso_deploys_and_backs_up(faber_project, run_faber, database_url):
+    """A database's (or role's) DateStyle 'SQL, DMY', common on old European installations: psycopg
+    reads timestamps in ISO output only, and every read of one was an unexpected error (exit 1)."""
+    project = faber_project(
+        {
+            "database": {
+                "migration_tool": "sqlfiles",
+                "environments": {"production": {"database_url_env": "APP_URL", "backup_before_migrate": True}},
+            }
+        },
+        {
+            "migrations/001_users.sql": "CREATE TABLE users (id int, born date);\n"
+            "INSERT INTO users VALUES (1, '02/01/2000');"
+        },
+    )
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"ALTER DATABASE \"{conn.info.dbname}\" SET DateStyle = 'SQL, DMY'")
+    env = {"APP_URL": database_url, "FABER_PLUGINS": "faber_core.testing.sqlfiles"}
+
+    deployed = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
+    history = run_faber("history", "production", "--json", "--cwd", str(project), env=env)
+
+    assert deployed.returncode == 0, deployed.output
+    assert deployed.json["result"]["backup_id"] and history.json["result"]["deployments"][0]["status"] == "success"
+    with psycopg.connect(database_url) as conn:  # the migration's own input read as the database reads dates
+        assert conn.execute("SELECT born::text FROM users").fetchone()[0] == "02/01/2000"
+        assert conn.execute("SELECT extract(month FROM born)::int FROM users").fetchone()[0] == 1

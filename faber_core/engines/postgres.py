@@ -188,6 +188,10 @@ class PostgresEngine(Engine):
                 "statement_timeout": round(database.statement_timeout * 1000),
             }
             conn = pooler.session_with_timeouts(database.learnt, connect, own_options, timeouts, database.source)
+            if not (conn.info.parameter_status("DateStyle") or "ISO").startswith("ISO"):
+                # psycopg reads timestamps in ISO output only (a database's DateStyle 'SQL, DMY' made
+                # every read of one fail); the input order after the comma is left as it was.
+                conn.execute("SET DateStyle = 'ISO'")
         conn.autocommit = autocommit
         return conn
 
