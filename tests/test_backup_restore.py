@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import time
+import uuid
 
 import psycopg
 import pytest
@@ -653,3 +654,56 @@ def test_a_restore_brings_back_the_default_privileges_of_the_backup_and_no_other
 
     assert outcome.status == "success"
     assert default_privileges(database_url) == at_backup
+
+
+def test_a_deploy_user_who_may_not_drop_the_schemas_is_refused_at_the_backup_and_restores_once_it_may(
+    faber_project, run_faber, database_url, postgres_admin_url
+):
+    """A database owned by an administrator, the deploy user granted CREATE on it and on public: the
+    in-place restore (which drops every schema and creates it again) failed at the first failed
+    migration, exit 8, the migration left half applied. Refused at the backup instead, nothing
+    applied; once the user owns public, the failed deploy is rolled back."""
+    role = f"faber_deployer_{uuid.uuid4().hex[:8]}"
+    database = psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]
+    as_admin = database_url_for(postgres_admin_url, database)
+    as_superuser(postgres_admin_url, sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    try:
+        as_superuser(
+            as_admin,
+            sql.SQL(
+                "GRANT CREATE, TEMPORARY ON DATABASE {db} TO {r}; GRANT USAGE, CREATE ON SCHEMA public TO {r}"
+            ).format(db=sql.Identifier(database), r=sql.Identifier(role)),
+        )
+        environment = {"database_url_env": "DEPLOY_URL", "protected": True, "require_committed_migrations": False}
+        project = faber_project(
+            {"database": {"migration_tool": "sqlfiles", "environments": {"production": environment}}},
+            {"migrations/001_items.sql": "CREATE TABLE items (id int);"},
+        )
+        env = {"DEPLOY_URL": database_url.replace("://postgres:", f"://{role}:"), **SQLFILES}
+
+        refused = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
+        as_superuser(as_admin, sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(role)))
+        deployed = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
+        (project / "migrations/002_half.sql").write_text("CREATE TABLE half (id int);")
+        (project / "migrations/003_broken.sql").write_text("SELECT 1/0;")
+        failed = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
+
+        assert (refused.returncode, refused.json["code"]) == (4, "BACKUP_FAILED"), refused.output
+        assert f"the user {role} may not drop public (owner pg_database_owner)" in refused.json["error"]
+        assert "ALTER SCHEMA <schema> OWNER TO" in refused.json["recovery"]["suggestions"][0]
+        assert deployed.returncode == 0, deployed.output
+        assert failed.json["result"]["rollback_status"] == "success", failed.output
+        with psycopg.connect(as_admin) as conn:
+            restored = conn.execute("SELECT to_regclass('half'), to_regclass('items') IS NOT NULL").fetchone()
+            assert restored == (None, True)
+            owner = "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'public'"
+            assert conn.execute(owner).fetchone()[0] == role
+    finally:
+        as_superuser(as_admin, sql.SQL("REASSIGN OWNED BY {} TO postgres").format(sql.Identifier(role)))
+        as_superuser(as_admin, sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        as_superuser(postgres_admin_url, sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def as_superuser(url: str, statement: sql.Composable) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(statement)

@@ -175,6 +175,8 @@ def faber_backup_create(context: RunContext, reason: str, migrations: list[tuple
     options = context.backup_options(PgDumpOptions)
     if options.restore_mode == "swap":
         _refuse_a_swap_it_could_not_restore(context, names)
+    else:
+        _refuse_an_in_place_restore_it_could_not_run(context)
     tools = find_client_dir(major)
     if options.format == "directory":
         archive_format = ["--format=directory", f"--jobs={jobs(options)}"]
@@ -237,6 +239,28 @@ def _refuse_a_swap_it_could_not_restore(context: RunContext, names: DatabaseName
         result={"backup_error": problem},
         suggestions=suggestions,
     )
+
+
+def _refuse_an_in_place_restore_it_could_not_run(context: RunContext) -> None:
+    """An in-place restore drops the database's schemas: as a user who may not, it would fail when a
+    migration failed (exit 8, the migration half applied); a deploy is stopped here instead."""
+    from faber_core.backup.restore import in_place_refusal, schemas_it_may_not_replace
+    from faber_core.backup.writes import IS_A_FABER_SCHEMA
+
+    with context.database.session() as conn:
+        keep = [context.config.database.faber_schema] + [
+            name
+            for (name,) in conn.execute(f"SELECT n.nspname FROM pg_catalog.pg_namespace n WHERE {IS_A_FABER_SCHEMA}")
+        ]
+        refused = schemas_it_may_not_replace(conn, keep)
+        user = conn.info.user
+    if refused:
+        reason, suggestions = in_place_refusal(context, user, refused)
+        raise BackupFailed(
+            f"No backup taken and nothing applied: {reason}, so the backup could not be restored if a migration failed",
+            result={"backup_error": reason},
+            suggestions=suggestions,
+        )
 
 
 def jobs(options: PgDumpOptions) -> int:

@@ -156,7 +156,7 @@ def restore_archive(context: RunContext, backup: BackupRecord, tools: Path, majo
 
     archive = context.project_dir / (backup.location or "")
     manual = [
-        f"The database is unchanged; restore by hand with: pg_restore --clean --if-exists -d <database> {archive}",
+        f"The restore changed nothing; restore by hand with: pg_restore --clean --if-exists -d <database> {archive}",
         "Connection settings for pg_restore come from PGHOST/PGUSER/PGPASSWORD/PGDATABASE",
     ]
     if not store.archive_present(archive):
@@ -171,6 +171,10 @@ def restore_archive(context: RunContext, backup: BackupRecord, tools: Path, majo
             keep = kept_schemas(context, backup)
             store.verify_archive(context, backup, fd)
             with context.database.connect() as conn:
+                refused = schemas_it_may_not_replace(conn, keep)
+                if refused:
+                    reason, suggestions = in_place_refusal(context, conn.info.user, refused)
+                    raise RestoreFailed(f"Not restored: {reason}; the database is unchanged", suggestions=suggestions)
                 properties = database_properties.restoring_in_place(context, conn, backup)
                 statements = _Statements(
                     lock=lock_replaced_tables(keep).as_string(conn),
@@ -760,6 +764,43 @@ def first_error(text: str) -> str:
     return "; ".join(errors[:3]) or (lines[0] if lines else "")
 
 
+_REPLACED_SCHEMAS = """
+    FROM pg_catalog.pg_namespace n
+    WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname <> ALL(%s)
+      AND n.nspname NOT LIKE 'pg\\_toast%%' AND n.nspname NOT LIKE 'pg\\_temp\\_%%'
+      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_namespace'::regclass
+                      AND d.objid = n.oid AND d.deptype = 'e')
+"""
+"""The schemas an in-place restore drops and the archive creates again: all but the kept ones,
+PostgreSQL's own and an extension's."""
+
+
+def in_place_refusal(context: RunContext, user: str, refused: list[str]) -> tuple[str, list[str]]:
+    """Why an in-place restore cannot run as ``user`` (:func:`schemas_it_may_not_replace`), and what to grant."""
+    reason = (
+        "an in-place restore drops every schema of the database and creates it again from the backup, and the "
+        f"user {user} may not drop {', '.join(refused)}"
+    )
+    return reason, [
+        f"Give the user the schemas: ALTER SCHEMA <schema> OWNER TO {user} (from PostgreSQL 15 public is the "
+        "database owner's), or deploy as the database owner",
+        f"Or restore by swap, into a new database (restore_mode swap in database.environments.{context.environment}"
+        ".backup; it needs CREATEDB and the owner's role)",
+    ]
+
+
+def schemas_it_may_not_replace(conn: psycopg.Connection, keep_schemas: list[str]) -> list[str]:
+    """The schemas an in-place restore would drop that the session's user may not: dropping a schema
+    takes its owner's rights (PostgreSQL 15's ``public`` is the database owner's), which a deploy
+    user granted CREATE on a database owned by an administrator does not have."""
+    rows = conn.execute(
+        f"SELECT format('%%s (owner %%s)', n.nspname, pg_catalog.pg_get_userbyid(n.nspowner)) {_REPLACED_SCHEMAS}"
+        " AND NOT pg_catalog.pg_has_role(n.nspowner, 'USAGE') ORDER BY 1",
+        [keep_schemas],
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
 def restore_prelude(conn: psycopg.Connection, *keep_schemas: str) -> str:
     """SQL that empties the database of everything a restore brings back, except ``keep_schemas``.
 
@@ -810,17 +851,8 @@ def restore_prelude(conn: psycopg.Connection, *keep_schemas: str) -> str:
     ).fetchall():
         statements.append(sql.SQL("DROP CAST IF EXISTS ({} AS {});").format(sql.SQL(source), sql.SQL(target)))
     statements += _reset_global_default_privileges(conn)
-    schemas = names(
-        """
-        SELECT n.nspname FROM pg_namespace n
-        WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname <> ALL(%s)
-          AND n.nspname NOT LIKE 'pg\\_toast%%' AND n.nspname NOT LIKE 'pg\\_temp\\_%%'
-          AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_namespace'::regclass
-                          AND d.objid = n.oid AND d.deptype = 'e')
-        ORDER BY 1
-        """,
-        [list(keep_schemas)],
-    )
+    public_owner = names("SELECT pg_catalog.pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'public'")
+    schemas = names(f"SELECT n.nspname {_REPLACED_SCHEMAS} ORDER BY 1", [list(keep_schemas)])
     statements += [sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE;").format(sql.Identifier(s)) for s in schemas]
     # Extensions living elsewhere (pg_catalog, a schema of their own) survive the schema drops.
     extensions = names(
@@ -835,7 +867,10 @@ def restore_prelude(conn: psycopg.Connection, *keep_schemas: str) -> str:
     # pg_dump never creates `public`; put it back as initdb made it, and the archive re-applies
     # any privileges that differed from that.
     if conn.info.server_version >= 150000:
-        statements.append(sql.SQL("CREATE SCHEMA public AUTHORIZATION pg_database_owner;"))
+        # Its owner as it is (initdb's pg_database_owner, or the deploy user a DBA gave it to, who
+        # may then drop it and create it again as its own).
+        owner = public_owner[0] if public_owner else "pg_database_owner"
+        statements.append(sql.SQL("CREATE SCHEMA public AUTHORIZATION {};").format(sql.Identifier(owner)))
         statements.append(sql.SQL("GRANT USAGE ON SCHEMA public TO PUBLIC;"))
     else:
         statements.append(sql.SQL("CREATE SCHEMA public;"))

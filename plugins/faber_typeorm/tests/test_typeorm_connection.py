@@ -185,6 +185,8 @@ def test_a_mysql_password_with_non_ascii_characters_logs_faber_mysqldump_and_typ
     with mysql_connect(mysql_admin_url) as conn:
         conn.execute("CREATE USER %s@'%%' IDENTIFIED BY %s", (user, password))
         conn.execute(f"GRANT ALL PRIVILEGES ON `{database}`.* TO %s@'%%'", (user,))
+        # The scratch databases a restore loads into, which a backup checks it may create (docs/mysql.md).
+        conn.execute("GRANT ALL PRIVILEGES ON `faber\\_restore\\_%%`.* TO %s@'%%'", (user,))
     try:
         parts = urlsplit(mysql_database_url)
         netloc = f"{user}:{quote(password, safe='')}@{parts.netloc.rpartition('@')[2]}"
