@@ -50,9 +50,9 @@ def context(faber_project, target, monkeypatch):
     return make
 
 
-def rows(url: str, statement: str) -> list[tuple]:
+def rows(url: str, statement: str, params: list | None = None) -> list[tuple]:
     with psycopg.connect(url, autocommit=True) as conn:
-        cursor = conn.execute(statement)
+        cursor = conn.execute(statement, params)
         return cursor.fetchall() if cursor.description else []
 
 
@@ -289,3 +289,43 @@ def test_a_stale_copy_that_cannot_be_dropped_is_reported_and_the_rehearsal_goes_
         for session in sessions:
             session.close()
         drop_copies(postgres_admin_url, [stale])
+
+
+def test_a_preview_does_not_rehearse_a_migration_that_changes_something_outside_its_database(
+    faber_project, run_faber, database_url
+):
+    """The copy is on the target's server: there a migration's ALTER DATABASE (which names the
+    target), CREATE ROLE or ALTER SYSTEM would change the real ones, and the real deploy would then
+    fail (role exists). It and the migrations after it keep their estimates and say why."""
+    target = urlsplit(database_url).path.lstrip("/")
+    role = f"faber_rehearsed_{uuid.uuid4().hex[:8]}"
+    server_wide = f"ALTER DATABASE \"{target}\" SET work_mem = '64MB';\nCREATE ROLE {role} NOLOGIN;"
+    project = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"production": {"database_url_env": "APP_URL"}}}},
+        {
+            "migrations/001_items.sql": "CREATE TABLE items (id int);",
+            "migrations/002_server_wide.sql": server_wide,
+            "migrations/003_more.sql": "CREATE TABLE more (id int);",
+        },
+    )
+    env = {"APP_URL": database_url, "FABER_PLUGINS": "faber_core.testing.sqlfiles"}
+
+    try:
+        preview = run_faber(
+            "migrate", "production", "--dry-run", "--rehearse", "--json", "--cwd", str(project), env=env
+        )
+    finally:
+        rows(database_url, sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))  # had it been rehearsed
+    roles_left = rows(database_url, "SELECT count(*) FROM pg_roles WHERE rolname = %s", [role])
+
+    assert preview.returncode == 0, preview.output
+    assert roles_left == [(0,)]
+    notes = {m["name"]: m["notes"] for m in preview.json["result"]["migrations"]}
+    assert not any(n.startswith("Not rehearsed") for n in notes["001_items"])
+    for name in ("002_server_wide", "003_more"):
+        assert any(
+            n.startswith("Not rehearsed: 002_server_wide changes something outside its database (ALTER DATABASE")
+            for n in notes[name]
+        ), notes[name]
+    settings = "SELECT count(*) FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase"
+    assert rows(database_url, f"{settings} WHERE d.datname = %s", [target]) == [(0,)]

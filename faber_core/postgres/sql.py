@@ -472,6 +472,56 @@ def _needs_no_transaction(node: ast.Node) -> bool:
     return isinstance(node, ast.TransactionStmt)
 
 
+def beyond_its_database(sql: str) -> str | None:
+    """The first statement of ``sql`` (its first line) that changes something outside the database
+    it runs in: the server's roles, databases, tablespaces or settings, the database's own settings,
+    comment, owner or grants (which name it, so a copy of it running them changes the original), or
+    another server (a subscription's replication slot). None when no statement does, or when the SQL
+    does not parse (what the server would make of it, it says then)."""
+    from pglast import ast
+    from pglast.enums import ObjectType
+    from pglast.parser import ParseError
+
+    try:
+        script = parse_script(sql)
+    except ParseError:
+        return None
+    shared = {ObjectType.OBJECT_DATABASE, ObjectType.OBJECT_ROLE, ObjectType.OBJECT_TABLESPACE}
+    shared.add(ObjectType.OBJECT_PARAMETER_ACL)  # GRANT SET ON PARAMETER: a server setting
+    server_wide = (
+        ast.AlterDatabaseStmt,
+        ast.AlterDatabaseSetStmt,
+        ast.AlterDatabaseRefreshCollStmt,
+        ast.CreateRoleStmt,
+        ast.AlterRoleStmt,
+        ast.AlterRoleSetStmt,
+        ast.DropRoleStmt,
+        ast.GrantRoleStmt,
+        ast.CreateTableSpaceStmt,
+        ast.DropTableSpaceStmt,
+        ast.AlterTableSpaceOptionsStmt,
+        ast.AlterSystemStmt,
+        ast.CreatedbStmt,
+        ast.DropdbStmt,
+        ast.CreateSubscriptionStmt,
+        ast.AlterSubscriptionStmt,
+        ast.DropSubscriptionStmt,
+        ast.ReassignOwnedStmt,
+        ast.DropOwnedStmt,
+    )
+    for index in range(len(script)):
+        node = script.node(index)
+        # COMMENT, SECURITY LABEL and GRANT name their object's kind `objtype`, ALTER ... OWNER
+        # `objectType`, ALTER ... RENAME `renameType`.
+        kind = next((getattr(node, a) for a in ("objtype", "objectType", "renameType") if hasattr(node, a)), None)
+        on_shared = isinstance(
+            node, (ast.CommentStmt, ast.SecLabelStmt, ast.AlterOwnerStmt, ast.GrantStmt, ast.RenameStmt)
+        )
+        if isinstance(node, server_wide) or (on_shared and kind in shared):
+            return script.statement(index).strip().splitlines()[0]
+    return None
+
+
 def client_copy(sql: str) -> int | None:
     """The number (from 1) of the script's first ``COPY ... FROM STDIN`` or ``COPY ... TO STDOUT``,
     None without one. Such a COPY exchanges its rows with the client, which a migration's SQL sent

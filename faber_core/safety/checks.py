@@ -24,7 +24,7 @@ from faber_core.context import RunContext
 from faber_core.errors import FaberError, LintBlocked, MigrationFailed
 from faber_core.migration_files import read_sql
 from faber_core.models import LocalMigration, MigrationPreview, MigrationState
-from faber_core.postgres.sql import client_copy, is_transactional
+from faber_core.postgres.sql import beyond_its_database, client_copy, is_transactional
 from faber_core.safety import lint, preflight, staging_proof
 from faber_core.safety.analysis import analyse
 from faber_core.safety.catalog import Catalog, find_tables
@@ -425,8 +425,11 @@ def _preview_preflight(
 def _measure(context: RunContext, plugins: Plugins, state: MigrationState, previews: list[MigrationPreview]) -> None:
     from faber_core.safety.rehearse import measure
 
+    pending = _rehearsable(context, state.pending_migrations(), previews)
+    if not pending:
+        return
     with step(context, "rehearse"):
-        measured = measure(context, plugins, state.pending_migrations())
+        measured = measure(context, plugins, pending)
     for item in previews:
         if item.name in measured.durations:
             item.estimated_duration_seconds = measured.durations[item.name]
@@ -437,6 +440,30 @@ def _measure(context: RunContext, plugins: Plugins, state: MigrationState, previ
             item.rehearsal_failure = measured.failure
     failed = measured.failure.name if measured.failure else None
     context.emit(events.REHEARSAL_MEASURED, durations=measured.durations, failed=failed)
+
+
+def _rehearsable(
+    context: RunContext, pending: list[LocalMigration], previews: list[MigrationPreview]
+) -> list[LocalMigration]:
+    """The pending migrations up to the first that changes something outside its database: the
+    copy is on the target's server, so there it would create the real roles, set the real
+    database's settings (which it names). That one and those after it keep their estimates, and
+    say why they were not measured."""
+    if context.database.engine.name != "postgresql":  # the SQL is read by PostgreSQL's parser
+        return pending
+    sql_of = {item.name: item.sql for item in previews}
+    for index, migration in enumerate(pending):
+        outside = beyond_its_database(sql_of.get(migration.name) or "")
+        if outside is None:
+            continue
+        for item in previews:
+            if item.name in {m.name for m in pending[index:]}:
+                item.notes.append(
+                    f"{NOT_REHEARSED}: {migration.name} changes something outside its database ({outside}): "
+                    "on the copy, on the same server, it would change the real one"
+                )
+        return pending[:index]
+    return pending
 
 
 # Shared ----------------------------------------------------------------------------------
