@@ -251,6 +251,7 @@ def run_runner(
     measure_writes: dict[str, list[str]] | None = None,
     wind_down: Callable[[], bool] | None = None,
     migrations: list[str] | None = None,
+    on_a_copy: bool = False,
 ) -> RunnerResult:
     """Ask the run's runner (started on first use, ``node <runner> <args>`` in the project
     directory) to do ``command`` on ``database`` (the context's by default), streaming its events.
@@ -264,7 +265,9 @@ def run_runner(
     SQL measuring each transactional migration's writes
     (:func:`faber_core.backup.writes.measurement_statements`). ``wind_down``: on an interrupt,
     before the runner is stopped (see :meth:`RunnerProcess.request`). ``migrations``: the
-    migrations a ``load`` or ``mark_applied`` request is about. Raises
+    migrations a ``load`` or ``mark_applied`` request is about. ``on_a_copy``: a rehearsal, which
+    runs no statement that changes something outside its database (the runner reports it as
+    ``not_rehearsed`` and fails the migration there). Raises
     :class:`ConfigError` for a broken setup and :class:`FaberError` when the runner dies without
     saying why or outlives the context's deadline (it is stopped then); a failing migration is an
     event, not an exception.
@@ -286,6 +289,8 @@ def run_runner(
         request["measure_writes"] = measure_writes
     if migrations is not None:
         request["migrations"] = migrations
+    if on_a_copy:
+        request["on_a_copy"] = True
     result = runner.request(context, request, on_event, wind_down)
     setup_error = result.first("setup_error")
     if setup_error is not None:
@@ -1137,6 +1142,9 @@ class Rehearsed:
     duration_seconds: float | None = None
     transactional: bool | None = None
     failure: Event | None = None
+    outside_its_database: str | None = None
+    """The statement the runner did not run on the copy: it changes something outside its database
+    (the copy is on the target's server, where it would change the real one)."""
 
 
 REHEARSAL_DATA = {"auto": None, "always": True, "never": False}
@@ -1180,7 +1188,13 @@ def rehearse(
     ) as rehearsal:
         try:
             result = run_runner(
-                tool, context, "apply", args, database=rehearsal.database, expected=[m.name for m in pending]
+                tool,
+                context,
+                "apply",
+                args,
+                database=rehearsal.database,
+                expected=[m.name for m in pending],
+                on_a_copy=True,
             )
         except RunnerDied as died:
             result = _failed_by_death(died, pending)
@@ -1194,7 +1208,7 @@ def rehearse(
     for migration in pending:
         ran = seen.get(migration.name)
         if ran is None:
-            reason = f"{blocked_by} fails first" if blocked_by else "the ORM did not run it"
+            reason = blocked_by or "the ORM did not run it"
             previews.append(
                 MigrationPreview(
                     name=migration.name, sql="", estimated_duration_seconds=0, notes=[f"{NOT_REHEARSED}: {reason}"]
@@ -1202,8 +1216,14 @@ def rehearse(
             )
             continue
         notes = [*rehearsal.warnings, *extra_notes(context, ran)]
-        if ran.failure is not None:
-            blocked_by = blocked_by or migration.name
+        if ran.outside_its_database is not None:
+            outside = f"{migration.name} changes something outside its database ({ran.outside_its_database})"
+            blocked_by = blocked_by or f"{outside}, and was not rehearsed"
+            notes.insert(
+                0, f"{NOT_REHEARSED}: {outside}: on the copy, on the same server, it would change the real one"
+            )
+        elif ran.failure is not None:
+            blocked_by = blocked_by or f"{migration.name} fails first"
             failed = failure_text(ran.failure, context.database.engine.error_code_label)
             notes.insert(0, f"FAILS in rehearsal: {failed}; deploying it would fail the same way")
         elif copy_note:
@@ -1256,6 +1276,8 @@ def _rehearsed(result: RunnerResult) -> dict[str, Rehearsed]:
         elif kind == "migration_failed":
             ran.failure = event
             ran.duration_seconds = event.get("duration_seconds")
+        elif kind == "not_rehearsed":
+            ran.outside_its_database = event["statement"]
     return seen
 
 

@@ -319,6 +319,7 @@ function serve(load) {
       confirmEachMigration = request.confirm_each_migration === true;
       stopRequested = false;
       writesStatements = request.measure_writes || null;
+      onACopy = request.on_a_copy === true;
       heldQueries = [];
       const commands = await loaded;
       const command = commands[request.command];
@@ -461,8 +462,55 @@ async function runMigration(name, up) {
 }
 
 // Wraps a query function so that a migration knows the queries it started.
+// Statements that change something outside the database they run in: the server's roles,
+// databases, tablespaces and settings, and a database's own settings, comment, owner and grants,
+// which name it. A rehearsal's copy is on the target's server: there they would change the real
+// ones. Each statement of a query is looked at from its start (comments skipped); a ';' inside a
+// string may start a false one, which only leaves a migration unrehearsed.
+const OUTSIDE_ITS_DATABASE = new RegExp(
+  "^(?:" +
+    [
+      "ALTER\\s+(?:DATABASE|ROLE|USER|GROUP|SYSTEM|TABLESPACE|SUBSCRIPTION)\\b",
+      "(?:CREATE|DROP)\\s+(?:ROLE|USER|GROUP|DATABASE|TABLESPACE|SUBSCRIPTION)\\b",
+      "(?:REASSIGN|DROP)\\s+OWNED\\b",
+      "RENAME\\s+USER\\b",
+      "SET\\s+PASSWORD\\b",
+      "COMMENT\\s+ON\\s+(?:DATABASE|ROLE|TABLESPACE)\\b",
+      "SECURITY\\s+LABEL\\b[^;]*\\bON\\s+(?:DATABASE|ROLE|TABLESPACE)\\b",
+      "(?:GRANT|REVOKE)\\b[^;]*\\bON\\s+(?:DATABASE|TABLESPACE|PARAMETER|\\*\\.\\*)",
+      "(?:GRANT|REVOKE)\\s+(?![^;]*\\bON\\b)",
+    ].join("|") +
+    ")",
+  "i",
+);
+const LEADING_COMMENTS = /^(?:\s+|--[^\n]*(?:\n|$)|\/\*[\s\S]*?\*\/)*/;
+
+function outsideItsDatabase(sql) {
+  if (typeof sql !== "string") return null;
+  for (const piece of sql.split(";")) {
+    const statement = piece.replace(LEADING_COMMENTS, "");
+    if (OUTSIDE_ITS_DATABASE.test(statement)) return statement.split("\n")[0].trim();
+  }
+  return null;
+}
+
+let onACopy = false;
+
+class OutsideItsDatabase extends Error {}
+
 function trackQueries(query) {
   return function trackedQuery(...args) {
+    if (onACopy) {
+      const first = args[0];
+      const outside = outsideItsDatabase(typeof first === "string" ? first : first && first.query);
+      if (outside !== null) {
+        const migration = currentMigration();
+        if (migration) emit("not_rehearsed", { name: migration.name, statement: outside });
+        return Promise.reject(
+          new OutsideItsDatabase(`faber did not run this on the rehearsal copy: it changes something outside its database: ${outside}`),
+        );
+      }
+    }
     const promise = query.apply(this, args);
     const scope = migrationScope.getStore();
     if (scope && promise && typeof promise.then === "function") {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from faber_core.engines import REHEARSAL_PREFIX
 
 
@@ -122,3 +124,23 @@ module.exports = {
     (nickname,) = result.migrations
     assert "information_schema" in nickname.sql or "pg_catalog" in nickname.sql, "Sequelize looked the table up"
     assert result.preflight.tables == ["public.users"]
+
+
+def test_a_migration_that_changes_something_outside_its_database_is_not_run_on_the_copy(
+    sequelize_project, sequelize_migration, sequelize_context, sequelize_plugins, query
+):
+    """The copy is on the target's server, where a role created there is the real server's."""
+    role = f"faber_rehearsed_{uuid.uuid4().hex[:8]}"
+    project = sequelize_project({"20240103000000-reader.js": sequelize_migration(f"CREATE ROLE {role} NOLOGIN")})
+
+    try:
+        previews = {p.name: p for p in preview(sequelize_plugins, sequelize_context(project))}
+    finally:
+        roles_left = query("SELECT count(*) FROM pg_roles WHERE rolname = %s", [role])
+        query(f"DROP ROLE IF EXISTS {role}")
+
+    assert roles_left == [(0,)]
+    (note,) = [n for n in previews["20240103000000-reader.js"].notes if n.startswith("Not rehearsed")]
+    assert note.startswith(
+        f"Not rehearsed: 20240103000000-reader.js changes something outside its database (CREATE ROLE {role}"
+    )

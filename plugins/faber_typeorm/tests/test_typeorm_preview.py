@@ -145,3 +145,37 @@ def test_a_query_the_migration_does_not_await_is_attributed_to_it(
 
     assert not_awaited.sql == 'ALTER TABLE "users" ADD "nickname" varchar;'
     assert after.sql == 'CREATE TABLE "after" (id int);'
+
+
+def test_a_migration_that_changes_something_outside_its_database_is_not_run_on_the_copy(
+    typeorm_project, typeorm_migration, typeorm_context, typeorm_plugins, query, run_faber
+):
+    """The copy is on the target's server: a migration's ALTER DATABASE naming the target changed
+    the real one, in a preview and in a deploy's lint rehearsal refused for approval alike. The
+    runner does not send it there; the migration and those after it are reported not rehearsed."""
+    (target,) = query("SELECT current_database()")[0]
+    project = typeorm_project(
+        {
+            "1700000200000-Settings.js": typeorm_migration(
+                "Settings1700000200000",
+                'CREATE TABLE "flags" (id int)',
+                f"ALTER DATABASE \"{target}\" SET work_mem = '64MB'",
+            ),
+            "1700000300000-Later.js": typeorm_migration("Later1700000300000", 'CREATE TABLE "later" (id int)'),
+        }
+    )
+
+    previews = {p.name: p for p in preview(typeorm_plugins, typeorm_context(project))}
+    refused = run_faber("migrate", "staging", "--json", "--cwd", str(project))
+
+    settings = "SELECT count(*) FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase"
+    assert query(f"{settings} WHERE d.datname = current_database()") == [(0,)], "the target's settings unchanged"
+    assert not any(n.startswith("Not rehearsed") for n in previews["CreateUsers1700000000000"].notes)
+    (settings_note,) = [n for n in previews["Settings1700000200000"].notes if n.startswith("Not rehearsed")]
+    assert settings_note.startswith(
+        "Not rehearsed: Settings1700000200000 changes something outside its database (ALTER DATABASE"
+    )
+    assert not any(n.startswith("FAILS in rehearsal") for n in previews["Settings1700000200000"].notes)
+    (later_note,) = previews["Later1700000300000"].notes
+    assert later_note.startswith("Not rehearsed: Settings1700000200000 changes something outside its database")
+    assert (refused.returncode, refused.json["code"]) == (5, "APPROVAL_REQUIRED"), refused.output
