@@ -92,9 +92,11 @@ def test_a_read_blocked_by_a_lock_fails_naming_the_blocker_and_no_health_check(
 
 
 class SilentServer:
-    """A TCP server that accepts connections and never answers: a hung database."""
+    """A TCP server that accepts connections and never answers (a hung database), or says
+    ``greeting`` first and then nothing (another protocol's server on the port)."""
 
-    def __init__(self) -> None:
+    def __init__(self, greeting: bytes = b"") -> None:
+        self.greeting = greeting
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(16)
@@ -109,6 +111,8 @@ class SilentServer:
             except OSError:
                 return
             self.accepted.append(connection)
+            if self.greeting:
+                connection.sendall(self.greeting)
 
     def __enter__(self) -> SilentServer:
         self._thread.start()
@@ -150,6 +154,34 @@ def test_a_silent_server_costs_one_connect_timeout_not_one_per_check(faber_proje
     assert run.returncode == 3, run.output
     assert "timed out" in run.json["result"]["details"]
     assert attempts == 1  # connectivity, schema and the migration status: one attempt, one timeout
+
+
+@pytest.mark.parametrize(
+    "greeting",
+    [b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n", b"\x05\x00\x00\x00\x0a5.5", b"\x20\x00\x00\x00\x09" + b"x" * 32],
+    ids=["ssh-banner", "truncated", "protocol-9"],
+)
+def test_a_mysql_url_to_a_port_of_another_protocol_cannot_connect_not_an_unexpected_error(
+    faber_project, run_faber, greeting
+):
+    project = faber_project(
+        {
+            "database": {
+                "migration_tool": "sqlfiles",
+                "environments": {"production": {"database_url_env": "APP_URL", "connect_timeout_seconds": 2}},
+            }
+        },
+        {"migrations/001_users.sql": "CREATE TABLE users (id bigint);"},
+    )
+
+    with SilentServer(greeting) as server:
+        url = f"mysql://root:pw@127.0.0.1:{server.port}/app"
+        run = run_faber(
+            "health", "production", "--json", "--cwd", str(project),
+            env={"APP_URL": url, "FABER_PLUGINS": "faber_core.testing.sqlfiles"}, timeout=60,
+        )  # fmt: skip
+
+    assert (run.returncode, run.json["code"]) == (3, "HEALTH_CHECK_FAILED"), run.output
 
 
 def keepalive_settings(fileno: int) -> tuple[int, int, int, int]:

@@ -13,6 +13,7 @@ import hashlib
 import math
 import re
 import socket
+import struct
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -66,7 +67,9 @@ UNKNOWN_THREAD = 1094
 """ER_NO_SUCH_THREAD: a ``KILL`` of a session that has already ended."""
 DATABASE_ACCESS_DENIED = 1044
 ACCESS_DENIED = (DATABASE_ACCESS_DENIED, 1045, 1698)
-LOST_CONNECTION = (2003, 2006, 2013, 2055)
+SERVER_LOST = 2013
+"""CR_SERVER_LOST, the client's: the connection ended, or the server did not answer as one."""
+LOST_CONNECTION = (2003, 2006, SERVER_LOST, 2055)
 CONNECT_TIMEOUT_TEXT = "timed out"
 _LOCK_WAIT_TEXT = "lock wait timeout exceeded"
 SESSION_END_SECONDS = 10
@@ -214,6 +217,14 @@ class MySQLConnection(pymysql.connections.Connection):
         self._read_timeout = self._write_timeout = self.connect_timeout
         try:
             super().connect(sock)
+        except pymysql.err.OperationalError:
+            raise
+        except (pymysql.err.InternalError, struct.error, LookupError, ValueError, TypeError, UnboundLocalError) as exc:
+            # A port that speaks another protocol (an SSH banner, a truncated greeting): PyMySQL's
+            # parser fails as it may. The server is not reachable as MySQL, as for a refused port.
+            raise pymysql.err.OperationalError(
+                SERVER_LOST, f"the server did not answer as MySQL or MariaDB does ({type(exc).__name__}: {exc})"
+            ) from None
         finally:
             self._read_timeout, self._write_timeout = read_timeout, write_timeout
 
