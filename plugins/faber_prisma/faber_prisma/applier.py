@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 from faber_core.context import LockCheck, RunContext
-from faber_core.errors import ConfigError, MigrationFailed
+from faber_core.errors import ConfigError, MigrationFailed, ToolCannotConnect
 from faber_core.models import (
     AppliedMigration,
     ApplyOutcome,
@@ -152,14 +152,26 @@ def refuse_unbaselined_database(context: RunContext, pending: list[LocalMigratio
     there. Read without a lock, before faber's lock and the backup."""
     if not pending:
         return
-    with context.database.connect(application_name="faber prisma check") as conn:
-        if is_mysql(context):
-            from faber_prisma.mysql import MysqlHistory  # imports PyMySQL: only on MySQL/MariaDB
+    engine = context.database.engine
+    try:
+        with context.database.connect(application_name="faber prisma check") as conn:
+            if is_mysql(context):
+                from faber_prisma.mysql import MysqlHistory  # imports PyMySQL: only on MySQL/MariaDB
 
-            history: History | MysqlHistory = MysqlHistory(conn, context.database.schema)
-        else:
-            history = History(conn, context.database.schema)
-        tables = [] if history.exists() else history.counted_tables()
+                history: History | MysqlHistory = MysqlHistory(conn, context.database.schema)
+            else:
+                history = History(conn, context.database.schema)
+            tables = [] if history.exists() else history.counted_tables()
+    except engine.operational_error as exc:  # the server at its connection limit, restarting, gone
+        details = context.redactor.redact(engine.describe_connection_error(exc, context.database))
+        raise ToolCannotConnect(
+            f"Cannot connect to the {context.environment} database: {details}",
+            details=details,
+            suggestions=[
+                "Nothing was applied and no backup was taken",
+                "Check the database, then run the same command",
+            ],
+        ) from None
     if not tables:
         return
     first = shlex.quote(pending[0].name)  # pasted into a shell

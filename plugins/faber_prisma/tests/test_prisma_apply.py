@@ -10,6 +10,7 @@ import psycopg
 import pytest
 from faber_core.errors import ConfigError, FaberError, Locked, MigrationFailed
 from faber_core.testing.fixtures import CANARY_PASSWORD
+from psycopg import sql
 
 from faber_prisma.applier import PRISMA_LOCK_KEY
 
@@ -687,3 +688,24 @@ def test_a_database_reading_strings_otherwise_is_refused_before_anything_runs(
     assert query("SELECT to_regclass('users'), to_regclass('smuggled'), to_regclass('_prisma_migrations')") == [
         (None, None, None)
     ]
+
+
+def test_a_connection_refused_at_the_baseline_check_is_a_failed_connection_not_an_unexpected_error(
+    prisma_project, run_faber, database_url, postgres_admin_url
+):
+    """A role at its connection limit (a server at max_connections alike): faber's own session
+    holds the one connection, the check before the lock opens another."""
+    role = f"faber_limited_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN CONNECTION LIMIT 1").format(sql.Identifier(role)))
+    try:
+        project = prisma_project({"0001_init": INIT}, url=database_url.replace("://postgres:", f"://{role}:"))
+
+        run = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+    finally:
+        with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+    assert (run.returncode, run.json["code"]) == (3, "HEALTH_CHECK_FAILED"), run.output
+    assert "too many connections" in run.json["error"]
+    assert CANARY_PASSWORD not in run.output
