@@ -4,6 +4,7 @@ since the migration tools' drivers, given the URL, would not read them."""
 
 from __future__ import annotations
 
+import uuid
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -12,7 +13,7 @@ import pytest
 from faber_core.context import Database
 from faber_core.errors import ConfigError
 from faber_core.secrets import Secret
-from faber_core.testing.fixtures import CANARY_PASSWORD
+from faber_core.testing.fixtures import CANARY_PASSWORD, database_url_for, discard_database
 
 
 def test_pg_dump_and_psql_get_the_password_and_settings_faber_connects_with(monkeypatch):
@@ -104,3 +105,24 @@ def test_a_deploy_whose_url_leaves_the_database_to_pgdatabase_changes_nothing(fa
             "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
         )
         assert tables.fetchone()[0] == 0
+
+
+def test_a_sql_ascii_database_is_refused_naming_its_encoding_not_a_pooler(faber_project, run_faber, postgres_admin_url):
+    """SQL_ASCII has no encoding: psycopg reads its text as bytes, and faber took the timeouts it
+    read back as bytes for a pooler's dropped ones, sending the operator after a pooler."""
+    name = f"faber_test_ascii_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+    try:
+        project = faber_project(
+            {"database": {"migration_tool": "sqlfiles", "environments": {"staging": {"database_url_env": "APP_URL"}}}},
+            {"migrations/001_users.sql": "CREATE TABLE users (id int);"},
+        )
+        env = {"APP_URL": database_url_for(postgres_admin_url, name), "FABER_PLUGINS": "faber_core.testing.sqlfiles"}
+
+        run = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project), env=env)
+    finally:
+        discard_database(postgres_admin_url, name)
+
+    assert (run.returncode, run.json["code"]) == (2, "CONFIG_INVALID"), run.output
+    assert f"The database {name} is SQL_ASCII" in run.json["error"] and "pooler" not in run.json["error"]

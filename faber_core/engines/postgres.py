@@ -30,6 +30,7 @@ from faber_core.engines import (
     TargetUrl,
     socket_readable,
 )
+from faber_core.errors import ConfigError
 
 if TYPE_CHECKING:
     from faber_core.config import EnvironmentSettings
@@ -105,6 +106,19 @@ class AdvisoryLock(HeldLock):
         return sql.SQL(template).format(pid=pid, started=started, key=self.key, lost=LOCK_LOST).as_string(self.conn)
 
 
+def sql_ascii_refused(database: Database) -> ConfigError:
+    """A SQL_ASCII database has no encoding (its text is the bytes each client sent): psycopg
+    reads its text as bytes, where faber reads names, settings and its own records as text."""
+    return ConfigError(
+        f"The database {database.name_for_display} is SQL_ASCII, which has no encoding: faber cannot read its "
+        "names and text as text. Nothing was read or changed",
+        suggestions=[
+            "Move it to a database in UTF8 (pg_dump, then pg_restore into a database created with ENCODING 'UTF8'), "
+            "checking first that its text is valid UTF-8",
+        ],
+    )
+
+
 class PostgresEngine(Engine):
     name: ClassVar[str] = "postgresql"
     label: ClassVar[str] = "PostgreSQL"
@@ -156,7 +170,6 @@ class PostgresEngine(Engine):
     def connect(
         self, database: Database, *, autocommit: bool, application_name: str, migration_session: bool
     ) -> psycopg.Connection:
-        from faber_core.errors import ConfigError
         from faber_core.postgres import pooler
         from faber_core.postgres.sql import refuse_nonstandard_strings
 
@@ -165,7 +178,7 @@ class PostgresEngine(Engine):
         keepalives = {} if "service" in params or KEEPALIVES.keys() & params.keys() else KEEPALIVES
 
         def connect(options: str) -> psycopg.Connection:
-            return psycopg.connect(
+            conn = psycopg.connect(
                 database.url.reveal(),
                 autocommit=True,
                 connect_timeout=database.connect_timeout,
@@ -173,6 +186,10 @@ class PostgresEngine(Engine):
                 **keepalives,
                 **({"options": options.strip()} if options.strip() else {}),
             )
+            if conn.info.parameter_status("server_encoding") == "SQL_ASCII":
+                conn.close()
+                raise sql_ascii_refused(database)
+            return conn
 
         own_options = params.get("options") or ""
         if migration_session:
