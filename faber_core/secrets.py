@@ -34,11 +34,16 @@ _KEYWORD_PASSWORD = re.compile(
 # ``IDENTIFIED BY '...'``): no URL holds it, so no known form masks it in a preview, the audit log
 # or a database error quoting the statement.
 # Whatever the literal's quoting: PostgreSQL's '...', E'...', U&'...' and $tag$...$tag$, MySQL's
-# "..." and backslash escapes; after comments, and MySQL's SET PASSWORD [FOR user] = '...' and
-# PASSWORD('...'). The keyword must be followed by something (JSON's "password": "..." is not SQL).
+# "..." and backslash escapes; after comments; MySQL's SET PASSWORD [FOR user] = '...',
+# PASSWORD('...'), MASTER_PASSWORD = '...', IDENTIFIED VIA|WITH plugin USING|AS '...'; a foreign
+# server's or user mapping's OPTIONS ("password" '...'). The keyword must be followed by something
+# other than a colon (JSON's "password": "..." is not SQL).
 _SQL_PASSWORD = re.compile(
     r"""(?ix)
-    \b(?P<keyword>PASSWORD(?:\s+FOR\s+\S+?)?|IDENTIFIED(?:\s+WITH\s+\w+)?\s+BY)
+    \b(?P<keyword>
+        (?:MASTER_|SOURCE_)?PASSWORD(?:\s+FOR\s+\S+?)?"?
+      | IDENTIFIED(?:\s+|/\*(?s:.*?)\*/)+(?:(?:WITH|VIA)\s+\w+\s+)?(?:BY|AS|USING)
+    )
     (?P<gap>(?:\s|=|\(|/\*(?s:.*?)\*/|--[^\n]*\n)+)
     (?P<literal>
         (?P<prefix>E|U&)?'(?:[^'\\]|\\.|'')*'

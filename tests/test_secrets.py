@@ -78,6 +78,13 @@ def test_redactor_masks_any_url_userinfo_and_password_settings():
         ("SET PASSWORD FOR 'a'@'%' = 's3cret'", "SET PASSWORD FOR 'a'@'%' = '***'"),
         ("SET PASSWORD FOR a = PASSWORD('s3cret')", "SET PASSWORD FOR a = PASSWORD('***')"),
         ('{"password": "not SQL"}', '{"password": "not SQL"}'),
+        ("CHANGE MASTER TO MASTER_PASSWORD = 's3cret'", "CHANGE MASTER TO MASTER_PASSWORD = '***'"),
+        ("CREATE USER a IDENTIFIED /* c */ BY 's3cret'", "CREATE USER a IDENTIFIED /* c */ BY '***'"),
+        ("CREATE USER a IDENTIFIED VIA ed25519 USING 's3cret'", "CREATE USER a IDENTIFIED VIA ed25519 USING '***'"),
+        (
+            "CREATE USER MAPPING FOR app SERVER s OPTIONS (user 'app', \"password\" 's3cret')",
+            "CREATE USER MAPPING FOR app SERVER s OPTIONS (user 'app', \"password\" '***')",
+        ),
     ],
 )
 def test_a_password_a_migration_gives_a_role_is_masked_wherever_its_sql_is_shown(sql, shown):
