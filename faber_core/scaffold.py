@@ -231,11 +231,24 @@ def _existing_layout(project: Path, tool: str) -> _Layout:
         if data_source is not None:
             mysql = _names_mysql(project, [data_source], _TYPEORM_MYSQL)
             return _Layout({"data_source": data_source}, [data_source], starter=False, mysql=mysql)
+        legacy = next((name for name in _TYPEORM_LEGACY_CONFIGS if (project / name).exists()), None)
+        if legacy is not None:
+            raise ConfigError(
+                f"This project configures TypeORM in {legacy}, which TypeORM 0.3 and later do not read, nor does "
+                "faber: it runs the project's migrations through a DataSource module. Nothing was written",
+                suggestions=[
+                    f"Write one with {legacy}'s options, e.g. data-source.js exporting new DataSource({{ type, "
+                    "migrations: [...] }}) (TypeORM's docs: migrating from ormconfig), then run faber init again"
+                ],
+            )
         return _Layout(dict(TOOL_SECTIONS["typeorm"]), [], starter=True)
     own = [name for name in (".sequelizerc", "config/config.js", "config/config.json") if (project / name).exists()]
     mysql = _names_mysql(project, own, _SEQUELIZE_MYSQL)
     return _Layout({}, own, starter=".sequelizerc" not in own, mysql=mysql)
 
+
+_TYPEORM_LEGACY_CONFIGS = ("ormconfig.json", "ormconfig.yml", "ormconfig.yaml", "ormconfig.xml", "ormconfig.env")
+"""TypeORM 0.2's configuration files, which 0.3 dropped with its connection API: not a data source."""
 
 # How each tool's files name a MySQL or MariaDB database: Prisma's provider (its schema's datasource,
 # its migration_lock.toml), TypeORM's DataSource type, Sequelize's dialect. Read as text, not run.

@@ -262,3 +262,22 @@ def test_a_config_naming_another_tool_than_the_project_s_says_which_it_shows(
         f"This project's package.json and files show typeorm, not {configured}: set database.migration_tool "
         'to "typeorm" in the config (faber init --tool typeorm --force writes a new one)'
     )
+
+
+def test_a_typeorm_project_configured_by_ormconfig_json_is_told_it_needs_a_data_source(tmp_path):
+    """TypeORM 0.2's ormconfig.json: the project's migrations are elsewhere; an example migration and
+    a new data source beside them would deploy the example and never the project's own."""
+    write(
+        tmp_path,
+        {
+            "package.json": '{"dependencies": {"typeorm": "0.3.20", "pg": "8.11.0"}}',
+            "ormconfig.json": '{"type": "postgres", "migrations": ["migration/*.js"]}',
+            "migration/1600000000000-A.js": "module.exports = class A1600000000000 {};",
+        },
+    )
+
+    document = api.init(None, working_directory=tmp_path)
+
+    assert (document.status, document.code) == ("error", "CONFIG_INVALID"), document
+    assert "configures TypeORM in ormconfig.json, which TypeORM 0.3 and later do not read" in document.error
+    assert files_under(tmp_path) == {"package.json", "ormconfig.json", "migration/1600000000000-A.js"}
