@@ -248,3 +248,24 @@ def read_backup_leftovers(context: RunContext, plugins: Plugins) -> tuple[list[B
 
 def first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), text)
+
+
+def statements_still_running(context: RunContext) -> list[str]:
+    """Advice naming each statement another session of faber's user is still running in the
+    database (:meth:`~faber_core.engines.Engine.statements_left_running`): a killed deploy's, on
+    MySQL/MariaDB, runs to its end and commits then, after its migration was reported failed. None
+    when they cannot be read."""
+    engine = context.database.engine
+    try:
+        with context.database.session() as conn:
+            running = engine.statements_left_running(conn)
+    except engine.driver_error:
+        return []
+    env = context.environment
+    return [
+        f"Session {statement.session} has been running a statement in the database for {statement.seconds} s "
+        f"({context.redactor.redact(statement.start)}...): a killed deploy's runs to its end and commits then. "
+        f"Before you resolve or roll back, wait until it has ended (faber status {env} again), or end it: "
+        f"KILL {statement.session}"
+        for statement in running
+    ]

@@ -99,6 +99,7 @@ from faber_core.status_reads import (
     read_past_another_run,
     read_status,
     rerun_command,
+    statements_still_running,
 )
 from faber_core.telemetry import step
 
@@ -628,6 +629,7 @@ def health_suggestions(
     drop_indexes = drop_invalid_indexes(context) if "schema" in failed else []
     if "migrations" in failed:
         return [
+            *statements_still_running(context),
             f"Inspect the history: faber status {env}",
             *drop_indexes,
             *failed_migration_advice(context, unresolved_migrations(context, plugins)),
@@ -2389,6 +2391,13 @@ def resolve(context: RunContext, plugins: Plugins, name: str, resolution: Resolu
     """``faber resolve ENV``: record how a failed migration was repaired, so deploys can go on."""
     plugins.require_tool(context.tool)
     with deploy_lock(context):
+        running = statements_still_running(context)
+        if running:
+            raise Locked(
+                f"Not resolved: another session is still running a statement in the database, which may be the "
+                f"killed deploy's, to commit part of {name} when it ends; nothing was changed",
+                suggestions=running,
+            )
         if resolution == "applied":
             # The tool marks it applied before faber's record of a killed deploy inside it goes: a
             # tool that refuses (or a kill in between) leaves the migration failed, never merely

@@ -625,3 +625,41 @@ def test_a_user_who_may_not_create_the_restore_s_scratch_database_is_refused_at_
     assert any("GRANT ALL ON `faber\\_restore\\_%`.*" in s for s in document["recovery"]["suggestions"])
     assert mysql_query("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_NAME = 'users'") == []
     assert not mysql_scratch_databases(mysql_admin_url, mysql_database_url.rpartition("/")[2])
+
+
+def test_a_statement_a_killed_deploy_left_running_is_named_and_stops_a_resolve_until_it_ends(
+    mysql_project, mysql_database_url, mysql_admin_url, mysql_query
+):
+    """MySQL/MariaDB run a dead client's statement to its end, and it commits then: after a kill -9
+    the migration reads as failed while its statement still runs. Resolving it (or rolling back)
+    at that moment is undone when the statement commits; faber names the session and waits."""
+    project = mysql_project(
+        {"001_users": MIGRATIONS["001_users"], "002_slow": "CREATE TABLE t (id int); DO SLEEP(30);"}
+    )
+    env = {**os.environ, "TEST_DATABASE_URL": mysql_database_url, "FABER_PLUGINS": "faber_core.testing.sqlfiles"}
+    run = start_faber("migrate", "production", "--json", cwd=project, env=env)
+    with mysql_connect(mysql_admin_url) as admin:
+        try:
+            (sleeping,) = wait_for(
+                lambda: admin.execute(
+                    "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO = 'DO SLEEP(30)'"
+                ).fetchall(),
+                "the slow migration to be running",
+                timeout=30,
+            )
+            run.kill()
+            run.wait(30)
+            time.sleep(1.5)  # named once it has run a while
+
+            status = faber(project, "status", "production", url=mysql_database_url)
+            resolve = faber(project, "resolve", "production", "--rolled-back", "002_slow", url=mysql_database_url)
+        finally:
+            admin.execute(f"KILL {int(sleeping[0])}")
+
+    code, document, _ = status
+    assert (code, document["code"]) == (6, "MIGRATION_FAILED"), document
+    assert document["recovery"]["suggestions"][0].startswith(f"Session {sleeping[0]} has been running a statement")
+    assert f"KILL {sleeping[0]}" in document["recovery"]["suggestions"][0]
+    code, document, _ = resolve
+    assert (code, document["code"]) == (7, "LOCKED"), document
+    assert "still running a statement in the database" in document["error"]

@@ -183,6 +183,16 @@ AUTO_DATA_LIMIT_BYTES = 64 * 1024 * 1024
 """Below this much table data, a rehearsal copies the rows too: closer to the real run, still quick."""
 
 
+@dataclass(frozen=True)
+class RunningStatement:
+    """A statement another session is running (:meth:`Engine.statements_left_running`)."""
+
+    session: int
+    seconds: int
+    start: str
+    """Its first characters."""
+
+
 def rehearsal_name(target: str) -> str:
     """A new rehearsal database's name: unique, when it was made (a leftover tells its age) and of
     which database, the server's ``target`` (:func:`rehearsal_tag`)."""
@@ -538,6 +548,14 @@ class Engine(ABC):
         Nothing that changes without a schema change appears (counters, comments, timestamps).
         Leaves out the schemas ``exclude_schemas`` names (faber's own schema, where it has one) and
         faber's tables beside the application's (MySQL's ``faber_*``)."""
+
+    def statements_left_running(self, conn: Any) -> list[RunningStatement]:
+        """Statements other sessions of faber's user have been running in the database for a while,
+        for advice about a killed run: on an engine
+        whose server runs a dead client's statement to its end (MySQL/MariaDB), a killed deploy's
+        may still be committing. None where the server ends it with its client (PostgreSQL, under
+        the migration sessions' connection check)."""
+        return []
 
     def invalid_indexes(self, conn: Any) -> list[str]:
         """Indexes a failed build left behind unusable (PostgreSQL's ``CREATE INDEX CONCURRENTLY``),

@@ -41,6 +41,7 @@ from faber_core.engines import (
     Feature,
     HeldLock,
     Rehearsal,
+    RunningStatement,
     TargetUrl,
     at_after_host,
     repeated_parameter,
@@ -72,6 +73,8 @@ SERVER_LOST = 2013
 LOST_CONNECTION = (2003, 2006, SERVER_LOST, 2055)
 CONNECT_TIMEOUT_TEXT = "timed out"
 _LOCK_WAIT_TEXT = "lock wait timeout exceeded"
+STILL_RUNNING_SECONDS = 1
+"""How long another session's statement has run before it is named as possibly a killed run's."""
 SESSION_END_SECONDS = 10
 """How long an interrupted faber waits for the server to end the session it was running a statement on
 (a large ALTER TABLE takes a moment to roll back), and to connect to send the ``KILL``."""
@@ -721,6 +724,15 @@ class MySQLEngine(Engine):
                 conn.execute("SELECT RELEASE_LOCK(%s)", [name])
             except pymysql.Error:
                 pass  # a broken connection has already dropped the lock; keep the original error
+
+    def statements_left_running(self, conn: MySQLConnection) -> list[RunningStatement]:
+        rows = conn.execute(
+            "SELECT ID, TIME, LEFT(REPLACE(INFO, '\\n', ' '), 60) FROM information_schema.PROCESSLIST"
+            " WHERE DB = DATABASE() AND COMMAND = 'Query' AND ID <> CONNECTION_ID() AND TIME >= %s"
+            " AND USER = SUBSTRING_INDEX(CURRENT_USER(), '@', 1) ORDER BY TIME DESC",
+            [STILL_RUNNING_SECONDS],
+        ).fetchall()
+        return [RunningStatement(int(session), int(seconds), text or "") for session, seconds, text in rows]
 
     def finish_interrupted_restores(self, context: RunContext, conn: MySQLConnection) -> None:
         from faber_core.backup.mysql_dumps import finish_interrupted_restores
