@@ -1685,6 +1685,18 @@ def unresolved_migrations(context: RunContext, plugins: Plugins) -> list[str]:
         return []
 
 
+def refuse_while_statements_run(context: RunContext, refused: str) -> None:
+    """Stop a resolve or a rollback while another session of faber's user runs a statement in the
+    database (:func:`statements_still_running`): a killed deploy's would commit after it."""
+    running = statements_still_running(context)
+    if running:
+        raise Locked(
+            f"{refused}: another session is still running a statement in the database, which may be a killed "
+            "deploy's, to commit when it ends; nothing was changed",
+            suggestions=running,
+        )
+
+
 def failed_migration_advice(context: RunContext, failed: list[str]) -> list[str]:
     env = context.environment
     return [
@@ -2030,6 +2042,7 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
         applied_at_start = applied_or_unknown(context, plugins)
         with deploy_lock(context) as lock:
             refuse_if_deployed_meanwhile(context, plugins, chosen, applied_at_start)
+            refuse_while_statements_run(context, f"Not rolled back to {chosen.id}")
             since = check_writes_since_backup(context, chosen)
             confirm_rollback(context, options, chosen, since)
             # The check waits seconds and a prompt as long as it takes: the lock's session may
@@ -2391,13 +2404,7 @@ def resolve(context: RunContext, plugins: Plugins, name: str, resolution: Resolu
     """``faber resolve ENV``: record how a failed migration was repaired, so deploys can go on."""
     plugins.require_tool(context.tool)
     with deploy_lock(context):
-        running = statements_still_running(context)
-        if running:
-            raise Locked(
-                f"Not resolved: another session is still running a statement in the database, which may be the "
-                f"killed deploy's, to commit part of {name} when it ends; nothing was changed",
-                suggestions=running,
-            )
+        refuse_while_statements_run(context, "Not resolved")
         if resolution == "applied":
             # The tool marks it applied before faber's record of a killed deploy inside it goes: a
             # tool that refuses (or a kill in between) leaves the migration failed, never merely

@@ -627,12 +627,12 @@ def test_a_user_who_may_not_create_the_restore_s_scratch_database_is_refused_at_
     assert not mysql_scratch_databases(mysql_admin_url, mysql_database_url.rpartition("/")[2])
 
 
-def test_a_statement_a_killed_deploy_left_running_is_named_and_stops_a_resolve_until_it_ends(
+def test_a_statement_a_killed_deploy_left_running_is_named_and_stops_resolve_and_rollback(
     mysql_project, mysql_database_url, mysql_admin_url, mysql_query
 ):
     """MySQL/MariaDB run a dead client's statement to its end, and it commits then: after a kill -9
-    the migration reads as failed while its statement still runs. Resolving it (or rolling back)
-    at that moment is undone when the statement commits; faber names the session and waits."""
+    the migration reads as failed while its statement still runs. Resolving it or rolling back at
+    that moment is undone when the statement commits; faber names the session and refuses both."""
     project = mysql_project(
         {"001_users": MIGRATIONS["001_users"], "002_slow": "CREATE TABLE t (id int); DO SLEEP(30);"}
     )
@@ -653,6 +653,7 @@ def test_a_statement_a_killed_deploy_left_running_is_named_and_stops_a_resolve_u
 
             status = faber(project, "status", "production", url=mysql_database_url)
             resolve = faber(project, "resolve", "production", "--rolled-back", "002_slow", url=mysql_database_url)
+            rollback = faber(project, "rollback", "production", "--yes", url=mysql_database_url)
         finally:
             admin.execute(f"KILL {int(sleeping[0])}")
 
@@ -662,4 +663,8 @@ def test_a_statement_a_killed_deploy_left_running_is_named_and_stops_a_resolve_u
     assert f"KILL {sleeping[0]}" in document["recovery"]["suggestions"][0]
     code, document, _ = resolve
     assert (code, document["code"]) == (7, "LOCKED"), document
-    assert "still running a statement in the database" in document["error"]
+    assert document["error"].startswith("Not resolved: another session is still running a statement")
+    code, document, _ = rollback
+    assert (code, document["code"]) == (7, "LOCKED"), document
+    assert document["error"].startswith("Not rolled back to backup-")
+    assert mysql_query("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_NAME = 't'") == [("t",)]
