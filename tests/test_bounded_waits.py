@@ -91,6 +91,14 @@ def test_a_read_blocked_by_a_lock_fails_naming_the_blocker_and_no_health_check(
     assert shown.returncode == 3 and "Health check: failed" not in shown.output, shown.output
 
 
+def sqlfiles_project(faber_project, files: dict[str, str], **settings):
+    """A sqlfiles project of ``files`` whose `production` environment reads $APP_URL, with ``settings``."""
+    environment = {"database_url_env": "APP_URL", **settings}
+    return faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"production": environment}}}, files
+    )
+
+
 class SilentServer:
     """A TCP server that accepts connections and never answers (a hung database), or says
     ``greeting`` first and then nothing (another protocol's server on the port)."""
@@ -134,14 +142,8 @@ class SilentServer:
     ids=["postgresql", "mysql"],
 )
 def test_a_silent_server_costs_one_connect_timeout_not_one_per_check(faber_project, run_faber, url):
-    project = faber_project(
-        {
-            "database": {
-                "migration_tool": "sqlfiles",
-                "environments": {"production": {"database_url_env": "APP_URL", "connect_timeout_seconds": 2}},
-            }
-        },
-        {"migrations/001_users.sql": "CREATE TABLE users (id bigint);"},
+    project = sqlfiles_project(
+        faber_project, {"migrations/001_users.sql": "CREATE TABLE users (id bigint);"}, connect_timeout_seconds=2
     )
 
     with SilentServer() as server:
@@ -164,14 +166,8 @@ def test_a_silent_server_costs_one_connect_timeout_not_one_per_check(faber_proje
 def test_a_mysql_url_to_a_port_of_another_protocol_cannot_connect_not_an_unexpected_error(
     faber_project, run_faber, greeting
 ):
-    project = faber_project(
-        {
-            "database": {
-                "migration_tool": "sqlfiles",
-                "environments": {"production": {"database_url_env": "APP_URL", "connect_timeout_seconds": 2}},
-            }
-        },
-        {"migrations/001_users.sql": "CREATE TABLE users (id bigint);"},
+    project = sqlfiles_project(
+        faber_project, {"migrations/001_users.sql": "CREATE TABLE users (id bigint);"}, connect_timeout_seconds=2
     )
 
     with SilentServer(greeting) as server:
@@ -225,15 +221,11 @@ def test_an_idle_session_timeout_does_not_end_faber_s_lock_session_during_a_long
     """A DBA's idle_session_timeout (set on the server, database or role to reap leaked
     connections) ended faber's lock session, idle while a migration ran longer: the deploy stopped
     after it with LOCKED, the next migration not run, though nobody stopped it."""
-    project = faber_project(
-        {
-            "database": {
-                "migration_tool": "sqlfiles",
-                "environments": {"production": {"database_url_env": "APP_URL", "lock_wait_seconds": 1}},
-            }
-        },
-        {"migrations/001_slow.sql": "SELECT pg_sleep(3);", "migrations/002_next.sql": "CREATE TABLE next (id int);"},
-    )
+    migrations = {
+        "migrations/001_slow.sql": "SELECT pg_sleep(3);",
+        "migrations/002_next.sql": "CREATE TABLE next (id int);",
+    }
+    project = sqlfiles_project(faber_project, migrations, lock_wait_seconds=1)
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(f"ALTER DATABASE \"{conn.info.dbname}\" SET idle_session_timeout = '1s'")
 
@@ -249,18 +241,8 @@ def test_an_idle_session_timeout_does_not_end_faber_s_lock_session_during_a_long
 def test_a_database_whose_dates_are_not_shown_in_iso_deploys_and_backs_up(faber_project, run_faber, database_url):
     """A database's (or role's) DateStyle 'SQL, DMY', common on old European installations: psycopg
     reads timestamps in ISO output only, and every read of one was an unexpected error (exit 1)."""
-    project = faber_project(
-        {
-            "database": {
-                "migration_tool": "sqlfiles",
-                "environments": {"production": {"database_url_env": "APP_URL", "backup_before_migrate": True}},
-            }
-        },
-        {
-            "migrations/001_users.sql": "CREATE TABLE users (id int, born date);\n"
-            "INSERT INTO users VALUES (1, '02/01/2000');"
-        },
-    )
+    migration = "CREATE TABLE users (id int, born date);\nINSERT INTO users VALUES (1, '02/01/2000');"
+    project = sqlfiles_project(faber_project, {"migrations/001_users.sql": migration}, backup_before_migrate=True)
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(f"ALTER DATABASE \"{conn.info.dbname}\" SET DateStyle = 'SQL, DMY'")
     env = {"APP_URL": database_url, "FABER_PLUGINS": "faber_core.testing.sqlfiles"}

@@ -18,7 +18,8 @@ import shutil
 import signal
 import subprocess
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import quote
@@ -577,23 +578,29 @@ def test_the_database_s_owner_with_createdb_restores_by_swap_in_the_default_tabl
 ):
     """What the swap asks of its user, and no more: CREATEDB and the owner's role. Naming the
     tablespace in CREATE DATABASE needs CREATE on it, which on pg_default only superusers have."""
-    role = f"faber_owner_{uuid.uuid4().hex[:8]}"
+    with database_owner(postgres_admin_url, database_url, "faber_owner") as url:
+        monkeypatch.setenv("TEST_DATABASE_URL", url)
+        rollback_restores_the_backup(run_faber, project({}, **SWAP), url, postgres_admin_url, name_of(database_url))
+
+
+@contextmanager
+def database_owner(admin_url: str, database_url: str, prefix: str) -> Iterator[str]:
+    """The test database's URL as a new login role with CREATEDB (not a superuser) that owns it."""
+    role = f"{prefix}_{uuid.uuid4().hex[:8]}"
     target = name_of(database_url)
     admin_execute(
-        postgres_admin_url,
+        admin_url,
         sql.SQL("CREATE ROLE {role} LOGIN NOSUPERUSER CREATEDB; ALTER DATABASE {target} OWNER TO {role}").format(
             role=sql.Identifier(role), target=sql.Identifier(target)
         ),
     )
     try:
-        url = database_url.replace("://postgres:", f"://{role}:")
-        monkeypatch.setenv("TEST_DATABASE_URL", url)
-        rollback_restores_the_backup(run_faber, project({}, **SWAP), url, postgres_admin_url, target)
+        yield database_url.replace("://postgres:", f"://{role}:")
     finally:
-        as_admin = database_url_for(postgres_admin_url, target)
+        as_admin = database_url_for(admin_url, target)
         admin_execute(as_admin, sql.SQL("REASSIGN OWNED BY {} TO postgres").format(sql.Identifier(role)))
         admin_execute(as_admin, sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-        admin_execute(postgres_admin_url, sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+        admin_execute(admin_url, sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 def rollback_restores_the_backup(run_faber, project_dir, url: str, admin_url: str, name: str) -> None:
@@ -1509,53 +1516,38 @@ def test_a_lost_lock_whose_copy_cannot_be_dropped_names_the_copy_and_how_to_drop
     """faber's lock is lost right before the swap, and the copy is no longer faber's user's to drop
     (given to another owner meanwhile): the target is unchanged, and the error names the copy left
     behind with the DROP DATABASE that removes it."""
-    role = f"faber_swap_owner_{uuid.uuid4().hex[:8]}"
     target = name_of(database_url)
     copy = restoring_name(target)
-    admin_execute(
-        postgres_admin_url,
-        sql.SQL("CREATE ROLE {role} LOGIN CREATEDB; ALTER DATABASE {target} OWNER TO {role}").format(
-            role=sql.Identifier(role), target=sql.Identifier(target)
-        ),
-    )
-    try:
-        url = database_url.replace("://postgres:", f"://{role}:")
-        monkeypatch.setenv("TEST_DATABASE_URL", url)
-        project_dir = project({}, **SWAP)
-        execute(url, "CREATE TABLE accounts (id int); INSERT INTO accounts VALUES (1)")
-        backup_id = backup(run_faber, project_dir)
-        execute(url, "INSERT INTO accounts VALUES (2)")
-        plugin_manager.register(sqlfiles, name="sqlfiles")
-        plugins = Plugins(plugin_manager)
-        context = open_context(project_dir, "production", "rollback")
-        record = next(b for b in plugins.backup_list(context) if b.id == backup_id)
+    with database_owner(postgres_admin_url, database_url, "faber_swap_owner") as url:
+        try:
+            monkeypatch.setenv("TEST_DATABASE_URL", url)
+            project_dir = project({}, **SWAP)
+            execute(url, "CREATE TABLE accounts (id int); INSERT INTO accounts VALUES (1)")
+            backup_id = backup(run_faber, project_dir)
+            execute(url, "INSERT INTO accounts VALUES (2)")
+            plugin_manager.register(sqlfiles, name="sqlfiles")
+            plugins = Plugins(plugin_manager)
+            context = open_context(project_dir, "production", "rollback")
+            record = next(b for b in plugins.backup_list(context) if b.id == backup_id)
 
-        def copy_taken_away_and_lock_lost() -> None:
-            admin_execute(
-                postgres_admin_url, sql.SQL("ALTER DATABASE {} OWNER TO postgres").format(sql.Identifier(copy))
-            )
-            raise workflow.lock_lost_before_restore_committed(context, record)
+            def copy_taken_away_and_lock_lost() -> None:
+                admin_execute(
+                    postgres_admin_url, sql.SQL("ALTER DATABASE {} OWNER TO postgres").format(sql.Identifier(copy))
+                )
+                raise workflow.lock_lost_before_restore_committed(context, record)
 
-        context.before_restore_commit.append(copy_taken_away_and_lock_lost)
-        with pytest.raises(LockLost) as lost:
-            plugins.backup_restore(context, record)
+            context.before_restore_commit.append(copy_taken_away_and_lock_lost)
+            with pytest.raises(LockLost) as lost:
+                plugins.backup_restore(context, record)
 
-        drop = f'DROP DATABASE "{copy}"'
-        assert f"{copy} is a restored copy the swap did not take in" in lost.value.message, lost.value.message
-        assert drop in lost.value.message, lost.value.message
-        assert lost.value.result["provider_data"] == {"restore_mode": "swap", "leftover_database": copy}
-        assert lost.value.result["restore_committed"] is False
-        assert set(databases(postgres_admin_url, target)) == {target, copy}
-        with psycopg.connect(url) as conn:
-            assert conn.execute("SELECT id FROM accounts ORDER BY 1").fetchall() == [(1,), (2,)]
-        assert CANARY_PASSWORD not in lost.value.message
-    finally:
-        drop_swap_databases(postgres_admin_url, target)
-        as_admin = database_url_for(postgres_admin_url, target)
-        admin_execute(as_admin, sql.SQL("REASSIGN OWNED BY {} TO postgres").format(sql.Identifier(role)))
-        admin_execute(
-            postgres_admin_url,
-            sql.SQL("REVOKE CREATE ON TABLESPACE pg_default FROM {role}; DROP ROLE {role}").format(
-                role=sql.Identifier(role)
-            ),
-        )
+            drop = f'DROP DATABASE "{copy}"'
+            assert f"{copy} is a restored copy the swap did not take in" in lost.value.message, lost.value.message
+            assert drop in lost.value.message, lost.value.message
+            assert lost.value.result["provider_data"] == {"restore_mode": "swap", "leftover_database": copy}
+            assert lost.value.result["restore_committed"] is False
+            assert set(databases(postgres_admin_url, target)) == {target, copy}
+            with psycopg.connect(url) as conn:
+                assert conn.execute("SELECT id FROM accounts ORDER BY 1").fetchall() == [(1,), (2,)]
+            assert CANARY_PASSWORD not in lost.value.message
+        finally:
+            drop_swap_databases(postgres_admin_url, target)

@@ -12,6 +12,7 @@ import uuid
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
+import pytest
 from faber_core.testing.fixtures import CANARY_PASSWORD, create_database, discard_database, mysql_connect
 
 CREATE_USERS = "CreateUsers1700000000000"
@@ -71,33 +72,28 @@ def test_hostaddr_parameter_is_where_typeorm_connects(typeorm_project, run_faber
     deploys_into(project, run_faber, database_url)
 
 
-def test_a_setting_node_postgres_cannot_follow_is_refused_before_anything(
-    typeorm_project, run_faber, database_url, monkeypatch
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        # requirepeer checks the server process's user on a Unix socket: libpq ignores it over TCP,
+        # as faber's connections here do, and node-postgres cannot check it at all.
+        ("requirepeer=postgres", "requirepeer="),
+        # With standard_conforming_strings off a backslash escapes a quote: faber would read the SQL
+        # the ORM runs otherwise than the server does.
+        ("options=-c%20standard_conforming_strings%3Doff", "runs with standard_conforming_strings off"),
+    ],
+    ids=["requirepeer", "standard_conforming_strings"],
+)
+def test_a_setting_the_runner_cannot_follow_as_faber_does_is_refused_before_anything(
+    typeorm_project, run_faber, database_url, monkeypatch, query, named
 ):
-    # requirepeer checks the server process's user on a Unix socket: libpq ignores it over TCP, as
-    # faber's connections here do, and node-postgres cannot check it at all.
     project = typeorm_project(backup_before_migrate=True)
-    monkeypatch.setenv("TYPEORM_TEST_DATABASE_URL", f"{database_url}?requirepeer=postgres")
+    monkeypatch.setenv("TYPEORM_TEST_DATABASE_URL", f"{database_url}?{query}")
 
     refused = faber(run_faber, project, "migrate", "staging", "--yes")
 
     assert refused.returncode == 2 and refused.json["code"] == "CONFIG_INVALID", refused.stdout + refused.stderr
-    assert "requirepeer=" in refused.json["error"]
-    assert tables(database_url) == set(), "nothing locked, backed up, recorded or migrated"
-
-
-def test_a_database_reading_string_literals_otherwise_than_faber_is_refused_before_anything(
-    typeorm_project, run_faber, database_url, monkeypatch
-):
-    # With standard_conforming_strings off a backslash escapes a quote: faber would read the SQL
-    # the ORM runs otherwise than the server does.
-    project = typeorm_project(backup_before_migrate=True)
-    monkeypatch.setenv("TYPEORM_TEST_DATABASE_URL", f"{database_url}?options=-c%20standard_conforming_strings%3Doff")
-
-    refused = faber(run_faber, project, "migrate", "staging", "--yes")
-
-    assert refused.returncode == 2 and refused.json["code"] == "CONFIG_INVALID", refused.stdout + refused.stderr
-    assert "runs with standard_conforming_strings off" in refused.json["error"]
+    assert named in refused.json["error"]
     assert tables(database_url) == set(), "nothing locked, backed up, recorded or migrated"
 
 
