@@ -683,14 +683,22 @@ def test_a_deploy_user_who_may_not_drop_the_schemas_is_refused_at_the_backup_and
 
         refused = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
         as_superuser(as_admin, sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(role)))
+        as_superuser(as_admin, sql.SQL("CREATE PUBLICATION faber_test_admins"))  # the prelude drops it too
+        refused_again = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
+        as_superuser(as_admin, sql.SQL("DROP PUBLICATION faber_test_admins"))
         deployed = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
         (project / "migrations/002_half.sql").write_text("CREATE TABLE half (id int);")
         (project / "migrations/003_broken.sql").write_text("SELECT 1/0;")
         failed = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
 
         assert (refused.returncode, refused.json["code"]) == (4, "BACKUP_FAILED"), refused.output
-        assert f"the user {role} may not drop public (owner pg_database_owner)" in refused.json["error"]
+        assert f"the user {role} may not drop schema public (owner pg_database_owner)" in refused.json["error"]
         assert "ALTER SCHEMA <schema> OWNER TO" in refused.json["recovery"]["suggestions"][0]
+        assert refused_again.returncode == 4, refused_again.output
+        assert (
+            f"the user {role} may not drop publication faber_test_admins (owner postgres)"
+            in refused_again.json["error"]
+        )
         assert deployed.returncode == 0, deployed.output
         assert failed.json["result"]["rollback_status"] == "success", failed.output
         with psycopg.connect(as_admin) as conn:

@@ -244,7 +244,7 @@ def _refuse_a_swap_it_could_not_restore(context: RunContext, names: DatabaseName
 def _refuse_an_in_place_restore_it_could_not_run(context: RunContext) -> None:
     """An in-place restore drops the database's schemas: as a user who may not, it would fail when a
     migration failed (exit 8, the migration half applied); a deploy is stopped here instead."""
-    from faber_core.backup.restore import in_place_refusal, schemas_it_may_not_replace
+    from faber_core.backup.restore import in_place_refusal, objects_it_may_not_drop
     from faber_core.backup.writes import IS_A_FABER_SCHEMA
 
     with context.database.session() as conn:
@@ -252,7 +252,7 @@ def _refuse_an_in_place_restore_it_could_not_run(context: RunContext) -> None:
             name
             for (name,) in conn.execute(f"SELECT n.nspname FROM pg_catalog.pg_namespace n WHERE {IS_A_FABER_SCHEMA}")
         ]
-        refused = schemas_it_may_not_replace(conn, keep)
+        refused = objects_it_may_not_drop(conn, keep)
         user = conn.info.user
     if refused:
         reason, suggestions = in_place_refusal(context, user, refused)

@@ -171,7 +171,7 @@ def restore_archive(context: RunContext, backup: BackupRecord, tools: Path, majo
             keep = kept_schemas(context, backup)
             store.verify_archive(context, backup, fd)
             with context.database.connect() as conn:
-                refused = schemas_it_may_not_replace(conn, keep)
+                refused = objects_it_may_not_drop(conn, keep)
                 if refused:
                     reason, suggestions = in_place_refusal(context, conn.info.user, refused)
                     raise RestoreFailed(f"Not restored: {reason}; the database is unchanged", suggestions=suggestions)
@@ -766,7 +766,7 @@ def first_error(text: str) -> str:
 
 _REPLACED_SCHEMAS = """
     FROM pg_catalog.pg_namespace n
-    WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname <> ALL(%s)
+    WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname <> ALL(%(keep)s)
       AND n.nspname NOT LIKE 'pg\\_toast%%' AND n.nspname NOT LIKE 'pg\\_temp\\_%%'
       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_namespace'::regclass
                       AND d.objid = n.oid AND d.deptype = 'e')
@@ -776,29 +776,66 @@ PostgreSQL's own and an extension's."""
 
 
 def in_place_refusal(context: RunContext, user: str, refused: list[str]) -> tuple[str, list[str]]:
-    """Why an in-place restore cannot run as ``user`` (:func:`schemas_it_may_not_replace`), and what to grant."""
+    """Why an in-place restore cannot run as ``user`` (:func:`objects_it_may_not_drop`), and what to grant."""
     reason = (
-        "an in-place restore drops every schema of the database and creates it again from the backup, and the "
-        f"user {user} may not drop {', '.join(refused)}"
+        "an in-place restore drops the database's schemas and what lives beside them and creates them again from "
+        f"the backup, and the user {user} may not drop {', '.join(refused)}"
     )
     return reason, [
-        f"Give the user the schemas: ALTER SCHEMA <schema> OWNER TO {user} (from PostgreSQL 15 public is the "
-        "database owner's), or deploy as the database owner",
+        f"Give the user those objects (ALTER SCHEMA <schema> OWNER TO {user}; from PostgreSQL 15 public is the "
+        "database owner's), or deploy as their owner",
         f"Or restore by swap, into a new database (restore_mode swap in database.environments.{context.environment}"
         ".backup; it needs CREATEDB and the owner's role)",
     ]
 
 
-def schemas_it_may_not_replace(conn: psycopg.Connection, keep_schemas: list[str]) -> list[str]:
-    """The schemas an in-place restore would drop that the session's user may not: dropping a schema
-    takes its owner's rights (PostgreSQL 15's ``public`` is the database owner's), which a deploy
-    user granted CREATE on a database owned by an administrator does not have."""
-    rows = conn.execute(
-        f"SELECT format('%%s (owner %%s)', n.nspname, pg_catalog.pg_get_userbyid(n.nspowner)) {_REPLACED_SCHEMAS}"
-        " AND NOT pg_catalog.pg_has_role(n.nspowner, 'USAGE') ORDER BY 1",
-        [keep_schemas],
-    ).fetchall()
-    return [row[0] for row in rows]
+_NOT_AN_EXTENSION_MEMBER = (
+    "NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = '{catalog}'::regclass"
+    " AND d.objid = {oid} AND d.deptype = 'e')"
+)
+_DROPPED_BY_THE_PRELUDE = (
+    # (what one is called, its owner, the ones the prelude drops: a FROM ... WHERE clause)
+    ("'schema ' || n.nspname", "n.nspowner", _REPLACED_SCHEMAS),
+    (
+        "'extension ' || e.extname",
+        "e.extowner",
+        "FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace"
+        " WHERE e.extname <> 'plpgsql' AND n.nspname <> ALL(%(keep)s)",
+    ),
+    (
+        "'event trigger ' || e.evtname",
+        "e.evtowner",
+        "FROM pg_catalog.pg_event_trigger e"
+        f" WHERE {_NOT_AN_EXTENSION_MEMBER.format(catalog='pg_event_trigger', oid='e.oid')}",
+    ),
+    ("'publication ' || p.pubname", "p.pubowner", "FROM pg_catalog.pg_publication p WHERE true"),
+    (
+        "'subscription ' || s.subname",
+        "s.subowner",
+        "FROM pg_catalog.pg_subscription s"
+        " WHERE s.subdbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())",
+    ),
+    (
+        "'foreign server ' || s.srvname",
+        "s.srvowner",
+        "FROM pg_catalog.pg_foreign_server s"
+        f" WHERE {_NOT_AN_EXTENSION_MEMBER.format(catalog='pg_foreign_server', oid='s.oid')}",
+    ),
+    ("'large object ' || m.oid", "m.lomowner", "FROM pg_catalog.pg_largeobject_metadata m WHERE true"),
+)
+
+
+def objects_it_may_not_drop(conn: psycopg.Connection, keep_schemas: list[str]) -> list[str]:
+    """What an in-place restore's prelude (:func:`restore_prelude`) drops that the session's user
+    may not, at most ten: dropping an object takes its owner's rights (PostgreSQL 15's ``public``
+    is the database owner's; an extension, event trigger or publication an administrator created is
+    the administrator's), which a deploy user granted CREATE on the database does not have."""
+    query = " UNION ALL ".join(
+        f"(SELECT {what} || ' (owner ' || pg_catalog.pg_get_userbyid({owner}) || ')' {source}"
+        f" AND NOT pg_catalog.pg_has_role({owner}, 'USAGE'))"
+        for what, owner, source in _DROPPED_BY_THE_PRELUDE
+    )
+    return [row[0] for row in conn.execute(f"{query} ORDER BY 1 LIMIT 10", {"keep": keep_schemas}).fetchall()]
 
 
 def restore_prelude(conn: psycopg.Connection, *keep_schemas: str) -> str:
@@ -852,7 +889,8 @@ def restore_prelude(conn: psycopg.Connection, *keep_schemas: str) -> str:
         statements.append(sql.SQL("DROP CAST IF EXISTS ({} AS {});").format(sql.SQL(source), sql.SQL(target)))
     statements += _reset_global_default_privileges(conn)
     public_owner = names("SELECT pg_catalog.pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'public'")
-    schemas = names(f"SELECT n.nspname {_REPLACED_SCHEMAS} ORDER BY 1", [list(keep_schemas)])
+    replaced = conn.execute(f"SELECT n.nspname {_REPLACED_SCHEMAS} ORDER BY 1", {"keep": list(keep_schemas)})
+    schemas = [name for (name,) in replaced.fetchall()]
     statements += [sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE;").format(sql.Identifier(s)) for s in schemas]
     # Extensions living elsewhere (pg_catalog, a schema of their own) survive the schema drops.
     extensions = names(
