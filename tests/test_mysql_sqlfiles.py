@@ -668,3 +668,23 @@ def test_a_statement_a_killed_deploy_left_running_is_named_and_stops_resolve_and
     assert (code, document["code"]) == (7, "LOCKED"), document
     assert document["error"].startswith("Not rolled back to backup-")
     assert mysql_query("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_NAME = 't'") == [("t",)]
+
+
+def test_a_migration_naming_its_database_is_not_rehearsed_on_the_copy(mysql_project, mysql_database_url, mysql_query):
+    """The copy is a database beside the target on the same server: a statement naming the target
+    (`app`.t) would write into the real one there, as would CREATE USER. Not rehearsed, and said."""
+    project = mysql_project(MIGRATIONS)
+    assert faber(project, "migrate", "production", url=mysql_database_url)[0] == 0
+    name = mysql_database_url.rpartition("/")[2]
+    (project / "migrations/003_named.sql").write_text(f"INSERT INTO `{name}`.users VALUES (3, 'c@example.com');")
+    before = mysql_query("SELECT * FROM users ORDER BY id")
+
+    code, document, stderr = faber(project, "migrate", "production", "--dry-run", "--rehearse", url=mysql_database_url)
+
+    assert code == 0, stderr
+    [named] = document["result"]["migrations"]
+    assert any(
+        n.startswith(f"Not rehearsed: 003_named changes something outside its database (INSERT INTO `{name}`.users")
+        for n in named["notes"]
+    ), named["notes"]
+    assert mysql_query("SELECT * FROM users ORDER BY id") == before

@@ -549,6 +549,13 @@ class Engine(ABC):
         Leaves out the schemas ``exclude_schemas`` names (faber's own schema, where it has one) and
         faber's tables beside the application's (MySQL's ``faber_*``)."""
 
+    def outside_its_database(self, sql: str, database_name: str) -> str | None:
+        """The first statement of a migration's ``sql`` (its first line) that would act outside the
+        database it runs in, on a rehearsal's copy of database ``database_name`` on the same server:
+        the server's users, roles and settings, or the original by its name. None when none does.
+        Nothing found on an engine that cannot read its SQL."""
+        return None
+
     def statements_left_running(self, conn: Any) -> list[RunningStatement]:
         """Statements other sessions of faber's user have been running in the database for a while,
         for advice about a killed run: on an engine

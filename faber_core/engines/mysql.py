@@ -73,6 +73,15 @@ SERVER_LOST = 2013
 LOST_CONNECTION = (2003, 2006, SERVER_LOST, 2055)
 CONNECT_TIMEOUT_TEXT = "timed out"
 _LOCK_WAIT_TEXT = "lock wait timeout exceeded"
+_SERVER_WIDE = re.compile(
+    r"(?:ALTER|CREATE|DROP|RENAME)\s+USER\b|(?:CREATE|DROP|ALTER)\s+(?:ROLE|DATABASE|SCHEMA|SERVER|TABLESPACE)\b"
+    r"|SET\s+(?:PASSWORD|GLOBAL|PERSIST|DEFAULT\s+ROLE)\b|(?:GRANT|REVOKE)\b[^;]*\bON\s+\*\.\*"
+    r"|(?:GRANT|REVOKE)\s+(?![^;]*\bON\b)|INSTALL\s+(?:PLUGIN|SONAME)\b|FLUSH\b",
+    re.I,
+)
+"""MySQL/MariaDB statements acting on the server, whatever database they run in (a DATABASE and a
+SCHEMA are the same thing there)."""
+_LEADING_COMMENTS = re.compile(r"^(?:\s+|(?:--|#)[^\n]*(?:\n|$)|/\*.*?\*/)*", re.S)
 STILL_RUNNING_SECONDS = 1
 """How long another session's statement has run before it is named as possibly a killed run's."""
 SESSION_END_SECONDS = 10
@@ -724,6 +733,14 @@ class MySQLEngine(Engine):
                 conn.execute("SELECT RELEASE_LOCK(%s)", [name])
             except pymysql.Error:
                 pass  # a broken connection has already dropped the lock; keep the original error
+
+    def outside_its_database(self, sql: str, database_name: str) -> str | None:
+        named = re.compile(rf"(?<![\w$`])(?:`{re.escape(database_name)}`|{re.escape(database_name)})\s*\.", re.I)
+        for piece in sql.split(";"):
+            statement = _LEADING_COMMENTS.sub("", piece, count=1)
+            if _SERVER_WIDE.match(statement) or named.search(statement):
+                return statement.strip().splitlines()[0]
+        return None
 
     def statements_left_running(self, conn: MySQLConnection) -> list[RunningStatement]:
         rows = conn.execute(

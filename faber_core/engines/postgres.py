@@ -288,6 +288,13 @@ class PostgresEngine(Engine):
 
         return CHECKS
 
+    def outside_its_database(self, sql: str, database_name: str) -> str | None:
+        # A statement reaches another database only through a server-wide object or by naming
+        # the database itself (ALTER DATABASE); a.b is a schema's table here, never a database's.
+        from faber_core.postgres.sql import beyond_its_database
+
+        return beyond_its_database(sql)
+
     def record_deployment(self, conn: psycopg.Connection, faber_schema: str, row: dict[str, Any]) -> None:
         from faber_core.audit.history import write_row
 

@@ -24,7 +24,7 @@ from faber_core.context import RunContext
 from faber_core.errors import FaberError, LintBlocked, MigrationFailed
 from faber_core.migration_files import read_sql
 from faber_core.models import LocalMigration, MigrationPreview, MigrationState
-from faber_core.postgres.sql import beyond_its_database, client_copy, is_transactional
+from faber_core.postgres.sql import client_copy, is_transactional
 from faber_core.safety import lint, preflight, staging_proof
 from faber_core.safety.analysis import analyse
 from faber_core.safety.catalog import Catalog, find_tables
@@ -449,11 +449,9 @@ def _rehearsable(
     copy is on the target's server, so there it would create the real roles, set the real
     database's settings (which it names). That one and those after it keep their estimates, and
     say why they were not measured."""
-    if context.database.engine.name != "postgresql":  # the SQL is read by PostgreSQL's parser
-        return pending
     sql_of = {item.name: item.sql for item in previews}
     for index, migration in enumerate(pending):
-        outside = beyond_its_database(sql_of.get(migration.name) or "")
+        outside = context.database.engine.outside_its_database(sql_of.get(migration.name) or "", context.database.name)
         if outside is None:
             continue
         for item in previews:

@@ -251,7 +251,7 @@ def run_runner(
     measure_writes: dict[str, list[str]] | None = None,
     wind_down: Callable[[], bool] | None = None,
     migrations: list[str] | None = None,
-    on_a_copy: bool = False,
+    copy_of: str | None = None,
 ) -> RunnerResult:
     """Ask the run's runner (started on first use, ``node <runner> <args>`` in the project
     directory) to do ``command`` on ``database`` (the context's by default), streaming its events.
@@ -265,9 +265,10 @@ def run_runner(
     SQL measuring each transactional migration's writes
     (:func:`faber_core.backup.writes.measurement_statements`). ``wind_down``: on an interrupt,
     before the runner is stopped (see :meth:`RunnerProcess.request`). ``migrations``: the
-    migrations a ``load`` or ``mark_applied`` request is about. ``on_a_copy``: a rehearsal, which
-    runs no statement that changes something outside its database (the runner reports it as
-    ``not_rehearsed`` and fails the migration there). Raises
+    migrations a ``load`` or ``mark_applied`` request is about. ``copy_of``: the name of the database
+    a rehearsal runs on a copy of, on the same server: no statement that would act outside the copy
+    (the server's roles and settings, or that database by its name, on MySQL) is run there (the
+    runner reports it as ``not_rehearsed`` and fails the migration). Raises
     :class:`ConfigError` for a broken setup and :class:`FaberError` when the runner dies without
     saying why or outlives the context's deadline (it is stopped then); a failing migration is an
     event, not an exception.
@@ -289,8 +290,8 @@ def run_runner(
         request["measure_writes"] = measure_writes
     if migrations is not None:
         request["migrations"] = migrations
-    if on_a_copy:
-        request["on_a_copy"] = True
+    if copy_of is not None:
+        request["copy_of"] = copy_of
     result = runner.request(context, request, on_event, wind_down)
     setup_error = result.first("setup_error")
     if setup_error is not None:
@@ -1194,7 +1195,7 @@ def rehearse(
                 args,
                 database=rehearsal.database,
                 expected=[m.name for m in pending],
-                on_a_copy=True,
+                copy_of=context.database.name,
             )
         except RunnerDied as died:
             result = _failed_by_death(died, pending)

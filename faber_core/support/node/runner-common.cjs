@@ -319,7 +319,7 @@ function serve(load) {
       confirmEachMigration = request.confirm_each_migration === true;
       stopRequested = false;
       writesStatements = request.measure_writes || null;
-      onACopy = request.on_a_copy === true;
+      copyOf = typeof request.copy_of === "string" ? request.copy_of : null;
       heldQueries = [];
       const commands = await loaded;
       const command = commands[request.command];
@@ -485,22 +485,31 @@ const OUTSIDE_ITS_DATABASE = new RegExp(
 );
 const LEADING_COMMENTS = /^(?:\s+|--[^\n]*(?:\n|$)|\/\*[\s\S]*?\*\/)*/;
 
+// On MySQL a statement reaches another database of the server by its name (`app`.t): on a copy,
+// the original's. (On PostgreSQL a.b is a schema's table.)
+function namesTheOriginal(statement) {
+  if (!copyOf || engine() !== "mysql") return false;
+  const name = copyOf.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  return new RegExp(`(?<![\\w$\`])(?:\`${name}\`|${name})\\s*\\.`, "i").test(statement);
+}
+
 function outsideItsDatabase(sql) {
   if (typeof sql !== "string") return null;
   for (const piece of sql.split(";")) {
     const statement = piece.replace(LEADING_COMMENTS, "");
-    if (OUTSIDE_ITS_DATABASE.test(statement)) return statement.split("\n")[0].trim();
+    if (OUTSIDE_ITS_DATABASE.test(statement) || namesTheOriginal(statement)) return statement.split("\n")[0].trim();
   }
   return null;
 }
 
-let onACopy = false;
+// The database a rehearsal runs on a copy of, on the same server; null outside a rehearsal.
+let copyOf = null;
 
 class OutsideItsDatabase extends Error {}
 
 function trackQueries(query) {
   return function trackedQuery(...args) {
-    if (onACopy) {
+    if (copyOf !== null) {
       const first = args[0];
       const outside = outsideItsDatabase(typeof first === "string" ? first : first && first.query);
       if (outside !== null) {

@@ -301,3 +301,25 @@ def test_a_lost_lock_stops_the_runner_before_the_next_migration(
     ]
     tables = {name for (name,) in mysql_query("SHOW TABLES")}
     assert "first" in tables and not tables & {"second", "third"}
+
+
+def test_a_migration_naming_its_database_is_not_run_on_the_rehearsal_copy(
+    project, typeorm_migration, run_faber, mysql_query, mysql_database_url
+):
+    """The copy is a database beside the target: `app`.users there is the real table."""
+    project_dir = project()
+    assert faber(run_faber, project_dir, "migrate", "staging", "--yes").returncode == 0
+    name = mysql_database_url.rpartition("/")[2]
+    (project_dir / "migrations" / "1700000200000-Named.js").write_text(
+        typeorm_migration("Named1700000200000", f"INSERT INTO `{name}`.users (email) VALUES ('named@example.com')")
+    )
+    before = mysql_query("SELECT email FROM users ORDER BY id")
+
+    run = faber(run_faber, project_dir, "migrate", "staging", "--dry-run")
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    [named] = run.json["result"]["migrations"]
+    assert named["notes"][0].startswith(
+        f"Not rehearsed: Named1700000200000 changes something outside its database (INSERT INTO `{name}`.users"
+    ), named["notes"]
+    assert mysql_query("SELECT email FROM users ORDER BY id") == before
