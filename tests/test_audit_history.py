@@ -5,9 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import signal
 import subprocess
+import uuid
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from faber_core import __version__
 from faber_core.audit.history import actor
@@ -398,3 +400,44 @@ def test_rows_edited_by_hand_are_shown_as_they_are_never_a_traceback(history_pro
     assert (durations["no-duration"], durations["nan"], durations["numbers"]) == (None, None, 1.0)
     assert for_people.returncode == 0 and "Traceback" not in for_people.output, for_people.output
     assert for_people.stdout.count("no duration recorded") == 2
+
+
+@pytest.mark.parametrize(
+    ("table", "granted"),
+    [
+        (OLDER_HISTORY_TABLE, "SELECT, INSERT, UPDATE, DELETE"),
+        (
+            OLDER_HISTORY_TABLE.replace("integer NOT NULL", "integer")
+            .replace("finished_at timestamptz NOT NULL", "finished_at timestamptz")
+            .replace("precision NOT NULL", "precision"),
+            "SELECT, INSERT",
+        ),
+    ],
+    ids=["older-table-of-another-owner", "append-only"],
+)
+def test_a_history_table_the_deploy_user_may_not_alter_or_update_still_gets_each_run_s_row(
+    history_project, run_faber, database_url, postgres_admin_url, table, granted
+):
+    """A DBA created faber's table (an older faber's layout, owned by another role), or lets the
+    deploy user only add rows: no row of a run in progress then, but each run's row as it ends."""
+    role = f"faber_history_{uuid.uuid4().hex[:8]}"
+    project, env = history_project({"001_users": USERS})
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        # public is the role's: the in-place restore a backup checks for drops it (docs/workflow.md).
+        conn.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(role)))
+        conn.execute("CREATE SCHEMA faber")
+        conn.execute(table)
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA faber TO {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL(f"GRANT {granted} ON faber.faber_deployments TO {{}}").format(sql.Identifier(role)))
+    try:
+        url = database_url.replace("://postgres:", f"://{role}:")
+        run = run_faber("migrate", "production", "--yes", "--cwd", str(project), env={**env, "APP_DATABASE_URL": url})
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("REASSIGN OWNED BY {} TO postgres").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+    assert run.returncode == 0 and "history was not recorded" not in run.stderr, run.output
+    assert [(r["status"], r["exit_code"]) for r in rows(database_url)] == [("success", 0)]

@@ -157,7 +157,8 @@ def _migration(run: _Run, name: str, status: str, duration: float | None) -> dic
 
 def _record(context: RunContext, event: AuditEvent, run: _Run) -> None:
     row = deployment_row(context, event, run)
-    _write(context, run, lambda conn, schema: context.database.engine.record_deployment(conn, schema, row))
+    engine, replacing = context.database.engine, run.row_written
+    _write(context, run, lambda conn, schema: engine.record_deployment(conn, schema, row, replacing=replacing))
 
 
 def _record_running(context: RunContext, event: AuditEvent, run: _Run) -> None:
@@ -176,22 +177,24 @@ def _record_running(context: RunContext, event: AuditEvent, run: _Run) -> None:
         "faber_version": __version__,
         "git_commit": context.once(("git commit", context.project_dir), lambda: git_commit(context)),
     }
-    if _write(context, run, lambda conn, schema: context.database.engine.record_deployment(conn, schema, row)):
+    engine, replacing = context.database.engine, run.row_written
+    if _write(context, run, lambda conn, schema: engine.record_deployment(conn, schema, row, replacing=replacing)):
         run.row_written = True
 
 
-def _write(context: RunContext, run: _Run, write: Callable[[Any, str], None]) -> bool:
-    """Run ``write(session, faber_schema)``; a failure is a warning (once a run), never the run's."""
+def _write(context: RunContext, run: _Run, write: Callable[[Any, str], bool | None]) -> bool:
+    """Run ``write(session, faber_schema)``; whether it wrote. A failure is a warning (once a
+    run), never the run's failure."""
     try:
         with context.database.session() as conn:
-            write(conn, context.config.database.faber_schema)
+            written = write(conn, context.config.database.faber_schema)
     except Exception as exc:  # history is a record of the run, never a reason for it to fail
         if not run.write_failed:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             sys.stderr.write(f"warning: the deployment history was not recorded: {context.redactor.redact(reason)}\n")
         run.write_failed = True
         return False
-    return True
+    return written is not False
 
 
 def deployment_row(context: RunContext, event: AuditEvent, run: _Run) -> dict[str, Any]:
@@ -259,32 +262,35 @@ def git_commit(context: RunContext) -> str | None:
     return commit if run.returncode == 0 and commit else None
 
 
-def write_row(conn: psycopg.Connection, schema: str, row: dict[str, Any]) -> None:
-    """PostgreSQL: write ``row`` to ``<schema>.faber_deployments``, created when missing, in place
-    of the run's earlier row, in one transaction (one commit). A row of a run in progress ends
-    every other row still ``running`` as ``unfinished``: it is written under faber's lock, which
-    no other run holds, so none of theirs is in progress."""
+def write_row(conn: psycopg.Connection, schema: str, row: dict[str, Any], *, replacing: bool) -> bool:
+    """PostgreSQL: write ``row`` to ``<schema>.faber_deployments``, created when missing, in one
+    transaction (one commit); ``replacing``: in place of the run's earlier row. A row of a run in
+    progress ends every other row still ``running`` as ``unfinished``: it is written under faber's
+    lock, which no other run holds, so none of theirs is in progress. Such a row is not written
+    (False) to a table that cannot take it (:func:`ensure_table`)."""
     placeholders = sql.SQL(", ").join(sql.Placeholder(name) for name in COLUMNS)
+    insert = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+        _table(schema), sql.SQL(", ").join(map(sql.Identifier, COLUMNS)), placeholders
+    )
+    if replacing:
+        insert += sql.SQL(" ON CONFLICT (id) DO UPDATE SET ({}) = ({})").format(
+            sql.SQL(", ").join(map(sql.Identifier, COLUMNS[1:])),
+            sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(name)) for name in COLUMNS[1:]),
+        )
     with conn.transaction():
         # The run's session may have opened while a migration made sessions default to read-only
         # (the restore that undid it puts the setting back for new sessions only).
         conn.execute("SET TRANSACTION READ WRITE")
-        ensure_table(conn, schema)
+        takes_runs_in_progress = ensure_table(conn, schema)
         if row["status"] == RUN_IN_PROGRESS:
+            if not takes_runs_in_progress:
+                return False
             conn.execute(
                 sql.SQL("UPDATE {} SET status = %s WHERE status = %s AND id <> %s").format(_table(schema)),
                 [RUN_UNFINISHED, RUN_IN_PROGRESS, row["id"]],
             )
-        conn.execute(
-            sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT (id) DO UPDATE SET ({}) = ({})").format(
-                _table(schema),
-                sql.SQL(", ").join(map(sql.Identifier, COLUMNS)),
-                placeholders,
-                sql.SQL(", ").join(map(sql.Identifier, COLUMNS[1:])),
-                sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(name)) for name in COLUMNS[1:]),
-            ),
-            row,
-        )
+        conn.execute(insert, row)
+    return True
 
 
 def forget_row(conn: psycopg.Connection, schema: str, run_id: str) -> None:
@@ -303,15 +309,21 @@ def _table_exists(conn: psycopg.Connection, schema: str) -> bool:
     return conn.execute(query, [schema, TABLE]).fetchone() is not None
 
 
-def ensure_table(conn: psycopg.Connection, schema: str) -> None:
+def ensure_table(conn: psycopg.Connection, schema: str) -> bool:
     """Create the schema and table when missing (a deploy role may not be allowed to create
-    schemas); let an older faber's table hold the row of a run in progress."""
-    exists, ending_required = conn.execute(
-        "SELECT t.oid IS NOT NULL, coalesce(a.attnotnull, false) FROM (SELECT to_regclass(%s) AS oid) t"
-        " LEFT JOIN pg_attribute a ON a.attrelid = t.oid AND a.attname = 'finished_at'",
+    schemas); whether the table takes the row of a run in progress, rewritten as it goes on. An
+    older faber's table (finished_at NOT NULL) is altered to take it when the user owns it; one the
+    user may not alter, or may only add rows to, gets each run's row as it finishes, as then."""
+    exists, ending_required, owned, updatable = conn.execute(
+        "SELECT t.oid IS NOT NULL, coalesce(a.attnotnull, false),"
+        " coalesce(pg_catalog.pg_has_role(c.relowner, 'USAGE'), true),"
+        " t.oid IS NULL OR pg_catalog.has_table_privilege(t.oid, 'UPDATE')"
+        " FROM (SELECT to_regclass(%s) AS oid) t"
+        " LEFT JOIN pg_catalog.pg_class c ON c.oid = t.oid"
+        " LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = t.oid AND a.attname = 'finished_at'",
         [_table(schema).as_string(conn)],
     ).fetchone()
-    if ending_required:
+    if ending_required and owned:
         conn.execute(
             sql.SQL("ALTER TABLE {} {}").format(
                 _table(schema),
@@ -320,8 +332,9 @@ def ensure_table(conn: psycopg.Connection, schema: str) -> None:
                 ),
             )
         )
+    takes_runs_in_progress = updatable and (owned or not ending_required)
     if exists:
-        return
+        return takes_runs_in_progress
     if not conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [schema]).fetchone():
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
     conn.execute(sql.SQL(_CREATE_TABLE).format(table=_table(schema)))
@@ -330,6 +343,7 @@ def ensure_table(conn: psycopg.Connection, schema: str) -> None:
             sql.Identifier(f"{TABLE}_environment_started"), _table(schema)
         )
     )
+    return True
 
 
 def refuse_shared_faber_schema(conn: psycopg.Connection, schema: str) -> None:

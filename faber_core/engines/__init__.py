@@ -483,11 +483,12 @@ class Engine(ABC):
     # Deployment history ----------------------------------------------------------------
 
     @abstractmethod
-    def record_deployment(self, conn: Any, faber_schema: str, row: dict[str, Any]) -> None:
+    def record_deployment(self, conn: Any, faber_schema: str, row: dict[str, Any], *, replacing: bool) -> bool:
         """Write a run's row to faber's deployment history (created when missing), where backups
-        leave it out and restores keep it, in place of the run's earlier row. A row of a run in
-        progress (status ``running``, written under faber's lock) ends every other ``running`` row
-        as ``unfinished`` (:mod:`faber_core.audit.history`)."""
+        leave it out and restores keep it; ``replacing``: in place of the run's earlier row. A row
+        of a run in progress (status ``running``, written under faber's lock) ends every other
+        ``running`` row as ``unfinished`` (:mod:`faber_core.audit.history`); it is not written
+        (False) to a table that cannot take it (an older faber's the user may not alter)."""
 
     @abstractmethod
     def forget_deployment(self, conn: Any, faber_schema: str, run_id: str) -> None:

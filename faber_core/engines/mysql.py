@@ -654,10 +654,12 @@ class MySQLEngine(Engine):
 
         return CHECKS
 
-    def record_deployment(self, conn: MySQLConnection, faber_schema: str, row: dict[str, Any]) -> None:
+    def record_deployment(
+        self, conn: MySQLConnection, faber_schema: str, row: dict[str, Any], *, replacing: bool
+    ) -> bool:
         from faber_core.engines import mysql_history
 
-        mysql_history.record(conn, row)
+        return mysql_history.record(conn, row, replacing=replacing)
 
     def forget_deployment(self, conn: MySQLConnection, faber_schema: str, run_id: str) -> None:
         from faber_core.engines import mysql_history

@@ -57,23 +57,32 @@ def _utc(value: Any) -> Any:
     return value
 
 
-def record(conn: Any, row: dict[str, Any]) -> None:
-    """Write ``row`` in place of its run's earlier one (the history's docstring says how a row of
-    a run in progress ends the others)."""
+def record(conn: Any, row: dict[str, Any], *, replacing: bool) -> bool:
+    """Write ``row``, ``replacing`` its run's earlier one (the history's docstring says how a row of
+    a run in progress ends the others); False, nothing written, for a row of a run in progress that
+    an older faber's table cannot take (the user may not alter it)."""
+    import pymysql
+
     conn.execute(_CREATE)
     if conn.execute(_ENDING_REQUIRED, [TABLE]).fetchone():
-        conn.execute(_ENDING_OPTIONAL)
+        try:
+            conn.execute(_ENDING_OPTIONAL)
+        except pymysql.err.OperationalError:  # no ALTER privilege: rows as runs finish, as then
+            if row["status"] == RUN_IN_PROGRESS:
+                return False
     if row["status"] == RUN_IN_PROGRESS:
         conn.execute(
             f"UPDATE {TABLE} SET status = %s WHERE status = %s AND id <> %s",
             [RUN_UNFINISHED, RUN_IN_PROGRESS, row["id"]],
         )
     columns = list(row)
+    replace = f" ON DUPLICATE KEY UPDATE {', '.join(f'{c} = VALUES({c})' for c in columns if c != 'id')}"
     conn.execute(
         f"INSERT INTO {TABLE} ({', '.join(columns)}) VALUES ({', '.join(f'%({c})s' for c in columns)})"
-        f" ON DUPLICATE KEY UPDATE {', '.join(f'{c} = VALUES({c})' for c in columns if c != 'id')}",
+        + (replace if replacing else ""),
         {column: _utc(value) for column, value in row.items()},
     )
+    return True
 
 
 def forget(conn: Any, run_id: str) -> None:

@@ -295,10 +295,12 @@ class PostgresEngine(Engine):
 
         return beyond_its_database(sql)
 
-    def record_deployment(self, conn: psycopg.Connection, faber_schema: str, row: dict[str, Any]) -> None:
+    def record_deployment(
+        self, conn: psycopg.Connection, faber_schema: str, row: dict[str, Any], *, replacing: bool
+    ) -> bool:
         from faber_core.audit.history import write_row
 
-        write_row(conn, faber_schema, row)
+        return write_row(conn, faber_schema, row, replacing=replacing)
 
     def forget_deployment(self, conn: psycopg.Connection, faber_schema: str, run_id: str) -> None:
         from faber_core.audit.history import forget_row
