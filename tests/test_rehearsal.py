@@ -329,3 +329,33 @@ def test_a_preview_does_not_rehearse_a_migration_that_changes_something_outside_
         ), notes[name]
     settings = "SELECT count(*) FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase"
     assert rows(database_url, f"{settings} WHERE d.datname = %s", [target]) == [(0,)]
+
+
+def test_a_do_block_that_creates_a_role_if_missing_is_not_rehearsed(faber_project, run_faber, database_url):
+    """The usual "create the role if missing" block: PostgreSQL's parser leaves its body as text."""
+    role = f"faber_rehearsed_{uuid.uuid4().hex[:8]}"
+    block = (
+        f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}')"
+        f" THEN CREATE ROLE {role}; END IF; END $$;"
+    )
+    project = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {"production": {"database_url_env": "APP_URL"}}}},
+        {"migrations/001_role.sql": block, "migrations/002_items.sql": "CREATE TABLE items (id int);"},
+    )
+    env = {"APP_URL": database_url, "FABER_PLUGINS": "faber_core.testing.sqlfiles"}
+
+    try:
+        preview = run_faber(
+            "migrate", "production", "--dry-run", "--rehearse", "--json", "--cwd", str(project), env=env
+        )
+    finally:
+        roles_left = rows(database_url, "SELECT count(*) FROM pg_roles WHERE rolname = %s", [role])
+        rows(database_url, sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+    assert preview.returncode == 0, preview.output
+    assert roles_left == [(0,)]
+    (role_migration, _) = preview.json["result"]["migrations"]
+    assert any(
+        n.startswith("Not rehearsed: 001_role changes something outside its database (DO $$")
+        for n in role_migration["notes"]
+    )

@@ -511,6 +511,8 @@ def beyond_its_database(sql: str) -> str | None:
     )
     for index in range(len(script)):
         node = script.node(index)
+        if isinstance(node, ast.DoStmt) and _SERVER_WIDE_IN_A_BODY.search(_do_body(node)):
+            return script.statement(index).strip().splitlines()[0]
         # COMMENT, SECURITY LABEL and GRANT name their object's kind `objtype`, ALTER ... OWNER
         # `objectType`, ALTER ... RENAME `renameType`.
         kind = next((getattr(node, a) for a in ("objtype", "objectType", "renameType") if hasattr(node, a)), None)
@@ -520,6 +522,20 @@ def beyond_its_database(sql: str) -> str | None:
         if isinstance(node, server_wide) or (on_shared and kind in shared):
             return script.statement(index).strip().splitlines()[0]
     return None
+
+
+_SERVER_WIDE_IN_A_BODY = re.compile(
+    r"\b(?:(?:CREATE|ALTER|DROP)\s+(?:ROLE|USER|GROUP|DATABASE|TABLESPACE|SUBSCRIPTION)\b(?!\s+MAPPING)"
+    r"|ALTER\s+SYSTEM\b|(?:REASSIGN|DROP)\s+OWNED\b|COMMENT\s+ON\s+(?:DATABASE|ROLE|TABLESPACE)\b"
+    r"|(?:GRANT|REVOKE)\b[^;]*\bON\s+(?:DATABASE|TABLESPACE|PARAMETER)\b|\bdblink(?:_exec)?\s*\()",
+    re.I,
+)
+"""The same statements in a DO block's body, which PostgreSQL's parser leaves as text: seen by
+their words (a role created if missing, the usual block), whether or not the block would run them."""
+
+
+def _do_body(node: ast.DoStmt) -> str:
+    return next((str(arg.arg.sval) for arg in node.args or () if arg.defname == "as"), "")
 
 
 def client_copy(sql: str) -> int | None:

@@ -470,8 +470,11 @@ async function runMigration(name, up) {
 const OUTSIDE_ITS_DATABASE = new RegExp(
   "^(?:" +
     [
-      "ALTER\\s+(?:DATABASE|ROLE|USER|GROUP|SYSTEM|TABLESPACE|SUBSCRIPTION)\\b",
-      "(?:CREATE|DROP)\\s+(?:ROLE|USER|GROUP|DATABASE|TABLESPACE|SUBSCRIPTION)\\b",
+      "ALTER\\s+(?:DATABASE|ROLE|USER(?!\\s+MAPPING)|GROUP|SYSTEM|TABLESPACE|SUBSCRIPTION)\\b",
+      "SET\\s+(?:GLOBAL|PERSIST)\\b",
+      // A DO block runs statements PostgreSQL's parser leaves as text: seen by their words.
+      "DO\\b[\\s\\S]*\\b(?:(?:CREATE|ALTER|DROP)\\s+(?:ROLE|USER(?!\\s+MAPPING)|GROUP|DATABASE|TABLESPACE)|ALTER\\s+SYSTEM)\\b",
+      "(?:CREATE|DROP)\\s+(?:ROLE|USER(?!\\s+MAPPING)|GROUP|DATABASE|TABLESPACE|SUBSCRIPTION)\\b",
       "(?:REASSIGN|DROP)\\s+OWNED\\b",
       "RENAME\\s+USER\\b",
       "SET\\s+PASSWORD\\b",

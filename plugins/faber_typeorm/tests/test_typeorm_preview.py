@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from faber_core.engines import REHEARSAL_PREFIX
 from faber_core.testing.fixtures import CANARY_PASSWORD
 
@@ -179,3 +181,27 @@ def test_a_migration_that_changes_something_outside_its_database_is_not_run_on_t
     (later_note,) = previews["Later1700000300000"].notes
     assert later_note.startswith("Not rehearsed: Settings1700000200000 changes something outside its database")
     assert (refused.returncode, refused.json["code"]) == (5, "APPROVAL_REQUIRED"), refused.output
+
+
+def test_a_do_block_creating_a_role_is_not_run_on_the_copy(
+    typeorm_project, typeorm_migration, typeorm_context, typeorm_plugins, query
+):
+    role = f"faber_rehearsed_{uuid.uuid4().hex[:8]}"
+    block = (
+        f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}')"
+        f" THEN CREATE ROLE {role}; END IF; END $$"
+    )
+    project = typeorm_project({"1700000200000-Role.js": typeorm_migration("Role1700000200000", block)})
+
+    try:
+        previews = {p.name: p for p in preview(typeorm_plugins, typeorm_context(project))}
+    finally:
+        roles_left = query("SELECT count(*) FROM pg_roles WHERE rolname = %s", [role])
+        query(f"DROP ROLE IF EXISTS {role}")
+
+    assert roles_left == [(0,)]
+    assert (
+        previews["Role1700000200000"]
+        .notes[0]
+        .startswith("Not rehearsed: Role1700000200000 changes something outside its database (DO $$")
+    ), previews["Role1700000200000"].notes
