@@ -33,20 +33,26 @@ _KEYWORD_PASSWORD = re.compile(
 # A role's password written into a migration's SQL (``CREATE ROLE app PASSWORD '...'``, MySQL's
 # ``IDENTIFIED BY '...'``): no URL holds it, so no known form masks it in a preview, the audit log
 # or a database error quoting the statement.
-# Whatever the literal's quoting: PostgreSQL's '...', E'...', U&'...' and $tag$...$tag$, MySQL's
-# "..." and backslash escapes; after comments; MySQL's SET PASSWORD [FOR user] = '...',
-# PASSWORD('...'), MASTER_PASSWORD = '...', IDENTIFIED VIA|WITH plugin USING|AS '...'; a foreign
-# server's or user mapping's OPTIONS ("password" '...'). The keyword must be followed by something
-# other than a colon (JSON's "password": "..." is not SQL).
+# Whatever the literal's quoting: PostgreSQL's '...' (continued on the next line as '...'), E'...',
+# U&'...' and $tag$...$tag$, MySQL's "..." and backslash escapes (a PostgreSQL password ending in a
+# backslash ends its literal there: read within its line); after comments or nothing at all;
+# MySQL's SET PASSWORD [FOR user] = '...', PASSWORD('...'), MASTER_PASSWORD = '...', IDENTIFIED
+# VIA|WITH plugin USING|AS '...'; a foreign server's or user mapping's OPTIONS ("password" '...').
+# The keyword must not be part of a quoted text or word ('password', password_hash); quoted, it is
+# an option's name, followed by its value (JSON's "password": "..." is not SQL).
 _SQL_PASSWORD = re.compile(
     r"""(?ix)
-    \b(?P<keyword>
-        (?:MASTER_|SOURCE_)?PASSWORD(?:\s+FOR\s+\S+?)?"?
-      | IDENTIFIED(?:\s+|/\*(?s:.*?)\*/)+(?:(?:WITH|VIA)\s+\w+\s+)?(?:BY|AS|USING)
+    (?P<keyword>
+        (?<![\w'"$])(?:MASTER_|SOURCE_)?PASSWORD(?:\s+FOR\s+\S+?\s*(?==))?
+      | (?<![\w'$])"PASSWORD"
+      | (?<![\w'"$])IDENTIFIED(?:\s+|/\*(?s:.*?)\*/)+(?:(?:WITH|VIA)\s+\w+\s+)?(?:BY|AS|USING)
     )
-    (?P<gap>(?:\s|=|\(|/\*(?s:.*?)\*/|--[^\n]*\n)+)
+    (?P<gap>(?:\s|=|\(|/\*(?s:.*?)\*/|--[^\n]*\n)*)
     (?P<literal>
-        (?P<prefix>E|U&)?'(?:[^'\\]|\\.|'')*'
+        (?:
+            (?P<prefix>E|U&)?'(?:[^'\\\n]|\\.|'')*'
+          | '(?:[^'\n]|'')*'
+        )(?:[\ \t]*\n\s*'(?:[^'\n]|'')*')*
       | "(?:[^"\\]|\\.|"")*"
       | \$(?P<tag>(?:[A-Za-z_]\w*)?)\$(?s:.*?)\$(?P=tag)\$
     )"""

@@ -78,6 +78,13 @@ def test_redactor_masks_any_url_userinfo_and_password_settings():
         ("SET PASSWORD FOR 'a'@'%' = 's3cret'", "SET PASSWORD FOR 'a'@'%' = '***'"),
         ("SET PASSWORD FOR a = PASSWORD('s3cret')", "SET PASSWORD FOR a = PASSWORD('***')"),
         ('{"password": "not SQL"}', '{"password": "not SQL"}'),
+        ("ALTER ROLE a PASSWORD's3cret'", "ALTER ROLE a PASSWORD'***'"),
+        (
+            "ALTER ROLE a PASSWORD 'ends\\';\nALTER ROLE b PASSWORD 's3cret';",
+            "ALTER ROLE a PASSWORD '***';\nALTER ROLE b PASSWORD '***';",
+        ),
+        ("ALTER ROLE a PASSWORD 's3'\n  'cret';", "ALTER ROLE a PASSWORD '***';"),
+        ("SELECT password_hash FROM users WHERE x = 'y'", "SELECT password_hash FROM users WHERE x = 'y'"),
         ("CHANGE MASTER TO MASTER_PASSWORD = 's3cret'", "CHANGE MASTER TO MASTER_PASSWORD = '***'"),
         ("CREATE USER a IDENTIFIED /* c */ BY 's3cret'", "CREATE USER a IDENTIFIED /* c */ BY '***'"),
         ("CREATE USER a IDENTIFIED VIA ed25519 USING 's3cret'", "CREATE USER a IDENTIFIED VIA ed25519 USING '***'"),
