@@ -180,7 +180,7 @@ def status(
                 f"{environment} has {len(state.failed)} failed migration(s): {unfinished.failed_names(state)}",
                 result=result,
                 suggestions=[
-                    *statements_still_running(context),
+                    *statements_still_running(context, state),
                     f"If its changes are gone (rolled back, or undone by hand): faber resolve {environment} "
                     f"--rolled-back {shlex.quote(state.failed[0])}",
                     f"If you completed it by hand: faber resolve {environment} --applied "

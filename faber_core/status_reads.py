@@ -250,15 +250,17 @@ def first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), text)
 
 
-def statements_still_running(context: RunContext) -> list[str]:
+def statements_still_running(context: RunContext, state: MigrationState | None) -> list[str]:
     """Advice naming each statement another session of faber's user is still running in the
-    database (:meth:`~faber_core.engines.Engine.statements_left_running`): a killed deploy's, on
-    MySQL/MariaDB, runs to its end and commits then, after its migration was reported failed. None
-    when they cannot be read."""
+    database that may be a killed deploy's (:meth:`~faber_core.engines.Engine.statements_left_running`,
+    given the SQL of ``state``'s failed migrations): on MySQL/MariaDB it runs to its end and commits
+    then, after its migration was reported failed. None when they cannot be read."""
     engine = context.database.engine
+    if not engine.statements_outlive_their_client:
+        return []
     try:
         with context.database.session() as conn:
-            running = engine.statements_left_running(conn)
+            running = engine.statements_left_running(conn, _failed_sql(context, state))
     except engine.driver_error:
         return []
     env = context.environment
@@ -269,3 +271,13 @@ def statements_still_running(context: RunContext) -> list[str]:
         f"KILL {statement.session}"
         for statement in running
     ]
+
+
+def _failed_sql(context: RunContext, state: MigrationState | None) -> list[str]:
+    """The SQL of ``state``'s failed migrations kept as .sql files (code migrations have none)."""
+    if state is None or not state.failed:
+        return []
+    from faber_core.safety.checks import migration_sql  # the lint's module: only once something failed
+
+    failed = [m for m in state.local if m.name in state.failed]
+    return [sql for sql in (migration_sql(context, m) for m in failed) if sql]

@@ -629,7 +629,7 @@ def health_suggestions(
     drop_indexes = drop_invalid_indexes(context) if "schema" in failed else []
     if "migrations" in failed:
         return [
-            *statements_still_running(context),
+            *statements_still_running(context, state),
             f"Inspect the history: faber status {env}",
             *drop_indexes,
             *failed_migration_advice(context, unresolved_migrations(context, plugins)),
@@ -1685,10 +1685,16 @@ def unresolved_migrations(context: RunContext, plugins: Plugins) -> list[str]:
         return []
 
 
-def refuse_while_statements_run(context: RunContext, refused: str) -> None:
+def refuse_while_statements_run(context: RunContext, plugins: Plugins, refused: str) -> None:
     """Stop a resolve or a rollback while another session of faber's user runs a statement in the
-    database (:func:`statements_still_running`): a killed deploy's would commit after it."""
-    running = statements_still_running(context)
+    database that may be a killed deploy's (:func:`statements_still_running`): it would commit after."""
+    if not context.database.engine.statements_outlive_their_client:
+        return
+    try:
+        state = plugins.migration_status(context)
+    except (FaberError, context.database.engine.driver_error):
+        state = None  # read by the command after this; the statements running are named all the same
+    running = statements_still_running(context, state)
     if running:
         raise Locked(
             f"{refused}: another session is still running a statement in the database, which may be a killed "
@@ -2042,7 +2048,7 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
         applied_at_start = applied_or_unknown(context, plugins)
         with deploy_lock(context) as lock:
             refuse_if_deployed_meanwhile(context, plugins, chosen, applied_at_start)
-            refuse_while_statements_run(context, f"Not rolled back to {chosen.id}")
+            refuse_while_statements_run(context, plugins, f"Not rolled back to {chosen.id}")
             since = check_writes_since_backup(context, chosen)
             confirm_rollback(context, options, chosen, since)
             # The check waits seconds and a prompt as long as it takes: the lock's session may
@@ -2404,7 +2410,7 @@ def resolve(context: RunContext, plugins: Plugins, name: str, resolution: Resolu
     """``faber resolve ENV``: record how a failed migration was repaired, so deploys can go on."""
     plugins.require_tool(context.tool)
     with deploy_lock(context):
-        refuse_while_statements_run(context, "Not resolved")
+        refuse_while_statements_run(context, plugins, "Not resolved")
         if resolution == "applied":
             # The tool marks it applied before faber's record of a killed deploy inside it goes: a
             # tool that refuses (or a kill in between) leaves the migration failed, never merely

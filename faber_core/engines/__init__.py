@@ -352,6 +352,9 @@ class Engine(ABC):
     estimate_caveat: ClassVar[str] = ""
     """What the basis of an estimate costed from this engine's statistics adds about how far to
     trust it (how the statistics and the DDL algorithms differ from what the model assumes)."""
+    statements_outlive_their_client: ClassVar[bool] = False
+    """Whether the server runs a statement to its end after its client is gone (MySQL/MariaDB): a
+    killed run's may still commit (:meth:`statements_left_running`)."""
 
     # Connecting ------------------------------------------------------------------------
 
@@ -557,12 +560,13 @@ class Engine(ABC):
         Nothing found on an engine that cannot read its SQL."""
         return None
 
-    def statements_left_running(self, conn: Any) -> list[RunningStatement]:
-        """Statements other sessions of faber's user have been running in the database for a while,
-        for advice about a killed run: on an engine
-        whose server runs a dead client's statement to its end (MySQL/MariaDB), a killed deploy's
-        may still be committing. None where the server ends it with its client (PostgreSQL, under
-        the migration sessions' connection check)."""
+    def statements_left_running(self, conn: Any, of_migrations: Sequence[str] = ()) -> list[RunningStatement]:
+        """Statements other sessions of faber's user run in the database that may be a killed run's:
+        running for a while, or, however briefly, starting as a statement of ``of_migrations`` (the
+        SQL of the migrations recorded as failed: a script of short statements restarts the clock at
+        each). On an engine whose server runs a dead client's statements to their end
+        (MySQL/MariaDB), a killed deploy's may still be committing. None where the server ends them
+        with their client (PostgreSQL, under the migration sessions' connection check)."""
         return []
 
     def invalid_indexes(self, conn: Any) -> list[str]:

@@ -424,6 +424,11 @@ LONGEST_WAIT_TIMEOUT = 31536000
 """The largest ``wait_timeout`` MySQL and MariaDB take: a year, in seconds."""
 
 
+def _start_of(statement: str) -> str:
+    """A statement's first words, spaced as one: what a session's statement text is compared by."""
+    return " ".join(statement.split())[:40].lower()
+
+
 def never_ended_for_waiting(conn: MySQLConnection) -> None:
     """Keep ``conn`` open however long it waits: a session holding a ``GET_LOCK`` lock sits idle
     while the work it guards runs elsewhere, and a low ``wait_timeout`` (which DBAs set to reap
@@ -458,6 +463,7 @@ class MySQLEngine(Engine):
     schemes: ClassVar[tuple[str, ...]] = ("mysql", "mariadb")
     default_port: ClassVar[int] = 3306
     transactional_ddl: ClassVar[bool] = False
+    statements_outlive_their_client: ClassVar[bool] = True
     backup_provider: ClassVar[str] = "mysqldump"
     faber_schema_of_its_own: ClassVar[bool] = False
     lock_release_hint: ClassVar[str] = "KILL <connection id>"
@@ -744,14 +750,20 @@ class MySQLEngine(Engine):
                 return statement.strip().splitlines()[0]
         return None
 
-    def statements_left_running(self, conn: MySQLConnection) -> list[RunningStatement]:
+    def statements_left_running(
+        self, conn: MySQLConnection, of_migrations: Sequence[str] = ()
+    ) -> list[RunningStatement]:
+        starts = {_start_of(statement) for sql in of_migrations for statement in split_statements(sql)} - {""}
         rows = conn.execute(
-            "SELECT ID, TIME, LEFT(REPLACE(INFO, '\\n', ' '), 60) FROM information_schema.PROCESSLIST"
-            " WHERE DB = DATABASE() AND COMMAND = 'Query' AND ID <> CONNECTION_ID() AND TIME >= %s"
+            "SELECT ID, TIME, INFO FROM information_schema.PROCESSLIST"
+            " WHERE DB = DATABASE() AND COMMAND = 'Query' AND ID <> CONNECTION_ID()"
             " AND USER = SUBSTRING_INDEX(CURRENT_USER(), '@', 1) ORDER BY TIME DESC",
-            [STILL_RUNNING_SECONDS],
         ).fetchall()
-        return [RunningStatement(int(session), int(seconds), text or "") for session, seconds, text in rows]
+        return [
+            RunningStatement(int(session), int(seconds), " ".join(str(text or "").split())[:60])
+            for session, seconds, text in rows
+            if seconds >= STILL_RUNNING_SECONDS or _start_of(str(text or "")) in starts
+        ]
 
     def finish_interrupted_restores(self, context: RunContext, conn: MySQLConnection) -> None:
         from faber_core.backup.mysql_dumps import finish_interrupted_restores

@@ -540,3 +540,46 @@ def test_a_script_whose_connection_is_lost_as_it_runs_is_not_reported_as_committ
     assert result.get("statements_committed") is None and result["rollback_status"] != "not_needed", result
     assert "Database unchanged" not in failed.output
     assert "tags" in {name for (name,) in mysql_query("SHOW TABLES")}  # the server did run it
+
+
+def test_a_killed_deploy_s_script_of_short_statements_is_named_and_stops_a_resolve(
+    mysql_prisma_project, run_faber, mysql_query, mysql_admin_url
+):
+    """The server runs a killed deploy's script to its end, statement by statement, and its clock
+    restarts at each: sub-second statements were never named, and a resolve right after the kill
+    went ahead, undone by the rest of the script as it committed. A statement of the failed
+    migration's own SQL is named however long it has run."""
+    steps = "".join("INSERT INTO steps SELECT i FROM (SELECT SLEEP(0.3) AS i) s;\n" for _ in range(40))
+    project = mysql_prisma_project(
+        {
+            "20240101000000_init": "CREATE TABLE steps (i int);",
+            "20240102000000_steps": steps + "CREATE TABLE t5 (i int);",
+        },
+        require_committed_migrations=False,
+    )
+    run = FaberProcess.start(project, "migrate", "staging", "--yes", "--json")
+    with mysql_connect(mysql_admin_url) as admin:
+        try:
+            wait_for(
+                lambda: admin.execute(
+                    "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'INSERT INTO steps%'"
+                ).fetchall(),
+                "the script to be running",
+            )
+            run.kill(signal.SIGKILL)
+            run.wait(30)
+
+            status = run_faber("status", "staging", "--json", "--cwd", str(project))
+            resolve = run_faber(
+                "resolve", "staging", "--rolled-back", "20240102000000_steps", "--json", "--cwd", str(project)
+            )
+        finally:
+            run.stop_everything()
+            for (session,) in admin.execute(
+                "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'INSERT INTO steps%'"
+            ).fetchall():
+                admin.execute(f"KILL {int(session)}")
+
+    assert status.returncode == 6, status.output
+    assert status.json["recovery"]["suggestions"][0].startswith("Session "), status.json["recovery"]["suggestions"]
+    assert (resolve.returncode, resolve.json["code"]) == (7, "LOCKED"), resolve.output
