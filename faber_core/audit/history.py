@@ -165,17 +165,10 @@ def _record_running(context: RunContext, event: AuditEvent, run: _Run) -> None:
     """The row of a run in progress: what it is, when it started, the backup once it has one."""
     row = {
         **dict.fromkeys(COLUMNS),
-        "id": event.run_id,
-        "environment": context.environment,
-        "operation": context.operation,
+        **_identity(context, event, run),
         "status": RUN_IN_PROGRESS,
-        "started_at": run.started_at,
         "migrations": "[]",
         "backup_id": run.backup_id,
-        "tool": context.tool,
-        "actor": context.redactor.redact(actor()),
-        "faber_version": __version__,
-        "git_commit": context.once(("git commit", context.project_dir), lambda: git_commit(context)),
     }
     engine, replacing = context.database.engine, run.row_written
     if _write(context, run, lambda conn, schema: engine.record_deployment(conn, schema, row, replacing=replacing)):
@@ -202,25 +195,31 @@ def deployment_row(context: RunContext, event: AuditEvent, run: _Run) -> dict[st
     document = event.data.get("document") or {}
     result = document.get("result") if isinstance(document.get("result"), dict) else {}
     migrations = run.migrations or _previewed(document)
-    redact = context.redactor.redact
     return {
-        "id": event.run_id,
-        "environment": context.environment,
-        "operation": context.operation,
+        **_identity(context, event, run),
         "status": document.get("status", event.data.get("status", "error")),
         "exit_code": int(event.data.get("exit_code", 1)),
-        "started_at": run.started_at,
         "finished_at": event.timestamp,
         "duration_seconds": round((event.timestamp - run.started_at).total_seconds(), 3),
         "migrations": json.dumps(context.redactor.redact_data(migrations)),
         "backup_id": run.backup_id or result.get("backup_id") or (document.get("recovery") or {}).get("backup_id"),
         "rollback_status": result.get("rollback_status"),
+        "error_code": document.get("code"),
+        "error_message": context.redactor.redact(document["error"]) if document.get("error") else None,
+    }
+
+
+def _identity(context: RunContext, event: AuditEvent, run: _Run) -> dict[str, Any]:
+    """What a run's row says of the run from its start: which it is, who started it, when, with what."""
+    return {
+        "id": event.run_id,
+        "environment": context.environment,
+        "operation": context.operation,
+        "started_at": run.started_at,
         "tool": context.tool,
-        "actor": redact(actor()),
+        "actor": context.redactor.redact(actor()),
         "faber_version": __version__,
         "git_commit": context.once(("git commit", context.project_dir), lambda: git_commit(context)),
-        "error_code": document.get("code"),
-        "error_message": redact(document["error"]) if document.get("error") else None,
     }
 
 

@@ -244,14 +244,10 @@ def _refuse_a_swap_it_could_not_restore(context: RunContext, names: DatabaseName
 def _refuse_an_in_place_restore_it_could_not_run(context: RunContext) -> None:
     """An in-place restore drops the database's schemas: as a user who may not, it would fail when a
     migration failed (exit 8, the migration half applied); a deploy is stopped here instead."""
-    from faber_core.backup.restore import in_place_refusal, objects_it_may_not_drop
-    from faber_core.backup.writes import IS_A_FABER_SCHEMA
+    from faber_core.backup.restore import in_place_refusal, objects_it_may_not_drop, with_other_projects_schemas
 
     with context.database.session() as conn:
-        keep = [context.config.database.faber_schema] + [
-            name
-            for (name,) in conn.execute(f"SELECT n.nspname FROM pg_catalog.pg_namespace n WHERE {IS_A_FABER_SCHEMA}")
-        ]
+        keep = with_other_projects_schemas(conn, [context.config.database.faber_schema])
         refused = objects_it_may_not_drop(conn, keep)
         user = conn.info.user
     if refused:

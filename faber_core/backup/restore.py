@@ -140,13 +140,17 @@ def kept_schemas(context: RunContext, backup: BackupRecord) -> list[str]:
     and the faber_schema of every other project deploying the same database, whose history and
     write baselines a restore must not take back to the backup's, or drop when the backup
     predates them."""
-    keep = store.faber_schemas(context, backup)
     with context.database.connect() as conn:
-        others = conn.execute(
-            f"SELECT n.nspname FROM pg_catalog.pg_namespace n WHERE n.nspname <> ALL(%s) AND {IS_A_FABER_SCHEMA}"
-            " ORDER BY 1",
-            [keep],
-        ).fetchall()
+        return with_other_projects_schemas(conn, store.faber_schemas(context, backup))
+
+
+def with_other_projects_schemas(conn: psycopg.Connection, keep: list[str]) -> list[str]:
+    """``keep`` and the faber_schema of every other project deploying the database."""
+    others = conn.execute(
+        f"SELECT n.nspname FROM pg_catalog.pg_namespace n WHERE n.nspname <> ALL(%s) AND {IS_A_FABER_SCHEMA}"
+        " ORDER BY 1",
+        [keep],
+    ).fetchall()
     return keep + [name for (name,) in others]
 
 
