@@ -843,8 +843,10 @@ def is_ddl(statement: str) -> bool:
 
 
 def strip_leading_comments(statement: str) -> str:
+    """``statement`` without the comments before it; an executable comment (``/*!50003 ... */``,
+    MariaDB's ``/*M! ... */``), which the server runs, is the statement itself."""
     text = statement.lstrip()
-    while text.startswith(("--", "#", "/*")):
+    while text.startswith(("--", "#", "/*")) and not text.startswith(("/*!", "/*M!")):
         if text.startswith("/*"):
             end = text.find("*/")
             text = text[end + 2 :].lstrip() if end != -1 else ""

@@ -19,6 +19,7 @@ from faber_core.engines.mysql import (
     faber_lock_name_on_server,
     is_ddl,
     split_statements,
+    strip_leading_comments,
 )
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "faber_lock_name_on_server",
     "is_ddl",
     "split_statements",
+    "strip_leading_comments",
 ]

@@ -409,9 +409,10 @@ def _apply_statement_by_statement(
 
 
 def _apply_on_mysql(context: RunContext, history: MysqlHistory, folder: MigrationFolder) -> MigrationFailure | None:
-    """As Prisma on MySQL: the attempt's row, the script in one request, then the row finished. A
-    failure leaves the statements before the failing one committed and the row failed, with the
-    P3018 text in its logs, until someone resolves it (the rollback restores the backup)."""
+    """As Prisma on MySQL: the attempt's row, the script (:func:`faber_prisma.mysql.run_script`),
+    then the row finished. A failure leaves the statements before the failing one committed and the
+    row failed, with the P3018 text in its logs, until someone resolves it (the rollback restores
+    the backup)."""
     from faber_prisma import mysql
 
     assert folder.checksum is not None
@@ -423,7 +424,7 @@ def _apply_on_mysql(context: RunContext, history: MysqlHistory, folder: Migratio
             MigrationFailure(
                 name=folder.name,
                 error=f"{stopped.message.capitalize()}. MySQL commits each statement on its own: "
-                f"{_committed_on_mysql(stopped)}; its failed record stays until resolved.",
+                f"{_committed_on_mysql(stopped)}.",
                 path=folder.path,
                 transaction_rolled_back=False,
                 statements_committed=stopped.committed,
@@ -445,7 +446,7 @@ def _apply_on_mysql(context: RunContext, history: MysqlHistory, folder: Migratio
         )
         + f"\nStatement {failure.statement} failed. MySQL commits each statement on its own: "
         + _committed_on_mysql(failure)
-        + "; its failed record stays until resolved."
+        + "."
         + unrecorded,
         output=f"Error: P3018\n\n{logs}",
         path=folder.path,

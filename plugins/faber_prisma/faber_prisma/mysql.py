@@ -11,13 +11,16 @@ What Prisma's MySQL connector does, and faber with it:
 - the lock: ``GET_LOCK('prisma_migrate', 10)``. The name is global to the server, not to one
   database, so every Prisma deploy on a server waits for every other one; faber takes the same
   name, waiting ``lock_wait_seconds``. (Prisma carries on when its 10 s pass; faber refuses.)
-- the script: sent as one multi-statement request, outside any transaction. MySQL commits each
-  DDL statement on its own anyway, so a failing script leaves the statements before it applied;
-  the error names the failing statement by its number, as Prisma's does.
+- the script: run outside any transaction. MySQL commits each DDL statement on its own anyway,
+  so a failing script leaves the statements before it applied; the error names the failing
+  statement by its number, as Prisma's does. Prisma sends it as one multi-statement request;
+  faber sends it a statement at a time (:func:`requests_of`), so that a kill leaves no statement
+  after the running one to commit.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -29,7 +32,7 @@ import pymysql
 from faber_core.context import RunContext
 from faber_core.errors import Locked
 from faber_core.models import MigrationRecord
-from faber_core.support.mysql import FABER_TABLES, MySQLConnection
+from faber_core.support.mysql import FABER_TABLES, MySQLConnection, split_statements, strip_leading_comments
 from pymysql.constants import CLIENT, SERVER_STATUS
 
 from faber_prisma.history import SELECT_ROWS, as_records
@@ -203,62 +206,113 @@ class ScriptFailure:
     message: str
 
 
+# A stored program (procedure, function, trigger, event, package, MariaDB's anonymous block) has
+# statements of its own in its body, which only the server's parser tells apart from the script's.
+_STORED_PROGRAM = re.compile(
+    r"(?is)^(?:CREATE\b[^;]*?\b(?:PROCEDURE|FUNCTION|TRIGGER|EVENT|PACKAGE)\b|BEGIN\s+NOT\s+ATOMIC\b)"
+)
+_BLOCK = re.compile(r"(?i)\bBEGIN\b(?!\s*(?:WORK\s*)?$)")
+
+
+def requests_of(script: str) -> list[str]:
+    """The requests that send ``script``: one per statement, so that a faber killed in one of them
+    leaves only that one to run on (the server runs a multi-statement request to its end once its
+    client is gone: the rest of the script would commit after the kill, unseen). A script holding a
+    stored program goes whole, in one multi-statement request, as Prisma sends every script: its
+    body's statements are the server's to tell apart (the same holds for a script of no statement)."""
+    statements = split_statements(script)
+    if not statements or any(
+        _STORED_PROGRAM.match(text) or _BLOCK.search(text) for text in map(strip_leading_comments, statements)
+    ):
+        return [script]
+    return statements
+
+
+@dataclass(frozen=True)
+class _Progress:
+    """How far a script got: replaced whole (one assignment) after each result read, so that an
+    interrupt at any moment finds it as it was before that result or after it, never half updated."""
+
+    finished: int = 0
+    """Statements whose result was read."""
+    result: Any = None
+    """The connection's last result then (PyMySQL replaces it as it reads one): another one since
+    means one more statement finished."""
+    block_began: int | None = None
+    """The statement that opened the script's own transaction, while it is open."""
+    requests_done: int = 0
+    """Requests whose every result was read."""
+
+    def read(self, result: Any, server_status: int) -> _Progress:
+        """After the next statement's result (``server_status``: the session's state after it)."""
+        finished = self.finished + 1
+        return _Progress(
+            finished,
+            result,
+            _transaction_block(self.block_began, finished, server_status),
+            self.requests_done + (0 if server_status & SERVER_STATUS.SERVER_MORE_RESULTS_EXISTS else 1),
+        )
+
+    @property
+    def committed(self) -> int:
+        return self.finished if self.block_began is None else self.block_began - 1
+
+
 def run_script(
     conn: MySQLConnection, script: str, interrupted: Callable[[ScriptFailure], None]
 ) -> ScriptFailure | None:
-    """Send ``script`` as one multi-statement request, as Prisma does; None when every statement ran.
+    """Run ``script`` outside any transaction, a statement per request (:func:`requests_of`); None
+    when every statement ran.
 
-    The server runs the statements in order and stops at the first that fails; each one before it
-    has committed (autocommit), unless the script opened a transaction of its own (``BEGIN``) and
-    it is still open: that transaction is rolled back. An interrupt ends the session (``KILL``):
-    the statement it stopped in rolls back, and the results the server had sent before tell which
-    statements finished; ``interrupted`` is told where the script stopped, then the interrupt
-    goes on. A lost session (the server's error 2013) is raised as it is: what ran is not known.
+    The statements run in order and stop at the first that fails; each one before it has committed
+    (autocommit), unless the script opened a transaction of its own (``BEGIN``) and it is still
+    open: that transaction is rolled back. An interrupt ends the session (``KILL``): the statement
+    it stopped in rolls back, and the results read before and those the server had sent tell which
+    statements finished; ``interrupted`` is told where the script stopped, then the interrupt goes
+    on. A lost session (the server's error 2013) is raised as it is: what ran is not known.
     """
+    requests = requests_of(script)
     cursor = conn.cursor()
-    statement = 1
-    block_began: int | None = None  # the statement that opened the script's own transaction, while it is open
+    progress = _Progress(result=conn._result)
     try:
-        cursor.execute(script)
-        while True:
-            # Each statement's result carries the session's state after it.
-            block_began = _transaction_block(block_began, statement, conn.server_status)
-            statement += 1  # reading the next result runs the next statement, or raises its error
-            if not cursor.nextset():
-                return None
+        for request in requests:
+            cursor.execute(request)
+            progress = progress.read(conn._result, conn.server_status)
+            while cursor.nextset():  # reading the next result runs the next statement, or raises its error
+                progress = progress.read(conn._result, conn.server_status)
+        return None
     except pymysql.MySQLError as exc:
         if not conn.open:
             # The session was lost, not the statement refused: the server runs a statement to its
-            # end once its client is gone, and may run the rest of the script, so which statements
+            # end once its client is gone (and the rest of a script sent whole), so which statements
             # committed is not known; faber treats the migration as one that may have committed in part.
             raise
         with suppress(pymysql.MySQLError):
             conn.rollback()
         code, message = exc.args if len(exc.args) == 2 else (None, str(exc))
-        committed = statement - 1 if block_began is None else block_began - 1
-        return ScriptFailure(statement=statement, committed=committed, code=code, message=str(message))
+        return ScriptFailure(
+            statement=progress.finished + 1, committed=progress.committed, code=code, message=str(message)
+        )
     except KeyboardInterrupt:
         if conn.open:
-            # Between two results (the script runs on until its session ends): which one was read
-            # last is not known for sure, so the migration stays one that may have committed in part.
-            conn.end_session()
-            raise
+            # Between two answers: a result read since the last count is one more statement finished.
+            if conn._result is not progress.result:
+                progress = progress.read(conn._result, conn._result.server_status)
+            conn.end_session()  # a script sent whole runs on meanwhile; its results are read below
         if conn.answered_after_interrupt is None:
             # Inside a result: which statements finished is not known, so the migration stays one
             # that may have committed in part.
             raise
-        finished = False
         for status in conn.answered_after_interrupt:
-            block_began = _transaction_block(block_began, statement, status)
-            finished = not status & SERVER_STATUS.SERVER_MORE_RESULTS_EXISTS
-            statement += 1
-        committed = statement - 1 if block_began is None else block_began - 1
+            progress = progress.read(None, status)
         message = (
             "interrupted after its last statement"
-            if finished
-            else f"interrupted in statement {statement}, which rolled back as its session ended"
+            if progress.requests_done == len(requests)
+            else f"interrupted in statement {progress.finished + 1}, which rolled back as its session ended"
         )
-        interrupted(ScriptFailure(statement=statement, committed=committed, code=None, message=message))
+        interrupted(
+            ScriptFailure(statement=progress.finished + 1, committed=progress.committed, code=None, message=message)
+        )
         raise
 
 
@@ -270,8 +324,8 @@ def _transaction_block(began: int | None, statement: int, server_status: int) ->
 
 
 def connect(context: RunContext, application_name: str) -> MySQLConnection:
-    """A migration session that accepts a script of many statements in one request, as Prisma's
-    does (the engine's sessions take one statement per request)."""
+    """A migration session that also accepts a script of many statements in one request, as
+    Prisma's does (:func:`requests_of`; the engine's sessions take one statement per request)."""
     database = context.database
     return MySQLConnection(
         **database.conninfo_params(),

@@ -141,6 +141,24 @@ def test_a_script_is_sent_whole_so_a_trigger_body_survives(
     assert sorted(mysql_query("SELECT email FROM audit")) == [("b@example.com",), ("b@example.com;",)]
 
 
+def test_an_executable_comment_runs_as_the_statement_it_is(
+    mysql_prisma_project, prisma_context, prisma_plugins, mysql_query
+):
+    # Sent whole, MariaDB refused an executable comment it skips (a MySQL 5.7 one) followed by
+    # another statement (1064); split, one it runs must not be taken for a comment and left out.
+    script = (
+        "CREATE TABLE `x` (`id` INTEGER);\n/*!40101 ALTER TABLE `x` ADD COLUMN `c` INTEGER */;\n"
+        "/*!50700 ALTER TABLE `x` ADD COLUMN `e` INTEGER */;\nALTER TABLE `x` ADD COLUMN `d` INTEGER;\n"
+    )
+    project = mysql_prisma_project({"20240101000000_init": INIT, "20240102000000_x": script})
+
+    outcome = apply_pending(prisma_plugins, prisma_context(project))
+
+    assert outcome.failure is None, outcome.failure
+    columns = mysql_query("SELECT column_name FROM information_schema.columns WHERE table_name = 'x' ORDER BY 1")
+    assert {"c", "d", "id"} <= {name for (name,) in columns}  # and `e` where the server runs 5.7's comments
+
+
 def test_a_failure_part_way_leaves_a_failed_row_and_says_what_committed(
     mysql_prisma_project, prisma_context, prisma_plugins, mysql_query
 ):
@@ -542,43 +560,67 @@ def test_a_script_whose_connection_is_lost_as_it_runs_is_not_reported_as_committ
     assert "tags" in {name for (name,) in mysql_query("SHOW TABLES")}  # the server did run it
 
 
-def test_a_killed_deploy_s_script_of_short_statements_is_named_and_stops_a_resolve(
-    mysql_prisma_project, run_faber, mysql_query, mysql_admin_url
-):
-    """The server runs a killed deploy's script to its end, statement by statement, and its clock
-    restarts at each: sub-second statements were never named, and a resolve right after the kill
-    went ahead, undone by the rest of the script as it committed. A statement of the failed
-    migration's own SQL is named however long it has run."""
-    steps = "".join("INSERT INTO steps SELECT i FROM (SELECT SLEEP(0.3) AS i) s;\n" for _ in range(40))
-    project = mysql_prisma_project(
-        {
-            "20240101000000_init": "CREATE TABLE steps (i int);",
-            "20240102000000_steps": steps + "CREATE TABLE t5 (i int);",
-        },
-        require_committed_migrations=False,
-    )
+def killed_inside(project, statement_running: str, mysql_admin_url, run_faber, migration: str) -> tuple:
+    """``faber migrate`` on ``project`` SIGKILLed once a session runs a statement starting with
+    ``statement_running``; then, at once, ``faber status`` and ``faber resolve --rolled-back
+    migration``; returned once no session runs such a statement any more."""
+    running = f"SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE '{statement_running}%%'"
     run = FaberProcess.start(project, "migrate", "staging", "--yes", "--json")
     with mysql_connect(mysql_admin_url) as admin:
         try:
-            wait_for(
-                lambda: admin.execute(
-                    "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'INSERT INTO steps%'"
-                ).fetchall(),
-                "the script to be running",
-            )
+            wait_for(lambda: admin.execute(running).fetchall(), f"{statement_running} to be running")
             run.kill(signal.SIGKILL)
             run.wait(30)
-
             status = run_faber("status", "staging", "--json", "--cwd", str(project))
-            resolve = run_faber(
-                "resolve", "staging", "--rolled-back", "20240102000000_steps", "--json", "--cwd", str(project)
-            )
+            resolve = run_faber("resolve", "staging", "--rolled-back", migration, "--json", "--cwd", str(project))
+            wait_for(lambda: not admin.execute(running).fetchall(), "the killed deploy's statements to end")
         finally:
             run.stop_everything()
-            for (session,) in admin.execute(
-                "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'INSERT INTO steps%'"
-            ).fetchall():
+            for (session,) in admin.execute(running).fetchall():
                 admin.execute(f"KILL {int(session)}")
+    return status, resolve
+
+
+def test_a_killed_deploy_leaves_only_the_statement_it_was_in_to_run_on(
+    mysql_prisma_project, run_faber, mysql_query, mysql_admin_url
+):
+    """The server runs a statement to its end once its client is gone, and a multi-statement
+    request to its end too: sent whole, a killed deploy's script ran on, its later statements
+    committing after the kill, while status and the docs spoke of one statement. Sent a statement
+    at a time, only the one faber was in runs on, named by status, which stops a resolve meanwhile."""
+    slow = "INSERT INTO steps VALUES (1);\nINSERT INTO steps SELECT SLEEP(4);\nCREATE TABLE t5 (i int);\n"
+    project = mysql_prisma_project(
+        {"20240101000000_init": "CREATE TABLE steps (i int);", "20240102000000_slow": slow},
+        require_committed_migrations=False,
+    )
+
+    status, resolve = killed_inside(
+        project, "INSERT INTO steps SELECT SLEEP", mysql_admin_url, run_faber, "20240102000000_slow"
+    )
+
+    assert status.returncode == 6, status.output
+    assert status.json["recovery"]["suggestions"][0].startswith("Session "), status.json["recovery"]["suggestions"]
+    assert status.json["result"]["failed"] == ["20240102000000_slow"], status.json["result"]
+    assert (resolve.returncode, resolve.json["code"]) == (7, "LOCKED"), resolve.output
+    assert mysql_query("SELECT count(*) FROM steps") == [(2,)]  # the statement it was in ran to its end
+    assert "t5" not in {name for (name,) in mysql_query("SHOW TABLES")}  # and no later one ran
+
+
+def test_a_killed_deploy_s_script_sent_whole_is_named_statement_by_statement(
+    mysql_prisma_project, run_faber, mysql_query, mysql_admin_url
+):
+    """A script holding a stored program goes whole, as Prisma sends it, and runs to its end after
+    a kill; MariaDB restarts a session's clock at each of its statements, so sub-second ones never
+    showed as long-running: a statement of the failed migration's own SQL is named however
+    briefly it has run."""
+    steps = "".join("INSERT INTO steps SELECT i FROM (SELECT SLEEP(0.3) AS i) s;\n" for _ in range(30))
+    program = "CREATE PROCEDURE noop() BEGIN DO 1; END;\n"
+    project = mysql_prisma_project(
+        {"20240101000000_init": "CREATE TABLE steps (i int);", "20240102000000_steps": program + steps},
+        require_committed_migrations=False,
+    )
+
+    status, resolve = killed_inside(project, "INSERT INTO steps", mysql_admin_url, run_faber, "20240102000000_steps")
 
     assert status.returncode == 6, status.output
     assert status.json["recovery"]["suggestions"][0].startswith("Session "), status.json["recovery"]["suggestions"]
