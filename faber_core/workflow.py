@@ -1625,14 +1625,16 @@ def interrupted_restore(
     )
 
 
-RESTORE_TRIED: tuple[RollbackStatus, ...] = ("success", "failed", "restored_side_by_side")
-"""Rollback statuses whose advice is the restore's, not undoing the failed migration's leftovers."""
+RESTORED: tuple[RollbackStatus, ...] = ("success", "restored_side_by_side")
+"""Rollback statuses after which the database to go on with is the backup restored (in place, or
+beside it): their advice is the restore's, not undoing the failed migration's leftovers. A restore
+that failed left the database as the deploy did: its leftovers are named after the retry."""
 
 
 def leftover_indexes(context: RunContext, progress: DeployProgress, status: RollbackStatus) -> list[str]:
     """Invalid indexes this deploy left (a failed or interrupted ``CREATE INDEX CONCURRENTLY``),
     when the database was not restored; none when they cannot be read."""
-    if status in RESTORE_TRIED:
+    if status in RESTORED:
         return []
     try:
         with context.database.session() as conn:
@@ -1649,7 +1651,7 @@ def resolve_advice(
     as failed, and ``left_recorded``, the one this run stopped in that faber's record makes the
     next run report as failed (the tool records nothing of it: TypeORM, Sequelize), with the
     command that lets the next deploy go on once its leftovers are undone."""
-    if status in RESTORE_TRIED:
+    if status in RESTORED:
         return []
     failed = unresolved_migrations(context, plugins)
     if left_recorded is not None and left_recorded not in failed:
@@ -1670,7 +1672,7 @@ def left_behind_by(failure: MigrationFailure | None, status: RollbackStatus) -> 
     (which the message keeps), when the database was not restored: the leftovers to undo before
     resolving it. A migration outside a transaction (MySQL's DDL, CREATE INDEX CONCURRENTLY) keeps
     the statements before the one that failed."""
-    if failure is None or failure.left_nothing or status in RESTORE_TRIED:
+    if failure is None or failure.left_nothing or status in RESTORED:
         return []
     detail = " ".join(line.strip() for line in failure.error.splitlines() if line.strip())
     told = detail.removeprefix(first_line(failure.error)).strip()

@@ -17,9 +17,10 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from faber_core.errors import Locked, MigrationFailed
+from faber_core.errors import FaberError, Locked, MigrationFailed
 from faber_core.testing.faults import AnswerDropped, FaberProcess
 from faber_core.testing.fixtures import CANARY_PASSWORD, faber_at_once, mysql_connect, start_faber, wait_for
+from faber_core.workflow import DeployOptions, migrate
 
 from faber_prisma.mysql import LOCK_NAME
 
@@ -386,6 +387,36 @@ def test_a_failed_deploy_in_a_protected_environment_is_restored(
     assert rows(mysql_query) == [("20240101000000_init", sha256(INIT), 1, 0, 1, None)]
     add_migration(project, "20240102000000_half", HALF.replace("CREATE TABLE `users`", "CREATE TABLE `fixed`"))
     assert faber(run_faber, project, "migrate", "staging", "--yes").returncode == 0
+
+
+def test_a_failed_restore_names_the_failed_migration_with_its_resolve_too(
+    mysql_prisma_project, prisma_context, prisma_plugins, mysql_query
+):
+    """The restore failed (here: its dump unreadable), so the database is as the deploy left it: the
+    advice is to retry the restore, and, as whenever nothing was restored, the migration Prisma
+    records as failed is named with what it left and its faber resolve."""
+    project = mysql_prisma_project(
+        {"20240101000000_init": INIT, "20240102000000_half": HALF}, protected=True, backup_before_migrate=True
+    )
+    context = prisma_context(project)
+
+    def corrupt_the_dump(event):  # a disk fault, as soon as the backup is written
+        if event.kind == "backup.created":
+            for dump in (project / ".faber/backups/staging").glob(f"{event.data['backup_id']}.*"):
+                if dump.suffix != ".json":
+                    dump.write_bytes(b"-- faber: not a dump\nTHIS IS NOT SQL;\n")
+
+    context.listeners.append(corrupt_the_dump)
+
+    with pytest.raises(FaberError) as raised:
+        migrate(context, prisma_plugins, DeployOptions(assume_yes=True))
+
+    error = raised.value
+    assert error.code == "RESTORE_FAILED" and error.result["rollback_status"] == "failed", error.message
+    retry = f"Retry the rollback: faber rollback staging --to {error.backup_id}"
+    resolve = next(s for s in error.suggestions if "faber resolve staging --rolled-back 20240102000000_half" in s)
+    assert error.suggestions.index(retry) < error.suggestions.index(resolve), error.suggestions
+    assert "tags" in {name for (name,) in mysql_query("SHOW TABLES")}  # what it left, not restored
 
 
 def test_a_failed_deploy_not_restored_says_which_statements_of_the_failed_migration_committed(
