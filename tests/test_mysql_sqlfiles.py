@@ -623,6 +623,7 @@ def test_a_user_who_may_not_create_the_restore_s_scratch_database_is_refused_at_
     assert (code, document["code"]) == (4, "BACKUP_FAILED"), stderr
     assert "the user may not create one" in document["error"] and "nothing applied" in document["error"]
     assert any("GRANT ALL ON `faber\\_restore\\_%`.*" in s for s in document["recovery"]["suggestions"])
+    assert sum("--skip-backup" in s for s in document["recovery"]["suggestions"]) == 1, document["recovery"]
     assert mysql_query("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_NAME = 'users'") == []
     assert not mysql_scratch_databases(mysql_admin_url, mysql_database_url.rpartition("/")[2])
 

@@ -195,7 +195,6 @@ def _refuse_a_backup_it_could_not_restore(context: RunContext) -> None:
             suggestions=[
                 "Give the user every privilege on the scratch databases: GRANT ALL ON `faber\\_restore\\_%`.* "
                 "TO <user> (docs/mysql.md)",
-                "Or deploy without a backup (--skip-backup), knowing that nothing will undo a failed migration",
             ],
         ) from None
 
