@@ -41,7 +41,7 @@ EMBEDDED_ENVIRONMENT = "dev"
 PROTECTED_LOCK_TIMEOUT_SECONDS = 0.5
 """Live writes queue behind a migration waiting for its lock for at most this long (pgroll's default);
 the migration is retried with backoff instead (docs/safety.md)."""
-_ENVIRONMENT_NAME = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_ENVIRONMENT_NAME - 1}}}$")
+_ENVIRONMENT_NAME = re.compile(rf"\A[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_ENVIRONMENT_NAME - 1}}}\Z")
 _RESERVED_SCHEMAS = frozenset({"public", "information_schema"})
 _MAX_NESTING = 64
 """No valid config nests deeper than a few levels; deeper input is refused before it is walked."""
@@ -105,7 +105,7 @@ class LockRetrySettings(BaseModel):
 TARGET_NAME = _ENVIRONMENT_NAME
 """A fleet's target names follow environment names: ``ENV/TARGET`` names one target, and its backups
 live under ``.faber/backups/ENV/TARGET/``."""
-VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+VARIABLE_NAME = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 
 
 def _variable_name(value: str | None) -> str | None:

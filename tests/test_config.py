@@ -79,9 +79,17 @@ def test_requires_success_in_must_name_a_configured_environment():
     assert "(did you mean staging?)" in str(refused.value)
 
 
-def test_environment_names_are_validated():
+@pytest.mark.parametrize("name", ["../etc", "staging\n"])
+def test_environment_names_are_validated(name):
+    # A name ending in a line break landed in backup folder names and in unquoted commands faber suggests.
     with pytest.raises(ConfigError, match="Invalid environment name"):
-        FaberConfig.model_validate({"database": {"migration_tool": "prisma"}}).environment("../etc")
+        FaberConfig.model_validate({"database": {"migration_tool": "prisma"}}).environment(name)
+
+
+def test_a_config_naming_an_environment_or_a_variable_with_a_line_break_is_refused():
+    for environments in ({"staging\n": {}}, {"staging": {"database_url_env": "STAGING_DATABASE_URL\n"}}):
+        with pytest.raises(ValidationError):
+            FaberConfig.model_validate({"database": {"migration_tool": "prisma", "environments": environments}})
 
 
 def test_tool_sections_reach_the_handler():

@@ -20,7 +20,7 @@ from faber_core.errors import ConfigError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 PROVIDER = "rds-snapshot"
-_IDENTIFIER = re.compile(r"^[A-Za-z](?!.*--)[A-Za-z0-9-]{0,62}(?<!-)$")
+_IDENTIFIER = re.compile(r"\A[A-Za-z](?!.*--)[A-Za-z0-9-]{0,62}(?<!-)\Z")
 
 
 class RetentionSettings(BaseModel):
