@@ -716,6 +716,64 @@ def test_compiled_migrations_in_an_ignored_dist_folder_deploy_and_the_run_says_t
     assert [name for (name,) in query("SELECT name FROM migrations ORDER BY id")] == FIXTURE_MIGRATIONS
 
 
+USERS = "CREATE TABLE users (id int)"
+POSTS = "CREATE TABLE posts (id int)"
+ESM_DATA_SOURCE = """import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { DataSource } from "typeorm";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const AppDataSource = new DataSource({ type: "postgres", migrations: [`${here}/migrations/*.js`] });
+"""
+
+
+def esm_migration(class_name: str, sql: str) -> str:
+    up = f"  async up(queryRunner) {{\n    await queryRunner.query({json.dumps(sql)});\n  }}\n"
+    return f"export class {class_name} {{\n{up}\n  async down() {{}}\n}}\n"
+
+
+def esm_project(typeorm_project, migrations: dict[str, str], **settings) -> Path:
+    """An ES module project ("type": "module"): its data source and its ``migrations`` ({file name:
+    source}) are ES modules, which TypeORM loads by import()."""
+    package = json.loads((FIXTURE_DATA_SOURCE.parent / "package.json").read_text()) | {"type": "module"}
+    files = {"package.json": json.dumps(package), "data-source.js": ESM_DATA_SOURCE, ".gitignore": "node_modules\n"}
+    files |= {f"migrations/{name}": source for name, source in migrations.items()}
+    return typeorm_project(files=files, fixture_migrations=False, **settings)
+
+
+def test_an_uncommitted_es_module_migration_is_refused(typeorm_project, run_faber, query):
+    # An ES module leaves no trace in Node's require.cache: its file is known from TypeORM's own load.
+    project = esm_project(typeorm_project, {"1700000000000-Users.js": esm_migration("Users1700000000000", USERS)})
+    identity = ["-c", "user.email=dev@example.com", "-c", "user.name=dev"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "release"]):
+        subprocess.run(["git", "-C", str(project), *identity, *args], check=True)
+    (project / "migrations/1700000100000-Posts.js").write_text(esm_migration("Posts1700000100000", POSTS))
+
+    refused = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+
+    assert refused.returncode == 6, refused.output
+    assert refused.json["result"] == {
+        "uncommitted_migrations": ["Posts1700000100000"],
+        "uncommitted_files": ["migrations/1700000100000-Posts.js"],
+    }
+    assert query("SELECT to_regclass('migrations')") == [(None,)]
+
+
+def test_a_failing_es_module_migration_is_named_by_its_file(typeorm_project, run_faber, query):
+    migrations = {
+        "1700000000000-Users.js": esm_migration("Users1700000000000", USERS),
+        "1700000100000-Fails.js": esm_migration("Fails1700000100000", "SELECT 1/0"),
+    }
+    project = esm_project(typeorm_project, migrations, lint="off")
+
+    failed = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+
+    assert failed.returncode == 6, failed.output
+    assert failed.json["result"]["failed_migration"] == "Fails1700000100000"
+    assert "Review migration: migrations/1700000100000-Fails.js" in failed.json["recovery"]["suggestions"]
+    assert [name for (name,) in query("SELECT name FROM migrations")] == ["Users1700000000000"]
+
+
 RUNNER_LOCK = 4242
 """The advisory lock a migration waits on while the test holds it: the runner is then in that migration."""
 

@@ -58,7 +58,8 @@ function findDataSource(exported, relative) {
 // is a regular file (see faber.requireRegularFile), named as a migration while TypeORM builds the
 // migrations; a migration module that fails to load (a syntax error, a missing module, a top-level
 // throw or process.exit(): see faber.exitRefused) is reported naming its file
-// (migration_load_failed), where TypeORM's own error names none.
+// (migration_load_failed), where TypeORM's own error names none; one that loads is kept in
+// loadedMigrationFiles with what it exports.
 // TypeORM loads every migration file as it connects, before it runs any (its migration:show too), so
 // the status read, before faber's lock and backup, finds it. Both functions are read from their
 // modules' exports at each call, so replacing them there is what TypeORM calls. A TypeORM without
@@ -82,6 +83,9 @@ function checkLoadedFiles(projectDir) {
     faber.requireRegularFile(projectDir, local, migration ? "Migration file" : "TypeORM's file");
     if (!migration) return importOrRequireFile.call(this, file, ...rest);
     const relative = path.relative(projectDir, local);
+    // Kept in the order TypeORM asks for the files (its glob's), not the order their imports finish in.
+    const kept = { file: local, exported: undefined };
+    loadedMigrationFiles.push(kept);
     let loaded;
     try {
       loaded = await faber.exitRefused(() => importOrRequireFile.call(this, file, ...rest));
@@ -98,6 +102,7 @@ function checkLoadedFiles(projectDir) {
         { file: relative },
       );
     }
+    kept.exported = loaded[0];
     return loaded;
   };
   const buildMigrations = builder.buildMigrations;
@@ -110,6 +115,12 @@ function checkLoadedFiles(projectDir) {
     }
   };
 }
+
+// The migration files TypeORM loaded, { file, exported } each: the files its globs matched, which it
+// expands and loads itself. An ES module (a project whose package.json says "type": "module", an .mjs
+// file) is loaded by import(), which leaves no trace in require.cache, so what TypeORM got back is
+// the only record of which file exports which of its classes.
+const loadedMigrationFiles = [];
 
 // The first function `exported` holds that is no class, looked for where TypeORM looks for migration
 // classes (the export itself, arrays, objects' values). TypeORM calls `new` on each: a method or
@@ -227,16 +238,19 @@ async function connect(dataSource, relative) {
   }
 }
 
-// Which loaded file exports each class, from one pass over the module cache: looking each of a few
-// hundred migrations up in a cache of a thousand modules took half a second per status. A class
-// exported by several files belongs to the first of them in the cache's order.
+// Which loaded file exports each class, from one pass over the migration files TypeORM loaded
+// (CommonJS or ES modules), then over the module cache (CommonJS files the DataSource's own module
+// requires to list their classes itself): looking each of a few hundred migrations up in a cache of
+// a thousand modules took half a second per status. A class exported by several files belongs to
+// the first of them in that order. A class no such file exports (an ES module's class the DataSource
+// lists itself, a class it never exports) has no file.
 function exportingFiles(projectDir) {
   const files = new Map();
   const note = (value, file) => {
     if (typeof value === "function" && !files.has(value)) files.set(value, path.relative(projectDir, file));
   };
-  for (const [file, cached] of Object.entries(require.cache)) {
-    const exported = cached && cached.exports;
+  const cached = Object.entries(require.cache).map(([file, entry]) => ({ file, exported: entry && entry.exports }));
+  for (const { file, exported } of [...loadedMigrationFiles, ...cached]) {
     note(exported, file);
     if (exported) for (const value of Object.values(exported)) note(value, file);
   }
