@@ -69,12 +69,12 @@ def uncommitted_files(
     ignored migration folder from ignored build output. Two ``git`` processes (``status``,
     ``ls-files``); paths travel as literal, absolute pathspecs (no glob magic; a folder outside the
     repository is git's error) and come back NUL-separated, so any file name works."""
-    if not paths:  # no pathspec would make git list the whole work tree
-        return GitCheck({})
     project = project_dir.resolve()
     top = work_tree_top(project)
     if top is None and not os.environ.get("GIT_DIR"):
         return GitCheck({}, unchecked=f"{project} is not inside a git work tree")
+    if not paths:  # no pathspec would make git list the whole work tree
+        return GitCheck({})
     checked = {name: files_to_check(project, path) for name, path in paths.items()}
     try:
         pathspecs = [str(file) for files in checked.values() for file in files]

@@ -80,10 +80,11 @@ class LocalMigration(DeferredModel):
     checksum: str | None = None
     path: str | None = Field(
         None,
-        description="The migration's file, relative to the project directory. Shown in messages; and when it "
-        "ends in .sql faber reads that file as the migration's SQL, to analyse it before the lock, lint it, "
-        "estimate it and check preflight locks. Point it at the SQL the migration runs, or at a file that does "
-        "not end in .sql (a code migration: faber then learns its SQL from the preview).",
+        description="The migration's file, relative to the project directory. Shown in messages; deploy mode "
+        "checks it is committed in git, and refuses a pending migration without one (it cannot vouch for it); "
+        "and when it ends in .sql faber reads that file as the migration's SQL, to analyse it before the lock, "
+        "lint it, estimate it and check preflight locks. Point it at the SQL the migration runs, or at a file that "
+        "does not end in .sql (a code migration: faber then learns its SQL from the preview).",
     )
     transactional: bool | None = Field(
         None,

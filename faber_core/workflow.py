@@ -42,7 +42,7 @@ from faber_core import events
 from faber_core.audit import unfinished
 from faber_core.audit.history import refuse_shared_faber_schema
 from faber_core.backup import store, writes
-from faber_core.committed import uncommitted_files
+from faber_core.committed import GitCheck, uncommitted_files
 from faber_core.context import LockCheck, RunContext
 from faber_core.engines import HeldLock
 from faber_core.errors import (
@@ -726,7 +726,9 @@ def refuse_uncommitted(context: RunContext, state: MigrationState) -> None:
     refuse pending migrations whose files are untracked, ignored by git or differ from HEAD, unless
     the environment sets ``require_committed_migrations`` to false. Outside a git work tree (a deploy
     from a release artifact) or without ``git``, or for files in a folder git ignores as a whole
-    (build output such as ``dist/``), the run says it could not check, and goes on."""
+    (build output such as ``dist/``), the run says it could not check, and goes on. A pending
+    migration its handler names no file for is refused like an uncommitted one: its file may be
+    anything, and the check's promise is that what deploys is committed."""
     pending = state.pending_migrations()
     if context.mode != "deploy" or not context.settings.require_committed_migrations or not pending:
         return
@@ -753,13 +755,9 @@ def refuse_uncommitted(context: RunContext, state: MigrationState) -> None:
                 "Nothing was applied and no backup was taken",
             ],
         )
-    without_file = [m.name for m in pending if not m.path]
-    if check.unchecked or without_file:
-        context.emit(
-            events.COMMIT_CHECK_SKIPPED,
-            reason=check.unchecked or "the handler names no file for them",
-            migrations=[m.name for m in pending] if check.unchecked else without_file,
-        )
+    if check.unchecked:
+        context.emit(events.COMMIT_CHECK_SKIPPED, reason=check.unchecked, migrations=[m.name for m in pending])
+        return
     if check.ignored_folders:
         folders = list(dict.fromkeys(folder for found in check.ignored_folders.values() for folder in found))
         context.emit(
@@ -768,11 +766,30 @@ def refuse_uncommitted(context: RunContext, state: MigrationState) -> None:
             "the source it is built from is what must be committed)",
             migrations=[m.name for m in pending if m.name in check.ignored_folders],
         )
-    if not check.uncommitted:
-        return
+    if check.uncommitted:
+        raise uncommitted_refusal(context, pending, check, opt_out)
+    without_file = [m.name for m in pending if not m.path]
+    if without_file:
+        raise MigrationFailed(
+            f"Cannot tell whether {len(without_file)} pending migration(s) are committed in git: the "
+            f"{context.tool} handler names no file for them: {', '.join(without_file)}",
+            result={"migrations_without_file": without_file},
+            suggestions=[
+                "Load each of them from a file the handler names (TypeORM: a glob of the migration files in the "
+                "DataSource's migrations, not classes an ES module imports), commit it and deploy that commit",
+                opt_out,
+                "Nothing was applied and no backup was taken",
+            ],
+        )
+
+
+def uncommitted_refusal(
+    context: RunContext, pending: list[LocalMigration], check: GitCheck, opt_out: str
+) -> MigrationFailed:
+    env = context.environment
     names = [m.name for m in pending if m.name in check.uncommitted]
     files = list(dict.fromkeys(file for name in names for file in check.uncommitted[name]))
-    raise MigrationFailed(
+    return MigrationFailed(
         f"{len(names)} pending migration(s) not committed in git, and {env} deploys only committed "
         f"migrations: {', '.join(map(repr, files))}",
         result={"uncommitted_migrations": names, "uncommitted_files": files},

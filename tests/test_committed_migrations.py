@@ -16,6 +16,7 @@ import pytest
 
 from faber_core import hookimpl
 from faber_core.context import open_context
+from faber_core.errors import MigrationFailed
 from faber_core.plugins import Plugins
 from faber_core.testing import sqlfiles
 from faber_core.workflow import DEPLOY, DeployOptions, migrate
@@ -295,9 +296,9 @@ def test_the_opt_out_deploys_untracked_migrations(project, run_faber, database_u
     assert "public.users" in tables(database_url)
 
 
-def test_a_migration_its_handler_names_no_file_for_deploys_and_is_reported_unchecked(
-    plugin_manager, faber_project, database_url, monkeypatch
-):
+@pytest.fixture
+def pathless_project(plugin_manager, faber_project, database_url, monkeypatch):
+    """A project whose handler (sqlfiles, its migrations' paths dropped) names no file for them."""
     pathless = types.ModuleType("pathless_sqlfiles")
     pathless.__dict__.update({name: hook for name, hook in vars(sqlfiles).items() if name.startswith("faber_")})
 
@@ -311,16 +312,40 @@ def test_a_migration_its_handler_names_no_file_for_deploys_and_is_reported_unche
     monkeypatch.setenv(URL_ENV, database_url)
     settings = {"database_url_env": URL_ENV, "backup_before_migrate": False}
     config = {"database": {"migration_tool": sqlfiles.TOOL, "environments": {"production": settings}}}
-    project_dir = faber_project(config, {"migrations/001_users.sql": "CREATE TABLE users (id int);"})
-    git(project_dir, "init", "-q")  # nothing committed: a file named would be refused
-    events = []
+    return faber_project(config, {"migrations/001_users.sql": "CREATE TABLE users (id int);"})
 
-    context = open_context(project_dir, "production", DEPLOY, listeners=[events.append])
+
+def test_a_migration_its_handler_names_no_file_for_is_refused(plugin_manager, pathless_project, database_url):
+    # Its file may be anything, committed or not: faber cannot vouch for it, so it refuses, as when
+    # git fails in the repository.
+    git(pathless_project, "init", "-q")
+    context = open_context(pathless_project, "production", DEPLOY)
+
+    with pytest.raises(MigrationFailed) as refused:
+        migrate(context, Plugins(plugin_manager), DeployOptions(assume_yes=True))
+
+    assert refused.value.result == {"migrations_without_file": ["001_users"]}
+    assert str(refused.value) == (
+        f"Cannot tell whether 1 pending migration(s) are committed in git: the {sqlfiles.TOOL} handler names "
+        "no file for them: 001_users"
+    )
+    assert "public.users" not in tables(database_url)
+
+
+def test_a_migration_its_handler_names_no_file_for_deploys_outside_a_git_work_tree(
+    plugin_manager, pathless_project, database_url
+):
+    # Outside any work tree nothing can be checked, whichever files the handler names.
+    events = []
+    context = open_context(pathless_project, "production", DEPLOY, listeners=[events.append])
+
     migrate(context, Plugins(plugin_manager), DeployOptions(assume_yes=True))
 
     assert "public.users" in tables(database_url)
     skipped = [event.data for event in events if event.kind == "commit_check.skipped"]
-    assert skipped == [{"reason": "the handler names no file for them", "migrations": ["001_users"]}]
+    assert skipped == [
+        {"reason": f"{pathless_project.resolve()} is not inside a git work tree", "migrations": ["001_users"]}
+    ]
 
 
 @pytest.mark.parametrize("flag", ["--assume-unchanged", "--skip-worktree"])
