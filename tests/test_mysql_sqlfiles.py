@@ -436,6 +436,19 @@ def test_a_url_naming_no_database_is_refused_before_any_connection(mysql_project
         assert "Connecting to" not in stderr and CANARY_PASSWORD not in json.dumps(document) + stderr
 
 
+def test_a_database_named_with_a_percent_sign_is_refused_before_any_backup(mysql_project, mysql_database_url):
+    # faber's statements name the database beside bound parameters, which PyMySQL formats with %:
+    # every migration and every restore of such a database failed, after a backup was taken.
+    project = mysql_project(MIGRATIONS)
+    percent = mysql_database_url.rpartition("/")[0] + "/shop_50%25off"
+
+    code, document, stderr = faber(project, "migrate", "production", url=percent)
+
+    assert (code, document["code"]) == (2, "CONFIG_INVALID"), document
+    assert "name holds '%'" in document["error"], document
+    assert "Connecting to" not in stderr and CANARY_PASSWORD not in json.dumps(document) + stderr
+
+
 def test_preview_reports_a_long_open_transaction_that_may_block_the_alter(
     mysql_project, mysql_database_url, mysql_query
 ):

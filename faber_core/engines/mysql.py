@@ -530,6 +530,10 @@ class MySQLEngine(Engine):
         name = unquote(path) or None
         if name is None:
             raise invalid("it names no database (faber deploys to one database: mysql://USER@HOST/DATABASE)")
+        if "%" in name:
+            # faber's statements name the database beside bound parameters, which PyMySQL formats
+            # with %: such a name failed every migration and every restore, after a backup was taken.
+            raise invalid("faber cannot deploy a MySQL/MariaDB database whose name holds '%'")
         return TargetUrl(
             driver_url=raw,
             params=params,
