@@ -48,6 +48,7 @@ without the privilege) reports nothing failed, and the run says the check could 
 from __future__ import annotations
 
 import datetime as dt
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -513,9 +514,16 @@ def refuse_while_another_run_deploys(context: RunContext) -> None:
     was ended under it, inside a migration that runs on another session): a deploy now would run
     its migration again beside it, and the advice to resolve it would discard its work. Nothing
     is changed; the run can be retried once that one has ended. A record that cannot be read is
-    left to the status read, which says so (:func:`unchecked`)."""
+    left to the status read, which says so (:func:`unchecked`).
+
+    A transactional migration leaves no record: its run shows it is alive by its migration session,
+    which holds faber's migration lock (:meth:`~faber_core.engines.Engine.migration_lock_statement`)
+    until it ends and its transaction with it."""
     try:
         with context.database.session() as conn:
+            migrating = context.database.engine.migration_lock_holders(conn, context.database)
+            if migrating:
+                raise _still_migrating(context, migrating)
             rows = _records_of_other_runs(context, conn)
             if not rows:
                 return
@@ -537,6 +545,23 @@ def refuse_while_another_run_deploys(context: RunContext) -> None:
             " while it runs; named as failed if it is killed)",
         ],
         result={"deploying_run": deploying, "deploying_migrations": migrations.split(", ")},
+    )
+
+
+def _still_migrating(context: RunContext, sessions: list[str]) -> Locked:
+    named = ", ".join(sessions)
+    hint = context.database.engine.lock_release_hint
+    return Locked(
+        f"A migration session of another faber run is still open in the database (session {named}), though "
+        "that run's session holding faber's lock was ended: its migration may yet commit; nothing was changed",
+        suggestions=[
+            "Wait for that run to end (a killed run's session ends once the server notices, its open transaction "
+            "rolling back), then run the same command again",
+            f"Check on it with: faber status {context.environment}",
+            "Or end the session (its open transaction rolls back; a statement that commits by itself, such as "
+            f"MySQL's DDL, may have committed already): {re.sub(r'<[^>]+>', sessions[0], hint)}",
+        ],
+        result={"migration_sessions": sessions},
     )
 
 

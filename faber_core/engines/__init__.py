@@ -560,6 +560,20 @@ class Engine(ABC):
         Nothing found on an engine that cannot read its SQL."""
         return None
 
+    def migration_lock_statement(self, conn: Any, database: Database) -> str | None:
+        """SQL that makes the session running it hold faber's migration lock on ``database`` for as
+        long as it lives (asked on ``conn``, a session of it; it never waits). A migration session
+        runs it before any migration: a run that takes faber's lock after another lost it (its lock
+        session ended under it, inside a migration) finds that migration's session still open, its
+        transaction free to commit (:meth:`migration_lock_holders`), and changes nothing. None
+        where the engine has no such lock."""
+        return None
+
+    def migration_lock_holders(self, conn: Any, database: Database) -> list[str]:
+        """The server's ids of the sessions holding faber's migration lock on ``database``
+        (:meth:`migration_lock_statement`), asked on ``conn``, a session of it."""
+        return []
+
     def statements_left_running(self, conn: Any, of_migrations: Sequence[str] = ()) -> list[RunningStatement]:
         """Statements other sessions of faber's user run in the database that may be a killed run's:
         running for a while, or, however briefly, starting as a statement of ``of_migrations`` (the

@@ -399,15 +399,16 @@ def keep_alive(sock: socket.socket) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
-def faber_lock_name(schema: str) -> str:
+def faber_lock_name(schema: str, held_by: str = "deploy") -> str:
     """faber's lock name for the database the server compares as ``schema``
     (:func:`faber_lock_name_on_server` asks it): at most 64 characters (the server's limit),
-    distinct from the tools' own locks (Prisma's ``prisma_migrate``)."""
+    distinct from the tools' own locks (Prisma's ``prisma_migrate``). ``held_by``: ``deploy`` (a
+    run's lock session) or ``migrating`` (a migration session, :meth:`MySQLEngine.migration_lock_statement`)."""
     digest = hashlib.sha256(schema.encode()).hexdigest()[:40]
-    return f"faber-deploy:{digest}"
+    return f"faber-{held_by}:{digest}"
 
 
-def faber_lock_name_on_server(conn: MySQLConnection, schema: str | None = None) -> str:
+def faber_lock_name_on_server(conn: MySQLConnection, schema: str | None = None, held_by: str = "deploy") -> str:
     """faber's lock name for ``schema`` on ``conn``'s server, by default for the session's own
     database (``DATABASE()``: the one the server reached, whatever the URL called it). A
     ``GET_LOCK`` name is server-wide, so it must name the database as the server compares names:
@@ -417,7 +418,7 @@ def faber_lock_name_on_server(conn: MySQLConnection, schema: str | None = None) 
         "SELECT IF(@@lower_case_table_names, LOWER(s.name), s.name) FROM (SELECT COALESCE(%s, DATABASE()) AS name) s",
         [schema],
     ).fetchone()
-    return faber_lock_name(row[0] or "")
+    return faber_lock_name(row[0] or "", held_by)
 
 
 LONGEST_WAIT_TIMEOUT = 31536000
@@ -753,6 +754,15 @@ class MySQLEngine(Engine):
             if _SERVER_WIDE.match(statement) or named.search(statement):
                 return statement.strip().splitlines()[0]
         return None
+
+    def migration_lock_statement(self, conn: MySQLConnection, database: Database) -> str:
+        # A named lock has one holder: a run has one migration session at a time.
+        return f"DO GET_LOCK('{faber_lock_name_on_server(conn, held_by='migrating')}', 0)"
+
+    def migration_lock_holders(self, conn: MySQLConnection, database: Database) -> list[str]:
+        name = faber_lock_name_on_server(conn, held_by="migrating")
+        holder = conn.execute("SELECT IS_USED_LOCK(%s)", [name]).fetchone()[0]
+        return [str(holder)] if holder is not None else []
 
     def statements_left_running(
         self, conn: MySQLConnection, of_migrations: Sequence[str] = ()

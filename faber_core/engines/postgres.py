@@ -386,6 +386,20 @@ class PostgresEngine(Engine):
         with advisory_lock(conn, key, wait_seconds=wait_seconds, purpose=purpose):
             yield AdvisoryLock(conn, key, tuple(holder))
 
+    def migration_lock_statement(self, conn: psycopg.Connection, database: Database) -> str:
+        from faber_core.postgres.locks import migration_lock_key
+        from faber_core.postgres.names import learnt_names
+
+        # Shared: the sessions of one run never wait for each other; nothing takes it exclusively.
+        return f"SELECT pg_advisory_lock_shared({migration_lock_key(learnt_names(database, conn).server)})"
+
+    def migration_lock_holders(self, conn: psycopg.Connection, database: Database) -> list[str]:
+        from faber_core.postgres.locks import HOLDING, migration_lock_key
+        from faber_core.postgres.names import learnt_names
+
+        key = migration_lock_key(learnt_names(database, conn).server)
+        return [str(pid) for (pid,) in conn.execute(f"SELECT l.pid {HOLDING} ORDER BY l.pid", {"key": key})]
+
     def apply_session_timeouts(self, conn: psycopg.Connection, settings: EnvironmentSettings) -> None:
         from faber_core.safety.timeouts import apply_session_timeouts
 

@@ -30,7 +30,7 @@ token the runner reads before it loads any project code::
     {"command": "mark_applied", "connection": ..., "migrations": ["<migration name>"]}
     {"command": "apply", "connection": ..., "expected": ["<migration name>", ...],
      "session_statements": ["SET SESSION lock_wait_timeout = 5, ...", ...], "queries": "of_failure",
-     "lock_check": "SELECT ...", "confirm_each_migration": true,
+     "lock_check": "SELECT ...", "confirm_each_migration": true, "migration_lock": "SELECT ...",
      "measure_writes": {"start": [...], "before_commit": [...], "after_failure": [...], "after_unmeasured": [...]}}
 
 with one JSON object per line on the protocol pipe (the descriptor named by
@@ -109,6 +109,11 @@ raises :class:`~faber_core.errors.LockLost`. ``confirm_each_migration`` (a deplo
 the engine has no such SQL: MySQL) has the runner wait after each ``migration_started`` for a line
 on its stdin, ``{"start": true}``, which faber writes once it has checked its lock on its own
 session; a lost lock has faber stop the runner there instead, before anything of the migration ran.
+``migration_lock`` (a deploy's apply) is SQL that has the session running it hold faber's
+migration lock while it lives (:meth:`~faber_core.engines.Engine.migration_lock_statement`): a
+runner whose migrations run on one session runs it there first (TypeORM's); Sequelize's pool may
+run a migration's queries on any of its connections, whose migrations, outside a transaction,
+show their run alive by faber's record instead (:mod:`faber_core.audit.unfinished`).
 ``"queries": "of_failure"`` (a deploy's apply) asks for the ``query`` events of the migration
 that fails only, sent just before its ``migration_failed`` (what of it ran: the failure report
 names those statements); a rehearsal gets every query, as the preview shows them.
@@ -249,6 +254,7 @@ def run_runner(
     lock_check: str | None = None,
     confirm_each_migration: bool = False,
     measure_writes: dict[str, list[str]] | None = None,
+    migration_lock: str | None = None,
     wind_down: Callable[[], bool] | None = None,
     migrations: list[str] | None = None,
     copy_of: str | None = None,
@@ -288,6 +294,8 @@ def run_runner(
         request["confirm_each_migration"] = True
     if measure_writes is not None:
         request["measure_writes"] = measure_writes
+    if migration_lock is not None:
+        request["migration_lock"] = migration_lock
     if migrations is not None:
         request["migrations"] = migrations
     if copy_of is not None:
@@ -878,6 +886,8 @@ def apply(tool: NodeTool, context: RunContext, pending: list[LocalMigration], ar
         from faber_core.backup.writes import measurement_statements  # a deploy's apply alone needs it
 
         measure_writes = measurement_statements(context.database)
+    with context.database.session() as conn:
+        migration_lock = context.database.engine.migration_lock_statement(conn, context.database)
     try:
         result = run_runner(
             tool,
@@ -890,6 +900,7 @@ def apply(tool: NodeTool, context: RunContext, pending: list[LocalMigration], ar
             lock_check=lock_check(pending[0].name).statement if lock_check is not None and pending else None,
             confirm_each_migration=lock_check is None and bool(context.before_each_migration),
             measure_writes=measure_writes,
+            migration_lock=migration_lock,
             wind_down=wind_down,
         )
     except KeyboardInterrupt:

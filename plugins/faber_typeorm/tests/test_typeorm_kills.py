@@ -3,10 +3,13 @@ transaction: what it committed stays, and TypeORM's table records nothing of it.
 
 from __future__ import annotations
 
+import json
+import shutil
 import signal
 
 import pytest
-from faber_core.testing.faults import KilledInsideAMigration
+from faber_core.testing.faults import FaberProcess, KilledInsideAMigration, end_faber_lock_session, event_matcher
+from faber_core.testing.fixtures import CANARY_PASSWORD
 
 COPY = "CopyLedger1700000200000"
 
@@ -59,4 +62,57 @@ def test_an_interrupted_deploy_names_the_resolve_of_the_migration_it_left_in_par
     assert resolved.returncode == 0, resolved.output
     deployed = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
     assert deployed.returncode == 0, deployed.output
+    assert killed.ledger() == 20
+
+
+@pytest.mark.parametrize("engine", ["postgres", "mysql"])
+def test_a_deploy_inside_a_transactional_migration_after_its_lock_session_ended_stops_the_next_run(
+    typeorm_migration, run_faber, request, tmp_path, engine
+):
+    """The first deploy is inside COPY, in its transaction, when its session holding faber's lock
+    is ended; a second deploy waiting for faber's lock takes it then. A transactional migration
+    leaves no record of its run, so the second run read COPY as pending, applied it, and the first
+    run's transaction committed it too: the ledger copied twice, COPY recorded twice, nothing said.
+    Now the first run's migration session holds faber's migration lock: the second run stops with
+    LOCKED and changes nothing, and COPY commits once."""
+    prefix = "" if engine == "postgres" else "mysql_"
+    killed = KilledInsideAMigration(request.getfixturevalue(f"{prefix}database_url"))
+    project = request.getfixturevalue(f"{prefix}typeorm_project")(
+        {"1700000200000-CopyLedger.js": typeorm_migration(COPY, killed.copy_statement, killed.hold_statement)},
+        fixture_migrations=False,
+        lint="off",
+        lock_wait_seconds=60,
+        lock_timeout_seconds=0,  # the held migration waits as long as the test holds it
+    )
+    killed.create_ledger()
+    # Its own project folder, so each run's audit log is its own; the same database.
+    other_project = shutil.copytree(project, tmp_path / "other", symlinks=True)
+
+    with killed.connect() as holder:
+        killed.take(holder)
+        first = FaberProcess.start(project, "migrate", "staging", "--yes", "--json")
+        second = None
+        try:
+            first.wait_until(lambda: killed.waiting(holder), what="the migration to wait", timeout=60)
+            second = FaberProcess.start(other_project, "migrate", "staging", "--yes", "--json")
+            second.wait_for(event_matcher("step.started", step="lock"))
+            end_faber_lock_session(holder)
+            code = second.finish(120)
+            document = json.loads(second.stdout())
+            assert (code, document["code"]) == (7, "LOCKED"), second.stdout() + second.stderr()[-3000:]
+            assert "nothing was changed" in document["error"] and document["result"]["migration_sessions"]
+            assert killed.ledger() == 10  # the first run's copy is not committed yet
+
+            killed.release(holder)
+            first.finish(120)
+        finally:
+            first.stop_everything()
+            if second is not None:
+                second.stop_everything()
+    output = first.stdout() + first.stderr() + second.stdout() + second.stderr()
+    assert "Traceback" not in output and CANARY_PASSWORD not in output
+    assert killed.ledger() == 20  # copied once
+    assert killed.query("SELECT name FROM migrations") == [(COPY,)]
+    third = run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project))
+    assert third.returncode == 0, third.output
     assert killed.ledger() == 20

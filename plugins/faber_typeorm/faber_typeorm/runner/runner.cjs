@@ -457,6 +457,9 @@ async function apply(dataSource, projectDir, track, request) {
   const queryRunner = dataSource.createQueryRunner();
   try {
     for (const statement of request.session_statements || []) await queryRunner.query(statement);
+    // Held by this session until it ends, with its transaction: a run that takes faber's lock after
+    // this one lost it finds the migration still open here (its transaction may yet commit).
+    if (request.migration_lock) await queryRunner.query(request.migration_lock);
     const executor = new (faber.projectRequire(projectDir, "typeorm").MigrationExecutor)(dataSource, queryRunner);
     executor.transaction = projectTransactionMode;
     const pending = executor.getMigrations();
