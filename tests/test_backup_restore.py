@@ -686,6 +686,16 @@ def test_a_deploy_user_who_may_not_drop_the_schemas_is_refused_at_the_backup_and
         as_superuser(as_admin, sql.SQL("CREATE PUBLICATION faber_test_admins"))  # the prelude drops it too
         refused_again = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
         as_superuser(as_admin, sql.SQL("DROP PUBLICATION faber_test_admins"))
+        # A table an administrator created beside the application's: the restore gives it back to its
+        # owner, which the user may not (it failed at the first failed migration, exit 8).
+        as_superuser(
+            as_admin,
+            sql.SQL("CREATE TABLE public.audit_dba (id int); GRANT SELECT ON public.audit_dba TO {}").format(
+                sql.Identifier(role)
+            ),
+        )
+        refused_for_its_owner = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
+        as_superuser(as_admin, sql.SQL("DROP TABLE public.audit_dba"))
         deployed = run_faber("migrate", "production", "--yes", "--json", "--cwd", str(project), env=env)
         (project / "migrations/002_half.sql").write_text("CREATE TABLE half (id int);")
         (project / "migrations/003_broken.sql").write_text("SELECT 1/0;")
@@ -699,6 +709,9 @@ def test_a_deploy_user_who_may_not_drop_the_schemas_is_refused_at_the_backup_and
             f"the user {role} may not drop publication faber_test_admins (owner postgres)"
             in refused_again.json["error"]
         )
+        assert (refused_for_its_owner.returncode, refused_for_its_owner.json["code"]) == (4, "BACKUP_FAILED")
+        assert "table public.audit_dba (owner postgres)" in refused_for_its_owner.json["error"]
+        assert f"GRANT <owner> TO {role}" in refused_for_its_owner.json["recovery"]["suggestions"][0]
         assert deployed.returncode == 0, deployed.output
         assert failed.json["result"]["rollback_status"] == "success", failed.output
         with psycopg.connect(as_admin) as conn:

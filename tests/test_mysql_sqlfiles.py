@@ -620,6 +620,27 @@ def test_a_killed_deploy_keeps_its_history_row_as_unfinished(
     assert recorded[0][0] == killed["id"]
 
 
+def test_a_view_of_another_definer_the_user_may_not_restore_is_refused_at_the_backup(
+    mysql_project, mysql_database_url, mysql_admin_url, mysql_query
+):
+    """A view an administrator created names the administrator as its DEFINER, which the dump keeps:
+    loading it takes SUPER or SET USER, which a deploy user lacks, so the automatic rollback of a
+    failed deploy failed (exit 8, its migrations half applied). Refused at the backup instead."""
+    project = mysql_project({"001_users": MIGRATIONS["001_users"]}, backup_before_migrate=True)
+    database = mysql_database_url.rpartition("/")[2]
+    with mysql_connect(mysql_admin_url) as admin:
+        admin.execute(f"CREATE VIEW `{database}`.`admins_view` AS SELECT 1 AS one")
+
+    code, document, stderr = faber(project, "migrate", "production", url=mysql_database_url)
+
+    assert (code, document["code"]) == (4, "BACKUP_FAILED"), stderr
+    assert "view admins_view (definer root@" in document["error"] and "nothing applied" in document["error"]
+    assert "SET USER" in document["recovery"]["suggestions"][0]
+    assert mysql_query("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_NAME = 'users'") == []
+    mysql_query("DROP VIEW admins_view")
+    assert faber(project, "migrate", "production", url=mysql_database_url)[0] == 0
+
+
 def test_a_user_who_may_not_create_the_restore_s_scratch_database_is_refused_at_the_backup(
     mysql_project, mysql_database_url, mysql_admin_url, mysql_query
 ):

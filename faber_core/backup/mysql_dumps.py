@@ -197,6 +197,53 @@ def _refuse_a_backup_it_could_not_restore(context: RunContext) -> None:
                 "TO <user> (docs/mysql.md)",
             ],
         ) from None
+    with context.database.session() as conn:
+        others = definers_it_may_not_restore(conn)
+    if others:
+        reason = (
+            "a restore creates the views, triggers, routines and events of the backup again with their DEFINER, and "
+            f"the user may not name another account as one: {', '.join(others)}"
+        )
+        raise BackupFailed(
+            f"No backup taken and nothing applied: {reason}, so the backup could not be restored if a migration failed",
+            result={"backup_error": reason},
+            suggestions=[
+                "Give the user the privilege to name another DEFINER (MariaDB: SET USER; MySQL 8: SET_USER_ID or "
+                "SET_ANY_DEFINER), or create those objects again as the deploy user, or deploy as their definer",
+            ],
+        )
+
+
+_OTHER_DEFINERS = """
+    SELECT CONCAT(o.kind, ' ', o.name, ' (definer ', o.definer, ')') FROM (
+        SELECT 'view' AS kind, TABLE_NAME AS name, DEFINER AS definer
+            FROM information_schema.VIEWS WHERE TABLE_SCHEMA = DATABASE()
+        UNION ALL SELECT 'trigger', TRIGGER_NAME, DEFINER
+            FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE()
+        UNION ALL SELECT LOWER(ROUTINE_TYPE), ROUTINE_NAME, DEFINER
+            FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = DATABASE()
+        UNION ALL SELECT 'event', EVENT_NAME, DEFINER
+            FROM information_schema.EVENTS WHERE EVENT_SCHEMA = DATABASE()
+    ) o WHERE o.definer <> CURRENT_USER() ORDER BY 1 LIMIT 10
+"""
+# The privileges that let a session create an object whose DEFINER is another account; the grantee
+# as information_schema spells it: 'user'@'host'.
+_ANY_DEFINER = """
+    SELECT 1 FROM information_schema.USER_PRIVILEGES
+    WHERE GRANTEE = CONCAT(CHAR(39), SUBSTRING_INDEX(CURRENT_USER(), '@', 1), CHAR(39), '@', CHAR(39),
+                           SUBSTRING_INDEX(CURRENT_USER(), '@', -1), CHAR(39))
+      AND PRIVILEGE_TYPE IN ('SUPER', 'SET USER', 'SET_USER_ID', 'SET_ANY_DEFINER')
+"""
+
+
+def definers_it_may_not_restore(conn: Any) -> list[str]:
+    """The views, triggers, routines and events of the session's database whose DEFINER is another
+    account, at most ten, when the session's user may not create them so (the dump names their
+    DEFINER, and loading it fails: ERROR 1227, SUPER or SET USER needed); none when it may."""
+    others = [row[0] for row in conn.execute(_OTHER_DEFINERS).fetchall()]
+    if not others or conn.execute(_ANY_DEFINER).fetchone():
+        return []
+    return others
 
 
 # Restore ---------------------------------------------------------------------------------
@@ -223,8 +270,8 @@ def restore(context: RunContext, backup: BackupRecord) -> RestoreOutcome:
     archive = context.project_dir / (backup.location or "")
     target = context.database.name or ""
     manual = [
-        f"The database is unchanged; restore by hand with: mariadb {target} < {archive} (it replaces the backup's "
-        "tables; tables created since the backup stay: drop them first)"
+        f"The restore changed nothing in the database; restore by hand with: mariadb {target} < {archive} (it "
+        "replaces the backup's tables; tables created since the backup stay: drop them first)"
     ]
     if not archive.is_file():
         raise RestoreFailed(f"Backup archive {backup.location} is missing", suggestions=manual[1:])

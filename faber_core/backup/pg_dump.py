@@ -227,6 +227,7 @@ def _refuse_a_swap_it_could_not_restore(context: RunContext, names: DatabaseName
         with context.database.session() as conn:
             problem = creation_refusal(conn, names.server)
         if not problem:
+            _refuse_owners_it_could_not_restore(context, [context.config.database.faber_schema])
             return
         problem = f"a swap restore (restore_mode swap) creates a database to restore into, and {problem}"
         suggestions = [
@@ -257,6 +258,32 @@ def _refuse_an_in_place_restore_it_could_not_run(context: RunContext) -> None:
             result={"backup_error": reason},
             suggestions=suggestions,
         )
+    _refuse_owners_it_could_not_restore(context, keep)
+
+
+def _refuse_owners_it_could_not_restore(context: RunContext, keep_schemas: list[str]) -> None:
+    """Either restore gives each object of the archive its owner back: as a user who may not take
+    an owner's role (a table an administrator created beside the application's), it would fail when
+    a migration failed (exit 8, the migration half applied); a deploy is stopped here instead."""
+    from faber_core.backup.restore import owners_it_may_not_restore
+
+    with context.database.session() as conn:
+        refused = owners_it_may_not_restore(conn, keep_schemas)
+        user = conn.info.user
+    if not refused:
+        return
+    reason = (
+        "a restore creates the database's objects again from the backup and gives each its owner back, and the "
+        f"user {user} may not take the role owning {', '.join(refused)}"
+    )
+    raise BackupFailed(
+        f"No backup taken and nothing applied: {reason}, so the backup could not be restored if a migration failed",
+        result={"backup_error": reason},
+        suggestions=[
+            f"Give the user those objects (e.g. ALTER TABLE <table> OWNER TO {user}), or make it a member of their "
+            f"owner's role (GRANT <owner> TO {user}), or deploy as their owner",
+        ],
+    )
 
 
 def jobs(options: PgDumpOptions) -> int:

@@ -842,6 +842,97 @@ def objects_it_may_not_drop(conn: psycopg.Connection, keep_schemas: list[str]) -
     return [row[0] for row in conn.execute(f"{query} ORDER BY 1 LIMIT 10", {"keep": keep_schemas}).fetchall()]
 
 
+_IN_A_REPLACED_SCHEMA = (
+    # (what one is called, its owner, the ones the archive holds: a FROM ... WHERE clause)
+    ("'schema ' || n.nspname", "n.nspowner", _REPLACED_SCHEMAS),
+    *(
+        (
+            f"{kind} || ' ' || pg_catalog.quote_ident(n.nspname) || '.' || {name}",
+            owner,
+            f"FROM {catalog} o JOIN pg_catalog.pg_namespace n ON n.oid = o.{namespace}"
+            f" WHERE {where} AND n.oid IN (SELECT n.oid {_REPLACED_SCHEMAS})"
+            f" AND {_NOT_AN_EXTENSION_MEMBER.format(catalog=catalog, oid='o.oid')}",
+        )
+        for kind, name, owner, catalog, namespace, where in (
+            (
+                "CASE o.relkind WHEN 'S' THEN 'sequence' WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view'"
+                " WHEN 'f' THEN 'foreign table' ELSE 'table' END",
+                "pg_catalog.quote_ident(o.relname)",
+                "o.relowner",
+                "pg_catalog.pg_class",
+                "relnamespace",
+                "o.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')",
+            ),
+            ("'function'", "o.oid::regprocedure::text", "o.proowner", "pg_catalog.pg_proc", "pronamespace", "true"),
+            (
+                "'type'",
+                "pg_catalog.quote_ident(o.typname)",
+                "o.typowner",
+                "pg_catalog.pg_type",
+                "typnamespace",
+                # A table's row type and an array type go with the table or the element type.
+                "o.typcategory <> 'A' AND (o.typrelid = 0 OR (SELECT c.relkind FROM pg_catalog.pg_class c"
+                " WHERE c.oid = o.typrelid) = 'c')",
+            ),
+            (
+                "'collation'",
+                "pg_catalog.quote_ident(o.collname)",
+                "o.collowner",
+                "pg_catalog.pg_collation",
+                "collnamespace",
+                "true",
+            ),
+            (
+                "'conversion'",
+                "pg_catalog.quote_ident(o.conname)",
+                "o.conowner",
+                "pg_catalog.pg_conversion",
+                "connamespace",
+                "true",
+            ),
+            ("'operator'", "o.oid::regoperator::text", "o.oprowner", "pg_catalog.pg_operator", "oprnamespace", "true"),
+            (
+                "'text search configuration'",
+                "pg_catalog.quote_ident(o.cfgname)",
+                "o.cfgowner",
+                "pg_catalog.pg_ts_config",
+                "cfgnamespace",
+                "true",
+            ),
+            (
+                "'text search dictionary'",
+                "pg_catalog.quote_ident(o.dictname)",
+                "o.dictowner",
+                "pg_catalog.pg_ts_dict",
+                "dictnamespace",
+                "true",
+            ),
+            (
+                "'statistics object'",
+                "pg_catalog.quote_ident(o.stxname)",
+                "o.stxowner",
+                "pg_catalog.pg_statistic_ext",
+                "stxnamespace",
+                "true",
+            ),
+        )
+    ),
+)
+
+
+def owners_it_may_not_restore(conn: psycopg.Connection, keep_schemas: list[str]) -> list[str]:
+    """The objects a restore creates again from the archive (every schema but ``keep_schemas``)
+    whose owner the session's user may not give them back, at most ten: the archive's ``ALTER ...
+    OWNER TO`` takes membership of the owner's role (a table or view an administrator created in
+    the application's schema is the administrator's), and fails the whole restore."""
+    query = " UNION ALL ".join(
+        f"(SELECT {what} || ' (owner ' || pg_catalog.pg_get_userbyid({owner}) || ')' {source}"
+        f" AND NOT pg_catalog.pg_has_role({owner}, 'MEMBER'))"
+        for what, owner, source in _IN_A_REPLACED_SCHEMA
+    )
+    return [row[0] for row in conn.execute(f"{query} ORDER BY 1 LIMIT 10", {"keep": keep_schemas}).fetchall()]
+
+
 def restore_prelude(conn: psycopg.Connection, *keep_schemas: str) -> str:
     """SQL that empties the database of everything a restore brings back, except ``keep_schemas``.
 
