@@ -1742,6 +1742,9 @@ class WritesCheck:
     context: RunContext
     backup: BackupRecord
     approved: WritesSinceBackup
+    discarding_approved: bool = False
+    """The person asked to discard the application's rows (``--discard-app-writes``): a retry
+    with it would be refused alike, so the refusal does not offer it."""
     latest: WritesSinceBackup = field(init=False)
 
     def __post_init__(self) -> None:
@@ -1778,7 +1781,14 @@ class WritesCheck:
                 f"Stop the application's writes, then retry: faber rollback {env} --to {backup_id}",
                 # The rows may be a failed migration's own that its handler did not measure (Sequelize):
                 # the retry's first check then finds them, and refuses again without this.
-                f"To restore anyway, discarding them: faber rollback {env} --to {backup_id} --yes --discard-app-writes",
+                *(
+                    []
+                    if self.discarding_approved
+                    else [
+                        f"To restore anyway, discarding them: faber rollback {env} --to {backup_id} --yes "
+                        "--discard-app-writes"
+                    ]
+                ),
             ],
             backup_id=backup_id,
         )
@@ -2073,7 +2083,7 @@ def rollback(context: RunContext, plugins: Plugins, backup_id: str | None, optio
             # The check waits seconds and a prompt as long as it takes: the lock's session may
             # have ended meanwhile, and another run deployed what the restore would discard.
             lock.require_held(f"the restore of {chosen.id}", context)
-            checked = WritesCheck(context, chosen, approved=since)
+            checked = WritesCheck(context, chosen, approved=since, discarding_approved=options.discard_app_writes)
             restore_began = True
             outcome, lock_lost = restore_holding_lock(context, plugins, lock, chosen, checked)
             if lock_lost:

@@ -494,6 +494,10 @@ def test_rows_the_application_writes_during_a_swap_rollback_stop_it_before_the_s
 
     assert code == 5, output  # as the rollback refused before the restore
     stopped_by_one_row(document, output, database_url, postgres_admin_url, target, rows_left=2991)
+    # Run with --discard-app-writes, the refusal does not offer it again: that retry is refused alike.
+    suggestions = document["recovery"]["suggestions"]
+    assert not any("--discard-app-writes" in s for s in suggestions), suggestions
+    assert any(s.startswith("Stop the application's writes, then retry") for s in suggestions), suggestions
 
 
 def test_rows_the_application_writes_during_an_automatic_swap_rollback_keep_the_deploy(
