@@ -1351,7 +1351,7 @@ def cause_of(context: RunContext, stopped: BaseException, progress: DeployProgre
         return Cause(type(stopped), stopped.message, stopped.suggestions, stopped.result, stopped.tool_output)
     detail = context.redactor.redact(first_line(str(stopped)) or type(stopped).__name__)
     engine = context.database.engine
-    if isinstance(stopped, engine.operational_error):
+    if engine.classify_error(stopped) == "lost_connection":
         return Cause(MigrationFailed, f"Lost the connection to the database{during}: {detail}", review)
     if isinstance(stopped, engine.driver_error):
         return Cause(MigrationFailed, f"Database error{during}: {detail}", review)

@@ -910,6 +910,42 @@ def test_faber_debug_shows_the_traceback_of_a_hook_that_raised(faber_project, da
     assert CANARY_PASSWORD not in run.output
 
 
+def test_a_statement_the_server_canceled_is_not_reported_as_a_lost_connection(
+    faber_project, database_url, run_faber, tmp_path
+):
+    """A query canceled by a statement timeout (or another session's cancel) raised psycopg's
+    QueryCanceled, an OperationalError: it was reported as "Lost the connection to the database",
+    sending the operator to look at the network."""
+    plugin = tmp_path / "canceling_handler.py"
+    plugin.write_text(
+        "from faber_core import hookimpl\n"
+        "from faber_core.testing.sqlfiles import (\n"
+        "    faber_migration_preview, faber_migration_status, faber_migration_tools,\n"
+        ")\n"
+        "@hookimpl\n"
+        "def faber_migration_apply(context, pending):\n"
+        "    with context.database.connect() as conn:\n"
+        "        conn.execute(\"SET statement_timeout = '10ms'\")\n"
+        "        conn.execute('SELECT pg_sleep(5)')\n"
+    )
+    environment = {"database_url_env": URL_ENV, "lint": "warn"}
+    project_dir = faber_project(
+        {"database": {"migration_tool": "sqlfiles", "environments": {ENVIRONMENT: environment}}},
+        {"migrations/001_users.sql": USERS},
+    )
+    env = {
+        "FABER_PLUGINS": "canceling_handler",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
+        URL_ENV: database_url,
+    }
+
+    run = run_faber("migrate", ENVIRONMENT, "--yes", "--json", "--cwd", str(project_dir), env=env)
+
+    assert run.returncode == 6, run.output
+    assert "Lost the connection" not in run.json["error"], run.json["error"]
+    assert "canceling statement due to statement timeout" in run.json["error"], run.json["error"]
+
+
 # A signal while the failure path builds its report ------------------------------------------
 
 

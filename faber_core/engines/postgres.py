@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 _CONNECTION_EXCEPTION_CLASS = "08"
 _INVALID_AUTHORIZATION_CLASS = "28"
 _INVALID_CATALOG_NAME = "3D000"
+_QUERY_CANCELED = "57014"
 
 # The lock counts as held while the session that took it (its pid and its start, so a later
 # session given the same pid is not taken for it) holds it, whichever session asks: a migration's
@@ -269,6 +270,8 @@ class PostgresEngine(Engine):
             return "missing_database"
         if code.startswith(_INVALID_AUTHORIZATION_CLASS) or "authentication failed" in str(exc).lower():
             return "authentication"
+        if code == _QUERY_CANCELED:
+            return None  # a statement timeout or a cancel: the session goes on
         if code.startswith(_CONNECTION_EXCEPTION_CLASS) or isinstance(exc, psycopg.OperationalError):
             return "lost_connection"
         return None
