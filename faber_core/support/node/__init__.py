@@ -48,8 +48,8 @@ with one JSON object per line on the protocol pipe (the descriptor named by
      "transaction_rolled_back": true, "duration_seconds": ..., "at_lock_check": true, "started": true,
      "table_writes": null}
     {"event": "migration_load_failed", "name": ..., "file": "migrations/...js", "message": ...}
-    {"event": "setup_error", "kind": "module_missing" | "typescript_loader_missing" | "load_failed"
-     | "migration_load_failed" | "not_regular_file" | "not_found" | "unsupported" | "plan_mismatch"
+    {"event": "setup_error", "kind": "module_missing" | "module_unloadable" | "typescript_loader_missing"
+     | "load_failed" | "migration_load_failed" | "not_regular_file" | "not_found" | "unsupported" | "plan_mismatch"
      | "connection_failed" | "invalid", "message": ..., "module": ..., "file": ...}
     {"event": "loading", "what": "the data source", "file": "data-source.js"}
     {"event": "loaded"}
@@ -666,6 +666,16 @@ def setup_failure(tool: NodeTool, context: RunContext, event: Event, stderr: str
                 f"Install the project's dependencies in {project}: npm ci (or npm install)",
                 f"Or add it: {tool.install}",
                 "faber never falls back to npx: it would be slower and could install another version",
+            ],
+        )
+    if kind == "module_unloadable":
+        module = event.get("module") or tool.name
+        return ConfigError(
+            f"Node cannot load {module} from the project ({project}), though it is installed: {message}",
+            suggestions=[
+                "Node refuses packages in a folder whose path holds a backslash: move or rename the project's folder"
+                if "\\" in str(project)
+                else f"Check the installation in {project}: npm ci (or npm install)",
             ],
         )
     if kind == "typescript_loader_missing":

@@ -170,7 +170,11 @@ function projectRequire(projectDir, moduleName) {
   let resolved;
   try {
     resolved = require.resolve(moduleName, { paths: [projectDir] });
-  } catch {
+  } catch (error) {
+    if (error && error.code !== "MODULE_NOT_FOUND") {
+      // Installed, but Node refuses it (a folder whose path holds a backslash: ERR_INVALID_MODULE_SPECIFIER).
+      throw new SetupError("module_unloadable", `${error.code}: ${error.message}`, { module: moduleName });
+    }
     throw new SetupError("module_missing", `Cannot find module '${moduleName}' from ${projectDir}`, {
       module: moduleName,
     });

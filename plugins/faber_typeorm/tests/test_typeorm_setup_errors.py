@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import time
 
@@ -38,6 +39,22 @@ def test_typeorm_missing_from_node_modules(typeorm_project, typeorm_context, typ
 
     assert error.message.startswith("typeorm is not installed in the project")
     assert any("npm ci" in s for s in error.suggestions) and any("npx" in s for s in error.suggestions)
+    assert nothing_applied(query)
+
+
+def test_a_project_node_refuses_to_load_packages_from_is_not_said_to_lack_them(
+    typeorm_project, typeorm_context, typeorm_plugins, query, tmp_path
+):
+    # Node refuses any package in a folder whose path holds a backslash (ERR_INVALID_MODULE_SPECIFIER):
+    # "typeorm is not installed" and npm ci were the wrong diagnosis and the wrong fix.
+    project = shutil.copytree(typeorm_project(), tmp_path / "back\\slash", symlinks=True)
+    context = typeorm_context(project)
+
+    error = setup_error(typeorm_plugins, context)
+
+    assert error.message.startswith("Node cannot load typeorm from the project"), error.message
+    assert "ERR_INVALID_MODULE_SPECIFIER" in error.message
+    assert "backslash" in error.suggestions[0]
     assert nothing_applied(query)
 
 
