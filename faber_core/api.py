@@ -155,6 +155,7 @@ def status(
     from faber_core.results import Success
     from faber_core.status_reads import (
         backup_before_failed_migrations,
+        drop_invalid_indexes,
         read_backup_leftovers,
         read_leftovers,
         read_past_another_run,
@@ -181,6 +182,8 @@ def status(
                 result=result,
                 suggestions=[
                     *statements_still_running(context, state),
+                    # A killed CREATE INDEX CONCURRENTLY leaves its index invalid: a leftover to undo.
+                    *drop_invalid_indexes(context),
                     f"If its changes are gone (rolled back, or undone by hand): faber resolve {environment} "
                     f"--rolled-back {shlex.quote(state.failed[0])}",
                     f"If you completed it by hand: faber resolve {environment} --applied "

@@ -250,6 +250,20 @@ def first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), text)
 
 
+def drop_invalid_indexes(context: RunContext) -> list[str]:
+    """The statement that drops each invalid index; none when they cannot be read."""
+    try:
+        with context.database.session() as conn:
+            invalid = context.database.engine.invalid_indexes(conn)
+    except context.database.connect_errors:
+        return []
+    return [drop_invalid_index(name) for name in invalid]
+
+
+def drop_invalid_index(name: str) -> str:
+    return f"Drop the invalid index left behind: DROP INDEX CONCURRENTLY {name};"
+
+
 def statements_still_running(context: RunContext, state: MigrationState | None) -> list[str]:
     """Advice naming each statement another session of faber's user is still running in the
     database that may be a killed deploy's (:meth:`~faber_core.engines.Engine.statements_left_running`,

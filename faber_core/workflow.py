@@ -94,6 +94,8 @@ from faber_core.status_reads import (
     backup_before_failed_migrations,
     connection_failed,
     database_suggestions,
+    drop_invalid_index,
+    drop_invalid_indexes,
     first_line,
     read_backup_leftovers,
     read_past_another_run,
@@ -652,20 +654,6 @@ def health_suggestions(
     if drop_indexes:
         return [*drop_indexes, f"Retry when issue resolved: {rerun_command(context)}"]
     return database_suggestions(context)
-
-
-def drop_invalid_indexes(context: RunContext) -> list[str]:
-    """The statement that drops each invalid index; none when they cannot be read."""
-    try:
-        with context.database.session() as conn:
-            invalid = context.database.engine.invalid_indexes(conn)
-    except context.database.connect_errors:
-        return []
-    return [drop_invalid_index(name) for name in invalid]
-
-
-def drop_invalid_index(name: str) -> str:
-    return f"Drop the invalid index left behind: DROP INDEX CONCURRENTLY {name};"
 
 
 # 9: migration status -------------------------------------------------------------------

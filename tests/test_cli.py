@@ -295,6 +295,7 @@ def test_the_run_after_a_concurrent_index_build_stopped_halfway_says_what_it_lef
     env = {"APP_DATABASE_URL": database_url}
 
     failed = run_faber("migrate", "dev", "--yes", "--json", "--cwd", str(project), env=env)
+    status = run_faber("status", "dev", "--json", "--cwd", str(project), env=env)
     again = run_faber("migrate", "dev", "--yes", "--json", "--cwd", str(project), env=env)
 
     assert failed.returncode == EXIT_CODES["MIGRATION_FAILED"], failed.output
@@ -309,6 +310,10 @@ def test_the_run_after_a_concurrent_index_build_stopped_halfway_says_what_it_lef
     ], suggestions
     assert not any("Verify database is running" in s or "connection string" in s for s in suggestions), suggestions
     assert suggestions[-1] == "Retry when issue resolved: faber migrate dev"
+    # faber status names the index too, before the resolve that would otherwise leave it behind.
+    assert status.returncode == EXIT_CODES["MIGRATION_FAILED"], status.output
+    told = status.json["recovery"]["suggestions"]
+    assert told[0] == "Drop the invalid index left behind: DROP INDEX CONCURRENTLY public.votes_voter;", told
 
 
 def test_unreachable_database_on_status_says_it_cannot_connect_not_that_a_check_failed(faber_project, run_faber):
