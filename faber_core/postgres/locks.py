@@ -28,8 +28,9 @@ def faber_lock_key(database_name: str) -> int:
 
 
 def migration_lock_key(database_name: str) -> int:
-    """The key a migration session holds shared while it lives (:meth:`~faber_core.engines.Engine.migration_lock_statement`),
-    for the database the server names ``database_name``: distinct from :func:`faber_lock_key`'s."""
+    """The key a migration session holds shared while it lives
+    (:meth:`~faber_core.engines.Engine.migration_lock_statement`), for the database the server names
+    ``database_name``: distinct from :func:`faber_lock_key`'s."""
     digest = hashlib.sha256(f"faber-migrating:{database_name}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
