@@ -29,8 +29,8 @@ What the counters can and cannot tell, and how faber errs:
   migration is measured by the handler too (after rolling back to a savepoint the counters stay
   visible); an application's rolled-back writes show up as writes.
 - **Unknown attribution.** A handler that does not measure its migrations' writes (the
-  Sequelize runner, TypeORM migrations outside a transaction, third-party handlers) makes
-  faber's share unknown: every counted write is then
+  Sequelize runner, TypeORM migrations outside a transaction, third-party handlers), or a run
+  killed since the backup (it recorded none of its writes), makes faber's share unknown: every counted write is then
   reported as possibly the application's (``attribution: "unknown"``), and the policy treats it
   as an application write. Except in the tool's bookkeeping table, which the handler declares
   (``MigrationState.bookkeeping_table``, recorded with the baseline): only faber writes there, so
@@ -715,7 +715,26 @@ def _baseline(conn: psycopg.Connection, context: RunContext, backup: BackupRecor
     tables = {int(relid): (entry[0], int(entry[1])) for relid, entry in counters.items()}
     if sequences is not None:
         sequences = {int(oid): (entry[0], int(entry[1])) for oid, entry in sequences.items()}
+    known = known and not _killed_since(conn, context, backup)
     return Baseline(Counters(tables, stats_reset, started, sequences), dict(faber_writes), known, bookkeeping)
+
+
+def _killed_since(conn: psycopg.Connection, context: RunContext, backup: BackupRecord) -> bool:
+    """Whether a run was killed since ``backup`` (or while taking it, then deploying): its history
+    row never ended. It recorded none of its writes (:func:`record_faber_writes`), so faber's share
+    of what the counters show is unknown, however the runs before it measured theirs."""
+    from faber_core.audit.history import TABLE as HISTORY  # the deployment history, beside the baselines
+
+    history = sql.SQL("{}.{}").format(sql.Identifier(context.config.database.faber_schema), sql.Identifier(HISTORY))
+    if conn.execute("SELECT to_regclass(%s)", [history.as_string(conn)]).fetchone()[0] is None:
+        return False
+    return conn.execute(
+        sql.SQL(
+            "SELECT EXISTS (SELECT FROM {} h WHERE h.status IN ('running', 'unfinished') AND h.id <> %s"
+            " AND (h.backup_id = %s OR h.started_at >= %s))"
+        ).format(history),
+        [context.run_id, backup.id, backup.created_at],
+    ).fetchone()[0]
 
 
 def compare(backup_id: str, baseline: Baseline, now: Counters, in_flight: list[str]) -> WritesSinceBackup:
