@@ -315,6 +315,16 @@ class RunContext:
         (docs/safety.md); on MySQL ``lock_wait_timeout`` and ``innodb_lock_wait_timeout``."""
         self.database.engine.apply_session_timeouts(conn, self.settings)
 
+    def hold_migration_lock(self, conn: Any) -> None:
+        """Have migration session ``conn`` hold faber's migration lock for as long as it lives, before
+        it runs any migration: a run that takes faber's lock after this one lost it (its lock session
+        ended while a migration ran) then finds this session open, its transaction free to commit,
+        and stops without changing anything (``LOCKED``) instead of applying that migration again
+        (docs/workflow.md, "The lock"). Never waits."""
+        statement = self.database.engine.migration_lock_statement(conn, self.database)
+        if statement is not None:
+            conn.execute(statement)
+
     def session_timeout_env(self, inherited_pgoptions: str | None = None) -> dict[str, str]:
         """Environment variables carrying the same settings to a subprocess that applies migrations
         (``PGOPTIONS`` on PostgreSQL, after ``inherited_pgoptions``; none on MySQL, whose clients

@@ -179,7 +179,9 @@ def faber_migration_apply(tool: str, context: RunContext, pending: list[LocalMig
     holds its advisory lock on the database, after the health check, the approval and the
     backup. Apply each migration in its own transaction when its SQL allows it, together with
     its bookkeeping row, so a failure leaves nothing of that migration behind. Connect with
-    ``context.database.connect(migration_session=True)`` then ``context.apply_session_timeouts(conn)``.
+    ``context.database.connect(migration_session=True)`` then ``context.apply_session_timeouts(conn)``
+    and ``context.hold_migration_lock(conn)`` (so that a run taking faber's lock while this session
+    is still inside a migration, its own lock session ended, stops instead of applying it again).
     ``context.database.engine`` says which database it is (``engine.name``: ``postgresql`` or
     ``mysql``, see :mod:`faber_core.engines`); on an engine whose DDL is not transactional
     (``engine.transactional_ddl`` is False: MySQL) a migration with DDL runs statement by statement

@@ -109,6 +109,7 @@ def faber_migration_apply(context: RunContext, pending: list[LocalMigration]) ->
         conn.execute(BOOKKEEPING)
         # lock_timeout (and statement_timeout) for the migrations, as every handler should.
         context.apply_session_timeouts(conn)
+        context.hold_migration_lock(conn)
         for migration in pending:
             context.start_migration(migration.name)
             started = time.monotonic()
@@ -215,6 +216,7 @@ def _mysql_apply(context: RunContext, pending: list[LocalMigration]) -> ApplyOut
     with context.database.connect(application_name="faber sqlfiles apply", migration_session=True) as conn:
         conn.execute(MYSQL_BOOKKEEPING)
         context.apply_session_timeouts(conn)
+        context.hold_migration_lock(conn)
         for migration in pending:
             statements = split_statements(migration.handler_data)
             transactional = _mysql_transactional(migration)

@@ -35,6 +35,7 @@ def apply(context: RunContext, pending: list[LocalMigration]) -> ApplyOutcome:
     with context.database.connect(application_name="faber plainsql apply", migration_session=True) as conn:
         conn.execute(history.CREATE)
         context.apply_session_timeouts(conn)
+        context.hold_migration_lock(conn)
         for migration in pending:
             context.start_migration(migration.name)  # raises when faber's lock was lost: let it propagate
             started = time.monotonic()

@@ -262,6 +262,7 @@ def _mysql_history(context: RunContext, conn: MySQLConnection) -> Iterator[Mysql
 
     with conn, mysql.prisma_lock(conn, wait_seconds=context.settings.lock_wait_seconds):
         context.apply_session_timeouts(conn)
+        context.hold_migration_lock(conn)
         yield MysqlHistory(conn, context.database.schema)
 
 
@@ -282,6 +283,7 @@ def _postgres_history(context: RunContext, conn: psycopg.Connection) -> Iterator
             "SELECT set_config('search_path', %s, false)", [sql.Identifier(context.database.schema).as_string(conn)]
         )
         context.apply_session_timeouts(conn)
+        context.hold_migration_lock(conn)
         yield History(conn, context.database.schema)
 
 

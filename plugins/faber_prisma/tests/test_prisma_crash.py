@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from faber_core.testing.faults import (
     WAITING_ON_ADVISORY_LOCK,
     FaberProcess,
     KilledInsideAMigration,
+    end_faber_lock_session,
     event_matcher,
     holdable_migration,
     session_settings,
@@ -538,3 +540,51 @@ def test_no_backup_is_named_for_a_killed_prisma_migration_when_none_was_taken_be
     advice = deploy.advice()
     assert f"No backup undoes it: none was taken before {COPY} began" in " ".join(advice), advice
     assert not any(later in suggestion or "faber rollback" in suggestion for suggestion in advice), advice
+
+
+def test_a_deploy_inside_a_migration_after_its_lock_session_ended_stops_the_next_run_before_its_backup(
+    prisma_project, run_faber, database_url, tmp_path
+):
+    """The first deploy is inside a migration, in its transaction, when its session holding faber's
+    lock is ended; a second deploy waiting for faber's lock takes it then. It used to take a backup
+    (with the first run's migration still open, to commit after it) and wait for Prisma's lock in
+    its apply step: its "rollback available" backup would undo that migration too. The applier's
+    session holds faber's migration lock: the second run stops with LOCKED before its backup."""
+    killed = KilledInsideAMigration(database_url)
+    name = "20240102000000_copy"
+    project = prisma_project(
+        {"20240101000000_ledger": "CREATE TABLE ledger (id int);\nINSERT INTO ledger SELECT generate_series(1, 10);"},
+        backup_before_migrate=True,
+        lock_wait_seconds=60,
+        lock_timeout_seconds=0,  # the held migration waits as long as the test holds it
+        lint="off",
+    )
+    assert run_faber("migrate", "staging", "--yes", "--json", "--cwd", str(project)).returncode == 0
+    copy = project / "prisma/migrations" / name
+    copy.mkdir()
+    (copy / "migration.sql").write_text(f"{killed.copy_statement};\n{killed.hold_statement};\n")
+    other_project = shutil.copytree(project, tmp_path / "other", symlinks=True)
+
+    with killed.connect() as holder:
+        killed.take(holder)
+        first = FaberProcess.start(project, "migrate", "staging", "--yes", "--json")
+        second = None
+        try:
+            first.wait_until(lambda: killed.waiting(holder), what="the migration to wait", timeout=60)
+            second = FaberProcess.start(other_project, "migrate", "staging", "--yes", "--json")
+            second.wait_for(event_matcher("step.started", step="lock"))
+            end_faber_lock_session(holder)
+            code = second.finish(120)
+            document = json.loads(second.stdout())
+            assert (code, document["code"]) == (7, "LOCKED"), second.stdout() + second.stderr()[-3000:]
+            assert document["result"]["migration_sessions"], document
+            assert "backup.created" not in second.stderr(), second.stderr()[-3000:]
+            killed.release(holder)
+            first.finish(120)
+        finally:
+            first.stop_everything()
+            if second is not None:
+                second.stop_everything()
+    assert killed.ledger() == 20  # copied once
+    applied = killed.query("SELECT migration_name FROM _prisma_migrations ORDER BY started_at")
+    assert applied == [("20240101000000_ledger",), (name,)], applied
