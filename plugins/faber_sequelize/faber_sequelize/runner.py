@@ -44,10 +44,20 @@ def runner_args(context: RunContext) -> list[str]:
 
 NON_TRANSACTIONAL_NOTE = (
     "Sequelize runs a migration without a transaction: if a statement fails, the statements before it stay "
-    "applied (protected environments rely on faber's backup and automatic rollback, which, once the migrations "
-    "wrote rows, faber cannot tell from the application's, is refused under restore_with_app_writes: refuse)"
+    "applied (protected environments rely on faber's backup and automatic rollback, {rollback})"
+)
+# What that rollback does with the application's writes, by whether the engine counts them.
+ROLLBACK_REFUSED = (
+    "which, once the migrations wrote rows, faber cannot tell from the application's, is refused under "
+    "restore_with_app_writes: refuse"
+)
+ROLLBACK_DISCARDS_WRITES = (
+    "which restores anyway: faber cannot count the application's writes on {engine}, so whatever it wrote since "
+    "the backup is not in the restored database"
 )
 
 
 def preview_notes(context: RunContext, ran: Rehearsed) -> list[str]:
-    return [NON_TRANSACTIONAL_NOTE]
+    engine = context.database.engine
+    rollback = ROLLBACK_REFUSED if engine.supports("write_counters") else ROLLBACK_DISCARDS_WRITES
+    return [NON_TRANSACTIONAL_NOTE.format(rollback=rollback.format(engine=engine.label))]

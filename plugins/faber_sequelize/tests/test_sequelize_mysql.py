@@ -139,6 +139,27 @@ def test_a_postgres_config_on_a_mysql_url_is_refused(
     assert mysql_query("SHOW TABLES") == []
 
 
+def test_the_preview_says_a_rollback_restores_over_the_applications_writes(
+    mysql_sequelize_project, sequelize_context, sequelize_plugins
+):
+    # faber cannot count the application's writes on MySQL: restore_with_app_writes: refuse cannot
+    # refuse what it cannot see, and the note said the rollback would be refused.
+    context = sequelize_context(mysql_sequelize_project())
+
+    previews = sequelize_plugins.migration_preview(
+        context, sequelize_plugins.migration_status(context).pending_migrations()
+    )
+
+    assert [p.name for p in previews] == FIXTURE_MIGRATIONS
+    for migration in previews:
+        [note] = [note for note in migration.notes if note.startswith("Sequelize runs a migration without")]
+        assert "refused" not in note
+        assert note.endswith(
+            "automatic rollback, which restores anyway: faber cannot count the application's writes on "
+            "MySQL/MariaDB, so whatever it wrote since the backup is not in the restored database)"
+        )
+
+
 def test_concurrent_deploys_apply_each_migration_once(mysql_sequelize_project, sequelize_migration, mysql_query):
     slow = sequelize_migration("SELECT SLEEP(1)", "CREATE TABLE slow (id INT)")
     project = mysql_sequelize_project({"20240103000000-slow.js": slow}, lock_wait_seconds=60)

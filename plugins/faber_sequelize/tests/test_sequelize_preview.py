@@ -28,6 +28,8 @@ def test_preview_shows_the_sql_sequelize_runs_and_leaves_the_target_untouched(
     )
     assert all(p.transactional is False for p in previews)
     assert all(any("without a transaction" in note for note in p.notes) for p in previews)
+    # PostgreSQL counts the application's writes: the rollback of a deploy whose migrations wrote rows is refused.
+    assert all(any("is refused under restore_with_app_writes: refuse" in note for note in p.notes) for p in previews)
     assert query("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
     (rehearsal,) = [e.data["database"] for e in events if e.kind == "rehearsal.created"]
     assert rehearsal.startswith(REHEARSAL_PREFIX)
