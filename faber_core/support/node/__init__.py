@@ -50,10 +50,17 @@ with one JSON object per line on the protocol pipe (the descriptor named by
     {"event": "migration_load_failed", "name": ..., "file": "migrations/...js", "message": ...}
     {"event": "setup_error", "kind": "module_missing" | "module_unloadable" | "typescript_loader_missing"
      | "load_failed" | "migration_load_failed" | "not_regular_file" | "not_found" | "unsupported" | "plan_mismatch"
-     | "connection_failed" | "invalid", "message": ..., "module": ..., "file": ...}
+     | "connection_failed" | "wrong_engine" | "invalid", "message": ..., "module": ..., "file": ...,
+     "project_engine": ...}
     {"event": "loading", "what": "the data source", "file": "data-source.js"}
     {"event": "loaded"}
     {"event": "done", "exit_code": 0}
+
+A ``setup_error`` of kind ``wrong_engine`` says the project's own setting (Sequelize's ``dialect``,
+TypeORM's DataSource ``type``) names another engine than the request's database's
+(``wrongEngine`` in ``runner-common.cjs``): ``project_engine`` is the label of the one it names
+(``MySQL/MariaDB``; null for an engine faber deploys to neither), so that the error says which
+database to give the environment.
 
 ``mark_applied`` (``faber resolve --applied``) writes the ORM's own record of the one named
 pending migration exactly as the ORM writes it for a migration that ran (through the ORM: its
@@ -726,6 +733,8 @@ def setup_failure(tool: NodeTool, context: RunContext, event: Event, stderr: str
             details=f"{tool.name} could not connect{code}: {message}",
             suggestions=["Verify the database is running and reachable", f"Check {context.database.source}"],
         )
+    if kind == "wrong_engine":
+        return ConfigError(message, suggestions=[_database_for(context, event.get("project_engine"), tool)])
     if kind == "plan_mismatch":
         return ConfigError(
             message,
@@ -739,6 +748,23 @@ def setup_failure(tool: NodeTool, context: RunContext, event: Event, stderr: str
         suggestions=[f"Check {tool.config_key} and the project's {tool.name} setup"],
         tool_output=_tail(stderr) or None,
     )
+
+
+def _database_for(context: RunContext, project_engine: str | None, tool: NodeTool) -> str:
+    """What to give an environment whose database is not of the engine the project's migrations are
+    written for (``project_engine``, a label; None: an engine faber deploys to neither)."""
+    if project_engine is None:
+        return f"Check {tool.config_key} and the project's {tool.name} setup"
+    variable = context.settings.database_url_env
+    if variable is None:  # dev on the embedded PostgreSQL
+        from faber_core.scaffold import MYSQL_DEV_URL_ENV
+
+        return (
+            f"{context.environment} runs on faber's embedded PostgreSQL unless the config names its database: set "
+            f"database.environments.{context.environment}.database_url_env to a variable holding a {project_engine} "
+            f"URL (e.g. {MYSQL_DEV_URL_ENV}) and export it"
+        )
+    return f"Point ${variable} at a {project_engine} database: the project's migrations are written for it"
 
 
 # Status ---------------------------------------------------------------------------------

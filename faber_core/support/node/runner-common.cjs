@@ -30,6 +30,18 @@ function engine() {
   return requestEngine;
 }
 
+const ENGINE_LABEL = { postgres: "PostgreSQL", mysql: "MySQL/MariaDB" };
+
+// The project's own setting (`what`: "this config's dialect") names `kind`, which is not one of the
+// request's engine's `accepted` kinds ({postgres: [...], mysql: [...]}): refused, saying the engine
+// the project's migrations are written for (null for a kind faber deploys to neither), so that faber
+// can say which database to give the environment.
+function wrongEngine(accepted, what, kind) {
+  const written = Object.keys(accepted).find((name) => accepted[name].includes(kind));
+  const message = `The environment's database is ${ENGINE_LABEL[engine()]}; ${what} is ${kind}`;
+  return new SetupError("wrong_engine", message, { project_engine: written ? ENGINE_LABEL[written] : null });
+}
+
 // A request's connection.tls as Node's TLS options, for the drivers' `ssl` option: undefined where
 // the URL asks nothing of TLS (the ORM's own `ssl` applies), false for "disable", else the checks
 // faber's own connections make ("require": encrypted, the certificate unchecked; "verify-ca": signed
@@ -550,6 +562,7 @@ module.exports = {
   emit,
   migrationStarted,
   SetupError,
+  wrongEngine,
   bounded,
   requireExpectedPlan,
   projectRequire,

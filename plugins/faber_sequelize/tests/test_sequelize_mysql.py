@@ -136,6 +136,9 @@ def test_a_postgres_config_on_a_mysql_url_is_refused(
         sequelize_plugins.migration_status(sequelize_context(project))
 
     assert "MySQL/MariaDB" in refused.value.message and "postgres" in refused.value.message
+    assert refused.value.suggestions == [
+        "Point $SEQUELIZE_TEST_DATABASE_URL at a PostgreSQL database: the project's migrations are written for it"
+    ]
     assert mysql_query("SHOW TABLES") == []
 
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from faber_core.config import CONFIG_PATH
+
 
 def test_init_then_the_next_step_applies_the_example_migration(tmp_path, run_faber, sequelize_node_modules):
     project = tmp_path / "demo"
@@ -18,3 +23,40 @@ def test_init_then_the_next_step_applies_the_example_migration(tmp_path, run_fab
     [applied] = first.json["result"]["migrations"]
     assert applied["name"].endswith("-create-example-items.js")
     assert again.json["result"]["message"] == "No pending migrations"
+
+
+# A project that keeps its config where its .sequelizerc says, naming MySQL there.
+SEQUELIZERC = """const path = require("path");
+module.exports = {
+  config: path.resolve("database", "conf", "cfg.js"),
+  "migrations-path": path.resolve("database", "mig"),
+};
+"""
+MYSQL_CONFIG = 'module.exports = { development: { dialect: "mysql", host: "db.invalid" } };\n'
+
+
+def mysql_project_with_its_own_layout(root: Path, node_modules: Path) -> Path:
+    (root / "database" / "conf").mkdir(parents=True)
+    (root / ".sequelizerc").write_text(SEQUELIZERC)
+    (root / "database" / "conf" / "cfg.js").write_text(MYSQL_CONFIG)
+    (root / "node_modules").symlink_to(node_modules, target_is_directory=True)
+    return root
+
+
+def test_dev_on_the_embedded_postgresql_says_to_give_a_mysql_project_a_database_of_its_own(
+    tmp_path, run_faber, sequelize_node_modules
+):
+    project = mysql_project_with_its_own_layout(tmp_path / "app", sequelize_node_modules)
+    assert run_faber("init", "--cwd", str(project)).returncode == 0
+    config_path = project / CONFIG_PATH
+    config = json.loads(config_path.read_text())
+    config["database"]["environments"]["dev"] = {}  # the embedded PostgreSQL
+    config_path.write_text(json.dumps(config))
+
+    run = run_faber("migrate", "dev", "--json", "--cwd", str(project))
+
+    assert (run.returncode, run.json["code"]) == (2, "CONFIG_INVALID"), run.output
+    assert run.json["error"] == "The environment's database is PostgreSQL; this config's dialect is mysql"
+    [advice] = run.json["recovery"]["suggestions"]
+    assert "set database.environments.dev.database_url_env to a variable holding a MySQL/MariaDB URL" in advice
+    assert "DEV_DATABASE_URL" in advice

@@ -179,6 +179,9 @@ def test_a_postgres_data_source_on_a_mysql_url_is_refused(
         typeorm_plugins.migration_status(typeorm_context(project_dir))
 
     assert "MySQL/MariaDB" in refused.value.message and "postgres" in refused.value.message
+    assert refused.value.suggestions == [
+        "Point $TYPEORM_TEST_DATABASE_URL at a PostgreSQL database: the project's migrations are written for it"
+    ]
     assert mysql_query("SHOW TABLES") == []
 
 

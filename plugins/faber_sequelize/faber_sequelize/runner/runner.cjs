@@ -29,7 +29,6 @@ const LOGGED_QUERY = /^Executing \([^)]*\): /s;
 // The config dialects faber deploys to each engine's servers. A MySQL or MariaDB project keeps its
 // own dialect, so Sequelize loads the driver the project installed for it (mysql2, or mariadb).
 const DIALECTS = { postgres: ["postgres"], mysql: ["mysql", "mariadb"] };
-const ENGINE_LABEL = { postgres: "PostgreSQL", mysql: "MySQL/MariaDB" };
 // How each engine answers "which schema am I in" and "does this table exist".
 const CATALOG = {
   postgres: {
@@ -122,10 +121,7 @@ function openSequelize(projectDir, section, request, logging) {
   const SequelizeModule = faber.projectRequire(projectDir, "sequelize");
   const dialects = DIALECTS[faber.engine()];
   if (section.dialect && !dialects.includes(section.dialect)) {
-    throw new faber.SetupError(
-      "unsupported",
-      `The environment's database is ${ENGINE_LABEL[faber.engine()]}; this config's dialect is ${section.dialect}`,
-    );
+    throw faber.wrongEngine(DIALECTS, "this config's dialect", section.dialect);
   }
   const dialect = section.dialect || dialects[0];
   const connection = request.connection;

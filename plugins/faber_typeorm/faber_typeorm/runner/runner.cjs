@@ -25,7 +25,6 @@ const TRANSACTION_CONTROL = /^\s*(COMMIT|END|ABORT|ROLLBACK(?!\s+TO\b)|BEGIN|STA
 // The DataSource types faber deploys to each engine's servers; a MySQL or MariaDB project keeps its
 // own type (TypeORM's mysql driver serves both, through mysql2 when the project installed it).
 const TYPES = { postgres: ["postgres", "aurora-postgres"], mysql: ["mysql", "mariadb"] };
-const ENGINE_LABEL = { postgres: "PostgreSQL", mysql: "MySQL/MariaDB" };
 
 async function loadModule(file) {
   try {
@@ -172,12 +171,7 @@ function retarget(userDataSource, connection, logger, migrationClasses) {
   projectTransactionMode = transactionMode(options);
   if (migrationClasses) options.migrations = migrationClasses;
   const engine = faber.engine();
-  if (!TYPES[engine].includes(options.type)) {
-    throw new faber.SetupError(
-      "unsupported",
-      `The environment's database is ${ENGINE_LABEL[engine]}; this DataSource is of type ${options.type}`,
-    );
-  }
+  if (!TYPES[engine].includes(options.type)) throw faber.wrongEngine(TYPES, "this DataSource's type", options.type);
   const ssl = faber.tlsOptions(connection.tls);
   for (const key of CONNECTION_KEYS) delete options[key];
   // The driver takes `extra` over TypeORM's own options: none of it may say where to connect.
