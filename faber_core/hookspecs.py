@@ -22,7 +22,7 @@ is optional, so take it only when your plugin declares several names::
         return MigrationState(tool="mytool", local=..., records=...)
 
 A plugin that declares a tool must implement status, preview and apply (prepare, validate, resolve,
-dev optional);
+dev and project_files, which ``faber init`` calls, optional);
 one that declares a backup provider must implement create, list and restore (prune optional).
 A missing one is reported by ``faber plugins`` and, when a run needs it, is a ``PLUGIN_ERROR``
 (exit 1) naming the package.
@@ -46,6 +46,8 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from faber_core.context import RunContext
     from faber_core.models import (
         ApplyOutcome,
@@ -218,6 +220,24 @@ def faber_migration_dev(tool: str, context: RunContext) -> ApplyOutcome | None:
     tool without such a command does not implement it. Return ``None`` to decline at run time
     (the tool's CLI is not installed); faber then applies pending migrations with
     ``faber_migration_apply``.
+    """
+
+
+@hookspec(firstresult=True)
+def faber_migration_project_files(tool: str, project_dir: Path) -> list[str] | None:
+    """The project's own files that configure the tool, found as the tool finds them.
+
+    Called by ``faber init`` in a project that already uses your tool, before it writes the config:
+    there is no run, no config and no database yet, only ``project_dir``. Optional. Return the
+    paths, relative to ``project_dir``, of the files that exist; faber lists them in init's
+    ``found`` and reads them for the database engine they name (dev then reads a URL rather than
+    using the embedded PostgreSQL). ``None``: the tool cannot tell here (its packages are not
+    installed); faber then looks where the tool looks by default. faber-sequelize asks its runner,
+    which reads ``.sequelizerc`` as every run does::
+
+        @hookimpl
+        def faber_migration_project_files(project_dir):
+            return [name for name in ("mytool.config.js",) if (project_dir / name).exists()]
     """
 
 

@@ -12,6 +12,7 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -472,6 +473,15 @@ class Plugins:
                         _warn_sink_failed(context, _owner(self.pm, impl.plugin), event, exc)
 
         return deliver
+
+    def migration_project_files(self, tool: str, project_dir: Path) -> list[str] | None:
+        """The project's files that configure ``tool``, as its plugin finds them; None when no
+        installed plugin declares the tool, or its plugin cannot tell (``faber init``)."""
+        owner = self.tools().get(tool)
+        if owner is None:
+            return None
+        answer = self._call_owner("faber_migration_project_files", owner, tool=tool, project_dir=project_dir)
+        return None if answer is None else [str(name) for name in answer]
 
     def _ask_handler(self, hook_name: str, context: RunContext, /, **kwargs: Any) -> Any:
         owner = self.require_tool(context.tool)

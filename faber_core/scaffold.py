@@ -97,6 +97,11 @@ _SEARCH_DEPTH = 4
 
 # dev of a project whose files name MySQL or MariaDB: the embedded server is PostgreSQL.
 MYSQL_DEV_URL_ENV = "DEV_DATABASE_URL"
+STAGING_URL_ENV = "STAGING_DATABASE_URL"
+PRODUCTION_URL_ENV = "PROD_DATABASE_URL"
+STARTER_URL_VARIABLES = frozenset({MYSQL_DEV_URL_ENV, STAGING_URL_ENV, PRODUCTION_URL_ENV})
+"""The variables the starter config reads database URLs from: kept from the project code that
+``faber init`` runs, as every run keeps its config's from it."""
 
 
 def starter_config(tool: str, section: dict, *, mysql: bool = False) -> dict:
@@ -106,9 +111,9 @@ def starter_config(tool: str, section: dict, *, mysql: bool = False) -> dict:
             tool: section,
             "environments": {
                 "dev": {"database_url_env": MYSQL_DEV_URL_ENV} if mysql else {},
-                "staging": {"database_url_env": "STAGING_DATABASE_URL"},
+                "staging": {"database_url_env": STAGING_URL_ENV},
                 "production": {
-                    "database_url_env": "PROD_DATABASE_URL",
+                    "database_url_env": PRODUCTION_URL_ENV,
                     "protected": True,
                     "backup_before_migrate": True,
                     "require_approval": True,
@@ -242,16 +247,29 @@ def _existing_layout(project: Path, tool: str) -> _Layout:
                 ],
             )
         return _Layout(dict(TOOL_SECTIONS["typeorm"]), [], starter=True)
-    own = [name for name in (".sequelizerc", "config/config.js", "config/config.json") if (project / name).exists()]
+    own = _sequelize_files(project)
     mysql = _names_mysql(project, own, _SEQUELIZE_MYSQL)
     return _Layout({}, own, starter=".sequelizerc" not in own, mysql=mysql)
+
+
+def _sequelize_files(project: Path) -> list[str]:
+    """``.sequelizerc`` and the config sequelize-cli reads: the one ``.sequelizerc`` names, as
+    faber-sequelize's runner finds it at every run; where the runner cannot tell (the project's
+    packages are not installed yet), the ones sequelize-cli reads by default."""
+    from faber_core.plugins import Plugins
+
+    found = Plugins().migration_project_files("sequelize", project)
+    if found is not None:
+        return found
+    return [name for name in (".sequelizerc", "config/config.js", "config/config.json") if (project / name).exists()]
 
 
 _TYPEORM_LEGACY_CONFIGS = ("ormconfig.json", "ormconfig.yml", "ormconfig.yaml", "ormconfig.xml", "ormconfig.env")
 """TypeORM 0.2's configuration files, which 0.3 dropped with its connection API: not a data source."""
 
 # How each tool's files name a MySQL or MariaDB database: Prisma's provider (its schema's datasource,
-# its migration_lock.toml), TypeORM's DataSource type, Sequelize's dialect. Read as text, not run.
+# its migration_lock.toml), TypeORM's DataSource type, Sequelize's dialect. Read as text, not run
+# (only Sequelize's runner runs .sequelizerc to find the config).
 _PRISMA_MYSQL = re.compile(r"""\bprovider\s*=\s*["']mysql["']""")
 _TYPEORM_MYSQL = re.compile(r"""\btype\s*:\s*["'`](?:mysql|mariadb)["'`]""")
 _SEQUELIZE_MYSQL = re.compile(r"""["']?\bdialect["']?\s*:\s*["'`](?:mysql|mariadb)["'`]""")

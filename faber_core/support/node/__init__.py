@@ -154,7 +154,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -163,7 +163,7 @@ from typing import Any, BinaryIO, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from faber_core import hookimpl, interrupts
-from faber_core.context import Database, RunContext
+from faber_core.context import PROJECT_DIR_VARIABLE, Database, RunContext
 from faber_core.engines import LOCK_LOST
 from faber_core.errors import ConfigError, FaberError, MigrationFailed, ToolCannotConnect
 from faber_core.models import (
@@ -371,40 +371,17 @@ class RunnerProcess:
         """The runner, started (with its nonce) unless it is running."""
         if self.proc is None or self.proc.poll() is not None or self.protocol is None:
             self._close_protocol()
-            protocol_read, protocol_write = os.pipe()
-            self.protocol = open(protocol_read, "rb")
             self.nonce = secrets.token_hex(16)
             # node-postgres reads PGOPTIONS, so the ORM's sessions get faber's lock_timeout too.
-            env = child_environment(
-                {
-                    COMMON_VARIABLE: str(RUNNER_COMMON),
-                    PROTOCOL_FD_VARIABLE: str(protocol_write),
-                    **self.context.project_code_environment(),
-                    **self.context.session_timeout_env(),
-                },
+            self.proc, self.protocol = _spawn_runner(
+                self.tool,
+                self.context.project_dir,
+                self.args,
+                self.nonce,
+                {**self.context.project_code_environment(), **self.context.session_timeout_env()},
                 withheld=self.context.url_variables(),
+                output=self.stderr_file,
             )
-            try:
-                self.proc = spawn(
-                    [node_executable(), str(self.tool.script), *self.args],
-                    cwd=self.context.project_dir,
-                    env=env,
-                    stdin=subprocess.PIPE,
-                    stdout=self.stderr_file,
-                    stderr=self.stderr_file,
-                    pass_fds=(protocol_write,),
-                    text=True,
-                    encoding="utf-8",
-                    errors="replace",
-                )
-            finally:
-                os.close(protocol_write)  # the runner's copy alone: its end is the protocol's end
-            assert self.proc.stdin is not None
-            try:
-                self.proc.stdin.write(self.nonce + "\n")
-                self.proc.stdin.flush()
-            except BrokenPipeError:
-                pass  # the runner died: the request below reports its exit code and stderr
         return self.proc, self.protocol
 
     def _close_protocol(self) -> None:
@@ -561,6 +538,92 @@ class RunnerProcess:
                 stop(self.proc)
         self._close_protocol()
         self.stderr_file.close()
+
+
+def _spawn_runner(
+    tool: NodeTool,
+    project_dir: Path,
+    args: Iterable[str],
+    nonce: str,
+    environment: dict[str, str],
+    *,
+    withheld: Collection[str],
+    output: BinaryIO,
+) -> tuple[subprocess.Popen, BinaryIO]:
+    """``node <runner> <args>`` started in ``project_dir`` and given its ``nonce``, with
+    ``environment`` beside the inherited one less ``withheld``; its stdout and stderr go to ``output``.
+    Returns it and the protocol pipe it writes its events on."""
+    protocol_read, protocol_write = os.pipe()
+    protocol = open(protocol_read, "rb")
+    env = child_environment(
+        {COMMON_VARIABLE: str(RUNNER_COMMON), PROTOCOL_FD_VARIABLE: str(protocol_write), **environment},
+        withheld=withheld,
+    )
+    try:
+        proc = spawn(
+            [node_executable(), str(tool.script), *args],
+            cwd=project_dir,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=output,
+            stderr=output,
+            pass_fds=(protocol_write,),
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+        )
+    except BaseException:
+        protocol.close()
+        raise
+    finally:
+        os.close(protocol_write)  # the runner's copy alone: its end is the protocol's end
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(nonce + "\n")
+        proc.stdin.flush()
+    except BrokenPipeError:
+        pass  # the runner died: the request reports its exit code and stderr
+    return proc, protocol
+
+
+def ask_outside_a_run(
+    tool: NodeTool, project_dir: Path, command: str, *, withheld: Collection[str], seconds: float
+) -> RunnerResult:
+    """``command`` answered by a runner started for it alone, in ``project_dir``, outside any run
+    (``faber init``, before the project has a config): a request that needs no database. The
+    runner is stopped if it has not answered within ``seconds`` (a :class:`FaberError`); the
+    variables ``withheld`` (those holding database URLs) are kept from the project code it runs.
+    Raises :class:`ConfigError` where Node is missing; the runner's ``setup_error`` is an event."""
+    nonce = secrets.token_hex(16)
+    redactor = Redactor()
+    with tempfile.TemporaryFile() as output:
+        proc, protocol = _spawn_runner(
+            tool, project_dir, (), nonce, {PROJECT_DIR_VARIABLE: str(project_dir)}, withheld=withheld, output=output
+        )
+        expired = threading.Event()
+        timer = _deadline_timer(seconds, proc, expired)
+        try:
+            _write_line(proc, {"command": command})
+            assert proc.stdin is not None
+            proc.stdin.close()  # one request: the runner ends once it has answered
+            events = [event for line in protocol if (event := _parse(line, nonce, redactor)) is not None]
+            returncode = proc.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
+            stop(proc)
+            protocol.close()
+        if expired.is_set():
+            raise FaberError(f"The {tool.name} runner did not answer within {seconds:g} s and was stopped")
+        output.seek(max(0, output.seek(0, os.SEEK_END) - STDERR_READ_BYTES))
+        stderr = redactor.redact(output.read().decode("utf-8", errors="replace"))
+    done = [event for event in events if event["event"] == "done"]
+    steps = ("done", "loading", "loaded")
+    return RunnerResult(
+        [event for event in events if event["event"] not in steps],
+        done[0].get("exit_code") if done else returncode,
+        stderr,
+    )
 
 
 def _write_line(proc: subprocess.Popen, message: dict[str, Any]) -> None:
@@ -1351,18 +1414,25 @@ class NodeHandler:
 
     ``arguments`` turns the run's config (``context.tool_options(runner.options)``, validated by
     faber before the run) into the runner's command-line options; ``preview_notes`` adds
-    the tool's own notes to each rehearsed migration's preview. The tool has no interactive
-    development command: dev mode applies pending migrations as a deploy does.
+    the tool's own notes to each rehearsed migration's preview; ``project_files`` finds the
+    project's files that configure the tool, for ``faber init`` (None: faber init looks where it
+    would by default). The tool has no interactive development command: dev mode applies pending
+    migrations as a deploy does.
     """
 
     runner: NodeTool
     description: str
     arguments: Callable[[RunContext], list[str]]
     preview_notes: Callable[[RunContext, Rehearsed], list[str]] = field(default=lambda _context, _ran: [])
+    project_files: Callable[[Path], list[str] | None] = field(default=lambda _project_dir: None)
 
     @hookimpl
     def faber_migration_tools(self) -> list[ToolInfo]:
         return [ToolInfo(name=self.runner.name, description=self.description, options=self.runner.options)]
+
+    @hookimpl
+    def faber_migration_project_files(self, project_dir: Path) -> list[str] | None:
+        return self.project_files(project_dir)
 
     @hookimpl
     def faber_migration_prepare(self, context: RunContext) -> None:

@@ -11,4 +11,5 @@ handler = NodeHandler(
     description="Sequelize migrations (sequelize-cli layout) and SequelizeMeta",
     arguments=runner.runner_args,
     preview_notes=runner.preview_notes,
+    project_files=runner.project_files,
 )

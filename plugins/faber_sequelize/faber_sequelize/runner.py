@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from faber_core.config import EnvironmentSettings
 from faber_core.context import RunContext
-from faber_core.support.node import NodeTool, NodeToolOptions, Rehearsed
+from faber_core.errors import FaberError
+from faber_core.support.node import NodeTool, NodeToolOptions, Rehearsed, ask_outside_a_run
 from pydantic import Field
 
 from faber_sequelize import TOOL
@@ -34,6 +36,23 @@ RUNNER = NodeTool(
     install="npm install sequelize pg",
     options=SequelizeOptions,
 )
+
+
+def project_files(project_dir: Path) -> list[str] | None:
+    """``.sequelizerc`` and the config it names (else sequelize-cli's default one), where they exist,
+    found by the runner as every run finds them (``faber init``); None where the runner cannot tell
+    (no Node, the project's packages not installed, a ``.sequelizerc`` that does not load)."""
+    from faber_core.scaffold import STARTER_URL_VARIABLES
+
+    seconds = EnvironmentSettings.model_fields["runner_load_timeout_seconds"].default
+    try:
+        answer = ask_outside_a_run(RUNNER, project_dir, "layout", withheld=STARTER_URL_VARIABLES, seconds=seconds)
+    except (FaberError, OSError):
+        return None
+    layout = answer.first("layout")
+    if layout is None:
+        return None
+    return [name for name in (".sequelizerc", layout["config"]) if (project_dir / name).is_file()]
 
 
 def runner_args(context: RunContext) -> list[str]:

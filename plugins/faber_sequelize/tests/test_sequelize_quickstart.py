@@ -43,6 +43,22 @@ def mysql_project_with_its_own_layout(root: Path, node_modules: Path) -> Path:
     return root
 
 
+def test_init_reads_the_config_sequelizerc_names_and_gives_a_mysql_project_dev_on_its_own_server(
+    tmp_path, run_faber, sequelize_node_modules
+):
+    # The config was looked for in config/ only: dev got the embedded PostgreSQL, which `faber migrate
+    # dev` then refused for the config's dialect.
+    project = mysql_project_with_its_own_layout(tmp_path / "app", sequelize_node_modules)
+
+    init = run_faber("init", "--json", "--cwd", str(project))
+
+    assert init.returncode == 0, init.output
+    assert init.json["result"]["found"] == [".sequelizerc", "database/conf/cfg.js"]
+    assert init.json["result"]["next"].startswith("export DEV_DATABASE_URL=")
+    config = json.loads((project / CONFIG_PATH).read_text())
+    assert config["database"]["environments"]["dev"] == {"database_url_env": "DEV_DATABASE_URL"}
+
+
 def test_dev_on_the_embedded_postgresql_says_to_give_a_mysql_project_a_database_of_its_own(
     tmp_path, run_faber, sequelize_node_modules
 ):

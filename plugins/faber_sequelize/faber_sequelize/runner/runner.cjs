@@ -7,6 +7,9 @@
 //
 //   node runner.cjs [--env NAME] [--environment FABER_ENV]     (requests on stdin)
 //
+// Besides faber's common requests, `layout` (faber init, no connection) reports the config file and
+// the migrations folder: {"event": "layout", "config": "db/config.js", "migrations": "db/migrations"}.
+//
 // Each request's connection replaces the config's connection options.
 //
 // The bookkeeping is written here with Sequelize itself rather than through umzug: every
@@ -389,11 +392,22 @@ async function connected(projectDir, layout, options, request, work) {
   }
 }
 
+// faber init: where sequelize-cli finds the config and the migrations, read as every other command
+// reads them. Needs no database.
+function reportLayout(projectDir, layout) {
+  faber.emit("layout", {
+    config: path.relative(projectDir, layout.configFile),
+    migrations: path.relative(projectDir, layout.migrationsDir),
+  });
+  return 0;
+}
+
 async function load(options) {
   const projectDir = process.cwd();
   faber.projectRequire(projectDir, "sequelize");
   const layout = await projectLayout(projectDir);
   return {
+    layout: () => reportLayout(projectDir, layout),
     status: (request) => connected(projectDir, layout, options, request, (context) => status(context)),
     load: (request) => loadPending(projectDir, layout.migrationsDir, request.migrations),
     apply: (request) =>
