@@ -343,6 +343,13 @@ class RunContext:
             self._kept[key] = open_resource()
         return self._kept[key]  # type: ignore[return-value]
 
+    def learn_sql_passwords(self, sql: str) -> None:
+        """Have the run's redactor learn the passwords the migration SQL ``sql`` writes
+        (:meth:`Redactor.learn_sql`), so that whatever echoes them later (a database error quoting
+        the statement from ``BY`` on, a log row) is masked. A handler calls it on each migration's
+        SQL as it reads it, before showing or running any of it."""
+        self.redactor.learn_sql(sql, self.database.engine.name)
+
     def once(self, key: Hashable, compute: Callable[[], ValueT]) -> ValueT:
         """``compute()`` the first time the command asks for ``key``, then the same value: what is
         the same for every target of a fleet (the project's git commit, the migration files a

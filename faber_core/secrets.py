@@ -18,6 +18,8 @@ import threading
 from typing import Any
 from urllib.parse import quote, unquote
 
+from faber_core.sql_passwords import passwords_in_sql
+
 MASK = "***"
 # Anchored on the ":/" after a scheme's last character, not on the scheme's first: a pattern
 # starting with the scheme tried every letter of a long word and scanned the rest of it from
@@ -39,18 +41,25 @@ _KEYWORD_PASSWORD = re.compile(
 # MySQL's SET PASSWORD [FOR user] = '...', PASSWORD('...'), MASTER_PASSWORD = '...', IDENTIFIED
 # VIA|WITH plugin USING|AS '...'; a foreign server's or user mapping's OPTIONS ("password" '...').
 # The keyword must not be part of a quoted text or word ('password', password_hash); quoted, it is
-# an option's name, followed by its value (JSON's "password": "..." is not SQL).
+# an option's name, followed by its value (JSON's "password": "..." is not SQL). MySQL's syntax
+# error quotes the statement from the token it failed at ("near 'BY '...'"), IDENTIFIED cut off.
+# In a literal holding SQL (EXECUTE '...'), the password's quotes are doubled.
+# This masks the SQL of text faber never read as a migration's (a stored error, another tool's
+# log); the passwords of the migrations it reads are learned (Redactor.learn_sql) and masked
+# wherever they stand, whatever their spelling.
 _SQL_PASSWORD = re.compile(
     r"""(?ix)
-    (?=[MSPI"])  # every other position fails on its first character, at C speed
+    (?=[MSPIN"])  # every other position fails on its first character, at C speed
     (?P<keyword>
         (?<![\w'"$])(?:MASTER_|SOURCE_)?PASSWORD(?:\s+FOR\s+\S+?\s*(?==))?
       | (?<![\w'$])"PASSWORD"
       | (?<![\w'"$])IDENTIFIED(?:\s+|/\*(?s:.*?)\*/)+(?:(?:WITH|VIA)\s+\w+\s+)?(?:BY|AS|USING)
+      | (?<!\w)near\ '(?:(?:WITH|VIA)\s+)?(?:\S+\s+)?(?:BY|AS|USING)(?=\s)
     )
     (?P<gap>(?:\s|=|\(|/\*(?s:.*?)\*/|--[^\n]*\n)*)
     (?P<literal>
-        (?:
+        (?P<doubled>'')(?=[^'\s;),])(?:[^'\n]|'''')*''
+      | (?:
             (?P<prefix>E|U&)?'(?:[^'\\\n]|\\.|'')*'
           | '(?:[^'\n]|'')*'
         )(?:[\ \t]*\n\s*'(?:[^'\n]|'')*')*
@@ -222,7 +231,9 @@ def _warn_unmaskable() -> None:
 def _masked_sql_password(match: re.Match[str]) -> str:
     """The password literal ``match`` found, masked in its own quoting."""
     literal, prefix, tag = match["literal"], match["prefix"] or "", match["tag"]
-    if tag is not None:
+    if match["doubled"]:
+        masked = f"''{MASK}''"
+    elif tag is not None:
         masked = f"${tag}${MASK}${tag}$"
     elif literal.startswith('"'):
         masked = f'"{MASK}"'
@@ -270,6 +281,21 @@ class Redactor:
         whole, pieces = _whole_and_pieces(text)
         # Each password as the channels print it: what a cut text may hold the start of.
         printed = {form for variant in _password_variants(text) for form in _printed_forms(variant)}
+        self._learn(whole, pieces, printed)
+
+    def learn_sql(self, sql: str, dialect: str) -> None:
+        """Remember the passwords the migration SQL ``sql`` writes (:func:`passwords_in_sql`), each
+        masked wherever it stands from now on (``dialect``: the engine's name); call it as the
+        SQL is read, before it runs. Those shorter than :data:`MIN_SECRET_LENGTH` are left out,
+        as :meth:`add` leaves them, without its warning: the run's own password is not one."""
+        passwords = [password for password in passwords_in_sql(sql, dialect) if len(password) >= MIN_SECRET_LENGTH]
+        if passwords:
+            printed = {form for password in passwords for form in _printed_forms(password)}
+            self._learn(printed, set(), printed)
+
+    def _learn(self, whole: set[str], pieces: set[str], printed: set[str]) -> None:
+        """Remember the forms ``whole`` (masked wherever they stand) and ``pieces`` (where they stand
+        as a whole), and the passwords ``printed`` as the channels print them (see :meth:`add`)."""
         cuttable = {form for form in printed if len(form) > MIN_CUT_LENGTH}
         with self._adding:
             if cuttable:

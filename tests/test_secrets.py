@@ -9,9 +9,12 @@ import subprocess
 from urllib.parse import quote
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from faber_core.context import Database
 from faber_core.secrets import MASK, Redactor, Secret
+from faber_core.sql_passwords import passwords_in_sql
 
 
 def test_secret_never_shows_its_value():
@@ -98,6 +101,118 @@ def test_a_password_a_migration_gives_a_role_is_masked_wherever_its_sql_is_shown
     """No URL holds a role's password written into a migration: the preview, the audit log and a
     database error quoting the statement would show it."""
     assert Redactor().redact(sql) == shown
+
+
+ROLE_CANARY = "role-Pw-5e1d9b"
+
+
+@pytest.mark.parametrize(
+    ("dialect", "sql"),
+    [
+        # Dynamic SQL: the password quoted inside a literal, or given to it by the expression.
+        ("postgresql", "DO $$ BEGIN\n  EXECUTE 'CREATE ROLE x LOGIN PASSWORD ''role-Pw-5e1d9b''';\nEND $$;"),
+        (
+            "postgresql",
+            "DO $$ BEGIN EXECUTE 'CREATE ROLE x LOGIN PASSWORD ' || quote_literal('role-Pw-5e1d9b'); END $$;",
+        ),
+        ("postgresql", "DO $$ BEGIN EXECUTE format('CREATE ROLE %I PASSWORD %L', 'x', 'role-Pw-5e1d9b'); END $$;"),
+        ("postgresql", "DO $$ BEGIN EXECUTE format('ALTER ROLE %2$I PASSWORD %1$L', 'role-Pw-5e1d9b', 'x'); END $$;"),
+        ("mysql", "SET @s = 'CREATE USER x IDENTIFIED BY ''role-Pw-5e1d9b'''; PREPARE st FROM @s; EXECUTE st;"),
+        ("mysql", "SET @s = CONCAT('CREATE USER x IDENTIFIED BY ''', 'role-Pw-5e1d9b', ''''); PREPARE st FROM @s;"),
+        # MySQL's comments anywhere between the keywords and the literal.
+        ("mysql", "CREATE USER x IDENTIFIED#c\nBY 'role-Pw-5e1d9b';"),
+        ("mysql", "CREATE USER x IDENTIFIED -- c\nBY 'role-Pw-5e1d9b';"),
+        ("mysql", "CREATE USER x IDENTIFIED BY#c\n'role-Pw-5e1d9b';"),
+        ("mysql", "/*!80000 CREATE USER x IDENTIFIED BY 'role-Pw-5e1d9b' */;"),
+        # The account named any way MySQL allows, the password given any way.
+        ("mysql", "SET PASSWORD FOR 'x y'@'%' = 'role-Pw-5e1d9b';"),
+        ("mysql", "SET PASSWORD FOR `x y`@`%` = 'role-Pw-5e1d9b';"),
+        ("mysql", "SET PASSWORD FOR /*c*/ x@'%' = 'role-Pw-5e1d9b';"),
+        ("mysql", "SET PASSWORD FOR x@'%' = OLD_PASSWORD('role-Pw-5e1d9b');"),
+        ("mysql", "CREATE USER x IDENTIFIED WITH 'mysql_native_password' BY 'role-Pw-5e1d9b';"),
+        ("mysql", "CREATE USER x IDENTIFIED VIA ed25519 USING PASSWORD('role-Pw-5e1d9b') OR unix_socket;"),
+        ("mysql", "CREATE USER 'x'@'%' IDENTIFIED BYY 'role-Pw-5e1d9b';"),
+        ("mysql", "CREATE USER x IDENTIFIED BY _utf8mb4'role-Pw-5e1d9b';"),
+        ("mysql", "SELECT 'a\\'b'; CREATE USER x IDENTIFIED BY \"role-Pw-5e1d9b\";"),
+        # PostgreSQL's quotings and continuations.
+        ("postgresql", "CREATE ROLE x LOGIN PASSWORD $é$role-Pw-5e1d9b$é$;"),
+        ("postgresql", "CREATE ROLE x LOGIN PASSWORD 'role-Pw-\n5e1d9b';"),
+        ("postgresql", "CREATE ROLE x LOGIN PASSWORD E'role-Pw-\\\n5e1d9b';"),
+        ("postgresql", "CREATE ROLE x LOGIN PASSWORD 'role-Pw-' -- c\n'5e1d9b';"),
+        ("postgresql", "CREATE ROLE x LOGIN PASSWORD 'role-Pw-'\r\n'5e1d9b';"),
+        ("postgresql", "SELECT 'C:\\'; /* a /* nested */ comment */ ALTER ROLE x PASSWORD'role-Pw-5e1d9b';"),
+        ("postgresql", "CREATE SUBSCRIPTION s CONNECTION 'host=h password=''role-Pw-5e1d9b''' PUBLICATION p;"),
+        ("postgresql", "CREATE USER MAPPING FOR x SERVER s OPTIONS (user 'x', \"password\" 'role-Pw-5e1d9b');"),
+    ],
+)
+def test_a_password_a_migration_writes_is_masked_wherever_it_comes_back(dialect, sql):
+    """Learned as faber reads the SQL, the password is masked in the SQL however it is spelt, and
+    in any text that echoes it without the keyword before it: MariaDB's syntax error quotes the
+    statement from the token it failed at, a log row only the statement's end."""
+    redactor = Redactor()
+    # Two of them hold a line break (PostgreSQL's E'...' reads a backslash before it as nothing).
+    password = "role-Pw-\n5e1d9b" if "role-Pw-\n5e1d9b" in sql.replace("\\\n", "\n") else ROLE_CANARY
+
+    redactor.learn_sql(sql, dialect)
+
+    for echoed in (
+        sql,
+        f"You have an error in your SQL syntax ... near 'BYY '{password}'' at line 1",
+        json.dumps({"logs": f"near '{password}'"}),
+        f"... near '{password[:9]}...' at line 1",
+    ):
+        shown = redactor.redact(echoed)
+        assert "5e1d9b" not in shown and "role-Pw" not in shown, shown
+
+
+@pytest.mark.parametrize(
+    ("dialect", "sql"),
+    [
+        ("mysql", "SET PASSWORD FOR 'app-user'@'db-host' = 'role-Pw-5e1d9b';"),
+        ("mysql", "CREATE USER 'app-user'@'db-host' IDENTIFIED WITH 'auth_plugin' BY 'role-Pw-5e1d9b';"),
+        ("mysql", "CREATE USER x IDENTIFIED VIA pam USING 'pam-service'; ALTER USER y COMMENT 'a comment';"),
+        ("postgresql", "CREATE ROLE app PASSWORD 'role-Pw-5e1d9b' VALID UNTIL '2030-01-01' IN ROLE readers;"),
+        ("postgresql", "ALTER TABLE users ADD COLUMN password text DEFAULT 'unset-value';"),
+        ("postgresql", "INSERT INTO users (name, password) VALUES ('bob-name', 'hash-value');"),
+        ("postgresql", "SELECT 'password is-a-word' AS label, \"password_hash\" FROM t WHERE x = 'other-value';"),
+        ("mysql", "REPLACE INTO t VALUES ('row-value'); UPDATE t SET c = REPLACE(c, 'from-value', 'to-value');"),
+    ],
+)
+def test_only_the_password_a_migration_writes_is_learned(dialect, sql):
+    """A user's or host's name, a plugin's, another option's value and ordinary words stay in
+    every output: only the literal a password keyword gives is learned."""
+    assert passwords_in_sql(sql, dialect) <= {ROLE_CANARY}
+    redactor = Redactor()
+    redactor.learn_sql(sql, dialect)
+    for word in ("app-user", "db-host", "auth_plugin", "pam-service", "2030-01-01", "unset-value", "bob-name"):
+        assert redactor.redact(f"text {word} text") == f"text {word} text"
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    password=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=3),
+    quoting=st.sampled_from(["plain", "escaped", "dollar", "execute", "mysql", "mysql dynamic"]),
+)
+def test_every_password_text_is_learned_whole(password, quoting):
+    """Whatever its characters, a password quoted as the server reads it is learned whole."""
+    quoted = "'" + password.replace("'", "''") + "'"  # PostgreSQL's standard literal
+    escaped = "'" + password.replace("\\", "\\\\").replace("'", "\\'") + "'"  # MySQL's, PostgreSQL's E'...'
+    in_execute = quoted.replace("'", "''")
+    sql, dialect = {
+        "plain": (f"CREATE ROLE a PASSWORD {quoted};", "postgresql"),
+        "escaped": (f"CREATE ROLE a PASSWORD E{escaped};", "postgresql"),
+        "dollar": (f"CREATE ROLE a PASSWORD $pw_9${password}$pw_9$;", "postgresql"),
+        "execute": (f"DO $$ BEGIN EXECUTE 'CREATE ROLE a PASSWORD {in_execute}'; END $$;", "postgresql"),
+        "mysql": (f"CREATE USER 'a'@'%' IDENTIFIED BY {escaped};", "mysql"),
+        "mysql dynamic": (
+            "SET @s = '" + f"SET PASSWORD = {escaped}".replace("\\", "\\\\").replace("'", "\\'") + "';",
+            "mysql",
+        ),
+    }[quoting]
+    assume(quoting != "dollar" or "$pw_9" not in password)
+    assume(quoting != "execute" or "$$" not in password)
+
+    assert password in passwords_in_sql(sql, dialect)
 
 
 def test_a_password_node_prints_with_its_backslashes_doubled_is_masked_whole():

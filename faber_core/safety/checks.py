@@ -68,9 +68,11 @@ def migration_sql(context: RunContext, migration: LocalMigration) -> str | None:
 def _read(context: RunContext, relative_path: str) -> str | None:
     path = context.project_dir / relative_path
     try:
-        return read_sql(path, path.parent, shown=relative_path)
+        sql = read_sql(path, path.parent, shown=relative_path)
     except FileNotFoundError:
         return None
+    context.learn_sql_passwords(sql)
+    return sql
 
 
 def analyse_before_lock(context: RunContext, pending: list[LocalMigration]) -> None:

@@ -53,12 +53,14 @@ def _local(context: RunContext) -> list[LocalMigration]:
     for path in sorted(directory.glob("*.sql")):
         relative = str(path.relative_to(context.project_dir))
         data = read_migration_file(path, directory, shown=relative)
+        sql = decode_sql(data, relative)
+        context.learn_sql_passwords(sql)
         found.append(
             LocalMigration(
                 name=path.stem,
                 checksum=hashlib.sha256(data).hexdigest(),
                 path=relative,
-                handler_data=decode_sql(data, relative),
+                handler_data=sql,
             )
         )
     return found

@@ -61,5 +61,7 @@ def read_migrations(context: RunContext) -> list[MigrationFile]:
             )
         data = read_migration_file(path, folder, shown=shown)
         migration = LocalMigration(name=path.stem, checksum=hashlib.sha256(data).hexdigest(), path=shown)
-        found[version] = MigrationFile(migration, version, decode_sql(data, shown))
+        sql = decode_sql(data, shown)
+        context.learn_sql_passwords(sql)
+        found[version] = MigrationFile(migration, version, sql)
     return [found[version] for version in sorted(found)]

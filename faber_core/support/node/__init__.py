@@ -422,7 +422,7 @@ class RunnerProcess:
             # of a migration the runner reported finished (committed).
             while not done and protocol.peek(1):
                 with interrupts.deferred():
-                    event = _parse(protocol.readline(), self.nonce, context.redactor)
+                    event = _parse(protocol.readline(), self.nonce, context.redactor, context.database.engine.name)
                     if event is None:
                         continue
                     if event["event"] == "done":
@@ -503,7 +503,7 @@ class RunnerProcess:
         timer.start()
         try:
             while protocol.peek(1):
-                event = _parse(protocol.readline(), self.nonce, redactor)
+                event = _parse(protocol.readline(), self.nonce, redactor, self.context.database.engine.name)
                 if event is None:
                     continue
                 if event["event"] == "done":
@@ -524,7 +524,7 @@ class RunnerProcess:
         except (OSError, ValueError):
             pass  # the pipe is gone: nothing more to hear
         self._close_protocol()  # the next request starts a new runner, with a pipe of its own
-        parsed = (_parse(line, self.nonce, redactor) for line in lines)
+        parsed = (_parse(line, self.nonce, redactor, self.context.database.engine.name) for line in lines)
         return [event for event in parsed if event is not None and event["event"] != "done"]
 
     def close(self) -> None:
@@ -695,9 +695,12 @@ class _StepDeadline:
         stop(self.proc)
 
 
-def _parse(raw: bytes, nonce: str, redactor: Redactor) -> Event | None:
+def _parse(raw: bytes, nonce: str, redactor: Redactor, dialect: str) -> Event | None:
     """A protocol line carrying ``nonce`` as a dict (without the nonce), every string redacted;
-    anything else written on the pipe is ignored."""
+    anything else written on the pipe is ignored. The SQL a migration ran (a ``query`` event's
+    ``sql``, a failure's ``query``), in the engine's ``dialect``, is the only text of a code
+    migration faber sees: the passwords it writes are learned first, so that this event's error
+    message and everything after it mask them."""
     line = raw.decode("utf-8", errors="replace").strip()
     if not line.startswith("{"):
         return None
@@ -707,6 +710,9 @@ def _parse(raw: bytes, nonce: str, redactor: Redactor) -> Event | None:
         return None
     if not isinstance(event, dict) or "event" not in event or event.pop("nonce", None) != nonce:
         return None
+    for key in ("sql", "query"):
+        if isinstance(event.get(key), str):
+            redactor.learn_sql(event[key], dialect)
     return _redact(event, redactor)
 
 

@@ -125,6 +125,7 @@ def _read_folders(context: RunContext) -> list[MigrationFolder]:
             folders.append(MigrationFolder(name=listed.name, directory=entry, script=None, path=shown))
             continue
         text = decode_sql(script, shown_script)
+        context.learn_sql_passwords(text)
         folders.append(MigrationFolder(name=listed.name, directory=entry, script=script, text=text, path=shown_script))
     return folders
 
