@@ -254,8 +254,8 @@ class RunContext:
     before_restore_commit: list[Callable[[], None]] = field(default_factory=list)
     """Checks the core runs when a restore provider calls :meth:`restore_committing` (faber's lock
     still held); one raises to stop the restore before its commit point."""
-    lock_check_in_restore: LockCheck | None = None
-    """The same check as SQL for the restore's own transaction (``restore_committing(in_transaction=True)``),
+    lock_check_in_restore: Callable[[], LockCheck] | None = None
+    """Makes the same check as SQL for the restore's own transaction (``restore_committing(in_transaction=True)``),
     while the core restores on an engine that has it."""
     _kept: dict[Hashable, Closable] = field(default_factory=dict, repr=False, compare=False)
     """Shared with the contexts ``dataclasses.replace`` derives from this one (a deadline, a
@@ -449,9 +449,14 @@ class RunContext:
         round trip on faber's own session: the lock may still be lost between this call and the
         commit point; say how long that window is in your provider's docs), and faber removes the
         records once the restore returned.
+
+        A restore that fails before this call has changed nothing for good: when faber's lock is
+        lost by then, faber reports its failure as the lost lock's (``LOCKED``, exit 7,
+        ``restore_committed: false``), since another run may have changed the database meanwhile,
+        which may be why it failed, and retrying the restore would undo that run's work.
         """
         if in_transaction and self.lock_check_in_restore is not None:
-            return self.lock_check_in_restore
+            return self.lock_check_in_restore()
         for round_trip in self.before_restore_commit:
             round_trip()
         return None

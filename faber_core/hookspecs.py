@@ -358,7 +358,9 @@ def faber_backup_restore(provider: str, context: RunContext, backup: BackupRecor
     Returns :class:`~faber_core.models.RestoreOutcome`; set ``original_unchanged`` and
     ``endpoint`` when you restored beside the database (a new instance) instead of into it.
     Raise :class:`faber_core.errors.RestoreFailed` with the manual recovery steps when it fails
-    midway.
+    midway. One raised before ``context.restore_committing()`` must leave the database unchanged:
+    faber reports it as the lost lock's (exit 7) when its lock is lost by then, since another run
+    may have changed the database meanwhile.
 
     SIGINT, SIGTERM and SIGHUP arrive as ``KeyboardInterrupt``, wherever the restore is. Catch it, stop
     what the restore runs, and return ``RestoreOutcome.interrupted(backup.id, interrupt,

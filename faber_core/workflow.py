@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -2136,17 +2137,37 @@ def restore_holding_lock(
     inside the restore's transaction where it can, and raises :class:`LockLost` with nothing
     committed. What commits all the same (a provider that does not check, the lock lost after its
     check) is what the second value reports. A swap restore ends the lock's session itself and
-    takes the lock again: not a loss."""
+    takes the lock again: not a loss.
+
+    A restore that fails before its commit point once the lock is lost raises :class:`LockLost`
+    too, its failure named: another run may have taken the lock and changed the database
+    meanwhile, which may be why it failed (a swap's copy of faber's history then differs from the
+    target's), and a retry would undo that run's work."""
+    at_commit_point = False
 
     def lock_still_held() -> None:
+        nonlocal at_commit_point
         lock.require_held_before_restore_commit(context, backup)
+        at_commit_point = True
 
+    def check_at_the_commit(check: LockCheck) -> LockCheck:
+        nonlocal at_commit_point
+        at_commit_point = True
+        return check
+
+    in_transaction = lock.check_before_restore_commit(context, backup)
     swapped: list[dict[str, int]] = []
     context.after_restore_sessions_ended.append(swapped.append)
     context.before_restore_commit.append(lock_still_held)
-    context.lock_check_in_restore = lock.check_before_restore_commit(context, backup)
+    context.lock_check_in_restore = None if in_transaction is None else partial(check_at_the_commit, in_transaction)
     try:
         outcome = restore_backup(context, plugins, backup, checked)
+    except FaberError as failed:
+        # Past its commit point, a failure is the restore's own: a swap ends faber's lock session
+        # itself once the check there passed.
+        if isinstance(failed, LockLost) or at_commit_point or lock.held():
+            raise
+        raise lock_lost_before_restore_committed(context, backup, failed=failed) from None
     finally:
         context.after_restore_sessions_ended.remove(swapped.append)
         context.before_restore_commit.remove(lock_still_held)
@@ -2154,15 +2175,23 @@ def restore_holding_lock(
     return outcome, outcome.status == "success" and not swapped and not lock.held()
 
 
-def lock_lost_before_restore_committed(context: RunContext, backup: BackupRecord) -> LockLost:
+def lock_lost_before_restore_committed(
+    context: RunContext, backup: BackupRecord, *, failed: FaberError | None = None
+) -> LockLost:
     """The error a restore provider raises when faber's lock was lost before its commit point
-    (:meth:`RunContext.restore_committing`): nothing of the restore committed."""
+    (:meth:`RunContext.restore_committing`): nothing of the restore committed. ``failed``: how the
+    restore failed before it got there, the lock lost by then."""
     env = context.environment
     message = (
         f"faber's lock on the database was lost during the restore of {backup.id}: its session ended or let it go "
         f"(e.g. {context.database.engine.lock_release_hint}), so the restore stopped before it committed; {env} is "
         "exactly as it was before the restore"
     )
+    if failed is not None:
+        message += (
+            "; the restore had failed before its commit point, perhaps because of what another run did meanwhile: "
+            f"{failed.message}"
+        )
     return LockLost(
         message,
         result=RollbackResult(backup_id=backup.id, rollback_status="failed", restore_committed=False).model_dump(

@@ -73,9 +73,11 @@ def deployed_with_a_backup(project: Path, env: dict[str, str]) -> str:
     return json.loads(deploy.stdout())["result"]["backup_id"]
 
 
-def end_the_lock_session_inside_the_restore(run: FaberProcess, url: str) -> dict:
+def end_the_lock_session_inside_the_restore(run: FaberProcess, url: str, *, the_restore_s_too: bool = False) -> dict:
     """The run's document, once faber's lock session was ended while the restore's transaction
-    waited for this test's lock on ``accounts``; asserts the database is as before the restore."""
+    waited for this test's lock on ``accounts`` (``the_restore_s_too``: with the restore's own
+    session, as an operator ending all of faber's sessions would); asserts the database is as
+    before the restore."""
     # The test's sessions are named as faber's: faber neither waits for their write counters nor ends them.
     with (
         psycopg.connect(url, application_name=TEST_SESSION) as holding,
@@ -88,6 +90,8 @@ def end_the_lock_session_inside_the_restore(run: FaberProcess, url: str) -> dict
             run.release()
             run.wait_until(lambda: restore_waiting_for_a_lock(test), what="the restore waiting for the table lock")
             end_faber_lock_session(test)
+            if the_restore_s_too:
+                test.execute("SELECT pg_terminate_backend(%s)", [restore_waiting_for_a_lock(test)])
             holding.rollback()
             code = run.finish(120)
         finally:
@@ -137,6 +141,42 @@ def test_a_failed_deploy_whose_lock_is_lost_during_its_automatic_restore_does_no
     suggestions = document["recovery"]["suggestions"]
     assert any(s.startswith("Database not rolled back: faber's lock") for s in suggestions), suggestions
     assert any("run the rollback again" in s for s in suggestions), suggestions
+
+
+@pytest.mark.parametrize("command", ["rollback", "failed-deploy"])
+def test_an_in_place_restore_that_fails_once_its_lock_is_lost_says_the_lock_was_lost(
+    faber_project, database_url, command
+):
+    """An operator ends faber's sessions, the restore's with its lock session: the restore fails,
+    rolled back. The lock is gone, so another run may have deployed since: the run says so (LOCKED),
+    and does not advise retrying the rollback before seeing what ran, which would undo that run."""
+    env = run_env(database_url)
+    project = deployed_project(faber_project, env)
+    if command == "rollback":
+        backup_id = deployed_with_a_backup(project, env)
+        args = ("rollback", ENVIRONMENT, "--to", backup_id, "--yes", "--json")
+    else:
+        (project / "migrations" / "002_broken.sql").write_text("SELECT 1 / 0;\n")
+        args = ("migrate", ENVIRONMENT, "--yes", "--json")
+    run = FaberProcess.start(project, *args, env=env)
+    document = end_the_lock_session_inside_the_restore(run, database_url, the_restore_s_too=True)
+
+    assert "faber's lock on the database was lost" in document["error"], document
+    assert "terminating connection due to administrator command" in document["error"], "the failure is named"
+    result = document["result"]
+    if command == "rollback":
+        assert (result["rollback_status"], result["restore_committed"]) == ("failed", False), result
+    else:
+        assert (result["rollback_initiated"], result["rollback_status"], result["restore_committed"]) == (
+            True,
+            "lock_lost",
+            False,
+        ), result
+    suggestions = document["recovery"]["suggestions"]
+    assert any("Find out who ended faber's session" in s for s in suggestions), suggestions
+    assert not any(s.startswith(("Retry the rollback", "The restore changed nothing")) for s in suggestions), (
+        suggestions
+    )
 
 
 @pytest.mark.parametrize("command", ["rollback", "failed-deploy"])

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from urllib.parse import quote
 
 import psycopg
@@ -42,9 +43,11 @@ from faber_core.testing import sqlfiles
 from faber_core.testing.faults import FaberProcess, end_faber_lock_session
 from faber_core.testing.fixtures import (
     CANARY_PASSWORD,
+    FaberRun,
     database_state,
     database_url_for,
     discard_database,
+    faber_command,
     start_faber,
     wait_for,
 )
@@ -1512,6 +1515,131 @@ def test_a_failed_deploy_whose_lock_is_lost_during_its_swap_rollback_keeps_the_d
     assert left == {target: oid_before}, "the copy is dropped, nothing renamed"
     assert database_state(database_url) == as_the_deploy_left_it
     assert CANARY_PASSWORD not in run.stdout() + run.stderr()
+
+
+@dataclass
+class DeployedMeanwhile:
+    """A run whose swap restore's copy waited while faber's lock was lost and another deploy ran."""
+
+    code: int | None
+    document: dict
+    output: str
+    other: FaberRun
+    left: dict[str, int]
+
+
+def another_deploy_while_the_copy_waits(
+    project_dir: Path, other_dir: Path, args: tuple[str, ...], admin_url: str, database_url: str, holder: str
+) -> DeployedMeanwhile:
+    """Run faber with ``args`` in ``project_dir`` until its swap restore's pg_restore -j waits at the
+    gate in the copy (``holder``, see :func:`application_tables`), end faber's lock session as an
+    operator would, deploy ``other_dir`` to the same database meanwhile (it takes the lock and
+    commits, its history row among its writes), then let the restore go on."""
+    target = name_of(database_url)
+    try:
+        with psycopg.connect(admin_url, autocommit=True, application_name=holder) as gate:
+            run = FaberProcess.start(project_dir, *args, env=SQLFILES)
+            try:
+                run.wait_until(lambda: sessions_waiting(admin_url, restoring_name(target), "PgSleep"), what="the gate")
+                with psycopg.connect(database_url, autocommit=True) as operator:
+                    end_faber_lock_session(operator)
+                other = faber_command("migrate", "production", "--yes", "--json", cwd=other_dir, env=SQLFILES)
+                gate.close()
+                code = run.finish(120)
+            finally:
+                run.stop_everything()
+        left = databases(admin_url, target)
+    finally:
+        drop_swap_databases(admin_url, target)
+    return DeployedMeanwhile(code, json.loads(run.stdout()), run.stdout() + run.stderr(), other, left)
+
+
+def test_a_failed_deploy_whose_swap_rollback_fails_once_another_deploy_took_the_lost_lock_says_the_lock_was_lost(
+    project, database_url, postgres_admin_url, tmp_path
+):
+    """The other deploy's history row makes faber's rows in the copy differ from the target's, and
+    the restore fails before its swap: that is the lost lock's doing, reported as LOCKED with
+    rollback_status lock_lost, not as a failed restore advising to retry the rollback, which
+    would undo the other deploy."""
+    project_dir = project(
+        {
+            "001_orders": "CREATE TABLE orders (id int PRIMARY KEY);",
+            "002_broken": "INSERT INTO orders VALUES (1); SELECT 1/0;",
+        },
+        **SWAP,
+    )
+    other_dir = shutil.copytree(project_dir, tmp_path / "fixed", ignore=shutil.ignore_patterns(".faber"))
+    (other_dir / "migrations" / "002_broken.sql").write_text("INSERT INTO orders VALUES (2);")
+    target = name_of(database_url)
+    holder = application_tables(database_url, restoring_name(target))  # holds pg_restore -j in the copy
+    oid_before = databases(postgres_admin_url, target)[target]
+
+    run = another_deploy_while_the_copy_waits(
+        project_dir,
+        other_dir,
+        ("migrate", "production", "--yes", "--json"),
+        postgres_admin_url,
+        database_url,
+        holder,
+    )
+
+    assert run.other.returncode == 0, run.other.output
+    assert (run.code, run.document["code"]) == (7, "LOCKED"), run.document
+    assert "002_broken" in run.document["error"].split(";")[0], "the deploy's failure comes first"
+    assert "did not commit: faber's lock on the database was lost" in run.document["error"], run.document
+    assert "gave other rows than the target's" in run.document["error"], "the restore's failure is named"
+    result = run.document["result"]
+    assert (result["rollback_initiated"], result["rollback_status"], result["restore_committed"]) == (
+        True,
+        "lock_lost",
+        False,
+    ), result
+    suggestions = run.document["recovery"]["suggestions"]
+    assert any("Find out who ended faber's session" in s for s in suggestions), suggestions
+    assert any("see what it did: faber history production" in s for s in suggestions), suggestions
+    assert not any(s.startswith("Retry the rollback") for s in suggestions), suggestions
+    assert run.left == {target: oid_before}, "the copy is dropped, nothing renamed"
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT id FROM orders").fetchall() == [(2,)], "the other deploy's work is kept"
+    assert CANARY_PASSWORD not in run.output
+
+
+def test_a_swap_rollback_that_fails_once_another_deploy_took_the_lost_lock_says_the_lock_was_lost(
+    swapped, run_faber, database_url, postgres_admin_url, tmp_path
+):
+    """The same for ``faber rollback``: LOCKED, nothing committed, and no advice to run the rollback
+    again before seeing what the other run did."""
+    project_dir, target = swapped
+    holder = application_tables(database_url, restoring_name(target))  # holds pg_restore -j in the copy
+    backup_id = backup(run_faber, project_dir)
+    other_dir = shutil.copytree(project_dir, tmp_path / "other", ignore=shutil.ignore_patterns(".faber"))
+    (other_dir / "migrations").mkdir()
+    (other_dir / "migrations" / "001_orders.sql").write_text(
+        "CREATE TABLE orders (id int); INSERT INTO orders VALUES (1);"
+    )
+    oid_before = databases(postgres_admin_url, target)[target]
+
+    run = another_deploy_while_the_copy_waits(
+        project_dir,
+        other_dir,
+        ("rollback", "production", "--to", backup_id, "--yes", "--discard-app-writes", "--json"),
+        postgres_admin_url,
+        database_url,
+        holder,
+    )
+
+    assert run.other.returncode == 0, run.other.output
+    assert (run.code, run.document["code"]) == (7, "LOCKED"), run.document
+    assert "the restore stopped before it committed" in run.document["error"], run.document
+    assert "gave other rows than the target's" in run.document["error"], "the restore's failure is named"
+    result = run.document["result"]
+    assert (result["rollback_status"], result["restore_committed"]) == ("failed", False), result
+    suggestions = run.document["recovery"]["suggestions"]
+    assert suggestions[0].startswith("Find out who ended faber's session"), suggestions
+    assert run.left == {target: oid_before}, "the copy is dropped, nothing renamed"
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT id FROM orders").fetchall() == [(1,)], "the other deploy's work is kept"
+    assert CANARY_PASSWORD not in run.output
 
 
 def test_a_lost_lock_whose_copy_cannot_be_dropped_names_the_copy_and_how_to_drop_it(

@@ -16,7 +16,8 @@ switch the atomic step instead::
                         faber's lock, held by the run, keeps deploys from writing it meanwhile
     pg_restore -j N     the archive into it, but faber's schemas (restore.restore_list);
                         nothing else connects to it
-    verify              pg_restore exited 0 and faber's tables hold the target's rows
+    verify              pg_restore exited 0 and faber's tables hold the target's rows (a run that took
+                        faber's lock once it was lost adds its own: faber reports the lost lock)
     forget              faber's records of the deploys killed inside a migration that the backup
                         undoes, removed from the copy: they go with the swap, whatever kills faber
                         after it (faber_core.audit.unfinished)

@@ -347,7 +347,7 @@ def _lock_reported_lost(context: RunContext) -> list[str]:
     context.before_restore_commit.append(check_round_trip)
     # Fails as the engine's check does when the lock is lost: its message saying LOCK_LOST.
     statement = sql.SQL("SELECT {}::int").format(sql.Literal(LOCK_LOST)).as_string()
-    context.lock_check_in_restore = LockCheck(statement, lost_in_transaction)
+    context.lock_check_in_restore = lambda: LockCheck(statement, lost_in_transaction)
     return used
 
 
