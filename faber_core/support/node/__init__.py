@@ -606,7 +606,7 @@ def ask_outside_a_run(
             _write_line(proc, {"command": command})
             assert proc.stdin is not None
             proc.stdin.close()  # one request: the runner ends once it has answered
-            events = [event for line in protocol if (event := _parse(line, nonce, redactor)) is not None]
+            events = [event for line in protocol if (event := _parse(line, nonce, redactor, None)) is not None]
             returncode = proc.wait()
         finally:
             if timer is not None:
@@ -695,12 +695,13 @@ class _StepDeadline:
         stop(self.proc)
 
 
-def _parse(raw: bytes, nonce: str, redactor: Redactor, dialect: str) -> Event | None:
+def _parse(raw: bytes, nonce: str, redactor: Redactor, dialect: str | None) -> Event | None:
     """A protocol line carrying ``nonce`` as a dict (without the nonce), every string redacted;
     anything else written on the pipe is ignored. The SQL a migration ran (a ``query`` event's
     ``sql``, a failure's ``query``), in the engine's ``dialect``, is the only text of a code
     migration faber sees: the passwords it writes are learned first, so that this event's error
-    message and everything after it mask them."""
+    message and everything after it mask them. ``dialect`` None: a request outside a run, on no
+    database, whose events carry no SQL."""
     line = raw.decode("utf-8", errors="replace").strip()
     if not line.startswith("{"):
         return None
@@ -711,7 +712,7 @@ def _parse(raw: bytes, nonce: str, redactor: Redactor, dialect: str) -> Event | 
     if not isinstance(event, dict) or "event" not in event or event.pop("nonce", None) != nonce:
         return None
     for key in ("sql", "query"):
-        if isinstance(event.get(key), str):
+        if dialect is not None and isinstance(event.get(key), str):
             redactor.learn_sql(event[key], dialect)
     return _redact(event, redactor)
 
