@@ -1683,3 +1683,49 @@ def test_a_lost_lock_whose_copy_cannot_be_dropped_names_the_copy_and_how_to_drop
             assert CANARY_PASSWORD not in lost.value.message
         finally:
             drop_swap_databases(postgres_admin_url, target)
+
+
+def test_a_preview_that_records_itself_during_a_swap_rollback_neither_fails_it_nor_is_lost(
+    swapped, run_faber, database_url, postgres_admin_url
+):
+    """A ``faber migrate --dry-run`` takes no lock and records itself in faber's history. Run while
+    the swap restored into its copy, it made the copy of faber's schema differ from the target's:
+    the rollback failed (exit 8), and a failed deploy's automatic rollback left it half applied.
+    Its row is copied with the history again before the swap, and kept."""
+    project_dir, target = swapped
+    holder = application_tables(database_url, restoring_name(target))
+    backup_id = backup(run_faber, project_dir)
+    execute(database_url, "DELETE FROM accounts WHERE id > 2990")
+
+    with psycopg.connect(postgres_admin_url, autocommit=True, application_name=holder):
+        run = FaberProcess.start(
+            project_dir,
+            "rollback",
+            "production",
+            "--to",
+            backup_id,
+            "--yes",
+            "--discard-app-writes",
+            "--json",
+            env=SQLFILES,
+        )
+        try:
+            run.wait_until(
+                lambda: sessions_waiting(postgres_admin_url, restoring_name(target), "PgSleep"),
+                what="pg_restore at the gate",
+            )
+            preview = run_faber("migrate", "production", "--dry-run", "--json", cwd=project_dir, env=SQLFILES)
+            assert preview.returncode == 0, preview.output
+        except BaseException:
+            run.stop_everything()
+            raise
+    try:
+        code = run.finish()
+    finally:
+        run.stop_everything()
+
+    assert code == 0, run.stdout() + run.stderr()[-3000:]
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM accounts").fetchone() == (3000,)
+        operations = [row[0] for row in conn.execute("SELECT operation FROM faber.faber_deployments")]
+    assert "preview-migrations" in operations, operations

@@ -266,6 +266,7 @@ def _run(swap: _Swap, tools: Path, major: int, listed: Path, keep: list[str]) ->
     swap.done(f"copied faber's schema {', '.join(keep)} into {swap.restoring}")
     _pg_restore(swap, tools, listed, client_env(context, major) | {"PGAPPNAME": swap.application})
     swap.done(f"restored {swap.backup.id} into {swap.restoring} with pg_restore -j {swap.jobs}")
+    _copy_history_written_meanwhile(swap, keep)
     _check_faber_rows(swap, keep)
     _forget_undone_runs(swap)
     # The application kept writing to the target meanwhile (minutes, for a large archive): the swap
@@ -548,6 +549,38 @@ def _copy_faber_schema(swap: _Swap, tools: Path, major: int, keep: list[str]) ->
             source_env,
             "copying faber's schema failed",
         )
+
+
+def _copy_history_written_meanwhile(swap: _Swap, keep: list[str]) -> None:
+    """The deployment history of faber's schemas copied again from the target into the restored
+    database, as it is now: a run that takes no lock (a ``faber migrate --dry-run``, which records
+    itself) may have written a row since :func:`_copy_faber_schema`, which the swap would otherwise
+    lose, and whose count :func:`_check_faber_rows` would take for a broken copy."""
+    from psycopg.types.json import Jsonb
+
+    from faber_core.audit.history import TABLE as HISTORY  # the deployment history's table
+
+    context = swap.context
+    tables: dict[str, list] = {}
+    with context.database.connect(application_name=swap.application) as conn:
+        for schema in keep:
+            table = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(HISTORY))
+            if conn.execute("SELECT to_regclass(%s)", [table.as_string(conn)]).fetchone()[0] is not None:
+                rows = conn.execute(sql.SQL("SELECT coalesce(jsonb_agg(to_jsonb(h)), '[]') FROM {} h").format(table))
+                tables[schema] = rows.fetchone()[0]
+    if not tables:
+        return
+    restoring = context.database.sibling(swap.restoring, source=context.database.source)
+    with restoring.connect(application_name=swap.application) as conn, conn.transaction():
+        for schema, rows in tables.items():
+            table = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(HISTORY))
+            conn.execute(sql.SQL("DELETE FROM {}").format(table))
+            conn.execute(
+                sql.SQL("INSERT INTO {} SELECT * FROM jsonb_populate_recordset(NULL::{}, %s::jsonb)").format(
+                    table, table
+                ),
+                [Jsonb(rows)],
+            )
 
 
 def _check_faber_rows(swap: _Swap, keep: list[str]) -> None:
