@@ -878,17 +878,18 @@ def test_refuse_restores_when_only_faber_wrote(deployed_notes, context_for, plug
     assert "users" not in tables(database_url)
 
 
-def test_faber_debug_shows_the_traceback_of_a_hook_that_raised(faber_project, database_url, run_faber, tmp_path):
-    """The failure path reports a hook's exception as INTERNAL_ERROR; FABER_DEBUG=1 still shows where it came from."""
-    plugin = tmp_path / "raising_handler.py"
+def deploy_with_apply(faber_project, run_faber, tmp_path, database_url, apply_body: str, **env: str):
+    """``faber migrate --yes --json`` of one sqlfiles migration, its apply hook replaced by
+    ``apply_body`` (Python, the body of ``faber_migration_apply(context, pending)``), in a faber
+    process of its own with ``env``."""
+    plugin = tmp_path / "replaced_apply.py"
     plugin.write_text(
         "from faber_core import hookimpl\n"
         "from faber_core.testing.sqlfiles import (\n"
         "    faber_migration_preview, faber_migration_status, faber_migration_tools,\n"
         ")\n"
         "@hookimpl\n"
-        "def faber_migration_apply(context, pending):\n"
-        "    raise RuntimeError('the runner stopped unexpectedly')\n"
+        "def faber_migration_apply(context, pending):\n" + "".join(f"    {line}\n" for line in apply_body.splitlines())
     )
     environment = {"database_url_env": URL_ENV, "lint": "warn"}
     project_dir = faber_project(
@@ -896,17 +897,28 @@ def test_faber_debug_shows_the_traceback_of_a_hook_that_raised(faber_project, da
         {"migrations/001_users.sql": USERS},
     )
     env = {
-        "FABER_PLUGINS": "raising_handler",
+        "FABER_PLUGINS": "replaced_apply",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
         URL_ENV: database_url,
-        "FABER_DEBUG": "1",
+        **env,
     }
+    return run_faber("migrate", ENVIRONMENT, "--yes", "--json", "--cwd", str(project_dir), env=env)
 
-    run = run_faber("migrate", ENVIRONMENT, "--yes", "--json", "--cwd", str(project_dir), env=env)
+
+def test_faber_debug_shows_the_traceback_of_a_hook_that_raised(faber_project, database_url, run_faber, tmp_path):
+    """The failure path reports a hook's exception as INTERNAL_ERROR; FABER_DEBUG=1 still shows where it came from."""
+    run = deploy_with_apply(
+        faber_project,
+        run_faber,
+        tmp_path,
+        database_url,
+        "raise RuntimeError('the runner stopped unexpectedly')",
+        FABER_DEBUG="1",
+    )
 
     assert run.returncode == 1, run.output
     assert run.json["result"]["backup_id"] and run.json["result"]["rollback_status"] == "not_needed"
-    assert "Traceback (most recent call last)" in run.stderr and "raising_handler.py" in run.stderr
+    assert "Traceback (most recent call last)" in run.stderr and "replaced_apply.py" in run.stderr
     assert CANARY_PASSWORD not in run.output
 
 
@@ -916,30 +928,15 @@ def test_a_statement_the_server_canceled_is_not_reported_as_a_lost_connection(
     """A query canceled by a statement timeout (or another session's cancel) raised psycopg's
     QueryCanceled, an OperationalError: it was reported as "Lost the connection to the database",
     sending the operator to look at the network."""
-    plugin = tmp_path / "canceling_handler.py"
-    plugin.write_text(
-        "from faber_core import hookimpl\n"
-        "from faber_core.testing.sqlfiles import (\n"
-        "    faber_migration_preview, faber_migration_status, faber_migration_tools,\n"
-        ")\n"
-        "@hookimpl\n"
-        "def faber_migration_apply(context, pending):\n"
-        "    with context.database.connect() as conn:\n"
-        "        conn.execute(\"SET statement_timeout = '10ms'\")\n"
-        "        conn.execute('SELECT pg_sleep(5)')\n"
+    run = deploy_with_apply(
+        faber_project,
+        run_faber,
+        tmp_path,
+        database_url,
+        "with context.database.connect() as conn:\n"
+        "    conn.execute(\"SET statement_timeout = '10ms'\")\n"
+        "    conn.execute('SELECT pg_sleep(5)')",
     )
-    environment = {"database_url_env": URL_ENV, "lint": "warn"}
-    project_dir = faber_project(
-        {"database": {"migration_tool": "sqlfiles", "environments": {ENVIRONMENT: environment}}},
-        {"migrations/001_users.sql": USERS},
-    )
-    env = {
-        "FABER_PLUGINS": "canceling_handler",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
-        URL_ENV: database_url,
-    }
-
-    run = run_faber("migrate", ENVIRONMENT, "--yes", "--json", "--cwd", str(project_dir), env=env)
 
     assert run.returncode == 6, run.output
     assert "Lost the connection" not in run.json["error"], run.json["error"]

@@ -38,7 +38,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -989,6 +989,39 @@ class KilledInsideAMigration(HeldMigration):
             self.query("DROP TRIGGER hold_removal")
         record = self.query(f"SELECT migration FROM {self.record_table}")
         assert record == [(migration,)], record
+
+    @contextlib.contextmanager
+    def lock_session_ended_inside(
+        self, project_dir: Path, other_project: Path, *, with_run_lock: bool = False
+    ) -> Iterator[tuple[FaberProcess, FaberProcess]]:
+        """``faber migrate staging`` from ``project_dir`` held inside its migration; a second one
+        from ``other_project`` (the same database) waiting for faber's lock; then the first run's
+        session holding faber's lock ended (``with_run_lock``: the session holding its own run lock
+        too, at once), as an operator, an idle timeout or a proxy would. Yields ``(first,
+        second)`` once the second has ended, the first still held; then lets the first go on and
+        waits for it."""
+        from faber_core.audit import run_lock
+
+        with self.connect() as holder:
+            self.take(holder)
+            first = FaberProcess.start(project_dir, "migrate", "staging", "--yes", "--json")
+            second = None
+            try:
+                run_id = first.wait_for("run.started")["run_id"]
+                first.wait_until(lambda: self.waiting(holder), what="the migration to wait", timeout=60)
+                second = FaberProcess.start(other_project, "migrate", "staging", "--yes", "--json")
+                second.wait_for(event_matcher("step.started", step="lock"))
+                if with_run_lock:
+                    first.wait_until(lambda: run_lock.held(holder, [run_id], mysql=self.mysql), what="its run lock")
+                end_faber_lock_session(holder, run_id=run_id if with_run_lock else None)
+                second.finish(120)
+                yield first, second
+                self.release(holder)
+                first.finish(120)
+            finally:
+                first.stop_everything()
+                if second is not None:
+                    second.stop_everything()
 
     def next_runs_see_it_applied(self, run_faber: Callable[..., Any], project_dir: Path, later: str) -> None:
         """After ``faber resolve --applied`` of the migration the deploy was killed in: the status

@@ -18,7 +18,6 @@ from faber_core.testing.faults import (
     WAITING_ON_ADVISORY_LOCK,
     FaberProcess,
     KilledInsideAMigration,
-    end_faber_lock_session,
     event_matcher,
     holdable_migration,
     session_settings,
@@ -565,26 +564,11 @@ def test_a_deploy_inside_a_migration_after_its_lock_session_ended_stops_the_next
     (copy / "migration.sql").write_text(f"{killed.copy_statement};\n{killed.hold_statement};\n")
     other_project = shutil.copytree(project, tmp_path / "other", symlinks=True)
 
-    with killed.connect() as holder:
-        killed.take(holder)
-        first = FaberProcess.start(project, "migrate", "staging", "--yes", "--json")
-        second = None
-        try:
-            first.wait_until(lambda: killed.waiting(holder), what="the migration to wait", timeout=60)
-            second = FaberProcess.start(other_project, "migrate", "staging", "--yes", "--json")
-            second.wait_for(event_matcher("step.started", step="lock"))
-            end_faber_lock_session(holder)
-            code = second.finish(120)
-            document = json.loads(second.stdout())
-            assert (code, document["code"]) == (7, "LOCKED"), second.stdout() + second.stderr()[-3000:]
-            assert document["result"]["migration_sessions"], document
-            assert "backup.created" not in second.stderr(), second.stderr()[-3000:]
-            killed.release(holder)
-            first.finish(120)
-        finally:
-            first.stop_everything()
-            if second is not None:
-                second.stop_everything()
+    with killed.lock_session_ended_inside(project, other_project) as (_first, second):
+        document = json.loads(second.stdout())
+        assert (second.finish(), document["code"]) == (7, "LOCKED"), second.stdout() + second.stderr()[-3000:]
+        assert document["result"]["migration_sessions"], document
+        assert "backup.created" not in second.stderr(), second.stderr()[-3000:]
     assert killed.ledger() == 20  # copied once
     applied = killed.query("SELECT migration_name FROM _prisma_migrations ORDER BY started_at")
     assert applied == [("20240101000000_ledger",), (name,)], applied

@@ -10,8 +10,7 @@ import shutil
 
 import psycopg
 import pytest
-from faber_core.audit import run_lock
-from faber_core.testing.faults import FaberProcess, KilledInsideAMigration, end_faber_lock_session, event_matcher
+from faber_core.testing.faults import KilledInsideAMigration
 from faber_core.testing.fixtures import CANARY_PASSWORD
 
 COPY = "20240103000000-copy.js"
@@ -52,43 +51,28 @@ def test_a_deploy_still_inside_a_migration_after_its_lock_session_ended_stops_th
     # Its own project folder, so each run's audit log is its own; the same database.
     other_project = shutil.copytree(project, tmp_path / "other", symlinks=True)
 
-    with killed.connect() as holder:
-        killed.take(holder)
-        first = FaberProcess.start(project, "migrate", "staging", "--yes", "--json")
-        second = None
-        try:
-            first_run_id = first.wait_for("run.started")["run_id"]
-            first.wait_until(lambda: killed.waiting(holder), what="the migration to wait", timeout=60)
-            second = FaberProcess.start(other_project, "migrate", "staging", "--yes", "--json")
-            second.wait_for(event_matcher("step.started", step="lock"))
-            if ended == "both sessions":
-                first.wait_until(lambda: run_lock.held(holder, [first_run_id], mysql=killed.mysql), what="its run lock")
-            end_faber_lock_session(holder, run_id=first_run_id if ended == "both sessions" else None)
-            code = second.finish(120)
-            document = json.loads(second.stdout())
-            assert (code, document["code"]) == (7, "LOCKED"), second.stdout() + second.stderr()[-3000:]
-            assert first_run_id in document["error"] and COPY in document["error"], document
-            assert "nothing was changed" in document["error"], document
-            assert document["result"]["deploying_run"] == first_run_id, document
-            assert "faber status staging" in " ".join(document["recovery"]["suggestions"]), document
-            output = second.stdout() + second.stderr()
-            assert "resolve" not in output and "killed inside it" not in output, output
-            assert "Traceback" not in output and CANARY_PASSWORD not in output, output
-            # Unchanged: the copy committed once, COPY neither applied nor run again, the record kept.
-            assert killed.ledger() == 20
-            assert record_of(killed) == [(first_run_id, COPY)]
-            assert COPY not in applied(killed)
+    with killed.lock_session_ended_inside(project, other_project, with_run_lock=ended == "both sessions") as (
+        first,
+        second,
+    ):
+        first_run_id = first.wait_for("run.started")["run_id"]
+        document = json.loads(second.stdout())
+        assert (second.finish(), document["code"]) == (7, "LOCKED"), second.stdout() + second.stderr()[-3000:]
+        assert first_run_id in document["error"] and COPY in document["error"], document
+        assert "nothing was changed" in document["error"], document
+        assert document["result"]["deploying_run"] == first_run_id, document
+        assert "faber status staging" in " ".join(document["recovery"]["suggestions"]), document
+        output = second.stdout() + second.stderr()
+        assert "resolve" not in output and "killed inside it" not in output, output
+        assert "Traceback" not in output and CANARY_PASSWORD not in output, output
+        # Unchanged: the copy committed once, COPY neither applied nor run again, the record kept.
+        assert killed.ledger() == 20
+        assert record_of(killed) == [(first_run_id, COPY)]
+        assert COPY not in applied(killed)
 
-            meanwhile = run_faber("status", "staging", "--json", "--cwd", str(project))
-            assert meanwhile.returncode == 0, meanwhile.output
-            assert meanwhile.json["result"]["failed"] == [], meanwhile.output
-
-            killed.release(holder)
-            first.finish(120)
-        finally:
-            first.stop_everything()
-            if second is not None:
-                second.stop_everything()
+        meanwhile = run_faber("status", "staging", "--json", "--cwd", str(project))
+        assert meanwhile.returncode == 0, meanwhile.output
+        assert meanwhile.json["result"]["failed"] == [], meanwhile.output
     assert "Traceback" not in first.stderr(), first.stderr()
     assert CANARY_PASSWORD not in first.stdout() + first.stderr()
     assert killed.ledger() == 20

@@ -8,7 +8,7 @@ import shutil
 import signal
 
 import pytest
-from faber_core.testing.faults import FaberProcess, KilledInsideAMigration, end_faber_lock_session, event_matcher
+from faber_core.testing.faults import KilledInsideAMigration
 from faber_core.testing.fixtures import CANARY_PASSWORD
 
 COPY = "CopyLedger1700000200000"
@@ -88,27 +88,11 @@ def test_a_deploy_inside_a_transactional_migration_after_its_lock_session_ended_
     # Its own project folder, so each run's audit log is its own; the same database.
     other_project = shutil.copytree(project, tmp_path / "other", symlinks=True)
 
-    with killed.connect() as holder:
-        killed.take(holder)
-        first = FaberProcess.start(project, "migrate", "staging", "--yes", "--json")
-        second = None
-        try:
-            first.wait_until(lambda: killed.waiting(holder), what="the migration to wait", timeout=60)
-            second = FaberProcess.start(other_project, "migrate", "staging", "--yes", "--json")
-            second.wait_for(event_matcher("step.started", step="lock"))
-            end_faber_lock_session(holder)
-            code = second.finish(120)
-            document = json.loads(second.stdout())
-            assert (code, document["code"]) == (7, "LOCKED"), second.stdout() + second.stderr()[-3000:]
-            assert "nothing was changed" in document["error"] and document["result"]["migration_sessions"]
-            assert killed.ledger() == 10  # the first run's copy is not committed yet
-
-            killed.release(holder)
-            first.finish(120)
-        finally:
-            first.stop_everything()
-            if second is not None:
-                second.stop_everything()
+    with killed.lock_session_ended_inside(project, other_project) as (first, second):
+        document = json.loads(second.stdout())
+        assert (second.finish(), document["code"]) == (7, "LOCKED"), second.stdout() + second.stderr()[-3000:]
+        assert "nothing was changed" in document["error"] and document["result"]["migration_sessions"]
+        assert killed.ledger() == 10  # the first run's copy is not committed yet
     output = first.stdout() + first.stderr() + second.stdout() + second.stderr()
     assert "Traceback" not in output and CANARY_PASSWORD not in output
     assert killed.ledger() == 20  # copied once
