@@ -402,6 +402,10 @@ class ProgressPrinter:
     def on_staging_proof_skipped(self, event: AuditEvent) -> None:
         self.line(f"⚠ Staging proof skipped (--skip-staging-proof): not proven in {event.data['predecessor']}")
 
+    def on_lock_waiting_for_migration_session(self, event: AuditEvent) -> None:
+        sessions = ", ".join(event.data["sessions"])
+        self.line(f"… Waiting for another run's migration session to end (session {sessions})")
+
     def on_preflight_waiting(self, event: AuditEvent) -> None:
         self.line(f"… Preflight: waiting for {len(event.data['blockers'])} blocking session(s) to finish")
 

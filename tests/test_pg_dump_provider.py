@@ -96,8 +96,9 @@ def test_a_directory_with_a_program_of_its_own_beside_the_wrapper_s_links_is_use
 
 @pytest.fixture
 def unreadable_table_project(faber_project, database_url, postgres_admin_url):
-    """A project whose database user owns the database but may not read its ``payroll`` table
-    (owned by a superuser, no grants): pg_dump, run as that user, fails."""
+    """A project whose database user owns the database and its ``payroll`` table but may not read
+    it (its own privileges revoked; a table of another owner is refused before pg_dump runs, as
+    its restore could not give it back): pg_dump, run as that user, fails."""
     import uuid
 
     import psycopg
@@ -113,6 +114,9 @@ def unreadable_table_project(faber_project, database_url, postgres_admin_url):
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(sql.Identifier(role)))
         conn.execute("CREATE TABLE payroll (id int)")
+        conn.execute(
+            sql.SQL("ALTER TABLE payroll OWNER TO {r}; REVOKE ALL ON payroll FROM {r}").format(r=sql.Identifier(role))
+        )
     project = faber_project(
         {
             "database": {

@@ -50,11 +50,13 @@ from __future__ import annotations
 import datetime as dt
 import re
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from faber_core import events
 from faber_core.audit import run_lock
 from faber_core.audit.run_lock import RunLock
 from faber_core.backup.mysqldump import UNFINISHED_MIGRATIONS as TABLE
@@ -521,7 +523,7 @@ def refuse_while_another_run_deploys(context: RunContext) -> None:
     until it ends and its transaction with it."""
     try:
         with context.database.session() as conn:
-            migrating = context.database.engine.migration_lock_holders(conn, context.database)
+            migrating = _migration_sessions_once_waited(context, conn)
             if migrating:
                 raise _still_migrating(context, migrating)
             rows = _records_of_other_runs(context, conn)
@@ -548,12 +550,32 @@ def refuse_while_another_run_deploys(context: RunContext) -> None:
     )
 
 
+MIGRATION_LOCK_POLL_SECONDS = 0.2
+
+
+def _migration_sessions_once_waited(context: RunContext, conn: Any) -> list[str]:
+    """The sessions holding faber's migration lock, waited for up to ``lock_wait_seconds`` as
+    faber's own lock is: a killed run's migration session outlives it by a moment (until the
+    server notices its dead client, its transaction rolling back), and the run waiting for faber's
+    lock then takes over, as it would once that session were gone."""
+    engine = context.database.engine
+    deadline = time.monotonic() + context.settings.lock_wait_seconds
+    holders = engine.migration_lock_holders(conn, context.database)
+    if holders:
+        context.emit(events.LOCK_WAITING_FOR_MIGRATION_SESSION, sessions=holders)
+    while holders and time.monotonic() < deadline:
+        pause(MIGRATION_LOCK_POLL_SECONDS)
+        holders = engine.migration_lock_holders(conn, context.database)
+    return holders
+
+
 def _still_migrating(context: RunContext, sessions: list[str]) -> Locked:
     named = ", ".join(sessions)
     hint = context.database.engine.lock_release_hint
     return Locked(
-        f"A migration session of another faber run is still open in the database (session {named}), though "
-        "that run's session holding faber's lock was ended: its migration may yet commit; nothing was changed",
+        f"A migration session of another faber run is still open in the database (session {named}) after "
+        f"{context.settings.lock_wait_seconds:g} s, though that run's session holding faber's lock was ended: its "
+        "migration may yet commit; nothing was changed",
         suggestions=[
             "Wait for that run to end (a killed run's session ends once the server notices, its open transaction "
             "rolling back), then run the same command again",

@@ -182,7 +182,8 @@ def _refuse_a_backup_it_could_not_restore(context: RunContext) -> None:
     target = context.database.name or ""
     probe = f"{scratch_prefix(target)}probe"
     try:
-        with context.database.session() as conn:
+        # A signal between the two would leave the probe behind, a scratch database for status to name.
+        with context.database.session() as conn, interrupts.deferred():
             conn.execute(f"CREATE DATABASE IF NOT EXISTS {quote(probe)}")
             conn.execute(f"DROP DATABASE {quote(probe)}")
     except pymysql.Error as exc:

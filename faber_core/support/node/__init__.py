@@ -586,14 +586,18 @@ def _spawn_runner(
     return proc, protocol
 
 
-def ask_outside_a_run(
-    tool: NodeTool, project_dir: Path, command: str, *, withheld: Collection[str], seconds: float
-) -> RunnerResult:
+def ask_outside_a_run(tool: NodeTool, project_dir: Path, command: str) -> RunnerResult:
     """``command`` answered by a runner started for it alone, in ``project_dir``, outside any run
     (``faber init``, before the project has a config): a request that needs no database. The
-    runner is stopped if it has not answered within ``seconds`` (a :class:`FaberError`); the
-    variables ``withheld`` (those holding database URLs) are kept from the project code it runs.
-    Raises :class:`ConfigError` where Node is missing; the runner's ``setup_error`` is an event."""
+    runner is stopped if it has not answered within the default ``runner_load_timeout_seconds``
+    (a :class:`FaberError`); the variables the starter config reads database URLs from are kept
+    from the project code it runs. Raises :class:`ConfigError` where Node is missing; the
+    runner's ``setup_error`` is an event."""
+    from faber_core.config import EnvironmentSettings  # faber init alone asks outside a run
+    from faber_core.scaffold import STARTER_URL_VARIABLES
+
+    withheld = STARTER_URL_VARIABLES
+    seconds = EnvironmentSettings.model_fields["runner_load_timeout_seconds"].default
     nonce = secrets.token_hex(16)
     redactor = Redactor()
     with tempfile.TemporaryFile() as output:

@@ -554,7 +554,7 @@ def test_a_deploy_inside_a_migration_after_its_lock_session_ended_stops_the_next
     project = prisma_project(
         {"20240101000000_ledger": "CREATE TABLE ledger (id int);\nINSERT INTO ledger SELECT generate_series(1, 10);"},
         backup_before_migrate=True,
-        lock_wait_seconds=60,
+        lock_wait_seconds=5,  # the second run waits that long for the first one's migration session
         lock_timeout_seconds=0,  # the held migration waits as long as the test holds it
         lint="off",
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from faber_core.config import EnvironmentSettings
 from faber_core.context import RunContext
 from faber_core.errors import FaberError
 from faber_core.support.node import NodeTool, NodeToolOptions, Rehearsed, ask_outside_a_run
@@ -42,11 +41,8 @@ def project_files(project_dir: Path) -> list[str] | None:
     """``.sequelizerc`` and the config it names (else sequelize-cli's default one), where they exist,
     found by the runner as every run finds them (``faber init``); None where the runner cannot tell
     (no Node, the project's packages not installed, a ``.sequelizerc`` that does not load)."""
-    from faber_core.scaffold import STARTER_URL_VARIABLES
-
-    seconds = EnvironmentSettings.model_fields["runner_load_timeout_seconds"].default
     try:
-        answer = ask_outside_a_run(RUNNER, project_dir, "layout", withheld=STARTER_URL_VARIABLES, seconds=seconds)
+        answer = ask_outside_a_run(RUNNER, project_dir, "layout")
     except (FaberError, OSError):
         return None
     layout = answer.first("layout")

@@ -81,7 +81,7 @@ def test_a_deploy_inside_a_transactional_migration_after_its_lock_session_ended_
         {"1700000200000-CopyLedger.js": typeorm_migration(COPY, killed.copy_statement, killed.hold_statement)},
         fixture_migrations=False,
         lint="off",
-        lock_wait_seconds=60,
+        lock_wait_seconds=5,  # the second run waits that long for the first one's migration session
         lock_timeout_seconds=0,  # the held migration waits as long as the test holds it
     )
     killed.create_ledger()
