@@ -100,6 +100,10 @@ _CUT_MARKS = re.compile(r"\.\.\.|\u2026|\Z")
 PASSWORD_VARIABLES = ("PGPASSWORD", "MYSQL_PWD")
 """Environment variables holding a password the database clients read when the URL has none
 (libpq: faber's own connections, pg_dump, psql; the MySQL client programs)."""
+MAX_SQL_READ_FOR_PASSWORDS = 1_000_000
+"""Migration SQL longer than this (a data migration) is not read for the passwords it writes
+(:meth:`Redactor.learn_sql`): read on every command, tens of megabytes of it took seconds to
+minutes, and the account statements that write passwords are short."""
 REMEMBERED_TEXT_LENGTH = 256
 """Texts up to this long are redacted once and their result remembered: the events of a
 deploy repeat the same names, keys and messages for every migration."""
@@ -285,13 +289,19 @@ class Redactor:
 
     def learn_sql(self, sql: str, dialect: str) -> None:
         """Remember the passwords the migration SQL ``sql`` writes (:func:`passwords_in_sql`), each
-        masked wherever it stands from now on (``dialect``: the engine's name); call it as the
-        SQL is read, before it runs. Those shorter than :data:`MIN_SECRET_LENGTH` are left out,
-        as :meth:`add` leaves them, without its warning: the run's own password is not one."""
+        masked from now on wherever it stands as a whole, not inside a longer word (a password
+        ``app`` masked everywhere made ``--applied`` and the names around it unreadable in advice
+        and in the saved history); ``dialect``: the engine's name. Call it as the SQL is read,
+        before it runs. Those shorter than :data:`MIN_SECRET_LENGTH` are left out, as :meth:`add`
+        leaves them, without its warning: the run's own password is not one. SQL longer than
+        :data:`MAX_SQL_READ_FOR_PASSWORDS` (a data migration) is not read: the pattern masking
+        still applies to it."""
+        if len(sql) > MAX_SQL_READ_FOR_PASSWORDS:
+            return
         passwords = [password for password in passwords_in_sql(sql, dialect) if len(password) >= MIN_SECRET_LENGTH]
         if passwords:
             printed = {form for password in passwords for form in _printed_forms(password)}
-            self._learn(printed, set(), printed)
+            self._learn(set(), printed, printed)
 
     def _learn(self, whole: set[str], pieces: set[str], printed: set[str]) -> None:
         """Remember the forms ``whole`` (masked wherever they stand) and ``pieces`` (where they stand

@@ -451,3 +451,29 @@ def test_a_cut_password_is_masked_only_where_it_was_cut():
     for text in ["production", "production-Pw", "reproduction...", "a prod...", "the productio and more"]:
         assert redactor.redact(text) == text
     assert redactor.redact("environment production-P...") == "environment ***..."
+
+
+def test_a_password_a_migration_writes_is_masked_as_a_word_not_inside_longer_words():
+    # Masked wherever it stood, a password such as "app" made recovery advice unreadable
+    # ("faber resolve staging --***lied 002_***_setup"), and the history kept it so.
+    redactor = Redactor()
+    redactor.learn_sql("CREATE ROLE reporting LOGIN PASSWORD 'app';", "postgresql")
+
+    advice = "faber resolve staging --applied 002_app_setup"
+    assert redactor.redact(advice) == advice
+    assert redactor.redact("syntax error near 'BY 'app'' at line 1") == "syntax error near 'BY '***'' at line 1"
+
+
+def test_a_data_migration_over_the_limit_is_not_read_for_passwords(monkeypatch):
+    # Read on every command, tens of megabytes of data took seconds to minutes to read.
+    from faber_core import secrets
+
+    def never(sql, dialect):
+        raise AssertionError("a data migration over the limit was read for passwords")
+
+    monkeypatch.setattr(secrets, "passwords_in_sql", never)
+    data = "INSERT INTO notes VALUES ('identified by the password on file');\n" * (
+        secrets.MAX_SQL_READ_FOR_PASSWORDS // 60 + 1
+    )
+
+    Redactor().learn_sql(data, "postgresql")

@@ -586,18 +586,22 @@ def _spawn_runner(
     return proc, protocol
 
 
+OUTSIDE_A_RUN_SECONDS = 20.0
+"""How long a request outside a run may take (``faber init`` reading a project's files through its
+tool): project code that hangs there (a ``.sequelizerc`` that never returns) is given up on, and
+init goes on with what it finds without it, rather than wait a deploy's runner_load_timeout."""
+
+
 def ask_outside_a_run(tool: NodeTool, project_dir: Path, command: str) -> RunnerResult:
     """``command`` answered by a runner started for it alone, in ``project_dir``, outside any run
     (``faber init``, before the project has a config): a request that needs no database. The
-    runner is stopped if it has not answered within the default ``runner_load_timeout_seconds``
-    (a :class:`FaberError`); the variables the starter config reads database URLs from are kept
-    from the project code it runs. Raises :class:`ConfigError` where Node is missing; the
-    runner's ``setup_error`` is an event."""
-    from faber_core.config import EnvironmentSettings  # faber init alone asks outside a run
-    from faber_core.scaffold import STARTER_URL_VARIABLES
+    runner is stopped if it has not answered within :data:`OUTSIDE_A_RUN_SECONDS` (a
+    :class:`FaberError`); the variables the starter config reads database URLs from are kept from
+    the project code it runs. Raises :class:`ConfigError` where Node is missing; the runner's
+    ``setup_error`` is an event."""
+    from faber_core.scaffold import STARTER_URL_VARIABLES  # faber init alone asks outside a run
 
-    withheld = STARTER_URL_VARIABLES
-    seconds = EnvironmentSettings.model_fields["runner_load_timeout_seconds"].default
+    withheld, seconds = STARTER_URL_VARIABLES, OUTSIDE_A_RUN_SECONDS
     nonce = secrets.token_hex(16)
     redactor = Redactor()
     with tempfile.TemporaryFile() as output:

@@ -206,23 +206,38 @@ class ScriptFailure:
     message: str
 
 
-# A stored program (procedure, function, trigger, event, package, MariaDB's anonymous block) has
-# statements of its own in its body, which only the server's parser tells apart from the script's.
-_STORED_PROGRAM = re.compile(
-    r"(?is)^(?:CREATE\b[^;]*?\b(?:PROCEDURE|FUNCTION|TRIGGER|EVENT|PACKAGE)\b|BEGIN\s+NOT\s+ATOMIC\b)"
+# Text whose split depends on the session's sql_mode or on client conventions, which a script may
+# change itself: a backslash (an escape, or not under NO_BACKSLASH_ESCAPES), a double quote (a
+# string, or a name under ANSI_QUOTES), "--" not followed by a blank (a comment for PostgreSQL,
+# two minus signs for MySQL: no comment), a client's DELIMITER.
+_AMBIGUOUS = re.compile(r'[\\"]|--(?![ \t\r\n])|(?im:^\s*DELIMITER\b)')
+# Quoted text and names, blanked before the statements' words are read.
+_QUOTED = re.compile(r"'(?:[^']|'')*'|`(?:[^`]|``)*`")
+# A stored program (procedure, function, trigger, event, package) or a compound statement at the
+# top level (MariaDB's BEGIN NOT ATOMIC, IF ... END IF, CASE, loops, labels) has statements of its
+# own, which only the server's parser tells apart from the script's.
+_COMPOUND = re.compile(
+    r"(?is)^(?:CREATE\s+(?:OR\s+REPLACE\s+)?(?:DEFINER\s*=\s*\S+\s+)?(?:SQL\s+SECURITY\s+\w+\s+)?"
+    r"(?:AGGREGATE\s+)?(?:PROCEDURE|FUNCTION|TRIGGER|EVENT|PACKAGE)\b"
+    r"|(?:IF|CASE|LOOP|WHILE|REPEAT|FOR)\b|\w+\s*:|BEGIN\b(?!\s*(?:WORK\s*)?$))"
 )
-_BLOCK = re.compile(r"(?i)\bBEGIN\b(?!\s*(?:WORK\s*)?$)")
+_BLOCK = re.compile(r"(?i)\bBEGIN\s+(?:NOT\s+ATOMIC\b|(?!WORK\b)\w)")
 
 
 def requests_of(script: str) -> list[str]:
     """The requests that send ``script``: one per statement, so that a faber killed in one of them
     leaves only that one to run on (the server runs a multi-statement request to its end once its
-    client is gone: the rest of the script would commit after the kill, unseen). A script holding a
-    stored program goes whole, in one multi-statement request, as Prisma sends every script: its
-    body's statements are the server's to tell apart (the same holds for a script of no statement)."""
+    client is gone: the rest of the script would commit after the kill, unseen). Split only where
+    the split is certain: a script holding text whose meaning depends on the session's sql_mode
+    (:data:`_AMBIGUOUS`), a stored program or a compound statement goes whole, in one
+    multi-statement request, as Prisma sends every script, for the server to tell its statements
+    apart (as it does a script of no statement)."""
+    if _AMBIGUOUS.search(script):
+        return [script]
     statements = split_statements(script)
     if not statements or any(
-        _STORED_PROGRAM.match(text) or _BLOCK.search(text) for text in map(strip_leading_comments, statements)
+        _COMPOUND.match(text) or _BLOCK.search(text)
+        for text in (_QUOTED.sub("''", strip_leading_comments(statement)) for statement in statements)
     ):
         return [script]
     return statements
