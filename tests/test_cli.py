@@ -860,3 +860,39 @@ def test_init_replaces_a_state_gitignore_that_is_a_fifo_without_waiting_on_it(ru
 
     assert run.returncode == 0, run.output
     assert (project / ".faber/.gitignore").read_text() == "*\n"
+
+
+def test_an_index_a_concurrent_build_is_still_making_is_not_named_as_left_behind(database_url):
+    """A CREATE INDEX CONCURRENTLY still running (a DBA's, or a killed run's whose session the server
+    has not ended yet) has its index invalid until it ends: advice to drop it would end that build."""
+    import threading
+
+    import psycopg
+
+    from faber_core.postgres.health import invalid_indexes
+    from faber_core.testing.fixtures import wait_for
+
+    with psycopg.connect(database_url, autocommit=True) as setup:
+        setup.execute("CREATE TABLE votes (voter int)")
+    with psycopg.connect(database_url) as writer, psycopg.connect(database_url, autocommit=True) as reader:
+        writer.execute("INSERT INTO votes VALUES (1)")  # a writer's transaction the build waits for
+
+        def build() -> None:
+            with psycopg.connect(database_url, autocommit=True) as builder:
+                builder.execute("CREATE INDEX CONCURRENTLY votes_voter ON votes (voter)")
+
+        builder = threading.Thread(target=build)
+        builder.start()
+        try:
+            wait_for(
+                lambda: reader.execute(
+                    "SELECT 1 FROM pg_stat_progress_create_index WHERE index_relid = to_regclass('votes_voter')"
+                ).fetchone(),
+                "the build to wait for the writer",
+            )
+            building = invalid_indexes(reader)
+        finally:
+            writer.rollback()
+            builder.join(30)
+        assert invalid_indexes(reader) == []
+    assert building == [], building

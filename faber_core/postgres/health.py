@@ -73,13 +73,19 @@ def _connectivity(context: RunContext) -> HealthCheckResult:
 
 def invalid_indexes(conn: psycopg.Connection) -> list[str]:
     """Every invalid index (``schema.name``, quoted where needed): what a failed or interrupted
-    ``CREATE INDEX CONCURRENTLY`` leaves behind."""
+    ``CREATE INDEX CONCURRENTLY`` leaves behind. One a build still running makes (invalid until it
+    ends: a DBA's, or a killed run's whose session the server has not ended yet) is none: advice
+    to drop it would end that build."""
     rows = conn.execute(
         """
         SELECT format('%I.%I', n.nspname, c.relname)
         FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
         JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE NOT i.indisvalid ORDER BY 1
+        WHERE NOT i.indisvalid
+          AND i.indexrelid NOT IN (
+              SELECT p.index_relid FROM pg_stat_progress_create_index p WHERE p.index_relid IS NOT NULL
+          )
+        ORDER BY 1
         """
     ).fetchall()
     return [row[0] for row in rows]
