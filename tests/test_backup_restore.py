@@ -711,7 +711,7 @@ def test_a_deploy_user_who_may_not_drop_the_schemas_is_refused_at_the_backup_and
         )
         assert (refused_for_its_owner.returncode, refused_for_its_owner.json["code"]) == (4, "BACKUP_FAILED")
         assert "table public.audit_dba (owner postgres)" in refused_for_its_owner.json["error"]
-        assert f"GRANT <owner> TO {role}" in refused_for_its_owner.json["recovery"]["suggestions"][0]
+        assert f"OWNER TO {role}" in refused_for_its_owner.json["recovery"]["suggestions"][0]
         assert deployed.returncode == 0, deployed.output
         assert failed.json["result"]["rollback_status"] == "success", failed.output
         with psycopg.connect(as_admin) as conn:

@@ -280,8 +280,9 @@ def _refuse_owners_it_could_not_restore(context: RunContext, keep_schemas: list[
         f"No backup taken and nothing applied: {reason}, so the backup could not be restored if a migration failed",
         result={"backup_error": reason},
         suggestions=[
-            f"Give the user those objects (e.g. ALTER TABLE <table> OWNER TO {user}), or make it a member of their "
-            f"owner's role (GRANT <owner> TO {user}), or deploy as their owner",
+            f"Give the user those objects (e.g. ALTER TABLE <table> OWNER TO {user}), or deploy as their owner (a "
+            "member of the owner's role is not enough: the restore gives an object to its owner before it grants "
+            "the owner CREATE on the object's schema again)",
         ],
     )
 
