@@ -552,34 +552,41 @@ def _copy_faber_schema(swap: _Swap, tools: Path, major: int, keep: list[str]) ->
 
 
 def _copy_history_written_meanwhile(swap: _Swap, keep: list[str]) -> None:
-    """The deployment history of faber's schemas copied again from the target into the restored
-    database, as it is now: a run that takes no lock (a ``faber migrate --dry-run``, which records
-    itself) may have written a row since :func:`_copy_faber_schema`, which the swap would otherwise
-    lose, and whose count :func:`_check_faber_rows` would take for a broken copy."""
+    """The rows of the deployment history of faber's schemas that differ between the target and
+    the restored database made the same there, as the target's are now: a run that takes no lock
+    (a ``faber migrate --dry-run``, which records itself) may have written a row since
+    :func:`_copy_faber_schema`, which the swap would otherwise lose, and whose count
+    :func:`_check_faber_rows` would take for a broken copy. The rows that did not change are not
+    written again (nor fire a trigger of the table's)."""
     from psycopg.types.json import Jsonb
 
     from faber_core.audit.history import TABLE as HISTORY  # the deployment history's table
 
     context = swap.context
-    tables: dict[str, list] = {}
-    with context.database.connect(application_name=swap.application) as conn:
-        for schema in keep:
-            table = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(HISTORY))
-            if conn.execute("SELECT to_regclass(%s)", [table.as_string(conn)]).fetchone()[0] is not None:
-                rows = conn.execute(sql.SQL("SELECT coalesce(jsonb_agg(to_jsonb(h)), '[]') FROM {} h").format(table))
-                tables[schema] = rows.fetchone()[0]
-    if not tables:
-        return
     restoring = context.database.sibling(swap.restoring, source=context.database.source)
-    with restoring.connect(application_name=swap.application) as conn, conn.transaction():
-        for schema, rows in tables.items():
-            table = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(HISTORY))
-            conn.execute(sql.SQL("DELETE FROM {}").format(table))
+    for schema in keep:
+        table = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(HISTORY))
+        rows: list[dict[str, dict]] = []
+        for database in (context.database, restoring):
+            with database.connect(application_name=swap.application) as conn:
+                if conn.execute("SELECT to_regclass(%s)", [table.as_string(conn)]).fetchone()[0] is None:
+                    break
+                read = conn.execute(sql.SQL("SELECT h.id, to_jsonb(h) FROM {} h").format(table))
+                rows.append(dict(read.fetchall()))
+        if len(rows) < 2:
+            continue
+        target_rows, copied_rows = rows
+        stale = [run for run, row in copied_rows.items() if target_rows.get(run) != row]
+        missing = [row for run, row in target_rows.items() if copied_rows.get(run) != row]
+        if not stale and not missing:
+            continue
+        with restoring.connect(application_name=swap.application) as conn, conn.transaction():
+            conn.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(table), [stale])
             conn.execute(
                 sql.SQL("INSERT INTO {} SELECT * FROM jsonb_populate_recordset(NULL::{}, %s::jsonb)").format(
                     table, table
                 ),
-                [Jsonb(rows)],
+                [Jsonb(missing)],
             )
 
 
