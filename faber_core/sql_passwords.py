@@ -181,6 +181,9 @@ class _Lexer:
                 if token is None or token.text != "=":
                     return []
                 token = next(tokens, None)
+        if keyword != "replace":
+            # What may stand before the value, rightly or (a server's syntax error then quoting the
+            # password) wrongly: IDENTIFIED BY = '...', BY PASSWORD '...', a charset introducer.
             while token is not None and (
                 token.text in ("=", "(")
                 or _is_word(token, "password", "old_password")

@@ -123,6 +123,9 @@ ROLE_CANARY = "role-Pw-5e1d9b"
         ("mysql", "CREATE USER x IDENTIFIED#c\nBY 'role-Pw-5e1d9b';"),
         ("mysql", "CREATE USER x IDENTIFIED -- c\nBY 'role-Pw-5e1d9b';"),
         ("mysql", "CREATE USER x IDENTIFIED BY#c\n'role-Pw-5e1d9b';"),
+        ("mysql", "CREATE USER x IDENTIFIED BY = 'role-Pw-5e1d9b';"),
+        ("mysql", "CREATE USER x IDENTIFIED BY _utf8mb4 'role-Pw-5e1d9b';"),
+        ("mysql", "CREATE USER x IDENTIFIED BY PASSWORD 'role-Pw-5e1d9b';"),
         ("mysql", "/*!80000 CREATE USER x IDENTIFIED BY 'role-Pw-5e1d9b' */;"),
         # The account named any way MySQL allows, the password given any way.
         ("mysql", "SET PASSWORD FOR 'x y'@'%' = 'role-Pw-5e1d9b';"),
