@@ -98,6 +98,16 @@ class ReadBlocked(HealthCheckFailed):
 class BackupFailed(FaberError):
     code = "BACKUP_FAILED"
 
+    @classmethod
+    def unrestorable(cls, reason: str, suggestions: list[str]) -> BackupFailed:
+        """A backup refused before it was taken, ``reason`` saying why no rollback could restore it:
+        a deploy stops there, nothing applied, rather than go on with a backup that would fail it."""
+        return cls(
+            f"No backup taken and nothing applied: {reason}, so the backup could not be restored if a migration failed",
+            result={"backup_error": reason},
+            suggestions=suggestions,
+        )
+
 
 class ApprovalRequired(FaberError):
     code = "APPROVAL_REQUIRED"

@@ -205,10 +205,9 @@ def _refuse_a_backup_it_could_not_restore(context: RunContext) -> None:
             "a restore creates the views, triggers, routines and events of the backup again with their DEFINER, and "
             f"the user may not name another account as one: {', '.join(others)}"
         )
-        raise BackupFailed(
-            f"No backup taken and nothing applied: {reason}, so the backup could not be restored if a migration failed",
-            result={"backup_error": reason},
-            suggestions=[
+        raise BackupFailed.unrestorable(
+            reason,
+            [
                 "Give the user the privilege to name another DEFINER (MariaDB: SET USER; MySQL 8: SET_USER_ID or "
                 "SET_ANY_DEFINER), or create those objects again as the deploy user, or deploy as their definer",
             ],

@@ -235,11 +235,7 @@ def _refuse_a_swap_it_could_not_restore(context: RunContext, names: DatabaseName
             "database owner's role, and CREATE on the database's tablespace unless it is pg_default",
             in_place,
         ]
-    raise BackupFailed(
-        f"No backup taken and nothing applied: {problem}, so the backup could not be restored if a migration failed",
-        result={"backup_error": problem},
-        suggestions=suggestions,
-    )
+    raise BackupFailed.unrestorable(problem, suggestions)
 
 
 def _refuse_an_in_place_restore_it_could_not_run(context: RunContext) -> None:
@@ -253,11 +249,7 @@ def _refuse_an_in_place_restore_it_could_not_run(context: RunContext) -> None:
         user = conn.info.user
     if refused:
         reason, suggestions = in_place_refusal(context, user, refused)
-        raise BackupFailed(
-            f"No backup taken and nothing applied: {reason}, so the backup could not be restored if a migration failed",
-            result={"backup_error": reason},
-            suggestions=suggestions,
-        )
+        raise BackupFailed.unrestorable(reason, suggestions)
     _refuse_owners_it_could_not_restore(context, keep)
 
 
@@ -276,10 +268,9 @@ def _refuse_owners_it_could_not_restore(context: RunContext, keep_schemas: list[
         "a restore creates the database's objects again from the backup and gives each its owner back, and the "
         f"user {user} may not take the role owning {', '.join(refused)}"
     )
-    raise BackupFailed(
-        f"No backup taken and nothing applied: {reason}, so the backup could not be restored if a migration failed",
-        result={"backup_error": reason},
-        suggestions=[
+    raise BackupFailed.unrestorable(
+        reason,
+        [
             f"Give the user those objects (e.g. ALTER TABLE <table> OWNER TO {user}), or deploy as their owner (a "
             "member of the owner's role is not enough: the restore gives an object to its owner before it grants "
             "the owner CREATE on the object's schema again)",

@@ -834,10 +834,19 @@ def objects_it_may_not_drop(conn: psycopg.Connection, keep_schemas: list[str]) -
     may not, at most ten: dropping an object takes its owner's rights (PostgreSQL 15's ``public``
     is the database owner's; an extension, event trigger or publication an administrator created is
     the administrator's), which a deploy user granted CREATE on the database does not have."""
+    return _owned_without(conn, keep_schemas, _DROPPED_BY_THE_PRELUDE, "USAGE")
+
+
+def _owned_without(
+    conn: psycopg.Connection, keep_schemas: list[str], objects: tuple[tuple[str, str, str], ...], right: str
+) -> list[str]:
+    """Each of ``objects`` (what one is called, its owner, a FROM ... WHERE clause naming them)
+    whose owner's role the session's user lacks ``right`` in (``pg_has_role``), with its owner, at
+    most ten."""
     query = " UNION ALL ".join(
         f"(SELECT {what} || ' (owner ' || pg_catalog.pg_get_userbyid({owner}) || ')' {source}"
-        f" AND NOT pg_catalog.pg_has_role({owner}, 'USAGE'))"
-        for what, owner, source in _DROPPED_BY_THE_PRELUDE
+        f" AND NOT pg_catalog.pg_has_role({owner}, '{right}'))"
+        for what, owner, source in objects
     )
     return [row[0] for row in conn.execute(f"{query} ORDER BY 1 LIMIT 10", {"keep": keep_schemas}).fetchall()]
 
@@ -925,12 +934,7 @@ def owners_it_may_not_restore(conn: psycopg.Connection, keep_schemas: list[str])
     whose owner the session's user may not give them back, at most ten: the archive's ``ALTER ...
     OWNER TO`` takes membership of the owner's role (a table or view an administrator created in
     the application's schema is the administrator's), and fails the whole restore."""
-    query = " UNION ALL ".join(
-        f"(SELECT {what} || ' (owner ' || pg_catalog.pg_get_userbyid({owner}) || ')' {source}"
-        f" AND NOT pg_catalog.pg_has_role({owner}, 'MEMBER'))"
-        for what, owner, source in _IN_A_REPLACED_SCHEMA
-    )
-    return [row[0] for row in conn.execute(f"{query} ORDER BY 1 LIMIT 10", {"keep": keep_schemas}).fetchall()]
+    return _owned_without(conn, keep_schemas, _IN_A_REPLACED_SCHEMA, "MEMBER")
 
 
 def restore_prelude(conn: psycopg.Connection, *keep_schemas: str) -> str:
