@@ -18,8 +18,6 @@ import threading
 from typing import Any
 from urllib.parse import quote, unquote
 
-from faber_core.sql_passwords import passwords_in_sql
-
 MASK = "***"
 # Anchored on the ":/" after a scheme's last character, not on the scheme's first: a pattern
 # starting with the scheme tried every letter of a long word and scanned the rest of it from
@@ -288,7 +286,7 @@ class Redactor:
         self._learn(whole, pieces, printed)
 
     def learn_sql(self, sql: str, dialect: str) -> None:
-        """Remember the passwords the migration SQL ``sql`` writes (:func:`passwords_in_sql`), each
+        """Remember the passwords the migration SQL ``sql`` writes (:func:`faber_core.sql_passwords.passwords_in_sql`), each
         masked from now on wherever it stands as a whole, not inside a longer word (a password
         ``app`` masked everywhere made ``--applied`` and the names around it unreadable in advice
         and in the saved history); ``dialect``: the engine's name. Call it as the SQL is read,
@@ -298,6 +296,8 @@ class Redactor:
         still applies to it."""
         if len(sql) > MAX_SQL_READ_FOR_PASSWORDS:
             return
+        from faber_core.sql_passwords import passwords_in_sql  # only a run that reads migration SQL needs it
+
         passwords = [password for password in passwords_in_sql(sql, dialect) if len(password) >= MIN_SECRET_LENGTH]
         if passwords:
             printed = {form for password in passwords for form in _printed_forms(password)}

@@ -469,12 +469,12 @@ def test_a_password_a_migration_writes_is_masked_as_a_word_not_inside_longer_wor
 
 def test_a_data_migration_over_the_limit_is_not_read_for_passwords(monkeypatch):
     # Read on every command, tens of megabytes of data took seconds to minutes to read.
-    from faber_core import secrets
+    from faber_core import secrets, sql_passwords
 
     def never(sql, dialect):
         raise AssertionError("a data migration over the limit was read for passwords")
 
-    monkeypatch.setattr(secrets, "passwords_in_sql", never)
+    monkeypatch.setattr(sql_passwords, "passwords_in_sql", never)
     data = "INSERT INTO notes VALUES ('identified by the password on file');\n" * (
         secrets.MAX_SQL_READ_FOR_PASSWORDS // 60 + 1
     )
