@@ -286,8 +286,9 @@ class Redactor:
         self._learn(whole, pieces, printed)
 
     def learn_sql(self, sql: str, dialect: str) -> None:
-        """Remember the passwords the migration SQL ``sql`` writes (:func:`faber_core.sql_passwords.passwords_in_sql`), each
-        masked from now on wherever it stands as a whole, not inside a longer word (a password
+        """Remember the passwords the migration SQL ``sql`` writes
+        (:func:`faber_core.sql_passwords.passwords_in_sql`), each masked from now on wherever it
+        stands as a whole, not inside a longer word (a password
         ``app`` masked everywhere made ``--applied`` and the names around it unreadable in advice
         and in the saved history); ``dialect``: the engine's name. Call it as the SQL is read,
         before it runs. Those shorter than :data:`MIN_SECRET_LENGTH` are left out, as :meth:`add`
