@@ -601,15 +601,20 @@ def ask_outside_a_run(tool: NodeTool, project_dir: Path, command: str) -> Runner
     ``setup_error`` is an event."""
     from faber_core.scaffold import STARTER_URL_VARIABLES  # faber init alone asks outside a run
 
-    withheld, seconds = STARTER_URL_VARIABLES, OUTSIDE_A_RUN_SECONDS
     nonce = secrets.token_hex(16)
     redactor = Redactor()
     with tempfile.TemporaryFile() as output:
         proc, protocol = _spawn_runner(
-            tool, project_dir, (), nonce, {PROJECT_DIR_VARIABLE: str(project_dir)}, withheld=withheld, output=output
+            tool,
+            project_dir,
+            (),
+            nonce,
+            {PROJECT_DIR_VARIABLE: str(project_dir)},
+            withheld=STARTER_URL_VARIABLES,
+            output=output,
         )
         expired = threading.Event()
-        timer = _deadline_timer(seconds, proc, expired)
+        timer = _deadline_timer(OUTSIDE_A_RUN_SECONDS, proc, expired)
         try:
             _write_line(proc, {"command": command})
             assert proc.stdin is not None
@@ -622,7 +627,9 @@ def ask_outside_a_run(tool: NodeTool, project_dir: Path, command: str) -> Runner
             stop(proc)
             protocol.close()
         if expired.is_set():
-            raise FaberError(f"The {tool.name} runner did not answer within {seconds:g} s and was stopped")
+            raise FaberError(
+                f"The {tool.name} runner did not answer within {OUTSIDE_A_RUN_SECONDS:g} s and was stopped"
+            )
         output.seek(max(0, output.seek(0, os.SEEK_END) - STDERR_READ_BYTES))
         stderr = redactor.redact(output.read().decode("utf-8", errors="replace"))
     done = [event for event in events if event["event"] == "done"]
